@@ -1,0 +1,1 @@
+//! Data sets: CSV, IDX and synthetic sources; splits and standardisation.

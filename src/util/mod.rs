@@ -1,0 +1,4 @@
+//! Small shared pieces: the seeded generator and atomic file writes.
+
+pub mod fsio;
+pub mod rng;
