@@ -4,4 +4,16 @@
 
 pub mod config;
 pub mod data;
+pub mod device;
+pub mod model;
+pub mod serve;
+pub mod train;
 pub mod util;
+
+/// Version and source revision, as `setpoint --version` prints them.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (rev ",
+    env!("SETPOINT_REVISION"),
+    ")"
+);

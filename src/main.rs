@@ -1,1 +1,480 @@
-fn main() {}
+//! The `setpoint` command: parse, run, map errors to exit codes (0 success, 1 runtime
+//! failure, 2 usage or input error).
+
+mod cli;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use cli::{CheckConfigArgs, Cli, Command, DataArgs, OptimizerArg, PredictArgs, TrainArgs};
+use setpoint::data::{self, DataError, Dataset, LabelColumn, LoadOptions};
+use setpoint::device::{Backend, CpuBackend, DeviceError, SgdParams};
+use setpoint::model::checkpoint::{Checkpoint, CheckpointError};
+use setpoint::model::{Mlp, ModelError, Optimizer, Workspace, format_layers, parse_layers};
+use setpoint::train::{TrainError, TrainEvent, TrainReport, TrainSpec, Trainer, argmax};
+
+/// An error that is the user's to fix: bad input, bad usage (exit code 2).
+#[derive(Debug)]
+struct InputError(String);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+fn input_error(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(InputError(msg.into()))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SETPOINT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// 2 for errors in what the user gave, 1 for failures while running.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<InputError>() || cause.is::<setpoint::config::ConfigError>() {
+            return 2;
+        }
+        if let Some(d) = cause.downcast_ref::<DataError>() {
+            return if d.is_input() { 2 } else { 1 };
+        }
+        if let Some(t) = cause.downcast_ref::<TrainError>() {
+            return if t.is_input() { 2 } else { 1 };
+        }
+        if let Some(c) = cause.downcast_ref::<CheckpointError>() {
+            return if matches!(c, CheckpointError::Io { .. }) {
+                1
+            } else {
+                2
+            };
+        }
+        if let Some(m) = cause.downcast_ref::<ModelError>() {
+            return if matches!(m, ModelError::Device(_)) {
+                1
+            } else {
+                2
+            };
+        }
+    }
+    1
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(args) => train(args),
+        Command::Predict(args) => predict(args),
+        Command::CheckConfig(args) => check_config(args),
+    }
+}
+
+fn load_options(args: &DataArgs) -> LoadOptions {
+    LoadOptions {
+        label: match &args.label_column {
+            Some(name) => LabelColumn::Named(name.clone()),
+            None => LabelColumn::Last,
+        },
+        labels_path: args.labels.clone(),
+    }
+}
+
+fn cpu_backend(threads: usize) -> anyhow::Result<CpuBackend> {
+    if threads > 1024 {
+        return Err(input_error(format!(
+            "--threads must be between 0 and 1024, got {threads}"
+        )));
+    }
+    CpuBackend::new(threads).map_err(|e: DeviceError| anyhow!(e))
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let data = data::load(&args.data, &load_options(&args.data_args))?;
+    let backend = cpu_backend(args.threads)?;
+    let explicit_layers = args.layers.as_deref().map(parse_layers).transpose()?;
+    let mut trainer = match &args.resume {
+        Some(resume) => {
+            let ckpt = Checkpoint::load(resume)?;
+            let layers = explicit_layers.unwrap_or_else(|| ckpt.params.layers.clone());
+            let Some(state) = &ckpt.training else {
+                return Err(input_error(format!(
+                    "cannot resume from {}: it holds a model only, with no training state",
+                    resume.display()
+                )));
+            };
+            let mut spec = TrainSpec::from_meta(&layers, &state.meta.config)?;
+            apply_overrides(&mut spec, &args)?;
+            spec.checkpoint = Some(args.checkpoint.clone().unwrap_or_else(|| resume.clone()));
+            spec.checkpoint_every_steps = args.checkpoint_every;
+            Trainer::resume(backend, spec, &data, ckpt, resume)?
+        }
+        None => {
+            let layers = match explicit_layers {
+                Some(l) => l,
+                None => default_layers(&data)?,
+            };
+            let mut spec = TrainSpec::new(layers);
+            apply_overrides(&mut spec, &args)?;
+            spec.checkpoint = args.checkpoint.clone();
+            spec.checkpoint_every_steps = args.checkpoint_every;
+            Trainer::new(backend, spec, &data)?
+        }
+    };
+    let report = run_with_progress(&mut trainer, args.json)?;
+    print_train_report(&report, &trainer, &args)
+}
+
+/// `FEATURES,128,CLASSES` for the data.
+fn default_layers(data: &Dataset) -> anyhow::Result<Vec<usize>> {
+    let classes = data.classes().max(2);
+    Ok(vec![data.features, 128, classes])
+}
+
+/// Applies the hyper-parameters given on the command line to `spec`.
+fn apply_overrides(spec: &mut TrainSpec, args: &TrainArgs) -> anyhow::Result<()> {
+    if let Some(b) = args.batch_size {
+        spec.batch_size = b;
+    }
+    if let Some(e) = args.epochs {
+        spec.epochs = e;
+    }
+    if let Some(t) = args.target_accuracy {
+        spec.target_accuracy = Some(t);
+    }
+    if let Some(v) = args.val_fraction {
+        spec.val_fraction = v;
+    }
+    if let Some(s) = args.seed {
+        spec.seed = s;
+    }
+    let opt_given = args.optimizer.is_some()
+        || args.lr.is_some()
+        || args.momentum.is_some()
+        || args.weight_decay.is_some();
+    if opt_given {
+        let kind = args.optimizer.unwrap_or(match spec.optimizer {
+            Optimizer::Sgd(_) => OptimizerArg::Sgd,
+            Optimizer::Adam(_) => OptimizerArg::Adam,
+        });
+        let same_kind = matches!(
+            (kind, spec.optimizer),
+            (OptimizerArg::Sgd, Optimizer::Sgd(_)) | (OptimizerArg::Adam, Optimizer::Adam(_))
+        );
+        spec.optimizer = match (kind, spec.optimizer) {
+            (OptimizerArg::Adam, current) => {
+                let mut hp = match current {
+                    Optimizer::Adam(hp) => hp,
+                    Optimizer::Sgd(_) => setpoint::train::default_adam(1e-3),
+                };
+                if let Some(lr) = args.lr {
+                    hp.lr = lr;
+                }
+                if let Some(wd) = args.weight_decay {
+                    hp.weight_decay = wd;
+                }
+                if args.momentum.is_some() {
+                    return Err(input_error(
+                        "--momentum applies to --optimizer sgd only (adam uses its own moments)",
+                    ));
+                }
+                Optimizer::Adam(hp)
+            }
+            (OptimizerArg::Sgd, current) => {
+                let mut hp = match current {
+                    Optimizer::Sgd(hp) if same_kind => hp,
+                    _ => SgdParams {
+                        lr: 0.05,
+                        momentum: 0.9,
+                        weight_decay: 0.0,
+                    },
+                };
+                if let Some(lr) = args.lr {
+                    hp.lr = lr;
+                }
+                if let Some(m) = args.momentum {
+                    hp.momentum = m;
+                }
+                if let Some(wd) = args.weight_decay {
+                    hp.weight_decay = wd;
+                }
+                Optimizer::Sgd(hp)
+            }
+        };
+    }
+    Ok(())
+}
+
+fn run_with_progress<B: Backend>(
+    trainer: &mut Trainer<B>,
+    json: bool,
+) -> anyhow::Result<TrainReport> {
+    let epochs = trainer.spec().epochs;
+    let batches = trainer.batches_per_epoch() as u64;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(epochs as u64 * batches);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(trainer.epochs_done() as u64 * batches);
+        Some(bar)
+    } else {
+        None
+    };
+    let mut on_event = |ev: &TrainEvent| match ev {
+        TrainEvent::Step { .. } => {
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
+        }
+        TrainEvent::Epoch(r) => {
+            let val = r
+                .val_accuracy
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into());
+            let line = format!(
+                "epoch {}/{epochs}  loss {:.4}  train_acc {:.4}  val_acc {val}  step {}",
+                r.epoch, r.train_loss, r.train_accuracy, r.step
+            );
+            match &bar {
+                Some(bar) => bar.set_message(line),
+                None if !json => eprintln!("{line}"),
+                None => {}
+            }
+        }
+        TrainEvent::Checkpoint { path, step } => {
+            tracing::info!(path = %path.display(), step, "checkpoint written");
+        }
+    };
+    let result = trainer.run(&mut on_event);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    Ok(result?)
+}
+
+fn print_train_report<B: Backend>(
+    report: &TrainReport,
+    trainer: &Trainer<B>,
+    args: &TrainArgs,
+) -> anyhow::Result<()> {
+    let spec = trainer.spec();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = json!({
+            "epochs": report.epochs,
+            "steps": report.steps,
+            "train_loss": report.train_loss,
+            "train_accuracy": report.train_accuracy,
+            "val_accuracy": report.val_accuracy,
+            "stop_reason": report.stop_reason,
+            "wall_s": report.wall_s,
+            "samples_per_s": report.samples_per_s,
+            "checkpoint": report.checkpoint,
+            "layers": spec.layers,
+            "optimizer": spec.optimizer.name(),
+            "batch_size": spec.batch_size,
+            "seed": spec.seed,
+            "threads": trainer.backend().workers(),
+            "data": args.data,
+            "history": report.history,
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    let fmt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    writeln!(
+        out,
+        "trained {} ({} epochs, {} steps) in {:.2} s, {:.0} samples/s",
+        format_layers(&spec.layers),
+        report.epochs,
+        report.steps,
+        report.wall_s,
+        report.samples_per_s
+    )?;
+    writeln!(
+        out,
+        "train loss {}, train accuracy {}, validation accuracy {}",
+        fmt(report.train_loss),
+        fmt(report.train_accuracy),
+        fmt(report.val_accuracy)
+    )?;
+    let reason = match report.stop_reason.as_deref() {
+        Some("target_reached") => "target accuracy reached",
+        Some("epoch_limit") => "epoch limit reached",
+        _ => "unfinished",
+    };
+    writeln!(out, "stopped: {reason}")?;
+    if let Some(c) = &report.checkpoint {
+        writeln!(out, "checkpoint: {}", c.display())?;
+    }
+    Ok(())
+}
+
+/// Loads data for a model taking `inputs` features: labelled when it has one more column
+/// (or a named label column), unlabelled when it has exactly `inputs`.
+fn load_for_model(spec: &str, args: &DataArgs, inputs: usize) -> anyhow::Result<Dataset> {
+    let is_csv =
+        !spec.starts_with("synthetic:") && !Path::new(spec).to_string_lossy().contains("idx");
+    if args.label_column.is_some() || !is_csv {
+        return Ok(data::load(spec, &load_options(args))?);
+    }
+    let raw = data::load(
+        spec,
+        &LoadOptions {
+            label: LabelColumn::None,
+            labels_path: args.labels.clone(),
+        },
+    )?;
+    if raw.features == inputs {
+        Ok(raw)
+    } else if raw.features == inputs + 1 {
+        Ok(data::load(spec, &load_options(args))?)
+    } else {
+        Err(input_error(format!(
+            "{spec}: has {} columns, but the model takes {inputs} features (give {inputs} \
+             columns, or {} with the label last)",
+            raw.features,
+            inputs + 1
+        )))
+    }
+}
+
+fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    let ckpt = Checkpoint::load(&args.checkpoint)?;
+    let layers = ckpt.params.layers.clone();
+    let (inputs, classes) = (layers[0], layers[layers.len() - 1]);
+    let mut data = load_for_model(&args.data, &args.data_args, inputs)?;
+    if data.features != inputs {
+        return Err(input_error(format!(
+            "{}: the data has {} features, the model in {} takes {inputs}",
+            args.data,
+            data.features,
+            args.checkpoint.display()
+        )));
+    }
+    if let Some(labels) = &data.labels
+        && let Some((row, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|&(_, &l)| l as usize >= classes)
+    {
+        return Err(input_error(format!(
+            "{}: label {l} in data row {} is outside the model's {classes} classes",
+            args.data,
+            row + 1
+        )));
+    }
+    ckpt.normalizer.apply(&mut data.x);
+    let backend = cpu_backend(args.threads)?;
+    let model = Mlp::from_params(&backend, &ckpt.params)?;
+    const CHUNK: usize = 512;
+    let mut ws = Workspace::new(&backend, &layers, CHUNK, false)?;
+    let mut x = backend.alloc(CHUNK * inputs)?;
+    let mut probs = vec![0.0f32; CHUNK * classes];
+    let mut predictions: Vec<(usize, f32)> = Vec::with_capacity(data.rows());
+    for start in (0..data.rows()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(data.rows());
+        let rows = end - start;
+        backend.write(&mut x, &data.x[start * inputs..end * inputs])?;
+        model.predict(&backend, &mut ws, &x, rows)?;
+        backend.read(ws.output(), &mut probs[..rows * classes])?;
+        for r in 0..rows {
+            let row = &probs[r * classes..(r + 1) * classes];
+            let c = argmax(row);
+            predictions.push((c, row[c]));
+        }
+    }
+    let correct = data.labels.as_ref().map(|labels| {
+        predictions
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| p.0 == **l as usize)
+            .count()
+    });
+    let rows = data.rows();
+    let accuracy = correct.map(|c| {
+        if rows == 0 {
+            0.0
+        } else {
+            c as f64 / rows as f64
+        }
+    });
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        let preds: Vec<_> = predictions
+            .iter()
+            .map(|(c, p)| json!({"class": c, "probability": p}))
+            .collect();
+        let v = json!({
+            "rows": rows,
+            "labelled": data.labels.is_some(),
+            "correct": correct,
+            "accuracy": accuracy,
+            "predictions": preds,
+        });
+        writeln!(out, "{v}")?;
+    } else if let (Some(c), Some(a)) = (correct, accuracy) {
+        writeln!(out, "accuracy {a:.4} ({c} of {rows} rows)")?;
+    } else {
+        writeln!(out, "row,class,probability")?;
+        for (i, (c, p)) in predictions.iter().enumerate() {
+            writeln!(out, "{},{c},{p:.6}", i + 1)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    let (cfg, source): (_, PathBuf) = match &args.file {
+        Some(path) => (setpoint::config::load(path)?, path.clone()),
+        None => (
+            setpoint::config::default_config(),
+            PathBuf::from("(embedded default)"),
+        ),
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&cfg).context("cannot render the configuration as JSON")?
+        )?;
+    } else {
+        writeln!(out, "{}: valid", source.display())?;
+        write!(out, "{}", cfg.summary())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,463 @@
+//! Node configuration: the TOML file an operator writes (`/etc/setpoint/setpoint.toml`),
+//! parsed, validated and printed back as understood.
+//!
+//! Validation does not stop at the first problem: the file is parsed into a [`toml::Table`]
+//! and walked with extraction helpers that record an issue and carry on, so one run of
+//! `setpoint check-config` reports every type error, range error, unknown key and cross-field
+//! problem, each with its key path (`services[1].slo.p99_ms: must be > 0, got -5`).
+
+mod deadline;
+mod schema;
+mod summary;
+mod walk;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+pub use deadline::{Deadline, DeadlineError};
+
+/// The embedded default configuration: one inference service and one demonstration job.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
+
+/// Everything the daemon needs to know about this node, every default resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory for checkpoints, job records and other state; a relative path is relative to
+    /// the process working directory.
+    pub state_dir: PathBuf,
+    /// Controller period in milliseconds, 10..=10000.
+    pub control_period_ms: u64,
+    /// Bearer token required by the HTTP API; `None` leaves the API open. Never serialised in
+    /// clear: JSON shows `"(set)"` or `null`.
+    #[serde(serialize_with = "serialize_secret")]
+    pub auth_token: Option<String>,
+    /// Largest accepted HTTP request body, 1 KiB ..= 1 GiB.
+    pub max_request_bytes: u64,
+    /// Which device to run on and how to divide it.
+    pub device: DeviceConfig,
+    /// Controller and arbiter settings.
+    pub control: ControlConfig,
+    /// Inference services started with the node.
+    pub services: Vec<ServiceConfig>,
+    /// Training jobs submitted at start.
+    pub jobs: Vec<JobConfig>,
+}
+
+fn serialize_secret<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("(set)"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Device selection and partitioning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceConfig {
+    /// Which backend to use.
+    pub kind: DeviceKind,
+    /// Which GPUs the node may use.
+    pub gpus: GpuSelection,
+    /// Refuse to start when no GPU is usable instead of falling back to the CPU.
+    pub require_gpu: bool,
+    /// CPU worker threads; 0 means all available cores.
+    pub cpu_threads: usize,
+    /// How a GPU share is enforced.
+    pub share_mechanism: ShareMechanism,
+}
+
+/// Which backend runs the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// CUDA when a usable GPU is found, else the CPU.
+    Auto,
+    /// The CPU only.
+    Cpu,
+    /// CUDA GPUs.
+    Cuda,
+}
+
+/// Which GPUs the node may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelection {
+    /// Every GPU the driver reports.
+    All,
+    /// These device indices (non-empty, unique).
+    Indices(Vec<u32>),
+}
+
+impl Serialize for GpuSelection {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GpuSelection::All => s.serialize_str("all"),
+            GpuSelection::Indices(v) => v.serialize(s),
+        }
+    }
+}
+
+/// How a lane's GPU share is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareMechanism {
+    /// Green contexts where the driver has them, else CTA budgets.
+    Auto,
+    /// Cap the grid of every kernel launch at the lane's CTA budget.
+    Cta,
+    /// SM partitions from green contexts (CUDA >= 12.4).
+    Green,
+}
+
+/// Controller and arbiter settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlConfig {
+    /// Fraction of each device never handed out, 0.0 ..= 0.5.
+    pub reserve_frac: f64,
+    /// What happens to capacity no set point needs.
+    pub leftover: Leftover,
+    /// JSON-lines log of every controller decision; `None` = off.
+    pub decision_log: Option<PathBuf>,
+}
+
+/// Where capacity left over after every set point is met goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Leftover {
+    /// To best-effort tenants.
+    BestEffort,
+    /// Nowhere: the device idles.
+    Idle,
+    /// To every tenant in proportion to its share.
+    Spread,
+}
+
+/// One inference service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceConfig {
+    /// Unique among services; `[A-Za-z0-9_.-]`, 1..=64 characters; appears in URLs.
+    pub name: String,
+    /// MLP layer widths, input first; `None` when the shape comes from the checkpoint.
+    pub layers: Option<Vec<usize>>,
+    /// Weights to load instead of initialising; its shape is checked against `layers` later.
+    pub checkpoint: Option<PathBuf>,
+    /// Initialisation seed when there is no checkpoint.
+    pub seed: u64,
+    /// Data spec to train on at start when there is no checkpoint.
+    pub warmup_data: Option<String>,
+    /// Capacity of the bounded request queue, 1..=1_000_000.
+    pub max_queue: usize,
+    /// The response-time objective.
+    pub slo: SloConfig,
+    /// Dynamic batching limits.
+    pub batching: BatchingConfig,
+}
+
+/// A response-time service-level objective.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SloConfig {
+    /// Target 99th-percentile latency in milliseconds, > 0 and <= 60000.
+    pub p99_ms: f64,
+    /// Window the quantile is measured over, >= the control period and <= 600000 ms.
+    pub window_ms: u64,
+}
+
+/// Dynamic batching limits for one service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchingConfig {
+    /// Largest batch the batcher may form, 1..=4096.
+    pub max_batch_size: usize,
+    /// Longest a request waits for a batch to fill, >= 0 and < `slo.p99_ms`.
+    pub max_queue_delay_ms: f64,
+}
+
+/// One training job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobConfig {
+    /// Unique among jobs; same rules as service names.
+    pub name: String,
+    /// Data spec: a path, or `synthetic:KIND[:k=v,...]`.
+    pub data: String,
+    /// MLP layer widths, input first.
+    pub layers: Vec<usize>,
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+    /// Learning rate, > 0 and <= 10.
+    pub lr: f64,
+    /// SGD momentum, 0 ..< 1 (unused by Adam).
+    pub momentum: f64,
+    /// L2 weight decay, >= 0.
+    pub weight_decay: f64,
+    /// Mini-batch size, 1..=65536.
+    pub batch_size: usize,
+    /// Maximum number of epochs, 1..=100000.
+    pub epochs: u32,
+    /// Stop once validation accuracy reaches this; `None` runs every epoch.
+    pub target_accuracy: Option<f64>,
+    /// Fraction of the data held out for validation, 0 ..< 1.
+    pub val_fraction: f64,
+    /// Seed for initialisation, shuffling and the split.
+    pub seed: u64,
+    /// When the job must finish; `None` for a best-effort job.
+    pub deadline: Option<Deadline>,
+    /// Checkpoint period in optimiser steps, 1..=10_000_000.
+    pub checkpoint_every_steps: u64,
+    /// No deadline guarantee; always true when `deadline` is `None`.
+    pub best_effort: bool,
+}
+
+/// Training optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam (default learning rate 0.001).
+    Adam,
+    /// SGD with momentum (default learning rate 0.05).
+    Sgd,
+}
+
+impl DeviceKind {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Auto => "auto",
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
+
+impl ShareMechanism {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareMechanism::Auto => "auto",
+            ShareMechanism::Cta => "cta",
+            ShareMechanism::Green => "green",
+        }
+    }
+}
+
+impl Leftover {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leftover::BestEffort => "best-effort",
+            Leftover::Idle => "idle",
+            Leftover::Spread => "spread",
+        }
+    }
+}
+
+impl OptimizerKind {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::Sgd => "sgd",
+        }
+    }
+
+    /// The learning rate used when the config gives none.
+    pub fn default_lr(self) -> f64 {
+        match self {
+            OptimizerKind::Adam => 0.001,
+            OptimizerKind::Sgd => 0.05,
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(DeviceKind, ShareMechanism, Leftover, OptimizerKind);
+
+impl NodeConfig {
+    /// The service called `name`, if any.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The job called `name`, if any.
+    pub fn job(&self, name: &str) -> Option<&JobConfig> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+/// One problem found in a config, located by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path such as `services[1].slo.p99_ms`; empty for the document as a whole.
+    pub path: String,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML; reported once, at the first error.
+    #[error(
+        "{}toml syntax error at line {line}, column {column}: {message}{}",
+        prefix(path.as_deref()),
+        excerpt(snippet, *column)
+    )]
+    Syntax {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// The parser's description.
+        message: String,
+        /// The offending line, for display.
+        snippet: String,
+    },
+    /// Valid TOML that does not describe a valid node; every issue found.
+    #[error("{}", list_issues(path.as_deref(), errors))]
+    Invalid {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// Every issue, in document order.
+        errors: Vec<ConfigIssue>,
+    },
+}
+
+impl ConfigError {
+    /// The validation issues, empty for I/O and syntax errors.
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            ConfigError::Invalid { errors, .. } => errors,
+            _ => &[],
+        }
+    }
+
+    fn with_path(self, p: &Path) -> Self {
+        match self {
+            ConfigError::Syntax {
+                line,
+                column,
+                message,
+                snippet,
+                ..
+            } => ConfigError::Syntax {
+                path: Some(p.to_path_buf()),
+                line,
+                column,
+                message,
+                snippet,
+            },
+            ConfigError::Invalid { errors, .. } => ConfigError::Invalid {
+                path: Some(p.to_path_buf()),
+                errors,
+            },
+            io @ ConfigError::Io { .. } => io,
+        }
+    }
+}
+
+fn prefix(path: Option<&Path>) -> String {
+    path.map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
+}
+
+fn excerpt(snippet: &str, column: usize) -> String {
+    if snippet.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n  | {snippet}\n  | {}^",
+        " ".repeat(column.saturating_sub(1))
+    )
+}
+
+fn list_issues(path: Option<&Path>, errors: &[ConfigIssue]) -> String {
+    let p = prefix(path);
+    let lines: Vec<String> = errors.iter().map(|e| format!("{p}{e}")).collect();
+    lines.join("\n")
+}
+
+/// Parses and validates a config, collecting every problem rather than stopping at the first.
+pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|e| syntax_error(text, &e))?;
+    let mut w = walk::Walker::default();
+    let cfg = schema::node(&mut w, &table);
+    if w.issues.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError::Invalid {
+            path: None,
+            errors: w.issues,
+        })
+    }
+}
+
+/// Reads and parses the config at `path`; every error message names the file.
+pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|e| e.with_path(path))
+}
+
+/// The embedded default configuration, parsed.
+pub fn default_config() -> NodeConfig {
+    match parse(DEFAULT_CONFIG) {
+        Ok(c) => c,
+        // The embedded file is checked by the tests; reaching this is a build defect.
+        Err(e) => panic!("embedded default config is invalid: {e}"),
+    }
+}
+
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start.min(text.len()));
+    let at = (0..=at)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[..at].matches('\n').count() + 1;
+    let column = text[line_start..at].chars().count() + 1;
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    ConfigError::Syntax {
+        path: None,
+        line,
+        column,
+        message: e.message().trim().to_owned(),
+        snippet: text[line_start..line_end].trim_end_matches('\r').to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

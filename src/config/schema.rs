@@ -1,0 +1,589 @@
+//! The schema: which keys exist, their defaults, ranges and cross-field rules.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use toml::{Table, Value};
+
+use super::walk::{Bound, Field, Tbl, Walker, kind};
+use super::{
+    BatchingConfig, ControlConfig, Deadline, DeviceConfig, DeviceKind, GpuSelection, JobConfig,
+    Leftover, NodeConfig, OptimizerKind, ServiceConfig, ShareMechanism, SloConfig,
+};
+
+const ROOT_KEYS: &[&str] = &[
+    "listen",
+    "state_dir",
+    "control_period_ms",
+    "auth_token",
+    "max_request_bytes",
+    "device",
+    "control",
+    "services",
+    "jobs",
+];
+const DEVICE_KEYS: &[&str] = &[
+    "kind",
+    "gpus",
+    "require_gpu",
+    "cpu_threads",
+    "share_mechanism",
+];
+const CONTROL_KEYS: &[&str] = &["reserve_frac", "leftover", "decision_log"];
+const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "layers",
+    "checkpoint",
+    "seed",
+    "warmup_data",
+    "max_queue",
+    "slo",
+    "batching",
+];
+const SLO_KEYS: &[&str] = &["p99_ms", "window_ms"];
+const BATCHING_KEYS: &[&str] = &["max_batch_size", "max_queue_delay_ms"];
+const JOB_KEYS: &[&str] = &[
+    "name",
+    "data",
+    "layers",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "epochs",
+    "target_accuracy",
+    "val_fraction",
+    "seed",
+    "deadline",
+    "checkpoint_every_steps",
+    "best_effort",
+];
+
+/// Defaults, shared with the documentation in `configs/setpoint.toml`.
+pub(super) mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8000));
+    pub const STATE_DIR: &str = "state";
+    pub const CONTROL_PERIOD_MS: u64 = 100;
+    pub const MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
+    pub const RESERVE_FRAC: f64 = 0.05;
+    pub const SEED: u64 = 1;
+    pub const MAX_QUEUE: usize = 1024;
+    pub const WINDOW_MS: u64 = 1000;
+    pub const MAX_BATCH_SIZE: usize = 32;
+    pub const MAX_QUEUE_DELAY_MS: f64 = 2.0;
+    pub const MOMENTUM: f64 = 0.9;
+    pub const WEIGHT_DECAY: f64 = 0.0;
+    pub const BATCH_SIZE: usize = 64;
+    pub const EPOCHS: u32 = 50;
+    pub const VAL_FRACTION: f64 = 0.2;
+    pub const CHECKPOINT_EVERY_STEPS: u64 = 500;
+}
+
+const MIN_CONTROL_PERIOD_MS: i64 = 10;
+const MAX_WINDOW_MS: i64 = 600_000;
+const MAX_NAME_LEN: usize = 64;
+
+/// Walks the whole document. The result holds placeholders wherever an issue was recorded;
+/// it is only handed out when there are none.
+pub(super) fn node(w: &mut Walker, table: &Table) -> NodeConfig {
+    let root = Tbl::root(table);
+    w.check_keys(&root, ROOT_KEYS);
+
+    let listen = match w.string(&root, "listen") {
+        Field::Absent => Some(defaults::LISTEN),
+        Field::Bad => None,
+        Field::Ok(s) => s.parse::<SocketAddr>().ok().or_else(|| {
+            w.issue(
+                "listen",
+                format!(
+                    "expected a socket address like \"127.0.0.1:8000\" or \"[::1]:8000\" (an IP, not a host name), got {s:?}"
+                ),
+            );
+            None
+        }),
+    };
+    let state_dir = match w.string(&root, "state_dir") {
+        Field::Ok("") => {
+            w.issue("state_dir", "must not be empty");
+            None
+        }
+        f => f.or(defaults::STATE_DIR).map(PathBuf::from),
+    };
+    let control_period = w
+        .int::<u64>(
+            &root,
+            "control_period_ms",
+            MIN_CONTROL_PERIOD_MS,
+            Some(10_000),
+        )
+        .or(defaults::CONTROL_PERIOD_MS);
+    let auth_token = auth_token(w, &root);
+    let max_request_bytes = w
+        .int::<u64>(&root, "max_request_bytes", 1024, Some(1 << 30))
+        .or(defaults::MAX_REQUEST_BYTES);
+
+    // A section of the wrong type was reported; walking an empty one yields the defaults.
+    let empty = Table::new();
+    let t = w.section(&root, "device", &empty);
+    let device = device(w, &t.unwrap_or(Tbl::root(&empty)));
+    let t = w.section(&root, "control", &empty);
+    let control = control(w, &t.unwrap_or(Tbl::root(&empty)));
+
+    let services: Vec<ServiceConfig> = w
+        .tables(&root, "services")
+        .iter()
+        .map(|(_, t)| service(w, t, control_period))
+        .collect();
+    check_unique(w, "services", "service", services.iter().map(|s| &s.name));
+
+    let jobs: Vec<JobConfig> = w
+        .tables(&root, "jobs")
+        .iter()
+        .map(|(_, t)| job(w, t))
+        .collect();
+    check_unique(w, "jobs", "job", jobs.iter().map(|j| &j.name));
+
+    NodeConfig {
+        listen: listen.unwrap_or(defaults::LISTEN),
+        state_dir: state_dir.unwrap_or_default(),
+        control_period_ms: control_period.unwrap_or(defaults::CONTROL_PERIOD_MS),
+        auth_token,
+        max_request_bytes: max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
+        device,
+        control,
+        services,
+        jobs,
+    }
+}
+
+fn auth_token(w: &mut Walker, root: &Tbl<'_>) -> Option<String> {
+    let s = w.opt_string(root, "auth_token").given()?;
+    // The token goes into an HTTP header; the message never echoes it.
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        w.issue(
+            "auth_token",
+            "must be printable ascii without spaces or control characters",
+        );
+        return None;
+    }
+    Some(s.to_owned())
+}
+
+fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {
+    w.check_keys(t, DEVICE_KEYS);
+    let kind = w
+        .choice(
+            t,
+            "kind",
+            &[
+                ("auto", DeviceKind::Auto),
+                ("cpu", DeviceKind::Cpu),
+                ("cuda", DeviceKind::Cuda),
+            ],
+        )
+        .or(DeviceKind::Auto);
+    let gpus = gpus(w, t);
+    let require_gpu = w.boolean(t, "require_gpu").or(false);
+    if require_gpu == Some(true) && kind == Some(DeviceKind::Cpu) {
+        w.issue(
+            t.key("require_gpu"),
+            "cannot be true with kind = \"cpu\"; set kind to \"auto\" or \"cuda\"",
+        );
+    }
+    let cpu_threads = w.int::<usize>(t, "cpu_threads", 0, Some(1024)).or(0);
+    let share_mechanism = w
+        .choice(
+            t,
+            "share_mechanism",
+            &[
+                ("auto", ShareMechanism::Auto),
+                ("cta", ShareMechanism::Cta),
+                ("green", ShareMechanism::Green),
+            ],
+        )
+        .or(ShareMechanism::Auto);
+    DeviceConfig {
+        kind: kind.unwrap_or(DeviceKind::Auto),
+        gpus: gpus.unwrap_or(GpuSelection::All),
+        require_gpu: require_gpu.unwrap_or(false),
+        cpu_threads: cpu_threads.unwrap_or(0),
+        share_mechanism: share_mechanism.unwrap_or(ShareMechanism::Auto),
+    }
+}
+
+fn gpus(w: &mut Walker, t: &Tbl<'_>) -> Option<GpuSelection> {
+    let path = t.key("gpus");
+    match t.get("gpus") {
+        None => Some(GpuSelection::All),
+        Some(Value::String(s)) if s == "all" => Some(GpuSelection::All),
+        Some(Value::String(s)) => {
+            w.issue(
+                path,
+                format!("expected \"all\" or an array of gpu indices, got {s:?}"),
+            );
+            None
+        }
+        Some(Value::Array(a)) if a.is_empty() => {
+            w.issue(
+                path,
+                "must not be empty (use kind = \"cpu\" to run without a gpu)",
+            );
+            None
+        }
+        Some(Value::Array(_)) => {
+            let ids = w
+                .int_array::<u32>(t, "gpus", 0, Some(i64::from(u32::MAX)))
+                .given()?;
+            let mut first: HashMap<u32, usize> = HashMap::new();
+            let mut dup = false;
+            for (i, id) in ids.iter().enumerate() {
+                if let Some(j) = first.get(id) {
+                    w.issue(
+                        format!("{path}[{i}]"),
+                        format!("duplicate gpu index {id} (also {path}[{j}])"),
+                    );
+                    dup = true;
+                } else {
+                    first.insert(*id, i);
+                }
+            }
+            (!dup).then_some(GpuSelection::Indices(ids))
+        }
+        Some(v) => {
+            w.issue(
+                path,
+                format!(
+                    "expected \"all\" or an array of gpu indices, got {}",
+                    kind(v)
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn control(w: &mut Walker, t: &Tbl<'_>) -> ControlConfig {
+    w.check_keys(t, CONTROL_KEYS);
+    let reserve_frac = w
+        .float(t, "reserve_frac", Bound::Incl(0.0), Bound::Incl(0.5))
+        .or(defaults::RESERVE_FRAC);
+    let leftover = w
+        .choice(
+            t,
+            "leftover",
+            &[
+                ("best-effort", Leftover::BestEffort),
+                ("idle", Leftover::Idle),
+                ("spread", Leftover::Spread),
+            ],
+        )
+        .or(Leftover::BestEffort);
+    let decision_log = w.opt_string(t, "decision_log").given().map(PathBuf::from);
+    ControlConfig {
+        reserve_frac: reserve_frac.unwrap_or(defaults::RESERVE_FRAC),
+        leftover: leftover.unwrap_or(Leftover::BestEffort),
+        decision_log,
+    }
+}
+
+/// Service and job names appear in URLs and file names.
+fn name(w: &mut Walker, t: &Tbl<'_>) -> String {
+    let Some(s) = w.required_string(t, "name") else {
+        return String::new();
+    };
+    let charset_ok = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !charset_ok || s.len() > MAX_NAME_LEN {
+        w.issue(
+            t.key("name"),
+            format!("must be 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 _ . -, got {s:?}"),
+        );
+    } else if s == "." || s == ".." {
+        w.issue(
+            t.key("name"),
+            format!("must not be {s:?} (it names a directory)"),
+        );
+    }
+    s.to_owned()
+}
+
+/// Reports every name that repeats an earlier one. Empty names were reported already.
+fn check_unique<'a>(
+    w: &mut Walker,
+    list: &str,
+    what: &str,
+    names: impl Iterator<Item = &'a String>,
+) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in names.enumerate() {
+        if n.is_empty() {
+            continue;
+        }
+        if let Some(j) = first.get(n.as_str()) {
+            w.issue(
+                format!("{list}[{i}].name"),
+                format!("duplicate {what} name {n:?} (also {list}[{j}])"),
+            );
+        } else {
+            first.insert(n, i);
+        }
+    }
+}
+
+fn layers(w: &mut Walker, t: &Tbl<'_>) -> Field<Vec<usize>> {
+    match w.int_array::<usize>(t, "layers", 1, Some(65_536)) {
+        Field::Ok(v) if v.len() < 2 => {
+            w.issue(
+                t.key("layers"),
+                format!(
+                    "must have at least 2 widths (input and output), got {}",
+                    v.len()
+                ),
+            );
+            Field::Bad
+        }
+        f => f,
+    }
+}
+
+fn service(w: &mut Walker, t: &Tbl<'_>, control_period: Option<u64>) -> ServiceConfig {
+    w.check_keys(t, SERVICE_KEYS);
+    let name = name(w, t);
+    let layers = layers(w, t);
+    let checkpoint = w.opt_string(t, "checkpoint");
+    if layers.is_absent() && checkpoint.is_absent() {
+        w.issue(
+            t.key("layers"),
+            "missing required key (required unless checkpoint is set)",
+        );
+    }
+    let seed = w.int::<u64>(t, "seed", 0, None).or(defaults::SEED);
+    let warmup_data = w.opt_string(t, "warmup_data");
+    if let Field::Ok(spec) = warmup_data {
+        check_data_spec(w, t, "warmup_data", spec);
+    }
+    if let (Field::Ok(_), Field::Ok(_)) = (warmup_data, checkpoint) {
+        w.issue(
+            t.key("warmup_data"),
+            "only used when there is no checkpoint; remove warmup_data or checkpoint",
+        );
+    }
+    let max_queue = w
+        .int::<usize>(t, "max_queue", 1, Some(1_000_000))
+        .or(defaults::MAX_QUEUE);
+
+    let (p99_ms, window_ms) = match w.table(t, "slo") {
+        Field::Ok(s) => slo(w, &s, control_period),
+        Field::Absent => {
+            w.missing(format!("{}.p99_ms", t.key("slo")));
+            (None, None)
+        }
+        Field::Bad => (None, None),
+    };
+    let empty = Table::new();
+    let (max_batch_size, max_queue_delay_ms) = match w.section(t, "batching", &empty) {
+        Some(b) => batching_section(w, &b, p99_ms),
+        None => (None, None),
+    };
+
+    ServiceConfig {
+        name,
+        layers: layers.given(),
+        checkpoint: checkpoint.given().map(PathBuf::from),
+        seed: seed.unwrap_or(defaults::SEED),
+        warmup_data: warmup_data.given().map(str::to_owned),
+        max_queue: max_queue.unwrap_or(defaults::MAX_QUEUE),
+        slo: SloConfig {
+            p99_ms: p99_ms.unwrap_or(0.0),
+            window_ms: window_ms.unwrap_or(defaults::WINDOW_MS),
+        },
+        batching: BatchingConfig {
+            max_batch_size: max_batch_size.unwrap_or(defaults::MAX_BATCH_SIZE),
+            max_queue_delay_ms: max_queue_delay_ms.unwrap_or(defaults::MAX_QUEUE_DELAY_MS),
+        },
+    }
+}
+
+fn slo(w: &mut Walker, t: &Tbl<'_>, control_period: Option<u64>) -> (Option<f64>, Option<u64>) {
+    w.check_keys(t, SLO_KEYS);
+    let p99 = match w.float(t, "p99_ms", Bound::Excl(0.0), Bound::Incl(60_000.0)) {
+        Field::Absent => {
+            w.missing(t.key("p99_ms"));
+            None
+        }
+        f => f.given(),
+    };
+    let window_field = w.int::<u64>(t, "window_ms", 0, Some(MAX_WINDOW_MS));
+    let explicit = !window_field.is_absent();
+    let window = window_field.or(defaults::WINDOW_MS);
+    let floor = control_period.unwrap_or(MIN_CONTROL_PERIOD_MS as u64);
+    let window = match window {
+        Some(v) if v < floor => {
+            let by_default = if explicit { "" } else { " (the default)" };
+            let m = match control_period {
+                Some(cp) => format!("must be >= control_period_ms ({cp}), got {v}{by_default}"),
+                None => format!("must be >= {floor}, got {v}{by_default}"),
+            };
+            w.issue(t.key("window_ms"), m);
+            None
+        }
+        other => other,
+    };
+    (p99, window)
+}
+
+fn batching_section(
+    w: &mut Walker,
+    t: &Tbl<'_>,
+    p99_ms: Option<f64>,
+) -> (Option<usize>, Option<f64>) {
+    w.check_keys(t, BATCHING_KEYS);
+    let size = w
+        .int::<usize>(t, "max_batch_size", 1, Some(4096))
+        .or(defaults::MAX_BATCH_SIZE);
+    let delay_field = w.float(t, "max_queue_delay_ms", Bound::Incl(0.0), Bound::None);
+    let explicit = !delay_field.is_absent();
+    let delay = match (delay_field.or(defaults::MAX_QUEUE_DELAY_MS), p99_ms) {
+        (Some(d), Some(p99)) if d >= p99 => {
+            let by_default = if explicit { "" } else { " (the default)" };
+            w.issue(
+                t.key("max_queue_delay_ms"),
+                format!("must be < slo.p99_ms ({p99}), got {d}{by_default}"),
+            );
+            None
+        }
+        (d, _) => d,
+    };
+    (size, delay)
+}
+
+/// Reports a data spec whose syntax the loaders would refuse (a file is only opened later).
+fn check_data_spec(w: &mut Walker, t: &Tbl<'_>, key: &str, spec: &str) {
+    if let Err(e) = crate::data::check_spec(spec) {
+        w.issue(t.key(key), e.to_string());
+    }
+}
+
+fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
+    w.check_keys(t, JOB_KEYS);
+    let name = name(w, t);
+    let data = w.required_string(t, "data").unwrap_or_default().to_owned();
+    if !data.is_empty() {
+        check_data_spec(w, t, "data", &data);
+    }
+    let layers = match layers(w, t) {
+        Field::Absent => {
+            w.missing(t.key("layers"));
+            None
+        }
+        f => f.given(),
+    };
+    let optimizer = w.choice(
+        t,
+        "optimizer",
+        &[("adam", OptimizerKind::Adam), ("sgd", OptimizerKind::Sgd)],
+    );
+    let opt = optimizer.or(OptimizerKind::Adam);
+    let lr = w.float(t, "lr", Bound::Excl(0.0), Bound::Incl(10.0));
+    let momentum = w.float(t, "momentum", Bound::Incl(0.0), Bound::Excl(1.0));
+    if opt == Some(OptimizerKind::Adam) && !momentum.is_absent() {
+        w.issue(
+            t.key("momentum"),
+            "only used with optimizer = \"sgd\"; remove it or set optimizer = \"sgd\"",
+        );
+    }
+    let weight_decay = w
+        .float(t, "weight_decay", Bound::Incl(0.0), Bound::None)
+        .or(defaults::WEIGHT_DECAY);
+    let batch_size = w
+        .int::<usize>(t, "batch_size", 1, Some(65_536))
+        .or(defaults::BATCH_SIZE);
+    let epochs = w
+        .int::<u32>(t, "epochs", 1, Some(100_000))
+        .or(defaults::EPOCHS);
+    let target = w.float(t, "target_accuracy", Bound::Excl(0.0), Bound::Incl(1.0));
+    let val_field = w.float(t, "val_fraction", Bound::Incl(0.0), Bound::Excl(1.0));
+    let mut val_fraction = val_field.or(defaults::VAL_FRACTION);
+    if val_fraction == Some(0.0) && target.given().is_some() {
+        w.issue(
+            t.key("val_fraction"),
+            "must be > 0 when target_accuracy is set (accuracy is measured on the held-out fraction), got 0",
+        );
+        val_fraction = None;
+    }
+    let seed = w.int::<u64>(t, "seed", 0, None).or(defaults::SEED);
+    let deadline = deadline(w, t);
+    let checkpoint_every = w
+        .int::<u64>(t, "checkpoint_every_steps", 1, Some(10_000_000))
+        .or(defaults::CHECKPOINT_EVERY_STEPS);
+    let best_effort = match (w.boolean(t, "best_effort"), &deadline) {
+        (Field::Ok(false), Field::Absent) => {
+            w.issue(
+                t.key("best_effort"),
+                "false needs a deadline (a job without one is best-effort); set deadline or remove best_effort",
+            );
+            true
+        }
+        (f, d) => f.or(false).unwrap_or(false) || d.is_absent(),
+    };
+
+    let opt = opt.unwrap_or(OptimizerKind::Adam);
+    JobConfig {
+        name,
+        data,
+        layers: layers.unwrap_or_default(),
+        optimizer: opt,
+        lr: lr.or(opt.default_lr()).unwrap_or(opt.default_lr()),
+        momentum: momentum
+            .or(defaults::MOMENTUM)
+            .unwrap_or(defaults::MOMENTUM),
+        weight_decay: weight_decay.unwrap_or(defaults::WEIGHT_DECAY),
+        batch_size: batch_size.unwrap_or(defaults::BATCH_SIZE),
+        epochs: epochs.unwrap_or(defaults::EPOCHS),
+        target_accuracy: target.given(),
+        val_fraction: val_fraction.unwrap_or(defaults::VAL_FRACTION),
+        seed: seed.unwrap_or(defaults::SEED),
+        deadline: deadline.given(),
+        checkpoint_every_steps: checkpoint_every.unwrap_or(defaults::CHECKPOINT_EVERY_STEPS),
+        best_effort,
+    }
+}
+
+fn deadline(w: &mut Walker, t: &Tbl<'_>) -> Field<Deadline> {
+    let path = t.key("deadline");
+    let parsed = match t.get("deadline") {
+        None => return Field::Absent,
+        Some(Value::String(s)) => s.parse::<Deadline>().map_err(|e| e.to_string()),
+        // An unquoted TOML datetime; only a full one with an offset names an instant.
+        Some(Value::Datetime(dt)) if dt.date.is_some() && dt.time.is_some() => {
+            if dt.offset.is_none() {
+                Err(format!(
+                    "timestamp {dt} has no UTC offset; add Z for UTC or +hh:mm, as in 2026-11-28T14:30:00Z"
+                ))
+            } else {
+                dt.to_string()
+                    .parse::<Deadline>()
+                    .map_err(|e| e.to_string())
+            }
+        }
+        Some(Value::Datetime(dt)) => Err(format!(
+            "expected a full timestamp with date, time and offset like 2026-11-28T14:30:00Z, got {dt}"
+        )),
+        Some(v) => Err(format!(
+            "expected a duration like \"10m\" or an RFC 3339 timestamp like \"2026-11-28T14:30:00Z\", got {}",
+            kind(v)
+        )),
+    };
+    match parsed {
+        Ok(d) => Field::Ok(d),
+        Err(m) => {
+            w.issue(path, m);
+            Field::Bad
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Device backends: the narrow set of operations an MLP needs, on buffers the backend owns.
+//!
+//! The CPU backend ([`cpu::CpuBackend`]) is the reference: every other backend is tested
+//! against it. All matrices are row-major and dense; a buffer may be longer than the
+//! operation uses (workspaces are sized for the largest batch), so every operation takes its
+//! shape explicitly and checks that the buffers are long enough.
+
+pub mod cpu;
+
+pub use cpu::CpuBackend;
+
+/// What went wrong in a device operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A buffer is shorter than the shape an operation was asked to use.
+    #[error("{op}: buffer `{buffer}` holds {len} elements, the shape needs {needed}")]
+    Shape {
+        /// The operation.
+        op: &'static str,
+        /// Which argument.
+        buffer: &'static str,
+        /// Its length.
+        len: usize,
+        /// What the shape needs.
+        needed: usize,
+    },
+    /// A label is not below the number of classes.
+    #[error("{op}: label {label} in row {row} is out of range for {classes} classes")]
+    Label {
+        /// The operation.
+        op: &'static str,
+        /// Row of the batch.
+        row: usize,
+        /// The label found.
+        label: u32,
+        /// Number of classes (columns of the logits).
+        classes: usize,
+    },
+    /// The backend could not be created or used.
+    #[error("device unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// `C = alpha · op(A) · op(B) + beta · C` with `op(A)` of shape `m × k` and `op(B)` of shape
+/// `k × n`. `A` is stored `m × k`, or `k × m` when `trans_a`; `B` is stored `k × n`, or
+/// `n × k` when `trans_b`; `C` is `m × n`. When `beta == 0` the old contents of `C` are not
+/// read (NaN in `C` does not propagate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemm {
+    /// Use `Aᵀ`.
+    pub trans_a: bool,
+    /// Use `Bᵀ`.
+    pub trans_b: bool,
+    /// Rows of `C`.
+    pub m: usize,
+    /// Columns of `C`.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the old `C`.
+    pub beta: f32,
+}
+
+impl Gemm {
+    /// `C = op(A) · op(B)`.
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Gemm {
+            trans_a: false,
+            trans_b: false,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+
+    /// Use the transpose of `A`.
+    pub fn ta(mut self) -> Self {
+        self.trans_a = true;
+        self
+    }
+
+    /// Use the transpose of `B`.
+    pub fn tb(mut self) -> Self {
+        self.trans_b = true;
+        self
+    }
+
+    /// Set the scales.
+    pub fn scaled(mut self, alpha: f32, beta: f32) -> Self {
+        self.alpha = alpha;
+        self.beta = beta;
+        self
+    }
+}
+
+/// Activation applied by the fused bias epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `y = x + b`.
+    Identity,
+    /// `y = max(0, x + b)`.
+    Relu,
+}
+
+/// SGD with momentum (PyTorch semantics): `g' = g + wd·p; v = μ·v + g'; p -= lr·v`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdParams {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum μ in [0, 1).
+    pub momentum: f32,
+    /// L2 weight decay added to the gradient.
+    pub weight_decay: f32,
+}
+
+/// Adam (PyTorch semantics, L2 weight decay added to the gradient), with bias correction
+/// for step `t` (1-based).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamParams {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator term.
+    pub eps: f32,
+    /// L2 weight decay added to the gradient.
+    pub weight_decay: f32,
+    /// Step number, starting at 1.
+    pub t: u64,
+}
+
+/// The operations an MLP needs, on buffers owned by the backend. Implementations must give
+/// the same results as [`CpuBackend`] up to floating-point reassociation.
+pub trait Backend: Send + Sync {
+    /// A buffer of `f32`.
+    type Buf: Send + Sync;
+    /// A buffer of class labels.
+    type Labels: Send + Sync;
+
+    /// A short name for messages and status (`cpu`, `cuda:0`).
+    fn name(&self) -> String;
+
+    /// The most workers (CPU threads, or CTAs on a GPU) this backend can use.
+    fn max_workers(&self) -> usize;
+    /// The workers this backend uses now.
+    fn workers(&self) -> usize;
+    /// Sets the worker budget, clamped to `1..=max_workers()`. A lane's share is enforced
+    /// through this.
+    fn set_workers(&self, workers: usize);
+
+    /// A zeroed buffer of `len` elements.
+    fn alloc(&self, len: usize) -> Result<Self::Buf, DeviceError>;
+    /// A buffer holding a copy of `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf, DeviceError> {
+        let mut buf = self.alloc(data.len())?;
+        self.write(&mut buf, data)?;
+        Ok(buf)
+    }
+    /// Number of elements in `buf`.
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Copies `data` into the start of `dst`.
+    fn write(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<(), DeviceError>;
+    /// Copies the start of `src` into `out`.
+    fn read(&self, src: &Self::Buf, out: &mut [f32]) -> Result<(), DeviceError>;
+    /// Sets the first `len` elements of `buf` to `value`.
+    fn fill(&self, buf: &mut Self::Buf, len: usize, value: f32) -> Result<(), DeviceError>;
+
+    /// A labels buffer of `len` zeros.
+    fn alloc_labels(&self, len: usize) -> Result<Self::Labels, DeviceError>;
+    /// Copies `labels` into the start of `dst`.
+    fn write_labels(&self, dst: &mut Self::Labels, labels: &[u32]) -> Result<(), DeviceError>;
+
+    /// General matrix multiply; see [`Gemm`].
+    fn gemm(
+        &self,
+        g: Gemm,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        c: &mut Self::Buf,
+    ) -> Result<(), DeviceError>;
+
+    /// In place on the `rows × cols` matrix `x`: `x[r][c] = act(x[r][c] + bias[c])`.
+    fn bias_act(
+        &self,
+        x: &mut Self::Buf,
+        bias: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        act: Activation,
+    ) -> Result<(), DeviceError>;
+
+    /// Gradient of ReLU given its output: `grad[i] = 0` where `act[i] <= 0`, for `i < len`.
+    fn relu_grad(
+        &self,
+        grad: &mut Self::Buf,
+        act: &Self::Buf,
+        len: usize,
+    ) -> Result<(), DeviceError>;
+
+    /// Column sums of the `rows × cols` matrix `x`: `out[c] = Σ_r x[r][c]` (bias gradients).
+    fn col_sum(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        out: &mut Self::Buf,
+    ) -> Result<(), DeviceError>;
+
+    /// Softmax + cross-entropy on `rows × cols` logits against `labels`:
+    /// `grad[r][c] = grad_scale · (softmax(logits[r])[c] − [c == label_r])`,
+    /// `loss_acc[r] += −log softmax(logits[r])[label_r]`, and `correct_acc[r] += 1` when the
+    /// first maximum of the row is at the label. The accumulators let a caller sum over many
+    /// batches and read once.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent(
+        &self,
+        logits: &Self::Buf,
+        labels: &Self::Labels,
+        rows: usize,
+        cols: usize,
+        grad_scale: f32,
+        grad: &mut Self::Buf,
+        loss_acc: &mut Self::Buf,
+        correct_acc: &mut Self::Buf,
+    ) -> Result<(), DeviceError>;
+
+    /// Row-wise softmax in place on a `rows × cols` matrix.
+    fn softmax(&self, x: &mut Self::Buf, rows: usize, cols: usize) -> Result<(), DeviceError>;
+
+    /// Sum of the first `len` elements.
+    fn sum(&self, x: &Self::Buf, len: usize) -> Result<f64, DeviceError>;
+
+    /// One SGD-with-momentum update of the first `len` parameters.
+    fn sgd_step(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        velocity: &mut Self::Buf,
+        len: usize,
+        hp: SgdParams,
+    ) -> Result<(), DeviceError>;
+
+    /// One Adam update of the first `len` parameters.
+    fn adam_step(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        len: usize,
+        hp: AdamParams,
+    ) -> Result<(), DeviceError>;
+
+    /// Waits until all queued work has finished (a no-op on the CPU).
+    fn synchronize(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}
+
+/// Checks that a buffer of `len` elements can hold `needed`.
+pub(crate) fn check_len(
+    op: &'static str,
+    buffer: &'static str,
+    len: usize,
+    needed: usize,
+) -> Result<(), DeviceError> {
+    if len < needed {
+        Err(DeviceError::Shape {
+            op,
+            buffer,
+            len,
+            needed,
+        })
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,488 @@
+//! The inference service core: a bounded request queue and a dynamic batcher.
+//!
+//! Callers submit one row at a time; a dedicated thread takes the first waiting request,
+//! gathers more until the batch is full or the first request has waited `max_queue_delay`,
+//! runs one forward pass for the whole batch on the backend and answers each request with
+//! its own row. A full queue refuses at once ([`ServeError::Overloaded`]) instead of letting
+//! latency grow without bound. Requests already queued when the service shuts down are still
+//! answered.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::data::Normalizer;
+use crate::device::Backend;
+use crate::model::{Mlp, MlpParams, ModelError, Workspace};
+
+/// Why a request was not answered with a prediction.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServeError {
+    /// The queue is full.
+    #[error("service {service}: queue is full ({capacity} requests waiting); retry later")]
+    Overloaded {
+        /// The service.
+        service: String,
+        /// Its queue bound.
+        capacity: usize,
+    },
+    /// The input row has the wrong width.
+    #[error("service {service}: input has {got} values, the model takes {expected}")]
+    InputShape {
+        /// The service.
+        service: String,
+        /// Model input width.
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// The input holds NaN or an infinity.
+    #[error("service {service}: input value {index} is {value}; inputs must be finite numbers")]
+    NotFinite {
+        /// The service.
+        service: String,
+        /// Position in the row.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// The service is stopping or stopped.
+    #[error("service {service}: shutting down")]
+    ShuttingDown {
+        /// The service.
+        service: String,
+    },
+    /// The forward pass failed.
+    #[error("service {service}: inference failed: {message}")]
+    Compute {
+        /// The service.
+        service: String,
+        /// The device or model error.
+        message: String,
+    },
+    /// The service could not be created.
+    #[error("service {service}: {message}")]
+    Setup {
+        /// The service.
+        service: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Batching limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchConfig {
+    /// Largest batch one forward pass takes.
+    pub max_batch_size: usize,
+    /// Longest the first request of a batch waits for others.
+    pub max_queue_delay: Duration,
+    /// Requests that may wait; more are refused.
+    pub max_queue: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch_size: 32,
+            max_queue_delay: Duration::from_millis(2),
+            max_queue: 1024,
+        }
+    }
+}
+
+/// One answered request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// Class probabilities.
+    pub output: Vec<f32>,
+    /// Time from submission to the start of its batch's forward pass.
+    pub queue_us: u64,
+    /// Time of its batch's forward pass, input staging and output copy included.
+    pub compute_us: u64,
+    /// Rows in its batch.
+    pub batch_size: usize,
+}
+
+/// Cumulative statistics of a service.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ServiceStats {
+    /// Requests answered with a prediction.
+    pub success_count: u64,
+    /// Requests that failed in the forward pass.
+    pub failure_count: u64,
+    /// Requests refused because the queue was full.
+    pub rejected_count: u64,
+    /// Forward passes run.
+    pub batch_count: u64,
+    /// Sum of the queue time of successful requests, in ns.
+    pub queue_ns: u64,
+    /// Sum of the compute time of successful requests (each counts its batch's), in ns.
+    pub compute_ns: u64,
+    /// Number of forward passes per batch size (index = size; index 0 unused).
+    pub batch_sizes: Vec<u64>,
+}
+
+struct Request {
+    input: Vec<f32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Response, ServeError>>,
+}
+
+struct Shared {
+    name: String,
+    inputs: usize,
+    outputs: usize,
+    max_queue: usize,
+    batch_limit: usize,
+    max_batch_size: AtomicUsize,
+    max_queue_delay_us: AtomicU64,
+    queued: AtomicUsize,
+    accepting: AtomicBool,
+    stats: Mutex<ServiceStats>,
+}
+
+/// A model to serve: parameters plus the input standardisation they were trained with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedModel {
+    /// Parameters.
+    pub params: MlpParams,
+    /// Standardisation applied to every input row.
+    pub normalizer: Normalizer,
+}
+
+/// A running inference service.
+pub struct InferenceService {
+    shared: Arc<Shared>,
+    tx: Option<SyncSender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// An answer still to come.
+pub struct Pending {
+    rx: oneshot::Receiver<Result<Response, ServeError>>,
+    service: String,
+}
+
+impl Pending {
+    /// Waits on the calling thread. Must not be called from inside an async runtime; use
+    /// [`Pending::recv`] there.
+    pub fn wait(self) -> Result<Response, ServeError> {
+        let service = self.service;
+        self.rx
+            .blocking_recv()
+            .unwrap_or(Err(ServeError::ShuttingDown { service }))
+    }
+
+    /// Waits asynchronously.
+    pub async fn recv(self) -> Result<Response, ServeError> {
+        let service = self.service;
+        self.rx
+            .await
+            .unwrap_or(Err(ServeError::ShuttingDown { service }))
+    }
+}
+
+impl InferenceService {
+    /// Starts a service named `name` serving `model` on `backend`, on a thread of its own.
+    /// The workspace is sized for `config.max_batch_size`: the batch size can later be
+    /// lowered and raised again with [`InferenceService::set_max_batch_size`], never above
+    /// that.
+    pub fn start<B: Backend + 'static>(
+        name: &str,
+        backend: B,
+        model: ServedModel,
+        config: BatchConfig,
+    ) -> Result<Self, ServeError> {
+        let setup = |message: String| ServeError::Setup {
+            service: name.to_string(),
+            message,
+        };
+        if config.max_batch_size == 0 || config.max_queue == 0 {
+            return Err(setup(
+                "max batch size and max queue must be at least 1".into(),
+            ));
+        }
+        let inputs = model.params.layers[0];
+        if model.normalizer.mean.len() != inputs {
+            return Err(setup(format!(
+                "normalisation has {} features, the model takes {inputs}",
+                model.normalizer.mean.len()
+            )));
+        }
+        let batch_limit = config.max_batch_size;
+        let mlp = Mlp::from_params(&backend, &model.params).map_err(|e| setup(e.to_string()))?;
+        let ws = Workspace::new(&backend, &model.params.layers, batch_limit, false)
+            .map_err(|e| setup(e.to_string()))?;
+        let x_buf = backend
+            .alloc(batch_limit * inputs)
+            .map_err(|e| setup(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            inputs,
+            outputs: mlp.outputs(),
+            max_queue: config.max_queue,
+            batch_limit,
+            max_batch_size: AtomicUsize::new(config.max_batch_size),
+            max_queue_delay_us: AtomicU64::new(config.max_queue_delay.as_micros() as u64),
+            queued: AtomicUsize::new(0),
+            accepting: AtomicBool::new(true),
+            stats: Mutex::new(ServiceStats {
+                batch_sizes: vec![0; batch_limit + 1],
+                ..Default::default()
+            }),
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue);
+        let worker = Worker {
+            shared: shared.clone(),
+            backend,
+            mlp,
+            ws,
+            x_buf,
+            normalizer: model.normalizer,
+            staging: Vec::with_capacity(batch_limit * inputs),
+            out: vec![0.0; batch_limit * shared.outputs],
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("setpoint-svc-{name}"))
+            .spawn(move || worker.run(rx))
+            .map_err(|e| setup(format!("cannot start batcher thread: {e}")))?;
+        Ok(InferenceService {
+            shared,
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Input width.
+    pub fn inputs(&self) -> usize {
+        self.shared.inputs
+    }
+
+    /// Output width.
+    pub fn outputs(&self) -> usize {
+        self.shared.outputs
+    }
+
+    /// Requests waiting for a batch.
+    pub fn queue_len(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// The current batch size limit.
+    pub fn max_batch_size(&self) -> usize {
+        self.shared.max_batch_size.load(Ordering::Relaxed)
+    }
+
+    /// Changes the batch size limit (clamped to 1..=the limit given at start); takes
+    /// effect from the next batch.
+    pub fn set_max_batch_size(&self, size: usize) {
+        self.shared
+            .max_batch_size
+            .store(size.clamp(1, self.shared.batch_limit), Ordering::Relaxed);
+    }
+
+    /// Changes the longest wait for a batch to fill; takes effect from the next batch.
+    pub fn set_max_queue_delay(&self, delay: Duration) {
+        self.shared
+            .max_queue_delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A copy of the statistics.
+    pub fn stats(&self) -> ServiceStats {
+        match self.shared.stats.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Queues one input row. Fails at once when the row is malformed, the queue is full or
+    /// the service is stopping.
+    pub fn submit(&self, input: Vec<f32>) -> Result<Pending, ServeError> {
+        let service = || self.shared.name.clone();
+        if input.len() != self.shared.inputs {
+            return Err(ServeError::InputShape {
+                service: service(),
+                expected: self.shared.inputs,
+                got: input.len(),
+            });
+        }
+        if let Some((index, &value)) = input.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(ServeError::NotFinite {
+                service: service(),
+                index,
+                value,
+            });
+        }
+        let tx = match &self.tx {
+            Some(tx) if self.shared.accepting.load(Ordering::Acquire) => tx,
+            _ => return Err(ServeError::ShuttingDown { service: service() }),
+        };
+        let (reply, rx) = oneshot::channel();
+        let req = Request {
+            input,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(req) {
+            Ok(()) => Ok(Pending {
+                rx,
+                service: service(),
+            }),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(_) => {
+                        if let Ok(mut s) = self.shared.stats.lock() {
+                            s.rejected_count += 1;
+                        }
+                        Err(ServeError::Overloaded {
+                            service: service(),
+                            capacity: self.shared.max_queue,
+                        })
+                    }
+                    TrySendError::Disconnected(_) => {
+                        Err(ServeError::ShuttingDown { service: service() })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Submits one row and waits for its answer on the calling thread.
+    pub fn infer_blocking(&self, input: Vec<f32>) -> Result<Response, ServeError> {
+        self.submit(input)?.wait()
+    }
+
+    /// Stops accepting, answers every request already queued, and stops the thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.accepting.store(false, Ordering::Release);
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for InferenceService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker<B: Backend> {
+    shared: Arc<Shared>,
+    backend: B,
+    mlp: Mlp<B>,
+    ws: Workspace<B>,
+    x_buf: B::Buf,
+    normalizer: Normalizer,
+    staging: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl<B: Backend> Worker<B> {
+    fn run(mut self, rx: Receiver<Request>) {
+        let mut batch: Vec<Request> = Vec::with_capacity(self.shared.batch_limit);
+        while let Ok(first) = rx.recv() {
+            let delay =
+                Duration::from_micros(self.shared.max_queue_delay_us.load(Ordering::Relaxed));
+            let max = self.shared.max_batch_size.load(Ordering::Relaxed);
+            let deadline = first.enqueued + delay;
+            batch.push(first);
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        batch.push(r);
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {}
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match rx.recv_timeout(deadline - now) {
+                    Ok(r) => batch.push(r),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            self.run_batch(&mut batch);
+        }
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Request>) {
+        let start = Instant::now();
+        let rows = batch.len();
+        let result = self.forward(batch);
+        let compute_us = start.elapsed().as_micros() as u64;
+        let outputs = self.shared.outputs;
+        let mut queue_ns = 0u64;
+        let ok = result.is_ok();
+        for (r, req) in batch.drain(..).enumerate() {
+            let queue = start.saturating_duration_since(req.enqueued);
+            queue_ns += queue.as_nanos() as u64;
+            let answer = match &result {
+                Ok(()) => Ok(Response {
+                    output: self.out[r * outputs..(r + 1) * outputs].to_vec(),
+                    queue_us: queue.as_micros() as u64,
+                    compute_us,
+                    batch_size: rows,
+                }),
+                Err(e) => Err(ServeError::Compute {
+                    service: self.shared.name.clone(),
+                    message: e.to_string(),
+                }),
+            };
+            // A caller that stopped waiting is not an error.
+            let _ = req.reply.send(answer);
+        }
+        let mut stats = match self.shared.stats.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        stats.batch_count += 1;
+        if let Some(n) = stats.batch_sizes.get_mut(rows) {
+            *n += 1;
+        }
+        if ok {
+            stats.success_count += rows as u64;
+            stats.queue_ns += queue_ns;
+            stats.compute_ns += compute_us * 1000 * rows as u64;
+        } else {
+            stats.failure_count += rows as u64;
+        }
+    }
+
+    fn forward(&mut self, batch: &[Request]) -> Result<(), ModelError> {
+        let rows = batch.len();
+        self.staging.clear();
+        for req in batch {
+            self.staging.extend_from_slice(&req.input);
+        }
+        self.normalizer.apply(&mut self.staging);
+        self.backend.write(&mut self.x_buf, &self.staging)?;
+        self.mlp
+            .predict(&self.backend, &mut self.ws, &self.x_buf, rows)?;
+        let n = rows * self.shared.outputs;
+        self.backend.read(self.ws.output(), &mut self.out[..n])?;
+        Ok(())
+    }
+}
