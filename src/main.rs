@@ -54,10 +54,26 @@ fn main() -> ExitCode {
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text an outer message
+/// already includes (library errors name their OS error and also expose it as the source).
+fn render(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// 2 for errors in what the user gave, 1 for failures while running.
@@ -73,10 +89,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return if t.is_input() { 2 } else { 1 };
         }
         if let Some(c) = cause.downcast_ref::<CheckpointError>() {
-            return if matches!(c, CheckpointError::Io { .. }) {
-                1
-            } else {
-                2
+            return match c {
+                CheckpointError::Io { source, .. } => {
+                    if source.kind() == std::io::ErrorKind::NotFound {
+                        2
+                    } else {
+                        1
+                    }
+                }
+                _ => 2,
             };
         }
         if let Some(m) = cause.downcast_ref::<ModelError>() {

@@ -433,16 +433,34 @@ impl<B: Backend> Worker<B> {
         let rows = batch.len();
         let result = self.forward(batch);
         let compute_us = start.elapsed().as_micros() as u64;
+        let queue_ns: u64 = batch
+            .iter()
+            .map(|r| start.saturating_duration_since(r.enqueued).as_nanos() as u64)
+            .sum();
+        // Statistics first, so a caller who has its answer also sees it counted.
+        {
+            let mut stats = match self.shared.stats.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            stats.batch_count += 1;
+            if let Some(n) = stats.batch_sizes.get_mut(rows) {
+                *n += 1;
+            }
+            if result.is_ok() {
+                stats.success_count += rows as u64;
+                stats.queue_ns += queue_ns;
+                stats.compute_ns += compute_us * 1000 * rows as u64;
+            } else {
+                stats.failure_count += rows as u64;
+            }
+        }
         let outputs = self.shared.outputs;
-        let mut queue_ns = 0u64;
-        let ok = result.is_ok();
         for (r, req) in batch.drain(..).enumerate() {
-            let queue = start.saturating_duration_since(req.enqueued);
-            queue_ns += queue.as_nanos() as u64;
             let answer = match &result {
                 Ok(()) => Ok(Response {
                     output: self.out[r * outputs..(r + 1) * outputs].to_vec(),
-                    queue_us: queue.as_micros() as u64,
+                    queue_us: start.saturating_duration_since(req.enqueued).as_micros() as u64,
                     compute_us,
                     batch_size: rows,
                 }),
@@ -453,21 +471,6 @@ impl<B: Backend> Worker<B> {
             };
             // A caller that stopped waiting is not an error.
             let _ = req.reply.send(answer);
-        }
-        let mut stats = match self.shared.stats.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        stats.batch_count += 1;
-        if let Some(n) = stats.batch_sizes.get_mut(rows) {
-            *n += 1;
-        }
-        if ok {
-            stats.success_count += rows as u64;
-            stats.queue_ns += queue_ns;
-            stats.compute_ns += compute_us * 1000 * rows as u64;
-        } else {
-            stats.failure_count += rows as u64;
         }
     }
 

@@ -1,0 +1,320 @@
+//! The `setpoint` command as a user runs it: outputs, messages and exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/digits.csv.gz");
+
+fn setpoint(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(args)
+        .output()
+        .expect("run setpoint")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn train_json_prints_exactly_one_object_and_writes_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("d.ckpt");
+    let out = setpoint(&[
+        "train",
+        "--data",
+        DIGITS,
+        "--layers",
+        "64,128,10",
+        "--target-accuracy",
+        "0.95",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in [
+        "epochs",
+        "steps",
+        "train_loss",
+        "val_accuracy",
+        "wall_s",
+        "samples_per_s",
+        "checkpoint",
+    ] {
+        assert!(!v[key].is_null(), "missing {key}: {v}");
+    }
+    assert!(v["val_accuracy"].as_f64().unwrap() >= 0.95);
+    assert_eq!(v["stop_reason"], "target_reached");
+    assert_eq!(v["checkpoint"], ckpt.to_str().unwrap());
+    assert!(ckpt.exists());
+
+    // The checkpoint predicts the labelled file with its stored normalisation.
+    let out = setpoint(&[
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        DIGITS,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["rows"], 1797);
+    assert!(v["accuracy"].as_f64().unwrap() > 0.95, "{}", v["accuracy"]);
+}
+
+#[test]
+fn predict_gives_one_prediction_per_row_on_unlabelled_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("m.ckpt");
+    let out = setpoint(&[
+        "train",
+        "--data",
+        "synthetic:blobs:size=300,classes=3,features=4",
+        "--epochs",
+        "3",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("trained 4,128,3"), "{}", stdout(&out));
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(&csv, "0.1,0.2,0.3,0.4\n-1,2,-3,4\n5,5,5,5\n").unwrap();
+    let out = setpoint(&[
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "row,class,probability");
+    assert_eq!(lines.len(), 4, "{text}");
+    for (i, line) in lines[1..].iter().enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[0], (i + 1).to_string());
+        assert!(f[1].parse::<usize>().unwrap() < 3);
+        let p: f64 = f[2].parse().unwrap();
+        assert!(p > 1.0 / 3.0 - 1e-6 && p <= 1.0);
+    }
+}
+
+#[test]
+fn resume_from_the_cli_continues_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("r.ckpt");
+    let c = ckpt.to_str().unwrap();
+    let first = setpoint(&[
+        "train",
+        "--data",
+        DIGITS,
+        "--epochs",
+        "2",
+        "--checkpoint",
+        c,
+        "--json",
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let out = setpoint(&[
+        "train", "--data", DIGITS, "--resume", c, "--epochs", "4", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["epochs"], 4);
+    assert_eq!(v["history"].as_array().unwrap().len(), 4);
+    // Same run uninterrupted gives the same figures.
+    let full = setpoint(&["train", "--data", DIGITS, "--epochs", "4", "--json"]);
+    let f: serde_json::Value = serde_json::from_str(&stdout(&full)).unwrap();
+    assert_eq!(f["history"], v["history"]);
+    // A different learning rate is refused.
+    let out = setpoint(&["train", "--data", DIGITS, "--resume", c, "--lr", "0.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("the optimizer was"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn expect_input_error(args: &[&str], needle: &str) {
+    let out = setpoint(args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "args {args:?}\nstderr: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(needle),
+        "args {args:?}: expected {needle:?} in\n{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_csv = dir.path().join("bad.csv");
+    std::fs::write(&bad_csv, "1,2,3\n4,5,6\n7,8\n").unwrap();
+    let bad = bad_csv.to_str().unwrap();
+    expect_input_error(
+        &["train", "--data", bad],
+        &format!("{bad}:3: expected 3 columns, got 2"),
+    );
+    let nan_csv = dir.path().join("nan.csv");
+    std::fs::write(&nan_csv, "1,2,0\n4,x,1\n").unwrap();
+    expect_input_error(
+        &["train", "--data", nan_csv.to_str().unwrap()],
+        "column 2: not a number: \"x\"",
+    );
+    expect_input_error(
+        &["train", "--data", DIGITS, "--layers", "32,10"],
+        "the data has 64 features but layers 32,10 take 32 inputs",
+    );
+    expect_input_error(
+        &["train", "--data", DIGITS, "--layers", "64,x,10"],
+        "\"x\" is not a positive integer",
+    );
+    expect_input_error(
+        &["train", "--data", DIGITS, "--layers", "64,128,5"],
+        "outside the model's 5 classes",
+    );
+    expect_input_error(
+        &["train", "--data", "synthetic:moons"],
+        "unknown synthetic kind \"moons\"",
+    );
+    expect_input_error(
+        &["train", "--data", "/no/such/file.csv"],
+        "/no/such/file.csv",
+    );
+    expect_input_error(
+        &["train", "--data", DIGITS, "--target-accuracy", "1.5"],
+        "target accuracy must be in (0, 1], got 1.5",
+    );
+    expect_input_error(
+        &["train", "--optimizer", "rmsprop"],
+        "invalid value 'rmsprop'",
+    );
+    expect_input_error(&["frobnicate"], "unrecognized subcommand");
+}
+
+#[test]
+fn broken_checkpoints_exit_2_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("c.ckpt");
+    let c = ckpt.to_str().unwrap();
+    let out = setpoint(&[
+        "train",
+        "--data",
+        DIGITS,
+        "--epochs",
+        "1",
+        "--checkpoint",
+        c,
+    ]);
+    assert!(out.status.success());
+    let bytes = std::fs::read(&ckpt).unwrap();
+
+    let torn = dir.path().join("torn.ckpt");
+    std::fs::write(&torn, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    expect_input_error(
+        &[
+            "predict",
+            "--checkpoint",
+            torn.to_str().unwrap(),
+            "--data",
+            DIGITS,
+        ],
+        "truncated",
+    );
+    let mut flipped = bytes.clone();
+    let i = flipped.len() - 100;
+    flipped[i] ^= 1;
+    let corrupt = dir.path().join("corrupt.ckpt");
+    std::fs::write(&corrupt, &flipped).unwrap();
+    expect_input_error(
+        &[
+            "predict",
+            "--checkpoint",
+            corrupt.to_str().unwrap(),
+            "--data",
+            DIGITS,
+        ],
+        "checksum mismatch",
+    );
+    expect_input_error(
+        &[
+            "train", "--data", DIGITS, "--resume", c, "--layers", "64,32,10",
+        ],
+        "holds a model with layers 64,128,10, but layers 64,32,10 were asked for",
+    );
+    // Data of the wrong width for the model.
+    let narrow = dir.path().join("narrow.csv");
+    std::fs::write(&narrow, "1,2,3\n").unwrap();
+    expect_input_error(
+        &[
+            "predict",
+            "--checkpoint",
+            c,
+            "--data",
+            narrow.to_str().unwrap(),
+        ],
+        "has 3 columns, but the model takes 64 features",
+    );
+}
+
+#[test]
+fn check_config_prints_what_it_understood_or_every_error() {
+    let out = setpoint(&["check-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("(embedded default): valid"), "{text}");
+    assert!(text.contains("name = \"mlp\""), "{text}");
+    assert!(text.contains("control_period_ms = 100"), "{text}");
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/setpoint.toml");
+    let out = setpoint(&["check-config", example.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(v["services"].is_array());
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "control_period_ms = 5\n[[services]]\nname = \"a\"\nlayers = [4, 2]\n[services.slo]\np99_ms = -5\n",
+    )
+    .unwrap();
+    let out = setpoint(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("control_period_ms: must be between 10 and 10000, got 5"),
+        "{err}"
+    );
+    assert!(
+        err.contains("services[0].slo.p99_ms: must be > 0, got -5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_names_the_revision() {
+    let out = setpoint(&["--version"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).starts_with("setpoint 0.1.0 (rev "),
+        "{}",
+        stdout(&out)
+    );
+}
