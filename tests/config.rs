@@ -970,7 +970,7 @@ weight_decay = 3e-4
 deadline = "2026-11-28T14:30:00.125+02:00"
 [[jobs]]
 name = "free"
-data = "synthetic:spirals:n=100"
+data = "synthetic:spirals:size=100"
 layers = [2, 2]
 epochs = 7
 val_fraction = 0
