@@ -23,6 +23,22 @@ pub enum Command {
     Predict(PredictArgs),
     /// Validate a node configuration file and print what was understood.
     CheckConfig(CheckConfigArgs),
+    /// Run the daemon: inference services and training jobs behind an HTTP API.
+    Serve(ServeArgs),
+}
+
+/// `setpoint serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML); the embedded default when absent.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, overriding the config's `listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// State directory, overriding the config's `state_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Optimisers.

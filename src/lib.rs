@@ -2,10 +2,12 @@
 //! services with response-time SLOs. This crate holds the engine (device backends, the MLP,
 //! data loaders, the training runner, the inference batcher) and the daemon built on it.
 
+pub mod api;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod model;
+pub mod node;
 pub mod serve;
 pub mod train;
 pub mod util;

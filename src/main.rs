@@ -12,7 +12,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use cli::{CheckConfigArgs, Cli, Command, DataArgs, OptimizerArg, PredictArgs, TrainArgs};
+use cli::{
+    CheckConfigArgs, Cli, Command, DataArgs, OptimizerArg, PredictArgs, ServeArgs, TrainArgs,
+};
 use setpoint::data::{self, DataError, Dataset, LabelColumn, LoadOptions};
 use setpoint::device::{Backend, CpuBackend, DeviceError, SgdParams};
 use setpoint::model::checkpoint::{Checkpoint, CheckpointError};
@@ -44,11 +46,18 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // The daemon logs what it does; one-shot commands only warnings.
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SETPOINT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
     match try_main(cli) {
@@ -116,6 +125,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train(args),
         Command::Predict(args) => predict(args),
         Command::CheckConfig(args) => check_config(args),
+        Command::Serve(args) => serve(args),
     }
 }
 
@@ -498,4 +508,78 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
         write!(out, "{}", cfg.summary())?;
     }
     Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => setpoint::config::load(path)?,
+        None => setpoint::config::default_config(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.state_dir {
+        config.state_dir = dir;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("setpoint-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve_task(config))
+}
+
+async fn serve_task(config: setpoint::config::NodeConfig) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let node = setpoint::node::Node::new(config).map_err(|e| anyhow!(e))?;
+    tracing::info!(
+        version = setpoint::VERSION,
+        listen = %listener.local_addr().unwrap_or(listen),
+        state_dir = %node.state_dir().display(),
+        workers = node.cores(),
+        "setpoint serving"
+    );
+    node.start();
+    let app = setpoint::api::http::router(node.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("http server failed")?;
+    tracing::info!("stopping: checkpointing jobs and draining services");
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .context("shutdown failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received Ctrl-C"),
+        _ = term => tracing::info!("received SIGTERM"),
+    }
 }

@@ -86,11 +86,15 @@ fn each_request_gets_its_own_row_and_batches_form() {
         .batch_sizes
         .iter()
         .enumerate()
-        .map(|(size, n)| size as u64 * n)
+        .map(|(size, b)| size as u64 * b.count)
         .sum();
     assert_eq!(batched, 64, "batch size histogram covers every row");
     assert!(stats.batch_count < 64);
-    assert!(stats.compute_ns > 0);
+    assert!(stats.compute_ns() > 0);
+    assert_eq!(stats.queue_hist.count, 64);
+    assert_eq!(stats.compute_hist.count, 64);
+    assert_eq!(stats.batch_hist.count, stats.batch_count);
+    assert!(stats.last_inference_ms > 0);
     assert_eq!(svc.queue_len(), 0);
 }
 

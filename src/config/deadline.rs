@@ -124,7 +124,7 @@ fn looks_like_timestamp(s: &str) -> bool {
 }
 
 /// Parses `YYYY-MM-DD(T|t| )HH:MM:SS[.fraction](Z|z|+hh:mm|-hh:mm)`.
-pub(crate) fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
     let mut p = Cursor {
         s: s.as_bytes(),
         i: 0,
@@ -267,7 +267,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 /// RFC 3339 in UTC, fractional seconds only when non-zero. Unlike humantime's formatter this
 /// never panics on instants before 1970.
-pub(crate) fn format_rfc3339(t: SystemTime) -> String {
+pub fn format_rfc3339(t: SystemTime) -> String {
     let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => (d.as_secs() as i128, d.subsec_nanos()),
         Err(e) => {

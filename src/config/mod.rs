@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 
-pub use deadline::{Deadline, DeadlineError};
+pub use deadline::{Deadline, DeadlineError, format_rfc3339, parse_rfc3339};
 
 /// The embedded default configuration: one inference service and one demonstration job.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
@@ -435,6 +435,119 @@ pub fn default_config() -> NodeConfig {
         Ok(c) => c,
         // The embedded file is checked by the tests; reaching this is a build defect.
         Err(e) => panic!("embedded default config is invalid: {e}"),
+    }
+}
+
+/// Converts a JSON document (an HTTP request body) into the TOML value the config walker
+/// reads, so the jobs and services APIs validate exactly like the config file. JSON `null`
+/// means "absent". Returns the issue for a value TOML cannot hold.
+fn json_to_toml(v: &serde_json::Value, path: &str) -> Result<Option<toml::Value>, ConfigIssue> {
+    use serde_json::Value as J;
+    Ok(Some(match v {
+        J::Null => return Ok(None),
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => match n.as_f64() {
+                Some(f) if n.is_f64() => toml::Value::Float(f),
+                _ => {
+                    return Err(ConfigIssue {
+                        path: path.to_string(),
+                        message: format!("number {n} is out of range"),
+                    });
+                }
+            },
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                match json_to_toml(item, &format!("{path}[{i}]"))? {
+                    Some(v) => out.push(v),
+                    None => {
+                        return Err(ConfigIssue {
+                            path: format!("{path}[{i}]"),
+                            message: "null is not allowed in a list".into(),
+                        });
+                    }
+                }
+            }
+            toml::Value::Array(out)
+        }
+        J::Object(map) => {
+            let mut t = toml::Table::new();
+            for (k, item) in map {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if let Some(v) = json_to_toml(item, &p)? {
+                    t.insert(k.clone(), v);
+                }
+            }
+            toml::Value::Table(t)
+        }
+    }))
+}
+
+fn json_table(v: &serde_json::Value) -> Result<toml::Table, Vec<ConfigIssue>> {
+    match json_to_toml(v, "") {
+        Ok(Some(toml::Value::Table(t))) => Ok(t),
+        Ok(_) => Err(vec![ConfigIssue {
+            path: String::new(),
+            message: "expected a JSON object".into(),
+        }]),
+        Err(issue) => Err(vec![issue]),
+    }
+}
+
+/// Validates a training job given as JSON (the jobs API), with the same keys, defaults and
+/// messages as a `[[jobs]]` table of the config file. The API also accepts
+/// `"class": "deadline" | "best-effort"` in place of `best_effort`.
+pub fn parse_job_json(v: &serde_json::Value) -> Result<JobConfig, Vec<ConfigIssue>> {
+    let mut table = json_table(v)?;
+    if let Some(class) = table.remove("class") {
+        let best_effort = match class.as_str() {
+            Some("deadline") => false,
+            Some("best-effort") => true,
+            _ => {
+                return Err(vec![ConfigIssue {
+                    path: "class".into(),
+                    message: format!("expected \"deadline\" or \"best-effort\", got {}", class),
+                }]);
+            }
+        };
+        if table.contains_key("best_effort") {
+            return Err(vec![ConfigIssue {
+                path: "class".into(),
+                message: "give class or best_effort, not both".into(),
+            }]);
+        }
+        table.insert("best_effort".into(), toml::Value::Boolean(best_effort));
+    }
+    let mut w = walk::Walker::default();
+    let job = schema::job(&mut w, &walk::Tbl::root(&table));
+    if w.issues.is_empty() {
+        Ok(job)
+    } else {
+        Err(w.issues)
+    }
+}
+
+/// Validates an inference service given as JSON (the services API), with the same keys,
+/// defaults and messages as a `[[services]]` table of the config file.
+pub fn parse_service_json(
+    v: &serde_json::Value,
+    control_period_ms: u64,
+) -> Result<ServiceConfig, Vec<ConfigIssue>> {
+    let table = json_table(v)?;
+    let mut w = walk::Walker::default();
+    let svc = schema::service(&mut w, &walk::Tbl::root(&table), Some(control_period_ms));
+    if w.issues.is_empty() {
+        Ok(svc)
+    } else {
+        Err(w.issues)
     }
 }
 

@@ -351,7 +351,7 @@ fn layers(w: &mut Walker, t: &Tbl<'_>) -> Field<Vec<usize>> {
     }
 }
 
-fn service(w: &mut Walker, t: &Tbl<'_>, control_period: Option<u64>) -> ServiceConfig {
+pub(super) fn service(w: &mut Walker, t: &Tbl<'_>, control_period: Option<u64>) -> ServiceConfig {
     w.check_keys(t, SERVICE_KEYS);
     let name = name(w, t);
     let layers = layers(w, t);
@@ -469,7 +469,7 @@ fn check_data_spec(w: &mut Walker, t: &Tbl<'_>, key: &str, spec: &str) {
     }
 }
 
-fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
+pub(super) fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
     w.check_keys(t, JOB_KEYS);
     let name = name(w, t);
     let data = w.required_string(t, "data").unwrap_or_default().to_owned();

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::data::Normalizer;
 use crate::device::Backend;
 use crate::model::{Mlp, MlpParams, ModelError, Workspace};
+use crate::util::histogram::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS_S};
 
 /// Why a request was not answered with a prediction.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -108,8 +109,28 @@ pub struct Response {
     pub batch_size: usize,
 }
 
-/// Cumulative statistics of a service.
+/// Durations of one batch's phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PhaseNs {
+    /// Gathering, normalising and copying inputs to the device.
+    pub input_ns: u64,
+    /// The forward pass.
+    pub infer_ns: u64,
+    /// Copying outputs back and splitting them per request.
+    pub output_ns: u64,
+}
+
+/// Statistics of the batches of one size (Triton's `batch_stats`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct BatchSizeStats {
+    /// Batches of this size run.
+    pub count: u64,
+    /// Summed phase durations of those batches.
+    pub ns: PhaseNs,
+}
+
+/// Cumulative statistics of a service.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ServiceStats {
     /// Requests answered with a prediction.
     pub success_count: u64,
@@ -119,12 +140,44 @@ pub struct ServiceStats {
     pub rejected_count: u64,
     /// Forward passes run.
     pub batch_count: u64,
-    /// Sum of the queue time of successful requests, in ns.
+    /// Sum over successful requests of their queue time, in ns.
     pub queue_ns: u64,
-    /// Sum of the compute time of successful requests (each counts its batch's), in ns.
-    pub compute_ns: u64,
-    /// Number of forward passes per batch size (index = size; index 0 unused).
-    pub batch_sizes: Vec<u64>,
+    /// Sum over successful requests of their batch's phase durations (each request counts
+    /// its whole batch's, as Triton reports them).
+    pub compute: PhaseNs,
+    /// Per batch size (index = size; index 0 unused).
+    pub batch_sizes: Vec<BatchSizeStats>,
+    /// Queue time of successful requests, seconds.
+    pub queue_hist: Histogram,
+    /// Compute time (all phases) of successful requests, seconds.
+    pub compute_hist: Histogram,
+    /// Sizes of the batches run.
+    pub batch_hist: Histogram,
+    /// When the last batch finished, in ms since the Unix epoch (0 = never).
+    pub last_inference_ms: u64,
+}
+
+impl ServiceStats {
+    fn new(batch_limit: usize) -> Self {
+        ServiceStats {
+            success_count: 0,
+            failure_count: 0,
+            rejected_count: 0,
+            batch_count: 0,
+            queue_ns: 0,
+            compute: PhaseNs::default(),
+            batch_sizes: vec![BatchSizeStats::default(); batch_limit + 1],
+            queue_hist: Histogram::new(LATENCY_BOUNDS_S),
+            compute_hist: Histogram::new(LATENCY_BOUNDS_S),
+            batch_hist: Histogram::new(BATCH_BOUNDS),
+            last_inference_ms: 0,
+        }
+    }
+
+    /// Summed compute time of successful requests, all phases, in ns.
+    pub fn compute_ns(&self) -> u64 {
+        self.compute.input_ns + self.compute.infer_ns + self.compute.output_ns
+    }
 }
 
 struct Request {
@@ -231,10 +284,7 @@ impl InferenceService {
             max_queue_delay_us: AtomicU64::new(config.max_queue_delay.as_micros() as u64),
             queued: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
-            stats: Mutex::new(ServiceStats {
-                batch_sizes: vec![0; batch_limit + 1],
-                ..Default::default()
-            }),
+            stats: Mutex::new(ServiceStats::new(batch_limit)),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue);
         let worker = Worker {
@@ -433,10 +483,7 @@ impl<B: Backend> Worker<B> {
         let rows = batch.len();
         let result = self.forward(batch);
         let compute_us = start.elapsed().as_micros() as u64;
-        let queue_ns: u64 = batch
-            .iter()
-            .map(|r| start.saturating_duration_since(r.enqueued).as_nanos() as u64)
-            .sum();
+        let compute_s = start.elapsed().as_secs_f64();
         // Statistics first, so a caller who has its answer also sees it counted.
         {
             let mut stats = match self.shared.stats.lock() {
@@ -444,21 +491,37 @@ impl<B: Backend> Worker<B> {
                 Err(poisoned) => poisoned.into_inner(),
             };
             stats.batch_count += 1;
-            if let Some(n) = stats.batch_sizes.get_mut(rows) {
-                *n += 1;
-            }
-            if result.is_ok() {
-                stats.success_count += rows as u64;
-                stats.queue_ns += queue_ns;
-                stats.compute_ns += compute_us * 1000 * rows as u64;
-            } else {
-                stats.failure_count += rows as u64;
+            stats.batch_hist.observe(rows as f64);
+            stats.last_inference_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            match &result {
+                Ok(ph) => {
+                    if let Some(b) = stats.batch_sizes.get_mut(rows) {
+                        b.count += 1;
+                        b.ns.input_ns += ph.input_ns;
+                        b.ns.infer_ns += ph.infer_ns;
+                        b.ns.output_ns += ph.output_ns;
+                    }
+                    let n = rows as u64;
+                    stats.success_count += n;
+                    stats.compute.input_ns += ph.input_ns * n;
+                    stats.compute.infer_ns += ph.infer_ns * n;
+                    stats.compute.output_ns += ph.output_ns * n;
+                    stats.compute_hist.observe_n(compute_s, n);
+                    for r in batch.iter() {
+                        let q = start.saturating_duration_since(r.enqueued);
+                        stats.queue_ns += q.as_nanos() as u64;
+                        stats.queue_hist.observe(q.as_secs_f64());
+                    }
+                }
+                Err(_) => stats.failure_count += rows as u64,
             }
         }
         let outputs = self.shared.outputs;
         for (r, req) in batch.drain(..).enumerate() {
             let answer = match &result {
-                Ok(()) => Ok(Response {
+                Ok(_) => Ok(Response {
                     output: self.out[r * outputs..(r + 1) * outputs].to_vec(),
                     queue_us: start.saturating_duration_since(req.enqueued).as_micros() as u64,
                     compute_us,
@@ -474,7 +537,8 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    fn forward(&mut self, batch: &[Request]) -> Result<(), ModelError> {
+    fn forward(&mut self, batch: &[Request]) -> Result<PhaseNs, ModelError> {
+        let t0 = Instant::now();
         let rows = batch.len();
         self.staging.clear();
         for req in batch {
@@ -482,10 +546,18 @@ impl<B: Backend> Worker<B> {
         }
         self.normalizer.apply(&mut self.staging);
         self.backend.write(&mut self.x_buf, &self.staging)?;
+        let t1 = Instant::now();
         self.mlp
             .predict(&self.backend, &mut self.ws, &self.x_buf, rows)?;
+        self.backend.synchronize()?;
+        let t2 = Instant::now();
         let n = rows * self.shared.outputs;
         self.backend.read(self.ws.output(), &mut self.out[..n])?;
-        Ok(())
+        let t3 = Instant::now();
+        Ok(PhaseNs {
+            input_ns: (t1 - t0).as_nanos() as u64,
+            infer_ns: (t2 - t1).as_nanos() as u64,
+            output_ns: (t3 - t2).as_nanos() as u64,
+        })
     }
 }

@@ -559,6 +559,41 @@ impl<B: Backend> Trainer<B> {
         self.finished
     }
 
+    /// Mini-batches of the current epoch already taken.
+    pub fn batch_in_epoch(&self) -> usize {
+        self.batch_in_epoch
+    }
+
+    /// Changes the target accuracy while the run goes on; a target already met finishes the
+    /// run, and a raised one reopens a run that had stopped at the old target.
+    pub fn set_target_accuracy(&mut self, target: Option<f64>) -> Result<(), TrainError> {
+        let old = self.spec.target_accuracy;
+        self.spec.target_accuracy = target;
+        if let Err(e) = self.spec.check() {
+            self.spec.target_accuracy = old;
+            return Err(e);
+        }
+        if target.is_some() && self.val.rows() == 0 {
+            self.spec.target_accuracy = old;
+            return Err(TrainError::Spec(
+                "a target accuracy needs a validation set: set a validation fraction above 0"
+                    .into(),
+            ));
+        }
+        self.reevaluate_finish();
+        Ok(())
+    }
+
+    /// Changes the epoch limit while the run goes on.
+    pub fn set_epochs(&mut self, epochs: u32) -> Result<(), TrainError> {
+        if epochs == 0 {
+            return Err(TrainError::Spec("epochs must be at least 1".into()));
+        }
+        self.spec.epochs = epochs;
+        self.reevaluate_finish();
+        Ok(())
+    }
+
     /// Mini-batches in one epoch.
     pub fn batches_per_epoch(&self) -> usize {
         self.train.rows().div_ceil(self.spec.batch_size)

@@ -1,4 +1,5 @@
 //! Small shared pieces: the seeded generator and atomic file writes.
 
 pub mod fsio;
+pub mod histogram;
 pub mod rng;

@@ -1,0 +1,635 @@
+//! The HTTP API: the Open Inference Protocol v2 (as KServe and Triton speak it), the jobs and
+//! services API under `/v1`, node status and Prometheus metrics. Every error is JSON
+//! `{"error": "..."}` with a status that says what kind of error it is.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::v2codec::{self, CodecError};
+use crate::node::services::MODEL_VERSION;
+use crate::node::{Node, NodeError, Service};
+use crate::serve::ServeError;
+
+/// An error answer: a status and a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for the client.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, v2codec::encode_error(&self.message)).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match &e {
+            NodeError::NotFound(_) => StatusCode::NOT_FOUND,
+            NodeError::Conflict(_) => StatusCode::CONFLICT,
+            NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<CodecError> for ApiError {
+    fn from(e: CodecError) -> Self {
+        ApiError::new(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            e.to_string(),
+        )
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        let status = match &e {
+            ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::InputShape { .. } | ServeError::NotFinite { .. } => StatusCode::BAD_REQUEST,
+            ServeError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::Compute { .. } | ServeError::Setup { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// State shared by the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// The router with every route.
+pub fn router(node: Arc<Node>) -> Router {
+    let max_body_bytes = node.config().max_request_bytes as usize;
+    let state = AppState {
+        node,
+        max_body_bytes,
+    };
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_model_stats))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
+        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_v),
+        )
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats_v),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v1/status", get(status))
+        .route("/v1/jobs", get(list_jobs).post(submit_job))
+        .route(
+            "/v1/jobs/{id}",
+            get(get_job).patch(update_job).delete(cancel_job),
+        )
+        .route("/v1/jobs/{id}/serve", post(serve_job))
+        .route("/v1/services", get(list_services).post(add_service))
+        .route(
+            "/v1/services/{name}",
+            get(get_service).delete(remove_service),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+/// Reads a whole body, refusing more than `limit` bytes with 413.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<Bytes> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the limit of {limit} bytes (max_request_bytes)"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let inner = e.into_inner();
+            if inner
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(too_large())
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "cannot read request body: {inner}"
+                )))
+            }
+        }
+    }
+}
+
+/// Parses a JSON body; an empty body is `null`.
+fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => {
+            let mut r = (status, body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode response: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+fn check_version(model: &str, version: &str) -> ApiResult<()> {
+    if version == MODEL_VERSION {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("model {model} has no version {version} (available: {MODEL_VERSION})"),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------- v2: server
+
+async fn server_metadata() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "name": "setpoint",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+        }),
+    )
+}
+
+async fn live() -> Response {
+    json_response(StatusCode::OK, &json!({"live": true}))
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let ready = s.node.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &json!({"ready": ready}))
+}
+
+// ---------------------------------------------------------------- v2: models
+
+fn metadata_json(svc: &Service) -> Value {
+    json!({
+        "name": svc.name(),
+        "versions": [MODEL_VERSION],
+        "platform": "setpoint_mlp",
+        "inputs": [{"name": svc.io.input_name, "datatype": "FP32", "shape": [-1, svc.io.features]}],
+        "outputs": [{"name": svc.io.output_name, "datatype": "FP32", "shape": [-1, svc.io.classes]}],
+    })
+}
+
+async fn model_metadata(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> ApiResult<Response> {
+    let svc = s.node.service(&model)?;
+    Ok(json_response(StatusCode::OK, &metadata_json(&svc)))
+}
+
+async fn model_metadata_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let svc = s.node.service(&model)?;
+    check_version(&model, &version)?;
+    Ok(json_response(StatusCode::OK, &metadata_json(&svc)))
+}
+
+async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
+    s.node.service(&model)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": model, "ready": true}),
+    ))
+}
+
+async fn model_ready_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    s.node.service(&model)?;
+    check_version(&model, &version)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": model, "ready": true}),
+    ))
+}
+
+fn config_json(svc: &Service) -> Value {
+    json!({
+        "name": svc.name(),
+        "platform": "setpoint_mlp",
+        "backend": "setpoint",
+        "max_batch_size": svc.inner.max_batch_size(),
+        "input": [{"name": svc.io.input_name, "data_type": "TYPE_FP32", "dims": [svc.io.features]}],
+        "output": [{"name": svc.io.output_name, "data_type": "TYPE_FP32", "dims": [svc.io.classes]}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": (svc.config.batching.max_queue_delay_ms * 1000.0).round() as u64,
+            "default_queue_policy": {"max_queue_size": svc.config.max_queue},
+        },
+        "instance_group": [{"name": svc.name(), "kind": "KIND_CPU", "count": 1}],
+        "version_policy": {"latest": {"num_versions": 1}},
+        "parameters": {"slo_p99_ms": {"string_value": svc.config.slo.p99_ms.to_string()}},
+    })
+}
+
+async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
+    let svc = s.node.service(&model)?;
+    Ok(json_response(StatusCode::OK, &config_json(&svc)))
+}
+
+async fn model_config_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let svc = s.node.service(&model)?;
+    check_version(&model, &version)?;
+    Ok(json_response(StatusCode::OK, &config_json(&svc)))
+}
+
+fn duration(count: u64, ns: u64) -> Value {
+    json!({"count": count, "ns": ns})
+}
+
+/// Triton's statistics extension for one model.
+fn stats_json(svc: &Service) -> Value {
+    let st = svc.stats();
+    let batch_stats: Vec<Value> = st
+        .batch_sizes
+        .iter()
+        .enumerate()
+        .filter(|(size, b)| *size > 0 && b.count > 0)
+        .map(|(size, b)| {
+            json!({
+                "batch_size": size,
+                "compute_input": duration(b.count, b.ns.input_ns),
+                "compute_infer": duration(b.count, b.ns.infer_ns),
+                "compute_output": duration(b.count, b.ns.output_ns),
+            })
+        })
+        .collect();
+    let n = st.success_count;
+    json!({
+        "name": svc.name(),
+        "version": MODEL_VERSION,
+        "last_inference": st.last_inference_ms,
+        "inference_count": n,
+        "execution_count": st.batch_count,
+        "inference_stats": {
+            "success": duration(n, st.queue_ns + st.compute_ns()),
+            "fail": duration(st.failure_count + st.rejected_count + svc.invalid_count(), 0),
+            "queue": duration(n, st.queue_ns),
+            "compute_input": duration(n, st.compute.input_ns),
+            "compute_infer": duration(n, st.compute.infer_ns),
+            "compute_output": duration(n, st.compute.output_ns),
+            "cache_hit": duration(0, 0),
+            "cache_miss": duration(0, 0),
+        },
+        "batch_stats": batch_stats,
+    })
+}
+
+async fn model_stats(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
+    let svc = s.node.service(&model)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"model_stats": [stats_json(&svc)]}),
+    ))
+}
+
+async fn model_stats_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let svc = s.node.service(&model)?;
+    check_version(&model, &version)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"model_stats": [stats_json(&svc)]}),
+    ))
+}
+
+async fn all_model_stats(State(s): State<AppState>) -> Response {
+    let stats: Vec<Value> = s
+        .node
+        .ready_services()
+        .iter()
+        .map(|s| stats_json(s))
+        .collect();
+    json_response(StatusCode::OK, &json!({"model_stats": stats}))
+}
+
+// ---------------------------------------------------------------- v2: inference
+
+async fn infer(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    run_infer(s, model, headers, body).await
+}
+
+async fn infer_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    check_version(&model, &version)?;
+    run_infer(s, model, headers, body).await
+}
+
+async fn run_infer(
+    s: AppState,
+    model: String,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let svc = s.node.service(&model)?;
+    let start = Instant::now();
+    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let result = decode_and_run(&svc, &s, &headers, &bytes).await;
+    match &result {
+        Ok(_) => svc.observe_request(start.elapsed().as_secs_f64()),
+        Err(e) if e.status == StatusCode::BAD_REQUEST => svc.count_invalid(),
+        Err(_) => {}
+    }
+    result
+}
+
+async fn decode_and_run(
+    svc: &Arc<Service>,
+    s: &AppState,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> ApiResult<Response> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let body = v2codec::decode_content_encoding(encoding, bytes, s.max_body_bytes)?;
+    let header_len = headers
+        .get("inference-header-content-length")
+        .map(|v| v2codec::parse_header_len(v.as_bytes()))
+        .transpose()?;
+    let req = v2codec::decode_infer(&body, header_len, &svc.io)?;
+    let f = svc.io.features;
+    let mut pending = Vec::with_capacity(req.rows);
+    for r in 0..req.rows {
+        pending.push(svc.inner.submit(req.data[r * f..(r + 1) * f].to_vec())?);
+    }
+    let mut probs = Vec::with_capacity(req.rows * svc.io.classes);
+    for p in pending {
+        probs.extend_from_slice(&p.recv().await?.output);
+    }
+    let (out, header_len) = v2codec::encode_infer(svc.name(), MODEL_VERSION, &req, &probs, &svc.io);
+    let mut r = (StatusCode::OK, out).into_response();
+    let h = r.headers_mut();
+    match header_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert("inference-header-content-length", HeaderValue::from(n));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------- v1: node, jobs, services
+
+async fn status(State(s): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &s.node.status())
+}
+
+async fn list_jobs(State(s): State<AppState>) -> Response {
+    let cores = s.node.cores();
+    let jobs: Vec<_> = s.node.jobs().iter().map(|j| j.view(cores)).collect();
+    json_response(StatusCode::OK, &json!({"jobs": jobs}))
+}
+
+async fn submit_job(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let spec = parse_json(&bytes)?;
+    let node = s.node.clone();
+    let job = tokio::task::spawn_blocking(move || node.submit_job_json(&spec))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &job.view(s.node.cores()),
+    ))
+}
+
+async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = s.node.job(&id)?;
+    Ok(json_response(StatusCode::OK, &job.view(s.node.cores())))
+}
+
+async fn update_job(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let patch = parse_json(&bytes)?;
+    let job = s.node.update_job(&id, &patch)?;
+    Ok(json_response(StatusCode::OK, &job.view(s.node.cores())))
+}
+
+async fn cancel_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = s.node.cancel_job(&id)?;
+    Ok(json_response(StatusCode::OK, &job.view(s.node.cores())))
+}
+
+async fn serve_job(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let spec = parse_json(&bytes)?;
+    let node = s.node.clone();
+    let svc = tokio::task::spawn_blocking(move || node.serve_job(&id, &spec))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &svc.view(s.node.cores()),
+    ))
+}
+
+async fn list_services(State(s): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &json!({"services": s.node.service_views()}))
+}
+
+async fn get_service(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    let view = s
+        .node
+        .service_views()
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown model {name}")))?;
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+async fn add_service(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let spec = parse_json(&bytes)?;
+    let node = s.node.clone();
+    let svc = tokio::task::spawn_blocking(move || node.add_service_json(&spec))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &svc.view(s.node.cores()),
+    ))
+}
+
+async fn remove_service(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let node = s.node.clone();
+    tokio::task::spawn_blocking(move || node.remove_service(&name))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = super::metrics::render(&s.node);
+    let mut r = (StatusCode::OK, text).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,306 @@
+//! Prometheus text exposition (format 0.0.4) of the node's state.
+
+use std::fmt::Write;
+
+use crate::node::{JobState, Node};
+use crate::util::histogram::Histogram;
+
+/// Escapes a label value.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn num(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else if v.is_nan() {
+        "NaN".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", esc(v));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", num(value));
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        for (bound, count) in h.cumulative() {
+            let le = num(bound);
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &l, count as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum);
+        self.sample(&format!("{name}_count"), labels, h.count as f64);
+    }
+}
+
+/// Renders every metric of the node.
+pub fn render(node: &Node) -> String {
+    let mut o = Out {
+        text: String::with_capacity(8192),
+    };
+    let start = node
+        .started_at()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    o.header(
+        "setpoint_process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch in seconds.",
+    );
+    o.sample("setpoint_process_start_time_seconds", &[], start);
+    o.header(
+        "setpoint_ready",
+        "gauge",
+        "1 when every service has loaded and the node is not shutting down.",
+    );
+    o.sample(
+        "setpoint_ready",
+        &[],
+        if node.is_ready() { 1.0 } else { 0.0 },
+    );
+
+    let services = node.ready_services();
+    let stats: Vec<_> = services.iter().map(|s| (s, s.stats())).collect();
+
+    o.header(
+        "setpoint_inference_requests_total",
+        "counter",
+        "Inference rows by outcome: success, failure (compute error), rejected (queue full), invalid (malformed request).",
+    );
+    for (s, st) in &stats {
+        for (outcome, v) in [
+            ("success", st.success_count),
+            ("failure", st.failure_count),
+            ("rejected", st.rejected_count),
+            ("invalid", s.invalid_count()),
+        ] {
+            o.sample(
+                "setpoint_inference_requests_total",
+                &[("service", s.name()), ("outcome", outcome)],
+                v as f64,
+            );
+        }
+    }
+    o.header(
+        "setpoint_inference_batches_total",
+        "counter",
+        "Forward passes run by the batcher.",
+    );
+    for (s, st) in &stats {
+        o.sample(
+            "setpoint_inference_batches_total",
+            &[("service", s.name())],
+            st.batch_count as f64,
+        );
+    }
+    o.header(
+        "setpoint_inference_queue_duration_seconds",
+        "histogram",
+        "Time a request waited for its batch to start.",
+    );
+    for (s, st) in &stats {
+        o.histogram(
+            "setpoint_inference_queue_duration_seconds",
+            &[("service", s.name())],
+            &st.queue_hist,
+        );
+    }
+    o.header(
+        "setpoint_inference_compute_duration_seconds",
+        "histogram",
+        "Compute time of the batch a request ran in (input, forward pass, output).",
+    );
+    for (s, st) in &stats {
+        o.histogram(
+            "setpoint_inference_compute_duration_seconds",
+            &[("service", s.name())],
+            &st.compute_hist,
+        );
+    }
+    o.header(
+        "setpoint_inference_request_duration_seconds",
+        "histogram",
+        "End-to-end time of successful HTTP inference requests, body read to response.",
+    );
+    for (s, _) in &stats {
+        o.histogram(
+            "setpoint_inference_request_duration_seconds",
+            &[("service", s.name())],
+            &s.request_hist(),
+        );
+    }
+    o.header(
+        "setpoint_inference_batch_size",
+        "histogram",
+        "Rows per forward pass.",
+    );
+    for (s, st) in &stats {
+        o.histogram(
+            "setpoint_inference_batch_size",
+            &[("service", s.name())],
+            &st.batch_hist,
+        );
+    }
+    o.header(
+        "setpoint_inference_queue_length",
+        "gauge",
+        "Requests waiting for a batch.",
+    );
+    for (s, _) in &stats {
+        o.sample(
+            "setpoint_inference_queue_length",
+            &[("service", s.name())],
+            s.inner.queue_len() as f64,
+        );
+    }
+    o.header(
+        "setpoint_inference_max_batch_size",
+        "gauge",
+        "Batch size limit in force.",
+    );
+    for (s, _) in &stats {
+        o.sample(
+            "setpoint_inference_max_batch_size",
+            &[("service", s.name())],
+            s.inner.max_batch_size() as f64,
+        );
+    }
+    o.header(
+        "setpoint_inference_slo_seconds",
+        "gauge",
+        "Response-time objective (p99) of the service.",
+    );
+    for (s, _) in &stats {
+        o.sample(
+            "setpoint_inference_slo_seconds",
+            &[("service", s.name())],
+            s.config.slo.p99_ms / 1000.0,
+        );
+    }
+
+    let cores = node.cores();
+    let jobs: Vec<_> = node.jobs().iter().map(|j| j.view(cores)).collect();
+    o.header(
+        "setpoint_tenant_share_ratio",
+        "gauge",
+        "Share of the device a tenant runs at, in [0, 1].",
+    );
+    for v in node.service_views() {
+        o.sample(
+            "setpoint_tenant_share_ratio",
+            &[("tenant", &v.name), ("kind", "service")],
+            v.share,
+        );
+    }
+    for j in &jobs {
+        o.sample(
+            "setpoint_tenant_share_ratio",
+            &[("tenant", &j.name), ("kind", "job")],
+            j.share,
+        );
+    }
+    o.header(
+        "setpoint_job_progress_ratio",
+        "gauge",
+        "Fraction of the epoch limit a job has done.",
+    );
+    for j in &jobs {
+        o.sample(
+            "setpoint_job_progress_ratio",
+            &[("job", &j.name)],
+            j.progress,
+        );
+    }
+    o.header(
+        "setpoint_job_steps_total",
+        "counter",
+        "Optimiser steps a job has taken.",
+    );
+    for j in &jobs {
+        o.sample(
+            "setpoint_job_steps_total",
+            &[("job", &j.name)],
+            j.steps as f64,
+        );
+    }
+    o.header(
+        "setpoint_job_val_accuracy_ratio",
+        "gauge",
+        "Validation accuracy after a job's last epoch.",
+    );
+    for j in &jobs {
+        if let Some(a) = j.val_accuracy {
+            o.sample("setpoint_job_val_accuracy_ratio", &[("job", &j.name)], a);
+        }
+    }
+    o.header(
+        "setpoint_job_deadline_slack_seconds",
+        "gauge",
+        "Deadline minus estimated finish of a job; negative when it is expected late.",
+    );
+    for j in &jobs {
+        if let Some(s) = j.slack_s {
+            o.sample(
+                "setpoint_job_deadline_slack_seconds",
+                &[("job", &j.name)],
+                s,
+            );
+        }
+    }
+    o.header(
+        "setpoint_job_samples_per_second",
+        "gauge",
+        "Training samples per second of a running job.",
+    );
+    for j in &jobs {
+        o.sample(
+            "setpoint_job_samples_per_second",
+            &[("job", &j.name)],
+            j.samples_per_s,
+        );
+    }
+    o.header("setpoint_jobs", "gauge", "Jobs by state.");
+    for state in [
+        JobState::Pending,
+        JobState::Loading,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Cancelled,
+    ] {
+        let n = jobs.iter().filter(|j| j.state == state).count();
+        let name = format!("{state:?}").to_lowercase();
+        o.sample("setpoint_jobs", &[("state", &name)], n as f64);
+    }
+    o.text
+}

@@ -1,0 +1,5 @@
+//! The HTTP API: routes, the v2 inference protocol codec, Prometheus metrics.
+
+pub mod http;
+pub mod metrics;
+pub mod v2codec;

@@ -1,0 +1,454 @@
+//! Training jobs in the daemon: each runs on a thread of its own (its lane), checkpoints into
+//! the state dir, publishes its progress after every step, and honours cancellation and
+//! changes of deadline or target between steps.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::{JobConfig, OptimizerKind, format_rfc3339};
+use crate::data::{self, LoadOptions};
+use crate::device::{Backend, CpuBackend, SgdParams};
+use crate::model::Optimizer;
+use crate::model::checkpoint::{Checkpoint, EpochRecord};
+use crate::train::{StopReason, TrainEvent, TrainSpec, Trainer, default_adam};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted, its thread not started yet.
+    Pending,
+    /// Loading its data.
+    Loading,
+    /// Taking optimiser steps.
+    Running,
+    /// Finished: it reached its target, or its epoch limit.
+    Completed,
+    /// Stopped by an error.
+    Failed,
+    /// Cancelled by a user; its last checkpoint is kept.
+    Cancelled,
+}
+
+impl JobState {
+    /// True once the job will take no more steps.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// Progress a job publishes as it runs.
+#[derive(Debug, Clone, Default)]
+pub struct JobProgress {
+    pub(crate) epochs_done: u32,
+    pub(crate) steps: u64,
+    pub(crate) batches_per_epoch: usize,
+    pub(crate) batch_in_epoch: usize,
+    pub(crate) history: Vec<EpochRecord>,
+    pub(crate) steps_per_s: f64,
+    pub(crate) samples_per_s: f64,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) finished_at: Option<SystemTime>,
+    pub(crate) stop_reason: Option<StopReason>,
+    pub(crate) error: Option<String>,
+    pub(crate) checkpoint: Option<PathBuf>,
+    pub(crate) workers: usize,
+}
+
+/// Changes a user asked for, applied by the job's thread before its next step.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    target: Option<Option<f64>>,
+    epochs: Option<u32>,
+}
+
+/// A training job.
+pub struct Job {
+    /// Unique name, also its id in the API.
+    pub name: String,
+    /// The accepted spec.
+    pub config: JobConfig,
+    /// When it was accepted.
+    pub submitted_at: SystemTime,
+    dir: PathBuf,
+    deadline: Mutex<Option<SystemTime>>,
+    target: Mutex<Option<f64>>,
+    epochs: Mutex<u32>,
+    state: Mutex<JobState>,
+    progress: Mutex<JobProgress>,
+    pending: Mutex<Pending>,
+    cancel: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic on a job thread must not take the API down with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The API's view of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    /// Name and id.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: JobState,
+    /// `deadline` or `best-effort`.
+    pub class: &'static str,
+    /// RFC 3339 times.
+    pub submitted_at: String,
+    /// When its first step ran.
+    pub started_at: Option<String>,
+    /// When it stopped.
+    pub finished_at: Option<String>,
+    /// The deadline, if any.
+    pub deadline: Option<String>,
+    /// Estimated time of finishing at the current rate, bounded by the epoch limit.
+    pub estimated_finish: Option<String>,
+    /// Deadline minus estimated finish, in seconds (negative: expected late).
+    pub slack_s: Option<f64>,
+    /// Target validation accuracy.
+    pub target_accuracy: Option<f64>,
+    /// Epoch limit.
+    pub epochs_max: u32,
+    /// Epochs finished.
+    pub epochs_done: u32,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// Fraction of the epoch limit done.
+    pub progress: f64,
+    /// Validation accuracy after the last epoch.
+    pub val_accuracy: Option<f64>,
+    /// Training loss of the last epoch.
+    pub train_loss: Option<f64>,
+    /// Training samples per second, recent.
+    pub samples_per_s: f64,
+    /// Share of the device it runs at.
+    pub share: f64,
+    /// Worker threads it runs with.
+    pub workers: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// `target_reached` or `epoch_limit` once completed.
+    pub stop_reason: Option<&'static str>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Its checkpoint file.
+    pub checkpoint: Option<String>,
+    /// Accuracy after each finished epoch.
+    pub accuracy_curve: Vec<Option<f64>>,
+    /// The accepted spec.
+    pub spec: JobConfig,
+}
+
+impl Job {
+    pub(crate) fn new(config: JobConfig, dir: PathBuf, submitted_at: SystemTime) -> Self {
+        let deadline = config.deadline.map(|d| d.resolve(submitted_at));
+        Job {
+            name: config.name.clone(),
+            target: Mutex::new(config.target_accuracy),
+            epochs: Mutex::new(config.epochs),
+            config,
+            submitted_at,
+            dir,
+            deadline: Mutex::new(deadline),
+            state: Mutex::new(JobState::Pending),
+            progress: Mutex::new(JobProgress::default()),
+            pending: Mutex::new(Pending::default()),
+            cancel: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// The job's directory in the state dir.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The job's checkpoint file.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.dir.join("checkpoint.ckpt")
+    }
+
+    /// Current state.
+    pub fn state(&self) -> JobState {
+        *lock(&self.state)
+    }
+
+    fn set_state(&self, s: JobState) {
+        *lock(&self.state) = s;
+    }
+
+    /// The deadline now in force.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        *lock(&self.deadline)
+    }
+
+    /// Changes the deadline; takes effect at once.
+    pub fn set_deadline(&self, deadline: Option<SystemTime>) {
+        *lock(&self.deadline) = deadline;
+    }
+
+    /// Changes the target accuracy; applied before the job's next step.
+    pub fn set_target(&self, target: Option<f64>) {
+        *lock(&self.target) = target;
+        lock(&self.pending).target = Some(target);
+    }
+
+    /// Changes the epoch limit; applied before the job's next step.
+    pub fn set_epochs(&self, epochs: u32) {
+        *lock(&self.epochs) = epochs;
+        lock(&self.pending).epochs = Some(epochs);
+    }
+
+    /// Asks the job to stop after its current step, keeping a checkpoint.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// Waits for the job's thread to end.
+    pub fn join(&self) {
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// A snapshot for the API.
+    pub fn view(&self, device_workers: usize) -> JobView {
+        let state = self.state();
+        let p = lock(&self.progress).clone();
+        let target = *lock(&self.target);
+        let epochs_max = *lock(&self.epochs);
+        let deadline = self.deadline();
+        let last = p.history.last();
+        let total_steps = epochs_max as u64 * p.batches_per_epoch as u64;
+        let remaining_steps = total_steps.saturating_sub(p.steps);
+        let estimated_finish = match state {
+            JobState::Running if p.steps_per_s > 0.0 => Some(
+                SystemTime::now()
+                    + std::time::Duration::from_secs_f64(remaining_steps as f64 / p.steps_per_s),
+            ),
+            s if s.is_terminal() => p.finished_at,
+            _ => None,
+        };
+        let slack_s = match (deadline, estimated_finish) {
+            (Some(d), Some(f)) => Some(match d.duration_since(f) {
+                Ok(ahead) => ahead.as_secs_f64(),
+                Err(late) => -late.duration().as_secs_f64(),
+            }),
+            _ => None,
+        };
+        let running = matches!(state, JobState::Running | JobState::Loading);
+        JobView {
+            name: self.name.clone(),
+            state,
+            class: if self.config.best_effort {
+                "best-effort"
+            } else {
+                "deadline"
+            },
+            submitted_at: format_rfc3339(self.submitted_at),
+            started_at: p.started_at.map(format_rfc3339),
+            finished_at: p.finished_at.map(format_rfc3339),
+            deadline: deadline.map(format_rfc3339),
+            estimated_finish: estimated_finish.map(format_rfc3339),
+            slack_s,
+            target_accuracy: target,
+            epochs_max,
+            epochs_done: p.epochs_done,
+            steps: p.steps,
+            progress: if total_steps == 0 {
+                0.0
+            } else {
+                (p.steps as f64 / total_steps as f64).min(1.0)
+            },
+            val_accuracy: last.and_then(|r| r.val_accuracy),
+            train_loss: last.map(|r| r.train_loss),
+            samples_per_s: if running { p.samples_per_s } else { 0.0 },
+            share: if running && device_workers > 0 {
+                p.workers as f64 / device_workers as f64
+            } else {
+                0.0
+            },
+            workers: if running { p.workers } else { 0 },
+            batch_size: self.config.batch_size,
+            stop_reason: p.stop_reason.map(|r| r.as_str()),
+            error: p.error.clone(),
+            checkpoint: p.checkpoint.as_ref().map(|c| c.display().to_string()),
+            accuracy_curve: p.history.iter().map(|r| r.val_accuracy).collect(),
+            spec: self.config.clone(),
+        }
+    }
+
+    /// Starts the job's thread with `workers` CPU threads.
+    pub(crate) fn start(self: &Arc<Self>, workers: usize) -> std::io::Result<()> {
+        let job = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("setpoint-job-{}", self.name))
+            .spawn(move || job.run(workers))?;
+        *lock(&self.thread) = Some(handle);
+        Ok(())
+    }
+
+    fn fail(&self, message: String) {
+        tracing::error!(job = %self.name, "{message}");
+        {
+            let mut p = lock(&self.progress);
+            p.error = Some(message);
+            p.finished_at = Some(SystemTime::now());
+        }
+        self.set_state(JobState::Failed);
+    }
+
+    fn run(self: Arc<Self>, workers: usize) {
+        if self.cancel.load(Ordering::Acquire) {
+            self.set_state(JobState::Cancelled);
+            return;
+        }
+        self.set_state(JobState::Loading);
+        let data = match data::load(&self.config.data, &LoadOptions::default()) {
+            Ok(d) => d,
+            Err(e) => return self.fail(format!("cannot load data: {e}")),
+        };
+        let backend = match CpuBackend::new(workers) {
+            Ok(b) => b,
+            Err(e) => return self.fail(e.to_string()),
+        };
+        let spec = self.train_spec();
+        let path = self.checkpoint_path();
+        let trainer = if path.exists() {
+            match Checkpoint::load(&path) {
+                Ok(ckpt) => Trainer::resume(backend, spec, &data, ckpt, &path),
+                Err(e) => return self.fail(format!("cannot resume: {e}")),
+            }
+        } else {
+            Trainer::new(backend, spec, &data)
+        };
+        let mut trainer = match trainer {
+            Ok(t) => t,
+            Err(e) => return self.fail(e.to_string()),
+        };
+        {
+            let mut p = lock(&self.progress);
+            p.batches_per_epoch = trainer.batches_per_epoch();
+            p.steps = trainer.steps();
+            p.epochs_done = trainer.epochs_done();
+            p.history = trainer.history().to_vec();
+            p.started_at = Some(SystemTime::now());
+            p.workers = trainer.backend().workers();
+        }
+        self.set_state(JobState::Running);
+        if let Err(e) = self.step_loop(&mut trainer) {
+            self.fail(e);
+        }
+    }
+
+    fn train_spec(&self) -> TrainSpec {
+        let c = &self.config;
+        let optimizer = match c.optimizer {
+            OptimizerKind::Adam => Optimizer::Adam(crate::device::AdamParams {
+                weight_decay: c.weight_decay as f32,
+                ..default_adam(c.lr as f32)
+            }),
+            OptimizerKind::Sgd => Optimizer::Sgd(SgdParams {
+                lr: c.lr as f32,
+                momentum: c.momentum as f32,
+                weight_decay: c.weight_decay as f32,
+            }),
+        };
+        TrainSpec {
+            layers: c.layers.clone(),
+            optimizer,
+            batch_size: c.batch_size,
+            epochs: *lock(&self.epochs),
+            target_accuracy: *lock(&self.target),
+            val_fraction: c.val_fraction,
+            seed: c.seed,
+            checkpoint: Some(self.checkpoint_path()),
+            checkpoint_every_steps: c.checkpoint_every_steps,
+        }
+    }
+
+    fn step_loop<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+        let every = self.config.checkpoint_every_steps;
+        let mut no_events = |_: &TrainEvent| {};
+        let mut window_start = (Instant::now(), trainer.steps());
+        let rows = trainer.train_rows();
+        let batch = trainer.spec().batch_size;
+        loop {
+            let pending = std::mem::take(&mut *lock(&self.pending));
+            if let Some(target) = pending.target {
+                trainer
+                    .set_target_accuracy(target)
+                    .map_err(|e| e.to_string())?;
+            }
+            if let Some(epochs) = pending.epochs {
+                trainer.set_epochs(epochs).map_err(|e| e.to_string())?;
+            }
+            if self.cancel.load(Ordering::Acquire) {
+                self.save(trainer)?;
+                let mut p = lock(&self.progress);
+                p.finished_at = Some(SystemTime::now());
+                drop(p);
+                self.set_state(JobState::Cancelled);
+                return Ok(());
+            }
+            if let Some(reason) = trainer.finished() {
+                self.save(trainer)?;
+                let mut p = lock(&self.progress);
+                p.stop_reason = Some(reason);
+                p.finished_at = Some(SystemTime::now());
+                drop(p);
+                self.set_state(JobState::Completed);
+                tracing::info!(job = %self.name, reason = reason.as_str(), "job completed");
+                return Ok(());
+            }
+            let epoch = trainer.step(&mut no_events).map_err(|e| e.to_string())?;
+            let steps = trainer.steps();
+            if every > 0 && steps % every == 0 {
+                self.save(trainer)?;
+            }
+            let elapsed = window_start.0.elapsed().as_secs_f64();
+            let mut p = lock(&self.progress);
+            p.steps = steps;
+            p.epochs_done = trainer.epochs_done();
+            p.batch_in_epoch = trainer.batch_in_epoch();
+            if let Some(record) = epoch {
+                p.history.push(record);
+            }
+            // Rates over windows of at least 0.5 s, so one slow step does not swing them.
+            if elapsed >= 0.5 {
+                let done = (steps - window_start.1) as f64;
+                let rate = done / elapsed;
+                p.steps_per_s = if p.steps_per_s == 0.0 {
+                    rate
+                } else {
+                    0.5 * p.steps_per_s + 0.5 * rate
+                };
+                p.samples_per_s = p.steps_per_s * batch.min(rows) as f64;
+                window_start = (Instant::now(), steps);
+            } else if p.steps_per_s == 0.0 && elapsed > 0.0 {
+                let done = (steps - window_start.1) as f64;
+                p.steps_per_s = done / elapsed;
+                p.samples_per_s = p.steps_per_s * batch.min(rows) as f64;
+            }
+        }
+    }
+
+    fn save<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+        let mut no_events = |_: &TrainEvent| {};
+        trainer
+            .save_checkpoint(&mut no_events)
+            .map_err(|e| format!("cannot write checkpoint: {e}"))?;
+        lock(&self.progress).checkpoint = Some(self.checkpoint_path());
+        Ok(())
+    }
+}

@@ -1,0 +1,687 @@
+//! The daemon's state: the inference services and training jobs on this node, the state
+//! dir that holds their records and checkpoints, and the operations the API exposes.
+
+pub mod jobs;
+pub mod services;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::config::{ConfigIssue, Deadline, JobConfig, NodeConfig, ServiceConfig};
+use crate::device::cpu::available_cores;
+use crate::model::checkpoint::Checkpoint;
+
+pub use jobs::{Job, JobState, JobView};
+pub use services::{Service, ServiceOrigin, ServiceView};
+
+/// Why a node operation was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeError {
+    /// No such service or job (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the node's state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed or invalid (400); every problem, one per line.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// Not possible now: loading, or shutting down (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something failed on the node's side (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    fn from_issues(issues: Vec<ConfigIssue>) -> Self {
+        NodeError::Invalid(issues.iter().map(|i| i.to_string()).collect())
+    }
+}
+
+/// A service slot: loading, serving, or failed to load.
+#[derive(Clone)]
+pub enum ServiceSlot {
+    /// Its model is being loaded or trained.
+    Loading(ServiceConfig),
+    /// Serving.
+    Ready(Arc<Service>),
+    /// Could not be loaded.
+    Failed(ServiceConfig, String),
+}
+
+/// The node.
+pub struct Node {
+    config: NodeConfig,
+    state_dir: PathBuf,
+    services: RwLock<BTreeMap<String, ServiceSlot>>,
+    jobs: RwLock<BTreeMap<String, Arc<Job>>>,
+    started_at: SystemTime,
+    cores: usize,
+    shutting_down: AtomicBool,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The node at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// Version and revision.
+    pub version: &'static str,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// All services loaded and not shutting down.
+    pub ready: bool,
+    /// Devices and their tenants.
+    pub devices: Vec<DeviceView>,
+    /// Every tenant: services first, then jobs.
+    pub tenants: Vec<TenantView>,
+}
+
+/// One device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    /// `cpu` (GPUs arrive with the CUDA backend).
+    pub name: String,
+    /// Worker threads (CPU) it offers.
+    pub workers: usize,
+    /// Sum of tenants' shares.
+    pub share_assigned: f64,
+}
+
+/// One tenant (service or job) and its set point.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantView {
+    /// `service` or `job`.
+    pub kind: &'static str,
+    /// Name.
+    pub name: String,
+    /// State (`ready`, `loading`, `running`, …).
+    pub state: String,
+    /// What it must meet, in words (`p99 <= 25 ms`, `deadline 2026-…`).
+    pub set_point: String,
+    /// The measured value against it (`p99 3.2 ms`, `slack 120 s`), when known.
+    pub measured: Option<String>,
+    /// Share of the device.
+    pub share: f64,
+    /// Batch size in force.
+    pub batch_size: usize,
+    /// Requests waiting (services).
+    pub queue_len: Option<usize>,
+}
+
+impl Node {
+    /// A node for `config`: creates the state dir. Tenants start with [`Node::start`].
+    pub fn new(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+        let state_dir = config.state_dir.clone();
+        for sub in ["jobs", "services"] {
+            std::fs::create_dir_all(state_dir.join(sub)).map_err(|e| {
+                NodeError::Internal(format!(
+                    "cannot create state dir {}: {e}",
+                    state_dir.join(sub).display()
+                ))
+            })?;
+        }
+        let cores = if config.device.cpu_threads > 0 {
+            config.device.cpu_threads
+        } else {
+            available_cores()
+        };
+        Ok(Arc::new(Node {
+            config,
+            state_dir,
+            services: RwLock::new(BTreeMap::new()),
+            jobs: RwLock::new(BTreeMap::new()),
+            started_at: SystemTime::now(),
+            cores,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The state dir.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// When the node started.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// CPU worker threads the node divides.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// Starts the config's services (each loads on a thread of its own) and submits its jobs.
+    pub fn start(self: &Arc<Self>) {
+        for cfg in self.config.services.clone() {
+            let name = cfg.name.clone();
+            write(&self.services).insert(name.clone(), ServiceSlot::Loading(cfg.clone()));
+            let node = self.clone();
+            let loader_cfg = cfg.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("setpoint-load-{name}"))
+                .spawn(move || node.load_config_service(loader_cfg));
+            if let Err(e) = spawned {
+                let msg = format!("cannot start loader thread: {e}");
+                write(&self.services).insert(name, ServiceSlot::Failed(cfg, msg));
+            }
+        }
+        for job in self.config.jobs.clone() {
+            let name = job.name.clone();
+            if let Err(e) = self.submit_job(job) {
+                tracing::error!(job = %name, "cannot start job from config: {e}");
+            }
+        }
+    }
+
+    fn load_config_service(&self, cfg: ServiceConfig) {
+        let started = services::build_model(&cfg)
+            .and_then(|m| Service::start(cfg.clone(), m, ServiceOrigin::Config));
+        let slot = match started {
+            Ok(s) => {
+                tracing::info!(service = %s.name(), "service ready");
+                ServiceSlot::Ready(Arc::new(s))
+            }
+            Err(e) => {
+                tracing::error!(service = %cfg.name, "cannot start service: {e}");
+                ServiceSlot::Failed(cfg.clone(), e.to_string())
+            }
+        };
+        // A node shut down while this loaded drops the service instead of publishing it.
+        if !self.is_shutting_down() {
+            write(&self.services).insert(cfg.name, slot);
+        }
+    }
+
+    /// True when every service has loaded (or failed) and the node is not stopping.
+    pub fn is_ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Acquire)
+            && read(&self.services)
+                .values()
+                .all(|s| !matches!(s, ServiceSlot::Loading(_)))
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The serving service called `name`: 404 when unknown, 503 while loading or failed.
+    pub fn service(&self, name: &str) -> Result<Arc<Service>, NodeError> {
+        match read(&self.services).get(name) {
+            Some(ServiceSlot::Ready(s)) => Ok(s.clone()),
+            Some(ServiceSlot::Loading(_)) => Err(NodeError::Unavailable(format!(
+                "model {name} is loading; retry shortly"
+            ))),
+            Some(ServiceSlot::Failed(_, e)) => Err(NodeError::Unavailable(format!(
+                "model {name} is not available: {e}"
+            ))),
+            None => Err(NodeError::NotFound(format!("unknown model {name}"))),
+        }
+    }
+
+    /// Every service slot, by name.
+    pub fn service_slots(&self) -> Vec<(String, ServiceSlot)> {
+        read(&self.services)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every serving service.
+    pub fn ready_services(&self) -> Vec<Arc<Service>> {
+        read(&self.services)
+            .values()
+            .filter_map(|s| match s {
+                ServiceSlot::Ready(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Views of every service, loading and failed ones included.
+    pub fn service_views(&self) -> Vec<ServiceView> {
+        self.service_slots()
+            .into_iter()
+            .map(|(name, slot)| match slot {
+                ServiceSlot::Ready(s) => s.view(self.cores),
+                ServiceSlot::Loading(cfg) => pending_view(name, &cfg, "loading", None),
+                ServiceSlot::Failed(cfg, e) => pending_view(name, &cfg, "failed", Some(e)),
+            })
+            .collect()
+    }
+
+    /// Adds a service given as JSON (the services API): from `checkpoint` with an SLO.
+    pub fn add_service_json(
+        self: &Arc<Self>,
+        body: &serde_json::Value,
+    ) -> Result<Arc<Service>, NodeError> {
+        let cfg = crate::config::parse_service_json(body, self.config.control_period_ms)
+            .map_err(NodeError::from_issues)?;
+        if cfg.checkpoint.is_none() {
+            return Err(NodeError::Invalid(vec![
+                "checkpoint: required (the path of a checkpoint file on the node)".into(),
+            ]));
+        }
+        if cfg.warmup_data.is_some() {
+            return Err(NodeError::Invalid(vec![
+                "warmup_data: not accepted through the API; train a job and publish it with POST /v1/jobs/{id}/serve".into(),
+            ]));
+        }
+        self.add_service(cfg, ServiceOrigin::Api)
+    }
+
+    fn add_service(
+        self: &Arc<Self>,
+        cfg: ServiceConfig,
+        origin: ServiceOrigin,
+    ) -> Result<Arc<Service>, NodeError> {
+        if self.is_shutting_down() {
+            return Err(NodeError::Unavailable("the node is shutting down".into()));
+        }
+        if read(&self.services).contains_key(&cfg.name) {
+            return Err(NodeError::Conflict(format!(
+                "a service named {} already exists",
+                cfg.name
+            )));
+        }
+        let model = services::build_model(&cfg).map_err(|e| match e {
+            services::ServiceBuildError::Model(m) => NodeError::Invalid(vec![m]),
+            services::ServiceBuildError::Start(m) => NodeError::Internal(m),
+        })?;
+        let svc = Arc::new(
+            Service::start(cfg.clone(), model, origin)
+                .map_err(|e| NodeError::Internal(e.to_string()))?,
+        );
+        let mut map = write(&self.services);
+        if map.contains_key(&cfg.name) {
+            return Err(NodeError::Conflict(format!(
+                "a service named {} already exists",
+                cfg.name
+            )));
+        }
+        map.insert(cfg.name.clone(), ServiceSlot::Ready(svc.clone()));
+        drop(map);
+        self.persist_service(&svc);
+        tracing::info!(service = %cfg.name, "service added");
+        Ok(svc)
+    }
+
+    /// Records a service added at run time in the state dir.
+    fn persist_service(&self, svc: &Service) {
+        if svc.origin == ServiceOrigin::Config {
+            return;
+        }
+        let record = serde_json::json!({
+            "config": svc.config,
+            "origin": svc.origin,
+        });
+        let path = self
+            .state_dir
+            .join("services")
+            .join(format!("{}.json", svc.name()));
+        if let Err(e) = crate::util::fsio::write_atomic(&path, record.to_string().as_bytes()) {
+            tracing::error!(service = %svc.name(), "cannot record service in state dir: {e}");
+        }
+    }
+
+    /// Stops and removes a service; requests already queued are answered first.
+    pub fn remove_service(&self, name: &str) -> Result<(), NodeError> {
+        let slot = write(&self.services).remove(name);
+        match slot {
+            None => Err(NodeError::NotFound(format!("unknown model {name}"))),
+            Some(ServiceSlot::Loading(cfg)) => {
+                write(&self.services).insert(name.to_string(), ServiceSlot::Loading(cfg));
+                Err(NodeError::Conflict(format!(
+                    "model {name} is still loading; remove it once it has loaded"
+                )))
+            }
+            Some(slot) => {
+                let _ = std::fs::remove_file(
+                    self.state_dir.join("services").join(format!("{name}.json")),
+                );
+                if let ServiceSlot::Ready(svc) = slot {
+                    // The batcher stops once the last handle (a request in flight) is gone.
+                    drop(svc);
+                }
+                tracing::info!(service = %name, "service removed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Accepts a job given as JSON (the jobs API).
+    pub fn submit_job_json(
+        self: &Arc<Self>,
+        body: &serde_json::Value,
+    ) -> Result<Arc<Job>, NodeError> {
+        let cfg = crate::config::parse_job_json(body).map_err(NodeError::from_issues)?;
+        self.submit_job(cfg)
+    }
+
+    /// Accepts a job: records its spec in the state dir and starts it.
+    pub fn submit_job(self: &Arc<Self>, cfg: JobConfig) -> Result<Arc<Job>, NodeError> {
+        if self.is_shutting_down() {
+            return Err(NodeError::Unavailable("the node is shutting down".into()));
+        }
+        let now = SystemTime::now();
+        let dir = self.state_dir.join("jobs").join(&cfg.name);
+        let job = Arc::new(Job::new(cfg.clone(), dir.clone(), now));
+        {
+            let mut jobs = write(&self.jobs);
+            if jobs.contains_key(&cfg.name) {
+                return Err(NodeError::Conflict(format!(
+                    "a job named {} already exists",
+                    cfg.name
+                )));
+            }
+            jobs.insert(cfg.name.clone(), job.clone());
+        }
+        let record = serde_json::json!({
+            "spec": cfg,
+            "submitted_at": crate::config::format_rfc3339(now),
+        });
+        let persisted = std::fs::create_dir_all(&dir).and_then(|_| {
+            crate::util::fsio::write_atomic(&dir.join("job.json"), record.to_string().as_bytes())
+        });
+        if let Err(e) = persisted {
+            write(&self.jobs).remove(&cfg.name);
+            return Err(NodeError::Internal(format!(
+                "cannot record job {} in {}: {e}",
+                cfg.name,
+                dir.display()
+            )));
+        }
+        if let Err(e) = job.start(self.job_workers()) {
+            write(&self.jobs).remove(&cfg.name);
+            return Err(NodeError::Internal(format!("cannot start job thread: {e}")));
+        }
+        tracing::info!(job = %cfg.name, "job accepted");
+        Ok(job)
+    }
+
+    /// Worker threads a training job gets. Until the controller divides the device, a job
+    /// leaves one core to the inference services when the node has more than one.
+    fn job_workers(&self) -> usize {
+        self.cores.saturating_sub(1).max(1)
+    }
+
+    /// The job called `name`.
+    pub fn job(&self, name: &str) -> Result<Arc<Job>, NodeError> {
+        read(&self.jobs)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("unknown job {name}")))
+    }
+
+    /// Every job, by name.
+    pub fn jobs(&self) -> Vec<Arc<Job>> {
+        read(&self.jobs).values().cloned().collect()
+    }
+
+    /// Changes a job's deadline, target accuracy or epoch limit (JSON keys `deadline`,
+    /// `target_accuracy`, `epochs`; `null` clears a deadline or target).
+    pub fn update_job(&self, name: &str, patch: &serde_json::Value) -> Result<Arc<Job>, NodeError> {
+        let job = self.job(name)?;
+        let obj = patch
+            .as_object()
+            .ok_or_else(|| NodeError::Invalid(vec!["expected a JSON object".into()]))?;
+        let mut errors = Vec::new();
+        let mut deadline = None;
+        let mut target = None;
+        let mut epochs = None;
+        for (k, v) in obj {
+            match k.as_str() {
+                "deadline" => match v {
+                    serde_json::Value::Null => deadline = Some(None),
+                    serde_json::Value::String(s) => match s.parse::<Deadline>() {
+                        Ok(d) => deadline = Some(Some(d.resolve(SystemTime::now()))),
+                        Err(e) => errors.push(format!("deadline: {e}")),
+                    },
+                    _ => errors.push(
+                        "deadline: expected a duration such as \"10m\" or an RFC 3339 time, or null"
+                            .into(),
+                    ),
+                },
+                "target_accuracy" => match v {
+                    serde_json::Value::Null => target = Some(None),
+                    v => match v.as_f64() {
+                        Some(t) if t > 0.0 && t <= 1.0 => target = Some(Some(t)),
+                        _ => errors.push(format!(
+                            "target_accuracy: must be a number in (0, 1] or null, got {v}"
+                        )),
+                    },
+                },
+                "epochs" => match v.as_u64() {
+                    Some(e) if (1..=100_000).contains(&e) => epochs = Some(e as u32),
+                    _ => errors.push(format!(
+                        "epochs: must be an integer between 1 and 100000, got {v}"
+                    )),
+                },
+                other => errors.push(format!(
+                    "{other}: cannot be changed (accepted: deadline, target_accuracy, epochs)"
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(NodeError::Invalid(errors));
+        }
+        if job.state().is_terminal() && (target.is_some() || epochs.is_some()) {
+            return Err(NodeError::Conflict(format!(
+                "job {name} has ended ({:?}); its target and epochs can no longer change",
+                job.state()
+            )));
+        }
+        if let Some(t) = target
+            && t.is_some()
+            && job.config.val_fraction == 0.0
+        {
+            return Err(NodeError::Invalid(vec![
+                "target_accuracy: the job has no validation set (val_fraction = 0)".into(),
+            ]));
+        }
+        if let Some(d) = deadline {
+            job.set_deadline(d);
+        }
+        if let Some(t) = target {
+            job.set_target(t);
+        }
+        if let Some(e) = epochs {
+            job.set_epochs(e);
+        }
+        Ok(job)
+    }
+
+    /// Cancels a job; its last checkpoint is kept.
+    pub fn cancel_job(&self, name: &str) -> Result<Arc<Job>, NodeError> {
+        let job = self.job(name)?;
+        if job.state().is_terminal() {
+            return Err(NodeError::Conflict(format!(
+                "job {name} has already ended ({:?})",
+                job.state()
+            )));
+        }
+        job.cancel();
+        Ok(job)
+    }
+
+    /// Publishes a completed job's model as an inference service. `body` holds the service
+    /// settings (`name`, `slo`, `batching`, `max_queue`); the name defaults to the job's.
+    pub fn serve_job(
+        self: &Arc<Self>,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<Arc<Service>, NodeError> {
+        let job = self.job(name)?;
+        if job.state() != JobState::Completed {
+            return Err(NodeError::Conflict(format!(
+                "job {name} is {:?}; only a completed job can be served",
+                job.state()
+            )));
+        }
+        let mut body = match body {
+            serde_json::Value::Object(m) => m.clone(),
+            serde_json::Value::Null => serde_json::Map::new(),
+            _ => return Err(NodeError::Invalid(vec!["expected a JSON object".into()])),
+        };
+        for key in ["checkpoint", "layers", "warmup_data", "seed"] {
+            if body.contains_key(key) {
+                return Err(NodeError::Invalid(vec![format!(
+                    "{key}: set by the job; not accepted here"
+                )]));
+            }
+        }
+        body.entry("name")
+            .or_insert_with(|| serde_json::Value::String(name.to_string()));
+        let path = job.checkpoint_path();
+        body.insert(
+            "checkpoint".into(),
+            serde_json::Value::String(path.display().to_string()),
+        );
+        let cfg = crate::config::parse_service_json(
+            &serde_json::Value::Object(body),
+            self.config.control_period_ms,
+        )
+        .map_err(NodeError::from_issues)?;
+        // The job's checkpoint is known good; check it exists before building.
+        Checkpoint::load(&path).map_err(|e| NodeError::Internal(e.to_string()))?;
+        self.add_service(
+            cfg,
+            ServiceOrigin::Job {
+                job: name.to_string(),
+            },
+        )
+    }
+
+    /// The node at a glance.
+    pub fn status(&self) -> StatusView {
+        let mut tenants = Vec::new();
+        let mut share_assigned = 0.0;
+        for view in self.service_views() {
+            share_assigned += view.share;
+            let measured = self.service(&view.name).ok().and_then(|s| {
+                let h = s.request_hist();
+                (h.count > 0).then(|| {
+                    format!(
+                        "mean {:.2} ms over {} requests",
+                        1000.0 * h.sum / h.count as f64,
+                        h.count
+                    )
+                })
+            });
+            tenants.push(TenantView {
+                kind: "service",
+                name: view.name.clone(),
+                state: view.state.to_string(),
+                set_point: format!("p99 <= {} ms", view.slo_p99_ms),
+                measured,
+                share: view.share,
+                batch_size: view.max_batch_size,
+                queue_len: Some(view.queue_len),
+            });
+        }
+        for job in self.jobs() {
+            let v = job.view(self.cores);
+            share_assigned += v.share;
+            let set_point = match (&v.deadline, v.target_accuracy) {
+                (Some(d), Some(t)) => format!("accuracy >= {t} by {d}"),
+                (Some(d), None) => format!("{} epochs by {d}", v.epochs_max),
+                (None, Some(t)) => format!("accuracy >= {t}, best effort"),
+                (None, None) => format!("{} epochs, best effort", v.epochs_max),
+            };
+            let measured = match (v.val_accuracy, v.slack_s) {
+                (Some(a), Some(s)) => Some(format!("accuracy {a:.4}, slack {s:.0} s")),
+                (Some(a), None) => Some(format!("accuracy {a:.4}")),
+                (None, Some(s)) => Some(format!("slack {s:.0} s")),
+                (None, None) => None,
+            };
+            tenants.push(TenantView {
+                kind: "job",
+                name: v.name.clone(),
+                state: format!("{:?}", v.state).to_lowercase(),
+                set_point,
+                measured,
+                share: v.share,
+                batch_size: v.batch_size,
+                queue_len: None,
+            });
+        }
+        StatusView {
+            version: crate::VERSION,
+            started_at: crate::config::format_rfc3339(self.started_at),
+            uptime_s: self.started_at.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+            ready: self.is_ready(),
+            devices: vec![DeviceView {
+                name: "cpu".into(),
+                workers: self.cores,
+                share_assigned,
+            }],
+            tenants,
+        }
+    }
+
+    /// Stops the node: refuses new work, cancels running jobs (each writes a checkpoint)
+    /// and stops the services after answering what they had queued.
+    pub fn shutdown(&self) {
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let jobs = self.jobs();
+        for job in &jobs {
+            if !job.state().is_terminal() {
+                job.cancel();
+            }
+        }
+        for job in &jobs {
+            job.join();
+        }
+        let slots: Vec<ServiceSlot> = std::mem::take(&mut *write(&self.services))
+            .into_values()
+            .collect();
+        drop(slots);
+    }
+}
+
+fn pending_view(
+    name: String,
+    cfg: &ServiceConfig,
+    state: &'static str,
+    error: Option<String>,
+) -> ServiceView {
+    ServiceView {
+        name,
+        state,
+        error,
+        layers: cfg.layers.clone().unwrap_or_default(),
+        slo_p99_ms: cfg.slo.p99_ms,
+        max_batch_size: cfg.batching.max_batch_size,
+        max_queue_delay_ms: cfg.batching.max_queue_delay_ms,
+        max_queue: cfg.max_queue,
+        queue_len: 0,
+        share: 0.0,
+        success_count: 0,
+        origin: Some(ServiceOrigin::Config),
+        created_at: None,
+    }
+}

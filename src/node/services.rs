@@ -1,0 +1,246 @@
+//! Inference services in the daemon: a model, its SLO and batching limits, and the running
+//! batcher that serves it.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::api::v2codec::ModelIo;
+use crate::config::{ServiceConfig, format_rfc3339};
+use crate::data::{self, LoadOptions, Normalizer};
+use crate::device::CpuBackend;
+use crate::model::MlpParams;
+use crate::model::checkpoint::Checkpoint;
+use crate::serve::{BatchConfig, InferenceService, ServedModel, ServiceStats};
+use crate::train::{TrainEvent, TrainSpec, Trainer};
+use crate::util::histogram::{Histogram, LATENCY_BOUNDS_S};
+
+/// Name of the one input tensor of every served model.
+pub const INPUT_NAME: &str = "input";
+/// Name of the one output tensor: class probabilities.
+pub const OUTPUT_NAME: &str = "probabilities";
+/// The only model version served.
+pub const MODEL_VERSION: &str = "1";
+
+/// Where a service's model came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ServiceOrigin {
+    /// The node's config file.
+    Config,
+    /// Published from a finished training job.
+    Job {
+        /// The job.
+        job: String,
+    },
+    /// Added through the API from a checkpoint file.
+    Api,
+}
+
+/// A running inference service.
+pub struct Service {
+    /// Its validated settings.
+    pub config: ServiceConfig,
+    /// Layer widths of its model.
+    pub layers: Vec<usize>,
+    /// Tensor names and widths for the inference protocol.
+    pub io: ModelIo,
+    /// Where the model came from.
+    pub origin: ServiceOrigin,
+    /// When it started serving.
+    pub created_at: SystemTime,
+    /// The batcher.
+    pub inner: InferenceService,
+    /// End-to-end latency of HTTP inference requests (decode to encode), seconds.
+    request_hist: Mutex<Histogram>,
+    /// Requests refused before reaching the batcher (malformed input).
+    invalid: Mutex<u64>,
+}
+
+/// The API's view of a service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    /// Name, as used in URLs.
+    pub name: String,
+    /// `ready`, `loading` or `failed`.
+    pub state: &'static str,
+    /// Why it failed to load.
+    pub error: Option<String>,
+    /// Model widths.
+    pub layers: Vec<usize>,
+    /// Response-time objective, ms.
+    pub slo_p99_ms: f64,
+    /// Current batch size limit.
+    pub max_batch_size: usize,
+    /// Longest wait for a batch to fill, ms.
+    pub max_queue_delay_ms: f64,
+    /// Queue bound.
+    pub max_queue: usize,
+    /// Requests waiting.
+    pub queue_len: usize,
+    /// Share of the device it runs at.
+    pub share: f64,
+    /// Requests answered.
+    pub success_count: u64,
+    /// Where the model came from.
+    pub origin: Option<ServiceOrigin>,
+    /// When it started serving.
+    pub created_at: Option<String>,
+}
+
+/// Why a service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceBuildError {
+    /// The model could not be loaded or trained.
+    #[error("{0}")]
+    Model(String),
+    /// The batcher could not start.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Loads or builds the model a service config describes: from its checkpoint, else
+/// initialised from its seed and, with `warmup_data`, trained on that data first.
+pub fn build_model(cfg: &ServiceConfig) -> Result<ServedModel, ServiceBuildError> {
+    let model_err = |m: String| ServiceBuildError::Model(format!("service {}: {m}", cfg.name));
+    if let Some(path) = &cfg.checkpoint {
+        let ckpt = Checkpoint::load(path).map_err(|e| model_err(e.to_string()))?;
+        if let Some(layers) = &cfg.layers {
+            ckpt.check_layers(layers, path)
+                .map_err(|e| model_err(e.to_string()))?;
+        }
+        return Ok(ServedModel {
+            params: ckpt.params,
+            normalizer: ckpt.normalizer,
+        });
+    }
+    let layers = cfg
+        .layers
+        .clone()
+        .ok_or_else(|| model_err("needs layers or a checkpoint".into()))?;
+    match &cfg.warmup_data {
+        None => Ok(ServedModel {
+            params: MlpParams::init(&layers, cfg.seed).map_err(|e| model_err(e.to_string()))?,
+            normalizer: Normalizer::identity(layers[0]),
+        }),
+        Some(spec) => {
+            let data = data::load(spec, &LoadOptions::default())
+                .map_err(|e| model_err(format!("warm-up data: {e}")))?;
+            let mut ts = TrainSpec::new(layers);
+            ts.seed = cfg.seed;
+            ts.epochs = 20;
+            ts.target_accuracy = Some(0.95);
+            let mut t = Trainer::new(CpuBackend::single(), ts, &data)
+                .map_err(|e| model_err(format!("warm-up training: {e}")))?;
+            let report = t
+                .run(&mut |_: &TrainEvent| {})
+                .map_err(|e| model_err(format!("warm-up training: {e}")))?;
+            tracing::info!(
+                service = %cfg.name,
+                epochs = report.epochs,
+                val_accuracy = report.val_accuracy.unwrap_or(0.0),
+                "warm-up training done"
+            );
+            Ok(ServedModel {
+                params: t.params().map_err(|e| model_err(e.to_string()))?,
+                normalizer: t.normalizer().clone(),
+            })
+        }
+    }
+}
+
+impl Service {
+    /// Starts serving `model` under `cfg`.
+    pub fn start(
+        cfg: ServiceConfig,
+        model: ServedModel,
+        origin: ServiceOrigin,
+    ) -> Result<Self, ServiceBuildError> {
+        let layers = model.params.layers.clone();
+        let io = ModelIo {
+            input_name: INPUT_NAME.to_string(),
+            features: layers[0],
+            output_name: OUTPUT_NAME.to_string(),
+            classes: layers[layers.len() - 1],
+        };
+        let batch = BatchConfig {
+            max_batch_size: cfg.batching.max_batch_size,
+            max_queue_delay: Duration::from_secs_f64(cfg.batching.max_queue_delay_ms / 1000.0),
+            max_queue: cfg.max_queue,
+        };
+        // Small batches of a small MLP run fastest on one thread: handing a few
+        // microseconds of work to a pool costs more than it saves.
+        let inner = InferenceService::start(&cfg.name, CpuBackend::single(), model, batch)
+            .map_err(|e| ServiceBuildError::Start(e.to_string()))?;
+        Ok(Service {
+            config: cfg,
+            layers,
+            io,
+            origin,
+            created_at: SystemTime::now(),
+            inner,
+            request_hist: Mutex::new(Histogram::new(LATENCY_BOUNDS_S)),
+            invalid: Mutex::new(0),
+        })
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Records one HTTP request's end-to-end latency.
+    pub fn observe_request(&self, seconds: f64) {
+        self.request_hist
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(seconds);
+    }
+
+    /// Counts a request refused as malformed.
+    pub fn count_invalid(&self) {
+        *self.invalid.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    /// Requests refused as malformed.
+    pub fn invalid_count(&self) -> u64 {
+        *self.invalid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// End-to-end latency histogram.
+    pub fn request_hist(&self) -> Histogram {
+        self.request_hist
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Batcher statistics.
+    pub fn stats(&self) -> ServiceStats {
+        self.inner.stats()
+    }
+
+    /// A snapshot for the API.
+    pub fn view(&self, device_workers: usize) -> ServiceView {
+        ServiceView {
+            name: self.config.name.clone(),
+            state: "ready",
+            error: None,
+            layers: self.layers.clone(),
+            slo_p99_ms: self.config.slo.p99_ms,
+            max_batch_size: self.inner.max_batch_size(),
+            max_queue_delay_ms: self.config.batching.max_queue_delay_ms,
+            max_queue: self.config.max_queue,
+            queue_len: self.inner.queue_len(),
+            share: if device_workers > 0 {
+                1.0 / device_workers as f64
+            } else {
+                0.0
+            },
+            success_count: self.inner.stats().success_count,
+            origin: Some(self.origin.clone()),
+            created_at: Some(format_rfc3339(self.created_at)),
+        }
+    }
+}
