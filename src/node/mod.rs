@@ -214,12 +214,14 @@ impl Node {
         }
     }
 
-    /// True when every service has loaded (or failed) and the node is not stopping.
+    /// True when every service is serving and the node is not stopping. As in Triton's
+    /// strict readiness, one service that failed to load keeps the node not ready: a load
+    /// balancer should not send it traffic it cannot answer.
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::Acquire)
             && read(&self.services)
                 .values()
-                .all(|s| !matches!(s, ServiceSlot::Loading(_)))
+                .all(|s| matches!(s, ServiceSlot::Ready(_)))
     }
 
     /// True once shutdown has begun.
@@ -229,6 +231,9 @@ impl Node {
 
     /// The serving service called `name`: 404 when unknown, 503 while loading or failed.
     pub fn service(&self, name: &str) -> Result<Arc<Service>, NodeError> {
+        if self.is_shutting_down() {
+            return Err(NodeError::Unavailable("the node is shutting down".into()));
+        }
         match read(&self.services).get(name) {
             Some(ServiceSlot::Ready(s)) => Ok(s.clone()),
             Some(ServiceSlot::Loading(_)) => Err(NodeError::Unavailable(format!(

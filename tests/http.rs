@@ -1,0 +1,791 @@
+//! The daemon over real HTTP on loopback: every v2 endpoint, binary tensors both ways, the
+//! error statuses, the jobs and services API end to end, and the metrics text.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use setpoint::node::Node;
+
+/// A daemon serving on a free loopback port, stopped on drop.
+struct Daemon {
+    url: String,
+    node: Arc<Node>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    agent: ureq::Agent,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = setpoint::config::parse(config).unwrap();
+        cfg.state_dir = dir.path().to_path_buf();
+        let node = Node::new(cfg).unwrap();
+        node.start();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let app = setpoint::api::http::router(node.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Daemon {
+            url: format!("http://{addr}"),
+            node,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            agent,
+            _dir: dir,
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let mut r = self
+            .agent
+            .get(format!("{}{path}", self.url))
+            .call()
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn send(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let mut r = match method {
+            "POST" => self.agent.post(url).send_json(body),
+            "PATCH" => self.agent.patch(url).send_json(body),
+            "DELETE" => self.agent.delete(url).call(),
+            _ => unreachable!(),
+        }
+        .unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Polls `check` every 20 ms until it returns Some, for at most `limit`.
+    fn poll<T>(&self, limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(start.elapsed() < limit, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_ready(&self) {
+        self.poll(Duration::from_secs(60), "readiness", || {
+            (self.get("/v2/health/ready").0 == 200).then_some(())
+        });
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.node.shutdown();
+    }
+}
+
+const SERVICE: &str = r#"
+[[services]]
+name = "mlp"
+layers = [8, 16, 3]
+seed = 3
+max_queue = 64
+[services.slo]
+p99_ms = 50
+[services.batching]
+max_batch_size = 8
+max_queue_delay_ms = 1
+"#;
+
+fn row(i: usize) -> Vec<f32> {
+    (0..8).map(|j| ((i * 8 + j) % 7) as f32 - 3.0).collect()
+}
+
+fn infer_json(rows: &[Vec<f32>]) -> Value {
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    json!({"id": "req-1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [rows.len(), 8], "data": flat}]})
+}
+
+fn probs(resp: &Value) -> Vec<f32> {
+    resp["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn server_and_model_endpoints_answer_as_kserve_and_triton_clients_expect() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    let (s, v) = d.get("/v2");
+    assert_eq!(s, 200);
+    assert_eq!(v["name"], "setpoint");
+    let ext: Vec<&str> = v["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(ext.contains(&"binary_tensor_data") && ext.contains(&"statistics"));
+    assert_eq!(d.get("/v2/health/live").0, 200);
+    assert_eq!(d.get("/v2/health/ready"), (200, json!({"ready": true})));
+
+    for path in ["/v2/models/mlp", "/v2/models/mlp/versions/1"] {
+        let (s, v) = d.get(path);
+        assert_eq!(s, 200, "{path}");
+        assert_eq!(v["name"], "mlp");
+        assert_eq!(v["versions"], json!(["1"]));
+        assert_eq!(
+            v["inputs"],
+            json!([{"name": "input", "datatype": "FP32", "shape": [-1, 8]}])
+        );
+        assert_eq!(
+            v["outputs"],
+            json!([{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}])
+        );
+    }
+    for path in ["/v2/models/mlp/ready", "/v2/models/mlp/versions/1/ready"] {
+        assert_eq!(d.get(path).0, 200, "{path}");
+    }
+    for path in ["/v2/models/mlp/config", "/v2/models/mlp/versions/1/config"] {
+        let (s, v) = d.get(path);
+        assert_eq!(s, 200);
+        assert_eq!(v["name"], "mlp");
+        assert_eq!(v["max_batch_size"], 8);
+        assert_eq!(
+            v["input"],
+            json!([{"name": "input", "data_type": "TYPE_FP32", "dims": [8]}])
+        );
+        assert_eq!(
+            v["output"],
+            json!([{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [3]}])
+        );
+        assert_eq!(v["dynamic_batching"]["max_queue_delay_microseconds"], 1000);
+    }
+    let (s, v) = d.get("/v2/models/mlp/versions/2");
+    assert_eq!(s, 404);
+    assert_eq!(v["error"], "model mlp has no version 2 (available: 1)");
+}
+
+#[test]
+fn inference_in_json_and_binary_both_ways_with_batches() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    let rows: Vec<Vec<f32>> = (0..4).map(row).collect();
+
+    // JSON, batch 4, through both paths.
+    let (s, v) = d.send("POST", "/v2/models/mlp/infer", &infer_json(&rows));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["id"], "req-1");
+    assert_eq!(v["model_name"], "mlp");
+    assert_eq!(v["outputs"][0]["shape"], json!([4, 3]));
+    let p = probs(&v);
+    assert_eq!(p.len(), 12);
+    for r in 0..4 {
+        let sum: f32 = p[r * 3..r * 3 + 3].iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+    }
+    let (s, v1) = d.send(
+        "POST",
+        "/v2/models/mlp/versions/1/infer",
+        &infer_json(&rows[..1]),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        probs(&v1),
+        p[..3].to_vec(),
+        "a row's answer does not depend on its batch"
+    );
+
+    // Binary input and binary output, as tritonclient sends them.
+    let header = json!({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 8], "parameters": {"binary_data_size": 128}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    for r in &rows {
+        for v in r {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let mut resp = d
+        .agent
+        .post(format!("{}/v2/models/mlp/infer", d.url))
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .header("Content-Type", "application/octet-stream")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let hlen: usize = resp
+        .headers()
+        .get("inference-header-content-length")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = resp.body_mut().read_to_vec().unwrap();
+    let head: Value = serde_json::from_slice(&bytes[..hlen]).unwrap();
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 48);
+    assert!(head["outputs"][0].get("data").is_none());
+    let out: Vec<f32> = bytes[hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(out, p, "binary and JSON answers agree");
+
+    // JSON input, binary output asked at request level.
+    let mut req = infer_json(&rows);
+    req["parameters"] = json!({"binary_data_output": true});
+    let mut resp = d
+        .agent
+        .post(format!("{}/v2/models/mlp/infer", d.url))
+        .send_json(&req)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let hlen: usize = resp
+        .headers()
+        .get("inference-header-content-length")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = resp.body_mut().read_to_vec().unwrap();
+    assert_eq!(bytes.len(), hlen + 48);
+
+    // Statistics count what was served.
+    let (s, v) = d.get("/v2/models/mlp/stats");
+    assert_eq!(s, 200);
+    let st = &v["model_stats"][0];
+    assert_eq!(st["name"], "mlp");
+    assert_eq!(st["version"], "1");
+    assert_eq!(st["inference_count"], 4 + 1 + 4 + 4);
+    assert_eq!(st["inference_stats"]["success"]["count"], 13);
+    assert!(
+        st["inference_stats"]["compute_infer"]["ns"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let batched: u64 = st["batch_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["batch_size"].as_u64().unwrap() * b["compute_infer"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(batched, 13);
+    assert_eq!(d.get("/v2/models/stats").1["model_stats"][0]["name"], "mlp");
+}
+
+fn expect_error(got: (u16, Value), status: u16, message: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    let m = got.1["error"].as_str().unwrap_or_default();
+    assert!(m.contains(message), "expected {message:?} in {m:?}");
+}
+
+#[test]
+fn errors_have_their_status_and_say_what_was_wrong() {
+    let d = Daemon::start(&format!("max_request_bytes = 2048\n{SERVICE}"));
+    d.wait_ready();
+    let infer = "/v2/models/mlp/infer";
+    expect_error(
+        d.send("POST", "/v2/models/nope/infer", &infer_json(&[row(0)])),
+        404,
+        "unknown model nope",
+    );
+    expect_error(
+        d.get("/v2/nothing/here"),
+        404,
+        "no route for GET /v2/nothing/here",
+    );
+    let mut bad = infer_json(&[row(0)]);
+    bad["inputs"][0]["shape"] = json!([1, 7]);
+    expect_error(
+        d.send("POST", infer, &bad),
+        400,
+        "input \"input\": expected shape [-1, 8], got [1, 7]",
+    );
+    let mut bad = infer_json(&[row(0)]);
+    bad["inputs"][0]["datatype"] = json!("INT64");
+    expect_error(
+        d.send("POST", infer, &bad),
+        400,
+        "expected datatype FP32, got INT64 (accepted: FP32)",
+    );
+    let mut bad = infer_json(&[row(0)]);
+    bad["inputs"][0]["name"] = json!("x");
+    expect_error(
+        d.send("POST", infer, &bad),
+        400,
+        "unknown input \"x\" (the model takes \"input\")",
+    );
+    let mut r = d
+        .agent
+        .post(format!("{}{infer}", d.url))
+        .send("{\"inputs\": [")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(
+        r.body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("invalid JSON")
+    );
+
+    // Over the body limit.
+    let big: Vec<Vec<f32>> = (0..40).map(row).collect();
+    expect_error(
+        d.send("POST", infer, &infer_json(&big)),
+        413,
+        "exceeds the limit of 2048 bytes",
+    );
+    // Wrong method.
+    expect_error(
+        d.send("DELETE", "/v2/health/live", &Value::Null),
+        405,
+        "not allowed",
+    );
+    // The node keeps serving after all that.
+    assert_eq!(d.send("POST", infer, &infer_json(&[row(0)])).0, 200);
+    let (_, m) = d.get("/metrics");
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"invalid\"} 4")
+    );
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after_while_health_stays_up() {
+    // A slow model (64 MB of weights per row) and a short queue.
+    let d = Daemon::start(
+        r#"
+[[services]]
+name = "slow"
+layers = [8, 4096, 4096, 3]
+max_queue = 2
+[services.slo]
+p99_ms = 1000
+[services.batching]
+max_batch_size = 1
+max_queue_delay_ms = 0
+"#,
+    );
+    d.wait_ready();
+    let url = format!("{}/v2/models/slow/infer", d.url);
+    let body = infer_json(&[row(1)]).to_string();
+    let results: Vec<(u16, Option<String>, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                let agent = d.agent.clone();
+                let url = url.clone();
+                let body = body.clone();
+                s.spawn(move || {
+                    let mut r = agent.post(&url).send(&body).unwrap();
+                    let retry = r
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (
+                        r.status().as_u16(),
+                        retry,
+                        r.body_mut().read_to_string().unwrap(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let full: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(ok + full.len(), 12, "{results:?}");
+    assert!(!full.is_empty(), "no 429 among {results:?}");
+    assert!(ok >= 1);
+    for r in full {
+        assert_eq!(r.1.as_deref(), Some("1"));
+        assert!(
+            r.2.contains("queue is full (2 requests waiting)"),
+            "{}",
+            r.2
+        );
+    }
+    assert_eq!(d.get("/v2/health/ready").0, 200);
+}
+
+#[test]
+fn a_service_that_cannot_load_keeps_the_node_unready_and_answers_503() {
+    let d = Daemon::start(&format!(
+        "{SERVICE}\n[[services]]\nname = \"broken\"\ncheckpoint = \"/no/such/model.ckpt\"\n[services.slo]\np99_ms = 10\n"
+    ));
+    let slot_failed = || {
+        d.get("/v1/services").1["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "broken" && s["state"] == "failed")
+    };
+    d.poll(
+        Duration::from_secs(30),
+        "the broken service to fail",
+        || slot_failed().then_some(()),
+    );
+    d.poll(Duration::from_secs(30), "the good service", || {
+        (d.get("/v2/models/mlp/ready").0 == 200).then_some(())
+    });
+    assert_eq!(d.get("/v2/health/ready"), (503, json!({"ready": false})));
+    expect_error(
+        d.get("/v2/models/broken/ready"),
+        503,
+        "model broken is not available",
+    );
+    expect_error(
+        d.send("POST", "/v2/models/broken/infer", &infer_json(&[row(0)])),
+        503,
+        "/no/such/model.ckpt",
+    );
+    // Shutting down: every model answers 503.
+    d.node.shutdown();
+    expect_error(
+        d.send("POST", "/v2/models/mlp/infer", &infer_json(&[row(0)])),
+        503,
+        "shutting down",
+    );
+    assert_eq!(d.get("/v2/health/ready").0, 503);
+}
+
+#[test]
+fn a_job_trains_then_serves_its_model_over_http() {
+    let d = Daemon::start("");
+    d.wait_ready();
+    let spec = json!({
+        "name": "blobs",
+        "data": "synthetic:blobs:size=600,classes=3,features=8,seed=4",
+        "layers": [8, 32, 3],
+        "target_accuracy": 0.9,
+        "epochs": 40,
+        "deadline": "5m",
+        "checkpoint_every_steps": 5,
+    });
+    let (s, v) = d.send("POST", "/v1/jobs", &spec);
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["name"], "blobs");
+    assert_eq!(v["class"], "deadline");
+    assert!(v["deadline"].is_string());
+    // Same name again is a conflict; a bad spec names its keys.
+    expect_error(
+        d.send("POST", "/v1/jobs", &spec),
+        409,
+        "a job named blobs already exists",
+    );
+    expect_error(
+        d.send("POST", "/v1/jobs", &json!({"name": "x", "data": "synthetic:blobs", "layers": [64, 10], "lr": -1, "epoch": 3})),
+        400,
+        "epoch: unknown key",
+    );
+    expect_error(
+        d.send(
+            "POST",
+            "/v1/jobs",
+            &json!({"name": "x", "data": "synthetic:blobs", "layers": [64, 10], "lr": -1}),
+        ),
+        400,
+        "lr: must be > 0, got -1",
+    );
+    let done = d.poll(Duration::from_secs(60), "the job to complete", || {
+        let (_, v) = d.get("/v1/jobs/blobs");
+        (v["state"] == "completed").then_some(v)
+    });
+    assert_eq!(done["stop_reason"], "target_reached");
+    assert!(done["val_accuracy"].as_f64().unwrap() >= 0.9);
+    assert!(done["steps"].as_u64().unwrap() > 0);
+    assert!(done["slack_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        done["accuracy_curve"].as_array().unwrap().len() as u64,
+        done["epochs_done"].as_u64().unwrap()
+    );
+    let ckpt = done["checkpoint"].as_str().unwrap().to_string();
+    assert!(std::path::Path::new(&ckpt).exists());
+    let (_, list) = d.get("/v1/jobs");
+    assert_eq!(list["jobs"][0]["name"], "blobs");
+
+    // Cancel or change a finished job: a conflict.
+    expect_error(
+        d.send("DELETE", "/v1/jobs/blobs", &Value::Null),
+        409,
+        "has already ended",
+    );
+    expect_error(d.get("/v1/jobs/none"), 404, "unknown job none");
+
+    // Publish it and infer with the trained model.
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs/blobs/serve",
+        &json!({"name": "blobs-svc", "slo": {"p99_ms": 20}}),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["origin"], json!({"kind": "job", "job": "blobs"}));
+    let data = setpoint::data::load(
+        "synthetic:blobs:size=600,classes=3,features=8,seed=4",
+        &Default::default(),
+    )
+    .unwrap();
+    let rows: Vec<Vec<f32>> = (0..50).map(|i| data.row(i).to_vec()).collect();
+    let (s, v) = d.send("POST", "/v2/models/blobs-svc/infer", &infer_json(&rows));
+    assert_eq!(s, 200, "{v}");
+    let p = probs(&v);
+    let labels = data.labels.as_ref().unwrap();
+    let correct = (0..50)
+        .filter(|&r| setpoint::train::argmax(&p[r * 3..r * 3 + 3]) == labels[r] as usize)
+        .count();
+    assert!(correct >= 40, "the served model got {correct} of 50 right");
+    // Its answers are the checkpoint's, computed here independently.
+    let local = setpoint::model::checkpoint::Checkpoint::load(std::path::Path::new(&ckpt)).unwrap();
+    let be = setpoint::device::CpuBackend::single();
+    let mlp = setpoint::model::Mlp::from_params(&be, &local.params).unwrap();
+    let mut ws = setpoint::model::Workspace::new(&be, &[8, 32, 3], 1, false).unwrap();
+    let mut x = rows[0].clone();
+    local.normalizer.apply(&mut x);
+    use setpoint::device::Backend;
+    let xb = be.upload(&x).unwrap();
+    mlp.predict(&be, &mut ws, &xb, 1).unwrap();
+    let mut want = vec![0.0; 3];
+    be.read(ws.output(), &mut want).unwrap();
+    for (g, w) in p[..3].iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6);
+    }
+    // Serving the same job under the same name again conflicts; removing works.
+    expect_error(
+        d.send(
+            "POST",
+            "/v1/jobs/blobs/serve",
+            &json!({"name": "blobs-svc", "slo": {"p99_ms": 20}}),
+        ),
+        409,
+        "already exists",
+    );
+    assert_eq!(
+        d.send("DELETE", "/v1/services/blobs-svc", &Value::Null).0,
+        204
+    );
+    assert_eq!(d.get("/v2/models/blobs-svc").0, 404);
+}
+
+#[test]
+fn a_running_job_can_be_changed_and_cancelled_keeping_its_checkpoint() {
+    let d = Daemon::start("");
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs",
+        &json!({
+            "name": "long",
+            "data": "synthetic:blobs:size=4000,classes=10,features=64",
+            "layers": [64, 256, 256, 10],
+            "epochs": 1000,
+            "checkpoint_every_steps": 10,
+            "class": "best-effort",
+        }),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["class"], "best-effort");
+    d.poll(Duration::from_secs(60), "the job to take 20 steps", || {
+        let (_, v) = d.get("/v1/jobs/long");
+        (v["steps"].as_u64().unwrap_or(0) >= 20).then_some(())
+    });
+    let (s, v) = d.send(
+        "PATCH",
+        "/v1/jobs/long",
+        &json!({"deadline": "1h", "epochs": 2000}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert!(v["deadline"].is_string());
+    assert_eq!(v["epochs_max"], 2000);
+    expect_error(
+        d.send("PATCH", "/v1/jobs/long", &json!({"layers": [1, 2]})),
+        400,
+        "layers: cannot be changed (accepted: deadline, target_accuracy, epochs)",
+    );
+    expect_error(
+        d.send("PATCH", "/v1/jobs/long", &json!({"target_accuracy": 2})),
+        400,
+        "target_accuracy: must be a number in (0, 1] or null, got 2",
+    );
+    let (s, _) = d.send("DELETE", "/v1/jobs/long", &Value::Null);
+    assert_eq!(s, 200);
+    let v = d.poll(Duration::from_secs(30), "the job to stop", || {
+        let (_, v) = d.get("/v1/jobs/long");
+        (v["state"] == "cancelled").then_some(v)
+    });
+    let ckpt = v["checkpoint"].as_str().unwrap();
+    let saved = setpoint::model::checkpoint::Checkpoint::load(std::path::Path::new(ckpt)).unwrap();
+    assert_eq!(
+        saved.training.unwrap().meta.step,
+        v["steps"].as_u64().unwrap(),
+        "the checkpoint holds the last step taken"
+    );
+}
+
+/// Checks Prometheus text exposition: every sample is `name{labels} value`, declared by a
+/// TYPE line, histogram buckets are cumulative and end at +Inf with the count.
+fn check_exposition(text: &str) -> usize {
+    let mut types = std::collections::HashMap::new();
+    let mut samples = 0;
+    let mut last_bucket: Option<(String, f64)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "duplicate TYPE {name}"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("setpoint_"), "{name}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{name}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            }
+        }
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|b| types.get(*b).map(String::as_str) == Some("histogram"))
+            })
+            .unwrap_or(name);
+        let kind = types
+            .get(base)
+            .unwrap_or_else(|| panic!("{name} has no TYPE"));
+        if kind == "counter" {
+            assert!(
+                name.ends_with("_total"),
+                "counter {name} must end in _total"
+            );
+        }
+        if name.ends_with("_bucket") {
+            let key = series.split(",le=").next().unwrap().to_string();
+            if let Some((k, prev)) = &last_bucket
+                && *k == key
+            {
+                assert!(value >= *prev, "buckets not cumulative in {line}");
+            }
+            last_bucket = Some((key, value));
+        }
+        samples += 1;
+    }
+    samples
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    for i in 0..5 {
+        d.send("POST", "/v2/models/mlp/infer", &infer_json(&[row(i)]));
+    }
+    let mut r = d.agent.get(format!("{}/metrics", d.url)).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.body_mut().read_to_string().unwrap();
+    assert!(check_exposition(&text) > 50);
+    assert!(
+        text.contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"success\"} 5")
+    );
+    assert!(text.contains("setpoint_inference_request_duration_seconds_count{service=\"mlp\"} 5"));
+    assert!(text.contains(
+        "setpoint_inference_queue_duration_seconds_bucket{service=\"mlp\",le=\"+Inf\"} 5"
+    ));
+    assert!(text.contains("setpoint_process_start_time_seconds "));
+    assert!(text.contains("setpoint_tenant_share_ratio{tenant=\"mlp\",kind=\"service\"}"));
+}
+
+#[test]
+fn status_shows_every_tenant_with_its_set_point() {
+    let d = Daemon::start(setpoint::config::DEFAULT_CONFIG);
+    d.wait_ready();
+    let (s, v) = d.get("/v1/status");
+    assert_eq!(s, 200);
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["devices"][0]["name"], "cpu");
+    let tenants = v["tenants"].as_array().unwrap();
+    let svc = tenants.iter().find(|t| t["name"] == "mlp").unwrap();
+    assert_eq!(svc["kind"], "service");
+    assert_eq!(svc["set_point"], "p99 <= 25 ms");
+    let job = tenants.iter().find(|t| t["name"] == "demo").unwrap();
+    assert_eq!(job["kind"], "job");
+    assert!(
+        job["set_point"]
+            .as_str()
+            .unwrap()
+            .starts_with("accuracy >= 0.95 by ")
+    );
+}
