@@ -115,27 +115,24 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_model_stats))
         .route("/v2/models/{model}", get(model_metadata))
-        .route(
-            "/v2/models/{model}/versions/{version}",
-            get(model_metadata_v),
-        )
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
-            get(model_ready_v),
+            get(model_ready),
         )
         .route("/v2/models/{model}/config", get(model_config))
         .route(
             "/v2/models/{model}/versions/{version}/config",
-            get(model_config_v),
+            get(model_config),
         )
         .route("/v2/models/{model}/stats", get(model_stats))
         .route(
             "/v2/models/{model}/versions/{version}/stats",
-            get(model_stats_v),
+            get(model_stats),
         )
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route("/v1/status", get(status))
         .route("/v1/jobs", get(list_jobs).post(submit_job))
         .route(
@@ -238,15 +235,40 @@ fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
     }
 }
 
-fn check_version(model: &str, version: &str) -> ApiResult<()> {
-    if version == MODEL_VERSION {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("model {model} has no version {version} (available: {MODEL_VERSION})"),
-        ))
+/// A model path, with or without `/versions/{version}`.
+#[derive(Debug, serde::Deserialize)]
+struct ModelPath {
+    model: String,
+    version: Option<String>,
+}
+
+impl ModelPath {
+    /// The serving service the path names: 404 for an unknown model or version, 503 while
+    /// it loads.
+    fn service(&self, node: &Node) -> ApiResult<Arc<Service>> {
+        let svc = node.service(&self.model)?;
+        match &self.version {
+            Some(v) if v != MODEL_VERSION => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "model {} has no version {v} (available: {MODEL_VERSION})",
+                    self.model
+                ),
+            )),
+            _ => Ok(svc),
+        }
     }
+}
+
+/// Runs blocking node work (thread joins, checkpoint reads, model builds) off the async
+/// workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
 }
 
 // ---------------------------------------------------------------- v2: server
@@ -290,38 +312,17 @@ fn metadata_json(svc: &Service) -> Value {
 
 async fn model_metadata(
     State(s): State<AppState>,
-    Path(model): Path<String>,
+    Path(p): Path<ModelPath>,
 ) -> ApiResult<Response> {
-    let svc = s.node.service(&model)?;
+    let svc = p.service(&s.node)?;
     Ok(json_response(StatusCode::OK, &metadata_json(&svc)))
 }
 
-async fn model_metadata_v(
-    State(s): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    let svc = s.node.service(&model)?;
-    check_version(&model, &version)?;
-    Ok(json_response(StatusCode::OK, &metadata_json(&svc)))
-}
-
-async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
-    s.node.service(&model)?;
+async fn model_ready(State(s): State<AppState>, Path(p): Path<ModelPath>) -> ApiResult<Response> {
+    p.service(&s.node)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"name": model, "ready": true}),
-    ))
-}
-
-async fn model_ready_v(
-    State(s): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    s.node.service(&model)?;
-    check_version(&model, &version)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"name": model, "ready": true}),
+        &json!({"name": p.model, "ready": true}),
     ))
 }
 
@@ -343,17 +344,8 @@ fn config_json(svc: &Service) -> Value {
     })
 }
 
-async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
-    let svc = s.node.service(&model)?;
-    Ok(json_response(StatusCode::OK, &config_json(&svc)))
-}
-
-async fn model_config_v(
-    State(s): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    let svc = s.node.service(&model)?;
-    check_version(&model, &version)?;
+async fn model_config(State(s): State<AppState>, Path(p): Path<ModelPath>) -> ApiResult<Response> {
+    let svc = p.service(&s.node)?;
     Ok(json_response(StatusCode::OK, &config_json(&svc)))
 }
 
@@ -399,20 +391,8 @@ fn stats_json(svc: &Service) -> Value {
     })
 }
 
-async fn model_stats(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
-    let svc = s.node.service(&model)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"model_stats": [stats_json(&svc)]}),
-    ))
-}
-
-async fn model_stats_v(
-    State(s): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    let svc = s.node.service(&model)?;
-    check_version(&model, &version)?;
+async fn model_stats(State(s): State<AppState>, Path(p): Path<ModelPath>) -> ApiResult<Response> {
+    let svc = p.service(&s.node)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"model_stats": [stats_json(&svc)]}),
@@ -433,30 +413,11 @@ async fn all_model_stats(State(s): State<AppState>) -> Response {
 
 async fn infer(
     State(s): State<AppState>,
-    Path(model): Path<String>,
+    Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    run_infer(s, model, headers, body).await
-}
-
-async fn infer_v(
-    State(s): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    check_version(&model, &version)?;
-    run_infer(s, model, headers, body).await
-}
-
-async fn run_infer(
-    s: AppState,
-    model: String,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let svc = s.node.service(&model)?;
+    let svc = p.service(&s.node)?;
     let start = Instant::now();
     let bytes = read_body(body, &headers, s.max_body_bytes).await?;
     let result = decode_and_run(&svc, &s, &headers, &bytes).await;
@@ -533,9 +494,7 @@ async fn submit_job(
     let bytes = read_body(body, &headers, s.max_body_bytes).await?;
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
-    let job = tokio::task::spawn_blocking(move || node.submit_job_json(&spec))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let job = blocking(move || node.submit_job_json(&spec)).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &job.view(s.node.cores()),
@@ -573,9 +532,7 @@ async fn serve_job(
     let bytes = read_body(body, &headers, s.max_body_bytes).await?;
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
-    let svc = tokio::task::spawn_blocking(move || node.serve_job(&id, &spec))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let svc = blocking(move || node.serve_job(&id, &spec)).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &svc.view(s.node.cores()),
@@ -604,9 +561,7 @@ async fn add_service(
     let bytes = read_body(body, &headers, s.max_body_bytes).await?;
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
-    let svc = tokio::task::spawn_blocking(move || node.add_service_json(&spec))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let svc = blocking(move || node.add_service_json(&spec)).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &svc.view(s.node.cores()),
@@ -618,9 +573,7 @@ async fn remove_service(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     let node = s.node.clone();
-    tokio::task::spawn_blocking(move || node.remove_service(&name))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    blocking(move || node.remove_service(&name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

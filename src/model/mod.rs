@@ -207,21 +207,11 @@ impl<B: Backend> Mlp<B> {
 
     /// Downloads the parameters.
     pub fn to_params(&self, backend: &B) -> Result<MlpParams, ModelError> {
-        let mut weights = Vec::new();
-        let mut biases = Vec::new();
-        for layer in &self.params {
-            let mut w = vec![0.0; layer.fan_in * layer.fan_out];
-            backend.read(&layer.w, &mut w)?;
-            let mut b = vec![0.0; layer.fan_out];
-            backend.read(&layer.b, &mut b)?;
-            weights.push(w);
-            biases.push(b);
-        }
-        Ok(MlpParams {
-            layers: self.layers.clone(),
-            weights,
-            biases,
-        })
+        download(
+            backend,
+            &self.layers,
+            self.params.iter().map(|l| (&l.w, &l.b)),
+        )
     }
 
     /// Widths, input first.
@@ -510,22 +500,31 @@ impl<B: Backend> Grads<B> {
 
     /// Host copy, in the layout of [`MlpParams`].
     pub fn to_params(&self, backend: &B, layers: &[usize]) -> Result<MlpParams, ModelError> {
-        let mut weights = Vec::new();
-        let mut biases = Vec::new();
-        for (l, p) in layers.windows(2).enumerate() {
-            let mut w = vec![0.0; p[0] * p[1]];
-            backend.read(&self.w[l], &mut w)?;
-            let mut b = vec![0.0; p[1]];
-            backend.read(&self.b[l], &mut b)?;
-            weights.push(w);
-            biases.push(b);
-        }
-        Ok(MlpParams {
-            layers: layers.to_vec(),
-            weights,
-            biases,
-        })
+        download(backend, layers, self.w.iter().zip(&self.b))
     }
+}
+
+/// Reads per-layer (weight, bias) buffers of an MLP with `layers` into host memory.
+fn download<'a, B: Backend + 'a>(
+    backend: &B,
+    layers: &[usize],
+    tensors: impl Iterator<Item = (&'a B::Buf, &'a B::Buf)>,
+) -> Result<MlpParams, ModelError> {
+    let mut weights = Vec::new();
+    let mut biases = Vec::new();
+    for (p, (wb, bb)) in layers.windows(2).zip(tensors) {
+        let mut w = vec![0.0; p[0] * p[1]];
+        backend.read(wb, &mut w)?;
+        let mut b = vec![0.0; p[1]];
+        backend.read(bb, &mut b)?;
+        weights.push(w);
+        biases.push(b);
+    }
+    Ok(MlpParams {
+        layers: layers.to_vec(),
+        weights,
+        biases,
+    })
 }
 
 /// Which optimiser and its hyper-parameters.
