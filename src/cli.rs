@@ -25,6 +25,220 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Run the daemon: inference services and training jobs behind an HTTP API.
     Serve(ServeArgs),
+    /// Submit a training job to a running daemon (POST /v1/jobs).
+    Submit(SubmitArgs),
+    /// List, show, change, cancel or serve the daemon's training jobs.
+    Jobs(JobsArgs),
+    /// Send an inference request to a model the daemon serves (v2 protocol).
+    Infer(InferArgs),
+    /// Show the daemon's devices and tenants with their set points (GET /v1/status).
+    Status(StatusArgs),
+    /// Benchmarks against a running daemon.
+    Bench(BenchArgs),
+}
+
+/// Where the daemon is and how to print its answers; shared by the client commands.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of a running daemon (`setpoint serve`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "SETPOINT_URL",
+        default_value = setpoint::client::DEFAULT_URL
+    )]
+    pub url: String,
+    /// Print the server's JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `setpoint submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Unique job name (A-Z a-z 0-9 _ . -), also its id.
+    #[arg(long)]
+    pub name: String,
+    /// Training data on the daemon's host: a CSV or IDX path, or
+    /// synthetic:blobs|spirals[:size=N,classes=N,features=N,seed=N,noise=X].
+    #[arg(long, value_name = "PATH|synthetic:...")]
+    pub data: String,
+    /// Layer widths, input first, such as 64,128,10.
+    #[arg(long, value_name = "W,W,...")]
+    pub layers: String,
+    /// Optimiser [daemon default: adam].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    /// Learning rate [daemon default: 0.001 for adam, 0.05 for sgd].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Mini-batch size [daemon default: 64].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Epoch limit [daemon default: 50].
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Stop once validation accuracy reaches this fraction, such as 0.95.
+    #[arg(long)]
+    pub target_accuracy: Option<f64>,
+    /// When the job must finish: a duration after submission ("90s", "10m", "1h 30m") or
+    /// an RFC 3339 time ("2026-11-28T14:30:00Z").
+    #[arg(long, value_name = "DURATION|RFC3339")]
+    pub deadline: Option<String>,
+    /// No deadline guarantee: the job runs on capacity the set points leave over.
+    #[arg(long)]
+    pub best_effort: bool,
+    /// Seed of initial weights, split and shuffles [daemon default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `setpoint jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// What to do; `list` when absent.
+    #[command(subcommand)]
+    pub command: Option<JobsCommand>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `setpoint jobs …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// One line per job (GET /v1/jobs).
+    List,
+    /// One job in detail (GET /v1/jobs/ID).
+    Show {
+        /// Job name.
+        id: String,
+    },
+    /// Change a job's deadline, target accuracy or epoch limit (PATCH /v1/jobs/ID).
+    Update(JobsUpdateArgs),
+    /// Cancel a job; its last checkpoint is kept (DELETE /v1/jobs/ID).
+    Cancel {
+        /// Job name.
+        id: String,
+    },
+    /// Serve a completed job's model as an inference service (POST /v1/jobs/ID/serve).
+    Serve(JobsServeArgs),
+}
+
+/// `setpoint jobs update`.
+#[derive(Debug, Args)]
+pub struct JobsUpdateArgs {
+    /// Job name.
+    pub id: String,
+    /// New deadline: a duration from now ("10m") or an RFC 3339 time.
+    #[arg(long, value_name = "DURATION|RFC3339", conflicts_with = "no_deadline")]
+    pub deadline: Option<String>,
+    /// Remove the deadline.
+    #[arg(long)]
+    pub no_deadline: bool,
+    /// New target validation accuracy, in (0, 1].
+    #[arg(long, conflicts_with = "no_target")]
+    pub target_accuracy: Option<f64>,
+    /// Remove the target: run to the epoch limit.
+    #[arg(long)]
+    pub no_target: bool,
+    /// New epoch limit.
+    #[arg(long)]
+    pub epochs: Option<u32>,
+}
+
+/// `setpoint jobs serve`.
+#[derive(Debug, Args)]
+pub struct JobsServeArgs {
+    /// Job name (it must have completed).
+    pub id: String,
+    /// Service name, as in /v2/models/NAME [default: the job's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Response-time objective: the 99th percentile, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub slo_p99_ms: f64,
+    /// Largest batch the batcher forms [daemon default: 32].
+    #[arg(long)]
+    pub max_batch_size: Option<usize>,
+}
+
+/// `setpoint infer`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["json_input", "random"])))]
+pub struct InferArgs {
+    /// Model name, as in /v2/models/MODEL.
+    pub model: String,
+    /// JSON file of rows: a list of lists of numbers, one row as a flat list, or a whole v2
+    /// request body ("-" reads standard input).
+    #[arg(long, value_name = "FILE")]
+    pub json_input: Option<PathBuf>,
+    /// Send N rows of standard normal values as one batch-N request.
+    #[arg(long, value_name = "N")]
+    pub random: Option<usize>,
+    /// Seed of the --random rows.
+    #[arg(long, default_value_t = 1, requires = "random")]
+    pub seed: u64,
+    /// Send the input and receive the output as binary tensors (raw little-endian f32 after
+    /// the JSON header; Triton's binary tensor data extension).
+    #[arg(long)]
+    pub binary: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `setpoint status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `setpoint bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// `setpoint bench …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Closed-loop HTTP load on a running daemon's v2 inference endpoint.
+    ///
+    /// Starts nothing: run a daemon first (`setpoint serve`, in release mode for figures
+    /// that mean something) and point --url at it. For each concurrency level C, C workers
+    /// each send single-row JSON v2 requests back to back on a keep-alive connection of
+    /// their own; after --warmup, requests are measured for --duration. Reports requests/s,
+    /// p50/p90/p99/max latency and errors by status per level, the mean batch size the
+    /// daemon ran (from /v2/models/MODEL/stats), and the ratio of the daemon's requests/s to
+    /// the model's compute-only rows/s at that batch size, measured in this process.
+    Http(BenchHttpArgs),
+}
+
+/// `setpoint bench http`.
+#[derive(Debug, Args)]
+pub struct BenchHttpArgs {
+    /// Model to load.
+    #[arg(long, default_value = "mlp")]
+    pub model: String,
+    /// Concurrency levels (connections), comma-separated.
+    #[arg(long, value_name = "C,C,...", default_value = "1,4,16")]
+    pub concurrency: String,
+    /// Measured time per level ("10s", "500ms", "1m").
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub duration: String,
+    /// Unmeasured warm-up before each level.
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub warmup: String,
+    /// Seed of the request rows.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `setpoint serve`.

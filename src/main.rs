@@ -13,8 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use cli::{
-    CheckConfigArgs, Cli, Command, DataArgs, OptimizerArg, PredictArgs, ServeArgs, TrainArgs,
+    BenchArgs, BenchCommand, BenchHttpArgs, CheckConfigArgs, Cli, ClientArgs, Command, DataArgs,
+    InferArgs, JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs, OptimizerArg, PredictArgs,
+    ServeArgs, StatusArgs, SubmitArgs, TrainArgs,
 };
+use setpoint::client::{self as sp_client, Client, ClientError, path_segment, table, v2};
 use setpoint::data::{self, DataError, Dataset, LabelColumn, LoadOptions};
 use setpoint::device::{Backend, CpuBackend, DeviceError, SgdParams};
 use setpoint::model::checkpoint::{Checkpoint, CheckpointError};
@@ -126,6 +129,11 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict(args),
         Command::CheckConfig(args) => check_config(args),
         Command::Serve(args) => serve(args),
+        Command::Submit(args) => submit(args),
+        Command::Jobs(args) => jobs(args),
+        Command::Infer(args) => infer(args),
+        Command::Status(args) => status(args),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -544,6 +552,12 @@ async fn serve_task(config: setpoint::config::NodeConfig) -> anyhow::Result<()> 
     );
     node.start();
     let app = setpoint::api::http::router(node.clone());
+    // Answers are small and latency-bound: send them without waiting to coalesce segments.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -582,4 +596,334 @@ async fn shutdown_signal() {
         _ = ctrl_c => tracing::info!("received Ctrl-C"),
         _ = term => tracing::info!("received SIGTERM"),
     }
+}
+
+// ---------------------------------------------------------------- client commands
+
+/// A daemon's refusal (4xx) or unusable input is the user's to fix (exit 2); anything else,
+/// an unreachable daemon or a 5xx included, is a failure while running (exit 1).
+fn client_error(e: ClientError) -> anyhow::Error {
+    if e.is_input() {
+        input_error(e.to_string())
+    } else {
+        anyhow!(e)
+    }
+}
+
+fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    Client::new(&args.url).map_err(client_error)
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    Ok(())
+}
+
+fn print_text(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let client = connect(&args.client)?;
+    let layers = parse_layers(&args.layers)?;
+    let mut body = serde_json::Map::new();
+    body.insert("name".into(), json!(args.name));
+    body.insert("data".into(), json!(args.data));
+    body.insert("layers".into(), json!(layers));
+    if let Some(o) = args.optimizer {
+        let name = match o {
+            OptimizerArg::Adam => "adam",
+            OptimizerArg::Sgd => "sgd",
+        };
+        body.insert("optimizer".into(), json!(name));
+    }
+    if let Some(lr) = args.lr {
+        body.insert("lr".into(), json!(lr));
+    }
+    if let Some(b) = args.batch_size {
+        body.insert("batch_size".into(), json!(b));
+    }
+    if let Some(e) = args.epochs {
+        body.insert("epochs".into(), json!(e));
+    }
+    if let Some(t) = args.target_accuracy {
+        body.insert("target_accuracy".into(), json!(t));
+    }
+    if let Some(d) = &args.deadline {
+        body.insert("deadline".into(), json!(d));
+    }
+    if args.best_effort {
+        body.insert("best_effort".into(), json!(true));
+    }
+    if let Some(s) = args.seed {
+        body.insert("seed".into(), json!(s));
+    }
+    let job = client
+        .post("/v1/jobs", &serde_json::Value::Object(body))
+        .map_err(client_error)?;
+    if args.client.json {
+        return print_json(&job);
+    }
+    print_text(&format!(
+        "submitted job {}\n{}",
+        table::cell(&job["name"]),
+        table::job_details(&job)
+    ))
+}
+
+fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+    let client = connect(&args.client)?;
+    let json = args.client.json;
+    let job_path = |id: &str| format!("/v1/jobs/{}", path_segment(id));
+    match args.command.unwrap_or(JobsCommand::List) {
+        JobsCommand::List => {
+            let v = client.get("/v1/jobs").map_err(client_error)?;
+            if json {
+                return print_json(&v);
+            }
+            let list = v["jobs"].as_array().cloned().unwrap_or_default();
+            print_text(&table::jobs_table(&list))
+        }
+        JobsCommand::Show { id } => {
+            let v = client.get(&job_path(&id)).map_err(client_error)?;
+            if json {
+                return print_json(&v);
+            }
+            print_text(&table::job_details(&v))
+        }
+        JobsCommand::Update(u) => jobs_update(&client, u, json),
+        JobsCommand::Cancel { id } => {
+            let v = client.delete(&job_path(&id)).map_err(client_error)?;
+            if json {
+                return print_json(&v);
+            }
+            print_text(&format!(
+                "cancelled job {id}: it stops after its current step and keeps its last \
+                 checkpoint\n{}",
+                table::job_details(&v)
+            ))
+        }
+        JobsCommand::Serve(a) => jobs_serve(&client, a, json),
+    }
+}
+
+fn jobs_update(client: &Client, u: JobsUpdateArgs, json: bool) -> anyhow::Result<()> {
+    let mut patch = serde_json::Map::new();
+    if let Some(d) = &u.deadline {
+        patch.insert("deadline".into(), json!(d));
+    }
+    if u.no_deadline {
+        patch.insert("deadline".into(), serde_json::Value::Null);
+    }
+    if let Some(t) = u.target_accuracy {
+        patch.insert("target_accuracy".into(), json!(t));
+    }
+    if u.no_target {
+        patch.insert("target_accuracy".into(), serde_json::Value::Null);
+    }
+    if let Some(e) = u.epochs {
+        patch.insert("epochs".into(), json!(e));
+    }
+    if patch.is_empty() {
+        return Err(input_error(
+            "nothing to change: give --deadline, --no-deadline, --target-accuracy, \
+             --no-target or --epochs",
+        ));
+    }
+    let v = client
+        .patch(
+            &format!("/v1/jobs/{}", path_segment(&u.id)),
+            &serde_json::Value::Object(patch),
+        )
+        .map_err(client_error)?;
+    if json {
+        return print_json(&v);
+    }
+    print_text(&format!("updated job {}\n{}", u.id, table::job_details(&v)))
+}
+
+fn jobs_serve(client: &Client, a: JobsServeArgs, json: bool) -> anyhow::Result<()> {
+    let mut body = serde_json::Map::new();
+    if let Some(n) = &a.name {
+        body.insert("name".into(), json!(n));
+    }
+    body.insert("slo".into(), json!({"p99_ms": a.slo_p99_ms}));
+    if let Some(b) = a.max_batch_size {
+        body.insert("batching".into(), json!({"max_batch_size": b}));
+    }
+    let v = client
+        .post(
+            &format!("/v1/jobs/{}/serve", path_segment(&a.id)),
+            &serde_json::Value::Object(body),
+        )
+        .map_err(client_error)?;
+    if json {
+        return print_json(&v);
+    }
+    print_text(&format!(
+        "serving job {} as model {}\n{}",
+        a.id,
+        table::cell(&v["name"]),
+        table::service_details(&v)
+    ))
+}
+
+fn infer(args: InferArgs) -> anyhow::Result<()> {
+    let client = connect(&args.client)?;
+    let info = v2::model_info(&client, &args.model).map_err(client_error)?;
+    let input = match (&args.json_input, args.random) {
+        (Some(path), _) => {
+            let text = if path.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("cannot read standard input")?;
+                s
+            } else {
+                std::fs::read_to_string(path)
+                    .map_err(|e| input_error(format!("cannot read {}: {e}", path.display())))?
+            };
+            v2::parse_input_file(&text, &info)
+                .map_err(|e| input_error(format!("{}: {e}", path.display())))?
+        }
+        (None, Some(n)) => {
+            if n == 0 || n > 1_000_000 {
+                return Err(input_error(format!(
+                    "--random must be between 1 and 1000000 rows, got {n}"
+                )));
+            }
+            v2::InputFile::Rows {
+                data: v2::random_rows(n, info.features, args.seed),
+                rows: n,
+            }
+        }
+        (None, None) => return Err(input_error("give --json-input FILE or --random N")),
+    };
+    let req = match (input, args.binary) {
+        (v2::InputFile::Rows { data, rows }, false) => v2::EncodedRequest {
+            body: v2::json_request(&info, &data, rows, false),
+            header_len: None,
+        },
+        (v2::InputFile::Rows { data, rows }, true) => v2::binary_request(&info, &data, rows),
+        (v2::InputFile::Body(body), false) => v2::EncodedRequest {
+            body: body.to_string().into_bytes(),
+            header_len: None,
+        },
+        (v2::InputFile::Body(body), true) => {
+            let (data, rows) = v2::rows_of_body(&body, &info).map_err(input_error)?;
+            v2::binary_request(&info, &data, rows)
+        }
+    };
+    let raw = v2::infer(&client, &args.model, &req).map_err(client_error)?;
+    let decoded = v2::decode_response(&raw).map_err(|message| {
+        anyhow!(ClientError::BadResponse {
+            method: "POST",
+            url: client.url(&format!("/v2/models/{}/infer", path_segment(&args.model))),
+            message,
+        })
+    })?;
+    if args.client.json {
+        // A JSON answer as it came; a binary one as its header with the values decoded into
+        // each output's `data`.
+        if raw.header_len.is_none() {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&raw.body)?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        return print_json(&decoded.json);
+    }
+    let output = decoded
+        .outputs
+        .iter()
+        .find(|o| o.name == info.output_name)
+        .or_else(|| decoded.outputs.first())
+        .ok_or_else(|| anyhow!("the response of model {} holds no output", args.model))?;
+    let classes = output
+        .shape
+        .last()
+        .copied()
+        .filter(|&c| c > 0)
+        .map(|c| c as usize)
+        .or(info.classes)
+        .ok_or_else(|| anyhow!("the response's output has no class dimension"))?;
+    let mut t = table::Table::new(&["ROW", "CLASS", "PROBABILITY"]).right_align(&[0, 1, 2]);
+    for (i, (c, p)) in v2::argmax_rows(&output.data, classes).iter().enumerate() {
+        t.row(vec![(i + 1).to_string(), c.to_string(), format!("{p:.6}")]);
+    }
+    print_text(&t.render())
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = connect(&args.client)?;
+    let v = client.get("/v1/status").map_err(client_error)?;
+    if args.client.json {
+        return print_json(&v);
+    }
+    print_text(&table::status_text(&v))
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Http(a) => bench_http(a),
+    }
+}
+
+fn parse_duration_arg(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        input_error(format!(
+            "{flag}: expected a duration such as 10s, 500ms or 1m, got {text:?} ({e})"
+        ))
+    })
+}
+
+fn bench_http(a: BenchHttpArgs) -> anyhow::Result<()> {
+    let mut concurrency = Vec::new();
+    for part in a
+        .concurrency
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match part.parse::<usize>() {
+            Ok(c) if (1..=256).contains(&c) => concurrency.push(c),
+            _ => {
+                return Err(input_error(format!(
+                    "--concurrency: each level must be an integer from 1 to 256, got {part:?}"
+                )));
+            }
+        }
+    }
+    if concurrency.is_empty() {
+        return Err(input_error(
+            "--concurrency: give at least one level, such as 1,4,16",
+        ));
+    }
+    let duration = parse_duration_arg("--duration", &a.duration)?;
+    if duration.is_zero() {
+        return Err(input_error("--duration must be more than zero"));
+    }
+    let warmup = parse_duration_arg("--warmup", &a.warmup)?;
+    let client = connect(&a.client)?;
+    let spec = sp_client::bench::BenchSpec {
+        model: a.model.clone(),
+        concurrency,
+        duration,
+        warmup,
+        seed: a.seed,
+    };
+    let chatty = std::io::stderr().is_terminal();
+    let report = sp_client::bench::run(&client, &spec, |line| {
+        if chatty {
+            eprintln!("{line}");
+        }
+    })
+    .map_err(client_error)?;
+    if a.client.json {
+        let v = serde_json::to_value(&report).context("cannot render the report as JSON")?;
+        return print_json(&v);
+    }
+    print_text(&sp_client::bench::render(&report))
 }

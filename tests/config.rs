@@ -107,7 +107,7 @@ fn default_config_is_valid_with_expected_values() {
             },
             batching: BatchingConfig {
                 max_batch_size: 32,
-                max_queue_delay_ms: 2.0
+                max_queue_delay_ms: 0.0
             },
         }
     );
@@ -598,9 +598,10 @@ fn max_queue_delay_must_be_below_the_slo() {
         one_issue(&svc("25", "batching = { max_queue_delay_ms = 25 }")),
         "services[0].batching.max_queue_delay_ms: must be < slo.p99_ms (25), got 25"
     );
+    // The default delay (0) fits under any SLO.
     assert_eq!(
-        one_issue(&svc("1.5", "")),
-        "services[0].batching.max_queue_delay_ms: must be < slo.p99_ms (1.5), got 2 (the default)"
+        ok(&svc("1.5", "")).services[0].batching.max_queue_delay_ms,
+        0.0
     );
     assert_eq!(
         ok(&svc("25", "batching = { max_queue_delay_ms = 24.9 }")).services[0]
@@ -901,7 +902,7 @@ fn summary_shows_every_resolved_value() {
         "p99_ms = 25.0",
         "window_ms = 1000",
         "max_batch_size = 32",
-        "max_queue_delay_ms = 2.0",
+        "max_queue_delay_ms = 0.0",
         "[[jobs]]",
         "name = \"demo\"",
         "data = \"synthetic:blobs:size=50000,noise=1.5\"",

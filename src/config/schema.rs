@@ -74,7 +74,7 @@ pub(super) mod defaults {
     pub const MAX_QUEUE: usize = 1024;
     pub const WINDOW_MS: u64 = 1000;
     pub const MAX_BATCH_SIZE: usize = 32;
-    pub const MAX_QUEUE_DELAY_MS: f64 = 2.0;
+    pub const MAX_QUEUE_DELAY_MS: f64 = 0.0;
     pub const MOMENTUM: f64 = 0.9;
     pub const WEIGHT_DECAY: f64 = 0.0;
     pub const BATCH_SIZE: usize = 64;

@@ -585,12 +585,18 @@ impl Node {
         let mut share_assigned = 0.0;
         for view in self.service_views() {
             share_assigned += view.share;
+            // Windowed quantiles come with the controller; until then the bound is over
+            // every request since start, and says so.
             let measured = self.service(&view.name).ok().and_then(|s| {
                 let h = s.request_hist();
-                (h.count > 0).then(|| {
+                h.quantile_bound(0.99).map(|b| {
                     format!(
-                        "mean {:.2} ms over {} requests",
-                        1000.0 * h.sum / h.count as f64,
+                        "p99 <= {} ms over {} requests since start",
+                        if b.is_finite() {
+                            format!("{}", b * 1000.0)
+                        } else {
+                            "inf".into()
+                        },
                         h.count
                     )
                 })

@@ -90,7 +90,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_batch_size: 32,
-            max_queue_delay: Duration::from_millis(2),
+            max_queue_delay: Duration::ZERO,
             max_queue: 1024,
         }
     }

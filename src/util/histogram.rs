@@ -50,6 +50,19 @@ impl Histogram {
         self.observe_n(value, 1);
     }
 
+    /// The upper bound of the bucket holding quantile `q` (so the true quantile is at most
+    /// this), or None when empty. Infinite when it falls in the overflow bucket.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        self.cumulative()
+            .into_iter()
+            .find(|&(_, c)| c >= rank)
+            .map(|(b, _)| b)
+    }
+
     /// `(upper bound, cumulative count)` pairs, ending with `(+Inf, count)`.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut acc = 0;
@@ -77,5 +90,9 @@ mod tests {
         assert_eq!(h.cumulative(), vec![(1.0, 2), (2.0, 3), (f64::INFINITY, 5)]);
         assert_eq!(h.count, 5);
         assert_eq!(h.sum, 17.0);
+        assert_eq!(h.quantile_bound(0.4), Some(1.0));
+        assert_eq!(h.quantile_bound(0.6), Some(2.0));
+        assert_eq!(h.quantile_bound(0.99), Some(f64::INFINITY));
+        assert_eq!(Histogram::new(&[1.0]).quantile_bound(0.5), None);
     }
 }

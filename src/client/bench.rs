@@ -1,0 +1,521 @@
+//! `setpoint bench http`: a closed-loop load generator for a running daemon's v2 inference
+//! endpoint, and the same model's compute-only speed measured in this process, so the
+//! daemon's serving overhead is reported as a ratio measured in the same run.
+//!
+//! For each concurrency level C, C workers (threads, each with its own keep-alive
+//! connection) send single-row JSON requests back to back. Requests that start after the
+//! warm-up and finish before its end count; the daemon's `batch_stats`, read at the start and
+//! end of the measured window, give the batch sizes it actually ran.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::v2::{self, ModelInfo};
+use super::{Client, ClientError, path_segment};
+use crate::device::{Backend, CpuBackend};
+use crate::model::{Mlp, Workspace};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    /// Model to load.
+    pub model: String,
+    /// Concurrency levels, in order.
+    pub concurrency: Vec<usize>,
+    /// Measured time per level.
+    pub duration: Duration,
+    /// Unmeasured time before each level's measurement.
+    pub warmup: Duration,
+    /// Seed of the request rows.
+    pub seed: u64,
+}
+
+/// Latency percentiles of successful requests, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencyMs {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// One concurrency level's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LevelReport {
+    /// Workers (connections).
+    pub concurrency: usize,
+    /// Successful requests in the measured window.
+    pub requests: u64,
+    /// Successful requests per second.
+    pub requests_per_s: f64,
+    /// Latency of the successful requests.
+    pub latency_ms: LatencyMs,
+    /// Failed requests by HTTP status (or `transport` when the connection failed).
+    pub errors: BTreeMap<String, u64>,
+    /// Sum of `errors`.
+    pub error_count: u64,
+    /// Batches the daemon ran in the window (from its `batch_stats`), when it reports them.
+    pub batches: Option<u64>,
+    /// Rows per batch on average.
+    pub mean_batch_size: Option<f64>,
+    /// Batch sizes the daemon ran in the window and how many of each.
+    pub batch_sizes: BTreeMap<usize, u64>,
+    /// Compute-only rows/s of the model at the mean batch size (rounded), this process,
+    /// one CPU worker as the daemon's services use.
+    pub compute_only_rows_per_s: Option<f64>,
+    /// Compute-only rows/s for the daemon's actual mix of batch sizes.
+    pub compute_only_rows_per_s_mix: Option<f64>,
+    /// `requests_per_s / compute_only_rows_per_s`: the fraction of the backend's speed at
+    /// the same batch size that reaches clients over HTTP.
+    pub ratio: Option<f64>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchReport {
+    /// Daemon URL.
+    pub url: String,
+    /// Model benchmarked.
+    pub model: String,
+    /// Its layer widths, when the daemon reports them (`/v1/services/MODEL`).
+    pub layers: Option<Vec<usize>>,
+    /// Request encoding.
+    pub request: &'static str,
+    /// Measured seconds per level.
+    pub duration_s: f64,
+    /// Warm-up seconds per level.
+    pub warmup_s: f64,
+    /// Per level.
+    pub levels: Vec<LevelReport>,
+    /// Why compute-only figures are missing, when they are.
+    pub compute_only_note: Option<String>,
+}
+
+/// What one worker saw.
+#[derive(Debug, Default)]
+struct WorkerResult {
+    latencies_ns: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Batch counts by size from a `/v2/models/MODEL/stats` answer.
+fn batch_counts(stats: &Value) -> BTreeMap<usize, u64> {
+    let mut out = BTreeMap::new();
+    let list = stats["model_stats"]
+        .get(0)
+        .and_then(|m| m["batch_stats"].as_array());
+    for b in list.into_iter().flatten() {
+        let size = b["batch_size"].as_u64();
+        let count = b["compute_infer"]["count"].as_u64();
+        if let (Some(size), Some(count)) = (size, count) {
+            out.insert(size as usize, count);
+        }
+    }
+    out
+}
+
+/// Percentile by nearest rank of sorted values.
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn latency_ms(sorted: &[u64]) -> LatencyMs {
+    if sorted.is_empty() {
+        return LatencyMs::default();
+    }
+    let ms = |ns: u64| ns as f64 / 1e6;
+    LatencyMs {
+        p50: ms(percentile(sorted, 0.50)),
+        p90: ms(percentile(sorted, 0.90)),
+        p99: ms(percentile(sorted, 0.99)),
+        max: ms(*sorted.last().unwrap_or(&0)),
+        mean: sorted.iter().map(|&n| n as f64).sum::<f64>() / sorted.len() as f64 / 1e6,
+    }
+}
+
+/// One worker: its own connection, requests back to back until `end`.
+fn worker(
+    base: String,
+    url: String,
+    body: Vec<u8>,
+    warm_end: Instant,
+    end: Instant,
+) -> WorkerResult {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(60)))
+        .max_idle_connections_per_host(1)
+        .build()
+        .into();
+    let mut r = WorkerResult {
+        latencies_ns: Vec::with_capacity(4096),
+        ..WorkerResult::default()
+    };
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        let outcome = agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(&body[..])
+            .and_then(|mut resp| {
+                let status = resp.status().as_u16();
+                // Reading the whole body keeps the connection for the next request.
+                resp.body_mut().read_to_vec().map(|_| status)
+            });
+        let t1 = Instant::now();
+        let counted = t0 >= warm_end && t1 <= end;
+        match outcome {
+            Ok(200) => {
+                if counted {
+                    r.latencies_ns.push((t1 - t0).as_nanos() as u64);
+                }
+            }
+            Ok(status) => {
+                if counted {
+                    *r.errors.entry(status.to_string()).or_default() += 1;
+                }
+            }
+            Err(e) => {
+                if counted {
+                    let kind = match super::transport_error(&base, "POST", &url, e) {
+                        ClientError::Unreachable { .. } => "unreachable",
+                        _ => "transport",
+                    };
+                    *r.errors.entry(kind.to_string()).or_default() += 1;
+                }
+                // Do not spin against a daemon that went away.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    r
+}
+
+/// Runs one level: C workers, warm-up, measured window, daemon stats at both ends.
+fn run_level(
+    client: &Client,
+    info: &ModelInfo,
+    spec: &BenchSpec,
+    concurrency: usize,
+) -> Result<LevelReport, ClientError> {
+    let url = client.url(&format!("/v2/models/{}/infer", path_segment(&spec.model)));
+    let stats_path = format!("/v2/models/{}/stats", path_segment(&spec.model));
+    let start = Instant::now();
+    let warm_end = start + spec.warmup;
+    let end = warm_end + spec.duration;
+    let mut handles = Vec::with_capacity(concurrency);
+    for w in 0..concurrency {
+        let row = v2::random_rows(1, info.features, spec.seed.wrapping_add(w as u64));
+        let body = v2::json_request(info, &row, 1, false);
+        let (base, url) = (client.base_url().to_string(), url.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("bench-http-{w}"))
+            .spawn(move || worker(base, url, body, warm_end, end))
+            .map_err(|e| ClientError::Input(format!("cannot start bench thread: {e}")))?;
+        handles.push(h);
+    }
+    std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
+    let before = client.get(&stats_path).ok();
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let after = client.get(&stats_path).ok();
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for h in handles {
+        let r = h.join().unwrap_or_default();
+        latencies.extend(r.latencies_ns);
+        for (k, v) in r.errors {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    let secs = spec.duration.as_secs_f64();
+    let mut batch_sizes = BTreeMap::new();
+    let (mut batches, mut mean_batch_size) = (None, None);
+    if let (Some(b), Some(a)) = (&before, &after) {
+        let (b, a) = (batch_counts(b), batch_counts(a));
+        for (size, count) in &a {
+            let d = count.saturating_sub(b.get(size).copied().unwrap_or(0));
+            if d > 0 {
+                batch_sizes.insert(*size, d);
+            }
+        }
+        let n: u64 = batch_sizes.values().sum();
+        let rows: u64 = batch_sizes.iter().map(|(s, c)| *s as u64 * c).sum();
+        if n > 0 {
+            batches = Some(n);
+            mean_batch_size = Some(rows as f64 / n as f64);
+        }
+    }
+    Ok(LevelReport {
+        concurrency,
+        requests,
+        requests_per_s: if secs > 0.0 {
+            requests as f64 / secs
+        } else {
+            0.0
+        },
+        latency_ms: latency_ms(&latencies),
+        error_count: errors.values().sum(),
+        errors,
+        batches,
+        mean_batch_size,
+        batch_sizes,
+        compute_only_rows_per_s: None,
+        compute_only_rows_per_s_mix: None,
+        ratio: None,
+    })
+}
+
+/// Seconds per `Mlp::predict` call at each batch size, one CPU worker (as the daemon's
+/// services run), median of three timed blocks after a warm-up.
+pub fn compute_only_seconds(
+    layers: &[usize],
+    batch_sizes: &[usize],
+    block: Duration,
+) -> Result<BTreeMap<usize, f64>, String> {
+    let backend = CpuBackend::single();
+    let model = Mlp::init(&backend, layers, 1).map_err(|e| e.to_string())?;
+    let max = batch_sizes.iter().copied().max().unwrap_or(1).max(1);
+    let mut ws = Workspace::new(&backend, layers, max, false).map_err(|e| e.to_string())?;
+    let rows = v2::random_rows(max, layers[0], 7);
+    let mut x = backend.alloc(max * layers[0]).map_err(|e| e.to_string())?;
+    backend.write(&mut x, &rows).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for &b in batch_sizes {
+        let b = b.max(1);
+        for _ in 0..5 {
+            model
+                .predict(&backend, &mut ws, &x, b)
+                .map_err(|e| e.to_string())?;
+        }
+        let mut blocks = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let mut calls = 0u64;
+            while t0.elapsed() < block || calls < 3 {
+                model
+                    .predict(&backend, &mut ws, &x, b)
+                    .map_err(|e| e.to_string())?;
+                calls += 1;
+            }
+            blocks.push(t0.elapsed().as_secs_f64() / calls as f64);
+        }
+        blocks.sort_by(f64::total_cmp);
+        out.insert(b, blocks[1]);
+    }
+    Ok(out)
+}
+
+/// Runs every level against the daemon, then the compute-only measurement.
+pub fn run(
+    client: &Client,
+    spec: &BenchSpec,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, ClientError> {
+    let info = v2::model_info(client, &spec.model)?;
+    // One request first, so a model that cannot answer fails here with its message.
+    let probe = v2::random_rows(1, info.features, spec.seed);
+    v2::infer(
+        client,
+        &spec.model,
+        &v2::EncodedRequest {
+            body: v2::json_request(&info, &probe, 1, false),
+            header_len: None,
+        },
+    )?;
+    let layers: Option<Vec<usize>> = client
+        .get(&format!("/v1/services/{}", path_segment(&spec.model)))
+        .ok()
+        .and_then(|s| serde_json::from_value(s["layers"].clone()).ok())
+        .filter(|l: &Vec<usize>| {
+            l.len() >= 2
+                && l[0] == info.features
+                && info.classes.is_none_or(|c| l[l.len() - 1] == c)
+        });
+    let mut levels = Vec::new();
+    for &c in &spec.concurrency {
+        progress(&format!(
+            "concurrency {c}: warming up {:.1} s, measuring {:.1} s",
+            spec.warmup.as_secs_f64(),
+            spec.duration.as_secs_f64()
+        ));
+        levels.push(run_level(client, &info, spec, c)?);
+    }
+    let mut note = None;
+    match &layers {
+        None => {
+            note = Some(format!(
+                "the daemon did not report the layers of {} (GET /v1/services/{}), so the \
+                 compute-only speed was not measured",
+                spec.model, spec.model
+            ))
+        }
+        Some(layers) => {
+            let mut sizes: Vec<usize> = Vec::new();
+            for l in &levels {
+                sizes.extend(l.batch_sizes.keys().copied());
+                if let Some(m) = l.mean_batch_size {
+                    sizes.push(m.round().max(1.0) as usize);
+                }
+            }
+            sizes.sort_unstable();
+            sizes.dedup();
+            if sizes.is_empty() {
+                note = Some(
+                    "the daemon reported no batch statistics, so the compute-only speed was \
+                     not measured"
+                        .into(),
+                );
+            } else {
+                progress(&format!(
+                    "compute-only: timing Mlp::predict at batch sizes {sizes:?}"
+                ));
+                let secs = compute_only_seconds(layers, &sizes, Duration::from_millis(60))
+                    .map_err(|e| ClientError::Input(format!("compute-only measurement: {e}")))?;
+                for l in &mut levels {
+                    if let Some(m) = l.mean_batch_size {
+                        let b = m.round().max(1.0) as usize;
+                        if let Some(t) = secs.get(&b) {
+                            let rps = b as f64 / t;
+                            l.compute_only_rows_per_s = Some(rps);
+                            l.ratio = Some(l.requests_per_s / rps);
+                        }
+                    }
+                    let (mut rows, mut time) = (0.0, 0.0);
+                    for (b, c) in &l.batch_sizes {
+                        if let Some(t) = secs.get(b) {
+                            rows += (*b as f64) * (*c as f64);
+                            time += t * (*c as f64);
+                        }
+                    }
+                    if time > 0.0 {
+                        l.compute_only_rows_per_s_mix = Some(rows / time);
+                    }
+                }
+            }
+        }
+    }
+    Ok(BenchReport {
+        url: client.base_url().to_string(),
+        model: spec.model.clone(),
+        layers,
+        request: "single-row JSON v2 infer",
+        duration_s: spec.duration.as_secs_f64(),
+        warmup_s: spec.warmup.as_secs_f64(),
+        levels,
+        compute_only_note: note,
+    })
+}
+
+/// The report as a table.
+pub fn render(r: &BenchReport) -> String {
+    use super::table::Table;
+    let layers = r
+        .layers
+        .as_ref()
+        .map(|l| crate::model::format_layers(l))
+        .unwrap_or_else(|| "?".into());
+    let mut out = format!(
+        "bench http: {} at {}, model {} ({layers}), {}, {:.1} s per level after {:.1} s \
+         warm-up\n\n",
+        r.request, r.url, r.model, "closed loop", r.duration_s, r.warmup_s
+    );
+    let mut t = Table::new(&[
+        "CONC",
+        "REQ/S",
+        "P50 MS",
+        "P90 MS",
+        "P99 MS",
+        "MAX MS",
+        "ERRORS",
+        "MEAN BATCH",
+        "COMPUTE ROWS/S",
+        "RATIO",
+    ])
+    .right_align(&[0, 1, 2, 3, 4, 5, 7, 8, 9]);
+    let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".into(), |x| format!("{x:.d$}"));
+    for l in &r.levels {
+        let errors = if l.errors.is_empty() {
+            "0".to_string()
+        } else {
+            l.errors
+                .iter()
+                .map(|(k, v)| format!("{k}:{v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        t.row(vec![
+            l.concurrency.to_string(),
+            format!("{:.0}", l.requests_per_s),
+            format!("{:.2}", l.latency_ms.p50),
+            format!("{:.2}", l.latency_ms.p90),
+            format!("{:.2}", l.latency_ms.p99),
+            format!("{:.2}", l.latency_ms.max),
+            errors,
+            opt(l.mean_batch_size, 2),
+            opt(l.compute_only_rows_per_s, 0),
+            opt(l.ratio, 4),
+        ]);
+    }
+    out.push_str(&t.render());
+    out.push_str(
+        "\nRATIO = daemon requests/s over the model's compute-only rows/s (Mlp::predict, one \
+         CPU worker, this process) at the daemon's mean batch size.\n",
+    );
+    if let Some(n) = &r.compute_only_note {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&v, 1.0), 100);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn batch_counts_read_triton_statistics() {
+        let s = json!({"model_stats": [{"batch_stats": [
+            {"batch_size": 1, "compute_infer": {"count": 10, "ns": 5}},
+            {"batch_size": 4, "compute_infer": {"count": 2, "ns": 5}},
+        ]}]});
+        let c = batch_counts(&s);
+        assert_eq!(c.get(&1), Some(&10));
+        assert_eq!(c.get(&4), Some(&2));
+    }
+
+    #[test]
+    fn compute_only_times_every_size_asked() {
+        let t = compute_only_seconds(&[4, 8, 3], &[1, 5], Duration::from_millis(2)).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.values().all(|&s| s > 0.0));
+    }
+}
