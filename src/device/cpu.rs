@@ -7,10 +7,13 @@
 //! budget.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rayon::prelude::*;
 
 use super::{Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_len};
+use crate::util::cputime::ThreadClock;
 
 /// Below this many elements an elementwise operation runs on the calling thread: handing
 /// work to the pool costs more than it saves.
@@ -28,6 +31,7 @@ pub struct CpuBuf(pub Vec<f32>);
 /// The CPU backend.
 pub struct CpuBackend {
     pool: Option<rayon::ThreadPool>,
+    pool_clocks: Arc<Mutex<Vec<ThreadClock>>>,
     max_workers: usize,
     workers: AtomicUsize,
 }
@@ -57,11 +61,18 @@ impl CpuBackend {
         } else {
             max_workers
         };
+        let pool_clocks = Arc::new(Mutex::new(Vec::new()));
+        let clocks = pool_clocks.clone();
         let pool = if max_workers > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(max_workers)
                     .thread_name(|i| format!("setpoint-cpu-{i}"))
+                    .start_handler(move |_| {
+                        if let Some(c) = ThreadClock::current() {
+                            clocks.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                        }
+                    })
                     .build()
                     .map_err(|e| DeviceError::Unavailable(format!("cpu thread pool: {e}")))?,
             )
@@ -70,6 +81,7 @@ impl CpuBackend {
         };
         Ok(CpuBackend {
             pool,
+            pool_clocks,
             max_workers,
             workers: AtomicUsize::new(max_workers),
         })
@@ -79,9 +91,21 @@ impl CpuBackend {
     pub fn single() -> Self {
         CpuBackend {
             pool: None,
+            pool_clocks: Arc::new(Mutex::new(Vec::new())),
             max_workers: 1,
             workers: AtomicUsize::new(1),
         }
+    }
+
+    /// CPU time used so far by the backend's pool threads (work handed to the pool; work on
+    /// the calling thread is the caller's to measure).
+    pub fn pool_cpu_time(&self) -> Duration {
+        self.pool_clocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|c| c.read())
+            .sum()
     }
 
     /// Runs `f` with the pool as rayon's current pool when more than one worker may be used,

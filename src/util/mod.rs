@@ -1,5 +1,6 @@
 //! Small shared pieces: the seeded generator and atomic file writes.
 
+pub mod cputime;
 pub mod fsio;
 pub mod histogram;
 pub mod rng;

@@ -1,0 +1,364 @@
+//! Lanes: one tenant's slot on a device, with a share that is enforced.
+//!
+//! On the CPU a share `s` of a device with `N` cores is enforced two ways: the lane's
+//! backend uses at most `ceil(s·N)` worker threads, and a token bucket refilled at `s·N`
+//! core-seconds per second pays for the work. Each unit of work (a training step, an
+//! inference batch) first waits until the bucket is not in debt, then is charged the CPU time
+//! its threads used. Over any interval longer than the bucket's burst, the lane therefore
+//! uses at most `s` of the device, whatever the other lanes do — the mechanism of Linux's CFS
+//! bandwidth control, at the granularity of one unit of work. CPU time, not wall time × threads,
+//! is charged: when lanes' threads compete for the cores, wall time stretches for all of them
+//! and would charge each for the others' work.
+//!
+//! Lanes that run parallel work (training) also draw their worker threads from the device's
+//! [`CorePermits`]: a unit of work takes as many cores as its budget allows and are free, at
+//! least one, and gives them back when it ends. Parallel work that shares cores with other
+//! threads stalls at every synchronisation point when one of its threads is descheduled, so
+//! the threads of such lanes never outnumber the cores. Latency lanes (inference batches,
+//! one thread for tens of microseconds) take no permit: they never wait behind a training
+//! step, at the price of briefly sharing a core with one.
+//!
+//! A lane that is not enforced (the `none` policy: everything runs as it comes) never waits
+//! and uses every worker; it still counts what it used.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest stretch of idle time a lane may bank: a lane idle for longer starts with this much
+/// credit, so one short burst runs at once but a long one is held to the share.
+const BURST: Duration = Duration::from_millis(50);
+
+/// Smallest share a lane is given, so that a tenant whose controller asks for nothing still
+/// makes progress and is measured.
+pub const MIN_SHARE: f64 = 0.01;
+
+/// The cores of a device, handed out to parallel lanes one unit of work at a time.
+#[derive(Debug)]
+pub struct CorePermits {
+    total: usize,
+    state: Mutex<PermitState>,
+    freed: Condvar,
+}
+
+#[derive(Debug)]
+struct PermitState {
+    free: usize,
+    waiting: usize,
+}
+
+impl CorePermits {
+    /// Permits for `cores` cores.
+    pub fn new(cores: usize) -> Arc<Self> {
+        let total = cores.max(1);
+        Arc::new(CorePermits {
+            total,
+            state: Mutex::new(PermitState {
+                free: total,
+                waiting: 0,
+            }),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Takes between 1 and `want` cores, as many as are free, waiting for one if none is. A
+    /// taker leaves one free core for each lane already waiting, so a wide lane cannot keep
+    /// a narrow one out by always taking every core as it comes back.
+    pub fn take(&self, want: usize) -> usize {
+        let want = want.clamp(1, self.total);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.free > st.waiting {
+            let got = want.min(st.free - st.waiting);
+            st.free -= got;
+            return got;
+        }
+        st.waiting += 1;
+        while st.free == 0 {
+            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.waiting -= 1;
+        let got = want.min(st.free);
+        st.free -= got;
+        got
+    }
+
+    /// Gives back `n` cores.
+    pub fn give(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.free = (st.free + n).min(self.total);
+        self.freed.notify_all();
+    }
+
+    /// Cores free now.
+    pub fn free(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).free
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Credit in core-seconds; negative is debt.
+    tokens: f64,
+    last: Instant,
+}
+
+/// A tenant's slot on a device.
+#[derive(Debug)]
+pub struct Lane {
+    name: String,
+    cores: usize,
+    permits: Option<Arc<CorePermits>>,
+    share_bits: AtomicU64,
+    enforced: AtomicBool,
+    bucket: Mutex<Bucket>,
+    used_core_ns: AtomicU64,
+    busy_ns: AtomicU64,
+    throttled_ns: AtomicU64,
+}
+
+/// What a lane has used, cumulatively.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LaneUsage {
+    /// Core-seconds charged.
+    pub core_s: f64,
+    /// Wall seconds spent working.
+    pub busy_s: f64,
+    /// Wall seconds spent waiting for credit.
+    pub throttled_s: f64,
+}
+
+impl Lane {
+    /// A latency lane on a device of `cores` workers, starting at `share`, enforced.
+    pub fn new(name: &str, cores: usize, share: f64) -> Self {
+        Self::build(name, cores, share, None)
+    }
+
+    /// A parallel lane whose worker threads come from the device's `permits`.
+    pub fn parallel(name: &str, permits: &Arc<CorePermits>, share: f64) -> Self {
+        Self::build(name, permits.total, share, Some(permits.clone()))
+    }
+
+    fn build(name: &str, cores: usize, share: f64, permits: Option<Arc<CorePermits>>) -> Self {
+        Lane {
+            name: name.to_string(),
+            cores: cores.max(1),
+            permits,
+            share_bits: AtomicU64::new(clamp_share(share).to_bits()),
+            enforced: AtomicBool::new(true),
+            bucket: Mutex::new(Bucket {
+                tokens: 0.0,
+                last: Instant::now(),
+            }),
+            used_core_ns: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            throttled_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Workers of the device.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// The share in force.
+    pub fn share(&self) -> f64 {
+        f64::from_bits(self.share_bits.load(Ordering::Relaxed))
+    }
+
+    /// Sets the share (clamped to `[MIN_SHARE, 1]`); takes effect from the next unit of work.
+    pub fn set_share(&self, share: f64) {
+        let share = clamp_share(share);
+        let old = self.share();
+        if share != old {
+            // Credit banked at the old rate is capped at the new burst.
+            let mut b = self.lock();
+            self.refill(&mut b, old);
+            b.tokens = b
+                .tokens
+                .min(share * self.cores as f64 * BURST.as_secs_f64());
+            self.share_bits.store(share.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the share is enforced.
+    pub fn is_enforced(&self) -> bool {
+        self.enforced.load(Ordering::Relaxed)
+    }
+
+    /// Turns enforcement on or off (off: the `none` policy).
+    pub fn set_enforced(&self, on: bool) {
+        self.enforced.store(on, Ordering::Relaxed);
+    }
+
+    /// Worker threads the lane may use: `ceil(share · cores)`, at least 1; all of them when
+    /// not enforced.
+    pub fn workers(&self) -> usize {
+        if !self.is_enforced() {
+            return self.cores;
+        }
+        ((self.share() * self.cores as f64 - 1e-9).ceil() as usize).clamp(1, self.cores)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.bucket.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refill(&self, b: &mut Bucket, share: f64) {
+        let now = Instant::now();
+        let rate = share * self.cores as f64;
+        let dt = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + rate * dt).min(rate * BURST.as_secs_f64());
+        b.last = now;
+    }
+
+    /// How long the next unit of work must wait for credit (zero when it may start now).
+    pub fn wait_time(&self) -> Duration {
+        if !self.is_enforced() {
+            return Duration::ZERO;
+        }
+        let share = self.share();
+        let mut b = self.lock();
+        self.refill(&mut b, share);
+        if b.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-b.tokens / (share * self.cores as f64))
+        }
+    }
+
+    /// Blocks until the lane may start a unit of work. Waits in slices of at most 10 ms so
+    /// that a raised share takes effect quickly.
+    pub fn acquire(&self) {
+        let start = Instant::now();
+        loop {
+            let wait = self.wait_time();
+            if wait.is_zero() {
+                break;
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(10)));
+        }
+        let waited = start.elapsed();
+        if !waited.is_zero() {
+            self.throttled_ns
+                .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Charges a unit of work that took `wall` and used `core` of processor time.
+    pub fn charge(&self, wall: Duration, core: Duration) {
+        let core_s = core.as_secs_f64();
+        self.used_core_ns
+            .fetch_add(core.as_nanos() as u64, Ordering::Relaxed);
+        self.busy_ns
+            .fetch_add(wall.as_nanos() as u64, Ordering::Relaxed);
+        if self.is_enforced() {
+            let share = self.share();
+            let mut b = self.lock();
+            self.refill(&mut b, share);
+            b.tokens -= core_s;
+        }
+    }
+
+    /// Runs `work` as one unit: waits for credit, runs it with the workers it may use, and
+    /// charges the processor time `cpu_time` (a cumulative clock of the lane's threads) says
+    /// it used.
+    pub fn run<R>(&self, cpu_time: impl Fn() -> Duration, work: impl FnOnce(usize) -> R) -> R {
+        self.acquire();
+        let permits = self.permits.as_ref().filter(|_| self.is_enforced());
+        let workers = match permits {
+            Some(p) => p.take(self.workers()),
+            None => self.workers(),
+        };
+        let c0 = cpu_time();
+        let t0 = Instant::now();
+        let r = work(workers);
+        let wall = t0.elapsed();
+        if let Some(p) = permits {
+            p.give(workers);
+        }
+        self.charge(wall, cpu_time().saturating_sub(c0));
+        r
+    }
+
+    /// What the lane has used so far.
+    pub fn usage(&self) -> LaneUsage {
+        LaneUsage {
+            core_s: self.used_core_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            busy_s: self.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            throttled_s: self.throttled_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+fn clamp_share(s: f64) -> f64 {
+    if s.is_nan() {
+        MIN_SHARE
+    } else {
+        s.clamp(MIN_SHARE, 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_hand_out_what_is_free_and_at_least_one() {
+        let p = CorePermits::new(2);
+        assert_eq!(p.take(5), 2);
+        assert_eq!(p.free(), 0);
+        p.give(1);
+        assert_eq!(p.take(2), 1);
+        p.give(2);
+        assert_eq!(p.free(), 2);
+        // A taker blocked on an empty pool wakes when a core is given back.
+        let a = p.take(2);
+        let p2 = p.clone();
+        let t = std::thread::spawn(move || p2.take(1));
+        std::thread::sleep(Duration::from_millis(20));
+        p.give(a);
+        assert_eq!(t.join().unwrap(), 1);
+    }
+
+    #[test]
+    fn workers_follow_the_share() {
+        let lane = Lane::new("a", 4, 0.25);
+        assert_eq!(lane.workers(), 1);
+        lane.set_share(0.26);
+        assert_eq!(lane.workers(), 2);
+        lane.set_share(1.0);
+        assert_eq!(lane.workers(), 4);
+        lane.set_share(0.0);
+        assert_eq!(lane.share(), MIN_SHARE);
+        assert_eq!(lane.workers(), 1);
+        lane.set_enforced(false);
+        assert_eq!(lane.workers(), 4);
+    }
+
+    #[test]
+    fn debt_is_paid_back_at_the_share_rate() {
+        // 2 cores at share 0.5: 1 core-second per second. 20 ms of work on 1 worker costs
+        // 20 ms of credit, so the next unit waits about 20 ms minus the banked burst.
+        let lane = Lane::new("a", 2, 0.5);
+        lane.charge(Duration::from_millis(20), Duration::from_millis(20));
+        let wait = lane.wait_time();
+        assert!(
+            wait > Duration::from_millis(15) && wait <= Duration::from_millis(20),
+            "{wait:?}"
+        );
+        let t = Instant::now();
+        lane.acquire();
+        assert!(t.elapsed() >= Duration::from_millis(15));
+        assert!(lane.usage().throttled_s > 0.0);
+        assert!((lane.usage().core_s - 0.02).abs() < 1e-9);
+        // Not enforced: never waits.
+        lane.charge(Duration::from_millis(500), Duration::from_millis(1000));
+        lane.set_enforced(false);
+        assert_eq!(lane.wait_time(), Duration::ZERO);
+    }
+}
