@@ -5,6 +5,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod data;
 pub mod device;
 pub mod model;

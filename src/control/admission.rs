@@ -1,0 +1,115 @@
+//! Admission: a deadline job that cannot finish in time with the capacity left is refused
+//! at submission, with the reason and the earliest deadline it could meet.
+
+use super::{ControlConfig, Decisions, JobClass};
+
+/// A job asking to be admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Name.
+    pub name: String,
+    /// Processor core-seconds its whole run needs (steps × measured cost per step).
+    pub work_core_s: f64,
+    /// Seconds from now to its deadline.
+    pub deadline_in_s: f64,
+    /// Cores of the device.
+    pub cores: usize,
+}
+
+/// Why a job was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// What does not fit, in words.
+    pub reason: String,
+    /// The earliest deadline, in seconds from now, the job could meet as the node is now.
+    pub earliest_deadline_in_s: f64,
+}
+
+/// Capacity committed to tenants that must be served, by the last decisions: services and
+/// deadline jobs at what they asked for, best-effort jobs at nothing.
+fn committed(last: &Decisions) -> (f64, f64) {
+    let services: f64 = last.services.iter().map(|s| s.requested).sum();
+    let jobs: f64 = last
+        .jobs
+        .iter()
+        .filter(|j| j.class == JobClass::Deadline)
+        .map(|j| j.requested)
+        .sum();
+    (services, jobs)
+}
+
+/// Admits `c` when the share it needs until its deadline fits in the capacity the last
+/// decisions left uncommitted; returns that share.
+pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64, Refusal> {
+    let capacity = (1.0 - cfg.reserve_frac).clamp(0.0, 1.0);
+    let (svc, jobs) = committed(last);
+    let available = (capacity - svc - jobs).max(0.0);
+    let cores = c.cores.max(1) as f64;
+    // Aim at the same margin the job loop will aim at.
+    let usable_s = c.deadline_in_s * (1.0 - cfg.deadline_margin_frac);
+    let needed = if usable_s > 0.0 {
+        c.work_core_s / cores / usable_s
+    } else {
+        f64::INFINITY
+    };
+    if needed <= available {
+        return Ok(needed);
+    }
+    let earliest = earliest_deadline(cfg, last, c, capacity, svc);
+    Err(Refusal {
+        reason: format!(
+            "job {} needs {} of the device until its deadline in {:.0} s, but only {:.2} is free \
+             (services hold {svc:.2}, deadline jobs {jobs:.2}, reserve {:.2})",
+            c.name,
+            if needed.is_finite() {
+                format!("{needed:.2}")
+            } else {
+                "more than all".into()
+            },
+            c.deadline_in_s,
+            available,
+            cfg.reserve_frac,
+        ),
+        earliest_deadline_in_s: earliest,
+    })
+}
+
+/// Earliest deadline the candidate could meet: capacity frees as the deadline jobs now
+/// running finish (at their predicted times); the candidate gets what is free at each moment.
+fn earliest_deadline(
+    cfg: &ControlConfig,
+    last: &Decisions,
+    c: &Candidate,
+    capacity: f64,
+    services: f64,
+) -> f64 {
+    let cores = c.cores.max(1) as f64;
+    let mut running: Vec<(f64, f64)> = last
+        .jobs
+        .iter()
+        .filter(|j| j.class == JobClass::Deadline)
+        .map(|j| {
+            (
+                j.predicted_finish_in_s.unwrap_or(f64::INFINITY),
+                j.requested,
+            )
+        })
+        .collect();
+    running.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut held: f64 = running.iter().map(|r| r.1).sum();
+    let mut t = 0.0;
+    let mut work = c.work_core_s / cores;
+    for (finish, share) in running {
+        let free = (capacity - services - held).max(0.0);
+        if free > 0.0 && t + work / free <= finish {
+            return (t + work / free) / (1.0 - cfg.deadline_margin_frac);
+        }
+        if finish.is_finite() {
+            work -= free * (finish - t);
+            t = finish;
+        }
+        held -= share;
+    }
+    let free = (capacity - services - held.max(0.0)).max(cfg.min_share);
+    (t + work.max(0.0) / free) / (1.0 - cfg.deadline_margin_frac)
+}

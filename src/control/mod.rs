@@ -1,0 +1,332 @@
+//! The controller: pure logic, `(state, observations) → decisions`, with no I/O, no clocks
+//! and no threads, so it is tested on scripted plants and costs microseconds per tick.
+//!
+//! Every control period the daemon observes each tenant and calls [`Controller::tick`]:
+//!
+//! - **Inference services** ([`inference`]): a PI loop on the normalised error of the
+//!   window's p99 latency against a set point below the SLO, plus feed-forward from arrival
+//!   rate × measured cost per request; a batch-size limit from a service-time model learned
+//!   online.
+//! - **Training jobs** ([`training`]): the rate needed to finish the remaining work by the
+//!   deadline, feed-forward from the measured rate per unit of share, and a PI loop on the rate
+//!   error; remaining work for an accuracy target from a power-law fit of the learning curve,
+//!   bounded by the epoch limit.
+//! - **The arbiter** ([`arbiter`]): services first, then deadline jobs (least slack first),
+//!   then best-effort jobs; the total never exceeds `1 − reserve`.
+//! - **Admission** ([`admission`]): a deadline job that cannot finish with the capacity left
+//!   is refused with the earliest deadline it could meet.
+
+pub mod admission;
+pub mod arbiter;
+pub mod inference;
+pub mod pi;
+pub mod training;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+pub use pi::{Pi, PiGains};
+
+/// Where capacity no tenant needs goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Leftover {
+    /// To best-effort jobs, equally.
+    BestEffort,
+    /// Nowhere: the device idles (and saves its energy).
+    Idle,
+    /// To every tenant, in proportion to its share.
+    Spread,
+}
+
+impl From<crate::config::Leftover> for Leftover {
+    fn from(l: crate::config::Leftover) -> Self {
+        match l {
+            crate::config::Leftover::BestEffort => Leftover::BestEffort,
+            crate::config::Leftover::Idle => Leftover::Idle,
+            crate::config::Leftover::Spread => Leftover::Spread,
+        }
+    }
+}
+
+/// The controller's settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlConfig {
+    /// Control period, seconds.
+    pub period_s: f64,
+    /// Capacity never handed out, in [0, 0.5].
+    pub reserve_frac: f64,
+    /// Where unneeded capacity goes.
+    pub leftover: Leftover,
+    /// Latency set point as a fraction of the SLO: the loops aim below the objective so that
+    /// noise and steps stay under it.
+    pub latency_setpoint_frac: f64,
+    /// Target utilisation of a service's share by its arrivals, for the feed-forward.
+    pub service_utilisation: f64,
+    /// Gains of the service loops.
+    pub service_gains: PiGains,
+    /// Gains of the job loops.
+    pub job_gains: PiGains,
+    /// Smallest share any tenant gets.
+    pub min_share: f64,
+    /// Jobs aim to finish this fraction of their allotted time before the deadline.
+    pub deadline_margin_frac: f64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            period_s: 0.1,
+            reserve_frac: 0.05,
+            leftover: Leftover::BestEffort,
+            latency_setpoint_frac: 0.6,
+            service_utilisation: 0.6,
+            service_gains: PiGains { kp: 0.05, ki: 0.03 },
+            job_gains: PiGains { kp: 0.3, ki: 0.08 },
+            min_share: crate::device::lane::MIN_SHARE,
+            deadline_margin_frac: 0.01,
+        }
+    }
+}
+
+/// One inference service as measured over the last period.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceObs {
+    /// Name.
+    pub name: String,
+    /// Response-time objective (p99), seconds.
+    pub slo_s: f64,
+    /// p99 of request latency (queue + compute) over the SLO window; None without samples.
+    pub p99_s: Option<f64>,
+    /// Requests that arrived during the last period, per second.
+    pub arrival_rate: f64,
+    /// Requests waiting now.
+    pub queue_len: usize,
+    /// Batches run during the last period: (rows, compute seconds on one worker).
+    pub batches: Vec<(usize, f64)>,
+    /// Largest batch the service can run.
+    pub batch_limit: usize,
+    /// The share it ran at during the last period.
+    pub share: f64,
+    /// The most share it can use (its workers over the device's).
+    pub max_share: f64,
+    /// Cores of the device.
+    pub cores: usize,
+}
+
+/// Whether a job has a deadline to meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobClass {
+    /// Must finish by its deadline.
+    Deadline,
+    /// Runs on what is left.
+    BestEffort,
+}
+
+/// One training job as measured over the last period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobObs {
+    /// Name.
+    pub name: String,
+    /// Deadline or best-effort.
+    pub class: JobClass,
+    /// Seconds from now to the deadline (negative once passed).
+    pub deadline_in_s: Option<f64>,
+    /// Seconds from submission to the deadline.
+    pub allotted_s: Option<f64>,
+    /// Optimiser steps taken.
+    pub steps_done: u64,
+    /// Steps in one epoch.
+    pub steps_per_epoch: u64,
+    /// Epochs finished.
+    pub epochs_done: u32,
+    /// Epoch limit.
+    pub max_epochs: u32,
+    /// Target validation accuracy.
+    pub target_accuracy: Option<f64>,
+    /// Validation accuracy after each finished epoch.
+    pub curve: Vec<f64>,
+    /// Steps taken during the last period.
+    pub steps_in_period: u64,
+    /// The share it ran at during the last period.
+    pub share: f64,
+    /// Processor core-seconds per step, measured (None before its first steps).
+    pub step_cost_core_s: Option<f64>,
+    /// Cores of the device.
+    pub cores: usize,
+}
+
+/// Everything observed this period.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observations {
+    /// Seconds since an arbitrary origin; only differences matter.
+    pub now_s: f64,
+    /// Inference services.
+    pub services: Vec<ServiceObs>,
+    /// Running training jobs.
+    pub jobs: Vec<JobObs>,
+}
+
+/// What the controller decided for a service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceDecision {
+    /// Name.
+    pub name: String,
+    /// Share the loop asked for.
+    pub requested: f64,
+    /// Share granted by the arbiter.
+    pub share: f64,
+    /// Batch size limit.
+    pub batch_size: usize,
+    /// The latency set point, seconds.
+    pub setpoint_s: f64,
+    /// The measured p99, seconds.
+    pub p99_s: Option<f64>,
+    /// Feed-forward part of the request.
+    pub feed_forward: f64,
+    /// Measured cost of one request, core-seconds.
+    pub cost_per_request_s: Option<f64>,
+}
+
+/// What the controller decided for a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobDecision {
+    /// Name.
+    pub name: String,
+    /// Deadline or best-effort.
+    pub class: JobClass,
+    /// Share the loop asked for.
+    pub requested: f64,
+    /// Share granted by the arbiter.
+    pub share: f64,
+    /// Steps still to take (estimated for an accuracy target).
+    pub remaining_steps: u64,
+    /// Epochs expected in all, from the learning curve (or the limit).
+    pub expected_epochs: f64,
+    /// Steps per second needed to finish by the deadline (minus the margin).
+    pub required_rate: Option<f64>,
+    /// Steps per second measured over the last period.
+    pub measured_rate: f64,
+    /// Steps per second per unit of share, learned.
+    pub rate_per_share: Option<f64>,
+    /// Seconds to spare if the job ran on the whole device from now; the arbiter serves
+    /// the smallest first.
+    pub slack_s: Option<f64>,
+    /// Predicted finish, seconds from now, at the granted share.
+    pub predicted_finish_in_s: Option<f64>,
+}
+
+/// One tick's decisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Decisions {
+    /// When, in the observations' clock.
+    pub now_s: f64,
+    /// Per service.
+    pub services: Vec<ServiceDecision>,
+    /// Per job.
+    pub jobs: Vec<JobDecision>,
+    /// Capacity that may be handed out (`1 − reserve`).
+    pub capacity: f64,
+    /// Sum of granted shares.
+    pub assigned: f64,
+}
+
+impl Decisions {
+    /// Share granted to the tenant called `name`.
+    pub fn share_of(&self, name: &str) -> Option<f64> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.share)
+            .or_else(|| self.jobs.iter().find(|j| j.name == name).map(|j| j.share))
+    }
+}
+
+/// The controller's memory between ticks.
+#[derive(Debug, Clone, Default)]
+pub struct Controller {
+    cfg: ControlConfig,
+    services: HashMap<String, inference::ServiceState>,
+    jobs: HashMap<String, training::JobState>,
+}
+
+impl Controller {
+    /// A controller with `cfg`.
+    pub fn new(cfg: ControlConfig) -> Self {
+        Controller {
+            cfg,
+            services: HashMap::new(),
+            jobs: HashMap::new(),
+        }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &ControlConfig {
+        &self.cfg
+    }
+
+    /// One control period: each tenant's loop asks for a share, the arbiter grants them.
+    /// Tenants absent from `obs` are forgotten. Names must be unique within services and
+    /// within jobs.
+    pub fn tick(&mut self, obs: &Observations) -> Decisions {
+        let mut services: Vec<ServiceDecision> = obs
+            .services
+            .iter()
+            .map(|s| {
+                let st = self
+                    .services
+                    .entry(s.name.clone())
+                    .or_insert_with(|| inference::ServiceState::new(s.share));
+                inference::decide(&self.cfg, st, s)
+            })
+            .collect();
+        let mut jobs: Vec<JobDecision> = obs
+            .jobs
+            .iter()
+            .map(|j| {
+                let st = self
+                    .jobs
+                    .entry(j.name.clone())
+                    .or_insert_with(|| training::JobState::new(j.share));
+                training::decide(&self.cfg, st, j, obs.now_s)
+            })
+            .collect();
+        // Every observed tenant now has an entry, so the maps hold exactly the live ones
+        // unless some left: only then is it worth building a set to forget them.
+        if self.services.len() > obs.services.len() {
+            let live: std::collections::HashSet<&str> =
+                obs.services.iter().map(|s| s.name.as_str()).collect();
+            self.services.retain(|k, _| live.contains(k.as_str()));
+        }
+        if self.jobs.len() > obs.jobs.len() {
+            let live: std::collections::HashSet<&str> =
+                obs.jobs.iter().map(|j| j.name.as_str()).collect();
+            self.jobs.retain(|k, _| live.contains(k.as_str()));
+        }
+        let capacity = arbiter::arbitrate(&self.cfg, &mut services, &mut jobs);
+        for (d, o) in jobs.iter_mut().zip(&obs.jobs) {
+            d.predicted_finish_in_s = training::predicted_finish(d, o);
+        }
+        for d in &services {
+            if let Some(st) = self.services.get_mut(&d.name) {
+                inference::granted(&self.cfg, st, d.share);
+            }
+        }
+        for d in &jobs {
+            if let Some(st) = self.jobs.get_mut(&d.name) {
+                training::granted(&self.cfg, st, d.share);
+            }
+        }
+        let assigned = services.iter().map(|s| s.share).sum::<f64>()
+            + jobs.iter().map(|j| j.share).sum::<f64>();
+        Decisions {
+            now_s: obs.now_s,
+            services,
+            jobs,
+            capacity,
+            assigned,
+        }
+    }
+}

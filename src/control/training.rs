@@ -1,0 +1,219 @@
+//! The training job loop: the rate needed to finish by the deadline, a feed-forward share
+//! from the learned rate per unit of share, and a PI correction on the rate error.
+
+use std::collections::VecDeque;
+
+use super::{ControlConfig, JobClass, JobDecision, JobObs, Pi};
+
+/// Seconds of history the measured rate is taken over: long enough to hold several steps of
+/// a large model, short enough to see a share change within a second.
+const RATE_WINDOW_S: f64 = 1.0;
+/// Weight of a new measurement of the rate per unit of share.
+const EWMA: f64 = 0.3;
+/// Error bounds of the rate loop.
+const MAX_ERROR: f64 = 2.0;
+/// Most periods of history kept (the window normally holds far fewer).
+const MAX_HISTORY: usize = 1024;
+/// Epochs of the learning curve used for the fit: the recent trend, not the first jumps.
+const FIT_EPOCHS: usize = 8;
+
+/// One job's memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    /// The PI loop (correction on top of the feed-forward).
+    pub pi: Pi,
+    /// Steps per second per unit of share, learned.
+    pub rate_per_share: Option<f64>,
+    history: VecDeque<(f64, u64, f64)>,
+    feed_forward: f64,
+}
+
+impl JobState {
+    /// A fresh state for a job now at `share`.
+    pub fn new(_share: f64) -> Self {
+        JobState {
+            pi: Pi::new(0.0),
+            rate_per_share: None,
+            history: VecDeque::new(),
+            feed_forward: 0.0,
+        }
+    }
+}
+
+/// Epochs the job will need in all: for an accuracy target, from a power-law fit
+/// `1 − acc(e) ≈ α·e^(−β)` of the recent learning curve, bounded by the epoch limit; the
+/// limit itself without a target, or while the curve is too short or not improving.
+pub fn expected_epochs(
+    curve: &[f64],
+    target: Option<f64>,
+    epochs_done: u32,
+    max_epochs: u32,
+) -> f64 {
+    let max = max_epochs as f64;
+    let Some(target) = target else {
+        return max;
+    };
+    if curve.last().is_some_and(|&a| a >= target) {
+        return epochs_done as f64;
+    }
+    let floor = (epochs_done + 1) as f64;
+    let start = curve.len().saturating_sub(FIT_EPOCHS);
+    let pts: Vec<(f64, f64)> = curve[start..]
+        .iter()
+        .enumerate()
+        .filter(|&(_, &a)| a < 1.0)
+        .map(|(i, &a)| (((start + i + 1) as f64).ln(), (1.0 - a).ln()))
+        .collect();
+    if pts.len() < 2 || target >= 1.0 {
+        return max;
+    }
+    let n = pts.len() as f64;
+    let (sx, sy) = pts.iter().fold((0.0, 0.0), |(a, b), p| (a + p.0, b + p.1));
+    let (mx, my) = (sx / n, sy / n);
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(x, y) in &pts {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+    }
+    if sxx <= 0.0 {
+        return max;
+    }
+    let beta = -sxy / sxx;
+    if beta <= 0.05 {
+        return max;
+    }
+    let ln_alpha = my + beta * mx;
+    let e = ((ln_alpha - (1.0 - target).ln()) / beta).exp();
+    if e.is_finite() {
+        e.clamp(floor, max)
+    } else {
+        max
+    }
+}
+
+/// Decides a job's requested share.
+pub fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> JobDecision {
+    // A clock that went back (or a restarted count) makes the history meaningless.
+    if st
+        .history
+        .back()
+        .is_some_and(|&(t, s, _)| t >= now || s > o.steps_done)
+    {
+        st.history.clear();
+    }
+    st.history.push_back((now, o.steps_done, o.share));
+    if st.history.len() > MAX_HISTORY {
+        st.history.pop_front();
+    }
+    while st
+        .history
+        .front()
+        .is_some_and(|&(t, _, _)| t < now - RATE_WINDOW_S - 1e-9)
+    {
+        st.history.pop_front();
+    }
+    let measured = match (st.history.front(), st.history.back()) {
+        (Some(&(t0, s0, _)), Some(&(t1, s1, _))) if t1 > t0 => (s1 - s0) as f64 / (t1 - t0),
+        _ => o.steps_in_period as f64 / cfg.period_s,
+    };
+    let mean_share = st.history.iter().map(|h| h.2).sum::<f64>() / st.history.len().max(1) as f64;
+    if measured > 0.0 && mean_share > 0.0 && st.history.len() >= 2 {
+        let rps = measured / mean_share;
+        st.rate_per_share = Some(match st.rate_per_share {
+            Some(old) => old + EWMA * (rps - old),
+            None => rps,
+        });
+    }
+    // Before any measurement, the step cost (if known) gives the rate at the whole device.
+    let rps = st.rate_per_share.or_else(|| {
+        o.step_cost_core_s
+            .filter(|c| *c > 0.0)
+            .map(|c| o.cores.max(1) as f64 / c)
+    });
+    let expected = expected_epochs(&o.curve, o.target_accuracy, o.epochs_done, o.max_epochs);
+    let total = (expected * o.steps_per_epoch as f64).ceil() as u64;
+    let remaining = total.saturating_sub(o.steps_done);
+    let mut d = JobDecision {
+        name: o.name.clone(),
+        class: o.class,
+        requested: cfg.min_share,
+        share: cfg.min_share,
+        remaining_steps: remaining,
+        expected_epochs: expected,
+        required_rate: None,
+        measured_rate: measured,
+        rate_per_share: rps,
+        slack_s: None,
+        predicted_finish_in_s: None,
+    };
+    if o.class == JobClass::BestEffort || remaining == 0 {
+        st.feed_forward = 0.0;
+        return d;
+    }
+    let Some(deadline_in) = o.deadline_in_s else {
+        return d;
+    };
+    let margin = cfg.deadline_margin_frac * o.allotted_s.unwrap_or(0.0).max(0.0);
+    let time_left = deadline_in - margin;
+    d.slack_s = rps.map(|r| time_left - remaining as f64 / r);
+    if time_left <= cfg.period_s {
+        // Out of time: all it can get, and let the arbiter weigh it as most at risk.
+        st.feed_forward = 1.0;
+        d.required_rate = Some(f64::INFINITY);
+        d.requested = 1.0;
+        d.share = 1.0;
+        return d;
+    }
+    let required = remaining as f64 / time_left;
+    d.required_rate = Some(required);
+    let ff = match rps {
+        Some(r) if r > 0.0 => (required / r).min(1.0),
+        _ => 0.5,
+    };
+    st.feed_forward = ff;
+    let e = if st.rate_per_share.is_some() {
+        ((required - measured) / required).clamp(-1.0, MAX_ERROR)
+    } else {
+        0.0
+    };
+    let lo = cfg.min_share - ff;
+    let u = st.pi.step(cfg.job_gains, e, lo.min(0.0), 1.0 - ff);
+    d.requested = (ff + u).clamp(cfg.min_share, 1.0);
+    d.share = d.requested;
+    d
+}
+
+/// Seconds to finish at the granted share, from the learned rate.
+pub fn predicted_finish(d: &JobDecision, _o: &JobObs) -> Option<f64> {
+    if d.remaining_steps == 0 {
+        return Some(0.0);
+    }
+    d.rate_per_share
+        .filter(|r| *r > 0.0 && d.share > 0.0)
+        .map(|r| d.remaining_steps as f64 / (r * d.share))
+}
+
+/// Tells the loop what the arbiter granted (back-calculation against windup).
+pub fn granted(_cfg: &ControlConfig, st: &mut JobState, share: f64) {
+    st.pi.u = share - st.feed_forward;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_power_law_curve_is_extrapolated_to_the_target() {
+        // acc(e) = 1 − 0.4·e^(−1): 0.6, 0.8, 0.8667, 0.9, …; 0.96 is reached at e = 10.
+        let curve: Vec<f64> = (1..=4).map(|e| 1.0 - 0.4 / e as f64).collect();
+        let e = expected_epochs(&curve, Some(0.96), 4, 50);
+        assert!((e - 10.0).abs() < 1e-6, "{e}");
+        // Bounded by the limit, and by the next epoch.
+        assert_eq!(expected_epochs(&curve, Some(0.999), 4, 50), 50.0);
+        assert_eq!(expected_epochs(&curve, Some(0.5), 4, 50), 4.0);
+        assert_eq!(expected_epochs(&curve, None, 4, 50), 50.0);
+        // Too short or not improving: the limit.
+        assert_eq!(expected_epochs(&curve[..1], Some(0.9), 1, 30), 30.0);
+        assert_eq!(expected_epochs(&[0.5, 0.5, 0.5], Some(0.9), 3, 30), 30.0);
+    }
+}
