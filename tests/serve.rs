@@ -56,6 +56,7 @@ fn each_request_gets_its_own_row_and_batches_form() {
                 max_batch_size: 16,
                 max_queue_delay: Duration::from_millis(50),
                 max_queue: 256,
+                ..BatchConfig::default()
             },
         )
         .unwrap(),
@@ -144,6 +145,7 @@ fn max_queue_delay_bounds_the_wait_of_a_lone_request() {
             max_batch_size: 32,
             max_queue_delay: Duration::from_millis(30),
             max_queue: 8,
+            ..BatchConfig::default()
         },
     )
     .unwrap();
@@ -174,6 +176,7 @@ fn a_full_queue_refuses_and_nothing_accepted_is_lost_on_shutdown() {
             max_batch_size: 1,
             max_queue_delay: Duration::ZERO,
             max_queue: 4,
+            ..BatchConfig::default()
         },
     )
     .unwrap();
@@ -249,6 +252,7 @@ fn batch_size_can_be_changed_within_the_limit() {
             max_batch_size: 8,
             max_queue_delay: Duration::from_millis(20),
             max_queue: 64,
+            ..BatchConfig::default()
         },
     )
     .unwrap();

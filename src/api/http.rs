@@ -481,8 +481,7 @@ async fn status(State(s): State<AppState>) -> Response {
 }
 
 async fn list_jobs(State(s): State<AppState>) -> Response {
-    let cores = s.node.cores();
-    let jobs: Vec<_> = s.node.jobs().iter().map(|j| j.view(cores)).collect();
+    let jobs: Vec<_> = s.node.jobs().iter().map(|j| s.node.job_view(j)).collect();
     json_response(StatusCode::OK, &json!({"jobs": jobs}))
 }
 
@@ -495,15 +494,12 @@ async fn submit_job(
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
     let job = blocking(move || node.submit_job_json(&spec)).await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &job.view(s.node.cores()),
-    ))
+    Ok(json_response(StatusCode::CREATED, &s.node.job_view(&job)))
 }
 
 async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let job = s.node.job(&id)?;
-    Ok(json_response(StatusCode::OK, &job.view(s.node.cores())))
+    Ok(json_response(StatusCode::OK, &s.node.job_view(&job)))
 }
 
 async fn update_job(
@@ -515,12 +511,12 @@ async fn update_job(
     let bytes = read_body(body, &headers, s.max_body_bytes).await?;
     let patch = parse_json(&bytes)?;
     let job = s.node.update_job(&id, &patch)?;
-    Ok(json_response(StatusCode::OK, &job.view(s.node.cores())))
+    Ok(json_response(StatusCode::OK, &s.node.job_view(&job)))
 }
 
 async fn cancel_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let job = s.node.cancel_job(&id)?;
-    Ok(json_response(StatusCode::OK, &job.view(s.node.cores())))
+    Ok(json_response(StatusCode::OK, &s.node.job_view(&job)))
 }
 
 async fn serve_job(
@@ -533,10 +529,7 @@ async fn serve_job(
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
     let svc = blocking(move || node.serve_job(&id, &spec)).await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &svc.view(s.node.cores()),
-    ))
+    Ok(json_response(StatusCode::CREATED, &svc.view()))
 }
 
 async fn list_services(State(s): State<AppState>) -> Response {
@@ -562,10 +555,7 @@ async fn add_service(
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
     let svc = blocking(move || node.add_service_json(&spec)).await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &svc.view(s.node.cores()),
-    ))
+    Ok(json_response(StatusCode::CREATED, &svc.view()))
 }
 
 async fn remove_service(

@@ -208,8 +208,7 @@ pub fn render(node: &Node) -> String {
         );
     }
 
-    let cores = node.cores();
-    let jobs: Vec<_> = node.jobs().iter().map(|j| j.view(cores)).collect();
+    let jobs: Vec<_> = node.jobs().iter().map(|j| node.job_view(j)).collect();
     o.header(
         "setpoint_tenant_share_ratio",
         "gauge",

@@ -269,20 +269,31 @@ impl Lane {
     /// it used.
     pub fn run<R>(&self, cpu_time: impl Fn() -> Duration, work: impl FnOnce(usize) -> R) -> R {
         self.acquire();
-        let permits = self.permits.as_ref().filter(|_| self.is_enforced());
-        let workers = match permits {
-            Some(p) => p.take(self.workers()),
-            None => self.workers(),
-        };
+        let workers = self.take_workers();
         let c0 = cpu_time();
         let t0 = Instant::now();
         let r = work(workers);
         let wall = t0.elapsed();
-        if let Some(p) = permits {
-            p.give(workers);
-        }
+        self.give_workers(workers);
         self.charge(wall, cpu_time().saturating_sub(c0));
         r
+    }
+
+    /// The workers the next unit of work may use: within the share's budget and, for a
+    /// parallel lane, as many of the device's cores as are free (at least one, waiting for
+    /// it). Give them back with [`Lane::give_workers`].
+    pub fn take_workers(&self) -> usize {
+        match self.permits.as_ref().filter(|_| self.is_enforced()) {
+            Some(p) => p.take(self.workers()),
+            None => self.workers(),
+        }
+    }
+
+    /// Returns workers taken with [`Lane::take_workers`].
+    pub fn give_workers(&self, workers: usize) {
+        if let Some(p) = self.permits.as_ref().filter(|_| self.is_enforced()) {
+            p.give(workers);
+        }
     }
 
     /// What the lane has used so far.

@@ -10,11 +10,13 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::{JobConfig, OptimizerKind, format_rfc3339};
-use crate::data::{self, LoadOptions};
+use crate::data::{self, Dataset, LoadOptions};
+use crate::device::lane::Lane;
 use crate::device::{Backend, CpuBackend, SgdParams};
 use crate::model::Optimizer;
 use crate::model::checkpoint::{Checkpoint, EpochRecord};
 use crate::train::{StopReason, TrainEvent, TrainSpec, Trainer, default_adam};
+use crate::util::cputime::thread_cpu_time;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,6 +62,7 @@ pub struct JobProgress {
     pub(crate) error: Option<String>,
     pub(crate) checkpoint: Option<PathBuf>,
     pub(crate) workers: usize,
+    pub(crate) train_rows: usize,
 }
 
 /// Changes a user asked for, applied by the job's thread before its next step.
@@ -86,6 +89,8 @@ pub struct Job {
     pending: Mutex<Pending>,
     cancel: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    lane: Arc<Lane>,
+    est_step_cost_core_s: Option<f64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,12 +149,25 @@ pub struct JobView {
     pub checkpoint: Option<String>,
     /// Accuracy after each finished epoch.
     pub accuracy_curve: Vec<Option<f64>>,
+    /// Epochs the controller expects the job to need (from the learning curve for an
+    /// accuracy target, else the limit).
+    pub expected_epochs: Option<f64>,
+    /// Steps per second needed to meet the deadline.
+    pub required_steps_per_s: Option<f64>,
+    /// Steps per second over the last second.
+    pub steps_per_s: Option<f64>,
     /// The accepted spec.
     pub spec: JobConfig,
 }
 
 impl Job {
-    pub(crate) fn new(config: JobConfig, dir: PathBuf, submitted_at: SystemTime) -> Self {
+    pub(crate) fn new(
+        config: JobConfig,
+        dir: PathBuf,
+        submitted_at: SystemTime,
+        lane: Arc<Lane>,
+        est_step_cost_core_s: Option<f64>,
+    ) -> Self {
         let deadline = config.deadline.map(|d| d.resolve(submitted_at));
         Job {
             name: config.name.clone(),
@@ -164,7 +182,34 @@ impl Job {
             pending: Mutex::new(Pending::default()),
             cancel: AtomicBool::new(false),
             thread: Mutex::new(None),
+            lane,
+            est_step_cost_core_s,
         }
+    }
+
+    /// The job's lane.
+    pub fn lane(&self) -> &Arc<Lane> {
+        &self.lane
+    }
+
+    /// Core-seconds per step, as measured at admission (None when not measured).
+    pub fn estimated_step_cost(&self) -> Option<f64> {
+        self.est_step_cost_core_s
+    }
+
+    /// The epoch limit now in force.
+    pub fn epochs(&self) -> u32 {
+        *lock(&self.epochs)
+    }
+
+    /// The target accuracy now in force.
+    pub fn target(&self) -> Option<f64> {
+        *lock(&self.target)
+    }
+
+    /// A copy of the published progress.
+    pub fn progress(&self) -> JobProgress {
+        lock(&self.progress).clone()
     }
 
     /// The job's directory in the state dir.
@@ -222,7 +267,7 @@ impl Job {
     }
 
     /// A snapshot for the API.
-    pub fn view(&self, device_workers: usize) -> JobView {
+    pub fn view(&self, decision: Option<&crate::control::JobDecision>) -> JobView {
         let state = self.state();
         let p = lock(&self.progress).clone();
         let target = *lock(&self.target);
@@ -231,12 +276,20 @@ impl Job {
         let last = p.history.last();
         let total_steps = epochs_max as u64 * p.batches_per_epoch as u64;
         let remaining_steps = total_steps.saturating_sub(p.steps);
-        let estimated_finish = match state {
-            JobState::Running if p.steps_per_s > 0.0 => Some(
+        // The controller's prediction (learning curve, granted share) when it has one; else
+        // the epoch limit at the recent rate.
+        let from_controller = decision
+            .and_then(|d| d.predicted_finish_in_s)
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9);
+        let estimated_finish = match (state, from_controller) {
+            (JobState::Running, Some(secs)) => {
+                Some(SystemTime::now() + std::time::Duration::from_secs_f64(secs))
+            }
+            (JobState::Running, None) if p.steps_per_s > 0.0 => Some(
                 SystemTime::now()
                     + std::time::Duration::from_secs_f64(remaining_steps as f64 / p.steps_per_s),
             ),
-            s if s.is_terminal() => p.finished_at,
+            (s, _) if s.is_terminal() => p.finished_at,
             _ => None,
         };
         let slack_s = match (deadline, estimated_finish) {
@@ -273,27 +326,28 @@ impl Job {
             val_accuracy: last.and_then(|r| r.val_accuracy),
             train_loss: last.map(|r| r.train_loss),
             samples_per_s: if running { p.samples_per_s } else { 0.0 },
-            share: if running && device_workers > 0 {
-                p.workers as f64 / device_workers as f64
-            } else {
-                0.0
-            },
-            workers: if running { p.workers } else { 0 },
+            share: if running { self.lane.share() } else { 0.0 },
+            workers: if running { self.lane.workers() } else { 0 },
             batch_size: self.config.batch_size,
             stop_reason: p.stop_reason.map(|r| r.as_str()),
             error: p.error.clone(),
             checkpoint: p.checkpoint.as_ref().map(|c| c.display().to_string()),
             accuracy_curve: p.history.iter().map(|r| r.val_accuracy).collect(),
+            expected_epochs: decision.map(|d| d.expected_epochs),
+            required_steps_per_s: decision
+                .and_then(|d| d.required_rate)
+                .filter(|r| r.is_finite()),
+            steps_per_s: decision.map(|d| d.measured_rate),
             spec: self.config.clone(),
         }
     }
 
-    /// Starts the job's thread with `workers` CPU threads.
-    pub(crate) fn start(self: &Arc<Self>, workers: usize) -> std::io::Result<()> {
+    /// Starts the job's thread; `data` is the data set when admission already loaded it.
+    pub(crate) fn start(self: &Arc<Self>, data: Option<Dataset>) -> std::io::Result<()> {
         let job = self.clone();
         let handle = std::thread::Builder::new()
             .name(format!("setpoint-job-{}", self.name))
-            .spawn(move || job.run(workers))?;
+            .spawn(move || job.run(data))?;
         *lock(&self.thread) = Some(handle);
         Ok(())
     }
@@ -308,17 +362,20 @@ impl Job {
         self.set_state(JobState::Failed);
     }
 
-    fn run(self: Arc<Self>, workers: usize) {
+    fn run(self: Arc<Self>, data: Option<Dataset>) {
         if self.cancel.load(Ordering::Acquire) {
             self.set_state(JobState::Cancelled);
             return;
         }
         self.set_state(JobState::Loading);
-        let data = match data::load(&self.config.data, &LoadOptions::default()) {
-            Ok(d) => d,
-            Err(e) => return self.fail(format!("cannot load data: {e}")),
+        let data = match data {
+            Some(d) => d,
+            None => match data::load(&self.config.data, &LoadOptions::default()) {
+                Ok(d) => d,
+                Err(e) => return self.fail(format!("cannot load data: {e}")),
+            },
         };
-        let backend = match CpuBackend::new(workers) {
+        let backend = match CpuBackend::new(self.lane.cores()) {
             Ok(b) => b,
             Err(e) => return self.fail(e.to_string()),
         };
@@ -344,6 +401,7 @@ impl Job {
             p.history = trainer.history().to_vec();
             p.started_at = Some(SystemTime::now());
             p.workers = trainer.backend().workers();
+            p.train_rows = trainer.train_rows();
         }
         self.set_state(JobState::Running);
         if let Err(e) = self.step_loop(&mut trainer) {
@@ -351,33 +409,16 @@ impl Job {
         }
     }
 
-    fn train_spec(&self) -> TrainSpec {
-        let c = &self.config;
-        let optimizer = match c.optimizer {
-            OptimizerKind::Adam => Optimizer::Adam(crate::device::AdamParams {
-                weight_decay: c.weight_decay as f32,
-                ..default_adam(c.lr as f32)
-            }),
-            OptimizerKind::Sgd => Optimizer::Sgd(SgdParams {
-                lr: c.lr as f32,
-                momentum: c.momentum as f32,
-                weight_decay: c.weight_decay as f32,
-            }),
-        };
-        TrainSpec {
-            layers: c.layers.clone(),
-            optimizer,
-            batch_size: c.batch_size,
-            epochs: *lock(&self.epochs),
-            target_accuracy: *lock(&self.target),
-            val_fraction: c.val_fraction,
-            seed: c.seed,
-            checkpoint: Some(self.checkpoint_path()),
-            checkpoint_every_steps: c.checkpoint_every_steps,
-        }
+    pub(crate) fn train_spec(&self) -> TrainSpec {
+        train_spec(
+            &self.config,
+            *lock(&self.epochs),
+            *lock(&self.target),
+            Some(self.checkpoint_path()),
+        )
     }
 
-    fn step_loop<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+    fn step_loop(&self, trainer: &mut Trainer<CpuBackend>) -> Result<(), String> {
         let every = self.config.checkpoint_every_steps;
         let mut no_events = |_: &TrainEvent| {};
         let mut window_start = (Instant::now(), trainer.steps());
@@ -411,7 +452,19 @@ impl Job {
                 tracing::info!(job = %self.name, reason = reason.as_str(), "job completed");
                 return Ok(());
             }
-            let epoch = trainer.step(&mut no_events).map_err(|e| e.to_string())?;
+            // One step is one unit of work of the lane: it waits for the lane's credit, runs
+            // on the workers the share allows, and is charged the CPU time it used.
+            self.lane.acquire();
+            let workers = self.lane.take_workers();
+            trainer.backend().set_workers(workers);
+            let cpu0 = thread_cpu_time() + trainer.backend().pool_cpu_time();
+            let t0 = Instant::now();
+            let result = trainer.step(&mut no_events);
+            let wall = t0.elapsed();
+            let cpu = (thread_cpu_time() + trainer.backend().pool_cpu_time()).saturating_sub(cpu0);
+            self.lane.give_workers(workers);
+            self.lane.charge(wall, cpu);
+            let epoch = result.map_err(|e| e.to_string())?;
             let steps = trainer.steps();
             if every > 0 && steps % every == 0 {
                 self.save(trainer)?;
@@ -443,7 +496,7 @@ impl Job {
         }
     }
 
-    fn save<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+    fn save(&self, trainer: &mut Trainer<CpuBackend>) -> Result<(), String> {
         let mut no_events = |_: &TrainEvent| {};
         trainer
             .save_checkpoint(&mut no_events)
@@ -451,4 +504,59 @@ impl Job {
         lock(&self.progress).checkpoint = Some(self.checkpoint_path());
         Ok(())
     }
+}
+
+/// The training run a job config describes.
+pub(crate) fn train_spec(
+    c: &JobConfig,
+    epochs: u32,
+    target: Option<f64>,
+    checkpoint: Option<PathBuf>,
+) -> TrainSpec {
+    let optimizer = match c.optimizer {
+        OptimizerKind::Adam => Optimizer::Adam(crate::device::AdamParams {
+            weight_decay: c.weight_decay as f32,
+            ..default_adam(c.lr as f32)
+        }),
+        OptimizerKind::Sgd => Optimizer::Sgd(SgdParams {
+            lr: c.lr as f32,
+            momentum: c.momentum as f32,
+            weight_decay: c.weight_decay as f32,
+        }),
+    };
+    TrainSpec {
+        layers: c.layers.clone(),
+        optimizer,
+        batch_size: c.batch_size,
+        epochs,
+        target_accuracy: target,
+        val_fraction: c.val_fraction,
+        seed: c.seed,
+        checkpoint,
+        checkpoint_every_steps: c.checkpoint_every_steps,
+    }
+}
+
+/// Steps per epoch of the job on `data`, and the processor core-seconds one step costs on
+/// one worker, measured by running a few steps of it (at least 3, at most 20 or about
+/// 200 ms) after one for warm-up. Fails with the training error when the data does not fit
+/// the job (wrong width, labels out of range).
+pub(crate) fn measure_step_cost(
+    c: &JobConfig,
+    data: &Dataset,
+) -> Result<(usize, f64), crate::train::TrainError> {
+    let spec = train_spec(c, u32::MAX, None, None);
+    let mut t = Trainer::new(CpuBackend::single(), spec, data)?;
+    let steps_per_epoch = t.batches_per_epoch();
+    let mut quiet = |_: &TrainEvent| {};
+    t.step(&mut quiet)?;
+    let c0 = thread_cpu_time();
+    let t0 = Instant::now();
+    let mut n = 0u32;
+    while n < 3 || (n < 20 && t0.elapsed() < std::time::Duration::from_millis(200)) {
+        t.step(&mut quiet)?;
+        n += 1;
+    }
+    let cost = thread_cpu_time().saturating_sub(c0).as_secs_f64() / n as f64;
+    Ok((steps_per_epoch, cost))
 }

@@ -1,21 +1,24 @@
 //! The daemon's state: the inference services and training jobs on this node, the state
 //! dir that holds their records and checkpoints, and the operations the API exposes.
 
+pub mod control;
 pub mod jobs;
 pub mod services;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::config::{ConfigIssue, Deadline, JobConfig, NodeConfig, ServiceConfig};
 use crate::device::cpu::available_cores;
+use crate::device::lane::{CorePermits, Lane};
 use crate::model::checkpoint::Checkpoint;
 
+pub use control::{Policy, ServiceMeasure};
 pub use jobs::{Job, JobState, JobView};
 pub use services::{Service, ServiceOrigin, ServiceView};
 
@@ -65,6 +68,9 @@ pub struct Node {
     started_at: SystemTime,
     cores: usize,
     shutting_down: AtomicBool,
+    permits: Arc<CorePermits>,
+    control: Mutex<control::ControlState>,
+    control_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -86,6 +92,10 @@ pub struct StatusView {
     pub uptime_s: f64,
     /// All services loaded and not shutting down.
     pub ready: bool,
+    /// How shares are decided (`setpoint`, `static`, `none`).
+    pub policy: &'static str,
+    /// Control periods run so far.
+    pub control_ticks: u64,
     /// Devices and their tenants.
     pub devices: Vec<DeviceView>,
     /// Every tenant: services first, then jobs.
@@ -101,6 +111,8 @@ pub struct DeviceView {
     pub workers: usize,
     /// Sum of tenants' shares.
     pub share_assigned: f64,
+    /// Fraction of its workers busy over the last control period.
+    pub busy_frac: f64,
 }
 
 /// One tenant (service or job) and its set point.
@@ -141,6 +153,22 @@ impl Node {
         } else {
             available_cores()
         };
+        let log = match &config.control.decision_log {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        NodeError::Internal(format!(
+                            "cannot open the decision log {}: {e}",
+                            path.display()
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let controller = crate::control::Controller::new(control_config(&config));
         Ok(Arc::new(Node {
             config,
             state_dir,
@@ -149,6 +177,9 @@ impl Node {
             started_at: SystemTime::now(),
             cores,
             shutting_down: AtomicBool::new(false),
+            permits: CorePermits::new(cores),
+            control: Mutex::new(control::ControlState::new(controller, log)),
+            control_thread: Mutex::new(None),
         }))
     }
 
@@ -172,8 +203,28 @@ impl Node {
         self.cores
     }
 
-    /// Starts the config's services (each loads on a thread of its own) and submits its jobs.
+    /// Starts the config's services (each loads on a thread of its own), submits its jobs,
+    /// and starts the control loop.
     pub fn start(self: &Arc<Self>) {
+        self.start_tenants();
+        let node = self.clone();
+        match std::thread::Builder::new()
+            .name("setpoint-control".into())
+            .spawn(move || node.control_loop())
+        {
+            Ok(h) => {
+                *self
+                    .control_thread
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(h)
+            }
+            Err(e) => tracing::error!("cannot start the control loop: {e}; shares stay fixed"),
+        }
+    }
+
+    /// Starts the config's services and submits its jobs, without the control loop (tests
+    /// and benchmarks step it with [`Node::control_tick`]).
+    pub fn start_tenants(self: &Arc<Self>) {
         for cfg in self.config.services.clone() {
             let name = cfg.name.clone();
             write(&self.services).insert(name.clone(), ServiceSlot::Loading(cfg.clone()));
@@ -195,9 +246,21 @@ impl Node {
         }
     }
 
+    /// A lane for a new service: latency lanes start at what one batcher thread can use,
+    /// and the controller brings them down to what they need.
+    fn service_lane(&self, name: &str) -> Arc<Lane> {
+        Arc::new(Lane::new(name, self.cores, 1.0 / self.cores as f64))
+    }
+
     fn load_config_service(&self, cfg: ServiceConfig) {
-        let started = services::build_model(&cfg)
-            .and_then(|m| Service::start(cfg.clone(), m, ServiceOrigin::Config));
+        let started = services::build_model(&cfg).and_then(|m| {
+            Service::start(
+                cfg.clone(),
+                m,
+                ServiceOrigin::Config,
+                self.service_lane(&cfg.name),
+            )
+        });
         let slot = match started {
             Ok(s) => {
                 tracing::info!(service = %s.name(), "service ready");
@@ -270,7 +333,7 @@ impl Node {
         self.service_slots()
             .into_iter()
             .map(|(name, slot)| match slot {
-                ServiceSlot::Ready(s) => s.view(self.cores),
+                ServiceSlot::Ready(s) => s.view(),
                 ServiceSlot::Loading(cfg) => pending_view(name, &cfg, "loading", None),
                 ServiceSlot::Failed(cfg, e) => pending_view(name, &cfg, "failed", Some(e)),
             })
@@ -316,7 +379,7 @@ impl Node {
             services::ServiceBuildError::Start(m) => NodeError::Internal(m),
         })?;
         let svc = Arc::new(
-            Service::start(cfg.clone(), model, origin)
+            Service::start(cfg.clone(), model, origin, self.service_lane(&cfg.name))
                 .map_err(|e| NodeError::Internal(e.to_string()))?,
         );
         let mut map = write(&self.services);
@@ -385,21 +448,69 @@ impl Node {
         self.submit_job(cfg)
     }
 
-    /// Accepts a job: records its spec in the state dir and starts it.
+    /// Accepts a job: loads its data, measures what a step costs, admits it against the
+    /// capacity left (a deadline job that cannot make its deadline is refused with the
+    /// earliest deadline it could meet), records its spec in the state dir and starts it.
     pub fn submit_job(self: &Arc<Self>, cfg: JobConfig) -> Result<Arc<Job>, NodeError> {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }
+        let exists = || NodeError::Conflict(format!("a job named {} already exists", cfg.name));
+        if read(&self.jobs).contains_key(&cfg.name) {
+            return Err(exists());
+        }
         let now = SystemTime::now();
+        let data = crate::data::load(&cfg.data, &Default::default())
+            .map_err(|e| NodeError::Invalid(vec![format!("data: {e}")]))?;
+        let (steps_per_epoch, step_cost) = jobs::measure_step_cost(&cfg, &data)
+            .map_err(|e| NodeError::Invalid(vec![e.to_string()]))?;
+        let deadline = if cfg.best_effort {
+            None
+        } else {
+            cfg.deadline.map(|d| d.resolve(now))
+        };
+        let mut share = self.config.control.reserve_frac.max(0.05);
+        if let Some(deadline) = deadline {
+            let deadline_in_s = deadline
+                .duration_since(now)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let candidate = crate::control::admission::Candidate {
+                name: cfg.name.clone(),
+                work_core_s: cfg.epochs as f64 * steps_per_epoch as f64 * step_cost,
+                deadline_in_s,
+                cores: self.cores,
+            };
+            let ctrl = control_config(&self.config);
+            match crate::control::admission::admit(&ctrl, &self.last_decisions(), &candidate) {
+                Ok(needed) => share = needed.max(ctrl.min_share),
+                Err(refusal) => {
+                    let earliest = now
+                        + std::time::Duration::from_secs_f64(
+                            refusal.earliest_deadline_in_s.clamp(0.0, 1e9),
+                        );
+                    return Err(NodeError::Conflict(format!(
+                        "{}; the earliest deadline it can meet is {} (in {:.0} s): submit it \
+                         with that deadline or later, or as best-effort",
+                        refusal.reason,
+                        crate::config::format_rfc3339(earliest),
+                        refusal.earliest_deadline_in_s.ceil()
+                    )));
+                }
+            }
+        }
         let dir = self.state_dir.join("jobs").join(&cfg.name);
-        let job = Arc::new(Job::new(cfg.clone(), dir.clone(), now));
+        let lane = Arc::new(Lane::parallel(&cfg.name, &self.permits, share));
+        let job = Arc::new(Job::new(
+            cfg.clone(),
+            dir.clone(),
+            now,
+            lane,
+            Some(step_cost),
+        ));
         {
             let mut jobs = write(&self.jobs);
             if jobs.contains_key(&cfg.name) {
-                return Err(NodeError::Conflict(format!(
-                    "a job named {} already exists",
-                    cfg.name
-                )));
+                return Err(exists());
             }
             jobs.insert(cfg.name.clone(), job.clone());
         }
@@ -418,18 +529,18 @@ impl Node {
                 dir.display()
             )));
         }
-        if let Err(e) = job.start(self.job_workers()) {
+        if let Err(e) = job.start(Some(data)) {
             write(&self.jobs).remove(&cfg.name);
             return Err(NodeError::Internal(format!("cannot start job thread: {e}")));
         }
-        tracing::info!(job = %cfg.name, "job accepted");
+        tracing::info!(
+            job = %cfg.name,
+            steps_per_epoch,
+            step_cost_ms = step_cost * 1e3,
+            share,
+            "job accepted"
+        );
         Ok(job)
-    }
-
-    /// Worker threads a training job gets. Until the controller divides the device, a job
-    /// leaves one core to the inference services when the node has more than one.
-    fn job_workers(&self) -> usize {
-        self.cores.saturating_sub(1).max(1)
     }
 
     /// The job called `name`.
@@ -579,25 +690,25 @@ impl Node {
         )
     }
 
+    /// A job's view with the controller's latest decision about it.
+    pub fn job_view(&self, job: &Job) -> JobView {
+        let last = self.last_decisions();
+        job.view(last.jobs.iter().find(|d| d.name == job.name))
+    }
+
     /// The node at a glance.
     pub fn status(&self) -> StatusView {
         let mut tenants = Vec::new();
         let mut share_assigned = 0.0;
         for view in self.service_views() {
             share_assigned += view.share;
-            // Windowed quantiles come with the controller; until then the bound is over
-            // every request since start, and says so.
-            let measured = self.service(&view.name).ok().and_then(|s| {
-                let h = s.request_hist();
-                h.quantile_bound(0.99).map(|b| {
+            let measured = self.service_measure(&view.name).and_then(|m| {
+                (m.window.count > 0).then(|| {
                     format!(
-                        "p99 <= {} ms over {} requests since start",
-                        if b.is_finite() {
-                            format!("{}", b * 1000.0)
-                        } else {
-                            "inf".into()
-                        },
-                        h.count
+                        "p99 {:.2} ms ({} requests, {:.0}/s)",
+                        m.window.total.p99 * 1000.0,
+                        m.window.count,
+                        m.arrival_rate
                     )
                 })
             });
@@ -613,7 +724,7 @@ impl Node {
             });
         }
         for job in self.jobs() {
-            let v = job.view(self.cores);
+            let v = self.job_view(&job);
             share_assigned += v.share;
             let set_point = match (&v.deadline, v.target_accuracy) {
                 (Some(d), Some(t)) => format!("accuracy >= {t} by {d}"),
@@ -638,15 +749,24 @@ impl Node {
                 queue_len: None,
             });
         }
+        let (busy_frac, control_ticks) = self.busy_and_ticks();
         StatusView {
             version: crate::VERSION,
             started_at: crate::config::format_rfc3339(self.started_at),
             uptime_s: self.started_at.elapsed().map_or(0.0, |d| d.as_secs_f64()),
             ready: self.is_ready(),
+            policy: self
+                .control
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .policy
+                .name(),
+            control_ticks,
             devices: vec![DeviceView {
                 name: "cpu".into(),
                 workers: self.cores,
                 share_assigned,
+                busy_frac,
             }],
             tenants,
         }
@@ -667,10 +787,28 @@ impl Node {
         for job in &jobs {
             job.join();
         }
+        let control = self
+            .control_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = control {
+            let _ = t.join();
+        }
         let slots: Vec<ServiceSlot> = std::mem::take(&mut *write(&self.services))
             .into_values()
             .collect();
         drop(slots);
+    }
+}
+
+/// The controller's settings for a node config.
+pub fn control_config(c: &NodeConfig) -> crate::control::ControlConfig {
+    crate::control::ControlConfig {
+        period_s: c.control_period_ms as f64 / 1000.0,
+        reserve_frac: c.control.reserve_frac,
+        leftover: c.control.leftover.into(),
+        ..Default::default()
     }
 }
 

@@ -10,11 +10,13 @@ use crate::api::v2codec::ModelIo;
 use crate::config::{ServiceConfig, format_rfc3339};
 use crate::data::{self, LoadOptions, Normalizer};
 use crate::device::CpuBackend;
+use crate::device::lane::Lane;
 use crate::model::MlpParams;
 use crate::model::checkpoint::Checkpoint;
 use crate::serve::{BatchConfig, InferenceService, ServedModel, ServiceStats};
 use crate::train::{TrainEvent, TrainSpec, Trainer};
 use crate::util::histogram::{Histogram, LATENCY_BOUNDS_S};
+use std::sync::Arc;
 
 /// Name of the one input tensor of every served model.
 pub const INPUT_NAME: &str = "input";
@@ -52,6 +54,8 @@ pub struct Service {
     pub created_at: SystemTime,
     /// The batcher.
     pub inner: InferenceService,
+    /// The lane it runs in.
+    pub lane: Arc<Lane>,
     /// End-to-end latency of HTTP inference requests (decode to encode), seconds.
     request_hist: Mutex<Histogram>,
     /// Requests refused before reaching the batcher (malformed input).
@@ -156,6 +160,7 @@ impl Service {
         cfg: ServiceConfig,
         model: ServedModel,
         origin: ServiceOrigin,
+        lane: Arc<Lane>,
     ) -> Result<Self, ServiceBuildError> {
         let layers = model.params.layers.clone();
         let io = ModelIo {
@@ -168,11 +173,18 @@ impl Service {
             max_batch_size: cfg.batching.max_batch_size,
             max_queue_delay: Duration::from_secs_f64(cfg.batching.max_queue_delay_ms / 1000.0),
             max_queue: cfg.max_queue,
+            window: Duration::from_millis(cfg.slo.window_ms),
         };
         // Small batches of a small MLP run fastest on one thread: handing a few
         // microseconds of work to a pool costs more than it saves.
-        let inner = InferenceService::start(&cfg.name, CpuBackend::single(), model, batch)
-            .map_err(|e| ServiceBuildError::Start(e.to_string()))?;
+        let inner = InferenceService::start_in_lane(
+            &cfg.name,
+            CpuBackend::single(),
+            model,
+            batch,
+            Some(lane.clone()),
+        )
+        .map_err(|e| ServiceBuildError::Start(e.to_string()))?;
         Ok(Service {
             config: cfg,
             layers,
@@ -180,6 +192,7 @@ impl Service {
             origin,
             created_at: SystemTime::now(),
             inner,
+            lane,
             request_hist: Mutex::new(Histogram::new(LATENCY_BOUNDS_S)),
             invalid: Mutex::new(0),
         })
@@ -222,7 +235,7 @@ impl Service {
     }
 
     /// A snapshot for the API.
-    pub fn view(&self, device_workers: usize) -> ServiceView {
+    pub fn view(&self) -> ServiceView {
         ServiceView {
             name: self.config.name.clone(),
             state: "ready",
@@ -233,11 +246,7 @@ impl Service {
             max_queue_delay_ms: self.config.batching.max_queue_delay_ms,
             max_queue: self.config.max_queue,
             queue_len: self.inner.queue_len(),
-            share: if device_workers > 0 {
-                1.0 / device_workers as f64
-            } else {
-                0.0
-            },
+            share: self.lane.share(),
             success_count: self.inner.stats().success_count,
             origin: Some(self.origin.clone()),
             created_at: Some(format_rfc3339(self.created_at)),

@@ -17,8 +17,11 @@ use tokio::sync::oneshot;
 
 use crate::data::Normalizer;
 use crate::device::Backend;
+use crate::device::lane::Lane;
 use crate::model::{Mlp, MlpParams, ModelError, Workspace};
+use crate::util::cputime::thread_cpu_time;
 use crate::util::histogram::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS_S};
+use crate::util::window::{LatencyWindow, WindowStats};
 
 /// Why a request was not answered with a prediction.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -84,6 +87,8 @@ pub struct BatchConfig {
     pub max_queue_delay: Duration,
     /// Requests that may wait; more are refused.
     pub max_queue: usize,
+    /// Span of the sliding window latency quantiles are taken over.
+    pub window: Duration,
 }
 
 impl Default for BatchConfig {
@@ -92,9 +97,13 @@ impl Default for BatchConfig {
             max_batch_size: 32,
             max_queue_delay: Duration::ZERO,
             max_queue: 1024,
+            window: Duration::from_secs(1),
         }
     }
 }
+
+/// Most batches kept for the controller between two of its reads.
+const BATCH_LOG_CAP: usize = 4096;
 
 /// One answered request.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +206,14 @@ struct Shared {
     queued: AtomicUsize,
     accepting: AtomicBool,
     stats: Mutex<ServiceStats>,
+    window: Mutex<LatencyWindow>,
+    arrivals: AtomicU64,
+    batch_log: Mutex<Vec<(usize, f64)>>,
+    lane: Option<Arc<Lane>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A model to serve: parameters plus the input standardisation they were trained with.
@@ -251,6 +268,18 @@ impl InferenceService {
         model: ServedModel,
         config: BatchConfig,
     ) -> Result<Self, ServeError> {
+        Self::start_in_lane(name, backend, model, config, None)
+    }
+
+    /// Like [`InferenceService::start`], with every batch run as a unit of work of `lane`:
+    /// it waits for the lane's credit and is charged the batcher thread's CPU time.
+    pub fn start_in_lane<B: Backend + 'static>(
+        name: &str,
+        backend: B,
+        model: ServedModel,
+        config: BatchConfig,
+        lane: Option<Arc<Lane>>,
+    ) -> Result<Self, ServeError> {
         let setup = |message: String| ServeError::Setup {
             service: name.to_string(),
             message,
@@ -285,6 +314,10 @@ impl InferenceService {
             queued: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
             stats: Mutex::new(ServiceStats::new(batch_limit)),
+            window: Mutex::new(LatencyWindow::new(config.window)),
+            arrivals: AtomicU64::new(0),
+            batch_log: Mutex::new(Vec::new()),
+            lane,
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue);
         let worker = Worker {
@@ -350,10 +383,27 @@ impl InferenceService {
 
     /// A copy of the statistics.
     pub fn stats(&self) -> ServiceStats {
-        match self.shared.stats.lock() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        lock(&self.shared.stats).clone()
+    }
+
+    /// Latency quantiles over the sliding window ending now.
+    pub fn window_stats(&self) -> WindowStats {
+        lock(&self.shared.window).stats(Instant::now())
+    }
+
+    /// Requests offered so far, refused ones included.
+    pub fn arrivals(&self) -> u64 {
+        self.shared.arrivals.load(Ordering::Relaxed)
+    }
+
+    /// The batches run since the last call: (rows, seconds of forward pass).
+    pub fn take_batch_log(&self) -> Vec<(usize, f64)> {
+        std::mem::take(&mut *lock(&self.shared.batch_log))
+    }
+
+    /// The lane the service runs in, if any.
+    pub fn lane(&self) -> Option<&Arc<Lane>> {
+        self.shared.lane.as_ref()
     }
 
     /// Queues one input row. Fails at once when the row is malformed, the queue is full or
@@ -378,6 +428,7 @@ impl InferenceService {
             Some(tx) if self.shared.accepting.load(Ordering::Acquire) => tx,
             _ => return Err(ServeError::ShuttingDown { service: service() }),
         };
+        self.shared.arrivals.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
         let req = Request {
             input,
@@ -480,10 +531,27 @@ impl<B: Backend> Worker<B> {
 
     fn run_batch(&mut self, batch: &mut Vec<Request>) {
         let start = Instant::now();
+        let cpu0 = thread_cpu_time();
         let rows = batch.len();
         let result = self.forward(batch);
-        let compute_us = start.elapsed().as_micros() as u64;
-        let compute_s = start.elapsed().as_secs_f64();
+        let end = Instant::now();
+        let compute_us = (end - start).as_micros() as u64;
+        let compute_s = (end - start).as_secs_f64();
+        if let Some(lane) = &self.shared.lane {
+            lane.charge(end - start, thread_cpu_time().saturating_sub(cpu0));
+        }
+        if result.is_ok() {
+            let mut log = lock(&self.shared.batch_log);
+            if log.len() < BATCH_LOG_CAP {
+                log.push((rows, compute_s));
+            }
+            drop(log);
+            let mut w = lock(&self.shared.window);
+            for r in batch.iter() {
+                let q = start.saturating_duration_since(r.enqueued).as_secs_f64();
+                w.push(end, q, compute_s);
+            }
+        }
         // Statistics first, so a caller who has its answer also sees it counted.
         {
             let mut stats = match self.shared.stats.lock() {

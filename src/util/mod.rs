@@ -4,3 +4,4 @@ pub mod cputime;
 pub mod fsio;
 pub mod histogram;
 pub mod rng;
+pub mod window;

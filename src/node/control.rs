@@ -1,0 +1,332 @@
+//! The control tick: every period, observe every tenant, decide, apply to the lanes.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::{JobState, Node};
+use crate::control::{Controller, Decisions, JobClass, JobObs, Observations, ServiceObs};
+use crate::util::window::WindowStats;
+
+/// How shares are decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Policy {
+    /// The feedback controller.
+    Controller,
+    /// Fixed shares by tenant name, as an operator would set them; tenants not named get
+    /// `default`.
+    Static {
+        /// Share per tenant.
+        shares: HashMap<String, f64>,
+        /// Share of tenants not named.
+        default: f64,
+    },
+    /// No shares: every lane runs unthrottled on every worker, as work comes.
+    None,
+}
+
+impl Policy {
+    /// Name used in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Controller => "setpoint",
+            Policy::Static { .. } => "static",
+            Policy::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Prev {
+    arrivals: u64,
+    steps: u64,
+    core_s: f64,
+}
+
+/// Per-service measurements of the last tick, for status and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceMeasure {
+    /// Latency quantiles over the SLO window.
+    pub window: WindowStats,
+    /// Arrivals per second over the last period.
+    pub arrival_rate: f64,
+    /// Requests answered per second over the last period.
+    pub throughput: f64,
+}
+
+/// The control loop's memory.
+pub struct ControlState {
+    pub(crate) controller: Controller,
+    pub(crate) policy: Policy,
+    pub(crate) last: Decisions,
+    pub(crate) ticks: u64,
+    pub(crate) busy_frac: f64,
+    pub(crate) measures: HashMap<String, ServiceMeasure>,
+    prev: HashMap<String, Prev>,
+    success: HashMap<String, u64>,
+    last_tick: Option<Instant>,
+    started: Instant,
+    log: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl ControlState {
+    pub(crate) fn new(controller: Controller, log: Option<std::fs::File>) -> Self {
+        ControlState {
+            controller,
+            policy: Policy::Controller,
+            last: Decisions::default(),
+            ticks: 0,
+            busy_frac: 0.0,
+            measures: HashMap::new(),
+            prev: HashMap::new(),
+            success: HashMap::new(),
+            last_tick: None,
+            started: Instant::now(),
+            log: log.map(std::io::BufWriter::new),
+        }
+    }
+}
+
+/// One decision-log line.
+#[derive(Serialize)]
+struct LogLine<'a> {
+    t_s: f64,
+    unix_ms: u128,
+    policy: &'static str,
+    busy_frac: f64,
+    decisions: &'a Decisions,
+}
+
+impl Node {
+    /// One control period: observes every serving service and running job, decides their
+    /// shares and batch sizes by the policy in force, and applies them to the lanes.
+    pub fn control_tick(self: &Arc<Self>) -> Decisions {
+        let mut st = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let period = st
+            .last_tick
+            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or(self.config().control_period_ms as f64 / 1000.0)
+            .max(1e-3);
+        st.last_tick = Some(now);
+        let cores = self.cores();
+        let wall_now = SystemTime::now();
+        let mut obs = Observations {
+            now_s: now.saturating_duration_since(st.started).as_secs_f64(),
+            ..Default::default()
+        };
+        let mut used_core_s = 0.0;
+
+        let services = self.ready_services();
+        for svc in &services {
+            let name = svc.name().to_string();
+            let prev = st.prev.get(&name).copied().unwrap_or_default();
+            let arrivals = svc.inner.arrivals();
+            let usage = svc.lane.usage();
+            let window = svc.inner.window_stats();
+            let success = svc.inner.stats().success_count;
+            let prev_success = st.success.insert(name.clone(), success).unwrap_or(success);
+            used_core_s += usage.core_s - prev.core_s;
+            let arrival_rate = arrivals.saturating_sub(prev.arrivals) as f64 / period;
+            st.measures.insert(
+                name.clone(),
+                ServiceMeasure {
+                    window,
+                    arrival_rate,
+                    throughput: success.saturating_sub(prev_success) as f64 / period,
+                },
+            );
+            st.prev.insert(
+                name.clone(),
+                Prev {
+                    arrivals,
+                    steps: 0,
+                    core_s: usage.core_s,
+                },
+            );
+            obs.services.push(ServiceObs {
+                name,
+                slo_s: svc.config.slo.p99_ms / 1000.0,
+                p99_s: (window.count > 0).then_some(window.total.p99),
+                arrival_rate,
+                queue_len: svc.inner.queue_len(),
+                batches: svc.inner.take_batch_log(),
+                batch_limit: svc.config.batching.max_batch_size,
+                share: svc.lane.share(),
+                // One batcher thread: it can use one core of the device at most.
+                max_share: 1.0 / cores as f64,
+                cores,
+            });
+        }
+
+        let jobs = self.jobs();
+        let mut running = Vec::new();
+        for job in &jobs {
+            let state = job.state();
+            let p = job.progress();
+            let usage = job.lane().usage();
+            let key = format!("job:{}", job.name);
+            let prev = st.prev.get(&key).copied().unwrap_or_default();
+            used_core_s += usage.core_s - prev.core_s;
+            st.prev.insert(
+                key,
+                Prev {
+                    arrivals: 0,
+                    steps: p.steps,
+                    core_s: usage.core_s,
+                },
+            );
+            if state != JobState::Running || p.batches_per_epoch == 0 {
+                continue;
+            }
+            let steps = p.steps.saturating_sub(prev.steps);
+            let measured_cost = (steps > 0).then(|| (usage.core_s - prev.core_s) / steps as f64);
+            let secs_to = |t: SystemTime| match t.duration_since(wall_now) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            let deadline = job.deadline();
+            running.push(job.clone());
+            obs.jobs.push(JobObs {
+                name: job.name.clone(),
+                class: if job.config.best_effort || deadline.is_none() {
+                    JobClass::BestEffort
+                } else {
+                    JobClass::Deadline
+                },
+                deadline_in_s: deadline.map(secs_to),
+                allotted_s: deadline.map(|d| match d.duration_since(job.submitted_at) {
+                    Ok(a) => a.as_secs_f64(),
+                    Err(_) => 0.0,
+                }),
+                steps_done: p.steps,
+                steps_per_epoch: p.batches_per_epoch as u64,
+                epochs_done: p.epochs_done,
+                max_epochs: job.epochs(),
+                target_accuracy: job.target(),
+                curve: p
+                    .history
+                    .iter()
+                    .map(|r| r.val_accuracy.unwrap_or(0.0))
+                    .collect(),
+                steps_in_period: steps,
+                share: job.lane().share(),
+                step_cost_core_s: measured_cost
+                    .filter(|c| *c > 0.0)
+                    .or(job.estimated_step_cost()),
+                cores,
+            });
+        }
+        st.busy_frac = (used_core_s / (period * cores as f64)).clamp(0.0, 1.0);
+
+        let decisions = st.controller.tick(&obs);
+        match &st.policy {
+            Policy::Controller => {
+                for (svc, d) in services.iter().zip(&decisions.services) {
+                    svc.lane.set_enforced(true);
+                    svc.lane.set_share(d.share);
+                    svc.inner.set_max_batch_size(d.batch_size);
+                }
+                for (job, d) in running.iter().zip(&decisions.jobs) {
+                    job.lane().set_enforced(true);
+                    job.lane().set_share(d.share);
+                }
+            }
+            Policy::Static { shares, default } => {
+                for lane in services
+                    .iter()
+                    .map(|s| &s.lane)
+                    .chain(running.iter().map(|j| j.lane()))
+                {
+                    lane.set_enforced(true);
+                    lane.set_share(shares.get(lane.name()).copied().unwrap_or(*default));
+                }
+            }
+            Policy::None => {
+                for lane in services
+                    .iter()
+                    .map(|s| &s.lane)
+                    .chain(running.iter().map(|j| j.lane()))
+                {
+                    lane.set_enforced(false);
+                }
+            }
+        }
+        st.ticks += 1;
+        let policy = st.policy.name();
+        let busy = st.busy_frac;
+        let t_s = obs.now_s;
+        if let Some(log) = st.log.as_mut() {
+            let line = LogLine {
+                t_s,
+                unix_ms: wall_now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis()),
+                policy,
+                busy_frac: busy,
+                decisions: &decisions,
+            };
+            let written = serde_json::to_writer(&mut *log, &line)
+                .map_err(std::io::Error::other)
+                .and_then(|_| log.write_all(b"\n"))
+                .and_then(|_| log.flush());
+            if let Err(e) = written {
+                tracing::warn!("cannot write the decision log: {e}; it is turned off");
+                st.log = None;
+            }
+        }
+        st.last = decisions.clone();
+        decisions
+    }
+
+    /// Sets how shares are decided from the next tick on.
+    pub fn set_policy(&self, policy: Policy) {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .policy = policy;
+    }
+
+    /// The last tick's decisions.
+    pub fn last_decisions(&self) -> Decisions {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last
+            .clone()
+    }
+
+    /// The last tick's measurement of service `name`.
+    pub fn service_measure(&self, name: &str) -> Option<ServiceMeasure> {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .measures
+            .get(name)
+            .cloned()
+    }
+
+    /// Fraction of the device's cores busy over the last period, and ticks so far.
+    pub fn busy_and_ticks(&self) -> (f64, u64) {
+        let st = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        (st.busy_frac, st.ticks)
+    }
+
+    /// Runs the control tick every `control_period_ms` until the node shuts down.
+    pub(crate) fn control_loop(self: Arc<Self>) {
+        let period = std::time::Duration::from_millis(self.config().control_period_ms);
+        let mut next = Instant::now() + period;
+        while !self.is_shutting_down() {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            // A late tick does not try to catch up: the next one is a period after it.
+            next = Instant::now().max(next) + period;
+            self.control_tick();
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Latency samples over a sliding time window, for quantiles the controller steers by.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Most samples a window keeps; beyond it the oldest go first (at 50,000 requests per
+/// second over a 1 s window the quantiles are then over the last second all the same).
+const MAX_SAMPLES: usize = 65_536;
+
+/// Quantiles of one quantity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Quantiles {
+    /// Median, seconds.
+    pub p50: f64,
+    /// 95th percentile, seconds.
+    pub p95: f64,
+    /// 99th percentile, seconds.
+    pub p99: f64,
+}
+
+/// Quantiles over the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WindowStats {
+    /// Samples in the window.
+    pub count: usize,
+    /// Request latency: queue plus compute.
+    pub total: Quantiles,
+    /// Time waiting in the queue.
+    pub queue: Quantiles,
+    /// Time computing.
+    pub compute: Quantiles,
+}
+
+/// Samples of (queue, compute) seconds with their time, over the last `span`.
+#[derive(Debug, Clone)]
+pub struct LatencyWindow {
+    span: Duration,
+    samples: VecDeque<(Instant, f32, f32)>,
+}
+
+fn quantiles(mut v: Vec<f32>) -> Quantiles {
+    if v.is_empty() {
+        return Quantiles::default();
+    }
+    v.sort_unstable_by(|a, b| a.total_cmp(b));
+    // Nearest rank: the smallest value with at least q of the samples at or below it.
+    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1] as f64;
+    Quantiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+    }
+}
+
+impl LatencyWindow {
+    /// An empty window of `span`.
+    pub fn new(span: Duration) -> Self {
+        LatencyWindow {
+            span,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// The window's length.
+    pub fn span(&self) -> Duration {
+        self.span
+    }
+
+    /// Adds one request that finished at `at`.
+    pub fn push(&mut self, at: Instant, queue_s: f64, compute_s: f64) {
+        if self.samples.len() >= MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples
+            .push_back((at, queue_s as f32, compute_s as f32));
+    }
+
+    fn evict(&mut self, now: Instant) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|s| now.saturating_duration_since(s.0) > self.span)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Quantiles of the samples within the window ending at `now`.
+    pub fn stats(&mut self, now: Instant) -> WindowStats {
+        self.evict(now);
+        let n = self.samples.len();
+        WindowStats {
+            count: n,
+            total: quantiles(self.samples.iter().map(|s| s.1 + s.2).collect()),
+            queue: quantiles(self.samples.iter().map(|s| s.1).collect()),
+            compute: quantiles(self.samples.iter().map(|s| s.2).collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank_over_the_window_only() {
+        let t0 = Instant::now();
+        let mut w = LatencyWindow::new(Duration::from_secs(1));
+        // An old sample that falls out of the window.
+        w.push(t0, 10.0, 0.0);
+        for i in 1..=100 {
+            w.push(t0 + Duration::from_millis(500), 0.0, i as f64 / 1000.0);
+        }
+        let s = w.stats(t0 + Duration::from_millis(1200));
+        assert_eq!(s.count, 100);
+        assert!((s.compute.p50 - 0.050).abs() < 1e-6);
+        assert!((s.compute.p99 - 0.099).abs() < 1e-6);
+        assert!((s.total.p95 - 0.095).abs() < 1e-6);
+        assert_eq!(s.queue.p99, 0.0);
+        assert_eq!(w.stats(t0 + Duration::from_secs(3)).count, 0);
+    }
+}
