@@ -180,13 +180,16 @@ fn a_service_saturates_at_what_it_can_use_and_recovers_at_once() {
 }
 
 /// A job whose rate is `rate_per_share × share` steps/s with ±`noise` multiplicative
-/// jitter, seen through a one-period delay.
+/// jitter, seen through a one-period delay. With `cost_bias`, the job also reports a step
+/// cost that far off the truth (0.8: it looks 20 % cheaper than it is), which the
+/// feed-forward trusts and the PI must correct.
 fn run_job(
     cfg: ControlConfig,
     steps: u64,
     deadline_s: f64,
     noise: f64,
     seed: u64,
+    cost_bias: Option<f64>,
 ) -> (f64, Vec<f64>) {
     let mut ctrl = Controller::new(cfg);
     let mut rng = Rng::new(seed);
@@ -210,7 +213,7 @@ fn run_job(
                 curve: vec![],
                 steps_in_period: 0,
                 share,
-                step_cost_core_s: None,
+                step_cost_core_s: cost_bias.map(|b| b * CORES as f64 / rate_per_share),
                 cores: CORES,
             }],
         };
@@ -232,8 +235,15 @@ fn a_job_finishes_on_its_deadline_with_the_least_share() {
     let cfg = ControlConfig::default();
     let margin = cfg.deadline_margin_frac;
     // 8000 steps at 400 steps/s per unit share: 20 s at the whole device; deadline 60 s.
-    for (seed, noise) in [(1, 0.0), (2, 0.1), (3, 0.2)] {
-        let (finish, shares) = run_job(cfg.clone(), 8000, 60.0, noise, seed);
+    for (seed, noise, bias) in [
+        (1, 0.0, None),
+        (2, 0.1, None),
+        (3, 0.2, None),
+        (4, 0.0, Some(1.0)),
+        (5, 0.1, Some(0.8)),
+        (6, 0.1, Some(1.25)),
+    ] {
+        let (finish, shares) = run_job(cfg.clone(), 8000, 60.0, noise, seed, bias);
         let deviation = (finish - 60.0).abs() / 60.0;
         assert!(
             finish <= 60.0,
@@ -241,7 +251,7 @@ fn a_job_finishes_on_its_deadline_with_the_least_share() {
         );
         assert!(
             deviation <= 0.02,
-            "deviation {:.2} % (noise {noise}, aim {:.0} % early)",
+            "deviation {:.2} % (noise {noise}, cost bias {bias:?}, aim {:.0} % early)",
             100.0 * deviation,
             100.0 * margin
         );

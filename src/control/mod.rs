@@ -83,7 +83,7 @@ impl Default for ControlConfig {
             latency_setpoint_frac: 0.6,
             service_utilisation: 0.6,
             service_gains: PiGains { kp: 0.05, ki: 0.03 },
-            job_gains: PiGains { kp: 0.3, ki: 0.08 },
+            job_gains: PiGains { kp: 0.05, ki: 0.02 },
             min_share: crate::device::lane::MIN_SHARE,
             deadline_margin_frac: 0.01,
         }

@@ -22,8 +22,11 @@ const FIT_EPOCHS: usize = 8;
 pub struct JobState {
     /// The PI loop (correction on top of the feed-forward).
     pub pi: Pi,
-    /// Steps per second per unit of share, learned.
+    /// Steps per second per unit of share, learned from the measured rate (used only while
+    /// no step cost is observed).
     pub rate_per_share: Option<f64>,
+    /// Core-seconds per step, a running mean of what the job reports.
+    pub step_cost: Option<f64>,
     history: VecDeque<(f64, u64, f64)>,
     feed_forward: f64,
 }
@@ -34,6 +37,7 @@ impl JobState {
         JobState {
             pi: Pi::new(0.0),
             rate_per_share: None,
+            step_cost: None,
             history: VecDeque::new(),
             feed_forward: 0.0,
         }
@@ -124,12 +128,20 @@ pub fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> J
             None => rps,
         });
     }
-    // Before any measurement, the step cost (if known) gives the rate at the whole device.
-    let rps = st.rate_per_share.or_else(|| {
-        o.step_cost_core_s
-            .filter(|c| *c > 0.0)
-            .map(|c| o.cores.max(1) as f64 / c)
-    });
+    // A share s buys s·cores core-seconds per second; a step costs `step_cost` of them, so
+    // the rate per unit of share is cores / step_cost. The cost does not depend on the share
+    // (throttled time is not CPU time), so this holds at once after a share change, where a
+    // rate measured over a window would lag it. Without a cost, the measured rate per share.
+    if let Some(c) = o.step_cost_core_s.filter(|c| c.is_finite() && *c > 0.0) {
+        st.step_cost = Some(match st.step_cost {
+            Some(old) => old + EWMA * (c - old),
+            None => c,
+        });
+    }
+    let rps = st
+        .step_cost
+        .map(|c| o.cores.max(1) as f64 / c)
+        .or(st.rate_per_share);
     let expected = expected_epochs(&o.curve, o.target_accuracy, o.epochs_done, o.max_epochs);
     let total = (expected * o.steps_per_epoch as f64).ceil() as u64;
     let remaining = total.saturating_sub(o.steps_done);
@@ -171,7 +183,9 @@ pub fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> J
         _ => 0.5,
     };
     st.feed_forward = ff;
-    let e = if st.rate_per_share.is_some() {
+    // The PI corrects what the model misses (parallel overheads, evaluation, other load);
+    // with no measured rate yet there is nothing to correct.
+    let e = if st.history.len() >= 2 {
         ((required - measured) / required).clamp(-1.0, MAX_ERROR)
     } else {
         0.0
