@@ -217,6 +217,34 @@ pub enum BenchCommand {
     /// daemon ran (from /v2/models/MODEL/stats), and the ratio of the daemon's requests/s to
     /// the model's compute-only rows/s at that batch size, measured in this process.
     Http(BenchHttpArgs),
+    /// Run a scripted co-location scenario under the controller, static shares and no shares.
+    ///
+    /// In process, on the real backend: an inference service under open-loop Poisson
+    /// arrivals (rate steps and bursts from the file) beside training jobs with deadlines.
+    /// The same scenario runs once per policy (`setpoint`, `static`, `none`); the report
+    /// gives, for each, the % of SLO windows and requests met, p99 latency, each job's
+    /// finish against its deadline, share-seconds and device-seconds used, and the ratios
+    /// setpoint / static. The file format is documented in `configs/scenarios/README.md`.
+    Scenario(BenchScenarioArgs),
+}
+
+/// `setpoint bench scenario`.
+#[derive(Debug, Args)]
+pub struct BenchScenarioArgs {
+    /// Scenario file (TOML).
+    pub file: PathBuf,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an SVG plot: latency against the SLO and shares over time, per policy.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Run only these policies (comma-separated: setpoint, static, none).
+    #[arg(long, value_name = "P,P,...")]
+    pub policies: Option<String>,
+    /// Override the scenario's duration per policy, in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
 }
 
 /// `setpoint bench http`.

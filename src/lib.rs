@@ -3,6 +3,7 @@
 //! data loaders, the training runner, the inference batcher) and the daemon built on it.
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -868,7 +868,41 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Http(a) => bench_http(a),
+        BenchCommand::Scenario(a) => bench_scenario(a),
     }
+}
+
+fn bench_scenario(a: cli::BenchScenarioArgs) -> anyhow::Result<()> {
+    use setpoint::bench::{report, scenario};
+    let mut s = scenario::Scenario::load(&a.file).map_err(|e| input_error(e.to_string()))?;
+    if let Some(p) = &a.policies {
+        s.policies = p.split(',').map(|x| x.trim().to_string()).collect();
+    }
+    if let Some(d) = a.duration {
+        s.duration_s = d;
+    }
+    let s =
+        scenario::Scenario::parse(&toml::to_string(&s).context("cannot re-encode the scenario")?)
+            .map_err(|e| input_error(format!("{}: {e}", a.file.display())))?;
+    let quiet = a.json;
+    let r = scenario::run(&s, &mut |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    })?;
+    if let Some(path) = &a.plot {
+        setpoint::util::fsio::write_atomic(path, report::svg(&r).as_bytes())
+            .with_context(|| format!("cannot write the plot {}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", report::text(&r));
+        if let Some(path) = &a.plot {
+            println!("plot: {}", path.display());
+        }
+    }
+    Ok(())
 }
 
 fn parse_duration_arg(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {

@@ -56,6 +56,16 @@ impl CpuBackend {
     /// A backend with a pool of `max_workers` threads (0 = one per available core), using
     /// all of them until [`Backend::set_workers`] says otherwise.
     pub fn new(max_workers: usize) -> Result<Self, DeviceError> {
+        Self::build(max_workers, false)
+    }
+
+    /// Like [`CpuBackend::new`], with the pool's threads at background priority (see
+    /// [`crate::util::priority`]): the backend of a training lane.
+    pub fn background(max_workers: usize) -> Result<Self, DeviceError> {
+        Self::build(max_workers, true)
+    }
+
+    fn build(max_workers: usize, background: bool) -> Result<Self, DeviceError> {
         let max_workers = if max_workers == 0 {
             available_cores()
         } else {
@@ -69,6 +79,9 @@ impl CpuBackend {
                     .num_threads(max_workers)
                     .thread_name(|i| format!("setpoint-cpu-{i}"))
                     .start_handler(move |_| {
+                        if background {
+                            crate::util::priority::lower_current_thread();
+                        }
                         if let Some(c) = ThreadClock::current() {
                             clocks.lock().unwrap_or_else(|p| p.into_inner()).push(c);
                         }

@@ -107,6 +107,7 @@ struct Bucket {
 pub struct Lane {
     name: String,
     cores: usize,
+    background: AtomicBool,
     permits: Option<Arc<CorePermits>>,
     share_bits: AtomicU64,
     enforced: AtomicBool,
@@ -142,6 +143,7 @@ impl Lane {
         Lane {
             name: name.to_string(),
             cores: cores.max(1),
+            background: AtomicBool::new(false),
             permits,
             share_bits: AtomicU64::new(clamp_share(share).to_bits()),
             enforced: AtomicBool::new(true),
@@ -183,6 +185,17 @@ impl Lane {
                 .min(share * self.cores as f64 * BURST.as_secs_f64());
             self.share_bits.store(share.to_bits(), Ordering::Relaxed);
         }
+    }
+
+    /// Whether the lane's threads should run at background priority (training lanes under a
+    /// policy that prioritises; the thread that starts the lane's work reads it).
+    pub fn is_background(&self) -> bool {
+        self.background.load(Ordering::Relaxed)
+    }
+
+    /// Marks the lane's threads for background priority.
+    pub fn set_background(&self, on: bool) {
+        self.background.store(on, Ordering::Relaxed);
     }
 
     /// Whether the share is enforced.

@@ -375,7 +375,17 @@ impl Job {
                 Err(e) => return self.fail(format!("cannot load data: {e}")),
             },
         };
-        let backend = match CpuBackend::new(self.lane.cores()) {
+        // Training runs at background priority, so inference batches preempt it at once
+        // (the CPU's analogue of a low-priority stream).
+        let background = self.lane.is_background();
+        if background {
+            crate::util::priority::lower_current_thread();
+        }
+        let backend = match if background {
+            CpuBackend::background(self.lane.cores())
+        } else {
+            CpuBackend::new(self.lane.cores())
+        } {
             Ok(b) => b,
             Err(e) => return self.fail(e.to_string()),
         };

@@ -500,6 +500,9 @@ impl Node {
         }
         let dir = self.state_dir.join("jobs").join(&cfg.name);
         let lane = Arc::new(Lane::parallel(&cfg.name, &self.permits, share));
+        // Under a policy with shares, training runs below inference; with none, everything
+        // runs as it comes.
+        lane.set_background(!matches!(self.policy(), Policy::None));
         let job = Arc::new(Job::new(
             cfg.clone(),
             dir.clone(),
@@ -688,6 +691,15 @@ impl Node {
                 job: name.to_string(),
             },
         )
+    }
+
+    /// The share policy in force.
+    pub fn policy(&self) -> Policy {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .policy
+            .clone()
     }
 
     /// A job's view with the controller's latest decision about it.

@@ -3,5 +3,6 @@
 pub mod cputime;
 pub mod fsio;
 pub mod histogram;
+pub mod priority;
 pub mod rng;
 pub mod window;

@@ -1,0 +1,233 @@
+//! Text and SVG renderings of a scenario report.
+
+use std::fmt::Write;
+
+use super::scenario::Report;
+
+/// The report as a table for a terminal.
+pub fn text(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "scenario {}: {} s per policy on {} cores, SLO p99 <= {} ms\n",
+        r.scenario, r.duration_s, r.cores, r.slo_p99_ms
+    );
+    let _ = writeln!(
+        o,
+        "{:<9} {:>10} {:>11} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9}",
+        "POLICY",
+        "WINDOWS OK",
+        "REQUESTS OK",
+        "P99 MS",
+        "P50 MS",
+        "REJECTED",
+        "MISSES",
+        "MEAN |DEV|",
+        "SHARE-S",
+        "DEVICE-S"
+    );
+    for p in &r.policies {
+        let _ = writeln!(
+            o,
+            "{:<9} {:>9.1}% {:>10.2}% {:>8.2} {:>8.2} {:>9} {:>7} {:>10} {:>9} {:>9.1}",
+            p.policy,
+            p.windows_within_slo_pct,
+            p.requests_within_slo_pct,
+            p.p99_ms,
+            p.p50_ms,
+            p.rejected,
+            p.deadline_misses,
+            p.mean_abs_deviation_pct
+                .map_or("-".into(), |d| format!("{d:.2} %")),
+            p.share_seconds.map_or("-".into(), |s| format!("{s:.1}")),
+            p.device_seconds_used
+        );
+    }
+    let _ = writeln!(o);
+    for p in &r.policies {
+        for j in &p.jobs {
+            let _ = writeln!(
+                o,
+                "{:<9} job {:<12} deadline {:>8} finished {:>8} deviation {:>9} {}{}",
+                p.policy,
+                j.name,
+                j.deadline_s.map_or("-".into(), |d| format!("{d:.1} s")),
+                j.finish_s.map_or("-".into(), |f| format!("{f:.1} s")),
+                j.deviation_pct.map_or("-".into(), |d| format!("{d:+.2} %")),
+                if j.missed { "MISSED" } else { "met" },
+                j.refused
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" (refused: {r})"))
+            );
+        }
+    }
+    if let Some(x) = &r.ratios {
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            o,
+            "\nsetpoint / static: SLO window violations {}, request violations {}, share-seconds {}, device-seconds {}",
+            f(x.slo_window_violations),
+            f(x.slo_request_violations),
+            f(x.share_seconds),
+            f(x.device_seconds)
+        );
+    }
+    o
+}
+
+const COLORS: &[&str] = &[
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The report as an SVG: one panel per policy, the service's window p99 against the SLO
+/// above, each tenant's share below, over time.
+pub fn svg(r: &Report) -> String {
+    let (w, panel_h, pad) = (960.0, 300.0, 50.0);
+    let h = panel_h * r.policies.len() as f64 + 30.0;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        o,
+        r#"<text x="{pad}" y="18" font-size="14">{} — SLO p99 ≤ {} ms, {} s per policy, {} cores</text>"#,
+        esc(&r.scenario),
+        r.slo_p99_ms,
+        r.duration_s,
+        r.cores
+    );
+    let slo = r.slo_p99_ms;
+    let lat_max = r
+        .policies
+        .iter()
+        .flat_map(|p| p.timeline.iter().filter_map(|s| s.p99_s))
+        .map(|s| s * 1000.0)
+        .fold(2.0 * slo, f64::max)
+        .min(10.0 * slo);
+    let x_of = |t: f64| pad + (w - 2.0 * pad) * t / r.duration_s.max(1e-9);
+    for (i, p) in r.policies.iter().enumerate() {
+        let top = 30.0 + panel_h * i as f64;
+        let lat_y0 = top + 20.0;
+        let lat_h = panel_h * 0.45;
+        let sh_y0 = lat_y0 + lat_h + 25.0;
+        let sh_h = panel_h * 0.3;
+        let _ = writeln!(
+            o,
+            r#"<text x="{pad}" y="{}" font-weight="bold">{} — windows within SLO {:.1} %, p99 {:.2} ms, deadline misses {}</text>"#,
+            top + 12.0,
+            esc(&p.policy),
+            p.windows_within_slo_pct,
+            p.p99_ms,
+            p.deadline_misses
+        );
+        // Axes.
+        for (y0, hh, label, max) in [
+            (lat_y0, lat_h, "p99 ms", lat_max),
+            (sh_y0, sh_h, "share", 1.0),
+        ] {
+            let _ = writeln!(
+                o,
+                r##"<rect x="{pad}" y="{y0}" width="{}" height="{hh}" fill="none" stroke="#999"/>"##,
+                w - 2.0 * pad
+            );
+            let _ = writeln!(
+                o,
+                r##"<text x="4" y="{}" fill="#555">{label}</text><text x="{}" y="{}" fill="#555" text-anchor="end">{}</text>"##,
+                y0 + hh / 2.0,
+                pad - 4.0,
+                y0 + 10.0,
+                if max >= 10.0 {
+                    format!("{max:.0}")
+                } else {
+                    format!("{max:.1}")
+                }
+            );
+        }
+        let lat_y = |ms: f64| lat_y0 + lat_h * (1.0 - (ms / lat_max).min(1.0));
+        let sh_y = |s: f64| sh_y0 + sh_h * (1.0 - s.clamp(0.0, 1.0));
+        // SLO line.
+        let _ = writeln!(
+            o,
+            r##"<line x1="{pad}" x2="{}" y1="{y}" y2="{y}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{}" y="{}" fill="#d62728" text-anchor="end">SLO</text>"##,
+            w - pad,
+            w - pad - 2.0,
+            lat_y(slo) - 3.0,
+            y = lat_y(slo)
+        );
+        let pts: Vec<String> = p
+            .timeline
+            .iter()
+            .filter_map(|s| {
+                s.p99_s
+                    .map(|l| format!("{:.1},{:.1}", x_of(s.t_s), lat_y(l * 1000.0)))
+            })
+            .collect();
+        if !pts.is_empty() {
+            let _ = writeln!(
+                o,
+                r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{}"/>"##,
+                pts.join(" ")
+            );
+        }
+        // Shares per tenant.
+        let mut names: Vec<String> = Vec::new();
+        for s in &p.timeline {
+            for (n, _) in &s.shares {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+        }
+        for (k, name) in names.iter().enumerate() {
+            let color = COLORS[k % COLORS.len()];
+            let pts: Vec<String> = p
+                .timeline
+                .iter()
+                .filter_map(|s| {
+                    s.shares
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| format!("{:.1},{:.1}", x_of(s.t_s), sh_y(*v)))
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+                pts.join(" ")
+            );
+            let _ = writeln!(
+                o,
+                r#"<text x="{}" y="{}" fill="{color}">{}</text>"#,
+                pad + 8.0 + 110.0 * k as f64,
+                sh_y0 + sh_h + 14.0,
+                esc(name)
+            );
+        }
+        if names.is_empty() {
+            let _ = writeln!(
+                o,
+                r##"<text x="{}" y="{}" fill="#555">no shares: every lane runs unthrottled</text>"##,
+                pad + 8.0,
+                sh_y0 + sh_h / 2.0
+            );
+        }
+    }
+    // Time axis labels on the last panel.
+    let bottom = 30.0 + panel_h * r.policies.len() as f64 - 8.0;
+    let _ = writeln!(
+        o,
+        r##"<text x="{pad}" y="{bottom}" fill="#555">0 s</text><text x="{}" y="{bottom}" fill="#555" text-anchor="end">{} s</text>"##,
+        w - pad,
+        r.duration_s
+    );
+    let _ = writeln!(o, "</svg>");
+    o
+}
