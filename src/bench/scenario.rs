@@ -290,7 +290,7 @@ impl Scenario {
         if let Err(e) = crate::model::check_layers(&svc.layers) {
             errors.push(format!("service.layers: {e}"));
         }
-        if !(svc.slo_p99_ms > 0.0) {
+        if svc.slo_p99_ms.is_nan() || svc.slo_p99_ms <= 0.0 {
             errors.push(format!(
                 "service.slo_p99_ms: must be > 0, got {}",
                 svc.slo_p99_ms
