@@ -61,6 +61,17 @@ pub fn text(r: &Report) -> String {
             );
         }
     }
+    let late: Vec<String> = r
+        .policies
+        .iter()
+        .map(|p| format!("{} {:.2} ms", p.policy, p.generator_late_p99_ms))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\nlatency is the service's response time (queue + compute); the load generator's own \
+         p99 lateness, not counted: {}",
+        late.join(", ")
+    );
     if let Some(x) = &r.ratios {
         let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
         let _ = writeln!(

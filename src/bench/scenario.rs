@@ -44,9 +44,12 @@
 //! train = 0.45
 //! ```
 //!
-//! Unknown keys are errors. Latency is measured from each request's scheduled arrival to
-//! its answer, so a generator that falls behind does not hide queueing (no coordinated
-//! omission); a request refused because the queue was full counts as over the SLO.
+//! Unknown keys are errors. A request's latency is the service's response time as the
+//! server measures it — from its arrival in the queue to the end of its batch's compute —
+//! which is what the SLO is about and what Triton reports as request latency; a request
+//! refused because the queue was full counts as over the SLO. The load generator's own
+//! lateness (scheduled arrival to submission: timer wake-ups on a loaded machine) is reported
+//! beside it, so a reader can tell the harness from the service.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -462,6 +465,9 @@ pub struct PolicyReport {
     pub share_seconds: Option<f64>,
     /// Processor time used, in device-seconds (core-seconds / cores).
     pub device_seconds_used: f64,
+    /// p99 of the load generator's lateness (scheduled arrival to submission), ms: the
+    /// harness's own noise, not counted in the latencies.
+    pub generator_late_p99_ms: f64,
     /// Timeline.
     pub timeline: Vec<Sample>,
 }
@@ -672,7 +678,7 @@ fn run_policy(
     let stop = Arc::new(AtomicBool::new(false));
 
     // Arrivals: submit on schedule; answers are collected in order by a second thread.
-    let (tx, rx) = std::sync::mpsc::channel::<(f64, Option<crate::serve::Pending>)>();
+    let (tx, rx) = std::sync::mpsc::channel::<(f64, f64, Option<crate::serve::Pending>)>();
     let gen_svc = svc.clone();
     let gen_stop = stop.clone();
     let generator = std::thread::spawn(move || {
@@ -693,20 +699,26 @@ fn run_policy(
                     std::thread::yield_now();
                 }
             }
+            let late = t0.elapsed().as_secs_f64() - t;
             let pending = gen_svc.inner.submit(rows[i % rows.len()].clone()).ok();
-            if tx.send((t, pending)).is_err() {
+            if tx.send((t, late, pending)).is_err() {
                 break;
             }
         }
     });
     let collector = std::thread::spawn(move || {
         let mut lat = Vec::new();
-        for (t, p) in rx {
-            let ok = p.map(|p| p.wait().is_ok()).unwrap_or(false);
-            let done = t0.elapsed().as_secs_f64();
-            lat.push((t, if ok { done - t } else { f64::INFINITY }));
+        let mut late = Vec::new();
+        for (t, l, p) in rx {
+            let answer = p.map(|p| p.wait());
+            let server_s = match answer {
+                Some(Ok(r)) => (r.queue_us + r.compute_us) as f64 / 1e6,
+                _ => f64::INFINITY,
+            };
+            lat.push((t, server_s));
+            late.push(l);
         }
-        lat
+        (lat, late)
     });
 
     // Jobs, each submitted at its time on a thread of its own (admission measures a step).
@@ -736,12 +748,25 @@ fn run_policy(
         if let Some(w) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(w);
         }
-        let mut shares = vec![(svc.name().to_string(), svc.lane.share())];
-        for job in node.jobs() {
-            if job.state() == JobState::Running {
-                shares.push((job.name.clone(), job.lane().share()));
-            }
-        }
+        // Under the controller, the shares of one tick (lanes read one by one could straddle
+        // a tick); under a static policy, the lanes' fixed shares.
+        let shares: Vec<(String, f64)> = if policy_name == "setpoint" {
+            let d = node.last_decisions();
+            d.services
+                .iter()
+                .map(|x| (x.name.clone(), x.share))
+                .chain(d.jobs.iter().map(|x| (x.name.clone(), x.share)))
+                .collect()
+        } else {
+            std::iter::once((svc.name().to_string(), svc.lane.share()))
+                .chain(
+                    node.jobs()
+                        .iter()
+                        .filter(|j| j.state() == JobState::Running)
+                        .map(|j| (j.name.clone(), j.lane().share())),
+                )
+                .collect()
+        };
         let enforced = svc.lane.is_enforced();
         timeline.push(Sample {
             t_s: t0.elapsed().as_secs_f64(),
@@ -755,9 +780,11 @@ fn run_policy(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = generator.join();
-    let latencies = collector
+    let (latencies, mut lateness) = collector
         .join()
         .map_err(|_| ScenarioError::Run("the answer collector panicked".into()))?;
+    lateness.sort_by(|a, b| a.total_cmp(b));
+    let generator_late_p99_ms = 1000.0 * quantile(&lateness, 0.99);
     let refusals: HashMap<String, Option<String>> =
         starters.into_iter().filter_map(|h| h.join().ok()).collect();
 
@@ -804,14 +831,16 @@ fn run_policy(
     let cores = node.cores();
     node.shutdown();
 
-    Ok(summarise(
+    let mut r = summarise(
         s,
         policy_name,
         latencies,
         jobs,
         timeline,
         used_core_s / cores as f64,
-    ))
+    );
+    r.generator_late_p99_ms = generator_late_p99_ms;
+    Ok(r)
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -886,6 +915,7 @@ fn summarise(
         jobs,
         share_seconds,
         device_seconds_used,
+        generator_late_p99_ms: 0.0,
         timeline,
     }
 }

@@ -25,17 +25,27 @@ pub struct Refusal {
     pub earliest_deadline_in_s: f64,
 }
 
-/// Capacity committed to tenants that must be served, by the last decisions: services and
-/// deadline jobs at what they asked for, best-effort jobs at nothing.
+/// Capacity committed to tenants that must be served, by the last decisions: services at
+/// what they asked for, deadline jobs at the share their required rate needs (not their
+/// request of the moment, which a loop catching up or settling pushes up and down),
+/// best-effort jobs at nothing.
 fn committed(last: &Decisions) -> (f64, f64) {
     let services: f64 = last.services.iter().map(|s| s.requested).sum();
     let jobs: f64 = last
         .jobs
         .iter()
         .filter(|j| j.class == JobClass::Deadline)
-        .map(|j| j.requested)
+        .map(job_need)
         .sum();
     (services, jobs)
+}
+
+/// The share a deadline job needs to keep its required rate, when both are known.
+fn job_need(j: &super::JobDecision) -> f64 {
+    match (j.required_rate, j.rate_per_share) {
+        (Some(req), Some(rps)) if req.is_finite() && rps > 0.0 => (req / rps).min(1.0),
+        _ => j.requested,
+    }
 }
 
 /// Admits `c` when the share it needs until its deadline fits in the capacity the last
@@ -91,7 +101,7 @@ fn earliest_deadline(
         .map(|j| {
             (
                 j.predicted_finish_in_s.unwrap_or(f64::INFINITY),
-                j.requested,
+                job_need(j),
             )
         })
         .collect();

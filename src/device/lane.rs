@@ -65,21 +65,40 @@ impl CorePermits {
     /// taker leaves one free core for each lane already waiting, so a wide lane cannot keep
     /// a narrow one out by always taking every core as it comes back.
     pub fn take(&self, want: usize) -> usize {
+        loop {
+            if let Some(n) = self.take_within(want, Duration::from_secs(3600)) {
+                return n;
+            }
+        }
+    }
+
+    /// Like [`CorePermits::take`], giving up after `timeout` with None.
+    pub fn take_within(&self, want: usize, timeout: Duration) -> Option<usize> {
         let want = want.clamp(1, self.total);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.free > st.waiting {
             let got = want.min(st.free - st.waiting);
             st.free -= got;
-            return got;
+            return Some(got);
         }
+        let deadline = Instant::now() + timeout;
         st.waiting += 1;
         while st.free == 0 {
-            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if now >= deadline {
+                st.waiting -= 1;
+                return None;
+            }
+            st = self
+                .freed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         st.waiting -= 1;
         let got = want.min(st.free);
         st.free -= got;
-        got
+        Some(got)
     }
 
     /// Gives back `n` cores.
@@ -93,6 +112,16 @@ impl CorePermits {
     pub fn free(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).free
     }
+}
+
+/// Workers handed to one unit of work by [`Lane::take_workers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "give the workers back with Lane::give_workers"]
+pub struct Workers {
+    /// Threads the work may use.
+    pub n: usize,
+    /// Device permits among them, to give back.
+    permits: usize,
 }
 
 #[derive(Debug)]
@@ -285,7 +314,7 @@ impl Lane {
         let workers = self.take_workers();
         let c0 = cpu_time();
         let t0 = Instant::now();
-        let r = work(workers);
+        let r = work(workers.n);
         let wall = t0.elapsed();
         self.give_workers(workers);
         self.charge(wall, cpu_time().saturating_sub(c0));
@@ -294,18 +323,33 @@ impl Lane {
 
     /// The workers the next unit of work may use: within the share's budget and, for a
     /// parallel lane, as many of the device's cores as are free (at least one, waiting for
-    /// it). Give them back with [`Lane::give_workers`].
-    pub fn take_workers(&self) -> usize {
-        match self.permits.as_ref().filter(|_| self.is_enforced()) {
-            Some(p) => p.take(self.workers()),
-            None => self.workers(),
+    /// it). Hand the result back with [`Lane::give_workers`], whatever happens meanwhile.
+    pub fn take_workers(&self) -> Workers {
+        let Some(p) = &self.permits else {
+            return Workers {
+                n: self.workers(),
+                permits: 0,
+            };
+        };
+        // A lane whose enforcement is turned off while it waits stops waiting.
+        while self.is_enforced() {
+            if let Some(n) = p.take_within(self.workers(), Duration::from_millis(10)) {
+                return Workers { n, permits: n };
+            }
+        }
+        Workers {
+            n: self.workers(),
+            permits: 0,
         }
     }
 
-    /// Returns workers taken with [`Lane::take_workers`].
-    pub fn give_workers(&self, workers: usize) {
-        if let Some(p) = self.permits.as_ref().filter(|_| self.is_enforced()) {
-            p.give(workers);
+    /// Returns workers taken with [`Lane::take_workers`]: exactly the permits taken, even if
+    /// enforcement changed in between.
+    pub fn give_workers(&self, w: Workers) {
+        if w.permits > 0
+            && let Some(p) = &self.permits
+        {
+            p.give(w.permits);
         }
     }
 

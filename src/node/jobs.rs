@@ -466,7 +466,7 @@ impl Job {
             // on the workers the share allows, and is charged the CPU time it used.
             self.lane.acquire();
             let workers = self.lane.take_workers();
-            trainer.backend().set_workers(workers);
+            trainer.backend().set_workers(workers.n);
             let cpu0 = thread_cpu_time() + trainer.backend().pool_cpu_time();
             let t0 = Instant::now();
             let result = trainer.step(&mut no_events);

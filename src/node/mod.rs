@@ -501,8 +501,10 @@ impl Node {
         let dir = self.state_dir.join("jobs").join(&cfg.name);
         let lane = Arc::new(Lane::parallel(&cfg.name, &self.permits, share));
         // Under a policy with shares, training runs below inference; with none, everything
-        // runs as it comes.
-        lane.set_background(!matches!(self.policy(), Policy::None));
+        // runs as it comes, from the first step.
+        let shares = !matches!(self.policy(), Policy::None);
+        lane.set_background(shares);
+        lane.set_enforced(shares);
         let job = Arc::new(Job::new(
             cfg.clone(),
             dir.clone(),

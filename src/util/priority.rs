@@ -1,22 +1,24 @@
-//! Thread priority: the CPU's analogue of a CUDA stream priority. Training threads run at
-//! the lowest priority (nice 19), so an inference batch that wakes up preempts them at once
-//! instead of waiting for a time slice; they still get every cycle nobody else wants.
+//! Thread priority: the CPU's analogue of a CUDA stream priority. Training threads run
+//! under Linux's `SCHED_IDLE` policy: a thread of normal priority that wakes up (an
+//! inference batch, the HTTP workers, the control loop) preempts them at once instead of
+//! waiting out their time slice, and they still get every cycle nobody else wants. Like a
+//! low-priority stream, they can be starved by sustained higher-priority work; the lanes'
+//! shares, not the priority, decide how the device is divided.
+//!
+//! Plain niceness is not enough: with nice 19 the scheduler (EEVDF) still lets the running
+//! thread reach its deadline before a woken one runs, which cost a 2 ms SLO its tail in the
+//! `quick` scenario.
 
-/// Lowest nice level.
-pub const BACKGROUND_NICE: i32 = 19;
-
-/// Lowers the calling thread's priority to `BACKGROUND_NICE`. Lowering needs no privilege;
-/// raising it back does, so a thread that calls this stays low for its life. Returns
-/// whether it took effect (always false off Linux).
+/// Puts the calling thread in the background (`SCHED_IDLE`). Needs no privilege; leaving it
+/// does, so a thread that calls this stays there for its life. Returns whether it took
+/// effect (always false off Linux).
 pub fn lower_current_thread() -> bool {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: gettid takes no arguments and cannot fail; setpriority on our own thread
-        // id with a valid nice value only changes this thread's scheduling.
-        unsafe {
-            let tid = libc::syscall(libc::SYS_gettid);
-            libc::setpriority(libc::PRIO_PROCESS as _, tid as _, BACKGROUND_NICE) == 0
-        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid pointer for the call, and
+        // SCHED_IDLE with priority 0 is always a valid request.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -24,16 +26,12 @@ pub fn lower_current_thread() -> bool {
     }
 }
 
-/// The calling thread's nice value (None off Linux).
-pub fn current_nice() -> Option<i32> {
+/// Whether the calling thread runs in the background (None off Linux).
+pub fn is_background() -> Option<bool> {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: as above; getpriority returns the nice value, and -1 is ambiguous only
-        // for an error, which cannot happen for our own thread.
-        unsafe {
-            let tid = libc::syscall(libc::SYS_gettid);
-            Some(libc::getpriority(libc::PRIO_PROCESS as _, tid as _))
-        }
+        // SAFETY: pid 0 is the calling thread; the call only reads its policy.
+        Some(unsafe { libc::sched_getscheduler(0) } == libc::SCHED_IDLE)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -46,14 +44,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lowered_thread_reports_nice_19_and_others_are_untouched() {
-        let before = current_nice();
-        let t = std::thread::spawn(|| (lower_current_thread(), current_nice()));
-        let (ok, nice) = t.join().unwrap();
+    fn a_lowered_thread_is_in_the_background_and_others_are_untouched() {
+        let before = is_background();
+        let t = std::thread::spawn(|| (lower_current_thread(), is_background()));
+        let (ok, bg) = t.join().unwrap();
         if cfg!(target_os = "linux") {
             assert!(ok);
-            assert_eq!(nice, Some(BACKGROUND_NICE));
-            assert_eq!(current_nice(), before);
+            assert_eq!(bg, Some(true));
+            assert_eq!(before, Some(false));
+            assert_eq!(is_background(), Some(false));
         }
     }
 }

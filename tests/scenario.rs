@@ -1,0 +1,121 @@
+//! The scenario bench end to end on the CPU backend, and its file format's errors.
+
+use setpoint::bench::scenario::Scenario;
+
+fn quick() -> Scenario {
+    Scenario::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/scenarios/quick.toml"
+    )))
+    .unwrap()
+}
+
+#[test]
+fn the_controller_meets_an_slo_that_no_shares_misses() {
+    let mut s = quick();
+    s.policies = vec!["setpoint".into(), "none".into()];
+    let started = std::time::Instant::now();
+    let r = setpoint::bench::scenario::run(&s, &mut |line| eprintln!("{line}")).unwrap();
+    eprintln!("{}", setpoint::bench::report::text(&r));
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    let (ctl, none) = (&r.policies[0], &r.policies[1]);
+    assert_eq!(
+        (ctl.policy.as_str(), none.policy.as_str()),
+        ("setpoint", "none")
+    );
+    let slo = s.service.slo_p99_ms;
+    assert!(ctl.requests > 10_000, "{} requests", ctl.requests);
+    // The controller: p99 over the run within the SLO, nearly every request within it.
+    assert!(
+        ctl.p99_ms <= slo,
+        "setpoint p99 {} ms > SLO {slo} ms",
+        ctl.p99_ms
+    );
+    assert!(
+        ctl.requests_within_slo_pct >= 99.0,
+        "{}",
+        ctl.requests_within_slo_pct
+    );
+    // No shares: the training threads take the batcher's cores and the p99 breaks the SLO.
+    assert!(
+        none.p99_ms > slo,
+        "none p99 {} ms within the SLO",
+        none.p99_ms
+    );
+    assert!(ctl.windows_within_slo_pct > none.windows_within_slo_pct);
+    // The controller divided the device: the service and the jobs had shares, summing to
+    // at most 1 − reserve at every sample.
+    for sample in &ctl.timeline {
+        let sum: f64 = sample.shares.iter().map(|s| s.1).sum();
+        assert!(
+            sum <= 1.0 - s.reserve_frac + 1e-6,
+            "shares sum to {sum} at {}",
+            sample.t_s
+        );
+    }
+    assert!(ctl.timeline.iter().any(|t| t.shares.len() == 5));
+    assert!(none.share_seconds.is_none());
+}
+
+#[test]
+fn scenario_files_are_checked_with_clear_errors() {
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/scenarios/quick.toml"
+    ))
+    .unwrap();
+    let err = Scenario::parse(&base.replace("duration_s = 10", "duration_s = 10\nspeed = 2"))
+        .unwrap_err();
+    assert!(err.contains("unknown field `speed`"), "{err}");
+    let err = Scenario::parse(&base.replace("slo_p99_ms = 5", "slo_p99_ms = -1")).unwrap_err();
+    assert!(
+        err.contains("service.slo_p99_ms: must be > 0, got -1"),
+        "{err}"
+    );
+    let err = Scenario::parse(&base.replace("train-d = 0.15", "train-z = 1.5")).unwrap_err();
+    assert!(
+        err.contains("static.train-z: no service or job of that name"),
+        "{err}"
+    );
+    assert!(
+        err.contains("static.train-z: a share must be in [0, 1], got 1.5"),
+        "{err}"
+    );
+    let err = Scenario::parse(&base.replace("leftover = \"best-effort\"", "leftover = \"all\""))
+        .unwrap_err();
+    assert!(err.contains("leftover: expected"), "{err}");
+    // Both shipped scenarios are valid.
+    for f in ["quick.toml", "colocation.toml"] {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs/scenarios")
+            .join(f);
+        Scenario::load(&p).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+}
+
+#[test]
+fn arrivals_follow_the_rate_steps_and_bursts() {
+    let s = Scenario::parse(
+        r#"
+name = "t"
+duration_s = 20
+seed = 3
+[service]
+name = "m"
+layers = [4, 3]
+slo_p99_ms = 5
+arrivals = [ { at_s = 0, rate = 100 }, { at_s = 10, rate = 1000 } ]
+bursts = [ { at_s = 5, duration_s = 1, rate = 2000 } ]
+"#,
+    )
+    .unwrap();
+    let t = s.arrival_times();
+    let count = |a: f64, b: f64| t.iter().filter(|&&x| x >= a && x < b).count() as f64;
+    // Poisson counts within a few standard deviations of rate × time.
+    let near = |got: f64, want: f64| (got - want).abs() <= 4.0 * want.sqrt() + 1.0;
+    assert!(near(count(0.0, 5.0), 500.0), "{}", count(0.0, 5.0));
+    assert!(near(count(5.0, 6.0), 2100.0), "{}", count(5.0, 6.0));
+    assert!(near(count(10.0, 20.0), 10_000.0), "{}", count(10.0, 20.0));
+    assert!(t.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(t, s.arrival_times(), "seeded");
+}
