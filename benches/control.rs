@@ -17,6 +17,7 @@ fn observations(tenants: usize, k: usize) -> Observations {
                 arrival_rate: 100.0 + i as f64,
                 queue_len: i % 5,
                 batches: vec![(4, 0.0004), (1, 0.0002), (8, 0.0007)],
+                calibration: vec![],
                 batch_limit: 32,
                 share: 0.1,
                 max_share: 0.5,

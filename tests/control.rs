@@ -59,6 +59,7 @@ impl ServicePlant {
             arrival_rate: rate,
             queue_len: self.backlog as usize,
             batches: vec![(1, self.cost); rows],
+            calibration: vec![],
             batch_limit: 32,
             share,
             max_share: 0.5,

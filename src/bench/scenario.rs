@@ -413,6 +413,12 @@ pub struct Sample {
     pub p99_s: Option<f64>,
     /// Device busy fraction.
     pub busy_frac: f64,
+    /// The service's arrivals per second over the last control period.
+    pub arrival_rate: f64,
+    /// The controller's feed-forward share for the service (setpoint only).
+    pub feed_forward: Option<f64>,
+    /// The controller's measure of compute seconds per request (setpoint only).
+    pub cost_per_request_s: Option<f64>,
 }
 
 /// A job's outcome.
@@ -672,6 +678,9 @@ fn run_policy(
     let rows: Vec<Vec<f32>> = (0..256)
         .map(|_| (0..features).map(|_| rng.normal() as f32).collect())
         .collect();
+    // One unmeasured second at the starting rate first, the same for every policy: the
+    // first requests of a fresh process pay for page faults and thread start-up.
+    warm_up(&svc, &rows, s.rate_at(0.0), s.seed);
     let times = s.arrival_times();
     let t0 = Instant::now();
     let wall0 = SystemTime::now();
@@ -750,8 +759,10 @@ fn run_policy(
         }
         // Under the controller, the shares of one tick (lanes read one by one could straddle
         // a tick); under a static policy, the lanes' fixed shares.
+        let last = node.last_decisions();
+        let svc_decision = last.services.iter().find(|x| x.name == s.service.name);
         let shares: Vec<(String, f64)> = if policy_name == "setpoint" {
-            let d = node.last_decisions();
+            let d = &last;
             d.services
                 .iter()
                 .map(|x| (x.name.clone(), x.share))
@@ -776,6 +787,11 @@ fn run_policy(
                 .filter(|m| m.window.count > 0)
                 .map(|m| m.window.total.p99),
             busy_frac: node.busy_and_ticks().0,
+            arrival_rate: node
+                .service_measure(&s.service.name)
+                .map_or(0.0, |m| m.arrival_rate),
+            feed_forward: svc_decision.map(|d| d.feed_forward),
+            cost_per_request_s: svc_decision.and_then(|d| d.cost_per_request_s),
         });
     }
     stop.store(true, Ordering::Relaxed);
@@ -841,6 +857,31 @@ fn run_policy(
     );
     r.generator_late_p99_ms = generator_late_p99_ms;
     Ok(r)
+}
+
+/// Sends one second of Poisson arrivals at `rate` and waits for the answers.
+fn warm_up(svc: &crate::node::Service, rows: &[Vec<f32>], rate: f64, seed: u64) {
+    let mut rng = Rng::derived(seed, 0xBA5E);
+    let start = Instant::now();
+    let mut pending = Vec::new();
+    let mut t = 0.0;
+    while rate > 0.0 {
+        t += -(1.0 - rng.next_f64()).ln() / rate;
+        if t >= 1.0 {
+            break;
+        }
+        if let Some(wait) =
+            (start + Duration::from_secs_f64(t)).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
+        }
+        if let Ok(p) = svc.inner.submit(rows[pending.len() % rows.len()].clone()) {
+            pending.push(p);
+        }
+    }
+    for p in pending {
+        let _ = p.wait();
+    }
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {

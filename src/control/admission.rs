@@ -54,6 +54,7 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
     let capacity = (1.0 - cfg.reserve_frac).clamp(0.0, 1.0);
     let (svc, jobs) = committed(last);
     let available = (capacity - svc - jobs).max(0.0);
+    let (svc, jobs) = (svc.max(0.0), jobs.max(0.0));
     let cores = c.cores.max(1) as f64;
     // Aim at the same margin the job loop will aim at.
     let usable_s = c.deadline_in_s * (1.0 - cfg.deadline_margin_frac);

@@ -11,7 +11,7 @@ const MAX_ERROR: f64 = 3.0;
 /// Error used when the window holds no request: drift down slowly.
 const IDLE_ERROR: f64 = -0.25;
 /// A service's share never drops below its load times this, so its queue stays stable.
-const LOAD_FLOOR: f64 = 1.15;
+const LOAD_FLOOR: f64 = 1.1;
 /// A batch's predicted time may take at most this fraction of the SLO.
 const BATCH_TIME_FRAC: f64 = 0.5;
 /// Weight of a new measurement in the running averages.
@@ -103,7 +103,7 @@ pub fn decide(cfg: &ControlConfig, st: &mut ServiceState, o: &ServiceObs) -> Ser
         .batches
         .iter()
         .fold((0usize, 0.0f64), |(r, s), &(b, t)| (r + b, s + t));
-    for &(b, t) in &o.batches {
+    for &(b, t) in o.calibration.iter().chain(&o.batches) {
         st.model.observe(b, t);
     }
     if rows > 0 {
@@ -120,7 +120,17 @@ pub fn decide(cfg: &ControlConfig, st: &mut ServiceState, o: &ServiceObs) -> Ser
         st.arrival_rate + EWMA * (o.arrival_rate - st.arrival_rate)
     };
     let max_share = o.max_share.clamp(cfg.min_share, 1.0);
-    let load_share = st.cost_per_request.unwrap_or(0.0) * st.arrival_rate / cores;
+    // A request's cost depends on the batch it rides in: under load, batches fill and a row
+    // costs a fraction of what it costs alone. The load is priced at the largest batch the
+    // latency budget allows (at full speed), which is what the batcher reaches once a
+    // backlog forms; the latency loop corrects the rest.
+    let b_cap = batch_size(cfg, st, o);
+    let batched_cost = st.model.predict(b_cap).map(|t| t / b_cap as f64);
+    let cost = match (st.cost_per_request, batched_cost) {
+        (Some(c), Some(b)) => Some(c.min(b)),
+        (c, b) => c.or(b),
+    };
+    let load_share = cost.unwrap_or(0.0) * st.arrival_rate / cores;
     let ff = (load_share / cfg.service_utilisation).min(max_share);
     st.feed_forward = ff;
     let floor = (load_share * LOAD_FLOOR).clamp(cfg.min_share, max_share);
@@ -135,7 +145,7 @@ pub fn decide(cfg: &ControlConfig, st: &mut ServiceState, o: &ServiceObs) -> Ser
         name: o.name.clone(),
         requested,
         share: requested,
-        batch_size: batch_size(cfg, st, o, requested),
+        batch_size: b_cap,
         setpoint_s: setpoint,
         p99_s: o.p99_s,
         feed_forward: ff,
@@ -143,17 +153,17 @@ pub fn decide(cfg: &ControlConfig, st: &mut ServiceState, o: &ServiceObs) -> Ser
     }
 }
 
-/// The largest batch whose predicted time, slowed by the share's throttling, fits in
-/// `BATCH_TIME_FRAC` of the SLO.
-fn batch_size(_cfg: &ControlConfig, st: &ServiceState, o: &ServiceObs, share: f64) -> usize {
+/// The largest batch whose predicted time fits in `BATCH_TIME_FRAC` of the SLO. The share
+/// does not slow a batch down once it runs (the lane's credit decides when the next one
+/// starts), so the share plays no part here.
+fn batch_size(_cfg: &ControlConfig, st: &ServiceState, o: &ServiceObs) -> usize {
     let limit = o.batch_limit.max(1);
-    let speed = (share * o.cores.max(1) as f64).min(1.0);
     let budget = BATCH_TIME_FRAC * o.slo_s;
     if st.model.predict(1).is_none() {
         return limit;
     }
     // Predicted time grows with the batch, so a binary search finds the largest that fits.
-    let fits = |b: usize| st.model.predict(b).is_some_and(|t| t / speed <= budget);
+    let fits = |b: usize| st.model.predict(b).is_some_and(|t| t <= budget);
     if !fits(1) {
         return 1;
     }

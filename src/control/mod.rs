@@ -103,8 +103,11 @@ pub struct ServiceObs {
     pub arrival_rate: f64,
     /// Requests waiting now.
     pub queue_len: usize,
-    /// Batches run during the last period: (rows, compute seconds on one worker).
+    /// Batches run during the last period: (rows, compute seconds).
     pub batches: Vec<(usize, f64)>,
+    /// Batch times measured apart from traffic (a calibration at start): they teach the
+    /// service-time model but not the cost of the requests served.
+    pub calibration: Vec<(usize, f64)>,
     /// Largest batch the service can run.
     pub batch_limit: usize,
     /// The share it ran at during the last period.

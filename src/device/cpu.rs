@@ -158,6 +158,10 @@ impl Backend for CpuBackend {
             .store(workers.clamp(1, self.max_workers), Ordering::Relaxed);
     }
 
+    fn worker_cpu_time(&self) -> Duration {
+        self.pool_cpu_time()
+    }
+
     fn alloc(&self, len: usize) -> Result<CpuBuf, DeviceError> {
         Ok(CpuBuf(vec![0.0; len]))
     }

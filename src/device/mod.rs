@@ -258,6 +258,12 @@ pub trait Backend: Send + Sync {
         hp: AdamParams,
     ) -> Result<(), DeviceError>;
 
+    /// Processor time used so far by the backend's own worker threads (the caller's thread
+    /// is the caller's to measure); zero for a backend without workers of its own.
+    fn worker_cpu_time(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Waits until all queued work has finished (a no-op on the CPU).
     fn synchronize(&self) -> Result<(), DeviceError> {
         Ok(())

@@ -123,9 +123,15 @@ impl Node {
         let services = self.ready_services();
         for svc in &services {
             let name = svc.name().to_string();
-            let prev = st.prev.get(&name).copied().unwrap_or_default();
             let arrivals = svc.inner.arrivals();
             let usage = svc.lane.usage();
+            // A service seen for the first time starts counting now: what it did before (a
+            // warm-up, a load test before the loop started) is not this period's load.
+            let prev = *st.prev.entry(name.clone()).or_insert(Prev {
+                arrivals,
+                steps: 0,
+                core_s: usage.core_s,
+            });
             let window = svc.inner.window_stats();
             let success = svc.inner.stats().success_count;
             let prev_success = st.success.insert(name.clone(), success).unwrap_or(success);
@@ -154,6 +160,7 @@ impl Node {
                 arrival_rate,
                 queue_len: svc.inner.queue_len(),
                 batches: svc.inner.take_batch_log(),
+                calibration: svc.inner.take_calibration(),
                 batch_limit: svc.config.batching.max_batch_size,
                 share: svc.lane.share(),
                 // One batcher thread: it can use one core of the device at most.

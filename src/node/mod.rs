@@ -246,8 +246,8 @@ impl Node {
         }
     }
 
-    /// A lane for a new service: latency lanes start at what one batcher thread can use,
-    /// and the controller brings them down to what they need.
+    /// A lane for a new service: it starts with one core, and the controller brings it to
+    /// what it needs.
     fn service_lane(&self, name: &str) -> Arc<Lane> {
         Arc::new(Lane::new(name, self.cores, 1.0 / self.cores as f64))
     }
@@ -470,7 +470,10 @@ impl Node {
             cfg.deadline.map(|d| d.resolve(now))
         };
         let mut share = self.config.control.reserve_frac.max(0.05);
-        if let Some(deadline) = deadline {
+        // Admission weighs a job against what the controller has committed; under a fixed
+        // policy the operator decides what runs.
+        let controlled = matches!(self.policy(), Policy::Controller);
+        if let Some(deadline) = deadline.filter(|_| controlled) {
             let deadline_in_s = deadline
                 .duration_since(now)
                 .map_or(0.0, |d| d.as_secs_f64());

@@ -175,8 +175,9 @@ impl Service {
             max_queue: cfg.max_queue,
             window: Duration::from_millis(cfg.slo.window_ms),
         };
-        // Small batches of a small MLP run fastest on one thread: handing a few
-        // microseconds of work to a pool costs more than it saves.
+        // One worker: a batch split over several threads stalls whenever one of them is
+        // descheduled, and latency lanes share their cores with everything else; measured in
+        // the co-location scenario, two workers made the tail worse than one.
         let inner = InferenceService::start_in_lane(
             &cfg.name,
             CpuBackend::single(),

@@ -209,6 +209,7 @@ struct Shared {
     window: Mutex<LatencyWindow>,
     arrivals: AtomicU64,
     batch_log: Mutex<Vec<(usize, f64)>>,
+    calibration: Mutex<Vec<(usize, f64)>>,
     lane: Option<Arc<Lane>>,
 }
 
@@ -317,6 +318,7 @@ impl InferenceService {
             window: Mutex::new(LatencyWindow::new(config.window)),
             arrivals: AtomicU64::new(0),
             batch_log: Mutex::new(Vec::new()),
+            calibration: Mutex::new(Vec::new()),
             lane,
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue);
@@ -399,6 +401,13 @@ impl InferenceService {
     /// The batches run since the last call: (rows, seconds of forward pass).
     pub fn take_batch_log(&self) -> Vec<(usize, f64)> {
         std::mem::take(&mut *lock(&self.shared.batch_log))
+    }
+
+    /// The forward-pass times the batcher measured at start for batch sizes 1, 2, 4, … up
+    /// to the limit (three runs each, the fastest kept), taken once: what a batch of each size
+    /// costs before traffic has shown it.
+    pub fn take_calibration(&self) -> Vec<(usize, f64)> {
+        std::mem::take(&mut *lock(&self.shared.calibration))
     }
 
     /// The lane the service runs in, if any.
@@ -498,7 +507,40 @@ struct Worker<B: Backend> {
 }
 
 impl<B: Backend> Worker<B> {
+    /// Times the forward pass at batch sizes 1, 2, 4, … up to the limit, on zero inputs.
+    fn calibrate(&mut self) {
+        let limit = self.shared.batch_limit;
+        let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |b| Some(b * 2))
+            .take_while(|&b| b < limit)
+            .collect();
+        sizes.push(limit);
+        let zeros = vec![0.0f32; limit * self.shared.inputs];
+        let mut out = Vec::new();
+        for rows in sizes {
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let t0 = Instant::now();
+                let ok = self
+                    .backend
+                    .write(&mut self.x_buf, &zeros[..rows * self.shared.inputs])
+                    .is_ok()
+                    && self
+                        .mlp
+                        .predict(&self.backend, &mut self.ws, &self.x_buf, rows)
+                        .is_ok()
+                    && self.backend.synchronize().is_ok();
+                if !ok {
+                    return;
+                }
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            out.push((rows, best));
+        }
+        *lock(&self.shared.calibration) = out;
+    }
+
     fn run(mut self, rx: Receiver<Request>) {
+        self.calibrate();
         let mut batch: Vec<Request> = Vec::with_capacity(self.shared.batch_limit);
         while let Ok(first) = rx.recv() {
             let delay =
@@ -530,15 +572,20 @@ impl<B: Backend> Worker<B> {
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Request>) {
+        // A lane's share sets how many workers a batch may use (large batches parallelise).
+        if let Some(lane) = &self.shared.lane {
+            self.backend.set_workers(lane.workers());
+        }
         let start = Instant::now();
-        let cpu0 = thread_cpu_time();
+        let cpu0 = thread_cpu_time() + self.backend.worker_cpu_time();
         let rows = batch.len();
         let result = self.forward(batch);
         let end = Instant::now();
         let compute_us = (end - start).as_micros() as u64;
         let compute_s = (end - start).as_secs_f64();
         if let Some(lane) = &self.shared.lane {
-            lane.charge(end - start, thread_cpu_time().saturating_sub(cpu0));
+            let cpu = thread_cpu_time() + self.backend.worker_cpu_time();
+            lane.charge(end - start, cpu.saturating_sub(cpu0));
         }
         if result.is_ok() {
             let mut log = lock(&self.shared.batch_log);
