@@ -53,7 +53,11 @@ fn the_controller_meets_an_slo_that_no_shares_misses() {
             sample.t_s
         );
     }
-    assert!(ctl.timeline.iter().any(|t| t.shares.len() == 5));
+    assert!(
+        ctl.timeline
+            .iter()
+            .any(|t| t.shares.len() == 1 + s.jobs.len())
+    );
     assert!(none.share_seconds.is_none());
 }
 
@@ -72,7 +76,7 @@ fn scenario_files_are_checked_with_clear_errors() {
         err.contains("service.slo_p99_ms: must be > 0, got -1"),
         "{err}"
     );
-    let err = Scenario::parse(&base.replace("train-d = 0.15", "train-z = 1.5")).unwrap_err();
+    let err = Scenario::parse(&base.replace("train-f = 0.1", "train-z = 1.5")).unwrap_err();
     assert!(
         err.contains("static.train-z: no service or job of that name"),
         "{err}"

@@ -208,6 +208,90 @@ pub fn render(node: &Node) -> String {
         );
     }
 
+    let decisions = node.last_decisions();
+    let (busy, ticks) = node.busy_and_ticks();
+    o.header(
+        "setpoint_device_busy_ratio",
+        "gauge",
+        "Fraction of the device's workers busy over the last control period.",
+    );
+    o.sample("setpoint_device_busy_ratio", &[("device", "cpu")], busy);
+    o.header(
+        "setpoint_controller_ticks_total",
+        "counter",
+        "Control periods run.",
+    );
+    o.sample("setpoint_controller_ticks_total", &[], ticks as f64);
+    o.header(
+        "setpoint_service_latency_window_seconds",
+        "gauge",
+        "Request latency (queue + compute) quantiles over the service's SLO window.",
+    );
+    for (s, _) in &stats {
+        if let Some(m) = node
+            .service_measure(s.name())
+            .filter(|m| m.window.count > 0)
+        {
+            for (q, v) in [
+                ("0.5", m.window.total.p50),
+                ("0.95", m.window.total.p95),
+                ("0.99", m.window.total.p99),
+            ] {
+                o.sample(
+                    "setpoint_service_latency_window_seconds",
+                    &[("service", s.name()), ("quantile", q)],
+                    v,
+                );
+            }
+        }
+    }
+    o.header(
+        "setpoint_service_arrival_rate_per_second",
+        "gauge",
+        "Requests arriving per second over the last control period.",
+    );
+    for (s, _) in &stats {
+        if let Some(m) = node.service_measure(s.name()) {
+            o.sample(
+                "setpoint_service_arrival_rate_per_second",
+                &[("service", s.name())],
+                m.arrival_rate,
+            );
+        }
+    }
+    o.header(
+        "setpoint_tenant_requested_share_ratio",
+        "gauge",
+        "Share a tenant's loop asked for at the last tick, before the arbiter.",
+    );
+    for d in &decisions.services {
+        o.sample(
+            "setpoint_tenant_requested_share_ratio",
+            &[("tenant", &d.name), ("kind", "service")],
+            d.requested,
+        );
+    }
+    for d in &decisions.jobs {
+        o.sample(
+            "setpoint_tenant_requested_share_ratio",
+            &[("tenant", &d.name), ("kind", "job")],
+            d.requested,
+        );
+    }
+    o.header(
+        "setpoint_job_required_steps_per_second",
+        "gauge",
+        "Steps per second a deadline job needs to finish on time.",
+    );
+    for d in &decisions.jobs {
+        if let Some(r) = d.required_rate.filter(|r| r.is_finite()) {
+            o.sample(
+                "setpoint_job_required_steps_per_second",
+                &[("job", &d.name)],
+                r,
+            );
+        }
+    }
     let jobs: Vec<_> = node.jobs().iter().map(|j| node.job_view(j)).collect();
     o.header(
         "setpoint_tenant_share_ratio",

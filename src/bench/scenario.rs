@@ -864,8 +864,11 @@ fn warm_up(svc: &crate::node::Service, rows: &[Vec<f32>], rate: f64, seed: u64) 
     let mut rng = Rng::derived(seed, 0xBA5E);
     let start = Instant::now();
     let mut pending = Vec::new();
+    if rate <= 0.0 {
+        return;
+    }
     let mut t = 0.0;
-    while rate > 0.0 {
+    loop {
         t += -(1.0 - rng.next_f64()).ln() / rate;
         if t >= 1.0 {
             break;
