@@ -360,7 +360,8 @@ fn client_commands_drive_a_daemon_end_to_end() {
         "--layers",
         "64,10",
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    // A conflict with the node's state (409) exits 1.
+    assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
     let out = d.run(&[
         "submit",
@@ -376,8 +377,28 @@ fn client_commands_drive_a_daemon_end_to_end() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("target_accuracy"), "{}", stderr(&out));
     let out = d.run(&["jobs", "update", "t1", "--epochs", "5"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("has ended"), "{}", stderr(&out));
+    // A deadline the node cannot meet is refused at submission, with the earliest it can.
+    let out = d.run(&[
+        "submit",
+        "--name",
+        "too-soon",
+        "--data",
+        "synthetic:blobs:size=20000",
+        "--layers",
+        "64,512,512,10",
+        "--epochs",
+        "200",
+        "--deadline",
+        "5s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the earliest deadline it can meet is"),
+        "{}",
+        stderr(&out)
+    );
     let out = d.run(&["jobs", "update", "t1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -613,6 +613,49 @@ fn a_job_trains_then_serves_its_model_over_http() {
 }
 
 #[test]
+fn a_deadline_the_node_cannot_meet_is_refused_with_the_earliest_it_can() {
+    let d = Daemon::start("");
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs",
+        &json!({
+            "name": "big",
+            "data": "synthetic:blobs:size=20000",
+            "layers": [64, 512, 512, 10],
+            "epochs": 200,
+            "deadline": "5s",
+        }),
+    );
+    assert_eq!(s, 409, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.starts_with("job big needs "), "{msg}");
+    assert!(
+        msg.contains("of the device until its deadline in 5 s"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("the earliest deadline it can meet is "),
+        "{msg}"
+    );
+    // Nothing was recorded or started.
+    assert_eq!(d.get("/v1/jobs/big").0, 404);
+    // The same job as best-effort is accepted.
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs",
+        &json!({
+            "name": "big",
+            "data": "synthetic:blobs:size=20000",
+            "layers": [64, 512, 512, 10],
+            "epochs": 200,
+            "class": "best-effort",
+        }),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(d.send("DELETE", "/v1/jobs/big", &Value::Null).0, 200);
+}
+
+#[test]
 fn a_running_job_can_be_changed_and_cancelled_keeping_its_checkpoint() {
     let d = Daemon::start("");
     let (s, v) = d.send(

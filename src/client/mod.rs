@@ -62,7 +62,9 @@ impl ClientError {
     /// True for errors in what the user asked: a 4xx answer or unusable input (exit code 2).
     pub fn is_input(&self) -> bool {
         match self {
-            ClientError::Api { status, .. } => (400..500).contains(status),
+            // 409 is a conflict with the node's state (a name in use, a job that ended, a
+            // deadline the node cannot meet): not malformed input, so exit 1.
+            ClientError::Api { status, .. } => (400..500).contains(status) && *status != 409,
             ClientError::Input(_) => true,
             _ => false,
         }
