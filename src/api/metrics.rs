@@ -239,7 +239,7 @@ pub fn render(node: &Node) -> String {
             ] {
                 o.sample(
                     "setpoint_service_latency_window_seconds",
-                    &[("service", s.name()), ("quantile", q)],
+                    &[("service", s.name()), ("q", q)],
                     v,
                 );
             }
