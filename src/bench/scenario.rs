@@ -457,6 +457,8 @@ pub struct PolicyReport {
     pub windows: usize,
     /// % of windows whose p99 met the SLO.
     pub windows_within_slo_pct: f64,
+    /// p99 of each evaluation window in order, ms (None for a window without requests).
+    pub window_p99_ms: Vec<Option<f64>>,
     /// p99 over the whole run, ms.
     pub p99_ms: f64,
     /// p50 over the whole run, ms.
@@ -912,10 +914,17 @@ fn summarise(
     }
     let mut windows = 0;
     let mut good_windows = 0;
-    for w in per_window.iter_mut().filter(|w| !w.is_empty()) {
+    let mut window_p99_ms = Vec::with_capacity(per_window.len());
+    for w in per_window.iter_mut() {
+        if w.is_empty() {
+            window_p99_ms.push(None);
+            continue;
+        }
         w.sort_by(|a, b| a.total_cmp(b));
         windows += 1;
-        if quantile(w, 0.99) <= slo {
+        let p99 = quantile(w, 0.99);
+        window_p99_ms.push(Some(1000.0 * p99));
+        if p99 <= slo {
             good_windows += 1;
         }
     }
@@ -951,6 +960,7 @@ fn summarise(
         requests_within_slo_pct: pct(within, all.len()),
         windows,
         windows_within_slo_pct: pct(good_windows, windows),
+        window_p99_ms,
         p99_ms: 1000.0 * quantile(&all, 0.99),
         p50_ms: 1000.0 * quantile(&all, 0.50),
         deadline_misses: jobs.iter().filter(|j| j.missed).count(),

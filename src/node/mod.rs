@@ -460,10 +460,7 @@ impl Node {
             return Err(exists());
         }
         let now = SystemTime::now();
-        let data = crate::data::load(&cfg.data, &Default::default())
-            .map_err(|e| NodeError::Invalid(vec![format!("data: {e}")]))?;
-        let (steps_per_epoch, step_cost) = jobs::measure_step_cost(&cfg, &data)
-            .map_err(|e| NodeError::Invalid(vec![e.to_string()]))?;
+        let (data, steps_per_epoch, step_cost) = load_and_measure(&cfg)?;
         let deadline = if cfg.best_effort {
             None
         } else {
@@ -850,4 +847,27 @@ fn pending_view(
         origin: Some(ServiceOrigin::Config),
         created_at: None,
     }
+}
+
+/// Loads a job's data and measures a step, on a thread at background priority: a submission
+/// reads a whole data set and runs training steps, and must not take the cores from the
+/// services it is admitted beside. The cost is measured in the thread's CPU time, so a
+/// thread kept waiting by busier ones still measures what a step costs.
+fn load_and_measure(cfg: &JobConfig) -> Result<(crate::data::Dataset, usize, f64), NodeError> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("setpoint-admission".into())
+            .spawn_scoped(scope, || {
+                crate::util::priority::lower_current_thread();
+                let data = crate::data::load(&cfg.data, &Default::default())
+                    .map_err(|e| NodeError::Invalid(vec![format!("data: {e}")]))?;
+                let (steps, cost) = jobs::measure_step_cost(cfg, &data)
+                    .map_err(|e| NodeError::Invalid(vec![e.to_string()]))?;
+                Ok((data, steps, cost))
+            })
+            .map_err(|e| NodeError::Internal(format!("cannot start a thread: {e}")))?;
+        worker
+            .join()
+            .unwrap_or_else(|_| Err(NodeError::Internal("the admission thread panicked".into())))
+    })
 }
