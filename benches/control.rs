@@ -46,6 +46,7 @@ fn observations(tenants: usize, k: usize) -> Observations {
                 cores: 16,
             })
             .collect(),
+        ..Default::default()
     }
 }
 

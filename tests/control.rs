@@ -76,6 +76,7 @@ fn run_service(ctrl: &mut Controller, plant: &mut ServicePlant, rates: &[f64]) -
             now_s: k as f64 * PERIOD,
             services: vec![plant.obs(share, rate)],
             jobs: vec![],
+            ..Default::default()
         };
         let d = ctrl.tick(&obs);
         share = d.services[0].share;
@@ -217,6 +218,7 @@ fn run_job(
                 step_cost_core_s: cost_bias.map(|b| b * CORES as f64 / rate_per_share),
                 cores: CORES,
             }],
+            ..Default::default()
         };
         let d = ctrl.tick(&obs);
         share = d.jobs[0].share;
@@ -290,6 +292,7 @@ fn a_deadline_change_takes_effect_at_the_next_period() {
             now_s: k as f64 * PERIOD,
             services: vec![],
             jobs: vec![job(100.0 - k as f64 * PERIOD, 40 * k)],
+            ..Default::default()
         };
         last = Some(ctrl.tick(&obs).jobs[0].share);
     }
@@ -299,6 +302,7 @@ fn a_deadline_change_takes_effect_at_the_next_period() {
         now_s: 3.0,
         services: vec![],
         jobs: vec![job(24.0, 1200)],
+        ..Default::default()
     };
     let after = ctrl.tick(&obs).jobs[0].share;
     assert!(after > 2.5 * before, "{before} → {after}");
@@ -326,6 +330,7 @@ fn an_impossible_deadline_saturates_and_a_relaxed_one_recovers_without_windup() 
             step_cost_core_s: None,
             cores: CORES,
         }],
+        ..Default::default()
     };
     let mut share = 0.5;
     let mut done = 0;
@@ -396,7 +401,18 @@ fn the_arbiter_keeps_its_invariants_under_random_requests() {
             ..ControlConfig::default()
         };
         let (mut s, mut j) = random_decisions(&mut rng);
-        let cap = arbitrate(&cfg, &mut s, &mut j);
+        // Foreign load (other processes on the device) is never handed out.
+        let foreign = if trial % 4 == 0 {
+            rng.uniform(0.0, 1.2)
+        } else {
+            0.0
+        };
+        let cap = arbitrate(&cfg, foreign, &mut s, &mut j);
+        assert!(
+            (cap - (1.0 - cfg.reserve_frac - foreign).clamp(0.0, 1.0)).abs() < 1e-12,
+            "trial {trial}: capacity {cap} with reserve {} and foreign load {foreign}",
+            cfg.reserve_frac
+        );
         let n = s.len() + j.len();
         let floor = cfg.min_share.min(cap / n.max(1) as f64);
         let sum: f64 =
@@ -489,6 +505,7 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
         }],
         capacity: 0.95,
         assigned: 0.7,
+        ..Default::default()
     };
     // 0.25 of 2 cores is free: 60 core-seconds need 120 s at 0.25.
     let c = |deadline: f64| Candidate {
@@ -522,4 +539,18 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
     );
     // At that deadline the job would have been admitted had the other job already gone.
     assert!(refusal.earliest_deadline_in_s > 60.0);
+
+    // Load from processes setpoint does not own is not handed out: with 0.2 of the device
+    // busy elsewhere, the deadline admitted above no longer fits (0.05 free, 0.15 needed).
+    let busy = Decisions {
+        foreign_load: 0.2,
+        ..last.clone()
+    };
+    let refusal = admit(&cfg, &busy, &c(200.0)).unwrap_err();
+    assert!(
+        refusal.reason.contains("only 0.05 is free")
+            && refusal.reason.ends_with("reserve 0.05, other processes 0.20)"),
+        "{}",
+        refusal.reason
+    );
 }

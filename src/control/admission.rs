@@ -51,7 +51,12 @@ fn job_need(j: &super::JobDecision) -> f64 {
 /// Admits `c` when the share it needs until its deadline fits in the capacity the last
 /// decisions left uncommitted; returns that share.
 pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64, Refusal> {
-    let capacity = (1.0 - cfg.reserve_frac).clamp(0.0, 1.0);
+    let foreign = if last.foreign_load.is_finite() {
+        last.foreign_load.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let capacity = (1.0 - cfg.reserve_frac - foreign).clamp(0.0, 1.0);
     let (svc, jobs) = committed(last);
     let available = (capacity - svc - jobs).max(0.0);
     let (svc, jobs) = (svc.max(0.0), jobs.max(0.0));
@@ -70,7 +75,7 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
     Err(Refusal {
         reason: format!(
             "job {} needs {} of the device until its deadline in {:.0} s, but only {:.2} is free \
-             (services hold {svc:.2}, deadline jobs {jobs:.2}, reserve {:.2})",
+             (services hold {svc:.2}, deadline jobs {jobs:.2}, reserve {:.2}{})",
             c.name,
             if needed.is_finite() {
                 format!("{needed:.2}")
@@ -80,6 +85,11 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
             c.deadline_in_s,
             available,
             cfg.reserve_frac,
+            if foreign > 0.0 {
+                format!(", other processes {foreign:.2}")
+            } else {
+                String::new()
+            },
         ),
         earliest_deadline_in_s: earliest,
     })

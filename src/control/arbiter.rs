@@ -14,10 +14,16 @@ use super::{ControlConfig, JobClass, JobDecision, Leftover, ServiceDecision};
 /// always sum to at most the capacity.
 pub fn arbitrate(
     cfg: &ControlConfig,
+    foreign_load: f64,
     services: &mut [ServiceDecision],
     jobs: &mut [JobDecision],
 ) -> f64 {
-    let capacity = (1.0 - cfg.reserve_frac).clamp(0.0, 1.0);
+    let foreign = if foreign_load.is_finite() {
+        foreign_load.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let capacity = (1.0 - cfg.reserve_frac - foreign).clamp(0.0, 1.0);
     let n = services.len() + jobs.len();
     if n == 0 {
         return capacity;

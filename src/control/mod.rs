@@ -170,6 +170,12 @@ pub struct Observations {
     pub services: Vec<ServiceObs>,
     /// Running training jobs.
     pub jobs: Vec<JobObs>,
+    /// Fraction of the device busy with work of processes setpoint does not own (from
+    /// NVML's per-process samples; 0 when unknown). It is not handed out.
+    pub foreign_load: f64,
+    /// Why the device runs slower than it could (thermal or power throttling), as the
+    /// telemetry reports it; shown beside the decisions it explains.
+    pub throttling: Vec<String>,
 }
 
 /// What the controller decided for a service.
@@ -230,8 +236,12 @@ pub struct Decisions {
     pub services: Vec<ServiceDecision>,
     /// Per job.
     pub jobs: Vec<JobDecision>,
-    /// Capacity that may be handed out (`1 − reserve`).
+    /// Capacity that may be handed out (`1 − reserve − foreign load`).
     pub capacity: f64,
+    /// Foreign load this tick (see [`Observations::foreign_load`]).
+    pub foreign_load: f64,
+    /// Throttling this tick (see [`Observations::throttling`]).
+    pub throttling: Vec<String>,
     /// Sum of granted shares.
     pub assigned: f64,
 }
@@ -308,7 +318,7 @@ impl Controller {
                 obs.jobs.iter().map(|j| j.name.as_str()).collect();
             self.jobs.retain(|k, _| live.contains(k.as_str()));
         }
-        let capacity = arbiter::arbitrate(&self.cfg, &mut services, &mut jobs);
+        let capacity = arbiter::arbitrate(&self.cfg, obs.foreign_load, &mut services, &mut jobs);
         for (d, o) in jobs.iter_mut().zip(&obs.jobs) {
             d.predicted_finish_in_s = training::predicted_finish(d, o);
         }
@@ -330,6 +340,8 @@ impl Controller {
             jobs,
             capacity,
             assigned,
+            foreign_load: obs.foreign_load,
+            throttling: obs.throttling.clone(),
         }
     }
 }
