@@ -35,6 +35,34 @@ pub enum Command {
     Status(StatusArgs),
     /// Benchmarks against a running daemon.
     Bench(BenchArgs),
+    /// Check the CUDA kernels built into this binary (no GPU needed).
+    Kernels(KernelsArgs),
+    /// Run every GPU check and measurement on this host's GPU and write them as JSON.
+    ///
+    /// Kernels against the CPU backend (f32 tight, bf16 relaxed) at several CTA budgets and
+    /// the tensor-core GEMM against its SIMT twin; GEMM TFLOP/s against cuBLAS at 1024³ …
+    /// 8192³ (f32 and bf16); training samples/s on the GPU and the CPU backend; two lanes at
+    /// shares 0.25/0.75; inference p99 alone and beside a training lane with and without
+    /// stream priority. Writes OUT/gpu-check.json. Exits 1 when no GPU can be used or a
+    /// kernel check fails. `scripts/gpu-check.sh` runs it with nvidia-smi sampled alongside.
+    GpuCheck(GpuCheckArgs),
+}
+
+/// `setpoint gpu-check`.
+#[derive(Debug, Args)]
+pub struct GpuCheckArgs {
+    /// Folder for gpu-check.json (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// GPU ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
+    /// The digits CSV for the small training comparison (skipped when not given).
+    #[arg(long, value_name = "FILE")]
+    pub digits: Option<PathBuf>,
+    /// Shorter runs, GEMMs up to 4096³ only.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// Where the daemon is and how to print its answers; shared by the client commands.
@@ -267,6 +295,50 @@ pub struct BenchHttpArgs {
     pub seed: u64,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `setpoint kernels`.
+#[derive(Debug, Args)]
+pub struct KernelsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KernelsCommand,
+}
+
+/// `setpoint kernels …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KernelsCommand {
+    /// Compile every kernel module and report each kernel's registers, shared memory and
+    /// spills.
+    ///
+    /// Each module (kernels/*.cu, embedded at build time) is compiled to PTX with NVRTC, or
+    /// taken prebuilt when the build had nvcc for this architecture. When ptxas is found
+    /// (--ptxas, else $PTXAS, else PATH, else ./.cuda-tools/nvidia/cuda_nvcc/bin/ptxas) the
+    /// PTX is also assembled for --arch and the table shows registers, static shared memory
+    /// and spill bytes per kernel; without ptxas only the compilation is checked, and the
+    /// output says so. Register spills are reported, not treated as failures. Exits 1 when a
+    /// module fails to compile or assemble, or NVRTC cannot be loaded (scripts/cuda-tools.sh
+    /// installs NVRTC and ptxas; no GPU is needed).
+    Check(KernelsCheckArgs),
+}
+
+/// `setpoint kernels check`.
+#[derive(Debug, Args)]
+pub struct KernelsCheckArgs {
+    /// GPU architecture to compile and assemble for.
+    #[arg(long, value_name = "sm_XX", default_value = setpoint::kernels::DEFAULT_ARCH)]
+    pub arch: String,
+    /// ptxas to assemble with [default: ptxas on PATH, else
+    /// ./.cuda-tools/nvidia/cuda_nvcc/bin/ptxas].
+    #[arg(long, value_name = "PATH", env = "PTXAS")]
+    pub ptxas: Option<PathBuf>,
+    /// Read and fill a PTX cache under DIR/kernels (the layout the CUDA backend uses)
+    /// instead of compiling every module afresh.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `setpoint serve`.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod data;
 pub mod device;
+pub mod kernels;
 pub mod model;
 pub mod node;
 pub mod serve;

@@ -14,12 +14,14 @@ use serde_json::json;
 
 use cli::{
     BenchArgs, BenchCommand, BenchHttpArgs, CheckConfigArgs, Cli, ClientArgs, Command, DataArgs,
-    InferArgs, JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs, OptimizerArg, PredictArgs,
-    ServeArgs, StatusArgs, SubmitArgs, TrainArgs,
+    GpuCheckArgs, InferArgs, JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs, KernelsArgs,
+    KernelsCheckArgs, KernelsCommand, OptimizerArg, PredictArgs, ServeArgs, StatusArgs, SubmitArgs,
+    TrainArgs,
 };
 use setpoint::client::{self as sp_client, Client, ClientError, path_segment, table, v2};
 use setpoint::data::{self, DataError, Dataset, LabelColumn, LoadOptions};
 use setpoint::device::{Backend, CpuBackend, DeviceError, SgdParams};
+use setpoint::kernels::{self, CudaArch, KernelError, KernelResources, KernelSource, PtxOrigin};
 use setpoint::model::checkpoint::{Checkpoint, CheckpointError};
 use setpoint::model::{Mlp, ModelError, Optimizer, Workspace, format_layers, parse_layers};
 use setpoint::train::{TrainError, TrainEvent, TrainReport, TrainSpec, Trainer, argmax};
@@ -112,6 +114,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 2,
             };
         }
+        if let Some(k) = cause.downcast_ref::<KernelError>() {
+            return if k.is_input() { 2 } else { 1 };
+        }
         if let Some(m) = cause.downcast_ref::<ModelError>() {
             return if matches!(m, ModelError::Device(_)) {
                 1
@@ -134,6 +139,8 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Infer(args) => infer(args),
         Command::Status(args) => status(args),
         Command::Bench(args) => bench(args),
+        Command::Kernels(args) => kernels_cmd(args),
+        Command::GpuCheck(args) => gpu_check(args),
     }
 }
 
@@ -960,4 +967,384 @@ fn bench_http(a: BenchHttpArgs) -> anyhow::Result<()> {
         return print_json(&v);
     }
     print_text(&sp_client::bench::render(&report))
+}
+
+fn kernels_cmd(args: KernelsArgs) -> anyhow::Result<()> {
+    match args.command {
+        KernelsCommand::Check(a) => kernels_check(a),
+    }
+}
+
+/// One kernel module's outcome in `kernels check`.
+struct ModuleCheck {
+    module: &'static str,
+    origin: Option<PtxOrigin>,
+    ptx_bytes: usize,
+    nvrtc_log: String,
+    /// Kernel names: the source's `extern "C" __global__` functions, then any other PTX entry.
+    kernels: Vec<String>,
+    /// From ptxas, when it ran and succeeded.
+    resources: Option<Vec<KernelResources>>,
+    ptxas_warnings: Vec<String>,
+    error: Option<String>,
+}
+
+fn kernels_check(a: KernelsCheckArgs) -> anyhow::Result<()> {
+    let arch = CudaArch::parse(&a.arch)?;
+    let sources = kernels::sources();
+    if sources.is_empty() {
+        return Err(KernelError::NoSources.into());
+    }
+    let ptxas = kernels::find_ptxas(a.ptxas.as_deref())?;
+    let all_prebuilt = kernels::prebuilt_arch() == Some(arch.compute().as_str())
+        && sources.iter().all(|s| s.prebuilt_ptx.is_some());
+    // Without NVRTC nothing below can work; say so once rather than once per module.
+    let nvrtc_version = if all_prebuilt {
+        kernels::nvrtc_version().ok()
+    } else {
+        Some(kernels::nvrtc_version()?)
+    };
+    let ptxas_version = ptxas.as_deref().and_then(kernels::ptxas_version);
+    // Modules are independent; NVRTC and ptxas take seconds on the larger ones.
+    let checks: Vec<ModuleCheck> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|s| {
+                let (arch, cache, ptxas) = (&arch, a.cache_dir.as_deref(), ptxas.as_deref());
+                (s, scope.spawn(move || check_module(s, cache, arch, ptxas)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(s, h)| {
+                h.join().unwrap_or_else(|_| ModuleCheck {
+                    error: Some("the check of this module panicked".into()),
+                    ..empty_check(s)
+                })
+            })
+            .collect()
+    });
+    let failed = checks.iter().filter(|c| c.error.is_some()).count();
+    if a.json {
+        print_json(&kernels_check_json(
+            &checks,
+            &arch,
+            nvrtc_version.as_deref(),
+            ptxas.as_deref(),
+            ptxas_version.as_deref(),
+        ))?;
+        if ptxas.is_none() {
+            eprintln!("{}", no_ptxas_note());
+        }
+    } else {
+        print_text(&kernels_check_text(
+            &checks,
+            &arch,
+            nvrtc_version.as_deref(),
+            ptxas.as_deref(),
+            ptxas_version.as_deref(),
+        ))?;
+    }
+    if failed > 0 {
+        let names: Vec<&str> = checks
+            .iter()
+            .filter(|c| c.error.is_some())
+            .map(|c| c.module)
+            .collect();
+        let mut msg = format!(
+            "{failed} of {} kernel modules failed: {}",
+            checks.len(),
+            names.join(", ")
+        );
+        if a.json {
+            // The JSON holds the details; repeat them where people look.
+            for c in checks.iter().filter(|c| c.error.is_some()) {
+                msg.push_str(&format!(
+                    "\n{}: {}",
+                    c.module,
+                    c.error.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        return Err(anyhow!(msg));
+    }
+    Ok(())
+}
+
+fn empty_check(s: &KernelSource) -> ModuleCheck {
+    ModuleCheck {
+        module: s.module,
+        origin: None,
+        ptx_bytes: 0,
+        nvrtc_log: String::new(),
+        kernels: kernels::kernel_names(s.source),
+        resources: None,
+        ptxas_warnings: Vec::new(),
+        error: None,
+    }
+}
+
+fn check_module(
+    s: &'static KernelSource,
+    cache_dir: Option<&Path>,
+    arch: &CudaArch,
+    ptxas: Option<&Path>,
+) -> ModuleCheck {
+    let mut c = empty_check(s);
+    let loaded = match kernels::load_module(s, cache_dir, arch) {
+        Ok(l) => l,
+        Err(e) => {
+            c.error = Some(e.to_string());
+            return c;
+        }
+    };
+    c.origin = Some(loaded.origin);
+    c.ptx_bytes = loaded.ptx.len();
+    c.nvrtc_log = loaded.nvrtc_log;
+    let entries = kernels::ptx_entries(&loaded.ptx);
+    let absent: Vec<&str> = c
+        .kernels
+        .iter()
+        .filter(|k| !entries.contains(k))
+        .map(String::as_str)
+        .collect();
+    if !absent.is_empty() {
+        c.error = Some(format!(
+            "the PTX lacks kernels the source declares extern \"C\" __global__: {}",
+            absent.join(", ")
+        ));
+        return c;
+    }
+    for e in entries {
+        if !c.kernels.contains(&e) {
+            c.kernels.push(e);
+        }
+    }
+    if c.kernels.is_empty() {
+        c.error = Some("the module defines no extern \"C\" __global__ kernel".into());
+        return c;
+    }
+    if let Some(ptxas) = ptxas {
+        match kernels::ptxas_assemble(&loaded.ptx, arch, ptxas) {
+            Ok(r) => {
+                c.resources = Some(r.kernels);
+                c.ptxas_warnings = r.warnings;
+            }
+            Err(e) => c.error = Some(e.to_string()),
+        }
+    }
+    c
+}
+
+fn no_ptxas_note() -> String {
+    format!(
+        "ptxas not found (--ptxas, $PTXAS, PATH, ./{}): the kernels were compiled to PTX but \
+         not assembled, so registers, shared memory and spills are not reported; \
+         scripts/cuda-tools.sh installs ptxas",
+        kernels::LOCAL_PTXAS
+    )
+}
+
+fn kernels_check_text(
+    checks: &[ModuleCheck],
+    arch: &CudaArch,
+    nvrtc_version: Option<&str>,
+    ptxas: Option<&Path>,
+    ptxas_version: Option<&str>,
+) -> String {
+    let mut out = format!(
+        "kernels check for {arch}: NVRTC {}, ptxas {}\n",
+        nvrtc_version.unwrap_or("not loaded"),
+        match (ptxas, ptxas_version) {
+            (Some(p), Some(v)) => format!("{v} ({})", p.display()),
+            (Some(p), None) => p.display().to_string(),
+            (None, _) => "not found".into(),
+        }
+    );
+    if ptxas.is_none() {
+        out.push_str(&no_ptxas_note());
+        out.push('\n');
+    }
+    out.push('\n');
+    let mut table = setpoint::client::table::Table::new(&[
+        "module",
+        "kernel",
+        "ptx",
+        "registers",
+        "smem_bytes",
+        "spill_store_bytes",
+        "spill_load_bytes",
+    ])
+    .right_align(&[3, 4, 5, 6]);
+    let dash = || "-".to_string();
+    for c in checks {
+        let origin = c.origin.map_or("-", PtxOrigin::as_str).to_string();
+        if c.error.is_some() && c.resources.is_none() && c.origin.is_none() {
+            table.row(vec![c.module.into(), dash(), "FAILED".into()]);
+            continue;
+        }
+        for k in &c.kernels {
+            let r = c
+                .resources
+                .as_ref()
+                .and_then(|rs| rs.iter().find(|r| &r.kernel == k));
+            let mut row = vec![c.module.to_string(), k.clone(), origin.clone()];
+            match r {
+                Some(r) => row.extend([
+                    r.registers.to_string(),
+                    r.smem_bytes.to_string(),
+                    r.spill_store_bytes.to_string(),
+                    r.spill_load_bytes.to_string(),
+                ]),
+                None if c.error.is_some() => row.extend(["FAILED".into(), dash(), dash(), dash()]),
+                None => row.extend([dash(), dash(), dash(), dash()]),
+            }
+            table.row(row);
+        }
+    }
+    out.push_str(&table.render());
+    for c in checks {
+        if !c.nvrtc_log.is_empty() {
+            out.push_str(&format!(
+                "\nNVRTC messages for {}:\n{}\n",
+                c.module, c.nvrtc_log
+            ));
+        }
+        for w in &c.ptxas_warnings {
+            out.push_str(&format!("\nptxas warning for {}: {w}\n", c.module));
+        }
+        if let Some(e) = &c.error {
+            out.push_str(&format!("\n{} FAILED: {e}\n", c.module));
+        }
+    }
+    let kernels: usize = checks.iter().map(|c| c.kernels.len()).sum();
+    let spilling: Vec<&str> = checks
+        .iter()
+        .filter_map(|c| c.resources.as_ref())
+        .flatten()
+        .filter(|r| r.spill_store_bytes > 0 || r.spill_load_bytes > 0)
+        .map(|r| r.kernel.as_str())
+        .collect();
+    let failed = checks.iter().filter(|c| c.error.is_some()).count();
+    out.push('\n');
+    if failed > 0 {
+        out.push_str(&format!("{failed} of {} modules failed\n", checks.len()));
+    } else {
+        let how = if ptxas.is_some() {
+            format!("compiled and assembled for {arch}")
+        } else {
+            format!("compiled to PTX for {} (not assembled)", arch.compute())
+        };
+        out.push_str(&format!(
+            "{kernels} kernels in {} modules {how}\n",
+            checks.len()
+        ));
+    }
+    if ptxas.is_some() {
+        if spilling.is_empty() {
+            out.push_str("no register spills\n");
+        } else {
+            out.push_str(&format!(
+                "register spills (reported, not a failure): {}\n",
+                spilling.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+fn kernels_check_json(
+    checks: &[ModuleCheck],
+    arch: &CudaArch,
+    nvrtc_version: Option<&str>,
+    ptxas: Option<&Path>,
+    ptxas_version: Option<&str>,
+) -> serde_json::Value {
+    let modules: Vec<serde_json::Value> = checks
+        .iter()
+        .map(|c| {
+            let kernels: Vec<serde_json::Value> = c
+                .kernels
+                .iter()
+                .map(|k| {
+                    let r = c
+                        .resources
+                        .as_ref()
+                        .and_then(|rs| rs.iter().find(|r| &r.kernel == k));
+                    json!({
+                        "name": k,
+                        "compiled": c.origin.is_some(),
+                        "assembled": r.is_some(),
+                        "registers": r.map(|r| r.registers),
+                        "smem_bytes": r.map(|r| r.smem_bytes),
+                        "barriers": r.and_then(|r| r.barriers),
+                        "stack_frame_bytes": r.map(|r| r.stack_frame_bytes),
+                        "spill_store_bytes": r.map(|r| r.spill_store_bytes),
+                        "spill_load_bytes": r.map(|r| r.spill_load_bytes),
+                    })
+                })
+                .collect();
+            json!({
+                "module": c.module,
+                "ok": c.error.is_none(),
+                "ptx_origin": c.origin,
+                "ptx_bytes": c.ptx_bytes,
+                "nvrtc_log": c.nvrtc_log,
+                "ptxas_warnings": c.ptxas_warnings,
+                "error": c.error,
+                "kernels": kernels,
+            })
+        })
+        .collect();
+    json!({
+        "ok": checks.iter().all(|c| c.error.is_none()),
+        "arch": arch.sm(),
+        "nvrtc_version": nvrtc_version,
+        "ptxas": ptxas,
+        "ptxas_version": ptxas_version,
+        "modules": modules,
+    })
+}
+
+fn gpu_check(a: GpuCheckArgs) -> anyhow::Result<()> {
+    use setpoint::bench::gpu;
+    let gpus = setpoint::device::cuda::probe().map_err(|why| anyhow!("no usable GPU: {why}"))?;
+    if !gpus.iter().any(|g| g.index == a.gpu) {
+        return Err(anyhow!(
+            "no GPU {}: the driver reports {} GPU(s)",
+            a.gpu,
+            gpus.len()
+        ));
+    }
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let opts = gpu::GpuCheckOptions {
+        gpu: a.gpu,
+        digits: a.digits.clone(),
+        quick: a.quick,
+        cache_dir: Some(a.out.join("cache")),
+    };
+    let report = gpu::run(&opts, &mut |line| eprintln!("{line}"));
+    let path = a.out.join("gpu-check.json");
+    let text = serde_json::to_string_pretty(&report)?;
+    setpoint::util::fsio::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("{}", path.display());
+    if let Some(e) = report.get("error") {
+        return Err(anyhow!("{}", e.as_str().unwrap_or("gpu-check failed")));
+    }
+    let failed = report["kernels"]["failed"].as_u64();
+    match failed {
+        Some(0) => Ok(()),
+        Some(n) => Err(anyhow!(
+            "{n} kernel check(s) failed; see {}",
+            path.display()
+        )),
+        None => Err(anyhow!(
+            "the kernel checks did not run: {}",
+            report["kernels"]["error"]
+                .as_str()
+                .unwrap_or("unknown error")
+        )),
+    }
 }

@@ -318,3 +318,27 @@ fn version_names_the_revision() {
         stdout(&out)
     );
 }
+
+#[test]
+fn serve_refuses_to_start_when_the_config_requires_a_gpu_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gpu.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\n[device]\nkind = \"cuda\"\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let out = setpoint(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success(), "serve started: {}", stderr(&out));
+    let err = stderr(&out);
+    // Without a GPU: why none is usable; with one: that the daemon's lanes cannot use it yet.
+    assert!(
+        err.contains("no usable GPU") || err.contains("cannot be met yet"),
+        "{err}"
+    );
+    assert!(err.contains("device.kind = \"auto\""), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

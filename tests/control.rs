@@ -549,7 +549,9 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
     let refusal = admit(&cfg, &busy, &c(200.0)).unwrap_err();
     assert!(
         refusal.reason.contains("only 0.05 is free")
-            && refusal.reason.ends_with("reserve 0.05, other processes 0.20)"),
+            && refusal
+                .reason
+                .ends_with("reserve 0.05, other processes 0.20)"),
         "{}",
         refusal.reason
     );

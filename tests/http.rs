@@ -846,6 +846,14 @@ fn status_shows_every_tenant_with_its_set_point() {
     assert_eq!(s, 200);
     assert_eq!(v["ready"], true);
     assert_eq!(v["devices"][0]["name"], "cpu");
+    // Where tenants run and why, probed at start: on a host without a GPU, the reason.
+    let note = v["device_note"].as_str().unwrap();
+    if v["gpus"].as_array().unwrap().is_empty() {
+        assert!(note.starts_with("no usable GPU ("), "{note}");
+        assert!(note.ends_with("running on the CPU backend"), "{note}");
+    } else {
+        assert!(note.starts_with("found GPU 0 ("), "{note}");
+    }
     let tenants = v["tenants"].as_array().unwrap();
     let svc = tenants.iter().find(|t| t["name"] == "mlp").unwrap();
     assert_eq!(svc["kind"], "service");

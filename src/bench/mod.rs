@@ -1,4 +1,5 @@
 //! In-process benchmarks of the whole node: scripted co-location scenarios.
 
+pub mod gpu;
 pub mod report;
 pub mod scenario;

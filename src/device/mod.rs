@@ -6,6 +6,7 @@
 //! shape explicitly and checks that the buffers are long enough.
 
 pub mod cpu;
+pub mod cuda;
 pub mod lane;
 
 pub use cpu::CpuBackend;

@@ -2,6 +2,7 @@
 //! dir that holds their records and checkpoints, and the operations the API exposes.
 
 pub mod control;
+pub mod devices;
 pub mod jobs;
 pub mod services;
 
@@ -71,6 +72,7 @@ pub struct Node {
     permits: Arc<CorePermits>,
     control: Mutex<control::ControlState>,
     control_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    devices: devices::DeviceReport,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -98,6 +100,10 @@ pub struct StatusView {
     pub control_ticks: u64,
     /// Devices and their tenants.
     pub devices: Vec<DeviceView>,
+    /// GPUs the driver reports (among those the config selects).
+    pub gpus: Vec<crate::device::cuda::GpuInfo>,
+    /// Why tenants run on the backend they run on, in one line.
+    pub device_note: String,
     /// Every tenant: services first, then jobs.
     pub tenants: Vec<TenantView>,
 }
@@ -105,7 +111,7 @@ pub struct StatusView {
 /// One device.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceView {
-    /// `cpu` (GPUs arrive with the CUDA backend).
+    /// The backend tenants run on: `cpu`.
     pub name: String,
     /// Worker threads (CPU) it offers.
     pub workers: usize,
@@ -148,6 +154,8 @@ impl Node {
                 ))
             })?;
         }
+        let devices = devices::resolve(&config.device)?;
+        tracing::info!(backend = devices.backend, "devices: {}", devices.note);
         let cores = if config.device.cpu_threads > 0 {
             config.device.cpu_threads
         } else {
@@ -180,6 +188,7 @@ impl Node {
             permits: CorePermits::new(cores),
             control: Mutex::new(control::ControlState::new(controller, log)),
             control_thread: Mutex::new(None),
+            devices,
         }))
     }
 
@@ -776,8 +785,10 @@ impl Node {
                 .policy
                 .name(),
             control_ticks,
+            gpus: self.devices.gpus.clone(),
+            device_note: self.devices.note.clone(),
             devices: vec![DeviceView {
-                name: "cpu".into(),
+                name: self.devices.backend.into(),
                 workers: self.cores,
                 share_assigned,
                 busy_frac,

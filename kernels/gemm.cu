@@ -1,0 +1,429 @@
+// C = alpha * op(A) * op(B) + beta * C, as `Gemm` in src/device/mod.rs: row-major storage,
+// A is m x k (k x m when trans_a), B is k x n (n x k when trans_b), C is m x n; when
+// beta == 0 the old C is not read.
+//
+// Every kernel here computes 64 x 64 output tiles, numbered row-major over C, and takes
+// tiles tile_begin + blockIdx.x, + gridDim.x, ... below tile_end: a tile's result does not
+// depend on which CTA computes it, so any grid gives the same C bit for bit.
+//
+//   gemm_f32        256 threads, SIMT, f32 in, f32 accumulate
+//   gemm_bf16_simt  256 threads, SIMT, bf16 in (converted to f32 on the way to shared memory)
+//   gemm_bf16       128 threads, tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate)
+//
+// All three stage the operands through shared memory in k-slices, double-buffered: the
+// global loads of slice s+1 are issued into registers before slice s is multiplied, and
+// stored to the other buffer after, so one barrier per slice suffices.
+#include "common.cuh"
+
+#define TILE 64  // output tile edge (part of the ABI: tile numbering)
+
+// One operand seen as an "outer x k" matrix: op(A) is m x k (outer = m); op(B), transposed,
+// is n x k (outer = n). Its storage is row-major srows x ld, with either k contiguous
+// (k_major: a storage row is one outer index) or the outer index contiguous (a storage row
+// is one k). In every case ld is the extent of the contiguous index, so when ld is a
+// multiple of the vector width, a vector that starts inside a row ends inside it.
+template <typename T>
+struct Operand {
+    const T* p;
+    int srows;
+    int ld;
+    bool k_major;
+    bool vec;  // aligned vector loads of `width` elements are possible
+};
+
+template <typename T>
+__device__ __forceinline__ Operand<T> make_operand(const T* p, int outer, int k, bool k_major,
+                                                   int width) {
+    Operand<T> op;
+    op.p = p;
+    op.k_major = k_major;
+    op.srows = k_major ? outer : k;
+    op.ld = k_major ? k : outer;
+    op.vec = op.ld % width == 0 &&
+             (unsigned long long)p % (unsigned long long)(width * (int)sizeof(T)) == 0;
+    return op;
+}
+
+// Writes alpha * acc (+ beta * C) to C[row][col] if inside C.
+__device__ __forceinline__ void store_c(float* c, int m, int n, int row, int col, float acc,
+                                        float alpha, float beta) {
+    if (row < m && col < n) {
+        float* p = c + (long long)row * n + col;
+        float v = alpha * acc;
+        if (beta != 0.0f) {
+            v += beta * *p;
+        }
+        *p = v;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SIMT kernels: 256 threads as 16 x 16, each computing a 4 x 4 block of the 64 x 64 tile
+// from 64 x 16 slices of op(A) and op(B) held k-major in shared memory (s[k][outer]).
+
+#define SIMT_BK 16
+#define SIMT_LD (TILE + 4)  // padded row: 2-way instead of 4-way conflicts on transposing stores
+
+struct alignas(16) SimtSmem {
+    float a[2][SIMT_BK][SIMT_LD];
+    float b[2][SIMT_BK][SIMT_LD];
+};
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(unsigned short x) { return bf16_to_float(x); }
+
+__device__ __forceinline__ void load4(const float* p, float r[4]) {
+    f32x4 v = *(const f32x4*)p;
+    r[0] = v.x;
+    r[1] = v.y;
+    r[2] = v.z;
+    r[3] = v.w;
+}
+
+__device__ __forceinline__ void load4(const unsigned short* p, float r[4]) {
+    u32x2 v = *(const u32x2*)p;
+    r[0] = bf16_to_float((unsigned short)(v.x & 0xffffu));
+    r[1] = bf16_to_float((unsigned short)(v.x >> 16));
+    r[2] = bf16_to_float((unsigned short)(v.y & 0xffffu));
+    r[3] = bf16_to_float((unsigned short)(v.y >> 16));
+}
+
+// This thread's 4 elements (contiguous in global memory) of the slice of `op` with outer
+// origin o0 and k origin k0; zeros outside the matrix. 64 x 16 = 256 threads x 4.
+template <typename T>
+__device__ __forceinline__ void simt_load(const Operand<T>& op, int o0, int k0, int tid,
+                                          float r[4]) {
+    int srow, scol;
+    if (op.k_major) {
+        srow = o0 + tid / 4;
+        scol = k0 + (tid % 4) * 4;
+    } else {
+        srow = k0 + tid / 16;
+        scol = o0 + (tid % 16) * 4;
+    }
+    r[0] = r[1] = r[2] = r[3] = 0.0f;
+    if (srow < op.srows) {
+        const T* p = op.p + (long long)srow * op.ld + scol;
+        if (op.vec) {
+            if (scol < op.ld) {
+                load4(p, r);
+            }
+        } else {
+            UNROLL
+            for (int j = 0; j < 4; ++j) {
+                if (scol + j < op.ld) {
+                    r[j] = to_float(p[j]);
+                }
+            }
+        }
+    }
+}
+
+// Stores what simt_load loaded at its place in the k-major slice s[k][outer].
+__device__ __forceinline__ void simt_store(float (*s)[SIMT_LD], bool k_major, int tid,
+                                           const float r[4]) {
+    if (k_major) {
+        const int o = tid / 4, kk = (tid % 4) * 4;
+        UNROLL
+        for (int j = 0; j < 4; ++j) {
+            s[kk + j][o] = r[j];
+        }
+    } else {
+        const int kk = tid / 16, o = (tid % 16) * 4;
+        f32x4 v = {r[0], r[1], r[2], r[3]};
+        *(f32x4*)&s[kk][o] = v;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void gemm_simt(const T* __restrict__ a, const T* __restrict__ b,
+                                          float* __restrict__ c, int m, int n, int k,
+                                          int trans_a, int trans_b, float alpha, float beta,
+                                          int tile_begin, int tile_end) {
+    __shared__ SimtSmem sm;
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const int width = 4;
+    const Operand<T> A = make_operand(a, m, k, trans_a == 0, width);
+    const Operand<T> B = make_operand(b, n, k, trans_b != 0, width);
+    const int tiles_n = ceil_div(n, TILE);
+    const int end = imin(tile_end, ceil_div(m, TILE) * tiles_n);
+    const int slices = ceil_div(k, SIMT_BK);
+
+    for (int t = tile_begin + blockIdx.x; t < end; t += gridDim.x) {
+        const int m0 = t / tiles_n * TILE, n0 = t % tiles_n * TILE;
+        float acc[4][4];
+        UNROLL
+        for (int i = 0; i < 4; ++i) {
+            UNROLL
+            for (int j = 0; j < 4; ++j) {
+                acc[i][j] = 0.0f;
+            }
+        }
+        float ra[4], rb[4];
+        if (slices > 0) {
+            simt_load(A, m0, 0, tid, ra);
+            simt_load(B, n0, 0, tid, rb);
+            simt_store(sm.a[0], A.k_major, tid, ra);
+            simt_store(sm.b[0], B.k_major, tid, rb);
+        }
+        __syncthreads();
+        for (int s = 0; s < slices; ++s) {
+            const int buf = s & 1;
+            const bool more = s + 1 < slices;
+            if (more) {
+                simt_load(A, m0, (s + 1) * SIMT_BK, tid, ra);
+                simt_load(B, n0, (s + 1) * SIMT_BK, tid, rb);
+            }
+            UNROLL
+            for (int kk = 0; kk < SIMT_BK; ++kk) {
+                const f32x4 av = *(const f32x4*)&sm.a[buf][kk][ty * 4];
+                const f32x4 bv = *(const f32x4*)&sm.b[buf][kk][tx * 4];
+                const float af[4] = {av.x, av.y, av.z, av.w};
+                const float bf[4] = {bv.x, bv.y, bv.z, bv.w};
+                UNROLL
+                for (int i = 0; i < 4; ++i) {
+                    UNROLL
+                    for (int j = 0; j < 4; ++j) {
+                        acc[i][j] += af[i] * bf[j];
+                    }
+                }
+            }
+            if (more) {
+                simt_store(sm.a[buf ^ 1], A.k_major, tid, ra);
+                simt_store(sm.b[buf ^ 1], B.k_major, tid, rb);
+            }
+            __syncthreads();
+        }
+        UNROLL
+        for (int i = 0; i < 4; ++i) {
+            UNROLL
+            for (int j = 0; j < 4; ++j) {
+                store_c(c, m, n, m0 + ty * 4 + i, n0 + tx * 4 + j, acc[i][j], alpha, beta);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    gemm_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
+             int m, int n, int k, int trans_a, int trans_b, float alpha, float beta,
+             int tile_begin, int tile_end) {
+    gemm_simt<float>(a, b, c, m, n, k, trans_a, trans_b, alpha, beta, tile_begin, tile_end);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    gemm_bf16_simt(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
+                   float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b,
+                   float alpha, float beta, int tile_begin, int tile_end) {
+    gemm_simt<unsigned short>(a, b, c, m, n, k, trans_a, trans_b, alpha, beta, tile_begin,
+                              tile_end);
+}
+
+// ---------------------------------------------------------------------------------------
+// Tensor cores: 128 threads = 4 warps as 2 x 2, each warp computing 32 x 32 of the tile as
+// 2 x 4 mma.sync m16n8k16 products per 16 of k. Both operands are held in shared memory
+// with k contiguous (s[outer][k], rows padded to 80 bytes so that the eight 16-byte rows an
+// ldmatrix phase reads fall in distinct banks), which is the layout ldmatrix turns into the
+// A (row) and B (col) fragments directly. The host emulation (kernels/emu/cuda_emu.h)
+// provides ldmatrix and mma.sync to test this kernel on the CPU.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+
+#define TC_BK 32
+#define TC_LD (TC_BK + 8)
+
+struct alignas(16) TcSmem {
+    unsigned short a[2][TILE][TC_LD];
+    unsigned short b[2][TILE][TC_LD];
+};
+
+// Loads four 8 x 8 b16 matrices from shared memory: lanes 8j..8j+7 give the row addresses
+// of matrix j (16 bytes each, 16-byte aligned), and r[j] receives row lane/4, elements
+// 2*(lane%4) and 2*(lane%4)+1 of matrix j.
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const unsigned short* p) {
+#ifdef __CUDA_ARCH__
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+#else
+    emu_ldmatrix_x4(r, p);
+#endif
+}
+
+// d += A * B for a 16 x 16 bf16 A fragment (4 registers) and a 16 x 8 bf16 B fragment
+// (2 registers), accumulating in f32.
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4],
+                                               const unsigned b[2]) {
+#ifdef __CUDA_ARCH__
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    emu_mma_m16n8k16_bf16(d, a, b);
+#endif
+}
+
+// Piece q (0..255) of the 64 x 32 slice of `op` at outer origin o0, k origin k0: 8 elements
+// contiguous in global memory, zeros outside the matrix.
+__device__ __forceinline__ void tc_load(const Operand<unsigned short>& op, int o0, int k0, int q,
+                                        u32x4& r) {
+    int srow, scol;
+    if (op.k_major) {
+        srow = o0 + q / 4;
+        scol = k0 + (q % 4) * 8;
+    } else {
+        srow = k0 + q / 8;
+        scol = o0 + (q % 8) * 8;
+    }
+    r.x = r.y = r.z = r.w = 0u;
+    if (srow < op.srows) {
+        const unsigned short* p = op.p + (long long)srow * op.ld + scol;
+        if (op.vec) {
+            if (scol < op.ld) {
+                r = *(const u32x4*)p;
+            }
+        } else {
+            unsigned w[4] = {0u, 0u, 0u, 0u};
+            UNROLL
+            for (int j = 0; j < 8; ++j) {
+                if (scol + j < op.ld) {
+                    w[j / 2] |= (unsigned)p[j] << (16 * (j % 2));
+                }
+            }
+            r.x = w[0];
+            r.y = w[1];
+            r.z = w[2];
+            r.w = w[3];
+        }
+    }
+}
+
+// Stores piece q at its place in the k-contiguous slice s[outer][k].
+__device__ __forceinline__ void tc_store(unsigned short (*s)[TC_LD], bool k_major, int q,
+                                         const u32x4& r) {
+    if (k_major) {
+        *(u32x4*)&s[q / 4][(q % 4) * 8] = r;
+    } else {
+        const int kk = q / 8, o = (q % 8) * 8;
+        const unsigned w[4] = {r.x, r.y, r.z, r.w};
+        UNROLL
+        for (int j = 0; j < 8; ++j) {
+            s[o + j][kk] = (unsigned short)(w[j / 2] >> (16 * (j % 2)));
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    gemm_bf16(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
+              float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b, float alpha,
+              float beta, int tile_begin, int tile_end) {
+    __shared__ TcSmem sm;
+    const int tid = threadIdx.x;
+    const int lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
+    const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // the warp's 32 x 32 within the tile
+    const int width = 8;
+    const Operand<unsigned short> A = make_operand(a, m, k, trans_a == 0, width);
+    const Operand<unsigned short> B = make_operand(b, n, k, trans_b != 0, width);
+    const int tiles_n = ceil_div(n, TILE);
+    const int end = imin(tile_end, ceil_div(m, TILE) * tiles_n);
+    const int slices = ceil_div(k, TC_BK);
+
+    // Where this lane points ldmatrix: A matrices 0..3 are (rows +0, k +0), (rows +8, k +0),
+    // (rows +0, k +8), (rows +8, k +8) of a 16 x 16 block, which is the order of the A
+    // fragment's registers; B matrices are (n +0, k +0), (n +0, k +8), (n +8, k +0),
+    // (n +8, k +8), the B fragments of two adjacent n8 blocks.
+    const int a_row = lane % 8 + (lane / 8) % 2 * 8, a_col = lane / 16 * 8;
+    const int b_row = lane % 8 + lane / 16 * 8, b_col = (lane / 8) % 2 * 8;
+
+    for (int t = tile_begin + blockIdx.x; t < end; t += gridDim.x) {
+        const int m0 = t / tiles_n * TILE, n0 = t % tiles_n * TILE;
+        float acc[2][4][4];
+        UNROLL
+        for (int i = 0; i < 2; ++i) {
+            UNROLL
+            for (int j = 0; j < 4; ++j) {
+                UNROLL
+                for (int e = 0; e < 4; ++e) {
+                    acc[i][j][e] = 0.0f;
+                }
+            }
+        }
+        u32x4 ra[2], rb[2];
+        if (slices > 0) {
+            UNROLL
+            for (int i = 0; i < 2; ++i) {
+                tc_load(A, m0, 0, tid + i * 128, ra[i]);
+                tc_load(B, n0, 0, tid + i * 128, rb[i]);
+            }
+            UNROLL
+            for (int i = 0; i < 2; ++i) {
+                tc_store(sm.a[0], A.k_major, tid + i * 128, ra[i]);
+                tc_store(sm.b[0], B.k_major, tid + i * 128, rb[i]);
+            }
+        }
+        __syncthreads();
+        for (int s = 0; s < slices; ++s) {
+            const int buf = s & 1;
+            const bool more = s + 1 < slices;
+            if (more) {
+                UNROLL
+                for (int i = 0; i < 2; ++i) {
+                    tc_load(A, m0, (s + 1) * TC_BK, tid + i * 128, ra[i]);
+                    tc_load(B, n0, (s + 1) * TC_BK, tid + i * 128, rb[i]);
+                }
+            }
+            UNROLL
+            for (int ks = 0; ks < TC_BK; ks += 16) {
+                unsigned af[2][4], bfr[4][2];
+                UNROLL
+                for (int i = 0; i < 2; ++i) {
+                    ldmatrix_x4(af[i], &sm.a[buf][wm + i * 16 + a_row][ks + a_col]);
+                }
+                UNROLL
+                for (int j = 0; j < 2; ++j) {
+                    unsigned r[4];
+                    ldmatrix_x4(r, &sm.b[buf][wn + j * 16 + b_row][ks + b_col]);
+                    bfr[2 * j][0] = r[0];
+                    bfr[2 * j][1] = r[1];
+                    bfr[2 * j + 1][0] = r[2];
+                    bfr[2 * j + 1][1] = r[3];
+                }
+                UNROLL
+                for (int i = 0; i < 2; ++i) {
+                    UNROLL
+                    for (int j = 0; j < 4; ++j) {
+                        mma_bf16_16816(acc[i][j], af[i], bfr[j]);
+                    }
+                }
+            }
+            if (more) {
+                UNROLL
+                for (int i = 0; i < 2; ++i) {
+                    tc_store(sm.a[buf ^ 1], A.k_major, tid + i * 128, ra[i]);
+                    tc_store(sm.b[buf ^ 1], B.k_major, tid + i * 128, rb[i]);
+                }
+            }
+            __syncthreads();
+        }
+        // Accumulator fragment: registers 0, 1 hold row lane/4, columns 2*(lane%4) + 0, 1 of
+        // the 16 x 8 block; registers 2, 3 the same columns of row lane/4 + 8.
+        const int g = lane / 4, tq = lane % 4;
+        UNROLL
+        for (int i = 0; i < 2; ++i) {
+            UNROLL
+            for (int j = 0; j < 4; ++j) {
+                UNROLL
+                for (int e = 0; e < 4; ++e) {
+                    const int row = m0 + wm + i * 16 + g + e / 2 * 8;
+                    const int col = n0 + wn + j * 8 + tq * 2 + e % 2;
+                    store_c(c, m, n, row, col, acc[i][j][e], alpha, beta);
+                }
+            }
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Every GPU measurement in one run, for a host with an NVIDIA GPU, its driver and the CUDA
+# toolkit (NVRTC, ptxas) but no Rust toolchain: it runs binaries built elsewhere.
+#
+#   scripts/gpu-check.sh [--quick] [BINARY] [OUT_DIR]
+#
+# BINARY defaults to target/release/setpoint; OUT_DIR to $OUT, else ./gpu-check-out.
+# Test binaries built with `cargo test --release --no-run` and listed in $SETPOINT_GPU_TESTS
+# (space-separated paths) run too, with their output kept.
+#
+# Writes under OUT_DIR:
+#   nvidia-smi.txt       nvidia-smi -q and the driver/GPU list, once
+#   nvidia-smi.csv       utilisation, memory, power and SM clock every 100 ms during the run
+#   kernels-check.json   `setpoint kernels check --json`: NVRTC + ptxas for this GPU's arch
+#   gpu-check.json       `setpoint gpu-check`: kernels vs the CPU backend, GEMM vs cuBLAS,
+#                        training GPU vs CPU, two lanes at 0.25/0.75, inference p99 alone
+#                        and beside training with and without stream priority
+#   tests-*.txt          output of each test binary
+#   summary.txt          exit status of every step
+# Takes about 3 minutes with --quick and 5 without on an H100/H200.
+set -uo pipefail
+
+quick=""
+if [ "${1:-}" = "--quick" ]; then
+    quick="--quick"
+    shift
+fi
+bin="${1:-target/release/setpoint}"
+out="${2:-${OUT:-gpu-check-out}}"
+mkdir -p "$out"
+summary="$out/summary.txt"
+: >"$summary"
+
+step() {
+    local name="$1"
+    shift
+    local started=$SECONDS
+    "$@"
+    local rc=$?
+    echo "$name: exit $rc, $((SECONDS - started)) s" | tee -a "$summary"
+    return 0
+}
+
+if [ ! -x "$bin" ]; then
+    echo "error: $bin is not an executable setpoint binary" | tee -a "$summary"
+    exit 2
+fi
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    echo "warning: nvidia-smi not found; no driver-side samples" | tee -a "$summary"
+fi
+
+# The toolkit's NVRTC and ptxas, wherever the toolkit is.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+    if ls "$d"/libnvrtc.so* >/dev/null 2>&1; then
+        export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        break
+    fi
+done
+if ! command -v ptxas >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/ptxas ]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+fi
+
+sampler=""
+if command -v nvidia-smi >/dev/null 2>&1; then
+    { nvidia-smi -L; nvidia-smi -q; } >"$out/nvidia-smi.txt" 2>&1
+    nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used,power.draw,clocks.sm \
+        --format=csv,noheader,nounits -lms 100 >"$out/nvidia-smi.csv" 2>&1 &
+    sampler=$!
+fi
+
+step "kernels check" bash -c "'$bin' kernels check --json >'$out/kernels-check.json' 2>'$out/kernels-check.err'"
+
+digits=""
+for p in shared/data/digits.csv.gz ../shared/data/digits.csv.gz; do
+    if [ -f "$p" ]; then
+        digits="--digits $p"
+        break
+    fi
+done
+step "gpu-check" bash -c "'$bin' gpu-check $quick $digits --out '$out' 2>'$out/gpu-check.log'"
+
+for t in ${SETPOINT_GPU_TESTS:-}; do
+    name=$(basename "$t")
+    step "test $name" bash -c "'$t' --test-threads=1 --nocapture >'$out/tests-$name.txt' 2>&1"
+done
+
+if [ -n "$sampler" ]; then
+    kill "$sampler" 2>/dev/null
+    wait "$sampler" 2>/dev/null
+fi
+cat "$summary"
