@@ -46,6 +46,23 @@ pub enum Command {
     /// stream priority. Writes OUT/gpu-check.json. Exits 1 when no GPU can be used or a
     /// kernel check fails. `scripts/gpu-check.sh` runs it with nvidia-smi sampled alongside.
     GpuCheck(GpuCheckArgs),
+    /// This host's devices as NVML reports them (like nvidia-smi) and the CPU backend.
+    ///
+    /// Index, name, UUID, memory, utilisation, power, SM clock, temperature and processes of
+    /// every GPU; without NVML (no driver, no GPU) one line saying why, then the CPU backend
+    /// that is used instead. Always exits 0.
+    Devices(DevicesArgs),
+}
+
+/// `setpoint devices`.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// CPU worker threads the CPU backend would use (default: all available cores).
+    #[arg(long, value_name = "N")]
+    pub cpu_threads: Option<usize>,
 }
 
 /// `setpoint gpu-check`.

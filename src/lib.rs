@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod model;
 pub mod node;
 pub mod serve;
+pub mod telemetry;
 pub mod train;
 pub mod util;
 

@@ -14,9 +14,9 @@ use serde_json::json;
 
 use cli::{
     BenchArgs, BenchCommand, BenchHttpArgs, CheckConfigArgs, Cli, ClientArgs, Command, DataArgs,
-    GpuCheckArgs, InferArgs, JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs, KernelsArgs,
-    KernelsCheckArgs, KernelsCommand, OptimizerArg, PredictArgs, ServeArgs, StatusArgs, SubmitArgs,
-    TrainArgs,
+    DevicesArgs, GpuCheckArgs, InferArgs, JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs,
+    KernelsArgs, KernelsCheckArgs, KernelsCommand, OptimizerArg, PredictArgs, ServeArgs,
+    StatusArgs, SubmitArgs, TrainArgs,
 };
 use setpoint::client::{self as sp_client, Client, ClientError, path_segment, table, v2};
 use setpoint::data::{self, DataError, Dataset, LabelColumn, LoadOptions};
@@ -141,6 +141,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench(args),
         Command::Kernels(args) => kernels_cmd(args),
         Command::GpuCheck(args) => gpu_check(args),
+        Command::Devices(args) => devices(args),
     }
 }
 
@@ -1347,4 +1348,24 @@ fn gpu_check(a: GpuCheckArgs) -> anyhow::Result<()> {
                 .unwrap_or("unknown error")
         )),
     }
+}
+
+fn devices(a: DevicesArgs) -> anyhow::Result<()> {
+    use setpoint::telemetry::{NvmlSource, TelemetrySource, devices_report};
+    let cores = a
+        .cpu_threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(setpoint::device::cpu::available_cores);
+    let mut opened = NvmlSource::open().map_err(|e| e.to_string());
+    let source = match opened.as_mut() {
+        Ok(s) => Ok(s as &mut dyn TelemetrySource),
+        Err(why) => Err(why.clone()),
+    };
+    // The daemon's lanes run on the CPU backend in this version: none sits on a GPU.
+    let text = devices_report(source, cores, &[], a.json);
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
 }

@@ -342,3 +342,32 @@ fn serve_refuses_to_start_when_the_config_requires_a_gpu_it_cannot_use() {
     assert!(err.contains("device.kind = \"auto\""), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn devices_says_why_there_is_no_gpu_and_names_the_cpu_backend() {
+    let out = setpoint(&["devices", "--cpu-threads", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    if setpoint::telemetry::NvmlSource::open().is_err() {
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("NVML not available: "), "{text}");
+        assert!(lines[0].contains("libnvidia-ml"), "{text}");
+    } else {
+        eprintln!("NVML is present: the table is checked by the GPU check instead");
+    }
+    assert_eq!(lines.last(), Some(&"cpu: 3 cores"), "{text}");
+    let out = setpoint(&["devices", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(v["cpu_cores"].as_u64().unwrap() >= 1);
+    if v["nvml_available"] == false {
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("NVML not available: ")
+        );
+        assert!(v["gpus"].as_array().unwrap().is_empty());
+    }
+}

@@ -385,5 +385,10 @@ pub fn render(node: &Node) -> String {
         let name = format!("{state:?}").to_lowercase();
         o.sample("setpoint_jobs", &[("state", &name)], n as f64);
     }
+    // What NVML reports per GPU (nothing on a host without GPUs).
+    let (gpus, failed_reads) = node.telemetry();
+    if !gpus.is_empty() || failed_reads > 0 {
+        crate::telemetry::render_metrics(&gpus, failed_reads, &mut o.text);
+    }
     o.text
 }

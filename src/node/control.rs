@@ -104,6 +104,19 @@ impl Node {
     /// One control period: observes every serving service and running job, decides their
     /// shares and batch sizes by the policy in force, and applies them to the lanes.
     pub fn control_tick(self: &Arc<Self>) -> Decisions {
+        // GPU telemetry first (NVML reads block briefly), outside the control state's lock.
+        // Throttling is shown beside the decisions it explains. Foreign load on a GPU would
+        // lower that GPU's capacity; the daemon's lanes run on the CPU backend in this
+        // version, so it is reported (status, metrics) but not subtracted from the CPU.
+        let (gpu_samples, _) = self.poll_telemetry();
+        let throttling: Vec<String> = gpu_samples
+            .iter()
+            .flat_map(|g| {
+                g.throttle_reasons
+                    .iter()
+                    .map(move |r| format!("gpu{}: {r}", g.index))
+            })
+            .collect();
         let mut st = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let period = st
@@ -116,6 +129,7 @@ impl Node {
         let wall_now = SystemTime::now();
         let mut obs = Observations {
             now_s: now.saturating_duration_since(st.started).as_secs_f64(),
+            throttling,
             ..Default::default()
         };
         let mut used_core_s = 0.0;

@@ -73,7 +73,12 @@ pub struct Node {
     control: Mutex<control::ControlState>,
     control_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     devices: devices::DeviceReport,
+    /// NVML (or a scripted stand-in), read once per control period; None without GPUs.
+    telemetry: Mutex<Option<crate::telemetry::Sampler>>,
 }
+
+/// GPU samples kept per GPU for correlation (a minute at the default period).
+const TELEMETRY_KEEP: usize = 600;
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
@@ -104,6 +109,8 @@ pub struct StatusView {
     pub gpus: Vec<crate::device::cuda::GpuInfo>,
     /// Why tenants run on the backend they run on, in one line.
     pub device_note: String,
+    /// The latest GPU telemetry (NVML), one sample per GPU; empty without GPUs.
+    pub gpu_telemetry: Vec<crate::telemetry::GpuSample>,
     /// Every tenant: services first, then jobs.
     pub tenants: Vec<TenantView>,
 }
@@ -156,6 +163,20 @@ impl Node {
         }
         let devices = devices::resolve(&config.device)?;
         tracing::info!(backend = devices.backend, "devices: {}", devices.note);
+        let telemetry = if devices.gpus.is_empty() {
+            None
+        } else {
+            match crate::telemetry::NvmlSource::open() {
+                Ok(src) => Some(crate::telemetry::Sampler::new(
+                    Box::new(src),
+                    TELEMETRY_KEEP,
+                )),
+                Err(e) => {
+                    tracing::warn!("GPU telemetry off: {e}");
+                    None
+                }
+            }
+        };
         let cores = if config.device.cpu_threads > 0 {
             config.device.cpu_threads
         } else {
@@ -189,7 +210,37 @@ impl Node {
             control: Mutex::new(control::ControlState::new(controller, log)),
             control_thread: Mutex::new(None),
             devices,
+            telemetry: Mutex::new(telemetry),
         }))
+    }
+
+    /// Reads GPU telemetry from `source` from now on (a scripted source in tests and on
+    /// hosts whose telemetry comes from elsewhere).
+    pub fn set_telemetry_source(&self, source: Box<dyn crate::telemetry::TelemetrySource>) {
+        *self.telemetry.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(crate::telemetry::Sampler::new(source, TELEMETRY_KEEP));
+    }
+
+    /// Reads the telemetry source once (a failed read keeps the previous samples) and
+    /// returns the current samples and the failed reads so far.
+    pub fn poll_telemetry(&self) -> (Vec<crate::telemetry::GpuSample>, u64) {
+        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        match t.as_mut() {
+            Some(s) => {
+                let samples = s.poll().to_vec();
+                (samples, s.failed_reads())
+            }
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// The latest GPU samples without reading the source, and the failed reads so far.
+    pub fn telemetry(&self) -> (Vec<crate::telemetry::GpuSample>, u64) {
+        let t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        match t.as_ref() {
+            Some(s) => (s.latest().to_vec(), s.failed_reads()),
+            None => (Vec::new(), 0),
+        }
     }
 
     /// The configuration in force.
@@ -786,6 +837,7 @@ impl Node {
                 .name(),
             control_ticks,
             gpus: self.devices.gpus.clone(),
+            gpu_telemetry: self.telemetry().0,
             device_note: self.devices.note.clone(),
             devices: vec![DeviceView {
                 name: self.devices.backend.into(),

@@ -1,0 +1,220 @@
+//! `setpoint devices`: what the GPUs report, in the shape of `nvidia-smi`, with setpoint's
+//! lanes on each.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::{GpuSample, TelemetrySource};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Serialize)]
+struct JsonGpu<'a> {
+    #[serde(flatten)]
+    sample: &'a GpuSample,
+    lanes: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonLane<'a> {
+    gpu: u32,
+    lane: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    /// Whether NVML answered this time.
+    nvml_available: bool,
+    /// Where the telemetry came from, when it came.
+    source: Option<String>,
+    /// Why there is no GPU telemetry, when there is none.
+    reason: Option<String>,
+    gpus: Vec<JsonGpu<'a>>,
+    /// Lanes placed on GPUs that the telemetry does not list.
+    unmatched_lanes: Vec<JsonLane<'a>>,
+    /// The CPU backend's size.
+    cpu_cores: usize,
+}
+
+fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.digits$}{unit}"),
+        _ => "-".to_string(),
+    }
+}
+
+fn mib(v: Option<u64>) -> String {
+    v.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / MIB))
+}
+
+/// Renders the devices report. `source` is the opened telemetry source, or the reason none
+/// could be opened (the `Display` of the open error). `lanes` are setpoint's lanes as
+/// (GPU index, one-line description). Without GPU telemetry the text is one line with the
+/// reason and then the CPU backend line (`cpu: N cores`); with it, a table like
+/// `nvidia-smi`'s followed by the same CPU line. `json` gives the same content as one
+/// pretty-printed JSON object.
+pub fn devices_report(
+    source: Result<&mut dyn TelemetrySource, String>,
+    cpu_cores: usize,
+    lanes: &[(u32, String)],
+    json: bool,
+) -> String {
+    let (described, read) = match source {
+        Ok(src) => {
+            let d = src.describe();
+            let r = src.sample().map_err(|e| e.to_string());
+            (Some(d), r)
+        }
+        Err(why) => (None, Err(format!("NVML not available: {why}"))),
+    };
+    let (mut samples, reason) = match read {
+        Ok(s) => (s, None),
+        Err(r) => (Vec::new(), Some(r)),
+    };
+    samples.sort_by_key(|s| s.index);
+    let unmatched: Vec<(u32, &str)> = lanes
+        .iter()
+        .filter(|(g, _)| !samples.iter().any(|s| s.index == *g))
+        .map(|(g, l)| (*g, l.as_str()))
+        .collect();
+    let lanes_on = |gpu: u32| -> Vec<&str> {
+        lanes
+            .iter()
+            .filter(|(g, _)| *g == gpu)
+            .map(|(_, l)| l.as_str())
+            .collect()
+    };
+
+    if json {
+        let report = JsonReport {
+            nvml_available: reason.is_none(),
+            source: described,
+            reason,
+            gpus: samples
+                .iter()
+                .map(|s| JsonGpu {
+                    sample: s,
+                    lanes: lanes_on(s.index),
+                })
+                .collect(),
+            unmatched_lanes: unmatched
+                .iter()
+                .map(|&(gpu, lane)| JsonLane { gpu, lane })
+                .collect(),
+            cpu_cores,
+        };
+        let mut text = serde_json::to_string_pretty(&report)
+            .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}"));
+        text.push('\n');
+        return text;
+    }
+
+    let mut out = String::new();
+    if let Some(r) = &reason {
+        let _ = writeln!(out, "{r}");
+    } else if samples.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}: no GPUs",
+            described.as_deref().unwrap_or("telemetry")
+        );
+    } else {
+        if let Some(d) = &described {
+            let _ = writeln!(out, "{d}");
+        }
+        let own = std::process::id();
+        let header = [
+            "GPU",
+            "NAME",
+            "UUID",
+            "MEMORY MiB",
+            "UTIL",
+            "POWER",
+            "SM CLOCK",
+            "TEMP",
+        ];
+        let rows: Vec<[String; 8]> = samples
+            .iter()
+            .map(|s| {
+                [
+                    s.index.to_string(),
+                    if s.name.is_empty() {
+                        "-".into()
+                    } else {
+                        s.name.clone()
+                    },
+                    if s.uuid.is_empty() {
+                        "-".into()
+                    } else {
+                        s.uuid.clone()
+                    },
+                    format!("{} / {}", mib(s.mem_used_bytes), mib(s.mem_total_bytes)),
+                    opt(s.util_gpu_pct, 0, " %"),
+                    opt(s.power_w, 1, " W"),
+                    opt(s.sm_clock_hz.map(|h| h / 1e6), 0, " MHz"),
+                    opt(s.temperature_c, 0, " C"),
+                ]
+            })
+            .collect();
+        let mut width = header.map(str::len);
+        for r in &rows {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String]| -> String {
+            let mut l = String::new();
+            for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+                if i > 0 {
+                    l.push_str("  ");
+                }
+                let _ = write!(l, "{c:<w$}");
+            }
+            l.trim_end().to_string()
+        };
+        let _ = writeln!(out, "{}", line(&header.map(String::from)));
+        for (s, r) in samples.iter().zip(&rows) {
+            let _ = writeln!(out, "{}", line(r));
+            if !s.throttle_reasons.is_empty() {
+                let _ = writeln!(out, "     throttled: {}", s.throttle_reasons.join(", "));
+            }
+            if s.own_util_pct.is_some() || s.foreign_util_pct.is_some() {
+                let _ = writeln!(
+                    out,
+                    "     sm load: own {}, foreign {}",
+                    opt(s.own_util_pct, 0, " %"),
+                    opt(s.foreign_util_pct, 0, " %")
+                );
+            }
+            if s.processes.is_empty() {
+                let _ = writeln!(out, "     processes: none");
+            }
+            for p in &s.processes {
+                let _ = writeln!(
+                    out,
+                    "     process {}: {} MiB, sm {}{}",
+                    p.pid,
+                    mib(p.used_mem_bytes),
+                    opt(p.sm_util_pct, 0, " %"),
+                    if p.pid == own { " (this process)" } else { "" }
+                );
+            }
+            let ls = lanes_on(s.index);
+            if ls.is_empty() {
+                let _ = writeln!(out, "     lanes: none");
+            }
+            for l in ls {
+                let _ = writeln!(out, "     lane {l}");
+            }
+        }
+    }
+    for (gpu, lane) in &unmatched {
+        let _ = writeln!(
+            out,
+            "lane {lane} on GPU {gpu}, which the telemetry does not list"
+        );
+    }
+    let _ = writeln!(out, "cpu: {cpu_cores} cores");
+    out
+}
