@@ -290,6 +290,11 @@ pub struct BenchScenarioArgs {
     /// Override the scenario's duration per policy, in seconds.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
+    /// Run nvidia-smi (every 100 ms) beside the scenario, align it with setpoint's own NVML
+    /// samples and each policy's run, and report their agreement per field and the energy
+    /// per policy (joules, and per 1,000 requests). Needs an NVIDIA driver.
+    #[arg(long)]
+    pub nvidia_smi: bool,
 }
 
 /// `setpoint bench http`.

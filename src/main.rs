@@ -893,19 +893,80 @@ fn bench_scenario(a: cli::BenchScenarioArgs) -> anyhow::Result<()> {
         scenario::Scenario::parse(&toml::to_string(&s).context("cannot re-encode the scenario")?)
             .map_err(|e| input_error(format!("{}: {e}", a.file.display())))?;
     let quiet = a.json;
-    let r = scenario::run(&s, &mut |line: &str| {
-        if !quiet {
-            eprintln!("{line}");
-        }
-    })?;
+    let mut cross = if a.nvidia_smi {
+        Some(
+            setpoint::bench::smi::CrossCheck::start(100)
+                .map_err(|e| anyhow!("--nvidia-smi: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let r = scenario::run_observed(
+        &s,
+        &mut |line: &str| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        },
+        &mut |phase| {
+            if let Some(c) = cross.as_mut() {
+                match phase {
+                    Some(p) => c.begin_phase(p),
+                    None => c.end_phase(),
+                }
+            }
+        },
+    )?;
+    let cross = cross.map(|c| c.finish());
     if let Some(path) = &a.plot {
         setpoint::util::fsio::write_atomic(path, report::svg(&r).as_bytes())
             .with_context(|| format!("cannot write the plot {}", path.display()))?;
     }
+    // Energy per policy from the GPU's counter (or its power), per 1,000 requests too.
+    let energy: Vec<serde_json::Value> = cross
+        .iter()
+        .flat_map(|c| c.correlation.phases.iter())
+        .map(|ph| {
+            let requests = r
+                .policies
+                .iter()
+                .find(|p| p.policy == ph.phase)
+                .map_or(0, |p| p.requests);
+            json!({
+                "policy": ph.phase,
+                "gpu": ph.gpu,
+                "energy_j": ph.energy_j,
+                "joules_per_1000_requests": ph.energy_j.filter(|_| requests > 0).map(|e| e * 1000.0 / requests as f64),
+                "mean_util_pct": ph.mean_util_pct,
+                "mean_power_w": ph.mean_power_w,
+            })
+        })
+        .collect();
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(c) = &cross {
+            v["nvidia_smi"] = json!({ "cross_check": c, "energy": energy });
+        }
+        println!("{}", serde_json::to_string(&v)?);
     } else {
         print!("{}", report::text(&r));
+        if let Some(c) = &cross {
+            println!();
+            print!("{}", c.correlation.render_text());
+            for e in &energy {
+                println!(
+                    "energy {} gpu {}: {} J, {} J per 1,000 requests",
+                    e["policy"].as_str().unwrap_or("?"),
+                    e["gpu"],
+                    e["energy_j"]
+                        .as_f64()
+                        .map_or("-".into(), |x| format!("{x:.1}")),
+                    e["joules_per_1000_requests"]
+                        .as_f64()
+                        .map_or("-".into(), |x| format!("{x:.2}"))
+                );
+            }
+        }
         if let Some(path) = &a.plot {
             println!("plot: {}", path.display());
         }

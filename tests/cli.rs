@@ -371,3 +371,19 @@ fn devices_says_why_there_is_no_gpu_and_names_the_cpu_backend() {
         assert!(v["gpus"].as_array().unwrap().is_empty());
     }
 }
+
+#[test]
+fn bench_with_nvidia_smi_says_what_is_missing_on_a_host_without_a_driver() {
+    if setpoint::telemetry::NvmlSource::open().is_ok() {
+        eprintln!("skipped: this host has NVML; the GPU check covers --nvidia-smi");
+        return;
+    }
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/scenarios/quick.toml");
+    let out = setpoint(&["bench", "scenario", file, "--nvidia-smi"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--nvidia-smi: ") && err.contains("libnvidia-ml"),
+        "{err}"
+    );
+}

@@ -731,7 +731,18 @@ pub fn run(opts: &GpuCheckOptions, progress: &mut dyn FnMut(&str)) -> Value {
         "device".into(),
         json!({"info": dev.info(), "max_ctas": dev.max_ctas()}),
     );
+    // nvidia-smi beside the whole run, aligned with our NVML samples, one phase per section.
+    let mut cross = match super::smi::CrossCheck::start(100) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            report.insert("nvidia_smi".into(), json!({ "error": e }));
+            None
+        }
+    };
     let mut section = |name: &str, f: &mut dyn FnMut() -> Result<Value, String>| {
+        if let Some(c) = cross.as_mut() {
+            c.begin_phase(name);
+        }
         progress(&format!("{name} ..."));
         let started = Instant::now();
         let v = f().unwrap_or_else(|e| json!({ "error": e }));
@@ -789,5 +800,10 @@ pub fn run(opts: &GpuCheckOptions, progress: &mut dyn FnMut(&str)) -> Value {
     });
     section("lanes", &mut || lanes_bench(&dev, 2048, secs));
     section("inference", &mut || inference_bench(&dev, secs));
+    if let Some(c) = cross.take() {
+        let r = c.finish();
+        report.insert("nvidia_smi_text".into(), json!(r.correlation.render_text()));
+        report.insert("nvidia_smi".into(), json!(r));
+    }
     Value::Object(report)
 }

@@ -3,3 +3,4 @@
 pub mod gpu;
 pub mod report;
 pub mod scenario;
+pub mod smi;

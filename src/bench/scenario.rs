@@ -596,6 +596,16 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str);
 
 /// Runs every policy of the scenario and reports.
 pub fn run(s: &Scenario, progress: Progress<'_>) -> Result<Report, ScenarioError> {
+    run_observed(s, progress, &mut |_| {})
+}
+
+/// [`run`], telling `on_phase` when each policy's measured run starts (`Some(policy)`) and
+/// ends (`None`), so that samples taken beside it can be attributed.
+pub fn run_observed(
+    s: &Scenario,
+    progress: Progress<'_>,
+    on_phase: &mut dyn FnMut(Option<&str>),
+) -> Result<Report, ScenarioError> {
     let dir = tempfile::Builder::new()
         .prefix("setpoint-scenario-")
         .tempdir()
@@ -609,7 +619,10 @@ pub fn run(s: &Scenario, progress: Progress<'_>) -> Result<Report, ScenarioError
     for name in &s.policies {
         progress(&format!("running policy {name} for {} s", s.duration_s));
         let state = dir.path().join(name);
-        let r = run_policy(s, name, &ckpt, &state)?;
+        on_phase(Some(name));
+        let r = run_policy(s, name, &ckpt, &state);
+        on_phase(None);
+        let r = r?;
         progress(&format!(
             "  {name}: {:.1} % of windows and {:.2} % of requests within the SLO, p99 {:.2} ms, {} deadline misses",
             r.windows_within_slo_pct, r.requests_within_slo_pct, r.p99_ms, r.deadline_misses
