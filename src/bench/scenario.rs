@@ -419,6 +419,8 @@ pub struct Sample {
     pub feed_forward: Option<f64>,
     /// The controller's measure of compute seconds per request (setpoint only).
     pub cost_per_request_s: Option<f64>,
+    /// The service's batch-size limit in force.
+    pub batch_limit: usize,
 }
 
 /// A job's outcome.
@@ -807,6 +809,7 @@ fn run_policy(
                 .map_or(0.0, |m| m.arrival_rate),
             feed_forward: svc_decision.map(|d| d.feed_forward),
             cost_per_request_s: svc_decision.and_then(|d| d.cost_per_request_s),
+            batch_limit: svc.inner.max_batch_size(),
         });
     }
     stop.store(true, Ordering::Relaxed);
