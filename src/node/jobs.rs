@@ -88,6 +88,9 @@ pub struct Job {
     progress: Mutex<JobProgress>,
     pending: Mutex<Pending>,
     cancel: AtomicBool,
+    /// Stopped by the node's shutdown, not by a user: no outcome is recorded, so a restart
+    /// resumes it.
+    interrupted: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     lane: Arc<Lane>,
     est_step_cost_core_s: Option<f64>,
@@ -181,6 +184,7 @@ impl Job {
             progress: Mutex::new(JobProgress::default()),
             pending: Mutex::new(Pending::default()),
             cancel: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
             thread: Mutex::new(None),
             lane,
             est_step_cost_core_s,
@@ -256,6 +260,68 @@ impl Job {
     /// Asks the job to stop after its current step, keeping a checkpoint.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Release);
+    }
+
+    /// Stops the job for the node's shutdown: it checkpoints and stops like a cancel, but
+    /// records no outcome, so the next start resumes it from that checkpoint.
+    pub(crate) fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Release);
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// Path of the record of how the job ended (absent while it can still run).
+    pub(crate) fn outcome_path(&self) -> PathBuf {
+        self.dir.join("outcome.json")
+    }
+
+    /// Writes how the job ended, atomically, so that a restart shows it ended instead of
+    /// resuming it. Not for a shutdown's interruption.
+    fn record_outcome(&self) {
+        if self.interrupted.load(Ordering::Acquire) {
+            return;
+        }
+        let p = lock(&self.progress).clone();
+        let record = serde_json::json!({
+            "state": self.state(),
+            "finished_at": p.finished_at.map(crate::config::format_rfc3339),
+            "stop_reason": p.stop_reason.map(|r| r.as_str()),
+            "error": p.error,
+            "epochs_done": p.epochs_done,
+            "steps": p.steps,
+        });
+        if let Err(e) =
+            crate::util::fsio::write_atomic(&self.outcome_path(), record.to_string().as_bytes())
+        {
+            tracing::error!(job = %self.name, "cannot record the job's outcome: {e}");
+        }
+    }
+
+    /// Marks a job restored from the state dir as ended the way `record` says.
+    pub(crate) fn restore_outcome(&self, record: &serde_json::Value) -> Result<(), String> {
+        let state = match record["state"].as_str() {
+            Some("completed") => JobState::Completed,
+            Some("failed") => JobState::Failed,
+            Some("cancelled") => JobState::Cancelled,
+            other => return Err(format!("unknown final state {other:?}")),
+        };
+        {
+            let mut p = lock(&self.progress);
+            p.finished_at = record["finished_at"]
+                .as_str()
+                .and_then(|t| crate::config::parse_rfc3339(t).ok());
+            p.stop_reason = match record["stop_reason"].as_str() {
+                Some("target_reached") => Some(StopReason::TargetReached),
+                Some("epoch_limit") => Some(StopReason::EpochLimit),
+                _ => None,
+            };
+            p.error = record["error"].as_str().map(str::to_string);
+            p.epochs_done = record["epochs_done"].as_u64().unwrap_or(0) as u32;
+            p.steps = record["steps"].as_u64().unwrap_or(0);
+            let ckpt = self.checkpoint_path();
+            p.checkpoint = ckpt.exists().then_some(ckpt);
+        }
+        self.set_state(state);
+        Ok(())
     }
 
     /// Waits for the job's thread to end.
@@ -360,14 +426,22 @@ impl Job {
             p.finished_at = Some(SystemTime::now());
         }
         self.set_state(JobState::Failed);
+        self.record_outcome();
     }
 
     fn run(self: Arc<Self>, data: Option<Dataset>) {
         if self.cancel.load(Ordering::Acquire) {
             self.set_state(JobState::Cancelled);
+            self.record_outcome();
             return;
         }
         self.set_state(JobState::Loading);
+        // Training, and loading its data, run at background priority, so inference batches
+        // preempt them at once (the CPU's analogue of a low-priority stream).
+        let background = self.lane.is_background();
+        if background {
+            crate::util::priority::lower_current_thread();
+        }
         let data = match data {
             Some(d) => d,
             None => match data::load(&self.config.data, &LoadOptions::default()) {
@@ -375,12 +449,6 @@ impl Job {
                 Err(e) => return self.fail(format!("cannot load data: {e}")),
             },
         };
-        // Training runs at background priority, so inference batches preempt it at once
-        // (the CPU's analogue of a low-priority stream).
-        let background = self.lane.is_background();
-        if background {
-            crate::util::priority::lower_current_thread();
-        }
         let backend = match if background {
             CpuBackend::background(self.lane.cores())
         } else {
@@ -450,6 +518,7 @@ impl Job {
                 p.finished_at = Some(SystemTime::now());
                 drop(p);
                 self.set_state(JobState::Cancelled);
+                self.record_outcome();
                 return Ok(());
             }
             if let Some(reason) = trainer.finished() {
@@ -459,6 +528,7 @@ impl Job {
                 p.finished_at = Some(SystemTime::now());
                 drop(p);
                 self.set_state(JobState::Completed);
+                self.record_outcome();
                 tracing::info!(job = %self.name, reason = reason.as_str(), "job completed");
                 return Ok(());
             }

@@ -298,8 +298,13 @@ impl Node {
                 write(&self.services).insert(name, ServiceSlot::Failed(cfg, msg));
             }
         }
+        let restored = self.restore_jobs();
         for job in self.config.jobs.clone() {
             let name = job.name.clone();
+            if restored.contains(&name) {
+                tracing::info!(job = %name, "job from the config found in the state dir; not submitted again");
+                continue;
+            }
             if let Err(e) = self.submit_job(job) {
                 tracing::error!(job = %name, "cannot start job from config: {e}");
             }
@@ -691,7 +696,116 @@ impl Node {
         if let Some(e) = epochs {
             job.set_epochs(e);
         }
+        // Recorded before the answer, so an acknowledged change survives a restart.
+        let path = job.dir().join("changes.json");
+        let mut changes: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Some(d) = deadline {
+            changes.insert(
+                "deadline".into(),
+                d.map(crate::config::format_rfc3339).into(),
+            );
+        }
+        if let Some(t) = target {
+            changes.insert("target_accuracy".into(), t.into());
+        }
+        if let Some(e) = epochs {
+            changes.insert("epochs".into(), e.into());
+        }
+        crate::util::fsio::write_atomic(
+            &path,
+            serde_json::Value::Object(changes).to_string().as_bytes(),
+        )
+        .map_err(|e| {
+            NodeError::Internal(format!(
+                "the change was applied but could not be recorded in {}: {e}",
+                path.display()
+            ))
+        })?;
         Ok(job)
+    }
+
+    /// Jobs accepted before this start, from the state dir: those that ended are listed as
+    /// they ended; the others resume from their last checkpoint (losing at most one
+    /// checkpoint interval). Returns their names.
+    fn restore_jobs(self: &Arc<Self>) -> Vec<String> {
+        let dir = self.state_dir.join("jobs");
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect(),
+            Err(e) => {
+                tracing::error!("cannot read {}: {e}", dir.display());
+                return Vec::new();
+            }
+        };
+        paths.sort();
+        let mut names = Vec::new();
+        for path in paths {
+            match self.restore_job(&path) {
+                Ok(name) => names.push(name),
+                Err(e) => tracing::error!("cannot restore the job in {}: {e}", path.display()),
+            }
+        }
+        names
+    }
+
+    fn restore_job(self: &Arc<Self>, dir: &Path) -> Result<String, String> {
+        let read_json = |name: &str| -> Result<serde_json::Value, String> {
+            let bytes = std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+            serde_json::from_slice(&bytes).map_err(|e| format!("{name}: {e}"))
+        };
+        let record = read_json("job.json")?;
+        let cfg = crate::config::parse_job_json(&recorded_spec(&record["spec"]))
+            .map_err(|issues| format!("job.json: {}", NodeError::from_issues(issues)))?;
+        let submitted_at = record["submitted_at"]
+            .as_str()
+            .and_then(|t| crate::config::parse_rfc3339(t).ok())
+            .ok_or("job.json: no valid submitted_at")?;
+        if read(&self.jobs).contains_key(&cfg.name) {
+            return Err(format!("a job named {} already exists", cfg.name));
+        }
+        let share = self.config.control.reserve_frac.max(0.05);
+        let lane = Arc::new(Lane::parallel(&cfg.name, &self.permits, share));
+        let shares = !matches!(self.policy(), Policy::None);
+        lane.set_background(shares);
+        lane.set_enforced(shares);
+        let name = cfg.name.clone();
+        let job = Arc::new(Job::new(cfg, dir.to_path_buf(), submitted_at, lane, None));
+        if dir.join("changes.json").exists() {
+            let changes = read_json("changes.json")?;
+            if let Some(d) = changes.get("deadline") {
+                job.set_deadline(
+                    d.as_str()
+                        .and_then(|t| crate::config::parse_rfc3339(t).ok()),
+                );
+            }
+            if let Some(t) = changes.get("target_accuracy") {
+                job.set_target(t.as_f64());
+            }
+            if let Some(e) = changes.get("epochs").and_then(|e| e.as_u64()) {
+                job.set_epochs(e as u32);
+            }
+        }
+        let ended = dir.join("outcome.json").exists();
+        if ended {
+            job.restore_outcome(&read_json("outcome.json")?)?;
+        }
+        write(&self.jobs).insert(name.clone(), job.clone());
+        if ended {
+            tracing::info!(job = %name, state = ?job.state(), "job restored from the state dir");
+        } else {
+            job.start(None).map_err(|e| {
+                write(&self.jobs).remove(&name);
+                format!("cannot start the job's thread: {e}")
+            })?;
+            tracing::info!(job = %name, "job resumed from the state dir");
+        }
+        Ok(name)
     }
 
     /// Cancels a job; its last checkpoint is kept.
@@ -858,7 +972,8 @@ impl Node {
         let jobs = self.jobs();
         for job in &jobs {
             if !job.state().is_terminal() {
-                job.cancel();
+                // Checkpoint and stop, recording no outcome: the next start resumes it.
+                job.interrupt();
             }
         }
         for job in &jobs {
@@ -912,6 +1027,19 @@ fn pending_view(
     }
 }
 
+/// A job's recorded spec (every field, defaults included) in the form the jobs API accepts:
+/// unset options (null) left out, and SGD's momentum only with SGD.
+fn recorded_spec(spec: &serde_json::Value) -> serde_json::Value {
+    let mut v = spec.clone();
+    if let Some(obj) = v.as_object_mut() {
+        obj.retain(|_, x| !x.is_null());
+        if obj.get("optimizer").and_then(|o| o.as_str()) != Some("sgd") {
+            obj.remove("momentum");
+        }
+    }
+    v
+}
+
 /// Loads a job's data and measures a step, on a thread at background priority: a submission
 /// reads a whole data set and runs training steps, and must not take the cores from the
 /// services it is admitted beside. The cost is measured in the thread's CPU time, so a
@@ -933,4 +1061,28 @@ fn load_and_measure(cfg: &JobConfig) -> Result<(crate::data::Dataset, usize, f64
             .join()
             .unwrap_or_else(|_| Err(NodeError::Internal("the admission thread panicked".into())))
     })
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+
+    #[test]
+    fn recorded_specs_parse_back_to_the_same_job() {
+        let sources = [
+            serde_json::json!({"name": "a", "data": "synthetic:blobs", "layers": [64, 10]}),
+            serde_json::json!({"name": "b", "data": "synthetic:blobs", "layers": [64, 32, 10],
+                "optimizer": "sgd", "momentum": 0.5, "deadline": "10m",
+                "target_accuracy": 0.9, "epochs": 7, "checkpoint_every_steps": 3}),
+            serde_json::json!({"name": "c", "data": "synthetic:spirals", "layers": [2, 8, 3],
+                "deadline": "2030-01-01T00:00:00Z", "class": "best-effort"}),
+        ];
+        for src in sources {
+            let cfg = crate::config::parse_job_json(&src).unwrap();
+            let recorded = serde_json::to_value(&cfg).unwrap();
+            let back = crate::config::parse_job_json(&recorded_spec(&recorded))
+                .unwrap_or_else(|e| panic!("{src}: {e:?}"));
+            assert_eq!(back, cfg, "{src}");
+        }
+    }
 }

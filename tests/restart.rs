@@ -1,0 +1,209 @@
+//! Crash safety of the daemon binary: a job survives SIGKILL (resumed from its last
+//! checkpoint, its acknowledged changes kept) and SIGTERM (checkpointed and resumed), and a
+//! job that was cancelled stays cancelled after a restart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Daemon {
+    child: Child,
+    url: String,
+    agent: ureq::Agent,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    fn start(config: &Path, log: &Path) -> Daemon {
+        let text = std::fs::read_to_string(config).unwrap();
+        let port: u16 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|p| p.trim_end_matches('"').parse().ok())
+            .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let d = Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            agent,
+        };
+        d.poll(Duration::from_secs(30), "the daemon to listen", || {
+            d.agent
+                .get(&format!("{}/v2/health/live", d.url))
+                .call()
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        });
+        d
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("POST", Some(b)) => self.agent.post(&url).send_json(b),
+            ("PATCH", Some(b)) => self.agent.patch(&url).send_json(b),
+            _ => unreachable!(),
+        }
+        .unwrap();
+        let status = resp.status().as_u16();
+        let v = resp.into_body().read_json::<Value>().unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    fn job(&self) -> Value {
+        self.send("GET", "/v1/jobs/j", None).1
+    }
+
+    fn poll<T>(&self, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling a child process this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < end, "the daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn checkpoint_step(path: &Path) -> u64 {
+    let c = setpoint::model::checkpoint::Checkpoint::load(path).unwrap();
+    c.training.unwrap().meta.step
+}
+
+#[test]
+fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    let config = dir.path().join("node.toml");
+    let log = dir.path().join("daemon.log");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = {:?}\n",
+            free_port(),
+            state
+        ),
+    )
+    .unwrap();
+    let ckpt = state.join("jobs/j/checkpoint.ckpt");
+
+    let d = Daemon::start(&config, &log);
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs",
+        Some(&json!({
+            "name": "j",
+            "data": "synthetic:blobs:size=4000,classes=10,features=64",
+            "layers": [64, 256, 256, 10],
+            "epochs": 1000,
+            "checkpoint_every_steps": 10,
+            "class": "best-effort",
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    d.poll(
+        Duration::from_secs(60),
+        "a checkpoint after 30 steps",
+        || (ckpt.exists() && checkpoint_step(&ckpt) >= 30).then_some(()),
+    );
+    let (s, v) = d.send("PATCH", "/v1/jobs/j", Some(&json!({"epochs": 900})));
+    assert_eq!(s, 200, "{v}");
+    let before = d.job()["steps"].as_u64().unwrap();
+
+    // SIGKILL: nothing is flushed; the job comes back from its last checkpoint, with the
+    // acknowledged change, losing at most one checkpoint interval.
+    d.kill9();
+    let saved = checkpoint_step(&ckpt);
+    assert!(
+        saved + 10 >= before.saturating_sub(10),
+        "{saved} vs {before}"
+    );
+    let d = Daemon::start(&config, &log);
+    let v = d.poll(Duration::from_secs(60), "the job to resume", || {
+        let v = d.job();
+        (v["state"] == "running" && v["steps"].as_u64() > Some(saved)).then_some(v)
+    });
+    assert_eq!(v["epochs_max"], 900, "{v}");
+    assert!(v["steps"].as_u64().unwrap() > saved);
+
+    // SIGTERM: the job checkpoints, the daemon exits 0, and the job resumes where it was.
+    let status = d.terminate();
+    assert!(status.success(), "{status:?}");
+    let at_stop = checkpoint_step(&ckpt);
+    assert!(at_stop > saved);
+    let d = Daemon::start(&config, &log);
+    d.poll(
+        Duration::from_secs(60),
+        "the job to resume after SIGTERM",
+        || {
+            let v = d.job();
+            (v["state"] == "running" && v["steps"].as_u64() >= Some(at_stop)).then_some(())
+        },
+    );
+
+    // A cancel is an outcome: after a crash the job is listed as cancelled, not resumed.
+    let (s, _) = d.send("DELETE", "/v1/jobs/j", None);
+    assert_eq!(s, 200);
+    d.poll(Duration::from_secs(30), "the job to stop", || {
+        (d.job()["state"] == "cancelled").then_some(())
+    });
+    d.kill9();
+    let d = Daemon::start(&config, &log);
+    std::thread::sleep(Duration::from_millis(500));
+    let v = d.job();
+    assert_eq!(v["state"], "cancelled", "{v}");
+    let steps = v["steps"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        d.job()["steps"].as_u64().unwrap(),
+        steps,
+        "a cancelled job took steps"
+    );
+    d.kill9();
+}
