@@ -154,6 +154,15 @@ fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
     );
     let (s, v) = d.send("PATCH", "/v1/jobs/j", Some(&json!({"epochs": 900})));
     assert_eq!(s, 200, "{v}");
+    // A service added through the API, from a copy of the job's checkpoint.
+    let model = dir.path().join("model.ckpt");
+    std::fs::copy(&ckpt, &model).unwrap();
+    let (s, v) = d.send(
+        "POST",
+        "/v1/services",
+        Some(&json!({"name": "m", "checkpoint": model, "slo": {"p99_ms": 50}})),
+    );
+    assert_eq!(s, 201, "{v}");
     let before = d.job()["steps"].as_u64().unwrap();
 
     // SIGKILL: nothing is flushed; the job comes back from its last checkpoint, with the
@@ -171,6 +180,9 @@ fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
     });
     assert_eq!(v["epochs_max"], 900, "{v}");
     assert!(v["steps"].as_u64().unwrap() > saved);
+    d.poll(Duration::from_secs(30), "the restored service", || {
+        (d.send("GET", "/v2/models/m/ready", None).0 == 200).then_some(())
+    });
 
     // SIGTERM: the job checkpoints, the daemon exits 0, and the job resumes where it was.
     let status = d.terminate();

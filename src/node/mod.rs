@@ -298,6 +298,7 @@ impl Node {
                 write(&self.services).insert(name, ServiceSlot::Failed(cfg, msg));
             }
         }
+        self.restore_services();
         let restored = self.restore_jobs();
         for job in self.config.jobs.clone() {
             let name = job.name.clone();
@@ -725,6 +726,53 @@ impl Node {
             ))
         })?;
         Ok(job)
+    }
+
+    /// Services added at run time before this start (through the API or from a job), from
+    /// the state dir; one whose name the config now uses is left to the config.
+    fn restore_services(self: &Arc<Self>) {
+        let dir = self.state_dir.join("services");
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect(),
+            Err(e) => {
+                tracing::error!("cannot read {}: {e}", dir.display());
+                return;
+            }
+        };
+        paths.sort();
+        for path in paths {
+            let restored = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+                })
+                .and_then(|record| {
+                    let cfg = crate::config::parse_service_json(
+                        &recorded_spec(&record["config"]),
+                        self.config.control_period_ms,
+                    )
+                    .map_err(|issues| NodeError::from_issues(issues).to_string())?;
+                    let origin: ServiceOrigin = serde_json::from_value(record["origin"].clone())
+                        .map_err(|e| format!("origin: {e}"))?;
+                    if self.config.services.iter().any(|c| c.name == cfg.name) {
+                        return Err(format!(
+                            "the config now defines a service named {}; the config's is used",
+                            cfg.name
+                        ));
+                    }
+                    self.add_service(cfg, origin).map_err(|e| e.to_string())
+                });
+            match restored {
+                Ok(svc) => {
+                    tracing::info!(service = %svc.name(), "service restored from the state dir")
+                }
+                Err(e) => tracing::error!("cannot restore the service in {}: {e}", path.display()),
+            }
+        }
     }
 
     /// Jobs accepted before this start, from the state dir: those that ended are listed as

@@ -26,7 +26,7 @@ pub const OUTPUT_NAME: &str = "probabilities";
 pub const MODEL_VERSION: &str = "1";
 
 /// Where a service's model came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ServiceOrigin {
     /// The node's config file.
