@@ -496,62 +496,49 @@ impl CudaBackend {
             "gemm_bf16_simt"
         };
         let block = if tensor_cores { BLOCK_BF16 } else { BLOCK };
-        check_len(name, "a", a.data.len(), g.m * g.k)?;
-        check_len(name, "b", b.data.len(), g.k * g.n)?;
-        check_len(name, "c", c.data.len(), g.m * g.n)?;
-        let f = self.func(name)?.clone();
-        self.gemm_launches(name, g, block, |cfg, begin, end, dims| {
-            let (m, n, k, ta, tb) = dims;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&a.data).arg(&b.data).arg(&mut c.data);
-            l.arg(&m)
-                .arg(&n)
-                .arg(&k)
-                .arg(&ta)
-                .arg(&tb)
-                .arg(&g.alpha)
-                .arg(&g.beta);
-            l.arg(&begin).arg(&end);
-            // SAFETY: arguments follow the ABI; lengths were checked above.
-            Self::launched(unsafe { l.launch(cfg) }, name)
-        })
+        self.launch_gemm(name, block, g, &a.data, &b.data, &mut c.data)
     }
 
-    /// Splits a GEMM into launches of at most `budget × TILES_PER_CTA_PER_LAUNCH` tiles.
-    fn gemm_launches(
+    /// Runs the GEMM kernel `name` (`Gemm` semantics, ABI.md arguments) in launches of at
+    /// most `budget × TILES_PER_CTA_PER_LAUNCH` tiles, so one launch runs for a bounded time.
+    fn launch_gemm<T>(
         &self,
-        op: &'static str,
-        g: Gemm,
+        name: &'static str,
         block: u32,
-        mut launch: impl FnMut(
-            LaunchConfig,
-            i32,
-            i32,
-            (i32, i32, i32, i32, i32),
-        ) -> Result<(), DeviceError>,
+        g: Gemm,
+        a: &CudaSlice<T>,
+        b: &CudaSlice<T>,
+        c: &mut CudaSlice<f32>,
     ) -> Result<(), DeviceError> {
+        check_len(name, "a", a.len(), g.m * g.k)?;
+        check_len(name, "b", b.len(), g.k * g.n)?;
+        check_len(name, "c", c.len(), g.m * g.n)?;
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        let dims = (
-            int(op, "m", g.m)?,
-            int(op, "n", g.n)?,
-            int(op, "k", g.k)?,
-            g.trans_a as i32,
-            g.trans_b as i32,
+        let (m, n, k) = (
+            int(name, "m", g.m)?,
+            int(name, "n", g.n)?,
+            int(name, "k", g.k)?,
         );
-        int(op, "m·k", g.m * g.k)?;
-        int(op, "k·n", g.k * g.n)?;
-        int(op, "m·n", g.m * g.n)?;
+        let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
+        int(name, "m·k", g.m * g.k)?;
+        int(name, "k·n", g.k * g.n)?;
+        int(name, "m·n", g.m * g.n)?;
+        let f = self.func(name)?;
         let tiles = g.m.div_ceil(GEMM_TILE) * g.n.div_ceil(GEMM_TILE);
-        let per_launch =
-            (self.budget.load(Ordering::Relaxed).max(1) * TILES_PER_CTA_PER_LAUNCH).max(1);
+        let per_launch = self.budget.load(Ordering::Relaxed).max(1) * TILES_PER_CTA_PER_LAUNCH;
         self.started()?;
         let mut begin = 0;
         while begin < tiles {
             let end = (begin + per_launch).min(tiles);
-            let cfg = self.cfg(end - begin, block);
-            launch(cfg, begin as i32, end as i32, dims)?;
+            let (b0, b1) = (begin as i32, end as i32);
+            let mut l = self.stream.launch_builder(f);
+            l.arg(a).arg(b).arg(&mut *c);
+            l.arg(&m).arg(&n).arg(&k).arg(&ta).arg(&tb);
+            l.arg(&g.alpha).arg(&g.beta).arg(&b0).arg(&b1);
+            // SAFETY: arguments follow the ABI; lengths were checked above.
+            Self::launched(unsafe { l.launch(self.cfg(end - begin, block)) }, name)?;
             begin = end;
         }
         Ok(())
@@ -694,25 +681,7 @@ impl Backend for CudaBackend {
     }
 
     fn gemm(&self, g: Gemm, a: &CudaBuf, b: &CudaBuf, c: &mut CudaBuf) -> Result<(), DeviceError> {
-        check_len("gemm", "a", a.data.len(), g.m * g.k)?;
-        check_len("gemm", "b", b.data.len(), g.k * g.n)?;
-        check_len("gemm", "c", c.data.len(), g.m * g.n)?;
-        let f = self.func("gemm_f32")?.clone();
-        self.gemm_launches("gemm", g, BLOCK, |cfg, begin, end, dims| {
-            let (m, n, k, ta, tb) = dims;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&a.data).arg(&b.data).arg(&mut c.data);
-            l.arg(&m)
-                .arg(&n)
-                .arg(&k)
-                .arg(&ta)
-                .arg(&tb)
-                .arg(&g.alpha)
-                .arg(&g.beta);
-            l.arg(&begin).arg(&end);
-            // SAFETY: ABI arguments, lengths checked.
-            Self::launched(unsafe { l.launch(cfg) }, "gemm")
-        })
+        self.launch_gemm("gemm_f32", BLOCK, g, &a.data, &b.data, &mut c.data)
     }
 
     fn bias_act(
