@@ -214,6 +214,11 @@ fn client_commands_drive_a_daemon_end_to_end() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("DEVICE") && text.contains("cpu"), "{text}");
+    // Where the tenants run and why, under the devices table.
+    assert!(
+        text.contains("\n(no usable GPU (") || text.contains("\n(found GPU 0 ("),
+        "{text}"
+    );
     assert!(text.contains("no tenants"), "{text}");
     let s = d.json(&["status", "--json"]);
     assert_eq!(s["ready"], true, "{s}");

@@ -298,6 +298,9 @@ pub fn status_text(s: &Value) -> String {
         ]);
     }
     out.push_str(&d.render());
+    if let Some(note) = s["device_note"].as_str() {
+        out.push_str(&format!("({note})\n"));
+    }
     out.push('\n');
     let mut t = Table::new(&[
         "KIND",
