@@ -537,6 +537,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
     }
+    // The environment may carry the token, so it need not sit in a config file.
+    if config.auth_token.is_none()
+        && let Ok(token) = std::env::var("SETPOINT_AUTH_TOKEN")
+        && !token.is_empty()
+    {
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(input_error(
+                "SETPOINT_AUTH_TOKEN: must be printable ascii without spaces or control characters",
+            ));
+        }
+        config.auth_token = Some(token);
+    }
+    if !config.listen.ip().is_loopback() && config.auth_token.is_none() {
+        return Err(input_error(format!(
+            "listen = {}: beyond loopback the API needs a bearer token; set auth_token in the \
+             config or SETPOINT_AUTH_TOKEN, or listen on 127.0.0.1",
+            config.listen
+        )));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("setpoint-http")

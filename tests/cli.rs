@@ -387,3 +387,18 @@ fn bench_with_nvidia_smi_says_what_is_missing_on_a_host_without_a_driver() {
         "{err}"
     );
 }
+
+#[test]
+fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
+    let out = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("SETPOINT_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("listen = 0.0.0.0:0: beyond loopback the API needs a bearer token"),
+        "{err}"
+    );
+}

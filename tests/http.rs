@@ -867,3 +867,53 @@ fn status_shows_every_tenant_with_its_set_point() {
             .starts_with("accuracy >= 0.95 by ")
     );
 }
+
+#[test]
+fn with_a_token_changes_need_it_and_reads_and_inference_do_not() {
+    let d = Daemon::start("auth_token = \"s3cret-token\"\n");
+    let url = |p: &str| format!("{}{p}", d.url);
+    let job = json!({"name": "x", "data": "synthetic:blobs", "layers": [64, 10]});
+    // No token: 401, saying what is needed, with the scheme in WWW-Authenticate.
+    let mut r = d.agent.post(url("/v1/jobs")).send_json(&job).unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers().get("www-authenticate").unwrap(),
+        "Bearer realm=\"setpoint\""
+    );
+    let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        body["error"],
+        "POST /v1/jobs: this node requires \"Authorization: Bearer TOKEN\" on requests that change it"
+    );
+    // A wrong token, and a DELETE: refused too, and nothing changed.
+    let mut r = d
+        .agent
+        .delete(url("/v1/jobs/x"))
+        .header("authorization", "Bearer s3cret-tokeN")
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        body["error"],
+        "DELETE /v1/jobs/x: the bearer token is not the node's"
+    );
+    assert_eq!(d.get("/v1/jobs").1["jobs"].as_array().unwrap().len(), 0);
+    // Reads and inference need no token (an unknown model answers 404, not 401).
+    assert_eq!(d.get("/v1/status").0, 200);
+    assert_eq!(d.get("/metrics").0, 200);
+    let r = d
+        .agent
+        .post(url("/v2/models/nope/infer"))
+        .send_json(&infer_json(&[row(0)]))
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The right token passes.
+    let r = d
+        .agent
+        .post(url("/v1/jobs"))
+        .header("authorization", "Bearer s3cret-token")
+        .send_json(&job)
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}

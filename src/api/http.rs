@@ -51,6 +51,12 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"setpoint\""),
+            );
+        }
         r
     }
 }
@@ -148,7 +154,66 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
+}
+
+/// With `auth_token` set, every request that changes the node (any method but GET and HEAD,
+/// except inference, which changes nothing) must carry `Authorization: Bearer TOKEN`.
+async fn require_token(
+    State(st): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = st.node.config().auth_token.as_deref() else {
+        return next.run(req).await;
+    };
+    let reads = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let infer = req.method() == axum::http::Method::POST && req.uri().path().ends_with("/infer");
+    if reads || infer {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{} {}: the bearer token is not the node's",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{} {}: this node requires \"Authorization: Bearer TOKEN\" on requests that change it",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without returning early, so the time taken does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for (i, &x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0 && a.len() == b.len()
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -89,6 +89,8 @@ pub struct RawResponse {
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `SETPOINT_AUTH_TOKEN`, sent as a bearer token when set.
+    token: Option<String>,
 }
 
 /// Largest response body the client reads.
@@ -104,7 +106,10 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(300)))
             .build()
             .into();
-        Ok(Client { base, agent })
+        let token = std::env::var("SETPOINT_AUTH_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        Ok(Client { base, agent, token })
     }
 
     /// The daemon's base URL, without a trailing `/`.
@@ -171,6 +176,12 @@ impl Client {
         headers: &[(&str, &str)],
     ) -> Result<RawResponse, ClientError> {
         let url = self.url(path);
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(b) = &bearer {
+            all.push(("authorization", b));
+        }
+        let headers = all.as_slice();
         let result = match (method, body) {
             ("GET", _) => with_headers_nobody(self.agent.get(&url), headers).call(),
             ("DELETE", _) => with_headers_nobody(self.agent.delete(&url), headers).call(),
