@@ -905,7 +905,7 @@ fn with_a_token_changes_need_it_and_reads_and_inference_do_not() {
     let r = d
         .agent
         .post(url("/v2/models/nope/infer"))
-        .send_json(&infer_json(&[row(0)]))
+        .send_json(infer_json(&[row(0)]))
         .unwrap();
     assert_eq!(r.status(), 404);
     // The right token passes.
