@@ -17,7 +17,7 @@
 #                        and beside training with and without stream priority
 #   tests-*.txt          output of each test binary
 #   summary.txt          exit status of every step
-# Takes about 3 minutes with --quick and 5 without on an H100/H200.
+# Sized to finish within about 5 minutes (3 with --quick); not yet timed on a GPU.
 set -uo pipefail
 
 quick=""

@@ -432,7 +432,7 @@ pub fn gemm_bench(g: &CudaBackend, sizes: &[usize], reps: usize) -> Result<Value
         let mut cc = g.alloc(n * n).map_err(e)?;
         let blas_f32 = time_on_stream(g, reps, || {
             // SAFETY: n×n buffers, column-major shapes as configured.
-            unsafe { blas.gemm(cfg32, gb.slice(), ga.slice(), cc_slice(&mut cc)) }
+            unsafe { blas.gemm(cfg32, gb.slice(), ga.slice(), cc.slice_mut()) }
                 .map_err(|e| format!("cuBLAS sgemm: {e:?}"))
         })?;
         let (a16, b16) = (
@@ -494,10 +494,6 @@ pub fn gemm_bench(g: &CudaBackend, sizes: &[usize], reps: usize) -> Result<Value
         }));
     }
     Ok(Value::Array(rows))
-}
-
-fn cc_slice(b: &mut crate::device::cuda::CudaBuf) -> &mut cudarc::driver::CudaSlice<f32> {
-    b.slice_mut()
 }
 
 /// Samples/s of `steps` training steps (after 5 unmeasured ones) on `backend`.

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use rayon::prelude::*;
 
-use super::{Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_len};
+use super::{
+    Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_labels, check_len,
+};
 use crate::util::cputime::ThreadClock;
 
 /// Below this many elements an elementwise operation runs on the calling thread: handing
@@ -367,16 +369,7 @@ impl Backend for CpuBackend {
         check_len(OP, "grad", grad.0.len(), rows * cols)?;
         check_len(OP, "loss_acc", loss_acc.0.len(), rows)?;
         check_len(OP, "correct_acc", correct_acc.0.len(), rows)?;
-        for (r, &label) in labels[..rows].iter().enumerate() {
-            if label as usize >= cols {
-                return Err(DeviceError::Label {
-                    op: OP,
-                    row: r,
-                    label,
-                    classes: cols,
-                });
-            }
-        }
+        check_labels(OP, labels, rows, cols)?;
         if cols == 0 {
             return Ok(());
         }

@@ -29,7 +29,9 @@ use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys,
 };
 
-use super::{Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_len};
+use super::{
+    Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_labels, check_len,
+};
 
 /// Output tile of the GEMM kernels (ABI.md).
 const GEMM_TILE: usize = 64;
@@ -778,16 +780,7 @@ impl Backend for CudaBackend {
         check_len(OP, "grad", grad.data.len(), rows * cols)?;
         check_len(OP, "loss_acc", loss_acc.data.len(), rows)?;
         check_len(OP, "correct_acc", correct_acc.data.len(), rows)?;
-        for (r, &label) in labels.host[..rows].iter().enumerate() {
-            if label as usize >= cols {
-                return Err(DeviceError::Label {
-                    op: OP,
-                    row: r,
-                    label,
-                    classes: cols,
-                });
-            }
-        }
+        check_labels(OP, &labels.host, rows, cols)?;
         if cols == 0 || rows == 0 {
             return Ok(());
         }

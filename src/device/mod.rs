@@ -289,3 +289,25 @@ pub(crate) fn check_len(
         Ok(())
     }
 }
+
+/// Checks that each of the first `rows` labels is below `classes` (the softmax ops' rule).
+pub(crate) fn check_labels(
+    op: &'static str,
+    labels: &[u32],
+    rows: usize,
+    classes: usize,
+) -> Result<(), DeviceError> {
+    match labels[..rows]
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| l as usize >= classes)
+    {
+        Some((row, &label)) => Err(DeviceError::Label {
+            op,
+            row,
+            label,
+            classes,
+        }),
+        None => Ok(()),
+    }
+}

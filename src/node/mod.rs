@@ -732,18 +732,7 @@ impl Node {
     /// the state dir; one whose name the config now uses is left to the config.
     fn restore_services(self: &Arc<Self>) {
         let dir = self.state_dir.join("services");
-        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .collect(),
-            Err(e) => {
-                tracing::error!("cannot read {}: {e}", dir.display());
-                return;
-            }
-        };
-        paths.sort();
+        let paths = sorted_entries(&dir, |p| p.extension().is_some_and(|x| x == "json"));
         for path in paths {
             let restored = std::fs::read(&path)
                 .map_err(|e| e.to_string())
@@ -780,18 +769,7 @@ impl Node {
     /// checkpoint interval). Returns their names.
     fn restore_jobs(self: &Arc<Self>) -> Vec<String> {
         let dir = self.state_dir.join("jobs");
-        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect(),
-            Err(e) => {
-                tracing::error!("cannot read {}: {e}", dir.display());
-                return Vec::new();
-            }
-        };
-        paths.sort();
+        let paths = sorted_entries(&dir, |p| p.is_dir());
         let mut names = Vec::new();
         for path in paths {
             match self.restore_job(&path) {
@@ -1072,6 +1050,26 @@ fn pending_view(
         success_count: 0,
         origin: Some(ServiceOrigin::Config),
         created_at: None,
+    }
+}
+
+/// The entries of `dir` that `keep` accepts, sorted; none (and an error logged) when the
+/// directory cannot be read.
+fn sorted_entries(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut paths: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| keep(p))
+                .collect();
+            paths.sort();
+            paths
+        }
+        Err(e) => {
+            tracing::error!("cannot read {}: {e}", dir.display());
+            Vec::new()
+        }
     }
 }
 
