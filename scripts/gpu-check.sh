@@ -15,6 +15,9 @@
 #   gpu-check.json       `setpoint gpu-check`: kernels vs the CPU backend, GEMM vs cuBLAS,
 #                        training GPU vs CPU, two lanes at 0.25/0.75, inference p99 alone
 #                        and beside training with and without stream priority
+#   daemon/              the daemon on the GPU (device.kind = "cuda"): its log, status and
+#                        metrics while a job trains beside a service under HTTP load, and
+#                        the HTTP load's report
 #   tests-*.txt          output of each test binary
 #   summary.txt          exit status of every step
 # Sized to finish within about 5 minutes (3 with --quick); not yet timed on a GPU.
@@ -78,6 +81,60 @@ for p in shared/data/digits.csv.gz ../shared/data/digits.csv.gz; do
     fi
 done
 step "gpu-check" bash -c "'$bin' gpu-check $quick $digits --out '$out' 2>'$out/gpu-check.log'"
+
+# The daemon itself on the GPU: tenants on CUDA lanes, a job beside a loaded service.
+daemon_check() {
+    local d="$out/daemon"
+    mkdir -p "$d"
+    local state
+    state=$(mktemp -d)
+    cat >"$d/config.toml" <<CONF
+listen = "127.0.0.1:8123"
+state_dir = "$state"
+[device]
+kind = "cuda"
+[[services]]
+name = "mlp"
+layers = [64, 128, 10]
+seed = 1
+  [services.slo]
+  p99_ms = 5.0
+  [services.batching]
+  max_batch_size = 64
+CONF
+    "$bin" serve --config "$d/config.toml" >"$d/serve.log" 2>&1 &
+    local pid=$!
+    local url="http://127.0.0.1:8123"
+    local ready=1
+    for _ in $(seq 1 120); do
+        if "$bin" status --url "$url" --json >"$d/status-start.json" 2>/dev/null; then
+            ready=0
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    if [ "$ready" -ne 0 ]; then
+        echo "the daemon did not answer; see daemon/serve.log"
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+        return 1
+    fi
+    "$bin" submit --url "$url" --name big --data "synthetic:blobs:size=200000,features=64,classes=10" \
+        --layers 64,2048,2048,10 --epochs 3 --batch-size 512 >"$d/submit.txt" 2>&1
+    "$bin" bench http --url "$url" --model mlp --concurrency 1,16 --duration 5s --warmup 1s \
+        >"$d/bench-http.txt" 2>&1
+    "$bin" status --url "$url" --json >"$d/status-loaded.json" 2>&1
+    curl -s "$url/metrics" >"$d/metrics.txt" 2>&1
+    "$bin" jobs --url "$url" --json >"$d/jobs.json" 2>&1
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid"
+    local rc=$?
+    echo "daemon exit status after SIGTERM: $rc" >>"$d/serve.log"
+    rm -rf "$state"
+    grep -q '"cuda:' "$d/status-start.json"
+}
+step "daemon on the GPU" daemon_check
 
 for t in ${SETPOINT_GPU_TESTS:-}; do
     name=$(basename "$t")

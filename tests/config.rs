@@ -80,6 +80,7 @@ fn default_config_is_valid_with_expected_values() {
             require_gpu: false,
             cpu_threads: 0,
             share_mechanism: ShareMechanism::Auto,
+            memory_limit_mib: None,
         }
     );
     assert_eq!(
@@ -462,7 +463,7 @@ fn unknown_keys_are_reported_everywhere_with_the_accepted_list() {
     assert_eq!(
         issues(&text),
         vec![
-            "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism)",
+            "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib)",
             "control.period: unknown key (accepted: reserve_frac, leftover, decision_log)",
             "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, slo, batching)",
             "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, slo, batching)",
@@ -696,7 +697,7 @@ fn a_job_without_a_deadline_is_best_effort() {
 #[test]
 fn device_rules() {
     let c = ok(
-        "[device]\nkind = \"cuda\"\ngpus = [2, 0]\nrequire_gpu = true\ncpu_threads = 8\nshare_mechanism = \"green\"\n",
+        "[device]\nkind = \"cuda\"\ngpus = [2, 0]\nrequire_gpu = true\ncpu_threads = 8\nshare_mechanism = \"green\"\nmemory_limit_mib = 4096\n",
     );
     assert_eq!(
         c.device,
@@ -706,7 +707,18 @@ fn device_rules() {
             require_gpu: true,
             cpu_threads: 8,
             share_mechanism: ShareMechanism::Green,
+            memory_limit_mib: Some(4096),
         }
+    );
+    assert_eq!(
+        ok("[device]\nmemory_limit_mib = 0\n").device.memory_limit_mib,
+        None,
+        "0 means all of the GPU's memory"
+    );
+    assert!(
+        one_issue("[device]\nmemory_limit_mib = -1\n").starts_with("device.memory_limit_mib"),
+        "{}",
+        one_issue("[device]\nmemory_limit_mib = -1\n")
     );
     assert_eq!(
         one_issue("[device]\ngpus = [0, 1, 0]\n"),

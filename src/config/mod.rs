@@ -68,6 +68,8 @@ pub struct DeviceConfig {
     pub cpu_threads: usize,
     /// How a GPU share is enforced.
     pub share_mechanism: ShareMechanism,
+    /// Device memory setpoint's buffers may use on a GPU, MiB; `None`: all of it.
+    pub memory_limit_mib: Option<u64>,
 }
 
 /// Which backend runs the work.

@@ -29,6 +29,7 @@ const DEVICE_KEYS: &[&str] = &[
     "require_gpu",
     "cpu_threads",
     "share_mechanism",
+    "memory_limit_mib",
 ];
 const CONTROL_KEYS: &[&str] = &["reserve_frac", "leftover", "decision_log"];
 const SERVICE_KEYS: &[&str] = &[
@@ -206,12 +207,14 @@ fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {
             ],
         )
         .or(ShareMechanism::Auto);
+    let memory_limit_mib = w.int::<u64>(t, "memory_limit_mib", 0, Some(1 << 24)).or(0);
     DeviceConfig {
         kind: kind.unwrap_or(DeviceKind::Auto),
         gpus: gpus.unwrap_or(GpuSelection::All),
         require_gpu: require_gpu.unwrap_or(false),
         cpu_threads: cpu_threads.unwrap_or(0),
         share_mechanism: share_mechanism.unwrap_or(ShareMechanism::Auto),
+        memory_limit_mib: memory_limit_mib.filter(|&m| m > 0),
     }
 }
 

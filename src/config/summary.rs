@@ -68,6 +68,10 @@ impl NodeConfig {
             writeln!(o, "cpu_threads = {}", d.cpu_threads)?;
         }
         writeln!(o, "share_mechanism = {}", q(d.share_mechanism.as_str()))?;
+        match d.memory_limit_mib {
+            Some(m) => writeln!(o, "memory_limit_mib = {m}")?,
+            None => writeln!(o, "memory_limit_mib = 0  # all of each GPU's memory")?,
+        }
 
         let c = &self.control;
         writeln!(o, "\n[control]")?;

@@ -134,3 +134,89 @@ fn earliest_deadline(
     let free = (capacity - services - held.max(0.0)).max(cfg.min_share);
     (t + work.max(0.0) / free) / (1.0 - cfg.deadline_margin_frac)
 }
+
+/// Device memory a job would add to a GPU, against what is free there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryCheck {
+    /// The device, for messages (`cuda:0`).
+    pub device: String,
+    /// Bytes the job's buffers took when its step was measured.
+    pub need_bytes: u64,
+    /// Bytes setpoint may still allocate under its configured limit.
+    pub limit_free_bytes: u64,
+    /// Bytes in use on the device by every process, and installed, from telemetry (NVML);
+    /// `None` when telemetry has no reading.
+    pub device_used_total: Option<(u64, u64)>,
+}
+
+/// Refuses a job whose buffers would not fit in the device memory free now: under
+/// setpoint's limit, and on the device as telemetry sees it (other processes included).
+/// Returns the reason in words.
+pub fn check_memory(m: &MemoryCheck) -> Result<(), String> {
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    if m.need_bytes > m.limit_free_bytes {
+        return Err(format!(
+            "its buffers need {} MiB of device memory on {}, and setpoint's limit leaves {} MiB \
+             (device.memory_limit_mib)",
+            mib(m.need_bytes),
+            m.device,
+            m.limit_free_bytes >> 20
+        ));
+    }
+    if let Some((used, total)) = m.device_used_total {
+        let free = total.saturating_sub(used);
+        if m.need_bytes > free {
+            return Err(format!(
+                "its buffers need {} MiB of device memory on {}, and only {} MiB of {} MiB is \
+                 free there (other processes included)",
+                mib(m.need_bytes),
+                m.device,
+                free >> 20,
+                total >> 20
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    fn check(
+        need_mib: u64,
+        limit_free_mib: u64,
+        used_total_mib: Option<(u64, u64)>,
+    ) -> MemoryCheck {
+        MemoryCheck {
+            device: "cuda:0".into(),
+            need_bytes: need_mib << 20,
+            limit_free_bytes: limit_free_mib << 20,
+            device_used_total: used_total_mib.map(|(u, t)| (u << 20, t << 20)),
+        }
+    }
+
+    #[test]
+    fn a_job_that_fits_is_admitted() {
+        assert_eq!(check_memory(&check(100, 1000, Some((500, 1000)))), Ok(()));
+        assert_eq!(check_memory(&check(100, 1000, None)), Ok(()));
+    }
+
+    #[test]
+    fn memory_pressure_from_other_processes_refuses_with_the_figures() {
+        let err = check_memory(&check(600, 80_000, Some((79_500, 80_000)))).unwrap_err();
+        assert!(
+            err.contains("600 MiB") && err.contains("only 500 MiB of 80000 MiB is free"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_configured_limit_refuses_naming_the_key() {
+        let err = check_memory(&check(600, 200, Some((0, 80_000)))).unwrap_err();
+        assert!(
+            err.contains("leaves 200 MiB") && err.contains("device.memory_limit_mib"),
+            "{err}"
+        );
+    }
+}

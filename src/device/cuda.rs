@@ -347,6 +347,8 @@ pub struct CudaBf16 {
 struct BusyClock {
     start: Option<CudaEvent>,
     total: Duration,
+    /// Busy spans times the CTA budget in force when each ended: what lanes are charged.
+    charged: Duration,
 }
 
 /// A lane on a GPU: one stream with a priority, a CTA budget, busy time from events.
@@ -935,9 +937,15 @@ impl Backend for CudaBackend {
             let ms = s
                 .elapsed_ms(&e)
                 .map_err(|e| driver_err("event timing", e))?;
-            b.total += Duration::from_secs_f64(ms.max(0.0) as f64 / 1000.0);
+            let span = Duration::from_secs_f64(ms.max(0.0) as f64 / 1000.0);
+            b.total += span;
+            b.charged += span * self.budget.load(Ordering::Relaxed).max(1) as u32;
         }
         Ok(())
+    }
+
+    fn lane_time(&self) -> Duration {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).charged
     }
 }
 

@@ -269,6 +269,15 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<(), DeviceError> {
         Ok(())
     }
+
+    /// What a lane is charged for the work done through this backend so far, in
+    /// worker-seconds of its device, read by the thread that runs the work: on the CPU the
+    /// processor time of the calling thread and of the backend's own workers; on a GPU the
+    /// stream's busy time (timed by events, up to the last [`Backend::synchronize`]) times
+    /// the CTA budget in force. A unit of work is charged the difference of two readings.
+    fn lane_time(&self) -> std::time::Duration {
+        crate::util::cputime::thread_cpu_time() + self.worker_cpu_time()
+    }
 }
 
 /// Checks that a buffer of `len` elements can hold `needed`.

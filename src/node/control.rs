@@ -105,10 +105,11 @@ impl Node {
     /// shares and batch sizes by the policy in force, and applies them to the lanes.
     pub fn control_tick(self: &Arc<Self>) -> Decisions {
         // GPU telemetry first (NVML reads block briefly), outside the control state's lock.
-        // Throttling is shown beside the decisions it explains. Foreign load on a GPU would
-        // lower that GPU's capacity; the daemon's lanes run on the CPU backend in this
-        // version, so it is reported (status, metrics) but not subtracted from the CPU.
+        // Throttling is shown beside the decisions it explains. Foreign load on the GPU the
+        // tenants run on lowers the capacity the arbiter hands out; on the CPU backend it is
+        // reported (status, metrics) but not subtracted from the CPU.
         let (gpu_samples, _) = self.poll_telemetry();
+        let foreign = foreign_load(self.placement().gpu_uuid(), &gpu_samples);
         let throttling: Vec<String> = gpu_samples
             .iter()
             .flat_map(|g| {
@@ -130,6 +131,7 @@ impl Node {
         let mut obs = Observations {
             now_s: now.saturating_duration_since(st.started).as_secs_f64(),
             throttling,
+            foreign_load: foreign,
             ..Default::default()
         };
         let mut used_core_s = 0.0;
@@ -177,8 +179,8 @@ impl Node {
                 calibration: svc.inner.take_calibration(),
                 batch_limit: svc.config.batching.max_batch_size,
                 share: svc.lane.share(),
-                // One batcher thread: it can use one core of the device at most.
-                max_share: 1.0 / cores as f64,
+                // On the CPU one batcher thread can use one core at most; a GPU lane all of it.
+                max_share: self.service_max_share(),
                 cores,
             });
         }
@@ -349,5 +351,47 @@ impl Node {
             next = Instant::now().max(next) + period;
             self.control_tick();
         }
+    }
+}
+
+/// The share of the GPU `uuid` that other processes used in the latest sample (0 without a
+/// GPU, without a sample of it, or when the driver has no per-process statistics).
+pub(crate) fn foreign_load(uuid: Option<&str>, samples: &[crate::telemetry::GpuSample]) -> f64 {
+    let Some(uuid) = uuid else { return 0.0 };
+    samples
+        .iter()
+        .find(|s| s.uuid == uuid)
+        .and_then(|s| s.foreign_util_pct)
+        .filter(|p| p.is_finite())
+        .map_or(0.0, |p| (p / 100.0).clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::GpuSample;
+
+    #[test]
+    fn foreign_load_is_read_from_the_gpu_tenants_run_on() {
+        let mut a = GpuSample::empty(0, "GPU-a", "test", 0.0);
+        a.foreign_util_pct = Some(30.0);
+        let mut b = GpuSample::empty(1, "GPU-b", "test", 0.0);
+        b.foreign_util_pct = Some(80.0);
+        let samples = [a, b];
+        assert_eq!(
+            foreign_load(None, &samples),
+            0.0,
+            "CPU tenants: nothing subtracted"
+        );
+        assert!((foreign_load(Some("GPU-a"), &samples) - 0.30).abs() < 1e-12);
+        assert!((foreign_load(Some("GPU-b"), &samples) - 0.80).abs() < 1e-12);
+        assert_eq!(
+            foreign_load(Some("GPU-c"), &samples),
+            0.0,
+            "no sample of it"
+        );
+        let mut nan = GpuSample::empty(0, "GPU-a", "test", 0.0);
+        nan.foreign_util_pct = Some(f64::NAN);
+        assert_eq!(foreign_load(Some("GPU-a"), &[nan]), 0.0);
     }
 }

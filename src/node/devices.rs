@@ -1,60 +1,171 @@
 //! Which devices the node runs on: the CUDA driver is probed (never assumed) and the reason
 //! for every fallback to the CPU is logged and shown in `/v1/status`.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use crate::config::{DeviceConfig, DeviceKind, GpuSelection};
-use crate::device::cuda::{self, GpuInfo};
+use crate::config::{DeviceConfig, DeviceKind, GpuSelection, ShareMechanism};
+use crate::device::DeviceError;
+use crate::device::cuda::{self, CudaDevice, GpuInfo};
 
 use super::NodeError;
+
+/// Where the node's tenants run.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// The CPU backend: lanes are threads, shares are worker budgets and CPU time.
+    Cpu,
+    /// One GPU: lanes are streams (inference at the device's greatest priority, training at
+    /// its least), shares are CTA budgets, work is charged by busy time from CUDA events.
+    Cuda(Arc<CudaDevice>),
+}
+
+impl Placement {
+    /// Workers the device offers: CPU threads, or SMs × resident blocks per SM on a GPU.
+    pub fn workers(&self, cpu_threads: usize) -> usize {
+        match self {
+            Placement::Cpu => cpu_threads,
+            Placement::Cuda(dev) => dev.max_ctas(),
+        }
+    }
+
+    /// The device's name in status and metrics: `cpu` or `cuda:N`.
+    pub fn name(&self) -> String {
+        match self {
+            Placement::Cpu => "cpu".into(),
+            Placement::Cuda(dev) => format!("cuda:{}", dev.info().index),
+        }
+    }
+
+    /// The GPU's UUID, when tenants run on one.
+    pub fn gpu_uuid(&self) -> Option<&str> {
+        match self {
+            Placement::Cpu => None,
+            Placement::Cuda(dev) => Some(&dev.info().uuid),
+        }
+    }
+}
 
 /// What the node found at start.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
-    /// The backend the daemon's tenants run on.
+    /// The backend the daemon's tenants run on (`cpu` or `cuda`).
     pub backend: &'static str,
     /// GPUs the driver reports, among those the config selects.
     pub gpus: Vec<GpuInfo>,
     /// Why the tenants run where they do, in one line.
     pub note: String,
+    /// Where they run.
+    #[serde(skip)]
+    pub placement: Placement,
 }
 
-/// Probes the GPUs `cfg` asks about and decides where tenants run. Refuses (503-class
-/// `Unavailable`) when the config requires a GPU that tenants cannot use.
-pub fn resolve(cfg: &DeviceConfig) -> Result<DeviceReport, NodeError> {
+/// Probes the GPUs `cfg` asks about and decides where tenants run: on the first selected GPU
+/// when one can be opened (its kernels compiled with NVRTC and cached under `cache_dir`),
+/// else on the CPU. Refuses (503-class `Unavailable`) when the config requires a GPU that
+/// tenants cannot use.
+pub fn resolve(cfg: &DeviceConfig, cache_dir: &Path) -> Result<DeviceReport, NodeError> {
     if cfg.kind == DeviceKind::Cpu {
-        return Ok(DeviceReport {
-            backend: "cpu",
-            gpus: Vec::new(),
-            note: "device.kind = \"cpu\"".into(),
-        });
+        return decide(cfg, Err(String::new()), |_| unreachable_open());
+    }
+    let found = cuda::probe().and_then(|all| select(all, &cfg.gpus));
+    let limit = cfg.memory_limit_mib.map(|m| m << 20);
+    decide(cfg, found, |g| {
+        CudaDevice::open(g.index, Some(cache_dir), limit)
+    })
+}
+
+fn unreachable_open() -> Result<Arc<CudaDevice>, DeviceError> {
+    Err(DeviceError::Unavailable("not opened".into()))
+}
+
+/// The decision [`resolve`] makes, given what the probe found and a way to open a GPU.
+fn decide(
+    cfg: &DeviceConfig,
+    found: Result<Vec<GpuInfo>, String>,
+    open: impl FnOnce(&GpuInfo) -> Result<Arc<CudaDevice>, DeviceError>,
+) -> Result<DeviceReport, NodeError> {
+    let cpu = |gpus: Vec<GpuInfo>, note: String| DeviceReport {
+        backend: "cpu",
+        gpus,
+        note,
+        placement: Placement::Cpu,
+    };
+    if cfg.kind == DeviceKind::Cpu {
+        return Ok(cpu(Vec::new(), "device.kind = \"cpu\"".into()));
     }
     let wants_gpu = cfg.kind == DeviceKind::Cuda || cfg.require_gpu;
-    let found = cuda::probe().and_then(|all| select(all, &cfg.gpus));
-    match found {
-        Err(why) if wants_gpu => Err(NodeError::Unavailable(format!(
-            "no usable GPU: {why}; the config requires one (device.kind = \"cuda\" or \
-             device.require_gpu = true); set device.kind = \"auto\" to run on the CPU instead"
-        ))),
-        Err(why) => Ok(DeviceReport {
-            backend: "cpu",
-            gpus: Vec::new(),
-            note: format!("no usable GPU ({why}); running on the CPU backend"),
-        }),
-        Ok(gpus) if wants_gpu => Err(NodeError::Unavailable(format!(
-            "found {}, but the daemon's lanes run on the CPU backend in this version (the CUDA \
-             backend serves `setpoint gpu-check` and the library); device.kind = \"cuda\" and \
-             device.require_gpu = true cannot be met yet: use device.kind = \"auto\"",
+    let required = "the config requires one (device.kind = \"cuda\" or device.require_gpu = \
+                    true); set device.kind = \"auto\" to run on the CPU instead";
+    let gpus = match found {
+        Ok(gpus) if !gpus.is_empty() => gpus,
+        Ok(_) if wants_gpu => {
+            return Err(NodeError::Unavailable(format!(
+                "no usable GPU: the selection is empty; {required}"
+            )));
+        }
+        Ok(_) => {
+            return Ok(cpu(
+                Vec::new(),
+                "no GPU selected; running on the CPU backend".into(),
+            ));
+        }
+        Err(why) if wants_gpu => {
+            return Err(NodeError::Unavailable(format!(
+                "no usable GPU: {why}; {required}"
+            )));
+        }
+        Err(why) => {
+            return Ok(cpu(
+                Vec::new(),
+                format!("no usable GPU ({why}); running on the CPU backend"),
+            ));
+        }
+    };
+    if cfg.share_mechanism == ShareMechanism::Green {
+        return Err(NodeError::Unavailable(format!(
+            "found {}, but device.share_mechanism = \"green\" (SM partitions from green \
+             contexts) is not implemented in this version; use \"cta\" (grid caps) or \
+             \"auto\"",
             describe(&gpus)
-        ))),
-        Ok(gpus) => Ok(DeviceReport {
-            backend: "cpu",
+        )));
+    }
+    let first = gpus[0].clone();
+    let unused = if gpus.len() > 1 {
+        format!(
+            "; {} other selected GPU(s) unused: the daemon runs its tenants on one GPU in this \
+             version",
+            gpus.len() - 1
+        )
+    } else {
+        String::new()
+    };
+    match open(&first) {
+        Ok(dev) => Ok(DeviceReport {
+            backend: "cuda",
             note: format!(
-                "found {}; the daemon's lanes run on the CPU backend in this version",
-                describe(&gpus)
+                "tenants run on GPU {} ({}, {}): {} CTAs, shares as CTA budgets{unused}",
+                first.index,
+                first.name,
+                first.uuid,
+                dev.max_ctas()
             ),
             gpus,
+            placement: Placement::Cuda(dev),
         }),
+        Err(e) if wants_gpu => Err(NodeError::Unavailable(format!(
+            "cannot open GPU {} ({}): {e}; {required}",
+            first.index, first.name
+        ))),
+        Err(e) => Ok(cpu(
+            gpus,
+            format!(
+                "found GPU {} ({}) but cannot open it ({e}); running on the CPU backend",
+                first.index, first.name
+            ),
+        )),
     }
 }
 
@@ -105,6 +216,93 @@ mod tests {
             total_memory: 1 << 30,
             priority_range: (0, -5),
         }
+    }
+
+    fn config(kind: DeviceKind, require_gpu: bool) -> DeviceConfig {
+        DeviceConfig {
+            kind,
+            gpus: GpuSelection::All,
+            require_gpu,
+            cpu_threads: 0,
+            share_mechanism: ShareMechanism::Auto,
+            memory_limit_mib: None,
+        }
+    }
+
+    fn failing_open(_: &GpuInfo) -> Result<Arc<CudaDevice>, DeviceError> {
+        Err(DeviceError::Unavailable("out of memory".into()))
+    }
+
+    #[test]
+    fn without_a_gpu_auto_falls_back_and_cuda_refuses() {
+        let auto = decide(
+            &config(DeviceKind::Auto, false),
+            Err("libcuda not found".into()),
+            failing_open,
+        )
+        .unwrap();
+        assert_eq!(auto.backend, "cpu");
+        assert!(matches!(auto.placement, Placement::Cpu));
+        assert!(auto.note.contains("libcuda not found"), "{}", auto.note);
+        for cfg in [
+            config(DeviceKind::Cuda, false),
+            config(DeviceKind::Auto, true),
+        ] {
+            let err = decide(&cfg, Err("libcuda not found".into()), failing_open).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("libcuda not found") && msg.contains("device.kind = \"auto\""),
+                "{msg}"
+            );
+        }
+        let cpu = decide(
+            &config(DeviceKind::Cpu, false),
+            Ok(vec![gpu(0)]),
+            failing_open,
+        )
+        .unwrap();
+        assert_eq!(cpu.backend, "cpu");
+    }
+
+    #[test]
+    fn a_gpu_that_cannot_be_opened_is_named_with_the_reason() {
+        let auto = decide(
+            &config(DeviceKind::Auto, false),
+            Ok(vec![gpu(0)]),
+            failing_open,
+        )
+        .unwrap();
+        assert_eq!(auto.backend, "cpu");
+        assert_eq!(auto.gpus.len(), 1, "the GPU is still reported");
+        assert!(
+            auto.note
+                .contains("cannot open it (device unavailable: out of memory)"),
+            "{}",
+            auto.note
+        );
+        let err = decide(
+            &config(DeviceKind::Cuda, false),
+            Ok(vec![gpu(0)]),
+            failing_open,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot open GPU 0"), "{err}");
+    }
+
+    #[test]
+    fn green_contexts_are_refused_by_name_when_a_gpu_would_be_used() {
+        let mut cfg = config(DeviceKind::Auto, false);
+        cfg.share_mechanism = ShareMechanism::Green;
+        let err = decide(&cfg, Ok(vec![gpu(0)]), failing_open)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("share_mechanism = \"green\"") && err.contains("\"cta\""),
+            "{err}"
+        );
+        // Without a GPU the setting has nothing to act on.
+        let ok = decide(&cfg, Err("no driver".into()), failing_open).unwrap();
+        assert_eq!(ok.backend, "cpu");
     }
 
     #[test]

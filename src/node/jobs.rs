@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use crate::config::{JobConfig, OptimizerKind, format_rfc3339};
 use crate::data::{self, Dataset, LoadOptions};
+use crate::device::cuda::StreamPriority;
 use crate::device::lane::Lane;
 use crate::device::{Backend, CpuBackend, SgdParams};
 use crate::model::Optimizer;
 use crate::model::checkpoint::{Checkpoint, EpochRecord};
 use crate::train::{StopReason, TrainEvent, TrainSpec, Trainer, default_adam};
-use crate::util::cputime::thread_cpu_time;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,6 +93,7 @@ pub struct Job {
     interrupted: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     lane: Arc<Lane>,
+    placement: super::Placement,
     est_step_cost_core_s: Option<f64>,
 }
 
@@ -169,6 +170,7 @@ impl Job {
         dir: PathBuf,
         submitted_at: SystemTime,
         lane: Arc<Lane>,
+        placement: super::Placement,
         est_step_cost_core_s: Option<f64>,
     ) -> Self {
         let deadline = config.deadline.map(|d| d.resolve(submitted_at));
@@ -187,6 +189,7 @@ impl Job {
             interrupted: AtomicBool::new(false),
             thread: Mutex::new(None),
             lane,
+            placement,
             est_step_cost_core_s,
         }
     }
@@ -449,23 +452,37 @@ impl Job {
                 Err(e) => return self.fail(format!("cannot load data: {e}")),
             },
         };
-        let backend = match if background {
-            CpuBackend::background(self.lane.cores())
-        } else {
-            CpuBackend::new(self.lane.cores())
-        } {
-            Ok(b) => b,
-            Err(e) => return self.fail(e.to_string()),
-        };
+        match &self.placement {
+            super::Placement::Cpu => {
+                match if background {
+                    CpuBackend::background(self.lane.cores())
+                } else {
+                    CpuBackend::new(self.lane.cores())
+                } {
+                    Ok(b) => self.train(b, &data),
+                    Err(e) => self.fail(e.to_string()),
+                }
+            }
+            // Training is a stream at the device's least priority: inference's kernels are
+            // scheduled ahead of its queued blocks.
+            super::Placement::Cuda(dev) => match dev.lane_backend(StreamPriority::Lowest) {
+                Ok(b) => self.train(b, &data),
+                Err(e) => self.fail(e.to_string()),
+            },
+        }
+    }
+
+    /// Trains on `backend` from the job's checkpoint, if any, until it stops.
+    fn train<B: Backend>(&self, backend: B, data: &Dataset) {
         let spec = self.train_spec();
         let path = self.checkpoint_path();
         let trainer = if path.exists() {
             match Checkpoint::load(&path) {
-                Ok(ckpt) => Trainer::resume(backend, spec, &data, ckpt, &path),
+                Ok(ckpt) => Trainer::resume(backend, spec, data, ckpt, &path),
                 Err(e) => return self.fail(format!("cannot resume: {e}")),
             }
         } else {
-            Trainer::new(backend, spec, &data)
+            Trainer::new(backend, spec, data)
         };
         let mut trainer = match trainer {
             Ok(t) => t,
@@ -496,7 +513,7 @@ impl Job {
         )
     }
 
-    fn step_loop(&self, trainer: &mut Trainer<CpuBackend>) -> Result<(), String> {
+    fn step_loop<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
         let every = self.config.checkpoint_every_steps;
         let mut no_events = |_: &TrainEvent| {};
         let mut window_start = (Instant::now(), trainer.steps());
@@ -533,15 +550,20 @@ impl Job {
                 return Ok(());
             }
             // One step is one unit of work of the lane: it waits for the lane's credit, runs
-            // on the workers the share allows, and is charged the CPU time it used.
+            // on the workers (threads, or CTAs) the share allows, and is charged what it used.
+            // On a GPU the step is waited for, so that its busy time is known and the queue of
+            // a lane never runs ahead of its share.
             self.lane.acquire();
             let workers = self.lane.take_workers();
             trainer.backend().set_workers(workers.n);
-            let cpu0 = thread_cpu_time() + trainer.backend().pool_cpu_time();
+            let cpu0 = trainer.backend().lane_time();
             let t0 = Instant::now();
-            let result = trainer.step(&mut no_events);
+            let result = trainer.step(&mut no_events).and_then(|r| {
+                trainer.backend().synchronize()?;
+                Ok(r)
+            });
             let wall = t0.elapsed();
-            let cpu = (thread_cpu_time() + trainer.backend().pool_cpu_time()).saturating_sub(cpu0);
+            let cpu = (trainer.backend().lane_time()).saturating_sub(cpu0);
             self.lane.give_workers(workers);
             self.lane.charge(wall, cpu);
             let epoch = result.map_err(|e| e.to_string())?;
@@ -576,7 +598,7 @@ impl Job {
         }
     }
 
-    fn save(&self, trainer: &mut Trainer<CpuBackend>) -> Result<(), String> {
+    fn save<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
         let mut no_events = |_: &TrainEvent| {};
         trainer
             .save_checkpoint(&mut no_events)
@@ -617,26 +639,57 @@ pub(crate) fn train_spec(
     }
 }
 
-/// Steps per epoch of the job on `data`, and the processor core-seconds one step costs on
-/// one worker, measured by running a few steps of it (at least 3, at most 20 or about
-/// 200 ms) after one for warm-up. Fails with the training error when the data does not fit
-/// the job (wrong width, labels out of range).
+/// Steps per epoch of the job on `data`, and what one step costs in worker-seconds of the
+/// device the job will run on: processor time on one CPU worker, or GPU busy time × the
+/// device's CTAs (a step measured with the whole GPU). Measured by running a few steps of it
+/// (at least 3, at most 20 or about 200 ms) after one for warm-up. Fails with the training
+/// error when the data does not fit the job (wrong width, labels out of range), or with the
+/// device's error (for instance the memory limit). On a GPU also returns the device memory
+/// the job's buffers took.
 pub(crate) fn measure_step_cost(
     c: &JobConfig,
     data: &Dataset,
+    placement: &super::Placement,
+) -> Result<(usize, f64, Option<u64>), crate::train::TrainError> {
+    match placement {
+        super::Placement::Cpu => {
+            let (steps, cost) = measure_on(CpuBackend::single(), c, data, || {})?;
+            Ok((steps, cost, None))
+        }
+        super::Placement::Cuda(dev) => {
+            let before = dev.memory_used();
+            let mut peak = before;
+            let backend = dev.lane_backend(StreamPriority::Normal)?;
+            let (steps, cost) = measure_on(backend, c, data, || {
+                peak = peak.max(dev.memory_used());
+            })?;
+            Ok((steps, cost, Some(peak.saturating_sub(before))))
+        }
+    }
+}
+
+/// Measures on `backend`; `probe` runs once the trainer's buffers exist.
+fn measure_on<B: Backend>(
+    backend: B,
+    c: &JobConfig,
+    data: &Dataset,
+    mut probe: impl FnMut(),
 ) -> Result<(usize, f64), crate::train::TrainError> {
     let spec = train_spec(c, u32::MAX, None, None);
-    let mut t = Trainer::new(CpuBackend::single(), spec, data)?;
+    let mut t = Trainer::new(backend, spec, data)?;
     let steps_per_epoch = t.batches_per_epoch();
     let mut quiet = |_: &TrainEvent| {};
     t.step(&mut quiet)?;
-    let c0 = thread_cpu_time();
+    t.backend().synchronize()?;
+    let c0 = t.backend().lane_time();
     let t0 = Instant::now();
     let mut n = 0u32;
     while n < 3 || (n < 20 && t0.elapsed() < std::time::Duration::from_millis(200)) {
         t.step(&mut quiet)?;
+        t.backend().synchronize()?;
         n += 1;
     }
-    let cost = thread_cpu_time().saturating_sub(c0).as_secs_f64() / n as f64;
+    let cost = t.backend().lane_time().saturating_sub(c0).as_secs_f64() / n as f64;
+    probe();
     Ok((steps_per_epoch, cost))
 }

@@ -20,6 +20,7 @@ use crate::device::lane::{CorePermits, Lane};
 use crate::model::checkpoint::Checkpoint;
 
 pub use control::{Policy, ServiceMeasure};
+pub use devices::Placement;
 pub use jobs::{Job, JobState, JobView};
 pub use services::{Service, ServiceOrigin, ServiceView};
 
@@ -161,7 +162,7 @@ impl Node {
                 ))
             })?;
         }
-        let devices = devices::resolve(&config.device)?;
+        let devices = devices::resolve(&config.device, &state_dir.join("kernels"))?;
         tracing::info!(backend = devices.backend, "devices: {}", devices.note);
         let telemetry = if devices.gpus.is_empty() {
             None
@@ -177,11 +178,12 @@ impl Node {
                 }
             }
         };
-        let cores = if config.device.cpu_threads > 0 {
+        let cpu_threads = if config.device.cpu_threads > 0 {
             config.device.cpu_threads
         } else {
             available_cores()
         };
+        let cores = devices.placement.workers(cpu_threads);
         let log = match &config.control.decision_log {
             Some(path) => Some(
                 std::fs::OpenOptions::new()
@@ -312,10 +314,45 @@ impl Node {
         }
     }
 
-    /// A lane for a new service: it starts with one core, and the controller brings it to
-    /// what it needs.
+    /// A lane for a new service: it starts with one core (a tenth of a GPU), and the
+    /// controller brings it to what it needs.
     fn service_lane(&self, name: &str) -> Arc<Lane> {
-        Arc::new(Lane::new(name, self.cores, 1.0 / self.cores as f64))
+        let share = match self.placement() {
+            Placement::Cpu => 1.0 / self.cores as f64,
+            Placement::Cuda(_) => 0.1,
+        };
+        Arc::new(Lane::new(name, self.cores, share))
+    }
+
+    /// A lane for a job at `share`: on the CPU its threads come from the node's cores and
+    /// run at background priority under a policy with shares; on a GPU it is a stream at
+    /// the device's least priority (the backend's), and its host thread keeps its priority.
+    fn job_lane(&self, name: &str, share: f64) -> Arc<Lane> {
+        let shares = !matches!(self.policy(), Policy::None);
+        let lane = match self.placement() {
+            Placement::Cpu => {
+                let lane = Lane::parallel(name, &self.permits, share);
+                lane.set_background(shares);
+                lane
+            }
+            Placement::Cuda(_) => Lane::new(name, self.cores, share),
+        };
+        lane.set_enforced(shares);
+        Arc::new(lane)
+    }
+
+    /// Where tenants run.
+    pub fn placement(&self) -> &Placement {
+        &self.devices.placement
+    }
+
+    /// The most a service may use of the device: one core on the CPU (one batcher thread),
+    /// all of a GPU.
+    pub fn service_max_share(&self) -> f64 {
+        match self.placement() {
+            Placement::Cpu => 1.0 / self.cores as f64,
+            Placement::Cuda(_) => 1.0,
+        }
     }
 
     fn load_config_service(&self, cfg: ServiceConfig) {
@@ -325,6 +362,7 @@ impl Node {
                 m,
                 ServiceOrigin::Config,
                 self.service_lane(&cfg.name),
+                self.placement(),
             )
         });
         let slot = match started {
@@ -445,8 +483,14 @@ impl Node {
             services::ServiceBuildError::Start(m) => NodeError::Internal(m),
         })?;
         let svc = Arc::new(
-            Service::start(cfg.clone(), model, origin, self.service_lane(&cfg.name))
-                .map_err(|e| NodeError::Internal(e.to_string()))?,
+            Service::start(
+                cfg.clone(),
+                model,
+                origin,
+                self.service_lane(&cfg.name),
+                self.placement(),
+            )
+            .map_err(|e| NodeError::Internal(e.to_string()))?,
         );
         let mut map = write(&self.services);
         if map.contains_key(&cfg.name) {
@@ -526,7 +570,23 @@ impl Node {
             return Err(exists());
         }
         let now = SystemTime::now();
-        let (data, steps_per_epoch, step_cost) = load_and_measure(&cfg)?;
+        let (data, steps_per_epoch, step_cost, device_bytes) =
+            load_and_measure(&cfg, self.placement())?;
+        if let (Some(need_bytes), Placement::Cuda(dev)) = (device_bytes, self.placement()) {
+            let (samples, _) = self.telemetry();
+            let check = crate::control::admission::MemoryCheck {
+                device: self.placement().name(),
+                need_bytes,
+                limit_free_bytes: dev.memory_limit().saturating_sub(dev.memory_used()),
+                device_used_total: samples
+                    .iter()
+                    .find(|s| s.uuid == dev.info().uuid)
+                    .and_then(|s| s.mem_used_bytes.zip(s.mem_total_bytes)),
+            };
+            crate::control::admission::check_memory(&check).map_err(|why| {
+                NodeError::Conflict(format!("job {} does not fit: {why}", cfg.name))
+            })?;
+        }
         let deadline = if cfg.best_effort {
             None
         } else {
@@ -565,17 +625,15 @@ impl Node {
             }
         }
         let dir = self.state_dir.join("jobs").join(&cfg.name);
-        let lane = Arc::new(Lane::parallel(&cfg.name, &self.permits, share));
         // Under a policy with shares, training runs below inference; with none, everything
         // runs as it comes, from the first step.
-        let shares = !matches!(self.policy(), Policy::None);
-        lane.set_background(shares);
-        lane.set_enforced(shares);
+        let lane = self.job_lane(&cfg.name, share);
         let job = Arc::new(Job::new(
             cfg.clone(),
             dir.clone(),
             now,
             lane,
+            self.placement().clone(),
             Some(step_cost),
         ));
         {
@@ -796,12 +854,16 @@ impl Node {
             return Err(format!("a job named {} already exists", cfg.name));
         }
         let share = self.config.control.reserve_frac.max(0.05);
-        let lane = Arc::new(Lane::parallel(&cfg.name, &self.permits, share));
-        let shares = !matches!(self.policy(), Policy::None);
-        lane.set_background(shares);
-        lane.set_enforced(shares);
+        let lane = self.job_lane(&cfg.name, share);
         let name = cfg.name.clone();
-        let job = Arc::new(Job::new(cfg, dir.to_path_buf(), submitted_at, lane, None));
+        let job = Arc::new(Job::new(
+            cfg,
+            dir.to_path_buf(),
+            submitted_at,
+            lane,
+            self.placement().clone(),
+            None,
+        ));
         if dir.join("changes.json").exists() {
             let changes = read_json("changes.json")?;
             if let Some(d) = changes.get("deadline") {
@@ -980,7 +1042,7 @@ impl Node {
             gpu_telemetry: self.telemetry().0,
             device_note: self.devices.note.clone(),
             devices: vec![DeviceView {
-                name: self.devices.backend.into(),
+                name: self.placement().name(),
                 workers: self.cores,
                 share_assigned,
                 busy_frac,
@@ -1090,7 +1152,10 @@ fn recorded_spec(spec: &serde_json::Value) -> serde_json::Value {
 /// reads a whole data set and runs training steps, and must not take the cores from the
 /// services it is admitted beside. The cost is measured in the thread's CPU time, so a
 /// thread kept waiting by busier ones still measures what a step costs.
-fn load_and_measure(cfg: &JobConfig) -> Result<(crate::data::Dataset, usize, f64), NodeError> {
+fn load_and_measure(
+    cfg: &JobConfig,
+    placement: &Placement,
+) -> Result<(crate::data::Dataset, usize, f64, Option<u64>), NodeError> {
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("setpoint-admission".into())
@@ -1098,9 +1163,9 @@ fn load_and_measure(cfg: &JobConfig) -> Result<(crate::data::Dataset, usize, f64
                 crate::util::priority::lower_current_thread();
                 let data = crate::data::load(&cfg.data, &Default::default())
                     .map_err(|e| NodeError::Invalid(vec![format!("data: {e}")]))?;
-                let (steps, cost) = jobs::measure_step_cost(cfg, &data)
+                let (steps, cost, device_bytes) = jobs::measure_step_cost(cfg, &data, placement)
                     .map_err(|e| NodeError::Invalid(vec![e.to_string()]))?;
-                Ok((data, steps, cost))
+                Ok((data, steps, cost, device_bytes))
             })
             .map_err(|e| NodeError::Internal(format!("cannot start a thread: {e}")))?;
         worker

@@ -161,6 +161,7 @@ impl Service {
         model: ServedModel,
         origin: ServiceOrigin,
         lane: Arc<Lane>,
+        placement: &super::Placement,
     ) -> Result<Self, ServiceBuildError> {
         let layers = model.params.layers.clone();
         let io = ModelIo {
@@ -175,16 +176,32 @@ impl Service {
             max_queue: cfg.max_queue,
             window: Duration::from_millis(cfg.slo.window_ms),
         };
-        // One worker: a batch split over several threads stalls whenever one of them is
-        // descheduled, and latency lanes share their cores with everything else; measured in
-        // the co-location scenario, two workers made the tail worse than one.
-        let inner = InferenceService::start_in_lane(
-            &cfg.name,
-            CpuBackend::single(),
-            model,
-            batch,
-            Some(lane.clone()),
-        )
+        let inner = match placement {
+            // One worker: a batch split over several threads stalls whenever one of them is
+            // descheduled, and latency lanes share their cores with everything else; measured
+            // in the co-location scenario, two workers made the tail worse than one.
+            super::Placement::Cpu => InferenceService::start_in_lane(
+                &cfg.name,
+                CpuBackend::single(),
+                model,
+                batch,
+                Some(lane.clone()),
+            ),
+            // On a GPU a service is a stream at the device's greatest priority, so its
+            // kernels are scheduled ahead of training's queued blocks.
+            super::Placement::Cuda(dev) => {
+                let backend = dev
+                    .lane_backend(crate::device::cuda::StreamPriority::Highest)
+                    .map_err(|e| ServiceBuildError::Start(format!("service {}: {e}", cfg.name)))?;
+                InferenceService::start_in_lane(
+                    &cfg.name,
+                    backend,
+                    model,
+                    batch,
+                    Some(lane.clone()),
+                )
+            }
+        }
         .map_err(|e| ServiceBuildError::Start(e.to_string()))?;
         Ok(Service {
             config: cfg,

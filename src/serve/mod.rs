@@ -19,7 +19,6 @@ use crate::data::Normalizer;
 use crate::device::Backend;
 use crate::device::lane::Lane;
 use crate::model::{Mlp, MlpParams, ModelError, Workspace};
-use crate::util::cputime::thread_cpu_time;
 use crate::util::histogram::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS_S};
 use crate::util::window::{LatencyWindow, WindowStats};
 
@@ -577,14 +576,14 @@ impl<B: Backend> Worker<B> {
             self.backend.set_workers(lane.workers());
         }
         let start = Instant::now();
-        let cpu0 = thread_cpu_time() + self.backend.worker_cpu_time();
+        let cpu0 = self.backend.lane_time();
         let rows = batch.len();
         let result = self.forward(batch);
         let end = Instant::now();
         let compute_us = (end - start).as_micros() as u64;
         let compute_s = (end - start).as_secs_f64();
         if let Some(lane) = &self.shared.lane {
-            let cpu = thread_cpu_time() + self.backend.worker_cpu_time();
+            let cpu = self.backend.lane_time();
             lane.charge(end - start, cpu.saturating_sub(cpu0));
         }
         if result.is_ok() {
