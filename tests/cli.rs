@@ -321,6 +321,13 @@ fn version_names_the_revision() {
 
 #[test]
 fn serve_refuses_to_start_when_the_config_requires_a_gpu_it_cannot_use() {
+    if let Ok(gpus) = setpoint::device::cuda::probe() {
+        eprintln!(
+            "skipped: {} GPU(s) usable here; this test checks the refusal on a host without one",
+            gpus.len()
+        );
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gpu.toml");
     std::fs::write(
@@ -334,11 +341,7 @@ fn serve_refuses_to_start_when_the_config_requires_a_gpu_it_cannot_use() {
     let out = setpoint(&["serve", "--config", cfg.to_str().unwrap()]);
     assert!(!out.status.success(), "serve started: {}", stderr(&out));
     let err = stderr(&out);
-    // Without a GPU: why none is usable; with one: that the daemon's lanes cannot use it yet.
-    assert!(
-        err.contains("no usable GPU") || err.contains("cannot be met yet"),
-        "{err}"
-    );
+    assert!(err.contains("no usable GPU"), "{err}");
     assert!(err.contains("device.kind = \"auto\""), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }

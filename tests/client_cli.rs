@@ -213,16 +213,26 @@ fn client_commands_drive_a_daemon_end_to_end() {
     let out = d.run(&["status"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("DEVICE") && text.contains("cpu"), "{text}");
+    assert!(text.contains("DEVICE"), "{text}");
     // Where the tenants run and why, under the devices table.
     assert!(
-        text.contains("\n(no usable GPU (") || text.contains("\n(found GPU 0 ("),
+        (text.contains("\ncpu ") && text.contains("\n(no usable GPU ("))
+            || (text.contains("\ncuda:") && text.contains("\n(tenants run on GPU ")),
         "{text}"
     );
     assert!(text.contains("no tenants"), "{text}");
     let s = d.json(&["status", "--json"]);
     assert_eq!(s["ready"], true, "{s}");
-    assert_eq!(s["devices"][0]["name"], "cpu", "{s}");
+    let gpu = !s["gpus"].as_array().unwrap().is_empty();
+    let device = s["devices"][0]["name"].as_str().unwrap();
+    assert!(
+        if gpu {
+            device.starts_with("cuda:")
+        } else {
+            device == "cpu"
+        },
+        "{s}"
+    );
 
     // submit a small job and wait for it.
     let job = d.json(&[

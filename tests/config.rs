@@ -711,7 +711,9 @@ fn device_rules() {
         }
     );
     assert_eq!(
-        ok("[device]\nmemory_limit_mib = 0\n").device.memory_limit_mib,
+        ok("[device]\nmemory_limit_mib = 0\n")
+            .device
+            .memory_limit_mib,
         None,
         "0 means all of the GPU's memory"
     );

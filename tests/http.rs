@@ -845,14 +845,16 @@ fn status_shows_every_tenant_with_its_set_point() {
     let (s, v) = d.get("/v1/status");
     assert_eq!(s, 200);
     assert_eq!(v["ready"], true);
-    assert_eq!(v["devices"][0]["name"], "cpu");
-    // Where tenants run and why, probed at start: on a host without a GPU, the reason.
+    // Where tenants run and why, probed at start: on a host without a GPU, the reason; with
+    // one, on it.
     let note = v["device_note"].as_str().unwrap();
     if v["gpus"].as_array().unwrap().is_empty() {
+        assert_eq!(v["devices"][0]["name"], "cpu");
         assert!(note.starts_with("no usable GPU ("), "{note}");
         assert!(note.ends_with("running on the CPU backend"), "{note}");
     } else {
-        assert!(note.starts_with("found GPU 0 ("), "{note}");
+        assert_eq!(v["devices"][0]["name"], "cuda:0");
+        assert!(note.starts_with("tenants run on GPU 0 ("), "{note}");
     }
     let tenants = v["tenants"].as_array().unwrap();
     let svc = tenants.iter().find(|t| t["name"] == "mlp").unwrap();
