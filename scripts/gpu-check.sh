@@ -13,7 +13,8 @@
 #   nvidia-smi.csv       utilisation, memory, power and SM clock every 100 ms during the run
 #   kernels-check.json   `setpoint kernels check --json`: NVRTC + ptxas for this GPU's arch
 #   gpu-check.json       `setpoint gpu-check`: kernels vs the CPU backend, GEMM vs cuBLAS,
-#                        training GPU vs CPU, two lanes at 0.25/0.75, inference p99 alone
+#                        training GPU vs CPU, two lanes at 0.25/0.75 (CTA budgets, then
+#                        SM partitions from green contexts), inference p99 alone
 #                        and beside training with and without stream priority
 #   daemon/              the daemon on the GPU (device.kind = "cuda"): its log, status and
 #                        metrics while a job trains beside a service under HTTP load, and

@@ -795,6 +795,14 @@ pub fn run(opts: &GpuCheckOptions, progress: &mut dyn FnMut(&str)) -> Value {
         Ok(Value::Array(runs))
     });
     section("lanes", &mut || lanes_bench(&dev, 2048, secs));
+    // The same two lanes with shares as SM partitions (device.share_mechanism = "green").
+    section("lanes_green", &mut || {
+        let green = CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true)
+            .map_err(|e| e.to_string())?;
+        let mut v = lanes_bench(&green, 2048, secs)?;
+        v["green_rungs_sms"] = json!(green.green_rungs());
+        Ok(v)
+    });
     section("inference", &mut || inference_bench(&dev, secs));
     if let Some(c) = cross.take() {
         let r = c.finish();

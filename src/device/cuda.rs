@@ -13,6 +13,8 @@
 //!   share of `s` launches at most `ceil(s · SMs · blocks per SM)` CTAs. Large GEMMs are split
 //!   into launches of bounded length, so a high-priority stream waits at most one launch
 //!   behind a low-priority one (stream priority does not preempt running CTAs).
+//!   With green contexts ([`super::green`]) a share is instead an SM partition: a lane has a
+//!   stream per rung of the device's ladder and launches on the rung its share maps to.
 //! - **Busy time** from CUDA events (timing enabled): the span from the first launch after a
 //!   synchronisation to the synchronisation, summed, feeds the lane's accounting.
 //! - **Device memory** is charged to the device's account at allocation and returned when a
@@ -29,6 +31,7 @@ use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys,
 };
 
+use super::green::GreenLadder;
 use super::{
     Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_labels, check_len,
 };
@@ -175,6 +178,8 @@ pub struct CudaDevice {
     blocks_per_sm: u32,
     mem_limit: u64,
     mem_used: Arc<AtomicU64>,
+    /// SM partitions, when shares are enforced by green contexts.
+    green: Option<Arc<GreenLadder>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -195,6 +200,18 @@ impl CudaDevice {
         ordinal: usize,
         cache_dir: Option<&Path>,
         mem_limit: Option<u64>,
+    ) -> Result<Arc<Self>, DeviceError> {
+        Self::open_with(ordinal, cache_dir, mem_limit, false)
+    }
+
+    /// Like [`CudaDevice::open`]; with `green_contexts`, lanes' shares are SM partitions
+    /// from a ladder of green contexts (see [`super::green`]) instead of CTA budgets, and a
+    /// driver without them is an error that says so.
+    pub fn open_with(
+        ordinal: usize,
+        cache_dir: Option<&Path>,
+        mem_limit: Option<u64>,
+        green_contexts: bool,
     ) -> Result<Arc<Self>, DeviceError> {
         if !driver_present() {
             return Err(DeviceError::Unavailable(
@@ -240,6 +257,14 @@ impl CudaDevice {
         let mem_limit = mem_limit
             .unwrap_or(info.total_memory)
             .min(info.total_memory);
+        let green = if green_contexts {
+            let ladder = GreenLadder::build(&ctx).map_err(|e| {
+                DeviceError::Unavailable(format!("green contexts on GPU {ordinal}: {e}"))
+            })?;
+            Some(Arc::new(ladder))
+        } else {
+            None
+        };
         Ok(Arc::new(CudaDevice {
             ctx,
             info,
@@ -247,6 +272,7 @@ impl CudaDevice {
             blocks_per_sm,
             mem_limit,
             mem_used: Arc::new(AtomicU64::new(0)),
+            green,
         }))
     }
 
@@ -258,6 +284,12 @@ impl CudaDevice {
     /// Most CTAs a lane may launch at once: SMs × resident blocks per SM.
     pub fn max_ctas(&self) -> usize {
         self.info.sm_count as usize * self.blocks_per_sm as usize
+    }
+
+    /// SMs of each rung of green contexts, smallest first; `None` when shares are CTA
+    /// budgets.
+    pub fn green_rungs(&self) -> Option<Vec<u32>> {
+        self.green.as_ref().map(|g| g.rung_sms())
     }
 
     /// Device memory charged to setpoint's buffers on this GPU, bytes.
@@ -281,17 +313,27 @@ impl CudaDevice {
             StreamPriority::Lowest => least,
             StreamPriority::Normal => 0i32.clamp(greatest.min(least), greatest.max(least)),
         };
-        let stream = self
-            .ctx
-            .new_stream_with_priority(p)
-            .map_err(|e| driver_err("cannot create a stream", e))?;
-        Ok(CudaBackend {
+        let streams = match &self.green {
+            Some(ladder) => ladder
+                .streams(p)
+                .map_err(|e| DeviceError::Unavailable(format!("cuda:{}: {e}", self.info.index)))?,
+            None => vec![
+                self.ctx
+                    .new_stream_with_priority(p)
+                    .map_err(|e| driver_err("cannot create a stream", e))?,
+            ],
+        };
+        let top = streams.len() - 1;
+        let backend = CudaBackend {
             dev: self.clone(),
-            stream,
+            streams,
+            rung: AtomicUsize::new(top),
             priority: p,
             budget: AtomicUsize::new(self.max_ctas()),
             busy: Mutex::new(BusyClock::default()),
-        })
+        };
+        backend.set_workers(self.max_ctas());
+        Ok(backend)
     }
 }
 
@@ -351,13 +393,28 @@ struct BusyClock {
     charged: Duration,
 }
 
-/// A lane on a GPU: one stream with a priority, a CTA budget, busy time from events.
+/// A lane on a GPU: one stream with a priority (one per rung with green contexts), a CTA
+/// budget, busy time from events.
 pub struct CudaBackend {
     dev: Arc<CudaDevice>,
-    stream: Arc<CudaStream>,
+    /// One stream, or one per rung of the device's green contexts.
+    streams: Vec<Arc<CudaStream>>,
+    /// Index of the stream in use.
+    rung: AtomicUsize,
     priority: i32,
     budget: AtomicUsize,
     busy: Mutex<BusyClock>,
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Green-context streams outlive the lane (buffers release on them): back to the
+        // ladder, idle, for the next lane at this priority.
+        if let Some(ladder) = &self.dev.green {
+            let _ = self.synchronize();
+            ladder.give_back(self.priority, std::mem::take(&mut self.streams));
+        }
+    }
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -389,9 +446,12 @@ impl CudaBackend {
         self.priority
     }
 
-    /// The stream, for baselines that launch on it (cuBLAS).
+    /// The stream in use, for baselines that launch on it (cuBLAS).
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        &self.streams[self
+            .rung
+            .load(Ordering::Relaxed)
+            .min(self.streams.len() - 1)]
     }
 
     /// Busy time of this lane so far: the spans from the first launch after a
@@ -433,7 +493,7 @@ impl CudaBackend {
         len: usize,
     ) -> Result<(CudaSlice<T>, MemCharge), DeviceError> {
         let charge = self.charge((len.max(1) * std::mem::size_of::<T>()) as u64)?;
-        let data = self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+        let data = self.stream().alloc_zeros::<T>(len.max(1)).map_err(|e| {
             DeviceError::Unavailable(format!(
                 "cuda:{}: cannot allocate {} elements: {e:?}",
                 self.dev.info.index, len
@@ -468,7 +528,7 @@ impl CudaBackend {
         let mut b = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         if b.start.is_none() {
             let ev = self
-                .stream
+                .stream()
                 .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| driver_err("event", e))?;
             b.start = Some(ev);
@@ -537,7 +597,7 @@ impl CudaBackend {
         while begin < tiles {
             let end = (begin + per_launch).min(tiles);
             let (b0, b1) = (begin as i32, end as i32);
-            let mut l = self.stream.launch_builder(f);
+            let mut l = self.stream().launch_builder(f);
             l.arg(a).arg(b).arg(&mut *c);
             l.arg(&m).arg(&n).arg(&k).arg(&ta).arg(&tb);
             l.arg(&g.alpha).arg(&g.beta).arg(&b0).arg(&b1);
@@ -555,7 +615,7 @@ impl CudaBackend {
         let n = int("f32_to_bf16", "len", len)?;
         let f = self.func("f32_to_bf16")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&src.data).arg(&mut data).arg(&n);
         // SAFETY: ABI arguments, lengths checked.
         Self::launched(
@@ -572,7 +632,7 @@ impl CudaBackend {
         let n = int("bf16_to_f32", "len", len)?;
         let f = self.func("bf16_to_f32")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&src.data).arg(&mut out.data).arg(&n);
         // SAFETY: ABI arguments, lengths checked.
         Self::launched(
@@ -610,8 +670,27 @@ impl Backend for CudaBackend {
     }
 
     fn set_workers(&self, workers: usize) {
-        self.budget
-            .store(workers.clamp(1, self.dev.max_ctas()), Ordering::Relaxed);
+        let max = self.dev.max_ctas();
+        let workers = workers.clamp(1, max);
+        let Some(ladder) = &self.dev.green else {
+            self.budget.store(workers, Ordering::Relaxed);
+            return;
+        };
+        // Green contexts: the rung whose SMs cover the share, and a grid that fills them.
+        let rung = ladder.rung_for(workers as f64 / max as f64);
+        if rung != self.rung.load(Ordering::Relaxed) {
+            // Work queued on the old rung's stream finishes (and its busy span closes)
+            // before work goes to the new one.
+            if let Err(e) = self.synchronize() {
+                tracing::warn!("cuda:{}: {e}", self.dev.info.index);
+            }
+            self.rung.store(rung, Ordering::Relaxed);
+        }
+        let sms = ladder.sms_of(rung) as usize;
+        self.budget.store(
+            (sms * self.dev.blocks_per_sm as usize).clamp(1, max),
+            Ordering::Relaxed,
+        );
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuf, DeviceError> {
@@ -629,7 +708,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let mut view = dst.data.slice_mut(..data.len());
-        self.stream
+        self.stream()
             .memcpy_htod(data, &mut view)
             .map_err(|e| driver_err("write", e))
     }
@@ -640,7 +719,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let view = src.data.slice(..out.len());
-        self.stream
+        self.stream()
             .memcpy_dtoh(&view, out)
             .map_err(|e| driver_err("read", e))?;
         self.synchronize()
@@ -654,7 +733,7 @@ impl Backend for CudaBackend {
         let n = int("fill", "len", len)?;
         let f = self.func("fill_f32")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&mut buf.data).arg(&n).arg(&value);
         // SAFETY: ABI arguments, lengths checked.
         Self::launched(
@@ -679,7 +758,7 @@ impl Backend for CudaBackend {
         }
         dst.host[..labels.len()].copy_from_slice(labels);
         let mut view = dst.data.slice_mut(..labels.len());
-        self.stream
+        self.stream()
             .memcpy_htod(labels, &mut view)
             .map_err(|e| driver_err("write_labels", e))
     }
@@ -709,7 +788,7 @@ impl Backend for CudaBackend {
         let relu = matches!(act, Activation::Relu) as i32;
         let f = self.func("bias_act")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&mut x.data)
             .arg(&bias.data)
             .arg(&r)
@@ -731,7 +810,7 @@ impl Backend for CudaBackend {
         let n = int("relu_grad", "len", len)?;
         let f = self.func("relu_grad")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&mut grad.data).arg(&act.data).arg(&n);
         // SAFETY: ABI arguments, lengths checked.
         Self::launched(
@@ -756,7 +835,7 @@ impl Backend for CudaBackend {
         int("col_sum", "rows·cols", rows * cols)?;
         let f = self.func("col_sum")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&x.data).arg(&r).arg(&c).arg(&mut out.data);
         // SAFETY: ABI arguments, lengths checked.
         Self::launched(
@@ -790,7 +869,7 @@ impl Backend for CudaBackend {
         int(OP, "rows·cols", rows * cols)?;
         let f = self.func(OP)?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&logits.data)
             .arg(&labels.data)
             .arg(&r)
@@ -815,7 +894,7 @@ impl Backend for CudaBackend {
         int("softmax", "rows·cols", rows * cols)?;
         let f = self.func("softmax_rows")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&mut x.data).arg(&r).arg(&c);
         // SAFETY: ABI arguments, lengths checked.
         Self::launched(
@@ -836,12 +915,12 @@ impl Backend for CudaBackend {
         let (mut partial, _charge) = self.alloc_zeroed::<f64>(grid)?;
         let f = self.func("sum_partial")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&x.data).arg(&n).arg(&mut partial);
         // SAFETY: ABI arguments; `partial` holds one value per block of the grid.
         Self::launched(unsafe { l.launch(cfg) }, "sum")?;
         let mut host = vec![0f64; grid];
-        self.stream
+        self.stream()
             .memcpy_dtoh(&partial, host.as_mut_slice())
             .map_err(|e| driver_err("sum", e))?;
         self.synchronize()?;
@@ -865,7 +944,7 @@ impl Backend for CudaBackend {
         let n = int("sgd_step", "len", len)?;
         let f = self.func("sgd_step")?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&mut param.data)
             .arg(&grad.data)
             .arg(&mut velocity.data)
@@ -904,7 +983,7 @@ impl Backend for CudaBackend {
         let n = int(OP, "len", len)?;
         let f = self.func(OP)?;
         self.started()?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.stream().launch_builder(f);
         l.arg(&mut param.data)
             .arg(&grad.data)
             .arg(&mut m.data)
@@ -924,13 +1003,13 @@ impl Backend for CudaBackend {
         let start = b.start.take();
         let end = match start {
             Some(_) => Some(
-                self.stream
+                self.stream()
                     .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
                     .map_err(|e| driver_err("event", e))?,
             ),
             None => None,
         };
-        self.stream
+        self.stream()
             .synchronize()
             .map_err(|e| driver_err("synchronize", e))?;
         if let (Some(s), Some(e)) = (start, end) {

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod green;
 pub mod lane;
 
 pub use cpu::CpuBackend;

@@ -68,12 +68,12 @@ pub struct DeviceReport {
 /// tenants cannot use.
 pub fn resolve(cfg: &DeviceConfig, cache_dir: &Path) -> Result<DeviceReport, NodeError> {
     if cfg.kind == DeviceKind::Cpu {
-        return decide(cfg, Err(String::new()), |_| unreachable_open());
+        return decide(cfg, Err(String::new()), |_, _| unreachable_open());
     }
     let found = cuda::probe().and_then(|all| select(all, &cfg.gpus));
     let limit = cfg.memory_limit_mib.map(|m| m << 20);
-    decide(cfg, found, |g| {
-        CudaDevice::open(g.index, Some(cache_dir), limit)
+    decide(cfg, found, |g, green| {
+        CudaDevice::open_with(g.index, Some(cache_dir), limit, green)
     })
 }
 
@@ -85,7 +85,7 @@ fn unreachable_open() -> Result<Arc<CudaDevice>, DeviceError> {
 fn decide(
     cfg: &DeviceConfig,
     found: Result<Vec<GpuInfo>, String>,
-    open: impl FnOnce(&GpuInfo) -> Result<Arc<CudaDevice>, DeviceError>,
+    open: impl FnOnce(&GpuInfo, bool) -> Result<Arc<CudaDevice>, DeviceError>,
 ) -> Result<DeviceReport, NodeError> {
     let cpu = |gpus: Vec<GpuInfo>, note: String| DeviceReport {
         backend: "cpu",
@@ -124,14 +124,8 @@ fn decide(
             ));
         }
     };
-    if cfg.share_mechanism == ShareMechanism::Green {
-        return Err(NodeError::Unavailable(format!(
-            "found {}, but device.share_mechanism = \"green\" (SM partitions from green \
-             contexts) is not implemented in this version; use \"cta\" (grid caps) or \
-             \"auto\"",
-            describe(&gpus)
-        )));
-    }
+    // "auto" means CTA budgets until green contexts have been measured on a GPU.
+    let green = cfg.share_mechanism == ShareMechanism::Green;
     let first = gpus[0].clone();
     let unused = if gpus.len() > 1 {
         format!(
@@ -142,19 +136,32 @@ fn decide(
     } else {
         String::new()
     };
-    match open(&first) {
+    match open(&first, green) {
         Ok(dev) => Ok(DeviceReport {
             backend: "cuda",
             note: format!(
-                "tenants run on GPU {} ({}, {}): {} CTAs, shares as CTA budgets{unused}",
+                "tenants run on GPU {} ({}, {}): {} CTAs, shares as {}{unused}",
                 first.index,
                 first.name,
                 first.uuid,
-                dev.max_ctas()
+                dev.max_ctas(),
+                match dev.green_rungs() {
+                    Some(r) => format!(
+                        "SM partitions (green contexts of {}..{} SMs)",
+                        r.first().copied().unwrap_or(0),
+                        r.last().copied().unwrap_or(0)
+                    ),
+                    None => "CTA budgets".into(),
+                }
             ),
             gpus,
             placement: Placement::Cuda(dev),
         }),
+        Err(e) if green => Err(NodeError::Unavailable(format!(
+            "cannot open GPU {} ({}) with device.share_mechanism = \"green\": {e}; use \
+             \"cta\" or \"auto\" (CTA budgets) instead",
+            first.index, first.name
+        ))),
         Err(e) if wants_gpu => Err(NodeError::Unavailable(format!(
             "cannot open GPU {} ({}): {e}; {required}",
             first.index, first.name
@@ -167,14 +174,6 @@ fn decide(
             ),
         )),
     }
-}
-
-fn describe(gpus: &[GpuInfo]) -> String {
-    let names: Vec<String> = gpus
-        .iter()
-        .map(|g| format!("GPU {} ({}, {})", g.index, g.name, g.uuid))
-        .collect();
-    names.join(", ")
 }
 
 /// The GPUs `sel` names, or which named ones do not exist.
@@ -229,8 +228,12 @@ mod tests {
         }
     }
 
-    fn failing_open(_: &GpuInfo) -> Result<Arc<CudaDevice>, DeviceError> {
-        Err(DeviceError::Unavailable("out of memory".into()))
+    fn failing_open(_: &GpuInfo, green: bool) -> Result<Arc<CudaDevice>, DeviceError> {
+        Err(DeviceError::Unavailable(if green {
+            "green contexts on GPU 0: the driver supports CUDA 12.2; green contexts need 12.4 or newer".into()
+        } else {
+            "out of memory".into()
+        }))
     }
 
     #[test]
@@ -290,14 +293,16 @@ mod tests {
     }
 
     #[test]
-    fn green_contexts_are_refused_by_name_when_a_gpu_would_be_used() {
+    fn green_contexts_that_cannot_be_built_refuse_to_start_even_under_auto() {
         let mut cfg = config(DeviceKind::Auto, false);
         cfg.share_mechanism = ShareMechanism::Green;
         let err = decide(&cfg, Ok(vec![gpu(0)]), failing_open)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("share_mechanism = \"green\"") && err.contains("\"cta\""),
+            err.contains("share_mechanism = \"green\"")
+                && err.contains("need 12.4")
+                && err.contains("\"cta\""),
             "{err}"
         );
         // Without a GPU the setting has nothing to act on.
