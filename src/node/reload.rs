@@ -98,8 +98,18 @@ impl ConfigSource {
         if let Some(dir) = &self.state_dir {
             config.state_dir = dir.clone();
         }
-        if config.auth_token.is_none() {
-            config.auth_token = self.env_token.clone();
+        if config.auth_token.is_none()
+            && let Some(token) = &self.env_token
+        {
+            // The token goes into an HTTP header; the message never echoes it.
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(SourceError::Setting(
+                    "SETPOINT_AUTH_TOKEN: must be printable ascii without spaces or control \
+                     characters"
+                        .into(),
+                ));
+            }
+            config.auth_token = Some(token.clone());
         }
         check_token_rule(&config)?;
         Ok(config)
