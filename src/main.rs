@@ -6,6 +6,7 @@ mod cli;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use clap::Parser;
@@ -527,54 +528,48 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => setpoint::config::load(path)?,
-        None => setpoint::config::default_config(),
-    };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(dir) = args.state_dir {
-        config.state_dir = dir;
-    }
     // The environment may carry the token, so it need not sit in a config file.
-    if config.auth_token.is_none()
-        && let Ok(token) = std::env::var("SETPOINT_AUTH_TOKEN")
-        && !token.is_empty()
-    {
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(input_error(
-                "SETPOINT_AUTH_TOKEN: must be printable ascii without spaces or control characters",
-            ));
-        }
-        config.auth_token = Some(token);
-    }
-    if !config.listen.ip().is_loopback() && config.auth_token.is_none() {
-        return Err(input_error(format!(
-            "listen = {}: beyond loopback the API needs a bearer token; set auth_token in the \
-             config or SETPOINT_AUTH_TOKEN, or listen on 127.0.0.1",
-            config.listen
-        )));
-    }
+    let env_token = std::env::var("SETPOINT_AUTH_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let source = setpoint::node::ConfigSource {
+        path: args.config,
+        listen: args.listen,
+        state_dir: args.state_dir,
+        env_token,
+    };
+    let config = source.load().map_err(|e| match e {
+        setpoint::node::reload::SourceError::Config(c) => anyhow!(c),
+        setpoint::node::reload::SourceError::Setting(m) => input_error(m),
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("setpoint-http")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve_task(config))
+    runtime.block_on(serve_task(config, source))
 }
 
-async fn serve_task(config: setpoint::config::NodeConfig) -> anyhow::Result<()> {
+async fn serve_task(
+    config: setpoint::config::NodeConfig,
+    source: setpoint::node::ConfigSource,
+) -> anyhow::Result<()> {
+    let notifier = Arc::new(setpoint::node::systemd::Notifier::from_env());
+    // Before anything slow: SIGHUP's default action would end the process.
+    let hangups = hangup_stream();
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let node = setpoint::node::Node::new(config).map_err(|e| anyhow!(e))?;
+    node.set_config_source(source);
+    node.set_notifier(notifier.clone());
     tracing::info!(
         version = setpoint::VERSION,
         listen = %listener.local_addr().unwrap_or(listen),
         state_dir = %node.state_dir().display(),
         workers = node.cores(),
+        systemd = notifier.is_enabled(),
         "setpoint serving"
     );
     node.start();
@@ -585,9 +580,23 @@ async fn serve_task(config: setpoint::config::NodeConfig) -> anyhow::Result<()> 
             tracing::warn!("cannot set TCP_NODELAY: {e}");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    let stopping = notifier.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                stopping.stopping();
+            })
+            .await
+    });
+    if let Some(hangups) = hangups {
+        tokio::spawn(reload_on_hangup_task(hangups, node.clone()));
+    }
+    // The socket is bound and the server task runs: connections are accepted from here on.
+    notifier.ready(&node.status_line());
+    server
         .await
+        .context("http server task failed")?
         .context("http server failed")?;
     tracing::info!("stopping: checkpointing jobs and draining services");
     tokio::task::spawn_blocking(move || node.shutdown())
@@ -596,6 +605,40 @@ async fn serve_task(config: setpoint::config::NodeConfig) -> anyhow::Result<()> 
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+fn hangup_stream() -> Option<Hangups> {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}; reload with POST /v1/reload");
+            None
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reloads the configuration on every SIGHUP, one reload at a time; the outcome is logged.
+#[cfg(unix)]
+async fn reload_on_hangup_task(mut hangups: Hangups, node: Arc<setpoint::node::Node>) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("received SIGHUP");
+        let node = node.clone();
+        // The reload reads files and may load data for new jobs: off the async threads.
+        if let Err(e) = tokio::task::spawn_blocking(move || node.reload()).await {
+            tracing::error!("the reload failed: {e}");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup_task(_: Hangups, _: Arc<setpoint::node::Node>) {}
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {

@@ -104,17 +104,18 @@ type ApiResult<T> = Result<T, ApiError>;
 pub struct AppState {
     /// The node.
     pub node: Arc<Node>,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// Largest accepted request body, as the config in force says (a reload may change it).
+    fn max_body_bytes(&self) -> usize {
+        usize::try_from(self.node.config().max_request_bytes).unwrap_or(usize::MAX)
+    }
 }
 
 /// The router with every route.
 pub fn router(node: Arc<Node>) -> Router {
-    let max_body_bytes = node.config().max_request_bytes as usize;
-    let state = AppState {
-        node,
-        max_body_bytes,
-    };
+    let state = AppState { node };
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -140,6 +141,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route("/v1/status", get(status))
+        .route("/v1/reload", post(reload))
         .route("/v1/jobs", get(list_jobs).post(submit_job))
         .route(
             "/v1/jobs/{id}",
@@ -168,7 +170,8 @@ async fn require_token(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(token) = st.node.config().auth_token.as_deref() else {
+    let config = st.node.config();
+    let Some(token) = config.auth_token.as_deref() else {
         return next.run(req).await;
     };
     let reads = matches!(
@@ -392,6 +395,7 @@ async fn model_ready(State(s): State<AppState>, Path(p): Path<ModelPath>) -> Api
 }
 
 fn config_json(svc: &Service) -> Value {
+    let config = svc.config();
     json!({
         "name": svc.name(),
         "platform": "setpoint_mlp",
@@ -400,12 +404,12 @@ fn config_json(svc: &Service) -> Value {
         "input": [{"name": svc.io.input_name, "data_type": "TYPE_FP32", "dims": [svc.io.features]}],
         "output": [{"name": svc.io.output_name, "data_type": "TYPE_FP32", "dims": [svc.io.classes]}],
         "dynamic_batching": {
-            "max_queue_delay_microseconds": (svc.config.batching.max_queue_delay_ms * 1000.0).round() as u64,
-            "default_queue_policy": {"max_queue_size": svc.config.max_queue},
+            "max_queue_delay_microseconds": (config.batching.max_queue_delay_ms * 1000.0).round() as u64,
+            "default_queue_policy": {"max_queue_size": config.max_queue},
         },
         "instance_group": [{"name": svc.name(), "kind": "KIND_CPU", "count": 1}],
         "version_policy": {"latest": {"num_versions": 1}},
-        "parameters": {"slo_p99_ms": {"string_value": svc.config.slo.p99_ms.to_string()}},
+        "parameters": {"slo_p99_ms": {"string_value": config.slo.p99_ms.to_string()}},
     })
 }
 
@@ -484,7 +488,7 @@ async fn infer(
 ) -> ApiResult<Response> {
     let svc = p.service(&s.node)?;
     let start = Instant::now();
-    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
     let result = decode_and_run(&svc, &s, &headers, &bytes).await;
     match &result {
         Ok(_) => svc.observe_request(start.elapsed().as_secs_f64()),
@@ -503,7 +507,7 @@ async fn decode_and_run(
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let body = v2codec::decode_content_encoding(encoding, bytes, s.max_body_bytes)?;
+    let body = v2codec::decode_content_encoding(encoding, bytes, s.max_body_bytes())?;
     let header_len = headers
         .get("inference-header-content-length")
         .map(|v| v2codec::parse_header_len(v.as_bytes()))
@@ -545,6 +549,49 @@ async fn status(State(s): State<AppState>) -> Response {
     json_response(StatusCode::OK, &s.node.status())
 }
 
+/// Reloads the configuration file: 200 with what changed, 400 with every error (the running
+/// configuration is kept).
+async fn reload(State(s): State<AppState>) -> ApiResult<Response> {
+    if s.node.is_shutting_down() {
+        return Err(NodeError::Unavailable("the node is shutting down".into()).into());
+    }
+    let node = s.node.clone();
+    let outcome = tokio::task::spawn_blocking(move || node.reload())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the reload failed: {e}"),
+            )
+        })?;
+    Ok(match outcome {
+        Ok(report) => {
+            let mut v = serde_json::to_value(&report).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("result".into(), json!("ok"));
+                o.insert("changed".into(), json!(!report.is_empty()));
+            }
+            json_response(StatusCode::OK, &v)
+        }
+        Err(failure) => {
+            let n = failure.errors.len();
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "error": format!(
+                        "configuration not reloaded: {n} problem{} in {}; the running configuration is kept",
+                        if n == 1 { "" } else { "s" },
+                        failure.source
+                    ),
+                    "result": "error",
+                    "source": failure.source,
+                    "errors": failure.errors,
+                }),
+            )
+        }
+    })
+}
+
 async fn list_jobs(State(s): State<AppState>) -> Response {
     let jobs: Vec<_> = s.node.jobs().iter().map(|j| s.node.job_view(j)).collect();
     json_response(StatusCode::OK, &json!({"jobs": jobs}))
@@ -555,7 +602,7 @@ async fn submit_job(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
     let job = blocking(move || node.submit_job_json(&spec)).await?;
@@ -573,7 +620,7 @@ async fn update_job(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
     let patch = parse_json(&bytes)?;
     let job = s.node.update_job(&id, &patch)?;
     Ok(json_response(StatusCode::OK, &s.node.job_view(&job)))
@@ -590,7 +637,7 @@ async fn serve_job(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
     let svc = blocking(move || node.serve_job(&id, &spec)).await?;
@@ -616,7 +663,7 @@ async fn add_service(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes).await?;
+    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
     let spec = parse_json(&bytes)?;
     let node = s.node.clone();
     let svc = blocking(move || node.add_service_json(&spec)).await?;

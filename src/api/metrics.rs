@@ -89,6 +89,33 @@ pub fn render(node: &Node) -> String {
         if node.is_ready() { 1.0 } else { 0.0 },
     );
 
+    let (reloads_ok, reloads_failed, last_ok) = node.reload_counts();
+    o.header(
+        "setpoint_config_reloads_total",
+        "counter",
+        "Configuration reloads (SIGHUP, POST /v1/reload) by result: ok (applied), error (refused, the running configuration kept).",
+    );
+    o.sample(
+        "setpoint_config_reloads_total",
+        &[("result", "ok")],
+        reloads_ok as f64,
+    );
+    o.sample(
+        "setpoint_config_reloads_total",
+        &[("result", "error")],
+        reloads_failed as f64,
+    );
+    o.header(
+        "setpoint_config_last_reload_successful",
+        "gauge",
+        "0 when the last configuration reload was refused, else 1.",
+    );
+    o.sample(
+        "setpoint_config_last_reload_successful",
+        &[],
+        if last_ok { 1.0 } else { 0.0 },
+    );
+
     let services = node.ready_services();
     let stats: Vec<_> = services.iter().map(|s| (s, s.stats())).collect();
 
@@ -204,7 +231,7 @@ pub fn render(node: &Node) -> String {
         o.sample(
             "setpoint_inference_slo_seconds",
             &[("service", s.name())],
-            s.config.slo.p99_ms / 1000.0,
+            s.config().slo.p99_ms / 1000.0,
         );
     }
 

@@ -280,6 +280,12 @@ impl Controller {
         &self.cfg
     }
 
+    /// Changes its settings from the next tick on (a configuration reload); each tenant's
+    /// loop keeps its state.
+    pub fn set_config(&mut self, cfg: ControlConfig) {
+        self.cfg = cfg;
+    }
+
     /// One control period: each tenant's loop asks for a share, the arbiter grants them.
     /// Tenants absent from `obs` are forgotten. Names must be unique within services and
     /// within jobs.

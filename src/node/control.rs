@@ -169,15 +169,16 @@ impl Node {
                     core_s: usage.core_s,
                 },
             );
+            let config = svc.config();
             obs.services.push(ServiceObs {
                 name,
-                slo_s: svc.config.slo.p99_ms / 1000.0,
+                slo_s: config.slo.p99_ms / 1000.0,
                 p99_s: (window.count > 0).then_some(window.total.p99),
                 arrival_rate,
                 queue_len: svc.inner.queue_len(),
                 batches: svc.inner.take_batch_log(),
                 calibration: svc.inner.take_calibration(),
-                batch_limit: svc.config.batching.max_batch_size,
+                batch_limit: config.batching.max_batch_size,
                 share: svc.lane.share(),
                 // On the CPU one batcher thread can use one core at most; a GPU lane all of it.
                 max_share: self.service_max_share(),
@@ -338,21 +339,58 @@ impl Node {
         (st.busy_frac, st.ticks)
     }
 
-    /// Runs the control tick every `control_period_ms` until the node shuts down.
+    /// Runs the control tick every `control_period_ms` (read again after every tick, so a
+    /// reload changes it) until the node shuts down. The service manager's watchdog is fed
+    /// from here, between ticks, at the interval it asked for: a loop that stops ticking
+    /// stops feeding it, and systemd restarts the daemon. The status line is refreshed here
+    /// too.
     pub(crate) fn control_loop(self: Arc<Self>) {
-        let period = std::time::Duration::from_millis(self.config().control_period_ms);
-        let mut next = Instant::now() + period;
+        let notifier = self.notifier().filter(|n| n.is_enabled());
+        let watchdog = notifier.as_ref().and_then(|n| n.watchdog_interval());
+        let period = || std::time::Duration::from_millis(self.config().control_period_ms);
+        let start = Instant::now();
+        let mut next_tick = start + period();
+        let mut next_ping = start;
+        let mut next_status = start + STATUS_EVERY;
         while !self.is_shutting_down() {
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
+            let mut wake = next_tick;
+            if watchdog.is_some() {
+                wake = wake.min(next_ping);
             }
-            // A late tick does not try to catch up: the next one is a period after it.
-            next = Instant::now().max(next) + period;
-            self.control_tick();
+            if notifier.is_some() {
+                wake = wake.min(next_status);
+            }
+            let now = Instant::now();
+            if wake > now {
+                std::thread::sleep(wake - now);
+            }
+            if self.is_shutting_down() {
+                break;
+            }
+            if Instant::now() >= next_tick {
+                // A late tick does not try to catch up: the next one is a period after it.
+                next_tick = Instant::now().max(next_tick) + period();
+                self.control_tick();
+            }
+            if let Some(n) = &notifier {
+                let now = Instant::now();
+                if let Some(interval) = watchdog
+                    && now >= next_ping
+                {
+                    n.watchdog();
+                    next_ping = now + interval;
+                }
+                if now >= next_status {
+                    n.status(&self.status_line());
+                    next_status = now + STATUS_EVERY;
+                }
+            }
         }
     }
 }
+
+/// How often the service manager's status line is refreshed.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The share of the GPU `uuid` that other processes used in the latest sample (0 without a
 /// GPU, without a sample of it, or when the driver has no per-process statistics).

@@ -4,12 +4,15 @@
 pub mod control;
 pub mod devices;
 pub mod jobs;
+pub mod reload;
 pub mod services;
+pub mod systemd;
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -22,6 +25,7 @@ use crate::model::checkpoint::Checkpoint;
 pub use control::{Policy, ServiceMeasure};
 pub use devices::Placement;
 pub use jobs::{Job, JobState, JobView};
+pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
 pub use services::{Service, ServiceOrigin, ServiceView};
 
 /// Why a node operation was refused; each maps to one HTTP status.
@@ -63,7 +67,8 @@ pub enum ServiceSlot {
 
 /// The node.
 pub struct Node {
-    config: NodeConfig,
+    /// The configuration in force; a reload swaps it whole (see [`reload`]).
+    config: RwLock<Arc<NodeConfig>>,
     state_dir: PathBuf,
     services: RwLock<BTreeMap<String, ServiceSlot>>,
     jobs: RwLock<BTreeMap<String, Arc<Job>>>,
@@ -76,6 +81,19 @@ pub struct Node {
     devices: devices::DeviceReport,
     /// NVML (or a scripted stand-in), read once per control period; None without GPUs.
     telemetry: Mutex<Option<crate::telemetry::Sampler>>,
+    /// The service manager (systemd), told of readiness, reloads and the control loop's life.
+    notifier: OnceLock<Arc<systemd::Notifier>>,
+    /// Where the configuration is read from on a reload.
+    source: Mutex<Option<ConfigSource>>,
+    /// Held for the whole of a reload: one at a time.
+    reload_lock: Mutex<()>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    last_reload_ok: AtomicBool,
+    /// The latest load started for each service name (a ticket and the settings it loads):
+    /// a loader whose ticket is no longer here was superseded and publishes nothing.
+    loaders: Mutex<HashMap<String, (u64, ServiceConfig)>>,
+    next_ticket: AtomicU64,
 }
 
 /// GPU samples kept per GPU for correlation (a minute at the default period).
@@ -201,7 +219,7 @@ impl Node {
         };
         let controller = crate::control::Controller::new(control_config(&config));
         Ok(Arc::new(Node {
-            config,
+            config: RwLock::new(Arc::new(config)),
             state_dir,
             services: RwLock::new(BTreeMap::new()),
             jobs: RwLock::new(BTreeMap::new()),
@@ -213,7 +231,26 @@ impl Node {
             control_thread: Mutex::new(None),
             devices,
             telemetry: Mutex::new(telemetry),
+            notifier: OnceLock::new(),
+            source: Mutex::new(None),
+            reload_lock: Mutex::new(()),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_ok: AtomicBool::new(true),
+            loaders: Mutex::new(HashMap::new()),
+            next_ticket: AtomicU64::new(1),
         }))
+    }
+
+    /// Tells `notifier` of the node's life from now on: the control loop feeds its watchdog
+    /// and refreshes its status line. Set before [`Node::start`]; a second call is ignored.
+    pub fn set_notifier(&self, notifier: Arc<systemd::Notifier>) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// The service manager's notifier, when one was set.
+    pub fn notifier(&self) -> Option<Arc<systemd::Notifier>> {
+        self.notifier.get().cloned()
     }
 
     /// Reads GPU telemetry from `source` from now on (a scripted source in tests and on
@@ -245,9 +282,10 @@ impl Node {
         }
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &NodeConfig {
-        &self.config
+    /// The configuration in force (after a reload, the reloaded one, with the settings that
+    /// need a restart kept at their running values).
+    pub fn config(&self) -> Arc<NodeConfig> {
+        read(&self.config).clone()
     }
 
     /// The state dir.
@@ -287,22 +325,13 @@ impl Node {
     /// Starts the config's services and submits its jobs, without the control loop (tests
     /// and benchmarks step it with [`Node::control_tick`]).
     pub fn start_tenants(self: &Arc<Self>) {
-        for cfg in self.config.services.clone() {
-            let name = cfg.name.clone();
-            write(&self.services).insert(name.clone(), ServiceSlot::Loading(cfg.clone()));
-            let node = self.clone();
-            let loader_cfg = cfg.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("setpoint-load-{name}"))
-                .spawn(move || node.load_config_service(loader_cfg));
-            if let Err(e) = spawned {
-                let msg = format!("cannot start loader thread: {e}");
-                write(&self.services).insert(name, ServiceSlot::Failed(cfg, msg));
-            }
+        for cfg in self.config().services.clone() {
+            write(&self.services).insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
+            self.load_service(cfg, None);
         }
         self.restore_services();
         let restored = self.restore_jobs();
-        for job in self.config.jobs.clone() {
+        for job in self.config().jobs.clone() {
             let name = job.name.clone();
             if restored.contains(&name) {
                 tracing::info!(job = %name, "job from the config found in the state dir; not submitted again");
@@ -355,30 +384,109 @@ impl Node {
         }
     }
 
-    fn load_config_service(&self, cfg: ServiceConfig) {
-        let started = services::build_model(&cfg).and_then(|m| {
-            Service::start(
-                cfg.clone(),
-                m,
-                ServiceOrigin::Config,
-                self.service_lane(&cfg.name),
-                self.placement(),
-            )
-        });
-        let slot = match started {
-            Ok(s) => {
-                tracing::info!(service = %s.name(), "service ready");
-                ServiceSlot::Ready(Arc::new(s))
-            }
-            Err(e) => {
-                tracing::error!(service = %cfg.name, "cannot start service: {e}");
-                ServiceSlot::Failed(cfg.clone(), e.to_string())
+    /// Loads a service of the config on a thread of its own, in `lane` (a replacement keeps
+    /// the lane of the service it replaces) or a new one. The slot is published when it has
+    /// loaded, unless a later load of the same name (or its removal) superseded this one.
+    fn load_service(self: &Arc<Self>, cfg: ServiceConfig, lane: Option<Arc<Lane>>) {
+        let name = cfg.name.clone();
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        self.loaders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), (ticket, cfg.clone()));
+        let node = self.clone();
+        let loader_cfg = cfg.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("setpoint-load-{name}"))
+            .spawn(move || node.load_config_service(loader_cfg, ticket, lane));
+        if let Err(e) = spawned {
+            self.publish_loaded(
+                &name,
+                ticket,
+                Err(format!("cannot start loader thread: {e}")),
+            );
+        }
+    }
+
+    fn load_config_service(&self, cfg: ServiceConfig, ticket: u64, lane: Option<Arc<Lane>>) {
+        let lane = lane.unwrap_or_else(|| self.service_lane(&cfg.name));
+        let started = services::build_model(&cfg)
+            .and_then(|m| {
+                Service::start(
+                    cfg.clone(),
+                    m,
+                    ServiceOrigin::Config,
+                    lane,
+                    self.placement(),
+                )
+            })
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        self.publish_loaded(&cfg.name, ticket, started);
+    }
+
+    /// Publishes what a loader produced, if its ticket is still the latest for the name. A
+    /// failed replacement leaves the serving service in place. Whatever is taken out of the
+    /// map is dropped after its lock is released (a batcher answers its queue as it stops).
+    fn publish_loaded(&self, name: &str, ticket: u64, loaded: Result<Arc<Service>, String>) {
+        let mut map = write(&self.services);
+        let cfg = {
+            let mut loaders = self.loaders.lock().unwrap_or_else(|p| p.into_inner());
+            match loaders.get(name) {
+                Some((t, cfg)) if *t == ticket => {
+                    let cfg = cfg.clone();
+                    loaders.remove(name);
+                    cfg
+                }
+                _ => {
+                    drop(loaders);
+                    drop(map);
+                    tracing::info!(service = %name, "a newer configuration superseded this load");
+                    return;
+                }
             }
         };
         // A node shut down while this loaded drops the service instead of publishing it.
-        if !self.is_shutting_down() {
-            write(&self.services).insert(cfg.name, slot);
+        if self.is_shutting_down() {
+            return;
         }
+        let serving = matches!(map.get(name), Some(ServiceSlot::Ready(_)));
+        let replaced = match loaded {
+            Ok(svc) => {
+                tracing::info!(service = %name, "service ready");
+                map.insert(name.to_string(), ServiceSlot::Ready(svc))
+            }
+            Err(e) if serving => {
+                tracing::error!(
+                    service = %name,
+                    "cannot apply the new settings: {e}; it keeps serving with the previous ones"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!(service = %name, "cannot start service: {e}");
+                map.insert(name.to_string(), ServiceSlot::Failed(cfg, e))
+            }
+        };
+        drop(map);
+        drop(replaced);
+    }
+
+    /// Forgets the load in progress for `name`, if any: it will publish nothing.
+    fn cancel_loader(&self, name: &str) {
+        self.loaders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// The settings a load in progress for `name` will bring, if one is.
+    fn pending_config(&self, name: &str) -> Option<ServiceConfig> {
+        self.loaders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|(_, c)| c.clone())
     }
 
     /// True when every service is serving and the node is not stopping. As in Triton's
@@ -449,7 +557,7 @@ impl Node {
         self: &Arc<Self>,
         body: &serde_json::Value,
     ) -> Result<Arc<Service>, NodeError> {
-        let cfg = crate::config::parse_service_json(body, self.config.control_period_ms)
+        let cfg = crate::config::parse_service_json(body, self.config().control_period_ms)
             .map_err(NodeError::from_issues)?;
         if cfg.checkpoint.is_none() {
             return Err(NodeError::Invalid(vec![
@@ -512,7 +620,7 @@ impl Node {
             return;
         }
         let record = serde_json::json!({
-            "config": svc.config,
+            "config": svc.config(),
             "origin": svc.origin,
         });
         let path = self
@@ -592,7 +700,7 @@ impl Node {
         } else {
             cfg.deadline.map(|d| d.resolve(now))
         };
-        let mut share = self.config.control.reserve_frac.max(0.05);
+        let mut share = self.config().control.reserve_frac.max(0.05);
         // Admission weighs a job against what the controller has committed; under a fixed
         // policy the operator decides what runs.
         let controlled = matches!(self.policy(), Policy::Controller);
@@ -606,7 +714,7 @@ impl Node {
                 deadline_in_s,
                 cores: self.cores,
             };
-            let ctrl = control_config(&self.config);
+            let ctrl = control_config(&self.config());
             match crate::control::admission::admit(&ctrl, &self.last_decisions(), &candidate) {
                 Ok(needed) => share = needed.max(ctrl.min_share),
                 Err(refusal) => {
@@ -800,12 +908,12 @@ impl Node {
                 .and_then(|record| {
                     let cfg = crate::config::parse_service_json(
                         &recorded_spec(&record["config"]),
-                        self.config.control_period_ms,
+                        self.config().control_period_ms,
                     )
                     .map_err(|issues| NodeError::from_issues(issues).to_string())?;
                     let origin: ServiceOrigin = serde_json::from_value(record["origin"].clone())
                         .map_err(|e| format!("origin: {e}"))?;
-                    if self.config.services.iter().any(|c| c.name == cfg.name) {
+                    if self.config().services.iter().any(|c| c.name == cfg.name) {
                         return Err(format!(
                             "the config now defines a service named {}; the config's is used",
                             cfg.name
@@ -853,7 +961,7 @@ impl Node {
         if read(&self.jobs).contains_key(&cfg.name) {
             return Err(format!("a job named {} already exists", cfg.name));
         }
-        let share = self.config.control.reserve_frac.max(0.05);
+        let share = self.config().control.reserve_frac.max(0.05);
         let lane = self.job_lane(&cfg.name, share);
         let name = cfg.name.clone();
         let job = Arc::new(Job::new(
@@ -944,7 +1052,7 @@ impl Node {
         );
         let cfg = crate::config::parse_service_json(
             &serde_json::Value::Object(body),
-            self.config.control_period_ms,
+            self.config().control_period_ms,
         )
         .map_err(NodeError::from_issues)?;
         // The job's checkpoint is known good; check it exists before building.

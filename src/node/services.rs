@@ -42,8 +42,11 @@ pub enum ServiceOrigin {
 
 /// A running inference service.
 pub struct Service {
-    /// Its validated settings.
-    pub config: ServiceConfig,
+    /// Its name, fixed for its life.
+    name: String,
+    /// Its validated settings; a reload may change those that apply live
+    /// ([`Service::apply_live`]).
+    config: std::sync::RwLock<ServiceConfig>,
     /// Layer widths of its model.
     pub layers: Vec<usize>,
     /// Tensor names and widths for the inference protocol.
@@ -204,7 +207,8 @@ impl Service {
         }
         .map_err(|e| ServiceBuildError::Start(e.to_string()))?;
         Ok(Service {
-            config: cfg,
+            name: cfg.name.clone(),
+            config: std::sync::RwLock::new(cfg),
             layers,
             io,
             origin,
@@ -218,7 +222,43 @@ impl Service {
 
     /// Name.
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
+    }
+
+    /// Its settings in force.
+    pub fn config(&self) -> ServiceConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// True when `new` differs from the settings in force only in what can change while the
+    /// service runs: the SLO (`p99_ms`, `window_ms`), `max_queue_delay_ms`, and
+    /// `max_batch_size` up to the batch size the service was started for. Anything else (the
+    /// model, `max_queue`, a larger batch) needs a new batcher.
+    pub fn can_apply_live(&self, new: &ServiceConfig) -> bool {
+        let cur = self.config();
+        let mut same = new.clone();
+        same.slo = cur.slo.clone();
+        same.batching = cur.batching.clone();
+        same == cur && new.batching.max_batch_size <= self.inner.batch_limit()
+    }
+
+    /// Applies `new` to the running service (see [`Service::can_apply_live`]): the
+    /// controller reads the SLO and batch limit from the next period, the batcher its queue
+    /// delay and window from the next batch. Requests in flight are not disturbed.
+    pub fn apply_live(&self, new: &ServiceConfig) {
+        let mut cfg = self.config.write().unwrap_or_else(|p| p.into_inner());
+        if new.batching.max_batch_size < self.inner.max_batch_size() {
+            self.inner.set_max_batch_size(new.batching.max_batch_size);
+        }
+        self.inner.set_max_queue_delay(Duration::from_secs_f64(
+            new.batching.max_queue_delay_ms / 1000.0,
+        ));
+        self.inner
+            .set_window(Duration::from_millis(new.slo.window_ms));
+        *cfg = new.clone();
     }
 
     /// Records one HTTP request's end-to-end latency.
@@ -254,15 +294,16 @@ impl Service {
 
     /// A snapshot for the API.
     pub fn view(&self) -> ServiceView {
+        let config = self.config();
         ServiceView {
-            name: self.config.name.clone(),
+            name: self.name.clone(),
             state: "ready",
             error: None,
             layers: self.layers.clone(),
-            slo_p99_ms: self.config.slo.p99_ms,
+            slo_p99_ms: config.slo.p99_ms,
             max_batch_size: self.inner.max_batch_size(),
-            max_queue_delay_ms: self.config.batching.max_queue_delay_ms,
-            max_queue: self.config.max_queue,
+            max_queue_delay_ms: config.batching.max_queue_delay_ms,
+            max_queue: config.max_queue,
             queue_len: self.inner.queue_len(),
             share: self.lane.share(),
             success_count: self.inner.stats().success_count,

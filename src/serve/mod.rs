@@ -375,6 +375,17 @@ impl InferenceService {
             .store(size.clamp(1, self.shared.batch_limit), Ordering::Relaxed);
     }
 
+    /// The largest batch size the service was started for: the ceiling of
+    /// [`InferenceService::set_max_batch_size`].
+    pub fn batch_limit(&self) -> usize {
+        self.shared.batch_limit
+    }
+
+    /// Changes the span of the latency window; takes effect from the next read.
+    pub fn set_window(&self, span: Duration) {
+        lock(&self.shared.window).set_span(span);
+    }
+
     /// Changes the longest wait for a batch to fill; takes effect from the next batch.
     pub fn set_max_queue_delay(&self, delay: Duration) {
         self.shared

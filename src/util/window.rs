@@ -68,6 +68,11 @@ impl LatencyWindow {
         self.span
     }
 
+    /// Changes the window's length; samples older than the new span leave at the next read.
+    pub fn set_span(&mut self, span: Duration) {
+        self.span = span;
+    }
+
     /// Adds one request that finished at `at`.
     pub fn push(&mut self, at: Instant, queue_s: f64, compute_s: f64) {
         if self.samples.len() >= MAX_SAMPLES {

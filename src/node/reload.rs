@@ -1,0 +1,717 @@
+//! Reloading the configuration while the daemon runs (SIGHUP, `POST /v1/reload`).
+//!
+//! A reload reads the file given with `--config` again, applies the command-line and
+//! environment overrides exactly as at start, and validates the result with the same rules.
+//! An invalid file changes nothing: the running configuration stays, every error is logged
+//! and returned, and the failure is counted. A valid one is applied as a difference:
+//!
+//! - **Settings** that apply live: `control_period_ms`, `control.reserve_frac`,
+//!   `control.leftover`, `auth_token`, `max_request_bytes`.
+//! - **Settings that need a restart** (`listen`, `state_dir`, `[device]`,
+//!   `control.decision_log`) keep their running values and are reported as such.
+//! - **Services of the file**: a new one is loaded beside the others; one no longer in the
+//!   file is removed (new requests get 404, requests already in flight are answered); a
+//!   changed one takes a new SLO, `window_ms`, `max_queue_delay_ms` or a smaller
+//!   `max_batch_size` in place, and for any other change (model, `max_queue`, a larger batch)
+//!   a replacement is loaded while the old one keeps serving, then takes its place. A
+//!   service that failed to load is tried again.
+//! - **Jobs of the file**: one whose name the node does not know is submitted (admission
+//!   applies). A job already accepted keeps its spec and keeps running when it leaves the
+//!   file: change it with `PATCH /v1/jobs/{id}` or cancel it with `DELETE`; the reload says so.
+//! - **Services and jobs added at run time** (the API, a served job) are never touched by a
+//!   reload. A file service whose name such a service holds is not started, and says why.
+//!
+//! With no `--config` the daemon runs on its embedded default, which cannot change: a reload
+//! changes nothing and says so.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Node, ServiceOrigin, ServiceSlot, write};
+use crate::config::{ConfigError, NodeConfig};
+
+/// Where the daemon's configuration comes from, and what overrides it.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The file given with `--config`; `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    /// `--listen`, over the file's `listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--state-dir`, over the file's `state_dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `SETPOINT_AUTH_TOKEN` as read at start; used when the file sets no `auth_token`.
+    pub env_token: Option<String>,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The file cannot be read, or is not a valid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The settings together are refused (e.g. no token beyond loopback).
+    #[error("{0}")]
+    Setting(String),
+}
+
+impl SourceError {
+    /// Every problem, one per entry, each naming its key.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            SourceError::Config(e) if !e.issues().is_empty() => {
+                let file = match e {
+                    ConfigError::Invalid { path: Some(p), .. } => format!("{}: ", p.display()),
+                    _ => String::new(),
+                };
+                e.issues().iter().map(|i| format!("{file}{i}")).collect()
+            }
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+impl ConfigSource {
+    /// What the source names: the file, or `(embedded default)`.
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => "(embedded default)".into(),
+        }
+    }
+
+    /// Reads and validates the configuration, with the overrides applied; the same at start
+    /// and at every reload.
+    pub fn load(&self) -> Result<NodeConfig, SourceError> {
+        let mut config = match &self.path {
+            Some(path) => crate::config::load(path)?,
+            None => crate::config::default_config(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
+        }
+        if config.auth_token.is_none()
+            && let Some(token) = &self.env_token
+        {
+            // The token goes into an HTTP header; the message never echoes it.
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(SourceError::Setting(
+                    "SETPOINT_AUTH_TOKEN: must be printable ascii without spaces or control \
+                     characters"
+                        .into(),
+                ));
+            }
+            config.auth_token = Some(token.clone());
+        }
+        check_token_rule(&config)?;
+        Ok(config)
+    }
+}
+
+fn check_token_rule(config: &NodeConfig) -> Result<(), SourceError> {
+    if !config.listen.ip().is_loopback() && config.auth_token.is_none() {
+        return Err(SourceError::Setting(format!(
+            "listen = {}: beyond loopback the API needs a bearer token; set auth_token in the \
+             config or SETPOINT_AUTH_TOKEN, or listen on 127.0.0.1",
+            config.listen
+        )));
+    }
+    Ok(())
+}
+
+/// A reload that changed nothing because the configuration was refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadFailure {
+    /// The file read.
+    pub source: String,
+    /// Every problem found, each naming its key.
+    pub errors: Vec<String>,
+}
+
+/// One service whose settings changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceChange {
+    /// The service.
+    pub name: String,
+    /// `applied` (in place) or `replacing` (a new batcher is loading; the old one serves
+    /// until it is ready).
+    pub how: &'static str,
+    /// `key: old -> new` for every setting that changed.
+    pub changes: Vec<String>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    /// The file read.
+    pub source: String,
+    /// Node settings applied: `key: old -> new`.
+    pub settings: Vec<String>,
+    /// Settings that differ in the file but take effect only at the next start; the running
+    /// values are kept.
+    pub needs_restart: Vec<String>,
+    /// Services of the file now loading.
+    pub services_added: Vec<String>,
+    /// Services removed (no longer in the file).
+    pub services_removed: Vec<String>,
+    /// Services whose settings changed.
+    pub services_changed: Vec<ServiceChange>,
+    /// Services that had failed to load and are tried again.
+    pub services_retried: Vec<String>,
+    /// Jobs of the file submitted.
+    pub jobs_submitted: Vec<String>,
+    /// What the file asks that a reload does not do, and why.
+    pub not_applied: Vec<String>,
+    /// What could not be applied although the file is valid (a job refused by admission).
+    pub failed: Vec<String>,
+    /// A remark on the reload as a whole (no config file).
+    pub note: Option<String>,
+}
+
+impl ReloadReport {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.settings.is_empty()
+            && self.services_added.is_empty()
+            && self.services_removed.is_empty()
+            && self.services_changed.is_empty()
+            && self.services_retried.is_empty()
+            && self.jobs_submitted.is_empty()
+    }
+}
+
+impl Node {
+    /// Records where the configuration came from, so that [`Node::reload`] can read it again.
+    pub fn set_config_source(&self, source: ConfigSource) {
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// Reloads the configuration from its source (see the module notes). Reloads run one at
+    /// a time. The service manager hears `RELOADING=1` before and `READY=1` after, whatever
+    /// the outcome.
+    pub fn reload(self: &Arc<Self>) -> Result<ReloadReport, ReloadFailure> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let notifier = self.notifier();
+        if let Some(n) = &notifier {
+            n.reloading();
+        }
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let outcome = match &source {
+            None => Err((
+                "(none)".to_string(),
+                vec!["this node has no configuration source to reload from".to_string()],
+            )),
+            Some(source) if source.path.is_none() => Ok(ReloadReport {
+                source: source.describe(),
+                note: Some(
+                    "no --config: the daemon runs on its embedded default, which cannot \
+                     change; nothing was reloaded (start it with --config FILE to change \
+                     settings without a restart)"
+                        .into(),
+                ),
+                ..Default::default()
+            }),
+            Some(source) => {
+                let described = source.describe();
+                tracing::info!(source = %described, "reloading the configuration");
+                source
+                    .load()
+                    .and_then(|new| {
+                        let (effective, needs_restart) = effective_config(&self.config(), &new);
+                        // The running address with the file's token must obey the token rule.
+                        check_token_rule(&effective)?;
+                        Ok((effective, needs_restart))
+                    })
+                    .map(|(effective, needs_restart)| {
+                        let mut report = self.apply_config(effective);
+                        report.source = described.clone();
+                        report.needs_restart = needs_restart;
+                        report
+                    })
+                    .map_err(|e| (described, e.messages()))
+            }
+        };
+        let result = match outcome {
+            Ok(report) => {
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.last_reload_ok.store(true, Ordering::Relaxed);
+                log_report(&report);
+                Ok(report)
+            }
+            Err((source, errors)) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.last_reload_ok.store(false, Ordering::Relaxed);
+                for err in &errors {
+                    tracing::error!("reload refused, the running configuration is kept: {err}");
+                }
+                Err(ReloadFailure { source, errors })
+            }
+        };
+        if let Some(n) = &notifier {
+            n.ready(&self.status_line());
+        }
+        result
+    }
+
+    /// Configuration reloads so far: (applied, refused), and whether the last one applied.
+    pub fn reload_counts(&self) -> (u64, u64, bool) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+            self.last_reload_ok.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Applies a validated configuration whose restart-only settings equal the running ones
+    /// (see [`effective_config`]) and says what changed.
+    pub fn apply_config(self: &Arc<Self>, new: NodeConfig) -> ReloadReport {
+        let old = self.config();
+        let mut report = ReloadReport {
+            settings: settings_diff(&old, &new),
+            ..Default::default()
+        };
+        *write(&self.config) = Arc::new(new.clone());
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .controller
+            .set_config(super::control_config(&new));
+
+        self.apply_services(&new, &mut report);
+        self.apply_jobs(&old, &new, &mut report);
+        report
+    }
+
+    fn apply_services(self: &Arc<Self>, new: &NodeConfig, report: &mut ReloadReport) {
+        let wanted: BTreeSet<&str> = new.services.iter().map(|s| s.name.as_str()).collect();
+        // Removed first, outside the map's lock: dropping the last handle of a service waits
+        // for its batcher to answer what it had queued.
+        let mut removed = Vec::new();
+        {
+            let mut map = write(&self.services);
+            let gone: Vec<String> = map
+                .iter()
+                .filter(|(name, slot)| !wanted.contains(name.as_str()) && from_file(slot))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in gone {
+                self.cancel_loader(&name);
+                if let Some(slot) = map.remove(&name) {
+                    removed.push(slot);
+                }
+                report.services_removed.push(name);
+            }
+        }
+        drop(removed);
+        for name in &report.services_removed {
+            tracing::info!(service = %name, "service removed: no longer in the configuration");
+        }
+
+        for cfg in &new.services {
+            let slot = super::read(&self.services).get(&cfg.name).cloned();
+            match slot {
+                None => {
+                    self.load_service(cfg.clone(), None);
+                    report.services_added.push(cfg.name.clone());
+                }
+                Some(ServiceSlot::Ready(svc)) if svc.origin != ServiceOrigin::Config => {
+                    report.not_applied.push(format!(
+                        "service {}: the name is held by a service added at run time; remove \
+                         it (DELETE /v1/services/{}) and reload to start the file's",
+                        cfg.name, cfg.name
+                    ));
+                }
+                Some(ServiceSlot::Ready(svc)) => {
+                    let current = svc.config();
+                    // A replacement may be loading from an earlier reload: compare with what
+                    // it will bring.
+                    let pending = self.pending_config(&cfg.name);
+                    let baseline = pending.as_ref().unwrap_or(&current);
+                    if baseline == cfg {
+                        continue;
+                    }
+                    let changes = json_diff(baseline, cfg);
+                    if pending.is_none() && svc.can_apply_live(cfg) {
+                        svc.apply_live(cfg);
+                        report.services_changed.push(ServiceChange {
+                            name: cfg.name.clone(),
+                            how: "applied",
+                            changes,
+                        });
+                    } else {
+                        self.load_service(cfg.clone(), Some(svc.lane.clone()));
+                        report.services_changed.push(ServiceChange {
+                            name: cfg.name.clone(),
+                            how: "replacing",
+                            changes,
+                        });
+                    }
+                }
+                Some(ServiceSlot::Loading(current)) => {
+                    if &current != cfg {
+                        let changes = json_diff(&current, cfg);
+                        write(&self.services)
+                            .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
+                        self.load_service(cfg.clone(), None);
+                        report.services_changed.push(ServiceChange {
+                            name: cfg.name.clone(),
+                            how: "replacing",
+                            changes,
+                        });
+                    }
+                }
+                Some(ServiceSlot::Failed(..)) => {
+                    write(&self.services)
+                        .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
+                    self.load_service(cfg.clone(), None);
+                    report.services_retried.push(cfg.name.clone());
+                }
+            }
+        }
+    }
+
+    fn apply_jobs(self: &Arc<Self>, old: &NodeConfig, new: &NodeConfig, report: &mut ReloadReport) {
+        for cfg in &new.jobs {
+            match self.job(&cfg.name) {
+                Err(_) => match self.submit_job(cfg.clone()) {
+                    Ok(_) => report.jobs_submitted.push(cfg.name.clone()),
+                    Err(e) => {
+                        tracing::error!(job = %cfg.name, "cannot start job from the configuration: {e}");
+                        report.failed.push(format!("job {}: {e}", cfg.name));
+                    }
+                },
+                Ok(_) => match old.job(&cfg.name) {
+                    Some(before) if before != cfg => report.not_applied.push(format!(
+                        "job {}: changed in the file ({}); an accepted job keeps its spec: \
+                         change deadline, target_accuracy or epochs with PATCH /v1/jobs/{}, or \
+                         cancel it and submit it anew",
+                        cfg.name,
+                        json_diff(before, cfg).join(", "),
+                        cfg.name
+                    )),
+                    Some(_) => {}
+                    None => report.not_applied.push(format!(
+                        "job {}: a job of that name was accepted before; the file's is not \
+                         submitted",
+                        cfg.name
+                    )),
+                },
+            }
+        }
+        for before in &old.jobs {
+            if new.job(&before.name).is_none()
+                && let Ok(job) = self.job(&before.name)
+                && !job.state().is_terminal()
+            {
+                report.not_applied.push(format!(
+                    "job {}: no longer in the file; it keeps running (cancel it with DELETE \
+                     /v1/jobs/{})",
+                    before.name, before.name
+                ));
+            }
+        }
+    }
+
+    /// One line for the service manager's status: tenants, their states, the share given.
+    pub fn status_line(&self) -> String {
+        let st = self.status();
+        let services: Vec<_> = st.tenants.iter().filter(|t| t.kind == "service").collect();
+        let ready = services.iter().filter(|t| t.state == "ready").count();
+        let jobs: Vec<_> = st.tenants.iter().filter(|t| t.kind == "job").collect();
+        let running = jobs.iter().filter(|t| t.state == "running").count();
+        let share: f64 = st.devices.iter().map(|d| d.share_assigned).sum();
+        let plural = |n: usize, one: &str, many: &str| {
+            if n == 1 {
+                format!("{n} {one}")
+            } else {
+                format!("{n} {many}")
+            }
+        };
+        format!(
+            "{} ({ready} ready), {} ({running} running); {:.0}% of the {} assigned; {}",
+            plural(services.len(), "service", "services"),
+            plural(jobs.len(), "job", "jobs"),
+            share * 100.0,
+            st.devices.first().map_or("device", |d| d.name.as_str()),
+            if self.is_shutting_down() {
+                "stopping"
+            } else if st.ready {
+                "ready"
+            } else {
+                "not ready"
+            }
+        )
+    }
+}
+
+/// A slot that comes from the config file: loading and failed slots always do.
+fn from_file(slot: &ServiceSlot) -> bool {
+    match slot {
+        ServiceSlot::Ready(s) => s.origin == ServiceOrigin::Config,
+        ServiceSlot::Loading(_) | ServiceSlot::Failed(..) => true,
+    }
+}
+
+/// `new` with the settings that need a restart set back to their running values, and a line
+/// for each one that differed.
+pub fn effective_config(running: &NodeConfig, new: &NodeConfig) -> (NodeConfig, Vec<String>) {
+    let mut effective = new.clone();
+    let mut needs_restart = Vec::new();
+    let mut keep = |key: &str, old: Value, new: Value| {
+        if old != new {
+            needs_restart.push(format!(
+                "{key}: running {}, the file says {}; takes effect at the next start",
+                show(&old),
+                show(&new)
+            ));
+        }
+    };
+    keep(
+        "listen",
+        running.listen.to_string().into(),
+        new.listen.to_string().into(),
+    );
+    effective.listen = running.listen;
+    keep(
+        "state_dir",
+        running.state_dir.display().to_string().into(),
+        new.state_dir.display().to_string().into(),
+    );
+    effective.state_dir = running.state_dir.clone();
+    for (key, (old, new)) in
+        paired_leaves(&to_json(&running.device), &to_json(&new.device), "device")
+    {
+        keep(&key, old, new);
+    }
+    effective.device = running.device.clone();
+    keep(
+        "control.decision_log",
+        to_json(&running.control.decision_log),
+        to_json(&new.control.decision_log),
+    );
+    effective.control.decision_log = running.control.decision_log.clone();
+    (effective, needs_restart)
+}
+
+/// The node-wide settings that changed (services and jobs aside); the token is never shown.
+fn settings_diff(old: &NodeConfig, new: &NodeConfig) -> Vec<String> {
+    let strip = |c: &NodeConfig| {
+        let mut v = to_json(c);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("services");
+            o.remove("jobs");
+            o.remove("auth_token");
+        }
+        v
+    };
+    let mut out = json_diff_values(&strip(old), &strip(new));
+    match (&old.auth_token, &new.auth_token) {
+        (None, Some(_)) => out.push("auth_token: set".into()),
+        (Some(_), None) => out.push("auth_token: removed".into()),
+        (Some(a), Some(b)) if a != b => out.push("auth_token: changed".into()),
+        _ => {}
+    }
+    out
+}
+
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// `key: old -> new` for every leaf that differs between two serialisable values.
+pub fn json_diff<T: Serialize>(old: &T, new: &T) -> Vec<String> {
+    json_diff_values(&to_json(old), &to_json(new))
+}
+
+fn json_diff_values(old: &Value, new: &Value) -> Vec<String> {
+    paired_leaves(old, new, "")
+        .into_iter()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(k, (a, b))| format!("{k}: {} -> {}", show(&a), show(&b)))
+        .collect()
+}
+
+/// Every leaf path of either value, with its value on each side (null when absent).
+fn paired_leaves(old: &Value, new: &Value, prefix: &str) -> BTreeMap<String, (Value, Value)> {
+    let mut a = BTreeMap::new();
+    let mut b = BTreeMap::new();
+    flatten(old, prefix, &mut a);
+    flatten(new, prefix, &mut b);
+    let mut out = BTreeMap::new();
+    for key in a.keys().chain(b.keys()) {
+        out.insert(
+            key.clone(),
+            (
+                a.get(key).cloned().unwrap_or(Value::Null),
+                b.get(key).cloned().unwrap_or(Value::Null),
+            ),
+        );
+    }
+    out
+}
+
+fn flatten(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Object(map) => {
+            for (k, item) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(item, &key, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "(unset)".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn log_report(r: &ReloadReport) {
+    if let Some(note) = &r.note {
+        tracing::info!("reload: {note}");
+    } else if r.is_empty() {
+        tracing::info!(source = %r.source, "configuration reloaded: nothing changed");
+    } else {
+        tracing::info!(
+            source = %r.source,
+            settings = ?r.settings,
+            added = ?r.services_added,
+            removed = ?r.services_removed,
+            changed = ?r.services_changed.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            retried = ?r.services_retried,
+            jobs = ?r.jobs_submitted,
+            "configuration reloaded"
+        );
+    }
+    for line in &r.needs_restart {
+        tracing::warn!("reload: needs a restart: {line}");
+    }
+    for line in &r.not_applied {
+        tracing::warn!("reload: not applied: {line}");
+    }
+    for line in &r.failed {
+        tracing::error!("reload: failed: {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> NodeConfig {
+        crate::config::parse(text).unwrap()
+    }
+
+    #[test]
+    fn restart_only_settings_keep_their_running_values_and_are_reported() {
+        let running = parse("listen = \"127.0.0.1:8000\"\nstate_dir = \"a\"\n");
+        let new = parse(
+            "listen = \"127.0.0.1:9000\"\nstate_dir = \"b\"\ncontrol_period_ms = 50\n\
+             [device]\ncpu_threads = 3\n",
+        );
+        let (eff, restart) = effective_config(&running, &new);
+        assert_eq!(eff.listen, running.listen);
+        assert_eq!(eff.state_dir, running.state_dir);
+        assert_eq!(eff.device, running.device);
+        assert_eq!(eff.control_period_ms, 50);
+        let text = restart.join("\n");
+        assert!(
+            text.contains("listen: running 127.0.0.1:8000, the file says 127.0.0.1:9000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("state_dir: running a, the file says b"),
+            "{text}"
+        );
+        assert!(
+            text.contains("device.cpu_threads: running 0, the file says 3"),
+            "{text}"
+        );
+        assert_eq!(restart.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn settings_diff_names_each_key_and_never_shows_the_token() {
+        let old = parse("auth_token = \"secret-one\"\n");
+        let new = parse(
+            "auth_token = \"secret-two\"\ncontrol_period_ms = 200\n[control]\nleftover = \"idle\"\n",
+        );
+        let d = settings_diff(&old, &new);
+        assert!(
+            d.contains(&"control_period_ms: 100 -> 200".to_string()),
+            "{d:?}"
+        );
+        assert!(
+            d.contains(&"control.leftover: best-effort -> idle".to_string()),
+            "{d:?}"
+        );
+        assert!(d.contains(&"auth_token: changed".to_string()), "{d:?}");
+        assert!(!d.join(" ").contains("secret"), "{d:?}");
+        assert!(settings_diff(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn the_token_rule_holds_for_the_running_address() {
+        let running = parse("listen = \"0.0.0.0:8000\"\nauth_token = \"t\"\n");
+        let new = parse("listen = \"127.0.0.1:8000\"\n");
+        let (eff, _) = effective_config(&running, &new);
+        assert!(check_token_rule(&eff).is_err());
+    }
+
+    #[test]
+    fn source_errors_list_every_issue_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "control_period_ms = 1\n[[services]]\nname = \"a\"\nlayers = [4, 2]\nslo = { p99_ms = -5 }\n",
+        )
+        .unwrap();
+        let src = ConfigSource {
+            path: Some(path.clone()),
+            ..Default::default()
+        };
+        let errs = src.load().unwrap_err().messages();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs.iter()
+                .all(|e| e.starts_with(&path.display().to_string()))
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("services[0].slo.p99_ms")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("control_period_ms")),
+            "{errs:?}"
+        );
+        let missing = ConfigSource {
+            path: Some(dir.path().join("absent.toml")),
+            ..Default::default()
+        };
+        let errs = missing.load().unwrap_err().messages();
+        assert!(errs[0].contains("cannot read config file"), "{errs:?}");
+    }
+}
