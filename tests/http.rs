@@ -381,6 +381,36 @@ fn errors_have_their_status_and_say_what_was_wrong() {
         413,
         "exceeds the limit of 2048 bytes",
     );
+    // Non-finite inputs: NaN in binary data, and a JSON number beyond f32's range, each
+    // named by its row-major index.
+    let header = json!({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "parameters": {"binary_data_size": 64}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    for i in 0..16 {
+        let v = if i == 11 { f32::NAN } else { i as f32 };
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut r = d
+        .agent
+        .post(format!("{}{infer}", d.url))
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        v["error"], "input \"input\": value 11 is not a finite number",
+        "{v}"
+    );
+    let mut bad = infer_json(&[row(0)]);
+    bad["inputs"][0]["data"][2] = json!(1e39);
+    expect_error(
+        d.send("POST", infer, &bad),
+        400,
+        "input \"input\": value 2 is not a finite number",
+    );
     // Wrong method.
     expect_error(
         d.send("DELETE", "/v2/health/live", &Value::Null),
@@ -393,7 +423,7 @@ fn errors_have_their_status_and_say_what_was_wrong() {
     assert!(
         m.as_str()
             .unwrap()
-            .contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"invalid\"} 4")
+            .contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"invalid\"} 6")
     );
 }
 
