@@ -512,6 +512,7 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
             PathBuf::from("(embedded default)"),
         ),
     };
+    setpoint::config::check_paths(&cfg, args.file.as_deref())?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(
@@ -537,6 +538,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
     }
+    config.paths.data_dirs.extend(args.data_dirs);
+    setpoint::config::check_paths(&config, args.config.as_deref())?;
     // The environment may carry the token, so it need not sit in a config file.
     if config.auth_token.is_none()
         && let Ok(token) = std::env::var("SETPOINT_AUTH_TOKEN")
