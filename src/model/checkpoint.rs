@@ -297,6 +297,33 @@ impl Checkpoint {
         })
     }
 
+    /// Writes the checkpoint atomically to `path`, keeping the checkpoint it replaces as
+    /// `previous` when that one is intact, so that a damaged latest file still leaves a good
+    /// one to resume from. A crash leaves a whole checkpoint at `path` or, between the two
+    /// renames, only at `previous`; a damaged old one is not kept, so `previous` stays good.
+    pub fn save_keeping_previous(
+        &self,
+        path: &Path,
+        previous: &Path,
+    ) -> Result<(), CheckpointError> {
+        let keep = match std::fs::read(path) {
+            Ok(bytes) => match Self::from_bytes(&bytes, path) {
+                Ok(_) => Some(previous),
+                Err(e) => {
+                    tracing::warn!("{e}; it is replaced and the previous checkpoint kept");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        crate::util::fsio::write_atomic_keeping(path, &self.to_bytes(), keep).map_err(|source| {
+            CheckpointError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+
     /// Reads and verifies a checkpoint.
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
