@@ -375,6 +375,10 @@ pub struct ServeArgs {
     /// State directory, overriding the config's `state_dir`.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// A directory jobs and services may read data and checkpoints from, added to the
+    /// config's `paths.data_dirs` (repeatable).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dirs: Vec<PathBuf>,
 }
 
 /// Optimisers.

@@ -513,6 +513,7 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
             PathBuf::from("(embedded default)"),
         ),
     };
+    setpoint::config::check_paths(&cfg, args.file.as_deref())?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(
@@ -536,6 +537,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         path: args.config,
         listen: args.listen,
         state_dir: args.state_dir,
+        data_dirs: args.data_dirs,
         env_token,
     };
     let config = source.load().map_err(|e| match e {

@@ -242,7 +242,7 @@ epochs = 0
     assert_eq!(
         issues(text),
         vec![
-            "colour: unknown key (accepted: listen, state_dir, control_period_ms, auth_token, max_request_bytes, device, control, services, jobs)",
+            "colour: unknown key (accepted: listen, state_dir, control_period_ms, auth_token, max_request_bytes, device, control, paths, services, jobs)",
             "listen: expected a socket address like \"127.0.0.1:8000\" or \"[::1]:8000\" (an IP, not a host name), got \"localhost:8000\"",
             "control_period_ms: must be between 10 and 10000, got 5",
             "max_request_bytes: must be between 1024 and 1073741824, got 10",
@@ -1036,4 +1036,112 @@ layers = [64, 10]
             "jobs[0].data: invalid data spec \"synthetic:blobs:size=abc\": size: \"abc\" is not a whole number".to_string(),
         ]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path confinement
+
+#[test]
+fn data_dirs_default_to_the_config_files_directory_and_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "").unwrap();
+    let c = load(&file).unwrap();
+    assert_eq!(
+        c.paths.data_dirs,
+        vec![std::fs::canonicalize(dir.path()).unwrap()]
+    );
+    // The embedded default has no file: the working directory.
+    assert_eq!(ok("").paths.data_dirs, vec![PathBuf::from(".")]);
+    let c = ok("[paths]\ndata_dirs = [\"/srv/data\", \"rel\"]\n");
+    assert_eq!(
+        c.paths.data_dirs,
+        vec![PathBuf::from("/srv/data"), PathBuf::from("rel")]
+    );
+    assert_eq!(
+        c.allowed_dirs(),
+        vec![
+            PathBuf::from("/srv/data"),
+            PathBuf::from("rel"),
+            PathBuf::from("state")
+        ]
+    );
+    assert_eq!(
+        issues("[paths]\ndata_dirs = [\"\", 3]\n"),
+        vec![
+            "paths.data_dirs[0]: must not be empty",
+            "paths.data_dirs[1]: expected a string (a directory), got an integer",
+        ]
+    );
+    assert_eq!(
+        one_issue("[paths]\ndata_dirs = \"/srv\"\n"),
+        "paths.data_dirs: expected an array of directories, got a string"
+    );
+}
+
+#[test]
+fn files_outside_the_data_dirs_are_config_errors_naming_the_key() {
+    let root = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(root.path()).unwrap();
+    let data = root.join("data");
+    let secret = root.join("secret");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(data.join("ok.csv"), "1,2,0\n3,4,1\n").unwrap();
+    std::fs::write(secret.join("s.csv"), "1,2,0\n3,4,1\n").unwrap();
+    std::os::unix::fs::symlink(secret.join("s.csv"), data.join("link.csv")).unwrap();
+    let job = |name: &str, data: &Path| {
+        format!(
+            "[[jobs]]\nname = \"{name}\"\ndata = {:?}\nlayers = [2, 2]\n",
+            data.display().to_string()
+        )
+    };
+    let file = root.join("node.toml");
+    let text = format!(
+        "state_dir = {:?}\n[paths]\ndata_dirs = [{:?}]\n{}{}{}{}\n\
+         [[services]]\nname = \"s\"\ncheckpoint = {:?}\nslo = {{ p99_ms = 5 }}\n",
+        root.join("state").display().to_string(),
+        data.display().to_string(),
+        job("inside", &data.join("ok.csv")),
+        job("dotdot", &data.join("../secret/s.csv")),
+        job("link", &data.join("link.csv")),
+        job("missing", &data.join("not-yet.csv")),
+        secret.join("s.csv").display().to_string(),
+    );
+    std::fs::write(&file, &text).unwrap();
+    let cfg = load(&file).unwrap();
+    let e = check_paths(&cfg, Some(&file)).unwrap_err();
+    let got: Vec<(String, String)> = e
+        .issues()
+        .iter()
+        .map(|i| (i.path.clone(), i.message.clone()))
+        .collect();
+    let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    // A file that does not exist yet is left to the loader, which names it when it runs.
+    assert_eq!(
+        keys,
+        ["services[0].checkpoint", "jobs[1].data", "jobs[2].data"]
+    );
+    for (_, m) in &got {
+        assert!(m.contains("is outside the directories"), "{m}");
+        assert!(m.contains(&data.display().to_string()), "{m}");
+        assert!(m.contains(&root.join("state").display().to_string()), "{m}");
+    }
+    assert!(
+        got[2].1.contains(&format!(
+            "which resolves to {}",
+            secret.join("s.csv").display()
+        )),
+        "{}",
+        got[2].1
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: services[0].checkpoint: ", file.display())),
+        "{e}"
+    );
+    // Adding the directory (as `serve --data-dir` does) allows them.
+    let mut cfg = cfg;
+    cfg.paths.data_dirs.push(secret.clone());
+    check_paths(&cfg, Some(&file)).unwrap();
 }

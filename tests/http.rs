@@ -1,6 +1,7 @@
 //! The daemon over real HTTP on loopback: every v2 endpoint, binary tensors both ways, the
 //! error statuses, the jobs and services API end to end, and the metrics text.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -381,6 +382,36 @@ fn errors_have_their_status_and_say_what_was_wrong() {
         413,
         "exceeds the limit of 2048 bytes",
     );
+    // Non-finite inputs: NaN in binary data, and a JSON number beyond f32's range, each
+    // named by its row-major index.
+    let header = json!({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "parameters": {"binary_data_size": 64}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    for i in 0..16 {
+        let v = if i == 11 { f32::NAN } else { i as f32 };
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut r = d
+        .agent
+        .post(format!("{}{infer}", d.url))
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        v["error"], "input \"input\": value 11 is not a finite number",
+        "{v}"
+    );
+    let mut bad = infer_json(&[row(0)]);
+    bad["inputs"][0]["data"][2] = json!(1e39);
+    expect_error(
+        d.send("POST", infer, &bad),
+        400,
+        "input \"input\": value 2 is not a finite number",
+    );
     // Wrong method.
     expect_error(
         d.send("DELETE", "/v2/health/live", &Value::Null),
@@ -393,7 +424,7 @@ fn errors_have_their_status_and_say_what_was_wrong() {
     assert!(
         m.as_str()
             .unwrap()
-            .contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"invalid\"} 4")
+            .contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"invalid\"} 6")
     );
 }
 
@@ -918,4 +949,62 @@ fn with_a_token_changes_need_it_and_reads_and_inference_do_not() {
         .send_json(&job)
         .unwrap();
     assert_eq!(r.status(), 201);
+}
+
+#[test]
+fn jobs_and_services_can_only_read_files_inside_the_data_dirs() {
+    let root = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(root.path()).unwrap();
+    let data = root.join("data");
+    let secret = root.join("secret");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&secret).unwrap();
+    let csv: String = (0..40)
+        .map(|i| format!("{i},{},{}\n", i % 7, i % 2))
+        .collect();
+    std::fs::write(data.join("ok.csv"), &csv).unwrap();
+    std::fs::write(secret.join("s.csv"), &csv).unwrap();
+    std::os::unix::fs::symlink(secret.join("s.csv"), data.join("link.csv")).unwrap();
+    let d = Daemon::start(&format!(
+        "[paths]\ndata_dirs = [{:?}]\n",
+        data.display().to_string()
+    ));
+    let job = |name: &str, path: &Path| json!({"name": name, "data": path, "layers": [2, 4, 2], "epochs": 1, "class": "best-effort"});
+    let refused = [
+        ("dotdot", data.join("../secret/s.csv")),
+        ("link", data.join("link.csv")),
+        ("absolute", secret.join("s.csv")),
+    ];
+    for (name, path) in &refused {
+        let (s, v) = d.send("POST", "/v1/jobs", &job(name, path));
+        assert_eq!(s, 400, "{name}: {v}");
+        let m = v["error"].as_str().unwrap();
+        assert!(m.starts_with(&format!("data: {} ", path.display())), "{m}");
+        assert!(m.contains("is outside the directories"), "{m}");
+        assert!(m.contains(&data.display().to_string()), "{m}");
+        assert!(m.contains(&d.node.state_dir().display().to_string()), "{m}");
+        assert_eq!(
+            d.get(&format!("/v1/jobs/{name}")).0,
+            404,
+            "{name} was accepted"
+        );
+    }
+    // A checkpoint outside is refused before it is read.
+    let (s, v) = d.send(
+        "POST",
+        "/v1/services",
+        &json!({"name": "m", "checkpoint": secret.join("s.csv"), "slo": {"p99_ms": 50}}),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().starts_with("checkpoint: "),
+        "{v}"
+    );
+    // Inside, reached through "..", is fine.
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs",
+        &job("inside", &data.join("../data/ok.csv")),
+    );
+    assert_eq!(s, 201, "{v}");
 }

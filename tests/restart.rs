@@ -7,11 +7,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use setpoint::model::checkpoint::Checkpoint;
 
 struct Daemon {
     child: Child,
     url: String,
     agent: ureq::Agent,
+}
+
+/// The tests here restart daemons on a fixed port; run side by side, one test's free port
+/// can be taken by the other's daemon while the first is down, and its restart would then
+/// talk to the wrong daemon. So they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn free_port() -> u16 {
@@ -118,6 +128,7 @@ fn checkpoint_step(path: &Path) -> u64 {
 
 #[test]
 fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let state: PathBuf = dir.path().join("state");
     let config = dir.path().join("node.toml");
@@ -217,5 +228,82 @@ fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
         steps,
         "a cancelled job took steps"
     );
+    d.kill9();
+}
+
+#[test]
+fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    let config = dir.path().join("node.toml");
+    let log = dir.path().join("daemon.log");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = {:?}\n",
+            free_port(),
+            state
+        ),
+    )
+    .unwrap();
+    let ckpt = state.join("jobs/j/checkpoint.ckpt");
+    let prev = state.join("jobs/j/checkpoint.prev.ckpt");
+
+    let d = Daemon::start(&config, &log);
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs",
+        Some(&json!({
+            "name": "j",
+            "data": "synthetic:blobs:size=4000,classes=10,features=64",
+            "layers": [64, 256, 256, 10],
+            "epochs": 1000,
+            "checkpoint_every_steps": 10,
+            "class": "best-effort",
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    d.poll(Duration::from_secs(60), "two checkpoints", || {
+        (prev.exists() && ckpt.exists() && checkpoint_step(&prev) >= 10).then_some(())
+    });
+    d.kill9();
+    let prev_step = checkpoint_step(&prev);
+    let latest_step = checkpoint_step(&ckpt);
+    // Equal when the kill came between keeping the old latest and writing the new one.
+    assert!(latest_step >= prev_step, "{latest_step} vs {prev_step}");
+
+    // Damage the latest as a torn write or a bad disk would: one flipped byte in its tensors.
+    let mut bytes = std::fs::read(&ckpt).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&ckpt, &bytes).unwrap();
+
+    let d = Daemon::start(&config, &log);
+    let v = d.poll(Duration::from_secs(60), "the job to resume", || {
+        let v = d.job();
+        (v["state"] == "running" && v["steps"].as_u64() > Some(prev_step)).then_some(v)
+    });
+    let note = v["restore_note"].as_str().unwrap_or_default();
+    assert!(note.contains("checksum mismatch"), "{v}");
+    assert!(
+        note.contains(&format!(
+            "resumed from the previous one, at step {prev_step}"
+        )),
+        "{note}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("the latest checkpoint could not be used"),
+        "{logged}"
+    );
+    // Checkpointing goes on, and the damaged file is replaced without being kept.
+    d.poll(Duration::from_secs(60), "a new checkpoint", || {
+        Checkpoint::load(&ckpt)
+            .ok()
+            .filter(|c| c.training.as_ref().unwrap().meta.step > latest_step)
+            .map(|_| ())
+    });
+    assert!(checkpoint_step(&prev) >= prev_step);
     d.kill9();
 }

@@ -571,6 +571,10 @@ fn node_config(s: &Scenario, checkpoint: &Path, state_dir: &Path) -> NodeConfig 
     };
     c.control.decision_log = None;
     c.services = vec![service_config(s, Some(checkpoint.to_path_buf()))];
+    // The service's model is written beside the run, outside the working directory.
+    if let Some(dir) = checkpoint.parent() {
+        c.paths.data_dirs.push(dir.to_path_buf());
+    }
     c.jobs = Vec::new();
     c
 }

@@ -7,6 +7,7 @@
 //! problem, each with its key path (`services[1].slo.p99_ms: must be > 0, got -5`).
 
 mod deadline;
+pub mod paths;
 mod schema;
 mod summary;
 mod walk;
@@ -42,6 +43,8 @@ pub struct NodeConfig {
     pub device: DeviceConfig,
     /// Controller and arbiter settings.
     pub control: ControlConfig,
+    /// Where jobs and services may read data and checkpoints from.
+    pub paths: PathsConfig,
     /// Inference services started with the node.
     pub services: Vec<ServiceConfig>,
     /// Training jobs submitted at start.
@@ -123,6 +126,25 @@ pub struct ControlConfig {
     pub leftover: Leftover,
     /// JSON-lines log of every controller decision; `None` = off.
     pub decision_log: Option<PathBuf>,
+}
+
+/// Directories that the data and checkpoint paths jobs and services name must lie in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PathsConfig {
+    /// Directories jobs and services may read from, besides the state dir (always allowed).
+    /// Relative entries are relative to the daemon's working directory. Default: the config
+    /// file's directory, or the working directory for the embedded default.
+    pub data_dirs: Vec<PathBuf>,
+}
+
+impl NodeConfig {
+    /// Every directory data and checkpoints may be read from: `paths.data_dirs`, then the
+    /// state dir.
+    pub fn allowed_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.paths.data_dirs.clone();
+        dirs.push(self.state_dir.clone());
+        dirs
+    }
 }
 
 /// Where capacity left over after every set point is met goes.
@@ -409,9 +431,15 @@ fn list_issues(path: Option<&Path>, errors: &[ConfigIssue]) -> String {
 
 /// Parses and validates a config, collecting every problem rather than stopping at the first.
 pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+    parse_with_default_dir(text, None)
+}
+
+/// Parses with `paths.data_dirs` defaulting to `dir` (the working directory when `None`).
+fn parse_with_default_dir(text: &str, dir: Option<PathBuf>) -> Result<NodeConfig, ConfigError> {
     let table: toml::Table = text.parse().map_err(|e| syntax_error(text, &e))?;
     let mut w = walk::Walker::default();
-    let cfg = schema::node(&mut w, &table);
+    let default_dir = dir.unwrap_or_else(|| PathBuf::from("."));
+    let cfg = schema::node(&mut w, &table, default_dir);
     if w.issues.is_empty() {
         Ok(cfg)
     } else {
@@ -428,7 +456,33 @@ pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text).map_err(|e| e.with_path(path))
+    parse_with_default_dir(&text, path.parent().map(config_dir)).map_err(|e| e.with_path(path))
+}
+
+/// Checks that every data file and checkpoint the config names that exists lies inside the
+/// allowed directories (`paths.data_dirs` and the state dir), links followed; `file` is the
+/// config file, for messages. Separate from [`load`] because the command line can add
+/// directories and move the state dir after the file is read.
+pub fn check_paths(cfg: &NodeConfig, file: Option<&Path>) -> Result<(), ConfigError> {
+    let issues = paths::config_path_issues(cfg);
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            path: file.map(Path::to_path_buf),
+            errors: issues,
+        })
+    }
+}
+
+/// The directory a config file is in, as a path that names it from any working directory.
+fn config_dir(parent: &Path) -> PathBuf {
+    let dir = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// The embedded default configuration, parsed.

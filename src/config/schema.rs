@@ -9,7 +9,7 @@ use toml::{Table, Value};
 use super::walk::{Bound, Field, Tbl, Walker, kind};
 use super::{
     BatchingConfig, ControlConfig, Deadline, DeviceConfig, DeviceKind, GpuSelection, JobConfig,
-    Leftover, NodeConfig, OptimizerKind, ServiceConfig, ShareMechanism, SloConfig,
+    Leftover, NodeConfig, OptimizerKind, PathsConfig, ServiceConfig, ShareMechanism, SloConfig,
 };
 
 const ROOT_KEYS: &[&str] = &[
@@ -20,6 +20,7 @@ const ROOT_KEYS: &[&str] = &[
     "max_request_bytes",
     "device",
     "control",
+    "paths",
     "services",
     "jobs",
 ];
@@ -32,6 +33,7 @@ const DEVICE_KEYS: &[&str] = &[
     "memory_limit_mib",
 ];
 const CONTROL_KEYS: &[&str] = &["reserve_frac", "leftover", "decision_log"];
+const PATHS_KEYS: &[&str] = &["data_dirs"];
 const SERVICE_KEYS: &[&str] = &[
     "name",
     "layers",
@@ -90,7 +92,7 @@ const MAX_NAME_LEN: usize = 64;
 
 /// Walks the whole document. The result holds placeholders wherever an issue was recorded;
 /// it is only handed out when there are none.
-pub(super) fn node(w: &mut Walker, table: &Table) -> NodeConfig {
+pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> NodeConfig {
     let root = Tbl::root(table);
     w.check_keys(&root, ROOT_KEYS);
 
@@ -133,6 +135,8 @@ pub(super) fn node(w: &mut Walker, table: &Table) -> NodeConfig {
     let device = device(w, &t.unwrap_or(Tbl::root(&empty)));
     let t = w.section(&root, "control", &empty);
     let control = control(w, &t.unwrap_or(Tbl::root(&empty)));
+    let t = w.section(&root, "paths", &empty);
+    let paths = paths(w, &t.unwrap_or(Tbl::root(&empty)), default_data_dir);
 
     let services: Vec<ServiceConfig> = w
         .tables(&root, "services")
@@ -156,9 +160,40 @@ pub(super) fn node(w: &mut Walker, table: &Table) -> NodeConfig {
         max_request_bytes: max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
         device,
         control,
+        paths,
         services,
         jobs,
     }
+}
+
+fn paths(w: &mut Walker, t: &Tbl<'_>, default_dir: PathBuf) -> PathsConfig {
+    w.check_keys(t, PATHS_KEYS);
+    let path = t.key("data_dirs");
+    let data_dirs = match t.get("data_dirs") {
+        None => vec![default_dir],
+        Some(Value::Array(items)) => {
+            let mut dirs = Vec::with_capacity(items.len());
+            for (i, v) in items.iter().enumerate() {
+                match v {
+                    Value::String(s) if !s.is_empty() => dirs.push(PathBuf::from(s)),
+                    Value::String(_) => w.issue(format!("{path}[{i}]"), "must not be empty"),
+                    v => w.issue(
+                        format!("{path}[{i}]"),
+                        format!("expected a string (a directory), got {}", kind(v)),
+                    ),
+                }
+            }
+            dirs
+        }
+        Some(v) => {
+            w.issue(
+                path,
+                format!("expected an array of directories, got {}", kind(v)),
+            );
+            Vec::new()
+        }
+    };
+    PathsConfig { data_dirs }
 }
 
 fn auth_token(w: &mut Walker, root: &Tbl<'_>) -> Option<String> {

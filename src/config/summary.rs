@@ -82,6 +82,10 @@ impl NodeConfig {
             None => writeln!(o, "decision_log = \"\"  # off")?,
         }
 
+        writeln!(o, "\n[paths]")?;
+        let dirs: Vec<String> = self.paths.data_dirs.iter().map(|d| qp(d)).collect();
+        writeln!(o, "data_dirs = [{}]  # and the state dir", dirs.join(", "))?;
+
         if self.services.is_empty() {
             writeln!(o, "\n# no services")?;
         }

@@ -28,6 +28,23 @@ pub(super) fn load<R: BufRead>(
     mut reader: R,
     label: &LabelColumn,
 ) -> Result<Dataset, DataError> {
+    match load_rows(path, &mut reader, label) {
+        Ok(d) => Ok(d),
+        // A bad line in a damaged compressed file is a symptom: the damage is the error. A
+        // stream cut short mid-line would otherwise read as a line with too few columns.
+        Err(e @ DataError::Line { .. }) => match std::io::copy(&mut reader, &mut std::io::sink()) {
+            Err(source) => Err(read_error(path, source)),
+            Ok(_) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+fn load_rows<R: BufRead>(
+    path: &Path,
+    reader: &mut R,
+    label: &LabelColumn,
+) -> Result<Dataset, DataError> {
     let mut layout: Option<Layout> = None;
     let mut x = Vec::new();
     let mut labels = Vec::new();

@@ -117,7 +117,23 @@ pub(super) fn load<R: BufRead>(
         return Err(file_error(path, message));
     }
     let rows = images.dims[0];
-    let features: usize = images.dims[1..].iter().product();
+    // With no rows the data is empty whatever the other dimensions say, so their product
+    // was never checked against the file's size and can overflow.
+    let Some(features) = images.dims[1..]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    else {
+        let message = format!(
+            "dimensions {} are too large: {} features per image",
+            dims_text(&images.dims),
+            images.dims[1..]
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(" x ")
+        );
+        return Err(file_error(path, message));
+    };
     if rows == 0 || features == 0 {
         let message = format!(
             "no data rows: its dimensions are {}",

@@ -369,11 +369,31 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, DataError> {
         .map_err(|source| read_error(path, source))?
         .starts_with(&[0x1f, 0x8b]);
     if is_gzip {
-        Ok(Box::new(BufReader::new(
+        Ok(Box::new(BufReader::new(GzipErrors(
             flate2::bufread::MultiGzDecoder::new(reader),
-        )))
+        ))))
     } else {
         Ok(Box::new(reader))
+    }
+}
+
+/// Says that a decompression error is about the gzip stream, and that a stream that ends
+/// early is truncated: the decoder's own words ("unexpected end of file", "corrupt deflate
+/// stream") do not say which layer failed.
+struct GzipErrors<R>(R);
+
+impl<R: io::Read> io::Read for GzipErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            let what = match e.kind() {
+                io::ErrorKind::UnexpectedEof => {
+                    "truncated gzip data: the file ends before the compressed stream does"
+                }
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => "corrupt gzip data",
+                _ => return e,
+            };
+            io::Error::new(e.kind(), format!("{what} ({e})"))
+        })
     }
 }
 

@@ -297,6 +297,33 @@ impl Checkpoint {
         })
     }
 
+    /// Writes the checkpoint atomically to `path`, keeping the checkpoint it replaces as
+    /// `previous` when that one is intact, so that a damaged latest file still leaves a good
+    /// one to resume from. A crash leaves a whole checkpoint at `path` or, between the two
+    /// renames, only at `previous`; a damaged old one is not kept, so `previous` stays good.
+    pub fn save_keeping_previous(
+        &self,
+        path: &Path,
+        previous: &Path,
+    ) -> Result<(), CheckpointError> {
+        let keep = match std::fs::read(path) {
+            Ok(bytes) => match Self::from_bytes(&bytes, path) {
+                Ok(_) => Some(previous),
+                Err(e) => {
+                    tracing::warn!("{e}; it is replaced and the previous checkpoint kept");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        crate::util::fsio::write_atomic_keeping(path, &self.to_bytes(), keep).map_err(|source| {
+            CheckpointError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+
     /// Reads and verifies a checkpoint.
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
@@ -310,6 +337,14 @@ impl Checkpoint {
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
         let p = || path.to_path_buf();
         let malformed = |reason: String| CheckpointError::Malformed { path: p(), reason };
+        // A file cut short inside the magic is a truncated checkpoint, not another format.
+        if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
+            return Err(CheckpointError::Truncated {
+                path: p(),
+                expected: FIXED_LEN as u64,
+                actual: bytes.len() as u64,
+            });
+        }
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err(CheckpointError::BadMagic { path: p() });
         }
@@ -385,7 +420,12 @@ impl Checkpoint {
                     ))
                 })?;
             let (head, rest) = data.split_at(n * 4);
-            tensors.insert(t.name.clone(), read_f32_le(head));
+            if tensors
+                .insert(t.name.clone(), (t.shape.clone(), read_f32_le(head)))
+                .is_some()
+            {
+                return Err(malformed(format!("tensor {} is listed twice", t.name)));
+            }
             data = rest;
         }
         if !data.is_empty() {
@@ -394,17 +434,27 @@ impl Checkpoint {
                 data.len()
             )));
         }
-        let mut take = |name: &str| {
-            tensors
+        // Each tensor must have exactly the shape the model gives it, so a damaged table
+        // cannot pass off one tensor's values as another's.
+        let mut take = |name: &str, shape: &[usize]| {
+            let (found, values) = tensors
                 .remove(name)
-                .ok_or_else(|| malformed(format!("tensor {name} is missing")))
+                .ok_or_else(|| malformed(format!("tensor {name} is missing")))?;
+            if found != shape {
+                return Err(malformed(format!(
+                    "tensor {name} has shape {found:?}, the model needs {shape:?}"
+                )));
+            }
+            Ok(values)
         };
         let layers = header.layers.clone();
+        crate::model::check_layers(&layers).map_err(|e| malformed(format!("model: {e}")))?;
         let mut weights = Vec::new();
         let mut biases = Vec::new();
-        for l in 0..layers.len().saturating_sub(1) {
-            weights.push(take(&format!("w{l}"))?);
-            biases.push(take(&format!("b{l}"))?);
+        for l in 0..layers.len() - 1 {
+            let (i, o) = (layers[l], layers[l + 1]);
+            weights.push(take(&format!("w{l}"), &[i, o])?);
+            biases.push(take(&format!("b{l}"), &[o])?);
         }
         let params = MlpParams {
             layers,
@@ -414,17 +464,11 @@ impl Checkpoint {
         params
             .validate()
             .map_err(|e| malformed(format!("model: {e}")))?;
+        let features = params.layers[0];
         let normalizer = Normalizer {
-            mean: take("norm.mean")?,
-            std: take("norm.std")?,
+            mean: take("norm.mean", &[features])?,
+            std: take("norm.std", &[features])?,
         };
-        if normalizer.mean.len() != params.layers[0] || normalizer.std.len() != params.layers[0] {
-            return Err(malformed(format!(
-                "normalisation has {} features, the model takes {}",
-                normalizer.mean.len(),
-                params.layers[0]
-            )));
-        }
         let training = match header.training {
             None => None,
             Some(meta) => {
@@ -433,26 +477,37 @@ impl Checkpoint {
                     "adam" => 2,
                     other => return Err(malformed(format!("unknown optimizer {other:?}"))),
                 };
-                let per_slot = 2 * (params.layers.len() - 1);
+                let sizes: Vec<usize> = params
+                    .layers
+                    .windows(2)
+                    .flat_map(|p| [p[0] * p[1], p[1]])
+                    .collect();
                 let mut slots = Vec::new();
                 for s in 0..slots_n {
                     let mut slot = Vec::new();
-                    for i in 0..per_slot {
-                        slot.push(take(&format!("opt{s}.{i}"))?);
+                    for (i, &n) in sizes.iter().enumerate() {
+                        slot.push(take(&format!("opt{s}.{i}"), &[n])?);
                     }
                     slots.push(slot);
                 }
+                let batch = meta.config.batch_size;
                 Some(TrainingState {
                     optimizer: OptimizerHost {
                         step: meta.step,
                         slots,
                     },
-                    loss_acc: take("acc.loss")?,
-                    correct_acc: take("acc.correct")?,
+                    loss_acc: take("acc.loss", &[batch])?,
+                    correct_acc: take("acc.correct", &[batch])?,
                     meta,
                 })
             }
         };
+        if let Some(name) = tensors.keys().min() {
+            return Err(malformed(format!(
+                "tensor {name} is not part of this model (layers {})",
+                format_layers(&params.layers)
+            )));
+        }
         Ok(Checkpoint {
             params,
             normalizer,

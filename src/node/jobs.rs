@@ -15,7 +15,7 @@ use crate::device::cuda::StreamPriority;
 use crate::device::lane::Lane;
 use crate::device::{Backend, CpuBackend, SgdParams};
 use crate::model::Optimizer;
-use crate::model::checkpoint::{Checkpoint, EpochRecord};
+use crate::model::checkpoint::{Checkpoint, CheckpointError, EpochRecord};
 use crate::train::{StopReason, TrainEvent, TrainSpec, Trainer, default_adam};
 
 /// Where a job is in its life.
@@ -61,6 +61,8 @@ pub struct JobProgress {
     pub(crate) stop_reason: Option<StopReason>,
     pub(crate) error: Option<String>,
     pub(crate) checkpoint: Option<PathBuf>,
+    /// What happened at restore when the latest checkpoint could not be used.
+    pub(crate) restore_note: Option<String>,
     pub(crate) workers: usize,
     pub(crate) train_rows: usize,
 }
@@ -151,6 +153,9 @@ pub struct JobView {
     pub error: Option<String>,
     /// Its checkpoint file.
     pub checkpoint: Option<String>,
+    /// Set when the job resumed from its previous checkpoint because the latest was
+    /// damaged: what was wrong and where it resumed.
+    pub restore_note: Option<String>,
     /// Accuracy after each finished epoch.
     pub accuracy_curve: Vec<Option<f64>>,
     /// Epochs the controller expects the job to need (from the learning curve for an
@@ -227,6 +232,41 @@ impl Job {
     /// The job's checkpoint file.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.dir.join("checkpoint.ckpt")
+    }
+
+    /// The checkpoint before the latest, kept to resume from when the latest is damaged.
+    pub fn previous_checkpoint_path(&self) -> PathBuf {
+        self.dir.join("checkpoint.prev.ckpt")
+    }
+
+    /// The checkpoint to resume from: the latest, or the previous one when the latest is
+    /// damaged (which is logged and noted in the job's view). `None`: start afresh.
+    fn checkpoint_to_resume(&self) -> Result<Option<(Checkpoint, PathBuf)>, String> {
+        let latest = self.checkpoint_path();
+        let previous = self.previous_checkpoint_path();
+        let damage = match Checkpoint::load(&latest) {
+            Ok(c) => return Ok(Some((c, latest))),
+            Err(CheckpointError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && !previous.exists() =>
+            {
+                return Ok(None);
+            }
+            Err(e) => e,
+        };
+        if !previous.exists() {
+            return Err(format!("cannot resume: {damage}"));
+        }
+        let c = Checkpoint::load(&previous).map_err(|e| {
+            format!("cannot resume: {damage}; the previous checkpoint is no better: {e}")
+        })?;
+        let step = c.training.as_ref().map_or(0, |t| t.meta.step);
+        let note = format!(
+            "the latest checkpoint could not be used ({damage}); resumed from the previous one, \
+             at step {step}"
+        );
+        tracing::warn!(job = %self.name, "{note}");
+        lock(&self.progress).restore_note = Some(note);
+        Ok(Some((c, previous)))
     }
 
     /// Current state.
@@ -401,6 +441,7 @@ impl Job {
             stop_reason: p.stop_reason.map(|r| r.as_str()),
             error: p.error.clone(),
             checkpoint: p.checkpoint.as_ref().map(|c| c.display().to_string()),
+            restore_note: p.restore_note.clone(),
             accuracy_curve: p.history.iter().map(|r| r.val_accuracy).collect(),
             expected_epochs: decision.map(|d| d.expected_epochs),
             required_steps_per_s: decision
@@ -475,14 +516,10 @@ impl Job {
     /// Trains on `backend` from the job's checkpoint, if any, until it stops.
     fn train<B: Backend>(&self, backend: B, data: &Dataset) {
         let spec = self.train_spec();
-        let path = self.checkpoint_path();
-        let trainer = if path.exists() {
-            match Checkpoint::load(&path) {
-                Ok(ckpt) => Trainer::resume(backend, spec, data, ckpt, &path),
-                Err(e) => return self.fail(format!("cannot resume: {e}")),
-            }
-        } else {
-            Trainer::new(backend, spec, data)
+        let trainer = match self.checkpoint_to_resume() {
+            Ok(Some((ckpt, path))) => Trainer::resume(backend, spec, data, ckpt, &path),
+            Ok(None) => Trainer::new(backend, spec, data),
+            Err(e) => return self.fail(e),
         };
         let mut trainer = match trainer {
             Ok(t) => t,
@@ -599,9 +636,13 @@ impl Job {
     }
 
     fn save<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
-        let mut no_events = |_: &TrainEvent| {};
         trainer
-            .save_checkpoint(&mut no_events)
+            .checkpoint()
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                c.save_keeping_previous(&self.checkpoint_path(), &self.previous_checkpoint_path())
+                    .map_err(|e| e.to_string())
+            })
             .map_err(|e| format!("cannot write checkpoint: {e}"))?;
         lock(&self.progress).checkpoint = Some(self.checkpoint_path());
         Ok(())

@@ -343,6 +343,28 @@ impl Node {
         }
     }
 
+    /// Refuses a file a job or service names that lies outside the allowed directories
+    /// (`paths.data_dirs` and the state dir), links followed; `key` names the setting.
+    fn confine(&self, key: &str, path: &Path) -> Result<PathBuf, NodeError> {
+        crate::config::paths::confine(path, &self.config().allowed_dirs())
+            .map_err(|e| NodeError::Invalid(vec![format!("{key}: {e}")]))
+    }
+
+    /// Checks every file a service reads: its checkpoint or its warm-up data.
+    fn confine_service(&self, cfg: &ServiceConfig) -> Result<(), NodeError> {
+        if let Some(c) = &cfg.checkpoint {
+            self.confine("checkpoint", c)?;
+        }
+        if let Some(f) = cfg
+            .warmup_data
+            .as_deref()
+            .and_then(crate::config::paths::data_file)
+        {
+            self.confine("warmup_data", f)?;
+        }
+        Ok(())
+    }
+
     /// A lane for a new service: it starts with one core (a tenth of a GPU), and the
     /// controller brings it to what it needs.
     fn service_lane(&self, name: &str) -> Arc<Lane> {
@@ -409,6 +431,10 @@ impl Node {
     }
 
     fn load_config_service(&self, cfg: ServiceConfig, ticket: u64, lane: Option<Arc<Lane>>) {
+        if let Err(e) = self.confine_service(&cfg) {
+            self.publish_loaded(&cfg.name, ticket, Err(e.to_string()));
+            return;
+        }
         let lane = lane.unwrap_or_else(|| self.service_lane(&cfg.name));
         let started = services::build_model(&cfg)
             .and_then(|m| {
@@ -586,6 +612,7 @@ impl Node {
                 cfg.name
             )));
         }
+        self.confine_service(&cfg)?;
         let model = services::build_model(&cfg).map_err(|e| match e {
             services::ServiceBuildError::Model(m) => NodeError::Invalid(vec![m]),
             services::ServiceBuildError::Start(m) => NodeError::Internal(m),
@@ -676,6 +703,9 @@ impl Node {
         let exists = || NodeError::Conflict(format!("a job named {} already exists", cfg.name));
         if read(&self.jobs).contains_key(&cfg.name) {
             return Err(exists());
+        }
+        if let Some(f) = crate::config::paths::data_file(&cfg.data) {
+            self.confine("data", f)?;
         }
         let now = SystemTime::now();
         let (data, steps_per_epoch, step_cost, device_bytes) =
@@ -960,6 +990,12 @@ impl Node {
             .ok_or("job.json: no valid submitted_at")?;
         if read(&self.jobs).contains_key(&cfg.name) {
             return Err(format!("a job named {} already exists", cfg.name));
+        }
+        // The allowed directories may have changed since the job was accepted.
+        if !dir.join("outcome.json").exists()
+            && let Some(f) = crate::config::paths::data_file(&cfg.data)
+        {
+            self.confine("data", f).map_err(|e| e.to_string())?;
         }
         let share = self.config().control.reserve_frac.max(0.05);
         let lane = self.job_lane(&cfg.name, share);

@@ -45,6 +45,8 @@ pub struct ConfigSource {
     pub listen: Option<SocketAddr>,
     /// `--state-dir`, over the file's `state_dir`.
     pub state_dir: Option<PathBuf>,
+    /// `--data-dir`s, added to the file's `paths.data_dirs`.
+    pub data_dirs: Vec<PathBuf>,
     /// `SETPOINT_AUTH_TOKEN` as read at start; used when the file sets no `auth_token`.
     pub env_token: Option<String>,
 }
@@ -98,6 +100,11 @@ impl ConfigSource {
         if let Some(dir) = &self.state_dir {
             config.state_dir = dir.clone();
         }
+        config
+            .paths
+            .data_dirs
+            .extend(self.data_dirs.iter().cloned());
+        crate::config::check_paths(&config, self.path.as_deref())?;
         if config.auth_token.is_none()
             && let Some(token) = &self.env_token
         {

@@ -1,0 +1,176 @@
+//! Confinement of the files jobs and services read: a data file or checkpoint named in the
+//! config or over the API must resolve, symbolic links followed, to a place inside one of the
+//! allowed directories (`paths.data_dirs` and the state dir). A request cannot make the
+//! daemon read `/etc/shadow`, or another tenant's files through `..` or a link.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::{ConfigIssue, NodeConfig};
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path resolves outside every allowed directory.
+    #[error(
+        "{}{} is outside the directories data and checkpoints may be read from ({}); move it \
+         into one of them or add its directory to paths.data_dirs",
+        path.display(),
+        Resolved(path, resolved),
+        List(allowed)
+    )]
+    Outside {
+        /// The path as given.
+        path: PathBuf,
+        /// Where it leads, links followed.
+        resolved: PathBuf,
+        /// The allowed directories, as configured.
+        allowed: Vec<PathBuf>,
+    },
+    /// The path does not lead to a file that exists (or cannot be looked up).
+    #[error("cannot resolve {}: {reason}", path.display())]
+    Unresolvable {
+        /// The path as given.
+        path: PathBuf,
+        /// The OS reason.
+        reason: String,
+    },
+}
+
+struct Resolved<'a>(&'a Path, &'a Path);
+
+impl fmt::Display for Resolved<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == self.1 {
+            Ok(())
+        } else {
+            write!(f, " (which resolves to {})", self.1.display())
+        }
+    }
+}
+
+struct List<'a>(&'a [PathBuf]);
+
+impl fmt::Display for List<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", d.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves `path` (relative to the working directory, links followed) and returns where it
+/// leads when that is inside one of `allowed`; an allowed directory that does not exist
+/// allows nothing.
+pub fn confine(path: &Path, allowed: &[PathBuf]) -> Result<PathBuf, PathError> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| PathError::Unresolvable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let inside = allowed
+        .iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .any(|d| resolved.starts_with(&d));
+    if inside {
+        Ok(resolved)
+    } else {
+        Err(PathError::Outside {
+            path: path.to_path_buf(),
+            resolved,
+            allowed: allowed.to_vec(),
+        })
+    }
+}
+
+/// The file a data spec names: `None` for a `synthetic:` spec.
+pub fn data_file(spec: &str) -> Option<&Path> {
+    (!spec.starts_with("synthetic:")).then(|| Path::new(spec))
+}
+
+/// Config issues for every data file and checkpoint that exists but lies outside the allowed
+/// directories. One that does not exist is left to the loader, which names it when it runs.
+pub(super) fn config_path_issues(cfg: &NodeConfig) -> Vec<ConfigIssue> {
+    let allowed = cfg.allowed_dirs();
+    let mut issues = Vec::new();
+    let mut check = |key: String, path: &Path| {
+        if let Err(e @ PathError::Outside { .. }) = confine(path, &allowed) {
+            issues.push(ConfigIssue {
+                path: key,
+                message: e.to_string(),
+            });
+        }
+    };
+    for (i, s) in cfg.services.iter().enumerate() {
+        if let Some(c) = &s.checkpoint {
+            check(format!("services[{i}].checkpoint"), c);
+        }
+        if let Some(f) = s.warmup_data.as_deref().and_then(data_file) {
+            check(format!("services[{i}].warmup_data"), f);
+        }
+    }
+    for (i, j) in cfg.jobs.iter().enumerate() {
+        if let Some(f) = data_file(&j.data) {
+            check(format!("jobs[{i}].data"), f);
+        }
+    }
+    issues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_outside_dotdot_and_links() {
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("data");
+        let outside = root.path().join("secret");
+        std::fs::create_dir_all(allowed.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(allowed.join("sub/a.csv"), "1,0\n").unwrap();
+        std::fs::write(outside.join("b.csv"), "1,0\n").unwrap();
+        let dirs = vec![allowed.clone()];
+
+        let ok = confine(&allowed.join("sub/../sub/a.csv"), &dirs).unwrap();
+        assert!(ok.ends_with("data/sub/a.csv"), "{}", ok.display());
+
+        let escape = allowed.join("../secret/b.csv");
+        let e = confine(&escape, &dirs).unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, PathError::Outside { .. }), "{m}");
+        assert!(m.contains("which resolves to"), "{m}");
+        assert!(m.contains(&allowed.display().to_string()), "{m}");
+        assert!(m.contains("paths.data_dirs"), "{m}");
+
+        #[cfg(unix)]
+        {
+            let link = allowed.join("link.csv");
+            std::os::unix::fs::symlink(outside.join("b.csv"), &link).unwrap();
+            let e = confine(&link, &dirs).unwrap_err();
+            assert!(matches!(e, PathError::Outside { .. }), "{e}");
+            // A directory named like an allowed one is not inside it.
+            let twin = root.path().join("data-other");
+            std::fs::create_dir_all(&twin).unwrap();
+            std::fs::write(twin.join("c.csv"), "1,0\n").unwrap();
+            assert!(confine(&twin.join("c.csv"), &dirs).is_err());
+        }
+
+        let e = confine(&allowed.join("missing.csv"), &dirs).unwrap_err();
+        assert!(e.to_string().starts_with("cannot resolve "), "{e}");
+        // No allowed directory that exists: nothing is allowed.
+        assert!(confine(&allowed.join("sub/a.csv"), &[root.path().join("nope")]).is_err());
+    }
+
+    #[test]
+    fn synthetic_specs_name_no_file() {
+        assert_eq!(data_file("synthetic:blobs"), None);
+        assert_eq!(data_file("d.csv"), Some(Path::new("d.csv")));
+    }
+}
