@@ -2,6 +2,7 @@
 //! batcher that serves it.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -60,6 +61,8 @@ pub struct Service {
     request_hist: Mutex<Histogram>,
     /// Requests refused before reaching the batcher (malformed input).
     invalid: Mutex<u64>,
+    /// Requests answered with a timeout.
+    timeouts: AtomicU64,
 }
 
 /// The API's view of a service.
@@ -75,6 +78,8 @@ pub struct ServiceView {
     pub layers: Vec<usize>,
     /// Response-time objective, ms.
     pub slo_p99_ms: f64,
+    /// Longest a request may wait for its answer, ms.
+    pub timeout_ms: f64,
     /// Current batch size limit.
     pub max_batch_size: usize,
     /// Longest wait for a batch to fill, ms.
@@ -196,6 +201,7 @@ impl Service {
             lane,
             request_hist: Mutex::new(Histogram::new(LATENCY_BOUNDS_S)),
             invalid: Mutex::new(0),
+            timeouts: AtomicU64::new(0),
         })
     }
 
@@ -222,6 +228,21 @@ impl Service {
         *self.invalid.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Counts a request answered with a timeout.
+    pub fn count_timeout(&self) {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered with a timeout.
+    pub fn timeout_count(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// The longest a request may wait for its answer (`timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.config.timeout_ms / 1000.0)
+    }
+
     /// End-to-end latency histogram.
     pub fn request_hist(&self) -> Histogram {
         self.request_hist
@@ -243,6 +264,7 @@ impl Service {
             error: None,
             layers: self.layers.clone(),
             slo_p99_ms: self.config.slo.p99_ms,
+            timeout_ms: self.config.timeout_ms,
             max_batch_size: self.inner.max_batch_size(),
             max_queue_delay_ms: self.config.batching.max_queue_delay_ms,
             max_queue: self.config.max_queue,
