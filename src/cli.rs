@@ -271,6 +271,47 @@ pub enum BenchCommand {
     /// finish against its deadline, share-seconds and device-seconds used, and the ratios
     /// setpoint / static. The file format is documented in `configs/scenarios/README.md`.
     Scenario(BenchScenarioArgs),
+    /// Steady mixed load on a daemon of its own for a long while; reports what it did to the
+    /// process and the service.
+    ///
+    /// Starts `setpoint serve` (this binary) on a free loopback port with a temporary state
+    /// dir, so that its resident memory and open file descriptors can be read from /proc.
+    /// Then, for --duration: single-row v2 requests to --model at --rate per second (open
+    /// loop), a best-effort training job submitted through the jobs API, and a read of
+    /// /v1/status, /metrics and the job every second. Reports RSS and open fds at start and
+    /// end, request outcomes (ok, 429, 504 timeout, other statuses, transport errors), p50
+    /// and p99 latency per --window against the service's SLO, and the job's progress; then
+    /// stops the daemon with SIGTERM. Exits 1 when the daemon fails or exits during the run.
+    Soak(BenchSoakArgs),
+}
+
+/// `setpoint bench soak`.
+#[derive(Debug, Args)]
+pub struct BenchSoakArgs {
+    /// How long the load runs ("60s", "10m", "2h").
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub duration: String,
+    /// Inference requests per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// The service to load.
+    #[arg(long, default_value = "mlp")]
+    pub model: String,
+    /// Span of the latency windows compared with the SLO.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub window: String,
+    /// Config file for the daemon; its embedded default when absent.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data of the training job (a path or synthetic:…).
+    #[arg(long, default_value = "synthetic:blobs:size=20000,noise=1.5")]
+    pub job_data: String,
+    /// Layer widths of the training job.
+    #[arg(long, default_value = "64,128,10")]
+    pub job_layers: String,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `setpoint bench scenario`.

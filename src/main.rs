@@ -941,7 +941,62 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Http(a) => bench_http(a),
         BenchCommand::Scenario(a) => bench_scenario(a),
+        BenchCommand::Soak(a) => bench_soak(a),
     }
+}
+
+fn bench_soak(a: cli::BenchSoakArgs) -> anyhow::Result<()> {
+    use setpoint::bench::soak;
+    let duration = parse_duration_arg("--duration", &a.duration)?;
+    let window = parse_duration_arg("--window", &a.window)?;
+    if duration.is_zero() || window.is_zero() {
+        return Err(input_error(
+            "--duration and --window must be more than zero",
+        ));
+    }
+    if !(a.rate > 0.0 && a.rate <= 100_000.0) {
+        return Err(input_error(format!(
+            "--rate: must be > 0 and <= 100000 requests/s, got {}",
+            a.rate
+        )));
+    }
+    let job_layers = parse_layers(&a.job_layers)?;
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let spec = soak::SoakSpec {
+        exe,
+        config: a.config.clone(),
+        duration,
+        rate_per_s: a.rate,
+        model: a.model.clone(),
+        window,
+        senders: 8,
+        job_data: a.job_data.clone(),
+        job_layers,
+    };
+    let chatty = !a.json && std::io::stderr().is_terminal();
+    let report = soak::run(&spec, &mut |line: &str| {
+        if chatty {
+            eprintln!("{line}");
+        }
+    })
+    .map_err(|e| match e {
+        soak::SoakError::Input(m) => input_error(m),
+        soak::SoakError::Client(c) => client_error(c),
+        other => anyhow!(other),
+    })?;
+    if a.json {
+        let v = serde_json::to_value(&report).context("cannot render the report as JSON")?;
+        print_json(&v)?;
+    } else {
+        print_text(&soak::render(&report))?;
+    }
+    if report.daemon_exit_code != Some(0) {
+        return Err(anyhow!(
+            "the daemon did not exit 0 after SIGTERM (exit code {:?})",
+            report.daemon_exit_code
+        ));
+    }
+    Ok(())
 }
 
 fn bench_scenario(a: cli::BenchScenarioArgs) -> anyhow::Result<()> {

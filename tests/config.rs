@@ -102,6 +102,7 @@ fn default_config_is_valid_with_expected_values() {
             seed: 1,
             warmup_data: Some("synthetic:blobs".into()),
             max_queue: 1024,
+            timeout_ms: 250.0,
             slo: SloConfig {
                 p99_ms: 25.0,
                 window_ms: 1000
@@ -465,8 +466,8 @@ fn unknown_keys_are_reported_everywhere_with_the_accepted_list() {
         vec![
             "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib)",
             "control.period: unknown key (accepted: reserve_frac, leftover, decision_log)",
-            "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, slo, batching)",
-            "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, slo, batching)",
+            "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching)",
+            "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching)",
             "services[0].batching.size: unknown key (accepted: max_batch_size, max_queue_delay_ms)",
             "jobs[0].learning_rate: unknown key (accepted: name, data, layers, optimizer, lr, momentum, weight_decay, batch_size, epochs, target_accuracy, val_fraction, seed, deadline, checkpoint_every_steps, best_effort)",
         ]
@@ -614,6 +615,42 @@ fn max_queue_delay_must_be_below_the_slo() {
     assert_eq!(
         one_issue(&svc("-1", "batching = { max_queue_delay_ms = 30 }")),
         "services[0].slo.p99_ms: must be > 0, got -1"
+    );
+}
+
+#[test]
+fn a_service_timeout_defaults_to_ten_slos_and_may_not_undercut_the_slo() {
+    let svc = |p99: &str, timeout: &str| {
+        format!(
+            "[[services]]\nname = \"a\"\nlayers = [4, 3]\n{timeout}\nslo = {{ p99_ms = {p99} }}\n"
+        )
+    };
+    assert_eq!(ok(&svc("25", "")).services[0].timeout_ms, 250.0);
+    assert_eq!(ok(&svc("0.5", "")).services[0].timeout_ms, 5.0);
+    assert_eq!(
+        ok(&svc("25", "timeout_ms = 25")).services[0].timeout_ms,
+        25.0
+    );
+    assert_eq!(
+        ok(&svc("25", "timeout_ms = 60000")).services[0].timeout_ms,
+        60000.0
+    );
+    assert_eq!(ok(&svc("60000", "")).services[0].timeout_ms, 600_000.0);
+    assert_eq!(
+        one_issue(&svc("25", "timeout_ms = 10")),
+        "services[0].timeout_ms: must be >= slo.p99_ms (25), got 10"
+    );
+    assert_eq!(
+        one_issue(&svc("25", "timeout_ms = 0")),
+        "services[0].timeout_ms: must be > 0, got 0"
+    );
+    assert!(
+        one_issue(&svc("25", "timeout_ms = \"1s\""))
+            .starts_with("services[0].timeout_ms: expected a number"),
+    );
+    assert!(
+        one_issue(&svc("25", "timeout_ms = 4000000"))
+            .starts_with("services[0].timeout_ms: must be <= 3600000"),
     );
 }
 

@@ -485,6 +485,193 @@ max_queue_delay_ms = 0
     assert_eq!(d.get("/v2/health/ready").0, 200);
 }
 
+fn with_timeout(rows: &[Vec<f32>], timeout: Value) -> Value {
+    let mut v = infer_json(rows);
+    v["parameters"] = json!({ "timeout": timeout });
+    v
+}
+
+/// One sample of the metrics text, by its name and labels as written.
+fn metric(d: &Daemon, sample: &str) -> f64 {
+    let (_, text) = d.get("/metrics");
+    let text = text.as_str().unwrap().to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
+}
+
+#[test]
+fn a_request_out_of_time_is_answered_504_and_never_run() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    let path = "/v2/models/mlp/infer";
+    let (s, _) = d.send("POST", path, &infer_json(&[row(0)]));
+    assert_eq!(s, 200);
+    let (_, before) = d.get("/v2/models/mlp/stats");
+    let before = &before["model_stats"][0];
+    // 1 us has passed before the request reaches the queue: it is dropped unrun.
+    for i in 0..3 {
+        let got = d.send("POST", path, &with_timeout(&[row(i), row(i + 1)], json!(1)));
+        expect_error(
+            got,
+            504,
+            "model mlp: no answer within the request's timeout of 1 us (the client's parameters.timeout)",
+        );
+    }
+    // Both rows of each request leave the queue unrun, once the batcher reaches them.
+    d.poll(Duration::from_secs(30), "expired rows", || {
+        (metric(&d, "setpoint_inference_expired_total{service=\"mlp\"}") == 6.0).then_some(())
+    });
+    let (_, after) = d.get("/v2/models/mlp/stats");
+    let after = &after["model_stats"][0];
+    assert_eq!(after["inference_count"], before["inference_count"]);
+    assert_eq!(after["execution_count"], before["execution_count"]);
+    assert_eq!(
+        after["inference_stats"]["fail"]["count"].as_u64().unwrap(),
+        before["inference_stats"]["fail"]["count"].as_u64().unwrap() + 3
+    );
+    assert_eq!(
+        metric(
+            &d,
+            "setpoint_inference_requests_total{service=\"mlp\",outcome=\"timeout\"}"
+        ),
+        3.0
+    );
+    // A timeout within the service's (10 x 50 ms) is honoured; the request is served.
+    let (s, v) = d.send("POST", path, &with_timeout(&[row(1)], json!(400_000)));
+    assert_eq!(s, 200, "{v}");
+    let (_, svc) = d.get("/v1/services/mlp");
+    assert_eq!(svc["timeout_ms"], json!(500.0));
+}
+
+#[test]
+fn a_client_timeout_above_the_services_is_clamped_to_it() {
+    // A service whose own timeout (1 us) no request can meet: a client asking for 5 s still
+    // runs under 1 us.
+    let d = Daemon::start(
+        r#"
+[[services]]
+name = "mlp"
+layers = [8, 16, 3]
+timeout_ms = 0.001
+[services.slo]
+p99_ms = 0.001
+"#,
+    );
+    d.wait_ready();
+    let path = "/v2/models/mlp/infer";
+    let got = d.send("POST", path, &with_timeout(&[row(0)], json!(5_000_000)));
+    expect_error(
+        got,
+        504,
+        "no answer within the request's timeout of 1 us (the service's timeout_ms = 0.001; \
+         the client's parameters.timeout of 5000000 us is longer and was clamped to it)",
+    );
+    let got = d.send("POST", path, &infer_json(&[row(0)]));
+    expect_error(
+        got,
+        504,
+        "timeout of 1 us (the service's timeout_ms = 0.001)",
+    );
+    d.poll(Duration::from_secs(30), "expired rows", || {
+        (metric(&d, "setpoint_inference_expired_total{service=\"mlp\"}") == 2.0).then_some(())
+    });
+    assert_eq!(
+        metric(
+            &d,
+            "setpoint_inference_requests_total{service=\"mlp\",outcome=\"success\"}"
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn a_timeout_that_is_not_a_positive_integer_is_refused_naming_the_parameter() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    let path = "/v2/models/mlp/infer";
+    for bad in [
+        json!(0),
+        json!(-5),
+        json!(1.5),
+        json!("100"),
+        json!(null),
+        json!(true),
+    ] {
+        let got = d.send("POST", path, &with_timeout(&[row(0)], bad.clone()));
+        expect_error(
+            got,
+            400,
+            &format!(
+                "parameters.timeout: expected a positive integer number of microseconds, got {bad}"
+            ),
+        );
+    }
+    let (s, _) = d.send("POST", path, &with_timeout(&[row(0)], json!(1_000_000)));
+    assert_eq!(s, 200);
+    assert_eq!(d.get("/v2/health/ready").0, 200);
+}
+
+#[test]
+fn on_a_loaded_service_a_tiny_timeout_gets_504_while_the_rest_are_served() {
+    let d = Daemon::start(
+        r#"
+[[services]]
+name = "slow"
+layers = [8, 4096, 4096, 3]
+max_queue = 64
+[services.slo]
+p99_ms = 1000
+[services.batching]
+max_batch_size = 1
+"#,
+    );
+    d.wait_ready();
+    let url = format!("{}/v2/models/slow/infer", d.url);
+    let plain = infer_json(&[row(1)]).to_string();
+    let tiny = with_timeout(&[row(2)], json!(1)).to_string();
+    let results: Vec<(bool, u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let agent = d.agent.clone();
+                let url = url.clone();
+                let is_tiny = i % 3 == 2;
+                let body = if is_tiny { tiny.clone() } else { plain.clone() };
+                s.spawn(move || {
+                    let mut r = agent.post(&url).send(&body).unwrap();
+                    (
+                        is_tiny,
+                        r.status().as_u16(),
+                        r.body_mut().read_to_string().unwrap(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (is_tiny, status, body) in &results {
+        if *is_tiny {
+            assert_eq!(*status, 504, "{body}");
+            assert!(
+                body.contains("no answer within the request's timeout of 1 us"),
+                "{body}"
+            );
+        } else {
+            assert_eq!(*status, 200, "{body}");
+        }
+    }
+    d.poll(Duration::from_secs(60), "expired rows", || {
+        (metric(&d, "setpoint_inference_expired_total{service=\"slow\"}") == 4.0).then_some(())
+    });
+    assert_eq!(
+        metric(
+            &d,
+            "setpoint_inference_requests_total{service=\"slow\",outcome=\"success\"}"
+        ),
+        8.0
+    );
+}
+
 #[test]
 fn a_service_that_cannot_load_keeps_the_node_unready_and_answers_503() {
     let d = Daemon::start(&format!(

@@ -320,9 +320,10 @@ fn reload_applies_changes_refuses_invalid_files_and_keeps_runtime_services() {
     assert_eq!(v["services_removed"], json!(["b"]), "{v}");
     assert_eq!(v["services_changed"][0]["name"], "a", "{v}");
     assert_eq!(v["services_changed"][0]["how"], "applied", "{v}");
+    // The default timeout (10 x the SLO) follows the SLO, in place too.
     assert_eq!(
         v["services_changed"][0]["changes"],
-        json!(["slo.p99_ms: 80.0 -> 60.0"]),
+        json!(["slo.p99_ms: 80.0 -> 60.0", "timeout_ms: 800.0 -> 600.0"]),
         "{v}"
     );
     let restart = v["needs_restart"].to_string();

@@ -291,3 +291,93 @@ async fn async_callers_are_answered() {
             .all(|(g, w)| (g - w).abs() < 1e-6)
     );
 }
+
+#[test]
+fn a_request_past_its_timeout_leaves_the_queue_unrun() {
+    let svc = InferenceService::start("mlp", CpuBackend::single(), model(), BatchConfig::default())
+        .unwrap();
+    let r = rows(1, 9).remove(0);
+    // Already out of time when it reaches the batcher: answered, never computed.
+    let err = svc
+        .submit_with_timeout(r.clone(), Duration::ZERO)
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(err, ServeError::TimedOut { ref service, timeout_us: 0 } if service == "mlp"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("dropped unrun"), "{err}");
+    let st = svc.stats();
+    assert_eq!(st.expired_count, 1);
+    assert_eq!(st.success_count, 0);
+    assert_eq!(st.batch_count, 0);
+    assert_eq!(svc.queue_len(), 0);
+    // A generous timeout is answered as usual.
+    let ok = svc
+        .submit_with_timeout(r, Duration::from_secs(60))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(ok.output.len(), LAYERS[2]);
+    let st = svc.stats();
+    assert_eq!(
+        (st.expired_count, st.success_count, st.batch_count),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn an_async_waiter_stops_at_its_deadline_while_a_long_batch_runs() {
+    // A slow model: one row is tens of megabytes of weights.
+    let layers = [8, 2048, 2048, 4];
+    let slow = ServedModel {
+        params: MlpParams::init(&layers, 1).unwrap(),
+        normalizer: Normalizer::identity(8),
+    };
+    let svc = InferenceService::start(
+        "slow",
+        CpuBackend::single(),
+        slow,
+        BatchConfig {
+            max_batch_size: 1,
+            ..BatchConfig::default()
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let r = rows(1, 2).remove(0);
+    // Keep the batcher busy, then queue one request with a short timeout behind the others.
+    let ahead: Vec<_> = (0..16).map(|_| svc.submit(r.clone()).unwrap()).collect();
+    let late = svc
+        .submit_with_timeout(r.clone(), Duration::from_micros(200))
+        .unwrap();
+    let err = rt.block_on(late.recv()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ServeError::TimedOut {
+                timeout_us: 200,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    for p in ahead {
+        p.wait().unwrap();
+    }
+    // Whether it expired in the queue or was already batched when its 200 us ran out,
+    // every request is accounted for exactly once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = svc.stats();
+        if st.success_count + st.expired_count == 17 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -407,6 +407,7 @@ fn output_not_requested_gives_empty_outputs() {
         unbatched: false,
         output_binary: true,
         output_requested: false,
+        timeout_us: None,
     };
     let (out, hl) = encode_infer("m", "1", &r, &[0.5, 0.5], &m);
     assert_eq!(hl, None);
@@ -926,4 +927,39 @@ fn non_finite_outputs_are_written_as_null() {
     let (out, _) = encode_infer("m", "1", &r, &[f32::NAN, 1.0], &m);
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["outputs"][0]["data"], json!([null, 1.0]));
+}
+
+#[test]
+fn the_timeout_parameter_is_a_positive_integer_of_microseconds() {
+    let m = small();
+    let body = |params: Value| json!({"parameters": params, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]});
+    let r = decode_json(&m, &body(json!({"timeout": 250_000}))).unwrap();
+    assert_eq!(r.timeout_us, Some(250_000));
+    // Beside Triton's other request parameters, which are ignored.
+    let r = decode_json(
+        &m,
+        &body(json!({"binary_data_output": true, "priority": 1, "timeout": 1})),
+    )
+    .unwrap();
+    assert_eq!((r.timeout_us, r.output_binary), (Some(1), true));
+    let r = decode_json(&m, &body(json!({}))).unwrap();
+    assert_eq!(r.timeout_us, None);
+    for (bad, shown) in [
+        (json!(0), "0"),
+        (json!(-1), "-1"),
+        (json!(2.5), "2.5"),
+        (json!("100"), "\"100\""),
+        (json!(null), "null"),
+        (json!([5]), "[5]"),
+    ] {
+        assert_eq!(
+            fail_json(&m, &body(json!({ "timeout": bad }))),
+            (
+                400,
+                format!(
+                    "parameters.timeout: expected a positive integer number of microseconds, got {shown}"
+                )
+            )
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! `{"error": "..."}` with a status that says what kind of error it is.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -89,6 +89,7 @@ impl From<ServeError> for ApiError {
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::InputShape { .. } | ServeError::NotFinite { .. } => StatusCode::BAD_REQUEST,
             ServeError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Compute { .. } | ServeError::Setup { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -448,7 +449,10 @@ fn stats_json(svc: &Service) -> Value {
         "execution_count": st.batch_count,
         "inference_stats": {
             "success": duration(n, st.queue_ns + st.compute_ns()),
-            "fail": duration(st.failure_count + st.rejected_count + svc.invalid_count(), 0),
+            "fail": duration(
+                st.failure_count + st.rejected_count + svc.invalid_count() + svc.timeout_count(),
+                0,
+            ),
             "queue": duration(n, st.queue_ns),
             "compute_input": duration(n, st.compute.input_ns),
             "compute_infer": duration(n, st.compute.infer_ns),
@@ -489,13 +493,47 @@ async fn infer(
     let svc = p.service(&s.node)?;
     let start = Instant::now();
     let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
-    let result = decode_and_run(&svc, &s, &headers, &bytes).await;
+    let result = decode_and_run(&svc, &s, &headers, &bytes, start).await;
     match &result {
         Ok(_) => svc.observe_request(start.elapsed().as_secs_f64()),
         Err(e) if e.status == StatusCode::BAD_REQUEST => svc.count_invalid(),
+        Err(e) if e.status == StatusCode::GATEWAY_TIMEOUT => svc.count_timeout(),
         Err(_) => {}
     }
     result
+}
+
+/// The timeout a request runs under: the service's `timeout_ms`, or the client's
+/// `parameters.timeout` when that is shorter (a longer one is clamped, as Triton's
+/// `allow_timeout_override` only lets a request shorten its queue policy's timeout).
+/// Returns the timeout and whether the client's was clamped.
+pub fn request_timeout(service: Duration, client_us: Option<u64>) -> (Duration, bool) {
+    match client_us {
+        Some(us) if Duration::from_micros(us) <= service => (Duration::from_micros(us), false),
+        Some(_) => (service, true),
+        None => (service, false),
+    }
+}
+
+/// The 504 answer to a request that ran out of time, saying which timeout applied.
+fn timed_out(svc: &Service, timeout: Duration, client_us: Option<u64>, clamped: bool) -> ApiError {
+    let us = timeout.as_micros();
+    let which = match client_us {
+        Some(c) if clamped => format!(
+            "the service's timeout_ms = {}; the client's parameters.timeout of {c} us is longer and was clamped to it",
+            svc.timeout_ms()
+        ),
+        Some(_) => "the client's parameters.timeout".to_string(),
+        None => format!("the service's timeout_ms = {}", svc.timeout_ms()),
+    };
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "model {}: no answer within the request's timeout of {us} us ({which}); \
+             a request still queued at its timeout is dropped without being run",
+            svc.name()
+        ),
+    )
 }
 
 async fn decode_and_run(
@@ -503,6 +541,7 @@ async fn decode_and_run(
     s: &AppState,
     headers: &HeaderMap,
     bytes: &[u8],
+    start: Instant,
 ) -> ApiResult<Response> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -513,14 +552,24 @@ async fn decode_and_run(
         .map(|v| v2codec::parse_header_len(v.as_bytes()))
         .transpose()?;
     let req = v2codec::decode_infer(&body, header_len, &svc.io)?;
+    let (timeout, clamped) = request_timeout(svc.timeout(), req.timeout_us);
+    // The timeout counts from the request's arrival, reading and decoding included.
+    let left = timeout.saturating_sub(start.elapsed());
     let f = svc.io.features;
     let mut pending = Vec::with_capacity(req.rows);
     for r in 0..req.rows {
-        pending.push(svc.inner.submit(req.data[r * f..(r + 1) * f].to_vec())?);
+        let row = req.data[r * f..(r + 1) * f].to_vec();
+        pending.push(svc.inner.submit_with_timeout(row, left)?);
     }
     let mut probs = Vec::with_capacity(req.rows * svc.io.classes);
     for p in pending {
-        probs.extend_from_slice(&p.recv().await?.output);
+        match p.recv().await {
+            Ok(answer) => probs.extend_from_slice(&answer.output),
+            Err(ServeError::TimedOut { .. }) => {
+                return Err(timed_out(svc, timeout, req.timeout_us, clamped));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let (out, header_len) = v2codec::encode_infer(svc.name(), MODEL_VERSION, &req, &probs, &svc.io);
     let mut r = (StatusCode::OK, out).into_response();
@@ -687,4 +736,22 @@ async fn metrics(State(s): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_timeout_can_shorten_the_services_never_lengthen_it() {
+        let svc = Duration::from_millis(250);
+        assert_eq!(request_timeout(svc, None), (svc, false));
+        assert_eq!(
+            request_timeout(svc, Some(1_000)),
+            (Duration::from_millis(1), false)
+        );
+        assert_eq!(request_timeout(svc, Some(250_000)), (svc, false));
+        assert_eq!(request_timeout(svc, Some(250_001)), (svc, true));
+        assert_eq!(request_timeout(svc, Some(u64::MAX)), (svc, true));
+    }
 }

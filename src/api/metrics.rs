@@ -122,7 +122,7 @@ pub fn render(node: &Node) -> String {
     o.header(
         "setpoint_inference_requests_total",
         "counter",
-        "Inference rows by outcome: success, failure (compute error), rejected (queue full), invalid (malformed request).",
+        "Inference rows by outcome: success, failure (compute error), rejected (queue full), invalid (malformed request), timeout (answered 504: no answer within the request's timeout).",
     );
     for (s, st) in &stats {
         for (outcome, v) in [
@@ -130,6 +130,7 @@ pub fn render(node: &Node) -> String {
             ("failure", st.failure_count),
             ("rejected", st.rejected_count),
             ("invalid", s.invalid_count()),
+            ("timeout", s.timeout_count()),
         ] {
             o.sample(
                 "setpoint_inference_requests_total",
@@ -137,6 +138,18 @@ pub fn render(node: &Node) -> String {
                 v as f64,
             );
         }
+    }
+    o.header(
+        "setpoint_inference_expired_total",
+        "counter",
+        "Requests taken out of the queue without being run because their timeout had passed.",
+    );
+    for (s, st) in &stats {
+        o.sample(
+            "setpoint_inference_expired_total",
+            &[("service", s.name())],
+            st.expired_count as f64,
+        );
     }
     o.header(
         "setpoint_inference_batches_total",

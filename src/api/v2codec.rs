@@ -17,9 +17,12 @@
 //!   and perf_analyzer ask for binary outputs this way by default.
 //! - An absent or empty `outputs` list means every output, as Triton treats it.
 //! - For forward compatibility, unknown top-level keys, unknown tensor keys and unknown
-//!   parameters (`sequence_id`, `priority`, `timeout`, custom ones) are ignored. Shared-memory
+//!   parameters (`sequence_id`, `priority`, custom ones) are ignored. Shared-memory
 //!   tensors and classification outputs cannot be served, and ignoring them would answer
 //!   something other than what was asked, so they are rejected.
+//! - The request-level `parameters.timeout` is Triton's: the client's timeout in
+//!   microseconds, a positive integer; anything else is an error naming the parameter. The
+//!   caller clamps it to the service's own timeout.
 //! - An `id`, even an empty one (perf_analyzer always sends `"id":""`), is echoed back.
 //!
 //! Responses put no `parameters` object on JSON outputs: Triton's C++ client (perf_analyzer)
@@ -64,6 +67,8 @@ pub struct InferRequest {
     /// or empty `outputs` list means every output, one naming anything else is an error);
     /// false only for hand-built requests, giving `"outputs":[]`.
     pub output_requested: bool,
+    /// The client's timeout in microseconds (request-level `parameters.timeout`), when given.
+    pub timeout_us: Option<u64>,
 }
 
 /// Why a request body could not be decoded.
@@ -267,6 +272,12 @@ pub enum CodecError {
         /// The tensor.
         name: String,
     },
+    /// A request-level `parameters.timeout` that is not a positive integer.
+    #[error("parameters.timeout: expected a positive integer number of microseconds, got {got}")]
+    InvalidTimeout {
+        /// The value sent, as JSON.
+        got: String,
+    },
     /// A classification output (`parameters.classification`), which this server does not make.
     #[error("output {name:?}: classification is not supported (request the output itself)")]
     Classification {
@@ -428,10 +439,15 @@ pub fn decode_infer(
         });
     }
 
-    let mut output_binary = wire
-        .parameters
-        .and_then(|p| p.binary_data_output)
-        .unwrap_or(false);
+    let params = wire.parameters.unwrap_or_default();
+    let timeout_us = match params.timeout {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(us) if us > 0 => Some(us),
+            _ => return Err(CodecError::InvalidTimeout { got: v.to_string() }),
+        },
+    };
+    let mut output_binary = params.binary_data_output.unwrap_or(false);
     let mut named = false;
     for output in wire.outputs.iter().flatten() {
         let name = output.name.0.as_ref();
@@ -472,6 +488,7 @@ pub fn decode_infer(
         unbatched,
         output_binary,
         output_requested: true,
+        timeout_us,
     })
 }
 
@@ -715,9 +732,16 @@ struct WireRequest<'a> {
     outputs: Option<Vec<WireOutput<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct WireRequestParams {
     binary_data_output: Option<bool>,
+    /// Any JSON value, `null` included, so that every wrong one is reported.
+    #[serde(default, deserialize_with = "any_value")]
+    timeout: Option<serde_json::Value>,
+}
+
+fn any_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]

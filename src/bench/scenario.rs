@@ -552,6 +552,7 @@ fn service_config(s: &Scenario, checkpoint: Option<PathBuf>) -> ServiceConfig {
     cfg.seed = s.seed;
     cfg.max_queue = s.service.max_queue;
     cfg.slo.p99_ms = s.service.slo_p99_ms;
+    cfg.timeout_ms = s.service.slo_p99_ms * 10.0;
     cfg.slo.window_ms = s.service.window_ms;
     cfg.batching.max_batch_size = s.service.max_batch_size;
     cfg.batching.max_queue_delay_ms = 0.0;

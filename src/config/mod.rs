@@ -174,6 +174,10 @@ pub struct ServiceConfig {
     pub warmup_data: Option<String>,
     /// Capacity of the bounded request queue, 1..=1_000_000.
     pub max_queue: usize,
+    /// Longest a request may wait for its answer, ms: >= `slo.p99_ms` and <= 3600000;
+    /// by default 10 × `slo.p99_ms`. A request still queued at its timeout is dropped unrun
+    /// and answered 504; a client may ask for less (v2 `parameters.timeout`), never more.
+    pub timeout_ms: f64,
     /// The response-time objective.
     pub slo: SloConfig,
     /// Dynamic batching limits.

@@ -41,6 +41,7 @@ const SERVICE_KEYS: &[&str] = &[
     "seed",
     "warmup_data",
     "max_queue",
+    "timeout_ms",
     "slo",
     "batching",
 ];
@@ -78,6 +79,8 @@ pub(super) mod defaults {
     pub const WINDOW_MS: u64 = 1000;
     pub const MAX_BATCH_SIZE: usize = 32;
     pub const MAX_QUEUE_DELAY_MS: f64 = 0.0;
+    /// A service's request timeout, when not given, is this many times its p99 SLO.
+    pub const TIMEOUT_SLO_MULTIPLE: f64 = 10.0;
     pub const MOMENTUM: f64 = 0.9;
     pub const WEIGHT_DECAY: f64 = 0.0;
     pub const BATCH_SIZE: usize = 64;
@@ -88,6 +91,7 @@ pub(super) mod defaults {
 
 const MIN_CONTROL_PERIOD_MS: i64 = 10;
 const MAX_WINDOW_MS: i64 = 600_000;
+const MAX_TIMEOUT_MS: f64 = 3_600_000.0;
 const MAX_NAME_LEN: usize = 64;
 
 /// Walks the whole document. The result holds placeholders wherever an issue was recorded;
@@ -423,6 +427,26 @@ pub(super) fn service(w: &mut Walker, t: &Tbl<'_>, control_period: Option<u64>) 
         }
         Field::Bad => (None, None),
     };
+    let timeout_field = w.float(
+        t,
+        "timeout_ms",
+        Bound::Excl(0.0),
+        Bound::Incl(MAX_TIMEOUT_MS),
+    );
+    let timeout_ms = match (timeout_field, p99_ms) {
+        // Shorter than the SLO would cut off requests the SLO allows.
+        (Field::Ok(v), Some(p99)) if v < p99 => {
+            w.issue(
+                t.key("timeout_ms"),
+                format!("must be >= slo.p99_ms ({p99}), got {v}"),
+            );
+            None
+        }
+        (Field::Ok(v), _) => Some(v),
+        // p99_ms <= 60000, so ten of it stays within the ceiling.
+        (Field::Absent, p99) => p99.map(|p| p * defaults::TIMEOUT_SLO_MULTIPLE),
+        (Field::Bad, _) => None,
+    };
     let empty = Table::new();
     let (max_batch_size, max_queue_delay_ms) = match w.section(t, "batching", &empty) {
         Some(b) => batching_section(w, &b, p99_ms),
@@ -436,6 +460,7 @@ pub(super) fn service(w: &mut Walker, t: &Tbl<'_>, control_period: Option<u64>) 
         seed: seed.unwrap_or(defaults::SEED),
         warmup_data: warmup_data.given().map(str::to_owned),
         max_queue: max_queue.unwrap_or(defaults::MAX_QUEUE),
+        timeout_ms: timeout_ms.unwrap_or(0.0),
         slo: SloConfig {
             p99_ms: p99_ms.unwrap_or(0.0),
             window_ms: window_ms.unwrap_or(defaults::WINDOW_MS),

@@ -122,6 +122,7 @@ fn write_service(o: &mut String, s: &ServiceConfig) -> std::fmt::Result {
         None => writeln!(o, "warmup_data = \"\"  # none")?,
     }
     writeln!(o, "max_queue = {}", s.max_queue)?;
+    writeln!(o, "timeout_ms = {}", f(s.timeout_ms))?;
     writeln!(o, "[services.slo]")?;
     writeln!(o, "p99_ms = {}", f(s.slo.p99_ms))?;
     writeln!(o, "window_ms = {}", s.slo.window_ms)?;

@@ -1248,6 +1248,7 @@ fn pending_view(
         error,
         layers: cfg.layers.clone().unwrap_or_default(),
         slo_p99_ms: cfg.slo.p99_ms,
+        timeout_ms: cfg.timeout_ms,
         max_batch_size: cfg.batching.max_batch_size,
         max_queue_delay_ms: cfg.batching.max_queue_delay_ms,
         max_queue: cfg.max_queue,

@@ -11,7 +11,7 @@
 //!   `control.decision_log`) keep their running values and are reported as such.
 //! - **Services of the file**: a new one is loaded beside the others; one no longer in the
 //!   file is removed (new requests get 404, requests already in flight are answered); a
-//!   changed one takes a new SLO, `window_ms`, `max_queue_delay_ms` or a smaller
+//!   changed one takes a new SLO, `window_ms`, `timeout_ms`, `max_queue_delay_ms` or a smaller
 //!   `max_batch_size` in place, and for any other change (model, `max_queue`, a larger batch)
 //!   a replacement is loaded while the old one keeps serving, then takes its place. A
 //!   service that failed to load is tried again.

@@ -2,6 +2,7 @@
 //! batcher that serves it.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -63,6 +64,8 @@ pub struct Service {
     request_hist: Mutex<Histogram>,
     /// Requests refused before reaching the batcher (malformed input).
     invalid: Mutex<u64>,
+    /// Requests answered with a timeout.
+    timeouts: AtomicU64,
 }
 
 /// The API's view of a service.
@@ -78,6 +81,8 @@ pub struct ServiceView {
     pub layers: Vec<usize>,
     /// Response-time objective, ms.
     pub slo_p99_ms: f64,
+    /// Longest a request may wait for its answer, ms.
+    pub timeout_ms: f64,
     /// Current batch size limit.
     pub max_batch_size: usize,
     /// Longest wait for a batch to fill, ms.
@@ -217,6 +222,7 @@ impl Service {
             lane,
             request_hist: Mutex::new(Histogram::new(LATENCY_BOUNDS_S)),
             invalid: Mutex::new(0),
+            timeouts: AtomicU64::new(0),
         })
     }
 
@@ -234,20 +240,22 @@ impl Service {
     }
 
     /// True when `new` differs from the settings in force only in what can change while the
-    /// service runs: the SLO (`p99_ms`, `window_ms`), `max_queue_delay_ms`, and
-    /// `max_batch_size` up to the batch size the service was started for. Anything else (the
-    /// model, `max_queue`, a larger batch) needs a new batcher.
+    /// service runs: the SLO (`p99_ms`, `window_ms`), `timeout_ms`, `max_queue_delay_ms`,
+    /// and `max_batch_size` up to the batch size the service was started for. Anything else
+    /// (the model, `max_queue`, a larger batch) needs a new batcher.
     pub fn can_apply_live(&self, new: &ServiceConfig) -> bool {
         let cur = self.config();
         let mut same = new.clone();
         same.slo = cur.slo.clone();
+        same.timeout_ms = cur.timeout_ms;
         same.batching = cur.batching.clone();
         same == cur && new.batching.max_batch_size <= self.inner.batch_limit()
     }
 
     /// Applies `new` to the running service (see [`Service::can_apply_live`]): the
     /// controller reads the SLO and batch limit from the next period, the batcher its queue
-    /// delay and window from the next batch. Requests in flight are not disturbed.
+    /// delay and window from the next batch, the next request its timeout. Requests in
+    /// flight are not disturbed.
     pub fn apply_live(&self, new: &ServiceConfig) {
         let mut cfg = self.config.write().unwrap_or_else(|p| p.into_inner());
         if new.batching.max_batch_size < self.inner.max_batch_size() {
@@ -279,6 +287,29 @@ impl Service {
         *self.invalid.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Counts a request answered with a timeout.
+    pub fn count_timeout(&self) {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered with a timeout.
+    pub fn timeout_count(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// The longest a request may wait for its answer (`timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_ms() / 1000.0)
+    }
+
+    /// The service's `timeout_ms` in force.
+    pub fn timeout_ms(&self) -> f64 {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .timeout_ms
+    }
+
     /// End-to-end latency histogram.
     pub fn request_hist(&self) -> Histogram {
         self.request_hist
@@ -301,6 +332,7 @@ impl Service {
             error: None,
             layers: self.layers.clone(),
             slo_p99_ms: config.slo.p99_ms,
+            timeout_ms: config.timeout_ms,
             max_batch_size: self.inner.max_batch_size(),
             max_queue_delay_ms: config.batching.max_queue_delay_ms,
             max_queue: config.max_queue,

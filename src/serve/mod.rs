@@ -6,6 +6,11 @@
 //! its own row. A full queue refuses at once ([`ServeError::Overloaded`]) instead of letting
 //! latency grow without bound. Requests already queued when the service shuts down are still
 //! answered.
+//!
+//! A request may carry a deadline. One whose deadline passes while it waits is taken out of
+//! the queue before it is batched, so no compute is spent on it, and answered with
+//! [`ServeError::TimedOut`]; an async waiter ([`Pending::recv`]) stops waiting at the deadline
+//! itself, so a caller never gets a late answer even while a long batch is running.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
@@ -66,6 +71,17 @@ pub enum ServeError {
         service: String,
         /// The device or model error.
         message: String,
+    },
+    /// The request's deadline passed before it was answered.
+    #[error(
+        "service {service}: no answer within the request's timeout of {timeout_us} us; \
+         requests still queued at their timeout are dropped unrun"
+    )]
+    TimedOut {
+        /// The service.
+        service: String,
+        /// The timeout the request ran under, microseconds.
+        timeout_us: u64,
     },
     /// The service could not be created.
     #[error("service {service}: {message}")]
@@ -146,6 +162,8 @@ pub struct ServiceStats {
     pub failure_count: u64,
     /// Requests refused because the queue was full.
     pub rejected_count: u64,
+    /// Requests taken out of the queue unrun because their deadline had passed.
+    pub expired_count: u64,
     /// Forward passes run.
     pub batch_count: u64,
     /// Sum over successful requests of their queue time, in ns.
@@ -171,6 +189,7 @@ impl ServiceStats {
             success_count: 0,
             failure_count: 0,
             rejected_count: 0,
+            expired_count: 0,
             batch_count: 0,
             queue_ns: 0,
             compute: PhaseNs::default(),
@@ -191,6 +210,7 @@ impl ServiceStats {
 struct Request {
     input: Vec<f32>,
     enqueued: Instant,
+    deadline: Option<Instant>,
     reply: oneshot::Sender<Result<Response, ServeError>>,
 }
 
@@ -236,11 +256,15 @@ pub struct InferenceService {
 pub struct Pending {
     rx: oneshot::Receiver<Result<Response, ServeError>>,
     service: String,
+    /// When to stop waiting, and the timeout it came from.
+    deadline: Option<(Instant, Duration)>,
 }
 
 impl Pending {
     /// Waits on the calling thread. Must not be called from inside an async runtime; use
-    /// [`Pending::recv`] there.
+    /// [`Pending::recv`] there. A request with a deadline is answered
+    /// [`ServeError::TimedOut`] when the batcher reaches it after its deadline; a batch
+    /// running meanwhile is waited for.
     pub fn wait(self) -> Result<Response, ServeError> {
         let service = self.service;
         self.rx
@@ -248,12 +272,24 @@ impl Pending {
             .unwrap_or(Err(ServeError::ShuttingDown { service }))
     }
 
-    /// Waits asynchronously.
+    /// Waits asynchronously, at most until the request's deadline.
     pub async fn recv(self) -> Result<Response, ServeError> {
         let service = self.service;
-        self.rx
-            .await
-            .unwrap_or(Err(ServeError::ShuttingDown { service }))
+        match self.deadline {
+            None => self
+                .rx
+                .await
+                .unwrap_or(Err(ServeError::ShuttingDown { service })),
+            Some((at, timeout)) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(at), self.rx).await {
+                    Ok(answer) => answer.unwrap_or(Err(ServeError::ShuttingDown { service })),
+                    Err(_) => Err(ServeError::TimedOut {
+                        service,
+                        timeout_us: timeout.as_micros() as u64,
+                    }),
+                }
+            }
+        }
     }
 }
 
@@ -428,6 +464,25 @@ impl InferenceService {
     /// Queues one input row. Fails at once when the row is malformed, the queue is full or
     /// the service is stopping.
     pub fn submit(&self, input: Vec<f32>) -> Result<Pending, ServeError> {
+        self.submit_within(input, None)
+    }
+
+    /// Like [`InferenceService::submit`], for a request that must be answered within
+    /// `timeout` of now: past it the request is dropped from the queue unrun and answered
+    /// [`ServeError::TimedOut`].
+    pub fn submit_with_timeout(
+        &self,
+        input: Vec<f32>,
+        timeout: Duration,
+    ) -> Result<Pending, ServeError> {
+        self.submit_within(input, Some(timeout))
+    }
+
+    fn submit_within(
+        &self,
+        input: Vec<f32>,
+        timeout: Option<Duration>,
+    ) -> Result<Pending, ServeError> {
         let service = || self.shared.name.clone();
         if input.len() != self.shared.inputs {
             return Err(ServeError::InputShape {
@@ -449,9 +504,12 @@ impl InferenceService {
         };
         self.shared.arrivals.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
+        let enqueued = Instant::now();
+        let deadline = timeout.map(|t| (enqueued + t, t));
         let req = Request {
             input,
-            enqueued: Instant::now(),
+            enqueued,
+            deadline: deadline.map(|d| d.0),
             reply,
         };
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
@@ -459,6 +517,7 @@ impl InferenceService {
             Ok(()) => Ok(Pending {
                 rx,
                 service: service(),
+                deadline,
             }),
             Err(e) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -553,6 +612,9 @@ impl<B: Backend> Worker<B> {
         self.calibrate();
         let mut batch: Vec<Request> = Vec::with_capacity(self.shared.batch_limit);
         while let Ok(first) = rx.recv() {
+            let Some(first) = self.live(first) else {
+                continue;
+            };
             let delay =
                 Duration::from_micros(self.shared.max_queue_delay_us.load(Ordering::Relaxed));
             let max = self.shared.max_batch_size.load(Ordering::Relaxed);
@@ -561,7 +623,7 @@ impl<B: Backend> Worker<B> {
             while batch.len() < max {
                 match rx.try_recv() {
                     Ok(r) => {
-                        batch.push(r);
+                        batch.extend(self.live(r));
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => break,
@@ -572,13 +634,54 @@ impl<B: Backend> Worker<B> {
                     break;
                 }
                 match rx.recv_timeout(deadline - now) {
-                    Ok(r) => batch.push(r),
+                    Ok(r) => batch.extend(self.live(r)),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
+            }
+            // Waiting for the batch to fill may have run some out of time.
+            let now = Instant::now();
+            let mut i = 0;
+            while i < batch.len() {
+                if batch[i].deadline.is_some_and(|d| d <= now) {
+                    let r = batch.remove(i);
+                    self.expire(r);
+                } else {
+                    i += 1;
+                }
+            }
+            if batch.is_empty() {
+                continue;
             }
             self.shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.run_batch(&mut batch);
         }
+    }
+
+    /// Passes a request on, or answers it [`ServeError::TimedOut`] when its deadline has
+    /// passed: it leaves the queue without being run.
+    fn live(&self, r: Request) -> Option<Request> {
+        let Some(deadline) = r.deadline else {
+            return Some(r);
+        };
+        if deadline > Instant::now() {
+            return Some(r);
+        }
+        self.expire(r);
+        None
+    }
+
+    /// Takes a request whose deadline has passed out of the queue unrun and answers it.
+    fn expire(&self, r: Request) {
+        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        lock(&self.shared.stats).expired_count += 1;
+        let timeout_us = r.deadline.map_or(0, |d| {
+            d.saturating_duration_since(r.enqueued).as_micros() as u64
+        });
+        // A waiter that already stopped at its deadline is not an error.
+        let _ = r.reply.send(Err(ServeError::TimedOut {
+            service: self.shared.name.clone(),
+            timeout_us,
+        }));
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Request>) {

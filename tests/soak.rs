@@ -1,0 +1,128 @@
+//! `setpoint bench soak` through the real command line: a short soak of a daemon child, and
+//! the settings it refuses.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_setpoint");
+
+#[test]
+fn a_short_soak_reports_the_process_the_requests_and_the_job() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "soak",
+            "--duration",
+            "4s",
+            "--rate",
+            "40",
+            "--job-data",
+            "synthetic:blobs:size=4000",
+            "--json",
+        ])
+        .env_remove("SETPOINT_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+
+    for at in ["start", "end"] {
+        assert!(r[at]["rss_bytes"].as_u64().unwrap() > 0, "{at}: {}", r[at]);
+        assert!(r[at]["fds"].as_u64().unwrap() > 0, "{at}: {}", r[at]);
+    }
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() >= r["end"]["rss_bytes"].as_u64().unwrap());
+    assert!(r["samples"].as_array().unwrap().len() >= 2);
+
+    let q = &r["requests"];
+    let sent = q["sent"].as_u64().unwrap();
+    let ok = q["ok"].as_u64().unwrap();
+    assert!(ok > 0, "{q}");
+    // 4 s at 40/s: every request due before the end is sent, and each has one outcome.
+    assert_eq!(sent, 160, "{q}");
+    let other: u64 = q["other"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        ok + q["rejected_429"].as_u64().unwrap()
+            + q["timeout_504"].as_u64().unwrap()
+            + other
+            + q["transport_errors"].as_u64().unwrap(),
+        sent,
+        "{q}"
+    );
+
+    let windows = r["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 4);
+    let per_window: u64 = windows
+        .iter()
+        .map(|w| w["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_window, sent);
+    for w in windows.iter().filter(|w| w["ok"].as_u64().unwrap() > 0) {
+        let (p50, p99) = (w["p50_ms"].as_f64().unwrap(), w["p99_ms"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p50 <= p99, "{w}");
+    }
+    assert_eq!(r["slo"]["p99_ms"].as_f64(), Some(25.0));
+    assert_eq!(r["timeout_ms"].as_f64(), Some(250.0));
+    let over = r["slo"]["windows_over"].as_u64().unwrap();
+    assert!(over <= r["slo"]["windows"].as_u64().unwrap());
+
+    let job = &r["job"];
+    assert_eq!(job["name"], "soak");
+    assert!(
+        job["steps_end"].as_u64().unwrap() > job["steps_start"].as_u64().unwrap(),
+        "the job did not progress: {job}"
+    );
+    assert!(r["reads"]["status_ok"].as_u64().unwrap() >= 1);
+    assert!(r["reads"]["metrics_ok"].as_u64().unwrap() >= 1);
+    assert_eq!(r["daemon_exit_code"], 0);
+}
+
+#[test]
+fn bad_settings_are_refused_before_anything_starts() {
+    for (args, want) in [
+        (
+            &["--rate", "0"][..],
+            "--rate: must be > 0 and <= 100000 requests/s, got 0",
+        ),
+        (
+            &["--duration", "soon"][..],
+            "--duration: expected a duration such as 10s",
+        ),
+        (
+            &["--duration", "0s"][..],
+            "--duration and --window must be more than zero",
+        ),
+        (
+            &["--job-layers", "64,x"][..],
+            "\"x\" is not a positive integer",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["bench", "soak"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn an_unknown_model_is_refused_naming_it() {
+    let out = Command::new(BIN)
+        .args(["bench", "soak", "--duration", "2s", "--model", "nosuch"])
+        .env_remove("SETPOINT_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nosuch"), "{stderr}");
+}
