@@ -583,11 +583,14 @@ async fn serve_task(
         }
     });
     let stopping = notifier.clone();
-    let server = tokio::spawn(async move {
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let signal_seen = signalled.clone();
+    let mut server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
                 stopping.stopping();
+                signal_seen.notify_one();
             })
             .await
     });
@@ -596,10 +599,28 @@ async fn serve_task(
     }
     // The socket is bound and the server task runs: connections are accepted from here on.
     notifier.ready(&node.status_line());
-    server
-        .await
-        .context("http server task failed")?
-        .context("http server failed")?;
+    // After the stop signal the server answers the requests in flight, for drain_timeout_ms
+    // at most; those still running then are failed by closing their connections.
+    let drain_node = node.clone();
+    let drain_expired = async move {
+        signalled.notified().await;
+        let ms = drain_node.config().drain_timeout_ms;
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        ms
+    };
+    tokio::select! {
+        done = &mut server => {
+            done.context("http server task failed")?
+                .context("http server failed")?;
+        }
+        ms = drain_expired => {
+            server.abort();
+            tracing::warn!(
+                "requests still in flight {ms} ms after the stop signal (drain_timeout_ms): \
+                 closing their connections"
+            );
+        }
+    }
     tracing::info!("stopping: checkpointing jobs and draining services");
     tokio::task::spawn_blocking(move || node.shutdown())
         .await

@@ -307,3 +307,76 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
     assert!(checkpoint_step(&prev) >= prev_step);
     d.kill9();
 }
+
+#[test]
+fn sigterm_fails_requests_still_running_after_the_drain_timeout_and_exits_0() {
+    let _one_at_a_time = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("node.toml");
+    let log = dir.path().join("serve.log");
+    // A model slow enough per row (three 4096-wide layers, batch 1) that a queue of tens of
+    // requests takes far longer than the drain timeout to answer.
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = {:?}\ndrain_timeout_ms = 50\n\
+             [[services]]\nname = \"slow\"\nlayers = [8, 4096, 4096, 4096, 3]\nmax_queue = 1000\n\
+             slo = {{ p99_ms = 60000 }}\nbatching = {{ max_batch_size = 1, max_queue_delay_ms = 0 }}\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config, &log);
+    d.poll(Duration::from_secs(60), "the service to load", || {
+        (d.send("GET", "/v2/health/ready", None).0 == 200).then_some(())
+    });
+    let url = format!("{}/v2/models/slow/infer", d.url);
+    let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8],
+        "data": [0.5, 0.25, 0.0, 1.0, -1.0, 2.0, 0.125, 3.0]}]});
+    let senders: Vec<_> = (0..80)
+        .map(|_| {
+            let url = url.clone();
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(60)))
+                    .build()
+                    .into();
+                agent
+                    .post(&url)
+                    .send_json(&body)
+                    .map(|r| r.status().as_u16())
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    d.poll(Duration::from_secs(30), "a queue of 40 requests", || {
+        let (_, s) = d.send("GET", "/v1/status", None);
+        let queued = s["tenants"]
+            .as_array()?
+            .iter()
+            .find(|t| t["name"] == "slow")?["queue_len"]
+            .as_u64()?;
+        (queued >= 40).then_some(())
+    });
+    let status = d.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let results: Vec<_> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(200) | Err(_))),
+        "{results:?}"
+    );
+    assert!(
+        failed > 0,
+        "every request was answered; the drain timeout was not reached: {results:?}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("ms after the stop signal (drain_timeout_ms): closing their connections"),
+        "{text}"
+    );
+    assert!(text.contains("stopped"), "{text}");
+}

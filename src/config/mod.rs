@@ -39,6 +39,9 @@ pub struct NodeConfig {
     pub auth_token: Option<String>,
     /// Largest accepted HTTP request body, 1 KiB ..= 1 GiB.
     pub max_request_bytes: u64,
+    /// How long a stop waits for HTTP requests in flight before failing them (closing their
+    /// connections), milliseconds, 0 ..= 3,600,000.
+    pub drain_timeout_ms: u64,
     /// Which device to run on and how to divide it.
     pub device: DeviceConfig,
     /// Controller and arbiter settings.

@@ -18,6 +18,7 @@ const ROOT_KEYS: &[&str] = &[
     "control_period_ms",
     "auth_token",
     "max_request_bytes",
+    "drain_timeout_ms",
     "device",
     "control",
     "paths",
@@ -73,6 +74,7 @@ pub(super) mod defaults {
     pub const STATE_DIR: &str = "state";
     pub const CONTROL_PERIOD_MS: u64 = 100;
     pub const MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
+    pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
     pub const RESERVE_FRAC: f64 = 0.05;
     pub const SEED: u64 = 1;
     pub const MAX_QUEUE: usize = 1024;
@@ -132,6 +134,9 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
     let max_request_bytes = w
         .int::<u64>(&root, "max_request_bytes", 1024, Some(1 << 30))
         .or(defaults::MAX_REQUEST_BYTES);
+    let drain_timeout_ms = w
+        .int::<u64>(&root, "drain_timeout_ms", 0, Some(3_600_000))
+        .or(defaults::DRAIN_TIMEOUT_MS);
 
     // A section of the wrong type was reported; walking an empty one yields the defaults.
     let empty = Table::new();
@@ -162,6 +167,7 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
         control_period_ms: control_period.unwrap_or(defaults::CONTROL_PERIOD_MS),
         auth_token,
         max_request_bytes: max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
+        drain_timeout_ms: drain_timeout_ms.unwrap_or(defaults::DRAIN_TIMEOUT_MS),
         device,
         control,
         paths,

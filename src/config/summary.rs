@@ -50,6 +50,7 @@ impl NodeConfig {
             None => writeln!(o, "# auth_token: (not set, the api is open)")?,
         }
         writeln!(o, "max_request_bytes = {}", self.max_request_bytes)?;
+        writeln!(o, "drain_timeout_ms = {}", self.drain_timeout_ms)?;
 
         let d = &self.device;
         writeln!(o, "\n[device]")?;
