@@ -1062,21 +1062,23 @@ fn bench_scenario(a: cli::BenchScenarioArgs) -> anyhow::Result<()> {
         setpoint::util::fsio::write_atomic(path, report::svg(&r).as_bytes())
             .with_context(|| format!("cannot write the plot {}", path.display()))?;
     }
-    // Energy per policy from the GPU's counter (or its power), per 1,000 requests too.
+    // Energy per policy from the GPU's counter (or its power), and the phase's whole energy
+    // per 1,000 requests and per training epoch finished (inference and training share the
+    // phase, so neither figure is the energy of that work alone).
     let energy: Vec<serde_json::Value> = cross
         .iter()
         .flat_map(|c| c.correlation.phases.iter())
         .map(|ph| {
-            let requests = r
-                .policies
-                .iter()
-                .find(|p| p.policy == ph.phase)
-                .map_or(0, |p| p.requests);
+            let policy = r.policies.iter().find(|p| p.policy == ph.phase);
+            let requests = policy.map_or(0, |p| p.requests);
+            let epochs: u32 = policy.map_or(0, |p| p.jobs.iter().map(|j| j.epochs_done).sum());
             json!({
                 "policy": ph.phase,
                 "gpu": ph.gpu,
                 "energy_j": ph.energy_j,
                 "joules_per_1000_requests": ph.energy_j.filter(|_| requests > 0).map(|e| e * 1000.0 / requests as f64),
+                "training_epochs": epochs,
+                "joules_per_training_epoch": ph.energy_j.filter(|_| epochs > 0).map(|e| e / epochs as f64),
                 "mean_util_pct": ph.mean_util_pct,
                 "mean_power_w": ph.mean_power_w,
             })
@@ -1095,7 +1097,7 @@ fn bench_scenario(a: cli::BenchScenarioArgs) -> anyhow::Result<()> {
             print!("{}", c.correlation.render_text());
             for e in &energy {
                 println!(
-                    "energy {} gpu {}: {} J, {} J per 1,000 requests",
+                    "energy {} gpu {}: {} J, {} J per 1,000 requests, {} J per training epoch",
                     e["policy"].as_str().unwrap_or("?"),
                     e["gpu"],
                     e["energy_j"]
@@ -1103,7 +1105,10 @@ fn bench_scenario(a: cli::BenchScenarioArgs) -> anyhow::Result<()> {
                         .map_or("-".into(), |x| format!("{x:.1}")),
                     e["joules_per_1000_requests"]
                         .as_f64()
-                        .map_or("-".into(), |x| format!("{x:.2}"))
+                        .map_or("-".into(), |x| format!("{x:.2}")),
+                    e["joules_per_training_epoch"]
+                        .as_f64()
+                        .map_or("-".into(), |x| format!("{x:.1}"))
                 );
             }
         }

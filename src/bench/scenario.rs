@@ -442,6 +442,8 @@ pub struct JobOutcome {
     pub state: String,
     /// Validation accuracy at the end.
     pub val_accuracy: Option<f64>,
+    /// Training epochs it finished in the run.
+    pub epochs_done: u32,
 }
 
 /// One policy's figures.
@@ -864,6 +866,7 @@ fn run_policy(
                 val_accuracy: job
                     .as_ref()
                     .and_then(|j| j.progress().history.last().and_then(|r| r.val_accuracy)),
+                epochs_done: job.as_ref().map_or(0, |j| j.progress().epochs_done),
             }
         })
         .collect();
