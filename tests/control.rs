@@ -556,3 +556,89 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
         refusal.reason
     );
 }
+
+/// A best-effort job that would take the whole device, named `name`.
+fn greedy_job(name: &str, share: f64) -> JobObs {
+    JobObs {
+        name: name.into(),
+        class: JobClass::BestEffort,
+        deadline_in_s: None,
+        allotted_s: None,
+        steps_done: 10,
+        steps_per_epoch: 1000,
+        epochs_done: 0,
+        max_epochs: 100,
+        target_accuracy: None,
+        curve: vec![],
+        steps_in_period: 10,
+        share,
+        step_cost_core_s: Some(0.001),
+        cores: CORES,
+    }
+}
+
+#[test]
+fn each_device_is_arbitrated_on_its_own_and_tenants_are_kept_across_devices() {
+    let cfg = ControlConfig {
+        leftover: Leftover::BestEffort,
+        ..Default::default()
+    };
+    let mut ctrl = Controller::new(cfg.clone());
+    let plant = ServicePlant::new(0.001);
+    let devices = |a_share: f64, b_share: f64, svc_share: f64| {
+        vec![
+            Observations {
+                services: vec![plant.obs(svc_share, 100.0)],
+                jobs: vec![greedy_job("a", a_share)],
+                ..Default::default()
+            },
+            Observations {
+                jobs: vec![greedy_job("b", b_share)],
+                // Another process takes 30 % of the second GPU.
+                foreign_load: 0.3,
+                ..Default::default()
+            },
+        ]
+    };
+    let (mut a, mut b, mut s) = (0.05, 0.05, 0.05);
+    let mut last = Vec::new();
+    for _ in 0..50 {
+        last = ctrl.tick_devices(&devices(a, b, s));
+        assert_eq!(last.len(), 2);
+        s = last[0].services[0].share;
+        a = last[0].jobs[0].share;
+        b = last[1].jobs[0].share;
+        // Each device hands out at most its own capacity.
+        assert!(
+            last[0].assigned <= 1.0 - cfg.reserve_frac + 1e-9,
+            "{:?}",
+            last[0]
+        );
+        assert!(
+            last[1].assigned <= 1.0 - cfg.reserve_frac - 0.3 + 1e-9,
+            "{:?}",
+            last[1]
+        );
+    }
+    // The job alone on the second device gets its capacity, not what is left on the first.
+    assert!(
+        (b - (1.0 - cfg.reserve_frac - 0.3)).abs() < 0.02,
+        "b {b}, decisions {last:?}"
+    );
+    assert!(a + s <= 1.0 - cfg.reserve_frac + 1e-9);
+    let merged = Decisions::merged(&last);
+    assert_eq!(merged.jobs.len(), 2);
+    assert_eq!(merged.services.len(), 1);
+    assert!((merged.assigned - last[0].assigned - last[1].assigned).abs() < 1e-12);
+    // A tenant moving between the observations of two devices keeps its loop's state; one
+    // gone from every device is forgotten (its next appearance starts from its share).
+    let moved = ctrl.tick_devices(&[
+        Observations {
+            jobs: vec![greedy_job("b", b)],
+            ..Default::default()
+        },
+        Observations::default(),
+    ]);
+    assert_eq!(moved[0].jobs[0].name, "b");
+    assert!(moved[1].jobs.is_empty() && moved[1].services.is_empty());
+}

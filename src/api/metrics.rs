@@ -249,13 +249,21 @@ pub fn render(node: &Node) -> String {
     }
 
     let decisions = node.last_decisions();
-    let (busy, ticks) = node.busy_and_ticks();
+    let (_, ticks) = node.busy_and_ticks();
     o.header(
         "setpoint_device_busy_ratio",
         "gauge",
         "Fraction of the device's workers busy over the last control period.",
     );
-    o.sample("setpoint_device_busy_ratio", &[("device", "cpu")], busy);
+    let busy = node.busy_by_device();
+    for d in 0..node.device_count() {
+        let name = node.placement(d).name();
+        o.sample(
+            "setpoint_device_busy_ratio",
+            &[("device", name.as_str())],
+            busy.get(d).copied().unwrap_or(0.0),
+        );
+    }
     o.header(
         "setpoint_controller_ticks_total",
         "counter",

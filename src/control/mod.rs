@@ -247,6 +247,20 @@ pub struct Decisions {
 }
 
 impl Decisions {
+    /// One view of several devices' decisions: their tenants together, capacity, foreign
+    /// load and assigned share summed (in devices), throttling of the first.
+    pub fn merged(per_device: &[Decisions]) -> Decisions {
+        let mut out = per_device.first().cloned().unwrap_or_default();
+        for d in per_device.iter().skip(1) {
+            out.services.extend(d.services.iter().cloned());
+            out.jobs.extend(d.jobs.iter().cloned());
+            out.capacity += d.capacity;
+            out.foreign_load += d.foreign_load;
+            out.assigned += d.assigned;
+        }
+        out
+    }
+
     /// Share granted to the tenant called `name`.
     pub fn share_of(&self, name: &str) -> Option<f64> {
         self.services
@@ -290,6 +304,39 @@ impl Controller {
     /// Tenants absent from `obs` are forgotten. Names must be unique within services and
     /// within jobs.
     pub fn tick(&mut self, obs: &Observations) -> Decisions {
+        self.tick_devices(std::slice::from_ref(obs))
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// One control period of a node with several devices: `obs[d]` observes the tenants on
+    /// device `d`, and each device's capacity is arbitrated on its own (a share is a share
+    /// of the tenant's device). Tenants absent from every device's observations are
+    /// forgotten; names must be unique across devices.
+    pub fn tick_devices(&mut self, obs: &[Observations]) -> Vec<Decisions> {
+        let out: Vec<Decisions> = obs.iter().map(|o| self.decide_device(o)).collect();
+        let services: usize = obs.iter().map(|o| o.services.len()).sum();
+        let jobs: usize = obs.iter().map(|o| o.jobs.len()).sum();
+        // Every observed tenant now has an entry, so the maps hold exactly the live ones
+        // unless some left: only then is it worth building a set to forget them.
+        if self.services.len() > services {
+            let live: std::collections::HashSet<&str> = obs
+                .iter()
+                .flat_map(|o| o.services.iter().map(|s| s.name.as_str()))
+                .collect();
+            self.services.retain(|k, _| live.contains(k.as_str()));
+        }
+        if self.jobs.len() > jobs {
+            let live: std::collections::HashSet<&str> = obs
+                .iter()
+                .flat_map(|o| o.jobs.iter().map(|j| j.name.as_str()))
+                .collect();
+            self.jobs.retain(|k, _| live.contains(k.as_str()));
+        }
+        out
+    }
+
+    fn decide_device(&mut self, obs: &Observations) -> Decisions {
         let mut services: Vec<ServiceDecision> = obs
             .services
             .iter()
@@ -312,18 +359,6 @@ impl Controller {
                 training::decide(&self.cfg, st, j, obs.now_s)
             })
             .collect();
-        // Every observed tenant now has an entry, so the maps hold exactly the live ones
-        // unless some left: only then is it worth building a set to forget them.
-        if self.services.len() > obs.services.len() {
-            let live: std::collections::HashSet<&str> =
-                obs.services.iter().map(|s| s.name.as_str()).collect();
-            self.services.retain(|k, _| live.contains(k.as_str()));
-        }
-        if self.jobs.len() > obs.jobs.len() {
-            let live: std::collections::HashSet<&str> =
-                obs.jobs.iter().map(|j| j.name.as_str()).collect();
-            self.jobs.retain(|k, _| live.contains(k.as_str()));
-        }
         let capacity = arbiter::arbitrate(&self.cfg, obs.foreign_load, &mut services, &mut jobs);
         for (d, o) in jobs.iter_mut().zip(&obs.jobs) {
             d.predicted_finish_in_s = training::predicted_finish(d, o);

@@ -135,6 +135,8 @@ struct Bucket {
 #[derive(Debug)]
 pub struct Lane {
     name: String,
+    /// Index of the node's device the lane is on.
+    device: usize,
     cores: usize,
     background: AtomicBool,
     permits: Option<Arc<CorePermits>>,
@@ -171,6 +173,7 @@ impl Lane {
     fn build(name: &str, cores: usize, share: f64, permits: Option<Arc<CorePermits>>) -> Self {
         Lane {
             name: name.to_string(),
+            device: 0,
             cores: cores.max(1),
             background: AtomicBool::new(false),
             permits,
@@ -189,6 +192,17 @@ impl Lane {
     /// The tenant's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same lane on the node's device `device` (an index; 0 unless the node has several).
+    pub fn on_device(mut self, device: usize) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Index of the node's device the lane is on.
+    pub fn device(&self) -> usize {
+        self.device
     }
 
     /// Workers of the device.

@@ -64,6 +64,8 @@ pub struct ControlState {
     pub(crate) last: Decisions,
     pub(crate) ticks: u64,
     pub(crate) busy_frac: f64,
+    pub(crate) busy_by_device: Vec<f64>,
+    pub(crate) per_device: Vec<Decisions>,
     pub(crate) measures: HashMap<String, ServiceMeasure>,
     prev: HashMap<String, Prev>,
     success: HashMap<String, u64>,
@@ -80,6 +82,8 @@ impl ControlState {
             last: Decisions::default(),
             ticks: 0,
             busy_frac: 0.0,
+            busy_by_device: Vec::new(),
+            per_device: Vec::new(),
             measures: HashMap::new(),
             prev: HashMap::new(),
             success: HashMap::new(),
@@ -109,7 +113,6 @@ impl Node {
         // tenants run on lowers the capacity the arbiter hands out; on the CPU backend it is
         // reported (status, metrics) but not subtracted from the CPU.
         let (gpu_samples, _) = self.poll_telemetry();
-        let foreign = foreign_load(self.placement().gpu_uuid(), &gpu_samples);
         let throttling: Vec<String> = gpu_samples
             .iter()
             .flat_map(|g| {
@@ -126,18 +129,23 @@ impl Node {
             .unwrap_or(self.config().control_period_ms as f64 / 1000.0)
             .max(1e-3);
         st.last_tick = Some(now);
-        let cores = self.cores();
         let wall_now = SystemTime::now();
-        let mut obs = Observations {
-            now_s: now.saturating_duration_since(st.started).as_secs_f64(),
-            throttling,
-            foreign_load: foreign,
-            ..Default::default()
-        };
-        let mut used_core_s = 0.0;
+        // One set of observations per device: each device's capacity is arbitrated alone.
+        let n = self.device_count();
+        let now_s = now.saturating_duration_since(st.started).as_secs_f64();
+        let mut obs: Vec<Observations> = (0..n)
+            .map(|d| Observations {
+                now_s,
+                throttling: throttling.clone(),
+                foreign_load: foreign_load(self.placement(d).gpu_uuid(), &gpu_samples),
+                ..Default::default()
+            })
+            .collect();
+        let mut used_core_s = vec![0.0; n];
+        let mut services: Vec<Vec<Arc<super::Service>>> = vec![Vec::new(); n];
 
-        let services = self.ready_services();
-        for svc in &services {
+        for svc in self.ready_services() {
+            let d = svc.lane.device().min(n - 1);
             let name = svc.name().to_string();
             let arrivals = svc.inner.arrivals();
             let usage = svc.lane.usage();
@@ -151,7 +159,7 @@ impl Node {
             let window = svc.inner.window_stats();
             let success = svc.inner.stats().success_count;
             let prev_success = st.success.insert(name.clone(), success).unwrap_or(success);
-            used_core_s += usage.core_s - prev.core_s;
+            used_core_s[d] += usage.core_s - prev.core_s;
             let arrival_rate = arrivals.saturating_sub(prev.arrivals) as f64 / period;
             st.measures.insert(
                 name.clone(),
@@ -170,7 +178,7 @@ impl Node {
                 },
             );
             let config = svc.config();
-            obs.services.push(ServiceObs {
+            obs[d].services.push(ServiceObs {
                 name,
                 slo_s: config.slo.p99_ms / 1000.0,
                 p99_s: (window.count > 0).then_some(window.total.p99),
@@ -181,20 +189,22 @@ impl Node {
                 batch_limit: config.batching.max_batch_size,
                 share: svc.lane.share(),
                 // On the CPU one batcher thread can use one core at most; a GPU lane all of it.
-                max_share: self.service_max_share(),
-                cores,
+                max_share: self.service_max_share(d),
+                cores: self.workers_of(d),
             });
+            services[d].push(svc);
         }
 
         let jobs = self.jobs();
-        let mut running = Vec::new();
+        let mut running: Vec<Vec<Arc<super::Job>>> = vec![Vec::new(); n];
         for job in &jobs {
+            let d = job.lane().device().min(n - 1);
             let state = job.state();
             let p = job.progress();
             let usage = job.lane().usage();
             let key = format!("job:{}", job.name);
             let prev = st.prev.get(&key).copied().unwrap_or_default();
-            used_core_s += usage.core_s - prev.core_s;
+            used_core_s[d] += usage.core_s - prev.core_s;
             st.prev.insert(
                 key,
                 Prev {
@@ -213,8 +223,8 @@ impl Node {
                 Err(e) => -e.duration().as_secs_f64(),
             };
             let deadline = job.deadline();
-            running.push(job.clone());
-            obs.jobs.push(JobObs {
+            running[d].push(job.clone());
+            obs[d].jobs.push(JobObs {
                 name: job.name.clone(),
                 class: if job.config.best_effort || deadline.is_none() {
                     JobClass::BestEffort
@@ -241,48 +251,53 @@ impl Node {
                 step_cost_core_s: measured_cost
                     .filter(|c| *c > 0.0)
                     .or(job.estimated_step_cost()),
-                cores,
+                cores: self.workers_of(d),
             });
         }
-        st.busy_frac = (used_core_s / (period * cores as f64)).clamp(0.0, 1.0);
+        st.busy_by_device = (0..n)
+            .map(|d| (used_core_s[d] / (period * self.workers_of(d) as f64)).clamp(0.0, 1.0))
+            .collect();
+        st.busy_frac = st.busy_by_device.iter().sum::<f64>() / n as f64;
 
-        let decisions = st.controller.tick(&obs);
+        let per_device = st.controller.tick_devices(&obs);
+        let all_lanes = || {
+            services
+                .iter()
+                .flatten()
+                .map(|s| &s.lane)
+                .chain(running.iter().flatten().map(|j| j.lane()))
+        };
         match &st.policy {
             Policy::Controller => {
-                for (svc, d) in services.iter().zip(&decisions.services) {
-                    svc.lane.set_enforced(true);
-                    svc.lane.set_share(d.share);
-                    svc.inner.set_max_batch_size(d.batch_size);
-                }
-                for (job, d) in running.iter().zip(&decisions.jobs) {
-                    job.lane().set_enforced(true);
-                    job.lane().set_share(d.share);
+                for (d, decisions) in per_device.iter().enumerate() {
+                    for (svc, dec) in services[d].iter().zip(&decisions.services) {
+                        svc.lane.set_enforced(true);
+                        svc.lane.set_share(dec.share);
+                        svc.inner.set_max_batch_size(dec.batch_size);
+                    }
+                    for (job, dec) in running[d].iter().zip(&decisions.jobs) {
+                        job.lane().set_enforced(true);
+                        job.lane().set_share(dec.share);
+                    }
                 }
             }
             Policy::Static { shares, default } => {
-                for lane in services
-                    .iter()
-                    .map(|s| &s.lane)
-                    .chain(running.iter().map(|j| j.lane()))
-                {
+                for lane in all_lanes() {
                     lane.set_enforced(true);
                     lane.set_share(shares.get(lane.name()).copied().unwrap_or(*default));
                 }
             }
             Policy::None => {
-                for lane in services
-                    .iter()
-                    .map(|s| &s.lane)
-                    .chain(running.iter().map(|j| j.lane()))
-                {
+                for lane in all_lanes() {
                     lane.set_enforced(false);
                 }
             }
         }
+        let decisions = Decisions::merged(&per_device);
         st.ticks += 1;
         let policy = st.policy.name();
         let busy = st.busy_frac;
-        let t_s = obs.now_s;
+        let t_s = now_s;
         if let Some(log) = st.log.as_mut() {
             let line = LogLine {
                 t_s,
@@ -303,6 +318,7 @@ impl Node {
             }
         }
         st.last = decisions.clone();
+        st.per_device = per_device;
         decisions
     }
 
@@ -314,12 +330,32 @@ impl Node {
             .policy = policy;
     }
 
-    /// The last tick's decisions.
+    /// The last tick's decisions, every device's together.
     pub fn last_decisions(&self) -> Decisions {
         self.control
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .last
+            .clone()
+    }
+
+    /// The last tick's decisions for device `d` (empty before the first tick).
+    pub fn last_decisions_of(&self, d: usize) -> Decisions {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_device
+            .get(d)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Fraction of each device's workers busy over the last period, by device index.
+    pub fn busy_by_device(&self) -> Vec<f64> {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .busy_by_device
             .clone()
     }
 

@@ -57,15 +57,16 @@ pub struct DeviceReport {
     pub gpus: Vec<GpuInfo>,
     /// Why the tenants run where they do, in one line.
     pub note: String,
-    /// Where they run.
+    /// Where they run: the CPU, or each GPU that opened (a device each, with its own lanes
+    /// and capacity).
     #[serde(skip)]
-    pub placement: Placement,
+    pub placements: Vec<Placement>,
 }
 
-/// Probes the GPUs `cfg` asks about and decides where tenants run: on the first selected GPU
-/// when one can be opened (its kernels compiled with NVRTC and cached under `cache_dir`),
-/// else on the CPU. Refuses (503-class `Unavailable`) when the config requires a GPU that
-/// tenants cannot use.
+/// Probes the GPUs `cfg` asks about and decides where tenants run: on every selected GPU
+/// that opens (its kernels compiled with NVRTC and cached under `cache_dir`), each a device
+/// of its own, else on the CPU. Refuses (503-class `Unavailable`) when the config requires a
+/// GPU and none can be used.
 pub fn resolve(cfg: &DeviceConfig, cache_dir: &Path) -> Result<DeviceReport, NodeError> {
     if cfg.kind == DeviceKind::Cpu {
         return decide(cfg, Err(String::new()), |_, _| unreachable_open());
@@ -85,13 +86,13 @@ fn unreachable_open() -> Result<Arc<CudaDevice>, DeviceError> {
 fn decide(
     cfg: &DeviceConfig,
     found: Result<Vec<GpuInfo>, String>,
-    open: impl FnOnce(&GpuInfo, bool) -> Result<Arc<CudaDevice>, DeviceError>,
+    open: impl FnMut(&GpuInfo, bool) -> Result<Arc<CudaDevice>, DeviceError>,
 ) -> Result<DeviceReport, NodeError> {
     let cpu = |gpus: Vec<GpuInfo>, note: String| DeviceReport {
         backend: "cpu",
         gpus,
         note,
-        placement: Placement::Cpu,
+        placements: vec![Placement::Cpu],
     };
     if cfg.kind == DeviceKind::Cpu {
         return Ok(cpu(Vec::new(), "device.kind = \"cpu\"".into()));
@@ -126,54 +127,70 @@ fn decide(
     };
     // "auto" means CTA budgets until green contexts have been measured on a GPU.
     let green = cfg.share_mechanism == ShareMechanism::Green;
-    let first = gpus[0].clone();
-    let unused = if gpus.len() > 1 {
-        format!(
-            "; {} other selected GPU(s) unused: the daemon runs its tenants on one GPU in this \
-             version",
-            gpus.len() - 1
-        )
-    } else {
-        String::new()
-    };
-    match open(&first, green) {
-        Ok(dev) => Ok(DeviceReport {
-            backend: "cuda",
-            note: format!(
-                "tenants run on GPU {} ({}, {}): {} CTAs, shares as {}{unused}",
-                first.index,
-                first.name,
-                first.uuid,
-                dev.max_ctas(),
-                match dev.green_rungs() {
-                    Some(r) => format!(
-                        "SM partitions (green contexts of {}..{} SMs)",
-                        r.first().copied().unwrap_or(0),
-                        r.last().copied().unwrap_or(0)
-                    ),
-                    None => "CTA budgets".into(),
-                }
-            ),
-            gpus,
-            placement: Placement::Cuda(dev),
-        }),
-        Err(e) if green => Err(NodeError::Unavailable(format!(
-            "cannot open GPU {} ({}) with device.share_mechanism = \"green\": {e}; use \
-             \"cta\" or \"auto\" (CTA budgets) instead",
-            first.index, first.name
-        ))),
-        Err(e) if wants_gpu => Err(NodeError::Unavailable(format!(
-            "cannot open GPU {} ({}): {e}; {required}",
-            first.index, first.name
-        ))),
-        Err(e) => Ok(cpu(
-            gpus,
-            format!(
-                "found GPU {} ({}) but cannot open it ({e}); running on the CPU backend",
-                first.index, first.name
-            ),
-        )),
+    let mut open = open;
+    let mut opened = Vec::new();
+    let mut failed = Vec::new();
+    for g in &gpus {
+        match open(g, green) {
+            Ok(dev) => opened.push(dev),
+            Err(e) if green => {
+                return Err(NodeError::Unavailable(format!(
+                    "cannot open GPU {} ({}) with device.share_mechanism = \"green\": {e}; \
+                     use \"cta\" or \"auto\" (CTA budgets) instead",
+                    g.index, g.name
+                )));
+            }
+            Err(e) => failed.push(format!("GPU {} ({}): {e}", g.index, g.name)),
+        }
     }
+    if opened.is_empty() {
+        let why = failed.join("; ");
+        return if wants_gpu {
+            Err(NodeError::Unavailable(format!(
+                "cannot open any selected GPU ({why}); {required}"
+            )))
+        } else {
+            Ok(cpu(
+                gpus,
+                format!("found GPUs but cannot open them ({why}); running on the CPU backend"),
+            ))
+        };
+    }
+    let mechanism = match opened[0].green_rungs() {
+        Some(r) => format!(
+            "SM partitions (green contexts of {}..{} SMs)",
+            r.first().copied().unwrap_or(0),
+            r.last().copied().unwrap_or(0)
+        ),
+        None => "CTA budgets".into(),
+    };
+    let names: Vec<String> = opened
+        .iter()
+        .map(|d| {
+            let i = d.info();
+            format!(
+                "GPU {} ({}, {}, {} CTAs)",
+                i.index,
+                i.name,
+                i.uuid,
+                d.max_ctas()
+            )
+        })
+        .collect();
+    let skipped = if failed.is_empty() {
+        String::new()
+    } else {
+        format!("; not opened: {}", failed.join("; "))
+    };
+    Ok(DeviceReport {
+        backend: "cuda",
+        note: format!(
+            "tenants run on {}, shares as {mechanism}{skipped}",
+            names.join(", ")
+        ),
+        gpus,
+        placements: opened.into_iter().map(Placement::Cuda).collect(),
+    })
 }
 
 /// The GPUs `sel` names, or which named ones do not exist.
@@ -245,7 +262,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(auto.backend, "cpu");
-        assert!(matches!(auto.placement, Placement::Cpu));
+        assert!(matches!(auto.placements[..], [Placement::Cpu]));
         assert!(auto.note.contains("libcuda not found"), "{}", auto.note);
         for cfg in [
             config(DeviceKind::Cuda, false),
@@ -271,15 +288,17 @@ mod tests {
     fn a_gpu_that_cannot_be_opened_is_named_with_the_reason() {
         let auto = decide(
             &config(DeviceKind::Auto, false),
-            Ok(vec![gpu(0)]),
+            Ok(vec![gpu(0), gpu(1)]),
             failing_open,
         )
         .unwrap();
         assert_eq!(auto.backend, "cpu");
-        assert_eq!(auto.gpus.len(), 1, "the GPU is still reported");
+        assert_eq!(auto.gpus.len(), 2, "the GPUs are still reported");
         assert!(
-            auto.note
-                .contains("cannot open it (device unavailable: out of memory)"),
+            auto.note.contains(
+                "cannot open them (GPU 0 (test): device unavailable: out of memory; GPU 1 (test): \
+                 device unavailable: out of memory)"
+            ),
             "{}",
             auto.note
         );
@@ -289,7 +308,11 @@ mod tests {
             failing_open,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("cannot open GPU 0"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cannot open any selected GPU (GPU 0 (test): device unavailable"),
+            "{err}"
+        );
     }
 
     #[test]

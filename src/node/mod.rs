@@ -73,7 +73,8 @@ pub struct Node {
     services: RwLock<BTreeMap<String, ServiceSlot>>,
     jobs: RwLock<BTreeMap<String, Arc<Job>>>,
     started_at: SystemTime,
-    cores: usize,
+    /// Workers of each device (CPU threads, or a GPU's CTAs), by device index.
+    workers: Vec<usize>,
     shutting_down: AtomicBool,
     permits: Arc<CorePermits>,
     control: Mutex<control::ControlState>,
@@ -137,9 +138,9 @@ pub struct StatusView {
 /// One device.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceView {
-    /// The backend tenants run on: `cpu`.
+    /// The device: `cpu` or `cuda:N`.
     pub name: String,
-    /// Worker threads (CPU) it offers.
+    /// Workers it offers: CPU threads, or a GPU's CTAs (SMs × resident blocks per SM).
     pub workers: usize,
     /// Sum of tenants' shares.
     pub share_assigned: f64,
@@ -166,6 +167,8 @@ pub struct TenantView {
     pub batch_size: usize,
     /// Requests waiting (services).
     pub queue_len: Option<usize>,
+    /// The device it runs on (`cpu`, `cuda:N`); none for a service not serving.
+    pub device: Option<String>,
 }
 
 impl Node {
@@ -201,7 +204,11 @@ impl Node {
         } else {
             available_cores()
         };
-        let cores = devices.placement.workers(cpu_threads);
+        let workers: Vec<usize> = devices
+            .placements
+            .iter()
+            .map(|p| p.workers(cpu_threads))
+            .collect();
         let log = match &config.control.decision_log {
             Some(path) => Some(
                 std::fs::OpenOptions::new()
@@ -224,9 +231,9 @@ impl Node {
             services: RwLock::new(BTreeMap::new()),
             jobs: RwLock::new(BTreeMap::new()),
             started_at: SystemTime::now(),
-            cores,
+            workers,
             shutting_down: AtomicBool::new(false),
-            permits: CorePermits::new(cores),
+            permits: CorePermits::new(cpu_threads),
             control: Mutex::new(control::ControlState::new(controller, log)),
             control_thread: Mutex::new(None),
             devices,
@@ -300,7 +307,17 @@ impl Node {
 
     /// CPU worker threads the node divides.
     pub fn cores(&self) -> usize {
-        self.cores
+        self.workers[0]
+    }
+
+    /// How many devices tenants run on (1 on the CPU; each GPU that opened is one).
+    pub fn device_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Workers of device `d` (CPU threads, or the GPU's CTAs).
+    pub fn workers_of(&self, d: usize) -> usize {
+        self.workers.get(d).copied().unwrap_or(1)
     }
 
     /// Starts the config's services (each loads on a thread of its own), submits its jobs,
@@ -365,43 +382,96 @@ impl Node {
         Ok(())
     }
 
-    /// A lane for a new service: it starts with one core (a tenth of a GPU), and the
-    /// controller brings it to what it needs.
+    /// A lane for a new service, on the device with the least share assigned: it starts
+    /// with one core (a tenth of a GPU), and the controller brings it to what it needs.
     fn service_lane(&self, name: &str) -> Arc<Lane> {
-        let share = match self.placement() {
-            Placement::Cpu => 1.0 / self.cores as f64,
+        let d = self.least_loaded_device();
+        let share = match self.placement(d) {
+            Placement::Cpu => 1.0 / self.workers_of(d) as f64,
             Placement::Cuda(_) => 0.1,
         };
-        Arc::new(Lane::new(name, self.cores, share))
+        Arc::new(Lane::new(name, self.workers_of(d), share).on_device(d))
     }
 
-    /// A lane for a job at `share`: on the CPU its threads come from the node's cores and
-    /// run at background priority under a policy with shares; on a GPU it is a stream at
-    /// the device's least priority (the backend's), and its host thread keeps its priority.
-    fn job_lane(&self, name: &str, share: f64) -> Arc<Lane> {
+    /// A lane for a job at `share` on device `d`: on the CPU its threads come from the
+    /// node's cores and run at background priority under a policy with shares; on a GPU it
+    /// is a stream at the device's least priority (the backend's), and its host thread keeps
+    /// its priority.
+    fn job_lane(&self, name: &str, share: f64, d: usize) -> Arc<Lane> {
         let shares = !matches!(self.policy(), Policy::None);
-        let lane = match self.placement() {
+        let lane = match self.placement(d) {
             Placement::Cpu => {
                 let lane = Lane::parallel(name, &self.permits, share);
                 lane.set_background(shares);
                 lane
             }
-            Placement::Cuda(_) => Lane::new(name, self.cores, share),
+            Placement::Cuda(_) => Lane::new(name, self.workers_of(d), share),
         };
         lane.set_enforced(shares);
-        Arc::new(lane)
+        Arc::new(lane.on_device(d))
     }
 
-    /// Where tenants run.
-    pub fn placement(&self) -> &Placement {
-        &self.devices.placement
+    /// Where device `d`'s tenants run (the first device for an index out of range).
+    pub fn placement(&self, d: usize) -> &Placement {
+        let p = &self.devices.placements;
+        &p[d.min(p.len() - 1)]
     }
 
-    /// The most a service may use of the device: one core on the CPU (one batcher thread),
+    /// The device whose tenants hold the least share in the last decisions (the first on a
+    /// tie, so a node with one device always answers 0).
+    fn least_loaded_device(&self) -> usize {
+        self.devices_by_load()[0]
+    }
+
+    /// Device indices from the least share held by its tenants' lanes to the most (shares
+    /// as they are now, so tenants placed in a row spread out before the next tick).
+    fn devices_by_load(&self) -> Vec<usize> {
+        let mut held = vec![0.0; self.device_count()];
+        let mut add = |lane: &Lane| {
+            if let Some(h) = held.get_mut(lane.device()) {
+                *h += lane.share();
+            }
+        };
+        for slot in read(&self.services).values() {
+            if let ServiceSlot::Ready(s) = slot {
+                add(&s.lane);
+            }
+        }
+        for job in read(&self.jobs).values() {
+            if !job.state().is_terminal() {
+                add(job.lane());
+            }
+        }
+        let load = |d: usize| held[d];
+        let mut order: Vec<usize> = (0..self.device_count()).collect();
+        order.sort_by(|&a, &b| load(a).total_cmp(&load(b)).then(a.cmp(&b)));
+        order
+    }
+
+    /// Whether `need_bytes` of buffers fit on device `d` now: under setpoint's memory limit
+    /// and in what telemetry sees free there (always on the CPU).
+    fn memory_fits(&self, d: usize, need_bytes: u64) -> Result<(), String> {
+        let Placement::Cuda(dev) = self.placement(d) else {
+            return Ok(());
+        };
+        let (samples, _) = self.telemetry();
+        let check = crate::control::admission::MemoryCheck {
+            device: self.placement(d).name(),
+            need_bytes,
+            limit_free_bytes: dev.memory_limit().saturating_sub(dev.memory_used()),
+            device_used_total: samples
+                .iter()
+                .find(|s| s.uuid == dev.info().uuid)
+                .and_then(|s| s.mem_used_bytes.zip(s.mem_total_bytes)),
+        };
+        crate::control::admission::check_memory(&check)
+    }
+
+    /// The most a service may use of device `d`: one core on the CPU (one batcher thread),
     /// all of a GPU.
-    pub fn service_max_share(&self) -> f64 {
-        match self.placement() {
-            Placement::Cpu => 1.0 / self.cores as f64,
+    pub fn service_max_share(&self, d: usize) -> f64 {
+        match self.placement(d) {
+            Placement::Cpu => 1.0 / self.workers_of(d) as f64,
             Placement::Cuda(_) => 1.0,
         }
     }
@@ -436,16 +506,9 @@ impl Node {
             return;
         }
         let lane = lane.unwrap_or_else(|| self.service_lane(&cfg.name));
+        let placement = self.placement(lane.device()).clone();
         let started = services::build_model(&cfg)
-            .and_then(|m| {
-                Service::start(
-                    cfg.clone(),
-                    m,
-                    ServiceOrigin::Config,
-                    lane,
-                    self.placement(),
-                )
-            })
+            .and_then(|m| Service::start(cfg.clone(), m, ServiceOrigin::Config, lane, &placement))
             .map(Arc::new)
             .map_err(|e| e.to_string());
         self.publish_loaded(&cfg.name, ticket, started);
@@ -617,15 +680,11 @@ impl Node {
             services::ServiceBuildError::Model(m) => NodeError::Invalid(vec![m]),
             services::ServiceBuildError::Start(m) => NodeError::Internal(m),
         })?;
+        let lane = self.service_lane(&cfg.name);
+        let placement = self.placement(lane.device()).clone();
         let svc = Arc::new(
-            Service::start(
-                cfg.clone(),
-                model,
-                origin,
-                self.service_lane(&cfg.name),
-                self.placement(),
-            )
-            .map_err(|e| NodeError::Internal(e.to_string()))?,
+            Service::start(cfg.clone(), model, origin, lane, &placement)
+                .map_err(|e| NodeError::Internal(e.to_string()))?,
         );
         let mut map = write(&self.services);
         if map.contains_key(&cfg.name) {
@@ -708,70 +767,88 @@ impl Node {
             self.confine("data", f)?;
         }
         let now = SystemTime::now();
+        // Devices are tried from the least loaded; the step is measured on the first (the
+        // node's GPUs are taken to be alike).
+        let order = self.devices_by_load();
         let (data, steps_per_epoch, step_cost, device_bytes) =
-            load_and_measure(&cfg, self.placement())?;
-        if let (Some(need_bytes), Placement::Cuda(dev)) = (device_bytes, self.placement()) {
-            let (samples, _) = self.telemetry();
-            let check = crate::control::admission::MemoryCheck {
-                device: self.placement().name(),
-                need_bytes,
-                limit_free_bytes: dev.memory_limit().saturating_sub(dev.memory_used()),
-                device_used_total: samples
-                    .iter()
-                    .find(|s| s.uuid == dev.info().uuid)
-                    .and_then(|s| s.mem_used_bytes.zip(s.mem_total_bytes)),
-            };
-            crate::control::admission::check_memory(&check).map_err(|why| {
-                NodeError::Conflict(format!("job {} does not fit: {why}", cfg.name))
-            })?;
-        }
+            load_and_measure(&cfg, self.placement(order[0]))?;
         let deadline = if cfg.best_effort {
             None
         } else {
             cfg.deadline.map(|d| d.resolve(now))
         };
-        let mut share = self.config().control.reserve_frac.max(0.05);
-        // Admission weighs a job against what the controller has committed; under a fixed
-        // policy the operator decides what runs.
+        let default_share = self.config().control.reserve_frac.max(0.05);
+        // Admission weighs a job against what the controller has committed on a device;
+        // under a fixed policy the operator decides what runs.
         let controlled = matches!(self.policy(), Policy::Controller);
-        if let Some(deadline) = deadline.filter(|_| controlled) {
-            let deadline_in_s = deadline
-                .duration_since(now)
-                .map_or(0.0, |d| d.as_secs_f64());
+        let ctrl = control_config(&self.config());
+        let mut chosen = None;
+        let mut no_memory = Vec::new();
+        let mut refusal: Option<crate::control::admission::Refusal> = None;
+        for &d in &order {
+            if let Some(need_bytes) = device_bytes
+                && let Err(why) = self.memory_fits(d, need_bytes)
+            {
+                no_memory.push(why);
+                continue;
+            }
+            let Some(deadline) = deadline.filter(|_| controlled) else {
+                chosen = Some((d, default_share));
+                break;
+            };
             let candidate = crate::control::admission::Candidate {
                 name: cfg.name.clone(),
                 work_core_s: cfg.epochs as f64 * steps_per_epoch as f64 * step_cost,
-                deadline_in_s,
-                cores: self.cores,
+                deadline_in_s: deadline
+                    .duration_since(now)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                cores: self.workers_of(d),
             };
-            let ctrl = control_config(&self.config());
-            match crate::control::admission::admit(&ctrl, &self.last_decisions(), &candidate) {
-                Ok(needed) => share = needed.max(ctrl.min_share),
-                Err(refusal) => {
-                    let earliest = now
-                        + std::time::Duration::from_secs_f64(
-                            refusal.earliest_deadline_in_s.clamp(0.0, 1e9),
-                        );
-                    return Err(NodeError::Conflict(format!(
-                        "{}; the earliest deadline it can meet is {} (in {:.0} s): submit it \
-                         with that deadline or later, or as best-effort",
-                        refusal.reason,
-                        crate::config::format_rfc3339(earliest),
-                        refusal.earliest_deadline_in_s.ceil()
-                    )));
+            match crate::control::admission::admit(&ctrl, &self.last_decisions_of(d), &candidate) {
+                Ok(needed) => {
+                    chosen = Some((d, needed.max(ctrl.min_share)));
+                    break;
+                }
+                Err(r) => {
+                    if refusal
+                        .as_ref()
+                        .is_none_or(|b| r.earliest_deadline_in_s < b.earliest_deadline_in_s)
+                    {
+                        refusal = Some(r);
+                    }
                 }
             }
         }
+        let Some((device, share)) = chosen else {
+            if let Some(refusal) = refusal {
+                let earliest = now
+                    + std::time::Duration::from_secs_f64(
+                        refusal.earliest_deadline_in_s.clamp(0.0, 1e9),
+                    );
+                return Err(NodeError::Conflict(format!(
+                    "{}; the earliest deadline it can meet is {} (in {:.0} s): submit it \
+                     with that deadline or later, or as best-effort",
+                    refusal.reason,
+                    crate::config::format_rfc3339(earliest),
+                    refusal.earliest_deadline_in_s.ceil()
+                )));
+            }
+            return Err(NodeError::Conflict(format!(
+                "job {} does not fit: {}",
+                cfg.name,
+                no_memory.join("; ")
+            )));
+        };
         let dir = self.state_dir.join("jobs").join(&cfg.name);
         // Under a policy with shares, training runs below inference; with none, everything
         // runs as it comes, from the first step.
-        let lane = self.job_lane(&cfg.name, share);
+        let lane = self.job_lane(&cfg.name, share, device);
         let job = Arc::new(Job::new(
             cfg.clone(),
             dir.clone(),
             now,
             lane,
-            self.placement().clone(),
+            self.placement(device).clone(),
             Some(step_cost),
         ));
         {
@@ -998,14 +1075,15 @@ impl Node {
             self.confine("data", f).map_err(|e| e.to_string())?;
         }
         let share = self.config().control.reserve_frac.max(0.05);
-        let lane = self.job_lane(&cfg.name, share);
+        let device = self.least_loaded_device();
+        let lane = self.job_lane(&cfg.name, share, device);
         let name = cfg.name.clone();
         let job = Arc::new(Job::new(
             cfg,
             dir.to_path_buf(),
             submitted_at,
             lane,
-            self.placement().clone(),
+            self.placement(device).clone(),
             None,
         ));
         if dir.join("changes.json").exists() {
@@ -1119,9 +1197,18 @@ impl Node {
     /// The node at a glance.
     pub fn status(&self) -> StatusView {
         let mut tenants = Vec::new();
-        let mut share_assigned = 0.0;
+        let n = self.device_count();
+        let mut share_assigned = vec![0.0; n];
+        let svc_device: std::collections::HashMap<String, usize> = self
+            .ready_services()
+            .iter()
+            .map(|s| (s.name().to_string(), s.lane.device().min(n - 1)))
+            .collect();
         for view in self.service_views() {
-            share_assigned += view.share;
+            let d = svc_device.get(&view.name).copied();
+            if let Some(d) = d {
+                share_assigned[d] += view.share;
+            }
             let measured = self.service_measure(&view.name).and_then(|m| {
                 (m.window.count > 0).then(|| {
                     format!(
@@ -1141,11 +1228,13 @@ impl Node {
                 share: view.share,
                 batch_size: view.max_batch_size,
                 queue_len: Some(view.queue_len),
+                device: d.map(|d| self.placement(d).name()),
             });
         }
         for job in self.jobs() {
             let v = self.job_view(&job);
-            share_assigned += v.share;
+            let d = job.lane().device().min(n - 1);
+            share_assigned[d] += v.share;
             let set_point = match (&v.deadline, v.target_accuracy) {
                 (Some(d), Some(t)) => format!("accuracy >= {t} by {d}"),
                 (Some(d), None) => format!("{} epochs by {d}", v.epochs_max),
@@ -1167,9 +1256,11 @@ impl Node {
                 share: v.share,
                 batch_size: v.batch_size,
                 queue_len: None,
+                device: Some(self.placement(d).name()),
             });
         }
-        let (busy_frac, control_ticks) = self.busy_and_ticks();
+        let (_, control_ticks) = self.busy_and_ticks();
+        let busy = self.busy_by_device();
         StatusView {
             version: crate::VERSION,
             started_at: crate::config::format_rfc3339(self.started_at),
@@ -1185,12 +1276,14 @@ impl Node {
             gpus: self.devices.gpus.clone(),
             gpu_telemetry: self.telemetry().0,
             device_note: self.devices.note.clone(),
-            devices: vec![DeviceView {
-                name: self.placement().name(),
-                workers: self.cores,
-                share_assigned,
-                busy_frac,
-            }],
+            devices: (0..n)
+                .map(|d| DeviceView {
+                    name: self.placement(d).name(),
+                    workers: self.workers_of(d),
+                    share_assigned: share_assigned[d],
+                    busy_frac: busy.get(d).copied().unwrap_or(0.0),
+                })
+                .collect(),
             tenants,
         }
     }
