@@ -350,13 +350,7 @@ fn sender(
     first: u64,
     step: u64,
 ) -> Vec<Sent> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(5)))
-        .timeout_global(Some(Duration::from_secs(60)))
-        .max_idle_connections_per_host(1)
-        .build()
-        .into();
+    let agent = crate::client::bench::load_agent();
     let mut out = Vec::new();
     let mut i = first;
     loop {
@@ -400,11 +394,7 @@ fn sender(
 }
 
 fn percentile_ms(sorted_ns: &[u64], q: f64) -> Option<f64> {
-    if sorted_ns.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted_ns.len() as f64).ceil() as usize).clamp(1, sorted_ns.len());
-    Some(sorted_ns[rank - 1] as f64 / 1e6)
+    (!sorted_ns.is_empty()).then(|| crate::client::bench::percentile(sorted_ns, q) as f64 / 1e6)
 }
 
 fn job_progress(v: &Value) -> (u64, u64, String, Option<f64>) {

@@ -123,8 +123,20 @@ fn batch_counts(stats: &Value) -> BTreeMap<usize, u64> {
     out
 }
 
+/// An HTTP client for load generation: statuses are answers, not errors; one keep-alive
+/// connection.
+pub(crate) fn load_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(60)))
+        .max_idle_connections_per_host(1)
+        .build()
+        .into()
+}
+
 /// Percentile by nearest rank of sorted values.
-fn percentile(sorted: &[u64], q: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -154,13 +166,7 @@ fn worker(
     warm_end: Instant,
     end: Instant,
 ) -> WorkerResult {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(5)))
-        .timeout_global(Some(Duration::from_secs(60)))
-        .max_idle_connections_per_host(1)
-        .build()
-        .into();
+    let agent = load_agent();
     let mut r = WorkerResult {
         latencies_ns: Vec::with_capacity(4096),
         ..WorkerResult::default()
