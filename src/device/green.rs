@@ -7,7 +7,8 @@
 //! 132) are in no rung. A lane keeps one stream per rung, created with its priority, and
 //! launches on the stream of the rung its share maps to: its kernels then run only on that
 //! rung's SMs, whatever their grids. cudarc's event tracking orders work across a lane's
-//! streams (a buffer written on one stream is waited for on the next).
+//! streams (a buffer written on one stream is waited for on the next); it is on only while
+//! the context has a stream cudarc created, so the ladder keeps one.
 //!
 //! Streams are never destroyed while the device lives: buffers keep the stream they were
 //! allocated on for their release, so a lane that ends gives its streams back to the ladder,
@@ -46,6 +47,10 @@ pub struct GreenLadder {
     spare: Mutex<HashMap<i32, Vec<Vec<Arc<CudaStream>>>>>,
     /// Every stream created, destroyed with the ladder.
     created: Mutex<Vec<sys::CUstream>>,
+    /// A stream cudarc itself created: cudarc orders work across streams by events only
+    /// once the context has one (it does not count streams it wraps), and the lanes' green
+    /// streams are all wrapped.
+    _tracking: Arc<CudaStream>,
 }
 
 // The handles are plain driver handles: the driver's calls on them are thread-safe (no green
@@ -116,11 +121,15 @@ impl GreenLadder {
             "cuDevSmResourceSplitByCount",
         )?;
         groups.truncate(groups_n as usize);
+        let tracking = ctx
+            .new_stream()
+            .map_err(|e| format!("cannot create a stream: {e:?}"))?;
         let mut ladder = GreenLadder {
             ctx: ctx.clone(),
             rungs: Vec::with_capacity(groups.len()),
             spare: Mutex::new(HashMap::new()),
             created: Mutex::new(Vec::new()),
+            _tracking: tracking,
         };
         for k in 1..=groups.len() {
             let mut res = groups[..k].to_vec();
