@@ -1176,6 +1176,19 @@ fn jobs_and_services_can_only_read_files_inside_the_data_dirs() {
             "{name} was accepted"
         );
     }
+    // IDX images inside whose conventional labels file (found beside them) links outside.
+    let images = data.join("t10k-images-idx3-ubyte");
+    std::fs::write(&images, [0u8, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]).unwrap();
+    std::fs::write(secret.join("labels"), [0u8, 0, 8, 1, 0, 0, 0, 0]).unwrap();
+    let labels = data.join("t10k-labels-idx1-ubyte");
+    std::os::unix::fs::symlink(secret.join("labels"), &labels).unwrap();
+    let (s, v) = d.send("POST", "/v1/jobs", &job("idx", &images));
+    assert_eq!(s, 400, "{v}");
+    let m = v["error"].as_str().unwrap();
+    assert!(
+        m.starts_with(&format!("data: {} ", labels.display())) && m.contains("is outside"),
+        "{m}"
+    );
     // A checkpoint outside is refused before it is read.
     let (s, v) = d.send(
         "POST",

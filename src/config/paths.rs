@@ -94,6 +94,17 @@ pub fn data_file(spec: &str) -> Option<&Path> {
     (!spec.starts_with("synthetic:")).then(|| Path::new(spec))
 }
 
+/// Every file a data spec reads: the file it names and, for IDX images, the labels file found
+/// beside it by the naming convention.
+pub fn data_files(spec: &str) -> Vec<PathBuf> {
+    let Some(f) = data_file(spec) else {
+        return Vec::new();
+    };
+    std::iter::once(f.to_path_buf())
+        .chain(crate::data::conventional_idx_labels(f))
+        .collect()
+}
+
 /// Config issues for every data file and checkpoint that exists but lies outside the allowed
 /// directories. One that does not exist is left to the loader, which names it when it runs.
 pub(super) fn config_path_issues(cfg: &NodeConfig) -> Vec<ConfigIssue> {
@@ -111,13 +122,13 @@ pub(super) fn config_path_issues(cfg: &NodeConfig) -> Vec<ConfigIssue> {
         if let Some(c) = &s.checkpoint {
             check(format!("services[{i}].checkpoint"), c);
         }
-        if let Some(f) = s.warmup_data.as_deref().and_then(data_file) {
-            check(format!("services[{i}].warmup_data"), f);
+        for f in s.warmup_data.as_deref().map(data_files).unwrap_or_default() {
+            check(format!("services[{i}].warmup_data"), &f);
         }
     }
     for (i, j) in cfg.jobs.iter().enumerate() {
-        if let Some(f) = data_file(&j.data) {
-            check(format!("jobs[{i}].data"), f);
+        for f in data_files(&j.data) {
+            check(format!("jobs[{i}].data"), &f);
         }
     }
     issues

@@ -206,6 +206,12 @@ fn load_labels(path: &Path, images_path: &Path, rows: usize) -> Result<Vec<u32>,
 }
 
 /// The labels file next to `images` by the MNIST naming convention, with or without `.gz`.
+/// The labels file an IDX images file at `path` reads when no `labels_path` is given, if its
+/// name follows the convention and the file exists.
+pub(crate) fn conventional_labels(path: &Path) -> Option<PathBuf> {
+    find_labels(path).ok()
+}
+
 fn find_labels(images: &Path) -> Result<PathBuf, DataError> {
     let name = file_name(images);
     let Some(labels_name) = [

@@ -13,6 +13,12 @@
 
 mod csv;
 mod idx;
+
+/// The labels file an IDX images file reads beside it by the naming convention (`…images-idx3…`
+/// → `…labels-idx1…`), when there is one.
+pub fn conventional_idx_labels(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    idx::conventional_labels(path)
+}
 mod synthetic;
 
 use std::fs::File;

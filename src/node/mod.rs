@@ -372,12 +372,12 @@ impl Node {
         if let Some(c) = &cfg.checkpoint {
             self.confine("checkpoint", c)?;
         }
-        if let Some(f) = cfg
-            .warmup_data
-            .as_deref()
-            .and_then(crate::config::paths::data_file)
+        let warmup = cfg.warmup_data.as_deref();
+        for f in warmup
+            .map(crate::config::paths::data_files)
+            .unwrap_or_default()
         {
-            self.confine("warmup_data", f)?;
+            self.confine("warmup_data", &f)?;
         }
         Ok(())
     }
@@ -763,8 +763,8 @@ impl Node {
         if read(&self.jobs).contains_key(&cfg.name) {
             return Err(exists());
         }
-        if let Some(f) = crate::config::paths::data_file(&cfg.data) {
-            self.confine("data", f)?;
+        for f in crate::config::paths::data_files(&cfg.data) {
+            self.confine("data", &f)?;
         }
         let now = SystemTime::now();
         // Devices are tried from the least loaded; the step is measured on the first (the
@@ -1069,10 +1069,10 @@ impl Node {
             return Err(format!("a job named {} already exists", cfg.name));
         }
         // The allowed directories may have changed since the job was accepted.
-        if !dir.join("outcome.json").exists()
-            && let Some(f) = crate::config::paths::data_file(&cfg.data)
-        {
-            self.confine("data", f).map_err(|e| e.to_string())?;
+        if !dir.join("outcome.json").exists() {
+            for f in crate::config::paths::data_files(&cfg.data) {
+                self.confine("data", &f).map_err(|e| e.to_string())?;
+            }
         }
         let share = self.config().control.reserve_frac.max(0.05);
         let device = self.least_loaded_device();
