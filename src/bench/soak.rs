@@ -364,14 +364,7 @@ fn sender(
         }
         let start = Instant::now();
         let late = start.saturating_duration_since(t0 + due) > Duration::from_millis(10);
-        let r = agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(&body[..])
-            .and_then(|mut resp| {
-                let status = resp.status().as_u16();
-                resp.body_mut().read_to_vec().map(|_| status)
-            });
+        let r = crate::client::bench::post_infer(&agent, &url, &body);
         let latency_ns = start.elapsed().as_nanos() as u64;
         let outcome = match r {
             Ok(200) => Outcome::Ok,

@@ -135,6 +135,19 @@ pub(crate) fn load_agent() -> ureq::Agent {
         .into()
 }
 
+/// Posts a JSON inference request and reads the whole answer (which keeps the connection for
+/// the next request); the HTTP status, or why there was none.
+pub(crate) fn post_infer(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<u16, ureq::Error> {
+    agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .and_then(|mut resp| {
+            let status = resp.status().as_u16();
+            resp.body_mut().read_to_vec().map(|_| status)
+        })
+}
+
 /// Percentile by nearest rank of sorted values.
 pub(crate) fn percentile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
@@ -176,15 +189,7 @@ fn worker(
         if t0 >= end {
             break;
         }
-        let outcome = agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(&body[..])
-            .and_then(|mut resp| {
-                let status = resp.status().as_u16();
-                // Reading the whole body keeps the connection for the next request.
-                resp.body_mut().read_to_vec().map(|_| status)
-            });
+        let outcome = post_infer(&agent, &url, &body);
         let t1 = Instant::now();
         let counted = t0 >= warm_end && t1 <= end;
         match outcome {

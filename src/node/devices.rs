@@ -69,17 +69,16 @@ pub struct DeviceReport {
 /// GPU and none can be used.
 pub fn resolve(cfg: &DeviceConfig, cache_dir: &Path) -> Result<DeviceReport, NodeError> {
     if cfg.kind == DeviceKind::Cpu {
-        return decide(cfg, Err(String::new()), |_, _| unreachable_open());
+        // Nothing is probed or opened: `decide` answers "cpu" before it would open a GPU.
+        return decide(cfg, Ok(Vec::new()), |_, _| {
+            Err(DeviceError::Unavailable("not probed".into()))
+        });
     }
     let found = cuda::probe().and_then(|all| select(all, &cfg.gpus));
     let limit = cfg.memory_limit_mib.map(|m| m << 20);
     decide(cfg, found, |g, green| {
         CudaDevice::open_with(g.index, Some(cache_dir), limit, green)
     })
-}
-
-fn unreachable_open() -> Result<Arc<CudaDevice>, DeviceError> {
-    Err(DeviceError::Unavailable("not opened".into()))
 }
 
 /// The decision [`resolve`] makes, given what the probe found and a way to open a GPU.

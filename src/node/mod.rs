@@ -305,7 +305,7 @@ impl Node {
         self.started_at
     }
 
-    /// CPU worker threads the node divides.
+    /// Workers of the first device: the CPU threads the node divides, or the first GPU's CTAs.
     pub fn cores(&self) -> usize {
         self.workers[0]
     }
