@@ -3,12 +3,15 @@
 //!
 //! Kernels (`kernels/*.cu`, see `kernels/ABI.md`): each file is one module named by its stem.
 //! Its `#include "common.cuh"` is resolved textually (the only include the ABI allows), so the
-//! daemon can hand the source to NVRTC with no include path. When `nvcc` is on the build host
-//! (`$NVCC`, else `PATH`) the resolved source is also compiled to PTX for
-//! `compute_$SETPOINT_CUDA_ARCH` (default 90) and embedded; a failing nvcc fails the build.
-//! Without nvcc, which is the usual case, only the sources are embedded and the daemon
-//! compiles them with NVRTC at run time. Either way the crate includes
-//! `$OUT_DIR/kernels.rs`, a table with one entry per module (see `src/kernels/mod.rs`).
+//! daemon can hand the source to NVRTC with no include path. Each module's committed PTX,
+//! `kernels/ptx/<module>.ptx` (see `src/kernels/aot.rs`), is embedded when its header says it
+//! was made from this very source; a stale or missing one is left out with a warning, and the
+//! daemon compiles that module with NVRTC at run time instead. When ptxas is found
+//! (`$PTXAS`, beside `$NVCC`, on `PATH`, or `.cuda-tools/` from `scripts/cuda-tools.sh`) the
+//! embedded PTX is also assembled into machine code for `sm_90` and embedded; a ptxas
+//! failure is a warning, or an error with `SETPOINT_REQUIRE_SASS=1` (the device bundle sets
+//! it). No CUDA tool is needed to build. The crate includes `$OUT_DIR/kernels.rs`, a table
+//! with one entry per module (see `src/kernels/mod.rs`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,13 @@ use std::process::Command;
 
 /// The one header a kernel source may include (kernels/ABI.md, "Includes").
 const COMMON_HEADER: &str = "common.cuh";
-const DEFAULT_ARCH: &str = "90";
+/// The committed PTX's virtual architecture and the machine code made from it.
+const PTX_ARCH: &str = "compute_90";
+const SASS_ARCH: &str = "sm_90";
+/// The first words of a committed PTX file's header line (src/kernels/aot.rs).
+const PTX_TAG: &str = "// setpoint-kernel";
+/// Where scripts/cuda-tools.sh installs ptxas.
+const LOCAL_PTXAS: &str = ".cuda-tools/nvidia/cuda_nvcc/bin/ptxas";
 
 fn main() {
     revision();
@@ -52,21 +61,25 @@ struct Module {
     name: String,
     /// The resolved source, written under OUT_DIR.
     source_path: PathBuf,
-    /// PTX from nvcc, written under OUT_DIR.
+    /// The committed PTX, when it was made from this source.
     ptx_path: Option<PathBuf>,
+    /// Machine code ptxas made of it, under OUT_DIR.
+    sass_path: Option<PathBuf>,
 }
 
 fn kernels() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR")?);
     let out_dir = PathBuf::from(env("OUT_DIR")?);
     let kernel_dir = manifest_dir.join("kernels");
-    println!("cargo:rerun-if-env-changed=SETPOINT_CUDA_ARCH");
-    println!("cargo:rerun-if-env-changed=NVCC");
-    // The directory itself, so that a new .cu file is picked up.
+    for var in ["PTXAS", "NVCC", "SETPOINT_REQUIRE_SASS"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    // The directories themselves, so that a new file is picked up.
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=kernels/ptx");
     println!("cargo:rerun-if-changed=kernels/{COMMON_HEADER}");
+    println!("cargo:rerun-if-changed={LOCAL_PTXAS}");
 
-    let arch = cuda_arch()?;
     let mut cu_files = Vec::new();
     if kernel_dir.is_dir() {
         let entries = std::fs::read_dir(&kernel_dir)
@@ -88,7 +101,15 @@ fn kernels() -> Result<(), String> {
     } else {
         None
     };
-    let nvcc = find_nvcc()?;
+    let require_sass = std::env::var("SETPOINT_REQUIRE_SASS").is_ok_and(|v| v == "1");
+    let ptxas = find_ptxas(&manifest_dir);
+    if require_sass && ptxas.is_none() {
+        return Err(
+            "SETPOINT_REQUIRE_SASS=1 but no ptxas was found ($PTXAS, beside $NVCC, \
+                    PATH, .cuda-tools/); run scripts/cuda-tools.sh"
+                .into(),
+        );
+    }
     let gen_dir = out_dir.join("kernels");
     std::fs::create_dir_all(&gen_dir)
         .map_err(|e| format!("cannot create {}: {e}", gen_dir.display()))?;
@@ -100,18 +121,19 @@ fn kernels() -> Result<(), String> {
         let resolved = resolve_includes(&read(cu)?, &name, header.as_deref())?;
         let source_path = gen_dir.join(format!("{name}.cu"));
         write_if_changed(&source_path, &resolved)?;
-        let ptx_path = match &nvcc {
-            Some(nvcc) => Some(run_nvcc(nvcc, &source_path, &gen_dir, &name, &arch)?),
-            None => None,
+        let ptx_path = committed_ptx(&kernel_dir, &name, &resolved)?;
+        let sass_path = match (&ptx_path, &ptxas) {
+            (Some(ptx), Some(ptxas)) => assemble(ptxas, ptx, &gen_dir, &name, require_sass)?,
+            _ => None,
         };
         modules.push(Module {
             name,
             source_path,
             ptx_path,
+            sass_path,
         });
     }
-    let table = render_table(&modules, nvcc.as_ref().map(|_| arch.as_str()));
-    write_if_changed(&out_dir.join("kernels.rs"), &table)
+    write_if_changed(&out_dir.join("kernels.rs"), &render_table(&modules))
 }
 
 fn env(name: &str) -> Result<String, String> {
@@ -130,28 +152,6 @@ fn write_if_changed(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// The virtual architecture number from `SETPOINT_CUDA_ARCH`: `90`, `sm_90`, `compute_90`
-/// and `90a` forms are accepted.
-fn cuda_arch() -> Result<String, String> {
-    let raw = match std::env::var("SETPOINT_CUDA_ARCH") {
-        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
-        _ => return Ok(DEFAULT_ARCH.to_string()),
-    };
-    let number = raw
-        .strip_prefix("compute_")
-        .or_else(|| raw.strip_prefix("sm_"))
-        .unwrap_or(&raw);
-    let digits = number.trim_end_matches(['a', 'f']);
-    let suffix = &number[digits.len()..];
-    if digits.len() < 2 || !digits.bytes().all(|b| b.is_ascii_digit()) || suffix.len() > 1 {
-        return Err(format!(
-            "SETPOINT_CUDA_ARCH={raw:?} is not a CUDA architecture; use a number such as 90 \
-             (or sm_90, compute_90)"
-        ));
-    }
-    Ok(number.to_string())
-}
-
 /// The module name: the file stem, which becomes a Rust string and a cache file name.
 fn module_name(cu: &Path) -> Result<String, String> {
     let stem = cu.file_stem().and_then(|s| s.to_str()).unwrap_or("");
@@ -168,6 +168,119 @@ fn module_name(cu: &Path) -> Result<String, String> {
             cu.display()
         ))
     }
+}
+
+/// `kernels/ptx/<module>.ptx` when its header says it was made from `resolved` for
+/// [`PTX_ARCH`]; `None`, with a warning, when it is missing or stale.
+fn committed_ptx(
+    kernel_dir: &Path,
+    module: &str,
+    resolved: &str,
+) -> Result<Option<PathBuf>, String> {
+    let path = kernel_dir.join("ptx").join(format!("{module}.ptx"));
+    println!("cargo:rerun-if-changed={}", path.display());
+    let regenerate = "regenerate kernels/ptx with `cargo run -- kernels ptx --write` \
+                      (NVRTC from scripts/cuda-tools.sh)";
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        println!(
+            "cargo:warning=kernels/ptx/{module}.ptx is missing: the binary will compile \
+             {module} with NVRTC at run time; {regenerate}"
+        );
+        return Ok(None);
+    };
+    let want = format!(
+        "module={module} arch={PTX_ARCH} source-fnv64={:016x} ",
+        fnv64(resolved.as_bytes())
+    );
+    let first = text.lines().next().unwrap_or("");
+    let matches = first
+        .strip_prefix(PTX_TAG)
+        .is_some_and(|rest| rest.trim_start().starts_with(&want));
+    if matches {
+        Ok(Some(path))
+    } else {
+        println!(
+            "cargo:warning=kernels/ptx/{module}.ptx was made from another version of \
+             kernels/{module}.cu and is not embedded: the binary will compile {module} with \
+             NVRTC at run time; {regenerate}"
+        );
+        Ok(None)
+    }
+}
+
+/// 64-bit FNV-1a, as `src/kernels/cache.rs` computes it for the PTX header.
+fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// ptxas from `$PTXAS`, beside `$NVCC`, on `PATH`, or from `.cuda-tools/`.
+fn find_ptxas(manifest_dir: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PTXAS").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Some(p)
+        } else {
+            search_path(&p)
+        };
+    }
+    if let Some(nvcc) = std::env::var_os("NVCC").filter(|v| !v.is_empty()) {
+        let beside = PathBuf::from(nvcc).with_file_name("ptxas");
+        if beside.is_file() {
+            return Some(beside);
+        }
+    }
+    search_path(Path::new("ptxas")).or_else(|| {
+        let local = manifest_dir.join(LOCAL_PTXAS);
+        local.is_file().then_some(local)
+    })
+}
+
+fn search_path(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Assembles the committed PTX of `module` for [`SASS_ARCH`]. A failure is a warning (the
+/// binary then carries the PTX only), or an error when `required`.
+fn assemble(
+    ptxas: &Path,
+    ptx: &Path,
+    gen_dir: &Path,
+    module: &str,
+    required: bool,
+) -> Result<Option<PathBuf>, String> {
+    let cubin = gen_dir.join(format!("{module}.{SASS_ARCH}.cubin"));
+    let result = Command::new(ptxas)
+        .arg(format!("-arch={SASS_ARCH}"))
+        .arg("-o")
+        .arg(&cubin)
+        .arg(ptx)
+        .output();
+    let failure = match result {
+        Ok(o) if o.status.success() && cubin.is_file() => return Ok(Some(cubin)),
+        Ok(o) => format!(
+            "{} ({}): {}{}",
+            ptxas.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stdout).trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!("cannot run {}: {e}", ptxas.display()),
+    };
+    let msg =
+        format!("ptxas could not assemble kernels/ptx/{module}.ptx for {SASS_ARCH}: {failure}");
+    if required {
+        return Err(msg);
+    }
+    println!("cargo:warning={msg}; the binary carries its PTX only");
+    Ok(None)
 }
 
 /// Replaces `#include "common.cuh"` with the header's text, between `#line` markers so that
@@ -244,104 +357,43 @@ fn is_pragma_once(line: &str) -> bool {
     words.next() == Some("pragma") && words.next() == Some("once")
 }
 
-/// nvcc from `$NVCC` (which must then exist) or from `PATH`.
-fn find_nvcc() -> Result<Option<PathBuf>, String> {
-    if let Some(v) = std::env::var_os("NVCC").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(&v);
-        if p.components().count() > 1 {
-            return if p.is_file() {
-                Ok(Some(p))
-            } else {
-                Err(format!("NVCC={} does not exist", p.display()))
-            };
-        }
-        return match search_path(&p) {
-            Some(found) => Ok(Some(found)),
-            None => Err(format!("NVCC={} is not on PATH", p.display())),
-        };
-    }
-    Ok(search_path(Path::new("nvcc")))
-}
-
-fn search_path(name: &Path) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Compiles one resolved source to PTX; on failure the error carries nvcc's own output.
-fn run_nvcc(
-    nvcc: &Path,
-    source: &Path,
-    gen_dir: &Path,
-    module: &str,
-    arch: &str,
-) -> Result<PathBuf, String> {
-    let ptx = gen_dir.join(format!("{module}.ptx"));
-    let mut cmd = Command::new(nvcc);
-    cmd.arg("-ptx")
-        .arg(format!("-arch=compute_{arch}"))
-        .arg("-std=c++17")
-        .arg("-o")
-        .arg(&ptx)
-        .arg(source);
-    let output = cmd
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "nvcc failed on kernels/{module}.cu ({}; command: {cmd:?}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    // Warnings are worth seeing at build time.
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
-        println!("cargo:warning=nvcc {module}.cu: {line}");
-    }
-    let text = read(&ptx)?;
-    if !text.contains(".entry") && !text.contains(".version") {
-        return Err(format!(
-            "nvcc wrote no PTX for kernels/{module}.cu to {}",
-            ptx.display()
-        ));
-    }
-    Ok(ptx)
-}
-
-/// The Rust table the crate includes: `SOURCES` and `PREBUILT_ARCH` (src/kernels/mod.rs).
-fn render_table(modules: &[Module], prebuilt_arch: Option<&str>) -> String {
+/// The Rust table the crate includes: `SOURCES`, `PREBUILT_ARCH` and `SASS_ARCH`
+/// (src/kernels/mod.rs).
+fn render_table(modules: &[Module]) -> String {
     let mut s = String::from("// Generated by build.rs from kernels/*.cu; do not edit.\n\n");
     s.push_str("/// One entry per `kernels/*.cu`, in file-name order.\n");
     s.push_str("pub(crate) static SOURCES: &[KernelSource] = &[\n");
+    let opt = |p: &Option<PathBuf>, mac: &str| match p {
+        Some(p) => format!("Some({mac}!({:?}))", p.display().to_string()),
+        None => "None".to_string(),
+    };
     for m in modules {
         let source = m.source_path.display().to_string();
-        let ptx = match &m.ptx_path {
-            Some(p) => format!("Some(include_str!({:?}))", p.display().to_string()),
-            None => "None".to_string(),
-        };
         let _ = writeln!(
             s,
-            "    KernelSource {{\n        module: {:?},\n        source: include_str!({source:?}),\n        prebuilt_ptx: {ptx},\n    }},",
-            m.name
+            "    KernelSource {{\n        module: {:?},\n        source: include_str!({source:?}),\n        prebuilt_ptx: {},\n        prebuilt_sass: {},\n    }},",
+            m.name,
+            opt(&m.ptx_path, "include_str"),
+            opt(&m.sass_path, "include_bytes"),
         );
     }
     s.push_str("];\n\n");
-    s.push_str(
-        "/// The virtual architecture (`compute_XX`) of the prebuilt PTX, when nvcc made it.\n",
-    );
-    match prebuilt_arch {
-        Some(a) if !modules.is_empty() => {
-            let _ = writeln!(
-                s,
-                "pub(crate) const PREBUILT_ARCH: Option<&str> = Some({:?});",
-                format!("compute_{a}")
-            );
+    let arch = |any: bool, a: &str| {
+        if any {
+            format!("Some({a:?})")
+        } else {
+            "None".into()
         }
-        _ => s.push_str("pub(crate) const PREBUILT_ARCH: Option<&str> = None;\n"),
-    }
+    };
+    let _ = writeln!(
+        s,
+        "/// The virtual architecture of the embedded PTX.\npub(crate) const PREBUILT_ARCH: Option<&str> = {};",
+        arch(modules.iter().any(|m| m.ptx_path.is_some()), PTX_ARCH)
+    );
+    let _ = writeln!(
+        s,
+        "/// The architecture of the embedded machine code.\npub(crate) const SASS_ARCH: Option<&str> = {};",
+        arch(modules.iter().any(|m| m.sass_path.is_some()), SASS_ARCH)
+    );
     s
 }

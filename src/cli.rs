@@ -383,6 +383,28 @@ pub enum KernelsCommand {
     /// module fails to compile or assemble, or NVRTC cannot be loaded (scripts/cuda-tools.sh
     /// installs NVRTC and ptxas; no GPU is needed).
     Check(KernelsCheckArgs),
+    /// Compile every embedded kernel module to PTX for compute_90 with NVRTC and write it to
+    /// kernels/ptx/ (--write), or compare it with what is there (--check: exits 1 naming the
+    /// modules that differ, 2 when the files were made by another NVRTC version).
+    ///
+    /// The binary embeds kernels/ptx/ so that hosts without NVRTC run the kernels; a build
+    /// leaves out a file made from another source and warns. Run with NVRTC from
+    /// scripts/cuda-tools.sh, the version the committed files were made with.
+    Ptx(KernelsPtxArgs),
+}
+
+/// `setpoint kernels ptx`.
+#[derive(Debug, Args)]
+pub struct KernelsPtxArgs {
+    /// Write the files.
+    #[arg(long, conflicts_with = "check", required_unless_present = "check")]
+    pub write: bool,
+    /// Compare with the files and fail when they differ.
+    #[arg(long)]
+    pub check: bool,
+    /// The directory [default: kernels/ptx].
+    #[arg(long, value_name = "DIR", default_value = setpoint::kernels::aot::AOT_DIR)]
+    pub dir: PathBuf,
 }
 
 /// `setpoint kernels check`.

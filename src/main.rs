@@ -16,8 +16,8 @@ use serde_json::json;
 use cli::{
     BenchArgs, BenchCommand, BenchHttpArgs, CheckConfigArgs, Cli, ClientArgs, Command, DataArgs,
     DevicesArgs, GpuCheckArgs, InferArgs, JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs,
-    KernelsArgs, KernelsCheckArgs, KernelsCommand, OptimizerArg, PredictArgs, ServeArgs,
-    StatusArgs, SubmitArgs, TrainArgs,
+    KernelsArgs, KernelsCheckArgs, KernelsCommand, KernelsPtxArgs, OptimizerArg, PredictArgs,
+    ServeArgs, StatusArgs, SubmitArgs, TrainArgs,
 };
 use setpoint::client::{self as sp_client, Client, ClientError, path_segment, table, v2};
 use setpoint::data::{self, DataError, Dataset, LabelColumn, LoadOptions};
@@ -1179,7 +1179,59 @@ fn bench_http(a: BenchHttpArgs) -> anyhow::Result<()> {
 fn kernels_cmd(args: KernelsArgs) -> anyhow::Result<()> {
     match args.command {
         KernelsCommand::Check(a) => kernels_check(a),
+        KernelsCommand::Ptx(a) => kernels_ptx(a),
     }
+}
+
+/// `setpoint kernels ptx --write | --check`.
+fn kernels_ptx(a: KernelsPtxArgs) -> anyhow::Result<()> {
+    use kernels::aot::{self, Comparison};
+    let sources = kernels::sources();
+    if sources.is_empty() {
+        return Err(KernelError::NoSources.into());
+    }
+    if a.write {
+        std::fs::create_dir_all(&a.dir)
+            .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    }
+    let mut differ = Vec::new();
+    let mut other_nvrtc = None;
+    for s in sources {
+        let fresh = aot::render(s)?;
+        let path = aot::path(&a.dir, s.module);
+        if a.write {
+            setpoint::util::fsio::write_atomic(&path, fresh.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote {} ({} bytes)", path.display(), fresh.len());
+            continue;
+        }
+        match aot::compare(&a.dir, s.module, &fresh) {
+            Comparison::Same => println!("{}: same", path.display()),
+            Comparison::Missing => differ.push(format!("{}: missing", path.display())),
+            Comparison::Differs { line } => {
+                differ.push(format!("{}: differs from line {line}", path.display()))
+            }
+            Comparison::OtherNvrtc { file } => other_nvrtc = Some(file),
+        }
+    }
+    if let Some(file) = other_nvrtc {
+        eprintln!(
+            "error: {} was made by NVRTC {file} and this is NVRTC {}; compare with that \
+             version (scripts/cuda-tools.sh installs the pinned one)",
+            a.dir.display(),
+            kernels::nvrtc::version()?
+        );
+        std::process::exit(2);
+    }
+    if !differ.is_empty() {
+        return Err(anyhow!(
+            "{} differ from what NVRTC makes of the sources: {}; run `setpoint kernels ptx \
+             --write` and commit the result",
+            a.dir.display(),
+            differ.join("; ")
+        ));
+    }
+    Ok(())
 }
 
 /// One kernel module's outcome in `kernels check`.
@@ -1207,9 +1259,9 @@ fn kernels_check(a: KernelsCheckArgs) -> anyhow::Result<()> {
         && sources.iter().all(|s| s.prebuilt_ptx.is_some());
     // Without NVRTC nothing below can work; say so once rather than once per module.
     let nvrtc_version = if all_prebuilt {
-        kernels::nvrtc_version().ok()
+        kernels::nvrtc::version().ok()
     } else {
-        Some(kernels::nvrtc_version()?)
+        Some(kernels::nvrtc::version()?)
     };
     let ptxas_version = ptxas.as_deref().and_then(kernels::ptxas_version);
     // Modules are independent; NVRTC and ptxas take seconds on the larger ones.
@@ -1343,6 +1395,15 @@ fn check_module(
     c
 }
 
+/// What compiled kernel code the binary carries, in words.
+fn embedded_kernels_text() -> String {
+    match (kernels::prebuilt_arch(), kernels::sass_arch()) {
+        (Some(p), Some(s)) => format!("{p} PTX and {s} machine code (no NVRTC needed there)"),
+        (Some(p), None) => format!("{p} PTX (ptxas was absent at build time: no machine code)"),
+        _ => "no compiled kernels (kernels/ptx is stale or missing): NVRTC compiles them".into(),
+    }
+}
+
 fn no_ptxas_note() -> String {
     format!(
         "ptxas not found (--ptxas, $PTXAS, PATH, ./{}): the kernels were compiled to PTX but \
@@ -1360,13 +1421,14 @@ fn kernels_check_text(
     ptxas_version: Option<&str>,
 ) -> String {
     let mut out = format!(
-        "kernels check for {arch}: NVRTC {}, ptxas {}\n",
+        "kernels check for {arch}: NVRTC {}, ptxas {}\nthe binary carries: {}\n",
         nvrtc_version.unwrap_or("not loaded"),
         match (ptxas, ptxas_version) {
             (Some(p), Some(v)) => format!("{v} ({})", p.display()),
             (Some(p), None) => p.display().to_string(),
             (None, _) => "not found".into(),
-        }
+        },
+        embedded_kernels_text()
     );
     if ptxas.is_none() {
         out.push_str(&no_ptxas_note());
@@ -1506,6 +1568,7 @@ fn kernels_check_json(
     json!({
         "ok": checks.iter().all(|c| c.error.is_none()),
         "arch": arch.sm(),
+        "embedded": { "ptx": kernels::prebuilt_arch(), "sass": kernels::sass_arch() },
         "nvrtc_version": nvrtc_version,
         "ptxas": ptxas,
         "ptxas_version": ptxas_version,

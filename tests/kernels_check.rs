@@ -39,7 +39,9 @@ struct Tools {
 }
 
 fn has_nvrtc(dir: &Path) -> bool {
-    dir.join("libnvrtc.so.12").is_file() || dir.join("libnvrtc.so").is_file()
+    ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
+        .iter()
+        .any(|n| dir.join(n).is_file())
 }
 
 /// Whether the loader finds NVRTC without LD_LIBRARY_PATH (ldconfig cache or default dirs).
@@ -414,4 +416,69 @@ fn bad_arch_and_missing_ptxas_path_are_usage_errors() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The committed kernels/ptx is what NVRTC makes of the sources now: CI fails when a kernel
+/// changes without `setpoint kernels ptx --write`.
+#[test]
+fn committed_ptx_is_what_nvrtc_makes_of_the_sources() {
+    let Some(tools) = tools_or_skip() else {
+        return;
+    };
+    let out = run(setpoint(Some(&tools), &["kernels", "ptx", "--check"]));
+    assert!(
+        out.status.success(),
+        "kernels/ptx differs from what NVRTC makes of kernels/*.cu; run `cargo run -- kernels \
+         ptx --write` with NVRTC from scripts/cuda-tools.sh and commit the result:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+
+    // A changed line is found and named; a file from another NVRTC cannot be compared.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(Path::new(ROOT).join("kernels/ptx")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let gemm = dir.path().join("gemm.ptx");
+    let text = std::fs::read_to_string(&gemm).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    std::fs::write(&gemm, text.replacen(".target sm_90", ".target sm_80", 1)).unwrap();
+    let out = run(setpoint(
+        Some(&tools),
+        &["kernels", "ptx", "--check", "--dir", dir_arg],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gemm.ptx: differs from line"),
+        "{}",
+        stderr(&out)
+    );
+    let other = text.replacen("nvrtc=", "nvrtc=11.", 1);
+    std::fs::write(&gemm, other).unwrap();
+    let out = run(setpoint(
+        Some(&tools),
+        &["kernels", "ptx", "--check", "--dir", dir_arg],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was made by NVRTC 11."),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A build with ptxas carries machine code for sm_90 beside the PTX, so a host with only the
+/// driver runs the kernels without compiling anything.
+#[test]
+fn the_binary_carries_ptx_and_when_built_with_ptxas_machine_code() {
+    let out = run(setpoint(None, &["kernels", "check", "--json"]));
+    let v = json(&out);
+    assert_eq!(v["embedded"]["ptx"], "compute_90", "{v:#}");
+    let required = std::env::var("SETPOINT_REQUIRE_CUDA_TOOLS").as_deref() == Ok("1");
+    if required || !v["embedded"]["sass"].is_null() {
+        assert_eq!(v["embedded"]["sass"], "sm_90", "{v:#}");
+    } else {
+        eprintln!("note: built without ptxas, so no machine code is embedded");
+    }
 }

@@ -373,37 +373,29 @@ pub fn kernel_checks(g: &CudaBackend) -> Result<Vec<KernelCheck>, String> {
     Ok(out)
 }
 
-/// Median of `reps` timed runs of `f` on `g`'s stream, in seconds (CUDA events).
+/// Median of `reps` timed runs of `f` on `g`, in seconds of GPU time (CUDA events).
 fn time_on_stream(
     g: &CudaBackend,
     reps: usize,
     mut f: impl FnMut() -> Result<(), String>,
 ) -> Result<f64, String> {
-    use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
     f()?;
     g.synchronize().map_err(|e| e.to_string())?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
-        let s = g
-            .stream()
-            .record_event(Some(CU_EVENT_DEFAULT))
-            .map_err(|e| format!("{e:?}"))?;
+        let before = g.busy_time();
         f()?;
-        let t = g
-            .stream()
-            .record_event(Some(CU_EVENT_DEFAULT))
-            .map_err(|e| format!("{e:?}"))?;
-        times.push(s.elapsed_ms(&t).map_err(|e| format!("{e:?}"))? as f64 / 1000.0);
+        g.synchronize().map_err(|e| e.to_string())?;
+        times.push((g.busy_time() - before).as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
 }
 
-/// GEMM TFLOP/s of the project's kernels and of cuBLAS at `n³`.
+/// GEMM TFLOP/s of the project's kernels at `n³` (cuBLAS is timed by the device check's
+/// CUDA C++ probe).
 pub fn gemm_bench(g: &CudaBackend, sizes: &[usize], reps: usize) -> Result<Value, String> {
-    use cudarc::cublas::{CudaBlas, Gemm as _, GemmConfig, sys::cublasOperation_t::CUBLAS_OP_N};
     let e = |e: crate::device::DeviceError| e.to_string();
-    let blas = CudaBlas::new(g.stream().clone()).map_err(|e| format!("cuBLAS: {e:?}"))?;
     let mut rows = Vec::new();
     let mut rng = Rng::new(3);
     g.set_workers(g.max_workers());
@@ -415,26 +407,6 @@ pub fn gemm_bench(g: &CudaBackend, sizes: &[usize], reps: usize) -> Result<Value
         let mut gc = g.alloc(n * n).map_err(e)?;
         let spec = Gemm::new(n, n, n);
         let ours_f32 = time_on_stream(g, reps, || g.gemm(spec, &ga, &gb, &mut gc).map_err(e))?;
-        // cuBLAS is column-major: the row-major C = A·B is the column-major Cᵀ = Bᵀ·Aᵀ.
-        let ni = n as i32;
-        let cfg32 = GemmConfig {
-            transa: CUBLAS_OP_N,
-            transb: CUBLAS_OP_N,
-            m: ni,
-            n: ni,
-            k: ni,
-            alpha: 1.0f32,
-            lda: ni,
-            ldb: ni,
-            beta: 0.0f32,
-            ldc: ni,
-        };
-        let mut cc = g.alloc(n * n).map_err(e)?;
-        let blas_f32 = time_on_stream(g, reps, || {
-            // SAFETY: n×n buffers, column-major shapes as configured.
-            unsafe { blas.gemm(cfg32, gb.slice(), ga.slice(), cc.slice_mut()) }
-                .map_err(|e| format!("cuBLAS sgemm: {e:?}"))
-        })?;
         let (a16, b16) = (
             g.to_bf16(&ga, n * n).map_err(e)?,
             g.to_bf16(&gb, n * n).map_err(e)?,
@@ -443,54 +415,12 @@ pub fn gemm_bench(g: &CudaBackend, sizes: &[usize], reps: usize) -> Result<Value
         let ours_bf16 = time_on_stream(g, reps, || {
             g.gemm_bf16(spec, &a16, &b16, &mut gc, tc).map_err(e)
         })?;
-        let mut c16 = g
-            .stream()
-            .alloc_zeros::<half::bf16>(n * n)
-            .map_err(|e| format!("{e:?}"))?;
-        // SAFETY: u16 and bf16 have the same layout; lengths are n·n.
-        let (ab, bb) = unsafe {
-            (
-                CudaBackend::bf16_slice(&a16)
-                    .transmute::<half::bf16>(n * n)
-                    .ok_or("bf16 view")?,
-                CudaBackend::bf16_slice(&b16)
-                    .transmute::<half::bf16>(n * n)
-                    .ok_or("bf16 view")?,
-            )
-        };
-        let cfg16 = GemmConfig {
-            transa: CUBLAS_OP_N,
-            transb: CUBLAS_OP_N,
-            m: ni,
-            n: ni,
-            k: ni,
-            alpha: half::bf16::ONE,
-            lda: ni,
-            ldb: ni,
-            beta: half::bf16::ZERO,
-            ldc: ni,
-        };
-        let blas_bf16 = time_on_stream(g, reps, || {
-            // SAFETY: n×n buffers, column-major shapes as configured.
-            unsafe { blas.gemm(cfg16, &bb, &ab, &mut c16) }
-                .map_err(|e| format!("cuBLAS bf16 gemm: {e:?}"))
-        })?;
-        // The two f32 results agree (a check that the timing ran the right product).
-        let (mut ours, mut theirs) = (vec![0f32; 1024.min(n * n)], vec![0f32; 1024.min(n * n)]);
-        g.gemm(spec, &ga, &gb, &mut gc).map_err(e)?;
-        g.read(&gc, &mut ours).map_err(e)?;
-        g.read(&cc, &mut theirs).map_err(e)?;
         let tf = |s: f64| flop / s / 1e12;
         rows.push(json!({
             "n": n,
             "f32_tflops": tf(ours_f32),
-            "cublas_f32_tflops": tf(blas_f32),
-            "f32_ratio": blas_f32 / ours_f32,
             "bf16_tflops": tf(ours_bf16),
             "bf16_tensor_cores": tc,
-            "cublas_bf16_tflops": tf(blas_bf16),
-            "bf16_ratio": blas_bf16 / ours_bf16,
-            "f32_max_rel_err_vs_cublas": max_rel(&ours, &theirs),
         }));
     }
     Ok(Value::Array(rows))
@@ -800,7 +730,7 @@ pub fn run(opts: &GpuCheckOptions, progress: &mut dyn FnMut(&str)) -> Value {
         let green = CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true)
             .map_err(|e| e.to_string())?;
         let mut v = lanes_bench(&green, 2048, secs)?;
-        v["green_rungs_sms"] = json!(green.green_rungs());
+        v["green_groups_sms"] = json!(green.green_groups());
         Ok(v)
     });
     section("inference", &mut || inference_bench(&dev, secs));

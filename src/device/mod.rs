@@ -7,7 +7,7 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod green;
+pub mod fault;
 pub mod lane;
 
 pub use cpu::CpuBackend;
@@ -42,6 +42,14 @@ pub enum DeviceError {
     /// The backend could not be created or used.
     #[error("device unavailable: {0}")]
     Unavailable(String),
+    /// The device hit a fault it cannot recover from; every operation on it fails.
+    #[error("device {device} has failed: {reason}; its tenants were stopped")]
+    Failed {
+        /// The device (`cpu`, `cuda:0`).
+        device: String,
+        /// The fault, e.g. the sticky CUDA error.
+        reason: String,
+    },
 }
 
 /// `C = alpha · op(A) · op(B) + beta · C` with `op(A)` of shape `m × k` and `op(B)` of shape

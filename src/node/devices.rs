@@ -155,11 +155,11 @@ fn decide(
             ))
         };
     }
-    let mechanism = match opened[0].green_rungs() {
-        Some(r) => format!(
-            "SM partitions (green contexts of {}..{} SMs)",
-            r.first().copied().unwrap_or(0),
-            r.last().copied().unwrap_or(0)
+    let mechanism = match opened[0].green_groups() {
+        Some(g) => format!(
+            "SM partitions (green contexts over {} groups of {} SMs, leased disjointly)",
+            g.len(),
+            g.first().copied().unwrap_or(0)
         ),
         None => "CTA budgets".into(),
     };
@@ -230,6 +230,7 @@ mod tests {
             sm_count: 132,
             total_memory: 1 << 30,
             priority_range: (0, -5),
+            driver_version: 12080,
         }
     }
 

@@ -1,0 +1,380 @@
+//! One GPU: its primary context, kernels, occupancy, memory account, health and, when shares
+//! are SM partitions, its green contexts.
+
+use std::ffi::{CString, c_char};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cudarc::driver::sys;
+
+use super::backend::CudaBackend;
+use super::driver::{self, CuError, Current};
+use super::green::GreenContexts;
+use super::place::Funcs;
+use super::{BLOCK, GpuInfo, Kernel, StreamPriority};
+use crate::device::DeviceError;
+use crate::device::fault::DeviceHealth;
+use crate::kernels::{self, CudaArch, ImageOrigin, KernelImage};
+
+/// One GPU, shared by the lanes and buffers on it.
+pub struct CudaDevice {
+    pub(super) dev: sys::CUdevice,
+    /// The retained primary context: allocations, and lanes with CTA budgets.
+    pub(super) primary: sys::CUcontext,
+    pub(super) info: GpuInfo,
+    libraries: Vec<sys::CUlibrary>,
+    pub(super) kernels: [Option<sys::CUkernel>; 14],
+    pub(super) funcs: Funcs,
+    /// Where each module's code came from.
+    origins: Vec<(&'static str, ImageOrigin)>,
+    /// Resident blocks per SM of the least-occupying 256-thread kernel.
+    pub(super) blocks_per_sm: u32,
+    pub(super) mem_limit: u64,
+    pub(super) mem_used: AtomicU64,
+    pub(super) green: Option<GreenContexts>,
+    pub(super) health: Arc<DeviceHealth>,
+    pub(super) next_lane: AtomicU64,
+}
+
+// SAFETY: the raw handles are driver handles, valid on any thread with their context pushed,
+// which every call does; the mutable state is atomic or behind mutexes.
+unsafe impl Send for CudaDevice {}
+// SAFETY: as above.
+unsafe impl Sync for CudaDevice {}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("info", &self.info)
+            .field("blocks_per_sm", &self.blocks_per_sm)
+            .field("mem_limit", &self.mem_limit)
+            .field("kernels", &self.origins)
+            .finish()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> DeviceError {
+    DeviceError::Unavailable(format!("{what}: {e}"))
+}
+
+/// What the driver says about GPU `ordinal`, and its device handle. Retains and releases
+/// the primary context to read the stream priorities.
+pub(super) fn query(ordinal: usize) -> Result<(GpuInfo, sys::CUdevice), String> {
+    let e = |e: CuError| e.to_string();
+    let mut dev: sys::CUdevice = 0;
+    // SAFETY: pointers to locals; the driver is initialised (probe, open).
+    unsafe {
+        driver::ok("cuDeviceGet", sys::cuDeviceGet(&mut dev, ordinal as i32)).map_err(e)?;
+        let mut name = [0 as c_char; 256];
+        driver::ok(
+            "cuDeviceGetName",
+            sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev),
+        )
+        .map_err(e)?;
+        let mut uuid: sys::CUuuid = std::mem::zeroed();
+        driver::ok("cuDeviceGetUuid", sys::cuDeviceGetUuid_v2(&mut uuid, dev)).map_err(e)?;
+        let attr = |a: sys::CUdevice_attribute| -> Result<i32, String> {
+            let mut v = 0;
+            driver::ok(
+                "cuDeviceGetAttribute",
+                sys::cuDeviceGetAttribute(&mut v, a, dev),
+            )
+            .map_err(e)?;
+            Ok(v)
+        };
+        use sys::CUdevice_attribute as A;
+        let major = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let mut total = 0usize;
+        driver::ok(
+            "cuDeviceTotalMem",
+            sys::cuDeviceTotalMem_v2(&mut total, dev),
+        )
+        .map_err(e)?;
+        let mut version = 0;
+        driver::ok("cuDriverGetVersion", sys::cuDriverGetVersion(&mut version)).map_err(e)?;
+        let mut ctx: sys::CUcontext = std::ptr::null_mut();
+        driver::ok(
+            "cuDevicePrimaryCtxRetain",
+            sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+        )
+        .map_err(e)?;
+        let range = Current::push(ctx).and_then(|_cur| {
+            let (mut least, mut greatest) = (0, 0);
+            driver::ok(
+                "cuCtxGetStreamPriorityRange",
+                sys::cuCtxGetStreamPriorityRange(&mut least, &mut greatest),
+            )
+            .map(|()| (least, greatest))
+        });
+        let _ = sys::cuDevicePrimaryCtxRelease_v2(dev);
+        let priority_range = range.map_err(e)?;
+        let name = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        Ok((
+            GpuInfo {
+                index: ordinal,
+                name,
+                uuid: super::format_uuid(&uuid.bytes),
+                compute_capability: (major, minor),
+                sm_count: sms.max(1) as u32,
+                total_memory: total as u64,
+                priority_range,
+                driver_version: version,
+            },
+            dev,
+        ))
+    }
+}
+
+/// A library loaded from the first image of `module` the driver takes: the embedded SASS,
+/// the embedded PTX, else PTX from NVRTC (cached under `cache_dir`).
+fn load_library(
+    module: &kernels::KernelSource,
+    arch: &CudaArch,
+    cache_dir: Option<&Path>,
+) -> Result<(sys::CUlibrary, ImageOrigin), String> {
+    let mut refused = Vec::new();
+    for (image, origin) in kernels::embedded_images(module, arch) {
+        match load_image(&image) {
+            Ok(lib) => return Ok((lib, origin)),
+            Err(e) => refused.push(format!("{}: {e}", origin.as_str())),
+        }
+    }
+    let (image, origin, _log) = kernels::compiled_image(module, arch, cache_dir).map_err(|e| {
+        let mut why = e.to_string();
+        if !refused.is_empty() {
+            why = format!("the driver refused {} and {why}", refused.join(", "));
+        }
+        why
+    })?;
+    load_image(&image)
+        .map(|lib| (lib, origin))
+        .map_err(|e| format!("the driver refused the NVRTC PTX: {e}"))
+}
+
+fn load_image(image: &KernelImage) -> Result<sys::CUlibrary, CuError> {
+    // PTX goes to the driver NUL-terminated.
+    let ptx;
+    let data: *const std::ffi::c_void = match image {
+        KernelImage::Sass(bytes) => bytes.as_ptr().cast(),
+        KernelImage::Ptx(text) => {
+            ptx = CString::new(text.as_str()).unwrap_or_default();
+            ptx.as_ptr().cast()
+        }
+    };
+    let mut lib: sys::CUlibrary = std::ptr::null_mut();
+    // SAFETY: `data` is a whole cubin or NUL-terminated PTX that outlives the call; no
+    // options are passed.
+    driver::ok("cuLibraryLoadData", unsafe {
+        sys::cuLibraryLoadData(
+            &mut lib,
+            data,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    })?;
+    Ok(lib)
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` with CTA budgets; see [`CudaDevice::open_with`].
+    pub fn open(
+        ordinal: usize,
+        cache_dir: Option<&Path>,
+        mem_limit: Option<u64>,
+    ) -> Result<Arc<Self>, DeviceError> {
+        Self::open_with(ordinal, cache_dir, mem_limit, false)
+    }
+
+    /// Opens GPU `ordinal`: retains its primary context, loads the kernels (embedded code,
+    /// else NVRTC with `cache_dir` as the cache), measures occupancy and sets the memory
+    /// limit (`None`: the device's memory). With `green_contexts`, lanes' shares are SM
+    /// partitions (see [`super::green`]) instead of CTA budgets, and a driver or GPU without
+    /// them is an error that says why.
+    pub fn open_with(
+        ordinal: usize,
+        cache_dir: Option<&Path>,
+        mem_limit: Option<u64>,
+        green_contexts: bool,
+    ) -> Result<Arc<Self>, DeviceError> {
+        super::init_driver().map_err(DeviceError::Unavailable)?;
+        let (info, dev) = query(ordinal).map_err(|e| unavailable(&format!("GPU {ordinal}"), e))?;
+        let arch = CudaArch::of_capability(info.compute_capability.0, info.compute_capability.1);
+        if let Some(why) = kernels::unusable_reason(&arch) {
+            return Err(DeviceError::Unavailable(why));
+        }
+        let mut primary: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: a live device; released in Drop.
+        driver::ok("cuDevicePrimaryCtxRetain", unsafe {
+            sys::cuDevicePrimaryCtxRetain(&mut primary, dev)
+        })
+        .map_err(|e| unavailable(&format!("cannot open GPU {ordinal}"), e))?;
+        let mut d = CudaDevice {
+            dev,
+            primary,
+            health: Arc::new(DeviceHealth::new(format!("cuda:{ordinal}"))),
+            mem_limit: mem_limit
+                .unwrap_or(info.total_memory)
+                .min(info.total_memory),
+            info,
+            libraries: Vec::new(),
+            kernels: [None; 14],
+            funcs: Funcs::empty(),
+            origins: Vec::new(),
+            blocks_per_sm: 1,
+            mem_used: AtomicU64::new(0),
+            green: None,
+            next_lane: AtomicU64::new(1),
+        };
+        d.load_kernels(&arch, cache_dir)?;
+        if green_contexts {
+            let g = GreenContexts::build(dev, primary, d.info.driver_version, d.kernels)
+                .map_err(|e| unavailable(&format!("green contexts on GPU {ordinal}"), e))?;
+            d.green = Some(g);
+        }
+        Ok(Arc::new(d))
+    }
+
+    /// Loads every module, finds every kernel, resolves them in the primary context and
+    /// measures occupancy.
+    fn load_kernels(
+        &mut self,
+        arch: &CudaArch,
+        cache_dir: Option<&Path>,
+    ) -> Result<(), DeviceError> {
+        let _cur = Current::push(self.primary).map_err(|e| unavailable("cannot use the GPU", e))?;
+        for module in kernels::sources() {
+            let (lib, origin) = load_library(module, arch, cache_dir).map_err(|e| {
+                DeviceError::Unavailable(format!("kernel module {}: {e}", module.module))
+            })?;
+            self.libraries.push(lib);
+            self.origins.push((module.module, origin));
+            for k in Kernel::ALL {
+                let name = CString::new(k.name()).unwrap_or_default();
+                let mut handle: sys::CUkernel = std::ptr::null_mut();
+                // SAFETY: a live library and a NUL-terminated name; a miss is an error code.
+                let found = unsafe { sys::cuLibraryGetKernel(&mut handle, lib, name.as_ptr()) };
+                if found == sys::cudaError_enum::CUDA_SUCCESS && self.kernels[k.index()].is_none() {
+                    self.kernels[k.index()] = Some(handle);
+                }
+            }
+        }
+        // The tensor-core GEMM needs sm_80; everything else must be there.
+        for k in Kernel::ALL {
+            let optional = k == Kernel::GemmBf16 && self.info.compute_capability.0 < 8;
+            if !optional && self.kernels[k.index()].is_none() {
+                return Err(DeviceError::Unavailable(format!(
+                    "kernel {} is missing from the loaded modules",
+                    k.name()
+                )));
+            }
+        }
+        self.funcs = Funcs::resolve(&self.kernels).map_err(|e| unavailable("kernels", e))?;
+        let mut bps = u32::MAX;
+        for k in [
+            Kernel::GemmF32,
+            Kernel::SoftmaxXent,
+            Kernel::SumPartial,
+            Kernel::Adam,
+        ] {
+            let f = self
+                .funcs
+                .get(k)
+                .ok_or_else(|| unavailable("kernels", k.name()))?;
+            let mut n = 0;
+            // SAFETY: a live function of the current (primary) context.
+            driver::ok("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, BLOCK as i32, 0)
+            })
+            .map_err(|e| unavailable(&format!("occupancy of {}", k.name()), e))?;
+            bps = bps.min(n.max(1) as u32);
+        }
+        self.blocks_per_sm = bps;
+        Ok(())
+    }
+
+    /// What the driver said about this GPU.
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+
+    /// The device's health, shared by its lanes: failed after a sticky CUDA error.
+    pub fn health(&self) -> &Arc<DeviceHealth> {
+        &self.health
+    }
+
+    /// Where each kernel module's code came from (`embedded_sass`, `embedded_ptx`, `cache`,
+    /// `nvrtc`).
+    pub fn kernel_origins(&self) -> &[(&'static str, ImageOrigin)] {
+        &self.origins
+    }
+
+    /// Most CTAs a lane may launch at once: SMs × resident blocks per SM.
+    pub fn max_ctas(&self) -> usize {
+        self.info.sm_count as usize * self.blocks_per_sm as usize
+    }
+
+    /// Resident 256-thread blocks per SM (of the least-occupying such kernel).
+    pub fn blocks_per_sm(&self) -> u32 {
+        self.blocks_per_sm
+    }
+
+    /// SMs of each partition group when shares are SM partitions (green contexts); `None`
+    /// with CTA budgets.
+    pub fn green_groups(&self) -> Option<Vec<u32>> {
+        self.green.as_ref().map(GreenContexts::group_sms)
+    }
+
+    /// Device memory charged to setpoint's buffers on this GPU, bytes.
+    pub fn memory_used(&self) -> u64 {
+        self.mem_used.load(Ordering::Relaxed)
+    }
+
+    /// The configured limit on that, bytes.
+    pub fn memory_limit(&self) -> u64 {
+        self.mem_limit
+    }
+
+    /// A lane's backend: a stream of its own at `priority` (or partition leases with green
+    /// contexts), all CTAs until a share is set.
+    pub fn lane_backend(
+        self: &Arc<Self>,
+        priority: StreamPriority,
+    ) -> Result<CudaBackend, DeviceError> {
+        self.health.check()?;
+        let (least, greatest) = self.info.priority_range;
+        let p = match priority {
+            StreamPriority::Highest => greatest,
+            StreamPriority::Lowest => least,
+            StreamPriority::Normal => 0i32.clamp(greatest.min(least), greatest.max(least)),
+        };
+        CudaBackend::new(self.clone(), priority, p)
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // Green contexts first: they retain the primary context.
+        self.green = None;
+        if let Ok(_cur) = Current::push(self.primary) {
+            for &lib in &self.libraries {
+                // SAFETY: every lane and buffer holds the device alive, so none is left.
+                unsafe {
+                    let _ = sys::cuLibraryUnload(lib);
+                }
+            }
+        }
+        // SAFETY: retained in `open_with`, released once.
+        unsafe {
+            let _ = sys::cuDevicePrimaryCtxRelease_v2(self.dev);
+        }
+    }
+}
