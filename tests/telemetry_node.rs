@@ -11,7 +11,7 @@ use setpoint::node::Node;
 use std::path::{Path, PathBuf};
 
 use setpoint::telemetry::{
-    ComputePids, HandshakeOutcome, MappingBasis, OwnPids, Sampler, ScriptedSource, TelemetrySource,
+    HandshakeOutcome, MappingBasis, OwnPids, Sampler, ScriptedSource, TelemetrySource,
     devices_report,
 };
 
@@ -198,7 +198,7 @@ fn the_container_handshake_learns_the_host_pid() {
     assert!(before[0].processes.iter().all(|p| !p.own));
 
     // Around the context's creation: steps 2 and 3 are the lists.
-    let (ctx, outcome) = own.learn_around(Some(&mut src as &mut dyn ComputePids), || "ctx");
+    let (ctx, outcome) = own.learn_around(Some(&mut src), || "ctx");
     assert_eq!(ctx, "ctx");
     assert_eq!(outcome, HandshakeOutcome::Learned(90042));
     assert_eq!(own.host_pids(), Some(vec![90042]));

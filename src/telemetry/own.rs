@@ -175,7 +175,14 @@ impl OwnPids {
     /// created a CUDA context, and records a learned pid. For callers that read the lists
     /// themselves; [`OwnPids::learn_around`] does the reading too.
     pub fn finish_handshake(&self, before: &[u32], after: &[u32]) -> HandshakeOutcome {
-        let candidates = self.state().candidates.clone();
+        // A procfs guess that appears is preferred over anything appearing beside it.
+        let candidates = {
+            let st = self.state();
+            match (st.candidates.is_empty(), st.guess) {
+                (true, Some(g)) => vec![g],
+                _ => st.candidates.clone(),
+            }
+        };
         let outcome = handshake_outcome(before, after, &candidates);
         match &outcome {
             HandshakeOutcome::Learned(p) => {
@@ -203,10 +210,12 @@ impl OwnPids {
     /// `create` always runs exactly once and its value is returned whatever the lists say.
     ///
     /// Call it around the process's first context on a GPU (a context that already exists
-    /// makes nothing appear). Nothing is read when the host pid is already known.
-    pub fn learn_around<T>(
+    /// makes nothing appear). Nothing is read when the host pid is already known. A caller
+    /// holding `lister: Option<&mut dyn ComputePids>` passes `lister.as_deref_mut()` each
+    /// time.
+    pub fn learn_around<L: ComputePids + ?Sized, T>(
         &self,
-        lister: Option<&mut dyn ComputePids>,
+        lister: Option<&mut L>,
         create: impl FnOnce() -> T,
     ) -> (T, HandshakeOutcome) {
         if !self.needs_handshake() {
@@ -344,12 +353,18 @@ mod tests {
     #[test]
     fn ambiguity_then_a_second_context_settles_it() {
         let own = container();
-        let mut lists = Lists(vec![Ok(vec![]), Ok(vec![77, 78])]);
-        let (_, o) = own.learn_around(Some(&mut lists), || ());
+        let mut lists = Lists(vec![
+            Ok(vec![]),
+            Ok(vec![77, 78]),
+            Ok(vec![77]),
+            Ok(vec![77, 78, 91]),
+        ]);
+        // As the code that opens GPUs holds it: one optional lister, reborrowed per GPU.
+        let mut lister: Option<&mut dyn ComputePids> = Some(&mut lists);
+        let (_, o) = own.learn_around(lister.as_deref_mut(), || ());
         assert_eq!(o, HandshakeOutcome::Ambiguous(vec![77, 78]));
         assert_eq!(own.host_pids(), None, "ambiguous: still unknown");
-        let mut lists = Lists(vec![Ok(vec![77]), Ok(vec![77, 78, 91])]);
-        let (_, o) = own.learn_around(Some(&mut lists), || ());
+        let (_, o) = own.learn_around(lister.as_deref_mut(), || ());
         assert_eq!(o, HandshakeOutcome::Learned(78));
         assert_eq!(own.host_pids(), Some(vec![78]));
     }
@@ -358,7 +373,7 @@ mod tests {
     fn failures_still_create_and_learn_nothing() {
         let own = container();
         let mut created = 0;
-        let (_, o) = own.learn_around(None, || created += 1);
+        let (_, o) = own.learn_around(None::<&mut Lists>, || created += 1);
         assert_eq!(o, HandshakeOutcome::NoProcessList);
         let mut lists = Lists(vec![Err(TelemetryError::Read("lost".into()))]);
         let (_, o) = own.learn_around(Some(&mut lists), || created += 1);
@@ -389,8 +404,23 @@ mod tests {
         });
         assert_eq!(guessed.host_pids(), Some(vec![7]));
         assert!(guessed.needs_handshake(), "a guess can be confirmed");
-        // A learned pid replaces the guess.
-        guessed.record_host_pid(9007);
+        // A guess that appears in a handshake is confirmed, whatever appears beside it.
+        assert_eq!(
+            guessed.finish_handshake(&[1], &[1, 7, 99]),
+            HandshakeOutcome::Learned(7)
+        );
+        assert_eq!(guessed.host_pids(), Some(vec![7]));
+        assert!(!guessed.needs_handshake());
+        // A learned pid replaces a guess that did not appear.
+        let guessed = OwnPids::from_mapping(PidMapping {
+            local_pid: 7,
+            host_pid: Some(7),
+            basis: MappingBasis::Unverified,
+        });
+        assert_eq!(
+            guessed.finish_handshake(&[1], &[1, 9007]),
+            HandshakeOutcome::Learned(9007)
+        );
         assert_eq!(guessed.host_pids(), Some(vec![9007]));
         let fixed = OwnPids::fixed(vec![3, 1]);
         assert_eq!(fixed.host_pids(), Some(vec![1, 3]));
