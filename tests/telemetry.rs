@@ -45,6 +45,7 @@ fn proc(pid: u32, sm: f64) -> ProcessSample {
         sm_util_pct: Some(sm),
         mem_util_pct: None,
         used_mem_bytes: None,
+        own: false,
     }
 }
 
@@ -455,12 +456,14 @@ fn devices_report_tabulates_gpus_processes_and_lanes() {
                     sm_util_pct: Some(30.0),
                     mem_util_pct: None,
                     used_mem_bytes: Some(512 * MIB),
+                    own: false,
                 },
                 ProcessSample {
                     pid: 1,
                     sm_util_pct: Some(10.0),
                     mem_util_pct: None,
                     used_mem_bytes: Some(256 * MIB),
+                    own: false,
                 },
             ]),
             ..Default::default()

@@ -13,10 +13,30 @@
 //!
 //! A field NVML cannot give (not supported on the board, no permission, a transient error)
 //! becomes `None` in the sample: one failed field never fails the sample.
+//!
+//! # Own and foreign load
+//!
+//! NVML names processes by host pid. [`OwnPids`] knows which of them are this daemon: from
+//! procfs ([`pids`]: `NSpid` and the pid namespaces), or, in a container that cannot see
+//! the host's pids, from a handshake around the daemon's first CUDA context
+//! ([`OwnPids::learn_around`]). Each sample's processes are marked own or not, and the SM
+//! utilisation NVML gives per process is summed into own and foreign load
+//! ([`split_own_foreign`]): a foreign process with a context but no kernels in the sampling
+//! window counts zero, a busy one counts what it used. Where per-process statistics are
+//! missing, or the daemon's host pid is not known yet, both are `None` and the node
+//! subtracts nothing for foreign load.
+//!
+//! Per-process utilisation is time-based: the share of the window in which one of the
+//! process's kernels ran, however few SMs it occupied. A foreign process that keeps one tiny
+//! kernel resident therefore counts as up to 100 %. NVML's GPM metrics (SM activity and
+//! occupancy, Hopper and later) would bound that, but nvml-wrapper 0.11 does not expose
+//! them; this stays approximate.
 
 mod correlate;
 mod metrics;
 mod nvml;
+mod own;
+pub mod pids;
 mod report;
 mod sampler;
 mod scripted;
@@ -29,6 +49,8 @@ pub use correlate::{
 };
 pub use metrics::render_metrics;
 pub use nvml::{NVML_LIBRARY, NvmlSource};
+pub use own::{ComputePids, HandshakeOutcome, OwnPids, handshake_outcome};
+pub use pids::{MappingBasis, PidMapping};
 pub use report::devices_report;
 pub use sampler::{Sampler, WARN_EVERY};
 pub use scripted::{AtEnd, GpuStep, ScriptStep, ScriptedSource};
@@ -50,6 +72,10 @@ pub struct ProcessSample {
     /// the utilisation samples, or where the driver does not tell (WDDM).
     #[serde(default)]
     pub used_mem_bytes: Option<u64>,
+    /// Whether the process is this daemon (see [`OwnPids`]); set by the source, false while
+    /// the daemon's host pid is unknown.
+    #[serde(default)]
+    pub own: bool,
 }
 
 /// One read of one GPU.
@@ -88,10 +114,11 @@ pub struct GpuSample {
     #[serde(default)]
     pub processes: Vec<ProcessSample>,
     /// SM utilisation of this daemon's own processes, percent (0..100). `None` when
-    /// per-process statistics are not available.
+    /// per-process statistics are not available or the daemon's host pid is not known.
     pub own_util_pct: Option<f64>,
-    /// SM utilisation of every other process, percent (0..100). `None` when per-process
-    /// statistics are not available.
+    /// SM utilisation of every other process, percent (0..100): the share of the GPU to
+    /// treat as taken by others. Idle foreign contexts count zero. `None` when per-process
+    /// statistics are not available or the daemon's host pid is not known.
     pub foreign_util_pct: Option<f64>,
 }
 
@@ -150,6 +177,24 @@ pub fn split_own_foreign(
     (Some(own.clamp(0.0, 100.0)), Some(foreign.clamp(0.0, 100.0)))
 }
 
+/// Marks each process own when its pid is in `own_pids` and splits the load with
+/// [`split_own_foreign`]. `per_process_stats` says whether the utilisation figures are
+/// there; `own_pids` is `None` while the daemon's host pids are unknown. Either missing
+/// gives `(None, None)`: an unknown split is better than counting own load as foreign.
+pub fn attribute(
+    processes: &mut [ProcessSample],
+    per_process_stats: bool,
+    own_pids: Option<&[u32]>,
+) -> (Option<f64>, Option<f64>) {
+    for p in processes.iter_mut() {
+        p.own = own_pids.is_some_and(|own| own.contains(&p.pid));
+    }
+    match own_pids {
+        Some(own) if per_process_stats => split_own_foreign(Some(processes), own),
+        _ => (None, None),
+    }
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now_s() -> f64 {
     std::time::SystemTime::now()
@@ -203,6 +248,7 @@ mod tests {
             sm_util_pct: sm,
             mem_util_pct: None,
             used_mem_bytes: None,
+            own: false,
         }
     }
 
@@ -224,6 +270,21 @@ mod tests {
         );
         assert_eq!(split_own_foreign(Some(&[]), &[1]), (Some(0.0), Some(0.0)));
         assert_eq!(split_own_foreign(None, &[1]), (None, None));
+    }
+
+    #[test]
+    fn attribution_marks_own_and_is_unknown_without_pids_or_statistics() {
+        let mut procs = vec![p(5, Some(10.0)), p(6, Some(20.0)), p(7, None)];
+        assert_eq!(
+            attribute(&mut procs, true, Some(&[6])),
+            (Some(20.0), Some(10.0))
+        );
+        let own: Vec<bool> = procs.iter().map(|p| p.own).collect();
+        assert_eq!(own, [false, true, false]);
+        assert_eq!(attribute(&mut procs, false, Some(&[6])), (None, None));
+        assert!(procs[1].own, "marked even without statistics");
+        assert_eq!(attribute(&mut procs, true, None), (None, None));
+        assert!(procs.iter().all(|p| !p.own));
     }
 
     #[test]

@@ -12,14 +12,17 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
-use nvml_wrapper::Nvml;
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
 
-use super::{GpuSample, ProcessSample, TelemetryError, TelemetrySource, split_own_foreign};
+use super::{
+    ComputePids, GpuSample, OwnPids, ProcessSample, TelemetryError, TelemetrySource, attribute,
+};
 
 /// The file name NVML is loaded from (through the dynamic loader's search path).
 pub const NVML_LIBRARY: &str = "libnvidia-ml.so.1";
@@ -71,7 +74,7 @@ pub struct NvmlSource {
     driver_version: String,
     nvml_version: String,
     devices: Vec<DeviceState>,
-    own_pids: Vec<u32>,
+    own: Arc<OwnPids>,
     panicked: bool,
 }
 
@@ -169,6 +172,7 @@ pub(crate) fn merge_processes(
                 sm_util_pct: Some(sm / f64::from(n)),
                 mem_util_pct: Some(mem / f64::from(n)),
                 used_mem_bytes: None,
+                own: false,
             },
         );
     }
@@ -180,6 +184,7 @@ pub(crate) fn merge_processes(
             sm_util_pct: util.map(|_| 0.0),
             mem_util_pct: util.map(|_| 0.0),
             used_mem_bytes: None,
+            own: false,
         });
         e.used_mem_bytes = used;
     }
@@ -217,23 +222,31 @@ impl NvmlSource {
             driver_version,
             nvml_version,
             devices: Vec::new(),
-            own_pids: vec![std::process::id()],
+            own: OwnPids::of_this_process(),
             panicked: false,
         })
     }
 
-    /// Processes counted as this daemon's own (default: this process). Add worker processes
-    /// the daemon spawned onto the GPU here.
+    /// Counts as own the processes `own` names (default: this process, as `/proc` tells
+    /// it). Share one `OwnPids` between this source and the code that creates CUDA contexts,
+    /// so that a host pid learned by the handshake counts here at once.
+    pub fn set_own(&mut self, own: Arc<OwnPids>) {
+        self.own = own;
+    }
+
+    /// Counts exactly these host pids as own (they are taken as NVML shows them).
     pub fn set_own_pids(&mut self, pids: Vec<u32>) {
-        self.own_pids = pids;
+        self.own = Arc::new(OwnPids::fixed(pids));
+    }
+
+    /// Which processes count as own.
+    pub fn own(&self) -> Arc<OwnPids> {
+        self.own.clone()
     }
 
     fn read_all(&mut self) -> Result<Vec<GpuSample>, TelemetryError> {
         let NvmlSource {
-            nvml,
-            devices,
-            own_pids,
-            ..
+            nvml, devices, own, ..
         } = self;
         let count = nvml
             .device_count()
@@ -242,88 +255,145 @@ impl NvmlSource {
         while devices.len() < count as usize {
             devices.push(DeviceState::default());
         }
+        let own_pids = own.host_pids();
         let mut out = Vec::with_capacity(count as usize);
         for i in 0..count {
             let st = &mut devices[i as usize];
-            let dev = match nvml.device_by_index(i) {
-                Ok(d) => d,
+            match nvml.device_by_index(i) {
+                Ok(dev) => out.push(read_device(&dev, i, st, at, own_pids.as_deref())),
                 Err(e) => {
                     tracing::debug!(gpu = i, "NVML device handle: {e}");
                     out.push(GpuSample::empty(i, &st.uuid, &st.name, at));
-                    continue;
                 }
-            };
-            if st.uuid.is_empty()
-                && let Ok(u) = dev.uuid()
-            {
-                st.uuid = u;
             }
-            if st.name.is_empty()
-                && let Ok(n) = dev.name()
-            {
-                st.name = n;
-            }
-            let mut s = GpuSample::empty(i, &st.uuid, &st.name, at);
-            if let Ok(u) = dev.utilization_rates() {
-                s.util_gpu_pct = Some(f64::from(u.gpu));
-                s.util_mem_pct = Some(f64::from(u.memory));
-            }
-            if let Ok(m) = dev.memory_info() {
-                s.mem_used_bytes = Some(m.used);
-                s.mem_total_bytes = Some(m.total);
-            }
-            if let Ok(mw) = dev.power_usage() {
-                s.power_w = Some(f64::from(mw) / 1e3);
-            }
-            if let Ok(mj) = dev.total_energy_consumption() {
-                s.energy_j = Some(mj as f64 / 1e3);
-            }
-            if let Ok(mhz) = dev.clock_info(Clock::SM) {
-                s.sm_clock_hz = Some(f64::from(mhz) * 1e6);
-            }
-            if let Ok(t) = dev.temperature(TemperatureSensor::Gpu) {
-                s.temperature_c = Some(f64::from(t));
-            }
-            if let Ok(r) = dev.current_throttle_reasons() {
-                s.throttle_reasons = throttle_names(r.bits());
-            }
-            let util: Option<Vec<UtilSample>> = match dev.process_utilization_stats(st.last_seen_us)
-            {
-                Ok(v) => Some(
-                    v.iter()
-                        .map(|p| (p.pid, p.timestamp, p.sm_util, p.mem_util))
-                        .collect(),
-                ),
-                // NVML's answer when no process used the GPU since `last_seen`.
-                Err(NvmlError::NotFound) => Some(Vec::new()),
-                Err(e) => {
-                    tracing::debug!(gpu = i, "NVML per-process utilisation: {e}");
-                    None
-                }
-            };
-            let memory: Vec<(u32, Option<u64>)> = dev
-                .running_compute_processes()
-                .map(|ps| {
-                    ps.iter()
-                        .map(|p| {
-                            let used = match p.used_gpu_memory {
-                                UsedGpuMemory::Used(b) => Some(b),
-                                UsedGpuMemory::Unavailable => None,
-                            };
-                            (p.pid, used)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let util = st.take_util(util, at);
-            let processes = merge_processes(util.as_deref(), &memory);
-            let (own, foreign) = split_own_foreign(util.as_ref().map(|_| &processes[..]), own_pids);
-            s.processes = processes;
-            s.own_util_pct = own;
-            s.foreign_util_pct = foreign;
-            out.push(s);
         }
         Ok(out)
+    }
+
+    fn list_compute_pids(&self) -> Result<Vec<u32>, TelemetryError> {
+        let read = |what: &str, e: NvmlError| TelemetryError::Read(format!("NVML {what}: {e}"));
+        let count = self
+            .nvml
+            .device_count()
+            .map_err(|e| read("device count", e))?;
+        let mut pids = Vec::new();
+        for i in 0..count {
+            let dev = self
+                .nvml
+                .device_by_index(i)
+                .map_err(|e| read(&format!("GPU {i} handle"), e))?;
+            let ps = dev
+                .running_compute_processes()
+                .map_err(|e| read(&format!("GPU {i} compute processes"), e))?;
+            pids.extend(ps.iter().map(|p| p.pid));
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+}
+
+/// One read of one GPU: its figures, its processes, and their load split into own and
+/// foreign by `own_pids` (`None`: unknown).
+fn read_device(
+    dev: &Device,
+    i: u32,
+    st: &mut DeviceState,
+    at: f64,
+    own_pids: Option<&[u32]>,
+) -> GpuSample {
+    if st.uuid.is_empty()
+        && let Ok(u) = dev.uuid()
+    {
+        st.uuid = u;
+    }
+    if st.name.is_empty()
+        && let Ok(n) = dev.name()
+    {
+        st.name = n;
+    }
+    let mut s = GpuSample::empty(i, &st.uuid, &st.name, at);
+    read_figures(dev, &mut s);
+    let util: Option<Vec<UtilSample>> = match dev.process_utilization_stats(st.last_seen_us) {
+        Ok(v) => Some(
+            v.iter()
+                .map(|p| (p.pid, p.timestamp, p.sm_util, p.mem_util))
+                .collect(),
+        ),
+        // NVML's answer when no process used the GPU since `last_seen`.
+        Err(NvmlError::NotFound) => Some(Vec::new()),
+        Err(e) => {
+            tracing::debug!(gpu = i, "NVML per-process utilisation: {e}");
+            None
+        }
+    };
+    let memory: Vec<(u32, Option<u64>)> = dev
+        .running_compute_processes()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let used = match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => Some(b),
+                        UsedGpuMemory::Unavailable => None,
+                    };
+                    (p.pid, used)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let util = st.take_util(util, at);
+    let mut processes = merge_processes(util.as_deref(), &memory);
+    let (own, foreign) = attribute(&mut processes, util.is_some(), own_pids);
+    s.processes = processes;
+    s.own_util_pct = own;
+    s.foreign_util_pct = foreign;
+    s
+}
+
+/// The device-wide figures; each one NVML refuses stays `None`.
+fn read_figures(dev: &Device, s: &mut GpuSample) {
+    if let Ok(u) = dev.utilization_rates() {
+        s.util_gpu_pct = Some(f64::from(u.gpu));
+        s.util_mem_pct = Some(f64::from(u.memory));
+    }
+    if let Ok(m) = dev.memory_info() {
+        s.mem_used_bytes = Some(m.used);
+        s.mem_total_bytes = Some(m.total);
+    }
+    if let Ok(mw) = dev.power_usage() {
+        s.power_w = Some(f64::from(mw) / 1e3);
+    }
+    if let Ok(mj) = dev.total_energy_consumption() {
+        s.energy_j = Some(mj as f64 / 1e3);
+    }
+    if let Ok(mhz) = dev.clock_info(Clock::SM) {
+        s.sm_clock_hz = Some(f64::from(mhz) * 1e6);
+    }
+    if let Ok(t) = dev.temperature(TemperatureSensor::Gpu) {
+        s.temperature_c = Some(f64::from(t));
+    }
+    if let Ok(r) = dev.current_throttle_reasons() {
+        s.throttle_reasons = throttle_names(r.bits());
+    }
+}
+
+/// The handshake's process lists: every GPU's compute processes, or an error when any GPU
+/// could not be asked. Runs under `catch_unwind` like a read.
+impl ComputePids for NvmlSource {
+    fn compute_pids(&mut self) -> Result<Vec<u32>, TelemetryError> {
+        if self.panicked {
+            return Err(TelemetryError::Panicked("an earlier read".to_string()));
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.list_compute_pids())) {
+            Ok(r) => r,
+            Err(p) => {
+                self.panicked = true;
+                Err(TelemetryError::Panicked(format!(
+                    "a process list ({})",
+                    panic_text(p.as_ref())
+                )))
+            }
+        }
     }
 }
 

@@ -123,7 +123,6 @@ pub fn devices_report(
         if let Some(d) = &described {
             let _ = writeln!(out, "{d}");
         }
-        let own = std::process::id();
         let header = [
             "GPU",
             "NAME",
@@ -197,7 +196,7 @@ pub fn devices_report(
                     p.pid,
                     mib(p.used_mem_bytes),
                     opt(p.sm_util_pct, 0, " %"),
-                    if p.pid == own { " (this process)" } else { "" }
+                    if p.own { " (this process)" } else { "" }
                 );
             }
             let ls = lanes_on(s.index);

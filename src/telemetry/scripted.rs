@@ -10,7 +10,8 @@
 //! JSON (`.json`) or TOML (any other extension) with the same fields:
 //!
 //! ```toml
-//! own_pid = 4242          # optional: processes with this pid are "own"; default: this process
+//! own_pid = 4242          # optional: the daemon's pid (see below); default: this process
+//! proc_root = "procfs/x"  # optional: a procfs fixture, relative to the script's directory
 //! at_end = "repeat_last"  # optional: "repeat_last" (default) or "fail"
 //!
 //! [[steps]]               # one read: a sample per GPU
@@ -27,8 +28,8 @@
 //! temperature_c = 41
 //! throttle_reasons = ["sw_power_cap"]
 //! [[steps.gpus.processes]]   # optional; absent = per-process statistics unavailable
-//! pid = 4242
-//! sm_util_pct = 30
+//! pid = 4242                 # the host pid, as NVML shows it
+//! sm_util_pct = 30           # absent: no kernel ran (an idle context)
 //! used_mem_bytes = 536870912
 //!
 //! [[steps]]               # one failed read
@@ -37,15 +38,27 @@
 //!
 //! Every measurement is optional (absent = unknown). `at_unix_s` may pin a step's timestamp;
 //! otherwise the time of the read is used. `own_util_pct` / `foreign_util_pct` may be given
-//! directly; otherwise they are computed from `processes` (own = pid equal to `own_pid`),
-//! and are unknown when `processes` is absent. An empty `processes = []` means no process
-//! used the GPU.
+//! directly; otherwise they are computed from `processes` (see [`super::attribute`]), and
+//! are unknown when `processes` is absent. An empty `processes = []` means no process used
+//! the GPU.
+//!
+//! Which pids are own: without `proc_root`, `own_pid` is a host pid taken as is. With
+//! `proc_root`, the daemon is placed through that procfs fixture ([`super::pids`]), which
+//! needs `self/status` (with or without an `NSpid` line) and, for the namespaces, the links
+//! `self/ns/pid` and `1/ns/pid` (targets like `pid:[4026531836]`); `own_pid` is then the pid
+//! the daemon knows itself by, the fallback when procfs says nothing. A fixture of a
+//! container that sees only itself leaves the host pid unknown (own and foreign load
+//! unknown) until a handshake learns it: the source is also a [`ComputePids`] lister, whose
+//! every call consumes the next step and lists the pids of its processes on all GPUs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{GpuSample, ProcessSample, TelemetryError, TelemetrySource, split_own_foreign};
+use super::{
+    ComputePids, GpuSample, OwnPids, ProcessSample, TelemetryError, TelemetrySource, attribute,
+};
 
 /// What a scripted source does once its steps are used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -88,7 +101,7 @@ pub struct GpuStep {
 }
 
 impl GpuStep {
-    fn to_sample(&self, own_pids: &[u32], now: f64) -> GpuSample {
+    fn to_sample(&self, own_pids: Option<&[u32]>, now: f64) -> GpuSample {
         let uuid = self
             .uuid
             .clone()
@@ -104,10 +117,11 @@ impl GpuStep {
         s.sm_clock_hz = self.sm_clock_hz;
         s.temperature_c = self.temperature_c;
         s.throttle_reasons = self.throttle_reasons.clone();
-        let (own, foreign) = split_own_foreign(self.processes.as_deref(), own_pids);
+        let mut processes = self.processes.clone().unwrap_or_default();
+        let (own, foreign) = attribute(&mut processes, self.processes.is_some(), own_pids);
         s.own_util_pct = self.own_util_pct.or(own);
         s.foreign_util_pct = self.foreign_util_pct.or(foreign);
-        s.processes = self.processes.clone().unwrap_or_default();
+        s.processes = processes;
         s
     }
 }
@@ -132,6 +146,7 @@ struct StepFile {
 #[serde(deny_unknown_fields)]
 struct ScriptFile {
     own_pid: Option<u32>,
+    proc_root: Option<PathBuf>,
     #[serde(default)]
     at_end: AtEnd,
     steps: Vec<StepFile>,
@@ -143,18 +158,19 @@ pub struct ScriptedSource {
     steps: Vec<ScriptStep>,
     next: usize,
     at_end: AtEnd,
-    own_pids: Vec<u32>,
+    own: Arc<OwnPids>,
     origin: String,
 }
 
 impl ScriptedSource {
-    /// A source replaying `steps`, repeating the last one at the end; this process is own.
+    /// A source replaying `steps`, repeating the last one at the end; this process's pid
+    /// is own, taken as a host pid.
     pub fn new(steps: Vec<ScriptStep>) -> ScriptedSource {
         ScriptedSource {
             steps,
             next: 0,
             at_end: AtEnd::RepeatLast,
-            own_pids: vec![std::process::id()],
+            own: Arc::new(OwnPids::fixed(vec![std::process::id()])),
             origin: "built-in script".to_string(),
         }
     }
@@ -165,17 +181,37 @@ impl ScriptedSource {
         self
     }
 
-    /// Sets which pids count as own.
-    pub fn own_pids(mut self, pids: Vec<u32>) -> ScriptedSource {
-        self.own_pids = pids;
+    /// Sets which host pids count as own.
+    pub fn own_pids(self, pids: Vec<u32>) -> ScriptedSource {
+        self.with_own(Arc::new(OwnPids::fixed(pids)))
+    }
+
+    /// Counts as own what `own` names (shared with whoever learns the host pid).
+    pub fn with_own(mut self, own: Arc<OwnPids>) -> ScriptedSource {
+        self.own = own;
         self
     }
 
-    /// Parses a script (JSON when `is_json`, else TOML). `origin` names it in errors.
+    /// Which processes count as own.
+    pub fn own(&self) -> Arc<OwnPids> {
+        self.own.clone()
+    }
+
+    /// Parses a script (JSON when `is_json`, else TOML). `origin` names it in errors; a
+    /// relative `proc_root` is taken from the current directory.
     pub fn parse(
         text: &str,
         is_json: bool,
         origin: &str,
+    ) -> Result<ScriptedSource, TelemetryError> {
+        Self::parse_in(text, is_json, origin, Path::new(""))
+    }
+
+    fn parse_in(
+        text: &str,
+        is_json: bool,
+        origin: &str,
+        base: &Path,
     ) -> Result<ScriptedSource, TelemetryError> {
         let err = |detail: String| TelemetryError::Script {
             path: origin.to_string(),
@@ -203,9 +239,22 @@ impl ScriptedSource {
             });
         }
         let mut src = ScriptedSource::new(steps).at_end(file.at_end);
-        if let Some(pid) = file.own_pid {
-            src.own_pids = vec![pid];
-        }
+        src.own = match (file.proc_root, file.own_pid) {
+            (Some(root), pid) => {
+                let root = base.join(root);
+                if !root.is_dir() {
+                    return Err(err(format!(
+                        "proc_root {} is not a directory (give a procfs fixture directory, \
+                         relative to the script)",
+                        root.display()
+                    )));
+                }
+                let pid = pid.unwrap_or_else(std::process::id);
+                Arc::new(OwnPids::from_procfs(&root, pid))
+            }
+            (None, Some(pid)) => Arc::new(OwnPids::fixed(vec![pid])),
+            (None, None) => src.own,
+        };
         src.origin = origin.to_string();
         Ok(src)
     }
@@ -220,17 +269,17 @@ impl ScriptedSource {
         let is_json = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        Self::parse(&text, is_json, &origin)
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::parse_in(&text, is_json, &origin, base)
     }
 
     /// How many reads have been made.
     pub fn reads(&self) -> usize {
         self.next
     }
-}
 
-impl TelemetrySource for ScriptedSource {
-    fn sample(&mut self) -> Result<Vec<GpuSample>, TelemetryError> {
+    /// The next step's GPUs (none for a script without steps), or its error.
+    fn next_step(&mut self) -> Result<&[GpuStep], TelemetryError> {
         let i = self.next;
         self.next += 1;
         let step = match self.steps.get(i) {
@@ -243,20 +292,26 @@ impl TelemetrySource for ScriptedSource {
                 }
                 AtEnd::RepeatLast => match self.steps.last() {
                     Some(s) => s,
-                    None => return Ok(Vec::new()),
+                    None => return Ok(&[]),
                 },
             },
         };
         match step {
             ScriptStep::Error(e) => Err(TelemetryError::Read(e.clone())),
-            ScriptStep::Gpus(gpus) => {
-                let now = super::unix_now_s();
-                Ok(gpus
-                    .iter()
-                    .map(|g| g.to_sample(&self.own_pids, now))
-                    .collect())
-            }
+            ScriptStep::Gpus(gpus) => Ok(gpus),
         }
+    }
+}
+
+impl TelemetrySource for ScriptedSource {
+    fn sample(&mut self) -> Result<Vec<GpuSample>, TelemetryError> {
+        let own = self.own.host_pids();
+        let now = super::unix_now_s();
+        let gpus = self.next_step()?;
+        Ok(gpus
+            .iter()
+            .map(|g| g.to_sample(own.as_deref(), now))
+            .collect())
     }
 
     fn describe(&self) -> String {
@@ -265,6 +320,21 @@ impl TelemetrySource for ScriptedSource {
             self.origin,
             self.steps.len()
         )
+    }
+}
+
+/// Each call consumes the next step, like a read, and lists the pids of its processes on
+/// every GPU: a script gives the handshake's "before" and "after" lists this way.
+impl ComputePids for ScriptedSource {
+    fn compute_pids(&mut self) -> Result<Vec<u32>, TelemetryError> {
+        let mut pids: Vec<u32> = self
+            .next_step()?
+            .iter()
+            .flat_map(|g| g.processes.iter().flatten().map(|p| p.pid))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
     }
 }
 
