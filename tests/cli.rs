@@ -405,3 +405,31 @@ fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
         "{err}"
     );
 }
+
+/// A model that would not fit in memory is refused with its estimate before anything is
+/// allocated (it used to abort the process with exit 134), and so is a list of thousands of
+/// layers.
+#[test]
+fn models_too_large_for_memory_or_too_deep_are_refused_before_allocating() {
+    let data = "synthetic:blobs:size=200";
+    // 64-65536-65536-10 is 80 GiB with Adam; twenty such layers, about 1.5 TiB, fit nowhere.
+    let wide = format!("64,{}10", "65536,".repeat(20));
+    let out = setpoint(&["train", "--data", data, "--layers", &wide, "--epochs", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the model needs about"), "{err}");
+    assert!(
+        err.contains("TiB (parameters") && err.contains("cpu has"),
+        "{err}"
+    );
+    assert!(!err.contains("memory allocation"), "{err}");
+
+    let deep = format!("64,{}10", "1,".repeat(200));
+    let out = setpoint(&["train", "--data", data, "--layers", &deep, "--epochs", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("202 widths given; at most 128"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -384,12 +384,13 @@ fn check_unique<'a>(
 }
 
 fn layers(w: &mut Walker, t: &Tbl<'_>) -> Field<Vec<usize>> {
-    match w.int_array::<usize>(t, "layers", 1, Some(65_536)) {
-        Field::Ok(v) if v.len() < 2 => {
+    use crate::model::{MAX_LAYERS, MAX_WIDTH};
+    match w.int_array::<usize>(t, "layers", 1, Some(MAX_WIDTH as i64)) {
+        Field::Ok(v) if v.len() < 2 || v.len() > MAX_LAYERS => {
             w.issue(
                 t.key("layers"),
                 format!(
-                    "must have at least 2 widths (input and output), got {}",
+                    "must have 2 ..= {MAX_LAYERS} widths (input and output included), got {}",
                     v.len()
                 ),
             );

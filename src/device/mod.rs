@@ -279,6 +279,14 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Memory a new model may still take on this backend's device, bytes, when known: on
+    /// the CPU what the kernel reports available (`MemAvailable`), on a GPU what the
+    /// device's memory limit leaves. Checked before a model is allocated, so that one too
+    /// large is refused rather than aborting the process.
+    fn memory_available(&self) -> Option<u64> {
+        host_memory_available()
+    }
+
     /// What a lane is charged for the work done through this backend so far, in
     /// worker-seconds of its device, read by the thread that runs the work: on the CPU the
     /// processor time of the calling thread and of the backend's own workers; on a GPU the
@@ -286,6 +294,24 @@ pub trait Backend: Send + Sync {
     /// the CTA budget in force. A unit of work is charged the difference of two readings.
     fn lane_time(&self) -> std::time::Duration {
         crate::util::cputime::thread_cpu_time() + self.worker_cpu_time()
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, bytes; `None` where it cannot be read.
+pub fn host_memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo(&text, "MemAvailable:")
+}
+
+/// The value of `key` (`MemTotal:`) in `/proc/meminfo` text, bytes.
+fn parse_meminfo(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
     }
 }
 
@@ -327,5 +353,22 @@ pub(crate) fn check_labels(
             classes,
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_is_read_in_bytes() {
+        let text = "MemTotal:       24609968 kB\nMemFree:  100 kB\nMemAvailable:   22000000 kB\n";
+        assert_eq!(
+            parse_meminfo(text, "MemAvailable:"),
+            Some(22_000_000 * 1024)
+        );
+        assert_eq!(parse_meminfo(text, "SwapTotal:"), None);
+        assert_eq!(parse_meminfo("MemAvailable: x kB", "MemAvailable:"), None);
+        assert!(host_memory_available().is_some_and(|b| b > 0));
     }
 }

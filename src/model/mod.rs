@@ -3,6 +3,7 @@
 //! sees parameters only through [`MlpParams`] (initialisation, checkpoints).
 
 pub mod checkpoint;
+pub mod footprint;
 
 use crate::device::{Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams};
 use crate::util::rng::Rng;
@@ -52,8 +53,14 @@ pub fn parse_layers(text: &str) -> Result<Vec<usize>, ModelError> {
     Ok(layers)
 }
 
-/// Checks a layer list: at least an input and an output width, every width ≥ 1, the output
-/// at least 2 classes.
+/// Most widths a layer list may have, the input and output included.
+pub const MAX_LAYERS: usize = 128;
+/// Widest layer.
+pub const MAX_WIDTH: usize = 65_536;
+
+/// Checks a layer list: at least an input and an output width and at most [`MAX_LAYERS`],
+/// every width in `1..=MAX_WIDTH`, the output at least 2 classes. Whether the model fits its
+/// device is a separate question ([`footprint`]).
 pub fn check_layers(layers: &[usize]) -> Result<(), ModelError> {
     let err = |reason: &str| {
         Err(ModelError::Layers {
@@ -64,11 +71,20 @@ pub fn check_layers(layers: &[usize]) -> Result<(), ModelError> {
     if layers.len() < 2 {
         return err("need at least an input and an output width, such as 64,10");
     }
+    if layers.len() > MAX_LAYERS {
+        return Err(ModelError::Layers {
+            layers: layers[..8].to_vec(),
+            reason: format!(
+                "{} widths given; at most {MAX_LAYERS} are accepted (input and output included)",
+                layers.len()
+            ),
+        });
+    }
     if layers.contains(&0) {
         return err("every width must be at least 1");
     }
-    if layers.iter().any(|&w| w > 1 << 20) {
-        return err("widths above 1048576 are not supported");
+    if let Some(w) = layers.iter().find(|&&w| w > MAX_WIDTH) {
+        return err(&format!("width {w} is over the limit of {MAX_WIDTH}"));
     }
     if layers[layers.len() - 1] < 2 {
         return err("the output layer needs at least 2 classes");

@@ -14,6 +14,7 @@ use crate::model::checkpoint::{
     Checkpoint, CheckpointError, DataFingerprint, EpochRecord, TrainConfigMeta, TrainingMeta,
     TrainingState,
 };
+use crate::model::footprint::{Footprint, Purpose, footprint, human_bytes};
 use crate::model::{
     Grads, Mlp, MlpParams, ModelError, Optimizer, OptimizerState, Workspace, format_layers,
 };
@@ -42,6 +43,23 @@ pub enum TrainError {
     /// A model or device operation failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The model would not fit in the memory its device has left.
+    #[error(
+        "the model needs about {} ({}) but {} has {} left; use fewer or narrower layers or a \
+         smaller batch",
+        human_bytes(footprint.total_bytes),
+        footprint_detail(footprint),
+        device,
+        human_bytes(*available_bytes)
+    )]
+    TooLarge {
+        /// What it would allocate.
+        footprint: Footprint,
+        /// The device.
+        device: String,
+        /// What is left there.
+        available_bytes: u64,
+    },
     /// The loss stopped being a number.
     #[error("training diverged at epoch {epoch}: the loss is {loss} (try a lower learning rate)")]
     Diverged {
@@ -63,7 +81,10 @@ impl TrainError {
     /// while running (exit code 1).
     pub fn is_input(&self) -> bool {
         match self {
-            TrainError::Data(_) | TrainError::Spec(_) | TrainError::Resume { .. } => true,
+            TrainError::Data(_)
+            | TrainError::Spec(_)
+            | TrainError::Resume { .. }
+            | TrainError::TooLarge { .. } => true,
             TrainError::Checkpoint(e) => !matches!(e, CheckpointError::Io { .. }),
             TrainError::Model(e) => !matches!(e, ModelError::Device(_)),
             TrainError::Diverged { .. } => false,
@@ -328,11 +349,59 @@ pub struct Trainer<B: Backend> {
 
 const EVAL_ROWS: usize = 512;
 
+/// Refuses a run whose model, optimiser state and batch would not fit in what `backend`'s
+/// device has left, before anything is allocated.
+pub fn check_fits<B: Backend>(backend: &B, spec: &TrainSpec) -> Result<(), TrainError> {
+    let purpose = Purpose::Training {
+        batch: spec.batch_size.max(EVAL_ROWS),
+        optimizer: spec.optimizer,
+    };
+    let Some(available) = backend.memory_available() else {
+        return Ok(());
+    };
+    let too_large = |footprint| TrainError::TooLarge {
+        footprint,
+        device: backend.name(),
+        available_bytes: available,
+    };
+    match footprint(&spec.layers, purpose) {
+        Some(f) if f.total_bytes <= available => Ok(()),
+        Some(f) => Err(too_large(f)),
+        None => Err(too_large(Footprint {
+            params_bytes: u64::MAX,
+            grads_bytes: 0,
+            optimizer_bytes: 0,
+            workspace_bytes: 0,
+            batch_bytes: 0,
+            host_copy_bytes: 0,
+            total_bytes: u64::MAX,
+        })),
+    }
+}
+
+/// `parameters 16.0 GiB, gradients …` for the error message.
+fn footprint_detail(f: &Footprint) -> String {
+    [
+        ("parameters", f.params_bytes),
+        ("gradients", f.grads_bytes),
+        ("optimizer state", f.optimizer_bytes),
+        ("activations", f.workspace_bytes),
+        ("batch", f.batch_bytes),
+        ("host copy", f.host_copy_bytes),
+    ]
+    .iter()
+    .filter(|(_, b)| *b > 0)
+    .map(|(n, b)| format!("{n} {}", human_bytes(*b)))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 impl<B: Backend> Trainer<B> {
     /// Starts a new run: splits `data`, fits the normalisation on the training part and
     /// initialises the model from the seed.
     pub fn new(backend: B, spec: TrainSpec, data: &Dataset) -> Result<Self, TrainError> {
         spec.check()?;
+        check_fits(&backend, &spec)?;
         let (train, val) = prepare_data(&spec, data)?;
         let normalizer = Normalizer::fit(&train);
         let params = MlpParams::init(&spec.layers, spec.seed)?;
@@ -350,6 +419,7 @@ impl<B: Backend> Trainer<B> {
         ckpt_path: &std::path::Path,
     ) -> Result<Self, TrainError> {
         spec.check()?;
+        check_fits(&backend, &spec)?;
         let resume_err = |reason: String| TrainError::Resume {
             path: ckpt_path.to_path_buf(),
             reason,

@@ -539,6 +539,14 @@ impl Backend for CudaBackend {
         self.end_unit()
     }
 
+    fn memory_available(&self) -> Option<u64> {
+        Some(
+            self.dev
+                .memory_limit()
+                .saturating_sub(self.dev.memory_used()),
+        )
+    }
+
     fn lane_time(&self) -> Duration {
         self.charged()
     }
