@@ -13,6 +13,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use super::{DataError, Dataset, LabelColumn, file_error, parse_label, read_error};
+use crate::model::MAX_WIDTH as MAX_CLASSES;
 
 /// The shape fixed by the first non-blank line.
 #[derive(Debug, Clone, Copy)]
@@ -92,9 +93,17 @@ fn load_rows<R: BufRead>(
         for (i, field) in text.split(',').map(str::trim).enumerate() {
             if layout.label == Some(i) {
                 let value = parse_label(field).ok_or_else(|| {
-                    let message = format!("label \"{field}\" is not a non-negative integer");
+                    let message = format!("label {} is not a non-negative integer", shown(field));
                     line_error(path, line, Some(i + 1), message)
                 })?;
+                if value as usize >= MAX_CLASSES {
+                    let message = format!(
+                        "label {value} is over the limit: labels are class numbers 0 ..= {} \
+                         (a model has at most {MAX_CLASSES} classes)",
+                        MAX_CLASSES - 1
+                    );
+                    return Err(line_error(path, line, Some(i + 1), message));
+                }
                 labels.push(value);
             } else {
                 let value =
@@ -143,9 +152,17 @@ fn detect_layout(
             }
             let names: Vec<&str> = fields.iter().map(|f| unquote(f)).collect();
             let index = names.iter().position(|n| n == name).ok_or_else(|| {
+                let listed: Vec<String> = names.iter().take(50).map(|n| shown_bare(n)).collect();
+                let more = names.len().saturating_sub(50);
                 let message = format!(
-                    "no column named \"{name}\"; the header has columns: {}",
-                    names.join(", ")
+                    "no column named {}; the header has columns: {}{}",
+                    shown(name),
+                    listed.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
                 );
                 line_error(path, line, None, message)
             })?;
@@ -165,10 +182,31 @@ fn parse_feature(field: &str) -> Result<f32, String> {
     match field.parse::<f32>() {
         Ok(v) if v.is_finite() => Ok(v),
         Ok(_) => Err(format!(
-            "not a finite number: \"{field}\" (NaN, infinity and values beyond the f32 range \
-             are refused; remove or fill in such values)"
+            "not a finite number: {} (NaN, infinity and values beyond the f32 range are \
+             refused; remove or fill in such values)",
+            shown(field)
         )),
-        Err(_) => Err(format!("not a number: \"{field}\"")),
+        Err(_) => Err(format!("not a number: {}", shown(field))),
+    }
+}
+
+/// Longest field quoted whole in a message.
+const SHOWN_CHARS: usize = 80;
+
+/// `"field"`, or its first [`SHOWN_CHARS`] characters and its size when it is longer: a
+/// 50 MB field is not repeated in an error message.
+fn shown(field: &str) -> String {
+    match field.char_indices().nth(SHOWN_CHARS) {
+        None => format!("\"{field}\""),
+        Some((cut, _)) => format!("\"{}…\" ({} bytes)", &field[..cut], field.len()),
+    }
+}
+
+/// Like [`shown`], without the quotes.
+fn shown_bare(field: &str) -> String {
+    match field.char_indices().nth(SHOWN_CHARS) {
+        None => field.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &field[..cut], field.len()),
     }
 }
 
@@ -204,6 +242,27 @@ mod tests {
 
     fn err(text: &str, label: LabelColumn) -> String {
         parse(text, label).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn long_fields_are_cut_and_huge_labels_named_with_their_line() {
+        let long = "x".repeat(5_000);
+        let e = err(&format!("1,2,0\n3,{long},1\n"), LabelColumn::Last);
+        assert!(
+            e.starts_with("data.csv:2: column 2: not a number: \"xxxx"),
+            "{e}"
+        );
+        assert!(e.contains("…\" (5000 bytes)") && e.len() < 200, "{e}");
+        let e = err("1,2,0\n3,4,4000000000\n", LabelColumn::Last);
+        assert!(
+            e.starts_with(
+                "data.csv:2: column 3: label 4000000000 is over the limit: labels are class \
+                 numbers 0 ..= 65535"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("1,2,{long}\n"), LabelColumn::Last);
+        assert!(e.len() < 200, "{e}");
     }
 
     #[test]
