@@ -522,3 +522,46 @@ fn harness_places_buffers_off_alignment_and_refuses_bad_placements() {
         "unexpected harness message: {err}"
     );
 }
+
+/// The emulation fills shared memory with NaN at each block start, but it reaches only
+/// `__shared__` variables declared in an `extern "C"` kernel itself (the compiler puts those
+/// of a template or inline function elsewhere, see kernels/ABI.md). Every declaration in
+/// `kernels/` must be inside a kernel, so that none escapes.
+#[test]
+fn shared_memory_is_declared_in_kernels_where_the_emulation_poisons_it() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut declarations = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "cu" && e != "cuh") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if !code.contains("__shared__") {
+                continue;
+            }
+            declarations += 1;
+            // The definition this line is in: the last line before it that starts at column
+            // 0 with code (function bodies are indented; their closing brace is not code).
+            let owner = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| l.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+                .unwrap_or(&"");
+            assert!(
+                owner.starts_with("extern \"C\""),
+                "{}:{}: `__shared__` outside an extern \"C\" kernel (in `{owner}`): declare it \
+                 in the kernel and pass it down, or the emulation cannot poison it",
+                path.display(),
+                i + 1
+            );
+        }
+    }
+    assert!(
+        declarations >= 3,
+        "found only {declarations} __shared__ declarations"
+    );
+}

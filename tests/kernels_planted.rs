@@ -7,6 +7,7 @@
 //!   shared-memory buffer instead of two (a write-after-read race): caught by running under
 //!   several schedules of the emulation, by the NaN that fills shared memory at block start,
 //!   or by the comparison with the CPU backend;
+//! - a read of shared memory that no thread of the block wrote: caught by that NaN;
 //! - an out-of-bounds store or load (a bounds check dropped): caught by the guards around
 //!   the harness's buffers or the NaN in them;
 //! - a vector load from a misaligned address (alignment checks dropped, buffers off the
@@ -228,6 +229,23 @@ fn a_vector_load_from_a_misaligned_address_is_caught() {
             )
         },
         &["misaligned address"],
+    );
+}
+
+/// sum_partial adding up the slots of every warp a block could have (32) instead of the
+/// block's 8: the other slots were never written in this block, and read as the NaN the
+/// emulation fills shared memory with (they would read as zeros, and pass, without it).
+#[test]
+fn a_read_of_shared_memory_no_thread_wrote_is_caught() {
+    planted(
+        "sum_partial_reads_unwritten_slots",
+        &[(
+            "softmax.cu",
+            "for (int w = 0; w < (int)(blockDim.x / WARP_SIZE); ++w) {",
+            "for (int w = 0; w < 1024 / WARP_SIZE; ++w) {",
+        )],
+        sum_partial_probe,
+        &["differ"],
     );
 }
 

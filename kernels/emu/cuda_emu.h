@@ -37,8 +37,6 @@
 #define SETPOINT_CUDA_EMU_H
 
 #include <math.h>
-#include <ucontext.h>
-
 #include <bit>
 #include <cstdarg>
 #include <cstdint>
@@ -49,6 +47,8 @@
 #include <memory>
 #include <utility>
 #include <vector>
+
+#include "fiber_switch.h"
 
 #define __global__
 #define __device__
@@ -159,88 +159,6 @@ inline unsigned& schedule_seed() {
 
 // The schedule of every launch that follows.
 inline void set_schedule(unsigned seed) { schedule_seed() = seed; }
-
-// ---------------------------------------------------------------------------------------
-// Switching between fibers. On x86-64 a switch saves the callee-saved registers and the
-// floating-point control words on the stack it leaves and restores them from the one it
-// enters: swapcontext would also save and restore the signal mask, a system call per switch,
-// which made it most of the emulation's run time. Elsewhere (or with -DEMU_UCONTEXT) the
-// portable ucontext calls do the same job.
-
-#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
-
-struct Context {
-    void* sp = nullptr;
-};
-
-// Saves the current context's stack pointer to *from_sp and resumes the one at to_sp.
-__attribute__((naked, noinline)) static void switch_stacks(void** /*from_sp*/, void* /*to_sp*/) {
-    asm volatile(
-        "pushq %rbp\n\t"
-        "pushq %rbx\n\t"
-        "pushq %r12\n\t"
-        "pushq %r13\n\t"
-        "pushq %r14\n\t"
-        "pushq %r15\n\t"
-        "subq $8, %rsp\n\t"
-        "stmxcsr (%rsp)\n\t"
-        "fnstcw 4(%rsp)\n\t"
-        "movq %rsp, (%rdi)\n\t"
-        "movq %rsi, %rsp\n\t"
-        "ldmxcsr (%rsp)\n\t"
-        "fldcw 4(%rsp)\n\t"
-        "addq $8, %rsp\n\t"
-        "popq %r15\n\t"
-        "popq %r14\n\t"
-        "popq %r13\n\t"
-        "popq %r12\n\t"
-        "popq %rbx\n\t"
-        "popq %rbp\n\t"
-        "ret\n\t");
-}
-
-// A context that starts `entry` (which must never return) on the given stack: the frame
-// switch_stacks pops, laid out so that `entry` starts with the stack alignment of a call.
-inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
-    void** sp = (void**)(((uintptr_t)stack + bytes) & ~(uintptr_t)15);
-    *--sp = nullptr;          // where entry's return address would be
-    *--sp = (void*)entry;     // popped by switch_stacks' ret
-    for (int r = 0; r < 6; ++r) {
-        *--sp = nullptr;      // rbp, rbx, r12-r15
-    }
-    uint32_t control[2];
-    asm volatile("stmxcsr %0" : "=m"(control[0]));
-    asm volatile("fnstcw %0" : "=m"(control[1]));
-    --sp;
-    std::memcpy(sp, control, sizeof control);
-    c.sp = sp;
-}
-
-inline void switch_context(Context& from, Context& to) { switch_stacks(&from.sp, to.sp); }
-
-#else
-
-struct Context {
-    ucontext_t uc;
-};
-
-inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
-    if (getcontext(&c.uc) != 0) {
-        fail("getcontext failed");
-    }
-    c.uc.uc_stack.ss_sp = stack;
-    c.uc.uc_stack.ss_size = bytes;
-    c.uc.uc_link = nullptr;  // entry never returns
-    makecontext(&c.uc, entry, 0);
-}
-
-inline void switch_context(Context& from, Context& to) {
-    if (swapcontext(&from.uc, &to.uc) != 0) {
-        fail("swapcontext failed");
-    }
-}
-
-#endif
 
 struct Fiber {
     Context ctx;
@@ -392,7 +310,9 @@ inline void switch_to_scheduler(const char* waiting) {
     Block& b = state();
     Fiber& f = b.fibers[b.current];
     f.waiting = waiting;
-    switch_context(f.ctx, b.scheduler);
+    if (!switch_context(f.ctx, b.scheduler)) {
+        fail("swapcontext failed");
+    }
     clobber();
 }
 
@@ -490,7 +410,7 @@ T exchange(const char* op, unsigned mask, T v, int src) {
     f.done = true;
     ++b.finished;
     switch_context(f.ctx, b.scheduler);
-    fail("a finished thread was resumed");
+    fail("a finished thread was resumed, or swapcontext failed");
 }
 
 // Every block starts with its shared memory all ones (NaN as float, double and bf16), so
@@ -521,7 +441,9 @@ inline void start_fibers(int n) {
         f.done = false;
         f.bank = 0;
         f.waiting = nullptr;
-        make_context(f.ctx, b.stacks[t].get(), kStackBytes, trampoline);
+        if (!make_context(f.ctx, b.stacks[t].get(), kStackBytes, trampoline)) {
+            fail("getcontext failed");
+        }
     }
 }
 
@@ -558,7 +480,9 @@ inline void run_block(const std::function<void()>& body, uint64_t block_linear) 
         }
         b.current = t;
         threadIdx = b.fibers[t].idx;
-        switch_context(b.scheduler, b.fibers[t].ctx);
+        if (!switch_context(b.scheduler, b.fibers[t].ctx)) {
+            fail("swapcontext failed");
+        }
         clobber();
     }
 }
@@ -596,57 +520,7 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     return emu::exchange("__shfl_up_sync", mask, v, emu::lane() - (int)delta);
 }
 
-// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8j..8j+7 give the addresses of the eight
-// 16-byte rows of matrix j; each lane receives, in r[j], row lane/4 of matrix j, elements
-// 2*(lane%4) (low half) and 2*(lane%4)+1 (high half).
-inline void emu_ldmatrix_x4(unsigned r[4], const unsigned short* p) {
-    const int me = emu::state().current;
-    if (emu::warp_size(me / emu::kWarp) != emu::kWarp) emu::fail("ldmatrix in a partial warp");
-    if ((uintptr_t)p % 16 != 0) emu::fail("ldmatrix: row address %p is not 16-byte aligned", p);
-    std::memcpy(emu::slot(me), &p, sizeof p);
-    emu::warp_barrier("ldmatrix");
-    const int lane = emu::lane();
-    for (int j = 0; j < 4; ++j) {
-        const unsigned short* row;
-        std::memcpy(&row, emu::slot(emu::warp_base() + j * 8 + lane / 4), sizeof row);
-        r[j] = (unsigned)row[lane % 4 * 2] | (unsigned)row[lane % 4 * 2 + 1] << 16;
-    }
-    emu::next_bank();
-}
-
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, d, from the fragment layouts
-// of the PTX ISA (groupID g = lane/4, t = lane%4):
-//   A (16 x 16): register i holds row g + 8*(i%2), columns 2t + 8*(i/2) (low) and +1 (high);
-//   B (16 x 8):  register i holds rows 2t + 8*i (low) and +1 (high), column g;
-//   D (16 x 8):  element e is row g + 8*(e/2), column 2t + e%2.
-// Products of bf16 values are exact in f32; they are summed in k order onto d.
-inline void emu_mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
-    const int me = emu::state().current;
-    if (emu::warp_size(me / emu::kWarp) != emu::kWarp) emu::fail("mma.sync in a partial warp");
-    unsigned regs[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
-    std::memcpy(emu::slot(me), regs, sizeof regs);
-    emu::warp_barrier("mma.sync");
-    const int base = emu::warp_base();
-    auto half = [&](int lane, int reg, int high) {
-        unsigned w;
-        std::memcpy(&w, emu::slot(base + lane) + reg * sizeof(unsigned), sizeof w);
-        return std::bit_cast<float>((high ? w >> 16 : w & 0xffffu) << 16);
-    };
-    auto A = [&](int row, int col) {
-        return half(row % 8 * 4 + col % 8 / 2, row / 8 + col / 8 * 2, col % 2);
-    };
-    auto B = [&](int row, int col) { return half(col * 4 + row % 8 / 2, 4 + row / 8, row % 2); };
-    const int g = emu::lane() / 4, t = emu::lane() % 4;
-    for (int e = 0; e < 4; ++e) {
-        const int row = g + e / 2 * 8, col = 2 * t + e % 2;
-        float s = d[e];
-        for (int kk = 0; kk < 16; ++kk) {
-            s += A(row, kk) * B(kk, col);
-        }
-        d[e] = s;
-    }
-    emu::next_bank();
-}
+#include "tensor_core.h"
 
 // Runs kernel<<<grid, block>>>(args...) to completion, one block at a time.
 template <class... P, class... A>

@@ -62,6 +62,8 @@ impl Harness {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("planted-{name}"));
         let copy = root.join("kernels");
+        // Afresh, so that no file of an earlier copy outlives its source.
+        let _ = std::fs::remove_dir_all(&copy);
         std::fs::create_dir_all(copy.join("emu"))
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", copy.display()));
         for rel in source_files(&source) {
