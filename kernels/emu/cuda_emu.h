@@ -295,8 +295,9 @@ inline int pick() {
             }
         }
     }
-    // Only a release makes threads runnable, and releases reset the positions above, so
-    // this is a backstop rather than a path the schedules rely on.
+    // A backstop: a warp runs until none of its lanes can, and a release resets the
+    // positions, so warp after warp finds every runnable thread; n tries of a sweep find
+    // them too unless a random sweep order was redrawn half-way.
     for (int t = 0; t < n; ++t) {
         if (runnable(t)) return t;
     }
@@ -375,6 +376,7 @@ inline void next_bank() {
     Block& b = state();
     b.fibers[b.current].bank ^= 1u;
 }
+
 inline int lane() { return state().current % kWarp; }
 inline int warp_base() { return state().current - lane(); }
 
