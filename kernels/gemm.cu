@@ -1,6 +1,8 @@
 // C = alpha * op(A) * op(B) + beta * C, as `Gemm` in src/device/mod.rs: row-major storage,
 // A is m x k (k x m when trans_a), B is k x n (n x k when trans_b), C is m x n; when
-// beta == 0 the old C is not read.
+// beta == 0 the old C is not read. The sum runs over p in [k_begin, min(k_end, k)) only, so
+// the host can split a long k into launches (split-K: beta for the first, 1 for the rest);
+// k still gives the storage.
 //
 // Every kernel here computes 64 x 64 output tiles, numbered row-major over C, and takes
 // tiles tile_begin + blockIdx.x, + gridDim.x, ... below tile_end: a tile's result does not
@@ -17,31 +19,53 @@
 
 #define TILE 64  // output tile edge (part of the ABI: tile numbering)
 
-// One operand seen as an "outer x k" matrix: op(A) is m x k (outer = m); op(B), transposed,
-// is n x k (outer = n). Its storage is row-major srows x ld, with either k contiguous
-// (k_major: a storage row is one outer index) or the outer index contiguous (a storage row
-// is one k). In every case ld is the extent of the contiguous index, so when ld is a
-// multiple of the vector width, a vector that starts inside a row ends inside it.
+// One operand seen as an "outer x k" matrix restricted to the launch's k range: op(A) is
+// m x k (outer = m); op(B), transposed, is n x k (outer = n). Its storage is row-major with
+// ld elements per row, with either k contiguous (k_major: a storage row is one outer index)
+// or the outer index contiguous (a storage row is one k). `p` points at k = k_lo, so k
+// indices are relative to the range, and rows [0, rows) and columns [0, cols) of the
+// storage from p are read. ld is the extent of the contiguous index in storage, so when ld
+// is a multiple of the vector width and p is aligned, so is every vector at a multiple of
+// the width.
 template <typename T>
 struct Operand {
     const T* p;
-    int srows;
     int ld;
+    int rows;
+    int cols;
     bool k_major;
     bool vec;  // aligned vector loads of `width` elements are possible
 };
 
+// The operand over the k range [k_lo, k_hi). Shifting the base pointer (rather than adding
+// k_lo to every k index) keeps the loads as cheap as without a range: ptxas otherwise keeps
+// more addresses live, about 25 more registers in gemm_bf16. A k_lo that is not a multiple
+// of the vector width (k contiguous) leaves p misaligned, so the loads are scalar.
 template <typename T>
-__device__ __forceinline__ Operand<T> make_operand(const T* p, int outer, int k, bool k_major,
-                                                   int width) {
+__device__ __forceinline__ Operand<T> make_operand(const T* p, int outer, int k, int k_lo,
+                                                   int k_hi, bool k_major, int width) {
     Operand<T> op;
-    op.p = p;
     op.k_major = k_major;
-    op.srows = k_major ? outer : k;
     op.ld = k_major ? k : outer;
+    op.p = p + (k_major ? (long long)k_lo : (long long)k_lo * op.ld);
+    op.rows = k_major ? outer : k_hi - k_lo;
+    op.cols = k_major ? k_hi - k_lo : outer;
     op.vec = op.ld % width == 0 &&
-             (unsigned long long)p % (unsigned long long)(width * (int)sizeof(T)) == 0;
+             (unsigned long long)op.p % (unsigned long long)(width * (int)sizeof(T)) == 0;
     return op;
+}
+
+// The k range of a launch, [k_lo, k_hi), and its number of `bk`-deep slices.
+struct KRange {
+    int lo, hi, slices;
+};
+
+__device__ __forceinline__ KRange make_k_range(int k, int k_begin, int k_end, int bk) {
+    KRange r;
+    r.lo = k_begin > 0 ? k_begin : 0;
+    r.hi = imin(k_end, k);
+    r.slices = r.hi > r.lo ? ceil_div(r.hi - r.lo, bk) : 0;
+    return r;
 }
 
 // Writes alpha * acc (+ beta * C) to C[row][col] if inside C.
@@ -89,7 +113,9 @@ __device__ __forceinline__ void load4(const unsigned short* p, float r[4]) {
 }
 
 // This thread's 4 elements (contiguous in global memory) of the slice of `op` with outer
-// origin o0 and k origin k0; zeros outside the matrix. 64 x 16 = 256 threads x 4.
+// origin o0 and k origin k0; zeros outside the matrix and the k range. 64 x 16 = 256
+// threads x 4. A vector that would cross the end of a row or of the k range is loaded
+// element by element.
 template <typename T>
 __device__ __forceinline__ void simt_load(const Operand<T>& op, int o0, int k0, int tid,
                                           float r[4]) {
@@ -102,16 +128,14 @@ __device__ __forceinline__ void simt_load(const Operand<T>& op, int o0, int k0, 
         scol = o0 + (tid % 16) * 4;
     }
     r[0] = r[1] = r[2] = r[3] = 0.0f;
-    if (srow < op.srows) {
+    if (srow < op.rows) {
         const T* p = op.p + (long long)srow * op.ld + scol;
-        if (op.vec) {
-            if (scol < op.ld) {
-                load4(p, r);
-            }
+        if (op.vec && scol + 4 <= op.cols) {
+            load4(p, r);
         } else {
             UNROLL
             for (int j = 0; j < 4; ++j) {
-                if (scol + j < op.ld) {
+                if (scol + j < op.cols) {
                     r[j] = to_float(p[j]);
                 }
             }
@@ -135,20 +159,23 @@ __device__ __forceinline__ void simt_store(float (*s)[SIMT_LD], bool k_major, in
     }
 }
 
+// `sm` is the kernel's own __shared__ variable: declared in the extern "C" kernels rather
+// than here, because the host emulation cannot poison a static of a template function.
 template <typename T>
-__device__ __forceinline__ void gemm_simt(const T* __restrict__ a, const T* __restrict__ b,
-                                          float* __restrict__ c, int m, int n, int k,
-                                          int trans_a, int trans_b, float alpha, float beta,
-                                          int tile_begin, int tile_end) {
-    __shared__ SimtSmem sm;
+__device__ __forceinline__ void gemm_simt(SimtSmem& sm, const T* __restrict__ a,
+                                          const T* __restrict__ b, float* __restrict__ c, int m,
+                                          int n, int k, int trans_a, int trans_b, float alpha,
+                                          float beta, int tile_begin, int tile_end, int k_begin,
+                                          int k_end) {
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
     const int width = 4;
-    const Operand<T> A = make_operand(a, m, k, trans_a == 0, width);
-    const Operand<T> B = make_operand(b, n, k, trans_b != 0, width);
+    const KRange kr = make_k_range(k, k_begin, k_end, SIMT_BK);
+    const Operand<T> A = make_operand(a, m, k, kr.lo, kr.hi, trans_a == 0, width);
+    const Operand<T> B = make_operand(b, n, k, kr.lo, kr.hi, trans_b != 0, width);
     const int tiles_n = ceil_div(n, TILE);
     const int end = imin(tile_end, ceil_div(m, TILE) * tiles_n);
-    const int slices = ceil_div(k, SIMT_BK);
+    const int slices = kr.slices;
 
     for (int t = tile_begin + blockIdx.x; t < end; t += gridDim.x) {
         const int m0 = t / tiles_n * TILE, n0 = t % tiles_n * TILE;
@@ -208,16 +235,20 @@ __device__ __forceinline__ void gemm_simt(const T* __restrict__ a, const T* __re
 extern "C" __global__ void __launch_bounds__(256)
     gemm_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
              int m, int n, int k, int trans_a, int trans_b, float alpha, float beta,
-             int tile_begin, int tile_end) {
-    gemm_simt<float>(a, b, c, m, n, k, trans_a, trans_b, alpha, beta, tile_begin, tile_end);
+             int tile_begin, int tile_end, int k_begin, int k_end) {
+    __shared__ SimtSmem sm;
+    gemm_simt<float>(sm, a, b, c, m, n, k, trans_a, trans_b, alpha, beta, tile_begin, tile_end,
+                     k_begin, k_end);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     gemm_bf16_simt(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
                    float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b,
-                   float alpha, float beta, int tile_begin, int tile_end) {
-    gemm_simt<unsigned short>(a, b, c, m, n, k, trans_a, trans_b, alpha, beta, tile_begin,
-                              tile_end);
+                   float alpha, float beta, int tile_begin, int tile_end, int k_begin,
+                   int k_end) {
+    __shared__ SimtSmem sm;
+    gemm_simt<unsigned short>(sm, a, b, c, m, n, k, trans_a, trans_b, alpha, beta, tile_begin,
+                              tile_end, k_begin, k_end);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -267,7 +298,7 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4],
 }
 
 // Piece q (0..255) of the 64 x 32 slice of `op` at outer origin o0, k origin k0: 8 elements
-// contiguous in global memory, zeros outside the matrix.
+// contiguous in global memory, zeros outside the matrix and the k range.
 __device__ __forceinline__ void tc_load(const Operand<unsigned short>& op, int o0, int k0, int q,
                                         u32x4& r) {
     int srow, scol;
@@ -279,17 +310,15 @@ __device__ __forceinline__ void tc_load(const Operand<unsigned short>& op, int o
         scol = o0 + (q % 8) * 8;
     }
     r.x = r.y = r.z = r.w = 0u;
-    if (srow < op.srows) {
+    if (srow < op.rows) {
         const unsigned short* p = op.p + (long long)srow * op.ld + scol;
-        if (op.vec) {
-            if (scol < op.ld) {
-                r = *(const u32x4*)p;
-            }
+        if (op.vec && scol + 8 <= op.cols) {
+            r = *(const u32x4*)p;
         } else {
             unsigned w[4] = {0u, 0u, 0u, 0u};
             UNROLL
             for (int j = 0; j < 8; ++j) {
-                if (scol + j < op.ld) {
+                if (scol + j < op.cols) {
                     w[j / 2] |= (unsigned)p[j] << (16 * (j % 2));
                 }
             }
@@ -319,17 +348,18 @@ __device__ __forceinline__ void tc_store(unsigned short (*s)[TC_LD], bool k_majo
 extern "C" __global__ void __launch_bounds__(128)
     gemm_bf16(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
               float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b, float alpha,
-              float beta, int tile_begin, int tile_end) {
+              float beta, int tile_begin, int tile_end, int k_begin, int k_end) {
     __shared__ TcSmem sm;
     const int tid = threadIdx.x;
     const int lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // the warp's 32 x 32 within the tile
     const int width = 8;
-    const Operand<unsigned short> A = make_operand(a, m, k, trans_a == 0, width);
-    const Operand<unsigned short> B = make_operand(b, n, k, trans_b != 0, width);
+    const KRange kr = make_k_range(k, k_begin, k_end, TC_BK);
+    const Operand<unsigned short> A = make_operand(a, m, k, kr.lo, kr.hi, trans_a == 0, width);
+    const Operand<unsigned short> B = make_operand(b, n, k, kr.lo, kr.hi, trans_b != 0, width);
     const int tiles_n = ceil_div(n, TILE);
     const int end = imin(tile_end, ceil_div(m, TILE) * tiles_n);
-    const int slices = ceil_div(k, TC_BK);
+    const int slices = kr.slices;
 
     // Where this lane points ldmatrix: A matrices 0..3 are (rows +0, k +0), (rows +8, k +0),
     // (rows +0, k +8), (rows +8, k +8) of a 16 x 16 block, which is the order of the A

@@ -1,619 +1,23 @@
-//! The CUDA kernels of `kernels/` (contract: `kernels/ABI.md`) run on the CPU through the host
-//! emulation in `kernels/emu/` and are compared with the CPU backend: every kernel, on
-//! awkward shapes (sizes 1, primes, one past a tile or a block), at several grid sizes, which
-//! must give the same results bit for bit (`sum_partial` excepted, within double rounding).
+//! The element-wise, softmax and reduction kernels of `kernels/` (contract: `kernels/ABI.md`)
+//! run on the CPU through the host emulation in `kernels/emu/` and are compared with the CPU
+//! backend: every kernel, on awkward shapes (sizes 1, primes, one past a block), at several
+//! grid sizes, which must give the same results bit for bit (`sum_partial` excepted, within
+//! double rounding). Every launch runs under several schedules of the emulation, which must
+//! agree bit for bit. The GEMM kernels are in `kernels_gemm_emulated.rs`, the planted-bug
+//! checks of the emulation itself in `kernels_planted.rs`.
 //!
 //! The harness is built with the system C++ compiler, at most once per test process and
-//! reused while its sources are unchanged. `gemm_bf16` runs with `ldmatrix` and `mma.sync`
-//! emulated from their PTX fragment layouts, which checks the kernel's tiling and fragment
-//! indexing against those layouts; only a GPU can check the layouts themselves (and it
-//! compares `gemm_bf16` with `gemm_bf16_simt`).
+//! reused while its sources are unchanged.
 
-use std::fmt::Write as _;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+#[path = "support/emu.rs"]
+mod emu;
 
 use half::bf16;
 use setpoint::device::cpu::CpuBuf;
-use setpoint::device::{Activation, AdamParams, Backend, CpuBackend, Gemm, SgdParams};
+use setpoint::device::{Activation, AdamParams, Backend, CpuBackend, SgdParams};
 use setpoint::util::rng::Rng;
 
-/// Flags of the harness build (see kernels/emu/harness.cpp): no FMA contraction, so that the
-/// elementwise kernels round exactly as the CPU backend does.
-const CXX_FLAGS: &[&str] = &[
-    "-std=c++20",
-    "-O2",
-    "-pthread",
-    "-fno-strict-aliasing",
-    "-ffp-contract=off",
-    "-Wall",
-    "-Wextra",
-];
-
-/// Output tile edge of the GEMM kernels (ABI).
-const TILE: usize = 64;
-
-// ---------------------------------------------------------------------------------------------
-// Building and running the harness.
-
-fn harness() -> &'static Path {
-    static HARNESS: OnceLock<PathBuf> = OnceLock::new();
-    HARNESS.get_or_init(build_harness)
-}
-
-fn compiler() -> String {
-    let candidates = std::env::var("CXX")
-        .ok()
-        .into_iter()
-        .chain(["c++", "g++", "clang++"].map(String::from));
-    for cxx in candidates {
-        let works = Command::new(&cxx)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if works {
-            return cxx;
-        }
-    }
-    panic!(
-        "no C++ compiler found (tried $CXX, c++, g++, clang++): these tests compile \
-         kernels/emu/harness.cpp with a C++20 compiler; install one, e.g. `apt-get install g++` \
-         (GCC 10 or later)"
-    );
-}
-
-fn build_harness() -> PathBuf {
-    let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
-    let cxx = compiler();
-    // The binary is named by a hash of its sources, compiler and flags: a rerun with the same
-    // sources reuses it, and test processes running at once never write the same file.
-    let mut hasher = DefaultHasher::new();
-    (&cxx, CXX_FLAGS).hash(&mut hasher);
-    for dir in [kernels.clone(), kernels.join("emu")] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-            .map(|entry| entry.expect("directory entry").path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        for file in files {
-            file.hash(&mut hasher);
-            std::fs::read(&file)
-                .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
-                .hash(&mut hasher);
-        }
-    }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let exe = dir.join(format!("kernel-emu-harness-{:016x}", hasher.finish()));
-    if exe.is_file() {
-        return exe;
-    }
-    let tmp = dir.join(format!("kernel-emu-harness-{}.tmp", std::process::id()));
-    let out = Command::new(&cxx)
-        .args(CXX_FLAGS)
-        .arg(kernels.join("emu/harness.cpp"))
-        .arg("-o")
-        .arg(&tmp)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cxx}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cxx} could not compile kernels/emu/harness.cpp (the kernels under emulation):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::rename(&tmp, &exe)
-        .unwrap_or_else(|e| panic!("cannot move the harness to {}: {e}", exe.display()));
-    // Binaries built from earlier sources are of no further use.
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("kernel-emu-harness-") && !name.ends_with(".tmp") && path != exe {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    exe
-}
-
-/// One kernel launch in the harness's protocol: arguments in the kernel's parameter order.
-struct Launch {
-    kernel: &'static str,
-    input: String,
-}
-
-impl Launch {
-    fn new(kernel: &'static str) -> Self {
-        Launch {
-            kernel,
-            input: String::new(),
-        }
-    }
-
-    fn int(mut self, v: usize) -> Self {
-        let v = i32::try_from(v).expect("an int argument over i32::MAX");
-        writeln!(self.input, "i32 {v}").unwrap();
-        self
-    }
-
-    fn flag(self, v: bool) -> Self {
-        self.int(usize::from(v))
-    }
-
-    fn f32(mut self, v: f32) -> Self {
-        writeln!(self.input, "f32 {:x}", v.to_bits()).unwrap();
-        self
-    }
-
-    fn buffer(mut self, tag: &str, len: usize, bits: impl Iterator<Item = u64>) -> Self {
-        write!(self.input, "{tag} {len}").unwrap();
-        for b in bits {
-            write!(self.input, " {b:x}").unwrap();
-        }
-        self.input.push('\n');
-        self
-    }
-
-    fn f32s(self, v: &[f32]) -> Self {
-        self.buffer("f32[]", v.len(), v.iter().map(|x| u64::from(x.to_bits())))
-    }
-
-    fn f64s(self, v: &[f64]) -> Self {
-        self.buffer("f64[]", v.len(), v.iter().map(|x| x.to_bits()))
-    }
-
-    fn u32s(self, v: &[u32]) -> Self {
-        self.buffer("u32[]", v.len(), v.iter().map(|&x| u64::from(x)))
-    }
-
-    fn u16s(self, v: &[u16]) -> Self {
-        self.buffer("u16[]", v.len(), v.iter().map(|&x| u64::from(x)))
-    }
-
-    fn exec(&self, grid: u32) -> Output {
-        let mut child = Command::new(harness())
-            .args([self.kernel, &grid.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the kernel harness");
-        let mut stdin = child.stdin.take().expect("harness stdin");
-        // A harness that fails early closes its stdin; its status and stderr say why.
-        let _ = stdin.write_all(self.input.as_bytes());
-        drop(stdin);
-        child.wait_with_output().expect("waiting for the harness")
-    }
-
-    /// Runs the kernel with `grid` blocks and returns its buffer arguments afterwards.
-    fn run(&self, grid: u32) -> Outputs {
-        let out = self.exec(grid);
-        assert!(
-            out.status.success(),
-            "{} (grid {grid}) failed under emulation ({}):\n{}",
-            self.kernel,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).expect("harness output is text");
-        let bufs = text
-            .lines()
-            .map(|line| {
-                let mut words = line.split_ascii_whitespace();
-                let tag = words.next().expect("buffer tag").to_string();
-                let len: usize = words.next().expect("buffer length").parse().unwrap();
-                let bits: Vec<u64> = words
-                    .map(|w| u64::from_str_radix(w, 16).expect("hex value"))
-                    .collect();
-                assert_eq!(bits.len(), len, "{}: truncated {tag} output", self.kernel);
-                (tag, bits)
-            })
-            .collect();
-        Outputs {
-            kernel: self.kernel,
-            bufs,
-        }
-    }
-
-    /// Runs the kernel expecting the harness to refuse or fail; returns its stderr.
-    fn run_failing(&self, grid: u32) -> String {
-        let out = self.exec(grid);
-        assert!(
-            !out.status.success(),
-            "{} (grid {grid}) was expected to fail under emulation but succeeded",
-            self.kernel
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-}
-
-/// The buffer arguments of a launch after it ran, numbered in parameter order among buffers.
-struct Outputs {
-    kernel: &'static str,
-    bufs: Vec<(String, Vec<u64>)>,
-}
-
-impl Outputs {
-    fn bits(&self, i: usize, tag: &str) -> &[u64] {
-        let (t, bits) = &self.bufs[i];
-        assert_eq!(t, tag, "{}: buffer {i}", self.kernel);
-        bits
-    }
-
-    fn f32(&self, i: usize) -> Vec<f32> {
-        let bits = self.bits(i, "f32[]");
-        bits.iter().map(|&b| f32::from_bits(b as u32)).collect()
-    }
-
-    fn f64(&self, i: usize) -> Vec<f64> {
-        let bits = self.bits(i, "f64[]");
-        bits.iter().map(|&b| f64::from_bits(b)).collect()
-    }
-
-    fn u16(&self, i: usize) -> Vec<u16> {
-        let bits = self.bits(i, "u16[]");
-        bits.iter().map(|&b| b as u16).collect()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Data and comparisons.
-
-fn uniform(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-    (0..n).map(|_| rng.uniform(lo, hi) as f32).collect()
-}
-
-fn to_bf16_bits(v: &[f32]) -> Vec<u16> {
-    v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect()
-}
-
-fn round_to_bf16(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
-}
-
-/// "[i]" for a vector, "[row][col]" for a matrix with `cols` columns.
-fn position(i: usize, cols: usize) -> String {
-    if cols > 1 {
-        format!("[{}][{}]", i / cols, i % cols)
-    } else {
-        format!("[{i}]")
-    }
-}
-
-/// Asserts that `got` equals `want` bit for bit, naming the first difference.
-fn assert_same(what: &str, got: &[f32], want: &[f32], cols: usize) {
-    assert_eq!(got.len(), want.len(), "{what}: output length");
-    let differ = |(_, (g, w)): &(usize, (&f32, &f32))| g.to_bits() != w.to_bits();
-    let count = got.iter().zip(want).enumerate().filter(differ).count();
-    if let Some((i, (g, w))) = got.iter().zip(want).enumerate().find(differ) {
-        panic!(
-            "{what}: {count} of {} elements differ; first at {}: got {g:e} ({:#010x}), want \
-             {w:e} ({:#010x})",
-            got.len(),
-            position(i, cols),
-            g.to_bits(),
-            w.to_bits()
-        );
-    }
-}
-
-/// Asserts `|got - want| <= tol(i)` everywhere, reporting the worst element against its
-/// tolerance and how many are outside.
-fn assert_close(what: &str, got: &[f32], want: &[f32], cols: usize, tol: impl Fn(usize) -> f64) {
-    assert_eq!(got.len(), want.len(), "{what}: output length");
-    let mut worst: Option<(f64, usize)> = None;
-    let mut outside = 0;
-    let mut max_err = 0.0f64;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (f64::from(g) - f64::from(w)).abs();
-        let err = if err.is_nan() { f64::INFINITY } else { err };
-        max_err = max_err.max(err);
-        let ratio = err / tol(i);
-        if ratio > 1.0 {
-            outside += 1;
-        }
-        if worst.is_none_or(|(r, _)| ratio > r) {
-            worst = Some((ratio, i));
-        }
-    }
-    if let Some((ratio, i)) = worst.filter(|&(r, _)| r > 1.0) {
-        panic!(
-            "{what}: {outside} of {} elements outside tolerance (max abs error {max_err:e}); \
-             worst at {}: got {:e}, want {:e}, error {:e} = {ratio:.1} x tolerance {:e}",
-            got.len(),
-            position(i, cols),
-            got[i],
-            want[i],
-            (f64::from(got[i]) - f64::from(want[i])).abs(),
-            tol(i)
-        );
-    }
-}
-
-/// Relative tolerance `rel` with an absolute floor.
-fn relative(want: &[f32], rel: f64) -> impl Fn(usize) -> f64 + '_ {
-    move |i| rel * f64::from(want[i]).abs() + 1e-30
-}
-
-// ---------------------------------------------------------------------------------------------
-// GEMM.
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GemmKernel {
-    F32,
-    Bf16Simt,
-    Bf16TensorCores,
-}
-
-impl GemmKernel {
-    fn name(self) -> &'static str {
-        match self {
-            GemmKernel::F32 => "gemm_f32",
-            GemmKernel::Bf16Simt => "gemm_bf16_simt",
-            GemmKernel::Bf16TensorCores => "gemm_bf16",
-        }
-    }
-}
-
-/// Shapes (m, n, k): sizes of 1, one either side of the 64-wide tile, several tiles, k not
-/// a multiple of the k-slice, k = 0; the leading dimensions of the 64 and 68/132/36 cases
-/// allow vector loads, the others do not.
-const GEMM_SHAPES: &[(usize, usize, usize)] = &[
-    (1, 1, 1),
-    (1, 17, 63),
-    (17, 1, 65),
-    (63, 65, 17),
-    (65, 63, 130),
-    (130, 17, 1),
-    (64, 64, 64),
-    (68, 132, 36),
-    (130, 130, 130),
-    (5, 7, 0),
-];
-
-/// (alpha, beta), rotated over the cases; beta = 0 runs with NaN in C.
-const GEMM_SCALES: &[(f32, f32)] = &[(1.0, 0.0), (1.5, -0.75), (0.5, 0.0), (-1.0, 1.0)];
-
-/// Every shape with all four transpositions.
-fn gemm_cases(shapes: &[(usize, usize, usize)]) -> Vec<Gemm> {
-    let mut cases = Vec::new();
-    for (s, &(m, n, k)) in shapes.iter().enumerate() {
-        for t in 0..4 {
-            let (alpha, beta) = GEMM_SCALES[(s + t) % GEMM_SCALES.len()];
-            let mut g = Gemm::new(m, n, k).scaled(alpha, beta);
-            g.trans_a = t & 1 != 0;
-            g.trans_b = t & 2 != 0;
-            cases.push(g);
-        }
-    }
-    cases
-}
-
-fn describe(kernel: GemmKernel, g: Gemm) -> String {
-    format!(
-        "{} m={} n={} k={} trans_a={} trans_b={} alpha={} beta={}",
-        kernel.name(),
-        g.m,
-        g.n,
-        g.k,
-        g.trans_a,
-        g.trans_b,
-        g.alpha,
-        g.beta
-    )
-}
-
-/// Per element of C, the error allowed between two f32 evaluations of the product in
-/// different orders: a few units of f32 rounding per term of the sum, times the sum of the
-/// magnitudes of its terms (|alpha| Σ|a·b| + |beta·c|).
-fn gemm_tolerance(g: Gemm, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f64> {
-    let (m, n, k) = (g.m, g.n, g.k);
-    let at = |i: usize, p: usize| {
-        f64::from(if g.trans_a {
-            a[p * m + i]
-        } else {
-            a[i * k + p]
-        })
-    };
-    let bt = |p: usize, j: usize| {
-        f64::from(if g.trans_b {
-            b[j * k + p]
-        } else {
-            b[p * n + j]
-        })
-    };
-    let mut tol = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let terms: f64 = (0..k).map(|p| (at(i, p) * bt(p, j)).abs()).sum();
-            let old = if g.beta != 0.0 {
-                f64::from(g.beta * c[i * n + j]).abs()
-            } else {
-                0.0
-            };
-            let mag = f64::from(g.alpha).abs() * terms + old;
-            tol[i * n + j] = 4e-7 * (k as f64 + 2.0) * mag + 1e-30;
-        }
-    }
-    tol
-}
-
-/// A launch of a GEMM kernel over tiles [begin, end). `a` and `b` are bf16-exact for the
-/// bf16 kernels, which receive their bits.
-fn gemm_launch(
-    kernel: GemmKernel,
-    g: Gemm,
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    begin: usize,
-    end: usize,
-) -> Launch {
-    let launch = Launch::new(kernel.name());
-    let launch = match kernel {
-        GemmKernel::F32 => launch.f32s(a).f32s(b),
-        GemmKernel::Bf16Simt | GemmKernel::Bf16TensorCores => {
-            launch.u16s(&to_bf16_bits(a)).u16s(&to_bf16_bits(b))
-        }
-    };
-    launch
-        .f32s(c)
-        .int(g.m)
-        .int(g.n)
-        .int(g.k)
-        .flag(g.trans_a)
-        .flag(g.trans_b)
-        .f32(g.alpha)
-        .f32(g.beta)
-        .int(begin)
-        .int(end)
-}
-
-fn tiles(g: Gemm) -> usize {
-    g.m.div_ceil(TILE) * g.n.div_ceil(TILE)
-}
-
-/// Random operands for `g` (rounded to bf16 for the bf16 kernels) and C (NaN when beta = 0).
-fn gemm_inputs(rng: &mut Rng, kernel: GemmKernel, g: Gemm) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut a = uniform(rng, g.m * g.k, -1.0, 1.0);
-    let mut b = uniform(rng, g.k * g.n, -1.0, 1.0);
-    if kernel != GemmKernel::F32 {
-        a = round_to_bf16(&a);
-        b = round_to_bf16(&b);
-    }
-    let c = if g.beta == 0.0 {
-        vec![f32::NAN; g.m * g.n]
-    } else {
-        uniform(rng, g.m * g.n, -1.0, 1.0)
-    };
-    (a, b, c)
-}
-
-/// Runs every case at each grid size: the first grid's C against the CPU backend's, the
-/// others against the first bit for bit.
-fn check_gemm(kernel: GemmKernel, cases: &[Gemm], grids: &[u32], seed: u64) {
-    let mut rng = Rng::new(seed);
-    let cpu = CpuBackend::single();
-    for &g in cases {
-        let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
-        let mut want = CpuBuf(c.clone());
-        cpu.gemm(g, &CpuBuf(a.clone()), &CpuBuf(b.clone()), &mut want)
-            .unwrap();
-        let tol = gemm_tolerance(g, &a, &b, &c);
-        let launch = gemm_launch(kernel, g, &a, &b, &c, 0, tiles(g));
-        let first = launch.run(grids[0]).f32(2);
-        let what = describe(kernel, g);
-        assert_close(
-            &format!("{what} grid={} vs CPU", grids[0]),
-            &first,
-            &want.0,
-            g.n,
-            |i| tol[i],
-        );
-        for &grid in &grids[1..] {
-            let got = launch.run(grid).f32(2);
-            assert_same(
-                &format!("{what} grid={grid} vs grid={}", grids[0]),
-                &got,
-                &first,
-                g.n,
-            );
-        }
-    }
-}
-
-#[test]
-fn gemm_f32_matches_cpu_on_all_shapes_and_transposes() {
-    check_gemm(GemmKernel::F32, &gemm_cases(GEMM_SHAPES), &[1, 3, 7], 1);
-}
-
-#[test]
-fn gemm_bf16_simt_matches_cpu_on_bf16_inputs() {
-    let shapes = [
-        (1, 1, 1),
-        (17, 63, 65),
-        (64, 64, 64),
-        (65, 130, 42),
-        (3, 5, 0),
-    ];
-    check_gemm(GemmKernel::Bf16Simt, &gemm_cases(&shapes), &[1, 3, 7], 2);
-}
-
-/// The tensor-core kernel with ldmatrix and mma.sync emulated: 128 threads, 32-deep
-/// k-slices, 8-element vector loads where the leading dimension is a multiple of 8.
-#[test]
-fn gemm_bf16_tensor_core_kernel_matches_cpu_under_emulated_mma() {
-    let shapes = [
-        (1, 1, 1),
-        (16, 8, 16),
-        (17, 63, 65),
-        (64, 64, 64),
-        (128, 72, 96),
-        (65, 130, 40),
-        (130, 136, 72),
-    ];
-    check_gemm(
-        GemmKernel::Bf16TensorCores,
-        &gemm_cases(&shapes),
-        &[1, 3, 7],
-        3,
-    );
-}
-
-/// A GEMM split into two launches over the tile ranges [0, t/2) and [t/2, t) gives exactly
-/// the one-launch result, and the first launch leaves the tiles outside its range alone. With
-/// beta != 0 a kernel that ignored the range would apply beta twice.
-#[test]
-fn gemm_tile_ranges_split_the_product_exactly() {
-    let mut rng = Rng::new(4);
-    for kernel in [
-        GemmKernel::F32,
-        GemmKernel::Bf16Simt,
-        GemmKernel::Bf16TensorCores,
-    ] {
-        let g = Gemm::new(130, 150, 40).tb().scaled(1.25, 0.5);
-        let (m, n) = (g.m, g.n);
-        let t = tiles(g);
-        assert_eq!(t, 9);
-        let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
-        let what = describe(kernel, g);
-        let whole = gemm_launch(kernel, g, &a, &b, &c, 0, t).run(1).f32(2);
-
-        let half = gemm_launch(kernel, g, &a, &b, &c, 0, t / 2).run(2).f32(2);
-        let tiles_n = n.div_ceil(TILE);
-        for i in 0..m * n {
-            let tile = (i / n / TILE) * tiles_n + (i % n) / TILE;
-            let (got, want, which) = if tile < t / 2 {
-                (half[i], whole[i], "the one-launch result")
-            } else {
-                (half[i], c[i], "the old C")
-            };
-            assert_eq!(
-                got.to_bits(),
-                want.to_bits(),
-                "{what}: after the launch over tiles [0, {}), C{} (tile {tile}) is {got}, not \
-                 {which} {want}",
-                t / 2,
-                position(i, n)
-            );
-        }
-        let split = gemm_launch(kernel, g, &a, &b, &half, t / 2, t)
-            .run(3)
-            .f32(2);
-        assert_same(
-            &format!(
-                "{what}: launches over [0, {}) + [{}, {t}) vs one launch",
-                t / 2,
-                t / 2
-            ),
-            &split,
-            &whole,
-            n,
-        );
-    }
-}
+use emu::{Harness, Launch, assert_close, assert_same, relative, to_bf16_bits, uniform};
 
 // ---------------------------------------------------------------------------------------------
 // Elementwise kernels: bit for bit against the CPU backend at every grid size.
@@ -1064,5 +468,100 @@ fn harness_reports_stray_writes_and_mismatched_arguments() {
     assert!(
         err.contains("too few arguments"),
         "unexpected harness message: {err}"
+    );
+}
+
+/// A buffer can lie a whole number of elements past the 256-byte alignment, as a sub-buffer
+/// does, and gives the same results there; an offset that is not a whole number of elements,
+/// or an empty schedule list, is refused with a message saying what is accepted.
+#[test]
+fn harness_places_buffers_off_alignment_and_refuses_bad_placements() {
+    let mut rng = Rng::new(14);
+    let len = 300;
+    let (p, g, v) = (
+        uniform(&mut rng, len, -1.0, 1.0),
+        uniform(&mut rng, len, -1.0, 1.0),
+        uniform(&mut rng, len, -0.1, 0.1),
+    );
+    let run = |offsets: [usize; 3]| {
+        Launch::new("sgd_step")
+            .f32s_at(&p, offsets[0])
+            .f32s_at(&g, offsets[1])
+            .f32s_at(&v, offsets[2])
+            .int(len)
+            .f32(0.05)
+            .f32(0.9)
+            .f32(1e-4)
+            .run(3)
+    };
+    let aligned = run([0; 3]);
+    let shifted = run([1, 3, 63]);
+    for i in [0, 2] {
+        let what = format!("sgd_step buffer {i} off alignment vs aligned");
+        assert_same(&what, &shifted.f32(i), &aligned.f32(i), 1);
+    }
+
+    let err = Launch::new("fill_f32")
+        .buffer("f32[]", 2, &[0; 4])
+        .int(4)
+        .f32(1.0)
+        .run_failing(1);
+    assert!(
+        err.contains("bad offset in `f32[]@2`") && err.contains("multiple of the element size (4)"),
+        "unexpected harness message: {err}"
+    );
+    let err = Launch::new("fill_f32")
+        .f32s(&[0.0; 4])
+        .int(4)
+        .f32(1.0)
+        .try_run(Harness::main(), 1, &[])
+        .err()
+        .expect("an empty schedule list is refused");
+    assert!(
+        err.contains("bad schedule list ``"),
+        "unexpected harness message: {err}"
+    );
+}
+
+/// The emulation fills shared memory with NaN at each block start, but it reaches only
+/// `__shared__` variables declared in an `extern "C"` kernel itself (the compiler puts those
+/// of a template or inline function elsewhere, see kernels/ABI.md). Every declaration in
+/// `kernels/` must be inside a kernel, so that none escapes.
+#[test]
+fn shared_memory_is_declared_in_kernels_where_the_emulation_poisons_it() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut declarations = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "cu" && e != "cuh") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if !code.contains("__shared__") {
+                continue;
+            }
+            declarations += 1;
+            // The definition this line is in: the last line before it that starts at column
+            // 0 with code (function bodies are indented; their closing brace is not code).
+            let owner = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| l.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+                .unwrap_or(&"");
+            assert!(
+                owner.starts_with("extern \"C\""),
+                "{}:{}: `__shared__` outside an extern \"C\" kernel (in `{owner}`): declare it \
+                 in the kernel and pass it down, or the emulation cannot poison it",
+                path.display(),
+                i + 1
+            );
+        }
+    }
+    assert!(
+        declarations >= 3,
+        "found only {declarations} __shared__ declarations"
     );
 }

@@ -1,24 +1,35 @@
 // Host emulation of the parts of the CUDA execution model the kernels in kernels/ use, so
 // that they compile as ordinary C++20 and run on the CPU in tests (kernels/emu/harness.cpp,
-// tests/kernels_emulated.rs).
+// tests/kernels_*emulated.rs).
 //
 // How it runs a launch. Blocks run one after another. The threads of a block run as fibers
-// (ucontext) on the calling OS thread, switched only at barriers: a fiber runs until it
+// (own stacks) on the calling OS thread, switched only at barriers: a fiber runs until it
 // reaches __syncthreads() or a warp collective (shuffle, __syncwarp, ldmatrix, mma.sync),
 // where it waits until every thread that must take part has arrived. Because one block
-// runs at a time on one OS thread, `__shared__` is simply `static` storage, and the
-// built-in index variables are thread_local variables set before each switch into a fiber.
-// Fibers rather than one OS thread per CUDA thread: a switch costs far less than waking
-// 256 threads at every barrier, runs are deterministic, and a barrier that not every
-// thread reaches is detected (no fiber can run but some have not finished) and reported
-// instead of hanging.
+// runs at a time on one OS thread, `__shared__` is static storage, and the built-in index
+// variables are thread_local variables set before each switch into a fiber. Fibers rather
+// than one OS thread per CUDA thread: a switch costs far less than waking 256 threads at
+// every barrier, runs are reproducible, and a barrier that not every thread reaches is
+// detected (no fiber can run but some have not finished) and reported instead of hanging.
+//
+// Schedules. Which runnable fiber goes next is chosen by a schedule (set_schedule, a seed):
+// 0 sweeps over the threads in order, one synchronisation point each per sweep, which keeps
+// warps in near lock-step; 1 and 2 run one warp at a time, ascending and descending, each as
+// far as it gets before __syncthreads (through its warp collectives); 3 sweeps in
+// descending order; larger seeds draw a random mix of these per barrier interval, with
+// random warp, thread and lane orders. A kernel's results must not depend on the schedule:
+// running it under several and comparing the results bit for bit exposes missing barriers
+// and write-after-read races on shared memory, which a single order can hide.
 //
 // What it checks: barrier deadlocks, divergent warp collectives (lanes of one warp waiting
 // at different kinds of collective), shuffle masks other than the whole warp, unaligned
-// ldmatrix rows. What it does not: races between threads of a block between barriers
-// (threads run in a fixed order, so a missing barrier may go unnoticed), reads of shared
-// memory never written in this launch (it starts zeroed and keeps values across blocks),
-// memory outside the kernel's buffers (the harness guards its buffers instead).
+// ldmatrix rows; reads of shared memory that no thread of the block wrote (each block
+// starts with it filled with ones, NaN to every float type). Built with
+// -fsanitize=alignment,bounds (see harness.cpp), misaligned vector accesses and indexes
+// past a fixed-size array abort. What it does not check: races inside one turn (a fiber is
+// never interrupted between synchronisation points, so two threads' read-modify-writes of
+// one location never interleave), memory outside the kernel's buffers (the harness guards
+// its buffers instead), and anything about timing or the memory model beyond barriers.
 //
 // Build with -fno-strict-aliasing: the kernels read shared and global memory through the
 // vector structs of common.cuh, as CUDA code does.
@@ -26,8 +37,6 @@
 #define SETPOINT_CUDA_EMU_H
 
 #include <math.h>
-#include <ucontext.h>
-
 #include <bit>
 #include <cstdarg>
 #include <cstdint>
@@ -36,14 +45,25 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
+
+#include "fiber_switch.h"
 
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+// Every __shared__ variable goes to one section, which each block start fills with ones.
+// GCC ignores a section attribute on a static inside a template or inline function (such
+// statics live in COMDAT groups), so kernels declare their shared memory in the extern "C"
+// kernel itself and pass it down; one declared elsewhere would escape the poisoning.
+#define __shared__ static __attribute__((section("emu_shared")))
 #define __launch_bounds__(...)
+
+// The bounds of the section, from the linker (weak: absent when no kernel has any).
+extern "C" __attribute__((weak)) unsigned char __start_emu_shared[];
+extern "C" __attribute__((weak)) unsigned char __stop_emu_shared[];
 
 struct uint3 {
     unsigned x, y, z;
@@ -81,12 +101,70 @@ namespace emu {
 
 constexpr int kWarp = 32;
 constexpr size_t kStackBytes = 256 * 1024;
-constexpr size_t kSlotBytes = 32;  // per-thread exchange area of warp collectives
+constexpr size_t kSlotBytes = 32;  // per-thread exchange area of one warp collective
+
+// ---------------------------------------------------------------------------------------
+// Schedules: in which order the runnable threads of a block take their turns. A turn lasts
+// until the thread blocks (at a barrier or a warp collective) or ends.
+
+enum class Order : unsigned char { Ascending, Descending, Random };
+
+enum class Mode : unsigned char {
+    // Sweeps over the threads in `order`, each taking one turn: every thread advances by
+    // one synchronisation point per sweep, so warps stay in near lock-step.
+    Interleaved,
+    // The warps in `order`, one at a time: a warp runs (its lanes taking turns in lane
+    // order, through its warp collectives) until all its lanes wait at __syncthreads or
+    // have ended, and only then does the next warp start. Writes of an early warp are
+    // seen by the reads of a later one in the same barrier interval.
+    WarpMajor,
+};
+
+struct Policy {
+    Mode mode;
+    Order order;
+    // Draws a new mode and orders at each barrier epoch (Mode/Order above are ignored).
+    bool random;
+    // A thread whose arrival releases a barrier goes back to the scheduler, which picks who
+    // runs next by the policy, instead of running on (as schedule 0 does).
+    bool yield_on_release;
+};
+
+// Schedule 0 is the plain order (thread 0, 1, ... each to its next synchronisation point);
+// 1-3 are fixed adversarial orders; every larger seed is a different random one.
+inline Policy policy_of(unsigned seed) {
+    switch (seed) {
+        case 0: return {Mode::Interleaved, Order::Ascending, false, false};
+        case 1: return {Mode::WarpMajor, Order::Ascending, false, true};
+        case 2: return {Mode::WarpMajor, Order::Descending, false, true};
+        case 3: return {Mode::Interleaved, Order::Descending, false, true};
+        default: return {Mode::WarpMajor, Order::Random, true, true};
+    }
+}
+
+inline const char* describe_schedule(unsigned seed) {
+    switch (seed) {
+        case 0: return "threads in turn, ascending";
+        case 1: return "warp after warp, ascending";
+        case 2: return "warp after warp, descending";
+        case 3: return "threads in turn, descending";
+        default: return "random per barrier interval";
+    }
+}
+
+inline unsigned& schedule_seed() {
+    static unsigned seed = 0;
+    return seed;
+}
+
+// The schedule of every launch that follows.
+inline void set_schedule(unsigned seed) { schedule_seed() = seed; }
 
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     uint3 idx;
     bool done;
+    unsigned bank;        // which half of its exchange slot the next collective uses
     const char* waiting;  // the barrier this fiber waits at; null when it can run
 };
 
@@ -96,7 +174,7 @@ struct Warp {
 };
 
 struct Block {
-    ucontext_t scheduler;
+    Context scheduler;
     std::vector<Fiber> fibers;
     std::vector<std::unique_ptr<char[]>> stacks;  // kept across blocks and launches
     std::vector<Warp> warps;
@@ -104,24 +182,20 @@ struct Block {
     const std::function<void()>* body = nullptr;
     int current = 0;
     int block_arrived = 0;
+    int finished = 0;
+
+    Policy policy{};
+    Mode mode = Mode::Interleaved;  // of this barrier epoch
+    uint64_t rng = 0;
+    std::vector<int> order;     // threads (Interleaved) or warps (WarpMajor)
+    int pos = 0;                // next position in `order`
+    std::vector<int> lanes;     // per warp, its lanes in turn order (kWarp entries each)
+    std::vector<int> lane_pos;  // per warp, next position in its lanes
 };
 
 inline Block& state() {
     static Block b;
     return b;
-}
-
-// Compiler barrier after a switch: other fibers may have written any memory.
-inline void clobber() { asm volatile("" ::: "memory"); }
-
-inline void switch_to_scheduler(const char* waiting) {
-    Block& b = state();
-    Fiber& f = b.fibers[b.current];
-    f.waiting = waiting;
-    if (swapcontext(&f.ctx, &b.scheduler) != 0) {
-        fail("swapcontext failed");
-    }
-    clobber();
 }
 
 inline int warp_size(int warp) {
@@ -134,6 +208,122 @@ inline unsigned warp_mask(int warp) {
     return n == kWarp ? 0xffffffffu : (1u << n) - 1u;
 }
 
+// splitmix64: small, and the same sequence on every platform.
+inline uint64_t next_random() {
+    uint64_t z = (state().rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// Fills v[0..n) with 0..n-1 in the given order.
+inline void arrange(int* v, int n, Order order) {
+    for (int i = 0; i < n; ++i) {
+        v[i] = order == Order::Descending ? n - 1 - i : i;
+    }
+    if (order == Order::Random) {
+        for (int i = n - 1; i > 0; --i) {
+            std::swap(v[i], v[next_random() % (uint64_t)(i + 1)]);
+        }
+    }
+}
+
+inline Order lane_order() {
+    const Block& b = state();
+    return b.policy.random ? Order::Random : b.policy.order;
+}
+
+inline void arrange_lanes(int w) {
+    Block& b = state();
+    b.lane_pos[w] = 0;
+    arrange(&b.lanes[(size_t)w * kWarp], warp_size(w), lane_order());
+}
+
+// A new barrier epoch: at block start and whenever __syncthreads releases.
+inline void new_epoch() {
+    Block& b = state();
+    const int n = (int)b.fibers.size(), warps = (int)b.warps.size();
+    const Mode before = b.mode;
+    if (b.policy.random) {
+        b.mode = next_random() % 4 == 0 ? Mode::Interleaved : Mode::WarpMajor;
+    } else {
+        b.mode = b.policy.mode;
+    }
+    const Order order = b.policy.random ? Order::Random : b.policy.order;
+    if (b.mode == Mode::WarpMajor) {
+        b.order.resize(warps);
+        arrange(b.order.data(), warps, order);
+        b.pos = 0;
+        for (int w = 0; w < warps; ++w) {
+            arrange_lanes(w);
+        }
+    } else if (b.policy.random || before != Mode::Interleaved || (int)b.order.size() != n) {
+        // A fixed interleaved order simply sweeps on across epochs, as schedule 0 always did.
+        b.order.resize(n);
+        arrange(b.order.data(), n, order);
+        b.pos = 0;
+    }
+}
+
+inline bool runnable(int t) {
+    const Fiber& f = state().fibers[t];
+    return !f.done && f.waiting == nullptr;
+}
+
+// The next thread to take a turn, or -1 when none can run.
+inline int pick() {
+    Block& b = state();
+    const int n = (int)b.fibers.size();
+    if (b.mode == Mode::Interleaved) {
+        for (int tries = 0; tries < n; ++tries) {
+            if (b.pos == n) {
+                b.pos = 0;
+                if (b.policy.random) arrange(b.order.data(), n, Order::Random);
+            }
+            const int t = b.order[b.pos++];
+            if (runnable(t)) return t;
+        }
+    } else {
+        for (; b.pos < (int)b.order.size(); ++b.pos) {
+            const int w = b.order[b.pos];
+            for (int& l = b.lane_pos[w]; l < warp_size(w); ++l) {
+                const int t = w * kWarp + b.lanes[(size_t)w * kWarp + l];
+                if (runnable(t)) {
+                    ++l;
+                    return t;
+                }
+            }
+        }
+    }
+    // A backstop: a warp runs until none of its lanes can, and a release resets the
+    // positions, so warp after warp finds every runnable thread; n tries of a sweep find
+    // them too unless a random sweep order was redrawn half-way.
+    for (int t = 0; t < n; ++t) {
+        if (runnable(t)) return t;
+    }
+    return -1;
+}
+
+// Compiler barrier after a switch: other fibers may have written any memory.
+inline void clobber() { asm volatile("" ::: "memory"); }
+
+inline void switch_to_scheduler(const char* waiting) {
+    Block& b = state();
+    Fiber& f = b.fibers[b.current];
+    f.waiting = waiting;
+    if (!switch_context(f.ctx, b.scheduler)) {
+        fail("swapcontext failed");
+    }
+    clobber();
+}
+
+// After releasing a barrier: let the schedule choose who goes first.
+inline void released() {
+    if (state().policy.yield_on_release) {
+        switch_to_scheduler(nullptr);
+    }
+}
+
 inline void block_barrier() {
     Block& b = state();
     if (++b.block_arrived == (int)b.fibers.size()) {
@@ -141,6 +331,8 @@ inline void block_barrier() {
         for (Fiber& f : b.fibers) {
             f.waiting = nullptr;
         }
+        new_epoch();
+        released();
         return;
     }
     switch_to_scheduler("__syncthreads");
@@ -160,12 +352,31 @@ inline void warp_barrier(const char* op) {
         for (int t = w * kWarp; t < w * kWarp + warp_size(w); ++t) {
             b.fibers[t].waiting = nullptr;
         }
+        if (b.mode == Mode::WarpMajor) {
+            arrange_lanes(w);
+        }
+        released();
         return;
     }
     switch_to_scheduler(op);
 }
 
-inline unsigned char* slot(int thread) { return &state().slots[(size_t)thread * kSlotBytes]; }
+// Where `thread` publishes its value for the collective the current thread is in. Each thread
+// has two slots and alternates between them, collective by collective, so that one barrier
+// per collective suffices: a lane cannot reuse a slot before every lane of its warp has
+// reached the next collective, that is, has finished reading this one.
+inline unsigned char* slot(int thread) {
+    Block& b = state();
+    const size_t bank = b.fibers[b.current].bank;
+    return &b.slots[((size_t)thread * 2 + bank) * kSlotBytes];
+}
+
+// Ends the current thread's part in a collective.
+inline void next_bank() {
+    Block& b = state();
+    b.fibers[b.current].bank ^= 1u;
+}
+
 inline int lane() { return state().current % kWarp; }
 inline int warp_base() { return state().current - lane(); }
 
@@ -190,77 +401,91 @@ T exchange(const char* op, unsigned mask, T v, int src) {
     if (src >= 0 && src < warp_size(me / kWarp)) {
         std::memcpy(&r, slot(warp_base() + src), sizeof(T));
     }
-    warp_barrier(op);
+    next_bank();
     return r;
 }
 
-inline void trampoline() {
+[[noreturn]] inline void trampoline() {
     Block& b = state();
     (*b.body)();
-    b.fibers[b.current].done = true;
-    // Returning resumes uc_link, the scheduler.
+    Fiber& f = b.fibers[b.current];
+    f.done = true;
+    ++b.finished;
+    switch_context(f.ctx, b.scheduler);
+    fail("a finished thread was resumed, or swapcontext failed");
 }
 
-inline void run_block(const std::function<void()>& body) {
+// Every block starts with its shared memory all ones (NaN as float, double and bf16), so
+// reading shared memory that no thread of the block wrote shows in the results.
+inline void poison_shared() {
+    unsigned char* const begin = __start_emu_shared;
+    unsigned char* const end = __stop_emu_shared;
+    if (begin != nullptr && end > begin) {
+        std::memset(begin, 0xff, (size_t)(end - begin));
+    }
+}
+
+inline void start_fibers(int n) {
     Block& b = state();
-    const int n = (int)(blockDim.x * blockDim.y * blockDim.z);
     b.fibers.assign(n, Fiber{});
     b.warps.assign((n + kWarp - 1) / kWarp, Warp{});
-    b.slots.assign((size_t)n * kSlotBytes, 0);
+    b.slots.assign((size_t)n * 2 * kSlotBytes, 0);
+    b.lanes.assign(b.warps.size() * kWarp, 0);
+    b.lane_pos.assign(b.warps.size(), 0);
     while ((int)b.stacks.size() < n) {
         b.stacks.emplace_back(new char[kStackBytes]);
     }
-    b.body = &body;
     b.block_arrived = 0;
+    b.finished = 0;
     for (int t = 0; t < n; ++t) {
         Fiber& f = b.fibers[t];
         f.idx = uint3{t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
         f.done = false;
+        f.bank = 0;
         f.waiting = nullptr;
-        if (getcontext(&f.ctx) != 0) {
+        if (!make_context(f.ctx, b.stacks[t].get(), kStackBytes, trampoline)) {
             fail("getcontext failed");
         }
-        f.ctx.uc_stack.ss_sp = b.stacks[t].get();
-        f.ctx.uc_stack.ss_size = kStackBytes;
-        f.ctx.uc_link = &b.scheduler;
-        makecontext(&f.ctx, trampoline, 0);
     }
+}
+
+[[noreturn]] inline void deadlock() {
+    Block& b = state();
+    const int n = (int)b.fibers.size();
+    for (int t = 0; t < n; ++t) {
+        if (!b.fibers[t].done) {
+            threadIdx = b.fibers[t].idx;
+            fail("deadlock: waits in %s, but %d of %d threads finished and the rest wait "
+                 "elsewhere or in a different group",
+                 b.fibers[t].waiting, b.finished, n);
+        }
+    }
+    fail("deadlock with every thread finished");
+}
+
+inline void run_block(const std::function<void()>& body, uint64_t block_linear) {
+    Block& b = state();
+    const int n = (int)(blockDim.x * blockDim.y * blockDim.z);
+    const unsigned seed = schedule_seed();
+    b.policy = policy_of(seed);
+    b.rng = (uint64_t)seed << 32 ^ block_linear;
+    b.body = &body;
+    start_fibers(n);
+    b.mode = Mode::WarpMajor;  // not Interleaved: the first epoch arranges its order
+    new_epoch();
+    poison_shared();
     for (;;) {
-        bool alive = false, ran = false;
-        for (int t = 0; t < n; ++t) {
-            Fiber& f = b.fibers[t];
-            if (f.done) {
-                continue;
-            }
-            alive = true;
-            if (f.waiting != nullptr) {
-                continue;
-            }
-            b.current = t;
-            threadIdx = f.idx;
-            if (swapcontext(&b.scheduler, &f.ctx) != 0) {
-                fail("swapcontext failed");
-            }
-            clobber();
-            ran = true;
+        const int t = pick();
+        if (t < 0) {
+            if (b.finished == n) return;
+            deadlock();
         }
-        if (!alive) {
-            return;
+        b.current = t;
+        threadIdx = b.fibers[t].idx;
+        if (!switch_context(b.scheduler, b.fibers[t].ctx)) {
+            fail("swapcontext failed");
         }
-        if (!ran) {
-            int done = 0;
-            for (const Fiber& f : b.fibers) {
-                done += f.done;
-            }
-            for (int t = 0; t < n; ++t) {
-                if (!b.fibers[t].done) {
-                    threadIdx = b.fibers[t].idx;
-                    fail("deadlock: waits in %s, but %d of %d threads finished and the rest wait "
-                         "elsewhere or in a different group",
-                         b.fibers[t].waiting, done, n);
-                }
-            }
-        }
+        clobber();
     }
 }
 
@@ -297,59 +522,7 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     return emu::exchange("__shfl_up_sync", mask, v, emu::lane() - (int)delta);
 }
 
-// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8j..8j+7 give the addresses of the eight
-// 16-byte rows of matrix j; each lane receives, in r[j], row lane/4 of matrix j, elements
-// 2*(lane%4) (low half) and 2*(lane%4)+1 (high half).
-inline void emu_ldmatrix_x4(unsigned r[4], const unsigned short* p) {
-    const int me = emu::state().current;
-    if (emu::warp_size(me / emu::kWarp) != emu::kWarp) emu::fail("ldmatrix in a partial warp");
-    if ((uintptr_t)p % 16 != 0) emu::fail("ldmatrix: row address %p is not 16-byte aligned", p);
-    std::memcpy(emu::slot(me), &p, sizeof p);
-    emu::warp_barrier("ldmatrix");
-    const int lane = emu::lane();
-    for (int j = 0; j < 4; ++j) {
-        const unsigned short* row;
-        std::memcpy(&row, emu::slot(emu::warp_base() + j * 8 + lane / 4), sizeof row);
-        r[j] = (unsigned)row[lane % 4 * 2] | (unsigned)row[lane % 4 * 2 + 1] << 16;
-    }
-    emu::warp_barrier("ldmatrix");
-}
-
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, d, from the fragment layouts
-// of the PTX ISA (groupID g = lane/4, t = lane%4):
-//   A (16 x 16): register i holds row g + 8*(i%2), columns 2t + 8*(i/2) (low) and +1 (high);
-//   B (16 x 8):  register i holds rows 2t + 8*i (low) and +1 (high), column g;
-//   D (16 x 8):  element e is row g + 8*(e/2), column 2t + e%2.
-// Products of bf16 values are exact in f32; they are summed in k order onto d.
-inline void emu_mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
-    const int me = emu::state().current;
-    if (emu::warp_size(me / emu::kWarp) != emu::kWarp) emu::fail("mma.sync in a partial warp");
-    unsigned regs[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
-    std::memcpy(emu::slot(me), regs, sizeof regs);
-    emu::warp_barrier("mma.sync");
-    const int base = emu::warp_base();
-    auto half = [&](int lane, int reg, int high) {
-        unsigned w;
-        std::memcpy(&w, emu::slot(base + lane) + reg * sizeof(unsigned), sizeof w);
-        return std::bit_cast<float>((high ? w >> 16 : w & 0xffffu) << 16);
-    };
-    auto A = [&](int row, int col) {
-        return half(row % 8 * 4 + col % 8 / 2, row / 8 + col / 8 * 2, col % 2);
-    };
-    auto B = [&](int row, int col) { return half(col * 4 + row % 8 / 2, 4 + row / 8, row % 2); };
-    const int g = emu::lane() / 4, t = emu::lane() % 4;
-    float out[4];
-    for (int e = 0; e < 4; ++e) {
-        const int row = g + e / 2 * 8, col = 2 * t + e % 2;
-        float s = d[e];
-        for (int kk = 0; kk < 16; ++kk) {
-            s += A(row, kk) * B(kk, col);
-        }
-        out[e] = s;
-    }
-    emu::warp_barrier("mma.sync");
-    std::memcpy(d, out, sizeof out);
-}
+#include "tensor_core.h"
 
 // Runs kernel<<<grid, block>>>(args...) to completion, one block at a time.
 template <class... P, class... A>
@@ -361,7 +534,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
         for (unsigned y = 0; y < grid.y; ++y) {
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = uint3{x, y, z};
-                emu::run_block(body);
+                emu::run_block(body, ((uint64_t)z * grid.y + y) * grid.x + x);
             }
         }
     }

@@ -1,0 +1,199 @@
+//! The GEMM kernels of `kernels/gemm.cu` (contract: `kernels/ABI.md`) run on the CPU through
+//! the host emulation in `kernels/emu/` and are compared with the CPU backend: awkward shapes
+//! (sizes 1, primes, one past a tile), every transposition, several grid sizes (which must
+//! give the same C bit for bit), tile ranges, k ranges and split-K, and buffers that are not
+//! 256-byte aligned. Every launch runs under several schedules of the emulation, which must
+//! agree bit for bit (a race between the threads of a block shows as a difference).
+//!
+//! `gemm_bf16` runs with `ldmatrix` and `mma.sync` emulated from their PTX fragment layouts,
+//! which checks the kernel's tiling and fragment indexing against those layouts; only a GPU
+//! can check the layouts themselves (and it compares `gemm_bf16` with `gemm_bf16_simt`).
+
+#[path = "support/emu.rs"]
+mod emu;
+#[path = "support/emu_gemm.rs"]
+mod emu_gemm;
+
+use setpoint::device::Gemm;
+use setpoint::util::rng::Rng;
+
+use emu::{Harness, SCHEDULES, assert_close, assert_same, position};
+use emu_gemm::{
+    GEMM_SHAPES, GemmKernel, Part, TILE, check_gemm, describe, gemm_cases, gemm_inputs,
+    gemm_launch, reference, tiles, whole,
+};
+
+fn check(kernel: GemmKernel, cases: &[(Gemm, Part)], seed: u64) {
+    if let Err(e) = check_gemm(Harness::main(), SCHEDULES, kernel, cases, &[1, 3, 7], seed) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn gemm_f32_matches_cpu_on_all_shapes_and_transposes() {
+    check(GemmKernel::F32, &whole(&gemm_cases(GEMM_SHAPES)), 1);
+}
+
+#[test]
+fn gemm_bf16_simt_matches_cpu_on_bf16_inputs() {
+    let shapes = [
+        (1, 1, 1),
+        (17, 63, 65),
+        (64, 64, 64),
+        (65, 130, 42),
+        (3, 5, 0),
+    ];
+    check(GemmKernel::Bf16Simt, &whole(&gemm_cases(&shapes)), 2);
+}
+
+/// The tensor-core kernel with ldmatrix and mma.sync emulated: 128 threads, 32-deep
+/// k-slices, 8-element vector loads where the leading dimension is a multiple of 8.
+#[test]
+fn gemm_bf16_tensor_core_kernel_matches_cpu_under_emulated_mma() {
+    let shapes = [
+        (1, 1, 1),
+        (16, 8, 16),
+        (17, 63, 65),
+        (64, 64, 64),
+        (128, 72, 96),
+        (65, 130, 40),
+        (130, 136, 72),
+    ];
+    check(GemmKernel::Bf16TensorCores, &whole(&gemm_cases(&shapes)), 3);
+}
+
+/// Buffers a few bytes past the 256-byte alignment (as sub-buffers of a larger allocation
+/// are), on shapes whose leading dimensions would otherwise allow vector loads: the kernels
+/// must fall back to scalar loads and give the same product (the harness's alignment
+/// sanitizer aborts on a misaligned vector load).
+#[test]
+fn gemm_kernels_take_misaligned_buffers_on_odd_shapes() {
+    let shapes = [(64, 64, 64), (65, 72, 96), (1, 136, 40)];
+    for (i, kernel) in GemmKernel::ALL.into_iter().enumerate() {
+        let cases: Vec<(Gemm, Part)> = gemm_cases(&shapes)
+            .into_iter()
+            .enumerate()
+            .map(|(j, g)| {
+                let offsets = [[1, 1, 1], [1, 0, 0], [0, 3, 0], [0, 0, 5]][j % 4];
+                (g, Part::whole(g).offsets(offsets))
+            })
+            .collect();
+        check(kernel, &cases, 20 + i as u64);
+    }
+}
+
+/// Each launch sums over its k range only: aligned ranges as the host passes them (k_begin a
+/// multiple of 32), ranges that start anywhere (scalar loads), an empty range (C = beta·C),
+/// and a range past k (clipped to k).
+#[test]
+fn gemm_k_ranges_sum_over_their_part_of_k() {
+    let ranges = [
+        (0, 32),
+        (32, 96),
+        (96, 130),
+        (5, 77),
+        (64, 64),
+        (96, 1000),
+        (0, 130),
+    ];
+    // Each range with two of the four transpositions, each transposition with three or four
+    // ranges.
+    let transposed = gemm_cases(&[(70, 65, 130)]);
+    let cases: Vec<(Gemm, Part)> = ranges
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &(lo, hi))| {
+            [transposed[r % 4], transposed[(r + 2) % 4]]
+                .map(|g| (g, Part::whole(g).k_range(lo, hi)))
+        })
+        .collect();
+    for (i, kernel) in GemmKernel::ALL.into_iter().enumerate() {
+        check(kernel, &cases, 30 + i as u64);
+    }
+}
+
+/// Split-K: launches over successive k ranges, beta for the first and 1 for the rest, add up
+/// to the one-launch product within the f32 tolerance.
+#[test]
+fn gemm_split_k_launches_add_up_to_the_whole_product() {
+    let mut rng = Rng::new(40);
+    let splits: &[&[usize]] = &[&[0, 32, 64, 130], &[0, 96, 130], &[0, 37, 130]];
+    for kernel in GemmKernel::ALL {
+        for (s, &(alpha, beta)) in [(1.0f32, 0.0f32), (0.75, -0.5), (-1.25, 1.0)]
+            .iter()
+            .enumerate()
+        {
+            let mut g = Gemm::new(100, 70, 130).scaled(alpha, beta);
+            g.trans_a = s % 2 == 1;
+            g.trans_b = s >= 1;
+            let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
+            let want = reference(g, &a, &b, &c, (0, g.k));
+            let bounds = splits[s];
+            let mut acc = c.clone();
+            for (i, w) in bounds.windows(2).enumerate() {
+                // The first launch applies beta to the old C, the others add to it.
+                let chunk = if i == 0 { g } else { g.scaled(alpha, 1.0) };
+                let part = Part::whole(g).k_range(w[0], w[1]);
+                acc = gemm_launch(kernel, chunk, &a, &b, &acc, part)
+                    .run(1 + i as u32)
+                    .f32(2);
+            }
+            let what = format!(
+                "{} split at {bounds:?}",
+                describe(kernel, g, Part::whole(g))
+            );
+            assert_close(&what, &acc, &want.c, g.n, |i| want.tol[i]);
+        }
+    }
+}
+
+/// A GEMM split into two launches over the tile ranges [0, t/2) and [t/2, t) gives exactly
+/// the one-launch result, and the first launch leaves the tiles outside its range alone. With
+/// beta != 0 a kernel that ignored the range would apply beta twice.
+#[test]
+fn gemm_tile_ranges_split_the_product_exactly() {
+    let mut rng = Rng::new(4);
+    for kernel in GemmKernel::ALL {
+        let g = Gemm::new(130, 150, 40).tb().scaled(1.25, 0.5);
+        let (m, n) = (g.m, g.n);
+        let t = tiles(g);
+        assert_eq!(t, 9);
+        let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
+        let what = describe(kernel, g, Part::whole(g));
+        let whole = gemm_launch(kernel, g, &a, &b, &c, Part::whole(g))
+            .run(1)
+            .f32(2);
+
+        let first = Part::whole(g).tile_range(0, t / 2);
+        let half = gemm_launch(kernel, g, &a, &b, &c, first).run(2).f32(2);
+        let tiles_n = n.div_ceil(TILE);
+        for i in 0..m * n {
+            let tile = (i / n / TILE) * tiles_n + (i % n) / TILE;
+            let (got, want, which) = if tile < t / 2 {
+                (half[i], whole[i], "the one-launch result")
+            } else {
+                (half[i], c[i], "the old C")
+            };
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{what}: after the launch over tiles [0, {}), C{} (tile {tile}) is {got}, not \
+                 {which} {want}",
+                t / 2,
+                position(i, n)
+            );
+        }
+        let second = Part::whole(g).tile_range(t / 2, t);
+        let split = gemm_launch(kernel, g, &a, &b, &half, second).run(3).f32(2);
+        assert_same(
+            &format!(
+                "{what}: launches over [0, {}) + [{}, {t}) vs one launch",
+                t / 2,
+                t / 2
+            ),
+            &split,
+            &whole,
+            n,
+        );
+    }
+}

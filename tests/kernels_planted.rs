@@ -1,0 +1,276 @@
+//! The kernel emulation catches the bugs it is there to catch. Each test plants one bug in a
+//! copy of `kernels/` (an exact text edit; an edit whose anchor is no longer in the source
+//! fails the test, so the set is kept up to date with the kernels), builds the harness from
+//! the copy, and runs a probe that the unmodified kernels pass and the mutant must fail:
+//!
+//! - a missing `__syncthreads()` in a GEMM and in `sum_partial`, and `gemm_bf16` with one
+//!   shared-memory buffer instead of two (a write-after-read race): caught by running under
+//!   several schedules of the emulation, by the NaN that fills shared memory at block start,
+//!   or by the comparison with the CPU backend;
+//! - a read of shared memory that no thread of the block wrote: caught by that NaN;
+//! - an out-of-bounds store or load (a bounds check dropped): caught by the guards around
+//!   the harness's buffers or the NaN in them;
+//! - a vector load from a misaligned address (alignment checks dropped, buffers off the
+//!   256-byte alignment or a k range starting anywhere) and an index past a `__shared__`
+//!   array: caught by UBSan in the harness build.
+
+#[path = "support/emu.rs"]
+mod emu;
+#[path = "support/emu_gemm.rs"]
+mod emu_gemm;
+
+use setpoint::device::cpu::CpuBuf;
+use setpoint::device::{Backend, CpuBackend, Gemm};
+use setpoint::util::rng::Rng;
+
+use emu::{Harness, Launch, SCHEDULES, uniform};
+use emu_gemm::{GemmKernel, Part, check_gemm, gemm_cases, whole};
+
+/// One planted bug: `(file under kernels/, anchor, replacement)` edits.
+type Edits = &'static [(&'static str, &'static str, &'static str)];
+
+/// What the harness or the comparison says when it catches a race between threads.
+const RACE: &[&str] = &["give different results", "vs CPU", "differ"];
+
+/// The probe passes on the unmodified kernels and fails on the mutant, with a report that
+/// contains one of `signs` (so the bug is caught by the intended check, not by accident).
+fn planted(name: &str, edits: Edits, probe: fn(&Harness) -> Result<(), String>, signs: &[&str]) {
+    if let Err(e) = probe(Harness::main()) {
+        panic!("{name}: the probe fails on the unmodified kernels, so it proves nothing:\n{e}");
+    }
+    let mutant = Harness::mutant(name, edits);
+    match probe(&mutant) {
+        Ok(()) => panic!("{name}: the planted bug went unnoticed by the emulated tests"),
+        Err(e) => {
+            assert!(
+                signs.iter().any(|s| e.contains(s)),
+                "{name}: the planted bug was caught, but not by the expected check (a report \
+                 containing one of {signs:?}):\n{e}"
+            );
+            println!("{name} caught:\n{e}");
+        }
+    }
+}
+
+fn gemm_probe(kernel: GemmKernel, cases: &[(Gemm, Part)], h: &Harness) -> Result<(), String> {
+    check_gemm(h, SCHEDULES, kernel, cases, &[1, 2], 50)
+}
+
+/// Several k-slices per tile (three or more 32-deep slices), two tiles, all transpositions.
+fn multi_slice_cases() -> Vec<(Gemm, Part)> {
+    whole(&gemm_cases(&[(64, 64, 96), (65, 72, 130)]))
+}
+
+fn sum_partial_probe(h: &Harness) -> Result<(), String> {
+    let mut rng = Rng::new(51);
+    let len = 5000;
+    let x = uniform(&mut rng, len, -1.0, 1.0);
+    let want = CpuBackend::single().sum(&CpuBuf(x.clone()), len).unwrap();
+    for grid in [1, 3] {
+        let partial = vec![f64::NAN; grid as usize];
+        let got = Launch::new("sum_partial")
+            .f32s(&x)
+            .int(len)
+            .f64s(&partial)
+            .try_run(h, grid, SCHEDULES)?
+            .f64(1);
+        let total: f64 = got.iter().sum();
+        if (total - want).abs() > 1e-9 || total.is_nan() {
+            return Err(format!(
+                "sum_partial len={len} grid={grid}: partials add up to {total}, the CPU sum \
+                 is {want} (differ)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_missing_barrier_in_the_tensor_core_gemm_is_caught() {
+    planted(
+        "gemm_bf16_no_slice_barrier",
+        &[(
+            "gemm.cu",
+            "            __syncthreads();\n        }\n        // Accumulator fragment",
+            "        }\n        // Accumulator fragment",
+        )],
+        |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
+        RACE,
+    );
+}
+
+#[test]
+fn a_missing_barrier_in_the_simt_gemm_is_caught() {
+    planted(
+        "gemm_simt_no_first_barrier",
+        &[(
+            "gemm.cu",
+            "simt_store(sm.b[0], B.k_major, tid, rb);\n        }\n        __syncthreads();\n",
+            "simt_store(sm.b[0], B.k_major, tid, rb);\n        }\n",
+        )],
+        |h| gemm_probe(GemmKernel::F32, &multi_slice_cases(), h),
+        RACE,
+    );
+}
+
+#[test]
+fn a_missing_barrier_in_sum_partial_is_caught() {
+    planted(
+        "sum_partial_no_barrier",
+        &[(
+            "softmax.cu",
+            "    __syncthreads();\n    if (threadIdx.x == 0) {",
+            "    if (threadIdx.x == 0) {",
+        )],
+        sum_partial_probe,
+        RACE,
+    );
+}
+
+/// One shared-memory buffer for the k-slices: a warp that runs ahead stores the next slice
+/// over the one other warps are still reading. The warps of the emulation's plain schedule
+/// stay in step through the kernel's ldmatrix and mma.sync, so this only shows under the
+/// schedules that run one warp ahead of the others.
+#[test]
+fn a_single_buffered_tensor_core_gemm_is_caught() {
+    planted(
+        "gemm_bf16_single_buffer",
+        &[
+            (
+                "gemm.cu",
+                "ldmatrix_x4(af[i], &sm.a[buf]",
+                "ldmatrix_x4(af[i], &sm.a[0]",
+            ),
+            (
+                "gemm.cu",
+                "ldmatrix_x4(r, &sm.b[buf]",
+                "ldmatrix_x4(r, &sm.b[0]",
+            ),
+            ("gemm.cu", "tc_store(sm.a[buf ^ 1]", "tc_store(sm.a[0]"),
+            ("gemm.cu", "tc_store(sm.b[buf ^ 1]", "tc_store(sm.b[0]"),
+        ],
+        |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
+        &["give different results"],
+    );
+}
+
+/// store_c without its column check writes a tile's columns past n into the next row, and
+/// past the end of C on the last row.
+#[test]
+fn a_store_past_the_columns_of_c_is_caught() {
+    planted(
+        "store_c_no_column_check",
+        &[("gemm.cu", "if (row < m && col < n) {", "if (row < m) {")],
+        |h| gemm_probe(GemmKernel::F32, &whole(&gemm_cases(&[(65, 70, 40)])), h),
+        &["wrote outside argument 3", "vs CPU"],
+    );
+}
+
+/// tc_load without its row check reads k rows past the k range (past the end of the operand
+/// when the range ends at k): the values land where the other operand has zeros, and the
+/// guard's NaN, or the data of a k range that ends before k, shows in C.
+#[test]
+fn a_load_past_the_rows_of_an_operand_is_caught() {
+    planted(
+        "tc_load_no_row_check",
+        &[(
+            "gemm.cu",
+            "    r.x = r.y = r.z = r.w = 0u;\n    if (srow < op.rows) {",
+            "    r.x = r.y = r.z = r.w = 0u;\n    {",
+        )],
+        |h| {
+            let g = Gemm::new(64, 72, 40);
+            let cases = [
+                (g.ta(), Part::whole(g)),
+                (g.ta(), Part::whole(g).k_range(0, 33)),
+            ];
+            gemm_probe(GemmKernel::Bf16TensorCores, &cases, h)
+        },
+        &["vs CPU"],
+    );
+}
+
+/// Vector loads chosen on the leading dimension alone, ignoring where the operand starts.
+const IGNORE_POINTER_ALIGNMENT: Edits = &[(
+    "gemm.cu",
+    " &&\n             (unsigned long long)op.p % (unsigned long long)(width * (int)sizeof(T)) == 0;",
+    ";",
+)];
+
+/// With the pointer check dropped, buffers a few bytes off the 256-byte alignment (as
+/// sub-buffers are) make the vector loads misaligned, and so does a k range that starts off
+/// the vector width (the operands are read from k_begin on): the sanitizer aborts on both.
+#[test]
+fn a_vector_load_from_a_misaligned_address_is_caught() {
+    let name = "vector_loads_ignore_pointer_alignment";
+    planted(
+        name,
+        IGNORE_POINTER_ALIGNMENT,
+        |h| {
+            let cases: Vec<(Gemm, Part)> = gemm_cases(&[(64, 64, 64)])
+                .into_iter()
+                .map(|g| (g, Part::whole(g).offsets([1, 1, 0])))
+                .collect();
+            gemm_probe(GemmKernel::F32, &cases, h)?;
+            gemm_probe(GemmKernel::Bf16TensorCores, &cases, h)
+        },
+        &["misaligned address"],
+    );
+    // The same mutant (its build is reused), aligned buffers, a k range from 5.
+    planted(
+        name,
+        IGNORE_POINTER_ALIGNMENT,
+        |h| {
+            let g = Gemm::new(64, 64, 128);
+            gemm_probe(
+                GemmKernel::Bf16Simt,
+                &[(g, Part::whole(g).k_range(5, 77))],
+                h,
+            )
+        },
+        &["misaligned address"],
+    );
+}
+
+/// sum_partial adding up the slots of every warp a block could have (32) instead of the
+/// block's 8: the other slots were never written in this block, and read as the NaN the
+/// emulation fills shared memory with (they would read as zeros, and pass, without it).
+#[test]
+fn a_read_of_shared_memory_no_thread_wrote_is_caught() {
+    planted(
+        "sum_partial_reads_unwritten_slots",
+        &[(
+            "softmax.cu",
+            "for (int w = 0; w < (int)(blockDim.x / WARP_SIZE); ++w) {",
+            "for (int w = 0; w < 1024 / WARP_SIZE; ++w) {",
+        )],
+        sum_partial_probe,
+        &["differ"],
+    );
+}
+
+/// A `__shared__` array too small for the block's warps: the bounds sanitizer aborts.
+#[test]
+fn an_index_past_a_shared_array_is_caught() {
+    planted(
+        "sum_partial_short_shared_array",
+        &[(
+            "softmax.cu",
+            "__shared__ double warp_sums[1024 / WARP_SIZE];",
+            "__shared__ double warp_sums[4];",
+        )],
+        sum_partial_probe,
+        &["out of bounds"],
+    );
+}
+
+/// A mutation whose anchor is no longer in the kernels fails loudly instead of testing
+/// nothing.
+#[test]
+#[should_panic(expected = "its anchor occurs 0 times in kernels/gemm.cu")]
+fn a_mutation_whose_anchor_is_gone_fails_loudly() {
+    Harness::mutant(
+        "stale_anchor",
+        &[("gemm.cu", "this text is not in the kernel", "")],
+    );
+}
