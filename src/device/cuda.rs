@@ -180,6 +180,8 @@ pub struct CudaDevice {
     mem_used: Arc<AtomicU64>,
     /// SM partitions, when shares are enforced by green contexts.
     green: Option<Arc<GreenLadder>>,
+    /// Shared by every lane of the GPU: a sticky error on one fails them all.
+    health: Arc<super::fault::DeviceHealth>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -265,6 +267,10 @@ impl CudaDevice {
         } else {
             None
         };
+        let health = Arc::new(super::fault::DeviceHealth::new(format!(
+            "cuda:{}",
+            info.index
+        )));
         Ok(Arc::new(CudaDevice {
             ctx,
             info,
@@ -273,7 +279,13 @@ impl CudaDevice {
             mem_limit,
             mem_used: Arc::new(AtomicU64::new(0)),
             green,
+            health,
         }))
+    }
+
+    /// The GPU's health, shared by every lane on it.
+    pub fn health(&self) -> &Arc<super::fault::DeviceHealth> {
+        &self.health
     }
 
     /// What the driver said about this GPU.

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod fault;
 pub mod green;
 pub mod lane;
 
@@ -42,6 +43,15 @@ pub enum DeviceError {
     /// The backend could not be created or used.
     #[error("device unavailable: {0}")]
     Unavailable(String),
+    /// The device has failed (a sticky driver error poisoned it) and runs nothing until the
+    /// process restarts; see [`fault::DeviceHealth`].
+    #[error("device {device} has failed: {reason}; its tenants were stopped")]
+    Failed {
+        /// The device (`cpu`, `cuda:0`).
+        device: String,
+        /// The first error that failed it.
+        reason: String,
+    },
 }
 
 /// `C = alpha · op(A) · op(B) + beta · C` with `op(A)` of shape `m × k` and `op(B)` of shape
