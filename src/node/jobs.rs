@@ -467,7 +467,7 @@ impl Job {
         // reported (a checkpoint that could not be read back, say).
         let message = match self.placement.health().failure() {
             Some(device) if message != device.to_string() => {
-                tracing::error!(job = %self.name, "{message}");
+                tracing::warn!(job = %self.name, "on a failed device: {message}");
                 device.to_string()
             }
             _ => message,
