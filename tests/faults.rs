@@ -244,6 +244,17 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     assert_eq!(v["devices"][0]["reason"], Value::Null, "{v}");
     let (_, metrics) = d.get_text("/metrics");
     assert!(metrics.contains("setpoint_device_up{device=\"cpu\"} 1\n"));
+    // The control loop decides for both tenants while the device works.
+    const SVC_DECIDED: &str = "setpoint_tenant_requested_share_ratio{tenant=\"mlp\"";
+    const JOB_DECIDED: &str = "setpoint_tenant_requested_share_ratio{tenant=\"j\"";
+    poll(
+        Duration::from_secs(60),
+        "a tick deciding both tenants",
+        || {
+            let (_, m) = d.get_text("/metrics");
+            (m.contains(SVC_DECIDED) && m.contains(JOB_DECIDED)).then_some(())
+        },
+    );
 
     // The drill changes the node: it needs the token, and names only devices that exist.
     let (s, v) = d.post("/v1/devices/cpu/fail", &json!({"reason": REASON}), false);
@@ -329,6 +340,18 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     );
     assert!(metrics.contains("setpoint_ready 0\n"), "{metrics}");
     promtool_check(&metrics);
+    // The control loop gives the failed device's tenants nothing: after a tick that began
+    // once it had failed, they are in no decision.
+    let ticks = |d: &Daemon| d.get("/v1/status").1["control_ticks"].as_u64().unwrap();
+    let failed_by = ticks(&d);
+    poll(Duration::from_secs(60), "two more control ticks", || {
+        (ticks(&d) >= failed_by + 2).then_some(())
+    });
+    let (_, metrics) = d.get_text("/metrics");
+    assert!(
+        !metrics.contains(SVC_DECIDED) && !metrics.contains(JOB_DECIDED),
+        "{metrics}"
+    );
 
     // `setpoint status` shows it too.
     let out = Command::new(env!("CARGO_BIN_EXE_setpoint"))

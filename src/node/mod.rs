@@ -550,7 +550,10 @@ impl Node {
             return;
         }
         // A service whose device has failed serves nothing to keep.
-        let serving = matches!(map.get(name), Some(ServiceSlot::Ready(s)) if self.service_failure(s).is_none());
+        let serving = match map.get(name) {
+            Some(ServiceSlot::Ready(s)) => self.service_failure(s).is_none(),
+            _ => false,
+        };
         let replaced = match loaded {
             Ok(svc) => {
                 tracing::info!(service = %name, "service ready");
