@@ -28,7 +28,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -88,7 +88,9 @@ impl From<ServeError> for ApiError {
         let status = match &e {
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::InputShape { .. } | ServeError::NotFinite { .. } => StatusCode::BAD_REQUEST,
-            ServeError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::ShuttingDown { .. } | ServeError::DeviceFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ServeError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Compute { .. } | ServeError::Setup { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -98,7 +100,7 @@ impl From<ServeError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// State shared by the handlers.
 #[derive(Clone)]
@@ -109,7 +111,7 @@ pub struct AppState {
 
 impl AppState {
     /// Largest accepted request body, as the config in force says (a reload may change it).
-    fn max_body_bytes(&self) -> usize {
+    pub(crate) fn max_body_bytes(&self) -> usize {
         usize::try_from(self.node.config().max_request_bytes).unwrap_or(usize::MAX)
     }
 }
@@ -154,6 +156,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/services/{name}",
             get(get_service).delete(remove_service),
         )
+        .route("/v1/devices/{name}/fail", post(super::drill::fail_device))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -239,7 +242,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 /// Reads a whole body, refusing more than `limit` bytes with 413.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<Bytes> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -273,7 +276,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<B
 }
 
 /// Parses a JSON body; an empty body is `null`.
-fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
+pub(crate) fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
@@ -286,7 +289,7 @@ fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     })
 }
 
-fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
     match serde_json::to_vec(v) {
         Ok(body) => {
             let mut r = (status, body).into_response();

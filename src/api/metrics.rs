@@ -81,7 +81,7 @@ pub fn render(node: &Node) -> String {
     o.header(
         "setpoint_ready",
         "gauge",
-        "1 when every service has loaded and the node is not shutting down.",
+        "1 when every service is serving, some device works and the node is not shutting down.",
     );
     o.sample(
         "setpoint_ready",
@@ -262,6 +262,20 @@ pub fn render(node: &Node) -> String {
             "setpoint_device_busy_ratio",
             &[("device", name.as_str())],
             busy.get(d).copied().unwrap_or(0.0),
+        );
+    }
+    o.header(
+        "setpoint_device_up",
+        "gauge",
+        "1 while the device runs its tenants, 0 once it has failed (until the daemon restarts).",
+    );
+    for d in 0..node.device_count() {
+        let name = node.placement(d).name();
+        let up = node.device_failure(d).is_none();
+        o.sample(
+            "setpoint_device_up",
+            &[("device", name.as_str())],
+            if up { 1.0 } else { 0.0 },
         );
     }
     o.header(

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, the v2 inference protocol codec, Prometheus metrics.
 
+pub mod drill;
 pub mod http;
 pub mod metrics;
 pub mod v2codec;

@@ -289,15 +289,26 @@ pub fn status_text(s: &Value) -> String {
             "not ready"
         }
     );
-    let mut d = Table::new(&["DEVICE", "WORKERS", "SHARE ASSIGNED"]).right_align(&[1, 2]);
+    let mut d = Table::new(&["DEVICE", "STATE", "WORKERS", "SHARE ASSIGNED"]).right_align(&[2, 3]);
+    let mut failures = String::new();
     for dev in s["devices"].as_array().into_iter().flatten() {
         d.row(vec![
             cell(&dev["name"]),
+            cell(&dev["state"]),
             cell(&dev["workers"]),
             pct(&dev["share_assigned"]),
         ]);
+        if dev["state"].as_str() == Some("failed") {
+            failures.push_str(&format!(
+                "{} failed at {}: {}; its tenants were stopped (restart the daemon to use it again)\n",
+                cell(&dev["name"]),
+                time(&dev["failed_at"]),
+                cell(&dev["reason"]),
+            ));
+        }
     }
     out.push_str(&d.render());
+    out.push_str(&failures);
     if let Some(note) = s["device_note"].as_str() {
         out.push_str(&format!("({note})\n"));
     }
@@ -383,5 +394,34 @@ mod tests {
         assert!(text.contains("cpu"), "{text}");
         assert!(text.contains("p99 <= 25 ms"), "{text}");
         assert!(text.contains("50%"), "{text}");
+        assert!(!text.contains("failed"), "{text}");
+    }
+
+    #[test]
+    fn status_names_a_failed_device_with_its_reason_and_time() {
+        let s = json!({
+            "version": "0.1.0", "uptime_s": 3.0, "ready": false,
+            "devices": [
+                {"name": "cuda:0", "state": "failed", "workers": 1056, "share_assigned": 0.0,
+                 "reason": "CUDA_ERROR_ILLEGAL_ADDRESS", "failed_at": "2026-11-28T17:54:04.1Z"},
+                {"name": "cuda:1", "state": "ok", "workers": 1056, "share_assigned": 0.25,
+                 "reason": null, "failed_at": null},
+            ],
+            "tenants": [],
+        });
+        let text = status_text(&s);
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("cuda:")).collect();
+        assert!(
+            rows[0].contains("failed") && rows[1].contains("ok"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cuda:0 failed at 2026-11-28T17:54:04Z: CUDA_ERROR_ILLEGAL_ADDRESS; its tenants \
+                 were stopped"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("not ready"), "{text}");
     }
 }

@@ -4,7 +4,9 @@
 //! vectorises. Work is split across at most `workers()` threads of a pool the backend owns,
 //! so a lane's worker budget is a real limit. Elementwise work is split into fixed chunks
 //! and reductions run in a fixed order, so results are bit-identical for the same worker
-//! budget.
+//! budget. Every operation first checks the device's health (one atomic load while it is
+//! healthy), so a device failed by one lane stops every lane at its next operation, and a
+//! fault injected into it (see [`super::fault`]) surfaces exactly as a driver's would.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use rayon::prelude::*;
 
+use super::fault::DeviceHealth;
 use super::{
     Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_labels, check_len,
 };
@@ -36,6 +39,7 @@ pub struct CpuBackend {
     pool_clocks: Arc<Mutex<Vec<ThreadClock>>>,
     max_workers: usize,
     workers: AtomicUsize,
+    health: Arc<DeviceHealth>,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -47,6 +51,11 @@ impl std::fmt::Debug for CpuBackend {
     }
 }
 
+/// The health of a backend that is no lane of a shared device.
+fn private_health() -> Arc<DeviceHealth> {
+    Arc::new(DeviceHealth::new("cpu"))
+}
+
 /// Number of CPU cores this process may use.
 pub fn available_cores() -> usize {
     std::thread::available_parallelism()
@@ -56,18 +65,25 @@ pub fn available_cores() -> usize {
 
 impl CpuBackend {
     /// A backend with a pool of `max_workers` threads (0 = one per available core), using
-    /// all of them until [`Backend::set_workers`] says otherwise.
+    /// all of them until [`Backend::set_workers`] says otherwise. Its health is its own.
     pub fn new(max_workers: usize) -> Result<Self, DeviceError> {
-        Self::build(max_workers, false)
+        Self::with_health(private_health(), max_workers, false)
     }
 
     /// Like [`CpuBackend::new`], with the pool's threads at background priority (see
     /// [`crate::util::priority`]): the backend of a training lane.
     pub fn background(max_workers: usize) -> Result<Self, DeviceError> {
-        Self::build(max_workers, true)
+        Self::with_health(private_health(), max_workers, true)
     }
 
-    fn build(max_workers: usize, background: bool) -> Result<Self, DeviceError> {
+    /// A lane of the CPU device whose health is `health` (shared by every lane of it): like
+    /// [`CpuBackend::new`], or [`CpuBackend::background`] when `background`; with
+    /// `max_workers = 1`, like [`CpuBackend::single`].
+    pub fn with_health(
+        health: Arc<DeviceHealth>,
+        max_workers: usize,
+        background: bool,
+    ) -> Result<Self, DeviceError> {
         let max_workers = if max_workers == 0 {
             available_cores()
         } else {
@@ -99,17 +115,24 @@ impl CpuBackend {
             pool_clocks,
             max_workers,
             workers: AtomicUsize::new(max_workers),
+            health,
         })
     }
 
-    /// A single-threaded backend.
+    /// A single-threaded backend. Its health is its own.
     pub fn single() -> Self {
         CpuBackend {
             pool: None,
             pool_clocks: Arc::new(Mutex::new(Vec::new())),
             max_workers: 1,
             workers: AtomicUsize::new(1),
+            health: private_health(),
         }
+    }
+
+    /// The health of the device this backend is a lane of.
+    pub fn health(&self) -> &Arc<DeviceHealth> {
+        &self.health
     }
 
     /// CPU time used so far by the backend's pool threads (work handed to the pool; work on
@@ -164,11 +187,17 @@ impl Backend for CpuBackend {
         self.pool_cpu_time()
     }
 
+    fn synchronize(&self) -> Result<(), DeviceError> {
+        self.health.check()
+    }
+
     fn alloc(&self, len: usize) -> Result<CpuBuf, DeviceError> {
+        self.health.check()?;
         Ok(CpuBuf(vec![0.0; len]))
     }
 
     fn upload(&self, data: &[f32]) -> Result<CpuBuf, DeviceError> {
+        self.health.check()?;
         Ok(CpuBuf(data.to_vec()))
     }
 
@@ -177,34 +206,40 @@ impl Backend for CpuBackend {
     }
 
     fn write(&self, dst: &mut CpuBuf, data: &[f32]) -> Result<(), DeviceError> {
+        self.health.check()?;
         check_len("write", "dst", dst.0.len(), data.len())?;
         dst.0[..data.len()].copy_from_slice(data);
         Ok(())
     }
 
     fn read(&self, src: &CpuBuf, out: &mut [f32]) -> Result<(), DeviceError> {
+        self.health.check()?;
         check_len("read", "src", src.0.len(), out.len())?;
         out.copy_from_slice(&src.0[..out.len()]);
         Ok(())
     }
 
     fn fill(&self, buf: &mut CpuBuf, len: usize, value: f32) -> Result<(), DeviceError> {
+        self.health.check()?;
         check_len("fill", "buf", buf.0.len(), len)?;
         buf.0[..len].fill(value);
         Ok(())
     }
 
     fn alloc_labels(&self, len: usize) -> Result<Vec<u32>, DeviceError> {
+        self.health.check()?;
         Ok(vec![0; len])
     }
 
     fn write_labels(&self, dst: &mut Vec<u32>, labels: &[u32]) -> Result<(), DeviceError> {
+        self.health.check()?;
         check_len("write_labels", "dst", dst.len(), labels.len())?;
         dst[..labels.len()].copy_from_slice(labels);
         Ok(())
     }
 
     fn gemm(&self, g: Gemm, a: &CpuBuf, b: &CpuBuf, c: &mut CpuBuf) -> Result<(), DeviceError> {
+        self.health.check()?;
         let Gemm { m, n, k, .. } = g;
         check_len("gemm", "a", a.0.len(), m * k)?;
         check_len("gemm", "b", b.0.len(), k * n)?;
@@ -278,6 +313,7 @@ impl Backend for CpuBackend {
         cols: usize,
         act: Activation,
     ) -> Result<(), DeviceError> {
+        self.health.check()?;
         check_len("bias_act", "x", x.0.len(), rows * cols)?;
         check_len("bias_act", "bias", bias.0.len(), cols)?;
         if rows == 0 || cols == 0 {
@@ -311,6 +347,7 @@ impl Backend for CpuBackend {
     }
 
     fn relu_grad(&self, grad: &mut CpuBuf, act: &CpuBuf, len: usize) -> Result<(), DeviceError> {
+        self.health.check()?;
         check_len("relu_grad", "grad", grad.0.len(), len)?;
         check_len("relu_grad", "act", act.0.len(), len)?;
         let kernel = |(g, a): (&mut [f32], &[f32])| {
@@ -339,6 +376,7 @@ impl Backend for CpuBackend {
         cols: usize,
         out: &mut CpuBuf,
     ) -> Result<(), DeviceError> {
+        self.health.check()?;
         check_len("col_sum", "x", x.0.len(), rows * cols)?;
         check_len("col_sum", "out", out.0.len(), cols)?;
         let out = &mut out.0[..cols];
@@ -363,6 +401,7 @@ impl Backend for CpuBackend {
         loss_acc: &mut CpuBuf,
         correct_acc: &mut CpuBuf,
     ) -> Result<(), DeviceError> {
+        self.health.check()?;
         const OP: &str = "softmax_xent";
         check_len(OP, "logits", logits.0.len(), rows * cols)?;
         check_len(OP, "labels", labels.len(), rows)?;
@@ -402,6 +441,7 @@ impl Backend for CpuBackend {
     }
 
     fn softmax(&self, x: &mut CpuBuf, rows: usize, cols: usize) -> Result<(), DeviceError> {
+        self.health.check()?;
         check_len("softmax", "x", x.0.len(), rows * cols)?;
         if cols == 0 {
             return Ok(());
@@ -417,6 +457,7 @@ impl Backend for CpuBackend {
     }
 
     fn sum(&self, x: &CpuBuf, len: usize) -> Result<f64, DeviceError> {
+        self.health.check()?;
         check_len("sum", "x", x.0.len(), len)?;
         Ok(x.0[..len].iter().map(|&v| v as f64).sum())
     }
@@ -429,6 +470,7 @@ impl Backend for CpuBackend {
         len: usize,
         hp: SgdParams,
     ) -> Result<(), DeviceError> {
+        self.health.check()?;
         const OP: &str = "sgd_step";
         check_len(OP, "param", param.0.len(), len)?;
         check_len(OP, "grad", grad.0.len(), len)?;
@@ -464,6 +506,7 @@ impl Backend for CpuBackend {
         len: usize,
         hp: AdamParams,
     ) -> Result<(), DeviceError> {
+        self.health.check()?;
         const OP: &str = "adam_step";
         check_len(OP, "param", param.0.len(), len)?;
         check_len(OP, "grad", grad.0.len(), len)?;
@@ -504,5 +547,30 @@ impl Backend for CpuBackend {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_on_one_lane_stops_every_lane_of_the_device() {
+        let health = Arc::new(DeviceHealth::new("cpu"));
+        let a = CpuBackend::with_health(health.clone(), 1, false).unwrap();
+        let b = CpuBackend::with_health(health.clone(), 2, true).unwrap();
+        let private = CpuBackend::single();
+        let x = a.upload(&[1.0, 2.0]).unwrap();
+        health.inject_after(1, "CUDA_ERROR_ILLEGAL_ADDRESS".into());
+        assert_eq!(a.sum(&x, 2).unwrap(), 3.0, "the one op still allowed");
+        let err = b.alloc(4).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "device cpu has failed: CUDA_ERROR_ILLEGAL_ADDRESS; its tenants were stopped"
+        );
+        assert_eq!(a.sum(&x, 2).unwrap_err().to_string(), err);
+        assert_eq!(a.synchronize().unwrap_err().to_string(), err);
+        // A backend with a health of its own is another device.
+        assert!(private.alloc(4).is_ok() && !private.health().is_failed());
     }
 }

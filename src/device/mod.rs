@@ -42,12 +42,13 @@ pub enum DeviceError {
     /// The backend could not be created or used.
     #[error("device unavailable: {0}")]
     Unavailable(String),
-    /// The device hit a fault it cannot recover from; every operation on it fails.
+    /// The device has failed (a sticky driver error poisoned it) and runs nothing until the
+    /// process restarts; see [`fault::DeviceHealth`].
     #[error("device {device} has failed: {reason}; its tenants were stopped")]
     Failed {
         /// The device (`cpu`, `cuda:0`).
         device: String,
-        /// The fault, e.g. the sticky CUDA error.
+        /// The first error that failed it.
         reason: String,
     },
 }

@@ -146,6 +146,12 @@ impl Node {
 
         for svc in self.ready_services() {
             let d = svc.lane.device().min(n - 1);
+            // A failed device's tenants are left out of the decisions: none runs there
+            // again. Their lanes keep the share they had, so that a job waiting for its
+            // lane's credit reaches its next step, and the device's error, without delay.
+            if self.device_failed(d) {
+                continue;
+            }
             let name = svc.name().to_string();
             let arrivals = svc.inner.arrivals();
             let usage = svc.lane.usage();
@@ -199,6 +205,9 @@ impl Node {
         let mut running: Vec<Vec<Arc<super::Job>>> = vec![Vec::new(); n];
         for job in &jobs {
             let d = job.lane().device().min(n - 1);
+            if self.device_failed(d) {
+                continue;
+            }
             let state = job.state();
             let p = job.progress();
             let usage = job.lane().usage();

@@ -9,14 +9,16 @@ use serde::Serialize;
 use crate::config::{DeviceConfig, DeviceKind, GpuSelection, ShareMechanism};
 use crate::device::DeviceError;
 use crate::device::cuda::{self, CudaDevice, GpuInfo};
+use crate::device::fault::DeviceHealth;
 
 use super::NodeError;
 
 /// Where the node's tenants run.
 #[derive(Debug, Clone)]
 pub enum Placement {
-    /// The CPU backend: lanes are threads, shares are worker budgets and CPU time.
-    Cpu,
+    /// The CPU backend: lanes are threads, shares are worker budgets and CPU time; every
+    /// lane's backend shares the device's health.
+    Cpu(Arc<DeviceHealth>),
     /// One GPU: lanes are streams (inference at the device's greatest priority, training at
     /// its least), shares are CTA budgets, work is charged by busy time from CUDA events.
     Cuda(Arc<CudaDevice>),
@@ -26,7 +28,7 @@ impl Placement {
     /// Workers the device offers: CPU threads, or SMs × resident blocks per SM on a GPU.
     pub fn workers(&self, cpu_threads: usize) -> usize {
         match self {
-            Placement::Cpu => cpu_threads,
+            Placement::Cpu(_) => cpu_threads,
             Placement::Cuda(dev) => dev.max_ctas(),
         }
     }
@@ -34,7 +36,7 @@ impl Placement {
     /// The device's name in status and metrics: `cpu` or `cuda:N`.
     pub fn name(&self) -> String {
         match self {
-            Placement::Cpu => "cpu".into(),
+            Placement::Cpu(_) => "cpu".into(),
             Placement::Cuda(dev) => format!("cuda:{}", dev.info().index),
         }
     }
@@ -42,8 +44,16 @@ impl Placement {
     /// The GPU's UUID, when tenants run on one.
     pub fn gpu_uuid(&self) -> Option<&str> {
         match self {
-            Placement::Cpu => None,
+            Placement::Cpu(_) => None,
             Placement::Cuda(dev) => Some(&dev.info().uuid),
+        }
+    }
+
+    /// The device's health, shared by every lane on it.
+    pub fn health(&self) -> &Arc<DeviceHealth> {
+        match self {
+            Placement::Cpu(health) => health,
+            Placement::Cuda(dev) => dev.health(),
         }
     }
 }
@@ -91,7 +101,7 @@ fn decide(
         backend: "cpu",
         gpus,
         note,
-        placements: vec![Placement::Cpu],
+        placements: vec![Placement::Cpu(Arc::new(DeviceHealth::new("cpu")))],
     };
     if cfg.kind == DeviceKind::Cpu {
         return Ok(cpu(Vec::new(), "device.kind = \"cpu\"".into()));
@@ -262,7 +272,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(auto.backend, "cpu");
-        assert!(matches!(auto.placements[..], [Placement::Cpu]));
+        assert!(matches!(auto.placements[..], [Placement::Cpu(_)]));
         assert!(auto.note.contains("libcuda not found"), "{}", auto.note);
         for cfg in [
             config(DeviceKind::Cuda, false),

@@ -463,6 +463,15 @@ impl Job {
     }
 
     fn fail(&self, message: String) {
+        // On a failed device the device's error is the cause, whatever the step that met it
+        // reported (a checkpoint that could not be read back, say).
+        let message = match self.placement.health().failure() {
+            Some(device) if message != device.to_string() => {
+                tracing::warn!(job = %self.name, "on a failed device: {message}");
+                device.to_string()
+            }
+            _ => message,
+        };
         tracing::error!(job = %self.name, "{message}");
         {
             let mut p = lock(&self.progress);
@@ -494,12 +503,8 @@ impl Job {
             },
         };
         match &self.placement {
-            super::Placement::Cpu => {
-                match if background {
-                    CpuBackend::background(self.lane.cores())
-                } else {
-                    CpuBackend::new(self.lane.cores())
-                } {
+            super::Placement::Cpu(health) => {
+                match CpuBackend::with_health(health.clone(), self.lane.cores(), background) {
                     Ok(b) => self.train(b, &data),
                     Err(e) => self.fail(e.to_string()),
                 }
@@ -565,6 +570,11 @@ impl Job {
             }
             if let Some(epochs) = pending.epochs {
                 trainer.set_epochs(epochs).map_err(|e| e.to_string())?;
+            }
+            // Between steps, whatever the backend checks: the job stops at the first step
+            // boundary after its device fails, even where a lane's operations do not check.
+            if let Some(e) = self.placement.health().failure() {
+                return Err(e.to_string());
             }
             if self.cancel.load(Ordering::Acquire) {
                 self.save(trainer)?;
@@ -693,8 +703,9 @@ pub(crate) fn measure_step_cost(
     placement: &super::Placement,
 ) -> Result<(usize, f64, Option<u64>), crate::train::TrainError> {
     match placement {
-        super::Placement::Cpu => {
-            let (steps, cost) = measure_on(CpuBackend::single(), c, data, || {})?;
+        super::Placement::Cpu(health) => {
+            let backend = CpuBackend::with_health(health.clone(), 1, false)?;
+            let (steps, cost) = measure_on(backend, c, data, || {})?;
             Ok((steps, cost, None))
         }
         super::Placement::Cuda(dev) => {

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod devices;
+pub mod health;
 pub mod jobs;
 pub mod reload;
 pub mod services;
@@ -146,6 +147,9 @@ pub struct DeviceView {
     pub share_assigned: f64,
     /// Fraction of its workers busy over the last control period.
     pub busy_frac: f64,
+    /// `ok`, or `failed` with the reason and when.
+    #[serde(flatten)]
+    pub health: health::DeviceHealthView,
 }
 
 /// One tenant (service or job) and its set point.
@@ -384,13 +388,16 @@ impl Node {
 
     /// A lane for a new service, on the device with the least share assigned: it starts
     /// with one core (a tenth of a GPU), and the controller brings it to what it needs.
-    fn service_lane(&self, name: &str) -> Arc<Lane> {
-        let d = self.least_loaded_device();
+    /// 503 when every device has failed.
+    fn service_lane(&self, name: &str) -> Result<Arc<Lane>, NodeError> {
+        let d = self.least_loaded_device()?;
         let share = match self.placement(d) {
-            Placement::Cpu => 1.0 / self.workers_of(d) as f64,
+            Placement::Cpu(_) => 1.0 / self.workers_of(d) as f64,
             Placement::Cuda(_) => 0.1,
         };
-        Arc::new(Lane::new(name, self.workers_of(d), share).on_device(d))
+        Ok(Arc::new(
+            Lane::new(name, self.workers_of(d), share).on_device(d),
+        ))
     }
 
     /// A lane for a job at `share` on device `d`: on the CPU its threads come from the
@@ -400,7 +407,7 @@ impl Node {
     fn job_lane(&self, name: &str, share: f64, d: usize) -> Arc<Lane> {
         let shares = !matches!(self.policy(), Policy::None);
         let lane = match self.placement(d) {
-            Placement::Cpu => {
+            Placement::Cpu(_) => {
                 let lane = Lane::parallel(name, &self.permits, share);
                 lane.set_background(shares);
                 lane
@@ -417,10 +424,10 @@ impl Node {
         &p[d.min(p.len() - 1)]
     }
 
-    /// The device whose tenants hold the least share in the last decisions (the first on a
-    /// tie, so a node with one device always answers 0).
-    fn least_loaded_device(&self) -> usize {
-        self.devices_by_load()[0]
+    /// The device that has not failed whose tenants hold the least share (the first on a
+    /// tie, so a node with one device always answers 0 while it works).
+    fn least_loaded_device(&self) -> Result<usize, NodeError> {
+        Ok(self.usable_devices_by_load()?[0])
     }
 
     /// Device indices from the least share held by its tenants' lanes to the most (shares
@@ -471,7 +478,7 @@ impl Node {
     /// all of a GPU.
     pub fn service_max_share(&self, d: usize) -> f64 {
         match self.placement(d) {
-            Placement::Cpu => 1.0 / self.workers_of(d) as f64,
+            Placement::Cpu(_) => 1.0 / self.workers_of(d) as f64,
             Placement::Cuda(_) => 1.0,
         }
     }
@@ -505,7 +512,10 @@ impl Node {
             self.publish_loaded(&cfg.name, ticket, Err(e.to_string()));
             return;
         }
-        let lane = lane.unwrap_or_else(|| self.service_lane(&cfg.name));
+        let lane = match lane.map_or_else(|| self.service_lane(&cfg.name), Ok) {
+            Ok(lane) => lane,
+            Err(e) => return self.publish_loaded(&cfg.name, ticket, Err(e.to_string())),
+        };
         let placement = self.placement(lane.device()).clone();
         let started = services::build_model(&cfg)
             .and_then(|m| Service::start(cfg.clone(), m, ServiceOrigin::Config, lane, &placement))
@@ -539,7 +549,11 @@ impl Node {
         if self.is_shutting_down() {
             return;
         }
-        let serving = matches!(map.get(name), Some(ServiceSlot::Ready(_)));
+        // A service whose device has failed serves nothing to keep.
+        let serving = match map.get(name) {
+            Some(ServiceSlot::Ready(s)) => self.service_failure(s).is_none(),
+            _ => false,
+        };
         let replaced = match loaded {
             Ok(svc) => {
                 tracing::info!(service = %name, "service ready");
@@ -578,14 +592,17 @@ impl Node {
             .map(|(_, c)| c.clone())
     }
 
-    /// True when every service is serving and the node is not stopping. As in Triton's
-    /// strict readiness, one service that failed to load keeps the node not ready: a load
-    /// balancer should not send it traffic it cannot answer.
+    /// True when every service is serving, some device has not failed, and the node is not
+    /// stopping. As in Triton's strict readiness, one service that failed to load (or whose
+    /// device failed) keeps the node not ready: a load balancer should not send it traffic
+    /// it cannot answer.
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::Acquire)
-            && read(&self.services)
-                .values()
-                .all(|s| matches!(s, ServiceSlot::Ready(_)))
+            && self.any_device_ok()
+            && read(&self.services).values().all(|s| match s {
+                ServiceSlot::Ready(s) => !self.device_failed(s.lane.device()),
+                _ => false,
+            })
     }
 
     /// True once shutdown has begun.
@@ -593,13 +610,19 @@ impl Node {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// The serving service called `name`: 404 when unknown, 503 while loading or failed.
+    /// The serving service called `name`: 404 when unknown, 503 while loading, failed, or
+    /// on a device that has failed.
     pub fn service(&self, name: &str) -> Result<Arc<Service>, NodeError> {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }
         match read(&self.services).get(name) {
-            Some(ServiceSlot::Ready(s)) => Ok(s.clone()),
+            Some(ServiceSlot::Ready(s)) => match self.service_failure(s) {
+                Some(e) => Err(NodeError::Unavailable(format!(
+                    "model {name} is not available: {e}"
+                ))),
+                None => Ok(s.clone()),
+            },
             Some(ServiceSlot::Loading(_)) => Err(NodeError::Unavailable(format!(
                 "model {name} is loading; retry shortly"
             ))),
@@ -634,7 +657,7 @@ impl Node {
         self.service_slots()
             .into_iter()
             .map(|(name, slot)| match slot {
-                ServiceSlot::Ready(s) => s.view(),
+                ServiceSlot::Ready(s) => self.serving_view(&s),
                 ServiceSlot::Loading(cfg) => pending_view(name, &cfg, "loading", None),
                 ServiceSlot::Failed(cfg, e) => pending_view(name, &cfg, "failed", Some(e)),
             })
@@ -680,7 +703,7 @@ impl Node {
             services::ServiceBuildError::Model(m) => NodeError::Invalid(vec![m]),
             services::ServiceBuildError::Start(m) => NodeError::Internal(m),
         })?;
-        let lane = self.service_lane(&cfg.name);
+        let lane = self.service_lane(&cfg.name)?;
         let placement = self.placement(lane.device()).clone();
         let svc = Arc::new(
             Service::start(cfg.clone(), model, origin, lane, &placement)
@@ -769,7 +792,7 @@ impl Node {
         let now = SystemTime::now();
         // Devices are tried from the least loaded; the step is measured on the first (the
         // node's GPUs are taken to be alike).
-        let order = self.devices_by_load();
+        let order = self.usable_devices_by_load()?;
         let (data, steps_per_epoch, step_cost, device_bytes) =
             load_and_measure(&cfg, self.placement(order[0]))?;
         let deadline = if cfg.best_effort {
@@ -1075,7 +1098,7 @@ impl Node {
             }
         }
         let share = self.config().control.reserve_frac.max(0.05);
-        let device = self.least_loaded_device();
+        let device = self.least_loaded_device().map_err(|e| e.to_string())?;
         let lane = self.job_lane(&cfg.name, share, device);
         let name = cfg.name.clone();
         let job = Arc::new(Job::new(
@@ -1282,6 +1305,7 @@ impl Node {
                     workers: self.workers_of(d),
                     share_assigned: share_assigned[d],
                     busy_frac: busy.get(d).copied().unwrap_or(0.0),
+                    health: self.device_health(d),
                 })
                 .collect(),
             tenants,

@@ -14,7 +14,8 @@
 //!   changed one takes a new SLO, `window_ms`, `timeout_ms`, `max_queue_delay_ms` or a smaller
 //!   `max_batch_size` in place, and for any other change (model, `max_queue`, a larger batch)
 //!   a replacement is loaded while the old one keeps serving, then takes its place. A
-//!   service that failed to load is tried again.
+//!   service that failed to load, or whose device failed, is tried again (on a device that
+//!   has not failed).
 //! - **Jobs of the file**: one whose name the node does not know is submitted (admission
 //!   applies). A job already accepted keeps its spec and keeps running when it leaves the
 //!   file: change it with `PATCH /v1/jobs/{id}` or cancel it with `DELETE`; the reload says so.
@@ -339,6 +340,10 @@ impl Node {
                          it (DELETE /v1/services/{}) and reload to start the file's",
                         cfg.name, cfg.name
                     ));
+                }
+                Some(ServiceSlot::Ready(svc)) if self.service_failure(&svc).is_some() => {
+                    self.load_service(cfg.clone(), None);
+                    report.services_retried.push(cfg.name.clone());
                 }
                 Some(ServiceSlot::Ready(svc)) => {
                     let current = svc.config();

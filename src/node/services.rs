@@ -188,13 +188,17 @@ impl Service {
             // One worker: a batch split over several threads stalls whenever one of them is
             // descheduled, and latency lanes share their cores with everything else; measured
             // in the co-location scenario, two workers made the tail worse than one.
-            super::Placement::Cpu => InferenceService::start_in_lane(
-                &cfg.name,
-                CpuBackend::single(),
-                model,
-                batch,
-                Some(lane.clone()),
-            ),
+            super::Placement::Cpu(health) => {
+                let backend = CpuBackend::with_health(health.clone(), 1, false)
+                    .map_err(|e| ServiceBuildError::Start(format!("service {}: {e}", cfg.name)))?;
+                InferenceService::start_in_lane(
+                    &cfg.name,
+                    backend,
+                    model,
+                    batch,
+                    Some(lane.clone()),
+                )
+            }
             // On a GPU a service is a stream at the device's greatest priority, so its
             // kernels are scheduled ahead of training's queued blocks.
             super::Placement::Cuda(dev) => {

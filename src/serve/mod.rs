@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::data::Normalizer;
-use crate::device::Backend;
 use crate::device::lane::Lane;
+use crate::device::{Backend, DeviceError};
 use crate::model::{Mlp, MlpParams, ModelError, Workspace};
 use crate::util::histogram::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS_S};
 use crate::util::window::{LatencyWindow, WindowStats};
@@ -70,6 +70,15 @@ pub enum ServeError {
         /// The service.
         service: String,
         /// The device or model error.
+        message: String,
+    },
+    /// The device the service runs on has failed: nothing runs on it until the daemon
+    /// restarts.
+    #[error("service {service}: {message}")]
+    DeviceFailed {
+        /// The service.
+        service: String,
+        /// The device's error, naming the device and what failed it.
         message: String,
     },
     /// The request's deadline passed before it was answered.
@@ -564,6 +573,21 @@ impl Drop for InferenceService {
     }
 }
 
+/// What a request learns of a failed forward pass: a device that has failed is told apart
+/// from an error of this one batch.
+fn compute_error(service: &str, e: &ModelError) -> ServeError {
+    match e {
+        ModelError::Device(d @ DeviceError::Failed { .. }) => ServeError::DeviceFailed {
+            service: service.to_string(),
+            message: d.to_string(),
+        },
+        other => ServeError::Compute {
+            service: service.to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
 struct Worker<B: Backend> {
     shared: Arc<Shared>,
     backend: B,
@@ -755,10 +779,7 @@ impl<B: Backend> Worker<B> {
                     compute_us,
                     batch_size: rows,
                 }),
-                Err(e) => Err(ServeError::Compute {
-                    service: self.shared.name.clone(),
-                    message: e.to_string(),
-                }),
+                Err(e) => Err(compute_error(&self.shared.name, e)),
             };
             // A caller that stopped waiting is not an error.
             let _ = req.reply.send(answer);
