@@ -10,6 +10,7 @@ use crate::config::{DeviceConfig, DeviceKind, GpuSelection, ShareMechanism};
 use crate::device::DeviceError;
 use crate::device::cuda::{self, CudaDevice, GpuInfo};
 use crate::device::fault::DeviceHealth;
+use crate::telemetry::NvmlSource;
 
 use super::NodeError;
 
@@ -77,7 +78,15 @@ pub struct DeviceReport {
 /// that opens (its kernels compiled with NVRTC and cached under `cache_dir`), each a device
 /// of its own, else on the CPU. Refuses (503-class `Unavailable`) when the config requires a
 /// GPU and none can be used.
-pub fn resolve(cfg: &DeviceConfig, cache_dir: &Path) -> Result<DeviceReport, NodeError> {
+///
+/// With `nvml`, each GPU is opened inside a handshake that learns the daemon's host pid from
+/// NVML's process lists (`telemetry::OwnPids::learn_around`), for telling own GPU load from
+/// foreign inside a container.
+pub fn resolve(
+    cfg: &DeviceConfig,
+    cache_dir: &Path,
+    mut nvml: Option<&mut NvmlSource>,
+) -> Result<DeviceReport, NodeError> {
     if cfg.kind == DeviceKind::Cpu {
         // Nothing is probed or opened: `decide` answers "cpu" before it would open a GPU.
         return decide(cfg, Ok(Vec::new()), |_, _| {
@@ -87,7 +96,14 @@ pub fn resolve(cfg: &DeviceConfig, cache_dir: &Path) -> Result<DeviceReport, Nod
     let found = cuda::probe().and_then(|all| select(all, &cfg.gpus));
     let limit = cfg.memory_limit_mib.map(|m| m << 20);
     decide(cfg, found, |g, green| {
-        CudaDevice::open_with(g.index, Some(cache_dir), limit, green)
+        let open = || CudaDevice::open_with(g.index, Some(cache_dir), limit, green);
+        let Some(nvml) = nvml.as_deref_mut() else {
+            return open();
+        };
+        let own = nvml.own();
+        let (opened, outcome) = own.learn_around(Some(nvml), open);
+        tracing::debug!(gpu = g.index, "own host pid handshake: {outcome:?}");
+        opened
     })
 }
 

@@ -187,20 +187,29 @@ impl Node {
                 ))
             })?;
         }
-        let devices = devices::resolve(&config.device, &state_dir.join("kernels"))?;
+        // NVML first, so that the daemon's host pid can be learned around its first CUDA
+        // context (see telemetry::OwnPids): in a container its own pid is not NVML's.
+        let mut nvml = match config.device.kind {
+            crate::config::DeviceKind::Cpu => Err(None),
+            _ => crate::telemetry::NvmlSource::open().map_err(Some),
+        };
+        let devices = devices::resolve(
+            &config.device,
+            &state_dir.join("kernels"),
+            nvml.as_mut().ok(),
+        )?;
         tracing::info!(backend = devices.backend, "devices: {}", devices.note);
-        let telemetry = if devices.gpus.is_empty() {
-            None
-        } else {
-            match crate::telemetry::NvmlSource::open() {
-                Ok(src) => Some(crate::telemetry::Sampler::new(
-                    Box::new(src),
-                    TELEMETRY_KEEP,
-                )),
-                Err(e) => {
+        let telemetry = match nvml {
+            _ if devices.gpus.is_empty() => None,
+            Ok(src) => Some(crate::telemetry::Sampler::new(
+                Box::new(src),
+                TELEMETRY_KEEP,
+            )),
+            Err(e) => {
+                if let Some(e) = e {
                     tracing::warn!("GPU telemetry off: {e}");
-                    None
                 }
+                None
             }
         };
         let cpu_threads = if config.device.cpu_threads > 0 {

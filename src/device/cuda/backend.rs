@@ -147,7 +147,7 @@ impl CudaBackend {
     pub(super) fn fault(&self, e: CuError) -> DeviceError {
         if e.is_sticky() {
             self.dev.health.fail(e.to_string());
-            if let Err(failed) = self.dev.health.check() {
+            if let Some(failed) = self.dev.health.failure() {
                 return failed;
             }
         }
