@@ -284,7 +284,7 @@ fn range_errors_name_the_key_and_the_bound() {
         (service_with("max_queue = 1000001"), "services[0].max_queue: must be between 1 and 1000000, got 1000001"),
         (service_with("seed = -1"), "services[0].seed: must be >= 0, got -1"),
         (service_with("layers = [4, 65537]").replacen("layers = [4, 3]\n", "", 1), "services[0].layers[1]: must be between 1 and 65536, got 65537"),
-        ("[[services]]\nname = \"a\"\nlayers = [4]\nslo = { p99_ms = 5 }".into(), "services[0].layers: must have at least 2 widths (input and output), got 1"),
+        ("[[services]]\nname = \"a\"\nlayers = [4]\nslo = { p99_ms = 5 }".into(), "services[0].layers: must have 2 ..= 128 widths (input and output included), got 1"),
         ("[[services]]\nname = \"a\"\nlayers = [4, 3]\nslo = { p99_ms = 60001 }".into(), "services[0].slo.p99_ms: must be <= 60000, got 60001"),
         ("[[services]]\nname = \"a\"\nlayers = [4, 3]\nslo = { p99_ms = 0 }".into(), "services[0].slo.p99_ms: must be > 0, got 0"),
         ("[[services]]\nname = \"a\"\nlayers = [4, 3]\nslo = { p99_ms = 5, window_ms = 600001 }".into(), "services[0].slo.window_ms: must be between 0 and 600000, got 600001"),
@@ -306,7 +306,8 @@ fn range_errors_name_the_key_and_the_bound() {
         (job_with("seed = -3"), "jobs[0].seed: must be >= 0, got -3"),
         (job_with("checkpoint_every_steps = 0"), "jobs[0].checkpoint_every_steps: must be between 1 and 10000000, got 0"),
         (job_with("checkpoint_every_steps = 10000001"), "jobs[0].checkpoint_every_steps: must be between 1 and 10000000, got 10000001"),
-        (job_with("layers = []").replacen("layers = [4, 3]\n", "", 1), "jobs[0].layers: must have at least 2 widths (input and output), got 0"),
+        (job_with("layers = []").replacen("layers = [4, 3]\n", "", 1), "jobs[0].layers: must have 2 ..= 128 widths (input and output included), got 0"),
+        (job_with(&format!("layers = [{}3]", "1, ".repeat(128))).replacen("layers = [4, 3]\n", "", 1), "jobs[0].layers: must have 2 ..= 128 widths (input and output included), got 129"),
     ];
     for (text, want) in cases {
         assert_eq!(one_issue(&text), want, "for:\n{text}");

