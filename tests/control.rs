@@ -539,6 +539,13 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
     );
     // At that deadline the job would have been admitted had the other job already gone.
     assert!(refusal.earliest_deadline_in_s > 60.0);
+    // A deadline already past is said to be past, not "in 0 s".
+    let refusal = admit(&cfg, &last, &c(-30.0)).unwrap_err();
+    assert_eq!(
+        refusal.reason,
+        "job new's deadline is in the past (30 s ago)"
+    );
+    assert!(refusal.earliest_deadline_in_s > 0.0);
 
     // Load from processes setpoint does not own is not handed out: with 0.2 of the device
     // busy elsewhere, the deadline admitted above no longer fits (0.05 free, 0.15 needed).

@@ -75,7 +75,16 @@ pub enum DeadlineError {
         /// The text as given.
         input: String,
     },
+    /// A relative deadline beyond [`MAX_RELATIVE`].
+    #[error("a relative deadline must be at most 366 days, got {input:?}")]
+    TooFar {
+        /// The text as given.
+        input: String,
+    },
 }
+
+/// The longest relative deadline accepted: a year, leap day included.
+pub const MAX_RELATIVE: Duration = Duration::from_secs(366 * 24 * 3600);
 
 impl FromStr for Deadline {
     type Err = DeadlineError;
@@ -92,6 +101,9 @@ impl FromStr for Deadline {
         }
         match humantime::parse_duration(t) {
             Ok(d) if d.is_zero() => Err(DeadlineError::Zero {
+                input: s.to_owned(),
+            }),
+            Ok(d) if d > MAX_RELATIVE => Err(DeadlineError::TooFar {
                 input: s.to_owned(),
             }),
             Ok(d) => Ok(Deadline::In(d)),
@@ -315,6 +327,20 @@ mod tests {
             "1h 30m".parse(),
             Ok(Deadline::In(Duration::from_secs(5400)))
         );
+    }
+
+    #[test]
+    fn relative_deadlines_are_bounded_to_a_year() {
+        assert_eq!("366d".parse::<Deadline>(), Ok(Deadline::In(MAX_RELATIVE)));
+        let e = "18446744073709551615s".parse::<Deadline>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a relative deadline must be at most 366 days, got \"18446744073709551615s\""
+        );
+        assert!(matches!(
+            "367d".parse::<Deadline>(),
+            Err(DeadlineError::TooFar { .. })
+        ));
     }
 
     #[test]

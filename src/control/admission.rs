@@ -72,6 +72,15 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
         return Ok(needed);
     }
     let earliest = earliest_deadline(cfg, last, c, capacity, svc);
+    if c.deadline_in_s <= 0.0 {
+        return Err(Refusal {
+            reason: format!(
+                "job {}'s deadline is in the past ({:.0} s ago)",
+                c.name, -c.deadline_in_s
+            ),
+            earliest_deadline_in_s: earliest,
+        });
+    }
     Err(Refusal {
         reason: format!(
             "job {} needs {} of the device until its deadline in {:.0} s, but only {:.2} is free \
