@@ -68,11 +68,24 @@ fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, LARGEST.with(Cell::get))
 }
 
-/// `n` cases, and no regression files written beside the sources.
+/// `n` cases from a fixed seed, so that a CI run is reproducible, and no regression files
+/// written beside the sources. The long mode, for a machine with time to spare:
+/// `SETPOINT_PROPTEST_LONG=1` runs 20 times the cases from a random seed (proptest prints the
+/// seed of a failure; `SETPOINT_PROPTEST_SEED=N` replays it).
 fn cases(n: u32) -> ProptestConfig {
+    let long = std::env::var("SETPOINT_PROPTEST_LONG").is_ok_and(|v| v == "1");
+    let seed = std::env::var("SETPOINT_PROPTEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    let rng_seed = match (seed, long) {
+        (Some(s), _) => proptest::test_runner::RngSeed::Fixed(s),
+        (None, true) => proptest::test_runner::RngSeed::Random,
+        (None, false) => proptest::test_runner::RngSeed::Fixed(0x5e7_9041),
+    };
     ProptestConfig {
-        cases: n,
+        cases: if long { n * 20 } else { n },
         failure_persistence: None,
+        rng_seed,
         ..ProptestConfig::default()
     }
 }

@@ -191,8 +191,10 @@ impl DataError {
 /// Parses and loads `spec`: a path to a CSV (optionally gzipped) or IDX file, or
 /// `synthetic:KIND[:k=v,...]`.
 ///
-/// A file is read as IDX when its name contains `idx` (as in `train-images-idx3-ubyte`) or its
-/// content starts with two zero bytes (the IDX magic; no text file does), and as CSV otherwise.
+/// A file named `*.csv` or `*.csv.gz` is read as CSV. Otherwise it is read as IDX when its
+/// name contains `idx` (as in `train-images-idx3-ubyte`) or its content starts with two zero
+/// bytes (the IDX magic; no text file does), and as CSV otherwise. The name wins over the
+/// content so that a damaged gzipped CSV, which can decode to anything, is reported as one.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset, DataError> {
     if let Some(params) = synthetic::parse(spec)? {
         if opts.labels_path.is_some() {
@@ -212,7 +214,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset, DataError> {
         .fill_buf()
         .map_err(|source| read_error(path, source))?
         .starts_with(&[0, 0]);
-    if looks_idx || idx::is_idx_name(path) {
+    if !is_csv_name(path) && (looks_idx || idx::is_idx_name(path)) {
         idx::load(path, reader, opts)
     } else {
         if opts.labels_path.is_some() {
@@ -223,6 +225,15 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset, DataError> {
         }
         csv::load(path, reader, &opts.label)
     }
+}
+
+/// `*.csv` or `*.csv.gz`, in any case.
+fn is_csv_name(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    name.ends_with(".csv") || name.ends_with(".csv.gz")
 }
 
 /// Checks only the syntax of a spec (used by config validation): for `synthetic:` specs the
