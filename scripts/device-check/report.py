@@ -148,6 +148,29 @@ class Run:
             c[r["status"]] = c.get(r["status"], 0) + 1
         return c
 
+    def section_figures(self, name):
+        for r in self.records:
+            if r["name"] == name and isinstance(r.get("figures"), dict):
+                return r["figures"].get("figures") or {}
+        return {}
+
+    def comparisons(self):
+        """setpoint's GPU training rates against PyTorch's on the same workloads."""
+        ours = {r["workload"]: r for r in (self.section_figures("training").get("runs") or [])}
+        theirs = {}
+        for r in self.section_figures("torch").get("runs") or []:
+            if r.get("device") == "cuda":
+                theirs.setdefault(r["workload"], {})[r["precision"]] = r["samples_per_s"]
+        rows = []
+        for w, r in ours.items():
+            gpu = r.get("gpu_samples_per_s")
+            for precision, rate in sorted(theirs.get(w, {}).items()):
+                if gpu and rate:
+                    rows.append({"workload": w, "setpoint_gpu_samples_per_s": gpu,
+                                 "torch_precision": precision, "torch_samples_per_s": rate,
+                                 "setpoint_over_torch": gpu / rate})
+        return rows
+
     def env_figures(self):
         for r in self.records:
             if r["name"] == "env" and isinstance(r.get("figures"), dict):
@@ -174,6 +197,7 @@ class Run:
                            "query": SMI_QUERY, "note": self.smi_note},
             "notes": self.notes,
             "outputs": OUTPUTS,
+            "setpoint_vs_torch": self.comparisons(),
             "sections": self.records,
         }
         text = json.dumps(doc, indent=1)
@@ -228,6 +252,13 @@ class Run:
                     g["samples"]))
         for name in self.running:
             lines.append("%-15s running (in the background)" % name)
+        cmp = self.comparisons()
+        if cmp:
+            lines += ["", "training on the GPU, setpoint (f32) / PyTorch on CUDA (> 1: setpoint faster):"]
+            for c in cmp:
+                lines.append("    %-13s vs torch %-4s  %.2f  (%.0f vs %.0f samples/s)" % (
+                    c["workload"], c["torch_precision"], c["setpoint_over_torch"],
+                    c["setpoint_gpu_samples_per_s"], c["torch_samples_per_s"]))
         return "\n".join(lines) + "\n"
 
     def write_tarball(self):

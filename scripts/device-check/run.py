@@ -211,16 +211,24 @@ class Running:
             argv = sec.command(ctx)
         self.argv = argv
         # coreutils timeout signals the whole process group it leads, so a section's children
-        # (the daemon, a test binary) go with it; KILL follows TERM after 5 s.
-        self.proc = subprocess.Popen(["timeout", "--kill-after=5", "%d" % max(1, round(limit_s))] + argv,
-                                     stdout=self.out, stderr=self.err, env=env, cwd=ctx.work,
-                                     start_new_session=True)
+        # (the daemon, a test binary) go with it; KILL follows TERM after 5 s. Without it, the
+        # same is done from here.
+        self.own_timer = shutil.which("timeout") is None
+        prefix = [] if self.own_timer else ["timeout", "--kill-after=5", "%d" % max(1, round(limit_s))]
+        self.proc = subprocess.Popen(prefix + argv, stdout=self.out, stderr=self.err, env=env,
+                                     cwd=ctx.work, start_new_session=True)
 
     def wait(self):
+        grace = 1 if self.own_timer else 15
         try:
-            rc = self.proc.wait(timeout=self.limit_s + 15)
+            rc = self.proc.wait(timeout=self.limit_s + grace)
         except subprocess.TimeoutExpired:
-            rc = 137
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                rc = self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            rc = 124
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # strays that outlived their section
         except OSError:

@@ -39,6 +39,16 @@ pub enum Case {
     BesideTrainingSamePriority,
 }
 
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Alone => "alone",
+            Case::BesideTrainingLowPriority => "beside training at the lowest priority",
+            Case::BesideTrainingSamePriority => "beside training at the same priority",
+        }
+    }
+}
+
 /// One case's latencies.
 #[derive(Debug, Clone, Serialize)]
 pub struct InferenceRun {
@@ -78,7 +88,7 @@ pub struct InferenceFigures {
 impl Figures for InferenceFigures {
     fn verdict(&self) -> Verdict {
         match self.runs.iter().find(|r| r.batches == 0) {
-            Some(r) => Verdict::Fail(format!("no batch was served in case {:?}", r.case)),
+            Some(r) => Verdict::Fail(format!("no batch was served {}", r.case.label())),
             None => Verdict::Pass,
         }
     }
@@ -88,8 +98,8 @@ impl Figures for InferenceFigures {
             .iter()
             .map(|r| {
                 format!(
-                    "{:?}: p99 {:.3} ms, p50 {:.3} ms over {} batches{}",
-                    r.case,
+                    "{}: p99 {:.3} ms, p50 {:.3} ms over {} batches{}",
+                    r.case.label(),
                     r.p99_ms,
                     r.p50_ms,
                     r.batches,

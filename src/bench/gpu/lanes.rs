@@ -31,6 +31,15 @@ pub enum Mechanism {
     GreenContexts,
 }
 
+impl Mechanism {
+    fn label(self) -> &'static str {
+        match self {
+            Mechanism::CtaBudget => "CTA budgets",
+            Mechanism::GreenContexts => "green contexts",
+        }
+    }
+}
+
 /// One lane.
 #[derive(Debug, Clone, Serialize)]
 pub struct LaneFigures {
@@ -97,8 +106,8 @@ impl Figures for LanesFigures {
     fn headline(&self) -> Vec<String> {
         vec![
             format!(
-                "{:?}: throughput ratio {:.2} for shares {:?} (ideal {:.1}); isolated: {} (kept {})",
-                self.mechanism,
+                "{}: throughput ratio {:.2} for shares {:?} (ideal {:.1}); isolated: {} (kept {})",
+                self.mechanism.label(),
                 self.ratio,
                 SHARES,
                 self.share_ratio,
@@ -238,4 +247,58 @@ pub(super) fn run(
         isolated: lanes.iter().all(|l| l.kept_frac >= ISOLATION_FRAC),
         lanes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(alone: [f64; 2], together: [f64; 2]) -> LanesFigures {
+        let lanes: Vec<LaneFigures> = (0..2)
+            .map(|i| LaneFigures {
+                share: SHARES[i],
+                ctas: 10 * (i + 1),
+                alone_per_s: alone[i],
+                together_per_s: together[i],
+                kept_frac: together[i] / alone[i],
+                together_busy_frac: 1.0,
+            })
+            .collect();
+        LanesFigures {
+            mechanism: Mechanism::CtaBudget,
+            gemm_n: 2048,
+            seconds: 3.0,
+            ratio: together[1] / together[0],
+            share_ratio: 3.0,
+            isolated: lanes.iter().all(|l| l.kept_frac >= ISOLATION_FRAC),
+            lanes,
+        }
+    }
+
+    #[test]
+    fn isolated_lanes_in_the_share_ratio_pass() {
+        assert_eq!(
+            figures([100.0, 300.0], [95.0, 290.0]).verdict(),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn a_ratio_far_from_the_shares_fails_and_says_so() {
+        match figures([100.0, 120.0], [100.0, 120.0]).verdict() {
+            Verdict::Fail(why) => assert!(why.contains("throughput ratio 1.20"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lane_slowed_by_the_other_is_not_isolated() {
+        let f = figures([200.0, 300.0], [100.0, 300.0]);
+        assert!(!f.isolated);
+        match f.verdict() {
+            Verdict::Fail(why) => assert!(why.contains("not isolated: kept 50% / 100%"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        assert!(f.headline()[0].contains("isolated: no"));
+    }
 }

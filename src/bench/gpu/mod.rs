@@ -353,3 +353,117 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dry_run: bool) -> GpuCheckOptions {
+        GpuCheckOptions {
+            section: Section::Kernels,
+            gpu: 0,
+            digits: None,
+            cache_dir: None,
+            seconds: None,
+            dry_run,
+        }
+    }
+
+    fn no_gpu() -> Result<(), CheckError> {
+        Err(CheckError::NoGpu {
+            ordinal: 0,
+            reason: "libcuda.so not found".into(),
+        })
+    }
+
+    #[test]
+    fn a_missing_gpu_is_skipped_in_a_dry_run_and_a_failure_otherwise() {
+        let dry = finish(&opts(true), Instant::now(), None, None, no_gpu());
+        assert_eq!(dry.status, Status::Skipped);
+        let real = finish(&opts(false), Instant::now(), None, None, no_gpu());
+        assert_eq!(real.status, Status::Fail);
+        assert_eq!(
+            real.reason.as_deref(),
+            Some("no usable GPU 0: libcuda.so not found")
+        );
+        let v: serde_json::Value = serde_json::from_str(&real.json).unwrap();
+        assert_eq!(v["format"], FORMAT);
+        assert_eq!(v["section"], "kernels");
+        assert_eq!(v["status"], "fail");
+        assert!(v["figures"].is_null());
+    }
+
+    #[test]
+    fn a_cpu_part_without_the_gpu_keeps_its_figures_and_says_so() {
+        let f = kernels::KernelsFigures {
+            checks: Vec::new(),
+            failed: 0,
+            tensor_cores: false,
+        };
+        let done = finish(
+            &opts(true),
+            Instant::now(),
+            None,
+            Some("no usable GPU 0: no driver".into()),
+            Ok(f),
+        );
+        assert_eq!(done.status, Status::Skipped);
+        assert!(done.reason.unwrap().ends_with("only the CPU part ran"));
+        let v: serde_json::Value = serde_json::from_str(&done.json).unwrap();
+        assert_eq!(v["figures"]["failed"], 0);
+    }
+
+    #[test]
+    fn a_step_error_fails_the_section_with_the_step_named() {
+        let err: Result<(), CheckError> =
+            Err(std::io::Error::other("device lost")).ctx("reading a buffer back");
+        let done = finish(&opts(true), Instant::now(), None, None, err);
+        assert_eq!(done.status, Status::Fail);
+        assert_eq!(
+            done.reason.as_deref(),
+            Some("reading a buffer back: device lost")
+        );
+    }
+
+    #[test]
+    fn a_check_out_of_tolerance_fails_the_kernels_section_naming_it() {
+        let check = |kernel, err: f64| kernels::KernelCheck {
+            kernel,
+            case: "64x64x64".into(),
+            max_rel_err: err,
+            tolerance: 1e-4,
+            pass: err <= 1e-4,
+        };
+        let f = kernels::KernelsFigures {
+            checks: vec![check("gemm_f32", 1e-6), check("gemm_bf16", 0.5)],
+            failed: 1,
+            tensor_cores: true,
+        };
+        let done = finish(&opts(false), Instant::now(), None, None, Ok(f));
+        assert_eq!(done.status, Status::Fail);
+        let why = done.reason.unwrap();
+        assert!(
+            why.starts_with("1 of 2 checks out of tolerance, first gemm_bf16"),
+            "{why}"
+        );
+        assert!(
+            done.headline[1].contains("gemm_f32 1%"),
+            "{:?}",
+            done.headline
+        );
+        assert!(
+            done.headline[1].contains("gemm_bf16 500000%"),
+            "{:?}",
+            done.headline
+        );
+    }
+
+    #[test]
+    fn max_rel_flags_nans_and_length_mismatches() {
+        assert_eq!(kernels::max_rel(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!((kernels::max_rel(&[3.0], &[1.0]) - 1.0).abs() < 1e-12);
+        assert_eq!(kernels::max_rel(&[f32::NAN], &[1.0]), f64::INFINITY);
+        assert_eq!(kernels::max_rel(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+        assert_eq!(kernels::max_rel(&[f32::NAN], &[f32::NAN]), 0.0);
+    }
+}
