@@ -96,7 +96,12 @@ fn gpu_test_binary() -> Option<PathBuf> {
 fn prepare(dir: &Path, extra: &[&str]) -> Output {
     let mut cmd = Command::new("bash");
     cmd.arg(root().join("scripts/device-check/prepare.sh"))
-        .args(["--dry-run", "--bin", env!("CARGO_BIN_EXE_setpoint"), "--dir"])
+        .args([
+            "--dry-run",
+            "--bin",
+            env!("CARGO_BIN_EXE_setpoint"),
+            "--dir",
+        ])
         .arg(dir)
         .args(extra);
     if let Some(t) = gpu_test_binary() {
@@ -127,8 +132,15 @@ fn a_bundle_over_the_size_limit_is_refused_with_the_sizes() {
     assert!(!out.status.success(), "a 1 MiB limit was accepted");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused"), "{err}");
-    assert!(err.contains("MiB of 1 MiB"), "the sizes were not printed: {err}");
-    assert!(!dir.exists(), "a refused bundle was left at {}", dir.display());
+    assert!(
+        err.contains("MiB of 1 MiB"),
+        "the sizes were not printed: {err}"
+    );
+    assert!(
+        !dir.exists(),
+        "a refused bundle was left at {}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -139,7 +151,13 @@ fn a_dry_run_records_every_section_and_survives_a_failure_and_a_hang() {
     assert!(prepared.status.success(), "prepare failed");
     let err = String::from_utf8_lossy(&prepared.stderr);
     assert!(err.contains("MiB of 64 MiB"), "no size printed: {err}");
-    for f in ["MANIFEST.json", "bin/setpoint", "run.sh", "probe/probe.cu", "probe/gemm.cu"] {
+    for f in [
+        "MANIFEST.json",
+        "bin/setpoint",
+        "run.sh",
+        "probe/probe.cu",
+        "probe/gemm.cu",
+    ] {
         assert!(bundle.join(f).exists(), "{f} missing from the bundle");
     }
 
@@ -154,7 +172,11 @@ fn a_dry_run_records_every_section_and_survives_a_failure_and_a_hang() {
     assert_eq!(ran.status.code(), Some(1), "run.sh exit status");
 
     let files = files_under(&out_dir);
-    assert!(files.len() <= 8, "{} files came back: {files:?}", files.len());
+    assert!(
+        files.len() <= 8,
+        "{} files came back: {files:?}",
+        files.len()
+    );
     for (path, len) in &files {
         assert!(*len <= 16 << 20, "{} is {len} bytes", path.display());
     }
@@ -183,7 +205,10 @@ fn a_dry_run_records_every_section_and_survives_a_failure_and_a_hang() {
         .collect();
     let summary = std::fs::read_to_string(out_dir.join("summary.txt")).unwrap();
     for name in SECTIONS {
-        assert!(by_name.contains_key(name), "{name} missing from report.json");
+        assert!(
+            by_name.contains_key(name),
+            "{name} missing from report.json"
+        );
         assert!(
             summary.lines().any(|l| l.starts_with(&format!("{name} "))),
             "{name} missing from the summary:\n{summary}"
@@ -206,7 +231,12 @@ fn a_dry_run_records_every_section_and_survives_a_failure_and_a_hang() {
     // The sections after the hang ran: the daemon served on the CPU, the training section
     // measured the CPU backend and recorded the GPU half as skipped.
     assert_eq!(by_name["env"].status, Status::Pass);
-    assert_eq!(by_name["daemon"].status, Status::Pass, "{:?}", by_name["daemon"]);
+    assert_eq!(
+        by_name["daemon"].status,
+        Status::Pass,
+        "{:?}",
+        by_name["daemon"]
+    );
     let training = by_name["training"];
     assert_eq!(training.status, Status::Skipped, "{training:?}");
     let doc = training.figures.as_ref().expect("training wrote its JSON");
