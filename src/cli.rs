@@ -37,14 +37,17 @@ pub enum Command {
     Bench(BenchArgs),
     /// Check the CUDA kernels built into this binary (no GPU needed).
     Kernels(KernelsArgs),
-    /// Run every GPU check and measurement on this host's GPU and write them as JSON.
+    /// Run one GPU check or measurement on this host's GPU and write it as JSON.
     ///
-    /// Kernels against the CPU backend (f32 tight, bf16 relaxed) at several CTA budgets and
-    /// the tensor-core GEMM against its SIMT twin; GEMM TFLOP/s against cuBLAS at 1024³ …
-    /// 8192³ (f32 and bf16); training samples/s on the GPU and the CPU backend; two lanes at
-    /// shares 0.25/0.75; inference p99 alone and beside a training lane with and without
-    /// stream priority. Writes OUT/gpu-check.json. Exits 1 when no GPU can be used or a
-    /// kernel check fails. `scripts/gpu-check.sh` runs it with nvidia-smi sampled alongside.
+    /// One section per process, so that a device check can give each its own time limit:
+    /// `kernels` (every kernel against the CPU backend, every GEMM layout, bf16 up to 4096),
+    /// `gemm` (the backend's GEMM TFLOP/s), `training` (samples/s on the GPU and the CPU
+    /// backend), `lanes` and `lanes-green` (two lanes at shares 0.25/0.75 as CTA budgets or
+    /// green contexts: throughput ratio and isolation), `inference` (p99 alone and beside
+    /// training with and without stream priority), `nvml` (NVML against nvidia-smi). Writes
+    /// the section's JSON to --out and its headline to stdout. Exits 1 when the section fails
+    /// (no usable GPU, an error, or a check out of bounds). scripts/device-check/ runs every
+    /// section this way.
     GpuCheck(GpuCheckArgs),
     /// This host's devices as NVML reports them (like nvidia-smi) and the CPU backend.
     ///
@@ -68,18 +71,47 @@ pub struct DevicesArgs {
 /// `setpoint gpu-check`.
 #[derive(Debug, Args)]
 pub struct GpuCheckArgs {
-    /// Folder for gpu-check.json (created if missing).
-    #[arg(long, value_name = "DIR")]
+    /// Which section to run.
+    #[arg(long, value_enum)]
+    pub section: GpuSectionArg,
+    /// File for the section's JSON (its folder is created if missing).
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
-    /// The digits CSV for the small training comparison (skipped when not given).
+    /// The digits CSV for the small training workload (left out when not given).
     #[arg(long, value_name = "FILE")]
     pub digits: Option<PathBuf>,
-    /// Shorter runs, GEMMs up to 4096³ only.
+    /// Cache the compiled kernels under DIR (share it between the sections of one run).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Measured seconds per figure [default: each section's own].
+    #[arg(long, value_name = "SECONDS")]
+    pub seconds: Option<f64>,
+    /// No GPU expected: GPU parts are recorded as skipped instead of failed, CPU parts run
+    /// briefly on small sizes (checks the plumbing on a host without a GPU).
     #[arg(long)]
-    pub quick: bool,
+    pub dry_run: bool,
+}
+
+/// Sections of `setpoint gpu-check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GpuSectionArg {
+    /// Every kernel against the CPU backend.
+    Kernels,
+    /// The backend's GEMM TFLOP/s.
+    Gemm,
+    /// Training samples/s on the GPU and the CPU backend.
+    Training,
+    /// Two lanes at shares 0.25/0.75 as CTA budgets.
+    Lanes,
+    /// The same two lanes on green-context SM partitions.
+    LanesGreen,
+    /// Inference p99 alone and beside training.
+    Inference,
+    /// NVML against nvidia-smi.
+    Nvml,
 }
 
 /// Where the daemon is and how to print its answers; shared by the client commands.

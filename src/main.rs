@@ -15,9 +15,9 @@ use serde_json::json;
 
 use cli::{
     BenchArgs, BenchCommand, BenchHttpArgs, CheckConfigArgs, Cli, ClientArgs, Command, DataArgs,
-    DevicesArgs, GpuCheckArgs, InferArgs, JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs,
-    KernelsArgs, KernelsCheckArgs, KernelsCommand, KernelsPtxArgs, OptimizerArg, PredictArgs,
-    ServeArgs, StatusArgs, SubmitArgs, TrainArgs,
+    DevicesArgs, GpuCheckArgs, GpuSectionArg, InferArgs, JobsArgs, JobsCommand, JobsServeArgs,
+    JobsUpdateArgs, KernelsArgs, KernelsCheckArgs, KernelsCommand, KernelsPtxArgs, OptimizerArg,
+    PredictArgs, ServeArgs, StatusArgs, SubmitArgs, TrainArgs,
 };
 use setpoint::client::{self as sp_client, Client, ClientError, path_segment, table, v2};
 use setpoint::data::{self, DataError, Dataset, LabelColumn, LoadOptions};
@@ -1577,44 +1577,56 @@ fn kernels_check_json(
 }
 
 fn gpu_check(a: GpuCheckArgs) -> anyhow::Result<()> {
-    use setpoint::bench::gpu;
-    let gpus = setpoint::device::cuda::probe().map_err(|why| anyhow!("no usable GPU: {why}"))?;
-    if !gpus.iter().any(|g| g.index == a.gpu) {
-        return Err(anyhow!(
-            "no GPU {}: the driver reports {} GPU(s)",
-            a.gpu,
-            gpus.len()
-        ));
+    use setpoint::bench::gpu::{self, Section, Status};
+    if let Some(s) = a.seconds
+        && !(s.is_finite() && s > 0.0 && s <= 3600.0)
+    {
+        return Err(input_error(format!(
+            "--seconds must be a number of seconds above 0 and at most 3600, got {s}"
+        )));
     }
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let opts = gpu::GpuCheckOptions {
-        gpu: a.gpu,
-        digits: a.digits.clone(),
-        quick: a.quick,
-        cache_dir: Some(a.out.join("cache")),
+    let section = match a.section {
+        GpuSectionArg::Kernels => Section::Kernels,
+        GpuSectionArg::Gemm => Section::Gemm,
+        GpuSectionArg::Training => Section::Training,
+        GpuSectionArg::Lanes => Section::Lanes,
+        GpuSectionArg::LanesGreen => Section::LanesGreen,
+        GpuSectionArg::Inference => Section::Inference,
+        GpuSectionArg::Nvml => Section::Nvml,
     };
-    let report = gpu::run(&opts, &mut |line| eprintln!("{line}"));
-    let path = a.out.join("gpu-check.json");
-    let text = serde_json::to_string_pretty(&report)?;
-    setpoint::util::fsio::write_atomic(&path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("{}", path.display());
-    if let Some(e) = report.get("error") {
-        return Err(anyhow!("{}", e.as_str().unwrap_or("gpu-check failed")));
+    let opts = gpu::GpuCheckOptions {
+        section,
+        gpu: a.gpu,
+        digits: a.digits,
+        cache_dir: a.cache_dir,
+        seconds: a.seconds,
+        dry_run: a.dry_run,
+    };
+    let done = gpu::run_section(&opts);
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let failed = report["kernels"]["failed"].as_u64();
-    match failed {
-        Some(0) => Ok(()),
-        Some(n) => Err(anyhow!(
-            "{n} kernel check(s) failed; see {}",
-            path.display()
-        )),
-        None => Err(anyhow!(
-            "the kernel checks did not run: {}",
-            report["kernels"]["error"]
-                .as_str()
-                .unwrap_or("unknown error")
+    setpoint::util::fsio::write_atomic(&a.out, done.json.as_bytes())
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    let status = match done.status {
+        Status::Pass => "pass",
+        Status::Fail => "fail",
+        Status::Skipped => "skipped",
+    };
+    println!("{}: {status}", section.as_str());
+    if let Some(why) = &done.reason {
+        println!("  reason: {why}");
+    }
+    for line in &done.headline {
+        println!("  {line}");
+    }
+    match done.status {
+        Status::Pass | Status::Skipped => Ok(()),
+        Status::Fail => Err(anyhow!(
+            "gpu-check {} failed: {}; see {}",
+            section.as_str(),
+            done.reason.as_deref().unwrap_or("no reason recorded"),
+            a.out.display()
         )),
     }
 }

@@ -1,5 +1,6 @@
 //! The CUDA backend on a GPU: every kernel against the CPU backend (the same checks
-//! `setpoint gpu-check` records), stream priorities and the device-memory limit. Without a
+//! `setpoint gpu-check --section kernels` records), stream priorities and the device-memory
+//! limit. Without a
 //! usable GPU every test prints that it was skipped and why; the kernels' logic is still
 //! checked on the CPU by `tests/kernels_emulated.rs`.
 
@@ -27,7 +28,7 @@ fn every_kernel_matches_the_cpu_backend() {
     }
     let dev = CudaDevice::open(0, Some(&cache_dir("kernels")), None).unwrap();
     let g = dev.lane_backend(StreamPriority::Normal).unwrap();
-    let checks = setpoint::bench::gpu::kernel_checks(&g).unwrap();
+    let checks = setpoint::bench::gpu::kernels::kernel_checks(&dev, &g, false).unwrap();
     let failed: Vec<_> = checks.iter().filter(|c| !c.pass).collect();
     assert!(failed.is_empty(), "{failed:#?}");
     assert!(checks.len() > 50, "only {} checks ran", checks.len());

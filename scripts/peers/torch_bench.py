@@ -6,6 +6,12 @@
     torch_bench.py train-big --threads 2
     torch_bench.py forward --batch 8
     torch_bench.py gemm --size 2048 --threads 2
+    torch_bench.py train-big --device cuda --precision bf16
+
+On --device cuda every window ends with torch.cuda.synchronize(), so a window counts only
+work the GPU has finished; --precision tf32 lets f32 matmuls use TF32 tensor cores, bf16 runs
+the forward pass under torch.autocast(dtype=bfloat16) (training and gemm workloads; the CPU
+default is f32). scripts/device-check/torch_gpu.py runs these on the device check's GPU.
 
 Fairness, workload by workload (setpoint's side is benches/common/mod.rs):
 - train-digits: 64-128-10 (Linear, ReLU, Linear), batch 64, cross-entropy, Adam lr 1e-3 with
@@ -39,10 +45,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DIGITS_PATH = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "data", "digits.csv.gz"))
 
 
-def measure(warmup, seconds, op):
+def measure(warmup, seconds, op, sync=lambda: None):
     until = time.perf_counter() + warmup
     while time.perf_counter() < until:
         op()
+    sync()
     window = seconds / 10.0
     start = time.perf_counter()
     rates = []
@@ -54,6 +61,8 @@ def measure(warmup, seconds, op):
             items += op()
             elapsed = time.perf_counter() - t0
             if elapsed >= window:
+                sync()
+                elapsed = time.perf_counter() - t0
                 break
         rates.append(items / elapsed)
         total += items
@@ -87,30 +96,40 @@ def load_digits(path, batch):
     return x, y
 
 
-def train_step_fn(layers, x, y, batch):
+def train_step_fn(layers, x, y, batch, device="cpu", precision="f32"):
     torch.manual_seed(1)
-    model = mlp(layers)
+    model = mlp(layers).to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = x.to(device), y.to(device)
+    autocast = precision == "bf16"
     n = x.shape[0]
     batches = n // batch
     state = {"perm": None, "b": batches}
 
     def step():
         if state["b"] == batches:
-            state["perm"] = torch.randperm(n)
+            state["perm"] = torch.randperm(n, device=device)
             state["b"] = 0
         b = state["b"]
         idx = state["perm"][b * batch : (b + 1) * batch]
         state["b"] = b + 1
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(xb), yb)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(xb), yb)
         loss.backward()
         opt.step()
         return batch
 
     return step
+
+
+def set_precision(precision):
+    """TF32 for f32 matmuls only when asked (PyTorch's default leaves it off for matmuls)."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def main():
@@ -122,27 +141,32 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--data", default=DIGITS_PATH, help="digits.csv.gz (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16"])
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
+    set_precision(a.precision)
+    dev = a.device
+    sync = torch.cuda.synchronize if torch.device(dev).type == "cuda" else (lambda: None)
 
     if a.workload == "train-digits":
         batch = 64
         x, y = load_digits(a.data, batch)
-        op = train_step_fn([64, 128, 10], x, y, batch)
+        op = train_step_fn([64, 128, 10], x, y, batch, dev, a.precision)
         unit = "samples_per_s"
     elif a.workload == "train-big":
         batch = 256
         g = torch.Generator().manual_seed(1)
         x = torch.randn(4096, 784, generator=g)
         y = torch.randint(0, 10, (4096,), generator=g)
-        op = train_step_fn([784, 1024, 1024, 10], x, y, batch)
+        op = train_step_fn([784, 1024, 1024, 10], x, y, batch, dev, a.precision)
         unit = "samples_per_s"
     elif a.workload == "forward":
         batch = a.batch
         torch.manual_seed(1)
-        model = mlp([64, 128, 10]).eval()
-        xr = torch.randn(batch, 64)
+        model = mlp([64, 128, 10]).to(dev).eval()
+        xr = torch.randn(batch, 64).to(dev)
 
         def op():
             with torch.inference_mode():
@@ -153,9 +177,10 @@ def main():
     else:
         n = batch = a.size
         g = torch.Generator().manual_seed(1)
-        am = torch.rand(n, n, generator=g) * 2 - 1
-        bm = torch.rand(n, n, generator=g) * 2 - 1
-        cm = torch.empty(n, n)
+        dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+        am = (torch.rand(n, n, generator=g) * 2 - 1).to(dev, dtype)
+        bm = (torch.rand(n, n, generator=g) * 2 - 1).to(dev, dtype)
+        cm = torch.empty(n, n, device=dev, dtype=dtype)
         flop = 2 * n**3
 
         def op():
@@ -164,7 +189,7 @@ def main():
 
         unit = "gflop_per_s"
 
-    rates, overall = measure(a.warmup, a.seconds, op)
+    rates, overall = measure(a.warmup, a.seconds, op, sync)
     if unit == "gflop_per_s":
         rates = [r / 1e9 for r in rates]
         overall /= 1e9
@@ -175,6 +200,8 @@ def main():
                 "version": torch.__version__,
                 "workload": a.workload,
                 "threads": a.threads,
+                "device": dev,
+                "precision": a.precision,
                 "batch": batch,
                 "unit": unit,
                 "median": statistics.median(rates),
