@@ -61,6 +61,13 @@ cargo_profile=(--release)
 if [ "$dry_run" = 1 ]; then
     profile=debug
     cargo_profile=()
+else
+    # The release binary carries machine code for sm_90 as well as PTX (build.rs assembles
+    # it with ptxas): the GPU host needs no NVRTC. Without ptxas the build fails rather than
+    # quietly carrying PTX only.
+    cuda_env="$(scripts/cuda-tools.sh --env)" || die "scripts/cuda-tools.sh could not install ptxas"
+    eval "$cuda_env"
+    export SETPOINT_REQUIRE_SASS=1
 fi
 
 if [ -z "$bin" ]; then
