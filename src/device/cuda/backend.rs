@@ -89,7 +89,7 @@ impl CudaBackend {
                 home,
                 lease: None,
                 last: None,
-                staging: Staging::new(),
+                staging: Staging::new(dev.primary),
                 partials: None,
             }),
             busy_ns: AtomicU64::new(0),

@@ -157,10 +157,16 @@ fn load_library(
 }
 
 fn load_image(image: &KernelImage) -> Result<sys::CUlibrary, CuError> {
-    // PTX goes to the driver NUL-terminated.
+    // PTX goes to the driver NUL-terminated; a cubin is an ELF image, copied to 8-byte
+    // aligned memory (the embedded bytes carry no alignment).
     let ptx;
+    let mut aligned: Vec<u64> = Vec::new();
     let data: *const std::ffi::c_void = match image {
-        KernelImage::Sass(bytes) => bytes.as_ptr().cast(),
+        KernelImage::Sass(bytes) => {
+            aligned.resize(bytes.len().div_ceil(8), 0);
+            bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()].copy_from_slice(bytes);
+            aligned.as_ptr().cast()
+        }
         KernelImage::Ptx(text) => {
             ptx = CString::new(text.as_str()).unwrap_or_default();
             ptx.as_ptr().cast()

@@ -109,6 +109,8 @@ const STAGING_ALIGN: usize = 256;
 /// copies queue without waiting for one another.
 #[derive(Debug)]
 pub(super) struct Staging {
+    /// The device's primary context, current while the arena is allocated and freed.
+    primary: sys::CUcontext,
     ptr: *mut u8,
     cap: usize,
     used: usize,
@@ -118,8 +120,9 @@ pub(super) struct Staging {
 unsafe impl Send for Staging {}
 
 impl Staging {
-    pub(super) fn new() -> Staging {
+    pub(super) fn new(primary: sys::CUcontext) -> Staging {
         Staging {
+            primary,
             ptr: std::ptr::null_mut(),
             cap: 0,
             used: 0,
@@ -138,6 +141,7 @@ impl Staging {
             off = 0;
             if bytes > self.cap {
                 let cap = bytes.max(2 * self.cap).max(STAGING_MIN);
+                let _cur = Current::push(self.primary)?;
                 let fresh = driver::host_alloc(cap)?;
                 self.free();
                 self.ptr = fresh;
@@ -154,6 +158,7 @@ impl Staging {
         self.used = 0;
     }
 
+    /// Frees the arena; the caller has made a context of the device current.
     fn free(&mut self) {
         if !self.ptr.is_null() {
             driver::host_free(self.ptr);
@@ -166,6 +171,8 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         // The lane drained its stream before dropping its state.
-        self.free();
+        if let Ok(_cur) = Current::push(self.primary) {
+            self.free();
+        }
     }
 }
