@@ -2,126 +2,13 @@
 //! error statuses, the jobs and services API end to end, and the metrics text.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use setpoint::node::Node;
 
-/// A daemon serving on a free loopback port, stopped on drop.
-struct Daemon {
-    url: String,
-    node: Arc<Node>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    agent: ureq::Agent,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = setpoint::config::parse(config).unwrap();
-        cfg.state_dir = dir.path().to_path_buf();
-        let node = Node::new(cfg).unwrap();
-        node.start();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let app = setpoint::api::http::router(node.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Daemon {
-            url: format!("http://{addr}"),
-            node,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            agent,
-            _dir: dir,
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        let mut r = self
-            .agent
-            .get(format!("{}{path}", self.url))
-            .call()
-            .unwrap();
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn send(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
-        let url = format!("{}{path}", self.url);
-        let mut r = match method {
-            "POST" => self.agent.post(url).send_json(body),
-            "PATCH" => self.agent.patch(url).send_json(body),
-            "DELETE" => self.agent.delete(url).call(),
-            _ => unreachable!(),
-        }
-        .unwrap();
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// Polls `check` every 20 ms until it returns Some, for at most `limit`.
-    fn poll<T>(&self, limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = check() {
-                return v;
-            }
-            assert!(start.elapsed() < limit, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_ready(&self) {
-        self.poll(Duration::from_secs(60), "readiness", || {
-            (self.get("/v2/health/ready").0 == 200).then_some(())
-        });
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.node.shutdown();
-    }
-}
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::Daemon;
 
 const SERVICE: &str = r#"
 [[services]]

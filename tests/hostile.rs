@@ -1,0 +1,62 @@
+//! Hostile and clumsy input over the API: one request must never take the node down.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+
+use daemon::Daemon;
+use serde_json::json;
+
+/// A job whose model would not fit in memory was accepted and aborted the whole process
+/// (`memory allocation of 17179869184 bytes failed`); it is refused with 400 and the
+/// estimate, and the daemon goes on serving.
+#[test]
+fn a_job_too_large_for_memory_or_too_deep_is_refused_and_the_node_keeps_serving() {
+    let d = Daemon::start(
+        r#"
+[[services]]
+name = "mlp"
+layers = [8, 16, 3]
+[services.slo]
+p99_ms = 50
+"#,
+    );
+    d.wait_ready();
+    // Twenty layers of 65,536: about 1.5 TiB with Adam, which no host has.
+    let mut layers = vec![64];
+    layers.extend(std::iter::repeat_n(65_536, 20));
+    layers.push(10);
+    let job = |name: &str, layers: &[usize]| {
+        json!({"name": name, "data": "synthetic:blobs:size=200", "layers": layers,
+               "epochs": 1, "class": "best-effort"})
+    };
+    let (s, v) = d.send("POST", "/v1/jobs", &job("huge", &layers));
+    assert_eq!(s, 400, "{v}");
+    let err = v["error"].as_str().unwrap_or_default().to_string() + &v["errors"].to_string();
+    assert!(err.contains("the model needs about"), "{v}");
+    assert!(
+        err.contains("TiB (parameters") && err.contains("left"),
+        "{v}"
+    );
+
+    // 100,002 layers of width 1 (a 200 KB request) are refused by count.
+    let mut deep = vec![64];
+    deep.extend(std::iter::repeat_n(1, 100_000));
+    deep.push(10);
+    let (s, v) = d.send("POST", "/v1/jobs", &job("deep", &deep));
+    assert_eq!(
+        s,
+        400,
+        "{}",
+        v.to_string().chars().take(300).collect::<String>()
+    );
+    assert!(
+        v.to_string().contains("must have 2 ..= 128 widths"),
+        "{}",
+        v.to_string().chars().take(300).collect::<String>()
+    );
+
+    // Still serving, and the refused names are free.
+    assert_eq!(d.get("/v2/health/live").0, 200);
+    assert_eq!(d.get("/v2/models/mlp/ready").0, 200);
+    assert_eq!(d.get("/v1/jobs/huge").0, 404);
+}
