@@ -34,9 +34,15 @@ fn the_controller_meets_an_slo_that_no_shares_misses() {
     let slo = s.service.slo_p99_ms;
     assert!(ctl.requests > 10_000, "{} requests", ctl.requests);
     // Both policies ran on the same machine in the same run: the controller does better
-    // than no shares however busy the machine was.
-    assert!(ctl.windows_within_slo_pct > none.windows_within_slo_pct);
-    assert!(ctl.requests_within_slo_pct > none.requests_within_slo_pct);
+    // than no shares however busy the machine was (on a very busy one, neither may keep a
+    // whole window within the SLO).
+    assert!(ctl.windows_within_slo_pct >= none.windows_within_slo_pct);
+    assert!(
+        ctl.requests_within_slo_pct > none.requests_within_slo_pct,
+        "{} <= {}",
+        ctl.requests_within_slo_pct,
+        none.requests_within_slo_pct
+    );
     assert!(
         ctl.p99_ms < none.p99_ms,
         "{} >= {}",
@@ -63,6 +69,7 @@ fn the_controller_meets_an_slo_that_no_shares_misses() {
                 "none p99 {} ms within the SLO",
                 none.p99_ms
             );
+            assert!(ctl.windows_within_slo_pct > none.windows_within_slo_pct);
         }
         other => eprintln!(
             "latency targets not judged: other processes kept {other:.2?} cores busy on \
