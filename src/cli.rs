@@ -73,7 +73,7 @@ pub struct DevicesArgs {
 pub struct GpuCheckArgs {
     /// Which section to run.
     #[arg(long, value_enum)]
-    pub section: GpuSectionArg,
+    pub section: setpoint::bench::gpu::Section,
     /// File for the section's JSON (its folder is created if missing).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -93,25 +93,6 @@ pub struct GpuCheckArgs {
     /// briefly on small sizes (checks the plumbing on a host without a GPU).
     #[arg(long)]
     pub dry_run: bool,
-}
-
-/// Sections of `setpoint gpu-check`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GpuSectionArg {
-    /// Every kernel against the CPU backend.
-    Kernels,
-    /// The backend's GEMM TFLOP/s.
-    Gemm,
-    /// Training samples/s on the GPU and the CPU backend.
-    Training,
-    /// Two lanes at shares 0.25/0.75 as CTA budgets.
-    Lanes,
-    /// The same two lanes on green-context SM partitions.
-    LanesGreen,
-    /// Inference p99 alone and beside training.
-    Inference,
-    /// NVML against nvidia-smi.
-    Nvml,
 }
 
 /// Where the daemon is and how to print its answers; shared by the client commands.

@@ -15,9 +15,9 @@ use serde_json::json;
 
 use cli::{
     BenchArgs, BenchCommand, BenchHttpArgs, CheckConfigArgs, Cli, ClientArgs, Command, DataArgs,
-    DevicesArgs, GpuCheckArgs, GpuSectionArg, InferArgs, JobsArgs, JobsCommand, JobsServeArgs,
-    JobsUpdateArgs, KernelsArgs, KernelsCheckArgs, KernelsCommand, KernelsPtxArgs, OptimizerArg,
-    PredictArgs, ServeArgs, StatusArgs, SubmitArgs, TrainArgs,
+    DevicesArgs, GpuCheckArgs, InferArgs, JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs,
+    KernelsArgs, KernelsCheckArgs, KernelsCommand, KernelsPtxArgs, OptimizerArg, PredictArgs,
+    ServeArgs, StatusArgs, SubmitArgs, TrainArgs,
 };
 use setpoint::client::{self as sp_client, Client, ClientError, path_segment, table, v2};
 use setpoint::data::{self, DataError, Dataset, LabelColumn, LoadOptions};
@@ -1577,7 +1577,7 @@ fn kernels_check_json(
 }
 
 fn gpu_check(a: GpuCheckArgs) -> anyhow::Result<()> {
-    use setpoint::bench::gpu::{self, Section, Status};
+    use setpoint::bench::gpu::{self, Status};
     if let Some(s) = a.seconds
         && !(s.is_finite() && s > 0.0 && s <= 3600.0)
     {
@@ -1585,15 +1585,7 @@ fn gpu_check(a: GpuCheckArgs) -> anyhow::Result<()> {
             "--seconds must be a number of seconds above 0 and at most 3600, got {s}"
         )));
     }
-    let section = match a.section {
-        GpuSectionArg::Kernels => Section::Kernels,
-        GpuSectionArg::Gemm => Section::Gemm,
-        GpuSectionArg::Training => Section::Training,
-        GpuSectionArg::Lanes => Section::Lanes,
-        GpuSectionArg::LanesGreen => Section::LanesGreen,
-        GpuSectionArg::Inference => Section::Inference,
-        GpuSectionArg::Nvml => Section::Nvml,
-    };
+    let section = a.section;
     let opts = gpu::GpuCheckOptions {
         section,
         gpu: a.gpu,

@@ -21,6 +21,10 @@ const TOKEN: &str = "drill-token";
 const REASON: &str = "CUDA_ERROR_ILLEGAL_ADDRESS (an illegal memory access was encountered)";
 const DATA: &str = "synthetic:blobs:size=2000,classes=3,features=8";
 
+#[path = "support/promtool.rs"]
+mod promtool;
+use promtool::promtool_check;
+
 struct Daemon {
     child: Child,
     url: String,
@@ -145,35 +149,6 @@ fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 fn checkpoint_step(path: &Path) -> u64 {
     Checkpoint::load(path).unwrap().training.unwrap().meta.step
-}
-
-/// `promtool check metrics` on `text`, when promtool is installed.
-fn promtool_check(text: &str) {
-    match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool check metrics: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(_) => eprintln!("skipped: promtool not found, `promtool check metrics` not run"),
-    }
 }
 
 fn write_config(path: &Path, port: u16, state: &Path) {

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/promtool.rs"]
+mod promtool;
 use daemon::Daemon;
 
 const SERVICE: &str = r#"
@@ -916,31 +918,7 @@ fn metrics_parse_as_prometheus_text() {
     assert!(text.contains("setpoint_tenant_share_ratio{tenant=\"mlp\",kind=\"service\"}"));
 
     // Prometheus's own linter, when it is installed (.ci/run installs it).
-    match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool check metrics: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(_) => eprintln!("skipped: promtool not found, `promtool check metrics` not run"),
-    }
+    promtool::promtool_check(&text);
 }
 
 #[test]

@@ -37,8 +37,8 @@ use crate::util::rng::Rng;
 /// Format tag of every section's JSON.
 pub const FORMAT: &str = "setpoint-gpu-check-v1";
 
-/// One part of the GPU check, run as a process of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// One part of the GPU check, run as a process of its own (`--section NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Section {
     /// Kernels against the CPU backend.
