@@ -60,3 +60,43 @@ p99_ms = 50
     assert_eq!(d.get("/v2/models/mlp/ready").0, 200);
     assert_eq!(d.get("/v1/jobs/huge").0, 404);
 }
+
+/// A request with more rows than `max_queue` could never be queued whole: it used to get 429
+/// with `Retry-After: 1` after computing some of its rows, forever. It is refused at once with
+/// 400 naming the limit, and nothing is computed for it.
+#[test]
+fn a_request_with_more_rows_than_the_queue_holds_is_refused_at_once() {
+    let d = Daemon::start(
+        r#"
+[[services]]
+name = "mlp"
+layers = [4, 8, 3]
+max_queue = 16
+[services.slo]
+p99_ms = 50
+"#,
+    );
+    d.wait_ready();
+    let infer = |rows: usize| {
+        let data: Vec<f32> = (0..rows * 4).map(|i| (i % 5) as f32).collect();
+        json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 4], "data": data}]})
+    };
+    // Rows computed so far (Triton's inference_count).
+    let computed = || {
+        let (_, v) = d.get("/v2/models/mlp/stats");
+        v["model_stats"][0]["inference_count"].as_u64().unwrap_or(0)
+    };
+    let before = computed();
+    let (s, v) = d.send("POST", "/v2/models/mlp/infer", &infer(64));
+    assert_eq!(s, 400, "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains("the request has 64 rows, but the service queues at most 16 (max_queue)"),
+        "{err}"
+    );
+    assert_eq!(computed(), before, "the refused request ran nothing");
+    // A request that fits is answered whole.
+    let (s, v) = d.send("POST", "/v2/models/mlp/infer", &infer(16));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(computed(), before + 16);
+}

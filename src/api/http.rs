@@ -87,7 +87,9 @@ impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> Self {
         let status = match &e {
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ServeError::InputShape { .. } | ServeError::NotFinite { .. } => StatusCode::BAD_REQUEST,
+            ServeError::InputShape { .. }
+            | ServeError::NotFinite { .. }
+            | ServeError::TooManyRows { .. } => StatusCode::BAD_REQUEST,
             ServeError::ShuttingDown { .. } | ServeError::DeviceFailed { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -559,11 +561,13 @@ async fn decode_and_run(
     // The timeout counts from the request's arrival, reading and decoding included.
     let left = timeout.saturating_sub(start.elapsed());
     let f = svc.io.features;
-    let mut pending = Vec::with_capacity(req.rows);
-    for r in 0..req.rows {
-        let row = req.data[r * f..(r + 1) * f].to_vec();
-        pending.push(svc.inner.submit_with_timeout(row, left)?);
-    }
+    let rows: Vec<Vec<f32>> = req
+        .data
+        .chunks_exact(f)
+        .take(req.rows)
+        .map(<[f32]>::to_vec)
+        .collect();
+    let pending = svc.inner.submit_rows(rows, Some(left))?;
     let mut probs = Vec::with_capacity(req.rows * svc.io.classes);
     for p in pending {
         match p.recv().await {

@@ -38,6 +38,19 @@ pub enum ServeError {
         /// Its queue bound.
         capacity: usize,
     },
+    /// A request has more rows than the queue ever holds: it could never be queued whole.
+    #[error(
+        "service {service}: the request has {rows} rows, but the service queues at most \
+         {max_queue} (max_queue); send it in parts of at most {max_queue} rows"
+    )]
+    TooManyRows {
+        /// The service.
+        service: String,
+        /// Rows in the request.
+        rows: usize,
+        /// The queue bound.
+        max_queue: usize,
+    },
     /// The input row has the wrong width.
     #[error("service {service}: input has {got} values, the model takes {expected}")]
     InputShape {
@@ -492,6 +505,80 @@ impl InferenceService {
         input: Vec<f32>,
         timeout: Option<Duration>,
     ) -> Result<Pending, ServeError> {
+        let mut one = self.submit_rows(vec![input], timeout)?;
+        Ok(one.remove(0))
+    }
+
+    /// Queues every row of one request, or none: a request with more rows than the queue
+    /// holds is refused at once ([`ServeError::TooManyRows`]), and one that does not fit in
+    /// the room left now is refused ([`ServeError::Overloaded`]) before any row is queued, so
+    /// no row is computed for an answer that cannot be given. `timeout` as for
+    /// [`InferenceService::submit_with_timeout`].
+    pub fn submit_rows(
+        &self,
+        rows: Vec<Vec<f32>>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Pending>, ServeError> {
+        let service = || self.shared.name.clone();
+        let max_queue = self.shared.max_queue;
+        if rows.len() > max_queue {
+            return Err(ServeError::TooManyRows {
+                service: service(),
+                rows: rows.len(),
+                max_queue,
+            });
+        }
+        for input in &rows {
+            self.check_row(input)?;
+        }
+        let tx = match &self.tx {
+            Some(tx) if self.shared.accepting.load(Ordering::Acquire) => tx,
+            _ => return Err(ServeError::ShuttingDown { service: service() }),
+        };
+        let n = rows.len();
+        self.shared.arrivals.fetch_add(n as u64, Ordering::Relaxed);
+        // Room for the whole request, taken at once.
+        let reserved = self
+            .shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |q| {
+                (q + n <= max_queue).then_some(q + n)
+            });
+        if reserved.is_err() {
+            return Err(self.overloaded());
+        }
+        let enqueued = Instant::now();
+        let deadline = timeout.map(|t| (enqueued + t, t));
+        let mut pending = Vec::with_capacity(n);
+        for (i, input) in rows.into_iter().enumerate() {
+            let (reply, rx) = oneshot::channel();
+            let req = Request {
+                input,
+                enqueued,
+                deadline: deadline.map(|d| d.0),
+                reply,
+            };
+            if let Err(e) = tx.try_send(req) {
+                // The rows not sent give their room back; those sent are answered and dropped.
+                self.shared.queued.fetch_sub(n - i, Ordering::Relaxed);
+                return Err(match e {
+                    TrySendError::Full(_) => self.overloaded(),
+                    TrySendError::Disconnected(_) => {
+                        ServeError::ShuttingDown { service: service() }
+                    }
+                });
+            }
+            pending.push(Pending {
+                rx,
+                service: service(),
+                deadline,
+            });
+        }
+        Ok(pending)
+    }
+
+    /// The checks a row must pass before it is queued.
+    fn check_row(&self, input: &[f32]) -> Result<(), ServeError> {
         let service = || self.shared.name.clone();
         if input.len() != self.shared.inputs {
             return Err(ServeError::InputShape {
@@ -507,44 +594,17 @@ impl InferenceService {
                 value,
             });
         }
-        let tx = match &self.tx {
-            Some(tx) if self.shared.accepting.load(Ordering::Acquire) => tx,
-            _ => return Err(ServeError::ShuttingDown { service: service() }),
-        };
-        self.shared.arrivals.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
-        let enqueued = Instant::now();
-        let deadline = timeout.map(|t| (enqueued + t, t));
-        let req = Request {
-            input,
-            enqueued,
-            deadline: deadline.map(|d| d.0),
-            reply,
-        };
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(req) {
-            Ok(()) => Ok(Pending {
-                rx,
-                service: service(),
-                deadline,
-            }),
-            Err(e) => {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                match e {
-                    TrySendError::Full(_) => {
-                        if let Ok(mut s) = self.shared.stats.lock() {
-                            s.rejected_count += 1;
-                        }
-                        Err(ServeError::Overloaded {
-                            service: service(),
-                            capacity: self.shared.max_queue,
-                        })
-                    }
-                    TrySendError::Disconnected(_) => {
-                        Err(ServeError::ShuttingDown { service: service() })
-                    }
-                }
-            }
+        Ok(())
+    }
+
+    /// A refusal for a full queue, counted in the statistics (one per refused request).
+    fn overloaded(&self) -> ServeError {
+        if let Ok(mut s) = self.shared.stats.lock() {
+            s.rejected_count += 1;
+        }
+        ServeError::Overloaded {
+            service: self.shared.name.clone(),
+            capacity: self.shared.max_queue,
         }
     }
 
