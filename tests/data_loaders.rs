@@ -448,3 +448,31 @@ fn normalizer_statistics_match_hand_computation() {
     let id = Normalizer::identity(3);
     assert_eq!((id.mean, id.std), (vec![0.0; 3], vec![1.0; 3]));
 }
+
+/// A FIFO as a job's data used to hang the daemon's admission until something wrote to it:
+/// data must be a regular file, and the loader says so at once.
+#[cfg(unix)]
+#[test]
+fn a_fifo_or_a_directory_is_refused_at_once_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("data.csv");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let started = std::time::Instant::now();
+    let err = load(fifo.to_str().unwrap(), &LoadOptions::default()).unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(err.is_input(), "{err}");
+    assert!(
+        err.to_string().ends_with(
+            "data.csv: is a FIFO (named pipe), not a regular file; data must be a regular file"
+        ),
+        "{err}"
+    );
+    let err = load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is a directory, not a regular file"),
+        "{err}"
+    );
+}

@@ -376,10 +376,7 @@ impl Normalizer {
 /// Opens `path` for buffered reading, decompressing transparently when it starts with the
 /// gzip magic bytes (whatever its name).
 fn open(path: &Path) -> Result<Box<dyn BufRead>, DataError> {
-    let file = File::open(path).map_err(|source| DataError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = open_regular(path)?;
     let mut reader = BufReader::new(file);
     let is_gzip = reader
         .fill_buf()
@@ -391,6 +388,59 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, DataError> {
         ))))
     } else {
         Ok(Box::new(reader))
+    }
+}
+
+/// Opens `path` for reading when it is a regular file. Opening does not wait: a FIFO would
+/// block `open` until a writer came (and the daemon's admission with it), so the file is
+/// opened non-blocking and its type checked on the open descriptor, which also closes the
+/// window between a check by name and the open.
+pub(crate) fn open_regular(path: &Path) -> Result<File, DataError> {
+    let open_error = |source| DataError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(open_error)?;
+    let meta = file.metadata().map_err(open_error)?;
+    if !meta.is_file() {
+        return Err(file_error(
+            path,
+            format!(
+                "is a {}, not a regular file; data must be a regular file",
+                file_kind(&meta)
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// What kind of file `meta` describes, in words.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "FIFO (named pipe)";
+        }
+        if t.is_socket() {
+            return "socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "device";
+        }
+    }
+    if t.is_dir() {
+        "directory"
+    } else {
+        "special file"
     }
 }
 
