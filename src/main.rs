@@ -118,6 +118,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(k) = cause.downcast_ref::<KernelError>() {
             return if k.is_input() { 2 } else { 1 };
         }
+        if let Some(setpoint::node::NodeError::StateDir(_)) =
+            cause.downcast_ref::<setpoint::node::NodeError>()
+        {
+            return 2;
+        }
         if let Some(m) = cause.downcast_ref::<ModelError>() {
             return if matches!(m, ModelError::Device(_)) {
                 1

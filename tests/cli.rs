@@ -433,3 +433,70 @@ fn models_too_large_for_memory_or_too_deep_are_refused_before_allocating() {
         stderr(&out)
     );
 }
+
+/// Two daemons used to share a state dir, resuming and checkpointing the same jobs: the
+/// second is refused with exit 2 and the holder's pid; a state dir that cannot be created is
+/// exit 2 with the reason.
+#[test]
+fn a_state_dir_is_held_by_one_daemon_and_an_unusable_one_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let serve = |state: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(["serve", "--config", cfg.to_str().unwrap(), "--state-dir"])
+            .arg(state)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = serve(&state);
+    // The lock file names the holder once it has the dir.
+    let lock = state.join("setpoint.lock");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.trim().is_empty()) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "no lock file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = exits_within(serve(&state), 30);
+    let _ = first.kill();
+    let _ = first.wait();
+    let err = stderr(&second);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is in use by another setpoint daemon (pid {})",
+            first.id()
+        )),
+        "{err}"
+    );
+
+    // A state dir below a regular file cannot be created, whoever runs this.
+    let under_file = cfg.join("state");
+    let out = exits_within(serve(&under_file), 30);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot create") && err.contains("--state-dir"),
+        "{err}"
+    );
+}
+
+/// The child's output once it exits; a child still running after `secs` is killed and the
+/// test fails (a daemon that should have refused to start).
+fn exits_within(mut child: std::process::Child, secs: u64) -> Output {
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("still running after {secs} s:\n{}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}

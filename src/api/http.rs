@@ -68,7 +68,7 @@ impl From<NodeError> for ApiError {
             NodeError::Conflict(_) => StatusCode::CONFLICT,
             NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
             NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            NodeError::Internal(_) | NodeError::StateDir(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
     }

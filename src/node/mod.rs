@@ -7,6 +7,7 @@ pub mod health;
 pub mod jobs;
 pub mod reload;
 pub mod services;
+pub mod state_dir;
 pub mod systemd;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,9 @@ pub enum NodeError {
     /// Something failed on the node's side (500).
     #[error("{0}")]
     Internal(String),
+    /// The state dir cannot be used (at start: exit 2).
+    #[error(transparent)]
+    StateDir(#[from] state_dir::StateDirError),
 }
 
 impl NodeError {
@@ -83,6 +87,8 @@ pub struct Node {
     devices: devices::DeviceReport,
     /// NVML (or a scripted stand-in), read once per control period; None without GPUs.
     telemetry: Mutex<Option<crate::telemetry::Sampler>>,
+    /// The state dir's lock, held while the node lives.
+    _state_lock: state_dir::StateDirLock,
     /// The service manager (systemd), told of readiness, reloads and the control loop's life.
     notifier: OnceLock<Arc<systemd::Notifier>>,
     /// Where the configuration is read from on a reload.
@@ -179,13 +185,12 @@ impl Node {
     /// A node for `config`: creates the state dir. Tenants start with [`Node::start`].
     pub fn new(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
         let state_dir = config.state_dir.clone();
-        for sub in ["jobs", "services"] {
-            std::fs::create_dir_all(state_dir.join(sub)).map_err(|e| {
-                NodeError::Internal(format!(
-                    "cannot create state dir {}: {e}",
-                    state_dir.join(sub).display()
-                ))
-            })?;
+        let state_lock = state_dir::acquire(&state_dir)?;
+        for path in &state_lock.swept {
+            tracing::warn!(
+                path = %path.display(),
+                "removed a temporary file left by a write that did not finish (a crash)"
+            );
         }
         // NVML first, so that the daemon's host pid can be learned around its first CUDA
         // context (see telemetry::OwnPids): in a container its own pid is not NVML's.
@@ -251,6 +256,7 @@ impl Node {
             control_thread: Mutex::new(None),
             devices,
             telemetry: Mutex::new(telemetry),
+            _state_lock: state_lock,
             notifier: OnceLock::new(),
             source: Mutex::new(None),
             reload_lock: Mutex::new(()),
