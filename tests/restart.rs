@@ -306,6 +306,36 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
     });
     assert!(checkpoint_step(&prev) >= prev_step);
     d.kill9();
+
+    // Both checkpoints gone: the job starts again from step 0, and says so.
+    let last = checkpoint_step(&ckpt);
+    std::fs::remove_file(&ckpt).unwrap();
+    std::fs::remove_file(&prev).unwrap();
+    let d = Daemon::start(&config, &log);
+    let v = d.poll(Duration::from_secs(60), "the job to start over", || {
+        let v = d.job();
+        (v["state"] == "running").then_some(v)
+    });
+    let note = v["restore_note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("both checkpoints are missing (the last was written at step ")
+            && note.ends_with("training starts again from step 0"),
+        "{v}"
+    );
+    let written: u64 = note
+        .split("step ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    // The record trails the checkpoint by one write: a kill between them leaves the one before.
+    assert!(written > 0 && written <= last, "{written} vs {last}");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("both checkpoints are missing"),
+    );
+    d.kill9();
 }
 
 #[test]

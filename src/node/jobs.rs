@@ -249,6 +249,7 @@ impl Job {
             Err(CheckpointError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound && !previous.exists() =>
             {
+                self.note_lost_checkpoints();
                 return Ok(None);
             }
             Err(e) => e,
@@ -267,6 +268,21 @@ impl Job {
         tracing::warn!(job = %self.name, "{note}");
         lock(&self.progress).restore_note = Some(note);
         Ok(Some((c, previous)))
+    }
+
+    /// When checkpoints were written but none is left, says so in the log and the job's
+    /// view: training starts again from step 0.
+    fn note_lost_checkpoints(&self) {
+        let Ok(text) = std::fs::read_to_string(self.checkpointed_path()) else {
+            return;
+        };
+        let step = text.trim();
+        let note = format!(
+            "both checkpoints are missing (the last was written at step {step}); training \
+             starts again from step 0"
+        );
+        tracing::warn!(job = %self.name, "{note}");
+        lock(&self.progress).restore_note = Some(note);
     }
 
     /// Current state.
@@ -655,7 +671,19 @@ impl Job {
             })
             .map_err(|e| format!("cannot write checkpoint: {e}"))?;
         lock(&self.progress).checkpoint = Some(self.checkpoint_path());
+        // The step checkpointed, kept apart from the checkpoints: a restart that finds both
+        // checkpoints gone can then say what was lost instead of starting over silently.
+        let step = trainer.steps().to_string();
+        if let Err(e) = crate::util::fsio::write_atomic(&self.checkpointed_path(), step.as_bytes())
+        {
+            tracing::warn!(job = %self.name, "cannot record the checkpointed step: {e}");
+        }
         Ok(())
+    }
+
+    /// `checkpointed`: the step of the last checkpoint written.
+    fn checkpointed_path(&self) -> PathBuf {
+        self.dir.join("checkpointed")
     }
 }
 
