@@ -100,3 +100,33 @@ p99_ms = 50
     assert_eq!(s, 200, "{v}");
     assert_eq!(computed(), before + 16);
 }
+
+/// A service added over the API whose record cannot be written in the state dir was answered
+/// 201 and was gone after a restart; it is refused with the reason and not added.
+#[test]
+fn a_service_that_cannot_be_recorded_is_not_added() {
+    let d = Daemon::start("");
+    let dir = d.node.state_dir().to_path_buf();
+    let ckpt = dir.join("model.ckpt");
+    setpoint::model::checkpoint::Checkpoint {
+        params: setpoint::model::MlpParams::init(&[4, 8, 3], 1).unwrap(),
+        normalizer: setpoint::data::Normalizer::identity(4),
+        training: None,
+    }
+    .save(&ckpt)
+    .unwrap();
+    // services/ becomes a file: nothing can be written under it, whoever runs the test.
+    std::fs::remove_dir_all(dir.join("services")).unwrap();
+    std::fs::write(dir.join("services"), b"").unwrap();
+    let body = json!({"name": "m", "checkpoint": ckpt, "slo": {"p99_ms": 50}});
+    let (s, v) = d.send("POST", "/v1/services", &body);
+    assert_eq!(s, 500, "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("cannot record service m in the state dir")
+            && err.ends_with("it was not added"),
+        "{err}"
+    );
+    assert_eq!(d.get("/v1/services/m").0, 404);
+    assert_eq!(d.get("/v2/models/m/ready").0, 404);
+}

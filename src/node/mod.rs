@@ -731,17 +731,19 @@ impl Node {
                 cfg.name
             )));
         }
+        // Recorded before it is listed: a service the state dir does not hold would be gone
+        // after a restart, so one that cannot be recorded is not added (and stops here).
+        self.persist_service(&svc)?;
         map.insert(cfg.name.clone(), ServiceSlot::Ready(svc.clone()));
         drop(map);
-        self.persist_service(&svc);
         tracing::info!(service = %cfg.name, "service added");
         Ok(svc)
     }
 
     /// Records a service added at run time in the state dir.
-    fn persist_service(&self, svc: &Service) {
+    fn persist_service(&self, svc: &Service) -> Result<(), NodeError> {
         if svc.origin == ServiceOrigin::Config {
-            return;
+            return Ok(());
         }
         let record = serde_json::json!({
             "config": svc.config(),
@@ -751,9 +753,13 @@ impl Node {
             .state_dir
             .join("services")
             .join(format!("{}.json", svc.name()));
-        if let Err(e) = crate::util::fsio::write_atomic(&path, record.to_string().as_bytes()) {
-            tracing::error!(service = %svc.name(), "cannot record service in state dir: {e}");
-        }
+        crate::util::fsio::write_atomic(&path, record.to_string().as_bytes()).map_err(|e| {
+            NodeError::Internal(format!(
+                "cannot record service {} in the state dir ({}: {e}); it was not added",
+                svc.name(),
+                path.display()
+            ))
+        })
     }
 
     /// Stops and removes a service; requests already queued are answered first.
