@@ -77,6 +77,8 @@ pub struct Node {
     state_dir: PathBuf,
     services: RwLock<BTreeMap<String, ServiceSlot>>,
     jobs: RwLock<BTreeMap<String, Arc<Job>>>,
+    /// Names of jobs being admitted (data loading, a step measured): taken at once.
+    admitting: Mutex<std::collections::BTreeSet<String>>,
     started_at: SystemTime,
     /// Workers of each device (CPU threads, or a GPU's CTAs), by device index.
     workers: Vec<usize>,
@@ -257,6 +259,7 @@ impl Node {
             devices,
             telemetry: Mutex::new(telemetry),
             _state_lock: state_lock,
+            admitting: Mutex::new(Default::default()),
             notifier: OnceLock::new(),
             source: Mutex::new(None),
             reload_lock: Mutex::new(()),
@@ -787,6 +790,21 @@ impl Node {
         }
     }
 
+    /// Holds `name` while a job of that name is admitted; a second submission of it meanwhile
+    /// is a conflict.
+    fn take_admission_name(&self, name: &str) -> Result<AdmissionName<'_>, NodeError> {
+        let mut names = self.admitting.lock().unwrap_or_else(|p| p.into_inner());
+        if !names.insert(name.to_string()) {
+            return Err(NodeError::Conflict(format!(
+                "a job named {name} is being submitted already"
+            )));
+        }
+        Ok(AdmissionName {
+            node: self,
+            name: name.to_string(),
+        })
+    }
+
     /// Accepts a job given as JSON (the jobs API).
     pub fn submit_job_json(
         self: &Arc<Self>,
@@ -807,6 +825,8 @@ impl Node {
         if read(&self.jobs).contains_key(&cfg.name) {
             return Err(exists());
         }
+        // The name is taken now, for as long as admission takes (it loads the data).
+        let _admitting = self.take_admission_name(&cfg.name)?;
         for f in crate::config::paths::data_files(&cfg.data) {
             self.confine("data", &f)?;
         }
@@ -1429,6 +1449,22 @@ fn recorded_spec(spec: &serde_json::Value) -> serde_json::Value {
         }
     }
     v
+}
+
+/// A job name held during its admission; given back when dropped.
+struct AdmissionName<'a> {
+    node: &'a Node,
+    name: String,
+}
+
+impl Drop for AdmissionName<'_> {
+    fn drop(&mut self) {
+        self.node
+            .admitting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
 }
 
 /// Loads a job's data and measures a step, on a thread at background priority: a submission
