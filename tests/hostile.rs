@@ -130,3 +130,39 @@ fn a_service_that_cannot_be_recorded_is_not_added() {
     assert_eq!(d.get("/v1/services/m").0, 404);
     assert_eq!(d.get("/v2/models/m/ready").0, 404);
 }
+
+/// Every error is JSON, the router's own rejections included, and says its cause once.
+#[test]
+fn every_error_is_json_and_names_the_position_once() {
+    let d = Daemon::start("");
+    // A path that is not UTF-8 used to be answered in text/plain.
+    let r = d
+        .agent
+        .get(format!("{}/v2/models/%ff", d.url))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let ct = r
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ct, "application/json");
+    let v: serde_json::Value = r.into_body().read_json().unwrap();
+    assert!(v["error"].as_str().unwrap().contains("UTF-8"), "{v}");
+    // Broken JSON: the position once, at the end of serde's message.
+    let mut r = d
+        .agent
+        .post(format!("{}/v1/jobs", d.url))
+        .header("content-type", "application/json")
+        .send("{\"name\": 3")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.body_mut().read_json().unwrap();
+    assert_eq!(
+        v["error"],
+        "invalid JSON: EOF while parsing an object at line 1 column 10"
+    );
+}

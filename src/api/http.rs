@@ -166,7 +166,40 @@ pub fn router(node: Arc<Node>) -> Router {
             state.clone(),
             require_token,
         ))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Every error answer is JSON (`{"error": …}`): the extractors' own rejections (a path that is
+/// not UTF-8, say) come as plain text and are rewrapped here, keeping their status and
+/// headers.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut r = ApiError::new(status, message).into_response();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (k, v) in parts.headers.iter() {
+        r.headers_mut().entry(k).or_insert(v.clone());
+    }
+    r
 }
 
 /// With `auth_token` set, every request that changes the node (any method but GET and HEAD,
@@ -282,13 +315,8 @@ pub(crate) fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "invalid JSON at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })
+    // serde's message ends with the position: "… at line 1 column 10".
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 pub(crate) fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {

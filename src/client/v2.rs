@@ -302,13 +302,8 @@ pub enum InputFile {
 /// Reads an input file: a JSON list of rows (lists of numbers), one row as a flat list, or
 /// a full v2 request body (an object with `inputs`).
 pub fn parse_input_file(text: &str, info: &ModelInfo) -> Result<InputFile, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| {
-        format!(
-            "invalid JSON at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        )
-    })?;
+    // serde's message ends with the position: "… at line 1 column 10".
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     match &v {
         Value::Object(m) if m.contains_key("inputs") => Ok(InputFile::Body(v)),
         Value::Object(_) => Err(
