@@ -725,5 +725,7 @@ mod tests {
         };
         let errs = missing.load().unwrap_err().messages();
         assert!(errs[0].contains("cannot read config file"), "{errs:?}");
+        // The OS's reason is kept, not dropped.
+        assert!(errs[0].contains("No such file or directory"), "{errs:?}");
     }
 }
