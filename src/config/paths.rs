@@ -2,6 +2,11 @@
 //! config or over the API must resolve, symbolic links followed, to a place inside one of the
 //! allowed directories (`paths.data_dirs` and the state dir). A request cannot make the
 //! daemon read `/etc/shadow`, or another tenant's files through `..` or a link.
+//!
+//! A refusal tells nothing about the file system outside the allowed directories: a path
+//! outside them is refused the same way whether or not it exists (it is judged by its name,
+//! `..` resolved, before anything is looked up), and a link that leads out is refused without
+//! saying where it leads.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,14 +21,14 @@ pub enum PathError {
         "{}{} is outside the directories data and checkpoints may be read from ({}); move it \
          into one of them or add its directory to paths.data_dirs",
         path.display(),
-        Resolved(path, resolved),
+        if *through_link { " (through a symbolic link)" } else { "" },
         List(allowed)
     )]
     Outside {
         /// The path as given.
         path: PathBuf,
-        /// Where it leads, links followed.
-        resolved: PathBuf,
+        /// Whether its name is inside but a link leads out (where to is not told).
+        through_link: bool,
         /// The allowed directories, as configured.
         allowed: Vec<PathBuf>,
     },
@@ -35,18 +40,6 @@ pub enum PathError {
         /// The OS reason.
         reason: String,
     },
-}
-
-struct Resolved<'a>(&'a Path, &'a Path);
-
-impl fmt::Display for Resolved<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 == self.1 {
-            Ok(())
-        } else {
-            write!(f, " (which resolves to {})", self.1.display())
-        }
-    }
 }
 
 struct List<'a>(&'a [PathBuf]);
@@ -68,25 +61,58 @@ impl fmt::Display for List<'_> {
 
 /// Resolves `path` (relative to the working directory, links followed) and returns where it
 /// leads when that is inside one of `allowed`; an allowed directory that does not exist
-/// allows nothing.
+/// allows nothing. A path whose name (`..` resolved, links not followed) is outside is
+/// refused before it is looked up, so the answer is the same whether or not it exists.
 pub fn confine(path: &Path, allowed: &[PathBuf]) -> Result<PathBuf, PathError> {
+    let outside = |through_link| PathError::Outside {
+        path: path.to_path_buf(),
+        through_link,
+        allowed: allowed.to_vec(),
+    };
+    let real: Vec<PathBuf> = allowed
+        .iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
+    let named = lexical_absolute(path);
+    let named_inside = real
+        .iter()
+        .cloned()
+        .chain(allowed.iter().map(|d| lexical_absolute(d)))
+        .any(|d| named.starts_with(&d));
+    if !named_inside {
+        return Err(outside(false));
+    }
     let resolved = std::fs::canonicalize(path).map_err(|e| PathError::Unresolvable {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let inside = allowed
-        .iter()
-        .filter_map(|d| std::fs::canonicalize(d).ok())
-        .any(|d| resolved.starts_with(&d));
-    if inside {
+    if real.iter().any(|d| resolved.starts_with(d)) {
         Ok(resolved)
     } else {
-        Err(PathError::Outside {
-            path: path.to_path_buf(),
-            resolved,
-            allowed: allowed.to_vec(),
-        })
+        Err(outside(true))
     }
+}
+
+/// `path` made absolute against the working directory, with `.` and `..` resolved by name
+/// (no link is followed, nothing is looked up).
+fn lexical_absolute(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let base = if path.is_absolute() {
+        PathBuf::new()
+    } else {
+        std::env::current_dir().unwrap_or_default()
+    };
+    let mut out = PathBuf::new();
+    for c in base.join(path).components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The file a data spec names: `None` for a `synthetic:` spec.
@@ -105,8 +131,9 @@ pub fn data_files(spec: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Config issues for every data file and checkpoint that exists but lies outside the allowed
-/// directories. One that does not exist is left to the loader, which names it when it runs.
+/// Config issues for every data file and checkpoint outside the allowed directories, whether
+/// or not it exists. One inside that does not exist is left to the loader, which names it
+/// when it runs.
 pub(super) fn config_path_issues(cfg: &NodeConfig) -> Vec<ConfigIssue> {
     let allowed = cfg.allowed_dirs();
     let mut issues = Vec::new();
@@ -155,17 +182,43 @@ mod tests {
         let escape = allowed.join("../secret/b.csv");
         let e = confine(&escape, &dirs).unwrap_err();
         let m = e.to_string();
-        assert!(matches!(e, PathError::Outside { .. }), "{m}");
-        assert!(m.contains("which resolves to"), "{m}");
+        assert!(
+            matches!(
+                e,
+                PathError::Outside {
+                    through_link: false,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         assert!(m.contains(&allowed.display().to_string()), "{m}");
         assert!(m.contains("paths.data_dirs"), "{m}");
+        // Outside is outside, whether or not the file is there.
+        let absent = confine(&allowed.join("../secret/absent.csv"), &dirs).unwrap_err();
+        assert_eq!(
+            absent.to_string().replace("absent.csv", "b.csv"),
+            m,
+            "a missing file outside must be refused the same way"
+        );
 
         #[cfg(unix)]
         {
             let link = allowed.join("link.csv");
             std::os::unix::fs::symlink(outside.join("b.csv"), &link).unwrap();
             let e = confine(&link, &dirs).unwrap_err();
-            assert!(matches!(e, PathError::Outside { .. }), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    PathError::Outside {
+                        through_link: true,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            // Where the link leads is not told.
+            assert!(!e.to_string().contains("secret"), "{e}");
             // A directory named like an allowed one is not inside it.
             let twin = root.path().join("data-other");
             std::fs::create_dir_all(&twin).unwrap();
