@@ -4,7 +4,7 @@
 mod cli;
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -511,26 +511,39 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
-    let (cfg, source): (_, PathBuf) = match &args.file {
-        Some(path) => (setpoint::config::load(path)?, path.clone()),
-        None => (
-            setpoint::config::default_config(),
-            PathBuf::from("(embedded default)"),
-        ),
-    };
-    setpoint::config::check_paths(&cfg, args.file.as_deref())?;
+    let check = setpoint::config::check_file(args.file.as_deref());
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(
             out,
             "{}",
-            serde_json::to_string(&cfg).context("cannot render the configuration as JSON")?
+            serde_json::to_string(&check).context("cannot render the check as JSON")?
         )?;
-    } else {
-        writeln!(out, "{}: valid", source.display())?;
-        write!(out, "{}", cfg.summary())?;
+        if !check.valid {
+            let n = check.errors.len();
+            return Err(input_error(format!(
+                "{}: {n} error{} (listed in the JSON)",
+                check.file,
+                if n == 1 { "" } else { "s" }
+            )));
+        }
+        return Ok(());
     }
-    Ok(())
+    for w in &check.warnings {
+        eprintln!("warning: {w}");
+    }
+    match check.config {
+        Some(cfg) => {
+            writeln!(out, "{}: valid", check.file)?;
+            write!(out, "{}", cfg.summary())?;
+            Ok(())
+        }
+        None => Err(setpoint::config::ConfigError::Invalid {
+            path: args.file.clone(),
+            errors: check.errors,
+        }
+        .into()),
+    }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

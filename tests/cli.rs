@@ -286,7 +286,8 @@ fn check_config_prints_what_it_understood_or_every_error() {
     let out = setpoint(&["check-config", example.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert!(v["services"].is_array());
+    assert_eq!(v["valid"], true, "{v}");
+    assert!(v["config"]["services"].is_array());
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
@@ -305,6 +306,57 @@ fn check_config_prints_what_it_understood_or_every_error() {
     assert!(
         err.contains("services[0].slo.p99_ms: must be > 0, got -5"),
         "{err}"
+    );
+
+    // One pass: a file outside the allowed directories is reported with the value errors,
+    // not after they are fixed; a missing file inside is a warning; --json says it all.
+    std::fs::write(
+        &bad,
+        "control_period_ms = 5\n[[jobs]]\nname = \"j\"\ndata = \"/etc/passwd\"\nlayers = [4, 2]\n\
+         [[jobs]]\nname = \"k\"\ndata = \"later.csv\"\nlayers = [4, 2]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["check-config", bad.to_str().unwrap(), "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(v["config"].is_null());
+    let keys: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["control_period_ms", "jobs[0].data"], "{v}");
+    assert!(
+        v["errors"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is outside"),
+        "{v}"
+    );
+    assert_eq!(v["warnings"][0]["key"], "jobs[1].data", "{v}");
+    assert!(
+        v["warnings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("later.csv"),
+        "{v}"
+    );
+    let out = setpoint(&["check-config", "/nonexistent/x.toml", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["errors"][0]["key"], "");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read it: "),
+        "{v}"
     );
 }
 

@@ -325,9 +325,10 @@ impl NodeConfig {
 }
 
 /// One problem found in a config, located by its key path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigIssue {
     /// Key path such as `services[1].slo.p99_ms`; empty for the document as a whole.
+    #[serde(rename = "key")]
     pub path: String,
     /// What is wrong, lowercase, no trailing period.
     pub message: String,
@@ -479,6 +480,66 @@ pub fn check_paths(cfg: &NodeConfig, file: Option<&Path>) -> Result<(), ConfigEr
             path: file.map(Path::to_path_buf),
             errors: issues,
         })
+    }
+}
+
+/// Everything `setpoint check-config` finds in a config, in one pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigCheck {
+    /// The file, or `(embedded default)`.
+    pub file: String,
+    /// No errors.
+    pub valid: bool,
+    /// Every error, with its key path: syntax, values, and files outside the allowed
+    /// directories.
+    pub errors: Vec<ConfigIssue>,
+    /// Files inside the allowed directories that do not exist (yet).
+    pub warnings: Vec<ConfigIssue>,
+    /// The configuration as understood, defaults included, when it is valid.
+    pub config: Option<NodeConfig>,
+}
+
+/// Checks the config at `path` (the embedded default when `None`) and reports every error at
+/// once: the values' and the paths' together, where [`load`] and [`check_paths`] stop at the
+/// first kind that fails.
+pub fn check_file(path: Option<&Path>) -> ConfigCheck {
+    let file = path.map_or("(embedded default)".into(), |p| p.display().to_string());
+    let whole = |message: String| ConfigCheck {
+        file: file.clone(),
+        valid: false,
+        errors: vec![ConfigIssue {
+            path: String::new(),
+            message,
+        }],
+        warnings: Vec::new(),
+        config: None,
+    };
+    let text = match path {
+        None => DEFAULT_CONFIG.to_string(),
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(source) => return whole(format!("cannot read it: {source}")),
+        },
+    };
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => return whole(syntax_error(&text, &e).to_string()),
+    };
+    let mut w = walk::Walker::default();
+    let default_dir = path
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("."), config_dir);
+    let cfg = schema::node(&mut w, &table, default_dir);
+    let (outside, missing) = paths::config_files(&cfg);
+    let mut errors = w.issues;
+    errors.extend(outside);
+    let valid = errors.is_empty();
+    ConfigCheck {
+        file,
+        valid,
+        errors,
+        warnings: missing,
+        config: valid.then_some(cfg),
     }
 }
 

@@ -135,15 +135,24 @@ pub fn data_files(spec: &str) -> Vec<PathBuf> {
 /// or not it exists. One inside that does not exist is left to the loader, which names it
 /// when it runs.
 pub(super) fn config_path_issues(cfg: &NodeConfig) -> Vec<ConfigIssue> {
+    config_files(cfg).0
+}
+
+/// [`config_path_issues`], and beside them a warning for each file inside the allowed
+/// directories that does not exist (yet): the job or service fails when it reads it.
+pub(super) fn config_files(cfg: &NodeConfig) -> (Vec<ConfigIssue>, Vec<ConfigIssue>) {
     let allowed = cfg.allowed_dirs();
-    let mut issues = Vec::new();
-    let mut check = |key: String, path: &Path| {
-        if let Err(e @ PathError::Outside { .. }) = confine(path, &allowed) {
-            issues.push(ConfigIssue {
-                path: key,
-                message: e.to_string(),
-            });
-        }
+    let (mut issues, mut missing) = (Vec::new(), Vec::new());
+    let mut check = |key: String, path: &Path| match confine(path, &allowed) {
+        Err(e @ PathError::Outside { .. }) => issues.push(ConfigIssue {
+            path: key,
+            message: e.to_string(),
+        }),
+        Err(e @ PathError::Unresolvable { .. }) => missing.push(ConfigIssue {
+            path: key,
+            message: format!("{e}; it is read when the job or service starts"),
+        }),
+        Ok(_) => {}
     };
     for (i, s) in cfg.services.iter().enumerate() {
         if let Some(c) = &s.checkpoint {
@@ -158,7 +167,7 @@ pub(super) fn config_path_issues(cfg: &NodeConfig) -> Vec<ConfigIssue> {
             check(format!("jobs[{i}].data"), &f);
         }
     }
-    issues
+    (issues, missing)
 }
 
 #[cfg(test)]
