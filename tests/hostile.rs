@@ -166,3 +166,72 @@ fn every_error_is_json_and_names_the_position_once() {
         "invalid JSON: EOF while parsing an object at line 1 column 10"
     );
 }
+
+/// A checkpoint that cannot be written (a full disk, say) used to fail the job for good;
+/// training goes on, the error is shown and counted, a later write clears it, and only a
+/// write that fails for longer than `checkpoint_error_timeout_ms` fails the job.
+#[test]
+fn checkpoint_write_errors_are_retried_while_training_goes_on() {
+    let run = |timeout_ms: u64| {
+        let d = Daemon::start(&format!("checkpoint_error_timeout_ms = {timeout_ms}\n"));
+        let job = json!({"name": "j", "data": "synthetic:blobs:size=4000,features=16,classes=4",
+            "layers": [16, 64, 4], "epochs": 1000, "checkpoint_every_steps": 5,
+            "class": "best-effort"});
+        let (s, v) = d.send("POST", "/v1/jobs", &job);
+        assert_eq!(s, 201, "{v}");
+        // A directory where the write's temporary file goes: every write fails (EISDIR),
+        // whoever runs the test. The daemon is this process.
+        let dir = d.node.state_dir().join("jobs/j");
+        let blocker = dir.join(format!(".checkpoint.ckpt.tmp.{}", std::process::id()));
+        std::fs::create_dir_all(&blocker).unwrap();
+        (d, blocker)
+    };
+
+    let (d, blocker) = run(600_000);
+    let v = d.poll(std::time::Duration::from_secs(60), "failed writes", || {
+        let (_, v) = d.get("/v1/jobs/j");
+        (v["checkpoint_errors"].as_u64() >= Some(2)).then_some(v)
+    });
+    assert_eq!(v["state"], "running", "{v}");
+    assert!(
+        v["checkpoint_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write checkpoint"),
+        "{v}"
+    );
+    let (_, metrics) = d.get("/metrics");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("setpoint_job_checkpoint_errors_total{job=\"j\"}"),
+        "{metrics}"
+    );
+    // The disk has room again: the next write succeeds and the error is cleared.
+    std::fs::remove_dir(&blocker).unwrap();
+    let v = d.poll(std::time::Duration::from_secs(60), "a write again", || {
+        let (_, v) = d.get("/v1/jobs/j");
+        v["checkpoint_error"].is_null().then_some(v)
+    });
+    assert_eq!(v["state"], "running", "{v}");
+    assert!(d.node.state_dir().join("jobs/j/checkpoint.ckpt").is_file());
+    drop(d);
+
+    // Failing for longer than the timeout fails the job, saying why.
+    let (d, _blocker) = run(200);
+    let v = d.poll(
+        std::time::Duration::from_secs(60),
+        "the job to fail",
+        || {
+            let (_, v) = d.get("/v1/jobs/j");
+            (v["state"] == "failed").then_some(v)
+        },
+    );
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains("no checkpoint could be written for")
+            && err.contains("checkpoint_error_timeout_ms = 200"),
+        "{v}"
+    );
+}

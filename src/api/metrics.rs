@@ -399,6 +399,18 @@ pub fn render(node: &Node) -> String {
         );
     }
     o.header(
+        "setpoint_job_checkpoint_errors_total",
+        "counter",
+        "Checkpoint writes of a job that failed (training goes on until the timeout).",
+    );
+    for j in &jobs {
+        o.sample(
+            "setpoint_job_checkpoint_errors_total",
+            &[("job", &j.name)],
+            j.checkpoint_errors as f64,
+        );
+    }
+    o.header(
         "setpoint_job_val_accuracy_ratio",
         "gauge",
         "Validation accuracy after a job's last epoch.",

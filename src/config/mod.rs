@@ -42,6 +42,9 @@ pub struct NodeConfig {
     /// How long a stop waits for HTTP requests in flight before failing them (closing their
     /// connections), milliseconds, 0 ..= 3,600,000.
     pub drain_timeout_ms: u64,
+    /// How long a job's checkpoint writes may fail (a full disk, say) while it trains on
+    /// before it fails, milliseconds, 0 ..= 86,400,000.
+    pub checkpoint_error_timeout_ms: u64,
     /// Which device to run on and how to divide it.
     pub device: DeviceConfig,
     /// Controller and arbiter settings.
@@ -323,6 +326,9 @@ impl NodeConfig {
         self.jobs.iter().find(|j| j.name == name)
     }
 }
+
+/// The default of `checkpoint_error_timeout_ms`: ten minutes.
+pub const DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS: u64 = 600_000;
 
 /// One problem found in a config, located by its key path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

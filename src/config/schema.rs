@@ -19,6 +19,7 @@ const ROOT_KEYS: &[&str] = &[
     "auth_token",
     "max_request_bytes",
     "drain_timeout_ms",
+    "checkpoint_error_timeout_ms",
     "device",
     "control",
     "paths",
@@ -137,6 +138,9 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
     let drain_timeout_ms = w
         .int::<u64>(&root, "drain_timeout_ms", 0, Some(3_600_000))
         .or(defaults::DRAIN_TIMEOUT_MS);
+    let checkpoint_error_timeout_ms = w
+        .int::<u64>(&root, "checkpoint_error_timeout_ms", 0, Some(86_400_000))
+        .or(super::DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS);
 
     // A section of the wrong type was reported; walking an empty one yields the defaults.
     let empty = Table::new();
@@ -168,6 +172,8 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
         auth_token,
         max_request_bytes: max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
         drain_timeout_ms: drain_timeout_ms.unwrap_or(defaults::DRAIN_TIMEOUT_MS),
+        checkpoint_error_timeout_ms: checkpoint_error_timeout_ms
+            .unwrap_or(super::DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS),
         device,
         control,
         paths,

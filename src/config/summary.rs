@@ -51,6 +51,11 @@ impl NodeConfig {
         }
         writeln!(o, "max_request_bytes = {}", self.max_request_bytes)?;
         writeln!(o, "drain_timeout_ms = {}", self.drain_timeout_ms)?;
+        writeln!(
+            o,
+            "checkpoint_error_timeout_ms = {}",
+            self.checkpoint_error_timeout_ms
+        )?;
 
         let d = &self.device;
         writeln!(o, "\n[device]")?;

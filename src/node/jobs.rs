@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -63,6 +63,8 @@ pub struct JobProgress {
     pub(crate) checkpoint: Option<PathBuf>,
     /// What happened at restore when the latest checkpoint could not be used.
     pub(crate) restore_note: Option<String>,
+    /// Failed checkpoint writes.
+    pub(crate) checkpoint_health: super::checkpointing::CheckpointHealth,
     pub(crate) workers: usize,
     pub(crate) train_rows: usize,
 }
@@ -97,6 +99,9 @@ pub struct Job {
     lane: Arc<Lane>,
     placement: super::Placement,
     est_step_cost_core_s: Option<f64>,
+    /// How long checkpoint writes may fail before the job fails (the node's
+    /// `checkpoint_error_timeout_ms`, applied again by a reload).
+    checkpoint_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +161,10 @@ pub struct JobView {
     /// Set when the job resumed from its previous checkpoint because the latest was
     /// damaged: what was wrong and where it resumed.
     pub restore_note: Option<String>,
+    /// Why the last checkpoint write failed, while writes fail (training goes on).
+    pub checkpoint_error: Option<String>,
+    /// Failed checkpoint writes so far.
+    pub checkpoint_errors: u64,
     /// Accuracy after each finished epoch.
     pub accuracy_curve: Vec<Option<f64>>,
     /// Epochs the controller expects the job to need (from the learning curve for an
@@ -196,7 +205,15 @@ impl Job {
             lane,
             placement,
             est_step_cost_core_s,
+            checkpoint_timeout_ms: std::sync::atomic::AtomicU64::new(
+                crate::config::DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS,
+            ),
         }
+    }
+
+    /// How long checkpoint writes may fail before the job fails, milliseconds.
+    pub(crate) fn set_checkpoint_timeout_ms(&self, ms: u64) {
+        self.checkpoint_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The job's lane.
@@ -458,6 +475,8 @@ impl Job {
             error: p.error.clone(),
             checkpoint: p.checkpoint.as_ref().map(|c| c.display().to_string()),
             restore_note: p.restore_note.clone(),
+            checkpoint_error: p.checkpoint_health.last_error.clone(),
+            checkpoint_errors: p.checkpoint_health.errors,
             accuracy_curve: p.history.iter().map(|r| r.val_accuracy).collect(),
             expected_epochs: decision.map(|d| d.expected_epochs),
             required_steps_per_s: decision
@@ -593,7 +612,7 @@ impl Job {
                 return Err(e.to_string());
             }
             if self.cancel.load(Ordering::Acquire) {
-                self.save(trainer)?;
+                self.save_final(trainer)?;
                 let mut p = lock(&self.progress);
                 p.finished_at = Some(SystemTime::now());
                 drop(p);
@@ -602,7 +621,7 @@ impl Job {
                 return Ok(());
             }
             if let Some(reason) = trainer.finished() {
-                self.save(trainer)?;
+                self.save_final(trainer)?;
                 let mut p = lock(&self.progress);
                 p.stop_reason = Some(reason);
                 p.finished_at = Some(SystemTime::now());
@@ -632,7 +651,7 @@ impl Job {
             let epoch = result.map_err(|e| e.to_string())?;
             let steps = trainer.steps();
             if every > 0 && steps % every == 0 {
-                self.save(trainer)?;
+                self.save_periodic(trainer)?;
             }
             let elapsed = window_start.0.elapsed().as_secs_f64();
             let mut p = lock(&self.progress);
@@ -679,6 +698,42 @@ impl Job {
             tracing::warn!(job = %self.name, "cannot record the checkpointed step: {e}");
         }
         Ok(())
+    }
+
+    /// A checkpoint at the interval: a failure is recorded and training goes on, until writes
+    /// have failed for longer than the timeout (see [`super::checkpointing`]).
+    fn save_periodic<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+        let outcome = self.save(trainer);
+        self.record_checkpoint(outcome)
+    }
+
+    /// The checkpoint a job writes as it ends: tried [`super::checkpointing::FINAL_TRIES`]
+    /// times with a growing pause, then the job fails.
+    fn save_final<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+        use super::checkpointing::{FINAL_TRIES, final_backoff};
+        let mut last = Ok(());
+        for n in 1..=FINAL_TRIES {
+            if n > 1 {
+                std::thread::sleep(final_backoff(n - 1));
+            }
+            last = self.save(trainer);
+            let failed = last.is_err();
+            self.record_checkpoint(last.clone())?;
+            if !failed {
+                return Ok(());
+            }
+        }
+        last
+    }
+
+    fn record_checkpoint(&self, outcome: Result<(), String>) -> Result<(), String> {
+        if let Err(e) = &outcome {
+            tracing::warn!(job = %self.name, "{e}; training goes on and the next checkpoint tries again");
+        }
+        let timeout = Duration::from_millis(self.checkpoint_timeout_ms.load(Ordering::Relaxed));
+        lock(&self.progress)
+            .checkpoint_health
+            .record(outcome, Instant::now(), timeout)
     }
 
     /// `checkpointed`: the step of the last checkpoint written.

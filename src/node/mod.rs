@@ -1,6 +1,7 @@
 //! The daemon's state: the inference services and training jobs on this node, the state
 //! dir that holds their records and checkpoints, and the operations the API exposes.
 
+pub mod checkpointing;
 pub mod control;
 pub mod devices;
 pub mod health;
@@ -915,6 +916,7 @@ impl Node {
             self.placement(device).clone(),
             Some(step_cost),
         ));
+        job.set_checkpoint_timeout_ms(self.config().checkpoint_error_timeout_ms);
         {
             let mut jobs = write(&self.jobs);
             if jobs.contains_key(&cfg.name) {
@@ -1150,6 +1152,7 @@ impl Node {
             self.placement(device).clone(),
             None,
         ));
+        job.set_checkpoint_timeout_ms(self.config().checkpoint_error_timeout_ms);
         if dir.join("changes.json").exists() {
             let changes = read_json("changes.json")?;
             if let Some(d) = changes.get("deadline") {

@@ -291,6 +291,9 @@ impl Node {
             ..Default::default()
         };
         *write(&self.config) = Arc::new(new.clone());
+        for job in super::read(&self.jobs).values() {
+            job.set_checkpoint_timeout_ms(new.checkpoint_error_timeout_ms);
+        }
         self.control
             .lock()
             .unwrap_or_else(|p| p.into_inner())
