@@ -109,6 +109,9 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 pub struct AppState {
     /// The node.
     pub node: Arc<Node>,
+    /// Compressed request bodies being decompressed at once, at most one per core: each may
+    /// grow to `max_request_bytes`, so this bounds the memory they take together.
+    pub decompressing: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -120,7 +123,11 @@ impl AppState {
 
 /// The router with every route.
 pub fn router(node: Arc<Node>) -> Router {
-    let state = AppState { node };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let state = AppState {
+        node,
+        decompressing: Arc::new(tokio::sync::Semaphore::new(cores)),
+    };
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -526,7 +533,10 @@ async fn infer(
     let svc = p.service(&s.node)?;
     let start = Instant::now();
     let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
-    let result = decode_and_run(&svc, &s, &headers, &bytes, start).await;
+    let result = match decompress(&s.decompressing, s.max_body_bytes(), &headers, bytes).await {
+        Ok(bytes) => decode_and_run(&svc, &headers, &bytes, start).await,
+        Err(e) => Err(e),
+    };
     match &result {
         Ok(_) => svc.observe_request(start.elapsed().as_secs_f64()),
         Err(e) if e.status == StatusCode::BAD_REQUEST => svc.count_invalid(),
@@ -569,22 +579,57 @@ fn timed_out(svc: &Service, timeout: Duration, client_us: Option<u64>, clamped: 
     )
 }
 
-async fn decode_and_run(
-    svc: &Arc<Service>,
-    s: &AppState,
+/// The body with its `Content-Encoding` undone, off the async workers: a compressed body
+/// is inflated on a blocking thread, at most one per core at once; past that the request is
+/// refused with 429 (retry later) rather than queued, so neither memory nor the async workers
+/// answering health checks are held by a burst of large bodies.
+async fn decompress(
+    slots: &Arc<tokio::sync::Semaphore>,
+    limit: usize,
     headers: &HeaderMap,
-    bytes: &[u8],
-    start: Instant,
-) -> ApiResult<Response> {
+    bytes: Bytes,
+) -> ApiResult<Bytes> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let body = v2codec::decode_content_encoding(encoding, bytes, s.max_body_bytes())?;
+        .and_then(|v| v.to_str().ok())
+        .map(|e| e.trim().to_string())
+        .unwrap_or_default();
+    if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
+        return Ok(bytes);
+    }
+    let permit = slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many compressed request bodies are being decompressed at once; retry later, \
+             or send it uncompressed",
+        )
+    })?;
+    let inflated = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        v2codec::decode_content_encoding(Some(&encoding), &bytes, limit)
+            .map(|c| Bytes::from(c.into_owned()))
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("decompression: {e}"),
+        )
+    })?;
+    Ok(inflated?)
+}
+
+async fn decode_and_run(
+    svc: &Arc<Service>,
+    headers: &HeaderMap,
+    body: &[u8],
+    start: Instant,
+) -> ApiResult<Response> {
     let header_len = headers
         .get("inference-header-content-length")
         .map(|v| v2codec::parse_header_len(v.as_bytes()))
         .transpose()?;
-    let req = v2codec::decode_infer(&body, header_len, &svc.io)?;
+    let req = v2codec::decode_infer(body, header_len, &svc.io)?;
     let (timeout, clamped) = request_timeout(svc.timeout(), req.timeout_us);
     // The timeout counts from the request's arrival, reading and decoding included.
     let left = timeout.saturating_sub(start.elapsed());
@@ -788,5 +833,37 @@ mod tests {
         assert_eq!(request_timeout(svc, Some(250_000)), (svc, false));
         assert_eq!(request_timeout(svc, Some(250_001)), (svc, true));
         assert_eq!(request_timeout(svc, Some(u64::MAX)), (svc, true));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compressed_bodies_are_inflated_off_the_runtime_within_their_slots() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"{\"inputs\": []}").unwrap();
+        let body = Bytes::from(gz.finish().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let one = Arc::new(tokio::sync::Semaphore::new(1));
+        let out = decompress(&one, 1 << 20, &headers, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(&out[..], b"{\"inputs\": []}");
+        // Its slot is given back; with every slot taken, the request is refused with 429.
+        assert_eq!(one.available_permits(), 1);
+        let held = one.clone().try_acquire_owned().unwrap();
+        let e = decompress(&one, 1 << 20, &headers, body.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            e.message.contains("being decompressed at once"),
+            "{}",
+            e.message
+        );
+        drop(held);
+        // An uncompressed body takes no slot.
+        let none = Arc::new(tokio::sync::Semaphore::new(0));
+        let plain = decompress(&none, 1 << 20, &HeaderMap::new(), Bytes::from_static(b"x")).await;
+        assert_eq!(&plain.unwrap()[..], b"x");
     }
 }
