@@ -578,9 +578,10 @@ async fn serve_task(
     // Before anything slow: SIGHUP's default action would end the process.
     let hangups = hangup_stream();
     let listen = config.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let http = config.http.clone();
+    let listener = setpoint::api::server::bind(listen, http.listen_backlog)
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let limits = connection_limits(&http)?;
     let node = setpoint::node::Node::new(config).map_err(|e| anyhow!(e))?;
     node.set_config_source(source);
     node.set_notifier(notifier.clone());
@@ -589,55 +590,42 @@ async fn serve_task(
         listen = %listener.local_addr().unwrap_or(listen),
         state_dir = %node.state_dir().display(),
         workers = node.cores(),
+        max_connections = limits.max_connections,
         systemd = notifier.is_enabled(),
         "setpoint serving"
     );
     node.start();
-    let app = setpoint::api::http::router(node.clone());
-    // Answers are small and latency-bound: send them without waiting to coalesce segments.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!("cannot set TCP_NODELAY: {e}");
-        }
-    });
+    let connections = Arc::new(setpoint::api::server::ConnectionStats::default());
+    let app = setpoint::api::http::router(node.clone(), connections.clone());
     let stopping = notifier.clone();
-    let signalled = Arc::new(tokio::sync::Notify::new());
-    let signal_seen = signalled.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                stopping.stopping();
-                signal_seen.notify_one();
-            })
-            .await
-    });
+    let drain_node = node.clone();
+    let server = tokio::spawn(setpoint::api::server::serve(
+        listener,
+        app,
+        limits,
+        connections,
+        async move {
+            shutdown_signal().await;
+            stopping.stopping();
+        },
+        // After the stop signal the requests in flight are answered, for drain_timeout_ms at
+        // most (read when the signal comes: a reload may have changed it); those still
+        // running then are failed by closing their connections.
+        move || std::time::Duration::from_millis(drain_node.config().drain_timeout_ms),
+    ));
     if let Some(hangups) = hangups {
         tokio::spawn(reload_on_hangup_task(hangups, node.clone()));
     }
     // The socket is bound and the server task runs: connections are accepted from here on.
     notifier.ready(&node.status_line());
-    // After the stop signal the server answers the requests in flight, for drain_timeout_ms
-    // at most; those still running then are failed by closing their connections.
-    let drain_node = node.clone();
-    let drain_expired = async move {
-        signalled.notified().await;
-        let ms = drain_node.config().drain_timeout_ms;
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        ms
-    };
-    tokio::select! {
-        done = &mut server => {
-            done.context("http server task failed")?
-                .context("http server failed")?;
-        }
-        ms = drain_expired => {
-            server.abort();
-            tracing::warn!(
-                "requests still in flight {ms} ms after the stop signal (drain_timeout_ms): \
-                 closing their connections"
-            );
-        }
+    let drained = server.await.context("http server task failed")?;
+    if drained.requests_cut > 0 {
+        tracing::warn!(
+            "{} requests still in flight {} ms after the stop signal (drain_timeout_ms): \
+             closed their connections",
+            drained.requests_cut,
+            node.config().drain_timeout_ms
+        );
     }
     tracing::info!("stopping: checkpointing jobs and draining services");
     tokio::task::spawn_blocking(move || node.shutdown())
@@ -645,6 +633,44 @@ async fn serve_task(
         .context("shutdown failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The listener's limits: the configured cap, lowered to what the descriptor limit leaves
+/// after `http.reserved_fds` (the soft limit is raised to the hard one first).
+fn connection_limits(
+    http: &setpoint::config::HttpConfig,
+) -> anyhow::Result<setpoint::api::server::Limits> {
+    use setpoint::util::fds;
+    let fds = fds::raise_limit();
+    let reserved = http.reserved_fds + setpoint::api::server::FD_OVERHEAD;
+    let Some(budget) = fds::connection_budget(fds, http.max_connections, reserved) else {
+        return Err(input_error(format!(
+            "no file descriptor is left for connections: the open-file limit is {}, {} are \
+             open, http.reserved_fds keeps {} and refusals take {}; raise the limit \
+             (LimitNOFILE= in the unit, ulimit -n) or lower http.reserved_fds",
+            fds.limit.unwrap_or(0),
+            fds.open.unwrap_or(0),
+            http.reserved_fds,
+            setpoint::api::server::FD_OVERHEAD
+        )));
+    };
+    if budget.lowered {
+        tracing::warn!(
+            "http.max_connections lowered from {} to {}: the open-file limit is {}, {} are \
+             open, http.reserved_fds keeps {} for state and checkpoint files and refusals \
+             take {}",
+            http.max_connections,
+            budget.max_connections,
+            fds.limit.unwrap_or(0),
+            fds.open.unwrap_or(0),
+            http.reserved_fds,
+            setpoint::api::server::FD_OVERHEAD
+        );
+    }
+    Ok(setpoint::api::server::Limits::new(
+        http,
+        budget.max_connections,
+    ))
 }
 
 #[cfg(unix)]

@@ -405,7 +405,7 @@ fn sigterm_fails_requests_still_running_after_the_drain_timeout_and_exits_0() {
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("ms after the stop signal (drain_timeout_ms): closing their connections"),
+        text.contains("requests still in flight 50 ms after the stop signal (drain_timeout_ms): closed their connections"),
         "{text}"
     );
     assert!(text.contains("stopped"), "{text}");

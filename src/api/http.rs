@@ -112,6 +112,8 @@ pub struct AppState {
     /// Compressed request bodies being decompressed at once, at most one per core: each may
     /// grow to `max_request_bytes`, so this bounds the memory they take together.
     pub decompressing: Arc<tokio::sync::Semaphore>,
+    /// The listener's counters, for `/metrics`.
+    pub connections: Arc<super::server::ConnectionStats>,
 }
 
 impl AppState {
@@ -121,12 +123,13 @@ impl AppState {
     }
 }
 
-/// The router with every route.
-pub fn router(node: Arc<Node>) -> Router {
+/// The router with every route; `/metrics` shows `connections`, the listener's counters.
+pub fn router(node: Arc<Node>, connections: Arc<super::server::ConnectionStats>) -> Router {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = AppState {
         node,
         decompressing: Arc::new(tokio::sync::Semaphore::new(cores)),
+        connections,
     };
     Router::new()
         .route("/v2", get(server_metadata))
@@ -809,7 +812,7 @@ async fn remove_service(
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let text = super::metrics::render(&s.node);
+    let text = super::metrics::render(&s.node, &s.connections);
     let mut r = (StatusCode::OK, text).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -2,6 +2,9 @@
 
 use std::fmt::Write;
 
+use std::sync::atomic::Ordering;
+
+use super::server::ConnectionStats;
 use crate::node::{JobState, Node};
 use crate::util::histogram::Histogram;
 
@@ -63,8 +66,8 @@ impl Out {
     }
 }
 
-/// Renders every metric of the node.
-pub fn render(node: &Node) -> String {
+/// Renders every metric of the node and of its HTTP listener.
+pub fn render(node: &Node, conns: &ConnectionStats) -> String {
     let mut o = Out {
         text: String::with_capacity(8192),
     };
@@ -459,10 +462,64 @@ pub fn render(node: &Node) -> String {
         let name = format!("{state:?}").to_lowercase();
         o.sample("setpoint_jobs", &[("state", &name)], n as f64);
     }
+    connections(&mut o, conns);
     // What NVML reports per GPU (nothing on a host without GPUs).
     let (gpus, failed_reads) = node.telemetry();
     if !gpus.is_empty() || failed_reads > 0 {
         crate::telemetry::render_metrics(&gpus, failed_reads, &mut o.text);
     }
     o.text
+}
+
+/// The listener's connections: open, the cap, and why some were refused or closed.
+fn connections(o: &mut Out, c: &ConnectionStats) {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    o.header(
+        "setpoint_http_connections_open",
+        "gauge",
+        "HTTP connections open now.",
+    );
+    o.sample("setpoint_http_connections_open", &[], get(&c.open));
+    o.header(
+        "setpoint_http_connections_max",
+        "gauge",
+        "The cap on open HTTP connections in force (http.max_connections, lowered to what the descriptor limit allows).",
+    );
+    o.sample("setpoint_http_connections_max", &[], get(&c.limit));
+    o.header(
+        "setpoint_http_connections_accepted_total",
+        "counter",
+        "HTTP connections accepted and served.",
+    );
+    o.sample(
+        "setpoint_http_connections_accepted_total",
+        &[],
+        get(&c.accepted),
+    );
+    o.header(
+        "setpoint_http_connections_closed_total",
+        "counter",
+        "HTTP connections closed by the daemon, by reason: refused (the cap was reached; answered 503), idle (http.idle_timeout_ms), header_timeout (http.header_read_timeout_ms).",
+    );
+    for (reason, n) in [
+        ("refused", &c.refused),
+        ("idle", &c.idle_closed),
+        ("header_timeout", &c.header_timeouts),
+    ] {
+        o.sample(
+            "setpoint_http_connections_closed_total",
+            &[("reason", reason)],
+            get(n),
+        );
+    }
+    o.header(
+        "setpoint_http_accept_errors_total",
+        "counter",
+        "Failed accepts; those for want of descriptors (EMFILE, ENFILE) are retried after a pause of up to 1 s.",
+    );
+    o.sample(
+        "setpoint_http_accept_errors_total",
+        &[],
+        get(&c.accept_errors),
+    );
 }

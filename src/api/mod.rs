@@ -1,6 +1,7 @@
-//! The HTTP API: routes, the v2 inference protocol codec, Prometheus metrics.
+//! The HTTP API: the listener, routes, the v2 inference protocol codec, Prometheus metrics.
 
 pub mod drill;
 pub mod http;
 pub mod metrics;
+pub mod server;
 pub mod v2codec;

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     /// How long a job's checkpoint writes may fail (a full disk, say) while it trains on
     /// before it fails, milliseconds, 0 ..= 86,400,000.
     pub checkpoint_error_timeout_ms: u64,
+    /// Connection limits and timeouts of the HTTP listener.
+    pub http: HttpConfig,
     /// Which device to run on and how to divide it.
     pub device: DeviceConfig,
     /// Controller and arbiter settings.
@@ -121,6 +123,38 @@ pub enum ShareMechanism {
     Cta,
     /// SM partitions from green contexts (CUDA >= 12.4).
     Green,
+}
+
+/// The HTTP listener: how many connections it holds and how long it waits on each.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpConfig {
+    /// A connection that has not sent a whole request head this long after it opened (or
+    /// after the first byte of its next request) is closed, milliseconds, 100 ..= 600,000.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request this long after its last answer is closed,
+    /// milliseconds, 100 ..= 3,600,000.
+    pub idle_timeout_ms: u64,
+    /// Connections open at once, 1 ..= 1,000,000; past it a new one is answered 503 and
+    /// closed. Lowered at start to what the descriptor limit allows after `reserved_fds`.
+    pub max_connections: usize,
+    /// Connections the kernel may queue before they are accepted (`listen` backlog),
+    /// 1 ..= 65,535; the kernel caps it at `net.core.somaxconn`.
+    pub listen_backlog: u32,
+    /// File descriptors kept free of connections, for state, checkpoint and data files,
+    /// 16 ..= 65,536.
+    pub reserved_fds: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 1024,
+            listen_backlog: 1024,
+            reserved_fds: 128,
+        }
+    }
 }
 
 /// Controller and arbiter settings.

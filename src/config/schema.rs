@@ -8,8 +8,9 @@ use toml::{Table, Value};
 
 use super::walk::{Bound, Field, Tbl, Walker, kind};
 use super::{
-    BatchingConfig, ControlConfig, Deadline, DeviceConfig, DeviceKind, GpuSelection, JobConfig,
-    Leftover, NodeConfig, OptimizerKind, PathsConfig, ServiceConfig, ShareMechanism, SloConfig,
+    BatchingConfig, ControlConfig, Deadline, DeviceConfig, DeviceKind, GpuSelection, HttpConfig,
+    JobConfig, Leftover, NodeConfig, OptimizerKind, PathsConfig, ServiceConfig, ShareMechanism,
+    SloConfig,
 };
 
 const ROOT_KEYS: &[&str] = &[
@@ -20,6 +21,7 @@ const ROOT_KEYS: &[&str] = &[
     "max_request_bytes",
     "drain_timeout_ms",
     "checkpoint_error_timeout_ms",
+    "http",
     "device",
     "control",
     "paths",
@@ -33,6 +35,13 @@ const DEVICE_KEYS: &[&str] = &[
     "cpu_threads",
     "share_mechanism",
     "memory_limit_mib",
+];
+const HTTP_KEYS: &[&str] = &[
+    "header_read_timeout_ms",
+    "idle_timeout_ms",
+    "max_connections",
+    "listen_backlog",
+    "reserved_fds",
 ];
 const CONTROL_KEYS: &[&str] = &["reserve_frac", "leftover", "decision_log"];
 const PATHS_KEYS: &[&str] = &["data_dirs"];
@@ -144,6 +153,8 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
 
     // A section of the wrong type was reported; walking an empty one yields the defaults.
     let empty = Table::new();
+    let t = w.section(&root, "http", &empty);
+    let http = http(w, &t.unwrap_or(Tbl::root(&empty)));
     let t = w.section(&root, "device", &empty);
     let device = device(w, &t.unwrap_or(Tbl::root(&empty)));
     let t = w.section(&root, "control", &empty);
@@ -174,6 +185,7 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
         drain_timeout_ms: drain_timeout_ms.unwrap_or(defaults::DRAIN_TIMEOUT_MS),
         checkpoint_error_timeout_ms: checkpoint_error_timeout_ms
             .unwrap_or(super::DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS),
+        http,
         device,
         control,
         paths,
@@ -223,6 +235,33 @@ fn auth_token(w: &mut Walker, root: &Tbl<'_>) -> Option<String> {
         return None;
     }
     Some(s.to_owned())
+}
+
+fn http(w: &mut Walker, t: &Tbl<'_>) -> HttpConfig {
+    w.check_keys(t, HTTP_KEYS);
+    let d = HttpConfig::default();
+    HttpConfig {
+        header_read_timeout_ms: w
+            .int::<u64>(t, "header_read_timeout_ms", 100, Some(600_000))
+            .or(d.header_read_timeout_ms)
+            .unwrap_or(d.header_read_timeout_ms),
+        idle_timeout_ms: w
+            .int::<u64>(t, "idle_timeout_ms", 100, Some(3_600_000))
+            .or(d.idle_timeout_ms)
+            .unwrap_or(d.idle_timeout_ms),
+        max_connections: w
+            .int::<usize>(t, "max_connections", 1, Some(1_000_000))
+            .or(d.max_connections)
+            .unwrap_or(d.max_connections),
+        listen_backlog: w
+            .int::<u32>(t, "listen_backlog", 1, Some(65_535))
+            .or(d.listen_backlog)
+            .unwrap_or(d.listen_backlog),
+        reserved_fds: w
+            .int::<usize>(t, "reserved_fds", 16, Some(65_536))
+            .or(d.reserved_fds)
+            .unwrap_or(d.reserved_fds),
+    }
 }
 
 fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {

@@ -57,6 +57,14 @@ impl NodeConfig {
             self.checkpoint_error_timeout_ms
         )?;
 
+        let h = &self.http;
+        writeln!(o, "\n[http]")?;
+        writeln!(o, "header_read_timeout_ms = {}", h.header_read_timeout_ms)?;
+        writeln!(o, "idle_timeout_ms = {}", h.idle_timeout_ms)?;
+        writeln!(o, "max_connections = {}", h.max_connections)?;
+        writeln!(o, "listen_backlog = {}", h.listen_backlog)?;
+        writeln!(o, "reserved_fds = {}", h.reserved_fds)?;
+
         let d = &self.device;
         writeln!(o, "\n[device]")?;
         writeln!(o, "kind = {}", q(d.kind.as_str()))?;

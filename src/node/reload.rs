@@ -7,7 +7,7 @@
 //!
 //! - **Settings** that apply live: `control_period_ms`, `control.reserve_frac`,
 //!   `control.leftover`, `auth_token`, `max_request_bytes`, `drain_timeout_ms`.
-//! - **Settings that need a restart** (`listen`, `state_dir`, `[device]`,
+//! - **Settings that need a restart** (`listen`, `state_dir`, `[http]`, `[device]`,
 //!   `control.decision_log`) keep their running values and are reported as such.
 //! - **Services of the file**: a new one is loaded beside the others; one no longer in the
 //!   file is removed (new requests get 404, requests already in flight are answered); a
@@ -511,6 +511,10 @@ pub fn effective_config(running: &NodeConfig, new: &NodeConfig) -> (NodeConfig, 
         keep(&key, old, new);
     }
     effective.device = running.device.clone();
+    for (key, (old, new)) in paired_leaves(&to_json(&running.http), &to_json(&new.http), "http") {
+        keep(&key, old, new);
+    }
+    effective.http = running.http.clone();
     keep(
         "control.decision_log",
         to_json(&running.control.decision_log),

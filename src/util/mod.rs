@@ -1,6 +1,7 @@
 //! Small shared pieces: the seeded generator and atomic file writes.
 
 pub mod cputime;
+pub mod fds;
 pub mod fsio;
 pub mod histogram;
 pub mod priority;

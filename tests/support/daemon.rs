@@ -1,5 +1,5 @@
-//! An in-process daemon on a free loopback port for HTTP tests: the node and the axum router
-//! as the binary wires them, a ureq agent that does not treat 4xx/5xx as errors, and polling.
+//! An in-process daemon on a free loopback port for HTTP tests: the node, the router and the
+//! listener as the binary wires them, a ureq agent that does not treat 4xx/5xx as errors, and polling.
 
 #![allow(dead_code)]
 
@@ -28,7 +28,9 @@ impl Daemon {
         node.start();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let app = setpoint::api::http::router(node.clone());
+        let http = node.config().http.clone();
+        let connections = Arc::new(setpoint::api::server::ConnectionStats::default());
+        let app = setpoint::api::http::router(node.clone(), connections.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -36,14 +38,22 @@ impl Daemon {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let listener =
+                    setpoint::api::server::bind(([127, 0, 0, 1], 0).into(), http.listen_backlog)
+                        .unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
+                let limits = setpoint::api::server::Limits::new(&http, http.max_connections);
+                setpoint::api::server::serve(
+                    listener,
+                    app,
+                    limits,
+                    connections,
+                    async {
                         let _ = stop_rx.await;
-                    })
-                    .await
-                    .unwrap();
+                    },
+                    || Duration::from_secs(30),
+                )
+                .await;
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();

@@ -1,0 +1,199 @@
+//! The daemon binary as a child process on a free loopback port, with its log in a file,
+//! for tests that need a real process: signals, exit codes, resource limits.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running `setpoint serve`, killed on drop if still running.
+pub struct ChildDaemon {
+    pub child: Child,
+    pub port: u16,
+    pub url: String,
+    pub log: PathBuf,
+    pub agent: ureq::Agent,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ChildDaemon {
+    /// Writes `config` (which must listen on `port`) beside `log` and starts the daemon on
+    /// it, with the open-file limit set to `nofile` (soft and hard) when given; waits until
+    /// it answers.
+    pub fn start(config: &str, port: u16, dir: &Path, nofile: Option<u64>) -> ChildDaemon {
+        let path = dir.join("setpoint.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join("daemon.log");
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_setpoint"));
+        cmd.args(["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(err);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let d = ChildDaemon {
+            child,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            agent,
+        };
+        poll(Duration::from_secs(60), "the daemon to listen", || {
+            (d.get("/v2/health/live").ok()?.0 == 200).then_some(())
+        });
+        d
+    }
+
+    pub fn get(&self, path: &str) -> Result<(u16, String), ureq::Error> {
+        let mut r = self.agent.get(format!("{}{path}", self.url)).call()?;
+        Ok((r.status().as_u16(), r.body_mut().read_to_string()?))
+    }
+
+    pub fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, text) = self.get(path).unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut r = self
+            .agent
+            .post(format!("{}{path}", self.url))
+            .send_json(body)
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A raw connection to the daemon.
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn signal_term(&self) {
+        // SAFETY: signalling a child process this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit, for at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        poll(limit, "the daemon to exit", || {
+            self.child.try_wait().unwrap()
+        })
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns Some, for at most `limit` (generous: the machine
+/// may be busy).
+pub fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads one HTTP/1.1 answer with a `content-length` from `s`: its status and body.
+pub fn read_answer(s: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).unwrap();
+        assert!(n > 0, "closed before the answer's head: {buf:?}");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Whether the peer closes `s` within its read timeout (reads until EOF or an error).
+pub fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut sink = [0u8; 1024];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A GET of `path` on a kept-alive connection.
+pub fn get_on(s: &mut TcpStream, path: &str) -> (u16, String) {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: setpoint\r\n\r\n").unwrap();
+    read_answer(s)
+}
