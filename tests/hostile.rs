@@ -1,5 +1,7 @@
 //! Hostile and clumsy input over the API: one request must never take the node down.
 
+#[path = "support/child.rs"]
+mod child;
 #[path = "support/daemon.rs"]
 mod daemon;
 
@@ -234,4 +236,73 @@ fn checkpoint_write_errors_are_retried_while_training_goes_on() {
             && err.contains("checkpoint_error_timeout_ms = 200"),
         "{v}"
     );
+}
+
+fn resident_bytes(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib << 10)
+}
+
+/// On a node without a GPU, `device.memory_limit_mib` caps what the tenants hold together
+/// (the daemon's resident memory): a job that fits alone is admitted, the same job again is
+/// refused once the first holds its memory (400), and so is a service of the config file;
+/// each refusal names the estimate and the limit, and the daemon keeps serving.
+#[test]
+fn the_node_memory_limit_is_summed_over_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = child::free_port();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nstate_dir = {:?}\n[device]\nkind = \"cpu\"\n\
+         memory_limit_mib = 1536\n",
+        dir.path().join("state")
+    );
+    let d = child::ChildDaemon::start(&config, port, dir.path(), None);
+    // About 0.8 GiB with SGD: parameters, gradients and momentum of 8192 x 8192.
+    let job = |name: &str| {
+        json!({"name": name, "data": "synthetic:blobs:size=600,features=64,classes=10",
+               "layers": [64, 8192, 8192, 10], "epochs": 1, "class": "best-effort"})
+    };
+    let (s, v) = d.post("/v1/jobs", &job("first"));
+    assert_eq!(s, 201, "{v}");
+    child::poll(
+        std::time::Duration::from_secs(120),
+        "the first job to hold its memory",
+        || (resident_bytes(d.child.id()) > 700 << 20).then_some(()),
+    );
+
+    let (s, v) = d.post("/v1/jobs", &job("second"));
+    assert_eq!(s, 400, "{v}");
+    let err = v["error"].as_str().unwrap_or_default().to_string() + &v["errors"].to_string();
+    assert!(
+        err.contains("the model needs about")
+            && err.contains("cpu under device.memory_limit_mib = 1536 has"),
+        "{v}"
+    );
+    // A service of the config file with a 1 GiB model, which would fit alone (the API's
+    // services load checkpoints, read whole): it fails to load, saying why.
+    let with_service = format!(
+        "{config}[[services]]\nname = \"wide\"\nlayers = [64, 16384, 16384, 10]\n\
+         [services.slo]\np99_ms = 50\n"
+    );
+    std::fs::write(dir.path().join("setpoint.toml"), with_service).unwrap();
+    let (s, v) = d.post("/v1/reload", &json!({}));
+    assert_eq!(s, 200, "{v}");
+    let v = child::poll(
+        std::time::Duration::from_secs(60),
+        "the service to fail",
+        || {
+            let (_, v) = d.get_json("/v1/services/wide");
+            (v["state"] == "failed").then_some(v)
+        },
+    );
+    let err = v["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("the model needs about") && err.contains("device.memory_limit_mib = 1536"),
+        "{v}"
+    );
+    assert_eq!(d.get_json("/v2/health/live").0, 200);
+    assert_eq!(d.get_json("/v1/jobs/second").0, 404);
 }

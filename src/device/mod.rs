@@ -285,7 +285,13 @@ pub trait Backend: Send + Sync {
     /// device's memory limit leaves. Checked before a model is allocated, so that one too
     /// large is refused rather than aborting the process.
     fn memory_available(&self) -> Option<u64> {
-        host_memory_available()
+        host_memory_headroom()
+    }
+
+    /// Whose memory [`Backend::memory_available`] counts, for messages: the host's (with the
+    /// limit in force) unless a device's own.
+    fn memory_scope(&self) -> String {
+        host_memory_scope()
     }
 
     /// What a lane is charged for the work done through this backend so far, in
@@ -295,6 +301,47 @@ pub trait Backend: Send + Sync {
     /// the CTA budget in force. A unit of work is charged the difference of two readings.
     fn lane_time(&self) -> std::time::Duration {
         crate::util::cputime::thread_cpu_time() + self.worker_cpu_time()
+    }
+}
+
+/// The cap on the process's resident memory set by [`set_host_memory_limit`]; `u64::MAX`:
+/// none.
+static HOST_MEMORY_LIMIT: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Caps what new models may take on the host at `bytes` of the process's resident memory
+/// (`device.memory_limit_mib` on a node without a GPU); `None`: the host's available memory
+/// alone.
+pub fn set_host_memory_limit(bytes: Option<u64>) {
+    HOST_MEMORY_LIMIT.store(
+        bytes.unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Memory a new model may still take on the host, bytes: what the kernel reports
+/// available, and under [`set_host_memory_limit`]'s cap, what the cap leaves after the
+/// process's resident memory (every tenant's buffers and data sets, summed by the kernel).
+pub fn host_memory_headroom() -> Option<u64> {
+    let available = host_memory_available();
+    let limit = HOST_MEMORY_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    if limit == u64::MAX {
+        return available;
+    }
+    let resident = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| parse_meminfo(&t, "VmRSS:"))
+        .unwrap_or(0);
+    let under = limit.saturating_sub(resident);
+    Some(available.map_or(under, |a| a.min(under)))
+}
+
+/// `cpu`, or `cpu under device.memory_limit_mib = N` while a limit is set: whose memory
+/// [`host_memory_headroom`] counts, for messages.
+pub fn host_memory_scope() -> String {
+    match HOST_MEMORY_LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        u64::MAX => "cpu".to_string(),
+        limit => format!("cpu under device.memory_limit_mib = {}", limit >> 20),
     }
 }
 

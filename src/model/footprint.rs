@@ -106,6 +106,74 @@ pub fn footprint(layers: &[usize], purpose: Purpose) -> Option<Footprint> {
     })
 }
 
+/// A model that would not fit in the memory its device has left.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "the model needs about {} ({}) but {} has {} left; use fewer or narrower layers or a \
+     smaller batch",
+    human_bytes(footprint.total_bytes),
+    footprint.detail(),
+    device,
+    human_bytes(*available_bytes)
+)]
+pub struct TooLarge {
+    /// What it would allocate.
+    pub footprint: Footprint,
+    /// The device.
+    pub device: String,
+    /// What is left there.
+    pub available_bytes: u64,
+}
+
+/// Refuses `layers` for `purpose` when what they would allocate exceeds `available` bytes
+/// on `device` (nothing is refused when `available` is unknown).
+pub fn check_fit(
+    layers: &[usize],
+    purpose: Purpose,
+    device: &str,
+    available: Option<u64>,
+) -> Result<(), TooLarge> {
+    let Some(available_bytes) = available else {
+        return Ok(());
+    };
+    let footprint = footprint(layers, purpose).unwrap_or(Footprint {
+        params_bytes: u64::MAX,
+        grads_bytes: 0,
+        optimizer_bytes: 0,
+        workspace_bytes: 0,
+        batch_bytes: 0,
+        host_copy_bytes: 0,
+        total_bytes: u64::MAX,
+    });
+    if footprint.total_bytes <= available_bytes {
+        return Ok(());
+    }
+    Err(TooLarge {
+        footprint,
+        device: device.to_string(),
+        available_bytes,
+    })
+}
+
+impl Footprint {
+    /// `parameters 16.0 GiB, gradients …` for messages: each nonzero part.
+    pub fn detail(&self) -> String {
+        [
+            ("parameters", self.params_bytes),
+            ("gradients", self.grads_bytes),
+            ("optimizer state", self.optimizer_bytes),
+            ("activations", self.workspace_bytes),
+            ("batch", self.batch_bytes),
+            ("host copy", self.host_copy_bytes),
+        ]
+        .iter()
+        .filter(|(_, b)| *b > 0)
+        .map(|(n, b)| format!("{n} {}", human_bytes(*b)))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
 /// `1.5 GiB`, `12.0 MiB`, `512 B`: a size for messages.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

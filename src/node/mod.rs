@@ -207,6 +207,15 @@ impl Node {
             nvml.as_mut().ok(),
         )?;
         tracing::info!(backend = devices.backend, "devices: {}", devices.note);
+        // On a node without a GPU the memory limit caps the daemon's resident memory: what
+        // the host's tenants hold together.
+        if devices
+            .placements
+            .iter()
+            .all(|p| matches!(p, Placement::Cpu(_)))
+        {
+            crate::device::set_host_memory_limit(config.device.memory_limit_mib.map(|m| m << 20));
+        }
         let telemetry = match nvml {
             _ if devices.gpus.is_empty() => None,
             Ok(src) => Some(crate::telemetry::Sampler::new(

@@ -14,6 +14,7 @@ use crate::device::CpuBackend;
 use crate::device::lane::Lane;
 use crate::model::MlpParams;
 use crate::model::checkpoint::Checkpoint;
+use crate::model::footprint::{Purpose, check_fit};
 use crate::serve::{BatchConfig, InferenceService, ServedModel, ServiceStats};
 use crate::train::{TrainEvent, TrainSpec, Trainer};
 use crate::util::histogram::{Histogram, LATENCY_BOUNDS_S};
@@ -131,6 +132,17 @@ pub fn build_model(cfg: &ServiceConfig) -> Result<ServedModel, ServiceBuildError
         .layers
         .clone()
         .ok_or_else(|| model_err("needs layers or a checkpoint".into()))?;
+    // Nothing is allocated for a model the host could not hold: it would abort the process.
+    let purpose = Purpose::Inference {
+        batch: cfg.batching.max_batch_size,
+    };
+    check_fit(
+        &layers,
+        purpose,
+        &crate::device::host_memory_scope(),
+        crate::device::host_memory_headroom(),
+    )
+    .map_err(|e| model_err(e.to_string()))?;
     match &cfg.warmup_data {
         None => Ok(ServedModel {
             params: MlpParams::init(&layers, cfg.seed).map_err(|e| model_err(e.to_string()))?,

@@ -14,7 +14,7 @@ use crate::model::checkpoint::{
     Checkpoint, CheckpointError, DataFingerprint, EpochRecord, TrainConfigMeta, TrainingMeta,
     TrainingState,
 };
-use crate::model::footprint::{Footprint, Purpose, footprint, human_bytes};
+use crate::model::footprint::{Purpose, TooLarge, check_fit};
 use crate::model::{
     Grads, Mlp, MlpParams, ModelError, Optimizer, OptimizerState, Workspace, format_layers,
 };
@@ -44,22 +44,8 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] ModelError),
     /// The model would not fit in the memory its device has left.
-    #[error(
-        "the model needs about {} ({}) but {} has {} left; use fewer or narrower layers or a \
-         smaller batch",
-        human_bytes(footprint.total_bytes),
-        footprint_detail(footprint),
-        device,
-        human_bytes(*available_bytes)
-    )]
-    TooLarge {
-        /// What it would allocate.
-        footprint: Footprint,
-        /// The device.
-        device: String,
-        /// What is left there.
-        available_bytes: u64,
-    },
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
     /// The loss stopped being a number.
     #[error("training diverged at epoch {epoch}: the loss is {loss} (try a lower learning rate)")]
     Diverged {
@@ -356,44 +342,13 @@ pub fn check_fits<B: Backend>(backend: &B, spec: &TrainSpec) -> Result<(), Train
         batch: spec.batch_size.max(EVAL_ROWS),
         optimizer: spec.optimizer,
     };
-    let Some(available) = backend.memory_available() else {
-        return Ok(());
-    };
-    let too_large = |footprint| TrainError::TooLarge {
-        footprint,
-        device: backend.name(),
-        available_bytes: available,
-    };
-    match footprint(&spec.layers, purpose) {
-        Some(f) if f.total_bytes <= available => Ok(()),
-        Some(f) => Err(too_large(f)),
-        None => Err(too_large(Footprint {
-            params_bytes: u64::MAX,
-            grads_bytes: 0,
-            optimizer_bytes: 0,
-            workspace_bytes: 0,
-            batch_bytes: 0,
-            host_copy_bytes: 0,
-            total_bytes: u64::MAX,
-        })),
-    }
-}
-
-/// `parameters 16.0 GiB, gradients …` for the error message.
-fn footprint_detail(f: &Footprint) -> String {
-    [
-        ("parameters", f.params_bytes),
-        ("gradients", f.grads_bytes),
-        ("optimizer state", f.optimizer_bytes),
-        ("activations", f.workspace_bytes),
-        ("batch", f.batch_bytes),
-        ("host copy", f.host_copy_bytes),
-    ]
-    .iter()
-    .filter(|(_, b)| *b > 0)
-    .map(|(n, b)| format!("{n} {}", human_bytes(*b)))
-    .collect::<Vec<_>>()
-    .join(", ")
+    check_fit(
+        &spec.layers,
+        purpose,
+        &backend.memory_scope(),
+        backend.memory_available(),
+    )?;
+    Ok(())
 }
 
 impl<B: Backend> Trainer<B> {

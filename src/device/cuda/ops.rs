@@ -539,6 +539,10 @@ impl Backend for CudaBackend {
         self.end_unit()
     }
 
+    fn memory_scope(&self) -> String {
+        self.name()
+    }
+
     fn memory_available(&self) -> Option<u64> {
         Some(
             self.dev
