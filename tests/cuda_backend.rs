@@ -1,8 +1,8 @@
 //! The CUDA backend on a GPU: every kernel against the CPU backend (the same checks
 //! `setpoint gpu-check --section kernels` records), stream priorities and the device-memory
-//! limit. Without a
-//! usable GPU every test prints that it was skipped and why; the kernels' logic is still
-//! checked on the CPU by `tests/kernels_emulated.rs`.
+//! limit. Without a usable GPU every test prints that it was skipped and why, unless
+//! `SETPOINT_REQUIRE_GPU=1` (set it on a GPU host), where that is a failure; the kernels'
+//! logic is still checked on the CPU by `tests/kernels_emulated.rs`.
 
 use setpoint::device::Backend;
 use setpoint::device::cuda::{CudaDevice, StreamPriority, probe};
@@ -13,8 +13,13 @@ fn cache_dir(tag: &str) -> std::path::PathBuf {
 
 fn have_gpu() -> bool {
     match probe() {
+        Err(why) if std::env::var("SETPOINT_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("SETPOINT_REQUIRE_GPU=1 but no GPU is usable: {why}")
+        }
         Err(why) => {
-            eprintln!("skipped: no usable GPU ({why})");
+            eprintln!(
+                "skipped: no usable GPU ({why}); SETPOINT_REQUIRE_GPU=1 makes this a failure"
+            );
             false
         }
         Ok(_) => true,
