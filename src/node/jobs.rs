@@ -350,15 +350,23 @@ impl Job {
         self.dir.join("outcome.json")
     }
 
+    /// Ends the job in `state`: records the outcome first, then shows it, so that whoever
+    /// sees the job ended (a client about to remove it, a crash just after) finds the record
+    /// already on disk.
+    fn finish(&self, state: JobState) {
+        self.record_outcome(state);
+        self.set_state(state);
+    }
+
     /// Writes how the job ended, atomically, so that a restart shows it ended instead of
     /// resuming it. Not for a shutdown's interruption.
-    fn record_outcome(&self) {
+    fn record_outcome(&self, state: JobState) {
         if self.interrupted.load(Ordering::Acquire) {
             return;
         }
         let p = lock(&self.progress).clone();
         let record = serde_json::json!({
-            "state": self.state(),
+            "state": state,
             "finished_at": p.finished_at.map(crate::config::format_rfc3339),
             "stop_reason": p.stop_reason.map(|r| r.as_str()),
             "error": p.error,
@@ -513,14 +521,12 @@ impl Job {
             p.error = Some(message);
             p.finished_at = Some(SystemTime::now());
         }
-        self.set_state(JobState::Failed);
-        self.record_outcome();
+        self.finish(JobState::Failed);
     }
 
     fn run(self: Arc<Self>, data: Option<Dataset>) {
         if self.cancel.load(Ordering::Acquire) {
-            self.set_state(JobState::Cancelled);
-            self.record_outcome();
+            self.finish(JobState::Cancelled);
             return;
         }
         self.set_state(JobState::Loading);
@@ -616,8 +622,7 @@ impl Job {
                 let mut p = lock(&self.progress);
                 p.finished_at = Some(SystemTime::now());
                 drop(p);
-                self.set_state(JobState::Cancelled);
-                self.record_outcome();
+                self.finish(JobState::Cancelled);
                 return Ok(());
             }
             if let Some(reason) = trainer.finished() {
@@ -626,8 +631,7 @@ impl Job {
                 p.stop_reason = Some(reason);
                 p.finished_at = Some(SystemTime::now());
                 drop(p);
-                self.set_state(JobState::Completed);
-                self.record_outcome();
+                self.finish(JobState::Completed);
                 tracing::info!(job = %self.name, reason = reason.as_str(), "job completed");
                 return Ok(());
             }
