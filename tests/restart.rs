@@ -1,6 +1,7 @@
 //! Crash safety of the daemon binary: a job survives SIGKILL (resumed from its last
 //! checkpoint, its acknowledged changes kept) and SIGTERM (checkpointed and resumed), and a
-//! job that was cancelled stays cancelled after a restart.
+//! job that was cancelled stays cancelled after a restart; a data load in progress does
+//! not hold the daemon past its drain.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use setpoint::model::checkpoint::Checkpoint;
+
+#[path = "support/slow_data.rs"]
+mod slow_data;
 
 struct Daemon {
     child: Child,
@@ -409,4 +413,72 @@ fn sigterm_fails_requests_still_running_after_the_drain_timeout_and_exits_0() {
         "{text}"
     );
     assert!(text.contains("stopped"), "{text}");
+}
+
+#[test]
+fn sigterm_during_a_slow_data_load_exits_after_the_drain_admitting_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    let config = dir.path().join("node.toml");
+    let log = dir.path().join("daemon.log");
+    // Beside the config file: a directory data may be read from.
+    let data = dir.path().join("slow.csv.gz");
+    slow_data::write_slow_csv_gz(&data);
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = {:?}\ndrain_timeout_ms = 200\n",
+            free_port(),
+            state
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config, &log);
+    let spec = json!({"name": "slow", "data": data, "layers": [2, 2], "class": "best-effort"});
+    let url = format!("{}/v1/jobs", d.url);
+    let body = spec.clone();
+    let submission = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        agent
+            .post(&url)
+            .send_json(&body)
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    });
+    d.poll(Duration::from_secs(30), "the load to start", || {
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        logged
+            .contains("loading the job's data for admission")
+            .then_some(())
+    });
+    // While it loads the node answers, and the name is held.
+    assert_eq!(d.send("GET", "/v2/health/live", None).0, 200);
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&spec));
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a job named slow is being submitted already"),
+        "{v}"
+    );
+    // The load would take minutes; the daemon stops after the drain instead.
+    let status = d.terminate();
+    assert!(status.success(), "{status:?}");
+    let answer = submission.join().unwrap();
+    assert!(matches!(answer, Err(_) | Ok(503)), "{answer:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("closing their connections"), "{logged}");
+    // Given up for the shutdown, not at the bound on loading.
+    assert!(
+        logged.contains("the node is shutting down; job slow was not admitted"),
+        "{logged}"
+    );
+    assert!(logged.contains("stopped"), "{logged}");
+    assert!(!state.join("jobs/slow").exists());
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::{JobConfig, OptimizerKind, format_rfc3339};
-use crate::data::{self, Dataset, LoadOptions};
+use crate::data::{self, Dataset, LoadOptions, LoadStop};
 use crate::device::cuda::StreamPriority;
 use crate::device::lane::Lane;
 use crate::device::{Backend, CpuBackend, SgdParams};
@@ -92,6 +92,9 @@ pub struct Job {
     progress: Mutex<JobProgress>,
     pending: Mutex<Pending>,
     cancel: AtomicBool,
+    /// Stops the job's data load (a job resumed at start loads on its own thread) when it is
+    /// cancelled or the node stops.
+    load_stop: LoadStop,
     /// Stopped by the node's shutdown, not by a user: no outcome is recorded, so a restart
     /// resumes it.
     interrupted: AtomicBool,
@@ -200,6 +203,7 @@ impl Job {
             progress: Mutex::new(JobProgress::default()),
             pending: Mutex::new(Pending::default()),
             cancel: AtomicBool::new(false),
+            load_stop: LoadStop::default(),
             interrupted: AtomicBool::new(false),
             thread: Mutex::new(None),
             lane,
@@ -336,6 +340,7 @@ impl Job {
     /// Asks the job to stop after its current step, keeping a checkpoint.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Release);
+        self.load_stop.stop();
     }
 
     /// Stops the job for the node's shutdown: it checkpoints and stops like a cancel, but
@@ -343,6 +348,7 @@ impl Job {
     pub(crate) fn interrupt(&self) {
         self.interrupted.store(true, Ordering::Release);
         self.cancel.store(true, Ordering::Release);
+        self.load_stop.stop();
     }
 
     /// Path of the record of how the job ended (absent while it can still run).
@@ -524,10 +530,16 @@ impl Job {
         self.finish(JobState::Failed);
     }
 
+    /// Ends the job as cancelled before it trained (a shutdown's interruption records no
+    /// outcome).
+    fn end_cancelled(&self) {
+        lock(&self.progress).finished_at = Some(SystemTime::now());
+        self.finish(JobState::Cancelled);
+    }
+
     fn run(self: Arc<Self>, data: Option<Dataset>) {
         if self.cancel.load(Ordering::Acquire) {
-            self.finish(JobState::Cancelled);
-            return;
+            return self.end_cancelled();
         }
         self.set_state(JobState::Loading);
         // Training, and loading its data, run at background priority, so inference batches
@@ -538,10 +550,14 @@ impl Job {
         }
         let data = match data {
             Some(d) => d,
-            None => match data::load(&self.config.data, &LoadOptions::default()) {
-                Ok(d) => d,
-                Err(e) => return self.fail(format!("cannot load data: {e}")),
-            },
+            None => {
+                let opts = LoadOptions::default();
+                match data::load_with_stop(&self.config.data, &opts, &self.load_stop) {
+                    Ok(d) => d,
+                    Err(_) if self.cancel.load(Ordering::Acquire) => return self.end_cancelled(),
+                    Err(e) => return self.fail(format!("cannot load data: {e}")),
+                }
+            }
         };
         match &self.placement {
             super::Placement::Cpu(health) => {
