@@ -1,7 +1,7 @@
 //! Crash safety of the daemon binary: a job survives SIGKILL (resumed from its last
 //! checkpoint, its acknowledged changes kept) and SIGTERM (checkpointed and resumed), and a
-//! job that was cancelled stays cancelled after a restart; a data load in progress does
-//! not hold the daemon past its drain.
+//! job that was cancelled stays cancelled after a restart; a removed job stays removed, and
+//! a data load in progress does not hold the daemon past its drain.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -413,6 +413,72 @@ fn sigterm_fails_requests_still_running_after_the_drain_timeout_and_exits_0() {
         "{text}"
     );
     assert!(text.contains("stopped"), "{text}");
+}
+
+fn small_job(epochs: u32) -> Value {
+    json!({"name": "j", "data": "synthetic:blobs:size=300,classes=3,features=8,seed=2",
+           "layers": [8, 16, 3], "epochs": epochs, "class": "best-effort"})
+}
+
+#[test]
+fn a_removed_job_stays_removed_after_a_restart_and_its_name_is_free() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    let config = dir.path().join("node.toml");
+    let log = dir.path().join("daemon.log");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = {:?}\n",
+            free_port(),
+            state
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config, &log);
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&small_job(2)));
+    assert_eq!(s, 201, "{v}");
+    let done = d.poll(Duration::from_secs(60), "the job to complete", || {
+        let v = d.job();
+        (v["state"] == "completed").then_some(v)
+    });
+    // A copy of its directory, to stand for a removal a crash cut short after its rename.
+    let job_dir = state.join("jobs/j");
+    let cut_short = state.join("removed/j.1.0");
+    std::fs::create_dir_all(&cut_short).unwrap();
+    for f in ["job.json", "outcome.json", "checkpoint.ckpt"] {
+        std::fs::copy(job_dir.join(f), cut_short.join(f)).unwrap();
+    }
+    let (s, v) = d.send("DELETE", "/v1/jobs/j", None);
+    assert_eq!((s, &v["removed"]), (200, &json!(true)), "{v}");
+    assert!(!job_dir.exists());
+    d.kill9();
+
+    // After a restart the job is not back, and what the crash left is deleted.
+    let d = Daemon::start(&config, &log);
+    assert_eq!(d.send("GET", "/v1/jobs/j", None).0, 404);
+    assert_eq!(d.send("GET", "/v1/jobs", None).1["jobs"], json!([]));
+    assert!(!cut_short.exists());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("deleted the files of a removed job whose deletion a crash interrupted"),
+        "{logged}"
+    );
+    // The name takes a fresh job: one epoch from step 0, not the old one's checkpoint.
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&small_job(1)));
+    assert_eq!(s, 201, "{v}");
+    let again = d.poll(Duration::from_secs(60), "the new job to complete", || {
+        let v = d.job();
+        (v["state"] == "completed").then_some(v)
+    });
+    assert_eq!(
+        again["steps"].as_u64().unwrap() * 2,
+        done["steps"].as_u64().unwrap(),
+        "{again}"
+    );
+    assert!(again["restore_note"].is_null(), "{again}");
+    d.kill9();
 }
 
 #[test]

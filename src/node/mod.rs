@@ -8,6 +8,7 @@ pub mod health;
 pub mod intake;
 pub mod jobs;
 pub mod reload;
+mod removal;
 pub mod services;
 pub mod state_dir;
 pub mod systemd;
@@ -30,6 +31,7 @@ pub use control::{Policy, ServiceMeasure};
 pub use devices::Placement;
 pub use jobs::{Job, JobState, JobView};
 pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
+pub use removal::{JobDeleteAction, JobDeletion};
 pub use services::{Service, ServiceOrigin, ServiceView};
 
 /// Why a node operation was refused; each maps to one HTTP status.
@@ -85,6 +87,10 @@ pub struct Node {
     data_load_timeout_ms: AtomicU64,
     /// Submits the config's jobs at start, off the thread that goes on to serve HTTP.
     config_jobs_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held while a job's files are removed, and by what reads or records into a job's
+    /// directory from the API (a change, a job served, a service from a checkpoint), so
+    /// neither finds the directory gone, or another job's, half way.
+    job_files: Mutex<()>,
     started_at: SystemTime,
     /// Workers of each device (CPU threads, or a GPU's CTAs), by device index.
     workers: Vec<usize>,
@@ -200,6 +206,12 @@ impl Node {
                 "removed a temporary file left by a write that did not finish (a crash)"
             );
         }
+        for path in &state_lock.purged {
+            tracing::warn!(
+                path = %path.display(),
+                "deleted the files of a removed job whose deletion a crash interrupted"
+            );
+        }
         // NVML first, so that the daemon's host pid can be learned around its first CUDA
         // context (see telemetry::OwnPids): in a container its own pid is not NVML's.
         let mut nvml = match config.device.kind {
@@ -268,6 +280,7 @@ impl Node {
             admitting: Mutex::new(Default::default()),
             data_load_timeout_ms: AtomicU64::new(intake::DATA_LOAD_TIMEOUT.as_millis() as u64),
             config_jobs_thread: Mutex::new(None),
+            job_files: Mutex::new(()),
             notifier: OnceLock::new(),
             source: Mutex::new(None),
             reload_lock: Mutex::new(()),
@@ -742,6 +755,8 @@ impl Node {
                 "warmup_data: not accepted through the API; train a job and publish it with POST /v1/jobs/{id}/serve".into(),
             ]));
         }
+        // Its checkpoint may be a job's.
+        let _files = self.lock_job_files();
         self.add_service(cfg, ServiceOrigin::Api)
     }
 
@@ -1037,6 +1052,7 @@ impl Node {
     /// Changes a job's deadline, target accuracy or epoch limit (JSON keys `deadline`,
     /// `target_accuracy`, `epochs`; `null` clears a deadline or target).
     pub fn update_job(&self, name: &str, patch: &serde_json::Value) -> Result<Arc<Job>, NodeError> {
+        let _files = self.lock_job_files();
         let job = self.job(name)?;
         let obj = patch
             .as_object()
@@ -1253,19 +1269,6 @@ impl Node {
         Ok(name)
     }
 
-    /// Cancels a job; its last checkpoint is kept.
-    pub fn cancel_job(&self, name: &str) -> Result<Arc<Job>, NodeError> {
-        let job = self.job(name)?;
-        if job.state().is_terminal() {
-            return Err(NodeError::Conflict(format!(
-                "job {name} has already ended ({:?})",
-                job.state()
-            )));
-        }
-        job.cancel();
-        Ok(job)
-    }
-
     /// Publishes a completed job's model as an inference service. `body` holds the service
     /// settings (`name`, `slo`, `batching`, `max_queue`); the name defaults to the job's.
     pub fn serve_job(
@@ -1273,6 +1276,7 @@ impl Node {
         name: &str,
         body: &serde_json::Value,
     ) -> Result<Arc<Service>, NodeError> {
+        let _files = self.lock_job_files();
         let job = self.job(name)?;
         if job.state() != JobState::Completed {
             return Err(NodeError::Conflict(format!(
