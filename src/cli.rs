@@ -27,7 +27,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Submit a training job to a running daemon (POST /v1/jobs).
     Submit(SubmitArgs),
-    /// List, show, change, cancel or serve the daemon's training jobs.
+    /// List, show, change, cancel, remove or serve the daemon's training jobs.
     Jobs(JobsArgs),
     /// Send an inference request to a model the daemon serves (v2 protocol).
     Infer(InferArgs),
@@ -176,8 +176,16 @@ pub enum JobsCommand {
     },
     /// Change a job's deadline, target accuracy or epoch limit (PATCH /v1/jobs/ID).
     Update(JobsUpdateArgs),
-    /// Cancel a job; its last checkpoint is kept (DELETE /v1/jobs/ID).
+    /// Cancel a job that has not ended; its last checkpoint is kept (DELETE
+    /// /v1/jobs/ID?action=cancel).
     Cancel {
+        /// Job name.
+        id: String,
+    },
+    /// Remove a job that has ended, with its checkpoints, freeing its name (DELETE
+    /// /v1/jobs/ID?action=remove).
+    #[command(visible_alias = "remove")]
+    Rm {
         /// Job name.
         id: String,
     },

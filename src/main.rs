@@ -833,7 +833,8 @@ fn jobs(args: JobsArgs) -> anyhow::Result<()> {
         }
         JobsCommand::Update(u) => jobs_update(&client, u, json),
         JobsCommand::Cancel { id } => {
-            let v = client.delete(&job_path(&id)).map_err(client_error)?;
+            let path = format!("{}?action=cancel", job_path(&id));
+            let v = client.delete(&path).map_err(client_error)?;
             if json {
                 return print_json(&v);
             }
@@ -841,6 +842,16 @@ fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                 "cancelled job {id}: it stops after its current step and keeps its last \
                  checkpoint\n{}",
                 table::job_details(&v)
+            ))
+        }
+        JobsCommand::Rm { id } => {
+            let path = format!("{}?action=remove", job_path(&id));
+            let v = client.delete(&path).map_err(client_error)?;
+            if json {
+                return print_json(&v);
+            }
+            print_text(&format!(
+                "removed job {id}: its record and checkpoints are deleted and its name is free\n"
             ))
         }
         JobsCommand::Serve(a) => jobs_serve(&client, a, json),

@@ -455,9 +455,29 @@ fn client_commands_drive_a_daemon_end_to_end() {
     assert!(up["deadline"].is_string(), "{up}");
     let up = d.json(&["jobs", "update", "long", "--no-deadline", "--json"]);
     assert!(up["deadline"].is_null(), "{up}");
+    // A job that has not ended cannot be removed (409: exit 1); cancelled, it can, once.
+    let out = d.run(&["jobs", "rm", "long"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has not ended"), "{}", stderr(&out));
     let out = d.run(&["jobs", "cancel", "long"]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_for_state(&d, "long", "cancelled", Duration::from_secs(60));
+    let out = d.run(&["jobs", "cancel", "long"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has already ended"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.run(&["jobs", "rm", "long"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("removed job long"),
+        "{}",
+        stdout(&out)
+    );
+    let out = d.run(&["jobs", "show", "long"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
     // bench http reports requests and the compute-only ratio.
     let b = d.json(&[

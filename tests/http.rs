@@ -657,9 +657,9 @@ fn a_job_trains_then_serves_its_model_over_http() {
     let (_, list) = d.get("/v1/jobs");
     assert_eq!(list["jobs"][0]["name"], "blobs");
 
-    // Cancel or change a finished job: a conflict.
+    // Cancel a finished job: a conflict (a plain DELETE would remove it).
     expect_error(
-        d.send("DELETE", "/v1/jobs/blobs", &Value::Null),
+        d.send("DELETE", "/v1/jobs/blobs?action=cancel", &Value::Null),
         409,
         "has already ended",
     );
@@ -939,6 +939,12 @@ fn status_shows_every_tenant_with_its_set_point() {
         assert_eq!(v["devices"][0]["name"], "cuda:0");
         assert!(note.starts_with("tenants run on GPU 0 ("), "{note}");
     }
+    // The config's job is admitted beside the server's start, not before it.
+    let v = d.poll(Duration::from_secs(60), "the demo job", || {
+        let (_, v) = d.get("/v1/status");
+        let listed = v["tenants"].as_array()?.iter().any(|t| t["name"] == "demo");
+        listed.then_some(v)
+    });
     let tenants = v["tenants"].as_array().unwrap();
     let svc = tenants.iter().find(|t| t["name"] == "mlp").unwrap();
     assert_eq!(svc["kind"], "service");

@@ -1,6 +1,7 @@
 //! Crash safety of the daemon binary: a job survives SIGKILL (resumed from its last
 //! checkpoint, its acknowledged changes kept) and SIGTERM (checkpointed and resumed), and a
-//! job that was cancelled stays cancelled after a restart.
+//! job that was cancelled stays cancelled after a restart; a removed job stays removed, and
+//! a data load in progress does not hold the daemon past its drain.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use setpoint::model::checkpoint::Checkpoint;
+
+#[path = "support/slow_data.rs"]
+mod slow_data;
 
 struct Daemon {
     child: Child,
@@ -409,4 +413,138 @@ fn sigterm_fails_requests_still_running_after_the_drain_timeout_and_exits_0() {
         "{text}"
     );
     assert!(text.contains("stopped"), "{text}");
+}
+
+fn small_job(epochs: u32) -> Value {
+    json!({"name": "j", "data": "synthetic:blobs:size=300,classes=3,features=8,seed=2",
+           "layers": [8, 16, 3], "epochs": epochs, "class": "best-effort"})
+}
+
+#[test]
+fn a_removed_job_stays_removed_after_a_restart_and_its_name_is_free() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    let config = dir.path().join("node.toml");
+    let log = dir.path().join("daemon.log");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = {:?}\n",
+            free_port(),
+            state
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config, &log);
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&small_job(2)));
+    assert_eq!(s, 201, "{v}");
+    let done = d.poll(Duration::from_secs(60), "the job to complete", || {
+        let v = d.job();
+        (v["state"] == "completed").then_some(v)
+    });
+    // A copy of its directory, to stand for a removal a crash cut short after its rename.
+    let job_dir = state.join("jobs/j");
+    let cut_short = state.join("removed/j.1.0");
+    std::fs::create_dir_all(&cut_short).unwrap();
+    for f in ["job.json", "outcome.json", "checkpoint.ckpt"] {
+        std::fs::copy(job_dir.join(f), cut_short.join(f)).unwrap();
+    }
+    let (s, v) = d.send("DELETE", "/v1/jobs/j", None);
+    assert_eq!((s, &v["removed"]), (200, &json!(true)), "{v}");
+    assert!(!job_dir.exists());
+    d.kill9();
+
+    // After a restart the job is not back, and what the crash left is deleted.
+    let d = Daemon::start(&config, &log);
+    assert_eq!(d.send("GET", "/v1/jobs/j", None).0, 404);
+    assert_eq!(d.send("GET", "/v1/jobs", None).1["jobs"], json!([]));
+    assert!(!cut_short.exists());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("deleted the files of a removed job whose deletion a crash interrupted"),
+        "{logged}"
+    );
+    // The name takes a fresh job: one epoch from step 0, not the old one's checkpoint.
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&small_job(1)));
+    assert_eq!(s, 201, "{v}");
+    let again = d.poll(Duration::from_secs(60), "the new job to complete", || {
+        let v = d.job();
+        (v["state"] == "completed").then_some(v)
+    });
+    assert_eq!(
+        again["steps"].as_u64().unwrap() * 2,
+        done["steps"].as_u64().unwrap(),
+        "{again}"
+    );
+    assert!(again["restore_note"].is_null(), "{again}");
+    d.kill9();
+}
+
+#[test]
+fn sigterm_during_a_slow_data_load_exits_after_the_drain_admitting_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    let config = dir.path().join("node.toml");
+    let log = dir.path().join("daemon.log");
+    // Beside the config file: a directory data may be read from.
+    let data = dir.path().join("slow.csv.gz");
+    slow_data::write_slow_csv_gz(&data);
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = {:?}\ndrain_timeout_ms = 200\n",
+            free_port(),
+            state
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config, &log);
+    let spec = json!({"name": "slow", "data": data, "layers": [2, 2], "class": "best-effort"});
+    let url = format!("{}/v1/jobs", d.url);
+    let body = spec.clone();
+    let submission = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        agent
+            .post(&url)
+            .send_json(&body)
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    });
+    d.poll(Duration::from_secs(30), "the load to start", || {
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        logged
+            .contains("loading the job's data for admission")
+            .then_some(())
+    });
+    // While it loads the node answers, and the name is held.
+    assert_eq!(d.send("GET", "/v2/health/live", None).0, 200);
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&spec));
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a job named slow is being submitted already"),
+        "{v}"
+    );
+    // The load would take minutes; the daemon stops after the drain instead.
+    let status = d.terminate();
+    assert!(status.success(), "{status:?}");
+    let answer = submission.join().unwrap();
+    assert!(matches!(answer, Err(_) | Ok(503)), "{answer:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("closing their connections"), "{logged}");
+    // Given up for the shutdown, not at the bound on loading.
+    assert!(
+        logged.contains("the node is shutting down; job slow was not admitted"),
+        "{logged}"
+    );
+    assert!(logged.contains("stopped"), "{logged}");
+    assert!(!state.join("jobs/slow").exists());
 }

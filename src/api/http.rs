@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -160,7 +160,7 @@ pub fn router(node: Arc<Node>, connections: Arc<super::server::ConnectionStats>)
         .route("/v1/jobs", get(list_jobs).post(submit_job))
         .route(
             "/v1/jobs/{id}",
-            get(get_job).patch(update_job).delete(cancel_job),
+            get(get_job).patch(update_job).delete(delete_job),
         )
         .route("/v1/jobs/{id}/serve", post(serve_job))
         .route("/v1/services", get(list_services).post(add_service))
@@ -758,9 +758,39 @@ async fn update_job(
     Ok(json_response(StatusCode::OK, &s.node.job_view(&job)))
 }
 
-async fn cancel_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let job = s.node.cancel_job(&id)?;
-    Ok(json_response(StatusCode::OK, &s.node.job_view(&job)))
+/// `DELETE /v1/jobs/{id}[?action=cancel|remove]`.
+#[derive(Debug, serde::Deserialize)]
+struct DeleteJobQuery {
+    action: Option<crate::node::JobDeleteAction>,
+}
+
+/// A DELETE's answer: the job's view (for a removal, its last) and whether it was removed
+/// (`false`: cancelled, it stops after its current step and stays listed).
+#[derive(serde::Serialize)]
+struct DeleteJobAnswer {
+    #[serde(flatten)]
+    job: crate::node::JobView,
+    removed: bool,
+}
+
+/// Cancels a job that has not ended, removes one that has (see [`Node::delete_job`]); both
+/// answer 200. Off the async workers: a removal waits for the job's thread and deletes files.
+async fn delete_job(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteJobQuery>,
+) -> ApiResult<Response> {
+    let node = s.node.clone();
+    let done = blocking(move || node.delete_job(&id, q.action)).await?;
+    let (job, removed) = match done {
+        crate::node::JobDeletion::Cancelled(j) => (j, false),
+        crate::node::JobDeletion::Removed(j) => (j, true),
+    };
+    let answer = DeleteJobAnswer {
+        job: s.node.job_view(&job),
+        removed,
+    };
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 async fn serve_job(

@@ -10,7 +10,8 @@ use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use super::{
-    DataError, Dataset, LabelColumn, LoadOptions, file_error, label_from_f64, open, read_error,
+    DataError, Dataset, LabelColumn, LoadOptions, LoadStop, file_error, label_from_f64, open,
+    read_error,
 };
 
 /// How each value is stored.
@@ -99,6 +100,7 @@ pub(super) fn load<R: BufRead>(
     path: &Path,
     reader: R,
     opts: &LoadOptions,
+    stop: &LoadStop,
 ) -> Result<Dataset, DataError> {
     if let LabelColumn::Named(name) = &opts.label {
         let message = format!(
@@ -161,7 +163,7 @@ pub(super) fn load<R: BufRead>(
                 Some(p) => p.clone(),
                 None => find_labels(path)?,
             };
-            Some(load_labels(&labels_path, path, rows)?)
+            Some(load_labels(&labels_path, path, rows, stop)?)
         }
     };
     Ok(Dataset {
@@ -173,8 +175,13 @@ pub(super) fn load<R: BufRead>(
 }
 
 /// Reads a 1-D labels file and checks it against the `rows` images of `images_path`.
-fn load_labels(path: &Path, images_path: &Path, rows: usize) -> Result<Vec<u32>, DataError> {
-    let file = read_idx(path, open(path)?)?;
+fn load_labels(
+    path: &Path,
+    images_path: &Path,
+    rows: usize,
+    stop: &LoadStop,
+) -> Result<Vec<u32>, DataError> {
+    let file = read_idx(path, open(path, stop)?)?;
     if file.dims.len() != 1 {
         let message = format!(
             "a labels file has 1 dimension, this has {} ({}) - is it an images file?",

@@ -13,6 +13,9 @@
 
 mod csv;
 mod idx;
+mod stop;
+
+pub use stop::{LoadStop, STOPPED};
 
 /// The labels file an IDX images file reads beside it by the naming convention (`…images-idx3…`
 /// → `…labels-idx1…`), when there is one.
@@ -196,6 +199,16 @@ impl DataError {
 /// bytes (the IDX magic; no text file does), and as CSV otherwise. The name wins over the
 /// content so that a damaged gzipped CSV, which can decode to anything, is reported as one.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset, DataError> {
+    load_with_stop(spec, opts, &LoadStop::default())
+}
+
+/// [`load`], abandoned at the next read once `stop` is stopped (the error then says
+/// [`STOPPED`]). A synthetic set is generated whole: it is bounded in size.
+pub fn load_with_stop(
+    spec: &str,
+    opts: &LoadOptions,
+    stop: &LoadStop,
+) -> Result<Dataset, DataError> {
     if let Some(params) = synthetic::parse(spec)? {
         if opts.labels_path.is_some() {
             return Err(spec_error(
@@ -209,13 +222,13 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset, DataError> {
         return Err(spec_error(spec, EMPTY_SPEC));
     }
     let path = Path::new(spec);
-    let mut reader = open(path)?;
+    let mut reader = open(path, stop)?;
     let looks_idx = reader
         .fill_buf()
         .map_err(|source| read_error(path, source))?
         .starts_with(&[0, 0]);
     if !is_csv_name(path) && (looks_idx || idx::is_idx_name(path)) {
-        idx::load(path, reader, opts)
+        idx::load(path, reader, opts, stop)
     } else {
         if opts.labels_path.is_some() {
             return Err(file_error(
@@ -374,17 +387,20 @@ impl Normalizer {
 }
 
 /// Opens `path` for buffered reading, decompressing transparently when it starts with the
-/// gzip magic bytes (whatever its name).
-fn open(path: &Path) -> Result<Box<dyn BufRead>, DataError> {
+/// gzip magic bytes (whatever its name); every read fails once `stop` is stopped.
+fn open(path: &Path, stop: &LoadStop) -> Result<Box<dyn BufRead>, DataError> {
     let file = open_regular(path)?;
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::new(stop::Stoppable::new(file, stop));
     let is_gzip = reader
         .fill_buf()
         .map_err(|source| read_error(path, source))?
         .starts_with(&[0x1f, 0x8b]);
     if is_gzip {
-        Ok(Box::new(BufReader::new(GzipErrors(
-            flate2::bufread::MultiGzDecoder::new(reader),
+        // Checked again above decompression: a small compressed read can inflate to much
+        // more text than one buffer of the file.
+        Ok(Box::new(BufReader::new(stop::Stoppable::new(
+            GzipErrors(flate2::bufread::MultiGzDecoder::new(reader)),
+            stop,
         ))))
     } else {
         Ok(Box::new(reader))

@@ -92,6 +92,16 @@ impl ControlState {
             log: log.map(std::io::BufWriter::new),
         }
     }
+
+    /// Forgets a removed job: what was measured of it and the last tick's decisions about
+    /// it, so that neither the views and metrics until the next tick nor a new job of its
+    /// name (its admission, its usage) see the old one.
+    pub(crate) fn forget_job(&mut self, name: &str) {
+        self.prev.remove(&format!("job:{name}"));
+        for d in std::iter::once(&mut self.last).chain(self.per_device.iter_mut()) {
+            d.jobs.retain(|j| j.name != name);
+        }
+    }
 }
 
 /// One decision-log line.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::{JobConfig, OptimizerKind, format_rfc3339};
-use crate::data::{self, Dataset, LoadOptions};
+use crate::data::{self, Dataset, LoadOptions, LoadStop};
 use crate::device::cuda::StreamPriority;
 use crate::device::lane::Lane;
 use crate::device::{Backend, CpuBackend, SgdParams};
@@ -92,6 +92,9 @@ pub struct Job {
     progress: Mutex<JobProgress>,
     pending: Mutex<Pending>,
     cancel: AtomicBool,
+    /// Stops the job's data load (a job resumed at start loads on its own thread) when it is
+    /// cancelled or the node stops.
+    load_stop: LoadStop,
     /// Stopped by the node's shutdown, not by a user: no outcome is recorded, so a restart
     /// resumes it.
     interrupted: AtomicBool,
@@ -200,6 +203,7 @@ impl Job {
             progress: Mutex::new(JobProgress::default()),
             pending: Mutex::new(Pending::default()),
             cancel: AtomicBool::new(false),
+            load_stop: LoadStop::default(),
             interrupted: AtomicBool::new(false),
             thread: Mutex::new(None),
             lane,
@@ -336,6 +340,7 @@ impl Job {
     /// Asks the job to stop after its current step, keeping a checkpoint.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Release);
+        self.load_stop.stop();
     }
 
     /// Stops the job for the node's shutdown: it checkpoints and stops like a cancel, but
@@ -343,6 +348,7 @@ impl Job {
     pub(crate) fn interrupt(&self) {
         self.interrupted.store(true, Ordering::Release);
         self.cancel.store(true, Ordering::Release);
+        self.load_stop.stop();
     }
 
     /// Path of the record of how the job ended (absent while it can still run).
@@ -350,15 +356,23 @@ impl Job {
         self.dir.join("outcome.json")
     }
 
+    /// Ends the job in `state`: records the outcome first, then shows it, so that whoever
+    /// sees the job ended (a client about to remove it, a crash just after) finds the record
+    /// already on disk.
+    fn finish(&self, state: JobState) {
+        self.record_outcome(state);
+        self.set_state(state);
+    }
+
     /// Writes how the job ended, atomically, so that a restart shows it ended instead of
     /// resuming it. Not for a shutdown's interruption.
-    fn record_outcome(&self) {
+    fn record_outcome(&self, state: JobState) {
         if self.interrupted.load(Ordering::Acquire) {
             return;
         }
         let p = lock(&self.progress).clone();
         let record = serde_json::json!({
-            "state": self.state(),
+            "state": state,
             "finished_at": p.finished_at.map(crate::config::format_rfc3339),
             "stop_reason": p.stop_reason.map(|r| r.as_str()),
             "error": p.error,
@@ -513,15 +527,19 @@ impl Job {
             p.error = Some(message);
             p.finished_at = Some(SystemTime::now());
         }
-        self.set_state(JobState::Failed);
-        self.record_outcome();
+        self.finish(JobState::Failed);
+    }
+
+    /// Ends the job as cancelled before it trained (a shutdown's interruption records no
+    /// outcome).
+    fn end_cancelled(&self) {
+        lock(&self.progress).finished_at = Some(SystemTime::now());
+        self.finish(JobState::Cancelled);
     }
 
     fn run(self: Arc<Self>, data: Option<Dataset>) {
         if self.cancel.load(Ordering::Acquire) {
-            self.set_state(JobState::Cancelled);
-            self.record_outcome();
-            return;
+            return self.end_cancelled();
         }
         self.set_state(JobState::Loading);
         // Training, and loading its data, run at background priority, so inference batches
@@ -532,10 +550,14 @@ impl Job {
         }
         let data = match data {
             Some(d) => d,
-            None => match data::load(&self.config.data, &LoadOptions::default()) {
-                Ok(d) => d,
-                Err(e) => return self.fail(format!("cannot load data: {e}")),
-            },
+            None => {
+                let opts = LoadOptions::default();
+                match data::load_with_stop(&self.config.data, &opts, &self.load_stop) {
+                    Ok(d) => d,
+                    Err(_) if self.cancel.load(Ordering::Acquire) => return self.end_cancelled(),
+                    Err(e) => return self.fail(format!("cannot load data: {e}")),
+                }
+            }
         };
         match &self.placement {
             super::Placement::Cpu(health) => {
@@ -616,8 +638,7 @@ impl Job {
                 let mut p = lock(&self.progress);
                 p.finished_at = Some(SystemTime::now());
                 drop(p);
-                self.set_state(JobState::Cancelled);
-                self.record_outcome();
+                self.finish(JobState::Cancelled);
                 return Ok(());
             }
             if let Some(reason) = trainer.finished() {
@@ -626,8 +647,7 @@ impl Job {
                 p.stop_reason = Some(reason);
                 p.finished_at = Some(SystemTime::now());
                 drop(p);
-                self.set_state(JobState::Completed);
-                self.record_outcome();
+                self.finish(JobState::Completed);
                 tracing::info!(job = %self.name, reason = reason.as_str(), "job completed");
                 return Ok(());
             }

@@ -5,8 +5,10 @@ pub mod checkpointing;
 pub mod control;
 pub mod devices;
 pub mod health;
+pub mod intake;
 pub mod jobs;
 pub mod reload;
+mod removal;
 pub mod services;
 pub mod state_dir;
 pub mod systemd;
@@ -29,6 +31,7 @@ pub use control::{Policy, ServiceMeasure};
 pub use devices::Placement;
 pub use jobs::{Job, JobState, JobView};
 pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
+pub use removal::{JobDeleteAction, JobDeletion};
 pub use services::{Service, ServiceOrigin, ServiceView};
 
 /// Why a node operation was refused; each maps to one HTTP status.
@@ -80,6 +83,14 @@ pub struct Node {
     jobs: RwLock<BTreeMap<String, Arc<Job>>>,
     /// Names of jobs being admitted (data loading, a step measured): taken at once.
     admitting: Mutex<std::collections::BTreeSet<String>>,
+    /// How long a job's data may take to load at admission, milliseconds.
+    data_load_timeout_ms: AtomicU64,
+    /// Submits the config's jobs at start, off the thread that goes on to serve HTTP.
+    config_jobs_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held while a job's files are removed, and by what reads or records into a job's
+    /// directory from the API (a change, a job served, a service from a checkpoint), so
+    /// neither finds the directory gone, or another job's, half way.
+    job_files: Mutex<()>,
     started_at: SystemTime,
     /// Workers of each device (CPU threads, or a GPU's CTAs), by device index.
     workers: Vec<usize>,
@@ -195,6 +206,12 @@ impl Node {
                 "removed a temporary file left by a write that did not finish (a crash)"
             );
         }
+        for path in &state_lock.purged {
+            tracing::warn!(
+                path = %path.display(),
+                "deleted the files of a removed job whose deletion a crash interrupted"
+            );
+        }
         // NVML first, so that the daemon's host pid can be learned around its first CUDA
         // context (see telemetry::OwnPids): in a container its own pid is not NVML's.
         let mut nvml = match config.device.kind {
@@ -270,6 +287,9 @@ impl Node {
             telemetry: Mutex::new(telemetry),
             _state_lock: state_lock,
             admitting: Mutex::new(Default::default()),
+            data_load_timeout_ms: AtomicU64::new(intake::DATA_LOAD_TIMEOUT.as_millis() as u64),
+            config_jobs_thread: Mutex::new(None),
+            job_files: Mutex::new(()),
             notifier: OnceLock::new(),
             source: Mutex::new(None),
             reload_lock: Mutex::new(()),
@@ -372,7 +392,10 @@ impl Node {
     }
 
     /// Starts the config's services and submits its jobs, without the control loop (tests
-    /// and benchmarks step it with [`Node::control_tick`]).
+    /// and benchmarks step it with [`Node::control_tick`]). Services load on threads of their
+    /// own, jobs in the state dir are restored before this returns, and the config's other
+    /// jobs are admitted one after another on a thread of their own: loading their data must
+    /// not hold up the HTTP server's start (see [`intake`]).
     pub fn start_tenants(self: &Arc<Self>) {
         for cfg in self.config().services.clone() {
             write(&self.services).insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
@@ -380,16 +403,48 @@ impl Node {
         }
         self.restore_services();
         let restored = self.restore_jobs();
+        let mut fresh = Vec::new();
         for job in self.config().jobs.clone() {
-            let name = job.name.clone();
-            if restored.contains(&name) {
-                tracing::info!(job = %name, "job from the config found in the state dir; not submitted again");
-                continue;
-            }
-            if let Err(e) = self.submit_job(job) {
-                tracing::error!(job = %name, "cannot start job from config: {e}");
+            if restored.contains(&job.name) {
+                tracing::info!(job = %job.name, "job from the config found in the state dir; not submitted again");
+            } else {
+                fresh.push(job);
             }
         }
+        if fresh.is_empty() {
+            return;
+        }
+        let node = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("setpoint-config-jobs".into())
+            .spawn(move || {
+                for job in fresh {
+                    let name = job.name.clone();
+                    if let Err(e) = node.submit_job(job) {
+                        tracing::error!(job = %name, "cannot start job from config: {e}");
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => {
+                *self
+                    .config_jobs_thread
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(h)
+            }
+            Err(e) => tracing::error!("cannot start the config's jobs: {e}"),
+        }
+    }
+
+    /// Bounds how long a job's data may take to load at admission (by default
+    /// [`intake::DATA_LOAD_TIMEOUT`]); for tests and embedders.
+    pub fn set_data_load_timeout(&self, timeout: std::time::Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.data_load_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn data_load_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.data_load_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Refuses a file a job or service names that lies outside the allowed directories
@@ -709,6 +764,8 @@ impl Node {
                 "warmup_data: not accepted through the API; train a job and publish it with POST /v1/jobs/{id}/serve".into(),
             ]));
         }
+        // Its checkpoint may be a job's.
+        let _files = self.lock_job_files();
         self.add_service(cfg, ServiceOrigin::Api)
     }
 
@@ -831,9 +888,8 @@ impl Node {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }
-        let exists = || NodeError::Conflict(format!("a job named {} already exists", cfg.name));
         if read(&self.jobs).contains_key(&cfg.name) {
-            return Err(exists());
+            return Err(job_exists(&cfg.name));
         }
         // The name is taken now, for as long as admission takes (it loads the data).
         let _admitting = self.take_admission_name(&cfg.name)?;
@@ -844,8 +900,54 @@ impl Node {
         // Devices are tried from the least loaded; the step is measured on the first (the
         // node's GPUs are taken to be alike).
         let order = self.usable_devices_by_load()?;
-        let (data, steps_per_epoch, step_cost, device_bytes) =
-            load_and_measure(&cfg, self.placement(order[0]))?;
+        tracing::info!(job = %cfg.name, data = %cfg.data, "loading the job's data for admission");
+        let measured = intake::load_and_measure(
+            &cfg,
+            self.placement(order[0]),
+            self.data_load_timeout(),
+            || self.is_shutting_down(),
+        )?;
+        let (device, share) = self.place_job(&cfg, now, &measured, &order)?;
+        let step_cost = measured.step_cost_core_s;
+        let dir = self.state_dir.join("jobs").join(&cfg.name);
+        // Under a policy with shares, training runs below inference; with none, everything
+        // runs as it comes, from the first step.
+        let lane = self.job_lane(&cfg.name, share, device);
+        let job = Arc::new(Job::new(
+            cfg.clone(),
+            dir,
+            now,
+            lane,
+            self.placement(device).clone(),
+            Some(step_cost),
+        ));
+        job.set_checkpoint_timeout_ms(self.config().checkpoint_error_timeout_ms);
+        self.enroll_job(&job, now)?;
+        if let Err(e) = job.start(Some(measured.data)) {
+            write(&self.jobs).remove(&cfg.name);
+            return Err(NodeError::Internal(format!("cannot start job thread: {e}")));
+        }
+        tracing::info!(
+            job = %cfg.name,
+            steps_per_epoch = measured.steps_per_epoch,
+            step_cost_ms = step_cost * 1e3,
+            share,
+            "job accepted"
+        );
+        Ok(job)
+    }
+
+    /// The device a job goes to and its share there: the first of `order` with the memory
+    /// it needs and, for a deadline job under the controller, the capacity to meet its
+    /// deadline. Refused (409) with the earliest deadline it could meet, or why it fits
+    /// nowhere.
+    fn place_job(
+        &self,
+        cfg: &JobConfig,
+        now: SystemTime,
+        measured: &intake::Measured,
+        order: &[usize],
+    ) -> Result<(usize, f64), NodeError> {
         let deadline = if cfg.best_effort {
             None
         } else {
@@ -856,33 +958,30 @@ impl Node {
         // under a fixed policy the operator decides what runs.
         let controlled = matches!(self.policy(), Policy::Controller);
         let ctrl = control_config(&self.config());
-        let mut chosen = None;
         let mut no_memory = Vec::new();
         let mut refusal: Option<crate::control::admission::Refusal> = None;
-        for &d in &order {
-            if let Some(need_bytes) = device_bytes
+        for &d in order {
+            if let Some(need_bytes) = measured.device_bytes
                 && let Err(why) = self.memory_fits(d, need_bytes)
             {
                 no_memory.push(why);
                 continue;
             }
             let Some(deadline) = deadline.filter(|_| controlled) else {
-                chosen = Some((d, default_share));
-                break;
+                return Ok((d, default_share));
             };
             let candidate = crate::control::admission::Candidate {
                 name: cfg.name.clone(),
-                work_core_s: cfg.epochs as f64 * steps_per_epoch as f64 * step_cost,
+                work_core_s: cfg.epochs as f64
+                    * measured.steps_per_epoch as f64
+                    * measured.step_cost_core_s,
                 deadline_in_s: deadline
                     .duration_since(now)
                     .map_or(0.0, |d| d.as_secs_f64()),
                 cores: self.workers_of(d),
             };
             match crate::control::admission::admit(&ctrl, &self.last_decisions_of(d), &candidate) {
-                Ok(needed) => {
-                    chosen = Some((d, needed.max(ctrl.min_share)));
-                    break;
-                }
+                Ok(needed) => return Ok((d, needed.max(ctrl.min_share))),
                 Err(r) => {
                     if refusal
                         .as_ref()
@@ -893,73 +992,57 @@ impl Node {
                 }
             }
         }
-        let Some((device, share)) = chosen else {
-            if let Some(refusal) = refusal {
-                let earliest = now
-                    + std::time::Duration::from_secs_f64(
-                        refusal.earliest_deadline_in_s.clamp(0.0, 1e9),
-                    );
-                return Err(NodeError::Conflict(format!(
-                    "{}; the earliest deadline it can meet is {} (in {:.0} s): submit it \
-                     with that deadline or later, or as best-effort",
-                    refusal.reason,
-                    crate::config::format_rfc3339(earliest),
-                    refusal.earliest_deadline_in_s.ceil()
-                )));
-            }
+        let Some(refusal) = refusal else {
             return Err(NodeError::Conflict(format!(
                 "job {} does not fit: {}",
                 cfg.name,
                 no_memory.join("; ")
             )));
         };
-        let dir = self.state_dir.join("jobs").join(&cfg.name);
-        // Under a policy with shares, training runs below inference; with none, everything
-        // runs as it comes, from the first step.
-        let lane = self.job_lane(&cfg.name, share, device);
-        let job = Arc::new(Job::new(
-            cfg.clone(),
-            dir.clone(),
-            now,
-            lane,
-            self.placement(device).clone(),
-            Some(step_cost),
-        ));
-        job.set_checkpoint_timeout_ms(self.config().checkpoint_error_timeout_ms);
+        let earliest = now
+            + std::time::Duration::from_secs_f64(refusal.earliest_deadline_in_s.clamp(0.0, 1e9));
+        Err(NodeError::Conflict(format!(
+            "{}; the earliest deadline it can meet is {} (in {:.0} s): submit it with that \
+             deadline or later, or as best-effort",
+            refusal.reason,
+            crate::config::format_rfc3339(earliest),
+            refusal.earliest_deadline_in_s.ceil()
+        )))
+    }
+
+    /// Lists an admitted job and records its spec in the state dir (it is not listed when
+    /// that fails). Refused while the node stops: checked under the lock shutdown reads the
+    /// jobs with, so a job is either seen (and stopped) by the shutdown, or never started.
+    fn enroll_job(&self, job: &Arc<Job>, submitted_at: SystemTime) -> Result<(), NodeError> {
+        let name = &job.name;
         {
             let mut jobs = write(&self.jobs);
-            if jobs.contains_key(&cfg.name) {
-                return Err(exists());
+            if self.is_shutting_down() {
+                return Err(NodeError::Unavailable(format!(
+                    "the node is shutting down; job {name} was not admitted"
+                )));
             }
-            jobs.insert(cfg.name.clone(), job.clone());
+            if jobs.contains_key(name) {
+                return Err(job_exists(name));
+            }
+            jobs.insert(name.clone(), job.clone());
         }
         let record = serde_json::json!({
-            "spec": cfg,
-            "submitted_at": crate::config::format_rfc3339(now),
+            "spec": job.config,
+            "submitted_at": crate::config::format_rfc3339(submitted_at),
         });
-        let persisted = std::fs::create_dir_all(&dir).and_then(|_| {
+        let dir = job.dir();
+        let persisted = std::fs::create_dir_all(dir).and_then(|_| {
             crate::util::fsio::write_atomic(&dir.join("job.json"), record.to_string().as_bytes())
         });
         if let Err(e) = persisted {
-            write(&self.jobs).remove(&cfg.name);
+            write(&self.jobs).remove(name);
             return Err(NodeError::Internal(format!(
-                "cannot record job {} in {}: {e}",
-                cfg.name,
+                "cannot record job {name} in {}: {e}",
                 dir.display()
             )));
         }
-        if let Err(e) = job.start(Some(data)) {
-            write(&self.jobs).remove(&cfg.name);
-            return Err(NodeError::Internal(format!("cannot start job thread: {e}")));
-        }
-        tracing::info!(
-            job = %cfg.name,
-            steps_per_epoch,
-            step_cost_ms = step_cost * 1e3,
-            share,
-            "job accepted"
-        );
-        Ok(job)
+        Ok(())
     }
 
     /// The job called `name`.
@@ -978,6 +1061,7 @@ impl Node {
     /// Changes a job's deadline, target accuracy or epoch limit (JSON keys `deadline`,
     /// `target_accuracy`, `epochs`; `null` clears a deadline or target).
     pub fn update_job(&self, name: &str, patch: &serde_json::Value) -> Result<Arc<Job>, NodeError> {
+        let _files = self.lock_job_files();
         let job = self.job(name)?;
         let obj = patch
             .as_object()
@@ -1194,19 +1278,6 @@ impl Node {
         Ok(name)
     }
 
-    /// Cancels a job; its last checkpoint is kept.
-    pub fn cancel_job(&self, name: &str) -> Result<Arc<Job>, NodeError> {
-        let job = self.job(name)?;
-        if job.state().is_terminal() {
-            return Err(NodeError::Conflict(format!(
-                "job {name} has already ended ({:?})",
-                job.state()
-            )));
-        }
-        job.cancel();
-        Ok(job)
-    }
-
     /// Publishes a completed job's model as an inference service. `body` holds the service
     /// settings (`name`, `slo`, `batching`, `max_queue`); the name defaults to the job's.
     pub fn serve_job(
@@ -1214,6 +1285,7 @@ impl Node {
         name: &str,
         body: &serde_json::Value,
     ) -> Result<Arc<Service>, NodeError> {
+        let _files = self.lock_job_files();
         let job = self.job(name)?;
         if job.state() != JobState::Completed {
             return Err(NodeError::Conflict(format!(
@@ -1371,6 +1443,15 @@ impl Node {
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Its admission in progress sees the flag within a poll and gives up.
+        let config_jobs = self
+            .config_jobs_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = config_jobs {
+            let _ = t.join();
+        }
         let jobs = self.jobs();
         for job in &jobs {
             if !job.state().is_terminal() {
@@ -1463,6 +1544,11 @@ fn recorded_spec(spec: &serde_json::Value) -> serde_json::Value {
     v
 }
 
+/// The refusal of a job whose name is taken.
+fn job_exists(name: &str) -> NodeError {
+    NodeError::Conflict(format!("a job named {name} already exists"))
+}
+
 /// A job name held during its admission; given back when dropped.
 struct AdmissionName<'a> {
     node: &'a Node,
@@ -1477,32 +1563,6 @@ impl Drop for AdmissionName<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.name);
     }
-}
-
-/// Loads a job's data and measures a step, on a thread at background priority: a submission
-/// reads a whole data set and runs training steps, and must not take the cores from the
-/// services it is admitted beside. The cost is measured in the thread's CPU time, so a
-/// thread kept waiting by busier ones still measures what a step costs.
-fn load_and_measure(
-    cfg: &JobConfig,
-    placement: &Placement,
-) -> Result<(crate::data::Dataset, usize, f64, Option<u64>), NodeError> {
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("setpoint-admission".into())
-            .spawn_scoped(scope, || {
-                crate::util::priority::lower_current_thread();
-                let data = crate::data::load(&cfg.data, &Default::default())
-                    .map_err(|e| NodeError::Invalid(vec![format!("data: {e}")]))?;
-                let (steps, cost, device_bytes) = jobs::measure_step_cost(cfg, &data, placement)
-                    .map_err(|e| NodeError::Invalid(vec![e.to_string()]))?;
-                Ok((data, steps, cost, device_bytes))
-            })
-            .map_err(|e| NodeError::Internal(format!("cannot start a thread: {e}")))?;
-        worker
-            .join()
-            .unwrap_or_else(|_| Err(NodeError::Internal("the admission thread panicked".into())))
-    })
 }
 
 #[cfg(test)]

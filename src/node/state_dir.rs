@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 /// The lock file inside the state dir; it holds the pid of the daemon that has it.
 pub const LOCK_FILE: &str = "setpoint.lock";
 
+/// Where a removed job's directory is moved before it is deleted: out of `jobs/`, so that a
+/// crash part way through a deletion never leaves half a job to be restored.
+pub const REMOVED_DIR: &str = "removed";
+
 /// Why the state dir cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StateDirError {
@@ -48,6 +52,8 @@ pub struct StateDirLock {
     _file: File,
     /// Temporaries removed at start.
     pub swept: Vec<PathBuf>,
+    /// Directories of removed jobs whose deletion a crash cut short, deleted at start.
+    pub purged: Vec<PathBuf>,
 }
 
 /// Creates `dir` and its `jobs/` and `services/`, checks that it can be written, locks it for
@@ -89,7 +95,51 @@ pub fn acquire(dir: &Path) -> Result<StateDirLock, StateDirError> {
     Ok(StateDirLock {
         _file: file,
         swept: sweep_temporaries(dir),
+        purged: purge_removed(dir),
     })
+}
+
+/// Moves a job's directory `job_dir` out of `jobs/` into `removed/`, in one rename: from
+/// then on no restart sees the job. Returns where it went (delete it with [`purge`]); a
+/// directory already gone is nothing to move (`None`).
+pub fn retire(state_dir: &Path, job_dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if !job_dir.exists() {
+        return Ok(None);
+    }
+    let trash = state_dir.join(REMOVED_DIR);
+    std::fs::create_dir_all(&trash)?;
+    let name = job_dir
+        .file_name()
+        .map_or_else(|| "job".into(), |n| n.to_string_lossy().into_owned());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let to = trash.join(format!("{name}.{}.{n}", std::process::id()));
+    std::fs::rename(job_dir, &to)?;
+    Ok(Some(to))
+}
+
+/// Deletes a directory [`retire`] moved away.
+pub fn purge(retired: &Path) -> std::io::Result<()> {
+    std::fs::remove_dir_all(retired)
+}
+
+/// Deletes what `removed/` holds: removals a crash interrupted after their rename.
+fn purge_removed(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir.join(REMOVED_DIR)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+            gone.is_ok()
+        })
+        .collect()
 }
 
 /// An exclusive, non-blocking lock on `file`; held until the file is closed.
@@ -197,6 +247,34 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".x.tmp.abc", "a.tmp.1", "checkpoint.ckpt"]);
+    }
+
+    #[test]
+    fn a_retired_job_leaves_jobs_at_once_and_a_crash_before_its_purge_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = acquire(dir.path()).unwrap();
+        let job = dir.path().join("jobs/j");
+        std::fs::create_dir_all(&job).unwrap();
+        std::fs::write(job.join("job.json"), b"{}").unwrap();
+        std::fs::write(job.join("checkpoint.ckpt"), b"x").unwrap();
+        let first = retire(dir.path(), &job).unwrap().unwrap();
+        assert!(!job.exists() && first.join("job.json").exists());
+        // The same name again (a new job of the name, removed in turn) goes elsewhere.
+        std::fs::create_dir_all(&job).unwrap();
+        let second = retire(dir.path(), &job).unwrap().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(retire(dir.path(), &job).unwrap(), None);
+        purge(&second).unwrap();
+        assert!(!second.exists());
+        // A crash between the rename and the purge: the next start deletes what is left.
+        drop(held);
+        let held = acquire(dir.path()).unwrap();
+        assert_eq!(held.purged, vec![first.clone()]);
+        assert!(!first.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("jobs")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

@@ -1,0 +1,158 @@
+//! `DELETE /v1/jobs/{id}`: a job that has not ended is cancelled (it checkpoints and ends
+//! `cancelled`, keeping its checkpoint); a job that has ended is removed: its directory
+//! leaves the state dir, it is no longer listed, and its name is free for a new job.
+
+use std::path::Path;
+use std::sync::{Arc, MutexGuard};
+
+use super::{Job, Node, NodeError, ServiceSlot, read, state_dir, write};
+
+/// What a DELETE asks for: `?action=cancel` or `?action=remove` pins it, so a retried
+/// cancel cannot remove the job it just cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobDeleteAction {
+    /// Only cancel; a job that has ended is a conflict.
+    Cancel,
+    /// Only remove; a job that has not ended is a conflict.
+    Remove,
+}
+
+/// What a DELETE did.
+#[derive(Clone)]
+pub enum JobDeletion {
+    /// The job was asked to stop; it is listed until removed.
+    Cancelled(Arc<Job>),
+    /// The job had ended and is gone, its files with it.
+    Removed(Arc<Job>),
+}
+
+impl Node {
+    /// Cancels job `name` when it has not ended, removes it when it has; `action` limits
+    /// the request to one of the two (None: whichever the job's state calls for).
+    pub fn delete_job(
+        &self,
+        name: &str,
+        action: Option<JobDeleteAction>,
+    ) -> Result<JobDeletion, NodeError> {
+        let job = self.job(name)?;
+        let state = job.state();
+        match (action, state.is_terminal()) {
+            (Some(JobDeleteAction::Cancel), true) => Err(NodeError::Conflict(format!(
+                "job {name} has already ended ({state:?}); DELETE /v1/jobs/{name} without \
+                 action=cancel removes it"
+            ))),
+            (Some(JobDeleteAction::Remove), false) => Err(NodeError::Conflict(format!(
+                "job {name} has not ended ({state:?}); cancel it first (DELETE \
+                 /v1/jobs/{name}?action=cancel), and remove it once it has ended"
+            ))),
+            (_, false) => {
+                job.cancel();
+                Ok(JobDeletion::Cancelled(job))
+            }
+            (_, true) => {
+                self.remove_job(&job)?;
+                Ok(JobDeletion::Removed(job))
+            }
+        }
+    }
+
+    /// Held while a job's directory may be read, written or removed from the API.
+    pub(super) fn lock_job_files(&self) -> MutexGuard<'_, ()> {
+        self.job_files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes an ended job: refused while a service reads its checkpoint. Its directory
+    /// is renamed out of `jobs/` first (a crash from then on never restores it) and then
+    /// deleted; the name is free once this returns.
+    fn remove_job(&self, job: &Arc<Job>) -> Result<(), NodeError> {
+        let name = &job.name;
+        let _files = self.lock_job_files();
+        if let Some(service) = self.service_reading(job.dir()) {
+            return Err(NodeError::Conflict(format!(
+                "job {name} cannot be removed: model {service} is served from its checkpoint; \
+                 remove the service first (DELETE /v1/services/{service})"
+            )));
+        }
+        // An ended job's thread has recorded its outcome and is returning: let it, so that
+        // nothing of it touches a directory that is gone, or a new job's of the name.
+        job.join();
+        let retired = {
+            let mut jobs = write(&self.jobs);
+            if !jobs.get(name).is_some_and(|j| Arc::ptr_eq(j, job)) {
+                return Err(NodeError::NotFound(format!("unknown job {name}")));
+            }
+            let retired = state_dir::retire(&self.state_dir, job.dir()).map_err(|e| {
+                NodeError::Internal(format!(
+                    "cannot remove job {name}: moving {} out of the jobs directory failed: \
+                     {e}; the job is kept",
+                    job.dir().display()
+                ))
+            })?;
+            jobs.remove(name);
+            retired
+        };
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget_job(name);
+        if let Some(path) = retired
+            && let Err(e) = state_dir::purge(&path)
+        {
+            // The job is gone already; what is left is deleted at the next start.
+            tracing::warn!(job = %name, "cannot delete {}: {e}; the next start deletes it", path.display());
+        }
+        tracing::info!(job = %name, "job removed");
+        Ok(())
+    }
+
+    /// The first service (serving, loading, failed, or being reloaded) whose checkpoint lies
+    /// in `dir`.
+    fn service_reading(&self, dir: &Path) -> Option<String> {
+        let services = read(&self.services);
+        let slots = services.iter().map(|(name, slot)| {
+            let checkpoint = match slot {
+                ServiceSlot::Ready(s) => s.config().checkpoint,
+                ServiceSlot::Loading(c) | ServiceSlot::Failed(c, _) => c.checkpoint.clone(),
+            };
+            (name.clone(), checkpoint)
+        });
+        let loaders = self.loaders.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = loaders
+            .iter()
+            .map(|(name, (_, c))| (name.clone(), c.checkpoint.clone()));
+        slots
+            .chain(pending)
+            .find(|(_, ckpt)| ckpt.as_deref().is_some_and(|c| inside(c, dir)))
+            .map(|(name, _)| name)
+    }
+}
+
+/// True when `path` lies in `dir`, compared as given and with links resolved (a service's
+/// checkpoint may name the job's by another path).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    path.starts_with(dir) || real(path).starts_with(real(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_is_inside_its_jobs_directory_by_any_path() {
+        let d = tempfile::tempdir().unwrap();
+        let job = d.path().join("jobs/j");
+        std::fs::create_dir_all(&job).unwrap();
+        std::fs::write(job.join("checkpoint.ckpt"), b"x").unwrap();
+        assert!(inside(&job.join("checkpoint.ckpt"), &job));
+        let roundabout = d.path().join("jobs/../jobs/j/checkpoint.ckpt");
+        assert!(inside(&roundabout, &job));
+        std::os::unix::fs::symlink(job.join("checkpoint.ckpt"), d.path().join("link")).unwrap();
+        assert!(inside(&d.path().join("link"), &job));
+        // A sibling whose name starts the same is not inside.
+        std::fs::create_dir_all(d.path().join("jobs/j2")).unwrap();
+        std::fs::write(d.path().join("jobs/j2/checkpoint.ckpt"), b"x").unwrap();
+        assert!(!inside(&d.path().join("jobs/j2/checkpoint.ckpt"), &job));
+    }
+}
