@@ -263,7 +263,8 @@ fn the_node_memory_limit_is_summed_over_tenants() {
     // About 0.8 GiB with SGD: parameters, gradients and momentum of 8192 x 8192.
     let job = |name: &str| {
         json!({"name": name, "data": "synthetic:blobs:size=600,features=64,classes=10",
-               "layers": [64, 8192, 8192, 10], "epochs": 1, "class": "best-effort"})
+               "layers": [64, 8192, 8192, 10], "epochs": 1, "batch_size": 8,
+               "class": "best-effort"})
     };
     let (s, v) = d.post("/v1/jobs", &job("first"));
     assert_eq!(s, 201, "{v}");

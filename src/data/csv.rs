@@ -32,14 +32,21 @@ pub(super) fn load<R: BufRead>(
     match load_rows(path, &mut reader, label) {
         Ok(d) => Ok(d),
         // A bad line in a damaged compressed file is a symptom: the damage is the error. A
-        // stream cut short mid-line would otherwise read as a line with too few columns.
-        Err(e @ DataError::Line { .. }) => match std::io::copy(&mut reader, &mut std::io::sink()) {
+        // stream cut short mid-line would otherwise read as a line with too few columns. The
+        // damage is near the bad line, so only so much of the rest is read to find it.
+        Err(e @ DataError::Line { .. }) => match std::io::copy(
+            &mut std::io::Read::take(&mut reader, MAX_LINE_BYTES * 4),
+            &mut std::io::sink(),
+        ) {
             Err(source) => Err(read_error(path, source)),
             Ok(_) => Err(e),
         },
         Err(e) => Err(e),
     }
 }
+
+/// The longest line a CSV file may have, bytes.
+const MAX_LINE_BYTES: u64 = 16 << 20;
 
 fn load_rows<R: BufRead>(
     path: &Path,
@@ -54,13 +61,22 @@ fn load_rows<R: BufRead>(
     let mut rows = 0;
     loop {
         buf.clear();
-        let n = reader
+        // A line is read up to a bound: a file with no line breaks must not fill the memory.
+        let n = std::io::Read::take(&mut *reader, MAX_LINE_BYTES + 1)
             .read_until(b'\n', &mut buf)
             .map_err(|source| read_error(path, source))?;
         if n == 0 {
             break;
         }
         line += 1;
+        if n as u64 > MAX_LINE_BYTES {
+            let message = format!(
+                "the line is longer than {} MiB (a row holds at most 65,536 features); \
+                 expected a CSV file of numbers, one row per line",
+                MAX_LINE_BYTES >> 20
+            );
+            return Err(line_error(path, line, None, message));
+        }
         let text = std::str::from_utf8(&buf).map_err(|_| {
             line_error(
                 path,
@@ -263,6 +279,30 @@ mod tests {
         );
         let e = err(&format!("1,2,{long}\n"), LabelColumn::Last);
         assert!(e.len() < 200, "{e}");
+    }
+
+    /// A file with no line break used to be read into memory whole, however large.
+    #[test]
+    fn a_line_past_the_bound_is_refused_without_reading_it_all() {
+        struct Endless(u64);
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                buf.fill(b'1');
+                self.0 += buf.len() as u64;
+                Ok(buf.len())
+            }
+        }
+        let mut source = Endless(0);
+        let reader = std::io::BufReader::new(&mut source);
+        let e = load(Path::new("data.csv"), reader, &LabelColumn::Last)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("data.csv:1: the line is longer than 16 MiB"),
+            "{e}"
+        );
+        // The line, and the bounded look for damage after it.
+        assert!(source.0 <= 6 * MAX_LINE_BYTES, "read {} bytes", source.0);
     }
 
     #[test]

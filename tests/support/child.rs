@@ -64,7 +64,7 @@ impl ChildDaemon {
         let child = cmd.spawn().unwrap();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
         let d = ChildDaemon {
