@@ -187,17 +187,8 @@ impl NodeConfig {
     }
 }
 
-/// Where capacity left over after every set point is met goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Leftover {
-    /// To best-effort tenants.
-    BestEffort,
-    /// Nowhere: the device idles.
-    Idle,
-    /// To every tenant in proportion to its share.
-    Spread,
-}
+/// Where capacity left over after every set point is met goes: the controller's own type.
+pub use crate::control::Leftover;
 
 /// One inference service.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -309,17 +300,6 @@ impl ShareMechanism {
     }
 }
 
-impl Leftover {
-    /// The spelling used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Leftover::BestEffort => "best-effort",
-            Leftover::Idle => "idle",
-            Leftover::Spread => "spread",
-        }
-    }
-}
-
 impl OptimizerKind {
     /// The spelling used in the config file.
     pub fn as_str(self) -> &'static str {
@@ -347,7 +327,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(DeviceKind, ShareMechanism, Leftover, OptimizerKind);
+display_as_str!(DeviceKind, ShareMechanism, OptimizerKind);
 
 impl NodeConfig {
     /// The service called `name`, if any.

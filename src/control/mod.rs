@@ -40,15 +40,26 @@ pub enum Leftover {
     Spread,
 }
 
-impl From<crate::config::Leftover> for Leftover {
-    fn from(l: crate::config::Leftover) -> Self {
-        match l {
-            crate::config::Leftover::BestEffort => Leftover::BestEffort,
-            crate::config::Leftover::Idle => Leftover::Idle,
-            crate::config::Leftover::Spread => Leftover::Spread,
+impl Leftover {
+    /// The spelling used in the config file and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leftover::BestEffort => "best-effort",
+            Leftover::Idle => "idle",
+            Leftover::Spread => "spread",
         }
     }
 }
+
+impl std::fmt::Display for Leftover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The smallest share any tenant is given: a lane never stops entirely, so its progress and
+/// latency stay measurable.
+pub const MIN_SHARE: f64 = 0.01;
 
 /// The controller's settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -84,7 +95,7 @@ impl Default for ControlConfig {
             service_utilisation: 0.6,
             service_gains: PiGains { kp: 0.05, ki: 0.03 },
             job_gains: PiGains { kp: 0.05, ki: 0.02 },
-            min_share: crate::device::lane::MIN_SHARE,
+            min_share: MIN_SHARE,
             deadline_margin_frac: 0.01,
         }
     }

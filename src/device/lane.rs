@@ -29,9 +29,8 @@ use std::time::{Duration, Instant};
 /// credit, so one short burst runs at once but a long one is held to the share.
 const BURST: Duration = Duration::from_millis(50);
 
-/// Smallest share a lane is given, so that a tenant whose controller asks for nothing still
-/// makes progress and is measured.
-pub const MIN_SHARE: f64 = 0.01;
+/// The smallest share a lane runs at: the controller's floor.
+pub use crate::control::MIN_SHARE;
 
 /// The cores of a device, handed out to parallel lanes one unit of work at a time.
 #[derive(Debug)]

@@ -1482,7 +1482,7 @@ pub fn control_config(c: &NodeConfig) -> crate::control::ControlConfig {
     crate::control::ControlConfig {
         period_s: c.control_period_ms as f64 / 1000.0,
         reserve_frac: c.control.reserve_frac,
-        leftover: c.control.leftover.into(),
+        leftover: c.control.leftover,
         ..Default::default()
     }
 }
