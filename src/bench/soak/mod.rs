@@ -42,6 +42,16 @@ pub enum Rate {
     TimesSustainable(f64),
 }
 
+impl Rate {
+    /// The multiple of the sustainable rate, when the rate is one.
+    pub fn multiple(&self) -> Option<f64> {
+        match *self {
+            Rate::TimesSustainable(k) => Some(k),
+            Rate::PerSecond(_) => None,
+        }
+    }
+}
+
 impl std::str::FromStr for Rate {
     type Err = String;
 
@@ -439,6 +449,40 @@ fn resolve_rate(
     Ok((rate, Some(s)))
 }
 
+/// Runs the load, the probes and the once-a-second watch together until the end.
+fn drive(
+    spec: &SoakSpec,
+    daemon: &mut daemon::Daemon,
+    client: &Client,
+    (request, rate, t0): (Arc<Vec<u8>>, f64, Instant),
+    samples: &mut Vec<ProcSample>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<load::Sent>, Vec<ProbeSummary>, Reads), SoakError> {
+    let (addr, duration) = (daemon.addr, spec.duration);
+    std::thread::scope(|s| {
+        let plan = load::OpenLoop {
+            addr,
+            request,
+            rate,
+            t0,
+            end: duration,
+            connections: spec.connections,
+        };
+        let senders = s.spawn(move || load::open_loop(plan));
+        let every = spec.probe_every;
+        let paths = ["/v2/health/live", "/metrics"];
+        let prober = s.spawn(move || load::probe(addr, &paths, t0, duration, every));
+        let reads = watch(daemon, client, t0, duration, samples, progress);
+        let sent = senders
+            .join()
+            .map_err(|_| SoakError::Daemon("the load generator panicked".into()))?;
+        let probes = prober
+            .join()
+            .map_err(|_| SoakError::Daemon("the prober panicked".into()))?;
+        Ok((sent, probes, reads?))
+    })
+}
+
 /// Runs the soak; `progress` gets a line a second.
 pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(&str)) -> Result<SoakReport, SoakError> {
     check_spec(spec)?;
@@ -466,29 +510,14 @@ pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(&str)) -> Result<SoakReport
     let mut samples = vec![start];
     let t0 = Instant::now();
     let duration = spec.duration;
-    let (sent, probes, reads) = std::thread::scope(|s| -> Result<_, SoakError> {
-        let plan = load::OpenLoop {
-            addr,
-            request: request.clone(),
-            rate,
-            t0,
-            end: duration,
-            connections: spec.connections,
-        };
-        let senders = s.spawn(move || load::open_loop(plan));
-        let every = spec.probe_every;
-        let prober = s.spawn(move || {
-            load::probe(addr, &["/v2/health/live", "/metrics"], t0, duration, every)
-        });
-        let reads = watch(&mut daemon, &client, t0, duration, &mut samples, progress);
-        let sent = senders
-            .join()
-            .map_err(|_| SoakError::Daemon("the load generator panicked".into()))?;
-        let probes = prober
-            .join()
-            .map_err(|_| SoakError::Daemon("the prober panicked".into()))?;
-        Ok((sent, probes, reads?))
-    })?;
+    let (sent, probes, reads) = drive(
+        spec,
+        &mut daemon,
+        &client,
+        (request, rate, t0),
+        &mut samples,
+        progress,
+    )?;
     daemon.check_alive()?;
 
     // The end, before the daemon is asked to stop.
@@ -505,10 +534,7 @@ pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(&str)) -> Result<SoakReport
         rate_per_s: rate,
         rows: spec.rows,
         connections: spec.connections,
-        rate_multiple: match spec.rate {
-            Rate::TimesSustainable(k) => Some(k),
-            Rate::PerSecond(_) => None,
-        },
+        rate_multiple: spec.rate.multiple(),
         sustainable,
         model: spec.model.clone(),
         timeout_ms: target.timeout_ms,
