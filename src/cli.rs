@@ -297,12 +297,14 @@ pub enum BenchCommand {
     ///
     /// Starts `setpoint serve` (this binary) on a free loopback port with a temporary state
     /// dir, so that its resident memory and open file descriptors can be read from /proc.
-    /// Then, for --duration: single-row v2 requests to --model at --rate per second (open
-    /// loop), a best-effort training job submitted through the jobs API, and a read of
+    /// Then, for --duration: v2 requests of --rows rows to --model at --rate (open loop, over
+    /// --connections keep-alive connections), a best-effort training job submitted through
+    /// the jobs API, probes of /v2/health/live and /metrics every --probe-every, and a read of
     /// /v1/status, /metrics and the job every second. Reports RSS and open fds at start and
     /// end, request outcomes (ok, 429, 504 timeout, other statuses, transport errors), p50
-    /// and p99 latency per --window against the service's SLO, and the job's progress; then
-    /// stops the daemon with SIGTERM. Exits 1 when the daemon fails or exits during the run.
+    /// and p99 latency per --window against the service's SLO, the probes' latency, how late
+    /// answers came against their timeout, and the job's progress; then stops the daemon with
+    /// SIGTERM. Exits 1 when the daemon fails or exits during the run.
     Soak(BenchSoakArgs),
 }
 
@@ -312,9 +314,25 @@ pub struct BenchSoakArgs {
     /// How long the load runs ("60s", "10m", "2h").
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub duration: String,
-    /// Inference requests per second.
-    #[arg(long, default_value_t = 200.0)]
-    pub rate: f64,
+    /// Inference requests per second ("3000"), or a multiple of the rate the service
+    /// sustains within its SLO ("10x": measured first, with a closed-loop ramp of a few
+    /// seconds).
+    #[arg(long, default_value = "200")]
+    pub rate: String,
+    /// Rows per inference request.
+    #[arg(long, default_value_t = 1)]
+    pub rows: usize,
+    /// Keep-alive connections the requests are sent over, each with at most one request in
+    /// flight; a request due while all are busy is sent late (and counted so).
+    #[arg(long, default_value_t = 256)]
+    pub connections: usize,
+    /// How often /v2/health/live and /metrics are probed (their latency is reported).
+    #[arg(long, value_name = "DURATION", default_value = "50ms")]
+    pub probe_every: String,
+    /// The daemon's control period: answers later than their timeout by more than this are
+    /// counted apart.
+    #[arg(long, value_name = "DURATION", default_value = "100ms")]
+    pub period: String,
     /// The service to load.
     #[arg(long, default_value = "mlp")]
     pub model: String,

@@ -1025,27 +1025,27 @@ fn bench_soak(a: cli::BenchSoakArgs) -> anyhow::Result<()> {
     use setpoint::bench::soak;
     let duration = parse_duration_arg("--duration", &a.duration)?;
     let window = parse_duration_arg("--window", &a.window)?;
+    let probe_every = parse_duration_arg("--probe-every", &a.probe_every)?;
+    let period = parse_duration_arg("--period", &a.period)?;
     if duration.is_zero() || window.is_zero() {
         return Err(input_error(
             "--duration and --window must be more than zero",
         ));
     }
-    if !(a.rate > 0.0 && a.rate <= 100_000.0) {
-        return Err(input_error(format!(
-            "--rate: must be > 0 and <= 100000 requests/s, got {}",
-            a.rate
-        )));
-    }
+    let rate: soak::Rate = a.rate.parse().map_err(input_error)?;
     let job_layers = parse_layers(&a.job_layers)?;
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let spec = soak::SoakSpec {
         exe,
         config: a.config.clone(),
         duration,
-        rate_per_s: a.rate,
+        rate,
+        rows: a.rows,
         model: a.model.clone(),
         window,
-        senders: 8,
+        connections: a.connections,
+        probe_every,
+        period,
         job_data: a.job_data.clone(),
         job_layers,
     };

@@ -1170,3 +1170,99 @@ max_queue_delay_ms = 0
     // bound far above their normal microseconds, far below the flood's queueing.
     assert!(slowest_probe < Duration::from_millis(500), "{probes:?}");
 }
+
+/// Sends `head_and_body` over a fresh connection, the first byte alone and the rest `gap`
+/// later; the status of the answer.
+fn send_split(url: &str, head_and_body: &[u8], gap: Duration) -> u16 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&head_and_body[..1]).unwrap();
+    std::thread::sleep(gap);
+    s.write_all(&head_and_body[1..]).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_request_whose_timeout_passed_while_it_arrived_is_answered_504_unrun() {
+    // The timeout counts from the request's first byte, not from when a handler gets to it:
+    // a request that took longer than its timeout to arrive is answered 504 without being
+    // queued or computed (before, its clock started at the handler and it was answered 200,
+    // later than its timeout).
+    let d = Daemon::start(
+        r#"
+[[services]]
+name = "m"
+layers = [8, 16, 3]
+timeout_ms = 200
+[services.slo]
+p99_ms = 50
+"#,
+    );
+    d.wait_ready();
+    let body = infer_json(&[row(1)]).to_string();
+    let req = format!(
+        "POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // In time, the same request is answered.
+    assert_eq!(send_split(&d.url, req.as_bytes(), Duration::ZERO), 200);
+    let (_, before) = d.get("/v2/models/m/stats");
+    let gap = Duration::from_millis(200 + 300);
+    assert_eq!(send_split(&d.url, req.as_bytes(), gap), 504);
+    let (_, after) = d.get("/v2/models/m/stats");
+    let count = |v: &Value| v["model_stats"][0]["inference_count"].as_u64().unwrap();
+    assert_eq!(count(&after), count(&before), "{after}");
+}
+
+#[test]
+fn a_request_that_finds_the_queue_full_is_refused_before_it_is_decoded() {
+    // While a flood keeps the queue of a slow service full, a malformed body is answered 429
+    // (the queue was checked first) at least once: a refusal spends no decoding. Before, every
+    // malformed body was decoded first and answered 400.
+    let d = Daemon::start(
+        r#"
+[[services]]
+name = "slow"
+layers = [8, 4096, 4096, 3]
+max_queue = 2
+[services.slo]
+p99_ms = 1000
+[services.batching]
+max_batch_size = 1
+max_queue_delay_ms = 0
+"#,
+    );
+    d.wait_ready();
+    let url = format!("{}/v2/models/slow/infer", d.url);
+    let body = infer_json(&[row(1)]).to_string();
+    let run_for = Duration::from_secs(3);
+    let start = Instant::now();
+    let statuses = std::thread::scope(|s| {
+        for _ in 0..8 {
+            let (agent, url, body) = (d.agent.clone(), url.clone(), body.clone());
+            s.spawn(move || {
+                while start.elapsed() < run_for {
+                    let _ = agent.post(&url).send(&body);
+                }
+            });
+        }
+        let mut statuses = Vec::new();
+        while start.elapsed() < run_for {
+            let r = d.agent.post(&url).send("{\"inputs\": [not json").unwrap();
+            statuses.push(r.status().as_u16());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        statuses
+    });
+    assert!(
+        statuses.iter().all(|&s| s == 400 || s == 429),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+}

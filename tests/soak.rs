@@ -81,7 +81,77 @@ fn a_short_soak_reports_the_process_the_requests_and_the_job() {
     );
     assert!(r["reads"]["status_ok"].as_u64().unwrap() >= 1);
     assert!(r["reads"]["metrics_ok"].as_u64().unwrap() >= 1);
+    // The probes of health and metrics ran all along, and every answer's lateness against
+    // its timeout was measured; at 40 requests/s nothing is late.
+    let probes = r["probes"].as_array().unwrap();
+    let paths: Vec<&str> = probes.iter().map(|p| p["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/v2/health/live", "/metrics"]);
+    for p in probes {
+        assert!(p["count"].as_u64().unwrap() >= 10, "{p}");
+        assert_eq!(p["failed"], 0, "{p}");
+        assert!(
+            p["p50_ms"].as_f64().unwrap() <= p["p99_ms"].as_f64().unwrap(),
+            "{p}"
+        );
+    }
+    let late = &r["lateness"];
+    assert_eq!(late["timeout_ms"].as_f64(), Some(250.0));
+    assert_eq!(late["period_ms"].as_f64(), Some(100.0));
+    assert_eq!(late["over_timeout_and_period"], 0, "{late}");
+    assert_eq!(r["rows"], 1);
+    assert_eq!(q["skipped"], 0, "{q}");
     assert_eq!(r["daemon_exit_code"], 0);
+}
+
+#[test]
+fn an_overload_soak_answers_every_request_and_measures_lateness() {
+    // 32-row requests at a multiple of the rate the service sustains: the ramp measures it
+    // first, and every request sent gets one outcome.
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "soak",
+            "--duration",
+            "3s",
+            "--rate",
+            "3x",
+            "--rows",
+            "32",
+            "--connections",
+            "32",
+            "--job-data",
+            "synthetic:blobs:size=4000",
+            "--json",
+        ])
+        .env_remove("SETPOINT_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sustainable = r["sustainable"]["requests_per_s"].as_f64().unwrap();
+    assert!(sustainable > 0.0, "{}", r["sustainable"]);
+    assert_eq!(r["rate_multiple"].as_f64(), Some(3.0));
+    let rate = r["rate_per_s"].as_f64().unwrap();
+    assert!(
+        (rate - 3.0 * sustainable).abs() < 1e-6 * rate,
+        "{rate} {sustainable}"
+    );
+    assert_eq!(r["rows"], 32);
+    let q = &r["requests"];
+    let sum: u64 = ["ok", "rejected_429", "timeout_504", "transport_errors"]
+        .iter()
+        .map(|k| q[k].as_u64().unwrap())
+        .sum::<u64>()
+        + q["other"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>();
+    assert_eq!(sum, q["sent"].as_u64().unwrap(), "{q}");
+    assert!(q["sent"].as_u64().unwrap() > 0, "{q}");
+    assert!(r["lateness"]["all_ms"][2].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -91,6 +161,7 @@ fn bad_settings_are_refused_before_anything_starts() {
             &["--rate", "0"][..],
             "--rate: must be > 0 and <= 100000 requests/s, got 0",
         ),
+        (&["--rate", "0x"][..], "--rate: a multiple must be > 0"),
         (
             &["--duration", "soon"][..],
             "--duration: expected a duration such as 10s",

@@ -114,6 +114,9 @@ pub struct AppState {
     pub decompressing: Arc<tokio::sync::Semaphore>,
     /// The listener's counters, for `/metrics`.
     pub connections: Arc<super::server::ConnectionStats>,
+    /// Large inference bodies being decoded at once, at most one per core, on blocking
+    /// threads: the async workers that answer health checks never spend a decode's time.
+    pub decoding: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -130,6 +133,7 @@ pub fn router(node: Arc<Node>, connections: Arc<super::server::ConnectionStats>)
         node,
         decompressing: Arc::new(tokio::sync::Semaphore::new(cores)),
         connections,
+        decoding: Arc::new(tokio::sync::Semaphore::new(cores)),
     };
     Router::new()
         .route("/v2", get(server_metadata))
@@ -530,14 +534,19 @@ async fn all_model_stats(State(s): State<AppState>) -> Response {
 async fn infer(
     State(s): State<AppState>,
     Path(p): Path<ModelPath>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    // The timeout counts from the request's first byte, as the listener saw it.
+    let start = parts
+        .extensions
+        .get::<super::server::Arrival>()
+        .map_or_else(Instant::now, |a| a.0);
+    let headers = parts.headers;
     let svc = p.service(&s.node)?;
-    let start = Instant::now();
     let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
     let result = match decompress(&s.decompressing, s.max_body_bytes(), &headers, bytes).await {
-        Ok(bytes) => decode_and_run(&svc, &headers, &bytes, start).await,
+        Ok(bytes) => decode_and_run(&s.decoding, &svc, &headers, bytes, start).await,
         Err(e) => Err(e),
     };
     match &result {
@@ -622,27 +631,82 @@ async fn decompress(
     Ok(inflated?)
 }
 
+/// Bodies at least this large are decoded on a blocking thread; smaller ones cost less than
+/// the hand-off.
+const DECODE_OFF_RUNTIME_BYTES: usize = 16 * 1024;
+
+/// A decoded request, its rows split for the batcher.
+struct Decoded {
+    req: v2codec::InferRequest,
+    rows: Vec<Vec<f32>>,
+}
+
+fn decode(io: &v2codec::ModelIo, body: &[u8], header_len: Option<usize>) -> ApiResult<Decoded> {
+    let req = v2codec::decode_infer(body, header_len, io)?;
+    let rows = req
+        .data
+        .chunks_exact(io.features)
+        .take(req.rows)
+        .map(<[f32]>::to_vec)
+        .collect();
+    Ok(Decoded { req, rows })
+}
+
+/// Decodes `body`: a large one on a blocking thread, holding one of `slots`, waited for no
+/// later than `deadline` (past it the request is answered 504 undecoded).
+async fn decode_off_runtime(
+    slots: &Arc<tokio::sync::Semaphore>,
+    svc: &Arc<Service>,
+    body: Bytes,
+    header_len: Option<usize>,
+    deadline: Instant,
+) -> ApiResult<Decoded> {
+    if body.len() < DECODE_OFF_RUNTIME_BYTES {
+        return decode(&svc.io, &body, header_len);
+    }
+    let at = tokio::time::Instant::from_std(deadline);
+    let permit = match tokio::time::timeout_at(at, slots.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => {
+            return Err(ServeError::ShuttingDown {
+                service: svc.name().into(),
+            }
+            .into());
+        }
+        Err(_) => return Err(timed_out(svc, svc.timeout(), None, false)),
+    };
+    let io = svc.io.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        decode(&io, &body, header_len)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding: {e}")))?
+}
+
 async fn decode_and_run(
+    slots: &Arc<tokio::sync::Semaphore>,
     svc: &Arc<Service>,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Bytes,
     start: Instant,
 ) -> ApiResult<Response> {
     let header_len = headers
         .get("inference-header-content-length")
         .map(|v| v2codec::parse_header_len(v.as_bytes()))
         .transpose()?;
-    let req = v2codec::decode_infer(body, header_len, &svc.io)?;
+    // Shed first: a request that finds the queue full is refused before any work is spent
+    // decoding it, so refusals stay cheap however many come.
+    svc.inner.check_room(1)?;
+    let Decoded { req, rows } =
+        decode_off_runtime(slots, svc, body, header_len, start + svc.timeout()).await?;
     let (timeout, clamped) = request_timeout(svc.timeout(), req.timeout_us);
     // The timeout counts from the request's arrival, reading and decoding included.
     let left = timeout.saturating_sub(start.elapsed());
-    let f = svc.io.features;
-    let rows: Vec<Vec<f32>> = req
-        .data
-        .chunks_exact(f)
-        .take(req.rows)
-        .map(<[f32]>::to_vec)
-        .collect();
+    if left.is_zero() {
+        svc.inner.count_expired_unqueued(rows.len());
+        return Err(timed_out(svc, timeout, req.timeout_us, clamped));
+    }
     let pending = svc.inner.submit_rows(rows, Some(left))?;
     let mut probs = Vec::with_capacity(req.rows * svc.io.classes);
     for p in pending {

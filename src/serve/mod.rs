@@ -577,6 +577,28 @@ impl InferenceService {
         Ok(pending)
     }
 
+    /// Refuses at once, as [`InferenceService::submit_rows`] would, when the queue has no
+    /// room for `rows` more rows now: a caller can shed a request this way before it spends
+    /// work on decoding it. Room found here is not reserved.
+    pub fn check_room(&self, rows: usize) -> Result<(), ServeError> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err(ServeError::ShuttingDown {
+                service: self.shared.name.clone(),
+            });
+        }
+        let queued = self.shared.queued.load(Ordering::Acquire);
+        if queued + rows > self.shared.max_queue {
+            return Err(self.overloaded());
+        }
+        Ok(())
+    }
+
+    /// Counts `rows` of a request whose timeout passed before it could be queued: dropped
+    /// unrun, as the batcher drops rows that expire in the queue.
+    pub fn count_expired_unqueued(&self, rows: usize) {
+        lock(&self.shared.stats).expired_count += rows as u64;
+    }
+
     /// The checks a row must pass before it is queued.
     fn check_row(&self, input: &[f32]) -> Result<(), ServeError> {
         let service = || self.shared.name.clone();

@@ -21,6 +21,11 @@ use super::{ConnectionStats, Limits};
 
 const NONE: u64 = u64::MAX;
 
+/// When the listener read the first byte of a request (to the millisecond, rounded down), in
+/// its extensions: a request's timeout counts from here, not from when a handler got to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival(pub Instant);
+
 /// What one connection is doing, shared by its socket, its requests and its task.
 struct Activity {
     born: Instant,
@@ -51,6 +56,15 @@ impl Activity {
             head_since: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
             changed: Notify::new(),
+        }
+    }
+
+    /// When the request being read began to arrive: its head's first byte (a connection's
+    /// first request: the connection's opening), or now when that is not known.
+    fn arrival(&self) -> Instant {
+        match self.head_since.load(Ordering::Acquire) {
+            NONE => Instant::now(),
+            ms => self.born + Duration::from_millis(ms),
         }
     }
 
@@ -234,7 +248,8 @@ pub(super) async fn connection(
     });
     let inner = TowerToHyperService::new(app);
     let (svc_activity, svc_stats) = (activity.clone(), stats.clone());
-    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(Arrival(svc_activity.arrival()));
         let guard = RequestGuard::begin(&svc_activity, &svc_stats);
         let answer = hyper::service::Service::call(&inner, req);
         async move {

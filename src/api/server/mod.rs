@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use connection::Arrival;
 use connection::connection;
 
 use crate::config::HttpConfig;
