@@ -133,6 +133,9 @@ fn a_stop_answers_requests_in_flight_and_does_not_wait_for_idle_connections() {
         dir.path().join("state")
     );
     let mut d = ChildDaemon::start(&config, port, dir.path(), None);
+    poll(Duration::from_secs(60), "the service to load", || {
+        (d.get("/v2/health/ready").ok()?.0 == 200).then_some(())
+    });
     let mut idle: Vec<_> = (0..3).map(|_| d.connect()).collect();
     idle[0]
         .write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")

@@ -125,6 +125,16 @@ impl Daemon {
     }
 }
 
+/// A test that fails leaves no daemon behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn checkpoint_step(path: &Path) -> u64 {
     let c = setpoint::model::checkpoint::Checkpoint::load(path).unwrap();
     c.training.unwrap().meta.step
@@ -278,10 +288,15 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
     assert!(latest_step >= prev_step, "{latest_step} vs {prev_step}");
 
     // Damage the latest as a torn write or a bad disk would: one flipped byte in its tensors.
+    // It is written as a new file: a kill between keeping the old latest (a hard link) and
+    // writing the new one leaves both names on one inode, and an in-place write would damage
+    // the previous checkpoint too.
     let mut bytes = std::fs::read(&ckpt).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
-    std::fs::write(&ckpt, &bytes).unwrap();
+    let damaged = ckpt.with_extension("damaged");
+    std::fs::write(&damaged, &bytes).unwrap();
+    std::fs::rename(&damaged, &ckpt).unwrap();
 
     let d = Daemon::start(&config, &log);
     let v = d.poll(Duration::from_secs(60), "the job to resume", || {
@@ -539,7 +554,7 @@ fn sigterm_during_a_slow_data_load_exits_after_the_drain_admitting_nothing() {
     let answer = submission.join().unwrap();
     assert!(matches!(answer, Err(_) | Ok(503)), "{answer:?}");
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(logged.contains("closing their connections"), "{logged}");
+    assert!(logged.contains("closed their connections"), "{logged}");
     // Given up for the shutdown, not at the bound on loading.
     assert!(
         logged.contains("the node is shutting down; job slow was not admitted"),
