@@ -160,8 +160,20 @@ fn overload(r: &SoakReport, o: &mut String) {
         l.ok_over_timeout,
         l.max_ms
     );
-    let ms = |a: [f64; 3]| format!("p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", a[0], a[1], a[2]);
-    let _ = writeln!(o, "latency of 504 answers: {}", ms(l.timeout_504_ms));
-    let _ = writeln!(o, "latency of 429 answers: {}", ms(l.rejected_429_ms));
-    let _ = writeln!(o, "latency of all answers: {}", ms(l.all_ms));
+    let ms = |a: [f64; 3], n: u64| match n {
+        0 => "none".to_string(),
+        _ => format!("p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", a[0], a[1], a[2]),
+    };
+    let c = &r.requests;
+    let _ = writeln!(
+        o,
+        "latency of 504 answers: {}",
+        ms(l.timeout_504_ms, c.timeout_504)
+    );
+    let _ = writeln!(
+        o,
+        "latency of 429 answers: {}",
+        ms(l.rejected_429_ms, c.rejected_429)
+    );
+    let _ = writeln!(o, "latency of all answers: {}", ms(l.all_ms, c.sent));
 }
