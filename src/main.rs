@@ -25,7 +25,8 @@ use setpoint::device::{Backend, CpuBackend, DeviceError, SgdParams};
 use setpoint::kernels::{self, CudaArch, KernelError, KernelResources, KernelSource, PtxOrigin};
 use setpoint::model::checkpoint::{Checkpoint, CheckpointError};
 use setpoint::model::{Mlp, ModelError, Optimizer, Workspace, format_layers, parse_layers};
-use setpoint::train::{TrainError, TrainEvent, TrainReport, TrainSpec, Trainer, argmax};
+use setpoint::train::{TrainError, TrainEvent, TrainReport, TrainSpec, Trainer};
+use setpoint::util::stats::argmax;
 
 /// An error that is the user's to fix: bad input, bad usage (exit code 2).
 #[derive(Debug)]

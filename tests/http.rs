@@ -684,7 +684,7 @@ fn a_job_trains_then_serves_its_model_over_http() {
     let p = probs(&v);
     let labels = data.labels.as_ref().unwrap();
     let correct = (0..50)
-        .filter(|&r| setpoint::train::argmax(&p[r * 3..r * 3 + 3]) == labels[r] as usize)
+        .filter(|&r| setpoint::util::stats::argmax(&p[r * 3..r * 3 + 3]) == labels[r] as usize)
         .count();
     assert!(correct >= 40, "the served model got {correct} of 50 right");
     // Its answers are the checkpoint's, computed here independently.

@@ -914,10 +914,7 @@ fn warm_up(svc: &crate::node::Service, rows: &[Vec<f32>], rate: f64, seed: u64) 
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+    crate::util::stats::nearest_rank(sorted, q).unwrap_or(0.0)
 }
 
 fn summarise(

@@ -7,6 +7,7 @@
 //! warm-up and finish before its end count; the daemon's `batch_stats`, read at the start and
 //! end of the measured window, give the batch sizes it actually ran.
 
+use crate::util::stats::nearest_rank;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -148,24 +149,15 @@ pub(crate) fn post_infer(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<
         })
 }
 
-/// Percentile by nearest rank of sorted values.
-pub(crate) fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn latency_ms(sorted: &[u64]) -> LatencyMs {
     if sorted.is_empty() {
         return LatencyMs::default();
     }
     let ms = |ns: u64| ns as f64 / 1e6;
     LatencyMs {
-        p50: ms(percentile(sorted, 0.50)),
-        p90: ms(percentile(sorted, 0.90)),
-        p99: ms(percentile(sorted, 0.99)),
+        p50: ms(nearest_rank(sorted, 0.50).unwrap_or(0)),
+        p90: ms(nearest_rank(sorted, 0.90).unwrap_or(0)),
+        p99: ms(nearest_rank(sorted, 0.99).unwrap_or(0)),
         max: ms(*sorted.last().unwrap_or(&0)),
         mean: sorted.iter().map(|&n| n as f64).sum::<f64>() / sorted.len() as f64 / 1e6,
     }
@@ -501,16 +493,6 @@ pub fn render(r: &BenchReport) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let v: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 0.5), 50);
-        assert_eq!(percentile(&v, 0.99), 99);
-        assert_eq!(percentile(&v, 1.0), 100);
-        assert_eq!(percentile(&[7], 0.99), 7);
-        assert_eq!(percentile(&[], 0.5), 0);
-    }
 
     #[test]
     fn batch_counts_read_triton_statistics() {

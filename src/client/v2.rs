@@ -401,12 +401,7 @@ pub fn argmax_rows(probs: &[f32], classes: usize) -> Vec<(usize, f32)> {
     probs
         .chunks(classes)
         .map(|row| {
-            let mut best = 0;
-            for (i, &p) in row.iter().enumerate() {
-                if p > row[best] {
-                    best = i;
-                }
-            }
+            let best = crate::util::stats::argmax(row);
             (best, row[best])
         })
         .collect()

@@ -8,6 +8,7 @@
 //! healthy), so a device failed by one lane stops every lane at its next operation, and a
 //! fault injected into it (see [`super::fault`]) surfaces exactly as a driver's would.
 
+use crate::util::sync;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,7 +102,7 @@ impl CpuBackend {
                             crate::util::priority::lower_current_thread();
                         }
                         if let Some(c) = ThreadClock::current() {
-                            clocks.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                            sync::lock(&clocks).push(c);
                         }
                     })
                     .build()
@@ -138,9 +139,7 @@ impl CpuBackend {
     /// CPU time used so far by the backend's pool threads (work handed to the pool; work on
     /// the calling thread is the caller's to measure).
     pub fn pool_cpu_time(&self) -> Duration {
-        self.pool_clocks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.pool_clocks)
             .iter()
             .filter_map(|c| c.read())
             .sum()

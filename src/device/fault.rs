@@ -11,6 +11,7 @@
 //! given number of checked operations (the failing operation returns the error): how the CPU
 //! backend is tested for faults, and how an operator drills the daemon's handling of them.
 
+use crate::util::sync;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::SystemTime;
@@ -79,7 +80,7 @@ impl DeviceHealth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.inner)
     }
 
     /// Called at the start of every operation of a lane on this device: `Ok` while the

@@ -21,6 +21,7 @@
 //! A lane that is not enforced (the `none` policy: everything runs as it comes) never waits
 //! and uses every worker; it still counts what it used.
 
+use crate::util::sync;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -74,7 +75,7 @@ impl CorePermits {
     /// Like [`CorePermits::take`], giving up after `timeout` with None.
     pub fn take_within(&self, want: usize, timeout: Duration) -> Option<usize> {
         let want = want.clamp(1, self.total);
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = sync::lock(&self.state);
         if st.free > st.waiting {
             let got = want.min(st.free - st.waiting);
             st.free -= got;
@@ -102,14 +103,14 @@ impl CorePermits {
 
     /// Gives back `n` cores.
     pub fn give(&self, n: usize) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = sync::lock(&self.state);
         st.free = (st.free + n).min(self.total);
         self.freed.notify_all();
     }
 
     /// Cores free now.
     pub fn free(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).free
+        sync::lock(&self.state).free
     }
 }
 
@@ -260,7 +261,7 @@ impl Lane {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
-        self.bucket.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.bucket)
     }
 
     fn refill(&self, b: &mut Bucket, share: f64) {

@@ -1,5 +1,6 @@
 //! The control tick: every period, observe every tenant, decide, apply to the lanes.
 
+use crate::util::sync;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
@@ -131,7 +132,7 @@ impl Node {
                     .map(move |r| format!("gpu{}: {r}", g.index))
             })
             .collect();
-        let mut st = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = sync::lock(&self.control);
         let now = Instant::now();
         let period = st
             .last_tick
@@ -343,26 +344,17 @@ impl Node {
 
     /// Sets how shares are decided from the next tick on.
     pub fn set_policy(&self, policy: Policy) {
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .policy = policy;
+        sync::lock(&self.control).policy = policy;
     }
 
     /// The last tick's decisions, every device's together.
     pub fn last_decisions(&self) -> Decisions {
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last
-            .clone()
+        sync::lock(&self.control).last.clone()
     }
 
     /// The last tick's decisions for device `d` (empty before the first tick).
     pub fn last_decisions_of(&self, d: usize) -> Decisions {
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.control)
             .per_device
             .get(d)
             .cloned()
@@ -371,26 +363,17 @@ impl Node {
 
     /// Fraction of each device's workers busy over the last period, by device index.
     pub fn busy_by_device(&self) -> Vec<f64> {
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .busy_by_device
-            .clone()
+        sync::lock(&self.control).busy_by_device.clone()
     }
 
     /// The last tick's measurement of service `name`.
     pub fn service_measure(&self, name: &str) -> Option<ServiceMeasure> {
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .measures
-            .get(name)
-            .cloned()
+        sync::lock(&self.control).measures.get(name).cloned()
     }
 
     /// Fraction of the device's cores busy over the last period, and ticks so far.
     pub fn busy_and_ticks(&self) -> (f64, u64) {
-        let st = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let st = sync::lock(&self.control);
         (st.busy_frac, st.ticks)
     }
 

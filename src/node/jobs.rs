@@ -2,9 +2,10 @@
 //! the state dir, publishes its progress after every step, and honours cancellation and
 //! changes of deadline or target between steps.
 
+use crate::util::sync::lock;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -105,11 +106,6 @@ pub struct Job {
     /// How long checkpoint writes may fail before the job fails (the node's
     /// `checkpoint_error_timeout_ms`, applied again by a reload).
     checkpoint_timeout_ms: std::sync::atomic::AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic on a job thread must not take the API down with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The API's view of a job.

@@ -13,11 +13,12 @@ pub mod services;
 pub mod state_dir;
 pub mod systemd;
 
+use crate::util::sync::{self, read, write};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -120,14 +121,6 @@ pub struct Node {
 
 /// GPU samples kept per GPU for correlation (a minute at the default period).
 const TELEMETRY_KEEP: usize = 600;
-
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The node at a glance.
 #[derive(Debug, Clone, Serialize)]
@@ -315,14 +308,13 @@ impl Node {
     /// Reads GPU telemetry from `source` from now on (a scripted source in tests and on
     /// hosts whose telemetry comes from elsewhere).
     pub fn set_telemetry_source(&self, source: Box<dyn crate::telemetry::TelemetrySource>) {
-        *self.telemetry.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(crate::telemetry::Sampler::new(source, TELEMETRY_KEEP));
+        *sync::lock(&self.telemetry) = Some(crate::telemetry::Sampler::new(source, TELEMETRY_KEEP));
     }
 
     /// Reads the telemetry source once (a failed read keeps the previous samples) and
     /// returns the current samples and the failed reads so far.
     pub fn poll_telemetry(&self) -> (Vec<crate::telemetry::GpuSample>, u64) {
-        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = sync::lock(&self.telemetry);
         match t.as_mut() {
             Some(s) => {
                 let samples = s.poll().to_vec();
@@ -334,7 +326,7 @@ impl Node {
 
     /// The latest GPU samples without reading the source, and the failed reads so far.
     pub fn telemetry(&self) -> (Vec<crate::telemetry::GpuSample>, u64) {
-        let t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        let t = sync::lock(&self.telemetry);
         match t.as_ref() {
             Some(s) => (s.latest().to_vec(), s.failed_reads()),
             None => (Vec::new(), 0),
@@ -381,12 +373,7 @@ impl Node {
             .name("setpoint-control".into())
             .spawn(move || node.control_loop())
         {
-            Ok(h) => {
-                *self
-                    .control_thread
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(h)
-            }
+            Ok(h) => *sync::lock(&self.control_thread) = Some(h),
             Err(e) => tracing::error!("cannot start the control loop: {e}; shares stay fixed"),
         }
     }
@@ -426,12 +413,7 @@ impl Node {
                 }
             });
         match spawned {
-            Ok(h) => {
-                *self
-                    .config_jobs_thread
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(h)
-            }
+            Ok(h) => *sync::lock(&self.config_jobs_thread) = Some(h),
             Err(e) => tracing::error!("cannot start the config's jobs: {e}"),
         }
     }
@@ -572,10 +554,7 @@ impl Node {
     fn load_service(self: &Arc<Self>, cfg: ServiceConfig, lane: Option<Arc<Lane>>) {
         let name = cfg.name.clone();
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        self.loaders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), (ticket, cfg.clone()));
+        sync::lock(&self.loaders).insert(name.clone(), (ticket, cfg.clone()));
         let node = self.clone();
         let loader_cfg = cfg.clone();
         let spawned = std::thread::Builder::new()
@@ -613,7 +592,7 @@ impl Node {
     fn publish_loaded(&self, name: &str, ticket: u64, loaded: Result<Arc<Service>, String>) {
         let mut map = write(&self.services);
         let cfg = {
-            let mut loaders = self.loaders.lock().unwrap_or_else(|p| p.into_inner());
+            let mut loaders = sync::lock(&self.loaders);
             match loaders.get(name) {
                 Some((t, cfg)) if *t == ticket => {
                     let cfg = cfg.clone();
@@ -660,19 +639,12 @@ impl Node {
 
     /// Forgets the load in progress for `name`, if any: it will publish nothing.
     fn cancel_loader(&self, name: &str) {
-        self.loaders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        sync::lock(&self.loaders).remove(name);
     }
 
     /// The settings a load in progress for `name` will bring, if one is.
     fn pending_config(&self, name: &str) -> Option<ServiceConfig> {
-        self.loaders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .map(|(_, c)| c.clone())
+        sync::lock(&self.loaders).get(name).map(|(_, c)| c.clone())
     }
 
     /// True when every service is serving, some device has not failed, and the node is not
@@ -860,7 +832,7 @@ impl Node {
     /// Holds `name` while a job of that name is admitted; a second submission of it meanwhile
     /// is a conflict.
     fn take_admission_name(&self, name: &str) -> Result<AdmissionName<'_>, NodeError> {
-        let mut names = self.admitting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names = sync::lock(&self.admitting);
         if !names.insert(name.to_string()) {
             return Err(NodeError::Conflict(format!(
                 "a job named {name} is being submitted already"
@@ -1329,11 +1301,7 @@ impl Node {
 
     /// The share policy in force.
     pub fn policy(&self) -> Policy {
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .policy
-            .clone()
+        sync::lock(&self.control).policy.clone()
     }
 
     /// A job's view with the controller's latest decision about it.
@@ -1414,12 +1382,7 @@ impl Node {
             started_at: crate::config::format_rfc3339(self.started_at),
             uptime_s: self.started_at.elapsed().map_or(0.0, |d| d.as_secs_f64()),
             ready: self.is_ready(),
-            policy: self
-                .control
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .policy
-                .name(),
+            policy: sync::lock(&self.control).policy.name(),
             control_ticks,
             gpus: self.devices.gpus.clone(),
             gpu_telemetry: self.telemetry().0,
@@ -1444,11 +1407,7 @@ impl Node {
             return;
         }
         // Its admission in progress sees the flag within a poll and gives up.
-        let config_jobs = self
-            .config_jobs_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let config_jobs = sync::lock(&self.config_jobs_thread).take();
         if let Some(t) = config_jobs {
             let _ = t.join();
         }
@@ -1462,11 +1421,7 @@ impl Node {
         for job in &jobs {
             job.join();
         }
-        let control = self
-            .control_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let control = sync::lock(&self.control_thread).take();
         if let Some(t) = control {
             let _ = t.join();
         }
@@ -1557,11 +1512,7 @@ struct AdmissionName<'a> {
 
 impl Drop for AdmissionName<'_> {
     fn drop(&mut self) {
-        self.node
-            .admitting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.name);
+        sync::lock(&self.node.admitting).remove(&self.name);
     }
 }
 

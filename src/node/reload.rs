@@ -25,6 +25,7 @@
 //! With no `--config` the daemon runs on its embedded default, which cannot change: a reload
 //! changes nothing and says so.
 
+use crate::util::sync;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -199,23 +200,19 @@ impl ReloadReport {
 impl Node {
     /// Records where the configuration came from, so that [`Node::reload`] can read it again.
     pub fn set_config_source(&self, source: ConfigSource) {
-        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+        *sync::lock(&self.source) = Some(source);
     }
 
     /// Reloads the configuration from its source (see the module notes). Reloads run one at
     /// a time. The service manager hears `RELOADING=1` before and `READY=1` after, whatever
     /// the outcome.
     pub fn reload(self: &Arc<Self>) -> Result<ReloadReport, ReloadFailure> {
-        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = sync::lock(&self.reload_lock);
         let notifier = self.notifier();
         if let Some(n) = &notifier {
             n.reloading();
         }
-        let source = self
-            .source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let source = sync::lock(&self.source).clone();
         let outcome = match &source {
             None => Err((
                 "(none)".to_string(),
@@ -294,9 +291,7 @@ impl Node {
         for job in super::read(&self.jobs).values() {
             job.set_checkpoint_timeout_ms(new.checkpoint_error_timeout_ms);
         }
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.control)
             .controller
             .set_config(super::control_config(&new));
 

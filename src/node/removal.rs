@@ -2,6 +2,7 @@
 //! `cancelled`, keeping its checkpoint); a job that has ended is removed: its directory
 //! leaves the state dir, it is no longer listed, and its name is free for a new job.
 
+use crate::util::sync;
 use std::path::Path;
 use std::sync::{Arc, MutexGuard};
 
@@ -59,7 +60,7 @@ impl Node {
 
     /// Held while a job's directory may be read, written or removed from the API.
     pub(super) fn lock_job_files(&self) -> MutexGuard<'_, ()> {
-        self.job_files.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.job_files)
     }
 
     /// Removes an ended job: refused while a service reads its checkpoint. Its directory
@@ -92,10 +93,7 @@ impl Node {
             jobs.remove(name);
             retired
         };
-        self.control
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .forget_job(name);
+        sync::lock(&self.control).forget_job(name);
         if let Some(path) = retired
             && let Err(e) = state_dir::purge(&path)
         {
@@ -117,7 +115,7 @@ impl Node {
             };
             (name.clone(), checkpoint)
         });
-        let loaders = self.loaders.lock().unwrap_or_else(|p| p.into_inner());
+        let loaders = sync::lock(&self.loaders);
         let pending = loaders
             .iter()
             .map(|(name, (_, c))| (name.clone(), c.checkpoint.clone()));

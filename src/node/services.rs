@@ -1,6 +1,7 @@
 //! Inference services in the daemon: a model, its SLO and batching limits, and the running
 //! batcher that serves it.
 
+use crate::util::sync;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -249,10 +250,7 @@ impl Service {
 
     /// Its settings in force.
     pub fn config(&self) -> ServiceConfig {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        sync::read(&self.config).clone()
     }
 
     /// True when `new` differs from the settings in force only in what can change while the
@@ -273,7 +271,7 @@ impl Service {
     /// delay and window from the next batch, the next request its timeout. Requests in
     /// flight are not disturbed.
     pub fn apply_live(&self, new: &ServiceConfig) {
-        let mut cfg = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let mut cfg = sync::write(&self.config);
         if new.batching.max_batch_size < self.inner.max_batch_size() {
             self.inner.set_max_batch_size(new.batching.max_batch_size);
         }
@@ -287,20 +285,17 @@ impl Service {
 
     /// Records one HTTP request's end-to-end latency.
     pub fn observe_request(&self, seconds: f64) {
-        self.request_hist
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(seconds);
+        sync::lock(&self.request_hist).observe(seconds);
     }
 
     /// Counts a request refused as malformed.
     pub fn count_invalid(&self) {
-        *self.invalid.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        *sync::lock(&self.invalid) += 1;
     }
 
     /// Requests refused as malformed.
     pub fn invalid_count(&self) -> u64 {
-        *self.invalid.lock().unwrap_or_else(|p| p.into_inner())
+        *sync::lock(&self.invalid)
     }
 
     /// Counts a request answered with a timeout.
@@ -320,18 +315,12 @@ impl Service {
 
     /// The service's `timeout_ms` in force.
     pub fn timeout_ms(&self) -> f64 {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .timeout_ms
+        sync::read(&self.config).timeout_ms
     }
 
     /// End-to-end latency histogram.
     pub fn request_hist(&self) -> Histogram {
-        self.request_hist
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        sync::lock(&self.request_hist).clone()
     }
 
     /// Batcher statistics.

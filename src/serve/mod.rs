@@ -12,6 +12,7 @@
 //! [`ServeError::TimedOut`]; an async waiter ([`Pending::recv`]) stops waiting at the deadline
 //! itself, so a caller never gets a late answer even while a long batch is running.
 
+use crate::util::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -252,10 +253,6 @@ struct Shared {
     batch_log: Mutex<Vec<(usize, f64)>>,
     calibration: Mutex<Vec<(usize, f64)>>,
     lane: Option<Arc<Lane>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A model to serve: parameters plus the input standardisation they were trained with.

@@ -11,6 +11,7 @@
 //! Until the host pid is known, [`OwnPids::host_pids`] is `None` and the sources report own
 //! and foreign load as unknown rather than counting the daemon's own load as foreign.
 
+use crate::util::sync;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -138,7 +139,7 @@ impl OwnPids {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.state)
     }
 
     /// The host pids to count as own, sorted; `None` while unknown (in a container before

@@ -29,6 +29,7 @@
 //! (counted in `unavailable_fields`); a row whose four measurements are all unavailable is
 //! skipped (counted in `unavailable_rows`).
 
+use crate::util::sync::lock;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -348,10 +349,6 @@ const STARTUP_WATCH: Duration = Duration::from_millis(300);
 
 /// How long `stop` waits for the output to be read to the end once the process is gone.
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn wait_finished(h: &Option<JoinHandle<()>>, until: Instant) -> bool {
     loop {

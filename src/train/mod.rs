@@ -776,7 +776,9 @@ impl<B: Backend> Trainer<B> {
             self.backend
                 .read(self.eval_ws.output(), &mut logits[..rows * classes])?;
             for r in 0..rows {
-                if argmax(&logits[r * classes..(r + 1) * classes]) == labels[start + r] as usize {
+                if crate::util::stats::argmax(&logits[r * classes..(r + 1) * classes])
+                    == labels[start + r] as usize
+                {
                     correct += 1;
                 }
             }
@@ -872,17 +874,6 @@ impl<B: Backend> Trainer<B> {
             history: self.history.clone(),
         }
     }
-}
-
-/// Index of the first maximum.
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate().skip(1) {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 fn empty_like(d: &Dataset) -> Dataset {

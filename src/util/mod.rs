@@ -1,4 +1,5 @@
-//! Small shared pieces: the seeded generator and atomic file writes.
+//! Small shared pieces: the seeded generator, atomic file writes, order statistics and
+//! poison-tolerant locks.
 
 pub mod cputime;
 pub mod fds;
@@ -6,4 +7,6 @@ pub mod fsio;
 pub mod histogram;
 pub mod priority;
 pub mod rng;
+pub mod stats;
+pub mod sync;
 pub mod window;

@@ -45,8 +45,7 @@ fn quantiles(mut v: Vec<f32>) -> Quantiles {
         return Quantiles::default();
     }
     v.sort_unstable_by(|a, b| a.total_cmp(b));
-    // Nearest rank: the smallest value with at least q of the samples at or below it.
-    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1] as f64;
+    let at = |q: f64| crate::util::stats::nearest_rank(&v, q).map_or(0.0, f64::from);
     Quantiles {
         p50: at(0.50),
         p95: at(0.95),

@@ -209,7 +209,7 @@ async fn closed_loop_step(
         })
         .collect();
     lat.sort_unstable();
-    let p99 = crate::client::bench::percentile(&lat, 0.99);
+    let p99 = crate::util::stats::nearest_rank(&lat, 0.99).unwrap_or(0);
     RampStep {
         connections,
         answers_per_s: all.len() as f64 / secs,
@@ -278,8 +278,8 @@ pub fn probe(
                 path: path.to_string(),
                 count: lat.len() as u64,
                 failed,
-                p50_ms: ms(crate::client::bench::percentile(&lat, 0.50)),
-                p99_ms: ms(crate::client::bench::percentile(&lat, 0.99)),
+                p50_ms: ms(crate::util::stats::nearest_rank(&lat, 0.50).unwrap_or(0)),
+                p99_ms: ms(crate::util::stats::nearest_rank(&lat, 0.99).unwrap_or(0)),
                 max_ms: ms(lat.last().copied().unwrap_or(0)),
             }
         })

@@ -40,7 +40,8 @@ pub(super) struct Summary {
 }
 
 fn percentile_ms(sorted_us: &[u64], q: f64) -> Option<f64> {
-    (!sorted_us.is_empty()).then(|| crate::client::bench::percentile(sorted_us, q) as f64 / 1e3)
+    (!sorted_us.is_empty())
+        .then(|| crate::util::stats::nearest_rank(sorted_us, q).unwrap_or(0) as f64 / 1e3)
 }
 
 /// p50, p99 and max of `us` (sorted here), ms; zeros when empty.

@@ -1,6 +1,7 @@
 //! A lane on a GPU: where its work runs (its own stream, or partition leases), its share,
 //! its staging arena and the time it is charged. The operations themselves are in `ops.rs`.
 
+use crate::util::sync;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -140,7 +141,7 @@ impl CudaBackend {
     }
 
     fn lock(&self) -> MutexGuard<'_, LaneState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.state)
     }
 
     /// The error a failed driver call becomes: a sticky one fails the whole device.

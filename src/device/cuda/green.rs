@@ -10,6 +10,7 @@
 //! ends, so each green context is current on at most one thread at a time, as the driver
 //! requires, and everything used on its streams belongs to it.
 
+use crate::util::sync;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Condvar, Mutex};
@@ -102,7 +103,7 @@ impl GreenContexts {
             contexts: Mutex::new(HashMap::new()),
             places: Mutex::new(HashMap::new()),
         };
-        let mut contexts = g.contexts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut contexts = sync::lock(&g.contexts);
         g.context(&mut contexts, 0..n).map_err(|e| e.to_string())?;
         drop(contexts);
         Ok(g)
@@ -128,7 +129,7 @@ impl GreenContexts {
         priority: i32,
         last: Option<Range<usize>>,
     ) -> Result<Lease, String> {
-        let mut parts = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parts = sync::lock(&self.leases);
         let range = loop {
             if let Some(r) = parts.acquire(lane, want, side, last.clone()) {
                 break r;
@@ -163,33 +164,22 @@ impl GreenContexts {
     /// caller has synchronised the place's stream.
     pub(super) fn end(&self, lane: u64, lease: Lease) {
         let key = (lease.range.start, lease.range.len(), lease.priority);
-        self.places
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, lease.place);
+        sync::lock(&self.places).insert(key, lease.place);
         self.give_back(lane, lease.range);
     }
 
     fn give_back(&self, lane: u64, range: Range<usize>) {
-        self.leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release(lane, range);
+        sync::lock(&self.leases).release(lane, range);
         self.returned.notify_all();
     }
 
     /// The cached place for `range` at `priority`, or a new one.
     fn place(&self, range: Range<usize>, priority: i32) -> Result<Place, CuError> {
         let key = (range.start, range.len(), priority);
-        if let Some(p) = self
-            .places
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-        {
+        if let Some(p) = sync::lock(&self.places).remove(&key) {
             return Ok(p);
         }
-        let mut contexts = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut contexts = sync::lock(&self.contexts);
         let g = self.context(&mut contexts, range)?;
         Place::new(g.ctx, Some(g.green), priority, g.funcs, g.sms)
     }
