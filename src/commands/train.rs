@@ -239,3 +239,47 @@ fn print_train_report<B: Backend>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::device::SgdParams;
+
+    fn train_args(flags: &[&str]) -> TrainArgs {
+        let argv = ["setpoint", "train"].iter().chain(flags);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Train(a) => a,
+            other => panic!("not train: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn switching_to_sgd_takes_the_config_defaults_and_the_flags_given() {
+        let adam = Optimizer::Adam(default_adam(1e-3));
+        let sgd = optimizer_override(adam, &train_args(&["--optimizer", "sgd"])).unwrap();
+        let defaults = SgdParams {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        };
+        assert_eq!(sgd, Optimizer::Sgd(defaults));
+        let tuned = optimizer_override(adam, &train_args(&["--optimizer", "sgd", "--lr", "0.1"]));
+        assert_eq!(
+            tuned.unwrap(),
+            Optimizer::Sgd(SgdParams {
+                lr: 0.1,
+                ..defaults
+            })
+        );
+    }
+
+    #[test]
+    fn momentum_with_adam_is_an_input_error() {
+        let adam = Optimizer::Adam(default_adam(1e-3));
+        let e = optimizer_override(adam, &train_args(&["--momentum", "0.5"])).unwrap_err();
+        assert!(e.is::<crate::commands::InputError>(), "{e}");
+    }
+}
