@@ -1,5 +1,5 @@
 //! `setpoint kernels`: `ptx` (write or compare the PTX the binary embeds) and `check`
-//! (compile, and with ptxas assemble, every kernel module; [`check`] checks, [`render`]
+//! (compile, and with ptxas assemble, every kernel module; `check.rs` checks, `render.rs`
 //! reports).
 
 mod check;
