@@ -1,4 +1,5 @@
-//! Command-line definitions (clap). Behaviour lives in `main.rs` and the library.
+//! Command-line definitions (clap): the arguments of every `setpoint` command. Behaviour lives
+//! in [`crate::commands`].
 
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// setpoint: a node-level GPU scheduler for ML training jobs with deadlines and inference
 /// services with response-time SLOs.
 #[derive(Debug, Parser)]
-#[command(name = "setpoint", version = setpoint::VERSION, propagate_version = true)]
+#[command(name = "setpoint", version = crate::VERSION, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -73,7 +74,7 @@ pub struct DevicesArgs {
 pub struct GpuCheckArgs {
     /// Which section to run.
     #[arg(long, value_enum)]
-    pub section: setpoint::bench::gpu::Section,
+    pub section: crate::bench::gpu::Section,
     /// File for the section's JSON (its folder is created if missing).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -104,7 +105,7 @@ pub struct ClientArgs {
         global = true,
         value_name = "URL",
         env = "SETPOINT_URL",
-        default_value = setpoint::client::DEFAULT_URL
+        default_value = crate::client::DEFAULT_URL
     )]
     pub url: String,
     /// Print the server's JSON instead of text.
@@ -442,7 +443,7 @@ pub struct KernelsPtxArgs {
     #[arg(long)]
     pub check: bool,
     /// The directory [default: kernels/ptx].
-    #[arg(long, value_name = "DIR", default_value = setpoint::kernels::aot::AOT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::kernels::aot::AOT_DIR)]
     pub dir: PathBuf,
 }
 
@@ -450,7 +451,7 @@ pub struct KernelsPtxArgs {
 #[derive(Debug, Args)]
 pub struct KernelsCheckArgs {
     /// GPU architecture to compile and assemble for.
-    #[arg(long, value_name = "sm_XX", default_value = setpoint::kernels::DEFAULT_ARCH)]
+    #[arg(long, value_name = "sm_XX", default_value = crate::kernels::DEFAULT_ARCH)]
     pub arch: String,
     /// ptxas to assemble with [default: ptxas on PATH, else
     /// ./.cuda-tools/nvidia/cuda_nvcc/bin/ptxas].

@@ -4,7 +4,9 @@
 
 pub mod api;
 pub mod bench;
+pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod data;

@@ -3,18 +3,11 @@
 use std::fmt::Write;
 
 use super::scenario::Report;
+use crate::client::table::Table;
 
-/// The report as a table for a terminal.
-pub fn text(r: &Report) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "scenario {}: {} s per policy on {} cores, SLO p99 <= {} ms\n",
-        r.scenario, r.duration_s, r.cores, r.slo_p99_ms
-    );
-    let _ = writeln!(
-        o,
-        "{:<9} {:>10} {:>11} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9}",
+/// One row per policy, in fixed-width columns (wider only where a figure needs it).
+fn policy_table(r: &Report) -> Table {
+    let mut t = Table::new(&[
         "POLICY",
         "WINDOWS OK",
         "REQUESTS OK",
@@ -24,25 +17,38 @@ pub fn text(r: &Report) -> String {
         "MISSES",
         "MEAN |DEV|",
         "SHARE-S",
-        "DEVICE-S"
-    );
+        "DEVICE-S",
+    ])
+    .right_align(&[1, 2, 3, 4, 5, 6, 7, 8, 9])
+    .min_widths(&[9, 10, 11, 8, 8, 9, 7, 10, 9, 9])
+    .gap(" ");
     for p in &r.policies {
-        let _ = writeln!(
-            o,
-            "{:<9} {:>9.1}% {:>10.2}% {:>8.2} {:>8.2} {:>9} {:>7} {:>10} {:>9} {:>9.1}",
-            p.policy,
-            p.windows_within_slo_pct,
-            p.requests_within_slo_pct,
-            p.p99_ms,
-            p.p50_ms,
-            p.rejected,
-            p.deadline_misses,
+        t.row(vec![
+            p.policy.clone(),
+            format!("{:.1}%", p.windows_within_slo_pct),
+            format!("{:.2}%", p.requests_within_slo_pct),
+            format!("{:.2}", p.p99_ms),
+            format!("{:.2}", p.p50_ms),
+            p.rejected.to_string(),
+            p.deadline_misses.to_string(),
             p.mean_abs_deviation_pct
                 .map_or("-".into(), |d| format!("{d:.2} %")),
             p.share_seconds.map_or("-".into(), |s| format!("{s:.1}")),
-            p.device_seconds_used
-        );
+            format!("{:.1}", p.device_seconds_used),
+        ]);
     }
+    t
+}
+
+/// The report as a table for a terminal.
+pub fn text(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "scenario {}: {} s per policy on {} cores, SLO p99 <= {} ms\n",
+        r.scenario, r.duration_s, r.cores, r.slo_p99_ms
+    );
+    o.push_str(&policy_table(r).render());
     let _ = writeln!(o);
     for p in &r.policies {
         for j in &p.jobs {
@@ -241,4 +247,77 @@ pub fn svg(r: &Report) -> String {
     );
     let _ = writeln!(o, "</svg>");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::scenario::PolicyReport;
+
+    fn policy(name: &str, dev: Option<f64>, share: Option<f64>) -> PolicyReport {
+        PolicyReport {
+            policy: name.into(),
+            requests: 1200,
+            rejected: 3,
+            requests_within_slo_pct: 99.25,
+            windows: 30,
+            windows_within_slo_pct: 96.7,
+            window_p99_ms: Vec::new(),
+            p99_ms: 4.5,
+            p50_ms: 1.25,
+            jobs: Vec::new(),
+            mean_abs_deviation_pct: dev,
+            deadline_misses: 1,
+            share_seconds: share,
+            device_seconds_used: 12.34,
+            generator_late_p99_ms: 0.1,
+            timeline: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_policy_table_keeps_its_fixed_columns() {
+        let r = Report {
+            scenario: "s".into(),
+            slo_p99_ms: 10.0,
+            duration_s: 30.0,
+            cores: 4,
+            policies: vec![
+                policy("setpoint", Some(2.5), Some(20.0)),
+                policy("none", None, None),
+            ],
+            ratios: None,
+        };
+        // The layout as it was written with fixed-width format strings.
+        let mut want = format!(
+            "{:<9} {:>10} {:>11} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9}\n",
+            "POLICY",
+            "WINDOWS OK",
+            "REQUESTS OK",
+            "P99 MS",
+            "P50 MS",
+            "REJECTED",
+            "MISSES",
+            "MEAN |DEV|",
+            "SHARE-S",
+            "DEVICE-S"
+        );
+        for p in &r.policies {
+            want.push_str(&format!(
+                "{:<9} {:>9.1}% {:>10.2}% {:>8.2} {:>8.2} {:>9} {:>7} {:>10} {:>9} {:>9.1}\n",
+                p.policy,
+                p.windows_within_slo_pct,
+                p.requests_within_slo_pct,
+                p.p99_ms,
+                p.p50_ms,
+                p.rejected,
+                p.deadline_misses,
+                p.mean_abs_deviation_pct
+                    .map_or("-".into(), |d| format!("{d:.2} %")),
+                p.share_seconds.map_or("-".into(), |s| format!("{s:.1}")),
+                p.device_seconds_used
+            ));
+        }
+        assert_eq!(policy_table(&r).render(), want);
+    }
 }

@@ -3,7 +3,7 @@
 //! inference protocol, with one error type that says whether the daemon could not be
 //! reached, refused the request (4xx) or failed (5xx).
 
-pub mod bench;
+pub mod load;
 pub mod table;
 pub mod v2;
 

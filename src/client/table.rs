@@ -2,12 +2,16 @@
 
 use serde_json::Value;
 
-/// A table with left-aligned columns separated by two spaces.
+/// A text table: each column as wide as its widest cell (or a minimum), left-aligned unless
+/// asked otherwise, columns separated by two spaces (or another gap), no trailing spaces.
+/// The one table printer of the command-line outputs.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
     right: Vec<bool>,
+    min_width: Vec<usize>,
+    gap: Option<&'static str>,
 }
 
 impl Table {
@@ -17,7 +21,23 @@ impl Table {
             header: header.iter().map(|s| s.to_string()).collect(),
             rows: Vec::new(),
             right: vec![false; header.len()],
+            min_width: vec![0; header.len()],
+            gap: None,
         }
+    }
+
+    /// Makes the columns at least this wide, in order (fixed-width layouts).
+    pub fn min_widths(mut self, widths: &[usize]) -> Self {
+        for (m, &w) in self.min_width.iter_mut().zip(widths) {
+            *m = w;
+        }
+        self
+    }
+
+    /// Separates the columns with `gap` instead of two spaces.
+    pub fn gap(mut self, gap: &'static str) -> Self {
+        self.gap = Some(gap);
+        self
     }
 
     /// Right-aligns the columns at these indices (numbers).
@@ -43,7 +63,8 @@ impl Table {
     /// The table as text, one line per row, each ending in `\n`.
     pub fn render(&self) -> String {
         let cols = self.header.len();
-        let mut width = vec![0usize; cols];
+        let gap = self.gap.unwrap_or("  ");
+        let mut width = self.min_width.clone();
         for r in std::iter::once(&self.header).chain(&self.rows) {
             for (i, c) in r.iter().enumerate().take(cols) {
                 width[i] = width[i].max(c.chars().count());
@@ -56,7 +77,7 @@ impl Table {
                 let cell = r.get(i).map(String::as_str).unwrap_or("");
                 let pad = w.saturating_sub(cell.chars().count());
                 if i > 0 {
-                    line.push_str("  ");
+                    line.push_str(gap);
                 }
                 if self.right[i] {
                     line.push_str(&" ".repeat(pad));

@@ -318,6 +318,12 @@ impl OptimizerKind {
     }
 }
 
+/// SGD momentum used when a job gives none.
+pub const DEFAULT_MOMENTUM: f64 = schema::defaults::MOMENTUM;
+
+/// Weight decay used when a job gives none.
+pub const DEFAULT_WEIGHT_DECAY: f64 = schema::defaults::WEIGHT_DECAY;
+
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {

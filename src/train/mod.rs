@@ -226,6 +226,17 @@ pub fn default_adam(lr: f32) -> AdamParams {
     }
 }
 
+/// SGD with momentum at the defaults a job gets when its config gives none (learning rate,
+/// momentum and weight decay as [`crate::config`] defines them).
+pub fn default_sgd() -> SgdParams {
+    use crate::config::{DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, OptimizerKind};
+    SgdParams {
+        lr: OptimizerKind::Sgd.default_lr() as f32,
+        momentum: DEFAULT_MOMENTUM as f32,
+        weight_decay: DEFAULT_WEIGHT_DECAY as f32,
+    }
+}
+
 /// Something that happened during a run, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {

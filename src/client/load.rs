@@ -344,15 +344,7 @@ pub fn run(
             header_len: None,
         },
     )?;
-    let layers: Option<Vec<usize>> = client
-        .get(&format!("/v1/services/{}", path_segment(&spec.model)))
-        .ok()
-        .and_then(|s| serde_json::from_value(s["layers"].clone()).ok())
-        .filter(|l: &Vec<usize>| {
-            l.len() >= 2
-                && l[0] == info.features
-                && info.classes.is_none_or(|c| l[l.len() - 1] == c)
-        });
+    let layers = service_layers(client, &spec.model, &info);
     let mut levels = Vec::new();
     for &c in &spec.concurrency {
         progress(&format!(
@@ -362,60 +354,14 @@ pub fn run(
         ));
         levels.push(run_level(client, &info, spec, c)?);
     }
-    let mut note = None;
-    match &layers {
-        None => {
-            note = Some(format!(
-                "the daemon did not report the layers of {} (GET /v1/services/{}), so the \
-                 compute-only speed was not measured",
-                spec.model, spec.model
-            ))
-        }
-        Some(layers) => {
-            let mut sizes: Vec<usize> = Vec::new();
-            for l in &levels {
-                sizes.extend(l.batch_sizes.keys().copied());
-                if let Some(m) = l.mean_batch_size {
-                    sizes.push(m.round().max(1.0) as usize);
-                }
-            }
-            sizes.sort_unstable();
-            sizes.dedup();
-            if sizes.is_empty() {
-                note = Some(
-                    "the daemon reported no batch statistics, so the compute-only speed was \
-                     not measured"
-                        .into(),
-                );
-            } else {
-                progress(&format!(
-                    "compute-only: timing Mlp::predict at batch sizes {sizes:?}"
-                ));
-                let secs = compute_only_seconds(layers, &sizes, Duration::from_millis(60))
-                    .map_err(|e| ClientError::Input(format!("compute-only measurement: {e}")))?;
-                for l in &mut levels {
-                    if let Some(m) = l.mean_batch_size {
-                        let b = m.round().max(1.0) as usize;
-                        if let Some(t) = secs.get(&b) {
-                            let rps = b as f64 / t;
-                            l.compute_only_rows_per_s = Some(rps);
-                            l.ratio = Some(l.requests_per_s / rps);
-                        }
-                    }
-                    let (mut rows, mut time) = (0.0, 0.0);
-                    for (b, c) in &l.batch_sizes {
-                        if let Some(t) = secs.get(b) {
-                            rows += (*b as f64) * (*c as f64);
-                            time += t * (*c as f64);
-                        }
-                    }
-                    if time > 0.0 {
-                        l.compute_only_rows_per_s_mix = Some(rows / time);
-                    }
-                }
-            }
-        }
-    }
+    let note = match &layers {
+        None => Some(format!(
+            "the daemon did not report the layers of {} (GET /v1/services/{}), so the \
+             compute-only speed was not measured",
+            spec.model, spec.model
+        )),
+        Some(layers) => compute_only(layers, &mut levels, &mut progress)?,
+    };
     Ok(BenchReport {
         url: client.base_url().to_string(),
         model: spec.model.clone(),
@@ -426,6 +372,71 @@ pub fn run(
         levels,
         compute_only_note: note,
     })
+}
+
+/// The model's layer widths as the daemon reports them (`/v1/services/MODEL`), when they
+/// agree with its v2 metadata.
+fn service_layers(client: &Client, model: &str, info: &ModelInfo) -> Option<Vec<usize>> {
+    client
+        .get(&format!("/v1/services/{}", path_segment(model)))
+        .ok()
+        .and_then(|s| serde_json::from_value(s["layers"].clone()).ok())
+        .filter(|l: &Vec<usize>| {
+            l.len() >= 2
+                && l[0] == info.features
+                && info.classes.is_none_or(|c| l[l.len() - 1] == c)
+        })
+}
+
+/// Times the model in this process at the batch sizes the daemon ran and fills in each
+/// level's compute-only rates; the note says why they are missing when they are.
+fn compute_only(
+    layers: &[usize],
+    levels: &mut [LevelReport],
+    progress: &mut impl FnMut(&str),
+) -> Result<Option<String>, ClientError> {
+    let mut sizes: Vec<usize> = Vec::new();
+    for l in levels.iter() {
+        sizes.extend(l.batch_sizes.keys().copied());
+        if let Some(m) = l.mean_batch_size {
+            sizes.push(m.round().max(1.0) as usize);
+        }
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.is_empty() {
+        return Ok(Some(
+            "the daemon reported no batch statistics, so the compute-only speed was not \
+             measured"
+                .into(),
+        ));
+    }
+    progress(&format!(
+        "compute-only: timing Mlp::predict at batch sizes {sizes:?}"
+    ));
+    let secs = compute_only_seconds(layers, &sizes, Duration::from_millis(60))
+        .map_err(|e| ClientError::Input(format!("compute-only measurement: {e}")))?;
+    for l in levels {
+        if let Some(m) = l.mean_batch_size {
+            let b = m.round().max(1.0) as usize;
+            if let Some(t) = secs.get(&b) {
+                let rps = b as f64 / t;
+                l.compute_only_rows_per_s = Some(rps);
+                l.ratio = Some(l.requests_per_s / rps);
+            }
+        }
+        let (mut rows, mut time) = (0.0, 0.0);
+        for (b, c) in &l.batch_sizes {
+            if let Some(t) = secs.get(b) {
+                rows += (*b as f64) * (*c as f64);
+                time += t * (*c as f64);
+            }
+        }
+        if time > 0.0 {
+            l.compute_only_rows_per_s_mix = Some(rows / time);
+        }
+    }
+    Ok(None)
 }
 
 /// The report as a table.

@@ -1,0 +1,277 @@
+//! `setpoint bench`: `http` (load on a running daemon, [`crate::client::load`]), `scenario`
+//! (a scripted node under each policy, [`crate::bench::scenario`]) and `soak` (a daemon under
+//! long overload, [`crate::bench::soak`]).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+use serde_json::json;
+
+use super::input_error;
+use super::output::{client_error, connect, print_json, print_text};
+use crate::bench::scenario::{self, Report, Scenario};
+use crate::bench::smi::{CrossCheck, CrossCheckReport};
+use crate::bench::{report, soak};
+use crate::cli::{BenchArgs, BenchCommand, BenchHttpArgs, BenchScenarioArgs, BenchSoakArgs};
+use crate::client::load;
+use crate::model::parse_layers;
+
+/// Runs `setpoint bench` and its subcommands.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Http(a) => http(a),
+        BenchCommand::Scenario(a) => run_scenario(a),
+        BenchCommand::Soak(a) => run_soak(a),
+    }
+}
+
+/// `setpoint bench soak`.
+fn run_soak(a: BenchSoakArgs) -> anyhow::Result<()> {
+    let duration = parse_duration_arg("--duration", &a.duration)?;
+    let window = parse_duration_arg("--window", &a.window)?;
+    let probe_every = parse_duration_arg("--probe-every", &a.probe_every)?;
+    let period = parse_duration_arg("--period", &a.period)?;
+    if duration.is_zero() || window.is_zero() {
+        return Err(input_error(
+            "--duration and --window must be more than zero",
+        ));
+    }
+    let rate: soak::Rate = a.rate.parse().map_err(input_error)?;
+    let job_layers = parse_layers(&a.job_layers)?;
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let spec = soak::SoakSpec {
+        exe,
+        config: a.config.clone(),
+        duration,
+        rate,
+        rows: a.rows,
+        model: a.model.clone(),
+        window,
+        connections: a.connections,
+        probe_every,
+        period,
+        job_data: a.job_data.clone(),
+        job_layers,
+    };
+    let chatty = !a.json && std::io::stderr().is_terminal();
+    let report = soak::run(&spec, &mut |line: &str| {
+        if chatty {
+            eprintln!("{line}");
+        }
+    })
+    .map_err(|e| match e {
+        soak::SoakError::Input(m) => input_error(m),
+        soak::SoakError::Client(c) => client_error(c),
+        other => anyhow!(other),
+    })?;
+    if a.json {
+        let v = serde_json::to_value(&report).context("cannot render the report as JSON")?;
+        print_json(&v)?;
+    } else {
+        print_text(&soak::render(&report))?;
+    }
+    if report.daemon_exit_code != Some(0) {
+        return Err(anyhow!(
+            "the daemon did not exit 0 after SIGTERM (exit code {:?})",
+            report.daemon_exit_code
+        ));
+    }
+    Ok(())
+}
+/// `setpoint bench scenario`.
+fn run_scenario(a: BenchScenarioArgs) -> anyhow::Result<()> {
+    let s = load_scenario(&a)?;
+    let quiet = a.json;
+    let mut cross = if a.nvidia_smi {
+        Some(CrossCheck::start(100).map_err(|e| anyhow!("--nvidia-smi: {e}"))?)
+    } else {
+        None
+    };
+    let r = scenario::run_observed(
+        &s,
+        &mut |line: &str| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        },
+        &mut |phase| {
+            if let Some(c) = cross.as_mut() {
+                match phase {
+                    Some(p) => c.begin_phase(p),
+                    None => c.end_phase(),
+                }
+            }
+        },
+    )?;
+    let cross = cross.map(|c| c.finish());
+    if let Some(path) = &a.plot {
+        crate::util::fsio::write_atomic(path, report::svg(&r).as_bytes())
+            .with_context(|| format!("cannot write the plot {}", path.display()))?;
+    }
+    let energy = cross
+        .as_ref()
+        .map(|c| policy_energy(&r, c))
+        .unwrap_or_default();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(c) = &cross {
+            v["nvidia_smi"] = json!({ "cross_check": c, "energy": energy });
+        }
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        print_scenario_text(&r, cross.as_ref(), &energy, &a);
+    }
+    Ok(())
+}
+
+/// The scenario file with `--policies` and `--duration` applied, checked again.
+fn load_scenario(a: &BenchScenarioArgs) -> anyhow::Result<Scenario> {
+    let mut s = Scenario::load(&a.file).map_err(|e| input_error(e.to_string()))?;
+    if let Some(p) = &a.policies {
+        s.policies = p.split(',').map(|x| x.trim().to_string()).collect();
+    }
+    if let Some(d) = a.duration {
+        s.duration_s = d;
+    }
+    Scenario::parse(&toml::to_string(&s).context("cannot re-encode the scenario")?)
+        .map_err(|e| input_error(format!("{}: {e}", a.file.display())))
+}
+
+/// One policy's energy from the GPU's counter (or its power), and the phase's whole energy
+/// per 1,000 requests and per training epoch finished (inference and training share the
+/// phase, so neither figure is the energy of that work alone).
+#[derive(Debug, Clone, Serialize)]
+struct PolicyEnergy {
+    policy: String,
+    gpu: u32,
+    energy_j: Option<f64>,
+    joules_per_1000_requests: Option<f64>,
+    training_epochs: u32,
+    joules_per_training_epoch: Option<f64>,
+    mean_util_pct: Option<f64>,
+    mean_power_w: Option<f64>,
+}
+
+/// The energy of each policy's phase.
+fn policy_energy(r: &Report, cross: &CrossCheckReport) -> Vec<PolicyEnergy> {
+    cross
+        .correlation
+        .phases
+        .iter()
+        .map(|ph| {
+            let policy = r.policies.iter().find(|p| p.policy == ph.phase);
+            let requests = policy.map_or(0, |p| p.requests);
+            let epochs: u32 = policy.map_or(0, |p| p.jobs.iter().map(|j| j.epochs_done).sum());
+            PolicyEnergy {
+                policy: ph.phase.clone(),
+                gpu: ph.gpu,
+                energy_j: ph.energy_j,
+                joules_per_1000_requests: ph
+                    .energy_j
+                    .filter(|_| requests > 0)
+                    .map(|e| e * 1000.0 / requests as f64),
+                training_epochs: epochs,
+                joules_per_training_epoch: ph
+                    .energy_j
+                    .filter(|_| epochs > 0)
+                    .map(|e| e / epochs as f64),
+                mean_util_pct: ph.mean_util_pct,
+                mean_power_w: ph.mean_power_w,
+            }
+        })
+        .collect()
+}
+
+/// The scenario's report as text, with the nvidia-smi cross-check and energy when measured.
+fn print_scenario_text(
+    r: &Report,
+    cross: Option<&CrossCheckReport>,
+    energy: &[PolicyEnergy],
+    a: &BenchScenarioArgs,
+) {
+    // A figure as the JSON would carry it: none (or not finite) reads `-`.
+    let fig = |v: Option<f64>, digits: usize| {
+        v.filter(|x| x.is_finite())
+            .map_or("-".into(), |x| format!("{x:.digits$}"))
+    };
+    print!("{}", report::text(r));
+    if let Some(c) = cross {
+        println!();
+        print!("{}", c.correlation.render_text());
+        for e in energy {
+            println!(
+                "energy {} gpu {}: {} J, {} J per 1,000 requests, {} J per training epoch",
+                e.policy,
+                e.gpu,
+                fig(e.energy_j, 1),
+                fig(e.joules_per_1000_requests, 2),
+                fig(e.joules_per_training_epoch, 1)
+            );
+        }
+    }
+    if let Some(path) = &a.plot {
+        println!("plot: {}", path.display());
+    }
+}
+
+/// `flag`'s value as a duration such as 10s, 500ms or 1m.
+fn parse_duration_arg(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        input_error(format!(
+            "{flag}: expected a duration such as 10s, 500ms or 1m, got {text:?} ({e})"
+        ))
+    })
+}
+
+/// `--concurrency 1,4,16`: each level from 1 to 256, at least one.
+fn parse_concurrency(text: &str) -> anyhow::Result<Vec<usize>> {
+    let mut concurrency = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<usize>() {
+            Ok(c) if (1..=256).contains(&c) => concurrency.push(c),
+            _ => {
+                return Err(input_error(format!(
+                    "--concurrency: each level must be an integer from 1 to 256, got {part:?}"
+                )));
+            }
+        }
+    }
+    if concurrency.is_empty() {
+        return Err(input_error(
+            "--concurrency: give at least one level, such as 1,4,16",
+        ));
+    }
+    Ok(concurrency)
+}
+
+/// `setpoint bench http`.
+fn http(a: BenchHttpArgs) -> anyhow::Result<()> {
+    let concurrency = parse_concurrency(&a.concurrency)?;
+    let duration = parse_duration_arg("--duration", &a.duration)?;
+    if duration.is_zero() {
+        return Err(input_error("--duration must be more than zero"));
+    }
+    let warmup = parse_duration_arg("--warmup", &a.warmup)?;
+    let client = connect(&a.client)?;
+    let spec = load::BenchSpec {
+        model: a.model.clone(),
+        concurrency,
+        duration,
+        warmup,
+        seed: a.seed,
+    };
+    let chatty = std::io::stderr().is_terminal();
+    let report = load::run(&client, &spec, |line| {
+        if chatty {
+            eprintln!("{line}");
+        }
+    })
+    .map_err(client_error)?;
+    if a.client.json {
+        let v = serde_json::to_value(&report).context("cannot render the report as JSON")?;
+        return print_json(&v);
+    }
+    print_text(&load::render(&report))
+}

@@ -1,0 +1,206 @@
+//! The `kernels check` report: a table of kernels with their resources and the tools' notes
+//! as text, or one JSON document.
+
+use serde_json::json;
+
+use super::check::{ModuleCheck, Toolchain};
+use crate::client::table::Table;
+use crate::kernels::{self, PtxOrigin};
+
+/// What compiled kernel code the binary carries, in words.
+fn embedded_kernels_text() -> String {
+    match (kernels::prebuilt_arch(), kernels::sass_arch()) {
+        (Some(p), Some(s)) => format!("{p} PTX and {s} machine code (no NVRTC needed there)"),
+        (Some(p), None) => format!("{p} PTX (ptxas was absent at build time: no machine code)"),
+        _ => "no compiled kernels (kernels/ptx is stale or missing): NVRTC compiles them".into(),
+    }
+}
+
+/// Why resources are missing when ptxas was not found.
+pub(super) fn no_ptxas_note() -> String {
+    format!(
+        "ptxas not found (--ptxas, $PTXAS, PATH, ./{}): the kernels were compiled to PTX but \
+         not assembled, so registers, shared memory and spills are not reported; \
+         scripts/cuda-tools.sh installs ptxas",
+        kernels::LOCAL_PTXAS
+    )
+}
+
+/// The report as text: the tools, a table of kernels, each module's messages, a summary.
+pub(super) fn text(checks: &[ModuleCheck], tools: &Toolchain) -> String {
+    let mut out = header(tools);
+    out.push_str(&kernel_table(checks).render());
+    out.push_str(&messages(checks));
+    out.push_str(&summary(checks, tools));
+    out
+}
+
+/// The tools and what the binary carries.
+fn header(tools: &Toolchain) -> String {
+    let mut out = format!(
+        "kernels check for {}: NVRTC {}, ptxas {}\nthe binary carries: {}\n",
+        tools.arch,
+        tools.nvrtc_version.as_deref().unwrap_or("not loaded"),
+        match (&tools.ptxas, &tools.ptxas_version) {
+            (Some(p), Some(v)) => format!("{v} ({})", p.display()),
+            (Some(p), None) => p.display().to_string(),
+            (None, _) => "not found".into(),
+        },
+        embedded_kernels_text()
+    );
+    if tools.ptxas.is_none() {
+        out.push_str(&no_ptxas_note());
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+/// One row per kernel: module, PTX origin and resources (or FAILED).
+fn kernel_table(checks: &[ModuleCheck]) -> Table {
+    let mut table = Table::new(&[
+        "module",
+        "kernel",
+        "ptx",
+        "registers",
+        "smem_bytes",
+        "spill_store_bytes",
+        "spill_load_bytes",
+    ])
+    .right_align(&[3, 4, 5, 6]);
+    let dash = || "-".to_string();
+    for c in checks {
+        let origin = c.origin.map_or("-", PtxOrigin::as_str).to_string();
+        if c.error.is_some() && c.resources.is_none() && c.origin.is_none() {
+            table.row(vec![c.module.into(), dash(), "FAILED".into()]);
+            continue;
+        }
+        for k in &c.kernels {
+            let r = c
+                .resources
+                .as_ref()
+                .and_then(|rs| rs.iter().find(|r| &r.kernel == k));
+            let mut row = vec![c.module.to_string(), k.clone(), origin.clone()];
+            match r {
+                Some(r) => row.extend([
+                    r.registers.to_string(),
+                    r.smem_bytes.to_string(),
+                    r.spill_store_bytes.to_string(),
+                    r.spill_load_bytes.to_string(),
+                ]),
+                None if c.error.is_some() => row.extend(["FAILED".into(), dash(), dash(), dash()]),
+                None => row.extend([dash(), dash(), dash(), dash()]),
+            }
+            table.row(row);
+        }
+    }
+    table
+}
+
+/// NVRTC's messages, ptxas's warnings and each failure, module by module.
+fn messages(checks: &[ModuleCheck]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        if !c.nvrtc_log.is_empty() {
+            out.push_str(&format!(
+                "\nNVRTC messages for {}:\n{}\n",
+                c.module, c.nvrtc_log
+            ));
+        }
+        for w in &c.ptxas_warnings {
+            out.push_str(&format!("\nptxas warning for {}: {w}\n", c.module));
+        }
+        if let Some(e) = &c.error {
+            out.push_str(&format!("\n{} FAILED: {e}\n", c.module));
+        }
+    }
+    out
+}
+
+/// How many kernels and modules passed or failed, and which kernels spill registers.
+fn summary(checks: &[ModuleCheck], tools: &Toolchain) -> String {
+    let kernels: usize = checks.iter().map(|c| c.kernels.len()).sum();
+    let spilling: Vec<&str> = checks
+        .iter()
+        .filter_map(|c| c.resources.as_ref())
+        .flatten()
+        .filter(|r| r.spill_store_bytes > 0 || r.spill_load_bytes > 0)
+        .map(|r| r.kernel.as_str())
+        .collect();
+    let failed = checks.iter().filter(|c| c.error.is_some()).count();
+    let arch = &tools.arch;
+    let mut out = String::from("\n");
+    if failed > 0 {
+        out.push_str(&format!("{failed} of {} modules failed\n", checks.len()));
+    } else {
+        let how = if tools.ptxas.is_some() {
+            format!("compiled and assembled for {arch}")
+        } else {
+            format!("compiled to PTX for {} (not assembled)", arch.compute())
+        };
+        out.push_str(&format!(
+            "{kernels} kernels in {} modules {how}\n",
+            checks.len()
+        ));
+    }
+    if tools.ptxas.is_some() {
+        if spilling.is_empty() {
+            out.push_str("no register spills\n");
+        } else {
+            out.push_str(&format!(
+                "register spills (reported, not a failure): {}\n",
+                spilling.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// The report as one JSON document.
+pub(super) fn json(checks: &[ModuleCheck], tools: &Toolchain) -> serde_json::Value {
+    let modules: Vec<serde_json::Value> = checks.iter().map(module_json).collect();
+    json!({
+        "ok": checks.iter().all(|c| c.error.is_none()),
+        "arch": tools.arch.sm(),
+        "embedded": { "ptx": kernels::prebuilt_arch(), "sass": kernels::sass_arch() },
+        "nvrtc_version": tools.nvrtc_version,
+        "ptxas": tools.ptxas,
+        "ptxas_version": tools.ptxas_version,
+        "modules": modules,
+    })
+}
+
+/// One module in the JSON report, with its kernels.
+fn module_json(c: &ModuleCheck) -> serde_json::Value {
+    let kernels: Vec<serde_json::Value> = c
+        .kernels
+        .iter()
+        .map(|k| {
+            let r = c
+                .resources
+                .as_ref()
+                .and_then(|rs| rs.iter().find(|r| &r.kernel == k));
+            json!({
+                "name": k,
+                "compiled": c.origin.is_some(),
+                "assembled": r.is_some(),
+                "registers": r.map(|r| r.registers),
+                "smem_bytes": r.map(|r| r.smem_bytes),
+                "barriers": r.and_then(|r| r.barriers),
+                "stack_frame_bytes": r.map(|r| r.stack_frame_bytes),
+                "spill_store_bytes": r.map(|r| r.spill_store_bytes),
+                "spill_load_bytes": r.map(|r| r.spill_load_bytes),
+            })
+        })
+        .collect();
+    json!({
+        "module": c.module,
+        "ok": c.error.is_none(),
+        "ptx_origin": c.origin,
+        "ptx_bytes": c.ptx_bytes,
+        "nvrtc_log": c.nvrtc_log,
+        "ptxas_warnings": c.ptxas_warnings,
+        "error": c.error,
+        "kernels": kernels,
+    })
+}
