@@ -9,6 +9,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod data;
 pub mod device;
 pub mod kernels;

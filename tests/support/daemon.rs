@@ -1,5 +1,5 @@
-//! An in-process daemon on a free loopback port for HTTP tests: the node, the router and the
-//! listener as the binary wires them, a ureq agent that does not treat 4xx/5xx as errors, and polling.
+//! An in-process daemon on a free loopback port for HTTP tests, run by the binary's own
+//! `setpoint::daemon::run`, a ureq agent that does not treat 4xx/5xx as errors, and polling.
 
 #![allow(dead_code)]
 
@@ -25,12 +25,10 @@ impl Daemon {
         let mut cfg = setpoint::config::parse(config).unwrap();
         cfg.state_dir = dir.path().to_path_buf();
         let node = Node::new(cfg).unwrap();
-        node.start();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let http = node.config().http.clone();
-        let connections = Arc::new(setpoint::api::server::ConnectionStats::default());
-        let app = setpoint::api::http::router(node.clone(), connections.clone());
+        let running = node.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -42,18 +40,17 @@ impl Daemon {
                     setpoint::api::server::bind(([127, 0, 0, 1], 0).into(), http.listen_backlog)
                         .unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let limits = setpoint::api::server::Limits::new(&http, http.max_connections);
-                setpoint::api::server::serve(
-                    listener,
-                    app,
-                    limits,
-                    connections,
-                    async {
+                let options = setpoint::daemon::Options {
+                    limits: setpoint::api::server::Limits::new(&http, http.max_connections),
+                    stop: async {
                         let _ = stop_rx.await;
                     },
-                    || Duration::from_secs(30),
-                )
-                .await;
+                    hangups: None,
+                    notifier: Arc::new(setpoint::node::systemd::Notifier::disabled()),
+                };
+                setpoint::daemon::run(running, listener, options)
+                    .await
+                    .unwrap();
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -130,6 +127,7 @@ impl Drop for Daemon {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // The daemon shuts the node down; this covers a daemon thread that panicked.
         self.node.shutdown();
     }
 }

@@ -1,0 +1,170 @@
+//! The daemon's life from a bound listener to a stopped node, as one function the binary and
+//! the tests both call: start the node, serve its HTTP API, reload on SIGHUP where the caller
+//! listens for it, and at the stop signal drain the requests in flight (for the node's
+//! `drain_timeout_ms` at most), then checkpoint jobs and drain services.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::server::{self, ConnectionStats, Limits};
+use crate::node::Node;
+use crate::node::systemd::Notifier;
+
+/// SIGHUP as a stream of hangups, where the platform has it.
+#[cfg(unix)]
+pub type Hangups = tokio::signal::unix::Signal;
+/// SIGHUP as a stream of hangups, where the platform has it.
+#[cfg(not(unix))]
+pub type Hangups = ();
+
+/// What stopped the daemon short of a clean shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The HTTP server task panicked or was cancelled.
+    #[error("http server task failed: {0}")]
+    Server(tokio::task::JoinError),
+    /// The node's shutdown (checkpoints, service drains) panicked.
+    #[error("shutdown failed: {0}")]
+    Shutdown(tokio::task::JoinError),
+}
+
+/// How the daemon is run besides its node and listener.
+pub struct Options<S> {
+    /// The listener's connection cap and timeouts.
+    pub limits: Limits,
+    /// Resolves when the daemon is to stop (a signal, a test's channel).
+    pub stop: S,
+    /// SIGHUP, when the caller listens for it: every hangup reloads the configuration.
+    pub hangups: Option<Hangups>,
+    /// systemd notifications (`READY=1`, `STOPPING=1`); disabled outside systemd.
+    pub notifier: Arc<Notifier>,
+}
+
+/// Runs `node` behind `listener` until `options.stop` resolves, then drains and shuts the node
+/// down. Returns once the node is stopped.
+pub async fn run<S>(
+    node: Arc<Node>,
+    listener: TcpListener,
+    options: Options<S>,
+) -> Result<(), DaemonError>
+where
+    S: Future<Output = ()> + Send + 'static,
+{
+    let Options {
+        limits,
+        stop,
+        hangups,
+        notifier,
+    } = options;
+    node.set_notifier(notifier.clone());
+    tracing::info!(
+        version = crate::VERSION,
+        listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        state_dir = %node.state_dir().display(),
+        workers = node.cores(),
+        max_connections = limits.max_connections,
+        systemd = notifier.is_enabled(),
+        "setpoint serving"
+    );
+    node.start();
+    let connections = Arc::new(ConnectionStats::default());
+    let app = crate::api::http::router(node.clone(), connections.clone());
+    let stopping = notifier.clone();
+    let drain_node = node.clone();
+    let serving = tokio::spawn(server::serve(
+        listener,
+        app,
+        limits,
+        connections,
+        async move {
+            stop.await;
+            stopping.stopping();
+        },
+        // After the stop signal the requests in flight are answered, for drain_timeout_ms at
+        // most (read when the signal comes: a reload may have changed it); those still
+        // running then are failed by closing their connections.
+        move || Duration::from_millis(drain_node.config().drain_timeout_ms),
+    ));
+    if let Some(hangups) = hangups {
+        tokio::spawn(reload_on_hangup_task(hangups, node.clone()));
+    }
+    // The socket is bound and the server task runs: connections are accepted from here on.
+    notifier.ready(&node.status_line());
+    let drained = serving.await.map_err(DaemonError::Server)?;
+    if drained.requests_cut > 0 {
+        tracing::warn!(
+            "{} requests still in flight {} ms after the stop signal (drain_timeout_ms): \
+             closed their connections",
+            drained.requests_cut,
+            node.config().drain_timeout_ms
+        );
+    }
+    tracing::info!("stopping: checkpointing jobs and draining services");
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .map_err(DaemonError::Shutdown)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP as a stream, to be installed before anything slow so that a hangup never ends the
+/// process; `None` (logged) when it cannot be listened for.
+pub fn hangup_stream() -> Option<Hangups> {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}; reload with POST /v1/reload");
+            None
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reloads the configuration on every SIGHUP, one reload at a time; the outcome is logged.
+#[cfg(unix)]
+async fn reload_on_hangup_task(mut hangups: Hangups, node: Arc<Node>) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("received SIGHUP");
+        let node = node.clone();
+        // The reload reads files and may load data for new jobs: off the async threads.
+        if let Err(e) = tokio::task::spawn_blocking(move || node.reload()).await {
+            tracing::error!("the reload failed: {e}");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup_task(_: Hangups, _: Arc<Node>) {}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received Ctrl-C"),
+        _ = term => tracing::info!("received SIGTERM"),
+    }
+}
