@@ -961,7 +961,8 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
             header_len: None,
         },
         (v2::InputFile::Body(body), true) => {
-            let (data, rows) = v2::rows_of_body(&body, &info).map_err(input_error)?;
+            let (data, rows) =
+                v2::rows_of_body(&body, &info).map_err(|e| input_error(e.to_string()))?;
             v2::binary_request(&info, &data, rows)
         }
     };
@@ -970,7 +971,7 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
         anyhow!(ClientError::BadResponse {
             method: "POST",
             url: client.url(&format!("/v2/models/{}/infer", path_segment(&args.model))),
-            message,
+            message: message.to_string(),
         })
     })?;
     if args.client.json {
@@ -1033,7 +1034,10 @@ fn bench_soak(a: cli::BenchSoakArgs) -> anyhow::Result<()> {
             "--duration and --window must be more than zero",
         ));
     }
-    let rate: soak::Rate = a.rate.parse().map_err(input_error)?;
+    let rate: soak::Rate = a
+        .rate
+        .parse()
+        .map_err(|e: soak::RateError| input_error(e.to_string()))?;
     let job_layers = parse_layers(&a.job_layers)?;
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let spec = soak::SoakSpec {
@@ -1080,7 +1084,11 @@ fn bench_scenario(a: cli::BenchScenarioArgs) -> anyhow::Result<()> {
     use setpoint::bench::{report, scenario};
     let mut s = scenario::Scenario::load(&a.file).map_err(|e| input_error(e.to_string()))?;
     if let Some(p) = &a.policies {
-        s.policies = p.split(',').map(|x| x.trim().to_string()).collect();
+        s.policies = p
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| input_error(format!("{}: policies: {e}", a.file.display())))?;
     }
     if let Some(d) = a.duration {
         s.duration_s = d;
@@ -1685,13 +1693,12 @@ fn devices(a: DevicesArgs) -> anyhow::Result<()> {
         .cpu_threads
         .filter(|&n| n > 0)
         .unwrap_or_else(setpoint::device::cpu::available_cores);
-    let mut opened = NvmlSource::open().map_err(|e| e.to_string());
+    let mut opened = NvmlSource::open();
     let source = match opened.as_mut() {
         Ok(s) => Ok(s as &mut dyn TelemetrySource),
         Err(why) => Err(why.clone()),
     };
-    // The daemon's lanes run on the CPU backend in this version: none sits on a GPU.
-    let text = devices_report(source, cores, &[], a.json);
+    let text = devices_report(source, cores, a.json);
     print!("{text}");
     if !text.ends_with('\n') {
         println!();
