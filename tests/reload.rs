@@ -20,13 +20,9 @@ struct Daemon {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "support/child.rs"]
+mod child;
+use child::free_port;
 
 /// Replaces `path` as an editor should: a new file renamed over the old one.
 fn write_config(path: &Path, text: &str) {

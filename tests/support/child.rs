@@ -36,13 +36,27 @@ impl ChildDaemon {
         let path = dir.join("setpoint.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.join("daemon.log");
+        Self::spawn(&path, port, &log, nofile, Duration::from_secs(120))
+    }
+
+    /// Starts the daemon on the configuration file `config` (which must listen on `port`),
+    /// its log appended to `log` (so a restart on the same files keeps one log), requests
+    /// timing out after `timeout`; waits until it answers.
+    pub fn spawn(
+        config: &Path,
+        port: u16,
+        log: &Path,
+        nofile: Option<u64>,
+        timeout: Duration,
+    ) -> ChildDaemon {
+        let log = log.to_path_buf();
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_setpoint"));
-        cmd.args(["serve", "--config", path.to_str().unwrap()])
+        cmd.args(["serve", "--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(err);
         if let Some(n) = nofile {
@@ -64,7 +78,7 @@ impl ChildDaemon {
         let child = cmd.spawn().unwrap();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
+            .timeout_global(Some(timeout))
             .build()
             .into();
         let d = ChildDaemon {
@@ -83,6 +97,11 @@ impl ChildDaemon {
     pub fn get(&self, path: &str) -> Result<(u16, String), ureq::Error> {
         let mut r = self.agent.get(format!("{}{path}", self.url)).call()?;
         Ok((r.status().as_u16(), r.body_mut().read_to_string()?))
+    }
+
+    /// A GET's status and body; status 0 and the error's text when there is no answer.
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        self.get(path).unwrap_or_else(|e| (0, e.to_string()))
     }
 
     pub fn get_json(&self, path: &str) -> (u16, Value) {
@@ -116,6 +135,18 @@ impl ChildDaemon {
     pub fn signal_term(&self) {
         // SAFETY: signalling a child process this test started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, for at most `limit`.
+    pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait_exit(limit)
     }
 
     /// Waits for the process to exit, for at most `limit`.
