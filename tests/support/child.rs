@@ -57,6 +57,8 @@ impl ChildDaemon {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_setpoint"));
         cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("SETPOINT_AUTH_TOKEN")
             .stdout(Stdio::null())
             .stderr(err);
         if let Some(n) = nofile {
@@ -157,11 +159,15 @@ impl ChildDaemon {
     }
 }
 
+/// A test that fails leaves no daemon behind, and shows the daemon's log.
 impl Drop for ChildDaemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            if std::thread::panicking() {
+                eprintln!("daemon log:\n{}", self.log_text());
+            }
         }
     }
 }
