@@ -1,7 +1,6 @@
 //! The client commands (`status`, `submit`, `jobs`, `infer`, `bench http`) as a user runs
 //! them against a real `setpoint serve` on a loopback port.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -128,12 +127,9 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
-}
+#[path = "support/child.rs"]
+mod child;
+use child::free_port;
 
 fn setpoint(args: &[&str]) -> Output {
     Command::new(BIN)

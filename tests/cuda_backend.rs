@@ -5,25 +5,14 @@
 //! logic is still checked on the CPU by `tests/kernels_emulated.rs`.
 
 use setpoint::device::Backend;
-use setpoint::device::cuda::{CudaDevice, StreamPriority, probe};
+use setpoint::device::cuda::{CudaDevice, StreamPriority};
+
+#[path = "support/gpu.rs"]
+mod gpu;
+use gpu::have_gpu;
 
 fn cache_dir(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("setpoint-cuda-{tag}-{}", std::process::id()))
-}
-
-fn have_gpu() -> bool {
-    match probe() {
-        Err(why) if std::env::var("SETPOINT_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("SETPOINT_REQUIRE_GPU=1 but no GPU is usable: {why}")
-        }
-        Err(why) => {
-            eprintln!(
-                "skipped: no usable GPU ({why}); SETPOINT_REQUIRE_GPU=1 makes this a failure"
-            );
-            false
-        }
-        Ok(_) => true,
-    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! backend operation fails, the path a sticky driver error takes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,54 +25,30 @@ const DATA: &str = "synthetic:blobs:size=2000,classes=3,features=8";
 mod promtool;
 use promtool::promtool_check;
 
-struct Daemon {
-    child: Child,
-    url: String,
-    agent: ureq::Agent,
-}
+#[path = "support/child.rs"]
+mod child;
+use child::{ChildDaemon, free_port};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The daemon binary (see [`ChildDaemon`]) with this file's requests.
+struct Daemon(ChildDaemon);
+
+impl std::ops::Deref for Daemon {
+    type Target = ChildDaemon;
+
+    fn deref(&self) -> &ChildDaemon {
+        &self.0
+    }
 }
 
 impl Daemon {
     fn start(config: &Path, port: u16, log: &Path) -> Daemon {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let d = Daemon {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            agent,
-        };
-        poll(Duration::from_secs(60), "the daemon to listen", || {
-            (d.get("/v2/health/live").0 == 200).then_some(())
-        });
-        d
-    }
-
-    fn get_text(&self, path: &str) -> (u16, String) {
-        match self.agent.get(format!("{}{path}", self.url)).call() {
-            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap()),
-            Err(e) => (0, e.to_string()),
-        }
+        Daemon(ChildDaemon::spawn(
+            config,
+            port,
+            log,
+            None,
+            Duration::from_secs(30),
+        ))
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
@@ -111,26 +87,8 @@ impl Daemon {
         self.get("/v1/jobs/j").1
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling a child process this test started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < end, "the daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn terminate(self) -> std::process::ExitStatus {
+        self.0.terminate(Duration::from_secs(120))
     }
 }
 

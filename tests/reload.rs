@@ -3,8 +3,8 @@
 //! daemon keeps serving, leave services added at run time alone, and drop no inference
 //! request in flight.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,19 +13,19 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "reload-test-token";
 
-struct Daemon {
-    child: Child,
-    url: String,
-    agent: ureq::Agent,
-    log: PathBuf,
-}
+#[path = "support/child.rs"]
+mod child;
+use child::{ChildDaemon, free_port};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The daemon binary (see [`ChildDaemon`]) with this file's requests and signals.
+struct Daemon(ChildDaemon);
+
+impl std::ops::Deref for Daemon {
+    type Target = ChildDaemon;
+
+    fn deref(&self) -> &ChildDaemon {
+        &self.0
+    }
 }
 
 /// Replaces `path` as an editor should: a new file renamed over the old one.
@@ -49,26 +49,14 @@ fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 impl Daemon {
     fn start(config: &Path, dir: &Path, port: u16) -> Daemon {
         let log = dir.join("daemon.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("SETPOINT_AUTH_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .into();
-        let d = Daemon {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            agent,
-            log,
-        };
+        std::fs::File::create(&log).unwrap();
+        let d = Daemon(ChildDaemon::spawn(
+            config,
+            port,
+            &log,
+            None,
+            Duration::from_secs(20),
+        ));
         poll(Duration::from_secs(30), "the daemon to be ready", || {
             (d.get("/v2/health/ready").0 == 200).then_some(())
         });
@@ -122,7 +110,7 @@ impl Daemon {
     fn hup(&self) {
         // SAFETY: signalling a child process this test started and has not reaped.
         assert_eq!(
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) },
+            unsafe { libc::kill(self.0.child.id() as i32, libc::SIGHUP) },
             0
         );
     }
@@ -138,31 +126,9 @@ impl Daemon {
         self.get(&format!("/v1/services/{service}")).1["slo_p99_ms"].as_f64()
     }
 
-    fn stop(mut self) {
-        // SAFETY: as in `hup`.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                assert!(s.success(), "the daemon exited with {s:?}");
-                return;
-            }
-            assert!(Instant::now() < end, "the daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            if std::thread::panicking() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                eprintln!("daemon log:\n{log}");
-            }
-        }
+    fn stop(self) {
+        let s = self.0.terminate(Duration::from_secs(60));
+        assert!(s.success(), "the daemon exited with {s:?}");
     }
 }
 

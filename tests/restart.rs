@@ -4,8 +4,7 @@
 //! a data load in progress does not hold the daemon past its drain.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use setpoint::model::checkpoint::Checkpoint;
@@ -13,10 +12,20 @@ use setpoint::model::checkpoint::Checkpoint;
 #[path = "support/slow_data.rs"]
 mod slow_data;
 
-struct Daemon {
-    child: Child,
-    url: String,
-    agent: ureq::Agent,
+#[path = "support/child.rs"]
+mod child;
+use child::{ChildDaemon, free_port};
+
+/// The daemon binary (see [`ChildDaemon`], which kills it when a test fails) with this
+/// file's requests; restarted on the same configuration, state directory and log.
+struct Daemon(ChildDaemon);
+
+impl std::ops::Deref for Daemon {
+    type Target = ChildDaemon;
+
+    fn deref(&self) -> &ChildDaemon {
+        &self.0
+    }
 }
 
 /// The tests here restart daemons on a fixed port; run side by side, one test's free port
@@ -28,14 +37,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Daemon {
     fn start(config: &Path, log: &Path) -> Daemon {
         let text = std::fs::read_to_string(config).unwrap();
@@ -44,36 +45,13 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
             .and_then(|p| p.trim_end_matches('"').parse().ok())
             .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let d = Daemon {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            agent,
-        };
-        d.poll(Duration::from_secs(30), "the daemon to listen", || {
-            d.agent
-                .get(&format!("{}/v2/health/live", d.url))
-                .call()
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        });
-        d
+        Daemon(ChildDaemon::spawn(
+            config,
+            port,
+            log,
+            None,
+            Duration::from_secs(10),
+        ))
     }
 
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -95,43 +73,16 @@ impl Daemon {
         self.send("GET", "/v1/jobs/j", None).1
     }
 
-    fn poll<T>(&self, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(Instant::now() < end, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn poll<T>(&self, limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        child::poll(limit, what, f)
     }
 
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    fn kill9(self) {
+        self.0.kill9();
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling a child process this test started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < end, "the daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// A test that fails leaves no daemon behind.
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn terminate(self) -> std::process::ExitStatus {
+        self.0.terminate(Duration::from_secs(60))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The scenario bench end to end on the CPU backend, and its file format's errors.
 
-use setpoint::bench::scenario::Scenario;
+use setpoint::bench::scenario::{PolicyName, Scenario};
 
 #[path = "support/machine.rs"]
 mod machine;
@@ -19,7 +19,7 @@ fn quick() -> Scenario {
 #[test]
 fn the_controller_keeps_more_requests_within_the_slo_than_no_shares() {
     let mut s = quick();
-    s.policies = vec!["setpoint".into(), "none".into()];
+    s.policies = vec![PolicyName::Setpoint, PolicyName::None];
     let started = std::time::Instant::now();
     let others = machine::OtherLoad::start();
     let r = setpoint::bench::scenario::run(&s, &mut |line| eprintln!("{line}")).unwrap();
@@ -96,14 +96,19 @@ fn scenario_files_are_checked_with_clear_errors() {
     ))
     .unwrap();
     let err = Scenario::parse(&base.replace("duration_s = 10", "duration_s = 10\nspeed = 2"))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown field `speed`"), "{err}");
-    let err = Scenario::parse(&base.replace("slo_p99_ms = 5", "slo_p99_ms = -1")).unwrap_err();
+    let err = Scenario::parse(&base.replace("slo_p99_ms = 5", "slo_p99_ms = -1"))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("service.slo_p99_ms: must be > 0, got -1"),
         "{err}"
     );
-    let err = Scenario::parse(&base.replace("train-f = 0.1", "train-z = 1.5")).unwrap_err();
+    let err = Scenario::parse(&base.replace("train-f = 0.1", "train-z = 1.5"))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("static.train-z: no service or job of that name"),
         "{err}"
@@ -113,8 +118,17 @@ fn scenario_files_are_checked_with_clear_errors() {
         "{err}"
     );
     let err = Scenario::parse(&base.replace("leftover = \"best-effort\"", "leftover = \"all\""))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("leftover: expected"), "{err}");
+    let policies = "duration_s = 10\npolicies = [\"setpoint\", \"fast\"]";
+    let err = Scenario::parse(&base.replace("duration_s = 10", policies))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown policy \"fast\" (accepted: setpoint, static, none)"),
+        "{err}"
+    );
     // Both shipped scenarios are valid.
     for f in ["quick.toml", "colocation.toml"] {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -144,13 +144,9 @@ fn the_unit_passes_systemd_analyze_verify() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "support/child.rs"]
+mod child;
+use child::free_port;
 
 /// Notifications received, in order.
 struct Listener {

@@ -405,11 +405,15 @@ fn nvml_missing_is_an_error_naming_the_library() {
 
 #[test]
 fn devices_report_without_nvml_gives_the_reason_and_the_cpu() {
-    let reason = match NvmlSource::open() {
-        Ok(_) => "libnvidia-ml.so.1 not found (test)".to_string(),
-        Err(e) => e.to_string(),
+    let error = match NvmlSource::open() {
+        Ok(_) => setpoint::telemetry::TelemetryError::LibraryMissing {
+            library: "libnvidia-ml.so.1".into(),
+            detail: "test".into(),
+        },
+        Err(e) => e,
     };
-    let text = devices_report(Err(reason.clone()), 16, &[], false);
+    let reason = error.to_string();
+    let text = devices_report(Err(error.clone()), 16, false);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert_eq!(lines[0], format!("NVML not available: {reason}"));
@@ -417,7 +421,7 @@ fn devices_report_without_nvml_gives_the_reason_and_the_cpu() {
     assert_eq!(lines[1], "cpu: 16 cores");
 
     let json: serde_json::Value =
-        serde_json::from_str(&devices_report(Err(reason.clone()), 16, &[], true)).unwrap();
+        serde_json::from_str(&devices_report(Err(error.clone()), 16, true)).unwrap();
     assert_eq!(json["nvml_available"], false);
     assert_eq!(
         json["reason"].as_str().unwrap(),
@@ -426,17 +430,12 @@ fn devices_report_without_nvml_gives_the_reason_and_the_cpu() {
     assert_eq!(json["cpu_cores"], 16);
     assert_eq!(json["gpus"].as_array().unwrap().len(), 0);
 
-    // Lanes placed on GPUs nobody reports are still shown.
-    let text = devices_report(Err(reason), 4, &[(0, "svc (inference)".into())], false);
-    assert!(
-        text.contains("lane svc (inference) on GPU 0, which the telemetry does not list"),
-        "{text}"
-    );
+    let text = devices_report(Err(error), 4, false);
     assert!(text.ends_with("cpu: 4 cores\n"), "{text}");
 }
 
 #[test]
-fn devices_report_tabulates_gpus_processes_and_lanes() {
+fn devices_report_tabulates_gpus_and_processes() {
     let me = std::process::id();
     let mut src = ScriptedSource::new(vec![ScriptStep::Gpus(vec![
         GpuStep {
@@ -475,11 +474,7 @@ fn devices_report_tabulates_gpus_processes_and_lanes() {
             ..Default::default()
         },
     ])]);
-    let lanes = vec![
-        (1, "svc-a (inference, share 0.40)".to_string()),
-        (1, "job-b (training, share 0.30)".to_string()),
-    ];
-    let text = devices_report(Ok(&mut src), 16, &lanes, false);
+    let text = devices_report(Ok(&mut src), 16, false);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("scripted telemetry"), "{text}");
     assert!(lines[1].starts_with("GPU  NAME"), "{text}");
@@ -509,15 +504,11 @@ fn devices_report_tabulates_gpus_processes_and_lanes() {
         "{text}"
     );
     assert!(rest.contains("process 1: 256 MiB, sm 10 %"), "{text}");
-    assert!(
-        rest.contains("lane svc-a (inference, share 0.40)"),
-        "{text}"
-    );
-    assert!(rest.contains("lane job-b (training, share 0.30)"), "{text}");
+    assert!(rest.contains("lanes: none"), "{text}");
     assert!(text.ends_with("cpu: 16 cores\n"), "{text}");
 
     let json: serde_json::Value =
-        serde_json::from_str(&devices_report(Ok(&mut src), 16, &lanes, true)).unwrap();
+        serde_json::from_str(&devices_report(Ok(&mut src), 16, true)).unwrap();
     assert_eq!(json["nvml_available"], true);
     assert_eq!(json["reason"], serde_json::Value::Null);
     let gpus = json["gpus"].as_array().unwrap();
@@ -525,13 +516,13 @@ fn devices_report_tabulates_gpus_processes_and_lanes() {
     assert_eq!(gpus[1]["index"], 1);
     assert_eq!(gpus[1]["uuid"], "GPU-1111");
     assert_eq!(gpus[1]["power_w"], 250.46);
-    assert_eq!(gpus[1]["lanes"].as_array().unwrap().len(), 2);
+    assert_eq!(gpus[1]["lanes"].as_array().unwrap().len(), 0);
     assert_eq!(gpus[1]["processes"][0]["used_mem_bytes"], 512 * MIB);
     assert_eq!(gpus[0]["lanes"].as_array().unwrap().len(), 0);
 
     // A source that opens but cannot read says so, then the CPU.
     let mut failing = ScriptedSource::new(vec![ScriptStep::Error("GPU is lost".into())]);
-    let text = devices_report(Ok(&mut failing), 2, &[], false);
+    let text = devices_report(Ok(&mut failing), 2, false);
     assert_eq!(text, "telemetry read failed: GPU is lost\ncpu: 2 cores\n");
 }
 
@@ -663,10 +654,10 @@ fn fake_smi(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 /// Starts a recorder, retrying when a concurrent fork in another test held the fresh
 /// script open for writing (ETXTBSY).
-fn start(program: &Path) -> Result<SmiRecorder, String> {
+fn start(program: &Path) -> Result<SmiRecorder, setpoint::telemetry::SmiError> {
     for _ in 0..20 {
         match SmiRecorder::start_program(program, 100, SmiClock::UtcOffsetSeconds(0)) {
-            Err(e) if e.contains("Text file busy") => {
+            Err(e) if e.to_string().contains("Text file busy") => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
             r => return r,
@@ -713,20 +704,24 @@ fn recorder_collects_and_parses_output() {
     );
     let e = start(&failing)
         .err()
-        .expect("a failing nvidia-smi is an error");
+        .expect("a failing nvidia-smi is an error")
+        .to_string();
     assert!(e.contains("exited at once"), "{e}");
     assert!(
         e.contains("couldn't communicate with the NVIDIA driver"),
         "{e}"
     );
 
-    let e = start(&dir.path().join("no-such-smi")).err().unwrap();
+    let e = start(&dir.path().join("no-such-smi"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("not found on PATH"), "{e}");
 }
 
 #[test]
 fn recorder_without_nvidia_smi_says_so() {
-    match SmiRecorder::start(100) {
+    match SmiRecorder::start(100).map_err(|e| e.to_string()) {
         Ok(rec) => {
             println!("skipped: nvidia-smi is present on this host; stopping it");
             let _ = rec.stop();

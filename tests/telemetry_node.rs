@@ -176,7 +176,7 @@ fn own_load_is_recognised_through_the_namespace_mapping_and_idle_contexts_take_n
 
     // The report marks the daemon by its host pid.
     let mut src = fixture("namespaced.toml");
-    let text = devices_report(Ok(&mut src), 2, &[], false);
+    let text = devices_report(Ok(&mut src), 2, false);
     assert!(
         text.contains("process 90042: 2048 MiB, sm 55 % (this process)"),
         "{text}"

@@ -30,23 +30,27 @@ struct DrillRequest {
     after_ops: Option<u64>,
 }
 
+/// Why a drill's body was refused.
+#[derive(Debug, thiserror::Error)]
+enum DrillError {
+    #[error(
+        "invalid fault drill: {0}; accepted: an empty body, or a JSON object with \"reason\" (text) and \"after_ops\" (a whole number of operations)"
+    )]
+    Body(serde_json::Error),
+    #[error("reason: must be between 1 and {MAX_REASON_CHARS} characters, got {0}")]
+    ReasonLength(usize),
+}
+
 /// Reads a drill's body: empty or a JSON object with the accepted keys.
-fn parse_drill(body: Value) -> Result<DrillRequest, String> {
+fn parse_drill(body: Value) -> Result<DrillRequest, DrillError> {
     let req: DrillRequest = match body {
         Value::Null => DrillRequest::default(),
-        v => serde_json::from_value(v).map_err(|e| {
-            format!(
-                "invalid fault drill: {e}; accepted: an empty body, or a JSON object with \
-                 \"reason\" (text) and \"after_ops\" (a whole number of operations)"
-            )
-        })?,
+        v => serde_json::from_value(v).map_err(DrillError::Body)?,
     };
     if let Some(r) = &req.reason {
         let chars = r.chars().count();
         if r.trim().is_empty() || chars > MAX_REASON_CHARS {
-            return Err(format!(
-                "reason: must be between 1 and {MAX_REASON_CHARS} characters, got {chars}"
-            ));
+            return Err(DrillError::ReasonLength(chars));
         }
     }
     Ok(req)
@@ -60,8 +64,8 @@ pub(crate) async fn fail_device(
     body: Body,
 ) -> ApiResult<Response> {
     let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
-    let req =
-        parse_drill(parse_json(&bytes)?).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    let req = parse_drill(parse_json(&bytes)?)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m.to_string()))?;
     let reason = req.reason.as_deref().unwrap_or("fault drill");
     let view = s.node.drill_device_fault(&name, req.after_ops, reason)?;
     let status = if view.after_ops.is_some() {
@@ -87,14 +91,16 @@ mod tests {
                 after_ops: Some(3)
             }
         );
-        let unknown = parse_drill(json!({"after": 3})).unwrap_err();
+        let unknown = parse_drill(json!({"after": 3})).unwrap_err().to_string();
         assert!(
             unknown.contains("unknown field `after`") && unknown.contains("\"after_ops\""),
             "{unknown}"
         );
-        let negative = parse_drill(json!({"after_ops": -1})).unwrap_err();
+        let negative = parse_drill(json!({"after_ops": -1}))
+            .unwrap_err()
+            .to_string();
         assert!(negative.contains("invalid value"), "{negative}");
-        let empty = parse_drill(json!({"reason": " "})).unwrap_err();
+        let empty = parse_drill(json!({"reason": " "})).unwrap_err().to_string();
         assert_eq!(empty, "reason: must be between 1 and 500 characters, got 1");
     }
 }

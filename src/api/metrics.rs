@@ -1,525 +1,432 @@
-//! Prometheus text exposition (format 0.0.4) of the node's state.
+//! Prometheus text exposition (format 0.0.4) of the node's state: tables of families, each
+//! declared once (name, type, help) with how its samples are read, written by
+//! [`crate::util::prometheus`].
 
-use std::fmt::Write;
-
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::server::ConnectionStats;
-use crate::node::{JobState, Node};
-use crate::util::histogram::Histogram;
+use crate::control::Decisions;
+use crate::node::{JobState, JobView, Node, Service};
+use crate::serve::ServiceStats;
+use crate::util::prometheus::{self, Empty, Family, Row, Samples, flag};
 
-/// Escapes a label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A family of the node and how its samples are read from a [`Ctx`] of any lifetime.
+type NodeRow = (Family, fn(&Ctx<'_>, &mut Samples<'_>));
+
+/// What the node's families are read from: the node, and what is read from it once per
+/// rendering.
+struct Ctx<'a> {
+    node: &'a Node,
+    reloads: (u64, u64, bool),
+    services: Vec<(Arc<Service>, ServiceStats)>,
+    decisions: Decisions,
+    ticks: u64,
+    jobs: Vec<JobView>,
 }
 
-fn num(v: f64) -> String {
-    if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
+/// One sample per ready service, labelled by its name.
+fn per_service(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&Service, &ServiceStats) -> f64) {
+    for (s, st) in &c.services {
+        o.add(&[("service", s.name())], get(s, st));
+    }
+}
+
+/// One sample per job with a value, labelled by its name.
+fn per_job(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&JobView) -> Option<f64>) {
+    for j in &c.jobs {
+        if let Some(v) = get(j) {
+            o.add(&[("job", &j.name)], v);
         }
-    } else if v.is_nan() {
-        "NaN".into()
-    } else {
-        format!("{v}")
     }
 }
 
-struct Out {
-    text: String,
+/// One sample per device, labelled by its name.
+fn per_device(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&Ctx<'_>, usize) -> f64) {
+    for d in 0..c.node.device_count() {
+        let name = c.node.placement(d).name();
+        o.add(&[("device", name.as_str())], get(c, d));
+    }
 }
 
-impl Out {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.text, "# HELP {name} {help}");
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
-    }
+/// The process, its readiness and configuration reloads.
+const PROCESS: [NodeRow; 4] = [
+    (
+        Family::gauge(
+            "setpoint_process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds.",
+        ),
+        |c, o| {
+            let start = c.node.started_at().duration_since(std::time::UNIX_EPOCH);
+            o.add(&[], start.map_or(0.0, |d| d.as_secs_f64()));
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_ready",
+            "1 when every service is serving, some device works and the node is not shutting down.",
+        ),
+        |c, o| o.add(&[], flag(c.node.is_ready())),
+    ),
+    (
+        Family::counter(
+            "setpoint_config_reloads_total",
+            "Configuration reloads (SIGHUP, POST /v1/reload) by result: ok (applied), error (refused, the running configuration kept).",
+        ),
+        |c, o| {
+            o.add(&[("result", "ok")], c.reloads.0 as f64);
+            o.add(&[("result", "error")], c.reloads.1 as f64);
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_config_last_reload_successful",
+            "0 when the last configuration reload was refused, else 1.",
+        ),
+        |c, o| o.add(&[], flag(c.reloads.2)),
+    ),
+];
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
+/// The inference services' counters, histograms and limits.
+const INFERENCE: [NodeRow; 10] = [
+    (
+        Family::counter(
+            "setpoint_inference_requests_total",
+            "Inference rows by outcome: success, failure (compute error), rejected (queue full), invalid (malformed request), timeout (answered 504: no answer within the request's timeout).",
+        ),
+        |c, o| {
+            for (s, st) in &c.services {
+                for (outcome, v) in [
+                    ("success", st.success_count),
+                    ("failure", st.failure_count),
+                    ("rejected", st.rejected_count),
+                    ("invalid", s.invalid_count()),
+                    ("timeout", s.timeout_count()),
+                ] {
+                    o.add(&[("service", s.name()), ("outcome", outcome)], v as f64);
                 }
-                let _ = write!(self.text, "{k}=\"{}\"", esc(v));
             }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {}", num(value));
-    }
+        },
+    ),
+    (
+        Family::counter(
+            "setpoint_inference_expired_total",
+            "Requests taken out of the queue without being run because their timeout had passed.",
+        ),
+        |c, o| per_service(c, o, |_, st| st.expired_count as f64),
+    ),
+    (
+        Family::counter(
+            "setpoint_inference_batches_total",
+            "Forward passes run by the batcher.",
+        ),
+        |c, o| per_service(c, o, |_, st| st.batch_count as f64),
+    ),
+    (
+        Family::histogram(
+            "setpoint_inference_queue_duration_seconds",
+            "Time a request waited for its batch to start.",
+        ),
+        |c, o| {
+            for (s, st) in &c.services {
+                o.histogram(&[("service", s.name())], &st.queue_hist);
+            }
+        },
+    ),
+    (
+        Family::histogram(
+            "setpoint_inference_compute_duration_seconds",
+            "Compute time of the batch a request ran in (input, forward pass, output).",
+        ),
+        |c, o| {
+            for (s, st) in &c.services {
+                o.histogram(&[("service", s.name())], &st.compute_hist);
+            }
+        },
+    ),
+    (
+        Family::histogram(
+            "setpoint_inference_request_duration_seconds",
+            "End-to-end time of successful HTTP inference requests, body read to response.",
+        ),
+        |c, o| {
+            for (s, _) in &c.services {
+                o.histogram(&[("service", s.name())], &s.request_hist());
+            }
+        },
+    ),
+    (
+        Family::histogram("setpoint_inference_batch_size", "Rows per forward pass."),
+        |c, o| {
+            for (s, st) in &c.services {
+                o.histogram(&[("service", s.name())], &st.batch_hist);
+            }
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_inference_queue_length",
+            "Requests waiting for a batch.",
+        ),
+        |c, o| per_service(c, o, |s, _| s.inner.queue_len() as f64),
+    ),
+    (
+        Family::gauge(
+            "setpoint_inference_max_batch_size",
+            "Batch size limit in force.",
+        ),
+        |c, o| per_service(c, o, |s, _| s.inner.max_batch_size() as f64),
+    ),
+    (
+        Family::gauge(
+            "setpoint_inference_slo_seconds",
+            "Response-time objective (p99) of the service.",
+        ),
+        |c, o| per_service(c, o, |s, _| s.config().slo.p99_ms / 1000.0),
+    ),
+];
 
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
-        for (bound, count) in h.cumulative() {
-            let le = num(bound);
-            let mut l = labels.to_vec();
-            l.push(("le", &le));
-            self.sample(&format!("{name}_bucket"), &l, count as f64);
+/// The devices, the control loop and what it measured and decided.
+const CONTROL: [NodeRow; 7] = [
+    (
+        Family::gauge(
+            "setpoint_device_busy_ratio",
+            "Fraction of the device's workers busy over the last control period.",
+        ),
+        |c, o| {
+            let busy = c.node.busy_by_device();
+            for d in 0..c.node.device_count() {
+                let name = c.node.placement(d).name();
+                o.add(
+                    &[("device", name.as_str())],
+                    busy.get(d).copied().unwrap_or(0.0),
+                );
+            }
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_device_up",
+            "1 while the device runs its tenants, 0 once it has failed (until the daemon restarts).",
+        ),
+        |c, o| per_device(c, o, |c, d| flag(c.node.device_failure(d).is_none())),
+    ),
+    (
+        Family::counter("setpoint_controller_ticks_total", "Control periods run."),
+        |c, o| o.add(&[], c.ticks as f64),
+    ),
+    (
+        Family::gauge(
+            "setpoint_service_latency_window_seconds",
+            "Request latency (queue + compute) quantiles over the service's SLO window.",
+        ),
+        |c, o| {
+            for (s, _) in &c.services {
+                let measure = c.node.service_measure(s.name());
+                if let Some(m) = measure.filter(|m| m.window.count > 0) {
+                    let t = &m.window.total;
+                    for (q, v) in [("0.5", t.p50), ("0.95", t.p95), ("0.99", t.p99)] {
+                        o.add(&[("service", s.name()), ("q", q)], v);
+                    }
+                }
+            }
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_service_arrival_rate_per_second",
+            "Requests arriving per second over the last control period.",
+        ),
+        |c, o| {
+            for (s, _) in &c.services {
+                if let Some(m) = c.node.service_measure(s.name()) {
+                    o.add(&[("service", s.name())], m.arrival_rate);
+                }
+            }
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_tenant_requested_share_ratio",
+            "Share a tenant's loop asked for at the last tick, before the arbiter.",
+        ),
+        |c, o| {
+            for d in &c.decisions.services {
+                o.add(&[("tenant", &d.name), ("kind", "service")], d.requested);
+            }
+            for d in &c.decisions.jobs {
+                o.add(&[("tenant", &d.name), ("kind", "job")], d.requested);
+            }
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_job_required_steps_per_second",
+            "Steps per second a deadline job needs to finish on time.",
+        ),
+        |c, o| {
+            for d in &c.decisions.jobs {
+                if let Some(r) = d.required_rate.filter(|r| r.is_finite()) {
+                    o.add(&[("job", &d.name)], r);
+                }
+            }
+        },
+    ),
+];
+
+/// The tenants' shares and the jobs' progress.
+const TENANTS: [NodeRow; 8] = [
+    (
+        Family::gauge(
+            "setpoint_tenant_share_ratio",
+            "Share of the device a tenant runs at, in [0, 1].",
+        ),
+        |c, o| {
+            for v in c.node.service_views() {
+                o.add(&[("tenant", &v.name), ("kind", "service")], v.share);
+            }
+            for j in &c.jobs {
+                o.add(&[("tenant", &j.name), ("kind", "job")], j.share);
+            }
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_job_progress_ratio",
+            "Fraction of the epoch limit a job has done.",
+        ),
+        |c, o| per_job(c, o, |j| Some(j.progress)),
+    ),
+    (
+        Family::counter(
+            "setpoint_job_steps_total",
+            "Optimiser steps a job has taken.",
+        ),
+        |c, o| per_job(c, o, |j| Some(j.steps as f64)),
+    ),
+    (
+        Family::counter(
+            "setpoint_job_checkpoint_errors_total",
+            "Checkpoint writes of a job that failed (training goes on until the timeout).",
+        ),
+        |c, o| per_job(c, o, |j| Some(j.checkpoint_errors as f64)),
+    ),
+    (
+        Family::gauge(
+            "setpoint_job_val_accuracy_ratio",
+            "Validation accuracy after a job's last epoch.",
+        ),
+        |c, o| per_job(c, o, |j| j.val_accuracy),
+    ),
+    (
+        Family::gauge(
+            "setpoint_job_deadline_slack_seconds",
+            "Deadline minus estimated finish of a job; negative when it is expected late.",
+        ),
+        |c, o| per_job(c, o, |j| j.slack_s),
+    ),
+    (
+        Family::gauge(
+            "setpoint_job_samples_per_second",
+            "Training samples per second of a running job.",
+        ),
+        |c, o| per_job(c, o, |j| Some(j.samples_per_s)),
+    ),
+    (Family::gauge("setpoint_jobs", "Jobs by state."), |c, o| {
+        for state in [
+            JobState::Pending,
+            JobState::Loading,
+            JobState::Running,
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            let n = c.jobs.iter().filter(|j| j.state == state).count();
+            let name = format!("{state:?}").to_lowercase();
+            o.add(&[("state", &name)], n as f64);
         }
-        self.sample(&format!("{name}_sum"), labels, h.sum);
-        self.sample(&format!("{name}_count"), labels, h.count as f64);
-    }
+    }),
+];
+
+/// The listener's connections: open, the cap, and why some were refused or closed.
+const CONNECTIONS: [Row<ConnectionStats>; 5] = [
+    (
+        Family::gauge(
+            "setpoint_http_connections_open",
+            "HTTP connections open now.",
+        ),
+        |c, o| o.add(&[], get(&c.open)),
+    ),
+    (
+        Family::gauge(
+            "setpoint_http_connections_max",
+            "The cap on open HTTP connections in force (http.max_connections, lowered to what the descriptor limit allows).",
+        ),
+        |c, o| o.add(&[], get(&c.limit)),
+    ),
+    (
+        Family::counter(
+            "setpoint_http_connections_accepted_total",
+            "HTTP connections accepted and served.",
+        ),
+        |c, o| o.add(&[], get(&c.accepted)),
+    ),
+    (
+        Family::counter(
+            "setpoint_http_connections_closed_total",
+            "HTTP connections closed by the daemon, by reason: refused (the cap was reached; answered 503), idle (http.idle_timeout_ms), header_timeout (http.header_read_timeout_ms).",
+        ),
+        |c, o| {
+            for (reason, n) in [
+                ("refused", &c.refused),
+                ("idle", &c.idle_closed),
+                ("header_timeout", &c.header_timeouts),
+            ] {
+                o.add(&[("reason", reason)], get(n));
+            }
+        },
+    ),
+    (
+        Family::counter(
+            "setpoint_http_accept_errors_total",
+            "Failed accepts; those for want of descriptors (EMFILE, ENFILE) are retried after a pause of up to 1 s.",
+        ),
+        |c, o| o.add(&[], get(&c.accept_errors)),
+    ),
+];
+
+fn get(a: &AtomicU64) -> f64 {
+    a.load(Ordering::Relaxed) as f64
 }
 
 /// Renders every metric of the node and of its HTTP listener.
 pub fn render(node: &Node, conns: &ConnectionStats) -> String {
-    let mut o = Out {
-        text: String::with_capacity(8192),
-    };
-    let start = node
-        .started_at()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    o.header(
-        "setpoint_process_start_time_seconds",
-        "gauge",
-        "Start time of the process since the Unix epoch in seconds.",
-    );
-    o.sample("setpoint_process_start_time_seconds", &[], start);
-    o.header(
-        "setpoint_ready",
-        "gauge",
-        "1 when every service is serving, some device works and the node is not shutting down.",
-    );
-    o.sample(
-        "setpoint_ready",
-        &[],
-        if node.is_ready() { 1.0 } else { 0.0 },
-    );
-
-    let (reloads_ok, reloads_failed, last_ok) = node.reload_counts();
-    o.header(
-        "setpoint_config_reloads_total",
-        "counter",
-        "Configuration reloads (SIGHUP, POST /v1/reload) by result: ok (applied), error (refused, the running configuration kept).",
-    );
-    o.sample(
-        "setpoint_config_reloads_total",
-        &[("result", "ok")],
-        reloads_ok as f64,
-    );
-    o.sample(
-        "setpoint_config_reloads_total",
-        &[("result", "error")],
-        reloads_failed as f64,
-    );
-    o.header(
-        "setpoint_config_last_reload_successful",
-        "gauge",
-        "0 when the last configuration reload was refused, else 1.",
-    );
-    o.sample(
-        "setpoint_config_last_reload_successful",
-        &[],
-        if last_ok { 1.0 } else { 0.0 },
-    );
-
+    let reloads = node.reload_counts();
     let services = node.ready_services();
-    let stats: Vec<_> = services.iter().map(|s| (s, s.stats())).collect();
-
-    o.header(
-        "setpoint_inference_requests_total",
-        "counter",
-        "Inference rows by outcome: success, failure (compute error), rejected (queue full), invalid (malformed request), timeout (answered 504: no answer within the request's timeout).",
-    );
-    for (s, st) in &stats {
-        for (outcome, v) in [
-            ("success", st.success_count),
-            ("failure", st.failure_count),
-            ("rejected", st.rejected_count),
-            ("invalid", s.invalid_count()),
-            ("timeout", s.timeout_count()),
-        ] {
-            o.sample(
-                "setpoint_inference_requests_total",
-                &[("service", s.name()), ("outcome", outcome)],
-                v as f64,
-            );
-        }
-    }
-    o.header(
-        "setpoint_inference_expired_total",
-        "counter",
-        "Requests taken out of the queue without being run because their timeout had passed.",
-    );
-    for (s, st) in &stats {
-        o.sample(
-            "setpoint_inference_expired_total",
-            &[("service", s.name())],
-            st.expired_count as f64,
-        );
-    }
-    o.header(
-        "setpoint_inference_batches_total",
-        "counter",
-        "Forward passes run by the batcher.",
-    );
-    for (s, st) in &stats {
-        o.sample(
-            "setpoint_inference_batches_total",
-            &[("service", s.name())],
-            st.batch_count as f64,
-        );
-    }
-    o.header(
-        "setpoint_inference_queue_duration_seconds",
-        "histogram",
-        "Time a request waited for its batch to start.",
-    );
-    for (s, st) in &stats {
-        o.histogram(
-            "setpoint_inference_queue_duration_seconds",
-            &[("service", s.name())],
-            &st.queue_hist,
-        );
-    }
-    o.header(
-        "setpoint_inference_compute_duration_seconds",
-        "histogram",
-        "Compute time of the batch a request ran in (input, forward pass, output).",
-    );
-    for (s, st) in &stats {
-        o.histogram(
-            "setpoint_inference_compute_duration_seconds",
-            &[("service", s.name())],
-            &st.compute_hist,
-        );
-    }
-    o.header(
-        "setpoint_inference_request_duration_seconds",
-        "histogram",
-        "End-to-end time of successful HTTP inference requests, body read to response.",
-    );
-    for (s, _) in &stats {
-        o.histogram(
-            "setpoint_inference_request_duration_seconds",
-            &[("service", s.name())],
-            &s.request_hist(),
-        );
-    }
-    o.header(
-        "setpoint_inference_batch_size",
-        "histogram",
-        "Rows per forward pass.",
-    );
-    for (s, st) in &stats {
-        o.histogram(
-            "setpoint_inference_batch_size",
-            &[("service", s.name())],
-            &st.batch_hist,
-        );
-    }
-    o.header(
-        "setpoint_inference_queue_length",
-        "gauge",
-        "Requests waiting for a batch.",
-    );
-    for (s, _) in &stats {
-        o.sample(
-            "setpoint_inference_queue_length",
-            &[("service", s.name())],
-            s.inner.queue_len() as f64,
-        );
-    }
-    o.header(
-        "setpoint_inference_max_batch_size",
-        "gauge",
-        "Batch size limit in force.",
-    );
-    for (s, _) in &stats {
-        o.sample(
-            "setpoint_inference_max_batch_size",
-            &[("service", s.name())],
-            s.inner.max_batch_size() as f64,
-        );
-    }
-    o.header(
-        "setpoint_inference_slo_seconds",
-        "gauge",
-        "Response-time objective (p99) of the service.",
-    );
-    for (s, _) in &stats {
-        o.sample(
-            "setpoint_inference_slo_seconds",
-            &[("service", s.name())],
-            s.config().slo.p99_ms / 1000.0,
-        );
-    }
-
+    let services = services
+        .into_iter()
+        .map(|s| (s.clone(), s.stats()))
+        .collect();
     let decisions = node.last_decisions();
     let (_, ticks) = node.busy_and_ticks();
-    o.header(
-        "setpoint_device_busy_ratio",
-        "gauge",
-        "Fraction of the device's workers busy over the last control period.",
-    );
-    let busy = node.busy_by_device();
-    for d in 0..node.device_count() {
-        let name = node.placement(d).name();
-        o.sample(
-            "setpoint_device_busy_ratio",
-            &[("device", name.as_str())],
-            busy.get(d).copied().unwrap_or(0.0),
-        );
+    let jobs = node.jobs().iter().map(|j| node.job_view(j)).collect();
+    let ctx = Ctx {
+        node,
+        reloads,
+        services,
+        decisions,
+        ticks,
+        jobs,
+    };
+    let mut out = String::with_capacity(8192);
+    for rows in [&PROCESS[..], &INFERENCE, &CONTROL, &TENANTS] {
+        prometheus::table(&mut out, rows, &ctx, Empty::Keep);
     }
-    o.header(
-        "setpoint_device_up",
-        "gauge",
-        "1 while the device runs its tenants, 0 once it has failed (until the daemon restarts).",
-    );
-    for d in 0..node.device_count() {
-        let name = node.placement(d).name();
-        let up = node.device_failure(d).is_none();
-        o.sample(
-            "setpoint_device_up",
-            &[("device", name.as_str())],
-            if up { 1.0 } else { 0.0 },
-        );
-    }
-    o.header(
-        "setpoint_controller_ticks_total",
-        "counter",
-        "Control periods run.",
-    );
-    o.sample("setpoint_controller_ticks_total", &[], ticks as f64);
-    o.header(
-        "setpoint_service_latency_window_seconds",
-        "gauge",
-        "Request latency (queue + compute) quantiles over the service's SLO window.",
-    );
-    for (s, _) in &stats {
-        if let Some(m) = node
-            .service_measure(s.name())
-            .filter(|m| m.window.count > 0)
-        {
-            for (q, v) in [
-                ("0.5", m.window.total.p50),
-                ("0.95", m.window.total.p95),
-                ("0.99", m.window.total.p99),
-            ] {
-                o.sample(
-                    "setpoint_service_latency_window_seconds",
-                    &[("service", s.name()), ("q", q)],
-                    v,
-                );
-            }
-        }
-    }
-    o.header(
-        "setpoint_service_arrival_rate_per_second",
-        "gauge",
-        "Requests arriving per second over the last control period.",
-    );
-    for (s, _) in &stats {
-        if let Some(m) = node.service_measure(s.name()) {
-            o.sample(
-                "setpoint_service_arrival_rate_per_second",
-                &[("service", s.name())],
-                m.arrival_rate,
-            );
-        }
-    }
-    o.header(
-        "setpoint_tenant_requested_share_ratio",
-        "gauge",
-        "Share a tenant's loop asked for at the last tick, before the arbiter.",
-    );
-    for d in &decisions.services {
-        o.sample(
-            "setpoint_tenant_requested_share_ratio",
-            &[("tenant", &d.name), ("kind", "service")],
-            d.requested,
-        );
-    }
-    for d in &decisions.jobs {
-        o.sample(
-            "setpoint_tenant_requested_share_ratio",
-            &[("tenant", &d.name), ("kind", "job")],
-            d.requested,
-        );
-    }
-    o.header(
-        "setpoint_job_required_steps_per_second",
-        "gauge",
-        "Steps per second a deadline job needs to finish on time.",
-    );
-    for d in &decisions.jobs {
-        if let Some(r) = d.required_rate.filter(|r| r.is_finite()) {
-            o.sample(
-                "setpoint_job_required_steps_per_second",
-                &[("job", &d.name)],
-                r,
-            );
-        }
-    }
-    let jobs: Vec<_> = node.jobs().iter().map(|j| node.job_view(j)).collect();
-    o.header(
-        "setpoint_tenant_share_ratio",
-        "gauge",
-        "Share of the device a tenant runs at, in [0, 1].",
-    );
-    for v in node.service_views() {
-        o.sample(
-            "setpoint_tenant_share_ratio",
-            &[("tenant", &v.name), ("kind", "service")],
-            v.share,
-        );
-    }
-    for j in &jobs {
-        o.sample(
-            "setpoint_tenant_share_ratio",
-            &[("tenant", &j.name), ("kind", "job")],
-            j.share,
-        );
-    }
-    o.header(
-        "setpoint_job_progress_ratio",
-        "gauge",
-        "Fraction of the epoch limit a job has done.",
-    );
-    for j in &jobs {
-        o.sample(
-            "setpoint_job_progress_ratio",
-            &[("job", &j.name)],
-            j.progress,
-        );
-    }
-    o.header(
-        "setpoint_job_steps_total",
-        "counter",
-        "Optimiser steps a job has taken.",
-    );
-    for j in &jobs {
-        o.sample(
-            "setpoint_job_steps_total",
-            &[("job", &j.name)],
-            j.steps as f64,
-        );
-    }
-    o.header(
-        "setpoint_job_checkpoint_errors_total",
-        "counter",
-        "Checkpoint writes of a job that failed (training goes on until the timeout).",
-    );
-    for j in &jobs {
-        o.sample(
-            "setpoint_job_checkpoint_errors_total",
-            &[("job", &j.name)],
-            j.checkpoint_errors as f64,
-        );
-    }
-    o.header(
-        "setpoint_job_val_accuracy_ratio",
-        "gauge",
-        "Validation accuracy after a job's last epoch.",
-    );
-    for j in &jobs {
-        if let Some(a) = j.val_accuracy {
-            o.sample("setpoint_job_val_accuracy_ratio", &[("job", &j.name)], a);
-        }
-    }
-    o.header(
-        "setpoint_job_deadline_slack_seconds",
-        "gauge",
-        "Deadline minus estimated finish of a job; negative when it is expected late.",
-    );
-    for j in &jobs {
-        if let Some(s) = j.slack_s {
-            o.sample(
-                "setpoint_job_deadline_slack_seconds",
-                &[("job", &j.name)],
-                s,
-            );
-        }
-    }
-    o.header(
-        "setpoint_job_samples_per_second",
-        "gauge",
-        "Training samples per second of a running job.",
-    );
-    for j in &jobs {
-        o.sample(
-            "setpoint_job_samples_per_second",
-            &[("job", &j.name)],
-            j.samples_per_s,
-        );
-    }
-    o.header("setpoint_jobs", "gauge", "Jobs by state.");
-    for state in [
-        JobState::Pending,
-        JobState::Loading,
-        JobState::Running,
-        JobState::Completed,
-        JobState::Failed,
-        JobState::Cancelled,
-    ] {
-        let n = jobs.iter().filter(|j| j.state == state).count();
-        let name = format!("{state:?}").to_lowercase();
-        o.sample("setpoint_jobs", &[("state", &name)], n as f64);
-    }
-    connections(&mut o, conns);
+    prometheus::table(&mut out, &CONNECTIONS, conns, Empty::Keep);
     // What NVML reports per GPU (nothing on a host without GPUs).
     let (gpus, failed_reads) = node.telemetry();
     if !gpus.is_empty() || failed_reads > 0 {
-        crate::telemetry::render_metrics(&gpus, failed_reads, &mut o.text);
+        crate::telemetry::render_metrics(&gpus, failed_reads, &mut out);
     }
-    o.text
-}
-
-/// The listener's connections: open, the cap, and why some were refused or closed.
-fn connections(o: &mut Out, c: &ConnectionStats) {
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-    o.header(
-        "setpoint_http_connections_open",
-        "gauge",
-        "HTTP connections open now.",
-    );
-    o.sample("setpoint_http_connections_open", &[], get(&c.open));
-    o.header(
-        "setpoint_http_connections_max",
-        "gauge",
-        "The cap on open HTTP connections in force (http.max_connections, lowered to what the descriptor limit allows).",
-    );
-    o.sample("setpoint_http_connections_max", &[], get(&c.limit));
-    o.header(
-        "setpoint_http_connections_accepted_total",
-        "counter",
-        "HTTP connections accepted and served.",
-    );
-    o.sample(
-        "setpoint_http_connections_accepted_total",
-        &[],
-        get(&c.accepted),
-    );
-    o.header(
-        "setpoint_http_connections_closed_total",
-        "counter",
-        "HTTP connections closed by the daemon, by reason: refused (the cap was reached; answered 503), idle (http.idle_timeout_ms), header_timeout (http.header_read_timeout_ms).",
-    );
-    for (reason, n) in [
-        ("refused", &c.refused),
-        ("idle", &c.idle_closed),
-        ("header_timeout", &c.header_timeouts),
-    ] {
-        o.sample(
-            "setpoint_http_connections_closed_total",
-            &[("reason", reason)],
-            get(n),
-        );
-    }
-    o.header(
-        "setpoint_http_accept_errors_total",
-        "counter",
-        "Failed accepts; those for want of descriptors (EMFILE, ENFILE) are retried after a pause of up to 1 s.",
-    );
-    o.sample(
-        "setpoint_http_accept_errors_total",
-        &[],
-        get(&c.accept_errors),
-    );
+    out
 }

@@ -63,6 +63,80 @@ use crate::config::{Deadline, JobConfig, NodeConfig, OptimizerKind, ServiceConfi
 use crate::node::{JobState, Node, Policy};
 use crate::util::rng::Rng;
 
+/// Why scenario text is not a valid scenario.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidScenario {
+    /// Not TOML, or not of the scenario's shape (an unknown policy among them).
+    #[error("{}", .0.to_string().trim())]
+    Toml(toml::de::Error),
+    /// Values out of range or inconsistent, each as `key: what is wrong`.
+    #[error("{}", .0.join("; "))]
+    Checks(Vec<String>),
+}
+
+/// A policy a scenario runs: the names of [`Policy`]'s kinds, the static shares coming
+/// from the scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum PolicyName {
+    /// The feedback controller ([`Policy::Controller`]).
+    Setpoint,
+    /// The scenario's fixed shares ([`Policy::Static`]).
+    Static,
+    /// No shares ([`Policy::None`]).
+    None,
+}
+
+impl PolicyName {
+    /// Every policy, in the default order.
+    pub const ALL: [PolicyName; 3] = [PolicyName::Setpoint, PolicyName::Static, PolicyName::None];
+
+    /// As reports and the scenario file name it (what [`Policy::name`] says).
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyName::Setpoint => "setpoint",
+            PolicyName::Static => "static",
+            PolicyName::None => "none",
+        }
+    }
+
+    /// The node's policy, the static shares taken from `s`.
+    fn policy(self, s: &Scenario) -> Policy {
+        match self {
+            PolicyName::Static => Policy::Static {
+                shares: s.static_shares.clone(),
+                default: 1.0 / (1 + s.jobs.len()) as f64,
+            },
+            PolicyName::None => Policy::None,
+            PolicyName::Setpoint => Policy::Controller,
+        }
+    }
+}
+
+/// A policy name that is none of [`PolicyName::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy {0:?} (accepted: setpoint, static, none)")]
+pub struct UnknownPolicy(pub String);
+
+impl std::str::FromStr for PolicyName {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, UnknownPolicy> {
+        PolicyName::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for PolicyName {
+    type Error = UnknownPolicy;
+
+    fn try_from(s: String) -> Result<Self, UnknownPolicy> {
+        s.parse()
+    }
+}
+
 /// Why a scenario could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -75,12 +149,12 @@ pub enum ScenarioError {
         source: std::io::Error,
     },
     /// The file is not a valid scenario.
-    #[error("scenario {path}: {message}")]
+    #[error("scenario {path}: {source}")]
     Invalid {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        message: String,
+        source: InvalidScenario,
     },
     /// The node failed while running it.
     #[error("scenario run failed: {0}")]
@@ -209,7 +283,7 @@ pub struct Scenario {
     pub leftover: String,
     /// Policies to run, in order.
     #[serde(default = "default_policies")]
-    pub policies: Vec<String>,
+    pub policies: Vec<PolicyName>,
     /// The service.
     pub service: ScenarioService,
     /// The jobs.
@@ -232,8 +306,8 @@ fn default_reserve() -> f64 {
 fn default_leftover() -> String {
     "idle".into()
 }
-fn default_policies() -> Vec<String> {
-    vec!["setpoint".into(), "static".into(), "none".into()]
+fn default_policies() -> Vec<PolicyName> {
+    PolicyName::ALL.to_vec()
 }
 
 impl Scenario {
@@ -243,20 +317,20 @@ impl Scenario {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ScenarioError::Invalid {
+        Self::parse(&text).map_err(|source| ScenarioError::Invalid {
             path: path.to_path_buf(),
-            message,
+            source,
         })
     }
 
     /// Parses and checks scenario text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let s: Scenario = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+    pub fn parse(text: &str) -> Result<Self, InvalidScenario> {
+        let s: Scenario = toml::from_str(text).map_err(InvalidScenario::Toml)?;
         s.check()?;
         Ok(s)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), InvalidScenario> {
         let mut errors = Vec::new();
         if !(self.duration_s > 0.0 && self.duration_s <= 3600.0) {
             errors.push(format!(
@@ -281,13 +355,6 @@ impl Scenario {
                 "leftover: expected \"best-effort\", \"idle\" or \"spread\", got {:?}",
                 self.leftover
             ));
-        }
-        for p in &self.policies {
-            if !["setpoint", "static", "none"].contains(&p.as_str()) {
-                errors.push(format!(
-                    "policies: unknown policy {p:?} (accepted: setpoint, static, none)"
-                ));
-            }
         }
         let svc = &self.service;
         if let Err(e) = crate::model::check_layers(&svc.layers) {
@@ -349,7 +416,7 @@ impl Scenario {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(InvalidScenario::Checks(errors))
         }
     }
 
@@ -514,17 +581,6 @@ pub struct Ratios {
     pub device_seconds: Option<f64>,
 }
 
-fn policy_of(name: &str, s: &Scenario) -> Policy {
-    match name {
-        "static" => Policy::Static {
-            shares: s.static_shares.clone(),
-            default: 1.0 / (1 + s.jobs.len()) as f64,
-        },
-        "none" => Policy::None,
-        _ => Policy::Controller,
-    }
-}
-
 /// Trains the service's model once and writes it to `dir/service.ckpt`.
 fn prepare_model(s: &Scenario, dir: &Path) -> Result<PathBuf, ScenarioError> {
     let cfg = service_config(s, None);
@@ -625,11 +681,12 @@ pub fn run_observed(
     ));
     let ckpt = prepare_model(s, dir.path())?;
     let mut policies = Vec::new();
-    for name in &s.policies {
+    for &policy in &s.policies {
+        let name = policy.name();
         progress(&format!("running policy {name} for {} s", s.duration_s));
         let state = dir.path().join(name);
         on_phase(Some(name));
-        let r = run_policy(s, name, &ckpt, &state);
+        let r = run_policy(s, policy, &ckpt, &state);
         on_phase(None);
         let r = r?;
         progress(&format!(
@@ -676,13 +733,13 @@ pub fn run_observed(
 
 fn run_policy(
     s: &Scenario,
-    policy_name: &str,
+    policy: PolicyName,
     ckpt: &Path,
     state_dir: &Path,
 ) -> Result<PolicyReport, ScenarioError> {
     let node = Node::new(node_config(s, ckpt, state_dir))
         .map_err(|e| ScenarioError::Run(e.to_string()))?;
-    node.set_policy(policy_of(policy_name, s));
+    node.set_policy(policy.policy(s));
     node.start();
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !node.is_ready() {
@@ -785,7 +842,7 @@ fn run_policy(
         // a tick); under a static policy, the lanes' fixed shares.
         let last = node.last_decisions();
         let svc_decision = last.services.iter().find(|x| x.name == s.service.name);
-        let shares: Vec<(String, f64)> = if policy_name == "setpoint" {
+        let shares: Vec<(String, f64)> = if policy == PolicyName::Setpoint {
             let d = &last;
             d.services
                 .iter()
@@ -875,7 +932,7 @@ fn run_policy(
 
     let mut r = summarise(
         s,
-        policy_name,
+        policy.name(),
         latencies,
         jobs,
         timeline,

@@ -8,9 +8,20 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::telemetry::{
-    Correlation, GpuSample, NvmlSource, Phase, Sampler, SkippedLines, SmiRecorder, correlate,
-    unix_now_s,
+    Correlation, GpuSample, NvmlSource, Phase, Sampler, SkippedLines, SmiError, SmiRecorder,
+    TelemetryError, correlate, unix_now_s,
 };
+
+/// Why the cross-check could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CrossCheckError {
+    #[error("{0}")]
+    Nvml(#[from] TelemetryError),
+    #[error("{0}")]
+    Smi(#[from] SmiError),
+    #[error("cannot start the NVML sampler: {0}")]
+    Sampler(std::io::Error),
+}
 
 /// Utilisation may differ from nvidia-smi's by this many points on average.
 pub const UTIL_AGREEMENT_PCT: f64 = 5.0;
@@ -41,8 +52,8 @@ pub struct CrossCheckReport {
 
 impl CrossCheck {
     /// Starts nvidia-smi (`-lms interval_ms`) and an NVML sampler at the same interval.
-    pub fn start(interval_ms: u64) -> Result<CrossCheck, String> {
-        let source = NvmlSource::open().map_err(|e| e.to_string())?;
+    pub fn start(interval_ms: u64) -> Result<CrossCheck, CrossCheckError> {
+        let source = NvmlSource::open()?;
         let recorder = SmiRecorder::start(interval_ms)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -64,7 +75,7 @@ impl CrossCheck {
                 }
                 all
             })
-            .map_err(|e| format!("cannot start the NVML sampler: {e}"))?;
+            .map_err(CrossCheckError::Sampler)?;
         Ok(CrossCheck {
             recorder,
             stop,

@@ -6,6 +6,84 @@ use serde_json::{Value, json};
 use super::{Client, ClientError, RawResponse, check_status, path_segment};
 use crate::util::rng::Rng;
 
+/// Why a v2 document (model metadata, an answer, an input file, a request body) cannot be
+/// used.
+#[derive(Debug, thiserror::Error)]
+pub enum V2Error {
+    #[error("the model's metadata lists no inputs")]
+    NoInputs,
+    #[error("the model's input has no name")]
+    InputUnnamed,
+    #[error("input {input} has datatype {datatype}; this client sends FP32 only")]
+    Datatype { input: String, datatype: String },
+    #[error("input {input} has shape {shape}; expected [-1, FEATURES]")]
+    InputShape { input: String, shape: Value },
+    #[error("the model's metadata lists no outputs")]
+    NoOutputs,
+    #[error("the model's output has no name")]
+    OutputUnnamed,
+    #[error("Inference-Header-Content-Length {header_len} exceeds the body of {body_len} bytes")]
+    HeaderLength { header_len: usize, body_len: usize },
+    #[error("invalid JSON response: {0}")]
+    ResponseJson(serde_json::Error),
+    #[error("the response has no outputs list")]
+    NoOutputList,
+    #[error("output {output}: binary_data_size {size} exceeds the {left} bytes left")]
+    BinaryOverrun {
+        output: String,
+        size: usize,
+        left: usize,
+    },
+    #[error("output {output}: binary_data_size {size} is not a multiple of 4 (FP32)")]
+    BinaryNotFp32 { output: String, size: usize },
+    #[error("output {output}: {source}")]
+    Output {
+        output: String,
+        source: Box<V2Error>,
+    },
+    #[error("{0} bytes of binary data follow the last output")]
+    TrailingBinary(usize),
+    #[error("expected numbers, found {0}")]
+    NotNumbers(Value),
+    #[error("invalid JSON: {0}")]
+    InputJson(serde_json::Error),
+    #[error("expected a list of rows (lists of numbers) or a v2 request body with \"inputs\"")]
+    ObjectWithoutInputs,
+    #[error("the list of rows is empty")]
+    NoRows,
+    #[error("row {row}: expected numbers, found {value}")]
+    RowNotNumbers { row: usize, value: Value },
+    #[error("row {row}: has {got} values, but model {model} takes {features} per row")]
+    RowWidth {
+        row: usize,
+        got: usize,
+        model: String,
+        features: usize,
+    },
+    #[error("a flat list is one row: it has {got} values, but model {model} takes {features}")]
+    FlatWidth {
+        got: usize,
+        model: String,
+        features: usize,
+    },
+    #[error("expected a list of rows (lists of numbers), or one row of numbers")]
+    MixedList,
+    #[error("expected a list of rows (lists of numbers) or a v2 request body")]
+    NotRowsOrBody,
+    #[error("\"inputs\" must be a list")]
+    InputsNotList,
+    #[error("\"inputs\" is empty")]
+    InputsEmpty,
+    #[error("the body refers to binary data it does not hold")]
+    BinaryReference,
+    #[error("input {input}: {values} values is not a whole number of rows of {features}")]
+    NotWholeRows {
+        input: String,
+        values: usize,
+        features: usize,
+    },
+}
+
 /// What a client needs to know about a served model, from `GET /v2/models/MODEL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
@@ -24,39 +102,34 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// Reads a v2 model metadata document: the first input's last dimension is the row
     /// width; the first output is the class probabilities.
-    pub fn from_metadata(meta: &Value) -> Result<Self, String> {
+    pub fn from_metadata(meta: &Value) -> Result<Self, V2Error> {
         let name = meta["name"].as_str().unwrap_or_default().to_string();
-        let input = meta["inputs"]
-            .get(0)
-            .ok_or("the model's metadata lists no inputs")?;
+        let input = meta["inputs"].get(0).ok_or(V2Error::NoInputs)?;
         let input_name = input["name"]
             .as_str()
-            .ok_or("the model's input has no name")?
+            .ok_or(V2Error::InputUnnamed)?
             .to_string();
         if let Some(dt) = input["datatype"].as_str()
             && dt != "FP32"
         {
-            return Err(format!(
-                "input {input_name} has datatype {dt}; this client sends FP32 only"
-            ));
+            return Err(V2Error::Datatype {
+                input: input_name,
+                datatype: dt.to_string(),
+            });
         }
         let features = input["shape"]
             .as_array()
             .and_then(|s| s.last())
             .and_then(Value::as_i64)
             .filter(|&f| f > 0)
-            .ok_or_else(|| {
-                format!(
-                    "input {input_name} has shape {}; expected [-1, FEATURES]",
-                    input["shape"]
-                )
+            .ok_or_else(|| V2Error::InputShape {
+                input: input_name.clone(),
+                shape: input["shape"].clone(),
             })? as usize;
-        let output = meta["outputs"]
-            .get(0)
-            .ok_or("the model's metadata lists no outputs")?;
+        let output = meta["outputs"].get(0).ok_or(V2Error::NoOutputs)?;
         let output_name = output["name"]
             .as_str()
-            .ok_or("the model's output has no name")?
+            .ok_or(V2Error::OutputUnnamed)?
             .to_string();
         let classes = output["shape"]
             .as_array()
@@ -81,7 +154,7 @@ pub fn model_info(client: &Client, model: &str) -> Result<ModelInfo, ClientError
     ModelInfo::from_metadata(&meta).map_err(|message| ClientError::BadResponse {
         method: "GET",
         url: client.url(&path),
-        message,
+        message: message.to_string(),
     })
 }
 
@@ -184,23 +257,22 @@ pub struct DecodedResponse {
 }
 
 /// Decodes a v2 inference response, JSON or with binary outputs.
-pub fn decode_response(raw: &RawResponse) -> Result<DecodedResponse, String> {
+pub fn decode_response(raw: &RawResponse) -> Result<DecodedResponse, V2Error> {
     let (header, mut rest) = match raw.header_len {
         Some(n) if n <= raw.body.len() => (&raw.body[..n], &raw.body[n..]),
         Some(n) => {
-            return Err(format!(
-                "Inference-Header-Content-Length {n} exceeds the body of {} bytes",
-                raw.body.len()
-            ));
+            return Err(V2Error::HeaderLength {
+                header_len: n,
+                body_len: raw.body.len(),
+            });
         }
         None => (&raw.body[..], &[][..]),
     };
-    let mut json: Value =
-        serde_json::from_slice(header).map_err(|e| format!("invalid JSON response: {e}"))?;
+    let mut json: Value = serde_json::from_slice(header).map_err(V2Error::ResponseJson)?;
     let mut outputs = Vec::new();
     let list = json["outputs"]
         .as_array_mut()
-        .ok_or("the response has no outputs list")?;
+        .ok_or(V2Error::NoOutputList)?;
     for out in list.iter_mut() {
         let name = out["name"].as_str().unwrap_or_default().to_string();
         let shape: Vec<i64> = out["shape"]
@@ -212,15 +284,14 @@ pub fn decode_response(raw: &RawResponse) -> Result<DecodedResponse, String> {
             Some(size) => {
                 let size = size as usize;
                 if size > rest.len() {
-                    return Err(format!(
-                        "output {name}: binary_data_size {size} exceeds the {} bytes left",
-                        rest.len()
-                    ));
+                    return Err(V2Error::BinaryOverrun {
+                        output: name,
+                        size,
+                        left: rest.len(),
+                    });
                 }
                 if size % 4 != 0 {
-                    return Err(format!(
-                        "output {name}: binary_data_size {size} is not a multiple of 4 (FP32)"
-                    ));
+                    return Err(V2Error::BinaryNotFp32 { output: name, size });
                 }
                 let (bytes, tail) = rest.split_at(size);
                 rest = tail;
@@ -233,8 +304,10 @@ pub fn decode_response(raw: &RawResponse) -> Result<DecodedResponse, String> {
             }
             None => {
                 let mut values = Vec::new();
-                flatten_numbers(&out["data"], &mut values)
-                    .map_err(|e| format!("output {name}: {e}"))?;
+                flatten_numbers(&out["data"], &mut values).map_err(|e| V2Error::Output {
+                    output: name.clone(),
+                    source: Box::new(e),
+                })?;
                 (values, false)
             }
         };
@@ -246,10 +319,7 @@ pub fn decode_response(raw: &RawResponse) -> Result<DecodedResponse, String> {
         });
     }
     if !rest.is_empty() {
-        return Err(format!(
-            "{} bytes of binary data follow the last output",
-            rest.len()
-        ));
+        return Err(V2Error::TrailingBinary(rest.len()));
     }
     Ok(DecodedResponse { json, outputs })
 }
@@ -265,7 +335,7 @@ fn f32_json(v: f32) -> Value {
 }
 
 /// Appends the numbers of a flat or nested JSON list (`null` reads as NaN).
-pub fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), String> {
+pub fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), V2Error> {
     match v {
         Value::Array(items) => {
             for item in items {
@@ -281,7 +351,7 @@ pub fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), String> {
             out.push(f32::NAN);
             Ok(())
         }
-        other => Err(format!("expected numbers, found {other}")),
+        other => Err(V2Error::NotNumbers(other.clone())),
     }
 }
 
@@ -301,18 +371,15 @@ pub enum InputFile {
 
 /// Reads an input file: a JSON list of rows (lists of numbers), one row as a flat list, or
 /// a full v2 request body (an object with `inputs`).
-pub fn parse_input_file(text: &str, info: &ModelInfo) -> Result<InputFile, String> {
+pub fn parse_input_file(text: &str, info: &ModelInfo) -> Result<InputFile, V2Error> {
     // serde's message ends with the position: "… at line 1 column 10".
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let v: Value = serde_json::from_str(text).map_err(V2Error::InputJson)?;
     match &v {
         Value::Object(m) if m.contains_key("inputs") => Ok(InputFile::Body(v)),
-        Value::Object(_) => Err(
-            "expected a list of rows (lists of numbers) or a v2 request body with \"inputs\""
-                .into(),
-        ),
+        Value::Object(_) => Err(V2Error::ObjectWithoutInputs),
         Value::Array(items) => {
             if items.is_empty() {
-                return Err("the list of rows is empty".into());
+                return Err(V2Error::NoRows);
             }
             let nested = items.iter().all(Value::is_array);
             let flat = items.iter().all(Value::is_number);
@@ -321,19 +388,20 @@ pub fn parse_input_file(text: &str, info: &ModelInfo) -> Result<InputFile, Strin
                 for (i, row) in items.iter().enumerate() {
                     let before = data.len();
                     for x in row.as_array().into_iter().flatten() {
-                        let n = x
-                            .as_f64()
-                            .ok_or_else(|| format!("row {}: expected numbers, found {x}", i + 1))?;
+                        let n = x.as_f64().ok_or_else(|| V2Error::RowNotNumbers {
+                            row: i + 1,
+                            value: x.clone(),
+                        })?;
                         data.push(n as f32);
                     }
                     let got = data.len() - before;
                     if got != info.features {
-                        return Err(format!(
-                            "row {}: has {got} values, but model {} takes {} per row",
-                            i + 1,
-                            info.name,
-                            info.features
-                        ));
+                        return Err(V2Error::RowWidth {
+                            row: i + 1,
+                            got,
+                            model: info.name.clone(),
+                            features: info.features,
+                        });
                     }
                 }
                 Ok(InputFile::Rows {
@@ -343,44 +411,40 @@ pub fn parse_input_file(text: &str, info: &ModelInfo) -> Result<InputFile, Strin
             } else if flat {
                 data.extend(items.iter().filter_map(Value::as_f64).map(|x| x as f32));
                 if data.len() != info.features {
-                    return Err(format!(
-                        "a flat list is one row: it has {} values, but model {} takes {}",
-                        data.len(),
-                        info.name,
-                        info.features
-                    ));
+                    return Err(V2Error::FlatWidth {
+                        got: data.len(),
+                        model: info.name.clone(),
+                        features: info.features,
+                    });
                 }
                 Ok(InputFile::Rows { rows: 1, data })
             } else {
-                Err("expected a list of rows (lists of numbers), or one row of numbers".into())
+                Err(V2Error::MixedList)
             }
         }
-        _ => Err("expected a list of rows (lists of numbers) or a v2 request body".into()),
+        _ => Err(V2Error::NotRowsOrBody),
     }
 }
 
 /// Takes the rows out of a full v2 request body (to re-encode it as binary).
-pub fn rows_of_body(body: &Value, info: &ModelInfo) -> Result<(Vec<f32>, usize), String> {
-    let inputs = body["inputs"]
-        .as_array()
-        .ok_or("\"inputs\" must be a list")?;
+pub fn rows_of_body(body: &Value, info: &ModelInfo) -> Result<(Vec<f32>, usize), V2Error> {
+    let inputs = body["inputs"].as_array().ok_or(V2Error::InputsNotList)?;
     let input = inputs
         .iter()
         .find(|i| i["name"].as_str() == Some(info.input_name.as_str()))
         .or_else(|| inputs.first())
-        .ok_or("\"inputs\" is empty")?;
+        .ok_or(V2Error::InputsEmpty)?;
     if input["parameters"]["binary_data_size"].is_u64() {
-        return Err("the body refers to binary data it does not hold".into());
+        return Err(V2Error::BinaryReference);
     }
     let mut data = Vec::new();
     flatten_numbers(&input["data"], &mut data)?;
     if data.is_empty() || data.len() % info.features != 0 {
-        return Err(format!(
-            "input {}: {} values is not a whole number of rows of {}",
-            info.input_name,
-            data.len(),
-            info.features
-        ));
+        return Err(V2Error::NotWholeRows {
+            input: info.input_name.clone(),
+            values: data.len(),
+            features: info.features,
+        });
     }
     let rows = data.len() / info.features;
     Ok((data, rows))
@@ -428,7 +492,12 @@ mod tests {
         assert_eq!(i.input_name, "input");
         assert_eq!(i.output_name, "probabilities");
         let bad = json!({"inputs": [{"name": "x", "datatype": "INT8", "shape": [-1, 3]}]});
-        assert!(ModelInfo::from_metadata(&bad).unwrap_err().contains("INT8"));
+        assert!(
+            ModelInfo::from_metadata(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("INT8")
+        );
     }
 
     #[test]
@@ -486,7 +555,7 @@ mod tests {
                 rows: 1
             }
         );
-        let e = parse_input_file("[[1,2]]", &i).unwrap_err();
+        let e = parse_input_file("[[1,2]]", &i).unwrap_err().to_string();
         assert!(e.contains("row 1: has 2 values"), "{e}");
         let body = r#"{"inputs":[{"name":"input","shape":[2,3],"datatype":"FP32","data":[[1,2,3],[4,5,6]]}]}"#;
         let InputFile::Body(b) = parse_input_file(body, &i).unwrap() else {

@@ -38,7 +38,10 @@ fn run_soak(a: BenchSoakArgs) -> anyhow::Result<()> {
             "--duration and --window must be more than zero",
         ));
     }
-    let rate: soak::Rate = a.rate.parse().map_err(input_error)?;
+    let rate: soak::Rate = a
+        .rate
+        .parse()
+        .map_err(|e: soak::RateError| input_error(e.to_string()))?;
     let job_layers = parse_layers(&a.job_layers)?;
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let spec = soak::SoakSpec {
@@ -130,7 +133,11 @@ fn run_scenario(a: BenchScenarioArgs) -> anyhow::Result<()> {
 fn load_scenario(a: &BenchScenarioArgs) -> anyhow::Result<Scenario> {
     let mut s = Scenario::load(&a.file).map_err(|e| input_error(e.to_string()))?;
     if let Some(p) = &a.policies {
-        s.policies = p.split(',').map(|x| x.trim().to_string()).collect();
+        s.policies = p
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| input_error(format!("{}: policies: {e}", a.file.display())))?;
     }
     if let Some(d) = a.duration {
         s.duration_s = d;

@@ -9,13 +9,12 @@ pub fn run(a: DevicesArgs) -> anyhow::Result<()> {
         .cpu_threads
         .filter(|&n| n > 0)
         .unwrap_or_else(crate::device::cpu::available_cores);
-    let mut opened = NvmlSource::open().map_err(|e| e.to_string());
+    let mut opened = NvmlSource::open();
     let source = match opened.as_mut() {
         Ok(s) => Ok(s as &mut dyn TelemetrySource),
         Err(why) => Err(why.clone()),
     };
-    // The daemon's lanes run on the CPU backend in this version: none sits on a GPU.
-    let text = devices_report(source, cores, &[], a.json);
+    let text = devices_report(source, cores, a.json);
     print!("{text}");
     if !text.ends_with('\n') {
         println!();

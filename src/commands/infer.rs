@@ -21,7 +21,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         anyhow!(ClientError::BadResponse {
             method: "POST",
             url: client.url(&format!("/v2/models/{}/infer", path_segment(&args.model))),
-            message,
+            message: message.to_string(),
         })
     })?;
     if args.client.json {
@@ -86,7 +86,8 @@ fn encode(
             header_len: None,
         },
         (v2::InputFile::Body(body), true) => {
-            let (data, rows) = v2::rows_of_body(&body, info).map_err(input_error)?;
+            let (data, rows) =
+                v2::rows_of_body(&body, info).map_err(|e| input_error(e.to_string()))?;
             v2::binary_request(info, &data, rows)
         }
     })

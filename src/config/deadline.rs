@@ -67,7 +67,7 @@ pub enum DeadlineError {
         /// The text as given.
         input: String,
         /// What is wrong with it.
-        reason: String,
+        reason: TimestampError,
     },
     /// A zero relative deadline.
     #[error("a relative deadline must be > 0, got {input:?}")]
@@ -81,6 +81,31 @@ pub enum DeadlineError {
         /// The text as given.
         input: String,
     },
+}
+
+/// Why a timestamp is not a valid RFC 3339 one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimestampError {
+    #[error("expected {digits} digits for the {what}")]
+    Digits { digits: usize, what: &'static str },
+    #[error("expected {0}")]
+    Expected(&'static str),
+    #[error("expected digits after '.'")]
+    NoFraction,
+    #[error("offset out of range")]
+    OffsetRange,
+    #[error("missing UTC offset (add Z for UTC, or +hh:mm)")]
+    NoOffset,
+    #[error("unexpected text after the offset")]
+    Trailing,
+    #[error("month {0} out of range")]
+    Month(i64),
+    #[error("day {day} out of range for month {month}")]
+    Day { day: i64, month: i64 },
+    #[error("time of day out of range")]
+    TimeOfDay,
+    #[error("out of range for this platform")]
+    Platform,
 }
 
 /// The longest relative deadline accepted: a year, leap day included.
@@ -136,7 +161,7 @@ fn looks_like_timestamp(s: &str) -> bool {
 }
 
 /// Parses `YYYY-MM-DD(T|t| )HH:MM:SS[.fraction](Z|z|+hh:mm|-hh:mm)`.
-pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime, TimestampError> {
     let mut p = Cursor {
         s: s.as_bytes(),
         i: 0,
@@ -164,7 +189,7 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
             p.i += 1;
         }
         if p.i == start {
-            return Err("expected digits after '.'".into());
+            return Err(TimestampError::NoFraction);
         }
     }
     let offset_s = match p.peek() {
@@ -178,24 +203,24 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
             p.expect(b":", "':' in the offset")?;
             let om = p.digits(2, "offset minutes")?;
             if oh > 23 || om > 59 {
-                return Err("offset out of range".into());
+                return Err(TimestampError::OffsetRange);
             }
             let o = oh * 3600 + om * 60;
             if sign == b'-' { -o } else { o }
         }
-        _ => return Err("missing UTC offset (add Z for UTC, or +hh:mm)".into()),
+        _ => return Err(TimestampError::NoOffset),
     };
     if p.i != p.s.len() {
-        return Err("unexpected text after the offset".into());
+        return Err(TimestampError::Trailing);
     }
     if !(1..=12).contains(&month) {
-        return Err(format!("month {month} out of range"));
+        return Err(TimestampError::Month(month));
     }
     if day < 1 || day > days_in_month(year, month) {
-        return Err(format!("day {day} out of range for month {month}"));
+        return Err(TimestampError::Day { day, month });
     }
     if hour > 23 || minute > 59 || second > 60 {
-        return Err("time of day out of range".into());
+        return Err(TimestampError::TimeOfDay);
     }
     let secs =
         days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
@@ -205,7 +230,7 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
         UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
     };
     t.and_then(|t| t.checked_add(Duration::from_nanos(nanos.unsigned_abs())))
-        .ok_or_else(|| "out of range for this platform".to_string())
+        .ok_or(TimestampError::Platform)
 }
 
 struct Cursor<'a> {
@@ -218,7 +243,7 @@ impl Cursor<'_> {
         self.s.get(self.i).copied()
     }
 
-    fn digits(&mut self, n: usize, what: &str) -> Result<i64, String> {
+    fn digits(&mut self, n: usize, what: &'static str) -> Result<i64, TimestampError> {
         let mut v = 0i64;
         for _ in 0..n {
             match self.peek() {
@@ -226,19 +251,19 @@ impl Cursor<'_> {
                     v = v * 10 + i64::from(c - b'0');
                     self.i += 1;
                 }
-                _ => return Err(format!("expected {n} digits for the {what}")),
+                _ => return Err(TimestampError::Digits { digits: n, what }),
             }
         }
         Ok(v)
     }
 
-    fn expect(&mut self, one_of: &[u8], what: &str) -> Result<(), String> {
+    fn expect(&mut self, one_of: &[u8], what: &'static str) -> Result<(), TimestampError> {
         match self.peek() {
             Some(c) if one_of.contains(&c) => {
                 self.i += 1;
                 Ok(())
             }
-            _ => Err(format!("expected {what}")),
+            _ => Err(TimestampError::Expected(what)),
         }
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 
-pub use deadline::{Deadline, DeadlineError, format_rfc3339, parse_rfc3339};
+pub use deadline::{Deadline, DeadlineError, TimestampError, format_rfc3339, parse_rfc3339};
 
 /// The embedded default configuration: one inference service and one demonstration job.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");

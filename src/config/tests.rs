@@ -9,23 +9,31 @@ fn bounds_name_the_violated_side() {
     use Bound::*;
     assert_eq!(check_bounds(0.5, Incl(0.0), Incl(1.0)), Ok(()));
     assert_eq!(
-        check_bounds(2.0, Incl(0.0), Incl(1.0)).unwrap_err(),
+        check_bounds(2.0, Incl(0.0), Incl(1.0))
+            .unwrap_err()
+            .to_string(),
         "must be between 0 and 1, got 2"
     );
     assert_eq!(
-        check_bounds(-5.0, Excl(0.0), Incl(60000.0)).unwrap_err(),
+        check_bounds(-5.0, Excl(0.0), Incl(60000.0))
+            .unwrap_err()
+            .to_string(),
         "must be > 0, got -5"
     );
     assert_eq!(
-        check_bounds(70000.0, Excl(0.0), Incl(60000.0)).unwrap_err(),
+        check_bounds(70000.0, Excl(0.0), Incl(60000.0))
+            .unwrap_err()
+            .to_string(),
         "must be <= 60000, got 70000"
     );
     assert_eq!(
-        check_bounds(1.0, Incl(0.0), Excl(1.0)).unwrap_err(),
+        check_bounds(1.0, Incl(0.0), Excl(1.0))
+            .unwrap_err()
+            .to_string(),
         "must be < 1, got 1"
     );
     assert_eq!(
-        check_bounds(-0.5, Incl(0.0), None).unwrap_err(),
+        check_bounds(-0.5, Incl(0.0), None).unwrap_err().to_string(),
         "must be >= 0, got -0.5"
     );
     assert_eq!(check_bounds(1e300, Incl(0.0), None), Ok(()));

@@ -266,7 +266,7 @@ impl Walker {
         match check_bounds(x, lo, hi) {
             Ok(()) => Field::Ok(x),
             Err(m) => {
-                self.issue(t.key(key), m);
+                self.issue(t.key(key), m.to_string());
                 Field::Bad
             }
         }
@@ -352,22 +352,37 @@ impl Walker {
     }
 }
 
-/// `Err(message)` naming the bound `x` violates; both-inclusive ranges read "between".
-pub(super) fn check_bounds(x: f64, lo: Bound, hi: Bound) -> Result<(), String> {
+/// A number outside its bounds, naming the side it violates.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub(super) enum OutOfBounds {
+    #[error("must be between {lo} and {hi}, got {x}")]
+    Between { lo: f64, hi: f64, x: f64 },
+    #[error("must be >= {bound}, got {x}")]
+    Below { bound: f64, x: f64 },
+    #[error("must be > {bound}, got {x}")]
+    AtOrBelow { bound: f64, x: f64 },
+    #[error("must be <= {bound}, got {x}")]
+    Above { bound: f64, x: f64 },
+    #[error("must be < {bound}, got {x}")]
+    AtOrAbove { bound: f64, x: f64 },
+}
+
+/// The bound `x` violates, if any; both-inclusive ranges read "between".
+pub(super) fn check_bounds(x: f64, lo: Bound, hi: Bound) -> Result<(), OutOfBounds> {
     if let (Bound::Incl(l), Bound::Incl(h)) = (lo, hi) {
         if x >= l && x <= h {
             return Ok(());
         }
-        return Err(format!("must be between {l} and {h}, got {x}"));
+        return Err(OutOfBounds::Between { lo: l, hi: h, x });
     }
     match lo {
-        Bound::Incl(l) if x < l => return Err(format!("must be >= {l}, got {x}")),
-        Bound::Excl(l) if x <= l => return Err(format!("must be > {l}, got {x}")),
+        Bound::Incl(bound) if x < bound => return Err(OutOfBounds::Below { bound, x }),
+        Bound::Excl(bound) if x <= bound => return Err(OutOfBounds::AtOrBelow { bound, x }),
         _ => {}
     }
     match hi {
-        Bound::Incl(h) if x > h => Err(format!("must be <= {h}, got {x}")),
-        Bound::Excl(h) if x >= h => Err(format!("must be < {h}, got {x}")),
+        Bound::Incl(bound) if x > bound => Err(OutOfBounds::Above { bound, x }),
+        Bound::Excl(bound) if x >= bound => Err(OutOfBounds::AtOrAbove { bound, x }),
         _ => Ok(()),
     }
 }

@@ -160,32 +160,51 @@ pub struct MemoryCheck {
 
 /// Refuses a job whose buffers would not fit in the device memory free now: under
 /// setpoint's limit, and on the device as telemetry sees it (other processes included).
-/// Returns the reason in words.
-pub fn check_memory(m: &MemoryCheck) -> Result<(), String> {
-    let mib = |b: u64| b.div_ceil(1 << 20);
+pub fn check_memory(m: &MemoryCheck) -> Result<(), MemoryRefused> {
+    let need_mib = m.need_bytes.div_ceil(1 << 20);
     if m.need_bytes > m.limit_free_bytes {
-        return Err(format!(
-            "its buffers need {} MiB of device memory on {}, and setpoint's limit leaves {} MiB \
-             (device.memory_limit_mib)",
-            mib(m.need_bytes),
-            m.device,
-            m.limit_free_bytes >> 20
-        ));
+        return Err(MemoryRefused::OverLimit {
+            device: m.device.clone(),
+            need_mib,
+            free_mib: m.limit_free_bytes >> 20,
+        });
     }
     if let Some((used, total)) = m.device_used_total {
         let free = total.saturating_sub(used);
         if m.need_bytes > free {
-            return Err(format!(
-                "its buffers need {} MiB of device memory on {}, and only {} MiB of {} MiB is \
-                 free there (other processes included)",
-                mib(m.need_bytes),
-                m.device,
-                free >> 20,
-                total >> 20
-            ));
+            return Err(MemoryRefused::DeviceFull {
+                device: m.device.clone(),
+                need_mib,
+                free_mib: free >> 20,
+                total_mib: total >> 20,
+            });
         }
     }
     Ok(())
+}
+
+/// Why a job's buffers do not fit, with the figures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryRefused {
+    /// More than setpoint's configured limit leaves.
+    #[error(
+        "its buffers need {need_mib} MiB of device memory on {device}, and setpoint's limit leaves {free_mib} MiB (device.memory_limit_mib)"
+    )]
+    OverLimit {
+        device: String,
+        need_mib: u64,
+        free_mib: u64,
+    },
+    /// More than is free on the device, other processes included.
+    #[error(
+        "its buffers need {need_mib} MiB of device memory on {device}, and only {free_mib} MiB of {total_mib} MiB is free there (other processes included)"
+    )]
+    DeviceFull {
+        device: String,
+        need_mib: u64,
+        free_mib: u64,
+        total_mib: u64,
+    },
 }
 
 #[cfg(test)]
@@ -213,7 +232,9 @@ mod memory_tests {
 
     #[test]
     fn memory_pressure_from_other_processes_refuses_with_the_figures() {
-        let err = check_memory(&check(600, 80_000, Some((79_500, 80_000)))).unwrap_err();
+        let err = check_memory(&check(600, 80_000, Some((79_500, 80_000))))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("600 MiB") && err.contains("only 500 MiB of 80000 MiB is free"),
             "{err}"
@@ -222,7 +243,9 @@ mod memory_tests {
 
     #[test]
     fn the_configured_limit_refuses_naming_the_key() {
-        let err = check_memory(&check(600, 200, Some((0, 80_000)))).unwrap_err();
+        let err = check_memory(&check(600, 200, Some((0, 80_000))))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("leaves 200 MiB") && err.contains("device.memory_limit_mib"),
             "{err}"

@@ -271,15 +271,6 @@ impl Decisions {
         }
         out
     }
-
-    /// Share granted to the tenant called `name`.
-    pub fn share_of(&self, name: &str) -> Option<f64> {
-        self.services
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.share)
-            .or_else(|| self.jobs.iter().find(|j| j.name == name).map(|j| j.share))
-    }
 }
 
 /// The controller's memory between ticks.

@@ -122,8 +122,8 @@ fn load_rows<R: BufRead>(
                 }
                 labels.push(value);
             } else {
-                let value =
-                    parse_feature(field).map_err(|m| line_error(path, line, Some(i + 1), m))?;
+                let value = parse_feature(field)
+                    .map_err(|m| line_error(path, line, Some(i + 1), m.to_string()))?;
                 x.push(value);
             }
         }
@@ -193,16 +193,23 @@ fn detect_layout(
     Ok((Layout { columns, label }, is_header))
 }
 
+/// A field that is not a feature value, shown as [`shown`] quotes it.
+#[derive(Debug, thiserror::Error)]
+enum FeatureError {
+    #[error(
+        "not a finite number: {0} (NaN, infinity and values beyond the f32 range are refused; remove or fill in such values)"
+    )]
+    NotFinite(String),
+    #[error("not a number: {0}")]
+    NotANumber(String),
+}
+
 /// A feature value: a finite f32.
-fn parse_feature(field: &str) -> Result<f32, String> {
+fn parse_feature(field: &str) -> Result<f32, FeatureError> {
     match field.parse::<f32>() {
         Ok(v) if v.is_finite() => Ok(v),
-        Ok(_) => Err(format!(
-            "not a finite number: {} (NaN, infinity and values beyond the f32 range are \
-             refused; remove or fill in such values)",
-            shown(field)
-        )),
-        Err(_) => Err(format!("not a number: {}", shown(field))),
+        Ok(_) => Err(FeatureError::NotFinite(shown(field))),
+        Err(_) => Err(FeatureError::NotANumber(shown(field))),
     }
 }
 

@@ -74,16 +74,33 @@ fn candidates() -> Vec<String> {
     out
 }
 
-fn open(name: &str) -> Result<Api, String> {
+/// Why one candidate library could not be used.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("{0}")]
+    Library(libloading::Error),
+    #[error("{library} lacks {symbol}: {source}")]
+    Symbol {
+        library: String,
+        symbol: &'static str,
+        source: libloading::Error,
+    },
+}
+
+fn open(name: &str) -> Result<Api, LoadError> {
     // SAFETY: loading NVRTC runs only its own initialisers; the symbols below are looked up
     // with the C signatures NVRTC documents and used only while `_library` keeps it loaded.
     unsafe {
-        let library = libloading::Library::new(name).map_err(|e| e.to_string())?;
+        let library = libloading::Library::new(name).map_err(LoadError::Library)?;
         macro_rules! sym {
             ($n:literal) => {
                 *library
                     .get(concat!($n, "\0").as_bytes())
-                    .map_err(|e| format!("{name} lacks {}: {e}", $n))?
+                    .map_err(|source| LoadError::Symbol {
+                        library: name.to_string(),
+                        symbol: $n,
+                        source,
+                    })?
             };
         }
         Ok(Api {
@@ -103,7 +120,7 @@ fn open(name: &str) -> Result<Api, String> {
 }
 
 fn api() -> Result<&'static Api, KernelError> {
-    static API: OnceLock<Result<Api, String>> = OnceLock::new();
+    static API: OnceLock<Result<Api, Vec<LoadError>>> = OnceLock::new();
     API.get_or_init(|| {
         let mut tried = Vec::new();
         for name in candidates() {
@@ -112,7 +129,7 @@ fn api() -> Result<&'static Api, KernelError> {
                 Err(e) => tried.push(e),
             }
         }
-        Err(tried.join("; "))
+        Err(tried)
     })
     .as_ref()
     .map_err(|_| KernelError::NvrtcMissing)
@@ -120,8 +137,8 @@ fn api() -> Result<&'static Api, KernelError> {
 
 /// Whether NVRTC can be loaded; the error says how to install it. The answer is kept: the
 /// loader reads `LD_LIBRARY_PATH` once, at process start.
-pub fn available() -> Result<(), String> {
-    api().map(|_| ()).map_err(|e| e.to_string())
+pub fn available() -> Result<(), KernelError> {
+    api().map(|_| ())
 }
 
 /// Which library NVRTC was loaded from (a file name or a path).

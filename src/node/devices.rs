@@ -93,7 +93,9 @@ pub fn resolve(
             Err(DeviceError::Unavailable("not probed".into()))
         });
     }
-    let found = cuda::probe().and_then(|all| select(all, &cfg.gpus));
+    let found = cuda::probe()
+        .map_err(|e| e.to_string())
+        .and_then(|all| select(all, &cfg.gpus));
     let limit = cfg.memory_limit_mib.map(|m| m << 20);
     decide(cfg, found, |g, green| {
         let open = || CudaDevice::open_with(g.index, Some(cache_dir), limit, green);

@@ -536,7 +536,7 @@ impl Node {
                 .find(|s| s.uuid == dev.info().uuid)
                 .and_then(|s| s.mem_used_bytes.zip(s.mem_total_bytes)),
         };
-        crate::control::admission::check_memory(&check)
+        crate::control::admission::check_memory(&check).map_err(|e| e.to_string())
     }
 
     /// The most a service may use of device `d`: one core on the CPU (one batcher thread),

@@ -54,7 +54,7 @@ pub use pids::{MappingBasis, PidMapping};
 pub use report::devices_report;
 pub use sampler::{Sampler, WARN_EVERY};
 pub use scripted::{AtEnd, GpuStep, ScriptStep, ScriptedSource};
-pub use smi::{SkippedLines, SmiClock, SmiRecorder, SmiRow, parse_smi_csv};
+pub use smi::{SkippedLines, SmiClock, SmiError, SmiRecorder, SmiRow, parse_smi_csv};
 
 /// One process seen on a GPU.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

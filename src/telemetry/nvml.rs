@@ -234,11 +234,6 @@ impl NvmlSource {
         self.own = own;
     }
 
-    /// Counts exactly these host pids as own (they are taken as NVML shows them).
-    pub fn set_own_pids(&mut self, pids: Vec<u32>) {
-        self.own = Arc::new(OwnPids::fixed(pids));
-    }
-
     /// Which processes count as own.
     pub fn own(&self) -> Arc<OwnPids> {
         self.own.clone()

@@ -1,11 +1,10 @@
-//! `setpoint devices`: what the GPUs report, in the shape of `nvidia-smi`, with setpoint's
-//! lanes on each.
+//! `setpoint devices`: what the GPUs report, in the shape of `nvidia-smi`.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::{GpuSample, TelemetrySource};
+use super::{GpuSample, TelemetryError, TelemetrySource};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -13,13 +12,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 struct JsonGpu<'a> {
     #[serde(flatten)]
     sample: &'a GpuSample,
-    lanes: Vec<&'a str>,
-}
-
-#[derive(Serialize)]
-struct JsonLane<'a> {
-    gpu: u32,
-    lane: &'a str,
+    /// Always empty: the command does not see the daemon's lanes (the key stays, so that
+    /// the document keeps its shape).
+    lanes: [&'a str; 0],
 }
 
 #[derive(Serialize)]
@@ -31,8 +26,8 @@ struct JsonReport<'a> {
     /// Why there is no GPU telemetry, when there is none.
     reason: Option<String>,
     gpus: Vec<JsonGpu<'a>>,
-    /// Lanes placed on GPUs that the telemetry does not list.
-    unmatched_lanes: Vec<JsonLane<'a>>,
+    /// Always empty, as [`JsonGpu::lanes`].
+    unmatched_lanes: [&'a str; 0],
     /// The CPU backend's size.
     cpu_cores: usize,
 }
@@ -48,16 +43,15 @@ fn mib(v: Option<u64>) -> String {
     v.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / MIB))
 }
 
-/// Renders the devices report. `source` is the opened telemetry source, or the reason none
-/// could be opened (the `Display` of the open error). `lanes` are setpoint's lanes as
-/// (GPU index, one-line description). Without GPU telemetry the text is one line with the
+/// Renders the devices report. `source` is the opened telemetry source, or the error that
+/// kept it from opening (shown by its `Display`). Each GPU's `lanes: none` line (and the
+/// JSON's empty `lanes` lists) say that this command places no lane. Without GPU telemetry the text is one line with the
 /// reason and then the CPU backend line (`cpu: N cores`); with it, a table like
 /// `nvidia-smi`'s followed by the same CPU line. `json` gives the same content as one
 /// pretty-printed JSON object.
 pub fn devices_report(
-    source: Result<&mut dyn TelemetrySource, String>,
+    source: Result<&mut dyn TelemetrySource, TelemetryError>,
     cpu_cores: usize,
-    lanes: &[(u32, String)],
     json: bool,
 ) -> String {
     let (described, read) = match source {
@@ -73,18 +67,6 @@ pub fn devices_report(
         Err(r) => (Vec::new(), Some(r)),
     };
     samples.sort_by_key(|s| s.index);
-    let unmatched: Vec<(u32, &str)> = lanes
-        .iter()
-        .filter(|(g, _)| !samples.iter().any(|s| s.index == *g))
-        .map(|(g, l)| (*g, l.as_str()))
-        .collect();
-    let lanes_on = |gpu: u32| -> Vec<&str> {
-        lanes
-            .iter()
-            .filter(|(g, _)| *g == gpu)
-            .map(|(_, l)| l.as_str())
-            .collect()
-    };
 
     if json {
         let report = JsonReport {
@@ -95,13 +77,10 @@ pub fn devices_report(
                 .iter()
                 .map(|s| JsonGpu {
                     sample: s,
-                    lanes: lanes_on(s.index),
+                    lanes: [],
                 })
                 .collect(),
-            unmatched_lanes: unmatched
-                .iter()
-                .map(|&(gpu, lane)| JsonLane { gpu, lane })
-                .collect(),
+            unmatched_lanes: [],
             cpu_cores,
         };
         let mut text = serde_json::to_string_pretty(&report)
@@ -199,20 +178,8 @@ pub fn devices_report(
                     if p.own { " (this process)" } else { "" }
                 );
             }
-            let ls = lanes_on(s.index);
-            if ls.is_empty() {
-                let _ = writeln!(out, "     lanes: none");
-            }
-            for l in ls {
-                let _ = writeln!(out, "     lane {l}");
-            }
+            let _ = writeln!(out, "     lanes: none");
         }
-    }
-    for (gpu, lane) in &unmatched {
-        let _ = writeln!(
-            out,
-            "lane {lane} on GPU {gpu}, which the telemetry does not list"
-        );
     }
     let _ = writeln!(out, "cpu: {cpu_cores} cores");
     out

@@ -228,14 +228,19 @@ enum Field {
     Unavailable,
 }
 
-fn measurement(s: &str) -> Result<Field, String> {
+/// A field that is neither a finite non-negative number nor marked unavailable.
+#[derive(Debug, thiserror::Error)]
+#[error("bad number `{0}`")]
+struct BadNumber(String);
+
+fn measurement(s: &str) -> Result<Field, BadNumber> {
     let s = s.trim();
     if (s.starts_with('[') && s.ends_with(']')) || s.eq_ignore_ascii_case("N/A") {
         return Ok(Field::Unavailable);
     }
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(Field::Value(v)),
-        _ => Err(format!("bad number `{s}`")),
+        _ => Err(BadNumber(s.to_string())),
     }
 }
 
@@ -290,7 +295,7 @@ impl SmiParser {
                 Ok(Field::Value(x)) => *v = Some(x),
                 Ok(Field::Unavailable) => unavailable += 1,
                 Err(why) => {
-                    self.malformed(&why, line);
+                    self.malformed(&why.to_string(), line);
                     return None;
                 }
             }
@@ -361,10 +366,37 @@ fn wait_finished(h: &Option<JoinHandle<()>>, until: Instant) -> bool {
     }
 }
 
+/// Why `nvidia-smi` could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SmiError {
+    #[error("the nvidia-smi interval must be at least 1 ms")]
+    ZeroInterval,
+    #[error(
+        "{program} not found on PATH; install the NVIDIA driver utilities, or run without the nvidia-smi cross-check"
+    )]
+    NotFound { program: String },
+    #[error("cannot start {program}: {source}")]
+    Start {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} exited at once with {status}: {why}")]
+    ExitedAtOnce {
+        program: String,
+        status: std::process::ExitStatus,
+        why: String,
+    },
+    #[error("cannot watch {program}: {source}")]
+    Watch {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
 impl SmiRecorder {
     /// Starts `nvidia-smi` sampling every `interval_ms` milliseconds, timestamps in local
     /// time. Errors when `nvidia-smi` is not on `PATH` or fails at once.
-    pub fn start(interval_ms: u64) -> Result<SmiRecorder, String> {
+    pub fn start(interval_ms: u64) -> Result<SmiRecorder, SmiError> {
         Self::start_program(Path::new("nvidia-smi"), interval_ms, SmiClock::Local)
     }
 
@@ -373,10 +405,10 @@ impl SmiRecorder {
         program: &Path,
         interval_ms: u64,
         clock: SmiClock,
-    ) -> Result<SmiRecorder, String> {
+    ) -> Result<SmiRecorder, SmiError> {
         let name = program.display().to_string();
         if interval_ms == 0 {
-            return Err("the nvidia-smi interval must be at least 1 ms".to_string());
+            return Err(SmiError::ZeroInterval);
         }
         let mut child = Command::new(program)
             .arg(format!("--query-gpu={SMI_QUERY}"))
@@ -387,14 +419,12 @@ impl SmiRecorder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    format!(
-                        "{name} not found on PATH; install the NVIDIA driver utilities, or run \
-                         without the nvidia-smi cross-check"
-                    )
+            .map_err(|source| {
+                let program = name.clone();
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    SmiError::NotFound { program }
                 } else {
-                    format!("cannot start {name}: {e}")
+                    SmiError::Start { program, source }
                 }
             })?;
         let captured = Arc::new(Mutex::new(Captured {
@@ -454,7 +484,11 @@ impl SmiRecorder {
                     let why = lock(&rec.stderr).trim().to_string();
                     let captured_text = lock(&rec.captured).parser.skipped().examples.join("; ");
                     let why = if why.is_empty() { captured_text } else { why };
-                    return Err(format!("{name} exited at once with {status}: {why}"));
+                    return Err(SmiError::ExitedAtOnce {
+                        program: name,
+                        status,
+                        why,
+                    });
                 }
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
@@ -462,7 +496,10 @@ impl SmiRecorder {
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("cannot watch {name}: {e}"));
+                    return Err(SmiError::Watch {
+                        program: name,
+                        source: e,
+                    });
                 }
             }
         }

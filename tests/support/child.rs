@@ -36,13 +36,29 @@ impl ChildDaemon {
         let path = dir.join("setpoint.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.join("daemon.log");
+        Self::spawn(&path, port, &log, nofile, Duration::from_secs(120))
+    }
+
+    /// Starts the daemon on the configuration file `config` (which must listen on `port`),
+    /// its log appended to `log` (so a restart on the same files keeps one log), requests
+    /// timing out after `timeout`; waits until it answers.
+    pub fn spawn(
+        config: &Path,
+        port: u16,
+        log: &Path,
+        nofile: Option<u64>,
+        timeout: Duration,
+    ) -> ChildDaemon {
+        let log = log.to_path_buf();
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_setpoint"));
-        cmd.args(["serve", "--config", path.to_str().unwrap()])
+        cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("SETPOINT_AUTH_TOKEN")
             .stdout(Stdio::null())
             .stderr(err);
         if let Some(n) = nofile {
@@ -64,7 +80,7 @@ impl ChildDaemon {
         let child = cmd.spawn().unwrap();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
+            .timeout_global(Some(timeout))
             .build()
             .into();
         let d = ChildDaemon {
@@ -83,6 +99,11 @@ impl ChildDaemon {
     pub fn get(&self, path: &str) -> Result<(u16, String), ureq::Error> {
         let mut r = self.agent.get(format!("{}{path}", self.url)).call()?;
         Ok((r.status().as_u16(), r.body_mut().read_to_string()?))
+    }
+
+    /// A GET's status and body; status 0 and the error's text when there is no answer.
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        self.get(path).unwrap_or_else(|e| (0, e.to_string()))
     }
 
     pub fn get_json(&self, path: &str) -> (u16, Value) {
@@ -118,6 +139,18 @@ impl ChildDaemon {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
     }
 
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, for at most `limit`.
+    pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait_exit(limit)
+    }
+
     /// Waits for the process to exit, for at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         poll(limit, "the daemon to exit", || {
@@ -126,11 +159,15 @@ impl ChildDaemon {
     }
 }
 
+/// A test that fails leaves no daemon behind, and shows the daemon's log.
 impl Drop for ChildDaemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            if std::thread::panicking() {
+                eprintln!("daemon log:\n{}", self.log_text());
+            }
         }
     }
 }

@@ -125,7 +125,7 @@ pub enum CheckError {
     #[error("nvidia-smi cross-check: {reason}")]
     Smi {
         /// Why.
-        reason: String,
+        reason: crate::bench::smi::CrossCheckError,
     },
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{CheckError, Context, Figures, GpuCheckOptions, Verdict, median};
-use crate::data::{Dataset, LoadOptions};
+use crate::data::{DataError, Dataset, LoadOptions};
 use crate::device::cuda::{CudaDevice, StreamPriority};
 use crate::device::{Backend, CpuBackend};
 use crate::train::{TrainEvent, TrainSpec, Trainer};
@@ -168,16 +168,25 @@ pub(super) fn train_rate<B: Backend>(
     Ok(median(&mut rates))
 }
 
+/// Why a workload's data is not there.
+#[derive(Debug, thiserror::Error)]
+enum WorkloadDataError {
+    #[error("no digits file given (--digits)")]
+    NoDigits,
+    #[error("loading {spec}: {source}")]
+    Load { spec: String, source: DataError },
+}
+
 /// The workload's data cut to whole batches, or why it is not there.
-fn workload_data(opts: &GpuCheckOptions, w: Workload) -> Result<Dataset, String> {
+fn workload_data(opts: &GpuCheckOptions, w: Workload) -> Result<Dataset, WorkloadDataError> {
     let (_, batch, spec) = w.shape();
     let spec = match (spec, &opts.digits) {
         (Some(s), _) => s.to_string(),
         (None, Some(p)) => p.display().to_string(),
-        (None, None) => return Err("no digits file given (--digits)".into()),
+        (None, None) => return Err(WorkloadDataError::NoDigits),
     };
     let data = crate::data::load(&spec, &LoadOptions::default())
-        .map_err(|e| format!("loading {spec}: {e}"))?;
+        .map_err(|source| WorkloadDataError::Load { spec, source })?;
     let rows = data.rows() - data.rows() % batch;
     Ok(data.subset(&(0..rows).collect::<Vec<_>>()))
 }
@@ -199,7 +208,7 @@ pub(super) fn run(
         let data = match workload_data(opts, w) {
             Ok(d) => d,
             Err(why) if w == Workload::Digits => {
-                digits_note = Some(why);
+                digits_note = Some(why.to_string());
                 continue;
             }
             Err(why) => {

@@ -52,26 +52,32 @@ impl Rate {
     }
 }
 
+/// A `--rate` that is neither a rate nor a multiple in range; holds the text as given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RateError {
+    #[error("--rate: a multiple must be > 0 and <= 1000 (as in 10x), got {0}")]
+    Multiple(String),
+    #[error(
+        "--rate: must be > 0 and <= 100000 requests/s, got {0} (or a multiple of the rate the service sustains, such as 10x)"
+    )]
+    PerSecond(String),
+}
+
 impl std::str::FromStr for Rate {
-    type Err = String;
+    type Err = RateError;
 
     /// `3000` (requests/s) or `10x` (times the sustainable rate).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, RateError> {
         let s = s.trim();
         if let Some(m) = s.strip_suffix(['x', 'X']) {
             return match m.trim().parse::<f64>() {
                 Ok(k) if k > 0.0 && k <= 1000.0 => Ok(Rate::TimesSustainable(k)),
-                _ => Err(format!(
-                    "--rate: a multiple must be > 0 and <= 1000 (as in 10x), got {s}"
-                )),
+                _ => Err(RateError::Multiple(s.to_string())),
             };
         }
         match s.parse::<f64>() {
             Ok(r) if r > 0.0 && r <= 100_000.0 => Ok(Rate::PerSecond(r)),
-            _ => Err(format!(
-                "--rate: must be > 0 and <= 100000 requests/s, got {s} (or a multiple of the \
-                 rate the service sustains, such as 10x)"
-            )),
+            _ => Err(RateError::PerSecond(s.to_string())),
         }
     }
 }

@@ -60,27 +60,24 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> DeviceError {
 
 /// What the driver says about GPU `ordinal`, and its device handle. Retains and releases
 /// the primary context to read the stream priorities.
-pub(super) fn query(ordinal: usize) -> Result<(GpuInfo, sys::CUdevice), String> {
-    let e = |e: CuError| e.to_string();
+pub(super) fn query(ordinal: usize) -> Result<(GpuInfo, sys::CUdevice), CuError> {
     let mut dev: sys::CUdevice = 0;
     // SAFETY: pointers to locals; the driver is initialised (probe, open).
     unsafe {
-        driver::ok("cuDeviceGet", sys::cuDeviceGet(&mut dev, ordinal as i32)).map_err(e)?;
+        driver::ok("cuDeviceGet", sys::cuDeviceGet(&mut dev, ordinal as i32))?;
         let mut name = [0 as c_char; 256];
         driver::ok(
             "cuDeviceGetName",
             sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev),
-        )
-        .map_err(e)?;
+        )?;
         let mut uuid: sys::CUuuid = std::mem::zeroed();
-        driver::ok("cuDeviceGetUuid", sys::cuDeviceGetUuid_v2(&mut uuid, dev)).map_err(e)?;
-        let attr = |a: sys::CUdevice_attribute| -> Result<i32, String> {
+        driver::ok("cuDeviceGetUuid", sys::cuDeviceGetUuid_v2(&mut uuid, dev))?;
+        let attr = |a: sys::CUdevice_attribute| -> Result<i32, CuError> {
             let mut v = 0;
             driver::ok(
                 "cuDeviceGetAttribute",
                 sys::cuDeviceGetAttribute(&mut v, a, dev),
-            )
-            .map_err(e)?;
+            )?;
             Ok(v)
         };
         use sys::CUdevice_attribute as A;
@@ -91,16 +88,14 @@ pub(super) fn query(ordinal: usize) -> Result<(GpuInfo, sys::CUdevice), String> 
         driver::ok(
             "cuDeviceTotalMem",
             sys::cuDeviceTotalMem_v2(&mut total, dev),
-        )
-        .map_err(e)?;
+        )?;
         let mut version = 0;
-        driver::ok("cuDriverGetVersion", sys::cuDriverGetVersion(&mut version)).map_err(e)?;
+        driver::ok("cuDriverGetVersion", sys::cuDriverGetVersion(&mut version))?;
         let mut ctx: sys::CUcontext = std::ptr::null_mut();
         driver::ok(
             "cuDevicePrimaryCtxRetain",
             sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
-        )
-        .map_err(e)?;
+        )?;
         let range = Current::push(ctx).and_then(|_cur| {
             let (mut least, mut greatest) = (0, 0);
             driver::ok(
@@ -110,7 +105,7 @@ pub(super) fn query(ordinal: usize) -> Result<(GpuInfo, sys::CUdevice), String> 
             .map(|()| (least, greatest))
         });
         let _ = sys::cuDevicePrimaryCtxRelease_v2(dev);
-        let priority_range = range.map_err(e)?;
+        let priority_range = range?;
         let name = std::ffi::CStr::from_ptr(name.as_ptr())
             .to_string_lossy()
             .into_owned();
@@ -130,13 +125,36 @@ pub(super) fn query(ordinal: usize) -> Result<(GpuInfo, sys::CUdevice), String> 
     }
 }
 
+/// Why no image of a kernel module could be loaded.
+#[derive(Debug, thiserror::Error)]
+enum LibraryError {
+    /// NVRTC could not compile one, after the driver refused the embedded images (if any),
+    /// each named by its origin with the driver's reason.
+    #[error("{}", refused_and(.refused, .source))]
+    Compile {
+        refused: Vec<String>,
+        source: kernels::KernelError,
+    },
+    /// The driver refused the PTX NVRTC compiled.
+    #[error("the driver refused the NVRTC PTX: {0}")]
+    NvrtcPtx(CuError),
+}
+
+fn refused_and(refused: &[String], e: &kernels::KernelError) -> String {
+    if refused.is_empty() {
+        e.to_string()
+    } else {
+        format!("the driver refused {} and {e}", refused.join(", "))
+    }
+}
+
 /// A library loaded from the first image of `module` the driver takes: the embedded SASS,
 /// the embedded PTX, else PTX from NVRTC (cached under `cache_dir`).
 fn load_library(
     module: &kernels::KernelSource,
     arch: &CudaArch,
     cache_dir: Option<&Path>,
-) -> Result<(sys::CUlibrary, ImageOrigin), String> {
+) -> Result<(sys::CUlibrary, ImageOrigin), LibraryError> {
     let mut refused = Vec::new();
     for (image, origin) in kernels::embedded_images(module, arch) {
         match load_image(&image) {
@@ -144,16 +162,11 @@ fn load_library(
             Err(e) => refused.push(format!("{}: {e}", origin.as_str())),
         }
     }
-    let (image, origin, _log) = kernels::compiled_image(module, arch, cache_dir).map_err(|e| {
-        let mut why = e.to_string();
-        if !refused.is_empty() {
-            why = format!("the driver refused {} and {why}", refused.join(", "));
-        }
-        why
-    })?;
+    let (image, origin, _log) = kernels::compiled_image(module, arch, cache_dir)
+        .map_err(|source| LibraryError::Compile { refused, source })?;
     load_image(&image)
         .map(|lib| (lib, origin))
-        .map_err(|e| format!("the driver refused the NVRTC PTX: {e}"))
+        .map_err(LibraryError::NvrtcPtx)
 }
 
 fn load_image(image: &KernelImage) -> Result<sys::CUlibrary, CuError> {
@@ -211,7 +224,7 @@ impl CudaDevice {
         mem_limit: Option<u64>,
         green_contexts: bool,
     ) -> Result<Arc<Self>, DeviceError> {
-        super::init_driver().map_err(DeviceError::Unavailable)?;
+        super::init_driver().map_err(|e| DeviceError::Unavailable(e.to_string()))?;
         let (info, dev) = query(ordinal).map_err(|e| unavailable(&format!("GPU {ordinal}"), e))?;
         let arch = CudaArch::of_capability(info.compute_capability.0, info.compute_capability.1);
         if let Some(why) = kernels::unusable_reason(&arch) {

@@ -24,6 +24,8 @@ pub struct CuError {
     pub code: CUresult,
 }
 
+impl std::error::Error for CuError {}
+
 impl CuError {
     /// Whether the error poisons the context: the CUDA documentation says of these that the
     /// process is left in an inconsistent state and every later call returns the same error.

@@ -75,6 +75,22 @@ pub(super) struct Lease {
     priority: i32,
 }
 
+/// Why green contexts cannot be built or a lease taken.
+#[derive(Debug, thiserror::Error)]
+pub enum GreenError {
+    #[error(
+        "the driver supports CUDA {}; green contexts need 12.4 or newer",
+        super::version_text(*.0)
+    )]
+    DriverTooOld(i32),
+    #[error("the GPU has {0} SMs: too few for partitions of {GROUP_SMS}")]
+    TooFewSms(u32),
+    #[error("{0}")]
+    Driver(#[from] CuError),
+    #[error("no SM group was given back within {} s: every group is leased", LEASE_WAIT.as_secs())]
+    LeaseTimeout,
+}
+
 impl GreenContexts {
     /// Splits the SMs of device `dev` (whose primary context is `primary`) into groups and
     /// builds a green context over all of them, so that a driver that cannot build them says
@@ -84,12 +100,9 @@ impl GreenContexts {
         primary: sys::CUcontext,
         driver_version: i32,
         kernels: [Option<sys::CUkernel>; 14],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GreenError> {
         if driver_version < MIN_DRIVER {
-            return Err(format!(
-                "the driver supports CUDA {}; green contexts need 12.4 or newer",
-                super::version_text(driver_version)
-            ));
+            return Err(GreenError::DriverTooOld(driver_version));
         }
         let groups = split(dev)?;
         let n = groups.len();
@@ -104,7 +117,7 @@ impl GreenContexts {
             places: Mutex::new(HashMap::new()),
         };
         let mut contexts = sync::lock(&g.contexts);
-        g.context(&mut contexts, 0..n).map_err(|e| e.to_string())?;
+        g.context(&mut contexts, 0..n)?;
         drop(contexts);
         Ok(g)
     }
@@ -128,7 +141,7 @@ impl GreenContexts {
         side: Side,
         priority: i32,
         last: Option<Range<usize>>,
-    ) -> Result<Lease, String> {
+    ) -> Result<Lease, GreenError> {
         let mut parts = sync::lock(&self.leases);
         let range = loop {
             if let Some(r) = parts.acquire(lane, want, side, last.clone()) {
@@ -140,10 +153,7 @@ impl GreenContexts {
                 .unwrap_or_else(|p| p.into_inner());
             parts = next;
             if timeout.timed_out() {
-                return Err(format!(
-                    "no SM group was given back within {} s: every group is leased",
-                    LEASE_WAIT.as_secs()
-                ));
+                return Err(GreenError::LeaseTimeout);
             }
         };
         drop(parts);
@@ -155,7 +165,7 @@ impl GreenContexts {
             }),
             Err(e) => {
                 self.give_back(lane, range);
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -265,7 +275,7 @@ fn sm_count(r: &sys::CUdevResource) -> u32 {
 }
 
 /// Splits the device's SMs into groups of [`GROUP_SMS`].
-fn split(dev: sys::CUdevice) -> Result<Vec<sys::CUdevResource>, String> {
+fn split(dev: sys::CUdevice) -> Result<Vec<sys::CUdevResource>, GreenError> {
     // SAFETY: plain C structs the driver fills in; zero is a valid bit pattern for them.
     let mut all: sys::CUdevResource = unsafe { std::mem::zeroed() };
     // SAFETY: a live device and a pointer to a local.
@@ -275,14 +285,11 @@ fn split(dev: sys::CUdevice) -> Result<Vec<sys::CUdevResource>, String> {
             &mut all,
             sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
         )
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let sms = sm_count(&all);
     let mut n = sms / GROUP_SMS;
     if n < 2 {
-        return Err(format!(
-            "the GPU has {sms} SMs: too few for partitions of {GROUP_SMS}"
-        ));
+        return Err(GreenError::TooFewSms(sms));
     }
     // SAFETY: as above.
     let mut groups: Vec<sys::CUdevResource> = vec![unsafe { std::mem::zeroed() }; n as usize];
@@ -291,8 +298,7 @@ fn split(dev: sys::CUdevice) -> Result<Vec<sys::CUdevResource>, String> {
     // SAFETY: `groups` has room for `n` results; the driver writes back how many it made.
     driver::ok("cuDevSmResourceSplitByCount", unsafe {
         sys::cuDevSmResourceSplitByCount(groups.as_mut_ptr(), &mut n, &all, &mut rest, 0, GROUP_SMS)
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     groups.truncate(n as usize);
     Ok(groups)
 }

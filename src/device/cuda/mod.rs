@@ -182,47 +182,61 @@ pub fn version_text(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
+/// Why no GPU is usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the CUDA driver library (libcuda.so.1) was not found")]
+    NoDriver,
+    #[error("the CUDA driver did not initialise: {0}")]
+    Init(driver::CuError),
+    #[error("{0}")]
+    Driver(#[from] driver::CuError),
+    #[error("the NVIDIA driver supports CUDA {}; setpoint needs 12.0 or newer", version_text(*.0))]
+    TooOld(i32),
+    #[error("the CUDA driver reports no GPU")]
+    NoGpu,
+    #[error("GPU {index}: {source}")]
+    Gpu {
+        index: usize,
+        source: driver::CuError,
+    },
+}
+
 /// Initialises the driver and checks its version; the error says what is missing.
-fn init_driver() -> Result<i32, String> {
+fn init_driver() -> Result<i32, ProbeError> {
     if !driver_present() {
-        return Err("the CUDA driver library (libcuda.so.1) was not found".into());
+        return Err(ProbeError::NoDriver);
     }
     // SAFETY: cuInit may be called any number of times.
-    driver::ok("cuInit", unsafe { sys::cuInit(0) })
-        .map_err(|e| format!("the CUDA driver did not initialise: {e}"))?;
+    driver::ok("cuInit", unsafe { sys::cuInit(0) }).map_err(ProbeError::Init)?;
     let mut v = 0;
     // SAFETY: a pointer to a local.
     driver::ok("cuDriverGetVersion", unsafe {
         sys::cuDriverGetVersion(&mut v)
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     if v < MIN_DRIVER {
-        return Err(format!(
-            "the NVIDIA driver supports CUDA {}; setpoint needs 12.0 or newer",
-            version_text(v)
-        ));
+        return Err(ProbeError::TooOld(v));
     }
     Ok(v)
 }
 
 /// The GPUs of this host, or why there are none usable (no driver library, driver
 /// initialisation failed, a driver too old, no device). Never panics.
-pub fn probe() -> Result<Vec<GpuInfo>, String> {
+pub fn probe() -> Result<Vec<GpuInfo>, ProbeError> {
     init_driver()?;
     let mut count = 0;
     // SAFETY: a pointer to a local.
     driver::ok("cuDeviceGetCount", unsafe {
         sys::cuDeviceGetCount(&mut count)
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     if count <= 0 {
-        return Err("the CUDA driver reports no GPU".into());
+        return Err(ProbeError::NoGpu);
     }
     (0..count as usize)
-        .map(|i| {
-            device::query(i)
+        .map(|index| {
+            device::query(index)
                 .map(|(info, _)| info)
-                .map_err(|e| format!("GPU {i}: {e}"))
+                .map_err(|source| ProbeError::Gpu { index, source })
         })
         .collect()
 }
@@ -275,7 +289,9 @@ mod tests {
         match probe() {
             Ok(gpus) => assert!(!gpus.is_empty()),
             Err(why) => assert!(
-                why.contains("CUDA driver") || why.contains("GPU") || why.contains("NVIDIA"),
+                ["CUDA driver", "GPU", "NVIDIA"]
+                    .iter()
+                    .any(|w| why.to_string().contains(w)),
                 "unclear reason: {why}"
             ),
         }
