@@ -185,7 +185,17 @@ fn checkpoint_write_errors_are_retried_while_training_goes_on() {
         // whoever runs the test. The daemon is this process.
         let dir = d.node.state_dir().join("jobs/j");
         let blocker = dir.join(format!(".checkpoint.ckpt.tmp.{}", std::process::id()));
-        std::fs::create_dir_all(&blocker).unwrap();
+        // The daemon may be writing that file at this moment (a checkpoint every 5 steps):
+        // it is renamed away within milliseconds, so try again until the directory is made.
+        let started = std::time::Instant::now();
+        while let Err(e) = std::fs::create_dir_all(&blocker) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "cannot create {}: {e}",
+                blocker.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         (d, blocker)
     };
 
