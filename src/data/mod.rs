@@ -13,7 +13,12 @@
 
 mod csv;
 mod idx;
+mod normalize;
+mod open;
 mod stop;
+
+pub use normalize::Normalizer;
+use open::open;
 
 pub use stop::{LoadStop, STOPPED};
 
@@ -24,8 +29,7 @@ pub fn conventional_idx_labels(path: &std::path::Path) -> Option<std::path::Path
 }
 mod synthetic;
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 
 use crate::util::rng::Rng;
@@ -295,189 +299,6 @@ pub fn split(ds: &Dataset, val_frac: f64, seed: u64) -> Result<(Dataset, Dataset
     };
     let (val, train) = order.split_at(n_val);
     Ok((ds.subset(train), ds.subset(val)))
-}
-
-/// Per-feature standardisation statistics, fitted on training data only.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Normalizer {
-    /// Per-feature mean.
-    pub mean: Vec<f32>,
-    /// Per-feature population standard deviation (1 for constant features).
-    pub std: Vec<f32>,
-}
-
-impl Normalizer {
-    /// Below this a feature is treated as constant and only centred, not scaled.
-    const MIN_STD: f64 = 1e-6;
-
-    /// Fits mean and population standard deviation per feature, accumulated in f64. A
-    /// constant feature (std below 1e-6) gets std 1 so it maps to 0 rather than to NaN. An
-    /// empty data set gives the identity.
-    pub fn fit(ds: &Dataset) -> Normalizer {
-        let f = ds.features;
-        let rows = ds.rows();
-        if rows == 0 {
-            return Normalizer::identity(f);
-        }
-        let mut sum = vec![0.0f64; f];
-        for row in ds.x.chunks_exact(f) {
-            for (s, &v) in sum.iter_mut().zip(row) {
-                *s += f64::from(v);
-            }
-        }
-        let mean: Vec<f64> = sum.iter().map(|s| s / rows as f64).collect();
-        // Two passes rather than sum of squares: no cancellation for large, tightly spread values.
-        let mut sq = vec![0.0f64; f];
-        for row in ds.x.chunks_exact(f) {
-            for ((s, &v), m) in sq.iter_mut().zip(row).zip(&mean) {
-                let d = f64::from(v) - m;
-                *s += d * d;
-            }
-        }
-        let std = sq
-            .iter()
-            .map(|s| {
-                let sd = (s / rows as f64).sqrt();
-                if sd < Self::MIN_STD { 1.0 } else { sd as f32 }
-            })
-            .collect();
-        Normalizer {
-            mean: mean.iter().map(|&m| m as f32).collect(),
-            std,
-        }
-    }
-
-    /// Mean 0, std 1: leaves data unchanged.
-    pub fn identity(features: usize) -> Normalizer {
-        Normalizer {
-            mean: vec![0.0; features],
-            std: vec![1.0; features],
-        }
-    }
-
-    /// Standardises `x` in place as `(x - mean) / std`; `x` is `rows * features`, row-major.
-    ///
-    /// # Panics
-    /// When `x.len()` is not a multiple of [`Normalizer::features`]: callers check shapes first.
-    pub fn apply(&self, x: &mut [f32]) {
-        let f = self.features();
-        if f == 0 {
-            assert!(
-                x.is_empty(),
-                "normalizer has no features but data is not empty"
-            );
-            return;
-        }
-        assert!(
-            x.len() % f == 0,
-            "data length {} is not a multiple of the normalizer's {f} features",
-            x.len()
-        );
-        for row in x.chunks_exact_mut(f) {
-            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
-                *v = (*v - m) / s;
-            }
-        }
-    }
-
-    /// Number of features.
-    pub fn features(&self) -> usize {
-        self.mean.len()
-    }
-}
-
-/// Opens `path` for buffered reading, decompressing transparently when it starts with the
-/// gzip magic bytes (whatever its name); every read fails once `stop` is stopped.
-fn open(path: &Path, stop: &LoadStop) -> Result<Box<dyn BufRead>, DataError> {
-    let file = open_regular(path)?;
-    let mut reader = BufReader::new(stop::Stoppable::new(file, stop));
-    let is_gzip = reader
-        .fill_buf()
-        .map_err(|source| read_error(path, source))?
-        .starts_with(&[0x1f, 0x8b]);
-    if is_gzip {
-        // Checked again above decompression: a small compressed read can inflate to much
-        // more text than one buffer of the file.
-        Ok(Box::new(BufReader::new(stop::Stoppable::new(
-            GzipErrors(flate2::bufread::MultiGzDecoder::new(reader)),
-            stop,
-        ))))
-    } else {
-        Ok(Box::new(reader))
-    }
-}
-
-/// Opens `path` for reading when it is a regular file. Opening does not wait: a FIFO would
-/// block `open` until a writer came (and the daemon's admission with it), so the file is
-/// opened non-blocking and its type checked on the open descriptor, which also closes the
-/// window between a check by name and the open.
-pub(crate) fn open_regular(path: &Path) -> Result<File, DataError> {
-    let open_error = |source| DataError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path).map_err(open_error)?;
-    let meta = file.metadata().map_err(open_error)?;
-    if !meta.is_file() {
-        return Err(file_error(
-            path,
-            format!(
-                "is a {}, not a regular file; data must be a regular file",
-                file_kind(&meta)
-            ),
-        ));
-    }
-    Ok(file)
-}
-
-/// What kind of file `meta` describes, in words.
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    let t = meta.file_type();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "FIFO (named pipe)";
-        }
-        if t.is_socket() {
-            return "socket";
-        }
-        if t.is_char_device() || t.is_block_device() {
-            return "device";
-        }
-    }
-    if t.is_dir() {
-        "directory"
-    } else {
-        "special file"
-    }
-}
-
-/// Says that a decompression error is about the gzip stream, and that a stream that ends
-/// early is truncated: the decoder's own words ("unexpected end of file", "corrupt deflate
-/// stream") do not say which layer failed.
-struct GzipErrors<R>(R);
-
-impl<R: io::Read> io::Read for GzipErrors<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| {
-            let what = match e.kind() {
-                io::ErrorKind::UnexpectedEof => {
-                    "truncated gzip data: the file ends before the compressed stream does"
-                }
-                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => "corrupt gzip data",
-                _ => return e,
-            };
-            io::Error::new(e.kind(), format!("{what} ({e})"))
-        })
-    }
 }
 
 fn read_error(path: &Path, source: io::Error) -> DataError {
