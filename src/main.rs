@@ -590,7 +590,7 @@ async fn serve_task(
         version = setpoint::VERSION,
         listen = %listener.local_addr().unwrap_or(listen),
         state_dir = %node.state_dir().display(),
-        workers = node.cores(),
+        workers = node.workers_of(setpoint::node::DeviceId::FIRST),
         max_connections = limits.max_connections,
         systemd = notifier.is_enabled(),
         "setpoint serving"

@@ -223,7 +223,7 @@ pub fn render(node: &Node, conns: &ConnectionStats) -> String {
         o.sample(
             "setpoint_inference_queue_length",
             &[("service", s.name())],
-            s.inner.queue_len() as f64,
+            s.batcher.queue_len() as f64,
         );
     }
     o.header(
@@ -235,7 +235,7 @@ pub fn render(node: &Node, conns: &ConnectionStats) -> String {
         o.sample(
             "setpoint_inference_max_batch_size",
             &[("service", s.name())],
-            s.inner.max_batch_size() as f64,
+            s.batcher.max_batch_size() as f64,
         );
     }
     o.header(
@@ -259,12 +259,12 @@ pub fn render(node: &Node, conns: &ConnectionStats) -> String {
         "Fraction of the device's workers busy over the last control period.",
     );
     let busy = node.busy_by_device();
-    for d in 0..node.device_count() {
+    for d in node.devices() {
         let name = node.placement(d).name();
         o.sample(
             "setpoint_device_busy_ratio",
             &[("device", name.as_str())],
-            busy.get(d).copied().unwrap_or(0.0),
+            busy.get(d.index()).copied().unwrap_or(0.0),
         );
     }
     o.header(
@@ -272,7 +272,7 @@ pub fn render(node: &Node, conns: &ConnectionStats) -> String {
         "gauge",
         "1 while the device runs its tenants, 0 once it has failed (until the daemon restarts).",
     );
-    for d in 0..node.device_count() {
+    for d in node.devices() {
         let name = node.placement(d).name();
         let up = node.device_failure(d).is_none();
         o.sample(
