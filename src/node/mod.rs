@@ -34,7 +34,7 @@ pub use devices::{DeviceId, Placement};
 pub use jobs::{Job, JobState, JobView};
 pub use registry::ServiceSlot;
 pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
-pub use removal::{JobDeleteAction, JobDeletion};
+pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion};
 pub use services::{LoadedService, ServiceOrigin, ServiceView};
 pub use store::{JobChanges, JobRecord};
 pub use views::{DeviceView, StatusView, TenantKind, TenantState, TenantView};
@@ -57,6 +57,9 @@ pub enum NodeError {
     /// Something failed on the node's side (500).
     #[error("{0}")]
     Internal(String),
+    /// A job was neither cancelled nor removed (409).
+    #[error(transparent)]
+    Delete(#[from] removal::DeleteRefusal),
     /// The state dir cannot be used (at start: exit 2).
     #[error(transparent)]
     StateDir(#[from] state_dir::StateDirError),

@@ -15,6 +15,20 @@ use super::services::{self, LoadedService, ServiceOrigin};
 use super::store::ServiceRecord;
 use super::{JobState, Node, NodeError};
 
+/// Why a service of the config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The node refused it (a file outside the allowed directories, no device works).
+    #[error(transparent)]
+    Refused(#[from] NodeError),
+    /// Its model could not be built, or its batcher started.
+    #[error(transparent)]
+    Build(#[from] services::ServiceBuildError),
+    /// Its loader thread could not start.
+    #[error("cannot start loader thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// A service slot: loading, serving, or failed to load.
 #[derive(Clone)]
 pub enum ServiceSlot {
@@ -55,11 +69,7 @@ impl Node {
             .name(format!("setpoint-load-{name}"))
             .spawn(move || node.load_config_service(loader_cfg, ticket, lane));
         if let Err(e) = spawned {
-            self.publish_loaded(
-                &name,
-                ticket,
-                Err(format!("cannot start loader thread: {e}")),
-            );
+            self.publish_loaded(&name, ticket, Err(LoadError::Thread(e)));
         }
     }
 
@@ -69,22 +79,25 @@ impl Node {
         ticket: u64,
         lane: Option<Arc<Lane>>,
     ) {
-        if let Err(e) = self.confine_service(&cfg) {
-            self.publish_loaded(&cfg.name, ticket, Err(e.to_string()));
-            return;
-        }
-        let lane = match lane.map_or_else(|| self.service_lane(&cfg.name), Ok) {
-            Ok(lane) => lane,
-            Err(e) => return self.publish_loaded(&cfg.name, ticket, Err(e.to_string())),
+        let loaded = self.build_config_service(&cfg, lane);
+        self.publish_loaded(&cfg.name, ticket, loaded);
+    }
+
+    fn build_config_service(
+        &self,
+        cfg: &ServiceConfig,
+        lane: Option<Arc<Lane>>,
+    ) -> Result<Arc<LoadedService>, LoadError> {
+        self.confine_service(cfg)?;
+        let lane = match lane {
+            Some(lane) => lane,
+            None => self.service_lane(&cfg.name)?,
         };
         let placement = self.placement(self.device_of(&lane)).clone();
-        let started = services::build_model(&cfg)
-            .and_then(|m| {
-                LoadedService::start(cfg.clone(), m, ServiceOrigin::Config, lane, &placement)
-            })
-            .map(Arc::new)
-            .map_err(|e| e.to_string());
-        self.publish_loaded(&cfg.name, ticket, started);
+        let model = services::build_model(cfg)?;
+        let svc =
+            LoadedService::start(cfg.clone(), model, ServiceOrigin::Config, lane, &placement)?;
+        Ok(Arc::new(svc))
     }
 
     /// Publishes what a loader produced, if its ticket is still the latest for the name. A
@@ -94,7 +107,7 @@ impl Node {
         &self,
         name: &str,
         ticket: u64,
-        loaded: Result<Arc<LoadedService>, String>,
+        loaded: Result<Arc<LoadedService>, LoadError>,
     ) {
         let mut map = write(&self.services);
         let cfg = {
@@ -136,7 +149,7 @@ impl Node {
             }
             Err(e) => {
                 tracing::error!(service = %name, "cannot start service: {e}");
-                map.insert(name.to_string(), ServiceSlot::Failed(cfg, e))
+                map.insert(name.to_string(), ServiceSlot::Failed(cfg, e.to_string()))
             }
         };
         drop(map);

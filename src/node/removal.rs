@@ -6,7 +6,7 @@ use crate::util::sync;
 use std::path::Path;
 use std::sync::{Arc, MutexGuard};
 
-use super::{Job, Node, NodeError, ServiceSlot, read, state_dir, write};
+use super::{Job, JobState, Node, NodeError, ServiceSlot, read, state_dir, write};
 
 /// What a DELETE asks for: `?action=cancel` or `?action=remove` pins it, so a retried
 /// cancel cannot remove the job it just cancelled.
@@ -17,6 +17,36 @@ pub enum JobDeleteAction {
     Cancel,
     /// Only remove; a job that has not ended is a conflict.
     Remove,
+}
+
+/// Why a job was neither cancelled nor removed (409). The API's answer says what to do
+/// instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeleteRefusal {
+    /// Only a cancel was asked for, and the job has ended.
+    #[error("job {name} has already ended ({state:?})")]
+    AlreadyEnded {
+        /// The job.
+        name: String,
+        /// How it ended.
+        state: JobState,
+    },
+    /// Only a removal was asked for, and the job has not ended.
+    #[error("job {name} has not ended ({state:?})")]
+    NotEnded {
+        /// The job.
+        name: String,
+        /// Its state.
+        state: JobState,
+    },
+    /// A service reads the job's checkpoint.
+    #[error("job {name} cannot be removed: model {service} is served from its checkpoint")]
+    Served {
+        /// The job.
+        name: String,
+        /// The service.
+        service: String,
+    },
 }
 
 /// What a DELETE did.
@@ -39,14 +69,16 @@ impl Node {
         let job = self.job(name)?;
         let state = job.state();
         match (action, state.is_terminal()) {
-            (Some(JobDeleteAction::Cancel), true) => Err(NodeError::Conflict(format!(
-                "job {name} has already ended ({state:?}); DELETE /v1/jobs/{name} without \
-                 action=cancel removes it"
-            ))),
-            (Some(JobDeleteAction::Remove), false) => Err(NodeError::Conflict(format!(
-                "job {name} has not ended ({state:?}); cancel it first (DELETE \
-                 /v1/jobs/{name}?action=cancel), and remove it once it has ended"
-            ))),
+            (Some(JobDeleteAction::Cancel), true) => Err(DeleteRefusal::AlreadyEnded {
+                name: name.to_string(),
+                state,
+            }
+            .into()),
+            (Some(JobDeleteAction::Remove), false) => Err(DeleteRefusal::NotEnded {
+                name: name.to_string(),
+                state,
+            }
+            .into()),
             (_, false) => {
                 job.cancel();
                 Ok(JobDeletion::Cancelled(job))
@@ -70,10 +102,11 @@ impl Node {
         let name = &job.name;
         let _files = self.lock_job_files();
         if let Some(service) = self.service_reading(job.dir()) {
-            return Err(NodeError::Conflict(format!(
-                "job {name} cannot be removed: model {service} is served from its checkpoint; \
-                 remove the service first (DELETE /v1/services/{service})"
-            )));
+            return Err(DeleteRefusal::Served {
+                name: name.clone(),
+                service,
+            }
+            .into());
         }
         // An ended job's thread has recorded its outcome and is returning: let it, so that
         // nothing of it touches a directory that is gone, or a new job's of the name.

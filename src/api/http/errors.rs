@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::v2codec::{self, CodecError};
 use crate::config::ConfigIssue;
-use crate::node::NodeError;
+use crate::node::{DeleteRefusal, NodeError};
 use crate::serve::ServeError;
 
 /// An error answer: a status and a message.
@@ -58,11 +58,28 @@ impl From<NodeError> for ApiError {
         let status = match &e {
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::Conflict(_) => StatusCode::CONFLICT,
+            NodeError::Delete(r) => return ApiError::new(StatusCode::CONFLICT, delete_refused(r)),
             NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
             NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Internal(_) | NodeError::StateDir(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+/// A refused DELETE of a job, saying what to send instead.
+fn delete_refused(r: &DeleteRefusal) -> String {
+    match r {
+        DeleteRefusal::AlreadyEnded { name, .. } => {
+            format!("{r}; DELETE /v1/jobs/{name} without action=cancel removes it")
+        }
+        DeleteRefusal::NotEnded { name, .. } => format!(
+            "{r}; cancel it first (DELETE /v1/jobs/{name}?action=cancel), and remove it once \
+             it has ended"
+        ),
+        DeleteRefusal::Served { service, .. } => {
+            format!("{r}; remove the service first (DELETE /v1/services/{service})")
+        }
     }
 }
 

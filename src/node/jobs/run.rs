@@ -13,13 +13,44 @@ use crate::data::{self, Dataset, LoadOptions};
 use crate::device::cuda::StreamPriority;
 use crate::device::{Backend, CpuBackend, SgdParams};
 use crate::model::Optimizer;
-use crate::model::checkpoint::{Checkpoint, CheckpointError};
+use crate::model::checkpoint::{Checkpoint, CheckpointError, EpochRecord};
 use crate::train::{TrainEvent, TrainSpec, Trainer, default_adam};
+
+/// Why a job's thread failed the job; the message is the job's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The latest checkpoint is damaged and there is no previous one.
+    #[error("cannot resume: {damage}")]
+    Resume {
+        /// What is wrong with the latest.
+        damage: String,
+    },
+    /// Both checkpoints are damaged.
+    #[error("cannot resume: {damage}; the previous checkpoint is no better: {previous}")]
+    ResumeNeither {
+        /// What is wrong with the latest.
+        damage: String,
+        /// What is wrong with the previous one.
+        previous: String,
+    },
+    /// A checkpoint could not be written.
+    #[error("cannot write checkpoint: {0}")]
+    Checkpoint(String),
+    /// Checkpoint writes have failed for longer than the job tolerates.
+    #[error(transparent)]
+    Stalled(#[from] crate::node::checkpointing::CheckpointStalled),
+    /// A step, or a change of target or epochs, failed.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// The job's device has failed.
+    #[error(transparent)]
+    Device(crate::device::DeviceError),
+}
 
 impl Job {
     /// The checkpoint to resume from: the latest, or the previous one when the latest is
     /// damaged (which is logged and noted in the job's view). `None`: start afresh.
-    pub(super) fn checkpoint_to_resume(&self) -> Result<Option<(Checkpoint, PathBuf)>, String> {
+    pub(super) fn checkpoint_to_resume(&self) -> Result<Option<(Checkpoint, PathBuf)>, JobError> {
         let latest = self.checkpoint_path();
         let previous = self.previous_checkpoint_path();
         let damage = match Checkpoint::load(&latest) {
@@ -33,10 +64,13 @@ impl Job {
             Err(e) => e,
         };
         if !previous.exists() {
-            return Err(format!("cannot resume: {damage}"));
+            return Err(JobError::Resume {
+                damage: damage.to_string(),
+            });
         }
-        let c = Checkpoint::load(&previous).map_err(|e| {
-            format!("cannot resume: {damage}; the previous checkpoint is no better: {e}")
+        let c = Checkpoint::load(&previous).map_err(|e| JobError::ResumeNeither {
+            damage: damage.to_string(),
+            previous: e.to_string(),
         })?;
         let step = c.training.as_ref().map_or(0, |t| t.meta.step);
         let note = format!(
@@ -143,7 +177,7 @@ impl Job {
         let trainer = match self.checkpoint_to_resume() {
             Ok(Some((ckpt, path))) => Trainer::resume(backend, spec, data, ckpt, &path),
             Ok(None) => Trainer::new(backend, spec, data),
-            Err(e) => return self.fail(e),
+            Err(e) => return self.fail(e.to_string()),
         };
         let mut trainer = match trainer {
             Ok(t) => t,
@@ -161,7 +195,7 @@ impl Job {
         }
         self.set_state(JobState::Running);
         if let Err(e) = self.step_loop(&mut trainer) {
-            self.fail(e);
+            self.fail(e.to_string());
         }
     }
 
@@ -174,95 +208,123 @@ impl Job {
         )
     }
 
-    pub(super) fn step_loop<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+    pub(super) fn step_loop<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), JobError> {
         let every = self.config.checkpoint_every_steps;
-        let mut no_events = |_: &TrainEvent| {};
         let mut window_start = (Instant::now(), trainer.steps());
-        let rows = trainer.train_rows();
-        let batch = trainer.spec().batch_size;
         loop {
-            let pending = std::mem::take(&mut *lock(&self.pending));
-            if let Some(target) = pending.target {
-                trainer
-                    .set_target_accuracy(target)
-                    .map_err(|e| e.to_string())?;
-            }
-            if let Some(epochs) = pending.epochs {
-                trainer.set_epochs(epochs).map_err(|e| e.to_string())?;
-            }
+            self.apply_pending(trainer)?;
             // Between steps, whatever the backend checks: the job stops at the first step
             // boundary after its device fails, even where a lane's operations do not check.
             if let Some(e) = self.placement.health().failure() {
-                return Err(e.to_string());
+                return Err(JobError::Device(e));
             }
-            if self.cancel.load(Ordering::Acquire) {
-                self.save_final(trainer)?;
-                let mut p = lock(&self.progress);
-                p.finished_at = Some(SystemTime::now());
-                drop(p);
-                self.finish(JobState::Cancelled);
+            if self.end_if_done(trainer)? {
                 return Ok(());
             }
-            if let Some(reason) = trainer.finished() {
-                self.save_final(trainer)?;
-                let mut p = lock(&self.progress);
-                p.stop_reason = Some(reason);
-                p.finished_at = Some(SystemTime::now());
-                drop(p);
-                self.finish(JobState::Completed);
-                tracing::info!(job = %self.name, reason = reason.as_str(), "job completed");
-                return Ok(());
-            }
-            // One step is one unit of work of the lane: it waits for the lane's credit, runs
-            // on the workers (threads, or CTAs) the share allows, and is charged what it used.
-            // On a GPU the step is waited for, so that its busy time is known and the queue of
-            // a lane never runs ahead of its share.
-            self.lane.acquire();
-            let workers = self.lane.take_workers();
-            trainer.backend().set_workers(workers.n);
-            let cpu0 = trainer.backend().lane_time();
-            let t0 = Instant::now();
-            let result = trainer.step(&mut no_events).and_then(|r| {
-                trainer.backend().synchronize()?;
-                Ok(r)
-            });
-            let wall = t0.elapsed();
-            let cpu = (trainer.backend().lane_time()).saturating_sub(cpu0);
-            self.lane.give_workers(workers);
-            self.lane.charge(wall, cpu);
-            let epoch = result.map_err(|e| e.to_string())?;
+            let epoch = self.one_step(trainer)?;
             let steps = trainer.steps();
             if every > 0 && steps % every == 0 {
                 self.save_periodic(trainer)?;
             }
-            let elapsed = window_start.0.elapsed().as_secs_f64();
-            let mut p = lock(&self.progress);
-            p.steps = steps;
-            p.epochs_done = trainer.epochs_done();
-            p.batch_in_epoch = trainer.batch_in_epoch();
-            if let Some(record) = epoch {
-                p.history.push(record);
-            }
-            // Rates over windows of at least 0.5 s, so one slow step does not swing them.
-            if elapsed >= 0.5 {
-                let done = (steps - window_start.1) as f64;
-                let rate = done / elapsed;
-                p.steps_per_s = if p.steps_per_s == 0.0 {
-                    rate
-                } else {
-                    0.5 * p.steps_per_s + 0.5 * rate
-                };
-                p.samples_per_s = p.steps_per_s * batch.min(rows) as f64;
-                window_start = (Instant::now(), steps);
-            } else if p.steps_per_s == 0.0 && elapsed > 0.0 {
-                let done = (steps - window_start.1) as f64;
-                p.steps_per_s = done / elapsed;
-                p.samples_per_s = p.steps_per_s * batch.min(rows) as f64;
-            }
+            self.publish_progress(trainer, epoch, &mut window_start);
         }
     }
 
-    pub(super) fn save<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+    /// Applies the target and epoch limit a user changed since the last step.
+    fn apply_pending<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), JobError> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if let Some(target) = pending.target {
+            trainer.set_target_accuracy(target)?;
+        }
+        if let Some(epochs) = pending.epochs {
+            trainer.set_epochs(epochs)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the job, checkpointed, when it was cancelled or has finished; true if it ended.
+    fn end_if_done<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<bool, JobError> {
+        if self.cancel.load(Ordering::Acquire) {
+            self.save_final(trainer)?;
+            lock(&self.progress).finished_at = Some(SystemTime::now());
+            self.finish(JobState::Cancelled);
+            return Ok(true);
+        }
+        let Some(reason) = trainer.finished() else {
+            return Ok(false);
+        };
+        self.save_final(trainer)?;
+        let mut p = lock(&self.progress);
+        p.stop_reason = Some(reason);
+        p.finished_at = Some(SystemTime::now());
+        drop(p);
+        self.finish(JobState::Completed);
+        tracing::info!(job = %self.name, reason = reason.as_str(), "job completed");
+        Ok(true)
+    }
+
+    /// One step, as one unit of work of the lane: it waits for the lane's credit, runs on
+    /// the workers (threads, or CTAs) the share allows, and is charged what it used. On a GPU
+    /// the step is waited for, so that its busy time is known and the queue of a lane never
+    /// runs ahead of its share.
+    fn one_step<B: Backend>(
+        &self,
+        trainer: &mut Trainer<B>,
+    ) -> Result<Option<EpochRecord>, JobError> {
+        let mut no_events = |_: &TrainEvent| {};
+        self.lane.acquire();
+        let workers = self.lane.take_workers();
+        trainer.backend().set_workers(workers.n);
+        let cpu0 = trainer.backend().lane_time();
+        let t0 = Instant::now();
+        let result = trainer.step(&mut no_events).and_then(|r| {
+            trainer.backend().synchronize()?;
+            Ok(r)
+        });
+        let wall = t0.elapsed();
+        let cpu = (trainer.backend().lane_time()).saturating_sub(cpu0);
+        self.lane.give_workers(workers);
+        self.lane.charge(wall, cpu);
+        Ok(result?)
+    }
+
+    /// Publishes the progress after a step: steps, epochs, and rates over windows of at
+    /// least 0.5 s, so one slow step does not swing them.
+    fn publish_progress<B: Backend>(
+        &self,
+        trainer: &Trainer<B>,
+        epoch: Option<EpochRecord>,
+        window_start: &mut (Instant, u64),
+    ) {
+        let rows = trainer.train_rows();
+        let batch = trainer.spec().batch_size;
+        let steps = trainer.steps();
+        let elapsed = window_start.0.elapsed().as_secs_f64();
+        let mut p = lock(&self.progress);
+        p.steps = steps;
+        p.epochs_done = trainer.epochs_done();
+        p.batch_in_epoch = trainer.batch_in_epoch();
+        if let Some(record) = epoch {
+            p.history.push(record);
+        }
+        if elapsed >= 0.5 {
+            let done = (steps - window_start.1) as f64;
+            let rate = done / elapsed;
+            p.steps_per_s = if p.steps_per_s == 0.0 {
+                rate
+            } else {
+                0.5 * p.steps_per_s + 0.5 * rate
+            };
+            p.samples_per_s = p.steps_per_s * batch.min(rows) as f64;
+            *window_start = (Instant::now(), steps);
+        } else if p.steps_per_s == 0.0 && elapsed > 0.0 {
+            let done = (steps - window_start.1) as f64;
+            p.steps_per_s = done / elapsed;
+            p.samples_per_s = p.steps_per_s * batch.min(rows) as f64;
+        }
+    }
+
+    pub(super) fn save<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), JobError> {
         trainer
             .checkpoint()
             .map_err(|e| e.to_string())
@@ -270,7 +332,7 @@ impl Job {
                 c.save_keeping_previous(&self.checkpoint_path(), &self.previous_checkpoint_path())
                     .map_err(|e| e.to_string())
             })
-            .map_err(|e| format!("cannot write checkpoint: {e}"))?;
+            .map_err(JobError::Checkpoint)?;
         lock(&self.progress).checkpoint = Some(self.checkpoint_path());
         // The step checkpointed, kept apart from the checkpoints: a restart that finds both
         // checkpoints gone can then say what was lost instead of starting over silently.
@@ -284,14 +346,17 @@ impl Job {
 
     /// A checkpoint at the interval: a failure is recorded and training goes on, until writes
     /// have failed for longer than the timeout (see [`crate::node::checkpointing`]).
-    pub(super) fn save_periodic<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+    pub(super) fn save_periodic<B: Backend>(
+        &self,
+        trainer: &mut Trainer<B>,
+    ) -> Result<(), JobError> {
         let outcome = self.save(trainer);
-        self.record_checkpoint(outcome)
+        self.record_checkpoint(&outcome)
     }
 
     /// The checkpoint a job writes as it ends: tried [`crate::node::checkpointing::FINAL_TRIES`]
     /// times with a growing pause, then the job fails.
-    pub(super) fn save_final<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), String> {
+    pub(super) fn save_final<B: Backend>(&self, trainer: &mut Trainer<B>) -> Result<(), JobError> {
         use crate::node::checkpointing::{FINAL_TRIES, final_backoff};
         let mut last = Ok(());
         for n in 1..=FINAL_TRIES {
@@ -299,23 +364,25 @@ impl Job {
                 std::thread::sleep(final_backoff(n - 1));
             }
             last = self.save(trainer);
-            let failed = last.is_err();
-            self.record_checkpoint(last.clone())?;
-            if !failed {
+            self.record_checkpoint(&last)?;
+            if last.is_ok() {
                 return Ok(());
             }
         }
         last
     }
 
-    pub(super) fn record_checkpoint(&self, outcome: Result<(), String>) -> Result<(), String> {
-        if let Err(e) = &outcome {
+    pub(super) fn record_checkpoint(&self, outcome: &Result<(), JobError>) -> Result<(), JobError> {
+        let message = outcome.as_ref().err().map(|e| e.to_string());
+        if let Some(e) = &message {
             tracing::warn!(job = %self.name, "{e}; training goes on and the next checkpoint tries again");
         }
         let timeout = Duration::from_millis(self.checkpoint_timeout_ms.load(Ordering::Relaxed));
+        let outcome = message.as_deref().map_or(Ok(()), Err);
         lock(&self.progress)
             .checkpoint_health
-            .record(outcome, Instant::now(), timeout)
+            .record(outcome, Instant::now(), timeout)?;
+        Ok(())
     }
 
     /// `checkpointed`: the step of the last checkpoint written.
