@@ -348,12 +348,12 @@ impl Node {
                 *h += lane.share();
             }
         };
-        for slot in read(&self.services).values() {
+        for slot in read(&self.registry.services).values() {
             if let ServiceSlot::Ready(s) = slot {
                 add(&s.lane);
             }
         }
-        for job in read(&self.jobs).values() {
+        for job in read(&self.store.jobs).values() {
             if !job.state().is_terminal() {
                 add(job.lane());
             }

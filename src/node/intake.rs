@@ -171,7 +171,7 @@ impl Node {
     /// Holds `name` while a job of that name is admitted; a second submission of it meanwhile
     /// is a conflict.
     pub(super) fn take_admission_name(&self, name: &str) -> Result<AdmissionName<'_>, NodeError> {
-        let mut names = sync::lock(&self.admitting);
+        let mut names = sync::lock(&self.store.admitting);
         if !names.insert(name.to_string()) {
             return Err(NodeError::Conflict(format!(
                 "a job named {name} is being submitted already"
@@ -190,7 +190,7 @@ impl Node {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }
-        if read(&self.jobs).contains_key(&cfg.name) {
+        if read(&self.store.jobs).contains_key(&cfg.name) {
             return Err(job_exists(&cfg.name));
         }
         // The name is taken now, for as long as admission takes (it loads the data).
@@ -226,7 +226,7 @@ impl Node {
         job.set_checkpoint_timeout_ms(self.config().checkpoint_error_timeout_ms);
         self.enroll_job(&job, now)?;
         if let Err(e) = job.start(Some(measured.data)) {
-            write(&self.jobs).remove(&cfg.name);
+            write(&self.store.jobs).remove(&cfg.name);
             return Err(NodeError::Internal(format!("cannot start job thread: {e}")));
         }
         tracing::info!(
@@ -326,7 +326,7 @@ pub(super) struct AdmissionName<'a> {
 
 impl Drop for AdmissionName<'_> {
     fn drop(&mut self) {
-        sync::lock(&self.node.admitting).remove(&self.name);
+        sync::lock(&self.node.store.admitting).remove(&self.name);
     }
 }
 

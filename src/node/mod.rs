@@ -18,14 +18,12 @@ pub mod systemd;
 pub mod views;
 
 use crate::util::sync::{self, read, write};
-use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
-use crate::config::{ConfigIssue, NodeConfig, ServiceConfig};
+use crate::config::{ConfigIssue, NodeConfig};
 use crate::device::cpu::available_cores;
 use crate::device::lane::CorePermits;
 
@@ -76,18 +74,14 @@ pub struct Node {
     /// The configuration in force; a reload swaps it whole (see [`reload`]).
     config: RwLock<Arc<NodeConfig>>,
     state_dir: PathBuf,
-    services: RwLock<BTreeMap<String, ServiceSlot>>,
-    jobs: RwLock<BTreeMap<String, Arc<Job>>>,
-    /// Names of jobs being admitted (data loading, a step measured): taken at once.
-    admitting: Mutex<std::collections::BTreeSet<String>>,
+    /// The services: their slots and the loads in progress.
+    registry: registry::ServiceRegistry,
+    /// The jobs, the names being admitted, and the lock on their files.
+    store: store::JobStore,
     /// How long a job's data may take to load at admission, milliseconds.
     data_load_timeout_ms: AtomicU64,
     /// Submits the config's jobs at start, off the thread that goes on to serve HTTP.
     config_jobs_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Held while a job's files are removed, and by what reads or records into a job's
-    /// directory from the API (a change, a job served, a service from a checkpoint), so
-    /// neither finds the directory gone, or another job's, half way.
-    job_files: Mutex<()>,
     started_at: SystemTime,
     /// Workers of each device (CPU threads, or a GPU's CTAs), by device index.
     workers: Vec<usize>,
@@ -102,17 +96,8 @@ pub struct Node {
     _state_lock: state_dir::StateDirLock,
     /// The service manager (systemd), told of readiness, reloads and the control loop's life.
     notifier: OnceLock<Arc<systemd::Notifier>>,
-    /// Where the configuration is read from on a reload.
-    source: Mutex<Option<ConfigSource>>,
-    /// Held for the whole of a reload: one at a time.
-    reload_lock: Mutex<()>,
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
-    last_reload_ok: AtomicBool,
-    /// The latest load started for each service name (a ticket and the settings it loads):
-    /// a loader whose ticket is no longer here was superseded and publishes nothing.
-    loaders: Mutex<HashMap<String, (u64, ServiceConfig)>>,
-    next_ticket: AtomicU64,
+    /// Where reloads read the configuration, and how they went.
+    reloads: reload::ReloadState,
 }
 
 /// GPU samples kept per GPU for correlation (a minute at the default period).
@@ -161,8 +146,8 @@ impl Node {
         Ok(Arc::new(Node {
             config: RwLock::new(Arc::new(config)),
             state_dir,
-            services: RwLock::new(BTreeMap::new()),
-            jobs: RwLock::new(BTreeMap::new()),
+            registry: registry::ServiceRegistry::default(),
+            store: store::JobStore::default(),
             started_at: SystemTime::now(),
             workers,
             shutting_down: AtomicBool::new(false),
@@ -172,18 +157,10 @@ impl Node {
             devices,
             telemetry: Mutex::new(telemetry),
             _state_lock: state_lock,
-            admitting: Mutex::new(Default::default()),
             data_load_timeout_ms: AtomicU64::new(intake::DATA_LOAD_TIMEOUT.as_millis() as u64),
             config_jobs_thread: Mutex::new(None),
-            job_files: Mutex::new(()),
             notifier: OnceLock::new(),
-            source: Mutex::new(None),
-            reload_lock: Mutex::new(()),
-            reloads_ok: AtomicU64::new(0),
-            reloads_failed: AtomicU64::new(0),
-            last_reload_ok: AtomicBool::new(true),
-            loaders: Mutex::new(HashMap::new()),
-            next_ticket: AtomicU64::new(1),
+            reloads: reload::ReloadState::default(),
         }))
     }
 
@@ -273,7 +250,8 @@ impl Node {
     /// not hold up the HTTP server's start (see [`intake`]).
     pub fn start_tenants(self: &Arc<Self>) {
         for cfg in self.config().services.clone() {
-            write(&self.services).insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
+            write(&self.registry.services)
+                .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
             self.load_service(cfg, None);
         }
         self.restore_services();
@@ -331,7 +309,7 @@ impl Node {
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::Acquire)
             && self.any_device_ok()
-            && read(&self.services).values().all(|s| match s {
+            && read(&self.registry.services).values().all(|s| match s {
                 ServiceSlot::Ready(s) => !self.device_failed(self.device_of(&s.lane)),
                 _ => false,
             })
@@ -367,7 +345,7 @@ impl Node {
         if let Some(t) = control {
             let _ = t.join();
         }
-        let slots: Vec<ServiceSlot> = std::mem::take(&mut *write(&self.services))
+        let slots: Vec<ServiceSlot> = std::mem::take(&mut *write(&self.registry.services))
             .into_values()
             .collect();
         drop(slots);

@@ -2,9 +2,10 @@
 //! threads of their own, services added through the API or from a job, and their records in
 //! the state dir.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::ServiceConfig;
 use crate::device::lane::Lane;
@@ -14,6 +15,18 @@ use crate::util::sync::{self, read, write};
 use super::services::{self, LoadedService, ServiceOrigin};
 use super::store::ServiceRecord;
 use super::{JobState, Node, NodeError};
+
+/// The services on the node.
+#[derive(Default)]
+pub(super) struct ServiceRegistry {
+    /// Every service's slot, by name.
+    pub(super) services: RwLock<BTreeMap<String, ServiceSlot>>,
+    /// The latest load started for each service name (a ticket and the settings it loads):
+    /// a loader whose ticket is no longer here was superseded and publishes nothing.
+    pub(super) loaders: Mutex<HashMap<String, (u64, ServiceConfig)>>,
+    /// The last ticket handed out.
+    pub(super) last_ticket: AtomicU64,
+}
 
 /// Why a service of the config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +74,8 @@ impl Node {
     /// loaded, unless a later load of the same name (or its removal) superseded this one.
     pub(super) fn load_service(self: &Arc<Self>, cfg: ServiceConfig, lane: Option<Arc<Lane>>) {
         let name = cfg.name.clone();
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        sync::lock(&self.loaders).insert(name.clone(), (ticket, cfg.clone()));
+        let ticket = self.registry.last_ticket.fetch_add(1, Ordering::Relaxed) + 1;
+        sync::lock(&self.registry.loaders).insert(name.clone(), (ticket, cfg.clone()));
         let node = self.clone();
         let loader_cfg = cfg.clone();
         let spawned = std::thread::Builder::new()
@@ -109,9 +122,9 @@ impl Node {
         ticket: u64,
         loaded: Result<Arc<LoadedService>, LoadError>,
     ) {
-        let mut map = write(&self.services);
+        let mut map = write(&self.registry.services);
         let cfg = {
-            let mut loaders = sync::lock(&self.loaders);
+            let mut loaders = sync::lock(&self.registry.loaders);
             match loaders.get(name) {
                 Some((t, cfg)) if *t == ticket => {
                     let cfg = cfg.clone();
@@ -158,12 +171,14 @@ impl Node {
 
     /// Forgets the load in progress for `name`, if any: it will publish nothing.
     pub(super) fn cancel_loader(&self, name: &str) {
-        sync::lock(&self.loaders).remove(name);
+        sync::lock(&self.registry.loaders).remove(name);
     }
 
     /// The settings a load in progress for `name` will bring, if one is.
     pub(super) fn pending_config(&self, name: &str) -> Option<ServiceConfig> {
-        sync::lock(&self.loaders).get(name).map(|(_, c)| c.clone())
+        sync::lock(&self.registry.loaders)
+            .get(name)
+            .map(|(_, c)| c.clone())
     }
 
     /// The serving service called `name`: 404 when unknown, 503 while loading, failed, or
@@ -172,7 +187,7 @@ impl Node {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }
-        match read(&self.services).get(name) {
+        match read(&self.registry.services).get(name) {
             Some(ServiceSlot::Ready(s)) => match self.service_failure(s) {
                 Some(e) => Err(NodeError::Unavailable(format!(
                     "model {name} is not available: {e}"
@@ -191,7 +206,7 @@ impl Node {
 
     /// Every service slot, by name.
     pub fn service_slots(&self) -> Vec<(String, ServiceSlot)> {
-        read(&self.services)
+        read(&self.registry.services)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
@@ -199,7 +214,7 @@ impl Node {
 
     /// Every serving service.
     pub fn ready_services(&self) -> Vec<Arc<LoadedService>> {
-        read(&self.services)
+        read(&self.registry.services)
             .values()
             .filter_map(|s| match s {
                 ServiceSlot::Ready(s) => Some(s.clone()),
@@ -227,7 +242,7 @@ impl Node {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }
-        if read(&self.services).contains_key(&cfg.name) {
+        if read(&self.registry.services).contains_key(&cfg.name) {
             return Err(NodeError::Conflict(format!(
                 "a service named {} already exists",
                 cfg.name
@@ -244,7 +259,7 @@ impl Node {
             LoadedService::start(cfg.clone(), model, origin, lane, &placement)
                 .map_err(|e| NodeError::Internal(e.to_string()))?,
         );
-        let mut map = write(&self.services);
+        let mut map = write(&self.registry.services);
         if map.contains_key(&cfg.name) {
             return Err(NodeError::Conflict(format!(
                 "a service named {} already exists",
@@ -288,11 +303,11 @@ impl Node {
 
     /// Stops and removes a service; requests already queued are answered first.
     pub fn remove_service(&self, name: &str) -> Result<(), NodeError> {
-        let slot = write(&self.services).remove(name);
+        let slot = write(&self.registry.services).remove(name);
         match slot {
             None => Err(NodeError::NotFound(format!("unknown model {name}"))),
             Some(ServiceSlot::Loading(cfg)) => {
-                write(&self.services).insert(name.to_string(), ServiceSlot::Loading(cfg));
+                write(&self.registry.services).insert(name.to_string(), ServiceSlot::Loading(cfg));
                 Err(NodeError::Conflict(format!(
                     "model {name} is still loading; remove it once it has loaded"
                 )))

@@ -92,7 +92,7 @@ impl Node {
 
     /// Held while a job's directory may be read, written or removed from the API.
     pub(super) fn lock_job_files(&self) -> MutexGuard<'_, ()> {
-        sync::lock(&self.job_files)
+        sync::lock(&self.store.files)
     }
 
     /// Removes an ended job: refused while a service reads its checkpoint. Its directory
@@ -112,7 +112,7 @@ impl Node {
         // nothing of it touches a directory that is gone, or a new job's of the name.
         job.join();
         let retired = {
-            let mut jobs = write(&self.jobs);
+            let mut jobs = write(&self.store.jobs);
             if !jobs.get(name).is_some_and(|j| Arc::ptr_eq(j, job)) {
                 return Err(NodeError::NotFound(format!("unknown job {name}")));
             }
@@ -140,7 +140,7 @@ impl Node {
     /// The first service (serving, loading, failed, or being reloaded) whose checkpoint lies
     /// in `dir`.
     fn service_reading(&self, dir: &Path) -> Option<String> {
-        let services = read(&self.services);
+        let services = read(&self.registry.services);
         let slots = services.iter().map(|(name, slot)| {
             let checkpoint = match slot {
                 ServiceSlot::Ready(s) => s.config().checkpoint,
@@ -148,7 +148,7 @@ impl Node {
             };
             (name.clone(), checkpoint)
         });
-        let loaders = sync::lock(&self.loaders);
+        let loaders = sync::lock(&self.registry.loaders);
         let pending = loaders
             .iter()
             .map(|(name, (_, c))| (name.clone(), c.checkpoint.clone()));

@@ -90,7 +90,7 @@ impl Node {
 
     pub(super) fn restore_job(self: &Arc<Self>, dir: &Path) -> Result<String, RestoreError> {
         let (cfg, submitted_at) = read_job_record(dir)?;
-        if read(&self.jobs).contains_key(&cfg.name) {
+        if read(&self.store.jobs).contains_key(&cfg.name) {
             return Err(RestoreError::NameTaken(format!(
                 "a job named {} already exists",
                 cfg.name
@@ -125,12 +125,12 @@ impl Node {
             job.restore_outcome(&outcome)
                 .map_err(|e| StoreError::invalid(OUTCOME_RECORD, e))?;
         }
-        write(&self.jobs).insert(name.clone(), job.clone());
+        write(&self.store.jobs).insert(name.clone(), job.clone());
         if ended {
             tracing::info!(job = %name, state = ?job.state(), "job restored from the state dir");
         } else {
             job.start(None).map_err(|e| {
-                write(&self.jobs).remove(&name);
+                write(&self.store.jobs).remove(&name);
                 RestoreError::Thread(e)
             })?;
             tracing::info!(job = %name, "job resumed from the state dir");

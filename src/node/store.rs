@@ -6,8 +6,9 @@
 //! has ended, `outcome.json` (see [`super::jobs`]). A restart reads them back
 //! ([`super::restore`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -18,6 +19,19 @@ use crate::util::sync::{read, write};
 use super::jobs::Job;
 use super::services::ServiceOrigin;
 use super::{Node, NodeError};
+
+/// The jobs on the node.
+#[derive(Default)]
+pub(super) struct JobStore {
+    /// Every job, by name.
+    pub(super) jobs: RwLock<BTreeMap<String, Arc<Job>>>,
+    /// Names of jobs being admitted (data loading, a step measured): taken at once.
+    pub(super) admitting: Mutex<BTreeSet<String>>,
+    /// Held while a job's files are removed, and by what reads or records into a job's
+    /// directory from the API (a change, a job served, a service from a checkpoint), so
+    /// neither finds the directory gone, or another job's, half way.
+    pub(super) files: Mutex<()>,
+}
 
 /// Name of a job's record in its directory.
 pub const JOB_RECORD: &str = "job.json";
@@ -196,7 +210,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         let name = &job.name;
         {
-            let mut jobs = write(&self.jobs);
+            let mut jobs = write(&self.store.jobs);
             if self.is_shutting_down() {
                 return Err(NodeError::Unavailable(format!(
                     "the node is shutting down; job {name} was not admitted"
@@ -217,7 +231,7 @@ impl Node {
             crate::util::fsio::write_atomic(&dir.join(JOB_RECORD), &bytes)
         });
         if let Err(e) = persisted {
-            write(&self.jobs).remove(name);
+            write(&self.store.jobs).remove(name);
             return Err(NodeError::Internal(format!(
                 "cannot record job {name} in {}: {e}",
                 dir.display()
@@ -228,7 +242,7 @@ impl Node {
 
     /// The job called `name`.
     pub fn job(&self, name: &str) -> Result<Arc<Job>, NodeError> {
-        read(&self.jobs)
+        read(&self.store.jobs)
             .get(name)
             .cloned()
             .ok_or_else(|| NodeError::NotFound(format!("unknown job {name}")))
@@ -236,7 +250,7 @@ impl Node {
 
     /// Every job, by name.
     pub fn jobs(&self) -> Vec<Arc<Job>> {
-        read(&self.jobs).values().cloned().collect()
+        read(&self.store.jobs).values().cloned().collect()
     }
 
     /// Changes a job's deadline, target accuracy or epoch limit, and records the change in

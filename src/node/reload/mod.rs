@@ -35,7 +35,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -201,22 +202,45 @@ impl ReloadReport {
     }
 }
 
+/// Where reloads read the configuration, and how they went.
+pub(crate) struct ReloadState {
+    /// Where the configuration is read from on a reload.
+    source: Mutex<Option<ConfigSource>>,
+    /// Held for the whole of a reload: one at a time.
+    one_at_a_time: Mutex<()>,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    last_ok: AtomicBool,
+}
+
+impl Default for ReloadState {
+    fn default() -> Self {
+        ReloadState {
+            source: Mutex::new(None),
+            one_at_a_time: Mutex::new(()),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+        }
+    }
+}
+
 impl Node {
     /// Records where the configuration came from, so that [`Node::reload`] can read it again.
     pub fn set_config_source(&self, source: ConfigSource) {
-        *sync::lock(&self.source) = Some(source);
+        *sync::lock(&self.reloads.source) = Some(source);
     }
 
     /// Reloads the configuration from its source (see the module notes). Reloads run one at
     /// a time. The service manager hears `RELOADING=1` before and `READY=1` after, whatever
     /// the outcome.
     pub fn reload(self: &Arc<Self>) -> Result<ReloadReport, ReloadFailure> {
-        let _one_at_a_time = sync::lock(&self.reload_lock);
+        let _one_at_a_time = sync::lock(&self.reloads.one_at_a_time);
         let notifier = self.notifier();
         if let Some(n) = &notifier {
             n.reloading();
         }
-        let source = sync::lock(&self.source).clone();
+        let source = sync::lock(&self.reloads.source).clone();
         let outcome = match &source {
             None => Err((
                 "(none)".to_string(),
@@ -254,14 +278,14 @@ impl Node {
         };
         let result = match outcome {
             Ok(report) => {
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.last_reload_ok.store(true, Ordering::Relaxed);
+                self.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                self.reloads.last_ok.store(true, Ordering::Relaxed);
                 log_report(&report);
                 Ok(report)
             }
             Err((source, errors)) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                self.last_reload_ok.store(false, Ordering::Relaxed);
+                self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                self.reloads.last_ok.store(false, Ordering::Relaxed);
                 for err in &errors {
                     tracing::error!("reload refused, the running configuration is kept: {err}");
                 }
@@ -277,9 +301,9 @@ impl Node {
     /// Configuration reloads so far: (applied, refused), and whether the last one applied.
     pub fn reload_counts(&self) -> (u64, u64, bool) {
         (
-            self.reloads_ok.load(Ordering::Relaxed),
-            self.reloads_failed.load(Ordering::Relaxed),
-            self.last_reload_ok.load(Ordering::Relaxed),
+            self.reloads.ok.load(Ordering::Relaxed),
+            self.reloads.failed.load(Ordering::Relaxed),
+            self.reloads.last_ok.load(Ordering::Relaxed),
         )
     }
 
@@ -292,7 +316,7 @@ impl Node {
             ..Default::default()
         };
         *write(&self.config) = Arc::new(new.clone());
-        for job in super::read(&self.jobs).values() {
+        for job in super::read(&self.store.jobs).values() {
             job.set_checkpoint_timeout_ms(new.checkpoint_error_timeout_ms);
         }
         sync::lock(&self.control)
@@ -317,7 +341,7 @@ impl Node {
     fn remove_unwanted_services(&self, wanted: &BTreeSet<&str>, report: &mut ReloadReport) {
         let mut removed = Vec::new();
         {
-            let mut map = write(&self.services);
+            let mut map = write(&self.registry.services);
             let gone: Vec<String> = map
                 .iter()
                 .filter(|(name, slot)| !wanted.contains(name.as_str()) && from_file(slot))
@@ -339,7 +363,7 @@ impl Node {
 
     /// Adds, retries, changes or replaces the service `cfg` describes.
     fn apply_service(self: &Arc<Self>, cfg: &ServiceConfig, report: &mut ReloadReport) {
-        let slot = super::read(&self.services).get(&cfg.name).cloned();
+        let slot = super::read(&self.registry.services).get(&cfg.name).cloned();
         match slot {
             None => {
                 self.load_service(cfg.clone(), None);
@@ -360,7 +384,7 @@ impl Node {
             Some(ServiceSlot::Loading(current)) => {
                 if &current != cfg {
                     let changes = json_diff(&current, cfg);
-                    write(&self.services)
+                    write(&self.registry.services)
                         .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
                     self.load_service(cfg.clone(), None);
                     report.services_changed.push(ServiceChange {
@@ -371,7 +395,8 @@ impl Node {
                 }
             }
             Some(ServiceSlot::Failed(..)) => {
-                write(&self.services).insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
+                write(&self.registry.services)
+                    .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
                 self.load_service(cfg.clone(), None);
                 report.services_retried.push(cfg.name.clone());
             }
