@@ -64,7 +64,7 @@ where
         version = crate::VERSION,
         listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         state_dir = %node.state_dir().display(),
-        workers = node.cores(),
+        workers = node.workers_of(crate::node::DeviceId::FIRST),
         max_connections = limits.max_connections,
         systemd = notifier.is_enabled(),
         "setpoint serving"

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::server::ConnectionStats;
 use crate::control::Decisions;
-use crate::node::{JobState, JobView, Node, Service};
+use crate::node::{DeviceId, JobState, JobView, LoadedService, Node};
 use crate::serve::ServiceStats;
 use crate::util::prometheus::{self, Empty, Family, Row, Samples, flag};
 
@@ -19,14 +19,14 @@ type NodeRow = (Family, fn(&Ctx<'_>, &mut Samples<'_>));
 struct Ctx<'a> {
     node: &'a Node,
     reloads: (u64, u64, bool),
-    services: Vec<(Arc<Service>, ServiceStats)>,
+    services: Vec<(Arc<LoadedService>, ServiceStats)>,
     decisions: Decisions,
     ticks: u64,
     jobs: Vec<JobView>,
 }
 
 /// One sample per ready service, labelled by its name.
-fn per_service(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&Service, &ServiceStats) -> f64) {
+fn per_service(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&LoadedService, &ServiceStats) -> f64) {
     for (s, st) in &c.services {
         o.add(&[("service", s.name())], get(s, st));
     }
@@ -42,8 +42,8 @@ fn per_job(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&JobView) -> Option<f64>) {
 }
 
 /// One sample per device, labelled by its name.
-fn per_device(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&Ctx<'_>, usize) -> f64) {
-    for d in 0..c.node.device_count() {
+fn per_device(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&Ctx<'_>, DeviceId) -> f64) {
+    for d in c.node.devices() {
         let name = c.node.placement(d).name();
         o.add(&[("device", name.as_str())], get(c, d));
     }
@@ -168,14 +168,14 @@ const INFERENCE: [NodeRow; 10] = [
             "setpoint_inference_queue_length",
             "Requests waiting for a batch.",
         ),
-        |c, o| per_service(c, o, |s, _| s.inner.queue_len() as f64),
+        |c, o| per_service(c, o, |s, _| s.batcher.queue_len() as f64),
     ),
     (
         Family::gauge(
             "setpoint_inference_max_batch_size",
             "Batch size limit in force.",
         ),
-        |c, o| per_service(c, o, |s, _| s.inner.max_batch_size() as f64),
+        |c, o| per_service(c, o, |s, _| s.batcher.max_batch_size() as f64),
     ),
     (
         Family::gauge(
@@ -195,11 +195,11 @@ const CONTROL: [NodeRow; 7] = [
         ),
         |c, o| {
             let busy = c.node.busy_by_device();
-            for d in 0..c.node.device_count() {
+            for d in c.node.devices() {
                 let name = c.node.placement(d).name();
                 o.add(
                     &[("device", name.as_str())],
-                    busy.get(d).copied().unwrap_or(0.0),
+                    busy.get(d.index()).copied().unwrap_or(0.0),
                 );
             }
         },

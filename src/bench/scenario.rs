@@ -790,7 +790,7 @@ fn run_policy(
                 }
             }
             let late = t0.elapsed().as_secs_f64() - t;
-            let pending = gen_svc.inner.submit(rows[i % rows.len()].clone()).ok();
+            let pending = gen_svc.batcher.submit(rows[i % rows.len()].clone()).ok();
             if tx.send((t, late, pending)).is_err() {
                 break;
             }
@@ -873,7 +873,7 @@ fn run_policy(
                 .map_or(0.0, |m| m.arrival_rate),
             feed_forward: svc_decision.map(|d| d.feed_forward),
             cost_per_request_s: svc_decision.and_then(|d| d.cost_per_request_s),
-            batch_limit: svc.inner.max_batch_size(),
+            batch_limit: svc.batcher.max_batch_size(),
         });
     }
     stop.store(true, Ordering::Relaxed);
@@ -927,7 +927,7 @@ fn run_policy(
             }
         })
         .collect();
-    let cores = node.cores();
+    let cores = node.workers_of(crate::node::DeviceId::FIRST);
     node.shutdown();
 
     let mut r = summarise(
@@ -943,7 +943,7 @@ fn run_policy(
 }
 
 /// Sends one second of Poisson arrivals at `rate` and waits for the answers.
-fn warm_up(svc: &crate::node::Service, rows: &[Vec<f32>], rate: f64, seed: u64) {
+fn warm_up(svc: &crate::node::LoadedService, rows: &[Vec<f32>], rate: f64, seed: u64) {
     let mut rng = Rng::derived(seed, 0xBA5E);
     let start = Instant::now();
     let mut pending = Vec::new();
@@ -961,7 +961,7 @@ fn warm_up(svc: &crate::node::Service, rows: &[Vec<f32>], rate: f64, seed: u64) 
         {
             std::thread::sleep(wait);
         }
-        if let Ok(p) = svc.inner.submit(rows[pending.len() % rows.len()].clone()) {
+        if let Ok(p) = svc.batcher.submit(rows[pending.len() % rows.len()].clone()) {
             pending.push(p);
         }
     }

@@ -29,34 +29,48 @@ pub struct CheckpointHealth {
     pub last_error: Option<String>,
 }
 
+/// Checkpoint writes have failed for longer than the job tolerates: the job fails.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "no checkpoint could be written for {failing_s} s (checkpoint_error_timeout_ms = \
+     {timeout_ms}): {error}"
+)]
+pub struct CheckpointStalled {
+    /// How long writes have failed, whole seconds.
+    pub failing_s: u64,
+    /// The tolerance.
+    pub timeout_ms: u128,
+    /// The last failure.
+    pub error: String,
+}
+
 impl CheckpointHealth {
     /// Records the outcome of a write at `now`. `Err` (the job must fail) only when writes
     /// have failed for longer than `timeout`.
     pub fn record(
         &mut self,
-        outcome: Result<(), String>,
+        outcome: Result<(), &str>,
         now: Instant,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), CheckpointStalled> {
         let error = match outcome {
             Ok(()) => {
                 self.failing_since = None;
                 self.last_error = None;
                 return Ok(());
             }
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         self.errors += 1;
         let since = *self.failing_since.get_or_insert(now);
         self.last_error = Some(error.clone());
         let failing = now.saturating_duration_since(since);
         if failing > timeout {
-            return Err(format!(
-                "no checkpoint could be written for {} s (checkpoint_error_timeout_ms = {}): \
-                 {error}",
-                failing.as_secs(),
-                timeout.as_millis()
-            ));
+            return Err(CheckpointStalled {
+                failing_s: failing.as_secs(),
+                timeout_ms: timeout.as_millis(),
+                error,
+            });
         }
         Ok(())
     }
@@ -71,7 +85,7 @@ mod tests {
         let t0 = Instant::now();
         let timeout = Duration::from_secs(60);
         let mut h = CheckpointHealth::default();
-        let full = || Err("No space left on device (os error 28)".to_string());
+        let full = || Err("No space left on device (os error 28)");
         assert_eq!(h.record(full(), t0, timeout), Ok(()));
         assert_eq!(
             h.record(full(), t0 + Duration::from_secs(30), timeout),
@@ -93,7 +107,7 @@ mod tests {
             .record(full(), t0 + Duration::from_secs(161), timeout)
             .unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "no checkpoint could be written for 61 s (checkpoint_error_timeout_ms = 60000): \
              No space left on device (os error 28)"
         );

@@ -8,7 +8,8 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::{JobState, Node};
+use super::jobs::{Job, JobProgress};
+use super::{DeviceId, JobState, LoadedService, Node};
 use crate::control::{Controller, Decisions, JobClass, JobObs, Observations, ServiceObs};
 use crate::util::window::WindowStats;
 
@@ -68,7 +69,7 @@ pub struct ControlState {
     pub(crate) busy_by_device: Vec<f64>,
     pub(crate) per_device: Vec<Decisions>,
     pub(crate) measures: HashMap<String, ServiceMeasure>,
-    prev: HashMap<String, Prev>,
+    prev: HashMap<TenantKey, Prev>,
     success: HashMap<String, u64>,
     last_tick: Option<Instant>,
     started: Instant,
@@ -98,7 +99,7 @@ impl ControlState {
     /// it, so that neither the views and metrics until the next tick nor a new job of its
     /// name (its admission, its usage) see the old one.
     pub(crate) fn forget_job(&mut self, name: &str) {
-        self.prev.remove(&format!("job:{name}"));
+        self.prev.remove(&TenantKey::Job(name.to_string()));
         for d in std::iter::once(&mut self.last).chain(self.per_device.iter_mut()) {
             d.jobs.retain(|j| j.name != name);
         }
@@ -115,15 +116,90 @@ struct LogLine<'a> {
     decisions: &'a Decisions,
 }
 
+/// A tenant the control loop remembers between ticks: services and jobs have names of
+/// their own (a service and a job may share one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum TenantKey {
+    /// An inference service.
+    Service(String),
+    /// A training job.
+    Job(String),
+}
+
+/// The clock of one tick.
+struct TickClock {
+    /// Seconds since the previous tick (the control period before the first).
+    period_s: f64,
+    /// Seconds since the loop started.
+    now_s: f64,
+    /// Wall-clock time, for deadlines.
+    wall_now: SystemTime,
+}
+
+/// What one tick observed, by device: the observations the controller decides on and the
+/// tenants they are of, in the same order as the decisions that come back.
+struct Round {
+    obs: Vec<Observations>,
+    services: Vec<Vec<Arc<LoadedService>>>,
+    running: Vec<Vec<Arc<Job>>>,
+    used_core_s: Vec<f64>,
+}
+
+impl Round {
+    fn new(n: usize) -> Self {
+        Round {
+            obs: vec![Observations::default(); n],
+            services: vec![Vec::new(); n],
+            running: vec![Vec::new(); n],
+            used_core_s: vec![0.0; n],
+        }
+    }
+}
+
 impl Node {
     /// One control period: observes every serving service and running job, decides their
     /// shares and batch sizes by the policy in force, and applies them to the lanes.
     pub fn control_tick(self: &Arc<Self>) -> Decisions {
         // GPU telemetry first (NVML reads block briefly), outside the control state's lock.
-        // Throttling is shown beside the decisions it explains. Foreign load on the GPU the
-        // tenants run on lowers the capacity the arbiter hands out; on the CPU backend it is
-        // reported (status, metrics) but not subtracted from the CPU.
         let (gpu_samples, _) = self.poll_telemetry();
+        let mut st = sync::lock(&self.control);
+        let clock = self.tick_clock(&mut st);
+        let round = self.observe(&mut st, &clock, &gpu_samples);
+        let per_device = st.controller.tick_devices(&round.obs);
+        apply(&st.policy, &round, &per_device);
+        let decisions = Decisions::merged(&per_device);
+        st.ticks += 1;
+        log_decisions(&mut st, &clock, &decisions);
+        st.last = decisions.clone();
+        st.per_device = per_device;
+        decisions
+    }
+
+    fn tick_clock(&self, st: &mut ControlState) -> TickClock {
+        let now = Instant::now();
+        let period_s = st
+            .last_tick
+            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or(self.config().control_period_ms as f64 / 1000.0)
+            .max(1e-3);
+        st.last_tick = Some(now);
+        TickClock {
+            period_s,
+            now_s: now.saturating_duration_since(st.started).as_secs_f64(),
+            wall_now: SystemTime::now(),
+        }
+    }
+
+    /// Observes every tenant, one set of observations per device: each device's capacity is
+    /// arbitrated alone. Throttling is shown beside the decisions it explains. Foreign load
+    /// on the GPU the tenants run on lowers the capacity the arbiter hands out; on the CPU
+    /// backend it is reported (status, metrics) but not subtracted from the CPU.
+    fn observe(
+        &self,
+        st: &mut ControlState,
+        clock: &TickClock,
+        gpu_samples: &[crate::telemetry::GpuSample],
+    ) -> Round {
         let throttling: Vec<String> = gpu_samples
             .iter()
             .flat_map(|g| {
@@ -132,214 +208,129 @@ impl Node {
                     .map(move |r| format!("gpu{}: {r}", g.index))
             })
             .collect();
-        let mut st = sync::lock(&self.control);
-        let now = Instant::now();
-        let period = st
-            .last_tick
-            .map(|t| now.saturating_duration_since(t).as_secs_f64())
-            .unwrap_or(self.config().control_period_ms as f64 / 1000.0)
-            .max(1e-3);
-        st.last_tick = Some(now);
-        let wall_now = SystemTime::now();
-        // One set of observations per device: each device's capacity is arbitrated alone.
         let n = self.device_count();
-        let now_s = now.saturating_duration_since(st.started).as_secs_f64();
-        let mut obs: Vec<Observations> = (0..n)
-            .map(|d| Observations {
-                now_s,
-                throttling: throttling.clone(),
-                foreign_load: foreign_load(self.placement(d).gpu_uuid(), &gpu_samples),
-                ..Default::default()
+        let mut round = Round::new(n);
+        for (d, obs) in self.devices().zip(round.obs.iter_mut()) {
+            obs.now_s = clock.now_s;
+            obs.throttling = throttling.clone();
+            obs.foreign_load = foreign_load(self.placement(d).gpu_uuid(), gpu_samples);
+        }
+        for svc in self.ready_services() {
+            self.observe_service(st, clock, &mut round, svc);
+        }
+        for job in self.jobs() {
+            self.observe_job(st, clock, &mut round, job);
+        }
+        st.busy_by_device = self
+            .devices()
+            .map(|d| {
+                let capacity = clock.period_s * self.workers_of(d) as f64;
+                (round.used_core_s[d.index()] / capacity).clamp(0.0, 1.0)
             })
             .collect();
-        let mut used_core_s = vec![0.0; n];
-        let mut services: Vec<Vec<Arc<super::Service>>> = vec![Vec::new(); n];
-
-        for svc in self.ready_services() {
-            let d = svc.lane.device().min(n - 1);
-            // A failed device's tenants are left out of the decisions: none runs there
-            // again. Their lanes keep the share they had, so that a job waiting for its
-            // lane's credit reaches its next step, and the device's error, without delay.
-            if self.device_failed(d) {
-                continue;
-            }
-            let name = svc.name().to_string();
-            let arrivals = svc.inner.arrivals();
-            let usage = svc.lane.usage();
-            // A service seen for the first time starts counting now: what it did before (a
-            // warm-up, a load test before the loop started) is not this period's load.
-            let prev = *st.prev.entry(name.clone()).or_insert(Prev {
-                arrivals,
-                steps: 0,
-                core_s: usage.core_s,
-            });
-            let window = svc.inner.window_stats();
-            let success = svc.inner.stats().success_count;
-            let prev_success = st.success.insert(name.clone(), success).unwrap_or(success);
-            used_core_s[d] += usage.core_s - prev.core_s;
-            let arrival_rate = arrivals.saturating_sub(prev.arrivals) as f64 / period;
-            st.measures.insert(
-                name.clone(),
-                ServiceMeasure {
-                    window,
-                    arrival_rate,
-                    throughput: success.saturating_sub(prev_success) as f64 / period,
-                },
-            );
-            st.prev.insert(
-                name.clone(),
-                Prev {
-                    arrivals,
-                    steps: 0,
-                    core_s: usage.core_s,
-                },
-            );
-            let config = svc.config();
-            obs[d].services.push(ServiceObs {
-                name,
-                slo_s: config.slo.p99_ms / 1000.0,
-                p99_s: (window.count > 0).then_some(window.total.p99),
-                arrival_rate,
-                queue_len: svc.inner.queue_len(),
-                batches: svc.inner.take_batch_log(),
-                calibration: svc.inner.take_calibration(),
-                batch_limit: config.batching.max_batch_size,
-                share: svc.lane.share(),
-                // On the CPU one batcher thread can use one core at most; a GPU lane all of it.
-                max_share: self.service_max_share(d),
-                cores: self.workers_of(d),
-            });
-            services[d].push(svc);
-        }
-
-        let jobs = self.jobs();
-        let mut running: Vec<Vec<Arc<super::Job>>> = vec![Vec::new(); n];
-        for job in &jobs {
-            let d = job.lane().device().min(n - 1);
-            if self.device_failed(d) {
-                continue;
-            }
-            let state = job.state();
-            let p = job.progress();
-            let usage = job.lane().usage();
-            let key = format!("job:{}", job.name);
-            let prev = st.prev.get(&key).copied().unwrap_or_default();
-            used_core_s[d] += usage.core_s - prev.core_s;
-            st.prev.insert(
-                key,
-                Prev {
-                    arrivals: 0,
-                    steps: p.steps,
-                    core_s: usage.core_s,
-                },
-            );
-            if state != JobState::Running || p.batches_per_epoch == 0 {
-                continue;
-            }
-            let steps = p.steps.saturating_sub(prev.steps);
-            let measured_cost = (steps > 0).then(|| (usage.core_s - prev.core_s) / steps as f64);
-            let secs_to = |t: SystemTime| match t.duration_since(wall_now) {
-                Ok(d) => d.as_secs_f64(),
-                Err(e) => -e.duration().as_secs_f64(),
-            };
-            let deadline = job.deadline();
-            running[d].push(job.clone());
-            obs[d].jobs.push(JobObs {
-                name: job.name.clone(),
-                class: if job.config.best_effort || deadline.is_none() {
-                    JobClass::BestEffort
-                } else {
-                    JobClass::Deadline
-                },
-                deadline_in_s: deadline.map(secs_to),
-                allotted_s: deadline.map(|d| match d.duration_since(job.submitted_at) {
-                    Ok(a) => a.as_secs_f64(),
-                    Err(_) => 0.0,
-                }),
-                steps_done: p.steps,
-                steps_per_epoch: p.batches_per_epoch as u64,
-                epochs_done: p.epochs_done,
-                max_epochs: job.epochs(),
-                target_accuracy: job.target(),
-                curve: p
-                    .history
-                    .iter()
-                    .map(|r| r.val_accuracy.unwrap_or(0.0))
-                    .collect(),
-                steps_in_period: steps,
-                share: job.lane().share(),
-                step_cost_core_s: measured_cost
-                    .filter(|c| *c > 0.0)
-                    .or(job.estimated_step_cost()),
-                cores: self.workers_of(d),
-            });
-        }
-        st.busy_by_device = (0..n)
-            .map(|d| (used_core_s[d] / (period * self.workers_of(d) as f64)).clamp(0.0, 1.0))
-            .collect();
         st.busy_frac = st.busy_by_device.iter().sum::<f64>() / n as f64;
+        round
+    }
 
-        let per_device = st.controller.tick_devices(&obs);
-        let all_lanes = || {
-            services
-                .iter()
-                .flatten()
-                .map(|s| &s.lane)
-                .chain(running.iter().flatten().map(|j| j.lane()))
+    fn observe_service(
+        &self,
+        st: &mut ControlState,
+        clock: &TickClock,
+        round: &mut Round,
+        svc: Arc<LoadedService>,
+    ) {
+        let d = self.device_of(&svc.lane);
+        // A failed device's tenants are left out of the decisions: none runs there again.
+        // Their lanes keep the share they had, so that a job waiting for its lane's credit
+        // reaches its next step, and the device's error, without delay.
+        if self.device_failed(d) {
+            return;
+        }
+        let name = svc.name().to_string();
+        let arrivals = svc.batcher.arrivals();
+        let usage = svc.lane.usage();
+        // A service seen for the first time starts counting now: what it did before (a
+        // warm-up, a load test before the loop started) is not this period's load.
+        let now = Prev {
+            arrivals,
+            steps: 0,
+            core_s: usage.core_s,
         };
-        match &st.policy {
-            Policy::Controller => {
-                for (d, decisions) in per_device.iter().enumerate() {
-                    for (svc, dec) in services[d].iter().zip(&decisions.services) {
-                        svc.lane.set_enforced(true);
-                        svc.lane.set_share(dec.share);
-                        svc.inner.set_max_batch_size(dec.batch_size);
-                    }
-                    for (job, dec) in running[d].iter().zip(&decisions.jobs) {
-                        job.lane().set_enforced(true);
-                        job.lane().set_share(dec.share);
-                    }
-                }
-            }
-            Policy::Static { shares, default } => {
-                for lane in all_lanes() {
-                    lane.set_enforced(true);
-                    lane.set_share(shares.get(lane.name()).copied().unwrap_or(*default));
-                }
-            }
-            Policy::None => {
-                for lane in all_lanes() {
-                    lane.set_enforced(false);
-                }
-            }
+        let prev = st
+            .prev
+            .insert(TenantKey::Service(name.clone()), now)
+            .unwrap_or(now);
+        let window = svc.batcher.window_stats();
+        let success = svc.batcher.stats().success_count;
+        let prev_success = st.success.insert(name.clone(), success).unwrap_or(success);
+        round.used_core_s[d.index()] += usage.core_s - prev.core_s;
+        let arrival_rate = arrivals.saturating_sub(prev.arrivals) as f64 / clock.period_s;
+        let throughput = success.saturating_sub(prev_success) as f64 / clock.period_s;
+        let measure = ServiceMeasure {
+            window,
+            arrival_rate,
+            throughput,
+        };
+        st.measures.insert(name.clone(), measure);
+        let config = svc.config();
+        round.obs[d.index()].services.push(ServiceObs {
+            name,
+            slo_s: config.slo.p99_ms / 1000.0,
+            p99_s: (window.count > 0).then_some(window.total.p99),
+            arrival_rate,
+            queue_len: svc.batcher.queue_len(),
+            batches: svc.batcher.take_batch_log(),
+            calibration: svc.batcher.take_calibration(),
+            batch_limit: config.batching.max_batch_size,
+            share: svc.lane.share(),
+            // On the CPU one batcher thread can use one core at most; a GPU lane all of it.
+            max_share: self.service_max_share(d),
+            cores: self.workers_of(d),
+        });
+        round.services[d.index()].push(svc);
+    }
+
+    fn observe_job(
+        &self,
+        st: &mut ControlState,
+        clock: &TickClock,
+        round: &mut Round,
+        job: Arc<Job>,
+    ) {
+        let d = self.device_of(job.lane());
+        if self.device_failed(d) {
+            return;
         }
-        let decisions = Decisions::merged(&per_device);
-        st.ticks += 1;
-        let policy = st.policy.name();
-        let busy = st.busy_frac;
-        let t_s = now_s;
-        if let Some(log) = st.log.as_mut() {
-            let line = LogLine {
-                t_s,
-                unix_ms: wall_now
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis()),
-                policy,
-                busy_frac: busy,
-                decisions: &decisions,
-            };
-            let written = serde_json::to_writer(&mut *log, &line)
-                .map_err(std::io::Error::other)
-                .and_then(|_| log.write_all(b"\n"))
-                .and_then(|_| log.flush());
-            if let Err(e) = written {
-                tracing::warn!("cannot write the decision log: {e}; it is turned off");
-                st.log = None;
-            }
+        let p = job.progress();
+        let usage = job.lane().usage();
+        let now = Prev {
+            arrivals: 0,
+            steps: p.steps,
+            core_s: usage.core_s,
+        };
+        let prev = st
+            .prev
+            .insert(TenantKey::Job(job.name.clone()), now)
+            .unwrap_or_default();
+        round.used_core_s[d.index()] += usage.core_s - prev.core_s;
+        if job.state() != JobState::Running || p.batches_per_epoch == 0 {
+            return;
         }
-        st.last = decisions.clone();
-        st.per_device = per_device;
-        decisions
+        let steps = p.steps.saturating_sub(prev.steps);
+        let measured_cost = (steps > 0).then(|| (usage.core_s - prev.core_s) / steps as f64);
+        let period = JobPeriod {
+            wall_now: clock.wall_now,
+            steps,
+            measured_cost,
+            cores: self.workers_of(d),
+        };
+        round.obs[d.index()].jobs.push(job_obs(&job, &p, &period));
+        round.running[d.index()].push(job);
+    }
+
+    /// The share policy in force.
+    pub fn policy(&self) -> Policy {
+        sync::lock(&self.control).policy.clone()
     }
 
     /// Sets how shares are decided from the next tick on.
@@ -353,10 +344,10 @@ impl Node {
     }
 
     /// The last tick's decisions for device `d` (empty before the first tick).
-    pub fn last_decisions_of(&self, d: usize) -> Decisions {
+    pub fn last_decisions_of(&self, d: DeviceId) -> Decisions {
         sync::lock(&self.control)
             .per_device
-            .get(d)
+            .get(d.index())
             .cloned()
             .unwrap_or_default()
     }
@@ -424,6 +415,117 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+/// Applies the decisions (or the fixed policy) to the lanes observed.
+fn apply(policy: &Policy, round: &Round, per_device: &[Decisions]) {
+    let all_lanes = || {
+        round
+            .services
+            .iter()
+            .flatten()
+            .map(|s| &s.lane)
+            .chain(round.running.iter().flatten().map(|j| j.lane()))
+    };
+    match policy {
+        Policy::Controller => {
+            for (d, decisions) in per_device.iter().enumerate() {
+                for (svc, dec) in round.services[d].iter().zip(&decisions.services) {
+                    svc.lane.set_enforced(true);
+                    svc.lane.set_share(dec.share);
+                    svc.batcher.set_max_batch_size(dec.batch_size);
+                }
+                for (job, dec) in round.running[d].iter().zip(&decisions.jobs) {
+                    job.lane().set_enforced(true);
+                    job.lane().set_share(dec.share);
+                }
+            }
+        }
+        Policy::Static { shares, default } => {
+            for lane in all_lanes() {
+                lane.set_enforced(true);
+                lane.set_share(shares.get(lane.name()).copied().unwrap_or(*default));
+            }
+        }
+        Policy::None => {
+            for lane in all_lanes() {
+                lane.set_enforced(false);
+            }
+        }
+    }
+}
+
+/// Appends the tick's decisions to the decision log, if one is kept; a log that cannot be
+/// written is turned off.
+fn log_decisions(st: &mut ControlState, clock: &TickClock, decisions: &Decisions) {
+    let policy = st.policy.name();
+    let busy_frac = st.busy_frac;
+    let Some(log) = st.log.as_mut() else { return };
+    let line = LogLine {
+        t_s: clock.now_s,
+        unix_ms: clock
+            .wall_now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+        policy,
+        busy_frac,
+        decisions,
+    };
+    let written = serde_json::to_writer(&mut *log, &line)
+        .map_err(std::io::Error::other)
+        .and_then(|_| log.write_all(b"\n"))
+        .and_then(|_| log.flush());
+    if let Err(e) = written {
+        tracing::warn!("cannot write the decision log: {e}; it is turned off");
+        st.log = None;
+    }
+}
+
+/// What a job did over the last period.
+struct JobPeriod {
+    wall_now: SystemTime,
+    steps: u64,
+    measured_cost: Option<f64>,
+    cores: usize,
+}
+
+/// A running job as the controller sees it.
+fn job_obs(job: &Job, p: &JobProgress, period: &JobPeriod) -> JobObs {
+    let secs_to = |t: SystemTime| match t.duration_since(period.wall_now) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    };
+    let deadline = job.deadline();
+    JobObs {
+        name: job.name.clone(),
+        class: if job.config.best_effort || deadline.is_none() {
+            JobClass::BestEffort
+        } else {
+            JobClass::Deadline
+        },
+        deadline_in_s: deadline.map(secs_to),
+        allotted_s: deadline.map(|d| match d.duration_since(job.submitted_at) {
+            Ok(a) => a.as_secs_f64(),
+            Err(_) => 0.0,
+        }),
+        steps_done: p.steps,
+        steps_per_epoch: p.batches_per_epoch as u64,
+        epochs_done: p.epochs_done,
+        max_epochs: job.epochs(),
+        target_accuracy: job.target(),
+        curve: p
+            .history
+            .iter()
+            .map(|r| r.val_accuracy.unwrap_or(0.0))
+            .collect(),
+        steps_in_period: period.steps,
+        share: job.lane().share(),
+        step_cost_core_s: period
+            .measured_cost
+            .filter(|c| *c > 0.0)
+            .or(job.estimated_step_cost()),
+        cores: period.cores,
     }
 }
 

@@ -12,7 +12,25 @@ use crate::device::cuda::{self, CudaDevice, GpuInfo};
 use crate::device::fault::DeviceHealth;
 use crate::telemetry::NvmlSource;
 
-use super::NodeError;
+use super::{Node, NodeError, Policy, ServiceSlot};
+use crate::device::lane::Lane;
+use crate::util::sync::read;
+
+/// One of the node's devices, by its position among them (`cuda:N` need not be position
+/// N). Only the node hands them out, from its own list or from a lane it placed, so every
+/// one names a device the node has: none needs checking, or clamping, where it is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(pub(super) usize);
+
+impl DeviceId {
+    /// The first device: the CPU, or the first GPU that opened (a node always has one).
+    pub const FIRST: DeviceId = DeviceId(0);
+
+    /// Its position among the node's devices.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
 
 /// Where the node's tenants run.
 #[derive(Debug, Clone)]
@@ -154,22 +172,7 @@ fn decide(
     };
     // "auto" means CTA budgets until green contexts have been measured on a GPU.
     let green = cfg.share_mechanism == ShareMechanism::Green;
-    let mut open = open;
-    let mut opened = Vec::new();
-    let mut failed = Vec::new();
-    for g in &gpus {
-        match open(g, green) {
-            Ok(dev) => opened.push(dev),
-            Err(e) if green => {
-                return Err(NodeError::Unavailable(format!(
-                    "cannot open GPU {} ({}) with device.share_mechanism = \"green\": {e}; \
-                     use \"cta\" or \"auto\" (CTA budgets) instead",
-                    g.index, g.name
-                )));
-            }
-            Err(e) => failed.push(format!("GPU {} ({}): {e}", g.index, g.name)),
-        }
-    }
+    let (opened, failed) = open_all(&gpus, green, open)?;
     if opened.is_empty() {
         let why = failed.join("; ");
         return if wants_gpu {
@@ -183,6 +186,41 @@ fn decide(
             ))
         };
     }
+    Ok(cuda_report(gpus, opened, &failed))
+}
+
+/// Opens each of `gpus`; those that fail are listed (with green contexts asked for, one that
+/// fails refuses the start).
+#[allow(clippy::type_complexity)]
+fn open_all(
+    gpus: &[GpuInfo],
+    green: bool,
+    mut open: impl FnMut(&GpuInfo, bool) -> Result<Arc<CudaDevice>, DeviceError>,
+) -> Result<(Vec<Arc<CudaDevice>>, Vec<String>), NodeError> {
+    let mut opened = Vec::new();
+    let mut failed = Vec::new();
+    for g in gpus {
+        match open(g, green) {
+            Ok(dev) => opened.push(dev),
+            Err(e) if green => {
+                return Err(NodeError::Unavailable(format!(
+                    "cannot open GPU {} ({}) with device.share_mechanism = \"green\": {e}; \
+                     use \"cta\" or \"auto\" (CTA budgets) instead",
+                    g.index, g.name
+                )));
+            }
+            Err(e) => failed.push(format!("GPU {} ({}): {e}", g.index, g.name)),
+        }
+    }
+    Ok((opened, failed))
+}
+
+/// The report of a node running on the GPUs `opened` (at least one).
+fn cuda_report(
+    gpus: Vec<GpuInfo>,
+    opened: Vec<Arc<CudaDevice>>,
+    failed: &[String],
+) -> DeviceReport {
     let mechanism = match opened[0].green_groups() {
         Some(g) => format!(
             "SM partitions (green contexts over {} groups of {} SMs, leased disjointly)",
@@ -209,7 +247,7 @@ fn decide(
     } else {
         format!("; not opened: {}", failed.join("; "))
     };
-    Ok(DeviceReport {
+    DeviceReport {
         backend: "cuda",
         note: format!(
             "tenants run on {}, shares as {mechanism}{skipped}",
@@ -217,7 +255,7 @@ fn decide(
         ),
         gpus,
         placements: opened.into_iter().map(Placement::Cuda).collect(),
-    })
+    }
 }
 
 /// The GPUs `sel` names, or which named ones do not exist.
@@ -241,6 +279,118 @@ fn select(all: Vec<GpuInfo>, sel: &GpuSelection) -> Result<Vec<GpuInfo>, String>
                 .into_iter()
                 .filter(|g| ix.contains(&(g.index as u32)))
                 .collect())
+        }
+    }
+}
+
+impl Node {
+    /// A lane for a new service, on the device with the least share assigned: it starts
+    /// with one core (a tenth of a GPU), and the controller brings it to what it needs.
+    /// 503 when every device has failed.
+    pub(super) fn service_lane(&self, name: &str) -> Result<Arc<Lane>, NodeError> {
+        let d = self.least_loaded_device()?;
+        let share = match self.placement(d) {
+            Placement::Cpu(_) => 1.0 / self.workers_of(d) as f64,
+            Placement::Cuda(_) => 0.1,
+        };
+        Ok(Arc::new(
+            Lane::new(name, self.workers_of(d), share).on_device(d.0),
+        ))
+    }
+
+    /// A lane for a job at `share` on device `d`: on the CPU its threads come from the
+    /// node's cores and run at background priority under a policy with shares; on a GPU it
+    /// is a stream at the device's least priority (the backend's), and its host thread keeps
+    /// its priority.
+    pub(super) fn job_lane(&self, name: &str, share: f64, d: DeviceId) -> Arc<Lane> {
+        let shares = !matches!(self.policy(), Policy::None);
+        let lane = match self.placement(d) {
+            Placement::Cpu(_) => {
+                let lane = Lane::parallel(name, &self.permits, share);
+                lane.set_background(shares);
+                lane
+            }
+            Placement::Cuda(_) => Lane::new(name, self.workers_of(d), share),
+        };
+        lane.set_enforced(shares);
+        Arc::new(lane.on_device(d.0))
+    }
+
+    /// Every device of the node, in order.
+    pub fn devices(&self) -> impl Iterator<Item = DeviceId> + use<> {
+        (0..self.device_count()).map(DeviceId)
+    }
+
+    /// The device a lane the node placed runs on.
+    pub fn device_of(&self, lane: &Lane) -> DeviceId {
+        debug_assert!(
+            lane.device() < self.device_count(),
+            "a lane the node did not place"
+        );
+        DeviceId(lane.device())
+    }
+
+    /// Where device `d`'s tenants run.
+    pub fn placement(&self, d: DeviceId) -> &Placement {
+        &self.devices.placements[d.0]
+    }
+
+    /// The device that has not failed whose tenants hold the least share (the first on a
+    /// tie, so a node with one device always answers 0 while it works).
+    pub(super) fn least_loaded_device(&self) -> Result<DeviceId, NodeError> {
+        Ok(self.usable_devices_by_load()?[0])
+    }
+
+    /// Device indices from the least share held by its tenants' lanes to the most (shares
+    /// as they are now, so tenants placed in a row spread out before the next tick).
+    pub(super) fn devices_by_load(&self) -> Vec<DeviceId> {
+        let mut held = vec![0.0; self.device_count()];
+        let mut add = |lane: &Lane| {
+            if let Some(h) = held.get_mut(lane.device()) {
+                *h += lane.share();
+            }
+        };
+        for slot in read(&self.registry.services).values() {
+            if let ServiceSlot::Ready(s) = slot {
+                add(&s.lane);
+            }
+        }
+        for job in read(&self.store.jobs).values() {
+            if !job.state().is_terminal() {
+                add(job.lane());
+            }
+        }
+        let load = |d: DeviceId| held[d.0];
+        let mut order: Vec<DeviceId> = self.devices().collect();
+        order.sort_by(|&a, &b| load(a).total_cmp(&load(b)).then(a.cmp(&b)));
+        order
+    }
+
+    /// Whether `need_bytes` of buffers fit on device `d` now: under setpoint's memory limit
+    /// and in what telemetry sees free there (always on the CPU).
+    pub(super) fn memory_fits(&self, d: DeviceId, need_bytes: u64) -> Result<(), String> {
+        let Placement::Cuda(dev) = self.placement(d) else {
+            return Ok(());
+        };
+        let (samples, _) = self.telemetry();
+        let check = crate::control::admission::MemoryCheck {
+            device: self.placement(d).name(),
+            need_bytes,
+            limit_free_bytes: dev.memory_limit().saturating_sub(dev.memory_used()),
+            device_used_total: samples
+                .iter()
+                .find(|s| s.uuid == dev.info().uuid)
+                .and_then(|s| s.mem_used_bytes.zip(s.mem_total_bytes)),
+        };
+        crate::control::admission::check_memory(&check).map_err(|e| e.to_string())
+    }
+
+    /// The most a service may use of device `d`: one core on the CPU (one batcher thread),
+    /// all of a GPU.
+    pub fn service_max_share(&self, d: DeviceId) -> f64 {
+        match self.placement(d) {
+            Placement::Cpu(_) => 1.0 / self.workers_of(d) as f64,
+            Placement::Cuda(_) => 1.0,
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::{Node, NodeError, Service, ServiceView};
+use super::{DeviceId, LoadedService, Node, NodeError, ServiceView};
 use crate::device::DeviceError;
 use crate::device::fault::HealthState;
 
@@ -64,10 +64,13 @@ pub struct DrillView {
 
 /// The devices of `order` that have not failed (`failures[d]` is device `d`'s error, if it
 /// has failed), in that order; when every one has, the 503 that names each.
-fn usable(order: Vec<usize>, failures: &[Option<DeviceError>]) -> Result<Vec<usize>, NodeError> {
-    let ok: Vec<usize> = order
+fn usable(
+    order: Vec<DeviceId>,
+    failures: &[Option<DeviceError>],
+) -> Result<Vec<DeviceId>, NodeError> {
+    let ok: Vec<DeviceId> = order
         .into_iter()
-        .filter(|&d| failures.get(d).is_none_or(|f| f.is_none()))
+        .filter(|&d| failures.get(d.index()).is_none_or(|f| f.is_none()))
         .collect();
     if !ok.is_empty() {
         return Ok(ok);
@@ -82,7 +85,7 @@ fn usable(order: Vec<usize>, failures: &[Option<DeviceError>]) -> Result<Vec<usi
 /// A serving service's view when its device has failed: failed, with the device's error,
 /// holding no share.
 fn failed_view(mut view: ServiceView, error: &DeviceError) -> ServiceView {
-    view.state = "failed";
+    view.state = super::services::ServiceState::Failed;
     view.error = Some(error.to_string());
     view.share = 0.0;
     view
@@ -90,27 +93,27 @@ fn failed_view(mut view: ServiceView, error: &DeviceError) -> ServiceView {
 
 impl Node {
     /// Device `d`'s error, if it has failed.
-    pub fn device_failure(&self, d: usize) -> Option<DeviceError> {
+    pub fn device_failure(&self, d: DeviceId) -> Option<DeviceError> {
         self.placement(d).health().failure()
     }
 
     /// True when device `d` has failed (one atomic load).
-    pub(crate) fn device_failed(&self, d: usize) -> bool {
+    pub(crate) fn device_failed(&self, d: DeviceId) -> bool {
         self.placement(d).health().is_failed()
     }
 
     /// Device `d`'s health for status.
-    pub fn device_health(&self, d: usize) -> DeviceHealthView {
+    pub fn device_health(&self, d: DeviceId) -> DeviceHealthView {
         DeviceHealthView::of(&self.placement(d).health().state())
     }
 
     /// The error of the device `svc` runs on, if it has failed.
-    pub(crate) fn service_failure(&self, svc: &Service) -> Option<DeviceError> {
-        self.device_failure(svc.lane.device())
+    pub(crate) fn service_failure(&self, svc: &LoadedService) -> Option<DeviceError> {
+        self.device_failure(self.device_of(&svc.lane))
     }
 
     /// `svc`'s view, failed when its device is.
-    pub(crate) fn serving_view(&self, svc: &Service) -> ServiceView {
+    pub(crate) fn serving_view(&self, svc: &LoadedService) -> ServiceView {
         match self.service_failure(svc) {
             Some(e) => failed_view(svc.view(), &e),
             None => svc.view(),
@@ -119,16 +122,15 @@ impl Node {
 
     /// Devices that can take a new tenant, from the least share held to the most; 503
     /// naming every failed device when none can.
-    pub(crate) fn usable_devices_by_load(&self) -> Result<Vec<usize>, NodeError> {
-        let failures: Vec<Option<DeviceError>> = (0..self.device_count())
-            .map(|d| self.device_failure(d))
-            .collect();
+    pub(crate) fn usable_devices_by_load(&self) -> Result<Vec<DeviceId>, NodeError> {
+        let failures: Vec<Option<DeviceError>> =
+            self.devices().map(|d| self.device_failure(d)).collect();
         usable(self.devices_by_load(), &failures)
     }
 
     /// True while at least one device has not failed.
     pub(crate) fn any_device_ok(&self) -> bool {
-        (0..self.device_count()).any(|d| !self.device_failed(d))
+        self.devices().any(|d| !self.device_failed(d))
     }
 
     /// A fault drill: fails the device called `name` as a sticky driver error would, at once
@@ -140,10 +142,9 @@ impl Node {
         after_ops: Option<u64>,
         reason: &str,
     ) -> Result<DrillView, NodeError> {
-        let names: Vec<String> = (0..self.device_count())
-            .map(|d| self.placement(d).name())
-            .collect();
-        let d = names.iter().position(|n| n == name).ok_or_else(|| {
+        let names: Vec<String> = self.devices().map(|d| self.placement(d).name()).collect();
+        let d = self.devices().find(|&d| self.placement(d).name() == name);
+        let d = d.ok_or_else(|| {
             NodeError::NotFound(format!(
                 "unknown device {name} (this node has: {})",
                 names.join(", ")
@@ -182,13 +183,15 @@ mod tests {
     #[test]
     fn new_tenants_go_to_devices_that_have_not_failed() {
         let failures = [None, failed("cuda:1"), None];
-        assert_eq!(usable(vec![1, 2, 0], &failures).unwrap(), vec![2, 0]);
-        assert_eq!(usable(vec![0], &[None]).unwrap(), vec![0]);
+        let ids = |v: &[usize]| v.iter().map(|&d| DeviceId(d)).collect::<Vec<_>>();
+        assert_eq!(usable(ids(&[1, 2, 0]), &failures).unwrap(), ids(&[2, 0]));
+        assert_eq!(usable(ids(&[0]), &[None]).unwrap(), ids(&[0]));
     }
 
     #[test]
     fn with_every_device_failed_the_refusal_names_each() {
-        let err = usable(vec![0, 1], &[failed("cuda:0"), failed("cuda:1")]).unwrap_err();
+        let all = vec![DeviceId(0), DeviceId(1)];
+        let err = usable(all, &[failed("cuda:0"), failed("cuda:1")]).unwrap_err();
         assert!(matches!(err, NodeError::Unavailable(_)), "{err:?}");
         assert_eq!(
             err.to_string(),

@@ -8,9 +8,14 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
-use super::{NodeError, Placement, jobs};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::jobs::Job;
+use super::{DeviceId, Node, NodeError, Placement, Policy, control_config, jobs};
 use crate::config::JobConfig;
 use crate::data::{Dataset, LoadStop};
+use crate::util::sync::{self, read, write};
 
 /// How long a job's data may take to load at admission (an API submission, a config job at
 /// start, a reload). A minute: about as long as HTTP clients and proxies wait for an answer
@@ -159,6 +164,169 @@ fn bound_text(d: Duration) -> String {
         format!("{} s", d.as_secs())
     } else {
         format!("{} ms", d.as_millis())
+    }
+}
+
+impl Node {
+    /// Holds `name` while a job of that name is admitted; a second submission of it meanwhile
+    /// is a conflict.
+    pub(super) fn take_admission_name(&self, name: &str) -> Result<AdmissionName<'_>, NodeError> {
+        let mut names = sync::lock(&self.store.admitting);
+        if !names.insert(name.to_string()) {
+            return Err(NodeError::Conflict(format!(
+                "a job named {name} is being submitted already"
+            )));
+        }
+        Ok(AdmissionName {
+            node: self,
+            name: name.to_string(),
+        })
+    }
+
+    /// Accepts a job: loads its data, measures what a step costs, admits it against the
+    /// capacity left (a deadline job that cannot make its deadline is refused with the
+    /// earliest deadline it could meet), records its spec in the state dir and starts it.
+    pub fn submit_job(self: &Arc<Self>, cfg: JobConfig) -> Result<Arc<Job>, NodeError> {
+        if self.is_shutting_down() {
+            return Err(NodeError::Unavailable("the node is shutting down".into()));
+        }
+        if read(&self.store.jobs).contains_key(&cfg.name) {
+            return Err(job_exists(&cfg.name));
+        }
+        // The name is taken now, for as long as admission takes (it loads the data).
+        let _admitting = self.take_admission_name(&cfg.name)?;
+        for f in crate::config::paths::data_files(&cfg.data) {
+            self.confine("data", &f)?;
+        }
+        let now = SystemTime::now();
+        // Devices are tried from the least loaded; the step is measured on the first (the
+        // node's GPUs are taken to be alike).
+        let order = self.usable_devices_by_load()?;
+        tracing::info!(job = %cfg.name, data = %cfg.data, "loading the job's data for admission");
+        let measured = load_and_measure(
+            &cfg,
+            self.placement(order[0]),
+            self.data_load_timeout(),
+            || self.is_shutting_down(),
+        )?;
+        let (device, share) = self.place_job(&cfg, now, &measured, &order)?;
+        let step_cost = measured.step_cost_core_s;
+        let dir = self.state_dir.join("jobs").join(&cfg.name);
+        // Under a policy with shares, training runs below inference; with none, everything
+        // runs as it comes, from the first step.
+        let lane = self.job_lane(&cfg.name, share, device);
+        let job = Arc::new(Job::new(
+            cfg.clone(),
+            dir,
+            now,
+            lane,
+            self.placement(device).clone(),
+            Some(step_cost),
+        ));
+        job.set_checkpoint_timeout_ms(self.config().checkpoint_error_timeout_ms);
+        self.enroll_job(&job, now)?;
+        if let Err(e) = job.start(Some(measured.data)) {
+            write(&self.store.jobs).remove(&cfg.name);
+            return Err(NodeError::Internal(format!("cannot start job thread: {e}")));
+        }
+        tracing::info!(
+            job = %cfg.name,
+            steps_per_epoch = measured.steps_per_epoch,
+            step_cost_ms = step_cost * 1e3,
+            share,
+            "job accepted"
+        );
+        Ok(job)
+    }
+
+    /// The device a job goes to and its share there: the first of `order` with the memory
+    /// it needs and, for a deadline job under the controller, the capacity to meet its
+    /// deadline. Refused (409) with the earliest deadline it could meet, or why it fits
+    /// nowhere.
+    pub(super) fn place_job(
+        &self,
+        cfg: &JobConfig,
+        now: SystemTime,
+        measured: &Measured,
+        order: &[DeviceId],
+    ) -> Result<(DeviceId, f64), NodeError> {
+        let deadline = if cfg.best_effort {
+            None
+        } else {
+            cfg.deadline.map(|d| d.resolve(now))
+        };
+        let default_share = self.config().control.reserve_frac.max(0.05);
+        // Admission weighs a job against what the controller has committed on a device;
+        // under a fixed policy the operator decides what runs.
+        let controlled = matches!(self.policy(), Policy::Controller);
+        let ctrl = control_config(&self.config());
+        let mut no_memory = Vec::new();
+        let mut refusal: Option<crate::control::admission::Refusal> = None;
+        for &d in order {
+            if let Some(need_bytes) = measured.device_bytes
+                && let Err(why) = self.memory_fits(d, need_bytes)
+            {
+                no_memory.push(why);
+                continue;
+            }
+            let Some(deadline) = deadline.filter(|_| controlled) else {
+                return Ok((d, default_share));
+            };
+            let candidate = crate::control::admission::Candidate {
+                name: cfg.name.clone(),
+                work_core_s: cfg.epochs as f64
+                    * measured.steps_per_epoch as f64
+                    * measured.step_cost_core_s,
+                deadline_in_s: deadline
+                    .duration_since(now)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                cores: self.workers_of(d),
+            };
+            match crate::control::admission::admit(&ctrl, &self.last_decisions_of(d), &candidate) {
+                Ok(needed) => return Ok((d, needed.max(ctrl.min_share))),
+                Err(r) => {
+                    if refusal
+                        .as_ref()
+                        .is_none_or(|b| r.earliest_deadline_in_s < b.earliest_deadline_in_s)
+                    {
+                        refusal = Some(r);
+                    }
+                }
+            }
+        }
+        let Some(refusal) = refusal else {
+            return Err(NodeError::Conflict(format!(
+                "job {} does not fit: {}",
+                cfg.name,
+                no_memory.join("; ")
+            )));
+        };
+        let earliest = now
+            + std::time::Duration::from_secs_f64(refusal.earliest_deadline_in_s.clamp(0.0, 1e9));
+        Err(NodeError::Conflict(format!(
+            "{}; the earliest deadline it can meet is {} (in {:.0} s): submit it with that \
+             deadline or later, or as best-effort",
+            refusal.reason,
+            crate::config::format_rfc3339(earliest),
+            refusal.earliest_deadline_in_s.ceil()
+        )))
+    }
+}
+
+/// The refusal of a job whose name is taken.
+pub(super) fn job_exists(name: &str) -> NodeError {
+    NodeError::Conflict(format!("a job named {name} already exists"))
+}
+
+/// A job name held during its admission; given back when dropped.
+pub(super) struct AdmissionName<'a> {
+    node: &'a Node,
+    name: String,
+}
+
+impl Drop for AdmissionName<'_> {
+    fn drop(&mut self) {
+        sync::lock(&self.node.store.admitting).remove(&self.name);
     }
 }
 

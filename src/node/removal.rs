@@ -6,7 +6,7 @@ use crate::util::sync;
 use std::path::Path;
 use std::sync::{Arc, MutexGuard};
 
-use super::{Job, Node, NodeError, ServiceSlot, read, state_dir, write};
+use super::{Job, JobState, Node, NodeError, ServiceSlot, read, state_dir, write};
 
 /// What a DELETE asks for: `?action=cancel` or `?action=remove` pins it, so a retried
 /// cancel cannot remove the job it just cancelled.
@@ -17,6 +17,36 @@ pub enum JobDeleteAction {
     Cancel,
     /// Only remove; a job that has not ended is a conflict.
     Remove,
+}
+
+/// Why a job was neither cancelled nor removed (409). The API's answer says what to do
+/// instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeleteRefusal {
+    /// Only a cancel was asked for, and the job has ended.
+    #[error("job {name} has already ended ({state:?})")]
+    AlreadyEnded {
+        /// The job.
+        name: String,
+        /// How it ended.
+        state: JobState,
+    },
+    /// Only a removal was asked for, and the job has not ended.
+    #[error("job {name} has not ended ({state:?})")]
+    NotEnded {
+        /// The job.
+        name: String,
+        /// Its state.
+        state: JobState,
+    },
+    /// A service reads the job's checkpoint.
+    #[error("job {name} cannot be removed: model {service} is served from its checkpoint")]
+    Served {
+        /// The job.
+        name: String,
+        /// The service.
+        service: String,
+    },
 }
 
 /// What a DELETE did.
@@ -39,14 +69,16 @@ impl Node {
         let job = self.job(name)?;
         let state = job.state();
         match (action, state.is_terminal()) {
-            (Some(JobDeleteAction::Cancel), true) => Err(NodeError::Conflict(format!(
-                "job {name} has already ended ({state:?}); DELETE /v1/jobs/{name} without \
-                 action=cancel removes it"
-            ))),
-            (Some(JobDeleteAction::Remove), false) => Err(NodeError::Conflict(format!(
-                "job {name} has not ended ({state:?}); cancel it first (DELETE \
-                 /v1/jobs/{name}?action=cancel), and remove it once it has ended"
-            ))),
+            (Some(JobDeleteAction::Cancel), true) => Err(DeleteRefusal::AlreadyEnded {
+                name: name.to_string(),
+                state,
+            }
+            .into()),
+            (Some(JobDeleteAction::Remove), false) => Err(DeleteRefusal::NotEnded {
+                name: name.to_string(),
+                state,
+            }
+            .into()),
             (_, false) => {
                 job.cancel();
                 Ok(JobDeletion::Cancelled(job))
@@ -60,7 +92,7 @@ impl Node {
 
     /// Held while a job's directory may be read, written or removed from the API.
     pub(super) fn lock_job_files(&self) -> MutexGuard<'_, ()> {
-        sync::lock(&self.job_files)
+        sync::lock(&self.store.files)
     }
 
     /// Removes an ended job: refused while a service reads its checkpoint. Its directory
@@ -70,16 +102,17 @@ impl Node {
         let name = &job.name;
         let _files = self.lock_job_files();
         if let Some(service) = self.service_reading(job.dir()) {
-            return Err(NodeError::Conflict(format!(
-                "job {name} cannot be removed: model {service} is served from its checkpoint; \
-                 remove the service first (DELETE /v1/services/{service})"
-            )));
+            return Err(DeleteRefusal::Served {
+                name: name.clone(),
+                service,
+            }
+            .into());
         }
         // An ended job's thread has recorded its outcome and is returning: let it, so that
         // nothing of it touches a directory that is gone, or a new job's of the name.
         job.join();
         let retired = {
-            let mut jobs = write(&self.jobs);
+            let mut jobs = write(&self.store.jobs);
             if !jobs.get(name).is_some_and(|j| Arc::ptr_eq(j, job)) {
                 return Err(NodeError::NotFound(format!("unknown job {name}")));
             }
@@ -107,7 +140,7 @@ impl Node {
     /// The first service (serving, loading, failed, or being reloaded) whose checkpoint lies
     /// in `dir`.
     fn service_reading(&self, dir: &Path) -> Option<String> {
-        let services = read(&self.services);
+        let services = read(&self.registry.services);
         let slots = services.iter().map(|(name, slot)| {
             let checkpoint = match slot {
                 ServiceSlot::Ready(s) => s.config().checkpoint,
@@ -115,7 +148,7 @@ impl Node {
             };
             (name.clone(), checkpoint)
         });
-        let loaders = sync::lock(&self.loaders);
+        let loaders = sync::lock(&self.registry.loaders);
         let pending = loaders
             .iter()
             .map(|(name, (_, c))| (name.clone(), c.checkpoint.clone()));

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::api::v2codec::ModelIo;
 use crate::config::{ServiceConfig, format_rfc3339};
 use crate::data::{self, LoadOptions, Normalizer};
 use crate::device::CpuBackend;
@@ -16,17 +15,10 @@ use crate::device::lane::Lane;
 use crate::model::MlpParams;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::footprint::{Purpose, check_fit};
-use crate::serve::{BatchConfig, InferenceService, ServedModel, ServiceStats};
+use crate::serve::{BatchConfig, InferenceService, ModelIo, ServedModel, ServiceStats};
 use crate::train::{TrainEvent, TrainSpec, Trainer};
 use crate::util::histogram::{Histogram, LATENCY_BOUNDS_S};
 use std::sync::Arc;
-
-/// Name of the one input tensor of every served model.
-pub const INPUT_NAME: &str = "input";
-/// Name of the one output tensor: class probabilities.
-pub const OUTPUT_NAME: &str = "probabilities";
-/// The only model version served.
-pub const MODEL_VERSION: &str = "1";
 
 /// Where a service's model came from.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -43,12 +35,13 @@ pub enum ServiceOrigin {
     Api,
 }
 
-/// A running inference service.
-pub struct Service {
+/// The node's record of a loaded inference service: its settings, where its model came
+/// from, and the batcher that serves it.
+pub struct LoadedService {
     /// Its name, fixed for its life.
     name: String,
     /// Its validated settings; a reload may change those that apply live
-    /// ([`Service::apply_live`]).
+    /// ([`LoadedService::apply_live`]).
     config: std::sync::RwLock<ServiceConfig>,
     /// Layer widths of its model.
     pub layers: Vec<usize>,
@@ -59,7 +52,7 @@ pub struct Service {
     /// When it started serving.
     pub created_at: SystemTime,
     /// The batcher.
-    pub inner: InferenceService,
+    pub batcher: InferenceService,
     /// The lane it runs in.
     pub lane: Arc<Lane>,
     /// End-to-end latency of HTTP inference requests (decode to encode), seconds.
@@ -70,13 +63,25 @@ pub struct Service {
     timeouts: AtomicU64,
 }
 
+/// Where a service is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    /// Serving.
+    Ready,
+    /// Its model is being loaded or trained.
+    Loading,
+    /// It could not be loaded, or its device failed.
+    Failed,
+}
+
 /// The API's view of a service.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceView {
     /// Name, as used in URLs.
     pub name: String,
     /// `ready`, `loading` or `failed`.
-    pub state: &'static str,
+    pub state: ServiceState,
     /// Why it failed to load.
     pub error: Option<String>,
     /// Model widths.
@@ -175,7 +180,7 @@ pub fn build_model(cfg: &ServiceConfig) -> Result<ServedModel, ServiceBuildError
     }
 }
 
-impl Service {
+impl LoadedService {
     /// Starts serving `model` under `cfg`.
     pub fn start(
         cfg: ServiceConfig,
@@ -185,19 +190,14 @@ impl Service {
         placement: &super::Placement,
     ) -> Result<Self, ServiceBuildError> {
         let layers = model.params.layers.clone();
-        let io = ModelIo {
-            input_name: INPUT_NAME.to_string(),
-            features: layers[0],
-            output_name: OUTPUT_NAME.to_string(),
-            classes: layers[layers.len() - 1],
-        };
+        let io = ModelIo::for_layers(&layers);
         let batch = BatchConfig {
             max_batch_size: cfg.batching.max_batch_size,
             max_queue_delay: Duration::from_secs_f64(cfg.batching.max_queue_delay_ms / 1000.0),
             max_queue: cfg.max_queue,
             window: Duration::from_millis(cfg.slo.window_ms),
         };
-        let inner = match placement {
+        let batcher = match placement {
             // One worker: a batch split over several threads stalls whenever one of them is
             // descheduled, and latency lanes share their cores with everything else; measured
             // in the co-location scenario, two workers made the tail worse than one.
@@ -228,14 +228,14 @@ impl Service {
             }
         }
         .map_err(|e| ServiceBuildError::Start(e.to_string()))?;
-        Ok(Service {
+        Ok(LoadedService {
             name: cfg.name.clone(),
             config: std::sync::RwLock::new(cfg),
             layers,
             io,
             origin,
             created_at: SystemTime::now(),
-            inner,
+            batcher,
             lane,
             request_hist: Mutex::new(Histogram::new(LATENCY_BOUNDS_S)),
             invalid: Mutex::new(0),
@@ -263,22 +263,22 @@ impl Service {
         same.slo = cur.slo.clone();
         same.timeout_ms = cur.timeout_ms;
         same.batching = cur.batching.clone();
-        same == cur && new.batching.max_batch_size <= self.inner.batch_limit()
+        same == cur && new.batching.max_batch_size <= self.batcher.batch_limit()
     }
 
-    /// Applies `new` to the running service (see [`Service::can_apply_live`]): the
+    /// Applies `new` to the running service (see [`LoadedService::can_apply_live`]): the
     /// controller reads the SLO and batch limit from the next period, the batcher its queue
     /// delay and window from the next batch, the next request its timeout. Requests in
     /// flight are not disturbed.
     pub fn apply_live(&self, new: &ServiceConfig) {
         let mut cfg = sync::write(&self.config);
-        if new.batching.max_batch_size < self.inner.max_batch_size() {
-            self.inner.set_max_batch_size(new.batching.max_batch_size);
+        if new.batching.max_batch_size < self.batcher.max_batch_size() {
+            self.batcher.set_max_batch_size(new.batching.max_batch_size);
         }
-        self.inner.set_max_queue_delay(Duration::from_secs_f64(
+        self.batcher.set_max_queue_delay(Duration::from_secs_f64(
             new.batching.max_queue_delay_ms / 1000.0,
         ));
-        self.inner
+        self.batcher
             .set_window(Duration::from_millis(new.slo.window_ms));
         *cfg = new.clone();
     }
@@ -325,7 +325,7 @@ impl Service {
 
     /// Batcher statistics.
     pub fn stats(&self) -> ServiceStats {
-        self.inner.stats()
+        self.batcher.stats()
     }
 
     /// A snapshot for the API.
@@ -333,17 +333,17 @@ impl Service {
         let config = self.config();
         ServiceView {
             name: self.name.clone(),
-            state: "ready",
+            state: ServiceState::Ready,
             error: None,
             layers: self.layers.clone(),
             slo_p99_ms: config.slo.p99_ms,
             timeout_ms: config.timeout_ms,
-            max_batch_size: self.inner.max_batch_size(),
+            max_batch_size: self.batcher.max_batch_size(),
             max_queue_delay_ms: config.batching.max_queue_delay_ms,
             max_queue: config.max_queue,
-            queue_len: self.inner.queue_len(),
+            queue_len: self.batcher.queue_len(),
             share: self.lane.share(),
-            success_count: self.inner.stats().success_count,
+            success_count: self.batcher.stats().success_count,
             origin: Some(self.origin.clone()),
             created_at: Some(format_rfc3339(self.created_at)),
         }

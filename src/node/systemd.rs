@@ -163,23 +163,45 @@ impl Notifier {
     }
 }
 
-fn open(name: &str) -> Result<Target, String> {
+/// Why the service manager's socket cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// `NOTIFY_SOCKET` names a path that is not a usable socket address.
+    #[error("not a usable socket path: {0}")]
+    Path(std::io::Error),
+    /// `NOTIFY_SOCKET` names an abstract socket that is not usable.
+    #[error("not a usable abstract name: {0}")]
+    AbstractName(std::io::Error),
+    /// Abstract names exist on Linux only.
+    #[error("abstract socket names exist on Linux only")]
+    AbstractUnsupported,
+    /// Neither a path nor an abstract name.
+    #[error(
+        "expected an absolute socket path or an abstract name starting with @ (other kinds of \
+         socket are not supported)"
+    )]
+    Kind,
+    /// The socket could not be made.
+    #[error("cannot create a socket: {0}")]
+    Create(std::io::Error),
+    /// The socket could not be made non-blocking.
+    #[error("cannot make the socket non-blocking: {0}")]
+    NonBlocking(std::io::Error),
+}
+
+fn open(name: &str) -> Result<Target, SocketError> {
     let addr = if let Some(abstract_name) = name.strip_prefix('@') {
         abstract_addr(abstract_name.as_bytes())?
     } else if name.starts_with('/') {
-        SocketAddr::from_pathname(name).map_err(|e| format!("not a usable socket path: {e}"))?
+        SocketAddr::from_pathname(name).map_err(SocketError::Path)?
     } else {
-        return Err(
-            "expected an absolute socket path or an abstract name starting with @ \
-             (other kinds of socket are not supported)"
-                .into(),
-        );
+        return Err(SocketError::Kind);
     };
-    let socket = UnixDatagram::unbound().map_err(|e| format!("cannot create a socket: {e}"))?;
+    let socket = UnixDatagram::unbound().map_err(SocketError::Create)?;
     // A notification must never hold up the control loop.
     socket
         .set_nonblocking(true)
-        .map_err(|e| format!("cannot make the socket non-blocking: {e}"))?;
+        .map_err(SocketError::NonBlocking)?;
     Ok(Target {
         socket,
         addr,
@@ -188,17 +210,17 @@ fn open(name: &str) -> Result<Target, String> {
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn abstract_addr(name: &[u8]) -> Result<SocketAddr, String> {
+fn abstract_addr(name: &[u8]) -> Result<SocketAddr, SocketError> {
     #[cfg(target_os = "android")]
     use std::os::android::net::SocketAddrExt;
     #[cfg(target_os = "linux")]
     use std::os::linux::net::SocketAddrExt;
-    SocketAddr::from_abstract_name(name).map_err(|e| format!("not a usable abstract name: {e}"))
+    SocketAddr::from_abstract_name(name).map_err(SocketError::AbstractName)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn abstract_addr(_name: &[u8]) -> Result<SocketAddr, String> {
-    Err("abstract socket names exist on Linux only".into())
+fn abstract_addr(_name: &[u8]) -> Result<SocketAddr, SocketError> {
+    Err(SocketError::AbstractUnsupported)
 }
 
 /// CLOCK_MONOTONIC in microseconds, the clock systemd compares `MONOTONIC_USEC` with.

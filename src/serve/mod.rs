@@ -12,6 +12,9 @@
 //! [`ServeError::TimedOut`]; an async waiter ([`Pending::recv`]) stops waiting at the deadline
 //! itself, so a caller never gets a late answer even while a long batch is running.
 
+pub mod model_io;
+pub use model_io::{INPUT_NAME, MODEL_VERSION, ModelIo, OUTPUT_NAME};
+
 use crate::util::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};

@@ -25,116 +25,24 @@
 //! With no `--config` the daemon runs on its embedded default, which cannot change: a reload
 //! changes nothing and says so.
 
+mod diff;
+mod source;
+
+pub use diff::{effective_config, json_diff};
+use diff::{from_file, log_report, settings_diff};
+use source::check_token_rule;
+pub use source::{ConfigSource, SourceError};
+
 use crate::util::sync;
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
-use serde_json::Value;
 
-use super::{Node, ServiceOrigin, ServiceSlot, write};
-use crate::config::{ConfigError, NodeConfig};
-
-/// Where the daemon's configuration comes from, and what overrides it.
-#[derive(Debug, Clone, Default)]
-pub struct ConfigSource {
-    /// The file given with `--config`; `None` for the embedded default.
-    pub path: Option<PathBuf>,
-    /// `--listen`, over the file's `listen`.
-    pub listen: Option<SocketAddr>,
-    /// `--state-dir`, over the file's `state_dir`.
-    pub state_dir: Option<PathBuf>,
-    /// `--data-dir`s, added to the file's `paths.data_dirs`.
-    pub data_dirs: Vec<PathBuf>,
-    /// `SETPOINT_AUTH_TOKEN` as read at start; used when the file sets no `auth_token`.
-    pub env_token: Option<String>,
-}
-
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The file cannot be read, or is not a valid configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The settings together are refused (e.g. no token beyond loopback).
-    #[error("{0}")]
-    Setting(String),
-}
-
-impl SourceError {
-    /// Every problem, one per entry, each naming its key.
-    pub fn messages(&self) -> Vec<String> {
-        match self {
-            SourceError::Config(e) if !e.issues().is_empty() => {
-                let file = match e {
-                    ConfigError::Invalid { path: Some(p), .. } => format!("{}: ", p.display()),
-                    _ => String::new(),
-                };
-                e.issues().iter().map(|i| format!("{file}{i}")).collect()
-            }
-            other => vec![other.to_string()],
-        }
-    }
-}
-
-impl ConfigSource {
-    /// What the source names: the file, or `(embedded default)`.
-    pub fn describe(&self) -> String {
-        match &self.path {
-            Some(p) => p.display().to_string(),
-            None => "(embedded default)".into(),
-        }
-    }
-
-    /// Reads and validates the configuration, with the overrides applied; the same at start
-    /// and at every reload.
-    pub fn load(&self) -> Result<NodeConfig, SourceError> {
-        let mut config = match &self.path {
-            Some(path) => crate::config::load(path)?,
-            None => crate::config::default_config(),
-        };
-        if let Some(listen) = self.listen {
-            config.listen = listen;
-        }
-        if let Some(dir) = &self.state_dir {
-            config.state_dir = dir.clone();
-        }
-        config
-            .paths
-            .data_dirs
-            .extend(self.data_dirs.iter().cloned());
-        crate::config::check_paths(&config, self.path.as_deref())?;
-        if config.auth_token.is_none()
-            && let Some(token) = &self.env_token
-        {
-            // The token goes into an HTTP header; the message never echoes it.
-            if !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(SourceError::Setting(
-                    "SETPOINT_AUTH_TOKEN: must be printable ascii without spaces or control \
-                     characters"
-                        .into(),
-                ));
-            }
-            config.auth_token = Some(token.clone());
-        }
-        check_token_rule(&config)?;
-        Ok(config)
-    }
-}
-
-fn check_token_rule(config: &NodeConfig) -> Result<(), SourceError> {
-    if !config.listen.ip().is_loopback() && config.auth_token.is_none() {
-        return Err(SourceError::Setting(format!(
-            "listen = {}: beyond loopback the API needs a bearer token; set auth_token in the \
-             config or SETPOINT_AUTH_TOKEN, or listen on 127.0.0.1",
-            config.listen
-        )));
-    }
-    Ok(())
-}
+use super::{LoadedService, Node, ServiceOrigin, ServiceSlot, TenantKind, TenantState, write};
+use crate::config::{NodeConfig, ServiceConfig};
 
 /// A reload that changed nothing because the configuration was refused.
 #[derive(Debug, Clone, Serialize)]
@@ -197,22 +105,45 @@ impl ReloadReport {
     }
 }
 
+/// Where reloads read the configuration, and how they went.
+pub(crate) struct ReloadState {
+    /// Where the configuration is read from on a reload.
+    source: Mutex<Option<ConfigSource>>,
+    /// Held for the whole of a reload: one at a time.
+    one_at_a_time: Mutex<()>,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    last_ok: AtomicBool,
+}
+
+impl Default for ReloadState {
+    fn default() -> Self {
+        ReloadState {
+            source: Mutex::new(None),
+            one_at_a_time: Mutex::new(()),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+        }
+    }
+}
+
 impl Node {
     /// Records where the configuration came from, so that [`Node::reload`] can read it again.
     pub fn set_config_source(&self, source: ConfigSource) {
-        *sync::lock(&self.source) = Some(source);
+        *sync::lock(&self.reloads.source) = Some(source);
     }
 
     /// Reloads the configuration from its source (see the module notes). Reloads run one at
     /// a time. The service manager hears `RELOADING=1` before and `READY=1` after, whatever
     /// the outcome.
     pub fn reload(self: &Arc<Self>) -> Result<ReloadReport, ReloadFailure> {
-        let _one_at_a_time = sync::lock(&self.reload_lock);
+        let _one_at_a_time = sync::lock(&self.reloads.one_at_a_time);
         let notifier = self.notifier();
         if let Some(n) = &notifier {
             n.reloading();
         }
-        let source = sync::lock(&self.source).clone();
+        let source = sync::lock(&self.reloads.source).clone();
         let outcome = match &source {
             None => Err((
                 "(none)".to_string(),
@@ -250,14 +181,14 @@ impl Node {
         };
         let result = match outcome {
             Ok(report) => {
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.last_reload_ok.store(true, Ordering::Relaxed);
+                self.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                self.reloads.last_ok.store(true, Ordering::Relaxed);
                 log_report(&report);
                 Ok(report)
             }
             Err((source, errors)) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                self.last_reload_ok.store(false, Ordering::Relaxed);
+                self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                self.reloads.last_ok.store(false, Ordering::Relaxed);
                 for err in &errors {
                     tracing::error!("reload refused, the running configuration is kept: {err}");
                 }
@@ -273,9 +204,9 @@ impl Node {
     /// Configuration reloads so far: (applied, refused), and whether the last one applied.
     pub fn reload_counts(&self) -> (u64, u64, bool) {
         (
-            self.reloads_ok.load(Ordering::Relaxed),
-            self.reloads_failed.load(Ordering::Relaxed),
-            self.last_reload_ok.load(Ordering::Relaxed),
+            self.reloads.ok.load(Ordering::Relaxed),
+            self.reloads.failed.load(Ordering::Relaxed),
+            self.reloads.last_ok.load(Ordering::Relaxed),
         )
     }
 
@@ -288,7 +219,7 @@ impl Node {
             ..Default::default()
         };
         *write(&self.config) = Arc::new(new.clone());
-        for job in super::read(&self.jobs).values() {
+        for job in super::read(&self.store.jobs).values() {
             job.set_checkpoint_timeout_ms(new.checkpoint_error_timeout_ms);
         }
         sync::lock(&self.control)
@@ -302,11 +233,18 @@ impl Node {
 
     fn apply_services(self: &Arc<Self>, new: &NodeConfig, report: &mut ReloadReport) {
         let wanted: BTreeSet<&str> = new.services.iter().map(|s| s.name.as_str()).collect();
-        // Removed first, outside the map's lock: dropping the last handle of a service waits
-        // for its batcher to answer what it had queued.
+        self.remove_unwanted_services(&wanted, report);
+        for cfg in &new.services {
+            self.apply_service(cfg, report);
+        }
+    }
+
+    /// Removes the file's services it no longer lists, outside the map's lock: dropping the
+    /// last handle of a service waits for its batcher to answer what it had queued.
+    fn remove_unwanted_services(&self, wanted: &BTreeSet<&str>, report: &mut ReloadReport) {
         let mut removed = Vec::new();
         {
-            let mut map = write(&self.services);
+            let mut map = write(&self.registry.services);
             let gone: Vec<String> = map
                 .iter()
                 .filter(|(name, slot)| !wanted.contains(name.as_str()) && from_file(slot))
@@ -324,72 +262,79 @@ impl Node {
         for name in &report.services_removed {
             tracing::info!(service = %name, "service removed: no longer in the configuration");
         }
+    }
 
-        for cfg in &new.services {
-            let slot = super::read(&self.services).get(&cfg.name).cloned();
-            match slot {
-                None => {
-                    self.load_service(cfg.clone(), None);
-                    report.services_added.push(cfg.name.clone());
-                }
-                Some(ServiceSlot::Ready(svc)) if svc.origin != ServiceOrigin::Config => {
-                    report.not_applied.push(format!(
-                        "service {}: the name is held by a service added at run time; remove \
-                         it (DELETE /v1/services/{}) and reload to start the file's",
-                        cfg.name, cfg.name
-                    ));
-                }
-                Some(ServiceSlot::Ready(svc)) if self.service_failure(&svc).is_some() => {
-                    self.load_service(cfg.clone(), None);
-                    report.services_retried.push(cfg.name.clone());
-                }
-                Some(ServiceSlot::Ready(svc)) => {
-                    let current = svc.config();
-                    // A replacement may be loading from an earlier reload: compare with what
-                    // it will bring.
-                    let pending = self.pending_config(&cfg.name);
-                    let baseline = pending.as_ref().unwrap_or(&current);
-                    if baseline == cfg {
-                        continue;
-                    }
-                    let changes = json_diff(baseline, cfg);
-                    if pending.is_none() && svc.can_apply_live(cfg) {
-                        svc.apply_live(cfg);
-                        report.services_changed.push(ServiceChange {
-                            name: cfg.name.clone(),
-                            how: "applied",
-                            changes,
-                        });
-                    } else {
-                        self.load_service(cfg.clone(), Some(svc.lane.clone()));
-                        report.services_changed.push(ServiceChange {
-                            name: cfg.name.clone(),
-                            how: "replacing",
-                            changes,
-                        });
-                    }
-                }
-                Some(ServiceSlot::Loading(current)) => {
-                    if &current != cfg {
-                        let changes = json_diff(&current, cfg);
-                        write(&self.services)
-                            .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
-                        self.load_service(cfg.clone(), None);
-                        report.services_changed.push(ServiceChange {
-                            name: cfg.name.clone(),
-                            how: "replacing",
-                            changes,
-                        });
-                    }
-                }
-                Some(ServiceSlot::Failed(..)) => {
-                    write(&self.services)
+    /// Adds, retries, changes or replaces the service `cfg` describes.
+    fn apply_service(self: &Arc<Self>, cfg: &ServiceConfig, report: &mut ReloadReport) {
+        let slot = super::read(&self.registry.services).get(&cfg.name).cloned();
+        match slot {
+            None => {
+                self.load_service(cfg.clone(), None);
+                report.services_added.push(cfg.name.clone());
+            }
+            Some(ServiceSlot::Ready(svc)) if svc.origin != ServiceOrigin::Config => {
+                report.not_applied.push(format!(
+                    "service {}: the name is held by a service added at run time; remove \
+                     it (DELETE /v1/services/{}) and reload to start the file's",
+                    cfg.name, cfg.name
+                ));
+            }
+            Some(ServiceSlot::Ready(svc)) if self.service_failure(&svc).is_some() => {
+                self.load_service(cfg.clone(), None);
+                report.services_retried.push(cfg.name.clone());
+            }
+            Some(ServiceSlot::Ready(svc)) => self.change_serving(&svc, cfg, report),
+            Some(ServiceSlot::Loading(current)) => {
+                if &current != cfg {
+                    let changes = json_diff(&current, cfg);
+                    write(&self.registry.services)
                         .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
                     self.load_service(cfg.clone(), None);
-                    report.services_retried.push(cfg.name.clone());
+                    report.services_changed.push(ServiceChange {
+                        name: cfg.name.clone(),
+                        how: "replacing",
+                        changes,
+                    });
                 }
             }
+            Some(ServiceSlot::Failed(..)) => {
+                write(&self.registry.services)
+                    .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
+                self.load_service(cfg.clone(), None);
+                report.services_retried.push(cfg.name.clone());
+            }
         }
+    }
+
+    /// Applies `cfg` to a serving service: live when it can be, else by a replacement that
+    /// keeps its lane.
+    fn change_serving(
+        self: &Arc<Self>,
+        svc: &Arc<LoadedService>,
+        cfg: &ServiceConfig,
+        report: &mut ReloadReport,
+    ) {
+        let current = svc.config();
+        // A replacement may be loading from an earlier reload: compare with what it will
+        // bring.
+        let pending = self.pending_config(&cfg.name);
+        let baseline = pending.as_ref().unwrap_or(&current);
+        if baseline == cfg {
+            return;
+        }
+        let changes = json_diff(baseline, cfg);
+        let how = if pending.is_none() && svc.can_apply_live(cfg) {
+            svc.apply_live(cfg);
+            "applied"
+        } else {
+            self.load_service(cfg.clone(), Some(svc.lane.clone()));
+            "replacing"
+        };
+        report.services_changed.push(ServiceChange {
+            name: cfg.name.clone(),
+            how,
+            changes,
+        });
     }
 
     fn apply_jobs(self: &Arc<Self>, old: &NodeConfig, new: &NodeConfig, report: &mut ReloadReport) {
@@ -437,10 +382,17 @@ impl Node {
     /// One line for the service manager's status: tenants, their states, the share given.
     pub fn status_line(&self) -> String {
         let st = self.status();
-        let services: Vec<_> = st.tenants.iter().filter(|t| t.kind == "service").collect();
-        let ready = services.iter().filter(|t| t.state == "ready").count();
-        let jobs: Vec<_> = st.tenants.iter().filter(|t| t.kind == "job").collect();
-        let running = jobs.iter().filter(|t| t.state == "running").count();
+        let of_kind = |k: TenantKind| st.tenants.iter().filter(move |t| t.kind == k);
+        let services: Vec<_> = of_kind(TenantKind::Service).collect();
+        let ready = services
+            .iter()
+            .filter(|t| t.state == TenantState::Ready)
+            .count();
+        let jobs: Vec<_> = of_kind(TenantKind::Job).collect();
+        let running = jobs
+            .iter()
+            .filter(|t| t.state == TenantState::Running)
+            .count();
         let share: f64 = st.devices.iter().map(|d| d.share_assigned).sum();
         let plural = |n: usize, one: &str, many: &str| {
             if n == 1 {
@@ -463,170 +415,6 @@ impl Node {
                 "not ready"
             }
         )
-    }
-}
-
-/// A slot that comes from the config file: loading and failed slots always do.
-fn from_file(slot: &ServiceSlot) -> bool {
-    match slot {
-        ServiceSlot::Ready(s) => s.origin == ServiceOrigin::Config,
-        ServiceSlot::Loading(_) | ServiceSlot::Failed(..) => true,
-    }
-}
-
-/// `new` with the settings that need a restart set back to their running values, and a line
-/// for each one that differed.
-pub fn effective_config(running: &NodeConfig, new: &NodeConfig) -> (NodeConfig, Vec<String>) {
-    let mut effective = new.clone();
-    let mut needs_restart = Vec::new();
-    let mut keep = |key: &str, old: Value, new: Value| {
-        if old != new {
-            needs_restart.push(format!(
-                "{key}: running {}, the file says {}; takes effect at the next start",
-                show(&old),
-                show(&new)
-            ));
-        }
-    };
-    keep(
-        "listen",
-        running.listen.to_string().into(),
-        new.listen.to_string().into(),
-    );
-    effective.listen = running.listen;
-    keep(
-        "state_dir",
-        running.state_dir.display().to_string().into(),
-        new.state_dir.display().to_string().into(),
-    );
-    effective.state_dir = running.state_dir.clone();
-    for (key, (old, new)) in
-        paired_leaves(&to_json(&running.device), &to_json(&new.device), "device")
-    {
-        keep(&key, old, new);
-    }
-    effective.device = running.device.clone();
-    for (key, (old, new)) in paired_leaves(&to_json(&running.http), &to_json(&new.http), "http") {
-        keep(&key, old, new);
-    }
-    effective.http = running.http.clone();
-    keep(
-        "control.decision_log",
-        to_json(&running.control.decision_log),
-        to_json(&new.control.decision_log),
-    );
-    effective.control.decision_log = running.control.decision_log.clone();
-    (effective, needs_restart)
-}
-
-/// The node-wide settings that changed (services and jobs aside); the token is never shown.
-fn settings_diff(old: &NodeConfig, new: &NodeConfig) -> Vec<String> {
-    let strip = |c: &NodeConfig| {
-        let mut v = to_json(c);
-        if let Some(o) = v.as_object_mut() {
-            o.remove("services");
-            o.remove("jobs");
-            o.remove("auth_token");
-        }
-        v
-    };
-    let mut out = json_diff_values(&strip(old), &strip(new));
-    match (&old.auth_token, &new.auth_token) {
-        (None, Some(_)) => out.push("auth_token: set".into()),
-        (Some(_), None) => out.push("auth_token: removed".into()),
-        (Some(a), Some(b)) if a != b => out.push("auth_token: changed".into()),
-        _ => {}
-    }
-    out
-}
-
-fn to_json<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-/// `key: old -> new` for every leaf that differs between two serialisable values.
-pub fn json_diff<T: Serialize>(old: &T, new: &T) -> Vec<String> {
-    json_diff_values(&to_json(old), &to_json(new))
-}
-
-fn json_diff_values(old: &Value, new: &Value) -> Vec<String> {
-    paired_leaves(old, new, "")
-        .into_iter()
-        .filter(|(_, (a, b))| a != b)
-        .map(|(k, (a, b))| format!("{k}: {} -> {}", show(&a), show(&b)))
-        .collect()
-}
-
-/// Every leaf path of either value, with its value on each side (null when absent).
-fn paired_leaves(old: &Value, new: &Value, prefix: &str) -> BTreeMap<String, (Value, Value)> {
-    let mut a = BTreeMap::new();
-    let mut b = BTreeMap::new();
-    flatten(old, prefix, &mut a);
-    flatten(new, prefix, &mut b);
-    let mut out = BTreeMap::new();
-    for key in a.keys().chain(b.keys()) {
-        out.insert(
-            key.clone(),
-            (
-                a.get(key).cloned().unwrap_or(Value::Null),
-                b.get(key).cloned().unwrap_or(Value::Null),
-            ),
-        );
-    }
-    out
-}
-
-fn flatten(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
-    match v {
-        Value::Object(map) => {
-            for (k, item) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(item, &key, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.clone());
-        }
-    }
-}
-
-fn show(v: &Value) -> String {
-    match v {
-        Value::Null => "(unset)".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn log_report(r: &ReloadReport) {
-    if let Some(note) = &r.note {
-        tracing::info!("reload: {note}");
-    } else if r.is_empty() {
-        tracing::info!(source = %r.source, "configuration reloaded: nothing changed");
-    } else {
-        tracing::info!(
-            source = %r.source,
-            settings = ?r.settings,
-            added = ?r.services_added,
-            removed = ?r.services_removed,
-            changed = ?r.services_changed.iter().map(|c| &c.name).collect::<Vec<_>>(),
-            retried = ?r.services_retried,
-            jobs = ?r.jobs_submitted,
-            "configuration reloaded"
-        );
-    }
-    for line in &r.needs_restart {
-        tracing::warn!("reload: needs a restart: {line}");
-    }
-    for line in &r.not_applied {
-        tracing::warn!("reload: not applied: {line}");
-    }
-    for line in &r.failed {
-        tracing::error!("reload: failed: {line}");
     }
 }
 

@@ -1,0 +1,487 @@
+//! Training jobs in the daemon: each runs on a thread of its own (its lane), checkpoints into
+//! the state dir, publishes its progress after every step, and honours cancellation and
+//! changes of deadline or target between steps.
+
+mod run;
+
+pub(crate) use run::measure_step_cost;
+
+use crate::util::sync::lock;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{JobConfig, format_rfc3339};
+use crate::control::JobClass;
+use crate::data::LoadStop;
+use crate::device::lane::Lane;
+use crate::model::checkpoint::EpochRecord;
+use crate::train::StopReason;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted, its thread not started yet.
+    Pending,
+    /// Loading its data.
+    Loading,
+    /// Taking optimiser steps.
+    Running,
+    /// Finished: it reached its target, or its epoch limit.
+    Completed,
+    /// Stopped by an error.
+    Failed,
+    /// Cancelled by a user; its last checkpoint is kept.
+    Cancelled,
+}
+
+impl JobState {
+    /// True once the job will take no more steps.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// Name of the record of how a job ended, in its directory.
+pub const OUTCOME_RECORD: &str = "outcome.json";
+
+/// How a job ended, as recorded in `outcome.json`: a restart lists it as it ended instead of
+/// resuming it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    /// `completed`, `failed` or `cancelled`.
+    #[serde(default)]
+    pub state: Option<JobState>,
+    /// RFC 3339.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// `target_reached` or `epoch_limit` for a completed job.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Epochs finished.
+    #[serde(default)]
+    pub epochs_done: Option<u64>,
+    /// Optimiser steps taken.
+    #[serde(default)]
+    pub steps: Option<u64>,
+}
+
+/// An outcome record whose state is not one a job ends in.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown final state {:?}", .0.map(|s| format!("{s:?}").to_lowercase()))]
+pub struct UnknownFinalState(pub Option<JobState>);
+
+/// Progress a job publishes as it runs.
+#[derive(Debug, Clone, Default)]
+pub struct JobProgress {
+    pub(crate) epochs_done: u32,
+    pub(crate) steps: u64,
+    pub(crate) batches_per_epoch: usize,
+    pub(crate) batch_in_epoch: usize,
+    pub(crate) history: Vec<EpochRecord>,
+    pub(crate) steps_per_s: f64,
+    pub(crate) samples_per_s: f64,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) finished_at: Option<SystemTime>,
+    pub(crate) stop_reason: Option<StopReason>,
+    pub(crate) error: Option<String>,
+    pub(crate) checkpoint: Option<PathBuf>,
+    /// What happened at restore when the latest checkpoint could not be used.
+    pub(crate) restore_note: Option<String>,
+    /// Failed checkpoint writes.
+    pub(crate) checkpoint_health: super::checkpointing::CheckpointHealth,
+    pub(crate) workers: usize,
+    pub(crate) train_rows: usize,
+}
+
+/// Changes a user asked for, applied by the job's thread before its next step.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    target: Option<Option<f64>>,
+    epochs: Option<u32>,
+}
+
+/// A training job.
+pub struct Job {
+    /// Unique name, also its id in the API.
+    pub name: String,
+    /// The accepted spec.
+    pub config: JobConfig,
+    /// When it was accepted.
+    pub submitted_at: SystemTime,
+    dir: PathBuf,
+    deadline: Mutex<Option<SystemTime>>,
+    target: Mutex<Option<f64>>,
+    epochs: Mutex<u32>,
+    state: Mutex<JobState>,
+    progress: Mutex<JobProgress>,
+    pending: Mutex<Pending>,
+    cancel: AtomicBool,
+    /// Stops the job's data load (a job resumed at start loads on its own thread) when it is
+    /// cancelled or the node stops.
+    load_stop: LoadStop,
+    /// Stopped by the node's shutdown, not by a user: no outcome is recorded, so a restart
+    /// resumes it.
+    interrupted: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    lane: Arc<Lane>,
+    placement: super::Placement,
+    est_step_cost_core_s: Option<f64>,
+    /// How long checkpoint writes may fail before the job fails (the node's
+    /// `checkpoint_error_timeout_ms`, applied again by a reload).
+    checkpoint_timeout_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The API's view of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    /// Name and id.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: JobState,
+    /// `deadline` or `best-effort`.
+    pub class: JobClass,
+    /// RFC 3339 times.
+    pub submitted_at: String,
+    /// When its first step ran.
+    pub started_at: Option<String>,
+    /// When it stopped.
+    pub finished_at: Option<String>,
+    /// The deadline, if any.
+    pub deadline: Option<String>,
+    /// Estimated time of finishing at the current rate, bounded by the epoch limit.
+    pub estimated_finish: Option<String>,
+    /// Deadline minus estimated finish, in seconds (negative: expected late).
+    pub slack_s: Option<f64>,
+    /// Target validation accuracy.
+    pub target_accuracy: Option<f64>,
+    /// Epoch limit.
+    pub epochs_max: u32,
+    /// Epochs finished.
+    pub epochs_done: u32,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// Fraction of the epoch limit done.
+    pub progress: f64,
+    /// Validation accuracy after the last epoch.
+    pub val_accuracy: Option<f64>,
+    /// Training loss of the last epoch.
+    pub train_loss: Option<f64>,
+    /// Training samples per second, recent.
+    pub samples_per_s: f64,
+    /// Share of the device it runs at.
+    pub share: f64,
+    /// Worker threads it runs with.
+    pub workers: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// `target_reached` or `epoch_limit` once completed.
+    pub stop_reason: Option<&'static str>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Its checkpoint file.
+    pub checkpoint: Option<String>,
+    /// Set when the job resumed from its previous checkpoint because the latest was
+    /// damaged: what was wrong and where it resumed.
+    pub restore_note: Option<String>,
+    /// Why the last checkpoint write failed, while writes fail (training goes on).
+    pub checkpoint_error: Option<String>,
+    /// Failed checkpoint writes so far.
+    pub checkpoint_errors: u64,
+    /// Accuracy after each finished epoch.
+    pub accuracy_curve: Vec<Option<f64>>,
+    /// Epochs the controller expects the job to need (from the learning curve for an
+    /// accuracy target, else the limit).
+    pub expected_epochs: Option<f64>,
+    /// Steps per second needed to meet the deadline.
+    pub required_steps_per_s: Option<f64>,
+    /// Steps per second over the last second.
+    pub steps_per_s: Option<f64>,
+    /// The accepted spec.
+    pub spec: JobConfig,
+}
+
+impl Job {
+    pub(crate) fn new(
+        config: JobConfig,
+        dir: PathBuf,
+        submitted_at: SystemTime,
+        lane: Arc<Lane>,
+        placement: super::Placement,
+        est_step_cost_core_s: Option<f64>,
+    ) -> Self {
+        let deadline = config.deadline.map(|d| d.resolve(submitted_at));
+        Job {
+            name: config.name.clone(),
+            target: Mutex::new(config.target_accuracy),
+            epochs: Mutex::new(config.epochs),
+            config,
+            submitted_at,
+            dir,
+            deadline: Mutex::new(deadline),
+            state: Mutex::new(JobState::Pending),
+            progress: Mutex::new(JobProgress::default()),
+            pending: Mutex::new(Pending::default()),
+            cancel: AtomicBool::new(false),
+            load_stop: LoadStop::default(),
+            interrupted: AtomicBool::new(false),
+            thread: Mutex::new(None),
+            lane,
+            placement,
+            est_step_cost_core_s,
+            checkpoint_timeout_ms: std::sync::atomic::AtomicU64::new(
+                crate::config::DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS,
+            ),
+        }
+    }
+
+    /// How long checkpoint writes may fail before the job fails, milliseconds.
+    pub(crate) fn set_checkpoint_timeout_ms(&self, ms: u64) {
+        self.checkpoint_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The job's lane.
+    pub fn lane(&self) -> &Arc<Lane> {
+        &self.lane
+    }
+
+    /// Core-seconds per step, as measured at admission (None when not measured).
+    pub fn estimated_step_cost(&self) -> Option<f64> {
+        self.est_step_cost_core_s
+    }
+
+    /// The epoch limit now in force.
+    pub fn epochs(&self) -> u32 {
+        *lock(&self.epochs)
+    }
+
+    /// The target accuracy now in force.
+    pub fn target(&self) -> Option<f64> {
+        *lock(&self.target)
+    }
+
+    /// A copy of the published progress.
+    pub fn progress(&self) -> JobProgress {
+        lock(&self.progress).clone()
+    }
+
+    /// The job's directory in the state dir.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The job's checkpoint file.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.dir.join("checkpoint.ckpt")
+    }
+
+    /// The checkpoint before the latest, kept to resume from when the latest is damaged.
+    pub fn previous_checkpoint_path(&self) -> PathBuf {
+        self.dir.join("checkpoint.prev.ckpt")
+    }
+
+    /// Current state.
+    pub fn state(&self) -> JobState {
+        *lock(&self.state)
+    }
+
+    fn set_state(&self, s: JobState) {
+        *lock(&self.state) = s;
+    }
+
+    /// The deadline now in force.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        *lock(&self.deadline)
+    }
+
+    /// Changes the deadline; takes effect at once.
+    pub fn set_deadline(&self, deadline: Option<SystemTime>) {
+        *lock(&self.deadline) = deadline;
+    }
+
+    /// Changes the target accuracy; applied before the job's next step.
+    pub fn set_target(&self, target: Option<f64>) {
+        *lock(&self.target) = target;
+        lock(&self.pending).target = Some(target);
+    }
+
+    /// Changes the epoch limit; applied before the job's next step.
+    pub fn set_epochs(&self, epochs: u32) {
+        *lock(&self.epochs) = epochs;
+        lock(&self.pending).epochs = Some(epochs);
+    }
+
+    /// Asks the job to stop after its current step, keeping a checkpoint.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+        self.load_stop.stop();
+    }
+
+    /// Stops the job for the node's shutdown: it checkpoints and stops like a cancel, but
+    /// records no outcome, so the next start resumes it from that checkpoint.
+    pub(crate) fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Release);
+        self.cancel.store(true, Ordering::Release);
+        self.load_stop.stop();
+    }
+
+    /// Path of the record of how the job ended (absent while it can still run).
+    pub(crate) fn outcome_path(&self) -> PathBuf {
+        self.dir.join(OUTCOME_RECORD)
+    }
+
+    /// Ends the job in `state`: records the outcome first, then shows it, so that whoever
+    /// sees the job ended (a client about to remove it, a crash just after) finds the record
+    /// already on disk.
+    fn finish(&self, state: JobState) {
+        self.record_outcome(state);
+        self.set_state(state);
+    }
+
+    /// Writes how the job ended, atomically, so that a restart shows it ended instead of
+    /// resuming it. Not for a shutdown's interruption.
+    fn record_outcome(&self, state: JobState) {
+        if self.interrupted.load(Ordering::Acquire) {
+            return;
+        }
+        let p = lock(&self.progress).clone();
+        let record = OutcomeRecord {
+            state: Some(state),
+            finished_at: p.finished_at.map(crate::config::format_rfc3339),
+            stop_reason: p.stop_reason.map(|r| r.as_str().to_string()),
+            error: p.error,
+            epochs_done: Some(u64::from(p.epochs_done)),
+            steps: Some(p.steps),
+        };
+        let written = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::util::fsio::write_atomic(&self.outcome_path(), &bytes));
+        if let Err(e) = written {
+            tracing::error!(job = %self.name, "cannot record the job's outcome: {e}");
+        }
+    }
+
+    /// Marks a job restored from the state dir as ended the way `record` says.
+    pub(crate) fn restore_outcome(&self, record: &OutcomeRecord) -> Result<(), UnknownFinalState> {
+        let state = match record.state {
+            Some(s) if s.is_terminal() => s,
+            other => return Err(UnknownFinalState(other)),
+        };
+        {
+            let mut p = lock(&self.progress);
+            p.finished_at = record
+                .finished_at
+                .as_deref()
+                .and_then(|t| crate::config::parse_rfc3339(t).ok());
+            p.stop_reason = match record.stop_reason.as_deref() {
+                Some("target_reached") => Some(StopReason::TargetReached),
+                Some("epoch_limit") => Some(StopReason::EpochLimit),
+                _ => None,
+            };
+            p.error = record.error.clone();
+            p.epochs_done = record.epochs_done.unwrap_or(0) as u32;
+            p.steps = record.steps.unwrap_or(0);
+            let ckpt = self.checkpoint_path();
+            p.checkpoint = ckpt.exists().then_some(ckpt);
+        }
+        self.set_state(state);
+        Ok(())
+    }
+
+    /// Waits for the job's thread to end.
+    pub fn join(&self) {
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// A snapshot for the API.
+    pub fn view(&self, decision: Option<&crate::control::JobDecision>) -> JobView {
+        let state = self.state();
+        let p = lock(&self.progress).clone();
+        let target = *lock(&self.target);
+        let epochs_max = *lock(&self.epochs);
+        let deadline = self.deadline();
+        let last = p.history.last();
+        let total_steps = epochs_max as u64 * p.batches_per_epoch as u64;
+        let remaining_steps = total_steps.saturating_sub(p.steps);
+        // The controller's prediction (learning curve, granted share) when it has one; else
+        // the epoch limit at the recent rate.
+        let from_controller = decision
+            .and_then(|d| d.predicted_finish_in_s)
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9);
+        let estimated_finish = match (state, from_controller) {
+            (JobState::Running, Some(secs)) => {
+                Some(SystemTime::now() + std::time::Duration::from_secs_f64(secs))
+            }
+            (JobState::Running, None) if p.steps_per_s > 0.0 => Some(
+                SystemTime::now()
+                    + std::time::Duration::from_secs_f64(remaining_steps as f64 / p.steps_per_s),
+            ),
+            (s, _) if s.is_terminal() => p.finished_at,
+            _ => None,
+        };
+        let slack_s = match (deadline, estimated_finish) {
+            (Some(d), Some(f)) => Some(match d.duration_since(f) {
+                Ok(ahead) => ahead.as_secs_f64(),
+                Err(late) => -late.duration().as_secs_f64(),
+            }),
+            _ => None,
+        };
+        let running = matches!(state, JobState::Running | JobState::Loading);
+        JobView {
+            name: self.name.clone(),
+            state,
+            class: if self.config.best_effort {
+                JobClass::BestEffort
+            } else {
+                JobClass::Deadline
+            },
+            submitted_at: format_rfc3339(self.submitted_at),
+            started_at: p.started_at.map(format_rfc3339),
+            finished_at: p.finished_at.map(format_rfc3339),
+            deadline: deadline.map(format_rfc3339),
+            estimated_finish: estimated_finish.map(format_rfc3339),
+            slack_s,
+            target_accuracy: target,
+            epochs_max,
+            epochs_done: p.epochs_done,
+            steps: p.steps,
+            progress: if total_steps == 0 {
+                0.0
+            } else {
+                (p.steps as f64 / total_steps as f64).min(1.0)
+            },
+            val_accuracy: last.and_then(|r| r.val_accuracy),
+            train_loss: last.map(|r| r.train_loss),
+            samples_per_s: if running { p.samples_per_s } else { 0.0 },
+            share: if running { self.lane.share() } else { 0.0 },
+            workers: if running { self.lane.workers() } else { 0 },
+            batch_size: self.config.batch_size,
+            stop_reason: p.stop_reason.map(|r| r.as_str()),
+            error: p.error.clone(),
+            checkpoint: p.checkpoint.as_ref().map(|c| c.display().to_string()),
+            restore_note: p.restore_note.clone(),
+            checkpoint_error: p.checkpoint_health.last_error.clone(),
+            checkpoint_errors: p.checkpoint_health.errors,
+            accuracy_curve: p.history.iter().map(|r| r.val_accuracy).collect(),
+            expected_epochs: decision.map(|d| d.expected_epochs),
+            required_steps_per_s: decision
+                .and_then(|d| d.required_rate)
+                .filter(|r| r.is_finite()),
+            steps_per_s: decision.map(|d| d.measured_rate),
+            spec: self.config.clone(),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! What the API and the service manager see of the node: its status, its devices, every
+//! tenant with its set point, and the jobs' and services' views.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::control::ServiceMeasure;
+use super::jobs::{Job, JobState, JobView};
+use super::services::{ServiceOrigin, ServiceState, ServiceView};
+use super::{DeviceId, Node, ServiceSlot, health};
+use crate::config::ServiceConfig;
+use crate::control::JobDecision;
+use crate::util::sync;
+
+/// The node at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// Version and revision.
+    pub version: &'static str,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// All services loaded and not shutting down.
+    pub ready: bool,
+    /// How shares are decided (`setpoint`, `static`, `none`).
+    pub policy: &'static str,
+    /// Control periods run so far.
+    pub control_ticks: u64,
+    /// Devices and their tenants.
+    pub devices: Vec<DeviceView>,
+    /// GPUs the driver reports (among those the config selects).
+    pub gpus: Vec<crate::device::cuda::GpuInfo>,
+    /// Why tenants run on the backend they run on, in one line.
+    pub device_note: String,
+    /// The latest GPU telemetry (NVML), one sample per GPU; empty without GPUs.
+    pub gpu_telemetry: Vec<crate::telemetry::GpuSample>,
+    /// Every tenant: services first, then jobs.
+    pub tenants: Vec<TenantView>,
+}
+
+/// One device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    /// The device: `cpu` or `cuda:N`.
+    pub name: String,
+    /// Workers it offers: CPU threads, or a GPU's CTAs (SMs × resident blocks per SM).
+    pub workers: usize,
+    /// Sum of tenants' shares.
+    pub share_assigned: f64,
+    /// Fraction of its workers busy over the last control period.
+    pub busy_frac: f64,
+    /// `ok`, or `failed` with the reason and when.
+    #[serde(flatten)]
+    pub health: health::DeviceHealthView,
+}
+
+/// What kind of tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantKind {
+    /// An inference service.
+    Service,
+    /// A training job.
+    Job,
+}
+
+/// Where a tenant is in its life: a service's state or a job's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantState {
+    /// A service serving.
+    Ready,
+    /// A service loading its model, or a job loading its data.
+    Loading,
+    /// A service that could not load, or a job stopped by an error.
+    Failed,
+    /// A job accepted, its thread not started.
+    Pending,
+    /// A job taking steps.
+    Running,
+    /// A job that finished.
+    Completed,
+    /// A job cancelled by a user.
+    Cancelled,
+}
+
+impl From<ServiceState> for TenantState {
+    fn from(s: ServiceState) -> Self {
+        match s {
+            ServiceState::Ready => TenantState::Ready,
+            ServiceState::Loading => TenantState::Loading,
+            ServiceState::Failed => TenantState::Failed,
+        }
+    }
+}
+
+impl From<JobState> for TenantState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Pending => TenantState::Pending,
+            JobState::Loading => TenantState::Loading,
+            JobState::Running => TenantState::Running,
+            JobState::Completed => TenantState::Completed,
+            JobState::Failed => TenantState::Failed,
+            JobState::Cancelled => TenantState::Cancelled,
+        }
+    }
+}
+
+/// One tenant (service or job) and its set point.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantView {
+    /// `service` or `job`.
+    pub kind: TenantKind,
+    /// Name.
+    pub name: String,
+    /// State (`ready`, `loading`, `running`, …).
+    pub state: TenantState,
+    /// What it must meet, in words (`p99 <= 25 ms`, `deadline 2026-…`).
+    pub set_point: String,
+    /// The measured value against it (`p99 3.2 ms`, `slack 120 s`), when known.
+    pub measured: Option<String>,
+    /// Share of the device.
+    pub share: f64,
+    /// Batch size in force.
+    pub batch_size: usize,
+    /// Requests waiting (services).
+    pub queue_len: Option<usize>,
+    /// The device it runs on (`cpu`, `cuda:N`); none for a service not serving.
+    pub device: Option<String>,
+}
+/// What status reads of the control loop, taken under its lock once.
+struct ControlSnapshot {
+    policy: &'static str,
+    ticks: u64,
+    busy_by_device: Vec<f64>,
+    measures: HashMap<String, ServiceMeasure>,
+    jobs: Vec<JobDecision>,
+}
+
+impl Node {
+    fn control_snapshot(&self) -> ControlSnapshot {
+        let st = sync::lock(&self.control);
+        ControlSnapshot {
+            policy: st.policy.name(),
+            ticks: st.ticks,
+            busy_by_device: st.busy_by_device.clone(),
+            measures: st.measures.clone(),
+            jobs: st.last.jobs.clone(),
+        }
+    }
+
+    /// Views of every service, loading and failed ones included.
+    pub fn service_views(&self) -> Vec<ServiceView> {
+        self.service_slots()
+            .into_iter()
+            .map(|(name, slot)| match slot {
+                ServiceSlot::Ready(s) => self.serving_view(&s),
+                ServiceSlot::Loading(cfg) => pending_view(name, &cfg, ServiceState::Loading, None),
+                ServiceSlot::Failed(cfg, e) => {
+                    pending_view(name, &cfg, ServiceState::Failed, Some(e))
+                }
+            })
+            .collect()
+    }
+
+    /// A job's view with the controller's latest decision about it.
+    pub fn job_view(&self, job: &Job) -> JobView {
+        let decision = sync::lock(&self.control)
+            .last
+            .jobs
+            .iter()
+            .find(|d| d.name == job.name)
+            .cloned();
+        job.view(decision.as_ref())
+    }
+
+    /// Every job's view, by name, with the controller's latest decisions.
+    pub fn job_views(&self) -> Vec<JobView> {
+        let decisions = sync::lock(&self.control).last.jobs.clone();
+        views_of(&self.jobs(), &decisions)
+    }
+
+    /// The node at a glance.
+    pub fn status(&self) -> StatusView {
+        let ctl = self.control_snapshot();
+        let n = self.device_count();
+        let mut share_assigned = vec![0.0; n];
+        let svc_device: HashMap<String, DeviceId> = self
+            .ready_services()
+            .iter()
+            .map(|s| (s.name().to_string(), self.device_of(&s.lane)))
+            .collect();
+        let mut tenants = Vec::new();
+        for view in self.service_views() {
+            let d = svc_device.get(&view.name).copied();
+            if let Some(d) = d {
+                share_assigned[d.index()] += view.share;
+            }
+            let device = d.map(|d| self.placement(d).name());
+            tenants.push(service_tenant(&view, ctl.measures.get(&view.name), device));
+        }
+        for job in self.jobs() {
+            let d = self.device_of(job.lane());
+            let v = job.view(ctl.jobs.iter().find(|x| x.name == job.name));
+            share_assigned[d.index()] += v.share;
+            tenants.push(job_tenant(&v, self.placement(d).name()));
+        }
+        StatusView {
+            version: crate::VERSION,
+            started_at: crate::config::format_rfc3339(self.started_at),
+            uptime_s: self.started_at.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+            ready: self.is_ready(),
+            policy: ctl.policy,
+            control_ticks: ctl.ticks,
+            gpus: self.devices.gpus.clone(),
+            gpu_telemetry: self.telemetry().0,
+            device_note: self.devices.note.clone(),
+            devices: self
+                .devices()
+                .map(|d| DeviceView {
+                    name: self.placement(d).name(),
+                    workers: self.workers_of(d),
+                    share_assigned: share_assigned[d.index()],
+                    busy_frac: ctl.busy_by_device.get(d.index()).copied().unwrap_or(0.0),
+                    health: self.device_health(d),
+                })
+                .collect(),
+            tenants,
+        }
+    }
+}
+
+/// The views of `jobs`, each with its decision among `decisions`.
+fn views_of(jobs: &[Arc<Job>], decisions: &[JobDecision]) -> Vec<JobView> {
+    jobs.iter()
+        .map(|j| j.view(decisions.iter().find(|d| d.name == j.name)))
+        .collect()
+}
+
+/// A service as a tenant: its SLO and the p99 measured over its window.
+fn service_tenant(
+    view: &ServiceView,
+    measure: Option<&ServiceMeasure>,
+    device: Option<String>,
+) -> TenantView {
+    let measured = measure.filter(|m| m.window.count > 0).map(|m| {
+        format!(
+            "p99 {:.2} ms ({} requests, {:.0}/s)",
+            m.window.total.p99 * 1000.0,
+            m.window.count,
+            m.arrival_rate
+        )
+    });
+    TenantView {
+        kind: TenantKind::Service,
+        name: view.name.clone(),
+        state: view.state.into(),
+        set_point: format!("p99 <= {} ms", view.slo_p99_ms),
+        measured,
+        share: view.share,
+        batch_size: view.max_batch_size,
+        queue_len: Some(view.queue_len),
+        device,
+    }
+}
+
+/// A job as a tenant: its deadline or target, and its accuracy and slack.
+fn job_tenant(v: &JobView, device: String) -> TenantView {
+    let set_point = match (&v.deadline, v.target_accuracy) {
+        (Some(d), Some(t)) => format!("accuracy >= {t} by {d}"),
+        (Some(d), None) => format!("{} epochs by {d}", v.epochs_max),
+        (None, Some(t)) => format!("accuracy >= {t}, best effort"),
+        (None, None) => format!("{} epochs, best effort", v.epochs_max),
+    };
+    let measured = match (v.val_accuracy, v.slack_s) {
+        (Some(a), Some(s)) => Some(format!("accuracy {a:.4}, slack {s:.0} s")),
+        (Some(a), None) => Some(format!("accuracy {a:.4}")),
+        (None, Some(s)) => Some(format!("slack {s:.0} s")),
+        (None, None) => None,
+    };
+    TenantView {
+        kind: TenantKind::Job,
+        name: v.name.clone(),
+        state: v.state.into(),
+        set_point,
+        measured,
+        share: v.share,
+        batch_size: v.batch_size,
+        queue_len: None,
+        device: Some(device),
+    }
+}
+
+fn pending_view(
+    name: String,
+    cfg: &ServiceConfig,
+    state: ServiceState,
+    error: Option<String>,
+) -> ServiceView {
+    ServiceView {
+        name,
+        state,
+        error,
+        layers: cfg.layers.clone().unwrap_or_default(),
+        slo_p99_ms: cfg.slo.p99_ms,
+        timeout_ms: cfg.timeout_ms,
+        max_batch_size: cfg.batching.max_batch_size,
+        max_queue_delay_ms: cfg.batching.max_queue_delay_ms,
+        max_queue: cfg.max_queue,
+        queue_len: 0,
+        share: 0.0,
+        success_count: 0,
+        origin: Some(ServiceOrigin::Config),
+        created_at: None,
+    }
+}
