@@ -16,9 +16,13 @@ pub struct SmiRow {
     pub at_unix_s: f64,
     /// `nvidia-smi`'s GPU index (NVML's index).
     pub index: u32,
+    /// GPU utilisation, percent (`None`: unavailable).
     pub util_gpu_pct: Option<f64>,
+    /// Memory in use, bytes (`None`: unavailable).
     pub mem_used_bytes: Option<u64>,
+    /// Power draw, watts (`None`: unavailable).
     pub power_w: Option<f64>,
+    /// SM clock, hertz (`None`: unavailable).
     pub sm_clock_hz: Option<f64>,
 }
 

@@ -47,23 +47,28 @@ fn wait_finished(h: &Option<JoinHandle<()>>, until: Instant) -> bool {
 /// Why `nvidia-smi` could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SmiError {
+    /// The sampling interval was 0 ms.
     #[error("the nvidia-smi interval must be at least 1 ms")]
     ZeroInterval,
+    /// The program is not on `PATH`.
     #[error(
         "{program} not found on PATH; install the NVIDIA driver utilities, or run without the nvidia-smi cross-check"
     )]
     NotFound { program: String },
+    /// The program could not be started.
     #[error("cannot start {program}: {source}")]
     Start {
         program: String,
         source: std::io::Error,
     },
+    /// The program failed within 300 ms of starting.
     #[error("{program} exited at once with {status}: {why}")]
     ExitedAtOnce {
         program: String,
         status: std::process::ExitStatus,
         why: String,
     },
+    /// Whether the program is still running could not be asked.
     #[error("cannot watch {program}: {source}")]
     Watch {
         program: String,
