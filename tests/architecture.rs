@@ -1,8 +1,8 @@
 //! The layering of `src/`, checked from the source text: `control/` is pure (it imports
 //! only `crate::util` and itself); the engine (`device/`, `model/`, `serve/`, `train/`)
 //! knows nothing of the daemon (`crate::node`), the API (`crate::api`) or HTTP crates; the
-//! API reaches devices only through the node. A violation prints as
-//! `file:line: <module> imports <other>`.
+//! API reaches devices only through the node; the node knows no HTTP, route or command; and no
+//! two modules import each other. A violation prints as `file:line: <module> imports <other>`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,7 @@ struct Rule {
     external: &'static [&'static str],
 }
 
-const RULES: [Rule; 3] = [
+const RULES: [Rule; 4] = [
     Rule {
         layers: &["control"],
         only: Some(&["util"]),
@@ -38,6 +38,12 @@ const RULES: [Rule; 3] = [
         only: None,
         forbidden: &["device"],
         external: &[],
+    },
+    Rule {
+        layers: &["node"],
+        only: None,
+        forbidden: &["api", "commands", "cli", "daemon", "client"],
+        external: &["axum", "hyper", "tower"],
     },
 ];
 
@@ -224,21 +230,66 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn layers_import_only_what_they_may() {
+/// Every file under `src/` with its top-level module (`lib`, `main` for the crate roots), its
+/// path as shown and its text.
+fn sources() -> Vec<(String, String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
     files.sort();
-    let mut found = Vec::new();
+    let mut out = Vec::new();
     for f in &files {
         let rel = f.strip_prefix(root).unwrap();
         let Some(layer) = rel.iter().nth(1).and_then(|s| s.to_str()) else {
             continue;
         };
-        let layer = layer.strip_suffix(".rs").unwrap_or(layer);
-        let src = std::fs::read_to_string(f).unwrap();
-        found.extend(violations(layer, &rel.display().to_string(), &src));
+        let layer = layer.strip_suffix(".rs").unwrap_or(layer).to_string();
+        out.push((
+            layer,
+            rel.display().to_string(),
+            std::fs::read_to_string(f).unwrap(),
+        ));
+    }
+    out
+}
+
+/// Pairs of top-level modules that import each other, each with one line of each direction.
+fn mutual_imports(files: &[(String, String, String)]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut first: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (layer, shown, src) in files {
+        for (line, other) in references(&code_only(src), &[]) {
+            if other != *layer && !["self", "super"].contains(&other.as_str()) {
+                first
+                    .entry((layer.clone(), other))
+                    .or_insert_with(|| format!("{shown}:{line}"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((a, b), at) in &first {
+        if a < b
+            && let Some(back) = first.get(&(b.clone(), a.clone()))
+        {
+            out.push(format!(
+                "{at}: {a} imports {b}, and {back}: {b} imports {a}"
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_two_modules_import_each_other() {
+    let found = mutual_imports(&sources());
+    assert!(found.is_empty(), "mutual imports:\n{}", found.join("\n"));
+}
+
+#[test]
+fn layers_import_only_what_they_may() {
+    let mut found = Vec::new();
+    for (layer, shown, src) in sources() {
+        found.extend(violations(&layer, &shown, &src));
     }
     for v in &found {
         println!("{v}");

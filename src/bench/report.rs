@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::scenario::Report;
-use crate::client::table::Table;
+use crate::util::table::Table;
 
 /// One row per policy, in fixed-width columns (wider only where a figure needs it).
 fn policy_table(r: &Report) -> Table {

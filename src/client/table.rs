@@ -2,99 +2,7 @@
 
 use serde_json::Value;
 
-/// A text table: each column as wide as its widest cell (or a minimum), left-aligned unless
-/// asked otherwise, columns separated by two spaces (or another gap), no trailing spaces.
-/// The one table printer of the command-line outputs.
-#[derive(Debug, Clone, Default)]
-pub struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-    right: Vec<bool>,
-    min_width: Vec<usize>,
-    gap: Option<&'static str>,
-}
-
-impl Table {
-    /// A table with these column titles.
-    pub fn new(header: &[&str]) -> Self {
-        Table {
-            header: header.iter().map(|s| s.to_string()).collect(),
-            rows: Vec::new(),
-            right: vec![false; header.len()],
-            min_width: vec![0; header.len()],
-            gap: None,
-        }
-    }
-
-    /// Makes the columns at least this wide, in order (fixed-width layouts).
-    pub fn min_widths(mut self, widths: &[usize]) -> Self {
-        for (m, &w) in self.min_width.iter_mut().zip(widths) {
-            *m = w;
-        }
-        self
-    }
-
-    /// Separates the columns with `gap` instead of two spaces.
-    pub fn gap(mut self, gap: &'static str) -> Self {
-        self.gap = Some(gap);
-        self
-    }
-
-    /// Right-aligns the columns at these indices (numbers).
-    pub fn right_align(mut self, cols: &[usize]) -> Self {
-        for &c in cols {
-            if c < self.right.len() {
-                self.right[c] = true;
-            }
-        }
-        self
-    }
-
-    /// Adds a row.
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    /// True when no row was added.
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// The table as text, one line per row, each ending in `\n`.
-    pub fn render(&self) -> String {
-        let cols = self.header.len();
-        let gap = self.gap.unwrap_or("  ");
-        let mut width = self.min_width.clone();
-        for r in std::iter::once(&self.header).chain(&self.rows) {
-            for (i, c) in r.iter().enumerate().take(cols) {
-                width[i] = width[i].max(c.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for r in std::iter::once(&self.header).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, w) in width.iter().enumerate() {
-                let cell = r.get(i).map(String::as_str).unwrap_or("");
-                let pad = w.saturating_sub(cell.chars().count());
-                if i > 0 {
-                    line.push_str(gap);
-                }
-                if self.right[i] {
-                    line.push_str(&" ".repeat(pad));
-                    line.push_str(cell);
-                } else {
-                    line.push_str(cell);
-                    if i + 1 < cols {
-                        line.push_str(&" ".repeat(pad));
-                    }
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
-    }
-}
+pub use crate::util::table::Table;
 
 /// A JSON value as a cell: strings bare, `null` as `-`.
 pub fn cell(v: &Value) -> String {
@@ -369,17 +277,6 @@ pub fn status_text(s: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn tables_align_columns() {
-        let mut t = Table::new(&["A", "NUM"]).right_align(&[1]);
-        t.row(vec!["long name".into(), "5".into()]);
-        t.row(vec!["x".into(), "12345".into()]);
-        assert_eq!(
-            t.render(),
-            "A            NUM\nlong name      5\nx          12345\n"
-        );
-    }
 
     #[test]
     fn times_drop_fractions_of_a_second() {

@@ -12,8 +12,8 @@
 use std::io::BufRead;
 use std::path::Path;
 
+use super::MAX_CLASSES;
 use super::{DataError, Dataset, LabelColumn, file_error, parse_label, read_error};
-use crate::model::MAX_WIDTH as MAX_CLASSES;
 
 /// The shape fixed by the first non-blank line.
 #[derive(Debug, Clone, Copy)]

@@ -34,6 +34,10 @@ use std::path::{Path, PathBuf};
 
 use crate::util::rng::Rng;
 
+/// The most classes a label column may name: a label must be below it. It is the widest
+/// output layer a model may have (`model::MAX_WIDTH`, which is checked to equal it).
+pub const MAX_CLASSES: usize = 65_536;
+
 /// The `Rng::derived` stream used by [`split`], fixed so that a seed always gives the same split.
 const SPLIT_STREAM: u64 = 0x5911;
 

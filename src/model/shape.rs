@@ -30,6 +30,9 @@ pub const MAX_LAYERS: usize = 128;
 /// Widest layer.
 pub const MAX_WIDTH: usize = 65_536;
 
+// A label the loaders accept always has an output unit to go to.
+const _: () = assert!(MAX_WIDTH == crate::data::MAX_CLASSES);
+
 /// Checks a layer list: at least an input and an output width and at most [`MAX_LAYERS`],
 /// every width in `1..=MAX_WIDTH`, the output at least 2 classes. Whether the model fits its
 /// device is a separate question ([`footprint`]).

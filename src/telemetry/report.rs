@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::{GpuSample, TelemetryError, TelemetrySource};
+use crate::util::table::Table;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -43,6 +44,97 @@ fn mib(v: Option<u64>) -> String {
     v.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / MIB))
 }
 
+/// The GPUs as a table like `nvidia-smi`'s, one row per sample in order.
+fn gpu_table(samples: &[GpuSample]) -> Table {
+    let mut t = Table::new(&[
+        "GPU",
+        "NAME",
+        "UUID",
+        "MEMORY MiB",
+        "UTIL",
+        "POWER",
+        "SM CLOCK",
+        "TEMP",
+    ]);
+    for s in samples {
+        t.row(vec![
+            s.index.to_string(),
+            if s.name.is_empty() {
+                "-".into()
+            } else {
+                s.name.clone()
+            },
+            if s.uuid.is_empty() {
+                "-".into()
+            } else {
+                s.uuid.clone()
+            },
+            format!("{} / {}", mib(s.mem_used_bytes), mib(s.mem_total_bytes)),
+            opt(s.util_gpu_pct, 0, " %"),
+            opt(s.power_w, 1, " W"),
+            opt(s.sm_clock_hz.map(|h| h / 1e6), 0, " MHz"),
+            opt(s.temperature_c, 0, " C"),
+        ]);
+    }
+    t
+}
+
+/// The devices report as one pretty-printed JSON object, ending in `\n`.
+fn json_text(
+    described: Option<String>,
+    reason: Option<String>,
+    samples: &[GpuSample],
+    cpu_cores: usize,
+) -> String {
+    let report = JsonReport {
+        nvml_available: reason.is_none(),
+        source: described,
+        reason,
+        gpus: samples
+            .iter()
+            .map(|s| JsonGpu {
+                sample: s,
+                lanes: [],
+            })
+            .collect(),
+        unmatched_lanes: [],
+        cpu_cores,
+    };
+    let mut text = serde_json::to_string_pretty(&report)
+        .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}"));
+    text.push('\n');
+    text
+}
+
+/// The indented lines under one GPU's table row: throttling, SM load, processes, lanes.
+fn gpu_details(out: &mut String, s: &GpuSample) {
+    if !s.throttle_reasons.is_empty() {
+        let _ = writeln!(out, "     throttled: {}", s.throttle_reasons.join(", "));
+    }
+    if s.own_util_pct.is_some() || s.foreign_util_pct.is_some() {
+        let _ = writeln!(
+            out,
+            "     sm load: own {}, foreign {}",
+            opt(s.own_util_pct, 0, " %"),
+            opt(s.foreign_util_pct, 0, " %")
+        );
+    }
+    if s.processes.is_empty() {
+        let _ = writeln!(out, "     processes: none");
+    }
+    for p in &s.processes {
+        let _ = writeln!(
+            out,
+            "     process {}: {} MiB, sm {}{}",
+            p.pid,
+            mib(p.used_mem_bytes),
+            opt(p.sm_util_pct, 0, " %"),
+            if p.own { " (this process)" } else { "" }
+        );
+    }
+    let _ = writeln!(out, "     lanes: none");
+}
+
 /// Renders the devices report. `source` is the opened telemetry source, or the error that
 /// kept it from opening (shown by its `Display`). Each GPU's `lanes: none` line (and the
 /// JSON's empty `lanes` lists) say that this command places no lane. Without GPU telemetry the text is one line with the
@@ -69,24 +161,7 @@ pub fn devices_report(
     samples.sort_by_key(|s| s.index);
 
     if json {
-        let report = JsonReport {
-            nvml_available: reason.is_none(),
-            source: described,
-            reason,
-            gpus: samples
-                .iter()
-                .map(|s| JsonGpu {
-                    sample: s,
-                    lanes: [],
-                })
-                .collect(),
-            unmatched_lanes: [],
-            cpu_cores,
-        };
-        let mut text = serde_json::to_string_pretty(&report)
-            .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}"));
-        text.push('\n');
-        return text;
+        return json_text(described, reason, &samples, cpu_cores);
     }
 
     let mut out = String::new();
@@ -102,83 +177,12 @@ pub fn devices_report(
         if let Some(d) = &described {
             let _ = writeln!(out, "{d}");
         }
-        let header = [
-            "GPU",
-            "NAME",
-            "UUID",
-            "MEMORY MiB",
-            "UTIL",
-            "POWER",
-            "SM CLOCK",
-            "TEMP",
-        ];
-        let rows: Vec<[String; 8]> = samples
-            .iter()
-            .map(|s| {
-                [
-                    s.index.to_string(),
-                    if s.name.is_empty() {
-                        "-".into()
-                    } else {
-                        s.name.clone()
-                    },
-                    if s.uuid.is_empty() {
-                        "-".into()
-                    } else {
-                        s.uuid.clone()
-                    },
-                    format!("{} / {}", mib(s.mem_used_bytes), mib(s.mem_total_bytes)),
-                    opt(s.util_gpu_pct, 0, " %"),
-                    opt(s.power_w, 1, " W"),
-                    opt(s.sm_clock_hz.map(|h| h / 1e6), 0, " MHz"),
-                    opt(s.temperature_c, 0, " C"),
-                ]
-            })
-            .collect();
-        let mut width = header.map(str::len);
-        for r in &rows {
-            for (w, c) in width.iter_mut().zip(r) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |cells: &[String]| -> String {
-            let mut l = String::new();
-            for (i, (c, w)) in cells.iter().zip(width).enumerate() {
-                if i > 0 {
-                    l.push_str("  ");
-                }
-                let _ = write!(l, "{c:<w$}");
-            }
-            l.trim_end().to_string()
-        };
-        let _ = writeln!(out, "{}", line(&header.map(String::from)));
-        for (s, r) in samples.iter().zip(&rows) {
-            let _ = writeln!(out, "{}", line(r));
-            if !s.throttle_reasons.is_empty() {
-                let _ = writeln!(out, "     throttled: {}", s.throttle_reasons.join(", "));
-            }
-            if s.own_util_pct.is_some() || s.foreign_util_pct.is_some() {
-                let _ = writeln!(
-                    out,
-                    "     sm load: own {}, foreign {}",
-                    opt(s.own_util_pct, 0, " %"),
-                    opt(s.foreign_util_pct, 0, " %")
-                );
-            }
-            if s.processes.is_empty() {
-                let _ = writeln!(out, "     processes: none");
-            }
-            for p in &s.processes {
-                let _ = writeln!(
-                    out,
-                    "     process {}: {} MiB, sm {}{}",
-                    p.pid,
-                    mib(p.used_mem_bytes),
-                    opt(p.sm_util_pct, 0, " %"),
-                    if p.own { " (this process)" } else { "" }
-                );
-            }
-            let _ = writeln!(out, "     lanes: none");
+        let table = gpu_table(&samples);
+        let lines = table.lines();
+        let _ = writeln!(out, "{}", lines[0]);
+        for (s, row) in samples.iter().zip(&lines[1..]) {
+            let _ = writeln!(out, "{row}");
+            gpu_details(&mut out, s);
         }
     }
     let _ = writeln!(out, "cpu: {cpu_cores} cores");

@@ -1,5 +1,5 @@
 //! Small shared pieces: the seeded generator, atomic file writes, order statistics, the
-//! Prometheus text format and poison-tolerant locks.
+//! Prometheus text format, poison-tolerant locks and the text-table printer.
 
 pub mod cputime;
 pub mod fds;
@@ -10,4 +10,5 @@ pub mod prometheus;
 pub mod rng;
 pub mod stats;
 pub mod sync;
+pub mod table;
 pub mod window;

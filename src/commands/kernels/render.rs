@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use super::check::{ModuleCheck, Toolchain};
-use crate::client::table::Table;
 use crate::kernels::{self, PtxOrigin};
+use crate::util::table::Table;
 
 /// What compiled kernel code the binary carries, in words.
 fn embedded_kernels_text() -> String {

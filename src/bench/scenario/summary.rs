@@ -1,0 +1,229 @@
+//! Summarising a run: the report structs (per policy, per job, the timeline, the ratios of
+//! `setpoint` to `static`) and the figures computed from a policy's latencies.
+
+use serde::Serialize;
+
+use super::Scenario;
+
+/// One sample of the timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds after the start.
+    pub t_s: f64,
+    /// Share per tenant (service first).
+    pub shares: Vec<(String, f64)>,
+    /// The service's window p99, seconds.
+    pub p99_s: Option<f64>,
+    /// Device busy fraction.
+    pub busy_frac: f64,
+    /// The service's arrivals per second over the last control period.
+    pub arrival_rate: f64,
+    /// The controller's feed-forward share for the service (setpoint only).
+    pub feed_forward: Option<f64>,
+    /// The controller's measure of compute seconds per request (setpoint only).
+    pub cost_per_request_s: Option<f64>,
+    /// The service's batch-size limit in force.
+    pub batch_limit: usize,
+}
+
+/// A job's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobOutcome {
+    /// Name.
+    pub name: String,
+    /// Deadline, seconds after the start.
+    pub deadline_s: Option<f64>,
+    /// Finish, seconds after the start (None: not finished).
+    pub finish_s: Option<f64>,
+    /// (finish − deadline) / allotted time, in %.
+    pub deviation_pct: Option<f64>,
+    /// Finished after its deadline, or not at all.
+    pub missed: bool,
+    /// Refused at admission (with the reason).
+    pub refused: Option<String>,
+    /// Its final state.
+    pub state: String,
+    /// Validation accuracy at the end.
+    pub val_accuracy: Option<f64>,
+    /// Training epochs it finished in the run.
+    pub epochs_done: u32,
+}
+
+/// One policy's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyReport {
+    /// `setpoint`, `static` or `none`.
+    pub policy: String,
+    /// Requests sent.
+    pub requests: usize,
+    /// Requests refused (queue full).
+    pub rejected: usize,
+    /// % of requests answered within the SLO.
+    pub requests_within_slo_pct: f64,
+    /// Evaluation windows with requests.
+    pub windows: usize,
+    /// % of windows whose p99 met the SLO.
+    pub windows_within_slo_pct: f64,
+    /// p99 of each evaluation window in order, ms (None for a window without requests).
+    pub window_p99_ms: Vec<Option<f64>>,
+    /// p99 over the whole run, ms.
+    pub p99_ms: f64,
+    /// p50 over the whole run, ms.
+    pub p50_ms: f64,
+    /// Jobs.
+    pub jobs: Vec<JobOutcome>,
+    /// Mean |deviation| of finished deadline jobs, %.
+    pub mean_abs_deviation_pct: Option<f64>,
+    /// Deadline jobs that missed.
+    pub deadline_misses: usize,
+    /// ∫ Σ granted shares dt while tenants were active (None under `none`: no shares).
+    pub share_seconds: Option<f64>,
+    /// Processor time used, in device-seconds (core-seconds / cores).
+    pub device_seconds_used: f64,
+    /// p99 of the load generator's lateness (scheduled arrival to submission), ms: the
+    /// harness's own noise, not counted in the latencies.
+    pub generator_late_p99_ms: f64,
+    /// Timeline.
+    pub timeline: Vec<Sample>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// SLO, ms.
+    pub slo_p99_ms: f64,
+    /// Each policy's run, duration, cores.
+    pub duration_s: f64,
+    /// Cores divided.
+    pub cores: usize,
+    /// Per policy.
+    pub policies: Vec<PolicyReport>,
+    /// setpoint over static, where both ran.
+    pub ratios: Option<Ratios>,
+}
+
+/// setpoint / static.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    /// Windows over the SLO.
+    pub slo_window_violations: Option<f64>,
+    /// Requests over the SLO.
+    pub slo_request_violations: Option<f64>,
+    /// Share-seconds.
+    pub share_seconds: Option<f64>,
+    /// Device-seconds used.
+    pub device_seconds: Option<f64>,
+}
+
+/// The `q` quantile of sorted values (nearest rank), 0 when there are none.
+pub(super) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    crate::util::stats::nearest_rank(sorted, q).unwrap_or(0.0)
+}
+
+/// One policy's figures from its requests' `(arrival, latency)` seconds, its jobs' outcomes,
+/// its timeline and the device-seconds it used.
+pub(super) fn summarise(
+    s: &Scenario,
+    policy: &str,
+    latencies: Vec<(f64, f64)>,
+    jobs: Vec<JobOutcome>,
+    timeline: Vec<Sample>,
+    device_seconds_used: f64,
+) -> PolicyReport {
+    let slo = s.service.slo_p99_ms / 1000.0;
+    let window = s.service.window_ms as f64 / 1000.0;
+    let n_windows = (s.duration_s / window).ceil() as usize;
+    let mut per_window: Vec<Vec<f64>> = vec![Vec::new(); n_windows.max(1)];
+    for &(t, l) in &latencies {
+        let w = ((t / window) as usize).min(per_window.len() - 1);
+        per_window[w].push(l);
+    }
+    let mut windows = 0;
+    let mut good_windows = 0;
+    let mut window_p99_ms = Vec::with_capacity(per_window.len());
+    for w in per_window.iter_mut() {
+        if w.is_empty() {
+            window_p99_ms.push(None);
+            continue;
+        }
+        w.sort_by(|a, b| a.total_cmp(b));
+        windows += 1;
+        let p99 = quantile(w, 0.99);
+        window_p99_ms.push(Some(1000.0 * p99));
+        if p99 <= slo {
+            good_windows += 1;
+        }
+    }
+    let mut all: Vec<f64> = latencies.iter().map(|l| l.1).collect();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let within = all.iter().filter(|&&l| l <= slo).count();
+    let rejected = all.iter().filter(|l| l.is_infinite()).count();
+    let finished: Vec<f64> = jobs
+        .iter()
+        .filter_map(|j| j.deviation_pct.map(f64::abs))
+        .collect();
+    let share_seconds = if policy == "none" {
+        None
+    } else {
+        Some(
+            timeline
+                .windows(2)
+                .map(|w| (w[1].t_s - w[0].t_s) * w[1].shares.iter().map(|s| s.1).sum::<f64>())
+                .sum(),
+        )
+    };
+    let pct = |a: usize, b: usize| {
+        if b == 0 {
+            100.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
+    };
+    PolicyReport {
+        policy: policy.to_string(),
+        requests: all.len(),
+        rejected,
+        requests_within_slo_pct: pct(within, all.len()),
+        windows,
+        windows_within_slo_pct: pct(good_windows, windows),
+        window_p99_ms,
+        p99_ms: 1000.0 * quantile(&all, 0.99),
+        p50_ms: 1000.0 * quantile(&all, 0.50),
+        deadline_misses: jobs.iter().filter(|j| j.missed).count(),
+        mean_abs_deviation_pct: (!finished.is_empty())
+            .then(|| finished.iter().sum::<f64>() / finished.len() as f64),
+        jobs,
+        share_seconds,
+        device_seconds_used,
+        generator_late_p99_ms: 0.0,
+        timeline,
+    }
+}
+
+/// setpoint over static, where both ran.
+pub(super) fn ratios(policies: &[PolicyReport]) -> Option<Ratios> {
+    let find = |n: &str| policies.iter().find(|p| p.policy == n);
+    match (find("setpoint"), find("static")) {
+        (Some(a), Some(b)) => {
+            let div = |x: f64, y: f64| (y > 0.0).then(|| x / y);
+            Some(Ratios {
+                slo_window_violations: div(
+                    100.0 - a.windows_within_slo_pct,
+                    100.0 - b.windows_within_slo_pct,
+                ),
+                slo_request_violations: div(
+                    100.0 - a.requests_within_slo_pct,
+                    100.0 - b.requests_within_slo_pct,
+                ),
+                share_seconds: match (a.share_seconds, b.share_seconds) {
+                    (Some(x), Some(y)) => div(x, y),
+                    _ => None,
+                },
+                device_seconds: div(a.device_seconds_used, b.device_seconds_used),
+            })
+        }
+        _ => None,
+    }
+}
