@@ -15,10 +15,10 @@ use crate::node::systemd::Notifier;
 
 /// SIGHUP as a stream of hangups, where the platform has it.
 #[cfg(unix)]
-pub type Hangups = tokio::signal::unix::Signal;
+pub(crate) type Hangups = tokio::signal::unix::Signal;
 /// SIGHUP as a stream of hangups, where the platform has it.
 #[cfg(not(unix))]
-pub type Hangups = ();
+pub(crate) type Hangups = ();
 
 /// What stopped the daemon short of a clean shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +112,7 @@ where
 
 /// SIGHUP as a stream, to be installed before anything slow so that a hangup never ends the
 /// process; `None` (logged) when it cannot be listened for.
-pub fn hangup_stream() -> Option<Hangups> {
+pub(crate) fn hangup_stream() -> Option<Hangups> {
     #[cfg(unix)]
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -142,7 +142,7 @@ async fn reload_on_hangup_task(mut hangups: Hangups, node: Arc<Node>) {
 async fn reload_on_hangup_task(_: Hangups, _: Arc<Node>) {}
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!("cannot listen for Ctrl-C: {e}");

@@ -21,7 +21,7 @@ pub mod train;
 pub mod util;
 
 /// Version and source revision, as `setpoint --version` prints them.
-pub const VERSION: &str = concat!(
+pub(crate) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (rev ",
     env!("SETPOINT_REVISION"),

@@ -19,11 +19,11 @@ use crate::node::JobChanges;
 
 /// `POST /v1/jobs`: a job's spec, as a `[[jobs]]` table (plus `class`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SubmitJob(pub JobConfig);
+pub(crate) struct SubmitJob(pub JobConfig);
 
 impl SubmitJob {
     /// Validates `body`; 400 with every problem.
-    pub fn decode(body: &Value) -> Result<Self, ApiError> {
+    pub(crate) fn decode(body: &Value) -> Result<Self, ApiError> {
         parse_job_json(body)
             .map(SubmitJob)
             .map_err(|issues| ApiError::invalid(&issues))
@@ -32,12 +32,12 @@ impl SubmitJob {
 
 /// `POST /v1/services`: a service from a checkpoint on the node, as a `[[services]]` table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AddService(pub ServiceConfig);
+pub(crate) struct AddService(pub ServiceConfig);
 
 impl AddService {
     /// Validates `body` (`control_period_ms` bounds the SLO window); a checkpoint is
     /// required and warm-up data refused.
-    pub fn decode(body: &Value, control_period_ms: u64) -> Result<Self, ApiError> {
+    pub(crate) fn decode(body: &Value, control_period_ms: u64) -> Result<Self, ApiError> {
         let cfg = parse_service_json(body, control_period_ms)
             .map_err(|issues| ApiError::invalid(&issues))?;
         if cfg.checkpoint.is_none() {
@@ -58,7 +58,7 @@ impl AddService {
 /// `POST /v1/jobs/{id}/serve`: the settings of the service a completed job is published as
 /// (`name`, `slo`, `batching`, `max_queue`, …); the model is the job's.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServeJob {
+pub(crate) struct ServeJob {
     settings: Map<String, Value>,
 }
 
@@ -67,7 +67,7 @@ impl ServeJob {
     const SET_BY_JOB: [&'static str; 4] = ["checkpoint", "layers", "warmup_data", "seed"];
 
     /// Reads `body`: an object, or nothing (every setting at its default).
-    pub fn decode(body: &Value) -> Result<Self, ApiError> {
+    pub(crate) fn decode(body: &Value) -> Result<Self, ApiError> {
         let settings = match body {
             Value::Object(m) => m.clone(),
             Value::Null => Map::new(),
@@ -83,7 +83,7 @@ impl ServeJob {
 
     /// The service's validated settings: named after `job` unless a name is given, serving
     /// `checkpoint`.
-    pub fn into_config(
+    pub(crate) fn into_config(
         self,
         job: &str,
         checkpoint: &Path,
@@ -104,7 +104,7 @@ impl ServeJob {
 /// `PATCH /v1/jobs/{id}`: what to change; a key left out is left as it is, `null` clears a
 /// deadline or a target.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct JobPatch {
+pub(crate) struct JobPatch {
     /// A new deadline (a duration from now, or an RFC 3339 time), or none.
     pub deadline: Option<Option<Deadline>>,
     /// A new target validation accuracy in (0, 1], or none.
@@ -134,7 +134,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 
 impl JobPatch {
     /// Reads `body`; 400 with every problem, in the order of their keys.
-    pub fn decode(body: &Value) -> Result<Self, ApiError> {
+    pub(crate) fn decode(body: &Value) -> Result<Self, ApiError> {
         let not_object = || ApiError::bad_request("expected a JSON object");
         if !body.is_object() {
             return Err(not_object());

@@ -104,7 +104,7 @@ fn esc(s: &str) -> String {
 
 /// The report as an SVG: one panel per policy, the service's window p99 against the SLO
 /// above, each tenant's share below, over time.
-pub fn svg(r: &Report) -> String {
+pub(crate) fn svg(r: &Report) -> String {
     let (w, panel_h, pad) = (960.0, 300.0, 50.0);
     let h = panel_h * r.policies.len() as f64 + 30.0;
     let mut o = String::new();

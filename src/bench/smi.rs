@@ -24,12 +24,12 @@ pub enum CrossCheckError {
 }
 
 /// Utilisation may differ from nvidia-smi's by this many points on average.
-pub const UTIL_AGREEMENT_PCT: f64 = 5.0;
+pub(crate) const UTIL_AGREEMENT_PCT: f64 = 5.0;
 /// Memory used may differ by this fraction of the GPU's memory on average.
-pub const MEMORY_AGREEMENT_FRAC: f64 = 0.01;
+pub(crate) const MEMORY_AGREEMENT_FRAC: f64 = 0.01;
 
 /// nvidia-smi and setpoint's NVML sampler, both running until [`CrossCheck::finish`].
-pub struct CrossCheck {
+pub(crate) struct CrossCheck {
     recorder: SmiRecorder,
     stop: Arc<AtomicBool>,
     sampler: std::thread::JoinHandle<Vec<GpuSample>>,
@@ -39,7 +39,7 @@ pub struct CrossCheck {
 
 /// What a cross-check found.
 #[derive(Debug, Clone, Serialize)]
-pub struct CrossCheckReport {
+pub(crate) struct CrossCheckReport {
     /// Per field agreement and per phase energy.
     pub correlation: Correlation,
     /// nvidia-smi lines that were not rows.
@@ -86,13 +86,13 @@ impl CrossCheck {
     }
 
     /// Starts a phase (ending the one open, if any).
-    pub fn begin_phase(&mut self, name: &str) {
+    pub(crate) fn begin_phase(&mut self, name: &str) {
         self.end_phase();
         self.open = Some((name.to_string(), unix_now_s()));
     }
 
     /// Ends the open phase.
-    pub fn end_phase(&mut self) {
+    pub(crate) fn end_phase(&mut self) {
         if let Some((name, start)) = self.open.take() {
             self.phases.push(Phase {
                 name,

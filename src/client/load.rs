@@ -289,7 +289,7 @@ fn run_level(
 
 /// Seconds per `Mlp::predict` call at each batch size, one CPU worker (as the daemon's
 /// services run), median of three timed blocks after a warm-up.
-pub fn compute_only_seconds(
+pub(crate) fn compute_only_seconds(
     layers: &[usize],
     batch_sizes: &[usize],
     block: Duration,

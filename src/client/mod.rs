@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// The URL the client commands use when neither `--url` nor `SETPOINT_URL` says otherwise.
-pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
+pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 
 /// Why a request to the daemon did not give an answer the command can use.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -113,7 +113,7 @@ impl Client {
     }
 
     /// The daemon's base URL, without a trailing `/`.
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         &self.base
     }
 
@@ -290,7 +290,7 @@ fn with_headers_body(
 
 /// Passes a 2xx answer through; turns any other into [`ClientError::Api`] with the server's
 /// `error` message (or the body's text when it is not our JSON).
-pub fn check_status(raw: RawResponse) -> Result<RawResponse, ClientError> {
+pub(crate) fn check_status(raw: RawResponse) -> Result<RawResponse, ClientError> {
     if (200..300).contains(&raw.status) {
         return Ok(raw);
     }
@@ -301,7 +301,7 @@ pub fn check_status(raw: RawResponse) -> Result<RawResponse, ClientError> {
 }
 
 /// The `error` field of a JSON error body, else the body's text, else the status's reason.
-pub fn error_message(status: u16, body: &[u8]) -> String {
+pub(crate) fn error_message(status: u16, body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(body)
         && let Some(m) = v.get("error").and_then(Value::as_str)
     {
@@ -331,7 +331,7 @@ fn http_reason(status: u16) -> &'static str {
 }
 
 /// Checks and normalises a daemon URL: `http://` only, no path, no trailing `/`.
-pub fn normalize_url(url: &str) -> Result<String, ClientError> {
+pub(crate) fn normalize_url(url: &str) -> Result<String, ClientError> {
     let url = url.trim();
     let rest = if let Some(r) = url.strip_prefix("http://") {
         r
@@ -358,7 +358,7 @@ pub fn normalize_url(url: &str) -> Result<String, ClientError> {
 }
 
 /// Percent-encodes one path segment (a job or model name).
-pub fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

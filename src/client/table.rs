@@ -30,14 +30,14 @@ pub fn time(v: &Value) -> String {
 }
 
 /// A number with `decimals` places, `-` when absent.
-pub fn num(v: &Value, decimals: usize) -> String {
+pub(crate) fn num(v: &Value, decimals: usize) -> String {
     v.as_f64()
         .map(|x| format!("{x:.decimals$}"))
         .unwrap_or_else(|| "-".into())
 }
 
 /// A share in [0, 1] as a percentage.
-pub fn pct(v: &Value) -> String {
+pub(crate) fn pct(v: &Value) -> String {
     v.as_f64()
         .map(|x| format!("{:.0}%", 100.0 * x))
         .unwrap_or_else(|| "-".into())
@@ -61,7 +61,7 @@ pub fn secs(v: &Value) -> String {
 }
 
 /// The jobs of `GET /v1/jobs` as a table.
-pub fn jobs_table(jobs: &[Value]) -> String {
+pub(crate) fn jobs_table(jobs: &[Value]) -> String {
     let mut t = Table::new(&[
         "NAME",
         "STATE",
@@ -96,7 +96,7 @@ pub fn jobs_table(jobs: &[Value]) -> String {
 }
 
 /// One job (`GET /v1/jobs/ID`) as `key: value` lines.
-pub fn job_details(j: &Value) -> String {
+pub(crate) fn job_details(j: &Value) -> String {
     let spec = &j["spec"];
     let layers = spec["layers"]
         .as_array()
@@ -165,7 +165,7 @@ pub fn job_details(j: &Value) -> String {
 }
 
 /// A service (`POST /v1/jobs/ID/serve`, `GET /v1/services/NAME`) as `key: value` lines.
-pub fn service_details(s: &Value) -> String {
+pub(crate) fn service_details(s: &Value) -> String {
     let layers = s["layers"]
         .as_array()
         .map(|l| l.iter().map(cell).collect::<Vec<_>>().join(","))
@@ -207,7 +207,7 @@ pub fn service_details(s: &Value) -> String {
 }
 
 /// `GET /v1/status` as text: a summary line, the devices, then one row per tenant.
-pub fn status_text(s: &Value) -> String {
+pub(crate) fn status_text(s: &Value) -> String {
     let mut out = format!(
         "setpoint {}, up {}, {}\n\n",
         cell(&s["version"]),

@@ -9,7 +9,7 @@ use crate::util::rng::Rng;
 /// Why a v2 document (model metadata, an answer, an input file, a request body) cannot be
 /// used.
 #[derive(Debug, thiserror::Error)]
-pub enum V2Error {
+pub(crate) enum V2Error {
     #[error("the model's metadata lists no inputs")]
     NoInputs,
     #[error("the model's input has no name")]
@@ -86,7 +86,7 @@ pub enum V2Error {
 
 /// What a client needs to know about a served model, from `GET /v2/models/MODEL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelInfo {
+pub(crate) struct ModelInfo {
     /// Model name.
     pub name: String,
     /// Its input tensor.
@@ -102,7 +102,7 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// Reads a v2 model metadata document: the first input's last dimension is the row
     /// width; the first output is the class probabilities.
-    pub fn from_metadata(meta: &Value) -> Result<Self, V2Error> {
+    pub(crate) fn from_metadata(meta: &Value) -> Result<Self, V2Error> {
         let name = meta["name"].as_str().unwrap_or_default().to_string();
         let input = meta["inputs"].get(0).ok_or(V2Error::NoInputs)?;
         let input_name = input["name"]
@@ -148,7 +148,7 @@ impl ModelInfo {
 }
 
 /// Fetches a model's metadata.
-pub fn model_info(client: &Client, model: &str) -> Result<ModelInfo, ClientError> {
+pub(crate) fn model_info(client: &Client, model: &str) -> Result<ModelInfo, ClientError> {
     let path = format!("/v2/models/{}", path_segment(model));
     let meta = client.get(&path)?;
     ModelInfo::from_metadata(&meta).map_err(|message| ClientError::BadResponse {
@@ -170,7 +170,12 @@ pub struct EncodedRequest {
 
 /// A JSON request for `rows` rows of `data` (row-major); `binary_output` asks for the
 /// output as binary data.
-pub fn json_request(info: &ModelInfo, data: &[f32], rows: usize, binary_output: bool) -> Vec<u8> {
+pub(crate) fn json_request(
+    info: &ModelInfo,
+    data: &[f32],
+    rows: usize,
+    binary_output: bool,
+) -> Vec<u8> {
     let mut body = json!({
         "inputs": [{
             "name": info.input_name,
@@ -188,7 +193,7 @@ pub fn json_request(info: &ModelInfo, data: &[f32], rows: usize, binary_output: 
 
 /// A request with the input as raw little-endian f32 after the JSON header, asking for the
 /// output the same way (Triton's binary tensor data extension).
-pub fn binary_request(info: &ModelInfo, data: &[f32], rows: usize) -> EncodedRequest {
+pub(crate) fn binary_request(info: &ModelInfo, data: &[f32], rows: usize) -> EncodedRequest {
     let header = json!({
         "inputs": [{
             "name": info.input_name,
@@ -234,7 +239,7 @@ pub fn infer(
 
 /// One output tensor of a response, its values decoded whichever way they came.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutputTensor {
+pub(crate) struct OutputTensor {
     /// Name.
     pub name: String,
     /// Shape as sent.
@@ -248,7 +253,7 @@ pub struct OutputTensor {
 /// A decoded response: its JSON (with binary outputs' values written into `data`, so that it
 /// prints as one document) and its outputs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DecodedResponse {
+pub(crate) struct DecodedResponse {
     /// The response as JSON; binary outputs gain a `data` list beside their
     /// `binary_data_size`.
     pub json: Value,
@@ -257,7 +262,7 @@ pub struct DecodedResponse {
 }
 
 /// Decodes a v2 inference response, JSON or with binary outputs.
-pub fn decode_response(raw: &RawResponse) -> Result<DecodedResponse, V2Error> {
+pub(crate) fn decode_response(raw: &RawResponse) -> Result<DecodedResponse, V2Error> {
     let (header, mut rest) = match raw.header_len {
         Some(n) if n <= raw.body.len() => (&raw.body[..n], &raw.body[n..]),
         Some(n) => {
@@ -335,7 +340,7 @@ fn f32_json(v: f32) -> Value {
 }
 
 /// Appends the numbers of a flat or nested JSON list (`null` reads as NaN).
-pub fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), V2Error> {
+pub(crate) fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), V2Error> {
     match v {
         Value::Array(items) => {
             for item in items {
@@ -357,7 +362,7 @@ pub fn flatten_numbers(v: &Value, out: &mut Vec<f32>) -> Result<(), V2Error> {
 
 /// What an input file holds.
 #[derive(Debug, Clone, PartialEq)]
-pub enum InputFile {
+pub(crate) enum InputFile {
     /// Rows of numbers, row-major.
     Rows {
         /// `rows * features` values.
@@ -371,7 +376,7 @@ pub enum InputFile {
 
 /// Reads an input file: a JSON list of rows (lists of numbers), one row as a flat list, or
 /// a full v2 request body (an object with `inputs`).
-pub fn parse_input_file(text: &str, info: &ModelInfo) -> Result<InputFile, V2Error> {
+pub(crate) fn parse_input_file(text: &str, info: &ModelInfo) -> Result<InputFile, V2Error> {
     // serde's message ends with the position: "… at line 1 column 10".
     let v: Value = serde_json::from_str(text).map_err(V2Error::InputJson)?;
     match &v {
@@ -427,7 +432,7 @@ pub fn parse_input_file(text: &str, info: &ModelInfo) -> Result<InputFile, V2Err
 }
 
 /// Takes the rows out of a full v2 request body (to re-encode it as binary).
-pub fn rows_of_body(body: &Value, info: &ModelInfo) -> Result<(Vec<f32>, usize), V2Error> {
+pub(crate) fn rows_of_body(body: &Value, info: &ModelInfo) -> Result<(Vec<f32>, usize), V2Error> {
     let inputs = body["inputs"].as_array().ok_or(V2Error::InputsNotList)?;
     let input = inputs
         .iter()
@@ -451,14 +456,14 @@ pub fn rows_of_body(body: &Value, info: &ModelInfo) -> Result<(Vec<f32>, usize),
 }
 
 /// `rows` rows of standard normal values, from `seed`.
-pub fn random_rows(rows: usize, features: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn random_rows(rows: usize, features: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     (0..rows * features).map(|_| rng.normal() as f32).collect()
 }
 
 /// The most probable class of each row of `probs` (`classes` values per row) and its
 /// probability; the first one wins a tie.
-pub fn argmax_rows(probs: &[f32], classes: usize) -> Vec<(usize, f32)> {
+pub(crate) fn argmax_rows(probs: &[f32], classes: usize) -> Vec<(usize, f32)> {
     if classes == 0 {
         return Vec::new();
     }

@@ -109,7 +109,7 @@ pub enum TimestampError {
 }
 
 /// The longest relative deadline accepted: a year, leap day included.
-pub const MAX_RELATIVE: Duration = Duration::from_secs(366 * 24 * 3600);
+pub(crate) const MAX_RELATIVE: Duration = Duration::from_secs(366 * 24 * 3600);
 
 impl FromStr for Deadline {
     type Err = DeadlineError;

@@ -185,7 +185,7 @@ pub fn check_paths(cfg: &NodeConfig, file: Option<&Path>) -> Result<(), ConfigEr
 
 /// Everything `setpoint check-config` finds in a config, in one pass.
 #[derive(Debug, Clone, Serialize)]
-pub struct ConfigCheck {
+pub(crate) struct ConfigCheck {
     /// The file, or `(embedded default)`.
     pub file: String,
     /// No errors.
@@ -202,7 +202,7 @@ pub struct ConfigCheck {
 /// Checks the config at `path` (the embedded default when `None`) and reports every error at
 /// once: the values' and the paths' together, where [`load`] and [`check_paths`] stop at the
 /// first kind that fails.
-pub fn check_file(path: Option<&Path>) -> ConfigCheck {
+pub(crate) fn check_file(path: Option<&Path>) -> ConfigCheck {
     let file = path.map_or("(embedded default)".into(), |p| p.display().to_string());
     let whole = |message: String| ConfigCheck {
         file: file.clone(),
@@ -361,7 +361,7 @@ pub fn parse_job_json(v: &serde_json::Value) -> Result<JobConfig, Vec<ConfigIssu
 
 /// Validates an inference service given as JSON (the services API), with the same keys,
 /// defaults and messages as a `[[services]]` table of the config file.
-pub fn parse_service_json(
+pub(crate) fn parse_service_json(
     v: &serde_json::Value,
     control_period_ms: u64,
 ) -> Result<ServiceConfig, Vec<ConfigIssue>> {

@@ -15,7 +15,7 @@ use super::{ConfigIssue, NodeConfig};
 
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
+pub(crate) enum PathError {
     /// The path resolves outside every allowed directory.
     #[error(
         "{}{} is outside the directories data and checkpoints may be read from ({}); move it \
@@ -63,7 +63,7 @@ impl fmt::Display for List<'_> {
 /// leads when that is inside one of `allowed`; an allowed directory that does not exist
 /// allows nothing. A path whose name (`..` resolved, links not followed) is outside is
 /// refused before it is looked up, so the answer is the same whether or not it exists.
-pub fn confine(path: &Path, allowed: &[PathBuf]) -> Result<PathBuf, PathError> {
+pub(crate) fn confine(path: &Path, allowed: &[PathBuf]) -> Result<PathBuf, PathError> {
     let outside = |through_link| PathError::Outside {
         path: path.to_path_buf(),
         through_link,
@@ -116,13 +116,13 @@ fn lexical_absolute(path: &Path) -> PathBuf {
 }
 
 /// The file a data spec names: `None` for a `synthetic:` spec.
-pub fn data_file(spec: &str) -> Option<&Path> {
+pub(crate) fn data_file(spec: &str) -> Option<&Path> {
     (!spec.starts_with("synthetic:")).then(|| Path::new(spec))
 }
 
 /// Every file a data spec reads: the file it names and, for IDX images, the labels file found
 /// beside it by the naming convention.
-pub fn data_files(spec: &str) -> Vec<PathBuf> {
+pub(crate) fn data_files(spec: &str) -> Vec<PathBuf> {
     let Some(f) = data_file(spec) else {
         return Vec::new();
     };

@@ -296,7 +296,7 @@ impl OptimizerKind {
     }
 
     /// The learning rate used when the config gives none.
-    pub fn default_lr(self) -> f64 {
+    pub(crate) fn default_lr(self) -> f64 {
         match self {
             OptimizerKind::Adam => 0.001,
             OptimizerKind::Sgd => 0.05,
@@ -305,10 +305,10 @@ impl OptimizerKind {
 }
 
 /// SGD momentum used when a job gives none.
-pub const DEFAULT_MOMENTUM: f64 = schema::defaults::MOMENTUM;
+pub(crate) const DEFAULT_MOMENTUM: f64 = schema::defaults::MOMENTUM;
 
 /// Weight decay used when a job gives none.
-pub const DEFAULT_WEIGHT_DECAY: f64 = schema::defaults::WEIGHT_DECAY;
+pub(crate) const DEFAULT_WEIGHT_DECAY: f64 = schema::defaults::WEIGHT_DECAY;
 
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
@@ -334,4 +334,4 @@ impl NodeConfig {
 }
 
 /// The default of `checkpoint_error_timeout_ms`: ten minutes.
-pub const DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS: u64 = 600_000;
+pub(crate) const DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS: u64 = 600_000;

@@ -30,7 +30,7 @@ impl<T> Field<T> {
         }
     }
 
-    pub fn is_absent(&self) -> bool {
+    pub(crate) fn is_absent(&self) -> bool {
         matches!(self, Field::Absent)
     }
 }
@@ -118,7 +118,7 @@ impl Walker {
     }
 
     /// Reports every key of `t` that is not in `accepted`.
-    pub fn check_keys(&mut self, t: &Tbl<'_>, accepted: &[&str]) {
+    pub(crate) fn check_keys(&mut self, t: &Tbl<'_>, accepted: &[&str]) {
         for k in t.t.keys() {
             if !accepted.contains(&k.as_str()) {
                 self.issue(
@@ -141,7 +141,7 @@ impl Walker {
     }
 
     /// A string where `""` means "not set".
-    pub fn opt_string<'a>(&mut self, t: &Tbl<'a>, key: &str) -> Field<&'a str> {
+    pub(crate) fn opt_string<'a>(&mut self, t: &Tbl<'a>, key: &str) -> Field<&'a str> {
         match self.string(t, key) {
             Field::Ok("") => Field::Absent,
             f => f,
@@ -149,7 +149,7 @@ impl Walker {
     }
 
     /// A required string that must not be empty.
-    pub fn required_string<'a>(&mut self, t: &Tbl<'a>, key: &str) -> Option<&'a str> {
+    pub(crate) fn required_string<'a>(&mut self, t: &Tbl<'a>, key: &str) -> Option<&'a str> {
         match self.string(t, key) {
             Field::Absent => {
                 self.missing(t.key(key));
@@ -176,7 +176,12 @@ impl Walker {
     }
 
     /// One of a fixed set of strings.
-    pub fn choice<T: Copy>(&mut self, t: &Tbl<'_>, key: &str, options: &[(&str, T)]) -> Field<T> {
+    pub(crate) fn choice<T: Copy>(
+        &mut self,
+        t: &Tbl<'_>,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> Field<T> {
         let s = match self.string(t, key) {
             Field::Ok(s) => s,
             Field::Absent => return Field::Absent,
@@ -273,7 +278,7 @@ impl Walker {
     }
 
     /// An array of integers each in `lo..=hi`; element problems are reported at `key[i]`.
-    pub fn int_array<T: TryFrom<i64>>(
+    pub(crate) fn int_array<T: TryFrom<i64>>(
         &mut self,
         t: &Tbl<'_>,
         key: &str,

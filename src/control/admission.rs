@@ -146,7 +146,7 @@ fn earliest_deadline(
 
 /// Device memory a job would add to a GPU, against what is free there.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MemoryCheck {
+pub(crate) struct MemoryCheck {
     /// The device, for messages (`cuda:0`).
     pub device: String,
     /// Bytes the job's buffers took when its step was measured.
@@ -160,7 +160,7 @@ pub struct MemoryCheck {
 
 /// Refuses a job whose buffers would not fit in the device memory free now: under
 /// setpoint's limit, and on the device as telemetry sees it (other processes included).
-pub fn check_memory(m: &MemoryCheck) -> Result<(), MemoryRefused> {
+pub(crate) fn check_memory(m: &MemoryCheck) -> Result<(), MemoryRefused> {
     let need_mib = m.need_bytes.div_ceil(1 << 20);
     if m.need_bytes > m.limit_free_bytes {
         return Err(MemoryRefused::OverLimit {
@@ -185,7 +185,7 @@ pub fn check_memory(m: &MemoryCheck) -> Result<(), MemoryRefused> {
 
 /// Why a job's buffers do not fit, with the figures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MemoryRefused {
+pub(crate) enum MemoryRefused {
     /// More than setpoint's configured limit leaves.
     #[error(
         "its buffers need {need_mib} MiB of device memory on {device}, and setpoint's limit leaves {free_mib} MiB (device.memory_limit_mib)"

@@ -26,7 +26,7 @@ pub struct ServiceTimeModel {
 
 impl ServiceTimeModel {
     /// Adds one batch of `rows` that took `secs`.
-    pub fn observe(&mut self, rows: usize, secs: f64) {
+    pub(crate) fn observe(&mut self, rows: usize, secs: f64) {
         if rows == 0 || !secs.is_finite() || secs < 0.0 {
             return;
         }
@@ -97,7 +97,11 @@ impl ServiceState {
 }
 
 /// Decides a service's requested share and batch size.
-pub fn decide(cfg: &ControlConfig, st: &mut ServiceState, o: &ServiceObs) -> ServiceDecision {
+pub(crate) fn decide(
+    cfg: &ControlConfig,
+    st: &mut ServiceState,
+    o: &ServiceObs,
+) -> ServiceDecision {
     let cores = o.cores.max(1) as f64;
     let (rows, secs) = o
         .batches
@@ -181,7 +185,7 @@ fn batch_size(_cfg: &ControlConfig, st: &ServiceState, o: &ServiceObs) -> usize 
 
 /// Tells the loop what the arbiter granted, so its state follows the actual share
 /// (back-calculation: no windup while the arbiter holds it below its request).
-pub fn granted(_cfg: &ControlConfig, st: &mut ServiceState, share: f64) {
+pub(crate) fn granted(_cfg: &ControlConfig, st: &mut ServiceState, share: f64) {
     st.pi.u = share - st.feed_forward;
 }
 

@@ -298,7 +298,7 @@ impl Controller {
 
     /// Changes its settings from the next tick on (a configuration reload); each tenant's
     /// loop keeps its state.
-    pub fn set_config(&mut self, cfg: ControlConfig) {
+    pub(crate) fn set_config(&mut self, cfg: ControlConfig) {
         self.cfg = cfg;
     }
 

@@ -96,7 +96,7 @@ pub fn expected_epochs(
 }
 
 /// Decides a job's requested share.
-pub fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> JobDecision {
+pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> JobDecision {
     // A clock that went back (or a restarted count) makes the history meaningless.
     if st
         .history
@@ -198,7 +198,7 @@ pub fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> J
 }
 
 /// Seconds to finish at the granted share, from the learned rate.
-pub fn predicted_finish(d: &JobDecision, _o: &JobObs) -> Option<f64> {
+pub(crate) fn predicted_finish(d: &JobDecision, _o: &JobObs) -> Option<f64> {
     if d.remaining_steps == 0 {
         return Some(0.0);
     }
@@ -208,7 +208,7 @@ pub fn predicted_finish(d: &JobDecision, _o: &JobObs) -> Option<f64> {
 }
 
 /// Tells the loop what the arbiter granted (back-calculation against windup).
-pub fn granted(_cfg: &ControlConfig, st: &mut JobState, share: f64) {
+pub(crate) fn granted(_cfg: &ControlConfig, st: &mut JobState, share: f64) {
     st.pi.u = share - st.feed_forward;
 }
 

@@ -24,7 +24,7 @@ pub use stop::{LoadStop, STOPPED};
 
 /// The labels file an IDX images file reads beside it by the naming convention (`…images-idx3…`
 /// → `…labels-idx1…`), when there is one.
-pub fn conventional_idx_labels(path: &std::path::Path) -> Option<std::path::PathBuf> {
+pub(crate) fn conventional_idx_labels(path: &std::path::Path) -> Option<std::path::PathBuf> {
     idx::conventional_labels(path)
 }
 mod synthetic;
@@ -36,7 +36,7 @@ use crate::util::rng::Rng;
 
 /// The most classes a label column may name: a label must be below it. It is the widest
 /// output layer a model may have (`model::MAX_WIDTH`, which is checked to equal it).
-pub const MAX_CLASSES: usize = 65_536;
+pub(crate) const MAX_CLASSES: usize = 65_536;
 
 /// The `Rng::derived` stream used by [`split`], fixed so that a seed always gives the same split.
 const SPLIT_STREAM: u64 = 0x5911;
@@ -212,7 +212,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset, DataError> {
 
 /// [`load`], abandoned at the next read once `stop` is stopped (the error then says
 /// [`STOPPED`]). A synthetic set is generated whole: it is bounded in size.
-pub fn load_with_stop(
+pub(crate) fn load_with_stop(
     spec: &str,
     opts: &LoadOptions,
     stop: &LoadStop,

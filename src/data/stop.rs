@@ -21,7 +21,7 @@ impl LoadStop {
     }
 
     /// True once [`LoadStop::stop`] was called.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }

@@ -71,12 +71,6 @@ impl CpuBackend {
         Self::with_health(private_health(), max_workers, false)
     }
 
-    /// Like [`CpuBackend::new`], with the pool's threads at background priority (see
-    /// [`crate::util::priority`]): the backend of a training lane.
-    pub fn background(max_workers: usize) -> Result<Self, DeviceError> {
-        Self::with_health(private_health(), max_workers, true)
-    }
-
     /// A lane of the CPU device whose health is `health` (shared by every lane of it): like
     /// [`CpuBackend::new`], or [`CpuBackend::background`] when `background`; with
     /// `max_workers = 1`, like [`CpuBackend::single`].

@@ -154,6 +154,7 @@ impl DeviceHealth {
     }
 
     /// The checked operations left before an injected fault is due, if one is.
+    #[cfg(test)]
     pub fn injected_ops_left(&self) -> Option<u64> {
         self.lock().injected.as_ref().map(|i| i.ops_left)
     }

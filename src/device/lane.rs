@@ -73,7 +73,7 @@ impl CorePermits {
     }
 
     /// Like [`CorePermits::take`], giving up after `timeout` with None.
-    pub fn take_within(&self, want: usize, timeout: Duration) -> Option<usize> {
+    pub(crate) fn take_within(&self, want: usize, timeout: Duration) -> Option<usize> {
         let want = want.clamp(1, self.total);
         let mut st = sync::lock(&self.state);
         if st.free > st.waiting {
@@ -117,7 +117,7 @@ impl CorePermits {
 /// Workers handed to one unit of work by [`Lane::take_workers`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "give the workers back with Lane::give_workers"]
-pub struct Workers {
+pub(crate) struct Workers {
     /// Threads the work may use.
     pub n: usize,
     /// Device permits among them, to give back.
@@ -195,7 +195,7 @@ impl Lane {
     }
 
     /// The same lane on the node's device `device` (an index; 0 unless the node has several).
-    pub fn on_device(mut self, device: usize) -> Self {
+    pub(crate) fn on_device(mut self, device: usize) -> Self {
         self.device = device;
         self
     }
@@ -216,7 +216,7 @@ impl Lane {
     }
 
     /// Sets the share (clamped to `[MIN_SHARE, 1]`); takes effect from the next unit of work.
-    pub fn set_share(&self, share: f64) {
+    pub(crate) fn set_share(&self, share: f64) {
         let share = clamp_share(share);
         let old = self.share();
         if share != old {
@@ -232,22 +232,22 @@ impl Lane {
 
     /// Whether the lane's threads should run at background priority (training lanes under a
     /// policy that prioritises; the thread that starts the lane's work reads it).
-    pub fn is_background(&self) -> bool {
+    pub(crate) fn is_background(&self) -> bool {
         self.background.load(Ordering::Relaxed)
     }
 
     /// Marks the lane's threads for background priority.
-    pub fn set_background(&self, on: bool) {
+    pub(crate) fn set_background(&self, on: bool) {
         self.background.store(on, Ordering::Relaxed);
     }
 
     /// Whether the share is enforced.
-    pub fn is_enforced(&self) -> bool {
+    pub(crate) fn is_enforced(&self) -> bool {
         self.enforced.load(Ordering::Relaxed)
     }
 
     /// Turns enforcement on or off (off: the `none` policy).
-    pub fn set_enforced(&self, on: bool) {
+    pub(crate) fn set_enforced(&self, on: bool) {
         self.enforced.store(on, Ordering::Relaxed);
     }
 
@@ -273,7 +273,7 @@ impl Lane {
     }
 
     /// How long the next unit of work must wait for credit (zero when it may start now).
-    pub fn wait_time(&self) -> Duration {
+    pub(crate) fn wait_time(&self) -> Duration {
         if !self.is_enforced() {
             return Duration::ZERO;
         }
@@ -289,7 +289,7 @@ impl Lane {
 
     /// Blocks until the lane may start a unit of work. Waits in slices of at most 10 ms so
     /// that a raised share takes effect quickly.
-    pub fn acquire(&self) {
+    pub(crate) fn acquire(&self) {
         let start = Instant::now();
         loop {
             let wait = self.wait_time();
@@ -306,7 +306,7 @@ impl Lane {
     }
 
     /// Charges a unit of work that took `wall` and used `core` of processor time.
-    pub fn charge(&self, wall: Duration, core: Duration) {
+    pub(crate) fn charge(&self, wall: Duration, core: Duration) {
         let core_s = core.as_secs_f64();
         self.used_core_ns
             .fetch_add(core.as_nanos() as u64, Ordering::Relaxed);
@@ -338,7 +338,7 @@ impl Lane {
     /// The workers the next unit of work may use: within the share's budget and, for a
     /// parallel lane, as many of the device's cores as are free (at least one, waiting for
     /// it). Hand the result back with [`Lane::give_workers`], whatever happens meanwhile.
-    pub fn take_workers(&self) -> Workers {
+    pub(crate) fn take_workers(&self) -> Workers {
         let Some(p) = &self.permits else {
             return Workers {
                 n: self.workers(),
@@ -359,7 +359,7 @@ impl Lane {
 
     /// Returns workers taken with [`Lane::take_workers`]: exactly the permits taken, even if
     /// enforcement changed in between.
-    pub fn give_workers(&self, w: Workers) {
+    pub(crate) fn give_workers(&self, w: Workers) {
         if w.permits > 0
             && let Some(p) = &self.permits
         {

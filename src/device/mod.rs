@@ -312,7 +312,7 @@ static HOST_MEMORY_LIMIT: std::sync::atomic::AtomicU64 =
 /// Caps what new models may take on the host at `bytes` of the process's resident memory
 /// (`device.memory_limit_mib` on a node without a GPU); `None`: the host's available memory
 /// alone.
-pub fn set_host_memory_limit(bytes: Option<u64>) {
+pub(crate) fn set_host_memory_limit(bytes: Option<u64>) {
     HOST_MEMORY_LIMIT.store(
         bytes.unwrap_or(u64::MAX),
         std::sync::atomic::Ordering::Relaxed,
@@ -322,7 +322,7 @@ pub fn set_host_memory_limit(bytes: Option<u64>) {
 /// Memory a new model may still take on the host, bytes: what the kernel reports
 /// available, and under [`set_host_memory_limit`]'s cap, what the cap leaves after the
 /// process's resident memory (every tenant's buffers and data sets, summed by the kernel).
-pub fn host_memory_headroom() -> Option<u64> {
+pub(crate) fn host_memory_headroom() -> Option<u64> {
     let available = host_memory_available();
     let limit = HOST_MEMORY_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
     if limit == u64::MAX {
@@ -338,7 +338,7 @@ pub fn host_memory_headroom() -> Option<u64> {
 
 /// `cpu`, or `cpu under device.memory_limit_mib = N` while a limit is set: whose memory
 /// [`host_memory_headroom`] counts, for messages.
-pub fn host_memory_scope() -> String {
+pub(crate) fn host_memory_scope() -> String {
     match HOST_MEMORY_LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
         u64::MAX => "cpu".to_string(),
         limit => format!("cpu under device.memory_limit_mib = {}", limit >> 20),
@@ -346,7 +346,7 @@ pub fn host_memory_scope() -> String {
 }
 
 /// `MemAvailable` from `/proc/meminfo`, bytes; `None` where it cannot be read.
-pub fn host_memory_available() -> Option<u64> {
+pub(crate) fn host_memory_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     parse_meminfo(&text, "MemAvailable:")
 }

@@ -19,10 +19,10 @@ use super::{CudaArch, KernelError, KernelSource, cache::fnv64, nvrtc};
 
 /// The virtual architecture of the committed PTX: Hopper, and through the driver's JIT every
 /// newer GPU.
-pub const AOT_ARCH: &str = "compute_90";
+pub(crate) const AOT_ARCH: &str = "compute_90";
 
 /// Where the committed PTX lives, relative to the repository root.
-pub const AOT_DIR: &str = "kernels/ptx";
+pub(crate) const AOT_DIR: &str = "kernels/ptx";
 
 const TAG: &str = "// setpoint-kernel";
 
@@ -41,7 +41,7 @@ pub struct Header {
 
 impl Header {
     /// The header of PTX made now from `module` by NVRTC `nvrtc` for `arch`.
-    pub fn for_source(module: &KernelSource, arch: &CudaArch, nvrtc: &str) -> Self {
+    pub(crate) fn for_source(module: &KernelSource, arch: &CudaArch, nvrtc: &str) -> Self {
         Header {
             module: module.module.to_string(),
             arch: arch.compute(),

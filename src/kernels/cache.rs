@@ -21,7 +21,6 @@ pub(crate) fn load_via_cache(
             Ok(bytes) => match parse_cache_entry(&bytes, module.module, key) {
                 Some(ptx) => {
                     return Ok(LoadedPtx {
-                        module: module.module.to_string(),
                         ptx,
                         origin: PtxOrigin::Cache,
                         nvrtc_log: String::new(),
@@ -51,7 +50,6 @@ pub(crate) fn load_via_cache(
         }
     }
     Ok(LoadedPtx {
-        module: module.module.to_string(),
         ptx,
         origin: PtxOrigin::Nvrtc,
         nvrtc_log: log,

@@ -68,21 +68,21 @@ pub fn source(module: &str) -> Option<&'static KernelSource> {
 
 /// The virtual architecture (`compute_90`) of the embedded PTX; `None` when no module has
 /// any (a build from sources whose `kernels/ptx/` is stale or missing).
-pub fn prebuilt_arch() -> Option<&'static str> {
+pub(crate) fn prebuilt_arch() -> Option<&'static str> {
     PREBUILT_ARCH.filter(|_| SOURCES.iter().any(|s| s.prebuilt_ptx.is_some()))
 }
 
 /// The real architecture (`sm_90`) of the embedded machine code; `None` when the build had
 /// no ptxas.
-pub fn sass_arch() -> Option<&'static str> {
+pub(crate) fn sass_arch() -> Option<&'static str> {
     SASS_ARCH.filter(|_| SOURCES.iter().any(|s| s.prebuilt_sass.is_some()))
 }
 
 /// The architecture the project targets unless told otherwise (Hopper).
-pub const DEFAULT_ARCH: &str = "sm_90";
+pub(crate) const DEFAULT_ARCH: &str = "sm_90";
 
 /// Where `scripts/cuda-tools.sh` puts ptxas, relative to the repository root.
-pub const LOCAL_PTXAS: &str = ".cuda-tools/nvidia/cuda_nvcc/bin/ptxas";
+pub(crate) const LOCAL_PTXAS: &str = ".cuda-tools/nvidia/cuda_nvcc/bin/ptxas";
 
 const INSTALL_HINT: &str = "run scripts/cuda-tools.sh to install it under .cuda-tools and \
      `eval \"$(scripts/cuda-tools.sh --env)\"` to use it";
@@ -222,7 +222,7 @@ impl CudaArch {
     }
 
     /// The architecture of a GPU of compute capability `major.minor`.
-    pub fn of_capability(major: i32, minor: i32) -> Self {
+    pub(crate) fn of_capability(major: i32, minor: i32) -> Self {
         Self {
             number: format!("{major}{minor}"),
         }
@@ -244,7 +244,7 @@ impl std::fmt::Display for CudaArch {
 
 /// The options every module is compiled with. No `--use_fast_math`: the kernels are
 /// compared with the CPU backend, so divisions, square roots and denormals stay exact.
-pub fn compile_options(arch: &CudaArch) -> Vec<String> {
+pub(crate) fn compile_options(arch: &CudaArch) -> Vec<String> {
     vec![
         format!("--gpu-architecture={}", arch.compute()),
         "--std=c++17".to_string(),
@@ -261,7 +261,7 @@ pub fn compile(module: &KernelSource, arch: &str) -> Result<String, KernelError>
 /// Where a module's PTX came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PtxOrigin {
+pub(crate) enum PtxOrigin {
     /// `kernels/ptx/`, embedded at build time.
     Prebuilt,
     /// The PTX cache.
@@ -283,9 +283,7 @@ impl PtxOrigin {
 
 /// One module's PTX and where it came from.
 #[derive(Debug, Clone)]
-pub struct LoadedPtx {
-    /// Module name.
-    pub module: String,
+pub(crate) struct LoadedPtx {
     /// The PTX text.
     pub ptx: String,
     /// Where it came from.
@@ -300,7 +298,7 @@ pub struct LoadedPtx {
 /// compilation, stored there atomically. A cache entry that cannot be read or fails its
 /// checksum is compiled again and replaced; a cache that cannot be written is logged and
 /// skipped. No cache with `None`.
-pub fn load_module(
+pub(crate) fn load_module(
     module: &KernelSource,
     cache_dir: Option<&Path>,
     arch: &CudaArch,
@@ -308,7 +306,6 @@ pub fn load_module(
     if let (Some(ptx), Some(built_for)) = (module.prebuilt_ptx, PREBUILT_ARCH) {
         if built_for == arch.compute() {
             return Ok(LoadedPtx {
-                module: module.module.to_string(),
                 ptx: ptx.to_string(),
                 origin: PtxOrigin::Prebuilt,
                 nvrtc_log: String::new(),
@@ -321,7 +318,7 @@ pub fn load_module(
 
 /// A kernel module in a form the driver loads.
 #[derive(Debug, Clone)]
-pub enum KernelImage {
+pub(crate) enum KernelImage {
     /// Machine code (a cubin) for one architecture.
     Sass(&'static [u8]),
     /// PTX text, which the driver compiles for the GPU it loads on.
@@ -331,7 +328,7 @@ pub enum KernelImage {
 /// Where a [`KernelImage`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ImageOrigin {
+pub(crate) enum ImageOrigin {
     /// Machine code embedded at build time.
     EmbeddedSass,
     /// PTX embedded at build time.
@@ -358,7 +355,10 @@ impl ImageOrigin {
 /// the machine code when it was assembled for the same major architecture and a minor one
 /// no newer than the GPU's (binary compatibility), then the PTX when its virtual
 /// architecture is no newer than the GPU's (the driver compiles it forward).
-pub fn embedded_images(module: &KernelSource, gpu: &CudaArch) -> Vec<(KernelImage, ImageOrigin)> {
+pub(crate) fn embedded_images(
+    module: &KernelSource,
+    gpu: &CudaArch,
+) -> Vec<(KernelImage, ImageOrigin)> {
     let mut out = Vec::new();
     let cap = |a: Option<&str>| a.and_then(|a| CudaArch::parse(a).ok()?.capability());
     if let (Some(sass), Some(built), Some(have)) =
@@ -380,7 +380,7 @@ pub fn embedded_images(module: &KernelSource, gpu: &CudaArch) -> Vec<(KernelImag
 
 /// PTX of `module` compiled for `gpu` by NVRTC, through the cache: the last resort when no
 /// embedded image loads.
-pub fn compiled_image(
+pub(crate) fn compiled_image(
     module: &KernelSource,
     gpu: &CudaArch,
     cache_dir: Option<&Path>,
@@ -396,7 +396,7 @@ pub fn compiled_image(
 
 /// Why a GPU of architecture `gpu` cannot get its kernels at all, in one line, or `None`
 /// when every module has an embedded image for it or NVRTC is there to compile them.
-pub fn unusable_reason(gpu: &CudaArch) -> Option<String> {
+pub(crate) fn unusable_reason(gpu: &CudaArch) -> Option<String> {
     if SOURCES.is_empty() {
         return Some(KernelError::NoSources.to_string());
     }

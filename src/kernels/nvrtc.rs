@@ -222,7 +222,7 @@ fn text(
 
 /// Compiles one module to PTX for `arch`, returning the PTX and NVRTC's log (its warnings;
 /// empty when there are none). The error names the module and carries NVRTC's log.
-pub fn compile_with_log(
+pub(crate) fn compile_with_log(
     module: &KernelSource,
     arch: &CudaArch,
 ) -> Result<(String, String), KernelError> {

@@ -23,9 +23,9 @@ use super::{MlpParams, OptimizerHost, format_layers};
 use crate::data::Normalizer;
 
 /// File magic.
-pub const MAGIC: &[u8; 8] = b"SETPOINT";
+pub(crate) const MAGIC: &[u8; 8] = b"SETPOINT";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 const FIXED_LEN: usize = 24;
 /// Largest header accepted; a larger value means a corrupted length field.
 const MAX_HEADER_BYTES: usize = 64 << 20;
@@ -301,7 +301,7 @@ impl Checkpoint {
     /// `previous` when that one is intact, so that a damaged latest file still leaves a good
     /// one to resume from. A crash leaves a whole checkpoint at `path` or, between the two
     /// renames, only at `previous`; a damaged old one is not kept, so `previous` stays good.
-    pub fn save_keeping_previous(
+    pub(crate) fn save_keeping_previous(
         &self,
         path: &Path,
         previous: &Path,

@@ -127,7 +127,7 @@ pub struct TooLarge {
 
 /// Refuses `layers` for `purpose` when what they would allocate exceeds `available` bytes
 /// on `device` (nothing is refused when `available` is unknown).
-pub fn check_fit(
+pub(crate) fn check_fit(
     layers: &[usize],
     purpose: Purpose,
     device: &str,
@@ -175,7 +175,7 @@ impl Footprint {
 }
 
 /// `1.5 GiB`, `12.0 MiB`, `512 B`: a size for messages.
-pub fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = 0;

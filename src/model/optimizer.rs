@@ -82,7 +82,7 @@ impl<B: Backend> OptimizerState<B> {
     }
 
     /// Restores state from a host copy.
-    pub fn from_host(
+    pub(crate) fn from_host(
         backend: &B,
         layers: &[usize],
         opt: Optimizer,
@@ -133,7 +133,7 @@ impl<B: Backend> OptimizerState<B> {
     }
 
     /// Host copy of the state.
-    pub fn to_host(&self, backend: &B) -> Result<OptimizerHost, ModelError> {
+    pub(crate) fn to_host(&self, backend: &B) -> Result<OptimizerHost, ModelError> {
         let read = |bufs: &Vec<B::Buf>| -> Result<Vec<Vec<f32>>, DeviceError> {
             bufs.iter()
                 .map(|b| {

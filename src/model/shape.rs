@@ -113,7 +113,7 @@ impl MlpParams {
     }
 
     /// Checks that every tensor has the size the layer list implies.
-    pub fn validate(&self) -> Result<(), ModelError> {
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
         check_layers(&self.layers)?;
         let n = self.layers.len() - 1;
         let err = |reason: String| {

@@ -64,7 +64,7 @@ impl<B: Backend> Workspace<B> {
     }
 
     /// Clears the loss and correctness accumulators.
-    pub fn reset_totals(&mut self, backend: &B) -> Result<(), ModelError> {
+    pub(crate) fn reset_totals(&mut self, backend: &B) -> Result<(), ModelError> {
         let n = backend.len(&self.loss_acc);
         backend.fill(&mut self.loss_acc, n, 0.0)?;
         backend.fill(&mut self.correct_acc, n, 0.0)?;
@@ -72,7 +72,7 @@ impl<B: Backend> Workspace<B> {
     }
 
     /// Host copies of the accumulators (for checkpoints).
-    pub fn read_totals(&self, backend: &B) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+    pub(crate) fn read_totals(&self, backend: &B) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
         let n = backend.len(&self.loss_acc);
         let mut loss = vec![0.0; n];
         let mut correct = vec![0.0; n];
@@ -82,7 +82,7 @@ impl<B: Backend> Workspace<B> {
     }
 
     /// Restores the accumulators from host copies.
-    pub fn write_totals(
+    pub(crate) fn write_totals(
         &mut self,
         backend: &B,
         loss: &[f32],

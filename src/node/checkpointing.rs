@@ -11,16 +11,16 @@
 use std::time::{Duration, Instant};
 
 /// Tries of the checkpoint a job writes as it ends.
-pub const FINAL_TRIES: u32 = 5;
+pub(crate) const FINAL_TRIES: u32 = 5;
 
 /// The pause before try `n` (1-based) of the final checkpoint: 0.5 s, 1 s, 2 s, 4 s.
-pub fn final_backoff(n: u32) -> Duration {
+pub(crate) fn final_backoff(n: u32) -> Duration {
     Duration::from_millis(500u64 << n.saturating_sub(1).min(6))
 }
 
 /// A job's record of failed checkpoint writes.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CheckpointHealth {
+pub(crate) struct CheckpointHealth {
     /// Since when writes have failed, when the last one did.
     pub failing_since: Option<Instant>,
     /// Failed writes so far.
@@ -35,7 +35,7 @@ pub struct CheckpointHealth {
     "no checkpoint could be written for {failing_s} s (checkpoint_error_timeout_ms = \
      {timeout_ms}): {error}"
 )]
-pub struct CheckpointStalled {
+pub(crate) struct CheckpointStalled {
     /// How long writes have failed, whole seconds.
     pub failing_s: u64,
     /// The tolerance.

@@ -60,7 +60,7 @@ pub struct ServiceMeasure {
 }
 
 /// The control loop's memory.
-pub struct ControlState {
+pub(crate) struct ControlState {
     pub(crate) controller: Controller,
     pub(crate) policy: Policy,
     pub(crate) last: Decisions,
@@ -334,17 +334,17 @@ impl Node {
     }
 
     /// Sets how shares are decided from the next tick on.
-    pub fn set_policy(&self, policy: Policy) {
+    pub(crate) fn set_policy(&self, policy: Policy) {
         sync::lock(&self.control).policy = policy;
     }
 
     /// The last tick's decisions, every device's together.
-    pub fn last_decisions(&self) -> Decisions {
+    pub(crate) fn last_decisions(&self) -> Decisions {
         sync::lock(&self.control).last.clone()
     }
 
     /// The last tick's decisions for device `d` (empty before the first tick).
-    pub fn last_decisions_of(&self, d: DeviceId) -> Decisions {
+    pub(crate) fn last_decisions_of(&self, d: DeviceId) -> Decisions {
         sync::lock(&self.control)
             .per_device
             .get(d.index())
@@ -353,17 +353,17 @@ impl Node {
     }
 
     /// Fraction of each device's workers busy over the last period, by device index.
-    pub fn busy_by_device(&self) -> Vec<f64> {
+    pub(crate) fn busy_by_device(&self) -> Vec<f64> {
         sync::lock(&self.control).busy_by_device.clone()
     }
 
     /// The last tick's measurement of service `name`.
-    pub fn service_measure(&self, name: &str) -> Option<ServiceMeasure> {
+    pub(crate) fn service_measure(&self, name: &str) -> Option<ServiceMeasure> {
         sync::lock(&self.control).measures.get(name).cloned()
     }
 
     /// Fraction of the device's cores busy over the last period, and ticks so far.
-    pub fn busy_and_ticks(&self) -> (f64, u64) {
+    pub(crate) fn busy_and_ticks(&self) -> (f64, u64) {
         let st = sync::lock(&self.control);
         (st.busy_frac, st.ticks)
     }

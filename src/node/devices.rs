@@ -24,7 +24,7 @@ pub struct DeviceId(pub(super) usize);
 
 impl DeviceId {
     /// The first device: the CPU, or the first GPU that opened (a node always has one).
-    pub const FIRST: DeviceId = DeviceId(0);
+    pub(crate) const FIRST: DeviceId = DeviceId(0);
 
     /// Its position among the node's devices.
     pub fn index(self) -> usize {
@@ -61,7 +61,7 @@ impl Placement {
     }
 
     /// The GPU's UUID, when tenants run on one.
-    pub fn gpu_uuid(&self) -> Option<&str> {
+    pub(crate) fn gpu_uuid(&self) -> Option<&str> {
         match self {
             Placement::Cpu(_) => None,
             Placement::Cuda(dev) => Some(&dev.info().uuid),
@@ -322,7 +322,7 @@ impl Node {
     }
 
     /// The device a lane the node placed runs on.
-    pub fn device_of(&self, lane: &Lane) -> DeviceId {
+    pub(crate) fn device_of(&self, lane: &Lane) -> DeviceId {
         debug_assert!(
             lane.device() < self.device_count(),
             "a lane the node did not place"
@@ -331,7 +331,7 @@ impl Node {
     }
 
     /// Where device `d`'s tenants run.
-    pub fn placement(&self, d: DeviceId) -> &Placement {
+    pub(crate) fn placement(&self, d: DeviceId) -> &Placement {
         &self.devices.placements[d.0]
     }
 
@@ -387,7 +387,7 @@ impl Node {
 
     /// The most a service may use of device `d`: one core on the CPU (one batcher thread),
     /// all of a GPU.
-    pub fn service_max_share(&self, d: DeviceId) -> f64 {
+    pub(crate) fn service_max_share(&self, d: DeviceId) -> f64 {
         match self.placement(d) {
             Placement::Cpu(_) => 1.0 / self.workers_of(d) as f64,
             Placement::Cuda(_) => 1.0,

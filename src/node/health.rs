@@ -52,7 +52,7 @@ impl DeviceHealthView {
 
 /// What a fault drill did to a device.
 #[derive(Debug, Clone, Serialize)]
-pub struct DrillView {
+pub(crate) struct DrillView {
     /// The device.
     pub device: String,
     /// Checked operations the device still runs before it fails; none when it failed at once.
@@ -93,7 +93,7 @@ fn failed_view(mut view: ServiceView, error: &DeviceError) -> ServiceView {
 
 impl Node {
     /// Device `d`'s error, if it has failed.
-    pub fn device_failure(&self, d: DeviceId) -> Option<DeviceError> {
+    pub(crate) fn device_failure(&self, d: DeviceId) -> Option<DeviceError> {
         self.placement(d).health().failure()
     }
 
@@ -103,7 +103,7 @@ impl Node {
     }
 
     /// Device `d`'s health for status.
-    pub fn device_health(&self, d: DeviceId) -> DeviceHealthView {
+    pub(crate) fn device_health(&self, d: DeviceId) -> DeviceHealthView {
         DeviceHealthView::of(&self.placement(d).health().state())
     }
 
@@ -136,7 +136,7 @@ impl Node {
     /// A fault drill: fails the device called `name` as a sticky driver error would, at once
     /// or (with `after_ops`) at its lanes' operation after that many more, with `reason`
     /// noted as a drill's. 404 for an unknown device, 409 for one that has already failed.
-    pub fn drill_device_fault(
+    pub(crate) fn drill_device_fault(
         &self,
         name: &str,
         after_ops: Option<u64>,

@@ -20,7 +20,7 @@ use crate::util::sync::{self, read, write};
 /// How long a job's data may take to load at admission (an API submission, a config job at
 /// start, a reload). A minute: about as long as HTTP clients and proxies wait for an answer
 /// by default, and enough to read gigabytes from a local disk.
-pub const DATA_LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DATA_LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often a wait looks at whether the node is stopping.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
@@ -186,7 +186,7 @@ impl Node {
     /// Accepts a job: loads its data, measures what a step costs, admits it against the
     /// capacity left (a deadline job that cannot make its deadline is refused with the
     /// earliest deadline it could meet), records its spec in the state dir and starts it.
-    pub fn submit_job(self: &Arc<Self>, cfg: JobConfig) -> Result<Arc<Job>, NodeError> {
+    pub(crate) fn submit_job(self: &Arc<Self>, cfg: JobConfig) -> Result<Arc<Job>, NodeError> {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }

@@ -166,7 +166,7 @@ impl Node {
 
     /// Tells `notifier` of the node's life from now on: the control loop feeds its watchdog
     /// and refreshes its status line. Set before [`Node::start`]; a second call is ignored.
-    pub fn set_notifier(&self, notifier: Arc<systemd::Notifier>) {
+    pub(crate) fn set_notifier(&self, notifier: Arc<systemd::Notifier>) {
         let _ = self.notifier.set(notifier);
     }
 
@@ -183,7 +183,7 @@ impl Node {
 
     /// Reads the telemetry source once (a failed read keeps the previous samples) and
     /// returns the current samples and the failed reads so far.
-    pub fn poll_telemetry(&self) -> (Vec<crate::telemetry::GpuSample>, u64) {
+    pub(crate) fn poll_telemetry(&self) -> (Vec<crate::telemetry::GpuSample>, u64) {
         let mut t = sync::lock(&self.telemetry);
         match t.as_mut() {
             Some(s) => {
@@ -215,17 +215,17 @@ impl Node {
     }
 
     /// When the node started.
-    pub fn started_at(&self) -> SystemTime {
+    pub(crate) fn started_at(&self) -> SystemTime {
         self.started_at
     }
 
     /// How many devices tenants run on (1 on the CPU; each GPU that opened is one).
-    pub fn device_count(&self) -> usize {
+    pub(crate) fn device_count(&self) -> usize {
         self.workers.len()
     }
 
     /// Workers of device `d` (CPU threads, or the GPU's CTAs).
-    pub fn workers_of(&self, d: DeviceId) -> usize {
+    pub(crate) fn workers_of(&self, d: DeviceId) -> usize {
         self.workers[d.index()]
     }
 
@@ -248,7 +248,7 @@ impl Node {
     /// own, jobs in the state dir are restored before this returns, and the config's other
     /// jobs are admitted one after another on a thread of their own: loading their data must
     /// not hold up the HTTP server's start (see [`intake`]).
-    pub fn start_tenants(self: &Arc<Self>) {
+    pub(crate) fn start_tenants(self: &Arc<Self>) {
         for cfg in self.config().services.clone() {
             write(&self.registry.services)
                 .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
@@ -306,7 +306,7 @@ impl Node {
     /// stopping. As in Triton's strict readiness, one service that failed to load (or whose
     /// device failed) keeps the node not ready: a load balancer should not send it traffic
     /// it cannot answer.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::Acquire)
             && self.any_device_ok()
             && read(&self.registry.services).values().all(|s| match s {
@@ -316,7 +316,7 @@ impl Node {
     }
 
     /// True once shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 
@@ -407,7 +407,7 @@ fn open_decision_log(config: &NodeConfig) -> Result<Option<std::fs::File>, NodeE
 }
 
 /// The controller's settings for a node config.
-pub fn control_config(c: &NodeConfig) -> crate::control::ControlConfig {
+pub(crate) fn control_config(c: &NodeConfig) -> crate::control::ControlConfig {
     crate::control::ControlConfig {
         period_s: c.control_period_ms as f64 / 1000.0,
         reserve_frac: c.control.reserve_frac,

@@ -30,7 +30,7 @@ pub(super) struct ServiceRegistry {
 
 /// Why a service of the config could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// The node refused it (a file outside the allowed directories, no device works).
     #[error(transparent)]
     Refused(#[from] NodeError),
@@ -205,7 +205,7 @@ impl Node {
     }
 
     /// Every service slot, by name.
-    pub fn service_slots(&self) -> Vec<(String, ServiceSlot)> {
+    pub(crate) fn service_slots(&self) -> Vec<(String, ServiceSlot)> {
         read(&self.registry.services)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -213,7 +213,7 @@ impl Node {
     }
 
     /// Every serving service.
-    pub fn ready_services(&self) -> Vec<Arc<LoadedService>> {
+    pub(crate) fn ready_services(&self) -> Vec<Arc<LoadedService>> {
         read(&self.registry.services)
             .values()
             .filter_map(|s| match s {
@@ -225,7 +225,7 @@ impl Node {
 
     /// Adds a service from a checkpoint on the node (the services API); its settings were
     /// validated by the caller.
-    pub fn add_api_service(
+    pub(crate) fn add_api_service(
         self: &Arc<Self>,
         cfg: ServiceConfig,
     ) -> Result<Arc<LoadedService>, NodeError> {
@@ -302,7 +302,7 @@ impl Node {
     }
 
     /// Stops and removes a service; requests already queued are answered first.
-    pub fn remove_service(&self, name: &str) -> Result<(), NodeError> {
+    pub(crate) fn remove_service(&self, name: &str) -> Result<(), NodeError> {
         let slot = write(&self.registry.services).remove(name);
         match slot {
             None => Err(NodeError::NotFound(format!("unknown model {name}"))),
@@ -328,7 +328,7 @@ impl Node {
 
     /// The checkpoint of job `name`, if it can be served: 404 for an unknown job, 409 for
     /// one that has not completed.
-    pub fn servable_checkpoint(&self, name: &str) -> Result<PathBuf, NodeError> {
+    pub(crate) fn servable_checkpoint(&self, name: &str) -> Result<PathBuf, NodeError> {
         let job = self.job(name)?;
         if job.state() != JobState::Completed {
             return Err(NodeError::Conflict(format!(
@@ -341,7 +341,7 @@ impl Node {
 
     /// Publishes completed job `name`'s model as an inference service with settings `cfg`
     /// (whose checkpoint is the job's, see [`Node::servable_checkpoint`]).
-    pub fn serve_job(
+    pub(crate) fn serve_job(
         self: &Arc<Self>,
         name: &str,
         cfg: ServiceConfig,

@@ -61,7 +61,7 @@ pub enum JobDeletion {
 impl Node {
     /// Cancels job `name` when it has not ended, removes it when it has; `action` limits
     /// the request to one of the two (None: whichever the job's state calls for).
-    pub fn delete_job(
+    pub(crate) fn delete_job(
         &self,
         name: &str,
         action: Option<JobDeleteAction>,

@@ -18,7 +18,7 @@ use super::{Node, NodeError};
 
 /// Why something in the state dir was not restored.
 #[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
+pub(crate) enum RestoreError {
     /// Its record could not be read.
     #[error(transparent)]
     Record(#[from] StoreError),

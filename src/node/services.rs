@@ -121,7 +121,7 @@ pub enum ServiceBuildError {
 
 /// Loads or builds the model a service config describes: from its checkpoint, else
 /// initialised from its seed and, with `warmup_data`, trained on that data first.
-pub fn build_model(cfg: &ServiceConfig) -> Result<ServedModel, ServiceBuildError> {
+pub(crate) fn build_model(cfg: &ServiceConfig) -> Result<ServedModel, ServiceBuildError> {
     let model_err = |m: String| ServiceBuildError::Model(format!("service {}: {m}", cfg.name));
     if let Some(path) = &cfg.checkpoint {
         let ckpt = Checkpoint::load(path).map_err(|e| model_err(e.to_string()))?;
@@ -257,7 +257,7 @@ impl LoadedService {
     /// service runs: the SLO (`p99_ms`, `window_ms`), `timeout_ms`, `max_queue_delay_ms`,
     /// and `max_batch_size` up to the batch size the service was started for. Anything else
     /// (the model, `max_queue`, a larger batch) needs a new batcher.
-    pub fn can_apply_live(&self, new: &ServiceConfig) -> bool {
+    pub(crate) fn can_apply_live(&self, new: &ServiceConfig) -> bool {
         let cur = self.config();
         let mut same = new.clone();
         same.slo = cur.slo.clone();
@@ -270,7 +270,7 @@ impl LoadedService {
     /// controller reads the SLO and batch limit from the next period, the batcher its queue
     /// delay and window from the next batch, the next request its timeout. Requests in
     /// flight are not disturbed.
-    pub fn apply_live(&self, new: &ServiceConfig) {
+    pub(crate) fn apply_live(&self, new: &ServiceConfig) {
         let mut cfg = sync::write(&self.config);
         if new.batching.max_batch_size < self.batcher.max_batch_size() {
             self.batcher.set_max_batch_size(new.batching.max_batch_size);
@@ -284,27 +284,27 @@ impl LoadedService {
     }
 
     /// Records one HTTP request's end-to-end latency.
-    pub fn observe_request(&self, seconds: f64) {
+    pub(crate) fn observe_request(&self, seconds: f64) {
         sync::lock(&self.request_hist).observe(seconds);
     }
 
     /// Counts a request refused as malformed.
-    pub fn count_invalid(&self) {
+    pub(crate) fn count_invalid(&self) {
         *sync::lock(&self.invalid) += 1;
     }
 
     /// Requests refused as malformed.
-    pub fn invalid_count(&self) -> u64 {
+    pub(crate) fn invalid_count(&self) -> u64 {
         *sync::lock(&self.invalid)
     }
 
     /// Counts a request answered with a timeout.
-    pub fn count_timeout(&self) {
+    pub(crate) fn count_timeout(&self) {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests answered with a timeout.
-    pub fn timeout_count(&self) -> u64 {
+    pub(crate) fn timeout_count(&self) -> u64 {
         self.timeouts.load(Ordering::Relaxed)
     }
 
@@ -319,7 +319,7 @@ impl LoadedService {
     }
 
     /// End-to-end latency histogram.
-    pub fn request_hist(&self) -> Histogram {
+    pub(crate) fn request_hist(&self) -> Histogram {
         sync::lock(&self.request_hist).clone()
     }
 

@@ -7,11 +7,11 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// The lock file inside the state dir; it holds the pid of the daemon that has it.
-pub const LOCK_FILE: &str = "setpoint.lock";
+pub(crate) const LOCK_FILE: &str = "setpoint.lock";
 
 /// Where a removed job's directory is moved before it is deleted: out of `jobs/`, so that a
 /// crash part way through a deletion never leaves half a job to be restored.
-pub const REMOVED_DIR: &str = "removed";
+pub(crate) const REMOVED_DIR: &str = "removed";
 
 /// Why the state dir cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -48,7 +48,7 @@ pub enum StateDirError {
 
 /// The state dir, held: dropping it releases the lock.
 #[derive(Debug)]
-pub struct StateDirLock {
+pub(crate) struct StateDirLock {
     _file: File,
     /// Temporaries removed at start.
     pub swept: Vec<PathBuf>,
@@ -58,7 +58,7 @@ pub struct StateDirLock {
 
 /// Creates `dir` and its `jobs/` and `services/`, checks that it can be written, locks it for
 /// this process and removes temporaries left by writes a crash cut short.
-pub fn acquire(dir: &Path) -> Result<StateDirLock, StateDirError> {
+pub(crate) fn acquire(dir: &Path) -> Result<StateDirLock, StateDirError> {
     let unusable = |reason: String| StateDirError::Unusable {
         path: dir.to_path_buf(),
         reason,
@@ -102,7 +102,7 @@ pub fn acquire(dir: &Path) -> Result<StateDirLock, StateDirError> {
 /// Moves a job's directory `job_dir` out of `jobs/` into `removed/`, in one rename: from
 /// then on no restart sees the job. Returns where it went (delete it with [`purge`]); a
 /// directory already gone is nothing to move (`None`).
-pub fn retire(state_dir: &Path, job_dir: &Path) -> std::io::Result<Option<PathBuf>> {
+pub(crate) fn retire(state_dir: &Path, job_dir: &Path) -> std::io::Result<Option<PathBuf>> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if !job_dir.exists() {
         return Ok(None);
@@ -119,7 +119,7 @@ pub fn retire(state_dir: &Path, job_dir: &Path) -> std::io::Result<Option<PathBu
 }
 
 /// Deletes a directory [`retire`] moved away.
-pub fn purge(retired: &Path) -> std::io::Result<()> {
+pub(crate) fn purge(retired: &Path) -> std::io::Result<()> {
     std::fs::remove_dir_all(retired)
 }
 

@@ -34,9 +34,9 @@ pub(super) struct JobStore {
 }
 
 /// Name of a job's record in its directory.
-pub const JOB_RECORD: &str = "job.json";
+pub(crate) const JOB_RECORD: &str = "job.json";
 /// Name of the record of a job's changes in its directory.
-pub const CHANGES_RECORD: &str = "changes.json";
+pub(crate) const CHANGES_RECORD: &str = "changes.json";
 
 /// A job's record: its spec (every field, defaults included) and when it was submitted.
 #[derive(Debug, Clone, Serialize)]
@@ -59,7 +59,7 @@ pub(crate) struct StoredJobRecord {
 
 /// A service added at run time, as recorded in `services/NAME.json`.
 #[derive(Debug, Clone, Serialize)]
-pub struct ServiceRecord<'a> {
+pub(crate) struct ServiceRecord<'a> {
     /// Its validated settings.
     pub config: &'a ServiceConfig,
     /// Where its model came from.
@@ -89,7 +89,7 @@ pub struct JobChanges {
 /// Every change made to a job since it was submitted, the latest of each kind: what a
 /// restart applies over its spec. `null` records a cleared deadline or target.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ChangesRecord {
+pub(crate) struct ChangesRecord {
     /// RFC 3339, or null.
     #[serde(
         default,
@@ -145,7 +145,7 @@ impl ChangesRecord {
 
 /// Why a record in the state dir could not be read or written.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// The file could not be read or written.
     #[error("{file}: {source}")]
     Io {
@@ -255,7 +255,11 @@ impl Node {
 
     /// Changes a job's deadline, target accuracy or epoch limit, and records the change in
     /// the state dir before returning (blocking: run it off the async workers).
-    pub fn update_job(&self, name: &str, changes: JobChanges) -> Result<Arc<Job>, NodeError> {
+    pub(crate) fn update_job(
+        &self,
+        name: &str,
+        changes: JobChanges,
+    ) -> Result<Arc<Job>, NodeError> {
         let _files = self.lock_job_files();
         let job = self.job(name)?;
         if job.state().is_terminal()

@@ -99,13 +99,13 @@ impl Notifier {
     }
 
     /// True when there is a service manager to notify.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.target.is_some()
     }
 
     /// How often to send `WATCHDOG=1`: half the manager's timeout, so one late ping does not
     /// trip it. `None` without a watchdog.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.map(|t| t / 2)
     }
 
@@ -165,7 +165,7 @@ impl Notifier {
 
 /// Why the service manager's socket cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum SocketError {
+pub(crate) enum SocketError {
     /// `NOTIFY_SOCKET` names a path that is not a usable socket address.
     #[error("not a usable socket path: {0}")]
     Path(std::io::Error),
@@ -173,6 +173,7 @@ pub enum SocketError {
     #[error("not a usable abstract name: {0}")]
     AbstractName(std::io::Error),
     /// Abstract names exist on Linux only.
+    #[cfg(not(target_os = "linux"))]
     #[error("abstract socket names exist on Linux only")]
     AbstractUnsupported,
     /// Neither a path nor an abstract name.

@@ -154,7 +154,7 @@ impl Node {
     }
 
     /// Views of every service, loading and failed ones included.
-    pub fn service_views(&self) -> Vec<ServiceView> {
+    pub(crate) fn service_views(&self) -> Vec<ServiceView> {
         self.service_slots()
             .into_iter()
             .map(|(name, slot)| match slot {
@@ -168,7 +168,7 @@ impl Node {
     }
 
     /// A job's view with the controller's latest decision about it.
-    pub fn job_view(&self, job: &Job) -> JobView {
+    pub(crate) fn job_view(&self, job: &Job) -> JobView {
         let decision = sync::lock(&self.control)
             .last
             .jobs
@@ -179,7 +179,7 @@ impl Node {
     }
 
     /// Every job's view, by name, with the controller's latest decisions.
-    pub fn job_views(&self) -> Vec<JobView> {
+    pub(crate) fn job_views(&self) -> Vec<JobView> {
         let decisions = sync::lock(&self.control).last.jobs.clone();
         views_of(&self.jobs(), &decisions)
     }

@@ -331,7 +331,7 @@ impl InferenceService {
 
     /// Like [`InferenceService::start`], with every batch run as a unit of work of `lane`:
     /// it waits for the lane's credit and is charged the batcher thread's CPU time.
-    pub fn start_in_lane<B: Backend + 'static>(
+    pub(crate) fn start_in_lane<B: Backend + 'static>(
         name: &str,
         backend: B,
         model: ServedModel,
@@ -440,7 +440,7 @@ impl InferenceService {
     }
 
     /// Changes the span of the latency window; takes effect from the next read.
-    pub fn set_window(&self, span: Duration) {
+    pub(crate) fn set_window(&self, span: Duration) {
         lock(&self.shared.window).set_span(span);
     }
 
@@ -457,7 +457,7 @@ impl InferenceService {
     }
 
     /// Latency quantiles over the sliding window ending now.
-    pub fn window_stats(&self) -> WindowStats {
+    pub(crate) fn window_stats(&self) -> WindowStats {
         lock(&self.shared.window).stats(Instant::now())
     }
 
@@ -467,14 +467,14 @@ impl InferenceService {
     }
 
     /// The batches run since the last call: (rows, seconds of forward pass).
-    pub fn take_batch_log(&self) -> Vec<(usize, f64)> {
+    pub(crate) fn take_batch_log(&self) -> Vec<(usize, f64)> {
         std::mem::take(&mut *lock(&self.shared.batch_log))
     }
 
     /// The forward-pass times the batcher measured at start for batch sizes 1, 2, 4, … up
     /// to the limit (three runs each, the fastest kept), taken once: what a batch of each size
     /// costs before traffic has shown it.
-    pub fn take_calibration(&self) -> Vec<(usize, f64)> {
+    pub(crate) fn take_calibration(&self) -> Vec<(usize, f64)> {
         std::mem::take(&mut *lock(&self.shared.calibration))
     }
 
@@ -514,7 +514,7 @@ impl InferenceService {
     /// the room left now is refused ([`ServeError::Overloaded`]) before any row is queued, so
     /// no row is computed for an answer that cannot be given. `timeout` as for
     /// [`InferenceService::submit_with_timeout`].
-    pub fn submit_rows(
+    pub(crate) fn submit_rows(
         &self,
         rows: Vec<Vec<f32>>,
         timeout: Option<Duration>,
@@ -580,7 +580,7 @@ impl InferenceService {
     /// Refuses at once, as [`InferenceService::submit_rows`] would, when the queue has no
     /// room for `rows` more rows now: a caller can shed a request this way before it spends
     /// work on decoding it. Room found here is not reserved.
-    pub fn check_room(&self, rows: usize) -> Result<(), ServeError> {
+    pub(crate) fn check_room(&self, rows: usize) -> Result<(), ServeError> {
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(ServeError::ShuttingDown {
                 service: self.shared.name.clone(),
@@ -595,7 +595,7 @@ impl InferenceService {
 
     /// Counts `rows` of a request whose timeout passed before it could be queued: dropped
     /// unrun, as the batcher drops rows that expire in the queue.
-    pub fn count_expired_unqueued(&self, rows: usize) {
+    pub(crate) fn count_expired_unqueued(&self, rows: usize) {
         lock(&self.shared.stats).expired_count += rows as u64;
     }
 

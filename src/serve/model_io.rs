@@ -23,7 +23,7 @@ pub struct ModelIo {
 
 impl ModelIo {
     /// The tensors of an MLP classifier of widths `layers` (input first, classes last).
-    pub fn for_layers(layers: &[usize]) -> Self {
+    pub(crate) fn for_layers(layers: &[usize]) -> Self {
         ModelIo {
             input_name: INPUT_NAME.to_string(),
             features: layers.first().copied().unwrap_or(0),

@@ -155,7 +155,7 @@ impl GpuSample {
 /// percent: a process is own when its pid is in `own_pids`. Processes without a utilisation
 /// figure count as zero. Callers pass `None` when per-process statistics are unavailable,
 /// which gives `(None, None)`.
-pub fn split_own_foreign(
+pub(crate) fn split_own_foreign(
     processes: Option<&[ProcessSample]>,
     own_pids: &[u32],
 ) -> (Option<f64>, Option<f64>) {
@@ -181,7 +181,7 @@ pub fn split_own_foreign(
 /// [`split_own_foreign`]. `per_process_stats` says whether the utilisation figures are
 /// there; `own_pids` is `None` while the daemon's host pids are unknown. Either missing
 /// gives `(None, None)`: an unknown split is better than counting own load as foreign.
-pub fn attribute(
+pub(crate) fn attribute(
     processes: &mut [ProcessSample],
     per_process_stats: bool,
     own_pids: Option<&[u32]>,

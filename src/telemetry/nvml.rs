@@ -199,7 +199,7 @@ impl NvmlSource {
     }
 
     /// Like [`NvmlSource::open`] with another library file name or path.
-    pub fn open_library(library: &str) -> Result<NvmlSource, TelemetryError> {
+    pub(crate) fn open_library(library: &str) -> Result<NvmlSource, TelemetryError> {
         let opened = catch_unwind(|| {
             let nvml = Nvml::builder().lib_path(OsStr::new(library)).init()?;
             let driver = nvml.sys_driver_version().unwrap_or_default();
@@ -225,13 +225,6 @@ impl NvmlSource {
             own: OwnPids::of_this_process(),
             panicked: false,
         })
-    }
-
-    /// Counts as own the processes `own` names (default: this process, as `/proc` tells
-    /// it). Share one `OwnPids` between this source and the code that creates CUDA contexts,
-    /// so that a host pid learned by the handshake counts here at once.
-    pub fn set_own(&mut self, own: Arc<OwnPids>) {
-        self.own = own;
     }
 
     /// Which processes count as own.

@@ -114,7 +114,7 @@ impl OwnPids {
     }
 
     /// From a mapping already decided.
-    pub fn from_mapping(mapping: PidMapping) -> OwnPids {
+    pub(crate) fn from_mapping(mapping: PidMapping) -> OwnPids {
         let mut state = State::default();
         match (mapping.host_pid, mapping.basis.is_certain()) {
             (Some(p), true) => state.certain.push(p),
@@ -164,7 +164,7 @@ impl OwnPids {
 
     /// Records `pid` as a host pid of this daemon (learned by a handshake, or by other
     /// evidence the caller has).
-    pub fn record_host_pid(&self, pid: u32) {
+    pub(crate) fn record_host_pid(&self, pid: u32) {
         let mut st = self.state();
         if !st.learned.contains(&pid) {
             st.learned.push(pid);
@@ -175,7 +175,7 @@ impl OwnPids {
     /// Judges a handshake from the lists read just before and just after this daemon
     /// created a CUDA context, and records a learned pid. For callers that read the lists
     /// themselves; [`OwnPids::learn_around`] does the reading too.
-    pub fn finish_handshake(&self, before: &[u32], after: &[u32]) -> HandshakeOutcome {
+    pub(crate) fn finish_handshake(&self, before: &[u32], after: &[u32]) -> HandshakeOutcome {
         // A procfs guess that appears is preferred over anything appearing beside it.
         let candidates = {
             let st = self.state();

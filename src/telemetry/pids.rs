@@ -28,7 +28,7 @@ use serde::Serialize;
 
 /// Inode of the host's initial pid namespace (`PROC_PID_INIT_INO` in the kernel, fixed since
 /// Linux 3.8): `readlink /proc/self/ns/pid` gives `pid:[4026531836]` on the host.
-pub const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
+pub(crate) const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
 
 /// What `NSpid` in a status file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub enum MappingBasis {
 
 impl MappingBasis {
     /// Whether the host pid found on this basis is known rather than guessed.
-    pub fn is_certain(self) -> bool {
+    pub(crate) fn is_certain(self) -> bool {
         matches!(self, MappingBasis::HostNamespace | MappingBasis::HostProcfs)
     }
 
@@ -105,7 +105,7 @@ pub struct PidMapping {
 }
 
 /// Decides the daemon's host pid from what procfs said; see the module docs.
-pub fn decide(e: &ProcEvidence) -> PidMapping {
+pub(crate) fn decide(e: &ProcEvidence) -> PidMapping {
     let (host_pid, basis) = match &e.nspid {
         NsPidLine::NoStatus => (Some(e.local_pid), MappingBasis::NoProcEntry),
         NsPidLine::Missing => (Some(e.local_pid), MappingBasis::NoNsPid),
@@ -139,7 +139,7 @@ pub fn decide(e: &ProcEvidence) -> PidMapping {
 }
 
 /// Reads `NSpid` out of a `/proc/<pid>/status` text.
-pub fn parse_nspid(status: &str) -> NsPidLine {
+pub(crate) fn parse_nspid(status: &str) -> NsPidLine {
     let Some(rest) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
         return NsPidLine::Missing;
     };
@@ -151,7 +151,7 @@ pub fn parse_nspid(status: &str) -> NsPidLine {
 }
 
 /// Reads the inode out of a namespace link target such as `pid:[4026531836]`.
-pub fn parse_ns_link(target: &str) -> Option<u64> {
+pub(crate) fn parse_ns_link(target: &str) -> Option<u64> {
     target
         .strip_prefix("pid:[")?
         .strip_suffix(']')?

@@ -181,17 +181,6 @@ impl ScriptedSource {
         self
     }
 
-    /// Sets which host pids count as own.
-    pub fn own_pids(self, pids: Vec<u32>) -> ScriptedSource {
-        self.with_own(Arc::new(OwnPids::fixed(pids)))
-    }
-
-    /// Counts as own what `own` names (shared with whoever learns the host pid).
-    pub fn with_own(mut self, own: Arc<OwnPids>) -> ScriptedSource {
-        self.own = own;
-        self
-    }
-
     /// Which processes count as own.
     pub fn own(&self) -> Arc<OwnPids> {
         self.own.clone()

@@ -62,7 +62,7 @@ const EVAL_ROWS: usize = 512;
 
 /// Refuses a run whose model, optimiser state and batch would not fit in what `backend`'s
 /// device has left, before anything is allocated.
-pub fn check_fits<B: Backend>(backend: &B, spec: &TrainSpec) -> Result<(), TrainError> {
+pub(crate) fn check_fits<B: Backend>(backend: &B, spec: &TrainSpec) -> Result<(), TrainError> {
     let purpose = Purpose::Training {
         batch: spec.batch_size.max(EVAL_ROWS),
         optimizer: spec.optimizer,
@@ -186,7 +186,7 @@ impl<B: Backend> Trainer<B> {
 
     /// Changes the target accuracy while the run goes on; a target already met finishes the
     /// run, and a raised one reopens a run that had stopped at the old target.
-    pub fn set_target_accuracy(&mut self, target: Option<f64>) -> Result<(), TrainError> {
+    pub(crate) fn set_target_accuracy(&mut self, target: Option<f64>) -> Result<(), TrainError> {
         let old = self.spec.target_accuracy;
         self.spec.target_accuracy = target;
         if let Err(e) = self.spec.check() {
@@ -205,7 +205,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Changes the epoch limit while the run goes on.
-    pub fn set_epochs(&mut self, epochs: u32) -> Result<(), TrainError> {
+    pub(crate) fn set_epochs(&mut self, epochs: u32) -> Result<(), TrainError> {
         if epochs == 0 {
             return Err(TrainError::Spec("epochs must be at least 1".into()));
         }
@@ -215,12 +215,12 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Mini-batches in one epoch.
-    pub fn batches_per_epoch(&self) -> usize {
+    pub(crate) fn batches_per_epoch(&self) -> usize {
         self.train.rows().div_ceil(self.spec.batch_size)
     }
 
     /// Training rows.
-    pub fn train_rows(&self) -> usize {
+    pub(crate) fn train_rows(&self) -> usize {
         self.train.rows()
     }
 
@@ -347,7 +347,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Accuracy on the validation set.
-    pub fn evaluate_val(&mut self) -> Result<f64, TrainError> {
+    pub(crate) fn evaluate_val(&mut self) -> Result<f64, TrainError> {
         let val = std::mem::replace(&mut self.val, empty_like(&self.train));
         let result = self.accuracy(&val);
         self.val = val;

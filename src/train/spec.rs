@@ -108,7 +108,7 @@ impl TrainSpec {
     }
 
     /// The spec a checkpoint was written with (checkpoint path and interval unset).
-    pub fn from_meta(layers: &[usize], m: &TrainConfigMeta) -> Result<Self, TrainError> {
+    pub(crate) fn from_meta(layers: &[usize], m: &TrainConfigMeta) -> Result<Self, TrainError> {
         let optimizer = match m.optimizer.as_str() {
             "sgd" => Optimizer::Sgd(SgdParams {
                 lr: m.lr,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// A handle on one thread's CPU-time clock, readable from any thread.
 #[derive(Debug, Clone, Copy)]
-pub struct ThreadClock {
+pub(crate) struct ThreadClock {
     #[cfg(target_os = "linux")]
     id: libc::clockid_t,
 }

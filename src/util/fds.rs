@@ -12,7 +12,7 @@ pub struct Descriptors {
 
 /// How many connections may be open at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionBudget {
+pub(crate) struct ConnectionBudget {
     /// The cap in force.
     pub max_connections: usize,
     /// Whether it is below the configured one, for lack of descriptors.
@@ -21,7 +21,7 @@ pub struct ConnectionBudget {
 
 /// The connection cap: `wanted`, lowered so that `reserved` descriptors stay free beside
 /// those open now. `None` when not one connection fits. Without a known limit, `wanted`.
-pub fn connection_budget(
+pub(crate) fn connection_budget(
     d: Descriptors,
     wanted: usize,
     reserved: usize,
@@ -88,7 +88,7 @@ pub fn raise_limit() -> Descriptors {
 
 /// Whether an `accept` error means the process or system is out of descriptors or memory
 /// (it passes when some are freed), rather than one connection failing.
-pub fn is_exhaustion(e: &std::io::Error) -> bool {
+pub(crate) fn is_exhaustion(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)

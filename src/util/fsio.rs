@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename over the target, then fsync of the directory so the rename itself is durable.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_keeping(path, bytes, None)
 }
 
@@ -14,7 +14,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// `previous` once the new content is durable, and `path` is never absent: a second name for
 /// the old file is renamed over `previous`, then the new file over `path`. A crash leaves
 /// whole files only.
-pub fn write_atomic_keeping(path: &Path, bytes: &[u8], previous: Option<&Path>) -> io::Result<()> {
+pub(crate) fn write_atomic_keeping(
+    path: &Path,
+    bytes: &[u8],
+    previous: Option<&Path>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -3,13 +3,13 @@
 use serde::Serialize;
 
 /// Upper bounds in seconds for latency histograms: 50 µs to 10 s.
-pub const LATENCY_BOUNDS_S: &[f64] = &[
+pub(crate) const LATENCY_BOUNDS_S: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
 ];
 
 /// Upper bounds for batch-size histograms.
-pub const BATCH_BOUNDS: &[f64] = &[
+pub(crate) const BATCH_BOUNDS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
 
@@ -38,7 +38,7 @@ impl Histogram {
     }
 
     /// Records `n` observations of `value`.
-    pub fn observe_n(&mut self, value: f64, n: u64) {
+    pub(crate) fn observe_n(&mut self, value: f64, n: u64) {
         let i = self.bounds.partition_point(|&b| b < value);
         self.counts[i] += n;
         self.count += n;
@@ -46,12 +46,13 @@ impl Histogram {
     }
 
     /// Records one observation.
-    pub fn observe(&mut self, value: f64) {
+    pub(crate) fn observe(&mut self, value: f64) {
         self.observe_n(value, 1);
     }
 
     /// The upper bound of the bucket holding quantile `q` (so the true quantile is at most
     /// this), or None when empty. Infinite when it falls in the overflow bucket.
+    #[cfg(test)]
     pub fn quantile_bound(&self, q: f64) -> Option<f64> {
         if self.count == 0 {
             return None;

@@ -12,7 +12,7 @@
 /// Puts the calling thread in the background (`SCHED_IDLE`). Needs no privilege; leaving it
 /// does, so a thread that calls this stays there for its life. Returns whether it took
 /// effect (always false off Linux).
-pub fn lower_current_thread() -> bool {
+pub(crate) fn lower_current_thread() -> bool {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
@@ -27,7 +27,8 @@ pub fn lower_current_thread() -> bool {
 }
 
 /// Whether the calling thread runs in the background (None off Linux).
-pub fn is_background() -> Option<bool> {
+#[cfg(test)]
+fn is_background() -> Option<bool> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: pid 0 is the calling thread; the call only reads its policy.

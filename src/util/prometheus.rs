@@ -58,7 +58,7 @@ impl Family {
 }
 
 /// One row of a metrics table: a family and how its samples are read from a context `C`.
-pub type Row<C> = (Family, fn(&C, &mut Samples<'_>));
+pub(crate) type Row<C> = (Family, fn(&C, &mut Samples<'_>));
 
 /// Whether a family with no samples is written (its `# HELP` and `# TYPE` alone) or left out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +113,12 @@ impl Samples<'_> {
 
 /// Appends one family to `out`: its header, then the samples `fill` adds. With
 /// [`Empty::Omit`] a family to which `fill` adds nothing is left out entirely.
-pub fn family(out: &mut String, f: &Family, empty: Empty, fill: impl FnOnce(&mut Samples<'_>)) {
+pub(crate) fn family(
+    out: &mut String,
+    f: &Family,
+    empty: Empty,
+    fill: impl FnOnce(&mut Samples<'_>),
+) {
     let start = out.len();
     let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
     let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.as_str());

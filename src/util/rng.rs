@@ -30,7 +30,7 @@ impl Rng {
 
     /// A generator for a named sub-stream of `seed`, so that independent uses of one seed
     /// (initialisation, shuffling, splitting) do not share a sequence.
-    pub fn derived(seed: u64, stream: u64) -> Self {
+    pub(crate) fn derived(seed: u64, stream: u64) -> Self {
         let mut sm = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
         Rng::new(splitmix64(&mut sm))
     }
@@ -85,7 +85,7 @@ impl Rng {
     }
 
     /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             let j = self.below(i as u64 + 1) as usize;
             items.swap(i, j);

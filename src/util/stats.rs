@@ -3,7 +3,7 @@
 /// The nearest-rank `q`-quantile of `sorted` (ascending): the smallest value with at least a
 /// fraction `q` of the values at or below it. `None` when there are no values. `q` is clamped
 /// to `[0, 1]`; `q = 0` gives the minimum.
-pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+pub(crate) fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }

@@ -25,7 +25,7 @@ impl Table {
     }
 
     /// Makes the columns at least this wide, in order (fixed-width layouts).
-    pub fn min_widths(mut self, widths: &[usize]) -> Self {
+    pub(crate) fn min_widths(mut self, widths: &[usize]) -> Self {
         for (m, &w) in self.min_width.iter_mut().zip(widths) {
             *m = w;
         }
@@ -39,7 +39,7 @@ impl Table {
     }
 
     /// Right-aligns the columns at these indices (numbers).
-    pub fn right_align(mut self, cols: &[usize]) -> Self {
+    pub(crate) fn right_align(mut self, cols: &[usize]) -> Self {
         for &c in cols {
             if c < self.right.len() {
                 self.right[c] = true;

@@ -35,7 +35,7 @@ pub struct WindowStats {
 
 /// Samples of (queue, compute) seconds with their time, over the last `span`.
 #[derive(Debug, Clone)]
-pub struct LatencyWindow {
+pub(crate) struct LatencyWindow {
     span: Duration,
     samples: VecDeque<(Instant, f32, f32)>,
 }
@@ -62,13 +62,8 @@ impl LatencyWindow {
         }
     }
 
-    /// The window's length.
-    pub fn span(&self) -> Duration {
-        self.span
-    }
-
     /// Changes the window's length; samples older than the new span leave at the next read.
-    pub fn set_span(&mut self, span: Duration) {
+    pub(crate) fn set_span(&mut self, span: Duration) {
         self.span = span;
     }
 

@@ -31,7 +31,7 @@ use crate::node::{Node, NodeError};
 
 /// State shared by the handlers.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The node.
     pub node: Arc<Node>,
     /// Compressed request bodies being decompressed at once, at most one per core: each may

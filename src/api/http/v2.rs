@@ -222,7 +222,7 @@ pub(super) async fn infer(
 /// `parameters.timeout` when that is shorter (a longer one is clamped, as Triton's
 /// `allow_timeout_override` only lets a request shorten its queue policy's timeout).
 /// Returns the timeout and whether the client's was clamped.
-pub fn request_timeout(service: Duration, client_us: Option<u64>) -> (Duration, bool) {
+pub(crate) fn request_timeout(service: Duration, client_us: Option<u64>) -> (Duration, bool) {
     match client_us {
         Some(us) if Duration::from_micros(us) <= service => (Duration::from_micros(us), false),
         Some(_) => (service, true),

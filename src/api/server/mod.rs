@@ -226,7 +226,7 @@ const MAX_REFUSING: u64 = 8;
 
 /// Descriptors the listener may hold beyond its connection cap: refusals being written, and
 /// the one being accepted. Counted against the descriptor limit with the reserve.
-pub const FD_OVERHEAD: usize = MAX_REFUSING as usize + 2;
+pub(crate) const FD_OVERHEAD: usize = MAX_REFUSING as usize + 2;
 
 /// Answers 503 without reading the request, and closes. The request is read and dropped
 /// for up to a second first, so that closing does not reset the connection before the

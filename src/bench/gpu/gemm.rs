@@ -14,7 +14,7 @@ use crate::util::rng::Rng;
 
 /// One size.
 #[derive(Debug, Clone, Serialize)]
-pub struct GemmRate {
+pub(crate) struct GemmRate {
     /// m = n = k.
     pub n: usize,
     /// f32 (SIMT) TFLOP/s, GPU-timed mean over the repetitions.
@@ -29,7 +29,7 @@ pub struct GemmRate {
 
 /// The `gemm` section's figures.
 #[derive(Debug, Clone, Serialize)]
-pub struct GemmFigures {
+pub(crate) struct GemmFigures {
     /// Repetitions timed per figure (after one untimed).
     pub reps: usize,
     /// Whether the bf16 figures are tensor-core ones.

@@ -17,15 +17,15 @@ use crate::train::{TrainEvent, TrainSpec, Trainer};
 use crate::util::rng::Rng;
 
 /// Service model widths.
-pub const SERVICE_LAYERS: [usize; 4] = [784, 1024, 1024, 10];
+pub(crate) const SERVICE_LAYERS: [usize; 4] = [784, 1024, 1024, 10];
 /// Rows per request batch.
-pub const SERVICE_BATCH: usize = 8;
+pub(crate) const SERVICE_BATCH: usize = 8;
 /// Gap between request batches, milliseconds.
-pub const INTERVAL_MS: u64 = 2;
+pub(crate) const INTERVAL_MS: u64 = 2;
 /// Training model beside the service.
-pub const TRAINING_LAYERS: [usize; 4] = [784, 4096, 4096, 10];
+pub(crate) const TRAINING_LAYERS: [usize; 4] = [784, 4096, 4096, 10];
 /// Its batch.
-pub const TRAINING_BATCH: usize = 1024;
+pub(crate) const TRAINING_BATCH: usize = 1024;
 
 /// Where the service ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,7 +51,7 @@ impl Case {
 
 /// One case's latencies.
 #[derive(Debug, Clone, Serialize)]
-pub struct InferenceRun {
+pub(crate) struct InferenceRun {
     /// Which case.
     pub case: Case,
     /// Median batch latency, ms (forward pass, softmax and read-back).
@@ -68,7 +68,7 @@ pub struct InferenceRun {
 
 /// The `inference` section's figures.
 #[derive(Debug, Clone, Serialize)]
-pub struct InferenceFigures {
+pub(crate) struct InferenceFigures {
     /// Service widths, `784-1024-1024-10`.
     pub service_layers: String,
     /// Rows per batch.

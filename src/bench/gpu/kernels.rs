@@ -28,7 +28,7 @@ pub struct KernelCheck {
 
 /// The `kernels` section's figures.
 #[derive(Debug, Clone, Serialize)]
-pub struct KernelsFigures {
+pub(crate) struct KernelsFigures {
     /// Every comparison.
     pub checks: Vec<KernelCheck>,
     /// How many were out of tolerance.
@@ -108,7 +108,7 @@ pub(super) fn run(
 }
 
 /// Largest `|a − b| / (1 + |b|)`; infinite when the lengths differ or one side alone is NaN.
-pub fn max_rel(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn max_rel(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }

@@ -14,17 +14,17 @@ use crate::device::{Backend, Gemm};
 use crate::util::rng::Rng;
 
 /// The shares of the two lanes.
-pub const SHARES: [f64; 2] = [0.25, 0.75];
+pub(crate) const SHARES: [f64; 2] = [0.25, 0.75];
 /// A lane beside the other keeps at least this fraction of its rate alone to count as
 /// isolated.
-pub const ISOLATION_FRAC: f64 = 0.8;
+pub(crate) const ISOLATION_FRAC: f64 = 0.8;
 /// The together-rate ratio (high ÷ low) must lie within this factor of the share ratio.
-pub const RATIO_TOLERANCE: f64 = 1.5;
+pub(crate) const RATIO_TOLERANCE: f64 = 1.5;
 
 /// How shares are enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Mechanism {
+pub(crate) enum Mechanism {
     /// Grid caps: share × the device's CTAs.
     CtaBudget,
     /// SM partitions from green contexts.
@@ -42,7 +42,7 @@ impl Mechanism {
 
 /// One lane.
 #[derive(Debug, Clone, Serialize)]
-pub struct LaneFigures {
+pub(crate) struct LaneFigures {
     /// Its share.
     pub share: f64,
     /// The CTA budget it was given (share × the device's CTAs).
@@ -59,7 +59,7 @@ pub struct LaneFigures {
 
 /// The `lanes` and `lanes-green` sections' figures.
 #[derive(Debug, Clone, Serialize)]
-pub struct LanesFigures {
+pub(crate) struct LanesFigures {
     /// CTA budgets or green contexts.
     pub mechanism: Mechanism,
     /// Square f32 GEMM size each lane repeats.

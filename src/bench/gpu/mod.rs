@@ -35,7 +35,7 @@ use crate::device::cuda::{CudaDevice, GpuInfo};
 use crate::util::rng::Rng;
 
 /// Format tag of every section's JSON.
-pub const FORMAT: &str = "setpoint-gpu-check-v1";
+pub(crate) const FORMAT: &str = "setpoint-gpu-check-v1";
 
 /// One part of the GPU check, run as a process of its own (`--section NAME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -146,7 +146,7 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E
 
 /// What a section decided about its own figures.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Every check held.
     Pass,
     /// A check failed, for this reason.
@@ -154,7 +154,7 @@ pub enum Verdict {
 }
 
 /// A section's figures: serialisable, judged, summed up in a few lines.
-pub trait Figures: Serialize {
+pub(crate) trait Figures: Serialize {
     /// Whether the figures meet the section's checks.
     fn verdict(&self) -> Verdict;
     /// The figures a person reads first, one line each.
@@ -163,7 +163,7 @@ pub trait Figures: Serialize {
 
 /// What the driver says about the GPU a section ran on.
 #[derive(Debug, Clone, Serialize)]
-pub struct DeviceFacts {
+pub(crate) struct DeviceFacts {
     /// Name, UUID, compute capability, SMs, memory, stream priority range.
     pub info: GpuInfo,
     /// Most CTAs a lane may launch at once.
@@ -172,7 +172,7 @@ pub struct DeviceFacts {
 
 /// One section's JSON document.
 #[derive(Debug, Serialize)]
-pub struct SectionReport<F> {
+pub(crate) struct SectionReport<F> {
     /// [`FORMAT`].
     pub format: &'static str,
     /// Which section.
@@ -197,7 +197,7 @@ pub struct SectionReport<F> {
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct GpuCheckOptions {
+pub(crate) struct GpuCheckOptions {
     /// Which section.
     pub section: Section,
     /// GPU ordinal.
@@ -222,7 +222,7 @@ impl GpuCheckOptions {
 
 /// A finished section: its status, headline and JSON text.
 #[derive(Debug, Clone)]
-pub struct Finished {
+pub(crate) struct Finished {
     /// How it ended.
     pub status: Status,
     /// Why it failed or was skipped.
@@ -243,7 +243,7 @@ fn open(opts: &GpuCheckOptions) -> Result<Arc<CudaDevice>, CheckError> {
 
 /// Runs one section and renders its report. Never panics on a GPU or driver error: those
 /// become a failed (or, in a dry run without a GPU, skipped) section with the reason.
-pub fn run_section(opts: &GpuCheckOptions) -> Finished {
+pub(crate) fn run_section(opts: &GpuCheckOptions) -> Finished {
     let started = Instant::now();
     match (open(opts), opts.section) {
         (Ok(dev), _) => on_gpu(opts, started, &dev),

@@ -13,11 +13,11 @@ use crate::device::{Backend, Gemm};
 use crate::util::rng::Rng;
 
 /// Sampling interval of both sides, ms.
-pub const INTERVAL_MS: u64 = 100;
+pub(crate) const INTERVAL_MS: u64 = 100;
 
 /// The `nvml` section's figures.
 #[derive(Debug, Clone, Serialize)]
-pub struct NvmlFigures {
+pub(crate) struct NvmlFigures {
     /// Seconds of each phase: idle, busy, idle.
     pub phase_seconds: [f64; 3],
     /// Sampling interval, ms.

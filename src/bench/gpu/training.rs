@@ -16,7 +16,7 @@ use crate::train::{TrainEvent, TrainSpec, Trainer};
 /// A training workload shared with the PyTorch peer.
 /// The JSON names are the workload names of `torch_bench.py`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Workload {
+pub(crate) enum Workload {
     /// 64-128-10, batch 64, on the first 1,792 rows of the digits data.
     #[serde(rename = "train-digits")]
     Digits,
@@ -58,7 +58,7 @@ impl Workload {
 
 /// One workload's rates.
 #[derive(Debug, Clone, Serialize)]
-pub struct TrainingRun {
+pub(crate) struct TrainingRun {
     /// Which workload.
     pub workload: Workload,
     /// Layer widths, `64-128-10`.
@@ -81,7 +81,7 @@ pub struct TrainingRun {
 
 /// The `training` section's figures.
 #[derive(Debug, Clone, Serialize)]
-pub struct TrainingFigures {
+pub(crate) struct TrainingFigures {
     /// Measured seconds per figure.
     pub seconds: f64,
     /// CPU worker threads.

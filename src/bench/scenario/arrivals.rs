@@ -6,7 +6,7 @@ use crate::util::rng::Rng;
 
 impl Scenario {
     /// Base plus burst rate at `t` seconds.
-    pub fn rate_at(&self, t: f64) -> f64 {
+    pub(crate) fn rate_at(&self, t: f64) -> f64 {
         let base = self
             .service
             .arrivals

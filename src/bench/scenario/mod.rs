@@ -63,7 +63,7 @@ pub use file::{
 pub use summary::{JobOutcome, PolicyReport, Ratios, Report, Sample};
 
 /// Progress lines while the scenario runs (stderr), unless quiet.
-pub type Progress<'a> = &'a mut dyn FnMut(&str);
+pub(crate) type Progress<'a> = &'a mut dyn FnMut(&str);
 
 /// Runs every policy of the scenario and reports.
 pub fn run(s: &Scenario, progress: Progress<'_>) -> Result<Report, ScenarioError> {
@@ -72,7 +72,7 @@ pub fn run(s: &Scenario, progress: Progress<'_>) -> Result<Report, ScenarioError
 
 /// [`run`], telling `on_phase` when each policy's measured run starts (`Some(policy)`) and
 /// ends (`None`), so that samples taken beside it can be attributed.
-pub fn run_observed(
+pub(crate) fn run_observed(
     s: &Scenario,
     progress: Progress<'_>,
     on_phase: &mut dyn FnMut(Option<&str>),

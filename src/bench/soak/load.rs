@@ -14,7 +14,7 @@ use super::wire::Conn;
 
 /// One inference request and what became of it.
 #[derive(Debug, Clone, Copy)]
-pub struct Sent {
+pub(crate) struct Sent {
     /// When it was due, µs after the load started.
     pub due_us: u64,
     /// When it was sent, µs after the load started.
@@ -27,7 +27,7 @@ pub struct Sent {
 }
 
 /// The `status` of a request the generator never sent (see [`SKIP_AFTER`]).
-pub const SKIPPED: u16 = u16::MAX;
+pub(crate) const SKIPPED: u16 = u16::MAX;
 
 /// A runtime of one thread: the generator's work stays on one core's worth of time.
 fn runtime() -> tokio::runtime::Runtime {
@@ -38,7 +38,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The open-loop plan: request i is due at `i / rate` after `t0`, until `end`.
-pub struct OpenLoop {
+pub(crate) struct OpenLoop {
     /// The daemon.
     pub addr: SocketAddr,
     /// The request, encoded once.
@@ -55,13 +55,13 @@ pub struct OpenLoop {
 
 /// A request not sent within this long of its due time, every connection being busy, is
 /// skipped: the load keeps its schedule instead of sending a backlog after its end.
-pub const SKIP_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const SKIP_AFTER: Duration = Duration::from_secs(1);
 
 /// Sends the plan's requests, each at its due time on whichever connection is free; a request
 /// due while every connection is busy goes out late (its `sent_us` tells how late), or not at
 /// all when [`SKIP_AFTER`] has passed or the load has ended (`status` [`SKIPPED`]). Blocks
 /// until the last answer.
-pub fn open_loop(plan: OpenLoop) -> Vec<Sent> {
+pub(crate) fn open_loop(plan: OpenLoop) -> Vec<Sent> {
     let plan = Arc::new(plan);
     let next = Arc::new(AtomicU64::new(0));
     runtime().block_on(async {
@@ -136,7 +136,7 @@ pub struct Sustainable {
 
 /// Closed loop with 1, 2, 4, … connections for `step` each, until the p99 misses `slo` or
 /// the good rate stops growing; the best good rate among the steps whose p99 met the SLO.
-pub fn measure_sustainable(
+pub(crate) fn measure_sustainable(
     addr: SocketAddr,
     request: Arc<Vec<u8>>,
     slo: Duration,

@@ -83,7 +83,7 @@ impl std::str::FromStr for Rate {
 }
 
 /// Name of the training job the soak submits.
-pub const JOB_NAME: &str = "soak";
+pub(crate) const JOB_NAME: &str = "soak";
 
 /// Why a soak could not run to its end.
 #[derive(Debug, thiserror::Error)]

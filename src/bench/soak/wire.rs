@@ -10,7 +10,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A request encoded once: head and body.
-pub fn encode_request(method: &str, host: &SocketAddr, path: &str, json: Option<&[u8]>) -> Vec<u8> {
+pub(crate) fn encode_request(
+    method: &str,
+    host: &SocketAddr,
+    path: &str,
+    json: Option<&[u8]>,
+) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
     if let Some(body) = json {
         out.push_str("content-type: application/json\r\n");
@@ -26,7 +31,7 @@ pub fn encode_request(method: &str, host: &SocketAddr, path: &str, json: Option<
 
 /// One keep-alive connection, opened on first use and again after it breaks or the daemon
 /// closes it.
-pub struct Conn {
+pub(crate) struct Conn {
     addr: SocketAddr,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
@@ -53,7 +58,7 @@ impl Conn {
     /// Sends `request` and reads the whole answer; its status. A kept-alive connection the
     /// daemon closed before any byte of the answer (its idle timeout) is opened again and the
     /// request sent once more.
-    pub async fn exchange(&mut self, request: &[u8]) -> io::Result<u16> {
+    pub(crate) async fn exchange(&mut self, request: &[u8]) -> io::Result<u16> {
         let reused = self.stream.is_some();
         match self.try_exchange(request).await {
             Ok(s) => Ok(s),

@@ -84,25 +84,26 @@ const JOB_KEYS: &[&str] = &[
 pub(super) mod defaults {
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8000));
-    pub const STATE_DIR: &str = "state";
-    pub const CONTROL_PERIOD_MS: u64 = 100;
-    pub const MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
-    pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
-    pub const RESERVE_FRAC: f64 = 0.05;
-    pub const SEED: u64 = 1;
-    pub const MAX_QUEUE: usize = 1024;
-    pub const WINDOW_MS: u64 = 1000;
-    pub const MAX_BATCH_SIZE: usize = 32;
-    pub const MAX_QUEUE_DELAY_MS: f64 = 0.0;
+    pub(crate) const LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8000));
+    pub(crate) const STATE_DIR: &str = "state";
+    pub(crate) const CONTROL_PERIOD_MS: u64 = 100;
+    pub(crate) const MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
+    pub(crate) const DRAIN_TIMEOUT_MS: u64 = 30_000;
+    pub(crate) const RESERVE_FRAC: f64 = 0.05;
+    pub(crate) const SEED: u64 = 1;
+    pub(crate) const MAX_QUEUE: usize = 1024;
+    pub(crate) const WINDOW_MS: u64 = 1000;
+    pub(crate) const MAX_BATCH_SIZE: usize = 32;
+    pub(crate) const MAX_QUEUE_DELAY_MS: f64 = 0.0;
     /// A service's request timeout, when not given, is this many times its p99 SLO.
-    pub const TIMEOUT_SLO_MULTIPLE: f64 = 10.0;
-    pub const MOMENTUM: f64 = 0.9;
-    pub const WEIGHT_DECAY: f64 = 0.0;
-    pub const BATCH_SIZE: usize = 64;
-    pub const EPOCHS: u32 = 50;
-    pub const VAL_FRACTION: f64 = 0.2;
-    pub const CHECKPOINT_EVERY_STEPS: u64 = 500;
+    pub(crate) const TIMEOUT_SLO_MULTIPLE: f64 = 10.0;
+    pub(crate) const MOMENTUM: f64 = 0.9;
+    pub(crate) const WEIGHT_DECAY: f64 = 0.0;
+    pub(crate) const BATCH_SIZE: usize = 64;
+    pub(crate) const EPOCHS: u32 = 50;
+    pub(crate) const VAL_FRACTION: f64 = 0.2;
+    pub(crate) const CHECKPOINT_EVERY_STEPS: u64 = 500;
 }
 
 const MIN_CONTROL_PERIOD_MS: i64 = 10;

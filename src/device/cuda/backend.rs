@@ -110,7 +110,7 @@ impl CudaBackend {
     }
 
     /// GPU time of this lane's operations so far, up to the last synchronisation.
-    pub fn busy_time(&self) -> Duration {
+    pub(crate) fn busy_time(&self) -> Duration {
         Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed))
     }
 

@@ -218,7 +218,7 @@ impl CudaDevice {
     /// limit (`None`: the device's memory). With `green_contexts`, lanes' shares are SM
     /// partitions (see [`super::green`]) instead of CTA budgets, and a driver or GPU without
     /// them is an error that says why.
-    pub fn open_with(
+    pub(crate) fn open_with(
         ordinal: usize,
         cache_dir: Option<&Path>,
         mem_limit: Option<u64>,
@@ -330,25 +330,14 @@ impl CudaDevice {
         &self.health
     }
 
-    /// Where each kernel module's code came from (`embedded_sass`, `embedded_ptx`, `cache`,
-    /// `nvrtc`).
-    pub fn kernel_origins(&self) -> &[(&'static str, ImageOrigin)] {
-        &self.origins
-    }
-
     /// Most CTAs a lane may launch at once: SMs × resident blocks per SM.
     pub fn max_ctas(&self) -> usize {
         self.info.sm_count as usize * self.blocks_per_sm as usize
     }
 
-    /// Resident 256-thread blocks per SM (of the least-occupying such kernel).
-    pub fn blocks_per_sm(&self) -> u32 {
-        self.blocks_per_sm
-    }
-
     /// SMs of each partition group when shares are SM partitions (green contexts); `None`
     /// with CTA budgets.
-    pub fn green_groups(&self) -> Option<Vec<u32>> {
+    pub(crate) fn green_groups(&self) -> Option<Vec<u32>> {
         self.green.as_ref().map(GreenContexts::group_sms)
     }
 
@@ -358,7 +347,7 @@ impl CudaDevice {
     }
 
     /// The configured limit on that, bytes.
-    pub fn memory_limit(&self) -> u64 {
+    pub(crate) fn memory_limit(&self) -> u64 {
         self.mem_limit
     }
 

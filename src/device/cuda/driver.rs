@@ -29,13 +29,13 @@ impl std::error::Error for CuError {}
 impl CuError {
     /// Whether the error poisons the context: the CUDA documentation says of these that the
     /// process is left in an inconsistent state and every later call returns the same error.
-    pub fn is_sticky(&self) -> bool {
+    pub(crate) fn is_sticky(&self) -> bool {
         is_sticky(self.code)
     }
 }
 
 /// See [`CuError::is_sticky`].
-pub fn is_sticky(code: CUresult) -> bool {
+pub(crate) fn is_sticky(code: CUresult) -> bool {
     matches!(
         code,
         E::CUDA_ERROR_ILLEGAL_ADDRESS
@@ -89,7 +89,7 @@ pub fn ok(call: &'static str, code: CUresult) -> Result<(), CuError> {
 }
 
 /// A context pushed onto this thread's stack of current contexts; popped when dropped.
-pub struct Current(());
+pub(crate) struct Current(());
 
 impl Current {
     /// Makes `ctx` current on this thread until the guard drops.
@@ -110,7 +110,7 @@ impl Drop for Current {
 }
 
 /// Creates a non-blocking stream at `priority` in the current context.
-pub fn stream_create(priority: i32) -> Result<sys::CUstream, CuError> {
+pub(crate) fn stream_create(priority: i32) -> Result<sys::CUstream, CuError> {
     let mut s: sys::CUstream = std::ptr::null_mut();
     let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
     // SAFETY: a pointer to a local; the current context owns the stream.
@@ -121,7 +121,7 @@ pub fn stream_create(priority: i32) -> Result<sys::CUstream, CuError> {
 }
 
 /// Creates a timing event in the current context.
-pub fn event_create() -> Result<sys::CUevent, CuError> {
+pub(crate) fn event_create() -> Result<sys::CUevent, CuError> {
     let mut e: sys::CUevent = std::ptr::null_mut();
     // SAFETY: a pointer to a local; CU_EVENT_DEFAULT keeps timing on.
     ok("cuEventCreate", unsafe {
@@ -131,7 +131,7 @@ pub fn event_create() -> Result<sys::CUevent, CuError> {
 }
 
 /// Records `event` on `stream` (both in the current context).
-pub fn event_record(event: sys::CUevent, stream: sys::CUstream) -> Result<(), CuError> {
+pub(crate) fn event_record(event: sys::CUevent, stream: sys::CUstream) -> Result<(), CuError> {
     // SAFETY: live handles of the current context.
     ok("cuEventRecord", unsafe {
         sys::cuEventRecord(event, stream)
@@ -139,7 +139,7 @@ pub fn event_record(event: sys::CUevent, stream: sys::CUstream) -> Result<(), Cu
 }
 
 /// Milliseconds between two completed events.
-pub fn event_elapsed_ms(start: sys::CUevent, end: sys::CUevent) -> Result<f32, CuError> {
+pub(crate) fn event_elapsed_ms(start: sys::CUevent, end: sys::CUevent) -> Result<f32, CuError> {
     let mut ms = 0f32;
     // SAFETY: live, recorded and completed events of one context.
     ok("cuEventElapsedTime", unsafe {
@@ -149,7 +149,7 @@ pub fn event_elapsed_ms(start: sys::CUevent, end: sys::CUevent) -> Result<f32, C
 }
 
 /// Waits for everything queued on `stream`.
-pub fn stream_sync(stream: sys::CUstream) -> Result<(), CuError> {
+pub(crate) fn stream_sync(stream: sys::CUstream) -> Result<(), CuError> {
     // SAFETY: a live stream.
     ok("cuStreamSynchronize", unsafe {
         sys::cuStreamSynchronize(stream)
@@ -157,7 +157,7 @@ pub fn stream_sync(stream: sys::CUstream) -> Result<(), CuError> {
 }
 
 /// Destroys a stream and events of the current context, ignoring failures (teardown).
-pub fn destroy(stream: Option<sys::CUstream>, events: &[sys::CUevent]) {
+pub(crate) fn destroy(stream: Option<sys::CUstream>, events: &[sys::CUevent]) {
     // SAFETY: handles of the current context that nothing uses any more.
     unsafe {
         for &e in events {
@@ -170,7 +170,7 @@ pub fn destroy(stream: Option<sys::CUstream>, events: &[sys::CUevent]) {
 }
 
 /// Device memory of `bytes` (at least 1), zeroed, in the current context.
-pub fn mem_alloc_zeroed(bytes: usize) -> Result<sys::CUdeviceptr, CuError> {
+pub(crate) fn mem_alloc_zeroed(bytes: usize) -> Result<sys::CUdeviceptr, CuError> {
     let mut p: sys::CUdeviceptr = 0;
     let bytes = bytes.max(1);
     // SAFETY: a pointer to a local; the allocation is freed by its owner.
@@ -187,13 +187,13 @@ pub fn mem_alloc_zeroed(bytes: usize) -> Result<sys::CUdeviceptr, CuError> {
 }
 
 /// Frees device memory of the current context. `cuMemFree` waits for work using it.
-pub fn mem_free(p: sys::CUdeviceptr) {
+pub(crate) fn mem_free(p: sys::CUdeviceptr) {
     // SAFETY: memory from `mem_alloc_zeroed` that nothing uses any more.
     let _ = unsafe { sys::cuMemFree_v2(p) };
 }
 
 /// Page-locked host memory of `bytes`, usable by every context (portable).
-pub fn host_alloc(bytes: usize) -> Result<*mut u8, CuError> {
+pub(crate) fn host_alloc(bytes: usize) -> Result<*mut u8, CuError> {
     let mut p: *mut c_void = std::ptr::null_mut();
     // SAFETY: a pointer to a local; freed by `host_free`.
     ok("cuMemHostAlloc", unsafe {
@@ -203,13 +203,13 @@ pub fn host_alloc(bytes: usize) -> Result<*mut u8, CuError> {
 }
 
 /// Frees page-locked host memory.
-pub fn host_free(p: *mut u8) {
+pub(crate) fn host_free(p: *mut u8) {
     // SAFETY: memory from `host_alloc` that no pending copy uses.
     let _ = unsafe { sys::cuMemFreeHost(p.cast()) };
 }
 
 /// Queues a copy of `bytes` from page-locked host memory to the device on `stream`.
-pub fn copy_htod(
+pub(crate) fn copy_htod(
     dst: sys::CUdeviceptr,
     src: *const u8,
     bytes: usize,
@@ -223,7 +223,7 @@ pub fn copy_htod(
 }
 
 /// Queues a copy of `bytes` from the device to page-locked host memory on `stream`.
-pub fn copy_dtoh(
+pub(crate) fn copy_dtoh(
     dst: *mut u8,
     src: sys::CUdeviceptr,
     bytes: usize,
@@ -237,7 +237,7 @@ pub fn copy_dtoh(
 
 /// One kernel argument, by value.
 #[derive(Debug, Clone, Copy)]
-pub enum Arg {
+pub(crate) enum Arg {
     /// A device pointer.
     Ptr(sys::CUdeviceptr),
     /// A C `int`.

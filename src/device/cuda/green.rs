@@ -23,10 +23,10 @@ use super::partition::{Partitions, Side};
 use super::place::{Funcs, Place};
 
 /// SMs per group of the split.
-pub const GROUP_SMS: u32 = 8;
+pub(crate) const GROUP_SMS: u32 = 8;
 
 /// The lowest driver version (as `cuDriverGetVersion` reports it) with green contexts.
-pub const MIN_DRIVER: i32 = 12040;
+pub(crate) const MIN_DRIVER: i32 = 12040;
 
 /// How long a lane waits for a group to be given back before its unit fails.
 const LEASE_WAIT: Duration = Duration::from_secs(30);
@@ -40,7 +40,7 @@ struct Green {
 }
 
 /// The partitions of one GPU.
-pub struct GreenContexts {
+pub(crate) struct GreenContexts {
     dev: sys::CUdevice,
     primary: sys::CUcontext,
     kernels: [Option<sys::CUkernel>; 14],
@@ -77,7 +77,7 @@ pub(super) struct Lease {
 
 /// Why green contexts cannot be built or a lease taken.
 #[derive(Debug, thiserror::Error)]
-pub enum GreenError {
+pub(crate) enum GreenError {
     #[error(
         "the driver supports CUDA {}; green contexts need 12.4 or newer",
         super::version_text(*.0)
@@ -123,7 +123,7 @@ impl GreenContexts {
     }
 
     /// SMs of each group, in order.
-    pub fn group_sms(&self) -> Vec<u32> {
+    pub(crate) fn group_sms(&self) -> Vec<u32> {
         self.groups.iter().map(sm_count).collect()
     }
 

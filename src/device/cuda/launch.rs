@@ -22,20 +22,20 @@ use std::ops::Range;
 /// Output tile edge of the GEMM kernels (ABI.md).
 pub const TILE: usize = 64;
 /// Inner-dimension chunk of one launch of the SIMT GEMMs (`gemm_f32`, `gemm_bf16_simt`).
-pub const K_CHUNK_F32: usize = 256;
+pub(crate) const K_CHUNK_F32: usize = 256;
 /// Inner-dimension chunk of one launch of the tensor-core GEMM (`gemm_bf16`).
-pub const K_CHUNK_BF16: usize = 2048;
+pub(crate) const K_CHUNK_BF16: usize = 2048;
 /// Elements one thread of an element-wise kernel handles in one launch, at most.
-pub const ITEMS_PER_THREAD: usize = 16;
+pub(crate) const ITEMS_PER_THREAD: usize = 16;
 /// Rows one warp of a softmax kernel handles in one launch, at most.
-pub const ROW_PASSES: usize = 4;
+pub(crate) const ROW_PASSES: usize = 4;
 /// Rows one 256-thread block of the softmax kernels handles at once (one row per warp).
-pub const ROWS_PER_BLOCK: usize = 8;
+pub(crate) const ROWS_PER_BLOCK: usize = 8;
 
 /// One GEMM launch: tiles `[tile_begin, tile_end)` over `[k_begin, k_end)`; `first` when it
 /// is the first chunk of its tiles (which applies the caller's `beta`; later chunks add).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GemmLaunch {
+pub(crate) struct GemmLaunch {
     /// First tile.
     pub tiles: Range<usize>,
     /// The k range.
@@ -47,7 +47,7 @@ pub struct GemmLaunch {
 /// The launches of an `m × n × k` GEMM for a lane of `budget` CTAs, tile ranges outermost
 /// (each range's chunks back to back, while its C tiles are warm in L2). A `k` of 0 is one
 /// launch per tile range over the empty range (C = beta·C).
-pub fn gemm_launches(
+pub(crate) fn gemm_launches(
     m: usize,
     n: usize,
     k: usize,
@@ -75,12 +75,12 @@ pub fn chunks(len: usize, per_launch: usize) -> impl Iterator<Item = Range<usize
 }
 
 /// Elements of an element-wise kernel one launch of `budget` CTAs of `block` threads takes.
-pub fn elements_per_launch(budget: usize, block: usize) -> usize {
+pub(crate) fn elements_per_launch(budget: usize, block: usize) -> usize {
     budget.max(1) * block * ITEMS_PER_THREAD
 }
 
 /// Rows of a softmax kernel one launch of `budget` CTAs takes.
-pub fn rows_per_launch(budget: usize) -> usize {
+pub(crate) fn rows_per_launch(budget: usize) -> usize {
     budget.max(1) * ROWS_PER_BLOCK * ROW_PASSES
 }
 
@@ -93,6 +93,7 @@ pub fn grid(blocks: usize, budget: usize) -> u32 {
 /// the SM does `fma_per_clock` fused multiply-adds a cycle at `clock_hz` with `efficiency`
 /// of that peak: `64 · 64 · k_chunk · resident / (fma_per_clock · efficiency · clock)`.
 /// This is the longest a high-priority kernel waits for an SM slot behind a GEMM.
+#[cfg(test)]
 pub fn cta_time_us(
     k_chunk: usize,
     resident: u32,

@@ -172,13 +172,13 @@ const MIN_DRIVER: i32 = 12000;
 
 /// Whether the CUDA driver library can be loaded. cudarc panics on first use without it, so
 /// this runs before anything else touches the driver.
-pub fn driver_present() -> bool {
+pub(crate) fn driver_present() -> bool {
     // SAFETY: only tries to open the library by its usual names.
     unsafe { sys::is_culib_present() }
 }
 
 /// `12.8` from 12080.
-pub fn version_text(v: i32) -> String {
+pub(crate) fn version_text(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
@@ -242,7 +242,7 @@ pub fn probe() -> Result<Vec<GpuInfo>, ProbeError> {
 }
 
 /// `GPU-` and the 16 bytes as 8-4-4-4-12 hex digits, as nvidia-smi and NVML print UUIDs.
-pub fn format_uuid(bytes: &[c_char; 16]) -> String {
+pub(crate) fn format_uuid(bytes: &[c_char; 16]) -> String {
     let hex: Vec<String> = bytes.iter().map(|&b| format!("{:02x}", b as u8)).collect();
     format!(
         "GPU-{}-{}-{}-{}-{}",

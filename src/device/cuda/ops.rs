@@ -123,7 +123,7 @@ impl CudaBackend {
     }
 
     /// A bf16 buffer (raw bits) converted from `src` on the device (round to nearest even).
-    pub fn to_bf16(&self, src: &CudaBuf, len: usize) -> Result<CudaBf16, DeviceError> {
+    pub(crate) fn to_bf16(&self, src: &CudaBuf, len: usize) -> Result<CudaBf16, DeviceError> {
         check_len("f32_to_bf16", "src", src.len, len)?;
         int("f32_to_bf16", "len", len)?;
         let out = CudaBf16 {

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 /// Which end of the SM list a lane packs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// Inference: from group 0 up.
     Low,
     /// Training and best-effort: from the last group down.
@@ -27,7 +27,7 @@ pub enum Side {
 }
 
 /// The groups a lane wants for a share: `floor(share · groups)`, within `1..=groups`.
-pub fn groups_for(share: f64, groups: usize) -> usize {
+pub(crate) fn groups_for(share: f64, groups: usize) -> usize {
     if groups == 0 {
         return 0;
     }
@@ -37,7 +37,7 @@ pub fn groups_for(share: f64, groups: usize) -> usize {
 
 /// Which lane holds each group.
 #[derive(Debug, Clone)]
-pub struct Partitions {
+pub(crate) struct Partitions {
     holder: Vec<Option<u64>>,
 }
 
@@ -55,13 +55,14 @@ impl Partitions {
     }
 
     /// Groups no lane holds.
+    #[cfg(test)]
     pub fn free(&self) -> usize {
         self.holder.iter().filter(|h| h.is_none()).count()
     }
 
     /// A lease of up to `want` groups for `lane`, or `None` when every group is held.
     /// `last` is the run the lane held before, preferred when it is free and of that size.
-    pub fn acquire(
+    pub(crate) fn acquire(
         &mut self,
         lane: u64,
         want: usize,
@@ -110,7 +111,7 @@ impl Partitions {
     }
 
     /// Gives back what `lane` holds of `range`.
-    pub fn release(&mut self, lane: u64, range: Range<usize>) {
+    pub(crate) fn release(&mut self, lane: u64, range: Range<usize>) {
         let end = range.end.min(self.groups());
         for h in &mut self.holder[range.start.min(end)..end] {
             if *h == Some(lane) {

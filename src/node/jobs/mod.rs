@@ -50,12 +50,12 @@ impl JobState {
 }
 
 /// Name of the record of how a job ended, in its directory.
-pub const OUTCOME_RECORD: &str = "outcome.json";
+pub(crate) const OUTCOME_RECORD: &str = "outcome.json";
 
 /// How a job ended, as recorded in `outcome.json`: a restart lists it as it ended instead of
 /// resuming it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct OutcomeRecord {
+pub(crate) struct OutcomeRecord {
     /// `completed`, `failed` or `cancelled`.
     #[serde(default)]
     pub state: Option<JobState>,
@@ -79,7 +79,7 @@ pub struct OutcomeRecord {
 /// An outcome record whose state is not one a job ends in.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("unknown final state {:?}", .0.map(|s| format!("{s:?}").to_lowercase()))]
-pub struct UnknownFinalState(pub Option<JobState>);
+pub(crate) struct UnknownFinalState(pub Option<JobState>);
 
 /// Progress a job publishes as it runs.
 #[derive(Debug, Clone, Default)]
@@ -256,7 +256,7 @@ impl Job {
     }
 
     /// Core-seconds per step, as measured at admission (None when not measured).
-    pub fn estimated_step_cost(&self) -> Option<f64> {
+    pub(crate) fn estimated_step_cost(&self) -> Option<f64> {
         self.est_step_cost_core_s
     }
 
@@ -281,12 +281,12 @@ impl Job {
     }
 
     /// The job's checkpoint file.
-    pub fn checkpoint_path(&self) -> PathBuf {
+    pub(crate) fn checkpoint_path(&self) -> PathBuf {
         self.dir.join("checkpoint.ckpt")
     }
 
     /// The checkpoint before the latest, kept to resume from when the latest is damaged.
-    pub fn previous_checkpoint_path(&self) -> PathBuf {
+    pub(crate) fn previous_checkpoint_path(&self) -> PathBuf {
         self.dir.join("checkpoint.prev.ckpt")
     }
 
@@ -305,18 +305,18 @@ impl Job {
     }
 
     /// Changes the deadline; takes effect at once.
-    pub fn set_deadline(&self, deadline: Option<SystemTime>) {
+    pub(crate) fn set_deadline(&self, deadline: Option<SystemTime>) {
         *lock(&self.deadline) = deadline;
     }
 
     /// Changes the target accuracy; applied before the job's next step.
-    pub fn set_target(&self, target: Option<f64>) {
+    pub(crate) fn set_target(&self, target: Option<f64>) {
         *lock(&self.target) = target;
         lock(&self.pending).target = Some(target);
     }
 
     /// Changes the epoch limit; applied before the job's next step.
-    pub fn set_epochs(&self, epochs: u32) {
+    pub(crate) fn set_epochs(&self, epochs: u32) {
         *lock(&self.epochs) = epochs;
         lock(&self.pending).epochs = Some(epochs);
     }

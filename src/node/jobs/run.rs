@@ -18,7 +18,7 @@ use crate::train::{TrainEvent, TrainSpec, Trainer, default_adam};
 
 /// Why a job's thread failed the job; the message is the job's `error`.
 #[derive(Debug, thiserror::Error)]
-pub enum JobError {
+pub(crate) enum JobError {
     /// The latest checkpoint is damaged and there is no previous one.
     #[error("cannot resume: {damage}")]
     Resume {

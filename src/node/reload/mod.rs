@@ -212,7 +212,7 @@ impl Node {
 
     /// Applies a validated configuration whose restart-only settings equal the running ones
     /// (see [`effective_config`]) and says what changed.
-    pub fn apply_config(self: &Arc<Self>, new: NodeConfig) -> ReloadReport {
+    pub(crate) fn apply_config(self: &Arc<Self>, new: NodeConfig) -> ReloadReport {
         let old = self.config();
         let mut report = ReloadReport {
             settings: settings_diff(&old, &new),
@@ -380,7 +380,7 @@ impl Node {
     }
 
     /// One line for the service manager's status: tenants, their states, the share given.
-    pub fn status_line(&self) -> String {
+    pub(crate) fn status_line(&self) -> String {
         let st = self.status();
         let of_kind = |k: TenantKind| st.tenants.iter().filter(move |t| t.kind == k);
         let services: Vec<_> = of_kind(TenantKind::Service).collect();

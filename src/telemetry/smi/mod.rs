@@ -38,4 +38,5 @@ pub use parse::{SkippedLines, SmiParser, SmiRow, parse_smi_csv};
 pub use recorder::{SmiError, SmiRecorder};
 
 /// The query the recorder asks `nvidia-smi` for, in column order.
-pub const SMI_QUERY: &str = "timestamp,index,utilization.gpu,memory.used,power.draw,clocks.sm";
+pub(crate) const SMI_QUERY: &str =
+    "timestamp,index,utilization.gpu,memory.used,power.draw,clocks.sm";
