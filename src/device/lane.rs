@@ -89,11 +89,7 @@ impl CorePermits {
                 st.waiting -= 1;
                 return None;
             }
-            st = self
-                .freed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = sync::wait_timeout(&self.freed, st, deadline - now).0;
         }
         st.waiting -= 1;
         let got = want.min(st.free);

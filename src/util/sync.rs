@@ -2,7 +2,10 @@
 //! API down with it: the data behind a poisoned lock is still the last consistent write (every
 //! critical section here leaves it whole), so the guard is taken back rather than propagated.
 
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, WaitTimeoutResult,
+};
+use std::time::Duration;
 
 /// `m.lock()`, recovering the guard from a poisoned mutex.
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -17,6 +20,21 @@ pub fn read<T: ?Sized>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// `l.write()`, recovering the guard from a poisoned lock.
 pub fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `cv.wait_timeout(guard, timeout)`, recovering the guard from a poisoned mutex.
+pub fn wait_timeout<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: Duration,
+) -> (MutexGuard<'a, T>, WaitTimeoutResult) {
+    cv.wait_timeout(guard, timeout)
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// `m.get_mut()`, recovering the value from a poisoned mutex.
+pub fn get_mut<T: ?Sized>(m: &mut Mutex<T>) -> &mut T {
+    m.get_mut().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

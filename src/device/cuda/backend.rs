@@ -293,7 +293,7 @@ impl CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let st = sync::get_mut(&mut self.state);
         if let Some(mut lease) = st.lease.take() {
             let _ = lease.place.drain();
             let _ = lease.place.finish();

@@ -147,10 +147,7 @@ impl GreenContexts {
             if let Some(r) = parts.acquire(lane, want, side, last.clone()) {
                 break r;
             }
-            let (next, timeout) = self
-                .returned
-                .wait_timeout(parts, LEASE_WAIT)
-                .unwrap_or_else(|p| p.into_inner());
+            let (next, timeout) = sync::wait_timeout(&self.returned, parts, LEASE_WAIT);
             parts = next;
             if timeout.timed_out() {
                 return Err(GreenError::LeaseTimeout);
@@ -254,11 +251,11 @@ impl GreenContexts {
 
 impl Drop for GreenContexts {
     fn drop(&mut self) {
-        let places = self.places.get_mut().unwrap_or_else(|p| p.into_inner());
+        let places = sync::get_mut(&mut self.places);
         for (_, p) in places.drain() {
             p.destroy();
         }
-        let contexts = self.contexts.get_mut().unwrap_or_else(|p| p.into_inner());
+        let contexts = sync::get_mut(&mut self.contexts);
         for (_, g) in contexts.drain() {
             // SAFETY: every place (stream, events) of this green context was destroyed
             // above, and no lane holds a lease (lanes hold the device alive).
