@@ -101,32 +101,7 @@ fn load_rows<R: BufRead>(
                 l
             }
         };
-        let got = text.split(',').count();
-        if got != layout.columns {
-            let message = format!("expected {} columns, got {got}", layout.columns);
-            return Err(line_error(path, line, None, message));
-        }
-        for (i, field) in text.split(',').map(str::trim).enumerate() {
-            if layout.label == Some(i) {
-                let value = parse_label(field).ok_or_else(|| {
-                    let message = format!("label {} is not a non-negative integer", shown(field));
-                    line_error(path, line, Some(i + 1), message)
-                })?;
-                if value as usize >= MAX_CLASSES {
-                    let message = format!(
-                        "label {value} is over the limit: labels are class numbers 0 ..= {} \
-                         (a model has at most {MAX_CLASSES} classes)",
-                        MAX_CLASSES - 1
-                    );
-                    return Err(line_error(path, line, Some(i + 1), message));
-                }
-                labels.push(value);
-            } else {
-                let value = parse_feature(field)
-                    .map_err(|m| line_error(path, line, Some(i + 1), m.to_string()))?;
-                x.push(value);
-            }
-        }
+        parse_row(path, line, text, layout, &mut x, &mut labels)?;
         rows += 1;
     }
     let Some(layout) = layout else {
@@ -141,6 +116,45 @@ fn load_rows<R: BufRead>(
         labels: layout.label.map(|_| labels),
         source: path.display().to_string(),
     })
+}
+
+/// Parses one data row of `layout` from line `line`, appending its features to `x` and its
+/// label, if the layout has one, to `labels`.
+fn parse_row(
+    path: &Path,
+    line: usize,
+    text: &str,
+    layout: Layout,
+    x: &mut Vec<f32>,
+    labels: &mut Vec<u32>,
+) -> Result<(), DataError> {
+    let got = text.split(',').count();
+    if got != layout.columns {
+        let message = format!("expected {} columns, got {got}", layout.columns);
+        return Err(line_error(path, line, None, message));
+    }
+    for (i, field) in text.split(',').map(str::trim).enumerate() {
+        if layout.label == Some(i) {
+            let value = parse_label(field).ok_or_else(|| {
+                let message = format!("label {} is not a non-negative integer", shown(field));
+                line_error(path, line, Some(i + 1), message)
+            })?;
+            if value as usize >= MAX_CLASSES {
+                let message = format!(
+                    "label {value} is over the limit: labels are class numbers 0 ..= {} \
+                     (a model has at most {MAX_CLASSES} classes)",
+                    MAX_CLASSES - 1
+                );
+                return Err(line_error(path, line, Some(i + 1), message));
+            }
+            labels.push(value);
+        } else {
+            let value = parse_feature(field)
+                .map_err(|m| line_error(path, line, Some(i + 1), m.to_string()))?;
+            x.push(value);
+        }
+    }
+    Ok(())
 }
 
 /// Decides from the first non-blank line whether it is a header, and where the label is.

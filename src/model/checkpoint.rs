@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod decode;
+
+use decode::{check_frame, malformed, read_params, read_sections, read_training, take_tensor};
+
 use super::{MlpParams, OptimizerHost, format_layers};
 use crate::data::Normalizer;
 
@@ -335,178 +339,26 @@ impl Checkpoint {
 
     /// Decodes and verifies a checkpoint; `path` is used in messages.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
-        let p = || path.to_path_buf();
-        let malformed = |reason: String| CheckpointError::Malformed { path: p(), reason };
-        // A file cut short inside the magic is a truncated checkpoint, not another format.
-        if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
-            return Err(CheckpointError::Truncated {
-                path: p(),
-                expected: FIXED_LEN as u64,
-                actual: bytes.len() as u64,
-            });
-        }
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-            return Err(CheckpointError::BadMagic { path: p() });
-        }
-        if bytes.len() < FIXED_LEN {
-            return Err(CheckpointError::Truncated {
-                path: p(),
-                expected: FIXED_LEN as u64,
-                actual: bytes.len() as u64,
-            });
-        }
-        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != FORMAT_VERSION {
-            return Err(CheckpointError::Version {
-                path: p(),
-                found: version,
-            });
-        }
-        let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
-        let mut total = [0u8; 8];
-        total.copy_from_slice(&bytes[16..24]);
-        let total = u64::from_le_bytes(total);
-        if (bytes.len() as u64) < total {
-            return Err(CheckpointError::Truncated {
-                path: p(),
-                expected: total,
-                actual: bytes.len() as u64,
-            });
-        }
-        if (bytes.len() as u64) > total {
-            return Err(malformed(format!(
-                "{} bytes of trailing data after the {total} the header describes",
-                bytes.len() as u64 - total
-            )));
-        }
-        let total = total as usize;
-        if total < FIXED_LEN + 4 {
-            return Err(malformed(format!("length field {total} is too small")));
-        }
-        let body = &bytes[..total - 4];
-        let stored = u32::from_le_bytes([
-            bytes[total - 4],
-            bytes[total - 3],
-            bytes[total - 2],
-            bytes[total - 1],
-        ]);
-        let computed = crc32fast::hash(body);
-        if stored != computed {
-            return Err(CheckpointError::Checksum {
-                path: p(),
-                stored,
-                computed,
-            });
-        }
-        if header_len > MAX_HEADER_BYTES || FIXED_LEN + header_len > body.len() {
-            return Err(malformed(format!(
-                "header length {header_len} does not fit in the file"
-            )));
-        }
-        let header: Header = serde_json::from_slice(&body[FIXED_LEN..FIXED_LEN + header_len])
-            .map_err(|e| malformed(format!("header is not valid: {e}")))?;
-        let mut data = &body[FIXED_LEN + header_len..];
-        let mut tensors = std::collections::HashMap::new();
-        for t in &header.tensors {
-            let n = t
-                .shape
-                .iter()
-                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .filter(|n| n.checked_mul(4).is_some_and(|b| b <= data.len()))
-                .ok_or_else(|| {
-                    malformed(format!(
-                        "tensor {} of shape {:?} does not fit in the file",
-                        t.name, t.shape
-                    ))
-                })?;
-            let (head, rest) = data.split_at(n * 4);
-            if tensors
-                .insert(t.name.clone(), (t.shape.clone(), read_f32_le(head)))
-                .is_some()
-            {
-                return Err(malformed(format!("tensor {} is listed twice", t.name)));
-            }
-            data = rest;
-        }
-        if !data.is_empty() {
-            return Err(malformed(format!(
-                "{} bytes of tensor data are not in the tensor table",
-                data.len()
-            )));
-        }
-        // Each tensor must have exactly the shape the model gives it, so a damaged table
-        // cannot pass off one tensor's values as another's.
-        let mut take = |name: &str, shape: &[usize]| {
-            let (found, values) = tensors
-                .remove(name)
-                .ok_or_else(|| malformed(format!("tensor {name} is missing")))?;
-            if found != shape {
-                return Err(malformed(format!(
-                    "tensor {name} has shape {found:?}, the model needs {shape:?}"
-                )));
-            }
-            Ok(values)
-        };
-        let layers = header.layers.clone();
-        crate::model::check_layers(&layers).map_err(|e| malformed(format!("model: {e}")))?;
-        let mut weights = Vec::new();
-        let mut biases = Vec::new();
-        for l in 0..layers.len() - 1 {
-            let (i, o) = (layers[l], layers[l + 1]);
-            weights.push(take(&format!("w{l}"), &[i, o])?);
-            biases.push(take(&format!("b{l}"), &[o])?);
-        }
-        let params = MlpParams {
-            layers,
-            weights,
-            biases,
-        };
-        params
-            .validate()
-            .map_err(|e| malformed(format!("model: {e}")))?;
+        let (header_len, body) = check_frame(bytes, path)?;
+        let (header, mut tensors) = read_sections(body, header_len, path)?;
+        let params = read_params(header.layers.clone(), &mut tensors, path)?;
         let features = params.layers[0];
         let normalizer = Normalizer {
-            mean: take("norm.mean", &[features])?,
-            std: take("norm.std", &[features])?,
+            mean: take_tensor(&mut tensors, path, "norm.mean", &[features])?,
+            std: take_tensor(&mut tensors, path, "norm.std", &[features])?,
         };
         let training = match header.training {
             None => None,
-            Some(meta) => {
-                let slots_n = match meta.config.optimizer.as_str() {
-                    "sgd" => 1,
-                    "adam" => 2,
-                    other => return Err(malformed(format!("unknown optimizer {other:?}"))),
-                };
-                let sizes: Vec<usize> = params
-                    .layers
-                    .windows(2)
-                    .flat_map(|p| [p[0] * p[1], p[1]])
-                    .collect();
-                let mut slots = Vec::new();
-                for s in 0..slots_n {
-                    let mut slot = Vec::new();
-                    for (i, &n) in sizes.iter().enumerate() {
-                        slot.push(take(&format!("opt{s}.{i}"), &[n])?);
-                    }
-                    slots.push(slot);
-                }
-                let batch = meta.config.batch_size;
-                Some(TrainingState {
-                    optimizer: OptimizerHost {
-                        step: meta.step,
-                        slots,
-                    },
-                    loss_acc: take("acc.loss", &[batch])?,
-                    correct_acc: take("acc.correct", &[batch])?,
-                    meta,
-                })
-            }
+            Some(meta) => Some(read_training(meta, &params.layers, &mut tensors, path)?),
         };
         if let Some(name) = tensors.keys().min() {
-            return Err(malformed(format!(
-                "tensor {name} is not part of this model (layers {})",
-                format_layers(&params.layers)
-            )));
+            return Err(malformed(
+                path,
+                format!(
+                    "tensor {name} is not part of this model (layers {})",
+                    format_layers(&params.layers)
+                ),
+            ));
         }
         Ok(Checkpoint {
             params,
@@ -536,17 +388,4 @@ fn extend_f32_le(out: &mut Vec<u8>, data: &[f32]) {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
-}
-
-fn read_f32_le(bytes: &[u8]) -> Vec<f32> {
-    let mut out = vec![0f32; bytes.len() / 4];
-    if cfg!(target_endian = "little") {
-        // The destination is f32-aligned; the source bytes need not be.
-        bytemuck::cast_slice_mut::<f32, u8>(&mut out).copy_from_slice(bytes);
-    } else {
-        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
-    }
-    out
 }

@@ -1,0 +1,77 @@
+//! Cumulative statistics of a service: counts, summed phase timings and histograms.
+
+use crate::util::histogram::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS_S};
+
+/// Durations of one batch's phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PhaseNs {
+    /// Gathering, normalising and copying inputs to the device.
+    pub input_ns: u64,
+    /// The forward pass.
+    pub infer_ns: u64,
+    /// Copying outputs back and splitting them per request.
+    pub output_ns: u64,
+}
+
+/// Statistics of the batches of one size (Triton's `batch_stats`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct BatchSizeStats {
+    /// Batches of this size run.
+    pub count: u64,
+    /// Summed phase durations of those batches.
+    pub ns: PhaseNs,
+}
+
+/// Cumulative statistics of a service.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServiceStats {
+    /// Requests answered with a prediction.
+    pub success_count: u64,
+    /// Requests that failed in the forward pass.
+    pub failure_count: u64,
+    /// Requests refused because the queue was full.
+    pub rejected_count: u64,
+    /// Requests taken out of the queue unrun because their deadline had passed.
+    pub expired_count: u64,
+    /// Forward passes run.
+    pub batch_count: u64,
+    /// Sum over successful requests of their queue time, in ns.
+    pub queue_ns: u64,
+    /// Sum over successful requests of their batch's phase durations (each request counts
+    /// its whole batch's, as Triton reports them).
+    pub compute: PhaseNs,
+    /// Per batch size (index = size; index 0 unused).
+    pub batch_sizes: Vec<BatchSizeStats>,
+    /// Queue time of successful requests, seconds.
+    pub queue_hist: Histogram,
+    /// Compute time (all phases) of successful requests, seconds.
+    pub compute_hist: Histogram,
+    /// Sizes of the batches run.
+    pub batch_hist: Histogram,
+    /// When the last batch finished, in ms since the Unix epoch (0 = never).
+    pub last_inference_ms: u64,
+}
+
+impl ServiceStats {
+    pub(super) fn new(batch_limit: usize) -> Self {
+        ServiceStats {
+            success_count: 0,
+            failure_count: 0,
+            rejected_count: 0,
+            expired_count: 0,
+            batch_count: 0,
+            queue_ns: 0,
+            compute: PhaseNs::default(),
+            batch_sizes: vec![BatchSizeStats::default(); batch_limit + 1],
+            queue_hist: Histogram::new(LATENCY_BOUNDS_S),
+            compute_hist: Histogram::new(LATENCY_BOUNDS_S),
+            batch_hist: Histogram::new(BATCH_BOUNDS),
+            last_inference_ms: 0,
+        }
+    }
+
+    /// Summed compute time of successful requests, all phases, in ns.
+    pub fn compute_ns(&self) -> u64 {
+        self.compute.input_ns + self.compute.infer_ns + self.compute.output_ns
+    }
+}
