@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::scenario::Report;
+use super::scenario::{PolicyReport, Report};
 use crate::util::table::Table;
 
 /// One row per policy, in fixed-width columns (wider only where a figure needs it).
@@ -102,12 +102,94 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Width of the figure, in pixels.
+const SVG_W: f64 = 960.0;
+/// Height of one policy's panel, in pixels.
+const PANEL_H: f64 = 300.0;
+/// Left and right margin of the plots, in pixels.
+const PAD: f64 = 50.0;
+
+/// Where one policy's panel lies in the figure, and how it maps time, latency and share to
+/// pixels.
+struct Panel {
+    /// Top of the panel.
+    top: f64,
+    /// Top and height of the latency plot.
+    lat_y0: f64,
+    lat_h: f64,
+    /// Top and height of the share plot.
+    sh_y0: f64,
+    sh_h: f64,
+    /// Milliseconds at the top of the latency plot.
+    lat_max: f64,
+    /// Seconds the time axis spans.
+    duration_s: f64,
+}
+
+impl Panel {
+    /// The layout of panel `i` (from 0, top down).
+    fn new(i: usize, lat_max: f64, duration_s: f64) -> Self {
+        let top = 30.0 + PANEL_H * i as f64;
+        let lat_y0 = top + 20.0;
+        let lat_h = PANEL_H * 0.45;
+        let sh_y0 = lat_y0 + lat_h + 25.0;
+        let sh_h = PANEL_H * 0.3;
+        Panel {
+            top,
+            lat_y0,
+            lat_h,
+            sh_y0,
+            sh_h,
+            lat_max,
+            duration_s,
+        }
+    }
+
+    /// x of `t` seconds after the start.
+    fn x(&self, t: f64) -> f64 {
+        PAD + (SVG_W - 2.0 * PAD) * t / self.duration_s.max(1e-9)
+    }
+
+    /// y of a latency of `ms` milliseconds (clipped to the top of the plot).
+    fn lat_y(&self, ms: f64) -> f64 {
+        self.lat_y0 + self.lat_h * (1.0 - (ms / self.lat_max).min(1.0))
+    }
+
+    /// y of a share `s` (clamped to `[0, 1]`).
+    fn sh_y(&self, s: f64) -> f64 {
+        self.sh_y0 + self.sh_h * (1.0 - s.clamp(0.0, 1.0))
+    }
+}
+
 /// The report as an SVG: one panel per policy, the service's window p99 against the SLO
 /// above, each tenant's share below, over time.
 pub(crate) fn svg(r: &Report) -> String {
-    let (w, panel_h, pad) = (960.0, 300.0, 50.0);
-    let h = panel_h * r.policies.len() as f64 + 30.0;
     let mut o = String::new();
+    svg_header(&mut o, r);
+    let lat_max = latency_max(r);
+    for (i, p) in r.policies.iter().enumerate() {
+        let panel = Panel::new(i, lat_max, r.duration_s);
+        svg_panel_title(&mut o, &panel, p);
+        svg_axes(&mut o, &panel);
+        svg_latency(&mut o, &panel, p, r.slo_p99_ms);
+        svg_shares(&mut o, &panel, p);
+    }
+    // Time axis labels on the last panel.
+    let bottom = 30.0 + PANEL_H * r.policies.len() as f64 - 8.0;
+    let _ = writeln!(
+        o,
+        r##"<text x="{PAD}" y="{bottom}" fill="#555">0 s</text><text x="{}" y="{bottom}" fill="#555" text-anchor="end">{} s</text>"##,
+        SVG_W - PAD,
+        r.duration_s
+    );
+    let _ = writeln!(o, "</svg>");
+    o
+}
+
+/// The `<svg>` element's opening, a white background and the figure's title line.
+fn svg_header(o: &mut String, r: &Report) {
+    let (w, pad) = (SVG_W, PAD);
+    let h = PANEL_H * r.policies.len() as f64 + 30.0;
     let _ = writeln!(
         o,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
@@ -121,132 +203,132 @@ pub(crate) fn svg(r: &Report) -> String {
         r.duration_s,
         r.cores
     );
+}
+
+/// Milliseconds at the top of every latency plot: the highest window p99 of any policy, at
+/// least twice the SLO and at most ten times it.
+fn latency_max(r: &Report) -> f64 {
     let slo = r.slo_p99_ms;
-    let lat_max = r
-        .policies
+    r.policies
         .iter()
         .flat_map(|p| p.timeline.iter().filter_map(|s| s.p99_s))
         .map(|s| s * 1000.0)
         .fold(2.0 * slo, f64::max)
-        .min(10.0 * slo);
-    let x_of = |t: f64| pad + (w - 2.0 * pad) * t / r.duration_s.max(1e-9);
-    for (i, p) in r.policies.iter().enumerate() {
-        let top = 30.0 + panel_h * i as f64;
-        let lat_y0 = top + 20.0;
-        let lat_h = panel_h * 0.45;
-        let sh_y0 = lat_y0 + lat_h + 25.0;
-        let sh_h = panel_h * 0.3;
+        .min(10.0 * slo)
+}
+
+/// A panel's title: the policy and its headline figures.
+fn svg_panel_title(o: &mut String, panel: &Panel, p: &PolicyReport) {
+    let _ = writeln!(
+        o,
+        r#"<text x="{PAD}" y="{}" font-weight="bold">{} — windows within SLO {:.1} %, p99 {:.2} ms, deadline misses {}</text>"#,
+        panel.top + 12.0,
+        esc(&p.policy),
+        p.windows_within_slo_pct,
+        p.p99_ms,
+        p.deadline_misses
+    );
+}
+
+/// A panel's two frames (latency and share), each with its label and its top value.
+fn svg_axes(o: &mut String, panel: &Panel) {
+    let (w, pad) = (SVG_W, PAD);
+    for (y0, hh, label, max) in [
+        (panel.lat_y0, panel.lat_h, "p99 ms", panel.lat_max),
+        (panel.sh_y0, panel.sh_h, "share", 1.0),
+    ] {
         let _ = writeln!(
             o,
-            r#"<text x="{pad}" y="{}" font-weight="bold">{} — windows within SLO {:.1} %, p99 {:.2} ms, deadline misses {}</text>"#,
-            top + 12.0,
-            esc(&p.policy),
-            p.windows_within_slo_pct,
-            p.p99_ms,
-            p.deadline_misses
+            r##"<rect x="{pad}" y="{y0}" width="{}" height="{hh}" fill="none" stroke="#999"/>"##,
+            w - 2.0 * pad
         );
-        // Axes.
-        for (y0, hh, label, max) in [
-            (lat_y0, lat_h, "p99 ms", lat_max),
-            (sh_y0, sh_h, "share", 1.0),
-        ] {
-            let _ = writeln!(
-                o,
-                r##"<rect x="{pad}" y="{y0}" width="{}" height="{hh}" fill="none" stroke="#999"/>"##,
-                w - 2.0 * pad
-            );
-            let _ = writeln!(
-                o,
-                r##"<text x="4" y="{}" fill="#555">{label}</text><text x="{}" y="{}" fill="#555" text-anchor="end">{}</text>"##,
-                y0 + hh / 2.0,
-                pad - 4.0,
-                y0 + 10.0,
-                if max >= 10.0 {
-                    format!("{max:.0}")
-                } else {
-                    format!("{max:.1}")
-                }
-            );
+        let _ = writeln!(
+            o,
+            r##"<text x="4" y="{}" fill="#555">{label}</text><text x="{}" y="{}" fill="#555" text-anchor="end">{}</text>"##,
+            y0 + hh / 2.0,
+            pad - 4.0,
+            y0 + 10.0,
+            if max >= 10.0 {
+                format!("{max:.0}")
+            } else {
+                format!("{max:.1}")
+            }
+        );
+    }
+}
+
+/// A panel's latency plot: the dashed SLO line and the window p99 over time.
+fn svg_latency(o: &mut String, panel: &Panel, p: &PolicyReport, slo: f64) {
+    let (w, pad) = (SVG_W, PAD);
+    let _ = writeln!(
+        o,
+        r##"<line x1="{pad}" x2="{}" y1="{y}" y2="{y}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{}" y="{}" fill="#d62728" text-anchor="end">SLO</text>"##,
+        w - pad,
+        w - pad - 2.0,
+        panel.lat_y(slo) - 3.0,
+        y = panel.lat_y(slo)
+    );
+    let pts: Vec<String> = p
+        .timeline
+        .iter()
+        .filter_map(|s| {
+            s.p99_s
+                .map(|l| format!("{:.1},{:.1}", panel.x(s.t_s), panel.lat_y(l * 1000.0)))
+        })
+        .collect();
+    if !pts.is_empty() {
+        let _ = writeln!(
+            o,
+            r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{}"/>"##,
+            pts.join(" ")
+        );
+    }
+}
+
+/// A panel's share plot: one line and one legend entry per tenant, in order of first
+/// appearance, or a note when no tenant had a share.
+fn svg_shares(o: &mut String, panel: &Panel, p: &PolicyReport) {
+    let mut names: Vec<String> = Vec::new();
+    for s in &p.timeline {
+        for (n, _) in &s.shares {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
         }
-        let lat_y = |ms: f64| lat_y0 + lat_h * (1.0 - (ms / lat_max).min(1.0));
-        let sh_y = |s: f64| sh_y0 + sh_h * (1.0 - s.clamp(0.0, 1.0));
-        // SLO line.
-        let _ = writeln!(
-            o,
-            r##"<line x1="{pad}" x2="{}" y1="{y}" y2="{y}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{}" y="{}" fill="#d62728" text-anchor="end">SLO</text>"##,
-            w - pad,
-            w - pad - 2.0,
-            lat_y(slo) - 3.0,
-            y = lat_y(slo)
-        );
+    }
+    for (k, name) in names.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
         let pts: Vec<String> = p
             .timeline
             .iter()
             .filter_map(|s| {
-                s.p99_s
-                    .map(|l| format!("{:.1},{:.1}", x_of(s.t_s), lat_y(l * 1000.0)))
+                s.shares
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| format!("{:.1},{:.1}", panel.x(s.t_s), panel.sh_y(*v)))
             })
             .collect();
-        if !pts.is_empty() {
-            let _ = writeln!(
-                o,
-                r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{}"/>"##,
-                pts.join(" ")
-            );
-        }
-        // Shares per tenant.
-        let mut names: Vec<String> = Vec::new();
-        for s in &p.timeline {
-            for (n, _) in &s.shares {
-                if !names.contains(n) {
-                    names.push(n.clone());
-                }
-            }
-        }
-        for (k, name) in names.iter().enumerate() {
-            let color = COLORS[k % COLORS.len()];
-            let pts: Vec<String> = p
-                .timeline
-                .iter()
-                .filter_map(|s| {
-                    s.shares
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, v)| format!("{:.1},{:.1}", x_of(s.t_s), sh_y(*v)))
-                })
-                .collect();
-            let _ = writeln!(
-                o,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-                pts.join(" ")
-            );
-            let _ = writeln!(
-                o,
-                r#"<text x="{}" y="{}" fill="{color}">{}</text>"#,
-                pad + 8.0 + 110.0 * k as f64,
-                sh_y0 + sh_h + 14.0,
-                esc(name)
-            );
-        }
-        if names.is_empty() {
-            let _ = writeln!(
-                o,
-                r##"<text x="{}" y="{}" fill="#555">no shares: every lane runs unthrottled</text>"##,
-                pad + 8.0,
-                sh_y0 + sh_h / 2.0
-            );
-        }
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            pts.join(" ")
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="{}" fill="{color}">{}</text>"#,
+            PAD + 8.0 + 110.0 * k as f64,
+            panel.sh_y0 + panel.sh_h + 14.0,
+            esc(name)
+        );
     }
-    // Time axis labels on the last panel.
-    let bottom = 30.0 + panel_h * r.policies.len() as f64 - 8.0;
-    let _ = writeln!(
-        o,
-        r##"<text x="{pad}" y="{bottom}" fill="#555">0 s</text><text x="{}" y="{bottom}" fill="#555" text-anchor="end">{} s</text>"##,
-        w - pad,
-        r.duration_s
-    );
-    let _ = writeln!(o, "</svg>");
-    o
+    if names.is_empty() {
+        let _ = writeln!(
+            o,
+            r##"<text x="{}" y="{}" fill="#555">no shares: every lane runs unthrottled</text>"##,
+            PAD + 8.0,
+            panel.sh_y0 + panel.sh_h / 2.0
+        );
+    }
 }
 
 #[cfg(test)]
@@ -319,5 +401,212 @@ mod tests {
             ));
         }
         assert_eq!(policy_table(&r).render(), want);
+    }
+
+    #[test]
+    fn svg_is_unchanged_tmp() {
+        let mut a = policy("setpoint", Some(2.5), Some(20.0));
+        let mut b = policy("st<a>&tic", None, None);
+        for i in 0..40 {
+            let t = i as f64 * 0.1 + 0.03;
+            a.timeline.push(crate::bench::scenario::Sample {
+                t_s: t,
+                shares: vec![
+                    ("svc".into(), 0.3 + 0.01 * i as f64),
+                    ("job".into(), 0.7 - 0.017 * i as f64),
+                    ("j&2".into(), if i % 3 == 0 { 1.2 } else { -0.1 }),
+                ],
+                p99_s: if i % 5 == 0 {
+                    None
+                } else {
+                    Some(0.001 * i as f64 + 0.0037)
+                },
+                busy_frac: 0.5,
+                arrival_rate: 1.0,
+                feed_forward: None,
+                cost_per_request_s: None,
+                batch_limit: 1,
+            });
+        }
+        for i in 0..4 {
+            b.timeline.push(crate::bench::scenario::Sample {
+                t_s: i as f64 * 1.7,
+                shares: vec![],
+                p99_s: Some(0.2 * i as f64),
+                busy_frac: 0.5,
+                arrival_rate: 1.0,
+                feed_forward: None,
+                cost_per_request_s: None,
+                batch_limit: 1,
+            });
+        }
+        let c = policy("none", None, None);
+        for (slo, dur) in [(10.0, 4.0), (3.3, 0.0), (100.0, 7.25)] {
+            let r = Report {
+                scenario: "s<&>".into(),
+                slo_p99_ms: slo,
+                duration_s: dur,
+                cores: 4,
+                policies: vec![a.clone(), b.clone(), c.clone()],
+                ratios: None,
+            };
+            assert_eq!(svg(&r), old_svg(&r));
+        }
+        let r0 = Report {
+            scenario: "e".into(),
+            slo_p99_ms: 1.0,
+            duration_s: 1.0,
+            cores: 1,
+            policies: vec![],
+            ratios: None,
+        };
+        assert_eq!(svg(&r0), old_svg(&r0));
+    }
+
+    /// The report as an SVG: one panel per policy, the service's window p99 against the SLO
+    /// above, each tenant's share below, over time.
+    fn old_svg(r: &Report) -> String {
+        let (w, panel_h, pad) = (960.0, 300.0, 50.0);
+        let h = panel_h * r.policies.len() as f64 + 30.0;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            o,
+            r#"<text x="{pad}" y="18" font-size="14">{} — SLO p99 ≤ {} ms, {} s per policy, {} cores</text>"#,
+            esc(&r.scenario),
+            r.slo_p99_ms,
+            r.duration_s,
+            r.cores
+        );
+        let slo = r.slo_p99_ms;
+        let lat_max = r
+            .policies
+            .iter()
+            .flat_map(|p| p.timeline.iter().filter_map(|s| s.p99_s))
+            .map(|s| s * 1000.0)
+            .fold(2.0 * slo, f64::max)
+            .min(10.0 * slo);
+        let x_of = |t: f64| pad + (w - 2.0 * pad) * t / r.duration_s.max(1e-9);
+        for (i, p) in r.policies.iter().enumerate() {
+            let top = 30.0 + panel_h * i as f64;
+            let lat_y0 = top + 20.0;
+            let lat_h = panel_h * 0.45;
+            let sh_y0 = lat_y0 + lat_h + 25.0;
+            let sh_h = panel_h * 0.3;
+            let _ = writeln!(
+                o,
+                r#"<text x="{pad}" y="{}" font-weight="bold">{} — windows within SLO {:.1} %, p99 {:.2} ms, deadline misses {}</text>"#,
+                top + 12.0,
+                esc(&p.policy),
+                p.windows_within_slo_pct,
+                p.p99_ms,
+                p.deadline_misses
+            );
+            // Axes.
+            for (y0, hh, label, max) in [
+                (lat_y0, lat_h, "p99 ms", lat_max),
+                (sh_y0, sh_h, "share", 1.0),
+            ] {
+                let _ = writeln!(
+                    o,
+                    r##"<rect x="{pad}" y="{y0}" width="{}" height="{hh}" fill="none" stroke="#999"/>"##,
+                    w - 2.0 * pad
+                );
+                let _ = writeln!(
+                    o,
+                    r##"<text x="4" y="{}" fill="#555">{label}</text><text x="{}" y="{}" fill="#555" text-anchor="end">{}</text>"##,
+                    y0 + hh / 2.0,
+                    pad - 4.0,
+                    y0 + 10.0,
+                    if max >= 10.0 {
+                        format!("{max:.0}")
+                    } else {
+                        format!("{max:.1}")
+                    }
+                );
+            }
+            let lat_y = |ms: f64| lat_y0 + lat_h * (1.0 - (ms / lat_max).min(1.0));
+            let sh_y = |s: f64| sh_y0 + sh_h * (1.0 - s.clamp(0.0, 1.0));
+            // SLO line.
+            let _ = writeln!(
+                o,
+                r##"<line x1="{pad}" x2="{}" y1="{y}" y2="{y}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{}" y="{}" fill="#d62728" text-anchor="end">SLO</text>"##,
+                w - pad,
+                w - pad - 2.0,
+                lat_y(slo) - 3.0,
+                y = lat_y(slo)
+            );
+            let pts: Vec<String> = p
+                .timeline
+                .iter()
+                .filter_map(|s| {
+                    s.p99_s
+                        .map(|l| format!("{:.1},{:.1}", x_of(s.t_s), lat_y(l * 1000.0)))
+                })
+                .collect();
+            if !pts.is_empty() {
+                let _ = writeln!(
+                    o,
+                    r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{}"/>"##,
+                    pts.join(" ")
+                );
+            }
+            // Shares per tenant.
+            let mut names: Vec<String> = Vec::new();
+            for s in &p.timeline {
+                for (n, _) in &s.shares {
+                    if !names.contains(n) {
+                        names.push(n.clone());
+                    }
+                }
+            }
+            for (k, name) in names.iter().enumerate() {
+                let color = COLORS[k % COLORS.len()];
+                let pts: Vec<String> = p
+                    .timeline
+                    .iter()
+                    .filter_map(|s| {
+                        s.shares
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, v)| format!("{:.1},{:.1}", x_of(s.t_s), sh_y(*v)))
+                    })
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+                    pts.join(" ")
+                );
+                let _ = writeln!(
+                    o,
+                    r#"<text x="{}" y="{}" fill="{color}">{}</text>"#,
+                    pad + 8.0 + 110.0 * k as f64,
+                    sh_y0 + sh_h + 14.0,
+                    esc(name)
+                );
+            }
+            if names.is_empty() {
+                let _ = writeln!(
+                    o,
+                    r##"<text x="{}" y="{}" fill="#555">no shares: every lane runs unthrottled</text>"##,
+                    pad + 8.0,
+                    sh_y0 + sh_h / 2.0
+                );
+            }
+        }
+        // Time axis labels on the last panel.
+        let bottom = 30.0 + panel_h * r.policies.len() as f64 - 8.0;
+        let _ = writeln!(
+            o,
+            r##"<text x="{pad}" y="{bottom}" fill="#555">0 s</text><text x="{}" y="{bottom}" fill="#555" text-anchor="end">{} s</text>"##,
+            w - pad,
+            r.duration_s
+        );
+        let _ = writeln!(o, "</svg>");
+        o
     }
 }

@@ -18,20 +18,34 @@ pub fn arbitrate(
     services: &mut [ServiceDecision],
     jobs: &mut [JobDecision],
 ) -> f64 {
-    let foreign = if foreign_load.is_finite() {
-        foreign_load.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let capacity = (1.0 - cfg.reserve_frac - foreign).clamp(0.0, 1.0);
+    let capacity = capacity(cfg, foreign_load);
     let n = services.len() + jobs.len();
     if n == 0 {
         return capacity;
     }
     let floor = cfg.min_share.min(capacity / n as f64);
-    let mut left = capacity - floor * n as f64;
+    let left = capacity - floor * n as f64;
+    let left = grant_services(services, floor, left).max(0.0);
+    let left = grant_jobs(jobs, floor, left);
+    share_leftover(cfg.leftover, services, jobs, left);
+    fit_capacity(services, jobs, capacity);
+    capacity
+}
 
-    // Services: above-floor requests, scaled together when they do not fit.
+/// The share there is to divide: one less the reserve and the foreign load (taken as none
+/// when not finite), within `[0, 1]`.
+fn capacity(cfg: &ControlConfig, foreign_load: f64) -> f64 {
+    let foreign = if foreign_load.is_finite() {
+        foreign_load.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    (1.0 - cfg.reserve_frac - foreign).clamp(0.0, 1.0)
+}
+
+/// Services: each gets the floor plus its above-floor request, all of these scaled together
+/// when they do not fit in `left`. Returns what is left (possibly a rounding hair below 0).
+fn grant_services(services: &mut [ServiceDecision], floor: f64, mut left: f64) -> f64 {
     let want: f64 = services
         .iter()
         .map(|s| (s.requested - floor).max(0.0))
@@ -46,9 +60,13 @@ pub fn arbitrate(
         s.share = floor + extra;
         left -= extra;
     }
-    left = left.max(0.0);
+    left
+}
 
-    // Deadline jobs, least slack first; a job with no slack estimate yet comes last.
+/// Jobs: deadline jobs, least slack first (a job with no slack estimate yet comes last), each
+/// get the floor plus as much of their above-floor request as `left` still holds; best-effort
+/// jobs get the floor. Returns what is left.
+fn grant_jobs(jobs: &mut [JobDecision], floor: f64, mut left: f64) -> f64 {
     let mut order: Vec<usize> = (0..jobs.len())
         .filter(|&i| jobs[i].class == JobClass::Deadline)
         .collect();
@@ -64,13 +82,22 @@ pub fn arbitrate(
     for j in jobs.iter_mut().filter(|j| j.class == JobClass::BestEffort) {
         j.share = floor;
     }
+    left
+}
 
-    // What is left.
+/// Hands out what is left as `leftover` says: evenly to the best-effort jobs (if any), or to
+/// every tenant in proportion to its share.
+fn share_leftover(
+    leftover: Leftover,
+    services: &mut [ServiceDecision],
+    jobs: &mut [JobDecision],
+    left: f64,
+) {
     let best_effort = jobs
         .iter()
         .filter(|j| j.class == JobClass::BestEffort)
         .count();
-    match cfg.leftover {
+    match leftover {
         Leftover::BestEffort if best_effort > 0 => {
             let each = left / best_effort as f64;
             for j in jobs.iter_mut().filter(|j| j.class == JobClass::BestEffort) {
@@ -88,7 +115,10 @@ pub fn arbitrate(
         }
         _ => {}
     }
-    // Rounding must never push the sum over the capacity.
+}
+
+/// Scales every share down together when rounding pushed their sum over the capacity.
+fn fit_capacity(services: &mut [ServiceDecision], jobs: &mut [JobDecision], capacity: f64) {
     let sum: f64 =
         services.iter().map(|s| s.share).sum::<f64>() + jobs.iter().map(|j| j.share).sum::<f64>();
     if sum > capacity {
@@ -96,5 +126,4 @@ pub fn arbitrate(
         services.iter_mut().for_each(|s| s.share *= k);
         jobs.iter_mut().for_each(|j| j.share *= k);
     }
-    capacity
 }

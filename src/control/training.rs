@@ -95,53 +95,13 @@ pub fn expected_epochs(
     }
 }
 
-/// Decides a job's requested share.
+/// Decides a job's requested share: records the period's progress, learns the rate per unit
+/// of share, and (for a deadline job with work left) steers toward the rate the deadline
+/// needs with a feed-forward share plus a PI correction.
 pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> JobDecision {
-    // A clock that went back (or a restarted count) makes the history meaningless.
-    if st
-        .history
-        .back()
-        .is_some_and(|&(t, s, _)| t >= now || s > o.steps_done)
-    {
-        st.history.clear();
-    }
-    st.history.push_back((now, o.steps_done, o.share));
-    if st.history.len() > MAX_HISTORY {
-        st.history.pop_front();
-    }
-    while st
-        .history
-        .front()
-        .is_some_and(|&(t, _, _)| t < now - RATE_WINDOW_S - 1e-9)
-    {
-        st.history.pop_front();
-    }
-    let measured = match (st.history.front(), st.history.back()) {
-        (Some(&(t0, s0, _)), Some(&(t1, s1, _))) if t1 > t0 => (s1 - s0) as f64 / (t1 - t0),
-        _ => o.steps_in_period as f64 / cfg.period_s,
-    };
-    let mean_share = st.history.iter().map(|h| h.2).sum::<f64>() / st.history.len().max(1) as f64;
-    if measured > 0.0 && mean_share > 0.0 && st.history.len() >= 2 {
-        let rps = measured / mean_share;
-        st.rate_per_share = Some(match st.rate_per_share {
-            Some(old) => old + EWMA * (rps - old),
-            None => rps,
-        });
-    }
-    // A share s buys s·cores core-seconds per second; a step costs `step_cost` of them, so
-    // the rate per unit of share is cores / step_cost. The cost does not depend on the share
-    // (throttled time is not CPU time), so this holds at once after a share change, where a
-    // rate measured over a window would lag it. Without a cost, the measured rate per share.
-    if let Some(c) = o.step_cost_core_s.filter(|c| c.is_finite() && *c > 0.0) {
-        st.step_cost = Some(match st.step_cost {
-            Some(old) => old + EWMA * (c - old),
-            None => c,
-        });
-    }
-    let rps = st
-        .step_cost
-        .map(|c| o.cores.max(1) as f64 / c)
-        .or(st.rate_per_share);
+    record_progress(st, o, now);
+    let measured = measured_rate(cfg, st, o);
+    let rps = learn_rate_per_share(st, o, measured);
     let expected = expected_epochs(&o.curve, o.target_accuracy, o.epochs_done, o.max_epochs);
     let total = (expected * o.steps_per_epoch as f64).ceil() as u64;
     let remaining = total.saturating_sub(o.steps_done);
@@ -165,6 +125,82 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
     let Some(deadline_in) = o.deadline_in_s else {
         return d;
     };
+    steer_to_deadline(cfg, st, o, &mut d, deadline_in);
+    d
+}
+
+/// Appends this period's `(time, steps done, share)` to the history, first clearing it if
+/// the clock went back or the step count restarted, and drops what is older than the rate
+/// window (or beyond the history's size limit).
+fn record_progress(st: &mut JobState, o: &JobObs, now: f64) {
+    // A clock that went back (or a restarted count) makes the history meaningless.
+    if st
+        .history
+        .back()
+        .is_some_and(|&(t, s, _)| t >= now || s > o.steps_done)
+    {
+        st.history.clear();
+    }
+    st.history.push_back((now, o.steps_done, o.share));
+    if st.history.len() > MAX_HISTORY {
+        st.history.pop_front();
+    }
+    while st
+        .history
+        .front()
+        .is_some_and(|&(t, _, _)| t < now - RATE_WINDOW_S - 1e-9)
+    {
+        st.history.pop_front();
+    }
+}
+
+/// Steps per second over the history window; with a single sample, the steps of this period
+/// over its length.
+fn measured_rate(cfg: &ControlConfig, st: &JobState, o: &JobObs) -> f64 {
+    match (st.history.front(), st.history.back()) {
+        (Some(&(t0, s0, _)), Some(&(t1, s1, _))) if t1 > t0 => (s1 - s0) as f64 / (t1 - t0),
+        _ => o.steps_in_period as f64 / cfg.period_s,
+    }
+}
+
+/// Updates the running means of the measured rate per unit of share and of the reported
+/// step cost, and returns the rate per unit of share to plan with: cores over step cost when
+/// a cost is known, else the measured one.
+fn learn_rate_per_share(st: &mut JobState, o: &JobObs, measured: f64) -> Option<f64> {
+    let mean_share = st.history.iter().map(|h| h.2).sum::<f64>() / st.history.len().max(1) as f64;
+    if measured > 0.0 && mean_share > 0.0 && st.history.len() >= 2 {
+        let rps = measured / mean_share;
+        st.rate_per_share = Some(match st.rate_per_share {
+            Some(old) => old + EWMA * (rps - old),
+            None => rps,
+        });
+    }
+    // A share s buys s·cores core-seconds per second; a step costs `step_cost` of them, so
+    // the rate per unit of share is cores / step_cost. The cost does not depend on the share
+    // (throttled time is not CPU time), so this holds at once after a share change, where a
+    // rate measured over a window would lag it. Without a cost, the measured rate per share.
+    if let Some(c) = o.step_cost_core_s.filter(|c| c.is_finite() && *c > 0.0) {
+        st.step_cost = Some(match st.step_cost {
+            Some(old) => old + EWMA * (c - old),
+            None => c,
+        });
+    }
+    st.step_cost
+        .map(|c| o.cores.max(1) as f64 / c)
+        .or(st.rate_per_share)
+}
+
+/// Sets a deadline job's slack, required rate and share: all of it once the time left (less
+/// the margin) is within a period, else the feed-forward share for the required rate plus
+/// the PI correction on the relative rate error, at least the minimum share.
+fn steer_to_deadline(
+    cfg: &ControlConfig,
+    st: &mut JobState,
+    o: &JobObs,
+    d: &mut JobDecision,
+    deadline_in: f64,
+) {
+    let (remaining, measured, rps) = (d.remaining_steps, d.measured_rate, d.rate_per_share);
     let margin = cfg.deadline_margin_frac * o.allotted_s.unwrap_or(0.0).max(0.0);
     let time_left = deadline_in - margin;
     d.slack_s = rps.map(|r| time_left - remaining as f64 / r);
@@ -174,7 +210,7 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
         d.required_rate = Some(f64::INFINITY);
         d.requested = 1.0;
         d.share = 1.0;
-        return d;
+        return;
     }
     let required = remaining as f64 / time_left;
     d.required_rate = Some(required);
@@ -194,7 +230,6 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
     let u = st.pi.step(cfg.job_gains, e, lo.min(0.0), 1.0 - ff);
     d.requested = (ff + u).clamp(cfg.min_share, 1.0);
     d.share = d.requested;
-    d
 }
 
 /// Seconds to finish at the granted share, from the learned rate.

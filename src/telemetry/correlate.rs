@@ -250,11 +250,7 @@ pub fn correlate_with_tolerance(
         .map(|s| s.index)
         .chain(smi.iter().map(|r| r.index))
         .collect();
-    let mut util = Vec::new();
-    let mut mem = Vec::new();
-    let mut power = Vec::new();
-    let mut clock = Vec::new();
-    let mut matched = 0;
+    let mut pairs = Pairs::default();
     let mut phase_stats = Vec::new();
     for &g in &gpus {
         let mut rows: Vec<&SmiRow> = smi
@@ -269,96 +265,133 @@ pub fn correlate_with_tolerance(
         mine.sort_by(|a, b| a.at_unix_s.total_cmp(&b.at_unix_s));
 
         for s in &mine {
-            let t = s.at_unix_s;
-            let i = rows.partition_point(|r| r.at_unix_s < t);
-            // The nearer of the rows either side; on a tie, the earlier.
-            let near = [i.checked_sub(1), (i < rows.len()).then_some(i)]
-                .into_iter()
-                .flatten()
-                .map(|j| rows[j])
-                .min_by(|a, b| (a.at_unix_s - t).abs().total_cmp(&(b.at_unix_s - t).abs()));
-            let Some(r) = near.filter(|r| (r.at_unix_s - t).abs() <= tolerance_s) else {
-                continue;
-            };
-            matched += 1;
-            if let (Some(a), Some(b)) = (s.util_gpu_pct, r.util_gpu_pct) {
-                util.push((a, b));
-            }
-            if let (Some(a), Some(b)) = (s.mem_used_bytes, r.mem_used_bytes) {
-                mem.push((a as f64 / MIB, b as f64 / MIB));
-            }
-            if let (Some(a), Some(b)) = (s.power_w, r.power_w) {
-                power.push((a, b));
-            }
-            if let (Some(a), Some(b)) = (s.sm_clock_hz, r.sm_clock_hz) {
-                clock.push((a / 1e6, b / 1e6));
+            if let Some(r) = nearest_row(&rows, s.at_unix_s, tolerance_s) {
+                pairs.add(s, r);
             }
         }
-
         for ph in phases {
-            let (start, end) = (ph.start_unix_s, ph.end_unix_s);
-            let inside = |t: f64| t >= start && t <= end;
-            let in_mine: Vec<&GpuSample> = mine
-                .iter()
-                .copied()
-                .filter(|s| inside(s.at_unix_s))
-                .collect();
-            let in_rows: Vec<&SmiRow> = rows
-                .iter()
-                .copied()
-                .filter(|r| inside(r.at_unix_s))
-                .collect();
-            let m = |v: Vec<f64>| mean(&v);
-            let energy_pts = series(&mine, |s| s.at_unix_s, |s| s.energy_j);
-            let power_pts = series(&mine, |s| s.at_unix_s, |s| s.power_w);
-            // The counter is used only when every sample it would be read from has it: those
-            // inside the phase and the nearest one on each side.
-            let lo = mine
-                .partition_point(|s| s.at_unix_s < start)
-                .saturating_sub(1);
-            let hi = (mine.partition_point(|s| s.at_unix_s <= end) + 1).min(mine.len());
-            let counter_complete = mine
-                .get(lo..hi)
-                .is_some_and(|near| near.iter().all(|s| s.energy_j.is_some()));
-            let by_counter = counter_complete
-                .then(|| counter_energy(&energy_pts, start, end))
-                .flatten();
-            let (energy_j, energy_method, energy_span_s) = match by_counter {
-                Some((e, span)) => (Some(e), Some(EnergyMethod::Counter), span),
-                None => match integral(&power_pts, start, end) {
-                    Some((e, span)) => (Some(e), Some(EnergyMethod::PowerIntegral), span),
-                    None => (None, None, 0.0),
-                },
-            };
-            let smi_power = series(&rows, |r| r.at_unix_s, |r| r.power_w);
-            phase_stats.push(PhaseStats {
-                phase: ph.name.clone(),
-                gpu: g,
-                samples: in_mine.len(),
-                mean_util_pct: m(in_mine.iter().filter_map(|s| s.util_gpu_pct).collect()),
-                mean_power_w: m(in_mine.iter().filter_map(|s| s.power_w).collect()),
-                energy_j,
-                energy_method,
-                energy_span_s,
-                smi_rows: in_rows.len(),
-                smi_mean_util_pct: m(in_rows.iter().filter_map(|r| r.util_gpu_pct).collect()),
-                smi_mean_power_w: m(in_rows.iter().filter_map(|r| r.power_w).collect()),
-                smi_energy_j: integral(&smi_power, start, end).map(|(e, _)| e),
-            });
+            phase_stats.push(phase_stats_of(ph, g, &mine, &rows));
         }
     }
     Correlation {
         tolerance_s,
         our_samples: ours.len(),
         smi_rows: smi.len(),
-        matched,
+        matched: pairs.matched,
         fields: vec![
-            field_stats("utilization", "%", &util),
-            field_stats("memory_used", "MiB", &mem),
-            field_stats("power", "W", &power),
-            field_stats("sm_clock", "MHz", &clock),
+            field_stats("utilization", "%", &pairs.util),
+            field_stats("memory_used", "MiB", &pairs.mem),
+            field_stats("power", "W", &pairs.power),
+            field_stats("sm_clock", "MHz", &pairs.clock),
         ],
         phases: phase_stats,
+    }
+}
+
+/// Our values paired with `nvidia-smi`'s, per field, in the unit shown, and how many of our
+/// samples found a row.
+#[derive(Default)]
+struct Pairs {
+    util: Vec<(f64, f64)>,
+    mem: Vec<(f64, f64)>,
+    power: Vec<(f64, f64)>,
+    clock: Vec<(f64, f64)>,
+    matched: usize,
+}
+
+impl Pairs {
+    /// Counts sample `s` as matched with row `r`, and pairs each field both sides have.
+    fn add(&mut self, s: &GpuSample, r: &SmiRow) {
+        self.matched += 1;
+        if let (Some(a), Some(b)) = (s.util_gpu_pct, r.util_gpu_pct) {
+            self.util.push((a, b));
+        }
+        if let (Some(a), Some(b)) = (s.mem_used_bytes, r.mem_used_bytes) {
+            self.mem.push((a as f64 / MIB, b as f64 / MIB));
+        }
+        if let (Some(a), Some(b)) = (s.power_w, r.power_w) {
+            self.power.push((a, b));
+        }
+        if let (Some(a), Some(b)) = (s.sm_clock_hz, r.sm_clock_hz) {
+            self.clock.push((a / 1e6, b / 1e6));
+        }
+    }
+}
+
+/// The row of `rows` (sorted by time) nearest to `t`, when within `tolerance_s` of it; on a
+/// tie, the earlier.
+fn nearest_row<'a>(rows: &[&'a SmiRow], t: f64, tolerance_s: f64) -> Option<&'a SmiRow> {
+    let i = rows.partition_point(|r| r.at_unix_s < t);
+    // The nearer of the rows either side; on a tie, the earlier.
+    let near = [i.checked_sub(1), (i < rows.len()).then_some(i)]
+        .into_iter()
+        .flatten()
+        .map(|j| rows[j])
+        .min_by(|a, b| (a.at_unix_s - t).abs().total_cmp(&(b.at_unix_s - t).abs()));
+    near.filter(|r| (r.at_unix_s - t).abs() <= tolerance_s)
+}
+
+/// One phase on GPU `g`, from that GPU's samples and rows (each sorted by time).
+fn phase_stats_of(ph: &Phase, g: u32, mine: &[&GpuSample], rows: &[&SmiRow]) -> PhaseStats {
+    let (start, end) = (ph.start_unix_s, ph.end_unix_s);
+    let inside = |t: f64| t >= start && t <= end;
+    let in_mine: Vec<&GpuSample> = mine
+        .iter()
+        .copied()
+        .filter(|s| inside(s.at_unix_s))
+        .collect();
+    let in_rows: Vec<&SmiRow> = rows
+        .iter()
+        .copied()
+        .filter(|r| inside(r.at_unix_s))
+        .collect();
+    let m = |v: Vec<f64>| mean(&v);
+    let (energy_j, energy_method, energy_span_s) = phase_energy(mine, start, end);
+    let smi_power = series(rows, |r| r.at_unix_s, |r| r.power_w);
+    PhaseStats {
+        phase: ph.name.clone(),
+        gpu: g,
+        samples: in_mine.len(),
+        mean_util_pct: m(in_mine.iter().filter_map(|s| s.util_gpu_pct).collect()),
+        mean_power_w: m(in_mine.iter().filter_map(|s| s.power_w).collect()),
+        energy_j,
+        energy_method,
+        energy_span_s,
+        smi_rows: in_rows.len(),
+        smi_mean_util_pct: m(in_rows.iter().filter_map(|r| r.util_gpu_pct).collect()),
+        smi_mean_power_w: m(in_rows.iter().filter_map(|r| r.power_w).collect()),
+        smi_energy_j: integral(&smi_power, start, end).map(|(e, _)| e),
+    }
+}
+
+/// Our energy over `[start, end]` from `mine` (sorted by time): joules, how they were found
+/// and the seconds they cover. By the counter when it is complete and does not go backwards,
+/// else by integrating power; nothing when neither covers any of the phase.
+fn phase_energy(
+    mine: &[&GpuSample],
+    start: f64,
+    end: f64,
+) -> (Option<f64>, Option<EnergyMethod>, f64) {
+    let energy_pts = series(mine, |s| s.at_unix_s, |s| s.energy_j);
+    let power_pts = series(mine, |s| s.at_unix_s, |s| s.power_w);
+    // The counter is used only when every sample it would be read from has it: those
+    // inside the phase and the nearest one on each side.
+    let lo = mine
+        .partition_point(|s| s.at_unix_s < start)
+        .saturating_sub(1);
+    let hi = (mine.partition_point(|s| s.at_unix_s <= end) + 1).min(mine.len());
+    let counter_complete = mine
+        .get(lo..hi)
+        .is_some_and(|near| near.iter().all(|s| s.energy_j.is_some()));
+    let by_counter = counter_complete
+        .then(|| counter_energy(&energy_pts, start, end))
+        .flatten();
+    match by_counter {
+        Some((e, span)) => (Some(e), Some(EnergyMethod::Counter), span),
+        None => match integral(&power_pts, start, end) {
+            Some((e, span)) => (Some(e), Some(EnergyMethod::PowerIntegral), span),
+            None => (None, None, 0.0),
+        },
     }
 }
 

@@ -117,26 +117,8 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
     let root = Tbl::root(table);
     w.check_keys(&root, ROOT_KEYS);
 
-    let listen = match w.string(&root, "listen") {
-        Field::Absent => Some(defaults::LISTEN),
-        Field::Bad => None,
-        Field::Ok(s) => s.parse::<SocketAddr>().ok().or_else(|| {
-            w.issue(
-                "listen",
-                format!(
-                    "expected a socket address like \"127.0.0.1:8000\" or \"[::1]:8000\" (an IP, not a host name), got {s:?}"
-                ),
-            );
-            None
-        }),
-    };
-    let state_dir = match w.string(&root, "state_dir") {
-        Field::Ok("") => {
-            w.issue("state_dir", "must not be empty");
-            None
-        }
-        f => f.or(defaults::STATE_DIR).map(PathBuf::from),
-    };
+    let listen = listen(w, &root);
+    let state_dir = state_dir(w, &root);
     let control_period = w
         .int::<u64>(
             &root,
@@ -196,6 +178,34 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
         paths,
         services,
         jobs,
+    }
+}
+
+/// The root's `listen` address (the default when absent); `None` when wrong (reported).
+fn listen(w: &mut Walker, root: &Tbl<'_>) -> Option<SocketAddr> {
+    match w.string(root, "listen") {
+        Field::Absent => Some(defaults::LISTEN),
+        Field::Bad => None,
+        Field::Ok(s) => s.parse::<SocketAddr>().ok().or_else(|| {
+            w.issue(
+                "listen",
+                format!(
+                    "expected a socket address like \"127.0.0.1:8000\" or \"[::1]:8000\" (an IP, not a host name), got {s:?}"
+                ),
+            );
+            None
+        }),
+    }
+}
+
+/// The root's `state_dir` (the default when absent); `None` when empty or wrong (reported).
+fn state_dir(w: &mut Walker, root: &Tbl<'_>) -> Option<PathBuf> {
+    match w.string(root, "state_dir") {
+        Field::Ok("") => {
+            w.issue("state_dir", "must not be empty");
+            None
+        }
+        f => f.or(defaults::STATE_DIR).map(PathBuf::from),
     }
 }
 

@@ -65,6 +65,7 @@ fn layers(w: &mut Walker, t: &Tbl<'_>) -> Field<Vec<usize>> {
     }
 }
 
+/// Reads one `[[services]]` entry, reporting what is wrong with it.
 pub(in crate::config) fn service(
     w: &mut Walker,
     t: &Tbl<'_>,
@@ -103,26 +104,7 @@ pub(in crate::config) fn service(
         }
         Field::Bad => (None, None),
     };
-    let timeout_field = w.float(
-        t,
-        "timeout_ms",
-        Bound::Excl(0.0),
-        Bound::Incl(MAX_TIMEOUT_MS),
-    );
-    let timeout_ms = match (timeout_field, p99_ms) {
-        // Shorter than the SLO would cut off requests the SLO allows.
-        (Field::Ok(v), Some(p99)) if v < p99 => {
-            w.issue(
-                t.key("timeout_ms"),
-                format!("must be >= slo.p99_ms ({p99}), got {v}"),
-            );
-            None
-        }
-        (Field::Ok(v), _) => Some(v),
-        // p99_ms <= 60000, so ten of it stays within the ceiling.
-        (Field::Absent, p99) => p99.map(|p| p * defaults::TIMEOUT_SLO_MULTIPLE),
-        (Field::Bad, _) => None,
-    };
+    let timeout_ms = timeout(w, t, p99_ms);
     let empty = Table::new();
     let (max_batch_size, max_queue_delay_ms) = match w.section(t, "batching", &empty) {
         Some(b) => batching_section(w, &b, p99_ms),
@@ -145,6 +127,31 @@ pub(in crate::config) fn service(
             max_batch_size: max_batch_size.unwrap_or(defaults::MAX_BATCH_SIZE),
             max_queue_delay_ms: max_queue_delay_ms.unwrap_or(defaults::MAX_QUEUE_DELAY_MS),
         },
+    }
+}
+
+/// A service's `timeout_ms`: at least its SLO's p99, by default a multiple of it; `None`
+/// when wrong (reported) or when there is no p99 to default from.
+fn timeout(w: &mut Walker, t: &Tbl<'_>, p99_ms: Option<f64>) -> Option<f64> {
+    let timeout_field = w.float(
+        t,
+        "timeout_ms",
+        Bound::Excl(0.0),
+        Bound::Incl(MAX_TIMEOUT_MS),
+    );
+    match (timeout_field, p99_ms) {
+        // Shorter than the SLO would cut off requests the SLO allows.
+        (Field::Ok(v), Some(p99)) if v < p99 => {
+            w.issue(
+                t.key("timeout_ms"),
+                format!("must be >= slo.p99_ms ({p99}), got {v}"),
+            );
+            None
+        }
+        (Field::Ok(v), _) => Some(v),
+        // p99_ms <= 60000, so ten of it stays within the ceiling.
+        (Field::Absent, p99) => p99.map(|p| p * defaults::TIMEOUT_SLO_MULTIPLE),
+        (Field::Bad, _) => None,
     }
 }
 
@@ -208,6 +215,7 @@ fn check_data_spec(w: &mut Walker, t: &Tbl<'_>, key: &str, spec: &str) {
     }
 }
 
+/// Reads one `[[jobs]]` entry, reporting what is wrong with it.
 pub(in crate::config) fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
     w.check_keys(t, JOB_KEYS);
     let name = name(w, t);
@@ -222,20 +230,7 @@ pub(in crate::config) fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
         }
         f => f.given(),
     };
-    let optimizer = w.choice(
-        t,
-        "optimizer",
-        &[("adam", OptimizerKind::Adam), ("sgd", OptimizerKind::Sgd)],
-    );
-    let opt = optimizer.or(OptimizerKind::Adam);
-    let lr = w.float(t, "lr", Bound::Excl(0.0), Bound::Incl(10.0));
-    let momentum = w.float(t, "momentum", Bound::Incl(0.0), Bound::Excl(1.0));
-    if opt == Some(OptimizerKind::Adam) && !momentum.is_absent() {
-        w.issue(
-            t.key("momentum"),
-            "only used with optimizer = \"sgd\"; remove it or set optimizer = \"sgd\"",
-        );
-    }
+    let (opt, lr, momentum) = optimizer(w, t);
     let weight_decay = w
         .float(t, "weight_decay", Bound::Incl(0.0), Bound::None)
         .or(defaults::WEIGHT_DECAY);
@@ -260,16 +255,7 @@ pub(in crate::config) fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
     let checkpoint_every = w
         .int::<u64>(t, "checkpoint_every_steps", 1, Some(10_000_000))
         .or(defaults::CHECKPOINT_EVERY_STEPS);
-    let best_effort = match (w.boolean(t, "best_effort"), &deadline) {
-        (Field::Ok(false), Field::Absent) => {
-            w.issue(
-                t.key("best_effort"),
-                "false needs a deadline (a job without one is best-effort); set deadline or remove best_effort",
-            );
-            true
-        }
-        (f, d) => f.or(false).unwrap_or(false) || d.is_absent(),
-    };
+    let best_effort = best_effort(w, t, &deadline);
 
     let opt = opt.unwrap_or(OptimizerKind::Adam);
     JobConfig {
@@ -290,6 +276,41 @@ pub(in crate::config) fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
         deadline: deadline.given(),
         checkpoint_every_steps: checkpoint_every.unwrap_or(defaults::CHECKPOINT_EVERY_STEPS),
         best_effort,
+    }
+}
+
+/// A job's `optimizer` (`None` when wrong), `lr` and `momentum`, reporting a momentum given
+/// to Adam.
+fn optimizer(w: &mut Walker, t: &Tbl<'_>) -> (Option<OptimizerKind>, Field<f64>, Field<f64>) {
+    let optimizer = w.choice(
+        t,
+        "optimizer",
+        &[("adam", OptimizerKind::Adam), ("sgd", OptimizerKind::Sgd)],
+    );
+    let opt = optimizer.or(OptimizerKind::Adam);
+    let lr = w.float(t, "lr", Bound::Excl(0.0), Bound::Incl(10.0));
+    let momentum = w.float(t, "momentum", Bound::Incl(0.0), Bound::Excl(1.0));
+    if opt == Some(OptimizerKind::Adam) && !momentum.is_absent() {
+        w.issue(
+            t.key("momentum"),
+            "only used with optimizer = \"sgd\"; remove it or set optimizer = \"sgd\"",
+        );
+    }
+    (opt, lr, momentum)
+}
+
+/// Whether a job is best-effort: as `best_effort` says, and always without a deadline
+/// (`best_effort = false` without one is reported).
+fn best_effort(w: &mut Walker, t: &Tbl<'_>, deadline: &Field<Deadline>) -> bool {
+    match (w.boolean(t, "best_effort"), deadline) {
+        (Field::Ok(false), Field::Absent) => {
+            w.issue(
+                t.key("best_effort"),
+                "false needs a deadline (a job without one is best-effort); set deadline or remove best_effort",
+            );
+            true
+        }
+        (f, d) => f.or(false).unwrap_or(false) || d.is_absent(),
     }
 }
 
