@@ -357,24 +357,42 @@ pub struct BenchSoakArgs {
 /// `setpoint bench scenario`.
 #[derive(Debug, Args)]
 pub struct BenchScenarioArgs {
-    /// Scenario file (TOML).
-    pub file: PathBuf,
+    /// Scenario file (TOML); not with --random.
+    #[arg(required_unless_present = "random", conflicts_with = "random")]
+    pub file: Option<PathBuf>,
+    /// Instead of a file, draw N random scenarios (rate steps, ramps and bursts; jobs arriving
+    /// during the run with deadlines, accuracy targets or none; backfill work; models of
+    /// several sizes), scaled to this machine's measured speed, run each under every policy,
+    /// and report the distribution of the outcomes (worst, median, best) against the README's
+    /// targets. See configs/scenarios/README.md.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub random: Option<u32>,
+    /// The seed random scenarios are drawn from: the same seed draws the same scenarios.
+    #[arg(long, default_value_t = 1, requires = "random")]
+    pub seed: u64,
+    /// CPU workers a random scenario's node divides (0 = all).
+    #[arg(long, default_value_t = 2, requires = "random")]
+    pub cores: usize,
+    /// With --random: write each drawn scenario (NAME.toml, to rerun it alone) and its full
+    /// report (NAME.json) into this directory.
+    #[arg(long, value_name = "DIR", requires = "random")]
+    pub save: Option<PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
     /// Also write an SVG plot: latency against the SLO and shares over time, per policy.
-    #[arg(long, value_name = "FILE.svg")]
+    #[arg(long, conflicts_with = "random", value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
     /// Run only these policies (comma-separated: setpoint, static, none).
     #[arg(long, value_name = "P,P,...")]
     pub policies: Option<String>,
-    /// Override the scenario's duration per policy, in seconds.
+    /// Override the scenario's duration per policy, in seconds (random scenarios: 20).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
     /// Run nvidia-smi (every 100 ms) beside the scenario, align it with setpoint's own NVML
     /// samples and each policy's run, and report their agreement per field and the energy
     /// per policy (joules, and per 1,000 requests). Needs an NVIDIA driver.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "random")]
     pub nvidia_smi: bool,
 }
 
