@@ -143,13 +143,14 @@ pub struct Job {
 }
 
 /// The API's view of a job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     /// Name and id.
     pub name: String,
     /// Lifecycle state.
     pub state: JobState,
     /// `deadline` or `best-effort`.
+    #[serde(deserialize_with = "job_class")]
     pub class: JobClass,
     /// RFC 3339 times.
     pub submitted_at: String,
@@ -186,7 +187,7 @@ pub struct JobView {
     /// Mini-batch size.
     pub batch_size: usize,
     /// `target_reached` or `epoch_limit` once completed.
-    pub stop_reason: Option<&'static str>,
+    pub stop_reason: Option<StopReason>,
     /// Why it failed.
     pub error: Option<String>,
     /// Its checkpoint file.
@@ -209,6 +210,17 @@ pub struct JobView {
     pub steps_per_s: Option<f64>,
     /// The accepted spec.
     pub spec: JobConfig,
+}
+
+/// Reads a job's class as [`JobClass`] serialises it (`deadline`, `best-effort`): the
+/// controller, pure, does not deserialise.
+fn job_class<'de, D: serde::Deserializer<'de>>(d: D) -> Result<JobClass, D::Error> {
+    const NAMES: [&str; 2] = ["deadline", "best-effort"];
+    match String::deserialize(d)?.as_str() {
+        "deadline" => Ok(JobClass::Deadline),
+        "best-effort" => Ok(JobClass::BestEffort),
+        other => Err(serde::de::Error::unknown_variant(other, &NAMES)),
+    }
 }
 
 impl Job {
@@ -469,7 +481,7 @@ impl Job {
             share: if running { self.lane.share() } else { 0.0 },
             workers: if running { self.lane.workers() } else { 0 },
             batch_size: self.config.batch_size,
-            stop_reason: p.stop_reason.map(|r| r.as_str()),
+            stop_reason: p.stop_reason,
             error: p.error.clone(),
             checkpoint: p.checkpoint.as_ref().map(|c| c.display().to_string()),
             restore_note: p.restore_note.clone(),
@@ -483,5 +495,19 @@ impl Job {
             steps_per_s: decision.map(|d| d.measured_rate),
             spec: self.config.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_class_reads_back_as_it_is_written() {
+        for class in [JobClass::Deadline, JobClass::BestEffort] {
+            let v = serde_json::to_value(class).unwrap();
+            assert_eq!(job_class(v).unwrap(), class);
+        }
+        assert!(job_class(serde_json::json!("urgent")).is_err());
     }
 }
