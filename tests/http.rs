@@ -1266,3 +1266,60 @@ max_queue_delay_ms = 0
     );
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+/// Reads one answer with a `content-length` from `s`: its status line and whether the server
+/// said it will close the connection.
+fn read_one_answer(s: &mut std::net::TcpStream) -> (String, bool) {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let (mut len, mut close) = (0usize, false);
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+        close |= l == "connection: close";
+    }
+    let mut body = vec![0u8; len];
+    std::io::Read::read_exact(&mut r, &mut body).unwrap();
+    (status.trim().to_string(), close)
+}
+
+#[test]
+fn a_request_to_a_missing_model_leaves_its_keep_alive_connection_usable() {
+    use std::io::Write;
+    let d = Daemon::start(SERVICE);
+    let addr = d.url.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // A body of some size, as a pooled client sends it to a model that was just removed.
+    let body = serde_json::to_string(&infer_json(&vec![row(1); 64])).unwrap();
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+    // The head first and the body a moment later, as a client's two writes can arrive: the
+    // answer must not be sent with the body unread.
+    s.write_all(head("/v2/models/gone/infer").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(body.as_bytes()).unwrap();
+    let (status, close) = read_one_answer(&mut s);
+    assert!(status.contains(" 404 "), "{status}");
+    assert!(!close, "the 404 closed the connection");
+    // The next request on the same connection is answered.
+    s.write_all((head("/v2/models/mlp/infer") + &body).as_bytes())
+        .unwrap();
+    let (status, _) = read_one_answer(&mut s);
+    assert!(status.contains(" 200 "), "{status}");
+}

@@ -272,9 +272,9 @@ fn requests_in_flight_during_reloads_all_succeed() {
                 let mut a_statuses = Vec::new();
                 let mut b_statuses = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    a_statuses.push(infer(&d, "a"));
+                    a_statuses.push(d.infer("a", &[0.1, -0.2, 0.3, 0.4]));
                     if i % 2 == 0 {
-                        b_statuses.push(infer(&d, "b"));
+                        b_statuses.push(d.infer("b", &[0.1, -0.2, 0.3, 0.4]));
                     }
                 }
                 (a_statuses, b_statuses)
@@ -312,7 +312,7 @@ fn requests_in_flight_during_reloads_all_succeed() {
     for c in clients {
         let (a, b) = c.join().unwrap();
         a_total += a.len();
-        let a_failed: Vec<u16> = a.iter().copied().filter(|&s| s != 200).collect();
+        let a_failed: Vec<&(u16, Value)> = a.iter().filter(|s| s.0 != 200).collect();
         assert!(
             a_failed.is_empty(),
             "{} of {} requests to a failed: {a_failed:?}",
@@ -320,11 +320,7 @@ fn requests_in_flight_during_reloads_all_succeed() {
             a.len()
         );
         // b comes and goes: a request either reaches it (and is answered) or finds it gone.
-        let b_failed: Vec<u16> = b
-            .iter()
-            .copied()
-            .filter(|&s| s != 200 && s != 404)
-            .collect();
+        let b_failed: Vec<&(u16, Value)> = b.iter().filter(|s| s.0 != 200 && s.0 != 404).collect();
         assert!(
             b_failed.is_empty(),
             "{} of {} requests to b failed: {b_failed:?}",

@@ -203,8 +203,11 @@ pub(super) async fn infer(
         .get::<crate::api::server::Arrival>()
         .map_or_else(Instant::now, |a| a.0);
     let headers = parts.headers;
-    let svc = p.service(&s.node)?;
+    // The body is read before the model is looked up: an answer sent with the body unread
+    // leaves the connection unusable, and a client that reuses it (a pooled keep-alive
+    // connection) would see it closed under its next request.
     let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
+    let svc = p.service(&s.node)?;
     let result = match decompress(&s.decompressing, s.max_body_bytes(), &headers, bytes).await {
         Ok(bytes) => decode_and_run(&s.decoding, &svc, &headers, bytes, start).await,
         Err(e) => Err(e),
