@@ -1,8 +1,11 @@
 //! The training job loop: the rate needed to finish by the deadline, a feed-forward share
-//! from the learned rate per unit of share, and a PI correction on the rate error.
+//! from the learned rate per unit of share, and a PI correction on the rate error. A job whose
+//! deadline has passed is demoted to best-effort (or marked to be stopped), as
+//! [`super::PastDeadline`] says; its finish is estimated from its smoothed rate ([`super::rate`]).
 
 use std::collections::VecDeque;
 
+use super::rate::{SmoothedRate, predicted_finish};
 use super::{ControlConfig, JobClass, JobDecision, JobObs, Pi};
 
 /// Seconds of history the measured rate is taken over: long enough to hold several steps of
@@ -29,6 +32,8 @@ pub struct JobState {
     pub step_cost: Option<f64>,
     history: VecDeque<(f64, u64, f64)>,
     feed_forward: f64,
+    /// The rate the finish is estimated from.
+    smoothed: SmoothedRate,
 }
 
 impl JobState {
@@ -40,6 +45,7 @@ impl JobState {
             step_cost: None,
             history: VecDeque::new(),
             feed_forward: 0.0,
+            smoothed: SmoothedRate::default(),
         }
     }
 }
@@ -60,7 +66,9 @@ pub fn expected_epochs(
     if curve.last().is_some_and(|&a| a >= target) {
         return epochs_done as f64;
     }
-    let floor = (epochs_done + 1) as f64;
+    // At least the epoch under way, and never past the limit (a job that has just run its
+    // last epoch is still observed running for a moment).
+    let floor = ((epochs_done + 1) as f64).min(max);
     let start = curve.len().saturating_sub(FIT_EPOCHS);
     let pts: Vec<(f64, f64)> = curve[start..]
         .iter()
@@ -97,9 +105,12 @@ pub fn expected_epochs(
 
 /// Decides a job's requested share: records the period's progress, learns the rate per unit
 /// of share, and (for a deadline job with work left) steers toward the rate the deadline
-/// needs with a feed-forward share plus a PI correction.
+/// needs with a feed-forward share plus a PI correction. A deadline job past its deadline is
+/// demoted to best-effort (see [`past_deadline`]). The predicted finish is the remaining
+/// steps over the smoothed rate, whatever share is granted.
 pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> JobDecision {
     record_progress(st, o, now);
+    let smoothed = st.smoothed.update(now, o.steps_done);
     let measured = measured_rate(cfg, st, o);
     let rps = learn_rate_per_share(st, o, measured);
     let expected = expected_epochs(&o.curve, o.target_accuracy, o.epochs_done, o.max_epochs);
@@ -114,9 +125,11 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
         expected_epochs: expected,
         required_rate: None,
         measured_rate: measured,
+        smoothed_rate: smoothed,
         rate_per_share: rps,
         slack_s: None,
-        predicted_finish_in_s: None,
+        predicted_finish_in_s: predicted_finish(remaining, smoothed),
+        past_deadline: None,
     };
     if o.class == JobClass::BestEffort || remaining == 0 {
         st.feed_forward = 0.0;
@@ -125,8 +138,22 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
     let Some(deadline_in) = o.deadline_in_s else {
         return d;
     };
+    if deadline_in <= 0.0 {
+        past_deadline(cfg, st, &mut d);
+        return d;
+    }
     steer_to_deadline(cfg, st, o, &mut d, deadline_in);
     d
+}
+
+/// A deadline job whose deadline has passed with work left: it asks for no more than the
+/// floor and is arbitrated as best-effort (leftover capacity only), so it never takes the
+/// device from jobs that can still make their deadlines; under [`PastDeadline::Stop`] the
+/// decision also tells the node to stop it.
+fn past_deadline(cfg: &ControlConfig, st: &mut JobState, d: &mut JobDecision) {
+    st.feed_forward = 0.0;
+    d.class = JobClass::BestEffort;
+    d.past_deadline = Some(cfg.past_deadline);
 }
 
 /// Appends this period's `(time, steps done, share)` to the history, first clearing it if
@@ -190,9 +217,11 @@ fn learn_rate_per_share(st: &mut JobState, o: &JobObs, measured: f64) -> Option<
         .or(st.rate_per_share)
 }
 
-/// Sets a deadline job's slack, required rate and share: all of it once the time left (less
-/// the margin) is within a period, else the feed-forward share for the required rate plus
-/// the PI correction on the relative rate error, at least the minimum share.
+/// Sets a deadline job's slack, required rate and share: the feed-forward share for the
+/// rate that finishes the remaining steps by the deadline less the margin, plus the PI
+/// correction on the relative rate error, at least the minimum share. Within the margin the
+/// job aims at the deadline itself, and in the last period before it asks for the whole
+/// device (the arbiter weighs it as most at risk; once the deadline passes it is demoted).
 fn steer_to_deadline(
     cfg: &ControlConfig,
     st: &mut JobState,
@@ -202,10 +231,13 @@ fn steer_to_deadline(
 ) {
     let (remaining, measured, rps) = (d.remaining_steps, d.measured_rate, d.rate_per_share);
     let margin = cfg.deadline_margin_frac * o.allotted_s.unwrap_or(0.0).max(0.0);
-    let time_left = deadline_in - margin;
+    let time_left = if deadline_in - margin > cfg.period_s {
+        deadline_in - margin
+    } else {
+        deadline_in
+    };
     d.slack_s = rps.map(|r| time_left - remaining as f64 / r);
     if time_left <= cfg.period_s {
-        // Out of time: all it can get, and let the arbiter weigh it as most at risk.
         st.feed_forward = 1.0;
         d.required_rate = Some(f64::INFINITY);
         d.requested = 1.0;
@@ -232,16 +264,6 @@ fn steer_to_deadline(
     d.share = d.requested;
 }
 
-/// Seconds to finish at the granted share, from the learned rate.
-pub(crate) fn predicted_finish(d: &JobDecision, _o: &JobObs) -> Option<f64> {
-    if d.remaining_steps == 0 {
-        return Some(0.0);
-    }
-    d.rate_per_share
-        .filter(|r| *r > 0.0 && d.share > 0.0)
-        .map(|r| d.remaining_steps as f64 / (r * d.share))
-}
-
 /// Tells the loop what the arbiter granted (back-calculation against windup).
 pub(crate) fn granted(_cfg: &ControlConfig, st: &mut JobState, share: f64) {
     st.pi.u = share - st.feed_forward;
@@ -264,5 +286,173 @@ mod tests {
         // Too short or not improving: the limit.
         assert_eq!(expected_epochs(&curve[..1], Some(0.9), 1, 30), 30.0);
         assert_eq!(expected_epochs(&[0.5, 0.5, 0.5], Some(0.9), 3, 30), 30.0);
+        // At the limit, with the curve still climbing: the limit, not a panic.
+        assert_eq!(expected_epochs(&curve, Some(0.999), 4, 4), 4.0);
+        assert_eq!(expected_epochs(&curve, Some(0.96), 4, 4), 4.0);
+    }
+
+    use crate::control::{Controller, Observations, PastDeadline};
+
+    const PERIOD: f64 = 0.1;
+
+    /// A job of `epochs` epochs of `per_epoch` steps at `done` steps, seen at `share`, with a
+    /// step cost that (on 2 cores) claims 364 steps/s per unit of share.
+    fn job(name: &str, class: JobClass, deadline_in: Option<f64>, done: u64, share: f64) -> JobObs {
+        JobObs {
+            name: name.into(),
+            class,
+            deadline_in_s: deadline_in,
+            allotted_s: deadline_in.map(|_| 600.0),
+            steps_done: done,
+            steps_per_epoch: 25,
+            epochs_done: (done / 25) as u32,
+            max_epochs: 400,
+            target_accuracy: None,
+            curve: vec![],
+            steps_in_period: 2,
+            share,
+            step_cost_core_s: Some(2.0 / 364.0),
+            cores: 2,
+        }
+    }
+
+    #[test]
+    fn the_finish_is_predicted_from_the_measured_rate_whatever_the_share() {
+        // The job: best-effort, 400 epochs of 25 steps, at step 790, running at 20
+        // steps/s on the leftover (0.95 of the device) while its step cost claims 364 steps/s
+        // per unit of share. 9,210 steps at 20 steps/s: about 460 s, not 27 s.
+        let mut ctrl = Controller::new(ControlConfig::default());
+        let mut last = None;
+        for k in 0..=50u64 {
+            let obs = Observations {
+                now_s: k as f64 * PERIOD,
+                jobs: vec![job("be", JobClass::BestEffort, None, 790 + 2 * k, 0.95)],
+                ..Default::default()
+            };
+            last = Some(ctrl.tick(&obs).jobs[0].clone());
+        }
+        let d = last.unwrap();
+        assert!(
+            (d.share - 0.95).abs() < 1e-9,
+            "it holds the leftover: {}",
+            d.share
+        );
+        assert!((d.smoothed_rate.unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(d.remaining_steps, 10_000 - 890);
+        let want = (10_000 - 890) as f64 / 20.0;
+        assert!(
+            (d.predicted_finish_in_s.unwrap() - want).abs() < 1e-6,
+            "{d:?}"
+        );
+        // With a target, the remaining steps are the learning curve's: acc(e) = 1 − 0.4/e
+        // reaches 0.96 at epoch 10, so 10 × 25 steps in all.
+        let mut with_target = job("t", JobClass::Deadline, Some(500.0), 100, 0.5);
+        with_target.target_accuracy = Some(0.96);
+        with_target.curve = (1..=4).map(|e| 1.0 - 0.4 / e as f64).collect();
+        with_target.epochs_done = 4;
+        let mut st = JobState::new(0.5);
+        let cfg = ControlConfig::default();
+        decide(&cfg, &mut st, &with_target, 0.0);
+        with_target.steps_done = 105;
+        let d = decide(&cfg, &mut st, &with_target, 1.0);
+        assert_eq!(d.remaining_steps, 250 - 105);
+        assert!((d.predicted_finish_in_s.unwrap() - 145.0 / 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_on_track_jobs_predicted_finish_holds_still_while_its_loop_corrects() {
+        // A deadline job paced by its loop with ±30 % jitter on its progress each period: the
+        // slack (time to the deadline less the predicted finish) stays within a few seconds
+        // over the middle of its run, where one period's rate would swing it by minutes.
+        let mut ctrl = Controller::new(ControlConfig::default());
+        let mut rng = crate::util::rng::Rng::new(9);
+        let (steps, deadline) = (100_000u64, 600.0);
+        let (mut done, mut share) = (0.0f64, 0.05);
+        let mut slack = Vec::new();
+        for k in 0..(deadline / PERIOD) as u64 {
+            let t = k as f64 * PERIOD;
+            let mut o = job(
+                "d",
+                JobClass::Deadline,
+                Some(deadline - t),
+                done as u64,
+                share,
+            );
+            (o.steps_per_epoch, o.max_epochs, o.epochs_done) = (steps, 1, 0);
+            o.allotted_s = Some(deadline);
+            let d = ctrl.tick(&Observations {
+                now_s: t,
+                jobs: vec![o],
+                ..Default::default()
+            });
+            share = d.jobs[0].share;
+            if (100.0..500.0).contains(&t) {
+                slack.push(deadline - t - d.jobs[0].predicted_finish_in_s.unwrap());
+            }
+            let jitter = 1.0 + 0.3 * (2.0 * rng.next_f64() - 1.0);
+            done += 364.0 * share * jitter * PERIOD;
+        }
+        let lo = slack.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = slack.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            hi - lo < 15.0 && lo > -10.0,
+            "slack from {lo:.1} s to {hi:.1} s"
+        );
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_gives_way_to_one_that_can_still_make_its_own() {
+        for policy in [PastDeadline::BestEffort, PastDeadline::Stop] {
+            let cfg = ControlConfig {
+                past_deadline: policy,
+                ..ControlConfig::default()
+            };
+            let mut ctrl = Controller::new(cfg);
+            let mut last = None;
+            let (mut done, mut share) = (0.0f64, 0.5);
+            for k in 0..20u64 {
+                let t = k as f64 * PERIOD;
+                // `late` passed its deadline 5 s ago with most of its work left; `due` needs
+                // about 0.6 of the device to make its deadline.
+                let late = job(
+                    "late",
+                    JobClass::Deadline,
+                    Some(-5.0 - t),
+                    100 + 30 * k,
+                    0.5,
+                );
+                let mut due = job(
+                    "due",
+                    JobClass::Deadline,
+                    Some(60.0 - t),
+                    done as u64,
+                    share,
+                );
+                (due.steps_per_epoch, due.max_epochs) = (13_000, 1);
+                let d = ctrl.tick(&Observations {
+                    now_s: t,
+                    jobs: vec![late, due],
+                    ..Default::default()
+                });
+                share = d.jobs[1].share;
+                done += 364.0 * share * PERIOD;
+                last = Some(d);
+            }
+            let d = last.unwrap();
+            let (late, due) = (&d.jobs[0], &d.jobs[1]);
+            assert_eq!(late.class, JobClass::BestEffort, "{policy}: demoted");
+            assert_eq!(late.past_deadline, Some(policy));
+            assert!(late.requested <= ControlConfig::default().min_share + 1e-12);
+            assert_eq!(due.past_deadline, None);
+            assert!(due.share > 0.5, "{policy}: {}", due.share);
+            assert!(
+                (due.share - due.requested).abs() < 1e-9,
+                "the job that can make it gets all it asks for"
+            );
+            assert!(
+                late.share <= d.capacity - due.share + 1e-9,
+                "only the leftover"
+            );
+        }
     }
 }
