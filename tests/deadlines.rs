@@ -184,7 +184,10 @@ fn under_past_deadline_stop_a_late_job_is_stopped_and_its_outcome_survives_a_res
     let again = node.job("late").unwrap().view(None);
     node.shutdown();
     assert_eq!(again.state, setpoint::node::JobState::Cancelled);
-    assert_eq!(again.stop_reason, Some("deadline_passed"));
+    assert_eq!(
+        again.stop_reason,
+        Some(setpoint::node::JobStopReason::DeadlinePassed)
+    );
     assert!(again.outcome.deadline_missed(), "{:?}", again.outcome);
 }
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use setpoint::device::fault::DeviceHealth;
@@ -27,82 +27,30 @@ use promtool::promtool_check;
 
 #[path = "support/child.rs"]
 mod child;
-use child::{ChildDaemon, free_port};
+use child::{ChildDaemon, free_port, poll};
 
-/// The daemon binary (see [`ChildDaemon`]) with this file's requests.
-struct Daemon(ChildDaemon);
-
-impl std::ops::Deref for Daemon {
-    type Target = ChildDaemon;
-
-    fn deref(&self) -> &ChildDaemon {
-        &self.0
-    }
+/// The daemon binary (see [`ChildDaemon`]) on `config`, its log appended to `log`.
+fn start(config: &Path, port: u16, log: &Path) -> ChildDaemon {
+    ChildDaemon::spawn(config, port, log, None, Duration::from_secs(30))
 }
 
-impl Daemon {
-    fn start(config: &Path, port: u16, log: &Path) -> Daemon {
-        Daemon(ChildDaemon::spawn(
-            config,
-            port,
-            log,
-            None,
-            Duration::from_secs(30),
-        ))
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        let (s, text) = self.get_text(path);
-        (
-            s,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// A POST, with the node's bearer token when `token`.
-    fn post(&self, path: &str, body: &Value, token: bool) -> (u16, Value) {
-        let mut req = self.agent.post(format!("{}{path}", self.url));
-        if token {
-            req = req.header("Authorization", &format!("Bearer {TOKEN}"));
-        }
-        let mut r = req.send_json(body).unwrap();
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn infer(&self) -> (u16, Value) {
-        let row: Vec<f32> = (0..8).map(|j| j as f32 * 0.25 - 1.0).collect();
-        self.post(
-            "/v2/models/mlp/infer",
-            &json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": row}]}),
-            false,
-        )
-    }
-
-    fn job(&self) -> Value {
-        self.get("/v1/jobs/j").1
-    }
-
-    fn terminate(self) -> std::process::ExitStatus {
-        self.0.terminate(Duration::from_secs(120))
-    }
+/// A POST, with the node's bearer token when `token`.
+fn post(d: &ChildDaemon, path: &str, body: &Value, token: bool) -> (u16, Value) {
+    d.send("POST", path, Some(body), token.then_some(TOKEN))
 }
 
-/// Polls `f` every 50 ms until it returns Some, for at most `limit` (generous: the machine
-/// may be busy; nothing here measures time).
-fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn infer(d: &ChildDaemon) -> (u16, Value) {
+    let row: Vec<f32> = (0..8).map(|j| j as f32 * 0.25 - 1.0).collect();
+    d.infer("mlp", &row)
+}
+
+/// The job `j` as the API shows it.
+fn job_view(d: &ChildDaemon) -> Value {
+    d.get_json("/v1/jobs/j").1
+}
+
+fn terminate(d: ChildDaemon) -> std::process::ExitStatus {
+    d.terminate(Duration::from_secs(120))
 }
 
 fn checkpoint_step(path: &Path) -> u64 {
@@ -147,11 +95,12 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     write_config(&config, port, &state);
     let ckpt = state.join("jobs/j/checkpoint.ckpt");
 
-    let d = Daemon::start(&config, port, &log);
+    let d = start(&config, port, &log);
     poll(Duration::from_secs(120), "the service to load", || {
-        (d.get("/v2/health/ready").0 == 200).then_some(())
+        (d.get_json("/v2/health/ready").0 == 200).then_some(())
     });
-    let (s, v) = d.post(
+    let (s, v) = post(
+        &d,
         "/v1/jobs",
         &json!({
             "name": "j",
@@ -169,9 +118,9 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
         "a checkpoint after 10 steps",
         || (ckpt.exists() && checkpoint_step(&ckpt) >= 10).then_some(()),
     );
-    let (s, v) = d.infer();
+    let (s, v) = infer(&d);
     assert_eq!(s, 200, "{v}");
-    let (s, v) = d.get("/v1/status");
+    let (s, v) = d.get_json("/v1/status");
     assert_eq!(s, 200);
     assert_eq!(v["devices"][0]["state"], "ok", "{v}");
     assert_eq!(v["devices"][0]["reason"], Value::Null, "{v}");
@@ -190,22 +139,33 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     );
 
     // The drill changes the node: it needs the token, and names only devices that exist.
-    let (s, v) = d.post("/v1/devices/cpu/fail", &json!({"reason": REASON}), false);
+    let (s, v) = post(
+        &d,
+        "/v1/devices/cpu/fail",
+        &json!({"reason": REASON}),
+        false,
+    );
     assert_eq!(s, 401, "{v}");
-    let (s, v) = d.post("/v1/devices/cuda:7/fail", &json!({"reason": REASON}), true);
+    let (s, v) = post(
+        &d,
+        "/v1/devices/cuda:7/fail",
+        &json!({"reason": REASON}),
+        true,
+    );
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"], "unknown device cuda:7 (this node has: cpu)");
-    let (s, v) = d.post("/v1/devices/cpu/fail", &json!({"after": 0}), true);
+    let (s, v) = post(&d, "/v1/devices/cpu/fail", &json!({"after": 0}), true);
     assert_eq!(s, 400, "{v}");
     assert_eq!(
-        d.job()["state"],
+        job_view(&d)["state"],
         "running",
         "a refused drill changed nothing"
     );
 
     // The fault: the lanes' next backend operation on the CPU device fails, as a sticky
     // driver error would.
-    let (s, v) = d.post(
+    let (s, v) = post(
+        &d,
         "/v1/devices/cpu/fail",
         &json!({"reason": REASON, "after_ops": 0}),
         true,
@@ -216,7 +176,7 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
 
     // The job fails with the device's error; its checkpoint stays, and can be resumed.
     let job = poll(Duration::from_secs(60), "the job to fail", || {
-        let v = d.job();
+        let v = job_view(&d);
         (v["state"] == "failed").then_some(v)
     });
     assert_eq!(job["error"], device_error(), "{job}");
@@ -232,19 +192,19 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     assert!(saved >= 10, "checkpoint at step {saved}");
 
     // The service answers 503 naming the device and its error; the daemon still answers.
-    let (s, v) = d.infer();
+    let (s, v) = infer(&d);
     assert_eq!(s, 503, "{v}");
     assert_eq!(
         v["error"],
         format!("model mlp is not available: {}", device_error())
     );
-    let (s, v) = d.get("/v2/models/mlp/ready");
+    let (s, v) = d.get_json("/v2/models/mlp/ready");
     assert_eq!(s, 503, "{v}");
-    assert_eq!(d.get("/v2/health/ready").0, 503);
-    assert_eq!(d.get("/v2/health/live").0, 200);
+    assert_eq!(d.get_json("/v2/health/ready").0, 503);
+    assert_eq!(d.get_json("/v2/health/live").0, 200);
 
     // Status and metrics show the device failed, with the reason and when.
-    let (s, st) = d.get("/v1/status");
+    let (s, st) = d.get_json("/v1/status");
     assert_eq!(s, 200);
     let dev = &st["devices"][0];
     assert_eq!(dev["name"], "cpu", "{st}");
@@ -262,7 +222,7 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     let svc = tenants.iter().find(|t| t["kind"] == "service").unwrap();
     assert_eq!(svc["state"], "failed", "{st}");
     assert_eq!(svc["share"], 0.0, "{st}");
-    let (_, v) = d.get("/v1/services/mlp");
+    let (_, v) = d.get_json("/v1/services/mlp");
     assert_eq!(v["state"], "failed", "{v}");
     assert_eq!(v["error"], device_error(), "{v}");
     let (s, metrics) = d.get_text("/metrics");
@@ -275,7 +235,11 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     promtool_check(&metrics);
     // The control loop gives the failed device's tenants nothing: after a tick that began
     // once it had failed, they are in no decision.
-    let ticks = |d: &Daemon| d.get("/v1/status").1["control_ticks"].as_u64().unwrap();
+    let ticks = |d: &ChildDaemon| {
+        d.get_json("/v1/status").1["control_ticks"]
+            .as_u64()
+            .unwrap()
+    };
     let failed_by = ticks(&d);
     poll(Duration::from_secs(60), "two more control ticks", || {
         (ticks(&d) >= failed_by + 2).then_some(())
@@ -304,7 +268,8 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     );
 
     // Nothing new is admitted on it: with no other device, new tenants get 503 naming it.
-    let (s, v) = d.post(
+    let (s, v) = post(
+        &d,
         "/v1/jobs",
         &json!({"name": "k", "data": DATA, "layers": [8, 16, 3], "epochs": 1}),
         true,
@@ -317,7 +282,8 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     assert_eq!(v["error"], refusal);
     let model = state.join("model.ckpt");
     std::fs::copy(&ckpt, &model).unwrap();
-    let (s, v) = d.post(
+    let (s, v) = post(
+        &d,
         "/v1/services",
         &json!({"name": "m", "checkpoint": model, "slo": {"p99_ms": 50}}),
         true,
@@ -325,15 +291,20 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"], refusal);
     // A device fails once: the first reason stays.
-    let (s, v) = d.post("/v1/devices/cpu/fail", &json!({"reason": "again"}), true);
+    let (s, v) = post(
+        &d,
+        "/v1/devices/cpu/fail",
+        &json!({"reason": "again"}),
+        true,
+    );
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["error"], device_error());
     // A reload cannot bring the service back: no device is left to start it on.
-    let (s, v) = d.post("/v1/reload", &Value::Null, true);
+    let (s, v) = post(&d, "/v1/reload", &Value::Null, true);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["services_retried"], json!(["mlp"]), "{v}");
     let v = poll(Duration::from_secs(60), "the retry to fail", || {
-        let (_, v) = d.get("/v1/services/mlp");
+        let (_, v) = d.get_json("/v1/services/mlp");
         (v["state"] == "failed" && v["error"] != device_error()).then_some(v)
     });
     assert_eq!(
@@ -342,7 +313,7 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     );
 
     // SIGTERM: the daemon stops cleanly.
-    let status = d.terminate();
+    let status = terminate(d);
     assert!(status.success(), "{status:?}");
 
     // The checkpoint the failed job kept resumes.
@@ -364,20 +335,20 @@ fn a_device_fault_fails_its_tenants_and_the_daemon_keeps_running() {
     assert!(checkpoint_step(&resumed) > saved);
 
     // A restart brings the device and the config's service back; the job stays failed.
-    let d = Daemon::start(&config, port, &log);
+    let d = start(&config, port, &log);
     poll(
         Duration::from_secs(120),
         "the restarted node to be ready",
-        || (d.get("/v2/health/ready").0 == 200).then_some(()),
+        || (d.get_json("/v2/health/ready").0 == 200).then_some(()),
     );
-    let (s, v) = d.infer();
+    let (s, v) = infer(&d);
     assert_eq!(s, 200, "{v}");
-    let (_, st) = d.get("/v1/status");
+    let (_, st) = d.get_json("/v1/status");
     assert_eq!(st["devices"][0]["state"], "ok", "{st}");
-    let job = d.job();
+    let job = job_view(&d);
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["error"], device_error(), "{job}");
-    let status = d.terminate();
+    let status = terminate(d);
     assert!(status.success(), "{status:?}");
 }
 

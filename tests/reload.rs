@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -15,18 +15,7 @@ const TOKEN: &str = "reload-test-token";
 
 #[path = "support/child.rs"]
 mod child;
-use child::{ChildDaemon, free_port};
-
-/// The daemon binary (see [`ChildDaemon`]) with this file's requests and signals.
-struct Daemon(ChildDaemon);
-
-impl std::ops::Deref for Daemon {
-    type Target = ChildDaemon;
-
-    fn deref(&self) -> &ChildDaemon {
-        &self.0
-    }
-}
+use child::{ChildDaemon, free_port, poll};
 
 /// Replaces `path` as an editor should: a new file renamed over the old one.
 fn write_config(path: &Path, text: &str) {
@@ -35,101 +24,47 @@ fn write_config(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The daemon binary (see [`ChildDaemon`]) on `config`, its log in `dir`; waits until it is
+/// ready.
+fn start(config: &Path, dir: &Path, port: u16) -> ChildDaemon {
+    let log = dir.join("daemon.log");
+    std::fs::File::create(&log).unwrap();
+    let d = ChildDaemon::spawn(config, port, &log, None, Duration::from_secs(20));
+    poll(Duration::from_secs(30), "the daemon to be ready", || {
+        (d.get_json("/v2/health/ready").0 == 200).then_some(())
+    });
+    d
 }
 
-impl Daemon {
-    fn start(config: &Path, dir: &Path, port: u16) -> Daemon {
-        let log = dir.join("daemon.log");
-        std::fs::File::create(&log).unwrap();
-        let d = Daemon(ChildDaemon::spawn(
-            config,
-            port,
-            &log,
-            None,
-            Duration::from_secs(20),
-        ));
-        poll(Duration::from_secs(30), "the daemon to be ready", || {
-            (d.get("/v2/health/ready").0 == 200).then_some(())
-        });
-        d
-    }
+/// A POST, with the bearer `token` when given.
+fn post(d: &ChildDaemon, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+    d.send("POST", path, Some(body), token)
+}
 
-    fn get(&self, path: &str) -> (u16, Value) {
-        match self.agent.get(&format!("{}{path}", self.url)).call() {
-            Ok(r) => {
-                let s = r.status().as_u16();
-                (s, r.into_body().read_json().unwrap_or(Value::Null))
-            }
-            Err(_) => (0, Value::Null),
-        }
-    }
+/// One inference row; the HTTP status (0 when the request itself failed).
+fn infer(d: &ChildDaemon, model: &str) -> u16 {
+    d.infer(model, &[0.1, -0.2, 0.3, 0.4]).0
+}
 
-    fn text(&self, path: &str) -> String {
-        self.agent
-            .get(&format!("{}{path}", self.url))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string()
-            .unwrap()
-    }
+fn hup(d: &ChildDaemon) {
+    // SAFETY: signalling a child process this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) }, 0);
+}
 
-    fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut req = self.agent.post(&format!("{}{path}", self.url));
-        if let Some(t) = token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let r = req.send_json(body).unwrap();
-        let s = r.status().as_u16();
-        (s, r.into_body().read_json().unwrap_or(Value::Null))
-    }
+fn metric(d: &ChildDaemon, line_start: &str) -> Option<f64> {
+    let (_, text) = d.get("/metrics").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+}
 
-    /// One inference row; the HTTP status (0 when the request itself failed).
-    fn infer(&self, model: &str) -> u16 {
-        let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
-                                      "data": [0.1, -0.2, 0.3, 0.4]}]});
-        match self
-            .agent
-            .post(&format!("{}/v2/models/{model}/infer", self.url))
-            .send_json(&body)
-        {
-            Ok(r) => r.status().as_u16(),
-            Err(_) => 0,
-        }
-    }
+fn slo(d: &ChildDaemon, service: &str) -> Option<f64> {
+    d.get_json(&format!("/v1/services/{service}")).1["slo_p99_ms"].as_f64()
+}
 
-    fn hup(&self) {
-        // SAFETY: signalling a child process this test started and has not reaped.
-        assert_eq!(
-            unsafe { libc::kill(self.0.child.id() as i32, libc::SIGHUP) },
-            0
-        );
-    }
-
-    fn metric(&self, line_start: &str) -> Option<f64> {
-        self.text("/metrics")
-            .lines()
-            .find_map(|l| l.strip_prefix(line_start))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    fn slo(&self, service: &str) -> Option<f64> {
-        self.get(&format!("/v1/services/{service}")).1["slo_p99_ms"].as_f64()
-    }
-
-    fn stop(self) {
-        let s = self.0.terminate(Duration::from_secs(60));
-        assert!(s.success(), "the daemon exited with {s:?}");
-    }
+fn stop_cleanly(d: ChildDaemon) {
+    let s = d.terminate(Duration::from_secs(60));
+    assert!(s.success(), "the daemon exited with {s:?}");
 }
 
 fn header(port: u16, state: &Path, period_ms: u64) -> String {
@@ -156,19 +91,19 @@ fn reload_applies_changes_refuses_invalid_files_and_keeps_runtime_services() {
         &config,
         &(header(port, &state, 50) + &service("a", 50.0, 256)),
     );
-    let d = Daemon::start(&config, dir.path(), port);
-    assert_eq!(d.slo("a"), Some(50.0));
+    let d = start(&config, dir.path(), port);
+    assert_eq!(slo(&d, "a"), Some(50.0));
 
     // SIGHUP: a service added, an SLO changed, the control period changed.
     write_config(
         &config,
         &(header(port, &state, 100) + &service("a", 80.0, 256) + &service("b", 40.0, 256)),
     );
-    d.hup();
+    hup(&d);
     poll(Duration::from_secs(20), "service b and a's new SLO", || {
-        (d.slo("a") == Some(80.0) && d.get("/v2/models/b/ready").0 == 200).then_some(())
+        (slo(&d, "a") == Some(80.0) && d.get_json("/v2/models/b/ready").0 == 200).then_some(())
     });
-    let status = d.get("/v1/status").1;
+    let status = d.get_json("/v1/status").1;
     let tenants: Vec<&str> = status["tenants"]
         .as_array()
         .unwrap()
@@ -184,9 +119,9 @@ fn reload_applies_changes_refuses_invalid_files_and_keeps_runtime_services() {
         .unwrap();
     assert_eq!(a["set_point"], "p99 <= 80 ms", "{status}");
     poll(Duration::from_secs(10), "the reload counted", || {
-        (d.metric("setpoint_config_reloads_total{result=\"ok\"}") == Some(1.0)).then_some(())
+        (metric(&d, "setpoint_config_reloads_total{result=\"ok\"}") == Some(1.0)).then_some(())
     });
-    assert_eq!(d.infer("b"), 200);
+    assert_eq!(infer(&d, "b"), 200);
 
     // An invalid file: refused, counted, the running configuration kept, still serving.
     write_config(
@@ -195,30 +130,33 @@ fn reload_applies_changes_refuses_invalid_files_and_keeps_runtime_services() {
             + &service("a", -5.0, 256)
             + "\n[[services]]\nname = \"c\"\nlayers = [4, 3]\nbogus = 1\n"),
     );
-    d.hup();
+    hup(&d);
     poll(
         Duration::from_secs(20),
         "the refused reload counted",
-        || (d.metric("setpoint_config_reloads_total{result=\"error\"}") == Some(1.0)).then_some(()),
+        || {
+            (metric(&d, "setpoint_config_reloads_total{result=\"error\"}") == Some(1.0))
+                .then_some(())
+        },
     );
     assert_eq!(
-        d.metric("setpoint_config_last_reload_successful"),
+        metric(&d, "setpoint_config_last_reload_successful"),
         Some(0.0)
     );
-    assert_eq!(d.slo("a"), Some(80.0));
-    assert_eq!(d.get("/v2/models/c/ready").0, 404);
-    assert_eq!(d.get("/v2/health/ready").0, 200);
-    assert_eq!(d.infer("a"), 200);
+    assert_eq!(slo(&d, "a"), Some(80.0));
+    assert_eq!(d.get_json("/v2/models/c/ready").0, 404);
+    assert_eq!(d.get_json("/v2/health/ready").0, 200);
+    assert_eq!(infer(&d, "a"), 200);
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(log.contains("services[0].slo.p99_ms"), "{log}");
     assert!(log.contains("services[1].bogus"), "{log}");
 
     // POST /v1/reload changes the node: the token is required.
-    let (s, v) = d.post("/v1/reload", None, &json!({}));
+    let (s, v) = post(&d, "/v1/reload", None, &json!({}));
     assert_eq!(s, 401, "{v}");
-    let (s, _) = d.post("/v1/reload", Some("not-the-token"), &json!({}));
+    let (s, _) = post(&d, "/v1/reload", Some("not-the-token"), &json!({}));
     assert_eq!(s, 401);
-    let (s, v) = d.post("/v1/reload", Some(TOKEN), &json!({}));
+    let (s, v) = post(&d, "/v1/reload", Some(TOKEN), &json!({}));
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["result"], "error", "{v}");
     let errors: Vec<&str> = v["errors"]
@@ -244,7 +182,7 @@ fn reload_applies_changes_refuses_invalid_files_and_keeps_runtime_services() {
             .contains("running configuration is kept")
     );
     assert_eq!(
-        d.metric("setpoint_config_reloads_total{result=\"error\"}"),
+        metric(&d, "setpoint_config_reloads_total{result=\"error\"}"),
         Some(2.0)
     );
 
@@ -267,7 +205,8 @@ fn reload_applies_changes_refuses_invalid_files_and_keeps_runtime_services() {
         .status()
         .unwrap();
     assert!(trained.success());
-    let (s, v) = d.post(
+    let (s, v) = post(
+        &d,
         "/v1/services",
         Some(TOKEN),
         &json!({"name": "m", "checkpoint": ckpt, "slo": {"p99_ms": 30}}),
@@ -280,7 +219,7 @@ fn reload_applies_changes_refuses_invalid_files_and_keeps_runtime_services() {
         &config,
         &(header(other_port, &state, 100) + &service("a", 60.0, 256)),
     );
-    let (s, v) = d.post("/v1/reload", Some(TOKEN), &json!({}));
+    let (s, v) = post(&d, "/v1/reload", Some(TOKEN), &json!({}));
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"], "ok", "{v}");
     assert_eq!(v["services_removed"], json!(["b"]), "{v}");
@@ -297,15 +236,15 @@ fn reload_applies_changes_refuses_invalid_files_and_keeps_runtime_services() {
         restart.contains("listen") && restart.contains(&other_port.to_string()),
         "{v}"
     );
-    assert_eq!(d.get("/v2/models/b/ready").0, 404);
-    assert_eq!(d.get("/v2/models/m/ready").0, 200);
-    assert_eq!(d.infer("m"), 200);
-    assert_eq!(d.slo("a"), Some(60.0));
+    assert_eq!(d.get_json("/v2/models/b/ready").0, 404);
+    assert_eq!(d.get_json("/v2/models/m/ready").0, 200);
+    assert_eq!(infer(&d, "m"), 200);
+    assert_eq!(slo(&d, "a"), Some(60.0));
     assert_eq!(
-        d.metric("setpoint_config_last_reload_successful"),
+        metric(&d, "setpoint_config_last_reload_successful"),
         Some(1.0)
     );
-    d.stop();
+    stop_cleanly(d);
 }
 
 #[test]
@@ -322,7 +261,7 @@ fn requests_in_flight_during_reloads_all_succeed() {
         t
     };
     write_config(&config, &text(50.0, 256, true));
-    let d = Arc::new(Daemon::start(&config, dir.path(), port));
+    let d = Arc::new(start(&config, dir.path(), port));
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
@@ -333,9 +272,9 @@ fn requests_in_flight_during_reloads_all_succeed() {
                 let mut a_statuses = Vec::new();
                 let mut b_statuses = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    a_statuses.push(d.infer("a"));
+                    a_statuses.push(infer(&d, "a"));
                     if i % 2 == 0 {
-                        b_statuses.push(d.infer("b"));
+                        b_statuses.push(infer(&d, "b"));
                     }
                 }
                 (a_statuses, b_statuses)
@@ -353,17 +292,17 @@ fn requests_in_flight_during_reloads_all_succeed() {
     ];
     for (p99, queue, with_b) in steps {
         write_config(&config, &text(p99, queue, with_b));
-        let (s, v) = d.post("/v1/reload", Some(TOKEN), &json!({}));
+        let (s, v) = post(&d, "/v1/reload", Some(TOKEN), &json!({}));
         assert_eq!(s, 200, "{v}");
         poll(Duration::from_secs(20), "the new settings of a", || {
-            let cfg = d.get("/v2/models/a/config").1;
+            let cfg = d.get_json("/v2/models/a/config").1;
             (cfg["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == queue
-                && d.slo("a") == Some(p99))
+                && slo(&d, "a") == Some(p99))
             .then_some(())
         });
         if with_b {
             poll(Duration::from_secs(20), "b back", || {
-                (d.get("/v2/models/b/ready").0 == 200).then_some(())
+                (d.get_json("/v2/models/b/ready").0 == 200).then_some(())
             });
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -395,7 +334,7 @@ fn requests_in_flight_during_reloads_all_succeed() {
     }
     assert!(a_total > 20, "too few requests to show anything: {a_total}");
     match Arc::try_unwrap(d) {
-        Ok(d) => d.stop(),
+        Ok(d) => stop_cleanly(d),
         Err(_) => panic!("a client still holds the daemon"),
     }
 }

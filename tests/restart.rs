@@ -14,19 +14,7 @@ mod slow_data;
 
 #[path = "support/child.rs"]
 mod child;
-use child::{ChildDaemon, free_port};
-
-/// The daemon binary (see [`ChildDaemon`], which kills it when a test fails) with this
-/// file's requests; restarted on the same configuration, state directory and log.
-struct Daemon(ChildDaemon);
-
-impl std::ops::Deref for Daemon {
-    type Target = ChildDaemon;
-
-    fn deref(&self) -> &ChildDaemon {
-        &self.0
-    }
-}
+use child::{ChildDaemon, free_port, poll};
 
 /// The tests here restart daemons on a fixed port; run side by side, one test's free port
 /// can be taken by the other's daemon while the first is down, and its restart would then
@@ -37,53 +25,25 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Daemon {
-    fn start(config: &Path, log: &Path) -> Daemon {
-        let text = std::fs::read_to_string(config).unwrap();
-        let port: u16 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
-            .and_then(|p| p.trim_end_matches('"').parse().ok())
-            .unwrap();
-        Daemon(ChildDaemon::spawn(
-            config,
-            port,
-            log,
-            None,
-            Duration::from_secs(10),
-        ))
-    }
-
-    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.url);
-        let resp = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            ("POST", Some(b)) => self.agent.post(&url).send_json(b),
-            ("PATCH", Some(b)) => self.agent.patch(&url).send_json(b),
-            _ => unreachable!(),
-        }
+/// The daemon binary (see [`ChildDaemon`], which kills it when a test fails) on `config`,
+/// its log appended to `log`: restarted on the same configuration, state directory and log.
+fn start(config: &Path, log: &Path) -> ChildDaemon {
+    let text = std::fs::read_to_string(config).unwrap();
+    let port: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
         .unwrap();
-        let status = resp.status().as_u16();
-        let v = resp.into_body().read_json::<Value>().unwrap_or(Value::Null);
-        (status, v)
-    }
+    ChildDaemon::spawn(config, port, log, None, Duration::from_secs(10))
+}
 
-    fn job(&self) -> Value {
-        self.send("GET", "/v1/jobs/j", None).1
-    }
+/// The job `j` as the API shows it.
+fn job(d: &ChildDaemon) -> Value {
+    d.send("GET", "/v1/jobs/j", None, None).1
+}
 
-    fn poll<T>(&self, limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
-        child::poll(limit, what, f)
-    }
-
-    fn kill9(self) {
-        self.0.kill9();
-    }
-
-    fn terminate(self) -> std::process::ExitStatus {
-        self.0.terminate(Duration::from_secs(60))
-    }
+fn terminate(d: ChildDaemon) -> std::process::ExitStatus {
+    d.terminate(Duration::from_secs(60))
 }
 
 fn checkpoint_step(path: &Path) -> u64 {
@@ -109,7 +69,7 @@ fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
     .unwrap();
     let ckpt = state.join("jobs/j/checkpoint.ckpt");
 
-    let d = Daemon::start(&config, &log);
+    let d = start(&config, &log);
     let (s, v) = d.send(
         "POST",
         "/v1/jobs",
@@ -121,14 +81,15 @@ fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
             "checkpoint_every_steps": 10,
             "class": "best-effort",
         })),
+        None,
     );
     assert_eq!(s, 201, "{v}");
-    d.poll(
+    poll(
         Duration::from_secs(60),
         "a checkpoint after 30 steps",
         || (ckpt.exists() && checkpoint_step(&ckpt) >= 30).then_some(()),
     );
-    let (s, v) = d.send("PATCH", "/v1/jobs/j", Some(&json!({"epochs": 900})));
+    let (s, v) = d.send("PATCH", "/v1/jobs/j", Some(&json!({"epochs": 900})), None);
     assert_eq!(s, 200, "{v}");
     // A service added through the API, from a copy of the job's checkpoint.
     let model = dir.path().join("model.ckpt");
@@ -137,9 +98,10 @@ fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
         "POST",
         "/v1/services",
         Some(&json!({"name": "m", "checkpoint": model, "slo": {"p99_ms": 50}})),
+        None,
     );
     assert_eq!(s, 201, "{v}");
-    let before = d.job()["steps"].as_u64().unwrap();
+    let before = job(&d)["steps"].as_u64().unwrap();
 
     // SIGKILL: nothing is flushed; the job comes back from its last checkpoint, with the
     // acknowledged change, losing at most one checkpoint interval.
@@ -149,47 +111,47 @@ fn jobs_survive_sigkill_and_sigterm_and_cancelled_jobs_stay_cancelled() {
         saved + 10 >= before.saturating_sub(10),
         "{saved} vs {before}"
     );
-    let d = Daemon::start(&config, &log);
-    let v = d.poll(Duration::from_secs(60), "the job to resume", || {
-        let v = d.job();
+    let d = start(&config, &log);
+    let v = poll(Duration::from_secs(60), "the job to resume", || {
+        let v = job(&d);
         (v["state"] == "running" && v["steps"].as_u64() > Some(saved)).then_some(v)
     });
     assert_eq!(v["epochs_max"], 900, "{v}");
     assert!(v["steps"].as_u64().unwrap() > saved);
-    d.poll(Duration::from_secs(30), "the restored service", || {
-        (d.send("GET", "/v2/models/m/ready", None).0 == 200).then_some(())
+    poll(Duration::from_secs(30), "the restored service", || {
+        (d.send("GET", "/v2/models/m/ready", None, None).0 == 200).then_some(())
     });
 
     // SIGTERM: the job checkpoints, the daemon exits 0, and the job resumes where it was.
-    let status = d.terminate();
+    let status = terminate(d);
     assert!(status.success(), "{status:?}");
     let at_stop = checkpoint_step(&ckpt);
     assert!(at_stop > saved);
-    let d = Daemon::start(&config, &log);
-    d.poll(
+    let d = start(&config, &log);
+    poll(
         Duration::from_secs(60),
         "the job to resume after SIGTERM",
         || {
-            let v = d.job();
+            let v = job(&d);
             (v["state"] == "running" && v["steps"].as_u64() >= Some(at_stop)).then_some(())
         },
     );
 
     // A cancel is an outcome: after a crash the job is listed as cancelled, not resumed.
-    let (s, _) = d.send("DELETE", "/v1/jobs/j", None);
+    let (s, _) = d.send("DELETE", "/v1/jobs/j", None, None);
     assert_eq!(s, 200);
-    d.poll(Duration::from_secs(30), "the job to stop", || {
-        (d.job()["state"] == "cancelled").then_some(())
+    poll(Duration::from_secs(30), "the job to stop", || {
+        (job(&d)["state"] == "cancelled").then_some(())
     });
     d.kill9();
-    let d = Daemon::start(&config, &log);
+    let d = start(&config, &log);
     std::thread::sleep(Duration::from_millis(500));
-    let v = d.job();
+    let v = job(&d);
     assert_eq!(v["state"], "cancelled", "{v}");
     let steps = v["steps"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        d.job()["steps"].as_u64().unwrap(),
+        job(&d)["steps"].as_u64().unwrap(),
         steps,
         "a cancelled job took steps"
     );
@@ -215,7 +177,7 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
     let ckpt = state.join("jobs/j/checkpoint.ckpt");
     let prev = state.join("jobs/j/checkpoint.prev.ckpt");
 
-    let d = Daemon::start(&config, &log);
+    let d = start(&config, &log);
     let (s, v) = d.send(
         "POST",
         "/v1/jobs",
@@ -227,9 +189,10 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
             "checkpoint_every_steps": 10,
             "class": "best-effort",
         })),
+        None,
     );
     assert_eq!(s, 201, "{v}");
-    d.poll(Duration::from_secs(60), "two checkpoints", || {
+    poll(Duration::from_secs(60), "two checkpoints", || {
         (prev.exists() && ckpt.exists() && checkpoint_step(&prev) >= 10).then_some(())
     });
     d.kill9();
@@ -249,9 +212,9 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
     std::fs::write(&damaged, &bytes).unwrap();
     std::fs::rename(&damaged, &ckpt).unwrap();
 
-    let d = Daemon::start(&config, &log);
-    let v = d.poll(Duration::from_secs(60), "the job to resume", || {
-        let v = d.job();
+    let d = start(&config, &log);
+    let v = poll(Duration::from_secs(60), "the job to resume", || {
+        let v = job(&d);
         (v["state"] == "running" && v["steps"].as_u64() > Some(prev_step)).then_some(v)
     });
     let note = v["restore_note"].as_str().unwrap_or_default();
@@ -268,7 +231,7 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
         "{logged}"
     );
     // Checkpointing goes on, and the damaged file is replaced without being kept.
-    d.poll(Duration::from_secs(60), "a new checkpoint", || {
+    poll(Duration::from_secs(60), "a new checkpoint", || {
         Checkpoint::load(&ckpt)
             .ok()
             .filter(|c| c.training.as_ref().unwrap().meta.step > latest_step)
@@ -281,9 +244,9 @@ fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
     let last = checkpoint_step(&ckpt);
     std::fs::remove_file(&ckpt).unwrap();
     std::fs::remove_file(&prev).unwrap();
-    let d = Daemon::start(&config, &log);
-    let v = d.poll(Duration::from_secs(60), "the job to start over", || {
-        let v = d.job();
+    let d = start(&config, &log);
+    let v = poll(Duration::from_secs(60), "the job to start over", || {
+        let v = job(&d);
         (v["state"] == "running").then_some(v)
     });
     let note = v["restore_note"].as_str().unwrap_or_default();
@@ -327,9 +290,9 @@ fn sigterm_fails_requests_still_running_after_the_drain_timeout_and_exits_0() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&config, &log);
-    d.poll(Duration::from_secs(60), "the service to load", || {
-        (d.send("GET", "/v2/health/ready", None).0 == 200).then_some(())
+    let d = start(&config, &log);
+    poll(Duration::from_secs(60), "the service to load", || {
+        (d.send("GET", "/v2/health/ready", None, None).0 == 200).then_some(())
     });
     let url = format!("{}/v2/models/slow/infer", d.url);
     let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8],
@@ -352,8 +315,8 @@ fn sigterm_fails_requests_still_running_after_the_drain_timeout_and_exits_0() {
             })
         })
         .collect();
-    d.poll(Duration::from_secs(30), "a queue of 40 requests", || {
-        let (_, s) = d.send("GET", "/v1/status", None);
+    poll(Duration::from_secs(30), "a queue of 40 requests", || {
+        let (_, s) = d.send("GET", "/v1/status", None, None);
         let queued = s["tenants"]
             .as_array()?
             .iter()
@@ -361,7 +324,7 @@ fn sigterm_fails_requests_still_running_after_the_drain_timeout_and_exits_0() {
             .as_u64()?;
         (queued >= 40).then_some(())
     });
-    let status = d.terminate();
+    let status = terminate(d);
     assert!(status.success(), "exit status {status:?}");
     let results: Vec<_> = senders.into_iter().map(|t| t.join().unwrap()).collect();
     let failed = results.iter().filter(|r| r.is_err()).count();
@@ -402,11 +365,11 @@ fn a_removed_job_stays_removed_after_a_restart_and_its_name_is_free() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&config, &log);
-    let (s, v) = d.send("POST", "/v1/jobs", Some(&small_job(2)));
+    let d = start(&config, &log);
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&small_job(2)), None);
     assert_eq!(s, 201, "{v}");
-    let done = d.poll(Duration::from_secs(60), "the job to complete", || {
-        let v = d.job();
+    let done = poll(Duration::from_secs(60), "the job to complete", || {
+        let v = job(&d);
         (v["state"] == "completed").then_some(v)
     });
     // A copy of its directory, to stand for a removal a crash cut short after its rename.
@@ -416,15 +379,15 @@ fn a_removed_job_stays_removed_after_a_restart_and_its_name_is_free() {
     for f in ["job.json", "outcome.json", "checkpoint.ckpt"] {
         std::fs::copy(job_dir.join(f), cut_short.join(f)).unwrap();
     }
-    let (s, v) = d.send("DELETE", "/v1/jobs/j", None);
+    let (s, v) = d.send("DELETE", "/v1/jobs/j", None, None);
     assert_eq!((s, &v["removed"]), (200, &json!(true)), "{v}");
     assert!(!job_dir.exists());
     d.kill9();
 
     // After a restart the job is not back, and what the crash left is deleted.
-    let d = Daemon::start(&config, &log);
-    assert_eq!(d.send("GET", "/v1/jobs/j", None).0, 404);
-    assert_eq!(d.send("GET", "/v1/jobs", None).1["jobs"], json!([]));
+    let d = start(&config, &log);
+    assert_eq!(d.send("GET", "/v1/jobs/j", None, None).0, 404);
+    assert_eq!(d.send("GET", "/v1/jobs", None, None).1["jobs"], json!([]));
     assert!(!cut_short.exists());
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -432,10 +395,10 @@ fn a_removed_job_stays_removed_after_a_restart_and_its_name_is_free() {
         "{logged}"
     );
     // The name takes a fresh job: one epoch from step 0, not the old one's checkpoint.
-    let (s, v) = d.send("POST", "/v1/jobs", Some(&small_job(1)));
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&small_job(1)), None);
     assert_eq!(s, 201, "{v}");
-    let again = d.poll(Duration::from_secs(60), "the new job to complete", || {
-        let v = d.job();
+    let again = poll(Duration::from_secs(60), "the new job to complete", || {
+        let v = job(&d);
         (v["state"] == "completed").then_some(v)
     });
     assert_eq!(
@@ -466,7 +429,7 @@ fn sigterm_during_a_slow_data_load_exits_after_the_drain_admitting_nothing() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&config, &log);
+    let d = start(&config, &log);
     let spec = json!({"name": "slow", "data": data, "layers": [2, 2], "class": "best-effort"});
     let url = format!("{}/v1/jobs", d.url);
     let body = spec.clone();
@@ -482,15 +445,15 @@ fn sigterm_during_a_slow_data_load_exits_after_the_drain_admitting_nothing() {
             .map(|r| r.status().as_u16())
             .map_err(|e| e.to_string())
     });
-    d.poll(Duration::from_secs(30), "the load to start", || {
+    poll(Duration::from_secs(30), "the load to start", || {
         let logged = std::fs::read_to_string(&log).unwrap_or_default();
         logged
             .contains("loading the job's data for admission")
             .then_some(())
     });
     // While it loads the node answers, and the name is held.
-    assert_eq!(d.send("GET", "/v2/health/live", None).0, 200);
-    let (s, v) = d.send("POST", "/v1/jobs", Some(&spec));
+    assert_eq!(d.send("GET", "/v2/health/live", None, None).0, 200);
+    let (s, v) = d.send("POST", "/v1/jobs", Some(&spec), None);
     assert_eq!(s, 409, "{v}");
     assert!(
         v["error"]
@@ -500,7 +463,7 @@ fn sigterm_during_a_slow_data_load_exits_after_the_drain_admitting_nothing() {
         "{v}"
     );
     // The load would take minutes; the daemon stops after the drain instead.
-    let status = d.terminate();
+    let status = terminate(d);
     assert!(status.success(), "{status:?}");
     let answer = submission.join().unwrap();
     assert!(matches!(answer, Err(_) | Ok(503)), "{answer:?}");

@@ -168,3 +168,57 @@ bursts = [ { at_s = 5, duration_s = 1, rate = 2000 } ]
     assert!(t.windows(2).all(|w| w[0] <= w[1]));
     assert_eq!(t, s.arrival_times(), "seeded");
 }
+
+/// Two random scenarios of five seconds, drawn from a fixed seed: they run under both
+/// policies, are saved to rerun alone, and account the set points' share-seconds apart from
+/// what backfill work was given.
+#[test]
+fn a_fixed_seed_sample_of_random_scenarios_runs_and_accounts_fairly() {
+    use setpoint::bench::scenario::{RandomSpec, run_random};
+    let spec = RandomSpec {
+        count: 2,
+        seed: 3,
+        duration_s: 5.0,
+        cores: 2,
+        policies: vec![PolicyName::Setpoint, PolicyName::Static],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_random(&spec, Some(dir.path()), &mut |line| eprintln!("{line}")).unwrap();
+    eprintln!("{}", setpoint::bench::scenario::sweep_text(&r));
+    assert_eq!(r.scenarios.len(), 2);
+    assert_eq!(r.windows_within_slo_pct.map(|w| w.n), Some(2));
+    assert_eq!(r.request_violations_vs_static.map(|w| w.n), Some(2));
+    assert_eq!(r.targets.len(), 6);
+    let mut backfilled = 0;
+    for o in &r.scenarios {
+        // Each drawn scenario was saved, and reruns alone from its file.
+        let file = dir.path().join(format!("{}.toml", o.scenario));
+        let s = Scenario::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert!(o.deadline_jobs >= 1);
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("{}.json", o.scenario))).unwrap(),
+        )
+        .unwrap();
+        for p in report["policies"].as_array().unwrap() {
+            let set_point = p["share_seconds"].as_f64().unwrap();
+            let best_effort = p["best_effort_share_seconds"].as_f64().unwrap();
+            // The two parts never add up to more than the device less its reserve.
+            assert!(
+                set_point + best_effort <= (1.0 - s.reserve_frac) * s.duration_s + 0.2,
+                "{}: {set_point} + {best_effort}",
+                o.scenario
+            );
+            // Under the controller with a backfill job and leftover to best-effort, idle
+            // capacity goes to the backfill: counted apart from the set points.
+            if p["policy"] == "setpoint" && o.best_effort_jobs > 0 {
+                assert_eq!(s.leftover, "best-effort");
+                assert!(best_effort > 0.0, "{}: no share to backfill", o.scenario);
+                backfilled += 1;
+            }
+        }
+    }
+    assert!(
+        backfilled >= 1,
+        "seed 3 draws a backfill job in its first two scenarios"
+    );
+}

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
 
-use super::http::{ApiError, ApiResult, AppState, json_response, parse_json, read_body};
+use super::http::{ApiError, ApiResult, AppState, json_response, read_json};
 
 /// Longest reason accepted, in characters.
 const MAX_REASON_CHARS: usize = 500;
@@ -63,8 +63,7 @@ pub(crate) async fn fail_device(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
-    let req = parse_drill(parse_json(&bytes)?)
+    let req = parse_drill(read_json(body, &headers, s.max_body_bytes()).await?)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m.to_string()))?;
     let reason = req.reason.as_deref().unwrap_or("fault drill");
     let view = s.node.drill_device_fault(&name, req.after_ops, reason)?;

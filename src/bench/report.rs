@@ -17,10 +17,12 @@ fn policy_table(r: &Report) -> Table {
         "MISSES",
         "MEAN |DEV|",
         "SHARE-S",
+        "BE SHARE-S",
+        "BE EPOCHS",
         "DEVICE-S",
     ])
-    .right_align(&[1, 2, 3, 4, 5, 6, 7, 8, 9])
-    .min_widths(&[9, 10, 11, 8, 8, 9, 7, 10, 9, 9])
+    .right_align(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    .min_widths(&[9, 10, 11, 8, 8, 9, 7, 10, 9, 10, 9, 9])
     .gap(" ");
     for p in &r.policies {
         t.row(vec![
@@ -34,6 +36,9 @@ fn policy_table(r: &Report) -> Table {
             p.mean_abs_deviation_pct
                 .map_or("-".into(), |d| format!("{d:.2} %")),
             p.share_seconds.map_or("-".into(), |s| format!("{s:.1}")),
+            p.best_effort_share_seconds
+                .map_or("-".into(), |s| format!("{s:.1}")),
+            p.best_effort_epochs.to_string(),
             format!("{:.1}", p.device_seconds_used),
         ]);
     }
@@ -60,7 +65,12 @@ pub fn text(r: &Report) -> String {
                 j.deadline_s.map_or("-".into(), |d| format!("{d:.1} s")),
                 j.finish_s.map_or("-".into(), |f| format!("{f:.1} s")),
                 j.deviation_pct.map_or("-".into(), |d| format!("{d:+.2} %")),
-                if j.missed { "MISSED" } else { "met" },
+                match (j.deadline_s, j.missed, j.met_early) {
+                    (None, _, _) => "best-effort",
+                    (_, true, _) => "MISSED",
+                    (_, false, true) => "met early (target reached)",
+                    (_, false, false) => "met",
+                },
                 j.refused
                     .as_ref()
                     .map_or(String::new(), |r| format!(" (refused: {r})"))
@@ -74,7 +84,12 @@ pub fn text(r: &Report) -> String {
         .collect();
     let _ = writeln!(
         o,
-        "\nlatency is the service's response time (queue + compute); the load generator's own \
+        "\nSHARE-S: share-seconds of the set-point tenants (service, deadline jobs); BE: what \
+         best-effort jobs were given and the epochs they finished"
+    );
+    let _ = writeln!(
+        o,
+        "latency is the service's response time (queue + compute); the load generator's own \
          p99 lateness, not counted: {}",
         late.join(", ")
     );
@@ -351,6 +366,8 @@ mod tests {
             mean_abs_deviation_pct: dev,
             deadline_misses: 1,
             share_seconds: share,
+            best_effort_share_seconds: share.map(|s| s / 2.0),
+            best_effort_epochs: 7,
             device_seconds_used: 12.34,
             generator_late_p99_ms: 0.1,
             timeline: Vec::new(),
@@ -372,7 +389,7 @@ mod tests {
         };
         // The layout as it was written with fixed-width format strings.
         let mut want = format!(
-            "{:<9} {:>10} {:>11} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9}\n",
+            "{:<9} {:>10} {:>11} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9} {:>10} {:>9} {:>9}\n",
             "POLICY",
             "WINDOWS OK",
             "REQUESTS OK",
@@ -382,11 +399,13 @@ mod tests {
             "MISSES",
             "MEAN |DEV|",
             "SHARE-S",
+            "BE SHARE-S",
+            "BE EPOCHS",
             "DEVICE-S"
         );
         for p in &r.policies {
             want.push_str(&format!(
-                "{:<9} {:>9.1}% {:>10.2}% {:>8.2} {:>8.2} {:>9} {:>7} {:>10} {:>9} {:>9.1}\n",
+                "{:<9} {:>9.1}% {:>10.2}% {:>8.2} {:>8.2} {:>9} {:>7} {:>10} {:>9} {:>10} {:>9} {:>9.1}\n",
                 p.policy,
                 p.windows_within_slo_pct,
                 p.requests_within_slo_pct,
@@ -397,6 +416,9 @@ mod tests {
                 p.mean_abs_deviation_pct
                     .map_or("-".into(), |d| format!("{d:.2} %")),
                 p.share_seconds.map_or("-".into(), |s| format!("{s:.1}")),
+                p.best_effort_share_seconds
+                    .map_or("-".into(), |s| format!("{s:.1}")),
+                p.best_effort_epochs,
                 p.device_seconds_used
             ));
         }

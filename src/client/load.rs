@@ -18,6 +18,7 @@ use super::v2::{self, ModelInfo};
 use super::{Client, ClientError, path_segment};
 use crate::device::{Backend, CpuBackend};
 use crate::model::{Mlp, Workspace};
+use crate::node::ServiceView;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -380,8 +381,9 @@ fn service_layers(client: &Client, model: &str, info: &ModelInfo) -> Option<Vec<
     client
         .get(&format!("/v1/services/{}", path_segment(model)))
         .ok()
-        .and_then(|s| serde_json::from_value(s["layers"].clone()).ok())
-        .filter(|l: &Vec<usize>| {
+        .and_then(|s| serde_json::from_value::<ServiceView>(s).ok())
+        .map(|s| s.layers)
+        .filter(|l| {
             l.len() >= 2
                 && l[0] == info.features
                 && info.classes.is_none_or(|c| l[l.len() - 1] == c)

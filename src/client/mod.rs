@@ -3,12 +3,15 @@
 //! inference protocol, with one error type that says whether the daemon could not be
 //! reached, refused the request (4xx) or failed (5xx).
 
+pub(crate) mod dto;
 pub mod load;
 pub mod table;
 pub mod v2;
 
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// The URL the client commands use when neither `--url` nor `SETPOINT_URL` says otherwise.
@@ -128,12 +131,14 @@ impl Client {
     }
 
     /// POST `body` as JSON to `path`, expecting JSON.
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+    pub fn post<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Value, ClientError> {
+        let body = self.request_json("POST", path, body)?;
         self.json_call("POST", path, Some(body))
     }
 
     /// PATCH `path` with `body`, expecting JSON.
-    pub fn patch(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+    pub fn patch<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Value, ClientError> {
+        let body = self.request_json("PATCH", path, body)?;
         self.json_call("PATCH", path, Some(body))
     }
 
@@ -142,17 +147,46 @@ impl Client {
         self.json_call("DELETE", path, None)
     }
 
+    /// Reads the JSON answer to `method path` as `T` (a view of the node's); one that does
+    /// not fit is a [`ClientError::BadResponse`] naming the request.
+    pub fn read_answer<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        path: &str,
+        answer: Value,
+    ) -> Result<T, ClientError> {
+        serde_json::from_value(answer).map_err(|e| ClientError::BadResponse {
+            method,
+            url: self.url(path),
+            message: e.to_string(),
+        })
+    }
+
+    /// `body` as JSON text.
+    fn request_json<B: Serialize + ?Sized>(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: &B,
+    ) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(body).map_err(|e| {
+            ClientError::Input(format!(
+                "cannot write the body of {method} {}: {e}",
+                self.url(path)
+            ))
+        })
+    }
+
     fn json_call(
         &self,
         method: &'static str,
         path: &str,
-        body: Option<&Value>,
+        body: Option<Vec<u8>>,
     ) -> Result<Value, ClientError> {
-        let bytes = body.map(|b| b.to_string().into_bytes());
         let raw = self.send(
             method,
             path,
-            bytes.as_deref(),
+            body.as_deref(),
             &[("content-type", "application/json")],
         )?;
         let url = self.url(path);

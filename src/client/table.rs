@@ -1,22 +1,28 @@
-//! Plain-text tables and summaries of the daemon's JSON, for people; scripts use `--json`.
+//! Plain-text tables and summaries of the daemon's answers, read into its view types, for
+//! people; scripts use `--json`.
 
+use serde::Serialize;
 use serde_json::Value;
+
+use crate::node::health::DeviceState;
+use crate::node::{JobView, ServiceOrigin, ServiceView, StatusView};
 
 pub use crate::util::table::Table;
 
-/// A JSON value as a cell: strings bare, `null` as `-`.
-pub fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A value as a cell, spelled as the daemon's JSON spells it (strings bare, `1.0` for a
+/// float, an enum by its serde name), `null` (an absent option) as `-`.
+pub fn cell<T: Serialize + ?Sized>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::Null) | Err(_) => "-".into(),
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
     }
 }
 
 /// An RFC 3339 time to the second (`2026-11-28T17:54:04Z`), `-` when absent.
-pub fn time(v: &Value) -> String {
-    let Some(t) = v.as_str() else {
-        return cell(v);
+pub fn time(t: Option<&str>) -> String {
+    let Some(t) = t else {
+        return "-".into();
     };
     match t.find('.') {
         Some(dot) => {
@@ -30,22 +36,19 @@ pub fn time(v: &Value) -> String {
 }
 
 /// A number with `decimals` places, `-` when absent.
-pub(crate) fn num(v: &Value, decimals: usize) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.decimals$}"))
+pub(crate) fn num(v: Option<f64>, decimals: usize) -> String {
+    v.map(|x| format!("{x:.decimals$}"))
         .unwrap_or_else(|| "-".into())
 }
 
 /// A share in [0, 1] as a percentage.
-pub(crate) fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map(|x| format!("{:.0}%", 100.0 * x))
-        .unwrap_or_else(|| "-".into())
+pub(crate) fn pct(x: f64) -> String {
+    format!("{:.0}%", 100.0 * x)
 }
 
-/// Seconds as a short signed duration (`+9m 58s`, `-12s`).
-pub fn secs(v: &Value) -> String {
-    let Some(s) = v.as_f64() else {
+/// Seconds as a short signed duration (`+9m 58s`, `-12s`), `-` when absent.
+pub fn secs(v: Option<f64>) -> String {
+    let Some(s) = v else {
         return "-".into();
     };
     let sign = if s < 0.0 { "-" } else { "+" };
@@ -60,8 +63,23 @@ pub fn secs(v: &Value) -> String {
     }
 }
 
+/// Widths as `784,128,10`.
+fn layers(l: &[usize]) -> String {
+    l.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// `key  value` lines, the values aligned.
+fn key_values(lines: &[(&str, String)]) -> String {
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in lines {
+        out.push_str(&format!("{k:<width$}  {v}\n"));
+    }
+    out
+}
+
 /// The jobs of `GET /v1/jobs` as a table.
-pub(crate) fn jobs_table(jobs: &[Value]) -> String {
+pub(crate) fn jobs_table(jobs: &[JobView]) -> String {
     let mut t = Table::new(&[
         "NAME",
         "STATE",
@@ -77,16 +95,16 @@ pub(crate) fn jobs_table(jobs: &[Value]) -> String {
     .right_align(&[3, 4, 5, 7, 8, 9]);
     for j in jobs {
         t.row(vec![
-            cell(&j["name"]),
-            cell(&j["state"]),
-            cell(&j["class"]),
-            format!("{}/{}", cell(&j["epochs_done"]), cell(&j["epochs_max"])),
-            num(&j["val_accuracy"], 4),
-            num(&j["target_accuracy"], 4),
-            time(&j["deadline"]),
-            secs(&j["slack_s"]),
-            num(&j["samples_per_s"], 0),
-            pct(&j["share"]),
+            j.name.clone(),
+            cell(&j.state),
+            cell(&j.class),
+            format!("{}/{}", j.epochs_done, j.epochs_max),
+            num(j.val_accuracy, 4),
+            num(j.target_accuracy, 4),
+            time(j.deadline.as_deref()),
+            secs(j.slack_s),
+            num(Some(j.samples_per_s), 0),
+            pct(j.share),
         ]);
     }
     if t.is_empty() {
@@ -96,152 +114,127 @@ pub(crate) fn jobs_table(jobs: &[Value]) -> String {
 }
 
 /// One job (`GET /v1/jobs/ID`) as `key: value` lines.
-pub(crate) fn job_details(j: &Value) -> String {
-    let spec = &j["spec"];
-    let layers = spec["layers"]
-        .as_array()
-        .map(|l| l.iter().map(cell).collect::<Vec<_>>().join(","))
-        .unwrap_or_else(|| "-".into());
-    let curve = j["accuracy_curve"]
-        .as_array()
-        .map(|c| c.iter().map(|v| num(v, 4)).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+pub(crate) fn job_details(j: &JobView) -> String {
+    let spec = &j.spec;
+    let curve: Vec<String> = j.accuracy_curve.iter().map(|&v| num(v, 4)).collect();
     let mut lines = vec![
-        ("name", cell(&j["name"])),
-        ("state", cell(&j["state"])),
-        ("class", cell(&j["class"])),
-        ("data", cell(&spec["data"])),
-        ("layers", layers),
+        ("name", j.name.clone()),
+        ("state", cell(&j.state)),
+        ("class", cell(&j.class)),
+        ("data", spec.data.clone()),
+        ("layers", layers(&spec.layers)),
         (
             "optimizer",
-            format!("{} (lr {})", cell(&spec["optimizer"]), cell(&spec["lr"])),
+            format!("{} (lr {})", cell(&spec.optimizer), cell(&spec.lr)),
         ),
-        ("batch size", cell(&j["batch_size"])),
+        ("batch size", j.batch_size.to_string()),
         (
             "epochs",
             format!(
                 "{} of {} ({} steps, {:.0}%)",
-                cell(&j["epochs_done"]),
-                cell(&j["epochs_max"]),
-                cell(&j["steps"]),
-                100.0 * j["progress"].as_f64().unwrap_or(0.0)
+                j.epochs_done,
+                j.epochs_max,
+                j.steps,
+                100.0 * j.progress
             ),
         ),
-        ("target accuracy", num(&j["target_accuracy"], 4)),
-        ("val accuracy", num(&j["val_accuracy"], 4)),
-        ("train loss", num(&j["train_loss"], 4)),
-        ("deadline", time(&j["deadline"])),
-        ("estimated finish", time(&j["estimated_finish"])),
-        ("slack", secs(&j["slack_s"])),
+        ("target accuracy", num(j.target_accuracy, 4)),
+        ("val accuracy", num(j.val_accuracy, 4)),
+        ("train loss", num(j.train_loss, 4)),
+        ("deadline", time(j.deadline.as_deref())),
+        ("estimated finish", time(j.estimated_finish.as_deref())),
+        ("slack", secs(j.slack_s)),
         (
             "throughput",
             format!(
                 "{} samples/s on {} workers ({} of the device)",
-                num(&j["samples_per_s"], 0),
-                cell(&j["workers"]),
-                pct(&j["share"])
+                num(Some(j.samples_per_s), 0),
+                j.workers,
+                pct(j.share)
             ),
         ),
-        ("submitted", time(&j["submitted_at"])),
-        ("started", time(&j["started_at"])),
-        ("finished", time(&j["finished_at"])),
+        ("submitted", time(Some(&j.submitted_at))),
+        ("started", time(j.started_at.as_deref())),
+        ("finished", time(j.finished_at.as_deref())),
     ];
-    if !j["stop_reason"].is_null() {
-        lines.push(("stop reason", cell(&j["stop_reason"])));
+    if let Some(r) = j.stop_reason {
+        lines.push(("stop reason", r.as_str().to_string()));
     }
-    if !j["error"].is_null() {
-        lines.push(("error", cell(&j["error"])));
+    if let Some(e) = &j.error {
+        lines.push(("error", e.clone()));
     }
-    lines.push(("checkpoint", cell(&j["checkpoint"])));
+    lines.push(("checkpoint", cell(&j.checkpoint)));
     if !curve.is_empty() {
-        lines.push(("accuracy by epoch", curve));
+        lines.push(("accuracy by epoch", curve.join(" ")));
     }
-    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let mut out = String::new();
-    for (k, v) in lines {
-        out.push_str(&format!("{k:<width$}  {v}\n"));
-    }
-    out
+    key_values(&lines)
 }
 
 /// A service (`POST /v1/jobs/ID/serve`, `GET /v1/services/NAME`) as `key: value` lines.
-pub(crate) fn service_details(s: &Value) -> String {
-    let layers = s["layers"]
-        .as_array()
-        .map(|l| l.iter().map(cell).collect::<Vec<_>>().join(","))
-        .unwrap_or_else(|| "-".into());
-    let origin = match s["origin"]["kind"].as_str() {
-        Some("job") => format!("job {}", cell(&s["origin"]["job"])),
-        Some(k) => k.to_string(),
+pub(crate) fn service_details(s: &ServiceView) -> String {
+    let origin = match &s.origin {
+        Some(ServiceOrigin::Job { job }) => format!("job {job}"),
+        Some(ServiceOrigin::Config) => "config".into(),
+        Some(ServiceOrigin::Api) => "api".into(),
         None => "-".into(),
     };
     let lines = [
-        ("name", cell(&s["name"])),
-        ("state", cell(&s["state"])),
-        ("layers", layers),
-        ("slo", format!("p99 <= {} ms", cell(&s["slo_p99_ms"]))),
+        ("name", s.name.clone()),
+        ("state", cell(&s.state)),
+        ("layers", layers(&s.layers)),
+        ("slo", format!("p99 <= {} ms", cell(&s.slo_p99_ms))),
         (
             "batching",
             format!(
                 "up to {} rows, waiting up to {} ms",
-                cell(&s["max_batch_size"]),
-                cell(&s["max_queue_delay_ms"])
+                s.max_batch_size,
+                cell(&s.max_queue_delay_ms)
             ),
         ),
-        (
-            "queue",
-            format!("{} of {}", cell(&s["queue_len"]), cell(&s["max_queue"])),
-        ),
+        ("queue", format!("{} of {}", s.queue_len, s.max_queue)),
         ("origin", origin),
-        ("created", time(&s["created_at"])),
+        ("created", time(s.created_at.as_deref())),
     ];
-    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let mut out = String::new();
-    for (k, v) in lines {
-        out.push_str(&format!("{k:<width$}  {v}\n"));
-    }
-    if let Some(name) = s["name"].as_str() {
-        out.push_str(&format!("infer at /v2/models/{name}/infer\n"));
-    }
+    let mut out = key_values(&lines);
+    out.push_str(&format!("infer at /v2/models/{}/infer\n", s.name));
     out
 }
 
 /// `GET /v1/status` as text: a summary line, the devices, then one row per tenant.
-pub(crate) fn status_text(s: &Value) -> String {
+pub(crate) fn status_text(s: &StatusView) -> String {
     let mut out = format!(
         "setpoint {}, up {}, {}\n\n",
-        cell(&s["version"]),
-        secs(&s["uptime_s"]).trim_start_matches('+'),
-        if s["ready"].as_bool() == Some(true) {
-            "ready"
-        } else {
-            "not ready"
-        }
+        s.version,
+        secs(Some(s.uptime_s)).trim_start_matches('+'),
+        if s.ready { "ready" } else { "not ready" }
     );
     let mut d = Table::new(&["DEVICE", "STATE", "WORKERS", "SHARE ASSIGNED"]).right_align(&[2, 3]);
     let mut failures = String::new();
-    for dev in s["devices"].as_array().into_iter().flatten() {
+    for dev in &s.devices {
         d.row(vec![
-            cell(&dev["name"]),
-            cell(&dev["state"]),
-            cell(&dev["workers"]),
-            pct(&dev["share_assigned"]),
+            dev.name.clone(),
+            cell(&dev.health.state),
+            dev.workers.to_string(),
+            pct(dev.share_assigned),
         ]);
-        if dev["state"].as_str() == Some("failed") {
+        if dev.health.state == DeviceState::Failed {
             failures.push_str(&format!(
                 "{} failed at {}: {}; its tenants were stopped (restart the daemon to use it again)\n",
-                cell(&dev["name"]),
-                time(&dev["failed_at"]),
-                cell(&dev["reason"]),
+                dev.name,
+                time(dev.health.failed_at.as_deref()),
+                cell(&dev.health.reason),
             ));
         }
     }
     out.push_str(&d.render());
     out.push_str(&failures);
-    if let Some(note) = s["device_note"].as_str() {
-        out.push_str(&format!("({note})\n"));
-    }
-    out.push('\n');
+    out.push_str(&format!("({})\n\n", s.device_note));
+    out.push_str(&tenants_table(s));
+    out
+}
+
+/// The tenants of a status, one row each, or `no tenants`.
+fn tenants_table(s: &StatusView) -> String {
     let mut t = Table::new(&[
         "KIND",
         "NAME",
@@ -253,24 +246,23 @@ pub(crate) fn status_text(s: &Value) -> String {
         "QUEUE",
     ])
     .right_align(&[5, 6, 7]);
-    for ten in s["tenants"].as_array().into_iter().flatten() {
+    for ten in &s.tenants {
         t.row(vec![
-            cell(&ten["kind"]),
-            cell(&ten["name"]),
-            cell(&ten["state"]),
-            cell(&ten["set_point"]),
-            cell(&ten["measured"]),
-            pct(&ten["share"]),
-            cell(&ten["batch_size"]),
-            cell(&ten["queue_len"]),
+            cell(&ten.kind),
+            ten.name.clone(),
+            cell(&ten.state),
+            ten.set_point.clone(),
+            cell(&ten.measured),
+            pct(ten.share),
+            ten.batch_size.to_string(),
+            cell(&ten.queue_len),
         ]);
     }
     if t.is_empty() {
-        out.push_str("no tenants\n");
+        "no tenants\n".into()
     } else {
-        out.push_str(&t.render());
+        t.render()
     }
-    out
 }
 
 #[cfg(test)]
@@ -281,52 +273,80 @@ mod tests {
     #[test]
     fn times_drop_fractions_of_a_second() {
         assert_eq!(
-            time(&json!("2026-11-28T17:54:04.185832645Z")),
+            time(Some("2026-11-28T17:54:04.185832645Z")),
             "2026-11-28T17:54:04Z"
         );
         assert_eq!(
-            time(&json!("2026-11-28T17:54:04.5+01:00")),
+            time(Some("2026-11-28T17:54:04.5+01:00")),
             "2026-11-28T17:54:04+01:00"
         );
-        assert_eq!(time(&Value::Null), "-");
+        assert_eq!(time(None), "-");
     }
 
     #[test]
     fn durations_are_short_and_signed() {
-        assert_eq!(secs(&json!(598.2)), "+9m 58s");
-        assert_eq!(secs(&json!(-12.0)), "-12s");
-        assert_eq!(secs(&json!(7300)), "+2h 1m");
-        assert_eq!(secs(&Value::Null), "-");
+        assert_eq!(secs(Some(598.2)), "+9m 58s");
+        assert_eq!(secs(Some(-12.0)), "-12s");
+        assert_eq!(secs(Some(7300.0)), "+2h 1m");
+        assert_eq!(secs(None), "-");
+    }
+
+    #[test]
+    fn cells_spell_values_as_the_json_does() {
+        assert_eq!(cell(&25.0), "25.0");
+        assert_eq!(cell(&0.001), "0.001");
+        assert_eq!(cell(&Some(3usize)), "3");
+        assert_eq!(cell(&None::<String>), "-");
+        assert_eq!(cell(&crate::node::TenantKind::Service), "service");
+    }
+
+    /// A status answer with `devices` and `tenants`, as the daemon writes it.
+    fn status(ready: bool, devices: Value, tenants: Value) -> StatusView {
+        serde_json::from_value(json!({
+            "version": "0.1.0", "started_at": "2026-11-28T17:54:01Z", "uptime_s": 3.0,
+            "ready": ready, "policy": "setpoint", "control_ticks": 30,
+            "devices": devices, "device_note": "1 CPU device",
+            "gpus": [{"index": 0, "name": "NVIDIA H200", "uuid": "GPU-0",
+                      "compute_capability": [9, 0], "sm_count": 132,
+                      "total_memory": 150_000_000_000u64, "priority_range": [0, -5],
+                      "driver_version": 12080}],
+            "gpu_telemetry": [], "tenants": tenants,
+        }))
+        .unwrap()
     }
 
     #[test]
     fn status_lists_devices_and_tenants() {
-        let s = json!({
-            "version": "0.1.0", "uptime_s": 3.0, "ready": true,
-            "devices": [{"name": "cpu", "workers": 2, "share_assigned": 0.5}],
-            "tenants": [{"kind": "service", "name": "mlp", "state": "ready",
-                         "set_point": "p99 <= 25 ms", "measured": null, "share": 0.5,
-                         "batch_size": 32, "queue_len": 0}],
-        });
+        let s = status(
+            true,
+            json!([{"name": "cpu", "workers": 2, "share_assigned": 0.5, "busy_frac": 0.1,
+                    "state": "ok", "reason": null, "failed_at": null}]),
+            json!([{"kind": "service", "name": "mlp", "state": "ready",
+                    "set_point": "p99 <= 25 ms", "measured": null, "share": 0.5,
+                    "batch_size": 32, "queue_len": 0, "device": "cpu"}]),
+        );
         let text = status_text(&s);
+        assert!(text.starts_with("setpoint 0.1.0, up 3s, ready\n"), "{text}");
         assert!(text.contains("cpu"), "{text}");
         assert!(text.contains("p99 <= 25 ms"), "{text}");
         assert!(text.contains("50%"), "{text}");
+        assert!(text.contains("(1 CPU device)"), "{text}");
         assert!(!text.contains("failed"), "{text}");
     }
 
     #[test]
     fn status_names_a_failed_device_with_its_reason_and_time() {
-        let s = json!({
-            "version": "0.1.0", "uptime_s": 3.0, "ready": false,
-            "devices": [
+        let s = status(
+            false,
+            json!([
                 {"name": "cuda:0", "state": "failed", "workers": 1056, "share_assigned": 0.0,
-                 "reason": "CUDA_ERROR_ILLEGAL_ADDRESS", "failed_at": "2026-11-28T17:54:04.1Z"},
+                 "busy_frac": 0.0, "reason": "CUDA_ERROR_ILLEGAL_ADDRESS",
+                 "failed_at": "2026-11-28T17:54:04.1Z"},
                 {"name": "cuda:1", "state": "ok", "workers": 1056, "share_assigned": 0.25,
-                 "reason": null, "failed_at": null},
-            ],
-            "tenants": [],
-        });
+                 "busy_frac": 0.2, "reason": null, "failed_at": null},
+            ]),
+            json!([]),
+        );
         let text = status_text(&s);
         let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("cuda:")).collect();
         assert!(
@@ -341,5 +361,87 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("not ready"), "{text}");
+        assert!(text.contains("no tenants"), "{text}");
+    }
+
+    /// A completed job's answer, as the daemon writes it.
+    fn job() -> JobView {
+        serde_json::from_str(
+            r#"{
+            "name": "mnist", "state": "completed", "class": "deadline",
+            "submitted_at": "2026-11-28T17:54:01.25Z",
+            "started_at": "2026-11-28T17:54:02Z", "finished_at": "2026-11-28T17:56:02Z",
+            "deadline": "2026-11-28T18:04:01Z", "estimated_finish": "2026-11-28T17:56:02Z",
+            "slack_s": 479.0, "target_accuracy": 0.9, "epochs_max": 5, "epochs_done": 3,
+            "steps": 1200, "progress": 0.6, "val_accuracy": 0.9123, "train_loss": 0.25,
+            "samples_per_s": 0.0, "share": 0.0, "workers": 0, "batch_size": 64,
+            "stop_reason": "target_reached", "error": null,
+            "checkpoint": "/var/lib/setpoint/jobs/mnist/checkpoint.ckpt",
+            "restore_note": null, "checkpoint_error": null, "checkpoint_errors": 0,
+            "accuracy_curve": [0.8, null, 0.9123], "expected_epochs": null,
+            "required_steps_per_s": null, "steps_per_s": null,
+            "spec": {"name": "mnist", "data": "synthetic:blobs", "layers": [784, 128, 10],
+                     "optimizer": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0,
+                     "batch_size": 64, "epochs": 5, "target_accuracy": 0.9,
+                     "val_fraction": 0.1, "seed": 7, "deadline": "10m",
+                     "checkpoint_every_steps": 500, "best_effort": false}
+        }"#,
+        )
+        .unwrap()
+    }
+
+    /// The value of `key` in `key  value` lines.
+    fn value_of<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).filter(|v| v.starts_with("  ")))
+            .map(str::trim_start)
+    }
+
+    #[test]
+    fn a_job_shows_its_spec_progress_and_outcome() {
+        let text = job_details(&job());
+        for (key, value) in [
+            ("state", "completed"),
+            ("class", "deadline"),
+            ("layers", "784,128,10"),
+            ("optimizer", "adam (lr 0.001)"),
+            ("epochs", "3 of 5 (1200 steps, 60%)"),
+            ("slack", "+7m 59s"),
+            ("submitted", "2026-11-28T17:54:01Z"),
+            ("stop reason", "target_reached"),
+            ("accuracy by epoch", "0.8000 - 0.9123"),
+        ] {
+            assert_eq!(value_of(&text, key), Some(value), "{key} in\n{text}");
+        }
+        assert_eq!(value_of(&text, "error"), None, "{text}");
+        let table = jobs_table(&[job()]);
+        assert!(table.contains("3/5"), "{table}");
+        assert!(table.contains("0.9123"), "{table}");
+        assert_eq!(jobs_table(&[]), "no jobs\n");
+    }
+
+    #[test]
+    fn a_service_shows_its_origin_and_where_to_infer() {
+        let s: ServiceView = serde_json::from_value(json!({
+            "name": "mnist", "state": "ready", "error": null, "layers": [784, 128, 10],
+            "slo_p99_ms": 25.0, "timeout_ms": 250.0, "max_batch_size": 32,
+            "max_queue_delay_ms": 2.0, "max_queue": 1024, "queue_len": 0, "share": 0.0,
+            "success_count": 0, "origin": {"kind": "job", "job": "mnist"},
+            "created_at": "2026-11-28T17:56:03.5Z",
+        }))
+        .unwrap();
+        let text = service_details(&s);
+        for (key, value) in [
+            ("slo", "p99 <= 25.0 ms"),
+            ("batching", "up to 32 rows, waiting up to 2.0 ms"),
+            ("origin", "job mnist"),
+            ("created", "2026-11-28T17:56:03Z"),
+        ] {
+            assert_eq!(value_of(&text, key), Some(value), "{key} in\n{text}");
+        }
+        assert!(
+            text.ends_with("infer at /v2/models/mnist/infer\n"),
+            "{text}"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! The client side of the v2 inference protocol: reading a model's metadata, building
 //! requests (JSON tensors, or Triton's binary tensor extension) and decoding answers.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::dto::InferRequest;
 use super::{Client, ClientError, RawResponse, check_status, path_segment};
 use crate::util::rng::Rng;
 
@@ -176,36 +177,16 @@ pub(crate) fn json_request(
     rows: usize,
     binary_output: bool,
 ) -> Vec<u8> {
-    let mut body = json!({
-        "inputs": [{
-            "name": info.input_name,
-            "shape": [rows, info.features],
-            "datatype": "FP32",
-            "data": data,
-        }],
-        "outputs": [{"name": info.output_name}],
-    });
-    if binary_output {
-        body["parameters"] = json!({"binary_data_output": true});
-    }
-    body.to_string().into_bytes()
+    let (input, output) = (info.input_name.as_str(), info.output_name.as_str());
+    InferRequest::inline(input, output, [rows, info.features], data, binary_output).to_bytes()
 }
 
 /// A request with the input as raw little-endian f32 after the JSON header, asking for the
 /// output the same way (Triton's binary tensor data extension).
 pub(crate) fn binary_request(info: &ModelInfo, data: &[f32], rows: usize) -> EncodedRequest {
-    let header = json!({
-        "inputs": [{
-            "name": info.input_name,
-            "shape": [rows, info.features],
-            "datatype": "FP32",
-            "parameters": {"binary_data_size": data.len() * 4},
-        }],
-        "outputs": [{"name": info.output_name, "parameters": {"binary_data": true}}],
-        "parameters": {"binary_data_output": true},
-    })
-    .to_string()
-    .into_bytes();
+    let (input, output) = (info.input_name.as_str(), info.output_name.as_str());
+    let header = InferRequest::binary(input, output, [rows, info.features], data.len() * 4);
+    let header = header.to_bytes();
     let header_len = header.len();
     let mut body = header;
     body.reserve(data.len() * 4);
@@ -479,6 +460,7 @@ pub(crate) fn argmax_rows(probs: &[f32], classes: usize) -> Vec<(usize, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn info() -> ModelInfo {
         ModelInfo::from_metadata(&json!({

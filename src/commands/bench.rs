@@ -85,6 +85,9 @@ fn run_soak(a: BenchSoakArgs) -> anyhow::Result<()> {
 }
 /// `setpoint bench scenario`.
 fn run_scenario(a: BenchScenarioArgs) -> anyhow::Result<()> {
+    if let Some(n) = a.random {
+        return run_random(&a, n);
+    }
     let s = load_scenario(&a)?;
     let quiet = a.json;
     let mut cross = if a.nvidia_smi {
@@ -129,21 +132,59 @@ fn run_scenario(a: BenchScenarioArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `setpoint bench scenario --random N`.
+fn run_random(a: &BenchScenarioArgs, count: u32) -> anyhow::Result<()> {
+    let duration_s = a.duration.unwrap_or(20.0);
+    if !(4.0..=3600.0).contains(&duration_s) {
+        return Err(input_error(format!(
+            "--duration: random scenarios run 4 to 3600 s per policy, got {duration_s}"
+        )));
+    }
+    let spec = scenario::RandomSpec {
+        count: count as usize,
+        seed: a.seed,
+        duration_s,
+        cores: a.cores,
+        policies: match &a.policies {
+            Some(p) => parse_policies(p).map_err(|e| input_error(format!("--policies: {e}")))?,
+            None => scenario::PolicyName::ALL.to_vec(),
+        },
+    };
+    let quiet = a.json;
+    let r = scenario::run_random(&spec, a.save.as_deref(), &mut |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", scenario::sweep_text(&r));
+    }
+    Ok(())
+}
+
+/// `--policies setpoint,static`.
+fn parse_policies(text: &str) -> Result<Vec<scenario::PolicyName>, scenario::UnknownPolicy> {
+    text.split(',').map(|x| x.trim().parse()).collect()
+}
+
 /// The scenario file with `--policies` and `--duration` applied, checked again.
 fn load_scenario(a: &BenchScenarioArgs) -> anyhow::Result<Scenario> {
-    let mut s = Scenario::load(&a.file).map_err(|e| input_error(e.to_string()))?;
+    let file = a
+        .file
+        .as_ref()
+        .ok_or_else(|| input_error("give a scenario file or --random N"))?;
+    let mut s = Scenario::load(file).map_err(|e| input_error(e.to_string()))?;
     if let Some(p) = &a.policies {
-        s.policies = p
-            .split(',')
-            .map(|x| x.trim().parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| input_error(format!("{}: policies: {e}", a.file.display())))?;
+        s.policies = parse_policies(p)
+            .map_err(|e| input_error(format!("{}: policies: {e}", file.display())))?;
     }
     if let Some(d) = a.duration {
         s.duration_s = d;
     }
     Scenario::parse(&toml::to_string(&s).context("cannot re-encode the scenario")?)
-        .map_err(|e| input_error(format!("{}: {e}", a.file.display())))
+        .map_err(|e| input_error(format!("{}: {e}", file.display())))
 }
 
 /// One policy's energy from the GPU's counter (or its power), and the phase's whole energy

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::anyhow;
+use serde::de::DeserializeOwned;
 
 use super::input_error;
 use crate::cli::ClientArgs;
@@ -29,6 +30,25 @@ pub(super) fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{v}")?;
     Ok(())
+}
+
+/// The daemon's answer to `method path`: with `--json` (`json`), as it came; else read as
+/// `T` (an answer that does not fit is an error naming the request) and written by `text`.
+pub(super) fn print_answer<T: DeserializeOwned>(
+    client: &Client,
+    method: &'static str,
+    path: &str,
+    answer: serde_json::Value,
+    json: bool,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(&answer);
+    }
+    let typed: T = client
+        .read_answer(method, path, answer)
+        .map_err(client_error)?;
+    print_text(&text(&typed))
 }
 
 /// `text` on standard output as it is.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// When a training job must finish.
 ///
@@ -151,6 +151,15 @@ impl fmt::Display for Deadline {
 impl Serialize for Deadline {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// Reads the syntax `Serialize` writes (and a config accepts), with [`Deadline::from_str`]'s
+/// checks.
+impl<'de> Deserialize<'de> for Deadline {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -429,7 +438,12 @@ mod tests {
             let d: Deadline = s.parse().unwrap();
             assert_eq!(d.to_string(), s);
             assert_eq!(d.to_string().parse::<Deadline>().unwrap(), d);
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<Deadline>(&json).unwrap(), d);
         }
+        let e = serde_json::from_str::<Deadline>("\"soon\"").unwrap_err();
+        assert!(e.to_string().contains("expected a duration"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::{Deadline, schema};
 
@@ -222,7 +222,11 @@ pub struct BatchingConfig {
 }
 
 /// One training job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// `Deserialize` reads back what `Serialize` writes (a job's `spec` in the daemon's answers,
+/// every default resolved); a job's spec from a user goes through the schema instead
+/// ([`super::parse_job_json`]), which fills defaults and names every problem by its key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobConfig {
     /// Unique among jobs; same rules as service names.
     pub name: String,
@@ -257,7 +261,7 @@ pub struct JobConfig {
 }
 
 /// Training optimiser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// Adam (default learning rate 0.001).

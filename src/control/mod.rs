@@ -61,7 +61,7 @@ impl std::fmt::Display for Leftover {
 }
 
 /// What becomes of a deadline job whose deadline passes before it finishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PastDeadline {
     /// It runs on as a best-effort job, on capacity no set point needs.

@@ -19,6 +19,10 @@ const MAX_ERROR: f64 = 2.0;
 const MAX_HISTORY: usize = 1024;
 /// Epochs of the learning curve used for the fit: the recent trend, not the first jumps.
 const FIT_EPOCHS: usize = 8;
+/// The power law's exponent assumed while the curve has a single point: error falling as
+/// 1/epochs, which the MLPs here beat early on, so one point rarely plans too few epochs by
+/// much, and the fit takes over from the second epoch.
+const PRIOR_BETA: f64 = 1.0;
 
 /// One job's memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,8 +55,10 @@ impl JobState {
 }
 
 /// Epochs the job will need in all: for an accuracy target, from a power-law fit
-/// `1 − acc(e) ≈ α·e^(−β)` of the recent learning curve, bounded by the epoch limit; the
-/// limit itself without a target, or while the curve is too short or not improving.
+/// `1 − acc(e) ≈ α·e^(−β)` of the recent learning curve (with a single point, β =
+/// [`PRIOR_BETA`] through it), at least the next epoch and at most the epoch limit; the limit
+/// itself without a target, before the first epoch, or while the curve is not improving
+/// (β ≤ 0.05: the target may never be reached).
 pub fn expected_epochs(
     curve: &[f64],
     target: Option<f64>,
@@ -76,31 +82,40 @@ pub fn expected_epochs(
         .filter(|&(_, &a)| a < 1.0)
         .map(|(i, &a)| (((start + i + 1) as f64).ln(), (1.0 - a).ln()))
         .collect();
-    if pts.len() < 2 || target >= 1.0 {
+    if pts.is_empty() || target >= 1.0 {
         return max;
     }
-    let n = pts.len() as f64;
-    let (sx, sy) = pts.iter().fold((0.0, 0.0), |(a, b), p| (a + p.0, b + p.1));
-    let (mx, my) = (sx / n, sy / n);
-    let (mut sxy, mut sxx) = (0.0, 0.0);
-    for &(x, y) in &pts {
-        sxy += (x - mx) * (y - my);
-        sxx += (x - mx) * (x - mx);
-    }
-    if sxx <= 0.0 {
+    let Some((ln_alpha, beta)) = power_law(&pts) else {
         return max;
-    }
-    let beta = -sxy / sxx;
-    if beta <= 0.05 {
-        return max;
-    }
-    let ln_alpha = my + beta * mx;
+    };
     let e = ((ln_alpha - (1.0 - target).ln()) / beta).exp();
     if e.is_finite() {
         e.clamp(floor, max)
     } else {
         max
     }
+}
+
+/// `(ln α, β)` of the least-squares line `ln(1 − acc) = ln α − β·ln e` through `pts`
+/// (`(ln e, ln(1 − acc))`); through a single point with β = [`PRIOR_BETA`]. None when the
+/// error is not falling.
+fn power_law(pts: &[(f64, f64)]) -> Option<(f64, f64)> {
+    if let [(x, y)] = pts {
+        return Some((y + PRIOR_BETA * x, PRIOR_BETA));
+    }
+    let n = pts.len() as f64;
+    let (sx, sy) = pts.iter().fold((0.0, 0.0), |(a, b), p| (a + p.0, b + p.1));
+    let (mx, my) = (sx / n, sy / n);
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(x, y) in pts {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+    }
+    if sxx <= 0.0 {
+        return None;
+    }
+    let beta = -sxy / sxx;
+    (beta > 0.05).then_some((my + beta * mx, beta))
 }
 
 /// Decides a job's requested share: records the period's progress, learns the rate per unit
@@ -283,8 +298,11 @@ mod tests {
         assert_eq!(expected_epochs(&curve, Some(0.999), 4, 50), 50.0);
         assert_eq!(expected_epochs(&curve, Some(0.5), 4, 50), 4.0);
         assert_eq!(expected_epochs(&curve, None, 4, 50), 50.0);
-        // Too short or not improving: the limit.
-        assert_eq!(expected_epochs(&curve[..1], Some(0.9), 1, 30), 30.0);
+        // One point: error falling as 1/e through it (0.6 at e = 1: 0.9 at e = 4).
+        let one = expected_epochs(&curve[..1], Some(0.9), 1, 30);
+        assert!((one - 4.0).abs() < 1e-9, "{one}");
+        // No point yet, or not improving: the limit.
+        assert_eq!(expected_epochs(&[], Some(0.9), 0, 30), 30.0);
         assert_eq!(expected_epochs(&[0.5, 0.5, 0.5], Some(0.9), 3, 30), 30.0);
         // At the limit, with the curve still climbing: the limit, not a panic.
         assert_eq!(expected_epochs(&curve, Some(0.999), 4, 4), 4.0);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{DeviceConfig, DeviceKind, GpuSelection, ShareMechanism};
+use crate::control::admission::{MemoryCheck, MemoryRefused, check_memory};
 use crate::device::DeviceError;
 use crate::device::cuda::{self, CudaDevice, GpuInfo};
 use crate::device::fault::DeviceHealth;
@@ -367,13 +368,14 @@ impl Node {
     }
 
     /// Whether `need_bytes` of buffers fit on device `d` now: under setpoint's memory limit
-    /// and in what telemetry sees free there (always on the CPU).
-    pub(super) fn memory_fits(&self, d: DeviceId, need_bytes: u64) -> Result<(), String> {
+    /// and in what telemetry sees free there (always on the CPU); if not, why, with the
+    /// figures.
+    pub(super) fn memory_fits(&self, d: DeviceId, need_bytes: u64) -> Result<(), MemoryRefused> {
         let Placement::Cuda(dev) = self.placement(d) else {
             return Ok(());
         };
         let (samples, _) = self.telemetry();
-        let check = crate::control::admission::MemoryCheck {
+        let check = MemoryCheck {
             device: self.placement(d).name(),
             need_bytes,
             limit_free_bytes: dev.memory_limit().saturating_sub(dev.memory_used()),
@@ -382,7 +384,7 @@ impl Node {
                 .find(|s| s.uuid == dev.info().uuid)
                 .and_then(|s| s.mem_used_bytes.zip(s.mem_total_bytes)),
         };
-        crate::control::admission::check_memory(&check).map_err(|e| e.to_string())
+        check_memory(&check)
     }
 
     /// The most a service may use of device `d`: one core on the CPU (one batcher thread),

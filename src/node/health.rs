@@ -5,14 +5,14 @@
 //! another device or are refused. Everything here reads the devices' shared health, so every
 //! view agrees from the moment a device fails.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{DeviceId, LoadedService, Node, NodeError, ServiceView};
 use crate::device::DeviceError;
 use crate::device::fault::HealthState;
 
 /// Whether a device runs work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceState {
     /// It runs its tenants.
@@ -22,7 +22,7 @@ pub enum DeviceState {
 }
 
 /// A device's health as `/v1/status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceHealthView {
     /// `ok` or `failed`.
     pub state: DeviceState,

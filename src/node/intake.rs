@@ -298,7 +298,11 @@ impl Node {
             return Err(NodeError::Conflict(format!(
                 "job {} does not fit: {}",
                 cfg.name,
-                no_memory.join("; ")
+                no_memory
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             )));
         };
         Err(refused(

@@ -29,13 +29,13 @@ use crate::device::lane::CorePermits;
 
 pub use control::{Policy, ServiceMeasure};
 pub use devices::{DeviceId, Placement};
-pub use jobs::{DeadlineOutcome, Job, JobOutcome, JobState, JobView, TargetOutcome};
+pub use jobs::{DeadlineOutcome, Job, JobOutcome, JobState, JobStopReason, JobView, TargetOutcome};
 pub use registry::ServiceSlot;
 pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
 pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion};
 pub use services::{LoadedService, ServiceOrigin, ServiceView};
 pub use store::{JobChanges, JobRecord};
-pub use views::{DeviceView, StatusView, TenantKind, TenantState, TenantView};
+pub use views::{DeviceView, PolicyKind, StatusView, TenantKind, TenantState, TenantView};
 
 /// Why a node operation was refused; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ServiceConfig, format_rfc3339};
 use crate::data::{self, LoadOptions, Normalizer};
@@ -21,7 +21,7 @@ use crate::util::histogram::{Histogram, LATENCY_BOUNDS_S};
 use std::sync::Arc;
 
 /// Where a service's model came from.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ServiceOrigin {
     /// The node's config file.
@@ -64,7 +64,7 @@ pub struct LoadedService {
 }
 
 /// Where a service is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceState {
     /// Serving.
@@ -76,7 +76,7 @@ pub enum ServiceState {
 }
 
 /// The API's view of a service.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceView {
     /// Name, as used in URLs.
     pub name: String,

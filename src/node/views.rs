@@ -4,21 +4,21 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::control::ServiceMeasure;
 use super::jobs::{Job, JobOutcome, JobState, JobView};
 use super::services::{ServiceOrigin, ServiceState, ServiceView};
-use super::{DeviceId, Node, ServiceSlot, health};
+use super::{DeviceId, Node, Policy, ServiceSlot, health};
 use crate::config::ServiceConfig;
 use crate::control::JobDecision;
 use crate::util::sync;
 
 /// The node at a glance.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     /// Version and revision.
-    pub version: &'static str,
+    pub version: String,
     /// RFC 3339 start time.
     pub started_at: String,
     /// Seconds since start.
@@ -26,7 +26,7 @@ pub struct StatusView {
     /// All services loaded and not shutting down.
     pub ready: bool,
     /// How shares are decided (`setpoint`, `static`, `none`).
-    pub policy: &'static str,
+    pub policy: PolicyKind,
     /// Control periods run so far.
     pub control_ticks: u64,
     /// Devices and their tenants.
@@ -41,8 +41,31 @@ pub struct StatusView {
     pub tenants: Vec<TenantView>,
 }
 
+/// Which share policy is in force, as status names it ([`Policy::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// The feedback controller.
+    #[serde(rename = "setpoint")]
+    Controller,
+    /// Fixed shares.
+    Static,
+    /// No shares.
+    None,
+}
+
+impl From<&Policy> for PolicyKind {
+    fn from(p: &Policy) -> Self {
+        match p {
+            Policy::Controller => PolicyKind::Controller,
+            Policy::Static { .. } => PolicyKind::Static,
+            Policy::None => PolicyKind::None,
+        }
+    }
+}
+
 /// One device.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceView {
     /// The device: `cpu` or `cuda:N`.
     pub name: String,
@@ -58,7 +81,7 @@ pub struct DeviceView {
 }
 
 /// What kind of tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantKind {
     /// An inference service.
@@ -68,7 +91,7 @@ pub enum TenantKind {
 }
 
 /// Where a tenant is in its life: a service's state or a job's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantState {
     /// A service serving.
@@ -111,7 +134,7 @@ impl From<JobState> for TenantState {
 }
 
 /// One tenant (service or job) and its set point.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantView {
     /// `service` or `job`.
     pub kind: TenantKind,
@@ -137,7 +160,7 @@ pub struct TenantView {
 }
 /// What status reads of the control loop, taken under its lock once.
 struct ControlSnapshot {
-    policy: &'static str,
+    policy: PolicyKind,
     ticks: u64,
     busy_by_device: Vec<f64>,
     measures: HashMap<String, ServiceMeasure>,
@@ -148,7 +171,7 @@ impl Node {
     fn control_snapshot(&self) -> ControlSnapshot {
         let st = sync::lock(&self.control);
         ControlSnapshot {
-            policy: st.policy.name(),
+            policy: PolicyKind::from(&st.policy),
             ticks: st.ticks,
             busy_by_device: st.busy_by_device.clone(),
             measures: st.measures.clone(),
@@ -213,7 +236,7 @@ impl Node {
             tenants.push(job_tenant(&v, self.placement(d).name()));
         }
         StatusView {
-            version: crate::VERSION,
+            version: crate::VERSION.to_string(),
             started_at: crate::config::format_rfc3339(self.started_at),
             uptime_s: self.started_at.elapsed().map_or(0.0, |d| d.as_secs_f64()),
             ready: self.is_ready(),
@@ -324,5 +347,28 @@ fn pending_view(
         success_count: 0,
         origin: Some(ServiceOrigin::Config),
         created_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_kind_is_spelled_as_the_policy_names_itself() {
+        let policies = [
+            Policy::Controller,
+            Policy::Static {
+                shares: HashMap::new(),
+                default: 0.5,
+            },
+            Policy::None,
+        ];
+        for p in &policies {
+            let kind = PolicyKind::from(p);
+            let text = serde_json::to_string(&kind).unwrap();
+            assert_eq!(text, format!("\"{}\"", p.name()));
+            assert_eq!(serde_json::from_str::<PolicyKind>(&text).unwrap(), kind);
+        }
     }
 }

@@ -29,8 +29,9 @@ pub enum TrainEvent {
     },
 }
 
-/// Why a run stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a run stopped; serde spells it as [`StopReason::as_str`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// Validation accuracy reached the target.
     TargetReached,
@@ -79,4 +80,19 @@ pub struct TrainReport {
     pub checkpoint: Option<PathBuf>,
     /// Every finished epoch.
     pub history: Vec<EpochRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopReason;
+
+    #[test]
+    fn serde_spells_a_stop_reason_as_its_name() {
+        for r in [StopReason::TargetReached, StopReason::EpochLimit] {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(text, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<StopReason>(&text).unwrap(), r);
+            assert_eq!(StopReason::parse(r.as_str()), Some(r));
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A running `setpoint serve`, killed on drop if still running.
 pub struct ChildDaemon {
@@ -106,20 +106,66 @@ impl ChildDaemon {
         self.get(path).unwrap_or_else(|e| (0, e.to_string()))
     }
 
+    /// A GET's status and body as JSON; a body that is not JSON as a string, and status 0
+    /// and the error's text when there is no answer.
     pub fn get_json(&self, path: &str) -> (u16, Value) {
-        let (status, text) = self.get(path).unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        self.request("GET", path, None, None)
+            .unwrap_or_else(|e| (0, Value::String(e.to_string())))
     }
 
+    /// A POST without a token: see [`ChildDaemon::send`].
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let mut r = self
-            .agent
-            .post(format!("{}{path}", self.url))
-            .send_json(body)
-            .unwrap();
+        self.send("POST", path, Some(body), None)
+    }
+
+    /// A `method` (`GET`, `DELETE`, or `POST` or `PATCH` with `body`) to `path`, with the
+    /// bearer `token` when given: the status and the body as JSON, or as a string when it is
+    /// not JSON. Panics when there is no answer.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        self.request(method, path, body, token)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// One inference request of the single `row` to `model`; status 0 and the error's text
+    /// when there is no answer.
+    pub fn infer(&self, model: &str, row: &[f32]) -> (u16, Value) {
+        let input = json!({"name": "input", "shape": [1, row.len()], "datatype": "FP32",
+                           "data": row});
+        let body = json!({"inputs": [input]});
+        let path = format!("/v2/models/{model}/infer");
+        self.request("POST", &path, Some(&body), None)
+            .unwrap_or_else(|e| (0, Value::String(e.to_string())))
+    }
+
+    /// A request's status and body (JSON, or else a string); an error when there is no
+    /// answer.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> Result<(u16, Value), ureq::Error> {
+        let url = format!("{}{path}", self.url);
+        let mut r = match (method, body) {
+            ("GET", None) => with_token(self.agent.get(&url), token).call(),
+            ("DELETE", None) => with_token(self.agent.delete(&url), token).call(),
+            ("POST", Some(b)) => with_token(self.agent.post(&url), token).send_json(b),
+            ("PATCH", Some(b)) => with_token(self.agent.patch(&url), token).send_json(b),
+            _ => panic!("{method} {path} with body {body:?}: not a request these tests send"),
+        }?;
         let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let v = match r.body_mut().read_to_string() {
+            Ok(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            Err(e) => Value::String(format!("cannot read the body: {e}")),
+        };
+        Ok((status, v))
     }
 
     /// A raw connection to the daemon.
@@ -169,6 +215,14 @@ impl Drop for ChildDaemon {
                 eprintln!("daemon log:\n{}", self.log_text());
             }
         }
+    }
+}
+
+/// `req` with the bearer `token`, when given.
+fn with_token<B>(req: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
+    match token {
+        Some(t) => req.header("Authorization", format!("Bearer {t}")),
+        None => req,
     }
 }
 

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
-use super::{ApiResult, AppState, blocking, json_response, parse_json, read_body};
+use super::{ApiResult, AppState, blocking, json_response, read_json};
 use crate::api::dto::{JobPatch, ServeJob, SubmitJob};
 use crate::node::{JobDeleteAction, JobDeletion, JobView};
 
@@ -23,8 +23,8 @@ pub(super) async fn submit_job(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
-    let SubmitJob(cfg) = SubmitJob::decode(&parse_json(&bytes)?)?;
+    let body = read_json(body, &headers, s.max_body_bytes()).await?;
+    let SubmitJob(cfg) = SubmitJob::decode(&body)?;
     let node = s.node.clone();
     let job = blocking(move || node.submit_job(cfg)).await?;
     Ok(json_response(StatusCode::CREATED, &s.node.job_view(&job)))
@@ -46,8 +46,7 @@ pub(super) async fn update_job(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
-    let body = parse_json(&bytes)?;
+    let body = read_json(body, &headers, s.max_body_bytes()).await?;
     // An unknown job is a 404 whatever the body says.
     s.node.job(&id)?;
     let patch = JobPatch::decode(&body)?;
@@ -100,8 +99,7 @@ pub(super) async fn serve_job(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
-    let body = parse_json(&bytes)?;
+    let body = read_json(body, &headers, s.max_body_bytes()).await?;
     // An unknown job is a 404, one not completed a 409, whatever the body says.
     let checkpoint = s.node.servable_checkpoint(&id)?;
     let settings = ServeJob::decode(&body)?;

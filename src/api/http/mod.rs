@@ -199,8 +199,13 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
     }
 }
 
+/// Reads a whole body (see [`read_body`]) and parses it as JSON (see [`parse_json`]).
+pub(crate) async fn read_json(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<Value> {
+    parse_json(&read_body(body, headers, limit).await?)
+}
+
 /// Parses a JSON body; an empty body is `null`.
-pub(crate) fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
+fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }

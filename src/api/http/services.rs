@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{ApiError, ApiResult, AppState, blocking, json_response, parse_json, read_body};
+use super::{ApiError, ApiResult, AppState, blocking, json_response, read_json};
 use crate::api::dto::AddService;
 
 pub(super) async fn list_services(State(s): State<AppState>) -> Response {
@@ -31,9 +31,9 @@ pub(super) async fn add_service(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
+    let body = read_json(body, &headers, s.max_body_bytes()).await?;
     let period_ms = s.node.config().control_period_ms;
-    let AddService(cfg) = AddService::decode(&parse_json(&bytes)?, period_ms)?;
+    let AddService(cfg) = AddService::decode(&body, period_ms)?;
     let node = s.node.clone();
     let svc = blocking(move || node.add_api_service(cfg)).await?;
     Ok(json_response(StatusCode::CREATED, &svc.view()))

@@ -52,15 +52,35 @@
 //! beside it, so a reader can tell the harness from the service.
 
 mod arrivals;
+mod costs;
 mod file;
+mod random;
 mod runner;
 mod summary;
+mod sweep;
 
+pub use costs::{Costs, Measured};
 pub use file::{
     Burst, InvalidScenario, PolicyName, RateStep, Scenario, ScenarioError, ScenarioJob,
     ScenarioService, UnknownPolicy,
 };
+pub use random::{RandomSpec, generate};
 pub use summary::{JobOutcome, PolicyReport, Ratios, Report, Sample};
+pub use sweep::{ScenarioOutcome, Spread, SweepReport, TargetCheck};
+
+/// Draws and runs random scenarios: see [`sweep::run`].
+pub fn run_random(
+    spec: &RandomSpec,
+    save: Option<&std::path::Path>,
+    progress: Progress<'_>,
+) -> Result<SweepReport, ScenarioError> {
+    sweep::run(spec, save, progress)
+}
+
+/// A sweep's report as text.
+pub fn sweep_text(r: &SweepReport) -> String {
+    sweep::text(r)
+}
 
 /// Progress lines while the scenario runs (stderr), unless quiet.
 pub(crate) type Progress<'a> = &'a mut dyn FnMut(&str);

@@ -359,8 +359,17 @@ fn job_outcomes(
                     .and_then(|f| f.duration_since(wall0).ok())
                     .map(|d| d.as_secs_f64())
             });
+            let val_accuracy = job
+                .as_ref()
+                .and_then(|j| j.progress().history.last().and_then(|r| r.val_accuracy));
+            let reached = j
+                .target_accuracy
+                .zip(val_accuracy)
+                .is_some_and(|(t, a)| a >= t);
+            let on_time = finish_s.zip(j.deadline_s).is_some_and(|(f, d)| f <= d);
+            let met_early = reached && on_time;
             let deviation_pct = match (finish_s, j.deadline_s) {
-                (Some(f), Some(d)) => Some(100.0 * (f - d) / (d - j.start_s)),
+                (Some(f), Some(d)) if !met_early => Some(100.0 * (f - d) / (d - j.start_s)),
                 _ => None,
             };
             JobOutcome {
@@ -371,13 +380,11 @@ fn job_outcomes(
                 missed: j.deadline_s.is_some()
                     && finish_s.zip(j.deadline_s).is_none_or(|(f, d)| f > d),
                 refused: refusals.get(&j.name).cloned().flatten(),
-                state: job.as_ref().map_or("refused".into(), |j| {
-                    format!("{:?}", j.state()).to_lowercase()
-                }),
-                val_accuracy: job
-                    .as_ref()
-                    .and_then(|j| j.progress().history.last().and_then(|r| r.val_accuracy)),
+                state: job.as_ref().map(|j| j.state()),
+                val_accuracy,
                 epochs_done: job.as_ref().map_or(0, |j| j.progress().epochs_done),
+                target_accuracy: j.target_accuracy,
+                met_early,
             }
         })
         .collect()

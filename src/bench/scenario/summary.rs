@@ -41,12 +41,17 @@ pub struct JobOutcome {
     pub missed: bool,
     /// Refused at admission (with the reason).
     pub refused: Option<String>,
-    /// Its final state.
-    pub state: String,
+    /// Its final state (none: refused at admission).
+    pub state: Option<crate::node::JobState>,
     /// Validation accuracy at the end.
     pub val_accuracy: Option<f64>,
     /// Training epochs it finished in the run.
     pub epochs_done: u32,
+    /// Its accuracy target, if any.
+    pub target_accuracy: Option<f64>,
+    /// It reached its accuracy target before its deadline and stopped there: met early, so
+    /// its finish is not a deviation (`deviation_pct` is none).
+    pub met_early: bool,
 }
 
 /// One policy's figures.
@@ -72,12 +77,18 @@ pub struct PolicyReport {
     pub p50_ms: f64,
     /// Jobs.
     pub jobs: Vec<JobOutcome>,
-    /// Mean |deviation| of finished deadline jobs, %.
+    /// Mean |deviation| of finished deadline jobs without an accuracy target, %.
     pub mean_abs_deviation_pct: Option<f64>,
     /// Deadline jobs that missed.
     pub deadline_misses: usize,
-    /// ∫ Σ granted shares dt while tenants were active (None under `none`: no shares).
+    /// ∫ Σ granted shares dt of the set-point tenants (the service and the deadline jobs)
+    /// while they were active (None under `none`: no shares).
     pub share_seconds: Option<f64>,
+    /// ∫ Σ granted shares dt of best-effort jobs: what the leftover policy (or the static
+    /// table) gave backfill work, apart from what the set points took.
+    pub best_effort_share_seconds: Option<f64>,
+    /// Training epochs best-effort jobs finished in the run.
+    pub best_effort_epochs: u32,
     /// Processor time used, in device-seconds (core-seconds / cores).
     pub device_seconds_used: f64,
     /// p99 of the load generator's lateness (scheduled arrival to submission), ms: the
@@ -111,7 +122,7 @@ pub struct Ratios {
     pub slo_window_violations: Option<f64>,
     /// Requests over the SLO.
     pub slo_request_violations: Option<f64>,
-    /// Share-seconds.
+    /// Share-seconds of the set-point tenants.
     pub share_seconds: Option<f64>,
     /// Device-seconds used.
     pub device_seconds: Option<f64>,
@@ -162,18 +173,36 @@ pub(super) fn summarise(
     let rejected = all.iter().filter(|l| l.is_infinite()).count();
     let finished: Vec<f64> = jobs
         .iter()
+        .filter(|j| j.target_accuracy.is_none())
         .filter_map(|j| j.deviation_pct.map(f64::abs))
         .collect();
-    let share_seconds = if policy == "none" {
-        None
+    let (share_seconds, best_effort_share_seconds) = if policy == "none" {
+        (None, None)
     } else {
-        Some(
+        let best_effort = |name: &str| {
+            s.jobs
+                .iter()
+                .any(|j| j.name == name && j.deadline_s.is_none())
+        };
+        let integral = |keep: &dyn Fn(&str) -> bool| -> f64 {
             timeline
                 .windows(2)
-                .map(|w| (w[1].t_s - w[0].t_s) * w[1].shares.iter().map(|s| s.1).sum::<f64>())
-                .sum(),
+                .map(|w| {
+                    let sum: f64 = w[1].shares.iter().filter(|x| keep(&x.0)).map(|x| x.1).sum();
+                    (w[1].t_s - w[0].t_s) * sum
+                })
+                .sum()
+        };
+        (
+            Some(integral(&|n| !best_effort(n))),
+            Some(integral(&|n| best_effort(n))),
         )
     };
+    let best_effort_epochs = jobs
+        .iter()
+        .filter(|j| j.deadline_s.is_none())
+        .map(|j| j.epochs_done)
+        .sum();
     let pct = |a: usize, b: usize| {
         if b == 0 {
             100.0
@@ -196,6 +225,8 @@ pub(super) fn summarise(
             .then(|| finished.iter().sum::<f64>() / finished.len() as f64),
         jobs,
         share_seconds,
+        best_effort_share_seconds,
+        best_effort_epochs,
         device_seconds_used,
         generator_late_p99_ms: 0.0,
         timeline,

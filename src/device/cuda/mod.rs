@@ -136,7 +136,7 @@ impl Kernel {
 }
 
 /// What the driver says about one GPU.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GpuInfo {
     /// Device ordinal.
     pub index: usize,

@@ -7,7 +7,7 @@ mod run;
 mod view;
 
 pub(crate) use outcome::OutcomeFacts;
-pub use outcome::{DeadlineOutcome, JobOutcome, TargetOutcome};
+pub use outcome::{DeadlineOutcome, JobOutcome, JobStopReason, TargetOutcome};
 
 pub(crate) use run::measure_step_cost;
 
@@ -160,13 +160,14 @@ pub struct Job {
 }
 
 /// The API's view of a job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     /// Name and id.
     pub name: String,
     /// Lifecycle state.
     pub state: JobState,
     /// `deadline` or `best-effort`.
+    #[serde(deserialize_with = "job_class")]
     pub class: JobClass,
     /// RFC 3339 times.
     pub submitted_at: String,
@@ -181,7 +182,9 @@ pub struct JobView {
     pub estimated_finish: Option<String>,
     /// Deadline minus estimated finish, in seconds (negative: expected late).
     pub slack_s: Option<f64>,
-    /// How it fared against its deadline and target so far.
+    /// How it fared against its deadline and target so far (absent from an older daemon's
+    /// answers: nothing settled).
+    #[serde(default)]
     pub outcome: JobOutcome,
     /// Target validation accuracy.
     pub target_accuracy: Option<f64>,
@@ -207,7 +210,7 @@ pub struct JobView {
     pub batch_size: usize,
     /// `target_reached` or `epoch_limit` once completed; `deadline_passed` when stopped at
     /// its deadline (`control.past_deadline = "stop"`).
-    pub stop_reason: Option<&'static str>,
+    pub stop_reason: Option<JobStopReason>,
     /// Why it failed.
     pub error: Option<String>,
     /// Its checkpoint file.
@@ -234,6 +237,17 @@ pub struct JobView {
     pub smoothed_steps_per_s: Option<f64>,
     /// The accepted spec.
     pub spec: JobConfig,
+}
+
+/// Reads a job's class as [`JobClass`] serialises it (`deadline`, `best-effort`): the
+/// controller, pure, does not deserialise.
+fn job_class<'de, D: serde::Deserializer<'de>>(d: D) -> Result<JobClass, D::Error> {
+    const NAMES: [&str; 2] = ["deadline", "best-effort"];
+    match String::deserialize(d)?.as_str() {
+        "deadline" => Ok(JobClass::Deadline),
+        "best-effort" => Ok(JobClass::BestEffort),
+        other => Err(serde::de::Error::unknown_variant(other, &NAMES)),
+    }
 }
 
 impl Job {
@@ -389,13 +403,13 @@ impl Job {
         }
     }
 
-    /// Why the job stopped, in the words of its view and record: the trainer's reason, or
+    /// Why the job stopped, as its view and record say: the trainer's reason, or
     /// `deadline_passed` for a job stopped at its deadline.
-    fn stop_reason_text(&self, p: &JobProgress) -> Option<&'static str> {
-        p.stop_reason.map(|r| r.as_str()).or_else(|| {
+    fn stop_reason(&self, p: &JobProgress) -> Option<JobStopReason> {
+        p.stop_reason.map(JobStopReason::from).or_else(|| {
             self.stopped_at_deadline
                 .load(Ordering::Acquire)
-                .then_some("deadline_passed")
+                .then_some(JobStopReason::DeadlinePassed)
         })
     }
 
@@ -458,7 +472,7 @@ impl Job {
         let record = OutcomeRecord {
             state: Some(state),
             finished_at: p.finished_at.map(crate::config::format_rfc3339),
-            stop_reason: self.stop_reason_text(&p).map(str::to_string),
+            stop_reason: self.stop_reason(&p).map(|r| r.as_str().to_string()),
             error: p.error,
             epochs_done: Some(u64::from(p.epochs_done)),
             steps: Some(p.steps),
@@ -484,12 +498,13 @@ impl Job {
                 .finished_at
                 .as_deref()
                 .and_then(|t| crate::config::parse_rfc3339(t).ok());
-            p.stop_reason = match record.stop_reason.as_deref() {
-                Some("target_reached") => Some(StopReason::TargetReached),
-                Some("epoch_limit") => Some(StopReason::EpochLimit),
-                _ => None,
+            let reason = record.stop_reason.as_deref().and_then(JobStopReason::parse);
+            p.stop_reason = match reason {
+                Some(JobStopReason::TargetReached) => Some(StopReason::TargetReached),
+                Some(JobStopReason::EpochLimit) => Some(StopReason::EpochLimit),
+                Some(JobStopReason::DeadlinePassed) | None => None,
             };
-            if record.stop_reason.as_deref() == Some("deadline_passed") {
+            if reason == Some(JobStopReason::DeadlinePassed) {
                 self.stopped_at_deadline.store(true, Ordering::Release);
             }
             p.outcome = record.outcome;
@@ -509,5 +524,19 @@ impl Job {
         if let Some(h) = handle {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_class_reads_back_as_it_is_written() {
+        for class in [JobClass::Deadline, JobClass::BestEffort] {
+            let v = serde_json::to_value(class).unwrap();
+            assert_eq!(job_class(v).unwrap(), class);
+        }
+        assert!(job_class(serde_json::json!("urgent")).is_err());
     }
 }

@@ -9,6 +9,49 @@ use serde::{Deserialize, Serialize};
 use super::JobState;
 use crate::train::StopReason;
 
+/// Why a job stopped, as its view and its record say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStopReason {
+    /// Validation accuracy reached the target.
+    TargetReached,
+    /// The epoch limit was reached.
+    EpochLimit,
+    /// Its deadline passed and the node stopped it (`control.past_deadline = "stop"`).
+    DeadlinePassed,
+}
+
+impl JobStopReason {
+    /// The spelling of the view and of `outcome.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStopReason::TargetReached => "target_reached",
+            JobStopReason::EpochLimit => "epoch_limit",
+            JobStopReason::DeadlinePassed => "deadline_passed",
+        }
+    }
+
+    /// The reason `s` spells, if any.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [
+            JobStopReason::TargetReached,
+            JobStopReason::EpochLimit,
+            JobStopReason::DeadlinePassed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+impl From<StopReason> for JobStopReason {
+    fn from(r: StopReason) -> Self {
+        match r {
+            StopReason::TargetReached => JobStopReason::TargetReached,
+            StopReason::EpochLimit => JobStopReason::EpochLimit,
+        }
+    }
+}
+
 /// A job against its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,6 +203,21 @@ mod tests {
         f.deadline = None;
         f.target = None;
         assert_eq!(JobOutcome::judge(&f).describe(), None);
+    }
+
+    #[test]
+    fn stop_reasons_are_spelled_alike_everywhere() {
+        for r in [
+            JobStopReason::TargetReached,
+            JobStopReason::EpochLimit,
+            JobStopReason::DeadlinePassed,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+            assert_eq!(JobStopReason::parse(r.as_str()), Some(r));
+        }
+        for r in [StopReason::TargetReached, StopReason::EpochLimit] {
+            assert_eq!(JobStopReason::from(r).as_str(), r.as_str());
+        }
     }
 
     #[test]

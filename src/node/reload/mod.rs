@@ -19,7 +19,7 @@
 //!   has not failed).
 //! - **Jobs of the file**: one whose name the node does not know is submitted (admission
 //!   applies). A job already accepted keeps its spec and keeps running when it leaves the
-//!   file: change it with `PATCH /v1/jobs/{id}` or cancel it with `DELETE`; the reload says so.
+//!   file: update it through the jobs API or cancel it; the reload says so.
 //! - **Services and jobs added at run time** (the API, a served job) are never touched by a
 //!   reload. A file service whose name such a service holds is not started, and says why.
 //!
@@ -351,11 +351,10 @@ impl Node {
                 Ok(_) => match old.job(&cfg.name) {
                     Some(before) if before != cfg => report.not_applied.push(format!(
                         "job {}: changed in the file ({}); an accepted job keeps its spec: \
-                         change deadline, target_accuracy or epochs with PATCH /v1/jobs/{}, or \
-                         cancel it and submit it anew",
+                         update its deadline, target_accuracy or epochs through the jobs API, \
+                         or cancel it and submit it anew",
                         cfg.name,
                         json_diff(before, cfg).join(", "),
-                        cfg.name
                     )),
                     Some(_) => {}
                     None => report.not_applied.push(format!(
