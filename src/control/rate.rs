@@ -20,11 +20,28 @@
 //! cent when its loop corrects its share, and follows a lasting change of rate (a share
 //! granted to a best-effort job, another job finishing) within about `τ`.
 //!
+//! A change of plan (the job loop's, see `training::estimate_finish`: the rate a deadline job
+//! must keep moves by more than a factor of 2 because its expected epochs or its deadline
+//! changed) is followed by a change of share, so the rate measured before it says little
+//! about the rate after it. The memory then starts again from the planned rate `p`, counted
+//! as if it had been measured for [`PRIOR_S`]:
+//!
+//! ```text
+//! W = 1 − exp(−PRIOR_S / τ),   S = p · W
+//! ```
+//!
+//! so the estimate says the job is on its new plan until the periods that follow, which
+//! outweigh the prior after about [`PRIOR_S`], say otherwise. The prior also damps the loop's
+//! own transient, the seconds in which it overshoots the new rate and settles.
+//!
 //! The finish estimate is the remaining steps (for the epochs the job is expected to need:
 //! the learning-curve estimate with an accuracy target, else the epoch limit) over `r_k`.
 
 /// Time constant of the smoothed rate, seconds.
 pub const RATE_TAU_S: f64 = 20.0;
+/// Seconds of measurement a planned rate counts for when the memory starts again: long enough
+/// to ride out the loop's transient after a change of plan, short against [`RATE_TAU_S`].
+pub const PRIOR_S: f64 = 5.0;
 
 /// A job's rate smoothed over about [`RATE_TAU_S`] (see the module's law).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -54,6 +71,14 @@ impl SmoothedRate {
         }
         self.last = Some((now_s, steps));
         self.rate()
+    }
+
+    /// Starts the memory again from `planned` steps per second, counted as [`PRIOR_S`] of
+    /// measurement; the point counting starts from is kept.
+    pub fn restart(&mut self, planned: f64) {
+        let w = 1.0 - (-PRIOR_S / RATE_TAU_S).exp();
+        self.sum = planned * w;
+        self.weight = w;
     }
 
     /// The smoothed rate, steps per second, when known.
@@ -126,6 +151,31 @@ mod tests {
         }
         let expected = 40.0 - 20.0 * (-1.0f64).exp();
         assert!((got - expected).abs() < 0.5, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn a_restart_starts_from_the_plan_and_the_measurements_soon_outweigh_it() {
+        let mut r = SmoothedRate::default();
+        r.update(0.0, 0);
+        for k in 1..=100u64 {
+            r.update(k as f64 * 0.1, 10 * k);
+        }
+        assert!((r.rate().unwrap() - 100.0).abs() < 1e-9);
+        // The plan moves to 400 steps/s, and the job only manages 300: the estimate moves
+        // from the plan toward what is measured as the law says.
+        r.restart(400.0);
+        assert_eq!(r.rate(), Some(400.0));
+        let law = |t: f64| {
+            let (w0, a) = (1.0 - (-PRIOR_S / RATE_TAU_S).exp(), (-t / RATE_TAU_S).exp());
+            (400.0 * w0 * a + 300.0 * (1.0 - a)) / (w0 * a + 1.0 - a)
+        };
+        let mut steps = 1000;
+        for k in 1..=(3.0 * PRIOR_S * 10.0) as u64 {
+            steps += 30;
+            let got = r.update(10.0 + k as f64 * 0.1, steps).unwrap();
+            assert!((got - law(k as f64 * 0.1)).abs() < 1e-6, "{got}");
+        }
+        assert!(law(PRIOR_S) < 350.0 && law(3.0 * PRIOR_S) < 320.0);
     }
 
     #[test]
