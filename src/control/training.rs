@@ -41,8 +41,8 @@ pub struct JobState {
     feed_forward: f64,
     /// The rate the finish is estimated from.
     smoothed: SmoothedRate,
-    /// The rate the deadline needed last period, while the loop could ask for its share.
-    plan: Option<f64>,
+    /// The rate the deadline needed last period, if any.
+    last_required: Option<f64>,
 }
 
 impl JobState {
@@ -55,7 +55,7 @@ impl JobState {
             history: VecDeque::new(),
             feed_forward: 0.0,
             smoothed: SmoothedRate::default(),
-            plan: None,
+            last_required: None,
         }
     }
 }
@@ -157,29 +157,37 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
         Some(deadline_in) => steer_to_deadline(cfg, st, o, &mut d, deadline_in),
         None => {}
     }
-    estimate_finish(st, &mut d, o.steps_done, now);
+    estimate_finish(cfg, st, &mut d, o.steps_done, now);
     d
 }
 
 /// Records the period in the smoothed rate and predicts the finish from it. When the job's
-/// plan changes — the rate its deadline needs moves by more than [`PLAN_CHANGE`] times (its
-/// expected epochs or its deadline changed), or it gets a plan at all — the loop is about to
-/// change its share, and the rate before says little about the rate after: the smoothed rate
-/// starts again from that rate (see [`SmoothedRate::restart`]), as long as the loop can ask
-/// for the share it takes (its request is below the whole device).
-fn estimate_finish(st: &mut JobState, d: &mut JobDecision, steps: u64, now: f64) {
+/// plan changes — the rate its deadline needs moves by more than [`PLAN_CHANGE`] times from
+/// one period to the next (its expected epochs or its deadline changed), or it gets a plan at
+/// all — the loop is about to change its share, and the rate before says little about the
+/// rate after: the smoothed rate starts again from the new rate (see
+/// [`SmoothedRate::restart`]), as long as the loop can hold the job to it: its request is
+/// above the least share (at the least share the job runs faster than planned) and below
+/// the whole device.
+fn estimate_finish(
+    cfg: &ControlConfig,
+    st: &mut JobState,
+    d: &mut JobDecision,
+    steps: u64,
+    now: f64,
+) {
     st.smoothed.update(now, steps);
-    let plan = d
-        .required_rate
-        .filter(|r| r.is_finite() && *r > 0.0 && d.requested < 1.0);
-    if let Some(new) = plan
-        && st
-            .plan
-            .is_none_or(|old| new > old * PLAN_CHANGE || new * PLAN_CHANGE < old)
-    {
+    let required = d.required_rate.filter(|r| r.is_finite() && *r > 0.0);
+    let changed = match (st.last_required, required) {
+        (Some(old), Some(new)) => new > old * PLAN_CHANGE || new * PLAN_CHANGE < old,
+        (None, Some(_)) => true,
+        (_, None) => false,
+    };
+    let holds = d.requested > cfg.min_share && d.requested < 1.0;
+    if let (true, true, Some(new)) = (changed, holds, required) {
         st.smoothed.restart(new);
     }
-    st.plan = plan;
+    st.last_required = required;
     d.smoothed_rate = st.smoothed.rate();
     d.predicted_finish_in_s = predicted_finish(d.remaining_steps, d.smoothed_rate);
 }
