@@ -120,7 +120,7 @@ fn default_config_is_valid_with_expected_values() {
         c.jobs[0],
         JobConfig {
             name: "demo".into(),
-            data: "synthetic:blobs:size=50000,noise=1.5".into(),
+            data: "synthetic:blobs:size=50000,noise=1.2".into(),
             layers: vec![64, 512, 512, 10],
             optimizer: OptimizerKind::Adam,
             lr: 0.001,
@@ -963,7 +963,7 @@ fn summary_shows_every_resolved_value() {
         "max_queue_delay_ms = 0.0",
         "[[jobs]]",
         "name = \"demo\"",
-        "data = \"synthetic:blobs:size=50000,noise=1.5\"",
+        "data = \"synthetic:blobs:size=50000,noise=1.2\"",
         "optimizer = \"adam\"",
         "lr = 0.001",
         "weight_decay = 0.0",

@@ -413,15 +413,8 @@ impl Job {
         })
     }
 
-    /// How the job fares against its deadline and target now (see [`JobOutcome::judge`]);
-    /// for an ended job, as judged when it ended.
-    pub fn outcome(&self) -> JobOutcome {
-        let p = lock(&self.progress).clone();
-        self.outcome_of(self.state(), &p)
-    }
-
-    /// The outcome of the job in `state` with progress `p`: as recorded when it ended, else
-    /// judged now.
+    /// How the job in `state` with progress `p` fares against its deadline and target (see
+    /// [`JobOutcome::judge`]): for an ended job, as judged when it ended.
     fn outcome_of(&self, state: JobState, p: &JobProgress) -> JobOutcome {
         if state.is_terminal()
             && let Some(o) = p.outcome
