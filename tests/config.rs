@@ -88,6 +88,7 @@ fn default_config_is_valid_with_expected_values() {
         ControlConfig {
             reserve_frac: 0.05,
             leftover: Leftover::BestEffort,
+            past_deadline: PastDeadline::BestEffort,
             decision_log: None
         }
     );
@@ -119,7 +120,7 @@ fn default_config_is_valid_with_expected_values() {
         c.jobs[0],
         JobConfig {
             name: "demo".into(),
-            data: "synthetic:blobs:size=50000,noise=1.5".into(),
+            data: "synthetic:blobs:size=50000,noise=1.2".into(),
             layers: vec![64, 512, 512, 10],
             optimizer: OptimizerKind::Adam,
             lr: 0.001,
@@ -382,6 +383,10 @@ fn type_errors_name_expected_and_found() {
             "control.leftover: must be one of \"best-effort\", \"idle\", \"spread\", got \"share\"",
         ),
         (
+            "[control]\npast_deadline = \"cancel\"".into(),
+            "control.past_deadline: must be one of \"best-effort\", \"stop\", got \"cancel\"",
+        ),
+        (
             "[device]\nshare_mechanism = \"mps\"".into(),
             "device.share_mechanism: must be one of \"auto\", \"cta\", \"green\", got \"mps\"",
         ),
@@ -466,7 +471,7 @@ fn unknown_keys_are_reported_everywhere_with_the_accepted_list() {
         issues(&text),
         vec![
             "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib)",
-            "control.period: unknown key (accepted: reserve_frac, leftover, decision_log)",
+            "control.period: unknown key (accepted: reserve_frac, leftover, past_deadline, decision_log)",
             "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching)",
             "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching)",
             "services[0].batching.size: unknown key (accepted: max_batch_size, max_queue_delay_ms)",
@@ -946,6 +951,7 @@ fn summary_shows_every_resolved_value() {
         "[control]",
         "reserve_frac = 0.05",
         "leftover = \"best-effort\"",
+        "past_deadline = \"best-effort\"",
         "[[services]]",
         "name = \"mlp\"",
         "layers = [64, 128, 10]",
@@ -957,7 +963,7 @@ fn summary_shows_every_resolved_value() {
         "max_queue_delay_ms = 0.0",
         "[[jobs]]",
         "name = \"demo\"",
-        "data = \"synthetic:blobs:size=50000,noise=1.5\"",
+        "data = \"synthetic:blobs:size=50000,noise=1.2\"",
         "optimizer = \"adam\"",
         "lr = 0.001",
         "weight_decay = 0.0",

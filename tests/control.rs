@@ -382,9 +382,11 @@ fn random_decisions(rng: &mut Rng) -> (Vec<ServiceDecision>, Vec<JobDecision>) {
             expected_epochs: 1.0,
             required_rate: None,
             measured_rate: 0.0,
+            smoothed_rate: None,
             rate_per_share: None,
             slack_s: (rng.below(4) > 0).then(|| rng.uniform(-10.0, 100.0)),
             predicted_finish_in_s: None,
+            past_deadline: None,
         })
         .collect();
     (services, jobs)
@@ -499,9 +501,11 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
             expected_epochs: 1.0,
             required_rate: Some(10.0),
             measured_rate: 10.0,
+            smoothed_rate: Some(10.0),
             rate_per_share: Some(25.0),
             slack_s: Some(50.0),
             predicted_finish_in_s: Some(100.0),
+            past_deadline: None,
         }],
         capacity: 0.95,
         assigned: 0.7,

@@ -155,6 +155,36 @@ fn sgd_learns_digits_too() {
     assert!(report.val_accuracy.unwrap() >= 0.93, "{report:?}");
 }
 
+/// The embedded default config's demonstration job meets its own target: trained as the
+/// daemon trains it (its data, model and optimiser settings), it passes its target accuracy
+/// well within its epoch limit (in its first epoch, measured; three are allowed here).
+#[test]
+fn the_default_configs_demo_job_reaches_its_target() {
+    let cfg = setpoint::config::parse(setpoint::config::DEFAULT_CONFIG).unwrap();
+    let job = cfg.jobs.iter().find(|j| j.name == "demo").unwrap();
+    let target = job.target_accuracy.unwrap();
+    assert_eq!(job.optimizer, setpoint::config::OptimizerKind::Adam);
+    assert_eq!((job.weight_decay, job.seed), (0.0, 1));
+    let data = data::load(&job.data, &LoadOptions::default()).unwrap();
+    let mut spec = TrainSpec::new(job.layers.clone());
+    spec.optimizer = Optimizer::Adam(setpoint::train::default_adam(job.lr as f32));
+    spec.batch_size = job.batch_size;
+    spec.val_fraction = job.val_fraction;
+    spec.seed = job.seed;
+    spec.target_accuracy = Some(target);
+    spec.epochs = job.epochs.min(3);
+    let mut t = Trainer::new(CpuBackend::single(), spec, &data).unwrap();
+    let report = t.run(&mut no_events()).unwrap();
+    let acc = report.val_accuracy.unwrap();
+    eprintln!("demo: {acc:.4} after {} epochs", report.epochs);
+    assert_eq!(
+        report.stop_reason.as_deref(),
+        Some("target_reached"),
+        "{report:?}"
+    );
+    assert!(acc >= target);
+}
+
 fn small_spec() -> TrainSpec {
     let mut spec = TrainSpec::new(vec![64, 32, 10]);
     spec.epochs = 4;

@@ -91,6 +91,7 @@ impl NodeConfig {
         writeln!(o, "\n[control]")?;
         writeln!(o, "reserve_frac = {}", f(c.reserve_frac))?;
         writeln!(o, "leftover = {}", q(c.leftover.as_str()))?;
+        writeln!(o, "past_deadline = {}", q(c.past_deadline.as_str()))?;
         match &c.decision_log {
             Some(p) => writeln!(o, "decision_log = {}", qp(p))?,
             None => writeln!(o, "decision_log = \"\"  # off")?,

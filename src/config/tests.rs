@@ -150,6 +150,13 @@ fn default_config_parses() {
 #[test]
 fn enum_spellings_match_the_file_syntax() {
     assert_eq!(Leftover::BestEffort.to_string(), "best-effort");
+    assert_eq!(PastDeadline::Stop.to_string(), "stop");
+    for p in [PastDeadline::BestEffort, PastDeadline::Stop] {
+        assert_eq!(
+            serde_json::to_value(p).unwrap(),
+            serde_json::Value::String(p.as_str().into())
+        );
+    }
     assert_eq!(DeviceKind::Cuda.to_string(), "cuda");
     assert_eq!(ShareMechanism::Green.to_string(), "green");
     assert_eq!(OptimizerKind::Sgd.to_string(), "sgd");

@@ -150,6 +150,8 @@ pub struct ControlConfig {
     pub reserve_frac: f64,
     /// What happens to capacity no set point needs.
     pub leftover: Leftover,
+    /// What becomes of a deadline job whose deadline passes before it finishes.
+    pub past_deadline: PastDeadline,
     /// JSON-lines log of every controller decision; `None` = off.
     pub decision_log: Option<PathBuf>,
 }
@@ -174,7 +176,7 @@ impl NodeConfig {
 }
 
 /// Where capacity left over after every set point is met goes: the controller's own type.
-pub use crate::control::Leftover;
+pub use crate::control::{Leftover, PastDeadline};
 
 /// One inference service.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -10,7 +10,9 @@
 //! - **Training jobs** ([`training`]): the rate needed to finish the remaining work by the
 //!   deadline, feed-forward from the measured rate per unit of share, and a PI loop on the rate
 //!   error; remaining work for an accuracy target from a power-law fit of the learning curve,
-//!   bounded by the epoch limit.
+//!   bounded by the epoch limit. A job whose deadline has passed is demoted to best-effort, or
+//!   marked to be stopped, as [`PastDeadline`] says. Its finish is predicted from its rate
+//!   smoothed over about 20 s ([`rate`]), not from the share of the moment.
 //! - **The arbiter** ([`arbiter`]): services first, then deadline jobs (least slack first),
 //!   then best-effort jobs; the total never exceeds `1 − reserve`.
 //! - **Admission** ([`admission`]): a deadline job that cannot finish with the capacity left
@@ -20,6 +22,7 @@ pub mod admission;
 pub mod arbiter;
 pub mod inference;
 pub mod pi;
+pub mod rate;
 pub mod training;
 
 use std::collections::HashMap;
@@ -57,6 +60,32 @@ impl std::fmt::Display for Leftover {
     }
 }
 
+/// What becomes of a deadline job whose deadline passes before it finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PastDeadline {
+    /// It runs on as a best-effort job, on capacity no set point needs.
+    BestEffort,
+    /// It is stopped (cancelled, keeping its checkpoint).
+    Stop,
+}
+
+impl PastDeadline {
+    /// The spelling used in the config file and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PastDeadline::BestEffort => "best-effort",
+            PastDeadline::Stop => "stop",
+        }
+    }
+}
+
+impl std::fmt::Display for PastDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The smallest share any tenant is given: a lane never stops entirely, so its progress and
 /// latency stay measurable.
 pub const MIN_SHARE: f64 = 0.01;
@@ -83,6 +112,8 @@ pub struct ControlConfig {
     pub min_share: f64,
     /// Jobs aim to finish this fraction of their allotted time before the deadline.
     pub deadline_margin_frac: f64,
+    /// What becomes of a deadline job whose deadline has passed.
+    pub past_deadline: PastDeadline,
 }
 
 impl Default for ControlConfig {
@@ -97,6 +128,7 @@ impl Default for ControlConfig {
             job_gains: PiGains { kp: 0.05, ki: 0.02 },
             min_share: MIN_SHARE,
             deadline_margin_frac: 0.01,
+            past_deadline: PastDeadline::BestEffort,
         }
     }
 }
@@ -215,7 +247,7 @@ pub struct ServiceDecision {
 pub struct JobDecision {
     /// Name.
     pub name: String,
-    /// Deadline or best-effort.
+    /// Deadline or best-effort: best-effort too for a deadline job whose deadline has passed.
     pub class: JobClass,
     /// Share the loop asked for.
     pub requested: f64,
@@ -227,15 +259,20 @@ pub struct JobDecision {
     pub expected_epochs: f64,
     /// Steps per second needed to finish by the deadline (minus the margin).
     pub required_rate: Option<f64>,
-    /// Steps per second measured over the last period.
+    /// Steps per second measured over the last second (what the loop steers on).
     pub measured_rate: f64,
+    /// Steps per second smoothed over about 20 s (see [`rate`]); None before two periods.
+    pub smoothed_rate: Option<f64>,
     /// Steps per second per unit of share, learned.
     pub rate_per_share: Option<f64>,
     /// Seconds to spare if the job ran on the whole device from now; the arbiter serves
     /// the smallest first.
     pub slack_s: Option<f64>,
-    /// Predicted finish, seconds from now, at the granted share.
+    /// Predicted finish, seconds from now: the remaining steps over the smoothed rate.
     pub predicted_finish_in_s: Option<f64>,
+    /// Set once the job's deadline has passed with work left: what the policy does with it
+    /// (demoted to best-effort, or to be stopped by the node).
+    pub past_deadline: Option<PastDeadline>,
 }
 
 /// One tick's decisions.
@@ -362,9 +399,6 @@ impl Controller {
             })
             .collect();
         let capacity = arbiter::arbitrate(&self.cfg, obs.foreign_load, &mut services, &mut jobs);
-        for (d, o) in jobs.iter_mut().zip(&obs.jobs) {
-            d.predicted_finish_in_s = training::predicted_finish(d, o);
-        }
         for d in &services {
             if let Some(st) = self.services.get_mut(&d.name) {
                 inference::granted(&self.cfg, st, d.share);

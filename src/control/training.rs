@@ -1,8 +1,11 @@
 //! The training job loop: the rate needed to finish by the deadline, a feed-forward share
-//! from the learned rate per unit of share, and a PI correction on the rate error.
+//! from the learned rate per unit of share, and a PI correction on the rate error. A job whose
+//! deadline has passed is demoted to best-effort (or marked to be stopped), as
+//! [`super::PastDeadline`] says; its finish is estimated from its smoothed rate ([`super::rate`]).
 
 use std::collections::VecDeque;
 
+use super::rate::{SmoothedRate, predicted_finish};
 use super::{ControlConfig, JobClass, JobDecision, JobObs, Pi};
 
 /// Seconds of history the measured rate is taken over: long enough to hold several steps of
@@ -14,6 +17,9 @@ const EWMA: f64 = 0.3;
 const MAX_ERROR: f64 = 2.0;
 /// Most periods of history kept (the window normally holds far fewer).
 const MAX_HISTORY: usize = 1024;
+/// A change of the rate a job's deadline needs by more than this factor is a change of plan
+/// (see [`estimate_finish`]).
+const PLAN_CHANGE: f64 = 2.0;
 /// Epochs of the learning curve used for the fit: the recent trend, not the first jumps.
 const FIT_EPOCHS: usize = 8;
 /// The power law's exponent assumed while the curve has a single point: error falling as
@@ -33,6 +39,10 @@ pub struct JobState {
     pub step_cost: Option<f64>,
     history: VecDeque<(f64, u64, f64)>,
     feed_forward: f64,
+    /// The rate the finish is estimated from.
+    smoothed: SmoothedRate,
+    /// The rate the deadline needed last period, if any.
+    last_required: Option<f64>,
 }
 
 impl JobState {
@@ -44,6 +54,8 @@ impl JobState {
             step_cost: None,
             history: VecDeque::new(),
             feed_forward: 0.0,
+            smoothed: SmoothedRate::default(),
+            last_required: None,
         }
     }
 }
@@ -66,7 +78,9 @@ pub fn expected_epochs(
     if curve.last().is_some_and(|&a| a >= target) {
         return epochs_done as f64;
     }
-    let floor = (epochs_done + 1) as f64;
+    // At least the epoch under way, and never past the limit (a job that has just run its
+    // last epoch is still observed running for a moment).
+    let floor = ((epochs_done + 1) as f64).min(max);
     let start = curve.len().saturating_sub(FIT_EPOCHS);
     let pts: Vec<(f64, f64)> = curve[start..]
         .iter()
@@ -112,7 +126,9 @@ fn power_law(pts: &[(f64, f64)]) -> Option<(f64, f64)> {
 
 /// Decides a job's requested share: records the period's progress, learns the rate per unit
 /// of share, and (for a deadline job with work left) steers toward the rate the deadline
-/// needs with a feed-forward share plus a PI correction.
+/// needs with a feed-forward share plus a PI correction. A deadline job past its deadline is
+/// demoted to best-effort (see [`past_deadline`]). The predicted finish is the remaining
+/// steps over the smoothed rate, whatever share is granted (see [`estimate_finish`]).
 pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f64) -> JobDecision {
     record_progress(st, o, now);
     let measured = measured_rate(cfg, st, o);
@@ -129,19 +145,61 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
         expected_epochs: expected,
         required_rate: None,
         measured_rate: measured,
+        smoothed_rate: None,
         rate_per_share: rps,
         slack_s: None,
         predicted_finish_in_s: None,
+        past_deadline: None,
     };
-    if o.class == JobClass::BestEffort || remaining == 0 {
-        st.feed_forward = 0.0;
-        return d;
+    match o.deadline_in_s {
+        _ if o.class == JobClass::BestEffort || remaining == 0 => st.feed_forward = 0.0,
+        Some(deadline_in) if deadline_in <= 0.0 => past_deadline(cfg, st, &mut d),
+        Some(deadline_in) => steer_to_deadline(cfg, st, o, &mut d, deadline_in),
+        None => {}
     }
-    let Some(deadline_in) = o.deadline_in_s else {
-        return d;
-    };
-    steer_to_deadline(cfg, st, o, &mut d, deadline_in);
+    estimate_finish(cfg, st, &mut d, o.steps_done, now);
     d
+}
+
+/// Records the period in the smoothed rate and predicts the finish from it. When the job's
+/// plan changes — the rate its deadline needs moves by more than [`PLAN_CHANGE`] times from
+/// one period to the next (its expected epochs or its deadline changed), or it gets a plan at
+/// all — the loop is about to change its share, and the rate before says little about the
+/// rate after: the smoothed rate starts again from the new rate (see
+/// [`SmoothedRate::restart`]), as long as the loop can hold the job to it: its request is
+/// above the least share (at the least share the job runs faster than planned) and below
+/// the whole device.
+fn estimate_finish(
+    cfg: &ControlConfig,
+    st: &mut JobState,
+    d: &mut JobDecision,
+    steps: u64,
+    now: f64,
+) {
+    st.smoothed.update(now, steps);
+    let required = d.required_rate.filter(|r| r.is_finite() && *r > 0.0);
+    let changed = match (st.last_required, required) {
+        (Some(old), Some(new)) => new > old * PLAN_CHANGE || new * PLAN_CHANGE < old,
+        (None, Some(_)) => true,
+        (_, None) => false,
+    };
+    let holds = d.requested > cfg.min_share && d.requested < 1.0;
+    if let (true, true, Some(new)) = (changed, holds, required) {
+        st.smoothed.restart(new);
+    }
+    st.last_required = required;
+    d.smoothed_rate = st.smoothed.rate();
+    d.predicted_finish_in_s = predicted_finish(d.remaining_steps, d.smoothed_rate);
+}
+
+/// A deadline job whose deadline has passed with work left: it asks for no more than the
+/// floor and is arbitrated as best-effort (leftover capacity only), so it never takes the
+/// device from jobs that can still make their deadlines; under [`PastDeadline::Stop`] the
+/// decision also tells the node to stop it.
+fn past_deadline(cfg: &ControlConfig, st: &mut JobState, d: &mut JobDecision) {
+    st.feed_forward = 0.0;
+    d.class = JobClass::BestEffort;
+    d.past_deadline = Some(cfg.past_deadline);
 }
 
 /// Appends this period's `(time, steps done, share)` to the history, first clearing it if
@@ -205,9 +263,11 @@ fn learn_rate_per_share(st: &mut JobState, o: &JobObs, measured: f64) -> Option<
         .or(st.rate_per_share)
 }
 
-/// Sets a deadline job's slack, required rate and share: all of it once the time left (less
-/// the margin) is within a period, else the feed-forward share for the required rate plus
-/// the PI correction on the relative rate error, at least the minimum share.
+/// Sets a deadline job's slack, required rate and share: the feed-forward share for the
+/// rate that finishes the remaining steps by the deadline less the margin, plus the PI
+/// correction on the relative rate error, at least the minimum share. Within the margin the
+/// job aims at the deadline itself, and in the last period before it asks for the whole
+/// device (the arbiter weighs it as most at risk; once the deadline passes it is demoted).
 fn steer_to_deadline(
     cfg: &ControlConfig,
     st: &mut JobState,
@@ -217,10 +277,13 @@ fn steer_to_deadline(
 ) {
     let (remaining, measured, rps) = (d.remaining_steps, d.measured_rate, d.rate_per_share);
     let margin = cfg.deadline_margin_frac * o.allotted_s.unwrap_or(0.0).max(0.0);
-    let time_left = deadline_in - margin;
+    let time_left = if deadline_in - margin > cfg.period_s {
+        deadline_in - margin
+    } else {
+        deadline_in
+    };
     d.slack_s = rps.map(|r| time_left - remaining as f64 / r);
     if time_left <= cfg.period_s {
-        // Out of time: all it can get, and let the arbiter weigh it as most at risk.
         st.feed_forward = 1.0;
         d.required_rate = Some(f64::INFINITY);
         d.requested = 1.0;
@@ -245,16 +308,6 @@ fn steer_to_deadline(
     let u = st.pi.step(cfg.job_gains, e, lo.min(0.0), 1.0 - ff);
     d.requested = (ff + u).clamp(cfg.min_share, 1.0);
     d.share = d.requested;
-}
-
-/// Seconds to finish at the granted share, from the learned rate.
-pub(crate) fn predicted_finish(d: &JobDecision, _o: &JobObs) -> Option<f64> {
-    if d.remaining_steps == 0 {
-        return Some(0.0);
-    }
-    d.rate_per_share
-        .filter(|r| *r > 0.0 && d.share > 0.0)
-        .map(|r| d.remaining_steps as f64 / (r * d.share))
 }
 
 /// Tells the loop what the arbiter granted (back-calculation against windup).
@@ -282,5 +335,230 @@ mod tests {
         // No point yet, or not improving: the limit.
         assert_eq!(expected_epochs(&[], Some(0.9), 0, 30), 30.0);
         assert_eq!(expected_epochs(&[0.5, 0.5, 0.5], Some(0.9), 3, 30), 30.0);
+        // At the limit, with the curve still climbing: the limit, not a panic.
+        assert_eq!(expected_epochs(&curve, Some(0.999), 4, 4), 4.0);
+        assert_eq!(expected_epochs(&curve, Some(0.96), 4, 4), 4.0);
+    }
+
+    use crate::control::{Controller, Observations, PastDeadline};
+
+    const PERIOD: f64 = 0.1;
+
+    /// A job of `epochs` epochs of `per_epoch` steps at `done` steps, seen at `share`, with a
+    /// step cost that (on 2 cores) claims 364 steps/s per unit of share.
+    fn job(name: &str, class: JobClass, deadline_in: Option<f64>, done: u64, share: f64) -> JobObs {
+        JobObs {
+            name: name.into(),
+            class,
+            deadline_in_s: deadline_in,
+            allotted_s: deadline_in.map(|_| 600.0),
+            steps_done: done,
+            steps_per_epoch: 25,
+            epochs_done: (done / 25) as u32,
+            max_epochs: 400,
+            target_accuracy: None,
+            curve: vec![],
+            steps_in_period: 2,
+            share,
+            step_cost_core_s: Some(2.0 / 364.0),
+            cores: 2,
+        }
+    }
+
+    #[test]
+    fn the_finish_is_predicted_from_the_measured_rate_whatever_the_share() {
+        // The job: best-effort, 400 epochs of 25 steps, at step 790, running at 20
+        // steps/s on the leftover (0.95 of the device) while its step cost claims 364 steps/s
+        // per unit of share. 9,210 steps at 20 steps/s: about 460 s, not 27 s.
+        let mut ctrl = Controller::new(ControlConfig::default());
+        let mut last = None;
+        for k in 0..=50u64 {
+            let obs = Observations {
+                now_s: k as f64 * PERIOD,
+                jobs: vec![job("be", JobClass::BestEffort, None, 790 + 2 * k, 0.95)],
+                ..Default::default()
+            };
+            last = Some(ctrl.tick(&obs).jobs[0].clone());
+        }
+        let d = last.unwrap();
+        assert!(
+            (d.share - 0.95).abs() < 1e-9,
+            "it holds the leftover: {}",
+            d.share
+        );
+        assert!((d.smoothed_rate.unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(d.remaining_steps, 10_000 - 890);
+        let want = (10_000 - 890) as f64 / 20.0;
+        assert!(
+            (d.predicted_finish_in_s.unwrap() - want).abs() < 1e-6,
+            "{d:?}"
+        );
+        // With a target, the remaining steps are the learning curve's: acc(e) = 1 − 0.4/e
+        // reaches 0.96 at epoch 10, so 10 × 25 steps in all.
+        let mut with_target = job("t", JobClass::BestEffort, None, 100, 0.5);
+        with_target.target_accuracy = Some(0.96);
+        with_target.curve = (1..=4).map(|e| 1.0 - 0.4 / e as f64).collect();
+        with_target.epochs_done = 4;
+        let mut st = JobState::new(0.5);
+        let cfg = ControlConfig::default();
+        decide(&cfg, &mut st, &with_target, 0.0);
+        with_target.steps_done = 105;
+        let d = decide(&cfg, &mut st, &with_target, 1.0);
+        assert_eq!(d.remaining_steps, 250 - 105);
+        assert!((d.predicted_finish_in_s.unwrap() - 145.0 / 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_on_track_jobs_predicted_finish_holds_still_while_its_loop_corrects() {
+        // A deadline job paced by its loop with ±30 % jitter on its progress each period: the
+        // slack (time to the deadline less the predicted finish) stays within a few seconds
+        // over the middle of its run, where one period's rate would swing it by minutes.
+        let mut ctrl = Controller::new(ControlConfig::default());
+        let mut rng = crate::util::rng::Rng::new(9);
+        let (steps, deadline) = (100_000u64, 600.0);
+        let (mut done, mut share) = (0.0f64, 0.05);
+        let mut slack = Vec::new();
+        for k in 0..(deadline / PERIOD) as u64 {
+            let t = k as f64 * PERIOD;
+            let mut o = job(
+                "d",
+                JobClass::Deadline,
+                Some(deadline - t),
+                done as u64,
+                share,
+            );
+            (o.steps_per_epoch, o.max_epochs, o.epochs_done) = (steps, 1, 0);
+            o.allotted_s = Some(deadline);
+            let d = ctrl.tick(&Observations {
+                now_s: t,
+                jobs: vec![o],
+                ..Default::default()
+            });
+            share = d.jobs[0].share;
+            if (100.0..500.0).contains(&t) {
+                slack.push(deadline - t - d.jobs[0].predicted_finish_in_s.unwrap());
+            }
+            let jitter = 1.0 + 0.3 * (2.0 * rng.next_f64() - 1.0);
+            done += 364.0 * share * jitter * PERIOD;
+        }
+        let lo = slack.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = slack.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            hi - lo < 15.0 && lo > -10.0,
+            "slack from {lo:.1} s to {hi:.1} s"
+        );
+    }
+
+    #[test]
+    fn a_change_of_plan_moves_the_estimate_with_it_instead_of_swinging() {
+        // A job aiming at 95 % on data that caps it near 92 %: after its first epoch the
+        // one-point fit expects two epochs in all (the loop slows it to the least share, and
+        // it still runs ahead: it is early), after its second, whose accuracy fell, the limit
+        // again (the loop speeds it up fourfold). From that change on the estimate starts
+        // from the new plan: the slack of a job that keeps its plan stays within two minutes
+        // of the margin (6 s of 600) through the loop's transient, where a smoothed rate
+        // that had to catch up with the new share from the old one strayed by 1,500 s.
+        let curve = [0.9194, 0.9145, 0.9167, 0.9141, 0.9164];
+        let mut ctrl = Controller::new(ControlConfig::default());
+        let mut rng = crate::util::rng::Rng::new(3);
+        let (per_epoch, deadline) = (625u64, 600.0);
+        let (mut done, mut share) = (0.0f64, 0.1);
+        let (mut worst, mut after_flip) = (0.0f64, 0);
+        for k in 0..(200.0 / PERIOD) as u64 {
+            let t = k as f64 * PERIOD;
+            let epochs = (done as u64 / per_epoch) as usize;
+            let mut o = job(
+                "aim",
+                JobClass::Deadline,
+                Some(deadline - t),
+                done as u64,
+                share,
+            );
+            o.allotted_s = Some(deadline);
+            (o.steps_per_epoch, o.max_epochs, o.epochs_done) = (per_epoch, 40, epochs as u32);
+            o.target_accuracy = Some(0.95);
+            o.curve = curve[..epochs.min(curve.len())].to_vec();
+            // As measured at admission: it claims 1,460 steps/s per unit of share.
+            o.step_cost_core_s = Some(2.0 / 1460.0);
+            let d = ctrl.tick(&Observations {
+                now_s: t,
+                jobs: vec![o],
+                ..Default::default()
+            });
+            share = d.jobs[0].share;
+            // Judged while the loop holds the job to a plan: above the least share.
+            if t > 3.0 && d.jobs[0].requested > ControlConfig::default().min_share {
+                let slack = deadline - t - d.jobs[0].predicted_finish_in_s.unwrap();
+                worst = worst.max((slack - 6.0).abs());
+                after_flip += usize::from(epochs >= 2);
+            }
+            // It runs at 1,050 (evaluation, the lane's overheads).
+            done += 1050.0 * share * (1.0 + 0.2 * (2.0 * rng.next_f64() - 1.0)) * PERIOD;
+        }
+        assert!(
+            done as u64 > 3 * per_epoch,
+            "it ran past its first epochs: {done}"
+        );
+        assert!(
+            after_flip > 300,
+            "judged after the change of plan: {after_flip} periods"
+        );
+        assert!(worst < 120.0, "slack strayed {worst:.0} s from the margin");
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_gives_way_to_one_that_can_still_make_its_own() {
+        for policy in [PastDeadline::BestEffort, PastDeadline::Stop] {
+            let cfg = ControlConfig {
+                past_deadline: policy,
+                ..ControlConfig::default()
+            };
+            let mut ctrl = Controller::new(cfg);
+            let mut last = None;
+            let (mut done, mut share) = (0.0f64, 0.5);
+            for k in 0..20u64 {
+                let t = k as f64 * PERIOD;
+                // `late` passed its deadline 5 s ago with most of its work left; `due` needs
+                // about 0.6 of the device to make its deadline.
+                let late = job(
+                    "late",
+                    JobClass::Deadline,
+                    Some(-5.0 - t),
+                    100 + 30 * k,
+                    0.5,
+                );
+                let mut due = job(
+                    "due",
+                    JobClass::Deadline,
+                    Some(60.0 - t),
+                    done as u64,
+                    share,
+                );
+                (due.steps_per_epoch, due.max_epochs) = (13_000, 1);
+                let d = ctrl.tick(&Observations {
+                    now_s: t,
+                    jobs: vec![late, due],
+                    ..Default::default()
+                });
+                share = d.jobs[1].share;
+                done += 364.0 * share * PERIOD;
+                last = Some(d);
+            }
+            let d = last.unwrap();
+            let (late, due) = (&d.jobs[0], &d.jobs[1]);
+            assert_eq!(late.class, JobClass::BestEffort, "{policy}: demoted");
+            assert_eq!(late.past_deadline, Some(policy));
+            assert!(late.requested <= ControlConfig::default().min_share + 1e-12);
+            assert_eq!(due.past_deadline, None);
+            assert!(due.share > 0.5, "{policy}: {}", due.share);
+            assert!(
+                (due.share - due.requested).abs() < 1e-9,
+                "the job that can make it gets all it asks for"
+            );
+            assert!(
+                late.share <= d.capacity - due.share + 1e-9,
+                "only the leftover"
+            );
+        }
     }
 }

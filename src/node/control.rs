@@ -418,8 +418,17 @@ impl Node {
     }
 }
 
-/// Applies the decisions (or the fixed policy) to the lanes observed.
+/// Applies the decisions (or the fixed policy) to the lanes observed. A job whose deadline
+/// has passed is stopped, or demoted, as `control.past_deadline` says, whatever the policy
+/// (under a fixed policy a demotion changes nothing but the log).
 fn apply(policy: &Policy, round: &Round, per_device: &[Decisions]) {
+    for (d, decisions) in per_device.iter().enumerate() {
+        for (job, dec) in round.running[d].iter().zip(&decisions.jobs) {
+            if let Some(what) = dec.past_deadline {
+                job.past_deadline(what);
+            }
+        }
+    }
     let all_lanes = || {
         round
             .services

@@ -305,16 +305,93 @@ impl Node {
                     .join("; ")
             )));
         };
-        let earliest = now
-            + std::time::Duration::from_secs_f64(refusal.earliest_deadline_in_s.clamp(0.0, 1e9));
-        Err(NodeError::Conflict(format!(
-            "{}; the earliest deadline it can meet is {} (in {:.0} s): submit it with that \
-             deadline or later, or as best-effort",
-            refusal.reason,
-            crate::config::format_rfc3339(earliest),
-            refusal.earliest_deadline_in_s.ceil()
-        )))
+        Err(refused(
+            &refusal,
+            now,
+            "submit it with that deadline or later, or as best-effort",
+        ))
     }
+
+    /// Admits a change of a job's deadline as a submission is admitted: a deadline job under
+    /// the controller whose new deadline is earlier than the one in force (or that had none,
+    /// or whose deadline has passed) is checked against the capacity the other tenants hold,
+    /// its own being free for it; its work is the steps it has left for the epochs the
+    /// controller expects it to need, at its measured cost per step. Refused (409) with the
+    /// earliest deadline it could meet. A later deadline only lowers what the job needs, and a
+    /// job whose steps are not known yet (still loading its data) cannot be weighed: both are
+    /// admitted.
+    pub(super) fn admit_deadline_change(
+        &self,
+        job: &Job,
+        deadline: SystemTime,
+    ) -> Result<(), NodeError> {
+        let now = SystemTime::now();
+        let relaxed = job
+            .deadline()
+            .is_some_and(|old| old > now && deadline >= old);
+        let controlled = matches!(self.policy(), Policy::Controller);
+        if job.config.best_effort || job.state().is_terminal() || relaxed || !controlled {
+            return Ok(());
+        }
+        let d = self.device_of(job.lane());
+        let cores = self.workers_of(d);
+        let mut last = self.last_decisions_of(d);
+        let own = last
+            .jobs
+            .iter()
+            .position(|j| j.name == job.name)
+            .map(|i| last.jobs.remove(i));
+        let p = job.progress();
+        let remaining = own.as_ref().map_or_else(
+            || (job.epochs() as u64 * p.batches_per_epoch as u64).saturating_sub(p.steps),
+            |o| o.remaining_steps,
+        );
+        let cost = own
+            .as_ref()
+            .and_then(|o| o.rate_per_share)
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map(|r| cores.max(1) as f64 / r)
+            .or(job.estimated_step_cost());
+        let (Some(cost), true) = (cost, p.batches_per_epoch > 0) else {
+            return Ok(());
+        };
+        let candidate = crate::control::admission::Candidate {
+            name: job.name.clone(),
+            work_core_s: remaining as f64 * cost,
+            deadline_in_s: deadline
+                .duration_since(now)
+                .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64()),
+            cores,
+        };
+        let ctrl = control_config(&self.config());
+        crate::control::admission::admit(&ctrl, &last, &candidate)
+            .map(drop)
+            .map_err(|r| {
+                refused(
+                    &r,
+                    now,
+                    "change it to that deadline or later, or clear it (null) to run the job \
+                     as best-effort; it keeps its deadline meanwhile",
+                )
+            })
+    }
+}
+
+/// The 409 for a deadline admission refused: the reason, the earliest deadline the job could
+/// meet (as a time and in seconds from `now`), and what to do.
+fn refused(
+    refusal: &crate::control::admission::Refusal,
+    now: SystemTime,
+    advice: &str,
+) -> NodeError {
+    let earliest =
+        now + std::time::Duration::from_secs_f64(refusal.earliest_deadline_in_s.clamp(0.0, 1e9));
+    NodeError::Conflict(format!(
+        "{}; the earliest deadline it can meet is {} (in {:.0} s): {advice}",
+        refusal.reason,
+        crate::config::format_rfc3339(earliest),
+        refusal.earliest_deadline_in_s.ceil()
+    ))
 }
 
 /// The refusal of a job whose name is taken.

@@ -29,7 +29,7 @@ use crate::device::lane::CorePermits;
 
 pub use control::{Policy, ServiceMeasure};
 pub use devices::{DeviceId, Placement};
-pub use jobs::{Job, JobState, JobView};
+pub use jobs::{DeadlineOutcome, Job, JobOutcome, JobState, JobStopReason, JobView, TargetOutcome};
 pub use registry::ServiceSlot;
 pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
 pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion};
@@ -412,6 +412,7 @@ pub(crate) fn control_config(c: &NodeConfig) -> crate::control::ControlConfig {
         period_s: c.control_period_ms as f64 / 1000.0,
         reserve_frac: c.control.reserve_frac,
         leftover: c.control.leftover,
+        past_deadline: c.control.past_deadline,
         ..Default::default()
     }
 }

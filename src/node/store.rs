@@ -254,7 +254,9 @@ impl Node {
     }
 
     /// Changes a job's deadline, target accuracy or epoch limit, and records the change in
-    /// the state dir before returning (blocking: run it off the async workers).
+    /// the state dir before returning (blocking: run it off the async workers). An earlier
+    /// deadline goes through admission first (see [`Node::admit_deadline_change`]): refused,
+    /// nothing changes.
     pub(crate) fn update_job(
         &self,
         name: &str,
@@ -276,6 +278,10 @@ impl Node {
             return Err(NodeError::Invalid(vec![
                 "target_accuracy: the job has no validation set (val_fraction = 0)".into(),
             ]));
+        }
+        // A new deadline is admitted as a submission's is; a refused one changes nothing.
+        if let Some(Some(deadline)) = changes.deadline {
+            self.admit_deadline_change(&job, deadline)?;
         }
         apply_changes(&job, &changes);
         // Recorded before the answer, so an acknowledged change survives a restart.

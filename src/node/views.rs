@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::control::ServiceMeasure;
-use super::jobs::{Job, JobState, JobView};
+use super::jobs::{Job, JobOutcome, JobState, JobView};
 use super::services::{ServiceOrigin, ServiceState, ServiceView};
 use super::{DeviceId, Node, Policy, ServiceSlot, health};
 use crate::config::ServiceConfig;
@@ -154,6 +154,9 @@ pub struct TenantView {
     pub queue_len: Option<usize>,
     /// The device it runs on (`cpu`, `cuda:N`); none for a service not serving.
     pub device: Option<String>,
+    /// How a job fared against its deadline and target (none for a service); also said in
+    /// words at the end of `measured`.
+    pub outcome: Option<JobOutcome>,
 }
 /// What status reads of the control loop, taken under its lock once.
 struct ControlSnapshot {
@@ -288,10 +291,11 @@ fn service_tenant(
         batch_size: view.max_batch_size,
         queue_len: Some(view.queue_len),
         device,
+        outcome: None,
     }
 }
 
-/// A job as a tenant: its deadline or target, and its accuracy and slack.
+/// A job as a tenant: its deadline or target, and its accuracy, slack and outcome.
 fn job_tenant(v: &JobView, device: String) -> TenantView {
     let set_point = match (&v.deadline, v.target_accuracy) {
         (Some(d), Some(t)) => format!("accuracy >= {t} by {d}"),
@@ -299,12 +303,15 @@ fn job_tenant(v: &JobView, device: String) -> TenantView {
         (None, Some(t)) => format!("accuracy >= {t}, best effort"),
         (None, None) => format!("{} epochs, best effort", v.epochs_max),
     };
-    let measured = match (v.val_accuracy, v.slack_s) {
-        (Some(a), Some(s)) => Some(format!("accuracy {a:.4}, slack {s:.0} s")),
-        (Some(a), None) => Some(format!("accuracy {a:.4}")),
-        (None, Some(s)) => Some(format!("slack {s:.0} s")),
-        (None, None) => None,
-    };
+    let parts: Vec<String> = [
+        v.val_accuracy.map(|a| format!("accuracy {a:.4}")),
+        v.slack_s.map(|s| format!("slack {s:.0} s")),
+        v.outcome.describe(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let measured = (!parts.is_empty()).then(|| parts.join(", "));
     TenantView {
         kind: TenantKind::Job,
         name: v.name.clone(),
@@ -315,6 +322,7 @@ fn job_tenant(v: &JobView, device: String) -> TenantView {
         batch_size: v.batch_size,
         queue_len: None,
         device: Some(device),
+        outcome: Some(v.outcome),
     }
 }
 

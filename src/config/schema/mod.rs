@@ -9,8 +9,8 @@ use toml::{Table, Value};
 use super::walk::{Bound, Field, Tbl, Walker, kind};
 use super::{
     BatchingConfig, ControlConfig, Deadline, DeviceConfig, DeviceKind, GpuSelection, HttpConfig,
-    JobConfig, Leftover, NodeConfig, OptimizerKind, PathsConfig, ServiceConfig, ShareMechanism,
-    SloConfig,
+    JobConfig, Leftover, NodeConfig, OptimizerKind, PastDeadline, PathsConfig, ServiceConfig,
+    ShareMechanism, SloConfig,
 };
 
 mod tenants;
@@ -47,7 +47,7 @@ const HTTP_KEYS: &[&str] = &[
     "listen_backlog",
     "reserved_fds",
 ];
-const CONTROL_KEYS: &[&str] = &["reserve_frac", "leftover", "decision_log"];
+const CONTROL_KEYS: &[&str] = &["reserve_frac", "leftover", "past_deadline", "decision_log"];
 const PATHS_KEYS: &[&str] = &["data_dirs"];
 const SERVICE_KEYS: &[&str] = &[
     "name",
@@ -390,10 +390,21 @@ fn control(w: &mut Walker, t: &Tbl<'_>) -> ControlConfig {
             ],
         )
         .or(Leftover::BestEffort);
+    let past_deadline = w
+        .choice(
+            t,
+            "past_deadline",
+            &[
+                ("best-effort", PastDeadline::BestEffort),
+                ("stop", PastDeadline::Stop),
+            ],
+        )
+        .or(PastDeadline::BestEffort);
     let decision_log = w.opt_string(t, "decision_log").given().map(PathBuf::from);
     ControlConfig {
         reserve_frac: reserve_frac.unwrap_or(defaults::RESERVE_FRAC),
         leftover: leftover.unwrap_or(Leftover::BestEffort),
+        past_deadline: past_deadline.unwrap_or(PastDeadline::BestEffort),
         decision_log,
     }
 }

@@ -2,7 +2,12 @@
 //! the state dir, publishes its progress after every step, and honours cancellation and
 //! changes of deadline or target between steps.
 
+mod outcome;
 mod run;
+mod view;
+
+pub(crate) use outcome::OutcomeFacts;
+pub use outcome::{DeadlineOutcome, JobOutcome, JobStopReason, TargetOutcome};
 
 pub(crate) use run::measure_step_cost;
 
@@ -14,7 +19,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{JobConfig, format_rfc3339};
+use crate::config::JobConfig;
 use crate::control::JobClass;
 use crate::data::LoadStop;
 use crate::device::lane::Lane;
@@ -35,7 +40,8 @@ pub enum JobState {
     Completed,
     /// Stopped by an error.
     Failed,
-    /// Cancelled by a user; its last checkpoint is kept.
+    /// Cancelled by a user, or stopped at its deadline (`control.past_deadline = "stop"`);
+    /// its last checkpoint is kept.
     Cancelled,
 }
 
@@ -62,7 +68,8 @@ pub(crate) struct OutcomeRecord {
     /// RFC 3339.
     #[serde(default)]
     pub finished_at: Option<String>,
-    /// `target_reached` or `epoch_limit` for a completed job.
+    /// `target_reached` or `epoch_limit` for a completed job, `deadline_passed` for one
+    /// stopped at its deadline.
     #[serde(default)]
     pub stop_reason: Option<String>,
     /// Why it failed.
@@ -74,6 +81,10 @@ pub(crate) struct OutcomeRecord {
     /// Optimiser steps taken.
     #[serde(default)]
     pub steps: Option<u64>,
+    /// How it fared against its deadline and target, as judged when it ended (absent from
+    /// records written before outcomes were recorded: judged again from the rest).
+    #[serde(default)]
+    pub outcome: Option<JobOutcome>,
 }
 
 /// An outcome record whose state is not one a job ends in.
@@ -102,6 +113,8 @@ pub struct JobProgress {
     pub(crate) checkpoint_health: super::checkpointing::CheckpointHealth,
     pub(crate) workers: usize,
     pub(crate) train_rows: usize,
+    /// How it fared, judged when it ended.
+    pub(crate) outcome: Option<JobOutcome>,
 }
 
 /// Changes a user asked for, applied by the job's thread before its next step.
@@ -133,6 +146,10 @@ pub struct Job {
     /// Stopped by the node's shutdown, not by a user: no outcome is recorded, so a restart
     /// resumes it.
     interrupted: AtomicBool,
+    /// Stopped because its deadline passed (`control.past_deadline = "stop"`).
+    stopped_at_deadline: AtomicBool,
+    /// Its demotion past its deadline has been logged.
+    demotion_logged: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     lane: Arc<Lane>,
     placement: super::Placement,
@@ -160,10 +177,15 @@ pub struct JobView {
     pub finished_at: Option<String>,
     /// The deadline, if any.
     pub deadline: Option<String>,
-    /// Estimated time of finishing at the current rate, bounded by the epoch limit.
+    /// Estimated time of finishing: the steps left for the epochs the job is expected to
+    /// need over `smoothed_steps_per_s`; for an ended job, when it finished.
     pub estimated_finish: Option<String>,
     /// Deadline minus estimated finish, in seconds (negative: expected late).
     pub slack_s: Option<f64>,
+    /// How it fared against its deadline and target so far (absent from an older daemon's
+    /// answers: nothing settled).
+    #[serde(default)]
+    pub outcome: JobOutcome,
     /// Target validation accuracy.
     pub target_accuracy: Option<f64>,
     /// Epoch limit.
@@ -186,8 +208,9 @@ pub struct JobView {
     pub workers: usize,
     /// Mini-batch size.
     pub batch_size: usize,
-    /// `target_reached` or `epoch_limit` once completed.
-    pub stop_reason: Option<StopReason>,
+    /// `target_reached` or `epoch_limit` once completed; `deadline_passed` when stopped at
+    /// its deadline (`control.past_deadline = "stop"`).
+    pub stop_reason: Option<JobStopReason>,
     /// Why it failed.
     pub error: Option<String>,
     /// Its checkpoint file.
@@ -204,10 +227,14 @@ pub struct JobView {
     /// Epochs the controller expects the job to need (from the learning curve for an
     /// accuracy target, else the limit).
     pub expected_epochs: Option<f64>,
+    /// Steps left for the epochs the job is expected to need (while it runs).
+    pub remaining_steps: Option<u64>,
     /// Steps per second needed to meet the deadline.
     pub required_steps_per_s: Option<f64>,
     /// Steps per second over the last second.
     pub steps_per_s: Option<f64>,
+    /// Steps per second the finish estimate divides by: smoothed over about 20 s.
+    pub smoothed_steps_per_s: Option<f64>,
     /// The accepted spec.
     pub spec: JobConfig,
 }
@@ -247,6 +274,8 @@ impl Job {
             cancel: AtomicBool::new(false),
             load_stop: LoadStop::default(),
             interrupted: AtomicBool::new(false),
+            stopped_at_deadline: AtomicBool::new(false),
+            demotion_logged: AtomicBool::new(false),
             thread: Mutex::new(None),
             lane,
             placement,
@@ -339,6 +368,69 @@ impl Job {
         self.load_stop.stop();
     }
 
+    /// Stops the job because its deadline has passed (`control.past_deadline = "stop"`): it
+    /// stops like a cancel and its stop reason says why. True the first time only.
+    fn stop_at_deadline(&self) -> bool {
+        if self.stopped_at_deadline.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.cancel();
+        true
+    }
+
+    /// Applies what the controller decided for a job whose deadline has passed: stops it, or
+    /// says once in the log that it runs on as best-effort.
+    pub(crate) fn past_deadline(&self, policy: crate::control::PastDeadline) {
+        use crate::control::PastDeadline;
+        match policy {
+            PastDeadline::Stop => {
+                if self.stop_at_deadline() {
+                    tracing::warn!(
+                        job = %self.name,
+                        "its deadline has passed: stopped (control.past_deadline = \"stop\")"
+                    );
+                }
+            }
+            PastDeadline::BestEffort => {
+                if !self.demotion_logged.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        job = %self.name,
+                        "its deadline has passed: it runs on as best-effort \
+                         (control.past_deadline = \"best-effort\")"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Why the job stopped, as its view and record say: the trainer's reason, or
+    /// `deadline_passed` for a job stopped at its deadline.
+    fn stop_reason(&self, p: &JobProgress) -> Option<JobStopReason> {
+        p.stop_reason.map(JobStopReason::from).or_else(|| {
+            self.stopped_at_deadline
+                .load(Ordering::Acquire)
+                .then_some(JobStopReason::DeadlinePassed)
+        })
+    }
+
+    /// How the job in `state` with progress `p` fares against its deadline and target (see
+    /// [`JobOutcome::judge`]): for an ended job, as judged when it ended.
+    fn outcome_of(&self, state: JobState, p: &JobProgress) -> JobOutcome {
+        if state.is_terminal()
+            && let Some(o) = p.outcome
+        {
+            return o;
+        }
+        JobOutcome::judge(&OutcomeFacts {
+            state,
+            deadline: self.deadline(),
+            target: self.target(),
+            finished_at: p.finished_at,
+            stop_reason: p.stop_reason,
+            now: SystemTime::now(),
+        })
+    }
+
     /// Stops the job for the node's shutdown: it checkpoints and stops like a cancel, but
     /// records no outcome, so the next start resumes it from that checkpoint.
     pub(crate) fn interrupt(&self) {
@@ -356,6 +448,9 @@ impl Job {
     /// sees the job ended (a client about to remove it, a crash just after) finds the record
     /// already on disk.
     fn finish(&self, state: JobState) {
+        let p = lock(&self.progress).clone();
+        let outcome = self.outcome_of(state, &p);
+        lock(&self.progress).outcome = Some(outcome);
         self.record_outcome(state);
         self.set_state(state);
     }
@@ -370,10 +465,11 @@ impl Job {
         let record = OutcomeRecord {
             state: Some(state),
             finished_at: p.finished_at.map(crate::config::format_rfc3339),
-            stop_reason: p.stop_reason.map(|r| r.as_str().to_string()),
+            stop_reason: self.stop_reason(&p).map(|r| r.as_str().to_string()),
             error: p.error,
             epochs_done: Some(u64::from(p.epochs_done)),
             steps: Some(p.steps),
+            outcome: p.outcome,
         };
         let written = serde_json::to_vec(&record)
             .map_err(std::io::Error::other)
@@ -395,11 +491,16 @@ impl Job {
                 .finished_at
                 .as_deref()
                 .and_then(|t| crate::config::parse_rfc3339(t).ok());
-            p.stop_reason = match record.stop_reason.as_deref() {
-                Some("target_reached") => Some(StopReason::TargetReached),
-                Some("epoch_limit") => Some(StopReason::EpochLimit),
-                _ => None,
+            let reason = record.stop_reason.as_deref().and_then(JobStopReason::parse);
+            p.stop_reason = match reason {
+                Some(JobStopReason::TargetReached) => Some(StopReason::TargetReached),
+                Some(JobStopReason::EpochLimit) => Some(StopReason::EpochLimit),
+                Some(JobStopReason::DeadlinePassed) | None => None,
             };
+            if reason == Some(JobStopReason::DeadlinePassed) {
+                self.stopped_at_deadline.store(true, Ordering::Release);
+            }
+            p.outcome = record.outcome;
             p.error = record.error.clone();
             p.epochs_done = record.epochs_done.unwrap_or(0) as u32;
             p.steps = record.steps.unwrap_or(0);
@@ -415,85 +516,6 @@ impl Job {
         let handle = lock(&self.thread).take();
         if let Some(h) = handle {
             let _ = h.join();
-        }
-    }
-
-    /// A snapshot for the API.
-    pub fn view(&self, decision: Option<&crate::control::JobDecision>) -> JobView {
-        let state = self.state();
-        let p = lock(&self.progress).clone();
-        let target = *lock(&self.target);
-        let epochs_max = *lock(&self.epochs);
-        let deadline = self.deadline();
-        let last = p.history.last();
-        let total_steps = epochs_max as u64 * p.batches_per_epoch as u64;
-        let remaining_steps = total_steps.saturating_sub(p.steps);
-        // The controller's prediction (learning curve, granted share) when it has one; else
-        // the epoch limit at the recent rate.
-        let from_controller = decision
-            .and_then(|d| d.predicted_finish_in_s)
-            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9);
-        let estimated_finish = match (state, from_controller) {
-            (JobState::Running, Some(secs)) => {
-                Some(SystemTime::now() + std::time::Duration::from_secs_f64(secs))
-            }
-            (JobState::Running, None) if p.steps_per_s > 0.0 => Some(
-                SystemTime::now()
-                    + std::time::Duration::from_secs_f64(remaining_steps as f64 / p.steps_per_s),
-            ),
-            (s, _) if s.is_terminal() => p.finished_at,
-            _ => None,
-        };
-        let slack_s = match (deadline, estimated_finish) {
-            (Some(d), Some(f)) => Some(match d.duration_since(f) {
-                Ok(ahead) => ahead.as_secs_f64(),
-                Err(late) => -late.duration().as_secs_f64(),
-            }),
-            _ => None,
-        };
-        let running = matches!(state, JobState::Running | JobState::Loading);
-        JobView {
-            name: self.name.clone(),
-            state,
-            class: if self.config.best_effort {
-                JobClass::BestEffort
-            } else {
-                JobClass::Deadline
-            },
-            submitted_at: format_rfc3339(self.submitted_at),
-            started_at: p.started_at.map(format_rfc3339),
-            finished_at: p.finished_at.map(format_rfc3339),
-            deadline: deadline.map(format_rfc3339),
-            estimated_finish: estimated_finish.map(format_rfc3339),
-            slack_s,
-            target_accuracy: target,
-            epochs_max,
-            epochs_done: p.epochs_done,
-            steps: p.steps,
-            progress: if total_steps == 0 {
-                0.0
-            } else {
-                (p.steps as f64 / total_steps as f64).min(1.0)
-            },
-            val_accuracy: last.and_then(|r| r.val_accuracy),
-            train_loss: last.map(|r| r.train_loss),
-            samples_per_s: if running { p.samples_per_s } else { 0.0 },
-            share: if running { self.lane.share() } else { 0.0 },
-            workers: if running { self.lane.workers() } else { 0 },
-            batch_size: self.config.batch_size,
-            stop_reason: p.stop_reason,
-            error: p.error.clone(),
-            checkpoint: p.checkpoint.as_ref().map(|c| c.display().to_string()),
-            restore_note: p.restore_note.clone(),
-            checkpoint_error: p.checkpoint_health.last_error.clone(),
-            checkpoint_errors: p.checkpoint_health.errors,
-            accuracy_curve: p.history.iter().map(|r| r.val_accuracy).collect(),
-            expected_epochs: decision.map(|d| d.expected_epochs),
-            required_steps_per_s: decision
-                .and_then(|d| d.required_rate)
-                .filter(|r| r.is_finite()),
-            steps_per_s: decision.map(|d| d.measured_rate),
-            spec: self.config.clone(),
         }
     }
 }
