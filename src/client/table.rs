@@ -160,6 +160,9 @@ pub(crate) fn job_details(j: &JobView) -> String {
     if let Some(r) = j.stop_reason {
         lines.push(("stop reason", r.as_str().to_string()));
     }
+    if let Some(o) = j.outcome.describe() {
+        lines.push(("outcome", o));
+    }
     if let Some(e) = &j.error {
         lines.push(("error", e.clone()));
     }
@@ -376,6 +379,7 @@ mod tests {
             "steps": 1200, "progress": 0.6, "val_accuracy": 0.9123, "train_loss": 0.25,
             "samples_per_s": 0.0, "share": 0.0, "workers": 0, "batch_size": 64,
             "stop_reason": "target_reached", "error": null,
+            "outcome": {"deadline": "met", "target": "reached"},
             "checkpoint": "/var/lib/setpoint/jobs/mnist/checkpoint.ckpt",
             "restore_note": null, "checkpoint_error": null, "checkpoint_errors": 0,
             "accuracy_curve": [0.8, null, 0.9123], "expected_epochs": null,
@@ -409,6 +413,7 @@ mod tests {
             ("slack", "+7m 59s"),
             ("submitted", "2026-11-28T17:54:01Z"),
             ("stop reason", "target_reached"),
+            ("outcome", "deadline met, target reached"),
             ("accuracy by epoch", "0.8000 - 0.9123"),
         ] {
             assert_eq!(value_of(&text, key), Some(value), "{key} in\n{text}");
