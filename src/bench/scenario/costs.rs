@@ -1,16 +1,19 @@
 //! What a random scenario's service requests and training steps cost on this machine, so
 //! that a drawn load (a fraction of a core) means the same on any host. Measured on the
-//! engine itself, one worker, overheads included: requests through a real batcher, steps
-//! through a real trainer.
+//! engine itself, one worker, overheads included: requests through a real batcher, steps as
+//! admission measures them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::data::{LoadOptions, Normalizer};
 use crate::device::CpuBackend;
+use crate::device::fault::DeviceHealth;
 use crate::model::MlpParams;
+use crate::node::Placement;
+use crate::node::jobs::measure_step_cost;
 use crate::serve::{BatchConfig, InferenceService, ServedModel};
-use crate::train::{TrainEvent, TrainSpec, Trainer};
 
 /// The costs the generator scales a scenario by.
 pub trait Costs {
@@ -101,28 +104,20 @@ fn measure_requests(layers: &[usize]) -> Option<f64> {
     best.is_finite().then_some(best)
 }
 
-/// The best of three ~50 ms rounds of training steps on one worker, after two for warm-up.
+/// What admission itself measures for such a job on the CPU (`measure_step_cost`: processor
+/// time per step on one worker), so the generator sizes jobs as admission will judge them.
 fn measure_steps(layers: &[usize], data: &str, batch: usize) -> Option<f64> {
     let set = crate::data::load(data, &LoadOptions::default()).ok()?;
-    let mut spec = TrainSpec::new(layers.to_vec());
-    spec.batch_size = batch;
-    spec.epochs = u32::MAX;
-    let mut t = Trainer::new(CpuBackend::single(), spec, &set).ok()?;
-    let mut quiet = |_: &TrainEvent| {};
-    for _ in 0..2 {
-        t.step(&mut quiet).ok()?;
-    }
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let mut n = 0u32;
-        while n < 2 || t0.elapsed() < Duration::from_millis(50) {
-            t.step(&mut quiet).ok()?;
-            n += 1;
-        }
-        best = best.min(t0.elapsed().as_secs_f64() / f64::from(n));
-    }
-    best.is_finite().then_some(best)
+    let mut c = crate::config::default_config().jobs[0].clone();
+    c.data = data.to_string();
+    c.layers = layers.to_vec();
+    c.batch_size = batch;
+    c.optimizer = crate::config::OptimizerKind::Adam;
+    c.lr = 1e-3;
+    let placement = Placement::Cpu(Arc::new(DeviceHealth::new("cpu")));
+    measure_step_cost(&c, &set, &placement)
+        .ok()
+        .map(|(_, cost, _)| cost)
 }
 
 #[cfg(test)]
