@@ -8,6 +8,15 @@ mod machine;
 /// Other processes' average busy cores under which the policy comparison is asserted.
 const QUIET_CORES: f64 = 0.25;
 
+/// The tests that run a scenario take it in turn: each measures a controller on the cores
+/// the scenario names, and a sibling running beside it in this process would take them
+/// without `OtherLoad` seeing it (it counts other processes only).
+static CORES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cores() -> std::sync::MutexGuard<'static, ()> {
+    CORES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn quick() -> Scenario {
     Scenario::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -20,6 +29,7 @@ fn quick() -> Scenario {
 fn the_controller_keeps_more_requests_within_the_slo_than_no_shares() {
     let mut s = quick();
     s.policies = vec![PolicyName::Setpoint, PolicyName::None];
+    let _cores = cores();
     let started = std::time::Instant::now();
     let others = machine::OtherLoad::start();
     let r = setpoint::bench::scenario::run(&s, &mut |line| eprintln!("{line}")).unwrap();
@@ -183,7 +193,11 @@ fn a_fixed_seed_sample_of_random_scenarios_runs_and_accounts_fairly() {
         policies: vec![PolicyName::Setpoint, PolicyName::Static],
     };
     let dir = tempfile::tempdir().unwrap();
+    let _cores = cores();
+    let others = machine::OtherLoad::start();
     let r = run_random(&spec, Some(dir.path()), &mut |line| eprintln!("{line}")).unwrap();
+    let other_cores = others.cores();
+    let quiet = other_cores.is_some_and(|c| c < QUIET_CORES);
     eprintln!("{}", setpoint::bench::scenario::sweep_text(&r));
     assert_eq!(r.scenarios.len(), 2);
     assert_eq!(r.windows_within_slo_pct.map(|w| w.n), Some(2));
@@ -209,10 +223,21 @@ fn a_fixed_seed_sample_of_random_scenarios_runs_and_accounts_fairly() {
                 o.scenario
             );
             // Under the controller with a backfill job and leftover to best-effort, idle
-            // capacity goes to the backfill: counted apart from the set points.
+            // capacity goes to the backfill: counted apart from the set points. A job
+            // starts once admission has measured its step at background priority, which
+            // other processes busy on the cores can hold off past these five seconds, so
+            // this is asserted on a quiet machine and reported otherwise.
             if p["policy"] == "setpoint" && o.best_effort_jobs > 0 {
                 assert_eq!(s.leftover, "best-effort");
-                assert!(best_effort > 0.0, "{}: no share to backfill", o.scenario);
+                if quiet {
+                    assert!(best_effort > 0.0, "{}: no share to backfill", o.scenario);
+                } else {
+                    eprintln!(
+                        "NOT ASSERTED: {} gave the backfill {best_effort:.2} share-seconds; \
+                         other processes kept {other_cores:.2?} cores busy",
+                        o.scenario
+                    );
+                }
                 backfilled += 1;
             }
         }
