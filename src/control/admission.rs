@@ -62,7 +62,7 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
     let (svc, jobs) = (svc.max(0.0), jobs.max(0.0));
     let cores = c.cores.max(1) as f64;
     // Aim at the same margin the job loop will aim at.
-    let usable_s = c.deadline_in_s * (1.0 - cfg.deadline_margin_frac);
+    let usable_s = c.deadline_in_s - cfg.deadline_margin_s(c.deadline_in_s);
     let needed = if usable_s > 0.0 {
         c.work_core_s / cores / usable_s
     } else {
@@ -132,7 +132,7 @@ fn earliest_deadline(
     for (finish, share) in running {
         let free = (capacity - services - held).max(0.0);
         if free > 0.0 && t + work / free <= finish {
-            return (t + work / free) / (1.0 - cfg.deadline_margin_frac);
+            return cfg.deadline_keeping_margin_s(t + work / free);
         }
         if finish.is_finite() {
             work -= free * (finish - t);
@@ -141,7 +141,7 @@ fn earliest_deadline(
         held -= share;
     }
     let free = (capacity - services - held.max(0.0)).max(cfg.min_share);
-    (t + work.max(0.0) / free) / (1.0 - cfg.deadline_margin_frac)
+    cfg.deadline_keeping_margin_s(t + work.max(0.0) / free)
 }
 
 /// Device memory a job would add to a GPU, against what is free there.

@@ -110,7 +110,8 @@ pub struct ControlConfig {
     pub job_gains: PiGains,
     /// Smallest share any tenant gets.
     pub min_share: f64,
-    /// Jobs aim to finish this fraction of their allotted time before the deadline.
+    /// Jobs aim to finish this fraction of their allotted time before the deadline, and at
+    /// least one control period before it (see [`ControlConfig::deadline_margin_s`]).
     pub deadline_margin_frac: f64,
     /// What becomes of a deadline job whose deadline has passed.
     pub past_deadline: PastDeadline,
@@ -130,6 +131,20 @@ impl Default for ControlConfig {
             deadline_margin_frac: 0.01,
             past_deadline: PastDeadline::BestEffort,
         }
+    }
+}
+
+impl ControlConfig {
+    /// How long before its deadline a job with `allotted_s` seconds from submission to
+    /// deadline aims to finish: `deadline_margin_frac` of them, at least one period.
+    pub fn deadline_margin_s(&self, allotted_s: f64) -> f64 {
+        (self.deadline_margin_frac * allotted_s.max(0.0)).max(self.period_s)
+    }
+
+    /// The earliest deadline, from now, by which a job that needs `busy_s` seconds of work
+    /// keeps its margin: the inverse of [`ControlConfig::deadline_margin_s`].
+    pub fn deadline_keeping_margin_s(&self, busy_s: f64) -> f64 {
+        (busy_s / (1.0 - self.deadline_margin_frac)).max(busy_s + self.period_s)
     }
 }
 
