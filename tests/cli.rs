@@ -132,6 +132,28 @@ fn resume_from_the_cli_continues_the_run() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["epochs"], 4);
     assert_eq!(v["history"].as_array().unwrap().len(), 4);
+    // Every setting the run used, as a user would write it.
+    assert_eq!(v["epoch_limit"], 4);
+    assert_eq!(v["val_fraction"], 0.2, "{v}");
+    assert_eq!(v["target_accuracy"], serde_json::Value::Null);
+    assert_eq!(v["optimizer_settings"]["lr"], 0.001, "{v}");
+    assert_eq!(v["optimizer_settings"]["beta2"], 0.999, "{v}");
+    // A resume whose epoch limit is reached says that nothing ran, and where checkpoints go.
+    let again = setpoint(&["train", "--data", DIGITS, "--resume", c, "--epochs", "4"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let err = stderr(&again);
+    assert!(
+        err.contains("nothing ran: the checkpoint has already run 4 epoch(s)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("checkpoints are written back to {c}")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("bit-identical"),
+        "same threads: no note\n{err}"
+    );
     // Same run uninterrupted gives the same figures.
     let full = setpoint(&["train", "--data", DIGITS, "--epochs", "4", "--json"]);
     let f: serde_json::Value = serde_json::from_str(&stdout(&full)).unwrap();
@@ -139,11 +161,14 @@ fn resume_from_the_cli_continues_the_run() {
     // A different learning rate is refused.
     let out = setpoint(&["train", "--data", DIGITS, "--resume", c, "--lr", "0.5"]);
     assert_eq!(out.status.code(), Some(2));
+    // Named as settings, not as the program's data structures.
+    let err = stderr(&out);
     assert!(
-        stderr(&out).contains("the optimizer was"),
-        "{}",
-        stderr(&out)
+        err.contains("the optimizer was adam (lr 0.001, betas"),
+        "{err}"
     );
+    assert!(err.contains("and is adam (lr 0.5, betas"), "{err}");
+    assert!(!err.contains("AdamParams"), "{err}");
 }
 
 fn expect_input_error(args: &[&str], needle: &str) {

@@ -31,8 +31,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             };
             let mut spec = TrainSpec::from_meta(&layers, &state.meta.config)?;
             apply_overrides(&mut spec, &args)?;
+            if args.checkpoint.is_none() && !args.json {
+                eprintln!(
+                    "resuming from {0}; checkpoints are written back to {0} (--checkpoint PATH \
+                     writes them elsewhere)",
+                    resume.display()
+                );
+            }
             spec.checkpoint = Some(args.checkpoint.clone().unwrap_or_else(|| resume.clone()));
             spec.checkpoint_every_steps = args.checkpoint_every;
+            let saved_workers = state.meta.config.workers;
+            if saved_workers != backend.workers() {
+                eprintln!(
+                    "note: the run was saved with {saved_workers} worker thread(s) and resumes \
+                     with {}; its results will not be bit-identical to an uninterrupted run \
+                     (--threads {saved_workers} keeps them so)",
+                    backend.workers()
+                );
+            }
             Trainer::resume(backend, spec, &data, ckpt, resume)?
         }
         None => {
@@ -47,7 +63,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             Trainer::new(backend, spec, &data)?
         }
     };
+    let epochs_before = trainer.epochs_done();
     let report = run_with_progress(&mut trainer, args.json)?;
+    if args.resume.is_some() && report.epochs == epochs_before && !args.json {
+        eprintln!(
+            "nothing ran: the checkpoint has already run {epochs_before} epoch(s) and the \
+             epoch limit is {}; raise --epochs to train on",
+            trainer.spec().epochs
+        );
+    }
     print_train_report(&report, &trainer, &args)
 }
 
@@ -202,6 +226,10 @@ fn print_train_report<B: Backend>(
             "checkpoint": report.checkpoint,
             "layers": spec.layers,
             "optimizer": spec.optimizer.name(),
+            "optimizer_settings": optimizer_settings(&spec.optimizer),
+            "epoch_limit": spec.epochs,
+            "target_accuracy": spec.target_accuracy,
+            "val_fraction": spec.val_fraction,
             "batch_size": spec.batch_size,
             "seed": spec.seed,
             "threads": trainer.backend().workers(),
@@ -238,6 +266,26 @@ fn print_train_report<B: Backend>(
         writeln!(out, "checkpoint: {}", c.display())?;
     }
     Ok(())
+}
+
+/// The optimiser's hyper-parameters as `--json` reports them, each as its shortest decimal
+/// (`0.001`, not the `f32`'s widened `0.0010000000474974513`).
+fn optimizer_settings(o: &Optimizer) -> serde_json::Value {
+    let n = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
+    match o {
+        Optimizer::Sgd(h) => json!({
+            "lr": n(h.lr),
+            "momentum": n(h.momentum),
+            "weight_decay": n(h.weight_decay),
+        }),
+        Optimizer::Adam(h) => json!({
+            "lr": n(h.lr),
+            "beta1": n(h.beta1),
+            "beta2": n(h.beta2),
+            "eps": n(h.eps),
+            "weight_decay": n(h.weight_decay),
+        }),
+    }
 }
 
 #[cfg(test)]

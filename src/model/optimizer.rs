@@ -22,6 +22,25 @@ impl Optimizer {
     }
 }
 
+/// As a user writes it: `adam (lr 0.001, betas 0.9/0.999, eps 1e-8, weight decay 0)`,
+/// `sgd (lr 0.01, momentum 0.9, weight decay 0)`.
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Optimizer::Sgd(h) => write!(
+                f,
+                "sgd (lr {}, momentum {}, weight decay {})",
+                h.lr, h.momentum, h.weight_decay
+            ),
+            Optimizer::Adam(h) => write!(
+                f,
+                "adam (lr {}, betas {}/{}, eps {:e}, weight decay {})",
+                h.lr, h.beta1, h.beta2, h.eps, h.weight_decay
+            ),
+        }
+    }
+}
+
 pub(super) enum OptimizerKindState<B: Backend> {
     Sgd {
         velocity: Vec<B::Buf>,

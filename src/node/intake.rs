@@ -232,8 +232,8 @@ impl Node {
         tracing::info!(
             job = %cfg.name,
             steps_per_epoch = measured.steps_per_epoch,
-            step_cost_ms = step_cost * 1e3,
-            share,
+            step_cost_ms = format_args!("{:.3}", step_cost * 1e3),
+            share = format_args!("{share:.3}"),
             "job accepted"
         );
         Ok(job)

@@ -127,7 +127,7 @@ impl Node {
         }
         write(&self.store.jobs).insert(name.clone(), job.clone());
         if ended {
-            tracing::info!(job = %name, state = ?job.state(), "job restored from the state dir");
+            tracing::info!(job = %name, state = %job.state(), "job restored from the state dir");
         } else {
             job.start(None).map_err(|e| {
                 write(&self.store.jobs).remove(&name);

@@ -169,7 +169,7 @@ pub(crate) fn build_model(cfg: &ServiceConfig) -> Result<ServedModel, ServiceBui
             tracing::info!(
                 service = %cfg.name,
                 epochs = report.epochs,
-                val_accuracy = report.val_accuracy.unwrap_or(0.0),
+                val_accuracy = format_args!("{:.4}", report.val_accuracy.unwrap_or(0.0)),
                 "warm-up training done"
             );
             Ok(ServedModel {

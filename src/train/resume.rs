@@ -33,14 +33,6 @@ impl<B: Backend> Trainer<B> {
         };
         let saved = TrainSpec::from_meta(&spec.layers, &state.meta.config)?;
         same_run(&saved, &spec).map_err(resume_err)?;
-        if state.meta.config.workers != backend.workers() {
-            tracing::warn!(
-                saved = state.meta.config.workers,
-                now = backend.workers(),
-                "resuming with a different worker budget: results will not be bit-identical \
-                 to an uninterrupted run"
-            );
-        }
         let (mut train, mut val) = prepare_data(&spec, data)?;
         // The fingerprint is of the raw rows, so take it before normalising. The source is
         // only a name: the same file reached by another path is the same data.
@@ -119,8 +111,8 @@ fn same_run(saved: &TrainSpec, now: &TrainSpec) -> Result<(), String> {
     if saved.optimizer != now.optimizer {
         return differs(
             "the optimizer",
-            format!("{:?}", saved.optimizer),
-            format!("{:?}", now.optimizer),
+            saved.optimizer.to_string(),
+            now.optimizer.to_string(),
         );
     }
     if saved.batch_size != now.batch_size {

@@ -45,6 +45,20 @@ pub enum JobState {
     Cancelled,
 }
 
+/// The state as the API spells it (`running`, `cancelled`), for logs and messages.
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Pending => "pending",
+            JobState::Loading => "loading",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        })
+    }
+}
+
 impl JobState {
     /// True once the job will take no more steps.
     pub fn is_terminal(self) -> bool {
