@@ -172,7 +172,7 @@ fn labels_path_is_refused_for_csv() {
     };
     let err = load_path(&path, &opts).unwrap_err().to_string();
     assert!(
-        err.contains("labels_path applies only to IDX image files"),
+        err.contains("--labels applies only to IDX image files"),
         "{err}"
     );
 }
@@ -308,7 +308,7 @@ fn idx_errors() {
     );
     assert_eq!(
         idx_error(&images(), None),
-        "a-images-idx3-ubyte: no labels file found (tried a-labels-idx1-ubyte and a-labels-idx1-ubyte.gz); set labels_path to the labels file"
+        "a-images-idx3-ubyte: no labels file found (tried a-labels-idx1-ubyte and a-labels-idx1-ubyte.gz); set --labels to the labels file"
     );
     assert!(idx_error(&labels(), None).contains("is this a labels file?"));
 
@@ -321,7 +321,7 @@ fn idx_errors() {
         err.contains("cannot guess the labels file from this name"),
         "{err}"
     );
-    assert!(err.contains("set labels_path"), "{err}");
+    assert!(err.contains("set --labels"), "{err}");
 }
 
 // ---- synthetic ----

@@ -1047,6 +1047,24 @@ fn jobs_and_services_can_only_read_files_inside_the_data_dirs() {
             "{name} was accepted"
         );
     }
+    // A relative path is the client's word for a file on the daemon's side: the refusal
+    // says where the daemon looked for it, and how an operator would allow it.
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs",
+        &job("relative", Path::new("no-such-dir/x.csv")),
+    );
+    assert_eq!(s, 400, "{v}");
+    let m = v["error"].as_str().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        m.contains(&format!(
+            "resolved against the daemon's working directory, {}",
+            cwd.display()
+        )),
+        "{m}"
+    );
+    assert!(m.contains("--data-dir"), "{m}");
     // IDX images inside whose conventional labels file (found beside them) links outside.
     let images = data.join("t10k-images-idx3-ubyte");
     std::fs::write(&images, [0u8, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]).unwrap();

@@ -19,7 +19,8 @@ pub(crate) enum PathError {
     /// The path resolves outside every allowed directory.
     #[error(
         "{}{} is outside the directories data and checkpoints may be read from ({}); move it \
-         into one of them or add its directory to paths.data_dirs",
+         into one of them, or add its directory to the config's paths.data_dirs or to `setpoint \
+         serve --data-dir DIR`",
         path.display(),
         if *through_link { " (through a symbolic link)" } else { "" },
         List(allowed)
@@ -203,6 +204,7 @@ mod tests {
         );
         assert!(m.contains(&allowed.display().to_string()), "{m}");
         assert!(m.contains("paths.data_dirs"), "{m}");
+        assert!(m.contains("--data-dir"), "{m}");
         // Outside is outside, whether or not the file is there.
         let absent = confine(&allowed.join("../secret/absent.csv"), &dirs).unwrap_err();
         assert_eq!(

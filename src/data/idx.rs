@@ -105,7 +105,7 @@ pub(super) fn load<R: BufRead>(
     if let LabelColumn::Named(name) = &opts.label {
         let message = format!(
             "a named label column (\"{name}\") applies only to CSV files; IDX labels come from \
-             a separate labels file (labels_path)"
+             a separate labels file (--labels)"
         );
         return Err(file_error(path, message));
     }
@@ -229,7 +229,7 @@ fn find_labels(images: &Path) -> Result<PathBuf, DataError> {
     .find(|(from, _)| name.contains(from))
     .map(|(from, to)| name.replace(from, to)) else {
         let message = "cannot guess the labels file from this name (it has neither \
-                       \"images-idx3\" nor \"images.idx3\" in it); set labels_path to the \
+                       \"images-idx3\" nor \"images.idx3\" in it); set --labels to the \
                        labels file";
         return Err(file_error(images, message));
     };
@@ -245,7 +245,7 @@ fn find_labels(images: &Path) -> Result<PathBuf, DataError> {
         return Ok(found.clone());
     }
     let message = format!(
-        "no labels file found (tried {} and {}); set labels_path to the labels file",
+        "no labels file found (tried {} and {}); set --labels to the labels file",
         candidates[0].display(),
         candidates[1].display()
     );

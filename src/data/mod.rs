@@ -219,10 +219,7 @@ pub(crate) fn load_with_stop(
 ) -> Result<Dataset, DataError> {
     if let Some(params) = synthetic::parse(spec)? {
         if opts.labels_path.is_some() {
-            return Err(spec_error(
-                spec,
-                "labels_path applies only to IDX image files",
-            ));
+            return Err(spec_error(spec, "--labels applies only to IDX image files"));
         }
         return Ok(synthetic::generate(&params, spec));
     }
@@ -241,7 +238,7 @@ pub(crate) fn load_with_stop(
         if opts.labels_path.is_some() {
             return Err(file_error(
                 path,
-                "labels_path applies only to IDX image files; for CSV set the label column instead",
+                "--labels applies only to IDX image files; for CSV set the label column instead",
             ));
         }
         csv::load(path, reader, &opts.label)

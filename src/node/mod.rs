@@ -298,8 +298,17 @@ impl Node {
     /// Refuses a file a job or service names that lies outside the allowed directories
     /// (`paths.data_dirs` and the state dir), links followed; `key` names the setting.
     fn confine(&self, key: &str, path: &Path) -> Result<PathBuf, NodeError> {
-        crate::config::paths::confine(path, &self.config().allowed_dirs())
-            .map_err(|e| NodeError::Invalid(vec![format!("{key}: {e}")]))
+        crate::config::paths::confine(path, &self.config().allowed_dirs()).map_err(|e| {
+            // A client's relative path means nothing on its own side: say where it went.
+            let base = match std::env::current_dir() {
+                Ok(d) if path.is_relative() => format!(
+                    " (a relative path is resolved against the daemon's working directory, {})",
+                    d.display()
+                ),
+                _ => String::new(),
+            };
+            NodeError::Invalid(vec![format!("{key}: {e}{base}")])
+        })
     }
 
     /// True when every service is serving, some device has not failed, and the node is not
