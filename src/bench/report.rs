@@ -57,6 +57,19 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(o);
     for p in &r.policies {
         for j in &p.jobs {
+            if j.deadline_s.is_none() {
+                let _ = writeln!(
+                    o,
+                    "{:<9} job {:<12} best-effort: {} epochs done{}",
+                    p.policy,
+                    j.name,
+                    j.epochs_done,
+                    j.refused
+                        .as_ref()
+                        .map_or(String::new(), |r| format!(" (refused: {r})"))
+                );
+                continue;
+            }
             let _ = writeln!(
                 o,
                 "{:<9} job {:<12} deadline {:>8} finished {:>8} deviation {:>9} {}{}",
@@ -65,11 +78,10 @@ pub fn text(r: &Report) -> String {
                 j.deadline_s.map_or("-".into(), |d| format!("{d:.1} s")),
                 j.finish_s.map_or("-".into(), |f| format!("{f:.1} s")),
                 j.deviation_pct.map_or("-".into(), |d| format!("{d:+.2} %")),
-                match (j.deadline_s, j.missed, j.met_early) {
-                    (None, _, _) => "best-effort",
-                    (_, true, _) => "MISSED",
-                    (_, false, true) => "met early (target reached)",
-                    (_, false, false) => "met",
+                match (j.missed, j.met_early) {
+                    (true, _) => "MISSED",
+                    (false, true) => "met early (target reached)",
+                    (false, false) => "met",
                 },
                 j.refused
                     .as_ref()
@@ -423,5 +435,43 @@ mod tests {
             ));
         }
         assert_eq!(policy_table(&r).render(), want);
+    }
+
+    #[test]
+    fn a_best_effort_job_is_reported_by_its_work_not_by_deadline_columns() {
+        let job = |name: &str, deadline_s: Option<f64>| crate::bench::scenario::JobOutcome {
+            name: name.into(),
+            deadline_s,
+            finish_s: deadline_s.map(|d| d - 1.0),
+            deviation_pct: deadline_s.map(|_| -1.25),
+            missed: false,
+            refused: None,
+            state: Some(crate::node::JobState::Completed),
+            val_accuracy: Some(0.9),
+            epochs_done: 12,
+            target_accuracy: None,
+            met_early: false,
+        };
+        let mut p = policy("setpoint", Some(1.25), Some(3.0));
+        p.jobs = vec![job("train-a", Some(20.0)), job("backfill", None)];
+        let r = Report {
+            scenario: "s".into(),
+            slo_p99_ms: 10.0,
+            duration_s: 30.0,
+            cores: 2,
+            policies: vec![p],
+            ratios: None,
+        };
+        let t = text(&r);
+        let line = |n: &str| t.lines().find(|l| l.contains(n)).unwrap().to_string();
+        assert_eq!(
+            line("job backfill"),
+            "setpoint  job backfill     best-effort: 12 epochs done"
+        );
+        let a = line("job train-a");
+        assert!(
+            a.contains("deadline   20.0 s") && a.ends_with("-1.25 % met"),
+            "{a}"
+        );
     }
 }

@@ -111,7 +111,9 @@ pub struct ClientArgs {
         default_value = crate::client::DEFAULT_URL
     )]
     pub url: String,
-    /// Print the server's JSON instead of text.
+    /// Print JSON instead of text: the server's answer as it came; for `bench http`, one
+    /// object with each concurrency level's requests/s, latency percentiles, errors and batch
+    /// sizes.
     #[arg(long, global = true)]
     pub json: bool,
 }

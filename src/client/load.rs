@@ -464,7 +464,7 @@ pub fn render(r: &BenchReport) -> String {
         "ERRORS",
         "MEAN BATCH",
         "COMPUTE ROWS/S",
-        "RATIO",
+        "% OF COMPUTE",
     ])
     .right_align(&[0, 1, 2, 3, 4, 5, 7, 8, 9]);
     let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".into(), |x| format!("{x:.d$}"));
@@ -488,13 +488,14 @@ pub fn render(r: &BenchReport) -> String {
             errors,
             opt(l.mean_batch_size, 2),
             opt(l.compute_only_rows_per_s, 0),
-            opt(l.ratio, 4),
+            opt(l.ratio.map(|r| 100.0 * r), 2),
         ]);
     }
     out.push_str(&t.render());
     out.push_str(
-        "\nRATIO = daemon requests/s over the model's compute-only rows/s (Mlp::predict, one \
-         CPU worker, this process) at the daemon's mean batch size.\n",
+        "\n% OF COMPUTE: the daemon's requests/s as a percentage of the rows/s the model \
+         computes alone (no HTTP, no batcher; one CPU worker in this process) at the daemon's \
+         mean batch size: what serving over HTTP keeps of the model's own speed.\n",
     );
     if let Some(n) = &r.compute_only_note {
         out.push_str(&format!("note: {n}\n"));
