@@ -2,6 +2,7 @@
 //! daemon child under steady mixed load.
 
 pub mod gpu;
+pub(crate) mod plot;
 pub mod report;
 pub mod scenario;
 pub mod smi;

@@ -113,7 +113,7 @@ fn run_scenario(a: BenchScenarioArgs) -> anyhow::Result<()> {
     )?;
     let cross = cross.map(|c| c.finish());
     if let Some(path) = &a.plot {
-        crate::util::fsio::write_atomic(path, report::svg(&r).as_bytes())
+        crate::util::fsio::write_atomic(path, crate::bench::plot::svg(&r).as_bytes())
             .with_context(|| format!("cannot write the plot {}", path.display()))?;
     }
     let energy = cross
