@@ -173,14 +173,43 @@ pub(crate) fn job_details(j: &JobView) -> String {
     key_values(&lines)
 }
 
-/// A service (`POST /v1/jobs/ID/serve`, `GET /v1/services/NAME`) as `key: value` lines.
-pub(crate) fn service_details(s: &ServiceView) -> String {
-    let origin = match &s.origin {
+/// The services of `GET /v1/services` as a table.
+pub(crate) fn services_table(services: &[ServiceView]) -> String {
+    let mut t = Table::new(&[
+        "NAME", "STATE", "LAYERS", "SLO P99", "BATCH", "QUEUE", "SHARE", "REQUESTS", "ORIGIN",
+    ])
+    .right_align(&[3, 4, 5, 6, 7]);
+    for s in services {
+        t.row(vec![
+            s.name.clone(),
+            cell(&s.state),
+            layers(&s.layers),
+            format!("{} ms", cell(&s.slo_p99_ms)),
+            s.max_batch_size.to_string(),
+            format!("{}/{}", s.queue_len, s.max_queue),
+            pct(s.share),
+            s.success_count.to_string(),
+            origin(s.origin.as_ref()),
+        ]);
+    }
+    if t.is_empty() {
+        return "no services\n".into();
+    }
+    t.render()
+}
+
+/// Where a service came from: `config`, `api` or `job NAME`.
+fn origin(o: Option<&ServiceOrigin>) -> String {
+    match o {
         Some(ServiceOrigin::Job { job }) => format!("job {job}"),
         Some(ServiceOrigin::Config) => "config".into(),
         Some(ServiceOrigin::Api) => "api".into(),
         None => "-".into(),
-    };
+    }
+}
+
+/// A service (`POST /v1/jobs/ID/serve`, `GET /v1/services/NAME`) as `key: value` lines.
+pub(crate) fn service_details(s: &ServiceView) -> String {
     let lines = [
         ("name", s.name.clone()),
         ("state", cell(&s.state)),
@@ -195,9 +224,15 @@ pub(crate) fn service_details(s: &ServiceView) -> String {
             ),
         ),
         ("queue", format!("{} of {}", s.queue_len, s.max_queue)),
-        ("origin", origin),
+        ("share", pct(s.share)),
+        ("requests answered", s.success_count.to_string()),
+        ("origin", origin(s.origin.as_ref())),
         ("created", time(s.created_at.as_deref())),
     ];
+    let mut lines = lines.to_vec();
+    if let Some(e) = &s.error {
+        lines.push(("error", e.clone()));
+    }
     let mut out = key_values(&lines);
     out.push_str(&format!("infer at /v2/models/{}/infer\n", s.name));
     out

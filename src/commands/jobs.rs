@@ -1,4 +1,4 @@
-//! `setpoint submit` and `setpoint jobs` (list, show, update, cancel, rm, serve): the
+//! `setpoint submit` and `setpoint jobs` (list, show, update, cancel, rm, serve, wait): the
 //! daemon's training jobs through its `/v1/jobs` API.
 
 use super::input_error;
@@ -82,6 +82,7 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
             ))
         }
         JobsCommand::Serve(a) => jobs_serve(&client, a, json),
+        JobsCommand::Wait(a) => super::wait::run(&client, a, json),
     }
 }
 
