@@ -144,7 +144,10 @@ fn jobs_wait_exits_by_how_the_job_fared() {
         "{}",
         stderr(&out)
     );
-    expect(&d, 0, &["jobs", "cancel", "long"]);
+    let text = expect(&d, 0, &["jobs", "cancel", "long"]);
+    assert!(text.starts_with("cancelling job long"), "{text}");
+    let state = text.lines().find(|l| l.starts_with("state ")).unwrap();
+    assert!(state.ends_with(" cancelling"), "{text}");
     let out = run(&d, &["jobs", "wait", "long", "--timeout", "1m"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
