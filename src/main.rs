@@ -55,6 +55,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => commands::serve::run(args),
         Command::Submit(args) => commands::jobs::submit(args),
         Command::Jobs(args) => commands::jobs::run(args),
+        Command::Services(args) => commands::services::run(args),
+        Command::Reload(args) => commands::reload::run(args),
         Command::Infer(args) => commands::infer::run(args),
         Command::Status(args) => commands::status::run(args),
         Command::Bench(args) => commands::bench::run(args),
@@ -67,6 +69,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// 2 for errors in what the user gave, 1 for failures while running.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(exit) = cause.downcast_ref::<commands::Exit>() {
+            return exit.code;
+        }
         if cause.is::<InputError>() || cause.is::<setpoint::config::ConfigError>() {
             return 2;
         }

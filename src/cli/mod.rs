@@ -33,6 +33,13 @@ pub enum Command {
     Submit(SubmitArgs),
     /// List, show, change, cancel, remove or serve the daemon's training jobs.
     Jobs(JobsArgs),
+    /// List, show or remove the daemon's inference services (/v1/services).
+    Services(ServicesArgs),
+    /// Read the daemon's configuration file again and print what changed (POST /v1/reload).
+    ///
+    /// Exits 0 when the file was applied (changed or not), 2 when the daemon refused it (each
+    /// problem is printed with its key; the running configuration is kept).
+    Reload(ReloadArgs),
     /// Send an inference request to a model the daemon serves (v2 protocol).
     Infer(InferArgs),
     /// Show the daemon's devices and tenants with their set points (GET /v1/status).
@@ -197,6 +204,60 @@ pub enum JobsCommand {
     },
     /// Serve a completed job's model as an inference service (POST /v1/jobs/ID/serve).
     Serve(JobsServeArgs),
+    /// Wait until a job ends, polling GET /v1/jobs/ID, and print its state and outcome.
+    ///
+    /// Exit codes: 0 the job completed and met its set points (its deadline, its target
+    /// accuracy, where it has them); 1 it ended otherwise (failed, cancelled, a deadline or
+    /// target missed), or the daemon could not be reached; 2 no such job or bad usage; 3 the
+    /// --timeout passed before the job ended.
+    Wait(JobsWaitArgs),
+}
+
+/// `setpoint jobs wait`.
+#[derive(Debug, Args)]
+pub struct JobsWaitArgs {
+    /// Job name.
+    pub id: String,
+    /// Give up after this long ("30s", "10m", "1h 30m") [default: wait as long as it takes].
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+}
+
+/// `setpoint services`.
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// What to do; `list` when absent.
+    #[command(subcommand)]
+    pub command: Option<ServicesCommand>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `setpoint services …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// One line per service (GET /v1/services).
+    List,
+    /// One service in detail (GET /v1/services/NAME).
+    Show {
+        /// Service name, as in /v2/models/NAME.
+        name: String,
+    },
+    /// Remove a service: new requests get 404, requests in flight are answered (DELETE
+    /// /v1/services/NAME). A service of the config file comes back at the next start or
+    /// reload unless it is taken out of the file.
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// Service name.
+        name: String,
+    },
+}
+
+/// `setpoint reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `setpoint jobs update`.

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::config::OptimizerKind;
-use crate::node::JobView;
+use crate::node::{JobView, ServiceView};
 
 /// `POST /v1/jobs`: a job's spec, as a `[[jobs]]` table of the config.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -103,6 +103,13 @@ pub(crate) struct Batching {
 pub(crate) struct JobList {
     /// Every job, by name.
     pub jobs: Vec<JobView>,
+}
+
+/// The answer to `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct ServiceList {
+    /// Every service, by name.
+    pub services: Vec<ServiceView>,
 }
 
 /// A v2 inference request's JSON: one FP32 input, one output asked for. With binary tensor

@@ -48,19 +48,7 @@ pub(crate) fn pct(x: f64) -> String {
 
 /// Seconds as a short signed duration (`+9m 58s`, `-12s`), `-` when absent.
 pub fn secs(v: Option<f64>) -> String {
-    let Some(s) = v else {
-        return "-".into();
-    };
-    let sign = if s < 0.0 { "-" } else { "+" };
-    let t = s.abs().round() as u64;
-    let (h, m, sec) = (t / 3600, (t / 60) % 60, t % 60);
-    if h > 0 {
-        format!("{sign}{h}h {m}m")
-    } else if m > 0 {
-        format!("{sign}{m}m {sec}s")
-    } else {
-        format!("{sign}{sec}s")
-    }
+    v.map_or_else(|| "-".into(), crate::util::table::signed_duration)
 }
 
 /// Widths as `784,128,10`.
@@ -94,6 +82,7 @@ pub(crate) fn jobs_table(jobs: &[JobView]) -> String {
     ])
     .right_align(&[3, 4, 5, 7, 8, 9]);
     for j in jobs {
+        let ended = j.state.is_terminal();
         t.row(vec![
             j.name.clone(),
             cell(&j.state),
@@ -102,7 +91,7 @@ pub(crate) fn jobs_table(jobs: &[JobView]) -> String {
             num(j.val_accuracy, 4),
             num(j.target_accuracy, 4),
             time(j.deadline.as_deref()),
-            secs(j.slack_s),
+            if ended { "-".into() } else { secs(j.slack_s) },
             num(Some(j.samples_per_s), 0),
             pct(j.share),
         ]);
@@ -143,20 +132,26 @@ pub(crate) fn job_details(j: &JobView) -> String {
         ("train loss", num(j.train_loss, 4)),
         ("deadline", time(j.deadline.as_deref())),
         ("estimated finish", time(j.estimated_finish.as_deref())),
-        ("slack", secs(j.slack_s)),
-        (
-            "throughput",
-            format!(
-                "{} samples/s on {} workers ({} of the device)",
-                num(Some(j.samples_per_s), 0),
-                j.workers,
-                pct(j.share)
-            ),
-        ),
         ("submitted", time(Some(&j.submitted_at))),
         ("started", time(j.started_at.as_deref())),
         ("finished", time(j.finished_at.as_deref())),
     ];
+    // An ended job shows how it fared, not live values that are now zero.
+    if !j.state.is_terminal() {
+        lines.insert(13, ("slack", secs(j.slack_s)));
+        lines.insert(
+            14,
+            (
+                "throughput",
+                format!(
+                    "{} samples/s on {} workers ({} of the device)",
+                    num(Some(j.samples_per_s), 0),
+                    j.workers,
+                    pct(j.share)
+                ),
+            ),
+        );
+    }
     if let Some(r) = j.stop_reason {
         lines.push(("stop reason", r.as_str().to_string()));
     }
@@ -173,14 +168,43 @@ pub(crate) fn job_details(j: &JobView) -> String {
     key_values(&lines)
 }
 
-/// A service (`POST /v1/jobs/ID/serve`, `GET /v1/services/NAME`) as `key: value` lines.
-pub(crate) fn service_details(s: &ServiceView) -> String {
-    let origin = match &s.origin {
+/// The services of `GET /v1/services` as a table.
+pub(crate) fn services_table(services: &[ServiceView]) -> String {
+    let mut t = Table::new(&[
+        "NAME", "STATE", "LAYERS", "SLO P99", "BATCH", "QUEUE", "SHARE", "REQUESTS", "ORIGIN",
+    ])
+    .right_align(&[3, 4, 5, 6, 7]);
+    for s in services {
+        t.row(vec![
+            s.name.clone(),
+            cell(&s.state),
+            layers(&s.layers),
+            format!("{} ms", cell(&s.slo_p99_ms)),
+            s.max_batch_size.to_string(),
+            format!("{}/{}", s.queue_len, s.max_queue),
+            pct(s.share),
+            s.success_count.to_string(),
+            origin(s.origin.as_ref()),
+        ]);
+    }
+    if t.is_empty() {
+        return "no services\n".into();
+    }
+    t.render()
+}
+
+/// Where a service came from: `config`, `api` or `job NAME`.
+fn origin(o: Option<&ServiceOrigin>) -> String {
+    match o {
         Some(ServiceOrigin::Job { job }) => format!("job {job}"),
         Some(ServiceOrigin::Config) => "config".into(),
         Some(ServiceOrigin::Api) => "api".into(),
         None => "-".into(),
-    };
+    }
+}
+
+/// A service (`POST /v1/jobs/ID/serve`, `GET /v1/services/NAME`) as `key: value` lines.
+pub(crate) fn service_details(s: &ServiceView) -> String {
     let lines = [
         ("name", s.name.clone()),
         ("state", cell(&s.state)),
@@ -195,9 +219,15 @@ pub(crate) fn service_details(s: &ServiceView) -> String {
             ),
         ),
         ("queue", format!("{} of {}", s.queue_len, s.max_queue)),
-        ("origin", origin),
+        ("share", pct(s.share)),
+        ("requests answered", s.success_count.to_string()),
+        ("origin", origin(s.origin.as_ref())),
         ("created", time(s.created_at.as_deref())),
     ];
+    let mut lines = lines.to_vec();
+    if let Some(e) = &s.error {
+        lines.push(("error", e.clone()));
+    }
     let mut out = key_values(&lines);
     out.push_str(&format!("infer at /v2/models/{}/infer\n", s.name));
     out
@@ -410,7 +440,6 @@ mod tests {
             ("layers", "784,128,10"),
             ("optimizer", "adam (lr 0.001)"),
             ("epochs", "3 of 5 (1200 steps, 60%)"),
-            ("slack", "+7m 59s"),
             ("submitted", "2026-11-28T17:54:01Z"),
             ("stop reason", "target_reached"),
             ("outcome", "deadline met, target reached"),
@@ -419,6 +448,14 @@ mod tests {
             assert_eq!(value_of(&text, key), Some(value), "{key} in\n{text}");
         }
         assert_eq!(value_of(&text, "error"), None, "{text}");
+        // Ended: no slack or throughput, and `-` in the table's SLACK.
+        assert_eq!(value_of(&text, "slack"), None, "{text}");
+        assert_eq!(value_of(&text, "throughput"), None, "{text}");
+        let mut running = job();
+        running.state = crate::node::JobState::Running;
+        let text = job_details(&running);
+        assert_eq!(value_of(&text, "slack"), Some("+7m 59s"), "{text}");
+        assert!(value_of(&text, "throughput").is_some(), "{text}");
         let table = jobs_table(&[job()]);
         assert!(table.contains("3/5"), "{table}");
         assert!(table.contains("0.9123"), "{table}");

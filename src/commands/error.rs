@@ -32,3 +32,22 @@ pub fn render(e: &anyhow::Error) -> String {
     }
     text
 }
+
+/// A command that ran to its end but whose result is to be reported by a chosen exit code
+/// (`jobs wait`: 1 for a job that ended without meeting its set points, 3 for a timeout);
+/// `message` goes to standard error.
+#[derive(Debug)]
+pub struct Exit {
+    /// The process's exit code.
+    pub code: u8,
+    /// What happened, on one line.
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}

@@ -1,4 +1,4 @@
-//! `setpoint submit` and `setpoint jobs` (list, show, update, cancel, rm, serve): the
+//! `setpoint submit` and `setpoint jobs` (list, show, update, cancel, rm, serve, wait): the
 //! daemon's training jobs through its `/v1/jobs` API.
 
 use super::input_error;
@@ -64,10 +64,31 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
             let path = format!("{}?action=cancel", job_path(&id));
             let v = client.delete(&path).map_err(client_error)?;
             print_answer(&client, "DELETE", &path, v, json, |j: &JobView| {
+                // The answer is the view as the cancel found it: still running until its
+                // current step ends.
+                let what = if j.state.is_terminal() {
+                    "cancelled job"
+                } else {
+                    "cancelling job"
+                };
+                let state = if j.state.is_terminal() {
+                    "cancelled"
+                } else {
+                    "cancelling"
+                };
+                let details: String = table::job_details(j)
+                    .lines()
+                    .map(|l| match l.strip_prefix("state ") {
+                        Some(rest) => format!(
+                            "state {}{state}\n",
+                            " ".repeat(rest.len() - rest.trim_start().len())
+                        ),
+                        None => format!("{l}\n"),
+                    })
+                    .collect();
                 format!(
-                    "cancelled job {id}: it stops after its current step and keeps its last \
-                     checkpoint\n{}",
-                    table::job_details(j)
+                    "{what} {id}: it stops after its current step and keeps its last \
+                     checkpoint\n{details}"
                 )
             })
         }
@@ -82,6 +103,7 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
             ))
         }
         JobsCommand::Serve(a) => jobs_serve(&client, a, json),
+        JobsCommand::Wait(a) => super::wait::run(&client, a, json),
     }
 }
 

@@ -12,11 +12,14 @@ pub mod jobs;
 pub mod kernels;
 mod output;
 pub mod predict;
+pub mod reload;
 pub mod serve;
+pub mod services;
 pub mod status;
 pub mod train;
+mod wait;
 
-pub use error::{InputError, input_error, render};
+pub use error::{Exit, InputError, input_error, render};
 
 use anyhow::anyhow;
 

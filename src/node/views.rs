@@ -144,7 +144,7 @@ pub struct TenantView {
     pub state: TenantState,
     /// What it must meet, in words (`p99 <= 25 ms`, `deadline 2026-…`).
     pub set_point: String,
-    /// The measured value against it (`p99 3.2 ms`, `slack 120 s`), when known.
+    /// The measured value against it (`p99 3.2 ms`, `slack +2m 0s`), when known.
     pub measured: Option<String>,
     /// Share of the device.
     pub share: f64,
@@ -305,7 +305,9 @@ fn job_tenant(v: &JobView, device: String) -> TenantView {
     };
     let parts: Vec<String> = [
         v.val_accuracy.map(|a| format!("accuracy {a:.4}")),
-        v.slack_s.map(|s| format!("slack {s:.0} s")),
+        v.slack_s
+            .filter(|_| !v.state.is_terminal())
+            .map(|s| format!("slack {}", crate::util::table::signed_duration(s))),
         v.outcome.describe(),
     ]
     .into_iter()

@@ -1,5 +1,20 @@
 //! The plain-text table printer shared by every layer's human-readable output.
 
+/// Seconds as a short signed duration (`+9m 58s`, `-12s`, `+2h 1m`): how slack is written
+/// everywhere, the status's tenants and the client's tables alike.
+pub fn signed_duration(s: f64) -> String {
+    let sign = if s < 0.0 { "-" } else { "+" };
+    let t = s.abs().round() as u64;
+    let (h, m, sec) = (t / 3600, (t / 60) % 60, t % 60);
+    if h > 0 {
+        format!("{sign}{h}h {m}m")
+    } else if m > 0 {
+        format!("{sign}{m}m {sec}s")
+    } else {
+        format!("{sign}{sec}s")
+    }
+}
+
 /// A text table: each column as wide as its widest cell (or a minimum), left-aligned unless
 /// asked otherwise, columns separated by two spaces (or another gap), no trailing spaces.
 /// The one table printer of the command-line outputs, client, bench and telemetry alike.

@@ -35,18 +35,19 @@ use source::check_token_rule;
 pub use source::{ConfigSource, SourceError};
 
 use crate::util::sync;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{LoadedService, Node, ServiceOrigin, ServiceSlot, TenantKind, TenantState, write};
 use crate::config::{NodeConfig, ServiceConfig};
 
 /// A reload that changed nothing because the configuration was refused.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadFailure {
     /// The file read.
     pub source: String,
@@ -55,19 +56,19 @@ pub struct ReloadFailure {
 }
 
 /// One service whose settings changed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceChange {
     /// The service.
     pub name: String,
     /// `applied` (in place) or `replacing` (a new batcher is loading; the old one serves
     /// until it is ready).
-    pub how: &'static str,
+    pub how: Cow<'static, str>,
     /// `key: old -> new` for every setting that changed.
     pub changes: Vec<String>,
 }
 
 /// What a reload did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReloadReport {
     /// The file read.
     pub source: String,
@@ -293,7 +294,7 @@ impl Node {
                     self.load_service(cfg.clone(), None);
                     report.services_changed.push(ServiceChange {
                         name: cfg.name.clone(),
-                        how: "replacing",
+                        how: "replacing".into(),
                         changes,
                     });
                 }
@@ -333,7 +334,7 @@ impl Node {
         };
         report.services_changed.push(ServiceChange {
             name: cfg.name.clone(),
-            how,
+            how: how.into(),
             changes,
         });
     }
