@@ -191,8 +191,9 @@ fn inference_in_json_and_binary_both_ways_with_batches() {
     let st = &v["model_stats"][0];
     assert_eq!(st["name"], "mlp");
     assert_eq!(st["version"], "1");
+    // Triton counts requests in `success`, rows in `inference_count`.
     assert_eq!(st["inference_count"], 4 + 1 + 4 + 4);
-    assert_eq!(st["inference_stats"]["success"]["count"], 13);
+    assert_eq!(st["inference_stats"]["success"]["count"], 4);
     assert!(
         st["inference_stats"]["compute_infer"]["ns"]
             .as_u64()
@@ -910,6 +911,7 @@ fn metrics_parse_as_prometheus_text() {
     assert!(
         text.contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"success\"} 5")
     );
+    assert!(text.contains("setpoint_inference_rows_total{service=\"mlp\",outcome=\"success\"} 5"));
     assert!(text.contains("setpoint_inference_request_duration_seconds_count{service=\"mlp\"} 5"));
     assert!(text.contains(
         "setpoint_inference_queue_duration_seconds_bucket{service=\"mlp\",le=\"+Inf\"} 5"

@@ -184,6 +184,32 @@ fn signal(child: &std::process::Child, sig: i32) {
     assert_eq!(rc, 0, "kill failed");
 }
 
+/// The real binary with one small service, notifying the socket at `sock` and logging to
+/// `dir/daemon.log`.
+fn start_notified(dir: &Path, sock_path: &Path) -> std::process::Child {
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = {:?}\ncontrol_period_ms = 50\n\n\
+             [[services]]\nname = \"tiny\"\nlayers = [4, 8, 3]\nslo = {{ p99_ms = 50 }}\n",
+            free_port(),
+            dir.join("state")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn the_daemon_notifies_systemd_of_its_life() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,27 +218,7 @@ fn the_daemon_notifies_systemd_of_its_life() {
         socket: UnixDatagram::bind(&sock_path).unwrap(),
         seen: Vec::new(),
     };
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{}\"\nstate_dir = {:?}\ncontrol_period_ms = 50\n\n\
-             [[services]]\nname = \"tiny\"\nlayers = [4, 8, 3]\nslo = {{ p99_ms = 50 }}\n",
-            free_port(),
-            dir.path().join("state")
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000")
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = start_notified(dir.path(), &sock_path);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let ready = listener.wait_for(Duration::from_secs(30), "READY=1", |m| {
             m.lines().any(|l| l == "READY=1")
@@ -265,6 +271,61 @@ fn the_daemon_notifies_systemd_of_its_life() {
             std::thread::sleep(Duration::from_millis(50));
         };
         assert!(status.success(), "{status:?}");
+    }));
+    if let Err(panic) = result {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        eprintln!("daemon log:\n{log}");
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn after_stopping_1_the_daemon_sends_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let mut listener = Listener {
+        socket: UnixDatagram::bind(&sock_path).unwrap(),
+        seen: Vec::new(),
+    };
+    let mut child = start_notified(dir.path(), &sock_path);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        listener.wait_for(Duration::from_secs(30), "READY=1", |m| {
+            m.lines().any(|l| l == "READY=1")
+        });
+        // A burst: two reloads still running when the stop signal comes.
+        signal(&child, libc::SIGHUP);
+        signal(&child, libc::SIGHUP);
+        signal(&child, libc::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < end, "the daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{status:?}");
+        // The process is gone: every datagram it sent is in the socket's queue.
+        listener.socket.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = listener.socket.recv(&mut buf) {
+            listener
+                .seen
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let stop = listener
+            .seen
+            .iter()
+            .position(|m| m.lines().any(|l| l == "STOPPING=1"))
+            .unwrap_or_else(|| panic!("no STOPPING=1 in {:#?}", listener.seen));
+        assert_eq!(
+            stop,
+            listener.seen.len() - 1,
+            "sent after STOPPING=1: {:#?}",
+            listener.seen
+        );
     }));
     if let Err(panic) = result {
         let _ = child.kill();

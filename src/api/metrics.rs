@@ -88,11 +88,11 @@ const PROCESS: [NodeRow; 4] = [
 ];
 
 /// The inference services' counters, histograms and limits.
-const INFERENCE: [NodeRow; 10] = [
+const INFERENCE: [NodeRow; 11] = [
     (
         Family::counter(
             "setpoint_inference_requests_total",
-            "Inference rows by outcome: success, failure (compute error), rejected (queue full), invalid (malformed request), timeout (answered 504: no answer within the request's timeout).",
+            "Inference requests by outcome: success, failure (compute error), rejected (queue full), invalid (malformed request), timeout (answered 504: no answer within the request's timeout).",
         ),
         |c, o| {
             for (s, st) in &c.services {
@@ -110,15 +110,28 @@ const INFERENCE: [NodeRow; 10] = [
     ),
     (
         Family::counter(
+            "setpoint_inference_rows_total",
+            "Rows run by the batcher, by outcome: success (computed), failure (compute error).",
+        ),
+        |c, o| {
+            for (s, st) in &c.services {
+                for (outcome, v) in [("success", st.success_rows), ("failure", st.failure_rows)] {
+                    o.add(&[("service", s.name()), ("outcome", outcome)], v as f64);
+                }
+            }
+        },
+    ),
+    (
+        Family::counter(
             "setpoint_inference_expired_total",
-            "Requests taken out of the queue without being run because their timeout had passed.",
+            "Rows taken out of the queue without being run because their timeout had passed.",
         ),
         |c, o| per_service(c, o, |_, st| st.expired_count as f64),
     ),
     (
         Family::counter(
             "setpoint_inference_batches_total",
-            "Forward passes run by the batcher.",
+            "Forward passes (model executions) run by the batcher.",
         ),
         |c, o| per_service(c, o, |_, st| st.batch_count as f64),
     ),

@@ -261,7 +261,7 @@ impl Node {
             .insert(TenantKey::Service(name.clone()), now)
             .unwrap_or(now);
         let window = svc.batcher.window_stats();
-        let success = svc.batcher.stats().success_count;
+        let success = svc.batcher.stats().success_rows;
         let prev_success = st.success.insert(name.clone(), success).unwrap_or(success);
         round.used_core_s[d.index()] += usage.core_s - prev.core_s;
         let arrival_rate = arrivals.saturating_sub(prev.arrivals) as f64 / clock.period_s;

@@ -6,8 +6,13 @@
 //! `$NOTIFY_SOCKET`: a path, or with a leading `@` a name in the abstract namespace. Without
 //! that variable every call does nothing. A failed send is logged and otherwise ignored: the
 //! daemon's work never depends on its supervisor hearing it.
+//!
+//! `STOPPING=1` is final: after it nothing else is sent, so a reload or readiness notice
+//! racing the stop signal (a burst of SIGHUP, SIGHUP, SIGTERM) cannot tell the manager the
+//! unit is ready or reloading again.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -17,6 +22,8 @@ pub struct Notifier {
     watchdog: Option<Duration>,
     /// True after a failed send, until one succeeds: only the first failure is a warning.
     failing: AtomicBool,
+    /// True once `STOPPING=1` was sent; held while sending, so no notice overtakes it.
+    stopped: Mutex<bool>,
 }
 
 struct Target {
@@ -42,6 +49,7 @@ impl Notifier {
             target: None,
             watchdog: None,
             failing: AtomicBool::new(false),
+            stopped: Mutex::new(false),
         }
     }
 
@@ -95,6 +103,7 @@ impl Notifier {
             target: Some(target),
             watchdog,
             failing: AtomicBool::new(false),
+            stopped: Mutex::new(false),
         }
     }
 
@@ -110,8 +119,22 @@ impl Notifier {
     }
 
     /// Sends `state` (newline-separated `KEY=VALUE` lines) as one datagram. Returns whether
-    /// it was sent; failures are logged.
+    /// it was sent; failures are logged. Nothing is sent once `STOPPING=1` was.
     pub fn notify(&self, state: &str) -> bool {
+        let stopped = crate::util::sync::lock(&self.stopped);
+        if *stopped {
+            tracing::debug!("not notifying systemd ({}): stopping", key_of(state));
+            return false;
+        }
+        self.send(state)
+    }
+
+    /// True once `STOPPING=1` has been sent (or was to be, without a manager).
+    pub fn is_stopping(&self) -> bool {
+        *crate::util::sync::lock(&self.stopped)
+    }
+
+    fn send(&self, state: &str) -> bool {
         let Some(t) = &self.target else {
             return false;
         };
@@ -152,9 +175,13 @@ impl Notifier {
         ))
     }
 
-    /// `STOPPING=1`.
+    /// `STOPPING=1`, once: every later notification, this one included, sends nothing.
     pub fn stopping(&self) -> bool {
-        self.notify("STOPPING=1\nSTATUS=stopping: checkpointing jobs and draining services")
+        let mut stopped = crate::util::sync::lock(&self.stopped);
+        if std::mem::replace(&mut *stopped, true) {
+            return false;
+        }
+        self.send("STOPPING=1\nSTATUS=stopping: checkpointing jobs and draining services")
     }
 
     /// `WATCHDOG=1`, when a watchdog is armed.
@@ -264,6 +291,32 @@ mod tests {
         assert!(!n.watchdog());
         let n = Notifier::from_vars(Some(""), None, None, 1);
         assert!(!n.is_enabled());
+    }
+
+    #[test]
+    fn after_stopping_nothing_else_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::from_vars(path.to_str(), Some("3000000"), None, 1);
+        // A burst of SIGHUP, SIGHUP, SIGTERM: the stop wins over the reloads in flight.
+        assert!(n.reloading());
+        assert!(!n.is_stopping());
+        assert!(n.stopping());
+        assert!(n.is_stopping());
+        assert!(!n.reloading());
+        assert!(!n.ready("serving"));
+        assert!(!n.status("serving"));
+        assert!(!n.watchdog());
+        assert!(!n.notify("EXTEND_TIMEOUT_USEC=1"));
+        assert!(!n.stopping(), "STOPPING=1 is sent once");
+        server.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(len) = server.recv(&mut buf) {
+            got.push(key_of(&String::from_utf8_lossy(&buf[..len])).to_string());
+        }
+        assert_eq!(got, ["RELOADING", "STOPPING"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use super::error::compute_error;
-use super::request::Request;
+use super::request::{Request, RowEnd};
 use super::service::Shared;
 use super::{PhaseNs, Response, ServeError};
 use crate::data::Normalizer;
@@ -129,7 +129,12 @@ impl<B: Backend> Worker<B> {
     /// Takes a request whose deadline has passed out of the queue unrun and answers it.
     fn expire(&self, r: Request) {
         self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-        lock(&self.shared.stats).expired_count += 1;
+        let mut stats = lock(&self.shared.stats);
+        stats.expired_count += 1;
+        if let Some(outcome) = lock(&r.progress).row_end(RowEnd::Expired) {
+            stats.record_request(outcome);
+        }
+        drop(stats);
         let timeout_us = r.deadline.map_or(0, |d| {
             d.saturating_duration_since(r.enqueued).as_micros() as u64
         });
@@ -191,7 +196,8 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Counts a batch, successful or not, in the service's statistics.
+    /// Counts a batch, successful or not, in the service's statistics, and every request
+    /// whose last row it answered.
     fn record_stats(
         &self,
         batch: &[Request],
@@ -205,6 +211,7 @@ impl<B: Backend> Worker<B> {
             Err(poisoned) => poisoned.into_inner(),
         };
         stats.batch_count += 1;
+        let batch_no = stats.batch_count;
         stats.batch_hist.observe(rows as f64);
         stats.last_inference_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -217,19 +224,23 @@ impl<B: Backend> Worker<B> {
                     b.ns.infer_ns += ph.infer_ns;
                     b.ns.output_ns += ph.output_ns;
                 }
-                let n = rows as u64;
-                stats.success_count += n;
-                stats.compute.input_ns += ph.input_ns * n;
-                stats.compute.infer_ns += ph.infer_ns * n;
-                stats.compute.output_ns += ph.output_ns * n;
-                stats.compute_hist.observe_n(compute_s, n);
-                for r in batch.iter() {
-                    let q = start.saturating_duration_since(r.enqueued);
-                    stats.queue_ns += q.as_nanos() as u64;
-                    stats.queue_hist.observe(q.as_secs_f64());
-                }
+                stats.success_rows += rows as u64;
             }
-            Err(_) => stats.failure_count += rows as u64,
+            Err(_) => stats.failure_rows += rows as u64,
+        }
+        for r in batch {
+            let end = match result {
+                Ok(phases) => RowEnd::Done {
+                    batch: batch_no,
+                    queue_ns: start.saturating_duration_since(r.enqueued).as_nanos() as u64,
+                    phases: *phases,
+                    compute_s,
+                },
+                Err(_) => RowEnd::Failed,
+            };
+            if let Some(outcome) = lock(&r.progress).row_end(end) {
+                stats.record_request(outcome);
+            }
         }
     }
 

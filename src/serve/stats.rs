@@ -1,5 +1,6 @@
 //! Cumulative statistics of a service: counts, summed phase timings and histograms.
 
+use super::request::Outcome;
 use crate::util::histogram::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS_S};
 
 /// Durations of one batch's phases.
@@ -25,19 +26,23 @@ pub struct BatchSizeStats {
 /// Cumulative statistics of a service.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ServiceStats {
-    /// Requests answered with a prediction.
+    /// Requests answered with a prediction for every row (Triton's `success.count`).
     pub success_count: u64,
-    /// Requests that failed in the forward pass.
+    /// Requests with a row that failed in the forward pass.
     pub failure_count: u64,
+    /// Rows computed in successful forward passes (Triton's `inference_count`).
+    pub success_rows: u64,
+    /// Rows whose forward pass failed.
+    pub failure_rows: u64,
     /// Requests refused because the queue was full.
     pub rejected_count: u64,
-    /// Requests taken out of the queue unrun because their deadline had passed.
+    /// Rows taken out of the queue unrun because their deadline had passed.
     pub expired_count: u64,
-    /// Forward passes run.
+    /// Forward passes run (Triton's `execution_count`).
     pub batch_count: u64,
-    /// Sum over successful requests of their queue time, in ns.
+    /// Sum over successful requests of their queue time (to their first batch), in ns.
     pub queue_ns: u64,
-    /// Sum over successful requests of their batch's phase durations (each request counts
+    /// Sum over successful requests of their batches' phase durations (each request counts
     /// its whole batch's, as Triton reports them).
     pub compute: PhaseNs,
     /// Per batch size (index = size; index 0 unused).
@@ -57,6 +62,8 @@ impl ServiceStats {
         ServiceStats {
             success_count: 0,
             failure_count: 0,
+            success_rows: 0,
+            failure_rows: 0,
             rejected_count: 0,
             expired_count: 0,
             batch_count: 0,
@@ -67,6 +74,28 @@ impl ServiceStats {
             compute_hist: Histogram::new(LATENCY_BOUNDS_S),
             batch_hist: Histogram::new(BATCH_BOUNDS),
             last_inference_ms: 0,
+        }
+    }
+
+    /// Counts a request whose last row has been answered.
+    pub(super) fn record_request(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Success {
+                queue_ns,
+                compute,
+                compute_s,
+            } => {
+                self.success_count += 1;
+                self.queue_ns += queue_ns;
+                self.queue_hist.observe(queue_ns as f64 * 1e-9);
+                self.compute.input_ns += compute.input_ns;
+                self.compute.infer_ns += compute.infer_ns;
+                self.compute.output_ns += compute.output_ns;
+                self.compute_hist.observe(compute_s);
+            }
+            Outcome::Failure => self.failure_count += 1,
+            // The caller answers it as a timeout and counts it there.
+            Outcome::Expired => {}
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::request::Request;
+use super::request::{Progress, Request};
 use super::{InferenceService, Pending, Response, ServeError};
 use crate::util::sync::lock;
 
@@ -79,6 +79,7 @@ impl InferenceService {
         let enqueued = Instant::now();
         let deadline = timeout.map(|t| (enqueued + t, t));
         let mut pending = Vec::with_capacity(n);
+        let progress = Progress::new(n);
         for (i, input) in rows.into_iter().enumerate() {
             let (reply, rx) = oneshot::channel();
             let req = Request {
@@ -86,6 +87,7 @@ impl InferenceService {
                 enqueued,
                 deadline: deadline.map(|d| d.0),
                 reply,
+                progress: progress.clone(),
             };
             if let Err(e) = tx.try_send(req) {
                 // The rows not sent give their room back; those sent are answered and dropped.

@@ -149,7 +149,7 @@ fn stats_json(svc: &LoadedService) -> Value {
         "name": svc.name(),
         "version": MODEL_VERSION,
         "last_inference": st.last_inference_ms,
-        "inference_count": n,
+        "inference_count": st.success_rows,
         "execution_count": st.batch_count,
         "inference_stats": {
             "success": duration(n, st.queue_ns + st.compute_ns()),
