@@ -141,29 +141,26 @@ async fn reload_on_hangup_task(mut hangups: Hangups, node: Arc<Node>) {
 #[cfg(not(unix))]
 async fn reload_on_hangup_task(_: Hangups, _: Arc<Node>) {}
 
-/// Resolves on Ctrl-C or SIGTERM. SIGTERM is listened for from the call on (inside a
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. Both are listened for from the call on (inside a
 /// runtime), so one that comes right after `READY=1` stops the daemon cleanly instead of
 /// killing it.
 pub(crate) fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let (int, term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
     async move {
+        #[cfg(unix)]
+        let (ctrl_c, term) = (wait_for(int, "Ctrl-C"), wait_for(term, "SIGTERM"));
+        #[cfg(not(unix))]
         let ctrl_c = async {
             if let Err(e) = tokio::signal::ctrl_c().await {
                 tracing::error!("cannot listen for Ctrl-C: {e}");
                 std::future::pending::<()>().await;
-            }
-        };
-        #[cfg(unix)]
-        let term = async {
-            match term {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(e) => {
-                    tracing::error!("cannot listen for SIGTERM: {e}");
-                    std::future::pending::<()>().await;
-                }
             }
         };
         #[cfg(not(unix))]
@@ -171,6 +168,20 @@ pub(crate) fn shutdown_signal() -> impl Future<Output = ()> {
         tokio::select! {
             _ = ctrl_c => tracing::info!("received Ctrl-C"),
             _ = term => tracing::info!("received SIGTERM"),
+        }
+    }
+}
+
+/// Waits for the signal `sig` was registered for; never resolves when it could not be.
+#[cfg(unix)]
+async fn wait_for(sig: std::io::Result<tokio::signal::unix::Signal>, name: &str) {
+    match sig {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(e) => {
+            tracing::error!("cannot listen for {name}: {e}");
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -953,12 +953,12 @@ fn status_shows_every_tenant_with_its_set_point() {
     assert_eq!(svc["set_point"], "p99 <= 25 ms");
     let job = tenants.iter().find(|t| t["name"] == "demo").unwrap();
     assert_eq!(job["kind"], "job");
-    assert!(
-        job["set_point"]
-            .as_str()
-            .unwrap()
-            .starts_with("accuracy >= 0.95 by ")
-    );
+    let sp = job["set_point"].as_str().unwrap();
+    assert!(sp.starts_with("accuracy >= 0.95 by "), "{sp}");
+    // The deadline to the second, as in the tables: `…T16:05:13Z`, no nanoseconds.
+    let at = sp.trim_start_matches("accuracy >= 0.95 by ");
+    assert_eq!(at.len(), "2026-12-02T16:05:13Z".len(), "{sp}");
+    assert!(at.ends_with('Z') && !at.contains('.'), "{sp}");
 }
 
 #[test]

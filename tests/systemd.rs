@@ -335,3 +335,40 @@ fn after_stopping_1_the_daemon_sends_nothing_else() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn ctrl_c_right_after_ready_stops_the_daemon_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let mut listener = Listener {
+        socket: UnixDatagram::bind(&sock_path).unwrap(),
+        seen: Vec::new(),
+    };
+    let mut child = start_notified(dir.path(), &sock_path);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        listener.wait_for(Duration::from_secs(30), "READY=1", |m| {
+            m.lines().any(|l| l == "READY=1")
+        });
+        // SIGINT is what Ctrl-C sends: a drain and exit 0, not death by signal.
+        signal(&child, libc::SIGINT);
+        listener.wait_for(Duration::from_secs(20), "STOPPING=1", |m| {
+            m.lines().any(|l| l == "STOPPING=1")
+        });
+        let end = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < end, "the daemon did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{status:?}");
+    }));
+    if let Err(panic) = result {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        eprintln!("daemon log:\n{log}");
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -21,18 +21,7 @@ pub fn cell<T: Serialize + ?Sized>(v: &T) -> String {
 
 /// An RFC 3339 time to the second (`2026-11-28T17:54:04Z`), `-` when absent.
 pub fn time(t: Option<&str>) -> String {
-    let Some(t) = t else {
-        return "-".into();
-    };
-    match t.find('.') {
-        Some(dot) => {
-            let frac_end = t[dot + 1..]
-                .find(|c: char| !c.is_ascii_digit())
-                .map_or(t.len(), |i| dot + 1 + i);
-            format!("{}{}", &t[..dot], &t[frac_end..])
-        }
-        None => t.to_string(),
-    }
+    t.map_or_else(|| "-".into(), crate::util::table::to_the_second)
 }
 
 /// A number with `decimals` places, `-` when absent.

@@ -297,7 +297,8 @@ fn service_tenant(
 
 /// A job as a tenant: its deadline or target, and its accuracy, slack and outcome.
 fn job_tenant(v: &JobView, device: String) -> TenantView {
-    let set_point = match (&v.deadline, v.target_accuracy) {
+    let deadline = v.deadline.as_deref().map(crate::util::table::to_the_second);
+    let set_point = match (&deadline, v.target_accuracy) {
         (Some(d), Some(t)) => format!("accuracy >= {t} by {d}"),
         (Some(d), None) => format!("{} epochs by {d}", v.epochs_max),
         (None, Some(t)) => format!("accuracy >= {t}, best effort"),

@@ -15,6 +15,20 @@ pub fn signed_duration(s: f64) -> String {
     }
 }
 
+/// An RFC 3339 time without its fraction of a second (`2026-11-28T17:54:04Z`): how times
+/// are written in tables and in the status's set points.
+pub fn to_the_second(t: &str) -> String {
+    match t.find('.') {
+        Some(dot) => {
+            let frac_end = t[dot + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(t.len(), |i| dot + 1 + i);
+            format!("{}{}", &t[..dot], &t[frac_end..])
+        }
+        None => t.to_string(),
+    }
+}
+
 /// A text table: each column as wide as its widest cell (or a minimum), left-aligned unless
 /// asked otherwise, columns separated by two spaces (or another gap), no trailing spaces.
 /// The one table printer of the command-line outputs, client, bench and telemetry alike.
