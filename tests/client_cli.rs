@@ -152,7 +152,23 @@ fn infer_rows(text: &str) -> Vec<(usize, usize, f64)> {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
     assert!(header.contains("CLASS"), "{text}");
+    // The last line: the latency the daemon measured and the one seen here.
+    let latency = text.lines().last().unwrap_or_default();
+    let figure = |after: &str| -> f64 {
+        let i = latency.find(after).map(|i| i + after.len());
+        let rest = i.map_or("", |i| &latency[i..]);
+        rest.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{latency}"))
+    };
+    let (daemon, here) = (
+        figure("latency: "),
+        figure("in the daemon (request to answer), "),
+    );
+    assert!(daemon > 0.0 && daemon <= here, "{latency}");
     lines
+        .filter(|l| !l.starts_with("latency: "))
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(f.len(), 3, "{l}");

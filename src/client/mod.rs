@@ -83,6 +83,9 @@ pub struct RawResponse {
     pub header_len: Option<usize>,
     /// `Content-Type`.
     pub content_type: Option<String>,
+    /// `Setpoint-Server-Time-Us`: microseconds the daemon took, from the request's headers
+    /// to its answer (inference answers only).
+    pub server_us: Option<u64>,
     /// The whole body.
     pub body: Vec<u8>,
 }
@@ -234,6 +237,7 @@ impl Client {
         };
         let header_len_text = header("inference-header-content-length");
         let content_type = header("content-type");
+        let server_us = header(crate::api::SERVER_TIME_HEADER).and_then(|t| t.trim().parse().ok());
         let header_len = match header_len_text {
             Some(t) => Some(
                 t.trim()
@@ -256,6 +260,7 @@ impl Client {
             status,
             header_len,
             content_type,
+            server_us,
             body,
         })
     }

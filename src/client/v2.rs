@@ -504,6 +504,7 @@ mod tests {
             status: 200,
             header_len: None,
             content_type: None,
+            server_us: None,
             body: json_body.to_vec(),
         })
         .unwrap();
@@ -515,6 +516,7 @@ mod tests {
             status: 200,
             header_len: Some(header.len()),
             content_type: None,
+            server_us: None,
             body,
         })
         .unwrap();

@@ -16,7 +16,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let info = v2::model_info(&client, &args.model).map_err(client_error)?;
     let input = read_input(&args, &info)?;
     let req = encode(input, &info, args.binary)?;
+    let sent = std::time::Instant::now();
     let raw = v2::infer(&client, &args.model, &req).map_err(client_error)?;
+    let round_trip = sent.elapsed();
     let decoded = v2::decode_response(&raw).map_err(|message| {
         anyhow!(ClientError::BadResponse {
             method: "POST",
@@ -35,7 +37,14 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         }
         return print_json(&decoded.json);
     }
-    print_classes(&decoded, &info, &args.model)
+    print_classes(&decoded, &info, &args.model)?;
+    let server = raw
+        .server_us
+        .map_or_else(|| "-".into(), |us| format!("{:.2} ms", us as f64 / 1000.0));
+    print_text(&format!(
+        "latency: {server} in the daemon (request to answer), {:.2} ms round trip seen here\n",
+        round_trip.as_secs_f64() * 1000.0
+    ))
 }
 
 /// The rows to send: from `--json-input FILE` (`-`: standard input) or `--random N`.

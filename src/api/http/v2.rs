@@ -196,6 +196,7 @@ pub(super) async fn infer(
     Path(p): Path<ModelPath>,
     req: Request,
 ) -> ApiResult<Response> {
+    let entered = Instant::now();
     let (parts, body) = req.into_parts();
     // The timeout counts from the request's first byte, as the listener saw it.
     let start = parts
@@ -212,6 +213,15 @@ pub(super) async fn infer(
         Ok(bytes) => decode_and_run(&s.decoding, &svc, &headers, bytes, start).await,
         Err(e) => Err(e),
     };
+    let mut result = result;
+    if let Ok(answer) = &mut result {
+        let us = entered.elapsed().as_micros().to_string();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&us) {
+            answer
+                .headers_mut()
+                .insert(crate::api::SERVER_TIME_HEADER, v);
+        }
+    }
     match &result {
         Ok(_) => svc.observe_request(start.elapsed().as_secs_f64()),
         Err(e) if e.status == StatusCode::BAD_REQUEST => svc.count_invalid(),
