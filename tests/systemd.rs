@@ -210,8 +210,9 @@ fn start_notified(dir: &Path, sock_path: &Path) -> std::process::Child {
         .unwrap()
 }
 
-#[test]
-fn the_daemon_notifies_systemd_of_its_life() {
+/// Runs `test` against the real binary notifying a socket this test listens on; on a
+/// failure, kills the daemon and prints its log before passing the panic on.
+fn with_notified_daemon(test: impl FnOnce(&mut Listener, &mut std::process::Child)) {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let mut listener = Listener {
@@ -220,6 +221,32 @@ fn the_daemon_notifies_systemd_of_its_life() {
     };
     let mut child = start_notified(dir.path(), &sock_path);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        test(&mut listener, &mut child)
+    }));
+    if let Err(panic) = result {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        eprintln!("daemon log:\n{log}");
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The daemon's exit status, once it exits after the stop signal `sig` (60 s at most).
+fn wait_exit(child: &mut std::process::Child, sig: &str) -> std::process::ExitStatus {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < end, "the daemon did not stop on {sig}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_daemon_notifies_systemd_of_its_life() {
+    with_notified_daemon(|listener, child| {
         let ready = listener.wait_for(Duration::from_secs(30), "READY=1", |m| {
             m.lines().any(|l| l == "READY=1")
         });
@@ -239,7 +266,7 @@ fn the_daemon_notifies_systemd_of_its_life() {
         });
         assert!(status.contains("1 service"), "{status}");
 
-        signal(&child, libc::SIGHUP);
+        signal(child, libc::SIGHUP);
         let reloading = listener.wait_for(Duration::from_secs(20), "RELOADING=1", |m| {
             m.lines().any(|l| l == "RELOADING=1")
         });
@@ -258,54 +285,26 @@ fn the_daemon_notifies_systemd_of_its_life() {
             |m| m == "WATCHDOG=1",
         );
 
-        signal(&child, libc::SIGTERM);
+        signal(child, libc::SIGTERM);
         listener.wait_for(Duration::from_secs(20), "STOPPING=1", |m| {
             m.lines().any(|l| l == "STOPPING=1")
         });
-        let end = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < end, "the daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_exit(child, "SIGTERM");
         assert!(status.success(), "{status:?}");
-    }));
-    if let Err(panic) = result {
-        let _ = child.kill();
-        let _ = child.wait();
-        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-        eprintln!("daemon log:\n{log}");
-        std::panic::resume_unwind(panic);
-    }
+    });
 }
 
 #[test]
 fn after_stopping_1_the_daemon_sends_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let mut listener = Listener {
-        socket: UnixDatagram::bind(&sock_path).unwrap(),
-        seen: Vec::new(),
-    };
-    let mut child = start_notified(dir.path(), &sock_path);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    with_notified_daemon(|listener, child| {
         listener.wait_for(Duration::from_secs(30), "READY=1", |m| {
             m.lines().any(|l| l == "READY=1")
         });
         // A burst: two reloads still running when the stop signal comes.
-        signal(&child, libc::SIGHUP);
-        signal(&child, libc::SIGHUP);
-        signal(&child, libc::SIGTERM);
-        let end = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < end, "the daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        signal(child, libc::SIGHUP);
+        signal(child, libc::SIGHUP);
+        signal(child, libc::SIGTERM);
+        let status = wait_exit(child, "SIGTERM");
         assert!(status.success(), "{status:?}");
         // The process is gone: every datagram it sent is in the socket's queue.
         listener.socket.set_nonblocking(true).unwrap();
@@ -326,49 +325,21 @@ fn after_stopping_1_the_daemon_sends_nothing_else() {
             "sent after STOPPING=1: {:#?}",
             listener.seen
         );
-    }));
-    if let Err(panic) = result {
-        let _ = child.kill();
-        let _ = child.wait();
-        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-        eprintln!("daemon log:\n{log}");
-        std::panic::resume_unwind(panic);
-    }
+    });
 }
 
 #[test]
 fn ctrl_c_right_after_ready_stops_the_daemon_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let mut listener = Listener {
-        socket: UnixDatagram::bind(&sock_path).unwrap(),
-        seen: Vec::new(),
-    };
-    let mut child = start_notified(dir.path(), &sock_path);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    with_notified_daemon(|listener, child| {
         listener.wait_for(Duration::from_secs(30), "READY=1", |m| {
             m.lines().any(|l| l == "READY=1")
         });
         // SIGINT is what Ctrl-C sends: a drain and exit 0, not death by signal.
-        signal(&child, libc::SIGINT);
+        signal(child, libc::SIGINT);
         listener.wait_for(Duration::from_secs(20), "STOPPING=1", |m| {
             m.lines().any(|l| l == "STOPPING=1")
         });
-        let end = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < end, "the daemon did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_exit(child, "SIGINT");
         assert!(status.success(), "{status:?}");
-    }));
-    if let Err(panic) = result {
-        let _ = child.kill();
-        let _ = child.wait();
-        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-        eprintln!("daemon log:\n{log}");
-        std::panic::resume_unwind(panic);
-    }
+    });
 }

@@ -209,11 +209,10 @@ pub(super) async fn infer(
     // connection) would see it closed under its next request.
     let bytes = read_body(body, &headers, s.max_body_bytes()).await?;
     let svc = p.service(&s.node)?;
-    let result = match decompress(&s.decompressing, s.max_body_bytes(), &headers, bytes).await {
+    let mut result = match decompress(&s.decompressing, s.max_body_bytes(), &headers, bytes).await {
         Ok(bytes) => decode_and_run(&s.decoding, &svc, &headers, bytes, start).await,
         Err(e) => Err(e),
     };
-    let mut result = result;
     if let Ok(answer) = &mut result {
         let us = entered.elapsed().as_micros().to_string();
         if let Ok(v) = axum::http::HeaderValue::from_str(&us) {
