@@ -2,16 +2,14 @@
 //! codes, `services` (list, show, remove), `reload` and the cancel answer.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 
 #[path = "support/child.rs"]
 mod child;
-use child::{ChildDaemon, free_port, poll};
-
-const BIN: &str = env!("CARGO_BIN_EXE_setpoint");
+use child::{ChildDaemon, free_port, poll, stderr_of, stdout_of};
 
 /// The daemon on a config file in `dir` that a test may rewrite; waits until it is ready.
 fn start(dir: &Path) -> (ChildDaemon, std::path::PathBuf) {
@@ -35,35 +33,20 @@ fn base_config(dir: &Path, port: u16) -> String {
 
 /// `setpoint ARGS --url URL`.
 fn run(d: &ChildDaemon, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .args(["--url", &d.url])
-        .env_remove("SETPOINT_URL")
-        .env_remove("SETPOINT_AUTH_TOKEN")
-        .output()
-        .expect("run setpoint")
+    d.cli(args)
 }
 
 fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    stdout_of(o)
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    stderr_of(o)
 }
 
 /// Runs a command that must exit `code`; its standard output.
 fn expect(d: &ChildDaemon, code: i32, args: &[&str]) -> String {
-    let out = run(d, args);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "setpoint {args:?}: stdout {}\nstderr {}\n{}",
-        stdout(&out),
-        stderr(&out),
-        d.log_text()
-    );
-    stdout(&out)
+    d.cli_expect(code, args)
 }
 
 fn submit(d: &ChildDaemon, name: &str, extra: &[&str]) {

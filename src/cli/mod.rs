@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod jobs;
 pub use bench::{BenchArgs, BenchCommand, BenchHttpArgs, BenchScenarioArgs, BenchSoakArgs};
+pub use jobs::{
+    JobsArgs, JobsCommand, JobsLogsArgs, JobsRmArgs, JobsServeArgs, JobsUpdateArgs, JobsWaitArgs,
+    SubmitArgs,
+};
 
 /// setpoint: a node-level GPU scheduler for ML training jobs with deadlines and inference
 /// services with response-time SLOs.
@@ -123,104 +128,19 @@ pub struct ClientArgs {
     /// sizes.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Zone of the times in text output: `local` (with its offset, `+01:00`) or `utc`
+    /// [default: local on a terminal, utc otherwise]. JSON always carries UTC.
+    #[arg(long, global = true, value_enum, value_name = "ZONE")]
+    pub times: Option<TimesArg>,
 }
 
-/// `setpoint submit`.
-#[derive(Debug, Args)]
-pub struct SubmitArgs {
-    /// Unique job name (A-Z a-z 0-9 _ . -), also its id.
-    #[arg(long)]
-    pub name: String,
-    /// Training data on the daemon's host: a CSV or IDX path, or
-    /// synthetic:blobs|spirals[:size=N,classes=N,features=N,seed=N,noise=X].
-    #[arg(long, value_name = "PATH|synthetic:...")]
-    pub data: String,
-    /// Layer widths, input first, such as 64,128,10.
-    #[arg(long, value_name = "W,W,...")]
-    pub layers: String,
-    /// Optimiser [daemon default: adam].
-    #[arg(long, value_enum)]
-    pub optimizer: Option<OptimizerArg>,
-    /// Learning rate [daemon default: 0.001 for adam, 0.05 for sgd].
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Mini-batch size [daemon default: 64].
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Epoch limit [daemon default: 50].
-    #[arg(long)]
-    pub epochs: Option<u32>,
-    /// Stop once validation accuracy reaches this fraction, such as 0.95.
-    #[arg(long)]
-    pub target_accuracy: Option<f64>,
-    /// When the job must finish: a duration after submission ("90s", "10m", "1h 30m") or
-    /// an RFC 3339 time ("2026-11-28T14:30:00Z").
-    #[arg(long, value_name = "DURATION|RFC3339")]
-    pub deadline: Option<String>,
-    /// No deadline guarantee: the job runs on capacity the set points leave over.
-    #[arg(long)]
-    pub best_effort: bool,
-    /// Seed of initial weights, split and shuffles [daemon default: 1].
-    #[arg(long)]
-    pub seed: Option<u64>,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-/// `setpoint jobs`.
-#[derive(Debug, Args)]
-pub struct JobsArgs {
-    /// What to do; `list` when absent.
-    #[command(subcommand)]
-    pub command: Option<JobsCommand>,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-/// `setpoint jobs …` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum JobsCommand {
-    /// One line per job (GET /v1/jobs).
-    List,
-    /// One job in detail (GET /v1/jobs/ID).
-    Show {
-        /// Job name.
-        id: String,
-    },
-    /// Change a job's deadline, target accuracy or epoch limit (PATCH /v1/jobs/ID).
-    Update(JobsUpdateArgs),
-    /// Cancel a job that has not ended; its last checkpoint is kept (DELETE
-    /// /v1/jobs/ID?action=cancel).
-    Cancel {
-        /// Job name.
-        id: String,
-    },
-    /// Remove a job that has ended, with its checkpoints, freeing its name (DELETE
-    /// /v1/jobs/ID?action=remove).
-    #[command(visible_alias = "remove")]
-    Rm {
-        /// Job name.
-        id: String,
-    },
-    /// Serve a completed job's model as an inference service (POST /v1/jobs/ID/serve).
-    Serve(JobsServeArgs),
-    /// Wait until a job ends, polling GET /v1/jobs/ID, and print its state and outcome.
-    ///
-    /// Exit codes: 0 the job completed and met its set points (its deadline, its target
-    /// accuracy, where it has them); 1 it ended otherwise (failed, cancelled, a deadline or
-    /// target missed), or the daemon could not be reached; 2 no such job or bad usage; 3 the
-    /// --timeout passed before the job ended.
-    Wait(JobsWaitArgs),
-}
-
-/// `setpoint jobs wait`.
-#[derive(Debug, Args)]
-pub struct JobsWaitArgs {
-    /// Job name.
-    pub id: String,
-    /// Give up after this long ("30s", "10m", "1h 30m") [default: wait as long as it takes].
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
+/// `--times`: the zone of the times a client command prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimesArg {
+    /// The host's zone (`TZ`, else the system's), with its offset.
+    Local,
+    /// UTC, with a `Z`.
+    Utc,
 }
 
 /// `setpoint services`.
@@ -258,44 +178,6 @@ pub enum ServicesCommand {
 pub struct ReloadArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-}
-
-/// `setpoint jobs update`.
-#[derive(Debug, Args)]
-pub struct JobsUpdateArgs {
-    /// Job name.
-    pub id: String,
-    /// New deadline: a duration from now ("10m") or an RFC 3339 time.
-    #[arg(long, value_name = "DURATION|RFC3339", conflicts_with = "no_deadline")]
-    pub deadline: Option<String>,
-    /// Remove the deadline.
-    #[arg(long)]
-    pub no_deadline: bool,
-    /// New target validation accuracy, in (0, 1].
-    #[arg(long, conflicts_with = "no_target")]
-    pub target_accuracy: Option<f64>,
-    /// Remove the target: run to the epoch limit.
-    #[arg(long)]
-    pub no_target: bool,
-    /// New epoch limit.
-    #[arg(long)]
-    pub epochs: Option<u32>,
-}
-
-/// `setpoint jobs serve`.
-#[derive(Debug, Args)]
-pub struct JobsServeArgs {
-    /// Job name (it must have completed).
-    pub id: String,
-    /// Service name, as in /v2/models/NAME [default: the job's name].
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Response-time objective: the 99th percentile, in milliseconds.
-    #[arg(long, value_name = "MS")]
-    pub slo_p99_ms: f64,
-    /// Largest batch the batcher forms [daemon default: 32].
-    #[arg(long)]
-    pub max_batch_size: Option<usize>,
 }
 
 /// `setpoint infer`.

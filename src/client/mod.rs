@@ -4,6 +4,7 @@
 //! reached, refused the request (4xx) or failed (5xx).
 
 pub(crate) mod dto;
+pub mod events;
 pub mod load;
 pub mod table;
 pub mod v2;

@@ -19,9 +19,10 @@ pub fn cell<T: Serialize + ?Sized>(v: &T) -> String {
     }
 }
 
-/// An RFC 3339 time to the second (`2026-11-28T17:54:04Z`), `-` when absent.
+/// An RFC 3339 time to the second, in the zone the command writes times in
+/// ([`crate::util::localtime`]: `2026-11-28T17:54:04Z` in UTC), `-` when absent.
 pub fn time(t: Option<&str>) -> String {
-    t.map_or_else(|| "-".into(), crate::util::table::to_the_second)
+    t.map_or_else(|| "-".into(), crate::util::localtime::for_people)
 }
 
 /// A number with `decimals` places, `-` when absent.
@@ -273,7 +274,10 @@ fn tenants_table(s: &StatusView) -> String {
             cell(&ten.kind),
             ten.name.clone(),
             cell(&ten.state),
-            ten.set_point.clone(),
+            match &ten.deadline {
+                Some(d) => ten.set_point.replace(d.as_str(), &time(Some(d))),
+                None => ten.set_point.clone(),
+            },
             cell(&ten.measured),
             pct(ten.share),
             ten.batch_size.to_string(),

@@ -1,14 +1,18 @@
-//! `setpoint submit` and `setpoint jobs` (list, show, update, cancel, rm, serve, wait): the
+//! `setpoint submit` and `setpoint jobs` (list, show, update, cancel, rm, logs, serve, wait): the
 //! daemon's training jobs through its `/v1/jobs` API.
 
 use super::input_error;
 use super::output::{client_error, connect, print_answer, print_json, print_text};
-use crate::cli::{JobsArgs, JobsCommand, JobsServeArgs, JobsUpdateArgs, OptimizerArg, SubmitArgs};
+use std::time::SystemTime;
+
+use crate::cli::{
+    JobsArgs, JobsCommand, JobsRmArgs, JobsServeArgs, JobsUpdateArgs, OptimizerArg, SubmitArgs,
+};
 use crate::client::dto::{Batching, JobList, JobPatch, ServeJob, Slo, SubmitJob};
 use crate::client::{Client, path_segment, table};
-use crate::config::OptimizerKind;
+use crate::config::{OptimizerKind, format_rfc3339};
 use crate::model::parse_layers;
-use crate::node::{JobView, ServiceView};
+use crate::node::{JobView, PurgeReport, ServiceView};
 
 /// Runs `setpoint submit`.
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
@@ -92,18 +96,69 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
                 )
             })
         }
-        JobsCommand::Rm { id } => {
+        JobsCommand::Rm(JobsRmArgs {
+            id: Some(id),
+            ended_before: None,
+        }) => {
             let path = format!("{}?action=remove", job_path(&id));
             let v = client.delete(&path).map_err(client_error)?;
             if json {
                 return print_json(&v);
             }
             print_text(&format!(
-                "removed job {id}: its record and checkpoints are deleted and its name is free\n"
+                "removed job {id}: its record, checkpoints and log are deleted and its name is \
+                 free\n"
             ))
         }
+        JobsCommand::Rm(a) => purge(&client, a, json),
+        JobsCommand::Logs(a) => super::logs::run(&client, a, json),
         JobsCommand::Serve(a) => jobs_serve(&client, a, json),
         JobsCommand::Wait(a) => super::wait::run(&client, a, json),
+    }
+}
+
+/// `setpoint jobs rm --ended-before T`: removes the jobs that ended before `T`.
+fn purge(client: &Client, a: JobsRmArgs, json: bool) -> anyhow::Result<()> {
+    // clap asks for exactly one of ID and --ended-before.
+    let text = a.ended_before.unwrap_or_default();
+    let before = ended_before(&text, SystemTime::now())?;
+    let path = format!(
+        "/v1/jobs?ended_before={}",
+        path_segment(&format_rfc3339(before))
+    );
+    let v = client.delete(&path).map_err(client_error)?;
+    print_answer(client, "DELETE", &path, v, json, |r: &PurgeReport| {
+        let mut out = match r.removed.len() {
+            0 => format!(
+                "no job ended before {}\n",
+                table::time(Some(&r.ended_before))
+            ),
+            n => format!(
+                "removed {n} job{} that ended before {}: {}\n",
+                if n == 1 { "" } else { "s" },
+                table::time(Some(&r.ended_before)),
+                r.removed.join(", ")
+            ),
+        };
+        for k in &r.kept {
+            out.push_str(&format!("kept job {}: {}\n", k.job, k.reason));
+        }
+        out
+    })
+}
+
+/// `--ended-before`: an RFC 3339 time, or an age before `now` (`7d`, `12h`, `0s`).
+fn ended_before(text: &str, now: SystemTime) -> anyhow::Result<SystemTime> {
+    let text = text.trim();
+    if let Ok(t) = crate::config::parse_rfc3339(text) {
+        return Ok(t);
+    }
+    match humantime::parse_duration(text) {
+        Ok(age) => Ok(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)),
+        Err(e) => Err(input_error(format!(
+            "--ended-before: {text:?} is neither an RFC 3339 time nor an age ({e}); give one \
+             such as 2026-12-01T00:00:00Z, 7d or 12h"
+        ))),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod gpu_check;
 pub mod infer;
 pub mod jobs;
 pub mod kernels;
+mod logs;
 mod output;
 pub mod predict;
 pub mod reload;

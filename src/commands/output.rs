@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use serde::de::DeserializeOwned;
 
 use super::input_error;
-use crate::cli::ClientArgs;
+use crate::cli::{ClientArgs, TimesArg};
 use crate::client::{Client, ClientError};
 
 /// A daemon's refusal (4xx) or unusable input is the user's to fix (exit 2); anything else,
@@ -20,8 +20,17 @@ pub(super) fn client_error(e: ClientError) -> anyhow::Error {
     }
 }
 
-/// A client for the daemon at `--url`.
+/// A client for the daemon at `--url`; text output from here on writes times in the zone
+/// `--times` asks for (local on a terminal, UTC otherwise).
 pub(super) fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    use crate::util::localtime::{Zone, set_zone};
+    use std::io::IsTerminal;
+    set_zone(match args.times {
+        Some(TimesArg::Utc) => Zone::Utc,
+        Some(TimesArg::Local) => Zone::Local,
+        None if std::io::stdout().is_terminal() => Zone::Local,
+        None => Zone::Utc,
+    });
     Client::new(&args.url).map_err(client_error)
 }
 

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub(crate) use deadline::civil_from_days;
 pub use deadline::{Deadline, DeadlineError, TimestampError, format_rfc3339, parse_rfc3339};
 pub use types::*;
 

@@ -448,6 +448,7 @@ fn apply(policy: &Policy, round: &Round, per_device: &[Decisions]) {
                 for (job, dec) in round.running[d].iter().zip(&decisions.jobs) {
                     job.lane().set_enforced(true);
                     job.lane().set_share(dec.share);
+                    job.events().note_share(dec.share);
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::jobs::Job;
+use super::jobs::{Job, JobEventKind};
 use super::{DeviceId, Node, NodeError, Placement, Policy, control_config, jobs};
 use crate::config::JobConfig;
 use crate::data::{Dataset, LoadStop};
@@ -225,6 +225,13 @@ impl Node {
         ));
         job.set_checkpoint_timeout_ms(self.config().checkpoint_error_timeout_ms);
         self.enroll_job(&job, now)?;
+        job.events().push(JobEventKind::Submitted {
+            device: self.placement(device).name(),
+            share,
+            deadline: job.deadline().map(crate::config::format_rfc3339),
+            target_accuracy: job.target(),
+            epochs: job.epochs(),
+        });
         if let Err(e) = job.start(Some(measured.data)) {
             write(&self.store.jobs).remove(&cfg.name);
             return Err(NodeError::Internal(format!("cannot start job thread: {e}")));

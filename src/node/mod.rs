@@ -29,10 +29,13 @@ use crate::device::lane::CorePermits;
 
 pub use control::{Policy, ServiceMeasure};
 pub use devices::{DeviceId, Placement};
-pub use jobs::{DeadlineOutcome, Job, JobOutcome, JobState, JobStopReason, JobView, TargetOutcome};
+pub use jobs::{
+    DeadlineOutcome, JOB_EVENT_PAGE, Job, JobEvent, JobEventKind, JobEventPage, JobOutcome,
+    JobState, JobStopReason, JobView, TargetOutcome,
+};
 pub use registry::ServiceSlot;
 pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
-pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion};
+pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion, KeptJob, PurgeReport};
 pub use services::{LoadedService, ServiceOrigin, ServiceView};
 pub use store::{JobChanges, JobRecord};
 pub use views::{DeviceView, PolicyKind, StatusView, TenantKind, TenantState, TenantView};

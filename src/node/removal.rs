@@ -5,6 +5,7 @@
 use crate::util::sync;
 use std::path::Path;
 use std::sync::{Arc, MutexGuard};
+use std::time::SystemTime;
 
 use super::{Job, JobState, Node, NodeError, ServiceSlot, read, state_dir, write};
 
@@ -49,6 +50,27 @@ pub enum DeleteRefusal {
     },
 }
 
+/// What `DELETE /v1/jobs?ended_before=T` did: the jobs removed, and the ended ones kept.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PurgeReport {
+    /// The time asked for, RFC 3339: jobs that ended before it were to go.
+    pub ended_before: String,
+    /// Jobs removed, by name, their files with them.
+    pub removed: Vec<String>,
+    /// Jobs that ended before the time but were kept, and why (a service reads its
+    /// checkpoint).
+    pub kept: Vec<KeptJob>,
+}
+
+/// An ended job a purge kept.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KeptJob {
+    /// The job.
+    pub job: String,
+    /// Why it was kept.
+    pub reason: String,
+}
+
 /// What a DELETE did.
 #[derive(Clone)]
 pub enum JobDeletion {
@@ -80,7 +102,7 @@ impl Node {
             }
             .into()),
             (_, false) => {
-                job.cancel();
+                job.request_cancel();
                 Ok(JobDeletion::Cancelled(job))
             }
             (_, true) => {
@@ -88,6 +110,40 @@ impl Node {
                 Ok(JobDeletion::Removed(job))
             }
         }
+    }
+
+    /// Removes every job that ended before `before` (running jobs are never touched); one
+    /// that cannot be removed is kept and said in the report, and the rest still go.
+    pub(crate) fn purge_jobs(&self, before: SystemTime) -> PurgeReport {
+        let mut jobs: Vec<Arc<Job>> = read(&self.store.jobs).values().cloned().collect();
+        jobs.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut report = PurgeReport {
+            ended_before: crate::config::format_rfc3339(before),
+            removed: Vec::new(),
+            kept: Vec::new(),
+        };
+        for job in jobs {
+            let ended_at = job.progress().finished_at;
+            if !job.state().is_terminal() || ended_at.is_none_or(|t| t >= before) {
+                continue;
+            }
+            match self.remove_job(&job) {
+                Ok(()) => report.removed.push(job.name.clone()),
+                Err(e) => report.kept.push(KeptJob {
+                    job: job.name.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        if !report.removed.is_empty() {
+            tracing::info!(
+                removed = report.removed.len(),
+                kept = report.kept.len(),
+                ended_before = %report.ended_before,
+                "ended jobs purged"
+            );
+        }
+        report
     }
 
     /// Held while a job's directory may be read, written or removed from the API.

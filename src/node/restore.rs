@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use crate::config::JobConfig;
 use crate::util::sync::{read, write};
 
-use super::jobs::{Job, OUTCOME_RECORD, OutcomeRecord};
+use super::jobs::{Job, JobEventKind, OUTCOME_RECORD, OutcomeRecord};
 use super::services::LoadedService;
 use super::store::{
     CHANGES_RECORD, ChangesRecord, JOB_RECORD, StoreError, StoredJobRecord, StoredServiceRecord,
@@ -125,6 +125,8 @@ impl Node {
             job.restore_outcome(&outcome)
                 .map_err(|e| StoreError::invalid(OUTCOME_RECORD, e))?;
         }
+        job.events()
+            .push(JobEventKind::Restored { state: job.state() });
         write(&self.store.jobs).insert(name.clone(), job.clone());
         if ended {
             tracing::info!(job = %name, state = %job.state(), "job restored from the state dir");

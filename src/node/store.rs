@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::config::{JobConfig, ServiceConfig, format_rfc3339, parse_rfc3339};
 use crate::util::sync::{read, write};
 
-use super::jobs::Job;
+use super::jobs::{Job, JobEventKind};
 use super::services::ServiceOrigin;
 use super::{Node, NodeError};
 
@@ -110,7 +110,7 @@ pub(crate) struct ChangesRecord {
 }
 
 /// A key that is present, `null` included: `Some(None)` for `null`.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -284,6 +284,11 @@ impl Node {
             self.admit_deadline_change(&job, deadline)?;
         }
         apply_changes(&job, &changes);
+        job.events().push(JobEventKind::Updated {
+            deadline: changes.deadline.map(|d| d.map(format_rfc3339)),
+            target_accuracy: changes.target_accuracy,
+            epochs: changes.epochs,
+        });
         // Recorded before the answer, so an acknowledged change survives a restart.
         let path = job.dir().join(CHANGES_RECORD);
         let mut record: ChangesRecord = read_record(job.dir(), CHANGES_RECORD).unwrap_or_default();

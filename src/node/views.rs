@@ -142,8 +142,12 @@ pub struct TenantView {
     pub name: String,
     /// State (`ready`, `loading`, `running`, …).
     pub state: TenantState,
-    /// What it must meet, in words (`p99 <= 25 ms`, `deadline 2026-…`).
+    /// What it must meet, in words (`p99 <= 25 ms`, `accuracy >= 0.95 by 2026-…`).
     pub set_point: String,
+    /// A job's deadline as written in `set_point` (RFC 3339 to the second, UTC), so that a
+    /// client can show it in another zone; none for a service or a job without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
     /// The measured value against it (`p99 3.2 ms`, `slack +2m 0s`), when known.
     pub measured: Option<String>,
     /// Share of the device.
@@ -286,6 +290,7 @@ fn service_tenant(
         name: view.name.clone(),
         state: view.state.into(),
         set_point: format!("p99 <= {} ms", view.slo_p99_ms),
+        deadline: None,
         measured,
         share: view.share,
         batch_size: view.max_batch_size,
@@ -320,6 +325,7 @@ fn job_tenant(v: &JobView, device: String) -> TenantView {
         name: v.name.clone(),
         state: v.state.into(),
         set_point,
+        deadline,
         measured,
         share: v.share,
         batch_size: v.batch_size,

@@ -1,10 +1,11 @@
 //! Small shared pieces: the seeded generator, atomic file writes, order statistics, the
-//! Prometheus text format, poison-tolerant locks and the text-table printer.
+//! Prometheus text format, poison-tolerant locks, the text-table printer and times for people.
 
 pub mod cputime;
 pub mod fds;
 pub mod fsio;
 pub mod histogram;
+pub mod localtime;
 pub mod priority;
 pub mod prometheus;
 pub mod rng;

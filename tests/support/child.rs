@@ -203,6 +203,49 @@ impl ChildDaemon {
             self.child.try_wait().unwrap()
         })
     }
+
+    /// Runs the client `setpoint ARGS --url URL` against this daemon, with `env` set (and
+    /// the user's `SETPOINT_URL` and token removed).
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(args)
+            .args(["--url", &self.url])
+            .env_remove("SETPOINT_URL")
+            .env_remove("SETPOINT_AUTH_TOKEN")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run setpoint")
+    }
+
+    /// Runs the client with `args`; see [`ChildDaemon::cli_env`].
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_env(args, &[])
+    }
+
+    /// Runs the client with `args`, which must exit `code`; its standard output. A failure
+    /// shows both outputs and the daemon's log.
+    pub fn cli_expect(&self, code: i32, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "setpoint {args:?}: stdout {}\nstderr {}\n{}",
+            stdout_of(&out),
+            stderr_of(&out),
+            self.log_text()
+        );
+        stdout_of(&out)
+    }
+}
+
+/// A command's standard output as text.
+pub fn stdout_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's standard error as text.
+pub fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A test that fails leaves no daemon behind, and shows the daemon's log.

@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::{ApiResult, AppState, blocking, json_response, read_json};
 use crate::api::dto::{JobPatch, ServeJob, SubmitJob};
-use crate::node::{JobDeleteAction, JobDeletion, JobView};
+use crate::config::parse_rfc3339;
+use crate::node::{JobDeleteAction, JobDeletion, JobView, NodeError};
 
 pub(super) async fn list_jobs(State(s): State<AppState>) -> Response {
     let jobs = s.node.job_views();
@@ -36,6 +37,29 @@ pub(super) async fn get_job(
 ) -> ApiResult<Response> {
     let job = s.node.job(&id)?;
     Ok(json_response(StatusCode::OK, &s.node.job_view(&job)))
+}
+
+/// `GET /v1/jobs/{id}/events[?after=N][&limit=M]`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct EventsQuery {
+    /// Only events numbered above this (0: from the first kept).
+    #[serde(default)]
+    after: u64,
+    /// At most this many (and at most 1000).
+    limit: Option<usize>,
+}
+
+/// A job's log from event `after` on (see [`crate::node::JobEventPage`]).
+pub(super) async fn job_events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Response> {
+    let job = s.node.job(&id)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &job.event_page(q.after, q.limit),
+    ))
 }
 
 /// Changes a job's deadline, target or epoch limit. Off the async workers: the change is
@@ -90,6 +114,37 @@ pub(super) async fn delete_job(
         removed,
     };
     Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// `DELETE /v1/jobs?ended_before=T`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct PurgeQuery {
+    ended_before: Option<String>,
+}
+
+/// Removes every job that ended before `ended_before` (RFC 3339), as
+/// [`crate::node::Node::purge_jobs`] does; 200 with what went and what was kept. Off the
+/// async workers: it deletes files.
+pub(super) async fn purge_jobs(
+    State(s): State<AppState>,
+    Query(q): Query<PurgeQuery>,
+) -> ApiResult<Response> {
+    let Some(text) = q.ended_before else {
+        return Err(NodeError::Invalid(vec![
+            "ended_before: missing; DELETE /v1/jobs removes the jobs that ended before an \
+             RFC 3339 time, such as ?ended_before=2026-12-01T00:00:00Z"
+                .into(),
+        ])
+        .into());
+    };
+    let before = parse_rfc3339(&text).map_err(|e| {
+        NodeError::Invalid(vec![format!(
+            "ended_before: {e} in {text:?}; give an RFC 3339 time such as 2026-12-01T00:00:00Z"
+        )])
+    })?;
+    let node = s.node.clone();
+    let report = blocking(move || Ok(node.purge_jobs(before))).await?;
+    Ok(json_response(StatusCode::OK, &report))
 }
 
 /// Publishes a completed job's model as an inference service.

@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 pub use errors::ApiError;
 pub(crate) use errors::ApiResult;
 use errors::{json_errors, method_not_allowed, not_found};
-use jobs::{delete_job, get_job, list_jobs, serve_job, submit_job, update_job};
+use jobs::{
+    delete_job, get_job, job_events, list_jobs, purge_jobs, serve_job, submit_job, update_job,
+};
 use services::{add_service, get_service, list_services, remove_service};
 use v2::{
     all_model_stats, infer, live, model_config, model_metadata, model_ready, model_stats, ready,
@@ -86,11 +88,15 @@ pub fn router(node: Arc<Node>, connections: Arc<super::server::ConnectionStats>)
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route("/v1/status", get(status))
         .route("/v1/reload", post(reload))
-        .route("/v1/jobs", get(list_jobs).post(submit_job))
+        .route(
+            "/v1/jobs",
+            get(list_jobs).post(submit_job).delete(purge_jobs),
+        )
         .route(
             "/v1/jobs/{id}",
             get(get_job).patch(update_job).delete(delete_job),
         )
+        .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/jobs/{id}/serve", post(serve_job))
         .route("/v1/services", get(list_services).post(add_service))
         .route(

@@ -2,10 +2,12 @@
 //! the state dir, publishes its progress after every step, and honours cancellation and
 //! changes of deadline or target between steps.
 
+mod events;
 mod outcome;
 mod run;
 mod view;
 
+pub use events::{JobEvent, JobEventKind, JobEventPage, JobLog, PAGE as JOB_EVENT_PAGE};
 pub(crate) use outcome::OutcomeFacts;
 pub use outcome::{DeadlineOutcome, JobOutcome, JobStopReason, TargetOutcome};
 
@@ -171,6 +173,8 @@ pub struct Job {
     /// How long checkpoint writes may fail before the job fails (the node's
     /// `checkpoint_error_timeout_ms`, applied again by a reload).
     checkpoint_timeout_ms: std::sync::atomic::AtomicU64,
+    /// What happened to it, in order.
+    log: JobLog,
 }
 
 /// The API's view of a job.
@@ -274,6 +278,7 @@ impl Job {
         est_step_cost_core_s: Option<f64>,
     ) -> Self {
         let deadline = config.deadline.map(|d| d.resolve(submitted_at));
+        let log = JobLog::open(&dir);
         Job {
             name: config.name.clone(),
             target: Mutex::new(config.target_accuracy),
@@ -297,7 +302,36 @@ impl Job {
             checkpoint_timeout_ms: std::sync::atomic::AtomicU64::new(
                 crate::config::DEFAULT_CHECKPOINT_ERROR_TIMEOUT_MS,
             ),
+            log,
         }
+    }
+
+    /// The job's log of events.
+    pub fn events(&self) -> &JobLog {
+        &self.log
+    }
+
+    /// The events numbered above `after`, at most `limit` (and [`events::PAGE`]) of them.
+    pub fn event_page(&self, after: u64, limit: Option<usize>) -> JobEventPage {
+        // Read the state first: a job seen ended has logged how it ended.
+        let ended = self.state().is_terminal();
+        let (events, next) = self
+            .log
+            .since(after, limit.unwrap_or(events::PAGE).min(events::PAGE));
+        JobEventPage {
+            job: self.name.clone(),
+            events,
+            next,
+            ended,
+        }
+    }
+
+    /// A user's cancel: logged, then asked of the job (see [`Job::cancel`]).
+    pub(crate) fn request_cancel(&self) {
+        if !self.cancel.load(Ordering::Acquire) {
+            self.log.push(JobEventKind::CancelRequested);
+        }
+        self.cancel();
     }
 
     /// How long checkpoint writes may fail before the job fails, milliseconds.
@@ -399,6 +433,8 @@ impl Job {
         match policy {
             PastDeadline::Stop => {
                 if self.stop_at_deadline() {
+                    self.log
+                        .push(JobEventKind::DeadlinePassed { stopped: true });
                     tracing::warn!(
                         job = %self.name,
                         "its deadline has passed: stopped (control.past_deadline = \"stop\")"
@@ -407,6 +443,8 @@ impl Job {
             }
             PastDeadline::BestEffort => {
                 if !self.demotion_logged.swap(true, Ordering::AcqRel) {
+                    self.log
+                        .push(JobEventKind::DeadlinePassed { stopped: false });
                     tracing::warn!(
                         job = %self.name,
                         "its deadline has passed: it runs on as best-effort \
@@ -466,6 +504,16 @@ impl Job {
         let outcome = self.outcome_of(state, &p);
         lock(&self.progress).outcome = Some(outcome);
         self.record_outcome(state);
+        self.log.push(if self.interrupted.load(Ordering::Acquire) {
+            JobEventKind::Interrupted
+        } else {
+            JobEventKind::Ended {
+                state,
+                stop_reason: self.stop_reason(&p),
+                error: p.error.clone(),
+                outcome,
+            }
+        });
         self.set_state(state);
     }
 

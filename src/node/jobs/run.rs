@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Job, JobState};
+use super::{Job, JobEventKind, JobState};
 use crate::config::{JobConfig, OptimizerKind};
 use crate::data::{self, Dataset, LoadOptions};
 use crate::device::cuda::StreamPriority;
@@ -138,6 +138,7 @@ impl Job {
             return self.end_cancelled();
         }
         self.set_state(JobState::Loading);
+        self.log.push(JobEventKind::Loading);
         // Training, and loading its data, run at background priority, so inference batches
         // preempt them at once (the CPU's analogue of a low-priority stream).
         let background = self.lane.is_background();
@@ -183,6 +184,11 @@ impl Job {
             Ok(t) => t,
             Err(e) => return self.fail(e.to_string()),
         };
+        self.log.push(JobEventKind::Running {
+            epochs_done: trainer.epochs_done(),
+            steps: trainer.steps(),
+            batches_per_epoch: trainer.batches_per_epoch(),
+        });
         {
             let mut p = lock(&self.progress);
             p.batches_per_epoch = trainer.batches_per_epoch();
@@ -304,8 +310,8 @@ impl Job {
         p.steps = steps;
         p.epochs_done = trainer.epochs_done();
         p.batch_in_epoch = trainer.batch_in_epoch();
-        if let Some(record) = epoch {
-            p.history.push(record);
+        if let Some(record) = &epoch {
+            p.history.push(record.clone());
         }
         if elapsed >= 0.5 {
             let done = (steps - window_start.1) as f64;
@@ -321,6 +327,18 @@ impl Job {
             let done = (steps - window_start.1) as f64;
             p.steps_per_s = done / elapsed;
             p.samples_per_s = p.steps_per_s * batch.min(rows) as f64;
+        }
+        let samples_per_s = p.samples_per_s;
+        drop(p);
+        if let Some(r) = epoch {
+            self.log.push(JobEventKind::Epoch {
+                epoch: r.epoch,
+                epochs_max: self.epochs(),
+                train_loss: r.train_loss,
+                val_accuracy: r.val_accuracy,
+                share: self.lane.share(),
+                samples_per_s,
+            });
         }
     }
 
@@ -379,6 +397,14 @@ impl Job {
         }
         let timeout = Duration::from_millis(self.checkpoint_timeout_ms.load(Ordering::Relaxed));
         let outcome = message.as_deref().map_or(Ok(()), Err);
+        let was_failing = lock(&self.progress).checkpoint_health.last_error.is_some();
+        match (&message, was_failing) {
+            (Some(error), false) => self.log.push(JobEventKind::CheckpointFailed {
+                error: error.clone(),
+            }),
+            (None, true) => self.log.push(JobEventKind::CheckpointRecovered),
+            _ => {}
+        }
         lock(&self.progress)
             .checkpoint_health
             .record(outcome, Instant::now(), timeout)?;
