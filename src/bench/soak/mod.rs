@@ -22,6 +22,7 @@ mod report;
 mod summary;
 mod wire;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -311,6 +312,23 @@ fn watch(
     Ok(reads)
 }
 
+/// How long the end sample waits for the daemon to close its ends of the load's connections.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Waits until process `pid` has no more than `start` descriptors open, or `limit` has passed.
+/// The load's connections are closed from this side when it ends; the daemon closes its ends
+/// when it reads their end of stream, a moment later, so a count read at once can include a
+/// few sockets on their way out, and differ from run to run.
+fn settle_fds(pid: u32, start: u64, limit: Duration) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        match proc_resources(pid) {
+            Some((_, _, fds)) if fds > start => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
+    }
+}
+
 fn sample(pid: u32, t_s: f64) -> Result<(ProcSample, u64), SoakError> {
     let (rss, peak, fds) = proc_resources(pid)
         .ok_or_else(|| SoakError::Daemon(format!("process {pid}: /proc/{pid} cannot be read")))?;
@@ -398,15 +416,16 @@ fn drive(
     })
 }
 
-/// Runs the soak; `progress` is told of each phase, of each second of the load, and given a
-/// status line every `spec.progress_every`.
-pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(Progress)) -> Result<SoakReport, SoakError> {
-    check_spec(spec)?;
+/// Starts the daemon, reads the service and submits the job: the daemon, its client, the
+/// service, the job's steps and the seconds the daemon took to be ready.
+fn prepare(
+    spec: &SoakSpec,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(daemon::Daemon, Client, Target, u64, f64), SoakError> {
     let launched = Instant::now();
     progress(Progress::Phase("starting the daemon"));
-    let (mut daemon, client) = daemon::start_daemon(spec)?;
+    let (daemon, client) = daemon::start_daemon(spec)?;
     let ready_s = launched.elapsed().as_secs_f64();
-    let (pid, addr) = (daemon.child.id(), daemon.addr);
     let target = read_target(&client, &spec.model)?;
     let job = client.post(
         "/v1/jobs",
@@ -419,6 +438,29 @@ pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(Progress)) -> Result<SoakRe
         }),
     )?;
     let (steps_start, ..) = job_progress(&job);
+    Ok((daemon, client, target, steps_start, ready_s))
+}
+
+/// The end sample, once the daemon has closed its ends of the load's connections (or after
+/// [`SETTLE_LIMIT`]); its peak memory; the descriptors opened and closed since `fds_start`.
+fn end_sample(
+    pid: u32,
+    start: &ProcSample,
+    fds_start: &BTreeMap<u32, String>,
+    t0: Instant,
+) -> Result<(ProcSample, u64, Vec<FdChange>, Vec<FdChange>), SoakError> {
+    settle_fds(pid, start.fds, SETTLE_LIMIT);
+    let (end, peak) = sample(pid, t0.elapsed().as_secs_f64())?;
+    let (opened, closed) = descriptors::changes(fds_start, &fd_targets(pid).unwrap_or_default());
+    Ok((end, peak, opened, closed))
+}
+
+/// Runs the soak; `progress` is told of each phase, of each second of the load, and given a
+/// status line every `spec.progress_every`.
+pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(Progress)) -> Result<SoakReport, SoakError> {
+    check_spec(spec)?;
+    let (mut daemon, client, target, steps_start, ready_s) = prepare(spec, progress)?;
+    let (pid, addr) = (daemon.child.id(), daemon.addr);
     let request = Arc::new(infer_request(spec, &target, &addr));
     let (rate, sustainable) = resolve_rate(spec, addr, &request, target.slo_ms, progress)?;
 
@@ -438,9 +480,7 @@ pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(Progress)) -> Result<SoakRe
     daemon.check_alive()?;
 
     // The end, before the daemon is asked to stop.
-    let (end, peak) = sample(pid, t0.elapsed().as_secs_f64())?;
-    let (fds_opened, fds_closed) =
-        descriptors::changes(&fds_start, &fd_targets(pid).unwrap_or_default());
+    let (end, peak, fds_opened, fds_closed) = end_sample(pid, &start, &fds_start, t0)?;
     samples.push(end);
     let job_end = client.get(&format!("/v1/jobs/{JOB_NAME}"))?;
     let (steps_end, epochs_end, state, val_accuracy) = job_progress(&job_end);

@@ -129,8 +129,11 @@ impl Counts {
     /// The 99th percentile latency of the 200 answers counted in `self` and not in `before`
     /// (all of them when `before` is empty), ms: the upper bound of its bucket.
     pub fn ok_p99_ms(&self, before: &Counts) -> Option<f64> {
-        let n: Vec<u64> = (0..self.ok_latency.len())
-            .map(|i| self.ok_latency[i] - before.ok_latency.get(i).copied().unwrap_or(0))
+        let n: Vec<u64> = self
+            .ok_latency
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c - before.ok_latency.get(i).copied().unwrap_or(0))
             .collect();
         let total: u64 = n.iter().sum();
         if total == 0 {
@@ -254,7 +257,7 @@ mod tests {
             line.starts_with("60/600 s  sent 1002  answered 1101  errors 3 (429: 1, no answer: 1, not sent: 1)  p99 "),
             "{line}"
         );
-        assert!(line.contains("(last 10 s: 52."), "{line}");
+        assert!(line.contains("(last 10 s: 50.5"), "{line}");
         assert!(
             line.ends_with("rss 70.0 MiB  fds 13  job steps 500"),
             "{line}"
