@@ -102,8 +102,8 @@ fn parse_listen(text: &str) -> anyhow::Result<std::net::SocketAddr> {
 }
 
 /// The soak's progress on stderr: phases and status lines as lines of their own, or on a
-/// terminal a bar of the load's seconds with the latest status line beside it; nothing when
-/// quiet.
+/// terminal one line redrawn in place (the seconds done and the latest status line); nothing
+/// when quiet.
 enum SoakProgress {
     Quiet,
     Lines,
@@ -121,7 +121,7 @@ impl SoakProgress {
         let bar = ProgressBar::hidden();
         bar.set_length(duration.as_secs());
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos}/{len} s {bar:20} {wide_msg}")
+            ProgressStyle::with_template("{spinner} {pos}/{len} s  {wide_msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         SoakProgress::Bar(bar)
