@@ -19,6 +19,10 @@ fn a_short_soak_reports_the_process_the_requests_and_the_job() {
             "40",
             "--job-data",
             "synthetic:blobs:size=4000",
+            "--listen",
+            "127.0.0.1:0",
+            "--progress-every",
+            "1s",
             "--json",
         ])
         .env_remove("SETPOINT_AUTH_TOKEN")
@@ -28,6 +32,39 @@ fn a_short_soak_reports_the_process_the_requests_and_the_job() {
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
     let r: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+
+    // stderr is not a terminal here: a plain status line every second of the load.
+    let status: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("soak: ") && l.contains(" s  sent "))
+        .collect();
+    assert!(status.len() >= 2, "{stderr}");
+    assert!(status[0].starts_with("soak: 1/4 s  sent "), "{stderr}");
+    for part in [
+        "answered ",
+        "errors ",
+        "p99 ",
+        "rss ",
+        " MiB  fds ",
+        "job steps ",
+    ] {
+        assert!(status[0].contains(part), "{part}: {stderr}");
+    }
+    assert!(stderr.contains("soak: starting the daemon"), "{stderr}");
+    let listen = r["listen"].as_str().unwrap();
+    assert!(
+        listen.starts_with("127.0.0.1:") && !listen.ends_with(":0"),
+        "{listen}"
+    );
+    // The end sample waits for the daemon to close its ends of the load's connections, so
+    // none of them is counted as opened during the load.
+    let opened = r["fds_opened"].as_array().unwrap();
+    assert!(
+        opened.iter().all(|c| c["kind"] != "socket"),
+        "{opened:?}; start {} end {}",
+        r["start"],
+        r["end"]
+    );
 
     for at in ["start", "end"] {
         assert!(r[at]["rss_bytes"].as_u64().unwrap() > 0, "{at}: {}", r[at]);
@@ -174,6 +211,14 @@ fn bad_settings_are_refused_before_anything_starts() {
             &["--job-layers", "64,x"][..],
             "\"x\" is not a positive integer",
         ),
+        (
+            &["--listen", "localhost"][..],
+            "--listen: expected IP:PORT, such as 127.0.0.1:8080",
+        ),
+        (
+            &["--progress-every", "500ms"][..],
+            "--progress-every: must be at least 1s",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(["bench", "soak"])
@@ -196,4 +241,22 @@ fn an_unknown_model_is_refused_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("nosuch"), "{stderr}");
+}
+
+#[test]
+fn a_listen_address_in_use_is_refused_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["bench", "soak", "--duration", "2s", "--listen", &addr])
+        .env_remove("SETPOINT_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--listen {addr}: cannot listen there (")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("or port 0 for any free one"), "{stderr}");
 }

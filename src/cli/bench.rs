@@ -39,8 +39,8 @@ pub enum BenchCommand {
     /// Steady mixed load on a daemon of its own for a long while; reports what it did to the
     /// process and the service.
     ///
-    /// Starts `setpoint serve` (this binary) on a free loopback port with a temporary state
-    /// dir, so that its resident memory and open file descriptors can be read from /proc.
+    /// Starts `setpoint serve` (this binary) on a free loopback port (or --listen) with a
+    /// temporary state dir, so that its resident memory and open file descriptors can be read from /proc.
     /// Then, for --duration: v2 requests of --rows rows to --model at --rate (open loop, over
     /// --connections keep-alive connections), a best-effort training job submitted through
     /// the jobs API, probes of /v2/health/live and /metrics every --probe-every, and a read of
@@ -48,7 +48,10 @@ pub enum BenchCommand {
     /// end, request outcomes (ok, 429, 504 timeout, other statuses, transport errors), p50
     /// and p99 latency per --window against the service's SLO, the probes' latency, how late
     /// answers came against their timeout, and the job's progress; then stops the daemon with
-    /// SIGTERM. Exits 1 when the daemon fails or exits during the run.
+    /// SIGTERM. The descriptors open at the end and not at the start (or the reverse) are
+    /// named by target, so that one opened once and kept can be told from a leak. While the
+    /// load runs, a status line goes to stderr every --progress-every (not with --quiet).
+    /// Exits 1 when the daemon fails or exits during the run.
     Soak(BenchSoakArgs),
 }
 
@@ -92,6 +95,21 @@ pub struct BenchSoakArgs {
     /// Layer widths of the training job.
     #[arg(long, default_value = "64,128,10")]
     pub job_layers: String,
+    /// Where the daemon listens: IP:PORT of this host, such as 127.0.0.1:8080 or [::1]:8080
+    /// (port 0: any free port there; 0.0.0.0 or [::]: every address, reached on loopback).
+    /// Refused before anything starts when the port is in use or the address is not this
+    /// host's. By default, a free loopback port.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
+    /// How often a status line is written to stderr while the load runs: time done, requests
+    /// sent and answered, errors, p99 of the 200 answers so far and since the last line, the
+    /// daemon's resident memory and open descriptors, the job's steps. On a terminal the line
+    /// is redrawn in place; otherwise one line each time. At least 1s.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub progress_every: String,
+    /// Write nothing to stderr while the soak runs (no phases, no status lines).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
@@ -43,6 +44,14 @@ fn run_soak(a: BenchSoakArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e: soak::RateError| input_error(e.to_string()))?;
     let job_layers = parse_layers(&a.job_layers)?;
+    let listen = a.listen.as_deref().map(parse_listen).transpose()?;
+    let progress_every = parse_duration_arg("--progress-every", &a.progress_every)?;
+    if progress_every < Duration::from_secs(1) {
+        return Err(input_error(format!(
+            "--progress-every: must be at least 1s, got {:?}",
+            a.progress_every
+        )));
+    }
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let spec = soak::SoakSpec {
         exe,
@@ -57,14 +66,13 @@ fn run_soak(a: BenchSoakArgs) -> anyhow::Result<()> {
         period,
         job_data: a.job_data.clone(),
         job_layers,
+        listen,
+        progress_every,
     };
-    let chatty = !a.json && std::io::stderr().is_terminal();
-    let report = soak::run(&spec, &mut |line: &str| {
-        if chatty {
-            eprintln!("{line}");
-        }
-    })
-    .map_err(|e| match e {
+    let mut shown = SoakProgress::new(a.quiet, duration);
+    let report = soak::run(&spec, &mut |p| shown.show(p));
+    shown.finish();
+    let report = report.map_err(|e| match e {
         soak::SoakError::Input(m) => input_error(m),
         soak::SoakError::Client(c) => client_error(c),
         other => anyhow!(other),
@@ -83,6 +91,73 @@ fn run_soak(a: BenchSoakArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+/// `--listen IP:PORT`.
+fn parse_listen(text: &str) -> anyhow::Result<std::net::SocketAddr> {
+    text.trim().parse().map_err(|_| {
+        input_error(format!(
+            "--listen: expected IP:PORT, such as 127.0.0.1:8080, [::1]:8080 or 0.0.0.0:0 \
+             (port 0: any free port), got {text:?}"
+        ))
+    })
+}
+
+/// The soak's progress on stderr: phases and status lines as lines of their own, or on a
+/// terminal one line redrawn in place (the seconds done and the latest status line); nothing
+/// when quiet.
+enum SoakProgress {
+    Quiet,
+    Lines,
+    Bar(ProgressBar),
+}
+
+impl SoakProgress {
+    fn new(quiet: bool, duration: Duration) -> Self {
+        if quiet {
+            return SoakProgress::Quiet;
+        }
+        if !std::io::stderr().is_terminal() {
+            return SoakProgress::Lines;
+        }
+        let bar = ProgressBar::hidden();
+        bar.set_length(duration.as_secs());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos}/{len} s  {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        SoakProgress::Bar(bar)
+    }
+
+    fn show(&mut self, p: soak::Progress) {
+        match (self, p) {
+            (SoakProgress::Quiet, _) => {}
+            (SoakProgress::Lines, soak::Progress::Phase(line)) => eprintln!("soak: {line}"),
+            (SoakProgress::Lines, soak::Progress::Status(line)) => eprintln!("soak: {line}"),
+            (SoakProgress::Lines, soak::Progress::Tick { .. }) => {}
+            (SoakProgress::Bar(bar), soak::Progress::Phase(line)) if bar.is_hidden() => {
+                eprintln!("{line}")
+            }
+            (SoakProgress::Bar(bar), soak::Progress::Phase(line)) => bar.println(line),
+            (SoakProgress::Bar(bar), soak::Progress::Tick { elapsed_s, .. }) => {
+                if bar.is_hidden() {
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                }
+                bar.set_position(elapsed_s);
+            }
+            (SoakProgress::Bar(bar), soak::Progress::Status(line)) => {
+                // The bar already shows the time done.
+                let rest = line.split_once("  ").map_or(line, |(_, rest)| rest);
+                bar.set_message(rest.to_string());
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let SoakProgress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// `setpoint bench scenario`.
 fn run_scenario(a: BenchScenarioArgs) -> anyhow::Result<()> {
     if let Some(n) = a.random {

@@ -12,8 +12,10 @@ use crate::client::Client;
 /// The daemon child: killed on drop unless it was stopped.
 pub(super) struct Daemon {
     pub(super) child: Child,
-    /// Where it listens.
+    /// Where it is reached.
     pub(super) addr: SocketAddr,
+    /// Where it listens (`addr`, unless that is an unspecified address).
+    pub(super) listen: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -86,12 +88,35 @@ pub fn proc_resources(pid: u32) -> Option<(u64, u64, u64)> {
     Some((kb("VmRSS:")?, kb("VmHWM:")?, fds))
 }
 
-fn free_port() -> Result<u16, SoakError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| SoakError::Start(format!("no free loopback port: {e}")))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| SoakError::Start(e.to_string()))
+/// The address the daemon is told to listen on: `asked` (port 0: a free port there) after a
+/// trial bind, so that an address of another host or a port in use is refused naming it,
+/// before the daemon starts; a free loopback port when nothing was asked.
+pub(super) fn listen_addr(asked: Option<SocketAddr>) -> Result<SocketAddr, SoakError> {
+    let Some(asked) = asked else {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| SoakError::Start(format!("no free loopback port: {e}")))?;
+        return l.local_addr().map_err(|e| SoakError::Start(e.to_string()));
+    };
+    let l = std::net::TcpListener::bind(asked).map_err(|e| {
+        SoakError::Input(format!(
+            "--listen {asked}: cannot listen there ({e}); give an address of this host with a \
+             free port, such as 127.0.0.1:8080, or port 0 for any free one"
+        ))
+    })?;
+    l.local_addr().map_err(|e| SoakError::Start(e.to_string()))
+}
+
+/// Where to connect to a daemon listening on `listen`: loopback for an unspecified address.
+fn connect_addr(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    }
 }
 
 pub(super) fn start_daemon(spec: &SoakSpec) -> Result<(Daemon, Client), SoakError> {
@@ -99,11 +124,12 @@ pub(super) fn start_daemon(spec: &SoakSpec) -> Result<(Daemon, Client), SoakErro
     let log = dir.path().join("daemon.log");
     let log_file =
         std::fs::File::create(&log).map_err(|e| SoakError::Start(format!("log file: {e}")))?;
-    let port = free_port()?;
+    let listen = listen_addr(spec.listen)?;
+    let addr = connect_addr(listen);
     let mut cmd = Command::new(&spec.exe);
     cmd.arg("serve")
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(listen.to_string())
         .arg("--state-dir")
         .arg(dir.path().join("state"));
     if let Some(c) = &spec.config {
@@ -117,11 +143,12 @@ pub(super) fn start_daemon(spec: &SoakSpec) -> Result<(Daemon, Client), SoakErro
         .map_err(|e| SoakError::Start(format!("{}: {e}", spec.exe.display())))?;
     let mut d = Daemon {
         child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        addr,
+        listen,
         log,
         _dir: dir,
     };
-    let client = Client::new(&format!("http://127.0.0.1:{port}"))?;
+    let client = Client::new(&format!("http://{addr}"))?;
     let limit = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(Some(status)) = d.child.try_wait() {
@@ -142,5 +169,35 @@ pub(super) fn start_daemon(spec: &SoakSpec) -> Result<(Daemon, Client), SoakErro
             )));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_in_use_is_refused_naming_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = listen_addr(Some(addr)).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("--listen {addr}: cannot listen there (")),
+            "{err}"
+        );
+        assert!(err.contains("port 0 for any free one"), "{err}");
+        let free = listen_addr(Some("127.0.0.1:0".parse().unwrap())).unwrap();
+        assert_ne!(free.port(), 0);
+        assert!(listen_addr(None).unwrap().ip().is_loopback());
+    }
+
+    #[test]
+    fn an_unspecified_address_is_reached_on_loopback() {
+        let a = connect_addr("0.0.0.0:8080".parse().unwrap());
+        assert_eq!(a, "127.0.0.1:8080".parse().unwrap());
+        let a = connect_addr("[::]:8080".parse().unwrap());
+        assert_eq!(a, "[::1]:8080".parse().unwrap());
+        let a = connect_addr("127.0.0.2:9".parse().unwrap());
+        assert_eq!(a, "127.0.0.2:9".parse().unwrap());
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct OpenLoop {
     pub end: Duration,
     /// Connections (each has at most one request in flight).
     pub connections: usize,
+    /// Counts of the requests and answers so far, for progress.
+    pub live: Arc<super::progress::Live>,
 }
 
 /// A request not sent within this long of its due time, every connection being busy, is
@@ -96,13 +98,17 @@ async fn open_loop_connection(plan: Arc<OpenLoop>, next: Arc<AtomicU64>) -> Vec<
                 latency_us: 0,
                 status: SKIPPED,
             });
+            plan.live.skipped();
             continue;
         }
+        plan.live.sent();
         let status = conn.exchange(&plan.request).await.unwrap_or(0);
+        let latency_us = sent.elapsed().as_micros() as u64;
+        plan.live.answered(status, latency_us);
         out.push(Sent {
             due_us: due.as_micros() as u64,
             sent_us: (sent - plan.t0).as_micros() as u64,
-            latency_us: sent.elapsed().as_micros() as u64,
+            latency_us,
             status,
         });
         if status == 0 {

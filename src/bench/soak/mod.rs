@@ -14,23 +14,29 @@
 //! with a closed-loop ramp. At the end the daemon is stopped with SIGTERM and must exit 0.
 
 mod daemon;
+mod descriptors;
 mod load;
+mod progress;
 mod render;
+mod report;
 mod summary;
 mod wire;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::client::{Client, ClientError};
 pub use daemon::proc_resources;
+pub use descriptors::{FdChange, fd_targets};
 pub use load::{ProbeSummary, RampStep, Sustainable};
+pub use progress::Progress;
 pub use render::render;
+pub use report::{JobProgress, Outcomes, ProcSample, Reads, SloReport, SoakReport, Window};
 pub use summary::Lateness;
 
 /// The rate of the load.
@@ -130,154 +136,10 @@ pub struct SoakSpec {
     pub job_data: String,
     /// Layer widths of the training job.
     pub job_layers: Vec<usize>,
-}
-
-/// The process's resources at one moment.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct ProcSample {
-    /// Seconds since the load started (negative: before).
-    pub t_s: f64,
-    /// Resident memory (`VmRSS`), bytes.
-    pub rss_bytes: u64,
-    /// Open file descriptors.
-    pub fds: u64,
-}
-
-/// What became of the requests.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Outcomes {
-    /// Requests sent.
-    pub sent: u64,
-    /// Answered 200.
-    pub ok: u64,
-    /// Answered 429 (queue full).
-    pub rejected_429: u64,
-    /// Answered 504 (the request's timeout passed).
-    pub timeout_504: u64,
-    /// Any other status, by status.
-    pub other: BTreeMap<u16, u64>,
-    /// No answer: the connection failed or broke.
-    pub transport_errors: u64,
-    /// Requests sent more than 10 ms after they were due (every connection was busy, or
-    /// the generator fell behind).
-    pub late_starts: u64,
-    /// Requests due but never sent: every connection was busy for a second past their due
-    /// time, or the load ended first. Not in `sent`.
-    pub skipped: u64,
-}
-
-/// One latency window.
-#[derive(Debug, Clone, Serialize)]
-pub struct Window {
-    /// Start, seconds since the load started.
-    pub t_s: f64,
-    /// Requests sent in it.
-    pub requests: u64,
-    /// Of those, answered 200.
-    pub ok: u64,
-    /// Median latency of its 200 answers, ms.
-    pub p50_ms: Option<f64>,
-    /// 99th percentile, ms.
-    pub p99_ms: Option<f64>,
-    /// Its p99 is over the SLO.
-    pub over_slo: bool,
-}
-
-/// SLO violations over the run.
-#[derive(Debug, Clone, Serialize)]
-pub struct SloReport {
-    /// The service's p99 objective, ms.
-    pub p99_ms: f64,
-    /// Windows with at least one answer.
-    pub windows: usize,
-    /// Windows whose p99 was over the objective.
-    pub windows_over: usize,
-    /// 200 answers slower than the objective.
-    pub requests_over: u64,
-    /// Of all 200 answers.
-    pub requests_over_frac: f64,
-}
-
-/// The training job's progress over the run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct JobProgress {
-    /// Its name.
-    pub name: String,
-    /// Steps when the load started.
-    pub steps_start: u64,
-    /// Steps when it ended.
-    pub steps_end: u64,
-    /// Epochs done at the end.
-    pub epochs_end: u64,
-    /// State at the end.
-    pub state: String,
-    /// Validation accuracy at the end.
-    pub val_accuracy: Option<f64>,
-}
-
-/// Reads of the daemon's status and metrics during the run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Reads {
-    /// `/v1/status` answered.
-    pub status_ok: u64,
-    /// `/metrics` answered.
-    pub metrics_ok: u64,
-    /// Reads that failed.
-    pub failed: u64,
-}
-
-/// The soak's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct SoakReport {
-    /// Length of the load, seconds.
-    pub duration_s: f64,
-    /// Requests per second sent for.
-    pub rate_per_s: f64,
-    /// Rows per request.
-    pub rows: usize,
-    /// Connections the requests went over.
-    pub connections: usize,
-    /// The rate the service sustained within its SLO before the load, when the rate was
-    /// asked as a multiple of it.
-    pub sustainable: Option<Sustainable>,
-    /// The multiple asked for, if any.
-    pub rate_multiple: Option<f64>,
-    /// The service loaded.
-    pub model: String,
-    /// Its timeout, ms.
-    pub timeout_ms: f64,
-    /// Seconds from start to the daemon's readiness.
-    pub ready_s: f64,
-    /// Resources when the load started.
-    pub start: ProcSample,
-    /// Resources when it ended.
-    pub end: ProcSample,
-    /// Peak resident memory over the process's life (`VmHWM`), bytes.
-    pub peak_rss_bytes: u64,
-    /// One sample a second.
-    pub samples: Vec<ProcSample>,
-    /// What became of the requests.
-    pub requests: Outcomes,
-    /// Latency of every 200 answer over the run, ms: p50, p99, max.
-    pub latency_ms: [f64; 3],
-    /// Windows of `window_s`.
-    pub window_s: f64,
-    /// Per window.
-    pub windows: Vec<Window>,
-    /// Violations.
-    pub slo: SloReport,
-    /// The training job.
-    pub job: JobProgress,
-    /// Status and metrics reads.
-    pub reads: Reads,
-    /// Probes of the health and metrics routes, every `probe_every_ms`.
-    pub probes: Vec<ProbeSummary>,
-    /// Interval of the probes, ms.
-    pub probe_every_ms: f64,
-    /// How late the answers were against their timeout.
-    pub lateness: Lateness,
-    /// The daemon's exit code after SIGTERM.
-    pub daemon_exit_code: Option<i32>,
+    /// Where the daemon listens (port 0: a free port there); a free loopback port when `None`.
+    pub listen: Option<SocketAddr>,
+    /// How often a status line is given while the load runs.
+    pub progress_every: Duration,
 }
 
 /// What the soak learns of the service before the load.
@@ -305,9 +167,14 @@ fn check_spec(spec: &SoakSpec) -> Result<(), SoakError> {
             "--rate: must be > 0 and <= 100000 requests/s, got {r}"
         )));
     }
-    if spec.duration.is_zero() || spec.window.is_zero() || spec.probe_every.is_zero() {
+    if spec.duration.is_zero()
+        || spec.window.is_zero()
+        || spec.probe_every.is_zero()
+        || spec.progress_every.is_zero()
+    {
         return Err(SoakError::Input(
-            "--duration, --window and --probe-every must be more than zero".into(),
+            "--duration, --window, --probe-every and --progress-every must be more than zero"
+                .into(),
         ));
     }
     if spec.rows == 0 || spec.connections == 0 {
@@ -358,58 +225,108 @@ fn infer_request(spec: &SoakSpec, target: &Target, addr: &std::net::SocketAddr) 
     wire::encode_request("POST", addr, &path, Some(body.as_bytes()))
 }
 
-/// Samples the daemon every second while the load runs; what the samples and reads saw.
+/// What the watcher needs beside the daemon and its client.
+struct Watch<'a> {
+    t0: Instant,
+    duration: Duration,
+    progress_every: Duration,
+    live: &'a progress::Live,
+}
+
+/// Reads `/v1/status`, `/metrics` and the job once, counting them in `reads`; the job's steps.
+fn read_once(client: &Client, reads: &mut Reads) -> u64 {
+    let status = client.get("/v1/status");
+    let metrics = client
+        .send("GET", "/metrics", None, &[])
+        .and_then(crate::client::check_status);
+    let job = client.get(&format!("/v1/jobs/{JOB_NAME}"));
+    reads.failed += [status.is_ok(), metrics.is_ok(), job.is_ok()]
+        .iter()
+        .filter(|ok| !**ok)
+        .count() as u64;
+    reads.status_ok += u64::from(status.is_ok());
+    reads.metrics_ok += u64::from(metrics.is_ok());
+    job.map(|j| job_progress(&j).0).unwrap_or(0)
+}
+
+/// Samples the daemon every second while the load runs, with a tick each time and a status
+/// line every `progress_every`; what the reads saw.
 fn watch(
     daemon: &mut daemon::Daemon,
     client: &Client,
-    t0: Instant,
-    duration: Duration,
+    w: &Watch,
     samples: &mut Vec<ProcSample>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Reads, SoakError> {
     let pid = daemon.child.id();
-    let job_path = format!("/v1/jobs/{JOB_NAME}");
     let mut reads = Reads::default();
     let mut next = Duration::from_secs(1);
-    while t0.elapsed() < duration {
-        let now = t0.elapsed();
+    let mut next_status = w.progress_every;
+    let mut before = (Duration::ZERO, w.live.counts());
+    while w.t0.elapsed() < w.duration {
+        let now = w.t0.elapsed();
         if next > now {
-            std::thread::sleep((next - now).min(duration.saturating_sub(now)));
+            std::thread::sleep((next - now).min(w.duration.saturating_sub(now)));
         }
-        if t0.elapsed() >= duration {
+        if w.t0.elapsed() >= w.duration {
             break;
         }
         next += Duration::from_secs(1);
         daemon.check_alive()?;
-        let status = client.get("/v1/status");
-        let metrics = client
-            .send("GET", "/metrics", None, &[])
-            .and_then(crate::client::check_status);
-        let job = client.get(&job_path);
-        reads.failed += [status.is_ok(), metrics.is_ok(), job.is_ok()]
-            .iter()
-            .filter(|ok| !**ok)
-            .count() as u64;
-        reads.status_ok += u64::from(status.is_ok());
-        reads.metrics_ok += u64::from(metrics.is_ok());
+        let job_steps = read_once(client, &mut reads);
         if let Some((rss, _, fds)) = proc_resources(pid) {
             samples.push(ProcSample {
-                t_s: t0.elapsed().as_secs_f64(),
+                t_s: w.t0.elapsed().as_secs_f64(),
                 rss_bytes: rss,
                 fds,
             });
         }
-        let steps = job.map(|j| job_progress(&j).0).unwrap_or(0);
+        let elapsed = w.t0.elapsed();
+        progress(Progress::Tick {
+            elapsed_s: elapsed.as_secs(),
+            total_s: w.duration.as_secs(),
+        });
+        if elapsed < next_status {
+            continue;
+        }
+        while next_status <= elapsed {
+            next_status += w.progress_every;
+        }
+        let counts = w.live.counts();
         let last = samples.last().copied();
-        progress(&format!(
-            "{:>5.0} s  rss {:.1} MiB  fds {}  job steps {}",
-            t0.elapsed().as_secs_f64(),
-            last.map_or(0.0, |s| s.rss_bytes as f64 / 1048576.0),
-            last.map_or(0, |s| s.fds),
-            steps
-        ));
+        let line = progress::status_line(
+            elapsed,
+            w.duration,
+            &counts,
+            &before.1,
+            elapsed - before.0,
+            progress::Process {
+                rss_bytes: last.map_or(0, |s| s.rss_bytes),
+                fds: last.map_or(0, |s| s.fds),
+                job_steps,
+            },
+        );
+        progress(Progress::Status(&line));
+        before = (elapsed, counts);
     }
     Ok(reads)
+}
+
+/// How long the end sample waits for the daemon to close its ends of the load's connections.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Waits until process `pid` has no more than `start` descriptors open, or `limit` has passed.
+/// The load's connections are closed from this side when it ends; the daemon closes its ends
+/// when it reads their end of stream, a moment later, so a count read at once can include a
+/// few sockets on their way out, and differ from run to run.
+fn settle_fds(pid: u32, start: u64, limit: Duration) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        match proc_resources(pid) {
+            Some((_, _, fds)) if fds > start => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
+    }
 }
 
 fn sample(pid: u32, t_s: f64) -> Result<(ProcSample, u64), SoakError> {
@@ -431,13 +348,15 @@ fn resolve_rate(
     addr: std::net::SocketAddr,
     request: &Arc<Vec<u8>>,
     slo_ms: f64,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<(f64, Option<Sustainable>), SoakError> {
     let k = match spec.rate {
         Rate::PerSecond(r) => return Ok((r, None)),
         Rate::TimesSustainable(k) => k,
     };
-    progress("measuring the rate the service sustains within its SLO");
+    progress(Progress::Phase(
+        "measuring the rate the service sustains within its SLO",
+    ));
     let slo = Duration::from_secs_f64(slo_ms.min(60_000.0) / 1e3);
     let s = load::measure_sustainable(addr, request.clone(), slo, Duration::from_secs(2));
     if s.requests_per_s <= 0.0 {
@@ -448,10 +367,10 @@ fn resolve_rate(
         )));
     }
     let rate = (k * s.requests_per_s).min(100_000.0);
-    progress(&format!(
+    progress(Progress::Phase(&format!(
         "sustainable: {:.0} requests/s; sending {rate:.0} requests/s ({k}x)",
         s.requests_per_s
-    ));
+    )));
     Ok((rate, Some(s)))
 }
 
@@ -462,9 +381,16 @@ fn drive(
     client: &Client,
     (request, rate, t0): (Arc<Vec<u8>>, f64, Instant),
     samples: &mut Vec<ProcSample>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<(Vec<load::Sent>, Vec<ProbeSummary>, Reads), SoakError> {
     let (addr, duration) = (daemon.addr, spec.duration);
+    let live = Arc::new(progress::Live::default());
+    let w = Watch {
+        t0,
+        duration,
+        progress_every: spec.progress_every,
+        live: &live,
+    };
     std::thread::scope(|s| {
         let plan = load::OpenLoop {
             addr,
@@ -473,12 +399,13 @@ fn drive(
             t0,
             end: duration,
             connections: spec.connections,
+            live: live.clone(),
         };
         let senders = s.spawn(move || load::open_loop(plan));
         let every = spec.probe_every;
         let paths = ["/v2/health/live", "/metrics"];
         let prober = s.spawn(move || load::probe(addr, &paths, t0, duration, every));
-        let reads = watch(daemon, client, t0, duration, samples, progress);
+        let reads = watch(daemon, client, &w, samples, progress);
         let sent = senders
             .join()
             .map_err(|_| SoakError::Daemon("the load generator panicked".into()))?;
@@ -489,14 +416,16 @@ fn drive(
     })
 }
 
-/// Runs the soak; `progress` gets a line a second.
-pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(&str)) -> Result<SoakReport, SoakError> {
-    check_spec(spec)?;
+/// Starts the daemon, reads the service and submits the job: the daemon, its client, the
+/// service, the job's steps and the seconds the daemon took to be ready.
+fn prepare(
+    spec: &SoakSpec,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(daemon::Daemon, Client, Target, u64, f64), SoakError> {
     let launched = Instant::now();
-    progress("starting the daemon");
-    let (mut daemon, client) = daemon::start_daemon(spec)?;
+    progress(Progress::Phase("starting the daemon"));
+    let (daemon, client) = daemon::start_daemon(spec)?;
     let ready_s = launched.elapsed().as_secs_f64();
-    let (pid, addr) = (daemon.child.id(), daemon.addr);
     let target = read_target(&client, &spec.model)?;
     let job = client.post(
         "/v1/jobs",
@@ -509,10 +438,34 @@ pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(&str)) -> Result<SoakReport
         }),
     )?;
     let (steps_start, ..) = job_progress(&job);
+    Ok((daemon, client, target, steps_start, ready_s))
+}
+
+/// The end sample, once the daemon has closed its ends of the load's connections (or after
+/// [`SETTLE_LIMIT`]); its peak memory; the descriptors opened and closed since `fds_start`.
+fn end_sample(
+    pid: u32,
+    start: &ProcSample,
+    fds_start: &BTreeMap<u32, String>,
+    t0: Instant,
+) -> Result<(ProcSample, u64, Vec<FdChange>, Vec<FdChange>), SoakError> {
+    settle_fds(pid, start.fds, SETTLE_LIMIT);
+    let (end, peak) = sample(pid, t0.elapsed().as_secs_f64())?;
+    let (opened, closed) = descriptors::changes(fds_start, &fd_targets(pid).unwrap_or_default());
+    Ok((end, peak, opened, closed))
+}
+
+/// Runs the soak; `progress` is told of each phase, of each second of the load, and given a
+/// status line every `spec.progress_every`.
+pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(Progress)) -> Result<SoakReport, SoakError> {
+    check_spec(spec)?;
+    let (mut daemon, client, target, steps_start, ready_s) = prepare(spec, progress)?;
+    let (pid, addr) = (daemon.child.id(), daemon.addr);
     let request = Arc::new(infer_request(spec, &target, &addr));
     let (rate, sustainable) = resolve_rate(spec, addr, &request, target.slo_ms, progress)?;
 
     let (start, _) = sample(pid, 0.0)?;
+    let fds_start = fd_targets(pid).unwrap_or_default();
     let mut samples = vec![start];
     let t0 = Instant::now();
     let duration = spec.duration;
@@ -527,11 +480,11 @@ pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(&str)) -> Result<SoakReport
     daemon.check_alive()?;
 
     // The end, before the daemon is asked to stop.
-    let (end, peak) = sample(pid, t0.elapsed().as_secs_f64())?;
+    let (end, peak, fds_opened, fds_closed) = end_sample(pid, &start, &fds_start, t0)?;
     samples.push(end);
     let job_end = client.get(&format!("/v1/jobs/{JOB_NAME}"))?;
     let (steps_end, epochs_end, state, val_accuracy) = job_progress(&job_end);
-    progress("stopping the daemon");
+    progress(Progress::Phase("stopping the daemon"));
     let daemon_exit_code = daemon.stop(Duration::from_secs(60));
 
     let s = summary::summarize(&sent, spec, &target, rate);
@@ -544,9 +497,12 @@ pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(&str)) -> Result<SoakReport
         sustainable,
         model: spec.model.clone(),
         timeout_ms: target.timeout_ms,
+        listen: daemon.listen.to_string(),
         ready_s,
         start,
         end,
+        fds_opened,
+        fds_closed,
         peak_rss_bytes: peak,
         samples,
         requests: s.requests,

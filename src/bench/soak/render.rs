@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::SoakReport;
+use super::descriptors::list;
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1048576.0)
@@ -20,7 +21,7 @@ fn head(r: &SoakReport) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "soak: {:.0} s at {:.0} requests/s of {} row{} on {} over {} connections (SLO p99 <= {} ms, timeout {} ms), daemon ready in {:.1} s",
+        "soak: {:.0} s at {:.0} requests/s of {} row{} on {} over {} connections (SLO p99 <= {} ms, timeout {} ms), daemon on {} ready in {:.1} s",
         r.duration_s,
         r.rate_per_s,
         r.rows,
@@ -29,6 +30,7 @@ fn head(r: &SoakReport) -> String {
         r.connections,
         r.slo.p99_ms,
         r.timeout_ms,
+        r.listen,
         r.ready_s
     );
     if let (Some(s), Some(k)) = (&r.sustainable, r.rate_multiple) {
@@ -65,8 +67,27 @@ fn head(r: &SoakReport) -> String {
         r.end.fds,
         r.samples.iter().map(|s| s.fds).max().unwrap_or(0)
     );
+    descriptors(r, &mut o);
     let _ = writeln!(o);
     o
+}
+
+/// The descriptors that differ between the start of the load and its end, by target: a few
+/// opened once and kept is a one-off; sockets or files that grow with the run are a leak.
+fn descriptors(r: &SoakReport, o: &mut String) {
+    if r.fds_opened.is_empty() && r.fds_closed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "fds opened during the load and still open: {}",
+        list(&r.fds_opened)
+    );
+    let _ = writeln!(
+        o,
+        "fds open at the start and closed by the end: {}",
+        list(&r.fds_closed)
+    );
 }
 
 fn body(r: &SoakReport, o: &mut String) {
