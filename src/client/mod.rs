@@ -7,6 +7,7 @@ pub(crate) mod dto;
 pub mod load;
 pub mod table;
 pub mod v2;
+pub mod watch;
 
 use std::time::Duration;
 
