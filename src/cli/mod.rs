@@ -207,8 +207,38 @@ pub struct InferArgs {
 /// `setpoint status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Draw the status again every --interval seconds, in place on a terminal (like `watch`),
+    /// with each service's p99 against its SLO and each job's progress and slack as bars and
+    /// sparklines; until Ctrl-C or --count frames. With --json, one status object per line
+    /// (NDJSON) per refresh. A daemon that cannot be reached after the first frame is shown
+    /// in the frame and tried again.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with --watch (a positive number, fractions allowed).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 1.0,
+        value_parser = positive_seconds,
+        requires = "watch"
+    )]
+    pub interval: f64,
+    /// Stop after N frames with --watch (default: until Ctrl-C).
+    #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// A number of seconds greater than zero.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err(format!(
+            "must be a number of seconds greater than 0, not {s}"
+        )),
+        Err(e) => Err(format!("not a number of seconds: {e}")),
+    }
 }
 
 /// `setpoint kernels`.

@@ -8,6 +8,7 @@ pub mod events;
 pub mod load;
 pub mod table;
 pub mod v2;
+pub mod watch;
 
 use std::time::Duration;
 

@@ -38,7 +38,9 @@ pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
 pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion, KeptJob, PurgeReport};
 pub use services::{LoadedService, ServiceOrigin, ServiceView};
 pub use store::{JobChanges, JobRecord};
-pub use views::{DeviceView, PolicyKind, StatusView, TenantKind, TenantState, TenantView};
+pub use views::{
+    DeviceView, PolicyKind, StatusView, TenantFigures, TenantKind, TenantState, TenantView,
+};
 
 /// Why a node operation was refused; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

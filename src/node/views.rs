@@ -81,7 +81,7 @@ pub struct DeviceView {
 }
 
 /// What kind of tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantKind {
     /// An inference service.
@@ -161,6 +161,36 @@ pub struct TenantView {
     /// How a job fared against its deadline and target (none for a service); also said in
     /// words at the end of `measured`.
     pub outcome: Option<JobOutcome>,
+    /// The figures behind `set_point` and `measured`, for a client that draws them.
+    #[serde(flatten)]
+    pub figures: TenantFigures,
+}
+
+/// A tenant's set point and measurement as numbers: what `setpoint status --watch` draws.
+/// Each is absent when it does not apply or is not known yet (and from an older daemon).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantFigures {
+    /// A service's response-time objective, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_p99_ms: Option<f64>,
+    /// A service's p99 over its last window, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// A service's arrival rate, requests per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_s: Option<f64>,
+    /// A job's fraction of its epoch limit done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// A running job's deadline minus its estimated finish, s (negative: expected late).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack_s: Option<f64>,
+    /// A job's validation accuracy after its last epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// A job's target accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_accuracy: Option<f64>,
 }
 /// What status reads of the control loop, taken under its lock once.
 struct ControlSnapshot {
@@ -297,6 +327,14 @@ fn service_tenant(
         queue_len: Some(view.queue_len),
         device,
         outcome: None,
+        figures: TenantFigures {
+            slo_p99_ms: Some(view.slo_p99_ms),
+            p99_ms: measure
+                .filter(|m| m.window.count > 0)
+                .map(|m| m.window.total.p99 * 1000.0),
+            requests_per_s: measure.map(|m| m.arrival_rate),
+            ..TenantFigures::default()
+        },
     }
 }
 
@@ -332,6 +370,13 @@ fn job_tenant(v: &JobView, device: String) -> TenantView {
         queue_len: None,
         device: Some(device),
         outcome: Some(v.outcome),
+        figures: TenantFigures {
+            progress: Some(v.progress),
+            slack_s: v.slack_s.filter(|_| !v.state.is_terminal()),
+            accuracy: v.val_accuracy,
+            target_accuracy: v.target_accuracy,
+            ..TenantFigures::default()
+        },
     }
 }
 
