@@ -39,7 +39,14 @@ fn a_short_soak_reports_the_process_the_requests_and_the_job() {
         .filter(|l| l.starts_with("soak: ") && l.contains(" s  sent "))
         .collect();
     assert!(status.len() >= 2, "{stderr}");
-    assert!(status[0].starts_with("soak: 1/4 s  sent "), "{stderr}");
+    assert!(
+        status
+            .iter()
+            .all(|l| l.split_once("/4 s  sent ").is_some_and(|(head, _)| head
+                .strip_prefix("soak: ")
+                .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 4)))),
+        "{stderr}"
+    );
     for part in [
         "answered ",
         "errors ",
@@ -56,14 +63,20 @@ fn a_short_soak_reports_the_process_the_requests_and_the_job() {
         listen.starts_with("127.0.0.1:") && !listen.ends_with(":0"),
         "{listen}"
     );
-    // The end sample waits for the daemon to close its ends of the load's connections, so
-    // none of them is counted as opened during the load.
-    let opened = r["fds_opened"].as_array().unwrap();
-    assert!(
-        opened.iter().all(|c| c["kind"] != "socket"),
-        "{opened:?}; start {} end {}",
+    // What the report names as opened and closed over the load accounts for the change in
+    // the count (the end sample waits up to 2 s for the daemon to close its ends of the
+    // load's connections; on a busy machine some may still be named here, and counted).
+    let opened = r["fds_opened"].as_array().unwrap().len() as i64;
+    let closed = r["fds_closed"].as_array().unwrap().len() as i64;
+    let fds = |at: &str| r[at]["fds"].as_i64().unwrap();
+    assert_eq!(
+        fds("end") - fds("start"),
+        opened - closed,
+        "start {} end {}: opened {} closed {}",
         r["start"],
-        r["end"]
+        r["end"],
+        r["fds_opened"],
+        r["fds_closed"]
     );
 
     for at in ["start", "end"] {

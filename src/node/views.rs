@@ -176,10 +176,11 @@ pub struct TenantFigures {
     /// A service's p99 over its last window, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
-    /// A service's arrival rate, requests per second.
+    /// A service's arrival rate, rows (inference inputs) per second, refused ones included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_s: Option<f64>,
-    /// A job's fraction of its epoch limit done.
+    pub rows_per_s: Option<f64>,
+    /// A job's fraction done: of the steps it is expected to need while it runs (the steps
+    /// its finish estimate counts), of its epoch limit otherwise; 1 once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
     /// A running job's deadline minus its estimated finish, s (negative: expected late).
@@ -309,7 +310,7 @@ fn service_tenant(
 ) -> TenantView {
     let measured = measure.filter(|m| m.window.count > 0).map(|m| {
         format!(
-            "p99 {:.2} ms ({} requests, {:.0}/s)",
+            "p99 {:.2} ms ({} rows, {:.0} rows/s)",
             m.window.total.p99 * 1000.0,
             m.window.count,
             m.arrival_rate
@@ -332,9 +333,25 @@ fn service_tenant(
             p99_ms: measure
                 .filter(|m| m.window.count > 0)
                 .map(|m| m.window.total.p99 * 1000.0),
-            requests_per_s: measure.map(|m| m.arrival_rate),
+            rows_per_s: measure.map(|m| m.arrival_rate),
             ..TenantFigures::default()
         },
+    }
+}
+
+/// How far a job is: a completed job is done (one that reached its target early included);
+/// a running one has taken `steps` of `steps + remaining_steps`, the steps its finish
+/// estimate counts (its learning curve's expected epochs, for a target); otherwise the
+/// fraction of its epoch limit done.
+fn job_progress(v: &JobView) -> f64 {
+    if v.state == crate::node::JobState::Completed {
+        return 1.0;
+    }
+    match v.remaining_steps {
+        Some(left) if !v.state.is_terminal() && v.steps + left > 0 => {
+            v.steps as f64 / (v.steps + left) as f64
+        }
+        _ => v.progress,
     }
 }
 
@@ -371,7 +388,7 @@ fn job_tenant(v: &JobView, device: String) -> TenantView {
         device: Some(device),
         outcome: Some(v.outcome),
         figures: TenantFigures {
-            progress: Some(v.progress),
+            progress: Some(job_progress(v)),
             slack_s: v.slack_s.filter(|_| !v.state.is_terminal()),
             accuracy: v.val_accuracy,
             target_accuracy: v.target_accuracy,

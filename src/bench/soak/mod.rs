@@ -450,9 +450,14 @@ fn end_sample(
     t0: Instant,
 ) -> Result<(ProcSample, u64, Vec<FdChange>, Vec<FdChange>), SoakError> {
     settle_fds(pid, start.fds, SETTLE_LIMIT);
-    let (end, peak) = sample(pid, t0.elapsed().as_secs_f64())?;
-    let (opened, closed) = descriptors::changes(fds_start, &fd_targets(pid).unwrap_or_default());
-    Ok((end, peak, opened, closed))
+    let (mut end, peak) = sample(pid, t0.elapsed().as_secs_f64())?;
+    // The count and the names from one listing, so that the named changes add up to it.
+    if let Some(fds_end) = fd_targets(pid) {
+        end.fds = fds_end.len() as u64;
+        let (opened, closed) = descriptors::changes(fds_start, &fds_end);
+        return Ok((end, peak, opened, closed));
+    }
+    Ok((end, peak, Vec::new(), Vec::new()))
 }
 
 /// Runs the soak; `progress` is told of each phase, of each second of the load, and given a
@@ -464,8 +469,11 @@ pub fn run(spec: &SoakSpec, progress: &mut dyn FnMut(Progress)) -> Result<SoakRe
     let request = Arc::new(infer_request(spec, &target, &addr));
     let (rate, sustainable) = resolve_rate(spec, addr, &request, target.slo_ms, progress)?;
 
-    let (start, _) = sample(pid, 0.0)?;
+    let (mut start, _) = sample(pid, 0.0)?;
     let fds_start = fd_targets(pid).unwrap_or_default();
+    if !fds_start.is_empty() {
+        start.fds = fds_start.len() as u64;
+    }
     let mut samples = vec![start];
     let t0 = Instant::now();
     let duration = spec.duration;

@@ -23,7 +23,7 @@ fn fixture(p99_ms: f64, share: f64) -> StatusView {
             {"kind": "service", "name": "iris", "state": "ready",
              "set_point": "p99 <= 20 ms", "measured": "p99 30.00 ms", "share": 0.25,
              "batch_size": 8, "queue_len": 0, "device": "cpu", "outcome": null,
-             "slo_p99_ms": 20.0, "p99_ms": p99_ms, "requests_per_s": 120.0},
+             "slo_p99_ms": 20.0, "p99_ms": p99_ms, "rows_per_s": 120.0},
             {"kind": "service",
              "name": "a-service-with-a-name-far-too-long-for-its-column", "state": "loading",
              "set_point": "p99 <= 25 ms", "measured": null, "share": 0.0, "batch_size": 8,

@@ -8,7 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::node::{StatusView, TenantKind, TenantState, TenantView};
-use crate::util::table::{signed_duration, to_the_second};
+use crate::util::localtime::for_people;
+use crate::util::table::signed_duration;
 
 /// Samples kept per tenant: a minute at the default interval.
 pub const HISTORY: usize = 60;
@@ -116,7 +117,7 @@ fn header(s: &StatusView) -> String {
         s.version,
         signed_duration(s.uptime_s).trim_start_matches('+'),
         if s.ready { "ready" } else { "not ready" },
-        to_the_second(&s.started_at),
+        for_people(&s.started_at),
         s.control_ticks
     )
 }
@@ -164,7 +165,7 @@ fn service_lines(s: &StatusView, history: &WatchHistory, lines: &mut Vec<String>
     }
     lines.push(format!(
         "{:<16} {:<7} {:>15}  {:<16} {:<20} {:>7}",
-        "SERVICE", "STATE", "P99 / SLO", "P99 OF SLO", "RECENT P99", "REQ/S"
+        "SERVICE", "STATE", "P99 / SLO", "P99 OF SLO", "RECENT P99", "ROWS/S"
     ));
     for t in services {
         let slo = t.figures.slo_p99_ms;
@@ -185,7 +186,7 @@ fn service_lines(s: &StatusView, history: &WatchHistory, lines: &mut Vec<String>
         let top = recent.iter().copied().fold(slo.unwrap_or(0.0), f64::max);
         let rate = t
             .figures
-            .requests_per_s
+            .rows_per_s
             .map_or("-".to_string(), |r| format!("{r:.0}/s"));
         lines.push(format!(
             "{:<16} {:<7} {:>15}  {gauge} {:<20} {:>7}",
@@ -303,5 +304,4 @@ pub fn fit(s: &str, width: usize) -> String {
 }
 
 #[cfg(test)]
-#[path = "watch_tests.rs"]
 mod tests;
