@@ -112,6 +112,7 @@ fn default_config_is_valid_with_expected_values() {
                 max_batch_size: 32,
                 max_queue_delay_ms: 0.0
             },
+            precision: None,
         }
     );
 
@@ -134,6 +135,7 @@ fn default_config_is_valid_with_expected_values() {
             deadline: Some(Deadline::In(Duration::from_secs(600))),
             checkpoint_every_steps: 500,
             best_effort: false,
+            precision: None,
         }
     );
     assert!(c.service("mlp").is_some());
@@ -472,10 +474,10 @@ fn unknown_keys_are_reported_everywhere_with_the_accepted_list() {
         vec![
             "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib)",
             "control.period: unknown key (accepted: reserve_frac, leftover, past_deadline, decision_log)",
-            "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching)",
-            "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching)",
+            "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision)",
+            "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision)",
             "services[0].batching.size: unknown key (accepted: max_batch_size, max_queue_delay_ms)",
-            "jobs[0].learning_rate: unknown key (accepted: name, data, layers, optimizer, lr, momentum, weight_decay, batch_size, epochs, target_accuracy, val_fraction, seed, deadline, checkpoint_every_steps, best_effort)",
+            "jobs[0].learning_rate: unknown key (accepted: name, data, layers, optimizer, lr, momentum, weight_decay, batch_size, epochs, target_accuracy, val_fraction, seed, deadline, checkpoint_every_steps, best_effort, precision)",
         ]
     );
 }

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::{ClientArgs, OptimizerArg};
+use super::{ClientArgs, OptimizerArg, PrecisionArg};
 
 /// `setpoint submit`.
 #[derive(Debug, Args)]
@@ -42,6 +42,10 @@ pub struct SubmitArgs {
     /// Seed of initial weights, split and shuffles [daemon default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Number format of the matrix products [daemon default: bf16 on a GPU with bf16
+    /// tensor cores, f32 on the CPU].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

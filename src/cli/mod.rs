@@ -325,6 +325,24 @@ pub struct ServeArgs {
     pub data_dirs: Vec<PathBuf>,
 }
 
+/// `--precision`: the number format of the matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 operands.
+    F32,
+    /// bf16 operands, f32 accumulation.
+    Bf16,
+}
+
+impl From<PrecisionArg> for crate::device::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => crate::device::Precision::F32,
+            PrecisionArg::Bf16 => crate::device::Precision::Bf16,
+        }
+    }
+}
+
 /// Optimisers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OptimizerArg {
@@ -389,6 +407,10 @@ pub struct TrainArgs {
     /// Seed of initial weights, split and shuffles [default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Number format of the matrix products: f32, or bf16 (operands rounded to bf16,
+    /// products accumulated in f32; emulated on the CPU) [default: f32 on the CPU].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// CPU worker threads (0 = one per core). Same seed and same threads give
     /// bit-identical results.
     #[arg(long, default_value_t = 1)]

@@ -46,6 +46,9 @@ pub(crate) struct SubmitJob {
     /// Seed for initialisation, shuffling and the split.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Number format of the matrix products.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::device::Precision>,
 }
 
 /// `PATCH /v1/jobs/ID`: what to change. `None` leaves a setting as it is; `Some(None)` sends
@@ -270,6 +273,7 @@ mod tests {
             deadline: None,
             best_effort: false,
             seed: None,
+            precision: None,
         };
         assert_eq!(
             json_of(&job),
@@ -279,10 +283,12 @@ mod tests {
         job.deadline = Some("10m".into());
         job.best_effort = true;
         job.seed = Some(7);
+        job.precision = Some(crate::device::Precision::Bf16);
         assert_eq!(
             json_of(&job),
             json!({"name": "mnist", "data": "synthetic:blobs", "layers": [4, 8, 3],
-                   "optimizer": "sgd", "deadline": "10m", "best_effort": true, "seed": 7})
+                   "optimizer": "sgd", "deadline": "10m", "best_effort": true, "seed": 7,
+                   "precision": "bf16"})
         );
     }
 

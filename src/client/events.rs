@@ -44,15 +44,17 @@ fn describe(kind: &JobEventKind) -> (String, String) {
             epochs_done,
             steps,
             batches_per_epoch,
+            precision,
         } => {
             let from = if *steps == 0 {
                 "from the start".to_string()
             } else {
                 format!("resumed after epoch {epochs_done} (step {steps})")
             };
+            let inp = precision.map_or_else(String::new, |p| format!(" in {p}"));
             (
                 word("running"),
-                format!("{from}, {batches_per_epoch} steps per epoch"),
+                format!("{from}{inp}, {batches_per_epoch} steps per epoch"),
             )
         }
         K::Epoch {
@@ -209,9 +211,11 @@ mod tests {
             line(JobEventKind::Running {
                 epochs_done: 3,
                 steps: 30,
-                batches_per_epoch: 10
+                batches_per_epoch: 10,
+                precision: Some(crate::device::Precision::Bf16),
             }),
-            "2026-12-03T13:04:29Z  running     resumed after epoch 3 (step 30), 10 steps per epoch"
+            "2026-12-03T13:04:29Z  running     resumed after epoch 3 (step 30) in bf16, 10 steps \
+             per epoch"
         );
         assert_eq!(
             line(JobEventKind::Updated {

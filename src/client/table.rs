@@ -107,6 +107,7 @@ pub(crate) fn job_details(j: &JobView) -> String {
             format!("{} (lr {})", cell(&spec.optimizer), cell(&spec.lr)),
         ),
         ("batch size", j.batch_size.to_string()),
+        ("precision", cell(&j.precision)),
         (
             "epochs",
             format!(
@@ -209,6 +210,7 @@ pub(crate) fn service_details(s: &ServiceView) -> String {
             ),
         ),
         ("queue", format!("{} of {}", s.queue_len, s.max_queue)),
+        ("precision", cell(&s.precision)),
         ("share", pct(s.share)),
         ("requests answered", s.success_count.to_string()),
         ("origin", origin(s.origin.as_ref())),

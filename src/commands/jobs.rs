@@ -32,6 +32,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         deadline: args.deadline,
         best_effort: args.best_effort,
         seed: args.seed,
+        precision: args.precision.map(Into::into),
     };
     let path = "/v1/jobs";
     let job = client.post(path, &body).map_err(client_error)?;

@@ -98,6 +98,9 @@ fn apply_overrides(spec: &mut TrainSpec, args: &TrainArgs) -> anyhow::Result<()>
     if let Some(s) = args.seed {
         spec.seed = s;
     }
+    if let Some(p) = args.precision {
+        spec.precision = Some(p.into());
+    }
     let opt_given = args.optimizer.is_some()
         || args.lr.is_some()
         || args.momentum.is_some()
@@ -232,6 +235,7 @@ fn print_train_report<B: Backend>(
             "val_fraction": spec.val_fraction,
             "batch_size": spec.batch_size,
             "seed": spec.seed,
+            "precision": trainer.backend().precision(),
             "threads": trainer.backend().workers(),
             "data": args.data,
             "history": report.history,
@@ -242,8 +246,9 @@ fn print_train_report<B: Backend>(
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     writeln!(
         out,
-        "trained {} ({} epochs, {} steps) in {:.2} s, {:.0} samples/s",
+        "trained {} ({}, {} epochs, {} steps) in {:.2} s, {:.0} samples/s",
         format_layers(&spec.layers),
+        trainer.backend().precision(),
         report.epochs,
         report.steps,
         report.wall_s,

@@ -201,6 +201,10 @@ pub struct ServiceConfig {
     pub slo: SloConfig,
     /// Dynamic batching limits.
     pub batching: BatchingConfig,
+    /// The number format of its matrix products; none for the device's default (bf16 on a
+    /// GPU with bf16 tensor cores, f32 elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::device::Precision>,
 }
 
 /// A response-time service-level objective.
@@ -258,6 +262,10 @@ pub struct JobConfig {
     pub checkpoint_every_steps: u64,
     /// No deadline guarantee; always true when `deadline` is `None`.
     pub best_effort: bool,
+    /// The GEMMs' number format; none for the device's default (bf16 on a GPU with bf16
+    /// tensor cores, f32 elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::device::Precision>,
 }
 
 /// Training optimiser.

@@ -9,15 +9,17 @@
 //! fault injected into it (see [`super::fault`]) surfaces exactly as a driver's would.
 
 use crate::util::sync;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayon::prelude::*;
 
 use super::fault::DeviceHealth;
+use super::precision::rounded;
 use super::{
-    Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_labels, check_len,
+    Activation, AdamParams, Backend, DeviceError, Gemm, Precision, SgdParams, check_labels,
+    check_len,
 };
 use crate::util::cputime::ThreadClock;
 
@@ -41,6 +43,8 @@ pub struct CpuBackend {
     max_workers: usize,
     workers: AtomicUsize,
     health: Arc<DeviceHealth>,
+    /// [`Precision`] as its code; bf16 is emulated by rounding the operands.
+    precision: AtomicU8,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -111,6 +115,7 @@ impl CpuBackend {
             max_workers,
             workers: AtomicUsize::new(max_workers),
             health,
+            precision: AtomicU8::new(Precision::F32.code()),
         })
     }
 
@@ -122,6 +127,7 @@ impl CpuBackend {
             max_workers: 1,
             workers: AtomicUsize::new(1),
             health: private_health(),
+            precision: AtomicU8::new(Precision::F32.code()),
         }
     }
 
@@ -174,6 +180,18 @@ impl Backend for CpuBackend {
     fn set_workers(&self, workers: usize) {
         self.workers
             .store(workers.clamp(1, self.max_workers), Ordering::Relaxed);
+    }
+
+    fn set_precision(&self, precision: Precision) {
+        self.precision.store(precision.code(), Ordering::Relaxed);
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::from_code(self.precision.load(Ordering::Relaxed))
+    }
+
+    fn default_precision(&self) -> Precision {
+        Precision::F32
     }
 
     fn worker_cpu_time(&self) -> Duration {
@@ -253,7 +271,14 @@ impl Backend for CpuBackend {
         // Strides of op(A) (m × k) and op(B) (k × n) over row-major storage.
         let (a_rs, a_cs) = if g.trans_a { (1, m) } else { (k, 1) };
         let (b_rs, b_cs) = if g.trans_b { (1, k) } else { (n, 1) };
-        let (ap, bp) = (a.0.as_ptr() as usize, b.0.as_ptr() as usize);
+        // bf16, emulated: the operands rounded as the GPU's conversion rounds them.
+        let bf16 = (self.precision() == Precision::Bf16)
+            .then(|| (rounded(&a.0[..m * k]), rounded(&b.0[..k * n])));
+        let (a, b) = match &bf16 {
+            Some((a, b)) => (a.as_slice(), b.as_slice()),
+            None => (&a.0[..], &b.0[..]),
+        };
+        let (ap, bp) = (a.as_ptr() as usize, b.as_ptr() as usize);
         let cp = c.0.as_mut_ptr() as usize;
         let small = m * n * k < PAR_MIN_GEMM_MACS;
         let call = |w: usize| {

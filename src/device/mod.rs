@@ -9,8 +9,10 @@ pub mod cpu;
 pub mod cuda;
 pub mod fault;
 pub mod lane;
+pub mod precision;
 
 pub use cpu::CpuBackend;
+pub use precision::Precision;
 
 /// What went wrong in a device operation.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +167,16 @@ pub trait Backend: Send + Sync {
     /// Sets the worker budget, clamped to `1..=max_workers()`. A lane's share is enforced
     /// through this.
     fn set_workers(&self, workers: usize);
+
+    /// The number format of the GEMMs' operands from now on ([`Precision`]).
+    fn set_precision(&self, precision: Precision);
+
+    /// The number format of the GEMMs' operands.
+    fn precision(&self) -> Precision;
+
+    /// The precision a tenant gets when it asks for none: bf16 where the device has bf16
+    /// tensor cores (a GPU of sm_80 or newer), f32 elsewhere (the CPU only emulates bf16).
+    fn default_precision(&self) -> Precision;
 
     /// A zeroed buffer of `len` elements.
     fn alloc(&self, len: usize) -> Result<Self::Buf, DeviceError>;

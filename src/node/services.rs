@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ServiceConfig, format_rfc3339};
 use crate::data::{self, LoadOptions, Normalizer};
-use crate::device::CpuBackend;
 use crate::device::lane::Lane;
+use crate::device::{Backend, CpuBackend, Precision};
 use crate::model::MlpParams;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::footprint::{Purpose, check_fit};
@@ -61,6 +61,8 @@ pub struct LoadedService {
     invalid: Mutex<u64>,
     /// Requests answered with a timeout.
     timeouts: AtomicU64,
+    /// The number format of its matrix products.
+    precision: Precision,
 }
 
 /// Where a service is in its life.
@@ -106,6 +108,9 @@ pub struct ServiceView {
     pub origin: Option<ServiceOrigin>,
     /// When it started serving.
     pub created_at: Option<String>,
+    /// The number format its matrix products run in (`f32`, `bf16`), while it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 /// Why a service could not be built.
@@ -197,6 +202,7 @@ impl LoadedService {
             max_queue: cfg.max_queue,
             window: Duration::from_millis(cfg.slo.window_ms),
         };
+        let precision;
         let batcher = match placement {
             // One worker: a batch split over several threads stalls whenever one of them is
             // descheduled, and latency lanes share their cores with everything else; measured
@@ -204,6 +210,8 @@ impl LoadedService {
             super::Placement::Cpu(health) => {
                 let backend = CpuBackend::with_health(health.clone(), 1, false)
                     .map_err(|e| ServiceBuildError::Start(format!("service {}: {e}", cfg.name)))?;
+                backend.set_precision(cfg.precision.unwrap_or(backend.default_precision()));
+                precision = backend.precision();
                 InferenceService::start_in_lane(
                     &cfg.name,
                     backend,
@@ -218,6 +226,8 @@ impl LoadedService {
                 let backend = dev
                     .lane_backend(crate::device::cuda::StreamPriority::Highest)
                     .map_err(|e| ServiceBuildError::Start(format!("service {}: {e}", cfg.name)))?;
+                backend.set_precision(cfg.precision.unwrap_or(backend.default_precision()));
+                precision = backend.precision();
                 InferenceService::start_in_lane(
                     &cfg.name,
                     backend,
@@ -240,6 +250,7 @@ impl LoadedService {
             request_hist: Mutex::new(Histogram::new(LATENCY_BOUNDS_S)),
             invalid: Mutex::new(0),
             timeouts: AtomicU64::new(0),
+            precision,
         })
     }
 
@@ -346,6 +357,7 @@ impl LoadedService {
             success_count: self.batcher.stats().success_count,
             origin: Some(self.origin.clone()),
             created_at: Some(format_rfc3339(self.created_at)),
+            precision: Some(self.precision),
         }
     }
 }

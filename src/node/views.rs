@@ -418,6 +418,7 @@ fn pending_view(
         success_count: 0,
         origin: Some(ServiceOrigin::Config),
         created_at: None,
+        precision: None,
     }
 }
 

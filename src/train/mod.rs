@@ -117,6 +117,10 @@ impl<B: Backend> Trainer<B> {
         params: &MlpParams,
         opt: OptimizerState<B>,
     ) -> Result<Self, TrainError> {
+        backend.set_precision(
+            spec.precision
+                .unwrap_or_else(|| backend.default_precision()),
+        );
         let cap = spec.batch_size;
         let model = Mlp::from_params(&backend, params)?;
         let grads = Grads::new(&backend, &spec.layers)?;

@@ -28,6 +28,10 @@ pub struct TrainSpec {
     pub checkpoint: Option<PathBuf>,
     /// Write a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every_steps: u64,
+    /// The GEMMs' number format; none for the backend's default
+    /// ([`crate::device::Backend::default_precision`]). The weights, optimiser state and
+    /// checkpoints are f32 either way.
+    pub precision: Option<crate::device::Precision>,
 }
 
 impl TrainSpec {
@@ -44,6 +48,7 @@ impl TrainSpec {
             seed: 1,
             checkpoint: None,
             checkpoint_every_steps: 0,
+            precision: None,
         }
     }
 
@@ -139,6 +144,7 @@ impl TrainSpec {
             seed: m.seed,
             checkpoint: None,
             checkpoint_every_steps: 0,
+            precision: None,
         })
     }
 }

@@ -59,6 +59,7 @@ const SERVICE_KEYS: &[&str] = &[
     "timeout_ms",
     "slo",
     "batching",
+    "precision",
 ];
 const SLO_KEYS: &[&str] = &["p99_ms", "window_ms"];
 const BATCHING_KEYS: &[&str] = &["max_batch_size", "max_queue_delay_ms"];
@@ -78,6 +79,7 @@ const JOB_KEYS: &[&str] = &[
     "deadline",
     "checkpoint_every_steps",
     "best_effort",
+    "precision",
 ];
 
 /// Defaults, shared with the documentation in `configs/setpoint.toml`.

@@ -2,6 +2,7 @@
 //! batching, data specs and deadlines.
 
 use super::*;
+use crate::device::Precision;
 
 /// Service and job names appear in URLs and file names.
 fn name(w: &mut Walker, t: &Tbl<'_>) -> String {
@@ -105,6 +106,7 @@ pub(in crate::config) fn service(
         Field::Bad => (None, None),
     };
     let timeout_ms = timeout(w, t, p99_ms);
+    let precision = precision(w, t);
     let empty = Table::new();
     let (max_batch_size, max_queue_delay_ms) = match w.section(t, "batching", &empty) {
         Some(b) => batching_section(w, &b, p99_ms),
@@ -127,6 +129,7 @@ pub(in crate::config) fn service(
             max_batch_size: max_batch_size.unwrap_or(defaults::MAX_BATCH_SIZE),
             max_queue_delay_ms: max_queue_delay_ms.unwrap_or(defaults::MAX_QUEUE_DELAY_MS),
         },
+        precision,
     }
 }
 
@@ -256,6 +259,7 @@ pub(in crate::config) fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
         .int::<u64>(t, "checkpoint_every_steps", 1, Some(10_000_000))
         .or(defaults::CHECKPOINT_EVERY_STEPS);
     let best_effort = best_effort(w, t, &deadline);
+    let precision = precision(w, t);
 
     let opt = opt.unwrap_or(OptimizerKind::Adam);
     JobConfig {
@@ -276,7 +280,18 @@ pub(in crate::config) fn job(w: &mut Walker, t: &Tbl<'_>) -> JobConfig {
         deadline: deadline.given(),
         checkpoint_every_steps: checkpoint_every.unwrap_or(defaults::CHECKPOINT_EVERY_STEPS),
         best_effort,
+        precision,
     }
+}
+
+/// A tenant's `precision`: `"bf16"` or `"f32"`; none (the device's default) when absent.
+fn precision(w: &mut Walker, t: &Tbl<'_>) -> Option<Precision> {
+    w.choice(
+        t,
+        "precision",
+        &[("bf16", Precision::Bf16), ("f32", Precision::F32)],
+    )
+    .given()
 }
 
 /// A job's `optimizer` (`None` when wrong), `lr` and `momentum`, reporting a momentum given

@@ -29,6 +29,8 @@ pub struct CudaBackend {
     state: Mutex<LaneState>,
     busy_ns: AtomicU64,
     charged_ns: AtomicU64,
+    /// [`crate::device::Precision`] of the GEMMs, as its code.
+    pub(super) precision: std::sync::atomic::AtomicU8,
 }
 
 /// What one unit of work uses, under the lane's lock.
@@ -95,6 +97,7 @@ impl CudaBackend {
             }),
             busy_ns: AtomicU64::new(0),
             charged_ns: AtomicU64::new(0),
+            precision: std::sync::atomic::AtomicU8::new(0),
             dev,
         })
     }

@@ -1,6 +1,7 @@
 //! The [`Backend`] operations of a GPU lane: arguments checked on the host, then each kernel
 //! launched in bounded pieces (see [`super::launch`]) between a pair of timing events.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::backend::{CudaBackend, Unit};
@@ -9,7 +10,8 @@ use super::launch::{self, K_CHUNK_BF16, K_CHUNK_F32, chunks, elements_per_launch
 use super::memory::{CudaBf16, CudaBuf, CudaLabels, DevMem};
 use super::{BLOCK, Kernel};
 use crate::device::{
-    Activation, AdamParams, Backend, DeviceError, Gemm, SgdParams, check_labels, check_len,
+    Activation, AdamParams, Backend, DeviceError, Gemm, Precision, SgdParams, check_labels,
+    check_len,
 };
 
 /// Partial sums `sum` keeps on the device before it adds them up on the host.
@@ -48,6 +50,12 @@ fn elementwise(
 }
 
 impl CudaBackend {
+    /// The lane's partial-sum buffer, allocated on first use; a host vector to read it into.
+    fn partials(&self) -> Result<Vec<f64>, DeviceError> {
+        self.ensure_partials(MAX_PARTIALS * 8)?;
+        Ok(vec![0.0; MAX_PARTIALS])
+    }
+
     /// `C = alpha·op(A)·op(B) + beta·C` with bf16 inputs on tensor cores (f32 accumulate),
     /// or on the SIMT twin when `tensor_cores` is false.
     pub fn gemm_bf16(
@@ -265,7 +273,24 @@ impl Backend for CudaBackend {
         self.upload(dst.mem.ptr, bytes_of(labels))
     }
 
+    fn set_precision(&self, precision: Precision) {
+        self.precision.store(precision.code(), Ordering::Relaxed);
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::from_code(self.precision.load(Ordering::Relaxed))
+    }
+
+    fn default_precision(&self) -> Precision {
+        [Precision::F32, Precision::Bf16][usize::from(self.dev.info.compute_capability.0 >= 8)]
+    }
+
     fn gemm(&self, g: Gemm, a: &CudaBuf, b: &CudaBuf, c: &mut CudaBuf) -> Result<(), DeviceError> {
+        if self.precision() == Precision::Bf16 {
+            // Both operands converted on the device, then tensor cores (SIMT below sm_80).
+            let (a, b) = (self.to_bf16(a, g.m * g.k)?, self.to_bf16(b, g.k * g.n)?);
+            return self.gemm_bf16(g, &a, &b, c, self.dev.info.compute_capability.0 >= 8);
+        }
         self.launch_gemm(
             Kernel::GemmF32,
             K_CHUNK_F32,
@@ -553,14 +578,6 @@ impl Backend for CudaBackend {
 
     fn lane_time(&self) -> Duration {
         self.charged()
-    }
-}
-
-impl CudaBackend {
-    /// The lane's partial-sum buffer, allocated on first use; a host vector to read it into.
-    fn partials(&self) -> Result<Vec<f64>, DeviceError> {
-        self.ensure_partials(MAX_PARTIALS * 8)?;
-        Ok(vec![0.0; MAX_PARTIALS])
     }
 }
 

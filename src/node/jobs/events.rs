@@ -73,6 +73,9 @@ pub enum JobEventKind {
         steps: u64,
         /// Steps per epoch.
         batches_per_epoch: usize,
+        /// The number format of its matrix products.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        precision: Option<crate::device::Precision>,
     },
     /// An epoch ended.
     Epoch {

@@ -131,6 +131,8 @@ pub struct JobProgress {
     pub(crate) train_rows: usize,
     /// How it fared, judged when it ended.
     pub(crate) outcome: Option<JobOutcome>,
+    /// The number format its matrix products run in, once it runs.
+    pub(crate) precision: Option<crate::device::Precision>,
 }
 
 /// Changes a user asked for, applied by the job's thread before its next step.
@@ -226,6 +228,10 @@ pub struct JobView {
     pub workers: usize,
     /// Mini-batch size.
     pub batch_size: usize,
+    /// The number format its matrix products run in (`f32`, `bf16`), once it has started:
+    /// the spec's `precision`, or the device's default.
+    #[serde(default)]
+    pub precision: Option<crate::device::Precision>,
     /// `target_reached` or `epoch_limit` once completed; `deadline_passed` when stopped at
     /// its deadline (`control.past_deadline = "stop"`).
     pub stop_reason: Option<JobStopReason>,

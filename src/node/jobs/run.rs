@@ -188,6 +188,7 @@ impl Job {
             epochs_done: trainer.epochs_done(),
             steps: trainer.steps(),
             batches_per_epoch: trainer.batches_per_epoch(),
+            precision: Some(trainer.backend().precision()),
         });
         {
             let mut p = lock(&self.progress);
@@ -198,6 +199,7 @@ impl Job {
             p.started_at = Some(SystemTime::now());
             p.workers = trainer.backend().workers();
             p.train_rows = trainer.train_rows();
+            p.precision = Some(trainer.backend().precision());
         }
         self.set_state(JobState::Running);
         if let Err(e) = self.step_loop(&mut trainer) {
@@ -445,6 +447,7 @@ pub(crate) fn train_spec(
         seed: c.seed,
         checkpoint,
         checkpoint_every_steps: c.checkpoint_every_steps,
+        precision: c.precision,
     }
 }
 

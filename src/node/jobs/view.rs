@@ -59,6 +59,7 @@ impl Job {
             share: if running { self.lane.share() } else { 0.0 },
             workers: if running { self.lane.workers() } else { 0 },
             batch_size: self.config.batch_size,
+            precision: p.precision,
             stop_reason: self.stop_reason(&p),
             error: p.error.clone(),
             checkpoint: p.checkpoint.as_ref().map(|c| c.display().to_string()),
