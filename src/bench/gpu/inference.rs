@@ -155,6 +155,8 @@ fn train_until(
     let spec_text = "synthetic:blobs:size=16384,features=784,classes=10";
     let data = crate::data::load(spec_text, &LoadOptions::default()).ctx("training data")?;
     let mut spec = TrainSpec::new(TRAINING_LAYERS.to_vec());
+    // f32, as the figures this check has always reported.
+    spec.precision = Some(crate::device::Precision::F32);
     spec.batch_size = TRAINING_BATCH;
     spec.epochs = u32::MAX;
     spec.val_fraction = 0.0;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{CheckError, Context, Figures, GpuCheckOptions, Verdict, median};
 use crate::data::{DataError, Dataset, LoadOptions};
 use crate::device::cuda::{CudaDevice, StreamPriority};
-use crate::device::{Backend, CpuBackend};
+use crate::device::{Backend, CpuBackend, Precision};
 use crate::train::{TrainEvent, TrainSpec, Trainer};
 
 /// A training workload shared with the PyTorch peer.
@@ -71,6 +71,11 @@ pub(crate) struct TrainingRun {
     pub gpu_samples_per_s: Option<f64>,
     /// Why the GPU run failed, when it did.
     pub gpu_error: Option<String>,
+    /// On the GPU in bf16 (operands converted on every GEMM, `gemm_bf16`); the f32 figure
+    /// above is what the CPU and PyTorch's f32 are compared with.
+    pub gpu_bf16_samples_per_s: Option<f64>,
+    /// Why the GPU's bf16 run failed, when it did.
+    pub gpu_bf16_error: Option<String>,
     /// On the CPU backend with every core; `None` when it did not run.
     pub cpu_samples_per_s: Option<f64>,
     /// Why the CPU run failed, when it did.
@@ -98,12 +103,16 @@ impl Figures for TrainingFigures {
             .runs
             .iter()
             .flat_map(|r| {
-                [("GPU", &r.gpu_error), ("CPU", &r.cpu_error)]
-                    .into_iter()
-                    .filter_map(move |(side, e)| {
-                        e.as_ref()
-                            .map(|e| format!("{} on the {side}: {e}", r.workload.as_str()))
-                    })
+                [
+                    ("GPU", &r.gpu_error),
+                    ("GPU in bf16", &r.gpu_bf16_error),
+                    ("CPU", &r.cpu_error),
+                ]
+                .into_iter()
+                .filter_map(move |(side, e)| {
+                    e.as_ref()
+                        .map(|e| format!("{} on the {side}: {e}", r.workload.as_str()))
+                })
             })
             .collect();
         if errors.is_empty() {
@@ -119,11 +128,12 @@ impl Figures for TrainingFigures {
             .iter()
             .map(|r| {
                 format!(
-                    "{} ({} b{}): GPU {} samples/s, CPU ({} threads) {}{}",
+                    "{} ({} b{}): GPU {} samples/s (bf16 {}), CPU ({} threads) {}{}",
                     r.workload.as_str(),
                     r.layers,
                     r.batch,
                     rate(r.gpu_samples_per_s),
+                    rate(r.gpu_bf16_samples_per_s),
                     self.cpu_threads,
                     rate(r.cpu_samples_per_s),
                     r.gpu_speedup
@@ -134,16 +144,17 @@ impl Figures for TrainingFigures {
     }
 }
 
-/// Samples/s of training on `backend`: 3 unmeasured steps, then 5 windows of `seconds / 5`
-/// (each at least one step, the GPU drained at its end); the median window.
+/// Samples/s of training on `backend` at `precision`: 3 unmeasured steps, then 5 windows of
+/// `seconds / 5` (each at least one step, the GPU drained at its end); the median window.
 pub(super) fn train_rate<B: Backend>(
     backend: B,
     data: &Dataset,
-    layers: &[usize],
-    batch: usize,
+    (layers, batch): (&[usize], usize),
+    precision: Precision,
     seconds: f64,
 ) -> Result<f64, CheckError> {
     let mut spec = TrainSpec::new(layers.to_vec());
+    spec.precision = Some(precision);
     spec.batch_size = batch;
     spec.epochs = u32::MAX;
     spec.val_fraction = 0.0;
@@ -219,14 +230,18 @@ pub(super) fn run(
             }
         };
         let (layers, batch, _) = w.shape();
-        let gpu = dev.map(|d| {
-            d.lane_backend(StreamPriority::Normal)
-                .ctx("creating a lane")
-                .and_then(|g| train_rate(g, &data, layers, batch, seconds))
-        });
+        let on_gpu = |p: Precision| {
+            dev.map(|d| {
+                d.lane_backend(StreamPriority::Normal)
+                    .ctx("creating a lane")
+                    .and_then(|g| train_rate(g, &data, (layers, batch), p, seconds))
+            })
+        };
+        let gpu = on_gpu(Precision::F32);
+        let (gpu_bf16_samples_per_s, gpu_bf16_error) = split(on_gpu(Precision::Bf16));
         let cpu = CpuBackend::new(cpu_threads)
             .ctx("cpu backend")
-            .and_then(|c| train_rate(c, &data, layers, batch, seconds));
+            .and_then(|c| train_rate(c, &data, (layers, batch), Precision::F32, seconds));
         let (gpu_rate, gpu_error) = split(gpu);
         let (cpu_rate, cpu_error) = split(Some(cpu));
         runs.push(TrainingRun {
@@ -237,6 +252,8 @@ pub(super) fn run(
             gpu_speedup: gpu_rate.zip(cpu_rate).map(|(g, c)| g / c),
             gpu_samples_per_s: gpu_rate,
             gpu_error,
+            gpu_bf16_samples_per_s,
+            gpu_bf16_error,
             cpu_samples_per_s: cpu_rate,
             cpu_error,
         });
