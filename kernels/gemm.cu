@@ -253,20 +253,34 @@ extern "C" __global__ void __launch_bounds__(256)
 
 // ---------------------------------------------------------------------------------------
 // Tensor cores: 128 threads = 4 warps as 2 x 2, each warp computing 32 x 32 of the tile as
-// 2 x 4 mma.sync m16n8k16 products per 16 of k. Both operands are held in shared memory
-// with k contiguous (s[outer][k], rows padded to 80 bytes so that the eight 16-byte rows an
-// ldmatrix phase reads fall in distinct banks), which is the layout ldmatrix turns into the
-// A (row) and B (col) fragments directly. The host emulation (kernels/emu/cuda_emu.h)
-// provides ldmatrix and mma.sync to test this kernel on the CPU.
+// 2 x 4 mma.sync m16n8k16 products per 16 of k. Each operand's slice is held in shared
+// memory as it lies in global memory, so every store is one 16-byte vector:
+//   - k contiguous (a k-major operand): s[outer][k], rows padded to 80 bytes so that the
+//     eight 16-byte rows an ldmatrix phase reads fall in distinct banks; ldmatrix turns it
+//     into the A (row) and B (col) fragments directly;
+//   - outer index contiguous: s[k][outer], rows padded to 144 bytes for the same reason;
+//     ldmatrix.trans delivers the same fragments from it.
+// The host emulation (kernels/emu/cuda_emu.h) provides ldmatrix (plain and .trans) and
+// mma.sync to test this kernel on the CPU.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 
 #define TC_BK 32
-#define TC_LD (TC_BK + 8)
+#define TC_LD (TC_BK + 8)   // row of a k-contiguous slice, s[TILE][TC_LD]
+#define TC_LDT (TILE + 8)   // row of an outer-contiguous slice, s[TC_BK][TC_LDT]
+#define TC_BUF (TILE * TC_LD)  // elements of one slice buffer, either layout (>= TC_BK * TC_LDT)
 
 struct alignas(16) TcSmem {
-    unsigned short a[2][TILE][TC_LD];
-    unsigned short b[2][TILE][TC_LD];
+    unsigned short a[2][TC_BUF];
+    unsigned short b[2][TC_BUF];
 };
+
+// A slice buffer seen as s[outer][k] (k contiguous) or s[k][outer] (outer contiguous).
+__device__ __forceinline__ unsigned short (*kmaj(unsigned short* p))[TC_LD] {
+    return (unsigned short (*)[TC_LD])p;
+}
+__device__ __forceinline__ unsigned short (*omaj(unsigned short* p))[TC_LDT] {
+    return (unsigned short (*)[TC_LDT])p;
+}
 
 // Loads four 8 x 8 b16 matrices from shared memory: lanes 8j..8j+7 give the row addresses
 // of matrix j (16 bytes each, 16-byte aligned), and r[j] receives row lane/4, elements
@@ -279,6 +293,19 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const unsigned short*
                  : "r"(addr));
 #else
     emu_ldmatrix_x4(r, p);
+#endif
+}
+
+// As ldmatrix_x4, each matrix transposed: r[j] receives column lane/4, elements of rows
+// 2*(lane%4) and 2*(lane%4)+1 of matrix j.
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const unsigned short* p) {
+#ifdef __CUDA_ARCH__
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+#else
+    emu_ldmatrix_x4_trans(r, p);
 #endif
 }
 
@@ -330,19 +357,43 @@ __device__ __forceinline__ void tc_load(const Operand<unsigned short>& op, int o
     }
 }
 
-// Stores piece q at its place in the k-contiguous slice s[outer][k].
-__device__ __forceinline__ void tc_store(unsigned short (*s)[TC_LD], bool k_major, int q,
+// Stores piece q at its place in the slice buffer s, in the operand's own layout: one
+// 16-byte store either way.
+__device__ __forceinline__ void tc_store(unsigned short* s, bool k_major, int q,
                                          const u32x4& r) {
     if (k_major) {
-        *(u32x4*)&s[q / 4][(q % 4) * 8] = r;
+        *(u32x4*)&kmaj(s)[q / 4][(q % 4) * 8] = r;
     } else {
-        const int kk = q / 8, o = (q % 8) * 8;
-        const unsigned w[4] = {r.x, r.y, r.z, r.w};
-        UNROLL
-        for (int j = 0; j < 8; ++j) {
-            s[o + j][kk] = (unsigned short)(w[j / 2] >> (16 * (j % 2)));
-        }
+        *(u32x4*)&omaj(s)[q / 8][(q % 8) * 8] = r;
     }
+}
+
+// The A fragment (16 x 16 at outer o, k ks) of slice buffer s into a[4]: lanes point at the
+// rows of matrices (outer +0, k +0), (+8, +0), (+0, +8), (+8, +8), the order of the
+// fragment's registers; an outer-contiguous slice is read transposed.
+__device__ __forceinline__ void tc_frag_a(unsigned a[4], unsigned short* s, bool k_major, int o,
+                                          int ks, int lane) {
+    if (k_major) {
+        ldmatrix_x4(a, &kmaj(s)[o + lane % 8 + (lane / 8) % 2 * 8][ks + lane / 16 * 8]);
+    } else {
+        ldmatrix_x4_trans(a, &omaj(s)[ks + lane / 16 * 8 + lane % 8][o + (lane / 8) % 2 * 8]);
+    }
+}
+
+// The B fragments of two adjacent n8 blocks (16 x 16 at outer o, k ks) into b[2][2]:
+// matrices (outer +0, k +0), (+0, +8), (+8, +0), (+8, +8).
+__device__ __forceinline__ void tc_frag_b(unsigned b[2][2], unsigned short* s, bool k_major,
+                                          int o, int ks, int lane) {
+    unsigned r[4];
+    if (k_major) {
+        ldmatrix_x4(r, &kmaj(s)[o + lane % 8 + lane / 16 * 8][ks + (lane / 8) % 2 * 8]);
+    } else {
+        ldmatrix_x4_trans(r, &omaj(s)[ks + (lane / 8) % 2 * 8 + lane % 8][o + lane / 16 * 8]);
+    }
+    b[0][0] = r[0];
+    b[0][1] = r[1];
+    b[1][0] = r[2];
+    b[1][1] = r[3];
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -360,13 +411,6 @@ extern "C" __global__ void __launch_bounds__(128)
     const int tiles_n = ceil_div(n, TILE);
     const int end = imin(tile_end, ceil_div(m, TILE) * tiles_n);
     const int slices = kr.slices;
-
-    // Where this lane points ldmatrix: A matrices 0..3 are (rows +0, k +0), (rows +8, k +0),
-    // (rows +0, k +8), (rows +8, k +8) of a 16 x 16 block, which is the order of the A
-    // fragment's registers; B matrices are (n +0, k +0), (n +0, k +8), (n +8, k +0),
-    // (n +8, k +8), the B fragments of two adjacent n8 blocks.
-    const int a_row = lane % 8 + (lane / 8) % 2 * 8, a_col = lane / 16 * 8;
-    const int b_row = lane % 8 + lane / 16 * 8, b_col = (lane / 8) % 2 * 8;
 
     for (int t = tile_begin + blockIdx.x; t < end; t += gridDim.x) {
         const int m0 = t / tiles_n * TILE, n0 = t % tiles_n * TILE;
@@ -410,16 +454,11 @@ extern "C" __global__ void __launch_bounds__(128)
                 unsigned af[2][4], bfr[4][2];
                 UNROLL
                 for (int i = 0; i < 2; ++i) {
-                    ldmatrix_x4(af[i], &sm.a[buf][wm + i * 16 + a_row][ks + a_col]);
+                    tc_frag_a(af[i], sm.a[buf], A.k_major, wm + i * 16, ks, lane);
                 }
                 UNROLL
                 for (int j = 0; j < 2; ++j) {
-                    unsigned r[4];
-                    ldmatrix_x4(r, &sm.b[buf][wn + j * 16 + b_row][ks + b_col]);
-                    bfr[2 * j][0] = r[0];
-                    bfr[2 * j][1] = r[1];
-                    bfr[2 * j + 1][0] = r[2];
-                    bfr[2 * j + 1][1] = r[3];
+                    tc_frag_b(&bfr[2 * j], sm.b[buf], B.k_major, wn + j * 16, ks, lane);
                 }
                 UNROLL
                 for (int i = 0; i < 2; ++i) {

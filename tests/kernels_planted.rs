@@ -138,13 +138,13 @@ fn a_single_buffered_tensor_core_gemm_is_caught() {
         &[
             (
                 "gemm.cu",
-                "ldmatrix_x4(af[i], &sm.a[buf]",
-                "ldmatrix_x4(af[i], &sm.a[0]",
+                "tc_frag_a(af[i], sm.a[buf]",
+                "tc_frag_a(af[i], sm.a[0]",
             ),
             (
                 "gemm.cu",
-                "ldmatrix_x4(r, &sm.b[buf]",
-                "ldmatrix_x4(r, &sm.b[0]",
+                "tc_frag_b(&bfr[2 * j], sm.b[buf]",
+                "tc_frag_b(&bfr[2 * j], sm.b[0]",
             ),
             ("gemm.cu", "tc_store(sm.a[buf ^ 1]", "tc_store(sm.a[0]"),
             ("gemm.cu", "tc_store(sm.b[buf ^ 1]", "tc_store(sm.b[0]"),

@@ -21,6 +21,25 @@ inline void emu_ldmatrix_x4(unsigned r[4], const unsigned short* p) {
     emu::next_bank();
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: the same row addresses, each matrix
+// delivered transposed: r[j] holds column lane/4 of matrix j, rows 2*(lane%4) (low half)
+// and 2*(lane%4)+1 (high half).
+inline void emu_ldmatrix_x4_trans(unsigned r[4], const unsigned short* p) {
+    const int me = emu::state().current;
+    if (emu::warp_size(me / emu::kWarp) != emu::kWarp) emu::fail("ldmatrix in a partial warp");
+    if ((uintptr_t)p % 16 != 0) emu::fail("ldmatrix: row address %p is not 16-byte aligned", p);
+    std::memcpy(emu::slot(me), &p, sizeof p);
+    emu::warp_barrier("ldmatrix.trans");
+    const int lane = emu::lane();
+    for (int j = 0; j < 4; ++j) {
+        const unsigned short *lo, *hi;
+        std::memcpy(&lo, emu::slot(emu::warp_base() + j * 8 + lane % 4 * 2), sizeof lo);
+        std::memcpy(&hi, emu::slot(emu::warp_base() + j * 8 + lane % 4 * 2 + 1), sizeof hi);
+        r[j] = (unsigned)lo[lane / 4] | (unsigned)hi[lane / 4] << 16;
+    }
+    emu::next_bank();
+}
+
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, d, from the fragment layouts
 // of the PTX ISA (groupID g = lane/4, t = lane%4):
 //   A (16 x 16): register i holds row g + 8*(i%2), columns 2t + 8*(i/2) (low) and +1 (high);
