@@ -192,6 +192,24 @@ fn a_job_and_a_service_run_in_the_precision_they_ask_for() {
     let (_, plain) = d.get_json("/v1/jobs/plain");
     assert_eq!(plain["precision"], "f32", "{plain}");
     assert!(plain["spec"].get("precision").is_none(), "{plain}");
+    // Published from a job, a service takes the option too.
+    let text = d.cli_expect(
+        0,
+        &[
+            "jobs",
+            "serve",
+            "plain",
+            "--slo-p99-ms",
+            "50",
+            "--precision",
+            "bf16",
+        ],
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("precision") && l.ends_with("bf16")),
+        "{text}"
+    );
     let log = d.cli_expect(0, &["jobs", "logs", "bf"]);
     assert!(log.contains("running     from the start in bf16"), "{log}");
     let out = d.cli(&[

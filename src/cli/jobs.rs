@@ -171,4 +171,8 @@ pub struct JobsServeArgs {
     /// Largest batch the batcher forms [daemon default: 32].
     #[arg(long)]
     pub max_batch_size: Option<usize>,
+    /// Number format of the model's matrix products [daemon default: bf16 on a GPU with
+    /// bf16 tensor cores, f32 on the CPU].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
 }

@@ -85,6 +85,9 @@ pub(crate) struct ServeJob {
     /// Its batching limits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+    /// Number format of its matrix products.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::device::Precision>,
 }
 
 /// A service's `slo` table: the objective only (the window takes its default).
@@ -319,16 +322,19 @@ mod tests {
             name: None,
             slo: Slo { p99_ms: 25.0 },
             batching: None,
+            precision: None,
         };
         assert_eq!(json_of(&s), json!({"slo": {"p99_ms": 25.0}}));
         let s = ServeJob {
             name: Some("m".into()),
             slo: Slo { p99_ms: 25.0 },
             batching: Some(Batching { max_batch_size: 8 }),
+            precision: Some(crate::device::Precision::F32),
         };
         assert_eq!(
             json_of(&s),
-            json!({"name": "m", "slo": {"p99_ms": 25.0}, "batching": {"max_batch_size": 8}})
+            json!({"name": "m", "slo": {"p99_ms": 25.0}, "batching": {"max_batch_size": 8},
+                   "precision": "f32"})
         );
     }
 

@@ -201,6 +201,7 @@ fn jobs_serve(client: &Client, a: JobsServeArgs, json: bool) -> anyhow::Result<(
             p99_ms: a.slo_p99_ms,
         },
         batching: a.max_batch_size.map(|b| Batching { max_batch_size: b }),
+        precision: a.precision.map(Into::into),
     };
     let path = format!("/v1/jobs/{}/serve", path_segment(&a.id));
     let v = client.post(&path, &body).map_err(client_error)?;
