@@ -42,8 +42,7 @@ pub struct SubmitArgs {
     /// Seed of initial weights, split and shuffles [daemon default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Number format of the matrix products [daemon default: bf16 on a GPU with bf16
-    /// tensor cores, f32 on the CPU].
+    /// Number format of the matrix products [daemon default: f32].
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
     #[command(flatten)]
@@ -171,8 +170,7 @@ pub struct JobsServeArgs {
     /// Largest batch the batcher forms [daemon default: 32].
     #[arg(long)]
     pub max_batch_size: Option<usize>,
-    /// Number format of the model's matrix products [daemon default: bf16 on a GPU with
-    /// bf16 tensor cores, f32 on the CPU].
+    /// Number format of the model's matrix products [daemon default: f32].
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
 }

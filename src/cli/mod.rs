@@ -408,7 +408,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Number format of the matrix products: f32, or bf16 (operands rounded to bf16,
-    /// products accumulated in f32; emulated on the CPU) [default: f32 on the CPU].
+    /// products accumulated in f32; emulated on the CPU) [default: f32].
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
     /// CPU worker threads (0 = one per core). Same seed and same threads give

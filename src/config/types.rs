@@ -201,8 +201,7 @@ pub struct ServiceConfig {
     pub slo: SloConfig,
     /// Dynamic batching limits.
     pub batching: BatchingConfig,
-    /// The number format of its matrix products; none for the device's default (bf16 on a
-    /// GPU with bf16 tensor cores, f32 elsewhere).
+    /// The number format of its matrix products; none for the device's default (f32).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<crate::device::Precision>,
 }
@@ -262,8 +261,7 @@ pub struct JobConfig {
     pub checkpoint_every_steps: u64,
     /// No deadline guarantee; always true when `deadline` is `None`.
     pub best_effort: bool,
-    /// The GEMMs' number format; none for the device's default (bf16 on a GPU with bf16
-    /// tensor cores, f32 elsewhere).
+    /// The GEMMs' number format; none for the device's default (f32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<crate::device::Precision>,
 }

@@ -174,8 +174,9 @@ pub trait Backend: Send + Sync {
     /// The number format of the GEMMs' operands.
     fn precision(&self) -> Precision;
 
-    /// The precision a tenant gets when it asks for none: bf16 where the device has bf16
-    /// tensor cores (a GPU of sm_80 or newer), f32 elsewhere (the CPU only emulates bf16).
+    /// The precision a tenant gets when it asks for none: f32 on every backend for now (the
+    /// CPU only emulates bf16; a GPU's bf16 path has not been measured, see
+    /// [`crate::device::precision`]).
     fn default_precision(&self) -> Precision;
 
     /// A zeroed buffer of `len` elements.

@@ -6,6 +6,10 @@
 //! backend emulates it: it rounds both operands to bf16 exactly as `f32_to_bf16` does (to
 //! nearest, ties to even) and multiplies them in f32, so that a bf16 run's accuracy can be
 //! checked in CI against an f32 run.
+//!
+//! f32 is every backend's default ([`super::Backend::default_precision`]): a GPU's bf16 path
+//! converts both operands into fresh device allocations on every GEMM and has not been
+//! measured on a GPU, so bf16 is only what a tenant asks for.
 
 use serde::{Deserialize, Serialize};
 
