@@ -8,8 +8,8 @@
 //! checked in CI against an f32 run.
 //!
 //! f32 is every backend's default ([`super::Backend::default_precision`]): a GPU's bf16 path
-//! converts both operands into fresh device allocations on every GEMM and has not been
-//! measured on a GPU, so bf16 is only what a tenant asks for.
+//! converts both operands (the weights included) on every GEMM and has not been measured on
+//! a GPU, so bf16 is only what a tenant asks for.
 
 use serde::{Deserialize, Serialize};
 

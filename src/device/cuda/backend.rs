@@ -44,6 +44,8 @@ pub(super) struct LaneState {
     pub(super) staging: Staging,
     /// Per-block partial sums of `sum`.
     pub(super) partials: Option<DevMem>,
+    /// The bf16 copies of a mixed-precision GEMM's two operands, grown as products need.
+    pub(super) bf16: [Option<DevMem>; 2],
 }
 
 /// What an operation sees while it queues work.
@@ -94,6 +96,7 @@ impl CudaBackend {
                 last: None,
                 staging: Staging::new(dev.primary),
                 partials: None,
+                bf16: [None, None],
             }),
             busy_ns: AtomicU64::new(0),
             charged_ns: AtomicU64::new(0),
@@ -185,6 +188,28 @@ impl CudaBackend {
         let value = self.run_locked(&mut st, op)?;
         self.finish(&mut st)?;
         Ok(after(value))
+    }
+
+    /// The lane's bf16 scratch for two operands of `lens` elements: device addresses, each
+    /// buffer reallocated only when it is too small. The lane's work is ordered on one
+    /// stream within a unit and drained between units, so a GEMM queued on the old
+    /// contents has run before the next conversion overwrites them.
+    pub(super) fn bf16_scratch(
+        &self,
+        lens: [usize; 2],
+    ) -> Result<[cudarc::driver::sys::CUdeviceptr; 2], DeviceError> {
+        let mut st = self.lock();
+        let mut ptrs = [0; 2];
+        for (i, len) in lens.into_iter().enumerate() {
+            let bytes = len.max(1) * 2;
+            if st.bf16[i].as_ref().is_none_or(|m| m.bytes() < bytes) {
+                // Freed first (the driver waits for work using it), then the larger one.
+                st.bf16[i] = None;
+                st.bf16[i] = Some(DevMem::alloc(&self.dev, bytes)?);
+            }
+            ptrs[i] = st.bf16[i].as_ref().map_or(0, |m| m.ptr);
+        }
+        Ok(ptrs)
     }
 
     /// Allocates the lane's partial-sum buffer of `bytes` if it has none.

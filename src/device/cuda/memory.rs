@@ -63,6 +63,11 @@ impl DevMem {
         }
     }
 
+    /// Its size in bytes.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes as usize
+    }
+
     /// The address `elements` elements of `elem_bytes` in.
     pub(super) fn at(&self, elements: usize, elem_bytes: usize) -> sys::CUdeviceptr {
         self.ptr + (elements * elem_bytes) as u64

@@ -33,6 +33,7 @@ mod driver;
 pub mod green;
 pub mod launch;
 mod memory;
+mod mixed;
 mod ops;
 pub mod partition;
 mod place;

@@ -1,0 +1,93 @@
+//! A lane's mixed-precision GEMM ([`crate::device::Precision::Bf16`]): both f32 operands are
+//! converted on the device (`f32_to_bf16`, to nearest even) into the lane's bf16 scratch,
+//! which is kept between GEMMs and grown only when a larger product needs it, then
+//! multiplied by `gemm_bf16` on tensor cores (its SIMT twin below sm_80), accumulating and
+//! writing f32. Also the conversions between f32 and bf16 buffers.
+
+use cudarc::driver::sys::CUdeviceptr;
+
+use super::Kernel;
+use super::backend::CudaBackend;
+use super::driver::Arg;
+use super::launch::{K_CHUNK_BF16, K_CHUNK_F32};
+use super::memory::{CudaBf16, CudaBuf, DevMem};
+use super::ops::{elementwise, int, n32};
+use crate::device::{Backend, DeviceError, Gemm, check_len};
+
+impl CudaBackend {
+    /// `C = alpha·op(A)·op(B) + beta·C` with the operands rounded to bf16.
+    pub(super) fn gemm_mixed(
+        &self,
+        g: Gemm,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        c: &mut CudaBuf,
+    ) -> Result<(), DeviceError> {
+        let lens = [g.m * g.k, g.k * g.n];
+        check_len("gemm", "a", a.len, lens[0])?;
+        check_len("gemm", "b", b.len, lens[1])?;
+        let [pa, pb] = self.bf16_scratch(lens)?;
+        self.convert(a, lens[0], pa)?;
+        self.convert(b, lens[1], pb)?;
+        let (kernel, chunk) = if self.dev.info.compute_capability.0 >= 8 {
+            (Kernel::GemmBf16, K_CHUNK_BF16)
+        } else {
+            (Kernel::GemmBf16Simt, K_CHUNK_F32)
+        };
+        self.launch_gemm(kernel, chunk, g, (pa, lens[0]), (pb, lens[1]), c)
+    }
+
+    /// The first `len` elements of `src` as bf16 at `dst` (which holds at least `len`).
+    fn convert(&self, src: &CudaBuf, len: usize, dst: CUdeviceptr) -> Result<(), DeviceError> {
+        int("f32_to_bf16", "len", len)?;
+        let s = &src.mem;
+        self.run(false, |u| {
+            elementwise(u, Kernel::ToBf16, len, |r| {
+                vec![
+                    Arg::Ptr(s.at(r.start, 4)),
+                    Arg::Ptr(dst + (r.start * 2) as CUdeviceptr),
+                    n32(r.len()),
+                ]
+            })
+        })
+    }
+
+    /// A bf16 buffer (raw bits) converted from `src` on the device (round to nearest even).
+    pub(crate) fn to_bf16(&self, src: &CudaBuf, len: usize) -> Result<CudaBf16, DeviceError> {
+        check_len("f32_to_bf16", "src", src.len, len)?;
+        int("f32_to_bf16", "len", len)?;
+        let out = CudaBf16 {
+            mem: DevMem::alloc(&self.dev, len * 2)?,
+            len,
+        };
+        let (s, d) = (&src.mem, &out.mem);
+        self.run(false, |u| {
+            elementwise(u, Kernel::ToBf16, len, |r| {
+                vec![
+                    Arg::Ptr(s.at(r.start, 4)),
+                    Arg::Ptr(d.at(r.start, 2)),
+                    n32(r.len()),
+                ]
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// An f32 buffer converted back from bf16 (exact).
+    pub fn from_bf16(&self, src: &CudaBf16, len: usize) -> Result<CudaBuf, DeviceError> {
+        check_len("bf16_to_f32", "src", src.len, len)?;
+        int("bf16_to_f32", "len", len)?;
+        let out = self.alloc(len)?;
+        let (s, d) = (&src.mem, &out.mem);
+        self.run(false, |u| {
+            elementwise(u, Kernel::FromBf16, len, |r| {
+                vec![
+                    Arg::Ptr(s.at(r.start, 2)),
+                    Arg::Ptr(d.at(r.start, 4)),
+                    n32(r.len()),
+                ]
+            })
+        })?;
+        Ok(out)
+    }
+}
