@@ -2,7 +2,6 @@
 //! codes, `services` (list, show, remove), `reload` and the cancel answer.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -31,37 +30,12 @@ fn base_config(dir: &Path, port: u16) -> String {
     )
 }
 
-/// `setpoint ARGS --url URL`.
-fn run(d: &ChildDaemon, args: &[&str]) -> Output {
-    d.cli(args)
-}
-
-fn stdout(o: &Output) -> String {
-    stdout_of(o)
-}
-
-fn stderr(o: &Output) -> String {
-    stderr_of(o)
-}
-
-/// Runs a command that must exit `code`; its standard output.
-fn expect(d: &ChildDaemon, code: i32, args: &[&str]) -> String {
-    d.cli_expect(code, args)
-}
-
-fn submit(d: &ChildDaemon, name: &str, extra: &[&str]) {
-    let mut args = vec!["submit", "--name", name, "--seed", "3"];
-    args.extend(extra);
-    expect(d, 0, &args);
-}
-
 #[test]
 fn jobs_wait_exits_by_how_the_job_fared() {
     let dir = tempfile::tempdir().unwrap();
     let (d, _) = start(dir.path());
     let blobs = "synthetic:blobs:size=500,classes=3,features=8";
-    submit(
-        &d,
+    d.submit(
         "ok",
         &[
             "--data",
@@ -76,14 +50,14 @@ fn jobs_wait_exits_by_how_the_job_fared() {
             "10m",
         ],
     );
-    let text = expect(&d, 0, &["jobs", "wait", "ok", "--timeout", "2m"]);
+    let text = d.cli_expect(0, &["jobs", "wait", "ok", "--timeout", "2m"]);
     assert_eq!(text, "job ok completed: deadline met, target reached\n");
-    let v: Value = serde_json::from_str(&expect(&d, 0, &["jobs", "wait", "ok", "--json"])).unwrap();
+    let v: Value =
+        serde_json::from_str(&d.cli_expect(0, &["jobs", "wait", "ok", "--json"])).unwrap();
     assert_eq!(v["state"], "completed", "{v}");
 
     // Completed at its epoch limit below its target: ended, set point missed, exit 1.
-    submit(
-        &d,
+    d.submit(
         "short",
         &[
             "--data",
@@ -96,18 +70,17 @@ fn jobs_wait_exits_by_how_the_job_fared() {
             "1.0",
         ],
     );
-    let out = run(&d, &["jobs", "wait", "short"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "job short completed: target missed\n");
+    let out = d.cli(&["jobs", "wait", "short"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), "job short completed: target missed\n");
     assert!(
-        stderr(&out).contains("job short missed its set points"),
+        stderr_of(&out).contains("job short missed its set points"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 
     // Still running when the timeout passes: exit 3; cancelled: exit 1.
-    submit(
-        &d,
+    d.submit(
         "long",
         &[
             "--data",
@@ -119,45 +92,45 @@ fn jobs_wait_exits_by_how_the_job_fared() {
             "--best-effort",
         ],
     );
-    let out = run(&d, &["jobs", "wait", "long", "--timeout", "1s"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    let out = d.cli(&["jobs", "wait", "long", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).is_empty(), "{}", stdout_of(&out));
     assert!(
-        stderr(&out).contains("after waiting 1s"),
+        stderr_of(&out).contains("after waiting 1s"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
-    let text = expect(&d, 0, &["jobs", "cancel", "long"]);
+    let text = d.cli_expect(0, &["jobs", "cancel", "long"]);
     assert!(text.starts_with("cancelling job long"), "{text}");
     let state = text.lines().find(|l| l.starts_with("state ")).unwrap();
     assert!(state.ends_with(" cancelling"), "{text}");
-    let out = run(&d, &["jobs", "wait", "long", "--timeout", "1m"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = d.cli(&["jobs", "wait", "long", "--timeout", "1m"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert!(
-        stdout(&out).starts_with("job long cancelled"),
+        stdout_of(&out).starts_with("job long cancelled"),
         "{}",
-        stdout(&out)
+        stdout_of(&out)
     );
     assert!(
-        stderr(&out).contains("did not complete"),
+        stderr_of(&out).contains("did not complete"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 
     // No such job, or a timeout that is not a duration: exit 2.
-    let out = run(&d, &["jobs", "wait", "nope"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = d.cli(&["jobs", "wait", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
-        stderr(&out).contains("unknown job nope"),
+        stderr_of(&out).contains("unknown job nope"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
-    let out = run(&d, &["jobs", "wait", "ok", "--timeout", "soon"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = d.cli(&["jobs", "wait", "ok", "--timeout", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
-        stderr(&out).contains("--timeout: invalid duration \"soon\""),
+        stderr_of(&out).contains("--timeout: invalid duration \"soon\""),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 }
 
@@ -165,12 +138,11 @@ fn jobs_wait_exits_by_how_the_job_fared() {
 fn services_are_listed_shown_and_removed() {
     let dir = tempfile::tempdir().unwrap();
     let (d, _) = start(dir.path());
-    assert_eq!(expect(&d, 0, &["services"]), "no services\n");
-    let v: Value = serde_json::from_str(&expect(&d, 0, &["services", "--json"])).unwrap();
+    assert_eq!(d.cli_expect(0, &["services"]), "no services\n");
+    let v: Value = serde_json::from_str(&d.cli_expect(0, &["services", "--json"])).unwrap();
     assert_eq!(v["services"], serde_json::json!([]), "{v}");
 
-    submit(
-        &d,
+    d.submit(
         "t1",
         &[
             "--data",
@@ -181,14 +153,13 @@ fn services_are_listed_shown_and_removed() {
             "2",
         ],
     );
-    expect(&d, 0, &["jobs", "wait", "t1", "--timeout", "2m"]);
-    expect(
-        &d,
+    d.cli_expect(0, &["jobs", "wait", "t1", "--timeout", "2m"]);
+    d.cli_expect(
         0,
         &["jobs", "serve", "t1", "--name", "t1m", "--slo-p99-ms", "50"],
     );
 
-    let text = expect(&d, 0, &["services", "list"]);
+    let text = d.cli_expect(0, &["services", "list"]);
     let header = text.lines().next().unwrap();
     assert!(
         header.starts_with("NAME") && header.contains("SLO P99"),
@@ -198,36 +169,35 @@ fn services_are_listed_shown_and_removed() {
     for part in ["t1m", "ready", "8,16,3", "50.0 ms", "job t1"] {
         assert!(row.contains(part), "{part} in {text}");
     }
-    let v: Value = serde_json::from_str(&expect(&d, 0, &["services", "--json"])).unwrap();
+    let v: Value = serde_json::from_str(&d.cli_expect(0, &["services", "--json"])).unwrap();
     assert_eq!(v["services"][0]["name"], "t1m", "{v}");
-    let text = expect(&d, 0, &["services", "show", "t1m"]);
+    let text = d.cli_expect(0, &["services", "show", "t1m"]);
     assert!(text.contains("p99 <= 50.0 ms"), "{text}");
     assert!(text.ends_with("infer at /v2/models/t1m/infer\n"), "{text}");
     let v: Value =
-        serde_json::from_str(&expect(&d, 0, &["services", "show", "t1m", "--json"])).unwrap();
+        serde_json::from_str(&d.cli_expect(0, &["services", "show", "t1m", "--json"])).unwrap();
     assert_eq!(v["slo_p99_ms"], 50.0, "{v}");
 
-    let out = run(&d, &["services", "show", "nope"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = d.cli(&["services", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
-        stderr(&out).contains("unknown model nope"),
+        stderr_of(&out).contains("unknown model nope"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 
-    let text = expect(&d, 0, &["services", "remove", "t1m"]);
+    let text = d.cli_expect(0, &["services", "remove", "t1m"]);
     assert!(text.starts_with("removed service t1m"), "{text}");
-    assert_eq!(expect(&d, 0, &["services"]), "no services\n");
+    assert_eq!(d.cli_expect(0, &["services"]), "no services\n");
     assert_eq!(d.infer("t1m", &[0.0; 8]).0, 404);
-    let out = run(&d, &["services", "rm", "t1m", "--json"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    expect(
-        &d,
+    let out = d.cli(&["services", "rm", "t1m", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    d.cli_expect(
         0,
         &["jobs", "serve", "t1", "--name", "t1m", "--slo-p99-ms", "50"],
     );
     let v: Value =
-        serde_json::from_str(&expect(&d, 0, &["services", "rm", "t1m", "--json"])).unwrap();
+        serde_json::from_str(&d.cli_expect(0, &["services", "rm", "t1m", "--json"])).unwrap();
     assert_eq!(v, serde_json::json!({"name": "t1m", "removed": true}));
 }
 
@@ -236,11 +206,11 @@ fn reload_prints_what_changed_and_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let (d, config) = start(dir.path());
     let base = base_config(dir.path(), d.port);
-    let text = expect(&d, 0, &["reload"]);
+    let text = d.cli_expect(0, &["reload"]);
     assert!(text.ends_with("nothing changed\n"), "{text}");
 
     std::fs::write(&config, format!("{base}control_period_ms = 250\n")).unwrap();
-    let text = expect(&d, 0, &["reload"]);
+    let text = d.cli_expect(0, &["reload"]);
     assert!(text.starts_with("reloaded "), "{text}");
     let settings = text.split("settings applied:\n").nth(1).unwrap_or_default();
     assert!(
@@ -250,9 +220,9 @@ fn reload_prints_what_changed_and_every_problem() {
     assert!(!text.contains("nothing changed"), "{text}");
 
     std::fs::write(&config, format!("{base}control_period_ms = 0\n")).unwrap();
-    let out = run(&d, &["reload"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let err = stderr(&out);
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
     assert!(
         err.contains("configuration not reloaded: 1 problem"),
         "{err}"
@@ -265,7 +235,7 @@ fn reload_prints_what_changed_and_every_problem() {
     );
 
     std::fs::write(&config, format!("{base}control_period_ms = 300\n")).unwrap();
-    let v: Value = serde_json::from_str(&expect(&d, 0, &["reload", "--json"])).unwrap();
+    let v: Value = serde_json::from_str(&d.cli_expect(0, &["reload", "--json"])).unwrap();
     assert_eq!(v["result"], "ok", "{v}");
     assert_eq!(v["changed"], true, "{v}");
     assert!(v["settings"][0].as_str().unwrap().contains("300"), "{v}");

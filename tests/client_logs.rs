@@ -25,50 +25,30 @@ fn start(dir: &Path, port: u16) -> ChildDaemon {
     d
 }
 
-/// Submits a small job that reaches its target in a few epochs.
-fn submit_quick(d: &ChildDaemon, name: &str) {
-    d.cli_expect(
-        0,
-        &[
-            "submit",
-            "--name",
-            name,
-            "--seed",
-            "3",
-            "--data",
-            "synthetic:blobs:size=500,classes=3,features=8",
-            "--layers",
-            "8,16,3",
-            "--target-accuracy",
-            "0.9",
-            "--epochs",
-            "200",
-            "--deadline",
-            "10m",
-        ],
-    );
-}
+/// A small job that reaches its target in a few epochs.
+const QUICK: &[&str] = &[
+    "--data",
+    "synthetic:blobs:size=500,classes=3,features=8",
+    "--layers",
+    "8,16,3",
+    "--target-accuracy",
+    "0.9",
+    "--epochs",
+    "200",
+    "--deadline",
+    "10m",
+];
 
-/// Submits a best-effort job that runs until it is cancelled.
-fn submit_long(d: &ChildDaemon, name: &str) {
-    d.cli_expect(
-        0,
-        &[
-            "submit",
-            "--name",
-            name,
-            "--seed",
-            "3",
-            "--data",
-            "synthetic:blobs:size=4000,features=32",
-            "--layers",
-            "32,256,10",
-            "--epochs",
-            "100000",
-            "--best-effort",
-        ],
-    );
-}
+/// A best-effort job that runs until it is cancelled.
+const LONG: &[&str] = &[
+    "--data",
+    "synthetic:blobs:size=4000,features=32",
+    "--layers",
+    "32,256,10",
+    "--epochs",
+    "100000",
+    "--best-effort",
+];
 
 /// The events of `name` as JSON objects, one a line.
 fn events_json(d: &ChildDaemon, name: &str) -> Vec<Value> {
@@ -82,7 +62,7 @@ fn events_json(d: &ChildDaemon, name: &str) -> Vec<Value> {
 fn a_followed_log_shows_every_epoch_and_how_the_job_ended() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path(), free_port());
-    submit_quick(&d, "quick");
+    d.submit("quick", QUICK);
     // Followed from the start, it ends by itself when the job has ended.
     let text = d.cli_expect(0, &["jobs", "logs", "quick", "--follow", "--times", "utc"]);
     let (_, job) = d.get_json("/v1/jobs/quick");
@@ -155,7 +135,7 @@ fn a_log_survives_a_restart_and_says_what_happened_around_it() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let d = start(dir.path(), port);
-    submit_long(&d, "long");
+    d.submit("long", LONG);
     poll(Duration::from_secs(60), "an epoch", || {
         (d.get_json("/v1/jobs/long").1["epochs_done"].as_u64() >= Some(1)).then_some(())
     });
@@ -221,9 +201,9 @@ fn a_log_survives_a_restart_and_says_what_happened_around_it() {
 fn ended_jobs_are_removed_by_age_and_running_ones_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path(), free_port());
-    submit_quick(&d, "a");
-    submit_quick(&d, "b");
-    submit_long(&d, "running");
+    d.submit("a", QUICK);
+    d.submit("b", QUICK);
+    d.submit("running", LONG);
     d.cli_expect(0, &["jobs", "wait", "a"]);
     d.cli_expect(0, &["jobs", "wait", "b"]);
     let jobs = dir.path().join("state/jobs");
@@ -287,7 +267,7 @@ fn ended_jobs_are_removed_by_age_and_running_ones_are_kept() {
 fn times_are_written_in_the_zone_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path(), free_port());
-    submit_quick(&d, "t");
+    d.submit("t", QUICK);
     let (_, job) = d.get_json("/v1/jobs/t");
     let submitted = job["submitted_at"].as_str().unwrap();
     let to_second = &submitted[..19];

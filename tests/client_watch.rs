@@ -2,16 +2,13 @@
 //! standard output is a pipe, NDJSON with `--json`, and its options refused when wrong.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
 
 #[path = "support/child.rs"]
 mod child;
-use child::{ChildDaemon, free_port, poll};
-
-const BIN: &str = env!("CARGO_BIN_EXE_setpoint");
+use child::{ChildDaemon, cli_at, free_port, poll, stderr_of, stdout_of};
 
 /// The daemon with one service (`mlp`, p99 ≤ 25 ms) and one long job, ready.
 fn start(dir: &Path) -> ChildDaemon {
@@ -36,14 +33,9 @@ fn start(dir: &Path) -> ChildDaemon {
     poll(Duration::from_secs(60), "the daemon to be ready", || {
         (d.get_json("/v2/health/ready").0 == 200).then_some(())
     });
-    let out = run(
-        &d.url,
+    d.submit(
+        "trainer",
         &[
-            "submit",
-            "--name",
-            "trainer",
-            "--seed",
-            "3",
             "--data",
             "synthetic:blobs:size=300,classes=3,features=8",
             "--layers",
@@ -52,37 +44,18 @@ fn start(dir: &Path) -> ChildDaemon {
             "2",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     d
 }
 
 /// `setpoint ARGS --url URL`, standard output a pipe.
-fn run(url: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .args(["--url", url])
-        .env_remove("SETPOINT_URL")
-        .env_remove("SETPOINT_AUTH_TOKEN")
-        .output()
-        .expect("run setpoint")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn watch_prints_count_frames_and_ndjson() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path());
     let args = ["status", "--watch", "--count", "2", "--interval", "0.2"];
-    let out = run(&d.url, &args);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let text = stdout(&out);
+    let out = cli_at(&d.url, &args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
     assert!(
         !text.contains('\x1b'),
         "no escape codes into a pipe: {text:?}"
@@ -105,9 +78,9 @@ fn watch_prints_count_frames_and_ndjson() {
 
     let mut json_args = args.to_vec();
     json_args.push("--json");
-    let out = run(&d.url, &json_args);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    let out = cli_at(&d.url, &json_args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let lines: Vec<String> = stdout_of(&out).lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     for l in &lines {
         let v: Value = serde_json::from_str(l).unwrap();
@@ -127,20 +100,24 @@ fn watch_options_are_checked() {
     ] {
         let mut args = vec!["status", "--watch"];
         args.extend(bad);
-        let out = run(&url, &args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let out = cli_at(&url, &args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
     }
-    let out = run(&url, &["status", "--watch", "--interval", "0"]);
-    assert!(stderr(&out).contains("greater than 0"), "{}", stderr(&out));
-    let out = run(&url, &["status", "--count", "2"]);
+    let out = cli_at(&url, &["status", "--watch", "--interval", "0"], &[]);
+    assert!(
+        stderr_of(&out).contains("greater than 0"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = cli_at(&url, &["status", "--count", "2"], &[]);
     assert_eq!(out.status.code(), Some(2), "--count needs --watch");
     // Nothing listens there: the first refresh fails as `setpoint status` does.
-    let out = run(&url, &["status", "--watch", "--count", "3"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = cli_at(&url, &["status", "--watch", "--count", "3"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert!(
-        stderr(&out).contains("cannot reach the daemon"),
+        stderr_of(&out).contains("cannot reach the daemon"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
-    assert_eq!(stdout(&out), "");
+    assert_eq!(stdout_of(&out), "");
 }

@@ -42,12 +42,13 @@ pub(super) fn run(client: &Client, a: JobsLogsArgs, json: bool) -> anyhow::Resul
         let page = match fetch(client, &base, after) {
             Ok(p) => p,
             Err(e) if is_unreachable(&e) => {
-                let since = *lost_since.get_or_insert_with(std::time::Instant::now);
+                // Said once when the daemon is lost; an error once it has been gone too long.
+                let since = *lost_since.get_or_insert_with(|| {
+                    eprintln!("{e:#}; trying again for {}s", RECONNECT_FOR.as_secs());
+                    std::time::Instant::now()
+                });
                 if since.elapsed() > RECONNECT_FOR {
                     return Err(e);
-                }
-                if since.elapsed() < FOLLOW_EVERY * 2 {
-                    eprintln!("{e:#}; trying again for {}s", RECONNECT_FOR.as_secs());
                 }
                 continue;
             }

@@ -207,19 +207,20 @@ impl ChildDaemon {
     /// Runs the client `setpoint ARGS --url URL` against this daemon, with `env` set (and
     /// the user's `SETPOINT_URL` and token removed).
     pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_setpoint"))
-            .args(args)
-            .args(["--url", &self.url])
-            .env_remove("SETPOINT_URL")
-            .env_remove("SETPOINT_AUTH_TOKEN")
-            .envs(env.iter().copied())
-            .output()
-            .expect("run setpoint")
+        cli_at(&self.url, args, env)
     }
 
     /// Runs the client with `args`; see [`ChildDaemon::cli_env`].
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         self.cli_env(args, &[])
+    }
+
+    /// Submits job `name` with seed 3 and `extra` (its data, layers, …) through the client,
+    /// which must accept it.
+    pub fn submit(&self, name: &str, extra: &[&str]) {
+        let mut args = vec!["submit", "--name", name, "--seed", "3"];
+        args.extend(extra);
+        self.cli_expect(0, &args);
     }
 
     /// Runs the client with `args`, which must exit `code`; its standard output. A failure
@@ -236,6 +237,19 @@ impl ChildDaemon {
         );
         stdout_of(&out)
     }
+}
+
+/// Runs the client `setpoint ARGS --url URL` with `env` set (and the user's `SETPOINT_URL`
+/// and token removed): against any URL, one where no daemon listens included.
+pub fn cli_at(url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .args(args)
+        .args(["--url", url])
+        .env_remove("SETPOINT_URL")
+        .env_remove("SETPOINT_AUTH_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run setpoint")
 }
 
 /// A command's standard output as text.

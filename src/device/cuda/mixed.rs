@@ -29,15 +29,30 @@ impl CudaBackend {
         let [pa, pb] = self.bf16_scratch(lens)?;
         self.convert(a, lens[0], pa)?;
         self.convert(b, lens[1], pb)?;
-        let (kernel, chunk) = if self.dev.info.compute_capability.0 >= 8 {
+        let tensor_cores = self.dev.info.compute_capability.0 >= 8;
+        self.launch_bf16(g, (pa, lens[0]), (pb, lens[1]), c, tensor_cores)
+    }
+
+    /// `gemm_bf16` on tensor cores, or its SIMT twin when `tensor_cores` is false, over bf16
+    /// operands at device addresses (with their lengths).
+    pub(super) fn launch_bf16(
+        &self,
+        g: Gemm,
+        a: (CUdeviceptr, usize),
+        b: (CUdeviceptr, usize),
+        c: &mut CudaBuf,
+        tensor_cores: bool,
+    ) -> Result<(), DeviceError> {
+        let (kernel, chunk) = if tensor_cores {
             (Kernel::GemmBf16, K_CHUNK_BF16)
         } else {
             (Kernel::GemmBf16Simt, K_CHUNK_F32)
         };
-        self.launch_gemm(kernel, chunk, g, (pa, lens[0]), (pb, lens[1]), c)
+        self.launch_gemm(kernel, chunk, g, a, b, c)
     }
 
-    /// The first `len` elements of `src` as bf16 at `dst` (which holds at least `len`).
+    /// The first `len` elements of `src` as bf16 (to nearest even) at `dst`, which holds at
+    /// least `len`.
     fn convert(&self, src: &CudaBuf, len: usize, dst: CUdeviceptr) -> Result<(), DeviceError> {
         int("f32_to_bf16", "len", len)?;
         let s = &src.mem;
@@ -60,16 +75,7 @@ impl CudaBackend {
             mem: DevMem::alloc(&self.dev, len * 2)?,
             len,
         };
-        let (s, d) = (&src.mem, &out.mem);
-        self.run(false, |u| {
-            elementwise(u, Kernel::ToBf16, len, |r| {
-                vec![
-                    Arg::Ptr(s.at(r.start, 4)),
-                    Arg::Ptr(d.at(r.start, 2)),
-                    n32(r.len()),
-                ]
-            })
-        })?;
+        self.convert(src, len, out.mem.ptr)?;
         Ok(out)
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::backend::{CudaBackend, Unit};
 use super::driver::{self, Arg, CuError};
-use super::launch::{self, K_CHUNK_BF16, K_CHUNK_F32, chunks, elements_per_launch};
+use super::launch::{self, K_CHUNK_F32, chunks, elements_per_launch};
 use super::memory::{CudaBf16, CudaBuf, CudaLabels, DevMem};
 use super::{BLOCK, Kernel};
 use crate::device::{
@@ -66,12 +66,7 @@ impl CudaBackend {
         c: &mut CudaBuf,
         tensor_cores: bool,
     ) -> Result<(), DeviceError> {
-        let (k, chunk) = if tensor_cores {
-            (Kernel::GemmBf16, K_CHUNK_BF16)
-        } else {
-            (Kernel::GemmBf16Simt, K_CHUNK_F32)
-        };
-        self.launch_gemm(k, chunk, g, (a.mem.ptr, a.len), (b.mem.ptr, b.len), c)
+        self.launch_bf16(g, (a.mem.ptr, a.len), (b.mem.ptr, b.len), c, tensor_cores)
     }
 
     /// Runs a GEMM kernel as [`launch::gemm_launches`] cuts it: every CTA of a launch
