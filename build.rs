@@ -29,11 +29,30 @@ const LOCAL_PTXAS: &str = ".cuda-tools/nvidia/cuda_nvcc/bin/ptxas";
 
 fn main() {
     revision();
+    if let Err(e) = protos() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     if let Err(e) = kernels() {
         // Cargo shows a failing build script's stderr; say what broke and stop the build.
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// The gRPC service (`proto/grpc_service.proto`, the Open Inference Protocol as Triton
+/// defines it) as Rust: parsed by protox, a protobuf compiler in pure Rust, so no `protoc`
+/// is needed; the code goes to `$OUT_DIR/inference.rs` (see `src/api/grpc/mod.rs`).
+fn protos() -> Result<(), String> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["grpc_service.proto"], ["proto"])
+        .map_err(|e| format!("proto/grpc_service.proto: {e}"))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        .compile_fds(fds)
+        .map_err(|e| format!("generating the gRPC code: {e}"))
 }
 
 fn revision() {

@@ -41,6 +41,8 @@ pub struct Options<S> {
     pub hangups: Option<Hangups>,
     /// systemd notifications (`READY=1`, `STOPPING=1`); disabled outside systemd.
     pub notifier: Arc<Notifier>,
+    /// The gRPC API's listener, when `grpc_listen` is set.
+    pub grpc: Option<TcpListener>,
 }
 
 /// Runs `node` behind `listener` until `options.stop` resolves, then drains and shuts the node
@@ -58,22 +60,43 @@ where
         stop,
         hangups,
         notifier,
+        grpc,
     } = options;
     node.set_notifier(notifier.clone());
     tracing::info!(
         version = crate::VERSION,
         listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        grpc_listen = %grpc.as_ref().and_then(|l| l.local_addr().ok()).map_or_else(|| "off".to_string(), |a| a.to_string()),
         state_dir = %node.state_dir().display(),
         workers = node.workers_of(crate::node::DeviceId::FIRST),
         max_connections = limits.max_connections,
         systemd = notifier.is_enabled(),
         "setpoint serving"
     );
+    node.set_listeners(crate::node::Listeners {
+        http: listener.local_addr().ok().map(|a| a.to_string()),
+        grpc: grpc
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string()),
+    });
     node.start();
     let connections = Arc::new(ConnectionStats::default());
     let app = crate::api::http::router(node.clone(), connections.clone());
     let stopping = notifier.clone();
     let drain_node = node.clone();
+    // One stop signal for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grpc_serving = grpc.map(|l| {
+        let drain_node = node.clone();
+        tokio::spawn(crate::api::grpc::serve(
+            l,
+            node.clone(),
+            limits.max_connections,
+            stop_rx.clone(),
+            move || Duration::from_millis(drain_node.config().drain_timeout_ms),
+        ))
+    });
     let serving = tokio::spawn(server::serve(
         listener,
         app,
@@ -82,6 +105,7 @@ where
         async move {
             stop.await;
             stopping.stopping();
+            let _ = stop_tx.send(true);
         },
         // After the stop signal the requests in flight are answered, for drain_timeout_ms at
         // most (read when the signal comes: a reload may have changed it); those still
@@ -94,6 +118,16 @@ where
     // The socket is bound and the server task runs: connections are accepted from here on.
     notifier.ready(&node.status_line());
     let drained = serving.await.map_err(DaemonError::Server)?;
+    if let Some(grpc) = grpc_serving {
+        let cut = grpc.await.map_err(DaemonError::Server)?.connections_cut;
+        if cut > 0 {
+            tracing::warn!(
+                "{cut} gRPC connections still busy {} ms after the stop signal \
+                 (drain_timeout_ms): closed them",
+                node.config().drain_timeout_ms
+            );
+        }
+    }
     if drained.requests_cut > 0 {
         tracing::warn!(
             "{} requests still in flight {} ms after the stop signal (drain_timeout_ms): \

@@ -415,7 +415,13 @@ fn serve_refuses_to_start_when_the_config_requires_a_gpu_it_cannot_use() {
         ),
     )
     .unwrap();
-    let out = setpoint(&["serve", "--config", cfg.to_str().unwrap()]);
+    let out = setpoint(&[
+        "serve",
+        "--grpc-listen",
+        "",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     assert!(!out.status.success(), "serve started: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("no usable GPU"), "{err}");
@@ -471,7 +477,13 @@ fn bench_with_nvidia_smi_says_what_is_missing_on_a_host_without_a_driver() {
 #[test]
 fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_setpoint"))
-        .args(["serve", "--listen", "0.0.0.0:0"])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
         .env_remove("SETPOINT_AUTH_TOKEN")
         .output()
         .unwrap();
@@ -522,7 +534,14 @@ fn a_state_dir_is_held_by_one_daemon_and_an_unusable_one_is_exit_2() {
     std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\n").unwrap();
     let serve = |state: &Path| {
         Command::new(env!("CARGO_BIN_EXE_setpoint"))
-            .args(["serve", "--config", cfg.to_str().unwrap(), "--state-dir"])
+            .args([
+                "serve",
+                "--grpc-listen",
+                "",
+                "--config",
+                cfg.to_str().unwrap(),
+            ])
+            .arg("--state-dir")
             .arg(state)
             .stderr(std::process::Stdio::piped())
             .spawn()

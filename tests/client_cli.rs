@@ -37,7 +37,7 @@ impl Daemon {
             let log = dir.path().join("daemon.log");
             let log_file = std::fs::File::create(&log).expect("log file");
             let child = Command::new(BIN)
-                .args(["serve", "--config"])
+                .args(["serve", "--grpc-listen", "127.0.0.1:0", "--config"])
                 .arg(&config)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

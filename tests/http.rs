@@ -854,10 +854,10 @@ fn check_exposition(text: &str) -> usize {
             name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "{name}"
         );
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
-            }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
         }
         let base = ["_bucket", "_sum", "_count"]
             .iter()
@@ -912,7 +912,9 @@ fn metrics_parse_as_prometheus_text() {
         text.contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"success\"} 5")
     );
     assert!(text.contains("setpoint_inference_rows_total{service=\"mlp\",outcome=\"success\"} 5"));
-    assert!(text.contains("setpoint_inference_request_duration_seconds_count{service=\"mlp\"} 5"));
+    assert!(text.contains(
+        "setpoint_inference_request_duration_seconds_count{service=\"mlp\",protocol=\"http\"} 5"
+    ));
     assert!(text.contains(
         "setpoint_inference_queue_duration_seconds_bucket{service=\"mlp\",le=\"+Inf\"} 5"
     ));

@@ -201,6 +201,7 @@ fn start_notified(dir: &Path, sock_path: &Path) -> std::process::Child {
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
     Command::new(env!("CARGO_BIN_EXE_setpoint"))
         .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--grpc-listen", "127.0.0.1:0"])
         .env("NOTIFY_SOCKET", sock_path)
         .env("WATCHDOG_USEC", "400000")
         .env_remove("WATCHDOG_PID")

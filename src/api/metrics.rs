@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::server::ConnectionStats;
 use crate::control::Decisions;
 use crate::node::{DeviceId, JobState, JobView, LoadedService, Node};
-use crate::serve::ServiceStats;
+use crate::serve::{Protocol, ServiceStats};
 use crate::util::prometheus::{self, Empty, Family, Row, Samples, flag};
 
 /// A family of the node and how its samples are read from a [`Ctx`] of any lifetime.
@@ -160,11 +160,16 @@ const INFERENCE: [NodeRow; 11] = [
     (
         Family::histogram(
             "setpoint_inference_request_duration_seconds",
-            "End-to-end time of successful HTTP inference requests, body read to response.",
+            "End-to-end time of successful inference requests, arrival to answer, by protocol (http, grpc).",
         ),
         |c, o| {
             for (s, _) in &c.services {
-                o.histogram(&[("service", s.name())], &s.request_hist());
+                for p in Protocol::ALL {
+                    o.histogram(
+                        &[("service", s.name()), ("protocol", p.label())],
+                        &s.request_hist(p),
+                    );
+                }
             }
         },
     ),

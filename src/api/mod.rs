@@ -2,7 +2,9 @@
 
 pub mod drill;
 pub mod dto;
+pub mod grpc;
 pub mod http;
+pub(crate) mod inference;
 pub mod metrics;
 pub mod server;
 pub mod v2codec;

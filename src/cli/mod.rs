@@ -316,6 +316,9 @@ pub struct ServeArgs {
     /// Address to listen on, overriding the config's `listen`.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Address of the gRPC API, overriding the config's `grpc_listen`; "" turns gRPC off.
+    #[arg(long, value_name = "ADDR", value_parser = grpc_listen_arg)]
+    pub grpc_listen: Option<GrpcListenArg>,
     /// State directory, overriding the config's `state_dir`.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -323,6 +326,19 @@ pub struct ServeArgs {
     /// config's `paths.data_dirs` (repeatable).
     #[arg(long = "data-dir", value_name = "DIR")]
     pub data_dirs: Vec<PathBuf>,
+}
+
+/// `--grpc-listen`: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcListenArg(pub Option<std::net::SocketAddr>);
+
+fn grpc_listen_arg(s: &str) -> Result<GrpcListenArg, String> {
+    if s.is_empty() {
+        return Ok(GrpcListenArg(None));
+    }
+    s.parse().map(|a| GrpcListenArg(Some(a))).map_err(|_| {
+        format!("expected IP:PORT, such as 127.0.0.1:8001, or \"\" to turn gRPC off; got {s:?}")
+    })
 }
 
 /// `--precision`: the number format of the matrix products.

@@ -225,13 +225,20 @@ pub(crate) fn service_details(s: &ServiceView) -> String {
     out
 }
 
+/// Where the APIs listen: `http 127.0.0.1:8000, grpc 127.0.0.1:8001` (or `grpc off`).
+fn listeners_line(l: &crate::node::Listeners) -> String {
+    let addr = |a: &Option<String>| a.clone().unwrap_or_else(|| "off".to_string());
+    format!("listening: http {}, grpc {}", addr(&l.http), addr(&l.grpc))
+}
+
 /// `GET /v1/status` as text: a summary line, the devices, then one row per tenant.
 pub(crate) fn status_text(s: &StatusView) -> String {
     let mut out = format!(
-        "setpoint {}, up {}, {}\n\n",
+        "setpoint {}, up {}, {}\n{}\n\n",
         s.version,
         secs(Some(s.uptime_s)).trim_start_matches('+'),
-        if s.ready { "ready" } else { "not ready" }
+        if s.ready { "ready" } else { "not ready" },
+        listeners_line(&s.listeners)
     );
     let mut d = Table::new(&["DEVICE", "STATE", "WORKERS", "SHARE ASSIGNED"]).right_align(&[2, 3]);
     let mut failures = String::new();

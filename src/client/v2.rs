@@ -276,7 +276,7 @@ pub(crate) fn decode_response(raw: &RawResponse) -> Result<DecodedResponse, V2Er
                         left: rest.len(),
                     });
                 }
-                if size % 4 != 0 {
+                if !size.is_multiple_of(4) {
                     return Err(V2Error::BinaryNotFp32 { output: name, size });
                 }
                 let (bytes, tail) = rest.split_at(size);

@@ -23,6 +23,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let source = ConfigSource {
         path: args.config,
         listen: args.listen,
+        grpc_listen: args.grpc_listen.map(|g| g.0),
         state_dir: args.state_dir,
         data_dirs: args.data_dirs,
         env_token,
@@ -48,6 +49,12 @@ async fn serve_task(config: NodeConfig, source: ConfigSource) -> anyhow::Result<
     let http = config.http.clone();
     let listener = server::bind(listen, http.listen_backlog)
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let grpc = match config.grpc_listen {
+        Some(addr) => Some(server::bind(addr, http.listen_backlog).with_context(|| {
+            format!("cannot listen on {addr} (grpc_listen; \"\" turns gRPC off)")
+        })?),
+        None => None,
+    };
     let limits = connection_limits(&http)?;
     let node = Node::new(config).map_err(|e| anyhow!(e))?;
     node.set_config_source(source);
@@ -56,6 +63,7 @@ async fn serve_task(config: NodeConfig, source: ConfigSource) -> anyhow::Result<
         stop: daemon::shutdown_signal(),
         hangups,
         notifier,
+        grpc,
     };
     Ok(daemon::run(node, listener, options).await?)
 }

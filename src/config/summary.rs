@@ -43,6 +43,8 @@ impl NodeConfig {
             "# setpoint configuration as understood: every value resolved, defaults included"
         )?;
         writeln!(o, "listen = {}", q(&self.listen.to_string()))?;
+        let grpc = self.grpc_listen.map(|a| a.to_string()).unwrap_or_default();
+        writeln!(o, "grpc_listen = {}", q(&grpc))?;
         writeln!(o, "state_dir = {}", qp(&self.state_dir))?;
         writeln!(o, "control_period_ms = {}", self.control_period_ms)?;
         match self.auth_token {

@@ -14,6 +14,9 @@ use super::{Deadline, schema};
 pub struct NodeConfig {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
+    /// Address the gRPC API (the Open Inference Protocol's `GRPCInferenceService`) listens
+    /// on; `None` (an empty `grpc_listen`) turns it off.
+    pub grpc_listen: Option<SocketAddr>,
     /// Directory for checkpoints, job records and other state; a relative path is relative to
     /// the process working directory.
     pub state_dir: PathBuf,

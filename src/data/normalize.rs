@@ -75,7 +75,7 @@ impl Normalizer {
             return;
         }
         assert!(
-            x.len() % f == 0,
+            x.len().is_multiple_of(f),
             "data length {} is not a multiple of the normalizer's {f} features",
             x.len()
         );

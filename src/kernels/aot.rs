@@ -112,12 +112,12 @@ pub fn compare(dir: &Path, module: &str, fresh: &str) -> Comparison {
         return Comparison::Same;
     }
     let (old_h, new_h) = (Header::parse(&old), Header::parse(fresh));
-    if let (Some(o), Some(n)) = (&old_h, &new_h) {
-        if o.nvrtc != n.nvrtc {
-            return Comparison::OtherNvrtc {
-                file: o.nvrtc.clone(),
-            };
-        }
+    if let (Some(o), Some(n)) = (&old_h, &new_h)
+        && o.nvrtc != n.nvrtc
+    {
+        return Comparison::OtherNvrtc {
+            file: o.nvrtc.clone(),
+        };
     }
     let line = old
         .lines()

@@ -40,14 +40,14 @@ pub(crate) fn load_via_cache(
         }
     }
     let (ptx, log) = compile(module, arch)?;
-    if let Some(path) = &path {
-        if let Err(e) = store_cache_entry(path, module.module, key, &ptx) {
-            tracing::warn!(
-                path = %path.display(),
-                error = %e,
-                "cannot write kernel PTX cache entry; it will be compiled again next time"
-            );
-        }
+    if let Some(path) = &path
+        && let Err(e) = store_cache_entry(path, module.module, key, &ptx)
+    {
+        tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "cannot write kernel PTX cache entry; it will be compiled again next time"
+        );
     }
     Ok(LoadedPtx {
         ptx,

@@ -303,14 +303,14 @@ pub(crate) fn load_module(
     cache_dir: Option<&Path>,
     arch: &CudaArch,
 ) -> Result<LoadedPtx, KernelError> {
-    if let (Some(ptx), Some(built_for)) = (module.prebuilt_ptx, PREBUILT_ARCH) {
-        if built_for == arch.compute() {
-            return Ok(LoadedPtx {
-                ptx: ptx.to_string(),
-                origin: PtxOrigin::Prebuilt,
-                nvrtc_log: String::new(),
-            });
-        }
+    if let (Some(ptx), Some(built_for)) = (module.prebuilt_ptx, PREBUILT_ARCH)
+        && built_for == arch.compute()
+    {
+        return Ok(LoadedPtx {
+            ptx: ptx.to_string(),
+            origin: PtxOrigin::Prebuilt,
+            nvrtc_log: String::new(),
+        });
     }
     let version = nvrtc::version()?;
     cache::load_via_cache(module, cache_dir, arch, &version, nvrtc::compile_with_log)
@@ -363,17 +363,16 @@ pub(crate) fn embedded_images(
     let cap = |a: Option<&str>| a.and_then(|a| CudaArch::parse(a).ok()?.capability());
     if let (Some(sass), Some(built), Some(have)) =
         (module.prebuilt_sass, cap(SASS_ARCH), gpu.capability())
+        && built.0 == have.0
+        && built.1 <= have.1
     {
-        if built.0 == have.0 && built.1 <= have.1 {
-            out.push((KernelImage::Sass(sass), ImageOrigin::EmbeddedSass));
-        }
+        out.push((KernelImage::Sass(sass), ImageOrigin::EmbeddedSass));
     }
     if let (Some(ptx), Some(built), Some(have)) =
         (module.prebuilt_ptx, cap(PREBUILT_ARCH), gpu.capability())
+        && built <= have
     {
-        if built <= have {
-            out.push((KernelImage::Ptx(ptx.to_string()), ImageOrigin::EmbeddedPtx));
-        }
+        out.push((KernelImage::Ptx(ptx.to_string()), ImageOrigin::EmbeddedPtx));
     }
     out
 }

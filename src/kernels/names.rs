@@ -44,10 +44,10 @@ pub fn kernel_names(source: &str) -> Vec<String> {
             Token::Ident(id)
                 if id == "__global__" && (extern_decl || !extern_blocks.is_empty()) =>
             {
-                if let Some(name) = declared_name(&tokens[i + 1..]) {
-                    if !names.contains(&name) {
-                        names.push(name);
-                    }
+                if let Some(name) = declared_name(&tokens[i + 1..])
+                    && !names.contains(&name)
+                {
+                    names.push(name);
                 }
             }
             _ => {}

@@ -117,10 +117,10 @@ pub fn parse_ptxas_output(text: &str) -> PtxasReport {
             continue;
         }
         let Some(info) = trimmed.strip_prefix("ptxas info") else {
-            if trimmed.contains("bytes stack frame") {
-                if let Some(k) = properties_of.take() {
-                    apply_fields(&mut report.kernels[k], trimmed);
-                }
+            if trimmed.contains("bytes stack frame")
+                && let Some(k) = properties_of.take()
+            {
+                apply_fields(&mut report.kernels[k], trimmed);
             }
             continue;
         };
@@ -136,10 +136,10 @@ pub fn parse_ptxas_output(text: &str) -> PtxasReport {
         } else if let Some(rest) = info.strip_prefix("Function properties for") {
             let name = rest.trim();
             properties_of = current.filter(|&k| report.kernels[k].kernel == name);
-        } else if info.starts_with("Used") {
-            if let Some(k) = current {
-                apply_fields(&mut report.kernels[k], info);
-            }
+        } else if info.starts_with("Used")
+            && let Some(k) = current
+        {
+            apply_fields(&mut report.kernels[k], info);
         }
     }
     report
@@ -188,13 +188,12 @@ pub fn find_ptxas(explicit: Option<&Path>) -> Result<Option<PathBuf>, KernelErro
             })
         };
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(found) = std::env::split_paths(&path)
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(found) = std::env::split_paths(&path)
             .map(|d| d.join("ptxas"))
             .find(|p| p.is_file())
-        {
-            return Ok(Some(found));
-        }
+    {
+        return Ok(Some(found));
     }
     let local = Path::new(LOCAL_PTXAS);
     Ok(local

@@ -39,7 +39,8 @@ pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion, KeptJob, PurgeRep
 pub use services::{LoadedService, ServiceOrigin, ServiceView};
 pub use store::{JobChanges, JobRecord};
 pub use views::{
-    DeviceView, PolicyKind, StatusView, TenantFigures, TenantKind, TenantState, TenantView,
+    DeviceView, Listeners, PolicyKind, StatusView, TenantFigures, TenantKind, TenantState,
+    TenantView,
 };
 
 /// Why a node operation was refused; each maps to one HTTP status.
@@ -88,6 +89,8 @@ pub struct Node {
     /// Submits the config's jobs at start, off the thread that goes on to serve HTTP.
     config_jobs_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     started_at: SystemTime,
+    /// The addresses the APIs listen on, once bound.
+    listeners: RwLock<Listeners>,
     /// Workers of each device (CPU threads, or a GPU's CTAs), by device index.
     workers: Vec<usize>,
     shutting_down: AtomicBool,
@@ -154,6 +157,7 @@ impl Node {
             registry: registry::ServiceRegistry::default(),
             store: store::JobStore::default(),
             started_at: SystemTime::now(),
+            listeners: RwLock::new(Listeners::default()),
             workers,
             shutting_down: AtomicBool::new(false),
             permits: CorePermits::new(cpu_threads),

@@ -15,7 +15,7 @@ use crate::device::{Backend, CpuBackend, Precision};
 use crate::model::MlpParams;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::footprint::{Purpose, check_fit};
-use crate::serve::{BatchConfig, InferenceService, ModelIo, ServedModel, ServiceStats};
+use crate::serve::{BatchConfig, InferenceService, ModelIo, Protocol, ServedModel, ServiceStats};
 use crate::train::{TrainEvent, TrainSpec, Trainer};
 use crate::util::histogram::{Histogram, LATENCY_BOUNDS_S};
 use std::sync::Arc;
@@ -55,8 +55,9 @@ pub struct LoadedService {
     pub batcher: InferenceService,
     /// The lane it runs in.
     pub lane: Arc<Lane>,
-    /// End-to-end latency of HTTP inference requests (decode to encode), seconds.
-    request_hist: Mutex<Histogram>,
+    /// End-to-end latency of successful inference requests (arrival to answer), seconds,
+    /// one histogram per protocol ([`Protocol::index`]).
+    request_hist: [Mutex<Histogram>; 2],
     /// Requests refused before reaching the batcher (malformed input).
     invalid: Mutex<u64>,
     /// Requests answered with a timeout.
@@ -247,7 +248,7 @@ impl LoadedService {
             created_at: SystemTime::now(),
             batcher,
             lane,
-            request_hist: Mutex::new(Histogram::new(LATENCY_BOUNDS_S)),
+            request_hist: Protocol::ALL.map(|_| Mutex::new(Histogram::new(LATENCY_BOUNDS_S))),
             invalid: Mutex::new(0),
             timeouts: AtomicU64::new(0),
             precision,
@@ -294,9 +295,9 @@ impl LoadedService {
         *cfg = new.clone();
     }
 
-    /// Records one HTTP request's end-to-end latency.
-    pub(crate) fn observe_request(&self, seconds: f64) {
-        sync::lock(&self.request_hist).observe(seconds);
+    /// Records one successful request's end-to-end latency.
+    pub(crate) fn observe_request(&self, protocol: Protocol, seconds: f64) {
+        sync::lock(&self.request_hist[protocol.index()]).observe(seconds);
     }
 
     /// Counts a request refused as malformed.
@@ -329,9 +330,9 @@ impl LoadedService {
         sync::read(&self.config).timeout_ms
     }
 
-    /// End-to-end latency histogram.
-    pub(crate) fn request_hist(&self) -> Histogram {
-        sync::lock(&self.request_hist).clone()
+    /// End-to-end latency histogram of the requests that came over `protocol`.
+    pub(crate) fn request_hist(&self, protocol: Protocol) -> Histogram {
+        sync::lock(&self.request_hist[protocol.index()]).clone()
     }
 
     /// Batcher statistics.

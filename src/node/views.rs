@@ -19,6 +19,9 @@ use crate::util::sync;
 pub struct StatusView {
     /// Version and revision.
     pub version: String,
+    /// The addresses the APIs listen on.
+    #[serde(default)]
+    pub listeners: Listeners,
     /// RFC 3339 start time.
     pub started_at: String,
     /// Seconds since start.
@@ -39,6 +42,22 @@ pub struct StatusView {
     pub gpu_telemetry: Vec<crate::telemetry::GpuSample>,
     /// Every tenant: services first, then jobs.
     pub tenants: Vec<TenantView>,
+}
+
+/// The addresses the daemon's APIs listen on, as bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listeners {
+    /// The HTTP API (`listen`).
+    pub http: Option<String>,
+    /// The gRPC API (`grpc_listen`); `None` when it is off.
+    pub grpc: Option<String>,
+}
+
+impl Node {
+    /// Records the addresses the APIs listen on, for status.
+    pub fn set_listeners(&self, listeners: Listeners) {
+        *crate::util::sync::write(&self.listeners) = listeners;
+    }
 }
 
 /// Which share policy is in force, as status names it ([`Policy::name`]).
@@ -272,6 +291,7 @@ impl Node {
         }
         StatusView {
             version: crate::VERSION.to_string(),
+            listeners: crate::util::sync::read(&self.listeners).clone(),
             started_at: crate::config::format_rfc3339(self.started_at),
             uptime_s: self.started_at.elapsed().map_or(0.0, |d| d.as_secs_f64()),
             ready: self.is_ready(),

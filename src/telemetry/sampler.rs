@@ -64,7 +64,7 @@ impl Sampler {
                 self.failed_reads += 1;
                 self.consecutive_failures += 1;
                 let msg = e.to_string();
-                if self.failed_reads == 1 || self.failed_reads % WARN_EVERY == 0 {
+                if self.failed_reads == 1 || self.failed_reads.is_multiple_of(WARN_EVERY) {
                     tracing::warn!(
                         failed_reads = self.failed_reads,
                         source = %self.source.describe(),

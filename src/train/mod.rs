@@ -442,7 +442,7 @@ impl<B: Backend> Trainer<B> {
         let every = self.spec.checkpoint_every_steps;
         while self.finished.is_none() {
             self.step(on_event)?;
-            if every > 0 && self.opt.step() % every == 0 && self.finished.is_none() {
+            if every > 0 && self.opt.step().is_multiple_of(every) && self.finished.is_none() {
                 self.save_checkpoint(on_event)?;
             }
         }

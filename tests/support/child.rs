@@ -56,7 +56,9 @@ impl ChildDaemon {
             .open(&log)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_setpoint"));
+        // Every test daemon takes a free port for gRPC, never the default 8001.
         cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .args(["--grpc-listen", "127.0.0.1:0"])
             .env_remove("NOTIFY_SOCKET")
             .env_remove("SETPOINT_AUTH_TOKEN")
             .stdout(Stdio::null())

@@ -1,4 +1,4 @@
-//! An in-process daemon on a free loopback port for HTTP tests, run by the binary's own
+//! An in-process daemon on free loopback ports (HTTP and gRPC) for API tests, run by the binary's own
 //! `setpoint::daemon::run`, a ureq agent that does not treat 4xx/5xx as errors, and polling.
 
 #![allow(dead_code)]
@@ -12,6 +12,8 @@ use setpoint::node::Node;
 /// A daemon serving on a free loopback port, stopped on drop.
 pub struct Daemon {
     pub url: String,
+    /// The gRPC API's endpoint, `http://127.0.0.1:PORT`.
+    pub grpc: String,
     pub node: Arc<Node>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -39,7 +41,11 @@ impl Daemon {
                 let listener =
                     setpoint::api::server::bind(([127, 0, 0, 1], 0).into(), http.listen_backlog)
                         .unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let grpc =
+                    setpoint::api::server::bind(([127, 0, 0, 1], 0).into(), http.listen_backlog)
+                        .unwrap();
+                let addrs = (listener.local_addr().unwrap(), grpc.local_addr().unwrap());
+                addr_tx.send(addrs).unwrap();
                 let options = setpoint::daemon::Options {
                     limits: setpoint::api::server::Limits::new(&http, http.max_connections),
                     stop: async {
@@ -47,13 +53,14 @@ impl Daemon {
                     },
                     hangups: None,
                     notifier: Arc::new(setpoint::node::systemd::Notifier::disabled()),
+                    grpc: Some(grpc),
                 };
                 setpoint::daemon::run(running, listener, options)
                     .await
                     .unwrap();
             });
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (addr, grpc) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -61,6 +68,7 @@ impl Daemon {
             .into();
         Daemon {
             url: format!("http://{addr}"),
+            grpc: format!("http://{grpc}"),
             node,
             stop: Some(stop_tx),
             thread: Some(thread),

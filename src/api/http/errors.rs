@@ -112,6 +112,31 @@ impl From<ServeError> for ApiError {
 }
 
 impl ApiError {
+    /// The gRPC status code of this error, from its HTTP status as the Open Inference
+    /// Protocol pairs them: one map for both transports.
+    pub(crate) fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self.status {
+            StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::InvalidArgument,
+            StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+            StatusCode::FORBIDDEN => Code::PermissionDenied,
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::CONFLICT => Code::FailedPrecondition,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
+                Code::ResourceExhausted
+            }
+            StatusCode::NOT_IMPLEMENTED | StatusCode::METHOD_NOT_ALLOWED => Code::Unimplemented,
+            StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+            StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+            _ => Code::Internal,
+        }
+    }
+
+    /// The gRPC status answering this error, with the message HTTP gives.
+    pub(crate) fn into_status(self) -> tonic::Status {
+        tonic::Status::new(self.grpc_code(), self.message)
+    }
+
     /// A 400 for a body that does not validate: every problem, `; `-separated.
     pub(crate) fn invalid(issues: &[ConfigIssue]) -> Self {
         let lines: Vec<String> = issues.iter().map(|i| i.to_string()).collect();

@@ -163,7 +163,7 @@ async fn require_token(
 }
 
 /// Compares without returning early, so the time taken does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
     for (i, &x) in a.iter().enumerate() {
         diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);

@@ -2,7 +2,7 @@
 //! inference.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, AppState, json_response, read_body};
+use crate::api::inference::{account, run_rows, served_model, timed_out};
 use crate::api::v2codec;
 use crate::node::{LoadedService, Node};
-use crate::serve::{MODEL_VERSION, ServeError};
+use crate::serve::{MODEL_VERSION, Protocol, ServeError};
 
 /// A model path, with or without `/versions/{version}`.
 #[derive(Debug, serde::Deserialize)]
@@ -26,17 +27,7 @@ impl ModelPath {
     /// The serving service the path names: 404 for an unknown model or version, 503 while
     /// it loads.
     fn service(&self, node: &Node) -> ApiResult<Arc<LoadedService>> {
-        let svc = node.service(&self.model)?;
-        match &self.version {
-            Some(v) if v != MODEL_VERSION => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "model {} has no version {v} (available: {MODEL_VERSION})",
-                    self.model
-                ),
-            )),
-            _ => Ok(svc),
-        }
+        served_model(node, &self.model, self.version.as_deref())
     }
 }
 
@@ -221,51 +212,8 @@ pub(super) async fn infer(
                 .insert(crate::api::SERVER_TIME_HEADER, v);
         }
     }
-    match &result {
-        Ok(_) => svc.observe_request(start.elapsed().as_secs_f64()),
-        Err(e) if e.status == StatusCode::BAD_REQUEST => svc.count_invalid(),
-        Err(e) if e.status == StatusCode::GATEWAY_TIMEOUT => svc.count_timeout(),
-        Err(_) => {}
-    }
+    account(&svc, Protocol::Http, start, result.as_ref().err());
     result
-}
-
-/// The timeout a request runs under: the service's `timeout_ms`, or the client's
-/// `parameters.timeout` when that is shorter (a longer one is clamped, as Triton's
-/// `allow_timeout_override` only lets a request shorten its queue policy's timeout).
-/// Returns the timeout and whether the client's was clamped.
-pub(crate) fn request_timeout(service: Duration, client_us: Option<u64>) -> (Duration, bool) {
-    match client_us {
-        Some(us) if Duration::from_micros(us) <= service => (Duration::from_micros(us), false),
-        Some(_) => (service, true),
-        None => (service, false),
-    }
-}
-
-/// The 504 answer to a request that ran out of time, saying which timeout applied.
-fn timed_out(
-    svc: &LoadedService,
-    timeout: Duration,
-    client_us: Option<u64>,
-    clamped: bool,
-) -> ApiError {
-    let us = timeout.as_micros();
-    let which = match client_us {
-        Some(c) if clamped => format!(
-            "the service's timeout_ms = {}; the client's parameters.timeout of {c} us is longer and was clamped to it",
-            svc.timeout_ms()
-        ),
-        Some(_) => "the client's parameters.timeout".to_string(),
-        None => format!("the service's timeout_ms = {}", svc.timeout_ms()),
-    };
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        format!(
-            "model {}: no answer within the request's timeout of {us} us ({which}); \
-             a request still queued at its timeout is dropped without being run",
-            svc.name()
-        ),
-    )
 }
 
 /// The body with its `Content-Encoding` undone, off the async workers: a compressed body
@@ -377,24 +325,7 @@ async fn decode_and_run(
     svc.batcher.check_room(1)?;
     let Decoded { req, rows } =
         decode_off_runtime(slots, svc, body, header_len, start + svc.timeout()).await?;
-    let (timeout, clamped) = request_timeout(svc.timeout(), req.timeout_us);
-    // The timeout counts from the request's arrival, reading and decoding included.
-    let left = timeout.saturating_sub(start.elapsed());
-    if left.is_zero() {
-        svc.batcher.count_expired_unqueued(rows.len());
-        return Err(timed_out(svc, timeout, req.timeout_us, clamped));
-    }
-    let pending = svc.batcher.submit_rows(rows, Some(left))?;
-    let mut probs = Vec::with_capacity(req.rows * svc.io.classes);
-    for p in pending {
-        match p.recv().await {
-            Ok(answer) => probs.extend_from_slice(&answer.output),
-            Err(ServeError::TimedOut { .. }) => {
-                return Err(timed_out(svc, timeout, req.timeout_us, clamped));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let probs = run_rows(svc, rows, req.timeout_us, start).await?;
     let (out, header_len) = v2codec::encode_infer(svc.name(), MODEL_VERSION, &req, &probs, &svc.io);
     let mut r = (StatusCode::OK, out).into_response();
     let h = r.headers_mut();
@@ -419,19 +350,6 @@ async fn decode_and_run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_client_timeout_can_shorten_the_services_never_lengthen_it() {
-        let svc = Duration::from_millis(250);
-        assert_eq!(request_timeout(svc, None), (svc, false));
-        assert_eq!(
-            request_timeout(svc, Some(1_000)),
-            (Duration::from_millis(1), false)
-        );
-        assert_eq!(request_timeout(svc, Some(250_000)), (svc, false));
-        assert_eq!(request_timeout(svc, Some(250_001)), (svc, true));
-        assert_eq!(request_timeout(svc, Some(u64::MAX)), (svc, true));
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compressed_bodies_are_inflated_off_the_runtime_within_their_slots() {

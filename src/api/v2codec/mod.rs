@@ -260,6 +260,44 @@ pub enum CodecError {
         /// The tensor.
         name: String,
     },
+    /// gRPC: `raw_input_contents` does not hold one entry per input.
+    #[error(
+        "raw_input_contents has {got} entries for {inputs} inputs (send one per input, in the \
+         order of the inputs, or none)"
+    )]
+    RawCount {
+        /// Entries sent.
+        got: usize,
+        /// Inputs in the request.
+        inputs: usize,
+    },
+    /// gRPC: an input's `raw_input_contents` entry disagrees with its shape.
+    #[error(
+        "input {name:?}: raw_input_contents holds {got} bytes, expected {expected} bytes for \
+         shape {shape} FP32"
+    )]
+    RawSize {
+        /// The input.
+        name: String,
+        /// Bytes sent.
+        got: usize,
+        /// Bytes the shape needs.
+        expected: u128,
+        /// The shape sent, formatted.
+        shape: String,
+    },
+    /// gRPC: an input given both as typed `contents` and in `raw_input_contents`.
+    #[error("input {name:?}: both contents and raw_input_contents are given (send one)")]
+    ContentsTwice {
+        /// The input.
+        name: String,
+    },
+    /// gRPC: an input with neither typed `contents` nor `raw_input_contents`.
+    #[error("input {name:?}: no data (send contents.fp32_contents or raw_input_contents)")]
+    NoContents {
+        /// The input.
+        name: String,
+    },
     /// A request-level `parameters.timeout` that is not a positive integer.
     #[error("parameters.timeout: expected a positive integer number of microseconds, got {got}")]
     InvalidTimeout {

@@ -131,7 +131,9 @@ pub(super) fn start_daemon(spec: &SoakSpec) -> Result<(Daemon, Client), SoakErro
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--state-dir")
-        .arg(dir.path().join("state"));
+        .arg(dir.path().join("state"))
+        // The soak measures HTTP; gRPC stays off so no second port is needed.
+        .args(["--grpc-listen", ""]);
     if let Some(c) = &spec.config {
         cmd.arg("--config").arg(c);
     }

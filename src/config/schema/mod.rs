@@ -19,6 +19,7 @@ pub(super) use tenants::{job, service};
 
 const ROOT_KEYS: &[&str] = &[
     "listen",
+    "grpc_listen",
     "state_dir",
     "control_period_ms",
     "auth_token",
@@ -88,6 +89,8 @@ pub(super) mod defaults {
 
     pub(crate) const LISTEN: SocketAddr =
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8000));
+    pub(crate) const GRPC_LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8001));
     pub(crate) const STATE_DIR: &str = "state";
     pub(crate) const CONTROL_PERIOD_MS: u64 = 100;
     pub(crate) const MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
@@ -120,6 +123,7 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
     w.check_keys(&root, ROOT_KEYS);
 
     let listen = listen(w, &root);
+    let grpc_listen = grpc_listen(w, &root);
     let state_dir = state_dir(w, &root);
     let control_period = w
         .int::<u64>(
@@ -167,6 +171,7 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
 
     NodeConfig {
         listen: listen.unwrap_or(defaults::LISTEN),
+        grpc_listen: grpc_listen.unwrap_or(Some(defaults::GRPC_LISTEN)),
         state_dir: state_dir.unwrap_or_default(),
         control_period_ms: control_period.unwrap_or(defaults::CONTROL_PERIOD_MS),
         auth_token,
@@ -197,6 +202,28 @@ fn listen(w: &mut Walker, root: &Tbl<'_>) -> Option<SocketAddr> {
             );
             None
         }),
+    }
+}
+
+/// The root's `grpc_listen` address: the default when absent, `Some(None)` when empty (gRPC
+/// off); `None` when wrong (reported).
+fn grpc_listen(w: &mut Walker, root: &Tbl<'_>) -> Option<Option<SocketAddr>> {
+    match w.string(root, "grpc_listen") {
+        Field::Absent => Some(Some(defaults::GRPC_LISTEN)),
+        Field::Bad => None,
+        Field::Ok("") => Some(None),
+        Field::Ok(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(Some(a)),
+            Err(_) => {
+                w.issue(
+                    "grpc_listen",
+                    format!(
+                        "expected a socket address like \"127.0.0.1:8001\" or \"[::1]:8001\" (an IP, not a host name), or \"\" to turn gRPC off, got {s:?}"
+                    ),
+                );
+                None
+            }
+        },
     }
 }
 

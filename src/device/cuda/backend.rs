@@ -292,10 +292,10 @@ impl CudaBackend {
             (None, Some(l)) => l.place.finish(),
             (None, None) => return Ok(()),
         };
-        if let Some(lease) = st.lease.take() {
-            if let Some(g) = &self.dev.green {
-                g.end(self.id, lease);
-            }
+        if let Some(lease) = st.lease.take()
+            && let Some(g) = &self.dev.green
+        {
+            g.end(self.id, lease);
         }
         st.staging.reset();
         let busy = timed.map_err(|e| self.fault(e))?;

@@ -192,7 +192,11 @@ mod tests {
                 Some(r) => p.release(lane as u64, r),
                 None => {
                     let want = 1 + rng.below(16) as usize;
-                    let side = if lane % 2 == 0 { Side::Low } else { Side::High };
+                    let side = if lane.is_multiple_of(2) {
+                        Side::Low
+                    } else {
+                        Side::High
+                    };
                     held[lane] = p.acquire(lane as u64, want, side, None);
                 }
             }

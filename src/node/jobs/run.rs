@@ -231,7 +231,7 @@ impl Job {
             }
             let epoch = self.one_step(trainer)?;
             let steps = trainer.steps();
-            if every > 0 && steps % every == 0 {
+            if every > 0 && steps.is_multiple_of(every) {
                 self.save_periodic(trainer)?;
             }
             self.publish_progress(trainer, epoch, &mut window_start);

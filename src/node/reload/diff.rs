@@ -38,6 +38,9 @@ pub fn effective_config(running: &NodeConfig, new: &NodeConfig) -> (NodeConfig, 
         new.listen.to_string().into(),
     );
     effective.listen = running.listen;
+    let grpc = |c: &NodeConfig| c.grpc_listen.map_or_else(String::new, |a| a.to_string());
+    keep("grpc_listen", grpc(running).into(), grpc(new).into());
+    effective.grpc_listen = running.grpc_listen;
     keep(
         "state_dir",
         running.state_dir.display().to_string().into(),

@@ -13,6 +13,8 @@ pub struct ConfigSource {
     pub path: Option<PathBuf>,
     /// `--listen`, over the file's `listen`.
     pub listen: Option<SocketAddr>,
+    /// `--grpc-listen`, over the file's `grpc_listen` (`Some(None)`: gRPC off).
+    pub grpc_listen: Option<Option<SocketAddr>>,
     /// `--state-dir`, over the file's `state_dir`.
     pub state_dir: Option<PathBuf>,
     /// `--data-dir`s, added to the file's `paths.data_dirs`.
@@ -66,6 +68,9 @@ impl ConfigSource {
         };
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if let Some(grpc) = self.grpc_listen {
+            config.grpc_listen = grpc;
         }
         if let Some(dir) = &self.state_dir {
             config.state_dir = dir.clone();
