@@ -160,7 +160,7 @@ fn a_single_buffered_tensor_core_gemm_is_caught() {
 fn a_store_past_the_columns_of_c_is_caught() {
     planted(
         "store_c_no_column_check",
-        &[("gemm.cu", "if (row < m && col < n) {", "if (row < m) {")],
+        &[("common.cuh", "if (row < m && col < n) {", "if (row < m) {")],
         |h| gemm_probe(GemmKernel::F32, &whole(&gemm_cases(&[(65, 70, 40)])), h),
         &["wrote outside argument 3", "vs CPU"],
     );
@@ -192,7 +192,7 @@ fn a_load_past_the_rows_of_an_operand_is_caught() {
 
 /// Vector loads chosen on the leading dimension alone, ignoring where the operand starts.
 const IGNORE_POINTER_ALIGNMENT: Edits = &[(
-    "gemm.cu",
+    "common.cuh",
     " &&\n             (unsigned long long)op.p % (unsigned long long)(width * (int)sizeof(T)) == 0;",
     ";",
 )];
