@@ -19,8 +19,8 @@ use setpoint::util::rng::Rng;
 
 use emu::{Harness, SCHEDULES, assert_close, assert_same, position};
 use emu_gemm::{
-    GEMM_SHAPES, GemmKernel, Part, TILE, check_gemm, describe, gemm_cases, gemm_inputs,
-    gemm_launch, reference, tiles, whole,
+    GEMM_SHAPES, GemmKernel, Part, check_gemm, describe, gemm_cases, gemm_inputs, gemm_launch,
+    reference, whole,
 };
 
 fn check(kernel: GemmKernel, cases: &[(Gemm, Part)], seed: u64) {
@@ -60,6 +60,36 @@ fn gemm_bf16_tensor_core_kernel_matches_cpu_under_emulated_mma() {
         (130, 136, 72),
     ];
     check(GemmKernel::Bf16TensorCores, &whole(&gemm_cases(&shapes)), 3);
+}
+
+/// The small-m tensor-core kernel (16 x 64 tiles, k split across its 4 warps and reduced in
+/// a fixed order): the batch sizes it is for and past them (m = 17 and 33 take two and three
+/// row tiles), n and k prime or off the tile and the 64-deep k-slice (k = 31: one slice, no
+/// warp but the first with data; k = 200: four slices, the last partial), k = 0 (C = beta·C).
+#[test]
+fn gemm_bf16_small_m_matches_cpu_for_inference_batches() {
+    let shapes = [
+        (1, 1, 1),
+        (1, 67, 97),
+        (2, 10, 64),
+        (7, 131, 31),
+        (8, 64, 128),
+        (15, 13, 61),
+        (16, 130, 72),
+        (16, 8, 16),
+        (17, 64, 200),
+        (33, 72, 40),
+        (8, 5, 0),
+    ];
+    check(GemmKernel::Bf16SmallM, &whole(&gemm_cases(&shapes)), 5);
+}
+
+/// An MLP inference layer at batch 8 (784 inputs, as the MNIST model's first layer): 13
+/// column tiles of one row tile, 13 k-slices each, every grid giving the same C.
+#[test]
+fn gemm_bf16_small_m_runs_an_mlp_layer_at_batch_8() {
+    let g = Gemm::new(8, 784, 784).tb();
+    check(GemmKernel::Bf16SmallM, &[(g, Part::whole(g))], 6);
 }
 
 /// Buffers a few bytes past the 256-byte alignment (as sub-buffers of a larger allocation
@@ -156,8 +186,13 @@ fn gemm_tile_ranges_split_the_product_exactly() {
     for kernel in GemmKernel::ALL {
         let g = Gemm::new(130, 150, 40).tb().scaled(1.25, 0.5);
         let (m, n) = (g.m, g.n);
-        let t = tiles(g);
-        assert_eq!(t, 9);
+        let t = kernel.tiles(g);
+        let want_tiles = if kernel == GemmKernel::Bf16SmallM {
+            27
+        } else {
+            9
+        };
+        assert_eq!(t, want_tiles, "{}", kernel.name());
         let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
         let what = describe(kernel, g, Part::whole(g));
         let whole = gemm_launch(kernel, g, &a, &b, &c, Part::whole(g))
@@ -166,9 +201,8 @@ fn gemm_tile_ranges_split_the_product_exactly() {
 
         let first = Part::whole(g).tile_range(0, t / 2);
         let half = gemm_launch(kernel, g, &a, &b, &c, first).run(2).f32(2);
-        let tiles_n = n.div_ceil(TILE);
         for i in 0..m * n {
-            let tile = (i / n / TILE) * tiles_n + (i % n) / TILE;
+            let tile = kernel.tile_of(g, i);
             let (got, want, which) = if tile < t / 2 {
                 (half[i], whole[i], "the one-launch result")
             } else {
