@@ -92,6 +92,47 @@ fn gemm_bf16_small_m_runs_an_mlp_layer_at_batch_8() {
     check(GemmKernel::Bf16SmallM, &[(g, Part::whole(g))], 6);
 }
 
+/// At batch 8 the small-m kernel's launches compose as the host cuts them: tile ranges of one
+/// row of tiles give exactly the one-launch C, and split-K launches (beta, then 1) add up to
+/// the CPU product, with every transposition.
+#[test]
+fn gemm_bf16_small_m_composes_over_tile_ranges_and_split_k_at_batch_8() {
+    let mut rng = Rng::new(7);
+    let kernel = GemmKernel::Bf16SmallM;
+    for (t, g) in gemm_cases(&[(8, 200, 300)]).into_iter().enumerate() {
+        let g = g.scaled(0.75, -0.5);
+        assert_eq!(kernel.tiles(g), 4);
+        let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
+        let what = describe(kernel, g, Part::whole(g));
+        let whole = gemm_launch(kernel, g, &a, &b, &c, Part::whole(g))
+            .run(1)
+            .f32(2);
+        let first = Part::whole(g).tile_range(0, 1 + t % 2);
+        let rest = Part::whole(g).tile_range(1 + t % 2, 4);
+        let half = gemm_launch(kernel, g, &a, &b, &c, first).run(2).f32(2);
+        let split = gemm_launch(kernel, g, &a, &b, &half, rest).run(3).f32(2);
+        assert_same(&format!("{what}: two tile ranges"), &split, &whole, g.n);
+
+        let want = reference(g, &a, &b, &c, (0, g.k));
+        let mut acc = c.clone();
+        for (i, w) in [0, 64, 256, 300].windows(2).enumerate() {
+            let chunk = if i == 0 { g } else { g.scaled(g.alpha, 1.0) };
+            let part = Part::whole(g).k_range(w[0], w[1]);
+            acc = gemm_launch(kernel, chunk, &a, &b, &acc, part)
+                .run(1 + i as u32)
+                .f32(2);
+        }
+        let tol = |i| want.tol[i];
+        assert_close(
+            &format!("{what}: split-K at 64, 256"),
+            &acc,
+            &want.c,
+            g.n,
+            tol,
+        );
+    }
+}
+
 /// Buffers a few bytes past the 256-byte alignment (as sub-buffers of a larger allocation
 /// are), on shapes whose leading dimensions would otherwise allow vector loads: the kernels
 /// must fall back to scalar loads and give the same product (the harness's alignment
