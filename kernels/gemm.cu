@@ -19,68 +19,6 @@
 
 #define TILE 64  // output tile edge (part of the ABI: tile numbering)
 
-// One operand seen as an "outer x k" matrix restricted to the launch's k range: op(A) is
-// m x k (outer = m); op(B), transposed, is n x k (outer = n). Its storage is row-major with
-// ld elements per row, with either k contiguous (k_major: a storage row is one outer index)
-// or the outer index contiguous (a storage row is one k). `p` points at k = k_lo, so k
-// indices are relative to the range, and rows [0, rows) and columns [0, cols) of the
-// storage from p are read. ld is the extent of the contiguous index in storage, so when ld
-// is a multiple of the vector width and p is aligned, so is every vector at a multiple of
-// the width.
-template <typename T>
-struct Operand {
-    const T* p;
-    int ld;
-    int rows;
-    int cols;
-    bool k_major;
-    bool vec;  // aligned vector loads of `width` elements are possible
-};
-
-// The operand over the k range [k_lo, k_hi). Shifting the base pointer (rather than adding
-// k_lo to every k index) keeps the loads as cheap as without a range: ptxas otherwise keeps
-// more addresses live, about 25 more registers in gemm_bf16. A k_lo that is not a multiple
-// of the vector width (k contiguous) leaves p misaligned, so the loads are scalar.
-template <typename T>
-__device__ __forceinline__ Operand<T> make_operand(const T* p, int outer, int k, int k_lo,
-                                                   int k_hi, bool k_major, int width) {
-    Operand<T> op;
-    op.k_major = k_major;
-    op.ld = k_major ? k : outer;
-    op.p = p + (k_major ? (long long)k_lo : (long long)k_lo * op.ld);
-    op.rows = k_major ? outer : k_hi - k_lo;
-    op.cols = k_major ? k_hi - k_lo : outer;
-    op.vec = op.ld % width == 0 &&
-             (unsigned long long)op.p % (unsigned long long)(width * (int)sizeof(T)) == 0;
-    return op;
-}
-
-// The k range of a launch, [k_lo, k_hi), and its number of `bk`-deep slices.
-struct KRange {
-    int lo, hi, slices;
-};
-
-__device__ __forceinline__ KRange make_k_range(int k, int k_begin, int k_end, int bk) {
-    KRange r;
-    r.lo = k_begin > 0 ? k_begin : 0;
-    r.hi = imin(k_end, k);
-    r.slices = r.hi > r.lo ? ceil_div(r.hi - r.lo, bk) : 0;
-    return r;
-}
-
-// Writes alpha * acc (+ beta * C) to C[row][col] if inside C.
-__device__ __forceinline__ void store_c(float* c, int m, int n, int row, int col, float acc,
-                                        float alpha, float beta) {
-    if (row < m && col < n) {
-        float* p = c + (long long)row * n + col;
-        float v = alpha * acc;
-        if (beta != 0.0f) {
-            v += beta * *p;
-        }
-        *p = v;
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // SIMT kernels: 256 threads as 16 x 16, each computing a 4 x 4 block of the 64 x 64 tile
 // from 64 x 16 slices of op(A) and op(B) held k-major in shared memory (s[k][outer]).
@@ -280,48 +218,6 @@ __device__ __forceinline__ unsigned short (*kmaj(unsigned short* p))[TC_LD] {
 }
 __device__ __forceinline__ unsigned short (*omaj(unsigned short* p))[TC_LDT] {
     return (unsigned short (*)[TC_LDT])p;
-}
-
-// Loads four 8 x 8 b16 matrices from shared memory: lanes 8j..8j+7 give the row addresses
-// of matrix j (16 bytes each, 16-byte aligned), and r[j] receives row lane/4, elements
-// 2*(lane%4) and 2*(lane%4)+1 of matrix j.
-__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const unsigned short* p) {
-#ifdef __CUDA_ARCH__
-    const unsigned addr = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-#else
-    emu_ldmatrix_x4(r, p);
-#endif
-}
-
-// As ldmatrix_x4, each matrix transposed: r[j] receives column lane/4, elements of rows
-// 2*(lane%4) and 2*(lane%4)+1 of matrix j.
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const unsigned short* p) {
-#ifdef __CUDA_ARCH__
-    const unsigned addr = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-#else
-    emu_ldmatrix_x4_trans(r, p);
-#endif
-}
-
-// d += A * B for a 16 x 16 bf16 A fragment (4 registers) and a 16 x 8 bf16 B fragment
-// (2 registers), accumulating in f32.
-__device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4],
-                                               const unsigned b[2]) {
-#ifdef __CUDA_ARCH__
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    emu_mma_m16n8k16_bf16(d, a, b);
-#endif
 }
 
 // Piece q (0..255) of the 64 x 32 slice of `op` at outer origin o0, k origin k0: 8 elements

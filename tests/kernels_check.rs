@@ -29,6 +29,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("gemm", &["gemm_f32", "gemm_bf16", "gemm_bf16_simt"]),
+    ("gemm_small", &["gemm_bf16_small_m"]),
     ("softmax", &["softmax_xent", "softmax_rows", "sum_partial"]),
 ];
 
@@ -260,6 +261,46 @@ fn text_report_is_a_table_with_a_summary() {
         "{text}"
     );
     assert!(text.contains("compiled and assembled for sm_90"), "{text}");
+}
+
+/// The report says which kernel a bf16 GEMM of each representative shape runs on, and why:
+/// the small-m kernel at inference batches on tensor cores, gemm_bf16 past 16 rows, the SIMT
+/// twin on an architecture without tensor cores.
+#[test]
+fn the_report_names_the_gemm_kernel_chosen_for_each_shape() {
+    let Some(tools) = tools_or_skip() else {
+        return;
+    };
+    let out = run(setpoint(Some(&tools), &["kernels", "check"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "  8 x 2048 x 784: gemm_bf16_small_m, 32 tiles: m = 8 <= 16: one row of 16-row tiles, \
+         50% padding against 87% in 64-row tiles",
+        "  16 x 2048 x 784: gemm_bf16_small_m, 32 tiles:",
+        "  32 x 2048 x 784: gemm_bf16, 32 tiles: m = 32 > 16: 16-row tiles would read B 2 times",
+        "  4096 x 4096 x 4096: gemm_bf16, 4096 tiles:",
+    ] {
+        assert!(text.contains(line), "no line {line:?} in:\n{text}");
+    }
+
+    let out = run(setpoint(
+        Some(&tools),
+        &["kernels", "check", "--arch", "sm_75", "--json"],
+    ));
+    let v = json(&out);
+    let choices = v["bf16_gemm_choices"]
+        .as_array()
+        .expect("bf16_gemm_choices");
+    assert!(!choices.is_empty(), "{v:#}");
+    for c in choices {
+        assert_eq!(c["kernel"], "gemm_bf16_simt", "{c:#}");
+        assert!(
+            c["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("without tensor cores"))
+        );
+    }
 }
 
 #[test]

@@ -19,8 +19,8 @@ use setpoint::util::rng::Rng;
 
 use emu::{Harness, SCHEDULES, assert_close, assert_same, position};
 use emu_gemm::{
-    GEMM_SHAPES, GemmKernel, Part, TILE, check_gemm, describe, gemm_cases, gemm_inputs,
-    gemm_launch, reference, tiles, whole,
+    GEMM_SHAPES, GemmKernel, Part, check_gemm, describe, gemm_cases, gemm_inputs, gemm_launch,
+    reference, whole,
 };
 
 fn check(kernel: GemmKernel, cases: &[(Gemm, Part)], seed: u64) {
@@ -60,6 +60,77 @@ fn gemm_bf16_tensor_core_kernel_matches_cpu_under_emulated_mma() {
         (130, 136, 72),
     ];
     check(GemmKernel::Bf16TensorCores, &whole(&gemm_cases(&shapes)), 3);
+}
+
+/// The small-m tensor-core kernel (16 x 64 tiles, k split across its 4 warps and reduced in
+/// a fixed order): the batch sizes it is for and past them (m = 17 and 33 take two and three
+/// row tiles), n and k prime or off the tile and the 64-deep k-slice (k = 31: one slice, no
+/// warp but the first with data; k = 200: four slices, the last partial), k = 0 (C = beta·C).
+#[test]
+fn gemm_bf16_small_m_matches_cpu_for_inference_batches() {
+    let shapes = [
+        (1, 1, 1),
+        (1, 67, 97),
+        (2, 10, 64),
+        (7, 131, 31),
+        (8, 64, 128),
+        (15, 13, 61),
+        (16, 130, 72),
+        (16, 8, 16),
+        (17, 64, 200),
+        (33, 72, 40),
+        (8, 5, 0),
+    ];
+    check(GemmKernel::Bf16SmallM, &whole(&gemm_cases(&shapes)), 5);
+}
+
+/// An MLP inference layer at batch 8 (784 inputs, as the MNIST model's first layer): 13
+/// column tiles of one row tile, 13 k-slices each, every grid giving the same C.
+#[test]
+fn gemm_bf16_small_m_runs_an_mlp_layer_at_batch_8() {
+    let g = Gemm::new(8, 784, 784).tb();
+    check(GemmKernel::Bf16SmallM, &[(g, Part::whole(g))], 6);
+}
+
+/// At batch 8 the small-m kernel's launches compose as the host cuts them: tile ranges of one
+/// row of tiles give exactly the one-launch C, and split-K launches (beta, then 1) add up to
+/// the CPU product, with every transposition.
+#[test]
+fn gemm_bf16_small_m_composes_over_tile_ranges_and_split_k_at_batch_8() {
+    let mut rng = Rng::new(7);
+    let kernel = GemmKernel::Bf16SmallM;
+    for (t, g) in gemm_cases(&[(8, 200, 300)]).into_iter().enumerate() {
+        let g = g.scaled(0.75, -0.5);
+        assert_eq!(kernel.tiles(g), 4);
+        let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
+        let what = describe(kernel, g, Part::whole(g));
+        let whole = gemm_launch(kernel, g, &a, &b, &c, Part::whole(g))
+            .run(1)
+            .f32(2);
+        let first = Part::whole(g).tile_range(0, 1 + t % 2);
+        let rest = Part::whole(g).tile_range(1 + t % 2, 4);
+        let half = gemm_launch(kernel, g, &a, &b, &c, first).run(2).f32(2);
+        let split = gemm_launch(kernel, g, &a, &b, &half, rest).run(3).f32(2);
+        assert_same(&format!("{what}: two tile ranges"), &split, &whole, g.n);
+
+        let want = reference(g, &a, &b, &c, (0, g.k));
+        let mut acc = c.clone();
+        for (i, w) in [0, 64, 256, 300].windows(2).enumerate() {
+            let chunk = if i == 0 { g } else { g.scaled(g.alpha, 1.0) };
+            let part = Part::whole(g).k_range(w[0], w[1]);
+            acc = gemm_launch(kernel, chunk, &a, &b, &acc, part)
+                .run(1 + i as u32)
+                .f32(2);
+        }
+        let tol = |i| want.tol[i];
+        assert_close(
+            &format!("{what}: split-K at 64, 256"),
+            &acc,
+            &want.c,
+            g.n,
+            tol,
+        );
+    }
 }
 
 /// Buffers a few bytes past the 256-byte alignment (as sub-buffers of a larger allocation
@@ -156,8 +227,13 @@ fn gemm_tile_ranges_split_the_product_exactly() {
     for kernel in GemmKernel::ALL {
         let g = Gemm::new(130, 150, 40).tb().scaled(1.25, 0.5);
         let (m, n) = (g.m, g.n);
-        let t = tiles(g);
-        assert_eq!(t, 9);
+        let t = kernel.tiles(g);
+        let want_tiles = if kernel == GemmKernel::Bf16SmallM {
+            27
+        } else {
+            9
+        };
+        assert_eq!(t, want_tiles, "{}", kernel.name());
         let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
         let what = describe(kernel, g, Part::whole(g));
         let whole = gemm_launch(kernel, g, &a, &b, &c, Part::whole(g))
@@ -166,9 +242,8 @@ fn gemm_tile_ranges_split_the_product_exactly() {
 
         let first = Part::whole(g).tile_range(0, t / 2);
         let half = gemm_launch(kernel, g, &a, &b, &c, first).run(2).f32(2);
-        let tiles_n = n.div_ceil(TILE);
         for i in 0..m * n {
-            let tile = (i / n / TILE) * tiles_n + (i % n) / TILE;
+            let tile = kernel.tile_of(g, i);
             let (got, want, which) = if tile < t / 2 {
                 (half[i], whole[i], "the one-launch result")
             } else {

@@ -154,13 +154,56 @@ fn a_single_buffered_tensor_core_gemm_is_caught() {
     );
 }
 
+/// Small-m cases: one and two row tiles, several 64-deep k-slices, several column tiles (so
+/// that grid 1 takes more than one tile per block), all transpositions.
+fn small_m_cases() -> Vec<(Gemm, Part)> {
+    whole(&gemm_cases(&[(8, 70, 130), (17, 64, 64)]))
+}
+
+/// gemm_bf16_small_m without the barrier between the warps' partial tiles and their sum: a
+/// thread sums partials another warp has not written yet (the k-slices or the NaN that fill
+/// the shared memory they share), and what it reads depends on the schedule.
+#[test]
+fn a_missing_barrier_before_the_small_m_reduction_is_caught() {
+    planted(
+        "gemm_small_m_no_reduction_barrier",
+        &[(
+            "gemm_small.cu",
+            "        sm_put_partial(sm.red[warp], lane, acc);\n        __syncthreads();\n",
+            "        sm_put_partial(sm.red[warp], lane, acc);\n",
+        )],
+        |h| gemm_probe(GemmKernel::Bf16SmallM, &small_m_cases(), h),
+        RACE,
+    );
+}
+
+/// gemm_bf16_small_m without the barrier at the end of a tile: a warp that runs ahead loads
+/// its next tile's first slice over the partial tiles (the same shared memory) that other
+/// warps are still summing. Only a block with more than one tile, and a schedule that lets
+/// one warp run ahead (or the plain order, where thread 0 runs ahead of the rest), shows it.
+#[test]
+fn a_missing_barrier_after_the_small_m_reduction_is_caught() {
+    planted(
+        "gemm_small_m_no_tile_end_barrier",
+        &[(
+            "gemm_small.cu",
+            "            store_c(c, m, n, m0 + r, n0 + col, v, alpha, beta);\n        }\n        \
+             // The next tile's first slice overwrites the partial tiles being read above.\n        \
+             __syncthreads();\n",
+            "            store_c(c, m, n, m0 + r, n0 + col, v, alpha, beta);\n        }\n",
+        )],
+        |h| gemm_probe(GemmKernel::Bf16SmallM, &small_m_cases(), h),
+        RACE,
+    );
+}
+
 /// store_c without its column check writes a tile's columns past n into the next row, and
 /// past the end of C on the last row.
 #[test]
 fn a_store_past_the_columns_of_c_is_caught() {
     planted(
         "store_c_no_column_check",
-        &[("gemm.cu", "if (row < m && col < n) {", "if (row < m) {")],
+        &[("common.cuh", "if (row < m && col < n) {", "if (row < m) {")],
         |h| gemm_probe(GemmKernel::F32, &whole(&gemm_cases(&[(65, 70, 40)])), h),
         &["wrote outside argument 3", "vs CPU"],
     );
@@ -192,7 +235,7 @@ fn a_load_past_the_rows_of_an_operand_is_caught() {
 
 /// Vector loads chosen on the leading dimension alone, ignoring where the operand starts.
 const IGNORE_POINTER_ALIGNMENT: Edits = &[(
-    "gemm.cu",
+    "common.cuh",
     " &&\n             (unsigned long long)op.p % (unsigned long long)(width * (int)sizeof(T)) == 0;",
     ";",
 )];

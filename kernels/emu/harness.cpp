@@ -39,6 +39,7 @@
 
 #include "../elementwise.cu"
 #include "../gemm.cu"
+#include "../gemm_small.cu"
 #include "../softmax.cu"
 
 namespace {
@@ -264,6 +265,7 @@ const Kernel kKernels[] = {
     KERNEL(col_sum, 256),       KERNEL(softmax_xent, 256), KERNEL(softmax_rows, 256),
     KERNEL(sum_partial, 256),   KERNEL(sgd_step, 256),     KERNEL(adam_step, 256),
     KERNEL(f32_to_bf16, 256),   KERNEL(bf16_to_f32, 256),
+    KERNEL(gemm_bf16_small_m, 128),
 };
 
 // "0,1,7" -> {0, 1, 7}

@@ -228,6 +228,13 @@ impl CudaArch {
         }
     }
 
+    /// Whether GPUs of this architecture have the tensor-core instructions the bf16 GEMMs use
+    /// (`mma.sync` on bf16, `ldmatrix`: sm_80 and newer).
+    pub fn has_tensor_cores(&self) -> bool {
+        let digits = self.number.trim_end_matches(['a', 'f']);
+        digits.parse::<u32>().is_ok_and(|n| n >= 80)
+    }
+
     /// (major, minor) of a plain architecture; `None` for the `a`/`f` variants, which run
     /// only on their own architecture, or a number that does not split.
     fn capability(&self) -> Option<(u32, u32)> {

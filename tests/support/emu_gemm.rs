@@ -9,7 +9,7 @@ use setpoint::util::rng::Rng;
 
 use crate::emu::{Harness, Launch, close, round_to_bf16, same, to_bf16_bits, uniform};
 
-/// Output tile edge of the GEMM kernels (ABI).
+/// Output tile edge of the 64 x 64 GEMM kernels (ABI).
 pub const TILE: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,13 +17,16 @@ pub enum GemmKernel {
     F32,
     Bf16Simt,
     Bf16TensorCores,
+    /// `gemm_bf16_small_m`: 16 x 64 tiles, split-K across the warps of a CTA.
+    Bf16SmallM,
 }
 
 impl GemmKernel {
-    pub const ALL: [GemmKernel; 3] = [
+    pub const ALL: [GemmKernel; 4] = [
         GemmKernel::F32,
         GemmKernel::Bf16Simt,
         GemmKernel::Bf16TensorCores,
+        GemmKernel::Bf16SmallM,
     ];
 
     pub fn name(self) -> &'static str {
@@ -31,7 +34,28 @@ impl GemmKernel {
             GemmKernel::F32 => "gemm_f32",
             GemmKernel::Bf16Simt => "gemm_bf16_simt",
             GemmKernel::Bf16TensorCores => "gemm_bf16",
+            GemmKernel::Bf16SmallM => "gemm_bf16_small_m",
         }
+    }
+
+    /// Output tile (rows, columns) (ABI).
+    pub fn tile(self) -> (usize, usize) {
+        match self {
+            GemmKernel::Bf16SmallM => (16, 64),
+            _ => (TILE, TILE),
+        }
+    }
+
+    /// Output tiles of `g`, numbered row-major over C.
+    pub fn tiles(self, g: Gemm) -> usize {
+        let (rows, cols) = self.tile();
+        g.m.div_ceil(rows) * g.n.div_ceil(cols)
+    }
+
+    /// The tile holding element `i` of C (n columns).
+    pub fn tile_of(self, g: Gemm, i: usize) -> usize {
+        let (rows, cols) = self.tile();
+        (i / g.n / rows) * g.n.div_ceil(cols) + (i % g.n) / cols
     }
 }
 
@@ -46,10 +70,12 @@ pub struct Part {
 }
 
 impl Part {
-    /// The whole product with aligned buffers.
+    /// The whole product with aligned buffers: the tile range covers every kernel's tiles
+    /// (the kernels clip it to their own count).
     pub fn whole(g: Gemm) -> Part {
+        let tiles = GemmKernel::ALL.map(|k| k.tiles(g)).into_iter().max();
         Part {
-            tiles: (0, tiles(g)),
+            tiles: (0, tiles.unwrap_or(0)),
             ks: (0, g.k),
             offsets: [0; 3],
         }
@@ -72,10 +98,6 @@ impl Part {
     pub fn offsets(self, offsets: [usize; 3]) -> Part {
         Part { offsets, ..self }
     }
-}
-
-pub fn tiles(g: Gemm) -> usize {
-    g.m.div_ceil(TILE) * g.n.div_ceil(TILE)
 }
 
 pub fn describe(kernel: GemmKernel, g: Gemm, part: Part) -> String {
@@ -220,7 +242,7 @@ pub fn gemm_launch(
     let [oa, ob, oc] = part.offsets;
     let launch = match kernel {
         GemmKernel::F32 => launch.f32s_at(a, oa).f32s_at(b, ob),
-        GemmKernel::Bf16Simt | GemmKernel::Bf16TensorCores => launch
+        GemmKernel::Bf16Simt | GemmKernel::Bf16TensorCores | GemmKernel::Bf16SmallM => launch
             .u16s_at(&to_bf16_bits(a), oa)
             .u16s_at(&to_bf16_bits(b), ob),
     };

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{CheckError, Context, Figures, GpuCheckOptions, Verdict, random};
+use crate::device::cuda::choice::choose_gemm;
 use crate::device::cuda::{CudaBackend, CudaDevice, StreamPriority};
-use crate::device::{Activation, AdamParams, Backend, CpuBackend, Gemm, SgdParams};
+use crate::device::{Activation, AdamParams, Backend, CpuBackend, Gemm, Precision, SgdParams};
 use crate::util::rng::Rng;
 
 /// One comparison of a GPU kernel with the CPU backend.
@@ -181,7 +182,14 @@ pub fn kernel_checks(
             .into_iter()
             .map(|s| (s, vec![1, 3, full]))
             .collect();
-    let mut bf16_cases = vec![(64, 64, 64), (130, 65, 200), (512, 256, 1024)];
+    // (8, 784, 784) and (1, 10, 2048) run on gemm_bf16_small_m (see device::cuda::choice).
+    let mut bf16_cases = vec![
+        (64, 64, 64),
+        (130, 65, 200),
+        (512, 256, 1024),
+        (8, 784, 784),
+        (1, 10, 2048),
+    ];
     if large {
         f32_cases.push(((1000, 1030, 999), vec![full]));
         f32_cases.push(((1024, 1024, 1024), vec![7, full]));
@@ -433,7 +441,8 @@ fn gemm_bf16_layouts(
             g.gemm_bf16(spec, &a16, &b16, &mut tc, true)
                 .ctx("gemm_bf16 (tensor cores)")?;
             let tc = fetch(g, &tc, m * n)?;
-            c.check("gemm_bf16", case, &tc, &reference, gemm_tol(k));
+            let kernel = choose_gemm(&spec, Precision::Bf16, true).kernel.name();
+            c.check(kernel, case, &tc, &reference, gemm_tol(k));
         }
     }
     Ok(())

@@ -4,7 +4,9 @@
 use serde_json::json;
 
 use super::check::{ModuleCheck, Toolchain};
-use crate::kernels::{self, PtxOrigin};
+use crate::device::cuda::choice::{REPRESENTATIVE_SHAPES, choose_gemm};
+use crate::device::{Gemm, Precision};
+use crate::kernels::{self, CudaArch, PtxOrigin};
 use crate::util::table::Table;
 
 /// What compiled kernel code the binary carries, in words.
@@ -30,6 +32,7 @@ pub(super) fn no_ptxas_note() -> String {
 pub(super) fn text(checks: &[ModuleCheck], tools: &Toolchain) -> String {
     let mut out = header(tools);
     out.push_str(&kernel_table(checks).render());
+    out.push_str(&gemm_choices(&tools.arch));
     out.push_str(&messages(checks));
     out.push_str(&summary(checks, tools));
     out
@@ -95,6 +98,42 @@ fn kernel_table(checks: &[ModuleCheck]) -> Table {
         }
     }
     table
+}
+
+/// Which kernel the CUDA backend runs a bf16 GEMM of each representative shape on, on a GPU
+/// of `arch`, and why: one line per shape.
+fn gemm_choices(arch: &CudaArch) -> String {
+    let mut out = format!("\nbf16 GEMM kernels on {arch} (m x n x k: kernel, tiles: why):\n");
+    for &(m, n, k) in REPRESENTATIVE_SHAPES {
+        let g = Gemm::new(m, n, k);
+        let c = choose_gemm(&g, Precision::Bf16, arch.has_tensor_cores());
+        let tiles = c.tiles(&g);
+        let plural = if tiles == 1 { "" } else { "s" };
+        out.push_str(&format!(
+            "  {m} x {n} x {k}: {}, {tiles} tile{plural}: {}\n",
+            c.kernel.name(),
+            c.reason
+        ));
+    }
+    out.push_str("  (f32 precision: gemm_f32 for every shape)\n");
+    out
+}
+
+/// The same choices for the JSON report.
+fn gemm_choices_json(arch: &CudaArch) -> Vec<serde_json::Value> {
+    REPRESENTATIVE_SHAPES
+        .iter()
+        .map(|&(m, n, k)| {
+            let g = Gemm::new(m, n, k);
+            let c = choose_gemm(&g, Precision::Bf16, arch.has_tensor_cores());
+            json!({
+                "m": m, "n": n, "k": k,
+                "kernel": c.kernel.name(),
+                "tiles": c.tiles(&g),
+                "reason": c.reason.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// NVRTC's messages, ptxas's warnings and each failure, module by module.
@@ -167,6 +206,7 @@ pub(super) fn json(checks: &[ModuleCheck], tools: &Toolchain) -> serde_json::Val
         "ptxas": tools.ptxas,
         "ptxas_version": tools.ptxas_version,
         "modules": modules,
+        "bf16_gemm_choices": gemm_choices_json(&tools.arch),
     })
 }
 

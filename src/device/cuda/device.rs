@@ -24,7 +24,7 @@ pub struct CudaDevice {
     pub(super) primary: sys::CUcontext,
     pub(super) info: GpuInfo,
     libraries: Vec<sys::CUlibrary>,
-    pub(super) kernels: [Option<sys::CUkernel>; 14],
+    pub(super) kernels: [Option<sys::CUkernel>; Kernel::COUNT],
     pub(super) funcs: Funcs,
     /// Where each module's code came from.
     origins: Vec<(&'static str, ImageOrigin)>,
@@ -245,7 +245,7 @@ impl CudaDevice {
                 .min(info.total_memory),
             info,
             libraries: Vec::new(),
-            kernels: [None; 14],
+            kernels: [None; Kernel::COUNT],
             funcs: Funcs::empty(),
             origins: Vec::new(),
             blocks_per_sm: 1,
@@ -286,9 +286,10 @@ impl CudaDevice {
                 }
             }
         }
-        // The tensor-core GEMM needs sm_80; everything else must be there.
+        // The tensor-core GEMMs need sm_80; everything else must be there.
         for k in Kernel::ALL {
-            let optional = k == Kernel::GemmBf16 && self.info.compute_capability.0 < 8;
+            let tensor_cores = matches!(k, Kernel::GemmBf16 | Kernel::GemmBf16SmallM);
+            let optional = tensor_cores && self.info.compute_capability.0 < 8;
             if !optional && self.kernels[k.index()].is_none() {
                 return Err(DeviceError::Unavailable(format!(
                     "kernel {} is missing from the loaded modules",

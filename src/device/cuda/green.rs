@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use cudarc::driver::sys;
 
+use super::Kernel;
 use super::driver::{self, CuError, Current};
 use super::partition::{Partitions, Side};
 use super::place::{Funcs, Place};
@@ -43,7 +44,7 @@ struct Green {
 pub(crate) struct GreenContexts {
     dev: sys::CUdevice,
     primary: sys::CUcontext,
-    kernels: [Option<sys::CUkernel>; 14],
+    kernels: [Option<sys::CUkernel>; Kernel::COUNT],
     /// The groups of the split, in order.
     groups: Vec<sys::CUdevResource>,
     leases: Mutex<Partitions>,
@@ -99,7 +100,7 @@ impl GreenContexts {
         dev: sys::CUdevice,
         primary: sys::CUcontext,
         driver_version: i32,
-        kernels: [Option<sys::CUkernel>; 14],
+        kernels: [Option<sys::CUkernel>; Kernel::COUNT],
     ) -> Result<Self, GreenError> {
         if driver_version < MIN_DRIVER {
             return Err(GreenError::DriverTooOld(driver_version));

@@ -7,7 +7,8 @@
 //! running on an SM to finish. The backend bounds that by giving every CTA of a launch at
 //! most one piece of work:
 //!
-//! - a GEMM launch gives each CTA one 64 × 64 output tile over at most [`K_CHUNK_F32`] (SIMT
+//! - a GEMM launch gives each CTA one output tile (64 × 64, or 16 × 64 for the small-m
+//!   kernel, see [`GemmTile`]) over at most [`K_CHUNK_F32`] (SIMT
 //!   kernels) or [`K_CHUNK_BF16`] (tensor cores) of the inner dimension; a longer k runs as
 //!   successive launches that add into C (split-K in stream order, so no atomics and the same
 //!   result every run);
@@ -19,8 +20,46 @@
 
 use std::ops::Range;
 
-/// Output tile edge of the GEMM kernels (ABI.md).
+use super::Kernel;
+
+/// Output tile edge of the 64 × 64 GEMM kernels (ABI.md).
 pub const TILE: usize = 64;
+
+/// The output tile of a GEMM kernel (ABI.md): tiles are numbered row-major over C, so the
+/// host's tile ranges must count them with the kernel's own geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmTile {
+    /// Rows of C a tile covers.
+    pub rows: usize,
+    /// Columns of C a tile covers.
+    pub cols: usize,
+}
+
+impl GemmTile {
+    /// `gemm_f32`, `gemm_bf16_simt` and `gemm_bf16`.
+    pub const SQUARE: GemmTile = GemmTile {
+        rows: TILE,
+        cols: TILE,
+    };
+    /// `gemm_bf16_small_m`.
+    pub const SMALL_M: GemmTile = GemmTile {
+        rows: 16,
+        cols: TILE,
+    };
+
+    /// The tile of a GEMM kernel (the 64 × 64 one for every other kernel).
+    pub fn of(kernel: Kernel) -> GemmTile {
+        match kernel {
+            Kernel::GemmBf16SmallM => GemmTile::SMALL_M,
+            _ => GemmTile::SQUARE,
+        }
+    }
+
+    /// Tiles covering an `m × n` C.
+    pub fn count(self, m: usize, n: usize) -> usize {
+        m.div_ceil(self.rows) * n.div_ceil(self.cols)
+    }
+}
 /// Inner-dimension chunk of one launch of the SIMT GEMMs (`gemm_f32`, `gemm_bf16_simt`).
 pub(crate) const K_CHUNK_F32: usize = 256;
 /// Inner-dimension chunk of one launch of the tensor-core GEMM (`gemm_bf16`).
@@ -44,17 +83,18 @@ pub(crate) struct GemmLaunch {
     pub first: bool,
 }
 
-/// The launches of an `m × n × k` GEMM for a lane of `budget` CTAs, tile ranges outermost
-/// (each range's chunks back to back, while its C tiles are warm in L2). A `k` of 0 is one
-/// launch per tile range over the empty range (C = beta·C).
+/// The launches of an `m × n × k` GEMM in `tile`s for a lane of `budget` CTAs, tile ranges
+/// outermost (each range's chunks back to back, while its C tiles are warm in L2). A `k` of
+/// 0 is one launch per tile range over the empty range (C = beta·C).
 pub(crate) fn gemm_launches(
+    tile: GemmTile,
     m: usize,
     n: usize,
     k: usize,
     budget: usize,
     k_chunk: usize,
 ) -> impl Iterator<Item = GemmLaunch> {
-    let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
+    let tiles = tile.count(m, n);
     let per_launch = budget.max(1);
     let k_chunk = k_chunk.max(1);
     let chunks = k.div_ceil(k_chunk).max(1);
@@ -121,7 +161,7 @@ mod tests {
             let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
             let mut cover = vec![0usize; tiles];
             let mut firsts = vec![0usize; tiles];
-            for l in gemm_launches(m, n, k, budget, chunk) {
+            for l in gemm_launches(GemmTile::SQUARE, m, n, k, budget, chunk) {
                 assert!(l.tiles.len() <= budget, "{l:?}");
                 assert!(l.k.len() <= chunk);
                 for t in l.tiles.clone() {
@@ -135,11 +175,36 @@ mod tests {
     }
 
     #[test]
+    fn small_m_launches_count_16_by_64_tiles() {
+        // m = 8: one row of tiles (gemm_bf16 would also have one, 87.5 % of it padding);
+        // m = 33: three rows of 16; n = 784: 13 columns of 64.
+        assert_eq!(GemmTile::of(Kernel::GemmBf16SmallM).count(8, 784), 13);
+        assert_eq!(GemmTile::of(Kernel::GemmBf16SmallM).count(33, 784), 39);
+        assert_eq!(GemmTile::of(Kernel::GemmBf16).count(33, 784), 13);
+        let launches: Vec<GemmLaunch> =
+            gemm_launches(GemmTile::SMALL_M, 33, 130, 100, 5, 64).collect();
+        // 3 × 3 = 9 tiles in launches of at most 5, each over k in two chunks.
+        let ranges: Vec<(Range<usize>, Range<usize>, bool)> = launches
+            .into_iter()
+            .map(|l| (l.tiles, l.k, l.first))
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![
+                (0..5, 0..64, true),
+                (0..5, 64..100, false),
+                (5..9, 0..64, true),
+                (5..9, 64..100, false),
+            ]
+        );
+    }
+
+    #[test]
     fn chunked_k_starts_on_32_for_the_kernels_vector_loads() {
-        for l in gemm_launches(300, 300, 10_000, 7, K_CHUNK_F32) {
+        for l in gemm_launches(GemmTile::SQUARE, 300, 300, 10_000, 7, K_CHUNK_F32) {
             assert_eq!(l.k.start % 32, 0);
         }
-        for l in gemm_launches(300, 300, 10_000, 7, K_CHUNK_BF16) {
+        for l in gemm_launches(GemmTile::SQUARE, 300, 300, 10_000, 7, K_CHUNK_BF16) {
             assert_eq!(l.k.start % 32, 0);
         }
     }

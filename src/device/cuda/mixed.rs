@@ -1,18 +1,19 @@
 //! A lane's mixed-precision GEMM ([`crate::device::Precision::Bf16`]): both f32 operands are
 //! converted on the device (`f32_to_bf16`, to nearest even) into the lane's bf16 scratch,
 //! which is kept between GEMMs and grown only when a larger product needs it, then
-//! multiplied by `gemm_bf16` on tensor cores (its SIMT twin below sm_80), accumulating and
-//! writing f32. Also the conversions between f32 and bf16 buffers.
+//! multiplied on tensor cores by `gemm_bf16`, or `gemm_bf16_small_m` for few rows (see
+//! [`super::choice`]), or by the SIMT twin below sm_80, accumulating and writing f32. Also
+//! the conversions between f32 and bf16 buffers.
 
 use cudarc::driver::sys::CUdeviceptr;
 
 use super::Kernel;
 use super::backend::CudaBackend;
+use super::choice::choose_gemm;
 use super::driver::Arg;
-use super::launch::{K_CHUNK_BF16, K_CHUNK_F32};
 use super::memory::{CudaBf16, CudaBuf, DevMem};
 use super::ops::{elementwise, int, n32};
-use crate::device::{Backend, DeviceError, Gemm, check_len};
+use crate::device::{Backend, DeviceError, Gemm, Precision, check_len};
 
 impl CudaBackend {
     /// `C = alpha·op(A)·op(B) + beta·C` with the operands rounded to bf16.
@@ -33,8 +34,9 @@ impl CudaBackend {
         self.launch_bf16(g, (pa, lens[0]), (pb, lens[1]), c, tensor_cores)
     }
 
-    /// `gemm_bf16` on tensor cores, or its SIMT twin when `tensor_cores` is false, over bf16
-    /// operands at device addresses (with their lengths).
+    /// The bf16 GEMM [`choose_gemm`] picks for the shape (`gemm_bf16` or
+    /// `gemm_bf16_small_m` on tensor cores, the SIMT twin when `tensor_cores` is false), over
+    /// bf16 operands at device addresses (with their lengths).
     pub(super) fn launch_bf16(
         &self,
         g: Gemm,
@@ -43,12 +45,8 @@ impl CudaBackend {
         c: &mut CudaBuf,
         tensor_cores: bool,
     ) -> Result<(), DeviceError> {
-        let (kernel, chunk) = if tensor_cores {
-            (Kernel::GemmBf16, K_CHUNK_BF16)
-        } else {
-            (Kernel::GemmBf16Simt, K_CHUNK_F32)
-        };
-        self.launch_gemm(kernel, chunk, g, a, b, c)
+        let choice = choose_gemm(&g, Precision::Bf16, tensor_cores);
+        self.launch_gemm(choice.kernel, choice.k_chunk, g, a, b, c)
     }
 
     /// The first `len` elements of `src` as bf16 (to nearest even) at `dst`, which holds at

@@ -28,6 +28,7 @@
 //!   later operation of every lane on it fails at once with that error.
 
 mod backend;
+pub mod choice;
 mod device;
 mod driver;
 pub mod green;
@@ -62,6 +63,8 @@ pub enum Kernel {
     GemmBf16,
     /// `gemm_bf16_simt`.
     GemmBf16Simt,
+    /// `gemm_bf16_small_m` (tensor cores, sm_80 and newer; 16 x 64 tiles for m <= 16).
+    GemmBf16SmallM,
     /// `bias_act`.
     BiasAct,
     /// `relu_grad`.
@@ -86,11 +89,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, in ABI order.
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; Kernel::COUNT] = [
         Kernel::Fill,
         Kernel::GemmF32,
         Kernel::GemmBf16,
         Kernel::GemmBf16Simt,
+        Kernel::GemmBf16SmallM,
         Kernel::BiasAct,
         Kernel::ReluGrad,
         Kernel::ColSum,
@@ -103,6 +107,9 @@ impl Kernel {
         Kernel::FromBf16,
     ];
 
+    /// How many kernels there are.
+    pub const COUNT: usize = 15;
+
     /// The `extern "C"` name.
     pub fn name(self) -> &'static str {
         match self {
@@ -110,6 +117,7 @@ impl Kernel {
             Kernel::GemmF32 => "gemm_f32",
             Kernel::GemmBf16 => "gemm_bf16",
             Kernel::GemmBf16Simt => "gemm_bf16_simt",
+            Kernel::GemmBf16SmallM => "gemm_bf16_small_m",
             Kernel::BiasAct => "bias_act",
             Kernel::ReluGrad => "relu_grad",
             Kernel::ColSum => "col_sum",
@@ -126,7 +134,7 @@ impl Kernel {
     /// Threads per block (ABI.md).
     pub fn block(self) -> u32 {
         match self {
-            Kernel::GemmBf16 => BLOCK_BF16,
+            Kernel::GemmBf16 | Kernel::GemmBf16SmallM => BLOCK_BF16,
             _ => BLOCK,
         }
     }
@@ -301,11 +309,13 @@ mod tests {
     #[test]
     fn every_kernel_has_its_abi_name_and_block() {
         let names: Vec<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names.len(), 14);
+        let distinct: std::collections::HashSet<&str> = names.iter().copied().collect();
+        assert_eq!(distinct.len(), Kernel::COUNT, "{names:?}");
         for (i, k) in Kernel::ALL.iter().enumerate() {
             assert_eq!(k.index(), i);
         }
         assert_eq!(Kernel::GemmBf16.block(), 128);
+        assert_eq!(Kernel::GemmBf16SmallM.block(), 128);
         assert_eq!(Kernel::GemmF32.block(), 256);
         assert_eq!(version_text(12080), "12.8");
         assert_eq!(version_text(13000), "13.0");

@@ -100,7 +100,8 @@ impl CudaBackend {
         self.run(false, |u| {
             let budget = u.budget;
             u.place.timed(|p| {
-                for l in launch::gemm_launches(g.m, g.n, g.k, budget, k_chunk) {
+                let tile = launch::GemmTile::of(kernel);
+                for l in launch::gemm_launches(tile, g.m, g.n, g.k, budget, k_chunk) {
                     let beta = if l.first { g.beta } else { 1.0 };
                     let args = [
                         Arg::Ptr(a),

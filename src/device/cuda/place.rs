@@ -17,7 +17,7 @@ use super::driver::{self, Arg, CuError, Current};
 
 /// Function handles of every kernel in one context (`None`: not in the loaded modules).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Funcs([Option<sys::CUfunction>; 14]);
+pub(super) struct Funcs([Option<sys::CUfunction>; Kernel::COUNT]);
 
 // SAFETY: function handles are immutable driver handles, valid in their context on any thread.
 unsafe impl Send for Funcs {}
@@ -27,12 +27,14 @@ unsafe impl Sync for Funcs {}
 impl Funcs {
     /// No functions (before the kernels are loaded).
     pub(super) fn empty() -> Funcs {
-        Funcs([None; 14])
+        Funcs([None; Kernel::COUNT])
     }
 
     /// The functions of `kernels` (library kernel handles) in the current context.
-    pub(super) fn resolve(kernels: &[Option<sys::CUkernel>; 14]) -> Result<Funcs, CuError> {
-        let mut out = [None; 14];
+    pub(super) fn resolve(
+        kernels: &[Option<sys::CUkernel>; Kernel::COUNT],
+    ) -> Result<Funcs, CuError> {
+        let mut out = [None; Kernel::COUNT];
         for (slot, k) in out.iter_mut().zip(kernels) {
             if let Some(k) = *k {
                 let mut f: sys::CUfunction = std::ptr::null_mut();
