@@ -40,6 +40,7 @@
 #include "../elementwise.cu"
 #include "../gemm.cu"
 #include "../softmax.cu"
+#include "async_copy_probe.h"
 
 namespace {
 
@@ -264,6 +265,7 @@ const Kernel kKernels[] = {
     KERNEL(col_sum, 256),       KERNEL(softmax_xent, 256), KERNEL(softmax_rows, 256),
     KERNEL(sum_partial, 256),   KERNEL(sgd_step, 256),     KERNEL(adam_step, 256),
     KERNEL(f32_to_bf16, 256),   KERNEL(bf16_to_f32, 256),
+    KERNEL(emu_cp_async_probe, 32),  // async_copy_probe.h: tests of the emulation only
 };
 
 // "0,1,7" -> {0, 1, 7}
