@@ -18,9 +18,12 @@
 // schedules' results differing (or the comparison with the CPU backend fails).
 //
 // What it checks: both addresses 16-byte aligned, src_size in [0, 16], the destination in
-// the block's __shared__ memory and the source outside it (a global address), wait counts
-// from 0 to 7, and that no thread ends the block with copies that were never committed or
-// never waited for.
+// the block's __shared__ memory and the source outside it (the emulation cannot tell a
+// global address from other host memory, only from shared memory), wait counts from 0 to
+// 7, and that no thread ends the block with copies that were never committed or never
+// waited for. A copy lands either at issue or at its wait, never in between (at a barrier
+// before the wait, say): a read between issue and wait sees the copy under one of the two
+// and not under the other, which is what makes it show.
 #ifndef SETPOINT_EMU_ASYNC_COPY_H
 #define SETPOINT_EMU_ASYNC_COPY_H
 
