@@ -3,10 +3,15 @@
 //! fails the test, so the set is kept up to date with the kernels), builds the harness from
 //! the copy, and runs a probe that the unmodified kernels pass and the mutant must fail:
 //!
-//! - a missing `__syncthreads()` in a GEMM and in `sum_partial`, and `gemm_bf16` with one
-//!   shared-memory buffer instead of two (a write-after-read race): caught by running under
+//! - a missing `__syncthreads()` in a GEMM and in `sum_partial`, and `gemm_bf16` refilling
+//!   the pipeline buffer it is reading (a write-after-read race): caught by running under
 //!   several schedules of the emulation, by the NaN that fills shared memory at block start,
 //!   or by the comparison with the CPU backend;
+//! - `gemm_bf16` reading a slice before its `cp.async` copies have landed (the wait dropped
+//!   or too weak): caught by the emulation landing copies at the wait under some schedules
+//!   and at issue under others;
+//! - a shared-memory swizzle applied by the ldmatrix reads but not by the stores: caught by
+//!   the comparison with the CPU backend;
 //! - a read of shared memory that no thread of the block wrote: caught by that NaN;
 //! - an out-of-bounds store or load (a bounds check dropped): caught by the guards around
 //!   the harness's buffers or the NaN in them;
@@ -85,17 +90,82 @@ fn sum_partial_probe(h: &Harness) -> Result<(), String> {
     Ok(())
 }
 
+/// The per-slice barrier after the cp.async wait: without it a warp reads other threads'
+/// copies of a slice before they have landed, and refills the buffer of the previous slice
+/// while slower warps still multiply it.
 #[test]
 fn a_missing_barrier_in_the_tensor_core_gemm_is_caught() {
     planted(
         "gemm_bf16_no_slice_barrier",
         &[(
             "gemm.cu",
-            "            __syncthreads();\n        }\n        // Accumulator fragment",
-            "        }\n        // Accumulator fragment",
+            "cp_async_wait<TC_STAGES - 2>();\n            __syncthreads();\n",
+            "cp_async_wait<TC_STAGES - 2>();\n",
         )],
         |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
         RACE,
+    );
+}
+
+/// The barrier at the end of a tile: without it a warp that starts the next tile's prologue
+/// refills a buffer other warps still read the last slice from (5 slices of 3 stages end
+/// in stage 1, which the prologue fills). One CTA loops over several tiles.
+#[test]
+fn a_missing_barrier_between_tiles_of_the_tensor_core_gemm_is_caught() {
+    planted(
+        "gemm_bf16_no_tile_barrier",
+        &[(
+            "gemm.cu",
+            "cp_async_wait<0>();\n        __syncthreads();\n",
+            "cp_async_wait<0>();\n",
+        )],
+        |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
+        RACE,
+    );
+}
+
+/// gemm_bf16 multiplying a slice before its cp.async copies have landed: the wait dropped,
+/// or waiting for all but the newest TC_STAGES - 1 groups instead of TC_STAGES - 2, which
+/// leaves the current slice's group pending. The emulation lands a copy at the wait under
+/// some schedules and at issue under others, so the schedules disagree (or NaN from the
+/// poisoned shared memory reaches C).
+#[test]
+fn a_missing_or_too_weak_cp_async_wait_is_caught() {
+    planted(
+        "gemm_bf16_no_cp_async_wait",
+        &[(
+            "gemm.cu",
+            "            cp_async_wait<TC_STAGES - 2>();\n",
+            "",
+        )],
+        |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
+        RACE,
+    );
+    planted(
+        "gemm_bf16_weak_cp_async_wait",
+        &[(
+            "gemm.cu",
+            "cp_async_wait<TC_STAGES - 2>();",
+            "cp_async_wait<TC_STAGES - 1>();",
+        )],
+        |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
+        RACE,
+    );
+}
+
+/// The k-contiguous store placing a piece at its unswizzled chunk while ldmatrix reads the
+/// swizzled one: the fragments mix up k (and outer) indices, and C is wrong.
+#[test]
+fn a_swizzle_on_one_side_only_is_caught() {
+    planted(
+        "gemm_bf16_store_unswizzled",
+        &[(
+            "gemm.cu",
+            "dst = s + kmaj_at(q / 4, q % 4);",
+            "dst = s + q * 8;",
+        )],
+        |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
+        &["vs CPU"],
     );
 }
 
@@ -127,30 +197,22 @@ fn a_missing_barrier_in_sum_partial_is_caught() {
     );
 }
 
-/// One shared-memory buffer for the k-slices: a warp that runs ahead stores the next slice
-/// over the one other warps are still reading. The warps of the emulation's plain schedule
-/// stay in step through the kernel's ldmatrix and mma.sync, so this only shows under the
-/// schedules that run one warp ahead of the others.
+/// The pipeline refilling the buffer of the slice being multiplied instead of the one freed
+/// by the barrier: a warp that runs ahead (or a copy that lands at issue) overwrites the
+/// slice other warps are still reading. The warps of the emulation's plain schedule stay in
+/// step through the kernel's ldmatrix and mma.sync, so the schedules that run one warp
+/// ahead of the others, or land copies at other moments, are what differ.
 #[test]
-fn a_single_buffered_tensor_core_gemm_is_caught() {
+fn a_refill_of_the_buffer_being_read_is_caught() {
     planted(
-        "gemm_bf16_single_buffer",
-        &[
-            (
-                "gemm.cu",
-                "tc_frag_a(af[i], sm.a[buf]",
-                "tc_frag_a(af[i], sm.a[0]",
-            ),
-            (
-                "gemm.cu",
-                "tc_frag_b(&bfr[2 * j], sm.b[buf]",
-                "tc_frag_b(&bfr[2 * j], sm.b[0]",
-            ),
-            ("gemm.cu", "tc_store(sm.a[buf ^ 1]", "tc_store(sm.a[0]"),
-            ("gemm.cu", "tc_store(sm.b[buf ^ 1]", "tc_store(sm.b[0]"),
-        ],
+        "gemm_bf16_refill_current_buffer",
+        &[(
+            "gemm.cu",
+            "const int st = next % TC_STAGES;",
+            "const int st = s % TC_STAGES;",
+        )],
         |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
-        &["give different results"],
+        RACE,
     );
 }
 
@@ -209,17 +271,17 @@ fn a_store_past_the_columns_of_c_is_caught() {
     );
 }
 
-/// tc_load without its row check reads k rows past the k range (past the end of the operand
-/// when the range ends at k): the values land where the other operand has zeros, and the
-/// guard's NaN, or the data of a k range that ends before k, shows in C.
+/// tc_fetch without its row check copies k rows past the k range (past the end of the
+/// operand when the range ends at k): the guard's NaN, or the data of a k range that ends
+/// before k, shows in C.
 #[test]
 fn a_load_past_the_rows_of_an_operand_is_caught() {
     planted(
-        "tc_load_no_row_check",
+        "tc_fetch_no_row_check",
         &[(
             "gemm.cu",
-            "    r.x = r.y = r.z = r.w = 0u;\n    if (srow < op.rows) {",
-            "    r.x = r.y = r.z = r.w = 0u;\n    {",
+            "const int left = srow < op.rows ? op.cols - scol : 0;",
+            "const int left = op.cols - scol;",
         )],
         |h| {
             let g = Gemm::new(64, 72, 40);
@@ -257,7 +319,7 @@ fn a_vector_load_from_a_misaligned_address_is_caught() {
             gemm_probe(GemmKernel::F32, &cases, h)?;
             gemm_probe(GemmKernel::Bf16TensorCores, &cases, h)
         },
-        &["misaligned address"],
+        &["misaligned address", "is not 16-byte aligned"],
     );
     // The same mutant (its build is reused), aligned buffers, a k range from 5.
     planted(

@@ -24,7 +24,9 @@
 // What it checks: barrier deadlocks, divergent warp collectives (lanes of one warp waiting
 // at different kinds of collective), shuffle masks other than the whole warp, unaligned
 // ldmatrix rows; reads of shared memory that no thread of the block wrote (each block
-// starts with it filled with ones, NaN to every float type). Built with
+// starts with it filled with ones, NaN to every float type); cp.async destinations read
+// before the wait that retires the copy (async_copy.h: copies land at the wait under some
+// schedules and at issue under others), and copies never waited for. Built with
 // -fsanitize=alignment,bounds (see harness.cpp), misaligned vector accesses and indexes
 // past a fixed-size array abort. What it does not check: races inside one turn (a fiber is
 // never interrupted between synchronisation points, so two threads' read-modify-writes of
@@ -463,6 +465,10 @@ inline void start_fibers(int n) {
     fail("deadlock with every thread finished");
 }
 
+// cp.async bookkeeping per block (async_copy.h): reset, and every copy waited for.
+inline void async_copies_begin_block(int threads);
+inline void async_copies_end_block();
+
 inline void run_block(const std::function<void()>& body, uint64_t block_linear) {
     Block& b = state();
     const int n = (int)(blockDim.x * blockDim.y * blockDim.z);
@@ -474,10 +480,14 @@ inline void run_block(const std::function<void()>& body, uint64_t block_linear) 
     b.mode = Mode::WarpMajor;  // not Interleaved: the first epoch arranges its order
     new_epoch();
     poison_shared();
+    async_copies_begin_block(n);
     for (;;) {
         const int t = pick();
         if (t < 0) {
-            if (b.finished == n) return;
+            if (b.finished == n) {
+                async_copies_end_block();
+                return;
+            }
             deadlock();
         }
         b.current = t;
@@ -522,6 +532,7 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     return emu::exchange("__shfl_up_sync", mask, v, emu::lane() - (int)delta);
 }
 
+#include "async_copy.h"
 #include "tensor_core.h"
 
 // Runs kernel<<<grid, block>>>(args...) to completion, one block at a time.

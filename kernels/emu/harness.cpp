@@ -41,6 +41,7 @@
 #include "../gemm.cu"
 #include "../gemm_small.cu"
 #include "../softmax.cu"
+#include "async_copy_probe.h"
 
 namespace {
 
@@ -266,6 +267,7 @@ const Kernel kKernels[] = {
     KERNEL(sum_partial, 256),   KERNEL(sgd_step, 256),     KERNEL(adam_step, 256),
     KERNEL(f32_to_bf16, 256),   KERNEL(bf16_to_f32, 256),
     KERNEL(gemm_bf16_small_m, 128),
+    KERNEL(emu_cp_async_probe, 32),  // async_copy_probe.h: tests of the emulation only
 };
 
 // "0,1,7" -> {0, 1, 7}
