@@ -346,6 +346,7 @@ mod tests {
                       "total_memory": 150_000_000_000u64, "priority_range": [0, -5],
                       "driver_version": 12080}],
             "gpu_telemetry": [], "tenants": tenants,
+            "listeners": {"http": "127.0.0.1:8000", "grpc": null},
         }))
         .unwrap()
     }
@@ -362,6 +363,10 @@ mod tests {
         );
         let text = status_text(&s);
         assert!(text.starts_with("setpoint 0.1.0, up 3s, ready\n"), "{text}");
+        assert!(
+            text.contains("\nlistening: http 127.0.0.1:8000, grpc off\n"),
+            "{text}"
+        );
         assert!(text.contains("cpu"), "{text}");
         assert!(text.contains("p99 <= 25 ms"), "{text}");
         assert!(text.contains("50%"), "{text}");
