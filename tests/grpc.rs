@@ -555,3 +555,53 @@ async fn a_stream_answers_every_request_by_id_and_goes_on_after_an_error() {
         assert_close(&raw_floats(&r.raw_output_contents[0]), &http_probs(&d, n));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_cannot_load_and_a_stopping_node_answer_unavailable() {
+    let d = Daemon::start(&format!(
+        "{SERVICE}\n[[services]]\nname = \"broken\"\ncheckpoint = \"/no/such/model.ckpt\"\n[services.slo]\np99_ms = 10\n"
+    ));
+    d.poll(
+        Duration::from_secs(30),
+        "the broken service to fail",
+        || {
+            d.get("/v1/services").1["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "broken" && s["state"] == "failed")
+                .then_some(())
+        },
+    );
+    d.poll(Duration::from_secs(30), "the good service", || {
+        (d.get("/v2/models/mlp/ready").0 == 200).then_some(())
+    });
+    let mut c = client(&d).await;
+    assert!(
+        !c.server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    expect_err(
+        c.model_infer(raw_request("broken", 1)).await,
+        Code::Unavailable,
+        "/no/such/model.ckpt",
+    );
+    let index = c
+        .repository_index(pb::RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let broken = index.models.iter().find(|m| m.name == "broken").unwrap();
+    assert_eq!(broken.state, "UNAVAILABLE");
+    assert!(broken.reason.contains("/no/such/model.ckpt"), "{broken:?}");
+    // Shutting down: every model answers UNAVAILABLE.
+    d.node.shutdown();
+    expect_err(
+        c.model_infer(raw_request("mlp", 1)).await,
+        Code::Unavailable,
+        "shutting down",
+    );
+}
