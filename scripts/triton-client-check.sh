@@ -4,14 +4,20 @@
 #   1. tritonclient[http] (Python): scripts/triton/check.py runs every call a user makes
 #      (health, server/model metadata, model config, infer with JSON and binary tensors at
 #      batch 1 and 4, statistics, error cases) and compares the answers with each other.
-#   2. perf_analyzer (Triton's C++ load generator), when it can run on this machine.
+#   2. tritonclient[grpc] (Python): scripts/triton/check_grpc.py makes the same calls over
+#      gRPC (inference.GRPCInferenceService), plus client timeouts and ModelStreamInfer, and
+#      compares answers and error messages with what the HTTP client gets for the same request.
+#   3. perf_analyzer (Triton's C++ load generator), when it can run on this machine: at
+#      concurrency 1, 4 and 16, over HTTP, gRPC and gRPC streaming, interleaved per level, with
+#      a summary table (infer/sec, p99, gRPC/HTTP throughput) in perf-summary.txt.
 #
 # Usage: scripts/triton-client-check.sh [--debug] [--no-perf-analyzer]
 #
 # Creates .venv-triton/ (ignored by git through its own .gitignore), builds setpoint (release
-# unless --debug), starts `setpoint serve` on a free loopback port with a temporary state
-# dir, waits for /v2/health/ready, runs the checks, and stops the daemon. Results are kept in
-# target/triton-check/. Exit status: 0 when every tritonclient check passed.
+# unless --debug), starts `setpoint serve` on two free loopback ports (HTTP and gRPC) with a
+# temporary state dir, waits for /v2/health/ready and the gRPC port, runs the checks, and
+# stops the daemon. Results are kept in target/triton-check/. Exit status: 0 when every
+# tritonclient check (HTTP and gRPC) passed and the daemon stopped cleanly.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,7 +29,7 @@ for arg in "$@"; do
         --debug) PROFILE=debug ;;
         --no-perf-analyzer) RUN_PA=0 ;;
         -h | --help)
-            sed -n '2,15p' "$0"
+            sed -n '2,21p' "$0"
             exit 0
             ;;
         *)
@@ -47,12 +53,15 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # The venv ignores itself, so it never shows in `git status` whatever .gitignore says.
 printf '*\n' >"$VENV/.gitignore"
-if ! "$VENV/bin/python" -c 'import tritonclient.http, numpy' 2>/dev/null; then
-    log "installing tritonclient[http] and numpy"
-    "$VENV/bin/pip" install -q 'tritonclient[http]' numpy
+if ! "$VENV/bin/python" -c 'import tritonclient.http, tritonclient.grpc, numpy' 2>/dev/null; then
+    log "installing tritonclient[http,grpc] and numpy"
+    "$VENV/bin/pip" install -q 'tritonclient[http,grpc]' numpy
 fi
 "$VENV/bin/python" -c 'import tritonclient, numpy; print("tritonclient", tritonclient.__version__ if hasattr(tritonclient, "__version__") else "?", "numpy", numpy.__version__)' >&2 || true
-"$VENV/bin/pip" show tritonclient 2>/dev/null | grep -i '^version' >&2 || true
+for p in tritonclient grpcio; do
+    printf '%s ' "$p" >&2
+    "$VENV/bin/pip" show "$p" 2>/dev/null | grep -i '^version' >&2 || echo "not installed" >&2
+done
 
 # ------------------------------------------------------------------ build
 if [ "$PROFILE" = release ]; then
@@ -65,11 +74,17 @@ fi
 BIN=$ROOT/target/$PROFILE/setpoint
 
 # ------------------------------------------------------------------ daemon
-PORT=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Two distinct free ports: both sockets are held open while the second is chosen.
+read -r PORT GRPC_PORT < <("$VENV/bin/python" -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
 STATE=$(mktemp -d -t setpoint-triton.XXXXXX)
 DAEMON_LOG=$OUT/daemon.log
-log "starting setpoint serve on 127.0.0.1:$PORT (state dir $STATE, log $DAEMON_LOG)"
-"$BIN" serve --listen "127.0.0.1:$PORT" --state-dir "$STATE" >"$DAEMON_LOG" 2>&1 &
+log "starting setpoint serve on 127.0.0.1:$PORT (HTTP) and 127.0.0.1:$GRPC_PORT (gRPC) (state dir $STATE, log $DAEMON_LOG)"
+"$BIN" serve --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$GRPC_PORT" --state-dir "$STATE" \
+    >"$DAEMON_LOG" 2>&1 &
 DAEMON_PID=$!
 
 stop_daemon() {
@@ -97,10 +112,12 @@ for _ in $(seq 1 600); do
         cat "$DAEMON_LOG" >&2
         exit 1
     fi
-    if "$VENV/bin/python" - "$PORT" <<'EOF' 2>/dev/null; then
-import sys, urllib.request
+    if "$VENV/bin/python" - "$PORT" "$GRPC_PORT" <<'EOF' 2>/dev/null; then
+import socket, sys, urllib.request
 with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/health/ready", timeout=1) as r:
-    sys.exit(0 if r.status == 200 else 1)
+    if r.status != 200:
+        sys.exit(1)
+socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=1).close()
 EOF
         ready=1
         break
@@ -119,6 +136,10 @@ set +e
 "$VENV/bin/python" scripts/triton/check.py --url "127.0.0.1:$PORT" --model mlp \
     --json-out "$OUT/tritonclient.json" | tee "$OUT/tritonclient.txt"
 CHECK_RC=${PIPESTATUS[0]}
+"$VENV/bin/python" scripts/triton/check_grpc.py --url "127.0.0.1:$GRPC_PORT" \
+    --http-url "127.0.0.1:$PORT" --model mlp \
+    --json-out "$OUT/tritonclient-grpc.json" | tee "$OUT/tritonclient-grpc.txt"
+GRPC_CHECK_RC=${PIPESTATUS[0]}
 set -e
 
 # ------------------------------------------------------------------ perf_analyzer
@@ -138,6 +159,7 @@ if [ "$RUN_PA" = 1 ]; then
         command -v perf_analyzer || ls "$VENV/bin/perf_analyzer" 2>&1 || true
     } >"$OUT/perf_analyzer-install.txt" 2>&1
     PA=
+    PA_VERSION=
     for v in 2.59.0 2.50.0; do
         whl_dir=$PA_DIR/whl-$v
         if [ ! -x "$PA_DIR/$v/perf_analyzer" ]; then
@@ -171,6 +193,7 @@ EOF
         if LD_LIBRARY_PATH=$CUDART${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$PA_DIR/$v/perf_analyzer" --version >>"$OUT/perf_analyzer-install.txt" 2>&1 ||
             LD_LIBRARY_PATH=$CUDART "$PA_DIR/$v/perf_analyzer" --help >/dev/null 2>&1; then
             PA=$PA_DIR/$v/perf_analyzer
+            PA_VERSION="from tritonclient $v"
             log "perf_analyzer from tritonclient $v runs here"
             break
         else
@@ -178,19 +201,59 @@ EOF
         fi
     done
     if [ -n "$PA" ]; then
-        # One run per level, each bounded: on a noisy machine perf_analyzer's default
-        # stability rule (3 windows within 10 %) can keep a sweep going for many minutes.
+        # One run per level and protocol, each bounded: on a noisy machine perf_analyzer's
+        # default stability rule (3 windows within 10 %) can keep a sweep going for many
+        # minutes. The protocols take turns at each level (HTTP, gRPC, gRPC streaming for
+        # c=1, then c=4, ...) so that they are measured side by side, under the same load
+        # from whatever else runs on the machine. Each run writes its CSV report (-f).
         set +e
         : >"$OUT/perf_analyzer.txt"
+        rm -f "$OUT"/perf-*.csv "$OUT"/perf-*.retried "$OUT"/perf_analyzer-http-*.txt
         PA_RC=0
         for c in 1 4 16; do
-            LD_LIBRARY_PATH=$CUDART${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} timeout 120 "$PA" -m mlp \
-                -u "127.0.0.1:$PORT" -i http --concurrency-range "$c" \
-                --measurement-interval 3000 --stability-percentage 25 --max-trials 6 \
-                2>&1 | tee -a "$OUT/perf_analyzer.txt"
-            rc=${PIPESTATUS[0]}
-            [ "$rc" != 0 ] && PA_RC=$rc
+            for proto in http grpc grpc-streaming; do
+                case "$proto" in
+                    http) pa_args=(-u "127.0.0.1:$PORT" -i http) ;;
+                    grpc) pa_args=(-u "127.0.0.1:$GRPC_PORT" -i grpc) ;;
+                    grpc-streaming) pa_args=(-u "127.0.0.1:$GRPC_PORT" -i grpc --streaming) ;;
+                esac
+                # A level that does not settle within its windows is tried once more with a
+                # looser rule (50 %, longer windows); the table marks such a result.
+                for try in 1 2; do
+                    if [ "$try" = 1 ]; then
+                        rule=(--measurement-interval 3000 --stability-percentage 25 --max-trials 6)
+                    else
+                        rule=(--measurement-interval 4000 --stability-percentage 50 --max-trials 6)
+                        touch "$OUT/perf-$proto-c$c.retried"
+                    fi
+                    echo "### $proto, concurrency $c, try $try: ${rule[*]}" | tee -a "$OUT/perf_analyzer.txt"
+                    LD_LIBRARY_PATH=$CUDART${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} timeout 120 "$PA" \
+                        -m mlp "${pa_args[@]}" --concurrency-range "$c" "${rule[@]}" \
+                        -f "$OUT/perf-$proto-c$c.csv" 2>&1 | tee -a "$OUT/perf_analyzer.txt"
+                    rc=${PIPESTATUS[0]}
+                    [ "$rc" = 0 ] && break
+                done
+                [ "$rc" != 0 ] && PA_RC=$rc
+            done
         done
+        # What perf_analyzer's HTTP requests carry: its -v output does not show them, so a
+        # short run goes through a loopback proxy that records the bytes it sends.
+        read -r SNIFF_PORT < <("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        "$VENV/bin/python" scripts/triton/http_sniff.py "$SNIFF_PORT" "$PORT" \
+            "$OUT/perf_analyzer-http-request.txt" 60 &
+        SNIFF_PID=$!
+        for _ in $(seq 1 50); do
+            "$VENV/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $SNIFF_PORT), timeout=1).close()" 2>/dev/null && break
+            sleep 0.1
+        done
+        LD_LIBRARY_PATH=$CUDART${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} timeout 30 "$PA" \
+            -m mlp -u "127.0.0.1:$SNIFF_PORT" -i http --concurrency-range 1 \
+            --measurement-mode count_windows --measurement-request-count 20 --max-trials 1 \
+            >"$OUT/perf_analyzer-http-sniffed.txt" 2>&1
+        kill -TERM "$SNIFF_PID" 2>/dev/null
+        wait "$SNIFF_PID"
+        "$VENV/bin/python" scripts/triton/perf_summary.py "$OUT" "$PA_VERSION" |
+            tee "$OUT/perf-summary.txt"
         set -e
     else
         PA_RC=unavailable
@@ -206,9 +269,13 @@ DAEMON_PID=
 log "setpoint serve exited with status $STOP_RC"
 
 echo
-echo "tritonclient checks: exit $CHECK_RC ($(tail -n 1 "$OUT/tritonclient.txt"))"
-echo "perf_analyzer: $PA_RC (details in $OUT/perf_analyzer-install.txt)"
+echo "tritonclient HTTP checks: exit $CHECK_RC ($(tail -n 1 "$OUT/tritonclient.txt"))"
+echo "tritonclient gRPC checks: exit $GRPC_CHECK_RC ($(tail -n 1 "$OUT/tritonclient-grpc.txt"))"
+echo "perf_analyzer${PA_VERSION:+ ($PA_VERSION)}: $PA_RC (install log $OUT/perf_analyzer-install.txt)"
+if [ -s "$OUT/perf-summary.txt" ]; then
+    sed 's/^/  /' "$OUT/perf-summary.txt"
+fi
 echo "daemon stop: exit $STOP_RC"
-if [ "$CHECK_RC" != 0 ] || [ "$STOP_RC" != 0 ]; then
+if [ "$CHECK_RC" != 0 ] || [ "$GRPC_CHECK_RC" != 0 ] || [ "$STOP_RC" != 0 ]; then
     exit 1
 fi

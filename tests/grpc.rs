@@ -464,6 +464,99 @@ max_queue_delay_ms = 0
     assert!((1..12).contains(&refused), "{refused} of 12 refused");
 }
 
+/// One unary `ModelInfer` call over a bare HTTP/2 connection with `grpc-timeout: timeout`
+/// (tonic's channel would enforce such a deadline itself and answer before setpoint does).
+/// Returns `grpc-status` and the decoded `grpc-message`.
+async fn infer_with_deadline(
+    d: &Daemon,
+    msg: pb::ModelInferRequest,
+    timeout: &str,
+) -> (String, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use prost::Message;
+    let addr = d.grpc.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let payload = msg.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let req = hyper::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", timeout)
+    .body(Full::new(Bytes::from(frame)))
+    .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let mut fields = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap();
+    if let Some(trailers) = body.trailers() {
+        fields.extend(trailers.clone());
+    }
+    let field = |k: &str| {
+        let v = fields.get(k).map_or("", |v| v.to_str().unwrap());
+        // grpc-message is percent-encoded.
+        let mut out = Vec::new();
+        let b = v.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%'
+                && i + 2 < b.len()
+                && let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16)
+            {
+                out.push(x);
+                i += 3;
+                continue;
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    };
+    (field("grpc-status"), field("grpc-message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passes_is_named_as_the_deadline_and_a_parameter_as_the_parameter() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    // tritonclient.grpc's client_timeout: only the call's deadline, 1 us, which cannot be met.
+    let (status, message) = infer_with_deadline(&d, raw_request("mlp", 1), "1u").await;
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED: {message}");
+    assert!(
+        message.contains(
+            "no answer within the request's timeout of 1 us (the client's deadline (grpc-timeout))"
+        ),
+        "{message}"
+    );
+    // A shorter parameters.timeout under a long deadline is named as the parameter.
+    let mut r = raw_request("mlp", 1);
+    r.parameters.insert(
+        "timeout".into(),
+        pb::InferParameter {
+            parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(1)),
+        },
+    );
+    let (status, message) = infer_with_deadline(&d, r, "10S").await;
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED: {message}");
+    assert!(
+        message.contains("timeout of 1 us (the client's parameters.timeout)"),
+        "{message}"
+    );
+    // A deadline that can be met is: the answer comes.
+    let (status, message) = infer_with_deadline(&d, raw_request("mlp", 1), "10S").await;
+    assert_eq!(status, "0", "OK: {message}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_that_would_change_the_node_need_the_token_and_the_rest_do_not() {
     let d = Daemon::start(&format!("auth_token = \"s3cret\"\n{SERVICE}"));

@@ -22,21 +22,58 @@ pub(crate) fn request_timeout(service: Duration, client_us: Option<u64>) -> (Dur
     }
 }
 
+/// A client's timeout, in microseconds, and where it came from, as a timeout answer names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientTimeout {
+    /// The request's `parameters.timeout` (HTTP or gRPC).
+    Parameter(u64),
+    /// The gRPC call's deadline (`grpc-timeout`: tritonclient's `client_timeout`).
+    Deadline(u64),
+}
+
+impl ClientTimeout {
+    /// The shorter of a request's `parameters.timeout` and its call's deadline (the
+    /// parameter when they are equal).
+    pub(crate) fn shorter(parameter_us: Option<u64>, deadline_us: Option<u64>) -> Option<Self> {
+        match (parameter_us, deadline_us) {
+            (Some(p), Some(d)) if d < p => Some(Self::Deadline(d)),
+            (Some(p), _) => Some(Self::Parameter(p)),
+            (None, d) => d.map(Self::Deadline),
+        }
+    }
+
+    /// The timeout in microseconds.
+    pub(crate) fn us(self) -> u64 {
+        match self {
+            Self::Parameter(us) | Self::Deadline(us) => us,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Parameter(_) => "the client's parameters.timeout",
+            Self::Deadline(_) => "the client's deadline (grpc-timeout)",
+        }
+    }
+}
+
 /// The answer to a request that ran out of time (504, `DEADLINE_EXCEEDED`), saying which
 /// timeout applied.
 pub(crate) fn timed_out(
     svc: &LoadedService,
     timeout: Duration,
-    client_us: Option<u64>,
+    client: Option<ClientTimeout>,
     clamped: bool,
 ) -> ApiError {
     let us = timeout.as_micros();
-    let which = match client_us {
+    let which = match client {
         Some(c) if clamped => format!(
-            "the service's timeout_ms = {}; the client's parameters.timeout of {c} us is longer and was clamped to it",
-            svc.timeout_ms()
+            "the service's timeout_ms = {}; {} of {} us is longer and was clamped to it",
+            svc.timeout_ms(),
+            c.name(),
+            c.us()
         ),
-        Some(_) => "the client's parameters.timeout".to_string(),
+        Some(c) => c.name().to_string(),
         None => format!("the service's timeout_ms = {}", svc.timeout_ms()),
     };
     ApiError::new(
@@ -72,22 +109,22 @@ pub(crate) fn served_model(
 pub(crate) async fn run_rows(
     svc: &LoadedService,
     rows: Vec<Vec<f32>>,
-    client_timeout_us: Option<u64>,
+    client_timeout: Option<ClientTimeout>,
     start: Instant,
 ) -> ApiResult<Vec<f32>> {
-    let (timeout, clamped) = request_timeout(svc.timeout(), client_timeout_us);
+    let (timeout, clamped) = request_timeout(svc.timeout(), client_timeout.map(ClientTimeout::us));
     // The timeout counts from the request's arrival, reading and decoding included.
     let left = timeout.saturating_sub(start.elapsed());
     if left.is_zero() {
         svc.batcher.count_expired_unqueued(rows.len());
-        return Err(timed_out(svc, timeout, client_timeout_us, clamped));
+        return Err(timed_out(svc, timeout, client_timeout, clamped));
     }
     let mut out = Vec::with_capacity(rows.len() * svc.io.classes);
     for p in svc.batcher.submit_rows(rows, Some(left))? {
         match p.recv().await {
             Ok(answer) => out.extend_from_slice(&answer.output),
             Err(ServeError::TimedOut { .. }) => {
-                return Err(timed_out(svc, timeout, client_timeout_us, clamped));
+                return Err(timed_out(svc, timeout, client_timeout, clamped));
             }
             Err(e) => return Err(e.into()),
         }
@@ -126,5 +163,17 @@ mod tests {
         assert_eq!(request_timeout(svc, Some(250_000)), (svc, false));
         assert_eq!(request_timeout(svc, Some(250_001)), (svc, true));
         assert_eq!(request_timeout(svc, Some(u64::MAX)), (svc, true));
+    }
+
+    #[test]
+    fn the_shorter_client_timeout_applies_and_is_named_for_its_source() {
+        use ClientTimeout::{Deadline, Parameter};
+        assert_eq!(ClientTimeout::shorter(None, None), None);
+        assert_eq!(ClientTimeout::shorter(Some(5), None), Some(Parameter(5)));
+        assert_eq!(ClientTimeout::shorter(None, Some(7)), Some(Deadline(7)));
+        assert_eq!(ClientTimeout::shorter(Some(5), Some(7)), Some(Parameter(5)));
+        assert_eq!(ClientTimeout::shorter(Some(9), Some(7)), Some(Deadline(7)));
+        assert_eq!(ClientTimeout::shorter(Some(7), Some(7)), Some(Parameter(7)));
+        assert_eq!(Deadline(7).us(), 7);
     }
 }

@@ -15,7 +15,7 @@ use super::pb;
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::{codec, models};
 use crate::api::http::{ApiError, ApiResult, constant_time_eq};
-use crate::api::inference::{account, run_rows, served_model};
+use crate::api::inference::{ClientTimeout, account, run_rows, served_model};
 use crate::api::server::Arrival;
 use crate::node::{LoadedService, Node, ServiceSlot};
 use crate::serve::{MODEL_VERSION, Protocol};
@@ -84,17 +84,17 @@ async fn run(
     // Shed first, as over HTTP: a full queue refuses before any decoding.
     svc.batcher.check_room(1)?;
     let mut req = codec::decode_infer(msg, &svc.io)?;
-    req.timeout_us = match (req.timeout_us, deadline_us) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    // The shorter of `parameters.timeout` and the call's deadline, named as the one it is
+    // when it passes.
+    let client_timeout = ClientTimeout::shorter(req.timeout_us, deadline_us);
+    req.timeout_us = client_timeout.map(ClientTimeout::us);
     let rows: Vec<Vec<f32>> = req
         .data
         .chunks_exact(svc.io.features)
         .take(req.rows)
         .map(<[f32]>::to_vec)
         .collect();
-    let probs = run_rows(svc, rows, req.timeout_us, start).await?;
+    let probs = run_rows(svc, rows, client_timeout, start).await?;
     Ok(codec::encode_infer(
         svc.name(),
         MODEL_VERSION,

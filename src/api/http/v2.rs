@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, AppState, json_response, read_body};
-use crate::api::inference::{account, run_rows, served_model, timed_out};
+use crate::api::inference::{ClientTimeout, account, run_rows, served_model, timed_out};
 use crate::api::v2codec;
 use crate::node::{LoadedService, Node};
 use crate::serve::{MODEL_VERSION, Protocol, ServeError};
@@ -325,7 +325,8 @@ async fn decode_and_run(
     svc.batcher.check_room(1)?;
     let Decoded { req, rows } =
         decode_off_runtime(slots, svc, body, header_len, start + svc.timeout()).await?;
-    let probs = run_rows(svc, rows, req.timeout_us, start).await?;
+    let client_timeout = req.timeout_us.map(ClientTimeout::Parameter);
+    let probs = run_rows(svc, rows, client_timeout, start).await?;
     let (out, header_len) = v2codec::encode_infer(svc.name(), MODEL_VERSION, &req, &probs, &svc.io);
     let mut r = (StatusCode::OK, out).into_response();
     let h = r.headers_mut();
