@@ -198,6 +198,193 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4],
 #endif
 }
 
+
+// ---------------------------------------------------------------------------------------
+// The cp.async pipeline of the square tensor-core GEMMs (gemm_bf16 in kernels/gemm.cu, 64 x
+// 64 tiles; gemm_bf16_128 in kernels/gemm_large.cu, 128 x 128 tiles), parameterised by the
+// tile edge EDGE: both stage 32-deep k-slices (EDGE x TC_BK of each operand) through
+// XOR-swizzled, unpadded shared memory and multiply them with ldmatrix and mma.sync.
+//
+// Swizzle. A slice is held as it lies in global memory, so a piece is one 16-byte chunk of
+// 8 elements; the chunks of a row are permuted so that the 8 rows one ldmatrix phase reads,
+// and the 8 chunks one quarter-warp stores, fall in 8 distinct 16-byte bank groups (a
+// 128-byte line spans the 32 banks as 8 groups of 16 bytes):
+//   - k contiguous (kmaj_at, s[outer][k]): 64 bytes (4 chunks) per row whatever EDGE, two
+//     rows per line. Chunk c of row r is stored at chunk c ^ (r/2 % 4), bank group
+//     4*(r % 2) + (c ^ (r/2 % 4)). ldmatrix reads chunk c of rows r0..r0+7 (r0 a multiple
+//     of 8): (r % 2, r/2 % 4) takes all 8 values, so the groups are distinct. A
+//     quarter-warp stores chunks 0..3 of rows 2i and 2i+1: 4*(r % 2) + a permutation of
+//     0..3, distinct too.
+//   - outer index contiguous (omaj_at, s[k][outer]): EDGE/8 chunks per row, a whole number
+//     of lines (EDGE a multiple of 64), so a row starts at bank group 0. Chunk c of row r
+//     is stored at chunk c ^ (r % 8), bank group (c % 8) ^ (r % 8). ldmatrix.trans reads
+//     chunk c of rows r0..r0+7: (c % 8) ^ 0..7, distinct; a quarter-warp stores 8
+//     consecutive chunks 8j..8j+7 of one row, a permutation of the 8 groups.
+// ldmatrix turns the k-contiguous layout into the A (row) and B (col) fragments directly,
+// ldmatrix.trans the other.
+
+#define TC_BK 32  // k-slice depth of the square tensor-core GEMMs
+
+// Element offset of chunk `chunk` (8 elements) of row `row` in a slice buffer: k contiguous
+// (s[outer][k], 4 chunks per row) or outer contiguous (s[k][outer], EDGE/8 chunks per row).
+__device__ __forceinline__ int kmaj_at(int row, int chunk) {
+    return row * TC_BK + ((chunk ^ (row / 2 % 4)) * 8);
+}
+template <int EDGE>
+__device__ __forceinline__ int omaj_at(int row, int chunk) {
+    static_assert(EDGE % 64 == 0, "a slice row must span whole 128-byte lines");
+    return row * EDGE + ((chunk ^ (row % 8)) * 8);
+}
+
+// cp.async.cg.shared.global: copies src_size bytes (0..16) from global src to shared dst
+// and fills the rest of the 16 bytes with zeros; both addresses 16-byte aligned. It lands
+// at some point before the cp_async_wait that retires its commit group.
+__device__ __forceinline__ void cp_async_16(unsigned short* dst, const unsigned short* src,
+                                            int src_size) {
+#ifdef __CUDA_ARCH__
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src),
+                 "r"(src_size)
+                 : "memory");
+#else
+    emu_cp_async_16(dst, src, src_size);
+#endif
+}
+
+// Closes this thread's group of copies issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#else
+    emu_cp_async_commit();
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are pending (the oldest land
+// first). Other threads' copies are seen only after a barrier that follows their wait.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#else
+    emu_cp_async_wait(N);
+#endif
+}
+
+// Piece q (0 .. EDGE*TC_BK/8 - 1) of the EDGE x TC_BK slice of `op` at outer origin o0, k
+// origin k0 into slice buffer s: 8 elements contiguous in global memory, zeros outside the
+// matrix and the k range. A vec operand copies it with cp.async (src-size covers the part
+// inside, the hardware zero-fills the rest); another loads it element by element and stores
+// it at once with one 16-byte st.shared, which needs no wait (the next barrier publishes it).
+template <int EDGE>
+__device__ __forceinline__ void tc_fetch(unsigned short* s, const Operand<unsigned short>& op,
+                                         int o0, int k0, int q) {
+    const int per_row = EDGE / 8;  // chunks per row of an outer-contiguous slice
+    int srow, scol;
+    unsigned short* dst;
+    if (op.k_major) {
+        srow = o0 + q / 4;
+        scol = k0 + (q % 4) * 8;
+        dst = s + kmaj_at(q / 4, q % 4);
+    } else {
+        srow = k0 + q / per_row;
+        scol = o0 + (q % per_row) * 8;
+        dst = s + omaj_at<EDGE>(q / per_row, q % per_row);
+    }
+    const int left = srow < op.rows ? op.cols - scol : 0;  // elements inside, from scol
+    const unsigned short* p = op.p + (long long)srow * op.ld + scol;
+    if (op.vec) {
+        const int inside = left < 0 ? 0 : left < 8 ? left : 8;
+        cp_async_16(dst, inside > 0 ? p : op.p, inside * 2);
+    } else {
+        unsigned w[4] = {0u, 0u, 0u, 0u};
+        UNROLL
+        for (int j = 0; j < 8; ++j) {
+            if (j < left) {
+                w[j / 2] |= (unsigned)p[j] << (16 * (j % 2));
+            }
+        }
+        const u32x4 r = {w[0], w[1], w[2], w[3]};
+        *(u32x4*)dst = r;
+    }
+}
+
+// Slice `slice` of both operands into stage buffers a and b, by a CTA of THREADS threads:
+// EDGE*TC_BK/8 pieces of each, EDGE*TC_BK/8/THREADS per thread (2 for both kernels).
+template <int EDGE, int THREADS>
+__device__ __forceinline__ void tc_fetch_slice(unsigned short* a, unsigned short* b,
+                                               const Operand<unsigned short>& A,
+                                               const Operand<unsigned short>& B, int m0, int n0,
+                                               int slice, int tid) {
+    constexpr int pieces = EDGE * TC_BK / 8;
+    static_assert(pieces % THREADS == 0, "every thread copies the same number of pieces");
+    UNROLL
+    for (int i = 0; i < pieces / THREADS; ++i) {
+        tc_fetch<EDGE>(a, A, m0, slice * TC_BK, tid + i * THREADS);
+        tc_fetch<EDGE>(b, B, n0, slice * TC_BK, tid + i * THREADS);
+    }
+}
+
+// The A fragment (16 x 16 at outer o, k ks) of slice buffer s into a[4]: lanes point at the
+// rows of matrices (outer +0, k +0), (+8, +0), (+0, +8), (+8, +8), the order of the
+// fragment's registers; an outer-contiguous slice is read transposed.
+template <int EDGE>
+__device__ __forceinline__ void tc_frag_a(unsigned a[4], const unsigned short* s, bool k_major,
+                                          int o, int ks, int lane) {
+    if (k_major) {
+        ldmatrix_x4(a, s + kmaj_at(o + lane % 8 + (lane / 8) % 2 * 8, ks / 8 + lane / 16));
+    } else {
+        ldmatrix_x4_trans(
+            a, s + omaj_at<EDGE>(ks + lane / 16 * 8 + lane % 8, o / 8 + (lane / 8) % 2));
+    }
+}
+
+// The B fragments of two adjacent n8 blocks (16 x 16 at outer o, k ks) into b[2][2]:
+// matrices (outer +0, k +0), (+0, +8), (+8, +0), (+8, +8).
+template <int EDGE>
+__device__ __forceinline__ void tc_frag_b(unsigned b[2][2], const unsigned short* s,
+                                          bool k_major, int o, int ks, int lane) {
+    unsigned r[4];
+    if (k_major) {
+        ldmatrix_x4(r, s + kmaj_at(o + lane % 8 + lane / 16 * 8, ks / 8 + (lane / 8) % 2));
+    } else {
+        ldmatrix_x4_trans(
+            r, s + omaj_at<EDGE>(ks + (lane / 8) % 2 * 8 + lane % 8, o / 8 + lane / 16));
+    }
+    b[0][0] = r[0];
+    b[0][1] = r[1];
+    b[1][0] = r[2];
+    b[1][1] = r[3];
+}
+
+// acc += the warp's (16*MI) x 32 share of one slice held in stage buffers sa, sb, at outer
+// offsets wm (rows of C) and wn (columns of C) within the tile: MI m16 blocks by 4 n8 blocks
+// of mma.sync per 16 of k.
+template <int EDGE, int MI>
+__device__ __forceinline__ void tc_compute_slice(float acc[MI][4][4], const unsigned short* sa,
+                                                 const unsigned short* sb, bool a_k_major,
+                                                 bool b_k_major, int wm, int wn, int lane) {
+    UNROLL
+    for (int ks = 0; ks < TC_BK; ks += 16) {
+        unsigned af[MI][4], bfr[4][2];
+        UNROLL
+        for (int i = 0; i < MI; ++i) {
+            tc_frag_a<EDGE>(af[i], sa, a_k_major, wm + i * 16, ks, lane);
+        }
+        UNROLL
+        for (int j = 0; j < 2; ++j) {
+            tc_frag_b<EDGE>(&bfr[2 * j], sb, b_k_major, wn + j * 16, ks, lane);
+        }
+        UNROLL
+        for (int i = 0; i < MI; ++i) {
+            UNROLL
+            for (int j = 0; j < 4; ++j) {
+                mma_bf16_16816(acc[i][j], af[i], bfr[j]);
+            }
+        }
+    }
+}
+
 #endif
 
 #endif

@@ -218,27 +218,15 @@ extern "C" __global__ void __launch_bounds__(256)
 // element by element into registers and store it with one 16-byte st.shared, which needs no
 // wait (the barrier of step 2 publishes it).
 //
-// Shared memory layout: each operand's slice is held as it lies in global memory, so a
-// piece is one 16-byte chunk, with no padding: the chunks of a row are permuted (XOR
-// swizzle) so that the 8 rows one ldmatrix phase reads, and the 8 chunks one quarter-warp
-// stores, fall in 8 distinct 16-byte bank groups (a 128-byte line spans the 32 banks as 8
-// groups of 16 bytes):
-//   - k contiguous (a k-major operand): s[outer][k], 64 bytes (4 chunks) per row, two rows
-//     per 128-byte line. Chunk c of row r is stored at chunk c ^ (r/2 % 4), bank group
-//     4*(r % 2) + (c ^ (r/2 % 4)). ldmatrix reads chunk c of rows r0..r0+7 (r0 a multiple
-//     of 8): (r % 2, r/2 % 4) takes all 8 values, so the groups are distinct. A
-//     quarter-warp stores chunks 0..3 of rows 2i and 2i+1: 4*(r % 2) + a permutation of
-//     0..3, distinct too. ldmatrix turns this layout into the A (row) and B (col)
-//     fragments directly.
-//   - outer index contiguous: s[k][outer], 128 bytes (8 chunks) per row. Chunk c of row r is
-//     stored at chunk c ^ (r % 8), the bank group. ldmatrix.trans reads chunk c of rows
-//     r0..r0+7: c ^ 0..7, distinct; a quarter-warp stores chunks 0..7 of one row, a
-//     permutation of 0..7. ldmatrix.trans delivers the same fragments from it.
+// Shared memory layout: each operand's slice is held as it lies in global memory, one
+// 16-byte chunk a piece, unpadded, with the chunks of a row XOR-swizzled so that ldmatrix
+// reads and cp.async stores fall in distinct bank groups. The swizzle, the copies
+// (tc_fetch) and the fragment loads and products (tc_compute_slice) are in common.cuh,
+// parameterised by the tile edge, and shared with gemm_bf16_128 (kernels/gemm_large.cu).
 // The host emulation (kernels/emu/) provides ldmatrix (plain and .trans), mma.sync and
 // cp.async to test this kernel on the CPU.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 
-#define TC_BK 32
 #define TC_STAGES 3
 #define TC_BUF (TILE * TC_BK)  // elements of one slice buffer, either layout
 
@@ -246,150 +234,6 @@ struct alignas(128) TcSmem {
     unsigned short a[TC_STAGES][TC_BUF];
     unsigned short b[TC_STAGES][TC_BUF];
 };
-
-// Element offset of chunk `chunk` (8 elements) of row `row` in a slice buffer: k contiguous
-// (s[outer][k], 4 chunks per row) or outer contiguous (s[k][outer], 8 chunks per row).
-__device__ __forceinline__ int kmaj_at(int row, int chunk) {
-    return row * TC_BK + ((chunk ^ (row / 2 % 4)) * 8);
-}
-__device__ __forceinline__ int omaj_at(int row, int chunk) {
-    return row * TILE + ((chunk ^ (row % 8)) * 8);
-}
-
-// cp.async.cg.shared.global: copies src_size bytes (0..16) from global src to shared dst
-// and fills the rest of the 16 bytes with zeros; both addresses 16-byte aligned. It lands
-// at some point before the cp_async_wait that retires its commit group.
-__device__ __forceinline__ void cp_async_16(unsigned short* dst, const unsigned short* src,
-                                            int src_size) {
-#ifdef __CUDA_ARCH__
-    const unsigned addr = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src),
-                 "r"(src_size)
-                 : "memory");
-#else
-    emu_cp_async_16(dst, src, src_size);
-#endif
-}
-
-// Closes this thread's group of copies issued since the last commit.
-__device__ __forceinline__ void cp_async_commit() {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#else
-    emu_cp_async_commit();
-#endif
-}
-
-// Waits until at most N of this thread's committed groups are pending (the oldest land
-// first). Other threads' copies are seen only after a barrier that follows their wait.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#else
-    emu_cp_async_wait(N);
-#endif
-}
-
-// Piece q (0..255) of the 64 x 32 slice of `op` at outer origin o0, k origin k0 into slice
-// buffer s: 8 elements contiguous in global memory, zeros outside the matrix and the k
-// range. A vec operand copies it with cp.async (src-size covers the part inside); another
-// loads it element by element and stores it at once.
-__device__ __forceinline__ void tc_fetch(unsigned short* s, const Operand<unsigned short>& op,
-                                         int o0, int k0, int q) {
-    int srow, scol;
-    unsigned short* dst;
-    if (op.k_major) {
-        srow = o0 + q / 4;
-        scol = k0 + (q % 4) * 8;
-        dst = s + kmaj_at(q / 4, q % 4);
-    } else {
-        srow = k0 + q / 8;
-        scol = o0 + (q % 8) * 8;
-        dst = s + omaj_at(q / 8, q % 8);
-    }
-    const int left = srow < op.rows ? op.cols - scol : 0;  // elements inside, from scol
-    const unsigned short* p = op.p + (long long)srow * op.ld + scol;
-    if (op.vec) {
-        const int inside = left < 0 ? 0 : left < 8 ? left : 8;
-        cp_async_16(dst, inside > 0 ? p : op.p, inside * 2);
-    } else {
-        unsigned w[4] = {0u, 0u, 0u, 0u};
-        UNROLL
-        for (int j = 0; j < 8; ++j) {
-            if (j < left) {
-                w[j / 2] |= (unsigned)p[j] << (16 * (j % 2));
-            }
-        }
-        const u32x4 r = {w[0], w[1], w[2], w[3]};
-        *(u32x4*)dst = r;
-    }
-}
-
-// Slice `slice` of both operands into stage buffers a and b: two pieces of each per thread.
-__device__ __forceinline__ void tc_fetch_slice(unsigned short* a, unsigned short* b,
-                                               const Operand<unsigned short>& A,
-                                               const Operand<unsigned short>& B, int m0, int n0,
-                                               int slice, int tid) {
-    UNROLL
-    for (int i = 0; i < 2; ++i) {
-        tc_fetch(a, A, m0, slice * TC_BK, tid + i * 128);
-        tc_fetch(b, B, n0, slice * TC_BK, tid + i * 128);
-    }
-}
-
-// The A fragment (16 x 16 at outer o, k ks) of slice buffer s into a[4]: lanes point at the
-// rows of matrices (outer +0, k +0), (+8, +0), (+0, +8), (+8, +8), the order of the
-// fragment's registers; an outer-contiguous slice is read transposed.
-__device__ __forceinline__ void tc_frag_a(unsigned a[4], const unsigned short* s, bool k_major,
-                                          int o, int ks, int lane) {
-    if (k_major) {
-        ldmatrix_x4(a, s + kmaj_at(o + lane % 8 + (lane / 8) % 2 * 8, ks / 8 + lane / 16));
-    } else {
-        ldmatrix_x4_trans(a, s + omaj_at(ks + lane / 16 * 8 + lane % 8, o / 8 + (lane / 8) % 2));
-    }
-}
-
-// The B fragments of two adjacent n8 blocks (16 x 16 at outer o, k ks) into b[2][2]:
-// matrices (outer +0, k +0), (+0, +8), (+8, +0), (+8, +8).
-__device__ __forceinline__ void tc_frag_b(unsigned b[2][2], const unsigned short* s,
-                                          bool k_major, int o, int ks, int lane) {
-    unsigned r[4];
-    if (k_major) {
-        ldmatrix_x4(r, s + kmaj_at(o + lane % 8 + lane / 16 * 8, ks / 8 + (lane / 8) % 2));
-    } else {
-        ldmatrix_x4_trans(r, s + omaj_at(ks + (lane / 8) % 2 * 8 + lane % 8, o / 8 + lane / 16));
-    }
-    b[0][0] = r[0];
-    b[0][1] = r[1];
-    b[1][0] = r[2];
-    b[1][1] = r[3];
-}
-
-// acc += the warp's 32 x 32 share of one slice held in stage buffers sa, sb.
-__device__ __forceinline__ void tc_compute_slice(float acc[2][4][4], const unsigned short* sa,
-                                                 const unsigned short* sb, bool a_k_major,
-                                                 bool b_k_major, int wm, int wn, int lane) {
-    UNROLL
-    for (int ks = 0; ks < TC_BK; ks += 16) {
-        unsigned af[2][4], bfr[4][2];
-        UNROLL
-        for (int i = 0; i < 2; ++i) {
-            tc_frag_a(af[i], sa, a_k_major, wm + i * 16, ks, lane);
-        }
-        UNROLL
-        for (int j = 0; j < 2; ++j) {
-            tc_frag_b(&bfr[2 * j], sb, b_k_major, wn + j * 16, ks, lane);
-        }
-        UNROLL
-        for (int i = 0; i < 2; ++i) {
-            UNROLL
-            for (int j = 0; j < 4; ++j) {
-                mma_bf16_16816(acc[i][j], af[i], bfr[j]);
-            }
-        }
-    }
-}
 
 extern "C" __global__ void __launch_bounds__(128)
     gemm_bf16(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
@@ -423,7 +267,7 @@ extern "C" __global__ void __launch_bounds__(128)
         UNROLL
         for (int st = 0; st < TC_STAGES - 1; ++st) {
             if (st < slices) {
-                tc_fetch_slice(sm.a[st], sm.b[st], A, B, m0, n0, st, tid);
+                tc_fetch_slice<TILE, 128>(sm.a[st], sm.b[st], A, B, m0, n0, st, tid);
             }
             cp_async_commit();
         }
@@ -433,11 +277,12 @@ extern "C" __global__ void __launch_bounds__(128)
             const int next = s + TC_STAGES - 1;
             if (next < slices) {
                 const int st = next % TC_STAGES;
-                tc_fetch_slice(sm.a[st], sm.b[st], A, B, m0, n0, next, tid);
+                tc_fetch_slice<TILE, 128>(sm.a[st], sm.b[st], A, B, m0, n0, next, tid);
             }
             cp_async_commit();
             const int cur = s % TC_STAGES;
-            tc_compute_slice(acc, sm.a[cur], sm.b[cur], A.k_major, B.k_major, wm, wn, lane);
+            tc_compute_slice<TILE, 2>(acc, sm.a[cur], sm.b[cur], A.k_major, B.k_major, wm, wn,
+                                      lane);
         }
         // Only empty groups are left; and no warp may refill a buffer for the next tile
         // while another still computes the last slice from it.

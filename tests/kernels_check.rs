@@ -29,6 +29,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("gemm", &["gemm_f32", "gemm_bf16", "gemm_bf16_simt"]),
+    ("gemm_large", &["gemm_bf16_128"]),
     ("gemm_small", &["gemm_bf16_small_m"]),
     ("softmax", &["softmax_xent", "softmax_rows", "sum_partial"]),
 ];
@@ -264,8 +265,9 @@ fn text_report_is_a_table_with_a_summary() {
 }
 
 /// The report says which kernel a bf16 GEMM of each representative shape runs on, and why:
-/// the small-m kernel at inference batches on tensor cores, gemm_bf16 past 16 rows, the SIMT
-/// twin on an architecture without tensor cores.
+/// the small-m kernel at inference batches on tensor cores, gemm_bf16 past 16 rows,
+/// gemm_bf16_128 once its 128 x 128 tiles are at least an H200's SMs, the SIMT twin on an
+/// architecture without tensor cores.
 #[test]
 fn the_report_names_the_gemm_kernel_chosen_for_each_shape() {
     let Some(tools) = tools_or_skip() else {
@@ -279,7 +281,11 @@ fn the_report_names_the_gemm_kernel_chosen_for_each_shape() {
          50% padding against 87% in 64-row tiles",
         "  16 x 2048 x 784: gemm_bf16_small_m, 32 tiles:",
         "  32 x 2048 x 784: gemm_bf16, 32 tiles: m = 32 > 16: 16-row tiles would read B 2 times",
-        "  4096 x 4096 x 4096: gemm_bf16, 4096 tiles:",
+        "  4096 x 4096 x 4096: gemm_bf16_128, 1024 tiles: 1024 tiles of 128 x 128 >= 132 SMs",
+        "  8192 x 8192 x 8192: gemm_bf16_128, 4096 tiles: 4096 tiles of 128 x 128 >= 132 SMs",
+        "  256 x 2048 x 784: gemm_bf16, 128 tiles: m = 256 > 16: 16-row tiles would read B 16 \
+         times, 64-row tiles 4 (0% padding); 32 tiles of 128 x 128 would leave SMs idle (32 < \
+         132 SMs)",
     ] {
         assert!(text.contains(line), "no line {line:?} in:\n{text}");
     }

@@ -1,4 +1,4 @@
-//! The GEMM kernels of `kernels/gemm.cu` (contract: `kernels/ABI.md`) run on the CPU through
+//! The GEMM kernels of `kernels/gemm*.cu` (contract: `kernels/ABI.md`) run on the CPU through
 //! the host emulation in `kernels/emu/` and are compared with the CPU backend: awkward shapes
 //! (sizes 1, primes, one past a tile), every transposition, several grid sizes (which must
 //! give the same C bit for bit), tile ranges, k ranges and split-K, and buffers that are not
@@ -82,6 +82,23 @@ fn gemm_bf16_small_m_matches_cpu_for_inference_batches() {
         (8, 5, 0),
     ];
     check(GemmKernel::Bf16SmallM, &whole(&gemm_cases(&shapes)), 5);
+}
+
+/// The 128 x 128-tile kernel (8 warps as 2 x 4): m and n of 1, one either side of the tile
+/// and past two tiles (127, 128, 129, 257), k empty, of 1, one either side of the 32-deep
+/// k-slice and past four slices (0, 1, 31, 32, 33, 130), each value in some shape, every
+/// shape with every transposition; grids of 1, 3 and 7 give the same C bit for bit.
+#[test]
+fn gemm_bf16_128_matches_cpu_around_its_tile_and_slice_edges() {
+    let shapes = [
+        (1, 257, 33),
+        (127, 128, 130),
+        (128, 1, 31),
+        (129, 129, 32),
+        (257, 127, 1),
+        (128, 257, 0),
+    ];
+    check(GemmKernel::Bf16Large, &whole(&gemm_cases(&shapes)), 8);
 }
 
 /// An MLP inference layer at batch 8 (784 inputs, as the MNIST model's first layer): 13
@@ -228,10 +245,10 @@ fn gemm_tile_ranges_split_the_product_exactly() {
         let g = Gemm::new(130, 150, 40).tb().scaled(1.25, 0.5);
         let (m, n) = (g.m, g.n);
         let t = kernel.tiles(g);
-        let want_tiles = if kernel == GemmKernel::Bf16SmallM {
-            27
-        } else {
-            9
+        let want_tiles = match kernel {
+            GemmKernel::Bf16SmallM => 27,
+            GemmKernel::Bf16Large => 4,
+            _ => 9,
         };
         assert_eq!(t, want_tiles, "{}", kernel.name());
         let (a, b, c) = gemm_inputs(&mut rng, kernel, g);

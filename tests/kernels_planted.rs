@@ -10,8 +10,9 @@
 //! - `gemm_bf16` reading a slice before its `cp.async` copies have landed (the wait dropped
 //!   or too weak): caught by the emulation landing copies at the wait under some schedules
 //!   and at issue under others;
-//! - a shared-memory swizzle applied by the ldmatrix reads but not by the stores: caught by
-//!   the comparison with the CPU backend;
+//! - a shared-memory swizzle applied by the ldmatrix reads but not by the stores, and two
+//!   warps of `gemm_bf16_128` mapped onto the same block of the tile: caught by the
+//!   comparison with the CPU backend;
 //! - a read of shared memory that no thread of the block wrote: caught by that NaN;
 //! - an out-of-bounds store or load (a bounds check dropped): caught by the guards around
 //!   the harness's buffers or the NaN in them;
@@ -160,7 +161,7 @@ fn a_swizzle_on_one_side_only_is_caught() {
     planted(
         "gemm_bf16_store_unswizzled",
         &[(
-            "gemm.cu",
+            "common.cuh",
             "dst = s + kmaj_at(q / 4, q % 4);",
             "dst = s + q * 8;",
         )],
@@ -213,6 +214,30 @@ fn a_refill_of_the_buffer_being_read_is_caught() {
         )],
         |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
         RACE,
+    );
+}
+
+/// gemm_bf16_128 with its 8 warps mapped onto 2 x 2 column blocks instead of 2 x 4: warps
+/// w and w + 2 compute and write the same 64 x 32 block, and columns 64..127 of every tile
+/// are never written (they keep the NaN of a beta = 0 C, or the old C).
+#[test]
+fn two_warps_of_the_large_tile_gemm_writing_one_block_are_caught() {
+    planted(
+        "gemm_bf16_128_warp_columns_wrap",
+        &[(
+            "gemm_large.cu",
+            "wn = warp % 4 * 32;",
+            "wn = warp % 2 * 32;",
+        )],
+        |h| {
+            let g = Gemm::new(130, 100, 40);
+            let cases = [
+                (g, Part::whole(g)),
+                (g.tb().scaled(0.5, 1.0), Part::whole(g)),
+            ];
+            gemm_probe(GemmKernel::Bf16Large, &cases, h)
+        },
+        &["vs CPU"],
     );
 }
 
@@ -279,7 +304,7 @@ fn a_load_past_the_rows_of_an_operand_is_caught() {
     planted(
         "tc_fetch_no_row_check",
         &[(
-            "gemm.cu",
+            "common.cuh",
             "const int left = srow < op.rows ? op.cols - scol : 0;",
             "const int left = op.cols - scol;",
         )],

@@ -39,6 +39,7 @@
 
 #include "../elementwise.cu"
 #include "../gemm.cu"
+#include "../gemm_large.cu"
 #include "../gemm_small.cu"
 #include "../softmax.cu"
 #include "async_copy_probe.h"
@@ -266,7 +267,7 @@ const Kernel kKernels[] = {
     KERNEL(col_sum, 256),       KERNEL(softmax_xent, 256), KERNEL(softmax_rows, 256),
     KERNEL(sum_partial, 256),   KERNEL(sgd_step, 256),     KERNEL(adam_step, 256),
     KERNEL(f32_to_bf16, 256),   KERNEL(bf16_to_f32, 256),
-    KERNEL(gemm_bf16_small_m, 128),
+    KERNEL(gemm_bf16_small_m, 128), KERNEL(gemm_bf16_128, 256),
     KERNEL(emu_cp_async_probe, 32),  // async_copy_probe.h: tests of the emulation only
 };
 

@@ -19,14 +19,17 @@ pub enum GemmKernel {
     Bf16TensorCores,
     /// `gemm_bf16_small_m`: 16 x 64 tiles, split-K across the warps of a CTA.
     Bf16SmallM,
+    /// `gemm_bf16_128`: 128 x 128 tiles, 8 warps.
+    Bf16Large,
 }
 
 impl GemmKernel {
-    pub const ALL: [GemmKernel; 4] = [
+    pub const ALL: [GemmKernel; 5] = [
         GemmKernel::F32,
         GemmKernel::Bf16Simt,
         GemmKernel::Bf16TensorCores,
         GemmKernel::Bf16SmallM,
+        GemmKernel::Bf16Large,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +38,7 @@ impl GemmKernel {
             GemmKernel::Bf16Simt => "gemm_bf16_simt",
             GemmKernel::Bf16TensorCores => "gemm_bf16",
             GemmKernel::Bf16SmallM => "gemm_bf16_small_m",
+            GemmKernel::Bf16Large => "gemm_bf16_128",
         }
     }
 
@@ -42,6 +46,7 @@ impl GemmKernel {
     pub fn tile(self) -> (usize, usize) {
         match self {
             GemmKernel::Bf16SmallM => (16, 64),
+            GemmKernel::Bf16Large => (2 * TILE, 2 * TILE),
             _ => (TILE, TILE),
         }
     }
@@ -242,7 +247,10 @@ pub fn gemm_launch(
     let [oa, ob, oc] = part.offsets;
     let launch = match kernel {
         GemmKernel::F32 => launch.f32s_at(a, oa).f32s_at(b, ob),
-        GemmKernel::Bf16Simt | GemmKernel::Bf16TensorCores | GemmKernel::Bf16SmallM => launch
+        GemmKernel::Bf16Simt
+        | GemmKernel::Bf16TensorCores
+        | GemmKernel::Bf16SmallM
+        | GemmKernel::Bf16Large => launch
             .u16s_at(&to_bf16_bits(a), oa)
             .u16s_at(&to_bf16_bits(b), ob),
     };

@@ -441,7 +441,8 @@ fn gemm_bf16_layouts(
             g.gemm_bf16(spec, &a16, &b16, &mut tc, true)
                 .ctx("gemm_bf16 (tensor cores)")?;
             let tc = fetch(g, &tc, m * n)?;
-            let kernel = choose_gemm(&spec, Precision::Bf16, true).kernel.name();
+            let sms = g.device().info().sm_count as usize;
+            let kernel = choose_gemm(&spec, Precision::Bf16, true, sms).kernel.name();
             c.check(kernel, case, &tc, &reference, gemm_tol(k));
         }
     }

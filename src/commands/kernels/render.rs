@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::check::{ModuleCheck, Toolchain};
-use crate::device::cuda::choice::{REPRESENTATIVE_SHAPES, choose_gemm};
+use crate::device::cuda::choice::{H200_SMS, REPRESENTATIVE_SHAPES, choose_gemm};
 use crate::device::{Gemm, Precision};
 use crate::kernels::{self, CudaArch, PtxOrigin};
 use crate::util::table::Table;
@@ -103,10 +103,13 @@ fn kernel_table(checks: &[ModuleCheck]) -> Table {
 /// Which kernel the CUDA backend runs a bf16 GEMM of each representative shape on, on a GPU
 /// of `arch`, and why: one line per shape.
 fn gemm_choices(arch: &CudaArch) -> String {
-    let mut out = format!("\nbf16 GEMM kernels on {arch} (m x n x k: kernel, tiles: why):\n");
+    let mut out = format!(
+        "\nbf16 GEMM kernels on {arch}, {H200_SMS} SMs as on an H200 (m x n x k: kernel, tiles: \
+         why):\n"
+    );
     for &(m, n, k) in REPRESENTATIVE_SHAPES {
         let g = Gemm::new(m, n, k);
-        let c = choose_gemm(&g, Precision::Bf16, arch.has_tensor_cores());
+        let c = choose_gemm(&g, Precision::Bf16, arch.has_tensor_cores(), H200_SMS);
         let tiles = c.tiles(&g);
         let plural = if tiles == 1 { "" } else { "s" };
         out.push_str(&format!(
@@ -125,7 +128,7 @@ fn gemm_choices_json(arch: &CudaArch) -> Vec<serde_json::Value> {
         .iter()
         .map(|&(m, n, k)| {
             let g = Gemm::new(m, n, k);
-            let c = choose_gemm(&g, Precision::Bf16, arch.has_tensor_cores());
+            let c = choose_gemm(&g, Precision::Bf16, arch.has_tensor_cores(), H200_SMS);
             json!({
                 "m": m, "n": n, "k": k,
                 "kernel": c.kernel.name(),

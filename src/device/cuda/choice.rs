@@ -11,15 +11,26 @@
 //! the small kernel needs `ceil(m / 16)` rows of tiles, each reading all of B again, where
 //! gemm_bf16 reads B once up to m = 64; whether the saved padding pays for that is for a
 //! measurement on a GPU to say, so the threshold stays where the arithmetic is one-sided.
+//!
+//! Past that, `gemm_bf16_128` (128 × 128 tiles, 8 warps) reads each k-slice of A and B once
+//! for 4× the products of a 64 × 64 tile, halving the operand traffic per multiply-add, but
+//! makes 4× fewer tiles: a product with fewer 128 × 128 tiles than the GPU has SMs would
+//! leave SMs idle that 64 × 64 tiles keep busy. So it runs when its tiles are at least the
+//! SM count (one tile a CTA per launch, so at least one CTA an SM), and `gemm_bf16`
+//! otherwise.
 
 use std::fmt;
 
 use super::Kernel;
-use super::launch::{GemmTile, K_CHUNK_BF16, K_CHUNK_F32};
+use super::launch::{GemmTile, K_CHUNK_BF16, K_CHUNK_BF16_LARGE, K_CHUNK_F32};
 use crate::device::{Gemm, Precision};
 
 /// The largest m that runs on `gemm_bf16_small_m`: one row of its 16-row tiles.
 pub const SMALL_M_MAX: usize = 16;
+
+/// SMs of an H200 (the GPU the README's figures are for): `setpoint kernels check` shows the
+/// choices for it, with no GPU to ask.
+pub const H200_SMS: usize = 132;
 
 /// Why a kernel was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +44,21 @@ pub enum GemmReason {
         /// Rows of C.
         m: usize,
     },
-    /// bf16 with more than [`SMALL_M_MAX`] rows.
+    /// bf16 with more than [`SMALL_M_MAX`] rows and fewer 128 × 128 tiles than SMs.
     LargeM {
         /// Rows of C.
         m: usize,
+        /// Tiles of the product in 128 × 128 tiles.
+        large_tiles: usize,
+        /// SMs of the GPU.
+        sms: usize,
+    },
+    /// bf16 with more than [`SMALL_M_MAX`] rows and at least one 128 × 128 tile per SM.
+    LargeTiles {
+        /// Tiles of the product in 128 × 128 tiles.
+        large_tiles: usize,
+        /// SMs of the GPU.
+        sms: usize,
     },
 }
 
@@ -61,13 +83,23 @@ impl fmt::Display for GemmReason {
                 padding_percent(m, small),
                 padding_percent(m, square)
             ),
-            GemmReason::LargeM { m } => write!(
+            GemmReason::LargeM {
+                m,
+                large_tiles,
+                sms,
+            } => write!(
                 f,
                 "m = {m} > {SMALL_M_MAX}: 16-row tiles would read B {} times, 64-row tiles \
-                 {} ({}% padding)",
+                 {} ({}% padding); {large_tiles} tiles of 128 x 128 would leave SMs idle \
+                 ({large_tiles} < {sms} SMs)",
                 m.div_ceil(small),
                 m.div_ceil(square),
                 padding_percent(m, square)
+            ),
+            GemmReason::LargeTiles { large_tiles, sms } => write!(
+                f,
+                "{large_tiles} tiles of 128 x 128 >= {sms} SMs: every SM has a tile, and each \
+                 k-slice read serves 4x the products of a 64 x 64 tile"
             ),
         }
     }
@@ -91,8 +123,10 @@ impl GemmChoice {
     }
 }
 
-/// The kernel for `g` at `precision`, on a GPU with or without tensor cores.
-pub fn choose_gemm(g: &Gemm, precision: Precision, tensor_cores: bool) -> GemmChoice {
+/// The kernel for `g` at `precision`, on a GPU with or without tensor cores and with `sms`
+/// SMs.
+pub fn choose_gemm(g: &Gemm, precision: Precision, tensor_cores: bool, sms: usize) -> GemmChoice {
+    let large_tiles = GemmTile::LARGE.count(g.m, g.n);
     let (kernel, k_chunk, reason) = match precision {
         Precision::F32 => (Kernel::GemmF32, K_CHUNK_F32, GemmReason::F32Precision),
         Precision::Bf16 if !tensor_cores => {
@@ -103,10 +137,19 @@ pub fn choose_gemm(g: &Gemm, precision: Precision, tensor_cores: bool) -> GemmCh
             K_CHUNK_BF16,
             GemmReason::SmallM { m: g.m },
         ),
+        Precision::Bf16 if large_tiles >= sms => (
+            Kernel::GemmBf16Large,
+            K_CHUNK_BF16_LARGE,
+            GemmReason::LargeTiles { large_tiles, sms },
+        ),
         Precision::Bf16 => (
             Kernel::GemmBf16,
             K_CHUNK_BF16,
-            GemmReason::LargeM { m: g.m },
+            GemmReason::LargeM {
+                m: g.m,
+                large_tiles,
+                sms,
+            },
         ),
     };
     GemmChoice {
@@ -117,7 +160,7 @@ pub fn choose_gemm(g: &Gemm, precision: Precision, tensor_cores: bool) -> GemmCh
 }
 
 /// Shapes `setpoint kernels check` shows the choice for: the MLP's layers (784 → 2048 →
-/// 10) at inference batches and a training batch, and a large square product.
+/// 10) at inference batches and a training batch, and large square products.
 pub const REPRESENTATIVE_SHAPES: &[(usize, usize, usize)] = &[
     (1, 2048, 784),
     (8, 2048, 784),
@@ -126,6 +169,7 @@ pub const REPRESENTATIVE_SHAPES: &[(usize, usize, usize)] = &[
     (256, 2048, 784),
     (8, 10, 2048),
     (4096, 4096, 4096),
+    (8192, 8192, 8192),
 ];
 
 #[cfg(test)]
@@ -133,7 +177,7 @@ mod tests {
     use super::*;
 
     fn kernel(m: usize, precision: Precision, tensor_cores: bool) -> Kernel {
-        choose_gemm(&Gemm::new(m, 784, 2048), precision, tensor_cores).kernel
+        choose_gemm(&Gemm::new(m, 784, 2048), precision, tensor_cores, H200_SMS).kernel
     }
 
     #[test]
@@ -145,9 +189,11 @@ mod tests {
                 "m={m}"
             );
         }
-        for m in [17, 32, 64, 4096] {
+        // n = 784 is 7 columns of 128: 4096 rows make 32 x 7 = 224 large tiles.
+        for m in [17, 32, 64, 2048] {
             assert_eq!(kernel(m, Precision::Bf16, true), Kernel::GemmBf16, "m={m}");
         }
+        assert_eq!(kernel(4096, Precision::Bf16, true), Kernel::GemmBf16Large);
     }
 
     #[test]
@@ -157,7 +203,7 @@ mod tests {
             assert_eq!(kernel(m, Precision::F32, false), Kernel::GemmF32);
             assert_eq!(kernel(m, Precision::Bf16, false), Kernel::GemmBf16Simt);
         }
-        let c = choose_gemm(&Gemm::new(8, 8, 8), Precision::Bf16, false);
+        let c = choose_gemm(&Gemm::new(8, 8, 8), Precision::Bf16, false, H200_SMS);
         assert_eq!(c.k_chunk, K_CHUNK_F32);
         assert_eq!(c.reason, GemmReason::NoTensorCores);
     }
@@ -165,7 +211,7 @@ mod tests {
     #[test]
     fn the_reason_gives_the_padding_arithmetic() {
         let g = Gemm::new(8, 2048, 784);
-        let c = choose_gemm(&g, Precision::Bf16, true);
+        let c = choose_gemm(&g, Precision::Bf16, true, H200_SMS);
         assert_eq!(c.tiles(&g), 32);
         assert_eq!(
             c.reason.to_string(),
@@ -173,13 +219,62 @@ mod tests {
              k split across the CTA's 4 warps"
         );
         let g = Gemm::new(33, 2048, 784);
-        let c = choose_gemm(&g, Precision::Bf16, true);
+        let c = choose_gemm(&g, Precision::Bf16, true, H200_SMS);
         assert_eq!(c.tiles(&g), 32);
         assert_eq!(
             c.reason.to_string(),
-            "m = 33 > 16: 16-row tiles would read B 3 times, 64-row tiles 1 (48% padding)"
+            "m = 33 > 16: 16-row tiles would read B 3 times, 64-row tiles 1 (48% padding); 16 \
+             tiles of 128 x 128 would leave SMs idle (16 < 132 SMs)"
         );
         assert_eq!(padding_percent(64, 64), 0);
         assert_eq!(padding_percent(1, 16), 93);
+    }
+
+    #[test]
+    fn large_tiles_run_when_every_sm_gets_one() {
+        let choice = |m, n, sms| choose_gemm(&Gemm::new(m, n, 512), Precision::Bf16, true, sms);
+        // 11 x 12 = 132 tiles of 128 x 128: exactly one an SM; 11 x 11 = 121 leave 11 idle.
+        let c = choice(1408, 1536, H200_SMS);
+        assert_eq!(c.kernel, Kernel::GemmBf16Large);
+        assert_eq!(c.tiles(&Gemm::new(1408, 1536, 512)), 132);
+        assert_eq!(c.k_chunk, K_CHUNK_BF16_LARGE);
+        assert_eq!(
+            c.reason,
+            GemmReason::LargeTiles {
+                large_tiles: 132,
+                sms: 132
+            }
+        );
+        let c = choice(1408, 1408, H200_SMS);
+        assert_eq!(c.kernel, Kernel::GemmBf16);
+        assert_eq!(c.tiles(&Gemm::new(1408, 1408, 512)), 484);
+        assert_eq!(c.k_chunk, K_CHUNK_BF16);
+        // A smaller GPU takes the large tiles sooner; one row of them past the small-m
+        // bound still needs as many tiles as SMs.
+        assert_eq!(choice(1408, 1408, 108).kernel, Kernel::GemmBf16Large);
+        assert_eq!(
+            choice(17, 128 * 132, H200_SMS).kernel,
+            Kernel::GemmBf16Large
+        );
+        assert_eq!(
+            choice(16, 128 * 132, H200_SMS).kernel,
+            Kernel::GemmBf16SmallM
+        );
+        // f32 and GPUs without tensor cores never take it.
+        let g = Gemm::new(8192, 8192, 8192);
+        assert_eq!(
+            choose_gemm(&g, Precision::F32, true, H200_SMS).kernel,
+            Kernel::GemmF32
+        );
+        assert_eq!(
+            choose_gemm(&g, Precision::Bf16, false, H200_SMS).kernel,
+            Kernel::GemmBf16Simt
+        );
+        let c = choose_gemm(&g, Precision::Bf16, true, H200_SMS);
+        assert_eq!(
+            c.reason.to_string(),
+            "4096 tiles of 128 x 128 >= 132 SMs: every SM has a tile, and each k-slice read \
+             serves 4x the products of a 64 x 64 tile"
+        );
     }
 }

@@ -288,7 +288,10 @@ impl CudaDevice {
         }
         // The tensor-core GEMMs need sm_80; everything else must be there.
         for k in Kernel::ALL {
-            let tensor_cores = matches!(k, Kernel::GemmBf16 | Kernel::GemmBf16SmallM);
+            let tensor_cores = matches!(
+                k,
+                Kernel::GemmBf16 | Kernel::GemmBf16SmallM | Kernel::GemmBf16Large
+            );
             let optional = tensor_cores && self.info.compute_capability.0 < 8;
             if !optional && self.kernels[k.index()].is_none() {
                 return Err(DeviceError::Unavailable(format!(

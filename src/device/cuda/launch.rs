@@ -7,8 +7,8 @@
 //! running on an SM to finish. The backend bounds that by giving every CTA of a launch at
 //! most one piece of work:
 //!
-//! - a GEMM launch gives each CTA one output tile (64 × 64, or 16 × 64 for the small-m
-//!   kernel, see [`GemmTile`]) over at most [`K_CHUNK_F32`] (SIMT
+//! - a GEMM launch gives each CTA one output tile (64 × 64, 16 × 64 for the small-m kernel
+//!   or 128 × 128 for the large-tile kernel, see [`GemmTile`]) over at most [`K_CHUNK_F32`] (SIMT
 //!   kernels) or [`K_CHUNK_BF16`] (tensor cores) of the inner dimension; a longer k runs as
 //!   successive launches that add into C (split-K in stream order, so no atomics and the same
 //!   result every run);
@@ -46,11 +46,17 @@ impl GemmTile {
         rows: 16,
         cols: TILE,
     };
+    /// `gemm_bf16_128`.
+    pub const LARGE: GemmTile = GemmTile {
+        rows: 2 * TILE,
+        cols: 2 * TILE,
+    };
 
     /// The tile of a GEMM kernel (the 64 × 64 one for every other kernel).
     pub fn of(kernel: Kernel) -> GemmTile {
         match kernel {
             Kernel::GemmBf16SmallM => GemmTile::SMALL_M,
+            Kernel::GemmBf16Large => GemmTile::LARGE,
             _ => GemmTile::SQUARE,
         }
     }
@@ -62,8 +68,13 @@ impl GemmTile {
 }
 /// Inner-dimension chunk of one launch of the SIMT GEMMs (`gemm_f32`, `gemm_bf16_simt`).
 pub(crate) const K_CHUNK_F32: usize = 256;
-/// Inner-dimension chunk of one launch of the tensor-core GEMM (`gemm_bf16`).
+/// Inner-dimension chunk of one launch of the tensor-core GEMMs with 64-row tiles
+/// (`gemm_bf16`, `gemm_bf16_small_m`).
 pub(crate) const K_CHUNK_BF16: usize = 2048;
+/// Inner-dimension chunk of one launch of `gemm_bf16_128`: a 128 × 128 tile over 512 of k
+/// is as many multiply-adds as a 64 × 64 tile over [`K_CHUNK_BF16`], so a CTA's piece, and
+/// the wait it can cause, stays the same size.
+pub(crate) const K_CHUNK_BF16_LARGE: usize = K_CHUNK_BF16 / 4;
 /// Elements one thread of an element-wise kernel handles in one launch, at most.
 pub(crate) const ITEMS_PER_THREAD: usize = 16;
 /// Rows one warp of a softmax kernel handles in one launch, at most.

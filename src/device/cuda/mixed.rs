@@ -34,8 +34,8 @@ impl CudaBackend {
         self.launch_bf16(g, (pa, lens[0]), (pb, lens[1]), c, tensor_cores)
     }
 
-    /// The bf16 GEMM [`choose_gemm`] picks for the shape (`gemm_bf16` or
-    /// `gemm_bf16_small_m` on tensor cores, the SIMT twin when `tensor_cores` is false), over
+    /// The bf16 GEMM [`choose_gemm`] picks for the shape and the device's SMs (`gemm_bf16`,
+    /// `gemm_bf16_small_m` or `gemm_bf16_128` on tensor cores, the SIMT twin when `tensor_cores` is false), over
     /// bf16 operands at device addresses (with their lengths).
     pub(super) fn launch_bf16(
         &self,
@@ -45,7 +45,8 @@ impl CudaBackend {
         c: &mut CudaBuf,
         tensor_cores: bool,
     ) -> Result<(), DeviceError> {
-        let choice = choose_gemm(&g, Precision::Bf16, tensor_cores);
+        let sms = self.dev.info.sm_count as usize;
+        let choice = choose_gemm(&g, Precision::Bf16, tensor_cores, sms);
         self.launch_gemm(choice.kernel, choice.k_chunk, g, a, b, c)
     }
 

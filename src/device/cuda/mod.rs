@@ -65,6 +65,8 @@ pub enum Kernel {
     GemmBf16Simt,
     /// `gemm_bf16_small_m` (tensor cores, sm_80 and newer; 16 x 64 tiles for m <= 16).
     GemmBf16SmallM,
+    /// `gemm_bf16_128` (tensor cores, sm_80 and newer; 128 x 128 tiles for large products).
+    GemmBf16Large,
     /// `bias_act`.
     BiasAct,
     /// `relu_grad`.
@@ -95,6 +97,7 @@ impl Kernel {
         Kernel::GemmBf16,
         Kernel::GemmBf16Simt,
         Kernel::GemmBf16SmallM,
+        Kernel::GemmBf16Large,
         Kernel::BiasAct,
         Kernel::ReluGrad,
         Kernel::ColSum,
@@ -108,7 +111,7 @@ impl Kernel {
     ];
 
     /// How many kernels there are.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// The `extern "C"` name.
     pub fn name(self) -> &'static str {
@@ -118,6 +121,7 @@ impl Kernel {
             Kernel::GemmBf16 => "gemm_bf16",
             Kernel::GemmBf16Simt => "gemm_bf16_simt",
             Kernel::GemmBf16SmallM => "gemm_bf16_small_m",
+            Kernel::GemmBf16Large => "gemm_bf16_128",
             Kernel::BiasAct => "bias_act",
             Kernel::ReluGrad => "relu_grad",
             Kernel::ColSum => "col_sum",
@@ -316,6 +320,7 @@ mod tests {
         }
         assert_eq!(Kernel::GemmBf16.block(), 128);
         assert_eq!(Kernel::GemmBf16SmallM.block(), 128);
+        assert_eq!(Kernel::GemmBf16Large.block(), 256);
         assert_eq!(Kernel::GemmF32.block(), 256);
         assert_eq!(version_text(12080), "12.8");
         assert_eq!(version_text(13000), "13.0");
