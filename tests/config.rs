@@ -246,7 +246,7 @@ epochs = 0
     assert_eq!(
         issues(text),
         vec![
-            "colour: unknown key (accepted: listen, state_dir, control_period_ms, auth_token, max_request_bytes, drain_timeout_ms, checkpoint_error_timeout_ms, http, device, control, paths, services, jobs)",
+            "colour: unknown key (accepted: listen, grpc_listen, state_dir, control_period_ms, auth_token, max_request_bytes, drain_timeout_ms, checkpoint_error_timeout_ms, http, device, control, paths, services, jobs)",
             "listen: expected a socket address like \"127.0.0.1:8000\" or \"[::1]:8000\" (an IP, not a host name), got \"localhost:8000\"",
             "control_period_ms: must be between 10 and 10000, got 5",
             "max_request_bytes: must be between 1024 and 1073741824, got 10",
@@ -1189,4 +1189,27 @@ fn files_outside_the_data_dirs_are_config_errors_naming_the_key() {
     let mut cfg = cfg;
     cfg.paths.data_dirs.push(secret.clone());
     check_paths(&cfg, Some(&file)).unwrap();
+}
+
+#[test]
+fn grpc_listen_defaults_to_8001_and_empty_turns_it_off() {
+    assert_eq!(
+        ok("").grpc_listen,
+        Some("127.0.0.1:8001".parse().unwrap())
+    );
+    assert_eq!(
+        ok("grpc_listen = \"[::1]:9001\"").grpc_listen,
+        Some("[::1]:9001".parse().unwrap())
+    );
+    assert_eq!(ok("grpc_listen = \"\"").grpc_listen, None);
+    assert_eq!(
+        issues("grpc_listen = \"localhost:8001\""),
+        vec![
+            "grpc_listen: expected a socket address like \"127.0.0.1:8001\" or \"[::1]:8001\" (an IP, not a host name), or \"\" to turn gRPC off, got \"localhost:8001\""
+        ]
+    );
+    assert_eq!(
+        issues("grpc_listen = 8001"),
+        vec!["grpc_listen: expected a string, got an integer"]
+    );
 }
