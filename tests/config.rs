@@ -1193,10 +1193,7 @@ fn files_outside_the_data_dirs_are_config_errors_naming_the_key() {
 
 #[test]
 fn grpc_listen_defaults_to_8001_and_empty_turns_it_off() {
-    assert_eq!(
-        ok("").grpc_listen,
-        Some("127.0.0.1:8001".parse().unwrap())
-    );
+    assert_eq!(ok("").grpc_listen, Some("127.0.0.1:8001".parse().unwrap()));
     assert_eq!(
         ok("grpc_listen = \"[::1]:9001\"").grpc_listen,
         Some("[::1]:9001".parse().unwrap())
