@@ -11,37 +11,20 @@ Exit status 0 when everything passed, 1 otherwise.
 """
 
 import argparse
-import json
+import os
 import sys
 import threading
 import time
-import traceback
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-RESULTS = []
-
-
-def check(name):
-    """Runs the decorated function at once as one named check (as in check.py)."""
-
-    def run(fn):
-        try:
-            detail = fn()
-            RESULTS.append({"check": name, "passed": True, "detail": detail})
-            print(f"PASS {name}" + (f": {detail}" if detail else ""), flush=True)
-        except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the run
-            msg = f"{type(e).__name__}: {e}"
-            RESULTS.append({"check": name, "passed": False, "error": msg})
-            print(f"FAIL {name}: {msg}", flush=True)
-            if not isinstance(e, AssertionError):
-                traceback.print_exc(limit=3, file=sys.stdout)
-        return fn
-
-    return run
+# The check runner and its results list are check.py's, so both halves report alike.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check import RESULTS, check  # noqa: E402
+from check import finish as report  # noqa: E402
 
 
 def catch(fn):
@@ -467,13 +450,7 @@ def main():
 def finish(args, client, http):
     client.close()
     http.close()
-    passed = sum(r["passed"] for r in RESULTS)
-    failed = len(RESULTS) - passed
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(RESULTS, f, indent=1)
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+    return report(args)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,8 @@ impl Protocol {
         }
     }
 
-    /// Its position in [`Protocol::ALL`].
+    /// Its position in [`Protocol::ALL`] (the declaration order).
     pub fn index(self) -> usize {
-        match self {
-            Protocol::Http => 0,
-            Protocol::Grpc => 1,
-        }
+        self as usize
     }
 }

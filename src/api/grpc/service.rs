@@ -88,12 +88,7 @@ async fn run(
     // when it passes.
     let client_timeout = ClientTimeout::shorter(req.timeout_us, deadline_us);
     req.timeout_us = client_timeout.map(ClientTimeout::us);
-    let rows: Vec<Vec<f32>> = req
-        .data
-        .chunks_exact(svc.io.features)
-        .take(req.rows)
-        .map(<[f32]>::to_vec)
-        .collect();
+    let rows = req.row_vecs(svc.io.features);
     let probs = run_rows(svc, rows, client_timeout, start).await?;
     Ok(codec::encode_infer(
         svc.name(),

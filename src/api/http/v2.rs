@@ -268,12 +268,7 @@ struct Decoded {
 
 fn decode(io: &v2codec::ModelIo, body: &[u8], header_len: Option<usize>) -> ApiResult<Decoded> {
     let req = v2codec::decode_infer(body, header_len, io)?;
-    let rows = req
-        .data
-        .chunks_exact(io.features)
-        .take(req.rows)
-        .map(<[f32]>::to_vec)
-        .collect();
+    let rows = req.row_vecs(io.features);
     Ok(Decoded { req, rows })
 }
 

@@ -59,6 +59,18 @@ pub struct InferRequest {
     pub timeout_us: Option<u64>,
 }
 
+impl InferRequest {
+    /// The request's rows of `features` values each, one vector per row, as the batcher
+    /// takes them.
+    pub fn row_vecs(&self, features: usize) -> Vec<Vec<f32>> {
+        self.data
+            .chunks_exact(features)
+            .take(self.rows)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+}
+
 /// Why a request body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
