@@ -8,14 +8,22 @@
 #      gRPC (inference.GRPCInferenceService), plus client timeouts and ModelStreamInfer, and
 #      compares answers and error messages with what the HTTP client gets for the same request.
 #   3. perf_analyzer (Triton's C++ load generator), when it can run on this machine: at
-#      concurrency 1, 4 and 16, over HTTP, gRPC and gRPC streaming, interleaved per level, with
-#      a summary table (infer/sec, p99, gRPC/HTTP throughput) in perf-summary.txt.
+#      concurrency 1, 4 and 16, over HTTP, gRPC and gRPC streaming, interleaved per level and
+#      repeated PERF_ROUNDS times (default 3), with a summary table in perf-summary.txt:
+#      median infer/sec, p99, gRPC/HTTP throughput, and the daemon's CPU time per request.
+#      PERF_PIN=1 runs the daemon on the first half of the CPUs and perf_analyzer on the rest
+#      (taskset). Neither way is neutral on 2 cores: unpinned, the client's CPU competes with
+#      the daemon's (the gRPC C++ client spends more per request than the HTTP one); pinned,
+#      the gRPC client's several threads share one core. The daemon's CPU time per request is
+#      the figure that compares the server's own cost.
 #
 # Usage: scripts/triton-client-check.sh [--debug] [--no-perf-analyzer]
 #
 # Creates .venv-triton/ (ignored by git through its own .gitignore), builds setpoint (release
 # unless --debug), starts `setpoint serve` on two free loopback ports (HTTP and gRPC) with a
-# temporary state dir, waits for /v2/health/ready and the gRPC port, runs the checks, and
+# temporary state dir and the built-in configuration's service alone (no demonstration job,
+# and `leftover = "spread"`, so that the controller does not hold the service's share down to
+# what its SLO needs while the protocols are measured), waits for /v2/health/ready and the gRPC port, runs the checks, and
 # stops the daemon. Results are kept in target/triton-check/. Exit status: 0 when every
 # tritonclient check (HTTP and gRPC) passed and the daemon stopped cleanly.
 set -euo pipefail
@@ -81,9 +89,40 @@ a, b = socket.socket(), socket.socket()
 a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
 print(a.getsockname()[1], b.getsockname()[1])')
 STATE=$(mktemp -d -t setpoint-triton.XXXXXX)
+# The daemon and the load generator on separate CPUs, where there are two or more.
+NCPU=$(nproc 2>/dev/null || echo 1)
+DAEMON_CPUS=()
+CLIENT_CPUS=()
+if [ "${PERF_PIN:-0}" = 1 ] && [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
+    half=$((NCPU / 2))
+    DAEMON_CPUS=(taskset -c "0-$((half - 1))")
+    CLIENT_CPUS=(taskset -c "$half-$((NCPU - 1))")
+    log "daemon on CPUs 0-$((half - 1)), perf_analyzer on CPUs $half-$((NCPU - 1))"
+fi
 DAEMON_LOG=$OUT/daemon.log
+CONFIG=$OUT/setpoint-check.toml
+cat >"$CONFIG" <<'EOF'
+# Written by scripts/triton-client-check.sh: the built-in configuration's service alone.
+listen = "127.0.0.1:8000"
+state_dir = "state"
+
+[control]
+leftover = "spread"
+
+[[services]]
+name = "mlp"
+layers = [64, 128, 10]
+seed = 1
+warmup_data = "synthetic:blobs"
+
+  [services.slo]
+  p99_ms = 25.0
+
+  [services.batching]
+  max_batch_size = 32
+EOF
 log "starting setpoint serve on 127.0.0.1:$PORT (HTTP) and 127.0.0.1:$GRPC_PORT (gRPC) (state dir $STATE, log $DAEMON_LOG)"
-"$BIN" serve --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$GRPC_PORT" --state-dir "$STATE" \
+"${DAEMON_CPUS[@]}" "$BIN" serve --config "$CONFIG" --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$GRPC_PORT" --state-dir "$STATE" \
     >"$DAEMON_LOG" 2>&1 &
 DAEMON_PID=$!
 
@@ -200,40 +239,63 @@ EOF
             log "perf_analyzer from tritonclient $v does not run here: $(LD_LIBRARY_PATH=$CUDART "$PA_DIR/$v/perf_analyzer" --version 2>&1 | head -1)"
         fi
     done
+    # The daemon's CPU time (utime + stime, in clock ticks) and the model's inference count.
+    daemon_usage() {
+        local ticks count
+        ticks=$(awk '{print $14 + $15}' "/proc/$DAEMON_PID/stat" 2>/dev/null || echo 0)
+        count=$("$VENV/bin/python" -c '
+import json, sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/models/mlp/stats", timeout=5) as r:
+    print(json.load(r)["model_stats"][0]["inference_count"])' "$PORT" 2>/dev/null || echo 0)
+        echo "$ticks $count"
+    }
+    # One perf_analyzer run: protocol, concurrency, round. Writes perf-PROTO-cC-rR.csv and
+    # .cpu (daemon ticks and requests before and after, and the clock tick rate).
+    perf_run() {
+        local proto=$1 c=$2 round=$3 rc=0 try before after
+        local base=$OUT/perf-$proto-c$c-r$round
+        case "$proto" in
+            http) pa_args=(-u "127.0.0.1:$PORT" -i http) ;;
+            grpc) pa_args=(-u "127.0.0.1:$GRPC_PORT" -i grpc) ;;
+            grpc-streaming) pa_args=(-u "127.0.0.1:$GRPC_PORT" -i grpc --streaming) ;;
+        esac
+        before=$(daemon_usage)
+        # A level that does not settle within its windows is tried once more with a
+        # looser rule (50 %, longer windows); the table marks such a result.
+        for try in 1 2; do
+            if [ "$try" = 1 ]; then
+                rule=(--measurement-interval 3000 --stability-percentage 25 --max-trials 6)
+            else
+                rule=(--measurement-interval 4000 --stability-percentage 50 --max-trials 6)
+                touch "$base.retried"
+            fi
+            echo "### $proto, concurrency $c, round $round, try $try: ${rule[*]}" | tee -a "$OUT/perf_analyzer.txt"
+            LD_LIBRARY_PATH=$CUDART${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} timeout 60 \
+                "${CLIENT_CPUS[@]}" "$PA" -m mlp "${pa_args[@]}" --concurrency-range "$c" "${rule[@]}" \
+                -f "$base.csv" 2>&1 | tee -a "$OUT/perf_analyzer.txt"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] && break
+        done
+        after=$(daemon_usage)
+        echo "$before $after $(getconf CLK_TCK)" >"$base.cpu"
+        return "$rc"
+    }
     if [ -n "$PA" ]; then
         # One run per level and protocol, each bounded: on a noisy machine perf_analyzer's
         # default stability rule (3 windows within 10 %) can keep a sweep going for many
         # minutes. The protocols take turns at each level (HTTP, gRPC, gRPC streaming for
         # c=1, then c=4, ...) so that they are measured side by side, under the same load
-        # from whatever else runs on the machine. Each run writes its CSV report (-f).
+        # from whatever else runs on the machine; the whole sweep is repeated PERF_ROUNDS
+        # times and the table gives medians. Each run writes its CSV report (-f).
         set +e
         : >"$OUT/perf_analyzer.txt"
-        rm -f "$OUT"/perf-*.csv "$OUT"/perf-*.retried "$OUT"/perf_analyzer-http-*.txt
+        rm -f "$OUT"/perf-*.csv "$OUT"/perf-*.retried "$OUT"/perf-*.cpu "$OUT"/perf_analyzer-http-*.txt
         PA_RC=0
-        for c in 1 4 16; do
-            for proto in http grpc grpc-streaming; do
-                case "$proto" in
-                    http) pa_args=(-u "127.0.0.1:$PORT" -i http) ;;
-                    grpc) pa_args=(-u "127.0.0.1:$GRPC_PORT" -i grpc) ;;
-                    grpc-streaming) pa_args=(-u "127.0.0.1:$GRPC_PORT" -i grpc --streaming) ;;
-                esac
-                # A level that does not settle within its windows is tried once more with a
-                # looser rule (50 %, longer windows); the table marks such a result.
-                for try in 1 2; do
-                    if [ "$try" = 1 ]; then
-                        rule=(--measurement-interval 3000 --stability-percentage 25 --max-trials 6)
-                    else
-                        rule=(--measurement-interval 4000 --stability-percentage 50 --max-trials 6)
-                        touch "$OUT/perf-$proto-c$c.retried"
-                    fi
-                    echo "### $proto, concurrency $c, try $try: ${rule[*]}" | tee -a "$OUT/perf_analyzer.txt"
-                    LD_LIBRARY_PATH=$CUDART${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} timeout 120 "$PA" \
-                        -m mlp "${pa_args[@]}" --concurrency-range "$c" "${rule[@]}" \
-                        -f "$OUT/perf-$proto-c$c.csv" 2>&1 | tee -a "$OUT/perf_analyzer.txt"
-                    rc=${PIPESTATUS[0]}
-                    [ "$rc" = 0 ] && break
+        for round in $(seq 1 "${PERF_ROUNDS:-3}"); do
+            for c in 1 4 16; do
+                for proto in http grpc grpc-streaming; do
+                    perf_run "$proto" "$c" "$round" || PA_RC=$?
                 done
-                [ "$rc" != 0 ] && PA_RC=$rc
             done
         done
         # What perf_analyzer's HTTP requests carry: its -v output does not show them, so a

@@ -82,7 +82,8 @@ where
     });
     node.start();
     let connections = Arc::new(ConnectionStats::default());
-    let app = crate::api::http::router(node.clone(), connections.clone());
+    let grpc_connections = Arc::new(ConnectionStats::default());
+    let app = crate::api::http::router(node.clone(), connections.clone(), grpc_connections.clone());
     let stopping = notifier.clone();
     let drain_node = node.clone();
     // One stop signal for both listeners.
@@ -92,7 +93,8 @@ where
         tokio::spawn(crate::api::grpc::serve(
             l,
             node.clone(),
-            limits.max_connections,
+            limits,
+            grpc_connections,
             stop_rx.clone(),
             move || Duration::from_millis(drain_node.config().drain_timeout_ms),
         ))

@@ -698,3 +698,66 @@ async fn a_model_that_cannot_load_and_a_stopping_node_answer_unavailable() {
         "shutting down",
     );
 }
+
+/// `SERVICE` with connections closed after 400 ms without a call in flight.
+fn idle_config() -> String {
+    format!("[http]\nidle_timeout_ms = 400\n{SERVICE}")
+}
+
+fn counter(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{line_start}` in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_a_long_stream_is_not() {
+    let d = Daemon::start(&idle_config());
+    d.wait_ready();
+    let idle = r#"setpoint_grpc_connections_closed_total{reason="idle"}"#;
+    let mut c = client(&d).await;
+    c.model_infer(raw_request("mlp", 1)).await.unwrap();
+    assert_eq!(
+        counter(&metrics(&d), "setpoint_grpc_connections_open "),
+        1.0
+    );
+    // Idle past the timeout: the daemon says GOAWAY and closes; the client connects anew.
+    d.poll(
+        Duration::from_secs(10),
+        "the idle connection to be closed",
+        || {
+            let m = metrics(&d);
+            (counter(&m, idle) == 1.0 && counter(&m, "setpoint_grpc_connections_open ") == 0.0)
+                .then_some(())
+        },
+    );
+    let answer = c.model_infer(raw_request("mlp", 2)).await.unwrap();
+    assert_eq!(answer.into_inner().outputs[0].shape, vec![2, 3]);
+    let accepted = counter(&metrics(&d), "setpoint_grpc_connections_accepted_total ");
+    assert_eq!(accepted, 2.0, "the client reconnected once");
+
+    // A stream whose requests come 3 idle timeouts apart stays open: it is a call in flight.
+    let closed_before = counter(&metrics(&d), idle);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = c
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for n in 1..=3 {
+        let mut r = raw_request("mlp", n);
+        r.id = format!("late-{n}");
+        tx.send(r).await.unwrap();
+        let a = tokio::time::timeout(Duration::from_secs(30), answers.message())
+            .await
+            .expect("an answer within 30 s")
+            .unwrap()
+            .expect("the stream is still open");
+        assert_eq!(a.error_message, "");
+        assert_eq!(a.infer_response.unwrap().id, format!("late-{n}"));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    drop(tx);
+    assert_eq!(counter(&metrics(&d), idle), closed_before);
+}

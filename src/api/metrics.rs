@@ -413,12 +413,55 @@ const CONNECTIONS: [Row<ConnectionStats>; 5] = [
     ),
 ];
 
+/// The gRPC listener's connections (it shares HTTP's cap and idle timeout).
+const GRPC_CONNECTIONS: [Row<ConnectionStats>; 5] = [
+    (
+        Family::gauge(
+            "setpoint_grpc_connections_open",
+            "gRPC (HTTP/2) connections open now.",
+        ),
+        |c, o| o.add(&[], get(&c.open)),
+    ),
+    (
+        Family::gauge(
+            "setpoint_grpc_connections_max",
+            "The cap on open gRPC connections in force (http.max_connections, lowered to what the descriptor limit allows).",
+        ),
+        |c, o| o.add(&[], get(&c.limit)),
+    ),
+    (
+        Family::counter(
+            "setpoint_grpc_connections_accepted_total",
+            "gRPC connections accepted and served.",
+        ),
+        |c, o| o.add(&[], get(&c.accepted)),
+    ),
+    (
+        Family::counter(
+            "setpoint_grpc_connections_closed_total",
+            "gRPC connections closed by the daemon, by reason: refused (the cap was reached; closed unanswered), idle (no call in flight for http.idle_timeout_ms; sent GOAWAY).",
+        ),
+        |c, o| {
+            for (reason, n) in [("refused", &c.refused), ("idle", &c.idle_closed)] {
+                o.add(&[("reason", reason)], get(n));
+            }
+        },
+    ),
+    (
+        Family::counter(
+            "setpoint_grpc_accept_errors_total",
+            "Failed accepts on the gRPC listener; each is followed by a pause of 50 ms.",
+        ),
+        |c, o| o.add(&[], get(&c.accept_errors)),
+    ),
+];
+
 fn get(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64
 }
 
-/// Renders every metric of the node and of its HTTP listener.
-pub fn render(node: &Node, conns: &ConnectionStats) -> String {
+/// Renders every metric of the node and of its HTTP and gRPC listeners.
+pub fn render(node: &Node, conns: &ConnectionStats, grpc_conns: &ConnectionStats) -> String {
     let reloads = node.reload_counts();
     let services = node.ready_services();
     let services = services
@@ -441,6 +484,7 @@ pub fn render(node: &Node, conns: &ConnectionStats) -> String {
         prometheus::table(&mut out, rows, &ctx, Empty::Keep);
     }
     prometheus::table(&mut out, &CONNECTIONS, conns, Empty::Keep);
+    prometheus::table(&mut out, &GRPC_CONNECTIONS, grpc_conns, Empty::Keep);
     // What NVML reports per GPU (nothing on a host without GPUs).
     let (gpus, failed_reads) = node.telemetry();
     if !gpus.is_empty() || failed_reads > 0 {

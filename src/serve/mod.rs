@@ -14,6 +14,7 @@
 
 mod batcher;
 mod config;
+pub mod dispatch;
 mod error;
 pub mod model_io;
 mod protocol;

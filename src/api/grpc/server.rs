@@ -1,6 +1,11 @@
 //! The gRPC listener: HTTP/2 connections served by hyper, each request handed to the
 //! generated `GRPCInferenceService` server.
 //!
+//! A connection with no call in flight for `http.idle_timeout_ms` is sent GOAWAY and closed,
+//! as an idle HTTP/1.1 connection is; a call counts as in flight until its answer's last
+//! frame is sent, so a long stream is never cut for idling. The listener's counters
+//! ([`ConnectionStats`]) are shown by `/metrics` as `setpoint_grpc_connections_*`.
+//!
 //! tonic's own transport server is not used: it enforces a client's `grpc-timeout` itself and
 //! answers `CANCELLED` when it passes, where setpoint answers `DEADLINE_EXCEEDED` with the
 //! message HTTP gives, and it fixes the message size limit at start, where setpoint reads
@@ -8,9 +13,13 @@
 //! applies to the next one.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use hyper::body::{Bytes, Frame, SizeHint};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,7 +29,7 @@ use tonic::codegen::Service;
 
 use super::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::Inference;
-use crate::api::server::Arrival;
+use crate::api::server::{Arrival, ConnectionStats, Limits};
 use crate::node::Node;
 
 /// How the gRPC listener stopped.
@@ -30,41 +39,48 @@ pub struct GrpcDrained {
     pub connections_cut: usize,
 }
 
-/// Serves gRPC on `listener` for `node`, at most `max_connections` at once, until `stop`
-/// turns true. Then every connection is told to go away (HTTP/2 GOAWAY: no new calls) and
-/// its calls in flight are answered, for `drain()` at most; those still running then are cut.
+/// Serves gRPC on `listener` for `node` until `stop` turns true, at most
+/// `limits.max_connections` connections at once, closing those idle for
+/// `limits.idle_timeout`; `stats` counts them. After `stop` every connection is told to go
+/// away (HTTP/2 GOAWAY: no new calls) and its calls in flight are answered, for `drain()` at
+/// most; those still running then are cut.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
-    max_connections: usize,
+    limits: Limits,
+    stats: Arc<ConnectionStats>,
     mut stop: watch::Receiver<bool>,
     drain: impl Fn() -> Duration,
 ) -> GrpcDrained {
     let service = Inference::new(node.clone());
-    let open = Arc::new(AtomicUsize::new(0));
+    let max_connections = limits.max_connections;
+    stats.limit.store(max_connections as u64, Ordering::Relaxed);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if open.load(Ordering::Acquire) >= max_connections {
+                    if stats.open.load(Ordering::Acquire) >= max_connections as u64 {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             "gRPC: {max_connections} connections open (http.max_connections); \
                              closing a new one"
                         );
                         continue;
                     }
-                    open.fetch_add(1, Ordering::AcqRel);
-                    let (service, node, stop, open) =
-                        (service.clone(), node.clone(), stop.clone(), open.clone());
+                    stats.open.fetch_add(1, Ordering::AcqRel);
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let (service, node, stop, stats) =
+                        (service.clone(), node.clone(), stop.clone(), stats.clone());
                     connections.spawn(async move {
-                        connection(stream, service, node, stop).await;
-                        open.fetch_sub(1, Ordering::AcqRel);
+                        connection(stream, service, node, stop, limits.idle_timeout, &stats).await;
+                        stats.open.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
                 // Out of descriptors, say: wait a moment instead of spinning.
                 Err(e) => {
+                    stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("gRPC: cannot accept a connection: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -89,17 +105,22 @@ pub async fn serve(
     GrpcDrained::default()
 }
 
-/// Serves one connection until the client closes it, or, after `stop`, until its calls in
-/// flight are answered.
+/// Serves one connection until the client closes it, or, after `stop` or `idle_timeout`
+/// without a call in flight, until its calls in flight are answered.
 async fn connection(
     stream: TcpStream,
     service: Inference,
     node: Arc<Node>,
     mut stop: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    stats: &ConnectionStats,
 ) {
     let _ = stream.set_nodelay(true);
+    let (calls, mut in_flight) = watch::channel(0usize);
+    let calls = Arc::new(calls);
     let handler =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let call = InFlight::start(&calls);
             req.extensions_mut().insert(Arrival(Instant::now()));
             let limit = usize::try_from(node.config().max_request_bytes).unwrap_or(usize::MAX);
             let mut server = GrpcInferenceServiceServer::new(service.clone())
@@ -110,18 +131,83 @@ async fn connection(
                     Ok(a) => a,
                     Err(never) => match never {},
                 };
-                Ok::<_, Infallible>(too_large(answer, limit))
+                let answer = too_large(answer, limit)
+                    .map(|body| tonic::body::Body::new(Counted { body, _call: call }));
+                Ok::<_, Infallible>(answer)
             }
         });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), handler);
     tokio::pin!(conn);
+    let idle = idle_for(&mut in_flight, idle_timeout);
+    tokio::pin!(idle);
     tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        _ = conn.as_mut() => return,
+        _ = stopped(&mut stop) => {}
+        _ = idle.as_mut() => {
+            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Resolves once no call has been in flight on a connection for `timeout`: the count
+/// `in_flight` follows stayed at zero that long.
+async fn idle_for(in_flight: &mut watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if in_flight.wait_for(|n| *n == 0).await.is_err() {
+            // The connection's handler is gone, and the connection with it.
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(timeout, in_flight.changed()).await {
+            Err(_elapsed) => return,
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return std::future::pending().await,
+        }
+    }
+}
+
+/// One call in flight on a connection: counted from its arrival until its answer's body is
+/// dropped, that is sent to its end or abandoned.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn start(calls: &Arc<watch::Sender<usize>>) -> Self {
+        calls.send_modify(|n| *n += 1);
+        InFlight(calls.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// An answer's body that keeps its call counted while it is being sent.
+struct Counted {
+    body: tonic::body::Body,
+    _call: InFlight,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -41,6 +41,8 @@ pub(crate) struct AppState {
     pub decompressing: Arc<tokio::sync::Semaphore>,
     /// The listener's counters, for `/metrics`.
     pub connections: Arc<super::server::ConnectionStats>,
+    /// The gRPC listener's counters, for `/metrics`.
+    pub grpc_connections: Arc<super::server::ConnectionStats>,
     /// Large inference bodies being decoded at once, at most one per core, on blocking
     /// threads: the async workers that answer health checks never spend a decode's time.
     pub decoding: Arc<tokio::sync::Semaphore>,
@@ -53,13 +55,19 @@ impl AppState {
     }
 }
 
-/// The router with every route; `/metrics` shows `connections`, the listener's counters.
-pub fn router(node: Arc<Node>, connections: Arc<super::server::ConnectionStats>) -> Router {
+/// The router with every route; `/metrics` shows `connections` and `grpc_connections`, the
+/// HTTP and gRPC listeners' counters.
+pub fn router(
+    node: Arc<Node>,
+    connections: Arc<super::server::ConnectionStats>,
+    grpc_connections: Arc<super::server::ConnectionStats>,
+) -> Router {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = AppState {
         node,
         decompressing: Arc::new(tokio::sync::Semaphore::new(cores)),
         connections,
+        grpc_connections,
         decoding: Arc::new(tokio::sync::Semaphore::new(cores)),
     };
     Router::new()
@@ -298,7 +306,7 @@ async fn reload(State(s): State<AppState>) -> ApiResult<Response> {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let text = super::metrics::render(&s.node, &s.connections);
+    let text = super::metrics::render(&s.node, &s.connections, &s.grpc_connections);
     let mut r = (StatusCode::OK, text).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,0 +1,203 @@
+//! The split of a service's rows between its replicas, one decision per control period.
+//!
+//! A service may run as several replicas, each a lane on its own device (a GPU, the CPU).
+//! The law, after ROMA's GPU/CPU dispatch, holds the SLO with the least of the dearest device:
+//!
+//! 1. **Capacity.** Replica `i` can serve `c_i = trim_i × k_i` rows per second within the
+//!    SLO, where `k_i` is what its device could give it (the share it may have × cores ÷ its
+//!    measured cost per row, times a load target below 1 so that its queue stays short) and
+//!    `trim_i ∈ [TRIM_MIN, 1]` is learned from its latency: each period its p99 is over the
+//!    set point, `trim_i ← trim_i × max(½, set point ÷ p99)` (multiplicative decrease); each
+//!    period it is under, `trim_i ← min(1, trim_i + TRIM_STEP)` (additive increase). AIMD
+//!    settles without oscillating on a steady load and backs off within a period of a burst.
+//! 2. **Fill, cheapest first.** The arriving rows `λ` go to the healthy replicas in order of
+//!    their device's price (the CPU before a GPU), each up to its capacity: the GPU takes only
+//!    what the cheaper replicas cannot serve within the SLO, so its share is not bought for
+//!    rows the CPU could answer. Past every capacity, the excess is spread in proportion to
+//!    capacity (all replicas saturate together rather than one alone).
+//! 3. **Probing.** A healthy replica not yet measured gets [`PROBE_FRAC`] of the rows, so
+//!    that its cost is learned; a replica that is not healthy (stopped answering, device
+//!    failed) gets nothing until it is healthy again.
+//! 4. **Smoothing.** The fractions move halfway to the target each period, so a noisy rate
+//!    does not throw rows back and forth; a replica that turns unhealthy is cut at once.
+//!
+//! Pure: no clocks, no I/O; the node observes, calls [`Split::decide`] and hands the fractions
+//! to the service's dispatcher.
+
+/// Fraction of the rows a healthy replica gets while its capacity is unknown.
+pub const PROBE_FRAC: f64 = 0.05;
+/// The least a replica's capacity trim goes down to.
+pub const TRIM_MIN: f64 = 0.05;
+/// How much the trim grows back per period with the latency under the set point.
+pub const TRIM_STEP: f64 = 0.05;
+/// How far the fractions move toward the target per period.
+pub const SMOOTHING: f64 = 0.5;
+
+/// One replica as observed over the last period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaObs {
+    /// What a unit of its device's share costs the node, relative to the others: cheaper
+    /// replicas are filled first. Equal prices fill in the order given.
+    pub price: f64,
+    /// Whether it answers: false once its device failed or its batcher stopped.
+    pub healthy: bool,
+    /// Rows per second its device could serve for it at the share it may have, before the
+    /// latency trim; None until its cost per row has been measured.
+    pub capacity_rows_per_s: Option<f64>,
+    /// p99 of its requests' latency in the SLO window; None without samples.
+    pub p99_s: Option<f64>,
+}
+
+/// The split's memory between periods, for one service.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Split {
+    /// Per replica: the latency trim of its capacity.
+    trim: Vec<f64>,
+    /// Per replica: the fractions decided last period.
+    fractions: Vec<f64>,
+}
+
+impl Split {
+    /// The fractions of the arriving rows each replica takes (summing to 1, or all 0 when no
+    /// replica is healthy), from this period's observations, the rows per second arriving
+    /// and the latency set point in seconds.
+    pub fn decide(
+        &mut self,
+        obs: &[ReplicaObs],
+        arrival_rows_per_s: f64,
+        setpoint_s: f64,
+    ) -> Vec<f64> {
+        self.resize(obs.len());
+        for (trim, o) in self.trim.iter_mut().zip(obs) {
+            *trim = next_trim(*trim, o.p99_s, setpoint_s);
+        }
+        let target = target(obs, &self.trim, arrival_rows_per_s.max(0.0));
+        let mut next: Vec<f64> = self
+            .fractions
+            .iter()
+            .zip(&target)
+            .zip(obs)
+            .map(|((prev, t), o)| {
+                if o.healthy {
+                    prev + SMOOTHING * (t - prev)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        normalise(&mut next, &target);
+        self.fractions.clone_from(&next);
+        next
+    }
+
+    /// A replica's capacity trim now.
+    pub fn trim(&self, replica: usize) -> Option<f64> {
+        self.trim.get(replica).copied()
+    }
+
+    fn resize(&mut self, n: usize) {
+        if self.trim.len() != n {
+            // A replica added or removed: start over rather than shift the memory.
+            self.trim = vec![1.0; n];
+            self.fractions = vec![0.0; n];
+        }
+    }
+}
+
+/// The trim after one period with the latency `p99_s` against `setpoint_s`.
+fn next_trim(trim: f64, p99_s: Option<f64>, setpoint_s: f64) -> f64 {
+    match p99_s {
+        Some(p) if setpoint_s > 0.0 && p > setpoint_s => {
+            (trim * (setpoint_s / p).max(0.5)).max(TRIM_MIN)
+        }
+        Some(_) => (trim + TRIM_STEP).min(1.0),
+        None => trim,
+    }
+}
+
+/// The fractions this period's observations call for, before smoothing.
+fn target(obs: &[ReplicaObs], trim: &[f64], lambda: f64) -> Vec<f64> {
+    let mut out = vec![0.0; obs.len()];
+    let healthy: Vec<usize> = (0..obs.len()).filter(|&i| obs[i].healthy).collect();
+    if healthy.is_empty() {
+        return out;
+    }
+    let unmeasured: Vec<usize> = healthy
+        .iter()
+        .copied()
+        .filter(|&i| obs[i].capacity_rows_per_s.is_none())
+        .collect();
+    if unmeasured.len() == healthy.len() {
+        // Nothing measured yet: the cheapest replica takes the rows, the others probe.
+        let first = cheapest(obs, &healthy);
+        for &i in &healthy {
+            out[i] = if i == first { 1.0 } else { PROBE_FRAC };
+        }
+        normalise_in_place(&mut out);
+        return out;
+    }
+    let probing = PROBE_FRAC * unmeasured.len() as f64;
+    for &i in &unmeasured {
+        out[i] = PROBE_FRAC;
+    }
+    let mut measured: Vec<usize> = healthy
+        .iter()
+        .copied()
+        .filter(|&i| obs[i].capacity_rows_per_s.is_some())
+        .collect();
+    measured.sort_by(|&a, &b| obs[a].price.total_cmp(&obs[b].price).then(a.cmp(&b)));
+    let cap = |i: usize| obs[i].capacity_rows_per_s.unwrap_or(0.0).max(0.0) * trim[i];
+    let left = (1.0 - probing).max(0.0);
+    if lambda <= 0.0 {
+        out[measured[0]] += left;
+        return out;
+    }
+    let mut rows = lambda * left;
+    for &i in &measured {
+        let take = rows.min(cap(i));
+        out[i] += take / lambda;
+        rows -= take;
+    }
+    if rows > 0.0 {
+        let total: f64 = measured.iter().map(|&i| cap(i)).sum();
+        for &i in &measured {
+            let part = if total > 0.0 {
+                cap(i) / total
+            } else {
+                1.0 / measured.len() as f64
+            };
+            out[i] += rows * part / lambda;
+        }
+    }
+    out
+}
+
+/// The healthy replica with the least price (the first of equals).
+fn cheapest(obs: &[ReplicaObs], healthy: &[usize]) -> usize {
+    healthy
+        .iter()
+        .copied()
+        .min_by(|&a, &b| obs[a].price.total_cmp(&obs[b].price).then(a.cmp(&b)))
+        .unwrap_or(0)
+}
+
+/// Scales `f` to sum to 1; when it sums to 0, takes `fallback` instead.
+fn normalise(f: &mut [f64], fallback: &[f64]) {
+    if f.iter().sum::<f64>() <= 0.0 {
+        f.copy_from_slice(fallback);
+    }
+    normalise_in_place(f);
+}
+
+fn normalise_in_place(f: &mut [f64]) {
+    let sum: f64 = f.iter().sum();
+    if sum > 0.0 {
+        for x in f.iter_mut() {
+            *x /= sum;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "split_tests.rs"]
+mod tests;
