@@ -320,6 +320,13 @@ impl LoadedService {
         self.timeouts.load(Ordering::Relaxed)
     }
 
+    /// Requests that failed, as Triton's statistics count them (`fail`), given `st`, the
+    /// batcher's statistics: failed in the batcher, refused by a full queue, malformed, or
+    /// timed out.
+    pub(crate) fn failed_count(&self, st: &ServiceStats) -> u64 {
+        st.failure_count + st.rejected_count + self.invalid_count() + self.timeout_count()
+    }
+
     /// The longest a request may wait for its answer (`timeout_ms`).
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_ms() / 1000.0)

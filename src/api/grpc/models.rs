@@ -98,7 +98,7 @@ pub(crate) fn statistics(svc: &LoadedService) -> pb::ModelStatistics {
         })
         .collect();
     let n = st.success_count;
-    let failed = st.failure_count + st.rejected_count + svc.invalid_count() + svc.timeout_count();
+    let failed = svc.failed_count(&st);
     pb::ModelStatistics {
         name: svc.name().to_owned(),
         version: MODEL_VERSION.to_owned(),

@@ -144,10 +144,7 @@ fn stats_json(svc: &LoadedService) -> Value {
         "execution_count": st.batch_count,
         "inference_stats": {
             "success": duration(n, st.queue_ns + st.compute_ns()),
-            "fail": duration(
-                st.failure_count + st.rejected_count + svc.invalid_count() + svc.timeout_count(),
-                0,
-            ),
+            "fail": duration(svc.failed_count(&st), 0),
             "queue": duration(n, st.queue_ns),
             "compute_input": duration(n, st.compute.input_ns),
             "compute_infer": duration(n, st.compute.infer_ns),
