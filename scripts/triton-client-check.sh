@@ -101,26 +101,12 @@ if [ "${PERF_PIN:-0}" = 1 ] && [ "$NCPU" -ge 2 ] && command -v taskset >/dev/nul
 fi
 DAEMON_LOG=$OUT/daemon.log
 CONFIG=$OUT/setpoint-check.toml
-cat >"$CONFIG" <<'EOF'
-# Written by scripts/triton-client-check.sh: the built-in configuration's service alone.
-listen = "127.0.0.1:8000"
-state_dir = "state"
-
-[control]
-leftover = "spread"
-
-[[services]]
-name = "mlp"
-layers = [64, 128, 10]
-seed = 1
-warmup_data = "synthetic:blobs"
-
-  [services.slo]
-  p99_ms = 25.0
-
-  [services.batching]
-  max_batch_size = 32
-EOF
+# configs/default.toml (the built-in configuration) up to its first job, then the leftover.
+{
+    sed '/^\[\[jobs\]\]/,$d' configs/default.toml
+    printf '\n# Added by scripts/triton-client-check.sh: the service alone, with the spare capacity.\n'
+    printf '[control]\nleftover = "spread"\n'
+} >"$CONFIG"
 log "starting setpoint serve on 127.0.0.1:$PORT (HTTP) and 127.0.0.1:$GRPC_PORT (gRPC) (state dir $STATE, log $DAEMON_LOG)"
 "${DAEMON_CPUS[@]}" "$BIN" serve --config "$CONFIG" --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$GRPC_PORT" --state-dir "$STATE" \
     >"$DAEMON_LOG" 2>&1 &

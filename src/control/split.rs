@@ -145,7 +145,7 @@ fn target(obs: &[ReplicaObs], trim: &[f64], lambda: f64) -> Vec<f64> {
         .copied()
         .filter(|&i| obs[i].capacity_rows_per_s.is_some())
         .collect();
-    measured.sort_by(|&a, &b| obs[a].price.total_cmp(&obs[b].price).then(a.cmp(&b)));
+    measured.sort_by(|&a, &b| by_price(obs, a, b));
     let cap = |i: usize| obs[i].capacity_rows_per_s.unwrap_or(0.0).max(0.0) * trim[i];
     let left = (1.0 - probing).max(0.0);
     if lambda <= 0.0 {
@@ -177,8 +177,13 @@ fn cheapest(obs: &[ReplicaObs], healthy: &[usize]) -> usize {
     healthy
         .iter()
         .copied()
-        .min_by(|&a, &b| obs[a].price.total_cmp(&obs[b].price).then(a.cmp(&b)))
+        .min_by(|&a, &b| by_price(obs, a, b))
         .unwrap_or(0)
+}
+
+/// Replicas in the order they are filled: cheaper first, equals in the order given.
+fn by_price(obs: &[ReplicaObs], a: usize, b: usize) -> std::cmp::Ordering {
+    obs[a].price.total_cmp(&obs[b].price).then(a.cmp(&b))
 }
 
 /// Scales `f` to sum to 1; when it sums to 0, takes `fallback` instead.
