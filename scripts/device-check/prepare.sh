@@ -129,7 +129,7 @@ if [ -n "$digits" ]; then
 fi
 cp "$here/run.sh" "$here/run.py" "$here/report.py" "$here/sections.py" "$here/torch_gpu.py" \
     "$root/scripts/peers/torch_bench.py" "$stage/"
-cp "$here/probe.cu" "$here/probe-build.sh" kernels/gemm.cu kernels/common.cuh "$stage/probe/"
+cp "$here/probe.cu" "$here/probe-build.sh" kernels/gemm.cu kernels/gemm_large.cu kernels/gemm_small.cu kernels/common.cuh "$stage/probe/"
 
 rev=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 dirty=false

@@ -8,7 +8,7 @@
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Iprobe -o probe probe/probe.cu -lcublas
 // where probe/ holds this file, gemm.cu and common.cuh.
 //
-//   probe [--sizes 1024,2048,4096,8192,4095x4097x1031] [--reps 5] [--json FILE] [--small]
+//   probe [--sizes 8x1024x784,32x1024x1024,...,8192] [--reps 5] [--json FILE] [--small]
 //
 // Writes one JSON document (the device check's section format: section, status, reason,
 // headline, figures) to --json, else stdout; exits 0 when every check held, 1 when one did
@@ -32,8 +32,14 @@
 // compiled from the other branch.
 __device__ void emu_ldmatrix_x4(unsigned r[4], const unsigned short* p);
 __device__ void emu_mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2]);
+__device__ void emu_ldmatrix_x4_trans(unsigned r[4], const unsigned short* p);
+__device__ void emu_cp_async_16(void* dst, const void* src, int src_size);
+__device__ void emu_cp_async_commit();
+__device__ void emu_cp_async_wait(int n);
 #endif
 #include "gemm.cu"
+#include "gemm_large.cu"
+#include "gemm_small.cu"
 
 namespace {
 
@@ -60,20 +66,25 @@ struct Kernel {
     const void* fn;
     int block;  // threads per CTA, fixed by the ABI
     bool bf16;
+    int tile_m, tile_n;  // output tile, fixed by the ABI (tile numbering)
 };
 
 const Kernel KERNELS[] = {
-    {"gemm_f32", (const void*)gemm_f32, 256, false},
-    {"gemm_bf16", (const void*)gemm_bf16, 128, true},
-    {"gemm_bf16_simt", (const void*)gemm_bf16_simt, 256, true},
+    {"gemm_f32", (const void*)gemm_f32, 256, false, 64, 64},
+    {"gemm_bf16", (const void*)gemm_bf16, 128, true, 64, 64},
+    {"gemm_bf16_simt", (const void*)gemm_bf16_simt, 256, true, 64, 64},
+    {"gemm_bf16_128", (const void*)gemm_bf16_128, 256, true, 128, 128},
+    {"gemm_bf16_small_m", (const void*)gemm_bf16_small_m, 128, true, 16, 64},
 };
+// gemm_bf16_small_m is timed only up to this many rows of C (its tiles are 16 rows high).
+const int SMALL_M_MAX = 256;
 
 // C = alpha * op(A) * op(B) + beta * C on every tile in one launch of at most `max_ctas`
 // CTAs (the kernels loop over tiles, so any grid is correct).
 void launch(const Kernel& kern, const void* a, const void* b, float* c, int m, int n, int k,
             int ta, int tb, float alpha, float beta, int max_ctas, cudaStream_t s) {
     int tile_begin = 0;
-    int tile_end = ((m + 63) / 64) * ((n + 63) / 64);
+    int tile_end = ((m + kern.tile_m - 1) / kern.tile_m) * ((n + kern.tile_n - 1) / kern.tile_n);
     int k_begin = 0;  // the whole inner dimension in one launch (ABI.md: k range)
     int k_end = k;
     int grid = std::max(1, std::min(tile_end, max_ctas));
@@ -237,8 +248,11 @@ void compare(cublasHandle_t h, cudaStream_t st, int sms, Buffers& buf, Shape s, 
     const Plan plans[] = {{Precision::F32, KERNELS[0]},
                           {Precision::TF32, KERNELS[0]},
                           {Precision::BF16, KERNELS[1]},
-                          {Precision::BF16, KERNELS[2]}};
+                          {Precision::BF16, KERNELS[2]},
+                          {Precision::BF16, KERNELS[3]},
+                          {Precision::BF16, KERNELS[4]}};
     for (const Plan& plan : plans) {
+        if (plan.kern.tile_m == 16 && s.m > SMALL_M_MAX) continue;
         Row row{s, ta, tb, plan.p, plan.kern.name};
         const bool bf = plan.kern.bf16;
         const void* a = bf ? (const void*)buf.a16 : (const void*)buf.a;
@@ -341,7 +355,8 @@ std::vector<std::string> headline(const std::vector<Row>& rows, bool small) {
     out.push_back(b);
     if (small || rows.empty()) return out;
     const Shape big = rows.back().s;
-    for (const char* kern : {"gemm_f32", "gemm_bf16", "gemm_bf16_simt"})
+    for (const char* kern :
+         {"gemm_f32", "gemm_bf16", "gemm_bf16_simt", "gemm_bf16_128", "gemm_bf16_small_m"})
         for (Precision p : {Precision::F32, Precision::TF32, Precision::BF16}) {
             const Row *lo = nullptr, *hi = nullptr;
             for (const Row& r : rows) {
@@ -425,7 +440,7 @@ std::vector<Shape> parse_sizes(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string sizes_text = "1024,2048,4096,4095x4097x1031,8192", json_path;
+    std::string sizes_text = "8x1024x784,32x1024x1024,256x2048x2048,256x4096x4096,1024,2048,4096,4095x4097x1031,8192", json_path;
     int reps = 5;
     bool small = false;
     std::vector<Shape> sizes;
