@@ -163,12 +163,14 @@ class Run:
                 theirs.setdefault(r["workload"], {})[r["precision"]] = r["samples_per_s"]
         rows = []
         for w, r in ours.items():
-            gpu = r.get("gpu_samples_per_s")
-            for precision, rate in sorted(theirs.get(w, {}).items()):
-                if gpu and rate:
-                    rows.append({"workload": w, "setpoint_gpu_samples_per_s": gpu,
-                                 "torch_precision": precision, "torch_samples_per_s": rate,
-                                 "setpoint_over_torch": gpu / rate})
+            for ours_precision, key in (("f32", "gpu_samples_per_s"), ("bf16", "gpu_bf16_samples_per_s")):
+                gpu = r.get(key)
+                for precision, rate in sorted(theirs.get(w, {}).items()):
+                    if gpu and rate:
+                        rows.append({"workload": w, "setpoint_precision": ours_precision,
+                                     "setpoint_gpu_samples_per_s": gpu,
+                                     "torch_precision": precision, "torch_samples_per_s": rate,
+                                     "setpoint_over_torch": gpu / rate})
         return rows
 
     def env_figures(self):
@@ -254,10 +256,10 @@ class Run:
             lines.append("%-15s running (in the background)" % name)
         cmp = self.comparisons()
         if cmp:
-            lines += ["", "training on the GPU, setpoint (f32) / PyTorch on CUDA (> 1: setpoint faster):"]
+            lines += ["", "training on the GPU, setpoint / PyTorch on CUDA (> 1: setpoint faster):"]
             for c in cmp:
-                lines.append("    %-13s vs torch %-4s  %.2f  (%.0f vs %.0f samples/s)" % (
-                    c["workload"], c["torch_precision"], c["setpoint_over_torch"],
+                lines.append("    %-13s setpoint %-4s vs torch %-4s  %.2f  (%.0f vs %.0f samples/s)" % (
+                    c["workload"], c["setpoint_precision"], c["torch_precision"], c["setpoint_over_torch"],
                     c["setpoint_gpu_samples_per_s"], c["torch_samples_per_s"]))
         return "\n".join(lines) + "\n"
 

@@ -455,6 +455,8 @@ def daemon_verdict(a, figures, problems):
     if not any(n.startswith(want) for n in names):
         problems.append("no %s device in /v1/status (devices: %s)" % (want, names))
     lines = ["devices %s; tenants %s" % (names, tenants)]
+    if loaded.get("device_note"):
+        lines.append("device note: %s" % loaded["device_note"])
     for lvl in (figures.get("bench_http") or {}).get("levels", []):
         lines.append("HTTP concurrency %d: %.0f infer/s, p99 %.2f ms, %d errors, mean batch %.2f" % (
             lvl["concurrency"], lvl["requests_per_s"], lvl["latency_ms"]["p99"], lvl["error_count"],
