@@ -174,9 +174,8 @@ pub trait Backend: Send + Sync {
     /// The number format of the GEMMs' operands.
     fn precision(&self) -> Precision;
 
-    /// The precision a tenant gets when it asks for none: f32 on every backend for now (the
-    /// CPU only emulates bf16; a GPU's bf16 path has not been measured, see
-    /// [`crate::device::precision`]).
+    /// The precision a tenant gets when it asks for none: bf16 on a GPU with tensor cores
+    /// (sm_80 and newer), f32 elsewhere (the CPU only emulates bf16, at about 3x the cost).
     fn default_precision(&self) -> Precision;
 
     /// A zeroed buffer of `len` elements.

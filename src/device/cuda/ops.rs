@@ -239,7 +239,13 @@ impl Backend for CudaBackend {
     }
 
     fn default_precision(&self) -> Precision {
-        Precision::F32 // bf16 has not been measured on a GPU (see `device::precision`)
+        // Tensor cores from sm_80. On an H200, bf16 trained 784-2048-2048-10 at batch 256
+        // 1.33x as fast as f32 and 784-4096-4096-10 at batch 1024 2.3x (README, Performance).
+        if self.dev.info.compute_capability.0 >= 8 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
     }
 
     fn gemm(&self, g: Gemm, a: &CudaBuf, b: &CudaBuf, c: &mut CudaBuf) -> Result<(), DeviceError> {
