@@ -5,7 +5,7 @@
 
 use setpoint::data::{self, Dataset, LoadOptions};
 use setpoint::device::precision::round_bf16;
-use setpoint::device::{Backend, CpuBackend, Gemm, Precision};
+use setpoint::device::{Backend, CpuBackend, Gemm, Precision, Work};
 use setpoint::train::{TrainSpec, Trainer};
 use setpoint::util::rng::Rng;
 
@@ -66,7 +66,9 @@ fn a_bf16_gemm_multiplies_the_rounded_operands_in_f32() {
         }
     }
     assert_eq!(be.precision(), Precision::F32);
-    assert_eq!(be.default_precision(), Precision::F32);
+    for work in [Work::Training, Work::Serving] {
+        assert_eq!(be.default_precision(work), Precision::F32, "{work:?}");
+    }
 }
 
 /// Validation accuracy and last training loss of 30 epochs on the digits at `precision`.

@@ -89,7 +89,7 @@ SECTIONS = [
         + digits(c) + (["--dry-run"] if c.dry_run else [])),
     Section("lanes", 45, 20, gpu_check("lanes")),
     Section("lanes-green", 45, 20, gpu_check("lanes-green")),
-    Section("inference", 60, 20, gpu_check("inference")),
+    Section("inference", 90, 30, gpu_check("inference")),
     Section("nvml", 40, 20, gpu_check("nvml")),
     Section("daemon", 90, 60, helper("daemon", lambda c: [
         "--bin", c.bin, "--work", os.path.join(c.work, "daemon")])),

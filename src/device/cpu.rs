@@ -190,7 +190,7 @@ impl Backend for CpuBackend {
         Precision::from_code(self.precision.load(Ordering::Relaxed))
     }
 
-    fn default_precision(&self) -> Precision {
+    fn default_precision(&self, _work: crate::device::Work) -> Precision {
         Precision::F32
     }
 

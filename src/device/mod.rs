@@ -12,7 +12,7 @@ pub mod lane;
 pub mod precision;
 
 pub use cpu::CpuBackend;
-pub use precision::Precision;
+pub use precision::{Precision, Work};
 
 /// What went wrong in a device operation.
 #[derive(Debug, thiserror::Error)]
@@ -174,9 +174,10 @@ pub trait Backend: Send + Sync {
     /// The number format of the GEMMs' operands.
     fn precision(&self) -> Precision;
 
-    /// The precision a tenant gets when it asks for none: bf16 on a GPU with tensor cores
-    /// (sm_80 and newer), f32 elsewhere (the CPU only emulates bf16, at about 3x the cost).
-    fn default_precision(&self) -> Precision;
+    /// The precision a tenant doing `work` gets when it asks for none (see
+    /// [`crate::device::precision`]): bf16 for training on a GPU with tensor cores (sm_80 and
+    /// newer), f32 otherwise.
+    fn default_precision(&self, work: Work) -> Precision;
 
     /// A zeroed buffer of `len` elements.
     fn alloc(&self, len: usize) -> Result<Self::Buf, DeviceError>;

@@ -211,7 +211,10 @@ impl LoadedService {
             super::Placement::Cpu(health) => {
                 let backend = CpuBackend::with_health(health.clone(), 1, false)
                     .map_err(|e| ServiceBuildError::Start(format!("service {}: {e}", cfg.name)))?;
-                backend.set_precision(cfg.precision.unwrap_or(backend.default_precision()));
+                backend.set_precision(
+                    cfg.precision
+                        .unwrap_or(backend.default_precision(crate::device::Work::Serving)),
+                );
                 precision = backend.precision();
                 InferenceService::start_in_lane(
                     &cfg.name,
@@ -227,7 +230,10 @@ impl LoadedService {
                 let backend = dev
                     .lane_backend(crate::device::cuda::StreamPriority::Highest)
                     .map_err(|e| ServiceBuildError::Start(format!("service {}: {e}", cfg.name)))?;
-                backend.set_precision(cfg.precision.unwrap_or(backend.default_precision()));
+                backend.set_precision(
+                    cfg.precision
+                        .unwrap_or(backend.default_precision(crate::device::Work::Serving)),
+                );
                 precision = backend.precision();
                 InferenceService::start_in_lane(
                     &cfg.name,

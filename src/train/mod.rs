@@ -119,7 +119,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<Self, TrainError> {
         backend.set_precision(
             spec.precision
-                .unwrap_or_else(|| backend.default_precision()),
+                .unwrap_or_else(|| backend.default_precision(crate::device::Work::Training)),
         );
         let cap = spec.batch_size;
         let model = Mlp::from_params(&backend, params)?;

@@ -1,5 +1,6 @@
-//! GEMM TFLOP/s through the CUDA backend, as the trainer gets them (budgeted, split launches),
-//! timed on the GPU by the lane's busy time. The raw kernels against cuBLAS are measured by
+//! GEMM TFLOP/s through the CUDA backend, as the trainer gets them, timed on the GPU by the
+//! lane's busy time: with CTA budgets (budgeted, k-split launches) and on green-context SM
+//! partitions (one launch per product). The raw kernels against cuBLAS are measured by
 //! the device check's CUDA probe, so the two together show what the backend's launching costs.
 
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use crate::util::rng::Rng;
 /// One size.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct GemmRate {
+    /// How the lane's share was enforced: `CTA budgets` or `green contexts`.
+    pub mechanism: &'static str,
     /// m = n = k.
     pub n: usize,
     /// f32 (SIMT) TFLOP/s, GPU-timed mean over the repetitions.
@@ -59,7 +62,7 @@ impl Figures for GemmFigures {
             .iter()
             .map(|r| {
                 format!(
-                    "{0}x{0}x{0} through the backend: f32 {1:.1} TFLOP/s, bf16{2} {3:.1} TFLOP/s",
+                    "{0}x{0}x{0} through the backend ({4}): f32 {1:.1} TFLOP/s, bf16{2} {3:.1} TFLOP/s",
                     r.n,
                     r.f32_tflops,
                     if self.tensor_cores {
@@ -67,7 +70,8 @@ impl Figures for GemmFigures {
                     } else {
                         ""
                     },
-                    r.bf16_tflops
+                    r.bf16_tflops,
+                    r.mechanism
                 )
             })
             .collect()
@@ -97,16 +101,36 @@ pub(super) fn run(
     opts: &GpuCheckOptions,
     dev: &Arc<CudaDevice>,
 ) -> Result<GemmFigures, CheckError> {
-    let g = dev
-        .lane_backend(StreamPriority::Normal)
-        .ctx("creating a lane")?;
-    g.set_workers(g.max_workers());
     let sizes: &[usize] = if opts.dry_run {
         &[256]
     } else {
         &[1024, 2048, 4096, 8192]
     };
     let reps = if opts.dry_run { 2 } else { 5 };
+    let tensor_cores = dev.info().compute_capability.0 >= 8;
+    let mut rates = rates_on(dev, "CTA budgets", sizes, reps)?;
+    // Green contexts need a device opened for them; one that cannot be is the CTA rows alone.
+    if let Ok(green) = CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true) {
+        rates.extend(rates_on(&green, "green contexts", sizes, reps)?);
+    }
+    Ok(GemmFigures {
+        reps,
+        tensor_cores,
+        rates,
+    })
+}
+
+/// Each size's rates through one lane of `dev` holding the whole device.
+fn rates_on(
+    dev: &Arc<CudaDevice>,
+    mechanism: &'static str,
+    sizes: &[usize],
+    reps: usize,
+) -> Result<Vec<GemmRate>, CheckError> {
+    let g = dev
+        .lane_backend(StreamPriority::Normal)
+        .ctx("creating a lane")?;
+    g.set_workers(g.max_workers());
     let tensor_cores = dev.info().compute_capability.0 >= 8;
     let mut rng = Rng::new(3);
     let mut rates = Vec::new();
@@ -129,6 +153,7 @@ pub(super) fn run(
         })?;
         let tf = |s: f64| if s > 0.0 { flop / s / 1e12 } else { 0.0 };
         rates.push(GemmRate {
+            mechanism,
             n,
             f32_tflops: tf(f32_s),
             bf16_tflops: tf(bf_s),
@@ -136,9 +161,5 @@ pub(super) fn run(
             bf16_wall_tflops: tf(bf_wall),
         });
     }
-    Ok(GemmFigures {
-        reps,
-        tensor_cores,
-        rates,
-    })
+    Ok(rates)
 }

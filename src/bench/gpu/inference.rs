@@ -83,6 +83,8 @@ pub(crate) struct InferenceFigures {
     pub seconds: f64,
     /// One row per case.
     pub runs: Vec<InferenceRun>,
+    /// The service alone at batch 1 and 8, f32 and bf16, with and without gaps and read-back.
+    pub breakdown: Vec<super::latency::LatencyRow>,
 }
 
 impl Figures for InferenceFigures {
@@ -94,6 +96,10 @@ impl Figures for InferenceFigures {
     }
 
     fn headline(&self) -> Vec<String> {
+        let breakdown = self
+            .breakdown
+            .iter()
+            .map(|r| format!("alone, {}", r.line()));
         self.runs
             .iter()
             .map(|r| {
@@ -107,6 +113,7 @@ impl Figures for InferenceFigures {
                         .map_or(String::new(), |x| format!(" ({x:.2}x alone)"))
                 )
             })
+            .chain(breakdown)
             .collect()
     }
 }
@@ -224,6 +231,19 @@ pub(super) fn run(
             p99_vs_alone: (alone.0 > 0.0).then(|| p99 / alone.0),
         });
     }
+    let mut breakdown = super::latency::breakdown(&svc, "CTA budgets", false, opts.secs(1.0))?;
+    // The same service on green-context SM partitions, leased per batch, when they open.
+    if let Ok(green) = CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true) {
+        let lane = green
+            .lane_backend(StreamPriority::Highest)
+            .ctx("creating a service lane on green contexts")?;
+        breakdown.extend(super::latency::breakdown(
+            &lane,
+            "green contexts",
+            true,
+            opts.secs(1.0),
+        )?);
+    }
     Ok(InferenceFigures {
         service_layers: crate::model::format_layers(&SERVICE_LAYERS),
         batch: SERVICE_BATCH,
@@ -232,5 +252,6 @@ pub(super) fn run(
         training_batch: TRAINING_BATCH,
         seconds,
         runs,
+        breakdown,
     })
 }

@@ -22,6 +22,7 @@ mod gemm;
 mod inference;
 pub mod kernels;
 mod lanes;
+mod latency;
 mod nvml;
 mod training;
 

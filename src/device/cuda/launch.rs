@@ -161,6 +161,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn on_a_partition_a_product_is_one_launch_over_every_tile_and_all_of_k() {
+        for &(m, n, k) in &[(1usize, 1usize, 1usize), (4096, 4096, 4096), (130, 65, 600)] {
+            for tile in [GemmTile::SQUARE, GemmTile::LARGE, GemmTile::SMALL_M] {
+                let launches: Vec<_> = gemm_launches(tile, m, n, k, usize::MAX, k).collect();
+                assert_eq!(
+                    launches,
+                    vec![GemmLaunch {
+                        tiles: 0..tile.count(m, n),
+                        k: 0..k,
+                        first: true
+                    }],
+                    "{m}x{n}x{k} in {tile:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_tile_gets_every_k_exactly_once_and_no_cta_more_than_one_tile() {
         for &(m, n, k, budget, chunk) in &[
             (1usize, 1usize, 1usize, 1usize, 256usize),
