@@ -175,6 +175,17 @@ pub struct BenchHttpArgs {
     /// Seed of the request rows.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Protocols, comma-separated, taking turns at each level: json (HTTP), binary (HTTP
+    /// with binary tensors, as perf_analyzer sends), grpc (unary ModelInfer, raw tensors).
+    #[arg(long, value_name = "P,P,...", default_value = "json")]
+    pub protocol: String,
+    /// Times the levels are repeated, protocols interleaved, for side-by-side ratios.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// The gRPC endpoint (HOST:PORT or URL) [default: the HTTP host at the port the
+    /// daemon's /v1/status reports for grpc_listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub grpc_url: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -3,9 +3,12 @@
 //! daemon's serving overhead is reported as a ratio measured in the same run.
 //!
 //! For each concurrency level C, C workers (threads, each with its own keep-alive
-//! connection) send single-row JSON requests back to back. Requests that start after the
-//! warm-up and finish before its end count; the daemon's `batch_stats`, read at the start and
-//! end of the measured window, give the batch sizes it actually ran.
+//! connection) send single-row requests back to back, in each protocol asked for
+//! ([`super::load_proto`]: JSON or binary tensors over HTTP, or gRPC), the protocols taking
+//! turns at each level and the whole repeated for `rounds`, so that they are compared side by
+//! side. Requests that start after the warm-up and finish before its end count; the daemon's
+//! `batch_stats`, read at the start and end of the measured window, give the batch sizes it
+//! actually ran.
 
 use crate::util::stats::nearest_rank;
 use std::collections::BTreeMap;
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::load_proto::{self, Protocol, Target};
 use super::v2::{self, ModelInfo};
 use super::{Client, ClientError, path_segment};
 use crate::device::{Backend, CpuBackend};
@@ -33,6 +37,12 @@ pub struct BenchSpec {
     pub warmup: Duration,
     /// Seed of the request rows.
     pub seed: u64,
+    /// Protocols, taking turns at each level.
+    pub protocols: Vec<Protocol>,
+    /// Times the whole is repeated.
+    pub rounds: usize,
+    /// The gRPC endpoint (`HOST:PORT` or a URL); asked of the daemon when absent.
+    pub grpc_url: Option<String>,
 }
 
 /// Latency percentiles of successful requests, milliseconds.
@@ -53,6 +63,10 @@ pub struct LatencyMs {
 /// One concurrency level's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LevelReport {
+    /// The protocol of the requests.
+    pub protocol: Protocol,
+    /// The round, from 1.
+    pub round: usize,
     /// Workers (connections).
     pub concurrency: usize,
     /// Successful requests in the measured window.
@@ -90,8 +104,10 @@ pub struct BenchReport {
     pub model: String,
     /// Its layer widths, when the daemon reports them (`/v1/services/MODEL`).
     pub layers: Option<Vec<usize>>,
-    /// Request encoding.
-    pub request: &'static str,
+    /// Request encodings, in the order they took turns.
+    pub request: Vec<&'static str>,
+    /// The gRPC endpoint, when gRPC was measured.
+    pub grpc_url: Option<String>,
     /// Measured seconds per level.
     pub duration_s: f64,
     /// Warm-up seconds per level.
@@ -100,13 +116,6 @@ pub struct BenchReport {
     pub levels: Vec<LevelReport>,
     /// Why compute-only figures are missing, when they are.
     pub compute_only_note: Option<String>,
-}
-
-/// What one worker saw.
-#[derive(Debug, Default)]
-struct WorkerResult {
-    latencies_ns: Vec<u64>,
-    errors: BTreeMap<String, u64>,
 }
 
 /// Batch counts by size from a `/v2/models/MODEL/stats` answer.
@@ -137,19 +146,6 @@ pub(crate) fn load_agent() -> ureq::Agent {
         .into()
 }
 
-/// Posts a JSON inference request and reads the whole answer (which keeps the connection for
-/// the next request); the HTTP status, or why there was none.
-pub(crate) fn post_infer(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<u16, ureq::Error> {
-    agent
-        .post(url)
-        .header("content-type", "application/json")
-        .send(body)
-        .and_then(|mut resp| {
-            let status = resp.status().as_u16();
-            resp.body_mut().read_to_vec().map(|_| status)
-        })
-}
-
 fn latency_ms(sorted: &[u64]) -> LatencyMs {
     if sorted.is_empty() {
         return LatencyMs::default();
@@ -164,62 +160,14 @@ fn latency_ms(sorted: &[u64]) -> LatencyMs {
     }
 }
 
-/// One worker: its own connection, requests back to back until `end`.
-fn worker(
-    base: String,
-    url: String,
-    body: Vec<u8>,
-    warm_end: Instant,
-    end: Instant,
-) -> WorkerResult {
-    let agent = load_agent();
-    let mut r = WorkerResult {
-        latencies_ns: Vec::with_capacity(4096),
-        ..WorkerResult::default()
-    };
-    loop {
-        let t0 = Instant::now();
-        if t0 >= end {
-            break;
-        }
-        let outcome = post_infer(&agent, &url, &body);
-        let t1 = Instant::now();
-        let counted = t0 >= warm_end && t1 <= end;
-        match outcome {
-            Ok(200) => {
-                if counted {
-                    r.latencies_ns.push((t1 - t0).as_nanos() as u64);
-                }
-            }
-            Ok(status) => {
-                if counted {
-                    *r.errors.entry(status.to_string()).or_default() += 1;
-                }
-            }
-            Err(e) => {
-                if counted {
-                    let kind = match super::transport_error(&base, "POST", &url, e) {
-                        ClientError::Unreachable { .. } => "unreachable",
-                        _ => "transport",
-                    };
-                    *r.errors.entry(kind.to_string()).or_default() += 1;
-                }
-                // Do not spin against a daemon that went away.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-    r
-}
-
 /// Runs one level: C workers, warm-up, measured window, daemon stats at both ends.
 fn run_level(
     client: &Client,
     info: &ModelInfo,
     spec: &BenchSpec,
-    concurrency: usize,
+    target: &Target,
+    (protocol, round, concurrency): (Protocol, usize, usize),
 ) -> Result<LevelReport, ClientError> {
-    let url = client.url(&format!("/v2/models/{}/infer", path_segment(&spec.model)));
     let stats_path = format!("/v2/models/{}/stats", path_segment(&spec.model));
     let start = Instant::now();
     let warm_end = start + spec.warmup;
@@ -227,11 +175,10 @@ fn run_level(
     let mut handles = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
         let row = v2::random_rows(1, info.features, spec.seed.wrapping_add(w as u64));
-        let body = v2::json_request(info, &row, 1, false);
-        let (base, url) = (client.base_url().to_string(), url.clone());
+        let (target, info) = (target.clone(), info.clone());
         let h = std::thread::Builder::new()
-            .name(format!("bench-http-{w}"))
-            .spawn(move || worker(base, url, body, warm_end, end))
+            .name(format!("bench-{}-{w}", protocol.as_str()))
+            .spawn(move || load_proto::worker(protocol, target, info, row, warm_end, end))
             .map_err(|e| ClientError::Input(format!("cannot start bench thread: {e}")))?;
         handles.push(h);
     }
@@ -269,6 +216,8 @@ fn run_level(
         }
     }
     Ok(LevelReport {
+        protocol,
+        round,
         concurrency,
         requests,
         requests_per_s: if secs > 0.0 {
@@ -346,14 +295,29 @@ pub fn run(
         },
     )?;
     let layers = service_layers(client, &spec.model, &info);
+    let grpc = if spec.protocols.contains(&Protocol::Grpc) {
+        Some(load_proto::grpc_endpoint(client, spec.grpc_url.as_deref())?)
+    } else {
+        None
+    };
+    let target = Target {
+        base: client.base_url().to_string(),
+        url: load_proto::infer_url(client, &spec.model),
+        grpc: grpc.clone(),
+    };
     let mut levels = Vec::new();
-    for &c in &spec.concurrency {
-        progress(&format!(
-            "concurrency {c}: warming up {:.1} s, measuring {:.1} s",
-            spec.warmup.as_secs_f64(),
-            spec.duration.as_secs_f64()
-        ));
-        levels.push(run_level(client, &info, spec, c)?);
+    for round in 1..=spec.rounds.max(1) {
+        for &c in &spec.concurrency {
+            for &p in &spec.protocols {
+                progress(&format!(
+                    "round {round}, concurrency {c}, {}: warming up {:.1} s, measuring {:.1} s",
+                    p.as_str(),
+                    spec.warmup.as_secs_f64(),
+                    spec.duration.as_secs_f64()
+                ));
+                levels.push(run_level(client, &info, spec, &target, (p, round, c))?);
+            }
+        }
     }
     let note = match &layers {
         None => Some(format!(
@@ -367,7 +331,8 @@ pub fn run(
         url: client.base_url().to_string(),
         model: spec.model.clone(),
         layers,
-        request: "single-row JSON v2 infer",
+        request: spec.protocols.iter().map(|p| p.describe()).collect(),
+        grpc_url: grpc,
         duration_s: spec.duration.as_secs_f64(),
         warmup_s: spec.warmup.as_secs_f64(),
         levels,
@@ -450,11 +415,20 @@ pub fn render(r: &BenchReport) -> String {
         .map(|l| crate::model::format_layers(l))
         .unwrap_or_else(|| "?".into());
     let mut out = format!(
-        "bench http: {} at {}, model {} ({layers}), {}, {:.1} s per level after {:.1} s \
-         warm-up\n\n",
-        r.request, r.url, r.model, "closed loop", r.duration_s, r.warmup_s
+        "bench http: {} at {}{}, model {} ({layers}), closed loop, {:.1} s per level after \
+         {:.1} s warm-up\n\n",
+        r.request.join("; "),
+        r.url,
+        r.grpc_url
+            .as_ref()
+            .map_or(String::new(), |g| format!(" (gRPC {g})")),
+        r.model,
+        r.duration_s,
+        r.warmup_s
     );
     let mut t = Table::new(&[
+        "ROUND",
+        "PROTOCOL",
         "CONC",
         "REQ/S",
         "P50 MS",
@@ -466,7 +440,7 @@ pub fn render(r: &BenchReport) -> String {
         "COMPUTE ROWS/S",
         "% OF COMPUTE",
     ])
-    .right_align(&[0, 1, 2, 3, 4, 5, 7, 8, 9]);
+    .right_align(&[0, 2, 3, 4, 5, 6, 7, 9, 10, 11]);
     let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".into(), |x| format!("{x:.d$}"));
     for l in &r.levels {
         let errors = if l.errors.is_empty() {
@@ -479,6 +453,8 @@ pub fn render(r: &BenchReport) -> String {
                 .join(" ")
         };
         t.row(vec![
+            l.round.to_string(),
+            l.protocol.as_str().to_string(),
             l.concurrency.to_string(),
             format!("{:.0}", l.requests_per_s),
             format!("{:.2}", l.latency_ms.p50),
@@ -500,6 +476,7 @@ pub fn render(r: &BenchReport) -> String {
     if let Some(n) = &r.compute_only_note {
         out.push_str(&format!("note: {n}\n"));
     }
+    out.push_str(&super::load_compare::render(&r.levels));
     out
 }
 

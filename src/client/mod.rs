@@ -6,6 +6,8 @@
 pub(crate) mod dto;
 pub mod events;
 pub mod load;
+pub mod load_compare;
+pub mod load_proto;
 pub mod table;
 pub mod v2;
 pub mod watch;

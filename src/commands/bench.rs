@@ -17,6 +17,7 @@ use crate::bench::smi::{CrossCheck, CrossCheckReport};
 use crate::bench::{report, soak};
 use crate::cli::{BenchArgs, BenchCommand, BenchHttpArgs, BenchScenarioArgs, BenchSoakArgs};
 use crate::client::load;
+use crate::client::load_proto::Protocol;
 use crate::model::parse_layers;
 
 /// Runs `setpoint bench` and its subcommands.
@@ -369,6 +370,24 @@ fn parse_concurrency(text: &str) -> anyhow::Result<Vec<usize>> {
     Ok(concurrency)
 }
 
+/// `--protocol`: distinct protocols in the order given.
+fn parse_protocols(text: &str) -> anyhow::Result<Vec<Protocol>> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let p = Protocol::parse(item).map_err(|e| input_error(format!("--protocol: {e}")))?;
+        if out.contains(&p) {
+            return Err(input_error(format!("--protocol: '{item}' is given twice")));
+        }
+        out.push(p);
+    }
+    if out.is_empty() {
+        return Err(input_error(
+            "--protocol: give at least one of json, binary, grpc",
+        ));
+    }
+    Ok(out)
+}
+
 /// `setpoint bench http`.
 fn http(a: BenchHttpArgs) -> anyhow::Result<()> {
     let concurrency = parse_concurrency(&a.concurrency)?;
@@ -377,6 +396,13 @@ fn http(a: BenchHttpArgs) -> anyhow::Result<()> {
         return Err(input_error("--duration must be more than zero"));
     }
     let warmup = parse_duration_arg("--warmup", &a.warmup)?;
+    let protocols = parse_protocols(&a.protocol)?;
+    if a.rounds == 0 || a.rounds > 100 {
+        return Err(input_error(format!(
+            "--rounds: expected 1 to 100, got {}",
+            a.rounds
+        )));
+    }
     let client = connect(&a.client)?;
     let spec = load::BenchSpec {
         model: a.model.clone(),
@@ -384,6 +410,9 @@ fn http(a: BenchHttpArgs) -> anyhow::Result<()> {
         duration,
         warmup,
         seed: a.seed,
+        protocols,
+        rounds: a.rounds,
+        grpc_url: a.grpc_url.clone(),
     };
     let chatty = std::io::stderr().is_terminal();
     let report = load::run(&client, &spec, |line| {

@@ -71,10 +71,12 @@ impl CudaBackend {
 
     /// Runs a GEMM kernel as [`launch::gemm_launches`] cuts it. With CTA budgets every CTA of
     /// a launch computes one tile over at most `k_chunk` of k, so that a higher-priority
-    /// kernel sharing the SMs waits for at most one such piece. On SM partitions no other lane
-    /// runs on the lane's SMs, so the product is one launch over all its tiles and all of k,
-    /// its CTAs (at most the partition's) looping over the tiles: on an H200 the cut launches
-    /// ran a 4096³ bf16 product at 82 TFLOP/s against 181 in one launch.
+    /// kernel sharing the SMs waits for at most one such piece. A product is instead one
+    /// launch over all its tiles and all of k, its CTAs (at most the budget) looping over the
+    /// tiles, where no such kernel can be waiting: on SM partitions (no other lane runs on
+    /// the lane's SMs; on an H200 the cut launches ran a 4096³ bf16 product at 82 TFLOP/s
+    /// against 164 in one launch) and on a stream of the device's greatest priority (a
+    /// service's, whose products are small: the cuts only added launches to its batches).
     pub(super) fn launch_gemm(
         &self,
         kernel: Kernel,
@@ -101,10 +103,10 @@ impl CudaBackend {
         int(name, "m·n", g.m * g.n)?;
         let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
         let cptr = c.mem.ptr;
-        let partitioned = self.dev.green.is_some();
+        let whole = self.dev.green.is_some() || self.priority() == self.dev.info().priority_range.1;
         self.run(false, |u| {
             let budget = u.budget;
-            let (per_launch, k_chunk) = if partitioned {
+            let (per_launch, k_chunk) = if whole {
                 (usize::MAX, g.k.max(1))
             } else {
                 (budget, k_chunk)

@@ -1,0 +1,337 @@
+//! The wire protocols `setpoint bench http` drives a service with, one worker (one
+//! connection, requests back to back) per concurrency slot:
+//!
+//! - `json`: single-row JSON v2 requests over HTTP/1.1 (the default);
+//! - `binary`: the same over HTTP/1.1 with Triton's binary tensor extension, input and output
+//!   as raw little-endian f32 after a JSON header (what perf_analyzer sends by default);
+//! - `grpc`: unary `ModelInfer` over one HTTP/2 connection, the input as
+//!   `raw_input_contents` (as tritonclient.grpc and perf_analyzer `-i grpc` send it).
+//!
+//! Both clients are this process's own, so comparing protocols measures the daemon's side
+//! with clients of about the same cost, which Triton's clients are not.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::v2::{self, ModelInfo};
+use super::{ClientError, path_segment};
+use crate::api::grpc::pb;
+use crate::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+
+/// A request encoding and transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// JSON over HTTP/1.1.
+    Json,
+    /// Binary tensors over HTTP/1.1.
+    Binary,
+    /// Unary gRPC with raw tensors.
+    Grpc,
+}
+
+impl Protocol {
+    /// Every protocol, in the order `--protocol` lists them.
+    pub const ALL: [Protocol; 3] = [Protocol::Json, Protocol::Binary, Protocol::Grpc];
+
+    /// The spelling of `--protocol` and the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Json => "json",
+            Protocol::Binary => "binary",
+            Protocol::Grpc => "grpc",
+        }
+    }
+
+    /// Parses one `--protocol` item.
+    pub fn parse(text: &str) -> Result<Protocol, String> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| format!("unknown protocol '{text}'; expected json, binary or grpc"))
+    }
+
+    /// What a request is, for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Protocol::Json => "single-row JSON v2 infer over HTTP/1.1",
+            Protocol::Binary => "single-row v2 infer with binary tensors over HTTP/1.1",
+            Protocol::Grpc => "single-row ModelInfer with raw tensors over gRPC",
+        }
+    }
+}
+
+/// Where and what one worker sends.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The daemon's HTTP base URL, for error messages.
+    pub base: String,
+    /// The HTTP infer URL.
+    pub url: String,
+    /// The gRPC endpoint, `http://HOST:PORT`.
+    pub grpc: Option<String>,
+}
+
+/// What one worker saw.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerResult {
+    pub latencies_ns: Vec<u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl WorkerResult {
+    fn record(&mut self, counted: bool, took: Duration, outcome: Result<(), String>) {
+        if !counted {
+            return;
+        }
+        match outcome {
+            Ok(()) => self.latencies_ns.push(took.as_nanos() as u64),
+            Err(kind) => *self.errors.entry(kind).or_default() += 1,
+        }
+    }
+}
+
+/// Runs one worker of `protocol` against `target` with `row` until `end`, counting what
+/// starts after `warm_end` and finishes by `end`.
+pub(crate) fn worker(
+    protocol: Protocol,
+    target: Target,
+    info: ModelInfo,
+    row: Vec<f32>,
+    warm_end: Instant,
+    end: Instant,
+) -> WorkerResult {
+    match protocol {
+        Protocol::Json | Protocol::Binary => {
+            http_worker(protocol, target, info, row, warm_end, end)
+        }
+        Protocol::Grpc => grpc_worker(target, info, row, warm_end, end),
+    }
+}
+
+fn http_worker(
+    protocol: Protocol,
+    target: Target,
+    info: ModelInfo,
+    row: Vec<f32>,
+    warm_end: Instant,
+    end: Instant,
+) -> WorkerResult {
+    let (body, header_len) = match protocol {
+        Protocol::Binary => {
+            let r = v2::binary_request(&info, &row, 1);
+            (r.body, r.header_len.map(|n| n.to_string()))
+        }
+        _ => (v2::json_request(&info, &row, 1, false), None),
+    };
+    let agent = super::load::load_agent();
+    let mut r = WorkerResult {
+        latencies_ns: Vec::with_capacity(4096),
+        ..WorkerResult::default()
+    };
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        let mut req = agent.post(&target.url);
+        req = match &header_len {
+            Some(n) => req
+                .header("content-type", "application/octet-stream")
+                .header("inference-header-content-length", n),
+            None => req.header("content-type", "application/json"),
+        };
+        let outcome = req.send(&body[..]).and_then(|mut resp| {
+            let status = resp.status().as_u16();
+            resp.body_mut().read_to_vec().map(|_| status)
+        });
+        let t1 = Instant::now();
+        let counted = t0 >= warm_end && t1 <= end;
+        let outcome = match outcome {
+            Ok(200) => Ok(()),
+            Ok(status) => Err(status.to_string()),
+            Err(e) => {
+                // Do not spin against a daemon that went away.
+                std::thread::sleep(Duration::from_millis(10));
+                Err(
+                    match super::transport_error(&target.base, "POST", &target.url, e) {
+                        ClientError::Unreachable { .. } => "unreachable".into(),
+                        _ => "transport".into(),
+                    },
+                )
+            }
+        };
+        r.record(counted, t1 - t0, outcome);
+    }
+    r
+}
+
+/// The gRPC request for one row, as tritonclient sends it.
+fn grpc_request(info: &ModelInfo, row: &[f32]) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: info.name.clone(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: info.input_name.clone(),
+            datatype: "FP32".into(),
+            shape: vec![1, info.features as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![row.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    }
+}
+
+fn grpc_worker(
+    target: Target,
+    info: ModelInfo,
+    row: Vec<f32>,
+    warm_end: Instant,
+    end: Instant,
+) -> WorkerResult {
+    let mut r = WorkerResult::default();
+    let Some(endpoint) = target.grpc.clone() else {
+        r.errors.insert("no gRPC endpoint".into(), 1);
+        return r;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            r.errors.insert(format!("runtime: {e}"), 1);
+            return r;
+        }
+    };
+    rt.block_on(async move {
+        let channel = match tonic::transport::Channel::from_shared(endpoint) {
+            Ok(c) => c.connect().await,
+            Err(e) => {
+                r.errors.insert(format!("endpoint: {e}"), 1);
+                return r;
+            }
+        };
+        let mut client = match channel {
+            Ok(c) => GrpcInferenceServiceClient::new(c),
+            Err(_) => {
+                r.errors.insert("unreachable".into(), 1);
+                return r;
+            }
+        };
+        let req = grpc_request(&info, &row);
+        r.latencies_ns.reserve(4096);
+        loop {
+            let t0 = Instant::now();
+            if t0 >= end {
+                break;
+            }
+            let outcome = client.model_infer(req.clone()).await;
+            let t1 = Instant::now();
+            let outcome = outcome.map(|_| ()).map_err(|s| format!("{:?}", s.code()));
+            if outcome.is_err() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            r.record(t0 >= warm_end && t1 <= end, t1 - t0, outcome);
+        }
+        r
+    })
+}
+
+/// The HTTP infer URL of `model` on `client`'s daemon.
+pub(crate) fn infer_url(client: &super::Client, model: &str) -> String {
+    client.url(&format!("/v2/models/{}/infer", path_segment(model)))
+}
+
+/// The daemon's gRPC endpoint: `given`, else the host of its HTTP URL with the port its
+/// `/v1/status` reports for `grpc_listen`.
+pub(crate) fn grpc_endpoint(
+    client: &super::Client,
+    given: Option<&str>,
+) -> Result<String, ClientError> {
+    if let Some(g) = given {
+        return Ok(if g.contains("://") {
+            g.to_string()
+        } else {
+            format!("http://{g}")
+        });
+    }
+    let status = client.get("/v1/status")?;
+    let listen = status["listeners"]["grpc"].as_str().ok_or_else(|| {
+        ClientError::Input(
+            "the daemon reports no gRPC listener (grpc_listen is empty or it is older); \
+             give --grpc-url HOST:PORT"
+                .into(),
+        )
+    })?;
+    Ok(endpoint_on(client.base_url(), listen))
+}
+
+/// `http://HOST:PORT` with HOST from `base` (an HTTP URL) and PORT from `listen`
+/// (`ADDR:PORT`), so a daemon listening on every address is reached where its HTTP API is.
+fn endpoint_on(base: &str, listen: &str) -> String {
+    let authority = base
+        .split_once("://")
+        .map_or(base, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let port = listen.rsplit_once(':').map_or(listen, |(_, p)| p);
+    format!("http://{host}:{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_parse_by_their_names_and_name_the_choices_otherwise() {
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::parse(p.as_str()), Ok(p));
+        }
+        let err = Protocol::parse("http2").unwrap_err();
+        assert!(
+            err.contains("'http2'") && err.contains("json, binary or grpc"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_grpc_endpoint_takes_the_http_host_and_the_grpc_port() {
+        assert_eq!(
+            endpoint_on("http://127.0.0.1:8000", "0.0.0.0:8001"),
+            "http://127.0.0.1:8001"
+        );
+        assert_eq!(
+            endpoint_on("http://gpu-7.example:9000/", "[::]:8101"),
+            "http://gpu-7.example:8101"
+        );
+        assert_eq!(
+            endpoint_on("http://[::1]:8000", "127.0.0.1:8001"),
+            "http://[::1]:8001"
+        );
+    }
+
+    #[test]
+    fn a_grpc_request_carries_the_row_as_raw_little_endian_bytes() {
+        let info = ModelInfo {
+            name: "mlp".into(),
+            input_name: "input".into(),
+            features: 2,
+            output_name: "probabilities".into(),
+            classes: Some(3),
+        };
+        let req = grpc_request(&info, &[1.0, -2.5]);
+        assert_eq!(req.model_name, "mlp");
+        assert_eq!(req.inputs[0].shape, vec![1, 2]);
+        assert_eq!(req.inputs[0].datatype, "FP32");
+        let mut want = 1.0f32.to_le_bytes().to_vec();
+        want.extend_from_slice(&(-2.5f32).to_le_bytes());
+        assert_eq!(req.raw_input_contents, vec![want]);
+    }
+}
