@@ -28,8 +28,11 @@ pub struct CudaDevice {
     pub(super) funcs: Funcs,
     /// Where each module's code came from.
     origins: Vec<(&'static str, ImageOrigin)>,
-    /// Resident blocks per SM of the least-occupying 256-thread kernel.
+    /// Resident blocks per SM of the least-occupying 256-thread kernel: the unit of a CTA
+    /// budget.
     pub(super) blocks_per_sm: u32,
+    /// Resident blocks per SM of each kernel at its own block size (0: not measured).
+    resident: [u32; Kernel::COUNT],
     pub(super) mem_limit: u64,
     pub(super) mem_used: AtomicU64,
     pub(super) green: Option<GreenContexts>,
@@ -249,6 +252,7 @@ impl CudaDevice {
             funcs: Funcs::empty(),
             origins: Vec::new(),
             blocks_per_sm: 1,
+            resident: [0; Kernel::COUNT],
             mem_used: AtomicU64::new(0),
             green: None,
             next_lane: AtomicU64::new(1),
@@ -321,7 +325,26 @@ impl CudaDevice {
             bps = bps.min(n.max(1) as u32);
         }
         self.blocks_per_sm = bps;
+        for k in Kernel::ALL {
+            let Some(f) = self.funcs.get(k) else { continue };
+            let mut n = 0;
+            // SAFETY: a live function of the current (primary) context.
+            let got = driver::ok("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, k.block() as i32, 0)
+            });
+            // Not knowing only leaves the kernel's budget unscaled.
+            if got.is_ok() {
+                self.resident[k.index()] = n.max(0) as u32;
+            }
+        }
         Ok(())
+    }
+
+    /// CTAs of `k` that hold the SMs a budget of `budget` CTAs (counted in
+    /// [`Self::blocks_per_sm`] units) holds: fewer for a kernel that fits fewer per SM
+    /// (`gemm_bf16_128` by its registers), so that it does not spread over more SMs.
+    pub(super) fn budget_for(&self, k: Kernel, budget: usize) -> usize {
+        super::launch::scaled_budget(budget, self.resident[k.index()], self.blocks_per_sm)
     }
 
     /// What the driver said about this GPU.

@@ -119,6 +119,18 @@ pub(crate) fn gemm_launches(
     })
 }
 
+/// A CTA budget counted in CTAs of kernels that fit `per_sm` per SM, as CTAs of a kernel
+/// that fits `resident`: the same SMs' worth, at least one; unchanged when the kernel fits at
+/// least as many or its occupancy is unknown (0).
+pub(crate) fn scaled_budget(budget: usize, resident: u32, per_sm: u32) -> usize {
+    if resident == 0 || resident >= per_sm {
+        return budget.max(1);
+    }
+    (budget.saturating_mul(resident as usize))
+        .div_ceil(per_sm as usize)
+        .max(1)
+}
+
 /// Ranges of at most `per_launch` items covering `0..len`.
 pub fn chunks(len: usize, per_launch: usize) -> impl Iterator<Item = Range<usize>> {
     let per = per_launch.max(1);
@@ -159,6 +171,21 @@ pub fn cta_time_us(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_that_fits_fewer_per_sm_gets_the_same_sms_worth_of_ctas() {
+        // 4 per SM is the unit; gemm_bf16_128 fits 1.
+        assert_eq!(scaled_budget(528, 1, 4), 132);
+        assert_eq!(scaled_budget(132, 1, 4), 33);
+        assert_eq!(scaled_budget(5, 1, 4), 2);
+        assert_eq!(scaled_budget(1, 1, 4), 1);
+        assert_eq!(scaled_budget(10, 2, 4), 5);
+        // As many or more per SM, or unknown: unchanged.
+        assert_eq!(scaled_budget(10, 4, 4), 10);
+        assert_eq!(scaled_budget(10, 8, 4), 10);
+        assert_eq!(scaled_budget(10, 0, 4), 10);
+        assert_eq!(scaled_budget(0, 1, 4), 1);
+    }
 
     #[test]
     fn on_a_partition_a_product_is_one_launch_over_every_tile_and_all_of_k() {

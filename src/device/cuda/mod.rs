@@ -143,7 +143,7 @@ impl Kernel {
         }
     }
 
-    fn index(self) -> usize {
+    pub(super) fn index(self) -> usize {
         Kernel::ALL.iter().position(|&k| k == self).unwrap_or(0)
     }
 }

@@ -106,6 +106,7 @@ impl CudaBackend {
         let whole = self.dev.green.is_some() || self.priority() == self.dev.info().priority_range.1;
         self.run(false, |u| {
             let budget = u.budget;
+            let budget = self.dev.budget_for(kernel, budget);
             let (per_launch, k_chunk) = if whole {
                 (usize::MAX, g.k.max(1))
             } else {
