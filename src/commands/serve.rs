@@ -32,7 +32,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::node::reload::SourceError::Config(c) => anyhow!(c),
         crate::node::reload::SourceError::Setting(m) => input_error(m),
     })?;
+    let io_threads = config
+        .http
+        .io_thread_count(crate::device::cpu::available_cores());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(io_threads)
         .enable_all()
         .thread_name("setpoint-http")
         .build()

@@ -66,6 +66,7 @@ impl NodeConfig {
         writeln!(o, "max_connections = {}", h.max_connections)?;
         writeln!(o, "listen_backlog = {}", h.listen_backlog)?;
         writeln!(o, "reserved_fds = {}", h.reserved_fds)?;
+        writeln!(o, "io_threads = {}", h.io_threads)?;
 
         let d = &self.device;
         writeln!(o, "\n[device]")?;

@@ -168,3 +168,22 @@ fn enum_spellings_match_the_file_syntax() {
         );
     }
 }
+
+#[test]
+fn io_threads_default_to_one_per_8_cores_and_are_checked() {
+    let auto = parse("").unwrap().http;
+    assert_eq!(auto.io_threads, 0);
+    assert_eq!(auto.io_thread_count(2), 1);
+    assert_eq!(auto.io_thread_count(16), 2);
+    assert_eq!(auto.io_thread_count(64), 8);
+    let three = parse("[http]\nio_threads = 3").unwrap().http;
+    assert_eq!(three.io_thread_count(64), 3);
+    let e = parse("[http]\nio_threads = 300").unwrap_err();
+    assert_eq!(e.issues()[0].path, "http.io_threads");
+    assert!(
+        e.issues()[0]
+            .message
+            .contains("must be between 0 and 256, got 300"),
+        "{e}"
+    );
+}

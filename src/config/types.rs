@@ -132,6 +132,25 @@ pub struct HttpConfig {
     /// File descriptors kept free of connections, for state, checkpoint and data files,
     /// 16 ..= 65,536.
     pub reserved_fds: usize,
+    /// Threads of the async runtime that runs both listeners' connections (not the models,
+    /// which run on their batchers' threads), 1 ..= 256; 0 = one per 8 cores, at least one
+    /// ([`HttpConfig::io_thread_count`]).
+    pub io_threads: usize,
+}
+
+impl HttpConfig {
+    /// The runtime's threads on a host of `cores`: `io_threads`, or with 0 one per 8 cores
+    /// and at least one. On 2 cores, one thread instead of two cut the daemon's CPU per
+    /// single-connection request from 60-63 to 47-51 µs over HTTP and from 114-134 to 62 µs
+    /// over gRPC (a request then never hops between two runtime threads), and raised
+    /// throughput at every concurrency measured (1, 4, 16).
+    pub fn io_thread_count(&self, cores: usize) -> usize {
+        if self.io_threads > 0 {
+            self.io_threads
+        } else {
+            (cores / 8).max(1)
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -142,6 +161,7 @@ impl Default for HttpConfig {
             max_connections: 1024,
             listen_backlog: 1024,
             reserved_fds: 128,
+            io_threads: 0,
         }
     }
 }

@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -116,8 +116,8 @@ async fn connection(
     stats: &ConnectionStats,
 ) {
     let _ = stream.set_nodelay(true);
-    let (calls, mut in_flight) = watch::channel(0usize);
-    let calls = Arc::new(calls);
+    let calls = Arc::new(Activity::new());
+    let activity = calls.clone();
     let handler =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let call = InFlight::start(&calls);
@@ -140,7 +140,7 @@ async fn connection(
     let conn = hyper::server::conn::http2::Builder::new(SameTask(calls_tx))
         .serve_connection(TokioIo::new(stream), handler);
     tokio::pin!(conn);
-    let idle = idle_for(&mut in_flight, idle_timeout);
+    let idle = idle_for(&activity, idle_timeout);
     tokio::pin!(idle);
     let mut running = futures_util::stream::FuturesUnordered::new();
     let mut closing = false;
@@ -190,36 +190,71 @@ impl<F: std::future::Future<Output = ()> + Send + 'static> hyper::rt::Executor<F
     }
 }
 
-/// Resolves once no call has been in flight on a connection for `timeout`: the count
-/// `in_flight` follows stayed at zero that long.
-async fn idle_for(in_flight: &mut watch::Receiver<usize>, timeout: Duration) {
-    loop {
-        if in_flight.wait_for(|n| *n == 0).await.is_err() {
-            // The connection's handler is gone, and the connection with it.
-            return std::future::pending().await;
+/// A connection's calls in flight and when the count last changed, for its idle timeout.
+/// Kept in atomics and read by a coarse periodic check, so that a call arms no timer: a timer
+/// armed per call (as a timeout restarted whenever the count fell to zero) woke the runtime's
+/// I/O driver on every call, which at one connection cost about as much CPU as the call.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Nanoseconds from `epoch` to the last change of `in_flight`.
+    changed_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            changed_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
-        match tokio::time::timeout(timeout, in_flight.changed()).await {
-            Err(_elapsed) => return,
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return std::future::pending().await,
+    }
+
+    fn touch(&self) {
+        let ns = self.epoch.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.changed_ns.store(ns, Ordering::Release);
+    }
+
+    /// Whether no call has been in flight for at least `timeout`.
+    fn idle_for(&self, timeout: Duration) -> bool {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let changed = Duration::from_nanos(self.changed_ns.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(changed) >= timeout
+    }
+}
+
+/// Resolves once no call has been in flight on a connection for `timeout`, checked every
+/// quarter of it (at least every 10 ms): a connection is closed between 1 and 1.25 timeouts
+/// after its last call.
+async fn idle_for(activity: &Activity, timeout: Duration) {
+    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if activity.idle_for(timeout) {
+            return;
         }
     }
 }
 
 /// One call in flight on a connection: counted from its arrival until its answer's body is
 /// dropped, that is sent to its end or abandoned.
-struct InFlight(Arc<watch::Sender<usize>>);
+struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn start(calls: &Arc<watch::Sender<usize>>) -> Self {
-        calls.send_modify(|n| *n += 1);
+    fn start(calls: &Arc<Activity>) -> Self {
+        calls.in_flight.fetch_add(1, Ordering::AcqRel);
+        calls.touch();
         InFlight(calls.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

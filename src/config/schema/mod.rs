@@ -47,6 +47,7 @@ const HTTP_KEYS: &[&str] = &[
     "max_connections",
     "listen_backlog",
     "reserved_fds",
+    "io_threads",
 ];
 const CONTROL_KEYS: &[&str] = &["reserve_frac", "leftover", "past_deadline", "decision_log"];
 const PATHS_KEYS: &[&str] = &["data_dirs"];
@@ -305,6 +306,10 @@ fn http(w: &mut Walker, t: &Tbl<'_>) -> HttpConfig {
             .int::<usize>(t, "reserved_fds", 16, Some(65_536))
             .or(d.reserved_fds)
             .unwrap_or(d.reserved_fds),
+        io_threads: w
+            .int::<usize>(t, "io_threads", 0, Some(256))
+            .or(d.io_threads)
+            .unwrap_or(d.io_threads),
     }
 }
 
