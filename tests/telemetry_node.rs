@@ -52,7 +52,7 @@ fn the_node_reads_telemetry_each_tick_and_shows_it() {
     assert!(d.throttling.is_empty(), "{:?}", d.throttling);
     let status = serde_json::to_value(node.status()).unwrap();
     assert_eq!(status["gpu_telemetry"][0]["util_gpu_pct"], 50.0);
-    let metrics = setpoint::api::metrics::render(&node, &Default::default(), &Default::default());
+    let metrics = setpoint::api::metrics::render(&node, &Default::default(), None);
     assert!(
         metrics.contains(
             "setpoint_gpu_utilization_ratio{gpu=\"0\",uuid=\"GPU-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\"} 0.5"
@@ -65,11 +65,20 @@ fn the_node_reads_telemetry_each_tick_and_shows_it() {
     let (samples, failed) = node.telemetry();
     assert_eq!(failed, 1);
     assert_eq!(samples[0].util_gpu_pct, Some(50.0));
-    let metrics = setpoint::api::metrics::render(&node, &Default::default(), &Default::default());
+    let metrics = setpoint::api::metrics::render(&node, &Default::default(), None);
     assert!(
         metrics.contains("setpoint_gpu_telemetry_failed_reads_total 1"),
         "{metrics}"
     );
+    // Without a gRPC listener its connection metrics are absent, not zeros; with one, there.
+    assert!(
+        metrics.contains("setpoint_http_connections_open "),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("setpoint_grpc_connections"), "{metrics}");
+    let grpc =
+        setpoint::api::metrics::render(&node, &Default::default(), Some(&Default::default()));
+    assert!(grpc.contains("setpoint_grpc_connections_open 0"), "{grpc}");
 
     // Step 3: power capping shows beside the decisions.
     let d = node.control_tick();

@@ -460,8 +460,14 @@ fn get(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64
 }
 
-/// Renders every metric of the node and of its HTTP and gRPC listeners.
-pub fn render(node: &Node, conns: &ConnectionStats, grpc_conns: &ConnectionStats) -> String {
+/// Renders every metric of the node and of its HTTP listener, and of its gRPC listener when
+/// there is one (`grpc_conns`; with gRPC off its connection metrics are left out rather than
+/// shown as zeros).
+pub fn render(
+    node: &Node,
+    conns: &ConnectionStats,
+    grpc_conns: Option<&ConnectionStats>,
+) -> String {
     let reloads = node.reload_counts();
     let services = node.ready_services();
     let services = services
@@ -484,7 +490,9 @@ pub fn render(node: &Node, conns: &ConnectionStats, grpc_conns: &ConnectionStats
         prometheus::table(&mut out, rows, &ctx, Empty::Keep);
     }
     prometheus::table(&mut out, &CONNECTIONS, conns, Empty::Keep);
-    prometheus::table(&mut out, &GRPC_CONNECTIONS, grpc_conns, Empty::Keep);
+    if let Some(grpc) = grpc_conns {
+        prometheus::table(&mut out, &GRPC_CONNECTIONS, grpc, Empty::Keep);
+    }
     // What NVML reports per GPU (nothing on a host without GPUs).
     let (gpus, failed_reads) = node.telemetry();
     if !gpus.is_empty() || failed_reads > 0 {

@@ -306,7 +306,12 @@ async fn reload(State(s): State<AppState>) -> ApiResult<Response> {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let text = super::metrics::render(&s.node, &s.connections, &s.grpc_connections);
+    let grpc = s.node.config().grpc_listen.is_some();
+    let text = super::metrics::render(
+        &s.node,
+        &s.connections,
+        grpc.then_some(&*s.grpc_connections),
+    );
     let mut r = (StatusCode::OK, text).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
