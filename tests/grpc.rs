@@ -427,6 +427,24 @@ max_queue_delay_ms = 0
         Code::ResourceExhausted,
         "exceeds the limit of 4096 bytes (max_request_bytes)",
     );
+    // On a stream the same refusal, in the same words, ends the stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(raw_request("slow", 200)).await.unwrap();
+    let mut answers = c
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(30), answers.message())
+        .await
+        .expect("an answer within 30 s");
+    let e = ended.expect_err("the stream ends with an error");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "request message exceeds the limit of 4096 bytes (max_request_bytes)"
+    );
+    drop(tx);
     // A client timeout of 1 us cannot be met.
     let mut r = raw_request("slow", 1);
     r.parameters.insert(

@@ -52,7 +52,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     drain: impl Fn() -> Duration,
 ) -> GrpcDrained {
-    let service = Inference::new(node.clone());
+    let service = Inference::new(node);
     let max_connections = limits.max_connections;
     stats.limit.store(max_connections as u64, Ordering::Relaxed);
     let mut connections = JoinSet::new();
@@ -71,10 +71,9 @@ pub async fn serve(
                     }
                     stats.open.fetch_add(1, Ordering::AcqRel);
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let (service, node, stop, stats) =
-                        (service.clone(), node.clone(), stop.clone(), stats.clone());
+                    let (service, stop, stats) = (service.clone(), stop.clone(), stats.clone());
                     connections.spawn(async move {
-                        connection(stream, service, node, stop, limits.idle_timeout, &stats).await;
+                        connection(stream, service, stop, limits.idle_timeout, &stats).await;
                         stats.open.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
@@ -110,7 +109,6 @@ pub async fn serve(
 async fn connection(
     stream: TcpStream,
     service: Inference,
-    node: Arc<Node>,
     mut stop: watch::Receiver<bool>,
     idle_timeout: Duration,
     stats: &ConnectionStats,
@@ -122,7 +120,7 @@ async fn connection(
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let call = InFlight::start(&calls);
             req.extensions_mut().insert(Arrival(Instant::now()));
-            let limit = usize::try_from(node.config().max_request_bytes).unwrap_or(usize::MAX);
+            let limit = service.max_request_bytes();
             let mut server = GrpcInferenceServiceServer::new(service.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX);
@@ -304,14 +302,32 @@ fn too_large(
             .get("grpc-message")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|m| {
-                m.contains("message%20length%20too%20large")
-                    || m.contains("message length too large")
+                m.contains("message%20length%20too%20large") || is_tonic_size_message(m)
             });
     if !is_size_refusal {
         return answer;
     }
+    size_refusal(limit).into_http()
+}
+
+/// Whether `message` is tonic's refusal of a message over the decoding limit.
+fn is_tonic_size_message(message: &str) -> bool {
+    message.contains("message length too large")
+}
+
+/// A request message over `limit` bytes, refused with HTTP's words for the same limit.
+pub(super) fn size_refusal(limit: usize) -> tonic::Status {
     tonic::Status::resource_exhausted(format!(
         "request message exceeds the limit of {limit} bytes (max_request_bytes)"
     ))
-    .into_http()
+}
+
+/// `status` as a stream ends with it: tonic's refusal of an oversize message becomes
+/// [`size_refusal`], anything else stays as it is.
+pub(super) fn stream_error(status: tonic::Status, limit: usize) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange && is_tonic_size_message(status.message()) {
+        size_refusal(limit)
+    } else {
+        status
+    }
 }

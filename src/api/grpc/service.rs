@@ -32,6 +32,11 @@ impl Inference {
         Inference { node }
     }
 
+    /// The largest request message the node takes, bytes (`max_request_bytes`).
+    pub(super) fn max_request_bytes(&self) -> usize {
+        usize::try_from(self.node.config().max_request_bytes).unwrap_or(usize::MAX)
+    }
+
     /// The serving model a request names; an empty version means any.
     fn model(&self, name: &str, version: &str) -> ApiResult<Arc<LoadedService>> {
         served_model(&self.node, name, Some(version).filter(|v| !v.is_empty()))

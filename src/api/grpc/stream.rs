@@ -40,7 +40,8 @@ pub(super) fn answers(
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        let limit = service.max_request_bytes();
+                        let _ = tx.send(Err(super::server::stream_error(status, limit))).await;
                         break;
                     }
                 },
