@@ -533,65 +533,6 @@ fn client_commands_drive_a_daemon_end_to_end() {
     assert!(stdout(&out).contains("REQ/S"), "{}", stdout(&out));
     let out = d.run(&["bench", "http", "--concurrency", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-
-    // Protocols take turns within each round; gRPC is found through /v1/status.
-    let b = d.json(&[
-        "bench",
-        "http",
-        "--model",
-        "t1m",
-        "--duration",
-        "300ms",
-        "--warmup",
-        "100ms",
-        "--concurrency",
-        "1",
-        "--protocol",
-        "binary,grpc",
-        "--rounds",
-        "2",
-        "--json",
-    ]);
-    let levels = b["levels"].as_array().unwrap();
-    let seen: Vec<(String, u64)> = levels
-        .iter()
-        .map(|l| {
-            (
-                l["protocol"].as_str().unwrap().to_string(),
-                l["round"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let want = [("binary", 1), ("grpc", 1), ("binary", 2), ("grpc", 2)];
-    assert_eq!(seen, want.map(|(p, r)| (p.to_string(), r)), "{b}");
-    for l in levels {
-        assert_eq!(l["error_count"], 0, "{l}");
-        assert!(l["requests"].as_u64().unwrap() > 0, "{l}");
-    }
-    assert!(
-        b["grpc_url"]
-            .as_str()
-            .unwrap()
-            .starts_with("http://127.0.0.1:"),
-        "{b}"
-    );
-    for (args, message) in [
-        (
-            vec!["--protocol", "http2"],
-            "--protocol: unknown protocol 'http2'; expected json, binary or grpc",
-        ),
-        (
-            vec!["--protocol", "grpc,grpc"],
-            "--protocol: 'grpc' is given twice",
-        ),
-        (vec!["--rounds", "0"], "--rounds: expected 1 to 100, got 0"),
-    ] {
-        let mut a = vec!["bench", "http", "--model", "t1m"];
-        a.extend(args);
-        let out = d.run(&a);
-        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-        assert!(stderr(&out).contains(message), "{}", stderr(&out));
-    }
 }
 
 #[test]

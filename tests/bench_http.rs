@@ -1,0 +1,99 @@
+//! `setpoint bench http --protocol ... --rounds N` against a daemon serving HTTP and gRPC:
+//! the protocols take turns within each round, each level is counted, gRPC's endpoint is
+//! found through `/v1/status`, the comparison is printed, and bad arguments are refused with
+//! what is accepted.
+
+use std::process::{Command, Output};
+
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::Daemon;
+
+const BIN: &str = env!("CARGO_BIN_EXE_setpoint");
+
+const SERVICE: &str = r#"
+[[services]]
+name = "mlp"
+layers = [8, 16, 3]
+seed = 3
+[services.slo]
+p99_ms = 50
+"#;
+
+fn bench(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["bench", "http", "--url", &d.url, "--model", "mlp"])
+        .args(args)
+        .output()
+        .expect("run setpoint")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn protocols_take_turns_within_each_round_and_are_compared() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    let short = [
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--concurrency",
+        "1",
+        "--protocol",
+        "binary,grpc",
+        "--rounds",
+        "2",
+    ];
+    let out = bench(&d, &[&short[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let levels = b["levels"].as_array().unwrap();
+    let seen: Vec<(String, u64)> = levels
+        .iter()
+        .map(|l| {
+            let p = l["protocol"].as_str().unwrap().to_string();
+            (p, l["round"].as_u64().unwrap())
+        })
+        .collect();
+    let want = [("binary", 1), ("grpc", 1), ("binary", 2), ("grpc", 2)];
+    assert_eq!(seen, want.map(|(p, r)| (p.to_string(), r)), "{b}");
+    for l in levels {
+        assert_eq!(l["error_count"], 0, "{l}");
+        assert!(l["requests"].as_u64().unwrap() > 0, "{l}");
+    }
+    assert_eq!(b["grpc_url"], serde_json::json!(d.grpc), "{b}");
+
+    let out = bench(&d, &short);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains("against binary"), "{report}");
+    assert!(
+        report.contains("concurrency   1: grpc ") && report.contains("over 2 round(s)"),
+        "{report}"
+    );
+}
+
+#[test]
+fn bad_protocol_arguments_say_what_is_accepted() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    for (args, message) in [
+        (
+            vec!["--protocol", "http2"],
+            "--protocol: unknown protocol 'http2'; expected json, binary or grpc",
+        ),
+        (
+            vec!["--protocol", "grpc,grpc"],
+            "--protocol: 'grpc' is given twice",
+        ),
+        (vec!["--rounds", "0"], "--rounds: expected 1 to 100, got 0"),
+    ] {
+        let out = bench(&d, &args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(message), "{}", text(&out.stderr));
+    }
+}
