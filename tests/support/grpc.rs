@@ -1,0 +1,125 @@
+//! Helpers for the gRPC API tests: a client of the daemon's gRPC endpoint, requests with raw
+//! and typed tensors, the same rows over HTTP, /metrics, and error checks.
+
+#![allow(dead_code)]
+
+use serde_json::json;
+use setpoint::api::grpc::pb;
+use setpoint::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::daemon::Daemon;
+
+pub const SERVICE: &str = r#"
+[[services]]
+name = "mlp"
+layers = [8, 16, 3]
+seed = 3
+max_queue = 64
+[services.slo]
+p99_ms = 50
+[services.batching]
+max_batch_size = 8
+max_queue_delay_ms = 1
+"#;
+
+pub type Client = GrpcInferenceServiceClient<Channel>;
+
+pub async fn client(d: &Daemon) -> Client {
+    let channel = Channel::from_shared(d.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    GrpcInferenceServiceClient::new(channel)
+}
+
+pub fn row(i: usize) -> Vec<f32> {
+    (0..8).map(|j| ((i * 8 + j) % 7) as f32 - 3.0).collect()
+}
+
+pub fn rows(n: usize) -> Vec<f32> {
+    (0..n).flat_map(row).collect()
+}
+
+pub fn input(shape: Vec<i64>) -> pb::model_infer_request::InferInputTensor {
+    pb::model_infer_request::InferInputTensor {
+        name: "input".into(),
+        datatype: "FP32".into(),
+        shape,
+        ..Default::default()
+    }
+}
+
+/// A request for `n` rows with raw little-endian bytes, as tritonclient sends it.
+pub fn raw_request(model: &str, n: usize) -> pb::ModelInferRequest {
+    let bytes: Vec<u8> = rows(n).iter().flat_map(|v| v.to_le_bytes()).collect();
+    pb::ModelInferRequest {
+        model_name: model.into(),
+        id: format!("raw-{n}"),
+        inputs: vec![input(vec![n as i64, 8])],
+        raw_input_contents: vec![bytes],
+        ..Default::default()
+    }
+}
+
+/// The same rows as typed `fp32_contents`.
+pub fn typed_request(model: &str, n: usize) -> pb::ModelInferRequest {
+    let mut i = input(vec![n as i64, 8]);
+    i.contents = Some(pb::InferTensorContents {
+        fp32_contents: rows(n),
+        ..Default::default()
+    });
+    pb::ModelInferRequest {
+        model_name: model.into(),
+        id: format!("typed-{n}"),
+        inputs: vec![i],
+        ..Default::default()
+    }
+}
+
+pub fn raw_floats(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The HTTP answer for the same rows, for comparison.
+pub fn http_probs(d: &Daemon, n: usize) -> Vec<f32> {
+    let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [n, 8], "data": rows(n)}]});
+    let (status, v) = d.send("POST", "/v2/models/mlp/infer", &body);
+    assert_eq!(status, 200, "{v}");
+    v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+pub fn metrics(d: &Daemon) -> String {
+    let mut r = d.agent.get(format!("{}/metrics", d.url)).call().unwrap();
+    r.body_mut().read_to_string().unwrap()
+}
+
+pub fn assert_close(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= 1e-6, "{a:?} vs {b:?}");
+    }
+}
+
+pub fn expect_err<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    words: &str,
+) {
+    let e = r.expect_err("an error");
+    assert_eq!(e.code(), code, "{e:?}");
+    assert!(
+        e.message().contains(words),
+        "{:?} lacks {words:?}",
+        e.message()
+    );
+}
