@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::ClientError;
 use super::v2::{self, ModelInfo};
-use super::{ClientError, path_segment};
 use crate::api::grpc::pb;
 use crate::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
@@ -119,13 +119,14 @@ fn http_worker(
     warm_end: Instant,
     end: Instant,
 ) -> WorkerResult {
-    let (body, header_len) = match protocol {
-        Protocol::Binary => {
-            let r = v2::binary_request(&info, &row, 1);
-            (r.body, r.header_len.map(|n| n.to_string()))
-        }
-        _ => (v2::json_request(&info, &row, 1, false), None),
+    let req = match protocol {
+        Protocol::Binary => v2::binary_request(&info, &row, 1),
+        _ => v2::EncodedRequest {
+            body: v2::json_request(&info, &row, 1, false),
+            header_len: None,
+        },
     };
+    let headers = req.headers();
     let agent = super::load::load_agent();
     let mut r = WorkerResult {
         latencies_ns: Vec::with_capacity(4096),
@@ -136,14 +137,10 @@ fn http_worker(
         if t0 >= end {
             break;
         }
-        let mut req = agent.post(&target.url);
-        req = match &header_len {
-            Some(n) => req
-                .header("content-type", "application/octet-stream")
-                .header("inference-header-content-length", n),
-            None => req.header("content-type", "application/json"),
-        };
-        let outcome = req.send(&body[..]).and_then(|mut resp| {
+        let post = headers
+            .iter()
+            .fold(agent.post(&target.url), |p, (k, v)| p.header(*k, v));
+        let outcome = post.send(&req.body[..]).and_then(|mut resp| {
             let status = resp.status().as_u16();
             resp.body_mut().read_to_vec().map(|_| status)
         });
@@ -241,7 +238,7 @@ fn grpc_worker(
 
 /// The HTTP infer URL of `model` on `client`'s daemon.
 pub(crate) fn infer_url(client: &super::Client, model: &str) -> String {
-    client.url(&format!("/v2/models/{}/infer", path_segment(model)))
+    client.url(&v2::infer_path(model))
 }
 
 /// The daemon's gRPC endpoint: `given`, else the host of its HTTP URL with the port its

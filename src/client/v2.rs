@@ -169,6 +169,20 @@ pub struct EncodedRequest {
     pub header_len: Option<usize>,
 }
 
+impl EncodedRequest {
+    /// The headers its body needs: JSON, or binary data after a JSON header of `header_len`
+    /// bytes (Triton's `Inference-Header-Content-Length`).
+    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
+        match self.header_len {
+            Some(n) => vec![
+                ("content-type", "application/octet-stream".into()),
+                ("inference-header-content-length", n.to_string()),
+            ],
+            None => vec![("content-type", "application/json".into())],
+        }
+    }
+}
+
 /// A JSON request for `rows` rows of `data` (row-major); `binary_output` asks for the
 /// output as binary data.
 pub(crate) fn json_request(
@@ -205,17 +219,15 @@ pub fn infer(
     model: &str,
     req: &EncodedRequest,
 ) -> Result<RawResponse, ClientError> {
-    let path = format!("/v2/models/{}/infer", path_segment(model));
-    let len_text = req.header_len.map(|n| n.to_string());
-    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2);
-    match &len_text {
-        Some(n) => {
-            headers.push(("content-type", "application/octet-stream"));
-            headers.push(("inference-header-content-length", n.as_str()));
-        }
-        None => headers.push(("content-type", "application/json")),
-    }
+    let path = infer_path(model);
+    let owned = req.headers();
+    let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     check_status(client.send("POST", &path, Some(&req.body), &headers)?)
+}
+
+/// The v2 inference path of `model`.
+pub(crate) fn infer_path(model: &str) -> String {
+    format!("/v2/models/{}/infer", path_segment(model))
 }
 
 /// One output tensor of a response, its values decoded whichever way they came.

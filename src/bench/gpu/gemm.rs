@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::lanes::Mechanism;
 use super::{CheckError, Context, Figures, GpuCheckOptions, Verdict, random};
 use crate::device::cuda::{CudaBackend, CudaDevice, StreamPriority};
 use crate::device::{Backend, Gemm};
@@ -16,8 +17,8 @@ use crate::util::rng::Rng;
 /// One size.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct GemmRate {
-    /// How the lane's share was enforced: `CTA budgets` or `green contexts`.
-    pub mechanism: &'static str,
+    /// How the lane's share was enforced.
+    pub mechanism: Mechanism,
     /// m = n = k.
     pub n: usize,
     /// f32 (SIMT) TFLOP/s, GPU-timed mean over the repetitions.
@@ -71,7 +72,7 @@ impl Figures for GemmFigures {
                         ""
                     },
                     r.bf16_tflops,
-                    r.mechanism
+                    r.mechanism.label()
                 )
             })
             .collect()
@@ -107,11 +108,11 @@ pub(super) fn run(
         &[1024, 2048, 4096, 8192]
     };
     let reps = if opts.dry_run { 2 } else { 5 };
-    let tensor_cores = dev.info().compute_capability.0 >= 8;
-    let mut rates = rates_on(dev, "CTA budgets", sizes, reps)?;
+    let tensor_cores = dev.tensor_cores();
+    let mut rates = rates_on(dev, Mechanism::CtaBudget, sizes, reps)?;
     // Green contexts need a device opened for them; one that cannot be is the CTA rows alone.
-    if let Ok(green) = CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true) {
-        rates.extend(rates_on(&green, "green contexts", sizes, reps)?);
+    if let Ok(green) = super::open_green(opts) {
+        rates.extend(rates_on(&green, Mechanism::GreenContexts, sizes, reps)?);
     }
     Ok(GemmFigures {
         reps,
@@ -123,7 +124,7 @@ pub(super) fn run(
 /// Each size's rates through one lane of `dev` holding the whole device.
 fn rates_on(
     dev: &Arc<CudaDevice>,
-    mechanism: &'static str,
+    mechanism: Mechanism,
     sizes: &[usize],
     reps: usize,
 ) -> Result<Vec<GemmRate>, CheckError> {
@@ -131,7 +132,7 @@ fn rates_on(
         .lane_backend(StreamPriority::Normal)
         .ctx("creating a lane")?;
     g.set_workers(g.max_workers());
-    let tensor_cores = dev.info().compute_capability.0 >= 8;
+    let tensor_cores = dev.tensor_cores();
     let mut rng = Rng::new(3);
     let mut rates = Vec::new();
     for &n in sizes {

@@ -231,15 +231,16 @@ pub(super) fn run(
             p99_vs_alone: (alone.0 > 0.0).then(|| p99 / alone.0),
         });
     }
-    let mut breakdown = super::latency::breakdown(&svc, "CTA budgets", false, opts.secs(1.0))?;
+    let cta = super::lanes::Mechanism::CtaBudget;
+    let mut breakdown = super::latency::breakdown(&svc, cta, false, opts.secs(1.0))?;
     // The same service on green-context SM partitions, leased per batch, when they open.
-    if let Ok(green) = CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true) {
+    if let Ok(green) = super::open_green(opts) {
         let lane = green
             .lane_backend(StreamPriority::Highest)
             .ctx("creating a service lane on green contexts")?;
         breakdown.extend(super::latency::breakdown(
             &lane,
-            "green contexts",
+            super::lanes::Mechanism::GreenContexts,
             true,
             opts.secs(1.0),
         )?);

@@ -103,7 +103,7 @@ pub(super) fn run(
     let checks = kernel_checks(dev, &g, !opts.dry_run)?;
     Ok(KernelsFigures {
         failed: checks.iter().filter(|c| !c.pass).count(),
-        tensor_cores: dev.info().compute_capability.0 >= 8,
+        tensor_cores: dev.tensor_cores(),
         checks,
     })
 }
@@ -203,7 +203,7 @@ pub fn kernel_checks(
     g.set_workers(full);
     elementwise_checks(&mut c)?;
     optimiser_checks(&mut c, full)?;
-    let tensor_cores = dev.info().compute_capability.0 >= 8;
+    let tensor_cores = dev.tensor_cores();
     for &shape in &bf16_cases {
         gemm_bf16_layouts(&mut c, shape, tensor_cores)?;
     }

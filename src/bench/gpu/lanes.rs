@@ -32,7 +32,7 @@ pub(crate) enum Mechanism {
 }
 
 impl Mechanism {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Mechanism::CtaBudget => "CTA budgets",
             Mechanism::GreenContexts => "green contexts",
@@ -215,8 +215,7 @@ pub(super) fn run(
     // Green contexts need a device opened for them; whatever the driver says is the result.
     let green_dev;
     let (dev, mechanism) = if green {
-        green_dev = CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true)
-            .ctx("opening the GPU with green contexts")?;
+        green_dev = super::open_green(opts).ctx("opening the GPU with green contexts")?;
         (&green_dev, Mechanism::GreenContexts)
     } else {
         (dev, Mechanism::CtaBudget)

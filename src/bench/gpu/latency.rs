@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::inference::SERVICE_LAYERS;
+use super::lanes::Mechanism;
 use super::{CheckError, Context, random};
 use crate::device::cuda::CudaBackend;
 use crate::device::{Backend, Precision};
 use crate::model::{Mlp, Workspace};
 use crate::util::rng::Rng;
+use crate::util::stats::nearest_rank;
 
 /// One way of issuing batches.
 #[derive(Debug, Clone, Copy)]
@@ -28,8 +30,8 @@ struct Probe {
 /// One probe's latencies.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct LatencyRow {
-    /// How the lane's share was enforced: `CTA budgets` or `green contexts`.
-    pub mechanism: &'static str,
+    /// How the lane's share was enforced.
+    pub mechanism: Mechanism,
     /// Rows per batch.
     pub batch: usize,
     /// `f32` or `bf16`.
@@ -53,7 +55,7 @@ impl LatencyRow {
     pub fn line(&self) -> String {
         format!(
             "{}, b{} {} {} {}: p50 {:.3} ms (queueing {:.3} ms), p99 {:.3} ms",
-            self.mechanism,
+            self.mechanism.label(),
             self.batch,
             self.precision,
             if self.gap_ms == 0 {
@@ -74,16 +76,13 @@ impl LatencyRow {
 }
 
 fn quantile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+    nearest_rank(sorted, p).unwrap_or(0.0)
 }
 
 /// Batches through the service model as `probe` says, for `seconds`.
 fn measure(
     g: &CudaBackend,
-    mechanism: &'static str,
+    mechanism: Mechanism,
     probe: Probe,
     seconds: f64,
 ) -> Result<LatencyRow, CheckError> {
@@ -140,7 +139,7 @@ fn measure(
 /// those with a gap and read-back; `g`'s precision is restored.
 pub(super) fn breakdown(
     g: &CudaBackend,
-    mechanism: &'static str,
+    mechanism: Mechanism,
     brief: bool,
     seconds: f64,
 ) -> Result<Vec<LatencyRow>, CheckError> {

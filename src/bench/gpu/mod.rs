@@ -346,6 +346,14 @@ pub(crate) fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
 }
 
+/// The GPU opened again with green contexts (SM partitions), for the sections that compare
+/// them with CTA budgets.
+pub(crate) fn open_green(
+    opts: &GpuCheckOptions,
+) -> Result<Arc<CudaDevice>, crate::device::DeviceError> {
+    CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true)
+}
+
 /// Median of `v` (0 when empty).
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {

@@ -12,7 +12,7 @@ use super::backend::CudaBackend;
 use super::driver::{self, CuError, Current};
 use super::green::GreenContexts;
 use super::place::Funcs;
-use super::{BLOCK, GpuInfo, Kernel, StreamPriority};
+use super::{GpuInfo, Kernel, StreamPriority};
 use crate::device::DeviceError;
 use crate::device::fault::DeviceHealth;
 use crate::kernels::{self, CudaArch, ImageOrigin, KernelImage};
@@ -305,13 +305,15 @@ impl CudaDevice {
             }
         }
         self.funcs = Funcs::resolve(&self.kernels).map_err(|e| unavailable("kernels", e))?;
-        let mut bps = u32::MAX;
-        for k in [
+        // The budget's unit comes from these 256-thread kernels, which must answer; any other
+        // kernel not measured only keeps its budget unscaled.
+        let unit = [
             Kernel::GemmF32,
             Kernel::SoftmaxXent,
             Kernel::SumPartial,
             Kernel::Adam,
-        ] {
+        ];
+        let occupancy = |k: Kernel| -> Result<u32, DeviceError> {
             let f = self
                 .funcs
                 .get(k)
@@ -319,24 +321,24 @@ impl CudaDevice {
             let mut n = 0;
             // SAFETY: a live function of the current (primary) context.
             driver::ok("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, BLOCK as i32, 0)
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, k.block() as i32, 0)
             })
             .map_err(|e| unavailable(&format!("occupancy of {}", k.name()), e))?;
-            bps = bps.min(n.max(1) as u32);
+            Ok(n.max(0) as u32)
+        };
+        let mut resident = [0u32; Kernel::COUNT];
+        for k in unit {
+            resident[k.index()] = occupancy(k)?;
         }
-        self.blocks_per_sm = bps;
-        for k in Kernel::ALL {
-            let Some(f) = self.funcs.get(k) else { continue };
-            let mut n = 0;
-            // SAFETY: a live function of the current (primary) context.
-            let got = driver::ok("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, k.block() as i32, 0)
-            });
-            // Not knowing only leaves the kernel's budget unscaled.
-            if got.is_ok() {
-                self.resident[k.index()] = n.max(0) as u32;
-            }
+        for k in Kernel::ALL.into_iter().filter(|k| !unit.contains(k)) {
+            resident[k.index()] = occupancy(k).unwrap_or(0);
         }
+        self.blocks_per_sm = unit
+            .iter()
+            .map(|k| resident[k.index()].max(1))
+            .min()
+            .unwrap_or(1);
+        self.resident = resident;
         Ok(())
     }
 
@@ -345,6 +347,11 @@ impl CudaDevice {
     /// (`gemm_bf16_128` by its registers), so that it does not spread over more SMs.
     pub(super) fn budget_for(&self, k: Kernel, budget: usize) -> usize {
         super::launch::scaled_budget(budget, self.resident[k.index()], self.blocks_per_sm)
+    }
+
+    /// Whether the GPU has bf16 tensor cores (sm_80 and newer).
+    pub fn tensor_cores(&self) -> bool {
+        self.info.compute_capability.0 >= 8
     }
 
     /// What the driver said about this GPU.

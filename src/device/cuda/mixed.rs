@@ -30,7 +30,7 @@ impl CudaBackend {
         let [pa, pb] = self.bf16_scratch(lens)?;
         self.convert(a, lens[0], pa)?;
         self.convert(b, lens[1], pb)?;
-        let tensor_cores = self.dev.info.compute_capability.0 >= 8;
+        let tensor_cores = self.dev.tensor_cores();
         self.launch_bf16(g, (pa, lens[0]), (pb, lens[1]), c, tensor_cores)
     }
 

@@ -253,7 +253,7 @@ impl Backend for CudaBackend {
 
     fn default_precision(&self, work: crate::device::Work) -> Precision {
         // Tensor cores from sm_80; serving stays f32 (see `device::precision`).
-        if work == crate::device::Work::Training && self.dev.info.compute_capability.0 >= 8 {
+        if work == crate::device::Work::Training && self.dev.tensor_cores() {
             Precision::Bf16
         } else {
             Precision::F32
