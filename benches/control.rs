@@ -21,7 +21,7 @@ fn observations(tenants: usize, k: usize) -> Observations {
                 batch_limit: 32,
                 share: 0.1,
                 max_share: 0.5,
-                cores: 16,
+                cores: 16.0,
             })
             .collect(),
         jobs: (0..tenants - services)
@@ -43,7 +43,7 @@ fn observations(tenants: usize, k: usize) -> Observations {
                 steps_in_period: 10,
                 share: 0.02,
                 step_cost_core_s: Some(0.002),
-                cores: 16,
+                cores: 16.0,
             })
             .collect(),
         ..Default::default()

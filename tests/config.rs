@@ -81,6 +81,7 @@ fn default_config_is_valid_with_expected_values() {
             cpu_threads: 0,
             share_mechanism: ShareMechanism::Auto,
             memory_limit_mib: None,
+            cpu_split: Vec::new(),
         }
     );
     assert_eq!(
@@ -113,6 +114,7 @@ fn default_config_is_valid_with_expected_values() {
                 max_queue_delay_ms: 0.0
             },
             precision: None,
+            replicas: Vec::new(),
         }
     );
 
@@ -472,10 +474,10 @@ fn unknown_keys_are_reported_everywhere_with_the_accepted_list() {
     assert_eq!(
         issues(&text),
         vec![
-            "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib)",
+            "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib, cpu_split)",
             "control.period: unknown key (accepted: reserve_frac, leftover, past_deadline, decision_log)",
-            "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision)",
-            "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision)",
+            "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision, replicas)",
+            "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision, replicas)",
             "services[0].batching.size: unknown key (accepted: max_batch_size, max_queue_delay_ms)",
             "jobs[0].learning_rate: unknown key (accepted: name, data, layers, optimizer, lr, momentum, weight_decay, batch_size, epochs, target_accuracy, val_fraction, seed, deadline, checkpoint_every_steps, best_effort, precision)",
         ]
@@ -742,7 +744,7 @@ fn a_job_without_a_deadline_is_best_effort() {
 #[test]
 fn device_rules() {
     let c = ok(
-        "[device]\nkind = \"cuda\"\ngpus = [2, 0]\nrequire_gpu = true\ncpu_threads = 8\nshare_mechanism = \"green\"\nmemory_limit_mib = 4096\n",
+        "[device]\nkind = \"cuda\"\ngpus = [2, 0]\nrequire_gpu = true\ncpu_threads = 8\nshare_mechanism = \"green\"\nmemory_limit_mib = 4096\ncpu_split = [0.75, 0.25]\n",
     );
     assert_eq!(
         c.device,
@@ -753,6 +755,7 @@ fn device_rules() {
             cpu_threads: 8,
             share_mechanism: ShareMechanism::Green,
             memory_limit_mib: Some(4096),
+            cpu_split: vec![0.75, 0.25],
         }
     );
     assert_eq!(
@@ -1007,6 +1010,7 @@ kind = "cuda"
 gpus = [1, 0]
 cpu_threads = 3
 share_mechanism = "cta"
+cpu_split = [0.5, 0.25]
 [control]
 reserve_frac = 0.125
 leftover = "idle"
@@ -1019,6 +1023,7 @@ batching = { max_batch_size = 1, max_queue_delay_ms = 0 }
 [[services]]
 name = "plain"
 layers = [3, 3]
+replicas = ["gpu:*", "cpu:1", "cuda:2"]
 slo = { p99_ms = 100 }
 [[jobs]]
 name = "abs"
@@ -1209,4 +1214,54 @@ fn grpc_listen_defaults_to_8001_and_empty_turns_it_off() {
         issues("grpc_listen = 8001"),
         vec!["grpc_listen: expected a string, got an integer"]
     );
+}
+
+#[test]
+fn replicas_and_cpu_split_name_what_is_wrong_and_what_is_accepted() {
+    let c = ok(
+        "[device]\ncpu_split = [0.75, 0.25]\n[[services]]\nname = \"s\"\nlayers = [2, 2]\n\
+                replicas = [\"gpu\", \"cpu\"]\nslo = { p99_ms = 10 }\n",
+    );
+    assert_eq!(c.device.cpu_split, vec![0.75, 0.25]);
+    assert_eq!(
+        c.services[0]
+            .replicas
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["gpu", "cpu"]
+    );
+    let svc = |replicas: &str| {
+        issues(&format!(
+            "[[services]]\nname = \"s\"\nlayers = [2, 2]\nreplicas = {replicas}\nslo = {{ p99_ms = 10 }}\n"
+        ))
+    };
+    assert_eq!(
+        svc(r#"["gpu", "tpu:0", "cpu:x"]"#),
+        vec![
+            "services[0].replicas[1]: expected \"gpu\", \"gpu:*\", \"cuda:N\", \"cpu\", \"cpu:*\" or \"cpu:N\", got \"tpu:0\"",
+            "services[0].replicas[2]: expected \"gpu\", \"gpu:*\", \"cuda:N\", \"cpu\", \"cpu:*\" or \"cpu:N\", got \"cpu:x\"",
+        ]
+    );
+    assert_eq!(
+        svc(r#"["cpu", "cpu"]"#),
+        vec!["services[0].replicas[1]: cpu is named twice"]
+    );
+    assert!(svc("[]")[0].starts_with("services[0].replicas: expected an array of 1 to 16 devices"));
+    assert!(svc("\"gpu\"")[0].starts_with("services[0].replicas: expected an array"));
+    let dev = |split: &str| issues(&format!("[device]\ncpu_split = {split}\n"));
+    assert_eq!(
+        dev("[0.75, 0.5]"),
+        vec![
+            "device.cpu_split: expected 1 to 16 fractions summing to at most 1, got 2 summing to 1.25"
+        ]
+    );
+    assert_eq!(
+        dev("[0.5, 0, -1]"),
+        vec![
+            "device.cpu_split[1]: expected a fraction in (0, 1], got 0",
+            "device.cpu_split[2]: expected a fraction in (0, 1], got -1",
+        ]
+    );
+    assert!(dev("0.5")[0].starts_with("device.cpu_split: expected an array of fractions"));
 }

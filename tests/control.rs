@@ -63,7 +63,7 @@ impl ServicePlant {
             batch_limit: 32,
             share,
             max_share: 0.5,
-            cores: CORES,
+            cores: CORES as f64,
         }
     }
 }
@@ -216,7 +216,7 @@ fn run_job(
                 steps_in_period: 0,
                 share,
                 step_cost_core_s: cost_bias.map(|b| b * CORES as f64 / rate_per_share),
-                cores: CORES,
+                cores: CORES as f64,
             }],
             ..Default::default()
         };
@@ -284,7 +284,7 @@ fn a_deadline_change_takes_effect_at_the_next_period() {
         steps_in_period: 40,
         share: 0.5,
         step_cost_core_s: None,
-        cores: CORES,
+        cores: CORES as f64,
     };
     let mut last = None;
     for k in 0..30 {
@@ -328,7 +328,7 @@ fn an_impossible_deadline_saturates_and_a_relaxed_one_recovers_without_windup() 
             steps_in_period: 0,
             share,
             step_cost_core_s: None,
-            cores: CORES,
+            cores: CORES as f64,
         }],
         ..Default::default()
     };
@@ -516,7 +516,7 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
         name: "new".into(),
         work_core_s: 60.0,
         deadline_in_s: deadline,
-        cores: CORES,
+        cores: CORES as f64,
     };
     let ok = admit(&cfg, &last, &c(200.0)).unwrap();
     assert!((ok - 60.0 / 2.0 / (200.0 * 0.99)).abs() < 1e-9);
@@ -584,7 +584,7 @@ fn greedy_job(name: &str, share: f64) -> JobObs {
         steps_in_period: 10,
         share,
         step_cost_core_s: Some(0.001),
-        cores: CORES,
+        cores: CORES as f64,
     }
 }
 

@@ -116,18 +116,42 @@ pub(crate) async fn run_rows(
     // The timeout counts from the request's arrival, reading and decoding included.
     let left = timeout.saturating_sub(start.elapsed());
     if left.is_zero() {
-        svc.batcher.count_expired_unqueued(rows.len());
+        svc.primary().batcher.count_expired_unqueued(rows.len());
         return Err(timed_out(svc, timeout, client_timeout, clamped));
     }
-    let mut out = Vec::with_capacity(rows.len() * svc.io.classes);
-    for p in svc.batcher.submit_rows(rows, Some(left))? {
-        match p.recv().await {
-            Ok(answer) => out.extend_from_slice(&answer.output),
-            Err(ServeError::TimedOut { .. }) => {
-                return Err(timed_out(svc, timeout, client_timeout, clamped));
-            }
-            Err(e) => return Err(e.into()),
+    // With several replicas, a request that meets a device failing under it is run again
+    // on another replica (the failed one is out of the split from then on): it keeps a copy
+    // of its rows for that. One replica's failure is then never a client's error.
+    let spare = (svc.replicas().len() > 1).then(|| rows.clone());
+    match run_on_replica(svc, rows, start, timeout).await {
+        Err(ServeError::DeviceFailed { .. }) if spare.is_some() => {
+            let rows = spare.unwrap_or_default();
+            run_on_replica(svc, rows, start, timeout).await
         }
+        other => other,
+    }
+    .map_err(|e| match e {
+        ServeError::TimedOut { .. } => timed_out(svc, timeout, client_timeout, clamped),
+        e => e.into(),
+    })
+}
+
+/// Runs `rows` on the replica the service's split chooses, within what is left of
+/// `timeout` from `start`.
+async fn run_on_replica(
+    svc: &LoadedService,
+    rows: Vec<Vec<f32>>,
+    start: Instant,
+    timeout: Duration,
+) -> Result<Vec<f32>, ServeError> {
+    let left = timeout.saturating_sub(start.elapsed());
+    let mut out = Vec::with_capacity(rows.len() * svc.io.classes);
+    for p in svc
+        .choose(rows.len())?
+        .batcher
+        .submit_rows(rows, Some(left))?
+    {
+        out.extend_from_slice(&p.recv().await?.output);
     }
     Ok(out)
 }

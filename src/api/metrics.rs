@@ -32,6 +32,49 @@ fn per_service(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&LoadedService, &Servic
     }
 }
 
+/// One sample per replica of every ready service, labelled by the service and the device,
+/// from the replica and its fraction of the service's rows.
+fn per_replica(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&crate::node::Replica, f64) -> f64) {
+    for (s, _) in &c.services {
+        for (r, fraction) in s.replicas().iter().zip(s.split()) {
+            let labels = [("service", s.name()), ("device", r.device_name.as_str())];
+            o.add(&labels, get(r, fraction));
+        }
+    }
+}
+
+/// Each service's replicas: where they run, their shares, their part of the rows.
+const REPLICAS: [NodeRow; 4] = [
+    (
+        Family::gauge(
+            "setpoint_replica_share",
+            "Share of its device a service's replica runs at.",
+        ),
+        |c, o| per_replica(c, o, |r, _| r.lane.share()),
+    ),
+    (
+        Family::gauge(
+            "setpoint_replica_rows_fraction",
+            "Fraction of the service's rows the controller sends the replica.",
+        ),
+        |c, o| per_replica(c, o, |_, f| f),
+    ),
+    (
+        Family::gauge(
+            "setpoint_replica_rows_per_second",
+            "Rows the replica answered per second over the last control period.",
+        ),
+        |c, o| per_replica(c, o, |r, _| r.rate()),
+    ),
+    (
+        Family::gauge(
+            "setpoint_replica_up",
+            "1 while the replica takes rows (its device works, its batcher runs), else 0.",
+        ),
+        |c, o| per_replica(c, o, |r, _| f64::from(u8::from(r.is_up()))),
+    ),
+];
+
 /// One sample per job with a value, labelled by its name.
 fn per_job(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&JobView) -> Option<f64>) {
     for j in &c.jobs {
@@ -186,14 +229,14 @@ const INFERENCE: [NodeRow; 11] = [
             "setpoint_inference_queue_length",
             "Requests waiting for a batch.",
         ),
-        |c, o| per_service(c, o, |s, _| s.batcher.queue_len() as f64),
+        |c, o| per_service(c, o, |s, _| s.queue_len() as f64),
     ),
     (
         Family::gauge(
             "setpoint_inference_max_batch_size",
             "Batch size limit in force.",
         ),
-        |c, o| per_service(c, o, |s, _| s.batcher.max_batch_size() as f64),
+        |c, o| per_service(c, o, |s, _| s.max_batch_size() as f64),
     ),
     (
         Family::gauge(
@@ -486,7 +529,7 @@ pub fn render(
         jobs,
     };
     let mut out = String::with_capacity(8192);
-    for rows in [&PROCESS[..], &INFERENCE, &CONTROL, &TENANTS] {
+    for rows in [&PROCESS[..], &INFERENCE, &REPLICAS, &CONTROL, &TENANTS] {
         prometheus::table(&mut out, rows, &ctx, Empty::Keep);
     }
     prometheus::table(&mut out, &CONNECTIONS, conns, Empty::Keep);

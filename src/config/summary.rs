@@ -89,6 +89,12 @@ impl NodeConfig {
             Some(m) => writeln!(o, "memory_limit_mib = {m}")?,
             None => writeln!(o, "memory_limit_mib = 0  # all of each GPU's memory")?,
         }
+        if d.cpu_split.is_empty() {
+            writeln!(o, "# cpu_split: none, the CPU is one device")?;
+        } else {
+            let parts: Vec<String> = d.cpu_split.iter().map(|&x| f(x)).collect();
+            writeln!(o, "cpu_split = [{}]", parts.join(", "))?;
+        }
 
         let c = &self.control;
         writeln!(o, "\n[control]")?;
@@ -141,6 +147,15 @@ fn write_service(o: &mut String, s: &ServiceConfig) -> std::fmt::Result {
     }
     writeln!(o, "max_queue = {}", s.max_queue)?;
     writeln!(o, "timeout_ms = {}", f(s.timeout_ms))?;
+    if s.replicas.is_empty() {
+        writeln!(
+            o,
+            "# replicas: one, on the device with the least share held"
+        )?;
+    } else {
+        let r: Vec<String> = s.replicas.iter().map(|r| q(&r.to_string())).collect();
+        writeln!(o, "replicas = [{}]", r.join(", "))?;
+    }
     writeln!(o, "[services.slo]")?;
     writeln!(o, "p99_ms = {}", f(s.slo.p99_ms))?;
     writeln!(o, "window_ms = {}", s.slo.window_ms)?;

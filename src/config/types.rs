@@ -70,6 +70,9 @@ pub struct DeviceConfig {
     pub share_mechanism: ShareMechanism,
     /// Device memory setpoint's buffers may use on a GPU, MiB; `None`: all of it.
     pub memory_limit_mib: Option<u64>,
+    /// The CPU as several devices (`cpu:0`, `cpu:1`, ...), each this fraction of its cores;
+    /// empty: one CPU device, `cpu`. Each part is in (0, 1], together at most 1.
+    pub cpu_split: Vec<f64>,
 }
 
 /// Which backend runs the work.
@@ -227,6 +230,76 @@ pub struct ServiceConfig {
     /// The number format of its matrix products; none for the device's default (f32).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<crate::device::Precision>,
+    /// The devices it runs on, a replica on each; empty: one replica on the device with the
+    /// least share held.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaSpec>,
+}
+
+/// Where a service's replica runs, as `replicas` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplicaSpec {
+    /// `"gpu"`: the GPU with the least share held (none on a node without a GPU).
+    Gpu,
+    /// `"gpu:*"`: every GPU.
+    AllGpus,
+    /// `"cuda:N"`: GPU N.
+    Cuda(u32),
+    /// `"cpu"`: the CPU, or with `device.cpu_split` its part with the least share held.
+    Cpu,
+    /// `"cpu:*"`: every part of the CPU.
+    AllCpus,
+    /// `"cpu:N"`: part N of the CPU (`device.cpu_split`).
+    CpuPart(u32),
+}
+
+impl ReplicaSpec {
+    /// What `replicas` accepts, for error messages.
+    pub const ACCEPTED: &'static str =
+        "\"gpu\", \"gpu:*\", \"cuda:N\", \"cpu\", \"cpu:*\" or \"cpu:N\"";
+
+    /// Parses one entry of `replicas`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let index = |n: &str| {
+            n.parse::<u32>()
+                .ok()
+                .filter(|_| n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        Some(match s {
+            "gpu" => ReplicaSpec::Gpu,
+            "gpu:*" => ReplicaSpec::AllGpus,
+            "cpu" => ReplicaSpec::Cpu,
+            "cpu:*" => ReplicaSpec::AllCpus,
+            _ => {
+                if let Some(n) = s.strip_prefix("cuda:") {
+                    ReplicaSpec::Cuda(index(n)?)
+                } else if let Some(n) = s.strip_prefix("cpu:") {
+                    ReplicaSpec::CpuPart(index(n)?)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+}
+
+impl fmt::Display for ReplicaSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicaSpec::Gpu => f.write_str("gpu"),
+            ReplicaSpec::AllGpus => f.write_str("gpu:*"),
+            ReplicaSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            ReplicaSpec::Cpu => f.write_str("cpu"),
+            ReplicaSpec::AllCpus => f.write_str("cpu:*"),
+            ReplicaSpec::CpuPart(n) => write!(f, "cpu:{n}"),
+        }
+    }
+}
+
+impl Serialize for ReplicaSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// A response-time service-level objective.

@@ -12,8 +12,8 @@ pub struct Candidate {
     pub work_core_s: f64,
     /// Seconds from now to its deadline.
     pub deadline_in_s: f64,
-    /// Cores of the device.
-    pub cores: usize,
+    /// What the device can do per second at share 1, in cores (CTAs on a GPU).
+    pub cores: f64,
 }
 
 /// Why a job was refused.
@@ -23,6 +23,11 @@ pub struct Refusal {
     pub reason: String,
     /// The earliest deadline, in seconds from now, the job could meet as the node is now.
     pub earliest_deadline_in_s: f64,
+}
+
+/// `x` when it is a positive number, else 1 (a device offers something).
+pub(crate) fn positive(x: f64) -> f64 {
+    if x.is_finite() && x > 0.0 { x } else { 1.0 }
 }
 
 /// Capacity committed to tenants that must be served, by the last decisions: services at
@@ -60,7 +65,7 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
     let (svc, jobs) = committed(last);
     let available = (capacity - svc - jobs).max(0.0);
     let (svc, jobs) = (svc.max(0.0), jobs.max(0.0));
-    let cores = c.cores.max(1) as f64;
+    let cores = positive(c.cores);
     // Aim at the same margin the job loop will aim at.
     let usable_s = c.deadline_in_s - cfg.deadline_margin_s(c.deadline_in_s);
     let needed = if usable_s > 0.0 {
@@ -113,7 +118,7 @@ fn earliest_deadline(
     capacity: f64,
     services: f64,
 ) -> f64 {
-    let cores = c.cores.max(1) as f64;
+    let cores = positive(c.cores);
     let mut running: Vec<(f64, f64)> = last
         .jobs
         .iter()

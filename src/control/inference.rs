@@ -102,7 +102,7 @@ pub(crate) fn decide(
     st: &mut ServiceState,
     o: &ServiceObs,
 ) -> ServiceDecision {
-    let cores = o.cores.max(1) as f64;
+    let cores = super::admission::positive(o.cores);
     let (rows, secs) = o
         .batches
         .iter()

@@ -173,8 +173,9 @@ pub struct ServiceObs {
     pub share: f64,
     /// The most share it can use (its workers over the device's).
     pub max_share: f64,
-    /// Cores of the device.
-    pub cores: usize,
+    /// What the device can do per second at share 1, in cores (CTAs on a GPU); a part of
+    /// the CPU may have less than one.
+    pub cores: f64,
 }
 
 /// Whether a job has a deadline to meet.
@@ -216,8 +217,9 @@ pub struct JobObs {
     pub share: f64,
     /// Processor core-seconds per step, measured (None before its first steps).
     pub step_cost_core_s: Option<f64>,
-    /// Cores of the device.
-    pub cores: usize,
+    /// What the device can do per second at share 1, in cores (CTAs on a GPU); a part of
+    /// the CPU may have less than one.
+    pub cores: f64,
 }
 
 /// Everything observed this period.

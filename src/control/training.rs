@@ -266,7 +266,9 @@ fn learn_rate_per_share(st: &mut JobState, o: &JobObs, measured: f64) -> Option<
     // Plan with the lower of the two once both are known: the step cost leaves out what a
     // job does between steps (its evaluation at each epoch end, the lane's waits), which the
     // measured rate holds, and a plan that expects too much runs late to the end.
-    let from_cost = st.step_cost.map(|c| o.cores.max(1) as f64 / c);
+    let from_cost = st
+        .step_cost
+        .map(|c| super::admission::positive(o.cores) / c);
     match (from_cost, st.rate_per_share) {
         (Some(c), Some(m)) => Some(c.min(m)),
         (c, m) => c.or(m),
@@ -386,7 +388,7 @@ mod tests {
             steps_in_period: 2,
             share,
             step_cost_core_s: Some(2.0 / 364.0),
-            cores: 2,
+            cores: 2.0,
         }
     }
 

@@ -134,6 +134,9 @@ pub struct Lane {
     /// Index of the node's device the lane is on.
     device: usize,
     cores: usize,
+    /// Core-seconds per second the device offers at share 1 (`cores`, or less on a part of
+    /// the CPU that is a fraction of its cores).
+    capacity: f64,
     background: AtomicBool,
     permits: Option<Arc<CorePermits>>,
     share_bits: AtomicU64,
@@ -171,6 +174,7 @@ impl Lane {
             name: name.to_string(),
             device: 0,
             cores: cores.max(1),
+            capacity: cores.max(1) as f64,
             background: AtomicBool::new(false),
             permits,
             share_bits: AtomicU64::new(clamp_share(share).to_bits()),
@@ -196,6 +200,20 @@ impl Lane {
         self
     }
 
+    /// The same lane on a device that offers `capacity` core-seconds per second at share 1
+    /// (at most its cores): the token bucket's rate at share `s` is `s × capacity`.
+    pub(crate) fn with_capacity(mut self, capacity: f64) -> Self {
+        if capacity.is_finite() && capacity > 0.0 {
+            self.capacity = capacity.min(self.cores as f64);
+        }
+        self
+    }
+
+    /// Core-seconds per second the lane's device offers at share 1.
+    pub fn capacity(&self) -> f64 {
+        self.capacity
+    }
+
     /// Index of the node's device the lane is on.
     pub fn device(&self) -> usize {
         self.device
@@ -219,9 +237,7 @@ impl Lane {
             // Credit banked at the old rate is capped at the new burst.
             let mut b = self.lock();
             self.refill(&mut b, old);
-            b.tokens = b
-                .tokens
-                .min(share * self.cores as f64 * BURST.as_secs_f64());
+            b.tokens = b.tokens.min(share * self.capacity * BURST.as_secs_f64());
             self.share_bits.store(share.to_bits(), Ordering::Relaxed);
         }
     }
@@ -247,13 +263,13 @@ impl Lane {
         self.enforced.store(on, Ordering::Relaxed);
     }
 
-    /// Worker threads the lane may use: `ceil(share · cores)`, at least 1; all of them when
-    /// not enforced.
+    /// Worker threads the lane may use: `ceil(share · capacity)`, at least 1; all of them
+    /// when not enforced.
     pub fn workers(&self) -> usize {
         if !self.is_enforced() {
             return self.cores;
         }
-        ((self.share() * self.cores as f64 - 1e-9).ceil() as usize).clamp(1, self.cores)
+        ((self.share() * self.capacity - 1e-9).ceil() as usize).clamp(1, self.cores)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
@@ -262,7 +278,7 @@ impl Lane {
 
     fn refill(&self, b: &mut Bucket, share: f64) {
         let now = Instant::now();
-        let rate = share * self.cores as f64;
+        let rate = share * self.capacity;
         let dt = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + rate * dt).min(rate * BURST.as_secs_f64());
         b.last = now;
@@ -279,7 +295,7 @@ impl Lane {
         if b.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-b.tokens / (share * self.cores as f64))
+            Duration::from_secs_f64(-b.tokens / (share * self.capacity))
         }
     }
 

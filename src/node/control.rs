@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::jobs::{Job, JobProgress};
 use super::{DeviceId, JobState, LoadedService, Node};
-use crate::control::{Controller, Decisions, JobClass, JobObs, Observations, ServiceObs};
+use crate::control::{Controller, Decisions, JobClass, JobObs, Observations};
 use crate::util::window::WindowStats;
 
 /// How shares are decided.
@@ -41,11 +41,15 @@ impl Policy {
     }
 }
 
+/// What a tenant had done at the last tick.
 #[derive(Debug, Clone, Copy, Default)]
-struct Prev {
-    arrivals: u64,
-    steps: u64,
-    core_s: f64,
+pub(super) struct Prev {
+    /// Requests offered (a service, a replica).
+    pub(super) arrivals: u64,
+    /// Steps taken (a job); rows answered (a service, a replica).
+    pub(super) steps: u64,
+    /// Core-seconds its lane used.
+    pub(super) core_s: f64,
 }
 
 /// Per-service measurements of the last tick, for status and metrics.
@@ -69,8 +73,9 @@ pub(crate) struct ControlState {
     pub(crate) busy_by_device: Vec<f64>,
     pub(crate) per_device: Vec<Decisions>,
     pub(crate) measures: HashMap<String, ServiceMeasure>,
-    prev: HashMap<TenantKey, Prev>,
-    success: HashMap<String, u64>,
+    pub(super) prev: HashMap<TenantKey, Prev>,
+    /// The split of each service's rows between its replicas.
+    pub(super) split: super::replica_control::SplitState,
     last_tick: Option<Instant>,
     started: Instant,
     log: Option<std::io::BufWriter<std::fs::File>>,
@@ -88,7 +93,7 @@ impl ControlState {
             per_device: Vec::new(),
             measures: HashMap::new(),
             prev: HashMap::new(),
-            success: HashMap::new(),
+            split: Default::default(),
             last_tick: None,
             started: Instant::now(),
             log: log.map(std::io::BufWriter::new),
@@ -114,6 +119,9 @@ struct LogLine<'a> {
     policy: &'static str,
     busy_frac: f64,
     decisions: &'a Decisions,
+    /// The split of each service with replicas: its rows' fractions, replica by replica.
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    splits: &'a HashMap<String, Vec<f64>>,
 }
 
 /// A tenant the control loop remembers between ticks: services and jobs have names of
@@ -124,25 +132,28 @@ pub(crate) enum TenantKey {
     Service(String),
     /// A training job.
     Job(String),
+    /// Replica `.1` of a service.
+    Replica(String, usize),
 }
 
 /// The clock of one tick.
-struct TickClock {
+pub(super) struct TickClock {
     /// Seconds since the previous tick (the control period before the first).
-    period_s: f64,
+    pub(super) period_s: f64,
     /// Seconds since the loop started.
-    now_s: f64,
+    pub(super) now_s: f64,
     /// Wall-clock time, for deadlines.
-    wall_now: SystemTime,
+    pub(super) wall_now: SystemTime,
 }
 
 /// What one tick observed, by device: the observations the controller decides on and the
-/// tenants they are of, in the same order as the decisions that come back.
-struct Round {
-    obs: Vec<Observations>,
-    services: Vec<Vec<Arc<LoadedService>>>,
-    running: Vec<Vec<Arc<Job>>>,
-    used_core_s: Vec<f64>,
+/// tenants they are of, in the same order as the decisions that come back (a service by
+/// its replica on that device).
+pub(super) struct Round {
+    pub(super) obs: Vec<Observations>,
+    pub(super) services: Vec<Vec<(Arc<LoadedService>, usize)>>,
+    pub(super) running: Vec<Vec<Arc<Job>>>,
+    pub(super) used_core_s: Vec<f64>,
 }
 
 impl Round {
@@ -224,70 +235,12 @@ impl Node {
         st.busy_by_device = self
             .devices()
             .map(|d| {
-                let capacity = clock.period_s * self.workers_of(d) as f64;
+                let capacity = clock.period_s * self.capacity_of(d);
                 (round.used_core_s[d.index()] / capacity).clamp(0.0, 1.0)
             })
             .collect();
         st.busy_frac = st.busy_by_device.iter().sum::<f64>() / n as f64;
         round
-    }
-
-    fn observe_service(
-        &self,
-        st: &mut ControlState,
-        clock: &TickClock,
-        round: &mut Round,
-        svc: Arc<LoadedService>,
-    ) {
-        let d = self.device_of(&svc.lane);
-        // A failed device's tenants are left out of the decisions: none runs there again.
-        // Their lanes keep the share they had, so that a job waiting for its lane's credit
-        // reaches its next step, and the device's error, without delay.
-        if self.device_failed(d) {
-            return;
-        }
-        let name = svc.name().to_string();
-        let arrivals = svc.batcher.arrivals();
-        let usage = svc.lane.usage();
-        // A service seen for the first time starts counting now: what it did before (a
-        // warm-up, a load test before the loop started) is not this period's load.
-        let now = Prev {
-            arrivals,
-            steps: 0,
-            core_s: usage.core_s,
-        };
-        let prev = st
-            .prev
-            .insert(TenantKey::Service(name.clone()), now)
-            .unwrap_or(now);
-        let window = svc.batcher.window_stats();
-        let success = svc.batcher.stats().success_rows;
-        let prev_success = st.success.insert(name.clone(), success).unwrap_or(success);
-        round.used_core_s[d.index()] += usage.core_s - prev.core_s;
-        let arrival_rate = arrivals.saturating_sub(prev.arrivals) as f64 / clock.period_s;
-        let throughput = success.saturating_sub(prev_success) as f64 / clock.period_s;
-        let measure = ServiceMeasure {
-            window,
-            arrival_rate,
-            throughput,
-        };
-        st.measures.insert(name.clone(), measure);
-        let config = svc.config();
-        round.obs[d.index()].services.push(ServiceObs {
-            name,
-            slo_s: config.slo.p99_ms / 1000.0,
-            p99_s: (window.count > 0).then_some(window.total.p99),
-            arrival_rate,
-            queue_len: svc.batcher.queue_len(),
-            batches: svc.batcher.take_batch_log(),
-            calibration: svc.batcher.take_calibration(),
-            batch_limit: config.batching.max_batch_size,
-            share: svc.lane.share(),
-            // On the CPU one batcher thread can use one core at most; a GPU lane all of it.
-            max_share: self.service_max_share(d),
-            cores: self.workers_of(d),
-        });
-        round.services[d.index()].push(svc);
     }
 
     fn observe_job(
@@ -322,7 +275,7 @@ impl Node {
             wall_now: clock.wall_now,
             steps,
             measured_cost,
-            cores: self.workers_of(d),
+            cores: self.capacity_of(d),
         };
         round.obs[d.index()].jobs.push(job_obs(&job, &p, &period));
         round.running[d.index()].push(job);
@@ -434,16 +387,17 @@ fn apply(policy: &Policy, round: &Round, per_device: &[Decisions]) {
             .services
             .iter()
             .flatten()
-            .map(|s| &s.lane)
+            .map(|(s, i)| &s.replicas()[*i].lane)
             .chain(round.running.iter().flatten().map(|j| j.lane()))
     };
     match policy {
         Policy::Controller => {
             for (d, decisions) in per_device.iter().enumerate() {
-                for (svc, dec) in round.services[d].iter().zip(&decisions.services) {
-                    svc.lane.set_enforced(true);
-                    svc.lane.set_share(dec.share);
-                    svc.batcher.set_max_batch_size(dec.batch_size);
+                for ((svc, i), dec) in round.services[d].iter().zip(&decisions.services) {
+                    let r = &svc.replicas()[*i];
+                    r.lane.set_enforced(true);
+                    r.lane.set_share(dec.share);
+                    r.batcher.set_max_batch_size(dec.batch_size);
                 }
                 for (job, dec) in round.running[d].iter().zip(&decisions.jobs) {
                     job.lane().set_enforced(true);
@@ -471,6 +425,7 @@ fn apply(policy: &Policy, round: &Round, per_device: &[Decisions]) {
 fn log_decisions(st: &mut ControlState, clock: &TickClock, decisions: &Decisions) {
     let policy = st.policy.name();
     let busy_frac = st.busy_frac;
+    let splits = &st.split.last;
     let Some(log) = st.log.as_mut() else { return };
     let line = LogLine {
         t_s: clock.now_s,
@@ -481,6 +436,7 @@ fn log_decisions(st: &mut ControlState, clock: &TickClock, decisions: &Decisions
         policy,
         busy_frac,
         decisions,
+        splits,
     };
     let written = serde_json::to_writer(&mut *log, &line)
         .map_err(std::io::Error::other)
@@ -497,7 +453,7 @@ struct JobPeriod {
     wall_now: SystemTime,
     steps: u64,
     measured_cost: Option<f64>,
-    cores: usize,
+    cores: f64,
 }
 
 /// A running job as the controller sees it.

@@ -33,32 +33,83 @@ impl DeviceId {
     }
 }
 
+/// The CPU as one of the node's devices: all of its cores, or a part of them
+/// (`device.cpu_split`), each part a device of its own named `cpu:N`.
+#[derive(Debug, Clone)]
+pub struct CpuPart {
+    /// Its health, shared by every lane on it; its name is the device's.
+    pub health: Arc<DeviceHealth>,
+    /// Its fraction of the CPU's cores: 1 for the whole CPU.
+    pub fraction: f64,
+}
+
+impl CpuPart {
+    /// The whole CPU, `cpu`.
+    pub fn whole() -> Self {
+        CpuPart {
+            health: Arc::new(DeviceHealth::new("cpu")),
+            fraction: 1.0,
+        }
+    }
+
+    /// The CPU's devices for `split` (fractions of its cores): the whole CPU when empty.
+    pub fn split(split: &[f64]) -> Vec<Self> {
+        if split.is_empty() {
+            return vec![CpuPart::whole()];
+        }
+        split
+            .iter()
+            .enumerate()
+            .map(|(i, &fraction)| CpuPart {
+                health: Arc::new(DeviceHealth::new(format!("cpu:{i}"))),
+                fraction,
+            })
+            .collect()
+    }
+}
+
 /// Where the node's tenants run.
 #[derive(Debug, Clone)]
 pub enum Placement {
     /// The CPU backend: lanes are threads, shares are worker budgets and CPU time; every
     /// lane's backend shares the device's health.
-    Cpu(Arc<DeviceHealth>),
+    Cpu(CpuPart),
     /// One GPU: lanes are streams (inference at the device's greatest priority, training at
     /// its least), shares are CTA budgets, work is charged by busy time from CUDA events.
     Cuda(Arc<CudaDevice>),
 }
 
 impl Placement {
-    /// Workers the device offers: CPU threads, or SMs × resident blocks per SM on a GPU.
+    /// Workers the device offers: CPU threads (its part of them, at least one), or SMs ×
+    /// resident blocks per SM on a GPU.
     pub fn workers(&self, cpu_threads: usize) -> usize {
         match self {
-            Placement::Cpu(_) => cpu_threads,
+            Placement::Cpu(part) => ((part.fraction * cpu_threads as f64 - 1e-9).ceil() as usize)
+                .clamp(1, cpu_threads.max(1)),
             Placement::Cuda(dev) => dev.max_ctas(),
         }
     }
 
-    /// The device's name in status and metrics: `cpu` or `cuda:N`.
+    /// What the device can do per second in its workers' units: core-seconds on the CPU
+    /// (its part of the cores, which may be a fraction of one), CTA-seconds on a GPU.
+    pub fn capacity(&self, cpu_threads: usize) -> f64 {
+        match self {
+            Placement::Cpu(part) => part.fraction * cpu_threads.max(1) as f64,
+            Placement::Cuda(dev) => dev.max_ctas() as f64,
+        }
+    }
+
+    /// The device's name in status and metrics: `cpu` (or `cpu:N`, a part of it) or `cuda:N`.
     pub fn name(&self) -> String {
         match self {
-            Placement::Cpu(_) => "cpu".into(),
+            Placement::Cpu(part) => part.health.device().to_string(),
             Placement::Cuda(dev) => format!("cuda:{}", dev.info().index),
         }
+    }
+
+    /// Whether it is a GPU.
+    pub fn is_gpu(&self) -> bool {
+        matches!(self, Placement::Cuda(_))
     }
 
     /// The GPU's UUID, when tenants run on one.
@@ -72,7 +123,7 @@ impl Placement {
     /// The device's health, shared by every lane on it.
     pub fn health(&self) -> &Arc<DeviceHealth> {
         match self {
-            Placement::Cpu(health) => health,
+            Placement::Cpu(part) => &part.health,
             Placement::Cuda(dev) => dev.health(),
         }
     }
@@ -87,10 +138,15 @@ pub struct DeviceReport {
     pub gpus: Vec<GpuInfo>,
     /// Why the tenants run where they do, in one line.
     pub note: String,
-    /// Where they run: the CPU, or each GPU that opened (a device each, with its own lanes
-    /// and capacity).
+    /// Where they run: the CPU (or its parts), or each GPU that opened, each a device with
+    /// its own lanes and capacity; on a node with GPUs, the CPU follows them.
     #[serde(skip)]
     pub placements: Vec<Placement>,
+    /// How many of the placements, from the first, take tenants by default: every GPU on a
+    /// node with GPUs (the CPU after them takes only the replicas that name it), else every
+    /// part of the CPU.
+    #[serde(skip)]
+    pub primary: usize,
 }
 
 /// Probes the GPUs `cfg` asks about and decides where tenants run: on every selected GPU
@@ -134,11 +190,18 @@ fn decide(
     found: Result<Vec<GpuInfo>, String>,
     open: impl FnMut(&GpuInfo, bool) -> Result<Arc<CudaDevice>, DeviceError>,
 ) -> Result<DeviceReport, NodeError> {
-    let cpu = |gpus: Vec<GpuInfo>, note: String| DeviceReport {
-        backend: "cpu",
-        gpus,
-        note,
-        placements: vec![Placement::Cpu(Arc::new(DeviceHealth::new("cpu")))],
+    let cpu = |gpus: Vec<GpuInfo>, note: String| {
+        let placements: Vec<Placement> = CpuPart::split(&cfg.cpu_split)
+            .into_iter()
+            .map(Placement::Cpu)
+            .collect();
+        DeviceReport {
+            backend: "cpu",
+            gpus,
+            note: note + &split_note(&placements),
+            primary: placements.len(),
+            placements,
+        }
     };
     if cfg.kind == DeviceKind::Cpu {
         return Ok(cpu(Vec::new(), "device.kind = \"cpu\"".into()));
@@ -185,7 +248,30 @@ fn decide(
             ))
         };
     }
-    Ok(cuda_report(gpus, opened, &failed, &fallbacks))
+    let mut report = cuda_report(gpus, opened, &failed, &fallbacks);
+    let cpu: Vec<Placement> = CpuPart::split(&cfg.cpu_split)
+        .into_iter()
+        .map(Placement::Cpu)
+        .collect();
+    let names: Vec<String> = cpu.iter().map(Placement::name).collect();
+    report.note += &format!("; {} for the replicas that name it", names.join(", "));
+    report.placements.extend(cpu);
+    Ok(report)
+}
+
+/// The status note's words on a split CPU: its parts and their fractions.
+fn split_note(placements: &[Placement]) -> String {
+    if placements.len() < 2 {
+        return String::new();
+    }
+    let parts: Vec<String> = placements
+        .iter()
+        .map(|p| match p {
+            Placement::Cpu(part) => format!("{} ({:.0} %)", p.name(), part.fraction * 100.0),
+            Placement::Cuda(_) => p.name(),
+        })
+        .collect();
+    format!("; the CPU split into {}", parts.join(", "))
 }
 
 /// GPUs opened, GPUs that failed to open (with the reason) and, under `"auto"`, GPUs whose
@@ -274,6 +360,7 @@ fn cuda_report(
         backend: "cuda",
         note: format!("tenants run on {}{notes}", names.join(", ")),
         gpus,
+        primary: opened.len(),
         placements: opened.into_iter().map(Placement::Cuda).collect(),
     }
 }
@@ -304,18 +391,18 @@ fn select(all: Vec<GpuInfo>, sel: &GpuSelection) -> Result<Vec<GpuInfo>, String>
 }
 
 impl Node {
-    /// A lane for a new service, on the device with the least share assigned: it starts
-    /// with one core (a tenth of a GPU), and the controller brings it to what it needs.
-    /// 503 when every device has failed.
-    pub(super) fn service_lane(&self, name: &str) -> Result<Arc<Lane>, NodeError> {
-        let d = self.least_loaded_device()?;
+    /// A lane for a service (or one of its replicas) on device `d`, at one core (a tenth of
+    /// a GPU).
+    pub(super) fn service_lane_on(&self, name: &str, d: DeviceId) -> Arc<Lane> {
         let share = match self.placement(d) {
-            Placement::Cpu(_) => 1.0 / self.workers_of(d) as f64,
+            Placement::Cpu(_) => self.service_max_share(d),
             Placement::Cuda(_) => 0.1,
         };
-        Ok(Arc::new(
-            Lane::new(name, self.workers_of(d), share).on_device(d.0),
-        ))
+        Arc::new(
+            Lane::new(name, self.workers_of(d), share)
+                .with_capacity(self.capacity_of(d))
+                .on_device(d.0),
+        )
     }
 
     /// A lane for a job at `share` on device `d`: on the CPU its threads come from the
@@ -326,7 +413,8 @@ impl Node {
         let shares = !matches!(self.policy(), Policy::None);
         let lane = match self.placement(d) {
             Placement::Cpu(_) => {
-                let lane = Lane::parallel(name, &self.permits, share);
+                let lane =
+                    Lane::parallel(name, &self.permits, share).with_capacity(self.capacity_of(d));
                 lane.set_background(shares);
                 lane
             }
@@ -339,6 +427,12 @@ impl Node {
     /// Every device of the node, in order.
     pub fn devices(&self) -> impl Iterator<Item = DeviceId> + use<> {
         (0..self.device_count()).map(DeviceId)
+    }
+
+    /// The devices that take tenants by default: the GPUs on a node with GPUs (not the
+    /// CPU after them), else every part of the CPU.
+    pub(crate) fn primary_devices(&self) -> impl Iterator<Item = DeviceId> + use<> {
+        (0..self.devices.primary.clamp(1, self.device_count())).map(DeviceId)
     }
 
     /// The device a lane the node placed runs on.
@@ -362,8 +456,18 @@ impl Node {
     }
 
     /// Device indices from the least share held by its tenants' lanes to the most (shares
-    /// as they are now, so tenants placed in a row spread out before the next tick).
+    /// as they are now, so tenants placed in a row spread out before the next tick), among
+    /// the devices that take tenants by default.
     pub(super) fn devices_by_load(&self) -> Vec<DeviceId> {
+        let held = self.share_held();
+        let load = |d: DeviceId| held[d.0];
+        let mut order: Vec<DeviceId> = self.primary_devices().collect();
+        order.sort_by(|&a, &b| load(a).total_cmp(&load(b)).then(a.cmp(&b)));
+        order
+    }
+
+    /// The share the tenants' lanes hold on each device now, by device index.
+    pub(super) fn share_held(&self) -> Vec<f64> {
         let mut held = vec![0.0; self.device_count()];
         let mut add = |lane: &Lane| {
             if let Some(h) = held.get_mut(lane.device()) {
@@ -372,7 +476,9 @@ impl Node {
         };
         for slot in read(&self.registry.services).values() {
             if let ServiceSlot::Ready(s) = slot {
-                add(&s.lane);
+                for r in s.replicas() {
+                    add(&r.lane);
+                }
             }
         }
         for job in read(&self.store.jobs).values() {
@@ -380,10 +486,7 @@ impl Node {
                 add(job.lane());
             }
         }
-        let load = |d: DeviceId| held[d.0];
-        let mut order: Vec<DeviceId> = self.devices().collect();
-        order.sort_by(|&a, &b| load(a).total_cmp(&load(b)).then(a.cmp(&b)));
-        order
+        held
     }
 
     /// Whether `need_bytes` of buffers fit on device `d` now: under setpoint's memory limit
@@ -406,162 +509,16 @@ impl Node {
         check_memory(&check)
     }
 
-    /// The most a service may use of device `d`: one core on the CPU (one batcher thread),
-    /// all of a GPU.
+    /// The most a service may use of device `d`: one core on the CPU (one batcher thread;
+    /// all of a part of the CPU smaller than a core), all of a GPU.
     pub(crate) fn service_max_share(&self, d: DeviceId) -> f64 {
         match self.placement(d) {
-            Placement::Cpu(_) => 1.0 / self.workers_of(d) as f64,
+            Placement::Cpu(_) => (1.0 / self.capacity_of(d)).min(1.0),
             Placement::Cuda(_) => 1.0,
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gpu(index: usize) -> GpuInfo {
-        GpuInfo {
-            index,
-            name: "test".into(),
-            uuid: format!("GPU-{index}"),
-            compute_capability: (9, 0),
-            sm_count: 132,
-            total_memory: 1 << 30,
-            priority_range: (0, -5),
-            driver_version: 12080,
-        }
-    }
-
-    fn config(kind: DeviceKind, require_gpu: bool) -> DeviceConfig {
-        DeviceConfig {
-            kind,
-            gpus: GpuSelection::All,
-            require_gpu,
-            cpu_threads: 0,
-            share_mechanism: ShareMechanism::Auto,
-            memory_limit_mib: None,
-        }
-    }
-
-    fn failing_open(_: &GpuInfo, green: bool) -> Result<Arc<CudaDevice>, DeviceError> {
-        Err(DeviceError::Unavailable(if green {
-            "green contexts on GPU 0: the driver supports CUDA 12.2; green contexts need 12.4 or newer".into()
-        } else {
-            "out of memory".into()
-        }))
-    }
-
-    #[test]
-    fn without_a_gpu_auto_falls_back_and_cuda_refuses() {
-        let auto = decide(
-            &config(DeviceKind::Auto, false),
-            Err("libcuda not found".into()),
-            failing_open,
-        )
-        .unwrap();
-        assert_eq!(auto.backend, "cpu");
-        assert!(matches!(auto.placements[..], [Placement::Cpu(_)]));
-        assert!(auto.note.contains("libcuda not found"), "{}", auto.note);
-        for cfg in [
-            config(DeviceKind::Cuda, false),
-            config(DeviceKind::Auto, true),
-        ] {
-            let err = decide(&cfg, Err("libcuda not found".into()), failing_open).unwrap_err();
-            let msg = err.to_string();
-            assert!(
-                msg.contains("libcuda not found") && msg.contains("device.kind = \"auto\""),
-                "{msg}"
-            );
-        }
-        let cpu = decide(
-            &config(DeviceKind::Cpu, false),
-            Ok(vec![gpu(0)]),
-            failing_open,
-        )
-        .unwrap();
-        assert_eq!(cpu.backend, "cpu");
-    }
-
-    #[test]
-    fn a_gpu_that_cannot_be_opened_is_named_with_the_reason() {
-        let auto = decide(
-            &config(DeviceKind::Auto, false),
-            Ok(vec![gpu(0), gpu(1)]),
-            failing_open,
-        )
-        .unwrap();
-        assert_eq!(auto.backend, "cpu");
-        assert_eq!(auto.gpus.len(), 2, "the GPUs are still reported");
-        assert!(
-            auto.note.contains(
-                "cannot open them (GPU 0 (test): device unavailable: out of memory; GPU 1 (test): \
-                 device unavailable: out of memory)"
-            ),
-            "{}",
-            auto.note
-        );
-        let err = decide(
-            &config(DeviceKind::Cuda, false),
-            Ok(vec![gpu(0)]),
-            failing_open,
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("cannot open any selected GPU (GPU 0 (test): device unavailable"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn green_contexts_that_cannot_be_built_refuse_to_start_even_under_auto() {
-        let mut cfg = config(DeviceKind::Auto, false);
-        cfg.share_mechanism = ShareMechanism::Green;
-        let err = decide(&cfg, Ok(vec![gpu(0)]), failing_open)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("share_mechanism = \"green\"")
-                && err.contains("need 12.4")
-                && err.contains("\"cta\""),
-            "{err}"
-        );
-        // Without a GPU the setting has nothing to act on.
-        let ok = decide(&cfg, Err("no driver".into()), failing_open).unwrap();
-        assert_eq!(ok.backend, "cpu");
-    }
-
-    #[test]
-    fn auto_asks_for_green_contexts_first_and_cta_never_does() {
-        for (mechanism, want) in [
-            (ShareMechanism::Auto, vec![(0, true), (0, false)]),
-            (ShareMechanism::Cta, vec![(0, false)]),
-        ] {
-            let mut cfg = config(DeviceKind::Auto, false);
-            cfg.share_mechanism = mechanism;
-            let mut calls = Vec::new();
-            let report = decide(&cfg, Ok(vec![gpu(0)]), |g: &GpuInfo, green: bool| {
-                calls.push((g.index, green));
-                failing_open(g, green)
-            })
-            .unwrap();
-            assert_eq!(calls, want, "{mechanism:?}");
-            // When CTA budgets fail too, the GPU is reported with the plain open's reason.
-            assert!(
-                report.note.contains("out of memory") && !report.note.contains("need 12.4"),
-                "{}",
-                report.note
-            );
-        }
-    }
-
-    #[test]
-    fn a_selection_of_missing_gpus_names_them() {
-        let err = select(vec![gpu(0)], &GpuSelection::Indices(vec![0, 2])).unwrap_err();
-        assert!(err.contains("GPU 2") && err.contains("reports 1"), "{err}");
-        let ok = select(vec![gpu(0), gpu(1)], &GpuSelection::Indices(vec![1])).unwrap();
-        assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0].index, 1);
-    }
-}
+#[path = "devices_tests.rs"]
+mod tests;

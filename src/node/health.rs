@@ -107,9 +107,19 @@ impl Node {
         DeviceHealthView::of(&self.placement(d).health().state())
     }
 
-    /// The error of the device `svc` runs on, if it has failed.
+    /// The error of the device `svc` runs on, if it has failed: with several replicas,
+    /// the first one's, once every one's device has failed (until then it serves).
     pub(crate) fn service_failure(&self, svc: &LoadedService) -> Option<DeviceError> {
-        self.device_failure(self.device_of(&svc.lane))
+        let mut first = None;
+        for r in svc.replicas() {
+            match self.device_failure(r.device) {
+                None => return None,
+                Some(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first
     }
 
     /// `svc`'s view, failed when its device is.

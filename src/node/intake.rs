@@ -287,9 +287,10 @@ impl Node {
                 deadline_in_s: deadline
                     .duration_since(now)
                     .map_or(0.0, |d| d.as_secs_f64()),
-                cores: self.workers_of(d),
+                cores: self.capacity_of(d),
             };
-            match crate::control::admission::admit(&ctrl, &self.last_decisions_of(d), &candidate) {
+            match crate::control::admission::admit(&ctrl, &self.admission_decisions(d), &candidate)
+            {
                 Ok(needed) => return Ok((d, needed.max(ctrl.min_share))),
                 Err(r) => {
                     if refusal
@@ -341,8 +342,8 @@ impl Node {
             return Ok(());
         }
         let d = self.device_of(job.lane());
-        let cores = self.workers_of(d);
-        let mut last = self.last_decisions_of(d);
+        let cores = self.capacity_of(d);
+        let mut last = self.admission_decisions(d);
         let own = last
             .jobs
             .iter()
@@ -357,7 +358,7 @@ impl Node {
             .as_ref()
             .and_then(|o| o.rate_per_share)
             .filter(|r| r.is_finite() && *r > 0.0)
-            .map(|r| cores.max(1) as f64 / r)
+            .map(|r| crate::control::admission::positive(cores) / r)
             .or(job.estimated_step_cost());
         let (Some(cost), true) = (cost, p.batches_per_epoch > 0) else {
             return Ok(());

@@ -10,6 +10,8 @@ pub mod jobs;
 mod registry;
 pub mod reload;
 mod removal;
+mod replica_control;
+pub mod replicas;
 mod restore;
 pub mod services;
 pub mod state_dir;
@@ -36,6 +38,7 @@ pub use jobs::{
 pub use registry::ServiceSlot;
 pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
 pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion, KeptJob, PurgeReport};
+pub use replicas::{Replica, ReplicaView};
 pub use services::{LoadedService, ServiceOrigin, ServiceView};
 pub use store::{JobChanges, JobRecord};
 pub use views::{
@@ -93,6 +96,9 @@ pub struct Node {
     listeners: RwLock<Listeners>,
     /// Workers of each device (CPU threads, or a GPU's CTAs), by device index.
     workers: Vec<usize>,
+    /// What each device can do per second in its workers' units (see
+    /// [`Placement::capacity`]), by device index.
+    capacity: Vec<f64>,
     shutting_down: AtomicBool,
     permits: Arc<CorePermits>,
     control: Mutex<control::ControlState>,
@@ -149,6 +155,11 @@ impl Node {
             .iter()
             .map(|p| p.workers(cpu_threads))
             .collect();
+        let capacity: Vec<f64> = devices
+            .placements
+            .iter()
+            .map(|p| p.capacity(cpu_threads))
+            .collect();
         let log = open_decision_log(&config)?;
         let controller = crate::control::Controller::new(control_config(&config));
         Ok(Arc::new(Node {
@@ -159,6 +170,7 @@ impl Node {
             started_at: SystemTime::now(),
             listeners: RwLock::new(Listeners::default()),
             workers,
+            capacity,
             shutting_down: AtomicBool::new(false),
             permits: CorePermits::new(cpu_threads),
             control: Mutex::new(control::ControlState::new(controller, log)),
@@ -238,6 +250,12 @@ impl Node {
         self.workers[d.index()]
     }
 
+    /// What device `d` can do per second at share 1, in its workers' units: its workers,
+    /// or on a part of the CPU its fraction of the cores (which may be less than one).
+    pub(crate) fn capacity_of(&self, d: DeviceId) -> f64 {
+        self.capacity[d.index()]
+    }
+
     /// Starts the config's services (each loads on a thread of its own), submits its jobs,
     /// and starts the control loop.
     pub fn start(self: &Arc<Self>) {
@@ -261,7 +279,7 @@ impl Node {
         for cfg in self.config().services.clone() {
             write(&self.registry.services)
                 .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
-            self.load_service(cfg, None);
+            self.load_service(cfg, Vec::new());
         }
         self.restore_services();
         let restored = self.restore_jobs();
@@ -328,7 +346,7 @@ impl Node {
         !self.shutting_down.load(Ordering::Acquire)
             && self.any_device_ok()
             && read(&self.registry.services).values().all(|s| match s {
-                ServiceSlot::Ready(s) => !self.device_failed(self.device_of(&s.lane)),
+                ServiceSlot::Ready(s) => self.service_failure(s).is_none(),
                 _ => false,
             })
     }

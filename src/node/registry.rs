@@ -69,10 +69,10 @@ impl Node {
         Ok(())
     }
 
-    /// Loads a service of the config on a thread of its own, in `lane` (a replacement keeps
-    /// the lane of the service it replaces) or a new one. The slot is published when it has
+    /// Loads a service of the config on a thread of its own, in `lanes` (a replacement keeps
+    /// the lanes of the service it replaces, on the devices it still runs on) or new ones. The slot is published when it has
     /// loaded, unless a later load of the same name (or its removal) superseded this one.
-    pub(super) fn load_service(self: &Arc<Self>, cfg: ServiceConfig, lane: Option<Arc<Lane>>) {
+    pub(super) fn load_service(self: &Arc<Self>, cfg: ServiceConfig, lanes: Vec<Arc<Lane>>) {
         let name = cfg.name.clone();
         let ticket = self.registry.last_ticket.fetch_add(1, Ordering::Relaxed) + 1;
         sync::lock(&self.registry.loaders).insert(name.clone(), (ticket, cfg.clone()));
@@ -80,7 +80,7 @@ impl Node {
         let loader_cfg = cfg.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("setpoint-load-{name}"))
-            .spawn(move || node.load_config_service(loader_cfg, ticket, lane));
+            .spawn(move || node.load_config_service(loader_cfg, ticket, lanes));
         if let Err(e) = spawned {
             self.publish_loaded(&name, ticket, Err(LoadError::Thread(e)));
         }
@@ -90,26 +90,22 @@ impl Node {
         &self,
         cfg: ServiceConfig,
         ticket: u64,
-        lane: Option<Arc<Lane>>,
+        lanes: Vec<Arc<Lane>>,
     ) {
-        let loaded = self.build_config_service(&cfg, lane);
+        let loaded = self.build_config_service(&cfg, &lanes);
         self.publish_loaded(&cfg.name, ticket, loaded);
     }
 
     fn build_config_service(
         &self,
         cfg: &ServiceConfig,
-        lane: Option<Arc<Lane>>,
+        lanes: &[Arc<Lane>],
     ) -> Result<Arc<LoadedService>, LoadError> {
         self.confine_service(cfg)?;
-        let lane = match lane {
-            Some(lane) => lane,
-            None => self.service_lane(&cfg.name)?,
-        };
-        let placement = self.placement(self.device_of(&lane)).clone();
+        let devices = self.replica_devices(cfg)?;
         let model = services::build_model(cfg)?;
-        let svc =
-            LoadedService::start(cfg.clone(), model, ServiceOrigin::Config, lane, &placement)?;
+        let replicas = self.start_replicas(cfg, &model, &devices, lanes)?;
+        let svc = LoadedService::start(cfg.clone(), &model, ServiceOrigin::Config, replicas)?;
         Ok(Arc::new(svc))
     }
 
@@ -253,12 +249,12 @@ impl Node {
             services::ServiceBuildError::Model(m) => NodeError::Invalid(vec![m]),
             services::ServiceBuildError::Start(m) => NodeError::Internal(m),
         })?;
-        let lane = self.service_lane(&cfg.name)?;
-        let placement = self.placement(self.device_of(&lane)).clone();
-        let svc = Arc::new(
-            LoadedService::start(cfg.clone(), model, origin, lane, &placement)
-                .map_err(|e| NodeError::Internal(e.to_string()))?,
-        );
+        let devices = self.replica_devices(&cfg)?;
+        let svc = self
+            .start_replicas(&cfg, &model, &devices, &[])
+            .and_then(|replicas| LoadedService::start(cfg.clone(), &model, origin, replicas))
+            .map(Arc::new)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let mut map = write(&self.registry.services);
         if map.contains_key(&cfg.name) {
             return Err(NodeError::Conflict(format!(

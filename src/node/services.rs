@@ -10,15 +10,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ServiceConfig, format_rfc3339};
 use crate::data::{self, LoadOptions, Normalizer};
-use crate::device::lane::Lane;
-use crate::device::{Backend, CpuBackend, Precision};
+use crate::device::{CpuBackend, Precision};
 use crate::model::MlpParams;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::footprint::{Purpose, check_fit};
-use crate::serve::{BatchConfig, InferenceService, ModelIo, Protocol, ServedModel, ServiceStats};
+use crate::serve::dispatch::Dispatcher;
+use crate::serve::{ModelIo, Protocol, ServeError, ServedModel, ServiceStats};
 use crate::train::{TrainEvent, TrainSpec, Trainer};
 use crate::util::histogram::{Histogram, LATENCY_BOUNDS_S};
-use std::sync::Arc;
+
+use super::replicas::{Replica, ReplicaView};
 
 /// Where a service's model came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,10 +52,10 @@ pub struct LoadedService {
     pub origin: ServiceOrigin,
     /// When it started serving.
     pub created_at: SystemTime,
-    /// The batcher.
-    pub batcher: InferenceService,
-    /// The lane it runs in.
-    pub lane: Arc<Lane>,
+    /// Its replicas, one per device it runs on; at least one.
+    replicas: Vec<Replica>,
+    /// Which replica takes each request, by the fractions the controller decided.
+    dispatch: Dispatcher,
     /// End-to-end latency of successful inference requests (arrival to answer), seconds,
     /// one histogram per protocol ([`Protocol::index`]).
     request_hist: [Mutex<Histogram>; 2],
@@ -62,8 +63,6 @@ pub struct LoadedService {
     invalid: Mutex<u64>,
     /// Requests answered with a timeout.
     timeouts: AtomicU64,
-    /// The number format of its matrix products.
-    precision: Precision,
 }
 
 /// Where a service is in its life.
@@ -112,6 +111,10 @@ pub struct ServiceView {
     /// The number format its matrix products run in (`f32`, `bf16`), while it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// Its replicas, when it has more than one: each one's device, share, part of the rows,
+    /// rows per second and latency.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaView>,
 }
 
 /// Why a service could not be built.
@@ -187,64 +190,21 @@ pub(crate) fn build_model(cfg: &ServiceConfig) -> Result<ServedModel, ServiceBui
 }
 
 impl LoadedService {
-    /// Starts serving `model` under `cfg`.
+    /// Starts serving `model` under `cfg`, on `replicas` (at least one).
     pub fn start(
         cfg: ServiceConfig,
-        model: ServedModel,
+        model: &ServedModel,
         origin: ServiceOrigin,
-        lane: Arc<Lane>,
-        placement: &super::Placement,
+        replicas: Vec<Replica>,
     ) -> Result<Self, ServiceBuildError> {
+        if replicas.is_empty() {
+            return Err(ServiceBuildError::Start(format!(
+                "service {}: no replica started",
+                cfg.name
+            )));
+        }
         let layers = model.params.layers.clone();
         let io = ModelIo::for_layers(&layers);
-        let batch = BatchConfig {
-            max_batch_size: cfg.batching.max_batch_size,
-            max_queue_delay: Duration::from_secs_f64(cfg.batching.max_queue_delay_ms / 1000.0),
-            max_queue: cfg.max_queue,
-            window: Duration::from_millis(cfg.slo.window_ms),
-        };
-        let precision;
-        let batcher = match placement {
-            // One worker: a batch split over several threads stalls whenever one of them is
-            // descheduled, and latency lanes share their cores with everything else; measured
-            // in the co-location scenario, two workers made the tail worse than one.
-            super::Placement::Cpu(health) => {
-                let backend = CpuBackend::with_health(health.clone(), 1, false)
-                    .map_err(|e| ServiceBuildError::Start(format!("service {}: {e}", cfg.name)))?;
-                backend.set_precision(
-                    cfg.precision
-                        .unwrap_or(backend.default_precision(crate::device::Work::Serving)),
-                );
-                precision = backend.precision();
-                InferenceService::start_in_lane(
-                    &cfg.name,
-                    backend,
-                    model,
-                    batch,
-                    Some(lane.clone()),
-                )
-            }
-            // On a GPU a service is a stream at the device's greatest priority, so its
-            // kernels are scheduled ahead of training's queued blocks.
-            super::Placement::Cuda(dev) => {
-                let backend = dev
-                    .lane_backend(crate::device::cuda::StreamPriority::Highest)
-                    .map_err(|e| ServiceBuildError::Start(format!("service {}: {e}", cfg.name)))?;
-                backend.set_precision(
-                    cfg.precision
-                        .unwrap_or(backend.default_precision(crate::device::Work::Serving)),
-                );
-                precision = backend.precision();
-                InferenceService::start_in_lane(
-                    &cfg.name,
-                    backend,
-                    model,
-                    batch,
-                    Some(lane.clone()),
-                )
-            }
-        }
-        .map_err(|e| ServiceBuildError::Start(e.to_string()))?;
         Ok(LoadedService {
             name: cfg.name.clone(),
             config: std::sync::RwLock::new(cfg),
@@ -252,13 +212,85 @@ impl LoadedService {
             io,
             origin,
             created_at: SystemTime::now(),
-            batcher,
-            lane,
+            dispatch: Dispatcher::new(replicas.len()),
+            replicas,
             request_hist: Protocol::ALL.map(|_| Mutex::new(Histogram::new(LATENCY_BOUNDS_S))),
             invalid: Mutex::new(0),
             timeouts: AtomicU64::new(0),
-            precision,
         })
+    }
+
+    /// Its replicas, in the order `replicas` named their devices.
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// The first replica: the one every row goes to until the controller splits them, and
+    /// the one whose limits (the same on every replica) answer for the service.
+    pub fn primary(&self) -> &Replica {
+        &self.replicas[0]
+    }
+
+    /// The replica that takes a request of `rows` rows, by the split in force; a replica
+    /// found down (its device failed) is cut from the split at once and another chosen.
+    /// `DeviceFailed` (503) when none is up.
+    pub(crate) fn choose(&self, rows: usize) -> Result<&Replica, ServeError> {
+        if self.replicas.len() == 1 {
+            return Ok(&self.replicas[0]);
+        }
+        for _ in 0..self.replicas.len() {
+            let Some(i) = self.dispatch.choose(rows) else {
+                break;
+            };
+            if self.replicas[i].is_up() {
+                return Ok(&self.replicas[i]);
+            }
+            self.dispatch.cut(i);
+        }
+        // Nothing in the split is up: any replica that is, else the service is down.
+        self.replicas
+            .iter()
+            .find(|r| r.is_up())
+            .ok_or_else(|| ServeError::DeviceFailed {
+                service: self.name.clone(),
+                message: format!(
+                    "no replica can take requests: {} failed or stopped",
+                    self.device_names().join(", ")
+                ),
+            })
+    }
+
+    /// Refuses at once, as a submission would, when no replica has room for `rows` more
+    /// rows now (see [`crate::serve::InferenceService::check_room`]).
+    pub(crate) fn check_room(&self, rows: usize) -> Result<(), ServeError> {
+        let mut first = None;
+        for r in &self.replicas {
+            match r.batcher.check_room(rows) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// The names of the devices its replicas run on.
+    pub fn device_names(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .map(|r| r.device_name.clone())
+            .collect()
+    }
+
+    /// Sets the fractions of the rows each replica takes (the controller's split).
+    pub(crate) fn set_split(&self, fractions: &[f64]) {
+        self.dispatch.set(fractions);
+    }
+
+    /// The fractions of the rows each replica takes now.
+    pub fn split(&self) -> Vec<f64> {
+        self.dispatch.fractions()
     }
 
     /// Name.
@@ -281,7 +313,7 @@ impl LoadedService {
         same.slo = cur.slo.clone();
         same.timeout_ms = cur.timeout_ms;
         same.batching = cur.batching.clone();
-        same == cur && new.batching.max_batch_size <= self.batcher.batch_limit()
+        same == cur && new.batching.max_batch_size <= self.batch_limit()
     }
 
     /// Applies `new` to the running service (see [`LoadedService::can_apply_live`]): the
@@ -290,14 +322,15 @@ impl LoadedService {
     /// flight are not disturbed.
     pub(crate) fn apply_live(&self, new: &ServiceConfig) {
         let mut cfg = sync::write(&self.config);
-        if new.batching.max_batch_size < self.batcher.max_batch_size() {
-            self.batcher.set_max_batch_size(new.batching.max_batch_size);
+        for b in self.replicas.iter().map(|r| &r.batcher) {
+            if new.batching.max_batch_size < b.max_batch_size() {
+                b.set_max_batch_size(new.batching.max_batch_size);
+            }
+            b.set_max_queue_delay(Duration::from_secs_f64(
+                new.batching.max_queue_delay_ms / 1000.0,
+            ));
+            b.set_window(Duration::from_millis(new.slo.window_ms));
         }
-        self.batcher.set_max_queue_delay(Duration::from_secs_f64(
-            new.batching.max_queue_delay_ms / 1000.0,
-        ));
-        self.batcher
-            .set_window(Duration::from_millis(new.slo.window_ms));
         *cfg = new.clone();
     }
 
@@ -348,9 +381,69 @@ impl LoadedService {
         sync::lock(&self.request_hist[protocol.index()]).clone()
     }
 
-    /// Batcher statistics.
+    /// Batcher statistics, every replica's together.
     pub fn stats(&self) -> ServiceStats {
-        self.batcher.stats()
+        let mut st = self.replicas[0].batcher.stats();
+        for r in &self.replicas[1..] {
+            st.absorb(&r.batcher.stats());
+        }
+        st
+    }
+
+    /// Requests waiting, in every replica's queue.
+    pub fn queue_len(&self) -> usize {
+        self.replicas.iter().map(|r| r.batcher.queue_len()).sum()
+    }
+
+    /// Requests offered so far, refused ones included, to every replica.
+    pub fn arrivals(&self) -> u64 {
+        self.replicas.iter().map(|r| r.batcher.arrivals()).sum()
+    }
+
+    /// The batch size limit in force: the largest among its replicas'.
+    pub fn max_batch_size(&self) -> usize {
+        self.replicas
+            .iter()
+            .map(|r| r.batcher.max_batch_size())
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// The largest batch every replica was started for.
+    pub fn batch_limit(&self) -> usize {
+        self.replicas
+            .iter()
+            .map(|r| r.batcher.batch_limit())
+            .min()
+            .unwrap_or(1)
+    }
+
+    /// Latency quantiles over the SLO window, every replica's requests together.
+    pub(crate) fn window_stats(&self) -> crate::util::window::WindowStats {
+        if let [one] = &self.replicas[..] {
+            return one.batcher.window_stats();
+        }
+        let samples: Vec<(f32, f32)> = self
+            .replicas
+            .iter()
+            .flat_map(|r| r.batcher.window_samples())
+            .collect();
+        crate::util::window::WindowStats::of(samples.iter().copied())
+    }
+
+    /// Each replica's view.
+    pub fn replica_views(&self) -> Vec<ReplicaView> {
+        let split = self.split();
+        self.replicas
+            .iter()
+            .zip(split)
+            .map(|(r, fraction)| r.view(fraction))
+            .collect()
+    }
+
+    /// The share it holds: its replicas' lanes' shares together.
+    pub fn share(&self) -> f64 {
+        self.replicas.iter().map(|r| r.lane.share()).sum()
     }
 
     /// A snapshot for the API.
@@ -363,15 +456,20 @@ impl LoadedService {
             layers: self.layers.clone(),
             slo_p99_ms: config.slo.p99_ms,
             timeout_ms: config.timeout_ms,
-            max_batch_size: self.batcher.max_batch_size(),
+            max_batch_size: self.max_batch_size(),
             max_queue_delay_ms: config.batching.max_queue_delay_ms,
             max_queue: config.max_queue,
-            queue_len: self.batcher.queue_len(),
-            share: self.lane.share(),
-            success_count: self.batcher.stats().success_count,
+            queue_len: self.queue_len(),
+            share: self.share(),
+            success_count: self.stats().success_count,
             origin: Some(self.origin.clone()),
             created_at: Some(format_rfc3339(self.created_at)),
-            precision: Some(self.precision),
+            precision: Some(self.primary().precision),
+            replicas: if self.replicas.len() > 1 {
+                self.replica_views()
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -269,18 +269,30 @@ impl Node {
         let ctl = self.control_snapshot();
         let n = self.device_count();
         let mut share_assigned = vec![0.0; n];
-        let svc_device: HashMap<String, DeviceId> = self
+        let svc_devices: HashMap<String, Vec<(DeviceId, f64)>> = self
             .ready_services()
             .iter()
-            .map(|s| (s.name().to_string(), self.device_of(&s.lane)))
+            .map(|s| {
+                // A failed device's lanes hold nothing there any more.
+                let on = s.replicas().iter().map(|r| {
+                    let held = if self.device_failed(r.device) {
+                        0.0
+                    } else {
+                        r.lane.share()
+                    };
+                    (r.device, held)
+                });
+                (s.name().to_string(), on.collect())
+            })
             .collect();
         let mut tenants = Vec::new();
         for view in self.service_views() {
-            let d = svc_device.get(&view.name).copied();
-            if let Some(d) = d {
-                share_assigned[d.index()] += view.share;
+            let on = svc_devices.get(&view.name).cloned().unwrap_or_default();
+            for &(d, share) in &on {
+                share_assigned[d.index()] += share;
             }
-            let device = d.map(|d| self.placement(d).name());
+            let names: Vec<String> = on.iter().map(|&(d, _)| self.placement(d).name()).collect();
+            let device = (!names.is_empty()).then(|| names.join("+"));
             tenants.push(service_tenant(&view, ctl.measures.get(&view.name), device));
         }
         for job in self.jobs() {
@@ -439,6 +451,7 @@ fn pending_view(
         origin: Some(ServiceOrigin::Config),
         created_at: None,
         precision: None,
+        replicas: Vec::new(),
     }
 }
 

@@ -56,6 +56,14 @@ impl Dispatcher {
         }
     }
 
+    /// Cuts replica `i` out of the split (its fraction to 0) without starting the counts
+    /// afresh: the others keep their parts relative to each other.
+    pub fn cut(&self, i: usize) {
+        if let Some(p) = self.parts.get(i) {
+            p.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The fractions in force.
     pub fn fractions(&self) -> Vec<f64> {
         self.parts

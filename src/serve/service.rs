@@ -188,6 +188,11 @@ impl InferenceService {
         lock(&self.shared.window).stats(Instant::now())
     }
 
+    /// The (queue, compute) seconds of the requests in the sliding window ending now.
+    pub(crate) fn window_samples(&self) -> Vec<(f32, f32)> {
+        lock(&self.shared.window).samples(Instant::now())
+    }
+
     /// Requests offered so far, refused ones included.
     pub fn arrivals(&self) -> u64 {
         self.shared.arrivals.load(Ordering::Relaxed)

@@ -14,6 +14,14 @@ pub struct PhaseNs {
     pub output_ns: u64,
 }
 
+impl PhaseNs {
+    fn add(&mut self, o: &PhaseNs) {
+        self.input_ns += o.input_ns;
+        self.infer_ns += o.infer_ns;
+        self.output_ns += o.output_ns;
+    }
+}
+
 /// Statistics of the batches of one size (Triton's `batch_stats`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct BatchSizeStats {
@@ -58,6 +66,32 @@ pub struct ServiceStats {
 }
 
 impl ServiceStats {
+    /// Adds `other`'s counts, times and histograms: the statistics of a service's replicas
+    /// together.
+    pub(crate) fn absorb(&mut self, other: &ServiceStats) {
+        self.success_count += other.success_count;
+        self.failure_count += other.failure_count;
+        self.success_rows += other.success_rows;
+        self.failure_rows += other.failure_rows;
+        self.rejected_count += other.rejected_count;
+        self.expired_count += other.expired_count;
+        self.batch_count += other.batch_count;
+        self.queue_ns += other.queue_ns;
+        self.compute.add(&other.compute);
+        if self.batch_sizes.len() < other.batch_sizes.len() {
+            self.batch_sizes
+                .resize(other.batch_sizes.len(), BatchSizeStats::default());
+        }
+        for (a, b) in self.batch_sizes.iter_mut().zip(&other.batch_sizes) {
+            a.count += b.count;
+            a.ns.add(&b.ns);
+        }
+        self.queue_hist.absorb(&other.queue_hist);
+        self.compute_hist.absorb(&other.compute_hist);
+        self.batch_hist.absorb(&other.batch_hist);
+        self.last_inference_ms = self.last_inference_ms.max(other.last_inference_ms);
+    }
+
     pub(super) fn new(batch_limit: usize) -> Self {
         ServiceStats {
             success_count: 0,

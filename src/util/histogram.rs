@@ -50,6 +50,25 @@ impl Histogram {
         self.observe_n(value, 1);
     }
 
+    /// Adds `other`'s observations (a histogram over the same bounds; one over others is
+    /// added by its buckets' upper bounds, its overflow as overflow).
+    pub(crate) fn absorb(&mut self, other: &Histogram) {
+        if std::ptr::eq(self.bounds, other.bounds) || self.bounds == other.bounds {
+            for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+                *a += b;
+            }
+            self.count += other.count;
+            self.sum += other.sum;
+            return;
+        }
+        let (count, sum) = (self.count + other.count, self.sum + other.sum);
+        for (i, &n) in other.counts.iter().enumerate() {
+            let at = other.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            self.observe_n(at, n);
+        }
+        (self.count, self.sum) = (count, sum);
+    }
+
     /// The upper bound of the bucket holding quantile `q` (so the true quantile is at most
     /// this), or None when empty. Infinite when it falls in the overflow bucket.
     #[cfg(test)]

@@ -89,12 +89,24 @@ impl LatencyWindow {
     /// Quantiles of the samples within the window ending at `now`.
     pub fn stats(&mut self, now: Instant) -> WindowStats {
         self.evict(now);
-        let n = self.samples.len();
+        WindowStats::of(self.samples.iter().map(|s| (s.1, s.2)))
+    }
+
+    /// The (queue, compute) seconds of the samples within the window ending at `now`.
+    pub(crate) fn samples(&mut self, now: Instant) -> Vec<(f32, f32)> {
+        self.evict(now);
+        self.samples.iter().map(|s| (s.1, s.2)).collect()
+    }
+}
+
+impl WindowStats {
+    /// Quantiles of (queue, compute) samples, those of several windows together.
+    pub(crate) fn of(samples: impl Iterator<Item = (f32, f32)> + Clone) -> Self {
         WindowStats {
-            count: n,
-            total: quantiles(self.samples.iter().map(|s| s.1 + s.2).collect()),
-            queue: quantiles(self.samples.iter().map(|s| s.1).collect()),
-            compute: quantiles(self.samples.iter().map(|s| s.2).collect()),
+            count: samples.clone().count(),
+            total: quantiles(samples.clone().map(|s| s.0 + s.1).collect()),
+            queue: quantiles(samples.clone().map(|s| s.0).collect()),
+            compute: quantiles(samples.map(|s| s.1).collect()),
         }
     }
 }

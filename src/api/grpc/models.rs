@@ -47,7 +47,7 @@ pub(crate) fn config(svc: &LoadedService) -> pb::ModelConfig {
                 pb::model_version_policy::Latest { num_versions: 1 },
             )),
         }),
-        max_batch_size: i32::try_from(svc.batcher.max_batch_size()).unwrap_or(i32::MAX),
+        max_batch_size: i32::try_from(svc.max_batch_size()).unwrap_or(i32::MAX),
         input: vec![pb::ModelInput {
             name: svc.io.input_name.clone(),
             data_type: fp32,

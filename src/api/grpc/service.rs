@@ -87,7 +87,7 @@ async fn run(
     deadline_us: Option<u64>,
 ) -> ApiResult<pb::ModelInferResponse> {
     // Shed first, as over HTTP: a full queue refuses before any decoding.
-    svc.batcher.check_room(1)?;
+    svc.check_room(1)?;
     let mut req = codec::decode_infer(msg, &svc.io)?;
     // The shorter of `parameters.timeout` and the call's deadline, named as the one it is
     // when it passes.

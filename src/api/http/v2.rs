@@ -93,7 +93,7 @@ fn config_json(svc: &LoadedService) -> Value {
         "name": svc.name(),
         "platform": "setpoint_mlp",
         "backend": "setpoint",
-        "max_batch_size": svc.batcher.max_batch_size(),
+        "max_batch_size": svc.max_batch_size(),
         "input": [{"name": svc.io.input_name, "data_type": "TYPE_FP32", "dims": [svc.io.features]}],
         "output": [{"name": svc.io.output_name, "data_type": "TYPE_FP32", "dims": [svc.io.classes]}],
         "dynamic_batching": {
@@ -314,7 +314,7 @@ async fn decode_and_run(
         .transpose()?;
     // Shed first: a request that finds the queue full is refused before any work is spent
     // decoding it, so refusals stay cheap however many come.
-    svc.batcher.check_room(1)?;
+    svc.check_room(1)?;
     let Decoded { req, rows } =
         decode_off_runtime(slots, svc, body, header_len, start + svc.timeout()).await?;
     let client_timeout = req.timeout_us.map(ClientTimeout::Parameter);

@@ -4,12 +4,10 @@
 //! admission measures them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::data::{LoadOptions, Normalizer};
 use crate::device::CpuBackend;
-use crate::device::fault::DeviceHealth;
 use crate::model::MlpParams;
 use crate::node::Placement;
 use crate::node::jobs::measure_step_cost;
@@ -114,7 +112,7 @@ fn measure_steps(layers: &[usize], data: &str, batch: usize) -> Option<f64> {
     c.batch_size = batch;
     c.optimizer = crate::config::OptimizerKind::Adam;
     c.lr = 1e-3;
-    let placement = Placement::Cpu(Arc::new(DeviceHealth::new("cpu")));
+    let placement = Placement::Cpu(crate::node::devices::CpuPart::whole());
     measure_step_cost(&c, &set, &placement)
         .ok()
         .map(|(_, cost, _)| cost)

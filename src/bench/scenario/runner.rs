@@ -149,7 +149,7 @@ pub(super) fn run_policy(
         starters.into_iter().filter_map(|h| h.join().ok()).collect();
 
     // Jobs' outcomes before the node stops them.
-    let used_core_s: f64 = svc.lane.usage().core_s
+    let used_core_s: f64 = svc.primary().lane.usage().core_s
         + node
             .jobs()
             .iter()
@@ -224,7 +224,11 @@ fn generate(
                 }
             }
             let late = t0.elapsed().as_secs_f64() - t;
-            let pending = svc.batcher.submit(rows[i % rows.len()].clone()).ok();
+            let pending = svc
+                .primary()
+                .batcher
+                .submit(rows[i % rows.len()].clone())
+                .ok();
             if tx.send((t, late, pending)).is_err() {
                 break;
             }
@@ -314,7 +318,7 @@ fn sample(
             .chain(d.jobs.iter().map(|x| (x.name.clone(), x.share)))
             .collect()
     } else {
-        std::iter::once((svc.name().to_string(), svc.lane.share()))
+        std::iter::once((svc.name().to_string(), svc.primary().lane.share()))
             .chain(
                 node.jobs()
                     .iter()
@@ -323,7 +327,7 @@ fn sample(
             )
             .collect()
     };
-    let enforced = svc.lane.is_enforced();
+    let enforced = svc.primary().lane.is_enforced();
     Sample {
         t_s: t0.elapsed().as_secs_f64(),
         shares: if enforced { shares } else { Vec::new() },
@@ -337,7 +341,7 @@ fn sample(
             .map_or(0.0, |m| m.arrival_rate),
         feed_forward: svc_decision.map(|d| d.feed_forward),
         cost_per_request_s: svc_decision.and_then(|d| d.cost_per_request_s),
-        batch_limit: svc.batcher.max_batch_size(),
+        batch_limit: svc.max_batch_size(),
     }
 }
 
@@ -409,7 +413,11 @@ fn warm_up(svc: &LoadedService, rows: &[Vec<f32>], rate: f64, seed: u64) {
         {
             std::thread::sleep(wait);
         }
-        if let Ok(p) = svc.batcher.submit(rows[pending.len() % rows.len()].clone()) {
+        if let Ok(p) = svc
+            .primary()
+            .batcher
+            .submit(rows[pending.len() % rows.len()].clone())
+        {
             pending.push(p);
         }
     }

@@ -40,6 +40,7 @@ const DEVICE_KEYS: &[&str] = &[
     "cpu_threads",
     "share_mechanism",
     "memory_limit_mib",
+    "cpu_split",
 ];
 const HTTP_KEYS: &[&str] = &[
     "header_read_timeout_ms",
@@ -62,6 +63,7 @@ const SERVICE_KEYS: &[&str] = &[
     "slo",
     "batching",
     "precision",
+    "replicas",
 ];
 const SLO_KEYS: &[&str] = &["p99_ms", "window_ms"];
 const BATCHING_KEYS: &[&str] = &["max_batch_size", "max_queue_delay_ms"];
@@ -347,6 +349,7 @@ fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {
         )
         .or(ShareMechanism::Auto);
     let memory_limit_mib = w.int::<u64>(t, "memory_limit_mib", 0, Some(1 << 24)).or(0);
+    let cpu_split = cpu_split(w, t);
     DeviceConfig {
         kind: kind.unwrap_or(DeviceKind::Auto),
         gpus: gpus.unwrap_or(GpuSelection::All),
@@ -354,7 +357,62 @@ fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {
         cpu_threads: cpu_threads.unwrap_or(0),
         share_mechanism: share_mechanism.unwrap_or(ShareMechanism::Auto),
         memory_limit_mib: memory_limit_mib.filter(|&m| m > 0),
+        cpu_split,
     }
+}
+
+/// Most parts `device.cpu_split` may cut the CPU into.
+const MAX_CPU_PARTS: usize = 16;
+
+/// `device.cpu_split`: fractions of the CPU's cores, each in (0, 1], together at most 1;
+/// empty when absent or wrong (reported).
+fn cpu_split(w: &mut Walker, t: &Tbl<'_>) -> Vec<f64> {
+    let key = t.key("cpu_split");
+    let items = match t.get("cpu_split") {
+        None => return Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(v) => {
+            w.issue(
+                key,
+                format!(
+                    "expected an array of fractions of the CPU such as [0.75, 0.25], got {}",
+                    kind(v)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut parts = Vec::with_capacity(items.len());
+    for (i, v) in items.iter().enumerate() {
+        let x = match v {
+            Value::Float(x) => Some(*x),
+            Value::Integer(x) => Some(*x as f64),
+            _ => None,
+        };
+        match x {
+            Some(x) if x > 0.0 && x <= 1.0 => parts.push(x),
+            _ => w.issue(
+                format!("{key}[{i}]"),
+                format!("expected a fraction in (0, 1], got {v}"),
+            ),
+        }
+    }
+    if parts.len() != items.len() {
+        return Vec::new();
+    }
+    let sum: f64 = parts.iter().sum();
+    if items.is_empty() || items.len() > MAX_CPU_PARTS || sum > 1.0 + 1e-9 {
+        w.issue(
+            key,
+            format!(
+                "expected 1 to {MAX_CPU_PARTS} fractions summing to at most 1, got {} summing \
+                 to {sum}",
+                items.len()
+            ),
+        );
+        return Vec::new();
+    }
+    parts
 }
 
 fn gpus(w: &mut Walker, t: &Tbl<'_>) -> Option<GpuSelection> {

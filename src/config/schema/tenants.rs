@@ -2,6 +2,7 @@
 //! batching, data specs and deadlines.
 
 use super::*;
+use crate::config::ReplicaSpec;
 use crate::device::Precision;
 
 /// Service and job names appear in URLs and file names.
@@ -107,6 +108,7 @@ pub(in crate::config) fn service(
     };
     let timeout_ms = timeout(w, t, p99_ms);
     let precision = precision(w, t);
+    let replicas = replicas(w, t);
     let empty = Table::new();
     let (max_batch_size, max_queue_delay_ms) = match w.section(t, "batching", &empty) {
         Some(b) => batching_section(w, &b, p99_ms),
@@ -130,7 +132,51 @@ pub(in crate::config) fn service(
             max_queue_delay_ms: max_queue_delay_ms.unwrap_or(defaults::MAX_QUEUE_DELAY_MS),
         },
         precision,
+        replicas,
     }
+}
+
+/// Most entries a service's `replicas` may have.
+const MAX_REPLICAS: usize = 16;
+
+/// A service's `replicas`: where its replicas run; empty (the default placement) when absent
+/// or wrong (reported).
+fn replicas(w: &mut Walker, t: &Tbl<'_>) -> Vec<ReplicaSpec> {
+    let key = t.key("replicas");
+    let items = match t.get("replicas") {
+        None => return Vec::new(),
+        Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_REPLICAS => a,
+        Some(v) => {
+            w.issue(
+                key,
+                format!(
+                    "expected an array of 1 to {MAX_REPLICAS} devices, each {}; got {v}",
+                    ReplicaSpec::ACCEPTED
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<ReplicaSpec> = Vec::with_capacity(items.len());
+    let mut bad = false;
+    for (i, v) in items.iter().enumerate() {
+        let spec = v.as_str().and_then(ReplicaSpec::parse);
+        match spec {
+            Some(s) if out.contains(&s) => {
+                w.issue(format!("{key}[{i}]"), format!("{s} is named twice"));
+                bad = true;
+            }
+            Some(s) => out.push(s),
+            None => {
+                w.issue(
+                    format!("{key}[{i}]"),
+                    format!("expected {}, got {v}", ReplicaSpec::ACCEPTED),
+                );
+                bad = true;
+            }
+        }
+    }
+    if bad { Vec::new() } else { out }
 }
 
 /// A service's `timeout_ms`: at least its SLO's p99, by default a multiple of it; `None`

@@ -157,8 +157,8 @@ impl Job {
             }
         };
         match &self.placement {
-            crate::node::Placement::Cpu(health) => {
-                match CpuBackend::with_health(health.clone(), self.lane.cores(), background) {
+            crate::node::Placement::Cpu(part) => {
+                match CpuBackend::with_health(part.health.clone(), self.lane.cores(), background) {
                     Ok(b) => self.train(b, &data),
                     Err(e) => self.fail(e.to_string()),
                 }
@@ -464,8 +464,8 @@ pub(crate) fn measure_step_cost(
     placement: &crate::node::Placement,
 ) -> Result<(usize, f64, Option<u64>), crate::train::TrainError> {
     match placement {
-        crate::node::Placement::Cpu(health) => {
-            let backend = CpuBackend::with_health(health.clone(), 1, false)?;
+        crate::node::Placement::Cpu(part) => {
+            let backend = CpuBackend::with_health(part.health.clone(), 1, false)?;
             let (steps, cost) = measure_on(backend, c, data, || {})?;
             Ok((steps, cost, None))
         }

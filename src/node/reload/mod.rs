@@ -271,7 +271,7 @@ impl Node {
         let slot = super::read(&self.registry.services).get(&cfg.name).cloned();
         match slot {
             None => {
-                self.load_service(cfg.clone(), None);
+                self.load_service(cfg.clone(), Vec::new());
                 report.services_added.push(cfg.name.clone());
             }
             Some(ServiceSlot::Ready(svc)) if svc.origin != ServiceOrigin::Config => {
@@ -282,7 +282,7 @@ impl Node {
                 ));
             }
             Some(ServiceSlot::Ready(svc)) if self.service_failure(&svc).is_some() => {
-                self.load_service(cfg.clone(), None);
+                self.load_service(cfg.clone(), Vec::new());
                 report.services_retried.push(cfg.name.clone());
             }
             Some(ServiceSlot::Ready(svc)) => self.change_serving(&svc, cfg, report),
@@ -291,7 +291,7 @@ impl Node {
                     let changes = json_diff(&current, cfg);
                     write(&self.registry.services)
                         .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
-                    self.load_service(cfg.clone(), None);
+                    self.load_service(cfg.clone(), Vec::new());
                     report.services_changed.push(ServiceChange {
                         name: cfg.name.clone(),
                         how: "replacing".into(),
@@ -302,7 +302,7 @@ impl Node {
             Some(ServiceSlot::Failed(..)) => {
                 write(&self.registry.services)
                     .insert(cfg.name.clone(), ServiceSlot::Loading(cfg.clone()));
-                self.load_service(cfg.clone(), None);
+                self.load_service(cfg.clone(), Vec::new());
                 report.services_retried.push(cfg.name.clone());
             }
         }
@@ -329,7 +329,10 @@ impl Node {
             svc.apply_live(cfg);
             "applied"
         } else {
-            self.load_service(cfg.clone(), Some(svc.lane.clone()));
+            self.load_service(
+                cfg.clone(),
+                svc.replicas().iter().map(|r| r.lane.clone()).collect(),
+            );
             "replacing"
         };
         report.services_changed.push(ServiceChange {

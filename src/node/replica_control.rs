@@ -1,0 +1,265 @@
+//! The control tick's part for services: each replica observed on its own device (where
+//! the arbiter gives it a share and a batch size like any service), and the split of a
+//! service's rows between its replicas decided from what they measured
+//! ([`crate::control::split`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::control::{ControlState, Prev, Round, ServiceMeasure, TenantKey, TickClock};
+use super::{DeviceId, LoadedService, Node, Replica};
+use crate::control::ServiceObs;
+use crate::control::split::{ReplicaObs, Split};
+
+/// The load a replica's capacity is planned at: below 1, so that its queue stays short.
+pub(crate) const LOAD_TARGET: f64 = 0.8;
+
+/// How much of a new measurement of a replica's cost per row is taken each period.
+const COST_GAIN: f64 = 0.3;
+
+/// The price of a device's share in the split: the CPU is filled before a GPU, whose
+/// share is what the node spends on its tenants.
+fn price(gpu: bool) -> f64 {
+    if gpu { 10.0 } else { 1.0 }
+}
+
+/// What the split remembers between periods.
+#[derive(Default)]
+pub(crate) struct SplitState {
+    /// Per service: the split's memory.
+    splits: HashMap<String, Split>,
+    /// Per replica (service, index): its cost per row, device-seconds (core-seconds on the
+    /// CPU), smoothed.
+    costs: HashMap<(String, usize), f64>,
+    /// Per replica: the rows it had answered and the requests waiting at the last tick.
+    seen: HashMap<(String, usize), (u64, usize)>,
+    /// Per replica: the rows per second it could serve within the SLO, as the split last
+    /// planned it (its capacity times its latency trim).
+    capacity: HashMap<(String, usize), f64>,
+    /// Per service: the split decided at the last tick, for the decision log.
+    pub(crate) last: HashMap<String, Vec<f64>>,
+}
+
+/// One replica over the last period.
+struct ReplicaPeriod {
+    rows: u64,
+    core_s: f64,
+    stalled: bool,
+}
+
+impl Node {
+    /// Observes service `svc`: its measure over every replica, and each replica as a
+    /// service on its device; then decides its split when it has more than one replica.
+    pub(super) fn observe_service(
+        &self,
+        st: &mut ControlState,
+        clock: &TickClock,
+        round: &mut Round,
+        svc: Arc<LoadedService>,
+    ) {
+        let name = svc.name().to_string();
+        let arrivals = svc.arrivals();
+        let success = svc.stats().success_rows;
+        let key = TenantKey::Service(name.clone());
+        let now = Prev {
+            arrivals,
+            steps: success,
+            core_s: 0.0,
+        };
+        // A service seen for the first time starts counting now: what it did before (a
+        // warm-up, a load test before the loop started) is not this period's load.
+        let prev = st.prev.insert(key, now).unwrap_or(now);
+        let measure = ServiceMeasure {
+            window: svc.window_stats(),
+            arrival_rate: arrivals.saturating_sub(prev.arrivals) as f64 / clock.period_s,
+            throughput: success.saturating_sub(prev.steps) as f64 / clock.period_s,
+        };
+        st.measures.insert(name.clone(), measure.clone());
+        let mut obs = Vec::with_capacity(svc.replicas().len());
+        for (i, r) in svc.replicas().iter().enumerate() {
+            let period = self.observe_replica(st, clock, round, &svc, i);
+            obs.push(self.replica_obs(st, &name, i, r, period));
+        }
+        if obs.len() > 1 {
+            let requests = svc.stats().success_count;
+            let rows_per_request = if requests > 0 {
+                (success as f64 / requests as f64).max(1.0)
+            } else {
+                1.0
+            };
+            let lambda = measure.arrival_rate * rows_per_request;
+            let slo_s = svc.config().slo.p99_ms / 1000.0;
+            let split = st.split.splits.entry(name.clone()).or_default();
+            let fractions = split.decide(&obs, lambda, slo_s);
+            for (i, o) in obs.iter().enumerate() {
+                let key = (name.clone(), i);
+                match (o.healthy, o.capacity_rows_per_s) {
+                    (true, Some(c)) => {
+                        let trim = split.trim(i).unwrap_or(1.0);
+                        st.split.capacity.insert(key, c * trim);
+                    }
+                    _ => {
+                        st.split.capacity.remove(&key);
+                    }
+                }
+            }
+            svc.set_split(&fractions);
+            st.split.last.insert(name, fractions);
+        }
+    }
+
+    /// Observes replica `i` of `svc` as a service on its device (unless the device failed:
+    /// its lane keeps its share and it is left out of the decisions) and returns what it
+    /// did over the period.
+    fn observe_replica(
+        &self,
+        st: &mut ControlState,
+        clock: &TickClock,
+        round: &mut Round,
+        svc: &Arc<LoadedService>,
+        i: usize,
+    ) -> Option<ReplicaPeriod> {
+        let r = &svc.replicas()[i];
+        let d = r.device;
+        let usage = r.lane.usage();
+        let arrivals = r.batcher.arrivals();
+        let rows = r.batcher.stats().success_rows;
+        let queue_len = r.batcher.queue_len();
+        let key = TenantKey::Replica(svc.name().to_string(), i);
+        let now = Prev {
+            arrivals,
+            steps: rows,
+            core_s: usage.core_s,
+        };
+        let prev = st.prev.insert(key, now).unwrap_or(now);
+        let seen_key = (svc.name().to_string(), i);
+        let (_, queued_before) = st
+            .split
+            .seen
+            .insert(seen_key, (rows, queue_len))
+            .unwrap_or_default();
+        let period = ReplicaPeriod {
+            rows: rows.saturating_sub(prev.steps),
+            core_s: (usage.core_s - prev.core_s).max(0.0),
+            stalled: queued_before > 0 && queue_len > 0 && rows == prev.steps,
+        };
+        r.set_rate(period.rows as f64 / clock.period_s);
+        round.used_core_s[d.index()] += period.core_s;
+        if self.device_failed(d) {
+            return None;
+        }
+        let config = svc.config();
+        let window = r.batcher.window_stats();
+        round.obs[d.index()].services.push(ServiceObs {
+            name: svc.name().to_string(),
+            slo_s: config.slo.p99_ms / 1000.0,
+            p99_s: (window.count > 0).then_some(window.total.p99),
+            arrival_rate: arrivals.saturating_sub(prev.arrivals) as f64 / clock.period_s,
+            queue_len,
+            batches: r.batcher.take_batch_log(),
+            calibration: r.batcher.take_calibration(),
+            batch_limit: config.batching.max_batch_size,
+            share: r.lane.share(),
+            // On the CPU one batcher thread can use one core at most; a GPU lane all of it.
+            max_share: self.service_max_share(d),
+            cores: self.capacity_of(d),
+        });
+        round.services[d.index()].push((svc.clone(), i));
+        Some(period)
+    }
+
+    /// Replica `i` of service `name` as the split sees it: its price, whether it answers,
+    /// the rows per second it could serve at the share it may have, and its latency.
+    fn replica_obs(
+        &self,
+        st: &mut ControlState,
+        name: &str,
+        i: usize,
+        r: &Replica,
+        period: Option<ReplicaPeriod>,
+    ) -> ReplicaObs {
+        let d: DeviceId = r.device;
+        let key = (name.to_string(), i);
+        let healthy = r.is_up() && period.as_ref().is_some_and(|p| !p.stalled);
+        if let Some(p) = period.as_ref().filter(|p| p.rows > 0 && p.core_s > 0.0) {
+            let cost = p.core_s / p.rows as f64;
+            st.split
+                .costs
+                .entry(key.clone())
+                .and_modify(|c| *c += COST_GAIN * (cost - *c))
+                .or_insert(cost);
+        }
+        let budget = self.service_max_share(d) * self.capacity_of(d);
+        let window = r.batcher.window_stats();
+        ReplicaObs {
+            price: price(self.placement(d).is_gpu()),
+            healthy,
+            capacity_rows_per_s: st.split.costs.get(&key).map(|c| LOAD_TARGET * budget / c),
+            p99_s: (window.count > 0).then_some(window.total.p99),
+        }
+    }
+}
+
+impl Node {
+    /// The last decisions on device `d` as admission weighs them: a service with replicas
+    /// elsewhere keeps on `d` only the share for the rows its other replicas could not take
+    /// (their capacity within the SLO less what they serve now), so a deadline job can be
+    /// admitted on a GPU because the service can overflow to the CPU. A replica whose
+    /// capacity is not measured yet counts for nothing.
+    pub(super) fn admission_decisions(&self, d: DeviceId) -> crate::control::Decisions {
+        let mut last = self.last_decisions_of(d);
+        let services = self.ready_services();
+        let st = crate::util::sync::lock(&self.control);
+        for dec in &mut last.services {
+            let Some(svc) = services.iter().find(|s| s.name() == dec.name) else {
+                continue;
+            };
+            let Some(here) = svc.replicas().iter().position(|r| r.device == d) else {
+                continue;
+            };
+            let spare: f64 = svc
+                .replicas()
+                .iter()
+                .enumerate()
+                .filter(|&(i, r)| i != here && r.is_up())
+                .filter_map(|(i, r)| {
+                    let cap = st.split.capacity.get(&(svc.name().to_string(), i))?;
+                    Some((cap - r.rate()).max(0.0))
+                })
+                .sum();
+            dec.requested *= kept(svc.replicas()[here].rate(), spare);
+        }
+        last
+    }
+}
+
+/// The part of a replica's share admission keeps committed when it serves `rate` rows per
+/// second and its service's other replicas could take `spare` more within the SLO.
+fn kept(rate: f64, spare: f64) -> f64 {
+    if rate > 0.0 {
+        ((rate - spare) / rate).clamp(0.0, 1.0)
+    } else if spare > 0.0 {
+        0.0
+    } else {
+        1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_keeps_only_the_share_for_rows_the_other_replicas_cannot_take() {
+        assert_eq!(kept(1000.0, 0.0), 1.0, "no spare elsewhere: all of it");
+        assert_eq!(kept(1000.0, 250.0), 0.75);
+        assert_eq!(kept(1000.0, 4000.0), 0.0, "the others could take every row");
+        assert_eq!(kept(0.0, 10.0), 0.0, "idle here, room elsewhere");
+        assert_eq!(kept(0.0, 0.0), 1.0, "nothing known: as committed");
+    }
+
+    #[test]
+    fn the_cpu_is_filled_before_a_gpu() {
+        assert!(price(false) < price(true));
+    }
+}

@@ -1,0 +1,188 @@
+//! A service with replicas on two devices: the CPU split into a larger and a smaller part
+//! (`device.cpu_split`) as stand-ins for a fast and a slow device. The daemon runs in this
+//! process with its own control loop; requests go over HTTP. What each replica answered is
+//! read from `/v1/services/NAME`, which shows every replica.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+#[path = "support/daemon.rs"]
+mod support;
+use support::Daemon;
+
+/// Two replicas, the smaller part named first: between equals the split fills the one named
+/// first, so a light load goes to `cpu:1` once both are measured.
+fn config(split: &str, replicas: &str) -> String {
+    format!(
+        r#"
+control_period_ms = 50
+[device]
+kind = "cpu"
+cpu_threads = 2
+cpu_split = {split}
+[[services]]
+name = "mlp"
+layers = [16, 64, 4]
+replicas = {replicas}
+slo = {{ p99_ms = 50 }}
+"#
+    )
+}
+
+fn infer(d: &Daemon) -> u16 {
+    let row: Vec<f32> = (0..16).map(|j| j as f32 * 0.1 - 0.8).collect();
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": row}]});
+    d.send("POST", "/v2/models/mlp/infer", &body).0
+}
+
+/// Each replica's view, by device name.
+fn replicas(d: &Daemon) -> Vec<Value> {
+    let (status, view) = d.get("/v1/services/mlp");
+    assert_eq!(status, 200, "{view}");
+    view["replicas"].as_array().cloned().unwrap_or_default()
+}
+
+fn rows(d: &Daemon, device: &str) -> u64 {
+    replicas(d)
+        .iter()
+        .find(|r| r["device"] == device)
+        .and_then(|r| r["rows"].as_u64())
+        .unwrap_or_else(|| panic!("no replica on {device}: {:?}", replicas(d)))
+}
+
+#[test]
+fn a_service_runs_a_replica_on_each_device_it_names_and_status_shows_them() {
+    let d = Daemon::start(&config("[0.75, 0.25]", r#"["cpu:1", "cpu:0"]"#));
+    d.wait_ready();
+    let r = replicas(&d);
+    let devices: Vec<&str> = r.iter().map(|x| x["device"].as_str().unwrap()).collect();
+    assert_eq!(devices, ["cpu:1", "cpu:0"], "{r:?}");
+    let (_, status) = d.get("/v1/status");
+    let names: Vec<&str> = status["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cpu:0", "cpu:1"], "{status}");
+    let tenant = &status["tenants"][0];
+    assert_eq!(tenant["device"], "cpu:1+cpu:0", "{tenant}");
+    let (_, metrics) = d.get("/metrics");
+    let metrics = metrics.as_str().unwrap().to_string();
+    for family in [
+        "setpoint_replica_share",
+        "setpoint_replica_rows_fraction",
+        "setpoint_replica_rows_per_second",
+    ] {
+        for device in ["cpu:0", "cpu:1"] {
+            let sample = format!("{family}{{service=\"mlp\",device=\"{device}\"}} ");
+            assert!(
+                metrics.contains(&sample),
+                "{sample} missing from:\n{metrics}"
+            );
+        }
+    }
+    assert!(
+        metrics.contains("setpoint_replica_up{service=\"mlp\",device=\"cpu:1\"} 1"),
+        "{metrics}"
+    );
+    // The smaller part offers half a core: a service's lane there may use all of it.
+    assert!(
+        status["device_note"]
+            .as_str()
+            .unwrap()
+            .contains("the CPU split into cpu:0 (75 %), cpu:1 (25 %)"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_failed_replica_gets_no_rows_and_the_service_keeps_answering() {
+    let d = Daemon::start(&config("[0.5, 0.5]", r#"["cpu:1", "cpu:0"]"#));
+    d.wait_ready();
+    // A light load settles on the replica named first (cpu:1), once both are measured
+    // (the other was probed with a few rows).
+    d.poll(
+        Duration::from_secs(30),
+        "the split to settle on cpu:1",
+        || {
+            for _ in 0..20 {
+                assert_eq!(infer(&d), 200);
+            }
+            let ticks = d.get("/v1/status").1["control_ticks"].as_u64().unwrap();
+            let r = replicas(&d);
+            let settled = ticks >= 10
+                && r[0]["fraction"].as_f64().unwrap() > 0.9
+                && r[1]["rows"].as_u64().unwrap() > 0;
+            settled.then_some(())
+        },
+    );
+    let before = (rows(&d, "cpu:1"), rows(&d, "cpu:0"));
+    assert!(before.0 > 0, "{before:?}");
+    let (status, drill) = d.send("POST", "/v1/devices/cpu:1/fail", &Value::Null);
+    assert_eq!(status, 200, "{drill}");
+    // Every request is answered, by the replica left; the failed one takes none.
+    for _ in 0..100 {
+        assert_eq!(infer(&d), 200);
+    }
+    assert_eq!(rows(&d, "cpu:1"), before.0);
+    assert_eq!(rows(&d, "cpu:0"), before.1 + 100);
+    let r = replicas(&d);
+    assert_eq!(r[0]["up"], false, "{r:?}");
+    assert_eq!(r[1]["up"], true, "{r:?}");
+    // The next control period gives it no part of the rows, and the node stays ready: the
+    // service still has a working replica.
+    d.poll(Duration::from_secs(10), "the split to drop cpu:1", || {
+        (replicas(&d)[0]["fraction"].as_f64() == Some(0.0)).then_some(())
+    });
+    assert_eq!(d.get("/v2/health/ready").0, 200);
+    let (_, view) = d.get("/v1/services/mlp");
+    assert_eq!(view["state"], "ready", "{view}");
+}
+
+#[test]
+fn replicas_naming_a_device_the_node_lacks_are_refused_with_the_devices_it_has() {
+    let d = Daemon::start(&config("[0.5, 0.5]", r#"["cpu:0"]"#));
+    d.wait_ready();
+    let ckpt = d.node.state_dir().join("model.ckpt");
+    setpoint::model::checkpoint::Checkpoint {
+        params: setpoint::model::MlpParams::init(&[4, 8, 3], 1).unwrap(),
+        normalizer: setpoint::data::Normalizer::identity(4),
+        training: None,
+    }
+    .save(&ckpt)
+    .unwrap();
+    let service = |name: &str, replicas: Value| json!({"name": name, "checkpoint": ckpt, "replicas": replicas, "slo": {"p99_ms": 10}});
+    let body = service("other", json!(["cuda:0", "cpu:1"]));
+    let (status, err) = d.send("POST", "/v1/services", &body);
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(
+        err["error"],
+        "replicas: this node has no device cuda:0 (it has cpu:0, cpu:1)"
+    );
+    let body = service("other", json!(["tpu"]));
+    let (status, err) = d.send("POST", "/v1/services", &body);
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("replicas[0]: expected \"gpu\""),
+        "{err}"
+    );
+    // Only GPUs named, on a node without one: the service runs where it would by default.
+    let (status, view) = d.send("POST", "/v1/services", &service("portable", json!(["gpu"])));
+    assert_eq!(status, 201, "{view}");
+    // Two replicas added over the API; each answers.
+    let (status, view) = d.send("POST", "/v1/services", &service("both", json!(["cpu:*"])));
+    assert_eq!(status, 201, "{view}");
+    let devices: Vec<&str> = view["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, ["cpu:0", "cpu:1"], "{view}");
+}
