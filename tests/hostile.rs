@@ -110,13 +110,7 @@ fn a_service_that_cannot_be_recorded_is_not_added() {
     let d = Daemon::start("");
     let dir = d.node.state_dir().to_path_buf();
     let ckpt = dir.join("model.ckpt");
-    setpoint::model::checkpoint::Checkpoint {
-        params: setpoint::model::MlpParams::init(&[4, 8, 3], 1).unwrap(),
-        normalizer: setpoint::data::Normalizer::identity(4),
-        training: None,
-    }
-    .save(&ckpt)
-    .unwrap();
+    daemon::write_checkpoint(&ckpt, &[4, 8, 3]);
     // services/ becomes a file: nothing can be written under it, whoever runs the test.
     std::fs::remove_dir_all(dir.join("services")).unwrap();
     std::fs::write(dir.join("services"), b"").unwrap();

@@ -12,18 +12,7 @@ mod daemon;
 mod promtool;
 use daemon::Daemon;
 
-const SERVICE: &str = r#"
-[[services]]
-name = "mlp"
-layers = [8, 16, 3]
-seed = 3
-max_queue = 64
-[services.slo]
-p99_ms = 50
-[services.batching]
-max_batch_size = 8
-max_queue_delay_ms = 1
-"#;
+use daemon::SERVICE;
 
 fn row(i: usize) -> Vec<f32> {
     (0..8).map(|j| ((i * 8 + j) % 7) as f32 - 3.0).collect()

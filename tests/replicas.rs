@@ -88,7 +88,7 @@ fn a_service_runs_a_replica_on_each_device_it_names_and_status_shows_them() {
         metrics.contains("setpoint_replica_up{service=\"mlp\",device=\"cpu:1\"} 1"),
         "{metrics}"
     );
-    // The smaller part offers half a core: a service's lane there may use all of it.
+    // The status note names the parts and their fractions.
     assert!(
         status["device_note"]
             .as_str()
@@ -147,13 +147,7 @@ fn replicas_naming_a_device_the_node_lacks_are_refused_with_the_devices_it_has()
     let d = Daemon::start(&config("[0.5, 0.5]", r#"["cpu:0"]"#));
     d.wait_ready();
     let ckpt = d.node.state_dir().join("model.ckpt");
-    setpoint::model::checkpoint::Checkpoint {
-        params: setpoint::model::MlpParams::init(&[4, 8, 3], 1).unwrap(),
-        normalizer: setpoint::data::Normalizer::identity(4),
-        training: None,
-    }
-    .save(&ckpt)
-    .unwrap();
+    support::write_checkpoint(&ckpt, &[4, 8, 3]);
     let service = |name: &str, replicas: Value| json!({"name": name, "checkpoint": ckpt, "replicas": replicas, "slo": {"p99_ms": 10}});
     let body = service("other", json!(["cuda:0", "cpu:1"]));
     let (status, err) = d.send("POST", "/v1/services", &body);

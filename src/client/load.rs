@@ -175,10 +175,16 @@ fn run_level(
     let mut handles = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
         let row = v2::random_rows(1, info.features, spec.seed.wrapping_add(w as u64));
-        let (target, info) = (target.clone(), info.clone());
+        let plan = load_proto::WorkerPlan {
+            target: target.clone(),
+            info: info.clone(),
+            row,
+            warm_end,
+            end,
+        };
         let h = std::thread::Builder::new()
             .name(format!("bench-{}-{w}", protocol.as_str()))
-            .spawn(move || load_proto::worker(protocol, target, info, row, warm_end, end))
+            .spawn(move || load_proto::worker(protocol, plan))
             .map_err(|e| ClientError::Input(format!("cannot start bench thread: {e}")))?;
         handles.push(h);
     }

@@ -93,36 +93,43 @@ impl WorkerResult {
     }
 }
 
-/// Runs one worker of `protocol` against `target` with `row` until `end`, counting what
-/// starts after `warm_end` and finishes by `end`.
-pub(crate) fn worker(
-    protocol: Protocol,
-    target: Target,
-    info: ModelInfo,
-    row: Vec<f32>,
-    warm_end: Instant,
-    end: Instant,
-) -> WorkerResult {
-    match protocol {
-        Protocol::Json | Protocol::Binary => {
-            http_worker(protocol, target, info, row, warm_end, end)
-        }
-        Protocol::Grpc => grpc_worker(target, info, row, warm_end, end),
+/// What one worker sends, where, and when it counts.
+pub(crate) struct WorkerPlan {
+    /// Where it sends.
+    pub target: Target,
+    /// The model.
+    pub info: ModelInfo,
+    /// The row every request carries.
+    pub row: Vec<f32>,
+    /// Requests that start before this are the warm-up, not counted.
+    pub warm_end: Instant,
+    /// It stops here; requests that finish later are not counted.
+    pub end: Instant,
+}
+
+impl WorkerPlan {
+    /// Whether a request that ran from `t0` to `t1` is counted.
+    fn counts(&self, t0: Instant, t1: Instant) -> bool {
+        t0 >= self.warm_end && t1 <= self.end
     }
 }
 
-fn http_worker(
-    protocol: Protocol,
-    target: Target,
-    info: ModelInfo,
-    row: Vec<f32>,
-    warm_end: Instant,
-    end: Instant,
-) -> WorkerResult {
+/// Runs one worker of `protocol` by `plan` until its end.
+pub(crate) fn worker(protocol: Protocol, plan: WorkerPlan) -> WorkerResult {
+    match protocol {
+        Protocol::Json | Protocol::Binary => http_worker(protocol, plan),
+        Protocol::Grpc => grpc_worker(plan),
+    }
+}
+
+fn http_worker(protocol: Protocol, plan: WorkerPlan) -> WorkerResult {
+    let WorkerPlan {
+        target, info, row, ..
+    } = &plan;
     let req = match protocol {
-        Protocol::Binary => v2::binary_request(&info, &row, 1),
+        Protocol::Binary => v2::binary_request(info, row, 1),
         _ => v2::EncodedRequest {
-            body: v2::json_request(&info, &row, 1, false),
+            body: v2::json_request(info, row, 1, false),
             header_len: None,
         },
     };
@@ -134,7 +141,7 @@ fn http_worker(
     };
     loop {
         let t0 = Instant::now();
-        if t0 >= end {
+        if t0 >= plan.end {
             break;
         }
         let post = headers
@@ -145,7 +152,7 @@ fn http_worker(
             resp.body_mut().read_to_vec().map(|_| status)
         });
         let t1 = Instant::now();
-        let counted = t0 >= warm_end && t1 <= end;
+        let counted = plan.counts(t0, t1);
         let outcome = match outcome {
             Ok(200) => Ok(()),
             Ok(status) => Err(status.to_string()),
@@ -180,15 +187,9 @@ fn grpc_request(info: &ModelInfo, row: &[f32]) -> pb::ModelInferRequest {
     }
 }
 
-fn grpc_worker(
-    target: Target,
-    info: ModelInfo,
-    row: Vec<f32>,
-    warm_end: Instant,
-    end: Instant,
-) -> WorkerResult {
+fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
     let mut r = WorkerResult::default();
-    let Some(endpoint) = target.grpc.clone() else {
+    let Some(endpoint) = plan.target.grpc.clone() else {
         r.errors.insert("no gRPC endpoint".into(), 1);
         return r;
     };
@@ -217,11 +218,11 @@ fn grpc_worker(
                 return r;
             }
         };
-        let req = grpc_request(&info, &row);
+        let req = grpc_request(&plan.info, &plan.row);
         r.latencies_ns.reserve(4096);
         loop {
             let t0 = Instant::now();
-            if t0 >= end {
+            if t0 >= plan.end {
                 break;
             }
             let outcome = client.model_infer(req.clone()).await;
@@ -230,7 +231,7 @@ fn grpc_worker(
             if outcome.is_err() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            r.record(t0 >= warm_end && t1 <= end, t1 - t0, outcome);
+            r.record(plan.counts(t0, t1), t1 - t0, outcome);
         }
         r
     })

@@ -277,6 +277,23 @@ impl Walker {
         }
     }
 
+    /// The array at `key`, reporting anything else as not `expected`.
+    pub(crate) fn array<'a>(
+        &mut self,
+        t: &Tbl<'a>,
+        key: &str,
+        expected: &str,
+    ) -> Field<&'a Vec<Value>> {
+        match t.get(key) {
+            None => Field::Absent,
+            Some(Value::Array(a)) => Field::Ok(a),
+            Some(v) => {
+                self.wrong_type(t.key(key), expected, v);
+                Field::Bad
+            }
+        }
+    }
+
     /// An array of integers each in `lo..=hi`; element problems are reported at `key[i]`.
     pub(crate) fn int_array<T: TryFrom<i64>>(
         &mut self,
@@ -285,13 +302,10 @@ impl Walker {
         lo: i64,
         hi: Option<i64>,
     ) -> Field<Vec<T>> {
-        let items = match t.get(key) {
-            None => return Field::Absent,
-            Some(Value::Array(a)) => a,
-            Some(v) => {
-                self.wrong_type(t.key(key), "an array of integers", v);
-                return Field::Bad;
-            }
+        let items = match self.array(t, key, "an array of integers") {
+            Field::Ok(a) => a,
+            Field::Absent => return Field::Absent,
+            Field::Bad => return Field::Bad,
         };
         let mut out = Vec::with_capacity(items.len());
         let mut bad = false;

@@ -31,8 +31,9 @@ pub(crate) struct SplitState {
     /// Per replica (service, index): its cost per row, device-seconds (core-seconds on the
     /// CPU), smoothed.
     costs: HashMap<(String, usize), f64>,
-    /// Per replica: the rows it had answered and the requests waiting at the last tick.
-    seen: HashMap<(String, usize), (u64, usize)>,
+    /// Per replica: the requests waiting at the last tick (the rows it had answered are in
+    /// the control state's `prev`).
+    queued: HashMap<(String, usize), usize>,
     /// Per replica: the rows per second it could serve within the SLO, as the split last
     /// planned it (its capacity times its latency trim).
     capacity: HashMap<(String, usize), f64>,
@@ -45,6 +46,8 @@ struct ReplicaPeriod {
     rows: u64,
     core_s: f64,
     stalled: bool,
+    /// p99 of its latency window, seconds; None without samples.
+    p99_s: Option<f64>,
 }
 
 impl Node {
@@ -59,7 +62,9 @@ impl Node {
     ) {
         let name = svc.name().to_string();
         let arrivals = svc.arrivals();
-        let success = svc.stats().success_rows;
+        // Every replica's statistics merged once: rows and requests answered.
+        let stats = svc.stats();
+        let success = stats.success_rows;
         let key = TenantKey::Service(name.clone());
         let now = Prev {
             arrivals,
@@ -81,7 +86,7 @@ impl Node {
             obs.push(self.replica_obs(st, &name, i, r, period));
         }
         if obs.len() > 1 {
-            let requests = svc.stats().success_count;
+            let requests = stats.success_count;
             let rows_per_request = if requests > 0 {
                 (success as f64 / requests as f64).max(1.0)
             } else {
@@ -132,28 +137,30 @@ impl Node {
             core_s: usage.core_s,
         };
         let prev = st.prev.insert(key, now).unwrap_or(now);
-        let seen_key = (svc.name().to_string(), i);
-        let (_, queued_before) = st
+        let queued_before = st
             .split
-            .seen
-            .insert(seen_key, (rows, queue_len))
+            .queued
+            .insert((svc.name().to_string(), i), queue_len)
             .unwrap_or_default();
-        let period = ReplicaPeriod {
-            rows: rows.saturating_sub(prev.steps),
-            core_s: (usage.core_s - prev.core_s).max(0.0),
-            stalled: queued_before > 0 && queue_len > 0 && rows == prev.steps,
-        };
-        r.set_rate(period.rows as f64 / clock.period_s);
-        round.used_core_s[d.index()] += period.core_s;
+        let rows_now = rows.saturating_sub(prev.steps);
+        let core_s = (usage.core_s - prev.core_s).max(0.0);
+        r.set_rate(rows_now as f64 / clock.period_s);
+        round.used_core_s[d.index()] += core_s;
         if self.device_failed(d) {
             return None;
         }
-        let config = svc.config();
         let window = r.batcher.window_stats();
+        let period = ReplicaPeriod {
+            rows: rows_now,
+            core_s,
+            stalled: queued_before > 0 && queue_len > 0 && rows == prev.steps,
+            p99_s: (window.count > 0).then_some(window.total.p99),
+        };
+        let config = svc.config();
         round.obs[d.index()].services.push(ServiceObs {
             name: svc.name().to_string(),
             slo_s: config.slo.p99_ms / 1000.0,
-            p99_s: (window.count > 0).then_some(window.total.p99),
+            p99_s: period.p99_s,
             arrival_rate: arrivals.saturating_sub(prev.arrivals) as f64 / clock.period_s,
             queue_len,
             batches: r.batcher.take_batch_log(),
@@ -190,12 +197,11 @@ impl Node {
                 .or_insert(cost);
         }
         let budget = self.service_max_share(d) * self.capacity_of(d);
-        let window = r.batcher.window_stats();
         ReplicaObs {
             price: price(self.placement(d).is_gpu()),
             healthy,
             capacity_rows_per_s: st.split.costs.get(&key).map(|c| LOAD_TARGET * budget / c),
-            p99_s: (window.count > 0).then_some(window.total.p99),
+            p99_s: period.and_then(|p| p.p99_s),
         }
     }
 }

@@ -47,46 +47,28 @@ impl Replica {
         (device, placement): (DeviceId, &Placement),
     ) -> Result<Self, ServiceBuildError> {
         let start_err = |e: String| ServiceBuildError::Start(format!("service {}: {e}", cfg.name));
-        let precision;
-        let batcher = match placement {
+        let (batcher, precision) = match placement {
             // One worker: a batch split over several threads stalls whenever one of them is
             // descheduled, and latency lanes share their cores with everything else; measured
             // in the co-location scenario, two workers made the tail worse than one.
-            Placement::Cpu(part) => {
-                let backend = CpuBackend::with_health(part.health.clone(), 1, false)
-                    .map_err(|e| start_err(e.to_string()))?;
-                backend.set_precision(
-                    cfg.precision
-                        .unwrap_or(backend.default_precision(Work::Serving)),
-                );
-                precision = backend.precision();
-                InferenceService::start_in_lane(
-                    &cfg.name,
-                    backend,
-                    model,
-                    batch,
-                    Some(lane.clone()),
-                )
-            }
+            Placement::Cpu(part) => serve_on(
+                cfg,
+                CpuBackend::with_health(part.health.clone(), 1, false)
+                    .map_err(|e| start_err(e.to_string()))?,
+                model,
+                batch,
+                &lane,
+            ),
             // On a GPU a service is a stream at the device's greatest priority, so its
             // kernels are scheduled ahead of training's queued blocks.
-            Placement::Cuda(dev) => {
-                let backend = dev
-                    .lane_backend(crate::device::cuda::StreamPriority::Highest)
-                    .map_err(|e| start_err(e.to_string()))?;
-                backend.set_precision(
-                    cfg.precision
-                        .unwrap_or(backend.default_precision(Work::Serving)),
-                );
-                precision = backend.precision();
-                InferenceService::start_in_lane(
-                    &cfg.name,
-                    backend,
-                    model,
-                    batch,
-                    Some(lane.clone()),
-                )
-            }
+            Placement::Cuda(dev) => serve_on(
+                cfg,
+                dev.lane_backend(crate::device::cuda::StreamPriority::Highest)
+                    .map_err(|e| start_err(e.to_string()))?,
+                model,
+                batch,
+                &lane,
+            ),
         }
         .map_err(|e| ServiceBuildError::Start(e.to_string()))?;
         Ok(Replica {
@@ -103,7 +85,7 @@ impl Replica {
     /// Whether it can take rows: its device has not failed and its batcher accepts them
     /// (one atomic load each).
     pub fn is_up(&self) -> bool {
-        !self.health.is_failed() && self.batcher.check_room(0).is_ok()
+        !self.health.is_failed() && self.batcher.is_accepting()
     }
 
     /// Records the rows it answered per second over the last control period.
@@ -132,6 +114,24 @@ impl Replica {
             precision: self.precision,
         }
     }
+}
+
+/// Starts `cfg`'s batcher on `backend` in `lane`, in the precision `cfg` asks for (else
+/// the backend's default for serving); returns it with that precision.
+fn serve_on<B: Backend + 'static>(
+    cfg: &ServiceConfig,
+    backend: B,
+    model: ServedModel,
+    batch: BatchConfig,
+    lane: &Arc<Lane>,
+) -> Result<(InferenceService, Precision), crate::serve::ServeError> {
+    backend.set_precision(
+        cfg.precision
+            .unwrap_or(backend.default_precision(Work::Serving)),
+    );
+    let precision = backend.precision();
+    InferenceService::start_in_lane(&cfg.name, backend, model, batch, Some(lane.clone()))
+        .map(|b| (b, precision))
 }
 
 /// One replica as status shows it.

@@ -36,11 +36,6 @@ impl Dispatcher {
         }
     }
 
-    /// How many replicas it chooses between.
-    pub fn replicas(&self) -> usize {
-        self.parts.len()
-    }
-
     /// Sets the fractions (one per replica; missing ones count as 0, negative or not-a-number
     /// ones as 0; they need not sum to 1) and starts counting rows afresh.
     pub fn set(&self, fractions: &[f64]) {

@@ -188,6 +188,11 @@ impl InferenceService {
         lock(&self.shared.window).stats(Instant::now())
     }
 
+    /// Whether it takes requests (it is not stopping).
+    pub(crate) fn is_accepting(&self) -> bool {
+        self.shared.accepting.load(Ordering::Acquire)
+    }
+
     /// The (queue, compute) seconds of the requests in the sliding window ending now.
     pub(crate) fn window_samples(&self) -> Vec<(f32, f32)> {
         lock(&self.shared.window).samples(Instant::now())

@@ -112,7 +112,7 @@ impl InferenceService {
     /// room for `rows` more rows now: a caller can shed a request this way before it spends
     /// work on decoding it. Room found here is not reserved.
     pub(crate) fn check_room(&self, rows: usize) -> Result<(), ServeError> {
-        if !self.shared.accepting.load(Ordering::Acquire) {
+        if !self.is_accepting() {
             return Err(ServeError::ShuttingDown {
                 service: self.shared.name.clone(),
             });

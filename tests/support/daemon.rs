@@ -9,6 +9,32 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use setpoint::node::Node;
 
+/// One small service (8 inputs, 3 classes, queue of 64, batches of up to 8) for API tests.
+pub const SERVICE: &str = r#"
+[[services]]
+name = "mlp"
+layers = [8, 16, 3]
+seed = 3
+max_queue = 64
+[services.slo]
+p99_ms = 50
+[services.batching]
+max_batch_size = 8
+max_queue_delay_ms = 1
+"#;
+
+/// Writes a checkpoint of a freshly initialised `layers` model (seed 1, no normalisation) to
+/// `path`, for a service added over the API.
+pub fn write_checkpoint(path: &std::path::Path, layers: &[usize]) {
+    setpoint::model::checkpoint::Checkpoint {
+        params: setpoint::model::MlpParams::init(layers, 1).unwrap(),
+        normalizer: setpoint::data::Normalizer::identity(layers[0]),
+        training: None,
+    }
+    .save(path)
+    .unwrap();
+}
+
 /// A daemon serving on a free loopback port, stopped on drop.
 pub struct Daemon {
     pub url: String,

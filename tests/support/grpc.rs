@@ -11,18 +11,7 @@ use tonic::transport::Channel;
 
 use crate::daemon::Daemon;
 
-pub const SERVICE: &str = r#"
-[[services]]
-name = "mlp"
-layers = [8, 16, 3]
-seed = 3
-max_queue = 64
-[services.slo]
-p99_ms = 50
-[services.batching]
-max_batch_size = 8
-max_queue_delay_ms = 1
-"#;
+pub use crate::daemon::SERVICE;
 
 pub type Client = GrpcInferenceServiceClient<Channel>;
 

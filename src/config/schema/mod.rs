@@ -368,19 +368,12 @@ const MAX_CPU_PARTS: usize = 16;
 /// empty when absent or wrong (reported).
 fn cpu_split(w: &mut Walker, t: &Tbl<'_>) -> Vec<f64> {
     let key = t.key("cpu_split");
-    let items = match t.get("cpu_split") {
-        None => return Vec::new(),
-        Some(Value::Array(a)) => a,
-        Some(v) => {
-            w.issue(
-                key,
-                format!(
-                    "expected an array of fractions of the CPU such as [0.75, 0.25], got {}",
-                    kind(v)
-                ),
-            );
-            return Vec::new();
-        }
+    let Field::Ok(items) = w.array(
+        t,
+        "cpu_split",
+        "an array of fractions of the CPU such as [0.75, 0.25]",
+    ) else {
+        return Vec::new();
     };
     let mut parts = Vec::with_capacity(items.len());
     for (i, v) in items.iter().enumerate() {

@@ -143,20 +143,20 @@ const MAX_REPLICAS: usize = 16;
 /// or wrong (reported).
 fn replicas(w: &mut Walker, t: &Tbl<'_>) -> Vec<ReplicaSpec> {
     let key = t.key("replicas");
-    let items = match t.get("replicas") {
-        None => return Vec::new(),
-        Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_REPLICAS => a,
-        Some(v) => {
-            w.issue(
-                key,
-                format!(
-                    "expected an array of 1 to {MAX_REPLICAS} devices, each {}; got {v}",
-                    ReplicaSpec::ACCEPTED
-                ),
-            );
-            return Vec::new();
-        }
+    let expected = format!(
+        "an array of 1 to {MAX_REPLICAS} devices, each {}",
+        ReplicaSpec::ACCEPTED
+    );
+    let Field::Ok(items) = w.array(t, "replicas", &expected) else {
+        return Vec::new();
     };
+    if items.is_empty() || items.len() > MAX_REPLICAS {
+        w.issue(
+            key,
+            format!("expected {expected}, got {} entries", items.len()),
+        );
+        return Vec::new();
+    }
     let mut out: Vec<ReplicaSpec> = Vec::with_capacity(items.len());
     let mut bad = false;
     for (i, v) in items.iter().enumerate() {
