@@ -653,3 +653,38 @@ fn each_device_is_arbitrated_on_its_own_and_tenants_are_kept_across_devices() {
     assert_eq!(moved[0].jobs[0].name, "b");
     assert!(moved[1].jobs.is_empty() && moved[1].services.is_empty());
 }
+
+#[test]
+fn a_service_on_two_devices_has_a_loop_on_each() {
+    // Replicas of one service: 300 requests/s reach the first device, none the second. Each
+    // loop follows its own device's load, so the idle replica drifts down to the floor while
+    // the loaded one holds what its load needs.
+    let mut ctrl = Controller::new(ControlConfig::default());
+    let (mut busy, mut idle) = (ServicePlant::new(0.002), ServicePlant::new(0.002));
+    let (mut s0, mut s1) = (0.05, 0.5);
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        busy.step(s0, 300.0);
+        idle.step(s1, 0.0);
+        last = ctrl.tick_devices(&[
+            Observations {
+                services: vec![busy.obs(s0, 300.0)],
+                ..Default::default()
+            },
+            Observations {
+                // No request, no latency sample.
+                services: vec![ServiceObs {
+                    p99_s: None,
+                    ..idle.obs(s1, 0.0)
+                }],
+                ..Default::default()
+            },
+        ]);
+        s0 = last[0].services[0].share;
+        s1 = last[1].services[0].share;
+    }
+    // 300/s at 2 ms is 0.6 core: 0.3 of a 2-core device, at least.
+    assert!(s0 >= 0.3, "loaded replica {s0}: {last:?}");
+    assert!(s1 <= 0.05, "idle replica {s1}: {last:?}");
+    assert!(last[1].services[0].feed_forward < 1e-9, "{last:?}");
+}

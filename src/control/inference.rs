@@ -129,7 +129,7 @@ pub(crate) fn decide(
     // latency budget allows (at full speed), which is what the batcher reaches once a
     // backlog forms; the latency loop corrects the rest.
     let b_cap = batch_size(cfg, st, o);
-    let batched_cost = st.model.predict(b_cap).map(|t| t / b_cap as f64);
+    let batched_cost = batched_cost(&st.model, b_cap);
     let cost = match (st.cost_per_request, batched_cost) {
         (Some(c), Some(b)) => Some(c.min(b)),
         (c, b) => c.or(b),
@@ -161,13 +161,25 @@ pub(crate) fn decide(
 /// does not slow a batch down once it runs (the lane's credit decides when the next one
 /// starts), so the share plays no part here.
 fn batch_size(_cfg: &ControlConfig, st: &ServiceState, o: &ServiceObs) -> usize {
-    let limit = o.batch_limit.max(1);
-    let budget = BATCH_TIME_FRAC * o.slo_s;
-    if st.model.predict(1).is_none() {
+    largest_batch(&st.model, o.batch_limit, o.slo_s)
+}
+
+/// Predicted seconds per row in a batch of `rows`, from `model`.
+pub(crate) fn batched_cost(model: &ServiceTimeModel, rows: usize) -> Option<f64> {
+    let rows = rows.max(1);
+    model.predict(rows).map(|t| t / rows as f64)
+}
+
+/// The largest batch, at most `limit`, whose time `model` predicts to fit in
+/// `BATCH_TIME_FRAC` of `slo_s`: `limit` while nothing is known, 1 when none fits.
+pub(crate) fn largest_batch(model: &ServiceTimeModel, limit: usize, slo_s: f64) -> usize {
+    let limit = limit.max(1);
+    let budget = BATCH_TIME_FRAC * slo_s;
+    if model.predict(1).is_none() {
         return limit;
     }
     // Predicted time grows with the batch, so a binary search finds the largest that fits.
-    let fits = |b: usize| st.model.predict(b).is_some_and(|t| t <= budget);
+    let fits = |b: usize| model.predict(b).is_some_and(|t| t <= budget);
     if !fits(1) {
         return 1;
     }

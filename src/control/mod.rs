@@ -332,7 +332,8 @@ impl Decisions {
 #[derive(Debug, Clone, Default)]
 pub struct Controller {
     cfg: ControlConfig,
-    services: HashMap<String, inference::ServiceState>,
+    /// Per (device index, service): a service with replicas has a loop on each device.
+    services: HashMap<(usize, String), inference::ServiceState>,
     jobs: HashMap<String, training::JobState>,
 }
 
@@ -369,19 +370,26 @@ impl Controller {
     /// One control period of a node with several devices: `obs[d]` observes the tenants on
     /// device `d`, and each device's capacity is arbitrated on its own (a share is a share
     /// of the tenant's device). Tenants absent from every device's observations are
-    /// forgotten; names must be unique across devices.
+    /// forgotten. A job's name must be unique across devices; a service may be observed on
+    /// several (its replicas), with a loop of its own on each.
     pub fn tick_devices(&mut self, obs: &[Observations]) -> Vec<Decisions> {
-        let out: Vec<Decisions> = obs.iter().map(|o| self.decide_device(o)).collect();
+        let out: Vec<Decisions> = obs
+            .iter()
+            .enumerate()
+            .map(|(d, o)| self.decide_device(d, o))
+            .collect();
         let services: usize = obs.iter().map(|o| o.services.len()).sum();
         let jobs: usize = obs.iter().map(|o| o.jobs.len()).sum();
         // Every observed tenant now has an entry, so the maps hold exactly the live ones
         // unless some left: only then is it worth building a set to forget them.
         if self.services.len() > services {
-            let live: std::collections::HashSet<&str> = obs
+            let live: std::collections::HashSet<(usize, &str)> = obs
                 .iter()
-                .flat_map(|o| o.services.iter().map(|s| s.name.as_str()))
+                .enumerate()
+                .flat_map(|(d, o)| o.services.iter().map(move |s| (d, s.name.as_str())))
                 .collect();
-            self.services.retain(|k, _| live.contains(k.as_str()));
+            self.services
+                .retain(|(d, name), _| live.contains(&(*d, name.as_str())));
         }
         if self.jobs.len() > jobs {
             let live: std::collections::HashSet<&str> = obs
@@ -393,14 +401,14 @@ impl Controller {
         out
     }
 
-    fn decide_device(&mut self, obs: &Observations) -> Decisions {
+    fn decide_device(&mut self, device: usize, obs: &Observations) -> Decisions {
         let mut services: Vec<ServiceDecision> = obs
             .services
             .iter()
             .map(|s| {
                 let st = self
                     .services
-                    .entry(s.name.clone())
+                    .entry((device, s.name.clone()))
                     .or_insert_with(|| inference::ServiceState::new(s.share));
                 inference::decide(&self.cfg, st, s)
             })
@@ -418,7 +426,7 @@ impl Controller {
             .collect();
         let capacity = arbiter::arbitrate(&self.cfg, obs.foreign_load, &mut services, &mut jobs);
         for d in &services {
-            if let Some(st) = self.services.get_mut(&d.name) {
+            if let Some(st) = self.services.get_mut(&(device, d.name.clone())) {
                 inference::granted(&self.cfg, st, d.share);
             }
         }

@@ -9,7 +9,10 @@
 //!    `trim_i ∈ [TRIM_MIN, 1]` is learned from its latency: each period its p99 is over the
 //!    set point, `trim_i ← trim_i × max(½, set point ÷ p99)` (multiplicative decrease); each
 //!    period it is under, `trim_i ← min(1, trim_i + TRIM_STEP)` (additive increase). AIMD
-//!    settles without oscillating on a steady load and backs off within a period of a burst.
+//!    settles on a steady load and backs off within a period of a burst. The p99 is taken
+//!    over the SLO window, which outlasts a period: after a cut the trim is not cut again
+//!    until the window has turned over ([`Split::with_hold`] periods), so that the latency
+//!    of rows sent before the cut does not cut it again.
 //! 2. **Fill, cheapest first.** The arriving rows `λ` go to the healthy replicas in order of
 //!    their device's price (the CPU before a GPU), each up to its capacity: the GPU takes only
 //!    what the cheaper replicas cannot serve within the SLO, so its share is not bought for
@@ -55,9 +58,22 @@ pub struct Split {
     trim: Vec<f64>,
     /// Per replica: the fractions decided last period.
     fractions: Vec<f64>,
+    /// Per replica: periods left before its trim may be cut again.
+    held: Vec<u32>,
+    /// Periods a cut holds the trim from the next cut.
+    hold: u32,
 }
 
 impl Split {
+    /// A split whose trims, once cut, are not cut again for `periods` periods (the SLO
+    /// window in periods); [`Split::default`] cuts every period.
+    pub fn with_hold(periods: u32) -> Self {
+        Split {
+            hold: periods,
+            ..Split::default()
+        }
+    }
+
     /// The fractions of the arriving rows each replica takes (summing to 1, or all 0 when no
     /// replica is healthy), from this period's observations, the rows per second arriving
     /// and the latency set point in seconds.
@@ -68,8 +84,15 @@ impl Split {
         setpoint_s: f64,
     ) -> Vec<f64> {
         self.resize(obs.len());
-        for (trim, o) in self.trim.iter_mut().zip(obs) {
-            *trim = next_trim(*trim, o.p99_s, setpoint_s);
+        for ((trim, held), o) in self.trim.iter_mut().zip(&mut self.held).zip(obs) {
+            let next = next_trim(*trim, o.p99_s, setpoint_s);
+            if next >= *trim || *held == 0 {
+                if next < *trim {
+                    *held = self.hold;
+                }
+                *trim = next;
+            }
+            *held = held.saturating_sub(1);
         }
         let target = target(obs, &self.trim, arrival_rows_per_s.max(0.0));
         let mut next: Vec<f64> = self
@@ -100,6 +123,7 @@ impl Split {
             // A replica added or removed: start over rather than shift the memory.
             self.trim = vec![1.0; n];
             self.fractions = vec![0.0; n];
+            self.held = vec![0; n];
         }
     }
 }

@@ -205,3 +205,25 @@ fn on_a_steady_load_the_split_settles_without_oscillating_and_stays_a_distributi
         assert!(last_step < 1e-6, "case {case}: still moving by {last_step}");
     }
 }
+
+#[test]
+fn a_cut_trim_is_not_cut_again_until_the_window_turns_over() {
+    // The p99 stays at twice the set point (the window still holds the rows sent before the
+    // cut): without a hold the trim is halved every period; with a hold of 4 periods, once
+    // per 4.
+    let over = [replica(1.0, Some(1000.0), Some(40.0))];
+    let mut every = Split::default();
+    let mut held = Split::with_hold(4);
+    for _ in 0..4 {
+        every.decide(&over, 500.0, SETPOINT_S);
+        held.decide(&over, 500.0, SETPOINT_S);
+    }
+    assert!((every.trim(0).unwrap() - 0.0625).abs() < 1e-9, "{every:?}");
+    assert!((held.trim(0).unwrap() - 0.5).abs() < 1e-9, "{held:?}");
+    held.decide(&over, 500.0, SETPOINT_S);
+    assert!((held.trim(0).unwrap() - 0.25).abs() < 1e-9, "{held:?}");
+    // Under the set point it grows back every period, hold or not.
+    let under = [replica(1.0, Some(1000.0), Some(5.0))];
+    held.decide(&under, 500.0, SETPOINT_S);
+    assert!((held.trim(0).unwrap() - 0.30).abs() < 1e-9, "{held:?}");
+}

@@ -19,8 +19,13 @@
 //! step, at the price of briefly sharing a core with one.
 //!
 //! A lane that is not enforced (the `none` policy: everything runs as it comes) never waits
-//! and uses every worker; it still counts what it used.
+//! for its share and uses every worker; it still counts what it used.
+//!
+//! A lane on a part of the CPU (`device.cpu_split`) also waits for the part's time
+//! ([`PartBudget`]), under every policy: the part stands for a smaller device, and that is
+//! not a policy's choice. Latency lanes wait for it too, before each batch ([`Lane::pace`]).
 
+use super::part::{PartBudget, WorkKind};
 use crate::util::sync;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -120,11 +125,47 @@ pub(crate) struct Workers {
     permits: usize,
 }
 
+/// A token bucket of core-seconds, refilled at a rate its owner gives at each call and
+/// holding at most [`BURST`] of it.
 #[derive(Debug)]
-struct Bucket {
+pub(super) struct Bucket {
     /// Credit in core-seconds; negative is debt.
     tokens: f64,
     last: Instant,
+}
+
+impl Bucket {
+    /// An empty bucket (no credit, no debt).
+    pub(super) fn new() -> Self {
+        Bucket {
+            tokens: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Adds the credit earned at `rate` core-seconds per second since the last call.
+    fn refill(&mut self, rate: f64) {
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + rate * dt).min(rate * BURST.as_secs_f64());
+        self.last = now;
+    }
+
+    /// How long until the debt is paid back at `rate` (zero without debt).
+    pub(super) fn wait_time(&mut self, rate: f64) -> Duration {
+        self.refill(rate);
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+
+    /// Charges `core_s` core-seconds of work, refilling at `rate` first.
+    pub(super) fn charge(&mut self, rate: f64, core_s: f64) {
+        self.refill(rate);
+        self.tokens -= core_s;
+    }
 }
 
 /// A tenant's slot on a device.
@@ -142,6 +183,8 @@ pub struct Lane {
     share_bits: AtomicU64,
     enforced: AtomicBool,
     bucket: Mutex<Bucket>,
+    /// The budget of the part of the CPU the lane is on, when it is less than the whole CPU.
+    part: Option<Arc<PartBudget>>,
     used_core_ns: AtomicU64,
     busy_ns: AtomicU64,
     throttled_ns: AtomicU64,
@@ -179,10 +222,8 @@ impl Lane {
             permits,
             share_bits: AtomicU64::new(clamp_share(share).to_bits()),
             enforced: AtomicBool::new(true),
-            bucket: Mutex::new(Bucket {
-                tokens: 0.0,
-                last: Instant::now(),
-            }),
+            bucket: Mutex::new(Bucket::new()),
+            part: None,
             used_core_ns: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             throttled_ns: AtomicU64::new(0),
@@ -236,7 +277,7 @@ impl Lane {
         if share != old {
             // Credit banked at the old rate is capped at the new burst.
             let mut b = self.lock();
-            self.refill(&mut b, old);
+            b.refill(old * self.capacity);
             b.tokens = b.tokens.min(share * self.capacity * BURST.as_secs_f64());
             self.share_bits.store(share.to_bits(), Ordering::Relaxed);
         }
@@ -276,30 +317,33 @@ impl Lane {
         sync::lock(&self.bucket)
     }
 
-    fn refill(&self, b: &mut Bucket, share: f64) {
-        let now = Instant::now();
-        let rate = share * self.capacity;
-        let dt = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + rate * dt).min(rate * BURST.as_secs_f64());
-        b.last = now;
-    }
-
-    /// How long the next unit of work must wait for credit (zero when it may start now).
+    /// How long the next unit of work must wait for its share's credit (zero when it may
+    /// start now).
     pub(crate) fn wait_time(&self) -> Duration {
         if !self.is_enforced() {
             return Duration::ZERO;
         }
-        let share = self.share();
-        let mut b = self.lock();
-        self.refill(&mut b, share);
-        if b.tokens >= 0.0 {
-            Duration::ZERO
+        let rate = self.share() * self.capacity;
+        self.lock().wait_time(rate)
+    }
+
+    /// The same lane on a part of the CPU whose time `part` holds to its size.
+    pub(crate) fn on_part(mut self, part: Arc<PartBudget>) -> Self {
+        self.part = Some(part);
+        self
+    }
+
+    /// Whether the lane runs parallel work (training) rather than latency work (batches).
+    fn kind(&self) -> WorkKind {
+        if self.permits.is_some() {
+            WorkKind::Parallel
         } else {
-            Duration::from_secs_f64(-b.tokens / (share * self.capacity))
+            WorkKind::Latency
         }
     }
 
-    /// Blocks until the lane may start a unit of work. Waits in slices of at most 10 ms so
+    /// Blocks until the lane may start a unit of work: until its share's credit allows it,
+    /// and on a part of the CPU until the part's does. Waits in slices of at most 10 ms so
     /// that a raised share takes effect quickly.
     pub(crate) fn acquire(&self) {
         let start = Instant::now();
@@ -310,7 +354,23 @@ impl Lane {
             }
             std::thread::sleep(wait.min(Duration::from_millis(10)));
         }
-        let waited = start.elapsed();
+        if let Some(part) = &self.part {
+            part.wait(self.kind());
+        }
+        self.count_throttled(start.elapsed());
+    }
+
+    /// Blocks until the part of the CPU the lane is on has time for its next unit of latency
+    /// work; returns at once on a whole device. A latency lane is not held to its share (its
+    /// batches never wait behind it), but a part is a device of its own size.
+    pub(crate) fn pace(&self) {
+        if let Some(part) = &self.part {
+            let waited = part.wait(self.kind());
+            self.count_throttled(waited);
+        }
+    }
+
+    fn count_throttled(&self, waited: Duration) {
         if !waited.is_zero() {
             self.throttled_ns
                 .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
@@ -325,10 +385,11 @@ impl Lane {
         self.busy_ns
             .fetch_add(wall.as_nanos() as u64, Ordering::Relaxed);
         if self.is_enforced() {
-            let share = self.share();
-            let mut b = self.lock();
-            self.refill(&mut b, share);
-            b.tokens -= core_s;
+            let rate = self.share() * self.capacity;
+            self.lock().charge(rate, core_s);
+        }
+        if let Some(part) = &self.part {
+            part.charge(self.kind(), core_s);
         }
     }
 

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod fault;
 pub mod lane;
+pub mod part;
 pub mod precision;
 
 pub use cpu::CpuBackend;

@@ -398,11 +398,8 @@ impl Node {
             Placement::Cpu(_) => self.service_max_share(d),
             Placement::Cuda(_) => 0.1,
         };
-        Arc::new(
-            Lane::new(name, self.workers_of(d), share)
-                .with_capacity(self.capacity_of(d))
-                .on_device(d.0),
-        )
+        let lane = Lane::new(name, self.workers_of(d), share).with_capacity(self.capacity_of(d));
+        Arc::new(self.lane_on(lane, d))
     }
 
     /// A lane for a job at `share` on device `d`: on the CPU its threads come from the
@@ -421,7 +418,7 @@ impl Node {
             Placement::Cuda(_) => Lane::new(name, self.workers_of(d), share),
         };
         lane.set_enforced(shares);
-        Arc::new(lane.on_device(d.0))
+        Arc::new(self.lane_on(lane, d))
     }
 
     /// Every device of the node, in order.

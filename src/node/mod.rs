@@ -99,6 +99,9 @@ pub struct Node {
     /// What each device can do per second in its workers' units (see
     /// [`Placement::capacity`]), by device index.
     capacity: Vec<f64>,
+    /// The budget of each device that is a part of the CPU smaller than the whole (shared by
+    /// its lanes), by device index; None on a whole CPU and on a GPU.
+    parts: Vec<Option<Arc<crate::device::part::PartBudget>>>,
     shutting_down: AtomicBool,
     permits: Arc<CorePermits>,
     control: Mutex<control::ControlState>,
@@ -160,6 +163,17 @@ impl Node {
             .iter()
             .map(|p| p.capacity(cpu_threads))
             .collect();
+        let parts = devices
+            .placements
+            .iter()
+            .zip(&capacity)
+            .map(|(p, &c)| match p {
+                Placement::Cpu(part) if part.fraction < 1.0 => {
+                    Some(crate::device::part::PartBudget::new(c))
+                }
+                _ => None,
+            })
+            .collect();
         let log = open_decision_log(&config)?;
         let controller = crate::control::Controller::new(control_config(&config));
         Ok(Arc::new(Node {
@@ -171,6 +185,7 @@ impl Node {
             listeners: RwLock::new(Listeners::default()),
             workers,
             capacity,
+            parts,
             shutting_down: AtomicBool::new(false),
             permits: CorePermits::new(cpu_threads),
             control: Mutex::new(control::ControlState::new(controller, log)),
@@ -254,6 +269,19 @@ impl Node {
     /// or on a part of the CPU its fraction of the cores (which may be less than one).
     pub(crate) fn capacity_of(&self, d: DeviceId) -> f64 {
         self.capacity[d.index()]
+    }
+
+    /// `lane` on device `d`, held to the part's time when `d` is a part of the CPU.
+    pub(crate) fn lane_on(
+        &self,
+        lane: crate::device::lane::Lane,
+        d: DeviceId,
+    ) -> crate::device::lane::Lane {
+        let lane = lane.on_device(d.index());
+        match &self.parts[d.index()] {
+            Some(part) => lane.on_part(part.clone()),
+            None => lane,
+        }
     }
 
     /// Starts the config's services (each loads on a thread of its own), submits its jobs,

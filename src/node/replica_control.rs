@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::control::{ControlState, Prev, Round, ServiceMeasure, TenantKey, TickClock};
 use super::{DeviceId, LoadedService, Node, Replica};
 use crate::control::ServiceObs;
+use crate::control::inference::{ServiceTimeModel, batched_cost, largest_batch};
 use crate::control::split::{ReplicaObs, Split};
 
 /// The load a replica's capacity is planned at: below 1, so that its queue stays short.
@@ -31,6 +32,8 @@ pub(crate) struct SplitState {
     /// Per replica (service, index): its cost per row, device-seconds (core-seconds on the
     /// CPU), smoothed.
     costs: HashMap<(String, usize), f64>,
+    /// Per replica: its batches' time by size, learned as the controller learns a service's.
+    models: HashMap<(String, usize), ServiceTimeModel>,
     /// Per replica: the requests waiting at the last tick (the rows it had answered are in
     /// the control state's `prev`).
     queued: HashMap<(String, usize), usize>,
@@ -46,6 +49,10 @@ struct ReplicaPeriod {
     rows: u64,
     core_s: f64,
     stalled: bool,
+    /// What a row would cost in the largest batch the SLO allows (the batch the replica
+    /// reaches once a backlog forms) over what it cost in this period's batches, at most 1:
+    /// the capacity is priced at that batch, so that it does not swing with the load's.
+    batched: f64,
     /// p99 of its latency window, seconds; None without samples.
     p99_s: Option<f64>,
 }
@@ -94,7 +101,14 @@ impl Node {
             };
             let lambda = measure.arrival_rate * rows_per_request;
             let slo_s = svc.config().slo.p99_ms / 1000.0;
-            let split = st.split.splits.entry(name.clone()).or_default();
+            // The trim's cut holds while the SLO window holds the latency it reacted to.
+            let window_s = svc.config().slo.window_ms as f64 / 1000.0;
+            let hold = (window_s / clock.period_s.max(1e-3)).ceil().clamp(0.0, 1e4) as u32;
+            let split = st
+                .split
+                .splits
+                .entry(name.clone())
+                .or_insert_with(|| Split::with_hold(hold));
             let fractions = split.decide(&obs, lambda, slo_s);
             for (i, o) in obs.iter().enumerate() {
                 let key = (name.clone(), i);
@@ -150,21 +164,30 @@ impl Node {
             return None;
         }
         let window = r.batcher.window_stats();
+        let config = svc.config();
+        let batches = r.batcher.take_batch_log();
+        let calibration = r.batcher.take_calibration();
+        let model = st
+            .split
+            .models
+            .entry((svc.name().to_string(), i))
+            .or_default();
+        let batched = batched_factor(model, &calibration, &batches, &config);
         let period = ReplicaPeriod {
             rows: rows_now,
             core_s,
             stalled: queued_before > 0 && queue_len > 0 && rows == prev.steps,
+            batched,
             p99_s: (window.count > 0).then_some(window.total.p99),
         };
-        let config = svc.config();
         round.obs[d.index()].services.push(ServiceObs {
             name: svc.name().to_string(),
             slo_s: config.slo.p99_ms / 1000.0,
             p99_s: period.p99_s,
             arrival_rate: arrivals.saturating_sub(prev.arrivals) as f64 / clock.period_s,
             queue_len,
-            batches: r.batcher.take_batch_log(),
-            calibration: r.batcher.take_calibration(),
+            batches,
+            calibration,
             batch_limit: config.batching.max_batch_size,
             share: r.lane.share(),
             // On the CPU one batcher thread can use one core at most; a GPU lane all of it.
@@ -189,7 +212,7 @@ impl Node {
         let key = (name.to_string(), i);
         let healthy = r.is_up() && period.as_ref().is_some_and(|p| !p.stalled);
         if let Some(p) = period.as_ref().filter(|p| p.rows > 0 && p.core_s > 0.0) {
-            let cost = p.core_s / p.rows as f64;
+            let cost = p.core_s / p.rows as f64 * p.batched;
             st.split
                 .costs
                 .entry(key.clone())
@@ -236,6 +259,32 @@ impl Node {
             dec.requested *= kept(svc.replicas()[here].rate(), spare);
         }
         last
+    }
+}
+
+/// Feeds a replica's batches to its time `model` and returns [`ReplicaPeriod::batched`]:
+/// the predicted time per row at the largest batch the SLO allows over the time per row of
+/// this period's batches (1 without batches).
+fn batched_factor(
+    model: &mut ServiceTimeModel,
+    calibration: &[(usize, f64)],
+    batches: &[(usize, f64)],
+    config: &crate::config::ServiceConfig,
+) -> f64 {
+    for &(b, t) in calibration.iter().chain(batches) {
+        model.observe(b, t);
+    }
+    let (rows, secs) = batches
+        .iter()
+        .fold((0usize, 0.0f64), |(r, s), &(b, t)| (r + b, s + t));
+    let b_cap = largest_batch(
+        model,
+        config.batching.max_batch_size,
+        config.slo.p99_ms / 1000.0,
+    );
+    match batched_cost(model, b_cap) {
+        Some(at_cap) if rows > 0 && secs > 0.0 => (at_cap / (secs / rows as f64)).clamp(0.01, 1.0),
+        _ => 1.0,
     }
 }
 

@@ -71,6 +71,11 @@ impl<B: Backend> Worker<B> {
             let Some(first) = self.live(first) else {
                 continue;
             };
+            // On a part of the CPU the batch waits for the part's time; what arrives
+            // meanwhile joins it.
+            if let Some(lane) = &self.shared.lane {
+                lane.pace();
+            }
             let delay =
                 Duration::from_micros(self.shared.max_queue_delay_us.load(Ordering::Relaxed));
             let max = self.shared.max_batch_size.load(Ordering::Relaxed);
