@@ -144,13 +144,42 @@ fn scenario_files_are_checked_with_clear_errors() {
         err.contains("unknown policy \"fast\" (accepted: setpoint, static, none)"),
         "{err}"
     );
-    // Both shipped scenarios are valid.
-    for f in ["quick.toml", "colocation.toml"] {
+    // Every shipped scenario is valid.
+    for f in [
+        "quick.toml",
+        "colocation.toml",
+        "replicas.toml",
+        "replicas-one.toml",
+    ] {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("configs/scenarios")
             .join(f);
         Scenario::load(&p).unwrap_or_else(|e| panic!("{f}: {e}"));
     }
+    // A replica on a part of the CPU the scenario does not split off, and an unknown one.
+    let svc = base.replace("[service]", "[service]\nreplicas = [\"cpu:1\"]");
+    let err = Scenario::parse(&svc).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "service.replicas[0]: cpu:1 names a part of the CPU, but cpu_split has 0 part(s)"
+        ),
+        "{err}"
+    );
+    let svc = base.replace("[service]", "[service]\nreplicas = [\"tpu\"]");
+    let err = Scenario::parse(&svc).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown replica device \"tpu\" (accepted: \"gpu\""),
+        "{err}"
+    );
+    let split = base.replace(
+        "duration_s = 10",
+        "duration_s = 10\ncpu_split = [0.75, 0.5]",
+    );
+    let err = Scenario::parse(&split).unwrap_err().to_string();
+    assert!(
+        err.contains("cpu_split: each part must be in (0, 1] and together at most 1"),
+        "{err}"
+    );
 }
 
 #[test]

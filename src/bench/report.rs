@@ -89,6 +89,18 @@ pub fn text(r: &Report) -> String {
             );
         }
     }
+    for p in r
+        .policies
+        .iter()
+        .filter(|p| !p.tenant_share_seconds.is_empty())
+    {
+        let each: Vec<String> = p
+            .tenant_share_seconds
+            .iter()
+            .map(|(n, x)| format!("{n} {x:.1}"))
+            .collect();
+        let _ = writeln!(o, "{:<9} share-s by tenant: {}", p.policy, each.join(", "));
+    }
     let late: Vec<String> = r
         .policies
         .iter()
@@ -140,6 +152,7 @@ mod tests {
             deadline_misses: 1,
             share_seconds: share,
             best_effort_share_seconds: share.map(|s| s / 2.0),
+            tenant_share_seconds: Vec::new(),
             best_effort_epochs: 7,
             device_seconds_used: 12.34,
             generator_late_p99_ms: 0.1,

@@ -296,6 +296,20 @@ impl fmt::Display for ReplicaSpec {
     }
 }
 
+/// Reads an entry as [`ReplicaSpec::parse`] does (scenario files and stored records; the
+/// node config goes through its schema), naming what is accepted when it is none of them.
+impl<'de> Deserialize<'de> for ReplicaSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ReplicaSpec::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown replica device {s:?} (accepted: {})",
+                ReplicaSpec::ACCEPTED
+            ))
+        })
+    }
+}
+
 impl Serialize for ReplicaSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

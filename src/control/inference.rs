@@ -159,9 +159,16 @@ pub(crate) fn decide(
 
 /// The largest batch whose predicted time fits in `BATCH_TIME_FRAC` of the SLO. The share
 /// does not slow a batch down once it runs (the lane's credit decides when the next one
-/// starts), so the share plays no part here.
+/// starts), so the share plays no part here; but a device that offers less than one core
+/// (a part of the CPU) does: a batch of `t` seconds occupies it for `t / speed`.
 fn batch_size(_cfg: &ControlConfig, st: &ServiceState, o: &ServiceObs) -> usize {
-    largest_batch(&st.model, o.batch_limit, o.slo_s)
+    largest_batch(&st.model, o.batch_limit, o.slo_s * device_speed(o))
+}
+
+/// How fast the service's device runs one batcher thread, relative to a core: 1, or less
+/// on a part of the CPU smaller than one core (its whole budget is `max_share × cores`).
+pub(crate) fn device_speed(o: &ServiceObs) -> f64 {
+    (o.max_share * o.cores).clamp(1e-3, 1.0)
 }
 
 /// Predicted seconds per row in a batch of `rows`, from `model`.

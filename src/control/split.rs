@@ -22,7 +22,9 @@
 //!    that its cost is learned; a replica that is not healthy (stopped answering, device
 //!    failed) gets nothing until it is healthy again.
 //! 4. **Smoothing.** The fractions move halfway to the target each period, so a noisy rate
-//!    does not throw rows back and forth; a replica that turns unhealthy is cut at once.
+//!    does not throw rows back and forth; a replica that turns unhealthy is cut at once, and
+//!    so is the excess of a replica whose rows at the last fractions would exceed its
+//!    capacity (a load step must not queue on the smaller device for several periods).
 //!
 //! Pure: no clocks, no I/O; the node observes, calls [`Split::decide`] and hands the fractions
 //! to the service's dispatcher.
@@ -94,17 +96,23 @@ impl Split {
             }
             *held = held.saturating_sub(1);
         }
-        let target = target(obs, &self.trim, arrival_rows_per_s.max(0.0));
+        let lambda = arrival_rows_per_s.max(0.0);
+        let target = target(obs, &self.trim, lambda);
         let mut next: Vec<f64> = self
             .fractions
             .iter()
             .zip(&target)
-            .zip(obs)
-            .map(|((prev, t), o)| {
-                if o.healthy {
-                    prev + SMOOTHING * (t - prev)
-                } else {
+            .zip(obs.iter().zip(&self.trim))
+            .map(|((&prev, &t), (o, trim))| {
+                let over = o
+                    .capacity_rows_per_s
+                    .is_some_and(|c| prev * lambda > c * trim);
+                if !o.healthy {
                     0.0
+                } else if t < prev && over {
+                    t
+                } else {
+                    prev + SMOOTHING * (t - prev)
                 }
             })
             .collect();

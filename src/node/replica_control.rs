@@ -100,7 +100,10 @@ impl Node {
                 1.0
             };
             let lambda = measure.arrival_rate * rows_per_request;
-            let slo_s = svc.config().slo.p99_ms / 1000.0;
+            // The replicas' latency is held to the set point each service's loop aims at
+            // (a fraction of the SLO), so that their merged p99 stays within the SLO.
+            let setpoint_s =
+                st.controller.config().latency_setpoint_frac * svc.config().slo.p99_ms / 1000.0;
             // The trim's cut holds while the SLO window holds the latency it reacted to.
             let window_s = svc.config().slo.window_ms as f64 / 1000.0;
             let hold = (window_s / clock.period_s.max(1e-3)).ceil().clamp(0.0, 1e4) as u32;
@@ -109,18 +112,18 @@ impl Node {
                 .splits
                 .entry(name.clone())
                 .or_insert_with(|| Split::with_hold(hold));
-            let fractions = split.decide(&obs, lambda, slo_s);
+            let fractions = split.decide(&obs, lambda, setpoint_s);
             for (i, o) in obs.iter().enumerate() {
                 let key = (name.clone(), i);
-                match (o.healthy, o.capacity_rows_per_s) {
-                    (true, Some(c)) => {
-                        let trim = split.trim(i).unwrap_or(1.0);
-                        st.split.capacity.insert(key, c * trim);
-                    }
-                    _ => {
-                        st.split.capacity.remove(&key);
-                    }
-                }
+                let planned = match (o.healthy, o.capacity_rows_per_s) {
+                    (true, Some(c)) => Some(c * split.trim(i).unwrap_or(1.0)),
+                    _ => None,
+                };
+                svc.replicas()[i].set_capacity(planned);
+                match planned {
+                    Some(c) => st.split.capacity.insert(key, c),
+                    None => st.split.capacity.remove(&key),
+                };
             }
             svc.set_split(&fractions);
             st.split.last.insert(name, fractions);
@@ -172,7 +175,8 @@ impl Node {
             .models
             .entry((svc.name().to_string(), i))
             .or_default();
-        let batched = batched_factor(model, &calibration, &batches, &config);
+        let speed = (self.service_max_share(d) * self.capacity_of(d)).clamp(1e-3, 1.0);
+        let batched = batched_factor(model, &calibration, &batches, &config, speed);
         let period = ReplicaPeriod {
             rows: rows_now,
             core_s,
@@ -264,12 +268,14 @@ impl Node {
 
 /// Feeds a replica's batches to its time `model` and returns [`ReplicaPeriod::batched`]:
 /// the predicted time per row at the largest batch the SLO allows over the time per row of
-/// this period's batches (1 without batches).
+/// this period's batches (1 without batches). `speed` is the device's relative to a core
+/// ([`crate::control::inference::device_speed`]).
 fn batched_factor(
     model: &mut ServiceTimeModel,
     calibration: &[(usize, f64)],
     batches: &[(usize, f64)],
     config: &crate::config::ServiceConfig,
+    speed: f64,
 ) -> f64 {
     for &(b, t) in calibration.iter().chain(batches) {
         model.observe(b, t);
@@ -280,7 +286,7 @@ fn batched_factor(
     let b_cap = largest_batch(
         model,
         config.batching.max_batch_size,
-        config.slo.p99_ms / 1000.0,
+        config.slo.p99_ms / 1000.0 * speed,
     );
     match batched_cost(model, b_cap) {
         Some(at_cap) if rows > 0 && secs > 0.0 => (at_cap / (secs / rows as f64)).clamp(0.01, 1.0),

@@ -34,6 +34,9 @@ pub struct Replica {
     health: Arc<crate::device::fault::DeviceHealth>,
     /// Rows answered per second over the last control period (an `f64`'s bits).
     rate: std::sync::atomic::AtomicU64,
+    /// Rows per second the split last planned it could serve within the SLO (an `f64`'s
+    /// bits; NaN until measured).
+    capacity: std::sync::atomic::AtomicU64,
 }
 
 impl Replica {
@@ -79,6 +82,7 @@ impl Replica {
             precision,
             health: placement.health().clone(),
             rate: std::sync::atomic::AtomicU64::new(0),
+            capacity: std::sync::atomic::AtomicU64::new(f64::NAN.to_bits()),
         })
     }
 
@@ -99,6 +103,20 @@ impl Replica {
         f64::from_bits(self.rate.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// Records the rows per second the split planned it could serve within the SLO (None:
+    /// not measured, or down).
+    pub(crate) fn set_capacity(&self, rows_per_s: Option<f64>) {
+        let bits = rows_per_s.unwrap_or(f64::NAN).to_bits();
+        self.capacity
+            .store(bits, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The rows per second the split last planned it could serve within the SLO.
+    pub fn capacity(&self) -> Option<f64> {
+        let c = f64::from_bits(self.capacity.load(std::sync::atomic::Ordering::Relaxed));
+        c.is_finite().then_some(c)
+    }
+
     /// Its view, with `fraction`, its part of the service's rows.
     pub fn view(&self, fraction: f64) -> ReplicaView {
         let window = self.batcher.window_stats();
@@ -109,6 +127,7 @@ impl Replica {
             up: self.is_up(),
             queue_len: self.batcher.queue_len(),
             rows_per_s: self.rate(),
+            capacity_rows_per_s: self.capacity(),
             rows: self.batcher.stats().success_rows,
             p99_ms: (window.count > 0).then_some(window.total.p99 * 1000.0),
             precision: self.precision,
@@ -149,6 +168,11 @@ pub struct ReplicaView {
     pub queue_len: usize,
     /// Rows answered per second over the last control period.
     pub rows_per_s: f64,
+    /// Rows per second the controller plans it can serve within the SLO (its device's
+    /// share for it over its cost per row, at a load of 0.8, trimmed by its latency); the
+    /// split fills the cheaper replicas up to it. None until measured, and while down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_rows_per_s: Option<f64>,
     /// Rows answered since it started.
     pub rows: u64,
     /// 99th-percentile latency over the SLO window, ms; none without requests.

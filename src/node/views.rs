@@ -180,6 +180,10 @@ pub struct TenantView {
     /// How a job fared against its deadline and target (none for a service); also said in
     /// words at the end of `measured`.
     pub outcome: Option<JobOutcome>,
+    /// A service's replicas when it has several: each one's device, share, part of the
+    /// rows, rows per second and latency.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<crate::node::ReplicaView>,
     /// The figures behind `set_point` and `measured`, for a client that draws them.
     #[serde(flatten)]
     pub figures: TenantFigures,
@@ -360,6 +364,11 @@ fn service_tenant(
         queue_len: Some(view.queue_len),
         device,
         outcome: None,
+        replicas: if view.replicas.len() > 1 {
+            view.replicas.clone()
+        } else {
+            Vec::new()
+        },
         figures: TenantFigures {
             slo_p99_ms: Some(view.slo_p99_ms),
             p99_ms: measure
@@ -419,6 +428,7 @@ fn job_tenant(v: &JobView, device: String) -> TenantView {
         queue_len: None,
         device: Some(device),
         outcome: Some(v.outcome),
+        replicas: Vec::new(),
         figures: TenantFigures {
             progress: Some(job_progress(v)),
             slack_s: v.slack_s.filter(|_| !v.state.is_terminal()),

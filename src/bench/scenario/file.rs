@@ -155,6 +155,10 @@ pub struct ScenarioService {
     /// Bursts on top.
     #[serde(default)]
     pub bursts: Vec<Burst>,
+    /// The devices it runs on, a replica on each (as the node config's `replicas`); empty:
+    /// one replica on the node's device.
+    #[serde(default)]
+    pub replicas: Vec<crate::config::ReplicaSpec>,
 }
 
 fn default_warmup() -> String {
@@ -214,6 +218,10 @@ pub struct Scenario {
     /// CPU workers (0 = all).
     #[serde(default)]
     pub cores: usize,
+    /// The CPU as several devices, each this fraction of `cores` (the node config's
+    /// `device.cpu_split`); empty: one device.
+    #[serde(default)]
+    pub cpu_split: Vec<f64>,
     /// Control period, ms.
     #[serde(default = "default_period")]
     pub control_period_ms: u64,
@@ -308,6 +316,14 @@ impl Scenario {
                 self.reserve_frac
             ));
         }
+        let parts_ok = self.cpu_split.iter().all(|&x| x > 0.0 && x <= 1.0)
+            && self.cpu_split.iter().sum::<f64>() <= 1.0 + 1e-9;
+        if !parts_ok {
+            errors.push(format!(
+                "cpu_split: each part must be in (0, 1] and together at most 1, got {:?}",
+                self.cpu_split
+            ));
+        }
         if !["best-effort", "idle", "spread"].contains(&self.leftover.as_str()) {
             errors.push(format!(
                 "leftover: expected \"best-effort\", \"idle\" or \"spread\", got {:?}",
@@ -342,6 +358,17 @@ impl Scenario {
             if !(b.rate >= 0.0 && b.rate <= 1e6 && b.at_s >= 0.0 && b.duration_s >= 0.0) {
                 errors.push(format!(
                     "service.bursts[{i}]: rate must be in [0, 1e6], at_s and duration_s >= 0"
+                ));
+            }
+        }
+        for (i, r) in svc.replicas.iter().enumerate() {
+            if let crate::config::ReplicaSpec::CpuPart(n) = r
+                && *n as usize >= self.cpu_split.len()
+            {
+                errors.push(format!(
+                    "service.replicas[{i}]: {r} names a part of the CPU, but cpu_split has {} \
+                     part(s)",
+                    self.cpu_split.len()
                 ));
             }
         }

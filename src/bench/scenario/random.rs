@@ -97,6 +97,7 @@ pub fn generate(spec: &RandomSpec, index: usize, costs: &mut dyn Costs) -> Scena
         ),
         duration_s: d,
         cores,
+        cpu_split: Vec::new(),
         control_period_ms: 100,
         seed: spec.seed.wrapping_mul(1000).wrapping_add(index as u64),
         reserve_frac: 0.05,
@@ -145,6 +146,7 @@ fn draw_service(rng: &mut Rng, d: f64, costs: &mut dyn Costs) -> ScenarioService
         max_queue: 4096,
         arrivals,
         bursts,
+        replicas: Vec::new(),
     }
 }
 

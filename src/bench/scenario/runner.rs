@@ -57,6 +57,7 @@ fn service_config(s: &Scenario, checkpoint: Option<PathBuf>) -> ServiceConfig {
     cfg.slo.window_ms = s.service.window_ms;
     cfg.batching.max_batch_size = s.service.max_batch_size;
     cfg.batching.max_queue_delay_ms = 0.0;
+    cfg.replicas = s.service.replicas.clone();
     cfg
 }
 
@@ -67,6 +68,7 @@ fn node_config(s: &Scenario, checkpoint: &Path, state_dir: &Path) -> NodeConfig 
     c.state_dir = state_dir.to_path_buf();
     c.control_period_ms = s.control_period_ms;
     c.device.cpu_threads = s.cores;
+    c.device.cpu_split = s.cpu_split.clone();
     c.control.reserve_frac = s.reserve_frac;
     c.control.leftover = match s.leftover.as_str() {
         "best-effort" => crate::config::Leftover::BestEffort,
@@ -149,14 +151,18 @@ pub(super) fn run_policy(
         starters.into_iter().filter_map(|h| h.join().ok()).collect();
 
     // Jobs' outcomes before the node stops them.
-    let used_core_s: f64 = svc.primary().lane.usage().core_s
+    let used_core_s: f64 = svc
+        .replicas()
+        .iter()
+        .map(|r| r.lane.usage().core_s)
+        .sum::<f64>()
         + node
             .jobs()
             .iter()
             .map(|j| j.lane().usage().core_s)
             .sum::<f64>();
     let jobs = job_outcomes(s, &node, wall0, &refusals);
-    let cores = node.workers_of(crate::node::DeviceId::FIRST);
+    let cores: f64 = node.devices().map(|d| node.capacity_of(d)).sum();
     node.shutdown();
 
     let mut r = summarise(
@@ -165,7 +171,7 @@ pub(super) fn run_policy(
         latencies,
         jobs,
         timeline,
-        used_core_s / cores as f64,
+        used_core_s / cores.max(f64::MIN_POSITIVE),
     );
     r.generator_late_p99_ms = generator_late_p99_ms;
     Ok(r)
@@ -224,16 +230,18 @@ fn generate(
                 }
             }
             let late = t0.elapsed().as_secs_f64() - t;
-            let pending = svc
-                .primary()
-                .batcher
-                .submit(rows[i % rows.len()].clone())
-                .ok();
+            let pending = submit(&svc, rows[i % rows.len()].clone());
             if tx.send((t, late, pending)).is_err() {
                 break;
             }
         }
     })
+}
+
+/// Submits one row to the replica the service's split chooses, as the API does; None when
+/// it is refused.
+fn submit(svc: &LoadedService, row: Vec<f32>) -> Option<crate::serve::Pending> {
+    svc.choose(1).ok()?.batcher.submit(row).ok()
 }
 
 /// The answer collector: waits for each request in order; a refused or failed one counts as
@@ -306,27 +314,9 @@ fn sample(
     svc: &LoadedService,
     t0: Instant,
 ) -> Sample {
-    // Under the controller, the shares of one tick (lanes read one by one could straddle
-    // a tick); under a static policy, the lanes' fixed shares.
     let last = node.last_decisions();
     let svc_decision = last.services.iter().find(|x| x.name == s.service.name);
-    let shares: Vec<(String, f64)> = if policy == PolicyName::Setpoint {
-        let d = &last;
-        d.services
-            .iter()
-            .map(|x| (x.name.clone(), x.share))
-            .chain(d.jobs.iter().map(|x| (x.name.clone(), x.share)))
-            .collect()
-    } else {
-        std::iter::once((svc.name().to_string(), svc.primary().lane.share()))
-            .chain(
-                node.jobs()
-                    .iter()
-                    .filter(|j| j.state() == JobState::Running)
-                    .map(|j| (j.name.clone(), j.lane().share())),
-            )
-            .collect()
-    };
+    let shares = node_shares(policy, node, svc);
     let enforced = svc.primary().lane.is_enforced();
     Sample {
         t_s: t0.elapsed().as_secs_f64(),
@@ -343,6 +333,55 @@ fn sample(
         cost_per_request_s: svc_decision.and_then(|d| d.cost_per_request_s),
         batch_limit: svc.max_batch_size(),
     }
+}
+
+/// The tenants' shares now, in shares of the whole node (a share of a part of the CPU
+/// weighed by the part's size); a service with several replicas has one entry per replica,
+/// `NAME@DEVICE`. Under the controller, the shares of one tick (lanes read one by one could
+/// straddle a tick); under a static policy, the lanes' fixed shares.
+fn node_shares(policy: PolicyName, node: &Node, svc: &LoadedService) -> Vec<(String, f64)> {
+    let total: f64 = node.devices().map(|d| node.capacity_of(d)).sum();
+    let weight = |d: crate::node::DeviceId| node.capacity_of(d) / total.max(f64::MIN_POSITIVE);
+    let several = svc.replicas().len() > 1;
+    let label = |name: &str, d: crate::node::DeviceId| {
+        if several && name == svc.name() {
+            format!("{name}@{}", node.placement(d).name())
+        } else {
+            name.to_string()
+        }
+    };
+    if policy == PolicyName::Setpoint {
+        let mut out = Vec::new();
+        let mut jobs = Vec::new();
+        for d in node.devices() {
+            let dec = node.last_decisions_of(d);
+            let w = weight(d);
+            out.extend(
+                dec.services
+                    .iter()
+                    .map(|x| (label(&x.name, d), x.share * w)),
+            );
+            jobs.extend(dec.jobs.iter().map(|x| (x.name.clone(), x.share * w)));
+        }
+        out.extend(jobs);
+        return out;
+    }
+    let replicas = svc.replicas().iter().map(|r| {
+        (
+            label(svc.name(), r.device),
+            r.lane.share() * weight(r.device),
+        )
+    });
+    let jobs = node
+        .jobs()
+        .into_iter()
+        .filter(|j| j.state() == JobState::Running)
+        .map(|j| {
+            let d = node.device_of(j.lane());
+            (j.name.clone(), j.lane().share() * weight(d))
+        })
+        .collect::<Vec<_>>();
+    replicas.chain(jobs).collect()
 }
 
 /// The scenario's jobs as they stand on `node`, finish times counted from `wall0`.
@@ -413,11 +452,7 @@ fn warm_up(svc: &LoadedService, rows: &[Vec<f32>], rate: f64, seed: u64) {
         {
             std::thread::sleep(wait);
         }
-        if let Ok(p) = svc
-            .primary()
-            .batcher
-            .submit(rows[pending.len() % rows.len()].clone())
-        {
+        if let Some(p) = submit(svc, rows[pending.len() % rows.len()].clone()) {
             pending.push(p);
         }
     }

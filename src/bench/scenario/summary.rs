@@ -89,6 +89,9 @@ pub struct PolicyReport {
     pub best_effort_share_seconds: Option<f64>,
     /// Training epochs best-effort jobs finished in the run.
     pub best_effort_epochs: u32,
+    /// ∫ share dt per tenant (per replica for a service with several, `NAME@DEVICE`), in
+    /// shares of the whole node, in order of first appearance; empty under `none`.
+    pub tenant_share_seconds: Vec<(String, f64)>,
     /// Processor time used, in device-seconds (core-seconds / cores).
     pub device_seconds_used: f64,
     /// p99 of the load generator's lateness (scheduled arrival to submission), ms: the
@@ -198,6 +201,11 @@ pub(super) fn summarise(
             Some(integral(&|n| best_effort(n))),
         )
     };
+    let tenant_share_seconds = if policy == "none" {
+        Vec::new()
+    } else {
+        by_tenant(&timeline)
+    };
     let best_effort_epochs = jobs
         .iter()
         .filter(|j| j.deadline_s.is_none())
@@ -227,10 +235,26 @@ pub(super) fn summarise(
         share_seconds,
         best_effort_share_seconds,
         best_effort_epochs,
+        tenant_share_seconds,
         device_seconds_used,
         generator_late_p99_ms: 0.0,
         timeline,
     }
+}
+
+/// ∫ share dt of each tenant of `timeline`, in order of first appearance.
+fn by_tenant(timeline: &[Sample]) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for w in timeline.windows(2) {
+        let dt = w[1].t_s - w[0].t_s;
+        for (name, share) in &w[1].shares {
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 += dt * share,
+                None => out.push((name.clone(), dt * share)),
+            }
+        }
+    }
+    out
 }
 
 /// setpoint over static, where both ran.

@@ -196,6 +196,29 @@ fn service_lines(s: &StatusView, history: &WatchHistory, lines: &mut Vec<String>
             sparkline(&recent, top),
             rate
         ));
+        replica_lines(t, lines);
+    }
+}
+
+/// One line per replica of a service that has several: its device, whether it is up, its
+/// part of the rows, its share of its device, its rows per second against its planned
+/// capacity, and its p99.
+fn replica_lines(t: &TenantView, lines: &mut Vec<String>) {
+    for r in &t.replicas {
+        let p99 = r.p99_ms.map_or("-".to_string(), |p| format!("{p:.2} ms"));
+        let capacity = r
+            .capacity_rows_per_s
+            .map_or("-".to_string(), |c| format!("{c:.0}/s"));
+        lines.push(format!(
+            "  on {:<10} {:<4} rows {:>5}  share {:>5}  {:>7} of {:>7}  p99 {}",
+            r.device,
+            if r.up { "up" } else { "DOWN" },
+            pct(r.fraction),
+            pct(r.share),
+            format!("{:.0}/s", r.rows_per_s),
+            capacity,
+            p99
+        ));
     }
 }
 
