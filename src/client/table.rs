@@ -265,7 +265,28 @@ pub(crate) fn status_text(s: &StatusView) -> String {
     out
 }
 
-/// The tenants of a status, one row each, or `no tenants`.
+/// A row under its service for one replica: its device, whether it is up, its part of the
+/// rows, its latency and rows per second against the capacity the split planned, its share
+/// of its device and its queue.
+fn replica_row(r: &crate::node::ReplicaView) -> Vec<String> {
+    let p99 = r.p99_ms.map_or("-".into(), |p| format!("p99 {p:.2} ms"));
+    let capacity = r
+        .capacity_rows_per_s
+        .map_or("-".into(), |c| format!("{c:.0}"));
+    vec![
+        String::new(),
+        format!("  on {}", r.device),
+        if r.up { "up" } else { "down" }.into(),
+        format!("rows {}", pct(r.fraction)),
+        format!("{p99}, {:.0} of {capacity} rows/s", r.rows_per_s),
+        pct(r.share),
+        String::new(),
+        r.queue_len.to_string(),
+    ]
+}
+
+/// The tenants of a status, one row each (and one per replica of a service that has
+/// several), or `no tenants`.
 fn tenants_table(s: &StatusView) -> String {
     let mut t = Table::new(&[
         "KIND",
@@ -288,10 +309,18 @@ fn tenants_table(s: &StatusView) -> String {
                 None => ten.set_point.clone(),
             },
             cell(&ten.measured),
-            pct(ten.share),
+            // The shares of several devices do not add up to one: each replica's is below.
+            if ten.replicas.is_empty() {
+                pct(ten.share)
+            } else {
+                "-".into()
+            },
             ten.batch_size.to_string(),
             cell(&ten.queue_len),
         ]);
+        for r in &ten.replicas {
+            t.row(replica_row(r));
+        }
     }
     if t.is_empty() {
         "no tenants\n".into()

@@ -119,7 +119,7 @@ impl Node {
                     (true, Some(c)) => Some(c * split.trim(i).unwrap_or(1.0)),
                     _ => None,
                 };
-                svc.replicas()[i].set_capacity(planned);
+                svc.replicas()[i].set_capacity(planned, setpoint_s);
                 match planned {
                     Some(c) => st.split.capacity.insert(key, c),
                     None => st.split.capacity.remove(&key),

@@ -37,6 +37,9 @@ pub struct Replica {
     /// Rows per second the split last planned it could serve within the SLO (an `f64`'s
     /// bits; NaN until measured).
     capacity: std::sync::atomic::AtomicU64,
+    /// The most requests its queue holds and still answers within the latency set point
+    /// at that capacity (`u64::MAX` until measured): past it, a request goes elsewhere.
+    queue_bound: std::sync::atomic::AtomicU64,
 }
 
 impl Replica {
@@ -83,6 +86,7 @@ impl Replica {
             health: placement.health().clone(),
             rate: std::sync::atomic::AtomicU64::new(0),
             capacity: std::sync::atomic::AtomicU64::new(f64::NAN.to_bits()),
+            queue_bound: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -104,11 +108,42 @@ impl Replica {
     }
 
     /// Records the rows per second the split planned it could serve within the SLO (None:
-    /// not measured, or down).
-    pub(crate) fn set_capacity(&self, rows_per_s: Option<f64>) {
+    /// not measured, or down), and so the queue it answers within `setpoint_s`.
+    pub(crate) fn set_capacity(&self, rows_per_s: Option<f64>, setpoint_s: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
         let bits = rows_per_s.unwrap_or(f64::NAN).to_bits();
-        self.capacity
-            .store(bits, std::sync::atomic::Ordering::Relaxed);
+        self.capacity.store(bits, Relaxed);
+        let bound = rows_per_s.map_or(u64::MAX, |c| (c * setpoint_s).ceil().max(1.0) as u64);
+        self.queue_bound.store(bound, Relaxed);
+    }
+
+    /// Whether its queue is longer than it answers within the latency set point (two
+    /// atomic loads): a load step the split has not followed yet.
+    pub(crate) fn is_backlogged(&self) -> bool {
+        let bound = self.queue_bound.load(std::sync::atomic::Ordering::Relaxed);
+        self.batcher.queue_len() as u64 > bound
+    }
+
+    /// Seconds its queue takes to drain at its planned capacity (0 with an empty queue,
+    /// infinite with a queue and no capacity known).
+    fn expected_wait(&self) -> f64 {
+        let queued = self.batcher.queue_len() as f64;
+        match self.capacity() {
+            _ if queued == 0.0 => 0.0,
+            Some(c) if c > 0.0 => queued / c,
+            _ => f64::INFINITY,
+        }
+    }
+
+    /// Of `replicas`, the one up and not backlogged whose queue drains first, other than
+    /// `not`.
+    pub(crate) fn relief(replicas: &[Replica], not: usize) -> Option<&Replica> {
+        replicas
+            .iter()
+            .enumerate()
+            .filter(|&(j, r)| j != not && r.is_up() && !r.is_backlogged())
+            .map(|(_, r)| r)
+            .min_by(|a, b| a.expected_wait().total_cmp(&b.expected_wait()))
     }
 
     /// The rows per second the split last planned it could serve within the SLO.

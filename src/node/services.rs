@@ -232,8 +232,11 @@ impl LoadedService {
     }
 
     /// The replica that takes a request of `rows` rows, by the split in force; a replica
-    /// found down (its device failed) is cut from the split at once and another chosen.
-    /// `DeviceFailed` (503) when none is up.
+    /// found down (its device failed) is cut from the split at once and another chosen. A
+    /// replica whose queue is already longer than it answers within the latency set point
+    /// (a load step the split has not followed yet) passes the request to the replica whose
+    /// queue drains first, when one is not backlogged too. `DeviceFailed` (503) when none is
+    /// up.
     pub(crate) fn choose(&self, rows: usize) -> Result<&Replica, ServeError> {
         if self.replicas.len() == 1 {
             return Ok(&self.replicas[0]);
@@ -242,8 +245,14 @@ impl LoadedService {
             let Some(i) = self.dispatch.choose(rows) else {
                 break;
             };
-            if self.replicas[i].is_up() {
-                return Ok(&self.replicas[i]);
+            let chosen = &self.replicas[i];
+            if chosen.is_up() {
+                if chosen.is_backlogged()
+                    && let Some(other) = Replica::relief(&self.replicas, i)
+                {
+                    return Ok(other);
+                }
+                return Ok(chosen);
             }
             self.dispatch.cut(i);
         }
