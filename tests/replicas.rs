@@ -181,6 +181,13 @@ fn replicas_naming_a_device_the_node_lacks_are_refused_with_the_devices_it_has()
     assert_eq!(devices, ["cpu:0", "cpu:1"], "{view}");
 }
 
+/// One request of one row of `width` inputs; its status.
+fn infer_wide(d: &Daemon, width: usize) -> u16 {
+    let row: Vec<f32> = (0..width).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
+    let body = json!({"inputs": [{"name": "input", "shape": [1, width], "datatype": "FP32", "data": row}]});
+    d.send("POST", "/v2/models/mlp/infer", &body).0
+}
+
 /// `threads` clients sending one-row requests of `width` inputs back to back for `secs`.
 fn load(d: &Daemon, threads: usize, width: usize, secs: f64) {
     let row: Vec<f32> = (0..width).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
@@ -240,6 +247,26 @@ slo = { p99_ms = 200 }
     assert!(core_s > 0.0, "{used:?}");
 }
 
+/// A model that costs a fifth of a core hundreds of rows per second, a 10 ms SLO, replicas
+/// on the smaller part first, and a timeout that a busy machine does not reach.
+fn overflow_config(period_ms: u64, split: &str) -> String {
+    format!(
+        r#"
+control_period_ms = {period_ms}
+[device]
+kind = "cpu"
+cpu_threads = 2
+cpu_split = {split}
+[[services]]
+name = "mlp"
+layers = [256, 2048, 2048, 4]
+replicas = ["cpu:1", "cpu:0"]
+slo = {{ p99_ms = 10 }}
+timeout_ms = 5000
+"#
+    )
+}
+
 #[test]
 fn under_load_the_split_fills_the_first_replica_to_its_capacity_and_overflows() {
     // cpu:0 is 0.8 of a core, cpu:1 a fifth of one. The replica named first (cpu:1) is
@@ -247,21 +274,7 @@ fn under_load_the_split_fills_the_first_replica_to_its_capacity_and_overflows() 
     // budget over its cost per row, trimmed by its latency (a slow device runs small
     // batches to stay within the SLO, so a row costs it more). Six clients send more than
     // that; the rest overflows to cpu:0, which serves more within the SLO.
-    let d = Daemon::start(
-        r#"
-control_period_ms = 50
-[device]
-kind = "cpu"
-cpu_threads = 2
-cpu_split = [0.4, 0.1]
-[[services]]
-name = "mlp"
-layers = [256, 2048, 2048, 4]
-replicas = ["cpu:1", "cpu:0"]
-slo = { p99_ms = 10 }
-timeout_ms = 5000
-"#,
-    );
+    let d = Daemon::start(&overflow_config(50, "[0.4, 0.1]"));
     d.wait_ready();
     let rows_before = (rows(&d, "cpu:1"), rows(&d, "cpu:0"));
     let secs = 3.0;
@@ -300,5 +313,47 @@ timeout_ms = 5000
     assert!(
         overflow > 0.2,
         "cpu:0 took {overflow:.2} of the rows: {taken:?}, {r:?}"
+    );
+}
+
+#[test]
+fn a_burst_the_split_has_not_followed_yet_goes_past_a_backlogged_replica() {
+    // A control period of a second: the split decided at the last tick stays in force
+    // through a burst of 16 clients. It sends most rows to cpu:1, a fifth of a core, whose
+    // queue soon holds more than it answers within the latency set point; the
+    // dispatcher passes the rest to cpu:0 rather than queue them there.
+    let d = Daemon::start(&overflow_config(1000, "[0.4, 0.1]"));
+    d.wait_ready();
+    // A light load until cpu:1's capacity is measured and it takes most rows; then a
+    // burst between two ticks, so that the split in force is the one read before it (tried
+    // again, after settling again, when a tick fell inside).
+    let ticks = || d.get("/v1/status").1["control_ticks"].as_u64().unwrap();
+    let (taken, fraction) = d.poll(
+        Duration::from_secs(120),
+        "a burst on a settled split",
+        || {
+            let r = replicas(&d);
+            let settled = r[0]["capacity_rows_per_s"].as_f64().is_some()
+                && r[0]["fraction"].as_f64().unwrap() > 0.7;
+            if !settled {
+                // About 60 rows/s: well within cpu:1's capacity.
+                for _ in 0..10 {
+                    assert_eq!(infer_wide(&d, 256), 200);
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+                return None;
+            }
+            let t0 = ticks();
+            let before = (rows(&d, "cpu:1"), rows(&d, "cpu:0"));
+            let fraction = replicas(&d)[1]["fraction"].as_f64().unwrap();
+            load(&d, 16, 256, 0.3);
+            let taken = (rows(&d, "cpu:1") - before.0, rows(&d, "cpu:0") - before.1);
+            (ticks() == t0).then_some((taken, fraction))
+        },
+    );
+    let passed = taken.1 as f64 / (taken.0 + taken.1) as f64;
+    assert!(
+        passed > fraction + 0.2,
+        "cpu:0 took {passed:.2} of the burst's rows with a split of {fraction:.2}: {taken:?}"
     );
 }
