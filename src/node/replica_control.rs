@@ -256,8 +256,14 @@ impl Node {
                 .enumerate()
                 .filter(|&(i, r)| i != here && r.is_up())
                 .filter_map(|(i, r)| {
-                    let cap = st.split.capacity.get(&(svc.name().to_string(), i))?;
-                    Some((cap - r.rate()).max(0.0))
+                    let key = (svc.name().to_string(), i);
+                    let cap = *st.split.capacity.get(&key)?;
+                    let cost = *st.split.costs.get(&key)?;
+                    // What the replica's device has left once its other tenants' requests
+                    // are met, in rows per second at this replica's cost.
+                    let there = st.per_device.get(r.device.index())?;
+                    let room = free_share(there, svc.name()) * self.capacity_of(r.device) / cost;
+                    Some(spare_rows(cap, LOAD_TARGET * room, r.rate()))
                 })
                 .sum();
             dec.requested *= kept(svc.replicas()[here].rate(), spare);
@@ -294,6 +300,24 @@ fn batched_factor(
     }
 }
 
+/// The share of a device its last decisions leave free of every tenant but service `name`.
+fn free_share(d: &crate::control::Decisions, name: &str) -> f64 {
+    let others: f64 = d
+        .services
+        .iter()
+        .filter(|s| s.name != name)
+        .map(|s| s.requested)
+        .sum::<f64>()
+        + d.jobs.iter().map(|j| j.requested).sum::<f64>();
+    (d.capacity - others).max(0.0)
+}
+
+/// Rows per second a replica could still take: up to its capacity within the SLO, and no
+/// more than the `room` its device's other tenants leave it, less the `rate` it serves now.
+fn spare_rows(capacity: f64, room: f64, rate: f64) -> f64 {
+    (capacity.min(room) - rate).max(0.0)
+}
+
 /// The part of a replica's share admission keeps committed when it serves `rate` rows per
 /// second and its service's other replicas could take `spare` more within the SLO.
 fn kept(rate: f64, spare: f64) -> f64 {
@@ -317,6 +341,41 @@ mod tests {
         assert_eq!(kept(1000.0, 4000.0), 0.0, "the others could take every row");
         assert_eq!(kept(0.0, 10.0), 0.0, "idle here, room elsewhere");
         assert_eq!(kept(0.0, 0.0), 1.0, "nothing known: as committed");
+    }
+
+    #[test]
+    fn a_replica_spares_no_more_than_its_device_leaves_it() {
+        assert_eq!(
+            spare_rows(1000.0, 5000.0, 200.0),
+            800.0,
+            "its capacity binds"
+        );
+        assert_eq!(
+            spare_rows(1000.0, 300.0, 200.0),
+            100.0,
+            "the device's room binds"
+        );
+        assert_eq!(
+            spare_rows(1000.0, 100.0, 200.0),
+            0.0,
+            "no room: nothing spare"
+        );
+        let service = |name: &str, requested: f64| crate::control::ServiceDecision {
+            name: name.into(),
+            requested,
+            share: requested,
+            batch_size: 1,
+            setpoint_s: 0.01,
+            p99_s: None,
+            feed_forward: 0.0,
+            cost_per_request_s: None,
+        };
+        let d = crate::control::Decisions {
+            capacity: 0.95,
+            services: vec![service("mlp", 0.3), service("other", 0.2)],
+            ..Default::default()
+        };
+        assert!((free_share(&d, "mlp") - 0.75).abs() < 1e-12);
     }
 
     #[test]
