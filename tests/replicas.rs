@@ -30,11 +30,29 @@ slo = {{ p99_ms = 50 }}
     )
 }
 
+/// A v2 infer request of one row of `width` inputs.
+fn request(width: usize) -> Value {
+    let row: Vec<f32> = (0..width).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
+    json!({"inputs": [{"name": "input", "shape": [1, width], "datatype": "FP32", "data": row}]})
+}
+
+/// One request of one row of `width` inputs; its status.
+fn infer_wide(d: &Daemon, width: usize) -> u16 {
+    d.send("POST", "/v2/models/mlp/infer", &request(width)).0
+}
+
+/// One request to the 16-input model of [`config`]; its status.
 fn infer(d: &Daemon) -> u16 {
-    let row: Vec<f32> = (0..16).map(|j| j as f32 * 0.1 - 0.8).collect();
-    let body =
-        json!({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": row}]});
-    d.send("POST", "/v2/models/mlp/infer", &body).0
+    infer_wide(d, 16)
+}
+
+/// The string `key` of each object in the array `v`.
+fn strings<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x[key].as_str().unwrap())
+        .collect()
 }
 
 /// Each replica's view, by device name.
@@ -56,17 +74,18 @@ fn rows(d: &Daemon, device: &str) -> u64 {
 fn a_service_runs_a_replica_on_each_device_it_names_and_status_shows_them() {
     let d = Daemon::start(&config("[0.75, 0.25]", r#"["cpu:1", "cpu:0"]"#));
     d.wait_ready();
-    let r = replicas(&d);
-    let devices: Vec<&str> = r.iter().map(|x| x["device"].as_str().unwrap()).collect();
-    assert_eq!(devices, ["cpu:1", "cpu:0"], "{r:?}");
+    let (_, view) = d.get("/v1/services/mlp");
+    assert_eq!(
+        strings(&view["replicas"], "device"),
+        ["cpu:1", "cpu:0"],
+        "{view}"
+    );
     let (_, status) = d.get("/v1/status");
-    let names: Vec<&str> = status["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["cpu:0", "cpu:1"], "{status}");
+    assert_eq!(
+        strings(&status["devices"], "name"),
+        ["cpu:0", "cpu:1"],
+        "{status}"
+    );
     let tenant = &status["tenants"][0];
     assert_eq!(tenant["device"], "cpu:1+cpu:0", "{tenant}");
     let (_, metrics) = d.get("/metrics");
@@ -169,29 +188,19 @@ fn replicas_naming_a_device_the_node_lacks_are_refused_with_the_devices_it_has()
     // Only GPUs named, on a node without one: the service runs where it would by default.
     let (status, view) = d.send("POST", "/v1/services", &service("portable", json!(["gpu"])));
     assert_eq!(status, 201, "{view}");
-    // Two replicas added over the API; each answers.
+    // Two replicas added over the API, one on each part.
     let (status, view) = d.send("POST", "/v1/services", &service("both", json!(["cpu:*"])));
     assert_eq!(status, 201, "{view}");
-    let devices: Vec<&str> = view["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["device"].as_str().unwrap())
-        .collect();
-    assert_eq!(devices, ["cpu:0", "cpu:1"], "{view}");
-}
-
-/// One request of one row of `width` inputs; its status.
-fn infer_wide(d: &Daemon, width: usize) -> u16 {
-    let row: Vec<f32> = (0..width).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
-    let body = json!({"inputs": [{"name": "input", "shape": [1, width], "datatype": "FP32", "data": row}]});
-    d.send("POST", "/v2/models/mlp/infer", &body).0
+    assert_eq!(
+        strings(&view["replicas"], "device"),
+        ["cpu:0", "cpu:1"],
+        "{view}"
+    );
 }
 
 /// `threads` clients sending one-row requests of `width` inputs back to back for `secs`.
 fn load(d: &Daemon, threads: usize, width: usize, secs: f64) {
-    let row: Vec<f32> = (0..width).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
-    let body = json!({"inputs": [{"name": "input", "shape": [1, width], "datatype": "FP32", "data": row}]});
+    let body = request(width);
     let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
     std::thread::scope(|s| {
         for _ in 0..threads {

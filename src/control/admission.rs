@@ -33,9 +33,14 @@ pub(crate) fn positive(x: f64) -> f64 {
 /// Capacity committed to tenants that must be served, by the last decisions: services at
 /// what they asked for, deadline jobs at the share their required rate needs (not their
 /// request of the moment, which a loop catching up or settling pushes up and down),
-/// best-effort jobs at nothing.
-fn committed(last: &Decisions) -> (f64, f64) {
-    let services: f64 = last.services.iter().map(|s| s.requested).sum();
+/// best-effort jobs at nothing; service `except` (when given) is not counted.
+fn committed(last: &Decisions, except: Option<&str>) -> (f64, f64) {
+    let services: f64 = last
+        .services
+        .iter()
+        .filter(|s| except != Some(s.name.as_str()))
+        .map(|s| s.requested)
+        .sum();
     let jobs: f64 = last
         .jobs
         .iter()
@@ -43,6 +48,27 @@ fn committed(last: &Decisions) -> (f64, f64) {
         .map(job_need)
         .sum();
     (services, jobs)
+}
+
+/// The device's capacity to hand out: all of it less the reserve and other processes' load.
+fn capacity(cfg: &ControlConfig, last: &Decisions) -> f64 {
+    (1.0 - cfg.reserve_frac - foreign(last)).clamp(0.0, 1.0)
+}
+
+/// Other processes' load on the device, as the last decisions saw it.
+fn foreign(last: &Decisions) -> f64 {
+    if last.foreign_load.is_finite() {
+        last.foreign_load.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// The share of a device its last decisions leave uncommitted, service `name`'s own
+/// commitment not counted: what that service could still be given there.
+pub(crate) fn uncommitted_but(cfg: &ControlConfig, last: &Decisions, name: &str) -> f64 {
+    let (svc, jobs) = committed(last, Some(name));
+    (capacity(cfg, last) - svc - jobs).max(0.0)
 }
 
 /// The share a deadline job needs to keep its required rate, when both are known.
@@ -56,13 +82,9 @@ fn job_need(j: &super::JobDecision) -> f64 {
 /// Admits `c` when the share it needs until its deadline fits in the capacity the last
 /// decisions left uncommitted; returns that share.
 pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64, Refusal> {
-    let foreign = if last.foreign_load.is_finite() {
-        last.foreign_load.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let capacity = (1.0 - cfg.reserve_frac - foreign).clamp(0.0, 1.0);
-    let (svc, jobs) = committed(last);
+    let foreign = foreign(last);
+    let capacity = capacity(cfg, last);
+    let (svc, jobs) = committed(last, None);
     let available = (capacity - svc - jobs).max(0.0);
     let (svc, jobs) = (svc.max(0.0), jobs.max(0.0));
     let cores = positive(c.cores);

@@ -103,10 +103,7 @@ pub(crate) fn decide(
     o: &ServiceObs,
 ) -> ServiceDecision {
     let cores = super::admission::positive(o.cores);
-    let (rows, secs) = o
-        .batches
-        .iter()
-        .fold((0usize, 0.0f64), |(r, s), &(b, t)| (r + b, s + t));
+    let (rows, secs) = batch_totals(&o.batches);
     for &(b, t) in o.calibration.iter().chain(&o.batches) {
         st.model.observe(b, t);
     }
@@ -162,13 +159,25 @@ pub(crate) fn decide(
 /// starts), so the share plays no part here; but a device that offers less than one core
 /// (a part of the CPU) does: a batch of `t` seconds occupies it for `t / speed`.
 fn batch_size(_cfg: &ControlConfig, st: &ServiceState, o: &ServiceObs) -> usize {
-    largest_batch(&st.model, o.batch_limit, o.slo_s * device_speed(o))
+    largest_batch(
+        &st.model,
+        o.batch_limit,
+        o.slo_s * device_speed(o.max_share, o.cores),
+    )
 }
 
-/// How fast the service's device runs one batcher thread, relative to a core: 1, or less
-/// on a part of the CPU smaller than one core (its whole budget is `max_share × cores`).
-pub(crate) fn device_speed(o: &ServiceObs) -> f64 {
-    (o.max_share * o.cores).clamp(1e-3, 1.0)
+/// How fast a service's device runs its batcher thread, relative to a core, when the
+/// service may have `max_share` of its `cores`: 1, or less on a part of the CPU smaller than
+/// one core.
+pub(crate) fn device_speed(max_share: f64, cores: f64) -> f64 {
+    (max_share * cores).clamp(1e-3, 1.0)
+}
+
+/// Rows and seconds of `batches` (rows, seconds) together.
+pub(crate) fn batch_totals(batches: &[(usize, f64)]) -> (usize, f64) {
+    batches
+        .iter()
+        .fold((0usize, 0.0f64), |(r, s), &(b, t)| (r + b, s + t))
 }
 
 /// Predicted seconds per row in a batch of `rows`, from `model`.

@@ -8,8 +8,12 @@ use std::sync::Arc;
 
 use super::control::{ControlState, Prev, Round, ServiceMeasure, TenantKey, TickClock};
 use super::{DeviceId, LoadedService, Node, Replica};
+use crate::config::ServiceConfig;
 use crate::control::ServiceObs;
-use crate::control::inference::{ServiceTimeModel, batched_cost, largest_batch};
+use crate::control::admission::uncommitted_but;
+use crate::control::inference::{
+    ServiceTimeModel, batch_totals, batched_cost, device_speed, largest_batch,
+};
 use crate::control::split::{ReplicaObs, Split};
 
 /// The load a replica's capacity is planned at: below 1, so that its queue stays short.
@@ -37,9 +41,6 @@ pub(crate) struct SplitState {
     /// Per replica: the requests waiting at the last tick (the rows it had answered are in
     /// the control state's `prev`).
     queued: HashMap<(String, usize), usize>,
-    /// Per replica: the rows per second it could serve within the SLO, as the split last
-    /// planned it (its capacity times its latency trim).
-    capacity: HashMap<(String, usize), f64>,
     /// Per service: the split decided at the last tick, for the decision log.
     pub(crate) last: HashMap<String, Vec<f64>>,
 }
@@ -87,9 +88,10 @@ impl Node {
             throughput: success.saturating_sub(prev.steps) as f64 / clock.period_s,
         };
         st.measures.insert(name.clone(), measure.clone());
+        let config = svc.config();
         let mut obs = Vec::with_capacity(svc.replicas().len());
         for (i, r) in svc.replicas().iter().enumerate() {
-            let period = self.observe_replica(st, clock, round, &svc, i);
+            let period = self.observe_replica(st, clock, round, (&svc, &config), i);
             obs.push(self.replica_obs(st, &name, i, r, period));
         }
         if obs.len() > 1 {
@@ -103,9 +105,9 @@ impl Node {
             // The replicas' latency is held to the set point each service's loop aims at
             // (a fraction of the SLO), so that their merged p99 stays within the SLO.
             let setpoint_s =
-                st.controller.config().latency_setpoint_frac * svc.config().slo.p99_ms / 1000.0;
+                st.controller.config().latency_setpoint_frac * config.slo.p99_ms / 1000.0;
             // The trim's cut holds while the SLO window holds the latency it reacted to.
-            let window_s = svc.config().slo.window_ms as f64 / 1000.0;
+            let window_s = config.slo.window_ms as f64 / 1000.0;
             let hold = (window_s / clock.period_s.max(1e-3)).ceil().clamp(0.0, 1e4) as u32;
             let split = st
                 .split
@@ -114,16 +116,11 @@ impl Node {
                 .or_insert_with(|| Split::with_hold(hold));
             let fractions = split.decide(&obs, lambda, setpoint_s);
             for (i, o) in obs.iter().enumerate() {
-                let key = (name.clone(), i);
                 let planned = match (o.healthy, o.capacity_rows_per_s) {
                     (true, Some(c)) => Some(c * split.trim(i).unwrap_or(1.0)),
                     _ => None,
                 };
                 svc.replicas()[i].set_capacity(planned, setpoint_s);
-                match planned {
-                    Some(c) => st.split.capacity.insert(key, c),
-                    None => st.split.capacity.remove(&key),
-                };
             }
             svc.set_split(&fractions);
             st.split.last.insert(name, fractions);
@@ -138,7 +135,7 @@ impl Node {
         st: &mut ControlState,
         clock: &TickClock,
         round: &mut Round,
-        svc: &Arc<LoadedService>,
+        (svc, config): (&Arc<LoadedService>, &ServiceConfig),
         i: usize,
     ) -> Option<ReplicaPeriod> {
         let r = &svc.replicas()[i];
@@ -167,7 +164,6 @@ impl Node {
             return None;
         }
         let window = r.batcher.window_stats();
-        let config = svc.config();
         let batches = r.batcher.take_batch_log();
         let calibration = r.batcher.take_calibration();
         let model = st
@@ -175,8 +171,8 @@ impl Node {
             .models
             .entry((svc.name().to_string(), i))
             .or_default();
-        let speed = (self.service_max_share(d) * self.capacity_of(d)).clamp(1e-3, 1.0);
-        let batched = batched_factor(model, &calibration, &batches, &config, speed);
+        let speed = device_speed(self.service_max_share(d), self.capacity_of(d));
+        let batched = batched_factor(model, &calibration, &batches, config, speed);
         let period = ReplicaPeriod {
             rows: rows_now,
             core_s,
@@ -256,13 +252,13 @@ impl Node {
                 .enumerate()
                 .filter(|&(i, r)| i != here && r.is_up())
                 .filter_map(|(i, r)| {
-                    let key = (svc.name().to_string(), i);
-                    let cap = *st.split.capacity.get(&key)?;
-                    let cost = *st.split.costs.get(&key)?;
-                    // What the replica's device has left once its other tenants' requests
+                    let cap = r.capacity()?;
+                    let cost = *st.split.costs.get(&(svc.name().to_string(), i))?;
+                    // What the replica's device has left once its other tenants' commitments
                     // are met, in rows per second at this replica's cost.
                     let there = st.per_device.get(r.device.index())?;
-                    let room = free_share(there, svc.name()) * self.capacity_of(r.device) / cost;
+                    let free = uncommitted_but(st.controller.config(), there, svc.name());
+                    let room = free * self.capacity_of(r.device) / cost;
                     Some(spare_rows(cap, LOAD_TARGET * room, r.rate()))
                 })
                 .sum();
@@ -280,15 +276,13 @@ fn batched_factor(
     model: &mut ServiceTimeModel,
     calibration: &[(usize, f64)],
     batches: &[(usize, f64)],
-    config: &crate::config::ServiceConfig,
+    config: &ServiceConfig,
     speed: f64,
 ) -> f64 {
     for &(b, t) in calibration.iter().chain(batches) {
         model.observe(b, t);
     }
-    let (rows, secs) = batches
-        .iter()
-        .fold((0usize, 0.0f64), |(r, s), &(b, t)| (r + b, s + t));
+    let (rows, secs) = batch_totals(batches);
     let b_cap = largest_batch(
         model,
         config.batching.max_batch_size,
@@ -298,18 +292,6 @@ fn batched_factor(
         Some(at_cap) if rows > 0 && secs > 0.0 => (at_cap / (secs / rows as f64)).clamp(0.01, 1.0),
         _ => 1.0,
     }
-}
-
-/// The share of a device its last decisions leave free of every tenant but service `name`.
-fn free_share(d: &crate::control::Decisions, name: &str) -> f64 {
-    let others: f64 = d
-        .services
-        .iter()
-        .filter(|s| s.name != name)
-        .map(|s| s.requested)
-        .sum::<f64>()
-        + d.jobs.iter().map(|j| j.requested).sum::<f64>();
-    (d.capacity - others).max(0.0)
 }
 
 /// Rows per second a replica could still take: up to its capacity within the SLO, and no
@@ -375,7 +357,8 @@ mod tests {
             services: vec![service("mlp", 0.3), service("other", 0.2)],
             ..Default::default()
         };
-        assert!((free_share(&d, "mlp") - 0.75).abs() < 1e-12);
+        let cfg = crate::control::ControlConfig::default();
+        assert!((uncommitted_but(&cfg, &d, "mlp") - 0.75).abs() < 1e-12);
     }
 
     #[test]
