@@ -8,7 +8,9 @@
 //! was made from this very source; a stale or missing one is left out with a warning, and the
 //! daemon compiles that module with NVRTC at run time instead. When ptxas is found
 //! (`$PTXAS`, beside `$NVCC`, on `PATH`, or `.cuda-tools/` from `scripts/cuda-tools.sh`) the
-//! embedded PTX is also assembled into machine code for `sm_90` and embedded; a ptxas
+//! embedded PTX is also assembled into machine code for `sm_90` (`sm_90a` for a module whose
+//! source has a line `// setpoint-module-target: sm_90a`, whose PTX is for `compute_90a`)
+//! and embedded; a ptxas
 //! failure is a warning, or an error with `SETPOINT_REQUIRE_SASS=1` (the device bundle sets
 //! it). No CUDA tool is needed to build. The crate includes `$OUT_DIR/kernels.rs`, a table
 //! with one entry per module (see `src/kernels/mod.rs`).
@@ -22,6 +24,11 @@ const COMMON_HEADER: &str = "common.cuh";
 /// The committed PTX's virtual architecture and the machine code made from it.
 const PTX_ARCH: &str = "compute_90";
 const SASS_ARCH: &str = "sm_90";
+/// The same for modules whose source says `// setpoint-module-target: sm_90a` (Hopper's
+/// architecture-specific features; `ModuleTarget` in src/kernels/mod.rs).
+const PTX_ARCH_90A: &str = "compute_90a";
+const SASS_ARCH_90A: &str = "sm_90a";
+const TARGET_LINE: &str = "// setpoint-module-target:";
 /// The first words of a committed PTX file's header line (src/kernels/aot.rs).
 const PTX_TAG: &str = "// setpoint-kernel";
 /// Where scripts/cuda-tools.sh installs ptxas.
@@ -52,7 +59,24 @@ fn protos() -> Result<(), String> {
         .build_server(true)
         .build_transport(false)
         .compile_fds(fds)
-        .map_err(|e| format!("generating the gRPC code: {e}"))
+        .map_err(|e| format!("generating the gRPC code: {e}"))?;
+    if std::env::var_os("CARGO_FEATURE_KUBERNETES").is_some() {
+        kubelet_protos()?;
+    }
+    Ok(())
+}
+
+/// The kubelet's plugin services (`proto/kubelet/`), for the `kubernetes` feature: the DRA
+/// plugin service and plugin registration, server and client (the tests play the kubelet).
+fn kubelet_protos() -> Result<(), String> {
+    let files = ["kubelet/dra_v1.proto", "kubelet/pluginregistration.proto"];
+    let fds = protox::compile(files, ["proto"]).map_err(|e| format!("proto/kubelet: {e}"))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        .compile_fds(fds)
+        .map_err(|e| format!("generating the kubelet plugin code: {e}"))
 }
 
 fn revision() {
@@ -78,6 +102,8 @@ fn revision() {
 /// One kernel module as the build prepared it.
 struct Module {
     name: String,
+    /// Built for sm_90a rather than for every architecture.
+    sm90a: bool,
     /// The resolved source, written under OUT_DIR.
     source_path: PathBuf,
     /// The committed PTX, when it was made from this source.
@@ -137,16 +163,27 @@ fn kernels() -> Result<(), String> {
     for cu in &cu_files {
         println!("cargo:rerun-if-changed={}", cu.display());
         let name = module_name(cu)?;
-        let resolved = resolve_includes(&read(cu)?, &name, header.as_deref())?;
+        let text = read(cu)?;
+        let sm90a = module_target(&text, &name)?;
+        let (ptx_arch, sass_arch) = if sm90a {
+            (PTX_ARCH_90A, SASS_ARCH_90A)
+        } else {
+            (PTX_ARCH, SASS_ARCH)
+        };
+        let resolved = resolve_includes(&text, &name, header.as_deref())?;
         let source_path = gen_dir.join(format!("{name}.cu"));
         write_if_changed(&source_path, &resolved)?;
-        let ptx_path = committed_ptx(&kernel_dir, &name, &resolved)?;
+        let ptx_path = committed_ptx(&kernel_dir, &name, &resolved, ptx_arch)?;
         let sass_path = match (&ptx_path, &ptxas) {
-            (Some(ptx), Some(ptxas)) => assemble(ptxas, ptx, &gen_dir, &name, require_sass)?,
+            (Some(ptx), Some(ptxas)) => {
+                let target = (name.as_str(), sass_arch);
+                assemble(ptxas, ptx, &gen_dir, target, require_sass)?
+            }
             _ => None,
         };
         modules.push(Module {
             name,
+            sm90a,
             source_path,
             ptx_path,
             sass_path,
@@ -189,12 +226,30 @@ fn module_name(cu: &Path) -> Result<String, String> {
     }
 }
 
+/// Whether the source asks to be built for sm_90a (a line `// setpoint-module-target:
+/// sm_90a`); any other target named there is an error.
+fn module_target(text: &str, module: &str) -> Result<bool, String> {
+    let Some(line) = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(TARGET_LINE))
+    else {
+        return Ok(false);
+    };
+    match line.trim_start()[TARGET_LINE.len()..].trim() {
+        "sm_90a" => Ok(true),
+        other => Err(format!(
+            "kernels/{module}.cu: module target {other:?} is not known (only sm_90a is)"
+        )),
+    }
+}
+
 /// `kernels/ptx/<module>.ptx` when its header says it was made from `resolved` for
-/// [`PTX_ARCH`]; `None`, with a warning, when it is missing or stale.
+/// `ptx_arch`; `None`, with a warning, when it is missing or stale.
 fn committed_ptx(
     kernel_dir: &Path,
     module: &str,
     resolved: &str,
+    ptx_arch: &str,
 ) -> Result<Option<PathBuf>, String> {
     let path = kernel_dir.join("ptx").join(format!("{module}.ptx"));
     println!("cargo:rerun-if-changed={}", path.display());
@@ -208,7 +263,7 @@ fn committed_ptx(
         return Ok(None);
     };
     let want = format!(
-        "module={module} arch={PTX_ARCH} source-fnv64={:016x} ",
+        "module={module} arch={ptx_arch} source-fnv64={:016x} ",
         fnv64(resolved.as_bytes())
     );
     let first = text.lines().next().unwrap_or("");
@@ -266,18 +321,18 @@ fn search_path(name: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Assembles the committed PTX of `module` for [`SASS_ARCH`]. A failure is a warning (the
-/// binary then carries the PTX only), or an error when `required`.
+/// Assembles the committed PTX of `module` for `sass_arch` (`target` is both). A failure is
+/// a warning (the binary then carries the PTX only), or an error when `required`.
 fn assemble(
     ptxas: &Path,
     ptx: &Path,
     gen_dir: &Path,
-    module: &str,
+    (module, sass_arch): (&str, &str),
     required: bool,
 ) -> Result<Option<PathBuf>, String> {
-    let cubin = gen_dir.join(format!("{module}.{SASS_ARCH}.cubin"));
+    let cubin = gen_dir.join(format!("{module}.{sass_arch}.cubin"));
     let result = Command::new(ptxas)
-        .arg(format!("-arch={SASS_ARCH}"))
+        .arg(format!("-arch={sass_arch}"))
         .arg("-o")
         .arg(&cubin)
         .arg(ptx)
@@ -294,7 +349,7 @@ fn assemble(
         Err(e) => format!("cannot run {}: {e}", ptxas.display()),
     };
     let msg =
-        format!("ptxas could not assemble kernels/ptx/{module}.ptx for {SASS_ARCH}: {failure}");
+        format!("ptxas could not assemble kernels/ptx/{module}.ptx for {sass_arch}: {failure}");
     if required {
         return Err(msg);
     }
@@ -390,10 +445,11 @@ fn render_table(modules: &[Module]) -> String {
         let source = m.source_path.display().to_string();
         let _ = writeln!(
             s,
-            "    KernelSource {{\n        module: {:?},\n        source: include_str!({source:?}),\n        prebuilt_ptx: {},\n        prebuilt_sass: {},\n    }},",
+            "    KernelSource {{\n        module: {:?},\n        source: include_str!({source:?}),\n        prebuilt_ptx: {},\n        prebuilt_sass: {},\n        target: ModuleTarget::{},\n    }},",
             m.name,
             opt(&m.ptx_path, "include_str"),
             opt(&m.sass_path, "include_bytes"),
+            if m.sm90a { "Sm90a" } else { "Portable" },
         );
     }
     s.push_str("];\n\n");
@@ -407,12 +463,18 @@ fn render_table(modules: &[Module]) -> String {
     let _ = writeln!(
         s,
         "/// The virtual architecture of the embedded PTX.\npub(crate) const PREBUILT_ARCH: Option<&str> = {};",
-        arch(modules.iter().any(|m| m.ptx_path.is_some()), PTX_ARCH)
+        arch(
+            modules.iter().any(|m| !m.sm90a && m.ptx_path.is_some()),
+            PTX_ARCH
+        )
     );
     let _ = writeln!(
         s,
         "/// The architecture of the embedded machine code.\npub(crate) const SASS_ARCH: Option<&str> = {};",
-        arch(modules.iter().any(|m| m.sass_path.is_some()), SASS_ARCH)
+        arch(
+            modules.iter().any(|m| !m.sm90a && m.sass_path.is_some()),
+            SASS_ARCH
+        )
     );
     s
 }

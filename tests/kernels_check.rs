@@ -31,6 +31,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("gemm", &["gemm_f32", "gemm_bf16", "gemm_bf16_simt"]),
     ("gemm_large", &["gemm_bf16_128"]),
     ("gemm_small", &["gemm_bf16_small_m"]),
+    ("gemm_wgmma", &["gemm_bf16_wgmma"]),
     ("softmax", &["softmax_xent", "softmax_rows", "sum_partial"]),
 ];
 
@@ -235,6 +236,14 @@ fn every_abi_kernel_compiles_and_assembles_for_sm_90() {
                 .filter_map(|k| k["name"].as_str().map(str::to_string)),
         );
     }
+    // The sm_90a module is assembled for sm_90a, where its body is built, without spills.
+    let wgmma = &mods["gemm_wgmma"];
+    assert_eq!(wgmma["arch"], "sm_90a", "{wgmma:#}");
+    assert_eq!(mods["gemm"]["arch"], "sm_90", "{v:#}");
+    let k = &wgmma["kernels"][0];
+    assert_eq!(k["spill_store_bytes"], 0, "{k:#}");
+    assert!(k["registers"].as_u64().is_some_and(|r| r > 64), "{k:#}");
+
     let abi = abi_kernel_names();
     assert!(abi.len() >= 14, "ABI.md table parsed to {abi:?}");
     for name in &abi {

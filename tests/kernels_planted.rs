@@ -14,6 +14,12 @@
 //!   warps of `gemm_bf16_128` mapped onto the same block of the tile: caught by the
 //!   comparison with the CPU backend;
 //! - a read of shared memory that no thread of the block wrote: caught by that NaN;
+//! - in gemm_bf16_wgmma: a wrong swizzle mode in the wgmma descriptors (caught by the
+//!   comparison with the CPU backend); accumulators read before wgmma.wait_group, a stage
+//!   released before the wgmma reading it retired, a stage multiplied before its TMA copies
+//!   landed (caught by the emulation completing wgmma and TMA at issue under some schedules
+//!   and at the wait under others); a consumer that never arrives on the empty barrier
+//!   (caught as an mbarrier phase that can never complete);
 //! - an out-of-bounds store or load (a bounds check dropped): caught by the guards around
 //!   the harness's buffers or the NaN in them;
 //! - a vector load from a misaligned address (alignment checks dropped, buffers off the
@@ -26,6 +32,7 @@ mod emu;
 mod emu_gemm;
 
 use setpoint::device::cpu::CpuBuf;
+use setpoint::device::cuda::choice::wgmma_operands;
 use setpoint::device::{Backend, CpuBackend, Gemm};
 use setpoint::util::rng::Rng;
 
@@ -167,6 +174,113 @@ fn a_swizzle_on_one_side_only_is_caught() {
         )],
         |h| gemm_probe(GemmKernel::Bf16TensorCores, &multi_slice_cases(), h),
         &["vs CPU"],
+    );
+}
+
+/// gemm_bf16_wgmma on shapes the TMA takes, several slices per tile and several tiles per
+/// CTA (grid 1 and 2), so the 4-stage ring is refilled.
+fn wgmma_probe(h: &Harness) -> Result<(), String> {
+    let cases: Vec<(Gemm, Part)> = whole(&gemm_cases(&[(136, 200, 328)]))
+        .into_iter()
+        .filter(|(g, _)| wgmma_operands(g, 0, 0).is_ok())
+        .collect();
+    check_gemm(h, SCHEDULES, GemmKernel::Bf16Wgmma, &cases, &[1, 2], 52)
+}
+
+/// A descriptor naming the 64-byte swizzle (layout 2) for stages TMA filled with the
+/// 128-byte one: the wgmma reads the wrong chunks, and C is wrong.
+#[test]
+fn a_wrong_swizzle_mode_in_the_wgmma_descriptor_is_caught() {
+    planted(
+        "gemm_wgmma_descriptor_swizzle",
+        &[(
+            "gemm_wgmma.cu",
+            "(unsigned long long)((sbo >> 4) & 0x3fffu) << 32 | 1ull << 62;",
+            "(unsigned long long)((sbo >> 4) & 0x3fffu) << 32 | 2ull << 62;",
+        )],
+        wgmma_probe,
+        &["vs CPU"],
+    );
+}
+
+/// The accumulators written to C before the wgmma.wait_group that retires the tile's last
+/// products: the emulation completes them at issue under some schedules, at the wait under
+/// others.
+#[test]
+fn reading_wgmma_accumulators_before_wait_group_is_caught() {
+    planted(
+        "gemm_wgmma_store_before_wait",
+        &[
+            (
+                "gemm_wgmma.cu",
+                "        wgmma_wait<0>();\n        wgmma_fence_acc(acc);\n        if (w.slices",
+                "        wgmma_fence_acc(acc);\n        if (w.slices",
+            ),
+            (
+                "gemm_wgmma.cu",
+                "wg_store(c, m, n, m0 + wg * 64, n0, wtid, acc, alpha, beta);",
+                "wg_store(c, m, n, m0 + wg * 64, n0, wtid, acc, alpha, beta);\n        \
+                 wgmma_wait<0>();",
+            ),
+        ],
+        wgmma_probe,
+        RACE,
+    );
+}
+
+/// A stage released while the wgmma reading it may still run (waiting for all but two
+/// groups instead of all but one): under schedule 2 the producer refills it at once and the
+/// wgmma, completed at its wait, reads the next slice.
+#[test]
+fn releasing_a_stage_before_its_wgmma_retires_is_caught() {
+    planted(
+        "gemm_wgmma_early_release",
+        &[(
+            "gemm_wgmma.cu",
+            "wgmma_wait<1>();  // slice",
+            "wgmma_wait<2>();  // slice",
+        )],
+        wgmma_probe,
+        RACE,
+    );
+}
+
+/// Consumers multiplying a stage without waiting on its full barrier: the TMA copies land at
+/// issue under some schedules and only at a wait under others; where they wait, the producer
+/// runs ahead and arrives on a full barrier whose last phase still waits for its bytes.
+#[test]
+fn multiplying_a_stage_before_its_tma_copies_land_is_caught() {
+    planted(
+        "gemm_wgmma_no_full_wait",
+        &[(
+            "gemm_wgmma.cu",
+            "            mbar_wait(&sm.full[st], (unsigned)(it / WG_STAGES) & 1u);\n",
+            "",
+        )],
+        wgmma_probe,
+        &[
+            "give different results",
+            "vs CPU",
+            "differ",
+            "never waited",
+            "more arrivals in one phase",
+        ],
+    );
+}
+
+/// Consumers that never release a stage inside a tile: the producer waits for an empty
+/// phase that can never complete, and the block fails saying so instead of hanging.
+#[test]
+fn a_consumer_not_arriving_on_the_empty_barrier_is_caught() {
+    planted(
+        "gemm_wgmma_no_release",
+        &[(
+            "gemm_wgmma.cu",
+            "            if (s > 0 && wtid == 0) {\n                mbar_arrive(&sm.empty[(it - 1) % WG_STAGES]);\n            }\n",
+            "",
+        )],
+        wgmma_probe,
+        &["can never complete"],
     );
 }
 

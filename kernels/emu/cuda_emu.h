@@ -26,7 +26,9 @@
 // ldmatrix rows; reads of shared memory that no thread of the block wrote (each block
 // starts with it filled with ones, NaN to every float type); cp.async destinations read
 // before the wait that retires the copy (async_copy.h: copies land at the wait under some
-// schedules and at issue under others), and copies never waited for. Built with
+// schedules and at issue under others), and copies never waited for; the same for TMA
+// copies and wgmma products, mbarrier phases that can never complete, and the operands of
+// both (mbarrier.h, tma.h, wgmma.h). Built with
 // -fsanitize=alignment,bounds (see harness.cpp), misaligned vector accesses and indexes
 // past a fixed-size array abort. What it does not check: races inside one turn (a fiber is
 // never interrupted between synchronisation points, so two threads' read-modify-writes of
@@ -47,6 +49,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -62,6 +65,7 @@
 // kernel itself and pass it down; one declared elsewhere would escape the poisoning.
 #define __shared__ static __attribute__((section("emu_shared")))
 #define __launch_bounds__(...)
+#define __grid_constant__
 
 // The bounds of the section, from the linker (weak: absent when no kernel has any).
 extern "C" __attribute__((weak)) unsigned char __start_emu_shared[];
@@ -193,6 +197,7 @@ struct Block {
     int pos = 0;                // next position in `order`
     std::vector<int> lanes;     // per warp, its lanes in turn order (kWarp entries each)
     std::vector<int> lane_pos;  // per warp, next position in its lanes
+    std::vector<int> urgent;    // threads to run next, before the policy's order (mbarrier.h)
 };
 
 inline Block& state() {
@@ -276,6 +281,11 @@ inline bool runnable(int t) {
 inline int pick() {
     Block& b = state();
     const int n = (int)b.fibers.size();
+    while (!b.urgent.empty()) {
+        const int t = b.urgent.back();
+        b.urgent.pop_back();
+        if (runnable(t)) return t;
+    }
     if (b.mode == Mode::Interleaved) {
         for (int tries = 0; tries < n; ++tries) {
             if (b.pos == n) {
@@ -434,6 +444,7 @@ inline void start_fibers(int n) {
     b.slots.assign((size_t)n * 2 * kSlotBytes, 0);
     b.lanes.assign(b.warps.size() * kWarp, 0);
     b.lane_pos.assign(b.warps.size(), 0);
+    b.urgent.clear();
     while ((int)b.stacks.size() < n) {
         b.stacks.emplace_back(new char[kStackBytes]);
     }
@@ -451,9 +462,19 @@ inline void start_fibers(int n) {
     }
 }
 
+// Per block, the bookkeeping of mbarriers, TMA and wgmma (mbarrier.h, tma.h, wgmma.h);
+// hopper_unstick lands TMA copies still in flight when no thread can run, and says whether
+// there were any.
+inline void hopper_begin_block(int threads);
+inline void hopper_end_block();
+inline bool hopper_unstick();
+inline std::string hopper_deadlock_report();
+
 [[noreturn]] inline void deadlock() {
     Block& b = state();
     const int n = (int)b.fibers.size();
+    const std::string hopper = hopper_deadlock_report();
+    if (!hopper.empty()) fail("%s", hopper.c_str());
     for (int t = 0; t < n; ++t) {
         if (!b.fibers[t].done) {
             threadIdx = b.fibers[t].idx;
@@ -481,13 +502,16 @@ inline void run_block(const std::function<void()>& body, uint64_t block_linear) 
     new_epoch();
     poison_shared();
     async_copies_begin_block(n);
+    hopper_begin_block(n);
     for (;;) {
         const int t = pick();
         if (t < 0) {
             if (b.finished == n) {
                 async_copies_end_block();
+                hopper_end_block();
                 return;
             }
+            if (hopper_unstick()) continue;
             deadlock();
         }
         b.current = t;
@@ -534,6 +558,9 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 
 #include "async_copy.h"
 #include "tensor_core.h"
+#include "mbarrier.h"
+#include "tma.h"
+#include "wgmma.h"
 
 // Runs kernel<<<grid, block>>>(args...) to completion, one block at a time.
 template <class... P, class... A>

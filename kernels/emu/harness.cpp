@@ -10,6 +10,12 @@
 //   f64[] LEN HEX...         a double* buffer (16 hex digits per element)
 //   u32[] LEN HEX...         an unsigned* buffer
 //   u16[] LEN HEX...         an unsigned short* buffer (bf16 bits)
+//   tmap ARG D0 D1 STRIDE B0 B1 SWIZZLE
+//                            a TensorMap (kernels/gemm_wgmma.cu) over the u16[] buffer that
+//                            is argument ARG (1-based), as cuTensorMapEncodeTiled makes it:
+//                            dims (D0, D1), dimension 0 contiguous, STRIDE bytes between
+//                            consecutive indices of dimension 1, box (B0, B1), SWIZZLE 0 none,
+//                            1 32B, 2 64B, 3 128B (kernels/emu/tma.h); in decimal
 // The tags are checked against the kernel's signature. A buffer is 256-byte aligned (like
 // cudaMalloc) unless its tag ends in @BYTES: `f32[]@4` places it 4 bytes past that alignment,
 // as a sub-buffer of a larger allocation would be (BYTES a multiple of the element size, below
@@ -25,7 +31,7 @@
 // to stderr with a non-zero exit status.
 //
 // Build: c++ -std=c++20 -O1 -pthread -fno-strict-aliasing -ffp-contract=off
-//        -fsanitize=alignment,bounds -fno-sanitize-recover=all harness.cpp
+//        -fsanitize=alignment,bounds -fno-sanitize-recover=all -Wno-psabi harness.cpp
 // (-ffp-contract=off keeps a*b+c unfused, as in the Rust CPU backend; the sanitizer turns a
 // misaligned vector access or an index past a fixed-size array into an abort.)
 #include "cuda_emu.h"
@@ -41,8 +47,10 @@
 #include "../gemm.cu"
 #include "../gemm_large.cu"
 #include "../gemm_small.cu"
+#include "../gemm_wgmma.cu"
 #include "../softmax.cu"
 #include "async_copy_probe.h"
+#include "hopper_probe.h"
 
 namespace {
 
@@ -64,6 +72,7 @@ struct Arg {
     size_t guard_bytes = 0;   // before the (aligned) start of the data
     uint64_t guard = 0;       // the pattern around a buffer
     std::vector<uint64_t> init;
+    uint64_t map[7] = {};     // a tmap's ARG D0 D1 STRIDE B0 B1 SWIZZLE
     std::unique_ptr<unsigned char, decltype(&std::free)> mem{nullptr, &std::free};
 
     size_t total() const { return guard_bytes + round_up(offset + len * elem, kAlign) + guard_bytes; }
@@ -92,6 +101,7 @@ constexpr const char* tag_of() {
     else if constexpr (std::is_pointer_v<T> && std::is_same_v<E, double>) return "f64[]";
     else if constexpr (std::is_pointer_v<T> && std::is_same_v<E, unsigned>) return "u32[]";
     else if constexpr (std::is_pointer_v<T> && std::is_same_v<E, unsigned short>) return "u16[]";
+    else if constexpr (std::is_same_v<T, TensorMap>) return "tmap";
     else static_assert(!sizeof(T), "kernel parameter type without a harness tag");
 }
 
@@ -110,6 +120,10 @@ struct Args {
                 a.scalar = (uint64_t)(uint32_t)(int32_t)v;
             } else if (tag == "f32") {
                 a.scalar = hex(in);
+            } else if (tag == "tmap") {
+                for (uint64_t& v : a.map) {
+                    if (!(in >> v)) die("bad tmap field: give ARG D0 D1 STRIDE B0 B1 SWIZZLE");
+                }
             } else {
                 read_buffer(in, a);
             }
@@ -165,8 +179,24 @@ struct Args {
                 ", got " + a.tag);
         }
         if constexpr (std::is_pointer_v<T>) return reinterpret_cast<T>(a.data());
+        else if constexpr (std::is_same_v<T, TensorMap>) return tensor_map(a);
         else if constexpr (std::is_same_v<T, int>) return (int)(uint32_t)a.scalar;
         else return std::bit_cast<float>((uint32_t)a.scalar);
+    }
+
+    // The tensor map a tmap argument describes, encoded over its buffer as the driver would.
+    TensorMap tensor_map(const Arg& a) const {
+        const uint64_t ref = a.map[0];
+        if (ref < 1 || ref > list.size() || list[ref - 1].tag.substr(0, 5) != "u16[]") {
+            die("tmap: argument " + std::to_string(ref) + " is not a u16[] buffer");
+        }
+        const uint64_t dims[2] = {a.map[1], a.map[2]};
+        const uint32_t box[2] = {(uint32_t)a.map[4], (uint32_t)a.map[5]};
+        TensorMap m;
+        const char* err = emu_tensor_map_encode_tiled(&m, list[ref - 1].data(), dims, a.map[3],
+                                                      box, (uint32_t)a.map[6]);
+        if (err != nullptr) die(std::string("cuTensorMapEncodeTiled refuses the tmap: ") + err);
+        return m;
     }
 
     template <class... P>
@@ -268,7 +298,11 @@ const Kernel kKernels[] = {
     KERNEL(sum_partial, 256),   KERNEL(sgd_step, 256),     KERNEL(adam_step, 256),
     KERNEL(f32_to_bf16, 256),   KERNEL(bf16_to_f32, 256),
     KERNEL(gemm_bf16_small_m, 128), KERNEL(gemm_bf16_128, 256),
+    KERNEL(gemm_bf16_wgmma, 288),
     KERNEL(emu_cp_async_probe, 32),  // async_copy_probe.h: tests of the emulation only
+    KERNEL(emu_mbarrier_probe, 64),  // hopper_probe.h: the same
+    KERNEL(emu_tma_probe, 32),
+    KERNEL(emu_wgmma_probe, 128),
 };
 
 // "0,1,7" -> {0, 1, 7}

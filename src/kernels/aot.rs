@@ -1,7 +1,8 @@
 //! The PTX kept in the repository (`kernels/ptx/<module>.ptx`), which the binary embeds so
 //! that a host without NVRTC runs the kernels.
 //!
-//! Each file is NVRTC's output for [`AOT_ARCH`] after one header line:
+//! Each file is NVRTC's output for [`AOT_ARCH`] (for an sm_90a module, compute_90a: see
+//! [`super::ModuleTarget`]) after one header line:
 //!
 //! ```text
 //! // setpoint-kernel module=gemm arch=compute_90 source-fnv64=0123456789abcdef nvrtc=12.9
@@ -91,7 +92,7 @@ pub enum Comparison {
 
 /// The text of `DIR/<module>.ptx` as NVRTC makes it now: the header line, then the PTX.
 pub fn render(module: &KernelSource) -> Result<String, KernelError> {
-    let arch = CudaArch::parse(AOT_ARCH)?;
+    let arch = CudaArch::parse(module.target.aot_arch())?;
     let version = nvrtc::version()?;
     let (ptx, _log) = nvrtc::compile_with_log(module, &arch)?;
     let header = Header::for_source(module, &arch, &version);
@@ -137,6 +138,7 @@ mod tests {
         source: "extern \"C\" __global__ void k() {}",
         prebuilt_ptx: None,
         prebuilt_sass: None,
+        target: crate::kernels::ModuleTarget::Portable,
     };
 
     #[test]

@@ -175,6 +175,7 @@ mod tests {
         source: "extern \"C\" __global__ void k() {}",
         prebuilt_ptx: None,
         prebuilt_sass: None,
+        target: crate::kernels::ModuleTarget::Portable,
     };
 
     #[test]

@@ -299,6 +299,7 @@ mod tests {
             source: "extern \"C\" __global__ void k() {}",
             prebuilt_ptx: None,
             prebuilt_sass: None,
+            target: crate::kernels::ModuleTarget::Portable,
         };
         let (ptx, _) = compile_with_log(&ok, &arch).unwrap();
         assert_eq!(super::super::names::ptx_entries(&ptx), vec!["k"]);

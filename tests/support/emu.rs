@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::bf16;
+use setpoint::device::cuda::tma::TensorMap2d;
 use setpoint::util::rng::Rng;
 
 /// Flags of the harness build (see kernels/emu/harness.cpp): no FMA contraction, so that the
@@ -30,6 +31,8 @@ const CXX_FLAGS: &[&str] = &[
     "-fno-sanitize-recover=all",
     "-Wall",
     "-Wextra",
+    // GCC notes that 64-byte-aligned arguments (the tensor maps) pass differently since 4.6.
+    "-Wno-psabi",
 ];
 
 /// The emulation's schedules every launch runs under (kernels/emu/cuda_emu.h): 0 the plain
@@ -201,6 +204,12 @@ impl Launch {
         self
     }
 
+    /// An int argument that may be negative.
+    pub fn int_signed(mut self, v: i32) -> Self {
+        writeln!(self.input, "i32 {v}").unwrap();
+        self
+    }
+
     pub fn flag(self, v: bool) -> Self {
         self.int(usize::from(v))
     }
@@ -247,6 +256,24 @@ impl Launch {
 
     pub fn u16s(self, v: &[u16]) -> Self {
         self.u16s_at(v, 0)
+    }
+
+    /// A tensor map (kernels/emu/tma.h) over the u16 buffer that is argument `arg` (1-based),
+    /// encoded by the harness as cuTensorMapEncodeTiled would from `map`'s parameters (its
+    /// address is the buffer's own).
+    pub fn tensor_map(mut self, arg: usize, map: &TensorMap2d) -> Self {
+        writeln!(
+            self.input,
+            "tmap {arg} {} {} {} {} {} {}",
+            map.dims[0],
+            map.dims[1],
+            map.stride_bytes,
+            map.box_dims[0],
+            map.box_dims[1],
+            map.swizzle as u32
+        )
+        .unwrap();
+        self
     }
 
     /// A u16 buffer `offset` elements past the 256-byte alignment.
@@ -349,6 +376,11 @@ impl Outputs {
     pub fn f64(&self, i: usize) -> Vec<f64> {
         let bits = self.bits(i, "f64[]");
         bits.iter().map(|&b| f64::from_bits(b)).collect()
+    }
+
+    pub fn u32(&self, i: usize) -> Vec<u32> {
+        let bits = self.bits(i, "u32[]");
+        bits.iter().map(|&b| b as u32).collect()
     }
 
     pub fn u16(&self, i: usize) -> Vec<u16> {

@@ -7,6 +7,8 @@ use setpoint::device::cpu::CpuBuf;
 use setpoint::device::{Backend, CpuBackend, Gemm};
 use setpoint::util::rng::Rng;
 
+use setpoint::device::cuda::tma::gemm_tensor_maps;
+
 use crate::emu::{Harness, Launch, close, round_to_bf16, same, to_bf16_bits, uniform};
 
 /// Output tile edge of the 64 x 64 GEMM kernels (ABI).
@@ -21,6 +23,9 @@ pub enum GemmKernel {
     Bf16SmallM,
     /// `gemm_bf16_128`: 128 x 128 tiles, 8 warps.
     Bf16Large,
+    /// `gemm_bf16_wgmma`: 128 x 128 tiles, wgmma fed by TMA (sm_90a). Not in [`Self::ALL`]:
+    /// it takes only operands the TMA can address (tests/kernels_wgmma_emulated.rs).
+    Bf16Wgmma,
 }
 
 impl GemmKernel {
@@ -39,6 +44,7 @@ impl GemmKernel {
             GemmKernel::Bf16TensorCores => "gemm_bf16",
             GemmKernel::Bf16SmallM => "gemm_bf16_small_m",
             GemmKernel::Bf16Large => "gemm_bf16_128",
+            GemmKernel::Bf16Wgmma => "gemm_bf16_wgmma",
         }
     }
 
@@ -46,7 +52,7 @@ impl GemmKernel {
     pub fn tile(self) -> (usize, usize) {
         match self {
             GemmKernel::Bf16SmallM => (16, 64),
-            GemmKernel::Bf16Large => (2 * TILE, 2 * TILE),
+            GemmKernel::Bf16Large | GemmKernel::Bf16Wgmma => (2 * TILE, 2 * TILE),
             _ => (TILE, TILE),
         }
     }
@@ -250,11 +256,12 @@ pub fn gemm_launch(
         GemmKernel::Bf16Simt
         | GemmKernel::Bf16TensorCores
         | GemmKernel::Bf16SmallM
-        | GemmKernel::Bf16Large => launch
+        | GemmKernel::Bf16Large
+        | GemmKernel::Bf16Wgmma => launch
             .u16s_at(&to_bf16_bits(a), oa)
             .u16s_at(&to_bf16_bits(b), ob),
     };
-    launch
+    let launch = launch
         .f32s_at(c, oc)
         .int(g.m)
         .int(g.n)
@@ -266,7 +273,17 @@ pub fn gemm_launch(
         .int(part.tiles.0)
         .int(part.tiles.1)
         .int(part.ks.0)
-        .int(part.ks.1)
+        .int(part.ks.1);
+    if kernel != GemmKernel::Bf16Wgmma {
+        return launch;
+    }
+    // The maps the host encodes for the launch (only the addresses' offsets from the
+    // harness's 256-byte alignment matter to the rules).
+    let (a_at, b_at) = ((oa * 2) as u64, (ob * 2) as u64);
+    match gemm_tensor_maps(&g, a_at, b_at, part.ks.0..part.ks.1) {
+        Ok([ma, mb]) => launch.tensor_map(1, &ma).tensor_map(2, &mb),
+        Err(why) => panic!("{}: {why}", describe(kernel, g, part)),
+    }
 }
 
 /// Random operands for `g` (rounded to bf16 for the bf16 kernels) and C (NaN when beta = 0).

@@ -15,6 +15,8 @@ use crate::kernels::{self, CudaArch, KernelError, KernelResources, KernelSource,
 pub(super) struct ModuleCheck {
     /// The module's name.
     pub module: &'static str,
+    /// What it was compiled for (sm_90a for an sm_90a module checked for sm_90).
+    pub arch: CudaArch,
     /// Where its PTX came from, once it loaded.
     pub origin: Option<PtxOrigin>,
     /// Size of its PTX.
@@ -51,8 +53,9 @@ pub(super) fn run(a: KernelsCheckArgs) -> anyhow::Result<()> {
         return Err(KernelError::NoSources.into());
     }
     let ptxas = kernels::find_ptxas(a.ptxas.as_deref())?;
-    let all_prebuilt = kernels::prebuilt_arch() == Some(arch.compute().as_str())
-        && sources.iter().all(|s| s.prebuilt_ptx.is_some());
+    let all_prebuilt = sources.iter().all(|s| {
+        s.prebuilt_ptx.is_some() && s.target.arch_for(&arch).compute() == s.target.aot_arch()
+    });
     // Without NVRTC nothing below can work; say so once rather than once per module.
     let nvrtc_version = if all_prebuilt {
         kernels::nvrtc::version().ok()
@@ -101,7 +104,7 @@ fn check_all(
             .map(|(s, h)| {
                 h.join().unwrap_or_else(|_| ModuleCheck {
                     error: Some("the check of this module panicked".into()),
-                    ..empty_check(s)
+                    ..empty_check(s, &tools.arch)
                 })
             })
             .collect()
@@ -137,10 +140,11 @@ fn failure(checks: &[ModuleCheck], json: bool) -> Option<String> {
     Some(msg)
 }
 
-/// A module not checked yet: its source's kernels, nothing else.
-fn empty_check(s: &KernelSource) -> ModuleCheck {
+/// A module not checked yet for `arch`: its source's kernels, nothing else.
+fn empty_check(s: &KernelSource, arch: &CudaArch) -> ModuleCheck {
     ModuleCheck {
         module: s.module,
+        arch: s.target.arch_for(arch),
         origin: None,
         ptx_bytes: 0,
         nvrtc_log: String::new(),
@@ -159,7 +163,7 @@ fn check_module(
     arch: &CudaArch,
     ptxas: Option<&Path>,
 ) -> ModuleCheck {
-    let mut c = empty_check(s);
+    let mut c = empty_check(s, arch);
     let loaded = match kernels::load_module(s, cache_dir, arch) {
         Ok(l) => l,
         Err(e) => {
@@ -194,7 +198,7 @@ fn check_module(
         return c;
     }
     if let Some(ptxas) = ptxas {
-        match kernels::ptxas_assemble(&loaded.ptx, arch, ptxas) {
+        match kernels::ptxas_assemble(&loaded.ptx, &c.arch, ptxas) {
             Ok(r) => {
                 c.resources = Some(r.kernels);
                 c.ptxas_warnings = r.warnings;

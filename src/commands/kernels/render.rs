@@ -4,9 +4,11 @@
 use serde_json::json;
 
 use super::check::{ModuleCheck, Toolchain};
-use crate::device::cuda::choice::{H200_SMS, REPRESENTATIVE_SHAPES, choose_gemm};
+use crate::device::cuda::choice::{
+    H200_SMS, REPRESENTATIVE_SHAPES, WGMMA_EXAMPLES, choose_gemm, wgmma_operands,
+};
 use crate::device::{Gemm, Precision};
-use crate::kernels::{self, CudaArch, PtxOrigin};
+use crate::kernels::{self, CudaArch, ModuleTarget, PtxOrigin};
 use crate::util::table::Table;
 
 /// What compiled kernel code the binary carries, in words.
@@ -63,6 +65,7 @@ fn header(tools: &Toolchain) -> String {
 fn kernel_table(checks: &[ModuleCheck]) -> Table {
     let mut table = Table::new(&[
         "module",
+        "arch",
         "kernel",
         "ptx",
         "registers",
@@ -70,12 +73,12 @@ fn kernel_table(checks: &[ModuleCheck]) -> Table {
         "spill_store_bytes",
         "spill_load_bytes",
     ])
-    .right_align(&[3, 4, 5, 6]);
+    .right_align(&[4, 5, 6, 7]);
     let dash = || "-".to_string();
     for c in checks {
         let origin = c.origin.map_or("-", PtxOrigin::as_str).to_string();
         if c.error.is_some() && c.resources.is_none() && c.origin.is_none() {
-            table.row(vec![c.module.into(), dash(), "FAILED".into()]);
+            table.row(vec![c.module.into(), c.arch.sm(), dash(), "FAILED".into()]);
             continue;
         }
         for k in &c.kernels {
@@ -83,7 +86,7 @@ fn kernel_table(checks: &[ModuleCheck]) -> Table {
                 .resources
                 .as_ref()
                 .and_then(|rs| rs.iter().find(|r| &r.kernel == k));
-            let mut row = vec![c.module.to_string(), k.clone(), origin.clone()];
+            let mut row = vec![c.module.to_string(), c.arch.sm(), k.clone(), origin.clone()];
             match r {
                 Some(r) => row.extend([
                     r.registers.to_string(),
@@ -119,6 +122,41 @@ fn gemm_choices(arch: &CudaArch) -> String {
         ));
     }
     out.push_str("  (f32 precision: gemm_f32 for every shape)\n");
+    out.push_str(&wgmma_rule(arch));
+    out
+}
+
+/// On Hopper, which products' operands gemm_bf16_wgmma (sm_90a) can take, and why not.
+fn wgmma_rule(arch: &CudaArch) -> String {
+    if ModuleTarget::Sm90a.arch_for(arch).sm() != "sm_90a" {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\ngemm_bf16_wgmma (sm_90a: wgmma fed by TMA; assembled above, not yet launched by the \
+         backend) takes a product when the TMA can address its operands:\n",
+    );
+    for &(m, n, k, ta, tb, offset) in WGMMA_EXAMPLES {
+        let mut g = Gemm::new(m, n, k);
+        g.trans_a = ta;
+        g.trans_b = tb;
+        let fallback = choose_gemm(&g, Precision::Bf16, true, H200_SMS)
+            .kernel
+            .name();
+        let what = match wgmma_operands(&g, offset, 0) {
+            Ok(()) => "takes it".to_string(),
+            Err(why) => format!("{why}: stays on {fallback}"),
+        };
+        out.push_str(&format!(
+            "  {m} x {n} x {k}{}{}{}: {what}\n",
+            if ta { " (A transposed)" } else { "" },
+            if tb { " (B transposed)" } else { "" },
+            if offset != 0 {
+                format!(" (A at byte {offset} of its allocation)")
+            } else {
+                String::new()
+            }
+        ));
+    }
     out
 }
 
@@ -238,6 +276,7 @@ fn module_json(c: &ModuleCheck) -> serde_json::Value {
         .collect();
     json!({
         "module": c.module,
+        "arch": c.arch.sm(),
         "ok": c.error.is_none(),
         "ptx_origin": c.origin,
         "ptx_bytes": c.ptx_bytes,

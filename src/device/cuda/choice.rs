@@ -18,11 +18,19 @@
 //! leave SMs idle that 64 × 64 tiles keep busy. So it runs when its tiles are at least the
 //! SM count (one tile a CTA per launch, so at least one CTA an SM), and `gemm_bf16`
 //! otherwise.
+//!
+//! On sm_90a, `gemm_bf16_wgmma` (wgmma fed by TMA, kernels/gemm_wgmma.cu) takes the products
+//! whose operands the TMA can address ([`wgmma_operands`]); an operand it cannot (a base
+//! off a 16-byte boundary, rows not a multiple of 16 bytes apart) keeps the kernels above,
+//! which load such operands element by element, and [`TmaRefusal`] says why. The backend
+//! does not launch `gemm_bf16_wgmma` yet (see `kernels/ABI.md`), so [`choose_gemm`] never
+//! returns it; `setpoint kernels check` shows the rule for sm_90.
 
 use std::fmt;
 
 use super::Kernel;
 use super::launch::{GemmTile, K_CHUNK_BF16, K_CHUNK_BF16_LARGE, K_CHUNK_F32};
+use super::tma::{TmaRefusal, gemm_tensor_maps};
 use crate::device::{Gemm, Precision};
 
 /// The largest m that runs on `gemm_bf16_small_m`: one row of its 16-row tiles.
@@ -159,6 +167,24 @@ pub fn choose_gemm(g: &Gemm, precision: Precision, tensor_cores: bool, sms: usiz
     }
 }
 
+/// Whether `gemm_bf16_wgmma` can take the operands of `g` stored at device addresses `a` and
+/// `b`: the TMA's rules for its tensor maps ([`super::tma::gemm_tensor_maps`]); the error
+/// says which operand it cannot take and why, and the product stays on [`choose_gemm`]'s
+/// kernel.
+pub fn wgmma_operands(g: &Gemm, a: u64, b: u64) -> Result<(), TmaRefusal> {
+    gemm_tensor_maps(g, a, b, 0..g.k).map(|_| ())
+}
+
+/// Products `setpoint kernels check` shows the sm_90a rule for: (m, n, k, transpose A,
+/// transpose B, A's offset in bytes from a 256-byte-aligned allocation).
+pub const WGMMA_EXAMPLES: &[(usize, usize, usize, bool, bool, u64)] = &[
+    (4096, 4096, 4096, false, false, 0),
+    (2048, 784, 2048, false, true, 0),
+    (4096, 4096, 4095, false, false, 0),
+    (1001, 4096, 4096, true, false, 0),
+    (4096, 4096, 4096, false, false, 2),
+];
+
 /// Shapes `setpoint kernels check` shows the choice for: the MLP's layers (784 → 2048 →
 /// 10) at inference batches and a training batch, and large square products.
 pub const REPRESENTATIVE_SHAPES: &[(usize, usize, usize)] = &[
@@ -228,6 +254,27 @@ mod tests {
         );
         assert_eq!(padding_percent(64, 64), 0);
         assert_eq!(padding_percent(1, 16), 93);
+    }
+
+    #[test]
+    fn wgmma_takes_only_operands_the_tma_can_address() {
+        let g = Gemm::new(4096, 4096, 4096);
+        assert_eq!(wgmma_operands(&g, 0, 256), Ok(()));
+        let e = wgmma_operands(&g, 2, 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the TMA cannot take A: it starts 2 bytes past a 16-byte boundary"
+        );
+        let e = wgmma_operands(&Gemm::new(4096, 4096, 4095), 0, 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the TMA cannot take A: its rows are 8190 bytes apart, not a multiple of 16"
+        );
+        // B transposed is n × k: k = 4095 breaks it too; A transposed is k × m.
+        let mut t = Gemm::new(1001, 4096, 4096).ta();
+        assert!(wgmma_operands(&t, 0, 0).is_err());
+        t.m = 1000;
+        assert_eq!(wgmma_operands(&t, 0, 0), Ok(()));
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod mixed;
 mod ops;
 pub mod partition;
 mod place;
+pub mod tma;
 
 use std::ffi::c_char;
 
