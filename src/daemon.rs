@@ -29,6 +29,9 @@ pub enum DaemonError {
     /// The node's shutdown (checkpoints, service drains) panicked.
     #[error("shutdown failed: {0}")]
     Shutdown(tokio::task::JoinError),
+    /// The Kubernetes driver could not start (`[kubernetes]`).
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 /// How the daemon is run besides its node and listener.
@@ -80,6 +83,12 @@ where
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.to_string()),
     });
+    #[cfg(feature = "kubernetes")]
+    if let (Some(k), Ok(addr)) = (node.config().kubernetes.clone(), listener.local_addr()) {
+        crate::kube::start(node.clone(), k, addr)
+            .await
+            .map_err(DaemonError::Kubernetes)?;
+    }
     node.start();
     let connections = Arc::new(ConnectionStats::default());
     let grpc_connections = Arc::new(ConnectionStats::default());

@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod data;
 pub mod device;
 pub mod kernels;
+#[cfg(feature = "kubernetes")]
+pub mod kube;
 pub mod model;
 pub mod node;
 pub mod serve;

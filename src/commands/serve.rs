@@ -32,6 +32,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::node::reload::SourceError::Config(c) => anyhow!(c),
         crate::node::reload::SourceError::Setting(m) => input_error(m),
     })?;
+    if cfg!(not(feature = "kubernetes")) && config.kubernetes.is_some() {
+        return Err(input_error(
+            "[kubernetes]: this setpoint was built without Kubernetes support; build it with \
+             `cargo build --release --features kubernetes`, or remove the section"
+                .to_string(),
+        ));
+    }
     let io_threads = config
         .http
         .io_thread_count(crate::device::cpu::available_cores());

@@ -7,6 +7,7 @@
 //! problem, each with its key path (`services[1].slo.p99_ms: must be > 0, got -5`).
 
 mod deadline;
+mod kubernetes;
 pub mod paths;
 mod schema;
 mod summary;
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 pub(crate) use deadline::civil_from_days;
 pub use deadline::{Deadline, DeadlineError, TimestampError, format_rfc3339, parse_rfc3339};
+pub use kubernetes::{CapacityMode, KubernetesConfig, is_dns_subdomain};
 pub use types::*;
 
 /// The embedded default configuration: one inference service and one demonstration job.

@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub services: Vec<ServiceConfig>,
     /// Training jobs submitted at start.
     pub jobs: Vec<JobConfig>,
+    /// The node's part in a Kubernetes cluster; `None` without a `[kubernetes]` section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<super::KubernetesConfig>,
 }
 
 fn serialize_secret<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

@@ -33,18 +33,18 @@ pub(crate) fn positive(x: f64) -> f64 {
 /// Capacity committed to tenants that must be served, by the last decisions: services at
 /// what they asked for, deadline jobs at the share their required rate needs (not their
 /// request of the moment, which a loop catching up or settling pushes up and down),
-/// best-effort jobs at nothing; service `except` (when given) is not counted.
-fn committed(last: &Decisions, except: Option<&str>) -> (f64, f64) {
+/// best-effort jobs at nothing; only the tenants `counted` accepts (by name) are counted.
+fn committed(last: &Decisions, counted: &dyn Fn(&str) -> bool) -> (f64, f64) {
     let services: f64 = last
         .services
         .iter()
-        .filter(|s| except != Some(s.name.as_str()))
+        .filter(|s| counted(&s.name))
         .map(|s| s.requested)
         .sum();
     let jobs: f64 = last
         .jobs
         .iter()
-        .filter(|j| j.class == JobClass::Deadline)
+        .filter(|j| j.class == JobClass::Deadline && counted(&j.name))
         .map(job_need)
         .sum();
     (services, jobs)
@@ -67,7 +67,17 @@ fn foreign(last: &Decisions) -> f64 {
 /// The share of a device its last decisions leave uncommitted, service `name`'s own
 /// commitment not counted: what that service could still be given there.
 pub(crate) fn uncommitted_but(cfg: &ControlConfig, last: &Decisions, name: &str) -> f64 {
-    let (svc, jobs) = committed(last, Some(name));
+    uncommitted_where(cfg, last, &|n| n != name)
+}
+
+/// The share of a device its last decisions leave uncommitted, counting only the tenants
+/// `counted` accepts (by name).
+pub(crate) fn uncommitted_where(
+    cfg: &ControlConfig,
+    last: &Decisions,
+    counted: &dyn Fn(&str) -> bool,
+) -> f64 {
+    let (svc, jobs) = committed(last, counted);
     (capacity(cfg, last) - svc - jobs).max(0.0)
 }
 
@@ -84,7 +94,7 @@ fn job_need(j: &super::JobDecision) -> f64 {
 pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64, Refusal> {
     let foreign = foreign(last);
     let capacity = capacity(cfg, last);
-    let (svc, jobs) = committed(last, None);
+    let (svc, jobs) = committed(last, &|_| true);
     let available = (capacity - svc - jobs).max(0.0);
     let (svc, jobs) = (svc.max(0.0), jobs.max(0.0));
     let cores = positive(c.cores);

@@ -130,6 +130,20 @@ impl Node {
         }
     }
 
+    /// The device named `name` (`cuda:0`, `cpu:1`), when it has not failed.
+    pub(crate) fn usable_device_named(&self, name: &str) -> Result<DeviceId, NodeError> {
+        let d = self
+            .devices()
+            .find(|&d| self.placement(d).name() == name)
+            .ok_or_else(|| NodeError::NotFound(format!("this node has no device {name}")))?;
+        match self.placement(d).health().failure() {
+            Some(e) => Err(NodeError::Unavailable(format!(
+                "device {name} has failed: {e}"
+            ))),
+            None => Ok(d),
+        }
+    }
+
     /// Devices that can take a new tenant, from the least share held to the most; 503
     /// naming every failed device when none can.
     pub(crate) fn usable_devices_by_load(&self) -> Result<Vec<DeviceId>, NodeError> {

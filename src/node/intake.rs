@@ -187,6 +187,17 @@ impl Node {
     /// capacity left (a deadline job that cannot make its deadline is refused with the
     /// earliest deadline it could meet), records its spec in the state dir and starts it.
     pub(crate) fn submit_job(self: &Arc<Self>, cfg: JobConfig) -> Result<Arc<Job>, NodeError> {
+        self.submit_job_on(cfg, None)
+    }
+
+    /// [`Node::submit_job`] on the device named `on` (`cuda:0`, `cpu`), when given: a
+    /// cluster scheduler's allocation. The pin is not recorded: after a restart the job goes
+    /// where the node places it.
+    pub(crate) fn submit_job_on(
+        self: &Arc<Self>,
+        cfg: JobConfig,
+        on: Option<&str>,
+    ) -> Result<Arc<Job>, NodeError> {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }
@@ -201,7 +212,10 @@ impl Node {
         let now = SystemTime::now();
         // Devices are tried from the least loaded; the step is measured on the first (the
         // node's GPUs are taken to be alike).
-        let order = self.usable_devices_by_load()?;
+        let order = match on {
+            None => self.usable_devices_by_load()?,
+            Some(name) => vec![self.usable_device_named(name)?],
+        };
         tracing::info!(job = %cfg.name, data = %cfg.data, "loading the job's data for admission");
         let measured = load_and_measure(
             &cfg,

@@ -13,6 +13,7 @@ mod removal;
 mod replica_control;
 pub mod replicas;
 mod restore;
+mod room;
 pub mod services;
 pub mod state_dir;
 pub mod store;
@@ -39,6 +40,7 @@ pub use registry::ServiceSlot;
 pub use reload::{ConfigSource, ReloadFailure, ReloadReport};
 pub use removal::{DeleteRefusal, JobDeleteAction, JobDeletion, KeptJob, PurgeReport};
 pub use replicas::{Replica, ReplicaView};
+pub use room::DeviceRoom;
 pub use services::{LoadedService, ServiceOrigin, ServiceView};
 pub use store::{JobChanges, JobRecord};
 pub use views::{

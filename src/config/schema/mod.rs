@@ -13,6 +13,7 @@ use super::{
     ShareMechanism, SloConfig,
 };
 
+mod kubernetes;
 mod tenants;
 use tenants::check_unique;
 pub(super) use tenants::{job, service};
@@ -32,6 +33,7 @@ const ROOT_KEYS: &[&str] = &[
     "paths",
     "services",
     "jobs",
+    "kubernetes",
 ];
 const DEVICE_KEYS: &[&str] = &[
     "kind",
@@ -157,6 +159,10 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
     let control = control(w, &t.unwrap_or(Tbl::root(&empty)));
     let t = w.section(&root, "paths", &empty);
     let paths = paths(w, &t.unwrap_or(Tbl::root(&empty)), default_data_dir);
+    let kubernetes = match w.table(&root, "kubernetes") {
+        Field::Ok(t) => Some(kubernetes::kubernetes(w, &t)),
+        _ => None,
+    };
 
     let services: Vec<ServiceConfig> = w
         .tables(&root, "services")
@@ -188,6 +194,7 @@ pub(super) fn node(w: &mut Walker, table: &Table, default_data_dir: PathBuf) -> 
         paths,
         services,
         jobs,
+        kubernetes,
     }
 }
 

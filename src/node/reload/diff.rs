@@ -58,6 +58,12 @@ pub fn effective_config(running: &NodeConfig, new: &NodeConfig) -> (NodeConfig, 
     }
     effective.http = running.http.clone();
     keep(
+        "kubernetes",
+        to_json(&running.kubernetes),
+        to_json(&new.kubernetes),
+    );
+    effective.kubernetes = running.kubernetes.clone();
+    keep(
         "control.decision_log",
         to_json(&running.control.decision_log),
         to_json(&new.control.decision_log),

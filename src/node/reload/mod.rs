@@ -8,7 +8,7 @@
 //! - **Settings** that apply live: `control_period_ms`, `control.reserve_frac`,
 //!   `control.leftover`, `control.past_deadline`, `auth_token`, `max_request_bytes`,
 //!   `drain_timeout_ms`.
-//! - **Settings that need a restart** (`listen`, `state_dir`, `[http]`, `[device]`,
+//! - **Settings that need a restart** (`listen`, `state_dir`, `[http]`, `[device]`, `[kubernetes]`,
 //!   `control.decision_log`) keep their running values and are reported as such.
 //! - **Services of the file**: a new one is loaded beside the others; one no longer in the
 //!   file is removed (new requests get 404, requests already in flight are answered); a
