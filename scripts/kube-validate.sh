@@ -17,7 +17,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv-kube"
 tool="$venv/bin/kubernetes-validate"
 
-if ! "$venv/bin/pip" show kubernetes-validate 2>/dev/null | grep -qx "Version: $version"; then
+installed="$("$venv/bin/pip" show kubernetes-validate 2>/dev/null || true)"
+if ! grep -qx "Version: $version" <<<"$installed"; then
     echo "kube-validate: installing kubernetes-validate $version into .venv-kube/" >&2
     if ! { "${PYTHON:-python3}" -m venv "$venv" &&
         "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$version"; }; then

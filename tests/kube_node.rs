@@ -13,6 +13,8 @@ mod child;
 mod daemon;
 #[path = "support/kube_fake.rs"]
 mod kube_fake;
+#[path = "support/kube_validate.rs"]
+mod kube_validate;
 
 use std::path::Path;
 use std::time::Duration;
@@ -296,14 +298,57 @@ fn the_node_publishes_its_devices_as_a_resource_slice() {
     // Written for the schema check of the objects the node emits.
     let out = dir.path().join("slice.json");
     std::fs::write(&out, serde_json::to_vec_pretty(&slice).unwrap()).unwrap();
-    let status = std::process::Command::new("bash")
-        .arg("scripts/kube-validate.sh")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "the published slice does not validate against Kubernetes 1.34's schema"
-    );
+    kube_validate::validate(&[&out]);
     drop(d);
+}
+
+/// Slices for a GPU node in both capacity modes, as the builder makes them, against the
+/// schema (the daemon test above publishes a CPU node's).
+#[test]
+fn gpu_slices_in_both_modes_are_valid_objects() {
+    use setpoint::config::CapacityMode;
+    use setpoint::device::cuda::GpuInfo;
+    use setpoint::kube::slice::{SliceSpec, devices, slices};
+    use setpoint::node::DeviceRoom;
+
+    let gpu = |index: usize| DeviceRoom {
+        name: format!("cuda:{index}"),
+        gpu: Some(GpuInfo {
+            index,
+            name: "NVIDIA H200".into(),
+            uuid: format!("GPU-5e1f0000-0000-0000-0000-00000000000{index}"),
+            compute_capability: (9, 0),
+            sm_count: 132,
+            total_memory: 150_000_000_000,
+            priority_range: (0, -5),
+            driver_version: 13000,
+        }),
+        green_contexts: true,
+        cores: 132.0,
+        free_share: 0.8,
+        memory_total: 150_000_000_000,
+        memory_free: 120_000_000_000,
+        healthy: true,
+    };
+    let rooms = [gpu(0), gpu(1)];
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for mode in [CapacityMode::Consumable, CapacityMode::Units] {
+        let spec = SliceSpec {
+            driver: "gpu.setpoint.dev".into(),
+            node: "gpu-node-1".into(),
+            mode,
+            units: 8,
+        };
+        for (i, s) in slices(&spec, devices(&spec, &rooms), 1_764_800_000)
+            .iter()
+            .enumerate()
+        {
+            let path = dir.path().join(format!("{mode:?}-{i}.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(s).unwrap()).unwrap();
+            files.push(path);
+        }
+    }
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    kube_validate::validate(&refs);
 }
