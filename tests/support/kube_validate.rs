@@ -30,3 +30,38 @@ pub fn validate(files: &[&Path]) {
         _ => panic!("{files:?} are not valid Kubernetes 1.34 objects:\n{report}"),
     }
 }
+
+/// The documents of a YAML file as JSON, read by the PyYAML that kubernetes-validate brings
+/// (`.venv-kube/`); `None`, with a line saying so, when it is not installed and not required.
+pub fn yaml_docs(path: &Path) -> Option<Vec<serde_json::Value>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let install = Command::new("bash")
+        .arg(root.join("scripts/kube-validate.sh"))
+        .arg("--install")
+        .output()
+        .unwrap();
+    if !install.status.success() {
+        assert!(
+            std::env::var("SETPOINT_REQUIRE_KUBE_VALIDATE").as_deref() != Ok("1"),
+            "kubernetes-validate could not be installed: {}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        eprintln!("skipped: kubernetes-validate (and its YAML reader) could not be installed");
+        return None;
+    }
+    let out = Command::new(root.join(".venv-kube/bin/python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} is not YAML: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
