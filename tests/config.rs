@@ -248,7 +248,7 @@ epochs = 0
     assert_eq!(
         issues(text),
         vec![
-            "colour: unknown key (accepted: listen, grpc_listen, state_dir, control_period_ms, auth_token, max_request_bytes, drain_timeout_ms, checkpoint_error_timeout_ms, http, device, control, paths, services, jobs)",
+            "colour: unknown key (accepted: listen, grpc_listen, state_dir, control_period_ms, auth_token, max_request_bytes, drain_timeout_ms, checkpoint_error_timeout_ms, http, device, control, paths, services, jobs, kubernetes)",
             "listen: expected a socket address like \"127.0.0.1:8000\" or \"[::1]:8000\" (an IP, not a host name), got \"localhost:8000\"",
             "control_period_ms: must be between 10 and 10000, got 5",
             "max_request_bytes: must be between 1024 and 1073741824, got 10",
