@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         }
     };
     // The daemon logs what it does; one-shot commands only warnings.
-    let default_level = if matches!(cli.command, Command::Serve(_)) {
+    let default_level = if long_running(&cli.command) {
         "info"
     } else {
         "warn"
@@ -63,7 +63,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kernels(args) => commands::kernels::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
         Command::Devices(args) => commands::devices::run(args),
+        #[cfg(feature = "kubernetes")]
+        Command::Operator(args) => commands::operator::run(args),
+        #[cfg(feature = "kubernetes")]
+        Command::Tenant(args) => commands::tenant::run(args),
     }
+}
+
+/// Whether the command runs until stopped and logs what it does.
+fn long_running(command: &Command) -> bool {
+    #[cfg(feature = "kubernetes")]
+    if matches!(command, Command::Operator(_) | Command::Tenant(_)) {
+        return true;
+    }
+    matches!(command, Command::Serve(_))
 }
 
 /// 2 for errors in what the user gave, 1 for failures while running.

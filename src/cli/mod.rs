@@ -7,11 +7,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod jobs;
+#[cfg(feature = "kubernetes")]
+mod operator;
 pub use bench::{BenchArgs, BenchCommand, BenchHttpArgs, BenchScenarioArgs, BenchSoakArgs};
 pub use jobs::{
     JobsArgs, JobsCommand, JobsLogsArgs, JobsRmArgs, JobsServeArgs, JobsUpdateArgs, JobsWaitArgs,
     SubmitArgs,
 };
+#[cfg(feature = "kubernetes")]
+pub use operator::{CapacityArg, DeviceArg, OperatorArgs, TenantArgs};
 
 /// setpoint: a node-level GPU scheduler for ML training jobs with deadlines and inference
 /// services with response-time SLOs.
@@ -71,6 +75,19 @@ pub enum Command {
     /// every GPU; without NVML (no driver, no GPU) one line saying why, then the CPU backend
     /// that is used instead. Always exits 0.
     Devices(DevicesArgs),
+    /// Run the Kubernetes operator: turns SetpointJob and SetpointService objects into
+    /// ResourceClaimTemplates and tenant pods, and writes each tenant's measured state back
+    /// to its object's status.
+    #[cfg(feature = "kubernetes")]
+    Operator(OperatorArgs),
+    /// Follow this pod's tenant on its node (run by the operator's tenant pods).
+    ///
+    /// Reads SETPOINT_ENDPOINT, SETPOINT_TENANT and SETPOINT_TENANT_KIND, which the setpoint
+    /// DRA driver's CDI device sets. For a job, exits 0 when it completes and 1 when it
+    /// fails or is cancelled; for a service, runs while the node serves it and exits 1 when
+    /// it fails or is gone. Exits 1 when the node cannot be reached for --grace.
+    #[cfg(feature = "kubernetes")]
+    Tenant(TenantArgs),
 }
 
 /// `setpoint devices`.

@@ -11,12 +11,16 @@ pub mod infer;
 pub mod jobs;
 pub mod kernels;
 mod logs;
+#[cfg(feature = "kubernetes")]
+pub mod operator;
 mod output;
 pub mod predict;
 pub mod reload;
 pub mod serve;
 pub mod services;
 pub mod status;
+#[cfg(feature = "kubernetes")]
+pub mod tenant;
 pub mod train;
 mod wait;
 

@@ -9,11 +9,12 @@
 //!   hands the pod a CDI device with the daemon's endpoint ([`cdi`]).
 //! - **Workload side** (`setpoint operator`): turns `SetpointJob` and `SetpointService`
 //!   objects into ResourceClaimTemplates and tenant pods, and writes their measured state
-//!   back (to come).
+//!   back ([`operator`]).
 
 pub mod cdi;
 pub mod claims;
 pub mod driver;
+pub mod operator;
 pub mod params;
 pub mod plugin;
 pub mod prepared;
