@@ -20,12 +20,12 @@ mod support;
 use std::sync::Arc;
 
 use scenario::*;
+use schema::*;
 use serde_json::json;
 use setpoint::kube::operator::crd::{JobPhase, SetpointJob, SetpointJobStatus};
 use setpoint::kube::operator::reconcile::{reconcile_job, reconcile_service};
 use setpoint::kube::operator::status::pass;
 use setpoint::kube::operator::{Context, Settings};
-use schema::*;
 use support::*;
 
 #[test]
