@@ -139,17 +139,62 @@ __device__ __forceinline__ KRange make_k_range(int k, int k_begin, int k_end, in
     return r;
 }
 
-// Writes alpha * acc (+ beta * C) to C[row][col] if inside C.
+// How a GEMM writes C (kernels/ABI.md, "GEMM epilogue"): alpha * acc, plus beta * C when
+// beta is not 0, plus bias[col] when there is a bias, through ReLU when asked, stored as f32
+// and also as bf16 (round to nearest even) where c_bf16 is given. With no bias, no ReLU and
+// no c_bf16 it is the plain product. The same order of operations as the CPU backend's GEMM
+// followed by its bias_act, and as the bias_act kernel.
+struct Epilogue {
+    float alpha, beta;
+    const float* bias;        // n elements, or null
+    unsigned short* c_bf16;   // m x n, like C, or null
+    int relu;
+};
+
+__device__ __forceinline__ Epilogue make_epilogue(float alpha, float beta, const float* bias,
+                                                  int relu, unsigned short* c_bf16) {
+    Epilogue ep;
+    ep.alpha = alpha;
+    ep.beta = beta;
+    ep.bias = bias;
+    ep.c_bf16 = c_bf16;
+    ep.relu = relu;
+    return ep;
+}
+
+// The bias of column col (0 without a bias or outside C): loaded once for the elements of a
+// column a thread stores.
+__device__ __forceinline__ float bias_of(const Epilogue& ep, int n, int col) {
+    return ep.bias != nullptr && col < n ? ep.bias[col] : 0.0f;
+}
+
+// Writes C[row][col] from the accumulated acc as `ep` says, if inside C; `bias` is
+// bias_of(ep, n, col).
 __device__ __forceinline__ void store_c(float* c, int m, int n, int row, int col, float acc,
-                                        float alpha, float beta) {
+                                        const Epilogue& ep, float bias) {
     if (row < m && col < n) {
-        float* p = c + (long long)row * n + col;
-        float v = alpha * acc;
-        if (beta != 0.0f) {
-            v += beta * *p;
+        const long long at = (long long)row * n + col;
+        float v = ep.alpha * acc;
+        if (ep.beta != 0.0f) {
+            v += ep.beta * c[at];
         }
-        *p = v;
+        if (ep.bias != nullptr) {
+            v = v + bias;
+        }
+        if (ep.relu) {
+            v = fmaxf(v, 0.0f);
+        }
+        c[at] = v;
+        if (ep.c_bf16 != nullptr) {
+            ep.c_bf16[at] = float_to_bf16(v);
+        }
     }
+}
+
+// Writes C[row][col] from the accumulated acc as `ep` says, if inside C.
+__device__ __forceinline__ void store_c(float* c, int m, int n, int row, int col, float acc,
+                                        const Epilogue& ep) {
+    store_c(c, m, n, row, col, acc, ep, bias_of(ep, n, col));
 }
 
 // Tensor-core instructions (sm_80 and newer), as inline PTX on the device and emulated on

@@ -105,9 +105,9 @@ __device__ __forceinline__ void simt_store(float (*s)[SIMT_LD], bool k_major, in
 template <typename T>
 __device__ __forceinline__ void gemm_simt(SimtSmem& sm, const T* __restrict__ a,
                                           const T* __restrict__ b, float* __restrict__ c, int m,
-                                          int n, int k, int trans_a, int trans_b, float alpha,
-                                          float beta, int tile_begin, int tile_end, int k_begin,
-                                          int k_end) {
+                                          int n, int k, int trans_a, int trans_b,
+                                          const Epilogue& ep, int tile_begin, int tile_end,
+                                          int k_begin, int k_end) {
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
     const int width = 4;
@@ -167,7 +167,7 @@ __device__ __forceinline__ void gemm_simt(SimtSmem& sm, const T* __restrict__ a,
         for (int i = 0; i < 4; ++i) {
             UNROLL
             for (int j = 0; j < 4; ++j) {
-                store_c(c, m, n, m0 + ty * 4 + i, n0 + tx * 4 + j, acc[i][j], alpha, beta);
+                store_c(c, m, n, m0 + ty * 4 + i, n0 + tx * 4 + j, acc[i][j], ep);
             }
         }
     }
@@ -176,20 +176,24 @@ __device__ __forceinline__ void gemm_simt(SimtSmem& sm, const T* __restrict__ a,
 extern "C" __global__ void __launch_bounds__(256)
     gemm_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
              int m, int n, int k, int trans_a, int trans_b, float alpha, float beta,
-             int tile_begin, int tile_end, int k_begin, int k_end) {
+             int tile_begin, int tile_end, int k_begin, int k_end,
+             const float* __restrict__ bias, int relu, unsigned short* __restrict__ c_bf16) {
     __shared__ SimtSmem sm;
-    gemm_simt<float>(sm, a, b, c, m, n, k, trans_a, trans_b, alpha, beta, tile_begin, tile_end,
-                     k_begin, k_end);
+    const Epilogue ep = make_epilogue(alpha, beta, bias, relu, c_bf16);
+    gemm_simt<float>(sm, a, b, c, m, n, k, trans_a, trans_b, ep, tile_begin, tile_end, k_begin,
+                     k_end);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     gemm_bf16_simt(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
                    float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b,
                    float alpha, float beta, int tile_begin, int tile_end, int k_begin,
-                   int k_end) {
+                   int k_end, const float* __restrict__ bias, int relu,
+                   unsigned short* __restrict__ c_bf16) {
     __shared__ SimtSmem sm;
-    gemm_simt<unsigned short>(sm, a, b, c, m, n, k, trans_a, trans_b, alpha, beta, tile_begin,
-                              tile_end, k_begin, k_end);
+    const Epilogue ep = make_epilogue(alpha, beta, bias, relu, c_bf16);
+    gemm_simt<unsigned short>(sm, a, b, c, m, n, k, trans_a, trans_b, ep, tile_begin, tile_end,
+                              k_begin, k_end);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -238,8 +242,10 @@ struct alignas(128) TcSmem {
 extern "C" __global__ void __launch_bounds__(128)
     gemm_bf16(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
               float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b, float alpha,
-              float beta, int tile_begin, int tile_end, int k_begin, int k_end) {
+              float beta, int tile_begin, int tile_end, int k_begin, int k_end,
+              const float* __restrict__ bias, int relu, unsigned short* __restrict__ c_bf16) {
     __shared__ TcSmem sm;
+    const Epilogue ep = make_epilogue(alpha, beta, bias, relu, c_bf16);
     const int tid = threadIdx.x;
     const int lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const int wm = warp / 2 * 32, wn = warp % 2 * 32;  // the warp's 32 x 32 within the tile
@@ -299,7 +305,7 @@ extern "C" __global__ void __launch_bounds__(128)
                 for (int e = 0; e < 4; ++e) {
                     const int row = m0 + wm + i * 16 + g + e / 2 * 8;
                     const int col = n0 + wn + j * 8 + tq * 2 + e % 2;
-                    store_c(c, m, n, row, col, acc[i][j][e], alpha, beta);
+                    store_c(c, m, n, row, col, acc[i][j][e], ep);
                 }
             }
         }

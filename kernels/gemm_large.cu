@@ -39,8 +39,8 @@ struct alignas(128) LargeSmem {
 // Accumulator fragment: registers 0, 1 hold row lane/4, columns 2*(lane%4) + 0, 1 of the
 // 16 x 8 block; registers 2, 3 the same columns of row lane/4 + 8.
 __device__ __forceinline__ void lg_store(float* c, int m, int n, int m0, int n0, int wm, int wn,
-                                         int lane, const float acc[LG_MI][4][4], float alpha,
-                                         float beta) {
+                                         int lane, const float acc[LG_MI][4][4],
+                                         const Epilogue& ep) {
     const int g = lane / 4, tq = lane % 4;
     UNROLL
     for (int i = 0; i < LG_MI; ++i) {
@@ -50,7 +50,7 @@ __device__ __forceinline__ void lg_store(float* c, int m, int n, int m0, int n0,
             for (int e = 0; e < 4; ++e) {
                 const int row = m0 + wm + i * 16 + g + e / 2 * 8;
                 const int col = n0 + wn + j * 8 + tq * 2 + e % 2;
-                store_c(c, m, n, row, col, acc[i][j][e], alpha, beta);
+                store_c(c, m, n, row, col, acc[i][j][e], ep);
             }
         }
     }
@@ -60,8 +60,10 @@ extern "C" __global__ void __launch_bounds__(LG_THREADS)
     gemm_bf16_128(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
                   float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b,
                   float alpha, float beta, int tile_begin, int tile_end, int k_begin,
-                  int k_end) {
+                  int k_end, const float* __restrict__ bias, int relu,
+                  unsigned short* __restrict__ c_bf16) {
     __shared__ LargeSmem sm;
+    const Epilogue ep = make_epilogue(alpha, beta, bias, relu, c_bf16);
     const int tid = threadIdx.x;
     const int lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const int wm = warp / 4 * 64, wn = warp % 4 * 32;  // the warp's 64 x 32 within the tile
@@ -111,7 +113,7 @@ extern "C" __global__ void __launch_bounds__(LG_THREADS)
         // while another still computes the last slice from it.
         cp_async_wait<0>();
         __syncthreads();
-        lg_store(c, m, n, m0, n0, wm, wn, lane, acc, alpha, beta);
+        lg_store(c, m, n, m0, n0, wm, wn, lane, acc, ep);
     }
 }
 

@@ -169,8 +169,10 @@ extern "C" __global__ void __launch_bounds__(128)
     gemm_bf16_small_m(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
                       float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b,
                       float alpha, float beta, int tile_begin, int tile_end, int k_begin,
-                      int k_end) {
+                      int k_end, const float* __restrict__ bias, int relu,
+                      unsigned short* __restrict__ c_bf16) {
     __shared__ SmallMSmem sm;
+    const Epilogue ep = make_epilogue(alpha, beta, bias, relu, c_bf16);
     const int tid = threadIdx.x;
     const int lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const KRange kr = make_k_range(k, k_begin, k_end, SM_BK);
@@ -223,7 +225,7 @@ extern "C" __global__ void __launch_bounds__(128)
             for (int w = 1; w < SM_WARPS; ++w) {
                 v += sm.red[w][r][col];
             }
-            store_c(c, m, n, m0 + r, n0 + col, v, alpha, beta);
+            store_c(c, m, n, m0 + r, n0 + col, v, ep);
         }
         // The next tile's first slice overwrites the partial tiles being read above.
         __syncthreads();

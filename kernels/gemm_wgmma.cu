@@ -101,12 +101,7 @@ __device__ __forceinline__ void mbar_init_fence() {
 
 __device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
 #ifdef __CUDA_ARCH__
-    unsigned long long state;
-    asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];\n"
-                 : "=l"(state)
-                 : "r"(smem_u32(bar))
-                 : "memory");
-    (void)state;
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 #else
     emu_mbarrier_arrive(bar);
 #endif
@@ -294,20 +289,26 @@ __device__ __forceinline__ unsigned long long wg_operand_desc(unsigned at, bool 
 // the m64nNk16 D fragment layout: d[i] is row 16 * warp + lane / 4 + 8 * (i / 2 % 2), column
 // 8 * (i / 4) + 2 * (lane % 4) + i % 2.
 __device__ __forceinline__ void wg_store(float* c, int m, int n, int r0, int n0, int wtid,
-                                         const float acc[64], float alpha, float beta) {
+                                         const float acc[64], const Epilogue& ep) {
     const int lane = wtid % WARP_SIZE;
     const int row = r0 + wtid / WARP_SIZE * 16 + lane / 4, col = n0 + lane % 4 * 2;
+    // Columns col + 8j and col + 8j + 1 take d[4j .. 4j + 3]: their biases are loaded once.
     UNROLL
-    for (int i = 0; i < 64; ++i) {
-        store_c(c, m, n, row + i / 2 % 2 * 8, col + i / 4 * 8 + i % 2, acc[i], alpha, beta);
+    for (int j = 0; j < 16; ++j) {
+        const int c0 = col + j * 8;
+        const float b0 = bias_of(ep, n, c0), b1 = bias_of(ep, n, c0 + 1);
+        UNROLL
+        for (int e = 0; e < 4; ++e) {
+            store_c(c, m, n, row + e / 2 * 8, c0 + e % 2, acc[4 * j + e], ep, e % 2 ? b1 : b0);
+        }
     }
 }
 
 // A consumer warpgroup (wg 0 or 1): for each of the CTA's tiles, its 64 rows of the tile
 // over the k range, slice by slice as the stages fill, then C. TA: A m-major; TB: B n-major.
 template <int TA, int TB>
-__device__ __forceinline__ void wg_consume(WgmmaSmem& sm, float* c, int m, int n, float alpha,
-                                           float beta, int tile_begin, WgWork w, int wg,
+__device__ __forceinline__ void wg_consume(WgmmaSmem& sm, float* c, int m, int n,
+                                           const Epilogue& ep, int tile_begin, WgWork w, int wg,
                                            int wtid) {
     int it = 0;
     for (int t = tile_begin + (int)blockIdx.x; t < w.end; t += (int)gridDim.x) {
@@ -341,7 +342,7 @@ __device__ __forceinline__ void wg_consume(WgmmaSmem& sm, float* c, int m, int n
         if (w.slices > 0 && wtid == 0) {
             mbar_arrive(&sm.empty[(it - 1) % WG_STAGES]);
         }
-        wg_store(c, m, n, m0 + wg * 64, n0, wtid, acc, alpha, beta);
+        wg_store(c, m, n, m0 + wg * 64, n0, wtid, acc, ep);
     }
 }
 
@@ -351,7 +352,8 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
     gemm_bf16_wgmma(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
                     float* __restrict__ c, int m, int n, int k, int trans_a, int trans_b,
                     float alpha, float beta, int tile_begin, int tile_end, int k_begin,
-                    int k_end, const __grid_constant__ TensorMap map_a,
+                    int k_end, const float* __restrict__ bias, int relu,
+                    unsigned short* __restrict__ c_bf16, const __grid_constant__ TensorMap map_a,
                     const __grid_constant__ TensorMap map_b) {
 #ifdef WG_SM90A
     // a and b are what the maps were encoded over; the kernel reads them through the maps.
@@ -386,14 +388,15 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
         return;
     }
     const int wtid = tid % 128;
+    const Epilogue ep = make_epilogue(alpha, beta, bias, relu, c_bf16);
     if (trans_a == 0 && trans_b != 0) {
-        wg_consume<0, 0>(sm, c, m, n, alpha, beta, tile_begin, w, wg, wtid);
+        wg_consume<0, 0>(sm, c, m, n, ep, tile_begin, w, wg, wtid);
     } else if (trans_a == 0) {
-        wg_consume<0, 1>(sm, c, m, n, alpha, beta, tile_begin, w, wg, wtid);
+        wg_consume<0, 1>(sm, c, m, n, ep, tile_begin, w, wg, wtid);
     } else if (trans_b != 0) {
-        wg_consume<1, 0>(sm, c, m, n, alpha, beta, tile_begin, w, wg, wtid);
+        wg_consume<1, 0>(sm, c, m, n, ep, tile_begin, w, wg, wtid);
     } else {
-        wg_consume<1, 1>(sm, c, m, n, alpha, beta, tile_begin, w, wg, wtid);
+        wg_consume<1, 1>(sm, c, m, n, ep, tile_begin, w, wg, wtid);
     }
 #else
     // Not built for sm_90a: never launched (the host picks another GEMM); fail loudly if it is.

@@ -60,3 +60,83 @@ fn the_memory_limit_is_an_error_not_a_crash() {
     assert_eq!(dev.memory_used(), 0);
     g.alloc(16 << 20).unwrap();
 }
+
+/// A layer's fused forward step (the bias and ReLU in the GEMM's store, on the launch that
+/// ends each tile's k range) gives what the GPU's own GEMM then bias_act give, bit for bit,
+/// and the CPU backend's within rounding; in f32 and bf16, with k cut into several launches
+/// (a lane at the lowest priority) and in one.
+#[test]
+fn the_fused_layer_step_answers_as_gemm_then_bias_act() {
+    use setpoint::device::{Activation, CpuBackend, Gemm, Precision};
+    if !have_gpu() {
+        return;
+    }
+    let dev = CudaDevice::open(0, Some(&cache_dir("fused")), None).unwrap();
+    let cpu = CpuBackend::single();
+    let mut rng = setpoint::util::rng::Rng::new(90);
+    let mut data =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
+    for prio in [StreamPriority::Lowest, StreamPriority::Highest] {
+        let g = dev.lane_backend(prio).unwrap();
+        for precision in [Precision::F32, Precision::Bf16] {
+            g.set_precision(precision);
+            for (m, n, k, act) in [
+                (8, 10, 784, Activation::Identity),
+                (130, 70, 600, Activation::Relu),
+                (256, 512, 3000, Activation::Relu),
+            ] {
+                let what = format!("{m}x{n}x{k} {act:?} {precision:?} {prio:?}");
+                let shape = Gemm::new(m, n, k);
+                let (a, b, bias) = (data(m * k), data(k * n), data(n));
+                let (ga, gb, gbias) = (
+                    g.upload(&a).unwrap(),
+                    g.upload(&b).unwrap(),
+                    g.upload(&bias).unwrap(),
+                );
+                let mut fused = g.alloc(m * n).unwrap();
+                g.gemm_bias_act(shape, &ga, &gb, &mut fused, &gbias, act)
+                    .unwrap();
+                let mut two = g.alloc(m * n).unwrap();
+                g.gemm(shape, &ga, &gb, &mut two).unwrap();
+                g.bias_act(&mut two, &gbias, m, n, act).unwrap();
+                let (mut got, mut want_gpu) = (vec![0.0; m * n], vec![0.0; m * n]);
+                g.read(&fused, &mut got).unwrap();
+                g.read(&two, &mut want_gpu).unwrap();
+                let same = got
+                    .iter()
+                    .zip(&want_gpu)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{what}: fused differs from the GPU's gemm then bias_act"
+                );
+                // The CPU on the operands the GPU multiplied (rounded to bf16 in bf16).
+                let round = |v: &[f32]| -> Vec<f32> {
+                    if precision == Precision::Bf16 {
+                        v.iter()
+                            .map(|&x| half::bf16::from_f32(x).to_f32())
+                            .collect()
+                    } else {
+                        v.to_vec()
+                    }
+                };
+                let mut want = cpu.alloc(m * n).unwrap();
+                let (ca, cb, cbias) = (
+                    cpu.upload(&round(&a)).unwrap(),
+                    cpu.upload(&round(&b)).unwrap(),
+                    cpu.upload(&bias).unwrap(),
+                );
+                cpu.gemm_bias_act(shape, &ca, &cb, &mut want, &cbias, act)
+                    .unwrap();
+                let mut want_v = vec![0.0; m * n];
+                cpu.read(&want, &mut want_v).unwrap();
+                let worst = got
+                    .iter()
+                    .zip(&want_v)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst <= 1e-5 * k as f32, "{what}: off the CPU by {worst}");
+            }
+        }
+    }
+}

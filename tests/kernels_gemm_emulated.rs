@@ -5,6 +5,10 @@
 //! 256-byte aligned. Every launch runs under several schedules of the emulation, which must
 //! agree bit for bit (a race between the threads of a block shows as a difference).
 //!
+//! Every GEMM kernel also runs with its fused epilogue (bias by column, ReLU, a bf16 copy of
+//! C), against the CPU backend's GEMM followed by its `bias_act`, alone and as the last of
+//! split-K launches.
+//!
 //! `gemm_bf16` runs with `ldmatrix` and `mma.sync` emulated from their PTX fragment layouts,
 //! which checks the kernel's tiling and fragment indexing against those layouts; only a GPU
 //! can check the layouts themselves (and it compares `gemm_bf16` with `gemm_bf16_simt`).
@@ -19,8 +23,8 @@ use setpoint::util::rng::Rng;
 
 use emu::{Harness, SCHEDULES, assert_close, assert_same, position};
 use emu_gemm::{
-    GEMM_SHAPES, GemmKernel, Part, check_gemm, describe, gemm_cases, gemm_inputs, gemm_launch,
-    reference, whole,
+    Epi, GEMM_SHAPES, GemmKernel, Part, check_fused, check_fused_split, check_gemm, describe,
+    gemm_cases, gemm_inputs, gemm_launch, reference, whole,
 };
 
 fn check(kernel: GemmKernel, cases: &[(Gemm, Part)], seed: u64) {
@@ -287,5 +291,48 @@ fn gemm_tile_ranges_split_the_product_exactly() {
             &whole,
             n,
         );
+    }
+}
+
+/// The fused epilogue in every kernel's store: C equals the CPU backend's GEMM then its
+/// bias_act, the bf16 copy is C rounded to nearest even, and grids agree bit for bit.
+#[test]
+fn every_gemm_kernel_fuses_bias_relu_and_a_bf16_copy_into_its_store() {
+    let shapes = [(17, 63, 65), (65, 130, 40), (5, 7, 0)];
+    for (s, kernel) in GemmKernel::ALL.into_iter().enumerate() {
+        let cases = whole(&gemm_cases(&shapes));
+        if let Err(e) = check_fused(
+            Harness::main(),
+            SCHEDULES,
+            kernel,
+            &cases,
+            &[1, 3],
+            70 + s as u64,
+        ) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// As the backend runs a layer whose k is cut into launches: the epilogue only on the last
+/// k range gives the fused result, every transposition.
+#[test]
+fn the_epilogue_on_the_last_k_range_completes_a_split_k_product() {
+    let mut rng = Rng::new(75);
+    for (s, kernel) in GemmKernel::ALL.into_iter().enumerate() {
+        for (t, g) in gemm_cases(&[(33, 70, 300)]).into_iter().enumerate() {
+            let epi = Epi {
+                bias: Some(emu::uniform(&mut rng, g.n, -1.0, 1.0)),
+                relu: t % 2 == 0,
+                bf16: t < 2,
+            };
+            let g = g.scaled(0.75, -0.5);
+            let seed = 80 + (4 * s + t) as u64;
+            if let Err(e) =
+                check_fused_split(Harness::main(), kernel, g, &[0, 64, 256, 300], &epi, seed)
+            {
+                panic!("{e}");
+            }
+        }
     }
 }

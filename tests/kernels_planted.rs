@@ -20,6 +20,9 @@
 //!   landed (caught by the emulation completing wgmma and TMA at issue under some schedules
 //!   and at the wait under others); a consumer that never arrives on the empty barrier
 //!   (caught as an mbarrier phase that can never complete);
+//! - the GEMM epilogue adding the bias by row instead of by column, and its bf16 copy of C
+//!   taken before the ReLU: caught by the comparison with the CPU backend's GEMM then
+//!   bias_act, and by the check that the bf16 copy is C rounded;
 //! - an out-of-bounds store or load (a bounds check dropped): caught by the guards around
 //!   the harness's buffers or the NaN in them;
 //! - a vector load from a misaligned address (alignment checks dropped, buffers off the
@@ -37,7 +40,7 @@ use setpoint::device::{Backend, CpuBackend, Gemm};
 use setpoint::util::rng::Rng;
 
 use emu::{Harness, Launch, SCHEDULES, uniform};
-use emu_gemm::{GemmKernel, Part, check_gemm, gemm_cases, whole};
+use emu_gemm::{GemmKernel, Part, check_fused, check_gemm, gemm_cases, whole};
 
 /// One planted bug: `(file under kernels/, anchor, replacement)` edits.
 type Edits = &'static [(&'static str, &'static str, &'static str)];
@@ -218,8 +221,8 @@ fn reading_wgmma_accumulators_before_wait_group_is_caught() {
             ),
             (
                 "gemm_wgmma.cu",
-                "wg_store(c, m, n, m0 + wg * 64, n0, wtid, acc, alpha, beta);",
-                "wg_store(c, m, n, m0 + wg * 64, n0, wtid, acc, alpha, beta);\n        \
+                "wg_store(c, m, n, m0 + wg * 64, n0, wtid, acc, ep);",
+                "wg_store(c, m, n, m0 + wg * 64, n0, wtid, acc, ep);\n        \
                  wgmma_wait<0>();",
             ),
         ],
@@ -388,10 +391,10 @@ fn a_missing_barrier_after_the_small_m_reduction_is_caught() {
         "gemm_small_m_no_tile_end_barrier",
         &[(
             "gemm_small.cu",
-            "            store_c(c, m, n, m0 + r, n0 + col, v, alpha, beta);\n        }\n        \
+            "            store_c(c, m, n, m0 + r, n0 + col, v, ep);\n        }\n        \
              // The next tile's first slice overwrites the partial tiles being read above.\n        \
              __syncthreads();\n",
-            "            store_c(c, m, n, m0 + r, n0 + col, v, alpha, beta);\n        }\n",
+            "            store_c(c, m, n, m0 + r, n0 + col, v, ep);\n        }\n",
         )],
         |h| gemm_probe(GemmKernel::Bf16SmallM, &small_m_cases(), h),
         RACE,
@@ -516,5 +519,49 @@ fn a_mutation_whose_anchor_is_gone_fails_loudly() {
     Harness::mutant(
         "stale_anchor",
         &[("gemm.cu", "this text is not in the kernel", "")],
+    );
+}
+
+fn fused_probe(h: &Harness) -> Result<(), String> {
+    let cases = whole(&gemm_cases(&[(65, 70, 40)]));
+    check_fused(
+        h,
+        SCHEDULES,
+        GemmKernel::Bf16TensorCores,
+        &cases,
+        &[1, 2],
+        52,
+    )
+}
+
+/// The epilogue's bias indexed by the row of C instead of its column.
+#[test]
+fn a_bias_added_by_row_in_the_gemm_epilogue_is_caught() {
+    planted(
+        "gemm_epilogue_bias_by_row",
+        &[(
+            "common.cuh",
+            "            v = v + bias;\n",
+            "            v = v + bias_of(ep, n, row);\n",
+        )],
+        fused_probe,
+        &["vs CPU gemm then bias_act"],
+    );
+}
+
+/// The epilogue's bf16 copy of C taken before the ReLU: C is right, the copy is not.
+#[test]
+fn a_bf16_copy_taken_before_the_relu_is_caught() {
+    planted(
+        "gemm_epilogue_bf16_before_relu",
+        &[(
+            "common.cuh",
+            "        if (ep.relu) {\n            v = fmaxf(v, 0.0f);\n        }\n        c[at] = v;\n        \
+             if (ep.c_bf16 != nullptr) {\n            ep.c_bf16[at] = float_to_bf16(v);\n        }\n",
+            "        if (ep.c_bf16 != nullptr) {\n            ep.c_bf16[at] = float_to_bf16(v);\n        }\n        \
+             if (ep.relu) {\n            v = fmaxf(v, 0.0f);\n        }\n        c[at] = v;\n",
+        )],
+        fused_probe,
+        &["the bf16 copy of C"],
     );
 }

@@ -8,7 +8,8 @@
 //!   both operand majors, and reads before the waits making the schedules disagree;
 //! - the kernel against the CPU backend: awkward shapes, every transposition the TMA takes,
 //!   grids that must give the same C bit for bit, tile ranges, k ranges and split-K, under
-//!   every schedule of the emulation.
+//!   every schedule of the emulation; and with its fused epilogue (bias, ReLU, a bf16 copy
+//!   of C) against the CPU backend's GEMM then bias_act, alone and after split-K.
 //!
 //! The layouts (swizzle, descriptors, accumulator fragment) come from the PTX ISA and CUTLASS
 //! (see the headers); only a GPU can confirm the hardware follows them as emulated.
@@ -25,7 +26,8 @@ use setpoint::util::rng::Rng;
 
 use emu::{Harness, Launch, SCHEDULES, assert_close, assert_same, round_to_bf16, uniform};
 use emu_gemm::{
-    GemmKernel, Part, check_gemm, describe, gemm_cases, gemm_inputs, gemm_launch, reference,
+    Epi, GemmKernel, Part, check_fused, check_fused_split, check_gemm, describe, gemm_cases,
+    gemm_inputs, gemm_launch, reference,
 };
 
 const WGMMA: GemmKernel = GemmKernel::Bf16Wgmma;
@@ -345,4 +347,34 @@ fn the_emulated_encode_refuses_what_the_tma_cannot_address() {
         err.contains("cuTensorMapEncodeTiled refuses") && err.contains("multiple of 16"),
         "{err}"
     );
+}
+
+/// The fused epilogue in wgmma's store from registers: C as the CPU backend's GEMM then its
+/// bias_act, the bf16 copy as C rounded, grids bit for bit; then as the last of k ranges.
+#[test]
+fn gemm_bf16_wgmma_fuses_bias_relu_and_a_bf16_copy_into_its_store() {
+    let cases = tma_cases(&[(129, 136, 72), (8, 136, 200), (8, 16, 0)]);
+    if let Err(e) = check_fused(Harness::main(), SCHEDULES, WGMMA, &cases, &[1, 3], 63) {
+        panic!("{e}");
+    }
+    let mut rng = Rng::new(64);
+    for (t, (g, _)) in tma_cases(&[(136, 136, 200)]).into_iter().enumerate() {
+        let epi = Epi {
+            bias: Some(uniform(&mut rng, g.n, -1.0, 1.0)),
+            relu: t % 2 == 0,
+            bf16: t < 2,
+        };
+        let g = g.scaled(0.75, -0.5);
+        let split = check_fused_split(
+            Harness::main(),
+            WGMMA,
+            g,
+            &[0, 64, 77, 200],
+            &epi,
+            65 + t as u64,
+        );
+        if let Err(e) = split {
+            panic!("{e}");
+        }
+    }
 }

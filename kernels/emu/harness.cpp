@@ -10,6 +10,8 @@
 //   f64[] LEN HEX...         a double* buffer (16 hex digits per element)
 //   u32[] LEN HEX...         an unsigned* buffer
 //   u16[] LEN HEX...         an unsigned short* buffer (bf16 bits)
+//   null                     a null pointer, for any pointer parameter (the GEMMs' optional
+//                            bias and c_bf16)
 //   tmap ARG D0 D1 STRIDE B0 B1 SWIZZLE
 //                            a TensorMap (kernels/gemm_wgmma.cu) over the u16[] buffer that
 //                            is argument ARG (1-based), as cuTensorMapEncodeTiled makes it:
@@ -120,6 +122,8 @@ struct Args {
                 a.scalar = (uint64_t)(uint32_t)(int32_t)v;
             } else if (tag == "f32") {
                 a.scalar = hex(in);
+            } else if (tag == "null") {
+                // no value: a null pointer
             } else if (tag == "tmap") {
                 for (uint64_t& v : a.map) {
                     if (!(in >> v)) die("bad tmap field: give ARG D0 D1 STRIDE B0 B1 SWIZZLE");
@@ -174,6 +178,9 @@ struct Args {
     T take() {
         if (next >= list.size()) die("too few arguments for the kernel");
         Arg& a = list[next++];
+        if constexpr (std::is_pointer_v<T>) {
+            if (a.tag == "null") return nullptr;
+        }
         if (a.tag.substr(0, a.tag.find('@')) != tag_of<T>()) {
             die("argument " + std::to_string(next) + ": the kernel takes " + tag_of<T>() +
                 ", got " + a.tag);

@@ -3,15 +3,15 @@
 # no Rust toolchain and no network:
 #
 #   scripts/device-check/prepare.sh [--dry-run] [--dir DIR] [--bin FILE] [--test-bin FILE]...
-#                                   [--digits FILE] [--max-mib N]
+#                                   [--digits FILE] [--max-mib N] [--no-probe-check]
 #
 # DIR (default .device-check, git-ignored) gets:
 #   bin/setpoint        `cargo build --release --locked`, debug info stripped
 #   tests/NAME          the GPU test binaries (`cargo test --release --locked --no-run`, found
 #                       in cargo's JSON output), stripped the same way
 #   data/digits.csv.gz  the digits data (../shared/data/digits.csv.gz unless --digits)
-#   probe/              probe.cu, probe-build.sh and the kernels it compiles in (gemm.cu,
-#                       common.cuh): built there with nvcc
+#   probe/              probe.cu (+ probe_report.cuh, probe_wgmma.cuh), probe-build.sh and the
+#                       kernels it compiles in (gemm*.cu, common.cuh): built there with nvcc
 #   run.sh run.py report.py sections.py torch_gpu.py torch_bench.py   the run's scripts
 #   MANIFEST.json       what was built from which commit, and every file's size
 # Then run it there with `bash DIR/run.sh` (OUT=... for the output folder).
@@ -21,6 +21,11 @@
 # binaries built already instead of calling cargo. The folder must stay within --max-mib
 # (default 64) together with the working tree that travels with it; a larger one is refused
 # and removed, with the sizes printed.
+#
+# Before the folder is written (not with --dry-run) the probe is compiled here for sm_90a with
+# the nvcc that probe-nvcc.sh installs (no GPU needed, no linking), and a probe that does not
+# compile is refused: on the GPU host it would cost the lease's time. --no-probe-check skips
+# that (for a host that cannot reach PyPI), saying so.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 here="$root/scripts/device-check"
@@ -36,6 +41,7 @@ test_bins=()
 digits="../shared/data/digits.csv.gz"
 digits_given=0
 max_mib=64
+probe_check=1
 die() {
     echo "prepare: $*" >&2
     exit 1
@@ -48,6 +54,7 @@ while [ $# -gt 0 ]; do
         --test-bin) test_bins+=("${2:?--test-bin needs a file}"); shift ;;
         --digits) digits=${2:?--digits needs a file}; digits_given=1; shift ;;
         --max-mib) max_mib=${2:?--max-mib needs a number}; shift ;;
+        --no-probe-check) probe_check=0 ;;
         -h | --help) sed -n '2,/^set -e/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -129,7 +136,21 @@ if [ -n "$digits" ]; then
 fi
 cp "$here/run.sh" "$here/run.py" "$here/report.py" "$here/sections.py" "$here/torch_gpu.py" \
     "$root/scripts/peers/torch_bench.py" "$stage/"
-cp "$here/probe.cu" "$here/probe-build.sh" kernels/gemm.cu kernels/gemm_large.cu kernels/gemm_small.cu kernels/common.cuh "$stage/probe/"
+cp "$here/probe.cu" "$here/probe_report.cuh" "$here/probe_wgmma.cuh" "$here/probe-build.sh" \
+    kernels/gemm.cu kernels/gemm_large.cu kernels/gemm_small.cu kernels/gemm_wgmma.cu \
+    kernels/common.cuh "$stage/probe/"
+if [ "$dry_run" = 0 ] && [ "$probe_check" = 1 ]; then
+    nvcc_path=$("$here/probe-nvcc.sh") || die "could not install nvcc to check the probe (--no-probe-check skips the check)"
+    echo "prepare: compiling the probe for sm_90a with $nvcc_path (no linking)" >&2
+    obj=$(mktemp -d)
+    if ! NVCC="$nvcc_path" bash "$stage/probe/probe-build.sh" --compile-only "$stage/probe" "$obj/probe.o" sm_90 >&2; then
+        rm -rf "$obj"
+        die "the probe does not compile (above); fix it before taking it to a GPU"
+    fi
+    rm -rf "$obj"
+elif [ "$dry_run" = 0 ]; then
+    echo "prepare: warning: --no-probe-check: the probe was not compiled here" >&2
+fi
 
 rev=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 dirty=false

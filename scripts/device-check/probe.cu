@@ -1,29 +1,41 @@
-// The project's GEMM kernels (kernels/gemm.cu, compiled in as CUDA C++) against cuBLAS on
+// The project's GEMM kernels (kernels/gemm*.cu, compiled in as CUDA C++) against cuBLAS on
 // this GPU: every layout (op(A), op(B) each plain or transposed), f32, TF32 and bf16, timed
-// with CUDA events (median of repetitions), results checked against cuBLAS. With --small it
-// runs the kernels alone on small, odd shapes against a host reference (no cuBLAS), which is
-// what compute-sanitizer is pointed at.
+// with CUDA events (median of repetitions), results checked against cuBLAS. Then, on an sm_90
+// GPU with the probe built for sm_90a, gemm_bf16_wgmma (probe_wgmma.cuh): tensor maps from
+// the driver, checked against cuBLAS and timed beside it and gemm_bf16_128, one row per shape
+// and layout, a failure reported on its row. With --small it runs the kernels alone on small,
+// odd shapes against a host reference (no cuBLAS), which is what compute-sanitizer is
+// pointed at.
 //
 // Build (scripts/device-check/probe-build.sh does this on the device):
-//   nvcc -O3 -std=c++17 -arch=sm_90 -Iprobe -o probe probe/probe.cu -lcublas
-// where probe/ holds this file, gemm.cu and common.cuh.
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DPROBE_SM90A -Iprobe \
+//        -o probe probe/probe.cu -lcublas
+// where probe/ holds this file, probe_wgmma.cuh, the gemm*.cu kernels and common.cuh.
 //
 //   probe [--sizes 8x1024x784,32x1024x1024,...,8192] [--reps 5] [--json FILE] [--small]
+//         [--skip-wgmma]
 //
 // Writes one JSON document (the device check's section format: section, status, reason,
 // headline, figures) to --json, else stdout; exits 0 when every check held, 1 when one did
-// not, 2 on bad arguments or a CUDA error.
+// not, 2 on bad arguments or a CUDA error outside the wgmma rows.
 
 #include <cublas_v2.h>
+#include <cuda.h>  // CUtensorMap and its enums only: the driver is reached through cudart
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if !defined(__CUDA_ARCH__)
@@ -36,10 +48,24 @@ __device__ void emu_ldmatrix_x4_trans(unsigned r[4], const unsigned short* p);
 __device__ void emu_cp_async_16(void* dst, const void* src, int src_size);
 __device__ void emu_cp_async_commit();
 __device__ void emu_cp_async_wait(int n);
+namespace emu {
+__device__ unsigned shared_offset(const void* p, const char* what);
+}
+__device__ void emu_mbarrier_init(void* bar, unsigned count);
+__device__ unsigned long long emu_mbarrier_arrive(void* bar);
+__device__ void emu_mbarrier_arrive_expect_tx(void* bar, unsigned bytes);
+__device__ bool emu_mbarrier_try_wait_parity(void* bar, unsigned parity);
+__device__ void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar);
+__device__ void emu_wgmma_fence();
+__device__ void emu_wgmma_bf16(float* d, int n, unsigned long long da, unsigned long long db,
+                               int scale_d, int trans_a, int trans_b);
+__device__ void emu_wgmma_commit();
+__device__ void emu_wgmma_wait(int n);
 #endif
 #include "gemm.cu"
 #include "gemm_large.cu"
 #include "gemm_small.cu"
+#include "gemm_wgmma.cu"
 
 namespace {
 
@@ -78,18 +104,33 @@ const Kernel KERNELS[] = {
 };
 // gemm_bf16_small_m is timed only up to this many rows of C (its tiles are 16 rows high).
 const int SMALL_M_MAX = 256;
+// gemm_bf16_wgmma runs apart from the table (probe_wgmma.cuh): it takes tensor maps.
+#define WGMMA_NAME "gemm_bf16_wgmma"
 
-// C = alpha * op(A) * op(B) + beta * C on every tile in one launch of at most `max_ctas`
-// CTAs (the kernels loop over tiles, so any grid is correct).
+// The GEMM epilogue of a launch (kernels/ABI.md): a bias by column (n elements on the
+// device), ReLU, a bf16 copy of C (m x n on the device); by default none, the plain product.
+struct Epi {
+    const float* bias = nullptr;
+    int relu = 0;
+    unsigned short* c_bf16 = nullptr;
+};
+
+// C = alpha * op(A) * op(B) + beta * C (then the epilogue) on every tile in one launch of at
+// most `max_ctas` CTAs (the kernels loop over tiles, so any grid is correct).
 void launch(const Kernel& kern, const void* a, const void* b, float* c, int m, int n, int k,
-            int ta, int tb, float alpha, float beta, int max_ctas, cudaStream_t s) {
+            int ta, int tb, float alpha, float beta, int max_ctas, cudaStream_t s,
+            const Epi& ep = Epi()) {
     int tile_begin = 0;
     int tile_end = ((m + kern.tile_m - 1) / kern.tile_m) * ((n + kern.tile_n - 1) / kern.tile_n);
     int k_begin = 0;  // the whole inner dimension in one launch (ABI.md: k range)
     int k_end = k;
     int grid = std::max(1, std::min(tile_end, max_ctas));
-    void* args[] = {&a,    &b,    &c,          &m,        &n,       &k,    &ta,
-                    &tb,   &alpha, &beta,      &tile_begin, &tile_end, &k_begin, &k_end};
+    const float* bias = ep.bias;
+    int relu = ep.relu;
+    unsigned short* c_bf16 = ep.c_bf16;
+    void* args[] = {&a,     &b,          &c,        &m,       &n,     &k,    &ta,
+                    &tb,    &alpha,      &beta,     &tile_begin, &tile_end, &k_begin, &k_end,
+                    &bias,  &relu,       &c_bf16};
     cuda_ok(cudaLaunchKernel(kern.fn, dim3(grid), dim3(kern.block), args, 0, s), kern.name);
 }
 
@@ -227,6 +268,10 @@ struct Row {  // one kernel, one layout, one shape
     const char* kernel;
     double ours_tflops = NAN, cublas_tflops = NAN, error = NAN, tolerance = NAN;
     bool pass = false;
+    bool epilogue = false;         // run with bias, ReLU and a bf16 copy of C (--small)
+    std::string variant;           // how the launch was cut, when it was (wgmma --small)
+    std::string reason;            // why a row failed other than by its error (wgmma rows)
+    double bf16_128_tflops = NAN;  // gemm_bf16_128 on the same product (wgmma rows)
 };
 
 // Tolerance on max |ours - reference| / rms(reference). TF32 rounds the inputs to 10-bit
@@ -291,7 +336,63 @@ std::vector<double> host_gemm(const std::vector<float>& A, const std::vector<flo
     return c;
 }
 
-// --small: each kernel once per layout with alpha and beta, against the host reference.
+// Device buffers for a launch's epilogue: a bias of n values and a bf16 copy of C (NaN until
+// written), with the host side of the check.
+struct EpiBuffers {
+    std::vector<float> bias;
+    float* d_bias = nullptr;
+    unsigned short* d_c16 = nullptr;
+    size_t mn;
+
+    EpiBuffers(int m, int n) : bias(n), mn((size_t)m * n) {
+        for (int j = 0; j < n; ++j) bias[j] = (float)((j * 37 % 17) - 8) * 0.0625f;
+        cuda_ok(cudaMalloc((void**)&d_bias, bias.size() * 4), "cudaMalloc");
+        cuda_ok(cudaMalloc((void**)&d_c16, mn * 2), "cudaMalloc");
+        cuda_ok(cudaMemcpy(d_bias, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice),
+                "upload");
+        cuda_ok(cudaMemset(d_c16, 0xff, mn * 2), "cudaMemset");
+    }
+    ~EpiBuffers() {
+        cudaFree(d_bias);
+        cudaFree(d_c16);
+    }
+    EpiBuffers(const EpiBuffers&) = delete;
+    EpiBuffers& operator=(const EpiBuffers&) = delete;
+
+    Epi epi() const { return Epi{d_bias, 1, d_c16}; }
+
+    // The epilogue on the host reference: the bias by column, then ReLU.
+    void apply(std::vector<double>& ref) const {
+        const size_t n = bias.size();
+        for (size_t i = 0; i < ref.size(); ++i) ref[i] = std::max(0.0, ref[i] + bias[i % n]);
+    }
+
+    // Empty when the bf16 copy is C (the kernel's own f32 result) rounded, else where not.
+    std::string check_copy(const std::vector<float>& c) const {
+        std::vector<unsigned short> got(mn);
+        cuda_ok(cudaMemcpy(got.data(), d_c16, mn * 2, cudaMemcpyDeviceToHost), "download");
+        for (size_t i = 0; i < mn; ++i)
+            if (got[i] != to_bf16(c[i]))
+                return "the bf16 copy of C at element " + std::to_string(i) + " is " +
+                       std::to_string(got[i]) + ", C rounded is " + std::to_string(to_bf16(c[i]));
+        return std::string();
+    }
+};
+
+// Fills in a --small row from its C: the error against the host reference (with the
+// epilogue when `eb`), and whether the bf16 copy is C rounded.
+void small_verdict(Row& row, const std::vector<float>& got, std::vector<double> want,
+                   const EpiBuffers* eb) {
+    if (eb) eb->apply(want);
+    row.epilogue = eb != nullptr;
+    row.error = scaled_error(got, want);
+    row.tolerance = tolerance(row.p, true);
+    if (eb) row.reason = eb->check_copy(got);
+    row.pass = row.error <= row.tolerance && row.reason.empty();
+}
+
+// --small: each kernel once per layout with alpha and beta, against the host reference; the
+// layouts with trans_a == trans_b also with the epilogue (bias, ReLU, a bf16 copy of C).
 void small_checks(cudaStream_t st, std::vector<Row>& rows) {
     const Shape shapes[] = {{64, 64, 64}, {130, 65, 17}, {1, 70, 33}};
     unsigned seed = 100;
@@ -299,6 +400,8 @@ void small_checks(cudaStream_t st, std::vector<Row>& rows) {
         for (int ta = 0; ta < 2; ++ta)
             for (int tb = 0; tb < 2; ++tb) {
                 Buffers buf(s.m, s.n, s.k, seed++);
+                EpiBuffers eb(s.m, s.n);
+                const bool fused = ta == tb;
                 std::vector<float> c0((size_t)s.m * s.n);
                 for (size_t i = 0; i < c0.size(); ++i) c0[i] = (float)((i % 7) - 3) * 0.25f;
                 for (const Kernel& kern : KERNELS) {
@@ -306,7 +409,8 @@ void small_checks(cudaStream_t st, std::vector<Row>& rows) {
                             "upload");
                     const void* a = kern.bf16 ? (const void*)buf.a16 : (const void*)buf.a;
                     const void* b = kern.bf16 ? (const void*)buf.b16 : (const void*)buf.b;
-                    launch(kern, a, b, buf.c, s.m, s.n, s.k, ta, tb, 0.5f, 0.25f, 3, st);
+                    launch(kern, a, b, buf.c, s.m, s.n, s.k, ta, tb, 0.5f, 0.25f, 3, st,
+                           fused ? eb.epi() : Epi());
                     cuda_ok(cudaStreamSynchronize(st), kern.name);
                     std::vector<float> ha = buf.ha, hb = buf.hb;
                     if (kern.bf16) {
@@ -314,105 +418,16 @@ void small_checks(cudaStream_t st, std::vector<Row>& rows) {
                         for (auto& v : hb) v = from_bf16(to_bf16(v));
                     }
                     Row row{s, ta, tb, kern.bf16 ? Precision::BF16 : Precision::F32, kern.name};
-                    row.error = scaled_error(download(buf.c, c0.size()),
-                                             host_gemm(ha, hb, c0, s, ta, tb, 0.5f, 0.25f));
-                    row.tolerance = tolerance(row.p, true);
-                    row.pass = row.error <= row.tolerance;
+                    small_verdict(row, download(buf.c, c0.size()),
+                                  host_gemm(ha, hb, c0, s, ta, tb, 0.5f, 0.25f),
+                                  fused ? &eb : nullptr);
                     rows.push_back(row);
                 }
             }
 }
 
-std::string json_num(double v) {
-    if (!std::isfinite(v)) return "null";
-    char b[64];
-    std::snprintf(b, sizeof b, "%.6g", v);
-    return b;
-}
-
-std::string json_str(const std::string& s) {
-    std::string o = "\"";
-    for (char ch : s) {
-        if (ch == '"' || ch == '\\') o += '\\';
-        if ((unsigned char)ch < 0x20) {
-            o += ' ';
-            continue;
-        }
-        o += ch;
-    }
-    return o + "\"";
-}
-
-// The headline: per precision at the largest shape, the best layout's figures and the
-// slowest layout's, so a layout that falls behind shows.
-std::vector<std::string> headline(const std::vector<Row>& rows, bool small) {
-    std::vector<std::string> out;
-    int failed = 0;
-    for (const Row& r : rows) failed += !r.pass;
-    char b[320];
-    std::snprintf(b, sizeof b, "%zu checks against %s, %d out of tolerance", rows.size(),
-                  small ? "a host reference" : "cuBLAS", failed);
-    out.push_back(b);
-    if (small || rows.empty()) return out;
-    const Shape big = rows.back().s;
-    for (const char* kern :
-         {"gemm_f32", "gemm_bf16", "gemm_bf16_simt", "gemm_bf16_128", "gemm_bf16_small_m"})
-        for (Precision p : {Precision::F32, Precision::TF32, Precision::BF16}) {
-            const Row *lo = nullptr, *hi = nullptr;
-            for (const Row& r : rows) {
-                if (std::strcmp(r.kernel, kern) || r.p != p || r.s.m != big.m || r.s.n != big.n ||
-                    r.s.k != big.k)
-                    continue;
-                if (!lo || r.ours_tflops < lo->ours_tflops) lo = &r;
-                if (!hi || r.ours_tflops > hi->ours_tflops) hi = &r;
-            }
-            if (!lo) continue;
-            std::snprintf(b, sizeof b,
-                          "%dx%dx%d %s vs cuBLAS %s: %.1f-%.1f TFLOP/s across layouts, cuBLAS "
-                          "%.1f (ours/cuBLAS %.2f at best layout)",
-                          big.m, big.n, big.k, kern, precision_name(p), lo->ours_tflops,
-                          hi->ours_tflops, hi->cublas_tflops,
-                          hi->ours_tflops / hi->cublas_tflops);
-            out.push_back(b);
-        }
-    return out;
-}
-
-void write_json(FILE* f, const std::vector<Row>& rows, const std::string& device, int sms,
-                bool small, const std::string& error, int reps) {
-    int failed = 0;
-    for (const Row& r : rows) failed += !r.pass;
-    const bool ok = error.empty() && failed == 0 && !rows.empty();
-    std::string reason = !error.empty() ? error
-                         : rows.empty() ? std::string("no check ran")
-                         : failed ? std::to_string(failed) + " of " + std::to_string(rows.size()) +
-                                        " checks out of tolerance"
-                                  : std::string();
-    std::fprintf(f, "{\"format\": \"setpoint-device-probe-v1\", \"section\": \"%s\",\n",
-                 small ? "probe-small" : "gemm");
-    std::fprintf(f, " \"status\": \"%s\", \"reason\": %s,\n", ok ? "pass" : "fail",
-                 reason.empty() ? "null" : json_str(reason).c_str());
-    std::fprintf(f, " \"headline\": [");
-    const std::vector<std::string> lines = headline(rows, small);
-    for (size_t i = 0; i < lines.size(); ++i)
-        std::fprintf(f, "%s%s", i ? ", " : "", json_str(lines[i]).c_str());
-    std::fprintf(f, "],\n \"figures\": {\"device\": %s, \"sms\": %d, \"reps\": %d, \"rows\": [\n",
-                 json_str(device).c_str(), sms, reps);
-    for (size_t i = 0; i < rows.size(); ++i) {
-        const Row& r = rows[i];
-        std::fprintf(f,
-                     "  {\"m\": %d, \"n\": %d, \"k\": %d, \"trans_a\": %s, \"trans_b\": %s, "
-                     "\"precision\": \"%s\", \"kernel\": \"%s\", \"ours_tflops\": %s, "
-                     "\"cublas_tflops\": %s, \"max_scaled_error\": %s, \"tolerance\": %s, "
-                     "\"pass\": %s}%s\n",
-                     r.s.m, r.s.n, r.s.k, r.ta ? "true" : "false", r.tb ? "true" : "false",
-                     precision_name(r.p), r.kernel, json_num(r.ours_tflops).c_str(),
-                     json_num(r.cublas_tflops).c_str(), json_num(r.error).c_str(),
-                     json_num(r.tolerance).c_str(), r.pass ? "true" : "false",
-                     i + 1 < rows.size() ? "," : "");
-    }
-    std::fprintf(f, "]}}\n");
-}
+#include "probe_report.cuh"
+#include "probe_wgmma.cuh"
 
 std::vector<Shape> parse_sizes(const std::string& text) {
     std::vector<Shape> out;
@@ -437,75 +452,128 @@ std::vector<Shape> parse_sizes(const std::string& text) {
     return out;
 }
 
+struct Args {
+    std::string sizes_text =
+        "8x1024x784,32x1024x1024,256x2048x2048,256x4096x4096,1024,2048,4096,4095x4097x1031,8192";
+    std::string json_path;
+    int reps = 5;
+    bool small = false, skip_wgmma = false, report_selftest = false;
+    std::vector<Shape> sizes;
+};
+
+Args parse_args(int argc, char** argv) {
+    Args a;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        const bool has_value = i + 1 < argc;
+        if (arg == "--small") {
+            a.small = true;
+        } else if (arg == "--skip-wgmma") {
+            a.skip_wgmma = true;
+        } else if (arg == "--report-selftest") {
+            a.report_selftest = true;
+        } else if (arg == "--sizes" && has_value) {
+            a.sizes_text = argv[++i];
+        } else if (arg == "--reps" && has_value) {
+            a.reps = std::atoi(argv[++i]);
+            if (a.reps < 1 || a.reps > 1000) throw std::invalid_argument("--reps: expected 1..1000");
+        } else if (arg == "--json" && has_value) {
+            a.json_path = argv[++i];
+        } else {
+            throw std::invalid_argument("unknown or incomplete argument '" + arg +
+                                        "' (use --sizes, --reps, --json, --small, --skip-wgmma)");
+        }
+    }
+    a.sizes = parse_sizes(a.sizes_text);
+    return a;
+}
+
+// The wgmma part, after the other kernels' rows; false when it left the context unusable.
+bool run_wgmma(const Args& a, const cudaDeviceProp& prop, cublasHandle_t h, cudaStream_t st,
+               Report& rep, std::mutex& mu, Watchdog& dog) {
+    WgmmaCtx cx{rep.rows, rep.notes, mu, dog, st};
+    const std::string why = a.skip_wgmma ? std::string("--skip-wgmma") : wgmma_setup(cx, prop);
+    if (!why.empty()) {
+        cx.note(WGMMA_NAME ": not run: " + why);
+        return true;
+    }
+    if (a.small) {
+        wgmma_small_rows(cx);
+    } else {
+        wgmma_rows(h, cx, rep.sms, a.sizes, a.reps);
+    }
+    return !cx.poisoned;
+}
+
+// The other kernels' rows, then the wgmma part. A CUDA error outside the wgmma rows ends the
+// run and becomes the report's error.
+void run(const Args& a, Report& rep, std::mutex& mu, Watchdog& dog) {
+    cudaDeviceProp prop;
+    cuda_ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+    rep.device = prop.name;
+    rep.sms = prop.multiProcessorCount;
+    cudaStream_t st;
+    cuda_ok(cudaStreamCreate(&st), "cudaStreamCreate");
+    cublasHandle_t h = nullptr;
+    if (a.small) {
+        small_checks(st, rep.rows);
+    } else {
+        blas_ok(cublasCreate(&h), "cublasCreate");
+        blas_ok(cublasSetStream(h, st), "cublasSetStream");
+        for (Shape s : a.sizes) {
+            Buffers buf(s.m, s.n, s.k, 1);
+            for (int ta = 0; ta < 2; ++ta)
+                for (int tb = 0; tb < 2; ++tb)
+                    compare(h, st, rep.sms, buf, s, ta, tb, a.reps, rep.rows);
+            std::fprintf(stderr, "probe: %dx%dx%d done\n", s.m, s.n, s.k);
+        }
+    }
+    if (!run_wgmma(a, prop, h, st, rep, mu, dog)) return;  // nothing more can be released
+    if (h) cublasDestroy(h);
+    cuda_ok(cudaStreamDestroy(st), "cudaStreamDestroy");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string sizes_text = "8x1024x784,32x1024x1024,256x2048x2048,256x4096x4096,1024,2048,4096,4095x4097x1031,8192", json_path;
-    int reps = 5;
-    bool small = false;
-    std::vector<Shape> sizes;
+    Args a;
     try {
-        for (int i = 1; i < argc; ++i) {
-            const std::string arg = argv[i];
-            const bool has_value = i + 1 < argc;
-            if (arg == "--small") {
-                small = true;
-            } else if (arg == "--sizes" && has_value) {
-                sizes_text = argv[++i];
-            } else if (arg == "--reps" && has_value) {
-                reps = std::atoi(argv[++i]);
-                if (reps < 1 || reps > 1000)
-                    throw std::invalid_argument("--reps: expected 1..1000");
-            } else if (arg == "--json" && has_value) {
-                json_path = argv[++i];
-            } else {
-                throw std::invalid_argument("unknown or incomplete argument '" + arg +
-                                            "' (use --sizes, --reps, --json, --small)");
-            }
-        }
-        sizes = parse_sizes(sizes_text);
+        a = parse_args(argc, argv);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "probe: %s\n", e.what());
         return 2;
     }
-    std::vector<Row> rows;
-    std::string error, device = "unknown";
-    int sms = 0;
+    Report rep;
+    rep.small = a.small;
+    rep.reps = a.reps;
+    if (a.report_selftest) {  // the report's format, checked where there is no GPU
+        rep.rows = report_selftest_rows();
+        rep.notes.push_back(WGMMA_NAME ": a note");
+        return save_report(a.json_path, rep) ? 0 : 2;
+    }
+    std::mutex mu;  // rep's rows and notes, once the watchdog may read them
+    Watchdog dog([&](const Row& hung) {
+        std::lock_guard<std::mutex> g(mu);
+        Report out = rep;
+        out.rows.push_back(hung);
+        std::fprintf(stderr, "probe: %s %dx%dx%d: %s\n", hung.kernel, hung.s.m, hung.s.n,
+                     hung.s.k, hung.reason.c_str());
+        if (!save_report(a.json_path, out))
+            std::fprintf(stderr, "probe: cannot write %s\n", a.json_path.c_str());
+    });
     try {
-        cudaDeviceProp prop;
-        cuda_ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
-        device = prop.name;
-        sms = prop.multiProcessorCount;
-        cudaStream_t st;
-        cuda_ok(cudaStreamCreate(&st), "cudaStreamCreate");
-        if (small) {
-            small_checks(st, rows);
-        } else {
-            cublasHandle_t h;
-            blas_ok(cublasCreate(&h), "cublasCreate");
-            blas_ok(cublasSetStream(h, st), "cublasSetStream");
-            for (Shape s : sizes) {
-                Buffers buf(s.m, s.n, s.k, 1);
-                for (int ta = 0; ta < 2; ++ta)
-                    for (int tb = 0; tb < 2; ++tb) compare(h, st, sms, buf, s, ta, tb, reps, rows);
-                std::fprintf(stderr, "probe: %dx%dx%d done\n", s.m, s.n, s.k);
-            }
-            cublasDestroy(h);
-        }
-        cuda_ok(cudaStreamDestroy(st), "cudaStreamDestroy");
+        run(a, rep, mu, dog);
     } catch (const std::exception& e) {
-        error = e.what();
+        rep.error = e.what();
         std::fprintf(stderr, "probe: %s\n", e.what());
     }
-    FILE* f = json_path.empty() ? stdout : std::fopen(json_path.c_str(), "w");
-    if (!f) {
-        std::fprintf(stderr, "probe: cannot write %s\n", json_path.c_str());
+    std::lock_guard<std::mutex> g(mu);
+    if (!save_report(a.json_path, rep)) {
+        std::fprintf(stderr, "probe: cannot write %s\n", a.json_path.c_str());
         return 2;
     }
-    write_json(f, rows, device, sms, small, error, reps);
-    if (f != stdout) std::fclose(f);
-    if (!error.empty()) return 2;
-    for (const Row& r : rows)
+    if (!rep.error.empty()) return 2;
+    for (const Row& r : rep.rows)
         if (!r.pass) return 1;
-    return rows.empty() ? 1 : 0;
+    return rep.rows.empty() ? 1 : 0;
 }

@@ -81,7 +81,7 @@ SECTIONS = [
         "--bin", os.path.join(c.work, "probe", "probe"), "--src", os.path.join(c.bundle, "probe"),
         "--arch", c.arch]), background=True),
     Section("kernels", 90, 20, gpu_check("kernels")),
-    Section("gemm-vs-cublas", 120, 20, helper("probe", probe_bin), after="probe-build"),
+    Section("gemm-vs-cublas", 150, 20, helper("probe", probe_bin), after="probe-build"),
     Section("gemm", 60, 20, gpu_check("gemm")),
     Section("training", 100, 60, gpu_check("training", digits)),
     Section("torch", 100, 60, lambda c: [

@@ -340,6 +340,11 @@ def section_sanitizer(a):
         return write(a.out, name, "skipped", "no GPU to run the probe on")
     cmd = [tool, "--tool", name, "--error-exitcode", "9", "--print-limit", "50",
            a.bin, "--small", "--json", a.out + ".probe"]
+    if name == "racecheck":
+        # How racecheck treats TMA copies and wgmma's asynchronous reads of shared memory
+        # (ordered by mbarriers, not by __syncthreads) is not established: racecheck keeps to
+        # the mma.sync kernels it has passed on, and memcheck covers gemm_bf16_wgmma.
+        cmd.append("--skip-wgmma")
     started = time.time()
     code, out, err = run(cmd, timeout=a.timeout)
     text = out + err

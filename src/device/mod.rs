@@ -221,6 +221,24 @@ pub trait Backend: Send + Sync {
         act: Activation,
     ) -> Result<(), DeviceError>;
 
+    /// A layer's forward step: `C = act(alpha·op(A)·op(B) + beta·C + bias)` over C's `g.m ×
+    /// g.n`, with `bias` by column. By default [`Backend::gemm`] then [`Backend::bias_act`],
+    /// which is what every backend must answer (the CPU backend runs exactly that); the CUDA
+    /// backend applies the bias and the activation in the GEMM's store, one kernel instead
+    /// of two.
+    fn gemm_bias_act(
+        &self,
+        g: Gemm,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        c: &mut Self::Buf,
+        bias: &Self::Buf,
+        act: Activation,
+    ) -> Result<(), DeviceError> {
+        self.gemm(g, a, b, c)?;
+        self.bias_act(c, bias, g.m, g.n, act)
+    }
+
     /// Gradient of ReLU given its output: `grad[i] = 0` where `act[i] <= 0`, for `i < len`.
     fn relu_grad(
         &self,

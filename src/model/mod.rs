@@ -119,18 +119,20 @@ impl<B: Backend> Mlp<B> {
             let (before, rest) = ws.acts.split_at_mut(l);
             let input = if l == 0 { x } else { &before[l - 1] };
             let out = &mut rest[0];
-            backend.gemm(
-                Gemm::new(rows, layer.fan_out, layer.fan_in),
-                input,
-                &layer.w,
-                out,
-            )?;
             let act = if l == last {
                 Activation::Identity
             } else {
                 Activation::Relu
             };
-            backend.bias_act(out, &layer.b, rows, layer.fan_out, act)?;
+            // One kernel on a GPU: the bias and activation ride on the GEMM's store.
+            backend.gemm_bias_act(
+                Gemm::new(rows, layer.fan_out, layer.fan_in),
+                input,
+                &layer.w,
+                out,
+                &layer.b,
+                act,
+            )?;
         }
         Ok(())
     }

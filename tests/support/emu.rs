@@ -238,6 +238,12 @@ impl Launch {
         self.f32s_at(v, 0)
     }
 
+    /// A null pointer for a pointer parameter (not among the outputs).
+    pub fn null(mut self) -> Self {
+        self.input.push_str("null\n");
+        self
+    }
+
     /// An f32 buffer `offset` elements past the 256-byte alignment.
     pub fn f32s_at(self, v: &[f32], offset: usize) -> Self {
         let bits: Vec<u64> = v.iter().map(|x| u64::from(x.to_bits())).collect();

@@ -4,12 +4,14 @@
 #![allow(dead_code)]
 
 use setpoint::device::cpu::CpuBuf;
-use setpoint::device::{Backend, CpuBackend, Gemm};
+use setpoint::device::{Activation, Backend, CpuBackend, Gemm};
 use setpoint::util::rng::Rng;
 
 use setpoint::device::cuda::tma::gemm_tensor_maps;
 
-use crate::emu::{Harness, Launch, close, round_to_bf16, same, to_bf16_bits, uniform};
+use crate::emu::{
+    Harness, Launch, Outputs, SCHEDULES, close, round_to_bf16, same, to_bf16_bits, uniform,
+};
 
 /// Output tile edge of the 64 x 64 GEMM kernels (ABI).
 pub const TILE: usize = 64;
@@ -239,8 +241,8 @@ pub struct Reference {
     pub tol: Vec<f64>,
 }
 
-/// A launch of a GEMM kernel over `part`. `a` and `b` are bf16-exact for the bf16 kernels,
-/// which receive their bits.
+/// A launch of a GEMM kernel over `part` with the plain store (no bias, no ReLU, no bf16
+/// copy). `a` and `b` are bf16-exact for the bf16 kernels, which receive their bits.
 pub fn gemm_launch(
     kernel: GemmKernel,
     g: Gemm,
@@ -248,6 +250,44 @@ pub fn gemm_launch(
     b: &[f32],
     c: &[f32],
     part: Part,
+) -> Launch {
+    gemm_launch_with(kernel, g, a, b, c, part, &Epi::default())
+}
+
+/// The epilogue of a GEMM launch (kernels/ABI.md): a bias by column (the buffer after C
+/// among the outputs), ReLU, and a bf16 copy of C (the last buffer among the outputs).
+#[derive(Debug, Clone, Default)]
+pub struct Epi {
+    pub bias: Option<Vec<f32>>,
+    pub relu: bool,
+    pub bf16: bool,
+}
+
+impl Epi {
+    /// Where the bf16 copy of C is among the outputs.
+    pub fn bf16_output(&self) -> usize {
+        3 + usize::from(self.bias.is_some())
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            " epilogue(bias={}, relu={}, bf16={})",
+            self.bias.is_some(),
+            self.relu,
+            self.bf16
+        )
+    }
+}
+
+/// [`gemm_launch`] with the epilogue `epi`.
+pub fn gemm_launch_with(
+    kernel: GemmKernel,
+    g: Gemm,
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    part: Part,
+    epi: &Epi,
 ) -> Launch {
     let launch = Launch::new(kernel.name());
     let [oa, ob, oc] = part.offsets;
@@ -274,6 +314,16 @@ pub fn gemm_launch(
         .int(part.tiles.1)
         .int(part.ks.0)
         .int(part.ks.1);
+    let launch = match &epi.bias {
+        Some(bias) => launch.f32s(bias),
+        None => launch.null(),
+    };
+    let launch = launch.flag(epi.relu);
+    let launch = if epi.bf16 {
+        launch.u16s(&vec![0x7fc1; g.m * g.n])
+    } else {
+        launch.null()
+    };
     if kernel != GemmKernel::Bf16Wgmma {
         return launch;
     }
@@ -339,4 +389,139 @@ pub fn check_gemm(
 /// Every case over its whole product with aligned buffers.
 pub fn whole(cases: &[Gemm]) -> Vec<(Gemm, Part)> {
     cases.iter().map(|&g| (g, Part::whole(g))).collect()
+}
+
+/// The CPU backend's layer step for `g` over the whole k: its GEMM, then its `bias_act` (a
+/// zero bias when `epi` asks for ReLU alone), and the GEMM's tolerance with the bias's
+/// magnitude added to each element's (the sum gains one term).
+pub fn fused_reference(g: Gemm, a: &[f32], b: &[f32], c: &[f32], epi: &Epi) -> Reference {
+    let mut r = reference(g, a, b, c, (0, g.k));
+    if epi.bias.is_none() && !epi.relu {
+        return r;
+    }
+    let bias = epi.bias.clone().unwrap_or_else(|| vec![0.0; g.n]);
+    let act = if epi.relu {
+        Activation::Relu
+    } else {
+        Activation::Identity
+    };
+    let mut out = CpuBuf(r.c);
+    CpuBackend::single()
+        .bias_act(&mut out, &CpuBuf(bias.clone()), g.m, g.n, act)
+        .unwrap();
+    r.c = out.0;
+    for (i, t) in r.tol.iter_mut().enumerate() {
+        *t += 4e-7 * (g.k as f64 + 2.0) * f64::from(bias[i % g.n]).abs();
+    }
+    r
+}
+
+/// The epilogues the fused checks rotate over: bias and ReLU with a bf16 copy, bias alone,
+/// the bf16 copy alone, bias and ReLU.
+pub fn epilogues(rng: &mut Rng, n: usize, i: usize) -> Epi {
+    let (bias, relu, bf16) = [
+        (true, true, true),
+        (true, false, false),
+        (false, false, true),
+        (true, true, false),
+    ][i % 4];
+    Epi {
+        bias: bias.then(|| uniform(rng, n, -1.0, 1.0)),
+        relu,
+        bf16,
+    }
+}
+
+/// The bf16 copy of C, when asked for, is C rounded to nearest even, bit for bit.
+pub fn check_bf16_copy(what: &str, out: &Outputs, epi: &Epi, c: &[f32]) -> Result<(), String> {
+    if !epi.bf16 {
+        return Ok(());
+    }
+    let got = out.u16(epi.bf16_output());
+    let want = to_bf16_bits(c);
+    match got.iter().zip(&want).position(|(g, w)| g != w) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "{what}: the bf16 copy of C at element {i} is {:#06x}, C there is {} ({:#06x} in \
+             bf16)",
+            got[i], c[i], want[i]
+        )),
+    }
+}
+
+/// As [`check_gemm`], each case with an epilogue from [`epilogues`]: C against the CPU
+/// backend's GEMM then bias_act, the bf16 copy against C, and every grid bit for bit the
+/// same as the first.
+pub fn check_fused(
+    harness: &Harness,
+    schedules: &[u32],
+    kernel: GemmKernel,
+    cases: &[(Gemm, Part)],
+    grids: &[u32],
+    seed: u64,
+) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    for (i, &(g, part)) in cases.iter().enumerate() {
+        let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
+        let epi = epilogues(&mut rng, g.n, i);
+        let want = fused_reference(g, &a, &b, &c, &epi);
+        let launch = gemm_launch_with(kernel, g, &a, &b, &c, part, &epi);
+        let what = describe(kernel, g, part) + &epi.describe();
+        let out = launch.try_run(harness, grids[0], schedules)?;
+        let first = out.f32(2);
+        let vs_cpu = format!("{what} grid={} vs CPU gemm then bias_act", grids[0]);
+        close(&vs_cpu, &first, &want.c, g.n, |i| want.tol[i])?;
+        check_bf16_copy(&what, &out, &epi, &first)?;
+        for (j, &grid) in grids.iter().enumerate().skip(1) {
+            let schedule = schedules[(i + j) % schedules.len()];
+            let got = launch.try_run(harness, grid, &[schedule])?;
+            let vs_first = format!(
+                "{what} grid={grid} (schedule {schedule}) vs grid={}",
+                grids[0]
+            );
+            same(&vs_first, &got.f32(2), &first, g.n)?;
+            check_bf16_copy(&vs_first, &got, &epi, &got.f32(2))?;
+        }
+    }
+    Ok(())
+}
+
+/// Split-K as the backend runs a fused layer: the k ranges `cuts` in order, the first with
+/// `g`'s beta and the plain store, the others adding (beta 1), the last one alone with the
+/// epilogue `epi`; the result against the CPU backend's GEMM then bias_act.
+pub fn check_fused_split(
+    harness: &Harness,
+    kernel: GemmKernel,
+    g: Gemm,
+    cuts: &[usize],
+    epi: &Epi,
+    seed: u64,
+) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let (a, b, c) = gemm_inputs(&mut rng, kernel, g);
+    let want = fused_reference(g, &a, &b, &c, epi);
+    let mut acc = c.clone();
+    let what = describe(kernel, g, Part::whole(g)) + &epi.describe();
+    let last = cuts.len() - 2;
+    for (i, w) in cuts.windows(2).enumerate() {
+        let chunk = if i == 0 { g } else { g.scaled(g.alpha, 1.0) };
+        let part = Part::whole(g).k_range(w[0], w[1]);
+        let plain = Epi::default();
+        let out = gemm_launch_with(
+            kernel,
+            chunk,
+            &a,
+            &b,
+            &acc,
+            part,
+            if i == last { epi } else { &plain },
+        )
+        .try_run(harness, 1 + i as u32, SCHEDULES)?;
+        acc = out.f32(2);
+        if i == last {
+            check_bf16_copy(&what, &out, epi, &acc)?;
+        }
+    }
+    let vs_cpu = format!("{what} split-K at {cuts:?} vs CPU gemm then bias_act");
+    close(&vs_cpu, &acc, &want.c, g.n, |i| want.tol[i])
 }

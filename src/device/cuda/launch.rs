@@ -83,7 +83,8 @@ pub(crate) const ROW_PASSES: usize = 4;
 pub(crate) const ROWS_PER_BLOCK: usize = 8;
 
 /// One GEMM launch: tiles `[tile_begin, tile_end)` over `[k_begin, k_end)`; `first` when it
-/// is the first chunk of its tiles (which applies the caller's `beta`; later chunks add).
+/// is the first chunk of its tiles (which applies the caller's `beta`; later chunks add),
+/// `last` when it is the last (which applies a fused epilogue: kernels/ABI.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GemmLaunch {
     /// First tile.
@@ -92,6 +93,8 @@ pub(crate) struct GemmLaunch {
     pub k: Range<usize>,
     /// The first chunk of these tiles.
     pub first: bool,
+    /// The last chunk of these tiles.
+    pub last: bool,
 }
 
 /// The launches of an `m × n × k` GEMM in `tile`s for a lane of `budget` CTAs, tile ranges
@@ -115,6 +118,7 @@ pub(crate) fn gemm_launches(
             tiles: tiles.clone(),
             k: (c * k_chunk).min(k)..((c + 1) * k_chunk).min(k),
             first: c == 0,
+            last: c + 1 == chunks,
         })
     })
 }
@@ -197,7 +201,8 @@ mod tests {
                     vec![GemmLaunch {
                         tiles: 0..tile.count(m, n),
                         k: 0..k,
-                        first: true
+                        first: true,
+                        last: true
                     }],
                     "{m}x{n}x{k} in {tile:?}"
                 );
@@ -217,16 +222,23 @@ mod tests {
             let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
             let mut cover = vec![0usize; tiles];
             let mut firsts = vec![0usize; tiles];
+            // The last chunk of a tile (the one a fused epilogue rides on) ends k, and no
+            // launch touches the tile after it.
+            let mut done = vec![false; tiles];
             for l in gemm_launches(GemmTile::SQUARE, m, n, k, budget, chunk) {
                 assert!(l.tiles.len() <= budget, "{l:?}");
                 assert!(l.k.len() <= chunk);
+                assert!(!l.last || l.k.end == k, "{l:?}");
                 for t in l.tiles.clone() {
+                    assert!(!done[t], "{l:?} after the last chunk of tile {t}");
                     cover[t] += l.k.len();
                     firsts[t] += usize::from(l.first);
+                    done[t] = l.last;
                 }
             }
             assert!(cover.iter().all(|&c| c == k), "{m}x{n}x{k}");
             assert!(firsts.iter().all(|&f| f == 1), "{m}x{n}x{k}");
+            assert!(done.iter().all(|&d| d), "{m}x{n}x{k}");
         }
     }
 

@@ -11,18 +11,21 @@ use super::Kernel;
 use super::backend::CudaBackend;
 use super::choice::choose_gemm;
 use super::driver::Arg;
+use super::gemm::GemmEpilogue;
 use super::memory::{CudaBf16, CudaBuf, DevMem};
 use super::ops::{elementwise, int, n32};
 use crate::device::{Backend, DeviceError, Gemm, Precision, check_len};
 
 impl CudaBackend {
-    /// `C = alpha·op(A)·op(B) + beta·C` with the operands rounded to bf16.
+    /// `C = alpha·op(A)·op(B) + beta·C` with the operands rounded to bf16, then the
+    /// epilogue `ep` in the same kernel.
     pub(super) fn gemm_mixed(
         &self,
         g: Gemm,
         a: &CudaBuf,
         b: &CudaBuf,
         c: &mut CudaBuf,
+        ep: GemmEpilogue,
     ) -> Result<(), DeviceError> {
         let lens = [g.m * g.k, g.k * g.n];
         check_len("gemm", "a", a.len, lens[0])?;
@@ -31,12 +34,13 @@ impl CudaBackend {
         self.convert(a, lens[0], pa)?;
         self.convert(b, lens[1], pb)?;
         let tensor_cores = self.dev.tensor_cores();
-        self.launch_bf16(g, (pa, lens[0]), (pb, lens[1]), c, tensor_cores)
+        self.launch_bf16(g, (pa, lens[0]), (pb, lens[1]), c, tensor_cores, ep)
     }
 
     /// The bf16 GEMM [`choose_gemm`] picks for the shape and the device's SMs (`gemm_bf16`,
-    /// `gemm_bf16_small_m` or `gemm_bf16_128` on tensor cores, the SIMT twin when `tensor_cores` is false), over
-    /// bf16 operands at device addresses (with their lengths).
+    /// `gemm_bf16_small_m` or `gemm_bf16_128` on tensor cores, the SIMT twin when
+    /// `tensor_cores` is false), over bf16 operands at device addresses (with their
+    /// lengths), with the epilogue `ep` fused into its store.
     pub(super) fn launch_bf16(
         &self,
         g: Gemm,
@@ -44,10 +48,11 @@ impl CudaBackend {
         b: (CUdeviceptr, usize),
         c: &mut CudaBuf,
         tensor_cores: bool,
+        ep: GemmEpilogue,
     ) -> Result<(), DeviceError> {
         let sms = self.dev.info.sm_count as usize;
         let choice = choose_gemm(&g, Precision::Bf16, tensor_cores, sms);
-        self.launch_gemm(choice.kernel, choice.k_chunk, g, a, b, c)
+        self.launch_gemm(choice.kernel, choice.k_chunk, g, a, b, c, ep)
     }
 
     /// The first `len` elements of `src` as bf16 (to nearest even) at `dst`, which holds at

@@ -31,6 +31,7 @@ mod backend;
 pub mod choice;
 mod device;
 mod driver;
+mod gemm;
 pub mod green;
 pub mod launch;
 mod memory;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use super::backend::{CudaBackend, Unit};
 use super::driver::{self, Arg, CuError};
-use super::launch::{self, K_CHUNK_F32, chunks, elements_per_launch};
-use super::memory::{CudaBf16, CudaBuf, CudaLabels, DevMem};
+use super::gemm::GemmEpilogue;
+use super::launch::{self, chunks, elements_per_launch};
+use super::memory::{CudaBuf, CudaLabels, DevMem};
 use super::{BLOCK, Kernel};
 use crate::device::{
     Activation, AdamParams, Backend, DeviceError, Gemm, Precision, SgdParams, check_labels,
@@ -54,89 +55,6 @@ impl CudaBackend {
     fn partials(&self) -> Result<Vec<f64>, DeviceError> {
         self.ensure_partials(MAX_PARTIALS * 8)?;
         Ok(vec![0.0; MAX_PARTIALS])
-    }
-
-    /// `C = alpha·op(A)·op(B) + beta·C` with bf16 inputs on tensor cores (f32 accumulate),
-    /// or on the SIMT twin when `tensor_cores` is false.
-    pub fn gemm_bf16(
-        &self,
-        g: Gemm,
-        a: &CudaBf16,
-        b: &CudaBf16,
-        c: &mut CudaBuf,
-        tensor_cores: bool,
-    ) -> Result<(), DeviceError> {
-        self.launch_bf16(g, (a.mem.ptr, a.len), (b.mem.ptr, b.len), c, tensor_cores)
-    }
-
-    /// Runs a GEMM kernel as [`launch::gemm_launches`] cuts it. With CTA budgets every CTA of
-    /// a launch computes one tile over at most `k_chunk` of k, so that a higher-priority
-    /// kernel sharing the SMs waits for at most one such piece. A product is instead one
-    /// launch over all its tiles and all of k, its CTAs (at most the budget) looping over the
-    /// tiles, where no such kernel can be waiting: on SM partitions (no other lane runs on
-    /// the lane's SMs; on an H200 the cut launches ran a 4096³ bf16 product at 82 TFLOP/s
-    /// against 164 in one launch) and on a stream of the device's greatest priority (a
-    /// service's, whose products are small: the cuts only added launches to its batches).
-    pub(super) fn launch_gemm(
-        &self,
-        kernel: Kernel,
-        k_chunk: usize,
-        g: Gemm,
-        (a, a_len): (cudarc::driver::sys::CUdeviceptr, usize),
-        (b, b_len): (cudarc::driver::sys::CUdeviceptr, usize),
-        c: &mut CudaBuf,
-    ) -> Result<(), DeviceError> {
-        let name = kernel.name();
-        check_len(name, "a", a_len, g.m * g.k)?;
-        check_len(name, "b", b_len, g.k * g.n)?;
-        check_len(name, "c", c.len, g.m * g.n)?;
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        let (m, n, kk) = (
-            int(name, "m", g.m)?,
-            int(name, "n", g.n)?,
-            int(name, "k", g.k)?,
-        );
-        int(name, "m·k", g.m * g.k)?;
-        int(name, "k·n", g.k * g.n)?;
-        int(name, "m·n", g.m * g.n)?;
-        let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
-        let cptr = c.mem.ptr;
-        let whole = self.dev.green.is_some() || self.priority() == self.dev.info().priority_range.1;
-        self.run(false, |u| {
-            let budget = u.budget;
-            let budget = self.dev.budget_for(kernel, budget);
-            let (per_launch, k_chunk) = if whole {
-                (usize::MAX, g.k.max(1))
-            } else {
-                (budget, k_chunk)
-            };
-            u.place.timed(|p| {
-                let tile = launch::GemmTile::of(kernel);
-                for l in launch::gemm_launches(tile, g.m, g.n, g.k, per_launch, k_chunk) {
-                    let beta = if l.first { g.beta } else { 1.0 };
-                    let args = [
-                        Arg::Ptr(a),
-                        Arg::Ptr(b),
-                        Arg::Ptr(cptr),
-                        Arg::I32(m),
-                        Arg::I32(n),
-                        Arg::I32(kk),
-                        Arg::I32(ta),
-                        Arg::I32(tb),
-                        Arg::F32(g.alpha),
-                        Arg::F32(beta),
-                        n32(l.tiles.start),
-                        n32(l.tiles.end),
-                        n32(l.k.start),
-                        n32(l.k.end),
-                    ];
-                    p.launch(kernel, launch::grid(l.tiles.len(), budget), &args)?;
-                }
-                Ok(())
-            })
-        })
     }
 
     /// Queues a copy of `bytes` from host memory at `src` to `dst` through the staging arena.
@@ -261,17 +179,25 @@ impl Backend for CudaBackend {
     }
 
     fn gemm(&self, g: Gemm, a: &CudaBuf, b: &CudaBuf, c: &mut CudaBuf) -> Result<(), DeviceError> {
-        if self.precision() == Precision::Bf16 {
-            return self.gemm_mixed(g, a, b, c);
-        }
-        self.launch_gemm(
-            Kernel::GemmF32,
-            K_CHUNK_F32,
-            g,
-            (a.mem.ptr, a.len),
-            (b.mem.ptr, b.len),
-            c,
-        )
+        self.gemm_with(g, a, b, c, GemmEpilogue::NONE)
+    }
+
+    /// One kernel: the bias and the activation applied in the GEMM's store.
+    fn gemm_bias_act(
+        &self,
+        g: Gemm,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        c: &mut CudaBuf,
+        bias: &CudaBuf,
+        act: Activation,
+    ) -> Result<(), DeviceError> {
+        check_len("gemm_bias_act", "bias", bias.len, g.n)?;
+        let ep = GemmEpilogue {
+            bias: bias.mem.ptr,
+            relu: matches!(act, Activation::Relu),
+        };
+        self.gemm_with(g, a, b, c, ep)
     }
 
     fn bias_act(
