@@ -85,16 +85,26 @@ impl ChildDaemon {
             .timeout_global(Some(timeout))
             .build()
             .into();
-        let d = ChildDaemon {
+        let mut d = ChildDaemon {
             child,
             port,
             url: format!("http://127.0.0.1:{port}"),
             log,
             agent,
         };
-        poll(Duration::from_secs(60), "the daemon to listen", || {
-            (d.get("/v2/health/live").ok()?.0 == 200).then_some(())
-        });
+        let end = Instant::now() + Duration::from_secs(60);
+        while d.get("/v2/health/live").ok().map(|r| r.0) != Some(200) {
+            // A daemon that stopped at start says why in its log.
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("the daemon exited at start ({status}):\n{}", d.log_text());
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for the daemon to listen:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         d
     }
 
