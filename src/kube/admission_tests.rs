@@ -12,7 +12,6 @@ use crate::config::CapacityMode;
 use crate::control::admission::{Candidate, admit, uncommitted_where};
 use crate::control::{ControlConfig, Decisions, JobClass, JobDecision, ServiceDecision};
 use crate::kube::slice::{SliceSpec, devices};
-use crate::node::DeviceRoom;
 
 const SMS: f64 = 132.0;
 const DEADLINE_S: f64 = 3600.0;
@@ -50,25 +49,7 @@ fn service(name: String, share: f64) -> ServiceDecision {
 
 /// The `sms` the node shows for a room of `free` share.
 fn published_sms(free: f64) -> f64 {
-    let room = DeviceRoom {
-        name: "cuda:0".into(),
-        gpu: Some(crate::device::cuda::GpuInfo {
-            index: 0,
-            name: "GPU".into(),
-            uuid: "GPU-0".into(),
-            compute_capability: (9, 0),
-            sm_count: SMS as u32,
-            total_memory: 1 << 30,
-            priority_range: (0, -5),
-            driver_version: 13000,
-        }),
-        green_contexts: false,
-        cores: SMS,
-        free_share: free,
-        memory_total: 1 << 30,
-        memory_free: 1 << 30,
-        healthy: true,
-    };
+    let room = crate::kube::slice::tests::gpu(0, free);
     let spec = SliceSpec {
         driver: "gpu.setpoint.dev".into(),
         node: "n".into(),

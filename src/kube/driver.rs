@@ -56,11 +56,6 @@ impl Driver {
         &self.store
     }
 
-    /// The node's name in the cluster.
-    pub fn node_name(&self) -> &str {
-        &self.node_name
-    }
-
     /// The driver's settings.
     pub fn config(&self) -> &KubernetesConfig {
         &self.cfg
@@ -79,12 +74,7 @@ impl Driver {
             .get(&r.name)
             .await
             .map_err(|e| format!("cannot read claim {r} from the API server: {e}"))?;
-        let names: Vec<String> = self
-            .node
-            .device_room(&|_| true)
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
+        let names = self.node.device_names();
         let plan = claims::plan(&claim, r, &self.cfg.driver, &self.node_name, &names)?;
         let (kind, tenant) = self.admit(r, plan.tenant, &plan.device).await?;
         match self.record(r, kind, &tenant, &plan.device, plan.allocated) {

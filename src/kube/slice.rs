@@ -269,4 +269,4 @@ fn boolean(b: bool) -> DeviceAttribute {
 
 #[cfg(test)]
 #[path = "slice_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -3,7 +3,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::device::cuda::GpuInfo;
 
-fn gpu(index: usize, free_share: f64) -> DeviceRoom {
+/// A room on an H200 (132 SMs) with `free_share` of it free.
+pub(crate) fn gpu(index: usize, free_share: f64) -> DeviceRoom {
     DeviceRoom {
         name: format!("cuda:{index}"),
         gpu: Some(GpuInfo {

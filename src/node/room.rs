@@ -31,6 +31,11 @@ pub struct DeviceRoom {
 }
 
 impl Node {
+    /// Every device's name (`cuda:0`, `cpu`, `cpu:1`), in order.
+    pub fn device_names(&self) -> Vec<String> {
+        self.devices().map(|d| self.placement(d).name()).collect()
+    }
+
     /// Every device's room, counting only the tenants `counted` accepts (by name): a cluster
     /// scheduler keeps its own account of the tenants it placed, so those are left out of
     /// what it is shown.

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use setpoint::kube::operator::Settings;
 
+use super::kube_validate;
 use super::support::*;
 
 /// Every kind of object the operator emits, in each mode, as one YAML stream.
@@ -107,51 +108,16 @@ spec:
     .to_string()
 }
 
-/// Whether a missing kubernetes-validate is a failure (`.ci/run` sets
-/// `SETPOINT_REQUIRE_KUBE_VALIDATE=1`) rather than a check skipped and said so.
-fn required() -> bool {
-    std::env::var("SETPOINT_REQUIRE_KUBE_VALIDATE").as_deref() == Ok("1")
-}
-
-/// Runs `scripts/kube-validate.sh` on `files`: the tool's output when every object is valid;
-/// `None`, said plainly, when the tool cannot be installed here and is not required; a panic
-/// naming what is not valid.
-pub fn kube_validate(files: &[PathBuf]) -> Option<String> {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/kube-validate.sh"))
-        .args(files)
-        .output()
-        .expect("bash runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match out.status.code() {
-        Some(0) => Some(text),
-        Some(2) if !required() => {
-            eprintln!("skipped: kubernetes-validate could not be installed: {text}");
-            None
-        }
-        _ => panic!("scripts/kube-validate.sh refused an object:\n{text}"),
-    }
-}
-
 /// Checks each document of `examples` against the openAPIV3Schema of its kind in `crds`,
 /// with the JSON Schema validator kubernetes-validate installs: those annotated
 /// `expect: invalid` must fail, the others pass. (The CRDs' CEL rules are the API server's
 /// to run; they are not checked here.)
 pub fn check_against_crds(crds: &[PathBuf], examples: &Path) {
-    let install = Command::new("bash")
-        .arg(repo().join("scripts/kube-validate.sh"))
-        .arg("--install")
-        .status()
-        .expect("bash runs");
     let python = repo().join(".venv-kube/bin/python");
-    if !install.success() || !python.exists() {
-        assert!(!required(), "kubernetes-validate could not be installed");
-        eprintln!(
-            "skipped: kubernetes-validate (and the validator it brings) could not be installed"
+    if !kube_validate::installed() || !python.exists() {
+        assert!(
+            !kube_validate::required(),
+            "kubernetes-validate's python is missing"
         );
         return;
     }

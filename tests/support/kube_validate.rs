@@ -8,13 +8,41 @@
 use std::path::Path;
 use std::process::Command;
 
-/// Validates the YAML or JSON files `files`; panics with the tool's report when one is not
-/// valid.
-pub fn validate(files: &[&Path]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-validate.sh");
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-validate.sh")
+}
+
+/// Whether a missing kubernetes-validate is a failure rather than a check skipped and said so.
+pub fn required() -> bool {
+    std::env::var("SETPOINT_REQUIRE_KUBE_VALIDATE").as_deref() == Ok("1")
+}
+
+/// Installs the tool (into `.venv-kube/`) if it is not there; false, said plainly, when it
+/// cannot be and is not required.
+pub fn installed() -> bool {
+    let install = Command::new("bash")
+        .arg(script())
+        .arg("--install")
+        .output()
+        .unwrap();
+    if !install.status.success() {
+        assert!(
+            !required(),
+            "kubernetes-validate could not be installed: {}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        eprintln!("skipped: kubernetes-validate (and what it brings) could not be installed");
+    }
+    install.status.success()
+}
+
+/// Validates the YAML or JSON files `files`: the tool's report when every object is valid,
+/// `None` when the tool could not be installed and is not required; panics with the report
+/// when one is not valid.
+pub fn validate<P: AsRef<Path>>(files: &[P]) -> Option<String> {
     let out = Command::new("bash")
-        .arg(script)
-        .args(files)
+        .arg(script())
+        .args(files.iter().map(AsRef::as_ref))
         .output()
         .unwrap();
     let report = format!(
@@ -23,32 +51,22 @@ pub fn validate(files: &[&Path]) {
         String::from_utf8_lossy(&out.stderr)
     );
     match out.status.code() {
-        Some(0) => {}
-        Some(2) if std::env::var("SETPOINT_REQUIRE_KUBE_VALIDATE").as_deref() != Ok("1") => {
+        Some(0) => Some(report),
+        Some(2) if !required() => {
             eprintln!("skipped: kubernetes-validate could not be installed: {report}");
+            None
         }
-        _ => panic!("{files:?} are not valid Kubernetes 1.34 objects:\n{report}"),
+        _ => panic!("not valid Kubernetes 1.34 objects:\n{report}"),
     }
 }
 
 /// The documents of a YAML file as JSON, read by the PyYAML that kubernetes-validate brings
-/// (`.venv-kube/`); `None`, with a line saying so, when it is not installed and not required.
+/// (`.venv-kube/`); `None` when it is not installed and not required.
 pub fn yaml_docs(path: &Path) -> Option<Vec<serde_json::Value>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let install = Command::new("bash")
-        .arg(root.join("scripts/kube-validate.sh"))
-        .arg("--install")
-        .output()
-        .unwrap();
-    if !install.status.success() {
-        assert!(
-            std::env::var("SETPOINT_REQUIRE_KUBE_VALIDATE").as_deref() != Ok("1"),
-            "kubernetes-validate could not be installed: {}",
-            String::from_utf8_lossy(&install.stderr)
-        );
-        eprintln!("skipped: kubernetes-validate (and its YAML reader) could not be installed");
+    if !installed() {
         return None;
     }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(root.join(".venv-kube/bin/python"))
         .args([
             "-c",
