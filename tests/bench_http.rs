@@ -64,6 +64,9 @@ fn protocols_take_turns_within_each_round_and_are_compared() {
     for l in levels {
         assert_eq!(l["error_count"], 0, "{l}");
         assert!(l["requests"].as_u64().unwrap() > 0, "{l}");
+        // The daemon's CPU time per request, from its /metrics at both ends of the window.
+        let cpu = l["daemon_cpu_us_per_request"].as_f64();
+        assert!(cpu.is_some_and(|us| us > 0.0 && us < 1e6), "{l}");
     }
     assert_eq!(b["grpc_url"], serde_json::json!(d.grpc), "{b}");
 
@@ -75,6 +78,7 @@ fn protocols_take_turns_within_each_round_and_are_compared() {
         report.contains("concurrency   1: grpc ") && report.contains("over 2 round(s)"),
         "{report}"
     );
+    assert!(report.contains("; daemon CPU per request "), "{report}");
 }
 
 #[test]

@@ -908,6 +908,11 @@ fn metrics_parse_as_prometheus_text() {
         "setpoint_inference_queue_duration_seconds_bucket{service=\"mlp\",le=\"+Inf\"} 5"
     ));
     assert!(text.contains("setpoint_process_start_time_seconds "));
+    let cpu = text
+        .lines()
+        .find_map(|l| l.strip_prefix("setpoint_process_cpu_seconds_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(cpu.is_some_and(|s| s > 0.0), "process CPU: {cpu:?}");
     assert!(text.contains("setpoint_tenant_share_ratio{tenant=\"mlp\",kind=\"service\"}"));
 
     // Prometheus's own linter, when it is installed (.ci/run installs it).

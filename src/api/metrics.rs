@@ -93,7 +93,14 @@ fn per_device(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&Ctx<'_>, DeviceId) -> f
 }
 
 /// The process, its readiness and configuration reloads.
-const PROCESS: [NodeRow; 4] = [
+const PROCESS: [NodeRow; 5] = [
+    (
+        Family::counter(
+            "setpoint_process_cpu_seconds_total",
+            "CPU time the daemon's threads have used since it started, user and system, in seconds.",
+        ),
+        |_, o| o.add(&[], crate::util::cputime::process_cpu_time().as_secs_f64()),
+    ),
     (
         Family::gauge(
             "setpoint_process_start_time_seconds",

@@ -24,8 +24,10 @@ pub enum BenchCommand {
     /// each send single-row JSON v2 requests back to back on a keep-alive connection of
     /// their own; after --warmup, requests are measured for --duration. Reports requests/s,
     /// p50/p90/p99/max latency and errors by status per level, the mean batch size the
-    /// daemon ran (from /v2/models/MODEL/stats), and the ratio of the daemon's requests/s to
-    /// the model's compute-only rows/s at that batch size, measured in this process.
+    /// daemon ran (from /v2/models/MODEL/stats), the ratio of the daemon's requests/s to
+    /// the model's compute-only rows/s at that batch size, measured in this process, and the
+    /// daemon's CPU time per request (from its /metrics). Each request is one write: HTTP/1.1
+    /// rendered once, gRPC as HEADERS and one DATA frame together.
     Http(BenchHttpArgs),
     /// Run a scripted co-location scenario under the controller, static shares and no shares.
     ///

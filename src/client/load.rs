@@ -93,6 +93,11 @@ pub struct LevelReport {
     /// `requests_per_s / compute_only_rows_per_s`: the fraction of the backend's speed at
     /// the same batch size that reaches clients over HTTP.
     pub ratio: Option<f64>,
+    /// CPU time the daemon used per successful request in the measured window, microseconds
+    /// (its `setpoint_process_cpu_seconds_total` at both ends; everything it did then is
+    /// counted), when its `/metrics` has it. Unlike requests/s, this does not depend on the
+    /// load generator's own cost.
+    pub daemon_cpu_us_per_request: Option<f64>,
 }
 
 /// The whole run.
@@ -132,18 +137,6 @@ fn batch_counts(stats: &Value) -> BTreeMap<usize, u64> {
         }
     }
     out
-}
-
-/// An HTTP client for load generation: statuses are answers, not errors; one keep-alive
-/// connection.
-pub(crate) fn load_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(5)))
-        .timeout_global(Some(Duration::from_secs(60)))
-        .max_idle_connections_per_host(1)
-        .build()
-        .into()
 }
 
 fn latency_ms(sorted: &[u64]) -> LatencyMs {
@@ -190,7 +183,9 @@ fn run_level(
     }
     std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
     let before = client.get(&stats_path).ok();
+    let cpu_before = daemon_cpu_seconds(client);
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let cpu_after = daemon_cpu_seconds(client);
     let after = client.get(&stats_path).ok();
     let mut latencies = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -240,7 +235,24 @@ fn run_level(
         compute_only_rows_per_s: None,
         compute_only_rows_per_s_mix: None,
         ratio: None,
+        daemon_cpu_us_per_request: match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if requests > 0 => Some((a - b) * 1e6 / requests as f64),
+            _ => None,
+        },
     })
+}
+
+/// The daemon's `setpoint_process_cpu_seconds_total`, when its `/metrics` answers with it.
+fn daemon_cpu_seconds(client: &Client) -> Option<f64> {
+    let raw = client.send("GET", "/metrics", None, &[]).ok()?;
+    process_cpu_seconds(std::str::from_utf8(&raw.body).ok()?)
+}
+
+/// `setpoint_process_cpu_seconds_total` in a Prometheus text exposition.
+fn process_cpu_seconds(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("setpoint_process_cpu_seconds_total "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Seconds per `Mlp::predict` call at each batch size, one CPU worker (as the daemon's
@@ -307,7 +319,6 @@ pub fn run(
         None
     };
     let target = Target {
-        base: client.base_url().to_string(),
         url: load_proto::infer_url(client, &spec.model),
         grpc: grpc.clone(),
     };
@@ -445,8 +456,9 @@ pub fn render(r: &BenchReport) -> String {
         "MEAN BATCH",
         "COMPUTE ROWS/S",
         "% OF COMPUTE",
+        "DAEMON CPU US/REQ",
     ])
-    .right_align(&[0, 2, 3, 4, 5, 6, 7, 9, 10, 11]);
+    .right_align(&[0, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12]);
     let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".into(), |x| format!("{x:.d$}"));
     for l in &r.levels {
         let errors = if l.errors.is_empty() {
@@ -471,13 +483,16 @@ pub fn render(r: &BenchReport) -> String {
             opt(l.mean_batch_size, 2),
             opt(l.compute_only_rows_per_s, 0),
             opt(l.ratio.map(|r| 100.0 * r), 2),
+            opt(l.daemon_cpu_us_per_request, 1),
         ]);
     }
     out.push_str(&t.render());
     out.push_str(
         "\n% OF COMPUTE: the daemon's requests/s as a percentage of the rows/s the model \
          computes alone (no HTTP, no batcher; one CPU worker in this process) at the daemon's \
-         mean batch size: what serving over HTTP keeps of the model's own speed.\n",
+         mean batch size: what serving over HTTP keeps of the model's own speed.\n\
+         DAEMON CPU US/REQ: the daemon's CPU time (all its threads) per request in the \
+         measured window, which the load generator's own cost does not change.\n",
     );
     if let Some(n) = &r.compute_only_note {
         out.push_str(&format!("note: {n}\n"));
@@ -500,6 +515,15 @@ mod tests {
         let c = batch_counts(&s);
         assert_eq!(c.get(&1), Some(&10));
         assert_eq!(c.get(&4), Some(&2));
+    }
+
+    #[test]
+    fn the_daemon_cpu_counter_is_read_from_the_exposition() {
+        let text = "# TYPE setpoint_process_cpu_seconds_total counter\n\
+                    setpoint_process_cpu_seconds_total_x 9\n\
+                    setpoint_process_cpu_seconds_total 12.5\n";
+        assert_eq!(process_cpu_seconds(text), Some(12.5));
+        assert_eq!(process_cpu_seconds("setpoint_ready 1\n"), None);
     }
 
     #[test]

@@ -97,17 +97,16 @@ pub fn render(levels: &[LevelReport]) -> String {
         base.as_str()
     );
     for c in &cmp {
-        let base_median = median(
+        let at = |p: Protocol| {
             levels
                 .iter()
-                .filter(|l| l.protocol == base && l.concurrency == c.concurrency)
-                .map(|l| l.requests_per_s)
-                .collect(),
-        );
+                .filter(move |l| l.protocol == p && l.concurrency == c.concurrency)
+        };
+        let base_median = median(at(base).map(|l| l.requests_per_s).collect());
         let lo = c.ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = c.ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         out.push_str(&format!(
-            "  concurrency {:>3}: {} {:.0}/s vs {} {:.0}/s, ratio {:.2}x [{:.2}-{:.2}] over {} round(s)\n",
+            "  concurrency {:>3}: {} {:.0}/s vs {} {:.0}/s, ratio {:.2}x [{:.2}-{:.2}] over {} round(s)",
             c.concurrency,
             c.protocol.as_str(),
             c.median_per_s,
@@ -118,6 +117,17 @@ pub fn render(levels: &[LevelReport]) -> String {
             hi,
             c.ratios.len()
         ));
+        let cpu = |p: Protocol| {
+            let v: Vec<f64> = at(p).filter_map(|l| l.daemon_cpu_us_per_request).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        if let (Some(mine), Some(theirs)) = (cpu(c.protocol), cpu(base)) {
+            out.push_str(&format!(
+                "; daemon CPU per request {mine:.1} vs {theirs:.1} us ({:.2}x)",
+                mine / theirs
+            ));
+        }
+        out.push('\n');
     }
     out
 }
@@ -143,6 +153,7 @@ mod tests {
             compute_only_rows_per_s: None,
             compute_only_rows_per_s_mix: None,
             ratio: None,
+            daemon_cpu_us_per_request: Some(1e6 / per_s),
         }
     }
 
@@ -170,6 +181,13 @@ mod tests {
         let text = render(&levels);
         assert!(text.contains("against binary"), "{text}");
         assert!(text.contains("concurrency   1: grpc 850/s vs binary 750/s, ratio 1.15x [1.10-1.20] over 2 round(s)"), "{text}");
+        // The daemon's CPU per request, median over the rounds (the fixture's is 1e6/rate).
+        let want = format!(
+            "; daemon CPU per request {:.1} vs {:.1} us",
+            (1e6 / 1100.0 + 1e6 / 600.0) / 2.0,
+            (1e6 / 1000.0 + 1e6 / 500.0) / 2.0
+        );
+        assert!(text.contains(&want), "{text}");
     }
 
     #[test]

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::ClientError;
+use super::grpc_unary::UnaryClient;
+use super::keepalive::{Failure, KeepAlive, Rendered};
 use super::v2::{self, ModelInfo};
 use crate::api::grpc::pb;
-use crate::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 /// A request encoding and transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,8 +67,6 @@ impl Protocol {
 /// Where and what one worker sends.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    /// The daemon's HTTP base URL, for error messages.
-    pub base: String,
     /// The HTTP infer URL.
     pub url: String,
     /// The gRPC endpoint, `http://HOST:PORT`.
@@ -133,41 +132,39 @@ fn http_worker(protocol: Protocol, plan: WorkerPlan) -> WorkerResult {
             header_len: None,
         },
     };
-    let headers = req.headers();
-    let agent = super::load::load_agent();
     let mut r = WorkerResult {
         latencies_ns: Vec::with_capacity(4096),
         ..WorkerResult::default()
     };
+    let (authority, rendered) = match Rendered::post(&target.url, &req.headers(), &req.body) {
+        Ok(x) => x,
+        Err(e) => {
+            r.errors.insert(e, 1);
+            return r;
+        }
+    };
+    let mut client = KeepAlive::new(authority);
     loop {
         let t0 = Instant::now();
         if t0 >= plan.end {
             break;
         }
-        let post = headers
-            .iter()
-            .fold(agent.post(&target.url), |p, (k, v)| p.header(*k, v));
-        let outcome = post.send(&req.body[..]).and_then(|mut resp| {
-            let status = resp.status().as_u16();
-            resp.body_mut().read_to_vec().map(|_| status)
-        });
+        let outcome = client.send(&rendered);
         let t1 = Instant::now();
-        let counted = plan.counts(t0, t1);
         let outcome = match outcome {
             Ok(200) => Ok(()),
             Ok(status) => Err(status.to_string()),
-            Err(e) => {
+            Err(failure) => {
                 // Do not spin against a daemon that went away.
                 std::thread::sleep(Duration::from_millis(10));
-                Err(
-                    match super::transport_error(&target.base, "POST", &target.url, e) {
-                        ClientError::Unreachable { .. } => "unreachable".into(),
-                        _ => "transport".into(),
-                    },
-                )
+                tracing::debug!("bench: {failure:?}");
+                Err(match failure {
+                    Failure::Unreachable => "unreachable".into(),
+                    Failure::Transport(_) => "transport".into(),
+                })
             }
         };
-        r.record(counted, t1 - t0, outcome);
+        r.record(plan.counts(t0, t1), t1 - t0, outcome);
     }
     r
 }
@@ -204,16 +201,10 @@ fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
         }
     };
     rt.block_on(async move {
-        let channel = match tonic::transport::Channel::from_shared(endpoint) {
-            Ok(c) => c.connect().await,
+        let mut client = match UnaryClient::connect(&endpoint).await {
+            Ok(c) => c,
             Err(e) => {
-                r.errors.insert(format!("endpoint: {e}"), 1);
-                return r;
-            }
-        };
-        let mut client = match channel {
-            Ok(c) => GrpcInferenceServiceClient::new(c),
-            Err(_) => {
+                tracing::debug!("bench: gRPC connection: {e}");
                 r.errors.insert("unreachable".into(), 1);
                 return r;
             }
@@ -225,9 +216,9 @@ fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
             if t0 >= plan.end {
                 break;
             }
-            let outcome = client.model_infer(req.clone()).await;
+            let outcome: Result<pb::ModelInferResponse, _> = client.call(MODEL_INFER, &req).await;
             let t1 = Instant::now();
-            let outcome = outcome.map(|_| ()).map_err(|s| format!("{:?}", s.code()));
+            let outcome = outcome.map(|_| ()).map_err(|e| e.kind());
             if outcome.is_err() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -236,6 +227,9 @@ fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
         r
     })
 }
+
+/// `ModelInfer`'s path.
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// The HTTP infer URL of `model` on `client`'s daemon.
 pub(crate) fn infer_url(client: &super::Client, model: &str) -> String {

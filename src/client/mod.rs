@@ -5,6 +5,8 @@
 
 pub(crate) mod dto;
 pub mod events;
+mod grpc_unary;
+mod keepalive;
 pub mod load;
 pub mod load_compare;
 pub mod load_proto;

@@ -64,6 +64,19 @@ pub fn thread_cpu_time() -> Duration {
     }
 }
 
+/// CPU time used by the whole process, all its threads, user and system (zero where the
+/// platform cannot tell).
+pub fn process_cpu_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        read_clock(libc::CLOCK_PROCESS_CPUTIME_ID).unwrap_or_default()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Duration::ZERO
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +98,25 @@ mod tests {
             assert!(after_sleep - busy < Duration::from_millis(10));
             let clock = ThreadClock::current().unwrap();
             assert!(clock.read().unwrap() >= busy);
+        }
+    }
+
+    #[test]
+    fn the_process_clock_counts_work_on_other_threads() {
+        let t0 = process_cpu_time();
+        std::thread::spawn(|| {
+            let start = thread_cpu_time();
+            let mut x = 0u64;
+            while thread_cpu_time() - start < Duration::from_millis(30) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            std::hint::black_box(x);
+        })
+        .join()
+        .unwrap();
+        if cfg!(target_os = "linux") {
+            let used = process_cpu_time() - t0;
+            assert!(used >= Duration::from_millis(30), "{used:?}");
         }
     }
 }

@@ -124,7 +124,9 @@ async fn connection(
             let mut server = GrpcInferenceServiceServer::new(service.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX);
-            async move {
+            // Boxed here so that hyper moves a pointer, not the call's whole state (tonic's
+            // and the service's futures, some kilobytes), on its way to the executor.
+            Box::pin(async move {
                 let answer = match server.call(req).await {
                     Ok(a) => a,
                     Err(never) => match never {},
@@ -132,7 +134,7 @@ async fn connection(
                 let answer = too_large(answer, limit)
                     .map(|body| tonic::body::Body::new(Counted { body, _call: call }));
                 Ok::<_, Infallible>(answer)
-            }
+            })
         });
     let (calls_tx, mut arriving) = tokio::sync::mpsc::unbounded_channel::<Call>();
     let conn = hyper::server::conn::http2::Builder::new(SameTask(calls_tx))
