@@ -82,6 +82,7 @@ fn default_config_is_valid_with_expected_values() {
             share_mechanism: ShareMechanism::Auto,
             memory_limit_mib: None,
             cpu_split: Vec::new(),
+            gemm_wgmma: false,
         }
     );
     assert_eq!(
@@ -744,7 +745,7 @@ fn a_job_without_a_deadline_is_best_effort() {
 #[test]
 fn device_rules() {
     let c = ok(
-        "[device]\nkind = \"cuda\"\ngpus = [2, 0]\nrequire_gpu = true\ncpu_threads = 8\nshare_mechanism = \"green\"\nmemory_limit_mib = 4096\ncpu_split = [0.75, 0.25]\n",
+        "[device]\nkind = \"cuda\"\ngpus = [2, 0]\nrequire_gpu = true\ncpu_threads = 8\nshare_mechanism = \"green\"\nmemory_limit_mib = 4096\ncpu_split = [0.75, 0.25]\ngemm_wgmma = true\n",
     );
     assert_eq!(
         c.device,
@@ -756,6 +757,7 @@ fn device_rules() {
             share_mechanism: ShareMechanism::Green,
             memory_limit_mib: Some(4096),
             cpu_split: vec![0.75, 0.25],
+            gemm_wgmma: true,
         }
     );
     assert_eq!(

@@ -140,3 +140,90 @@ fn the_fused_layer_step_answers_as_gemm_then_bias_act() {
         }
     }
 }
+
+/// `gemm_bf16_wgmma` launched by the backend (a device opened with it, the tensor maps
+/// encoded per launch, 133,120 bytes of dynamic shared memory): the products the choice
+/// gives it, in every transposition the TMA takes, answer as the CPU on the same bf16
+/// operands, with the fused bias and ReLU; k cut into several launches (a lane at the
+/// lowest priority) and in one (the highest). Only on compute capability 9.0.
+#[test]
+fn gemm_bf16_wgmma_through_the_backend_matches_the_cpu() {
+    use setpoint::device::cuda::choice::choose_gemm_at;
+    use setpoint::device::cuda::{Kernel, OpenOptions};
+    use setpoint::device::{Activation, CpuBackend, Gemm, Precision};
+    if !have_gpu() {
+        return;
+    }
+    let opts = OpenOptions {
+        wgmma: true,
+        ..OpenOptions::default()
+    };
+    let dev = CudaDevice::open_with(0, Some(&cache_dir("wgmma")), None, opts).unwrap();
+    if dev.info().compute_capability != (9, 0) {
+        eprintln!(
+            "skipped: gemm_bf16_wgmma runs on compute capability 9.0 only, this GPU is {:?}",
+            dev.info().compute_capability
+        );
+        return;
+    }
+    assert!(dev.wgmma(), "the sm_90a module did not load (see the log)");
+    let sms = dev.info().sm_count as usize;
+    let cpu = CpuBackend::single();
+    let mut rng = setpoint::util::rng::Rng::new(91);
+    let mut data =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect()
+    };
+    for prio in [StreamPriority::Lowest, StreamPriority::Highest] {
+        let g = dev.lane_backend(prio).unwrap();
+        g.set_precision(Precision::Bf16);
+        for (m, n, k, ta, tb) in [
+            (2048, 2048, 320, false, false),
+            (2048, 2048, 1100, false, true),
+            (1536, 2560, 200, true, false),
+            (2048, 1544, 136, true, true),
+        ] {
+            let mut shape = Gemm::new(m, n, k);
+            shape.trans_a = ta;
+            shape.trans_b = tb;
+            let what = format!("{m}x{n}x{k} ta={ta} tb={tb} {prio:?}");
+            let chosen = choose_gemm_at(&shape, true, sms, true, (0, 0));
+            assert_eq!(
+                chosen.kernel,
+                Kernel::GemmBf16Wgmma,
+                "{what}: {}",
+                chosen.reason
+            );
+            let (a, b, bias) = (data(m * k), data(k * n), data(n));
+            let (ga, gb, gbias) = (
+                g.upload(&a).unwrap(),
+                g.upload(&b).unwrap(),
+                g.upload(&bias).unwrap(),
+            );
+            let mut got = g.alloc(m * n).unwrap();
+            g.gemm_bias_act(shape, &ga, &gb, &mut got, &gbias, Activation::Relu)
+                .unwrap();
+            let mut got_v = vec![0.0; m * n];
+            g.read(&got, &mut got_v).unwrap();
+            let mut want = cpu.alloc(m * n).unwrap();
+            let (ca, cb, cbias) = (
+                cpu.upload(&round(&a)).unwrap(),
+                cpu.upload(&round(&b)).unwrap(),
+                cpu.upload(&bias).unwrap(),
+            );
+            cpu.gemm_bias_act(shape, &ca, &cb, &mut want, &cbias, Activation::Relu)
+                .unwrap();
+            let mut want_v = vec![0.0; m * n];
+            cpu.read(&want, &mut want_v).unwrap();
+            let worst = got_v
+                .iter()
+                .zip(&want_v)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst <= 1e-5 * k as f32, "{what}: off the CPU by {worst}");
+        }
+    }
+}

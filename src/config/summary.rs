@@ -85,6 +85,7 @@ impl NodeConfig {
             writeln!(o, "cpu_threads = {}", d.cpu_threads)?;
         }
         writeln!(o, "share_mechanism = {}", q(d.share_mechanism.as_str()))?;
+        writeln!(o, "gemm_wgmma = {}", d.gemm_wgmma)?;
         match d.memory_limit_mib {
             Some(m) => writeln!(o, "memory_limit_mib = {m}")?,
             None => writeln!(o, "memory_limit_mib = 0  # all of each GPU's memory")?,

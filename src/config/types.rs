@@ -76,6 +76,9 @@ pub struct DeviceConfig {
     /// The CPU as several devices (`cpu:0`, `cpu:1`, ...), each this fraction of its cores;
     /// empty: one CPU device, `cpu`. Each part is in (0, 1], together at most 1.
     pub cpu_split: Vec<f64>,
+    /// On compute capability 9.0, launch `gemm_bf16_wgmma` (wgmma fed by TMA) for the large
+    /// bf16 products it takes. Off by default: the kernel has not yet run on a GPU.
+    pub gemm_wgmma: bool,
 }
 
 /// Which backend runs the work.

@@ -424,7 +424,8 @@ pub(crate) fn unusable_reason(gpu: &CudaArch) -> Option<String> {
     if SOURCES.is_empty() {
         return Some(KernelError::NoSources.to_string());
     }
-    // The backend does not load sm_90a modules (it does not launch their kernels yet).
+    // sm_90a modules are optional: one that cannot load leaves the portable kernels in
+    // charge (`device.gemm_wgmma`).
     let lacking: Vec<&str> = SOURCES
         .iter()
         .filter(|s| s.target == ModuleTarget::Portable && embedded_images(s, gpu).is_empty())

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::{DeviceConfig, DeviceKind, GpuSelection, ShareMechanism};
 use crate::control::admission::{MemoryCheck, MemoryRefused, check_memory};
 use crate::device::DeviceError;
-use crate::device::cuda::{self, CudaDevice, GpuInfo};
+use crate::device::cuda::{self, CudaDevice, GpuInfo, OpenOptions};
 use crate::device::fault::DeviceHealth;
 use crate::telemetry::NvmlSource;
 
@@ -173,7 +173,11 @@ pub fn resolve(
         .and_then(|all| select(all, &cfg.gpus));
     let limit = cfg.memory_limit_mib.map(|m| m << 20);
     decide(cfg, found, |g, green| {
-        let open = || CudaDevice::open_with(g.index, Some(cache_dir), limit, green);
+        let opts = OpenOptions {
+            green_contexts: green,
+            wgmma: cfg.gemm_wgmma,
+        };
+        let open = || CudaDevice::open_with(g.index, Some(cache_dir), limit, opts);
         let Some(nvml) = nvml.as_deref_mut() else {
             return open();
         };

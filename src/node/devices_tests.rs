@@ -23,6 +23,7 @@ fn config(kind: DeviceKind, require_gpu: bool) -> DeviceConfig {
         share_mechanism: ShareMechanism::Auto,
         memory_limit_mib: None,
         cpu_split: Vec::new(),
+        gemm_wgmma: false,
     }
 }
 

@@ -19,6 +19,9 @@ use crate::util::rng::Rng;
 pub(crate) struct GemmRate {
     /// How the lane's share was enforced.
     pub mechanism: Mechanism,
+    /// Whether the device was opened with `gemm_bf16_wgmma` (`device.gemm_wgmma`), which
+    /// then runs the bf16 products it takes.
+    pub wgmma: bool,
     /// m = n = k.
     pub n: usize,
     /// f32 (SIMT) TFLOP/s, GPU-timed mean over the repetitions.
@@ -63,7 +66,7 @@ impl Figures for GemmFigures {
             .iter()
             .map(|r| {
                 format!(
-                    "{0}x{0}x{0} through the backend ({4}): f32 {1:.1} TFLOP/s, bf16{2} {3:.1} TFLOP/s",
+                    "{0}x{0}x{0} through the backend ({4}{5}): f32 {1:.1} TFLOP/s, bf16{2} {3:.1} TFLOP/s",
                     r.n,
                     r.f32_tflops,
                     if self.tensor_cores {
@@ -72,7 +75,8 @@ impl Figures for GemmFigures {
                         ""
                     },
                     r.bf16_tflops,
-                    r.mechanism.label()
+                    r.mechanism.label(),
+                    if r.wgmma { ", gemm_wgmma" } else { "" }
                 )
             })
             .collect()
@@ -113,6 +117,13 @@ pub(super) fn run(
     // Green contexts need a device opened for them; one that cannot be is the CTA rows alone.
     if let Ok(green) = super::open_green(opts) {
         rates.extend(rates_on(&green, Mechanism::GreenContexts, sizes, reps)?);
+    }
+    // On compute capability 9.0, the same with gemm_bf16_wgmma taking the products it can.
+    if dev.info().compute_capability == (9, 0) {
+        let wgmma = super::open_wgmma(opts).ctx("opening the GPU with gemm_wgmma")?;
+        if wgmma.wgmma() {
+            rates.extend(rates_on(&wgmma, Mechanism::CtaBudget, sizes, reps)?);
+        }
     }
     Ok(GemmFigures {
         reps,
@@ -155,6 +166,7 @@ fn rates_on(
         let tf = |s: f64| if s > 0.0 { flop / s / 1e12 } else { 0.0 };
         rates.push(GemmRate {
             mechanism,
+            wgmma: dev.wgmma(),
             n,
             f32_tflops: tf(f32_s),
             bf16_tflops: tf(bf_s),

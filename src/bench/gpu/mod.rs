@@ -351,7 +351,22 @@ pub(crate) fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
 pub(crate) fn open_green(
     opts: &GpuCheckOptions,
 ) -> Result<Arc<CudaDevice>, crate::device::DeviceError> {
-    CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, true)
+    let green = crate::device::cuda::OpenOptions {
+        green_contexts: true,
+        wgmma: false,
+    };
+    CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, green)
+}
+
+/// The GPU opened again with `gemm_bf16_wgmma` (CTA budgets), for the rows that measure it.
+pub(crate) fn open_wgmma(
+    opts: &GpuCheckOptions,
+) -> Result<Arc<CudaDevice>, crate::device::DeviceError> {
+    let wgmma = crate::device::cuda::OpenOptions {
+        green_contexts: false,
+        wgmma: true,
+    };
+    CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, wgmma)
 }
 
 /// Median of `v` (0 when empty).

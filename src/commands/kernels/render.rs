@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::check::{ModuleCheck, Toolchain};
 use crate::device::cuda::choice::{
-    H200_SMS, REPRESENTATIVE_SHAPES, WGMMA_EXAMPLES, choose_gemm, wgmma_operands,
+    H200_SMS, REPRESENTATIVE_SHAPES, WGMMA_EXAMPLES, choose_gemm, choose_gemm_at, wgmma_operands,
 };
 use crate::device::{Gemm, Precision};
 use crate::kernels::{self, CudaArch, ModuleTarget, PtxOrigin};
@@ -126,25 +126,25 @@ fn gemm_choices(arch: &CudaArch) -> String {
     out
 }
 
-/// On Hopper, which products' operands gemm_bf16_wgmma (sm_90a) can take, and why not.
+/// On Hopper, which products gemm_bf16_wgmma (sm_90a) takes where the device is opened with
+/// it (`device.gemm_wgmma`), and why the others do not go to it.
 fn wgmma_rule(arch: &CudaArch) -> String {
     if ModuleTarget::Sm90a.arch_for(arch).sm() != "sm_90a" {
         return String::new();
     }
     let mut out = String::from(
-        "\ngemm_bf16_wgmma (sm_90a: wgmma fed by TMA; assembled above, not yet launched by the \
-         backend) takes a product when the TMA can address its operands:\n",
+        "\nwith device.gemm_wgmma = true (off by default: not yet run on a GPU), \
+         gemm_bf16_wgmma (sm_90a: wgmma fed by TMA) takes the products given gemm_bf16_128 \
+         when the TMA can address their operands:\n",
     );
     for &(m, n, k, ta, tb, offset) in WGMMA_EXAMPLES {
         let mut g = Gemm::new(m, n, k);
         g.trans_a = ta;
         g.trans_b = tb;
-        let fallback = choose_gemm(&g, Precision::Bf16, true, H200_SMS)
-            .kernel
-            .name();
+        let c = choose_gemm_at(&g, true, H200_SMS, true, (offset, 0));
         let what = match wgmma_operands(&g, offset, 0) {
-            Ok(()) => "takes it".to_string(),
-            Err(why) => format!("{why}: stays on {fallback}"),
+            Err(why) => format!("{why}: stays on {}", c.kernel.name()),
+            Ok(()) => format!("{}: {}", c.kernel.name(), c.reason),
         };
         out.push_str(&format!(
             "  {m} x {n} x {k}{}{}{}: {what}\n",

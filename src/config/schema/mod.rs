@@ -43,6 +43,7 @@ const DEVICE_KEYS: &[&str] = &[
     "share_mechanism",
     "memory_limit_mib",
     "cpu_split",
+    "gemm_wgmma",
 ];
 const HTTP_KEYS: &[&str] = &[
     "header_read_timeout_ms",
@@ -357,6 +358,7 @@ fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {
         .or(ShareMechanism::Auto);
     let memory_limit_mib = w.int::<u64>(t, "memory_limit_mib", 0, Some(1 << 24)).or(0);
     let cpu_split = cpu_split(w, t);
+    let gemm_wgmma = w.boolean(t, "gemm_wgmma").or(false);
     DeviceConfig {
         kind: kind.unwrap_or(DeviceKind::Auto),
         gpus: gpus.unwrap_or(GpuSelection::All),
@@ -365,6 +367,7 @@ fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {
         share_mechanism: share_mechanism.unwrap_or(ShareMechanism::Auto),
         memory_limit_mib: memory_limit_mib.filter(|&m| m > 0),
         cpu_split,
+        gemm_wgmma: gemm_wgmma.unwrap_or(false),
     }
 }
 

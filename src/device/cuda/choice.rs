@@ -19,12 +19,14 @@
 //! SM count (one tile a CTA per launch, so at least one CTA an SM), and `gemm_bf16`
 //! otherwise.
 //!
-//! On sm_90a, `gemm_bf16_wgmma` (wgmma fed by TMA, kernels/gemm_wgmma.cu) takes the products
-//! whose operands the TMA can address ([`wgmma_operands`]); an operand it cannot (a base
-//! off a 16-byte boundary, rows not a multiple of 16 bytes apart) keeps the kernels above,
-//! which load such operands element by element, and [`TmaRefusal`] says why. The backend
-//! does not launch `gemm_bf16_wgmma` yet (see `kernels/ABI.md`), so [`choose_gemm`] never
-//! returns it; `setpoint kernels check` shows the rule for sm_90.
+//! On sm_90a, where the device was opened with it (`device.gemm_wgmma`), `gemm_bf16_wgmma`
+//! (wgmma fed by TMA, kernels/gemm_wgmma.cu) takes the products [`choose_gemm`] gives
+//! `gemm_bf16_128`, when the TMA can address their operands ([`wgmma_operands`]); an
+//! operand it cannot (a base off a 16-byte boundary, rows not a multiple of 16 bytes apart)
+//! keeps `gemm_bf16_128`, which loads such operands element by element, and [`TmaRefusal`]
+//! says why ([`choose_gemm_at`]). Its tiles are `gemm_bf16_128`'s, so the same tile count
+//! decides; whether it should also take the smaller products is for a GPU's measurements
+//! to say. `setpoint kernels check` shows the rule for sm_90.
 
 use std::fmt;
 
@@ -63,6 +65,13 @@ pub enum GemmReason {
     },
     /// bf16 with more than [`SMALL_M_MAX`] rows and at least one 128 × 128 tile per SM.
     LargeTiles {
+        /// Tiles of the product in 128 × 128 tiles.
+        large_tiles: usize,
+        /// SMs of the GPU.
+        sms: usize,
+    },
+    /// As [`GemmReason::LargeTiles`], on sm_90a with the TMA able to take both operands.
+    Wgmma {
         /// Tiles of the product in 128 × 128 tiles.
         large_tiles: usize,
         /// SMs of the GPU.
@@ -108,6 +117,11 @@ impl fmt::Display for GemmReason {
                 f,
                 "{large_tiles} tiles of 128 x 128 >= {sms} SMs: every SM has a tile, and each \
                  k-slice read serves 4x the products of a 64 x 64 tile"
+            ),
+            GemmReason::Wgmma { large_tiles, sms } => write!(
+                f,
+                "{large_tiles} tiles of 128 x 128 >= {sms} SMs, and the TMA takes both \
+                 operands: wgmma on sm_90a, k-slices loaded by TMA"
             ),
         }
     }
@@ -164,6 +178,29 @@ pub fn choose_gemm(g: &Gemm, precision: Precision, tensor_cores: bool, sms: usiz
         kernel,
         k_chunk,
         reason,
+    }
+}
+
+/// [`choose_gemm`] for bf16 on a device that launches `gemm_bf16_wgmma` or not (`wgmma`),
+/// with A and B at device addresses `a` and `b`: a product given `gemm_bf16_128` runs on
+/// `gemm_bf16_wgmma` when the TMA can take both operands.
+pub fn choose_gemm_at(
+    g: &Gemm,
+    tensor_cores: bool,
+    sms: usize,
+    wgmma: bool,
+    (a, b): (u64, u64),
+) -> GemmChoice {
+    let choice = choose_gemm(g, Precision::Bf16, tensor_cores, sms);
+    match choice.reason {
+        GemmReason::LargeTiles { large_tiles, sms } if wgmma && wgmma_operands(g, a, b).is_ok() => {
+            GemmChoice {
+                kernel: Kernel::GemmBf16Wgmma,
+                k_chunk: K_CHUNK_BF16_LARGE,
+                reason: GemmReason::Wgmma { large_tiles, sms },
+            }
+        }
+        _ => choice,
     }
 }
 
@@ -323,5 +360,39 @@ mod tests {
             "4096 tiles of 128 x 128 >= 132 SMs: every SM has a tile, and each k-slice read \
              serves 4x the products of a 64 x 64 tile"
         );
+    }
+
+    #[test]
+    fn wgmma_takes_large_tile_products_only_where_launched_and_addressable() {
+        let big = Gemm::new(4096, 4096, 4096);
+        let c = choose_gemm_at(&big, true, H200_SMS, true, (0, 256));
+        assert_eq!(c.kernel, Kernel::GemmBf16Wgmma);
+        assert_eq!(c.tiles(&big), 32 * 32);
+        assert!(
+            c.reason.to_string().contains("wgmma on sm_90a"),
+            "{}",
+            c.reason
+        );
+        // Not opened with it: gemm_bf16_128 as before.
+        let off = choose_gemm_at(&big, true, H200_SMS, false, (0, 256));
+        assert_eq!(off.kernel, Kernel::GemmBf16Large);
+        // An operand the TMA cannot take (A 2 bytes off a boundary; k odd).
+        assert_eq!(
+            choose_gemm_at(&big, true, H200_SMS, true, (2, 0)).kernel,
+            Kernel::GemmBf16Large
+        );
+        let odd_k = Gemm::new(4096, 4096, 4095);
+        assert_eq!(
+            choose_gemm_at(&odd_k, true, H200_SMS, true, (0, 0)).kernel,
+            Kernel::GemmBf16Large
+        );
+        // Products the tile count gives the 64-row kernels keep them.
+        for (m, n, k) in [(8, 2048, 784), (256, 2048, 784)] {
+            let g = Gemm::new(m, n, k);
+            assert_eq!(
+                choose_gemm_at(&g, true, H200_SMS, true, (0, 0)),
+                choose_gemm(&g, Precision::Bf16, true, H200_SMS)
+            );
+        }
     }
 }

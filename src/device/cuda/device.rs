@@ -172,6 +172,20 @@ fn load_library(
         .map_err(LibraryError::NvrtcPtx)
 }
 
+/// Lets `k` launch with its dynamic shared memory past the default 48 KB, on `dev` in every
+/// context.
+fn allow_dynamic_smem(k: sys::CUkernel, dev: sys::CUdevice, kernel: Kernel) -> Result<(), CuError> {
+    // SAFETY: a live kernel of a loaded library and a valid device.
+    driver::ok("cuKernelSetAttribute", unsafe {
+        sys::cuKernelSetAttribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            kernel.dynamic_smem() as i32,
+            k,
+            dev,
+        )
+    })
+}
+
 fn load_image(image: &KernelImage) -> Result<sys::CUlibrary, CuError> {
     // PTX goes to the driver NUL-terminated; a cubin is an ELF image, copied to 8-byte
     // aligned memory (the embedded bytes carry no alignment).
@@ -206,6 +220,18 @@ fn load_image(image: &KernelImage) -> Result<sys::CUlibrary, CuError> {
     Ok(lib)
 }
 
+/// How a GPU is opened, beyond its ordinal and memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Lanes' shares are SM partitions (see [`super::green`]) instead of CTA budgets; a
+    /// driver or GPU without them is an error that says why.
+    pub green_contexts: bool,
+    /// On compute capability 9.0, load the sm_90a module and launch `gemm_bf16_wgmma` where
+    /// [`super::choice::choose_gemm_at`] picks it (`device.gemm_wgmma`). A module that does
+    /// not load leaves the other kernels in charge, with a warning.
+    pub wgmma: bool,
+}
+
 impl CudaDevice {
     /// Opens GPU `ordinal` with CTA budgets; see [`CudaDevice::open_with`].
     pub fn open(
@@ -213,19 +239,17 @@ impl CudaDevice {
         cache_dir: Option<&Path>,
         mem_limit: Option<u64>,
     ) -> Result<Arc<Self>, DeviceError> {
-        Self::open_with(ordinal, cache_dir, mem_limit, false)
+        Self::open_with(ordinal, cache_dir, mem_limit, OpenOptions::default())
     }
 
     /// Opens GPU `ordinal`: retains its primary context, loads the kernels (embedded code,
     /// else NVRTC with `cache_dir` as the cache), measures occupancy and sets the memory
-    /// limit (`None`: the device's memory). With `green_contexts`, lanes' shares are SM
-    /// partitions (see [`super::green`]) instead of CTA budgets, and a driver or GPU without
-    /// them is an error that says why.
-    pub(crate) fn open_with(
+    /// limit (`None`: the device's memory), as `opts` asks.
+    pub fn open_with(
         ordinal: usize,
         cache_dir: Option<&Path>,
         mem_limit: Option<u64>,
-        green_contexts: bool,
+        opts: OpenOptions,
     ) -> Result<Arc<Self>, DeviceError> {
         super::init_driver().map_err(|e| DeviceError::Unavailable(e.to_string()))?;
         let (info, dev) = query(ordinal).map_err(|e| unavailable(&format!("GPU {ordinal}"), e))?;
@@ -257,8 +281,8 @@ impl CudaDevice {
             green: None,
             next_lane: AtomicU64::new(1),
         };
-        d.load_kernels(&arch, cache_dir)?;
-        if green_contexts {
+        d.load_kernels(&arch, cache_dir, opts.wgmma)?;
+        if opts.green_contexts {
             let g = GreenContexts::build(dev, primary, d.info.driver_version, d.kernels)
                 .map_err(|e| unavailable(&format!("green contexts on GPU {ordinal}"), e))?;
             d.green = Some(g);
@@ -267,42 +291,56 @@ impl CudaDevice {
     }
 
     /// Loads every module, finds every kernel, resolves them in the primary context and
-    /// measures occupancy.
+    /// measures occupancy. The sm_90a module (`gemm_bf16_wgmma`) only with `wgmma` on
+    /// compute capability 9.0, the only architecture its code runs on.
     fn load_kernels(
         &mut self,
         arch: &CudaArch,
         cache_dir: Option<&Path>,
+        wgmma: bool,
     ) -> Result<(), DeviceError> {
         let _cur = Current::push(self.primary).map_err(|e| unavailable("cannot use the GPU", e))?;
-        // sm_90a modules (gemm_bf16_wgmma) are left out: the backend does not launch their
-        // kernels yet (the launch needs tensor maps encoded per launch and dynamic shared
-        // memory), and their code would load on compute capability 9.0 only.
-        let portable = kernels::sources()
-            .iter()
-            .filter(|m| m.target == kernels::ModuleTarget::Portable);
-        for module in portable {
-            let (lib, origin) = load_library(module, arch, cache_dir).map_err(|e| {
-                DeviceError::Unavailable(format!("kernel module {}: {e}", module.module))
-            })?;
+        let sm90a = wgmma && self.info.compute_capability == (9, 0);
+        for module in kernels::sources() {
+            let portable = module.target == kernels::ModuleTarget::Portable;
+            if !portable && !sm90a {
+                continue;
+            }
+            let (lib, origin) = match load_library(module, arch, cache_dir) {
+                Ok(loaded) => loaded,
+                Err(e) if !portable => {
+                    tracing::warn!(
+                        "kernel module {} did not load, so its kernels are not used: {e}",
+                        module.module
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    return Err(DeviceError::Unavailable(format!(
+                        "kernel module {}: {e}",
+                        module.module
+                    )));
+                }
+            };
             self.libraries.push(lib);
             self.origins.push((module.module, origin));
-            for k in Kernel::ALL {
-                let name = CString::new(k.name()).unwrap_or_default();
-                let mut handle: sys::CUkernel = std::ptr::null_mut();
-                // SAFETY: a live library and a NUL-terminated name; a miss is an error code.
-                let found = unsafe { sys::cuLibraryGetKernel(&mut handle, lib, name.as_ptr()) };
-                if found == sys::cudaError_enum::CUDA_SUCCESS && self.kernels[k.index()].is_none() {
-                    self.kernels[k.index()] = Some(handle);
-                }
-            }
+            self.find_kernels(lib);
         }
-        // The tensor-core GEMMs need sm_80; everything else must be there.
+        if let Some(k) = self.kernels[Kernel::GemmBf16Wgmma.index()]
+            && let Err(e) = allow_dynamic_smem(k, self.dev, Kernel::GemmBf16Wgmma)
+        {
+            tracing::warn!("gemm_bf16_wgmma is not used: {e}");
+            self.kernels[Kernel::GemmBf16Wgmma.index()] = None;
+        }
+        // The tensor-core GEMMs need sm_80, the wgmma one sm_90a and its option; everything
+        // else must be there.
         for k in Kernel::ALL {
             let tensor_cores = matches!(
                 k,
                 Kernel::GemmBf16 | Kernel::GemmBf16SmallM | Kernel::GemmBf16Large
             );
-            let optional = tensor_cores && self.info.compute_capability.0 < 8;
+            let optional =
+                (tensor_cores && self.info.compute_capability.0 < 8) || k == Kernel::GemmBf16Wgmma;
             if !optional && self.kernels[k.index()].is_none() {
                 return Err(DeviceError::Unavailable(format!(
                     "kernel {} is missing from the loaded modules",
@@ -327,7 +365,12 @@ impl CudaDevice {
             let mut n = 0;
             // SAFETY: a live function of the current (primary) context.
             driver::ok("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, k.block() as i32, 0)
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                    &mut n,
+                    f,
+                    k.block() as i32,
+                    k.dynamic_smem() as usize,
+                )
             })
             .map_err(|e| unavailable(&format!("occupancy of {}", k.name()), e))?;
             Ok(n.max(0) as u32)
@@ -353,6 +396,24 @@ impl CudaDevice {
     /// (`gemm_bf16_128` by its registers), so that it does not spread over more SMs.
     pub(super) fn budget_for(&self, k: Kernel, budget: usize) -> usize {
         super::launch::scaled_budget(budget, self.resident[k.index()], self.blocks_per_sm)
+    }
+
+    /// Finds the kernels of a loaded library that no earlier library had.
+    fn find_kernels(&mut self, lib: sys::CUlibrary) {
+        for k in Kernel::ALL {
+            let name = CString::new(k.name()).unwrap_or_default();
+            let mut handle: sys::CUkernel = std::ptr::null_mut();
+            // SAFETY: a live library and a NUL-terminated name; a miss is an error code.
+            let found = unsafe { sys::cuLibraryGetKernel(&mut handle, lib, name.as_ptr()) };
+            if found == sys::cudaError_enum::CUDA_SUCCESS && self.kernels[k.index()].is_none() {
+                self.kernels[k.index()] = Some(handle);
+            }
+        }
+    }
+
+    /// Whether `gemm_bf16_wgmma` is loaded and may be launched (see [`OpenOptions::wgmma`]).
+    pub fn wgmma(&self) -> bool {
+        self.kernels[Kernel::GemmBf16Wgmma.index()].is_some()
     }
 
     /// Whether the GPU has bf16 tensor cores (sm_80 and newer).

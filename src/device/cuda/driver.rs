@@ -13,6 +13,7 @@
 
 use std::ffi::{CStr, c_void};
 
+use super::tma::{TensorMap2d, TmaSwizzle};
 use cudarc::driver::sys::{self, CUresult, cudaError_enum as E};
 
 /// A driver call that failed.
@@ -244,26 +245,21 @@ pub(crate) enum Arg {
     I32(i32),
     /// A C `float`.
     F32(f32),
+    /// A `CUtensorMap` passed by value (`const __grid_constant__`, 128 bytes).
+    TensorMap(sys::CUtensorMap),
 }
 
-/// Launches `func` (a function of the current context) with a 1-D grid on `stream`.
+/// Launches `func` (a function of the current context) with a 1-D grid on `stream`, each
+/// CTA with `smem` bytes of dynamic shared memory.
 pub fn launch(
     func: sys::CUfunction,
-    grid: u32,
-    block: u32,
+    (grid, block, smem): (u32, u32, u32),
     stream: sys::CUstream,
     args: &[Arg],
 ) -> Result<(), CuError> {
     // The values must stay at fixed addresses while the driver reads them.
     let mut values: Vec<Arg> = args.to_vec();
-    let mut params: Vec<*mut c_void> = values
-        .iter_mut()
-        .map(|a| match a {
-            Arg::Ptr(p) => (p as *mut sys::CUdeviceptr).cast(),
-            Arg::I32(v) => (v as *mut i32).cast(),
-            Arg::F32(v) => (v as *mut f32).cast(),
-        })
-        .collect();
+    let mut params = param_pointers(&mut values);
     // SAFETY: `params` points at one value per kernel parameter, in order, of the types the
     // kernel ABI (kernels/ABI.md) gives; both vectors outlive the call, which copies them.
     ok("cuLaunchKernel", unsafe {
@@ -275,7 +271,7 @@ pub fn launch(
             block,
             1,
             1,
-            0,
+            smem,
             stream,
             params.as_mut_ptr(),
             std::ptr::null_mut(),
@@ -283,9 +279,79 @@ pub fn launch(
     })
 }
 
+/// `cuLaunchKernel`'s `kernelParams`: a pointer to each value, in order.
+fn param_pointers(values: &mut [Arg]) -> Vec<*mut c_void> {
+    values
+        .iter_mut()
+        .map(|a| match a {
+            Arg::Ptr(p) => (p as *mut sys::CUdeviceptr).cast(),
+            Arg::I32(v) => (v as *mut i32).cast(),
+            Arg::F32(v) => (v as *mut f32).cast(),
+            Arg::TensorMap(m) => (m as *mut sys::CUtensorMap).cast(),
+        })
+        .collect()
+}
+
+/// `map` encoded by the driver (`cuTensorMapEncodeTiled`): a 2D bf16 tensor, element
+/// strides 1, no interleave, L2 promotion by 128 bytes, out-of-bounds elements read as zero.
+pub fn encode_tensor_map(map: &TensorMap2d) -> Result<sys::CUtensorMap, CuError> {
+    let mut out = sys::CUtensorMap { opaque: [0; 16] };
+    let strides = [map.stride_bytes];
+    let element_strides = [1u32, 1];
+    let swizzle = match map.swizzle {
+        TmaSwizzle::None => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+        TmaSwizzle::B32 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B,
+        TmaSwizzle::B64 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
+        TmaSwizzle::B128 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+    };
+    // SAFETY: every pointer is to a live array of the length the rank (2) asks for; the
+    // global address is only recorded in the map, not read.
+    ok("cuTensorMapEncodeTiled", unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut out,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            map.address as *mut c_void,
+            map.dims.as_ptr(),
+            strides.as_ptr(),
+            map.box_dims.as_ptr(),
+            element_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            swizzle,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    })?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_parameter_is_passed_by_a_pointer_to_its_value() {
+        let mut map = sys::CUtensorMap { opaque: [0; 16] };
+        map.opaque[0] = 0xfeed;
+        let mut values = vec![
+            Arg::Ptr(0xabc0),
+            Arg::I32(-3),
+            Arg::F32(0.5),
+            Arg::TensorMap(map),
+        ];
+        let params = param_pointers(&mut values);
+        assert_eq!(params.len(), 4);
+        // SAFETY: each pointer is to the value of its own kind in `values`, still alive.
+        unsafe {
+            assert_eq!(*params[0].cast::<sys::CUdeviceptr>(), 0xabc0);
+            assert_eq!(*params[1].cast::<i32>(), -3);
+            assert_eq!(*params[2].cast::<f32>(), 0.5);
+            assert_eq!((*params[3].cast::<sys::CUtensorMap>()).opaque[0], 0xfeed);
+        }
+        // The driver copies a map's 128 bytes from an address the type keeps 64-byte aligned.
+        assert!((params[3] as usize).is_multiple_of(64));
+        assert_eq!(std::mem::size_of::<sys::CUtensorMap>(), 128);
+    }
 
     #[test]
     fn faults_that_poison_the_context_are_sticky() {

@@ -4,10 +4,11 @@
 
 use super::Kernel;
 use super::backend::CudaBackend;
-use super::driver::Arg;
+use super::driver::{self, Arg, CuError};
 use super::launch::{self, K_CHUNK_F32};
 use super::memory::{CudaBf16, CudaBuf};
 use super::ops::{int, n32};
+use super::tma::gemm_tensor_maps;
 use crate::device::{Backend, DeviceError, Gemm, Precision, check_len};
 
 /// What a GEMM's store does besides `alpha`, `beta` (kernels/ABI.md, the GEMM epilogue): a
@@ -111,7 +112,7 @@ impl CudaBackend {
                 for l in launch::gemm_launches(tile, g.m, g.n, g.k, per_launch, k_chunk) {
                     let beta = if l.first { g.beta } else { 1.0 };
                     let ep = if l.last { ep } else { GemmEpilogue::NONE };
-                    let args = [
+                    let mut args = vec![
                         Arg::Ptr(a),
                         Arg::Ptr(b),
                         Arg::Ptr(cptr),
@@ -130,10 +131,37 @@ impl CudaBackend {
                         Arg::I32(ep.relu as i32),
                         Arg::Ptr(0), // c_bf16: no bf16 copy of C
                     ];
+                    if kernel == Kernel::GemmBf16Wgmma {
+                        args.extend(wgmma_maps(&g, (a, b), l.k.clone())?);
+                    }
                     p.launch(kernel, launch::grid(l.tiles.len(), budget), &args)?;
                 }
                 Ok(())
             })
         })
     }
+}
+
+/// The two tensor-map parameters of one `gemm_bf16_wgmma` launch over the k range `ks`
+/// (kernels/ABI.md), encoded by the driver from [`gemm_tensor_maps`].
+fn wgmma_maps(
+    g: &Gemm,
+    (a, b): (
+        cudarc::driver::sys::CUdeviceptr,
+        cudarc::driver::sys::CUdeviceptr,
+    ),
+    ks: std::ops::Range<usize>,
+) -> Result<[Arg; 2], CuError> {
+    let [map_a, map_b] = gemm_tensor_maps(g, a, b, ks).map_err(|refusal| {
+        // The choice checked the operands; a refusal here is a bug, reported, not launched.
+        tracing::error!("gemm_bf16_wgmma: {refusal}");
+        CuError {
+            call: "cuTensorMapEncodeTiled",
+            code: cudarc::driver::sys::cudaError_enum::CUDA_ERROR_INVALID_VALUE,
+        }
+    })?;
+    Ok([
+        Arg::TensorMap(driver::encode_tensor_map(&map_a)?),
+        Arg::TensorMap(driver::encode_tensor_map(&map_b)?),
+    ])
 }

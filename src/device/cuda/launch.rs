@@ -56,7 +56,7 @@ impl GemmTile {
     pub fn of(kernel: Kernel) -> GemmTile {
         match kernel {
             Kernel::GemmBf16SmallM => GemmTile::SMALL_M,
-            Kernel::GemmBf16Large => GemmTile::LARGE,
+            Kernel::GemmBf16Large | Kernel::GemmBf16Wgmma => GemmTile::LARGE,
             _ => GemmTile::SQUARE,
         }
     }

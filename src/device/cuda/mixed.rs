@@ -9,12 +9,12 @@ use cudarc::driver::sys::CUdeviceptr;
 
 use super::Kernel;
 use super::backend::CudaBackend;
-use super::choice::choose_gemm;
+use super::choice::choose_gemm_at;
 use super::driver::Arg;
 use super::gemm::GemmEpilogue;
 use super::memory::{CudaBf16, CudaBuf, DevMem};
 use super::ops::{elementwise, int, n32};
-use crate::device::{Backend, DeviceError, Gemm, Precision, check_len};
+use crate::device::{Backend, DeviceError, Gemm, check_len};
 
 impl CudaBackend {
     /// `C = alpha·op(A)·op(B) + beta·C` with the operands rounded to bf16, then the
@@ -37,8 +37,9 @@ impl CudaBackend {
         self.launch_bf16(g, (pa, lens[0]), (pb, lens[1]), c, tensor_cores, ep)
     }
 
-    /// The bf16 GEMM [`choose_gemm`] picks for the shape and the device's SMs (`gemm_bf16`,
-    /// `gemm_bf16_small_m` or `gemm_bf16_128` on tensor cores, the SIMT twin when
+    /// The bf16 GEMM [`choose_gemm_at`] picks for the shape, the device's SMs and the
+    /// operands' addresses (`gemm_bf16`, `gemm_bf16_small_m`, `gemm_bf16_128` or, where the
+    /// device launches it, `gemm_bf16_wgmma` on tensor cores; the SIMT twin when
     /// `tensor_cores` is false), over bf16 operands at device addresses (with their
     /// lengths), with the epilogue `ep` fused into its store.
     pub(super) fn launch_bf16(
@@ -51,7 +52,7 @@ impl CudaBackend {
         ep: GemmEpilogue,
     ) -> Result<(), DeviceError> {
         let sms = self.dev.info.sm_count as usize;
-        let choice = choose_gemm(&g, Precision::Bf16, tensor_cores, sms);
+        let choice = choose_gemm_at(&g, tensor_cores, sms, self.dev.wgmma(), (a.0, b.0));
         self.launch_gemm(choice.kernel, choice.k_chunk, g, a, b, c, ep)
     }
 

@@ -46,13 +46,19 @@ use std::ffi::c_char;
 use cudarc::driver::sys;
 
 pub use backend::{CudaBackend, CudaBf16, CudaBuf, CudaLabels};
-pub use device::CudaDevice;
+pub use device::{CudaDevice, OpenOptions};
 pub use driver::CuError;
 
 /// Threads per block of the element-wise, reduction and `gemm_f32` kernels (ABI.md).
 pub(crate) const BLOCK: u32 = 256;
 /// Threads per block of `gemm_bf16` (ABI.md).
 pub(crate) const BLOCK_BF16: u32 = 128;
+/// Threads per block of `gemm_bf16_wgmma`: two consumer warpgroups and a producer warp
+/// (ABI.md).
+pub(crate) const BLOCK_WGMMA: u32 = 288;
+/// Dynamic shared memory of one `gemm_bf16_wgmma` CTA, bytes: its 4-stage ring and barriers
+/// (`sizeof(WgmmaSmem)`, 132,096) and 1024 to align them (ABI.md).
+pub(crate) const WGMMA_SMEM_BYTES: u32 = 133_120;
 
 /// The project's kernels (kernels/ABI.md), by the name the host looks them up by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +75,9 @@ pub enum Kernel {
     GemmBf16SmallM,
     /// `gemm_bf16_128` (tensor cores, sm_80 and newer; 128 x 128 tiles for large products).
     GemmBf16Large,
+    /// `gemm_bf16_wgmma` (sm_90a only: wgmma fed by TMA; 128 x 128 tiles). Loaded only when
+    /// the device is opened with it ([`device::OpenOptions::wgmma`]).
+    GemmBf16Wgmma,
     /// `bias_act`.
     BiasAct,
     /// `relu_grad`.
@@ -100,6 +109,7 @@ impl Kernel {
         Kernel::GemmBf16Simt,
         Kernel::GemmBf16SmallM,
         Kernel::GemmBf16Large,
+        Kernel::GemmBf16Wgmma,
         Kernel::BiasAct,
         Kernel::ReluGrad,
         Kernel::ColSum,
@@ -113,7 +123,7 @@ impl Kernel {
     ];
 
     /// How many kernels there are.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// The `extern "C"` name.
     pub fn name(self) -> &'static str {
@@ -124,6 +134,7 @@ impl Kernel {
             Kernel::GemmBf16Simt => "gemm_bf16_simt",
             Kernel::GemmBf16SmallM => "gemm_bf16_small_m",
             Kernel::GemmBf16Large => "gemm_bf16_128",
+            Kernel::GemmBf16Wgmma => "gemm_bf16_wgmma",
             Kernel::BiasAct => "bias_act",
             Kernel::ReluGrad => "relu_grad",
             Kernel::ColSum => "col_sum",
@@ -141,7 +152,16 @@ impl Kernel {
     pub fn block(self) -> u32 {
         match self {
             Kernel::GemmBf16 | Kernel::GemmBf16SmallM => BLOCK_BF16,
+            Kernel::GemmBf16Wgmma => BLOCK_WGMMA,
             _ => BLOCK,
+        }
+    }
+
+    /// Dynamic shared memory a CTA is launched with, bytes (ABI.md).
+    pub fn dynamic_smem(self) -> u32 {
+        match self {
+            Kernel::GemmBf16Wgmma => WGMMA_SMEM_BYTES,
+            _ => 0,
         }
     }
 
@@ -323,6 +343,9 @@ mod tests {
         assert_eq!(Kernel::GemmBf16.block(), 128);
         assert_eq!(Kernel::GemmBf16SmallM.block(), 128);
         assert_eq!(Kernel::GemmBf16Large.block(), 256);
+        assert_eq!(Kernel::GemmBf16Wgmma.block(), 288);
+        assert_eq!(Kernel::GemmBf16Wgmma.dynamic_smem(), 133_120);
+        assert_eq!(Kernel::GemmBf16Large.dynamic_smem(), 0);
         assert_eq!(Kernel::GemmF32.block(), 256);
         assert_eq!(version_text(12080), "12.8");
         assert_eq!(version_text(13000), "13.0");

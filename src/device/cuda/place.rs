@@ -144,7 +144,8 @@ impl Place {
             call: "cuLaunchKernel",
             code: sys::cudaError_enum::CUDA_ERROR_NOT_FOUND,
         })?;
-        driver::launch(f, grid.max(1), k.block(), self.stream, args)
+        let shape = (grid.max(1), k.block(), k.dynamic_smem());
+        driver::launch(f, shape, self.stream, args)
     }
 
     /// Waits for the stream and returns the GPU time of the operations bracketed since the
