@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use serde::Deserialize;
 
 /// Every section, in run order (scripts/device-check/run.py).
-const SECTIONS: [&str; 16] = [
+const SECTIONS: [&str; 17] = [
     "env",
     "kernels-check",
     "probe-build",
@@ -27,6 +27,7 @@ const SECTIONS: [&str; 16] = [
     "nvml",
     "daemon",
     "gpu-tests",
+    "replicas",
     "memcheck",
     "racecheck",
 ];

@@ -150,6 +150,8 @@ fn scenario_files_are_checked_with_clear_errors() {
         "colocation.toml",
         "replicas.toml",
         "replicas-one.toml",
+        "replicas-gpu.toml",
+        "replicas-gpu-one.toml",
     ] {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("configs/scenarios")

@@ -122,7 +122,8 @@ mkdir -p "$(dirname "$dir")"
 stage=$(mktemp -d "$dir.tmp.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 chmod 755 "$stage"
-mkdir -p "$stage/bin" "$stage/tests" "$stage/data" "$stage/probe"
+mkdir -p "$stage/bin" "$stage/tests" "$stage/data" "$stage/probe" "$stage/scenarios"
+cp configs/scenarios/replicas-gpu.toml configs/scenarios/replicas-gpu-one.toml "$stage/scenarios/"
 strip --strip-debug -o "$stage/bin/setpoint" "$bin"
 for t in "${test_bins[@]}"; do
     [ -x "$t" ] || die "$t is not an executable test binary"

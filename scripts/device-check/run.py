@@ -95,6 +95,9 @@ SECTIONS = [
         "--bin", c.bin, "--work", os.path.join(c.work, "daemon")])),
     Section("gpu-tests", 90, 60, helper("tests", lambda c: [
         "--dir", os.path.join(c.bundle, "tests"), "--work", os.path.join(c.work, "tests")])),
+    Section("replicas", 120, 40, helper("replicas", lambda c: [
+        "--bin", c.bin, "--work", os.path.join(c.work, "replicas"),
+        "--scenarios", os.path.join(c.bundle, "scenarios")])),
     Section("memcheck", 90, 20, helper("sanitizer", probe_bin, "--tool", "memcheck"), after="probe-build"),
     Section("racecheck", 120, 20, helper("sanitizer", probe_bin, "--tool", "racecheck"), after="probe-build"),
 ]

@@ -480,6 +480,45 @@ def daemon_verdict(a, figures, problems):
 
 
 # ---------------------------------------------------------------------------------------------
+# replicas
+
+
+def section_replicas(a):
+    """One service with a CPU and a GPU replica beside a GPU training job that needs most of the
+    GPU (scenarios/replicas-gpu.toml), against the same service on the GPU alone
+    (replicas-gpu-one.toml): SLO windows, deadlines and each tenant's share-seconds."""
+    os.makedirs(a.work, exist_ok=True)
+    runs, problems, lines = {}, [], []
+    for name in ("replicas-gpu", "replicas-gpu-one"):
+        scenario = os.path.join(a.scenarios, name + ".toml")
+        cmd = [a.bin, "bench", "scenario", scenario, "--json"]
+        if a.dry_run:
+            cmd += ["--duration", "6"]
+        code, out, err = run(cmd, timeout=max(5, a.timeout // 2 - 1), cwd=a.work)
+        with open(os.path.join(a.work, name + ".err"), "w") as f:
+            f.write(err)
+        try:
+            report = json.loads(out)
+        except ValueError:
+            problems.append("%s: exit %d, no report (see %s.err)" % (name, code, name))
+            continue
+        runs[name] = report
+        for pol in report.get("policies", []):
+            shares = ", ".join("%s %.1f" % (t, s) for t, s in pol.get("tenant_share_seconds", []))
+            lines.append("%s: %.1f %% of windows within the SLO, p99 %.2f ms, %d deadline(s) missed; "
+                         "share-s %s; device-s %.1f" % (
+                             name, pol["windows_within_slo_pct"], pol["p99_ms"], pol["deadline_misses"],
+                             shares, pol["device_seconds_used"]))
+    if problems:
+        status, reason = "fail", "; ".join(problems)
+    elif a.dry_run:
+        status, reason = "skipped", "no GPU: the scenarios ran briefly on the CPU, the gpu replica left out"
+    else:
+        status, reason = "pass", None
+    return write(a.out, "replicas", status, reason, lines, {"runs": runs})
+
+
+# ---------------------------------------------------------------------------------------------
 # tests
 
 
@@ -537,6 +576,7 @@ def main():
     add("sanitizer", "bin", "tool")
     add("daemon", "bin", "work")
     add("tests", "dir", "work")
+    add("replicas", "bin", "work", "scenarios")
     a = p.parse_args()
     handlers = {
         "env": section_env,
@@ -546,6 +586,7 @@ def main():
         "sanitizer": section_sanitizer,
         "daemon": section_daemon,
         "tests": section_tests,
+        "replicas": section_replicas,
     }
     return handlers[a.cmd](a)
 
