@@ -475,7 +475,7 @@ fn unknown_keys_are_reported_everywhere_with_the_accepted_list() {
     assert_eq!(
         issues(&text),
         vec![
-            "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib, cpu_split)",
+            "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib, cpu_split, gemm_wgmma)",
             "control.period: unknown key (accepted: reserve_frac, leftover, past_deadline, decision_log)",
             "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision, replicas)",
             "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision, replicas)",
