@@ -67,12 +67,11 @@ fn the_memory_limit_is_an_error_not_a_crash() {
 /// (a lane at the lowest priority) and in one.
 #[test]
 fn the_fused_layer_step_answers_as_gemm_then_bias_act() {
-    use setpoint::device::{Activation, CpuBackend, Gemm, Precision};
+    use setpoint::device::{Activation, Gemm, Precision};
     if !have_gpu() {
         return;
     }
     let dev = CudaDevice::open(0, Some(&cache_dir("fused")), None).unwrap();
-    let cpu = CpuBackend::single();
     let mut rng = setpoint::util::rng::Rng::new(90);
     let mut data =
         |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
@@ -111,30 +110,9 @@ fn the_fused_layer_step_answers_as_gemm_then_bias_act() {
                     "{what}: fused differs from the GPU's gemm then bias_act"
                 );
                 // The CPU on the operands the GPU multiplied (rounded to bf16 in bf16).
-                let round = |v: &[f32]| -> Vec<f32> {
-                    if precision == Precision::Bf16 {
-                        v.iter()
-                            .map(|&x| half::bf16::from_f32(x).to_f32())
-                            .collect()
-                    } else {
-                        v.to_vec()
-                    }
-                };
-                let mut want = cpu.alloc(m * n).unwrap();
-                let (ca, cb, cbias) = (
-                    cpu.upload(&round(&a)).unwrap(),
-                    cpu.upload(&round(&b)).unwrap(),
-                    cpu.upload(&bias).unwrap(),
-                );
-                cpu.gemm_bias_act(shape, &ca, &cb, &mut want, &cbias, act)
-                    .unwrap();
-                let mut want_v = vec![0.0; m * n];
-                cpu.read(&want, &mut want_v).unwrap();
-                let worst = got
-                    .iter()
-                    .zip(&want_v)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0f32, f32::max);
+                let bf16 = precision == Precision::Bf16;
+                let want = cpu_reference(shape, (&a, &b, &bias), act, bf16);
+                let worst = worst_difference(&got, &want);
                 assert!(worst <= 1e-5 * k as f32, "{what}: off the CPU by {worst}");
             }
         }
@@ -150,7 +128,7 @@ fn the_fused_layer_step_answers_as_gemm_then_bias_act() {
 fn gemm_bf16_wgmma_through_the_backend_matches_the_cpu() {
     use setpoint::device::cuda::choice::choose_gemm_at;
     use setpoint::device::cuda::{Kernel, OpenOptions};
-    use setpoint::device::{Activation, CpuBackend, Gemm, Precision};
+    use setpoint::device::{Activation, Gemm, Precision};
     if !have_gpu() {
         return;
     }
@@ -168,15 +146,9 @@ fn gemm_bf16_wgmma_through_the_backend_matches_the_cpu() {
     }
     assert!(dev.wgmma(), "the sm_90a module did not load (see the log)");
     let sms = dev.info().sm_count as usize;
-    let cpu = CpuBackend::single();
     let mut rng = setpoint::util::rng::Rng::new(91);
     let mut data =
         |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
-    let round = |v: &[f32]| -> Vec<f32> {
-        v.iter()
-            .map(|&x| half::bf16::from_f32(x).to_f32())
-            .collect()
-    };
     for prio in [StreamPriority::Lowest, StreamPriority::Highest] {
         let g = dev.lane_backend(prio).unwrap();
         g.set_precision(Precision::Bf16);
@@ -208,22 +180,48 @@ fn gemm_bf16_wgmma_through_the_backend_matches_the_cpu() {
                 .unwrap();
             let mut got_v = vec![0.0; m * n];
             g.read(&got, &mut got_v).unwrap();
-            let mut want = cpu.alloc(m * n).unwrap();
-            let (ca, cb, cbias) = (
-                cpu.upload(&round(&a)).unwrap(),
-                cpu.upload(&round(&b)).unwrap(),
-                cpu.upload(&bias).unwrap(),
-            );
-            cpu.gemm_bias_act(shape, &ca, &cb, &mut want, &cbias, Activation::Relu)
-                .unwrap();
-            let mut want_v = vec![0.0; m * n];
-            cpu.read(&want, &mut want_v).unwrap();
-            let worst = got_v
-                .iter()
-                .zip(&want_v)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max);
+            let want = cpu_reference(shape, (&a, &b, &bias), Activation::Relu, true);
+            let worst = worst_difference(&got_v, &want);
             assert!(worst <= 1e-5 * k as f32, "{what}: off the CPU by {worst}");
         }
     }
+}
+
+/// The CPU backend's `gemm_bias_act` on `a` and `b` (rounded to bf16 first when `bf16`, as
+/// the GPU multiplies them) and `bias`: what a GPU's fused product is compared with.
+fn cpu_reference(
+    shape: setpoint::device::Gemm,
+    (a, b, bias): (&[f32], &[f32], &[f32]),
+    act: setpoint::device::Activation,
+    bf16: bool,
+) -> Vec<f32> {
+    let cpu = setpoint::device::CpuBackend::single();
+    let round = |v: &[f32]| -> Vec<f32> {
+        if bf16 {
+            v.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect()
+        } else {
+            v.to_vec()
+        }
+    };
+    let mut want = cpu.alloc(shape.m * shape.n).unwrap();
+    let (ca, cb, cbias) = (
+        cpu.upload(&round(a)).unwrap(),
+        cpu.upload(&round(b)).unwrap(),
+        cpu.upload(bias).unwrap(),
+    );
+    cpu.gemm_bias_act(shape, &ca, &cb, &mut want, &cbias, act)
+        .unwrap();
+    let mut out = vec![0.0; shape.m * shape.n];
+    cpu.read(&want, &mut out).unwrap();
+    out
+}
+
+/// The largest absolute difference between `x` and `y`, element by element.
+fn worst_difference(x: &[f32], y: &[f32]) -> f32 {
+    x.iter()
+        .zip(y)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
 }

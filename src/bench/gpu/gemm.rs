@@ -115,12 +115,16 @@ pub(super) fn run(
     let tensor_cores = dev.tensor_cores();
     let mut rates = rates_on(dev, Mechanism::CtaBudget, sizes, reps)?;
     // Green contexts need a device opened for them; one that cannot be is the CTA rows alone.
-    if let Ok(green) = super::open_green(opts) {
+    if let Ok(green) = super::open_as(opts, super::GREEN) {
         rates.extend(rates_on(&green, Mechanism::GreenContexts, sizes, reps)?);
     }
     // On compute capability 9.0, the same with gemm_bf16_wgmma taking the products it can.
     if dev.info().compute_capability == (9, 0) {
-        let wgmma = super::open_wgmma(opts).ctx("opening the GPU with gemm_wgmma")?;
+        let how = crate::device::cuda::OpenOptions {
+            green_contexts: false,
+            wgmma: true,
+        };
+        let wgmma = super::open_as(opts, how).ctx("opening the GPU with gemm_wgmma")?;
         if wgmma.wgmma() {
             rates.extend(rates_on(&wgmma, Mechanism::CtaBudget, sizes, reps)?);
         }

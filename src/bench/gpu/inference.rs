@@ -234,7 +234,7 @@ pub(super) fn run(
     let cta = super::lanes::Mechanism::CtaBudget;
     let mut breakdown = super::latency::breakdown(&svc, cta, false, opts.secs(1.0))?;
     // The same service on green-context SM partitions, leased per batch, when they open.
-    if let Ok(green) = super::open_green(opts) {
+    if let Ok(green) = super::open_as(opts, super::GREEN) {
         let lane = green
             .lane_backend(StreamPriority::Highest)
             .ctx("creating a service lane on green contexts")?;

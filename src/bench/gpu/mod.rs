@@ -346,28 +346,20 @@ pub(crate) fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
 }
 
-/// The GPU opened again with green contexts (SM partitions), for the sections that compare
-/// them with CTA budgets.
-pub(crate) fn open_green(
+/// The GPU opened again as `how` asks: with green contexts (SM partitions), for the sections
+/// that compare them with CTA budgets, or with `gemm_bf16_wgmma`, for the rows that measure it.
+pub(crate) fn open_as(
     opts: &GpuCheckOptions,
+    how: crate::device::cuda::OpenOptions,
 ) -> Result<Arc<CudaDevice>, crate::device::DeviceError> {
-    let green = crate::device::cuda::OpenOptions {
-        green_contexts: true,
-        wgmma: false,
-    };
-    CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, green)
+    CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, how)
 }
 
-/// The GPU opened again with `gemm_bf16_wgmma` (CTA budgets), for the rows that measure it.
-pub(crate) fn open_wgmma(
-    opts: &GpuCheckOptions,
-) -> Result<Arc<CudaDevice>, crate::device::DeviceError> {
-    let wgmma = crate::device::cuda::OpenOptions {
-        green_contexts: false,
-        wgmma: true,
-    };
-    CudaDevice::open_with(opts.gpu, opts.cache_dir.as_deref(), None, wgmma)
-}
+/// Green contexts, CTA-budget kernels otherwise.
+pub(crate) const GREEN: crate::device::cuda::OpenOptions = crate::device::cuda::OpenOptions {
+    green_contexts: true,
+    wgmma: false,
+};
 
 /// Median of `v` (0 when empty).
 pub(crate) fn median(v: &mut [f64]) -> f64 {
