@@ -215,7 +215,8 @@ pub(super) fn run(
     // Green contexts need a device opened for them; whatever the driver says is the result.
     let green_dev;
     let (dev, mechanism) = if green {
-        green_dev = super::open_as(opts, super::GREEN).ctx("opening the GPU with green contexts")?;
+        green_dev =
+            super::open_as(opts, super::GREEN).ctx("opening the GPU with green contexts")?;
         (&green_dev, Mechanism::GreenContexts)
     } else {
         (dev, Mechanism::CtaBudget)
