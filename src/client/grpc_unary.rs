@@ -61,13 +61,13 @@ impl UnaryClient {
         })
     }
 
-    /// Calls `path` (`/package.Service/Method`) with `request` and decodes the answer.
-    pub(crate) async fn call<Req: Message, Resp: Message + Default>(
+    /// Calls `path` (`/package.Service/Method`) with `body`, a request [`frame`]d once by the
+    /// caller (a load generator sends the same one again and again), and decodes the answer.
+    pub(crate) async fn call<Resp: Message + Default>(
         &mut self,
         path: &str,
-        request: &Req,
+        body: Bytes,
     ) -> Result<Resp, CallError> {
-        let body = frame(request);
         let req = hyper::Request::post(format!("{}{path}", self.endpoint))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
@@ -109,7 +109,7 @@ impl UnaryClient {
 }
 
 /// `message` with gRPC's prefix: an uncompressed flag byte and its length, big-endian.
-fn frame(message: &impl Message) -> Bytes {
+pub(crate) fn frame(message: &impl Message) -> Bytes {
     let len = message.encoded_len();
     let mut buf = Vec::with_capacity(5 + len);
     buf.push(0);

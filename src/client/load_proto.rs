@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::ClientError;
-use super::grpc_unary::UnaryClient;
+use super::grpc_unary::{UnaryClient, frame};
 use super::keepalive::{Failure, KeepAlive, Rendered};
 use super::v2::{self, ModelInfo};
 use crate::api::grpc::pb;
@@ -209,14 +209,15 @@ fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
                 return r;
             }
         };
-        let req = grpc_request(&plan.info, &plan.row);
+        let body = frame(&grpc_request(&plan.info, &plan.row));
         r.latencies_ns.reserve(4096);
         loop {
             let t0 = Instant::now();
             if t0 >= plan.end {
                 break;
             }
-            let outcome: Result<pb::ModelInferResponse, _> = client.call(MODEL_INFER, &req).await;
+            let outcome: Result<pb::ModelInferResponse, _> =
+                client.call(MODEL_INFER, body.clone()).await;
             let t1 = Instant::now();
             let outcome = outcome.map(|_| ()).map_err(|e| e.kind());
             if outcome.is_err() {

@@ -125,7 +125,7 @@ async fn connection(
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX);
             // Boxed here so that hyper moves a pointer, not the call's whole state (tonic's
-            // and the service's futures, some kilobytes), on its way to the executor.
+            // and the service's futures), on its way to the executor.
             Box::pin(async move {
                 let answer = match server.call(req).await {
                     Ok(a) => a,

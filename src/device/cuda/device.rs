@@ -172,14 +172,14 @@ fn load_library(
         .map_err(LibraryError::NvrtcPtx)
 }
 
-/// Lets `k` launch with its dynamic shared memory past the default 48 KB, on `dev` in every
-/// context.
-fn allow_dynamic_smem(k: sys::CUkernel, dev: sys::CUdevice, kernel: Kernel) -> Result<(), CuError> {
+/// Lets `k` launch with `bytes` of dynamic shared memory (past the default 48 KB), on `dev`
+/// in every context.
+fn allow_dynamic_smem(k: sys::CUkernel, dev: sys::CUdevice, bytes: u32) -> Result<(), CuError> {
     // SAFETY: a live kernel of a loaded library and a valid device.
     driver::ok("cuKernelSetAttribute", unsafe {
         sys::cuKernelSetAttribute(
             sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            kernel.dynamic_smem() as i32,
+            bytes as i32,
             k,
             dev,
         )
@@ -326,11 +326,15 @@ impl CudaDevice {
             self.origins.push((module.module, origin));
             self.find_kernels(lib);
         }
-        if let Some(k) = self.kernels[Kernel::GemmBf16Wgmma.index()]
-            && let Err(e) = allow_dynamic_smem(k, self.dev, Kernel::GemmBf16Wgmma)
-        {
-            tracing::warn!("gemm_bf16_wgmma is not used: {e}");
-            self.kernels[Kernel::GemmBf16Wgmma.index()] = None;
+        // Kernels launched with more dynamic shared memory than the default 48 KB: a kernel
+        // the limit cannot be raised for is not used.
+        for k in Kernel::ALL.into_iter().filter(|k| k.dynamic_smem() > 0) {
+            if let Some(handle) = self.kernels[k.index()]
+                && let Err(e) = allow_dynamic_smem(handle, self.dev, k.dynamic_smem())
+            {
+                tracing::warn!("{} is not used: {e}", k.name());
+                self.kernels[k.index()] = None;
+            }
         }
         // The tensor-core GEMMs need sm_80, the wgmma one sm_90a and its option; everything
         // else must be there.
