@@ -187,6 +187,134 @@ fn gemm_bf16_wgmma_through_the_backend_matches_the_cpu() {
     }
 }
 
+/// A bf16 lane keeps a weight's bf16 copy between products (src/device/cuda/shadow.rs):
+/// every product answers as the CPU on the weights as they are now, through the reads that
+/// convert into the scratch, fill the copy and reuse it, and after each way of writing the
+/// weights (an upload, the optimiser, a fill). A second lane reading the same weights does
+/// not touch the first one's copy.
+#[test]
+fn a_weights_bf16_copy_follows_every_write() {
+    use setpoint::device::{Activation, AdamParams, Gemm, Precision};
+    if !have_gpu() {
+        return;
+    }
+    let dev = CudaDevice::open(0, Some(&cache_dir("shadow")), None).unwrap();
+    let g = dev.lane_backend(StreamPriority::Highest).unwrap();
+    let other = dev.lane_backend(StreamPriority::Lowest).unwrap();
+    for lane in [&g, &other] {
+        lane.set_precision(Precision::Bf16);
+    }
+    let (m, n, k) = (8, 96, 200);
+    let shape = Gemm::new(m, n, k);
+    let mut rng = setpoint::util::rng::Rng::new(92);
+    let mut data =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
+    let (x, zero) = (data(m * k), vec![0.0; n]);
+    let (gx, gzero) = (g.upload(&x).unwrap(), g.upload(&zero).unwrap());
+    let mut w = g.upload(&data(k * n)).unwrap();
+    let check = |lane: &setpoint::device::cuda::CudaBackend,
+                 w: &setpoint::device::cuda::CudaBuf,
+                 what: &str| {
+        let mut out = lane.alloc(m * n).unwrap();
+        lane.gemm_bias_act(shape, &gx, w, &mut out, &gzero, Activation::Identity)
+            .unwrap();
+        let (mut got, mut now) = (vec![0.0; m * n], vec![0.0; k * n]);
+        lane.read(&out, &mut got).unwrap();
+        lane.read(w, &mut now).unwrap();
+        let want = cpu_reference(shape, (&x, &now, &zero), Activation::Identity, true);
+        let worst = worst_difference(&got, &want);
+        assert!(worst <= 1e-5 * k as f32, "{what}: off the CPU by {worst}");
+    };
+    let before = dev.memory_used();
+    for read in 0..4 {
+        check(&g, &w, &format!("read {read}"));
+    }
+    // The lane's scratch holds one bf16 product's worth of the weights; a copy kept beside
+    // them is as much again.
+    assert!(
+        dev.memory_used() >= before + 2 * (k * n * 2) as u64,
+        "no bf16 copy was kept: {} bytes before, {} after",
+        before,
+        dev.memory_used()
+    );
+    g.write(&mut w, &data(k * n)).unwrap();
+    check(&g, &w, "after an upload");
+    check(&g, &w, "after an upload, again");
+    let grad = g.upload(&data(k * n)).unwrap();
+    let (mut m1, mut v1) = (g.alloc(k * n).unwrap(), g.alloc(k * n).unwrap());
+    let hp = AdamParams {
+        lr: 0.05,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        t: 1,
+    };
+    g.adam_step(&mut w, &grad, &mut m1, &mut v1, k * n, hp)
+        .unwrap();
+    check(&g, &w, "after an Adam step");
+    check(&other, &w, "another lane");
+    g.fill(&mut w, k * n, 0.375).unwrap();
+    check(&g, &w, "after a fill");
+    check(&other, &w, "another lane after a fill");
+}
+
+/// A bf16 lane's GEMM stores the bf16 copy of the activations it writes once the next
+/// layer is seen reading them (src/device/cuda/shadow.rs, the epilogue's `c_bf16`): over
+/// several batches, the second layer answers as the CPU on the first layer's output as the
+/// GPU stored it in f32, and after that output is rewritten in place (as the ReLU's
+/// derivative rewrites a gradient) the second layer reads the new values.
+#[test]
+fn a_layers_stored_bf16_activations_are_what_the_next_layer_reads() {
+    use setpoint::device::{Activation, Gemm, Precision};
+    if !have_gpu() {
+        return;
+    }
+    let dev = CudaDevice::open(0, Some(&cache_dir("store")), None).unwrap();
+    let mut rng = setpoint::util::rng::Rng::new(93);
+    let mut data =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
+    for prio in [StreamPriority::Lowest, StreamPriority::Highest] {
+        let g = dev.lane_backend(prio).unwrap();
+        g.set_precision(Precision::Bf16);
+        let (m, k, h_n, n) = (16, 300, 200, 64);
+        let (l1, l2) = (Gemm::new(m, h_n, k), Gemm::new(m, n, h_n));
+        let (w1, b1, w2, zero) = (data(k * h_n), data(h_n), data(h_n * n), vec![0.0; n]);
+        let (gw1, gb1, gw2, gzero) = (
+            g.upload(&w1).unwrap(),
+            g.upload(&b1).unwrap(),
+            g.upload(&w2).unwrap(),
+            g.upload(&zero).unwrap(),
+        );
+        let mut h = g.alloc(m * h_n).unwrap();
+        let mut y = g.alloc(m * n).unwrap();
+        let second_layer = |h: &setpoint::device::cuda::CudaBuf,
+                            y: &mut setpoint::device::cuda::CudaBuf,
+                            what: &str| {
+            g.gemm_bias_act(l2, h, &gw2, y, &gzero, Activation::Identity)
+                .unwrap();
+            let (mut hv, mut got) = (vec![0.0; m * h_n], vec![0.0; m * n]);
+            g.read(h, &mut hv).unwrap();
+            g.read(y, &mut got).unwrap();
+            let want = cpu_reference(l2, (&hv, &w2, &zero), Activation::Identity, true);
+            let worst = worst_difference(&got, &want);
+            assert!(
+                worst <= 1e-5 * h_n as f32,
+                "{prio:?} {what}: off by {worst}"
+            );
+        };
+        for batch in 0..4 {
+            let x = g.upload(&data(m * k)).unwrap();
+            g.gemm_bias_act(l1, &x, &gw1, &mut h, &gb1, Activation::Relu)
+                .unwrap();
+            second_layer(&h, &mut y, &format!("batch {batch}"));
+        }
+        let act = g.upload(&data(m * h_n)).unwrap();
+        g.relu_grad(&mut h, &act, m * h_n).unwrap();
+        second_layer(&h, &mut y, "after h was rewritten in place");
+    }
+}
+
 /// The CPU backend's `gemm_bias_act` on `a` and `b` (rounded to bf16 first when `bf16`, as
 /// the GPU multiplies them) and `bias`: what a GPU's fused product is compared with.
 fn cpu_reference(

@@ -21,7 +21,7 @@ pub use super::memory::{CudaBf16, CudaBuf, CudaLabels};
 /// A lane on a GPU.
 pub struct CudaBackend {
     pub(super) dev: Arc<CudaDevice>,
-    id: u64,
+    pub(super) id: u64,
     priority: i32,
     side: Side,
     /// The CTAs the controller gives the lane (its share × the device's CTAs).
@@ -190,26 +190,23 @@ impl CudaBackend {
         Ok(after(value))
     }
 
-    /// The lane's bf16 scratch for two operands of `lens` elements: device addresses, each
-    /// buffer reallocated only when it is too small. The lane's work is ordered on one
-    /// stream within a unit and drained between units, so a GEMM queued on the old
-    /// contents has run before the next conversion overwrites them.
+    /// The lane's bf16 scratch `slot` (0 or 1, one per operand) for `len` elements: its
+    /// device address, the buffer reallocated only when it is too small. The lane's work is
+    /// ordered on one stream within a unit and drained between units, so a GEMM queued on
+    /// the old contents has run before the next conversion overwrites them.
     pub(super) fn bf16_scratch(
         &self,
-        lens: [usize; 2],
-    ) -> Result<[cudarc::driver::sys::CUdeviceptr; 2], DeviceError> {
+        slot: usize,
+        len: usize,
+    ) -> Result<cudarc::driver::sys::CUdeviceptr, DeviceError> {
         let mut st = self.lock();
-        let mut ptrs = [0; 2];
-        for (i, len) in lens.into_iter().enumerate() {
-            let bytes = len.max(1) * 2;
-            if st.bf16[i].as_ref().is_none_or(|m| m.bytes() < bytes) {
-                // Freed first (the driver waits for work using it), then the larger one.
-                st.bf16[i] = None;
-                st.bf16[i] = Some(DevMem::alloc(&self.dev, bytes)?);
-            }
-            ptrs[i] = st.bf16[i].as_ref().map_or(0, |m| m.ptr);
+        let bytes = len.max(1) * 2;
+        if st.bf16[slot].as_ref().is_none_or(|m| m.bytes() < bytes) {
+            // Freed first (the driver waits for work using it), then the larger one.
+            st.bf16[slot] = None;
+            st.bf16[slot] = Some(DevMem::alloc(&self.dev, bytes)?);
         }
-        Ok(ptrs)
+        Ok(st.bf16[slot].as_ref().map_or(0, |m| m.ptr))
     }
 
     /// Allocates the lane's partial-sum buffer of `bytes` if it has none.

@@ -20,6 +20,8 @@ pub(super) struct GemmEpilogue {
     pub bias: cudarc::driver::sys::CUdeviceptr,
     /// ReLU after the bias.
     pub relu: bool,
+    /// Where a bf16 copy of the stored `C` goes (`m·n` elements, as `C` lies), or 0.
+    pub c_bf16: cudarc::driver::sys::CUdeviceptr,
 }
 
 impl GemmEpilogue {
@@ -27,6 +29,7 @@ impl GemmEpilogue {
     pub const NONE: GemmEpilogue = GemmEpilogue {
         bias: 0,
         relu: false,
+        c_bf16: 0,
     };
 }
 
@@ -43,7 +46,8 @@ impl CudaBackend {
         if self.precision() == Precision::Bf16 {
             return self.gemm_mixed(g, a, b, c, ep);
         }
-        let (a, b) = ((a.mem.ptr, a.len), (b.mem.ptr, b.len));
+        let (a, b) = ((a.mem().ptr, a.len), (b.mem().ptr, b.len));
+        let c = (c.mem_mut().ptr, c.len);
         self.launch_gemm(Kernel::GemmF32, K_CHUNK_F32, g, a, b, c, ep)
     }
 
@@ -58,6 +62,7 @@ impl CudaBackend {
         tensor_cores: bool,
     ) -> Result<(), DeviceError> {
         let (a, b) = ((a.mem.ptr, a.len), (b.mem.ptr, b.len));
+        let c = (c.mem_mut().ptr, c.len);
         self.launch_bf16(g, a, b, c, tensor_cores, GemmEpilogue::NONE)
     }
 
@@ -78,13 +83,13 @@ impl CudaBackend {
         g: Gemm,
         (a, a_len): (cudarc::driver::sys::CUdeviceptr, usize),
         (b, b_len): (cudarc::driver::sys::CUdeviceptr, usize),
-        c: &mut CudaBuf,
+        (cptr, c_len): (cudarc::driver::sys::CUdeviceptr, usize),
         ep: GemmEpilogue,
     ) -> Result<(), DeviceError> {
         let name = kernel.name();
         check_len(name, "a", a_len, g.m * g.k)?;
         check_len(name, "b", b_len, g.k * g.n)?;
-        check_len(name, "c", c.len, g.m * g.n)?;
+        check_len(name, "c", c_len, g.m * g.n)?;
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
@@ -97,7 +102,6 @@ impl CudaBackend {
         int(name, "k·n", g.k * g.n)?;
         int(name, "m·n", g.m * g.n)?;
         let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
-        let cptr = c.mem.ptr;
         let whole = self.dev.green.is_some() || self.priority() == self.dev.info().priority_range.1;
         self.run(false, |u| {
             let budget = u.budget;
@@ -129,7 +133,7 @@ impl CudaBackend {
                         n32(l.k.end),
                         Arg::Ptr(ep.bias),
                         Arg::I32(ep.relu as i32),
-                        Arg::Ptr(0), // c_bf16: no bf16 copy of C
+                        Arg::Ptr(ep.c_bf16),
                     ];
                     if kernel == Kernel::GemmBf16Wgmma {
                         args.extend(wgmma_maps(&g, (a, b), l.k.clone())?);

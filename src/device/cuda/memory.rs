@@ -1,15 +1,17 @@
 //! Device buffers, charged to their GPU's memory account while they live, and the
 //! page-locked staging arena each lane copies through.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::sys;
 
 use super::device::CudaDevice;
 use super::driver::{self, CuError, Current};
 use super::place::Place;
+use super::shadow::Shadow;
 use crate::device::DeviceError;
+use crate::util::sync;
 
 /// Device memory of one buffer, in the device's primary context (green contexts share its
 /// address space), freed and uncharged when dropped.
@@ -86,8 +88,53 @@ impl Drop for DevMem {
 /// A buffer of `f32` on a GPU.
 #[derive(Debug)]
 pub struct CudaBuf {
-    pub(super) mem: DevMem,
+    mem: DevMem,
     pub(super) len: usize,
+    /// Its bf16 copy for mixed-precision GEMMs ([`super::shadow`]), made invalid by every
+    /// mutable access to `mem`.
+    bf16: Mutex<Bf16Copy>,
+}
+
+/// A buffer's bf16 copy: its state, its memory, and the lane that fills and reads it.
+#[derive(Debug, Default)]
+pub(super) struct Bf16Copy {
+    pub(super) state: Shadow,
+    pub(super) mem: Option<DevMem>,
+    /// The lane that made the copy; other lanes convert into their scratch.
+    pub(super) lane: Option<u64>,
+}
+
+impl CudaBuf {
+    /// `len` zeroed elements.
+    pub(super) fn alloc(dev: &Arc<CudaDevice>, len: usize) -> Result<CudaBuf, DeviceError> {
+        Ok(CudaBuf {
+            mem: DevMem::alloc(dev, len * 4)?,
+            len,
+            bf16: Mutex::new(Bf16Copy::default()),
+        })
+    }
+
+    /// Its memory, to read.
+    pub(super) fn mem(&self) -> &DevMem {
+        &self.mem
+    }
+
+    /// Its memory, to be written by the work queued next: its bf16 copy is no longer valid.
+    pub(super) fn mem_mut(&mut self) -> &DevMem {
+        sync::get_mut(&mut self.bf16).state.written();
+        &self.mem
+    }
+
+    /// Its memory and its bf16 copy, for a GEMM that writes it: the caller records the
+    /// write in the copy's state ([`Shadow::store`] or [`Shadow::written`]).
+    pub(super) fn parts_mut(&mut self) -> (&DevMem, &mut Bf16Copy) {
+        (&self.mem, sync::get_mut(&mut self.bf16))
+    }
+
+    /// Its bf16 copy, locked.
+    pub(super) fn bf16_copy(&self) -> MutexGuard<'_, Bf16Copy> {
+        sync::lock(&self.bf16)
+    }
 }
 
 /// A buffer of labels on a GPU, with a host copy for checking them against the classes.

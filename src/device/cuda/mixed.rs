@@ -1,9 +1,10 @@
 //! A lane's mixed-precision GEMM ([`crate::device::Precision::Bf16`]): both f32 operands are
-//! converted on the device (`f32_to_bf16`, to nearest even) into the lane's bf16 scratch,
-//! which is kept between GEMMs and grown only when a larger product needs it, then
-//! multiplied on tensor cores by `gemm_bf16`, or `gemm_bf16_small_m` for few rows (see
-//! [`super::choice`]), or by the SIMT twin below sm_80, accumulating and writing f32. Also
-//! the conversions between f32 and bf16 buffers.
+//! read as bf16 (converted on the device by `f32_to_bf16`, to nearest even), from the
+//! buffer's own bf16 copy where [`super::shadow`] keeps one (a model's weights), else
+//! converted into the lane's bf16 scratch, which is kept between GEMMs and grown only when
+//! a larger product needs it; then multiplied on tensor cores by `gemm_bf16`, or
+//! `gemm_bf16_small_m` for few rows (see [`super::choice`]), or by the SIMT twin below
+//! sm_80, accumulating and writing f32. Also the conversions between f32 and bf16 buffers.
 
 use cudarc::driver::sys::CUdeviceptr;
 
@@ -12,8 +13,9 @@ use super::backend::CudaBackend;
 use super::choice::choose_gemm_at;
 use super::driver::Arg;
 use super::gemm::GemmEpilogue;
-use super::memory::{CudaBf16, CudaBuf, DevMem};
+use super::memory::{Bf16Copy, CudaBf16, CudaBuf, DevMem};
 use super::ops::{elementwise, int, n32};
+use super::shadow::Read;
 use crate::device::{Backend, DeviceError, Gemm, check_len};
 
 impl CudaBackend {
@@ -30,11 +32,38 @@ impl CudaBackend {
         let lens = [g.m * g.k, g.k * g.n];
         check_len("gemm", "a", a.len, lens[0])?;
         check_len("gemm", "b", b.len, lens[1])?;
-        let [pa, pb] = self.bf16_scratch(lens)?;
-        self.convert(a, lens[0], pa)?;
-        self.convert(b, lens[1], pb)?;
+        let pa = self.as_bf16(a, lens[0], 0)?;
+        let pb = self.as_bf16(b, lens[1], 1)?;
         let tensor_cores = self.dev.tensor_cores();
-        self.launch_bf16(g, (pa, lens[0]), (pb, lens[1]), c, tensor_cores, ep)
+        let (cptr, c_bf16) = self.store_target(c, g.m * g.n);
+        let ep = GemmEpilogue { c_bf16, ..ep };
+        let c_len = c.len;
+        let done = self.launch_bf16(
+            g,
+            (pa, lens[0]),
+            (pb, lens[1]),
+            (cptr, c_len),
+            tensor_cores,
+            ep,
+        );
+        if done.is_err() {
+            c.parts_mut().1.state.written();
+        }
+        done
+    }
+
+    /// Where a bf16 GEMM writing the first `len` elements of `c` stores them: `c`'s memory
+    /// and, where [`Shadow::store`](super::shadow::Shadow::store) keeps one, the bf16 copy its
+    /// epilogue stores beside them (else 0). The write is recorded in the copy's state.
+    fn store_target(&self, c: &mut CudaBuf, len: usize) -> (CUdeviceptr, CUdeviceptr) {
+        let (mem, copy) = c.parts_mut();
+        let ptr = mem.ptr;
+        let ours = copy.lane.is_none_or(|lane| lane == self.id);
+        if !ours || !copy.state.store(len) {
+            copy.state.written();
+            return (ptr, 0);
+        }
+        (ptr, self.copy_memory(copy, len).unwrap_or(0))
     }
 
     /// The bf16 GEMM [`choose_gemm_at`] picks for the shape, the device's SMs and the
@@ -47,7 +76,7 @@ impl CudaBackend {
         g: Gemm,
         a: (CUdeviceptr, usize),
         b: (CUdeviceptr, usize),
-        c: &mut CudaBuf,
+        c: (CUdeviceptr, usize),
         tensor_cores: bool,
         ep: GemmEpilogue,
     ) -> Result<(), DeviceError> {
@@ -56,11 +85,74 @@ impl CudaBackend {
         self.launch_gemm(choice.kernel, choice.k_chunk, g, a, b, c, ep)
     }
 
+    /// The first `len` elements of `buf` as bf16 at a device address: the buffer's own copy
+    /// where [`Shadow`](super::shadow::Shadow) keeps one (converted into first unless it
+    /// holds them already), else the lane's scratch `slot`, converted into. Another lane's
+    /// copy is neither read nor filled here.
+    fn as_bf16(&self, buf: &CudaBuf, len: usize, slot: usize) -> Result<CUdeviceptr, DeviceError> {
+        let mut copy = buf.bf16_copy();
+        if copy.lane.is_none_or(|lane| lane == self.id) {
+            let read = copy.state.read(len);
+            if let (Read::Reuse, Some(mem)) = (read, &copy.mem) {
+                return Ok(mem.ptr);
+            }
+            if read != Read::Scratch
+                && let Some(ptr) = self.fill_copy(&mut copy, buf, len)?
+            {
+                return Ok(ptr);
+            }
+        }
+        drop(copy);
+        let ptr = self.bf16_scratch(slot, len)?;
+        self.convert(buf, len, ptr)?;
+        Ok(ptr)
+    }
+
+    /// Converts the first `len` elements of `buf` into its copy; the copy's address, or
+    /// `None` when it cannot be allocated.
+    fn fill_copy(
+        &self,
+        copy: &mut Bf16Copy,
+        buf: &CudaBuf,
+        len: usize,
+    ) -> Result<Option<CUdeviceptr>, DeviceError> {
+        let Some(ptr) = self.copy_memory(copy, len) else {
+            return Ok(None);
+        };
+        if let Err(e) = self.convert(buf, len, ptr) {
+            copy.state.written();
+            return Err(e);
+        }
+        Ok(Some(ptr))
+    }
+
+    /// The copy's memory, allocated (or grown) first for what
+    /// [`Shadow::capacity`](super::shadow::Shadow::capacity) asks, now this lane's; `None`,
+    /// and no copy, when it cannot be allocated (the device's memory limit, say), which is
+    /// not an error: the caller goes on without it.
+    fn copy_memory(&self, copy: &mut Bf16Copy, len: usize) -> Option<CUdeviceptr> {
+        let bytes = copy.state.capacity().max(len).max(1) * 2;
+        if copy.mem.as_ref().is_none_or(|m| m.bytes() < bytes) {
+            // Freed first (the driver waits for work using it), then the larger one.
+            copy.mem = None;
+            match DevMem::alloc(&self.dev, bytes) {
+                Ok(mem) => copy.mem = Some(mem),
+                Err(e) => {
+                    tracing::debug!("no bf16 copy of a {len}-element buffer: {e}");
+                    copy.state.no_memory();
+                    return None;
+                }
+            }
+        }
+        copy.lane = Some(self.id);
+        copy.mem.as_ref().map(|m| m.ptr)
+    }
+
     /// The first `len` elements of `src` as bf16 (to nearest even) at `dst`, which holds at
     /// least `len`.
     fn convert(&self, src: &CudaBuf, len: usize, dst: CUdeviceptr) -> Result<(), DeviceError> {
         int("f32_to_bf16", "len", len)?;
-        let s = &src.mem;
+        let s = src.mem();
         self.run(false, |u| {
             elementwise(u, Kernel::ToBf16, len, |r| {
                 vec![
@@ -88,8 +180,8 @@ impl CudaBackend {
     pub fn from_bf16(&self, src: &CudaBf16, len: usize) -> Result<CudaBuf, DeviceError> {
         check_len("bf16_to_f32", "src", src.len, len)?;
         int("bf16_to_f32", "len", len)?;
-        let out = self.alloc(len)?;
-        let (s, d) = (&src.mem, &out.mem);
+        let mut out = self.alloc(len)?;
+        let (s, d) = (&src.mem, out.mem_mut());
         self.run(false, |u| {
             elementwise(u, Kernel::FromBf16, len, |r| {
                 vec![

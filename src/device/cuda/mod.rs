@@ -39,6 +39,7 @@ mod mixed;
 mod ops;
 pub mod partition;
 mod place;
+mod shadow;
 pub mod tma;
 
 use std::ffi::c_char;

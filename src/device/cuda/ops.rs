@@ -98,10 +98,7 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuf, DeviceError> {
-        Ok(CudaBuf {
-            mem: DevMem::alloc(&self.dev, len * 4)?,
-            len,
-        })
+        CudaBuf::alloc(&self.dev, len)
     }
 
     fn len(&self, buf: &CudaBuf) -> usize {
@@ -110,7 +107,7 @@ impl Backend for CudaBackend {
 
     fn write(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<(), DeviceError> {
         check_len("write", "dst", dst.len, data.len())?;
-        self.upload(dst.mem.ptr, bytes_of(data))
+        self.upload(dst.mem_mut().ptr, bytes_of(data))
     }
 
     fn read(&self, src: &CudaBuf, out: &mut [f32]) -> Result<(), DeviceError> {
@@ -119,7 +116,7 @@ impl Backend for CudaBackend {
             return self.synchronize();
         }
         let bytes = out.len() * 4;
-        let ptr = src.mem.ptr;
+        let ptr = src.mem().ptr;
         let dst = bytemuck::cast_slice_mut::<f32, u8>(out);
         self.run_then(
             |u| {
@@ -140,7 +137,7 @@ impl Backend for CudaBackend {
     fn fill(&self, buf: &mut CudaBuf, len: usize, value: f32) -> Result<(), DeviceError> {
         check_len("fill", "buf", buf.len, len)?;
         int("fill", "len", len)?;
-        let m = &buf.mem;
+        let m = buf.mem_mut();
         self.run(false, |u| {
             elementwise(u, Kernel::Fill, len, |r| {
                 vec![Arg::Ptr(m.at(r.start, 4)), n32(r.len()), Arg::F32(value)]
@@ -194,8 +191,9 @@ impl Backend for CudaBackend {
     ) -> Result<(), DeviceError> {
         check_len("gemm_bias_act", "bias", bias.len, g.n)?;
         let ep = GemmEpilogue {
-            bias: bias.mem.ptr,
+            bias: bias.mem().ptr,
             relu: matches!(act, Activation::Relu),
+            c_bf16: 0,
         };
         self.gemm_with(g, a, b, c, ep)
     }
@@ -216,7 +214,7 @@ impl Backend for CudaBackend {
         int("bias_act", "rows·cols", rows * cols)?;
         let c = int("bias_act", "cols", cols)?;
         let relu = Arg::I32(matches!(act, Activation::Relu) as i32);
-        let (xm, bp) = (&x.mem, bias.mem.ptr);
+        let (xm, bp) = (x.mem_mut(), bias.mem().ptr);
         self.run(false, |u| {
             // Whole rows per piece, so a column's bias stays where the kernel looks.
             let rows_per = (elements_per_launch(u.budget, BLOCK as usize) / cols).max(1);
@@ -242,7 +240,7 @@ impl Backend for CudaBackend {
         check_len("relu_grad", "grad", grad.len, len)?;
         check_len("relu_grad", "act", act.len, len)?;
         int("relu_grad", "len", len)?;
-        let (g, a) = (&grad.mem, &act.mem);
+        let (g, a) = (grad.mem_mut(), act.mem());
         self.run(false, |u| {
             elementwise(u, Kernel::ReluGrad, len, |r| {
                 vec![
@@ -268,10 +266,10 @@ impl Backend for CudaBackend {
         }
         int("col_sum", "rows·cols", rows * cols)?;
         let args = [
-            Arg::Ptr(x.mem.ptr),
+            Arg::Ptr(x.mem().ptr),
             Arg::I32(int("col_sum", "rows", rows)?),
             Arg::I32(int("col_sum", "cols", cols)?),
-            Arg::Ptr(out.mem.ptr),
+            Arg::Ptr(out.mem_mut().ptr),
         ];
         // One thread per column over every row (rows are a batch): not cut into pieces.
         self.run(false, |u| {
@@ -304,11 +302,11 @@ impl Backend for CudaBackend {
         int(OP, "rows·cols", rows * cols)?;
         let c = int(OP, "cols", cols)?;
         let (lg, lb, gr, lo, co) = (
-            &logits.mem,
+            logits.mem(),
             &labels.mem,
-            &grad.mem,
-            &loss_acc.mem,
-            &correct_acc.mem,
+            grad.mem_mut(),
+            loss_acc.mem_mut(),
+            correct_acc.mem_mut(),
         );
         self.run(false, |u| {
             let budget = u.budget;
@@ -339,7 +337,7 @@ impl Backend for CudaBackend {
         }
         int("softmax", "rows·cols", rows * cols)?;
         let c = int("softmax", "cols", cols)?;
-        let xm = &x.mem;
+        let xm = x.mem_mut();
         self.run(false, |u| {
             let budget = u.budget;
             u.place.timed(|p| {
@@ -364,7 +362,7 @@ impl Backend for CudaBackend {
         }
         int("sum", "len", len)?;
         let mut partials = self.partials()?;
-        let xm = &x.mem;
+        let xm = x.mem();
         let total = self.run(false, |u| {
             let per = elements_per_launch(u.budget, BLOCK as usize);
             let (mut total, mut used) = (0.0f64, 0usize);
@@ -402,7 +400,7 @@ impl Backend for CudaBackend {
         check_len("sgd_step", "grad", grad.len, len)?;
         check_len("sgd_step", "velocity", velocity.len, len)?;
         int("sgd_step", "len", len)?;
-        let (p, g, v) = (&param.mem, &grad.mem, &velocity.mem);
+        let (p, g, v) = (param.mem_mut(), grad.mem(), velocity.mem_mut());
         self.run(false, |u| {
             elementwise(u, Kernel::Sgd, len, |r| {
                 vec![
@@ -439,7 +437,7 @@ impl Backend for CudaBackend {
         let bc2 = 1.0 - f64::from(hp.beta2).powi(t);
         let step_size = (f64::from(hp.lr) / bc1) as f32;
         let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
-        let (p, g, mm, vv) = (&param.mem, &grad.mem, &m.mem, &v.mem);
+        let (p, g, mm, vv) = (param.mem_mut(), grad.mem(), m.mem_mut(), v.mem_mut());
         self.run(false, |u| {
             elementwise(u, Kernel::Adam, len, |r| {
                 vec![
