@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::ClientError;
-use super::grpc_unary::{UnaryClient, frame};
+use super::grpc_unary::{CallError, Request, UnaryClient, frame};
 use super::keepalive::{Failure, KeepAlive, Rendered};
 use super::v2::{self, ModelInfo};
 use crate::api::grpc::pb;
@@ -185,48 +185,44 @@ fn grpc_request(info: &ModelInfo, row: &[f32]) -> pb::ModelInferRequest {
 }
 
 fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
-    let mut r = WorkerResult::default();
-    let Some(endpoint) = plan.target.grpc.clone() else {
+    let mut r = WorkerResult {
+        latencies_ns: Vec::with_capacity(4096),
+        ..WorkerResult::default()
+    };
+    let Some(endpoint) = plan.target.grpc.as_deref() else {
         r.errors.insert("no gRPC endpoint".into(), 1);
         return r;
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let body = frame(&grpc_request(&plan.info, &plan.row));
+    let req = match Request::new(authority, MODEL_INFER, body) {
+        Ok(req) => req,
         Err(e) => {
-            r.errors.insert(format!("runtime: {e}"), 1);
+            r.errors.insert(e, 1);
             return r;
         }
     };
-    rt.block_on(async move {
-        let mut client = match UnaryClient::connect(&endpoint).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!("bench: gRPC connection: {e}");
-                r.errors.insert("unreachable".into(), 1);
-                return r;
-            }
-        };
-        let body = frame(&grpc_request(&plan.info, &plan.row));
-        r.latencies_ns.reserve(4096);
-        loop {
-            let t0 = Instant::now();
-            if t0 >= plan.end {
-                break;
-            }
-            let outcome: Result<pb::ModelInferResponse, _> =
-                client.call(MODEL_INFER, body.clone()).await;
-            let t1 = Instant::now();
-            let outcome = outcome.map(|_| ()).map_err(|e| e.kind());
-            if outcome.is_err() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            r.record(plan.counts(t0, t1), t1 - t0, outcome);
+    let mut client = UnaryClient::new(authority.to_string());
+    loop {
+        let t0 = Instant::now();
+        if t0 >= plan.end {
+            break;
         }
-        r
-    })
+        // The answer's message is not decoded, as the HTTP worker does not parse its body:
+        // its framing and grpc-status are checked.
+        let outcome = client.call(&req);
+        let t1 = Instant::now();
+        let outcome = outcome.map(|_| ()).map_err(|e| {
+            if !matches!(e, CallError::Status(_)) {
+                // Do not spin against a daemon that went away.
+                std::thread::sleep(Duration::from_millis(10));
+                tracing::debug!("bench: {e:?}");
+            }
+            e.kind()
+        });
+        r.record(plan.counts(t0, t1), t1 - t0, outcome);
+    }
+    r
 }
 
 /// `ModelInfer`'s path.

@@ -6,6 +6,7 @@
 pub(crate) mod dto;
 pub mod events;
 mod grpc_unary;
+mod hpack;
 mod keepalive;
 pub mod load;
 pub mod load_compare;

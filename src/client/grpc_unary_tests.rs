@@ -1,0 +1,244 @@
+//! The bench's HTTP/2 client against a server built on the `h2` crate (the one under the
+//! daemon's tonic), which Huffman-codes and indexes its headers, announces its own settings
+//! and meters this client's sends by flow control.
+
+use super::*;
+use crate::api::grpc::pb;
+
+/// Serves `connections` connections in turn: `/t.S/Echo` answers the request's message with
+/// status OK; `/t.S/Full` answers trailers-only with RESOURCE_EXHAUSTED; `/t.S/Teapot`
+/// answers HTTP 418. Each connection is closed after `calls_per_connection` calls.
+fn server(
+    connections: usize,
+    calls_per_connection: usize,
+) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            for _ in 0..connections {
+                let (sock, _) = listener.accept().await.unwrap();
+                // As the daemon does; with Nagle's algorithm each answer's second write
+                // would wait for the client's delayed acknowledgement.
+                sock.set_nodelay(true).unwrap();
+                let mut conn = h2::server::handshake(sock).await.unwrap();
+                let mut calls = 0;
+                while let Some(req) = conn.accept().await {
+                    let (req, respond) = req.unwrap();
+                    tokio::spawn(answer(req, respond));
+                    calls += 1;
+                    if calls == calls_per_connection {
+                        break;
+                    }
+                }
+                // Let the last answer leave before the connection is dropped.
+                let _ = tokio::time::timeout(Duration::from_millis(200), conn.accept()).await;
+            }
+        });
+    });
+    (authority, handle)
+}
+
+async fn answer(req: hyper::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+    let path = req.uri().path().to_string();
+    let mut body = req.into_body();
+    let mut message = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        message.extend_from_slice(&chunk);
+    }
+    let head = |status: u16| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/grpc")
+    };
+    match path.as_str() {
+        "/t.S/Echo" => {
+            let mut send = respond
+                .send_response(head(200).body(()).unwrap(), false)
+                .unwrap();
+            send.send_data(Bytes::from(message), false).unwrap();
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            send.send_trailers(trailers).unwrap();
+        }
+        "/t.S/Full" => {
+            let only = head(200).header("grpc-status", "8").body(()).unwrap();
+            respond.send_response(only, true).unwrap();
+        }
+        _ => {
+            respond
+                .send_response(head(418).body(()).unwrap(), true)
+                .unwrap();
+        }
+    }
+}
+
+fn request(authority: &str, path: &str, text: &str) -> Request {
+    let msg = pb::ServerMetadataResponse {
+        name: text.into(),
+        ..Default::default()
+    };
+    Request::new(authority, path, frame(&msg)).unwrap()
+}
+
+#[test]
+fn calls_answer_their_message_or_their_status_and_a_broken_connection_is_replaced() {
+    let (authority, server) = server(2, 3);
+    let mut client = UnaryClient::new(authority.clone());
+    let echo = client
+        .call(&request(&authority, "/t.S/Echo", "first"))
+        .unwrap();
+    let got = pb::ServerMetadataResponse::decode(&echo[..]).unwrap();
+    assert_eq!(got.name, "first");
+    // A status keeps the connection: the next call is the same connection's third.
+    assert_eq!(
+        client.call(&request(&authority, "/t.S/Full", "")),
+        Err(CallError::Status(tonic::Code::ResourceExhausted))
+    );
+    match client.call(&request(&authority, "/t.S/Teapot", "")) {
+        Err(CallError::Transport(m)) => assert!(m.contains("HTTP 418"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A transport failure drops the connection: this call is on the server's second.
+    let echo = client
+        .call(&request(&authority, "/t.S/Echo", "again"))
+        .unwrap();
+    assert_eq!(
+        pb::ServerMetadataResponse::decode(&echo[..]).unwrap().name,
+        "again"
+    );
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn thousands_of_calls_pass_the_servers_flow_control_and_a_closed_connection_is_replaced() {
+    // 3,000 requests of about 1 KB each are 3 MB, 46 times the server's initial 64 KB window:
+    // the client must wait for and obey its WINDOW_UPDATEs. The server closes the first
+    // connection after 1,500 calls.
+    let (authority, server) = server(2, 1500);
+    let mut client = UnaryClient::new(authority.clone());
+    let text = "x".repeat(1000);
+    let req = request(&authority, "/t.S/Echo", &text);
+    let (mut ok, mut broken) = (0, 0);
+    for _ in 0..3001 {
+        match client.call(&req) {
+            Ok(msg) => {
+                assert_eq!(
+                    pb::ServerMetadataResponse::decode(&msg[..]).unwrap().name,
+                    text
+                );
+                ok += 1;
+            }
+            Err(CallError::Transport(_)) => broken += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    // The call that meets the closed connection fails (and the one before it, should the
+    // server drop the connection before its answer left).
+    assert!(
+        ok >= 2999 && (1..=2).contains(&broken),
+        "{ok} ok, {broken} failed"
+    );
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn nobody_listening_is_unreachable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let authority = format!("127.0.0.1:{port}");
+    let mut client = UnaryClient::new(authority.clone());
+    let err = client
+        .call(&request(&authority, "/t.S/Echo", ""))
+        .unwrap_err();
+    assert_eq!(err, CallError::Unreachable);
+    assert_eq!(err.kind(), "unreachable");
+}
+
+#[test]
+fn a_request_over_one_frame_is_refused_by_name() {
+    let big = Bytes::from(vec![0u8; MAX_FRAME + 1]);
+    let err = Request::new("h:1", "/p", big).err().unwrap();
+    assert!(err.contains("one-frame limit of 16384"), "{err}");
+}
+
+#[test]
+fn a_message_round_trips_through_its_prefix() {
+    let msg = pb::ModelInferResponse {
+        model_name: "mlp".into(),
+        raw_output_contents: vec![vec![1, 2, 3]],
+        ..Default::default()
+    };
+    let framed = frame(&msg);
+    assert_eq!(framed[0], 0);
+    let inner = unframe(&framed).unwrap();
+    assert_eq!(pb::ModelInferResponse::decode(inner).unwrap(), msg);
+}
+
+#[test]
+fn a_body_that_is_not_one_uncompressed_message_is_named() {
+    let framed = frame(&pb::ServerLiveResponse { live: true });
+    let mut longer = framed.to_vec();
+    longer.push(0);
+    let mut compressed = framed.to_vec();
+    compressed[0] = 1;
+    for (body, why) in [
+        (&framed[..3], "shorter than a message prefix"),
+        (&longer[..], "not one message"),
+        (&compressed[..], "compressed"),
+    ] {
+        match unframe(body) {
+            Err(CallError::Transport(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_status_comes_from_the_block_that_ends_the_stream() {
+    let f = |pairs: &[(&str, &str)]| -> Vec<hpack::Field> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    };
+    let head = f(&[(":status", "200"), ("content-type", "application/grpc")]);
+    assert_eq!(check_fields(&head, true, false), Ok(None));
+    let trailers = f(&[("grpc-status", "0")]);
+    assert_eq!(
+        check_fields(&trailers, false, true),
+        Ok(Some(tonic::Code::Ok))
+    );
+    let only = f(&[(":status", "200"), ("grpc-status", "5")]);
+    assert_eq!(
+        check_fields(&only, true, true),
+        Ok(Some(tonic::Code::NotFound))
+    );
+    for (fields, first, why) in [
+        (f(&[("grpc-status", "0")]), true, "without :status"),
+        (f(&[(":status", "503")]), true, "HTTP 503"),
+        (f(&[("grpc-message", "x")]), false, "without a grpc-status"),
+    ] {
+        match check_fields(&fields, first, true) {
+            Err(CallError::Transport(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        CallError::Status(tonic::Code::ResourceExhausted).kind(),
+        "ResourceExhausted"
+    );
+}
