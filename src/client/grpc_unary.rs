@@ -15,13 +15,13 @@
 //! WINDOW_UPDATE, GOAWAY) are answered or obeyed as RFC 9113 asks.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::TcpStream;
 
 use hyper::body::Bytes;
 use prost::Message;
 
 use super::hpack;
+use super::keepalive::{Failure, dial};
 
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -182,17 +182,10 @@ struct Answer {
 
 impl Conn {
     fn open(authority: &str) -> Result<Conn, CallError> {
-        let addr = authority
-            .to_socket_addrs()
-            .map_err(|_| CallError::Unreachable)?
-            .next()
-            .ok_or(CallError::Unreachable)?;
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|_| CallError::Unreachable)?;
-        let _ = stream.set_nodelay(true);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(broke)?;
+        let stream = dial(authority).map_err(|failure| match failure {
+            Failure::Unreachable => CallError::Unreachable,
+            Failure::Transport(why) => CallError::Transport(why),
+        })?;
         let mut hello = PREFACE.to_vec();
         let mut settings = Vec::new();
         for (id, value) in [(0x2u16, 0u32), (0x4, MAX_WINDOW)] {

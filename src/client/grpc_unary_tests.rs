@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::api::grpc::pb;
+use std::time::Duration;
 
 /// Serves `connections` connections in turn: `/t.S/Echo` answers the request's message with
 /// status OK; `/t.S/Full` answers trailers-only with RESOURCE_EXHAUSTED; `/t.S/Teapot`

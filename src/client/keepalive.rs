@@ -92,21 +92,27 @@ impl KeepAlive {
     }
 
     fn connect(&mut self) -> Result<TcpStream, Failure> {
-        let addr = self
-            .authority
-            .to_socket_addrs()
-            .map_err(|_| Failure::Unreachable)?
-            .next()
-            .ok_or(Failure::Unreachable)?;
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|_| Failure::Unreachable)?;
-        let _ = stream.set_nodelay(true);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(|e| Failure::Transport(e.to_string()))?;
+        let stream = dial(&self.authority)?;
         self.buf.clear();
         Ok(stream)
     }
+}
+
+/// A connection to `authority` (`HOST:PORT`) for the bench's clients: at most 5 s to
+/// connect, no Nagle delay, reads given up after 60 s.
+pub(crate) fn dial(authority: &str) -> Result<TcpStream, Failure> {
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|_| Failure::Unreachable)?
+        .next()
+        .ok_or(Failure::Unreachable)?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|_| Failure::Unreachable)?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| Failure::Transport(e.to_string()))?;
+    Ok(stream)
 }
 
 /// Writes `request` and reads one answer: its status and whether the connection stays
