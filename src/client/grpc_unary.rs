@@ -125,7 +125,8 @@ impl UnaryClient {
             None => Conn::open(&self.authority)?,
         };
         let answer = conn.call(req);
-        if !matches!(answer, Err(CallError::Transport(_))) {
+        // A connection the server is closing (GOAWAY) takes no more calls.
+        if !matches!(answer, Err(CallError::Transport(_))) && !conn.going_away {
             self.conn = Some(conn);
         }
         let body = answer?;
@@ -168,6 +169,8 @@ struct Conn {
     pending: Vec<u8>,
     /// The request being written, kept to reuse its allocation.
     out: Vec<u8>,
+    /// The server sent GOAWAY: the call in flight may still be answered, no new one.
+    going_away: bool,
 }
 
 /// What the frames of one call's answer said so far.
@@ -207,6 +210,7 @@ impl Conn {
             received: 0,
             pending: Vec::new(),
             out: Vec::with_capacity(512),
+            going_away: false,
         })
     }
 
@@ -324,8 +328,13 @@ impl Conn {
                 self.send_window += i64::from(inc & MAX_WINDOW);
             }
             GOAWAY => {
-                let code = u32_at(4).unwrap_or(0);
-                return Err(broke(format!("the server sent GOAWAY (error code {code})")));
+                // Streams up to the last one named are still answered; later ones never.
+                let last = u32_at(0).unwrap_or(0) & MAX_WINDOW;
+                self.going_away = true;
+                if ours.is_none_or(|id| id > last) {
+                    let code = u32_at(4).unwrap_or(0);
+                    return Err(broke(format!("the server sent GOAWAY (error code {code})")));
+                }
             }
             RST_STREAM if Some(head.stream) == ours => {
                 let code = u32_at(0).unwrap_or(0);

@@ -7,7 +7,7 @@ use crate::api::grpc::pb;
 use std::time::Duration;
 
 /// Serves `connections` connections in turn: `/t.S/Echo` answers the request's message with
-/// status OK; `/t.S/Full` answers trailers-only with RESOURCE_EXHAUSTED; `/t.S/Teapot`
+/// status OK, `/t.S/Drain` too after telling the client to go away (GOAWAY); `/t.S/Full` answers trailers-only with RESOURCE_EXHAUSTED; `/t.S/Teapot`
 /// answers HTTP 418. Each connection is closed after `calls_per_connection` calls.
 fn server(
     connections: usize,
@@ -32,6 +32,10 @@ fn server(
                 let mut calls = 0;
                 while let Some(req) = conn.accept().await {
                     let (req, respond) = req.unwrap();
+                    if req.uri().path() == "/t.S/Drain" {
+                        // GOAWAY, then the call in flight is answered (as Echo).
+                        conn.graceful_shutdown();
+                    }
                     tokio::spawn(answer(req, respond));
                     calls += 1;
                     if calls == calls_per_connection {
@@ -61,7 +65,7 @@ async fn answer(req: hyper::Request<h2::RecvStream>, mut respond: h2::server::Se
             .header("content-type", "application/grpc")
     };
     match path.as_str() {
-        "/t.S/Echo" => {
+        "/t.S/Echo" | "/t.S/Drain" => {
             let mut send = respond
                 .send_response(head(200).body(()).unwrap(), false)
                 .unwrap();
@@ -92,7 +96,7 @@ fn request(authority: &str, path: &str, text: &str) -> Request {
 
 #[test]
 fn calls_answer_their_message_or_their_status_and_a_broken_connection_is_replaced() {
-    let (authority, server) = server(2, 3);
+    let (authority, server) = server(3, 3);
     let mut client = UnaryClient::new(authority.clone());
     let echo = client
         .call(&request(&authority, "/t.S/Echo", "first"))
@@ -108,13 +112,22 @@ fn calls_answer_their_message_or_their_status_and_a_broken_connection_is_replace
         Err(CallError::Transport(m)) => assert!(m.contains("HTTP 418"), "{m}"),
         other => panic!("{other:?}"),
     }
-    // A transport failure drops the connection: this call is on the server's second.
+    // A transport failure drops the connection: this call is on the server's second, which
+    // then goes away with the call in flight answered.
     let echo = client
-        .call(&request(&authority, "/t.S/Echo", "again"))
+        .call(&request(&authority, "/t.S/Drain", "again"))
         .unwrap();
     assert_eq!(
         pb::ServerMetadataResponse::decode(&echo[..]).unwrap().name,
         "again"
+    );
+    // A third connection for the next call.
+    let echo = client
+        .call(&request(&authority, "/t.S/Echo", "third"))
+        .unwrap();
+    assert_eq!(
+        pb::ServerMetadataResponse::decode(&echo[..]).unwrap().name,
+        "third"
     );
     drop(client);
     server.join().unwrap();
