@@ -176,6 +176,7 @@ pub fn resolve(
         let opts = OpenOptions {
             green_contexts: green,
             wgmma: cfg.gemm_wgmma,
+            convert_every_gemm: false,
         };
         let open = || CudaDevice::open_with(g.index, Some(cache_dir), limit, opts);
         let Some(nvml) = nvml.as_deref_mut() else {

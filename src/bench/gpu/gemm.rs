@@ -123,6 +123,7 @@ pub(super) fn run(
         let how = crate::device::cuda::OpenOptions {
             green_contexts: false,
             wgmma: true,
+            convert_every_gemm: false,
         };
         let wgmma = super::open_as(opts, how).ctx("opening the GPU with gemm_wgmma")?;
         if wgmma.wgmma() {

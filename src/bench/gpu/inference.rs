@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::{CheckError, Context, Figures, GpuCheckOptions, Verdict, random};
 use crate::data::LoadOptions;
 use crate::device::Backend;
-use crate::device::cuda::{CudaBackend, CudaDevice, StreamPriority};
+use crate::device::Precision;
+use crate::device::cuda::{CudaBackend, CudaDevice, OpenOptions, StreamPriority};
 use crate::model::{Mlp, Workspace};
 use crate::train::{TrainEvent, TrainSpec, Trainer};
 use crate::util::rng::Rng;
@@ -83,7 +84,8 @@ pub(crate) struct InferenceFigures {
     pub seconds: f64,
     /// One row per case.
     pub runs: Vec<InferenceRun>,
-    /// The service alone at batch 1 and 8, f32 and bf16, with and without gaps and read-back.
+    /// The service alone at batch 1 and 8, f32 and bf16, with and without gaps and read-back;
+    /// bf16 also with both operands converted on every GEMM, as before buffers kept copies.
     pub breakdown: Vec<super::latency::LatencyRow>,
 }
 
@@ -232,7 +234,23 @@ pub(super) fn run(
         });
     }
     let cta = super::lanes::Mechanism::CtaBudget;
-    let mut breakdown = super::latency::breakdown(&svc, cta, false, opts.secs(1.0))?;
+    let both = [Precision::F32, Precision::Bf16];
+    let mut breakdown = super::latency::breakdown(&svc, cta, (&both, false), opts.secs(1.0))?;
+    // bf16 as it ran before buffers kept bf16 copies, for the difference they make.
+    let how = OpenOptions {
+        convert_every_gemm: true,
+        ..OpenOptions::default()
+    };
+    let converting = super::open_as(opts, how).ctx("opening the GPU again")?;
+    let lane = converting
+        .lane_backend(StreamPriority::Highest)
+        .ctx("creating a service lane")?;
+    breakdown.extend(super::latency::breakdown(
+        &lane,
+        cta,
+        (&[Precision::Bf16], false),
+        opts.secs(1.0),
+    )?);
     // The same service on green-context SM partitions, leased per batch, when they open.
     if let Ok(green) = super::open_as(opts, super::GREEN) {
         let lane = green
@@ -241,7 +259,7 @@ pub(super) fn run(
         breakdown.extend(super::latency::breakdown(
             &lane,
             super::lanes::Mechanism::GreenContexts,
-            true,
+            (&both, true),
             opts.secs(1.0),
         )?);
     }

@@ -1,5 +1,6 @@
 //! Where a service batch's time goes on a GPU lane alone: the `inference` section's service
-//! model at batch 1 and 8, in f32 and bf16, with a gap between batches (as a service sees
+//! model at batch 1 and 8, in f32 and bf16 (and bf16 converting both operands on every GEMM,
+//! on a device opened to keep no bf16 copies), with a gap between batches (as a service sees
 //! them) and back to back, with and without the read-back, and the time the host takes to
 //! queue a batch's work. Differences between the rows place the time: queueing (launches
 //! through the driver), the GPU's work, the synchronisation and copy of the read-back, and
@@ -36,6 +37,9 @@ pub(crate) struct LatencyRow {
     pub batch: usize,
     /// `f32` or `bf16`.
     pub precision: &'static str,
+    /// In bf16, whether buffers kept bf16 copies (else both operands were converted on
+    /// every GEMM: `OpenOptions::convert_every_gemm`).
+    pub bf16_copies: bool,
     /// Gap between batches, ms (0: back to back).
     pub gap_ms: u64,
     /// Whether each batch ends by reading its output back (else by synchronising).
@@ -54,10 +58,15 @@ impl LatencyRow {
     /// One headline line.
     pub fn line(&self) -> String {
         format!(
-            "{}, b{} {} {} {}: p50 {:.3} ms (queueing {:.3} ms), p99 {:.3} ms",
+            "{}, b{} {}{} {} {}: p50 {:.3} ms (queueing {:.3} ms), p99 {:.3} ms",
             self.mechanism.label(),
             self.batch,
             self.precision,
+            if self.precision == "bf16" && !self.bf16_copies {
+                " (converted every GEMM)"
+            } else {
+                ""
+            },
             if self.gap_ms == 0 {
                 "back to back".to_string()
             } else {
@@ -126,6 +135,7 @@ fn measure(
         mechanism,
         batch: probe.batch,
         precision: probe.precision.as_str(),
+        bf16_copies: g.device().bf16_copies(),
         gap_ms: probe.gap_ms,
         read_back: probe.read_back,
         p50_ms: quantile(&lat, 0.5),
@@ -135,12 +145,12 @@ fn measure(
     })
 }
 
-/// The probes on `g` (a service lane alone), `seconds` each: every one, or with `brief` only
-/// those with a gap and read-back; `g`'s precision is restored.
+/// The probes on `g` (a service lane alone) in `precisions`, `seconds` each: every one, or
+/// with `brief` only those with a gap and read-back; `g`'s precision is restored.
 pub(super) fn breakdown(
     g: &CudaBackend,
     mechanism: Mechanism,
-    brief: bool,
+    (precisions, brief): (&[Precision], bool),
     seconds: f64,
 ) -> Result<Vec<LatencyRow>, CheckError> {
     let before = g.precision();
@@ -151,7 +161,7 @@ pub(super) fn breakdown(
         &[(2, true), (0, true), (0, false)]
     };
     for batch in [1, 8] {
-        for precision in [Precision::F32, Precision::Bf16] {
+        for &precision in precisions {
             for &(gap_ms, read_back) in ways {
                 let probe = Probe {
                     batch,

@@ -359,6 +359,7 @@ pub(crate) fn open_as(
 pub(crate) const GREEN: crate::device::cuda::OpenOptions = crate::device::cuda::OpenOptions {
     green_contexts: true,
     wgmma: false,
+    convert_every_gemm: false,
 };
 
 /// Median of `v` (0 when empty).

@@ -38,6 +38,8 @@ pub struct CudaDevice {
     pub(super) green: Option<GreenContexts>,
     pub(super) health: Arc<DeviceHealth>,
     pub(super) next_lane: AtomicU64,
+    /// Buffers keep bf16 copies for bf16 GEMMs ([`super::shadow`]).
+    bf16_copies: bool,
 }
 
 // SAFETY: the raw handles are driver handles, valid on any thread with their context pushed,
@@ -230,6 +232,9 @@ pub struct OpenOptions {
     /// [`super::choice::choose_gemm_at`] picks it (`device.gemm_wgmma`). A module that does
     /// not load leaves the other kernels in charge, with a warning.
     pub wgmma: bool,
+    /// bf16 GEMMs convert both operands on every product and keep no bf16 copies (see
+    /// [`super::shadow`]): how they ran before the copies, kept for comparisons.
+    pub convert_every_gemm: bool,
 }
 
 impl CudaDevice {
@@ -280,6 +285,7 @@ impl CudaDevice {
             mem_used: AtomicU64::new(0),
             green: None,
             next_lane: AtomicU64::new(1),
+            bf16_copies: !opts.convert_every_gemm,
         };
         d.load_kernels(&arch, cache_dir, opts.wgmma)?;
         if opts.green_contexts {
@@ -418,6 +424,12 @@ impl CudaDevice {
     /// Whether `gemm_bf16_wgmma` is loaded and may be launched (see [`OpenOptions::wgmma`]).
     pub fn wgmma(&self) -> bool {
         self.kernels[Kernel::GemmBf16Wgmma.index()].is_some()
+    }
+
+    /// Whether buffers keep bf16 copies for bf16 GEMMs (not with
+    /// [`OpenOptions::convert_every_gemm`]).
+    pub fn bf16_copies(&self) -> bool {
+        self.bf16_copies
     }
 
     /// Whether the GPU has bf16 tensor cores (sm_80 and newer).

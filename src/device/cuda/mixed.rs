@@ -58,7 +58,7 @@ impl CudaBackend {
     fn store_target(&self, c: &mut CudaBuf, len: usize) -> (CUdeviceptr, CUdeviceptr) {
         let (mem, copy) = c.parts_mut();
         let ptr = mem.ptr;
-        let ours = copy.lane.is_none_or(|lane| lane == self.id);
+        let ours = self.dev.bf16_copies() && copy.lane.is_none_or(|lane| lane == self.id);
         if !ours || !copy.state.store(len) {
             copy.state.written();
             return (ptr, 0);
@@ -91,7 +91,7 @@ impl CudaBackend {
     /// copy is neither read nor filled here.
     fn as_bf16(&self, buf: &CudaBuf, len: usize, slot: usize) -> Result<CUdeviceptr, DeviceError> {
         let mut copy = buf.bf16_copy();
-        if copy.lane.is_none_or(|lane| lane == self.id) {
+        if self.dev.bf16_copies() && copy.lane.is_none_or(|lane| lane == self.id) {
             let read = copy.state.read(len);
             if let (Read::Reuse, Some(mem)) = (read, &copy.mem) {
                 return Ok(mem.ptr);
