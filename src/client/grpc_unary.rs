@@ -270,10 +270,10 @@ impl Conn {
                 _ => a.block.extend_from_slice(payload),
             }
             if head.kind != DATA && head.flags & END_HEADERS != 0 {
-                let fields = self.decoder.decode(&a.block).map_err(broke)?;
+                let says = self.read_block(&a.block)?;
                 let first = !a.headers_seen;
                 a.headers_seen = true;
-                if let Some(code) = check_fields(&fields, first, a.block_ends_stream)? {
+                if let Some(code) = check_block(says, first, a.block_ends_stream)? {
                     self.top_up();
                     return match code {
                         tonic::Code::Ok => Ok(a.body),
@@ -348,12 +348,31 @@ impl Conn {
                 if head.flags & END_HEADERS == 0 {
                     return Err(broke("a header block on another stream"));
                 }
-                self.decoder.decode(&block).map_err(broke)?;
+                self.read_block(&block)?;
             }
             DATA => self.received += head.len as u64,
             _ => {}
         }
         Ok(())
+    }
+
+    /// Decodes a header block (every one moves the decoder's table): what a call needs of
+    /// it.
+    fn read_block(&mut self, block: &[u8]) -> Result<BlockSays, CallError> {
+        let mut says = BlockSays::default();
+        self.decoder
+            .decode_each(block, |name, value| match name {
+                b":status" => {
+                    let status = std::str::from_utf8(value).ok().and_then(|t| t.parse().ok());
+                    says.status = Some(status.ok_or(()));
+                }
+                b"grpc-status" => {
+                    says.grpc_status = std::str::from_utf8(value).ok().and_then(|t| t.parse().ok());
+                }
+                _ => {}
+            })
+            .map_err(broke)?;
+        Ok(says)
     }
 
     fn send_now(&mut self, kind: u8, flags: u8, payload: &[u8]) -> Result<(), CallError> {
@@ -413,25 +432,35 @@ impl Conn {
     }
 }
 
+/// What a call needs of an answer's header block.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct BlockSays {
+    /// `:status`, or `Err` when it is not a number.
+    status: Option<Result<u16, ()>>,
+    /// `grpc-status`, when it is there and a number.
+    grpc_status: Option<i32>,
+}
+
 /// Checks an answer's header block: the first one must say `:status: 200`; a block that
 /// ends the stream (the trailers, or a trailers-only answer) gives its `grpc-status`.
-fn check_fields(
-    fields: &[hpack::Field],
+fn check_block(
+    says: BlockSays,
     first: bool,
     ends_stream: bool,
 ) -> Result<Option<tonic::Code>, CallError> {
-    let get = |name: &[u8]| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
     if first {
-        let status = get(b":status").ok_or_else(|| broke("an answer without :status"))?;
-        if status != b"200" {
-            return Err(broke(format!("HTTP {}", String::from_utf8_lossy(status))));
+        match says.status {
+            None => return Err(broke("an answer without :status")),
+            Some(Err(())) => return Err(broke("an answer whose :status is not a number")),
+            Some(Ok(200)) => {}
+            Some(Ok(status)) => return Err(broke(format!("HTTP {status}"))),
         }
     }
     if !ends_stream {
         return Ok(None);
     }
-    let code = get(b"grpc-status")
-        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i32>().ok())
+    let code = says
+        .grpc_status
         .ok_or_else(|| broke("the answer ended without a grpc-status"))?;
     Ok(Some(tonic::Code::from_i32(code)))
 }

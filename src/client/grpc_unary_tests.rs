@@ -223,30 +223,29 @@ fn a_body_that_is_not_one_uncompressed_message_is_named() {
 
 #[test]
 fn the_status_comes_from_the_block_that_ends_the_stream() {
-    let f = |pairs: &[(&str, &str)]| -> Vec<hpack::Field> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect()
+    let says = |status: Option<Result<u16, ()>>, grpc_status: Option<i32>| BlockSays {
+        status,
+        grpc_status,
     };
-    let head = f(&[(":status", "200"), ("content-type", "application/grpc")]);
-    assert_eq!(check_fields(&head, true, false), Ok(None));
-    let trailers = f(&[("grpc-status", "0")]);
     assert_eq!(
-        check_fields(&trailers, false, true),
+        check_block(says(Some(Ok(200)), None), true, false),
+        Ok(None)
+    );
+    assert_eq!(
+        check_block(says(None, Some(0)), false, true),
         Ok(Some(tonic::Code::Ok))
     );
-    let only = f(&[(":status", "200"), ("grpc-status", "5")]);
     assert_eq!(
-        check_fields(&only, true, true),
+        check_block(says(Some(Ok(200)), Some(5)), true, true),
         Ok(Some(tonic::Code::NotFound))
     );
-    for (fields, first, why) in [
-        (f(&[("grpc-status", "0")]), true, "without :status"),
-        (f(&[(":status", "503")]), true, "HTTP 503"),
-        (f(&[("grpc-message", "x")]), false, "without a grpc-status"),
+    for (said, first, why) in [
+        (says(None, Some(0)), true, "without :status"),
+        (says(Some(Err(())), None), true, "not a number"),
+        (says(Some(Ok(503)), None), true, "HTTP 503"),
+        (says(None, None), false, "without a grpc-status"),
     ] {
-        match check_fields(&fields, first, true) {
+        match check_block(said, first, true) {
             Err(CallError::Transport(m)) => assert!(m.contains(why), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -95,8 +95,8 @@ const HUFFMAN_BITS: [u8; 256] = [
 /// Why a header block could not be decoded.
 pub(crate) type Error = String;
 
-/// A decoded header field.
-pub(crate) type Field = (Vec<u8>, Vec<u8>);
+/// A header field the dynamic table holds.
+type Field = (Vec<u8>, Vec<u8>);
 
 /// The canonical Huffman code arranged for decoding: per bit length, the first code, how
 /// many codes have it, and where its symbols start in `symbols` (sorted by length, then by
@@ -230,14 +230,20 @@ impl Decoder {
         }
     }
 
-    /// The fields of a whole header block, in order.
-    pub(crate) fn decode(&mut self, block: &[u8]) -> Result<Vec<Field>, Error> {
-        let (mut fields, mut at) = (Vec::new(), 0);
+    /// Decodes a whole header block, handing `each` its fields in order. A field the tables
+    /// hold is handed over without a copy.
+    pub(crate) fn decode_each(
+        &mut self,
+        block: &[u8],
+        mut each: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), Error> {
+        let mut at = 0;
         while at < block.len() {
             let b = block[at];
             if b & 0x80 != 0 {
                 let i = integer(block, &mut at, 7)?;
-                fields.push(self.entry(i)?);
+                let (name, value) = self.entry(i)?;
+                each(name, value);
             } else if b & 0xe0 == 0x20 {
                 let max = integer(block, &mut at, 5)?;
                 if max > self.limit {
@@ -257,25 +263,28 @@ impl Decoder {
                 let name_at = integer(block, &mut at, prefix)?;
                 let name = match name_at {
                     0 => string(block, &mut at)?,
-                    i => self.entry(i)?.0,
+                    i => self.entry(i)?.0.to_vec(),
                 };
                 let value = string(block, &mut at)?;
+                each(&name, &value);
                 if index {
-                    self.insert((name.clone(), value.clone()));
+                    self.insert((name, value));
                 }
-                fields.push((name, value));
             }
         }
-        Ok(fields)
+        Ok(())
     }
 
-    fn entry(&self, i: usize) -> Result<Field, Error> {
+    fn entry(&self, i: usize) -> Result<(&[u8], &[u8]), Error> {
         let found = match i {
             1..=61 => {
                 let (n, v) = STATIC[i - 1];
-                Some((n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                Some((n.as_bytes(), v.as_bytes()))
             }
-            _ => i.checked_sub(62).and_then(|d| self.table.get(d)).cloned(),
+            _ => i
+                .checked_sub(62)
+                .and_then(|d| self.table.get(d))
+                .map(|(n, v)| (&n[..], &v[..])),
         };
         found.ok_or_else(|| format!("header table index {i} is not in the table"))
     }
@@ -342,6 +351,14 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    impl Decoder {
+        fn decode(&mut self, block: &[u8]) -> Result<Vec<Field>, Error> {
+            let mut fields = Vec::new();
+            self.decode_each(block, |n, v| fields.push((n.to_vec(), v.to_vec())))?;
+            Ok(fields)
+        }
     }
 
     fn text(fields: &[Field]) -> Vec<(String, String)> {
