@@ -98,6 +98,13 @@ impl Request {
         hpack::put_literal(&mut block, 1, ":authority", authority);
         hpack::put_literal(&mut block, 31, "content-type", "application/grpc");
         hpack::put_literal(&mut block, 0, "te", "trailers");
+        if block.len() > MAX_FRAME {
+            return Err(format!(
+                "a gRPC request's headers of {} bytes are over the bench client's one-frame \
+                 limit of {MAX_FRAME}",
+                block.len()
+            ));
+        }
         Ok(Request { block, body })
     }
 }

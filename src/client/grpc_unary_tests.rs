@@ -187,6 +187,9 @@ fn a_request_over_one_frame_is_refused_by_name() {
     let big = Bytes::from(vec![0u8; MAX_FRAME + 1]);
     let err = Request::new("h:1", "/p", big).err().unwrap();
     assert!(err.contains("one-frame limit of 16384"), "{err}");
+    let long = format!("/{}", "p".repeat(MAX_FRAME));
+    let err = Request::new("h:1", &long, Bytes::new()).err().unwrap();
+    assert!(err.contains("headers of 16"), "{err}");
 }
 
 #[test]

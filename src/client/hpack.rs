@@ -173,22 +173,22 @@ pub(crate) fn huffman_decode(data: &[u8]) -> Result<Vec<u8>, Error> {
 fn integer(data: &[u8], at: &mut usize, n: u32) -> Result<usize, Error> {
     let short = "a header block ends inside an integer";
     let mask = (1usize << n) - 1;
-    let mut v = usize::from(*data.get(*at).ok_or(short)?) & mask;
+    let v = usize::from(*data.get(*at).ok_or(short)?) & mask;
     *at += 1;
     if v < mask {
         return Ok(v);
     }
-    let mut shift = 0;
+    let (mut wide, mut shift) = (v as u64, 0);
     loop {
         let b = *data.get(*at).ok_or(short)?;
         *at += 1;
-        if shift > 28 {
+        wide += u64::from(b & 0x7f) << shift;
+        if shift > 28 || wide > u64::from(u32::MAX) {
             return Err("an HPACK integer over 32 bits".into());
         }
-        v += usize::from(b & 0x7f) << shift;
         shift += 7;
         if b & 0x80 == 0 {
-            return Ok(v);
+            return Ok(wide as usize);
         }
     }
 }
@@ -468,5 +468,10 @@ mod tests {
         assert_eq!(fields[2], ("te".into(), "trailers".into()));
         let err = Decoder::new(4096).decode(&block[..5]).unwrap_err();
         assert!(err.contains("ends inside"), "{err}");
+        // An index of 2^32 (127 + 0xffffff81 continued) is refused, not wrapped.
+        let err = Decoder::new(4096)
+            .decode(&[0xff, 0x81, 0xff, 0xff, 0xff, 0x0f])
+            .unwrap_err();
+        assert!(err.contains("over 32 bits"), "{err}");
     }
 }

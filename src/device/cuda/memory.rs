@@ -99,7 +99,9 @@ pub struct CudaBuf {
 #[derive(Debug, Default)]
 pub(super) struct Bf16Copy {
     pub(super) state: Shadow,
-    pub(super) mem: Option<DevMem>,
+    /// Shared with the GEMMs queued on it until they are launched, so that growing the
+    /// copy never frees memory a launch about to be queued still names.
+    pub(super) mem: Option<Arc<DevMem>>,
     /// The lane that made the copy; other lanes convert into their scratch.
     pub(super) lane: Option<u64>,
 }
@@ -131,9 +133,14 @@ impl CudaBuf {
         (&self.mem, sync::get_mut(&mut self.bf16))
     }
 
-    /// Its bf16 copy, locked.
-    pub(super) fn bf16_copy(&self) -> MutexGuard<'_, Bf16Copy> {
-        sync::lock(&self.bf16)
+    /// Its bf16 copy, locked, or `None` while another thread holds it (which then goes
+    /// without: waiting could hold a lane that waits for an SM partition the holder needs).
+    pub(super) fn try_bf16_copy(&self) -> Option<MutexGuard<'_, Bf16Copy>> {
+        match self.bf16.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! `gemm_bf16_small_m` for few rows (see [`super::choice`]), or by the SIMT twin below
 //! sm_80, accumulating and writing f32. Also the conversions between f32 and bf16 buffers.
 
+use std::sync::Arc;
+
 use cudarc::driver::sys::CUdeviceptr;
 
 use super::Kernel;
@@ -17,6 +19,9 @@ use super::memory::{Bf16Copy, CudaBf16, CudaBuf, DevMem};
 use super::ops::{elementwise, int, n32};
 use super::shadow::Read;
 use crate::device::{Backend, DeviceError, Gemm, check_len};
+
+/// A bf16 operand's address, with the copy's memory it lies in (none for the scratch).
+type Operand = (CUdeviceptr, Option<Arc<DevMem>>);
 
 impl CudaBackend {
     /// `C = alpha·op(A)·op(B) + beta·C` with the operands rounded to bf16, then the
@@ -32,38 +37,38 @@ impl CudaBackend {
         let lens = [g.m * g.k, g.k * g.n];
         check_len("gemm", "a", a.len, lens[0])?;
         check_len("gemm", "b", b.len, lens[1])?;
-        let pa = self.as_bf16(a, lens[0], 0)?;
-        let pb = self.as_bf16(b, lens[1], 1)?;
+        // One operand read twice (AᵀA, say) is converted once, for the longer prefix.
+        let (pa, pb) = if std::ptr::eq(a, b) {
+            let both = self.as_bf16(a, lens[0].max(lens[1]), 0)?;
+            (both.clone(), both)
+        } else {
+            (self.as_bf16(a, lens[0], 0)?, self.as_bf16(b, lens[1], 1)?)
+        };
         let tensor_cores = self.dev.tensor_cores();
-        let (cptr, c_bf16) = self.store_target(c, g.m * g.n);
+        let (cptr, c_copy) = self.store_target(c, g.m * g.n);
+        let c_bf16 = c_copy.as_ref().map_or(0, |m| m.ptr);
         let ep = GemmEpilogue { c_bf16, ..ep };
         let c_len = c.len;
-        let done = self.launch_bf16(
-            g,
-            (pa, lens[0]),
-            (pb, lens[1]),
-            (cptr, c_len),
-            tensor_cores,
-            ep,
-        );
+        let (a, b) = ((pa.0, lens[0]), (pb.0, lens[1]));
+        let done = self.launch_bf16(g, a, b, (cptr, c_len), tensor_cores, ep);
         if done.is_err() {
-            c.parts_mut().1.state.written();
+            c.parts_mut().1.state.failed();
         }
         done
     }
 
     /// Where a bf16 GEMM writing the first `len` elements of `c` stores them: `c`'s memory
     /// and, where [`Shadow::store`](super::shadow::Shadow::store) keeps one, the bf16 copy its
-    /// epilogue stores beside them (else 0). The write is recorded in the copy's state.
-    fn store_target(&self, c: &mut CudaBuf, len: usize) -> (CUdeviceptr, CUdeviceptr) {
+    /// epilogue stores beside them. The write is recorded in the copy's state.
+    fn store_target(&self, c: &mut CudaBuf, len: usize) -> (CUdeviceptr, Option<Arc<DevMem>>) {
         let (mem, copy) = c.parts_mut();
         let ptr = mem.ptr;
         let ours = self.dev.bf16_copies() && copy.lane.is_none_or(|lane| lane == self.id);
         if !ours || !copy.state.store(len) {
             copy.state.written();
-            return (ptr, 0);
+            return (ptr, None);
         }
-        (ptr, self.copy_memory(copy, len).unwrap_or(0))
+        (ptr, self.copy_memory(copy, len))
     }
 
     /// The bf16 GEMM [`choose_gemm_at`] picks for the shape, the device's SMs and the
@@ -88,55 +93,44 @@ impl CudaBackend {
     /// The first `len` elements of `buf` as bf16 at a device address: the buffer's own copy
     /// where [`Shadow`](super::shadow::Shadow) keeps one (converted into first unless it
     /// holds them already), else the lane's scratch `slot`, converted into. Another lane's
-    /// copy is neither read nor filled here.
-    fn as_bf16(&self, buf: &CudaBuf, len: usize, slot: usize) -> Result<CUdeviceptr, DeviceError> {
-        let mut copy = buf.bf16_copy();
-        if self.dev.bf16_copies() && copy.lane.is_none_or(|lane| lane == self.id) {
+    /// copy, or one another thread holds at the moment, is neither read nor filled here.
+    /// With the address, the copy's memory, to be kept until the GEMM reading it is queued.
+    fn as_bf16(&self, buf: &CudaBuf, len: usize, slot: usize) -> Result<Operand, DeviceError> {
+        if self.dev.bf16_copies()
+            && let Some(mut copy) = buf.try_bf16_copy()
+            && copy.lane.is_none_or(|lane| lane == self.id)
+        {
             let read = copy.state.read(len);
             if let (Read::Reuse, Some(mem)) = (read, &copy.mem) {
-                return Ok(mem.ptr);
+                return Ok((mem.ptr, Some(mem.clone())));
             }
             if read != Read::Scratch
-                && let Some(ptr) = self.fill_copy(&mut copy, buf, len)?
+                && let Some(mem) = self.copy_memory(&mut copy, len)
             {
-                return Ok(ptr);
+                if let Err(e) = self.convert(buf, len, mem.ptr) {
+                    copy.state.failed();
+                    return Err(e);
+                }
+                return Ok((mem.ptr, Some(mem)));
             }
         }
-        drop(copy);
         let ptr = self.bf16_scratch(slot, len)?;
         self.convert(buf, len, ptr)?;
-        Ok(ptr)
-    }
-
-    /// Converts the first `len` elements of `buf` into its copy; the copy's address, or
-    /// `None` when it cannot be allocated.
-    fn fill_copy(
-        &self,
-        copy: &mut Bf16Copy,
-        buf: &CudaBuf,
-        len: usize,
-    ) -> Result<Option<CUdeviceptr>, DeviceError> {
-        let Some(ptr) = self.copy_memory(copy, len) else {
-            return Ok(None);
-        };
-        if let Err(e) = self.convert(buf, len, ptr) {
-            copy.state.written();
-            return Err(e);
-        }
-        Ok(Some(ptr))
+        Ok((ptr, None))
     }
 
     /// The copy's memory, allocated (or grown) first for what
     /// [`Shadow::capacity`](super::shadow::Shadow::capacity) asks, now this lane's; `None`,
     /// and no copy, when it cannot be allocated (the device's memory limit, say), which is
     /// not an error: the caller goes on without it.
-    fn copy_memory(&self, copy: &mut Bf16Copy, len: usize) -> Option<CUdeviceptr> {
+    fn copy_memory(&self, copy: &mut Bf16Copy, len: usize) -> Option<Arc<DevMem>> {
         let bytes = copy.state.capacity().max(len).max(1) * 2;
         if copy.mem.as_ref().is_none_or(|m| m.bytes() < bytes) {
-            // Freed first (the driver waits for work using it), then the larger one.
+            // A queued GEMM still naming the old memory holds it; the last holder frees it
+            // (the driver waits for work using it).
             copy.mem = None;
             match DevMem::alloc(&self.dev, bytes) {
-                Ok(mem) => copy.mem = Some(mem),
+                Ok(mem) => copy.mem = Some(Arc::new(mem)),
                 Err(e) => {
                     tracing::debug!("no bf16 copy of a {len}-element buffer: {e}");
                     copy.state.no_memory();
@@ -145,7 +139,7 @@ impl CudaBackend {
             }
         }
         copy.lane = Some(self.id);
-        copy.mem.as_ref().map(|m| m.ptr)
+        copy.mem.clone()
     }
 
     /// The first `len` elements of `src` as bf16 (to nearest even) at `dst`, which holds at

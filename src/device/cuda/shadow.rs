@@ -25,7 +25,11 @@
 //! The copy costs half the buffer's f32 bytes on the device, charged to its memory limit; a
 //! copy that cannot be allocated falls back to the scratch, which is not an error. Only the
 //! lane that made a copy fills or reads it: its work is ordered on one stream within a unit
-//! and drained between units, so a read queued after a fill sees the filled copy. The law is
+//! and drained between units, so a read queued after a fill sees the filled copy. A thread
+//! that finds the copy held by another converts into its scratch instead of waiting (the
+//! holder may be waiting for an SM partition the first thread's lane holds). A GEMM keeps
+//! the copy's memory alive until it is queued, so a copy grown meanwhile (one operand read
+//! twice, say) frees nothing a launch still names. The law is
 //! kept here, pure, so that it is tested without a GPU.
 
 /// What reading a buffer's first elements as bf16 does.
@@ -93,6 +97,14 @@ impl Shadow {
         if self.stored_unread && self.valid > 0 {
             self.store_wasted = true;
         }
+        self.valid = 0;
+        self.read_since_write = false;
+        self.stored_unread = false;
+    }
+
+    /// Queuing the `Fill` or the store failed: the copy holds nothing valid, and nothing is
+    /// learnt about the buffer (a failed store is not a wasted one).
+    pub(super) fn failed(&mut self) {
         self.valid = 0;
         self.read_since_write = false;
         self.stored_unread = false;
@@ -247,5 +259,16 @@ mod tests {
         h.no_memory();
         assert_eq!(h.read(16), Read::Scratch, "nothing stored: converted");
         assert!(h.store(16), "the next store tries again");
+    }
+
+    #[test]
+    fn a_failed_store_does_not_stop_the_stores() {
+        let mut h = Shadow::default();
+        h.store(16);
+        h.read(16);
+        assert!(h.store(16));
+        h.failed();
+        assert_ne!(h.read(16), Read::Reuse, "nothing valid after a failure");
+        assert!(h.store(16), "stores go on");
     }
 }
