@@ -71,6 +71,15 @@ impl CallError {
     }
 }
 
+impl From<Failure> for CallError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Unreachable => CallError::Unreachable,
+            Failure::Transport(why) => CallError::Transport(why),
+        }
+    }
+}
+
 fn broke(why: impl std::fmt::Display) -> CallError {
     CallError::Transport(why.to_string())
 }
@@ -125,7 +134,7 @@ impl UnaryClient {
         }
     }
 
-    /// Sends `req` and reads its answer: the answer's message, without its prefix.
+    /// Sends `req` and reads its answer: the answer's message, its prefix taken off.
     pub(crate) fn call(&mut self, req: &Request) -> Result<Vec<u8>, CallError> {
         let mut conn = match self.conn.take() {
             Some(c) => c,
@@ -136,8 +145,10 @@ impl UnaryClient {
         if !matches!(answer, Err(CallError::Transport(_))) && !conn.going_away {
             self.conn = Some(conn);
         }
-        let body = answer?;
-        unframe(&body).map(<[u8]>::to_vec)
+        let mut body = answer?;
+        unframe(&body)?;
+        body.drain(..5);
+        Ok(body)
     }
 }
 
@@ -192,10 +203,7 @@ struct Answer {
 
 impl Conn {
     fn open(authority: &str) -> Result<Conn, CallError> {
-        let stream = dial(authority).map_err(|failure| match failure {
-            Failure::Unreachable => CallError::Unreachable,
-            Failure::Transport(why) => CallError::Transport(why),
-        })?;
+        let stream = dial(authority)?;
         let mut hello = PREFACE.to_vec();
         let mut settings = Vec::new();
         for (id, value) in [(0x2u16, 0u32), (0x4, MAX_WINDOW)] {

@@ -86,6 +86,11 @@ async fn answer(req: hyper::Request<h2::RecvStream>, mut respond: h2::server::Se
     }
 }
 
+/// The text a [`request`]'s message carried, from an echoed answer.
+fn name(message: &[u8]) -> String {
+    pb::ServerMetadataResponse::decode(message).unwrap().name
+}
+
 fn request(authority: &str, path: &str, text: &str) -> Request {
     let msg = pb::ServerMetadataResponse {
         name: text.into(),
@@ -101,8 +106,7 @@ fn calls_answer_their_message_or_their_status_and_a_broken_connection_is_replace
     let echo = client
         .call(&request(&authority, "/t.S/Echo", "first"))
         .unwrap();
-    let got = pb::ServerMetadataResponse::decode(&echo[..]).unwrap();
-    assert_eq!(got.name, "first");
+    assert_eq!(name(&echo), "first");
     // A status keeps the connection: the next call is the same connection's third.
     assert_eq!(
         client.call(&request(&authority, "/t.S/Full", "")),
@@ -117,18 +121,12 @@ fn calls_answer_their_message_or_their_status_and_a_broken_connection_is_replace
     let echo = client
         .call(&request(&authority, "/t.S/Drain", "again"))
         .unwrap();
-    assert_eq!(
-        pb::ServerMetadataResponse::decode(&echo[..]).unwrap().name,
-        "again"
-    );
+    assert_eq!(name(&echo), "again");
     // A third connection for the next call.
     let echo = client
         .call(&request(&authority, "/t.S/Echo", "third"))
         .unwrap();
-    assert_eq!(
-        pb::ServerMetadataResponse::decode(&echo[..]).unwrap().name,
-        "third"
-    );
+    assert_eq!(name(&echo), "third");
     drop(client);
     server.join().unwrap();
 }
@@ -146,10 +144,7 @@ fn thousands_of_calls_pass_the_servers_flow_control_and_a_closed_connection_is_r
     for _ in 0..3001 {
         match client.call(&req) {
             Ok(msg) => {
-                assert_eq!(
-                    pb::ServerMetadataResponse::decode(&msg[..]).unwrap().name,
-                    text
-                );
+                assert_eq!(name(&msg), text);
                 ok += 1;
             }
             Err(CallError::Transport(_)) => broken += 1,

@@ -142,7 +142,7 @@ fn canonical() -> &'static Canonical {
 }
 
 /// Decodes a Huffman-coded string: the padding must be under 8 bits of EOS's leading ones.
-pub(crate) fn huffman_decode(data: &[u8]) -> Result<Vec<u8>, Error> {
+fn huffman_decode(data: &[u8]) -> Result<Vec<u8>, Error> {
     let c = canonical();
     let mut out = Vec::with_capacity(data.len() * 8 / 5);
     let (mut code, mut len) = (0u32, 0usize);

@@ -57,6 +57,16 @@ pub(crate) enum Failure {
     Transport(String),
 }
 
+impl Failure {
+    /// Its name in the bench's report.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Failure::Unreachable => "unreachable",
+            Failure::Transport(_) => "transport",
+        }
+    }
+}
+
 /// One keep-alive connection, opened at the first request and again after a failure or a
 /// `connection: close`.
 pub(crate) struct KeepAlive {

@@ -144,29 +144,44 @@ fn http_worker(protocol: Protocol, plan: WorkerPlan) -> WorkerResult {
         }
     };
     let mut client = KeepAlive::new(authority);
+    closed_loop(&plan, &mut r, || match client.send(&rendered) {
+        Ok(200) => Outcome::Ok,
+        Ok(status) => Outcome::Refused(status.to_string()),
+        Err(failure) => Outcome::Broke(failure),
+    });
+    r
+}
+
+/// What one request came to.
+enum Outcome {
+    Ok,
+    /// The server answered with an error: its name in the report.
+    Refused(String),
+    /// The transport failed.
+    Broke(Failure),
+}
+
+/// Sends requests back to back with `send` until the plan's end, recording each in `r`.
+/// After a transport failure it pauses, so as not to spin against a daemon that went away.
+fn closed_loop(plan: &WorkerPlan, r: &mut WorkerResult, mut send: impl FnMut() -> Outcome) {
     loop {
         let t0 = Instant::now();
         if t0 >= plan.end {
             break;
         }
-        let outcome = client.send(&rendered);
+        let outcome = send();
         let t1 = Instant::now();
         let outcome = match outcome {
-            Ok(200) => Ok(()),
-            Ok(status) => Err(status.to_string()),
-            Err(failure) => {
-                // Do not spin against a daemon that went away.
+            Outcome::Ok => Ok(()),
+            Outcome::Refused(kind) => Err(kind),
+            Outcome::Broke(failure) => {
                 std::thread::sleep(Duration::from_millis(10));
                 tracing::debug!("bench: {failure:?}");
-                Err(match failure {
-                    Failure::Unreachable => "unreachable".into(),
-                    Failure::Transport(_) => "transport".into(),
-                })
+                Err(failure.kind().to_string())
             }
         };
         r.record(plan.counts(t0, t1), t1 - t0, outcome);
     }
-    r
 }
 
 /// The gRPC request for one row, as tritonclient sends it.
@@ -203,25 +218,14 @@ fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
         }
     };
     let mut client = UnaryClient::new(authority.to_string());
-    loop {
-        let t0 = Instant::now();
-        if t0 >= plan.end {
-            break;
-        }
-        // The answer's message is not decoded, as the HTTP worker does not parse its body:
-        // its framing and grpc-status are checked.
-        let outcome = client.call(&req);
-        let t1 = Instant::now();
-        let outcome = outcome.map(|_| ()).map_err(|e| {
-            if !matches!(e, CallError::Status(_)) {
-                // Do not spin against a daemon that went away.
-                std::thread::sleep(Duration::from_millis(10));
-                tracing::debug!("bench: {e:?}");
-            }
-            e.kind()
-        });
-        r.record(plan.counts(t0, t1), t1 - t0, outcome);
-    }
+    // The answer's message is not decoded, as the HTTP worker does not parse its body: its
+    // framing and grpc-status are checked.
+    closed_loop(&plan, &mut r, || match client.call(&req) {
+        Ok(_) => Outcome::Ok,
+        Err(e @ CallError::Status(_)) => Outcome::Refused(e.kind()),
+        Err(CallError::Unreachable) => Outcome::Broke(Failure::Unreachable),
+        Err(CallError::Transport(why)) => Outcome::Broke(Failure::Transport(why)),
+    });
     r
 }
 

@@ -121,9 +121,8 @@ pub(super) fn run(
     // On compute capability 9.0, the same with gemm_bf16_wgmma taking the products it can.
     if dev.info().compute_capability == (9, 0) {
         let how = crate::device::cuda::OpenOptions {
-            green_contexts: false,
             wgmma: true,
-            convert_every_gemm: false,
+            ..Default::default()
         };
         let wgmma = super::open_as(opts, how).ctx("opening the GPU with gemm_wgmma")?;
         if wgmma.wgmma() {

@@ -62,7 +62,7 @@ impl LatencyRow {
             self.mechanism.label(),
             self.batch,
             self.precision,
-            if self.precision == "bf16" && !self.bf16_copies {
+            if self.precision == Precision::Bf16.as_str() && !self.bf16_copies {
                 " (converted every GEMM)"
             } else {
                 ""
