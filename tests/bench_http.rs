@@ -81,6 +81,47 @@ fn protocols_take_turns_within_each_round_and_are_compared() {
     assert!(report.contains("; daemon CPU per request "), "{report}");
 }
 
+/// The daemon's gRPC connections accepted so far, from its /metrics.
+fn grpc_connections_accepted(d: &Daemon) -> u64 {
+    let (status, body) = d.get("/metrics");
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("the exposition as text").to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("setpoint_grpc_connections_accepted_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("setpoint_grpc_connections_accepted_total") as u64
+}
+
+#[test]
+fn grpc_shared_carries_a_levels_calls_on_one_connection_and_grpc_on_one_each() {
+    let d = Daemon::start(SERVICE);
+    d.wait_ready();
+    let run = |protocol: &str| {
+        let before = grpc_connections_accepted(&d);
+        let args = [
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "--concurrency",
+            "3",
+            "--protocol",
+            protocol,
+            "--json",
+        ];
+        let out = bench(&d, &args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let level = &b["levels"][0];
+        assert_eq!(level["protocol"], protocol, "{b}");
+        assert_eq!(level["error_count"], 0, "{level}");
+        assert!(level["requests"].as_u64().unwrap() > 0, "{level}");
+        grpc_connections_accepted(&d) - before
+    };
+    assert_eq!(run("grpc-shared"), 1);
+    assert_eq!(run("grpc"), 3);
+}
+
 #[test]
 fn bad_protocol_arguments_say_what_is_accepted() {
     let d = Daemon::start(SERVICE);
@@ -88,7 +129,7 @@ fn bad_protocol_arguments_say_what_is_accepted() {
     for (args, message) in [
         (
             vec!["--protocol", "http2"],
-            "--protocol: unknown protocol 'http2'; expected json, binary or grpc",
+            "--protocol: unknown protocol 'http2'; expected json, binary, grpc or grpc-shared",
         ),
         (
             vec!["--protocol", "grpc,grpc"],

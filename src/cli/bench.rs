@@ -27,7 +27,9 @@ pub enum BenchCommand {
     /// daemon ran (from /v2/models/MODEL/stats), the ratio of the daemon's requests/s to
     /// the model's compute-only rows/s at that batch size, measured in this process, and the
     /// daemon's CPU time per request (from its /metrics). Each request is one write: HTTP/1.1
-    /// rendered once, gRPC as HEADERS and one DATA frame together.
+    /// rendered once, gRPC as HEADERS and one DATA frame together. With --protocol
+    /// grpc-shared the C calls are in flight together on one HTTP/2 connection, driven by
+    /// one thread, and the calls answered by one read are replaced in one write.
     Http(BenchHttpArgs),
     /// Run a scripted co-location scenario under the controller, static shares and no shares.
     ///
@@ -178,7 +180,9 @@ pub struct BenchHttpArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Protocols, comma-separated, taking turns at each level: json (HTTP), binary (HTTP
-    /// with binary tensors, as perf_analyzer sends), grpc (unary ModelInfer, raw tensors).
+    /// with binary tensors, as perf_analyzer sends), grpc (unary ModelInfer, raw tensors, a
+    /// connection per call in flight, as HTTP/1.1 needs), grpc-shared (the same, with a level's
+    /// calls in flight together on one connection, as gRPC clients share a channel).
     #[arg(long, value_name = "P,P,...", default_value = "json")]
     pub protocol: String,
     /// Times the levels are repeated, protocols interleaved, for side-by-side ratios.

@@ -1,5 +1,6 @@
 //! Unary gRPC calls for `setpoint bench http --protocol grpc`: HTTP/2 written and read on a
 //! blocking socket by this module, one call at a time per connection, each sent as one write.
+//! (`grpc_mux.rs` keeps many calls in flight on one such connection.)
 //!
 //! The load generator's two clients are meant to cost the same, so that a comparison of
 //! protocols measures the daemon. The HTTP/1.1 one (`keepalive.rs`) renders its request once
@@ -154,11 +155,44 @@ impl UnaryClient {
 
 /// A frame's header (RFC 9113 §4.1).
 #[derive(Debug, Clone, Copy)]
-struct FrameHead {
+pub(super) struct FrameHead {
     len: usize,
     kind: u8,
     flags: u8,
-    stream: u32,
+    pub(super) stream: u32,
+}
+
+impl FrameHead {
+    /// Whether the frame carries part of its stream's answer (DATA or a header block).
+    pub(super) fn is_answer(self) -> bool {
+        matches!(self.kind, DATA | HEADERS | CONTINUATION)
+    }
+}
+
+/// What a frame outside the answers being read asked of the calls in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Control {
+    /// Obeyed; nothing for the calls.
+    Obeyed,
+    /// GOAWAY: no new calls; streams after `last` will never be answered.
+    GoAway { last: u32, code: u32 },
+    /// RST_STREAM: `stream` ends unanswered.
+    Reset { stream: u32, code: u32 },
+}
+
+impl Control {
+    /// The failure of call `id` this says, if it says one.
+    pub(super) fn fails(self, id: u32) -> Option<CallError> {
+        match self {
+            Control::GoAway { last, code } if id > last => {
+                Some(broke(format!("the server sent GOAWAY (error code {code})")))
+            }
+            Control::Reset { stream, code } if stream == id => Some(broke(format!(
+                "the server reset the stream (error code {code})"
+            ))),
+            _ => None,
+        }
+    }
 }
 
 fn put_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
@@ -170,7 +204,7 @@ fn put_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]
 }
 
 /// An open connection's state.
-struct Conn {
+pub(super) struct Conn {
     stream: TcpStream,
     /// Bytes read and not yet taken as frames, from `start`.
     buf: Vec<u8>,
@@ -187,13 +221,15 @@ struct Conn {
     pending: Vec<u8>,
     /// The request being written, kept to reuse its allocation.
     out: Vec<u8>,
-    /// The server sent GOAWAY: the call in flight may still be answered, no new one.
-    going_away: bool,
+    /// The server sent GOAWAY: the calls in flight may still be answered, no new one.
+    pub(super) going_away: bool,
+    /// Streams the server lets this client have open at once (`usize::MAX` until it says).
+    pub(super) max_streams: usize,
 }
 
 /// What the frames of one call's answer said so far.
 #[derive(Default)]
-struct Answer {
+pub(super) struct Answer {
     body: Vec<u8>,
     /// The header block being gathered from HEADERS and CONTINUATION frames.
     block: Vec<u8>,
@@ -202,7 +238,7 @@ struct Answer {
 }
 
 impl Conn {
-    fn open(authority: &str) -> Result<Conn, CallError> {
+    pub(super) fn open(authority: &str) -> Result<Conn, CallError> {
         let stream = dial(authority)?;
         let mut hello = PREFACE.to_vec();
         let mut settings = Vec::new();
@@ -226,11 +262,36 @@ impl Conn {
             pending: Vec::new(),
             out: Vec::with_capacity(512),
             going_away: false,
+            max_streams: usize::MAX,
         })
+    }
+
+    /// Reads the server's preface, its SETTINGS (RFC 9113 §3.4), so that its limits are
+    /// known before the first call is sent.
+    pub(super) fn settle(&mut self) -> Result<(), CallError> {
+        let head = self.next_frame()?;
+        if head.kind != SETTINGS || head.flags & ACK != 0 {
+            return Err(broke("the server's first frame is not its SETTINGS"));
+        }
+        self.control(head).map(|_| ())
     }
 
     /// One call on a new stream: its answer's body, the message with its prefix.
     fn call(&mut self, req: &Request) -> Result<Vec<u8>, CallError> {
+        let id = loop {
+            if let Some(id) = self.queue(req)? {
+                break id;
+            }
+            let head = self.next_frame()?;
+            self.obey(head, None)?;
+        };
+        self.flush()?;
+        self.answer(id)
+    }
+
+    /// Queues `req` on a new stream, to be sent by the next [`Conn::flush`]: its stream, or
+    /// `None` while the connection's flow control does not let it go yet.
+    pub(super) fn queue(&mut self, req: &Request) -> Result<Option<u32>, CallError> {
         let need = req.body.len() as i64;
         if need > self.stream_window {
             return Err(broke(format!(
@@ -238,25 +299,29 @@ impl Conn {
                 self.stream_window
             )));
         }
-        while need > self.send_window {
-            let head = self.next_frame()?;
-            self.control(head, None)?;
+        if need > self.send_window {
+            return Ok(None);
         }
         let id = self.next_stream;
         if id > MAX_WINDOW {
             return Err(broke("the connection's stream identifiers are used up"));
         }
         self.next_stream += 2;
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        out.append(&mut self.pending);
-        put_frame(&mut out, HEADERS, END_HEADERS, id, &req.block);
-        put_frame(&mut out, DATA, END_STREAM, id, &req.body);
-        let written = (&self.stream).write_all(&out);
-        self.out = out;
-        written.map_err(broke)?;
+        self.out.append(&mut self.pending);
+        put_frame(&mut self.out, HEADERS, END_HEADERS, id, &req.block);
+        put_frame(&mut self.out, DATA, END_STREAM, id, &req.body);
         self.send_window -= need;
-        self.answer(id)
+        Ok(Some(id))
+    }
+
+    /// Sends what [`Conn::queue`] queued, in one write.
+    pub(super) fn flush(&mut self) -> Result<(), CallError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = (&self.stream).write_all(&self.out);
+        self.out.clear();
+        written.map_err(broke)
     }
 
     /// Reads frames until stream `id` ends.
@@ -264,38 +329,63 @@ impl Conn {
         let mut a = Answer::default();
         loop {
             let head = self.next_frame()?;
-            if head.stream != id || !matches!(head.kind, DATA | HEADERS | CONTINUATION) {
-                self.control(head, Some(id))?;
+            if head.stream != id || !head.is_answer() {
+                self.obey(head, Some(id))?;
                 continue;
             }
-            let payload = self.payload(head)?;
-            match head.kind {
-                DATA => {
-                    a.body.extend_from_slice(payload);
-                    self.received += head.len as u64;
-                    if head.flags & END_STREAM != 0 {
-                        return Err(broke("the answer ended without a grpc-status trailer"));
-                    }
-                }
-                HEADERS => {
-                    a.block.clear();
-                    a.block.extend_from_slice(payload);
-                    a.block_ends_stream = head.flags & END_STREAM != 0;
-                }
-                _ => a.block.extend_from_slice(payload),
+            if let Some(outcome) = self.take(&mut a, head)? {
+                return outcome;
             }
-            if head.kind != DATA && head.flags & END_HEADERS != 0 {
-                let says = self.read_block(&a.block)?;
-                let first = !a.headers_seen;
-                a.headers_seen = true;
-                if let Some(code) = check_block(says, first, a.block_ends_stream)? {
-                    self.top_up();
-                    return match code {
-                        tonic::Code::Ok => Ok(a.body),
-                        code => Err(CallError::Status(code)),
-                    };
+        }
+    }
+
+    /// Takes frame `head` of answer `a`: once its stream ends, the call's outcome (its body,
+    /// the message with its prefix, or the status the server answered).
+    pub(super) fn take(
+        &mut self,
+        a: &mut Answer,
+        head: FrameHead,
+    ) -> Result<Option<Result<Vec<u8>, CallError>>, CallError> {
+        let payload = self.payload(head)?;
+        match head.kind {
+            DATA => {
+                a.body.extend_from_slice(payload);
+                self.received += head.len as u64;
+                if head.flags & END_STREAM != 0 {
+                    return Err(broke("the answer ended without a grpc-status trailer"));
                 }
             }
+            HEADERS => {
+                a.block.clear();
+                a.block.extend_from_slice(payload);
+                a.block_ends_stream = head.flags & END_STREAM != 0;
+            }
+            _ => a.block.extend_from_slice(payload),
+        }
+        if head.kind == DATA || head.flags & END_HEADERS == 0 {
+            return Ok(None);
+        }
+        let says = self.read_block(&a.block)?;
+        let first = !a.headers_seen;
+        a.headers_seen = true;
+        let Some(code) = check_block(says, first, a.block_ends_stream)? else {
+            return Ok(None);
+        };
+        self.top_up();
+        Ok(Some(match code {
+            tonic::Code::Ok => Ok(std::mem::take(&mut a.body)),
+            code => Err(CallError::Status(code)),
+        }))
+    }
+
+    /// Obeys a frame that is not part of the answer to stream `ours`, failing when it ends
+    /// that call.
+    fn obey(&mut self, head: FrameHead, ours: Option<u32>) -> Result<(), CallError> {
+        // Before the call is sent, a GOAWAY refuses it: it would come after any `last`.
+        let ours = ours.unwrap_or(u32::MAX);
+        match self.control(head)?.fails(ours) {
+            Some(failure) => Err(failure),
+            None => Ok(()),
         }
     }
 
@@ -316,8 +406,9 @@ impl Conn {
             .ok_or_else(|| broke("a frame's padding is longer than the frame"))
     }
 
-    /// Obeys a frame that is not part of the answer to stream `ours`.
-    fn control(&mut self, head: FrameHead, ours: Option<u32>) -> Result<(), CallError> {
+    /// Obeys a frame that is not part of an answer being read, saying what it asks of the
+    /// calls in flight.
+    pub(super) fn control(&mut self, head: FrameHead) -> Result<Control, CallError> {
         let p = self.buf[self.start - head.len..self.start].to_vec();
         let u32_at = |i: usize| {
             p.get(i..i + 4)
@@ -328,6 +419,7 @@ impl Conn {
                 for s in p.chunks_exact(6) {
                     let value = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
                     match u16::from_be_bytes([s[0], s[1]]) {
+                        0x3 => self.max_streams = value as usize,
                         0x4 => self.stream_window = i64::from(value),
                         0x5 if (value as usize) < MAX_FRAME => {
                             return Err(broke("the server's max frame size is under 16,384"));
@@ -344,18 +436,17 @@ impl Conn {
             }
             GOAWAY => {
                 // Streams up to the last one named are still answered; later ones never.
-                let last = u32_at(0).unwrap_or(0) & MAX_WINDOW;
                 self.going_away = true;
-                if ours.is_none_or(|id| id > last) {
-                    let code = u32_at(4).unwrap_or(0);
-                    return Err(broke(format!("the server sent GOAWAY (error code {code})")));
-                }
+                return Ok(Control::GoAway {
+                    last: u32_at(0).unwrap_or(0) & MAX_WINDOW,
+                    code: u32_at(4).unwrap_or(0),
+                });
             }
-            RST_STREAM if Some(head.stream) == ours => {
-                let code = u32_at(0).unwrap_or(0);
-                return Err(broke(format!(
-                    "the server reset the stream (error code {code})"
-                )));
+            RST_STREAM => {
+                return Ok(Control::Reset {
+                    stream: head.stream,
+                    code: u32_at(0).unwrap_or(0),
+                });
             }
             // Another stream's header block still moves the decoder's table.
             HEADERS | CONTINUATION => {
@@ -368,7 +459,7 @@ impl Conn {
             DATA => self.received += head.len as u64,
             _ => {}
         }
-        Ok(())
+        Ok(Control::Obeyed)
     }
 
     /// Decodes a header block (every one moves the decoder's table): what a call needs of
@@ -405,8 +496,15 @@ impl Conn {
         }
     }
 
+    /// Whether a whole frame is read and not yet taken.
+    pub(super) fn has_frame(&self) -> bool {
+        let have = &self.buf[self.start..];
+        have.len() >= 9
+            && have.len() >= 9 + u32::from_be_bytes([0, have[0], have[1], have[2]]) as usize
+    }
+
     /// The next whole frame, read as needed; its payload is `buf[start - len..start]`.
-    fn next_frame(&mut self) -> Result<FrameHead, CallError> {
+    pub(super) fn next_frame(&mut self) -> Result<FrameHead, CallError> {
         loop {
             let have = &self.buf[self.start..];
             if have.len() >= 9 {
@@ -493,7 +591,7 @@ pub(crate) fn frame(message: &impl Message) -> Bytes {
 }
 
 /// The one message of a unary answer's body, without its prefix.
-fn unframe(body: &[u8]) -> Result<&[u8], CallError> {
+pub(super) fn unframe(body: &[u8]) -> Result<&[u8], CallError> {
     let bad = |why: &str| Err(broke(format!("answer body: {why}")));
     if body.len() < 5 {
         return bad("shorter than a message prefix");
@@ -510,4 +608,4 @@ fn unframe(body: &[u8]) -> Result<&[u8], CallError> {
 
 #[cfg(test)]
 #[path = "grpc_unary_tests.rs"]
-mod tests;
+pub(super) mod tests;

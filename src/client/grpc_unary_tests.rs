@@ -87,11 +87,11 @@ async fn answer(req: hyper::Request<h2::RecvStream>, mut respond: h2::server::Se
 }
 
 /// The text a [`request`]'s message carried, from an echoed answer.
-fn name(message: &[u8]) -> String {
+pub(in crate::client) fn name(message: &[u8]) -> String {
     pb::ServerMetadataResponse::decode(message).unwrap().name
 }
 
-fn request(authority: &str, path: &str, text: &str) -> Request {
+pub(in crate::client) fn request(authority: &str, path: &str, text: &str) -> Request {
     let msg = pb::ServerMetadataResponse {
         name: text.into(),
         ..Default::default()

@@ -165,8 +165,10 @@ fn run_level(
     let start = Instant::now();
     let warm_end = start + spec.warmup;
     let end = warm_end + spec.duration;
-    let mut handles = Vec::with_capacity(concurrency);
-    for w in 0..concurrency {
+    let workers = protocol.workers(concurrency);
+    let calls = concurrency / workers;
+    let mut handles = Vec::with_capacity(workers);
+    for w in 0..workers {
         let row = v2::random_rows(1, info.features, spec.seed.wrapping_add(w as u64));
         let plan = load_proto::WorkerPlan {
             target: target.clone(),
@@ -177,7 +179,7 @@ fn run_level(
         };
         let h = std::thread::Builder::new()
             .name(format!("bench-{}-{w}", protocol.as_str()))
-            .spawn(move || load_proto::worker(protocol, plan))
+            .spawn(move || load_proto::worker(protocol, plan, calls))
             .map_err(|e| ClientError::Input(format!("cannot start bench thread: {e}")))?;
         handles.push(h);
     }
@@ -313,7 +315,7 @@ pub fn run(
         },
     )?;
     let layers = service_layers(client, &spec.model, &info);
-    let grpc = if spec.protocols.contains(&Protocol::Grpc) {
+    let grpc = if spec.protocols.iter().any(|p| p.is_grpc()) {
         Some(load_proto::grpc_endpoint(client, spec.grpc_url.as_deref())?)
     } else {
         None

@@ -5,7 +5,9 @@
 //! - `binary`: the same over HTTP/1.1 with Triton's binary tensor extension, input and output
 //!   as raw little-endian f32 after a JSON header (what perf_analyzer sends by default);
 //! - `grpc`: unary `ModelInfer` over one HTTP/2 connection, the input as
-//!   `raw_input_contents` (as tritonclient.grpc and perf_analyzer `-i grpc` send it).
+//!   `raw_input_contents` (as tritonclient.grpc and perf_analyzer `-i grpc` send it);
+//! - `grpc-shared`: the same calls, but a level's C of them in flight together on one
+//!   HTTP/2 connection (`grpc_mux.rs`), as gRPC clients share a channel.
 //!
 //! Both clients are this process's own, so comparing protocols measures the daemon's side
 //! with clients of about the same cost, which Triton's clients are not.
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::ClientError;
+use super::grpc_mux;
 use super::grpc_unary::{CallError, Request, UnaryClient, frame};
 use super::keepalive::{Failure, KeepAlive, Rendered};
 use super::v2::{self, ModelInfo};
@@ -31,11 +34,19 @@ pub enum Protocol {
     Binary,
     /// Unary gRPC with raw tensors.
     Grpc,
+    /// Unary gRPC with raw tensors, every call of a level on one connection.
+    #[serde(rename = "grpc-shared")]
+    GrpcShared,
 }
 
 impl Protocol {
     /// Every protocol, in the order `--protocol` lists them.
-    pub const ALL: [Protocol; 3] = [Protocol::Json, Protocol::Binary, Protocol::Grpc];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Json,
+        Protocol::Binary,
+        Protocol::Grpc,
+        Protocol::GrpcShared,
+    ];
 
     /// The spelling of `--protocol` and the report.
     pub fn as_str(self) -> &'static str {
@@ -43,6 +54,7 @@ impl Protocol {
             Protocol::Json => "json",
             Protocol::Binary => "binary",
             Protocol::Grpc => "grpc",
+            Protocol::GrpcShared => "grpc-shared",
         }
     }
 
@@ -51,7 +63,9 @@ impl Protocol {
         Protocol::ALL
             .into_iter()
             .find(|p| p.as_str() == text)
-            .ok_or_else(|| format!("unknown protocol '{text}'; expected json, binary or grpc"))
+            .ok_or_else(|| {
+                format!("unknown protocol '{text}'; expected json, binary, grpc or grpc-shared")
+            })
     }
 
     /// What a request is, for the report.
@@ -60,6 +74,24 @@ impl Protocol {
             Protocol::Json => "single-row JSON v2 infer over HTTP/1.1",
             Protocol::Binary => "single-row v2 infer with binary tensors over HTTP/1.1",
             Protocol::Grpc => "single-row ModelInfer with raw tensors over gRPC",
+            Protocol::GrpcShared => {
+                "single-row ModelInfer with raw tensors over gRPC, a level's calls in flight \
+                 together on one connection"
+            }
+        }
+    }
+
+    /// Whether it speaks gRPC.
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Protocol::Grpc | Protocol::GrpcShared)
+    }
+
+    /// How many threads carry a level of `concurrency` calls: one per call, or one for
+    /// them all where they share a connection.
+    pub(crate) fn workers(self, concurrency: usize) -> usize {
+        match self {
+            Protocol::GrpcShared => 1,
+            _ => concurrency,
         }
     }
 }
@@ -113,11 +145,13 @@ impl WorkerPlan {
     }
 }
 
-/// Runs one worker of `protocol` by `plan` until its end.
-pub(crate) fn worker(protocol: Protocol, plan: WorkerPlan) -> WorkerResult {
+/// Runs one worker of `protocol` by `plan` until its end, carrying `calls` calls at once
+/// (one, but for `grpc-shared`).
+pub(crate) fn worker(protocol: Protocol, plan: WorkerPlan, calls: usize) -> WorkerResult {
     match protocol {
         Protocol::Json | Protocol::Binary => http_worker(protocol, plan),
         Protocol::Grpc => grpc_worker(plan),
+        Protocol::GrpcShared => grpc_shared_worker(plan, calls),
     }
 }
 
@@ -199,19 +233,21 @@ fn grpc_request(info: &ModelInfo, row: &[f32]) -> pb::ModelInferRequest {
     }
 }
 
+/// The worker's gRPC endpoint (`HOST:PORT`) and its call, rendered once.
+fn grpc_call(plan: &WorkerPlan) -> Result<(&str, Request), String> {
+    let endpoint = plan.target.grpc.as_deref().ok_or("no gRPC endpoint")?;
+    let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let body = frame(&grpc_request(&plan.info, &plan.row));
+    Ok((authority, Request::new(authority, MODEL_INFER, body)?))
+}
+
 fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
     let mut r = WorkerResult {
         latencies_ns: Vec::with_capacity(4096),
         ..WorkerResult::default()
     };
-    let Some(endpoint) = plan.target.grpc.as_deref() else {
-        r.errors.insert("no gRPC endpoint".into(), 1);
-        return r;
-    };
-    let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let body = frame(&grpc_request(&plan.info, &plan.row));
-    let req = match Request::new(authority, MODEL_INFER, body) {
-        Ok(req) => req,
+    let (authority, req) = match grpc_call(&plan) {
+        Ok(call) => call,
         Err(e) => {
             r.errors.insert(e, 1);
             return r;
@@ -225,6 +261,35 @@ fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
         Err(e @ CallError::Status(_)) => Outcome::Refused(e.kind()),
         Err(CallError::Unreachable) => Outcome::Broke(Failure::Unreachable),
         Err(CallError::Transport(why)) => Outcome::Broke(Failure::Transport(why)),
+    });
+    r
+}
+
+/// `calls` calls in flight on one connection, each counted as the other workers count theirs.
+fn grpc_shared_worker(plan: WorkerPlan, calls: usize) -> WorkerResult {
+    let mut r = WorkerResult {
+        latencies_ns: Vec::with_capacity(4096 * calls.max(1)),
+        ..WorkerResult::default()
+    };
+    let (authority, req) = match grpc_call(&plan) {
+        Ok(call) => call,
+        Err(e) => {
+            r.errors.insert(e, 1);
+            return r;
+        }
+    };
+    grpc_mux::drive(authority, &req, calls.max(1), plan.end, |f| {
+        if let Err(e) = &f.outcome
+            && !matches!(e, CallError::Status(_))
+        {
+            tracing::debug!("bench: {e:?}");
+        }
+        let outcome = f.outcome.map_err(|e| e.kind());
+        r.record(
+            plan.counts(f.started, f.finished),
+            f.finished - f.started,
+            outcome,
+        );
     });
     r
 }
@@ -289,7 +354,7 @@ mod tests {
         }
         let err = Protocol::parse("http2").unwrap_err();
         assert!(
-            err.contains("'http2'") && err.contains("json, binary or grpc"),
+            err.contains("'http2'") && err.contains("json, binary, grpc or grpc-shared"),
             "{err}"
         );
     }
