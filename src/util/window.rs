@@ -40,12 +40,24 @@ pub(crate) struct LatencyWindow {
     samples: VecDeque<(Instant, f32, f32)>,
 }
 
+/// Nearest-rank p50, p95 and p99 of `v`, by selection rather than a sort: the control loop
+/// reads up to 65,536 samples of each quantity every period, and sorting them was about 2 %
+/// of the daemon's CPU at 30,000 requests per second (`perf record`). Each selection leaves
+/// the ranks above it in the tail, so the next one searches only there.
 fn quantiles(mut v: Vec<f32>) -> Quantiles {
-    if v.is_empty() {
+    let n = v.len();
+    if n == 0 {
         return Quantiles::default();
     }
-    v.sort_unstable_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| crate::util::stats::nearest_rank(&v, q).map_or(0.0, f64::from);
+    // The nearest rank's index, as `stats::nearest_rank` takes it.
+    let index = |q: f64| ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+    let mut from = 0;
+    let mut at = |q: f64| {
+        let i = index(q);
+        v[from..].select_nth_unstable_by(i - from, |a, b| a.total_cmp(b));
+        from = i;
+        f64::from(v[i])
+    };
     Quantiles {
         p50: at(0.50),
         p95: at(0.95),
@@ -114,6 +126,26 @@ impl WindowStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selected_quantiles_are_the_sorted_nearest_ranks() {
+        let mut rng = crate::util::rng::Rng::new(7);
+        for n in (1..200).chain([1000, 4097]) {
+            // Few distinct values at small n, so that ties are common.
+            let distinct = if n % 2 == 0 { 5 } else { 1000 };
+            let v: Vec<f32> = (0..n).map(|_| rng.below(distinct) as f32 * 0.25).collect();
+            let mut sorted = v.clone();
+            sorted.sort_unstable_by(|a, b| a.total_cmp(b));
+            let want = |q| crate::util::stats::nearest_rank(&sorted, q).map(f64::from);
+            let got = quantiles(v);
+            assert_eq!(
+                (Some(got.p50), Some(got.p95), Some(got.p99)),
+                (want(0.50), want(0.95), want(0.99)),
+                "n = {n}"
+            );
+        }
+        assert_eq!(quantiles(Vec::new()), Quantiles::default());
+    }
 
     #[test]
     fn quantiles_are_nearest_rank_over_the_window_only() {
