@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::grpc_unary::{Answer, CallError, Conn, Control, Request, unframe};
+use super::grpc_message::unframe;
+use super::grpc_unary::{Answer, CallError, Conn, Control, Request};
 
 /// One call's end: when it was sent and answered, and what it came to.
 #[derive(Debug)]

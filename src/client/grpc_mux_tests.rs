@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hyper::body::Bytes;
 
 use super::*;
-use crate::client::grpc_unary::tests::request;
+use crate::client::grpc_unary::tests::{echo, h2_server, read_message, request};
 
 /// What the server saw.
 #[derive(Default)]
@@ -52,31 +52,21 @@ impl Drop for Server {
 /// Echoes every call's message, 20 ms after it arrives (so calls sent together are held
 /// together), by `rules`.
 fn server(rules: Rules) -> Server {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let authority = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(Seen::default());
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let counts = seen.clone();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    accepted = listener.accept() => {
-                        let (sock, _) = accepted.unwrap();
-                        sock.set_nodelay(true).unwrap();
-                        counts.connections.fetch_add(1, Ordering::SeqCst);
-                        tokio::spawn(connection(sock, counts.clone(), rules));
-                    }
+    let (authority, thread) = h2_server(move |listener| async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return,
+                accepted = listener.accept() => {
+                    let (sock, _) = accepted.unwrap();
+                    sock.set_nodelay(true).unwrap();
+                    counts.connections.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(connection(sock, counts.clone(), rules));
                 }
             }
-        });
+        }
     });
     Server {
         authority,
@@ -112,13 +102,7 @@ async fn answer(
 ) {
     let held = seen.holding.fetch_add(1, Ordering::SeqCst) + 1;
     seen.most_held.fetch_max(held, Ordering::SeqCst);
-    let mut body = req.into_body();
-    let mut message = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        message.extend_from_slice(&chunk);
-    }
+    let message = read_message(req).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     seen.holding.fetch_sub(1, Ordering::SeqCst);
     if reset {
@@ -126,18 +110,7 @@ async fn answer(
         respond.send_reset(h2::Reason::CANCEL);
         return;
     }
-    let head = hyper::Response::builder()
-        .status(200)
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap();
-    let Ok(mut send) = respond.send_response(head, false) else {
-        return;
-    };
-    let _ = send.send_data(Bytes::from(message), false);
-    let mut trailers = hyper::HeaderMap::new();
-    trailers.insert("grpc-status", "0".parse().unwrap());
-    let _ = send.send_trailers(trailers);
+    echo(&mut respond, message);
 }
 
 /// Drives `calls` calls for `for_ms`: the calls' ends, in the order they were heard of.

@@ -19,8 +19,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use hyper::body::Bytes;
-use prost::Message;
 
+use super::grpc_message::unframe;
 use super::hpack;
 use super::keepalive::{Failure, dial};
 
@@ -499,16 +499,14 @@ impl Conn {
     /// Whether a whole frame is read and not yet taken.
     pub(super) fn has_frame(&self) -> bool {
         let have = &self.buf[self.start..];
-        have.len() >= 9
-            && have.len() >= 9 + u32::from_be_bytes([0, have[0], have[1], have[2]]) as usize
+        frame_len(have).is_some_and(|len| have.len() >= 9 + len)
     }
 
     /// The next whole frame, read as needed; its payload is `buf[start - len..start]`.
     pub(super) fn next_frame(&mut self) -> Result<FrameHead, CallError> {
         loop {
             let have = &self.buf[self.start..];
-            if have.len() >= 9 {
-                let len = u32::from_be_bytes([0, have[0], have[1], have[2]]) as usize;
+            if let Some(len) = frame_len(have) {
                 if len > MAX_FRAME {
                     return Err(broke(format!("a {len}-byte frame, over {MAX_FRAME}")));
                 }
@@ -545,6 +543,11 @@ impl Conn {
     }
 }
 
+/// The payload length of the frame `have` starts with, once its 9-byte header is there.
+fn frame_len(have: &[u8]) -> Option<usize> {
+    (have.len() >= 9).then(|| u32::from_be_bytes([0, have[0], have[1], have[2]]) as usize)
+}
+
 /// What a call needs of an answer's header block.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct BlockSays {
@@ -576,34 +579,6 @@ fn check_block(
         .grpc_status
         .ok_or_else(|| broke("the answer ended without a grpc-status"))?;
     Ok(Some(tonic::Code::from_i32(code)))
-}
-
-/// `message` with gRPC's prefix: an uncompressed flag byte and its length, big-endian.
-pub(crate) fn frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    message
-        .encode(&mut buf)
-        .expect("a Vec grows to take any message");
-    Bytes::from(buf)
-}
-
-/// The one message of a unary answer's body, without its prefix.
-pub(super) fn unframe(body: &[u8]) -> Result<&[u8], CallError> {
-    let bad = |why: &str| Err(broke(format!("answer body: {why}")));
-    if body.len() < 5 {
-        return bad("shorter than a message prefix");
-    }
-    if body[0] != 0 {
-        return bad("compressed, which was not asked for");
-    }
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if body.len() != 5 + len {
-        return bad("not one message");
-    }
-    Ok(&body[5..])
 }
 
 #[cfg(test)]

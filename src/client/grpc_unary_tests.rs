@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::api::grpc::pb;
+use crate::client::grpc_message::frame;
+use prost::Message;
 use std::time::Duration;
 
 /// Serves `connections` connections in turn: `/t.S/Echo` answers the request's message with
@@ -13,6 +15,39 @@ fn server(
     connections: usize,
     calls_per_connection: usize,
 ) -> (String, std::thread::JoinHandle<()>) {
+    h2_server(move |listener| async move {
+        for _ in 0..connections {
+            let (sock, _) = listener.accept().await.unwrap();
+            // As the daemon does; with Nagle's algorithm each answer's second write
+            // would wait for the client's delayed acknowledgement.
+            sock.set_nodelay(true).unwrap();
+            let mut conn = h2::server::handshake(sock).await.unwrap();
+            let mut calls = 0;
+            while let Some(req) = conn.accept().await {
+                let (req, respond) = req.unwrap();
+                if req.uri().path() == "/t.S/Drain" {
+                    // GOAWAY, then the call in flight is answered (as Echo).
+                    conn.graceful_shutdown();
+                }
+                tokio::spawn(answer(req, respond));
+                calls += 1;
+                if calls == calls_per_connection {
+                    break;
+                }
+            }
+            // Let the last answer leave before the connection is dropped.
+            let _ = tokio::time::timeout(Duration::from_millis(200), conn.accept()).await;
+        }
+    })
+}
+
+/// Runs `serve` on a current-thread runtime on a thread of its own, given a listener on a
+/// free loopback port: the port's authority and the thread.
+pub(in crate::client) fn h2_server<F, Fut>(serve: F) -> (String, std::thread::JoinHandle<()>)
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let authority = listener.local_addr().unwrap().to_string();
     let handle = std::thread::spawn(move || {
@@ -22,36 +57,14 @@ fn server(
             .unwrap();
         rt.block_on(async move {
             listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            for _ in 0..connections {
-                let (sock, _) = listener.accept().await.unwrap();
-                // As the daemon does; with Nagle's algorithm each answer's second write
-                // would wait for the client's delayed acknowledgement.
-                sock.set_nodelay(true).unwrap();
-                let mut conn = h2::server::handshake(sock).await.unwrap();
-                let mut calls = 0;
-                while let Some(req) = conn.accept().await {
-                    let (req, respond) = req.unwrap();
-                    if req.uri().path() == "/t.S/Drain" {
-                        // GOAWAY, then the call in flight is answered (as Echo).
-                        conn.graceful_shutdown();
-                    }
-                    tokio::spawn(answer(req, respond));
-                    calls += 1;
-                    if calls == calls_per_connection {
-                        break;
-                    }
-                }
-                // Let the last answer leave before the connection is dropped.
-                let _ = tokio::time::timeout(Duration::from_millis(200), conn.accept()).await;
-            }
+            serve(tokio::net::TcpListener::from_std(listener).unwrap()).await;
         });
     });
     (authority, handle)
 }
 
-async fn answer(req: hyper::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
-    let path = req.uri().path().to_string();
+/// A request's whole body, its flow-control capacity given back as it is read.
+pub(in crate::client) async fn read_message(req: hyper::Request<h2::RecvStream>) -> Vec<u8> {
     let mut body = req.into_body();
     let mut message = Vec::new();
     while let Some(chunk) = body.data().await {
@@ -59,28 +72,39 @@ async fn answer(req: hyper::Request<h2::RecvStream>, mut respond: h2::server::Se
         let _ = body.flow_control().release_capacity(chunk.len());
         message.extend_from_slice(&chunk);
     }
-    let head = |status: u16| {
-        hyper::Response::builder()
-            .status(status)
-            .header("content-type", "application/grpc")
+    message
+}
+
+/// Answers status OK with `message`: headers, one DATA frame, trailers. A client already
+/// gone is not the server's failure.
+pub(in crate::client) fn echo(respond: &mut h2::server::SendResponse<Bytes>, message: Vec<u8>) {
+    let Ok(mut send) = respond.send_response(grpc_head(200).body(()).unwrap(), false) else {
+        return;
     };
+    let _ = send.send_data(Bytes::from(message), false);
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    let _ = send.send_trailers(trailers);
+}
+
+fn grpc_head(status: u16) -> hyper::http::response::Builder {
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/grpc")
+}
+
+async fn answer(req: hyper::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+    let path = req.uri().path().to_string();
+    let message = read_message(req).await;
     match path.as_str() {
-        "/t.S/Echo" | "/t.S/Drain" => {
-            let mut send = respond
-                .send_response(head(200).body(()).unwrap(), false)
-                .unwrap();
-            send.send_data(Bytes::from(message), false).unwrap();
-            let mut trailers = hyper::HeaderMap::new();
-            trailers.insert("grpc-status", "0".parse().unwrap());
-            send.send_trailers(trailers).unwrap();
-        }
+        "/t.S/Echo" | "/t.S/Drain" => echo(&mut respond, message),
         "/t.S/Full" => {
-            let only = head(200).header("grpc-status", "8").body(()).unwrap();
+            let only = grpc_head(200).header("grpc-status", "8").body(()).unwrap();
             respond.send_response(only, true).unwrap();
         }
         _ => {
             respond
-                .send_response(head(418).body(()).unwrap(), true)
+                .send_response(grpc_head(418).body(()).unwrap(), true)
                 .unwrap();
         }
     }
@@ -185,38 +209,6 @@ fn a_request_over_one_frame_is_refused_by_name() {
     let long = format!("/{}", "p".repeat(MAX_FRAME));
     let err = Request::new("h:1", &long, Bytes::new()).err().unwrap();
     assert!(err.contains("headers of 16"), "{err}");
-}
-
-#[test]
-fn a_message_round_trips_through_its_prefix() {
-    let msg = pb::ModelInferResponse {
-        model_name: "mlp".into(),
-        raw_output_contents: vec![vec![1, 2, 3]],
-        ..Default::default()
-    };
-    let framed = frame(&msg);
-    assert_eq!(framed[0], 0);
-    let inner = unframe(&framed).unwrap();
-    assert_eq!(pb::ModelInferResponse::decode(inner).unwrap(), msg);
-}
-
-#[test]
-fn a_body_that_is_not_one_uncompressed_message_is_named() {
-    let framed = frame(&pb::ServerLiveResponse { live: true });
-    let mut longer = framed.to_vec();
-    longer.push(0);
-    let mut compressed = framed.to_vec();
-    compressed[0] = 1;
-    for (body, why) in [
-        (&framed[..3], "shorter than a message prefix"),
-        (&longer[..], "not one message"),
-        (&compressed[..], "compressed"),
-    ] {
-        match unframe(body) {
-            Err(CallError::Transport(m)) => assert!(m.contains(why), "{m}"),
-            other => panic!("{other:?}"),
-        }
-    }
 }
 
 #[test]

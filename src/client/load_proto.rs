@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::ClientError;
+use super::grpc_message::frame;
 use super::grpc_mux;
-use super::grpc_unary::{CallError, Request, UnaryClient, frame};
+use super::grpc_unary::{CallError, Request, UnaryClient};
 use super::keepalive::{Failure, KeepAlive, Rendered};
 use super::v2::{self, ModelInfo};
 use crate::api::grpc::pb;
@@ -113,6 +114,21 @@ pub(crate) struct WorkerResult {
 }
 
 impl WorkerResult {
+    /// An empty result with room for `n` latencies.
+    fn with_capacity(n: usize) -> Self {
+        WorkerResult {
+            latencies_ns: Vec::with_capacity(n),
+            ..WorkerResult::default()
+        }
+    }
+
+    /// A worker that could not start: `why`, once.
+    fn could_not_start(why: String) -> Self {
+        let mut r = WorkerResult::default();
+        r.errors.insert(why, 1);
+        r
+    }
+
     fn record(&mut self, counted: bool, took: Duration, outcome: Result<(), String>) {
         if !counted {
             return;
@@ -166,17 +182,11 @@ fn http_worker(protocol: Protocol, plan: WorkerPlan) -> WorkerResult {
             header_len: None,
         },
     };
-    let mut r = WorkerResult {
-        latencies_ns: Vec::with_capacity(4096),
-        ..WorkerResult::default()
-    };
     let (authority, rendered) = match Rendered::post(&target.url, &req.headers(), &req.body) {
         Ok(x) => x,
-        Err(e) => {
-            r.errors.insert(e, 1);
-            return r;
-        }
+        Err(e) => return WorkerResult::could_not_start(e),
     };
+    let mut r = WorkerResult::with_capacity(4096);
     let mut client = KeepAlive::new(authority);
     closed_loop(&plan, &mut r, || match client.send(&rendered) {
         Ok(200) => Outcome::Ok,
@@ -195,6 +205,33 @@ enum Outcome {
     Broke(Failure),
 }
 
+impl Outcome {
+    /// What the report counts: nothing, or the error's name (a transport failure logged).
+    fn recorded(self) -> Result<(), String> {
+        match self {
+            Outcome::Ok => Ok(()),
+            Outcome::Refused(kind) => Err(kind),
+            Outcome::Broke(failure) => {
+                tracing::debug!("bench: {failure:?}");
+                Err(failure.kind().to_string())
+            }
+        }
+    }
+}
+
+/// A gRPC call's end as an outcome (the answer's message is not decoded, as the HTTP worker
+/// does not parse its body: its framing and grpc-status are checked).
+impl<T> From<Result<T, CallError>> for Outcome {
+    fn from(result: Result<T, CallError>) -> Self {
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(e @ CallError::Status(_)) => Outcome::Refused(e.kind()),
+            Err(CallError::Unreachable) => Outcome::Broke(Failure::Unreachable),
+            Err(CallError::Transport(why)) => Outcome::Broke(Failure::Transport(why)),
+        }
+    }
+}
+
 /// Sends requests back to back with `send` until the plan's end, recording each in `r`.
 /// After a transport failure it pauses, so as not to spin against a daemon that went away.
 fn closed_loop(plan: &WorkerPlan, r: &mut WorkerResult, mut send: impl FnMut() -> Outcome) {
@@ -205,16 +242,10 @@ fn closed_loop(plan: &WorkerPlan, r: &mut WorkerResult, mut send: impl FnMut() -
         }
         let outcome = send();
         let t1 = Instant::now();
-        let outcome = match outcome {
-            Outcome::Ok => Ok(()),
-            Outcome::Refused(kind) => Err(kind),
-            Outcome::Broke(failure) => {
-                std::thread::sleep(Duration::from_millis(10));
-                tracing::debug!("bench: {failure:?}");
-                Err(failure.kind().to_string())
-            }
-        };
-        r.record(plan.counts(t0, t1), t1 - t0, outcome);
+        if matches!(outcome, Outcome::Broke(_)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r.record(plan.counts(t0, t1), t1 - t0, outcome.recorded());
     }
 }
 
@@ -242,49 +273,26 @@ fn grpc_call(plan: &WorkerPlan) -> Result<(&str, Request), String> {
 }
 
 fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
-    let mut r = WorkerResult {
-        latencies_ns: Vec::with_capacity(4096),
-        ..WorkerResult::default()
-    };
     let (authority, req) = match grpc_call(&plan) {
         Ok(call) => call,
-        Err(e) => {
-            r.errors.insert(e, 1);
-            return r;
-        }
+        Err(e) => return WorkerResult::could_not_start(e),
     };
+    let mut r = WorkerResult::with_capacity(4096);
     let mut client = UnaryClient::new(authority.to_string());
-    // The answer's message is not decoded, as the HTTP worker does not parse its body: its
-    // framing and grpc-status are checked.
-    closed_loop(&plan, &mut r, || match client.call(&req) {
-        Ok(_) => Outcome::Ok,
-        Err(e @ CallError::Status(_)) => Outcome::Refused(e.kind()),
-        Err(CallError::Unreachable) => Outcome::Broke(Failure::Unreachable),
-        Err(CallError::Transport(why)) => Outcome::Broke(Failure::Transport(why)),
-    });
+    closed_loop(&plan, &mut r, || client.call(&req).into());
     r
 }
 
 /// `calls` calls in flight on one connection, each counted as the other workers count theirs.
 fn grpc_shared_worker(plan: WorkerPlan, calls: usize) -> WorkerResult {
-    let mut r = WorkerResult {
-        latencies_ns: Vec::with_capacity(4096 * calls.max(1)),
-        ..WorkerResult::default()
-    };
     let (authority, req) = match grpc_call(&plan) {
         Ok(call) => call,
-        Err(e) => {
-            r.errors.insert(e, 1);
-            return r;
-        }
+        Err(e) => return WorkerResult::could_not_start(e),
     };
+    let mut r = WorkerResult::with_capacity(4096 * calls.max(1));
+    // The driver pauses after a transport failure itself.
     grpc_mux::drive(authority, &req, calls.max(1), plan.end, |f| {
-        if let Err(e) = &f.outcome
-            && !matches!(e, CallError::Status(_))
-        {
-            tracing::debug!("bench: {e:?}");
-        }
-        let outcome = f.outcome.map_err(|e| e.kind());
+        let outcome = Outcome::from(f.outcome).recorded();
         r.record(
             plan.counts(f.started, f.finished),
             f.finished - f.started,

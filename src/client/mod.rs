@@ -5,6 +5,7 @@
 
 pub(crate) mod dto;
 pub mod events;
+mod grpc_message;
 mod grpc_mux;
 mod grpc_unary;
 mod hpack;
