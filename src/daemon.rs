@@ -66,10 +66,41 @@ where
         grpc,
     } = options;
     node.set_notifier(notifier.clone());
+    announce(&node, &listener, grpc.as_ref(), limits, &notifier);
+    #[cfg(feature = "kubernetes")]
+    if let (Some(k), Ok(addr)) = (node.config().kubernetes.clone(), listener.local_addr()) {
+        crate::kube::start(node.clone(), k, addr)
+            .await
+            .map_err(DaemonError::Kubernetes)?;
+    }
+    node.start();
+    let serving = spawn_servers(&node, listener, grpc, limits, stop, &notifier);
+    if let Some(hangups) = hangups {
+        tokio::spawn(reload_on_hangup_task(hangups, node.clone()));
+    }
+    // The socket is bound and the server task runs: connections are accepted from here on.
+    notifier.ready(&node.status_line());
+    await_drained(&node, serving).await?;
+    tracing::info!("stopping: checkpointing jobs and draining services");
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .map_err(DaemonError::Shutdown)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Logs the start-up line and records the listeners' addresses on the node.
+fn announce(
+    node: &Node,
+    listener: &TcpListener,
+    grpc: Option<&TcpListener>,
+    limits: Limits,
+    notifier: &Notifier,
+) {
     tracing::info!(
         version = crate::VERSION,
         listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
-        grpc_listen = %grpc.as_ref().and_then(|l| l.local_addr().ok()).map_or_else(|| "off".to_string(), |a| a.to_string()),
+        grpc_listen = %grpc.and_then(|l| l.local_addr().ok()).map_or_else(|| "off".to_string(), |a| a.to_string()),
         state_dir = %node.state_dir().display(),
         workers = node.workers_of(crate::node::DeviceId::FIRST),
         max_connections = limits.max_connections,
@@ -79,17 +110,32 @@ where
     node.set_listeners(crate::node::Listeners {
         http: listener.local_addr().ok().map(|a| a.to_string()),
         grpc: grpc
-            .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.to_string()),
     });
-    #[cfg(feature = "kubernetes")]
-    if let (Some(k), Ok(addr)) = (node.config().kubernetes.clone(), listener.local_addr()) {
-        crate::kube::start(node.clone(), k, addr)
-            .await
-            .map_err(DaemonError::Kubernetes)?;
-    }
-    node.start();
+}
+
+/// The server tasks of a running daemon.
+struct Serving {
+    /// The HTTP API's server task.
+    http: tokio::task::JoinHandle<server::Drained>,
+    /// The gRPC API's server task, when `grpc_listen` is set.
+    grpc: Option<tokio::task::JoinHandle<crate::api::grpc::GrpcDrained>>,
+}
+
+/// Spawns the gRPC server (when it has a listener), then the HTTP server; both stop on `stop`,
+/// which also tells systemd the daemon is stopping.
+fn spawn_servers<S>(
+    node: &Arc<Node>,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
+    limits: Limits,
+    stop: S,
+    notifier: &Arc<Notifier>,
+) -> Serving
+where
+    S: Future<Output = ()> + Send + 'static,
+{
     let connections = Arc::new(ConnectionStats::default());
     let grpc_connections = Arc::new(ConnectionStats::default());
     let app = crate::api::http::router(node.clone(), connections.clone(), grpc_connections.clone());
@@ -123,13 +169,17 @@ where
         // running then are failed by closing their connections.
         move || Duration::from_millis(drain_node.config().drain_timeout_ms),
     ));
-    if let Some(hangups) = hangups {
-        tokio::spawn(reload_on_hangup_task(hangups, node.clone()));
+    Serving {
+        http: serving,
+        grpc: grpc_serving,
     }
-    // The socket is bound and the server task runs: connections are accepted from here on.
-    notifier.ready(&node.status_line());
-    let drained = serving.await.map_err(DaemonError::Server)?;
-    if let Some(grpc) = grpc_serving {
+}
+
+/// Waits for the HTTP server, then the gRPC server, to finish draining, and warns about the
+/// connections each had to cut.
+async fn await_drained(node: &Node, serving: Serving) -> Result<(), DaemonError> {
+    let drained = serving.http.await.map_err(DaemonError::Server)?;
+    if let Some(grpc) = serving.grpc {
         let cut = grpc.await.map_err(DaemonError::Server)?.connections_cut;
         if cut > 0 {
             tracing::warn!(
@@ -147,11 +197,6 @@ where
             node.config().drain_timeout_ms
         );
     }
-    tracing::info!("stopping: checkpointing jobs and draining services");
-    tokio::task::spawn_blocking(move || node.shutdown())
-        .await
-        .map_err(DaemonError::Shutdown)?;
-    tracing::info!("stopped");
     Ok(())
 }
 

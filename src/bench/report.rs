@@ -55,6 +55,41 @@ pub fn text(r: &Report) -> String {
     );
     o.push_str(&policy_table(r).render());
     let _ = writeln!(o);
+    write_jobs(&mut o, r);
+    write_tenant_shares(&mut o, r);
+    let late: Vec<String> = r
+        .policies
+        .iter()
+        .map(|p| format!("{} {:.2} ms", p.policy, p.generator_late_p99_ms))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\nSHARE-S: share-seconds of the set-point tenants (service, deadline jobs); BE: what \
+         best-effort jobs were given and the epochs they finished"
+    );
+    let _ = writeln!(
+        o,
+        "latency is the service's response time (queue + compute); the load generator's own \
+         p99 lateness, not counted: {}",
+        late.join(", ")
+    );
+    if let Some(x) = &r.ratios {
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            o,
+            "\nsetpoint / static: SLO window violations {}, request violations {}, share-seconds {}, device-seconds {}",
+            f(x.slo_window_violations),
+            f(x.slo_request_violations),
+            f(x.share_seconds),
+            f(x.device_seconds)
+        );
+    }
+    o
+}
+
+/// A line per job of each policy: a deadline job's finish against its deadline, a
+/// best-effort job's epochs.
+fn write_jobs(o: &mut String, r: &Report) {
     for p in &r.policies {
         for j in &p.jobs {
             if j.deadline_s.is_none() {
@@ -89,6 +124,10 @@ pub fn text(r: &Report) -> String {
             );
         }
     }
+}
+
+/// A line per policy with shares: each tenant's share-seconds.
+fn write_tenant_shares(o: &mut String, r: &Report) {
     for p in r
         .policies
         .iter()
@@ -101,34 +140,6 @@ pub fn text(r: &Report) -> String {
             .collect();
         let _ = writeln!(o, "{:<9} share-s by tenant: {}", p.policy, each.join(", "));
     }
-    let late: Vec<String> = r
-        .policies
-        .iter()
-        .map(|p| format!("{} {:.2} ms", p.policy, p.generator_late_p99_ms))
-        .collect();
-    let _ = writeln!(
-        o,
-        "\nSHARE-S: share-seconds of the set-point tenants (service, deadline jobs); BE: what \
-         best-effort jobs were given and the epochs they finished"
-    );
-    let _ = writeln!(
-        o,
-        "latency is the service's response time (queue + compute); the load generator's own \
-         p99 lateness, not counted: {}",
-        late.join(", ")
-    );
-    if let Some(x) = &r.ratios {
-        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
-        let _ = writeln!(
-            o,
-            "\nsetpoint / static: SLO window violations {}, request violations {}, share-seconds {}, device-seconds {}",
-            f(x.slo_window_violations),
-            f(x.slo_request_violations),
-            f(x.share_seconds),
-            f(x.device_seconds)
-        );
-    }
-    o
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! word, and its figures.
 
 use super::table::{pct, time};
-use crate::node::{JobEvent, JobEventKind, JobState};
+use crate::node::{JobEvent, JobEventKind, JobOutcome, JobState, JobStopReason};
 
 /// Width of the word that says what happened, so that the details line up.
 const WHAT: usize = 11;
@@ -31,13 +31,7 @@ fn describe(kind: &JobEventKind) -> (String, String) {
             epochs,
         } => (
             word("submitted"),
-            submitted(
-                device,
-                *share,
-                deadline.as_deref(),
-                *target_accuracy,
-                *epochs,
-            ),
+            submitted(device, *share, deadline, *target_accuracy, *epochs),
         ),
         K::Loading => (word("loading"), "its data".into()),
         K::Running {
@@ -45,18 +39,10 @@ fn describe(kind: &JobEventKind) -> (String, String) {
             steps,
             batches_per_epoch,
             precision,
-        } => {
-            let from = if *steps == 0 {
-                "from the start".to_string()
-            } else {
-                format!("resumed after epoch {epochs_done} (step {steps})")
-            };
-            let inp = precision.map_or_else(String::new, |p| format!(" in {p}"));
-            (
-                word("running"),
-                format!("{from}{inp}, {batches_per_epoch} steps per epoch"),
-            )
-        }
+        } => (
+            word("running"),
+            running(*epochs_done, *steps, *batches_per_epoch, *precision),
+        ),
         K::Epoch {
             epoch,
             epochs_max,
@@ -64,17 +50,17 @@ fn describe(kind: &JobEventKind) -> (String, String) {
             val_accuracy,
             share,
             samples_per_s,
-        } => {
-            let acc = val_accuracy.map_or_else(|| "-".into(), |a| format!("{a:.4}"));
-            (
-                word("epoch"),
-                format!(
-                    "{epoch}/{epochs_max}  loss {train_loss:.4}  accuracy {acc}  share {}  \
-                     {samples_per_s:.0} samples/s",
-                    pct(*share)
-                ),
-            )
-        }
+        } => (
+            word("epoch"),
+            epoch_figures(
+                *epoch,
+                *epochs_max,
+                *train_loss,
+                *val_accuracy,
+                *share,
+                *samples_per_s,
+            ),
+        ),
         K::Share { from, to } => (word("share"), format!("{} -> {}", pct(*from), pct(*to))),
         K::Updated {
             deadline,
@@ -85,40 +71,85 @@ fn describe(kind: &JobEventKind) -> (String, String) {
             word("cancelling"),
             "asked to stop: it stops after its current step".into(),
         ),
-        K::DeadlinePassed { stopped } => (
-            word("deadline"),
-            if *stopped {
-                "passed: stopped (control.past_deadline = \"stop\")".into()
-            } else {
-                "passed: runs on as best-effort".into()
-            },
-        ),
+        K::DeadlinePassed { stopped } => (word("deadline"), deadline_passed(*stopped)),
         K::CheckpointFailed { error } => (word("checkpoint"), format!("failed: {error}")),
         K::CheckpointRecovered => (word("checkpoint"), "written again".into()),
         K::Interrupted => (
             word("interrupted"),
             "the daemon stopped; the job resumes from its last checkpoint at the next start".into(),
         ),
-        K::Restored { state } => (
-            word("restored"),
-            match state {
-                JobState::Pending => "by the daemon's start: it resumes".into(),
-                other => format!("by the daemon's start, {other}"),
-            },
-        ),
+        K::Restored { state } => (word("restored"), restored(state)),
         K::Ended {
             state,
             stop_reason,
             error,
             outcome,
-        } => {
-            let detail = match (state, error, outcome.describe()) {
-                (JobState::Failed, Some(e), _) => e.clone(),
-                (_, _, Some(o)) => o,
-                _ => stop_reason.map_or_else(String::new, |r| r.as_str().replace('_', " ")),
-            };
-            (state.to_string(), detail)
-        }
+        } => (state.to_string(), ended(state, stop_reason, error, outcome)),
+    }
+}
+
+/// `resumed after epoch 3 (step 30) in bf16, 10 steps per epoch`.
+fn running(
+    epochs_done: u32,
+    steps: u64,
+    batches_per_epoch: usize,
+    precision: Option<crate::device::Precision>,
+) -> String {
+    let from = if steps == 0 {
+        "from the start".to_string()
+    } else {
+        format!("resumed after epoch {epochs_done} (step {steps})")
+    };
+    let inp = precision.map_or_else(String::new, |p| format!(" in {p}"));
+    format!("{from}{inp}, {batches_per_epoch} steps per epoch")
+}
+
+/// `3/50  loss 0.4123  accuracy 0.9000  share 60%  1234 samples/s`.
+fn epoch_figures(
+    epoch: u32,
+    epochs_max: u32,
+    train_loss: f64,
+    val_accuracy: Option<f64>,
+    share: f64,
+    samples_per_s: f64,
+) -> String {
+    let acc = val_accuracy.map_or_else(|| "-".into(), |a| format!("{a:.4}"));
+    format!(
+        "{epoch}/{epochs_max}  loss {train_loss:.4}  accuracy {acc}  share {}  \
+         {samples_per_s:.0} samples/s",
+        pct(share)
+    )
+}
+
+/// What became of a job whose deadline passed: stopped, or run on as best-effort.
+fn deadline_passed(stopped: bool) -> String {
+    if stopped {
+        "passed: stopped (control.past_deadline = \"stop\")".into()
+    } else {
+        "passed: runs on as best-effort".into()
+    }
+}
+
+/// How the daemon's start restored a job in `state`.
+fn restored(state: &JobState) -> String {
+    match state {
+        JobState::Pending => "by the daemon's start: it resumes".into(),
+        other => format!("by the daemon's start, {other}"),
+    }
+}
+
+/// Why a job ended: its error if it failed, else how it fared against its deadline and
+/// target, else why it stopped.
+fn ended(
+    state: &JobState,
+    stop_reason: &Option<JobStopReason>,
+    error: &Option<String>,
+    outcome: &JobOutcome,
+) -> String {
+    match (state, error, outcome.describe()) {
+        (JobState::Failed, Some(e), _) => e.clone(),
+        (_, _, Some(o)) => o,
+        _ => stop_reason.map_or_else(String::new, |r| r.as_str().replace('_', " ")),
     }
 }
 
@@ -126,10 +157,11 @@ fn describe(kind: &JobEventKind) -> (String, String) {
 fn submitted(
     device: &str,
     share: f64,
-    deadline: Option<&str>,
+    deadline: &Option<String>,
     target: Option<f64>,
     epochs: u32,
 ) -> String {
+    let deadline = deadline.as_deref();
     let goal = match (target, deadline) {
         (Some(t), Some(d)) => format!("accuracy >= {t} by {}", time(Some(d))),
         (None, Some(d)) => format!("{epochs} epochs by {}", time(Some(d))),

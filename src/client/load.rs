@@ -165,6 +165,52 @@ fn run_level(
     let start = Instant::now();
     let warm_end = start + spec.warmup;
     let end = warm_end + spec.duration;
+    let handles = spawn_workers(info, spec, target, (protocol, concurrency), (warm_end, end))?;
+    std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
+    let before = client.get(&stats_path).ok();
+    let cpu_before = daemon_cpu_seconds(client);
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let cpu_after = daemon_cpu_seconds(client);
+    let after = client.get(&stats_path).ok();
+    let (latencies, errors) = join_workers(handles);
+    let requests = latencies.len() as u64;
+    let secs = spec.duration.as_secs_f64();
+    let window = BatchWindow::between(before.as_ref(), after.as_ref());
+    Ok(LevelReport {
+        protocol,
+        round,
+        concurrency,
+        requests,
+        requests_per_s: if secs > 0.0 {
+            requests as f64 / secs
+        } else {
+            0.0
+        },
+        latency_ms: latency_ms(&latencies),
+        error_count: errors.values().sum(),
+        errors,
+        batches: window.batches,
+        mean_batch_size: window.mean_batch_size,
+        batch_sizes: window.batch_sizes,
+        compute_only_rows_per_s: None,
+        compute_only_rows_per_s_mix: None,
+        ratio: None,
+        daemon_cpu_us_per_request: match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if requests > 0 => Some((a - b) * 1e6 / requests as f64),
+            _ => None,
+        },
+    })
+}
+
+/// Starts a level's worker threads, each with its own request row, sending from the start
+/// and counting from `warm_end` until `end`.
+fn spawn_workers(
+    info: &ModelInfo,
+    spec: &BenchSpec,
+    target: &Target,
+    (protocol, concurrency): (Protocol, usize),
+    (warm_end, end): (Instant, Instant),
+) -> Result<Vec<std::thread::JoinHandle<load_proto::WorkerResult>>, ClientError> {
     let workers = protocol.workers(concurrency);
     let calls = concurrency / workers;
     let mut handles = Vec::with_capacity(workers);
@@ -183,12 +229,13 @@ fn run_level(
             .map_err(|e| ClientError::Input(format!("cannot start bench thread: {e}")))?;
         handles.push(h);
     }
-    std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
-    let before = client.get(&stats_path).ok();
-    let cpu_before = daemon_cpu_seconds(client);
-    std::thread::sleep(end.saturating_duration_since(Instant::now()));
-    let cpu_after = daemon_cpu_seconds(client);
-    let after = client.get(&stats_path).ok();
+    Ok(handles)
+}
+
+/// Waits for a level's workers: their latencies, sorted, and their errors summed by kind.
+fn join_workers(
+    handles: Vec<std::thread::JoinHandle<load_proto::WorkerResult>>,
+) -> (Vec<u64>, BTreeMap<String, u64>) {
     let mut latencies = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for h in handles {
@@ -199,49 +246,41 @@ fn run_level(
         }
     }
     latencies.sort_unstable();
-    let requests = latencies.len() as u64;
-    let secs = spec.duration.as_secs_f64();
-    let mut batch_sizes = BTreeMap::new();
-    let (mut batches, mut mean_batch_size) = (None, None);
-    if let (Some(b), Some(a)) = (&before, &after) {
-        let (b, a) = (batch_counts(b), batch_counts(a));
-        for (size, count) in &a {
-            let d = count.saturating_sub(b.get(size).copied().unwrap_or(0));
-            if d > 0 {
-                batch_sizes.insert(*size, d);
+    (latencies, errors)
+}
+
+/// The batches the daemon ran in a measured window, from its `batch_stats` at both ends.
+#[derive(Debug, Default)]
+struct BatchWindow {
+    /// Batch sizes run in the window and how many of each.
+    batch_sizes: BTreeMap<usize, u64>,
+    /// Batches run in the window, when there were any.
+    batches: Option<u64>,
+    /// Rows per batch on average, when there were batches.
+    mean_batch_size: Option<f64>,
+}
+
+impl BatchWindow {
+    /// The window between the stats `before` and `after`; empty unless both were read.
+    fn between(before: Option<&Value>, after: Option<&Value>) -> Self {
+        let mut w = BatchWindow::default();
+        if let (Some(b), Some(a)) = (before, after) {
+            let (b, a) = (batch_counts(b), batch_counts(a));
+            for (size, count) in &a {
+                let d = count.saturating_sub(b.get(size).copied().unwrap_or(0));
+                if d > 0 {
+                    w.batch_sizes.insert(*size, d);
+                }
+            }
+            let n: u64 = w.batch_sizes.values().sum();
+            let rows: u64 = w.batch_sizes.iter().map(|(s, c)| *s as u64 * c).sum();
+            if n > 0 {
+                w.batches = Some(n);
+                w.mean_batch_size = Some(rows as f64 / n as f64);
             }
         }
-        let n: u64 = batch_sizes.values().sum();
-        let rows: u64 = batch_sizes.iter().map(|(s, c)| *s as u64 * c).sum();
-        if n > 0 {
-            batches = Some(n);
-            mean_batch_size = Some(rows as f64 / n as f64);
-        }
+        w
     }
-    Ok(LevelReport {
-        protocol,
-        round,
-        concurrency,
-        requests,
-        requests_per_s: if secs > 0.0 {
-            requests as f64 / secs
-        } else {
-            0.0
-        },
-        latency_ms: latency_ms(&latencies),
-        error_count: errors.values().sum(),
-        errors,
-        batches,
-        mean_batch_size,
-        batch_sizes,
-        compute_only_rows_per_s: None,
-        compute_only_rows_per_s_mix: None,
-        ratio: None,
-        daemon_cpu_us_per_request: match (cpu_before, cpu_after) {
-            (Some(b), Some(a)) if requests > 0 => Some((a - b) * 1e6 / requests as f64),
-            _ => None,
-        },
-    })
 }
 
 /// The daemon's `setpoint_process_cpu_seconds_total`, when its `/metrics` answers with it.

@@ -7,7 +7,9 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use super::{GpuSelection, JobConfig, NodeConfig, ServiceConfig};
+use super::{
+    ControlConfig, DeviceConfig, GpuSelection, HttpConfig, JobConfig, NodeConfig, ServiceConfig,
+};
 
 fn q(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
@@ -58,54 +60,9 @@ impl NodeConfig {
             "checkpoint_error_timeout_ms = {}",
             self.checkpoint_error_timeout_ms
         )?;
-
-        let h = &self.http;
-        writeln!(o, "\n[http]")?;
-        writeln!(o, "header_read_timeout_ms = {}", h.header_read_timeout_ms)?;
-        writeln!(o, "idle_timeout_ms = {}", h.idle_timeout_ms)?;
-        writeln!(o, "max_connections = {}", h.max_connections)?;
-        writeln!(o, "listen_backlog = {}", h.listen_backlog)?;
-        writeln!(o, "reserved_fds = {}", h.reserved_fds)?;
-        writeln!(o, "io_threads = {}", h.io_threads)?;
-
-        let d = &self.device;
-        writeln!(o, "\n[device]")?;
-        writeln!(o, "kind = {}", q(d.kind.as_str()))?;
-        match &d.gpus {
-            GpuSelection::All => writeln!(o, "gpus = \"all\"")?,
-            GpuSelection::Indices(ids) => {
-                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
-                writeln!(o, "gpus = [{}]", ids.join(", "))?
-            }
-        }
-        writeln!(o, "require_gpu = {}", d.require_gpu)?;
-        if d.cpu_threads == 0 {
-            writeln!(o, "cpu_threads = 0  # all available cores")?;
-        } else {
-            writeln!(o, "cpu_threads = {}", d.cpu_threads)?;
-        }
-        writeln!(o, "share_mechanism = {}", q(d.share_mechanism.as_str()))?;
-        writeln!(o, "gemm_wgmma = {}", d.gemm_wgmma)?;
-        match d.memory_limit_mib {
-            Some(m) => writeln!(o, "memory_limit_mib = {m}")?,
-            None => writeln!(o, "memory_limit_mib = 0  # all of each GPU's memory")?,
-        }
-        if d.cpu_split.is_empty() {
-            writeln!(o, "# cpu_split: none, the CPU is one device")?;
-        } else {
-            let parts: Vec<String> = d.cpu_split.iter().map(|&x| f(x)).collect();
-            writeln!(o, "cpu_split = [{}]", parts.join(", "))?;
-        }
-
-        let c = &self.control;
-        writeln!(o, "\n[control]")?;
-        writeln!(o, "reserve_frac = {}", f(c.reserve_frac))?;
-        writeln!(o, "leftover = {}", q(c.leftover.as_str()))?;
-        writeln!(o, "past_deadline = {}", q(c.past_deadline.as_str()))?;
-        match &c.decision_log {
-            Some(p) => writeln!(o, "decision_log = {}", qp(p))?,
-            None => writeln!(o, "decision_log = \"\"  # off")?,
-        }
+        write_http(o, &self.http)?;
+        write_device(o, &self.device)?;
+        write_control(o, &self.control)?;
 
         writeln!(o, "\n[paths]")?;
         let dirs: Vec<String> = self.paths.data_dirs.iter().map(|d| qp(d)).collect();
@@ -124,6 +81,60 @@ impl NodeConfig {
             write_job(o, j)?;
         }
         Ok(())
+    }
+}
+
+/// The `[http]` section.
+fn write_http(o: &mut String, h: &HttpConfig) -> std::fmt::Result {
+    writeln!(o, "\n[http]")?;
+    writeln!(o, "header_read_timeout_ms = {}", h.header_read_timeout_ms)?;
+    writeln!(o, "idle_timeout_ms = {}", h.idle_timeout_ms)?;
+    writeln!(o, "max_connections = {}", h.max_connections)?;
+    writeln!(o, "listen_backlog = {}", h.listen_backlog)?;
+    writeln!(o, "reserved_fds = {}", h.reserved_fds)?;
+    writeln!(o, "io_threads = {}", h.io_threads)
+}
+
+/// The `[device]` section.
+fn write_device(o: &mut String, d: &DeviceConfig) -> std::fmt::Result {
+    writeln!(o, "\n[device]")?;
+    writeln!(o, "kind = {}", q(d.kind.as_str()))?;
+    match &d.gpus {
+        GpuSelection::All => writeln!(o, "gpus = \"all\"")?,
+        GpuSelection::Indices(ids) => {
+            let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+            writeln!(o, "gpus = [{}]", ids.join(", "))?
+        }
+    }
+    writeln!(o, "require_gpu = {}", d.require_gpu)?;
+    if d.cpu_threads == 0 {
+        writeln!(o, "cpu_threads = 0  # all available cores")?;
+    } else {
+        writeln!(o, "cpu_threads = {}", d.cpu_threads)?;
+    }
+    writeln!(o, "share_mechanism = {}", q(d.share_mechanism.as_str()))?;
+    writeln!(o, "gemm_wgmma = {}", d.gemm_wgmma)?;
+    match d.memory_limit_mib {
+        Some(m) => writeln!(o, "memory_limit_mib = {m}")?,
+        None => writeln!(o, "memory_limit_mib = 0  # all of each GPU's memory")?,
+    }
+    if d.cpu_split.is_empty() {
+        writeln!(o, "# cpu_split: none, the CPU is one device")
+    } else {
+        let parts: Vec<String> = d.cpu_split.iter().map(|&x| f(x)).collect();
+        writeln!(o, "cpu_split = [{}]", parts.join(", "))
+    }
+}
+
+/// The `[control]` section.
+fn write_control(o: &mut String, c: &ControlConfig) -> std::fmt::Result {
+    writeln!(o, "\n[control]")?;
+    writeln!(o, "reserve_frac = {}", f(c.reserve_frac))?;
+    writeln!(o, "leftover = {}", q(c.leftover.as_str()))?;
+    writeln!(o, "past_deadline = {}", q(c.past_deadline.as_str()))?;
+    match &c.decision_log {
+        Some(p) => writeln!(o, "decision_log = {}", qp(p)),
+        None => writeln!(o, "decision_log = \"\"  # off"),
     }
 }
 

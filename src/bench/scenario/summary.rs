@@ -147,10 +147,62 @@ pub(super) fn summarise(
     device_seconds_used: f64,
 ) -> PolicyReport {
     let slo = s.service.slo_p99_ms / 1000.0;
+    let per_window = evaluation_windows(s, &latencies, slo);
+    let mut all: Vec<f64> = latencies.iter().map(|l| l.1).collect();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let within = all.iter().filter(|&&l| l <= slo).count();
+    let rejected = all.iter().filter(|l| l.is_infinite()).count();
+    let (share_seconds, best_effort_share_seconds) = share_integrals(s, policy, &timeline);
+    let tenant_share_seconds = if policy == "none" {
+        Vec::new()
+    } else {
+        by_tenant(&timeline)
+    };
+    let best_effort_epochs = jobs
+        .iter()
+        .filter(|j| j.deadline_s.is_none())
+        .map(|j| j.epochs_done)
+        .sum();
+    PolicyReport {
+        policy: policy.to_string(),
+        requests: all.len(),
+        rejected,
+        requests_within_slo_pct: pct(within, all.len()),
+        windows: per_window.windows,
+        windows_within_slo_pct: pct(per_window.good_windows, per_window.windows),
+        window_p99_ms: per_window.p99_ms,
+        p99_ms: 1000.0 * quantile(&all, 0.99),
+        p50_ms: 1000.0 * quantile(&all, 0.50),
+        deadline_misses: jobs.iter().filter(|j| j.missed).count(),
+        mean_abs_deviation_pct: mean_abs_deviation(&jobs),
+        jobs,
+        share_seconds,
+        best_effort_share_seconds,
+        best_effort_epochs,
+        tenant_share_seconds,
+        device_seconds_used,
+        generator_late_p99_ms: 0.0,
+        timeline,
+    }
+}
+
+/// The evaluation windows' figures of a run.
+struct WindowFigures {
+    /// Windows with requests.
+    windows: usize,
+    /// Windows with requests whose p99 met the SLO.
+    good_windows: usize,
+    /// p99 of each window in order, ms (None for a window without requests).
+    p99_ms: Vec<Option<f64>>,
+}
+
+/// Sorts the requests' `(arrival, latency)` seconds into the scenario's evaluation windows
+/// and measures each window's p99 against `slo` seconds.
+fn evaluation_windows(s: &Scenario, latencies: &[(f64, f64)], slo: f64) -> WindowFigures {
     let window = s.service.window_ms as f64 / 1000.0;
     let n_windows = (s.duration_s / window).ceil() as usize;
     let mut per_window: Vec<Vec<f64>> = vec![Vec::new(); n_windows.max(1)];
-    for &(t, l) in &latencies {
+    for &(t, l) in latencies {
         let w = ((t / window) as usize).min(per_window.len() - 1);
         per_window[w].push(l);
     }
@@ -170,75 +222,56 @@ pub(super) fn summarise(
             good_windows += 1;
         }
     }
-    let mut all: Vec<f64> = latencies.iter().map(|l| l.1).collect();
-    all.sort_by(|a, b| a.total_cmp(b));
-    let within = all.iter().filter(|&&l| l <= slo).count();
-    let rejected = all.iter().filter(|l| l.is_infinite()).count();
+    WindowFigures {
+        windows,
+        good_windows,
+        p99_ms: window_p99_ms,
+    }
+}
+
+/// ∫ Σ granted shares dt of the set-point tenants and of the best-effort jobs, in that order;
+/// none under the `none` policy.
+fn share_integrals(s: &Scenario, policy: &str, timeline: &[Sample]) -> (Option<f64>, Option<f64>) {
+    if policy == "none" {
+        return (None, None);
+    }
+    let best_effort = |name: &str| {
+        s.jobs
+            .iter()
+            .any(|j| j.name == name && j.deadline_s.is_none())
+    };
+    let integral = |keep: &dyn Fn(&str) -> bool| -> f64 {
+        timeline
+            .windows(2)
+            .map(|w| {
+                let sum: f64 = w[1].shares.iter().filter(|x| keep(&x.0)).map(|x| x.1).sum();
+                (w[1].t_s - w[0].t_s) * sum
+            })
+            .sum()
+    };
+    (
+        Some(integral(&|n| !best_effort(n))),
+        Some(integral(&|n| best_effort(n))),
+    )
+}
+
+/// Mean |deviation| of the finished jobs without an accuracy target, %; none when there are
+/// none.
+fn mean_abs_deviation(jobs: &[JobOutcome]) -> Option<f64> {
     let finished: Vec<f64> = jobs
         .iter()
         .filter(|j| j.target_accuracy.is_none())
         .filter_map(|j| j.deviation_pct.map(f64::abs))
         .collect();
-    let (share_seconds, best_effort_share_seconds) = if policy == "none" {
-        (None, None)
+    (!finished.is_empty()).then(|| finished.iter().sum::<f64>() / finished.len() as f64)
+}
+
+/// `a` as a % of `b`; 100 when `b` is 0.
+fn pct(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        100.0
     } else {
-        let best_effort = |name: &str| {
-            s.jobs
-                .iter()
-                .any(|j| j.name == name && j.deadline_s.is_none())
-        };
-        let integral = |keep: &dyn Fn(&str) -> bool| -> f64 {
-            timeline
-                .windows(2)
-                .map(|w| {
-                    let sum: f64 = w[1].shares.iter().filter(|x| keep(&x.0)).map(|x| x.1).sum();
-                    (w[1].t_s - w[0].t_s) * sum
-                })
-                .sum()
-        };
-        (
-            Some(integral(&|n| !best_effort(n))),
-            Some(integral(&|n| best_effort(n))),
-        )
-    };
-    let tenant_share_seconds = if policy == "none" {
-        Vec::new()
-    } else {
-        by_tenant(&timeline)
-    };
-    let best_effort_epochs = jobs
-        .iter()
-        .filter(|j| j.deadline_s.is_none())
-        .map(|j| j.epochs_done)
-        .sum();
-    let pct = |a: usize, b: usize| {
-        if b == 0 {
-            100.0
-        } else {
-            100.0 * a as f64 / b as f64
-        }
-    };
-    PolicyReport {
-        policy: policy.to_string(),
-        requests: all.len(),
-        rejected,
-        requests_within_slo_pct: pct(within, all.len()),
-        windows,
-        windows_within_slo_pct: pct(good_windows, windows),
-        window_p99_ms,
-        p99_ms: 1000.0 * quantile(&all, 0.99),
-        p50_ms: 1000.0 * quantile(&all, 0.50),
-        deadline_misses: jobs.iter().filter(|j| j.missed).count(),
-        mean_abs_deviation_pct: (!finished.is_empty())
-            .then(|| finished.iter().sum::<f64>() / finished.len() as f64),
-        jobs,
-        share_seconds,
-        best_effort_share_seconds,
-        best_effort_epochs,
-        tenant_share_seconds,
-        device_seconds_used,
-        generator_late_p99_ms: 0.0,
-        timeline,
+        100.0 * a as f64 / b as f64
     }
 }
 

@@ -269,7 +269,46 @@ fn summarise(
 
 /// The sweep as text: a row per scenario, the spreads, and the targets.
 pub fn text(r: &SweepReport) -> String {
-    let f = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
+    let t = scenario_table(r);
+    let mut o = format!(
+        "{} random scenarios from seed {}, {} s per policy\n\n",
+        r.scenarios.len(),
+        r.seed,
+        r.duration_s
+    );
+    o.push_str(&t.render());
+    write_spreads(&mut o, r);
+    o.push('\n');
+    for c in &r.targets {
+        let _ = writeln!(
+            o,
+            "{:<7} {} (measured {})",
+            if c.met { "met" } else { "MISSED" },
+            c.target,
+            fixed(c.measured, 2)
+        );
+    }
+    let costs: Vec<String> = r
+        .costs_us
+        .iter()
+        .map(|(what, us)| format!("{what}: {us:.1} µs"))
+        .collect();
+    let _ = writeln!(o, "\ncosts on one worker here: {}", costs.join("; "));
+    o.push_str(
+        "REQ VIOL: requests over the SLO, setpoint / static (static counted as at least one); \
+         SHARE-S: set-point tenants' share-seconds, setpoint / static; BE EPOCHS: best-effort \
+         epochs, setpoint/static\n",
+    );
+    o
+}
+
+/// `v` with `d` decimals, `-` for none.
+fn fixed(v: Option<f64>, d: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.d$}"))
+}
+
+/// The table of the sweep's scenarios, a row each.
+fn scenario_table(r: &SweepReport) -> Table {
     let mut t = Table::new(&[
         "SCENARIO",
         "SERVICE",
@@ -286,42 +325,45 @@ pub fn text(r: &SweepReport) -> String {
     ])
     .right_align(&[2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     for o in &r.scenarios {
-        let layers: Vec<String> = o.service_layers.iter().map(|l| l.to_string()).collect();
-        let epochs = |e: Option<u32>| e.map_or("-".into(), |e| e.to_string());
-        t.row(vec![
-            o.scenario.clone(),
-            layers.join("-"),
-            format!("{:.1}", o.slo_p99_ms),
-            format!("{}+{}", o.deadline_jobs, o.best_effort_jobs),
-            f(o.windows_within_slo_pct, 1),
-            f(o.static_windows_within_slo_pct, 1),
-            f(o.request_violations_vs_static, 2),
-            f(o.mean_abs_deviation_pct, 2),
-            format!(
-                "{}{}",
-                o.deadline_misses,
-                if o.refused > 0 {
-                    format!(" ({} refused)", o.refused)
-                } else {
-                    String::new()
-                }
-            ),
-            o.met_early.to_string(),
-            f(o.share_seconds_vs_static, 2),
-            format!(
-                "{}/{}",
-                epochs(o.best_effort_epochs.0),
-                epochs(o.best_effort_epochs.1)
-            ),
-        ]);
+        t.row(scenario_row(o));
     }
-    let mut o = format!(
-        "{} random scenarios from seed {}, {} s per policy\n\n",
-        r.scenarios.len(),
-        r.seed,
-        r.duration_s
-    );
-    o.push_str(&t.render());
+    t
+}
+
+/// One scenario's row of [`scenario_table`].
+fn scenario_row(o: &ScenarioOutcome) -> Vec<String> {
+    let layers: Vec<String> = o.service_layers.iter().map(|l| l.to_string()).collect();
+    let epochs = |e: Option<u32>| e.map_or("-".into(), |e| e.to_string());
+    vec![
+        o.scenario.clone(),
+        layers.join("-"),
+        format!("{:.1}", o.slo_p99_ms),
+        format!("{}+{}", o.deadline_jobs, o.best_effort_jobs),
+        fixed(o.windows_within_slo_pct, 1),
+        fixed(o.static_windows_within_slo_pct, 1),
+        fixed(o.request_violations_vs_static, 2),
+        fixed(o.mean_abs_deviation_pct, 2),
+        format!(
+            "{}{}",
+            o.deadline_misses,
+            if o.refused > 0 {
+                format!(" ({} refused)", o.refused)
+            } else {
+                String::new()
+            }
+        ),
+        o.met_early.to_string(),
+        fixed(o.share_seconds_vs_static, 2),
+        format!(
+            "{}/{}",
+            epochs(o.best_effort_epochs.0),
+            epochs(o.best_effort_epochs.1)
+        ),
+    ]
+}
+
+/// The worst, median and best of each spread across the scenarios, under their own heading.
+fn write_spreads(o: &mut String, r: &SweepReport) {
     o.push_str("\n             worst    median      best\n");
     for (name, s) in [
         ("windows ok %", r.windows_within_slo_pct),
@@ -342,28 +384,6 @@ pub fn text(r: &SweepReport) -> String {
             }
         }
     }
-    o.push('\n');
-    for c in &r.targets {
-        let _ = writeln!(
-            o,
-            "{:<7} {} (measured {})",
-            if c.met { "met" } else { "MISSED" },
-            c.target,
-            f(c.measured, 2)
-        );
-    }
-    let costs: Vec<String> = r
-        .costs_us
-        .iter()
-        .map(|(what, us)| format!("{what}: {us:.1} µs"))
-        .collect();
-    let _ = writeln!(o, "\ncosts on one worker here: {}", costs.join("; "));
-    o.push_str(
-        "REQ VIOL: requests over the SLO, setpoint / static (static counted as at least one); \
-         SHARE-S: set-point tenants' share-seconds, setpoint / static; BE EPOCHS: best-effort \
-         epochs, setpoint/static\n",
-    );
-    o
 }
 
 #[cfg(test)]

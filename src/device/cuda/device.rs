@@ -307,6 +307,22 @@ impl CudaDevice {
     ) -> Result<(), DeviceError> {
         let _cur = Current::push(self.primary).map_err(|e| unavailable("cannot use the GPU", e))?;
         let sm90a = wgmma && self.info.compute_capability == (9, 0);
+        self.load_modules(arch, cache_dir, sm90a)?;
+        self.allow_large_smem();
+        self.check_kernels()?;
+        self.funcs = Funcs::resolve(&self.kernels).map_err(|e| unavailable("kernels", e))?;
+        self.measure_occupancy()
+    }
+
+    /// Loads the portable modules, and the sm_90a ones when `sm90a`, and finds their kernels.
+    /// A portable module that does not load is an error; an sm_90a one is only left out.
+    /// The primary context must be current.
+    fn load_modules(
+        &mut self,
+        arch: &CudaArch,
+        cache_dir: Option<&Path>,
+        sm90a: bool,
+    ) -> Result<(), DeviceError> {
         for module in kernels::sources() {
             let portable = module.target == kernels::ModuleTarget::Portable;
             if !portable && !sm90a {
@@ -332,8 +348,12 @@ impl CudaDevice {
             self.origins.push((module.module, origin));
             self.find_kernels(lib);
         }
-        // Kernels launched with more dynamic shared memory than the default 48 KB: a kernel
-        // the limit cannot be raised for is not used.
+        Ok(())
+    }
+
+    /// Raises the dynamic shared memory limit of the kernels launched with more than the
+    /// default 48 KB; a kernel the limit cannot be raised for is not used.
+    fn allow_large_smem(&mut self) {
         for k in Kernel::ALL.into_iter().filter(|k| k.dynamic_smem() > 0) {
             if let Some(handle) = self.kernels[k.index()]
                 && let Err(e) = allow_dynamic_smem(handle, self.dev, k.dynamic_smem())
@@ -342,8 +362,11 @@ impl CudaDevice {
                 self.kernels[k.index()] = None;
             }
         }
-        // The tensor-core GEMMs need sm_80, the wgmma one sm_90a and its option; everything
-        // else must be there.
+    }
+
+    /// Fails unless every kernel is there, but for the tensor-core GEMMs below sm_80 and the
+    /// wgmma one (sm_90a and its option).
+    fn check_kernels(&self) -> Result<(), DeviceError> {
         for k in Kernel::ALL {
             let tensor_cores = matches!(
                 k,
@@ -358,39 +381,25 @@ impl CudaDevice {
                 )));
             }
         }
-        self.funcs = Funcs::resolve(&self.kernels).map_err(|e| unavailable("kernels", e))?;
-        // The budget's unit comes from these 256-thread kernels, which must answer; any other
-        // kernel not measured only keeps its budget unscaled.
+        Ok(())
+    }
+
+    /// Measures each kernel's resident blocks per SM and the CTA budget's unit. The budget's
+    /// unit comes from 256-thread kernels, which must answer; any other kernel not measured
+    /// only keeps its budget unscaled. The primary context must be current.
+    fn measure_occupancy(&mut self) -> Result<(), DeviceError> {
         let unit = [
             Kernel::GemmF32,
             Kernel::SoftmaxXent,
             Kernel::SumPartial,
             Kernel::Adam,
         ];
-        let occupancy = |k: Kernel| -> Result<u32, DeviceError> {
-            let f = self
-                .funcs
-                .get(k)
-                .ok_or_else(|| unavailable("kernels", k.name()))?;
-            let mut n = 0;
-            // SAFETY: a live function of the current (primary) context.
-            driver::ok("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                    &mut n,
-                    f,
-                    k.block() as i32,
-                    k.dynamic_smem() as usize,
-                )
-            })
-            .map_err(|e| unavailable(&format!("occupancy of {}", k.name()), e))?;
-            Ok(n.max(0) as u32)
-        };
         let mut resident = [0u32; Kernel::COUNT];
         for k in unit {
-            resident[k.index()] = occupancy(k)?;
+            resident[k.index()] = self.occupancy(k)?;
         }
         for k in Kernel::ALL.into_iter().filter(|k| !unit.contains(k)) {
-            resident[k.index()] = occupancy(k).unwrap_or(0);
+            resident[k.index()] = self.occupancy(k).unwrap_or(0);
         }
         self.blocks_per_sm = unit
             .iter()
@@ -399,6 +408,26 @@ impl CudaDevice {
             .unwrap_or(1);
         self.resident = resident;
         Ok(())
+    }
+
+    /// Resident blocks per SM of `k` at its own block size and dynamic shared memory.
+    fn occupancy(&self, k: Kernel) -> Result<u32, DeviceError> {
+        let f = self
+            .funcs
+            .get(k)
+            .ok_or_else(|| unavailable("kernels", k.name()))?;
+        let mut n = 0;
+        // SAFETY: a live function of the current (primary) context.
+        driver::ok("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                &mut n,
+                f,
+                k.block() as i32,
+                k.dynamic_smem() as usize,
+            )
+        })
+        .map_err(|e| unavailable(&format!("occupancy of {}", k.name()), e))?;
+        Ok(n.max(0) as u32)
     }
 
     /// CTAs of `k` that hold the SMs a budget of `budget` CTAs (counted in
