@@ -67,6 +67,9 @@ fn protocols_take_turns_within_each_round_and_are_compared() {
         // The daemon's CPU time per request, from its /metrics at both ends of the window.
         let cpu = l["daemon_cpu_us_per_request"].as_f64();
         assert!(cpu.is_some_and(|us| us > 0.0 && us < 1e6), "{l}");
+        // The load generator's own, from its process CPU clock over the same window.
+        let own = l["client_cpu_us_per_request"].as_f64();
+        assert!(own.is_some_and(|us| us > 0.0 && us < 1e6), "{l}");
     }
     assert_eq!(b["grpc_url"], serde_json::json!(d.grpc), "{b}");
 

@@ -10,6 +10,7 @@
 //! `batch_stats`, read at the start and end of the measured window, give the batch sizes it
 //! actually ran.
 
+use crate::util::cputime::process_cpu_time;
 use crate::util::stats::nearest_rank;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -98,6 +99,11 @@ pub struct LevelReport {
     /// counted), when its `/metrics` has it. Unlike requests/s, this does not depend on the
     /// load generator's own cost.
     pub daemon_cpu_us_per_request: Option<f64>,
+    /// CPU time this process (the load generator: all its workers, user and system) used
+    /// per successful request in the same window, microseconds; zero where the platform
+    /// cannot tell. Where the two processes share the cores, requests/s falls as either
+    /// grows: this says how much of a difference between protocols is the client's.
+    pub client_cpu_us_per_request: Option<f64>,
 }
 
 /// The whole run.
@@ -169,7 +175,9 @@ fn run_level(
     std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
     let before = client.get(&stats_path).ok();
     let cpu_before = daemon_cpu_seconds(client);
+    let own_before = process_cpu_time();
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let own_after = process_cpu_time();
     let cpu_after = daemon_cpu_seconds(client);
     let after = client.get(&stats_path).ok();
     let (latencies, errors) = join_workers(handles);
@@ -199,6 +207,8 @@ fn run_level(
             (Some(b), Some(a)) if requests > 0 => Some((a - b) * 1e6 / requests as f64),
             _ => None,
         },
+        client_cpu_us_per_request: (requests > 0 && !own_after.is_zero())
+            .then(|| (own_after - own_before).as_secs_f64() * 1e6 / requests as f64),
     })
 }
 
@@ -498,8 +508,9 @@ pub fn render(r: &BenchReport) -> String {
         "COMPUTE ROWS/S",
         "% OF COMPUTE",
         "DAEMON CPU US/REQ",
+        "CLIENT CPU US/REQ",
     ])
-    .right_align(&[0, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12]);
+    .right_align(&[0, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13]);
     let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".into(), |x| format!("{x:.d$}"));
     for l in &r.levels {
         let errors = if l.errors.is_empty() {
@@ -525,6 +536,7 @@ pub fn render(r: &BenchReport) -> String {
             opt(l.compute_only_rows_per_s, 0),
             opt(l.ratio.map(|r| 100.0 * r), 2),
             opt(l.daemon_cpu_us_per_request, 1),
+            opt(l.client_cpu_us_per_request, 1),
         ]);
     }
     out.push_str(&t.render());
@@ -533,7 +545,9 @@ pub fn render(r: &BenchReport) -> String {
          computes alone (no HTTP, no batcher; one CPU worker in this process) at the daemon's \
          mean batch size: what serving over HTTP keeps of the model's own speed.\n\
          DAEMON CPU US/REQ: the daemon's CPU time (all its threads) per request in the \
-         measured window, which the load generator's own cost does not change.\n",
+         measured window, which the load generator's own cost does not change.\n\
+         CLIENT CPU US/REQ: this process's CPU time (the load generator) per request in the \
+         same window; where client and daemon share the cores, both set requests/s.\n",
     );
     if let Some(n) = &r.compute_only_note {
         out.push_str(&format!("note: {n}\n"));

@@ -117,13 +117,21 @@ pub fn render(levels: &[LevelReport]) -> String {
             hi,
             c.ratios.len()
         ));
-        let cpu = |p: Protocol| {
-            let v: Vec<f64> = at(p).filter_map(|l| l.daemon_cpu_us_per_request).collect();
+        let cpu = |p: Protocol, of: fn(&LevelReport) -> Option<f64>| {
+            let v: Vec<f64> = at(p).filter_map(of).collect();
             (!v.is_empty()).then(|| median(v))
         };
-        if let (Some(mine), Some(theirs)) = (cpu(c.protocol), cpu(base)) {
+        let daemon = |l: &LevelReport| l.daemon_cpu_us_per_request;
+        if let (Some(mine), Some(theirs)) = (cpu(c.protocol, daemon), cpu(base, daemon)) {
             out.push_str(&format!(
                 "; daemon CPU per request {mine:.1} vs {theirs:.1} us ({:.2}x)",
+                mine / theirs
+            ));
+        }
+        let client = |l: &LevelReport| l.client_cpu_us_per_request;
+        if let (Some(mine), Some(theirs)) = (cpu(c.protocol, client), cpu(base, client)) {
+            out.push_str(&format!(
+                ", the client's {mine:.1} vs {theirs:.1} us ({:.2}x)",
                 mine / theirs
             ));
         }
@@ -154,6 +162,7 @@ mod tests {
             compute_only_rows_per_s_mix: None,
             ratio: None,
             daemon_cpu_us_per_request: Some(1e6 / per_s),
+            client_cpu_us_per_request: Some(5e5 / per_s),
         }
     }
 
@@ -186,6 +195,13 @@ mod tests {
             "; daemon CPU per request {:.1} vs {:.1} us",
             (1e6 / 1100.0 + 1e6 / 600.0) / 2.0,
             (1e6 / 1000.0 + 1e6 / 500.0) / 2.0
+        );
+        assert!(text.contains(&want), "{text}");
+        // And the client's, from its own field (the fixture's is 5e5/rate).
+        let want = format!(
+            ", the client's {:.1} vs {:.1} us (0.86x)",
+            (5e5 / 1100.0 + 5e5 / 600.0) / 2.0,
+            (5e5 / 1000.0 + 5e5 / 500.0) / 2.0
         );
         assert!(text.contains(&want), "{text}");
     }
