@@ -88,6 +88,9 @@ fn a_service_runs_a_replica_on_each_device_it_names_and_status_shows_them() {
     );
     let tenant = &status["tenants"][0];
     assert_eq!(tenant["device"], "cpu:1+cpu:0", "{tenant}");
+    for _ in 0..20 {
+        assert_eq!(infer(&d), 200);
+    }
     let (_, metrics) = d.get("/metrics");
     let metrics = metrics.as_str().unwrap().to_string();
     for family in [
@@ -107,6 +110,20 @@ fn a_service_runs_a_replica_on_each_device_it_names_and_status_shows_them() {
         metrics.contains("setpoint_replica_up{service=\"mlp\",device=\"cpu:1\"} 1"),
         "{metrics}"
     );
+    // Each replica that answered has its latency quantiles; one without requests has none.
+    let answered: Vec<(String, bool)> = replicas(&d)
+        .iter()
+        .map(|r| (r["device"].as_str().unwrap().to_string(), r["rows"] != 0))
+        .collect();
+    assert!(answered.iter().any(|(_, a)| *a), "{answered:?}");
+    for (device, answered) in answered {
+        for q in ["0.5", "0.95", "0.99"] {
+            let sample = format!(
+                "setpoint_replica_latency_window_seconds{{service=\"mlp\",device=\"{device}\",q=\"{q}\"}} "
+            );
+            assert_eq!(metrics.contains(&sample), answered, "{sample}\n{metrics}");
+        }
+    }
     // The status note names the parts and their fractions.
     assert!(
         status["device_note"]

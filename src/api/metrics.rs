@@ -10,6 +10,7 @@ use crate::control::Decisions;
 use crate::node::{DeviceId, JobState, JobView, LoadedService, Node};
 use crate::serve::{Protocol, ServiceStats};
 use crate::util::prometheus::{self, Empty, Family, Row, Samples, flag};
+use crate::util::window::WindowStats;
 
 /// A family of the node and how its samples are read from a [`Ctx`] of any lifetime.
 type NodeRow = (Family, fn(&Ctx<'_>, &mut Samples<'_>));
@@ -43,8 +44,23 @@ fn per_replica(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&crate::node::Replica, 
     }
 }
 
-/// Each service's replicas: where they run, their shares, their part of the rows.
-const REPLICAS: [NodeRow; 4] = [
+/// The median, 95th and 99th percentile of `window`'s request latency, seconds, labelled by
+/// `labels` and `q`; nothing for an empty window.
+fn latency_quantiles(o: &mut Samples<'_>, labels: &[(&str, &str)], window: &WindowStats) {
+    if window.count == 0 {
+        return;
+    }
+    let t = &window.total;
+    for (q, v) in [("0.5", t.p50), ("0.95", t.p95), ("0.99", t.p99)] {
+        let mut with_q = labels.to_vec();
+        with_q.push(("q", q));
+        o.add(&with_q, v);
+    }
+}
+
+/// Each service's replicas: where they run, their shares, their part of the rows, and how
+/// fast they answer.
+const REPLICAS: [NodeRow; 5] = [
     (
         Family::gauge(
             "setpoint_replica_share",
@@ -72,6 +88,21 @@ const REPLICAS: [NodeRow; 4] = [
             "1 while the replica takes rows (its device works, its batcher runs), else 0.",
         ),
         |c, o| per_replica(c, o, |r, _| f64::from(u8::from(r.is_up()))),
+    ),
+    (
+        Family::gauge(
+            "setpoint_replica_latency_window_seconds",
+            "Request latency (queue + compute) quantiles of a service's replica over the \
+             service's SLO window.",
+        ),
+        |c, o| {
+            for (s, _) in &c.services {
+                for r in s.replicas() {
+                    let labels = [("service", s.name()), ("device", r.device_name.as_str())];
+                    latency_quantiles(o, &labels, &r.batcher.window_stats());
+                }
+            }
+        },
     ),
 ];
 
@@ -290,12 +321,8 @@ const CONTROL: [NodeRow; 7] = [
         ),
         |c, o| {
             for (s, _) in &c.services {
-                let measure = c.node.service_measure(s.name());
-                if let Some(m) = measure.filter(|m| m.window.count > 0) {
-                    let t = &m.window.total;
-                    for (q, v) in [("0.5", t.p50), ("0.95", t.p95), ("0.99", t.p99)] {
-                        o.add(&[("service", s.name()), ("q", q)], v);
-                    }
+                if let Some(m) = c.node.service_measure(s.name()) {
+                    latency_quantiles(o, &[("service", s.name())], &m.window);
                 }
             }
         },
