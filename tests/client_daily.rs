@@ -199,6 +199,32 @@ fn services_are_listed_shown_and_removed() {
     let v: Value =
         serde_json::from_str(&d.cli_expect(0, &["services", "rm", "t1m", "--json"])).unwrap();
     assert_eq!(v, serde_json::json!({"name": "t1m", "removed": true}));
+
+    // --replicas reaches the daemon: a device the node lacks is refused with those it has,
+    // and a form no device has is refused before anything is sent.
+    let serve = |replicas: &str| {
+        let args = ["jobs", "serve", "t1", "--name", "t1r", "--slo-p99-ms", "50"];
+        d.cli(&[&args[..], &["--replicas", replicas]].concat())
+    };
+    let out = serve("cpu,cuda:3");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("replicas: this node has no device cuda:3 (it has cpu)"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = serve("gpu,tpu");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(
+            "invalid value 'tpu' for '--replicas <DEVICES>': expected \"gpu\", \"gpu:*\", \"cuda:N\", \"cpu\", \"cpu:*\" or \"cpu:N\""
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = serve("cpu");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(d.infer("t1r", &[0.0; 8]).0, 200);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::{ClientArgs, OptimizerArg, PrecisionArg};
+use crate::config::ReplicaSpec;
 
 /// `setpoint submit`.
 #[derive(Debug, Args)]
@@ -173,4 +174,14 @@ pub struct JobsServeArgs {
     /// Number format of the model's matrix products [daemon default: f32].
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
+    /// Devices to run replicas on, comma-separated, each gpu, gpu:*, cuda:N, cpu, cpu:* or
+    /// cpu:N (such as gpu,cpu): the controller splits the rows between them [daemon default:
+    /// one replica, on the device whose tenants hold the least share].
+    #[arg(long, value_name = "DEVICES", value_delimiter = ',', value_parser = replica)]
+    pub replicas: Vec<ReplicaSpec>,
+}
+
+/// One entry of `--replicas`.
+fn replica(s: &str) -> Result<ReplicaSpec, String> {
+    ReplicaSpec::parse(s).ok_or_else(|| format!("expected {}", ReplicaSpec::ACCEPTED))
 }

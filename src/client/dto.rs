@@ -88,6 +88,9 @@ pub(crate) struct ServeJob {
     /// Number format of its matrix products.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<crate::device::Precision>,
+    /// The devices its replicas run on; the daemon's default placement when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<crate::config::ReplicaSpec>,
 }
 
 /// A service's `slo` table: the objective only (the window takes its default).
@@ -255,6 +258,7 @@ fn exact_f32s<S: Serializer>(data: &Option<&[f32]>, s: S) -> Result<S::Ok, S::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReplicaSpec;
     use serde_json::{Value, json};
 
     fn json_of(v: &impl Serialize) -> Value {
@@ -323,6 +327,7 @@ mod tests {
             slo: Slo { p99_ms: 25.0 },
             batching: None,
             precision: None,
+            replicas: Vec::new(),
         };
         assert_eq!(json_of(&s), json!({"slo": {"p99_ms": 25.0}}));
         let s = ServeJob {
@@ -330,11 +335,12 @@ mod tests {
             slo: Slo { p99_ms: 25.0 },
             batching: Some(Batching { max_batch_size: 8 }),
             precision: Some(crate::device::Precision::F32),
+            replicas: vec![ReplicaSpec::Gpu, ReplicaSpec::CpuPart(1)],
         };
         assert_eq!(
             json_of(&s),
             json!({"name": "m", "slo": {"p99_ms": 25.0}, "batching": {"max_batch_size": 8},
-                   "precision": "f32"})
+                   "precision": "f32", "replicas": ["gpu", "cpu:1"]})
         );
     }
 

@@ -202,6 +202,7 @@ fn jobs_serve(client: &Client, a: JobsServeArgs, json: bool) -> anyhow::Result<(
         },
         batching: a.max_batch_size.map(|b| Batching { max_batch_size: b }),
         precision: a.precision.map(Into::into),
+        replicas: a.replicas,
     };
     let path = format!("/v1/jobs/{}/serve", path_segment(&a.id));
     let v = client.post(&path, &body).map_err(client_error)?;
