@@ -110,20 +110,29 @@ fn a_service_runs_a_replica_on_each_device_it_names_and_status_shows_them() {
         metrics.contains("setpoint_replica_up{service=\"mlp\",device=\"cpu:1\"} 1"),
         "{metrics}"
     );
-    // Each replica that answered has its latency quantiles; one without requests has none.
+    // A replica that answered in the SLO window (1 s) has its three latency quantiles; one
+    // that never answered has none. The last request was just answered, so some replica has them.
+    let sample = |device: &str, q: &str| {
+        metrics.contains(&format!(
+            "setpoint_replica_latency_window_seconds{{service=\"mlp\",device=\"{device}\",q=\"{q}\"}} "
+        ))
+    };
     let answered: Vec<(String, bool)> = replicas(&d)
         .iter()
         .map(|r| (r["device"].as_str().unwrap().to_string(), r["rows"] != 0))
         .collect();
-    assert!(answered.iter().any(|(_, a)| *a), "{answered:?}");
-    for (device, answered) in answered {
-        for q in ["0.5", "0.95", "0.99"] {
-            let sample = format!(
-                "setpoint_replica_latency_window_seconds{{service=\"mlp\",device=\"{device}\",q=\"{q}\"}} "
-            );
-            assert_eq!(metrics.contains(&sample), answered, "{sample}\n{metrics}");
-        }
+    for (device, answered) in &answered {
+        let quantiles = ["0.5", "0.95", "0.99"].map(|q| sample(device, q));
+        assert!(
+            quantiles.iter().all(|&s| s == quantiles[0]),
+            "{device}\n{metrics}"
+        );
+        assert!(*answered || !quantiles[0], "{device}\n{metrics}");
     }
+    assert!(
+        answered.iter().any(|(device, _)| sample(device, "0.99")),
+        "{answered:?}\n{metrics}"
+    );
     // The status note names the parts and their fractions.
     assert!(
         status["device_note"]
@@ -275,7 +284,7 @@ slo = { p99_ms = 200 }
 
 /// A model that costs a fifth of a core hundreds of rows per second, a 10 ms SLO, replicas
 /// on the smaller part first, and a timeout that a busy machine does not reach.
-fn overflow_config(period_ms: u64, split: &str) -> String {
+fn overflow_config(period_ms: u64, split: &str, layers: &str) -> String {
     format!(
         r#"
 control_period_ms = {period_ms}
@@ -285,7 +294,7 @@ cpu_threads = 2
 cpu_split = {split}
 [[services]]
 name = "mlp"
-layers = [256, 2048, 2048, 4]
+layers = {layers}
 replicas = ["cpu:1", "cpu:0"]
 slo = {{ p99_ms = 10 }}
 timeout_ms = 5000
@@ -300,7 +309,7 @@ fn under_load_the_split_fills_the_first_replica_to_its_capacity_and_overflows() 
     // budget over its cost per row, trimmed by its latency (a slow device runs small
     // batches to stay within the SLO, so a row costs it more). Six clients send more than
     // that; the rest overflows to cpu:0, which serves more within the SLO.
-    let d = Daemon::start(&overflow_config(50, "[0.4, 0.1]"));
+    let d = Daemon::start(&overflow_config(50, "[0.4, 0.1]", "[256, 2048, 2048, 4]"));
     d.wait_ready();
     let rows_before = (rows(&d, "cpu:1"), rows(&d, "cpu:0"));
     let secs = 3.0;
@@ -347,8 +356,13 @@ fn a_burst_the_split_has_not_followed_yet_goes_past_a_backlogged_replica() {
     // A control period of a second: the split decided at the last tick stays in force
     // through a burst of 16 clients. It sends most rows to cpu:1, a fifth of a core, whose
     // queue soon holds more than it answers within the latency set point; the
-    // dispatcher passes the rest to cpu:0 rather than queue them there.
-    let d = Daemon::start(&overflow_config(1000, "[0.4, 0.1]"));
+    // dispatcher passes the rest to cpu:0 rather than queue them there. The model is a
+    // quarter of the overflow test's: a light load must fit within cpu:1's capacity. With
+    // the larger one a row rarely sent to cpu:1 found its 17 MB of weights out of cache and
+    // cost it 20-25 ms of CPU against 5 ms when it ran often, so the split, seeing it dear
+    // and slow, sent it ever fewer rows and it never took most of them (the run waited
+    // 120 s and failed, 3 times in 8 here).
+    let d = Daemon::start(&overflow_config(1000, "[0.4, 0.1]", "[256, 1024, 1024, 4]"));
     d.wait_ready();
     // A light load until cpu:1's capacity is measured and it takes most rows; then a
     // burst between two ticks, so that the split in force is the one read before it (tried
