@@ -51,9 +51,10 @@ fn latency_quantiles(o: &mut Samples<'_>, labels: &[(&str, &str)], window: &Wind
         return;
     }
     let t = &window.total;
+    let mut with_q = labels.to_vec();
+    with_q.push(("q", ""));
     for (q, v) in [("0.5", t.p50), ("0.95", t.p95), ("0.99", t.p99)] {
-        let mut with_q = labels.to_vec();
-        with_q.push(("q", q));
+        with_q.last_mut().expect("q was pushed").1 = q;
         o.add(&with_q, v);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hyper::body::Bytes;
 
 use super::*;
-use crate::client::grpc_unary::tests::{echo, h2_server, read_message, request};
+use crate::client::grpc_unary::tests::{echo, h2_server, nobody_listening, read_message, request};
 
 /// What the server saw.
 #[derive(Default)]
@@ -190,12 +190,7 @@ fn a_connection_going_away_answers_its_calls_and_the_next_ones_go_on_a_new_one()
 
 #[test]
 fn nobody_listening_fails_each_try_as_unreachable_until_the_end() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let authority = format!("127.0.0.1:{port}");
+    let authority = nobody_listening();
     let req = request(&authority, "/t.S/Echo", "");
     let mut ends = Vec::new();
     drive(

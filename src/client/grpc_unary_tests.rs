@@ -185,14 +185,19 @@ fn thousands_of_calls_pass_the_servers_flow_control_and_a_closed_connection_is_r
     server.join().unwrap();
 }
 
-#[test]
-fn nobody_listening_is_unreachable() {
+/// An address nobody listens on: a port the system gave and took back.
+pub(in crate::client) fn nobody_listening() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let authority = format!("127.0.0.1:{port}");
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn nobody_listening_is_unreachable() {
+    let authority = nobody_listening();
     let mut client = UnaryClient::new(authority.clone());
     let err = client
         .call(&request(&authority, "/t.S/Echo", ""))

@@ -100,7 +100,7 @@ pub struct LevelReport {
     /// load generator's own cost.
     pub daemon_cpu_us_per_request: Option<f64>,
     /// CPU time this process (the load generator: all its workers, user and system) used
-    /// per successful request in the same window, microseconds; zero where the platform
+    /// per successful request in the same window, microseconds; none where the platform
     /// cannot tell. Where the two processes share the cores, requests/s falls as either
     /// grows: this says how much of a difference between protocols is the client's.
     pub client_cpu_us_per_request: Option<f64>,

@@ -4,12 +4,18 @@
 /// fraction `q` of the values at or below it. `None` when there are no values. `q` is clamped
 /// to `[0, 1]`; `q = 0` gives the minimum.
 pub(crate) fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
-    if sorted.is_empty() {
+    nearest_rank_index(sorted.len(), q).map(|i| sorted[i])
+}
+
+/// The index in `n` sorted values of their nearest-rank `q`-quantile ([`nearest_rank`]);
+/// `None` when `n` is 0.
+pub(crate) fn nearest_rank_index(n: usize, q: f64) -> Option<usize> {
+    if n == 0 {
         return None;
     }
     let q = if q.is_nan() { 1.0 } else { q.clamp(0.0, 1.0) };
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    let rank = (q * n as f64).ceil() as usize;
+    Some(rank.clamp(1, n) - 1)
 }
 
 /// Index of the largest value; the first of a tie, 0 for an empty slice.

@@ -49,11 +49,9 @@ fn quantiles(mut v: Vec<f32>) -> Quantiles {
     if n == 0 {
         return Quantiles::default();
     }
-    // The nearest rank's index, as `stats::nearest_rank` takes it.
-    let index = |q: f64| ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
     let mut from = 0;
     let mut at = |q: f64| {
-        let i = index(q);
+        let i = crate::util::stats::nearest_rank_index(n, q).unwrap_or(0);
         v[from..].select_nth_unstable_by(i - from, |a, b| a.total_cmp(b));
         from = i;
         f64::from(v[i])
