@@ -23,6 +23,7 @@ pub mod arbiter;
 pub mod inference;
 pub mod pi;
 pub mod rate;
+pub mod replica_cost;
 pub mod split;
 pub mod training;
 

@@ -13,11 +13,23 @@
 //!    over the SLO window, which outlasts a period: after a cut the trim is not cut again
 //!    until the window has turned over ([`Split::with_hold`] periods), so that the latency
 //!    of rows sent before the cut does not cut it again.
+//!
+//!    A p99 over the set point cuts the trim only while the replica was loaded, answering
+//!    at least [`LOADED_FRAC`] of `k_i`, or when a row alone takes longer than the set point
+//!    at its measured cost (`LOAD_TARGET ÷ k_i` of its device's time). Otherwise its queue
+//!    is short, and what makes its rows slow is that they come seldom: a model's weights
+//!    out of cache, batches of one. Fewer rows would make that worse, and a trim cut for it
+//!    would keep the replica at a rate it is slow at after the load has come back. Such a
+//!    replica is marked *seldom* instead (its trim kept), until its p99 is under the set
+//!    point again. Its cost is estimated so that a lull does not make it look dear either
+//!    ([`super::replica_cost`]).
 //! 2. **Fill, cheapest first.** The arriving rows `λ` go to the healthy replicas in order of
 //!    their device's price (the CPU before a GPU), each up to its capacity: the GPU takes only
 //!    what the cheaper replicas cannot serve within the SLO, so its share is not bought for
 //!    rows the CPU could answer. Past every capacity, the excess is spread in proportion to
-//!    capacity (all replicas saturate together rather than one alone).
+//!    capacity (all replicas saturate together rather than one alone). A replica marked
+//!    seldom is passed over while the rows left for it are under [`LOADED_FRAC`] of its
+//!    capacity, the rate it would be slow at, and filled as the others once they are more.
 //! 3. **Probing.** A healthy replica not yet measured gets [`PROBE_FRAC`] of the rows, so
 //!    that its cost is learned; a replica that is not healthy (stopped answering, device
 //!    failed) gets nothing until it is healthy again.
@@ -37,6 +49,11 @@ pub const TRIM_MIN: f64 = 0.05;
 pub const TRIM_STEP: f64 = 0.05;
 /// How far the fractions move toward the target per period.
 pub const SMOOTHING: f64 = 0.5;
+/// The load a replica's capacity is planned at: below 1, so that its queue stays short.
+pub const LOAD_TARGET: f64 = 0.8;
+/// A replica answering at least this part of its capacity is loaded: its latency over the
+/// set point is then taken to be queueing, and cuts its trim.
+pub const LOADED_FRAC: f64 = 0.5;
 
 /// One replica as observed over the last period.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +68,42 @@ pub struct ReplicaObs {
     pub capacity_rows_per_s: Option<f64>,
     /// p99 of its requests' latency in the SLO window; None without samples.
     pub p99_s: Option<f64>,
+    /// Rows per second it answered over the period.
+    pub rate_rows_per_s: f64,
+}
+
+/// What a replica's latency over the last period says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Latency {
+    /// No samples.
+    Unknown,
+    /// Its p99 is within the set point.
+    Within,
+    /// Its p99 (seconds) is over the set point and fewer rows would make it faster.
+    Queueing(f64),
+    /// Its p99 is over the set point though it was sent few rows.
+    Seldom,
+}
+
+impl ReplicaObs {
+    fn latency(&self, setpoint_s: f64) -> Latency {
+        let Some(p) = self.p99_s else {
+            return Latency::Unknown;
+        };
+        if setpoint_s <= 0.0 || p <= setpoint_s {
+            return Latency::Within;
+        }
+        match self.capacity_rows_per_s {
+            Some(k)
+                if k > 0.0
+                    && self.rate_rows_per_s < LOADED_FRAC * k
+                    && LOAD_TARGET / k <= setpoint_s =>
+            {
+                Latency::Seldom
+            }
+            _ => Latency::Queueing(p),
+        }
+    }
 }
 
 /// The split's memory between periods, for one service.
@@ -62,6 +115,8 @@ pub struct Split {
     fractions: Vec<f64>,
     /// Per replica: periods left before its trim may be cut again.
     held: Vec<u32>,
+    /// Per replica: over the set point while sent few rows, not yet under it since.
+    seldom: Vec<bool>,
     /// Periods a cut holds the trim from the next cut.
     hold: u32,
 }
@@ -86,18 +141,11 @@ impl Split {
         setpoint_s: f64,
     ) -> Vec<f64> {
         self.resize(obs.len());
-        for ((trim, held), o) in self.trim.iter_mut().zip(&mut self.held).zip(obs) {
-            let next = next_trim(*trim, o.p99_s, setpoint_s);
-            if next >= *trim || *held == 0 {
-                if next < *trim {
-                    *held = self.hold;
-                }
-                *trim = next;
-            }
-            *held = held.saturating_sub(1);
+        for (i, o) in obs.iter().enumerate() {
+            self.learn(i, o.latency(setpoint_s), setpoint_s);
         }
         let lambda = arrival_rows_per_s.max(0.0);
-        let target = target(obs, &self.trim, lambda);
+        let target = target(obs, &self.trim, &self.seldom, lambda);
         let mut next: Vec<f64> = self
             .fractions
             .iter()
@@ -126,29 +174,45 @@ impl Split {
         self.trim.get(replica).copied()
     }
 
+    /// Whether a replica is marked seldom: passed over while few rows are left for it.
+    pub fn seldom(&self, replica: usize) -> Option<bool> {
+        self.seldom.get(replica).copied()
+    }
+
+    /// Replica `i`'s trim and mark after a period whose latency said `latency`.
+    fn learn(&mut self, i: usize, latency: Latency, setpoint_s: f64) {
+        let (trim, held) = (&mut self.trim[i], &mut self.held[i]);
+        match latency {
+            Latency::Unknown => {}
+            Latency::Within => {
+                *trim = (*trim + TRIM_STEP).min(1.0);
+                self.seldom[i] = false;
+            }
+            Latency::Queueing(p) => {
+                if *held == 0 {
+                    *trim = (*trim * (setpoint_s / p).max(0.5)).max(TRIM_MIN);
+                    *held = self.hold;
+                }
+                self.seldom[i] = false;
+            }
+            Latency::Seldom => self.seldom[i] = true,
+        }
+        *held = held.saturating_sub(1);
+    }
+
     fn resize(&mut self, n: usize) {
         if self.trim.len() != n {
             // A replica added or removed: start over rather than shift the memory.
             self.trim = vec![1.0; n];
             self.fractions = vec![0.0; n];
             self.held = vec![0; n];
+            self.seldom = vec![false; n];
         }
-    }
-}
-
-/// The trim after one period with the latency `p99_s` against `setpoint_s`.
-fn next_trim(trim: f64, p99_s: Option<f64>, setpoint_s: f64) -> f64 {
-    match p99_s {
-        Some(p) if setpoint_s > 0.0 && p > setpoint_s => {
-            (trim * (setpoint_s / p).max(0.5)).max(TRIM_MIN)
-        }
-        Some(_) => (trim + TRIM_STEP).min(1.0),
-        None => trim,
     }
 }
 
 /// The fractions this period's observations call for, before smoothing.
-fn target(obs: &[ReplicaObs], trim: &[f64], lambda: f64) -> Vec<f64> {
+fn target(obs: &[ReplicaObs], trim: &[f64], seldom: &[bool], lambda: f64) -> Vec<f64> {
     let mut out = vec![0.0; obs.len()];
     let healthy: Vec<usize> = (0..obs.len()).filter(|&i| obs[i].healthy).collect();
     if healthy.is_empty() {
@@ -181,11 +245,19 @@ fn target(obs: &[ReplicaObs], trim: &[f64], lambda: f64) -> Vec<f64> {
     let cap = |i: usize| obs[i].capacity_rows_per_s.unwrap_or(0.0).max(0.0) * trim[i];
     let left = (1.0 - probing).max(0.0);
     if lambda <= 0.0 {
-        out[measured[0]] += left;
+        // Nothing arriving: the rows to come are few, so a replica marked seldom waits.
+        let ready = measured
+            .iter()
+            .find(|&&i| !seldom[i])
+            .unwrap_or(&measured[0]);
+        out[*ready] += left;
         return out;
     }
     let mut rows = lambda * left;
     for &i in &measured {
+        if seldom[i] && rows < LOADED_FRAC * cap(i) {
+            continue;
+        }
         let take = rows.min(cap(i));
         out[i] += take / lambda;
         rows -= take;

@@ -2,12 +2,14 @@ use super::*;
 
 const SETPOINT_S: f64 = 0.020;
 
+/// A replica answering at its capacity (loaded: a p99 over the set point is its queue).
 fn replica(price: f64, capacity: Option<f64>, p99_ms: Option<f64>) -> ReplicaObs {
     ReplicaObs {
         price,
         healthy: true,
         capacity_rows_per_s: capacity,
         p99_s: p99_ms.map(|m| m / 1000.0),
+        rate_rows_per_s: capacity.unwrap_or(0.0),
     }
 }
 
@@ -168,6 +170,7 @@ fn on_a_steady_load_the_split_settles_without_oscillating_and_stays_a_distributi
                 healthy: rng.next() > 0.2,
                 capacity_rows_per_s: (rng.next() > 0.2).then(|| rng.next() * 2000.0),
                 p99_s: Some(rng.next() * 0.015),
+                rate_rows_per_s: rng.next() * 2000.0,
             })
             .collect();
         let lambda = rng.next() * 3000.0;
@@ -226,4 +229,51 @@ fn a_cut_trim_is_not_cut_again_until_the_window_turns_over() {
     let under = [replica(1.0, Some(1000.0), Some(5.0))];
     held.decide(&under, 500.0, SETPOINT_S);
     assert!((held.trim(0).unwrap() - 0.30).abs() < 1e-9, "{held:?}");
+}
+
+#[test]
+fn a_replica_slow_because_it_is_sent_few_rows_keeps_its_trim_and_waits_for_more_rows() {
+    // The CPU could serve 400 rows/s (a row takes 2 ms of its share), but sent 60 it
+    // answers in 40 ms: its rows come too seldom to find its weights in cache. Its trim is
+    // kept, and while only 60 rows/s arrive the GPU takes them.
+    let gpu = replica(10.0, Some(5000.0), Some(2.0));
+    let seldom = ReplicaObs {
+        rate_rows_per_s: 60.0,
+        ..replica(1.0, Some(400.0), Some(40.0))
+    };
+    let mut s = Split::default();
+    let mut f = Vec::new();
+    for _ in 0..20 {
+        f = s.decide(&[gpu.clone(), seldom.clone()], 60.0, SETPOINT_S);
+    }
+    assert_near(&f, &[1.0, 0.0], 1e-4);
+    assert_eq!((s.trim(1), s.seldom(1)), (Some(1.0), Some(true)));
+    // 1,000 rows/s: more than half its capacity is left for it, so it is filled again, to
+    // its whole capacity.
+    for _ in 0..20 {
+        f = s.decide(&[gpu.clone(), seldom.clone()], 1000.0, SETPOINT_S);
+    }
+    assert_near(&f, &[0.6, 0.4], 1e-3);
+    // Under the set point it is no longer marked; loaded and over it, its trim is cut.
+    let within = replica(1.0, Some(400.0), Some(5.0));
+    s.decide(&[gpu.clone(), within], 1000.0, SETPOINT_S);
+    assert_eq!(s.seldom(1), Some(false));
+    let loaded = replica(1.0, Some(400.0), Some(40.0));
+    s.decide(&[gpu, loaded], 1000.0, SETPOINT_S);
+    assert!((s.trim(1).unwrap() - 0.5).abs() < 1e-9, "{:?}", s.trim(1));
+    assert_eq!(s.seldom(1), Some(false));
+}
+
+#[test]
+fn a_replica_whose_rows_alone_outlast_the_setpoint_is_cut_however_few_it_gets() {
+    // Capacity 20 rows/s at a load of 0.8: a row takes 40 ms of its device's time, over the
+    // 20 ms set point at any rate. Fewer rows mean fewer late ones: the trim is cut.
+    let slow = [ReplicaObs {
+        rate_rows_per_s: 1.0,
+        ..replica(1.0, Some(20.0), Some(45.0))
+    }];
+    let mut s = Split::default();
+    s.decide(&slow, 100.0, SETPOINT_S);
+    assert!((s.trim(0).unwrap() - 0.5).abs() < 1e-9, "{:?}", s.trim(0));
+    assert_eq!(s.seldom(0), Some(false));
 }

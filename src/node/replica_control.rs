@@ -14,13 +14,8 @@ use crate::control::admission::uncommitted_but;
 use crate::control::inference::{
     ServiceTimeModel, batch_totals, batched_cost, device_speed, largest_batch,
 };
-use crate::control::split::{ReplicaObs, Split};
-
-/// The load a replica's capacity is planned at: below 1, so that its queue stays short.
-pub(crate) const LOAD_TARGET: f64 = 0.8;
-
-/// How much of a new measurement of a replica's cost per row is taken each period.
-const COST_GAIN: f64 = 0.3;
+use crate::control::replica_cost::CostEstimate;
+use crate::control::split::{LOAD_TARGET, ReplicaObs, Split};
 
 /// The price of a device's share in the split: the CPU is filled before a GPU, whose
 /// share is what the node spends on its tenants.
@@ -34,8 +29,8 @@ pub(crate) struct SplitState {
     /// Per service: the split's memory.
     splits: HashMap<String, Split>,
     /// Per replica (service, index): its cost per row, device-seconds (core-seconds on the
-    /// CPU), smoothed.
-    costs: HashMap<(String, usize), f64>,
+    /// CPU), estimated over the periods.
+    costs: HashMap<(String, usize), CostEstimate>,
     /// Per replica: its batches' time by size, learned as the controller learns a service's.
     models: HashMap<(String, usize), ServiceTimeModel>,
     /// Per replica: the requests waiting at the last tick (the rows it had answered are in
@@ -48,6 +43,8 @@ pub(crate) struct SplitState {
 /// One replica over the last period.
 struct ReplicaPeriod {
     rows: u64,
+    /// Rows per second answered.
+    rate: f64,
     core_s: f64,
     stalled: bool,
     /// What a row would cost in the largest batch the SLO allows (the batch the replica
@@ -158,7 +155,8 @@ impl Node {
             .unwrap_or_default();
         let rows_now = rows.saturating_sub(prev.steps);
         let core_s = (usage.core_s - prev.core_s).max(0.0);
-        r.set_rate(rows_now as f64 / clock.period_s);
+        let rate = rows_now as f64 / clock.period_s;
+        r.set_rate(rate);
         round.used_core_s[d.index()] += core_s;
         if self.device_failed(d) {
             return None;
@@ -175,6 +173,7 @@ impl Node {
         let batched = batched_factor(model, &calibration, &batches, config, speed);
         let period = ReplicaPeriod {
             rows: rows_now,
+            rate,
             core_s,
             stalled: queued_before > 0 && queue_len > 0 && rows == prev.steps,
             batched,
@@ -211,20 +210,23 @@ impl Node {
         let d: DeviceId = r.device;
         let key = (name.to_string(), i);
         let healthy = r.is_up() && period.as_ref().is_some_and(|p| !p.stalled);
-        if let Some(p) = period.as_ref().filter(|p| p.rows > 0 && p.core_s > 0.0) {
-            let cost = p.core_s / p.rows as f64 * p.batched;
+        let rate = period.as_ref().map_or(0.0, |p| p.rate);
+        if let Some(p) = period.as_ref() {
+            let cost = (p.rows > 0 && p.core_s > 0.0).then(|| p.core_s / p.rows as f64 * p.batched);
             st.split
                 .costs
                 .entry(key.clone())
-                .and_modify(|c| *c += COST_GAIN * (cost - *c))
-                .or_insert(cost);
+                .or_default()
+                .observe(cost, rate);
         }
         let budget = self.service_max_share(d) * self.capacity_of(d);
+        let cost = st.split.costs.get(&key).and_then(CostEstimate::cost);
         ReplicaObs {
             price: price(self.placement(d).is_gpu()),
             healthy,
-            capacity_rows_per_s: st.split.costs.get(&key).map(|c| LOAD_TARGET * budget / c),
+            capacity_rows_per_s: cost.map(|c| LOAD_TARGET * budget / c),
             p99_s: period.and_then(|p| p.p99_s),
+            rate_rows_per_s: rate,
         }
     }
 }
@@ -253,7 +255,7 @@ impl Node {
                 .filter(|&(i, r)| i != here && r.is_up())
                 .filter_map(|(i, r)| {
                     let cap = r.capacity()?;
-                    let cost = *st.split.costs.get(&(svc.name().to_string(), i))?;
+                    let cost = st.split.costs.get(&(svc.name().to_string(), i))?.cost()?;
                     // What the replica's device has left once its other tenants' commitments
                     // are met, in rows per second at this replica's cost.
                     let there = st.per_device.get(r.device.index())?;
