@@ -8,26 +8,23 @@
 //! was sent few rows would send it fewer still, and the replica would settle cold, serving a
 //! small part of what it could (a load step that follows a lull finds it there).
 //!
-//! So the estimate `ĉ` moves toward a period's cost `c`, measured at `r` rows per second, as
-//! follows:
-//!
-//! - `c ≤ ĉ`: always, `ĉ ← ĉ + GAIN (c − ĉ)`: a row was that cheap at that rate.
-//! - `c > ĉ`: only when `r ≥ REF_FRAC × r̂`, where `r̂` is the rate the estimate stands on:
-//!   the highest rate it was measured at, forgetting [`REF_DECAY`] of it each period.
-//!
-//! Each period `r̂ ← max(REF_DECAY × r̂, r)`. A cost measured far below the rate the estimate
-//! stands on is left out until that rate is forgotten (about 70 periods to halve it): time
-//! for the load to come back, or for the trim's probe (in [`super::split`]) to send the
-//! replica more rows. An estimate too low corrects itself, because the split sends the
-//! replica the rows it implies and their cost is then measured at that rate; one too high
-//! would not.
+//! So a period's cost `c`, measured at `r` rows per second, moves the estimate `ĉ` only when
+//! `r ≥ REF_FRAC × r̂`, where `r̂` is the rate the estimate stands on: the highest rate it was
+//! measured at, forgetting [`REF_DECAY`] of it each period. Then `ĉ ← ĉ + GAIN (c − ĉ)`.
+//! Each period `r̂ ← max(REF_DECAY × r̂, r)`. A period far below that rate is left out either
+//! way: dearer, it is the lull's cost, not the cost at the rate the replica would be sent;
+//! cheaper, it is a handful of rows, whose noise would pull the estimate down to its least
+//! draws (and an estimate too low overstates how long a queue the replica clears in time,
+//! which the dispatcher goes by). Left out until that rate is forgotten (about 70 periods
+//! to halve it): time for the load to come back. A replica whose load stays light is then
+//! priced at its light load's cost, as it should be while that is its load.
 //!
 //! Pure: the node measures each period's rows and CPU time and calls [`CostEstimate::observe`].
 
 /// How much of a period's cost the estimate takes.
 pub const GAIN: f64 = 0.3;
-/// A period dearer than the estimate moves it only when its rate was at least this part of
-/// the rate the estimate stands on.
+/// A period moves the estimate only when its rate was at least this part of the rate the
+/// estimate stands on.
 pub const REF_FRAC: f64 = 0.5;
 /// What the rate the estimate stands on keeps of itself per period.
 pub const REF_DECAY: f64 = 0.99;
@@ -52,7 +49,7 @@ impl CostEstimate {
         };
         self.cost = match self.cost {
             None => Some(c),
-            Some(est) if c <= est || rate >= REF_FRAC * stands_on => Some(est + GAIN * (c - est)),
+            Some(est) if rate >= REF_FRAC * stands_on => Some(est + GAIN * (c - est)),
             keep => keep,
         };
     }
@@ -86,7 +83,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dearer_row_at_a_far_lower_rate_leaves_the_estimate() {
+    fn a_period_at_a_far_lower_rate_leaves_the_estimate() {
         let mut e = CostEstimate::default();
         e.observe(Some(0.002), 400.0);
         // Sent 60 rows/s, each costs four times as much: not what it would cost at 400.
@@ -94,14 +91,16 @@ mod tests {
             e.observe(Some(0.008), 60.0);
         }
         assert_eq!(e.cost(), Some(0.002));
-        // Cheaper at a low rate still counts: a row was that cheap.
+        // Nor does a cheaper one: a few rows' noise.
         e.observe(Some(0.001), 10.0);
-        assert!((e.cost().unwrap() - 0.0017).abs() < 1e-12);
-        // Dearer at half the rate or more counts.
+        assert_eq!(e.cost(), Some(0.002));
+        // At half the rate or more, either counts.
         let mut e = CostEstimate::default();
         e.observe(Some(0.002), 400.0);
         e.observe(Some(0.004), 200.0);
         assert!((e.cost().unwrap() - 0.0026).abs() < 1e-12);
+        e.observe(Some(0.001), 200.0);
+        assert!((e.cost().unwrap() - (0.0026 - 0.3 * 0.0016)).abs() < 1e-12);
     }
 
     #[test]
