@@ -5,8 +5,7 @@
 
 use std::process::{Command, Output};
 
-#[path = "support/daemon.rs"]
-mod daemon;
+use crate::support::daemon;
 use daemon::Daemon;
 
 const BIN: &str = env!("CARGO_BIN_EXE_setpoint");

@@ -127,8 +127,7 @@ impl Drop for Daemon {
     }
 }
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 use child::free_port;
 
 fn setpoint(args: &[&str]) -> Output {

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 use child::{ChildDaemon, free_port, poll, stderr_of, stdout_of};
 
 /// The daemon on a config file in `dir` that a test may rewrite; waits until it is ready.

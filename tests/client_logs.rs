@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 use child::{ChildDaemon, free_port, poll, stderr_of, stdout_of};
 
 /// The daemon on state dir `dir/state`, listening on `port`; waits until it is ready.

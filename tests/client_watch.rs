@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 use child::{ChildDaemon, cli_at, free_port, poll, stderr_of, stdout_of};
 
 /// The daemon with one service (`mlp`, p99 ≤ 25 ms) and one long job, ready.

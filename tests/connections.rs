@@ -4,10 +4,8 @@
 //! for checkpoints, and a stop answers the requests in flight without waiting for idle
 //! connections.
 
-#[path = "support/child.rs"]
-mod child;
-#[path = "support/daemon.rs"]
-mod daemon;
+use crate::support::child;
+use crate::support::daemon;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

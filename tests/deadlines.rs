@@ -2,8 +2,7 @@
 //! admission, a job past its deadline is demoted (or stopped), outcomes are shown and
 //! recorded, and the estimated finish follows the job's own rate.
 
-#[path = "support/daemon.rs"]
-mod daemon;
+use crate::support::daemon;
 
 use std::time::{Duration, SystemTime};
 

@@ -21,12 +21,10 @@ const TOKEN: &str = "drill-token";
 const REASON: &str = "CUDA_ERROR_ILLEGAL_ADDRESS (an illegal memory access was encountered)";
 const DATA: &str = "synthetic:blobs:size=2000,classes=3,features=8";
 
-#[path = "support/promtool.rs"]
-mod promtool;
+use crate::support::promtool;
 use promtool::promtool_check;
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 use child::{ChildDaemon, free_port, poll};
 
 /// The daemon binary (see [`ChildDaemon`]) on `config`, its log appended to `log`.

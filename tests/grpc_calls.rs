@@ -8,10 +8,8 @@ use std::time::Duration;
 use setpoint::api::grpc::pb;
 use tonic::Code;
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/grpc.rs"]
-mod grpc;
+use crate::support::daemon;
+use crate::support::grpc;
 use daemon::Daemon;
 use grpc::*;
 

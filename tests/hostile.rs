@@ -1,9 +1,7 @@
 //! Hostile and clumsy input over the API: one request must never take the node down.
 
-#[path = "support/child.rs"]
-mod child;
-#[path = "support/daemon.rs"]
-mod daemon;
+use crate::support::child;
+use crate::support::daemon;
 
 use daemon::Daemon;
 use serde_json::json;

@@ -6,10 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/promtool.rs"]
-mod promtool;
+use crate::support::daemon;
+use crate::support::promtool;
 use daemon::Daemon;
 
 use daemon::SERVICE;

@@ -1,10 +1,8 @@
 //! A job's life at its ends, over the API: admission loads its data off the server's
 //! threads and under a bound, and a job that has ended can be removed, freeing its name.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/slow_data.rs"]
-mod slow_data;
+use crate::support::daemon;
+use crate::support::slow_data;
 
 use std::path::Path;
 use std::time::Duration;

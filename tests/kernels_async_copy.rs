@@ -4,8 +4,7 @@
 //! the wait that retires the copy shows as schedules disagreeing; a group never waited for,
 //! a misaligned source and a source in shared memory are reported by name.
 
-#[path = "support/emu.rs"]
-mod emu;
+use crate::support::emu;
 
 use emu::{Harness, Launch, SCHEDULES};
 

@@ -9,8 +9,7 @@
 //! The harness is built with the system C++ compiler, at most once per test process and
 //! reused while its sources are unchanged.
 
-#[path = "support/emu.rs"]
-mod emu;
+use crate::support::emu;
 
 use half::bf16;
 use setpoint::device::cpu::CpuBuf;

@@ -13,10 +13,8 @@
 //! which checks the kernel's tiling and fragment indexing against those layouts; only a GPU
 //! can check the layouts themselves (and it compares `gemm_bf16` with `gemm_bf16_simt`).
 
-#[path = "support/emu.rs"]
-mod emu;
-#[path = "support/emu_gemm.rs"]
-mod emu_gemm;
+use crate::support::emu;
+use crate::support::emu_gemm;
 
 use setpoint::device::Gemm;
 use setpoint::util::rng::Rng;

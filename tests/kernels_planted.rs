@@ -29,10 +29,8 @@
 //!   256-byte alignment or a k range starting anywhere) and an index past a `__shared__`
 //!   array: caught by UBSan in the harness build.
 
-#[path = "support/emu.rs"]
-mod emu;
-#[path = "support/emu_gemm.rs"]
-mod emu_gemm;
+use crate::support::emu;
+use crate::support::emu_gemm;
 
 use setpoint::device::cpu::CpuBuf;
 use setpoint::device::cuda::choice::wgmma_operands;

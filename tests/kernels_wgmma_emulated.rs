@@ -14,10 +14,8 @@
 //! The layouts (swizzle, descriptors, accumulator fragment) come from the PTX ISA and CUTLASS
 //! (see the headers); only a GPU can confirm the hardware follows them as emulated.
 
-#[path = "support/emu.rs"]
-mod emu;
-#[path = "support/emu_gemm.rs"]
-mod emu_gemm;
+use crate::support::emu;
+use crate::support::emu_gemm;
 
 use setpoint::device::Gemm;
 use setpoint::device::cuda::choice::wgmma_operands;

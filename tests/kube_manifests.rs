@@ -4,8 +4,7 @@
 //! mounted, the probes and ports are its listener's, and the DeviceClasses select its
 //! driver's devices.
 
-#[path = "support/kube_validate.rs"]
-mod kube_validate;
+use crate::support::kube_validate;
 
 use std::path::{Path, PathBuf};
 

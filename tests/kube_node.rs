@@ -7,14 +7,10 @@
 
 #![cfg(feature = "kubernetes")]
 
-#[path = "support/child.rs"]
-mod child;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/kube_fake.rs"]
-mod kube_fake;
-#[path = "support/kube_validate.rs"]
-mod kube_validate;
+use crate::support::child;
+use crate::support::daemon;
+use crate::support::kube_fake;
+use crate::support::kube_validate;
 
 use std::path::Path;
 use std::time::Duration;

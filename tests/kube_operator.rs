@@ -6,10 +6,8 @@
 //! against Kubernetes' published schemas (`scripts/kube-validate.sh`).
 #![cfg(feature = "kubernetes")]
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/kube_validate.rs"]
-mod kube_validate;
+use crate::support::daemon;
+use crate::support::kube_validate;
 #[path = "kube_operator/real_daemon.rs"]
 mod real_daemon;
 #[path = "kube_operator/scenario.rs"]
@@ -45,7 +43,7 @@ fn the_committed_crds_are_what_the_code_generates() {
             committed == text,
             "deploy/kubernetes/crds/{name} differs from the CRD src/kube/operator/crd.rs \
              generates; write it again with `SETPOINT_UPDATE_CRDS=1 cargo test --features \
-             kubernetes --test kube_operator`"
+             kubernetes --test integration kube_operator::`"
         );
     }
 }

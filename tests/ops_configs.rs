@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-#[path = "support/daemon.rs"]
-mod daemon;
+use crate::support::daemon;
 use daemon::Daemon;
 
 fn shipped(name: &str) -> (PathBuf, String) {

@@ -154,8 +154,7 @@ fn the_precision_key_takes_bf16_or_f32() {
     );
 }
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 
 #[test]
 fn a_job_and_a_service_run_in_the_precision_they_ask_for() {

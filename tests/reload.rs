@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "reload-test-token";
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 use child::{ChildDaemon, free_port, poll};
 
 /// Replaces `path` as an editor should: a new file renamed over the old one.

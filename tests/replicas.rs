@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-#[path = "support/daemon.rs"]
-mod support;
+use crate::support::daemon as support;
 use support::Daemon;
 
 /// Two replicas, the smaller part named first: between equals the split fills the one named

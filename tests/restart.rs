@@ -9,11 +9,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use setpoint::model::checkpoint::Checkpoint;
 
-#[path = "support/slow_data.rs"]
-mod slow_data;
+use crate::support::slow_data;
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 use child::{ChildDaemon, free_port, poll};
 
 /// The tests here restart daemons on a fixed port; run side by side, one test's free port

@@ -2,8 +2,7 @@
 
 use setpoint::bench::scenario::{PolicyName, Scenario};
 
-#[path = "support/machine.rs"]
-mod machine;
+use crate::support::machine;
 
 /// Other processes' average busy cores under which the policy comparison is asserted.
 const QUIET_CORES: f64 = 0.25;

@@ -144,8 +144,7 @@ fn the_unit_passes_systemd_analyze_verify() {
     );
 }
 
-#[path = "support/child.rs"]
-mod child;
+use crate::support::child;
 use child::free_port;
 
 /// Notifications received, in order.

@@ -4,10 +4,8 @@
 
 use serde_json::{Value, json};
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/promtool.rs"]
-mod promtool;
+use crate::support::daemon;
+use crate::support::promtool;
 use daemon::Daemon;
 
 // A batch fills to 4 rows long before the queue delay: each request of 4 rows is one batch.

@@ -9,8 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use setpoint::node::{JobView, ServiceView, StatusView};
 
-#[path = "support/daemon.rs"]
-mod daemon;
+use crate::support::daemon;
 use daemon::Daemon;
 
 const SERVICE: &str = r#"

@@ -9,7 +9,7 @@ use setpoint::util::rng::Rng;
 
 use setpoint::device::cuda::tma::gemm_tensor_maps;
 
-use crate::emu::{
+use super::emu::{
     Harness, Launch, Outputs, SCHEDULES, close, round_to_bf16, same, to_bf16_bits, uniform,
 };
 

@@ -9,9 +9,9 @@ use setpoint::api::grpc::pb::grpc_inference_service_client::GrpcInferenceService
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::daemon::Daemon;
+use super::daemon::Daemon;
 
-pub use crate::daemon::SERVICE;
+pub use super::daemon::SERVICE;
 
 pub type Client = GrpcInferenceServiceClient<Channel>;
 
