@@ -109,6 +109,18 @@ fn a_service_runs_a_replica_on_each_device_it_names_and_status_shows_them() {
         metrics.contains("setpoint_replica_up{service=\"mlp\",device=\"cpu:1\"} 1"),
         "{metrics}"
     );
+    // The seldom mark is shown for each replica, in the metrics and in its view (each read
+    // at its own moment: a control tick may change it in between).
+    for r in replicas(&d) {
+        let device = r["device"].as_str().unwrap();
+        assert!(r["seldom"].is_boolean(), "{r}");
+        let prefix = format!("setpoint_replica_seldom{{service=\"mlp\",device=\"{device}\"}} ");
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing from:\n{metrics}"));
+        assert!(value == "0" || value == "1", "{prefix}{value}");
+    }
     // A replica that answered in the SLO window (1 s) has its three latency quantiles; one
     // that never answered has none. The last request was just answered, so some replica has them.
     let sample = |device: &str, q: &str| {

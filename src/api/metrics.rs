@@ -61,7 +61,7 @@ fn latency_quantiles(o: &mut Samples<'_>, labels: &[(&str, &str)], window: &Wind
 
 /// Each service's replicas: where they run, their shares, their part of the rows, and how
 /// fast they answer.
-const REPLICAS: [NodeRow; 5] = [
+const REPLICAS: [NodeRow; 6] = [
     (
         Family::gauge(
             "setpoint_replica_share",
@@ -89,6 +89,14 @@ const REPLICAS: [NodeRow; 5] = [
             "1 while the replica takes rows (its device works, its batcher runs), else 0.",
         ),
         |c, o| per_replica(c, o, |r, _| f64::from(u8::from(r.is_up()))),
+    ),
+    (
+        Family::gauge(
+            "setpoint_replica_seldom",
+            "1 while the split passes the replica over until more rows come: its p99 was over \
+             the latency set point while it answered under half its capacity, else 0.",
+        ),
+        |c, o| per_replica(c, o, |r, _| f64::from(u8::from(r.is_seldom()))),
     ),
     (
         Family::gauge(

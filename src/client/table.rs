@@ -265,7 +265,8 @@ pub(crate) fn status_text(s: &StatusView) -> String {
     out
 }
 
-/// A row under its service for one replica: its device, whether it is up, its part of the
+/// A row under its service for one replica: its device, whether it is up (`seldom`: up, and
+/// passed over while few rows are left for it), its part of the
 /// rows, its latency and rows per second against the capacity the split planned, its share
 /// of its device and its queue.
 fn replica_row(r: &crate::node::ReplicaView) -> Vec<String> {
@@ -276,7 +277,12 @@ fn replica_row(r: &crate::node::ReplicaView) -> Vec<String> {
     vec![
         String::new(),
         format!("  on {}", r.device),
-        if r.up { "up" } else { "down" }.into(),
+        match (r.up, r.seldom) {
+            (false, _) => "down",
+            (true, true) => "seldom",
+            (true, false) => "up",
+        }
+        .into(),
         format!("rows {}", pct(r.fraction)),
         format!("{p99}, {:.0} of {capacity} rows/s", r.rows_per_s),
         pct(r.share),
@@ -378,6 +384,30 @@ mod tests {
             "listeners": {"http": "127.0.0.1:8000", "grpc": null},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_replica_row_says_down_seldom_or_up() {
+        let replica = |up: bool, seldom: bool| -> crate::node::ReplicaView {
+            serde_json::from_value(json!({
+                "device": "cpu:1", "share": 0.2, "fraction": 0.0, "up": up, "seldom": seldom,
+                "queue_len": 0, "rows_per_s": 0.0, "capacity_rows_per_s": 400.0, "rows": 9,
+                "p99_ms": 31.5, "precision": "f32",
+            }))
+            .unwrap()
+        };
+        assert_eq!(replica_row(&replica(true, false))[2], "up");
+        assert_eq!(replica_row(&replica(true, true))[2], "seldom");
+        assert_eq!(replica_row(&replica(false, true))[2], "down");
+        assert_eq!(
+            replica_row(&replica(true, true))[4],
+            "p99 31.50 ms, 0 of 400 rows/s"
+        );
+        // A daemon from before the mark sends none: not seldom.
+        let mut old = serde_json::to_value(replica(true, true)).unwrap();
+        old.as_object_mut().unwrap().remove("seldom");
+        let old: crate::node::ReplicaView = serde_json::from_value(old).unwrap();
+        assert!(!old.seldom);
     }
 
     #[test]

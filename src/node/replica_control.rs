@@ -118,6 +118,7 @@ impl Node {
                     _ => None,
                 };
                 svc.replicas()[i].set_capacity(planned, setpoint_s);
+                svc.replicas()[i].set_seldom(split.seldom(i).unwrap_or(false));
             }
             svc.set_split(&fractions);
             st.split.last.insert(name, fractions);

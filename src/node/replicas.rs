@@ -40,6 +40,9 @@ pub struct Replica {
     /// The most requests its queue holds and still answers within the latency set point
     /// at that capacity (`u64::MAX` until measured): past it, a request goes elsewhere.
     queue_bound: std::sync::atomic::AtomicU64,
+    /// Whether the split passes it over while few rows are left for it
+    /// ([`crate::control::split::Split::seldom`]).
+    seldom: std::sync::atomic::AtomicBool,
 }
 
 impl Replica {
@@ -87,6 +90,7 @@ impl Replica {
             rate: std::sync::atomic::AtomicU64::new(0),
             capacity: std::sync::atomic::AtomicU64::new(f64::NAN.to_bits()),
             queue_bound: std::sync::atomic::AtomicU64::new(u64::MAX),
+            seldom: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -105,6 +109,18 @@ impl Replica {
     /// The rows it answered per second over the last control period.
     pub fn rate(&self) -> f64 {
         f64::from_bits(self.rate.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Records whether the split marked it seldom: late while sent few rows, so passed
+    /// over while few rows are left for it.
+    pub(crate) fn set_seldom(&self, seldom: bool) {
+        self.seldom
+            .store(seldom, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the split marked it seldom at the last control period.
+    pub fn is_seldom(&self) -> bool {
+        self.seldom.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records the rows per second the split planned it could serve within the SLO (None:
@@ -163,6 +179,7 @@ impl Replica {
             queue_len: self.batcher.queue_len(),
             rows_per_s: self.rate(),
             capacity_rows_per_s: self.capacity(),
+            seldom: self.is_seldom(),
             rows: self.batcher.stats().success_rows,
             p99_ms: (window.count > 0).then_some(window.total.p99 * 1000.0),
             precision: self.precision,
@@ -208,6 +225,12 @@ pub struct ReplicaView {
     /// split fills the cheaper replicas up to it. None until measured, and while down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_rows_per_s: Option<f64>,
+    /// Whether the split passes it over while fewer rows than half its capacity are left
+    /// for it: its p99 was over the latency set point while it answered less than that, so
+    /// its rows came too seldom to be fast (weights out of cache, batches of one). It is
+    /// filled again when more rows come, and unmarked once its p99 is within the set point.
+    #[serde(default)]
+    pub seldom: bool,
     /// Rows answered since it started.
     pub rows: u64,
     /// 99th-percentile latency over the SLO window, ms; none without requests.

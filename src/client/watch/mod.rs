@@ -200,7 +200,8 @@ fn service_lines(s: &StatusView, history: &WatchHistory, lines: &mut Vec<String>
     }
 }
 
-/// One line per replica of a service that has several: its device, whether it is up, its
+/// One line per replica of a service that has several: its device, whether it is up (or
+/// seldom: passed over while few rows are left for it), its
 /// part of the rows, its share of its device, its rows per second against its planned
 /// capacity, and its p99.
 fn replica_lines(t: &TenantView, lines: &mut Vec<String>) {
@@ -210,9 +211,13 @@ fn replica_lines(t: &TenantView, lines: &mut Vec<String>) {
             .capacity_rows_per_s
             .map_or("-".to_string(), |c| format!("{c:.0}/s"));
         lines.push(format!(
-            "  on {:<10} {:<4} rows {:>5}  share {:>5}  {:>7} of {:>7}  p99 {}",
+            "  on {:<10} {:<6} rows {:>5}  share {:>5}  {:>7} of {:>7}  p99 {}",
             r.device,
-            if r.up { "up" } else { "DOWN" },
+            match (r.up, r.seldom) {
+                (false, _) => "DOWN",
+                (true, true) => "seldom",
+                (true, false) => "up",
+            },
             pct(r.fraction),
             pct(r.share),
             format!("{:.0}/s", r.rows_per_s),
