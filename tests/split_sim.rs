@@ -1,7 +1,8 @@
 //! The split of a service's rows between replicas, closed around a simulated load: the
 //! controller's law ([`setpoint::control::split`]) decides each period from what the
 //! replicas measured, the dispatcher ([`setpoint::serve::dispatch`]) routes every row by
-//! it, and each replica is a single server with a fixed cost per row. Seeded arrivals and
+//! it, and each replica is a single server whose cost per row is fixed, or rises when its
+//! rows come seldom. Seeded arrivals and
 //! simulated time make the run the same on every machine: what is tested is the law and the
 //! dispatcher together, not the host's speed (the daemon's own replicas are tested in
 //! `tests/replicas.rs`). A replica's cost is estimated as the node estimates it
@@ -31,10 +32,9 @@ struct Server {
     free_at: f64,
     /// Latencies of the rows answered in the current period.
     latencies: Vec<f64>,
-    /// Rows answered and seconds busy, over the run.
+    /// Rows answered over the run.
     rows: u64,
-    busy_s: f64,
-    /// Rows and seconds busy in the current period; rows in the last one.
+    /// Rows and seconds busy in the current period.
     period_rows: u64,
     period_busy_s: f64,
     estimate: CostEstimate,
@@ -51,7 +51,6 @@ impl Server {
             free_at: 0.0,
             latencies: Vec::new(),
             rows: 0,
-            busy_s: 0.0,
             period_rows: 0,
             period_busy_s: 0.0,
             estimate: CostEstimate::default(),
@@ -90,7 +89,6 @@ impl Server {
         self.free_at = start + cost;
         self.latencies.push(self.free_at - at);
         self.rows += 1;
-        self.busy_s += cost;
         self.period_rows += 1;
         self.period_busy_s += cost;
     }
@@ -114,13 +112,15 @@ impl Server {
     }
 
     fn p99(&mut self) -> Option<f64> {
-        if self.latencies.is_empty() {
-            return None;
-        }
-        self.latencies.sort_by(f64::total_cmp);
-        let rank = ((0.99 * self.latencies.len() as f64).ceil() as usize).max(1);
-        Some(self.latencies[rank - 1])
+        p99(&mut self.latencies)
     }
+}
+
+/// The nearest-rank 99th percentile of `v` (sorted in place); None when empty.
+fn p99(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let rank = ((0.99 * v.len() as f64).ceil() as usize).max(1);
+    v.get(rank - 1).copied()
 }
 
 /// What one run measured: per period, the p99 over every row answered in it and the rows
@@ -175,10 +175,7 @@ fn run_phases(servers: &mut [Server], phases: &[(usize, f64)], split: bool, seed
             servers[i].take(t);
         }
         let mut all: Vec<f64> = servers.iter().flat_map(|s| s.latencies.clone()).collect();
-        all.sort_by(f64::total_cmp);
-        let rank = ((0.99 * all.len() as f64).ceil() as usize).max(1);
-        out.p99_by_period
-            .push(all.get(rank - 1).copied().unwrap_or(0.0));
+        out.p99_by_period.push(p99(&mut all).unwrap_or(0.0));
         out.rows_by_period
             .push(servers.iter().map(|s| s.period_rows).collect());
         let obs: Vec<ReplicaObs> = servers.iter_mut().map(Server::observe).collect();
@@ -263,9 +260,10 @@ fn a_replica_that_goes_down_gets_no_rows_and_the_other_takes_them() {
 
 #[test]
 fn after_a_lull_the_cheap_replica_takes_its_rows_again() {
-    // The cheap replica's row costs 2 ms when rows come at 100/s or more, and up to 30 ms,
-    // over the set point, when they come a few a second (its weights out of cache). 300
-    // rows/s arrive, under its capacity of 400; then a lull of 15 for 3 s; then 300 again.
+    // The cheap replica's row costs about 2 ms when rows come at 150/s or more (2.7 at
+    // 100/s), and up to 30 ms, over the set point, when they come a few a second (its
+    // weights out of cache). 300 rows/s arrive, under its capacity of 400; then a lull of
+    // 15 for 3 s; then 300 again.
     // The dear replica (a GPU, 0.5 ms a row) should take only what the cheap one serves
     // late.
     let phases = [(40, 300.0), (30, 15.0), (80, 300.0)];

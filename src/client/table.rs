@@ -277,12 +277,7 @@ fn replica_row(r: &crate::node::ReplicaView) -> Vec<String> {
     vec![
         String::new(),
         format!("  on {}", r.device),
-        match (r.up, r.seldom) {
-            (false, _) => "down",
-            (true, true) => "seldom",
-            (true, false) => "up",
-        }
-        .into(),
+        r.state().into(),
         format!("rows {}", pct(r.fraction)),
         format!("{p99}, {:.0} of {capacity} rows/s", r.rows_per_s),
         pct(r.share),

@@ -239,6 +239,18 @@ pub struct ReplicaView {
     pub precision: Precision,
 }
 
+impl ReplicaView {
+    /// `down` (its device failed or its batcher stopped), `seldom` (up, and passed over
+    /// while few rows are left for it) or `up`.
+    pub fn state(&self) -> &'static str {
+        match (self.up, self.seldom) {
+            (false, _) => "down",
+            (true, true) => "seldom",
+            (true, false) => "up",
+        }
+    }
+}
+
 /// A device as replica resolution sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Candidate {

@@ -213,11 +213,7 @@ fn replica_lines(t: &TenantView, lines: &mut Vec<String>) {
         lines.push(format!(
             "  on {:<10} {:<6} rows {:>5}  share {:>5}  {:>7} of {:>7}  p99 {}",
             r.device,
-            match (r.up, r.seldom) {
-                (false, _) => "DOWN",
-                (true, true) => "seldom",
-                (true, false) => "up",
-            },
+            if r.up { r.state() } else { "DOWN" },
             pct(r.fraction),
             pct(r.share),
             format!("{:.0}/s", r.rows_per_s),
