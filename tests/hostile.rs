@@ -309,3 +309,68 @@ fn the_node_memory_limit_is_summed_over_tenants() {
     assert_eq!(d.get_json("/v2/health/live").0, 200);
     assert_eq!(d.get_json("/v1/jobs/second").0, 404);
 }
+
+/// Threads that keep a core each busy at normal priority until dropped: another tenant of
+/// the host.
+struct Hogs {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hogs {
+    fn start(n: usize) -> Hogs {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Hogs { stop, threads }
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A job submitted while normal-priority work keeps every core busy is admitted: its data
+/// load starts in the background, where it would get no core, is found starved and goes on at
+/// normal priority, and the log says so; the steps are measured at normal priority. (The
+/// submission waited past any client's timeout when all of it ran in the background.)
+#[test]
+fn a_job_is_admitted_while_other_work_keeps_every_core_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = child::free_port();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nstate_dir = {:?}\n[device]\nkind = \"cpu\"\n",
+        dir.path().join("state")
+    );
+    let d = child::ChildDaemon::start(&config, port, dir.path(), None);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs = Hogs::start(2 * cores);
+    let started = std::time::Instant::now();
+    let (s, v) = d.post(
+        "/v1/jobs",
+        &json!({"name": "busy", "data": "synthetic:blobs:size=300000,features=32,classes=10",
+                "layers": [32, 512, 512, 10], "epochs": 1, "class": "best-effort"}),
+    );
+    let took = started.elapsed();
+    drop(hogs);
+    assert_eq!(s, 201, "after {took:?}: {v}");
+    let log = d.log_text();
+    assert!(
+        log.contains("the job's data load is starved of CPU in the background"),
+        "admitted in {took:?} without being found starved; log:\n{log}"
+    );
+    println!("admitted beside {} spinning threads in {took:?}", 2 * cores);
+}

@@ -175,7 +175,7 @@ fn a_data_load_past_the_bound_is_refused_stopped_and_frees_the_name() {
     d.poll(
         Duration::from_secs(60),
         "the stopped load's thread to end",
-        || (slow_data::admission_threads() == 0).then_some(()),
+        || (slow_data::admission_threads("slow") == 0).then_some(()),
     );
     // The name is free.
     let (s, v) = d.send(
@@ -212,13 +212,13 @@ fn a_config_jobs_load_does_not_hold_the_server_and_shutdown_does_not_wait_for_it
         "a job named slow is being submitted already",
     );
     assert_eq!(d.get("/v1/jobs").1["jobs"], json!([]));
-    assert!(slow_data::admission_threads() > 0);
+    assert!(slow_data::admission_threads("slow") > 0);
     // Shutdown gives the admission up instead of waiting minutes for the load.
     d.node.shutdown();
     assert!(d.node.jobs().is_empty());
     d.poll(
         Duration::from_secs(60),
         "the stopped load's thread to end",
-        || (slow_data::admission_threads() == 0).then_some(()),
+        || (slow_data::admission_threads("slow") == 0).then_some(()),
     );
 }

@@ -1,6 +1,7 @@
 //! The daemon's state: the inference services and training jobs on this node, the state
 //! dir that holds their records and checkpoints, and the operations the API exposes.
 
+mod admission;
 pub mod checkpointing;
 pub mod control;
 pub mod devices;
@@ -195,7 +196,7 @@ impl Node {
             devices,
             telemetry: Mutex::new(telemetry),
             _state_lock: state_lock,
-            data_load_timeout_ms: AtomicU64::new(intake::DATA_LOAD_TIMEOUT.as_millis() as u64),
+            data_load_timeout_ms: AtomicU64::new(admission::DATA_LOAD_TIMEOUT.as_millis() as u64),
             config_jobs_thread: Mutex::new(None),
             notifier: OnceLock::new(),
             reloads: reload::ReloadState::default(),
@@ -342,7 +343,7 @@ impl Node {
     }
 
     /// Bounds how long a job's data may take to load at admission (by default
-    /// [`intake::DATA_LOAD_TIMEOUT`]); for tests and embedders.
+    /// [`admission::DATA_LOAD_TIMEOUT`]); for tests and embedders.
     pub fn set_data_load_timeout(&self, timeout: std::time::Duration) {
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         self.data_load_timeout_ms.store(ms, Ordering::Relaxed);

@@ -9,6 +9,7 @@ pub mod localtime;
 pub mod priority;
 pub mod prometheus;
 pub mod rng;
+pub mod starvation;
 pub mod stats;
 pub mod sync;
 pub mod table;

@@ -30,15 +30,18 @@ pub fn write_slow_csv_gz(path: &Path) {
     f.flush().unwrap();
 }
 
-/// Threads of this process still loading a job's data for its admission.
-pub fn admission_threads() -> usize {
+/// Threads of this process still loading or measuring job `job` for its admission (named
+/// `admit-JOB`, of which the kernel keeps 15 bytes).
+pub fn admission_threads(job: &str) -> usize {
+    let name = format!("admit-{job}");
+    let comm = &name.as_bytes()[..name.len().min(15)];
     std::fs::read_dir("/proc/self/task")
         .map(|tasks| {
             tasks
                 .flatten()
                 .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|c| c.trim() == "setpoint-admiss")
+                    std::fs::read(t.path().join("comm"))
+                        .is_ok_and(|c| c.strip_suffix(b"\n").unwrap_or(&c) == comm)
                 })
                 .count()
         })
