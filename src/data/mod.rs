@@ -211,7 +211,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset, DataError> {
 }
 
 /// [`load`], abandoned at the next read once `stop` is stopped (the error then says
-/// [`STOPPED`]). A synthetic set is generated whole: it is bounded in size.
+/// [`STOPPED`]); a synthetic set is abandoned within a few thousand rows.
 pub(crate) fn load_with_stop(
     spec: &str,
     opts: &LoadOptions,
@@ -221,7 +221,7 @@ pub(crate) fn load_with_stop(
         if opts.labels_path.is_some() {
             return Err(spec_error(spec, "--labels applies only to IDX image files"));
         }
-        return Ok(synthetic::generate(&params, spec));
+        return synthetic::generate(&params, spec, stop).ok_or_else(|| spec_error(spec, STOPPED));
     }
     if spec.trim().is_empty() {
         return Err(spec_error(spec, EMPTY_SPEC));

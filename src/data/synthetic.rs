@@ -156,8 +156,13 @@ fn validate(spec: &str, p: &Params) -> Result<(), DataError> {
     Err(spec_error(spec, message))
 }
 
-/// Generates the data set described by `p`; `spec` becomes its source.
-pub(super) fn generate(p: &Params, spec: &str) -> Dataset {
+/// How many rows are generated between looks at the stop token.
+const ROWS_PER_LOOK: usize = 4096;
+
+/// Generates the data set described by `p`; `spec` becomes its source. None once `stop` is
+/// stopped (looked at every [`ROWS_PER_LOOK`] rows), so that a load nobody waits for any more
+/// does not go on filling memory.
+pub(super) fn generate(p: &Params, spec: &str, stop: &super::LoadStop) -> Option<Dataset> {
     let (f, k) = (p.features, p.classes);
     let stream = match p.kind {
         Kind::Blobs => 0xB10B,
@@ -175,7 +180,10 @@ pub(super) fn generate(p: &Params, spec: &str) -> Dataset {
     rng.shuffle(&mut order);
     let mut x = Vec::with_capacity(p.size * f);
     let mut labels = Vec::with_capacity(p.size);
-    for i in order {
+    for (n, i) in order.into_iter().enumerate() {
+        if n % ROWS_PER_LOOK == 0 && stop.is_stopped() {
+            return None;
+        }
         let class = i % k;
         labels.push(class as u32);
         match p.kind {
@@ -197,12 +205,12 @@ pub(super) fn generate(p: &Params, spec: &str) -> Dataset {
             }
         }
     }
-    Dataset {
+    Some(Dataset {
         features: f,
         x,
         labels: Some(labels),
         source: spec.to_string(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -270,7 +278,12 @@ mod tests {
 
     #[test]
     fn classes_are_balanced_and_shuffled() {
-        let d = generate(&params("synthetic:spirals:size=30,features=4"), "s");
+        let d = generate(
+            &params("synthetic:spirals:size=30,features=4"),
+            "s",
+            &Default::default(),
+        )
+        .unwrap();
         let labels = d.labels.unwrap();
         for c in 0..3 {
             assert_eq!(labels.iter().filter(|&&l| l == c).count(), 10);
@@ -311,7 +324,7 @@ mod tests {
     #[test]
     fn default_blobs_are_learnable_but_not_from_one_feature() {
         let spec = "synthetic:blobs";
-        let d = generate(&params(spec), spec);
+        let d = generate(&params(spec), spec, &Default::default()).unwrap();
         let (train, val) = super::super::split(&d, 0.2, 1).unwrap();
         let all: Vec<usize> = (0..64).collect();
         let acc = nearest_mean_accuracy(&train, &val, &all);
@@ -320,5 +333,16 @@ mod tests {
             .map(|j| nearest_mean_accuracy(&train, &val, &[j]))
             .fold(0.0, f64::max);
         assert!(best_single < 0.5, "best single feature: {best_single}");
+    }
+
+    #[test]
+    fn a_stopped_generation_is_abandoned_and_the_load_says_so() {
+        let stop = crate::data::LoadStop::default();
+        let spec = "synthetic:blobs:size=100000";
+        assert!(generate(&params(spec), spec, &stop).is_some());
+        stop.stop();
+        assert!(generate(&params(spec), spec, &stop).is_none());
+        let err = crate::data::load_with_stop(spec, &Default::default(), &stop).unwrap_err();
+        assert!(err.to_string().contains(crate::data::STOPPED), "{err}");
     }
 }
