@@ -165,13 +165,11 @@ fn spawn_measurer(
     data: Dataset,
     tx: SyncSender<Progress>,
 ) -> Result<(), NodeError> {
-    let (cfg, placement) = (cfg.clone(), placement.clone());
-    spawn(&cfg.name.clone(), move || {
+    let (job, cfg, placement) = (cfg.name.clone(), cfg.clone(), placement.clone());
+    spawn(&job, move || {
         let measured = caught(|| {
-            let (steps_per_epoch, step_cost_core_s, device_bytes) =
-                jobs::measure_step_cost(&cfg, &data, &placement)
-                    .map_err(|e| NodeError::Invalid(vec![e.to_string()]))?;
-            Ok((steps_per_epoch, step_cost_core_s, device_bytes))
+            jobs::measure_step_cost(&cfg, &data, &placement)
+                .map_err(|e| NodeError::Invalid(vec![e.to_string()]))
         });
         let _ = tx.send(Progress::Measured(measured.map(
             |(steps_per_epoch, step_cost_core_s, device_bytes)| Measured {

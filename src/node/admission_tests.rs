@@ -121,15 +121,30 @@ fn fake_looks(cpu_per_look: Duration) -> impl Fn(&Watched) -> Option<Look> {
     }
 }
 
-#[test]
-fn a_starved_load_is_started_again_at_normal_priority_and_its_data_measured() {
+/// A channel on which the background load has said it started, watched as the calling
+/// thread; None (and a line saying the test was skipped) where threads cannot be watched.
+fn watching_background() -> Option<(Watched, SyncSender<Progress>, Receiver<Progress>)> {
     let Some(me) = Watched::current() else {
         println!("skipped: threads cannot be watched on this platform");
-        return;
+        return None;
     };
+    let (tx, rx) = started_background(me);
+    Some((me, tx, rx))
+}
+
+/// A channel on which the background load, watched as `me`, has said it started.
+fn started_background(me: Watched) -> (SyncSender<Progress>, Receiver<Progress>) {
     let (tx, rx) = sync_channel(5);
     tx.send(Progress::Started(Attempt::Background, Some(me)))
         .unwrap();
+    (tx, rx)
+}
+
+#[test]
+fn a_starved_load_is_started_again_at_normal_priority_and_its_data_measured() {
+    let Some((_me, tx, rx)) = watching_background() else {
+        return;
+    };
     let rescued = Cell::new(false);
     let again = tx.clone();
     let threads = Threads {
@@ -152,13 +167,9 @@ fn a_starved_load_is_started_again_at_normal_priority_and_its_data_measured() {
 
 #[test]
 fn a_load_that_runs_is_not_started_again_and_a_starved_timeout_says_so() {
-    let Some(me) = Watched::current() else {
-        println!("skipped: threads cannot be watched on this platform");
+    let Some((me, _tx, rx)) = watching_background() else {
         return;
     };
-    let (tx, rx) = sync_channel(5);
-    tx.send(Progress::Started(Attempt::Background, Some(me)))
-        .unwrap();
     // Half of each 200 ms on a core: not starved, however long it takes.
     let looks = fake_looks(Duration::from_millis(100));
     let got = wait(&rx, Duration::from_millis(600), || false, none(), looks);
@@ -168,9 +179,7 @@ fn a_load_that_runs_is_not_started_again_and_a_starved_timeout_says_so() {
     assert!(!share.starved() && share.ran > 0.4, "{share:?}");
     // The second load's thread is watched too, and a load it could not finish for want of a
     // core is refused with the cores named, not the storage.
-    let (tx, rx) = sync_channel(5);
-    tx.send(Progress::Started(Attempt::Background, Some(me)))
-        .unwrap();
+    let (tx, rx) = started_background(me);
     let threads = Threads {
         rescue: || {
             tx.send(Progress::Started(Attempt::Normal, Some(me)))
