@@ -44,6 +44,7 @@ fn observations(tenants: usize, k: usize) -> Observations {
                 share: 0.02,
                 step_cost_core_s: Some(0.002),
                 cores: 16.0,
+                width: None,
             })
             .collect(),
         ..Default::default()

@@ -217,6 +217,7 @@ fn run_job(
                 share,
                 step_cost_core_s: cost_bias.map(|b| b * CORES as f64 / rate_per_share),
                 cores: CORES as f64,
+                width: None,
             }],
             ..Default::default()
         };
@@ -285,6 +286,7 @@ fn a_deadline_change_takes_effect_at_the_next_period() {
         share: 0.5,
         step_cost_core_s: None,
         cores: CORES as f64,
+        width: None,
     };
     let mut last = None;
     for k in 0..30 {
@@ -329,6 +331,7 @@ fn an_impossible_deadline_saturates_and_a_relaxed_one_recovers_without_windup() 
             share,
             step_cost_core_s: None,
             cores: CORES as f64,
+            width: None,
         }],
         ..Default::default()
     };
@@ -387,6 +390,11 @@ fn random_decisions(rng: &mut Rng) -> (Vec<ServiceDecision>, Vec<JobDecision>) {
             slack_s: (rng.below(4) > 0).then(|| rng.uniform(-10.0, 100.0)),
             predicted_finish_in_s: None,
             past_deadline: None,
+            usable_share: if rng.below(2) == 0 {
+                1.0
+            } else {
+                rng.uniform(0.05, 1.0)
+            },
         })
         .collect();
     (services, jobs)
@@ -445,23 +453,32 @@ fn the_arbiter_keeps_its_invariants_under_random_requests() {
                 );
             }
         }
-        // Least slack first among deadline jobs: a job that got anything above its floor
-        // means every job with less slack got all it asked for.
+        // Least slack first among deadline jobs, what they can use first: a job that got
+        // anything above its floor means every job with less slack got all it asked for up
+        // to what it can use; a job that got more than it can use means every deadline job
+        // got what it can use, and every one with less slack all it asked for.
         let dl: Vec<&JobDecision> = j.iter().filter(|x| x.class == JobClass::Deadline).collect();
+        let usable = |x: &JobDecision| x.requested.min(x.usable_share).max(floor);
         for a in &dl {
-            if a.share > floor + 1e-9 {
-                for b in &dl {
-                    let sa = a.slack_s.unwrap_or(f64::INFINITY);
-                    let sb = b.slack_s.unwrap_or(f64::INFINITY);
-                    if sb < sa {
-                        assert!(
-                            b.share >= b.requested.max(floor) - 1e-9,
-                            "trial {trial}: {} (slack {sb}) short while {} (slack {sa}) was served",
-                            b.name,
-                            a.name
-                        );
-                    }
-                }
+            let beyond = a.share > usable(a) + 1e-9;
+            if a.share <= floor + 1e-9 {
+                continue;
+            }
+            for b in &dl {
+                let sa = a.slack_s.unwrap_or(f64::INFINITY);
+                let sb = b.slack_s.unwrap_or(f64::INFINITY);
+                let want = match (beyond, sb < sa) {
+                    (true, true) => b.requested.max(floor),
+                    (true, false) | (false, true) => usable(b),
+                    (false, false) => continue,
+                };
+                assert!(
+                    b.share >= want - 1e-9,
+                    "trial {trial}: {} (slack {sb}) short of {want} while {} (slack {sa}) got {}",
+                    b.name,
+                    a.name,
+                    a.share
+                );
             }
         }
         // Best-effort jobs get more than the floor only when every deadline job got its
@@ -506,6 +523,7 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
             slack_s: Some(50.0),
             predicted_finish_in_s: Some(100.0),
             past_deadline: None,
+            usable_share: 1.0,
         }],
         capacity: 0.95,
         assigned: 0.7,
@@ -517,6 +535,7 @@ fn admission_refuses_an_infeasible_job_with_the_reason_and_the_earliest_deadline
         work_core_s: 60.0,
         deadline_in_s: deadline,
         cores: CORES as f64,
+        width: None,
     };
     let ok = admit(&cfg, &last, &c(200.0)).unwrap();
     assert!((ok - 60.0 / 2.0 / (200.0 * 0.99)).abs() < 1e-9);
@@ -585,6 +604,7 @@ fn greedy_job(name: &str, share: f64) -> JobObs {
         share,
         step_cost_core_s: Some(0.001),
         cores: CORES as f64,
+        width: None,
     }
 }
 

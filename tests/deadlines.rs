@@ -296,3 +296,62 @@ fn the_estimated_finish_is_the_steps_left_over_the_jobs_own_rate() {
     std::thread::sleep(Duration::from_secs(2));
     check_estimate(&job(&d, "aimed"), 50);
 }
+
+#[test]
+fn a_job_whose_steps_use_one_core_is_refused_a_deadline_that_needs_more_and_says_so() {
+    // 32-128-10 at batch 32: every product is too small to split, so a step runs on one of
+    // the two cores whatever the job's share. 2,000 epochs by a deadline in 3 s would need
+    // more than the whole device; it is refused naming what the job can use, with the
+    // earliest deadline reckoned at that half.
+    let d = Daemon::start("[device]\ncpu_threads = 2\n");
+    let narrow = |name: &str, deadline: &str| {
+        json!({
+            "name": name,
+            "data": "synthetic:blobs:size=16000,features=32",
+            "layers": [32, 128, 10],
+            "batch_size": 32,
+            "epochs": 2000,
+            "deadline": deadline,
+        })
+    };
+    let asked = SystemTime::now();
+    let msg = expect_error(
+        d.send("POST", "/v1/jobs", &narrow("tight", "3s")),
+        409,
+        "but its steps use at most 1 of the device's 2 cores (each step is too small to \
+         split), so it can use at most 0.50",
+    );
+    let earliest = msg
+        .split("the earliest deadline it can meet is ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no earliest deadline in {msg:?}"));
+    assert!(
+        setpoint::config::parse_rfc3339(earliest).unwrap() > asked + Duration::from_secs(3),
+        "{msg}"
+    );
+    // With time to spare it is admitted, and its view says how much of the device it can use.
+    let (s, v) = d.send("POST", "/v1/jobs", &narrow("loose", "1h"));
+    assert_eq!(s, 201, "{v}");
+    let v = wait_for(&d, "loose", "its usable share", |v| {
+        v["usable_share"].is_number()
+    });
+    assert_eq!(v["usable_share"], 0.5, "{v}");
+    // A job whose products are split over the pool can use the whole device.
+    let (s, v) = d.send(
+        "POST",
+        "/v1/jobs",
+        &json!({
+            "name": "wide",
+            "data": "synthetic:blobs:size=4000",
+            "layers": [64, 512, 512, 10],
+            "batch_size": 128,
+            "epochs": 1000,
+        }),
+    );
+    assert_eq!(s, 201, "{v}");
+    let v = wait_for(&d, "wide", "its usable share", |v| {
+        v["usable_share"].is_number()
+    });
+    assert_eq!(v["usable_share"], 1.0, "{v}");
+}

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use setpoint::data::{self, Dataset, LoadOptions};
-use setpoint::device::{Backend, CpuBackend, SgdParams};
+use setpoint::device::{Backend, CpuBackend, SgdParams, Width};
 use setpoint::model::checkpoint::{Checkpoint, CheckpointError};
 use setpoint::model::{Grads, Mlp, MlpParams, Optimizer, Workspace};
 use setpoint::train::{StopReason, TrainError, TrainSpec, Trainer};
@@ -509,4 +509,53 @@ fn checkpoints_are_written_every_n_steps() {
     .unwrap();
     // 29 steps per epoch, 58 in all: every 10 steps, then the end.
     assert_eq!(written, vec![10, 20, 30, 40, 50, 58]);
+}
+
+/// One training step's forward and backward pass of a `layers` model on `rows` random rows.
+fn one_pass(be: &CpuBackend, layers: &[usize], rows: usize) {
+    let params = MlpParams::init(layers, 3).unwrap();
+    let model = Mlp::from_params(be, &params).unwrap();
+    let mut ws = Workspace::new(be, layers, rows, true).unwrap();
+    let mut grads = Grads::new(be, layers).unwrap();
+    let mut rng = Rng::new(5);
+    let x: Vec<f32> = (0..rows * layers[0]).map(|_| rng.normal() as f32).collect();
+    let classes = *layers.last().unwrap() as u32;
+    let labels: Vec<u32> = (0..rows as u32).map(|r| r % classes).collect();
+    let xb = be.upload(&x).unwrap();
+    let mut lb = be.alloc_labels(rows).unwrap();
+    be.write_labels(&mut lb, &labels).unwrap();
+    model
+        .forward_backward(be, &mut ws, &xb, &lb, rows, &mut grads)
+        .unwrap();
+}
+
+#[test]
+fn a_step_too_small_for_the_pool_is_one_worker_wide() {
+    // The controller grants a job no more share than its step can use: a small model's step
+    // runs on the calling thread whatever the budget, a large one's on the whole pool.
+    let be = CpuBackend::new(2).unwrap();
+    one_pass(&be, &[32, 128, 10], 32);
+    assert_eq!(be.take_width(), Some(Width::One), "32-128-10 at batch 32");
+    one_pass(&be, &[64, 512, 512, 10], 128);
+    assert_eq!(
+        be.take_width(),
+        Some(Width::All),
+        "64-512-512-10 at batch 128"
+    );
+    // Counting starts again at each look, and a smaller budget does not narrow it: the width
+    // is what the work could use, not what it was given.
+    assert_eq!(
+        be.take_width(),
+        Some(Width::One),
+        "nothing ran since the last look"
+    );
+    be.set_workers(1);
+    one_pass(&be, &[64, 512, 512, 10], 128);
+    assert_eq!(be.take_width(), Some(Width::All));
+    // Admission measures on a one-worker backend: it still tells a wide step from a narrow one.
+    let one = CpuBackend::single();
+    one_pass(&one, &[64, 512, 512, 10], 128);
+    assert_eq!(one.take_width(), Some(Width::All));
+    one_pass(&one, &[32, 128, 10], 32);
+    assert_eq!(one.take_width(), Some(Width::One));
 }

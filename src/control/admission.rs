@@ -14,6 +14,25 @@ pub struct Candidate {
     pub deadline_in_s: f64,
     /// What the device can do per second at share 1, in cores (CTAs on a GPU).
     pub cores: f64,
+    /// The most cores its steps can use at once, when known (see
+    /// [`super::JobObs::width`]): a narrower job cannot go faster with more share.
+    pub width: Option<f64>,
+}
+
+impl Candidate {
+    /// The most share its steps can use.
+    fn usable_share(&self) -> f64 {
+        usable_share(self.width, self.cores)
+    }
+}
+
+/// The most share a job whose steps can use `width` cores at once can use of a device of
+/// `cores`: `width / cores`, at most 1; all of it when the width is not known.
+pub(crate) fn usable_share(width: Option<f64>, cores: f64) -> f64 {
+    match width {
+        Some(w) if w.is_finite() && w > 0.0 => (w / positive(cores)).min(1.0),
+        _ => 1.0,
+    }
 }
 
 /// Why a job was refused.
@@ -105,10 +124,25 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
     } else {
         f64::INFINITY
     };
-    if needed <= available {
+    let usable = c.usable_share();
+    if needed <= available && needed <= usable {
         return Ok(needed);
     }
     let earliest = earliest_deadline(cfg, last, c, capacity, svc);
+    if needed > usable && needed.is_finite() {
+        return Err(Refusal {
+            reason: format!(
+                "job {} needs {needed:.2} of the device until its deadline in {:.0} s, but its \
+                 steps use at most {} of the device's {} cores (each step is too small to \
+                 split), so it can use at most {usable:.2}",
+                c.name,
+                c.deadline_in_s,
+                c.width.unwrap_or(1.0),
+                positive(c.cores),
+            ),
+            earliest_deadline_in_s: earliest,
+        });
+    }
     if c.deadline_in_s <= 0.0 {
         return Err(Refusal {
             reason: format!(
@@ -166,8 +200,9 @@ fn earliest_deadline(
     let mut held: f64 = running.iter().map(|r| r.1).sum();
     let mut t = 0.0;
     let mut work = c.work_core_s / cores;
+    let usable = c.usable_share();
     for (finish, share) in running {
-        let free = (capacity - services - held).max(0.0);
+        let free = (capacity - services - held).max(0.0).min(usable);
         if free > 0.0 && t + work / free <= finish {
             return cfg.deadline_keeping_margin_s(t + work / free);
         }
@@ -177,7 +212,9 @@ fn earliest_deadline(
         }
         held -= share;
     }
-    let free = (capacity - services - held.max(0.0)).max(cfg.min_share);
+    let free = (capacity - services - held.max(0.0))
+        .max(cfg.min_share)
+        .min(usable);
     cfg.deadline_keeping_margin_s(t + work.max(0.0) / free)
 }
 
@@ -287,5 +324,55 @@ mod memory_tests {
             err.contains("leaves 200 MiB") && err.contains("device.memory_limit_mib"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod width_tests {
+    use super::*;
+
+    #[test]
+    fn a_job_narrower_than_the_device_is_refused_what_it_cannot_use() {
+        // An empty 2-core device: 0.95 to hand out. 60 core-seconds by a deadline in 60 s
+        // (59.4 s after the 1 % margin) need 0.51 of it; a job whose steps run on one
+        // thread can use at most 0.5.
+        let cfg = ControlConfig::default();
+        let last = Decisions::default();
+        let c = |width: Option<f64>, deadline: f64| Candidate {
+            name: "narrow".into(),
+            work_core_s: 60.0,
+            deadline_in_s: deadline,
+            cores: 2.0,
+            width,
+        };
+        assert!(
+            admit(&cfg, &last, &c(None, 60.0)).is_ok(),
+            "as wide as the device"
+        );
+        assert!(admit(&cfg, &last, &c(Some(2.0), 60.0)).is_ok());
+        let refusal = admit(&cfg, &last, &c(Some(1.0), 60.0)).unwrap_err();
+        assert_eq!(
+            refusal.reason,
+            "job narrow needs 0.51 of the device until its deadline in 60 s, but its steps \
+             use at most 1 of the device's 2 cores (each step is too small to split), so it \
+             can use at most 0.50"
+        );
+        // At half the device, 60 core-seconds take 60 s: the earliest deadline with the margin.
+        let want = 60.0 / 0.99;
+        assert!(
+            (refusal.earliest_deadline_in_s - want).abs() < 1e-6,
+            "{}",
+            refusal.earliest_deadline_in_s
+        );
+        let admitted = admit(&cfg, &last, &c(Some(1.0), 61.0)).unwrap();
+        assert!(admitted <= 0.5, "{admitted}");
+        assert_eq!(usable_share(Some(1.0), 2.0), 0.5);
+        assert_eq!(
+            usable_share(Some(4.0), 2.0),
+            1.0,
+            "never more than the device"
+        );
+        assert_eq!(usable_share(None, 2.0), 1.0);
+        assert_eq!(usable_share(Some(f64::NAN), 2.0), 1.0);
     }
 }

@@ -7,6 +7,13 @@
 //! first in effect), each getting what it asked for while capacity lasts — scaling all of them
 //! down would make all of them late where serving the most urgent first lets the others catch
 //! up; best-effort jobs get what is left, as `leftover` says.
+//!
+//! A deadline job is first granted no more than it can use (its `usable_share`: a step too
+//! small to split uses one core, whatever its share); only once every deadline job has had
+//! that does the rest of its request come, in the same order, before best-effort jobs. A job
+//! behind at all it can use still asks for more: its threads compete for the cores with the
+//! best-effort jobs' (training runs in the background), so the less they are granted, the
+//! more cores it gets; but that never comes out of another deadline job's share.
 
 use super::{ControlConfig, JobClass, JobDecision, Leftover, ServiceDecision};
 
@@ -64,8 +71,9 @@ fn grant_services(services: &mut [ServiceDecision], floor: f64, mut left: f64) -
 }
 
 /// Jobs: deadline jobs, least slack first (a job with no slack estimate yet comes last), each
-/// get the floor plus as much of their above-floor request as `left` still holds; best-effort
-/// jobs get the floor. Returns what is left.
+/// get the floor plus as much of their above-floor request, up to what they can use, as
+/// `left` still holds; then, in the same order, as much of the rest of their requests as is
+/// left. Best-effort jobs get the floor. Returns what is left.
 fn grant_jobs(jobs: &mut [JobDecision], floor: f64, mut left: f64) -> f64 {
     let mut order: Vec<usize> = (0..jobs.len())
         .filter(|&i| jobs[i].class == JobClass::Deadline)
@@ -74,9 +82,15 @@ fn grant_jobs(jobs: &mut [JobDecision], floor: f64, mut left: f64) -> f64 {
         let key = |i: usize| jobs[i].slack_s.unwrap_or(f64::INFINITY);
         key(a).total_cmp(&key(b))
     });
-    for i in order {
-        let extra = (jobs[i].requested - floor).max(0.0).min(left);
+    for &i in &order {
+        let usable = jobs[i].requested.min(jobs[i].usable_share);
+        let extra = (usable - floor).max(0.0).min(left);
         jobs[i].share = floor + extra;
+        left -= extra;
+    }
+    for &i in &order {
+        let extra = (jobs[i].requested - jobs[i].share).max(0.0).min(left);
+        jobs[i].share += extra;
         left -= extra;
     }
     for j in jobs.iter_mut().filter(|j| j.class == JobClass::BestEffort) {

@@ -221,6 +221,19 @@ pub struct JobObs {
     /// What the device can do per second at share 1, in cores (CTAs on a GPU); a part of
     /// the CPU may have less than one.
     pub cores: f64,
+    /// The most workers (cores) its steps can use at once, when known: a step too small for
+    /// more than one thread cannot use more than one core, whatever its share. A deadline
+    /// job is granted no more than `width / cores` of the device (see
+    /// [`JobObs::usable_share`]).
+    pub width: Option<f64>,
+}
+
+impl JobObs {
+    /// The most share its steps can use: `width / cores`, at most 1; all of the device when
+    /// its width is not known.
+    pub fn usable_share(&self) -> f64 {
+        admission::usable_share(self.width, self.cores)
+    }
 }
 
 /// Everything observed this period.
@@ -284,14 +297,16 @@ pub struct JobDecision {
     pub smoothed_rate: Option<f64>,
     /// Steps per second per unit of share, learned.
     pub rate_per_share: Option<f64>,
-    /// Seconds to spare if the job ran on the whole device from now; the arbiter serves
-    /// the smallest first.
+    /// Seconds to spare if the job ran on all of the device it can use from now; the arbiter
+    /// serves the smallest first.
     pub slack_s: Option<f64>,
     /// Predicted finish, seconds from now: the remaining steps over the smoothed rate.
     pub predicted_finish_in_s: Option<f64>,
     /// Set once the job's deadline has passed with work left: what the policy does with it
     /// (demoted to best-effort, or to be stopped by the node).
     pub past_deadline: Option<PastDeadline>,
+    /// The most share its steps can use ([`JobObs::usable_share`]).
+    pub usable_share: f64,
 }
 
 /// One tick's decisions.

@@ -155,6 +155,7 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
         slack_s: None,
         predicted_finish_in_s: None,
         past_deadline: None,
+        usable_share: o.usable_share(),
     };
     match o.deadline_in_s {
         _ if o.class == JobClass::BestEffort || remaining == 0 => st.feed_forward = 0.0,
@@ -173,7 +174,7 @@ pub(crate) fn decide(cfg: &ControlConfig, st: &mut JobState, o: &JobObs, now: f6
 /// rate after: the smoothed rate starts again from the new rate (see
 /// [`SmoothedRate::restart`]), as long as the loop can hold the job to it: its request is
 /// above the least share (at the least share the job runs faster than planned) and below
-/// the whole device.
+/// all it can use (its usable share).
 fn estimate_finish(
     cfg: &ControlConfig,
     st: &mut JobState,
@@ -188,7 +189,7 @@ fn estimate_finish(
         (None, Some(_)) => true,
         (_, None) => false,
     };
-    let holds = d.requested > cfg.min_share && d.requested < 1.0;
+    let holds = d.requested > cfg.min_share && d.requested < d.usable_share;
     if let (true, true, Some(new)) = (changed, holds, required) {
         st.smoothed.restart(new);
     }
@@ -282,6 +283,11 @@ fn learn_rate_per_share(st: &mut JobState, o: &JobObs, measured: f64) -> Option<
 /// to the deadline itself finishes on either side of it by the noise of its last periods. A
 /// job that reaches the margin with work left asks for the whole device (the arbiter weighs
 /// it as most at risk; once the deadline passes it is demoted).
+///
+/// Its slack is reckoned at its usable share ([`JobObs::usable_share`]): a job whose steps
+/// run on one thread of two cores can make up time only at half the device, however much it
+/// asks for. The arbiter grants no deadline job more than it can use until every deadline
+/// job has had what it can use (see [`super::arbiter`]).
 fn steer_to_deadline(
     cfg: &ControlConfig,
     st: &mut JobState,
@@ -290,9 +296,10 @@ fn steer_to_deadline(
     deadline_in: f64,
 ) {
     let (remaining, measured, rps) = (d.remaining_steps, d.measured_rate, d.rate_per_share);
+    let top = o.usable_share().max(cfg.min_share);
     let margin = cfg.deadline_margin_s(o.allotted_s.unwrap_or(0.0));
     let time_left = deadline_in - margin;
-    d.slack_s = rps.map(|r| time_left - remaining as f64 / r);
+    d.slack_s = rps.map(|r| time_left - remaining as f64 / (r * top));
     if time_left <= cfg.period_s {
         st.feed_forward = 1.0;
         d.required_rate = Some(f64::INFINITY);
@@ -322,14 +329,18 @@ fn steer_to_deadline(
 
 /// The rate a job with an accuracy target must keep so that its epoch limit stays within
 /// reach (see [`WORST_CASE_FRAC`]): zero while the limit's remaining steps take at most that
-/// fraction of `time_left` at the whole device less the reserve, else the rate that runs them
+/// fraction of `time_left` at the whole device less the reserve (or all it can use, if
+/// less), else the rate that runs them
 /// by the deadline less the margin. Zero without a target or a rate to plan with.
 fn worst_case_rate(cfg: &ControlConfig, o: &JobObs, rps: Option<f64>, time_left: f64) -> f64 {
     let (Some(_), Some(rps)) = (o.target_accuracy, rps.filter(|r| *r > 0.0)) else {
         return 0.0;
     };
     let limit = (o.max_epochs as u64 * o.steps_per_epoch).saturating_sub(o.steps_done) as f64;
-    let fastest = rps * (1.0 - cfg.reserve_frac).max(cfg.min_share);
+    let fastest = rps
+        * (1.0 - cfg.reserve_frac)
+            .min(o.usable_share())
+            .max(cfg.min_share);
     if limit / fastest <= WORST_CASE_FRAC * time_left {
         0.0
     } else {

@@ -45,6 +45,7 @@ fn job(name: &str, class: JobClass, deadline_in: Option<f64>, done: u64, share: 
         share,
         step_cost_core_s: Some(2.0 / 364.0),
         cores: 2.0,
+        width: None,
     }
 }
 
@@ -323,4 +324,84 @@ fn a_job_slower_than_its_step_cost_says_is_planned_at_its_measured_rate() {
         (rps - 182.0).abs() < 182.0 * 0.05,
         "planned with {rps:.1} steps/s"
     );
+}
+
+/// A deadline job whose steps can use `width` of the device's 2 cores.
+fn narrow_job(name: &str, deadline_in: f64, done: f64, share: f64, width: f64) -> JobObs {
+    let mut o = job(
+        name,
+        JobClass::Deadline,
+        Some(deadline_in),
+        done as u64,
+        share,
+    );
+    o.width = Some(width);
+    o
+}
+
+#[test]
+fn share_a_job_cannot_use_goes_to_the_next_deadline_job() {
+    // `narrow` runs its steps on one of two cores (it can use 0.5 of the device) and needs
+    // about 0.9 to make its deadline; `wide` can use all of it and needs about 0.45. The
+    // arbiter serves `narrow` first (least slack). Without its width, it was granted the
+    // whole device and `wide` was left the least share while a core sat idle.
+    let mut ctrl = Controller::new(ControlConfig::default());
+    let (mut done, mut share) = ([0.0f64; 2], [0.5f64; 2]);
+    let width = [1.0, 2.0];
+    let mut last = None;
+    for k in 0..30u64 {
+        let t = k as f64 * PERIOD;
+        let jobs = vec![
+            narrow_job("narrow", 30.0 - t, done[0], share[0], width[0]),
+            narrow_job("wide", 60.0 - t, done[1], share[1], width[1]),
+        ];
+        let d = ctrl.tick(&Observations {
+            now_s: t,
+            jobs,
+            ..Default::default()
+        });
+        for i in 0..2 {
+            share[i] = d.jobs[i].share;
+            done[i] += 364.0 * share[i].min(width[i] / 2.0) * PERIOD;
+        }
+        last = Some(d);
+    }
+    let d = last.unwrap();
+    let (narrow, wide) = (&d.jobs[0], &d.jobs[1]);
+    assert!(narrow.required_rate.unwrap() > 0.8 * 364.0, "{narrow:?}");
+    assert!(
+        narrow.requested > 0.5,
+        "behind, it asks for more: {narrow:?}"
+    );
+    assert_eq!(narrow.usable_share, 0.5);
+    assert!(
+        (narrow.share - 0.5).abs() < 1e-9,
+        "all it can use, and no more while the next job wants it: {narrow:?}"
+    );
+    let rest = d.capacity - narrow.share;
+    assert!(
+        wide.share >= wide.requested.min(rest) - 1e-9 && wide.share > 0.4,
+        "the next job gets what it asks for, up to the rest: {wide:?}"
+    );
+    // Its slack is reckoned at the half it can use.
+    let time_left = 30.0 - 29.0 * PERIOD - ControlConfig::default().deadline_margin_s(600.0);
+    let at_half = narrow.remaining_steps as f64 / (narrow.rate_per_share.unwrap() * 0.5);
+    let slack = narrow.slack_s.unwrap();
+    assert!((slack - (time_left - at_half)).abs() < 1e-9, "{slack}");
+}
+
+#[test]
+fn the_usable_share_is_the_width_over_the_cores() {
+    let o = |width| {
+        let mut o = narrow_job("j", 10.0, 0.0, 0.5, 1.0);
+        o.width = width;
+        o
+    };
+    assert_eq!(o(Some(1.0)).usable_share(), 0.5);
+    assert_eq!(o(Some(2.0)).usable_share(), 1.0, "as wide as the device");
+    assert_eq!(o(Some(8.0)).usable_share(), 1.0, "wider than a part of it");
+    assert_eq!(o(None).usable_share(), 1.0, "not known: the whole device");
+    let cfg = ControlConfig::default();
+    let d = decide(&cfg, &mut JobState::new(0.5), &o(Some(1.0)), 0.0);
+    assert_eq!(d.usable_share, 0.5, "carried to the arbiter");
 }

@@ -9,7 +9,7 @@
 //! fault injected into it (see [`super::fault`]) surfaces exactly as a driver's would.
 
 use crate::util::sync;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::fault::DeviceHealth;
 use super::precision::rounded;
 use super::{
-    Activation, AdamParams, Backend, DeviceError, Gemm, Precision, SgdParams, check_labels,
+    Activation, AdamParams, Backend, DeviceError, Gemm, Precision, SgdParams, Width, check_labels,
     check_len,
 };
 use crate::util::cputime::ThreadClock;
@@ -45,6 +45,8 @@ pub struct CpuBackend {
     health: Arc<DeviceHealth>,
     /// [`Precision`] as its code; bf16 is emulated by rounding the operands.
     precision: AtomicU8,
+    /// Whether an operation was handed to the pool since [`Backend::take_width`] last looked.
+    wide: AtomicBool,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -96,6 +98,7 @@ impl CpuBackend {
                     .num_threads(max_workers)
                     .thread_name(|i| format!("setpoint-cpu-{i}"))
                     .start_handler(move |_| {
+                        super::denormals::flush_on_this_thread();
                         if background {
                             crate::util::priority::lower_current_thread();
                         }
@@ -116,6 +119,7 @@ impl CpuBackend {
             workers: AtomicUsize::new(max_workers),
             health,
             precision: AtomicU8::new(Precision::F32.code()),
+            wide: AtomicBool::new(false),
         })
     }
 
@@ -128,6 +132,7 @@ impl CpuBackend {
             workers: AtomicUsize::new(1),
             health: private_health(),
             precision: AtomicU8::new(Precision::F32.code()),
+            wide: AtomicBool::new(false),
         }
     }
 
@@ -146,13 +151,22 @@ impl CpuBackend {
     }
 
     /// Runs `f` with the pool as rayon's current pool when more than one worker may be used,
-    /// and returns how many workers it may use.
+    /// and returns how many workers it may use. Every operation large enough for the pool
+    /// comes here, whatever its budget, so it marks the work as wide.
     fn run<R: Send>(&self, f: impl FnOnce(usize) -> R + Send) -> R {
+        self.wide.store(true, Ordering::Relaxed);
         let w = self.workers();
         match &self.pool {
             Some(pool) if w > 1 => pool.install(|| f(w)),
             _ => f(1),
         }
+    }
+
+    /// What every operation does first: the calling thread flushes subnormal floats (see
+    /// [`super::denormals`]), and the device must be healthy.
+    fn enter(&self) -> Result<(), DeviceError> {
+        super::denormals::flush_on_this_thread();
+        self.health.check()
     }
 
     /// Chunk length that splits `len` elements over `w` workers.
@@ -198,17 +212,22 @@ impl Backend for CpuBackend {
         self.pool_cpu_time()
     }
 
+    fn take_width(&self) -> Option<Width> {
+        let wide = self.wide.swap(false, Ordering::Relaxed);
+        Some(if wide { Width::All } else { Width::One })
+    }
+
     fn synchronize(&self) -> Result<(), DeviceError> {
-        self.health.check()
+        self.enter()
     }
 
     fn alloc(&self, len: usize) -> Result<CpuBuf, DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         Ok(CpuBuf(vec![0.0; len]))
     }
 
     fn upload(&self, data: &[f32]) -> Result<CpuBuf, DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         Ok(CpuBuf(data.to_vec()))
     }
 
@@ -217,40 +236,40 @@ impl Backend for CpuBackend {
     }
 
     fn write(&self, dst: &mut CpuBuf, data: &[f32]) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("write", "dst", dst.0.len(), data.len())?;
         dst.0[..data.len()].copy_from_slice(data);
         Ok(())
     }
 
     fn read(&self, src: &CpuBuf, out: &mut [f32]) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("read", "src", src.0.len(), out.len())?;
         out.copy_from_slice(&src.0[..out.len()]);
         Ok(())
     }
 
     fn fill(&self, buf: &mut CpuBuf, len: usize, value: f32) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("fill", "buf", buf.0.len(), len)?;
         buf.0[..len].fill(value);
         Ok(())
     }
 
     fn alloc_labels(&self, len: usize) -> Result<Vec<u32>, DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         Ok(vec![0; len])
     }
 
     fn write_labels(&self, dst: &mut Vec<u32>, labels: &[u32]) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("write_labels", "dst", dst.len(), labels.len())?;
         dst[..labels.len()].copy_from_slice(labels);
         Ok(())
     }
 
     fn gemm(&self, g: Gemm, a: &CpuBuf, b: &CpuBuf, c: &mut CpuBuf) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         let Gemm { m, n, k, .. } = g;
         check_len("gemm", "a", a.0.len(), m * k)?;
         check_len("gemm", "b", b.0.len(), k * n)?;
@@ -331,7 +350,7 @@ impl Backend for CpuBackend {
         cols: usize,
         act: Activation,
     ) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("bias_act", "x", x.0.len(), rows * cols)?;
         check_len("bias_act", "bias", bias.0.len(), cols)?;
         if rows == 0 || cols == 0 {
@@ -365,7 +384,7 @@ impl Backend for CpuBackend {
     }
 
     fn relu_grad(&self, grad: &mut CpuBuf, act: &CpuBuf, len: usize) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("relu_grad", "grad", grad.0.len(), len)?;
         check_len("relu_grad", "act", act.0.len(), len)?;
         let kernel = |(g, a): (&mut [f32], &[f32])| {
@@ -394,7 +413,7 @@ impl Backend for CpuBackend {
         cols: usize,
         out: &mut CpuBuf,
     ) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("col_sum", "x", x.0.len(), rows * cols)?;
         check_len("col_sum", "out", out.0.len(), cols)?;
         let out = &mut out.0[..cols];
@@ -419,7 +438,7 @@ impl Backend for CpuBackend {
         loss_acc: &mut CpuBuf,
         correct_acc: &mut CpuBuf,
     ) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         const OP: &str = "softmax_xent";
         check_len(OP, "logits", logits.0.len(), rows * cols)?;
         check_len(OP, "labels", labels.len(), rows)?;
@@ -459,7 +478,7 @@ impl Backend for CpuBackend {
     }
 
     fn softmax(&self, x: &mut CpuBuf, rows: usize, cols: usize) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("softmax", "x", x.0.len(), rows * cols)?;
         if cols == 0 {
             return Ok(());
@@ -475,7 +494,7 @@ impl Backend for CpuBackend {
     }
 
     fn sum(&self, x: &CpuBuf, len: usize) -> Result<f64, DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         check_len("sum", "x", x.0.len(), len)?;
         Ok(x.0[..len].iter().map(|&v| v as f64).sum())
     }
@@ -488,7 +507,7 @@ impl Backend for CpuBackend {
         len: usize,
         hp: SgdParams,
     ) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         const OP: &str = "sgd_step";
         check_len(OP, "param", param.0.len(), len)?;
         check_len(OP, "grad", grad.0.len(), len)?;
@@ -524,7 +543,7 @@ impl Backend for CpuBackend {
         len: usize,
         hp: AdamParams,
     ) -> Result<(), DeviceError> {
-        self.health.check()?;
+        self.enter()?;
         const OP: &str = "adam_step";
         check_len(OP, "param", param.0.len(), len)?;
         check_len(OP, "grad", grad.0.len(), len)?;
@@ -565,30 +584,5 @@ impl Backend for CpuBackend {
             });
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_fault_on_one_lane_stops_every_lane_of_the_device() {
-        let health = Arc::new(DeviceHealth::new("cpu"));
-        let a = CpuBackend::with_health(health.clone(), 1, false).unwrap();
-        let b = CpuBackend::with_health(health.clone(), 2, true).unwrap();
-        let private = CpuBackend::single();
-        let x = a.upload(&[1.0, 2.0]).unwrap();
-        health.inject_after(1, "CUDA_ERROR_ILLEGAL_ADDRESS".into());
-        assert_eq!(a.sum(&x, 2).unwrap(), 3.0, "the one op still allowed");
-        let err = b.alloc(4).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "device cpu has failed: CUDA_ERROR_ILLEGAL_ADDRESS; its tenants were stopped"
-        );
-        assert_eq!(a.sum(&x, 2).unwrap_err().to_string(), err);
-        assert_eq!(a.synchronize().unwrap_err().to_string(), err);
-        // A backend with a health of its own is another device.
-        assert!(private.alloc(4).is_ok() && !private.health().is_failed());
     }
 }

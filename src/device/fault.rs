@@ -253,4 +253,26 @@ mod tests {
         assert!(threads.into_iter().all(|t| t.join().unwrap()));
         assert!(matches!(h.check(), Err(DeviceError::Failed { reason, .. }) if reason == "soon"));
     }
+
+    #[test]
+    fn a_fault_on_one_lane_stops_every_lane_of_the_device() {
+        use crate::device::Backend;
+        use std::sync::Arc;
+        let health = Arc::new(DeviceHealth::new("cpu"));
+        let a = crate::device::CpuBackend::with_health(health.clone(), 1, false).unwrap();
+        let b = crate::device::CpuBackend::with_health(health.clone(), 2, true).unwrap();
+        let private = crate::device::CpuBackend::single();
+        let x = a.upload(&[1.0, 2.0]).unwrap();
+        health.inject_after(1, "CUDA_ERROR_ILLEGAL_ADDRESS".into());
+        assert_eq!(a.sum(&x, 2).unwrap(), 3.0, "the one op still allowed");
+        let err = b.alloc(4).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "device cpu has failed: CUDA_ERROR_ILLEGAL_ADDRESS; its tenants were stopped"
+        );
+        assert_eq!(a.sum(&x, 2).unwrap_err().to_string(), err);
+        assert_eq!(a.synchronize().unwrap_err().to_string(), err);
+        // A backend with a health of its own is another device.
+        assert!(private.alloc(4).is_ok() && !private.health().is_failed());
+    }
 }

@@ -27,7 +27,7 @@
 
 use super::part::{PartBudget, WorkKind};
 use crate::util::sync;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -188,6 +188,8 @@ pub struct Lane {
     used_core_ns: AtomicU64,
     busy_ns: AtomicU64,
     throttled_ns: AtomicU64,
+    /// The most workers its units of work could use, as seen so far (0: not known).
+    width: AtomicUsize,
 }
 
 /// What a lane has used, cumulatively.
@@ -227,6 +229,7 @@ impl Lane {
             used_core_ns: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             throttled_ns: AtomicU64::new(0),
+            width: AtomicUsize::new(0),
         }
     }
 
@@ -281,6 +284,19 @@ impl Lane {
             b.tokens = b.tokens.min(share * self.capacity * BURST.as_secs_f64());
             self.share_bits.store(share.to_bits(), Ordering::Relaxed);
         }
+    }
+
+    /// Records how many workers a unit of work could have used (see
+    /// [`crate::device::Backend::take_width`]); the lane keeps the most it has seen.
+    pub(crate) fn note_width(&self, width: super::Width) {
+        self.width
+            .fetch_max(width.workers(self.cores), Ordering::Relaxed);
+    }
+
+    /// The most workers its units of work could use, when known: share beyond
+    /// `width / capacity` would buy it nothing.
+    pub fn width(&self) -> Option<usize> {
+        Some(self.width.load(Ordering::Relaxed)).filter(|w| *w > 0)
     }
 
     /// Whether the lane's threads should run at background priority (training lanes under a
@@ -418,9 +434,11 @@ impl Lane {
                 permits: 0,
             };
         };
-        // A lane whose enforcement is turned off while it waits stops waiting.
+        // No more than its work can use: a step too small to split holds one core, whatever
+        // its share. A lane whose enforcement is turned off while it waits stops waiting.
+        let most = self.width().unwrap_or(usize::MAX);
         while self.is_enforced() {
-            if let Some(n) = p.take_within(self.workers(), Duration::from_millis(10)) {
+            if let Some(n) = p.take_within(self.workers().min(most), Duration::from_millis(10)) {
                 return Workers { n, permits: n };
             }
         }

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod denormals;
 pub mod fault;
 pub mod lane;
 pub mod part;
@@ -148,6 +149,26 @@ pub struct AdamParams {
     pub weight_decay: f32,
     /// Step number, starting at 1.
     pub t: u64,
+}
+
+/// How many workers a stretch of work could use, whatever its budget (`One` < `All`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Width {
+    /// One: every operation was too small to split (on the CPU, each ran on the calling
+    /// thread).
+    One,
+    /// As many as the budget allows: some operation was split over the workers.
+    All,
+}
+
+impl Width {
+    /// The workers this is, on a device of `all` workers.
+    pub fn workers(self, all: usize) -> usize {
+        match self {
+            Width::One => 1,
+            Width::All => all,
+        }
+    }
 }
 
 /// The operations an MLP needs, on buffers owned by the backend. Implementations must give
@@ -305,6 +326,13 @@ pub trait Backend: Send + Sync {
     /// is the caller's to measure); zero for a backend without workers of its own.
     fn worker_cpu_time(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+
+    /// How many workers the operations since the last call could have used, and counting
+    /// starts again; `None` when the backend does not know (a GPU). The controller grants a
+    /// job no more share than its steps can use (see [`crate::control::JobObs::width`]).
+    fn take_width(&self) -> Option<Width> {
+        None
     }
 
     /// Waits until all queued work has finished (a no-op on the CPU).

@@ -31,6 +31,7 @@ fn job(name: String, share: f64) -> JobDecision {
         slack_s: None,
         predicted_finish_in_s: None,
         past_deadline: None,
+        usable_share: 1.0,
     }
 }
 
@@ -98,6 +99,7 @@ proptest! {
             let want = sms / SMS * need_factor;
             let usable = DEADLINE_S - cfg.deadline_margin_s(DEADLINE_S);
             let c = Candidate {
+                width: None,
                 name: format!("claim-{i}"),
                 work_core_s: want * SMS * usable,
                 deadline_in_s: DEADLINE_S,

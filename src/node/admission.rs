@@ -37,6 +37,8 @@ pub(crate) struct Measured {
     pub(crate) data: Dataset,
     pub(crate) steps_per_epoch: usize,
     pub(crate) step_cost_core_s: f64,
+    /// How many workers a step could use, when the backend knows.
+    pub(crate) width: Option<crate::device::Width>,
     /// Device memory the job's buffers took (on a GPU).
     pub(crate) device_bytes: Option<u64>,
 }
@@ -171,14 +173,13 @@ fn spawn_measurer(
             jobs::measure_step_cost(&cfg, &data, &placement)
                 .map_err(|e| NodeError::Invalid(vec![e.to_string()]))
         });
-        let _ = tx.send(Progress::Measured(measured.map(
-            |(steps_per_epoch, step_cost_core_s, device_bytes)| Measured {
-                data,
-                steps_per_epoch,
-                step_cost_core_s,
-                device_bytes,
-            },
-        )));
+        let _ = tx.send(Progress::Measured(measured.map(|m| Measured {
+            data,
+            steps_per_epoch: m.steps_per_epoch,
+            step_cost_core_s: m.cost,
+            width: m.width,
+            device_bytes: m.device_bytes,
+        })));
     })
 }
 

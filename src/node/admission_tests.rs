@@ -11,6 +11,7 @@ fn measured(data: Dataset) -> Measured {
         data,
         steps_per_epoch: 1,
         step_cost_core_s: 0.5,
+        width: None,
         device_bytes: None,
     }
 }

@@ -492,6 +492,7 @@ fn job_obs(job: &Job, p: &JobProgress, period: &JobPeriod) -> JobObs {
             .filter(|c| *c > 0.0)
             .or(job.estimated_step_cost()),
         cores: period.cores,
+        width: job.lane().width().map(|w| w as f64),
     }
 }
 

@@ -72,6 +72,9 @@ impl Node {
         // Under a policy with shares, training runs below inference; with none, everything
         // runs as it comes, from the first step.
         let lane = self.job_lane(&cfg.name, share, device);
+        if let Some(w) = measured.width {
+            lane.note_width(w);
+        }
         let job = Arc::new(Job::new(
             cfg.clone(),
             dir,
@@ -145,6 +148,7 @@ impl Node {
                     .duration_since(now)
                     .map_or(0.0, |d| d.as_secs_f64()),
                 cores: self.capacity_of(d),
+                width: measured.width.map(|w| w.workers(self.workers_of(d)) as f64),
             };
             match crate::control::admission::admit(&ctrl, &self.admission_decisions(d), &candidate)
             {
@@ -227,6 +231,7 @@ impl Node {
                 .duration_since(now)
                 .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64()),
             cores,
+            width: job.lane().width().map(|w| w as f64),
         };
         let ctrl = control_config(&self.config());
         crate::control::admission::admit(&ctrl, &last, &candidate)

@@ -113,9 +113,7 @@ fn measure_steps(layers: &[usize], data: &str, batch: usize) -> Option<f64> {
     c.optimizer = crate::config::OptimizerKind::Adam;
     c.lr = 1e-3;
     let placement = Placement::Cpu(crate::node::devices::CpuPart::whole());
-    measure_step_cost(&c, &set, &placement)
-        .ok()
-        .map(|(_, cost, _)| cost)
+    measure_step_cost(&c, &set, &placement).ok().map(|m| m.cost)
 }
 
 #[cfg(test)]

@@ -191,6 +191,10 @@ pub struct JobView {
     pub share: f64,
     /// Worker threads it runs with.
     pub workers: usize,
+    /// The most share its steps can use, while it runs: `width / cores` on the CPU (a step
+    /// too small to split uses one core), 1 when wider or not known.
+    #[serde(default)]
+    pub usable_share: Option<f64>,
     /// Mini-batch size.
     pub batch_size: usize,
     /// The number format its matrix products run in (`f32`, `bf16`), once it has started:

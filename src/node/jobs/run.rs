@@ -284,6 +284,7 @@ impl Job {
         let workers = self.lane.take_workers();
         trainer.backend().set_workers(workers.n);
         let cpu0 = trainer.backend().lane_time();
+        let _ = trainer.backend().take_width();
         let t0 = Instant::now();
         let result = trainer.step(&mut no_events).and_then(|r| {
             trainer.backend().synchronize()?;
@@ -291,6 +292,12 @@ impl Job {
         });
         let wall = t0.elapsed();
         let cpu = (trainer.backend().lane_time()).saturating_sub(cpu0);
+        // The width of a step, not of the evaluation that ends an epoch: a step runs every
+        // time, the evaluation once an epoch.
+        let width = trainer.backend().take_width();
+        if let (Some(w), Ok(None)) = (width, &result) {
+            self.lane.note_width(w);
+        }
         self.lane.give_workers(workers);
         self.lane.charge(wall, cpu);
         Ok(result?)
@@ -456,29 +463,41 @@ pub(crate) fn train_spec(
 /// device's CTAs (a step measured with the whole GPU). Measured by running a few steps of it
 /// (at least 3, at most 20 or about 200 ms) after one for warm-up. Fails with the training
 /// error when the data does not fit the job (wrong width, labels out of range), or with the
-/// device's error (for instance the memory limit). On a GPU also returns the device memory
-/// the job's buffers took.
+/// device's error (for instance the memory limit). Also returns how many workers a step
+/// could use (on the CPU), and on a GPU the device memory the job's buffers took.
 pub(crate) fn measure_step_cost(
     c: &JobConfig,
     data: &Dataset,
     placement: &crate::node::Placement,
-) -> Result<(usize, f64, Option<u64>), crate::train::TrainError> {
+) -> Result<StepMeasure, crate::train::TrainError> {
     match placement {
         crate::node::Placement::Cpu(part) => {
             let backend = CpuBackend::with_health(part.health.clone(), 1, false)?;
-            let (steps, cost) = measure_on(backend, c, data, || {})?;
-            Ok((steps, cost, None))
+            measure_on(backend, c, data, || {})
         }
         crate::node::Placement::Cuda(dev) => {
             let before = dev.memory_used();
             let mut peak = before;
             let backend = dev.lane_backend(StreamPriority::Normal)?;
-            let (steps, cost) = measure_on(backend, c, data, || {
+            let m = measure_on(backend, c, data, || {
                 peak = peak.max(dev.memory_used());
             })?;
-            Ok((steps, cost, Some(peak.saturating_sub(before))))
+            let device_bytes = Some(peak.saturating_sub(before));
+            Ok(StepMeasure { device_bytes, ..m })
         }
     }
+}
+
+/// What [`measure_step_cost`] measured of a job's steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StepMeasure {
+    pub(crate) steps_per_epoch: usize,
+    /// Worker-seconds per step.
+    pub(crate) cost: f64,
+    /// How many workers a step could use, when the backend knows.
+    pub(crate) width: Option<crate::device::Width>,
+    /// Device memory the job's buffers took (on a GPU).
+    pub(crate) device_bytes: Option<u64>,
 }
 
 /// Measures on `backend`; `probe` runs once the trainer's buffers exist.
@@ -487,7 +506,7 @@ fn measure_on<B: Backend>(
     c: &JobConfig,
     data: &Dataset,
     mut probe: impl FnMut(),
-) -> Result<(usize, f64), crate::train::TrainError> {
+) -> Result<StepMeasure, crate::train::TrainError> {
     let spec = train_spec(c, u32::MAX, None, None);
     let mut t = Trainer::new(backend, spec, data)?;
     let steps_per_epoch = t.batches_per_epoch();
@@ -497,12 +516,25 @@ fn measure_on<B: Backend>(
     let c0 = t.backend().lane_time();
     let t0 = Instant::now();
     let mut n = 0u32;
+    // Steps that end an epoch evaluate too: the width is that of the others, if any.
+    let (mut width, mut ended) = (None, None);
     while n < 3 || (n < 20 && t0.elapsed() < std::time::Duration::from_millis(200)) {
-        t.step(&mut quiet)?;
+        let _ = t.backend().take_width();
+        let epoch = t.step(&mut quiet)?;
         t.backend().synchronize()?;
+        let w = t.backend().take_width();
+        match epoch {
+            None => width = width.max(w),
+            Some(_) => ended = ended.max(w),
+        }
         n += 1;
     }
     let cost = t.backend().lane_time().saturating_sub(c0).as_secs_f64() / n as f64;
     probe();
-    Ok((steps_per_epoch, cost))
+    Ok(StepMeasure {
+        steps_per_epoch,
+        cost,
+        width: width.or(ended),
+        device_bytes: None,
+    })
 }

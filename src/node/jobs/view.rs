@@ -58,6 +58,7 @@ impl Job {
             samples_per_s: if running { p.samples_per_s } else { 0.0 },
             share: if running { self.lane.share() } else { 0.0 },
             workers: if running { self.lane.workers() } else { 0 },
+            usable_share: decision.map(|d| d.usable_share).filter(|_| running),
             batch_size: self.config.batch_size,
             precision: p.precision,
             stop_reason: self.stop_reason(&p),
