@@ -296,7 +296,7 @@ fn steer_to_deadline(
     deadline_in: f64,
 ) {
     let (remaining, measured, rps) = (d.remaining_steps, d.measured_rate, d.rate_per_share);
-    let top = o.usable_share().max(cfg.min_share);
+    let top = d.usable_share.max(cfg.min_share);
     let margin = cfg.deadline_margin_s(o.allotted_s.unwrap_or(0.0));
     let time_left = deadline_in - margin;
     d.slack_s = rps.map(|r| time_left - remaining as f64 / (r * top));

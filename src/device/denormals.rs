@@ -3,7 +3,7 @@
 //! A run that converges drives its gradients and Adam's moments toward zero, and once values
 //! fall below `f32::MIN_POSITIVE` (about 1.2e-38) each multiply-add on them takes a microcode
 //! assist on x86, tens of times the cycles of a normal one. A 32-128-10 model at batch 32
-//! took 34 µs a step over its first 20 epochs and 78 µs on average over 100 (`setpoint
+//! took 34 µs a step over its first 20 epochs and 72 µs on average over 100 (`setpoint
 //! train`, one thread), and about 120 µs in a daemon's lane late in a run: its deadline was
 //! planned at the cost admission measured on the first steps. GPUs flush such values in
 //! their tensor cores, and ML frameworks offer the same on the CPU (PyTorch's

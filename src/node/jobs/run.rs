@@ -11,7 +11,7 @@ use super::{Job, JobEventKind, JobState};
 use crate::config::{JobConfig, OptimizerKind};
 use crate::data::{self, Dataset, LoadOptions};
 use crate::device::cuda::StreamPriority;
-use crate::device::{Backend, CpuBackend, SgdParams};
+use crate::device::{Backend, CpuBackend, SgdParams, Width};
 use crate::model::Optimizer;
 use crate::model::checkpoint::{Checkpoint, CheckpointError, EpochRecord};
 use crate::train::{TrainEvent, TrainSpec, Trainer, default_adam};
@@ -279,22 +279,16 @@ impl Job {
         &self,
         trainer: &mut Trainer<B>,
     ) -> Result<Option<EpochRecord>, JobError> {
-        let mut no_events = |_: &TrainEvent| {};
         self.lane.acquire();
         let workers = self.lane.take_workers();
         trainer.backend().set_workers(workers.n);
         let cpu0 = trainer.backend().lane_time();
-        let _ = trainer.backend().take_width();
         let t0 = Instant::now();
-        let result = trainer.step(&mut no_events).and_then(|r| {
-            trainer.backend().synchronize()?;
-            Ok(r)
-        });
+        let (result, width) = step_waited(trainer);
         let wall = t0.elapsed();
         let cpu = (trainer.backend().lane_time()).saturating_sub(cpu0);
         // The width of a step, not of the evaluation that ends an epoch: a step runs every
         // time, the evaluation once an epoch.
-        let width = trainer.backend().take_width();
         if let (Some(w), Ok(None)) = (width, &result) {
             self.lane.note_width(w);
         }
@@ -500,6 +494,22 @@ pub(crate) struct StepMeasure {
     pub(crate) device_bytes: Option<u64>,
 }
 
+/// One step of `t`, waited for (a GPU's queue drained), and how many workers its operations
+/// could use ([`Backend::take_width`]; an epoch-ending step's evaluation included).
+fn step_waited<B: Backend>(
+    t: &mut Trainer<B>,
+) -> (
+    Result<Option<EpochRecord>, crate::train::TrainError>,
+    Option<Width>,
+) {
+    let _ = t.backend().take_width();
+    let result = t.step(&mut |_: &TrainEvent| {}).and_then(|r| {
+        t.backend().synchronize()?;
+        Ok(r)
+    });
+    (result, t.backend().take_width())
+}
+
 /// Measures on `backend`; `probe` runs once the trainer's buffers exist.
 fn measure_on<B: Backend>(
     backend: B,
@@ -510,20 +520,15 @@ fn measure_on<B: Backend>(
     let spec = train_spec(c, u32::MAX, None, None);
     let mut t = Trainer::new(backend, spec, data)?;
     let steps_per_epoch = t.batches_per_epoch();
-    let mut quiet = |_: &TrainEvent| {};
-    t.step(&mut quiet)?;
-    t.backend().synchronize()?;
+    step_waited(&mut t).0?;
     let c0 = t.backend().lane_time();
     let t0 = Instant::now();
     let mut n = 0u32;
     // Steps that end an epoch evaluate too: the width is that of the others, if any.
     let (mut width, mut ended) = (None, None);
     while n < 3 || (n < 20 && t0.elapsed() < std::time::Duration::from_millis(200)) {
-        let _ = t.backend().take_width();
-        let epoch = t.step(&mut quiet)?;
-        t.backend().synchronize()?;
-        let w = t.backend().take_width();
-        match epoch {
+        let (epoch, w) = step_waited(&mut t);
+        match epoch? {
             None => width = width.max(w),
             Some(_) => ended = ended.max(w),
         }
