@@ -70,6 +70,11 @@ fn a_deadline_change_the_node_cannot_meet_is_refused_and_the_job_keeps_its_own()
         "of the device until its deadline in 5 s",
     );
     assert!(msg.starts_with("job big needs "), "{msg}");
+    // Refused for the capacity: its products are split, so its width is not the reason.
+    assert!(
+        msg.contains(" is free (") && !msg.contains("too small to split"),
+        "{msg}"
+    );
     let earliest = msg
         .split("the earliest deadline it can meet is ")
         .nth(1)

@@ -129,7 +129,9 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
         return Ok(needed);
     }
     let earliest = earliest_deadline(cfg, last, c, capacity, svc);
-    if needed > usable && needed.is_finite() {
+    // Only a job narrower than the device is refused for its width; one that needs more
+    // than the whole device is refused for the capacity, as any other.
+    if usable < 1.0 && needed > usable && needed.is_finite() {
         return Err(Refusal {
             reason: format!(
                 "job {} needs {needed:.2} of the device until its deadline in {:.0} s, but its \
@@ -366,6 +368,18 @@ mod width_tests {
         );
         let admitted = admit(&cfg, &last, &c(Some(1.0), 61.0)).unwrap();
         assert!(admitted <= 0.5, "{admitted}");
+        // A job as wide as the device (or of unknown width) that needs more than all of it
+        // is refused for the capacity, not for its width.
+        for width in [None, Some(2.0)] {
+            let refusal = admit(&cfg, &last, &c(width, 20.0)).unwrap_err();
+            assert!(
+                refusal
+                    .reason
+                    .starts_with("job narrow needs 1.52 of the device until its deadline in 20 s, but only 0.95 is free"),
+                "{}",
+                refusal.reason
+            );
+        }
         assert_eq!(usable_share(Some(1.0), 2.0), 0.5);
         assert_eq!(
             usable_share(Some(4.0), 2.0),
