@@ -1,5 +1,6 @@
-//! Admission: a deadline job that cannot finish in time with the capacity left is refused
-//! at submission, with the reason and the earliest deadline it could meet.
+//! Admission: a deadline job that cannot finish in time on what the device's tenants leave it
+//! (now, or as the running deadline jobs finish: see [`super::forecast`]) is refused at
+//! submission, with the reason and the earliest deadline it could meet.
 
 use super::{ControlConfig, Decisions, JobClass};
 
@@ -40,8 +41,9 @@ pub(crate) fn usable_share(width: Option<f64>, cores: f64) -> f64 {
 pub struct Refusal {
     /// What does not fit, in words.
     pub reason: String,
-    /// The earliest deadline, in seconds from now, the job could meet as the node is now.
-    pub earliest_deadline_in_s: f64,
+    /// The earliest deadline, in seconds from now, the job could meet as the node is now;
+    /// `None` when none: what the tenants hold for good (services) leaves it nothing.
+    pub earliest_deadline_in_s: Option<f64>,
 }
 
 /// `x` when it is a positive number, else 1 (a device offers something).
@@ -101,15 +103,18 @@ pub(crate) fn uncommitted_where(
 }
 
 /// The share a deadline job needs to keep its required rate, when both are known.
-fn job_need(j: &super::JobDecision) -> f64 {
+pub(super) fn job_need(j: &super::JobDecision) -> f64 {
     match (j.required_rate, j.rate_per_share) {
         (Some(req), Some(rps)) if req.is_finite() && rps > 0.0 => (req / rps).min(1.0),
         _ => j.requested,
     }
 }
 
-/// Admits `c` when the share it needs until its deadline fits in the capacity the last
-/// decisions left uncommitted; returns that share.
+/// Admits `c` when it can finish before its deadline (less the margin the job loop aims at)
+/// on what the device's tenants leave it: at once when the share it needs is free now, else
+/// when the [`forecast`](super::forecast) has it finish in time on what frees as the running
+/// deadline jobs finish. Returns the share it can have now (what it needs, or what is free
+/// when that is less).
 pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64, Refusal> {
     let foreign = foreign(last);
     let capacity = capacity(cfg, last);
@@ -128,7 +133,10 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
     if needed <= available && needed <= usable {
         return Ok(needed);
     }
-    let earliest = earliest_deadline(cfg, last, c, capacity, svc);
+    let earliest = earliest_deadline(cfg, last, c, capacity - svc);
+    if needed <= usable && earliest.is_some_and(|e| e <= c.deadline_in_s) {
+        return Ok(needed.min(available));
+    }
     // Only a job narrower than the device is refused for its width; one that needs more
     // than the whole device is refused for the capacity, as any other.
     if usable < 1.0 && needed > usable && needed.is_finite() {
@@ -157,7 +165,7 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
     Err(Refusal {
         reason: format!(
             "job {} needs {} of the device until its deadline in {:.0} s, but only {:.2} is free \
-             (services hold {svc:.2}, deadline jobs {jobs:.2}, reserve {:.2}{})",
+             (services hold {svc:.2}, deadline jobs {jobs:.2}, reserve {:.2}{}){}",
             c.name,
             if needed.is_finite() {
                 format!("{needed:.2}")
@@ -172,52 +180,29 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
             } else {
                 String::new()
             },
+            if jobs > 0.0 && needed <= capacity - svc {
+                ", and the deadline jobs finish too late to free the rest in time"
+            } else {
+                ""
+            },
         ),
         earliest_deadline_in_s: earliest,
     })
 }
 
-/// Earliest deadline the candidate could meet: capacity frees as the deadline jobs now
-/// running finish (at their predicted times); the candidate gets what is free at each moment.
+/// Earliest deadline the candidate could meet (with the job loop's margin), from the
+/// [`forecast`](super::forecast) of what frees in `room` (the capacity less the services) as
+/// the running deadline jobs finish; `None` when nothing ever leaves it enough.
 fn earliest_deadline(
     cfg: &ControlConfig,
     last: &Decisions,
     c: &Candidate,
-    capacity: f64,
-    services: f64,
-) -> f64 {
-    let cores = positive(c.cores);
-    let mut running: Vec<(f64, f64)> = last
-        .jobs
-        .iter()
-        .filter(|j| j.class == JobClass::Deadline)
-        .map(|j| {
-            (
-                j.predicted_finish_in_s.unwrap_or(f64::INFINITY),
-                job_need(j),
-            )
-        })
-        .collect();
-    running.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut held: f64 = running.iter().map(|r| r.1).sum();
-    let mut t = 0.0;
-    let mut work = c.work_core_s / cores;
-    let usable = c.usable_share();
-    for (finish, share) in running {
-        let free = (capacity - services - held).max(0.0).min(usable);
-        if free > 0.0 && t + work / free <= finish {
-            return cfg.deadline_keeping_margin_s(t + work / free);
-        }
-        if finish.is_finite() {
-            work -= free * (finish - t);
-            t = finish;
-        }
-        held -= share;
-    }
-    let free = (capacity - services - held.max(0.0))
-        .max(cfg.min_share)
-        .min(usable);
-    cfg.deadline_keeping_margin_s(t + work.max(0.0) / free)
+    room: f64,
+) -> Option<f64> {
+    let holds = super::forecast::holds(&last.jobs, job_need);
+    let work_s = c.work_core_s / positive(c.cores);
+    super::forecast::finish_in_s(room, &holds, work_s, c.usable_share())
+        .map(|t| cfg.deadline_keeping_margin_s(t))
 }
 
 /// Device memory a job would add to a GPU, against what is free there.
@@ -284,109 +269,5 @@ pub(crate) enum MemoryRefused {
 }
 
 #[cfg(test)]
-mod memory_tests {
-    use super::*;
-
-    fn check(
-        need_mib: u64,
-        limit_free_mib: u64,
-        used_total_mib: Option<(u64, u64)>,
-    ) -> MemoryCheck {
-        MemoryCheck {
-            device: "cuda:0".into(),
-            need_bytes: need_mib << 20,
-            limit_free_bytes: limit_free_mib << 20,
-            device_used_total: used_total_mib.map(|(u, t)| (u << 20, t << 20)),
-        }
-    }
-
-    #[test]
-    fn a_job_that_fits_is_admitted() {
-        assert_eq!(check_memory(&check(100, 1000, Some((500, 1000)))), Ok(()));
-        assert_eq!(check_memory(&check(100, 1000, None)), Ok(()));
-    }
-
-    #[test]
-    fn memory_pressure_from_other_processes_refuses_with_the_figures() {
-        let err = check_memory(&check(600, 80_000, Some((79_500, 80_000))))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("600 MiB") && err.contains("only 500 MiB of 80000 MiB is free"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn the_configured_limit_refuses_naming_the_key() {
-        let err = check_memory(&check(600, 200, Some((0, 80_000))))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("leaves 200 MiB") && err.contains("device.memory_limit_mib"),
-            "{err}"
-        );
-    }
-}
-
-#[cfg(test)]
-mod width_tests {
-    use super::*;
-
-    #[test]
-    fn a_job_narrower_than_the_device_is_refused_what_it_cannot_use() {
-        // An empty 2-core device: 0.95 to hand out. 60 core-seconds by a deadline in 60 s
-        // (59.4 s after the 1 % margin) need 0.51 of it; a job whose steps run on one
-        // thread can use at most 0.5.
-        let cfg = ControlConfig::default();
-        let last = Decisions::default();
-        let c = |width: Option<f64>, deadline: f64| Candidate {
-            name: "narrow".into(),
-            work_core_s: 60.0,
-            deadline_in_s: deadline,
-            cores: 2.0,
-            width,
-        };
-        assert!(
-            admit(&cfg, &last, &c(None, 60.0)).is_ok(),
-            "as wide as the device"
-        );
-        assert!(admit(&cfg, &last, &c(Some(2.0), 60.0)).is_ok());
-        let refusal = admit(&cfg, &last, &c(Some(1.0), 60.0)).unwrap_err();
-        assert_eq!(
-            refusal.reason,
-            "job narrow needs 0.51 of the device until its deadline in 60 s, but its steps \
-             use at most 1 of the device's 2 cores (each step is too small to split), so it \
-             can use at most 0.50"
-        );
-        // At half the device, 60 core-seconds take 60 s: the earliest deadline with the margin.
-        let want = 60.0 / 0.99;
-        assert!(
-            (refusal.earliest_deadline_in_s - want).abs() < 1e-6,
-            "{}",
-            refusal.earliest_deadline_in_s
-        );
-        let admitted = admit(&cfg, &last, &c(Some(1.0), 61.0)).unwrap();
-        assert!(admitted <= 0.5, "{admitted}");
-        // A job as wide as the device (or of unknown width) that needs more than all of it
-        // is refused for the capacity, not for its width.
-        for width in [None, Some(2.0)] {
-            let refusal = admit(&cfg, &last, &c(width, 20.0)).unwrap_err();
-            assert!(
-                refusal
-                    .reason
-                    .starts_with("job narrow needs 1.52 of the device until its deadline in 20 s, but only 0.95 is free"),
-                "{}",
-                refusal.reason
-            );
-        }
-        assert_eq!(usable_share(Some(1.0), 2.0), 0.5);
-        assert_eq!(
-            usable_share(Some(4.0), 2.0),
-            1.0,
-            "never more than the device"
-        );
-        assert_eq!(usable_share(None, 2.0), 1.0);
-        assert_eq!(usable_share(Some(f64::NAN), 2.0), 1.0);
-    }
-}
+#[path = "admission_tests.rs"]
+mod tests;

@@ -15,11 +15,13 @@
 //!   smoothed over about 20 s ([`rate`]), not from the share of the moment.
 //! - **The arbiter** ([`arbiter`]): services first, then deadline jobs (least slack first),
 //!   then best-effort jobs; the total never exceeds `1 − reserve`.
-//! - **Admission** ([`admission`]): a deadline job that cannot finish with the capacity left
-//!   is refused with the earliest deadline it could meet.
+//! - **Admission** ([`admission`]): a deadline job that cannot finish on what the tenants
+//!   leave it, now or as the running deadline jobs finish ([`forecast`]), is refused with the
+//!   earliest deadline it could meet.
 
 pub mod admission;
 pub mod arbiter;
+pub(crate) mod forecast;
 pub mod inference;
 pub mod pi;
 pub mod rate;

@@ -156,7 +156,7 @@ impl Node {
                 Err(r) => {
                     if refusal
                         .as_ref()
-                        .is_none_or(|b| r.earliest_deadline_in_s < b.earliest_deadline_in_s)
+                        .is_none_or(|b| earliest_or_never(&r) < earliest_or_never(b))
                     {
                         refusal = Some(r);
                     }
@@ -177,7 +177,10 @@ impl Node {
         Err(refused(
             &refusal,
             now,
-            "submit it with that deadline or later, or as best-effort",
+            Advice {
+                later: "submit it with that deadline or later, or as best-effort",
+                without: "submit it as best-effort, or later",
+            },
         ))
     }
 
@@ -240,11 +243,27 @@ impl Node {
                 refused(
                     &r,
                     now,
-                    "change it to that deadline or later, or clear it (null) to run the job \
-                     as best-effort; it keeps its deadline meanwhile",
+                    Advice {
+                        later: "change it to that deadline or later, or clear it (null) to \
+                                run the job as best-effort; it keeps its deadline meanwhile",
+                        without: "clear it (null) to run the job as best-effort; it keeps \
+                                  its deadline meanwhile",
+                    },
                 )
             })
     }
+}
+
+/// A refusal's earliest deadline, infinite when there is none (for comparing devices).
+fn earliest_or_never(r: &crate::control::admission::Refusal) -> f64 {
+    r.earliest_deadline_in_s.unwrap_or(f64::INFINITY)
+}
+
+/// What a refused job can do instead: `later` with the earliest deadline it can meet, else
+/// `without` (there is none while the device is held as it is).
+struct Advice {
+    later: &'static str,
+    without: &'static str,
 }
 
 /// The 409 for a deadline admission refused: the reason, the earliest deadline the job could
@@ -252,15 +271,21 @@ impl Node {
 fn refused(
     refusal: &crate::control::admission::Refusal,
     now: SystemTime,
-    advice: &str,
+    advice: Advice,
 ) -> NodeError {
-    let earliest =
-        now + std::time::Duration::from_secs_f64(refusal.earliest_deadline_in_s.clamp(0.0, 1e9));
+    let Some(in_s) = refusal.earliest_deadline_in_s else {
+        return NodeError::Conflict(format!(
+            "{}; no deadline can be met while the services hold what they do: {}",
+            refusal.reason, advice.without
+        ));
+    };
+    let earliest = now + std::time::Duration::from_secs_f64(in_s.clamp(0.0, 1e9));
     NodeError::Conflict(format!(
-        "{}; the earliest deadline it can meet is {} (in {:.0} s): {advice}",
+        "{}; the earliest deadline it can meet is {} (in {:.0} s): {}",
         refusal.reason,
         crate::config::format_rfc3339(earliest),
-        refusal.earliest_deadline_in_s.ceil()
+        in_s.ceil(),
+        advice.later
     ))
 }
 
