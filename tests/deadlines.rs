@@ -360,3 +360,72 @@ fn a_job_whose_steps_use_one_core_is_refused_a_deadline_that_needs_more_and_says
     });
     assert_eq!(v["usable_share"], 1.0, "{v}");
 }
+
+/// The share of the device a refusal says the job needs (`job NAME needs 0.73 of the
+/// device ...`).
+fn needs(msg: &str) -> f64 {
+    msg.split(" needs ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no need in {msg:?}"))
+}
+
+#[test]
+fn two_deadline_jobs_submitted_at_once_are_weighed_one_after_the_other() {
+    let d = Daemon::start("");
+    let spec = |name: &str, deadline: String| {
+        json!({
+            "name": name,
+            "data": "synthetic:blobs:size=4000",
+            "layers": [64, 256, 256, 10],
+            "epochs": 240,
+            "deadline": deadline,
+        })
+    };
+    // The job's work, from what it needs by a deadline in 1 s (0.9 s after the margin), in
+    // seconds of the whole device; then the first whole second from 4 s at which it needs
+    // 0.8 of the device or less (more than 0.6): either of two such jobs fits in the 0.95
+    // there is, not both.
+    let probe = expect_error(
+        d.send("POST", "/v1/jobs", &spec("probe", "1s".into())),
+        409,
+        "of the device until its deadline in 1 s",
+    );
+    let work_s = needs(&probe) * 0.9;
+    let need_by = |t: f64| work_s / (t - (0.01 * t).max(0.1));
+    let deadline_s = (4..).map(f64::from).find(|&t| need_by(t) <= 0.8).unwrap();
+    let need = need_by(deadline_s);
+    assert!(
+        need > 0.6,
+        "{work_s} s of work: {need} of the device in {deadline_s} s"
+    );
+    // Both at once: their data loads and steps are measured side by side, and they reach
+    // admission within moments of each other, before the controller has seen either.
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let sent: Vec<_> = ["a", "b"]
+            .map(|n| {
+                let body = spec(n, format!("{deadline_s}s"));
+                let d = &d;
+                s.spawn(move || d.send("POST", "/v1/jobs", &body))
+            })
+            .into_iter()
+            .collect();
+        sent.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert!(
+        statuses == [201, 409] || statuses == [409, 201],
+        "one admitted, one refused: {answers:?}"
+    );
+    let refused = answers.iter().find(|a| a.0 == 409).unwrap();
+    let msg = refused.1["error"].as_str().unwrap();
+    // Refused for the share the other holds, with a deadline it could meet instead.
+    assert!(
+        msg.contains("deadline jobs 0.") && msg.contains("the earliest deadline it can meet is "),
+        "{msg}"
+    );
+    for n in ["a", "b"] {
+        d.send("DELETE", &format!("/v1/jobs/{n}"), &Value::Null);
+    }
+}

@@ -2,7 +2,7 @@
 //! (now, or as the running deadline jobs finish: see [`super::forecast`]) is refused at
 //! submission, with the reason and the earliest deadline it could meet.
 
-use super::{ControlConfig, Decisions, JobClass};
+use super::{ControlConfig, Decisions, JobClass, JobDecision};
 
 /// A job asking to be admitted.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +103,7 @@ pub(crate) fn uncommitted_where(
 }
 
 /// The share a deadline job needs to keep its required rate, when both are known.
-pub(super) fn job_need(j: &super::JobDecision) -> f64 {
+pub(super) fn job_need(j: &JobDecision) -> f64 {
     match (j.required_rate, j.rate_per_share) {
         (Some(req), Some(rps)) if req.is_finite() && rps > 0.0 => (req / rps).min(1.0),
         _ => j.requested,
@@ -188,6 +188,33 @@ pub fn admit(cfg: &ControlConfig, last: &Decisions, c: &Candidate) -> Result<f64
         ),
         earliest_deadline_in_s: earliest,
     })
+}
+
+/// The decision the controller would make for `c` once admitted with `share`, its work
+/// being `steps` steps: it needs the share that finishes them by its deadline less the
+/// margin, and holds it until then. Admission counts it until the controller has decided
+/// for the job itself. What admission does not read (the rates measured) is zero.
+pub fn reserved(cfg: &ControlConfig, c: &Candidate, steps: u64, share: f64) -> JobDecision {
+    let usable_s = c.deadline_in_s - cfg.deadline_margin_s(c.deadline_in_s);
+    let busy_s = c.work_core_s / positive(c.cores);
+    // Steps a second at the whole device; the required rate finishes them in time.
+    let rate_per_share = (busy_s > 0.0).then(|| steps as f64 / busy_s);
+    JobDecision {
+        name: c.name.clone(),
+        class: JobClass::Deadline,
+        requested: share,
+        share,
+        remaining_steps: steps,
+        expected_epochs: 0.0,
+        required_rate: (usable_s > 0.0).then(|| steps as f64 / usable_s),
+        measured_rate: 0.0,
+        smoothed_rate: None,
+        rate_per_share,
+        slack_s: None,
+        predicted_finish_in_s: rate_per_share.is_none().then_some(0.0),
+        past_deadline: None,
+        usable_share: c.usable_share(),
+    }
 }
 
 /// Earliest deadline the candidate could meet (with the job loop's margin), from the

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use super::admission::{Measured, load_and_measure};
 use super::jobs::{Job, JobEventKind};
+use super::reservations::{self, Reserved};
 use super::{DeviceId, Node, NodeError, Policy, control_config};
 use crate::config::JobConfig;
 use crate::util::sync::{self, read, write};
@@ -129,6 +130,8 @@ impl Node {
         let ctrl = control_config(&self.config());
         let mut no_memory = Vec::new();
         let mut refusal: Option<crate::control::admission::Refusal> = None;
+        // Held until this job's reservation is made: admissions are weighed one at a time.
+        let mut ledger = sync::lock(&self.store.reserved);
         for &d in order {
             if let Some(need_bytes) = measured.device_bytes
                 && let Err(why) = self.memory_fits(d, need_bytes)
@@ -150,9 +153,20 @@ impl Node {
                 cores: self.capacity_of(d),
                 width: measured.width.map(|w| w.workers(self.workers_of(d)) as f64),
             };
-            match crate::control::admission::admit(&ctrl, &self.admission_decisions(d), &candidate)
-            {
-                Ok(needed) => return Ok((d, needed.max(ctrl.min_share))),
+            let mut last = self.admission_decisions(d);
+            reservations::count_in(&mut ledger, d, &mut last, |n| self.job_may_run(n));
+            match crate::control::admission::admit(&ctrl, &last, &candidate) {
+                Ok(needed) => {
+                    let share = needed.max(ctrl.min_share);
+                    let steps = cfg.epochs as u64 * measured.steps_per_epoch as u64;
+                    ledger.push(Reserved {
+                        device: d,
+                        decision: crate::control::admission::reserved(
+                            &ctrl, &candidate, steps, share,
+                        ),
+                    });
+                    return Ok((d, share));
+                }
                 Err(r) => {
                     if refusal
                         .as_ref()
@@ -207,7 +221,9 @@ impl Node {
         }
         let d = self.device_of(job.lane());
         let cores = self.capacity_of(d);
+        let mut ledger = sync::lock(&self.store.reserved);
         let mut last = self.admission_decisions(d);
+        reservations::count_in(&mut ledger, d, &mut last, |n| self.job_may_run(n));
         let own = last
             .jobs
             .iter()
@@ -251,6 +267,17 @@ impl Node {
                     },
                 )
             })
+    }
+}
+
+impl Node {
+    /// Whether job `name` is being admitted, or is on the node and has not ended: whether a
+    /// reservation for it may still be needed.
+    fn job_may_run(&self, name: &str) -> bool {
+        sync::lock(&self.store.admitting).contains(name)
+            || read(&self.store.jobs)
+                .get(name)
+                .is_some_and(|j| !j.state().is_terminal())
     }
 }
 

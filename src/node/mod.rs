@@ -13,6 +13,7 @@ pub mod reload;
 mod removal;
 mod replica_control;
 pub mod replicas;
+mod reservations;
 mod restore;
 mod room;
 pub mod services;

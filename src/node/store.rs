@@ -27,6 +27,9 @@ pub(super) struct JobStore {
     pub(super) jobs: RwLock<BTreeMap<String, Arc<Job>>>,
     /// Names of jobs being admitted (data loading, a step measured): taken at once.
     pub(super) admitting: Mutex<BTreeSet<String>>,
+    /// Deadline jobs admitted that the controller has not decided for yet; its lock is
+    /// held for a whole admission.
+    pub(super) reserved: Mutex<Vec<super::reservations::Reserved>>,
     /// Held while a job's files are removed, and by what reads or records into a job's
     /// directory from the API (a change, a job served, a service from a checkpoint), so
     /// neither finds the directory gone, or another job's, half way.
