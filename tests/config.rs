@@ -91,6 +91,7 @@ fn default_config_is_valid_with_expected_values() {
             reserve_frac: 0.05,
             leftover: Leftover::BestEffort,
             past_deadline: PastDeadline::BestEffort,
+            cpu_foreign_load: true,
             decision_log: None
         }
     );
@@ -476,7 +477,7 @@ fn unknown_keys_are_reported_everywhere_with_the_accepted_list() {
         issues(&text),
         vec![
             "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib, cpu_split, gemm_wgmma)",
-            "control.period: unknown key (accepted: reserve_frac, leftover, past_deadline, decision_log)",
+            "control.period: unknown key (accepted: reserve_frac, leftover, past_deadline, cpu_foreign_load, decision_log)",
             "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision, replicas)",
             "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision, replicas)",
             "services[0].batching.size: unknown key (accepted: max_batch_size, max_queue_delay_ms)",

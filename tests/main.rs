@@ -27,6 +27,7 @@ mod client_watch;
 mod config;
 mod connections;
 mod control;
+mod cpu_foreign;
 mod cpu_kernels;
 mod data_loaders;
 mod deadlines;

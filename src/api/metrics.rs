@@ -295,7 +295,7 @@ const INFERENCE: [NodeRow; 11] = [
 ];
 
 /// The devices, the control loop and what it measured and decided.
-const CONTROL: [NodeRow; 7] = [
+const CONTROL: [NodeRow; 8] = [
     (
         Family::gauge(
             "setpoint_device_busy_ratio",
@@ -308,6 +308,22 @@ const CONTROL: [NodeRow; 7] = [
                 o.add(
                     &[("device", name.as_str())],
                     busy.get(d.index()).copied().unwrap_or(0.0),
+                );
+            }
+        },
+    ),
+    (
+        Family::gauge(
+            "setpoint_device_foreign_load_ratio",
+            "Other processes' load on the device, as a fraction of it, taken off the capacity the controller hands out.",
+        ),
+        |c, o| {
+            let foreign = c.node.foreign_by_device();
+            for d in c.node.devices() {
+                let name = c.node.placement(d).name();
+                o.add(
+                    &[("device", name.as_str())],
+                    foreign.get(d.index()).copied().unwrap_or(0.0),
                 );
             }
         },

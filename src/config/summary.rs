@@ -132,6 +132,7 @@ fn write_control(o: &mut String, c: &ControlConfig) -> std::fmt::Result {
     writeln!(o, "reserve_frac = {}", f(c.reserve_frac))?;
     writeln!(o, "leftover = {}", q(c.leftover.as_str()))?;
     writeln!(o, "past_deadline = {}", q(c.past_deadline.as_str()))?;
+    writeln!(o, "cpu_foreign_load = {}", c.cpu_foreign_load)?;
     match &c.decision_log {
         Some(p) => writeln!(o, "decision_log = {}", qp(p)),
         None => writeln!(o, "decision_log = \"\"  # off"),

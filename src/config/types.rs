@@ -184,6 +184,9 @@ pub struct ControlConfig {
     pub leftover: Leftover,
     /// What becomes of a deadline job whose deadline passes before it finishes.
     pub past_deadline: PastDeadline,
+    /// Whether other processes' load on the CPU is taken off the CPU device's capacity (they
+    /// take their cores from training first); on a GPU, NVML's foreign load always is.
+    pub cpu_foreign_load: bool,
     /// JSON-lines log of every controller decision; `None` = off.
     pub decision_log: Option<PathBuf>,
 }

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use super::jobs::{Job, JobProgress};
-use super::{DeviceId, JobState, LoadedService, Node};
+use super::{DeviceId, JobState, LoadedService, Node, Placement};
 use crate::control::{Controller, Decisions, JobClass, JobObs, Observations};
 use crate::util::window::WindowStats;
 
@@ -76,6 +76,8 @@ pub(crate) struct ControlState {
     pub(super) prev: HashMap<TenantKey, Prev>,
     /// The split of each service's rows between its replicas.
     pub(super) split: super::replica_control::SplitState,
+    /// Other processes' load on the CPU, once a tick has read it.
+    cpu_load: Option<crate::telemetry::cpu_load::CpuLoadSource>,
     last_tick: Option<Instant>,
     started: Instant,
     log: Option<std::io::BufWriter<std::fs::File>>,
@@ -94,6 +96,7 @@ impl ControlState {
             measures: HashMap::new(),
             prev: HashMap::new(),
             split: Default::default(),
+            cpu_load: None,
             last_tick: None,
             started: Instant::now(),
             log: log.map(std::io::BufWriter::new),
@@ -203,8 +206,9 @@ impl Node {
 
     /// Observes every tenant, one set of observations per device: each device's capacity is
     /// arbitrated alone. Throttling is shown beside the decisions it explains. Foreign load
-    /// on the GPU the tenants run on lowers the capacity the arbiter hands out; on the CPU
-    /// backend it is reported (status, metrics) but not subtracted from the CPU.
+    /// lowers the capacity the arbiter hands out: NVML's on the GPU the tenants run on, and
+    /// other processes' CPU time on the CPU's devices (each part of the CPU losing the same
+    /// fraction) unless `control.cpu_foreign_load` is off.
     fn observe(
         &self,
         st: &mut ControlState,
@@ -221,10 +225,14 @@ impl Node {
             .collect();
         let n = self.device_count();
         let mut round = Round::new(n);
+        let cpu_foreign = self.cpu_foreign_load(st);
         for (d, obs) in self.devices().zip(round.obs.iter_mut()) {
             obs.now_s = clock.now_s;
             obs.throttling = throttling.clone();
-            obs.foreign_load = foreign_load(self.placement(d).gpu_uuid(), gpu_samples);
+            obs.foreign_load = match self.placement(d) {
+                Placement::Cpu(_) => cpu_foreign,
+                Placement::Cuda(_) => foreign_load(self.placement(d).gpu_uuid(), gpu_samples),
+            };
         }
         for svc in self.ready_services() {
             self.observe_service(st, clock, &mut round, svc);
@@ -241,6 +249,26 @@ impl Node {
             .collect();
         st.busy_frac = st.busy_by_device.iter().sum::<f64>() / n as f64;
         round
+    }
+
+    /// Other processes' load on the CPU, as a fraction of the cores the node's CPU devices
+    /// have (0 when `control.cpu_foreign_load` is off or the node has no CPU device).
+    fn cpu_foreign_load(&self, st: &mut ControlState) -> f64 {
+        if !self.config().control.cpu_foreign_load {
+            st.cpu_load = None;
+            return 0.0;
+        }
+        let cores: f64 = self
+            .devices()
+            .filter(|&d| matches!(self.placement(d), Placement::Cpu(_)))
+            .map(|d| self.capacity_of(d))
+            .sum();
+        if cores <= 0.0 {
+            return 0.0;
+        }
+        st.cpu_load
+            .get_or_insert_with(|| crate::telemetry::cpu_load::CpuLoadSource::new(cores))
+            .sample()
     }
 
     fn observe_job(
@@ -303,6 +331,15 @@ impl Node {
             .get(d.index())
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Other processes' load on each device over the last period, by device index.
+    pub(crate) fn foreign_by_device(&self) -> Vec<f64> {
+        sync::lock(&self.control)
+            .per_device
+            .iter()
+            .map(|d| d.foreign_load)
+            .collect()
     }
 
     /// Fraction of each device's workers busy over the last period, by device index.

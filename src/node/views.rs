@@ -94,6 +94,11 @@ pub struct DeviceView {
     pub share_assigned: f64,
     /// Fraction of its workers busy over the last control period.
     pub busy_frac: f64,
+    /// Other processes' load on it, as a fraction of it, taken off what the controller hands
+    /// out: NVML's on a GPU, other processes' CPU time on the CPU (see
+    /// `control.cpu_foreign_load`).
+    #[serde(default)]
+    pub foreign_load: f64,
     /// `ok`, or `failed` with the reason and when.
     #[serde(flatten)]
     pub health: health::DeviceHealthView,
@@ -221,6 +226,7 @@ struct ControlSnapshot {
     policy: PolicyKind,
     ticks: u64,
     busy_by_device: Vec<f64>,
+    foreign_by_device: Vec<f64>,
     measures: HashMap<String, ServiceMeasure>,
     jobs: Vec<JobDecision>,
 }
@@ -232,6 +238,7 @@ impl Node {
             policy: PolicyKind::from(&st.policy),
             ticks: st.ticks,
             busy_by_device: st.busy_by_device.clone(),
+            foreign_by_device: st.per_device.iter().map(|d| d.foreign_load).collect(),
             measures: st.measures.clone(),
             jobs: st.last.jobs.clone(),
         }
@@ -323,6 +330,7 @@ impl Node {
                     workers: self.workers_of(d),
                     share_assigned: share_assigned[d.index()],
                     busy_frac: ctl.busy_by_device.get(d.index()).copied().unwrap_or(0.0),
+                    foreign_load: ctl.foreign_by_device.get(d.index()).copied().unwrap_or(0.0),
                     health: self.device_health(d),
                 })
                 .collect(),

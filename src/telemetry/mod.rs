@@ -1,5 +1,6 @@
 //! What the GPUs say about themselves: utilisation, memory, power, energy, clocks,
-//! temperature, throttling and the processes running on them.
+//! temperature, throttling and the processes running on them; and, for the CPU backend,
+//! other processes' load on the CPU ([`cpu_load`]).
 //!
 //! - [`TelemetrySource`] is one read of every GPU on the host. [`NvmlSource`] asks NVML
 //!   (loaded at run time; a host without `libnvidia-ml.so.1` gets an error, never a panic);
@@ -33,6 +34,7 @@
 //! them; this stays approximate.
 
 mod correlate;
+pub mod cpu_load;
 mod metrics;
 mod nvml;
 mod own;

@@ -48,10 +48,17 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts a daemon on `config`. Other processes' CPU load is not counted off the CPU's
+    /// capacity unless `config` sets `cpu_foreign_load`: tests share the machine with other
+    /// tests' processes and builds, and most of them weigh admission against a known
+    /// capacity (`tests/cpu_foreign.rs` tests the counting).
     pub fn start(config: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = setpoint::config::parse(config).unwrap();
         cfg.state_dir = dir.path().to_path_buf();
+        if !config.contains("cpu_foreign_load") {
+            cfg.control.cpu_foreign_load = false;
+        }
         let node = Node::new(cfg).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();

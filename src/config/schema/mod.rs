@@ -53,7 +53,13 @@ const HTTP_KEYS: &[&str] = &[
     "reserved_fds",
     "io_threads",
 ];
-const CONTROL_KEYS: &[&str] = &["reserve_frac", "leftover", "past_deadline", "decision_log"];
+const CONTROL_KEYS: &[&str] = &[
+    "reserve_frac",
+    "leftover",
+    "past_deadline",
+    "cpu_foreign_load",
+    "decision_log",
+];
 const PATHS_KEYS: &[&str] = &["data_dirs"];
 const SERVICE_KEYS: &[&str] = &[
     "name",
@@ -495,11 +501,13 @@ fn control(w: &mut Walker, t: &Tbl<'_>) -> ControlConfig {
             ],
         )
         .or(PastDeadline::BestEffort);
+    let cpu_foreign_load = w.boolean(t, "cpu_foreign_load").or(true);
     let decision_log = w.opt_string(t, "decision_log").given().map(PathBuf::from);
     ControlConfig {
         reserve_frac: reserve_frac.unwrap_or(defaults::RESERVE_FRAC),
         leftover: leftover.unwrap_or(Leftover::BestEffort),
         past_deadline: past_deadline.unwrap_or(PastDeadline::BestEffort),
+        cpu_foreign_load: cpu_foreign_load.unwrap_or(true),
         decision_log,
     }
 }

@@ -6,8 +6,8 @@
 //! and returned, and the failure is counted. A valid one is applied as a difference:
 //!
 //! - **Settings** that apply live: `control_period_ms`, `control.reserve_frac`,
-//!   `control.leftover`, `control.past_deadline`, `auth_token`, `max_request_bytes`,
-//!   `drain_timeout_ms`.
+//!   `control.leftover`, `control.past_deadline`, `control.cpu_foreign_load`, `auth_token`,
+//!   `max_request_bytes`, `drain_timeout_ms`.
 //! - **Settings that need a restart** (`listen`, `state_dir`, `[http]`, `[device]`, `[kubernetes]`,
 //!   `control.decision_log`) keep their running values and are reported as such.
 //! - **Services of the file**: a new one is loaded beside the others; one no longer in the
