@@ -132,6 +132,17 @@ fn per_device(c: &Ctx<'_>, o: &mut Samples<'_>, get: fn(&Ctx<'_>, DeviceId) -> f
     }
 }
 
+/// One sample per device from `values`, by device index (0 where there is none).
+fn by_device(c: &Ctx<'_>, o: &mut Samples<'_>, values: &[f64]) {
+    for d in c.node.devices() {
+        let name = c.node.placement(d).name();
+        o.add(
+            &[("device", name.as_str())],
+            values.get(d.index()).copied().unwrap_or(0.0),
+        );
+    }
+}
+
 /// The process, its readiness and configuration reloads.
 const PROCESS: [NodeRow; 5] = [
     (
@@ -301,32 +312,14 @@ const CONTROL: [NodeRow; 8] = [
             "setpoint_device_busy_ratio",
             "Fraction of the device's workers busy over the last control period.",
         ),
-        |c, o| {
-            let busy = c.node.busy_by_device();
-            for d in c.node.devices() {
-                let name = c.node.placement(d).name();
-                o.add(
-                    &[("device", name.as_str())],
-                    busy.get(d.index()).copied().unwrap_or(0.0),
-                );
-            }
-        },
+        |c, o| by_device(c, o, &c.node.busy_by_device()),
     ),
     (
         Family::gauge(
             "setpoint_device_foreign_load_ratio",
             "Other processes' load on the device, as a fraction of it, taken off the capacity the controller hands out.",
         ),
-        |c, o| {
-            let foreign = c.node.foreign_by_device();
-            for d in c.node.devices() {
-                let name = c.node.placement(d).name();
-                o.add(
-                    &[("device", name.as_str())],
-                    foreign.get(d.index()).copied().unwrap_or(0.0),
-                );
-            }
-        },
+        |c, o| by_device(c, o, &c.node.foreign_by_device()),
     ),
     (
         Family::gauge(

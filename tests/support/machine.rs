@@ -15,18 +15,10 @@ pub struct OtherLoad {
     started: Instant,
 }
 
-/// Busy ticks of all CPUs: every `cpu` field but idle and iowait.
+/// Busy ticks of all CPUs (the daemon's own reading of `/proc/stat`).
 fn machine_busy_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal …
-    let total: u64 = v.iter().take(8).sum();
-    Some(total - v.get(3)? - v.get(4)?)
+    setpoint::telemetry::cpu_load::parse_stat(&stat, |_| true).map(|t| t.busy)
 }
 
 /// This process's user + system ticks, all threads.
