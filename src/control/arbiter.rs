@@ -17,37 +17,61 @@
 
 use super::{ControlConfig, JobClass, JobDecision, Leftover, ServiceDecision};
 
+/// Other processes' load on a device (a fraction of it) and whose capacity it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Foreign {
+    /// The load; taken as none when not finite.
+    pub load: f64,
+    /// It takes what the services leave, not theirs: on the CPU, where services run at
+    /// normal priority beside other processes and training in the background (`SCHED_IDLE`)
+    /// gets what both leave. On a GPU, other processes' contexts time-slice with all of
+    /// setpoint's work, and their load comes off the capacity before anyone's share.
+    pub behind_services: bool,
+}
+
+impl From<f64> for Foreign {
+    fn from(load: f64) -> Foreign {
+        Foreign {
+            load,
+            behind_services: false,
+        }
+    }
+}
+
 /// Grants shares in place; returns the capacity that was divided. The granted shares
-/// always sum to at most the capacity.
+/// always sum to at most the capacity: one less the reserve and the foreign load, or, when
+/// the foreign load is behind the services, less only the part of it the services left room
+/// for.
 pub fn arbitrate(
     cfg: &ControlConfig,
-    foreign_load: f64,
+    foreign: impl Into<Foreign>,
     services: &mut [ServiceDecision],
     jobs: &mut [JobDecision],
 ) -> f64 {
-    let capacity = capacity(cfg, foreign_load);
+    let foreign = foreign.into();
+    let load = if foreign.load.is_finite() {
+        foreign.load.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let (ahead, behind) = if foreign.behind_services {
+        (0.0, load)
+    } else {
+        (load, 0.0)
+    };
+    let capacity = (1.0 - cfg.reserve_frac - ahead).clamp(0.0, 1.0);
     let n = services.len() + jobs.len();
     if n == 0 {
-        return capacity;
+        return (capacity - behind).max(0.0);
     }
     let floor = cfg.min_share.min(capacity / n as f64);
     let left = capacity - floor * n as f64;
     let left = grant_services(services, floor, left).max(0.0);
-    let left = grant_jobs(jobs, floor, left);
+    let taken = behind.min(left);
+    let left = grant_jobs(jobs, floor, left - taken);
     share_leftover(cfg.leftover, services, jobs, left);
-    fit_capacity(services, jobs, capacity);
-    capacity
-}
-
-/// The share there is to divide: one less the reserve and the foreign load (taken as none
-/// when not finite), within `[0, 1]`.
-fn capacity(cfg: &ControlConfig, foreign_load: f64) -> f64 {
-    let foreign = if foreign_load.is_finite() {
-        foreign_load.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    (1.0 - cfg.reserve_frac - foreign).clamp(0.0, 1.0)
+    fit_capacity(services, jobs, capacity - taken);
+    capacity - taken
 }
 
 /// Services: each gets the floor plus its above-floor request, all of these scaled together
@@ -139,5 +163,80 @@ fn fit_capacity(services: &mut [ServiceDecision], jobs: &mut [JobDecision], capa
         let k = capacity / sum;
         services.iter_mut().for_each(|s| s.share *= k);
         jobs.iter_mut().for_each(|j| j.share *= k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(requested: f64) -> ServiceDecision {
+        ServiceDecision {
+            name: "svc".into(),
+            requested,
+            share: requested,
+            batch_size: 1,
+            setpoint_s: 0.01,
+            p99_s: None,
+            feed_forward: requested,
+            cost_per_request_s: None,
+        }
+    }
+
+    fn job(class: JobClass, requested: f64) -> JobDecision {
+        JobDecision {
+            name: "job".into(),
+            class,
+            requested,
+            share: requested,
+            remaining_steps: 100,
+            expected_epochs: 1.0,
+            required_rate: None,
+            measured_rate: 0.0,
+            smoothed_rate: None,
+            rate_per_share: None,
+            slack_s: Some(1.0),
+            predicted_finish_in_s: None,
+            past_deadline: None,
+            usable_share: 1.0,
+        }
+    }
+
+    #[test]
+    fn foreign_load_behind_the_services_takes_from_the_jobs_only() {
+        let cfg = ControlConfig::default();
+        let grant = |foreign: Foreign| {
+            let mut s = [service(0.5)];
+            let mut j = [job(JobClass::Deadline, 0.6)];
+            let cap = arbitrate(&cfg, foreign, &mut s, &mut j);
+            (cap, s[0].share, j[0].share)
+        };
+        // On a GPU 0.3 of foreign load comes off first: 0.65 for 0.5 + 0.6 asked; the
+        // service gets its 0.5, the job what is left.
+        let (cap, svc, jb) = grant(Foreign::from(0.3));
+        assert!((cap - 0.65).abs() < 1e-12, "{cap}");
+        assert!(
+            (svc - 0.5).abs() < 1e-12 && (jb - 0.15).abs() < 1e-12,
+            "{svc} {jb}"
+        );
+        // Behind the services, the same: the job keeps what the services and others leave.
+        let behind = |load| Foreign {
+            load,
+            behind_services: true,
+        };
+        let (cap, svc, jb) = grant(behind(0.3));
+        assert!((cap - 0.65).abs() < 1e-12, "{cap}");
+        assert!(
+            (svc - 0.5).abs() < 1e-12 && (jb - 0.15).abs() < 1e-12,
+            "{svc} {jb}"
+        );
+        // Where the others take more than the services leave, the services keep their 0.5
+        // (on a GPU they are cut to 0.35) and the job has its floor.
+        let (cap, svc, jb) = grant(behind(0.6));
+        assert!((svc - 0.5).abs() < 1e-12, "{svc}");
+        assert!((jb - cfg.min_share).abs() < 1e-12, "{jb}");
+        assert!((cap - (svc + jb)).abs() < 1e-12, "{cap}");
+        let (cap, svc, _) = grant(Foreign::from(0.6));
+        assert!((cap - 0.35).abs() < 1e-12 && svc < 0.35, "{cap} {svc}");
     }
 }

@@ -248,8 +248,12 @@ pub struct Observations {
     /// Running training jobs.
     pub jobs: Vec<JobObs>,
     /// Fraction of the device busy with work of processes setpoint does not own (from
-    /// NVML's per-process samples; 0 when unknown). It is not handed out.
+    /// NVML's per-process samples on a GPU, from `/proc/stat` on the CPU; 0 when unknown).
+    /// It is not handed out.
     pub foreign_load: f64,
+    /// The foreign load takes what the services leave, not theirs (see
+    /// [`arbiter::Foreign::behind_services`]): set on the CPU.
+    pub foreign_behind_services: bool,
     /// Why the device runs slower than it could (thermal or power throttling), as the
     /// telemetry reports it; shown beside the decisions it explains.
     pub throttling: Vec<String>,
@@ -442,7 +446,11 @@ impl Controller {
                 training::decide(&self.cfg, st, j, obs.now_s)
             })
             .collect();
-        let capacity = arbiter::arbitrate(&self.cfg, obs.foreign_load, &mut services, &mut jobs);
+        let foreign = arbiter::Foreign {
+            load: obs.foreign_load,
+            behind_services: obs.foreign_behind_services,
+        };
+        let capacity = arbiter::arbitrate(&self.cfg, foreign, &mut services, &mut jobs);
         for d in &services {
             if let Some(st) = self.services.get_mut(&(device, d.name.clone())) {
                 inference::granted(&self.cfg, st, d.share);

@@ -208,7 +208,8 @@ impl Node {
     /// arbitrated alone. Throttling is shown beside the decisions it explains. Foreign load
     /// lowers the capacity the arbiter hands out: NVML's on the GPU the tenants run on, and
     /// other processes' CPU time on the CPU's devices (each part of the CPU losing the same
-    /// fraction) unless `control.cpu_foreign_load` is off.
+    /// fraction; taken from what the services leave, since they run at normal priority)
+    /// unless `control.cpu_foreign_load` is off.
     fn observe(
         &self,
         st: &mut ControlState,
@@ -229,9 +230,12 @@ impl Node {
         for (d, obs) in self.devices().zip(round.obs.iter_mut()) {
             obs.now_s = clock.now_s;
             obs.throttling = throttling.clone();
-            obs.foreign_load = match self.placement(d) {
-                Placement::Cpu(_) => cpu_foreign,
-                Placement::Cuda(_) => foreign_load(self.placement(d).gpu_uuid(), gpu_samples),
+            (obs.foreign_load, obs.foreign_behind_services) = match self.placement(d) {
+                Placement::Cpu(_) => (cpu_foreign, true),
+                Placement::Cuda(_) => (
+                    foreign_load(self.placement(d).gpu_uuid(), gpu_samples),
+                    false,
+                ),
             };
         }
         for svc in self.ready_services() {
