@@ -153,8 +153,7 @@ impl Node {
                 cores: self.capacity_of(d),
                 width: measured.width.map(|w| w.workers(self.workers_of(d)) as f64),
             };
-            let mut last = self.admission_decisions(d);
-            reservations::count_in(&mut ledger, d, &mut last, |n| self.job_may_run(n));
+            let last = self.decisions_reserved(d, &mut ledger);
             match crate::control::admission::admit(&ctrl, &last, &candidate) {
                 Ok(needed) => {
                     let share = needed.max(ctrl.min_share);
@@ -222,8 +221,7 @@ impl Node {
         let d = self.device_of(job.lane());
         let cores = self.capacity_of(d);
         let mut ledger = sync::lock(&self.store.reserved);
-        let mut last = self.admission_decisions(d);
-        reservations::count_in(&mut ledger, d, &mut last, |n| self.job_may_run(n));
+        let mut last = self.decisions_reserved(d, &mut ledger);
         let own = last
             .jobs
             .iter()
@@ -271,6 +269,19 @@ impl Node {
 }
 
 impl Node {
+    /// What admission weighs on device `d`: its last decisions (see
+    /// [`Node::admission_decisions`]) with the jobs admitted there that the controller has
+    /// not decided for yet, from the ledger `held`.
+    pub(super) fn decisions_reserved(
+        &self,
+        d: DeviceId,
+        held: &mut Vec<Reserved>,
+    ) -> crate::control::Decisions {
+        let mut last = self.admission_decisions(d);
+        reservations::count_in(held, d, &mut last, |n| self.job_may_run(n));
+        last
+    }
+
     /// Whether job `name` is being admitted, or is on the node and has not ended: whether a
     /// reservation for it may still be needed.
     fn job_may_run(&self, name: &str) -> bool {

@@ -7,6 +7,7 @@ use super::control_config;
 use super::{Node, Placement};
 use crate::control::admission::uncommitted_where;
 use crate::device::cuda::GpuInfo;
+use crate::util::sync;
 
 /// One device's room.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -20,7 +21,8 @@ pub struct DeviceRoom {
     /// Its cores: the CPU part's cores (a fraction of the host's), or the GPU's SMs.
     pub cores: f64,
     /// The share of the device admission could still give: all of it less the reserve,
-    /// other processes' load and what the tenants it is told to count hold.
+    /// other processes' load and what the tenants it is told to count hold (jobs admitted
+    /// that the controller has not seen yet included).
     pub free_share: f64,
     /// Device memory, bytes (a GPU's; 0 on the CPU).
     pub memory_total: u64,
@@ -45,7 +47,8 @@ impl Node {
             .map(|d| {
                 let placement = self.placement(d);
                 let healthy = placement.health().failure().is_none();
-                let free = uncommitted_where(&ctrl, &self.admission_decisions(d), counted);
+                let last = self.decisions_reserved(d, &mut sync::lock(&self.store.reserved));
+                let free = uncommitted_where(&ctrl, &last, counted);
                 let (gpu, green, cores, total, free_mem) = match placement {
                     Placement::Cpu(_) => (None, false, self.capacity_of(d), 0, 0),
                     Placement::Cuda(dev) => (
