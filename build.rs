@@ -58,6 +58,8 @@ fn protos() -> Result<(), String> {
         .build_client(true)
         .build_server(true)
         .build_transport(false)
+        // tonic's prost codec with buffers sized for inference messages.
+        .codec_path("crate::api::grpc::buffers::InferenceCodec")
         .compile_fds(fds)
         .map_err(|e| format!("generating the gRPC code: {e}"))?;
     if std::env::var_os("CARGO_FEATURE_KUBERNETES").is_some() {

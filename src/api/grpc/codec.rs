@@ -107,8 +107,7 @@ fn decode_input(
         };
         return Err(CodecError::Datatype { name, got });
     }
-    let shape = fmt_shape(&input.shape);
-    let (rows, unbatched) = rows_of(&name, &input.shape, &shape, io)?;
+    let (rows, unbatched) = rows_of(&name, &input.shape, io)?;
     let expected = u128::from(rows) * io.features as u128;
     let values = match (input.contents, raw) {
         (Some(_), Some(_)) => return Err(CodecError::ContentsTwice { name }),
@@ -117,7 +116,7 @@ fn decode_input(
             if c.fp32_contents.len() as u128 != expected {
                 return Err(CodecError::ValueCount {
                     name,
-                    shape,
+                    shape: fmt_shape(&input.shape),
                     expected,
                     got: c.fp32_contents.len(),
                 });
@@ -130,7 +129,7 @@ fn decode_input(
                     name,
                     got: bytes.len(),
                     expected: expected * 4,
-                    shape,
+                    shape: fmt_shape(&input.shape),
                 });
             }
             bytes
@@ -150,13 +149,13 @@ fn decode_input(
 }
 
 /// The rows a shape holds, and whether it is a single unbatched row (`[F]`).
-fn rows_of(name: &str, dims: &[i64], shape: &str, io: &ModelIo) -> Result<(u64, bool), CodecError> {
+fn rows_of(name: &str, dims: &[i64], io: &ModelIo) -> Result<(u64, bool), CodecError> {
     let features = i64::try_from(io.features).unwrap_or(i64::MAX);
     match dims {
         [f] if *f == features => Ok((1, true)),
         [0, f] if *f == features => Err(CodecError::NoRows {
             name: name.to_owned(),
-            shape: shape.to_owned(),
+            shape: fmt_shape(dims),
         }),
         [n, f] if *n > 0 && *f == features => Ok((*n as u64, false)),
         _ => Err(CodecError::Shape {
@@ -165,13 +164,13 @@ fn rows_of(name: &str, dims: &[i64], shape: &str, io: &ModelIo) -> Result<(u64, 
             got: if dims.is_empty() {
                 "nothing".to_owned()
             } else {
-                shape.to_owned()
+                fmt_shape(dims)
             },
         }),
     }
 }
 
-/// A shape as the HTTP codec writes it in messages: `[2, 64]`.
+/// A shape as the HTTP codec writes it in messages: `[2, 64]` (made only for an error).
 fn fmt_shape(dims: &[i64]) -> String {
     let parts: Vec<String> = dims.iter().map(i64::to_string).collect();
     format!("[{}]", parts.join(", "))

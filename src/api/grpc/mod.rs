@@ -2,11 +2,14 @@
 //! KServe define it (`proto/grpc_service.proto`), on `grpc_listen`, beside the HTTP API and
 //! through the same inference path.
 
+mod buffers;
 mod codec;
 mod models;
+mod same_task;
 mod server;
 mod service;
 mod stream;
+mod woken;
 
 pub use server::{GrpcDrained, serve};
 pub use service::Inference;

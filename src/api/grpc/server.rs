@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tonic::codegen::Service;
 
 use super::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use super::same_task::{Driven, SameTask};
 use super::service::Inference;
 use crate::api::server::{Arrival, ConnectionStats, Limits};
 use crate::node::Node;
@@ -136,58 +137,31 @@ async fn connection(
                 Ok::<_, Infallible>(answer)
             })
         });
-    let (calls_tx, mut arriving) = tokio::sync::mpsc::unbounded_channel::<Call>();
-    let conn = hyper::server::conn::http2::Builder::new(SameTask(calls_tx))
+    let exec = SameTask::new();
+    let conn = hyper::server::conn::http2::Builder::new(exec.clone())
         .serve_connection(TokioIo::new(stream), handler);
-    tokio::pin!(conn);
+    let mut conn = Driven::new(conn, exec);
     let idle = idle_for(&activity, idle_timeout);
     tokio::pin!(idle);
-    let mut running = futures_util::stream::FuturesUnordered::new();
     let mut closing = false;
     loop {
         tokio::select! {
             biased;
-            Some(call) = arriving.recv() => running.push(call),
-            Some(()) = futures_util::StreamExt::next(&mut running), if !running.is_empty() => {}
-            _ = conn.as_mut() => break,
+            _ = &mut conn => break,
             _ = stopped(&mut stop), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                conn.conn().graceful_shutdown();
             }
             _ = idle.as_mut(), if !closing => {
                 closing = true;
                 stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                conn.as_mut().graceful_shutdown();
+                conn.conn().graceful_shutdown();
             }
         }
     }
     // The connection is closed: calls still running answer into nothing, but they finish
     // (and are accounted) before the connection counts as gone.
-    while let Ok(call) = arriving.try_recv() {
-        running.push(call);
-    }
-    while futures_util::StreamExt::next(&mut running).await.is_some() {}
-}
-
-/// One call (HTTP/2 stream) as hyper hands it over to be run.
-type Call = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// hyper's executor for a connection's calls: instead of a task each, they run inside the
-/// connection's own task. A call then wakes no other thread on its way from the socket to
-/// the batcher and back, where a task per call costs two cross-thread wake-ups per request
-/// (connection → call, call → connection). Measured with perf_analyzer at concurrency 4,
-/// the daemon's CPU time per unary call went from 1.1–1.9× HTTP's to 0.8–1.1×. The calls of
-/// one connection share a thread, as an HTTP/1.1 connection's requests do (the models run on
-/// their batchers' threads, not here). Their number is bounded by HTTP/2's
-/// concurrent-stream limit (hyper's default, 200), so the channel needs no bound of its own.
-#[derive(Clone)]
-struct SameTask(tokio::sync::mpsc::UnboundedSender<Call>);
-
-impl<F: std::future::Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for SameTask {
-    fn execute(&self, call: F) {
-        // The receiver lives as long as the connection that calls this.
-        let _ = self.0.send(Box::pin(call));
-    }
+    conn.finish().await;
 }
 
 /// A connection's calls in flight and when the count last changed, for its idle timeout.
