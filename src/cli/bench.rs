@@ -185,7 +185,8 @@ pub struct BenchHttpArgs {
     /// calls in flight together on one connection, as gRPC clients share a channel).
     #[arg(long, value_name = "P,P,...", default_value = "json")]
     pub protocol: String,
-    /// Times the levels are repeated, protocols interleaved, for side-by-side ratios.
+    /// Times the levels are repeated, protocols interleaved (in the order given, reversed
+    /// every other round), for side-by-side ratios.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// The gRPC endpoint (HOST:PORT or URL) [default: the HTTP host at the port the

@@ -208,6 +208,8 @@ pub(super) struct Conn {
     stream: TcpStream,
     /// Bytes read and not yet taken as frames, from `start`.
     buf: Vec<u8>,
+    /// What each read fills, zeroed once.
+    scratch: Box<[u8]>,
     start: usize,
     decoder: hpack::Decoder,
     next_stream: u32,
@@ -253,6 +255,7 @@ impl Conn {
         Ok(Conn {
             stream,
             buf: Vec::with_capacity(2 * MAX_FRAME),
+            scratch: vec![0; 2 * MAX_FRAME].into_boxed_slice(),
             start: 0,
             decoder: hpack::Decoder::new(4096),
             next_stream: 1,
@@ -531,11 +534,10 @@ impl Conn {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let mut chunk = [0u8; 2 * MAX_FRAME];
-        match (&self.stream).read(&mut chunk) {
+        match (&self.stream).read(&mut self.scratch) {
             Ok(0) => Err(broke("the server closed the connection")),
             Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
+                self.buf.extend_from_slice(&self.scratch[..n]);
                 Ok(())
             }
             Err(e) => Err(broke(e)),

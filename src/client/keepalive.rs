@@ -74,6 +74,9 @@ pub(crate) struct KeepAlive {
     stream: Option<TcpStream>,
     /// Bytes read past the last answer's end (none from a well-behaved server).
     buf: Vec<u8>,
+    /// What each read fills, zeroed once (a buffer zeroed for every read cost about as much
+    /// as the read's copy).
+    scratch: Box<[u8]>,
 }
 
 impl KeepAlive {
@@ -83,6 +86,7 @@ impl KeepAlive {
             authority,
             stream: None,
             buf: Vec::with_capacity(4096),
+            scratch: vec![0; 8192].into_boxed_slice(),
         }
     }
 
@@ -92,7 +96,7 @@ impl KeepAlive {
             Some(s) => s,
             None => self.connect()?,
         };
-        let result = exchange(&stream, &req.bytes, &mut self.buf);
+        let result = exchange(&stream, &req.bytes, &mut self.buf, &mut self.scratch);
         if let Ok((_, keep)) = &result
             && *keep
         {
@@ -131,6 +135,7 @@ fn exchange(
     mut stream: &TcpStream,
     request: &[u8],
     buf: &mut Vec<u8>,
+    scratch: &mut [u8],
 ) -> Result<(u16, bool), Failure> {
     let broke = |e: std::io::Error| Failure::Transport(e.to_string());
     stream.write_all(request).map_err(broke)?;
@@ -139,18 +144,17 @@ fn exchange(
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
         }
-        read_more(stream, buf)?;
+        read_more(stream, buf, scratch)?;
     };
     let head = Head::parse(&buf[..head_end])?;
     while buf.len() < head_end + head.content_length {
-        read_more(stream, buf)?;
+        read_more(stream, buf, scratch)?;
     }
     Ok((head.status, head.keep_alive))
 }
 
-fn read_more(mut stream: &TcpStream, buf: &mut Vec<u8>) -> Result<(), Failure> {
-    let mut chunk = [0u8; 8192];
-    match stream.read(&mut chunk) {
+fn read_more(mut stream: &TcpStream, buf: &mut Vec<u8>, chunk: &mut [u8]) -> Result<(), Failure> {
+    match stream.read(chunk) {
         Ok(0) => Err(Failure::Transport(
             "the server closed the connection".into(),
         )),

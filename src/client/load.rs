@@ -5,8 +5,8 @@
 //! For each concurrency level C, C workers (threads, each with its own keep-alive
 //! connection) send single-row requests back to back, in each protocol asked for
 //! ([`super::load_proto`]: JSON or binary tensors over HTTP, or gRPC), the protocols taking
-//! turns at each level and the whole repeated for `rounds`, so that they are compared side by
-//! side. Requests that start after the warm-up and finish before its end count; the daemon's
+//! turns at each level (reversed every other round) and the whole repeated for `rounds`, so
+//! that they are compared side by side. Requests that start after the warm-up and finish before its end count; the daemon's
 //! `batch_stats`, read at the start and end of the measured window, give the batch sizes it
 //! actually ran.
 
@@ -374,18 +374,16 @@ pub fn run(
         grpc: grpc.clone(),
     };
     let mut levels = Vec::new();
-    for round in 1..=spec.rounds.max(1) {
-        for &c in &spec.concurrency {
-            for &p in &spec.protocols {
-                progress(&format!(
-                    "round {round}, concurrency {c}, {}: warming up {:.1} s, measuring {:.1} s",
-                    p.as_str(),
-                    spec.warmup.as_secs_f64(),
-                    spec.duration.as_secs_f64()
-                ));
-                levels.push(run_level(client, &info, spec, &target, (p, round, c))?);
-            }
-        }
+    for (p, round, c) in
+        super::load_compare::schedule(spec.rounds, &spec.concurrency, &spec.protocols)
+    {
+        progress(&format!(
+            "round {round}, concurrency {c}, {}: warming up {:.1} s, measuring {:.1} s",
+            p.as_str(),
+            spec.warmup.as_secs_f64(),
+            spec.duration.as_secs_f64()
+        ));
+        levels.push(run_level(client, &info, spec, &target, (p, round, c))?);
     }
     let note = match &layers {
         None => Some(format!(

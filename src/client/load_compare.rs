@@ -1,7 +1,8 @@
 //! Protocols side by side in a `bench http` run: at each concurrency, each protocol's median
 //! requests/s over the rounds, and its ratio to the first protocol's within each round (the
 //! two measured minutes apart at most, on the same machine state), with the median and range
-//! of those ratios. Pure: the levels in, a text block out.
+//! of those ratios; and the order the levels run in, so that neither protocol always runs
+//! first. Pure: the levels in, a text block out.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,29 @@ pub struct Comparison {
     pub median_per_s: f64,
     /// Its requests/s ÷ the first protocol's, round by round, in round order.
     pub ratios: Vec<f64>,
+}
+
+/// The levels of a run, in the order they run: `(protocol, round, concurrency)`. Each round
+/// goes through the concurrency levels, and at each level the protocols take turns: in the
+/// order given in odd rounds, reversed in even ones, so that what running first or second
+/// does to a level (a connection just opened, the controller's last move) falls on each
+/// protocol alike over two rounds.
+pub fn schedule(
+    rounds: usize,
+    concurrency: &[usize],
+    protocols: &[Protocol],
+) -> Vec<(Protocol, usize, usize)> {
+    let mut out = Vec::new();
+    for round in 1..=rounds.max(1) {
+        for &c in concurrency {
+            let mut turn = protocols.to_vec();
+            if round % 2 == 0 {
+                turn.reverse();
+            }
+            out.extend(turn.into_iter().map(|p| (p, round, c)));
+        }
+    }
+    out
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -144,6 +168,33 @@ pub fn render(levels: &[LevelReport]) -> String {
 mod tests {
     use super::*;
     use crate::client::load::LatencyMs;
+
+    #[test]
+    fn protocols_take_turns_in_the_given_order_then_reversed() {
+        use Protocol::{Binary, Grpc};
+        assert_eq!(
+            schedule(3, &[1, 4], &[Binary, Grpc]),
+            vec![
+                (Binary, 1, 1),
+                (Grpc, 1, 1),
+                (Binary, 1, 4),
+                (Grpc, 1, 4),
+                (Grpc, 2, 1),
+                (Binary, 2, 1),
+                (Grpc, 2, 4),
+                (Binary, 2, 4),
+                (Binary, 3, 1),
+                (Grpc, 3, 1),
+                (Binary, 3, 4),
+                (Grpc, 3, 4),
+            ]
+        );
+        assert_eq!(
+            schedule(0, &[16], &[Grpc]),
+            vec![(Grpc, 1, 16)],
+            "one round at least"
+        );
+    }
 
     fn level(protocol: Protocol, round: usize, concurrency: usize, per_s: f64) -> LevelReport {
         LevelReport {

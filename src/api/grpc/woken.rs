@@ -54,6 +54,12 @@ impl<F: Future> Woken<F> {
         }
     }
 
+    /// Until the next poll, a wake of the inner future only marks it woken and wakes no
+    /// task: for a task that polls it later in the same pass anyway.
+    pub(super) fn hush(&self) {
+        drop(self.signal.task.take());
+    }
+
     /// The inner future, to call its methods: it is polled at the next poll, since a method
     /// may give it work without waking it.
     pub(super) fn get_mut(&mut self) -> Pin<&mut F> {
@@ -67,6 +73,7 @@ impl<F: Future> Future for Woken<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
+        // Registered before the mark is read: a wake after the read wakes the task.
         this.signal.task.register(cx.waker());
         if !this.signal.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
@@ -122,6 +129,22 @@ mod tests {
         assert_eq!(polls.load(Ordering::SeqCst), 2, "woken: polled once");
         assert!(Pin::new(&mut woken).poll(&mut cx).is_pending());
         assert_eq!(polls.load(Ordering::SeqCst), 2);
+        // Hushed, a wake marks it and wakes no task; it is polled at the next poll.
+        woken.hush();
+        saved.lock().unwrap().take().unwrap().wake();
+        assert_eq!(
+            outer.0.load(Ordering::SeqCst),
+            1,
+            "a hushed wake wakes no task"
+        );
+        assert!(Pin::new(&mut woken).poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 3, "but it is polled");
+        saved.lock().unwrap().take().unwrap().wake();
+        assert_eq!(
+            outer.0.load(Ordering::SeqCst),
+            2,
+            "the poll registered the task again"
+        );
     }
 
     #[derive(Default)]
