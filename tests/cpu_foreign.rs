@@ -68,14 +68,7 @@ fn busy_processes_beside_the_daemon_are_taken_off_the_cpus_capacity() {
     assert_eq!(status, 409, "{v}");
     let msg = v["error"].as_str().unwrap();
     assert!(msg.contains(", other processes 0."), "{msg}");
-    let metrics = {
-        let mut r = counting
-            .agent
-            .get(format!("{}/metrics", counting.url))
-            .call()
-            .unwrap();
-        r.body_mut().read_to_string().unwrap()
-    };
+    let metrics = counting.metrics();
     let ratio: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("setpoint_device_foreign_load_ratio{device=\"cpu\"} "))

@@ -393,7 +393,8 @@ fn two_deadline_jobs_submitted_at_once_are_weighed_one_after_the_other() {
         "of the device until its deadline in 1 s",
     );
     let work_s = needs(&probe) * 0.9;
-    let need_by = |t: f64| work_s / (t - (0.01 * t).max(0.1));
+    let margin = |t: f64| setpoint::control::ControlConfig::default().deadline_margin_s(t);
+    let need_by = |t: f64| work_s / (t - margin(t));
     let deadline_s = (4..).map(f64::from).find(|&t| need_by(t) <= 0.8).unwrap();
     let need = need_by(deadline_s);
     assert!(

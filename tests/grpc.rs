@@ -202,7 +202,7 @@ async fn inference_answers_raw_and_typed_tensors_as_http_does_and_is_counted() {
         .await
         .unwrap();
     assert_eq!(all.into_inner().model_stats.len(), 1);
-    let metrics = metrics(&d);
+    let metrics = d.metrics();
     assert!(
         metrics.contains(
             "setpoint_inference_request_duration_seconds_count{service=\"mlp\",protocol=\"grpc\"} 5"
@@ -282,7 +282,7 @@ async fn bad_requests_get_invalid_argument_with_the_messages_http_gives() {
     );
     // Malformed requests are counted as HTTP's are.
     assert!(
-        metrics(&d)
+        d.metrics()
             .contains("setpoint_inference_requests_total{service=\"mlp\",outcome=\"invalid\"} 7")
     );
 }

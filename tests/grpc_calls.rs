@@ -268,7 +268,7 @@ async fn an_idle_connection_is_closed_and_a_long_stream_is_not() {
     let mut c = client(&d).await;
     c.model_infer(raw_request("mlp", 1)).await.unwrap();
     assert_eq!(
-        counter(&metrics(&d), "setpoint_grpc_connections_open "),
+        counter(&d.metrics(), "setpoint_grpc_connections_open "),
         1.0
     );
     // Idle past the timeout: the daemon says GOAWAY and closes; the client connects anew.
@@ -276,18 +276,18 @@ async fn an_idle_connection_is_closed_and_a_long_stream_is_not() {
         Duration::from_secs(10),
         "the idle connection to be closed",
         || {
-            let m = metrics(&d);
+            let m = d.metrics();
             (counter(&m, idle) == 1.0 && counter(&m, "setpoint_grpc_connections_open ") == 0.0)
                 .then_some(())
         },
     );
     let answer = c.model_infer(raw_request("mlp", 2)).await.unwrap();
     assert_eq!(answer.into_inner().outputs[0].shape, vec![2, 3]);
-    let accepted = counter(&metrics(&d), "setpoint_grpc_connections_accepted_total ");
+    let accepted = counter(&d.metrics(), "setpoint_grpc_connections_accepted_total ");
     assert_eq!(accepted, 2.0, "the client reconnected once");
 
     // A stream whose requests come 3 idle timeouts apart stays open: it is a call in flight.
-    let closed_before = counter(&metrics(&d), idle);
+    let closed_before = counter(&d.metrics(), idle);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut answers = c
         .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -308,5 +308,5 @@ async fn an_idle_connection_is_closed_and_a_long_stream_is_not() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     drop(tx);
-    assert_eq!(counter(&metrics(&d), idle), closed_before);
+    assert_eq!(counter(&d.metrics(), idle), closed_before);
 }

@@ -23,11 +23,6 @@ fn wait_state(d: &Daemon, name: &str, state: &str) -> Value {
     })
 }
 
-fn metrics(d: &Daemon) -> String {
-    let r = d.agent.get(format!("{}/metrics", d.url)).call().unwrap();
-    r.into_body().read_to_string().unwrap()
-}
-
 /// The tests that load the slow file run one at a time, so that counting admission threads
 /// counts their own.
 static SLOW: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -50,7 +45,7 @@ fn an_ended_job_is_removed_with_its_files_unless_served_and_its_name_is_free() {
     let dir = d.node.state_dir().join("jobs/j");
     // Its outcome is on disk by the time it shows as ended.
     assert!(dir.join("checkpoint.ckpt").exists() && dir.join("outcome.json").exists());
-    assert!(metrics(&d).contains("setpoint_job_steps_total{job=\"j\"}"));
+    assert!(d.metrics().contains("setpoint_job_steps_total{job=\"j\"}"));
 
     // A cancel of an ended job is refused, and says how to remove it.
     expect_error(
@@ -86,7 +81,7 @@ fn an_ended_job_is_removed_with_its_files_unless_served_and_its_name_is_free() {
     assert_eq!(v["steps"], done["steps"]);
     expect_error(d.get("/v1/jobs/j"), 404, "unknown job j");
     assert_eq!(d.get("/v1/jobs").1["jobs"], json!([]));
-    let text = metrics(&d);
+    let text = d.metrics();
     assert!(!text.contains("=\"j\""), "{text}");
     assert!(!dir.exists());
     let removed = d.node.state_dir().join("removed");

@@ -6,9 +6,9 @@
 //! connection) send single-row requests back to back, in each protocol asked for
 //! ([`super::load_proto`]: JSON or binary tensors over HTTP, or gRPC), the protocols taking
 //! turns at each level (reversed every other round) and the whole repeated for `rounds`, so
-//! that they are compared side by side. Requests that start after the warm-up and finish before its end count; the daemon's
-//! `batch_stats`, read at the start and end of the measured window, give the batch sizes it
-//! actually ran.
+//! that they are compared side by side. Requests that start after the warm-up and finish
+//! before its end count; the daemon's `batch_stats`, read at the start and end of the
+//! measured window, give the batch sizes it actually ran.
 
 use crate::util::cputime::process_cpu_time;
 use crate::util::stats::nearest_rank;

@@ -208,10 +208,7 @@ mod tests {
             past_deadline: None,
             usable_share: usable,
         };
-        let need = |j: &JobDecision| match (j.required_rate, j.rate_per_share) {
-            (Some(r), Some(p)) => (r / p).min(1.0),
-            _ => j.requested,
-        };
+        let need = crate::control::admission::job_need;
         // 10 steps/s needed at 50 steps/s per share: 0.2 for 100 s.
         let h = holds(&[job(Some(10.0), Some(50.0), 1.0)], need);
         assert_eq!(h, vec![hold(0.2, 100.0)]);

@@ -230,12 +230,10 @@ impl Node {
         for (d, obs) in self.devices().zip(round.obs.iter_mut()) {
             obs.now_s = clock.now_s;
             obs.throttling = throttling.clone();
-            (obs.foreign_load, obs.foreign_behind_services) = match self.placement(d) {
+            let placement = self.placement(d);
+            (obs.foreign_load, obs.foreign_behind_services) = match placement {
                 Placement::Cpu(_) => (cpu_foreign, true),
-                Placement::Cuda(_) => (
-                    foreign_load(self.placement(d).gpu_uuid(), gpu_samples),
-                    false,
-                ),
+                Placement::Cuda(_) => (foreign_load(placement.gpu_uuid(), gpu_samples), false),
             };
         }
         for svc in self.ready_services() {

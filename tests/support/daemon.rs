@@ -124,6 +124,16 @@ impl Daemon {
         )
     }
 
+    /// The daemon's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let mut r = self
+            .agent
+            .get(format!("{}/metrics", self.url))
+            .call()
+            .unwrap();
+        r.body_mut().read_to_string().unwrap()
+    }
+
     pub fn send(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
         let url = format!("{}{path}", self.url);
         let mut r = match method {

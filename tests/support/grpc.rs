@@ -87,11 +87,6 @@ pub fn http_probs(d: &Daemon, n: usize) -> Vec<f32> {
         .collect()
 }
 
-pub fn metrics(d: &Daemon) -> String {
-    let mut r = d.agent.get(format!("{}/metrics", d.url)).call().unwrap();
-    r.body_mut().read_to_string().unwrap()
-}
-
 pub fn assert_close(a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(b) {

@@ -10,9 +10,10 @@
 //!
 //! [`Driven`] polls the connection only when it was woken ([`Woken`]), and within one pass
 //! runs what is ready without waking its own task again: the calls the connection hands over
-//! while it is polled, and the connection after a call has given it an answer to send. On a
-//! connection with one call at a time, each poll of hyper's HTTP/2 connection that had
-//! nothing to do was a tenth of the call's cost on the connection's thread.
+//! while it is polled, and the connection after a call has given it an answer to send. At 4
+//! connections, skipping the connection's polls that had nothing to do took the I/O
+//! thread's user time per call from 22.5 to 19–21 µs, and taking the calls in the same poll
+//! to 18–19 µs; the answer's pass was not measured apart.
 
 use std::future::Future;
 use std::pin::Pin;
