@@ -14,6 +14,7 @@
 
 mod batcher;
 mod config;
+mod deadline;
 pub mod dispatch;
 mod error;
 pub mod model_io;

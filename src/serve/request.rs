@@ -1,7 +1,10 @@
 //! What travels through the queue: a queued request, its answer, and the handle a caller
 //! waits on for it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -160,9 +163,19 @@ impl Pending {
                 .await
                 .unwrap_or(Err(ServeError::ShuttingDown { service })),
             Some((at, timeout)) => {
-                match tokio::time::timeout_at(tokio::time::Instant::from_std(at), self.rx).await {
-                    Ok(answer) => answer.unwrap_or(Err(ServeError::ShuttingDown { service })),
-                    Err(_) => Err(ServeError::TimedOut {
+                // The answer first: one that came by the deadline is not a timeout.
+                let mut rx = self.rx;
+                let mut expiry = super::deadline::global().at(at);
+                let answer = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(answer) = Pin::new(&mut rx).poll(cx) {
+                        return Poll::Ready(Some(answer));
+                    }
+                    Pin::new(&mut expiry).poll(cx).map(|()| None)
+                })
+                .await;
+                match answer {
+                    Some(answer) => answer.unwrap_or(Err(ServeError::ShuttingDown { service })),
+                    None => Err(ServeError::TimedOut {
                         service,
                         timeout_us: timeout.as_micros() as u64,
                     }),
