@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::api::server::{self, ConnectionStats, Limits};
 use crate::node::Node;
+use crate::node::heartbeat::{self, Heartbeat};
 use crate::node::systemd::Notifier;
 
 /// SIGHUP as a stream of hangups, where the platform has it.
@@ -66,6 +67,11 @@ where
         grpc,
     } = options;
     node.set_notifier(notifier.clone());
+    if let Some(interval) = notifier.watchdog_interval() {
+        let beat = Heartbeat::new();
+        node.set_api_heartbeat(beat.clone());
+        tokio::spawn(beat.run(heartbeat::period(interval)));
+    }
     announce(&node, &listener, grpc.as_ref(), limits, &notifier);
     #[cfg(feature = "kubernetes")]
     if let (Some(k), Ok(addr)) = (node.config().kubernetes.clone(), listener.local_addr()) {

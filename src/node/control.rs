@@ -373,6 +373,7 @@ impl Node {
         let mut next_tick = start + period();
         let mut next_ping = start;
         let mut next_status = start + STATUS_EVERY;
+        let mut deaf = false;
         while !self.is_shutting_down() {
             let mut wake = next_tick;
             if watchdog.is_some() {
@@ -398,7 +399,9 @@ impl Node {
                 if let Some(interval) = watchdog
                     && now >= next_ping
                 {
-                    n.watchdog();
+                    if super::heartbeat::answers(self.api_heartbeat(), interval, &mut deaf) {
+                        n.watchdog();
+                    }
                     next_ping = now + interval;
                 }
                 if now >= next_status {

@@ -6,6 +6,7 @@ pub mod checkpointing;
 pub mod control;
 pub mod devices;
 pub mod health;
+pub mod heartbeat;
 pub mod intake;
 pub mod jobs;
 mod registry;
@@ -117,6 +118,8 @@ pub struct Node {
     _state_lock: state_dir::StateDirLock,
     /// The service manager (systemd), told of readiness, reloads and the control loop's life.
     notifier: OnceLock<Arc<systemd::Notifier>>,
+    /// The API runtime's heartbeat, which gates the watchdog; set where a watchdog is armed.
+    api_heartbeat: OnceLock<Arc<heartbeat::Heartbeat>>,
     /// Where reloads read the configuration, and how they went.
     reloads: reload::ReloadState,
 }
@@ -200,6 +203,7 @@ impl Node {
             data_load_timeout_ms: AtomicU64::new(admission::DATA_LOAD_TIMEOUT.as_millis() as u64),
             config_jobs_thread: Mutex::new(None),
             notifier: OnceLock::new(),
+            api_heartbeat: OnceLock::new(),
             reloads: reload::ReloadState::default(),
         }))
     }
@@ -208,6 +212,17 @@ impl Node {
     /// and refreshes its status line. Set before [`Node::start`]; a second call is ignored.
     pub(crate) fn set_notifier(&self, notifier: Arc<systemd::Notifier>) {
         let _ = self.notifier.set(notifier);
+    }
+
+    /// Feeds the watchdog only while `beat` is fresh ([`heartbeat::fresh`]). Set before
+    /// [`Node::start`]; a second call is ignored.
+    pub(crate) fn set_api_heartbeat(&self, beat: Arc<heartbeat::Heartbeat>) {
+        let _ = self.api_heartbeat.set(beat);
+    }
+
+    /// The API runtime's heartbeat, when one was set.
+    pub(crate) fn api_heartbeat(&self) -> Option<&heartbeat::Heartbeat> {
+        self.api_heartbeat.get().map(|b| &**b)
     }
 
     /// The service manager's notifier, when one was set.
