@@ -138,7 +138,10 @@ async fn connection(
             })
         });
     let exec = SameTask::new();
+    // No `date` header: gRPC clients do not read it (Triton's gRPC server sends none), and
+    // hyper would read the clock, allocate the value and HPACK-encode it for every answer.
     let conn = hyper::server::conn::http2::Builder::new(exec.clone())
+        .auto_date_header(false)
         .serve_connection(TokioIo::new(stream), handler);
     let mut conn = Driven::new(conn, exec);
     let idle = idle_for(&activity, idle_timeout);
