@@ -8,9 +8,10 @@
 //! on a current-thread runtime, and spent about 27 µs of CPU per call against 16 for HTTP at
 //! one connection (`perf stat`): the runtime's poll of the socket, the connection task and
 //! h2's stream state, which a client with one call in flight does not need. Here the
-//! request's header block is rendered once (HPACK literals the server's table never holds,
-//! so the block does not change from call to call) and a call is HEADERS and DATA with
-//! END_STREAM in one write, as gRPC's C++ core sends them; the answer's frames are read
+//! request's header blocks are rendered once: the first call on a connection adds its
+//! fields to the server's HPACK table and later calls name them by index, as gRPC's C++
+//! core does (literals never indexed where the server's table is too small for them); and a
+//! call is HEADERS and DATA with END_STREAM in one write, as that core sends them; the answer's frames are read
 //! until its stream ends and its `grpc-status` checked (in the trailers, or in the headers of
 //! a trailers-only answer). The frames a connection also carries (SETTINGS, PING,
 //! WINDOW_UPDATE, GOAWAY) are answered or obeyed as RFC 9113 asks.
@@ -24,6 +25,9 @@ use super::grpc_message::unframe;
 use super::hpack;
 use super::keepalive::{Failure, dial};
 
+/// The HPACK table's size before SETTINGS change it (RFC 9113 §6.5.2), which this client's
+/// header blocks use without a size update.
+const HPACK_TABLE: usize = 4096;
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest window HTTP/2 allows, announced for every stream and for the connection, so
@@ -85,11 +89,23 @@ fn broke(why: impl std::fmt::Display) -> CallError {
     CallError::Transport(why.to_string())
 }
 
-/// A unary call rendered once: its header block and its framed message.
+/// A unary call rendered once: its header blocks and its framed message.
 pub(crate) struct Request {
-    block: Vec<u8>,
+    /// The first call's on a connection: its fields added to the server's table.
+    first: Vec<u8>,
+    /// Later calls': the fields by their index in the server's table.
+    indexed: Vec<u8>,
+    /// Every call's where the server's table cannot hold the fields: literals never indexed.
+    literal: Vec<u8>,
+    /// The bytes the fields take in the server's table (RFC 7541 §4.1).
+    table_bytes: usize,
+    /// Tells requests apart, so a connection indexes the fields of one only.
+    id: u64,
     body: Bytes,
 }
+
+/// The next [`Request`]'s `id`.
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Request {
     /// A call of `path` (`/package.Service/Method`) at `authority` (`HOST:PORT`) carrying
@@ -101,21 +117,56 @@ impl Request {
                 body.len()
             ));
         }
-        let mut block = Vec::with_capacity(128);
-        hpack::put_indexed(&mut block, 3); // :method POST
-        hpack::put_indexed(&mut block, 6); // :scheme http
-        hpack::put_literal(&mut block, 4, ":path", path);
-        hpack::put_literal(&mut block, 1, ":authority", authority);
-        hpack::put_literal(&mut block, 31, "content-type", "application/grpc");
-        hpack::put_literal(&mut block, 0, "te", "trailers");
-        if block.len() > MAX_FRAME {
+        // (static name index, name, value); added in this order, the last is index 62.
+        let fields = [
+            (4, ":path", path),
+            (1, ":authority", authority),
+            (31, "content-type", "application/grpc"),
+            (0, "te", "trailers"),
+        ];
+        let start = |cap| {
+            let mut block = Vec::with_capacity(cap);
+            hpack::put_indexed(&mut block, 3); // :method POST
+            hpack::put_indexed(&mut block, 6); // :scheme http
+            block
+        };
+        let (mut first, mut indexed, mut literal) = (start(128), start(8), start(128));
+        for (i, (index, name, value)) in fields.iter().enumerate() {
+            hpack::put_indexing_literal(&mut first, *index, name, value);
+            hpack::put_indexed(&mut indexed, 62 + fields.len() - 1 - i);
+            hpack::put_literal(&mut literal, *index, name, value);
+        }
+        if literal.len() > MAX_FRAME {
             return Err(format!(
                 "a gRPC request's headers of {} bytes are over the bench client's one-frame \
                  limit of {MAX_FRAME}",
-                block.len()
+                literal.len()
             ));
         }
-        Ok(Request { block, body })
+        let table_bytes = fields.iter().map(|(_, n, v)| n.len() + v.len() + 32).sum();
+        Ok(Request {
+            first,
+            indexed,
+            literal,
+            table_bytes,
+            id: NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            body,
+        })
+    }
+
+    /// The header block for a call on a connection whose server's table holds `table_room`
+    /// bytes and holds the fields of request `indexed` (by its `id`), and what the table
+    /// holds after it. A table under HPACK's initial size would need a size update this
+    /// client does not send, so there the fields are never indexed; nor are another
+    /// request's on a connection that indexed one.
+    fn block(&self, table_room: usize, indexed: Option<u64>) -> (&[u8], Option<u64>) {
+        match indexed {
+            Some(id) if id == self.id => (&self.indexed, indexed),
+            None if table_room >= HPACK_TABLE && self.table_bytes <= HPACK_TABLE => {
+                (&self.first, Some(self.id))
+            }
+            _ => (&self.literal, indexed),
+        }
     }
 }
 
@@ -227,6 +278,11 @@ pub(super) struct Conn {
     pub(super) going_away: bool,
     /// Streams the server lets this client have open at once (`usize::MAX` until it says).
     pub(super) max_streams: usize,
+    /// The server's HPACK table size (SETTINGS_HEADER_TABLE_SIZE).
+    table_room: usize,
+    /// The request (its `id`) whose fields a call on this connection added to the server's
+    /// table.
+    indexed: Option<u64>,
 }
 
 /// What the frames of one call's answer said so far.
@@ -266,6 +322,8 @@ impl Conn {
             out: Vec::with_capacity(512),
             going_away: false,
             max_streams: usize::MAX,
+            table_room: HPACK_TABLE,
+            indexed: None,
         })
     }
 
@@ -311,7 +369,9 @@ impl Conn {
         }
         self.next_stream += 2;
         self.out.append(&mut self.pending);
-        put_frame(&mut self.out, HEADERS, END_HEADERS, id, &req.block);
+        let (block, indexed) = req.block(self.table_room, self.indexed);
+        self.indexed = indexed;
+        put_frame(&mut self.out, HEADERS, END_HEADERS, id, block);
         put_frame(&mut self.out, DATA, END_STREAM, id, &req.body);
         self.send_window -= need;
         Ok(Some(id))
@@ -422,6 +482,12 @@ impl Conn {
                 for s in p.chunks_exact(6) {
                     let value = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
                     match u16::from_be_bytes([s[0], s[1]]) {
+                        // A table shrunk under fields already indexed would need a size
+                        // update this client does not send: the connection is replaced.
+                        0x1 if self.indexed.is_some() && (value as usize) < HPACK_TABLE => {
+                            return Err(broke("the server shrank its HPACK table"));
+                        }
+                        0x1 => self.table_room = value as usize,
                         0x3 => self.max_streams = value as usize,
                         0x4 => self.stream_window = i64::from(value),
                         0x5 if (value as usize) < MAX_FRAME => {

@@ -250,3 +250,20 @@ fn the_status_comes_from_the_block_that_ends_the_stream() {
         "ResourceExhausted"
     );
 }
+
+#[test]
+fn a_connection_indexes_one_requests_fields_and_only_where_the_servers_table_allows() {
+    let a = request("127.0.0.1:1", "/t.S/Echo", "a");
+    let b = request("127.0.0.1:1", "/t.S/Other", "b");
+    // A fresh connection: the first call adds the fields, the next names them by index.
+    let (first, held) = a.block(HPACK_TABLE, None);
+    assert_eq!(first, a.first.as_slice());
+    assert_eq!(held, Some(a.id));
+    let (next, held) = a.block(HPACK_TABLE, held);
+    assert_eq!(next, a.indexed.as_slice());
+    assert!(next.len() < 10, "six indexed fields: {next:?}");
+    // Another request on that connection: literals, and the table still holds a's fields.
+    assert_eq!(b.block(HPACK_TABLE, held), (b.literal.as_slice(), held));
+    // A server table under HPACK's initial size: never indexed.
+    assert_eq!(a.block(1024, None), (a.literal.as_slice(), None));
+}

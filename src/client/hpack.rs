@@ -337,6 +337,19 @@ pub(crate) fn put_literal(out: &mut Vec<u8>, name_index: usize, name: &str, valu
     out.extend_from_slice(value.as_bytes());
 }
 
+/// Appends a field as a literal the decoder adds to its dynamic table (RFC 7541 §6.2.1), the
+/// name as for [`put_literal`]: it becomes the table's index 62, and the entries before it
+/// move up by one.
+pub(crate) fn put_indexing_literal(out: &mut Vec<u8>, name_index: usize, name: &str, value: &str) {
+    put_integer(out, 0x40, 6, name_index);
+    if name_index == 0 {
+        put_integer(out, 0x00, 7, name.len());
+        out.extend_from_slice(name.as_bytes());
+    }
+    put_integer(out, 0x00, 7, value.len());
+    out.extend_from_slice(value.as_bytes());
+}
+
 /// Appends a field the static table holds whole (`:method: POST` is 3).
 pub(crate) fn put_indexed(out: &mut Vec<u8>, index: usize) {
     put_integer(out, 0x80, 7, index);
