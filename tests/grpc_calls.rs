@@ -21,57 +21,14 @@ async fn infer_with_deadline(
     msg: pb::ModelInferRequest,
     timeout: &str,
 ) -> (String, String) {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
     use prost::Message;
-    let addr = d.grpc.trim_start_matches("http://").to_owned();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
+    let a = raw_call(
+        d,
+        &[("grpc-timeout", timeout)],
+        vec![framed(0, &msg.encode_to_vec())],
     )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let payload = msg.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    frame.extend_from_slice(&payload);
-    let req = hyper::Request::post(format!(
-        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("grpc-timeout", timeout)
-    .body(Full::new(Bytes::from(frame)))
-    .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    let mut fields = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap();
-    if let Some(trailers) = body.trailers() {
-        fields.extend(trailers.clone());
-    }
-    let field = |k: &str| {
-        let v = fields.get(k).map_or("", |v| v.to_str().unwrap());
-        // grpc-message is percent-encoded.
-        let mut out = Vec::new();
-        let b = v.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'%'
-                && i + 2 < b.len()
-                && let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16)
-            {
-                out.push(x);
-                i += 3;
-                continue;
-            }
-            out.push(b[i]);
-            i += 1;
-        }
-        String::from_utf8(out).unwrap()
-    };
-    (field("grpc-status"), field("grpc-message"))
+    .await;
+    (a.status, a.message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,7 @@ mod device_check;
 mod faults;
 mod grpc;
 mod grpc_calls;
+mod grpc_frames;
 mod hostile;
 mod http;
 mod jobs_lifecycle;

@@ -107,3 +107,81 @@ pub fn expect_err<T: std::fmt::Debug>(
         e.message()
     );
 }
+
+/// What a bare HTTP/2 call was answered: `grpc-status`, the decoded `grpc-message`, and the
+/// body's bytes.
+pub struct RawAnswer {
+    pub status: String,
+    pub message: String,
+    pub body: Vec<u8>,
+}
+
+/// `payload` with gRPC's prefix: the compressed flag `flag` and its length.
+pub fn framed(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// One unary `ModelInfer` call over a bare HTTP/2 connection (no client of tonic's in the
+/// way), with `headers` besides gRPC's own and the body sent as one DATA frame per chunk.
+pub async fn raw_call(d: &Daemon, headers: &[(&str, &str)], chunks: Vec<Vec<u8>>) -> RawAnswer {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::{Bytes, Frame};
+    let addr = d.grpc.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let frames = chunks
+        .into_iter()
+        .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c))));
+    let mut req = hyper::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let mut fields = resp.headers().clone();
+    let collected = resp.into_body().collect().await.unwrap();
+    if let Some(trailers) = collected.trailers() {
+        fields.extend(trailers.clone());
+    }
+    let field = |k: &str| fields.get(k).map_or("", |v| v.to_str().unwrap()).to_owned();
+    RawAnswer {
+        status: field("grpc-status"),
+        message: percent_decoded(&field("grpc-message")),
+        body: collected.to_bytes().to_vec(),
+    }
+}
+
+/// `v` with its `%XX` escapes decoded, as grpc-message is sent.
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16)
+        {
+            out.push(x);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}

@@ -9,6 +9,7 @@ mod same_task;
 mod server;
 mod service;
 mod stream;
+mod unary;
 mod woken;
 
 pub use server::{GrpcDrained, serve};

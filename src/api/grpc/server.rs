@@ -30,6 +30,7 @@ use tonic::codegen::Service;
 use super::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::same_task::{Driven, SameTask};
 use super::service::Inference;
+use super::unary;
 use crate::api::server::{Arrival, ConnectionStats, Limits};
 use crate::node::Node;
 
@@ -120,17 +121,24 @@ async fn connection(
     let handler =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let call = InFlight::start(&calls);
-            req.extensions_mut().insert(Arrival(Instant::now()));
+            let arrived = Instant::now();
             let limit = service.max_request_bytes();
             let mut server = GrpcInferenceServiceServer::new(service.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX);
+            let direct = unary::serves(&req).then(|| service.clone());
+            if direct.is_none() {
+                req.extensions_mut().insert(Arrival(arrived));
+            }
             // Boxed here so that hyper moves a pointer, not the call's whole state (tonic's
             // and the service's futures), on its way to the executor.
             Box::pin(async move {
-                let answer = match server.call(req).await {
-                    Ok(a) => a,
-                    Err(never) => match never {},
+                let answer = match direct {
+                    Some(svc) => unary::model_infer(svc, req, arrived, server).await,
+                    None => match server.call(req).await {
+                        Ok(a) => a,
+                        Err(never) => match never {},
+                    },
                 };
                 let answer = too_large(answer, limit)
                     .map(|body| tonic::body::Body::new(Counted { body, _call: call }));

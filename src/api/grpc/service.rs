@@ -113,7 +113,7 @@ fn arrival<T>(request: &Request<T>) -> Instant {
 }
 
 /// The client's deadline (`grpc-timeout`: digits and a unit, H M S m u n), in microseconds.
-pub(crate) fn grpc_timeout_us(metadata: &MetadataMap) -> Option<u64> {
+pub(crate) fn grpc_timeout_us(metadata: &hyper::HeaderMap) -> Option<u64> {
     let v = metadata.get("grpc-timeout")?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
@@ -210,7 +210,7 @@ impl GrpcInferenceService for Inference {
         request: Request<pb::ModelInferRequest>,
     ) -> Answer<pb::ModelInferResponse> {
         let start = arrival(&request);
-        let deadline = grpc_timeout_us(request.metadata());
+        let deadline = grpc_timeout_us(request.metadata().as_ref());
         let answer = self.infer(request.into_inner(), start, deadline).await;
         answer.map(Response::new).map_err(ApiError::into_status)
     }
@@ -394,7 +394,7 @@ mod tests {
         let at = |v: &str| {
             let mut m = MetadataMap::new();
             m.insert("grpc-timeout", v.parse().unwrap());
-            grpc_timeout_us(&m)
+            grpc_timeout_us(m.as_ref())
         };
         assert_eq!(at("2S"), Some(2_000_000));
         assert_eq!(at("250m"), Some(250_000));
@@ -409,6 +409,6 @@ mod tests {
         assert_eq!(at("5x"), None);
         assert_eq!(at("m"), None);
         assert_eq!(at("123456789S"), None, "at most 8 digits");
-        assert_eq!(grpc_timeout_us(&MetadataMap::new()), None);
+        assert_eq!(grpc_timeout_us(&hyper::HeaderMap::new()), None);
     }
 }
