@@ -19,22 +19,19 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use hyper::body::Bytes;
-
 use super::grpc_message::unframe;
+use super::grpc_request::HPACK_TABLE;
+pub(crate) use super::grpc_request::Request;
 use super::hpack;
 use super::keepalive::{Failure, dial};
 
-/// The HPACK table's size before SETTINGS change it (RFC 9113 §6.5.2), which this client's
-/// header blocks use without a size update.
-const HPACK_TABLE: usize = 4096;
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest window HTTP/2 allows, announced for every stream and for the connection, so
 /// that the server never waits for this client to read.
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 /// The largest frame this client accepts (HTTP/2's default; it announces no other).
-const MAX_FRAME: usize = 16_384;
+pub(super) const MAX_FRAME: usize = 16_384;
 /// Bytes received before the connection's window is topped up again.
 const WINDOW_TOP_UP: u64 = 1 << 30;
 
@@ -87,87 +84,6 @@ impl From<Failure> for CallError {
 
 fn broke(why: impl std::fmt::Display) -> CallError {
     CallError::Transport(why.to_string())
-}
-
-/// A unary call rendered once: its header blocks and its framed message.
-pub(crate) struct Request {
-    /// The first call's on a connection: its fields added to the server's table.
-    first: Vec<u8>,
-    /// Later calls': the fields by their index in the server's table.
-    indexed: Vec<u8>,
-    /// Every call's where the server's table cannot hold the fields: literals never indexed.
-    literal: Vec<u8>,
-    /// The bytes the fields take in the server's table (RFC 7541 §4.1).
-    table_bytes: usize,
-    /// Tells requests apart, so a connection indexes the fields of one only.
-    id: u64,
-    body: Bytes,
-}
-
-/// The next [`Request`]'s `id`.
-static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-impl Request {
-    /// A call of `path` (`/package.Service/Method`) at `authority` (`HOST:PORT`) carrying
-    /// `body`, a message [`frame`]d with its prefix.
-    pub(crate) fn new(authority: &str, path: &str, body: Bytes) -> Result<Self, String> {
-        if body.len() > MAX_FRAME {
-            return Err(format!(
-                "a {}-byte gRPC request is over the bench client's one-frame limit of {MAX_FRAME}",
-                body.len()
-            ));
-        }
-        // (static name index, name, value); added in this order, the last is index 62.
-        let fields = [
-            (4, ":path", path),
-            (1, ":authority", authority),
-            (31, "content-type", "application/grpc"),
-            (0, "te", "trailers"),
-        ];
-        let start = |cap| {
-            let mut block = Vec::with_capacity(cap);
-            hpack::put_indexed(&mut block, 3); // :method POST
-            hpack::put_indexed(&mut block, 6); // :scheme http
-            block
-        };
-        let (mut first, mut indexed, mut literal) = (start(128), start(8), start(128));
-        for (i, (index, name, value)) in fields.iter().enumerate() {
-            hpack::put_indexing_literal(&mut first, *index, name, value);
-            hpack::put_indexed(&mut indexed, 62 + fields.len() - 1 - i);
-            hpack::put_literal(&mut literal, *index, name, value);
-        }
-        if literal.len() > MAX_FRAME {
-            return Err(format!(
-                "a gRPC request's headers of {} bytes are over the bench client's one-frame \
-                 limit of {MAX_FRAME}",
-                literal.len()
-            ));
-        }
-        let table_bytes = fields.iter().map(|(_, n, v)| n.len() + v.len() + 32).sum();
-        Ok(Request {
-            first,
-            indexed,
-            literal,
-            table_bytes,
-            id: NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            body,
-        })
-    }
-
-    /// The header block for a call on a connection whose server's table holds `table_room`
-    /// bytes and holds the fields of request `indexed` (by its `id`), and what the table
-    /// holds after it. A table under HPACK's initial size would need a size update this
-    /// client does not send, so there the fields are never indexed; nor are another
-    /// request's on a connection that indexed one.
-    fn block(&self, table_room: usize, indexed: Option<u64>) -> (&[u8], Option<u64>) {
-        match indexed {
-            Some(id) if id == self.id => (&self.indexed, indexed),
-            None if table_room >= HPACK_TABLE && self.table_bytes <= HPACK_TABLE => {
-                (&self.first, Some(self.id))
-            }
-            _ => (&self.literal, indexed),
-        }
-    }
 }
 
 /// One HTTP/2 connection carrying unary calls, opened at the first call and again after a

@@ -5,6 +5,7 @@
 use super::*;
 use crate::api::grpc::pb;
 use crate::client::grpc_message::frame;
+use hyper::body::Bytes;
 use prost::Message;
 use std::time::Duration;
 

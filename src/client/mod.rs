@@ -7,6 +7,7 @@ pub(crate) mod dto;
 pub mod events;
 mod grpc_message;
 mod grpc_mux;
+mod grpc_request;
 mod grpc_unary;
 mod hpack;
 mod keepalive;
