@@ -328,20 +328,20 @@ fn put_integer(out: &mut Vec<u8>, flags: u8, n: u32, v: usize) {
 /// Appends a field as a literal never added to the table: the name by its static index
 /// where it has one (`name_index`, else 0 and the name spelled out), the value raw.
 pub(crate) fn put_literal(out: &mut Vec<u8>, name_index: usize, name: &str, value: &str) {
-    put_integer(out, 0x00, 4, name_index);
-    if name_index == 0 {
-        put_integer(out, 0x00, 7, name.len());
-        out.extend_from_slice(name.as_bytes());
-    }
-    put_integer(out, 0x00, 7, value.len());
-    out.extend_from_slice(value.as_bytes());
+    put_field(out, 0x00, 4, name_index, name, value);
 }
 
 /// Appends a field as a literal the decoder adds to its dynamic table (RFC 7541 §6.2.1), the
 /// name as for [`put_literal`]: it becomes the table's index 62, and the entries before it
 /// move up by one.
 pub(crate) fn put_indexing_literal(out: &mut Vec<u8>, name_index: usize, name: &str, value: &str) {
-    put_integer(out, 0x40, 6, name_index);
+    put_field(out, 0x40, 6, name_index, name, value);
+}
+
+/// A literal field: the representation's `flags` with the name index in an `n`-bit prefix,
+/// the name spelled out when the index is 0, then the value, both raw.
+fn put_field(out: &mut Vec<u8>, flags: u8, n: u32, name_index: usize, name: &str, value: &str) {
+    put_integer(out, flags, n, name_index);
     if name_index == 0 {
         put_integer(out, 0x00, 7, name.len());
         out.extend_from_slice(name.as_bytes());

@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use super::service::Inference;
 use super::unary;
 use crate::api::server::{Arrival, ConnectionStats, Limits};
 use crate::node::Node;
+use crate::util::stamp::Stamp;
 
 /// How the gRPC listener stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -134,7 +135,7 @@ async fn connection(
             // and the service's futures), on its way to the executor.
             Box::pin(async move {
                 let answer = match direct {
-                    Some(svc) => unary::model_infer(svc, req, arrived, server).await,
+                    Some(svc) => unary::model_infer(svc, req, arrived, limit, server).await,
                     None => match server.call(req).await {
                         Ok(a) => a,
                         Err(never) => match never {},
@@ -181,32 +182,25 @@ async fn connection(
 /// I/O driver on every call, which at one connection cost about as much CPU as the call.
 struct Activity {
     in_flight: AtomicUsize,
-    /// Nanoseconds from `epoch` to the last change of `in_flight`.
-    changed_ns: AtomicU64,
-    epoch: Instant,
+    /// When `in_flight` last changed.
+    changed: Stamp,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
             in_flight: AtomicUsize::new(0),
-            changed_ns: AtomicU64::new(0),
-            epoch: Instant::now(),
+            changed: Stamp::new(),
         }
     }
 
     fn touch(&self) {
-        let ns = self.epoch.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.changed_ns.store(ns, Ordering::Release);
+        self.changed.touch();
     }
 
     /// Whether no call has been in flight for at least `timeout`.
     fn idle_for(&self, timeout: Duration) -> bool {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return false;
-        }
-        let changed = Duration::from_nanos(self.changed_ns.load(Ordering::Acquire));
-        self.epoch.elapsed().saturating_sub(changed) >= timeout
+        self.in_flight.load(Ordering::Acquire) == 0 && self.changed.age() >= timeout
     }
 }
 
