@@ -96,7 +96,7 @@ fn grpc_connections_accepted(d: &Daemon) -> u64 {
 }
 
 #[test]
-fn grpc_shared_carries_a_levels_calls_on_one_connection_and_grpc_on_one_each() {
+fn grpc_shared_carries_a_levels_calls_on_one_connection_and_grpc_and_grpc_stream_one_each() {
     let d = Daemon::start(SERVICE);
     d.wait_ready();
     let run = |protocol: &str| {
@@ -123,6 +123,8 @@ fn grpc_shared_carries_a_levels_calls_on_one_connection_and_grpc_on_one_each() {
     };
     assert_eq!(run("grpc-shared"), 1);
     assert_eq!(run("grpc"), 3);
+    // Each stream worker keeps its one stream, and its connection, for the whole run.
+    assert_eq!(run("grpc-stream"), 3);
 }
 
 #[test]
@@ -132,7 +134,8 @@ fn bad_protocol_arguments_say_what_is_accepted() {
     for (args, message) in [
         (
             vec!["--protocol", "http2"],
-            "--protocol: unknown protocol 'http2'; expected json, binary, grpc or grpc-shared",
+            "--protocol: unknown protocol 'http2'; expected json, binary, grpc, grpc-shared or \
+             grpc-stream",
         ),
         (
             vec!["--protocol", "grpc,grpc"],

@@ -29,7 +29,9 @@ pub enum BenchCommand {
     /// daemon's CPU time per request (from its /metrics). Each request is one write: HTTP/1.1
     /// rendered once, gRPC as HEADERS and one DATA frame together. With --protocol
     /// grpc-shared the C calls are in flight together on one HTTP/2 connection, driven by
-    /// one thread, and the calls answered by one read are replaced in one write.
+    /// one thread, and the calls answered by one read are replaced in one write; with
+    /// grpc-stream each worker sends its requests as messages on one open ModelStreamInfer
+    /// stream.
     Http(BenchHttpArgs),
     /// Run a scripted co-location scenario under the controller, static shares and no shares.
     ///
@@ -182,7 +184,9 @@ pub struct BenchHttpArgs {
     /// Protocols, comma-separated, taking turns at each level: json (HTTP), binary (HTTP
     /// with binary tensors, as perf_analyzer sends), grpc (unary ModelInfer, raw tensors, a
     /// connection per call in flight, as HTTP/1.1 needs), grpc-shared (the same, with a level's
-    /// calls in flight together on one connection, as gRPC clients share a channel).
+    /// calls in flight together on one connection, as gRPC clients share a channel),
+    /// grpc-stream (ModelStreamInfer: each worker's requests on one open stream, as
+    /// perf_analyzer --streaming sends them).
     #[arg(long, value_name = "P,P,...", default_value = "json")]
     pub protocol: String,
     /// Times the levels are repeated, protocols interleaved (in the order given, reversed

@@ -1,20 +1,18 @@
 //! Unary gRPC calls for `setpoint bench http --protocol grpc`: HTTP/2 written and read on a
 //! blocking socket by this module, one call at a time per connection, each sent as one write.
-//! (`grpc_mux.rs` keeps many calls in flight on one such connection.)
+//! (`grpc_mux.rs` keeps many calls in flight on one such connection, `grpc_stream.rs` sends
+//! calls on one open stream.)
 //!
 //! The load generator's two clients are meant to cost the same, so that a comparison of
 //! protocols measures the daemon. The HTTP/1.1 one (`keepalive.rs`) renders its request once
-//! and reads the answer on a blocking socket. The gRPC one did the same over the `h2` crate
-//! on a current-thread runtime, and spent about 27 µs of CPU per call against 16 for HTTP at
-//! one connection (`perf stat`): the runtime's poll of the socket, the connection task and
-//! h2's stream state, which a client with one call in flight does not need. Here the
-//! request's header blocks are rendered once: the first call on a connection adds its
-//! fields to the server's HPACK table and later calls name them by index, as gRPC's C++
-//! core does (literals never indexed where the server's table is too small for them); and a
-//! call is HEADERS and DATA with END_STREAM in one write, as that core sends them; the answer's frames are read
-//! until its stream ends and its `grpc-status` checked (in the trailers, or in the headers of
-//! a trailers-only answer). The frames a connection also carries (SETTINGS, PING,
-//! WINDOW_UPDATE, GOAWAY) are answered or obeyed as RFC 9113 asks.
+//! and reads the answer on a blocking socket. (A gRPC client over the `h2` crate spent about
+//! 27 µs of CPU per call against 16 for HTTP, on state a call at a time does not need.) Here
+//! the request's header blocks are rendered once: the first call on a connection adds its
+//! fields to the server's HPACK table and later calls name them by index, as gRPC's C++ core
+//! does; a call is HEADERS and DATA with END_STREAM in one write; the answer's frames are
+//! read until its stream ends and its `grpc-status` checked (in the trailers, or in the
+//! headers of a trailers-only answer). SETTINGS, PING, WINDOW_UPDATE and GOAWAY are answered
+//! or obeyed as RFC 9113 asks.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -35,16 +33,16 @@ pub(super) const MAX_FRAME: usize = 16_384;
 /// Bytes received before the connection's window is topped up again.
 const WINDOW_TOP_UP: u64 = 1 << 30;
 
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
+pub(super) const DATA: u8 = 0x0;
+pub(super) const HEADERS: u8 = 0x1;
+pub(super) const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
+pub(super) const WINDOW_UPDATE: u8 = 0x8;
+pub(super) const CONTINUATION: u8 = 0x9;
 
-const END_STREAM: u8 = 0x1;
+pub(super) const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
@@ -59,6 +57,8 @@ pub(crate) enum CallError {
     Transport(String),
     /// The server's `grpc-status`, not OK.
     Status(tonic::Code),
+    /// A stream's answer carrying `error_message` (`ModelStreamInfer`): that message.
+    InStream(String),
 }
 
 impl CallError {
@@ -69,6 +69,7 @@ impl CallError {
             CallError::Unreachable => "unreachable".into(),
             CallError::Transport(_) => "transport".into(),
             CallError::Status(code) => format!("{code:?}"),
+            CallError::InStream(_) => "error_message".into(),
         }
     }
 }
@@ -123,9 +124,9 @@ impl UnaryClient {
 /// A frame's header (RFC 9113 §4.1).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct FrameHead {
-    len: usize,
-    kind: u8,
-    flags: u8,
+    pub(super) len: usize,
+    pub(super) kind: u8,
+    pub(super) flags: u8,
     pub(super) stream: u32,
 }
 
@@ -183,7 +184,7 @@ pub(super) struct Conn {
     /// What the connection's flow control lets this client send.
     send_window: i64,
     /// The window each new stream starts with, as the server announced it.
-    stream_window: i64,
+    pub(super) stream_window: i64,
     /// DATA received since the connection's window was last topped up.
     received: u64,
     /// Frames to send with the next request (a window top-up).
@@ -279,6 +280,14 @@ impl Conn {
         if need > self.send_window {
             return Ok(None);
         }
+        let id = self.open_stream(req)?;
+        self.queue_frame(DATA, END_STREAM, id, &req.body);
+        Ok(Some(id))
+    }
+
+    /// Queues the headers of `req` on a new stream, to be sent by the next
+    /// [`Conn::flush`], leaving the stream open for [`Conn::queue_frame`]: its stream.
+    pub(super) fn open_stream(&mut self, req: &Request) -> Result<u32, CallError> {
         let id = self.next_stream;
         if id > MAX_WINDOW {
             return Err(broke("the connection's stream identifiers are used up"));
@@ -288,9 +297,29 @@ impl Conn {
         let (block, indexed) = req.block(self.table_room, self.indexed);
         self.indexed = indexed;
         put_frame(&mut self.out, HEADERS, END_HEADERS, id, block);
-        put_frame(&mut self.out, DATA, END_STREAM, id, &req.body);
-        self.send_window -= need;
-        Ok(Some(id))
+        Ok(id)
+    }
+
+    /// Queues a frame on stream `id`; DATA spends the connection's window (which the
+    /// caller has checked with [`Conn::may_send`]).
+    pub(super) fn queue_frame(&mut self, kind: u8, flags: u8, id: u32, payload: &[u8]) {
+        self.out.append(&mut self.pending);
+        put_frame(&mut self.out, kind, flags, id, payload);
+        if kind == DATA {
+            self.send_window -= payload.len() as i64;
+        }
+    }
+
+    /// Whether the connection's flow control lets `len` bytes of DATA go now.
+    pub(super) fn may_send(&self, len: usize) -> bool {
+        len as i64 <= self.send_window
+    }
+
+    /// Counts `len` bytes of DATA taken from a stream read outside [`Conn::take`], topping
+    /// the connection's window up when it is due.
+    pub(super) fn took_data(&mut self, len: usize) {
+        self.received += len as u64;
+        self.top_up();
     }
 
     /// Sends what [`Conn::queue`] queued, in one write.
@@ -369,7 +398,7 @@ impl Conn {
     }
 
     /// A frame's payload without its padding (and a HEADERS frame's priority fields).
-    fn payload(&self, head: FrameHead) -> Result<&[u8], CallError> {
+    pub(super) fn payload(&self, head: FrameHead) -> Result<&[u8], CallError> {
         let p = &self.buf[self.start - head.len..self.start];
         let mut skip = 0;
         let mut pad = 0;

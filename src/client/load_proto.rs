@@ -7,7 +7,10 @@
 //! - `grpc`: unary `ModelInfer` over one HTTP/2 connection, the input as
 //!   `raw_input_contents` (as tritonclient.grpc and perf_analyzer `-i grpc` send it);
 //! - `grpc-shared`: the same calls, but a level's C of them in flight together on one
-//!   HTTP/2 connection (`grpc_mux.rs`), as gRPC clients share a channel.
+//!   HTTP/2 connection (`grpc_mux.rs`), as gRPC clients share a channel;
+//! - `grpc-stream`: the same requests as `ModelStreamInfer` messages, each worker's on one
+//!   open stream of its own connection (`grpc_stream.rs`), as perf_analyzer `--streaming`
+//!   sends them.
 //!
 //! Both clients are this process's own, so comparing protocols measures the daemon's side
 //! with clients of about the same cost, which Triton's clients are not.
@@ -20,6 +23,7 @@ use serde::Serialize;
 use super::ClientError;
 use super::grpc_message::frame;
 use super::grpc_mux;
+use super::grpc_stream::StreamClient;
 use super::grpc_unary::{CallError, Request, UnaryClient};
 use super::keepalive::{Failure, KeepAlive, Rendered};
 use super::v2::{self, ModelInfo};
@@ -38,15 +42,19 @@ pub enum Protocol {
     /// Unary gRPC with raw tensors, every call of a level on one connection.
     #[serde(rename = "grpc-shared")]
     GrpcShared,
+    /// `ModelStreamInfer` with raw tensors, each worker's calls on one open stream.
+    #[serde(rename = "grpc-stream")]
+    GrpcStream,
 }
 
 impl Protocol {
     /// Every protocol, in the order `--protocol` lists them.
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::Json,
         Protocol::Binary,
         Protocol::Grpc,
         Protocol::GrpcShared,
+        Protocol::GrpcStream,
     ];
 
     /// The spelling of `--protocol` and the report.
@@ -56,6 +64,7 @@ impl Protocol {
             Protocol::Binary => "binary",
             Protocol::Grpc => "grpc",
             Protocol::GrpcShared => "grpc-shared",
+            Protocol::GrpcStream => "grpc-stream",
         }
     }
 
@@ -65,7 +74,10 @@ impl Protocol {
             .into_iter()
             .find(|p| p.as_str() == text)
             .ok_or_else(|| {
-                format!("unknown protocol '{text}'; expected json, binary, grpc or grpc-shared")
+                format!(
+                    "unknown protocol '{text}'; expected json, binary, grpc, grpc-shared or \
+                     grpc-stream"
+                )
             })
     }
 
@@ -79,12 +91,19 @@ impl Protocol {
                 "single-row ModelInfer with raw tensors over gRPC, a level's calls in flight \
                  together on one connection"
             }
+            Protocol::GrpcStream => {
+                "single-row ModelStreamInfer messages with raw tensors, one open stream per \
+                 connection"
+            }
         }
     }
 
     /// Whether it speaks gRPC.
     pub fn is_grpc(self) -> bool {
-        matches!(self, Protocol::Grpc | Protocol::GrpcShared)
+        matches!(
+            self,
+            Protocol::Grpc | Protocol::GrpcShared | Protocol::GrpcStream
+        )
     }
 
     /// How many threads carry a level of `concurrency` calls: one per call, or one for
@@ -168,6 +187,7 @@ pub(crate) fn worker(protocol: Protocol, plan: WorkerPlan, calls: usize) -> Work
         Protocol::Json | Protocol::Binary => http_worker(protocol, plan),
         Protocol::Grpc => grpc_worker(plan),
         Protocol::GrpcShared => grpc_shared_worker(plan, calls),
+        Protocol::GrpcStream => grpc_stream_worker(plan),
     }
 }
 
@@ -225,7 +245,7 @@ impl<T> From<Result<T, CallError>> for Outcome {
     fn from(result: Result<T, CallError>) -> Self {
         match result {
             Ok(_) => Outcome::Ok,
-            Err(e @ CallError::Status(_)) => Outcome::Refused(e.kind()),
+            Err(e @ (CallError::Status(_) | CallError::InStream(_))) => Outcome::Refused(e.kind()),
             Err(CallError::Unreachable) => Outcome::Broke(Failure::Unreachable),
             Err(CallError::Transport(why)) => Outcome::Broke(Failure::Transport(why)),
         }
@@ -264,28 +284,49 @@ fn grpc_request(info: &ModelInfo, row: &[f32]) -> pb::ModelInferRequest {
     }
 }
 
-/// The worker's gRPC endpoint (`HOST:PORT`) and its call, rendered once.
-fn grpc_call(plan: &WorkerPlan) -> Result<(&str, Request), String> {
+/// The worker's gRPC endpoint (`HOST:PORT`) and its call of `path`, rendered once.
+fn grpc_call<'a>(plan: &'a WorkerPlan, path: &str) -> Result<(&'a str, Request), String> {
     let endpoint = plan.target.grpc.as_deref().ok_or("no gRPC endpoint")?;
     let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
     let body = frame(&grpc_request(&plan.info, &plan.row));
-    Ok((authority, Request::new(authority, MODEL_INFER, body)?))
+    Ok((authority, Request::new(authority, path, body)?))
 }
 
 fn grpc_worker(plan: WorkerPlan) -> WorkerResult {
-    let (authority, req) = match grpc_call(&plan) {
+    one_call_at_a_time(plan, MODEL_INFER, UnaryClient::new, UnaryClient::call)
+}
+
+/// Requests back to back on one open `ModelStreamInfer` stream (a new one after it ends).
+fn grpc_stream_worker(plan: WorkerPlan) -> WorkerResult {
+    one_call_at_a_time(
+        plan,
+        MODEL_STREAM_INFER,
+        StreamClient::new,
+        StreamClient::call,
+    )
+}
+
+/// A gRPC worker with one call in flight: the request of `path`, rendered once, sent back
+/// to back by `call` on the client `open` makes for the endpoint.
+fn one_call_at_a_time<C, T>(
+    plan: WorkerPlan,
+    path: &str,
+    open: impl FnOnce(String) -> C,
+    mut call: impl FnMut(&mut C, &Request) -> Result<T, CallError>,
+) -> WorkerResult {
+    let (authority, req) = match grpc_call(&plan, path) {
         Ok(call) => call,
         Err(e) => return WorkerResult::could_not_start(e),
     };
     let mut r = WorkerResult::with_capacity(4096);
-    let mut client = UnaryClient::new(authority.to_string());
-    closed_loop(&plan, &mut r, || client.call(&req).into());
+    let mut client = open(authority.to_string());
+    closed_loop(&plan, &mut r, || call(&mut client, &req).into());
     r
 }
 
 /// `calls` calls in flight on one connection, each counted as the other workers count theirs.
 fn grpc_shared_worker(plan: WorkerPlan, calls: usize) -> WorkerResult {
-    let (authority, req) = match grpc_call(&plan) {
+    let (authority, req) = match grpc_call(&plan, MODEL_INFER) {
         Ok(call) => call,
         Err(e) => return WorkerResult::could_not_start(e),
     };
@@ -304,6 +345,8 @@ fn grpc_shared_worker(plan: WorkerPlan, calls: usize) -> WorkerResult {
 
 /// `ModelInfer`'s path.
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+/// `ModelStreamInfer`'s path.
+const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 /// The HTTP infer URL of `model` on `client`'s daemon.
 pub(crate) fn infer_url(client: &super::Client, model: &str) -> String {
@@ -362,7 +405,8 @@ mod tests {
         }
         let err = Protocol::parse("http2").unwrap_err();
         assert!(
-            err.contains("'http2'") && err.contains("json, binary, grpc or grpc-shared"),
+            err.contains("'http2'")
+                && err.contains("json, binary, grpc, grpc-shared or grpc-stream"),
             "{err}"
         );
     }

@@ -8,6 +8,7 @@ pub mod events;
 mod grpc_message;
 mod grpc_mux;
 mod grpc_request;
+mod grpc_stream;
 mod grpc_unary;
 mod hpack;
 mod keepalive;

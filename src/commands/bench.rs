@@ -382,7 +382,7 @@ fn parse_protocols(text: &str) -> anyhow::Result<Vec<Protocol>> {
     }
     if out.is_empty() {
         return Err(input_error(
-            "--protocol: give at least one of json, binary, grpc, grpc-shared",
+            "--protocol: give at least one of json, binary, grpc, grpc-shared, grpc-stream",
         ));
     }
     Ok(out)
