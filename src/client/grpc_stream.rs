@@ -17,7 +17,6 @@ use super::grpc_unary::{
     Answer, CONTINUATION, CallError, Conn, DATA, END_STREAM, FrameHead, HEADERS, RST_STREAM,
     Request, WINDOW_UPDATE,
 };
-use crate::api::grpc::pb;
 
 /// Bytes received on a stream before its window is topped up (this client announces HTTP/2's
 /// largest window for every stream).
@@ -45,11 +44,8 @@ impl StreamClient {
     }
 
     /// Sends `req`'s message on the stream (opened with `req`'s headers where none is) and
-    /// reads its answer: the `ModelStreamInferResponse`, or the error it carries.
-    pub(crate) fn call(
-        &mut self,
-        req: &Request,
-    ) -> Result<pb::ModelStreamInferResponse, CallError> {
+    /// reads its answer: the `ModelStreamInferResponse` as sent, or the error it carries.
+    pub(crate) fn call(&mut self, req: &Request) -> Result<Vec<u8>, CallError> {
         let mut open = match self.open.take() {
             Some(mut o) if o.ended => {
                 o.restart(req)?;
@@ -65,13 +61,22 @@ impl StreamClient {
         if !matches!(answer, Err(CallError::Transport(_))) && !open.conn.going_away {
             self.open = Some(open);
         }
-        let reply = pb::ModelStreamInferResponse::decode(&answer?[..])
+        let message = answer?;
+        let says = ErrorOnly::decode(&message[..])
             .map_err(|e| broke(format!("a stream answer that does not decode: {e}")))?;
-        if !reply.error_message.is_empty() {
-            return Err(CallError::InStream(reply.error_message));
+        if !says.error_message.is_empty() {
+            return Err(CallError::InStream(says.error_message));
         }
-        Ok(reply)
+        Ok(message)
     }
+}
+
+/// `ModelStreamInferResponse`'s `error_message` alone: decoding it skips the answer's
+/// tensors, which the other workers do not parse either.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ErrorOnly {
+    #[prost(string, tag = "1")]
+    error_message: String,
 }
 
 /// A connection and its open stream.

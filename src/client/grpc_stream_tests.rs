@@ -10,6 +10,7 @@ use hyper::body::Bytes;
 use prost::Message;
 
 use super::*;
+use crate::api::grpc::pb;
 use crate::client::grpc_message::frame;
 use crate::client::grpc_unary::tests::{h2_server, nobody_listening};
 
@@ -121,8 +122,10 @@ fn request(authority: &str, id: &str, pad: usize) -> Request {
     Request::new(authority, path, frame(&msg)).unwrap()
 }
 
-fn answered_id(reply: &pb::ModelStreamInferResponse) -> &str {
-    &reply.infer_response.as_ref().unwrap().id
+/// The id an answer names.
+fn answered_id(answer: &[u8]) -> String {
+    let reply = pb::ModelStreamInferResponse::decode(answer).unwrap();
+    reply.infer_response.unwrap().id
 }
 
 #[test]
