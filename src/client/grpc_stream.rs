@@ -7,9 +7,9 @@
 //! An answer with `error_message` set counts as that error and the stream goes on, as
 //! Triton's does. A stream the server ends fails the call in flight: with trailers, the next
 //! call opens another stream on the connection; after RST_STREAM, a transport failure or a
-//! GOAWAY, on a new connection. The stream's flow control is kept both ways: its send window (the server's
-//! initial window, its SETTINGS changes and WINDOW_UPDATEs, less what was sent) and its
-//! receive window, topped up as the connection's is.
+//! GOAWAY, on a new connection. The stream's flow control is kept both ways: its send
+//! window (the server's initial window, its SETTINGS changes and WINDOW_UPDATEs, less what
+//! was sent) and its receive window, topped up as the connection's is.
 
 use prost::Message;
 
