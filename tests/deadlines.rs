@@ -383,37 +383,45 @@ fn two_deadline_jobs_submitted_at_once_are_weighed_one_after_the_other() {
             "deadline": deadline,
         })
     };
-    // The job's work, from what it needs by a deadline in 1 s (0.9 s after the margin), in
-    // seconds of the whole device; then the first whole second from 4 s at which it needs
-    // 0.8 of the device or less (more than 0.6): either of two such jobs fits in the 0.95
-    // there is, not both.
-    let probe = expect_error(
-        d.send("POST", "/v1/jobs", &spec("probe", "1s".into())),
-        409,
-        "of the device until its deadline in 1 s",
-    );
-    let work_s = needs(&probe) * 0.9;
+    // Two jobs submitted at once, as `spec` makes them, each with the deadline `deadline`:
+    // the daemon's two answers. Their data loads and steps are measured side by side.
+    let both = |prefix: &str, deadline: &str| -> Vec<(u16, Value)> {
+        std::thread::scope(|s| {
+            let sent: Vec<_> = ["a", "b"]
+                .map(|n| {
+                    let body = spec(&format!("{prefix}{n}"), deadline.to_string());
+                    let d = &d;
+                    s.spawn(move || d.send("POST", "/v1/jobs", &body))
+                })
+                .into_iter()
+                .collect();
+            sent.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    // The job's work, in seconds of the whole device, from what two probes submitted at once
+    // need by a deadline in 1 s (0.9 s after the margin): measured side by side, as the two
+    // jobs below are (on a busy machine a step measured beside another came to 1.3-1.5 times
+    // one measured alone). Then the first whole second from 4 s at which a job needs 0.72 of
+    // the device or less (more than 0.5): either of two such jobs fits in the 0.95 there is,
+    // not both, with room for the measurements' spread either way.
+    let work_s = both("probe-", "1s")
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 409, "{body}");
+            needs(body["error"].as_str().unwrap()) * 0.9
+        })
+        .fold(0.0, f64::max);
     let margin = |t: f64| setpoint::control::ControlConfig::default().deadline_margin_s(t);
     let need_by = |t: f64| work_s / (t - margin(t));
-    let deadline_s = (4..).map(f64::from).find(|&t| need_by(t) <= 0.8).unwrap();
+    let deadline_s = (4..).map(f64::from).find(|&t| need_by(t) <= 0.72).unwrap();
     let need = need_by(deadline_s);
     assert!(
-        need > 0.6,
+        need > 0.5,
         "{work_s} s of work: {need} of the device in {deadline_s} s"
     );
-    // Both at once: their data loads and steps are measured side by side, and they reach
-    // admission within moments of each other, before the controller has seen either.
-    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
-        let sent: Vec<_> = ["a", "b"]
-            .map(|n| {
-                let body = spec(n, format!("{deadline_s}s"));
-                let d = &d;
-                s.spawn(move || d.send("POST", "/v1/jobs", &body))
-            })
-            .into_iter()
-            .collect();
-        sent.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    // Both at once: they reach admission within moments of each other, before the
+    // controller has seen either.
+    let answers = both("", &format!("{deadline_s}s"));
     let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
     assert!(
         statuses == [201, 409] || statuses == [409, 201],
