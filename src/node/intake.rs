@@ -42,6 +42,39 @@ impl Node {
         cfg: JobConfig,
         on: Option<&str>,
     ) -> Result<Arc<Job>, NodeError> {
+        self.submit(cfg, on, None)
+    }
+
+    /// Takes the names of the config's jobs at the node's start, before their admissions
+    /// run on a thread of their own, so that a submission of one of those names meanwhile is
+    /// a conflict, as during any admission. [`Node::held_admission_name`] gives each back.
+    pub(super) fn hold_admission_names(&self, names: impl IntoIterator<Item = String>) {
+        sync::lock(&self.store.admitting).extend(names);
+    }
+
+    /// The guard of a name [`Node::hold_admission_names`] took: dropped, it frees the name.
+    pub(super) fn held_admission_name(&self, name: &str) -> AdmissionName<'_> {
+        AdmissionName {
+            node: self,
+            name: name.to_string(),
+        }
+    }
+
+    /// [`Node::submit_job`] of a job whose name `held` holds already.
+    pub(super) fn submit_held(
+        self: &Arc<Self>,
+        cfg: JobConfig,
+        held: AdmissionName<'_>,
+    ) -> Result<Arc<Job>, NodeError> {
+        self.submit(cfg, None, Some(held))
+    }
+
+    fn submit(
+        self: &Arc<Self>,
+        cfg: JobConfig,
+        on: Option<&str>,
+        held: Option<AdmissionName<'_>>,
+    ) -> Result<Arc<Job>, NodeError> {
         if self.is_shutting_down() {
             return Err(NodeError::Unavailable("the node is shutting down".into()));
         }
@@ -49,7 +82,10 @@ impl Node {
             return Err(job_exists(&cfg.name));
         }
         // The name is taken now, for as long as admission takes (it loads the data).
-        let _admitting = self.take_admission_name(&cfg.name)?;
+        let _admitting = match held {
+            Some(name) => name,
+            None => self.take_admission_name(&cfg.name)?,
+        };
         for f in crate::config::paths::data_files(&cfg.data) {
             self.confine("data", &f)?;
         }

@@ -341,20 +341,29 @@ impl Node {
         if fresh.is_empty() {
             return;
         }
+        // Their names are held from now, while the API may already take submissions.
+        let names: Vec<String> = fresh.iter().map(|j| j.name.clone()).collect();
+        self.hold_admission_names(names.iter().cloned());
         let node = self.clone();
         let spawned = std::thread::Builder::new()
             .name("setpoint-config-jobs".into())
             .spawn(move || {
                 for job in fresh {
                     let name = job.name.clone();
-                    if let Err(e) = node.submit_job(job) {
+                    let held = node.held_admission_name(&name);
+                    if let Err(e) = node.submit_held(job, held) {
                         tracing::error!(job = %name, "cannot start job from config: {e}");
                     }
                 }
             });
         match spawned {
             Ok(h) => *sync::lock(&self.config_jobs_thread) = Some(h),
-            Err(e) => tracing::error!("cannot start the config's jobs: {e}"),
+            Err(e) => {
+                for name in &names {
+                    drop(self.held_admission_name(name));
+                }
+                tracing::error!("cannot start the config's jobs: {e}");
+            }
         }
     }
 
