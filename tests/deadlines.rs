@@ -400,10 +400,10 @@ fn two_deadline_jobs_submitted_at_once_are_weighed_one_after_the_other() {
     };
     // The job's work, in seconds of the whole device, from what two probes submitted at once
     // need by a deadline in 1 s (0.9 s after the margin): measured side by side, as the two
-    // jobs below are (on a busy machine a step measured beside another came to 1.3-1.5 times
-    // one measured alone). Then the first whole second from 4 s at which a job needs 0.72 of
-    // the device or less (more than 0.5): either of two such jobs fits in the 0.95 there is,
-    // not both, with room for the measurements' spread either way.
+    // jobs below are (on a busy machine a step measured beside another came to at least
+    // 1.3-1.5 times one measured alone). Then the first whole second from 4 s at which a job
+    // needs 0.72 of the device or less (more than 0.5): either of two such jobs fits in the
+    // 0.95 there is, not both, with room for the measurements' spread either way.
     let work_s = both("probe-", "1s")
         .iter()
         .map(|(status, body)| {

@@ -18,20 +18,40 @@ pub(crate) fn frame(message: &impl Message) -> Bytes {
     Bytes::from(buf)
 }
 
+fn bad(why: &str) -> CallError {
+    CallError::Transport(format!("answer body: {why}"))
+}
+
+/// The length the message at the start of `bytes` declares in its prefix: `None` until the
+/// prefix is whole; refused where the message is compressed, which was not asked for.
+fn declared_len(bytes: &[u8]) -> Result<Option<usize>, CallError> {
+    match bytes {
+        [] | [_] | [_, _] | [_, _, _] | [_, _, _, _] => Ok(None),
+        [0, a, b, c, d, ..] => Ok(Some(u32::from_be_bytes([*a, *b, *c, *d]) as usize)),
+        _ => Err(bad("compressed, which was not asked for")),
+    }
+}
+
 /// The one message of a unary answer's body, without its prefix.
 pub(crate) fn unframe(body: &[u8]) -> Result<&[u8], CallError> {
-    let bad = |why: &str| Err(CallError::Transport(format!("answer body: {why}")));
-    if body.len() < 5 {
-        return bad("shorter than a message prefix");
+    match declared_len(body)? {
+        None => Err(bad("shorter than a message prefix")),
+        Some(len) if body.len() != 5 + len => Err(bad("not one message")),
+        Some(_) => Ok(&body[5..]),
     }
-    if body[0] != 0 {
-        return bad("compressed, which was not asked for");
+}
+
+/// The first whole message in `inbox` (answers read from a stream), without its prefix,
+/// taken out of it; `None` until it is whole.
+pub(crate) fn take_message(inbox: &mut Vec<u8>) -> Result<Option<Vec<u8>>, CallError> {
+    match declared_len(inbox)? {
+        Some(len) if inbox.len() >= 5 + len => {
+            let message = inbox[5..5 + len].to_vec();
+            inbox.drain(..5 + len);
+            Ok(Some(message))
+        }
+        _ => Ok(None),
     }
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if body.len() != 5 + len {
-        return bad("not one message");
-    }
-    Ok(&body[5..])
 }
 
 #[cfg(test)]

@@ -13,20 +13,14 @@
 
 use prost::Message;
 
+use super::grpc_message::take_message;
 use super::grpc_unary::{
     Answer, CONTINUATION, CallError, Conn, DATA, END_STREAM, FrameHead, HEADERS, RST_STREAM,
-    Request, WINDOW_UPDATE,
+    Request, WINDOW_TOP_UP, WINDOW_UPDATE, broke,
 };
 
-/// Bytes received on a stream before its window is topped up (this client announces HTTP/2's
-/// largest window for every stream).
-const STREAM_TOP_UP: i64 = 1 << 30;
 /// RST_STREAM's error code for a stream no longer wanted (RFC 9113 §7).
 const CANCEL: u32 = 0x8;
-
-fn broke(why: impl std::fmt::Display) -> CallError {
-    CallError::Transport(why.to_string())
-}
 
 /// One stream on one connection, opened at the first call and again after it ends.
 pub(crate) struct StreamClient {
@@ -87,7 +81,7 @@ struct Open {
     sent: i64,
     granted: i64,
     /// DATA received on the stream since its window was last topped up.
-    received: i64,
+    received: u64,
     /// Answer bytes read and not yet taken as a message.
     inbox: Vec<u8>,
     /// The stream's header blocks: the answer's headers, then the trailers that end it.
@@ -175,7 +169,7 @@ impl Open {
                 let payload = self.conn.payload(head)?;
                 self.inbox.extend_from_slice(payload);
                 self.conn.took_data(head.len);
-                self.top_up(head.len as i64);
+                self.top_up(head.len);
                 if head.flags & END_STREAM != 0 {
                     return Err(broke("the server ended the stream without trailers"));
                 }
@@ -200,33 +194,18 @@ impl Open {
         Ok(())
     }
 
-    /// Counts `len` bytes received on the stream, queueing a top-up of its window when due.
-    fn top_up(&mut self, len: i64) {
-        self.received += len;
-        if self.received >= STREAM_TOP_UP {
+    /// Counts `len` bytes received on the stream, queueing a top-up of its window when due
+    /// (this client announces HTTP/2's largest window for every stream, and tops it up as it
+    /// does the connection's).
+    fn top_up(&mut self, len: usize) {
+        self.received += len as u64;
+        if self.received >= WINDOW_TOP_UP {
             let inc = self.received as u32;
             self.conn
                 .queue_frame(WINDOW_UPDATE, 0, self.id, &inc.to_be_bytes());
             self.received = 0;
         }
     }
-}
-
-/// The first whole message in `inbox`, without its prefix, taken out of it.
-fn take_message(inbox: &mut Vec<u8>) -> Result<Option<Vec<u8>>, CallError> {
-    if inbox.len() < 5 {
-        return Ok(None);
-    }
-    if inbox[0] != 0 {
-        return Err(broke("a compressed answer, which was not asked for"));
-    }
-    let len = u32::from_be_bytes([inbox[1], inbox[2], inbox[3], inbox[4]]) as usize;
-    if inbox.len() < 5 + len {
-        return Ok(None);
-    }
-    let message = inbox[5..5 + len].to_vec();
-    inbox.drain(..5 + len);
-    Ok(Some(message))
 }
 
 #[cfg(test)]

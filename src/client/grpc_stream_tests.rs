@@ -11,7 +11,7 @@ use prost::Message;
 
 use super::*;
 use crate::api::grpc::pb;
-use crate::client::grpc_message::frame;
+use crate::client::grpc_message::{frame, take_message};
 use crate::client::grpc_unary::tests::{h2_server, nobody_listening};
 
 /// How the server behaves.

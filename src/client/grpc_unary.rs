@@ -31,7 +31,7 @@ const MAX_WINDOW: u32 = (1 << 31) - 1;
 /// The largest frame this client accepts (HTTP/2's default; it announces no other).
 pub(super) const MAX_FRAME: usize = 16_384;
 /// Bytes received before the connection's window is topped up again.
-const WINDOW_TOP_UP: u64 = 1 << 30;
+pub(super) const WINDOW_TOP_UP: u64 = 1 << 30;
 
 pub(super) const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
@@ -83,7 +83,7 @@ impl From<Failure> for CallError {
     }
 }
 
-fn broke(why: impl std::fmt::Display) -> CallError {
+pub(super) fn broke(why: impl std::fmt::Display) -> CallError {
     CallError::Transport(why.to_string())
 }
 

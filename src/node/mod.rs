@@ -341,7 +341,8 @@ impl Node {
         if fresh.is_empty() {
             return;
         }
-        // Their names are held from now, while the API may already take submissions.
+        // Their names are held from now, before the API serves: the thread that admits them
+        // may not run before the first submissions arrive.
         let names: Vec<String> = fresh.iter().map(|j| j.name.clone()).collect();
         self.hold_admission_names(names.iter().cloned());
         let node = self.clone();

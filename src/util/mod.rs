@@ -1,5 +1,6 @@
 //! Small shared pieces: the seeded generator, atomic file writes, order statistics, the
-//! Prometheus text format, poison-tolerant locks, a lock-free time stamp, the text-table printer and times for people.
+//! Prometheus text format, poison-tolerant locks, a lock-free time stamp, the text-table
+//! printer and times for people.
 
 pub mod cputime;
 pub mod fds;
