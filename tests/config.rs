@@ -83,6 +83,7 @@ fn default_config_is_valid_with_expected_values() {
             memory_limit_mib: None,
             cpu_split: Vec::new(),
             gemm_wgmma: false,
+            cuda_graphs: false,
         }
     );
     assert_eq!(
@@ -476,7 +477,7 @@ fn unknown_keys_are_reported_everywhere_with_the_accepted_list() {
     assert_eq!(
         issues(&text),
         vec![
-            "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib, cpu_split, gemm_wgmma)",
+            "device.gpu: unknown key (accepted: kind, gpus, require_gpu, cpu_threads, share_mechanism, memory_limit_mib, cpu_split, gemm_wgmma, cuda_graphs)",
             "control.period: unknown key (accepted: reserve_frac, leftover, past_deadline, cpu_foreign_load, decision_log)",
             "services[0].batch: unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision, replicas)",
             "services[0].\"odd key\": unknown key (accepted: name, layers, checkpoint, seed, warmup_data, max_queue, timeout_ms, slo, batching, precision, replicas)",
@@ -746,7 +747,7 @@ fn a_job_without_a_deadline_is_best_effort() {
 #[test]
 fn device_rules() {
     let c = ok(
-        "[device]\nkind = \"cuda\"\ngpus = [2, 0]\nrequire_gpu = true\ncpu_threads = 8\nshare_mechanism = \"green\"\nmemory_limit_mib = 4096\ncpu_split = [0.75, 0.25]\ngemm_wgmma = true\n",
+        "[device]\nkind = \"cuda\"\ngpus = [2, 0]\nrequire_gpu = true\ncpu_threads = 8\nshare_mechanism = \"green\"\nmemory_limit_mib = 4096\ncpu_split = [0.75, 0.25]\ngemm_wgmma = true\ncuda_graphs = true\n",
     );
     assert_eq!(
         c.device,
@@ -759,6 +760,7 @@ fn device_rules() {
             memory_limit_mib: Some(4096),
             cpu_split: vec![0.75, 0.25],
             gemm_wgmma: true,
+            cuda_graphs: true,
         }
     );
     assert_eq!(

@@ -114,6 +114,7 @@ fn write_device(o: &mut String, d: &DeviceConfig) -> std::fmt::Result {
     }
     writeln!(o, "share_mechanism = {}", q(d.share_mechanism.as_str()))?;
     writeln!(o, "gemm_wgmma = {}", d.gemm_wgmma)?;
+    writeln!(o, "cuda_graphs = {}", d.cuda_graphs)?;
     match d.memory_limit_mib {
         Some(m) => writeln!(o, "memory_limit_mib = {m}")?,
         None => writeln!(o, "memory_limit_mib = 0  # all of each GPU's memory")?,

@@ -79,6 +79,9 @@ pub struct DeviceConfig {
     /// On compute capability 9.0, launch `gemm_bf16_wgmma` (wgmma fed by TMA) for the large
     /// bf16 products it takes. Off by default: the kernel has not yet run on a GPU.
     pub gemm_wgmma: bool,
+    /// On a GPU, queue each inference batch and training step as one CUDA Graph launch when
+    /// it repeats an earlier one's kernels. Off by default: not yet run on a GPU.
+    pub cuda_graphs: bool,
 }
 
 /// Which backend runs the work.

@@ -340,6 +340,18 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Runs `body`, work the caller repeats as a whole (an inference batch, a training
+    /// step), on this backend. Its results are the same as calling `body` directly; a GPU
+    /// lane opened with CUDA Graphs may queue its kernels as one graph launch when they
+    /// repeat an earlier run's (see `device::cuda::graph`). The default, and the CPU's,
+    /// runs `body` as it is.
+    fn repeated<T, E: From<DeviceError>>(
+        &self,
+        body: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        body()
+    }
+
     /// Memory a new model may still take on this backend's device, bytes, when known: on
     /// the CPU what the kernel reports available (`MemAvailable`), on a GPU what the
     /// device's memory limit leaves. Checked before a model is allocated, so that one too

@@ -137,7 +137,9 @@ impl<B: Backend> Mlp<B> {
         Ok(())
     }
 
-    /// Class probabilities for `rows` rows of `x`, left in [`Workspace::output`].
+    /// Class probabilities for `rows` rows of `x`, left in [`Workspace::output`]. One
+    /// [`Backend::repeated`] body: on a GPU with CUDA Graphs, a batch size seen before is one
+    /// graph launch.
     pub fn predict(
         &self,
         backend: &B,
@@ -145,10 +147,12 @@ impl<B: Backend> Mlp<B> {
         x: &B::Buf,
         rows: usize,
     ) -> Result<(), ModelError> {
-        self.forward(backend, ws, x, rows)?;
-        let out = ws.acts.len() - 1;
-        backend.softmax(&mut ws.acts[out], rows, self.outputs())?;
-        Ok(())
+        backend.repeated(|| {
+            self.forward(backend, ws, x, rows)?;
+            let out = ws.acts.len() - 1;
+            backend.softmax(&mut ws.acts[out], rows, self.outputs())?;
+            Ok(())
+        })
     }
 
     /// Forward, loss and backward for one batch: fills `grads` with the gradient of the mean

@@ -177,6 +177,7 @@ pub fn resolve(
             green_contexts: green,
             wgmma: cfg.gemm_wgmma,
             convert_every_gemm: false,
+            graphs: cfg.cuda_graphs,
         };
         let open = || CudaDevice::open_with(g.index, Some(cache_dir), limit, opts);
         let Some(nvml) = nvml.as_deref_mut() else {

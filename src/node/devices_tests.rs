@@ -24,6 +24,7 @@ fn config(kind: DeviceKind, require_gpu: bool) -> DeviceConfig {
         memory_limit_mib: None,
         cpu_split: Vec::new(),
         gemm_wgmma: false,
+        cuda_graphs: false,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::model::checkpoint::{
     Checkpoint, DataFingerprint, EpochRecord, TrainingMeta, TrainingState,
 };
 use crate::model::footprint::{Purpose, check_fit};
-use crate::model::{Grads, Mlp, MlpParams, OptimizerState, Workspace};
+use crate::model::{Grads, Mlp, MlpParams, ModelError, OptimizerState, Workspace};
 use crate::util::rng::Rng;
 
 mod error;
@@ -297,16 +297,19 @@ impl<B: Backend> Trainer<B> {
         self.backend
             .write_labels(&mut self.y_buf, &self.staging_y)?;
         debug_assert_eq!(self.staging_x.len(), rows * features);
-        self.model.forward_backward(
-            &self.backend,
+        // The step's kernels are one repeated body: on a GPU with CUDA Graphs, one graph
+        // launch once a step of this size has been seen.
+        let (model, ws, grads, opt) = (
+            &mut self.model,
             &mut self.ws,
-            &self.x_buf,
-            &self.y_buf,
-            rows,
             &mut self.grads,
-        )?;
-        self.model
-            .apply(&self.backend, &self.grads, &mut self.opt)?;
+            &mut self.opt,
+        );
+        let (backend, x, y) = (&self.backend, &self.x_buf, &self.y_buf);
+        backend.repeated(|| -> Result<(), ModelError> {
+            model.forward_backward(backend, ws, x, y, rows, grads)?;
+            model.apply(backend, grads, opt)
+        })?;
         self.batch_in_epoch += 1;
         self.session_samples += rows as u64;
         let batches = self.batches_per_epoch();

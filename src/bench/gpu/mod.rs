@@ -360,6 +360,7 @@ pub(crate) const GREEN: crate::device::cuda::OpenOptions = crate::device::cuda::
     green_contexts: true,
     wgmma: false,
     convert_every_gemm: false,
+    graphs: false,
 };
 
 /// Median of `v` (0 when empty).

@@ -44,6 +44,7 @@ const DEVICE_KEYS: &[&str] = &[
     "memory_limit_mib",
     "cpu_split",
     "gemm_wgmma",
+    "cuda_graphs",
 ];
 const HTTP_KEYS: &[&str] = &[
     "header_read_timeout_ms",
@@ -365,6 +366,7 @@ fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {
     let memory_limit_mib = w.int::<u64>(t, "memory_limit_mib", 0, Some(1 << 24)).or(0);
     let cpu_split = cpu_split(w, t);
     let gemm_wgmma = w.boolean(t, "gemm_wgmma").or(false);
+    let cuda_graphs = w.boolean(t, "cuda_graphs").or(false);
     DeviceConfig {
         kind: kind.unwrap_or(DeviceKind::Auto),
         gpus: gpus.unwrap_or(GpuSelection::All),
@@ -374,6 +376,7 @@ fn device(w: &mut Walker, t: &Tbl<'_>) -> DeviceConfig {
         memory_limit_mib: memory_limit_mib.filter(|&m| m > 0),
         cpu_split,
         gemm_wgmma: gemm_wgmma.unwrap_or(false),
+        cuda_graphs: cuda_graphs.unwrap_or(false),
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::StreamPriority;
 use super::device::CudaDevice;
 use super::driver::CuError;
+use super::graph::Plan;
 use super::green::Lease;
 use super::memory::{DevMem, Staging};
 use super::partition::{Side, groups_for};
@@ -31,6 +32,20 @@ pub struct CudaBackend {
     charged_ns: AtomicU64,
     /// [`crate::device::Precision`] of the GEMMs, as its code.
     pub(super) precision: std::sync::atomic::AtomicU8,
+    /// Repeated bodies queued one launch at a time, built into a graph, and replayed.
+    graph_counts: [AtomicU64; 3],
+}
+
+/// How a lane's repeated bodies went out ([`crate::device::Backend::repeated`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphCounts {
+    /// Queued one launch at a time (graphs off, a shape not yet repeated, a body broken by a
+    /// copy or a synchronisation, a graph refused).
+    pub plain: u64,
+    /// Built into a new graph, then launched as one.
+    pub built: u64,
+    /// Launched as a graph built before.
+    pub replayed: u64,
 }
 
 /// What one unit of work uses, under the lane's lock.
@@ -101,6 +116,7 @@ impl CudaBackend {
             busy_ns: AtomicU64::new(0),
             charged_ns: AtomicU64::new(0),
             precision: std::sync::atomic::AtomicU8::new(0),
+            graph_counts: Default::default(),
             dev,
         })
     }
@@ -202,11 +218,68 @@ impl CudaBackend {
         let mut st = self.lock();
         let bytes = len.max(1) * 2;
         if st.bf16[slot].as_ref().is_none_or(|m| m.bytes() < bytes) {
-            // Freed first (the driver waits for work using it), then the larger one.
+            // Freed first (the driver waits for work using it), then the larger one; launches
+            // a repeated body recorded are queued before, as they name the old one.
+            if let Some(place) = place_of(&mut st) {
+                place.flush().map_err(|e| self.fault(e))?;
+            }
             st.bf16[slot] = None;
             st.bf16[slot] = Some(DevMem::alloc(&self.dev, bytes)?);
         }
         Ok(st.bf16[slot].as_ref().map_or(0, |m| m.ptr))
+    }
+
+    /// Queues what a repeated body has recorded so far, before memory its launches name is
+    /// freed; the rest of the body runs plainly.
+    pub(super) fn flush_recorded(&self) -> Result<(), DeviceError> {
+        let mut st = self.lock();
+        match place_of(&mut st) {
+            Some(place) => place.flush().map_err(|e| self.fault(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a repeated body on the lane's place (taking a partition lease first when it
+    /// holds none): its launches are recorded until [`CudaBackend::end_repeat`].
+    pub(super) fn begin_repeat(&self) -> Result<(), DeviceError> {
+        self.dev.health.check()?;
+        let mut st = self.lock();
+        self.ensure_place(&mut st)?;
+        if let Some(place) = place_of(&mut st) {
+            place.begin_repeat();
+        }
+        Ok(())
+    }
+
+    /// Ends a repeated body: its launches are queued, as one graph launch where
+    /// [`super::graph`] says so, and counted.
+    pub(super) fn end_repeat(&self, failed: bool) -> Result<(), DeviceError> {
+        let mut st = self.lock();
+        let Some(place) = place_of(&mut st) else {
+            return Ok(());
+        };
+        let plan = place
+            .enter()
+            .and_then(|_cur| place.end_repeat(failed))
+            .map_err(|e| self.fault(e))?;
+        let counter = match plan {
+            None => return Ok(()),
+            Some(Plan::Plain) => 0,
+            Some(Plan::Build) => 1,
+            Some(Plan::Replay { .. }) => 2,
+        };
+        self.graph_counts[counter].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How the lane's repeated bodies went out so far.
+    pub fn graph_counts(&self) -> GraphCounts {
+        let [plain, built, replayed] = &self.graph_counts;
+        GraphCounts {
+            plain: plain.load(Ordering::Relaxed),
+            built: built.load(Ordering::Relaxed),
+            replayed: replayed.load(Ordering::Relaxed),
+        }
     }
 
     /// Allocates the lane's partial-sum buffer of `bytes` if it has none.
@@ -329,6 +402,15 @@ impl Drop for CudaBackend {
         if let Some(home) = st.home.take() {
             home.destroy();
         }
+    }
+}
+
+/// The place the lane's work runs on now: its own, or the lease it holds.
+fn place_of(st: &mut LaneState) -> Option<&mut Place> {
+    match (st.home.as_mut(), st.lease.as_mut()) {
+        (Some(p), _) => Some(p),
+        (None, Some(l)) => Some(&mut l.place),
+        (None, None) => None,
     }
 }
 

@@ -40,6 +40,8 @@ pub struct CudaDevice {
     pub(super) next_lane: AtomicU64,
     /// Buffers keep bf16 copies for bf16 GEMMs ([`super::shadow`]).
     bf16_copies: bool,
+    /// Repeated bodies may go out as CUDA Graphs ([`OpenOptions::graphs`]).
+    graphs: bool,
 }
 
 // SAFETY: the raw handles are driver handles, valid on any thread with their context pushed,
@@ -235,6 +237,10 @@ pub struct OpenOptions {
     /// bf16 GEMMs convert both operands on every product and keep no bf16 copies (see
     /// [`super::shadow`]): how they ran before the copies, kept for comparisons.
     pub convert_every_gemm: bool,
+    /// A lane's repeated work (an inference batch, a training step) goes out as one CUDA
+    /// Graph launch when it repeats an earlier run's kernels ([`super::graph`];
+    /// `device.cuda_graphs`).
+    pub graphs: bool,
 }
 
 impl CudaDevice {
@@ -286,6 +292,7 @@ impl CudaDevice {
             green: None,
             next_lane: AtomicU64::new(1),
             bf16_copies: !opts.convert_every_gemm,
+            graphs: opts.graphs,
         };
         d.load_kernels(&arch, cache_dir, opts.wgmma)?;
         if opts.green_contexts {
@@ -453,6 +460,11 @@ impl CudaDevice {
     /// Whether `gemm_bf16_wgmma` is loaded and may be launched (see [`OpenOptions::wgmma`]).
     pub fn wgmma(&self) -> bool {
         self.kernels[Kernel::GemmBf16Wgmma.index()].is_some()
+    }
+
+    /// Whether lanes queue repeated work as CUDA Graphs (see [`OpenOptions::graphs`]).
+    pub fn graphs(&self) -> bool {
+        self.graphs
     }
 
     /// Whether buffers keep bf16 copies for bf16 GEMMs (not with

@@ -280,7 +280,7 @@ pub fn launch(
 }
 
 /// `cuLaunchKernel`'s `kernelParams`: a pointer to each value, in order.
-fn param_pointers(values: &mut [Arg]) -> Vec<*mut c_void> {
+pub(super) fn param_pointers(values: &mut [Arg]) -> Vec<*mut c_void> {
     values
         .iter_mut()
         .map(|a| match a {

@@ -45,7 +45,7 @@ impl CudaBackend {
             (self.as_bf16(a, lens[0], 0)?, self.as_bf16(b, lens[1], 1)?)
         };
         let tensor_cores = self.dev.tensor_cores();
-        let (cptr, c_copy) = self.store_target(c, g.m * g.n);
+        let (cptr, c_copy) = self.store_target(c, g.m * g.n)?;
         let c_bf16 = c_copy.as_ref().map_or(0, |m| m.ptr);
         let ep = GemmEpilogue { c_bf16, ..ep };
         let c_len = c.len;
@@ -60,15 +60,15 @@ impl CudaBackend {
     /// Where a bf16 GEMM writing the first `len` elements of `c` stores them: `c`'s memory
     /// and, where [`Shadow::store`](super::shadow::Shadow::store) keeps one, the bf16 copy its
     /// epilogue stores beside them. The write is recorded in the copy's state.
-    fn store_target(&self, c: &mut CudaBuf, len: usize) -> (CUdeviceptr, Option<Arc<DevMem>>) {
+    fn store_target(&self, c: &mut CudaBuf, len: usize) -> Result<Operand, DeviceError> {
         let (mem, copy) = c.parts_mut();
         let ptr = mem.ptr;
         let ours = self.dev.bf16_copies() && copy.lane.is_none_or(|lane| lane == self.id);
         if !ours || !copy.state.store(len) {
             copy.state.written();
-            return (ptr, None);
+            return Ok((ptr, None));
         }
-        (ptr, self.copy_memory(copy, len))
+        Ok((ptr, self.copy_memory(copy, len)?))
     }
 
     /// The bf16 GEMM [`choose_gemm_at`] picks for the shape, the device's SMs and the
@@ -105,7 +105,7 @@ impl CudaBackend {
                 return Ok((mem.ptr, Some(mem.clone())));
             }
             if read != Read::Scratch
-                && let Some(mem) = self.copy_memory(&mut copy, len)
+                && let Some(mem) = self.copy_memory(&mut copy, len)?
             {
                 if let Err(e) = self.convert(buf, len, mem.ptr) {
                     copy.state.failed();
@@ -123,23 +123,31 @@ impl CudaBackend {
     /// [`Shadow::capacity`](super::shadow::Shadow::capacity) asks, now this lane's; `None`,
     /// and no copy, when it cannot be allocated (the device's memory limit, say), which is
     /// not an error: the caller goes on without it.
-    fn copy_memory(&self, copy: &mut Bf16Copy, len: usize) -> Option<Arc<DevMem>> {
+    fn copy_memory(
+        &self,
+        copy: &mut Bf16Copy,
+        len: usize,
+    ) -> Result<Option<Arc<DevMem>>, DeviceError> {
         let bytes = copy.state.capacity().max(len).max(1) * 2;
         if copy.mem.as_ref().is_none_or(|m| m.bytes() < bytes) {
             // A queued GEMM still naming the old memory holds it; the last holder frees it
-            // (the driver waits for work using it).
+            // (the driver waits for work using it). Launches a repeated body recorded are
+            // not queued yet, so they are queued first.
+            if copy.mem.is_some() {
+                self.flush_recorded()?;
+            }
             copy.mem = None;
             match DevMem::alloc(&self.dev, bytes) {
                 Ok(mem) => copy.mem = Some(Arc::new(mem)),
                 Err(e) => {
                     tracing::debug!("no bf16 copy of a {len}-element buffer: {e}");
                     copy.state.no_memory();
-                    return None;
+                    return Ok(None);
                 }
             }
         }
         copy.lane = Some(self.id);
-        copy.mem.clone()
+        Ok(copy.mem.clone())
     }
 
     /// The first `len` elements of `src` as bf16 (to nearest even) at `dst`, which holds at

@@ -32,6 +32,8 @@ pub mod choice;
 mod device;
 mod driver;
 mod gemm;
+mod graph;
+mod graph_exec;
 pub mod green;
 pub mod launch;
 mod memory;
@@ -46,7 +48,7 @@ use std::ffi::c_char;
 
 use cudarc::driver::sys;
 
-pub use backend::{CudaBackend, CudaBf16, CudaBuf, CudaLabels};
+pub use backend::{CudaBackend, CudaBf16, CudaBuf, CudaLabels, GraphCounts};
 pub use device::{CudaDevice, OpenOptions};
 pub use driver::CuError;
 

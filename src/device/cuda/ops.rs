@@ -67,7 +67,7 @@ impl CudaBackend {
             // SAFETY: `region` holds `src.len()` bytes no queued copy uses.
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), region, src.len()) };
             u.place
-                .timed(|p| driver::copy_htod(dst, region, src.len(), p.stream()))
+                .timed_copy(|stream| driver::copy_htod(dst, region, src.len(), stream))
         })
     }
 }
@@ -122,7 +122,7 @@ impl Backend for CudaBackend {
             |u| {
                 let region = u.staging.take(bytes, u.place)?;
                 u.place
-                    .timed(|p| driver::copy_dtoh(region, ptr, bytes, p.stream()))?;
+                    .timed_copy(|stream| driver::copy_dtoh(region, ptr, bytes, stream))?;
                 Ok(region)
             },
             |region| {
@@ -461,6 +461,21 @@ impl Backend for CudaBackend {
         self.end_unit()
     }
 
+    fn repeated<T, E: From<DeviceError>>(
+        &self,
+        body: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        if !self.dev.graphs() {
+            return body();
+        }
+        self.begin_repeat()?;
+        let out = body();
+        let ended = self.end_repeat(out.is_err());
+        let value = out?;
+        ended?;
+        Ok(value)
+    }
+
     fn memory_scope(&self) -> String {
         self.name()
     }
@@ -491,7 +506,7 @@ fn read_partials(
     let bytes = used * 8;
     let region = u.staging.take(bytes, u.place)?;
     u.place
-        .timed(|p| driver::copy_dtoh(region, dev, bytes, p.stream()))?;
+        .timed_copy(|stream| driver::copy_dtoh(region, dev, bytes, stream))?;
     u.place.drain()?;
     // SAFETY: the stream drained, so the copy into `region` (`bytes` long) is complete.
     let got = unsafe { std::slice::from_raw_parts(region, bytes) };

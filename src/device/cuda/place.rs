@@ -7,13 +7,23 @@
 //! measured per operation: an event before and one after each, so what is charged is the
 //! time the stream was executing the lane's work, not the gaps in which the host prepared
 //! the next launch. The events' elapsed times are read when the unit synchronises.
+//!
+//! While a repeated body runs ([`Place::begin_repeat`]), launches are recorded instead of
+//! queued and go out together at its end, plainly or as one CUDA Graph launch
+//! ([`super::graph`] decides; one pair of events brackets them). Anything else queued on
+//! the stream meanwhile (a copy, a synchronisation) first queues what was recorded, and
+//! the rest of the body then runs plainly, so the stream's order is always the order the
+//! body asked for.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use cudarc::driver::sys;
 
 use super::Kernel;
 use super::driver::{self, Arg, CuError, Current};
+use super::graph::{Graphs, Launch, Plan};
+use super::graph_exec::{GraphExec, NodeLaunch};
 
 /// Function handles of every kernel in one context (`None`: not in the loaded modules).
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +77,14 @@ pub(super) struct Place {
     ops: usize,
     /// SMs the context runs on.
     sms: u32,
+    /// Launches held back by the repeated body running, if one is.
+    recording: RefCell<Option<Vec<Launch>>>,
+    /// Repeated bodies begun and not ended (a body inside another is part of it).
+    depth: u32,
+    /// The graphs built here.
+    graphs: Graphs<GraphExec>,
+    /// Why building graphs here stopped (a build the driver refused), if it did.
+    graphs_off: Option<CuError>,
 }
 
 // SAFETY: the handles are driver handles; a place is used by one thread at a time (the lane
@@ -103,6 +121,10 @@ impl Place {
             events: Vec::new(),
             ops: 0,
             sms,
+            recording: RefCell::new(None),
+            depth: 0,
+            graphs: Graphs::default(),
+            graphs_off: None,
         })
     }
 
@@ -111,9 +133,15 @@ impl Place {
         self.sms
     }
 
-    /// The stream (for copies queued by the lane).
-    pub(super) fn stream(&self) -> sys::CUstream {
-        self.stream
+    /// Runs `queue`, which queues a copy on the stream (given), between two timing events,
+    /// after anything a repeated body recorded. The caller has entered the place.
+    pub(super) fn timed_copy(
+        &mut self,
+        queue: impl FnOnce(sys::CUstream) -> Result<(), CuError>,
+    ) -> Result<(), CuError> {
+        self.flush()?;
+        let stream = self.stream;
+        self.timed(|_| queue(stream))
     }
 
     /// Makes the place's context current for the guard's life.
@@ -127,10 +155,11 @@ impl Place {
         &mut self,
         queue: impl FnOnce(&Place) -> Result<(), CuError>,
     ) -> Result<(), CuError> {
-        while self.events.len() < 2 * (self.ops + 1) {
-            self.events.push(driver::event_create()?);
+        if self.recording.get_mut().is_some() {
+            // Launches are recorded; the body's end brackets them.
+            return queue(self);
         }
-        let (start, end) = (self.events[2 * self.ops], self.events[2 * self.ops + 1]);
+        let (start, end) = self.next_events()?;
         driver::event_record(start, self.stream)?;
         queue(self)?;
         driver::event_record(end, self.stream)?;
@@ -138,20 +167,188 @@ impl Place {
         Ok(())
     }
 
-    /// Launches `k` with `grid` CTAs on the stream. The caller has entered the place.
+    /// The pair of events that brackets the next operation, created when the pool is short.
+    fn next_events(&mut self) -> Result<(sys::CUevent, sys::CUevent), CuError> {
+        while self.events.len() < 2 * (self.ops + 1) {
+            self.events.push(driver::event_create()?);
+        }
+        Ok((self.events[2 * self.ops], self.events[2 * self.ops + 1]))
+    }
+
+    /// Launches `k` with `grid` CTAs on the stream, or records the launch while a repeated
+    /// body runs. The caller has entered the place.
     pub(super) fn launch(&self, k: Kernel, grid: u32, args: &[Arg]) -> Result<(), CuError> {
+        let node = self.node(k, grid, args)?;
+        if let Some(recorded) = self.recording.borrow_mut().as_mut() {
+            recorded.push(Launch {
+                kernel: k,
+                grid,
+                args: args.to_vec(),
+            });
+            return Ok(());
+        }
+        driver::launch(node.0, node.1, self.stream, args)
+    }
+
+    /// The function, launch shape and arguments of one launch of `k`.
+    fn node<'a>(&self, k: Kernel, grid: u32, args: &'a [Arg]) -> Result<NodeLaunch<'a>, CuError> {
         let f = self.funcs.get(k).ok_or(CuError {
             call: "cuLaunchKernel",
             code: sys::cudaError_enum::CUDA_ERROR_NOT_FOUND,
         })?;
-        let shape = (grid.max(1), k.block(), k.dynamic_smem());
-        driver::launch(f, shape, self.stream, args)
+        Ok((f, (grid.max(1), k.block(), k.dynamic_smem()), args))
+    }
+
+    /// Queues `launches` one by one.
+    fn launch_all(&self, launches: &[Launch]) -> Result<(), CuError> {
+        for l in launches {
+            let (f, shape, args) = self.node(l.kernel, l.grid, &l.args)?;
+            driver::launch(f, shape, self.stream, args)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a repeated body: launches are recorded until [`Place::end_repeat`]. A body
+    /// begun inside another is part of the outer one.
+    pub(super) fn begin_repeat(&mut self) {
+        self.depth += 1;
+        if self.depth == 1 {
+            *self.recording.get_mut() = Some(Vec::new());
+        }
+    }
+
+    /// Ends a repeated body: what it recorded is queued, as one graph launch where
+    /// [`super::graph`] says so (never when the body `failed`: its launches go out one by
+    /// one, as they would have without graphs). The caller has entered the place. Returns
+    /// how it was queued (`None`: nothing was left to queue, or an inner body ended).
+    pub(super) fn end_repeat(&mut self, failed: bool) -> Result<Option<Plan>, CuError> {
+        self.depth = self.depth.saturating_sub(1);
+        if self.depth > 0 {
+            return Ok(None);
+        }
+        let Some(launches) = self.recording.get_mut().take() else {
+            return Ok(None);
+        };
+        if launches.is_empty() {
+            return Ok(None);
+        }
+        let plan = if failed || self.graphs_off.is_some() {
+            Plan::Plain
+        } else {
+            self.graphs.plan(&launches)
+        };
+        self.queue(plan, launches).map(Some)
+    }
+
+    /// Queues what a body recorded as `plan` says. A graph the driver refuses without
+    /// poisoning the context is given up (a build refused stops graphs on this place) and the
+    /// launches go out one by one. Returns how they went out.
+    fn queue(&mut self, plan: Plan, launches: Vec<Launch>) -> Result<Plan, CuError> {
+        let graphed = match &plan {
+            Plan::Plain => Ok(false),
+            Plan::Build => self.build_and_launch(&launches),
+            Plan::Replay { slot, changed } => self.replay(*slot, changed, &launches),
+        };
+        match graphed {
+            Ok(true) => Ok(plan),
+            Err(e) if e.is_sticky() => Err(e),
+            Ok(false) | Err(_) => {
+                self.timed(|p| p.launch_all(&launches))?;
+                Ok(Plan::Plain)
+            }
+        }
+    }
+
+    /// Builds a graph of `launches` and launches it, keeping it. `Ok(false)`: the driver
+    /// refused the build, graphs are off here from now on (said once), nothing was queued.
+    fn build_and_launch(&mut self, launches: &[Launch]) -> Result<bool, CuError> {
+        let nodes = launches
+            .iter()
+            .map(|l| self.node(l.kernel, l.grid, &l.args))
+            .collect::<Result<Vec<_>, _>>()?;
+        let graph = match GraphExec::build(&nodes) {
+            Ok(g) => g,
+            Err(e) if e.is_sticky() => return Err(e),
+            Err(e) => {
+                tracing::warn!("CUDA Graphs are off on this stream: building one failed ({e})");
+                self.graphs_off = Some(e);
+                return Ok(false);
+            }
+        };
+        if let Err(e) = self.timed(|p| graph.launch(p.stream)) {
+            graph.destroy();
+            return Err(e);
+        }
+        if let Some(old) = self.graphs.insert(launches.to_vec(), graph) {
+            old.destroy();
+        }
+        Ok(true)
+    }
+
+    /// Gives graph `slot` the arguments of the nodes at `changed`, then launches it. A graph
+    /// the driver refuses is given up.
+    fn replay(
+        &mut self,
+        slot: usize,
+        changed: &[usize],
+        launches: &[Launch],
+    ) -> Result<bool, CuError> {
+        let done = self.update_and_launch(slot, changed, launches);
+        if let Err(e) = done {
+            tracing::warn!("a CUDA Graph was refused ({e}); launching one by one");
+            if let Some(g) = self.graphs.remove(slot) {
+                g.destroy();
+            }
+        }
+        done.map(|()| true)
+    }
+
+    fn update_and_launch(
+        &mut self,
+        slot: usize,
+        changed: &[usize],
+        launches: &[Launch],
+    ) -> Result<(), CuError> {
+        let missing = CuError {
+            call: "cuGraphLaunch",
+            code: sys::cudaError_enum::CUDA_ERROR_NOT_FOUND,
+        };
+        let (start, end) = self.next_events()?;
+        let graph = self.graphs.get(slot).ok_or(missing)?;
+        for &i in changed {
+            let l = &launches[i];
+            graph.set(i, self.node(l.kernel, l.grid, &l.args)?)?;
+        }
+        driver::event_record(start, self.stream)?;
+        graph.launch(self.stream)?;
+        driver::event_record(end, self.stream)?;
+        self.ops += 1;
+        Ok(())
+    }
+
+    /// Queues what the running body recorded so far, one launch at a time between two timing
+    /// events; the rest of the body runs plainly. Before anything else is queued on the
+    /// stream, so the stream keeps the body's order.
+    pub(super) fn flush(&mut self) -> Result<(), CuError> {
+        let Some(launches) = self.recording.get_mut().take() else {
+            return Ok(());
+        };
+        if launches.is_empty() {
+            return Ok(());
+        }
+        let _cur = self.enter()?;
+        self.timed(|p| p.launch_all(&launches))
     }
 
     /// Waits for the stream and returns the GPU time of the operations bracketed since the
     /// last call.
+    /// Anything a repeated body recorded is queued first, and the body's end then finds
+    /// nothing (the unit, and with it the body's use of this place, is over).
     pub(super) fn finish(&mut self) -> Result<Duration, CuError> {
         let _cur = self.enter()?;
+        let flushed = self.flush();
+        self.depth = 0;
+        flushed?;
         driver::stream_sync(self.stream)?;
         let mut busy = Duration::ZERO;
         for i in 0..self.ops {
@@ -170,9 +367,13 @@ impl Place {
     }
 
     /// Destroys the stream and events (after a final synchronisation, errors ignored).
-    pub(super) fn destroy(self) {
+    pub(super) fn destroy(mut self) {
         if let Ok(_cur) = self.enter() {
+            let _ = self.flush();
             let _ = driver::stream_sync(self.stream);
+            for g in self.graphs.drain() {
+                g.destroy();
+            }
             driver::destroy(Some(self.stream), &self.events);
         }
     }
