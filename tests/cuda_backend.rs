@@ -315,6 +315,172 @@ fn a_layers_stored_bf16_activations_are_what_the_next_layer_reads() {
     }
 }
 
+/// Two lanes at the highest priority on GPU 0, one on a device opened with CUDA Graphs
+/// (`device.cuda_graphs`) and one without, at `precision`.
+fn graph_and_plain_lanes(
+    tag: &str,
+    precision: setpoint::device::Precision,
+) -> [setpoint::device::cuda::CudaBackend; 2] {
+    use setpoint::device::cuda::OpenOptions;
+    let opts = OpenOptions {
+        graphs: true,
+        ..OpenOptions::default()
+    };
+    let plain = CudaDevice::open(0, Some(&cache_dir(&format!("{tag}-plain"))), None).unwrap();
+    let graphs = CudaDevice::open_with(0, Some(&cache_dir(tag)), None, opts).unwrap();
+    [&graphs, &plain].map(|dev| {
+        let lane = dev.lane_backend(StreamPriority::Highest).unwrap();
+        lane.set_precision(precision);
+        lane
+    })
+}
+
+/// Inference batches queued as CUDA Graphs answer as the same batches launched kernel by
+/// kernel, bit for bit, in f32 and bf16, with the batch size changing between them; each
+/// size seen twice is built into a graph and replayed after.
+#[test]
+fn graphed_batches_answer_as_plain_launches() {
+    use setpoint::device::Precision;
+    use setpoint::model::{Mlp, Workspace};
+    if !have_gpu() {
+        return;
+    }
+    let layers = [784, 512, 256, 10];
+    let sizes = [1, 8, 1, 8, 8, 64, 1, 64, 8, 3];
+    for precision in [Precision::F32, Precision::Bf16] {
+        let lanes = graph_and_plain_lanes("graph-infer", precision);
+        let answers = lanes.each_ref().map(|lane| {
+            let mlp = Mlp::init(lane, &layers, 7).unwrap();
+            let mut ws = Workspace::new(lane, &layers, 64, false).unwrap();
+            let mut x = lane.alloc(64 * 784).unwrap();
+            let mut rng = setpoint::util::rng::Rng::new(5);
+            let mut got = Vec::new();
+            for rows in sizes {
+                let input: Vec<f32> = (0..rows * 784)
+                    .map(|_| rng.uniform(-1.0, 1.0) as f32)
+                    .collect();
+                lane.write(&mut x, &input).unwrap();
+                mlp.predict(lane, &mut ws, &x, rows).unwrap();
+                let mut out = vec![0.0; rows * 10];
+                lane.read(ws.output(), &mut out).unwrap();
+                got.extend(out.iter().map(|v| v.to_bits()));
+            }
+            got
+        });
+        assert!(
+            answers[0] == answers[1],
+            "{precision:?}: graphs changed the answers"
+        );
+        let counts = lanes[0].graph_counts();
+        eprintln!("{precision:?}: {counts:?}");
+        if precision == Precision::F32 {
+            // Sizes 1, 8 and 64 are built on their second batch; 1 and 8 are replayed after.
+            assert_eq!((counts.built, counts.replayed), (3, 3), "{counts:?}");
+        } else {
+            // The first batches convert the weights (into the scratch, then into a copy of
+            // their own), so their kernels differ from the later batches'.
+            assert!(counts.built >= 1 && counts.replayed >= 1, "{counts:?}");
+        }
+        assert_eq!(lanes[1].graph_counts().built, 0);
+    }
+}
+
+/// Training steps queued as CUDA Graphs (forward, backward and optimiser in one) end with the
+/// same parameters as steps launched kernel by kernel, bit for bit: with Adam, whose bias
+/// corrections change every step (graph nodes given new arguments), and with SGD; in f32 and
+/// bf16, over epochs whose last batch is short.
+#[test]
+fn graphed_training_steps_end_where_plain_ones_do() {
+    use setpoint::device::Precision;
+    use setpoint::model::Optimizer;
+    use setpoint::train::{TrainSpec, Trainer, default_adam, default_sgd};
+    if !have_gpu() {
+        return;
+    }
+    let data = setpoint::data::load(
+        "synthetic:blobs:size=1000,classes=10,features=64",
+        &Default::default(),
+    )
+    .unwrap();
+    for precision in [Precision::F32, Precision::Bf16] {
+        for optimizer in [
+            Optimizer::Adam(default_adam(1e-3)),
+            Optimizer::Sgd(default_sgd()),
+        ] {
+            let mut run = TrainSpec::new(vec![64, 256, 128, 10]);
+            run.optimizer = optimizer;
+            run.batch_size = 48;
+            run.epochs = 3;
+            run.precision = Some(precision);
+            let lanes = graph_and_plain_lanes("graph-train", precision);
+            let mut counts = None;
+            let params = lanes.map(|lane| {
+                let mut t = Trainer::new(lane, run.clone(), &data).unwrap();
+                t.run(&mut |_| {}).unwrap();
+                counts.get_or_insert(t.backend().graph_counts());
+                t.params().unwrap()
+            });
+            let what = format!("{precision:?} {optimizer:?}");
+            assert!(
+                params[0] == params[1],
+                "{what}: graphs changed the training"
+            );
+            let counts = counts.unwrap();
+            eprintln!("{what}: {counts:?}");
+            assert!(counts.built >= 1, "{what}: {counts:?}");
+            assert!(counts.replayed >= 20, "{what}: {counts:?}");
+        }
+    }
+}
+
+/// A repeated body that reads a result half-way (its first half then queued plainly) or
+/// fails half-way (what it queued before failing still runs) leaves what the same work
+/// leaves without graphs.
+#[test]
+fn a_body_broken_by_a_read_or_an_error_still_runs_all_it_asked_for() {
+    use setpoint::device::{DeviceError, Gemm, Precision};
+    if !have_gpu() {
+        return;
+    }
+    let (m, n, k) = (16, 64, 96);
+    let mut rng = setpoint::util::rng::Rng::new(3);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+    let lanes = graph_and_plain_lanes("graph-broken", Precision::F32);
+    let results = lanes.each_ref().map(|lane| {
+        let (ga, gb) = (lane.upload(&a).unwrap(), lane.upload(&b).unwrap());
+        let (mut c1, mut c2) = (lane.alloc(m * n).unwrap(), lane.alloc(m * n).unwrap());
+        let mut half = vec![0.0; m * n];
+        let mut seen = Vec::new();
+        for round in 0..3 {
+            lane.repeated(|| -> Result<(), DeviceError> {
+                lane.gemm(Gemm::new(m, n, k), &ga, &gb, &mut c1)?;
+                lane.gemm(Gemm::new(m, n, k).scaled(2.0, 1.0), &ga, &gb, &mut c1)?;
+                lane.read(&c1, &mut half)?;
+                lane.gemm(Gemm::new(m, n, k).scaled(1.0, 1.0), &ga, &gb, &mut c2)?;
+                lane.gemm(Gemm::new(m, n, k), &ga, &gb, &mut c2)
+            })
+            .unwrap();
+            seen.extend(half.iter().map(|v| v.to_bits()));
+            let failed = lane.repeated(|| -> Result<(), DeviceError> {
+                lane.gemm(Gemm::new(m, n, k).scaled(1.0, 1.0), &ga, &gb, &mut c2)?;
+                lane.gemm(Gemm::new(m, n, k).scaled(1.0, 1.0), &ga, &gb, &mut c2)?;
+                // The wrong shape for `a`: refused before anything is launched.
+                lane.gemm(Gemm::new(m + 1, n, k), &ga, &gb, &mut c1)
+            });
+            assert!(failed.is_err(), "round {round}");
+            let mut out = vec![0.0; m * n];
+            lane.read(&c2, &mut out).unwrap();
+            seen.extend(out.iter().map(|v| v.to_bits()));
+        }
+        seen
+    });
+    assert!(
+        results[0] == results[1],
+        "a broken body lost or reordered work"
+    );
+}
+
 /// The CPU backend's `gemm_bias_act` on `a` and `b` (rounded to bf16 first when `bf16`, as
 /// the GPU multiplies them) and `bias`: what a GPU's fused product is compared with.
 fn cpu_reference(

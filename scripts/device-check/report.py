@@ -163,7 +163,8 @@ class Run:
                 theirs.setdefault(r["workload"], {})[r["precision"]] = r["samples_per_s"]
         rows = []
         for w, r in ours.items():
-            for ours_precision, key in (("f32", "gpu_samples_per_s"), ("bf16", "gpu_bf16_samples_per_s")):
+            for ours_precision, key in (("f32", "gpu_samples_per_s"), ("bf16", "gpu_bf16_samples_per_s"),
+                                        ("bf16 graphs", "gpu_bf16_graphs_samples_per_s")):
                 gpu = r.get(key)
                 for precision, rate in sorted(theirs.get(w, {}).items()):
                     if gpu and rate:

@@ -344,11 +344,16 @@ fn cuda_report(
                 None => "CTA budgets".into(),
             };
             format!(
-                "GPU {} ({}, {}, {} CTAs; shares as {mechanism})",
+                "GPU {} ({}, {}, {} CTAs; shares as {mechanism}{})",
                 i.index,
                 i.name,
                 i.uuid,
-                d.max_ctas()
+                d.max_ctas(),
+                if d.graphs() {
+                    "; batches and steps as CUDA Graphs"
+                } else {
+                    ""
+                }
             )
         })
         .collect();

@@ -251,6 +251,21 @@ pub(super) fn run(
         (&[Precision::Bf16], false),
         opts.secs(1.0),
     )?);
+    // Each batch as one CUDA Graph launch, against the plain rows above.
+    let how = OpenOptions {
+        graphs: true,
+        ..OpenOptions::default()
+    };
+    let graphed = super::open_as(opts, how).ctx("opening the GPU with CUDA Graphs")?;
+    let lane = graphed
+        .lane_backend(StreamPriority::Highest)
+        .ctx("creating a service lane")?;
+    breakdown.extend(super::latency::breakdown(
+        &lane,
+        cta,
+        (&both, false),
+        opts.secs(1.0),
+    )?);
     // The same service on green-context SM partitions, leased per batch, when they open.
     if let Ok(green) = super::open_as(opts, super::GREEN) {
         let lane = green

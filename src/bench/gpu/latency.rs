@@ -40,6 +40,9 @@ pub(crate) struct LatencyRow {
     /// In bf16, whether buffers kept bf16 copies (else both operands were converted on
     /// every GEMM: `OpenOptions::convert_every_gemm`).
     pub bf16_copies: bool,
+    /// Whether each batch went out as one CUDA Graph launch once its size repeated
+    /// (`OpenOptions::graphs`).
+    pub cuda_graphs: bool,
     /// Gap between batches, ms (0: back to back).
     pub gap_ms: u64,
     /// Whether each batch ends by reading its output back (else by synchronising).
@@ -58,12 +61,17 @@ impl LatencyRow {
     /// One headline line.
     pub fn line(&self) -> String {
         format!(
-            "{}, b{} {}{} {} {}: p50 {:.3} ms (queueing {:.3} ms), p99 {:.3} ms",
+            "{}, b{} {}{}{} {} {}: p50 {:.3} ms (queueing {:.3} ms), p99 {:.3} ms",
             self.mechanism.label(),
             self.batch,
             self.precision,
             if self.precision == Precision::Bf16.as_str() && !self.bf16_copies {
                 " (converted every GEMM)"
+            } else {
+                ""
+            },
+            if self.cuda_graphs {
+                " (CUDA Graphs)"
             } else {
                 ""
             },
@@ -136,6 +144,7 @@ fn measure(
         batch: probe.batch,
         precision: probe.precision.as_str(),
         bf16_copies: g.device().bf16_copies(),
+        cuda_graphs: g.device().graphs(),
         gap_ms: probe.gap_ms,
         read_back: probe.read_back,
         p50_ms: quantile(&lat, 0.5),

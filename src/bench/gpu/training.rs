@@ -86,6 +86,11 @@ pub(crate) struct TrainingRun {
     pub gpu_bf16_samples_per_s: Option<f64>,
     /// Why the GPU's bf16 run failed, when it did.
     pub gpu_bf16_error: Option<String>,
+    /// On the GPU in bf16 with each step one CUDA Graph launch (`device.cuda_graphs`), for
+    /// what the graphs save against the plain bf16 figure above.
+    pub gpu_bf16_graphs_samples_per_s: Option<f64>,
+    /// Why the run with graphs failed, when it did.
+    pub gpu_bf16_graphs_error: Option<String>,
     /// On the CPU backend with every core; `None` when it did not run.
     pub cpu_samples_per_s: Option<f64>,
     /// Why the CPU run failed, when it did.
@@ -116,6 +121,7 @@ impl Figures for TrainingFigures {
                 [
                     ("GPU", &r.gpu_error),
                     ("GPU in bf16", &r.gpu_bf16_error),
+                    ("GPU in bf16 with CUDA Graphs", &r.gpu_bf16_graphs_error),
                     ("CPU", &r.cpu_error),
                 ]
                 .into_iter()
@@ -138,12 +144,13 @@ impl Figures for TrainingFigures {
             .iter()
             .map(|r| {
                 format!(
-                    "{} ({} b{}): GPU {} samples/s (bf16 {}), CPU ({} threads) {}{}",
+                    "{} ({} b{}): GPU {} samples/s (bf16 {}, with graphs {}), CPU ({} threads) {}{}",
                     r.workload.as_str(),
                     r.layers,
                     r.batch,
                     rate(r.gpu_samples_per_s),
                     rate(r.gpu_bf16_samples_per_s),
+                    rate(r.gpu_bf16_graphs_samples_per_s),
                     self.cpu_threads,
                     rate(r.cpu_samples_per_s),
                     r.gpu_speedup
@@ -226,6 +233,12 @@ pub(super) fn run(
     }
     let mut digits_note = None;
     let mut runs = Vec::new();
+    // The same GPU opened again with CUDA Graphs, for the bf16 rate with graphs beside it.
+    let graphs_opts = crate::device::cuda::OpenOptions {
+        graphs: true,
+        ..Default::default()
+    };
+    let graphs = dev.map(|_| super::open_as(opts, graphs_opts).map_err(|e| e.to_string()));
     for w in workloads {
         let data = match workload_data(opts, w) {
             Ok(d) => d,
@@ -250,6 +263,19 @@ pub(super) fn run(
         };
         let gpu = on_gpu(Precision::F32);
         let (gpu_bf16_samples_per_s, gpu_bf16_error) = split(on_gpu(Precision::Bf16));
+        let with_graphs = graphs.as_ref().map(|d| {
+            d.as_ref()
+                .map_err(|why| CheckError::Step {
+                    what: "opening the GPU with CUDA Graphs".into(),
+                    source: why.clone().into(),
+                })
+                .and_then(|d| {
+                    d.lane_backend(StreamPriority::Normal)
+                        .ctx("creating a lane")
+                })
+                .and_then(|g| train_rate(g, &data, (layers, batch), Precision::Bf16, seconds))
+        });
+        let (gpu_bf16_graphs_samples_per_s, gpu_bf16_graphs_error) = split(with_graphs);
         let cpu = CpuBackend::new(cpu_threads)
             .ctx("cpu backend")
             .and_then(|c| train_rate(c, &data, (layers, batch), Precision::F32, seconds));
@@ -265,6 +291,8 @@ pub(super) fn run(
             gpu_error,
             gpu_bf16_samples_per_s,
             gpu_bf16_error,
+            gpu_bf16_graphs_samples_per_s,
+            gpu_bf16_graphs_error,
             cpu_samples_per_s: cpu_rate,
             cpu_error,
         });
