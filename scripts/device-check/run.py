@@ -83,13 +83,13 @@ SECTIONS = [
     Section("kernels", 90, 20, gpu_check("kernels")),
     Section("gemm-vs-cublas", 150, 20, helper("probe", probe_bin), after="probe-build"),
     Section("gemm", 60, 20, gpu_check("gemm")),
-    Section("training", 100, 60, gpu_check("training", digits)),
+    Section("training", 115, 60, gpu_check("training", digits)),
     Section("torch", 100, 60, lambda c: [
         sys.executable, os.path.join(c.bundle, "torch_gpu.py"), "--out", c.json_path(c.current)]
         + digits(c) + (["--dry-run"] if c.dry_run else [])),
     Section("lanes", 45, 20, gpu_check("lanes")),
     Section("lanes-green", 45, 20, gpu_check("lanes-green")),
-    Section("inference", 90, 30, gpu_check("inference")),
+    Section("inference", 105, 30, gpu_check("inference")),
     Section("nvml", 40, 20, gpu_check("nvml")),
     Section("daemon", 90, 60, helper("daemon", lambda c: [
         "--bin", c.bin, "--work", os.path.join(c.work, "daemon")])),

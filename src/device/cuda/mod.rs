@@ -41,6 +41,7 @@ mod mixed;
 mod ops;
 pub mod partition;
 mod place;
+mod recording;
 mod shadow;
 pub mod tma;
 

@@ -24,6 +24,7 @@ use super::Kernel;
 use super::driver::{self, Arg, CuError, Current};
 use super::graph::{Graphs, Launch, Plan};
 use super::graph_exec::{GraphExec, NodeLaunch};
+use super::recording::Recording;
 
 /// Function handles of every kernel in one context (`None`: not in the loaded modules).
 #[derive(Debug, Clone, Copy)]
@@ -78,9 +79,7 @@ pub(super) struct Place {
     /// SMs the context runs on.
     sms: u32,
     /// Launches held back by the repeated body running, if one is.
-    recording: RefCell<Option<Vec<Launch>>>,
-    /// Repeated bodies begun and not ended (a body inside another is part of it).
-    depth: u32,
+    recording: RefCell<Recording>,
     /// The graphs built here.
     graphs: Graphs<GraphExec>,
     /// Why building graphs here stopped (a build the driver refused), if it did.
@@ -121,8 +120,7 @@ impl Place {
             events: Vec::new(),
             ops: 0,
             sms,
-            recording: RefCell::new(None),
-            depth: 0,
+            recording: RefCell::new(Recording::default()),
             graphs: Graphs::default(),
             graphs_off: None,
         })
@@ -155,8 +153,8 @@ impl Place {
         &mut self,
         queue: impl FnOnce(&Place) -> Result<(), CuError>,
     ) -> Result<(), CuError> {
-        if self.recording.get_mut().is_some() {
-            // Launches are recorded; the body's end brackets them.
+        if self.recording.get_mut().active() {
+            // Launches are held; the body's end brackets them.
             return queue(self);
         }
         let (start, end) = self.next_events()?;
@@ -179,8 +177,9 @@ impl Place {
     /// body runs. The caller has entered the place.
     pub(super) fn launch(&self, k: Kernel, grid: u32, args: &[Arg]) -> Result<(), CuError> {
         let node = self.node(k, grid, args)?;
-        if let Some(recorded) = self.recording.borrow_mut().as_mut() {
-            recorded.push(Launch {
+        let mut recording = self.recording.borrow_mut();
+        if recording.active() {
+            recording.hold(Launch {
                 kernel: k,
                 grid,
                 args: args.to_vec(),
@@ -208,13 +207,10 @@ impl Place {
         Ok(())
     }
 
-    /// Starts a repeated body: launches are recorded until [`Place::end_repeat`]. A body
-    /// begun inside another is part of the outer one.
+    /// Starts a repeated body: launches are held until [`Place::end_repeat`] (see
+    /// [`Recording`]).
     pub(super) fn begin_repeat(&mut self) {
-        self.depth += 1;
-        if self.depth == 1 {
-            *self.recording.get_mut() = Some(Vec::new());
-        }
+        self.recording.get_mut().begin();
     }
 
     /// Ends a repeated body: what it recorded is queued, as one graph launch where
@@ -222,16 +218,9 @@ impl Place {
     /// one, as they would have without graphs). The caller has entered the place. Returns
     /// how it was queued (`None`: nothing was left to queue, or an inner body ended).
     pub(super) fn end_repeat(&mut self, failed: bool) -> Result<Option<Plan>, CuError> {
-        self.depth = self.depth.saturating_sub(1);
-        if self.depth > 0 {
-            return Ok(None);
-        }
-        let Some(launches) = self.recording.get_mut().take() else {
+        let Some(launches) = self.recording.get_mut().end() else {
             return Ok(None);
         };
-        if launches.is_empty() {
-            return Ok(None);
-        }
         let plan = if failed || self.graphs_off.is_some() {
             Plan::Plain
         } else {
@@ -326,29 +315,29 @@ impl Place {
         Ok(())
     }
 
-    /// Queues what the running body recorded so far, one launch at a time between two timing
-    /// events; the rest of the body runs plainly. Before anything else is queued on the
-    /// stream, so the stream keeps the body's order.
+    /// Queues what the running body held so far, one launch at a time between two timing
+    /// events, before anything else is queued on the stream; the rest of the body runs
+    /// plainly ([`Recording::interrupt`]).
     pub(super) fn flush(&mut self) -> Result<(), CuError> {
-        let Some(launches) = self.recording.get_mut().take() else {
-            return Ok(());
-        };
-        if launches.is_empty() {
+        let held = self.recording.get_mut().interrupt();
+        self.queue_held(held)
+    }
+
+    fn queue_held(&mut self, held: Vec<Launch>) -> Result<(), CuError> {
+        if held.is_empty() {
             return Ok(());
         }
         let _cur = self.enter()?;
-        self.timed(|p| p.launch_all(&launches))
+        self.timed(|p| p.launch_all(&held))
     }
 
     /// Waits for the stream and returns the GPU time of the operations bracketed since the
-    /// last call.
-    /// Anything a repeated body recorded is queued first, and the body's end then finds
-    /// nothing (the unit, and with it the body's use of this place, is over).
+    /// last call. What a repeated body held is queued first, and the body is over here
+    /// ([`Recording::unit_ended`]).
     pub(super) fn finish(&mut self) -> Result<Duration, CuError> {
         let _cur = self.enter()?;
-        let flushed = self.flush();
-        self.depth = 0;
-        flushed?;
+        let held = self.recording.get_mut().unit_ended();
+        self.queue_held(held)?;
         driver::stream_sync(self.stream)?;
         let mut busy = Duration::ZERO;
         for i in 0..self.ops {
@@ -369,7 +358,8 @@ impl Place {
     /// Destroys the stream and events (after a final synchronisation, errors ignored).
     pub(super) fn destroy(mut self) {
         if let Ok(_cur) = self.enter() {
-            let _ = self.flush();
+            let held = self.recording.get_mut().unit_ended();
+            let _ = self.queue_held(held);
             let _ = driver::stream_sync(self.stream);
             for g in self.graphs.drain() {
                 g.destroy();
