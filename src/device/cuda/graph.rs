@@ -213,11 +213,6 @@ impl<E> Graphs<E> {
         self.entries.get(slot).map(|e| &e.exec)
     }
 
-    /// Gives up graph `slot` (one whose update or launch failed), returning it to destroy.
-    pub(super) fn remove(&mut self, slot: usize) -> Option<E> {
-        (slot < self.entries.len()).then(|| self.entries.swap_remove(slot).exec)
-    }
-
     /// Every graph, to destroy.
     pub(super) fn drain(&mut self) -> Vec<E> {
         self.seen.clear();
@@ -378,14 +373,16 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_graph_is_given_up_and_its_shape_counted_again() {
+    fn drained_graphs_are_forgotten_with_the_shapes_seen() {
         let mut g: Graphs<u32> = Graphs::default();
         g.plan(&step(4, 0.5));
         g.plan(&step(4, 0.5));
         g.insert(step(4, 0.5), 5);
-        assert_eq!(g.remove(0), Some(5));
-        assert_eq!(g.remove(0), None);
+        g.plan(&step(2, 0.5));
+        assert_eq!(g.drain(), vec![5]);
+        assert_eq!(g.len(), 0);
         assert_eq!(g.plan(&step(4, 0.5)), Plan::Plain);
+        assert_eq!(g.plan(&step(2, 0.5)), Plan::Plain);
         assert_eq!(g.plan(&step(4, 0.5)), Plan::Build);
     }
 }

@@ -66,6 +66,15 @@ impl Funcs {
     }
 }
 
+/// How a graph launch went.
+enum Graphed {
+    /// The graph was queued.
+    Queued,
+    /// The driver refused the graph (its build, an update or its launch); nothing of it was
+    /// queued.
+    Refused(CuError),
+}
+
 /// A context, a stream in it, functions and timing events.
 #[derive(Debug)]
 pub(super) struct Place {
@@ -229,90 +238,84 @@ impl Place {
         self.queue(plan, launches).map(Some)
     }
 
-    /// Queues what a body recorded as `plan` says. A graph the driver refuses without
-    /// poisoning the context is given up (a build refused stops graphs on this place) and the
-    /// launches go out one by one. Returns how they went out.
+    /// Queues what a body recorded as `plan` says. When the driver refuses a graph (its
+    /// build, an update or its launch) without poisoning the context, nothing of it was
+    /// queued: graphs stop on this place (said once, in the log) and the launches go out one
+    /// by one. Returns how they went out.
     fn queue(&mut self, plan: Plan, launches: Vec<Launch>) -> Result<Plan, CuError> {
         let graphed = match &plan {
-            Plan::Plain => Ok(false),
-            Plan::Build => self.build_and_launch(&launches),
-            Plan::Replay { slot, changed } => self.replay(*slot, changed, &launches),
+            Plan::Plain => None,
+            Plan::Build => Some(self.build_and_launch(&launches)?),
+            Plan::Replay { slot, changed } => Some(self.replay(*slot, changed, &launches)?),
         };
         match graphed {
-            Ok(true) => Ok(plan),
-            Err(e) if e.is_sticky() => Err(e),
-            Ok(false) | Err(_) => {
-                self.timed(|p| p.launch_all(&launches))?;
-                Ok(Plan::Plain)
+            Some(Graphed::Queued) => return Ok(plan),
+            Some(Graphed::Refused(e)) if e.is_sticky() => return Err(e),
+            Some(Graphed::Refused(e)) => {
+                tracing::warn!("CUDA Graphs are off on this stream: the driver refused one ({e})");
+                self.graphs_off = Some(e);
+                for g in self.graphs.drain() {
+                    g.destroy();
+                }
             }
+            None => {}
         }
+        self.timed(|p| p.launch_all(&launches))?;
+        Ok(Plan::Plain)
     }
 
-    /// Builds a graph of `launches` and launches it, keeping it. `Ok(false)`: the driver
-    /// refused the build, graphs are off here from now on (said once), nothing was queued.
-    fn build_and_launch(&mut self, launches: &[Launch]) -> Result<bool, CuError> {
+    /// Builds a graph of `launches`, launches it between two timing events and keeps it.
+    fn build_and_launch(&mut self, launches: &[Launch]) -> Result<Graphed, CuError> {
         let nodes = launches
             .iter()
             .map(|l| self.node(l.kernel, l.grid, &l.args))
             .collect::<Result<Vec<_>, _>>()?;
         let graph = match GraphExec::build(&nodes) {
             Ok(g) => g,
-            Err(e) if e.is_sticky() => return Err(e),
-            Err(e) => {
-                tracing::warn!("CUDA Graphs are off on this stream: building one failed ({e})");
-                self.graphs_off = Some(e);
-                return Ok(false);
-            }
+            Err(e) => return Ok(Graphed::Refused(e)),
         };
-        if let Err(e) = self.timed(|p| graph.launch(p.stream)) {
+        let (start, end) = self.next_events()?;
+        driver::event_record(start, self.stream)?;
+        if let Err(e) = graph.launch(self.stream) {
             graph.destroy();
-            return Err(e);
+            return Ok(Graphed::Refused(e));
         }
         if let Some(old) = self.graphs.insert(launches.to_vec(), graph) {
             old.destroy();
         }
-        Ok(true)
+        driver::event_record(end, self.stream)?;
+        self.ops += 1;
+        Ok(Graphed::Queued)
     }
 
-    /// Gives graph `slot` the arguments of the nodes at `changed`, then launches it. A graph
-    /// the driver refuses is given up.
+    /// Gives graph `slot` the arguments of the nodes at `changed`, then launches it between
+    /// two timing events.
     fn replay(
         &mut self,
         slot: usize,
         changed: &[usize],
         launches: &[Launch],
-    ) -> Result<bool, CuError> {
-        let done = self.update_and_launch(slot, changed, launches);
-        if let Err(e) = done {
-            tracing::warn!("a CUDA Graph was refused ({e}); launching one by one");
-            if let Some(g) = self.graphs.remove(slot) {
-                g.destroy();
-            }
-        }
-        done.map(|()| true)
-    }
-
-    fn update_and_launch(
-        &mut self,
-        slot: usize,
-        changed: &[usize],
-        launches: &[Launch],
-    ) -> Result<(), CuError> {
-        let missing = CuError {
-            call: "cuGraphLaunch",
-            code: sys::cudaError_enum::CUDA_ERROR_NOT_FOUND,
-        };
+    ) -> Result<Graphed, CuError> {
         let (start, end) = self.next_events()?;
-        let graph = self.graphs.get(slot).ok_or(missing)?;
+        let Some(graph) = self.graphs.get(slot) else {
+            return Ok(Graphed::Refused(CuError {
+                call: "cuGraphLaunch",
+                code: sys::cudaError_enum::CUDA_ERROR_NOT_FOUND,
+            }));
+        };
         for &i in changed {
             let l = &launches[i];
-            graph.set(i, self.node(l.kernel, l.grid, &l.args)?)?;
+            if let Err(e) = graph.set(i, self.node(l.kernel, l.grid, &l.args)?) {
+                return Ok(Graphed::Refused(e));
+            }
         }
         driver::event_record(start, self.stream)?;
-        graph.launch(self.stream)?;
+        if let Err(e) = graph.launch(self.stream) {
+            return Ok(Graphed::Refused(e));
+        }
         driver::event_record(end, self.stream)?;
         self.ops += 1;
-        Ok(())
+        Ok(Graphed::Queued)
     }
 
     /// Queues what the running body held so far, one launch at a time between two timing
