@@ -201,6 +201,19 @@ fn beside(
     })
 }
 
+/// The latency rows ([`super::latency::breakdown`]) of a new service lane on `dev`.
+fn breakdown_on(
+    dev: &Arc<CudaDevice>,
+    mechanism: super::lanes::Mechanism,
+    ways: (&[Precision], bool),
+    seconds: f64,
+) -> Result<Vec<super::latency::LatencyRow>, CheckError> {
+    let lane = dev
+        .lane_backend(StreamPriority::Highest)
+        .ctx("creating a service lane")?;
+    super::latency::breakdown(&lane, mechanism, ways, seconds)
+}
+
 pub(super) fn run(
     opts: &GpuCheckOptions,
     dev: &Arc<CudaDevice>,
@@ -236,20 +249,18 @@ pub(super) fn run(
     let cta = super::lanes::Mechanism::CtaBudget;
     let both = [Precision::F32, Precision::Bf16];
     let mut breakdown = super::latency::breakdown(&svc, cta, (&both, false), opts.secs(1.0))?;
+    let secs = opts.secs(1.0);
     // bf16 as it ran before buffers kept bf16 copies, for the difference they make.
     let how = OpenOptions {
         convert_every_gemm: true,
         ..OpenOptions::default()
     };
     let converting = super::open_as(opts, how).ctx("opening the GPU again")?;
-    let lane = converting
-        .lane_backend(StreamPriority::Highest)
-        .ctx("creating a service lane")?;
-    breakdown.extend(super::latency::breakdown(
-        &lane,
+    breakdown.extend(breakdown_on(
+        &converting,
         cta,
         (&[Precision::Bf16], false),
-        opts.secs(1.0),
+        secs,
     )?);
     // Each batch as one CUDA Graph launch, against the plain rows above.
     let how = OpenOptions {
@@ -257,26 +268,11 @@ pub(super) fn run(
         ..OpenOptions::default()
     };
     let graphed = super::open_as(opts, how).ctx("opening the GPU with CUDA Graphs")?;
-    let lane = graphed
-        .lane_backend(StreamPriority::Highest)
-        .ctx("creating a service lane")?;
-    breakdown.extend(super::latency::breakdown(
-        &lane,
-        cta,
-        (&both, false),
-        opts.secs(1.0),
-    )?);
+    breakdown.extend(breakdown_on(&graphed, cta, (&both, false), secs)?);
     // The same service on green-context SM partitions, leased per batch, when they open.
     if let Ok(green) = super::open_as(opts, super::GREEN) {
-        let lane = green
-            .lane_backend(StreamPriority::Highest)
-            .ctx("creating a service lane on green contexts")?;
-        breakdown.extend(super::latency::breakdown(
-            &lane,
-            super::lanes::Mechanism::GreenContexts,
-            (&both, true),
-            opts.secs(1.0),
-        )?);
+        let mechanism = super::lanes::Mechanism::GreenContexts;
+        breakdown.extend(breakdown_on(&green, mechanism, (&both, true), secs)?);
     }
     Ok(InferenceFigures {
         service_layers: crate::model::format_layers(&SERVICE_LAYERS),
