@@ -315,20 +315,24 @@ fn a_layers_stored_bf16_activations_are_what_the_next_layer_reads() {
     }
 }
 
-/// Two lanes at the highest priority on GPU 0, one on a device opened with CUDA Graphs
-/// (`device.cuda_graphs`) and one without, at `precision`.
-fn graph_and_plain_lanes(
-    tag: &str,
-    precision: setpoint::device::Precision,
-) -> [setpoint::device::cuda::CudaBackend; 2] {
+/// GPU 0 opened twice: with CUDA Graphs (`device.cuda_graphs`) and without.
+fn graph_and_plain_devices(tag: &str) -> [std::sync::Arc<CudaDevice>; 2] {
     use setpoint::device::cuda::OpenOptions;
     let opts = OpenOptions {
         graphs: true,
         ..OpenOptions::default()
     };
-    let plain = CudaDevice::open(0, Some(&cache_dir(&format!("{tag}-plain"))), None).unwrap();
     let graphs = CudaDevice::open_with(0, Some(&cache_dir(tag)), None, opts).unwrap();
-    [&graphs, &plain].map(|dev| {
+    let plain = CudaDevice::open(0, Some(&cache_dir(&format!("{tag}-plain"))), None).unwrap();
+    [graphs, plain]
+}
+
+/// A new lane at the highest priority on each of `devs`, at `precision`.
+fn lanes_on(
+    devs: &[std::sync::Arc<CudaDevice>; 2],
+    precision: setpoint::device::Precision,
+) -> [setpoint::device::cuda::CudaBackend; 2] {
+    devs.each_ref().map(|dev| {
         let lane = dev.lane_backend(StreamPriority::Highest).unwrap();
         lane.set_precision(precision);
         lane
@@ -347,8 +351,9 @@ fn graphed_batches_answer_as_plain_launches() {
     }
     let layers = [784, 512, 256, 10];
     let sizes = [1, 8, 1, 8, 8, 64, 1, 64, 8, 3];
+    let devs = graph_and_plain_devices("graph-infer");
     for precision in [Precision::F32, Precision::Bf16] {
-        let lanes = graph_and_plain_lanes("graph-infer", precision);
+        let lanes = lanes_on(&devs, precision);
         let answers = lanes.each_ref().map(|lane| {
             let mlp = Mlp::init(lane, &layers, 7).unwrap();
             let mut ws = Workspace::new(lane, &layers, 64, false).unwrap();
@@ -385,6 +390,62 @@ fn graphed_batches_answer_as_plain_launches() {
     }
 }
 
+/// On green-context SM partitions (a lease per unit of work, each partition's stream with its
+/// graphs), a batch answers the same, bit for bit, launched plainly (its first time), built
+/// into a graph (its second) and replayed (after), in f32 and bf16.
+#[test]
+fn graphed_batches_on_green_contexts_repeat_their_first_answer() {
+    use setpoint::device::Precision;
+    use setpoint::device::cuda::OpenOptions;
+    use setpoint::model::{Mlp, Workspace};
+    if !have_gpu() {
+        return;
+    }
+    let opts = OpenOptions {
+        green_contexts: true,
+        graphs: true,
+        ..OpenOptions::default()
+    };
+    let dev = match CudaDevice::open_with(0, Some(&cache_dir("graph-green")), None, opts) {
+        Ok(dev) => dev,
+        Err(why) => {
+            eprintln!("skipped: green contexts do not open here ({why})");
+            return;
+        }
+    };
+    let layers = [784, 512, 256, 10];
+    for precision in [Precision::F32, Precision::Bf16] {
+        let lane = dev.lane_backend(StreamPriority::Highest).unwrap();
+        lane.set_precision(precision);
+        let mlp = Mlp::init(&lane, &layers, 11).unwrap();
+        let mut ws = Workspace::new(&lane, &layers, 8, false).unwrap();
+        let mut rng = setpoint::util::rng::Rng::new(12);
+        let input: Vec<f32> = (0..8 * 784)
+            .map(|_| rng.uniform(-1.0, 1.0) as f32)
+            .collect();
+        let x = lane.upload(&input).unwrap();
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            mlp.predict(&lane, &mut ws, &x, 8).unwrap();
+            let mut out = vec![0.0f32; 8 * 10];
+            lane.read(ws.output(), &mut out).unwrap();
+            answers.push(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+        let counts = lane.graph_counts();
+        eprintln!("{precision:?} on green contexts: {counts:?}");
+        assert!(
+            counts.replayed >= 1,
+            "{precision:?}: never replayed: {counts:?}"
+        );
+        for (i, a) in answers.iter().enumerate() {
+            assert!(
+                *a == answers[0],
+                "{precision:?}: batch {i} differs from the first"
+            );
+        }
+    }
+}
+
 /// Training steps queued as CUDA Graphs (forward, backward and optimiser in one) end with the
 /// same parameters as steps launched kernel by kernel, bit for bit: with Adam, whose bias
 /// corrections change every step (graph nodes given new arguments), and with SGD; in f32 and
@@ -402,6 +463,7 @@ fn graphed_training_steps_end_where_plain_ones_do() {
         &Default::default(),
     )
     .unwrap();
+    let devs = graph_and_plain_devices("graph-train");
     for precision in [Precision::F32, Precision::Bf16] {
         for optimizer in [
             Optimizer::Adam(default_adam(1e-3)),
@@ -412,7 +474,7 @@ fn graphed_training_steps_end_where_plain_ones_do() {
             run.batch_size = 48;
             run.epochs = 3;
             run.precision = Some(precision);
-            let lanes = graph_and_plain_lanes("graph-train", precision);
+            let lanes = lanes_on(&devs, precision);
             let mut counts = None;
             let params = lanes.map(|lane| {
                 let mut t = Trainer::new(lane, run.clone(), &data).unwrap();
@@ -446,7 +508,7 @@ fn a_body_broken_by_a_read_or_an_error_still_runs_all_it_asked_for() {
     let mut rng = setpoint::util::rng::Rng::new(3);
     let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
     let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
-    let lanes = graph_and_plain_lanes("graph-broken", Precision::F32);
+    let lanes = lanes_on(&graph_and_plain_devices("graph-broken"), Precision::F32);
     let results = lanes.each_ref().map(|lane| {
         let (ga, gb) = (lane.upload(&a).unwrap(), lane.upload(&b).unwrap());
         let (mut c1, mut c2) = (lane.alloc(m * n).unwrap(), lane.alloc(m * n).unwrap());
