@@ -254,28 +254,14 @@ pub(super) fn run(
             }
         };
         let (layers, batch, _) = w.shape();
-        let on_gpu = |p: Precision| {
-            dev.map(|d| {
-                d.lane_backend(StreamPriority::Normal)
-                    .ctx("creating a lane")
-                    .and_then(|g| train_rate(g, &data, (layers, batch), p, seconds))
-            })
-        };
-        let gpu = on_gpu(Precision::F32);
-        let (gpu_bf16_samples_per_s, gpu_bf16_error) = split(on_gpu(Precision::Bf16));
-        let with_graphs = graphs.as_ref().map(|d| {
-            d.as_ref()
-                .map_err(|why| CheckError::Step {
-                    what: "opening the GPU with CUDA Graphs".into(),
-                    source: why.clone().into(),
-                })
-                .and_then(|d| {
-                    d.lane_backend(StreamPriority::Normal)
-                        .ctx("creating a lane")
-                })
-                .and_then(|g| train_rate(g, &data, (layers, batch), Precision::Bf16, seconds))
-        });
-        let (gpu_bf16_graphs_samples_per_s, gpu_bf16_graphs_error) = split(with_graphs);
+        let shape = (layers, batch);
+        let plain = dev.map(Ok);
+        let graphed = graphs.as_ref().map(Result::as_ref);
+        let gpu = rate_on(plain, &data, shape, Precision::F32, seconds);
+        let (gpu_bf16_samples_per_s, gpu_bf16_error) =
+            split(rate_on(plain, &data, shape, Precision::Bf16, seconds));
+        let (gpu_bf16_graphs_samples_per_s, gpu_bf16_graphs_error) =
+            split(rate_on(graphed, &data, shape, Precision::Bf16, seconds));
         let cpu = CpuBackend::new(cpu_threads)
             .ctx("cpu backend")
             .and_then(|c| train_rate(c, &data, (layers, batch), Precision::F32, seconds));
@@ -303,6 +289,28 @@ pub(super) fn run(
         digits_note,
         runs,
     })
+}
+
+/// [`train_rate`] on a new lane of `dev`: none without a GPU, an error when it did not open.
+fn rate_on(
+    dev: Option<Result<&Arc<CudaDevice>, &String>>,
+    data: &Dataset,
+    shape: (&[usize], usize),
+    precision: Precision,
+    seconds: f64,
+) -> Option<Result<f64, CheckError>> {
+    let opened = dev?.map_err(|why| CheckError::Step {
+        what: "opening the GPU again".into(),
+        source: why.clone().into(),
+    });
+    Some(
+        opened
+            .and_then(|d| {
+                d.lane_backend(StreamPriority::Normal)
+                    .ctx("creating a lane")
+            })
+            .and_then(|g| train_rate(g, data, shape, precision, seconds)),
+    )
 }
 
 fn split(r: Option<Result<f64, CheckError>>) -> (Option<f64>, Option<String>) {
