@@ -39,8 +39,9 @@ pub struct CudaBackend {
 /// How a lane's repeated bodies went out ([`crate::device::Backend::repeated`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GraphCounts {
-    /// Queued one launch at a time (graphs off, a shape not yet repeated, a body broken by a
-    /// copy or a synchronisation, a graph refused).
+    /// Queued one launch at a time at their end (a shape not yet repeated, a failed body, a
+    /// graph refused). Not counted: bodies with graphs off, bodies that held nothing, and
+    /// bodies a copy or a synchronisation broke (their launches went out before the end).
     pub plain: u64,
     /// Built into a new graph, then launched as one.
     pub built: u64,

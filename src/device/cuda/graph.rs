@@ -246,6 +246,23 @@ mod tests {
         }
     }
 
+    /// Graph 0 replayed, the nodes at `changed` given new arguments.
+    fn replay(changed: &[usize]) -> Plan {
+        Plan::Replay {
+            slot: 0,
+            changed: changed.to_vec(),
+        }
+    }
+
+    /// Graphs holding `exec`, built from `launches` seen twice.
+    fn built(launches: Vec<Launch>, exec: u32) -> Graphs<u32> {
+        let mut g = Graphs::default();
+        g.plan(&launches);
+        g.plan(&launches);
+        g.insert(launches, exec);
+        g
+    }
+
     fn step(grid: u32, t: f32) -> Vec<Launch> {
         vec![gemm(grid, 0x3000, 0.0), gemm(grid, 0x4000, 1.0), adam(t)]
     }
@@ -256,75 +273,36 @@ mod tests {
         assert_eq!(g.plan(&step(4, 0.5)), Plan::Plain);
         assert_eq!(g.plan(&step(4, 0.5)), Plan::Build);
         assert_eq!(g.insert(step(4, 0.5), 7), None);
-        assert_eq!(
-            g.plan(&step(4, 0.5)),
-            Plan::Replay {
-                slot: 0,
-                changed: vec![]
-            }
-        );
+        assert_eq!(g.plan(&step(4, 0.5)), replay(&[]));
         assert_eq!(g.get(0), Some(&7));
         assert_eq!(g.len(), 1);
     }
 
     #[test]
     fn arguments_that_change_are_named_and_then_held() {
-        let mut g: Graphs<u32> = Graphs::default();
-        g.plan(&step(4, 0.5));
-        g.plan(&step(4, 0.5));
-        g.insert(step(4, 0.5), 1);
+        let mut g = built(step(4, 0.5), 1);
         // The Adam step's scalar changed: only its node is updated.
         let next = step(4, 0.25);
-        assert_eq!(
-            g.plan(&next),
-            Plan::Replay {
-                slot: 0,
-                changed: vec![2]
-            }
-        );
+        assert_eq!(g.plan(&next), replay(&[2]));
         // The graph now holds 0.25: the same list again changes nothing.
-        assert_eq!(
-            g.plan(&next),
-            Plan::Replay {
-                slot: 0,
-                changed: vec![]
-            }
-        );
+        assert_eq!(g.plan(&next), replay(&[]));
         // Another output address is a changed argument too.
         let mut moved = step(4, 0.25);
         moved[1] = gemm(4, 0x5000, 1.0);
-        assert_eq!(
-            g.plan(&moved),
-            Plan::Replay {
-                slot: 0,
-                changed: vec![1]
-            }
-        );
+        assert_eq!(g.plan(&moved), replay(&[1]));
     }
 
     #[test]
     fn a_float_is_compared_by_its_bits() {
-        let mut g: Graphs<u32> = Graphs::default();
         let zero = vec![gemm(4, 0x3000, 0.0), gemm(4, 0x4000, 0.0)];
         let negative = vec![gemm(4, 0x3000, -0.0), gemm(4, 0x4000, 0.0)];
-        g.plan(&zero);
-        g.plan(&zero);
-        g.insert(zero, 1);
-        assert_eq!(
-            g.plan(&negative),
-            Plan::Replay {
-                slot: 0,
-                changed: vec![0]
-            }
-        );
+        let mut g = built(zero, 1);
+        assert_eq!(g.plan(&negative), replay(&[0]));
     }
 
     #[test]
     fn another_grid_or_kernel_is_another_shape() {
-        let mut g: Graphs<u32> = Graphs::default();
-        g.plan(&step(4, 0.5));
-        g.plan(&step(4, 0.5));
-        g.insert(step(4, 0.5), 1);
+        let mut g = built(step(4, 0.5), 1);
         // A smaller CTA budget cuts the products differently: a new shape, counted anew.
         assert_eq!(g.plan(&step(2, 0.5)), Plan::Plain);
         assert_eq!(g.plan(&step(2, 0.5)), Plan::Build);
@@ -374,10 +352,7 @@ mod tests {
 
     #[test]
     fn drained_graphs_are_forgotten_with_the_shapes_seen() {
-        let mut g: Graphs<u32> = Graphs::default();
-        g.plan(&step(4, 0.5));
-        g.plan(&step(4, 0.5));
-        g.insert(step(4, 0.5), 5);
+        let mut g = built(step(4, 0.5), 5);
         g.plan(&step(2, 0.5));
         assert_eq!(g.drain(), vec![5]);
         assert_eq!(g.len(), 0);

@@ -91,8 +91,8 @@ pub(super) struct Place {
     recording: RefCell<Recording>,
     /// The graphs built here.
     graphs: Graphs<GraphExec>,
-    /// Why building graphs here stopped (a build the driver refused), if it did.
-    graphs_off: Option<CuError>,
+    /// Graphs stopped here: the driver refused one (said in the log when it happened).
+    graphs_off: bool,
 }
 
 // SAFETY: the handles are driver handles; a place is used by one thread at a time (the lane
@@ -131,7 +131,7 @@ impl Place {
             sms,
             recording: RefCell::new(Recording::default()),
             graphs: Graphs::default(),
-            graphs_off: None,
+            graphs_off: false,
         })
     }
 
@@ -185,7 +185,7 @@ impl Place {
     /// Launches `k` with `grid` CTAs on the stream, or records the launch while a repeated
     /// body runs. The caller has entered the place.
     pub(super) fn launch(&self, k: Kernel, grid: u32, args: &[Arg]) -> Result<(), CuError> {
-        let node = self.node(k, grid, args)?;
+        let (func, shape, _) = self.node(k, grid, args)?;
         let mut recording = self.recording.borrow_mut();
         if recording.active() {
             recording.hold(Launch {
@@ -195,7 +195,7 @@ impl Place {
             });
             return Ok(());
         }
-        driver::launch(node.0, node.1, self.stream, args)
+        driver::launch(func, shape, self.stream, args)
     }
 
     /// The function, launch shape and arguments of one launch of `k`.
@@ -230,7 +230,7 @@ impl Place {
         let Some(launches) = self.recording.get_mut().end() else {
             return Ok(None);
         };
-        let plan = if failed || self.graphs_off.is_some() {
+        let plan = if failed || self.graphs_off {
             Plan::Plain
         } else {
             self.graphs.plan(&launches)
@@ -253,7 +253,7 @@ impl Place {
             Some(Graphed::Refused(e)) if e.is_sticky() => return Err(e),
             Some(Graphed::Refused(e)) => {
                 tracing::warn!("CUDA Graphs are off on this stream: the driver refused one ({e})");
-                self.graphs_off = Some(e);
+                self.graphs_off = true;
                 for g in self.graphs.drain() {
                     g.destroy();
                 }
